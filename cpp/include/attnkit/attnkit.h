@@ -1,0 +1,7 @@
+#pragma once
+// Umbrella header: everything a C++ user of attnkit needs.
+
+#include "attnkit/version.h"
+#include "attnkit/types.h"
+#include "attnkit/runtime.h"
+#include "attnkit/attention.h"

@@ -1,0 +1,24 @@
+#pragma once
+// What this build of attnkit can do, and CPU thread control.
+
+#include <string>
+
+#include "attnkit/types.h"
+
+namespace attnkit {
+
+/// The library version, "MAJOR.MINOR.PATCH".
+ATTNKIT_API const char* version();
+/// True when the CUDA backend was compiled in.
+ATTNKIT_API bool built_with_cuda();
+/// Number of CUDA devices visible (0 without CUDA, without a driver or without a GPU).
+ATTNKIT_API int cuda_device_count();
+/// The CPU micro-kernel family in use: "avx512", "avx2" or "generic". ATTNKIT_CPU_ISA=generic|avx2|avx512
+/// in the environment lowers (never raises) the choice made from CPUID.
+ATTNKIT_API const char* cpu_isa();
+/// Threads the CPU backend uses for the next call (OpenMP; 1 without OpenMP).
+ATTNKIT_API int get_num_threads();
+/// Sets the CPU thread count for later calls from this thread (n >= 1).
+ATTNKIT_API void set_num_threads(int n);
+
+}  // namespace attnkit

@@ -1,0 +1,26 @@
+#pragma once
+// The interface between dispatch.cpp and the backends. Backends receive validated problems only.
+
+#include "validate/attention.h"
+
+namespace attnkit {
+namespace detail {
+
+namespace cpu {
+void attention(const AttnProblem& p);
+void attention_weights(const AttnProblem& p);
+void merge_attention(const MergeProblem& p);
+const char* isa_name();
+}  // namespace cpu
+
+namespace cuda {
+/// Throws Error(NotBuilt) in builds without CUDA (cuda_stub.cpp).
+void attention(const AttnProblem& p);
+void attention_weights(const AttnProblem& p);
+void merge_attention(const MergeProblem& p);
+bool built();
+int device_count();
+}  // namespace cuda
+
+}  // namespace detail
+}  // namespace attnkit

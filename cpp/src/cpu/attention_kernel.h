@@ -1,0 +1,548 @@
+#pragma once
+// The CPU exact-attention kernel (flash-style tiling with online softmax), written once over SIMD width
+// and compiled per instruction set by attention_{generic,avx2,avx512}.cpp.
+//
+// Layout. A work item is one (batch, kv head, tile of BQ "lanes"), a lane being one (query row, query
+// head of the kv head's group): lane f of kv head g-group maps to row f / G, head hkv * G + f % G, so GQA
+// query heads share every K/V load and a decode step of G heads fills G lanes. Queries sit along the SIMD
+// lanes: the score tile is kept transposed, sT[key][lane], which makes
+//   - QK^T a register-blocked outer product: broadcast k[j][d] (read straight from the caller's K rows,
+//     no packing for float32/float64 row-contiguous inputs) times a vector of q^T[d][lanes];
+//   - the online-softmax max/sum vertical vector operations (no horizontal reductions);
+//   - PV another outer product: broadcast p[j][lane] times vectors of v[j][:] (V read in place too).
+// Extra memory is O(threads * (BQ * (D + Dv) + BK * (BQ + D + Dv))), never O(Sq * Sk).
+//
+// Masks. causal / window / key_lengths give each row a key range [lo, hi) (math/masks.h); the key loop
+// visits only the union of the tile's ranges, applies the range test only on chunks that cut through a
+// range, and applies mask/bias/ALiBi/softcap elementwise. The online softmax follows math/softmax.h.
+//
+// Determinism: every output element is produced by one thread in a fixed order, whatever the number of
+// threads.
+
+#include <cstdlib>
+#include <cstring>
+
+#include "attnkit/math/masks.h"
+#include "attnkit/math/softmax.h"
+#include "cpu/simd.h"
+#include "validate/attention.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+inline namespace ATTNKIT_ISA_NAMESPACE {
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/// Reads element `idx` of a floating array of any dtype as T.
+template <class T>
+inline T load_float(const void* base, DType dt, int64_t idx) {
+  switch (dt) {
+    case DType::Float32: return static_cast<T>(static_cast<const float*>(base)[idx]);
+    case DType::Float64: return static_cast<T>(static_cast<const double*>(base)[idx]);
+    case DType::Float16: return static_cast<T>(math::f16_to_float(static_cast<const uint16_t*>(base)[idx]));
+    case DType::BFloat16: return static_cast<T>(math::bf16_to_float(static_cast<const uint16_t*>(base)[idx]));
+    default: return T(0);
+  }
+}
+
+inline int64_t load_int(const void* base, DType dt, int64_t idx) {
+  return dt == DType::Int32 ? static_cast<const int32_t*>(base)[idx] : static_cast<const int64_t*>(base)[idx];
+}
+
+/// 64-byte aligned scratch owned by one thread for one call.
+struct Scratch {
+  void* ptr = nullptr;
+  explicit Scratch(std::size_t bytes) {
+    bytes = (bytes + 63) / 64 * 64;
+    ptr = std::aligned_alloc(64, bytes ? bytes : 64);
+    if (ptr) std::memset(ptr, 0, bytes);
+  }
+  ~Scratch() { std::free(ptr); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+/// Tile configuration: Cfg provides T (accumulator type), W (SIMD lanes), NQV (lane vectors per tile, so
+/// BQ = W * NQV lanes), BK (keys per chunk), R (keys per QK register block), RL (lanes per PV register
+/// block) and NV (value vectors per PV register block).
+template <class Cfg, class St>
+struct ExactKernel {
+  using T = typename Cfg::T;
+  using S = Simd<T, Cfg::W>;
+  using V = typename S::V;
+  using VI = typename S::VI;
+  using I = typename S::I;
+  static constexpr int W = Cfg::W;
+  static constexpr int NQV = Cfg::NQV;
+  static constexpr int BQ = W * NQV;
+  static constexpr int BK = Cfg::BK;
+  static constexpr int R = Cfg::R;
+  static constexpr int RL = Cfg::RL;
+  static constexpr int NV = Cfg::NV;
+  static constexpr bool kSameType = std::is_same<St, T>::value;
+
+  struct Ctx {
+    const AttnProblem* p;
+    int64_t G, DvP, tiles;
+    T qscale;          // applied to q.k
+    T cap_in, cap_out; // softcap: s -> cap_out * tanh(s * cap_in)
+    bool softcap, bias_tile, alibi;
+    bool k_direct, v_direct;
+    bool weights;      // attention_weights instead of attention
+  };
+
+  struct Work {
+    T* qT;      // [D][BQ]  queries, transposed
+    T* sT;      // [BK][BQ] scores, then probabilities
+    T* bT;      // [BK][BQ] additive bias/mask tile, when needed
+    T* kbuf;    // [BK][D]  packed keys (when not read in place)
+    T* vbuf;    // [BK][DvP] packed values
+    T* o;       // [BQ][DvP] output accumulator
+    T* m;       // [BQ] running max
+    T* l;       // [BQ] running sum
+    T* alpha;   // [BQ] last rescale factor
+    T* slope;   // [BQ] ALiBi slope
+    I* lo;      // [BQ] allowed key range
+    I* hi;      // [BQ]
+    I* pos;     // [BQ] key position of the query (i + Sk - Sq)
+    int64_t* row;   // [BQ] query row
+    int64_t* head;  // [BQ] query head
+  };
+
+  static std::size_t work_bytes(const Ctx& c) {
+    const AttnProblem& p = *c.p;
+    std::size_t n = 0;
+    n += sizeof(T) * (p.D * BQ + BK * BQ * 2 + BK * p.D + BK * c.DvP + BQ * c.DvP + 6 * BQ);
+    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * 2 * BQ + 16 * 64;
+    return n;
+  }
+
+  static Work carve(void* base, const Ctx& c) {
+    const AttnProblem& p = *c.p;
+    char* ptr = static_cast<char*>(base);
+    auto take = [&ptr](std::size_t bytes) {
+      char* r = ptr;
+      ptr += (bytes + 63) / 64 * 64;
+      return r;
+    };
+    Work w;
+    w.qT = reinterpret_cast<T*>(take(sizeof(T) * p.D * BQ));
+    w.sT = reinterpret_cast<T*>(take(sizeof(T) * BK * BQ));
+    w.bT = reinterpret_cast<T*>(take(sizeof(T) * BK * BQ));
+    w.kbuf = reinterpret_cast<T*>(take(sizeof(T) * BK * p.D));
+    w.vbuf = reinterpret_cast<T*>(take(sizeof(T) * BK * c.DvP));
+    w.o = reinterpret_cast<T*>(take(sizeof(T) * BQ * c.DvP));
+    w.m = reinterpret_cast<T*>(take(sizeof(T) * BQ));
+    w.l = reinterpret_cast<T*>(take(sizeof(T) * BQ));
+    w.alpha = reinterpret_cast<T*>(take(sizeof(T) * BQ));
+    w.slope = reinterpret_cast<T*>(take(sizeof(T) * BQ));
+    w.lo = reinterpret_cast<I*>(take(sizeof(I) * BQ));
+    w.hi = reinterpret_cast<I*>(take(sizeof(I) * BQ));
+    w.pos = reinterpret_cast<I*>(take(sizeof(I) * BQ));
+    w.row = reinterpret_cast<int64_t*>(take(sizeof(int64_t) * BQ));
+    w.head = reinterpret_cast<int64_t*>(take(sizeof(int64_t) * BQ));
+    return w;
+  }
+
+  // ------------------------------------------------------------------------------------ micro-kernels
+
+  /// sT[r][lanes] = sum_d k[r][d] * qT[d][lanes] for RR keys starting at kp (row stride ldk).
+  /// The scale multiplies the finished dot products (scaling q instead would add a rounding per q
+  /// element, which doubles the score error at large logits).
+  template <int RR>
+  static inline void qk_block(const T* __restrict qT, const T* __restrict kp, int64_t ldk, int64_t D, T scale,
+                              T* __restrict s) {
+    V acc[RR][NQV];
+    for (int r = 0; r < RR; ++r)
+      for (int c = 0; c < NQV; ++c) acc[r][c] = V{};
+    for (int64_t d = 0; d < D; ++d) {
+      V qv[NQV];
+      for (int c = 0; c < NQV; ++c) qv[c] = S::load(qT + d * BQ + c * W);
+      for (int r = 0; r < RR; ++r) {
+        const V kb = S::set1(kp[r * ldk + d]);
+        for (int c = 0; c < NQV; ++c) acc[r][c] += kb * qv[c];
+      }
+    }
+    for (int r = 0; r < RR; ++r)
+      for (int c = 0; c < NQV; ++c) S::store(s + r * BQ + c * W, acc[r][c] * scale);
+  }
+
+  static void qk(const Work& w, const T* kp, int64_t ldk, int64_t D, T scale, int jn) {
+    int jj = 0;
+    for (; jj + R <= jn; jj += R) qk_block<R>(w.qT, kp + jj * ldk, ldk, D, scale, w.sT + jj * BQ);
+    for (; jj < jn; ++jj) qk_block<1>(w.qT, kp + jj * ldk, ldk, D, scale, w.sT + jj * BQ);
+  }
+
+  /// o[lanes RR][NVV vectors] += sum_j p[j][lane] * v[j][:] for one register block.
+  template <int RR, int NVV>
+  static inline void pv_block(const T* __restrict pT, const T* __restrict vp, int64_t ldv, int jn,
+                              T* __restrict o, int64_t ldo) {
+    V acc[RR][NVV];
+    for (int r = 0; r < RR; ++r)
+      for (int c = 0; c < NVV; ++c) acc[r][c] = S::load(o + r * ldo + c * W);
+    for (int j = 0; j < jn; ++j) {
+      V vv[NVV];
+      for (int c = 0; c < NVV; ++c) vv[c] = S::load(vp + j * ldv + c * W);
+      for (int r = 0; r < RR; ++r) {
+        const V pb = S::set1(pT[j * BQ + r]);
+        for (int c = 0; c < NVV; ++c) acc[r][c] += pb * vv[c];
+      }
+    }
+    for (int r = 0; r < RR; ++r)
+      for (int c = 0; c < NVV; ++c) S::store(o + r * ldo + c * W, acc[r][c]);
+  }
+
+  template <int RR>
+  static inline void pv_rows(const T* pT, const T* vp, int64_t ldv, int jn, T* o, int64_t DvP) {
+    int64_t c0 = 0;
+    for (; c0 + NV * W <= DvP; c0 += NV * W) pv_block<RR, NV>(pT, vp + c0, ldv, jn, o + c0, DvP);
+    for (; c0 < DvP; c0 += W) pv_block<RR, 1>(pT, vp + c0, ldv, jn, o + c0, DvP);
+  }
+
+  static void pv(const Work& w, const T* vp, int64_t ldv, int jn, int nl, int64_t DvP) {
+    int l0 = 0;
+    for (; l0 + RL <= nl; l0 += RL) pv_rows<RL>(w.sT + l0, vp, ldv, jn, w.o + l0 * DvP, DvP);
+    for (; l0 < nl; ++l0) pv_rows<1>(w.sT + l0, vp, ldv, jn, w.o + l0 * DvP, DvP);
+  }
+
+  // --------------------------------------------------------------------------------------- tile steps
+
+  /// Sets up the lanes of tile (b, hkv, f0): rows, heads, key ranges, ALiBi, packed queries.
+  /// Returns the number of valid lanes and the union / intersection of their key ranges.
+  static int setup_lanes(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t f0, int64_t& jbeg,
+                         int64_t& jend, int64_t& inner_lo, int64_t& inner_hi) {
+    const AttnProblem& p = *c.p;
+    const int64_t total = p.Sq * c.G;
+    const int nl = static_cast<int>(imin(BQ, total - f0));
+    int64_t kv_len = p.Sk;
+    if (p.key_lengths.present)
+      kv_len = load_int(p.key_lengths.data, p.key_lengths.dtype, b * p.key_lengths.stride[0]);
+    jbeg = p.Sk;
+    jend = 0;
+    inner_lo = 0;
+    inner_hi = p.Sk;
+    for (int l = 0; l < BQ; ++l) {
+      if (l < nl) {
+        const int64_t f = f0 + l;
+        const int64_t i = f / c.G;
+        const int64_t h = hkv * c.G + f % c.G;
+        w.row[l] = i;
+        w.head[l] = h;
+        const math::KeyRange kr =
+            math::key_range(i, p.Sq, p.Sk, p.causal, p.window_left, p.window_right, kv_len);
+        w.lo[l] = static_cast<I>(kr.lo);
+        w.hi[l] = static_cast<I>(kr.hi);
+        w.pos[l] = static_cast<I>(i + p.Sk - p.Sq);
+        if (kr.hi > kr.lo) {
+          jbeg = imin(jbeg, kr.lo);
+          jend = imax(jend, kr.hi);
+        }
+        inner_lo = imax(inner_lo, kr.lo);
+        inner_hi = imin(inner_hi, kr.hi);
+        w.slope[l] = c.alibi ? load_float<T>(p.alibi.data, p.alibi.dtype, b * p.alibi.stride[0] + h * p.alibi.stride[1])
+                             : T(0);
+      } else {
+        w.row[l] = 0;
+        w.head[l] = 0;
+        w.lo[l] = 0;
+        w.hi[l] = 0;
+        w.pos[l] = 0;
+        w.slope[l] = T(0);
+      }
+      w.m[l] = math::neg_inf<T>();
+      w.l[l] = T(0);
+      w.alpha[l] = T(1);
+    }
+    if (jend <= jbeg) jbeg = jend = 0;
+    // Pack q^T.
+    const ViewN<4>& q = p.q;
+    for (int l = 0; l < BQ; ++l) {
+      if (l >= nl) {
+        for (int64_t d = 0; d < p.D; ++d) w.qT[d * BQ + l] = T(0);
+        continue;
+      }
+      const St* src = static_cast<const St*>(q.data) + b * q.stride[0] + w.head[l] * q.stride[1] +
+                      w.row[l] * q.stride[2];
+      for (int64_t d = 0; d < p.D; ++d) w.qT[d * BQ + l] = static_cast<T>(to_acc(src[d * q.stride[3]]));
+    }
+    return nl;
+  }
+
+  /// Key rows j0 .. j0+jn of kv head (b, hkv) as T rows: in place when possible, else packed.
+  static const T* key_rows(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int jn, int64_t& ld) {
+    const ViewN<4>& k = c.p->k;
+    const St* base = static_cast<const St*>(k.data) + b * k.stride[0] + hkv * k.stride[1] + j0 * k.stride[2];
+    if constexpr (kSameType) {
+      if (c.k_direct) {
+        ld = k.stride[2];
+        return reinterpret_cast<const T*>(base);
+      }
+    }
+    const int64_t D = c.p->D;
+    for (int j = 0; j < jn; ++j)
+      for (int64_t d = 0; d < D; ++d) w.kbuf[j * D + d] = static_cast<T>(to_acc(base[j * k.stride[2] + d * k.stride[3]]));
+    ld = D;
+    return w.kbuf;
+  }
+
+  static const T* value_rows(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int jn, int64_t& ld) {
+    const ViewN<4>& v = c.p->v;
+    const St* base = static_cast<const St*>(v.data) + b * v.stride[0] + hkv * v.stride[1] + j0 * v.stride[2];
+    if constexpr (kSameType) {
+      if (c.v_direct) {
+        ld = v.stride[2];
+        return reinterpret_cast<const T*>(base);
+      }
+    }
+    const int64_t Dv = c.p->Dv;
+    for (int j = 0; j < jn; ++j)
+      for (int64_t d = 0; d < Dv; ++d)
+        w.vbuf[j * c.DvP + d] = static_cast<T>(to_acc(base[j * v.stride[2] + d * v.stride[3]]));
+    ld = c.DvP;
+    return w.vbuf;
+  }
+
+  /// Fills bT with the bias (-inf where the mask forbids).
+  static void bias_tile(const Ctx& c, const Work& w, int64_t b, int nl, int64_t j0, int jn) {
+    const AttnProblem& p = *c.p;
+    const T ninf = math::neg_inf<T>();
+    for (int l = 0; l < BQ; ++l) {
+      if (l >= nl) {
+        for (int j = 0; j < jn; ++j) w.bT[j * BQ + l] = T(0);
+        continue;
+      }
+      const int64_t h = w.head[l], i = w.row[l];
+      if (p.mask.present) {
+        const uint8_t* mrow = static_cast<const uint8_t*>(p.mask.data) + b * p.mask.stride[0] +
+                              h * p.mask.stride[1] + i * p.mask.stride[2];
+        const int64_t ms = p.mask.stride[3];
+        if (p.bias.present) {
+          const int64_t bo = b * p.bias.stride[0] + h * p.bias.stride[1] + i * p.bias.stride[2];
+          for (int j = 0; j < jn; ++j)
+            w.bT[j * BQ + l] = mrow[(j0 + j) * ms]
+                                   ? load_float<T>(p.bias.data, p.bias.dtype, bo + (j0 + j) * p.bias.stride[3])
+                                   : ninf;
+        } else {
+          for (int j = 0; j < jn; ++j) w.bT[j * BQ + l] = mrow[(j0 + j) * ms] ? T(0) : ninf;
+        }
+      } else {
+        const int64_t bo = b * p.bias.stride[0] + h * p.bias.stride[1] + i * p.bias.stride[2];
+        for (int j = 0; j < jn; ++j)
+          w.bT[j * BQ + l] = load_float<T>(p.bias.data, p.bias.dtype, bo + (j0 + j) * p.bias.stride[3]);
+      }
+    }
+  }
+
+  /// Applies softcap / bias / ALiBi / key ranges to the raw score chunk and returns its per-lane max
+  /// in bmax[NQV].
+  static void transform(const Ctx& c, const Work& w, int64_t j0, int jn, bool range_mask, V* bmax) {
+    const V ninf = S::set1(math::neg_inf<T>());
+    for (int v = 0; v < NQV; ++v) bmax[v] = ninf;
+    const bool any = c.softcap || c.bias_tile || c.alibi || range_mask;
+    for (int j = 0; j < jn; ++j) {
+      T* s = w.sT + j * BQ;
+      const VI jv = S::set1i(static_cast<I>(j0 + j));
+      for (int v = 0; v < NQV; ++v) {
+        V x = S::load(s + v * W);
+        if (any) {
+          if (c.softcap) x = S::tanh(x * c.cap_in) * c.cap_out;
+          if (c.bias_tile) x += S::load(w.bT + j * BQ + v * W);
+          if (c.alibi)
+            x -= S::load(w.slope + v * W) * S::to_float(math::alibi_distance(S::loadi(w.pos + v * W), jv));
+          if (range_mask) {
+            const VI ok = (jv >= S::loadi(w.lo + v * W)) & (jv < S::loadi(w.hi + v * W));
+            x = ok ? x : ninf;
+          }
+          S::store(s + v * W, x);
+        }
+        bmax[v] = S::vmax(bmax[v], x);
+      }
+    }
+  }
+
+  /// Online-softmax update of the chunk: probabilities in place in sT, running m / l, alpha per lane.
+  static void softmax_update(const Work& w, int jn, const V* bmax) {
+    for (int v = 0; v < NQV; ++v) {
+      const V m_old = S::load(w.m + v * W);
+      const V m_new = math::softmax_new_max(m_old, bmax[v]);
+      const V off = math::softmax_offset<V, T>(m_new);
+      const V alpha = S::exp(math::softmax_rescale_arg<V, T>(m_old, m_new));
+      V sum = V{};
+      T* s = w.sT + v * W;
+      for (int j = 0; j < jn; ++j) {
+        const V pj = S::exp(S::load(s + j * BQ) - off);
+        S::store(s + j * BQ, pj);
+        sum += pj;
+      }
+      S::store(w.l + v * W, S::load(w.l + v * W) * alpha + sum);
+      S::store(w.m + v * W, m_new);
+      S::store(w.alpha + v * W, alpha);
+    }
+  }
+
+  static void compute_chunk_scores(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int nl, int64_t j0, int jn,
+                                   int64_t inner_lo, int64_t inner_hi, V* bmax) {
+    int64_t ldk;
+    const T* kp = key_rows(c, w, b, hkv, j0, jn, ldk);
+    qk(w, kp, ldk, c.p->D, c.qscale, jn);
+    if (c.bias_tile) bias_tile(c, w, b, nl, j0, jn);
+    const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
+    transform(c, w, j0, jn, range_mask, bmax);
+  }
+
+  /// One work item of attention().
+  static void attend_tile(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t f0) {
+    const AttnProblem& p = *c.p;
+    int64_t jbeg, jend, inner_lo, inner_hi;
+    const int nl = setup_lanes(c, w, b, hkv, f0, jbeg, jend, inner_lo, inner_hi);
+    const int64_t DvP = c.DvP;
+    std::memset(w.o, 0, sizeof(T) * nl * DvP);
+    V bmax[NQV];
+    for (int64_t j0 = jbeg; j0 < jend; j0 += BK) {
+      const int jn = static_cast<int>(imin(BK, jend - j0));
+      compute_chunk_scores(c, w, b, hkv, nl, j0, jn, inner_lo, inner_hi, bmax);
+      softmax_update(w, jn, bmax);
+      for (int l = 0; l < nl; ++l) {
+        const T a = w.alpha[l];
+        if (a != T(1)) {
+          T* o = w.o + l * DvP;
+          for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o + d) * a);
+        }
+      }
+      int64_t ldv;
+      const T* vp = value_rows(c, w, b, hkv, j0, jn, ldv);
+      pv(w, vp, ldv, jn, nl, DvP);
+    }
+    // Finalise: out = o / l, lse = m + log l; empty rows give 0 and -inf.
+    for (int l = 0; l < nl; ++l) {
+      const T sc = math::softmax_out_scale(w.m[l], w.l[l]);
+      St* dst = static_cast<St*>(p.out) + b * p.out_stride[0] + w.head[l] * p.out_stride[1] +
+                w.row[l] * p.out_stride[2];
+      const T* o = w.o + l * DvP;
+      for (int64_t d = 0; d < p.Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(o[d] * sc);
+      if (p.lse) {
+        T* lse = static_cast<T*>(p.lse) + b * p.lse_stride[0] + w.head[l] * p.lse_stride[1] +
+                 w.row[l] * p.lse_stride[2];
+        *lse = math::softmax_lse(w.m[l], w.l[l]);
+      }
+    }
+  }
+
+  /// One work item of attention_weights(): a statistics pass, then the normalised probabilities.
+  static void weights_tile(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t f0) {
+    const AttnProblem& p = *c.p;
+    int64_t jbeg, jend, inner_lo, inner_hi;
+    const int nl = setup_lanes(c, w, b, hkv, f0, jbeg, jend, inner_lo, inner_hi);
+    V bmax[NQV];
+    for (int64_t j0 = jbeg; j0 < jend; j0 += BK) {
+      const int jn = static_cast<int>(imin(BK, jend - j0));
+      compute_chunk_scores(c, w, b, hkv, nl, j0, jn, inner_lo, inner_hi, bmax);
+      softmax_update(w, jn, bmax);
+    }
+    // inv = 1/l (0 on empty rows) and off = offset(m) per lane.
+    T* inv = w.alpha;
+    T* off = w.l;
+    for (int l = 0; l < BQ; ++l) {
+      inv[l] = math::softmax_out_scale(w.m[l], w.l[l]);
+      off[l] = math::softmax_offset<T, T>(w.m[l]);
+    }
+    // Rows are written whole: zeros outside [jbeg, jend), probabilities inside.
+    auto row_ptr = [&](int l) {
+      return static_cast<St*>(p.out) + b * p.out_stride[0] + w.head[l] * p.out_stride[1] + w.row[l] * p.out_stride[2];
+    };
+    const int64_t os = p.out_stride[3];
+    for (int l = 0; l < nl; ++l) {
+      St* dst = row_ptr(l);
+      for (int64_t j = 0; j < jbeg; ++j) dst[j * os] = from_acc<St>(T(0));
+      for (int64_t j = jend; j < p.Sk; ++j) dst[j * os] = from_acc<St>(T(0));
+    }
+    for (int64_t j0 = jbeg; j0 < jend; j0 += BK) {
+      const int jn = static_cast<int>(imin(BK, jend - j0));
+      compute_chunk_scores(c, w, b, hkv, nl, j0, jn, inner_lo, inner_hi, bmax);
+      for (int v = 0; v < NQV; ++v) {
+        const V o = S::load(off + v * W), sc = S::load(inv + v * W);
+        for (int j = 0; j < jn; ++j) {
+          T* s = w.sT + j * BQ + v * W;
+          S::store(s, S::exp(S::load(s) - o) * sc);
+        }
+      }
+      for (int l = 0; l < nl; ++l) {
+        St* dst = row_ptr(l) + j0 * os;
+        for (int j = 0; j < jn; ++j) dst[j * os] = from_acc<St>(w.sT[j * BQ + l]);
+      }
+    }
+  }
+
+  /// Returns false when scratch memory could not be allocated (the caller throws: no exceptions or
+  /// std::string are instantiated in the per-ISA translation units).
+  static bool run(const AttnProblem& p, bool weights) {
+    Ctx c;
+    c.p = &p;
+    c.G = p.Hkv ? p.Hq / p.Hkv : 1;
+    c.DvP = (p.Dv + W - 1) / W * W;
+    c.tiles = (p.Sq * c.G + BQ - 1) / BQ;
+    c.softcap = p.softcap > 0;
+    c.qscale = static_cast<T>(p.scale);
+    c.cap_in = c.softcap ? static_cast<T>(1.0 / p.softcap) : T(0);
+    c.cap_out = static_cast<T>(p.softcap);
+    c.bias_tile = p.mask.present || p.bias.present;
+    c.alibi = p.alibi.present;
+    c.k_direct = p.k.stride[3] == 1;
+    c.v_direct = !weights && p.v.stride[3] == 1 && p.Dv % W == 0;
+    c.weights = weights;
+    const int64_t items = p.B * p.Hkv * c.tiles;
+    const std::size_t bytes = work_bytes(c);
+    bool oom = false;
+#if defined(_OPENMP)
+#pragma omp parallel if (items > 1)
+#endif
+    {
+      Scratch scratch(bytes);
+      if (!scratch.ptr) {
+#if defined(_OPENMP)
+#pragma omp atomic write
+#endif
+        oom = true;
+      }
+      const Work w = carve(scratch.ptr, c);
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+      for (int64_t it = 0; it < items; ++it) {
+        if (!scratch.ptr) continue;
+        // Largest tiles first (the last query tiles see the most keys under causal masking).
+        const int64_t t = c.tiles - 1 - it % c.tiles;
+        const int64_t bh = it / c.tiles;
+        const int64_t b = bh / p.Hkv, hkv = bh % p.Hkv;
+        if (weights)
+          weights_tile(c, w, b, hkv, t * BQ);
+        else
+          attend_tile(c, w, b, hkv, t * BQ);
+      }
+    }
+    return !oom;
+  }
+};
+
+/// Runs exact attention (or its weights) for every storage dtype with the ISA's two tile configurations.
+template <class Cfg32, class Cfg64>
+bool run_exact(const AttnProblem& p, bool weights) {
+  switch (p.dtype) {
+    case DType::Float32: return ExactKernel<Cfg32, float>::run(p, weights);
+    case DType::Float64: return ExactKernel<Cfg64, double>::run(p, weights);
+    case DType::Float16: return ExactKernel<Cfg32, Half>::run(p, weights);
+    case DType::BFloat16: return ExactKernel<Cfg32, BFloat>::run(p, weights);
+    default: return false;
+  }
+}
+
+}  // namespace ATTNKIT_ISA_NAMESPACE
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,93 @@
+// merge_attention on the CPU: one pass over the parts per row (math/softmax.h merge_step), rows split
+// across threads. Works on any rank and strides.
+#include "attnkit/math/dtypes.h"
+#include "attnkit/math/softmax.h"
+#include "backend.h"
+
+#include <vector>
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+namespace {
+
+/// Element offset of row `r` (row-major index over the first nd dims of shape) under strides.
+int64_t row_offset(int64_t r, const int64_t* shape, const int64_t* strides, int nd) {
+  int64_t off = 0;
+  for (int d = nd - 1; d >= 0; --d) {
+    const int64_t n = shape[d];
+    off += (r % n) * strides[d];
+    r /= n;
+  }
+  return off;
+}
+
+template <class A>
+A load_elem(const void* base, DType t, int64_t i) {
+  switch (t) {
+    case DType::Float32: return static_cast<A>(static_cast<const float*>(base)[i]);
+    case DType::Float64: return static_cast<A>(static_cast<const double*>(base)[i]);
+    case DType::Float16: return static_cast<A>(math::f16_to_float(static_cast<const uint16_t*>(base)[i]));
+    default: return static_cast<A>(math::bf16_to_float(static_cast<const uint16_t*>(base)[i]));
+  }
+}
+
+template <class A>
+void store_elem(void* base, DType t, int64_t i, A x) {
+  switch (t) {
+    case DType::Float32: static_cast<float*>(base)[i] = static_cast<float>(x); break;
+    case DType::Float64: static_cast<double*>(base)[i] = static_cast<double>(x); break;
+    case DType::Float16: static_cast<uint16_t*>(base)[i] = math::float_to_f16(static_cast<float>(x)); break;
+    default: static_cast<uint16_t*>(base)[i] = math::float_to_bf16(static_cast<float>(x)); break;
+  }
+}
+
+template <class A>
+void merge_rows(const MergeProblem& p) {
+  const int64_t P = static_cast<int64_t>(p.outs.size());
+  const int nd = p.nd;
+#if defined(_OPENMP)
+#pragma omp parallel if (p.rows * P * (p.Dv + 1) > 32768)
+#endif
+  {
+    std::vector<A> acc(static_cast<std::size_t>(p.Dv));
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+    for (int64_t r = 0; r < p.rows; ++r) {
+      A mx = math::neg_inf<A>(), sum = A(0);
+      for (auto& x : acc) x = A(0);
+      for (int64_t k = 0; k < P; ++k) {
+        const TensorRef& lt = p.lses[k];
+        const A lse = static_cast<const A*>(lt.data)[row_offset(r, p.shape, lt.strides, nd)];
+        A w_part;
+        const A w_old = math::merge_step(mx, sum, lse, &w_part);
+        if (w_part == A(0) && w_old == A(1)) continue;
+        const TensorRef& ot = p.outs[k];
+        const int64_t oo = row_offset(r, p.shape, ot.strides, nd);
+        const int64_t os = ot.strides[nd];
+        for (int64_t d = 0; d < p.Dv; ++d) acc[d] = acc[d] * w_old + w_part * load_elem<A>(ot.data, ot.dtype, oo + d * os);
+      }
+      // acc holds sum_p exp(lse_p - mx) out_p; dividing by sum gives sum_p exp(lse_p - lse) out_p.
+      const A inv = mx == math::neg_inf<A>() ? A(0) : A(1) / sum;
+      const int64_t oo = row_offset(r, p.shape, p.out.strides, nd);
+      for (int64_t d = 0; d < p.Dv; ++d) store_elem<A>(p.out.data, p.out.dtype, oo + d * p.out.strides[nd], acc[d] * inv);
+      if (p.lse.defined())
+        static_cast<A*>(p.lse.data)[row_offset(r, p.shape, p.lse.strides, nd)] = math::merge_lse(mx, sum);
+    }
+  }
+}
+
+}  // namespace
+
+void merge_attention(const MergeProblem& p) {
+  if (p.rows == 0) return;
+  if (p.lse_dtype == DType::Float64)
+    merge_rows<double>(p);
+  else
+    merge_rows<float>(p);
+}
+
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit

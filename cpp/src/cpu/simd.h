@@ -1,0 +1,203 @@
+#pragma once
+// Portable SIMD for the CPU kernels: GCC/Clang vector extensions, so one kernel source compiles to SSE2,
+// AVX2 or AVX-512 code depending on the -march of the translation unit including it (see
+// attnkit/math/config.h for why everything here sits in the per-ISA inline namespace).
+//
+// Only what the kernels need: unaligned load/store, broadcast, exp2 with exact zeros far below range,
+// tanh, horizontal max/sum, and float<->storage conversion.
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "attnkit/math/config.h"
+#include "attnkit/math/dtypes.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+inline namespace ATTNKIT_ISA_NAMESPACE {
+
+template <class T>
+struct LaneIntOf;
+template <>
+struct LaneIntOf<float> {
+  using type = int32_t;
+};
+template <>
+struct LaneIntOf<double> {
+  using type = int64_t;
+};
+
+template <class T, int W>
+struct Simd {
+  using I = typename LaneIntOf<T>::type;
+  typedef T V __attribute__((vector_size(sizeof(T) * W)));
+  typedef I VI __attribute__((vector_size(sizeof(T) * W)));
+  static constexpr int kW = W;
+
+  static inline V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static inline void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+  static inline VI loadi(const I* p) {
+    VI v;
+    std::memcpy(&v, p, sizeof(VI));
+    return v;
+  }
+  static inline V set1(T x) { return V{} + x; }
+  static inline VI set1i(I x) { return VI{} + x; }
+  static inline V zero() { return V{}; }
+  static inline V vmax(V a, V b) { return a > b ? a : b; }
+  static inline V vmin(V a, V b) { return a < b ? a : b; }
+  static inline T hmax(V v) {
+    T m = v[0];
+    for (int i = 1; i < W; ++i) m = v[i] > m ? v[i] : m;
+    return m;
+  }
+  static inline V to_float(VI v) { return __builtin_convertvector(v, V); }
+
+  /// 2^x, with exact 0 for x below the normal range (so masked scores, -inf, give exactly 0) and
+  /// saturation above it. Max relative error ~1 ulp (float) on the range the kernels use.
+  static inline V exp2(V x);
+
+  /// e^x = 2^(x log2 e); callers pass small arguments (s - max), where the product's rounding is tiny.
+  static inline V exp(V x) { return exp2(x * static_cast<T>(1.4426950408889634073599246810019)); }
+
+  /// tanh(x) through exp2; absolute error a few ulp of 1.
+  static inline V tanh(V x) {
+    const V ax = x < V{} ? -x : x;
+    const V e = exp2(ax * static_cast<T>(2.0 * 1.4426950408889634073599246810019));  // e^(2|x|)
+    const V t = static_cast<T>(1) - static_cast<T>(2) / (e + static_cast<T>(1));
+    return x < V{} ? -t : t;
+  }
+};
+
+namespace simd_impl {
+// 2^f on [-0.5, 0.5]: degree-6 minimax-style fit for float (max rel. error 1e-7 in float32 Horner form),
+// degree-13 Taylor series of e^(f ln 2) for double (truncation error < 5e-18).
+template <class V>
+inline V exp2_poly(V f, float) {
+  V p = V{} + 1.5337580407503992e-04f;
+  p = p * f + 1.3399859890341759e-03f;
+  p = p * f + 9.618519805371761e-03f;
+  p = p * f + 5.550329014658928e-02f;
+  p = p * f + 2.4022646248340607e-01f;
+  p = p * f + 6.931471824645996e-01f;
+  p = p * f + 1.0f;
+  return p;
+}
+template <class V>
+inline V exp2_poly(V f, double) {
+  // c_k = ln(2)^k / k!
+  constexpr double c[14] = {1.0,
+                            0.6931471805599453,
+                            0.2402265069591007,
+                            0.05550410866482158,
+                            0.009618129107628477,
+                            0.0013333558146428443,
+                            0.00015403530393381606,
+                            1.525273380405984e-05,
+                            1.3215486790144307e-06,
+                            1.0178086009239699e-07,
+                            7.054911620801123e-09,
+                            4.445538271870811e-10,
+                            2.567843599348821e-11,
+                            1.3691488853904124e-12};
+  V p = V{} + c[13];
+  for (int k = 12; k >= 0; --k) p = p * f + c[k];
+  return p;
+}
+template <class T>
+struct Exp2Consts;
+template <>
+struct Exp2Consts<float> {
+  static constexpr float lo = -126.0f, hi = 127.0f, magic = 12582912.0f;  // 1.5 * 2^23
+  static constexpr int shift = 23;
+};
+template <>
+struct Exp2Consts<double> {
+  static constexpr double lo = -1022.0, hi = 1023.0, magic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr int shift = 52;
+};
+}  // namespace simd_impl
+
+template <class T, int W>
+inline typename Simd<T, W>::V Simd<T, W>::exp2(V x) {
+  using C = simd_impl::Exp2Consts<T>;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value && W == 16) {
+    // vscalefps scales by 2^n over the whole range (denormals and underflow to 0 included), so only the
+    // lower clamp that keeps f finite for x = -inf is needed.
+    __m512 xv;
+    std::memcpy(&xv, &x, 64);
+    xv = _mm512_max_ps(xv, _mm512_set1_ps(-160.0f));
+    xv = _mm512_min_ps(xv, _mm512_set1_ps(128.0f));
+    const __m512 n = _mm512_roundscale_ps(xv, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V f;
+    const __m512 fv = _mm512_sub_ps(xv, n);
+    std::memcpy(&f, &fv, 64);
+    const V p = simd_impl::exp2_poly(f, T{});
+    __m512 pv;
+    std::memcpy(&pv, &p, 64);
+    const __m512 r = _mm512_scalef_ps(pv, n);
+    V out;
+    std::memcpy(&out, &r, 64);
+    return out;
+  }
+#endif
+  const V xc = vmin(vmax(x, set1(C::lo)), set1(C::hi));
+  const V t = xc + C::magic;
+  const V n = t - C::magic;  // round(xc) as a float
+  const V p = simd_impl::exp2_poly(xc - n, T{});
+  const VI ni = (VI)t - (VI)set1(C::magic);  // round(xc) as an integer
+  const V r = (V)((VI)p + (ni << C::shift));
+  return x < C::lo ? V{} : r;
+}
+
+/// Storage types: how elements of an input array become accumulator values and back.
+struct Half {
+  uint16_t bits;
+};
+struct BFloat {
+  uint16_t bits;
+};
+
+inline float to_acc(float x) { return x; }
+inline double to_acc(double x) { return x; }
+inline float to_acc(Half x) { return math::f16_to_float(x.bits); }
+inline float to_acc(BFloat x) { return math::bf16_to_float(x.bits); }
+
+template <class St>
+inline St from_acc(float x);
+template <>
+inline float from_acc<float>(float x) { return x; }
+template <>
+inline Half from_acc<Half>(float x) { return Half{math::float_to_f16(x)}; }
+template <>
+inline BFloat from_acc<BFloat>(float x) { return BFloat{math::float_to_bf16(x)}; }
+template <class St>
+inline St from_acc(double x) {
+  return static_cast<St>(x);
+}
+
+template <class St>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+}  // namespace ATTNKIT_ISA_NAMESPACE
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,24 @@
+// Compiled instead of the CUDA backend when attnkit is built without nvcc: device tensors get a clear
+// error rather than a crash.
+#include "backend.h"
+
+namespace attnkit {
+namespace detail {
+namespace cuda {
+namespace {
+[[noreturn]] void not_built() {
+  throw Error(ErrorKind::NotBuilt,
+              "attnkit was built without CUDA: rebuild with nvcc on the PATH (or -DATTNKIT_CUDA=ON) to use "
+              "GPU arrays");
+}
+}  // namespace
+
+void attention(const AttnProblem&) { not_built(); }
+void attention_weights(const AttnProblem&) { not_built(); }
+void merge_attention(const MergeProblem&) { not_built(); }
+bool built() { return false; }
+int device_count() { return 0; }
+
+}  // namespace cuda
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,51 @@
+// Public entry points: validate once, then hand the problem to the backend of the tensors' device.
+#include <cstdlib>
+
+#include "attnkit/attnkit.h"
+#include "backend.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace attnkit {
+
+void attention(const AttentionParams& p) {
+  const detail::AttnProblem prob = detail::validate_attention(p, nullptr);
+  if (prob.device == Device::CUDA) return detail::cuda::attention(prob);
+  detail::cpu::attention(prob);
+}
+
+void attention_weights(const AttentionParams& p, const TensorRef& weights) {
+  const detail::AttnProblem prob = detail::validate_attention(p, &weights);
+  if (prob.device == Device::CUDA) return detail::cuda::attention_weights(prob);
+  detail::cpu::attention_weights(prob);
+}
+
+void merge_attention(const MergeParams& p) {
+  const detail::MergeProblem prob = detail::validate_merge(p);
+  if (prob.device == Device::CUDA) return detail::cuda::merge_attention(prob);
+  detail::cpu::merge_attention(prob);
+}
+
+const char* version() { return ATTNKIT_VERSION_STRING; }
+bool built_with_cuda() { return detail::cuda::built(); }
+int cuda_device_count() { return detail::cuda::device_count(); }
+const char* cpu_isa() { return detail::cpu::isa_name(); }
+
+int get_num_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void set_num_threads(int n) {
+  if (n < 1) throw Error(ErrorKind::Value, "num_threads must be >= 1, got " + std::to_string(n));
+#if defined(_OPENMP)
+  omp_set_num_threads(n);
+#endif
+}
+
+}  // namespace attnkit

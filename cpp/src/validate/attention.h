@@ -1,0 +1,58 @@
+#pragma once
+// The one validator of exact attention (attention, attention_weights) and of merge_attention. Every
+// backend receives the problems built here and never re-checks user input.
+
+#include <vector>
+
+#include "attnkit/attention.h"
+#include "validate/common.h"
+
+namespace attnkit {
+namespace detail {
+
+/// A validated exact-attention problem, every operand brought to rank 4 ([B, H, S, D]).
+struct AttnProblem {
+  Device device = Device::CPU;
+  int32_t device_index = 0;
+  void* stream = nullptr;
+  DType dtype = DType::Float32;  ///< of q, k, v and out
+  int64_t B = 0, Hq = 0, Hkv = 0, Sq = 0, Sk = 0, D = 0, Dv = 0;
+  ViewN<4> q, k, v;           ///< v absent for attention_weights
+  void* out = nullptr;        ///< [B, Hq, Sq, Dv] (attention) or [B, Hq, Sq, Sk] (weights), dtype
+  int64_t out_stride[4] = {};
+  void* lse = nullptr;        ///< optional [B, Hq, Sq] float32 (float64 for float64 problems)
+  int64_t lse_stride[3] = {};
+  double scale = 1.0;         ///< resolved (default 1/sqrt(D) applied)
+  double softcap = 0.0;       ///< 0 = off
+  bool causal = false;
+  int64_t window_left = -1, window_right = -1;
+  ViewN<4> mask;              ///< Bool, broadcast to [B, Hq, Sq, Sk]
+  ViewN<4> bias;              ///< floating, broadcast to [B, Hq, Sq, Sk]
+  ViewN<1> key_lengths;       ///< Int32/Int64, broadcast to [B]
+  ViewN<2> alibi;             ///< floating, broadcast to [B, Hq]
+
+  int64_t group() const { return Hkv ? Hq / Hkv : 1; }
+  bool empty_output() const { return B == 0 || Hq == 0 || Sq == 0; }
+};
+
+/// Validates p for attention() (weights == nullptr) or attention_weights() (weights = its output).
+AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weights);
+
+/// A validated merge problem: rows = product of all but the last dim of outs[i], each of Dv elements.
+struct MergeProblem {
+  Device device = Device::CPU;
+  int32_t device_index = 0;
+  void* stream = nullptr;
+  DType dtype = DType::Float32;      ///< of the outs and out
+  DType lse_dtype = DType::Float32;  ///< of the lses and lse
+  int nd = 0;                        ///< rank of the lse tensors (= rank of outs - 1)
+  int64_t shape[kMaxDims] = {};      ///< outs' shape
+  int64_t rows = 0, Dv = 0;
+  std::vector<TensorRef> outs, lses;
+  TensorRef out, lse;                ///< lse may be absent
+};
+
+MergeProblem validate_merge(const MergeParams& p);
+
+}  // namespace detail
+}  // namespace attnkit

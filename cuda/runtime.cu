@@ -1,0 +1,51 @@
+// CUDA backend entry points. Mechanisms plug their kernels in here as they gain CUDA implementations;
+// until a mechanism has one, a device call reports that clearly instead of running a slow fallback.
+#include "cpp/src/backend.h"
+#include "cuda/common.cuh"
+
+namespace attnkit {
+namespace detail {
+namespace cuda {
+namespace {
+[[noreturn]] void no_kernel(const char* what) {
+  throw Error(ErrorKind::NotBuilt, std::string(what) +
+                                       " has no CUDA kernel in this version of attnkit; pass NumPy arrays "
+                                       "to run it on the CPU");
+}
+void require_device(int index) {
+  const int n = device_count();
+  if (n == 0) throw Error(ErrorKind::Runtime, "no CUDA device is available (cudaGetDeviceCount found none)");
+  if (index < 0 || index >= n)
+    throw Error(ErrorKind::Value, "CUDA device index " + std::to_string(index) + " is out of range [0, " +
+                                      std::to_string(n) + ")");
+}
+}  // namespace
+
+bool built() { return true; }
+
+int device_count() {
+  int n = 0;
+  // No driver or no GPU is not an error for this query: it simply means zero devices.
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+void attention(const AttnProblem& p) {
+  require_device(p.device_index);
+  no_kernel("attention");
+}
+void attention_weights(const AttnProblem& p) {
+  require_device(p.device_index);
+  no_kernel("attention_weights");
+}
+void merge_attention(const MergeProblem& p) {
+  require_device(p.device_index);
+  no_kernel("merge_attention");
+}
+
+}  // namespace cuda
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,48 @@
+"""attnkit: attention in every form the field uses, for NumPy (CPU) and CuPy (CUDA).
+
+Array in, array out: every function takes NumPy arrays (run on the C++ CPU backend) or CuPy arrays
+(run on the CUDA backend, on CuPy's current stream) and returns arrays of the same kind.
+``attnkit.reference`` holds float64 NumPy oracles of every function.
+"""
+
+from . import _core
+from ._exact import attention, attention_weights, merge_attention
+
+__version__ = _core.__version__
+
+__all__ = [
+    "attention",
+    "attention_weights",
+    "merge_attention",
+    "get_num_threads",
+    "set_num_threads",
+    "info",
+    "__version__",
+]
+
+
+def get_num_threads() -> int:
+    """Number of threads the CPU backend uses for calls from this thread (OpenMP's max threads;
+    ``OMP_NUM_THREADS`` sets the initial value)."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of CPU threads for later calls from this thread. Results do not depend on it.
+
+    Raises ValueError when ``n < 1``.
+    """
+    from ._array import as_int
+
+    _core.set_num_threads(as_int(n, "n"))
+
+
+def info() -> dict:
+    """Build and runtime facts: version, backends built, CUDA devices, CPU kernels and threads."""
+    return {
+        "version": __version__,
+        "cpu_isa": _core.cpu_isa(),
+        "threads": _core.get_num_threads(),
+        "cuda_built": _core.built_with_cuda(),
+        "cuda_devices": _core.cuda_device_count(),
+    }

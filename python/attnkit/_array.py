@@ -1,0 +1,158 @@
+"""Array adapter: NumPy / CuPy arrays in, ``_core.TensorRef`` views out, outputs allocated on the
+inputs' device. Internal to attnkit."""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+from . import _core
+
+try:  # bfloat16 for NumPy
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    ml_dtypes = None
+    BFLOAT16 = None
+
+# attnkit::DType codes (cpp/include/attnkit/types.h)
+_CODES = {
+    np.dtype(np.float32): 0,
+    np.dtype(np.float64): 1,
+    np.dtype(np.float16): 2,
+    np.dtype(np.bool_): 4,
+    np.dtype(np.int32): 5,
+    np.dtype(np.int64): 6,
+}
+if BFLOAT16 is not None:
+    _CODES[BFLOAT16] = 3
+
+FLOAT_DTYPES = "float32, float64, float16 or bfloat16"
+
+
+def is_cuda_array(x) -> bool:
+    return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
+
+
+def _dtype_code(dtype, name: str) -> int:
+    code = _CODES.get(np.dtype(dtype))
+    if code is None:
+        raise TypeError(f"{name} has unsupported dtype {np.dtype(dtype)}")
+    return code
+
+
+class Call:
+    """Collects the arrays of one call: converts them to TensorRefs (keeping them alive for the call),
+    records the device, and allocates outputs with the matching array module."""
+
+    def __init__(self):
+        self.cuda = None  # None until the first array: False = NumPy, True = CuPy
+        self.device_index = 0
+        self._keep = []
+
+    # -- inputs -------------------------------------------------------------------------------
+    def array(self, x, name: str, *, coerce: bool = False):
+        """Returns x as an array. Only auxiliary arguments (masks, lengths, slopes) are coerced from
+        Python sequences and scalars; q/k/v must be arrays already (NumPy, CuPy, or anything exposing
+        ``__array_interface__``)."""
+        if is_cuda_array(x) or isinstance(x, np.ndarray):
+            return x
+        if coerce:
+            return self.xp.asarray(x)
+        if hasattr(x, "__array_interface__"):
+            return np.asarray(x)
+        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
+
+    def tensor(self, x, name: str, *, coerce: bool = False):
+        """TensorRef of x (None -> absent)."""
+        if x is None:
+            return _core.TensorRef()
+        x = self.array(x, name, coerce=coerce)
+        if is_cuda_array(x):
+            iface = x.__cuda_array_interface__
+            dtype = np.dtype(iface["typestr"])
+            code = _dtype_code(dtype, name)
+            shape = tuple(iface["shape"])
+            item = dtype.itemsize
+            strides = iface.get("strides")
+            if strides is None:
+                strides, acc = [], 1
+                for s in reversed(shape):
+                    strides.insert(0, acc)
+                    acc *= s
+            else:
+                if any(s % item for s in strides):
+                    raise ValueError(f"{name} has strides that are not a multiple of its item size")
+                strides = [s // item for s in strides]
+            ptr = iface["data"][0] or 0
+            dev = getattr(getattr(x, "device", None), "id", 0)
+            self._note_device(True, dev)
+            self._keep.append(x)
+            return _core.TensorRef(ptr, code, list(shape), list(strides), 1, dev)
+        code = _dtype_code(x.dtype, name)
+        item = x.dtype.itemsize
+        if any(s % item for s in x.strides):  # exotic byte-strided views: copy once
+            x = np.ascontiguousarray(x)
+        self._note_device(False, 0)
+        self._keep.append(x)
+        ptr = x.__array_interface__["data"][0] if x.size else 0
+        return _core.TensorRef(ptr, code, list(x.shape), [s // item for s in x.strides], 0, 0)
+
+    def _note_device(self, cuda: bool, index: int):
+        if self.cuda is None:
+            self.cuda, self.device_index = cuda, index
+
+    # -- outputs ------------------------------------------------------------------------------
+    @property
+    def xp(self):
+        if self.cuda:
+            import cupy
+
+            return cupy
+        return np
+
+    def empty(self, shape, dtype):
+        """A new C-contiguous output array on the call's device, and its TensorRef."""
+        if self.cuda:
+            import cupy
+
+            with cupy.cuda.Device(self.device_index):
+                arr = cupy.empty(shape, dtype=dtype)
+        else:
+            arr = np.empty(shape, dtype=dtype)
+        return arr, self.tensor(arr, "out")
+
+    @property
+    def stream(self) -> int:
+        if not self.cuda:
+            return 0
+        import cupy
+
+        return cupy.cuda.get_current_stream().ptr
+
+
+def as_int(x, name: str) -> int:
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(x).__name__}") from None
+
+
+def as_float(x, name: str) -> float:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    return float(x)
+
+
+def as_bool(x, name: str) -> bool:
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
+    return bool(x)
+
+
+def acc_dtype(dtype) -> np.dtype:
+    """Accumulator / log-sum-exp dtype of an input dtype: float64 for float64, else float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)

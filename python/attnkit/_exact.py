@@ -1,0 +1,195 @@
+"""Exact attention: attention, attention_weights, merge_attention."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._array import Call, acc_dtype, as_bool, as_float, as_int
+
+__all__ = ["attention", "attention_weights", "merge_attention"]
+
+_MASKING_DOC = """
+    causal : bool
+        Causal masking aligned bottom-right: query ``i`` sees key ``j`` when ``j <= i + (Sk - Sq)``
+        (FlashAttention / cuDNN convention; with ``Sq == Sk`` the usual lower triangle).
+    window : (left, right) or None
+        Local attention: query ``i`` sees keys ``i + a - left <= j <= i + a + right`` with
+        ``a = Sk - Sq``. A side that is ``None`` or negative is unbounded.
+    mask : bool array or None
+        ``True`` = attend. Broadcastable (NumPy rules) to ``[B, Hq, Sq, Sk]``.
+    bias : float array or None
+        Added to the scores (after ``softcap``). Broadcastable to ``[B, Hq, Sq, Sk]``; any float dtype.
+        ``-inf`` entries behave like masked keys.
+    key_lengths : int array ``[B]`` or int, optional
+        Valid keys per batch entry (right padding): keys ``j >= key_lengths[b]`` are masked. Values
+        must lie in ``[0, Sk]``.
+    scale : float, optional
+        Score scale, default ``1/sqrt(D)``. Any finite value.
+    softcap : float, optional
+        Logit soft-capping ``s -> c * tanh(s / c)`` (Gemma 2, Grok), applied after scaling and before
+        bias/ALiBi. ``None`` or ``0`` disables it; ``c`` must be ``>= 0``.
+    alibi_slopes : float array ``[Hq]`` or ``[B, Hq]``, optional
+        ALiBi: the score of ``(i, j)`` gets ``-slope[h] * |i + a - j|``.
+"""
+
+
+def _set_masking(p, call: Call, causal, window, mask, bias, key_lengths, scale, softcap, alibi_slopes):
+    p.causal = as_bool(causal, "causal")
+    if window is not None:
+        try:
+            left, right = window
+        except (TypeError, ValueError):
+            raise ValueError(f"window must be a pair (left, right) or None, got {window!r}") from None
+        p.window_left = -1 if left is None else as_int(left, "window[0]")
+        p.window_right = -1 if right is None else as_int(right, "window[1]")
+    p.mask = call.tensor(mask, "mask", coerce=True)
+    p.bias = call.tensor(bias, "bias", coerce=True)
+    if key_lengths is not None:
+        kl = call.array(key_lengths, "key_lengths", coerce=True)
+        if kl.dtype.kind in "iu" and kl.dtype not in (np.int32, np.int64):
+            kl = kl.astype(np.int64)
+        p.key_lengths = call.tensor(kl, "key_lengths")
+    p.alibi_slopes = call.tensor(alibi_slopes, "alibi_slopes", coerce=True)
+    if scale is not None:
+        p.scale = as_float(scale, "scale")
+    if softcap is not None:
+        p.softcap = as_float(softcap, "softcap")
+    p.stream = call.stream
+
+
+def _out_shape(q, last: int):
+    shape = tuple(getattr(q, "shape", ()))
+    return shape[:-1] + (last,) if len(shape) >= 2 else None
+
+
+def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_lengths=None, scale=None,
+              softcap=None, alibi_slopes=None, return_lse=False):
+    """Exact scaled-dot-product attention (flash-style, O(S) memory).
+
+    Computes, per batch ``b`` and query head ``h``::
+
+        s_ij = scale * q_i . k_j            (then softcap, + bias, - ALiBi)
+        out_i = sum_{allowed j} softmax_j(s_i) v_j,   lse_i = log sum_{allowed j} exp(s_ij)
+
+    Parameters
+    ----------
+    q : array ``[B, Hq, Sq, D]`` (or ``[H, S, D]``, ``[S, D]``)
+        Queries: NumPy (CPU backend) or CuPy (CUDA backend); float32, float64, float16 or
+        ``ml_dtypes.bfloat16``. Any strides (e.g. transposed ``[B, S, H, D]`` views) are read in place.
+    k : array ``[B, Hkv, Sk, D]``
+        Keys, same dtype and rank as ``q``. ``Hq % Hkv == 0``: query head ``h`` uses kv head
+        ``h // (Hq // Hkv)`` (grouped-query / multi-query attention).
+    v : array ``[B, Hkv, Sk, Dv]``
+        Values; ``Dv`` may differ from ``D``.
+    MASKING_ARGUMENTS
+    return_lse : bool
+        Also return the log-sum-exp of the scores, ``[B, Hq, Sq]``.
+
+    Returns
+    -------
+    out : array ``[B, Hq, Sq, Dv]`` in ``q``'s dtype (rank follows ``q``), or ``(out, lse)`` with ``lse``
+    float32 (float64 for float64 inputs). Rows with no allowed key give ``out = 0`` and ``lse = -inf``,
+    never NaN. Accumulation is float32 (float64 for float64 inputs).
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit together, bad window / key_lengths / scale / softcap values.
+    TypeError
+        Unsupported or mismatched dtypes, non-array inputs, arrays on different devices.
+    """
+    call = Call()
+    p = _core.AttentionParams()
+    p.q = call.tensor(q, "q")
+    p.k = call.tensor(k, "k")
+    p.v = call.tensor(v, "v")
+    _set_masking(p, call, causal, window, mask, bias, key_lengths, scale, softcap, alibi_slopes)
+    shape = _out_shape(q, v.shape[-1] if len(getattr(v, "shape", ())) else 0)
+    out = lse = None
+    if shape is not None:
+        out, p.out = call.empty(shape, q.dtype)
+        if return_lse:
+            lse, p.lse = call.empty(shape[:-1], acc_dtype(q.dtype))
+    _core.attention(p)
+    return (out, lse) if return_lse else out
+
+
+def _with_masking_doc(f):
+    f.__doc__ = f.__doc__.replace("    MASKING_ARGUMENTS\n", _MASKING_DOC.lstrip("\n"))
+    return f
+
+
+attention = _with_masking_doc(attention)
+
+
+def attention_weights(q, k, *, causal=False, window=None, mask=None, bias=None, key_lengths=None, scale=None,
+                      softcap=None, alibi_slopes=None):
+    """Attention probabilities ``p_ij = softmax_j(s_i)`` over the allowed keys, for inspection and plots.
+
+    Same arguments and masking semantics as :func:`attention` (without ``v``). Returns
+    ``[B, Hq, Sq, Sk]`` (rank follows ``q``) in ``q``'s dtype: exact zeros for keys that are not
+    allowed, all-zero rows where no key is allowed. This materialises ``Sq * Sk`` values per head by
+    design; use :func:`attention` to compute outputs.
+
+    Parameters
+    ----------
+    q, k : arrays as in :func:`attention`.
+    MASKING_ARGUMENTS
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`attention`.
+    """
+    call = Call()
+    p = _core.AttentionParams()
+    p.q = call.tensor(q, "q")
+    p.k = call.tensor(k, "k")
+    _set_masking(p, call, causal, window, mask, bias, key_lengths, scale, softcap, alibi_slopes)
+    shape = _out_shape(q, k.shape[-2] if len(getattr(k, "shape", ())) >= 2 else 0)
+    weights, wref = call.empty(shape, q.dtype) if shape is not None else (None, _core.TensorRef())
+    _core.attention_weights(p, wref)
+    return weights
+
+
+attention_weights = _with_masking_doc(attention_weights)
+
+
+def merge_attention(outs, lses):
+    """Merges attention results computed over disjoint key sets (split-KV, ring attention, LSH rounds).
+
+    ``lse = logaddexp_p lse_p`` and ``out = sum_p exp(lse_p - lse) * out_p``. Parts whose ``lse`` is
+    ``-inf`` (no allowed key) contribute nothing, whatever their ``out``; when every part is empty the
+    result is ``out = 0``, ``lse = -inf``.
+
+    Parameters
+    ----------
+    outs : sequence of arrays ``[..., S, Dv]`` (or one array with the parts along axis 0)
+        Partial outputs, one dtype and shape.
+    lses : sequence of arrays ``[..., S]`` (or one array with the parts along axis 0)
+        Their log-sum-exps: float32 (float64 when ``outs`` are float64), as returned by
+        ``attention(..., return_lse=True)``.
+
+    Returns
+    -------
+    (out, lse) : the merged output (dtype of ``outs``) and log-sum-exp.
+
+    Raises
+    ------
+    ValueError
+        No parts, a different number of outs and lses, or mismatched shapes.
+    TypeError
+        Mismatched dtypes or devices.
+    """
+    call = Call()
+    outs = list(outs) if not hasattr(outs, "shape") else [outs[i] for i in range(outs.shape[0])]
+    lses = list(lses) if not hasattr(lses, "shape") else [lses[i] for i in range(lses.shape[0])]
+    out_refs = [call.tensor(o, f"outs[{i}]") for i, o in enumerate(outs)]
+    lse_refs = [call.tensor(x, f"lses[{i}]") for i, x in enumerate(lses)]
+    out = lse = None
+    out_ref = lse_ref = _core.TensorRef()
+    if outs and getattr(outs[0], "ndim", 0) >= 1:
+        out, out_ref = call.empty(outs[0].shape, outs[0].dtype)
+        lse, lse_ref = call.empty(outs[0].shape[:-1], acc_dtype(outs[0].dtype))
+    _core.merge_attention(out_refs, lse_refs, out_ref, lse_ref, call.stream)
+    return out, lse

@@ -1,0 +1,84 @@
+"""Shared test helpers: seeded data in every dtype, the FlashAttention-style tolerance rule, output
+poisoning."""
+
+from __future__ import annotations
+
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from attnkit import _array
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16), BF16]
+DTYPE_IDS = ["f32", "f64", "f16", "bf16"]
+
+# atol of the tolerance rule, per dtype: covers the rounding of the output itself
+ATOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-12, np.dtype(np.float16): 2e-3, BF16: 1.6e-2}
+
+BASE_SEED = int(os.environ.get("ATTNKIT_TEST_SEED", "20261122"))
+
+
+def pytest_report_header(config):
+    import attnkit
+
+    return [f"attnkit {attnkit.__version__}: {attnkit.info()}; ATTNKIT_TEST_SEED={BASE_SEED}"]
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from ATTNKIT_TEST_SEED and the test's name (printed on failure)."""
+    seed = (BASE_SEED + sum(map(ord, request.node.nodeid))) % (2**32)
+    print(f"seed={seed}")
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    """Every output attnkit allocates starts as NaN (floats) / a sentinel, so an element the kernel
+    forgets to write shows up."""
+    orig = _array.Call.empty
+
+    def poisoned(self, shape, dtype):
+        arr, ref = orig(self, shape, dtype)
+        if np.dtype(dtype).kind == "f" or np.dtype(dtype) == BF16:
+            arr[...] = np.nan
+        else:
+            arr[...] = -123456789
+        return arr, ref
+
+    monkeypatch.setattr(_array.Call, "empty", poisoned)
+
+
+def randn(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def to_f64(x):
+    return np.asarray(x).astype(np.float64)
+
+
+def naive_dtype(dtype):
+    """Precision of the 'naive' baseline: the same-precision plain NumPy computation (float32 for the
+    16-bit types, whose NumPy arithmetic is not a meaningful baseline)."""
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def assert_close(out, ref, naive, dtype, what="out"):
+    """FlashAttention's rule: max|out - ref| <= 2 * max|naive - ref| + atol, NaN/Inf checked first.
+    naive is rounded to the output dtype, like attnkit's own result."""
+    out = to_f64(out)
+    ref = to_f64(ref)
+    naive = to_f64(np.asarray(naive).astype(dtype) if np.dtype(dtype) != np.float64 else naive)
+    assert out.shape == ref.shape, (what, out.shape, ref.shape)
+    fin_ref = np.isfinite(ref)
+    assert not np.isnan(out).any(), f"{what}: NaN in result"
+    assert np.array_equal(np.isfinite(out), fin_ref), f"{what}: infinities differ from the oracle"
+    assert np.array_equal(out[~fin_ref], ref[~fin_ref]), f"{what}: infinite entries differ"
+    if fin_ref.any():
+        err = np.abs(out[fin_ref] - ref[fin_ref]).max()
+        base = np.abs(naive[fin_ref] - ref[fin_ref]).max()
+        tol = 2 * base + ATOL[np.dtype(dtype)]
+        assert err <= tol, f"{what}: max error {err:.3g} > tolerance {tol:.3g} (naive error {base:.3g})"

@@ -1,0 +1,84 @@
+"""Every CPU micro-kernel family (generic / AVX2 / AVX-512) against the oracle. The family is chosen
+once per process, so each runs in a subprocess with ATTNKIT_CPU_ISA lowering the choice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import attnkit
+from attnkit import reference as ref
+
+from conftest import BF16, assert_close, naive_dtype
+
+ORDER = ["generic", "avx2", "avx512"]
+
+CASES = [
+    # dtype, B, Hq, Hkv, Sq, Sk, D, Dv, kwargs
+    ("float32", 1, 4, 2, 37, 70, 64, 64, dict(causal=True)),
+    ("float32", 2, 2, 2, 19, 130, 60, 24, dict(window=(7, 3), softcap=5.0, alibi="h")),
+    ("float64", 1, 3, 1, 41, 41, 80, 80, dict(causal=True, bias=True)),
+    ("float16", 1, 2, 2, 66, 33, 128, 128, dict(mask=True)),
+    ("bfloat16", 2, 2, 1, 5, 77, 32, 16, dict(key_lengths=[77, 3])),
+    ("float32", 1, 1, 1, 1, 300, 256, 256, dict()),
+]
+
+SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, ml_dtypes, attnkit
+    out = {}
+    rng = np.random.default_rng(7)
+    for n, (dt, B, Hq, Hkv, Sq, Sk, D, Dv, kw) in enumerate(CASES):
+        dtype = ml_dtypes.bfloat16 if dt == "bfloat16" else np.dtype(dt)
+        q = rng.standard_normal((B, Hq, Sq, D)).astype(dtype)
+        k = rng.standard_normal((B, Hkv, Sk, D)).astype(dtype)
+        v = rng.standard_normal((B, Hkv, Sk, Dv)).astype(dtype)
+        kw = dict(kw)
+        if kw.pop("alibi", None):
+            kw["alibi_slopes"] = rng.uniform(0, 0.5, Hq)
+        if kw.pop("bias", None):
+            kw["bias"] = rng.standard_normal((Sq, Sk))
+        if kw.pop("mask", None):
+            kw["mask"] = rng.random((B, 1, Sq, Sk)) < 0.7
+        o, l = attnkit.attention(q, k, v, return_lse=True, **kw)
+        w = attnkit.attention_weights(q, k, **kw)
+        for name, a in (("q", q), ("k", k), ("v", v), ("o", o), ("w", w)):
+            out[f"{n}_{name}"] = a.astype(np.float64)
+        out[f"{n}_l"] = l.astype(np.float64)
+        for key, val in kw.items():
+            out[f"{n}_kw_{key}"] = np.asarray(val)
+    out["isa"] = np.array(attnkit.info()["cpu_isa"])
+    np.savez(sys.argv[1], **out)
+""")
+
+
+@pytest.mark.parametrize("isa", ORDER)
+def test_isa_family(isa, tmp_path):
+    native = attnkit.info()["cpu_isa"]
+    if ORDER.index(isa) > ORDER.index(native):
+        pytest.skip(f"this CPU runs {native}, not {isa}")
+    path = tmp_path / "res.npz"
+    env = dict(os.environ, ATTNKIT_CPU_ISA=isa)
+    code = f"CASES = {CASES!r}\n" + SCRIPT
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=env)
+    res = np.load(path)
+    assert str(res["isa"]) == isa
+    for n, (dt, B, Hq, Hkv, Sq, Sk, D, Dv, kw) in enumerate(CASES):
+        dtype = BF16 if dt == "bfloat16" else np.dtype(dt)
+        q, k, v = (res[f"{n}_{x}"].astype(dtype) for x in "qkv")
+        kw = {key[len(f"{n}_kw_"):]: res[key] for key in res.files if key.startswith(f"{n}_kw_")}
+        kw = {key: (tuple(val) if key == "window" else (float(val) if val.ndim == 0 else val)) for key, val in kw.items()}
+        if "causal" in kw:
+            kw["causal"] = bool(kw["causal"])
+        r_o, r_l = ref.attention(q, k, v, return_lse=True, **kw)
+        n_o, n_l = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(dtype), **kw)
+        assert_close(res[f"{n}_o"], r_o, n_o, dtype, what=f"{isa} case {n} out")
+        assert_close(res[f"{n}_l"], r_l, n_l, np.float64 if dtype == np.float64 else np.float32,
+                     what=f"{isa} case {n} lse")
+        r_w = ref.attention_weights(q, k, **kw)
+        n_w = ref.attention_weights(q.astype(naive_dtype(dtype)), k.astype(naive_dtype(dtype)), **kw)
+        assert_close(res[f"{n}_w"], r_w, n_w, dtype, what=f"{isa} case {n} weights")
