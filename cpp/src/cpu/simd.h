@@ -136,18 +136,18 @@ inline typename Simd<T, W>::V Simd<T, W>::exp2(V x) {
   if constexpr (std::is_same<T, float>::value && W == 16) {
     // vscalefps scales by 2^n over the whole range (denormals and underflow to 0 included), so only the
     // lower clamp that keeps f finite for x = -inf is needed.
+    const V xc = vmin(vmax(x, set1(-160.0f)), set1(128.0f));
     __m512 xv;
-    std::memcpy(&xv, &x, 64);
-    xv = _mm512_max_ps(xv, _mm512_set1_ps(-160.0f));
-    xv = _mm512_min_ps(xv, _mm512_set1_ps(128.0f));
-    const __m512 n = _mm512_roundscale_ps(xv, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    std::memcpy(&xv, &xc, 64);
+    // (maskz forms: the unmasked ones trip GCC 12's -Wmaybe-uninitialized inside immintrin.h)
+    const __m512 n = _mm512_maskz_roundscale_ps(0xffff, xv, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     V f;
     const __m512 fv = _mm512_sub_ps(xv, n);
     std::memcpy(&f, &fv, 64);
     const V p = simd_impl::exp2_poly(f, T{});
     __m512 pv;
     std::memcpy(&pv, &p, 64);
-    const __m512 r = _mm512_scalef_ps(pv, n);
+    const __m512 r = _mm512_maskz_scalef_ps(0xffff, pv, n);
     V out;
     std::memcpy(&out, &r, 64);
     return out;

@@ -1,0 +1,70 @@
+"""Exact attention on the CPU: attnkit vs PyTorch scaled_dot_product_attention vs NumPy.
+
+float32, B=1, H=8, D=64, S in {512, 1024, 2048, 4096}, causal and not, side by side in one process with
+the same thread count for everyone. NumPy anchors: the plain textbook form (the issue's target) and a
+careful per-head in-place loop. Reports median times, GFLOP/s (4*D FLOPs per allowed (query, key) pair)
+and ratios, and the peak RSS of one attnkit call at S=32768 (in a subprocess). Writes
+bench/results/attention.json.
+
+    pip install torch==2.13.0   # the anchor; attnkit itself never needs torch
+    python bench/bench_attention.py [--sizes 512 1024] [--reps 5] [--no-rss]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import attnkit
+from attnkit._bench import environment, exact_rows, progress, write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def peak_rss_child(S, H, D, causal):
+    """Runs in a subprocess: extra peak RSS of one attention call beyond its inputs and output."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, H, S, D)).astype(np.float32) for _ in range(3))
+    out = np.empty_like(q)
+    out[...] = 0  # touch as many pages as the result will occupy
+    del out
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    attnkit.attention(q, k, v, causal=causal)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"S": S, "H": H, "D": D, "causal": causal, "inputs_mib": 3 * q.nbytes / 2**20,
+                      "rss_before_mib": before / 1024, "rss_peak_mib": after / 1024,
+                      "extra_mib": (after - before) / 1024, "dense_scores_would_be_mib": H * S * S * 4 / 2**20}))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--no-numpy", action="store_true")
+    ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--rss-S", type=int, default=32768)
+    ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="attention.json")
+    a = ap.parse_args(argv)
+    if a.rss_child:
+        return peak_rss_child(a.rss_S, 8, 64, True)
+    threads = attnkit.get_num_threads()
+    rows = exact_rows(a.sizes, a.reps, with_numpy=not a.no_numpy)
+    payload = {"benchmark": "exact attention, float32, B=1, H=8, D=64", "env": environment(threads), "rows": rows}
+    if not a.no_rss:
+        progress(f"peak RSS at S={a.rss_S} (causal, H=8, D=64) ...")
+        res = subprocess.run([sys.executable, __file__, "--rss-child", "--rss-S", str(a.rss_S)], check=True,
+                             capture_output=True, text=True)
+        payload["peak_rss"] = json.loads(res.stdout)
+        progress(json.dumps(payload["peak_rss"]))
+    progress(f"wrote {write_json(RESULTS, a.out, payload)}")
+
+
+if __name__ == "__main__":
+    main()

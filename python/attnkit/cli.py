@@ -1,0 +1,69 @@
+"""The ``attnkit`` command line: ``attnkit info`` and ``attnkit bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import _bench, _core, info
+
+
+def _cmd_info(args) -> int:
+    facts = info()
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    print(f"attnkit {facts['version']}")
+    print(f"  CPU backend : built, micro-kernels {facts['cpu_isa']}, {facts['threads']} thread(s) "
+          "(OMP_NUM_THREADS or attnkit.set_num_threads)")
+    if facts["cuda_built"]:
+        print(f"  CUDA backend: built, {facts['cuda_devices']} device(s) visible")
+    else:
+        print("  CUDA backend: not built (no nvcc at build time)")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 2048, 4096])
+    print(f"attnkit {_core.version()} on {_core.get_num_threads()} thread(s), CPU kernels {_core.cpu_isa()}")
+    print("exact attention, float32, B=1, H=8, D=64 (ratios > 1: attnkit is faster)")
+    torch = _bench.torch_or_none() if not args.no_torch else None
+    if torch is None and not args.no_torch:
+        print("  (PyTorch not installed: no torch column; `pip install torch` to add it)")
+
+    def report(line):
+        print("  " + line, flush=True)
+
+    rows = []
+    for S in sizes:
+        if S >= 2048:
+            print(f"  ... S={S} (a few seconds)", end="\r", file=sys.stderr, flush=True)
+        rows += _bench.exact_rows([S], reps=args.reps, with_numpy=not args.no_numpy and S <= 4096,
+                                  with_torch=not args.no_torch, report=report, min_time=0.2)
+    if args.json:
+        path = _bench.write_json(".", args.json, {"env": _bench.environment(_core.get_num_threads()), "rows": rows})
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="attnkit", description="attnkit: attention kernels for NumPy and CuPy")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("info", help="version, backends built, CPU kernels and threads")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("bench", help="a short benchmark table (attnkit vs PyTorch vs NumPy)")
+    p.add_argument("--quick", action="store_true", help="only the small sizes")
+    p.add_argument("--sizes", type=int, nargs="+", help="sequence lengths (default 512 1024 2048 4096)")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per cell (median)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    p.add_argument("--no-numpy", action="store_true", help="skip the NumPy columns")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.set_defaults(func=_cmd_bench)
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

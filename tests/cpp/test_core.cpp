@@ -1,0 +1,174 @@
+// C++ unit tests: the shared math headers (bit-exact conversions, key ranges, softmax helpers), errors
+// from the validator, and attention calls against a direct computation. No framework: CHECK counts
+// failures and main returns their number.
+#include <attnkit/attnkit.h>
+#include <attnkit/math/dtypes.h>
+#include <attnkit/math/masks.h>
+#include <attnkit/math/softmax.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+static int failures = 0;
+#define CHECK(cond)                                                    \
+  do {                                                                 \
+    if (!(cond)) {                                                     \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                      \
+    }                                                                  \
+  } while (0)
+
+namespace m = attnkit::math;
+
+static void test_conversions() {
+  // float16: every finite half round-trips exactly; float -> half rounds to nearest even.
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = m::f16_to_float(static_cast<uint16_t>(h));
+    if (std::isnan(f)) {
+      CHECK(std::isnan(m::f16_to_float(m::float_to_f16(f))));
+      continue;
+    }
+    CHECK(m::float_to_f16(f) == h);
+  }
+  CHECK(m::float_to_f16(65504.0f) == 0x7bff);
+  CHECK(m::float_to_f16(65520.0f) == 0x7c00);              // rounds up to inf
+  CHECK(m::float_to_f16(1.0f + 1.0f / 2048) == 0x3c00);    // tie -> even (down)
+  CHECK(m::float_to_f16(1.0f + 3.0f / 2048) == 0x3c02);    // tie -> even (up)
+  CHECK(m::float_to_f16(std::ldexp(1.0f, -25)) == 0);      // half of the smallest subnormal -> 0 (even)
+  CHECK(m::float_to_f16(std::ldexp(3.0f, -26)) == 1);      // 0.75 of the smallest subnormal -> 1
+  CHECK(m::f16_to_float(1) == std::ldexp(1.0f, -24));
+  // bfloat16: exact round trip of all 2^16 patterns; rounding to nearest even.
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = m::bf16_to_float(static_cast<uint16_t>(h));
+    if (!std::isnan(f)) CHECK(m::float_to_bf16(f) == h);
+  }
+  CHECK(m::float_to_bf16(1.0f + 1.0f / 256) == 0x3f80);
+  CHECK(m::float_to_bf16(1.0f + 3.0f / 256) == 0x3f82);
+  CHECK(std::isnan(m::bf16_to_float(m::float_to_bf16(std::numeric_limits<float>::quiet_NaN()))));
+}
+
+static void test_key_range() {
+  // causal, square: row i sees [0, i]
+  auto r = m::key_range(3, 10, 10, true, -1, -1, 10);
+  CHECK(r.lo == 0 && r.hi == 4);
+  // bottom-right alignment with Sk > Sq: row 0 sees Sk - Sq + 1 keys
+  r = m::key_range(0, 4, 10, true, -1, -1, 10);
+  CHECK(r.lo == 0 && r.hi == 7);
+  // Sq > Sk: the first rows see nothing
+  r = m::key_range(1, 10, 4, true, -1, -1, 4);
+  CHECK(r.hi <= r.lo);
+  // window (2, 1) and key_lengths
+  r = m::key_range(5, 10, 10, false, 2, 1, 6);
+  CHECK(r.lo == 3 && r.hi == 6);
+  CHECK(m::alibi_distance<int64_t>(3, 7) == 4 && m::alibi_distance<int64_t>(7, 3) == 4);
+}
+
+static void test_softmax_helpers() {
+  const double ninf = -std::numeric_limits<double>::infinity();
+  CHECK((m::softmax_offset<double, double>(ninf) == 0.0));
+  CHECK(m::softmax_lse(ninf, 0.0) == ninf);
+  CHECK(m::softmax_out_scale(ninf, 0.0) == 0.0);
+  CHECK(std::fabs(m::softmax_lse(1.0, std::exp(2.0)) - 3.0) < 1e-15);
+  // merge of lse 0 and log 3 (and an empty part) is log 4
+  double mx = ninf, sum = 0, w;
+  m::merge_step(mx, sum, 0.0, &w);
+  m::merge_step(mx, sum, ninf, &w);
+  CHECK(w == 0.0);
+  m::merge_step(mx, sum, std::log(3.0), &w);
+  CHECK(std::fabs(m::merge_lse(mx, sum) - std::log(4.0)) < 1e-15);
+}
+
+template <class F>
+static std::string error_of(F&& f, attnkit::ErrorKind* kind) {
+  try {
+    f();
+  } catch (const attnkit::Error& e) {
+    *kind = e.kind();
+    return e.what();
+  }
+  return "";
+}
+
+static void test_attention_and_errors() {
+  using attnkit::DType;
+  const int64_t B = 2, Hq = 4, Hkv = 2, Sq = 9, Sk = 13, D = 8, Dv = 3;
+  std::vector<double> q(B * Hq * Sq * D), k(B * Hkv * Sk * D), v(B * Hkv * Sk * Dv), out(B * Hq * Sq * Dv);
+  std::vector<double> lse(B * Hq * Sq);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(1.7 * i);
+  for (size_t i = 0; i < k.size(); ++i) k[i] = std::cos(0.9 * i);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(0.37 * i + 1);
+  attnkit::AttentionParams p;
+  p.q = attnkit::make_tensor(q.data(), DType::Float64, {B, Hq, Sq, D});
+  p.k = attnkit::make_tensor(k.data(), DType::Float64, {B, Hkv, Sk, D});
+  p.v = attnkit::make_tensor(v.data(), DType::Float64, {B, Hkv, Sk, Dv});
+  p.out = attnkit::make_tensor(out.data(), DType::Float64, {B, Hq, Sq, Dv});
+  p.lse = attnkit::make_tensor(lse.data(), DType::Float64, {B, Hq, Sq});
+  p.causal = true;
+  p.window_left = 3;
+  attnkit::attention(p);
+  double max_err = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i < Sq; ++i) {
+        const int64_t hk = h / (Hq / Hkv), pos = i + Sk - Sq;
+        double mx = -1e300, s[Sk];
+        for (int64_t j = 0; j < Sk; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += q[((b * Hq + h) * Sq + i) * D + d] * k[((b * Hkv + hk) * Sk + j) * D + d];
+          s[j] = (j <= pos && j >= pos - 3) ? dot / std::sqrt(double(D)) : -INFINITY;
+          mx = std::fmax(mx, s[j]);
+        }
+        double sum = 0;
+        for (int64_t j = 0; j < Sk; ++j) sum += std::exp(s[j] - mx);
+        max_err = std::fmax(max_err, std::fabs(lse[(b * Hq + h) * Sq + i] - (mx + std::log(sum))));
+        for (int64_t e = 0; e < Dv; ++e) {
+          double o = 0;
+          for (int64_t j = 0; j < Sk; ++j) o += std::exp(s[j] - mx) / sum * v[((b * Hkv + hk) * Sk + j) * Dv + e];
+          max_err = std::fmax(max_err, std::fabs(o - out[((b * Hq + h) * Sq + i) * Dv + e]));
+        }
+      }
+  CHECK(max_err < 1e-12);
+
+  // Errors name the argument and carry a kind.
+  attnkit::ErrorKind kind{};
+  auto bad = p;
+  bad.k = attnkit::make_tensor(k.data(), DType::Float32, {B, Hkv, Sk, D});
+  std::string msg = error_of([&] { attnkit::attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Type && msg.find("k must be float64") != std::string::npos);
+  bad = p;
+  bad.q = attnkit::make_tensor(q.data(), DType::Float64, {B, 3, Sq, D});
+  msg = error_of([&] { attnkit::attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("heads of q") != std::string::npos);
+  bad = p;
+  bad.scale = std::numeric_limits<double>::quiet_NaN();
+  msg = error_of([&] { attnkit::attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("scale") != std::string::npos);
+  bad = p;
+  bad.out = attnkit::TensorRef();
+  msg = error_of([&] { attnkit::attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("out is required") != std::string::npos);
+  // A device tensor: without CUDA the library says it was built without it; with CUDA and no GPU it
+  // says there is no device.
+  bad = p;
+  attnkit::TensorRef* all[] = {&bad.q, &bad.k, &bad.v, &bad.out, &bad.lse};
+  for (attnkit::TensorRef* t : all) t->device = attnkit::Device::CUDA;
+  msg = error_of([&] { attnkit::attention(bad); }, &kind);
+  if (!attnkit::built_with_cuda())
+    CHECK(kind == attnkit::ErrorKind::NotBuilt && msg.find("built without CUDA") != std::string::npos);
+  else if (attnkit::cuda_device_count() == 0)
+    CHECK(kind == attnkit::ErrorKind::Runtime && msg.find("no CUDA device") != std::string::npos);
+}
+
+int main() {
+  test_conversions();
+  test_key_range();
+  test_softmax_helpers();
+  test_attention_and_errors();
+  std::printf("attnkit %s core tests: %d failure(s) (cuda built: %d, cpu isa: %s)\n", attnkit::version(), failures,
+              attnkit::built_with_cuda() ? 1 : 0, attnkit::cpu_isa());
+  return failures == 0 ? 0 : 1;
+}
