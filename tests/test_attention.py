@@ -280,3 +280,13 @@ def test_thread_count_independent(rng):
 def test_repeatable(rng):
     q, k, v = qkv(rng, 2, 2, 2, 100, 100, 64, 64, np.float16)
     assert attnkit.attention(q, k, v).tobytes() == attnkit.attention(q, k, v).tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("D", [1, 3, 8, 17, 33, 64, 100, 128, 520])
+@pytest.mark.parametrize("Sq,G", [(1, 1), (2, 2), (1, 4), (4, 1), (3, 2)])
+def test_decode_shapes(rng, dtype, D, Sq, G):
+    """Few query rows per kv head (decoding) take the dot-product QK path: every D, GQA, masks."""
+    q, k, v = qkv(rng, 2, 2 * G, 2, Sq, 150, D, 40, dtype)
+    check(rng, dtype, q, k, v, causal=True)
+    check(rng, dtype, q, k, v, key_lengths=[150, 9], alibi_slopes=rng.uniform(0, 0.2, 2 * G), softcap=3.0)

@@ -86,6 +86,9 @@ struct ExactKernel {
   static constexpr int RL = Cfg::RL;
   static constexpr int NV = Cfg::NV;
   static constexpr bool kSameType = std::is_same<St, T>::value;
+  /// Up to this many lanes per tile (decoding: one query row per head), QK^T is computed as dot products
+  /// along D instead of outer products over the lanes, which would mostly multiply padding.
+  static constexpr int kDotLanes = 4;
 
   struct Ctx {
     const AttnProblem* p;
@@ -93,12 +96,14 @@ struct ExactKernel {
     T qscale;          // applied to q.k
     T cap_in, cap_out; // softcap: s -> cap_out * tanh(s * cap_in)
     bool softcap, bias_tile, alibi;
+    bool dot;          // QK^T by dot products (few lanes)
     bool k_direct, v_direct;
     bool weights;      // attention_weights instead of attention
   };
 
   struct Work {
     T* qT;      // [D][BQ]  queries, transposed
+    T* qr;      // [kDotLanes][D] queries, row-major (dot-product path)
     T* sT;      // [BK][BQ] scores, then probabilities
     T* bT;      // [BK][BQ] additive bias/mask tile, when needed
     T* kbuf;    // [BK][D]  packed keys (when not read in place)
@@ -118,7 +123,7 @@ struct ExactKernel {
   static std::size_t work_bytes(const Ctx& c) {
     const AttnProblem& p = *c.p;
     std::size_t n = 0;
-    n += sizeof(T) * (p.D * BQ + BK * BQ * 2 + BK * p.D + BK * c.DvP + BQ * c.DvP + 6 * BQ);
+    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + BQ * c.DvP + 6 * BQ);
     n += sizeof(I) * 3 * BQ + sizeof(int64_t) * 2 * BQ + 16 * 64;
     return n;
   }
@@ -133,6 +138,7 @@ struct ExactKernel {
     };
     Work w;
     w.qT = reinterpret_cast<T*>(take(sizeof(T) * p.D * BQ));
+    w.qr = reinterpret_cast<T*>(take(sizeof(T) * kDotLanes * p.D));
     w.sT = reinterpret_cast<T*>(take(sizeof(T) * BK * BQ));
     w.bT = reinterpret_cast<T*>(take(sizeof(T) * BK * BQ));
     w.kbuf = reinterpret_cast<T*>(take(sizeof(T) * BK * p.D));
@@ -179,6 +185,33 @@ struct ExactKernel {
     for (; jj < jn; ++jj) qk_block<1>(w.qT, kp + jj * ldk, ldk, D, scale, w.sT + jj * BQ);
   }
 
+  /// sT[j][l] = scale * q_l . k_j for nl <= kDotLanes lanes: vectorised along D (two accumulators to
+  /// hide FMA latency), one horizontal sum per score.
+  static void qk_dot(const Work& w, const T* kp, int64_t ldk, int64_t D, T scale, int jn, int nl) {
+    const int64_t D2 = D / (2 * W) * (2 * W), D1 = D / W * W;
+    for (int j = 0; j < jn; ++j) {
+      const T* kr = kp + j * ldk;
+      for (int l = 0; l < nl; ++l) {
+        const T* qr = w.qr + l * D;
+        V a0 = V{}, a1 = V{};
+        int64_t d = 0;
+        for (; d < D2; d += 2 * W) {
+          a0 += S::load(qr + d) * S::load(kr + d);
+          a1 += S::load(qr + d + W) * S::load(kr + d + W);
+        }
+        if (d < D1) {
+          a0 += S::load(qr + d) * S::load(kr + d);
+          d += W;
+        }
+        a0 += a1;
+        T acc = T(0);
+        for (int i = 0; i < W; ++i) acc += a0[i];
+        for (; d < D; ++d) acc += qr[d] * kr[d];
+        w.sT[j * BQ + l] = acc * scale;
+      }
+    }
+  }
+
   /// o[lanes RR][NVV vectors] += sum_j p[j][lane] * v[j][:] for one register block.
   template <int RR, int NVV>
   static inline void pv_block(const T* __restrict pT, const T* __restrict vp, int64_t ldv, int jn,
@@ -202,13 +235,32 @@ struct ExactKernel {
   static inline void pv_rows(const T* pT, const T* vp, int64_t ldv, int jn, T* o, int64_t DvP) {
     int64_t c0 = 0;
     for (; c0 + NV * W <= DvP; c0 += NV * W) pv_block<RR, NV>(pT, vp + c0, ldv, jn, o + c0, DvP);
-    for (; c0 < DvP; c0 += W) pv_block<RR, 1>(pT, vp + c0, ldv, jn, o + c0, DvP);
+    // The remaining columns in one block as wide as they are (< NV vectors).
+    switch ((DvP - c0) / W) {
+      case 0: break;
+      case 1: pv_block<RR, 1>(pT, vp + c0, ldv, jn, o + c0, DvP); break;
+      case 2: pv_block<RR, (NV > 2 ? 2 : 1)>(pT, vp + c0, ldv, jn, o + c0, DvP); break;
+      default: pv_block<RR, (NV > 3 ? 3 : 1)>(pT, vp + c0, ldv, jn, o + c0, DvP); break;
+    }
   }
 
   static void pv(const Work& w, const T* vp, int64_t ldv, int jn, int nl, int64_t DvP) {
     int l0 = 0;
     for (; l0 + RL <= nl; l0 += RL) pv_rows<RL>(w.sT + l0, vp, ldv, jn, w.o + l0 * DvP, DvP);
-    for (; l0 < nl; ++l0) pv_rows<1>(w.sT + l0, vp, ldv, jn, w.o + l0 * DvP, DvP);
+    // The remaining lanes in one block as tall as they are (< RL <= 8), so V is read once more only.
+    static_assert(RL <= 8, "the lane-tail switch below covers RL <= 8");
+    T* o = w.o + l0 * DvP;
+    const T* pT = w.sT + l0;
+    switch (nl - l0) {
+      case 0: break;
+      case 1: pv_rows<1>(pT, vp, ldv, jn, o, DvP); break;
+      case 2: pv_rows<2>(pT, vp, ldv, jn, o, DvP); break;
+      case 3: pv_rows<3>(pT, vp, ldv, jn, o, DvP); break;
+      case 4: pv_rows<4>(pT, vp, ldv, jn, o, DvP); break;
+      case 5: pv_rows<5>(pT, vp, ldv, jn, o, DvP); break;
+      case 6: pv_rows<6>(pT, vp, ldv, jn, o, DvP); break;
+      default: pv_rows<7>(pT, vp, ldv, jn, o, DvP); break;
+    }
   }
 
   // --------------------------------------------------------------------------------------- tile steps
@@ -264,12 +316,16 @@ struct ExactKernel {
     const ViewN<4>& q = p.q;
     for (int l = 0; l < BQ; ++l) {
       if (l >= nl) {
-        for (int64_t d = 0; d < p.D; ++d) w.qT[d * BQ + l] = T(0);
+        if (!c.dot)
+          for (int64_t d = 0; d < p.D; ++d) w.qT[d * BQ + l] = T(0);
         continue;
       }
       const St* src = static_cast<const St*>(q.data) + b * q.stride[0] + w.head[l] * q.stride[1] +
                       w.row[l] * q.stride[2];
-      for (int64_t d = 0; d < p.D; ++d) w.qT[d * BQ + l] = static_cast<T>(to_acc(src[d * q.stride[3]]));
+      if (c.dot)
+        for (int64_t d = 0; d < p.D; ++d) w.qr[l * p.D + d] = static_cast<T>(to_acc(src[d * q.stride[3]]));
+      else
+        for (int64_t d = 0; d < p.D; ++d) w.qT[d * BQ + l] = static_cast<T>(to_acc(src[d * q.stride[3]]));
     }
     return nl;
   }
@@ -390,7 +446,10 @@ struct ExactKernel {
                                    int64_t inner_lo, int64_t inner_hi, V* bmax) {
     int64_t ldk;
     const T* kp = key_rows(c, w, b, hkv, j0, jn, ldk);
-    qk(w, kp, ldk, c.p->D, c.qscale, jn);
+    if (c.dot)
+      qk_dot(w, kp, ldk, c.p->D, c.qscale, jn, nl);
+    else
+      qk(w, kp, ldk, c.p->D, c.qscale, jn);
     if (c.bias_tile) bias_tile(c, w, b, nl, j0, jn);
     const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
     transform(c, w, j0, jn, range_mask, bmax);
@@ -494,6 +553,7 @@ struct ExactKernel {
     c.bias_tile = p.mask.present || p.bias.present;
     c.alibi = p.alibi.present;
     c.k_direct = p.k.stride[3] == 1;
+    c.dot = p.Sq * c.G <= kDotLanes;
     c.v_direct = !weights && p.v.stride[3] == 1 && p.Dv % W == 0;
     c.weights = weights;
     const int64_t items = p.B * p.Hkv * c.tiles;
@@ -530,14 +590,29 @@ struct ExactKernel {
   }
 };
 
+/// Cfg with NQV lowered to N: fewer lanes per tile for problems with few query rows per kv head
+/// (decoding), where a full-width tile would mostly compute padding.
+template <class Cfg, int N>
+struct NarrowCfg : Cfg {
+  static constexpr int NQV = N < Cfg::NQV ? N : Cfg::NQV;
+};
+
+template <class Cfg, class St>
+bool run_width(const AttnProblem& p, bool weights) {
+  const int64_t lanes = p.Sq * (p.Hkv ? p.Hq / p.Hkv : 1);
+  if (lanes <= Cfg::W) return ExactKernel<NarrowCfg<Cfg, 1>, St>::run(p, weights);
+  if (lanes <= 2 * Cfg::W) return ExactKernel<NarrowCfg<Cfg, 2>, St>::run(p, weights);
+  return ExactKernel<Cfg, St>::run(p, weights);
+}
+
 /// Runs exact attention (or its weights) for every storage dtype with the ISA's two tile configurations.
 template <class Cfg32, class Cfg64>
 bool run_exact(const AttnProblem& p, bool weights) {
   switch (p.dtype) {
-    case DType::Float32: return ExactKernel<Cfg32, float>::run(p, weights);
-    case DType::Float64: return ExactKernel<Cfg64, double>::run(p, weights);
-    case DType::Float16: return ExactKernel<Cfg32, Half>::run(p, weights);
-    case DType::BFloat16: return ExactKernel<Cfg32, BFloat>::run(p, weights);
+    case DType::Float32: return run_width<Cfg32, float>(p, weights);
+    case DType::Float64: return run_width<Cfg64, double>(p, weights);
+    case DType::Float16: return run_width<Cfg32, Half>(p, weights);
+    case DType::BFloat16: return run_width<Cfg32, BFloat>(p, weights);
     default: return false;
   }
 }
