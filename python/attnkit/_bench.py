@@ -32,6 +32,26 @@ def timeit(fn, reps: int = 5, warmup: int = 1, min_time: float = 0.0) -> float:
     return statistics.median(times)
 
 
+def timeit_many(fns: dict, reps: int = 5, warmup: int = 1, min_time: float = 0.0) -> dict:
+    """Median wall times of several contenders measured round-robin (each round runs every contender
+    once), so machine noise lands on all of them alike. Returns {name: seconds}."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times = {k: [] for k in fns}
+    t_start = time.perf_counter()
+    rounds = 0
+    while rounds < reps or (time.perf_counter() - t_start) < min_time:
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+        rounds += 1
+        if rounds >= 50:
+            break
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def torch_or_none():
     try:
         import torch
@@ -110,11 +130,13 @@ def exact_rows(sizes, reps=5, H=8, D=64, with_numpy=True, with_torch=True, repor
         for causal in (False, True):
             flops = 4.0 * D * H * causal_pairs(S, causal)
             row = {"S": S, "causal": causal}
-            row["attnkit_s"] = timeit(lambda: attention(q, k, v, causal=causal), reps, min_time=min_time)
+            fns = {"attnkit": lambda: attention(q, k, v, causal=causal)}
             if torch is not None:
                 tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
                 f = torch.nn.functional.scaled_dot_product_attention
-                row["torch_s"] = timeit(lambda: f(tq, tk, tv, is_causal=causal), reps, min_time=min_time)
+                fns["torch"] = lambda: f(tq, tk, tv, is_causal=causal)
+            for key, t in timeit_many(fns, reps, min_time=min_time).items():
+                row[f"{key}_s"] = t
             if with_numpy:
                 row["numpy_s"] = timeit(lambda: numpy_plain(q, k, v, causal), max(1, reps // 2))
                 row["numpy_loop_s"] = timeit(lambda: numpy_loop(q, k, v, causal), max(1, reps // 2))

@@ -4,6 +4,7 @@
 #include <attnkit/attnkit.h>
 #include <attnkit/math/dtypes.h>
 #include <attnkit/math/masks.h>
+#include <attnkit/math/random.h>
 #include <attnkit/math/softmax.h>
 
 #include <cmath>
@@ -163,8 +164,33 @@ static void test_attention_and_errors() {
     CHECK(kind == attnkit::ErrorKind::Runtime && msg.find("no CUDA device") != std::string::npos);
 }
 
+static void test_philox() {
+  // Known-answer vectors of Random123 (kat_vectors, philox4x32_10).
+  auto eq = [](m::Philox4 a, uint32_t x0, uint32_t x1, uint32_t x2, uint32_t x3) {
+    return a.v[0] == x0 && a.v[1] == x1 && a.v[2] == x2 && a.v[3] == x3;
+  };
+  CHECK(eq(m::philox4x32_10({{0, 0, 0, 0}}, 0, 0), 0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u));
+  CHECK(eq(m::philox4x32_10({{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}}, 0xffffffffu, 0xffffffffu),
+           0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu));
+  CHECK(eq(m::philox4x32_10({{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}}, 0xa4093822u, 0x299f31d0u),
+           0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u));
+  // Normals: mean ~0, variance ~1 over many draws; uniform_below stays in range.
+  double s1 = 0, s2 = 0;
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) {
+    const double z = m::normal(42, 7, i);
+    s1 += z;
+    s2 += z * z;
+  }
+  CHECK(std::fabs(s1 / n) < 0.01 && std::fabs(s2 / n - 1.0) < 0.02);
+  bool in_range = true;
+  for (int i = 0; i < 1000; ++i) in_range &= m::uniform_below(1, 2, i, 7) < 7;
+  CHECK(in_range);
+}
+
 int main() {
   test_conversions();
+  test_philox();
   test_key_range();
   test_softmax_helpers();
   test_attention_and_errors();

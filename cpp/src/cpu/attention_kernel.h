@@ -24,6 +24,7 @@
 
 #include "attnkit/math/masks.h"
 #include "attnkit/math/softmax.h"
+#include "cpu/gemm_kernel.h"
 #include "cpu/simd.h"
 #include "validate/attention.h"
 
@@ -157,32 +158,13 @@ struct ExactKernel {
   }
 
   // ------------------------------------------------------------------------------------ micro-kernels
+  using Gemm = MicroGemm<T, W>;
 
-  /// sT[r][lanes] = sum_d k[r][d] * qT[d][lanes] for RR keys starting at kp (row stride ldk).
-  /// The scale multiplies the finished dot products (scaling q instead would add a rounding per q
-  /// element, which doubles the score error at large logits).
-  template <int RR>
-  static inline void qk_block(const T* __restrict qT, const T* __restrict kp, int64_t ldk, int64_t D, T scale,
-                              T* __restrict s) {
-    V acc[RR][NQV];
-    for (int r = 0; r < RR; ++r)
-      for (int c = 0; c < NQV; ++c) acc[r][c] = V{};
-    for (int64_t d = 0; d < D; ++d) {
-      V qv[NQV];
-      for (int c = 0; c < NQV; ++c) qv[c] = S::load(qT + d * BQ + c * W);
-      for (int r = 0; r < RR; ++r) {
-        const V kb = S::set1(kp[r * ldk + d]);
-        for (int c = 0; c < NQV; ++c) acc[r][c] += kb * qv[c];
-      }
-    }
-    for (int r = 0; r < RR; ++r)
-      for (int c = 0; c < NQV; ++c) S::store(s + r * BQ + c * W, acc[r][c] * scale);
-  }
-
+  /// sT[j][lanes] = scale * sum_d k[j][d] * qT[d][lanes]: keys broadcast over the query lanes. The
+  /// scale multiplies the finished dot products (scaling q instead would add a rounding per q element,
+  /// which doubles the score error at large logits).
   static void qk(const Work& w, const T* kp, int64_t ldk, int64_t D, T scale, int jn) {
-    int jj = 0;
-    for (; jj + R <= jn; jj += R) qk_block<R>(w.qT, kp + jj * ldk, ldk, D, scale, w.sT + jj * BQ);
-    for (; jj < jn; ++jj) qk_block<1>(w.qT, kp + jj * ldk, ldk, D, scale, w.sT + jj * BQ);
+    Gemm::template gemm<R, NQV, Store::Overwrite>(jn, BQ, D, kp, ldk, 1, w.qT, BQ, w.sT, BQ, scale);
   }
 
   /// sT[j][l] = scale * q_l . k_j for nl <= kDotLanes lanes: vectorised along D (two accumulators to
@@ -212,55 +194,9 @@ struct ExactKernel {
     }
   }
 
-  /// o[lanes RR][NVV vectors] += sum_j p[j][lane] * v[j][:] for one register block.
-  template <int RR, int NVV>
-  static inline void pv_block(const T* __restrict pT, const T* __restrict vp, int64_t ldv, int jn,
-                              T* __restrict o, int64_t ldo) {
-    V acc[RR][NVV];
-    for (int r = 0; r < RR; ++r)
-      for (int c = 0; c < NVV; ++c) acc[r][c] = S::load(o + r * ldo + c * W);
-    for (int j = 0; j < jn; ++j) {
-      V vv[NVV];
-      for (int c = 0; c < NVV; ++c) vv[c] = S::load(vp + j * ldv + c * W);
-      for (int r = 0; r < RR; ++r) {
-        const V pb = S::set1(pT[j * BQ + r]);
-        for (int c = 0; c < NVV; ++c) acc[r][c] += pb * vv[c];
-      }
-    }
-    for (int r = 0; r < RR; ++r)
-      for (int c = 0; c < NVV; ++c) S::store(o + r * ldo + c * W, acc[r][c]);
-  }
-
-  template <int RR>
-  static inline void pv_rows(const T* pT, const T* vp, int64_t ldv, int jn, T* o, int64_t DvP) {
-    int64_t c0 = 0;
-    for (; c0 + NV * W <= DvP; c0 += NV * W) pv_block<RR, NV>(pT, vp + c0, ldv, jn, o + c0, DvP);
-    // The remaining columns in one block as wide as they are (< NV vectors).
-    switch ((DvP - c0) / W) {
-      case 0: break;
-      case 1: pv_block<RR, 1>(pT, vp + c0, ldv, jn, o + c0, DvP); break;
-      case 2: pv_block<RR, (NV > 2 ? 2 : 1)>(pT, vp + c0, ldv, jn, o + c0, DvP); break;
-      default: pv_block<RR, (NV > 3 ? 3 : 1)>(pT, vp + c0, ldv, jn, o + c0, DvP); break;
-    }
-  }
-
+  /// o[lanes][:] += sum_j p[j][lane] * v[j][:]: probabilities broadcast over the value columns.
   static void pv(const Work& w, const T* vp, int64_t ldv, int jn, int nl, int64_t DvP) {
-    int l0 = 0;
-    for (; l0 + RL <= nl; l0 += RL) pv_rows<RL>(w.sT + l0, vp, ldv, jn, w.o + l0 * DvP, DvP);
-    // The remaining lanes in one block as tall as they are (< RL <= 8), so V is read once more only.
-    static_assert(RL <= 8, "the lane-tail switch below covers RL <= 8");
-    T* o = w.o + l0 * DvP;
-    const T* pT = w.sT + l0;
-    switch (nl - l0) {
-      case 0: break;
-      case 1: pv_rows<1>(pT, vp, ldv, jn, o, DvP); break;
-      case 2: pv_rows<2>(pT, vp, ldv, jn, o, DvP); break;
-      case 3: pv_rows<3>(pT, vp, ldv, jn, o, DvP); break;
-      case 4: pv_rows<4>(pT, vp, ldv, jn, o, DvP); break;
-      case 5: pv_rows<5>(pT, vp, ldv, jn, o, DvP); break;
-      case 6: pv_rows<6>(pT, vp, ldv, jn, o, DvP); break;
-      default: pv_rows<7>(pT, vp, ldv, jn, o, DvP); break;
-    }
+    Gemm::template gemm<RL, NV, Store::Accumulate>(nl, DvP, jn, w.sT, 1, BQ, vp, ldv, w.o, DvP);
   }
 
   // --------------------------------------------------------------------------------------- tile steps

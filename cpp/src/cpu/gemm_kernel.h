@@ -1,0 +1,104 @@
+#pragma once
+// Register-blocked small matrix products for the CPU kernels (one source, compiled per ISA like
+// everything that includes cpu/simd.h):
+//
+//   C[m][n] = scale * sum_k A(m, k) * B[k][n]        (Store::Overwrite)
+//   C[m][n] += scale * sum_k A(m, k) * B[k][n]       (Store::Accumulate)
+//
+// A is read element by element through two strides, A(m, k) = a[m * am + k * ak] (so a transposed or
+// row-major A costs the same: each element is broadcast), B and C by rows of vectors. This is the
+// outer-product form every attention kernel uses (QK^T with keys broadcast over query lanes, PV with
+// probabilities broadcast over value columns, phi(K)^T V for linear-attention states ...).
+//
+// Columns: N is covered by blocks of NV vectors, a block of the remaining whole vectors, and a scalar
+// tail for N % W (callers that can pad N to a multiple of W avoid the tail).
+
+#include <cstdint>
+
+#include "cpu/simd.h"
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+inline namespace ATTNKIT_ISA_NAMESPACE {
+
+enum class Store { Overwrite, Accumulate };
+
+template <class T, int W>
+struct MicroGemm {
+  using S = Simd<T, W>;
+  using V = typename S::V;
+
+  /// One register block: RR rows of A times NVV vectors of B columns.
+  template <int RR, int NVV, Store kStore>
+  static inline void block(const T* __restrict a, int64_t am, int64_t ak, const T* __restrict b, int64_t ldb,
+                           int64_t K, T scale, T* __restrict c, int64_t ldc) {
+    V acc[RR][NVV];
+    for (int r = 0; r < RR; ++r)
+      for (int v = 0; v < NVV; ++v) acc[r][v] = V{};
+    for (int64_t k = 0; k < K; ++k) {
+      V bv[NVV];
+      for (int v = 0; v < NVV; ++v) bv[v] = S::load(b + k * ldb + v * W);
+      for (int r = 0; r < RR; ++r) {
+        const V ab = S::set1(a[r * am + k * ak]);
+        for (int v = 0; v < NVV; ++v) acc[r][v] += ab * bv[v];
+      }
+    }
+    for (int r = 0; r < RR; ++r)
+      for (int v = 0; v < NVV; ++v) {
+        T* dst = c + r * ldc + v * W;
+        if (kStore == Store::Accumulate)
+          S::store(dst, S::load(dst) + acc[r][v] * scale);
+        else
+          S::store(dst, acc[r][v] * scale);
+      }
+  }
+
+  /// RR rows, all N columns.
+  template <int RR, int NV, Store kStore>
+  static inline void rows(const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb, int64_t N, int64_t K, T scale,
+                          T* c, int64_t ldc) {
+    const int64_t Nv = N / W * W;
+    int64_t n = 0;
+    for (; n + NV * W <= Nv; n += NV * W) block<RR, NV, kStore>(a, am, ak, b + n, ldb, K, scale, c + n, ldc);
+    switch ((Nv - n) / W) {
+      case 0: break;
+      case 1: block<RR, 1, kStore>(a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
+      case 2: block<RR, (NV > 2 ? 2 : 1), kStore>(a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
+      default: block<RR, (NV > 3 ? 3 : 1), kStore>(a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
+    }
+    for (n = Nv; n < N; ++n)  // scalar tail columns
+      for (int r = 0; r < RR; ++r) {
+        T acc = T(0);
+        for (int64_t k = 0; k < K; ++k) acc += a[r * am + k * ak] * b[k * ldb + n];
+        T* dst = c + r * ldc + n;
+        *dst = kStore == Store::Accumulate ? *dst + acc * scale : acc * scale;
+      }
+  }
+
+  /// The whole product: M rows in blocks of RL (<= 8), the last block as tall as it is.
+  template <int RL, int NV, Store kStore>
+  static void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb,
+                   T* c, int64_t ldc, T scale = T(1)) {
+    static_assert(RL >= 1 && RL <= 8, "row blocks of 1..8");
+    int64_t m = 0;
+    for (; m + RL <= M; m += RL) rows<RL, NV, kStore>(a + m * am, am, ak, b, ldb, N, K, scale, c + m * ldc, ldc);
+    const T* am0 = a + m * am;
+    T* cm = c + m * ldc;
+    switch (M - m) {
+      case 0: break;
+      case 1: rows<1, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
+      case 2: rows<2, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
+      case 3: rows<3, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
+      case 4: rows<4, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
+      case 5: rows<5, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
+      case 6: rows<6, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
+      default: rows<7, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
+    }
+  }
+};
+
+}  // namespace ATTNKIT_ISA_NAMESPACE
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit
