@@ -45,6 +45,14 @@ void merge_attention(const MergeProblem& p) {
   require_device(p.device_index);
   no_kernel("merge_attention");
 }
+void lsh_buckets(const LshBucketsProblem& p) {
+  require_device(p.device_index);
+  no_kernel("lsh_buckets");
+}
+void lsh_attention(const LshProblem& p) {
+  require_device(p.base.device_index);
+  no_kernel("lsh_attention");
+}
 
 }  // namespace cuda
 }  // namespace detail

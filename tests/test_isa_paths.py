@@ -51,6 +51,15 @@ SCRIPT = textwrap.dedent("""
         out[f"{n}_l"] = l.astype(np.float64)
         for key, val in kw.items():
             out[f"{n}_kw_{key}"] = np.asarray(val)
+    # block-sparse (per-head BigBird, GQA) and LSH (float64 hashing, explicit key ranges)
+    q = rng.standard_normal((1, 4, 300, 64)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 300, 64)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 300, 40)).astype(np.float32)
+    layout = attnkit.layouts.bigbird(300, 32, seed=1, num_heads=4)
+    out["bs"] = attnkit.block_sparse_attention(q, k, v, layout, causal=True)
+    out["lsh"] = attnkit.lsh_attention(q, k, v, num_buckets=8, num_hashes=2, seed=3, causal=True)
+    out["buckets"] = attnkit.lsh_buckets(q, num_buckets=8, num_hashes=2, seed=3)
+    out["sq"], out["sk"], out["sv"] = q, k, v
     out["isa"] = np.array(attnkit.info()["cpu_isa"])
     np.savez(sys.argv[1], **out)
 """)
@@ -82,3 +91,12 @@ def test_isa_family(isa, tmp_path):
         r_w = ref.attention_weights(q, k, **kw)
         n_w = ref.attention_weights(q.astype(naive_dtype(dtype)), k.astype(naive_dtype(dtype)), **kw)
         assert_close(res[f"{n}_w"], r_w, n_w, dtype, what=f"{isa} case {n} weights")
+    q, k, v = res["sq"], res["sk"], res["sv"]
+    layout = attnkit.layouts.bigbird(300, 32, seed=1, num_heads=4)
+    assert_close(res["bs"], ref.block_sparse_attention(q, k, v, layout, causal=True),
+                 ref.block_sparse_attention(q, k, v, layout, causal=True, _dtype=np.float32), np.float32,
+                 what=f"{isa} block-sparse")
+    np.testing.assert_array_equal(res["buckets"], ref.lsh_buckets(q, num_buckets=8, num_hashes=2, seed=3))
+    assert_close(res["lsh"], ref.lsh_attention(q, k, v, num_buckets=8, num_hashes=2, seed=3, causal=True),
+                 ref.lsh_attention(q, k, v, num_buckets=8, num_hashes=2, seed=3, causal=True, _dtype=np.float32),
+                 np.float32, what=f"{isa} lsh")

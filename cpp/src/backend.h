@@ -2,6 +2,7 @@
 // The interface between dispatch.cpp and the backends. Backends receive validated problems only.
 
 #include "validate/attention.h"
+#include "validate/block_sparse.h"
 
 namespace attnkit {
 namespace detail {
@@ -10,6 +11,8 @@ namespace cpu {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
 void merge_attention(const MergeProblem& p);
+void lsh_buckets(const LshBucketsProblem& p);
+void lsh_attention(const LshProblem& p);
 const char* isa_name();
 }  // namespace cpu
 
@@ -18,6 +21,8 @@ namespace cuda {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
 void merge_attention(const MergeProblem& p);
+void lsh_buckets(const LshBucketsProblem& p);
+void lsh_attention(const LshProblem& p);
 bool built();
 int device_count();
 }  // namespace cuda

@@ -28,6 +28,24 @@ void merge_attention(const MergeParams& p) {
   detail::cpu::merge_attention(prob);
 }
 
+void block_sparse_attention(const BlockSparseParams& p) {
+  const detail::AttnProblem prob = detail::validate_block_sparse(p);
+  if (prob.device == Device::CUDA) return detail::cuda::attention(prob);
+  detail::cpu::attention(prob);
+}
+
+void lsh_buckets(const LshBucketsParams& p) {
+  const detail::LshBucketsProblem prob = detail::validate_lsh_buckets(p);
+  if (prob.device == Device::CUDA) return detail::cuda::lsh_buckets(prob);
+  detail::cpu::lsh_buckets(prob);
+}
+
+void lsh_attention(const LshAttentionParams& p) {
+  const detail::LshProblem prob = detail::validate_lsh_attention(p);
+  if (prob.base.device == Device::CUDA) return detail::cuda::lsh_attention(prob);
+  detail::cpu::lsh_attention(prob);
+}
+
 const char* version() { return ATTNKIT_VERSION_STRING; }
 bool built_with_cuda() { return detail::cuda::built(); }
 int cuda_device_count() { return detail::cuda::device_count(); }

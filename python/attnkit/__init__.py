@@ -5,8 +5,9 @@ Array in, array out: every function takes NumPy arrays (run on the C++ CPU backe
 ``attnkit.reference`` holds float64 NumPy oracles of every function.
 """
 
-from . import _core
+from . import _core, layouts
 from ._exact import attention, attention_weights, merge_attention
+from ._sparse import BlockLayout, block_sparse_attention, lsh_attention, lsh_buckets
 
 __version__ = _core.__version__
 
@@ -14,6 +15,11 @@ __all__ = [
     "attention",
     "attention_weights",
     "merge_attention",
+    "BlockLayout",
+    "block_sparse_attention",
+    "layouts",
+    "lsh_buckets",
+    "lsh_attention",
     "get_num_threads",
     "set_num_threads",
     "info",

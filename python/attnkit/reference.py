@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["attention", "attention_weights", "merge_attention", "allowed_mask", "scores"]
+__all__ = ["attention", "attention_weights", "merge_attention", "allowed_mask", "scores", "block_mask",
+           "block_sparse_attention", "philox4x32_10", "normal", "lsh_rotations", "lsh_buckets", "lsh_attention"]
 
 
 def _f64(x, dtype=np.float64):
@@ -132,3 +133,107 @@ def merge_attention(outs, lses):
             w = np.where(np.isneginf(x) | empty, 0.0, np.exp(x - np.where(empty, 0.0, lse)))
         out += w[..., None] * np.where(np.isneginf(x)[..., None], 0.0, o)
     return out, lse
+
+
+# --------------------------------------------------------------------------------------- block-sparse
+def block_mask(layout, Sq, Sk, Hq=None):
+    """Element mask ``[H, Sq, Sk]`` of a BlockLayout (``H`` = layout heads, or ``Hq`` to broadcast):
+    ``blocks[h, i // bq, j // bk]``, built from the CSR arrays directly."""
+    bq, bk = layout.block_size
+    heads = layout.num_heads
+    nqb, nkb = layout.num_blocks
+    dense = np.zeros((heads * nqb, nkb), dtype=bool)
+    rp, ci = np.asarray(layout.row_ptr), np.asarray(layout.col_idx)
+    for row in range(heads * nqb):
+        dense[row, ci[rp[row]:rp[row + 1]]] = True
+    dense = dense.reshape(heads, nqb, nkb)
+    m = dense[:, np.arange(Sq) // bq][:, :, np.arange(Sk) // bk]
+    if Hq is not None and heads == 1:
+        m = np.broadcast_to(m, (Hq, Sq, Sk))
+    return m
+
+
+def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_lengths=None, return_lse=False,
+                           _dtype=np.float64):
+    """Oracle of :func:`attnkit.block_sparse_attention`: the exact oracle with the expanded block mask."""
+    q4, _ = _to4(q)
+    Hq, Sq = q4.shape[1], q4.shape[2]
+    Sk = np.asarray(k).shape[-2]
+    mask = block_mask(layout, Sq, Sk, Hq)
+    return attention(q, k, v, causal=causal, mask=mask, scale=scale, key_lengths=key_lengths, return_lse=return_lse,
+                     _dtype=_dtype)
+
+
+# ------------------------------------------------------------------------------------- random numbers
+_M0, _M1, _W0, _W1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57), 0x9E3779B9, 0xBB67AE85
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32_10(counter, seed):
+    """Philox4x32-10 of ``counter`` (uint array ``[..., 4]``) under the 64-bit ``seed`` (key = its low and
+    high 32-bit halves), as attnkit's C++ generator (``attnkit/math/random.h``)."""
+    c = [np.asarray(counter, dtype=np.uint64)[..., i] & _MASK32 for i in range(4)]
+    k0, k1 = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + _W0) & 0xFFFFFFFF, (k1 + _W1) & 0xFFFFFFFF
+        p0, p1 = _M0 * c[0], _M1 * c[2]
+        hi0, lo0 = p0 >> np.uint64(32), p0 & _MASK32
+        hi1, lo1 = p1 >> np.uint64(32), p1 & _MASK32
+        c = [hi1 ^ c[1] ^ np.uint64(k0), lo1, hi0 ^ c[3] ^ np.uint64(k1), lo0]
+    return np.stack(c, axis=-1).astype(np.uint32)
+
+
+def normal(seed, stream, n):
+    """The first ``n`` standard normal numbers of Philox stream ``stream`` under ``seed`` (float64 Box-Muller
+    on 53-bit uniforms, as ``attnkit::math::normal``)."""
+    i = np.arange(n, dtype=np.uint64)
+    block = i >> np.uint64(1)
+    ctr = np.stack([block & _MASK32, block >> np.uint64(32), np.full_like(block, stream & 0xFFFFFFFF),
+                    np.full_like(block, stream >> 32)], axis=-1)
+    w = philox4x32_10(ctr, seed).astype(np.uint64)
+    u1 = (((w[:, 0] << np.uint64(21)) ^ (w[:, 1] >> np.uint64(11))).astype(np.float64) + 1.0) * 2.0**-53
+    u2 = ((w[:, 2] << np.uint64(21)) ^ (w[:, 3] >> np.uint64(11))).astype(np.float64) * 2.0**-53
+    r = np.sqrt(-2.0 * np.log(u1))
+    t = 2.0 * np.pi * u2
+    return np.where((i & np.uint64(1)) == 1, r * np.sin(t), r * np.cos(t))
+
+
+STREAM_LSH = 0x4C534832 << 32
+
+
+# ------------------------------------------------------------------------------------------------- LSH
+def lsh_rotations(D, num_buckets, num_hashes, seed):
+    """The rotations ``R_r: [D, num_buckets / 2]`` of every round, ``[num_hashes, D, num_buckets / 2]``."""
+    half = num_buckets // 2
+    return np.stack([normal(seed, STREAM_LSH + r, D * half).reshape(D, half) for r in range(num_hashes)])
+
+
+def lsh_buckets(x, *, num_buckets, num_hashes=1, seed=0):
+    """Oracle of :func:`attnkit.lsh_buckets`: ``argmax([x R_r, -x R_r])`` in float64."""
+    x = _f64(x)
+    rot = lsh_rotations(x.shape[-1], num_buckets, num_hashes, seed)
+    proj = np.einsum("...sd,rdc->...rsc", x, rot)
+    return np.argmax(np.concatenate([proj, -proj], axis=-1), axis=-1).astype(np.int32)
+
+
+def lsh_attention(q, k, v, *, num_buckets, num_hashes=1, seed=0, causal=False, scale=None, return_lse=False,
+                  _dtype=np.float64):
+    """Oracle of :func:`attnkit.lsh_attention`: per round, exact attention with the mask "same bucket",
+    then the rounds merged with :func:`merge_attention`."""
+    q4, rank = _to4(q)
+    k4, _ = _to4(k)
+    v4, _ = _to4(v)
+    Hq, Hkv = q4.shape[1], k4.shape[1]
+    bq = lsh_buckets(q4, num_buckets=num_buckets, num_hashes=num_hashes, seed=seed)  # [B, Hq, R, Sq]
+    bk = _repeat_kv(lsh_buckets(k4, num_buckets=num_buckets, num_hashes=num_hashes, seed=seed), Hq)
+    outs, lses = [], []
+    for r in range(num_hashes):
+        mask = bq[:, :, r, :, None] == bk[:, :, r, None, :]
+        o, l = attention(q4, k4, v4, causal=causal, mask=mask, scale=scale, return_lse=True, _dtype=_dtype)
+        outs.append(o)
+        lses.append(l)
+    out, lse = merge_attention(outs, lses)
+    out = out.reshape(out.shape[4 - rank:])
+    lse = lse.reshape(lse.shape[4 - rank:])
+    return (out, lse) if return_lse else out

@@ -1,6 +1,7 @@
 // pybind11 bindings of the C++ API. The Python package (attnkit/_array.py) turns NumPy / CuPy arrays
 // into TensorRef views; here we only mirror the params structs, release the GIL around every kernel and
 // map attnkit::Error kinds onto Python exceptions.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -31,6 +32,31 @@ TensorRef make_ref(uintptr_t ptr, int dtype, const std::vector<int64_t>& shape, 
 }
 
 void* as_stream(uintptr_t s) { return reinterpret_cast<void*>(s); }
+
+// Block layouts cross the boundary as (row_ptr int64 array, col_idx int32 array, block_q, block_k,
+// num_heads, num_q_blocks, num_k_blocks); the Python class attnkit.BlockLayout holds those.
+py::tuple layout_to_py(const BlockLayout& L) {
+  py::array_t<int64_t> rp(static_cast<py::ssize_t>(L.row_ptr.size()));
+  py::array_t<int32_t> ci(static_cast<py::ssize_t>(L.col_idx.size()));
+  std::copy(L.row_ptr.begin(), L.row_ptr.end(), rp.mutable_data());
+  std::copy(L.col_idx.begin(), L.col_idx.end(), ci.mutable_data());
+  return py::make_tuple(rp, ci, L.block_q, L.block_k, L.num_heads, L.num_q_blocks, L.num_k_blocks);
+}
+
+BlockLayout layout_from_py(const py::tuple& t) {
+  BlockLayout L;
+  auto rp = t[0].cast<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>();
+  auto ci = t[1].cast<py::array_t<int32_t, py::array::c_style | py::array::forcecast>>();
+  L.row_ptr.assign(rp.data(), rp.data() + rp.size());
+  L.col_idx.assign(ci.data(), ci.data() + ci.size());
+  L.block_q = t[2].cast<int64_t>();
+  L.block_k = t[3].cast<int64_t>();
+  L.num_heads = t[4].cast<int64_t>();
+  L.num_q_blocks = t[5].cast<int64_t>();
+  L.num_k_blocks = t[6].cast<int64_t>();
+  validate_layout(L.ref());
+  return L;
+}
 
 }  // namespace
 
@@ -98,6 +124,106 @@ PYBIND11_MODULE(_core, m) {
         merge_attention(p);
       },
       py::arg("outs"), py::arg("lses"), py::arg("out"), py::arg("lse"), py::arg("stream") = 0);
+
+  // ---------------------------------------------------------------------------- block-sparse / LSH
+  py::class_<BlockLayoutRef>(m, "BlockLayoutRef")
+      .def(py::init([](const TensorRef& rp, const TensorRef& ci, int64_t bq, int64_t bk, int64_t heads, int64_t nqb,
+                       int64_t nkb) {
+             BlockLayoutRef r;
+             r.row_ptr = rp;
+             r.col_idx = ci;
+             r.block_q = bq;
+             r.block_k = bk;
+             r.num_heads = heads;
+             r.num_q_blocks = nqb;
+             r.num_k_blocks = nkb;
+             return r;
+           }),
+           py::arg("row_ptr"), py::arg("col_idx"), py::arg("block_q"), py::arg("block_k"), py::arg("num_heads"),
+           py::arg("num_q_blocks"), py::arg("num_k_blocks"));
+  m.def("layout_validate", &validate_layout);
+  m.def("layout_from_dense", [](py::array_t<uint8_t, py::array::c_style | py::array::forcecast> blocks, int64_t bq,
+                                int64_t bk) {
+    if (blocks.ndim() != 3) throw Error(ErrorKind::Value, "blocks must be 3-D [H, nQb, nKb] here");
+    return layout_to_py(BlockLayout::from_dense(blocks.data(), blocks.shape(0), blocks.shape(1), blocks.shape(2), bq, bk));
+  });
+  m.def("layout_sliding_window", [](int64_t seq_len, int64_t block, int64_t w, bool causal, int64_t heads) {
+    return layout_to_py(BlockLayout::sliding_window(seq_len, block, w, causal, heads));
+  });
+  m.def("layout_longformer", [](int64_t seq_len, int64_t block, int64_t w, const std::vector<int64_t>& globals,
+                                int64_t dilation, bool causal, int64_t heads) {
+    return layout_to_py(BlockLayout::longformer(seq_len, block, w, globals, dilation, causal, heads));
+  });
+  m.def("layout_bigbird", [](int64_t seq_len, int64_t block, int64_t w, int64_t g, int64_t r, uint64_t seed,
+                             bool causal, int64_t heads) {
+    return layout_to_py(BlockLayout::bigbird(seq_len, block, w, g, r, seed, causal, heads));
+  });
+  m.def("layout_fixed", [](int64_t seq_len, int64_t block, int64_t local, int64_t global, bool causal, int64_t heads) {
+    return layout_to_py(BlockLayout::fixed(seq_len, block, local, global, causal, heads));
+  });
+  m.def("layout_union", [](const std::vector<py::tuple>& parts) {
+    std::vector<BlockLayout> owned;
+    owned.reserve(parts.size());
+    for (const auto& t : parts) owned.push_back(layout_from_py(t));
+    std::vector<const BlockLayout*> ptrs;
+    for (const auto& l : owned) ptrs.push_back(&l);
+    return layout_to_py(BlockLayout::unite(ptrs));
+  });
+
+  py::class_<BlockSparseParams>(m, "BlockSparseParams")
+      .def(py::init<>())
+      .def_readwrite("q", &BlockSparseParams::q)
+      .def_readwrite("k", &BlockSparseParams::k)
+      .def_readwrite("v", &BlockSparseParams::v)
+      .def_readwrite("out", &BlockSparseParams::out)
+      .def_readwrite("lse", &BlockSparseParams::lse)
+      .def_readwrite("layout", &BlockSparseParams::layout)
+      .def_readwrite("scale", &BlockSparseParams::scale)
+      .def_readwrite("causal", &BlockSparseParams::causal)
+      .def_readwrite("key_lengths", &BlockSparseParams::key_lengths)
+      .def_property(
+          "stream", [](const BlockSparseParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
+          [](BlockSparseParams& p, uintptr_t s) { p.stream = as_stream(s); });
+  m.def("block_sparse_attention", [](const BlockSparseParams& p) {
+    py::gil_scoped_release nogil;
+    block_sparse_attention(p);
+  });
+
+  py::class_<LshAttentionParams>(m, "LshAttentionParams")
+      .def(py::init<>())
+      .def_readwrite("q", &LshAttentionParams::q)
+      .def_readwrite("k", &LshAttentionParams::k)
+      .def_readwrite("v", &LshAttentionParams::v)
+      .def_readwrite("out", &LshAttentionParams::out)
+      .def_readwrite("lse", &LshAttentionParams::lse)
+      .def_readwrite("num_buckets", &LshAttentionParams::num_buckets)
+      .def_readwrite("num_hashes", &LshAttentionParams::num_hashes)
+      .def_readwrite("seed", &LshAttentionParams::seed)
+      .def_readwrite("causal", &LshAttentionParams::causal)
+      .def_readwrite("scale", &LshAttentionParams::scale)
+      .def_property(
+          "stream", [](const LshAttentionParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
+          [](LshAttentionParams& p, uintptr_t s) { p.stream = as_stream(s); });
+  m.def("lsh_attention", [](const LshAttentionParams& p) {
+    py::gil_scoped_release nogil;
+    lsh_attention(p);
+  });
+  m.def(
+      "lsh_buckets",
+      [](const TensorRef& x, const TensorRef& out, int64_t num_buckets, int64_t num_hashes, uint64_t seed,
+         uintptr_t stream) {
+        LshBucketsParams p;
+        p.x = x;
+        p.out = out;
+        p.num_buckets = num_buckets;
+        p.num_hashes = num_hashes;
+        p.seed = seed;
+        p.stream = as_stream(stream);
+        py::gil_scoped_release nogil;
+        lsh_buckets(p);
+      },
+      py::arg("x"), py::arg("out"), py::arg("num_buckets"), py::arg("num_hashes"), py::arg("seed"),
+      py::arg("stream") = 0);
 
   m.def("version", &version);
   m.def("built_with_cuda", &built_with_cuda);

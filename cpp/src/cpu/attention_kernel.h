@@ -12,9 +12,12 @@
 //   - PV another outer product: broadcast p[j][lane] times vectors of v[j][:] (V read in place too).
 // Extra memory is O(threads * (BQ * (D + Dv) + BK * (BQ + D + Dv))), never O(Sq * Sk).
 //
-// Masks. causal / window / key_lengths give each row a key range [lo, hi) (math/masks.h); the key loop
-// visits only the union of the tile's ranges, applies the range test only on chunks that cut through a
-// range, and applies mask/bias/ALiBi/softcap elementwise. The online softmax follows math/softmax.h.
+// Masks. causal / window / key_lengths give each row a key range [lo, hi) (math/masks.h), or the problem
+// gives explicit per-row ranges (LSH over bucket-sorted rows). A tile visits a sorted list of key ranges:
+// the union of its rows' ranges, or for block-sparse attention the runs of allowed key blocks of its
+// query block (tiles never straddle a query block) clipped to that union; so the cost follows the
+// allowed blocks. The range test runs only on chunks that cut through a row's range; mask / bias / ALiBi /
+// softcap apply elementwise. The online softmax follows math/softmax.h.
 //
 // Determinism: every output element is produced by one thread in a fixed order, whatever the number of
 // threads.
@@ -56,6 +59,17 @@ inline int64_t load_int(const void* base, DType dt, int64_t idx) {
   return dt == DType::Int32 ? static_cast<const int32_t*>(base)[idx] : static_cast<const int64_t*>(base)[idx];
 }
 
+/// Query heads packed into the lanes of one tile: the whole GQA group, unless a per-head block layout
+/// gives the group's heads different key sets.
+inline int64_t packed_heads(const AttnProblem& p) {
+  const int64_t G = p.Hkv ? p.Hq / p.Hkv : 1;
+  return (p.sparse && p.layout.heads > 1) ? 1 : G;
+}
+/// Query rows per block; tiles never straddle blocks (block-sparse: the layout's query blocks).
+inline int64_t block_rows(const AttnProblem& p) { return p.sparse ? p.layout.bq : (p.Sq > 0 ? p.Sq : 1); }
+/// Lanes one query block needs.
+inline int64_t lanes_per_block(const AttnProblem& p) { return imin(block_rows(p), p.Sq) * packed_heads(p); }
+
 /// 64-byte aligned scratch owned by one thread for one call.
 struct Scratch {
   void* ptr = nullptr;
@@ -93,7 +107,13 @@ struct ExactKernel {
 
   struct Ctx {
     const AttnProblem* p;
-    int64_t G, DvP, tiles;
+    int64_t G;            // query heads per kv head
+    int64_t Gp;           // query heads packed into one tile's lanes (G, or 1 for per-head layouts)
+    int64_t groups;       // head groups = Hq / Gp
+    int64_t qblock;       // query rows per block (tiles stay inside one): Sq, or the layout's bq
+    int64_t nqblocks;     // ceil(Sq / qblock)
+    int64_t tiles;        // tiles per query block
+    int64_t DvP;          // Dv padded to whole vectors
     T qscale;          // applied to q.k
     T cap_in, cap_out; // softcap: s -> cap_out * tanh(s * cap_in)
     bool softcap, bias_tile, alibi;
@@ -119,13 +139,25 @@ struct ExactKernel {
     I* pos;     // [BQ] key position of the query (i + Sk - Sq)
     int64_t* row;   // [BQ] query row
     int64_t* head;  // [BQ] query head
+    int64_t* kr;    // [2 * kMaxRanges] key ranges [start, end) the tile visits
   };
+
+  /// One work item: lanes [f0, f0 + nl) of query block qb of head group `group` in batch b.
+  struct Tile {
+    int64_t b, group, hkv, qb, f0;
+  };
+
+  /// Capacity of w.kr: the lanes' union (<= BQ ranges) followed by its intersection with the block
+  /// runs (<= BQ + nkb ranges).
+  static int64_t max_ranges(const AttnProblem& p) {
+    return 2 * BQ + 2 + (p.sparse ? p.layout.nkb : 0);
+  }
 
   static std::size_t work_bytes(const Ctx& c) {
     const AttnProblem& p = *c.p;
     std::size_t n = 0;
     n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + BQ * c.DvP + 6 * BQ);
-    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * 2 * BQ + 16 * 64;
+    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 17 * 64;
     return n;
   }
 
@@ -154,6 +186,7 @@ struct ExactKernel {
     w.pos = reinterpret_cast<I*>(take(sizeof(I) * BQ));
     w.row = reinterpret_cast<int64_t*>(take(sizeof(int64_t) * BQ));
     w.head = reinterpret_cast<int64_t*>(take(sizeof(int64_t) * BQ));
+    w.kr = reinterpret_cast<int64_t*>(take(sizeof(int64_t) * 2 * max_ranges(p)));
     return w;
   }
 
@@ -201,39 +234,40 @@ struct ExactKernel {
 
   // --------------------------------------------------------------------------------------- tile steps
 
-  /// Sets up the lanes of tile (b, hkv, f0): rows, heads, key ranges, ALiBi, packed queries.
-  /// Returns the number of valid lanes and the union / intersection of their key ranges.
-  static int setup_lanes(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t f0, int64_t& jbeg,
-                         int64_t& jend, int64_t& inner_lo, int64_t& inner_hi) {
+  /// Sets up the lanes of a tile: rows, heads, key ranges, ALiBi, packed queries. Returns the number of
+  /// valid lanes; inner_lo / inner_hi receive the intersection of their key ranges (chunks inside it need
+  /// no range test) and *nranges the key ranges to visit (in w.kr).
+  static int setup_lanes(const Ctx& c, const Work& w, const Tile& t, int64_t& inner_lo, int64_t& inner_hi,
+                         int* nranges) {
     const AttnProblem& p = *c.p;
-    const int64_t total = p.Sq * c.G;
-    const int nl = static_cast<int>(imin(BQ, total - f0));
+    const int64_t row0 = t.qb * c.qblock;
+    const int64_t block_lanes = imin(c.qblock, p.Sq - row0) * c.Gp;
+    const int nl = static_cast<int>(imin(BQ, block_lanes - t.f0));
     int64_t kv_len = p.Sk;
     if (p.key_lengths.present)
-      kv_len = load_int(p.key_lengths.data, p.key_lengths.dtype, b * p.key_lengths.stride[0]);
-    jbeg = p.Sk;
-    jend = 0;
+      kv_len = load_int(p.key_lengths.data, p.key_lengths.dtype, t.b * p.key_lengths.stride[0]);
     inner_lo = 0;
     inner_hi = p.Sk;
     for (int l = 0; l < BQ; ++l) {
       if (l < nl) {
-        const int64_t f = f0 + l;
-        const int64_t i = f / c.G;
-        const int64_t h = hkv * c.G + f % c.G;
+        const int64_t f = t.f0 + l;
+        const int64_t i = row0 + f / c.Gp;
+        const int64_t h = t.group * c.Gp + f % c.Gp;
         w.row[l] = i;
         w.head[l] = h;
-        const math::KeyRange kr =
-            math::key_range(i, p.Sq, p.Sk, p.causal, p.window_left, p.window_right, kv_len);
+        math::KeyRange kr;
+        if (p.row_lo) {
+          const int64_t o = (t.b * p.Hq + h) * p.Sq + i;
+          kr = {p.row_lo[o], p.row_hi[o] > p.row_lo[o] ? p.row_hi[o] : p.row_lo[o]};
+        } else {
+          kr = math::key_range(i, p.Sq, p.Sk, p.causal, p.window_left, p.window_right, kv_len);
+        }
         w.lo[l] = static_cast<I>(kr.lo);
         w.hi[l] = static_cast<I>(kr.hi);
         w.pos[l] = static_cast<I>(i + p.Sk - p.Sq);
-        if (kr.hi > kr.lo) {
-          jbeg = imin(jbeg, kr.lo);
-          jend = imax(jend, kr.hi);
-        }
         inner_lo = imax(inner_lo, kr.lo);
         inner_hi = imin(inner_hi, kr.hi);
-        w.slope[l] = c.alibi ? load_float<T>(p.alibi.data, p.alibi.dtype, b * p.alibi.stride[0] + h * p.alibi.stride[1])
+        w.slope[l] = c.alibi ? load_float<T>(p.alibi.data, p.alibi.dtype, t.b * p.alibi.stride[0] + h * p.alibi.stride[1])
                              : T(0);
       } else {
         w.row[l] = 0;
@@ -247,8 +281,8 @@ struct ExactKernel {
       w.l[l] = T(0);
       w.alpha[l] = T(1);
     }
-    if (jend <= jbeg) jbeg = jend = 0;
-    // Pack q^T.
+    *nranges = key_ranges(c, w, t, nl);
+    // Pack q (transposed for the outer-product path, row-major for the dot path).
     const ViewN<4>& q = p.q;
     for (int l = 0; l < BQ; ++l) {
       if (l >= nl) {
@@ -256,7 +290,7 @@ struct ExactKernel {
           for (int64_t d = 0; d < p.D; ++d) w.qT[d * BQ + l] = T(0);
         continue;
       }
-      const St* src = static_cast<const St*>(q.data) + b * q.stride[0] + w.head[l] * q.stride[1] +
+      const St* src = static_cast<const St*>(q.data) + t.b * q.stride[0] + w.head[l] * q.stride[1] +
                       w.row[l] * q.stride[2];
       if (c.dot)
         for (int64_t d = 0; d < p.D; ++d) w.qr[l * p.D + d] = static_cast<T>(to_acc(src[d * q.stride[3]]));
@@ -264,6 +298,65 @@ struct ExactKernel {
         for (int64_t d = 0; d < p.D; ++d) w.qT[d * BQ + l] = static_cast<T>(to_acc(src[d * q.stride[3]]));
     }
     return nl;
+  }
+
+  /// The sorted, disjoint key ranges the tile visits, in w.kr; returns their number. First the union of
+  /// the lanes' ranges (insertion sort of <= BQ ranges, then merging); for block-sparse attention that
+  /// union is then intersected with the runs of allowed key blocks of the tile's query block.
+  static int key_ranges(const Ctx& c, const Work& w, const Tile& t, int nl) {
+    int64_t* kr = w.kr;
+    int n = 0;
+    for (int l = 0; l < nl; ++l) {
+      const int64_t lo = w.lo[l], hi = w.hi[l];
+      if (hi <= lo) continue;
+      int pos = n++;
+      while (pos > 0 && kr[2 * (pos - 1)] > lo) {
+        kr[2 * pos] = kr[2 * (pos - 1)];
+        kr[2 * pos + 1] = kr[2 * (pos - 1) + 1];
+        --pos;
+      }
+      kr[2 * pos] = lo;
+      kr[2 * pos + 1] = hi;
+    }
+    int m = 0;
+    for (int r = 0; r < n; ++r) {
+      if (m > 0 && kr[2 * r] <= kr[2 * (m - 1) + 1]) {
+        kr[2 * (m - 1) + 1] = imax(kr[2 * (m - 1) + 1], kr[2 * r + 1]);
+      } else {
+        kr[2 * m] = kr[2 * r];
+        kr[2 * m + 1] = kr[2 * r + 1];
+        ++m;
+      }
+    }
+    const AttnProblem& p = *c.p;
+    if (!p.sparse || m == 0) return m;
+    // Rows of one tile lie in one query block and, unless the layout is shared, one head.
+    const LayoutView& L = p.layout;
+    const int64_t lh = L.heads == 1 ? 0 : w.head[0];
+    const int64_t beg = L.row_ptr[lh * L.nqb + t.qb], end = L.row_ptr[lh * L.nqb + t.qb + 1];
+    // Intersect two sorted lists of disjoint ranges with two pointers: the lanes' union (kr[0, m)) and
+    // the runs of consecutive allowed key blocks; the result (<= m + runs ranges) goes after kr[m).
+    int out = 0;
+    int64_t* dst = kr + 2 * m;
+    int r = 0;
+    for (int64_t e = beg; e < end && r < m;) {
+      int64_t e2 = e + 1;
+      while (e2 < end && L.col_idx[e2] == L.col_idx[e2 - 1] + 1) ++e2;
+      const int64_t a = static_cast<int64_t>(L.col_idx[e]) * L.bk;
+      const int64_t z = static_cast<int64_t>(L.col_idx[e2 - 1] + 1) * L.bk;
+      while (r < m && kr[2 * r + 1] <= a) ++r;
+      for (int r2 = r; r2 < m && kr[2 * r2] < z; ++r2) {
+        dst[2 * out] = imax(a, kr[2 * r2]);
+        dst[2 * out + 1] = imin(z, kr[2 * r2 + 1]);
+        ++out;
+      }
+      e = e2;
+    }
+    for (int r = 0; r < out; ++r) {
+      kr[2 * r] = dst[2 * r];
+      kr[2 * r + 1] = dst[2 * r + 1];
+    }
+    return out;
   }
 
   /// Key rows j0 .. j0+jn of kv head (b, hkv) as T rows: in place when possible, else packed.
@@ -378,30 +471,38 @@ struct ExactKernel {
     }
   }
 
-  static void compute_chunk_scores(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int nl, int64_t j0, int jn,
+  static void compute_chunk_scores(const Ctx& c, const Work& w, const Tile& t, int nl, int64_t j0, int jn,
                                    int64_t inner_lo, int64_t inner_hi, V* bmax) {
     int64_t ldk;
-    const T* kp = key_rows(c, w, b, hkv, j0, jn, ldk);
+    const T* kp = key_rows(c, w, t.b, t.hkv, j0, jn, ldk);
     if (c.dot)
       qk_dot(w, kp, ldk, c.p->D, c.qscale, jn, nl);
     else
       qk(w, kp, ldk, c.p->D, c.qscale, jn);
-    if (c.bias_tile) bias_tile(c, w, b, nl, j0, jn);
+    if (c.bias_tile) bias_tile(c, w, t.b, nl, j0, jn);
     const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
     transform(c, w, j0, jn, range_mask, bmax);
   }
 
+  /// Calls f(j0, jn) for every chunk of at most BK keys of the tile's key ranges.
+  template <class F>
+  static void for_each_chunk(const Work& w, int nranges, F&& f) {
+    for (int r = 0; r < nranges; ++r)
+      for (int64_t j0 = w.kr[2 * r]; j0 < w.kr[2 * r + 1]; j0 += BK)
+        f(j0, static_cast<int>(imin(BK, w.kr[2 * r + 1] - j0)));
+  }
+
   /// One work item of attention().
-  static void attend_tile(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t f0) {
+  static void attend_tile(const Ctx& c, const Work& w, const Tile& t) {
     const AttnProblem& p = *c.p;
-    int64_t jbeg, jend, inner_lo, inner_hi;
-    const int nl = setup_lanes(c, w, b, hkv, f0, jbeg, jend, inner_lo, inner_hi);
+    int64_t inner_lo, inner_hi;
+    int nranges;
+    const int nl = setup_lanes(c, w, t, inner_lo, inner_hi, &nranges);
     const int64_t DvP = c.DvP;
     std::memset(w.o, 0, sizeof(T) * nl * DvP);
     V bmax[NQV];
-    for (int64_t j0 = jbeg; j0 < jend; j0 += BK) {
-      const int jn = static_cast<int>(imin(BK, jend - j0));
-      compute_chunk_scores(c, w, b, hkv, nl, j0, jn, inner_lo, inner_hi, bmax);
+    for_each_chunk(w, nranges, [&](int64_t j0, int jn) {
+      compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
       softmax_update(w, jn, bmax);
       for (int l = 0; l < nl; ++l) {
         const T a = w.alpha[l];
@@ -411,18 +512,18 @@ struct ExactKernel {
         }
       }
       int64_t ldv;
-      const T* vp = value_rows(c, w, b, hkv, j0, jn, ldv);
+      const T* vp = value_rows(c, w, t.b, t.hkv, j0, jn, ldv);
       pv(w, vp, ldv, jn, nl, DvP);
-    }
+    });
     // Finalise: out = o / l, lse = m + log l; empty rows give 0 and -inf.
     for (int l = 0; l < nl; ++l) {
       const T sc = math::softmax_out_scale(w.m[l], w.l[l]);
-      St* dst = static_cast<St*>(p.out) + b * p.out_stride[0] + w.head[l] * p.out_stride[1] +
+      St* dst = static_cast<St*>(p.out) + t.b * p.out_stride[0] + w.head[l] * p.out_stride[1] +
                 w.row[l] * p.out_stride[2];
       const T* o = w.o + l * DvP;
       for (int64_t d = 0; d < p.Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(o[d] * sc);
       if (p.lse) {
-        T* lse = static_cast<T*>(p.lse) + b * p.lse_stride[0] + w.head[l] * p.lse_stride[1] +
+        T* lse = static_cast<T*>(p.lse) + t.b * p.lse_stride[0] + w.head[l] * p.lse_stride[1] +
                  w.row[l] * p.lse_stride[2];
         *lse = math::softmax_lse(w.m[l], w.l[l]);
       }
@@ -430,16 +531,16 @@ struct ExactKernel {
   }
 
   /// One work item of attention_weights(): a statistics pass, then the normalised probabilities.
-  static void weights_tile(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t f0) {
+  static void weights_tile(const Ctx& c, const Work& w, const Tile& t) {
     const AttnProblem& p = *c.p;
-    int64_t jbeg, jend, inner_lo, inner_hi;
-    const int nl = setup_lanes(c, w, b, hkv, f0, jbeg, jend, inner_lo, inner_hi);
+    int64_t inner_lo, inner_hi;
+    int nranges;
+    const int nl = setup_lanes(c, w, t, inner_lo, inner_hi, &nranges);
     V bmax[NQV];
-    for (int64_t j0 = jbeg; j0 < jend; j0 += BK) {
-      const int jn = static_cast<int>(imin(BK, jend - j0));
-      compute_chunk_scores(c, w, b, hkv, nl, j0, jn, inner_lo, inner_hi, bmax);
+    for_each_chunk(w, nranges, [&](int64_t j0, int jn) {
+      compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
       softmax_update(w, jn, bmax);
-    }
+    });
     // inv = 1/l (0 on empty rows) and off = offset(m) per lane.
     T* inv = w.alpha;
     T* off = w.l;
@@ -447,19 +548,17 @@ struct ExactKernel {
       inv[l] = math::softmax_out_scale(w.m[l], w.l[l]);
       off[l] = math::softmax_offset<T, T>(w.m[l]);
     }
-    // Rows are written whole: zeros outside [jbeg, jend), probabilities inside.
+    // Rows are written whole: zeros first, then the probabilities over the visited keys.
     auto row_ptr = [&](int l) {
-      return static_cast<St*>(p.out) + b * p.out_stride[0] + w.head[l] * p.out_stride[1] + w.row[l] * p.out_stride[2];
+      return static_cast<St*>(p.out) + t.b * p.out_stride[0] + w.head[l] * p.out_stride[1] + w.row[l] * p.out_stride[2];
     };
     const int64_t os = p.out_stride[3];
     for (int l = 0; l < nl; ++l) {
       St* dst = row_ptr(l);
-      for (int64_t j = 0; j < jbeg; ++j) dst[j * os] = from_acc<St>(T(0));
-      for (int64_t j = jend; j < p.Sk; ++j) dst[j * os] = from_acc<St>(T(0));
+      for (int64_t j = 0; j < p.Sk; ++j) dst[j * os] = from_acc<St>(T(0));
     }
-    for (int64_t j0 = jbeg; j0 < jend; j0 += BK) {
-      const int jn = static_cast<int>(imin(BK, jend - j0));
-      compute_chunk_scores(c, w, b, hkv, nl, j0, jn, inner_lo, inner_hi, bmax);
+    for_each_chunk(w, nranges, [&](int64_t j0, int jn) {
+      compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
       for (int v = 0; v < NQV; ++v) {
         const V o = S::load(off + v * W), sc = S::load(inv + v * W);
         for (int j = 0; j < jn; ++j) {
@@ -471,7 +570,7 @@ struct ExactKernel {
         St* dst = row_ptr(l) + j0 * os;
         for (int j = 0; j < jn; ++j) dst[j * os] = from_acc<St>(w.sT[j * BQ + l]);
       }
-    }
+    });
   }
 
   /// Returns false when scratch memory could not be allocated (the caller throws: no exceptions or
@@ -480,8 +579,12 @@ struct ExactKernel {
     Ctx c;
     c.p = &p;
     c.G = p.Hkv ? p.Hq / p.Hkv : 1;
+    c.Gp = packed_heads(p);
+    c.groups = p.Hq / c.Gp;
+    c.qblock = block_rows(p);
+    c.nqblocks = (p.Sq + c.qblock - 1) / c.qblock;
+    c.tiles = (lanes_per_block(p) + BQ - 1) / BQ;
     c.DvP = (p.Dv + W - 1) / W * W;
-    c.tiles = (p.Sq * c.G + BQ - 1) / BQ;
     c.softcap = p.softcap > 0;
     c.qscale = static_cast<T>(p.scale);
     c.cap_in = c.softcap ? static_cast<T>(1.0 / p.softcap) : T(0);
@@ -489,10 +592,11 @@ struct ExactKernel {
     c.bias_tile = p.mask.present || p.bias.present;
     c.alibi = p.alibi.present;
     c.k_direct = p.k.stride[3] == 1;
-    c.dot = p.Sq * c.G <= kDotLanes;
+    c.dot = lanes_per_block(p) <= kDotLanes;
     c.v_direct = !weights && p.v.stride[3] == 1 && p.Dv % W == 0;
     c.weights = weights;
-    const int64_t items = p.B * p.Hkv * c.tiles;
+    const int64_t per_bg = c.nqblocks * c.tiles;
+    const int64_t items = p.B * c.groups * per_bg;
     const std::size_t bytes = work_bytes(c);
     bool oom = false;
 #if defined(_OPENMP)
@@ -512,14 +616,20 @@ struct ExactKernel {
 #endif
       for (int64_t it = 0; it < items; ++it) {
         if (!scratch.ptr) continue;
-        // Largest tiles first (the last query tiles see the most keys under causal masking).
-        const int64_t t = c.tiles - 1 - it % c.tiles;
-        const int64_t bh = it / c.tiles;
-        const int64_t b = bh / p.Hkv, hkv = bh % p.Hkv;
+        // Last query blocks first: under causal masking they see the most keys.
+        const int64_t k = per_bg - 1 - it % per_bg;
+        const int64_t bg = it / per_bg;
+        Tile t;
+        t.b = bg / c.groups;
+        t.group = bg % c.groups;
+        t.hkv = t.group * c.Gp / c.G;
+        t.qb = k / c.tiles;
+        t.f0 = (k % c.tiles) * BQ;
+        if (t.f0 >= imin(c.qblock, p.Sq - t.qb * c.qblock) * c.Gp) continue;  // short last block
         if (weights)
-          weights_tile(c, w, b, hkv, t * BQ);
+          weights_tile(c, w, t);
         else
-          attend_tile(c, w, b, hkv, t * BQ);
+          attend_tile(c, w, t);
       }
     }
     return !oom;
@@ -535,7 +645,7 @@ struct NarrowCfg : Cfg {
 
 template <class Cfg, class St>
 bool run_width(const AttnProblem& p, bool weights) {
-  const int64_t lanes = p.Sq * (p.Hkv ? p.Hq / p.Hkv : 1);
+  const int64_t lanes = lanes_per_block(p);
   if (lanes <= Cfg::W) return ExactKernel<NarrowCfg<Cfg, 1>, St>::run(p, weights);
   if (lanes <= 2 * Cfg::W) return ExactKernel<NarrowCfg<Cfg, 2>, St>::run(p, weights);
   return ExactKernel<Cfg, St>::run(p, weights);

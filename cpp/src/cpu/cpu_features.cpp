@@ -4,14 +4,13 @@
 #include <cstring>
 
 #include "backend.h"
+#include "cpu/isa.h"
 #include "cpu/kernels.h"
 
 namespace attnkit {
 namespace detail {
 namespace cpu {
 namespace {
-
-enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2 };
 
 Isa detect() {
   Isa best = Isa::Generic;
@@ -36,28 +35,23 @@ Isa detect() {
   return best;
 }
 
-Isa isa() {
-  static const Isa chosen = detect();
-  return chosen;
-}
-
 void run_exact(const AttnProblem& p, bool weights) {
   if (p.empty_output()) return;
-  bool ok = false;
-  switch (isa()) {
-#if defined(ATTNKIT_HAVE_X86_KERNELS)
-    case Isa::Avx512: ok = exact_attention_avx512(p, weights); break;
-    case Isa::Avx2: ok = exact_attention_avx2(p, weights); break;
-#endif
-    default: ok = exact_attention_generic(p, weights); break;
-  }
+  const bool ok = by_isa([&] { return exact_attention_generic(p, weights); },
+                         [&] { return exact_attention_avx2(p, weights); },
+                         [&] { return exact_attention_avx512(p, weights); });
   if (!ok) throw Error(ErrorKind::Runtime, "attnkit: out of memory allocating CPU attention scratch space");
 }
 
 }  // namespace
 
+Isa current_isa() {
+  static const Isa chosen = detect();
+  return chosen;
+}
+
 const char* isa_name() {
-  switch (isa()) {
+  switch (current_isa()) {
     case Isa::Avx512: return "avx512";
     case Isa::Avx2: return "avx2";
     default: return "generic";

@@ -1,6 +1,10 @@
 #pragma once
-// Entry points of the per-ISA CPU kernel translation units. Each returns false when it could not
-// allocate its scratch memory; the (ISA-neutral) caller turns that into an attnkit::Error.
+// Entry points of the per-ISA CPU kernel translation units (<mechanism>_{generic,avx2,avx512}.cpp).
+// Each returns false when it could not allocate its scratch memory; the ISA-neutral caller turns that
+// into an attnkit::Error. Builds without the x86 kernels forward the x86 names to the generic ones, so
+// callers can always name all three (cpu/isa.h by_isa).
+
+#include <cstdint>
 
 #include "validate/attention.h"
 
@@ -9,8 +13,33 @@ namespace detail {
 namespace cpu {
 
 bool exact_attention_generic(const AttnProblem& p, bool weights);
+
+/// LSH hashing: codes[r][i] = argmax over the num_buckets values ([x_i R_r, -x_i R_r]) for the n rows
+/// x_i (rows of x at stride ldx, D contiguous elements of type St given by dtype) and every round r;
+/// rot holds the rounds' rotations, [num_hashes][D][num_buckets / 2] doubles.
+struct LshHashJob {
+  const void* x = nullptr;
+  DType dtype = DType::Float32;
+  int64_t n = 0, D = 0, ldx = 0, sd = 1;  ///< rows, dim, row stride and element stride (elements)
+  const double* rot = nullptr;
+  int64_t num_buckets = 2, num_hashes = 1;
+  int32_t* codes = nullptr;               ///< [num_hashes][n]
+  int64_t rows_per_block = 1;             ///< rows projected at once
+  double* scratch = nullptr;              ///< rows_per_block * (D + num_buckets / 2) doubles
+};
+void lsh_hash_generic(const LshHashJob& job);
+
+#if defined(ATTNKIT_HAVE_X86_KERNELS)
 bool exact_attention_avx2(const AttnProblem& p, bool weights);
 bool exact_attention_avx512(const AttnProblem& p, bool weights);
+void lsh_hash_avx2(const LshHashJob& job);
+void lsh_hash_avx512(const LshHashJob& job);
+#else
+inline bool exact_attention_avx2(const AttnProblem& p, bool weights) { return exact_attention_generic(p, weights); }
+inline bool exact_attention_avx512(const AttnProblem& p, bool weights) { return exact_attention_generic(p, weights); }
+inline void lsh_hash_avx2(const LshHashJob& job) { lsh_hash_generic(job); }
+inline void lsh_hash_avx512(const LshHashJob& job) { lsh_hash_generic(job); }
+#endif
 
 }  // namespace cpu
 }  // namespace detail

@@ -10,7 +10,19 @@
 namespace attnkit {
 namespace detail {
 
+/// A block layout borrowed from the caller: for each (layout head, query block) the sorted allowed key
+/// blocks, as CSR. Validated (validate_layout) before any kernel sees it.
+struct LayoutView {
+  const int64_t* row_ptr = nullptr;  ///< [heads * nqb + 1], row_ptr[0] = 0, non-decreasing
+  const int32_t* col_idx = nullptr;  ///< [row_ptr.back()], strictly increasing within a row, in [0, nkb)
+  int64_t bq = 0, bk = 0;            ///< block size (query rows, keys)
+  int64_t heads = 0;                 ///< 1 (shared by every query head) or Hq
+  int64_t nqb = 0, nkb = 0;          ///< number of query / key blocks
+};
+
 /// A validated exact-attention problem, every operand brought to rank 4 ([B, H, S, D]).
+/// Dense, block-sparse (layout) and LSH (explicit per-row key ranges over sorted rows) attention are all
+/// this problem; the CPU kernel only changes which keys a tile visits.
 struct AttnProblem {
   Device device = Device::CPU;
   int32_t device_index = 0;
@@ -30,6 +42,12 @@ struct AttnProblem {
   ViewN<4> bias;              ///< floating, broadcast to [B, Hq, Sq, Sk]
   ViewN<1> key_lengths;       ///< Int32/Int64, broadcast to [B]
   ViewN<2> alibi;             ///< floating, broadcast to [B, Hq]
+  bool sparse = false;        ///< block-sparse: keys restricted to `layout`
+  LayoutView layout;
+  /// Explicit key range [row_lo, row_hi) of every query row, [B, Hq, Sq] each (LSH on bucket-sorted rows);
+  /// when set it replaces causal / window / key_lengths.
+  const int32_t* row_lo = nullptr;
+  const int32_t* row_hi = nullptr;
 
   int64_t group() const { return Hkv ? Hq / Hkv : 1; }
   bool empty_output() const { return B == 0 || Hq == 0 || Sq == 0; }

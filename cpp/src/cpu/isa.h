@@ -1,0 +1,27 @@
+#pragma once
+// The CPU micro-kernel family in use, chosen once from CPUID (lowered, never raised, by ATTNKIT_CPU_ISA).
+// Each mechanism's ISA-neutral driver switches on it to call its <mechanism>_{generic,avx2,avx512}
+// entry point.
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+
+enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2 };
+
+Isa current_isa();
+
+/// Calls generic(), avx2() or avx512() per current_isa() (which is Generic in builds without the x86
+/// kernels; cpu/kernels.h maps their x86 entry points to the generic ones there).
+template <class G, class A2, class A5>
+auto by_isa(G&& generic, A2&& avx2, A5&& avx512) {
+  switch (current_isa()) {
+    case Isa::Avx512: return avx512();
+    case Isa::Avx2: return avx2();
+    default: return generic();
+  }
+}
+
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit

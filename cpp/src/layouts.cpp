@@ -1,0 +1,292 @@
+// BlockLayout: CSR construction, the documented layout rules, union, and structural validation.
+#include <algorithm>
+#include <string>
+
+#include "attnkit/block_sparse.h"
+#include "attnkit/math/random.h"
+#include "validate/common.h"
+
+namespace attnkit {
+namespace {
+
+using detail::value_error;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+void require_positive(int64_t v, const char* name) {
+  if (v < 1) value_error(std::string(name) + " must be >= 1, got " + std::to_string(v));
+}
+void require_nonnegative(int64_t v, const char* name) {
+  if (v < 0) value_error(std::string(name) + " must be >= 0, got " + std::to_string(v));
+}
+
+/// Builds a square layout row by row: row(h, i, cols) appends the allowed key blocks of query block i of
+/// head h (any order, duplicates allowed); they are sorted and deduplicated here.
+template <class RowFn>
+BlockLayout build_square(int64_t seq_len, int64_t block_size, int64_t num_heads, RowFn&& row) {
+  require_nonnegative(seq_len, "seq_len");
+  require_positive(block_size, "block_size");
+  require_positive(num_heads, "num_heads");
+  BlockLayout L;
+  L.block_q = L.block_k = block_size;
+  L.num_heads = num_heads;
+  L.num_q_blocks = L.num_k_blocks = ceil_div(seq_len, block_size);
+  L.row_ptr.assign(1, 0);
+  std::vector<int64_t> cols;
+  for (int64_t h = 0; h < num_heads; ++h)
+    for (int64_t i = 0; i < L.num_q_blocks; ++i) {
+      cols.clear();
+      row(h, i, cols);
+      std::sort(cols.begin(), cols.end());
+      cols.erase(std::unique(cols.begin(), cols.end()), cols.end());
+      for (int64_t j : cols)
+        if (j >= 0 && j < L.num_k_blocks) L.col_idx.push_back(static_cast<int32_t>(j));
+      L.row_ptr.push_back(static_cast<int64_t>(L.col_idx.size()));
+    }
+  return L;
+}
+
+/// Band i - left <= j <= i + right with the given stride between allowed blocks.
+void band(int64_t i, int64_t n, int64_t left, int64_t right, int64_t dilation, std::vector<int64_t>& cols) {
+  for (int64_t t = -left; t <= right; ++t) {
+    const int64_t j = i + t * dilation;
+    if (j >= 0 && j < n) cols.push_back(j);
+  }
+}
+
+}  // namespace
+
+BlockLayout BlockLayout::from_dense(const uint8_t* blocks, int64_t num_heads, int64_t nqb, int64_t nkb,
+                                    int64_t block_q, int64_t block_k) {
+  require_positive(num_heads, "num_heads");
+  require_nonnegative(nqb, "num_q_blocks");
+  require_nonnegative(nkb, "num_k_blocks");
+  require_positive(block_q, "block_size[0]");
+  require_positive(block_k, "block_size[1]");
+  if (nkb > INT32_MAX) value_error("more than 2^31 key blocks are not supported");
+  BlockLayout L;
+  L.block_q = block_q;
+  L.block_k = block_k;
+  L.num_heads = num_heads;
+  L.num_q_blocks = nqb;
+  L.num_k_blocks = nkb;
+  L.row_ptr.assign(1, 0);
+  for (int64_t r = 0; r < num_heads * nqb; ++r) {
+    for (int64_t j = 0; j < nkb; ++j)
+      if (blocks[r * nkb + j]) L.col_idx.push_back(static_cast<int32_t>(j));
+    L.row_ptr.push_back(static_cast<int64_t>(L.col_idx.size()));
+  }
+  return L;
+}
+
+BlockLayout BlockLayout::sliding_window(int64_t seq_len, int64_t block_size, int64_t window_blocks, bool causal,
+                                        int64_t num_heads) {
+  require_nonnegative(window_blocks, "window_blocks");
+  const int64_t n = ceil_div(std::max<int64_t>(seq_len, 0), std::max<int64_t>(block_size, 1));
+  return build_square(seq_len, block_size, num_heads, [&](int64_t, int64_t i, std::vector<int64_t>& cols) {
+    band(i, n, window_blocks, causal ? 0 : window_blocks, 1, cols);
+  });
+}
+
+BlockLayout BlockLayout::longformer(int64_t seq_len, int64_t block_size, int64_t window_blocks,
+                                    const std::vector<int64_t>& global_tokens, int64_t dilation, bool causal,
+                                    int64_t num_heads) {
+  require_nonnegative(window_blocks, "window_blocks");
+  require_positive(dilation, "dilation");
+  require_positive(block_size, "block_size");
+  const int64_t n = ceil_div(std::max<int64_t>(seq_len, 0), block_size);
+  std::vector<uint8_t> is_global(static_cast<size_t>(n), 0);
+  std::vector<int64_t> globals;
+  for (int64_t g : global_tokens) {
+    if (g < 0 || g >= seq_len)
+      value_error("global_tokens: token " + std::to_string(g) + " is outside [0, seq_len) = [0, " +
+                  std::to_string(seq_len) + ")");
+    if (!is_global[g / block_size]) globals.push_back(g / block_size);
+    is_global[g / block_size] = 1;
+  }
+  return build_square(seq_len, block_size, num_heads, [&](int64_t, int64_t i, std::vector<int64_t>& cols) {
+    const int64_t last = causal ? i : n - 1;  // causal: nothing after the query block
+    if (is_global[i]) {
+      for (int64_t j = 0; j <= last; ++j) cols.push_back(j);
+      return;
+    }
+    band(i, n, window_blocks, causal ? 0 : window_blocks, dilation, cols);
+    for (int64_t g : globals)
+      if (g <= last) cols.push_back(g);
+  });
+}
+
+BlockLayout BlockLayout::bigbird(int64_t seq_len, int64_t block_size, int64_t window_blocks, int64_t global_blocks,
+                                 int64_t random_blocks, uint64_t seed, bool causal, int64_t num_heads) {
+  require_nonnegative(window_blocks, "window_blocks");
+  require_nonnegative(global_blocks, "global_blocks");
+  require_nonnegative(random_blocks, "random_blocks");
+  require_positive(block_size, "block_size");
+  const int64_t n = ceil_div(std::max<int64_t>(seq_len, 0), block_size);
+  std::vector<uint8_t> taken(static_cast<size_t>(n), 0);
+  std::vector<int64_t> cand;
+  return build_square(seq_len, block_size, num_heads, [&](int64_t h, int64_t i, std::vector<int64_t>& cols) {
+    const int64_t last = causal ? i : n - 1;
+    if (i < global_blocks) {  // global rows see everything (causal: the past)
+      for (int64_t j = 0; j <= last; ++j) cols.push_back(j);
+      return;
+    }
+    band(i, n, window_blocks, causal ? 0 : window_blocks, 1, cols);
+    for (int64_t j = 0; j < std::min(global_blocks, last + 1); ++j) cols.push_back(j);
+    if (random_blocks == 0) return;
+    // Random blocks: uniform without replacement among the blocks <= last not allowed yet. Draw t of row
+    // i uses Philox word (i << 32) + t of stream kStreamBigBird + h (shared layouts: h = 0).
+    for (int64_t j : cols) taken[j] = 1;
+    cand.clear();
+    for (int64_t j = 0; j <= last; ++j)
+      if (!taken[j]) cand.push_back(j);
+    for (int64_t j : cols) taken[j] = 0;
+    const uint64_t stream = math::kStreamBigBird + static_cast<uint64_t>(h);
+    const int64_t picks = std::min<int64_t>(random_blocks, static_cast<int64_t>(cand.size()));
+    for (int64_t t = 0; t < picks; ++t) {  // partial Fisher-Yates over the candidates
+      const int64_t remaining = static_cast<int64_t>(cand.size()) - t;
+      const int64_t r = t + math::uniform_below(seed, stream, (static_cast<uint64_t>(i) << 32) + t,
+                                                static_cast<uint32_t>(remaining));
+      std::swap(cand[t], cand[r]);
+      cols.push_back(cand[t]);
+    }
+  });
+}
+
+BlockLayout BlockLayout::fixed(int64_t seq_len, int64_t block_size, int64_t local_blocks, int64_t global_blocks,
+                               bool causal, int64_t num_heads) {
+  require_positive(local_blocks, "local_blocks");
+  require_nonnegative(global_blocks, "global_blocks");
+  if (global_blocks > local_blocks)
+    value_error("global_blocks (" + std::to_string(global_blocks) + ") must not exceed local_blocks (" +
+                std::to_string(local_blocks) + ")");
+  require_positive(block_size, "block_size");
+  const int64_t n = ceil_div(std::max<int64_t>(seq_len, 0), block_size);
+  return build_square(seq_len, block_size, num_heads, [&](int64_t, int64_t i, std::vector<int64_t>& cols) {
+    const int64_t last = causal ? i : n - 1;
+    const int64_t seg = i / local_blocks;
+    for (int64_t j = seg * local_blocks; j < std::min((seg + 1) * local_blocks, last + 1); ++j) cols.push_back(j);
+    for (int64_t j = 0; j <= last; ++j)
+      if (j % local_blocks >= local_blocks - global_blocks) cols.push_back(j);
+  });
+}
+
+BlockLayout BlockLayout::unite(const std::vector<const BlockLayout*>& layouts) {
+  if (layouts.empty()) value_error("union needs at least one layout");
+  const BlockLayout& a = *layouts[0];
+  int64_t heads = 1;
+  for (size_t k = 0; k < layouts.size(); ++k) {
+    const BlockLayout& b = *layouts[k];
+    if (b.block_q != a.block_q || b.block_k != a.block_k || b.num_q_blocks != a.num_q_blocks ||
+        b.num_k_blocks != a.num_k_blocks)
+      value_error("union: layout " + std::to_string(k) + " has block size (" + std::to_string(b.block_q) + ", " +
+                  std::to_string(b.block_k) + ") and " + std::to_string(b.num_q_blocks) + " x " +
+                  std::to_string(b.num_k_blocks) + " blocks, layout 0 has (" + std::to_string(a.block_q) + ", " +
+                  std::to_string(a.block_k) + ") and " + std::to_string(a.num_q_blocks) + " x " +
+                  std::to_string(a.num_k_blocks) + "; only layouts of one geometry can be united");
+    if (b.num_heads != 1) {
+      if (heads != 1 && heads != b.num_heads)
+        value_error("union: layouts have " + std::to_string(heads) + " and " + std::to_string(b.num_heads) +
+                    " heads; head counts must match (or be 1, which broadcasts)");
+      heads = b.num_heads;
+    }
+  }
+  BlockLayout L;
+  L.block_q = a.block_q;
+  L.block_k = a.block_k;
+  L.num_heads = heads;
+  L.num_q_blocks = a.num_q_blocks;
+  L.num_k_blocks = a.num_k_blocks;
+  L.row_ptr.assign(1, 0);
+  std::vector<int32_t> cols;
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < L.num_q_blocks; ++i) {
+      cols.clear();
+      for (const BlockLayout* b : layouts) {
+        const int64_t r = (b->num_heads == 1 ? 0 : h) * b->num_q_blocks + i;
+        cols.insert(cols.end(), b->col_idx.begin() + b->row_ptr[r], b->col_idx.begin() + b->row_ptr[r + 1]);
+      }
+      std::sort(cols.begin(), cols.end());
+      cols.erase(std::unique(cols.begin(), cols.end()), cols.end());
+      L.col_idx.insert(L.col_idx.end(), cols.begin(), cols.end());
+      L.row_ptr.push_back(static_cast<int64_t>(L.col_idx.size()));
+    }
+  return L;
+}
+
+std::vector<uint8_t> BlockLayout::to_dense() const {
+  std::vector<uint8_t> d(static_cast<size_t>(num_heads * num_q_blocks * num_k_blocks), 0);
+  for (int64_t r = 0; r < num_heads * num_q_blocks; ++r)
+    for (int64_t e = row_ptr[r]; e < row_ptr[r + 1]; ++e) d[r * num_k_blocks + col_idx[e]] = 1;
+  return d;
+}
+
+double BlockLayout::density() const {
+  const double all = static_cast<double>(num_heads) * num_q_blocks * num_k_blocks;
+  return all > 0 ? static_cast<double>(col_idx.size()) / all : 0.0;
+}
+
+BlockLayoutRef BlockLayout::ref() const {
+  BlockLayoutRef r;
+  r.row_ptr = make_tensor(const_cast<int64_t*>(row_ptr.data()), DType::Int64, {static_cast<int64_t>(row_ptr.size())});
+  r.col_idx = make_tensor(const_cast<int32_t*>(col_idx.data()), DType::Int32, {static_cast<int64_t>(col_idx.size())});
+  r.block_q = block_q;
+  r.block_k = block_k;
+  r.num_heads = num_heads;
+  r.num_q_blocks = num_q_blocks;
+  r.num_k_blocks = num_k_blocks;
+  return r;
+}
+
+void validate_layout(const BlockLayoutRef& L) {
+  using detail::require_dtype;
+  require_positive(L.block_q, "layout.block_size[0]");
+  require_positive(L.block_k, "layout.block_size[1]");
+  require_positive(L.num_heads, "layout.num_heads");
+  require_nonnegative(L.num_q_blocks, "layout.num_q_blocks");
+  require_nonnegative(L.num_k_blocks, "layout.num_k_blocks");
+  if (L.num_k_blocks > INT32_MAX) value_error("layout: more than 2^31 key blocks are not supported");
+  detail::require_defined(L.row_ptr, "layout.row_ptr");
+  detail::require_defined(L.col_idx, "layout.col_idx");
+  detail::require_sane(L.row_ptr, "layout.row_ptr");
+  detail::require_sane(L.col_idx, "layout.col_idx");
+  require_dtype(L.row_ptr, DType::Int64, "layout.row_ptr");
+  require_dtype(L.col_idx, DType::Int32, "layout.col_idx");
+  if (L.row_ptr.device != Device::CPU || L.col_idx.device != Device::CPU)
+    detail::type_error("layout arrays must be in host memory (the kernels read the CSR on the host)");
+  const int64_t rows = L.num_heads * L.num_q_blocks;
+  if (L.row_ptr.ndim != 1 || L.row_ptr.shape[0] != rows + 1)
+    value_error("layout.row_ptr must have shape (num_heads * num_q_blocks + 1,) = (" + std::to_string(rows + 1) +
+                ",), got " + detail::shape_str(L.row_ptr));
+  if (L.col_idx.ndim != 1) value_error("layout.col_idx must be 1-D, got " + detail::shape_str(L.col_idx));
+  if ((L.row_ptr.shape[0] > 1 && L.row_ptr.strides[0] != 1) || (L.col_idx.shape[0] > 1 && L.col_idx.strides[0] != 1))
+    value_error("layout.row_ptr and layout.col_idx must be contiguous");
+  const int64_t* rp = static_cast<const int64_t*>(L.row_ptr.data);
+  const int32_t* ci = static_cast<const int32_t*>(L.col_idx.data);
+  const int64_t rs = 1, cs = 1;
+  if (rp[0] != 0) value_error("layout.row_ptr[0] must be 0, got " + std::to_string(rp[0]));
+  if (rp[rows * rs] != L.col_idx.shape[0])
+    value_error("layout.row_ptr[-1] = " + std::to_string(rp[rows * rs]) + " must equal len(col_idx) = " +
+                std::to_string(L.col_idx.shape[0]));
+  // row_ptr first (monotone, within [0, nnz]), so the col_idx scan below stays in bounds.
+  for (int64_t r = 0; r < rows; ++r)
+    if (rp[(r + 1) * rs] < rp[r * rs] || rp[(r + 1) * rs] > L.col_idx.shape[0])
+      value_error("layout.row_ptr must be non-decreasing and end at len(col_idx); it is not at row " +
+                  std::to_string(r) + " (head " + std::to_string(r / L.num_q_blocks) + ", query block " +
+                  std::to_string(r % L.num_q_blocks) + ")");
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = rp[r * rs], e = rp[(r + 1) * rs];
+    for (int64_t k = b; k < e; ++k) {
+      const int64_t c = ci[k * cs];
+      if (c < 0 || c >= L.num_k_blocks)
+        value_error("layout.col_idx[" + std::to_string(k) + "] = " + std::to_string(c) + " is outside [0, " +
+                    std::to_string(L.num_k_blocks) + ") (query block " + std::to_string(r % L.num_q_blocks) + ")");
+      if (k > b && ci[(k - 1) * cs] >= c)
+        value_error("layout.col_idx must be strictly increasing within a row; row " + std::to_string(r) +
+                    " (head " + std::to_string(r / L.num_q_blocks) + ", query block " +
+                    std::to_string(r % L.num_q_blocks) + ") is not sorted at position " + std::to_string(k));
+    }
+  }
+}
+
+}  // namespace attnkit

@@ -1,0 +1,107 @@
+#include "validate/block_sparse.h"
+
+#include <string>
+
+namespace attnkit {
+namespace detail {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+void check_buckets(int64_t num_buckets, int64_t num_hashes) {
+  if (num_buckets < 2 || num_buckets % 2 != 0)
+    value_error("num_buckets must be even and >= 2, got " + std::to_string(num_buckets));
+  if (num_buckets > (int64_t(1) << 30)) value_error("num_buckets must be below 2^30");
+  if (num_hashes < 1) value_error("num_hashes must be >= 1, got " + std::to_string(num_hashes));
+}
+
+}  // namespace
+
+AttnProblem validate_block_sparse(const BlockSparseParams& p) {
+  AttentionParams a;
+  a.q = p.q;
+  a.k = p.k;
+  a.v = p.v;
+  a.out = p.out;
+  a.lse = p.lse;
+  a.scale = p.scale;
+  a.causal = p.causal;
+  a.key_lengths = p.key_lengths;
+  a.stream = p.stream;
+  AttnProblem r = validate_attention(a, nullptr);
+  const BlockLayoutRef& L = p.layout;
+  validate_layout(L);
+  if (L.num_heads != 1 && L.num_heads != r.Hq)
+    value_error("layout has " + std::to_string(L.num_heads) + " heads; it must have 1 (shared) or Hq = " +
+                std::to_string(r.Hq));
+  const int64_t want_q = ceil_div(r.Sq, L.block_q), want_k = ceil_div(r.Sk, L.block_k);
+  if (L.num_q_blocks != want_q || L.num_k_blocks != want_k)
+    value_error("layout has " + std::to_string(L.num_q_blocks) + " x " + std::to_string(L.num_k_blocks) +
+                " blocks of (" + std::to_string(L.block_q) + ", " + std::to_string(L.block_k) + ") but q and k (Sq = " +
+                std::to_string(r.Sq) + ", Sk = " + std::to_string(r.Sk) + ") need ceil(Sq / " +
+                std::to_string(L.block_q) + ") x ceil(Sk / " + std::to_string(L.block_k) + ") = " +
+                std::to_string(want_q) + " x " + std::to_string(want_k));
+  r.sparse = true;
+  r.layout.row_ptr = static_cast<const int64_t*>(L.row_ptr.data);
+  r.layout.col_idx = static_cast<const int32_t*>(L.col_idx.data);
+  r.layout.bq = L.block_q;
+  r.layout.bk = L.block_k;
+  r.layout.heads = L.num_heads;
+  r.layout.nqb = L.num_q_blocks;
+  r.layout.nkb = L.num_k_blocks;
+  return r;
+}
+
+LshProblem validate_lsh_attention(const LshAttentionParams& p) {
+  AttentionParams a;
+  a.q = p.q;
+  a.k = p.k;
+  a.v = p.v;
+  a.out = p.out;
+  a.lse = p.lse;
+  a.scale = p.scale;
+  a.causal = p.causal;
+  a.stream = p.stream;
+  LshProblem r;
+  r.base = validate_attention(a, nullptr);
+  check_buckets(p.num_buckets, p.num_hashes);
+  r.num_buckets = p.num_buckets;
+  r.num_hashes = p.num_hashes;
+  r.seed = p.seed;
+  return r;
+}
+
+LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p) {
+  LshBucketsProblem r;
+  r.x = bhsd_view(p.x, "x");
+  require_floating(p.x, "x");
+  check_buckets(p.num_buckets, p.num_hashes);
+  r.device = p.x.device;
+  r.device_index = p.x.device_index;
+  r.stream = p.stream;
+  r.B = r.x.shape[0];
+  r.H = r.x.shape[1];
+  r.S = r.x.shape[2];
+  r.D = r.x.shape[3];
+  r.num_buckets = p.num_buckets;
+  r.num_hashes = p.num_hashes;
+  r.seed = p.seed;
+  require_defined(p.out, "out");
+  require_sane(p.out, "out");
+  int64_t shape[4];
+  const int lead = p.x.ndim - 2;  // B, H present in x
+  for (int d = 0; d < lead; ++d) shape[d] = p.x.shape[d];
+  shape[lead] = p.num_hashes;
+  shape[lead + 1] = r.S;
+  require_shape(p.out, shape, lead + 2, "out");
+  require_dtype(p.out, DType::Int32, "out");
+  require_same_device(p.out, p.x, "out", "x");
+  require_writable_output(p.out, "out");
+  r.out = static_cast<int32_t*>(p.out.data);
+  const int off = 4 - p.out.ndim;
+  for (int d = 0; d < 4; ++d) r.out_stride[d] = d < off ? 0 : p.out.strides[d - off];
+  return r;
+}
+
+}  // namespace detail
+}  // namespace attnkit

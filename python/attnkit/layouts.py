@@ -1,0 +1,93 @@
+"""Constructors of block layouts for :func:`attnkit.block_sparse_attention`.
+
+Every rule below is exact, stated on block indices: ``n = ceil(seq_len / block_size)`` blocks per side,
+query block ``i``, key block ``j``. All build square layouts (``Sq = Sk = seq_len``, square blocks); use
+:meth:`attnkit.BlockLayout.from_dense` for anything else. ``causal=True`` additionally drops every block
+with ``j > i`` (the kernel's element-level ``causal`` flag then trims the diagonal blocks). ``num_heads > 1``
+repeats the layout per head (for :func:`bigbird`: with different random blocks per head).
+
+Compared with DeepSpeed's ``SparsityConfig`` family (``deepspeed.ops.sparse_attention``):
+
+- :func:`sliding_window` counts ``window_blocks`` per side; DeepSpeed's
+  ``LocalSlidingWindowSparsityConfig(num_sliding_window_blocks=w)`` counts the whole band (``w = 2 *
+  window_blocks + 1``).
+- :func:`longformer` takes global *token* positions (their blocks become global) and a dilation;
+  ``BSLongformerSparsityConfig`` takes global *block* indices (or ranges) and has no dilation.
+- :func:`bigbird` matches ``BigBirdSparsityConfig`` (first blocks global, band, random blocks per row) except
+  that the band is counted per side, random blocks never repeat a block the row already has (DeepSpeed may
+  draw a window or global block again), and draws come from Philox keyed by ``seed`` (identical on every
+  platform) rather than the global ``random`` module.
+- :func:`fixed` matches ``FixedSparsityConfig`` with ``horizontal_global_attention=False`` and
+  ``num_different_global_patterns=1``.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from ._array import as_bool, as_int
+from ._sparse import BlockLayout, _seed
+
+__all__ = ["sliding_window", "longformer", "bigbird", "fixed", "union"]
+
+
+def sliding_window(seq_len, block_size, window_blocks, *, causal=False, num_heads=1) -> BlockLayout:
+    """Local band: block ``(i, j)`` allowed when ``|i - j| <= window_blocks``
+    (causal: ``0 <= i - j <= window_blocks``)."""
+    return BlockLayout._from_core(_core.layout_sliding_window(
+        as_int(seq_len, "seq_len"), as_int(block_size, "block_size"), as_int(window_blocks, "window_blocks"),
+        as_bool(causal, "causal"), as_int(num_heads, "num_heads")))
+
+
+def longformer(seq_len, block_size, window_blocks, *, global_tokens=(), dilation=1, causal=False,
+               num_heads=1) -> BlockLayout:
+    """Longformer: a dilated band plus global blocks.
+
+    Block ``(i, j)`` is allowed when ``j = i + dilation * t`` for an integer ``|t| <= window_blocks``
+    (causal: ``-window_blocks <= t <= 0``), or when ``i`` or ``j`` is a global block, i.e. the block
+    ``g // block_size`` of a token ``g`` in ``global_tokens`` (causal: only ``j <= i``). Global tokens
+    make their whole block global (block granularity)."""
+    g = [as_int(t, "global_tokens") for t in global_tokens]
+    return BlockLayout._from_core(_core.layout_longformer(
+        as_int(seq_len, "seq_len"), as_int(block_size, "block_size"), as_int(window_blocks, "window_blocks"), g,
+        as_int(dilation, "dilation"), as_bool(causal, "causal"), as_int(num_heads, "num_heads")))
+
+
+def bigbird(seq_len, block_size, *, seed, window_blocks=1, global_blocks=1, random_blocks=2, causal=False,
+            num_heads=1) -> BlockLayout:
+    """BigBird: band + global + random blocks.
+
+    Block ``(i, j)`` is allowed when ``|i - j| <= window_blocks`` (causal: ``0 <= i - j <= window_blocks``),
+    or ``i < global_blocks`` (global rows see every block; causal: ``j <= i``), or ``j < global_blocks``
+    (causal: ``j <= i``), or ``j`` is one of the ``random_blocks`` random blocks of row ``i``: for each
+    non-global row, distinct key blocks drawn uniformly from those not already allowed in that row
+    (causal: among ``j <= i``), fewer when fewer remain. Draws come from the counter-based generator keyed
+    by ``seed`` (Philox stream ``kStreamBigBird + h`` for head ``h``, word ``(i << 32) + t`` for draw ``t``):
+    the same seed gives the same layout on every platform; with ``num_heads > 1`` each head has its own
+    random blocks. ``seed`` is required."""
+    return BlockLayout._from_core(_core.layout_bigbird(
+        as_int(seq_len, "seq_len"), as_int(block_size, "block_size"), as_int(window_blocks, "window_blocks"),
+        as_int(global_blocks, "global_blocks"), as_int(random_blocks, "random_blocks"), _seed(seed),
+        as_bool(causal, "causal"), as_int(num_heads, "num_heads")))
+
+
+def fixed(seq_len, block_size, *, local_blocks=4, global_blocks=1, causal=True, num_heads=1) -> BlockLayout:
+    """Sparse Transformer "fixed" pattern (Child et al., 2019).
+
+    Blocks form segments of ``local_blocks``; block ``(i, j)`` is allowed when ``i // local_blocks ==
+    j // local_blocks`` (same segment) or when ``j % local_blocks >= local_blocks - global_blocks`` (``j`` is
+    one of the last ``global_blocks`` "summary" blocks of its segment); causal (the default, as in the
+    paper) keeps only ``j <= i``."""
+    return BlockLayout._from_core(_core.layout_fixed(
+        as_int(seq_len, "seq_len"), as_int(block_size, "block_size"), as_int(local_blocks, "local_blocks"),
+        as_int(global_blocks, "global_blocks"), as_bool(causal, "causal"), as_int(num_heads, "num_heads")))
+
+
+def union(*layouts) -> BlockLayout:
+    """Union of layouts with one block size and block counts; one-head layouts broadcast to the others'
+    head count. ``union(a, b) == a | b``."""
+    if not layouts:
+        raise ValueError("union needs at least one layout")
+    for i, l in enumerate(layouts):
+        if not isinstance(l, BlockLayout):
+            raise TypeError(f"layouts[{i}] must be an attnkit.BlockLayout, got {type(l).__name__}")
+    return BlockLayout._from_core(_core.layout_union([l._tuple() for l in layouts]))
