@@ -160,3 +160,60 @@ def format_exact_row(r) -> str:
         s += f" | numpy {r['numpy_s'] * 1e3:8.2f} ms ({r['speedup_vs_numpy']:.1f}x)"
         s += f" | numpy-loop {r['numpy_loop_s'] * 1e3:8.2f} ms ({r['speedup_vs_numpy_loop']:.1f}x)"
     return s
+
+
+# ------------------------------------------------------------------------------- sparse attention
+def sparse_layouts(S: int, block: int = 64):
+    """The benchmark's layouts: BigBird (band 1, 1 global, 2 random blocks per row) and Longformer
+    (band 2, one global token)."""
+    from . import layouts
+
+    return {"bigbird": layouts.bigbird(S, block, seed=0, window_blocks=1, global_blocks=1, random_blocks=2),
+            "longformer": layouts.longformer(S, block, 2, global_tokens=[0])}
+
+
+def sparse_rows(sizes, reps=3, H=8, D=64, bucket=64, report=progress, min_time=0.3):
+    """Block-sparse (BigBird, Longformer) and LSH attention vs dense attnkit attention, float32, B=1.
+
+    For each layout: its density and time / (density * dense time) — the issue's bound is 1.3 plus a small
+    constant. LSH uses num_buckets = S / bucket so the mean bucket size stays `bucket` as S grows; its
+    hashing (q and k, O(S * D * num_buckets) by definition, so ~S^2 / bucket here) is also timed alone."""
+    from . import attention, block_sparse_attention, lsh_attention, lsh_buckets
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for S in sizes:
+        q, k, v = (rng.standard_normal((1, H, S, D)).astype(np.float32) for _ in range(3))
+        fns = {"dense": lambda: attention(q, k, v)}
+        lays = sparse_layouts(S)
+        for name, L in lays.items():
+            fns[name] = (lambda L=L: block_sparse_attention(q, k, v, L))
+        nb = max(2, 2 * (S // bucket // 2))
+        fns["lsh"] = lambda: lsh_attention(q, k, v, num_buckets=nb, num_hashes=1, seed=0)
+        fns["lsh_hash"] = lambda: (lsh_buckets(q, num_buckets=nb), lsh_buckets(k, num_buckets=nb))
+        t = timeit_many(fns, reps, min_time=min_time)
+        row = {"S": S, "dense_s": t["dense"], "lsh_s": t["lsh"], "lsh_hash_s": t["lsh_hash"],
+               "lsh_num_buckets": nb, "lsh_speedup_vs_dense": t["dense"] / t["lsh"]}
+        for name, L in lays.items():
+            row[f"{name}_s"] = t[name]
+            row[f"{name}_density"] = L.density
+            row[f"{name}_vs_density_x_dense"] = t[name] / (L.density * t["dense"])
+        rows.append(row)
+        if report:
+            report(format_sparse_row(row))
+    for a, b in zip(rows, rows[1:]):
+        if b["S"] == 2 * a["S"]:
+            b["lsh_scaling"] = b["lsh_s"] / a["lsh_s"]
+            b["lsh_without_hash_scaling"] = (b["lsh_s"] - b["lsh_hash_s"]) / (a["lsh_s"] - a["lsh_hash_s"])
+            b["dense_scaling"] = b["dense_s"] / a["dense_s"]
+    return rows
+
+
+def format_sparse_row(r) -> str:
+    s = f"S={r['S']:6d}  dense {r['dense_s'] * 1e3:8.2f} ms"
+    for name in ("bigbird", "longformer"):
+        s += (f" | {name} {r[name + '_s'] * 1e3:7.2f} ms (density {r[name + '_density']:.3f}, "
+              f"{r[name + '_vs_density_x_dense']:.2f} x density*dense)")
+    s += (f" | lsh(b={r['lsh_num_buckets']}) {r['lsh_s'] * 1e3:7.2f} ms ({r['lsh_speedup_vs_dense']:.1f}x faster"
+          f" than dense; hashing {r['lsh_hash_s'] * 1e3:.2f} ms)")
+    return s

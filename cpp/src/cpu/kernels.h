@@ -15,17 +15,19 @@ namespace cpu {
 bool exact_attention_generic(const AttnProblem& p, bool weights);
 
 /// LSH hashing: codes[r][i] = argmax over the num_buckets values ([x_i R_r, -x_i R_r]) for the n rows
-/// x_i (rows of x at stride ldx, D contiguous elements of type St given by dtype) and every round r;
-/// rot holds the rounds' rotations, [num_hashes][D][num_buckets / 2] doubles.
+/// x_i (row stride ldx, element stride sd, dtype) and every round r (see cpu/lsh_kernel.h).
 struct LshHashJob {
   const void* x = nullptr;
   DType dtype = DType::Float32;
   int64_t n = 0, D = 0, ldx = 0, sd = 1;  ///< rows, dim, row stride and element stride (elements)
-  const double* rot = nullptr;
+  const double* rot = nullptr;            ///< rotations [num_hashes][D][num_buckets / 2]
+  const float* rot32 = nullptr;           ///< the same, rounded to float32
+  const double* rot_norm_max = nullptr;   ///< [num_hashes]: max over columns c of |R_r[:, c]|_2
   int64_t num_buckets = 2, num_hashes = 1;
   int32_t* codes = nullptr;               ///< [num_hashes][n]
-  int64_t rows_per_block = 1;             ///< rows projected at once
-  double* scratch = nullptr;              ///< rows_per_block * (D + num_buckets / 2) doubles
+  int64_t rows_per_block = 1;             ///< rows projected at once (<= 64)
+  float* scratch = nullptr;               ///< rows_per_block * (D + num_buckets / 2) floats
+  double* scratch_d = nullptr;            ///< D + num_buckets / 2 doubles
 };
 void lsh_hash_generic(const LshHashJob& job);
 

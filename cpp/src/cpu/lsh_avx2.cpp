@@ -6,7 +6,7 @@ namespace attnkit {
 namespace detail {
 namespace cpu {
 
-void lsh_hash_avx2(const LshHashJob& job) { lsh_hash<4, 4, 2>(job); }
+void lsh_hash_avx2(const LshHashJob& job) { lsh_hash<8, 4, 2>(job); }
 
 }  // namespace cpu
 }  // namespace detail

@@ -6,7 +6,7 @@ namespace attnkit {
 namespace detail {
 namespace cpu {
 
-void lsh_hash_avx512(const LshHashJob& job) { lsh_hash<8, 6, 4>(job); }
+void lsh_hash_avx512(const LshHashJob& job) { lsh_hash<16, 6, 4>(job); }
 
 }  // namespace cpu
 }  // namespace detail

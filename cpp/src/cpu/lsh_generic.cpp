@@ -6,7 +6,7 @@ namespace attnkit {
 namespace detail {
 namespace cpu {
 
-void lsh_hash_generic(const LshHashJob& job) { lsh_hash<2, 4, 2>(job); }
+void lsh_hash_generic(const LshHashJob& job) { lsh_hash<4, 4, 2>(job); }
 
 }  // namespace cpu
 }  // namespace detail
