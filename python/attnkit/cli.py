@@ -24,26 +24,49 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _cmd_bench(args) -> int:
-    sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 2048, 4096])
-    print(f"attnkit {_core.version()} on {_core.get_num_threads()} thread(s), CPU kernels {_core.cpu_isa()}")
+def _report(line):
+    print("  " + line, flush=True)
+
+
+def _slow(msg):
+    print(f"  ... {msg}", end="\r", file=sys.stderr, flush=True)
+
+
+def _section_exact(args):
     print("exact attention, float32, B=1, H=8, D=64 (ratios > 1: attnkit is faster)")
-    torch = _bench.torch_or_none() if not args.no_torch else None
-    if torch is None and not args.no_torch:
+    if not args.no_torch and _bench.torch_or_none() is None:
         print("  (PyTorch not installed: no torch column; `pip install torch` to add it)")
-
-    def report(line):
-        print("  " + line, flush=True)
-
+    sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 2048, 4096])
     rows = []
     for S in sizes:
         if S >= 2048:
-            print(f"  ... S={S} (a few seconds)", end="\r", file=sys.stderr, flush=True)
+            _slow(f"S={S} (a few seconds)")
         rows += _bench.exact_rows([S], reps=args.reps, with_numpy=not args.no_numpy and S <= 4096,
-                                  with_torch=not args.no_torch, report=report, min_time=0.2)
+                                  with_torch=not args.no_torch, report=_report, min_time=0.2)
+    return rows
+
+
+def _section_sparse(args):
+    print("block-sparse (block 64) and LSH (mean bucket 64) vs dense attnkit, float32, B=1, H=8, D=64")
+    sizes = args.sizes or ([2048] if args.quick else [2048, 4096])
+    rows = []
+    for S in sizes:
+        _slow(f"S={S} (a few seconds)")
+        rows += _bench.sparse_rows([S], reps=args.reps, report=_report, min_time=0.2)
+    return rows
+
+
+SECTIONS = {"exact": _section_exact, "sparse": _section_sparse}
+
+
+def _cmd_bench(args) -> int:
+    print(f"attnkit {_core.version()} on {_core.get_num_threads()} thread(s), CPU kernels {_core.cpu_isa()}")
+    results = {}
+    for name in args.only or list(SECTIONS):
+        results[name] = SECTIONS[name](args)
     if args.json:
-        path = _bench.write_json(".", args.json, {"env": _bench.environment(_core.get_num_threads()), "rows": rows})
-        print(f"wrote {path}")
+        payload = {"env": _bench.environment(_core.get_num_threads()), "sections": results}
+        print(f"wrote {_bench.write_json('.', args.json, payload)}")
     return 0
 
 
@@ -53,9 +76,10 @@ def main(argv=None) -> int:
     p = sub.add_parser("info", help="version, backends built, CPU kernels and threads")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("bench", help="a short benchmark table (attnkit vs PyTorch vs NumPy)")
+    p = sub.add_parser("bench", help="a short benchmark table (attnkit vs PyTorch vs NumPy, sparse vs dense)")
+    p.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run only these sections")
     p.add_argument("--quick", action="store_true", help="only the small sizes")
-    p.add_argument("--sizes", type=int, nargs="+", help="sequence lengths (default 512 1024 2048 4096)")
+    p.add_argument("--sizes", type=int, nargs="+", help="sequence lengths (each section has its defaults)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per cell (median)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy columns")
