@@ -188,8 +188,75 @@ static void test_philox() {
   CHECK(in_range);
 }
 
+static void test_block_sparse_and_lsh() {
+  using attnkit::DType;
+  const int64_t H = 2, S = 150, D = 16;
+  std::vector<float> q(H * S * D), k(q.size()), v(q.size()), out(q.size()), ref(q.size());
+  for (size_t i = 0; i < q.size(); ++i) {
+    q[i] = std::sin(0.37f * i);
+    k[i] = std::cos(0.11f * i + 1);
+    v[i] = std::sin(0.05f * i + 2);
+  }
+  const auto L = attnkit::BlockLayout::bigbird(S, 32, 1, 1, 1, 42, true, H);
+  CHECK(L.num_q_blocks == 5 && L.num_heads == H && L.density() > 0 && L.density() <= 1);
+  CHECK(L.to_dense().size() == static_cast<size_t>(H * 5 * 5));
+  const auto again = attnkit::BlockLayout::bigbird(S, 32, 1, 1, 1, 42, true, H);
+  CHECK(again.col_idx == L.col_idx && again.row_ptr == L.row_ptr);
+  attnkit::BlockSparseParams bp;
+  bp.q = attnkit::make_tensor(q.data(), DType::Float32, {H, S, D});
+  bp.k = attnkit::make_tensor(k.data(), DType::Float32, {H, S, D});
+  bp.v = attnkit::make_tensor(v.data(), DType::Float32, {H, S, D});
+  bp.out = attnkit::make_tensor(out.data(), DType::Float32, {H, S, D});
+  bp.layout = L.ref();
+  bp.causal = true;
+  attnkit::block_sparse_attention(bp);
+  // the same with attention() and the expanded element mask
+  const std::vector<uint8_t> blocks = L.to_dense();
+  std::vector<uint8_t> mask(H * S * S);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < S; ++i)
+      for (int64_t j = 0; j < S; ++j) mask[(h * S + i) * S + j] = blocks[(h * 5 + i / 32) * 5 + j / 32];
+  attnkit::AttentionParams ap;
+  ap.q = bp.q;
+  ap.k = bp.k;
+  ap.v = bp.v;
+  ap.out = attnkit::make_tensor(ref.data(), DType::Float32, {H, S, D});
+  ap.mask = attnkit::make_tensor(mask.data(), DType::Bool, {H, S, S});
+  ap.causal = true;
+  attnkit::attention(ap);
+  double err = 0;
+  for (size_t i = 0; i < out.size(); ++i) err = std::fmax(err, std::fabs(out[i] - ref[i]));
+  CHECK(err < 1e-6);
+  // LSH with everything in one bucket (num_buckets = 2 and k = q direction-wise) equals exact attention
+  attnkit::LshAttentionParams lp;
+  lp.q = bp.q;
+  lp.k = bp.q;
+  lp.v = bp.v;
+  lp.out = bp.out;
+  lp.num_buckets = 2;
+  lp.num_hashes = 2;
+  attnkit::lsh_attention(lp);
+  std::vector<int32_t> codes(H * 2 * S);
+  attnkit::LshBucketsParams hp;
+  hp.x = bp.q;
+  hp.out = attnkit::make_tensor(codes.data(), DType::Int32, {H, 2, S});
+  hp.num_buckets = 2;
+  hp.num_hashes = 2;
+  attnkit::lsh_buckets(hp);
+  bool in_range = true;
+  for (int32_t c : codes) in_range &= (c == 0 || c == 1);
+  CHECK(in_range);
+  // bad layouts are rejected with a message naming the problem
+  attnkit::BlockLayout bad = L;
+  bad.col_idx[0] = 99;
+  attnkit::ErrorKind kind{};
+  const std::string msg = error_of([&] { attnkit::validate_layout(bad.ref()); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("layout.col_idx") != std::string::npos);
+}
+
 int main() {
   test_conversions();
+  test_block_sparse_and_lsh();
   test_philox();
   test_key_range();
   test_softmax_helpers();
