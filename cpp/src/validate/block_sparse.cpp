@@ -8,6 +8,21 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/// The exact-attention arguments shared by block-sparse and LSH params, for validate_attention.
+template <class P>
+AttentionParams core_params(const P& p) {
+  AttentionParams a;
+  a.q = p.q;
+  a.k = p.k;
+  a.v = p.v;
+  a.out = p.out;
+  a.lse = p.lse;
+  a.scale = p.scale;
+  a.causal = p.causal;
+  a.stream = p.stream;
+  return a;
+}
+
 void check_buckets(int64_t num_buckets, int64_t num_hashes) {
   if (num_buckets < 2 || num_buckets % 2 != 0)
     value_error("num_buckets must be even and >= 2, got " + std::to_string(num_buckets));
@@ -18,16 +33,8 @@ void check_buckets(int64_t num_buckets, int64_t num_hashes) {
 }  // namespace
 
 AttnProblem validate_block_sparse(const BlockSparseParams& p) {
-  AttentionParams a;
-  a.q = p.q;
-  a.k = p.k;
-  a.v = p.v;
-  a.out = p.out;
-  a.lse = p.lse;
-  a.scale = p.scale;
-  a.causal = p.causal;
+  AttentionParams a = core_params(p);
   a.key_lengths = p.key_lengths;
-  a.stream = p.stream;
   AttnProblem r = validate_attention(a, nullptr);
   const BlockLayoutRef& L = p.layout;
   validate_layout(L);
@@ -53,17 +60,8 @@ AttnProblem validate_block_sparse(const BlockSparseParams& p) {
 }
 
 LshProblem validate_lsh_attention(const LshAttentionParams& p) {
-  AttentionParams a;
-  a.q = p.q;
-  a.k = p.k;
-  a.v = p.v;
-  a.out = p.out;
-  a.lse = p.lse;
-  a.scale = p.scale;
-  a.causal = p.causal;
-  a.stream = p.stream;
   LshProblem r;
-  r.base = validate_attention(a, nullptr);
+  r.base = validate_attention(core_params(p), nullptr);
   check_buckets(p.num_buckets, p.num_hashes);
   r.num_buckets = p.num_buckets;
   r.num_hashes = p.num_hashes;
