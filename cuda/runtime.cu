@@ -45,6 +45,10 @@ void merge_attention(const MergeProblem& p) {
   require_device(p.device_index);
   no_kernel("merge_attention");
 }
+void dynamic_linear_attention(const DLAProblem& p) {
+  require_device(p.device_index);
+  no_kernel("dynamic_linear_attention");
+}
 
 }  // namespace cuda
 }  // namespace detail

@@ -2,6 +2,7 @@
 // The interface between dispatch.cpp and the backends. Backends receive validated problems only.
 
 #include "validate/attention.h"
+#include "validate/dla.h"
 
 namespace attnkit {
 namespace detail {
@@ -10,6 +11,7 @@ namespace cpu {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
 void merge_attention(const MergeProblem& p);
+void dynamic_linear_attention(const DLAProblem& p);
 const char* isa_name();
 }  // namespace cpu
 
@@ -18,6 +20,7 @@ namespace cuda {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
 void merge_attention(const MergeProblem& p);
+void dynamic_linear_attention(const DLAProblem& p);
 bool built();
 int device_count();
 }  // namespace cuda

@@ -16,6 +16,7 @@ namespace {
 void attention(const AttnProblem&) { not_built(); }
 void attention_weights(const AttnProblem&) { not_built(); }
 void merge_attention(const MergeProblem&) { not_built(); }
+void dynamic_linear_attention(const DLAProblem&) { not_built(); }
 bool built() { return false; }
 int device_count() { return 0; }
 

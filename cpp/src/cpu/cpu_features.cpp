@@ -67,6 +67,19 @@ const char* isa_name() {
 void attention(const AttnProblem& p) { run_exact(p, false); }
 void attention_weights(const AttnProblem& p) { run_exact(p, true); }
 
+void dynamic_linear_attention(const DLAProblem& p) {
+  if (p.B * p.H == 0) return;
+  bool ok = false;
+  switch (isa()) {
+#if defined(ATTNKIT_HAVE_X86_KERNELS)
+    case Isa::Avx512: ok = dla_avx512(p); break;
+    case Isa::Avx2: ok = dla_avx2(p); break;
+#endif
+    default: ok = dla_generic(p); break;
+  }
+  if (!ok) throw Error(ErrorKind::Runtime, "attnkit: out of memory allocating CPU DLA scratch space");
+}
+
 }  // namespace cpu
 }  // namespace detail
 }  // namespace attnkit
