@@ -6,6 +6,7 @@ Array in, array out: every function takes NumPy arrays (run on the C++ CPU backe
 """
 
 from . import _core
+from ._dla import DLAAux, DLACache, dynamic_linear_attention
 from ._exact import attention, attention_weights, merge_attention
 
 __version__ = _core.__version__
@@ -14,6 +15,9 @@ __all__ = [
     "attention",
     "attention_weights",
     "merge_attention",
+    "dynamic_linear_attention",
+    "DLACache",
+    "DLAAux",
     "get_num_threads",
     "set_num_threads",
     "info",
