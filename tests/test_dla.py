@@ -342,6 +342,35 @@ def test_decode_equals_prefill(rng, dtype, cfg):
     assert_same_run(one, (y, c, attnkit.DLAAux(s, bd, mg)), dtype, "decode")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=CONFIG_IDS)
+def test_decode_steps_match_oracle(rng, dtype, cfg):
+    """Each T = 1 step (the fused decode path), checked against the oracle from the kernel's own cache,
+    through boundaries and merges (capacity 3, so the cache is full early)."""
+    score, decay, tau = cfg
+    q, k, v, lam, g = problem(rng, 2, 2, 34, 16, 7, 3, dtype, decay)
+    kw = dict(capacity=3, dtype=dtype, tau=tau, score=score)
+    cut = lambda x, a, b: None if x is None else x[:, :, a:b]
+    _, c, _ = check(*(x[:, :, :1] for x in (q, k, v, lam)), log_decay=cut(g, 0, 1), **kw)  # into an empty cache
+    _, c, _ = check(*(x[:, :, 1:20] for x in (q, k, v, lam)), log_decay=cut(g, 1, 20), cache=c, **kw)
+    for t in range(20, 34):
+        _, c, _ = check(*(x[:, :, t:t + 1] for x in (q, k, v, lam)), log_decay=cut(g, t, t + 1), cache=c, **kw)
+
+
+def test_decode_with_strided_cache(rng):
+    """A cache whose rows are not unit-stride (read through the general path) gives the same step."""
+    q, k, v, lam, g = problem(rng, 1, 2, 30, 8, 6, 4, np.float32, "rand")
+    _, c = f(q[:, :, :29], k[:, :, :29], v[:, :, :29], lam[:, :, :29], capacity=4, log_decay=g[:, :, :29])
+    odd = np.zeros(c.states.shape[:-1] + (2 * c.states.shape[-1],), np.float32)[..., ::2]
+    odd[...] = c.states
+    c2 = attnkit.DLACache(odd, c.counts, c.info, c.starts, c.size, c.position)
+    step = lambda cc: f(q[:, :, 29:], k[:, :, 29:], v[:, :, 29:], lam[:, :, 29:], capacity=4, log_decay=g[:, :, 29:],
+                        cache=cc, return_aux=True)
+    (y1, c1, a1), (y2, c2, a2) = step(c), step(c2)
+    assert rel_err(y2, y1) < 1e-6 and rel_err(c2.states, c1.states) < 1e-6
+    np.testing.assert_array_equal(a1.merged, a2.merged)
+
+
 # ---------------------------------------------------------------------------------------- invariant 6
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=CONFIG_IDS)

@@ -11,8 +11,11 @@
 // costs O(Dk * Dv) and never moves the other states. The cache arrays are read once at the start and
 // written once at the end (in chronological order, unused entries 0).
 //
-// Two forms compute the same steps:
-//   - recurrent (decode, short calls): token by token, O(C * Dk * Dv) per token. Decay is lazy: every
+// Three paths compute the same steps:
+//   - decode (T = 1, the automatic choice): the step is decided from the input open state alone (three
+//     scalars), then one pass reads each input state once, writes the output cache in its final order and
+//     accumulates the readout: O(C * Dk * Dv), no scratch copy of the states.
+//   - recurrent (short calls): token by token, O(C * Dk * Dv) per token. Decay is lazy: every
 //     state is kept as S_i = rho * S~_i with one common factor rho (step 1 multiplies all states by the
 //     same a_t), so a decay step costs O(1) instead of O(C * Dk * Dv); S~ is rescaled to rho = 1 when rho
 //     falls below kRenorm and when the cache is written.
@@ -81,6 +84,7 @@ struct DlaKernel {
     int64_t SS;     // elements per state slot (Dk * DvP)
     double n;       // Dk * Dv, the element count of N(X)
     bool decay;
+    bool fused;     // the decode path (no state slots in scratch)
   };
 
   /// One thread's scratch, carved from one allocation.
@@ -122,7 +126,7 @@ struct DlaKernel {
     double* const d_ = nullptr;
     const std::size_t L = static_cast<std::size_t>(c.L), LP = c.LP, Dk = c.Dk, DvP = c.DvP, C = c.C;
     w = Work{};
-    w.slots = take(t_, C * c.SS);
+    w.slots = take(t_, c.fused ? 0 : C * c.SS);
     w.slot = take(i_, C);
     w.count = take(i_, C);
     w.info = take(t_, C);
@@ -248,6 +252,7 @@ struct DlaKernel {
         }
         const int64_t o = b * ci.counts.stride[0] + h * ci.counts.stride[1] + i * ci.counts.stride[2];
         w.slot[i] = i;
+        w.unit[i] = i;  // the chunked form's unit of a carried entry
         w.count[i] = static_cast<const int64_t*>(ci.counts.data)[o];
         w.info[i] = static_cast<const T*>(ci.info.data)[b * ci.info.stride[0] + h * ci.info.stride[1] +
                                                        i * ci.info.stride[2]];
@@ -278,6 +283,14 @@ struct DlaKernel {
           for (int64_t e = 0; e < p.Dv; ++e) row[e * es] = rho * src[d * c.DvP + e];
         }
       }
+    }
+    store_entries(c, w, b, h);
+  }
+
+  /// Writes counts, info, starts (0 for unused entries) and size.
+  static void store_entries(const Ctx& c, const Work& w, int64_t b, int64_t h) {
+    const DLACacheOut& co = c.p->cache_out;
+    for (int64_t i = 0; i < c.C; ++i) {
       const bool used = i < w.m;
       static_cast<int64_t*>(co.counts.data)[b * co.counts.stride[0] + h * co.counts.stride[1] + i * co.counts.stride[2]] =
           used ? w.count[i] : 0;
@@ -300,7 +313,13 @@ struct DlaKernel {
   static void load_row(const ViewN<4>& x, int64_t b, int64_t h, int64_t t, int64_t n, T* dst) {
     const St* src = static_cast<const St*>(x.data) + off(x, b, h, t);
     const int64_t s = x.stride[3];
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(to_acc(src[i * s]));
+    if (s != 1) {
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(to_acc(src[i * s]));
+    } else if constexpr (std::is_same<St, T>::value) {
+      std::memcpy(dst, src, sizeof(T) * n);
+    } else {
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(to_acc(src[i]));
+    }
   }
 
   static double log_decay(const Ctx& c, int64_t b, int64_t h, int64_t t) {
@@ -391,6 +410,109 @@ struct DlaKernel {
       write_token(c, b, h, t, w.yr, I, opens, merged);
     }
     store_cache(c, w, b, h, static_cast<T>(rho));
+  }
+
+  // -------------------------------------------------------------------------------------- decode path
+
+  /// out[e] = a (s0[e] + s1[e]) + kd v[e] over one state row (s0, s1 optional, kd = 0: no token) and
+  /// y[e] += wq out[e]: the merge, decay, insert and readout of a decode step, fused.
+  static void fuse_row(T* out, const T* s0, const T* s1, T a, T kd, const T* v, T wq, T* y, int64_t n) {
+    const int64_t nv = n / W * W;
+    const V av = S::set1(a), kv = S::set1(kd), wv = S::set1(wq);
+    for (int64_t e = 0; e < nv; e += W) {
+      V x = V{};
+      if (s0) x = s1 ? av * (S::load(s0 + e) + S::load(s1 + e)) : av * S::load(s0 + e);
+      x += kv * S::load(v + e);
+      S::store(out + e, x);
+      S::store(y + e, S::load(y + e) + wv * x);
+    }
+    for (int64_t e = nv; e < n; ++e) {
+      T x = T(0);
+      if (s0) x = s1 ? a * (s0[e] + s1[e]) : a * s0[e];
+      x += kd * v[e];
+      out[e] = x;
+      y[e] += wq * x;
+    }
+  }
+
+  /// Whether the decode path can read and write the cache rows in place (unit stride along Dv).
+  static bool can_fuse(const DLAProblem& p) {
+    return p.T == 1 && p.chunk_size == 0 && (p.Dv == 1 || p.cache_out.states.stride[4] == 1) &&
+           (!p.cache_in.present || p.Dv == 1 || p.cache_in.states.stride[4] == 1);
+  }
+
+  static void decode(const Ctx& c, Work& w, int64_t b, int64_t h) {
+    const DLAProblem& p = *c.p;
+    const int64_t Dk = c.Dk, Dv = p.Dv;
+    // The entry list (small arrays); slot[i] = the input entry a new entry starts from (-1: none).
+    w.m = 0;
+    const T* in = nullptr;
+    int64_t is2 = 0, is3 = 0;
+    if (p.cache_in.present) {
+      const DLACacheViews& ci = p.cache_in;
+      w.m = static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]];
+      for (int64_t i = 0; i < w.m; ++i) {
+        w.slot[i] = i;
+        w.unit[i] = 0;  // (unused here; merge_entries moves it along)
+        w.count[i] = static_cast<const int64_t*>(ci.counts.data)[b * ci.counts.stride[0] + h * ci.counts.stride[1] +
+                                                                 i * ci.counts.stride[2]];
+        w.info[i] = static_cast<const T*>(ci.info.data)[b * ci.info.stride[0] + h * ci.info.stride[1] +
+                                                       i * ci.info.stride[2]];
+        w.start[i] = static_cast<const int64_t*>(ci.starts.data)[b * ci.starts.stride[0] + h * ci.starts.stride[1] +
+                                                                 i * ci.starts.stride[2]];
+      }
+      const ViewN<5>& sv = ci.states;
+      in = static_cast<const T*>(sv.data) + b * sv.stride[0] + h * sv.stride[1];
+      is2 = sv.stride[2];
+      is3 = sv.stride[3];
+    }
+    load_row(p.q, b, h, 0, Dk, w.qr);
+    load_row(p.k, b, h, 0, Dk, w.kr);
+    load_row(p.v, b, h, 0, Dv, w.vr);
+    load_row(p.lam, b, h, 0, c.C, w.lr);
+    // Steps 1-3 on the input open state: A = a^2 ||S||^2, p = a k^T S v.
+    const double a = c.decay ? std::exp(log_decay(c, b, h, 0)) : 1.0;
+    const double Bv = dot(w.kr, w.kr, Dk) * dot(w.vr, w.vr, Dv);
+    double score = 0.0;
+    if (w.m > 0) {
+      const T* open = in + (w.m - 1) * is2;
+      Gemm::template gemm<1, NV, Store::Overwrite>(1, Dv, Dk, w.kr, 0, 1, open, is3, w.u, c.DvP);
+      double sq = 0;
+      for (int64_t d = 0; d < Dk; ++d) sq += dot(open + d * is3, open + d * is3, Dv);
+      score = math::dla_info_score(p.state_drift, a * a * sq, Bv, a * dot(w.u, w.vr, Dv), c.n);
+    }
+    const T I = static_cast<T>(score);
+    // Step 4 on the entry list; the newest entry always receives the token (joined or opened).
+    const bool opens = math::dla_opens_state(I, p.tau, c.C, w.m);
+    int64_t merged = -1;
+    if (opens) {
+      if (w.m == c.C) merged = merge_entries(c, w, false);
+      w.slot[append_entry(w, I, p.position)] = -1;
+    } else {
+      w.count[w.m - 1] += 1;
+      w.info[w.m - 1] += I;
+    }
+    // The fused pass (steps 1, 4 and 5 on the states), unused entries zeroed.
+    const OutN<5>& so = p.cache_out.states;
+    T* out = static_cast<T*>(so.data) + b * so.stride[0] + h * so.stride[1];
+    const T at = static_cast<T>(a);
+    std::memset(w.yr, 0, sizeof(T) * c.DvP);
+    for (int64_t i = 0; i < c.C; ++i) {
+      T* oi = out + i * so.stride[2];
+      if (i >= w.m) {
+        for (int64_t d = 0; d < Dk; ++d) std::memset(oi + d * so.stride[3], 0, sizeof(T) * Dv);
+        continue;
+      }
+      const T* s0 = w.slot[i] >= 0 ? in + w.slot[i] * is2 : nullptr;
+      const T* s1 = i == merged ? in + (merged + 1) * is2 : nullptr;
+      const bool tok = i == w.m - 1;
+      const T wq = w.lr[math::dla_lam_index(i, w.m)];
+      for (int64_t d = 0; d < Dk; ++d)
+        fuse_row(oi + d * so.stride[3], s0 ? s0 + d * is3 : nullptr, s1 ? s1 + d * is3 : nullptr, at,
+                 tok ? w.kr[d] : T(0), w.vr, wq * w.qr[d], w.yr, Dv);
+    }
+    write_token(c, b, h, 0, w.yr, I, opens, merged);
+    store_entries(c, w, b, h);
   }
 
   // -------------------------------------------------------------------------------------- chunked form
@@ -521,13 +643,16 @@ struct DlaKernel {
       for (int64_t i = 0; i < w.m; ++i) {
         const double li = static_cast<double>(lr[math::dla_lam_index(i, w.m)]);
         const int64_t ulo = w.unit[i], uhi = i + 1 < w.m ? w.unit[i + 1] : m_in + r + 1;
-        for (int64_t u = ulo; u < uhi; ++u) {
-          if (u < m_in) {
-            wrow[u] = static_cast<T>(li * (c.decay ? w.eG[r] : 1.0));
-          } else {
-            const int64_t j = u - m_in;
+        const int64_t umid = uhi < m_in ? uhi : m_in;  // carried units [ulo, umid), tokens after
+        const T wc = static_cast<T>(li * (c.decay ? w.eG[r] : 1.0));
+        for (int64_t u = ulo; u < umid; ++u) wrow[u] = wc;
+        const int64_t j0 = (ulo > m_in ? ulo : m_in) - m_in;
+        if (c.decay) {
+          for (int64_t j = j0; j < uhi - m_in; ++j)
             prow[j] = static_cast<T>(li * dec(c, w, factored, r, j) * static_cast<double>(qkr[j]));
-          }
+        } else {
+          const T lt = static_cast<T>(li);
+          for (int64_t j = j0; j < uhi - m_in; ++j) prow[j] = lt * qkr[j];
         }
       }
       for (int64_t j = r + 1; j < LP; ++j) prow[j] = T(0);
@@ -620,6 +745,7 @@ struct DlaKernel {
     c.SS = c.Dk * c.DvP;
     c.n = static_cast<double>(p.Dk) * static_cast<double>(p.Dv);
     c.decay = p.log_decay.present;
+    c.fused = can_fuse(p);
     const int64_t items = p.B * p.H;
     Work layout;
     const std::size_t bytes = carve(nullptr, c, layout);
@@ -643,6 +769,10 @@ struct DlaKernel {
       for (int64_t it = 0; it < items; ++it) {
         if (!mem) continue;
         const int64_t b = it / p.H, h = it % p.H;
+        if (c.fused) {
+          decode(c, w, b, h);
+          continue;
+        }
         load_cache(c, w, b, h);
         if (c.L == 0)
           recurrent(c, w, b, h);
