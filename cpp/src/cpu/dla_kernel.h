@@ -5,7 +5,7 @@
 // Work. Each (batch, head) is one work item, run by one thread from the first token to the last (the
 // cache makes it sequential), items in parallel: results do not depend on the thread count.
 //
-// Cache. A thread keeps the cache of its item in scratch: C state slots of Dk x DvP elements (Dv padded
+// Cache. The recurrent and chunked forms keep the cache of their item in scratch: C state slots of Dk x DvP elements (Dv padded
 // to whole vectors, padding kept 0) and the chronological entry list (slot, count, info, start). Merging
 // adds one slot into another and frees it; entries are reordered only in the small arrays, so a merge
 // costs O(Dk * Dv) and never moves the other states. The cache arrays are read once at the start and
@@ -98,7 +98,7 @@ struct DlaKernel {
     int64_t* unit;     // [C] chunked form: first unit of each entry (see chunk())
     int64_t* in_slot;  // [C] chunked form: slots of the entries carried into the chunk
     int64_t* free_;    // [C] stack of free slots
-    // token rows (recurrent form)
+    // token rows (recurrent form and decode)
     T *qr, *kr, *vr, *u, *yr, *qw, *lr;  // [Dk], [Dk], [DvP], [DvP], [DvP], [Dk], [C]
     // chunk buffers
     T *Qc, *Kc, *KcT, *Vc, *VcT, *Vw, *Qw;  // [L][Dk], [L][Dk], [Dk][LP], [L][DvP], [DvP][LP], [L][DvP], [L][Dk]
