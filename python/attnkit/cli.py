@@ -41,8 +41,15 @@ def _cmd_bench(args) -> int:
             print(f"  ... S={S} (a few seconds)", end="\r", file=sys.stderr, flush=True)
         rows += _bench.exact_rows([S], reps=args.reps, with_numpy=not args.no_numpy and S <= 4096,
                                   with_torch=not args.no_torch, report=report, min_time=0.2)
+    dla_rows = []
+    if not args.no_dla:
+        S = 1024 if args.quick else 2048
+        print(f"dynamic linear attention, float32, B=1, H=8, D=64, C=30, S={S}: prefill, then one decode step "
+              "(ratios > 1: DLA is faster than causal exact attention)")
+        dla_rows = _bench.dla_rows([S], reps=args.reps, decode_reps=10 * args.reps, with_recurrent=False, report=report)
     if args.json:
-        path = _bench.write_json(".", args.json, {"env": _bench.environment(_core.get_num_threads()), "rows": rows})
+        path = _bench.write_json(".", args.json, {"env": _bench.environment(_core.get_num_threads()), "rows": rows,
+                                                  "dla_rows": dla_rows})
         print(f"wrote {path}")
     return 0
 
@@ -59,6 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per cell (median)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy columns")
+    p.add_argument("--no-dla", action="store_true", help="skip the dynamic linear attention row")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.set_defaults(func=_cmd_bench)
     args = ap.parse_args(argv)
