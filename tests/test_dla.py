@@ -620,6 +620,25 @@ def test_random_problems_float64(data):
           cache=c1, chunk=chunk, **kw)
 
 
+@SETTINGS
+@given(data=st.data())
+def test_bad_shapes_raise_cleanly(data):
+    """Arbitrary (often inconsistent) shapes and capacities: a result or ValueError/TypeError, never a
+    crash; when it runs, it matches the oracle."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    dims = st.lists(st.integers(0, 4), min_size=1, max_size=5)
+    q, k, v, lam = (rng.standard_normal(data.draw(dims)) for _ in range(4))
+    capacity = data.draw(st.integers(-1, 4))
+    g = -rng.random(data.draw(dims)) if data.draw(st.booleans()) else None
+    try:
+        y, c = f(q, k, v, lam, capacity=capacity, log_decay=g)
+    except (ValueError, TypeError):
+        return
+    ry, rc = ref.dynamic_linear_attention(q, k, v, lam, capacity=capacity, log_decay=g)
+    assert y.shape == ry.shape and rel_err(y, ry) < 1e-10
+    np.testing.assert_array_equal(c.counts, rc.counts)
+
+
 # ----------------------------------------------------------------------------------------------- errors
 def raises(exc, name, fn, *a, **kw):
     with pytest.raises(exc) as e:
