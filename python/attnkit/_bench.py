@@ -217,19 +217,33 @@ def dla_rows(sizes, reps=3, H=8, D=64, C=30, tau=0.6, decode_reps=30, with_exact
         for key, t in timeit_many(fns, reps, min_time=min_time).items():
             row[f"prefill_{key}_s"] = t
             row[f"prefill_{key}_tok_s"] = S / t
-        # decode: T = 1 steps continuing from position S (the input cache is never modified, so every
-        # timed call does the same work)
+        # Decode: T = 1 steps continuing from position S (the input cache is never modified, so every
+        # timed call does the same work). Each contender is timed on its own, in its steady state: timed
+        # round-robin, exact attention's KV cache (up to 64 MiB at S = 16384) would evict DLA's cache
+        # (3.75 MiB) between DLA steps, an S-dependent bias. "dla_cold" times DLA steps that each follow
+        # a read of 64 MiB elsewhere (a model's other layers), which evicts its cache from L3 the same way
+        # at every S.
         q1, k1, v1, l1 = (x[:, :, -1:] for x in (q, k, v, lam))
-        dfns = {"dla": lambda: dla(q1, k1, v1, l1, capacity=C, tau=tau, cache=cache)}
+        step = lambda: dla(q1, k1, v1, l1, capacity=C, tau=tau, cache=cache)
+        dfns = {"dla": step}
         if with_exact:
             dfns["exact"] = lambda: attention(q1, k, v, causal=True)  # one query over a KV cache of S keys
         if linear is not None:
             _, state = linear(q, k, v, feature_map="identity", normalize=False, causal=True, return_state=True)
             dfns["linear"] = lambda: linear(q1, k1, v1, feature_map="identity", normalize=False, causal=True,
                                             initial_state=state, return_state=True)
-        for key, t in timeit_many(dfns, decode_reps, min_time=min_time).items():
+        for key, fn in dfns.items():
+            t = timeit(fn, decode_reps, min_time=min_time)
             row[f"decode_{key}_s"] = t
             row[f"decode_{key}_tok_s"] = 1.0 / t
+        flush = np.ones(64 << 18, np.float32)
+
+        def evict():
+            flush.sum()
+
+        t = timeit_many({"dla": step, "evict": evict}, max(3, decode_reps // 4))["dla"]
+        row["decode_dla_cold_s"] = t
+        row["decode_dla_cold_tok_s"] = 1.0 / t
         for phase in ("prefill", "decode"):
             for other in ("exact", "linear", "dla_recurrent", "dla_decay"):
                 if f"{phase}_{other}_s" in row:
@@ -246,7 +260,8 @@ def dla_rows(sizes, reps=3, H=8, D=64, C=30, tau=0.6, decode_reps=30, with_exact
 
 def format_dla_row(r) -> str:
     s = (f"S={r['S']:6d}  prefill {r['prefill_dla_s'] * 1e3:8.1f} ms {r['prefill_dla_tok_s']:9.0f} tok/s"
-         f" | decode {r['decode_dla_s'] * 1e6:7.1f} us {r['decode_dla_tok_s']:7.0f} tok/s")
+         f" | decode {r['decode_dla_s'] * 1e6:7.1f} us {r['decode_dla_tok_s']:7.0f} tok/s"
+         f" (cold cache {r['decode_dla_cold_s'] * 1e6:5.0f} us)")
     if "prefill_exact_s" in r:
         s += (f" | exact: prefill {r['prefill_dla_vs_exact']:5.2f}x, decode {r['decode_dla_vs_exact']:5.2f}x"
               " (>1: DLA faster)")
