@@ -233,33 +233,38 @@ struct DlaKernel {
 
   // ---------------------------------------------------------------------------------- cache in / out
 
+  /// Reads the entry list of cache_in (empty without one): slot[i] = i, count, info, start, unit[i] = i
+  /// (the chunked form's unit of a carried entry).
+  static void load_entries(const Ctx& c, Work& w, int64_t b, int64_t h) {
+    const DLACacheViews& ci = c.p->cache_in;
+    w.m = 0;
+    if (!ci.present) return;
+    auto at = [&](const ViewN<3>& x, int64_t i) { return b * x.stride[0] + h * x.stride[1] + i * x.stride[2]; };
+    w.m = static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]];
+    for (int64_t i = 0; i < w.m; ++i) {
+      w.slot[i] = i;
+      w.unit[i] = i;
+      w.count[i] = static_cast<const int64_t*>(ci.counts.data)[at(ci.counts, i)];
+      w.info[i] = static_cast<const T*>(ci.info.data)[at(ci.info, i)];
+      w.start[i] = static_cast<const int64_t*>(ci.starts.data)[at(ci.starts, i)];
+    }
+  }
+
+  /// The entry list and the states of cache_in, into scratch (recurrent and chunked forms).
   static void load_cache(const Ctx& c, Work& w, int64_t b, int64_t h) {
     const DLAProblem& p = *c.p;
-    w.m = 0;
-    if (p.cache_in.present) {
-      const DLACacheViews& ci = p.cache_in;
-      w.m = static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]];
-      const ViewN<5>& sv = ci.states;
-      for (int64_t i = 0; i < w.m; ++i) {
-        T* dst = w.slots + i * c.SS;
-        const T* src = static_cast<const T*>(sv.data) + b * sv.stride[0] + h * sv.stride[1] + i * sv.stride[2];
-        for (int64_t d = 0; d < c.Dk; ++d) {
-          T* row = dst + d * c.DvP;
-          const T* srow = src + d * sv.stride[3];
-          if (sv.stride[4] == 1)
-            std::memcpy(row, srow, sizeof(T) * p.Dv);
-          else
-            for (int64_t e = 0; e < p.Dv; ++e) row[e] = srow[e * sv.stride[4]];
-          for (int64_t e = p.Dv; e < c.DvP; ++e) row[e] = T(0);
-        }
-        const int64_t o = b * ci.counts.stride[0] + h * ci.counts.stride[1] + i * ci.counts.stride[2];
-        w.slot[i] = i;
-        w.unit[i] = i;  // the chunked form's unit of a carried entry
-        w.count[i] = static_cast<const int64_t*>(ci.counts.data)[o];
-        w.info[i] = static_cast<const T*>(ci.info.data)[b * ci.info.stride[0] + h * ci.info.stride[1] +
-                                                       i * ci.info.stride[2]];
-        w.start[i] = static_cast<const int64_t*>(ci.starts.data)[b * ci.starts.stride[0] + h * ci.starts.stride[1] +
-                                                                 i * ci.starts.stride[2]];
+    load_entries(c, w, b, h);
+    const ViewN<5>& sv = p.cache_in.states;
+    for (int64_t i = 0; i < w.m; ++i) {
+      const T* src = static_cast<const T*>(sv.data) + b * sv.stride[0] + h * sv.stride[1] + i * sv.stride[2];
+      for (int64_t d = 0; d < c.Dk; ++d) {
+        T* row = w.slots + i * c.SS + d * c.DvP;
+        const T* srow = src + d * sv.stride[3];
+        if (sv.stride[4] == 1)
+          std::memcpy(row, srow, sizeof(T) * p.Dv);
+        else
+          for (int64_t e = 0; e < p.Dv; ++e) row[e] = srow[e * sv.stride[4]];
+        for (int64_t e = p.Dv; e < c.DvP; ++e) row[e] = T(0);
       }
     }
     w.nfree = 0;
@@ -447,23 +452,11 @@ struct DlaKernel {
     const DLAProblem& p = *c.p;
     const int64_t Dk = c.Dk, Dv = p.Dv;
     // The entry list (small arrays); slot[i] = the input entry a new entry starts from (-1: none).
-    w.m = 0;
+    load_entries(c, w, b, h);
     const T* in = nullptr;
     int64_t is2 = 0, is3 = 0;
     if (p.cache_in.present) {
-      const DLACacheViews& ci = p.cache_in;
-      w.m = static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]];
-      for (int64_t i = 0; i < w.m; ++i) {
-        w.slot[i] = i;
-        w.unit[i] = 0;  // (unused here; merge_entries moves it along)
-        w.count[i] = static_cast<const int64_t*>(ci.counts.data)[b * ci.counts.stride[0] + h * ci.counts.stride[1] +
-                                                                 i * ci.counts.stride[2]];
-        w.info[i] = static_cast<const T*>(ci.info.data)[b * ci.info.stride[0] + h * ci.info.stride[1] +
-                                                       i * ci.info.stride[2]];
-        w.start[i] = static_cast<const int64_t*>(ci.starts.data)[b * ci.starts.stride[0] + h * ci.starts.stride[1] +
-                                                                 i * ci.starts.stride[2]];
-      }
-      const ViewN<5>& sv = ci.states;
+      const ViewN<5>& sv = p.cache_in.states;
       in = static_cast<const T*>(sv.data) + b * sv.stride[0] + h * sv.stride[1];
       is2 = sv.stride[2];
       is3 = sv.stride[3];
