@@ -184,8 +184,8 @@ def dynamic_linear_attention(q, k, v, lam, *, capacity, tau=0.6, log_decay=None,
     B, H, T, _ = lead + qs
     Dk, Dv, C = qs[-1], vs[-1], p.capacity
     ls = tuple(getattr(lam, "shape", ()))
-    if C < 1 or len(ls) != len(qs) or ls[-1] != C:
-        _core.dynamic_linear_attention(p)  # raises the capacity / lam error before anything is allocated
+    if C < 1 or len(ls) != len(qs) or ls[-1] != C or vs[:-1] != qs[:-1]:
+        _core.dynamic_linear_attention(p)  # raises the capacity / lam / v error before anything is allocated
     sdt = acc_dtype(q.dtype)
     y, p.out = call.empty(qs[:-1] + (Dv,), q.dtype)
     states, p.cache_out.states = call.empty((B, H, C, Dk, Dv), sdt)
