@@ -54,6 +54,11 @@ void lsh_attention(const LshProblem& p) {
   no_kernel("lsh_attention");
 }
 
+void dynamic_linear_attention(const DLAProblem& p) {
+  require_device(p.device_index);
+  no_kernel("dynamic_linear_attention");
+}
+
 }  // namespace cuda
 }  // namespace detail
 }  // namespace attnkit

@@ -3,6 +3,7 @@
 
 #include "validate/attention.h"
 #include "validate/block_sparse.h"
+#include "validate/dla.h"
 
 namespace attnkit {
 namespace detail {
@@ -13,6 +14,7 @@ void attention_weights(const AttnProblem& p);
 void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);
+void dynamic_linear_attention(const DLAProblem& p);
 const char* isa_name();
 }  // namespace cpu
 
@@ -23,6 +25,7 @@ void attention_weights(const AttnProblem& p);
 void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);
+void dynamic_linear_attention(const DLAProblem& p);
 bool built();
 int device_count();
 }  // namespace cuda

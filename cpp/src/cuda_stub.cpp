@@ -18,6 +18,7 @@ void attention_weights(const AttnProblem&) { not_built(); }
 void merge_attention(const MergeProblem&) { not_built(); }
 void lsh_buckets(const LshBucketsProblem&) { not_built(); }
 void lsh_attention(const LshProblem&) { not_built(); }
+void dynamic_linear_attention(const DLAProblem&) { not_built(); }
 bool built() { return false; }
 int device_count() { return 0; }
 

@@ -46,6 +46,12 @@ void lsh_attention(const LshAttentionParams& p) {
   detail::cpu::lsh_attention(prob);
 }
 
+void dynamic_linear_attention(const DLAParams& p) {
+  const detail::DLAProblem prob = detail::validate_dla(p);
+  if (prob.device == Device::CUDA) return detail::cuda::dynamic_linear_attention(prob);
+  detail::cpu::dynamic_linear_attention(prob);
+}
+
 const char* version() { return ATTNKIT_VERSION_STRING; }
 bool built_with_cuda() { return detail::cuda::built(); }
 int cuda_device_count() { return detail::cuda::device_count(); }

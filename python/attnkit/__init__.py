@@ -6,6 +6,7 @@ Array in, array out: every function takes NumPy arrays (run on the C++ CPU backe
 """
 
 from . import _core, layouts
+from ._dla import DLAAux, DLACache, dynamic_linear_attention
 from ._exact import attention, attention_weights, merge_attention
 from ._sparse import BlockLayout, block_sparse_attention, lsh_attention, lsh_buckets
 
@@ -20,6 +21,9 @@ __all__ = [
     "layouts",
     "lsh_buckets",
     "lsh_attention",
+    "dynamic_linear_attention",
+    "DLACache",
+    "DLAAux",
     "get_num_threads",
     "set_num_threads",
     "info",

@@ -70,6 +70,8 @@ class Call:
         """TensorRef of x (None -> absent)."""
         if x is None:
             return _core.TensorRef()
+        if type(x) is np.ndarray:  # the common case first: every array of every call comes through here
+            return self._numpy_tensor(x, name)
         x = self.array(x, name, coerce=coerce)
         if is_cuda_array(x):
             iface = x.__cuda_array_interface__
@@ -92,14 +94,19 @@ class Call:
             self._note_device(True, dev)
             self._keep.append(x)
             return _core.TensorRef(ptr, code, list(shape), list(strides), 1, dev)
-        code = _dtype_code(x.dtype, name)
-        item = x.dtype.itemsize
+        return self._numpy_tensor(np.asarray(x), name)
+
+    def _numpy_tensor(self, x, name: str):
+        code = _CODES.get(x.dtype)
+        if code is None:
+            raise TypeError(f"{name} has unsupported dtype {x.dtype}")
+        item = x.itemsize
         if any(s % item for s in x.strides):  # exotic byte-strided views: copy once
             x = np.ascontiguousarray(x)
         self._note_device(False, 0)
         self._keep.append(x)
         ptr = x.__array_interface__["data"][0] if x.size else 0
-        return _core.TensorRef(ptr, code, list(x.shape), [s // item for s in x.strides], 0, 0)
+        return _core.TensorRef(ptr, code, x.shape, tuple(s // item for s in x.strides), 0, 0)
 
     def _note_device(self, cuda: bool, index: int):
         if self.cuda is None:

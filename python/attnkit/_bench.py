@@ -217,3 +217,112 @@ def format_sparse_row(r) -> str:
     s += (f" | lsh(b={r['lsh_num_buckets']}) {r['lsh_s'] * 1e3:7.2f} ms ({r['lsh_speedup_vs_dense']:.1f}x faster"
           f" than dense; hashing {r['lsh_hash_s'] * 1e3:.2f} ms)")
     return s
+
+
+# ----------------------------------------------------------------------------- dynamic linear attention
+def dla_data(S: int, H: int = 8, D: int = 64, C: int = 30, seed: int = 0, block=(8, 40), noise: float = 0.05):
+    """Realistic DLA inputs, float32, B=1: piecewise-stationary k and v (blocks of `block` tokens sharing a
+    direction, plus a little noise, so token_vs_state scores sit near 0.1 inside a block and near 1.3 at
+    a change: boundaries at every block change, merges once a head has seen C of them), Gaussian q
+    and positive readout weights lam summing to about 1."""
+    rng = np.random.default_rng(seed)
+    k = np.empty((1, H, S, D), np.float32)
+    v = np.empty((1, H, S, D), np.float32)
+    for h in range(H):
+        t = 0
+        while t < S:
+            e = min(S, t + int(rng.integers(block[0], block[1] + 1)))
+            kd, vd = rng.standard_normal(D), rng.standard_normal(D)
+            k[0, h, t:e] = kd / np.linalg.norm(kd) + noise / np.sqrt(D) * rng.standard_normal((e - t, D))
+            v[0, h, t:e] = vd * np.sqrt(D) / np.linalg.norm(vd) + noise * rng.standard_normal((e - t, D))
+            t = e
+    q = (rng.standard_normal((1, H, S, D)) / np.sqrt(D)).astype(np.float32)
+    lam = (rng.random((1, H, S, C)) * 2 / C).astype(np.float32)
+    return q, k, v, lam
+
+
+def linear_attention_or_none():
+    """attnkit.linear_attention when this build has it (it arrives with the linear-attention issue)."""
+    import attnkit
+
+    return getattr(attnkit, "linear_attention", None)
+
+
+def dla_rows(sizes, reps=3, H=8, D=64, C=30, tau=0.6, decode_reps=30, with_exact=True, with_recurrent=True,
+             report=progress, min_time=0.0):
+    """DLA prefill and decode side by side with exact attention (causal) and, when this build has it,
+    linear attention (identity map, causal, unnormalized: DLA with lam = 1). One dict per S."""
+    from . import attention, dynamic_linear_attention as dla
+
+    linear = linear_attention_or_none()
+    rows = []
+    for S in sizes:
+        q, k, v, lam = dla_data(S, H, D, C)
+        y, cache, aux = dla(q, k, v, lam, capacity=C, tau=tau, return_aux=True)
+        row = {"S": S, "H": H, "D": D, "C": C, "tau": tau,
+               "boundaries": int(aux.boundaries.sum()), "merges": int((aux.merged >= 0).sum()),
+               "states_at_end": int(cache.size.min())}
+        g = np.full((1, H, S), -0.01, np.float32)
+        fns = {"dla": lambda: dla(q, k, v, lam, capacity=C, tau=tau),
+               "dla_decay": lambda: dla(q, k, v, lam, capacity=C, tau=tau, log_decay=g)}
+        if with_recurrent:
+            fns["dla_recurrent"] = lambda: dla(q, k, v, lam, capacity=C, tau=tau, _chunk_size=-1)
+        if with_exact:
+            fns["exact"] = lambda: attention(q, k, v, causal=True)
+        if linear is not None:
+            fns["linear"] = lambda: linear(q, k, v, feature_map="identity", normalize=False, causal=True)
+        for key, t in timeit_many(fns, reps, min_time=min_time).items():
+            row[f"prefill_{key}_s"] = t
+            row[f"prefill_{key}_tok_s"] = S / t
+        # Decode: T = 1 steps continuing from position S (the input cache is never modified, so every
+        # timed call does the same work). Each contender is timed on its own, in its steady state: timed
+        # round-robin, exact attention's KV cache (up to 64 MiB at S = 16384) would evict DLA's cache
+        # (3.75 MiB) between DLA steps, an S-dependent bias. "dla_cold" times DLA steps that each follow
+        # a read of 64 MiB elsewhere (a model's other layers), which evicts its cache from L3 the same way
+        # at every S.
+        q1, k1, v1, l1 = (x[:, :, -1:] for x in (q, k, v, lam))
+        step = lambda: dla(q1, k1, v1, l1, capacity=C, tau=tau, cache=cache)
+        dfns = {"dla": step}
+        if with_exact:
+            dfns["exact"] = lambda: attention(q1, k, v, causal=True)  # one query over a KV cache of S keys
+        if linear is not None:
+            _, state = linear(q, k, v, feature_map="identity", normalize=False, causal=True, return_state=True)
+            dfns["linear"] = lambda: linear(q1, k1, v1, feature_map="identity", normalize=False, causal=True,
+                                            initial_state=state, return_state=True)
+        for key, fn in dfns.items():
+            t = timeit(fn, decode_reps, min_time=min_time)
+            row[f"decode_{key}_s"] = t
+            row[f"decode_{key}_tok_s"] = 1.0 / t
+        flush = np.ones(64 << 18, np.float32)
+
+        def evict():
+            flush.sum()
+
+        t = timeit_many({"dla": step, "evict": evict}, max(3, decode_reps // 4))["dla"]
+        row["decode_dla_cold_s"] = t
+        row["decode_dla_cold_tok_s"] = 1.0 / t
+        for phase in ("prefill", "decode"):
+            for other in ("exact", "linear", "dla_recurrent", "dla_decay"):
+                if f"{phase}_{other}_s" in row:
+                    row[f"{phase}_dla_vs_{other}"] = row[f"{phase}_{other}_s"] / row[f"{phase}_dla_s"]
+        rows.append(row)
+        if report:
+            report(format_dla_row(row))
+    for a, b in zip(rows, rows[1:]):  # time(2S) / time(S): 2 for a linear-time prefill, 1 for a flat decode
+        if b["S"] == 2 * a["S"]:
+            b["prefill_dla_scaling"] = b["prefill_dla_s"] / a["prefill_dla_s"]
+            b["decode_dla_scaling"] = b["decode_dla_s"] / a["decode_dla_s"]
+    return rows
+
+
+def format_dla_row(r) -> str:
+    s = (f"S={r['S']:6d}  prefill {r['prefill_dla_s'] * 1e3:8.1f} ms {r['prefill_dla_tok_s']:9.0f} tok/s"
+         f" | decode {r['decode_dla_s'] * 1e6:7.1f} us {r['decode_dla_tok_s']:7.0f} tok/s"
+         f" (cold cache {r['decode_dla_cold_s'] * 1e6:5.0f} us)")
+    if "prefill_exact_s" in r:
+        s += (f" | exact: prefill {r['prefill_dla_vs_exact']:5.2f}x, decode {r['decode_dla_vs_exact']:5.2f}x"
+              " (>1: DLA faster)")
+    if "prefill_linear_s" in r:
+        s += f" | linear: prefill {r['prefill_dla_vs_linear']:5.2f}x, decode {r['decode_dla_vs_linear']:5.2f}x"
+    s += f" | {r['boundaries']} boundaries, {r['merges']} merges"
+    return s

@@ -56,7 +56,14 @@ def _section_sparse(args):
     return rows
 
 
-SECTIONS = {"exact": _section_exact, "sparse": _section_sparse}
+def _section_dla(args):
+    S = args.sizes[0] if args.sizes else (1024 if args.quick else 2048)
+    print(f"dynamic linear attention, float32, B=1, H=8, D=64, C=30, S={S}: prefill, then one decode step "
+          "(ratios > 1: DLA is faster than causal exact attention)")
+    return _bench.dla_rows([S], reps=args.reps, decode_reps=10 * args.reps, with_recurrent=False, report=_report)
+
+
+SECTIONS = {"exact": _section_exact, "sparse": _section_sparse, "dla": _section_dla}
 
 
 def _cmd_bench(args) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["attention", "attention_weights", "merge_attention", "allowed_mask", "scores", "block_mask",
-           "block_sparse_attention", "philox4x32_10", "normal", "lsh_rotations", "lsh_buckets", "lsh_attention"]
+           "block_sparse_attention", "philox4x32_10", "normal", "lsh_rotations", "lsh_buckets", "lsh_attention",
+           "dynamic_linear_attention"]
 
 
 def _f64(x, dtype=np.float64):
@@ -237,3 +238,108 @@ def lsh_attention(q, k, v, *, num_buckets, num_hashes=1, seed=0, causal=False, s
     out = out.reshape(out.shape[4 - rank:])
     lse = lse.reshape(lse.shape[4 - rank:])
     return (out, lse) if return_lse else out
+
+
+# ------------------------------------------------------------------------------------- dynamic linear attention
+def _lift(x, rank, dtype):
+    """A per-token array of rank `rank` (or lower: missing leading B, H dims of size 1) at full rank."""
+    x = _f64(x, dtype)
+    return x.reshape((1,) * (rank - x.ndim) + x.shape)
+
+
+def dynamic_linear_attention(q, k, v, lam, *, capacity, tau=0.6, log_decay=None, score="token_vs_state",
+                             cache=None, return_aux=False, _dtype=np.float64):
+    """Oracle of :func:`attnkit.dynamic_linear_attention`, token by token, following the steps of
+    ``shared/specs/dla.md`` literally: explicit ``k v^T`` matrices, explicit RMS normalisation ``N(X)`` and
+    Frobenius norms (not the kernels' three-scalar shortcut), a Python list as the cache.
+
+    Takes NumPy arrays of any float dtype, computes in float64 and returns ``(y, cache)`` or
+    ``(y, cache, aux)`` like the real function: ``y`` float64 (rank follows q), a :class:`attnkit.DLACache`
+    of float64 NumPy arrays, a :class:`attnkit.DLAAux`. ``cache`` may come from either implementation.
+    """
+    from ._dla import DLAAux, DLACache
+
+    rank = np.asarray(q).ndim
+    q4, k4, v4, lam4 = (_lift(x, 4, _dtype) for x in (q, k, v, lam))
+    B, H, T, Dk = q4.shape
+    Dv = v4.shape[-1]
+    C = int(capacity)
+    g3 = None if log_decay is None else _lift(log_decay, 3, _dtype)
+    n = _dtype(Dk * Dv)
+    rms_eps = eps = _dtype(1e-6)
+
+    def N(X):  # parameter-free RMS normalisation over the flattened matrix
+        return X / np.sqrt(np.sum(X * X) / n + rms_eps)
+
+    def fro(X):
+        return np.sqrt(np.sum(X * X))
+
+    y = np.zeros((B, H, T, Dv), _dtype)
+    scores = np.zeros((B, H, T), _dtype)
+    boundaries = np.zeros((B, H, T), bool)
+    merged = np.full((B, H, T), -1, np.int64)
+    out = dict(states=np.zeros((B, H, C, Dk, Dv), _dtype), counts=np.zeros((B, H, C), np.int64),
+               info=np.zeros((B, H, C), _dtype), starts=np.zeros((B, H, C), np.int64),
+               size=np.zeros((B, H), np.int64))
+    position = 0 if cache is None else int(cache.position)
+    for b in range(B):
+        for h in range(H):
+            # The cache: a chronological list of [S_i, n_i, I_i, start_i]; the last entry is the open state.
+            entries = []
+            if cache is not None:
+                for i in range(int(cache.size[b, h])):
+                    entries.append([_f64(cache.states[b, h, i], _dtype), int(cache.counts[b, h, i]),
+                                    _dtype(cache.info[b, h, i]), int(cache.starts[b, h, i])])
+            for t in range(T):
+                # 1. decay: every state is multiplied by a_t = exp(g_t) before anything else
+                if g3 is not None:
+                    a = np.exp(g3[b, h, t])
+                    for e in entries:
+                        e[0] = a * e[0]
+                # 2. the token's update
+                s = np.outer(k4[b, h, t], v4[b, h, t])
+                # 3. information score against the (decayed) open state; an empty cache gives 0
+                if not entries:
+                    info = _dtype(0)
+                else:
+                    S_open = entries[-1][0]
+                    if score == "token_vs_state":
+                        info = fro(N(s) - N(S_open)) / (fro(N(S_open)) + eps)
+                    elif score == "state_drift":
+                        info = fro(N(S_open + s) - N(S_open)) / (fro(N(S_open)) + eps)
+                    else:
+                        raise ValueError(f"unknown score {score!r}")
+                scores[b, h, t] = info
+                # 4. boundary: the first token of an empty cache always opens a state; C == 1 never opens one
+                opens = not entries or (C > 1 and info >= tau)
+                if opens:
+                    if len(entries) == C:
+                        ratios = [(entries[i][2] + entries[i + 1][2]) / (entries[i][1] + entries[i + 1][1])
+                                  for i in range(C - 1)]
+                        i = int(np.argmin(ratios))  # the first minimum: ties go to the oldest pair
+                        S_i, n_i, I_i, start_i = entries[i]
+                        S_j, n_j, I_j, _ = entries.pop(i + 1)
+                        entries[i] = [S_i + S_j, n_i + n_j, I_i + I_j, start_i]
+                        merged[b, h, t] = i
+                    entries.append([s, 1, info, position + t])
+                    boundaries[b, h, t] = True
+                else:
+                    entries[-1][0] = entries[-1][0] + s
+                    entries[-1][1] += 1
+                    entries[-1][2] += info
+                # 5. recency-indexed readout after the insert: lam_t[0] weights the newest state
+                m = len(entries)
+                for j in range(m):
+                    y[b, h, t] += lam4[b, h, t, j] * (q4[b, h, t] @ entries[m - 1 - j][0])
+            out["size"][b, h] = len(entries)
+            for i, (S_i, n_i, I_i, start_i) in enumerate(entries):
+                out["states"][b, h, i] = S_i
+                out["counts"][b, h, i] = n_i
+                out["info"][b, h, i] = I_i
+                out["starts"][b, h, i] = start_i
+    new_cache = DLACache(position=position + T, **out)
+    shape = (B, H, T)[4 - rank:]
+    y = y.reshape(shape + (Dv,))
+    if not return_aux:
+        return y, new_cache
+    return y, new_cache, DLAAux(scores.reshape(shape), boundaries.reshape(shape), merged.reshape(shape))

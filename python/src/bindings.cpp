@@ -102,6 +102,50 @@ PYBIND11_MODULE(_core, m) {
           "stream", [](const AttentionParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](AttentionParams& p, uintptr_t s) { p.stream = as_stream(s); });
 
+  py::enum_<DLAScore>(m, "DLAScore")
+      .value("TokenVsState", DLAScore::TokenVsState)
+      .value("StateDrift", DLAScore::StateDrift);
+
+  py::class_<DLACacheTensors>(m, "DLACacheTensors")
+      .def(py::init<>())
+      .def_readwrite("states", &DLACacheTensors::states)
+      .def_readwrite("counts", &DLACacheTensors::counts)
+      .def_readwrite("info", &DLACacheTensors::info)
+      .def_readwrite("starts", &DLACacheTensors::starts)
+      .def_readwrite("size", &DLACacheTensors::size);
+
+  py::class_<DLAParams>(m, "DLAParams")
+      .def(py::init<>())
+      .def_readwrite("q", &DLAParams::q)
+      .def_readwrite("k", &DLAParams::k)
+      .def_readwrite("v", &DLAParams::v)
+      .def_readwrite("lam", &DLAParams::lam)
+      .def_readwrite("log_decay", &DLAParams::log_decay)
+      .def_readwrite("out", &DLAParams::out)
+      .def_readwrite("capacity", &DLAParams::capacity)
+      .def_readwrite("tau", &DLAParams::tau)
+      .def_readwrite("score", &DLAParams::score)
+      // reference_internal: `p.cache_in.states = ...` writes into p's own member
+      .def_property(
+          "cache_in", [](DLAParams& p) -> DLACacheTensors& { return p.cache_in; },
+          [](DLAParams& p, const DLACacheTensors& c) { p.cache_in = c; }, py::return_value_policy::reference_internal)
+      .def_readwrite("position", &DLAParams::position)
+      .def_property(
+          "cache_out", [](DLAParams& p) -> DLACacheTensors& { return p.cache_out; },
+          [](DLAParams& p, const DLACacheTensors& c) { p.cache_out = c; }, py::return_value_policy::reference_internal)
+      .def_readwrite("scores", &DLAParams::scores)
+      .def_readwrite("boundaries", &DLAParams::boundaries)
+      .def_readwrite("merged", &DLAParams::merged)
+      .def_readwrite("chunk_size", &DLAParams::chunk_size)
+      .def_property(
+          "stream", [](const DLAParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
+          [](DLAParams& p, uintptr_t s) { p.stream = as_stream(s); });
+
+  m.def("dynamic_linear_attention", [](const DLAParams& p) {
+    py::gil_scoped_release nogil;
+    dynamic_linear_attention(p);
+  });
+
   m.def("attention", [](const AttentionParams& p) {
     py::gil_scoped_release nogil;
     attention(p);

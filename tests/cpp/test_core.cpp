@@ -2,6 +2,7 @@
 // from the validator, and attention calls against a direct computation. No framework: CHECK counts
 // failures and main returns their number.
 #include <attnkit/attnkit.h>
+#include <attnkit/math/dla.h>
 #include <attnkit/math/dtypes.h>
 #include <attnkit/math/masks.h>
 #include <attnkit/math/random.h>
@@ -254,6 +255,157 @@ static void test_block_sparse_and_lsh() {
   CHECK(kind == attnkit::ErrorKind::Value && msg.find("layout.col_idx") != std::string::npos);
 }
 
+static void test_dla_math() {
+  // Both scores from (A, B, p) against the definitions on explicit 2 x 3 matrices.
+  const double S[6] = {0.3, -1.2, 0.5, 2.0, 0.1, -0.7}, k[2] = {0.4, -1.1}, v[3] = {1.5, 0.2, -0.3};
+  const double n = 6, eps = m::kDlaRmsEps;
+  double s[6], A = 0, B = 0, p = 0;
+  for (int i = 0; i < 6; ++i) {
+    s[i] = k[i / 3] * v[i % 3];
+    A += S[i] * S[i];
+    B += s[i] * s[i];
+    p += S[i] * s[i];
+  }
+  auto norm_of = [&](const double* x) {
+    double q = 0;
+    for (int i = 0; i < 6; ++i) q += x[i] * x[i];
+    return std::sqrt(q);
+  };
+  auto N = [&](const double* x, double* out) {
+    const double r = 1 / std::sqrt(norm_of(x) * norm_of(x) / n + eps);
+    for (int i = 0; i < 6; ++i) out[i] = x[i] * r;
+  };
+  double nS[6], ns[6], sum[6], nsum[6], d1[6], d2[6];
+  N(S, nS);
+  N(s, ns);
+  for (int i = 0; i < 6; ++i) sum[i] = S[i] + s[i];
+  N(sum, nsum);
+  for (int i = 0; i < 6; ++i) {
+    d1[i] = ns[i] - nS[i];
+    d2[i] = nsum[i] - nS[i];
+  }
+  const double den = norm_of(nS) + m::kDlaScoreEps;
+  CHECK(std::fabs(m::dla_info_score(false, A, B, p, n) - norm_of(d1) / den) < 1e-12);
+  CHECK(std::fabs(m::dla_info_score(true, A, B, p, n) - norm_of(d2) / den) < 1e-12);
+  CHECK(m::dla_info_score(false, B, B, B, n) == 0.0);  // a token equal to the open state
+  CHECK(m::dla_info_score(false, 0.0, 0.0, 0.0, n) == 0.0);
+  // Boundary rule and merge pair (ties: the oldest pair).
+  CHECK(m::dla_opens_state(0.0, 1e9, 1, 0) && !m::dla_opens_state(5.0, 0.6, 1, 3));
+  CHECK(m::dla_opens_state(0.6, 0.6, 2, 1) && !m::dla_opens_state(0.59, 0.6, 2, 1));
+  const double info[5] = {5, 1, 1, 1, 1};
+  const int64_t count[5] = {1, 1, 1, 1, 1};
+  CHECK(m::dla_merge_pair(info, count, 5) == 1);
+  const double info2[4] = {1, 1, 0.5, 0.1};
+  const int64_t count2[4] = {1, 1, 2, 1};
+  CHECK(m::dla_merge_pair(info2, count2, 4) == 2);  // (0.5 + 0.1) / 3 = 0.2
+  CHECK(m::dla_lam_index(0, 4) == 3 && m::dla_lam_index(3, 4) == 0);
+}
+
+static void test_dla_call() {
+  using attnkit::DType;
+  // C = 1: y = lam_0 * decayed linear attention, a single state; then a decode step continues it.
+  const int64_t B = 1, H = 2, T = 9, Dk = 5, Dv = 3, C = 1;
+  std::vector<double> q(B * H * T * Dk), k(q.size()), v(B * H * T * Dv), lam(B * H * T * C), g(B * H * T);
+  for (size_t i = 0; i < q.size(); ++i) {
+    q[i] = std::sin(0.7 * i);
+    k[i] = std::cos(1.3 * i);
+  }
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(0.29 * i + 2);
+  for (size_t i = 0; i < lam.size(); ++i) lam[i] = 0.5 + 0.1 * i;
+  for (size_t i = 0; i < g.size(); ++i) g[i] = -0.05 * (i % 4);
+  std::vector<double> y(B * H * T * Dv), st(B * H * C * Dk * Dv), info(B * H * C);
+  std::vector<int64_t> cnt(B * H * C), starts(B * H * C), size(B * H);
+  attnkit::DLAParams p;
+  p.q = attnkit::make_tensor(q.data(), DType::Float64, {B, H, T, Dk});
+  p.k = attnkit::make_tensor(k.data(), DType::Float64, {B, H, T, Dk});
+  p.v = attnkit::make_tensor(v.data(), DType::Float64, {B, H, T, Dv});
+  p.lam = attnkit::make_tensor(lam.data(), DType::Float64, {B, H, T, C});
+  p.log_decay = attnkit::make_tensor(g.data(), DType::Float64, {B, H, T});
+  p.out = attnkit::make_tensor(y.data(), DType::Float64, {B, H, T, Dv});
+  p.capacity = C;
+  p.cache_out.states = attnkit::make_tensor(st.data(), DType::Float64, {B, H, C, Dk, Dv});
+  p.cache_out.counts = attnkit::make_tensor(cnt.data(), DType::Int64, {B, H, C});
+  p.cache_out.info = attnkit::make_tensor(info.data(), DType::Float64, {B, H, C});
+  p.cache_out.starts = attnkit::make_tensor(starts.data(), DType::Int64, {B, H, C});
+  p.cache_out.size = attnkit::make_tensor(size.data(), DType::Int64, {B, H});
+  attnkit::dynamic_linear_attention(p);
+  double max_err = 0;
+  for (int64_t h = 0; h < H; ++h) {
+    std::vector<double> Sx(Dk * Dv, 0.0);
+    for (int64_t t = 0; t < T; ++t) {
+      const double a = std::exp(g[h * T + t]);
+      for (int64_t i = 0; i < Dk * Dv; ++i) Sx[i] = a * Sx[i] + k[(h * T + t) * Dk + i / Dv] * v[(h * T + t) * Dv + i % Dv];
+      for (int64_t e = 0; e < Dv; ++e) {
+        double o = 0;
+        for (int64_t d = 0; d < Dk; ++d) o += q[(h * T + t) * Dk + d] * Sx[d * Dv + e];
+        max_err = std::fmax(max_err, std::fabs(lam[h * T + t] * o - y[(h * T + t) * Dv + e]));
+      }
+    }
+    for (int64_t i = 0; i < Dk * Dv; ++i) max_err = std::fmax(max_err, std::fabs(Sx[i] - st[h * Dk * Dv + i]));
+    CHECK(size[h] == 1 && cnt[h] == T && starts[h] == 0);
+  }
+  CHECK(max_err < 1e-12);
+
+  // A decode step from that cache (capacity 1 never opens a second state).
+  std::vector<double> st2(st.size()), info2(info.size()), y1(B * H * Dv);
+  std::vector<int64_t> cnt2(cnt.size()), starts2(starts.size()), size2(size.size());
+  attnkit::DLAParams d = p;
+  d.q = attnkit::make_tensor(q.data(), DType::Float64, {B, H, 1, Dk});
+  d.q.strides[1] = T * Dk;  // token 0 of each head, as a strided view
+  d.k = d.q;
+  d.k.data = k.data();
+  d.v = attnkit::make_tensor(v.data(), DType::Float64, {B, H, 1, Dv});
+  d.v.strides[1] = T * Dv;
+  d.lam = attnkit::make_tensor(lam.data(), DType::Float64, {B, H, 1, C});
+  d.lam.strides[1] = T * C;
+  d.log_decay = attnkit::TensorRef();
+  d.out = attnkit::make_tensor(y1.data(), DType::Float64, {B, H, 1, Dv});
+  d.cache_in = p.cache_out;
+  d.position = T;
+  d.cache_out.states = attnkit::make_tensor(st2.data(), DType::Float64, {B, H, C, Dk, Dv});
+  d.cache_out.counts = attnkit::make_tensor(cnt2.data(), DType::Int64, {B, H, C});
+  d.cache_out.info = attnkit::make_tensor(info2.data(), DType::Float64, {B, H, C});
+  d.cache_out.starts = attnkit::make_tensor(starts2.data(), DType::Int64, {B, H, C});
+  d.cache_out.size = attnkit::make_tensor(size2.data(), DType::Int64, {B, H});
+  attnkit::dynamic_linear_attention(d);
+  max_err = 0;
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < Dk * Dv; ++i)
+      max_err = std::fmax(max_err, std::fabs(st2[h * Dk * Dv + i] - st[h * Dk * Dv + i] -
+                                                 k[h * T * Dk + i / Dv] * v[h * T * Dv + i % Dv]));
+  CHECK(max_err < 1e-12 && cnt2[0] == T + 1 && size2[1] == 1);
+
+  // Errors name the argument and carry a kind.
+  attnkit::ErrorKind kind{};
+  auto bad = p;
+  bad.capacity = 0;
+  std::string msg = error_of([&] { attnkit::dynamic_linear_attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("capacity") != std::string::npos);
+  bad = p;
+  bad.capacity = 2;
+  msg = error_of([&] { attnkit::dynamic_linear_attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("lam") != std::string::npos);
+  bad = p;
+  bad.tau = std::numeric_limits<double>::quiet_NaN();
+  msg = error_of([&] { attnkit::dynamic_linear_attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("tau") != std::string::npos);
+  bad = d;
+  bad.cache_in.size = attnkit::make_tensor(size.data(), DType::Int64, {B, 1});
+  msg = error_of([&] { attnkit::dynamic_linear_attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("cache.size") != std::string::npos);
+  bad = d;
+  bad.cache_in.info = attnkit::make_tensor(info.data(), DType::Float32, {B, H, C});
+  msg = error_of([&] { attnkit::dynamic_linear_attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Type && msg.find("cache.info") != std::string::npos);
+  bad = d;
+  bad.position = T + 1;
+  msg = error_of([&] { attnkit::dynamic_linear_attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("position") != std::string::npos);
+  g[3] = 0.5;
+  msg = error_of([&] { attnkit::dynamic_linear_attention(p); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("log_decay") != std::string::npos);
+}
+
 int main() {
   test_conversions();
   test_block_sparse_and_lsh();
@@ -261,6 +413,8 @@ int main() {
   test_key_range();
   test_softmax_helpers();
   test_attention_and_errors();
+  test_dla_math();
+  test_dla_call();
   std::printf("attnkit %s core tests: %d failure(s) (cuda built: %d, cpu isa: %s)\n", attnkit::version(), failures,
               attnkit::built_with_cuda() ? 1 : 0, attnkit::cpu_isa());
   return failures == 0 ? 0 : 1;

@@ -6,3 +6,4 @@
 #include "attnkit/runtime.h"
 #include "attnkit/attention.h"
 #include "attnkit/block_sparse.h"
+#include "attnkit/dla.h"

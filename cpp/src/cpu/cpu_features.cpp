@@ -61,6 +61,12 @@ const char* isa_name() {
 void attention(const AttnProblem& p) { run_exact(p, false); }
 void attention_weights(const AttnProblem& p) { run_exact(p, true); }
 
+void dynamic_linear_attention(const DLAProblem& p) {
+  if (p.B * p.H == 0) return;
+  const bool ok = by_isa([&] { return dla_generic(p); }, [&] { return dla_avx2(p); }, [&] { return dla_avx512(p); });
+  if (!ok) throw Error(ErrorKind::Runtime, "attnkit: out of memory allocating CPU DLA scratch space");
+}
+
 }  // namespace cpu
 }  // namespace detail
 }  // namespace attnkit

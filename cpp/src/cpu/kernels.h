@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "validate/attention.h"
+#include "validate/dla.h"
 
 namespace attnkit {
 namespace detail {
@@ -41,6 +42,15 @@ inline bool exact_attention_avx2(const AttnProblem& p, bool weights) { return ex
 inline bool exact_attention_avx512(const AttnProblem& p, bool weights) { return exact_attention_generic(p, weights); }
 inline void lsh_hash_avx2(const LshHashJob& job) { lsh_hash_generic(job); }
 inline void lsh_hash_avx512(const LshHashJob& job) { lsh_hash_generic(job); }
+#endif
+
+bool dla_generic(const DLAProblem& p);
+#if defined(ATTNKIT_HAVE_X86_KERNELS)
+bool dla_avx2(const DLAProblem& p);
+bool dla_avx512(const DLAProblem& p);
+#else
+inline bool dla_avx2(const DLAProblem& p) { return dla_generic(p); }
+inline bool dla_avx512(const DLAProblem& p) { return dla_generic(p); }
 #endif
 
 }  // namespace cpu

@@ -1,0 +1,67 @@
+"""Dynamic linear attention on the CPU: prefill and decode, side by side with exact attention and linear
+attention.
+
+float32, B=1, H=8, Dk=Dv=64, capacity C=30, tau=0.6 (token_vs_state), S in {1024, ..., 16384}, all in one
+process with the same thread count, contenders timed round-robin (attnkit._bench.timeit_many):
+
+  prefill  dla (the default, chunked form), dla_recurrent (the token-by-token form), dla_decay (with a
+           log-decay), exact (attnkit.attention, causal), linear (attnkit.linear_attention with the
+           identity map, causal, unnormalized: the computation DLA does with lam = 1), when available;
+  decode   one T = 1 call continuing from position S (DLA with the returned cache; exact attention of one
+           query over a KV cache of S keys; linear attention from its state).
+
+The data are piecewise-stationary (blocks of 8..40 tokens sharing a key/value direction), so boundaries
+open at the block changes and the cache merges once a head has seen C of them; the counts are reported.
+Reports median times, tokens/s, time(2S)/time(S) and ratios; writes bench/results/dla.json, plus a
+chunk-length sweep of the chunked prefill at S = 4096.
+
+    python bench/bench_dla.py [--sizes 1024 2048] [--reps 3] [--no-exact]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import attnkit
+from attnkit._bench import (dla_data, dla_rows, environment, linear_attention_or_none, progress, timeit_many,
+                            write_json)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def chunk_sweep(S=4096, H=8, D=64, C=30, reps=3, lengths=(16, 32, 64, 128)):
+    """Prefill time of the chunked form per chunk length, and of the recurrent form, round-robin."""
+    q, k, v, lam = dla_data(S, H, D, C)
+    f = attnkit.dynamic_linear_attention
+    fns = {f"L={L}": (lambda L=L: f(q, k, v, lam, capacity=C, _chunk_size=L)) for L in lengths}
+    fns["recurrent"] = lambda: f(q, k, v, lam, capacity=C, _chunk_size=-1)
+    return {key: t for key, t in timeit_many(fns, reps).items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--decode-reps", type=int, default=40)
+    ap.add_argument("--no-exact", action="store_true", help="skip exact attention (slow at large S)")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the chunk-length sweep")
+    ap.add_argument("--out", default="dla.json")
+    a = ap.parse_args(argv)
+    threads = attnkit.get_num_threads()
+    has_linear = linear_attention_or_none() is not None
+    progress(f"attnkit {attnkit.__version__}, {threads} thread(s), CPU kernels {attnkit.info()['cpu_isa']}")
+    progress("linear attention: " + ("included" if has_linear else
+                                     "not in this build (attnkit.linear_attention missing): no linear column"))
+    rows = dla_rows(a.sizes, a.reps, decode_reps=a.decode_reps, with_exact=not a.no_exact)
+    payload = {"benchmark": "dynamic linear attention, float32, B=1, H=8, Dk=Dv=64, C=30, tau=0.6, token_vs_state",
+               "env": environment(threads), "linear_attention_included": has_linear, "rows": rows}
+    if not a.no_sweep:
+        progress("chunk-length sweep at S=4096 ...")
+        payload["chunk_sweep_S4096_s"] = chunk_sweep(reps=a.reps)
+        progress("  " + ", ".join(f"{k} {t * 1e3:.1f} ms" for k, t in payload["chunk_sweep_S4096_s"].items()))
+    progress(f"wrote {write_json(RESULTS, a.out, payload)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+#include "validate/dla.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "attnkit/math/dtypes.h"
+
+namespace attnkit {
+namespace detail {
+namespace {
+
+std::string str(int64_t x) { return std::to_string(x); }
+
+std::string num(double x) {
+  if (std::isnan(x)) return "nan";
+  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+  return std::to_string(x);
+}
+
+/// Checks that t has rank N - lead and the shape full[lead:], and returns it as a rank-N view whose lead
+/// dims (of size 1) have stride 0.
+template <int N>
+void lifted_shape(const TensorRef& t, const int64_t (&full)[N], int lead, const char* name, int64_t* strides) {
+  require_sane(t, name);
+  require_shape(t, full + lead, N - lead, name);
+  for (int d = 0; d < N; ++d) strides[d] = d < lead ? 0 : t.strides[d - lead];
+}
+
+template <int N>
+ViewN<N> input_view(const TensorRef& t, const int64_t (&full)[N], int lead, const char* name) {
+  ViewN<N> v;
+  lifted_shape(t, full, lead, name, v.stride);
+  v.present = true;
+  v.data = t.data;
+  v.dtype = t.dtype;
+  for (int d = 0; d < N; ++d) v.shape[d] = full[d];
+  return v;
+}
+
+template <int N>
+OutN<N> output_view(const TensorRef& t, const int64_t (&full)[N], int lead, const char* name, DType want,
+                    const char* why, const TensorRef& ref) {
+  OutN<N> o;
+  lifted_shape(t, full, lead, name, o.stride);
+  require_dtype(t, want, name, why);
+  require_same_device(t, ref, name, "q");
+  require_writable_output(t, name);
+  o.present = true;
+  o.data = t.data;
+  return o;
+}
+
+int64_t at_int(const void* base, int64_t idx) { return static_cast<const int64_t*>(base)[idx]; }
+
+double at_float(const void* base, DType t, int64_t idx) {
+  switch (t) {
+    case DType::Float32: return static_cast<const float*>(base)[idx];
+    case DType::Float64: return static_cast<const double*>(base)[idx];
+    case DType::Float16: return math::f16_to_float(static_cast<const uint16_t*>(base)[idx]);
+    default: return math::bf16_to_float(static_cast<const uint16_t*>(base)[idx]);
+  }
+}
+
+}  // namespace
+
+DLAProblem validate_dla(const DLAParams& p) {
+  DLAProblem r;
+  r.q = bhsd_view(p.q, "q");
+  require_floating(p.q, "q");
+  const int rank = p.q.ndim, lead = 4 - rank;
+  const char* qdesc = rank == 4 ? "[B, H, T, *]" : rank == 3 ? "[H, T, *]" : "[T, *]";
+  for (const auto& x : {std::make_pair(&p.k, "k"), std::make_pair(&p.v, "v"), std::make_pair(&p.lam, "lam")}) {
+    require_defined(*x.first, x.second);
+    require_sane(*x.first, x.second);
+    if (x.first->ndim != rank)
+      value_error(std::string(x.second) + " must have the rank of q (" + str(rank) + "-D " + qdesc + "), got shape " +
+                  shape_str(*x.first));
+    require_dtype(*x.first, p.q.dtype, x.second, "(the dtype of q)");
+    require_same_device(*x.first, p.q, x.second, "q");
+  }
+  r.device = p.q.device;
+  r.device_index = p.q.device_index;
+  r.stream = p.stream;
+  r.dtype = p.q.dtype;
+  r.state_dtype = r.dtype == DType::Float64 ? DType::Float64 : DType::Float32;
+  r.B = r.q.shape[0];
+  r.H = r.q.shape[1];
+  r.T = r.q.shape[2];
+  r.Dk = r.q.shape[3];
+  r.Dv = p.v.shape[rank - 1];
+
+  // Scalars first: lam's shape depends on the capacity.
+  if (p.capacity < 1) value_error("capacity must be >= 1, got " + str(p.capacity));
+  r.C = p.capacity;
+  if (std::isnan(p.tau)) value_error("tau must not be NaN (+inf never opens a state, <= 0 always does)");
+  r.tau = p.tau;
+  if (p.score != DLAScore::TokenVsState && p.score != DLAScore::StateDrift)
+    value_error("score must be token_vs_state or state_drift, got code " + str(static_cast<int>(p.score)));
+  r.state_drift = p.score == DLAScore::StateDrift;
+  if (p.position < 0) value_error("position (cache.position) must be >= 0, got " + str(p.position));
+  r.position = p.position;
+  if (p.chunk_size < -1)
+    value_error("chunk_size must be 0 (automatic), -1 (recurrent) or a chunk length >= 1, got " + str(p.chunk_size));
+  r.chunk_size = p.chunk_size;
+
+  if (r.Dk < 1 || r.Dv < 1)
+    value_error("q, k and v need head dims of at least 1 (the states are Dk x Dv), got Dk = " + str(r.Dk) +
+                ", Dv = " + str(r.Dv));
+  const int64_t qkshape[4] = {r.B, r.H, r.T, r.Dk};
+  r.k = input_view(p.k, qkshape, lead, "k");
+  const int64_t vshape[4] = {r.B, r.H, r.T, r.Dv};
+  r.v = input_view(p.v, vshape, lead, "v");
+  if (p.lam.shape[rank - 1] != r.C)
+    value_error("lam must have capacity = " + str(r.C) + " weights per token (last dim), got shape " +
+                shape_str(p.lam));
+  const int64_t lshape[4] = {r.B, r.H, r.T, r.C};
+  r.lam = input_view(p.lam, lshape, lead, "lam");
+  const int64_t tshape[3] = {r.B, r.H, r.T};
+  if (p.log_decay.defined()) {
+    require_floating(p.log_decay, "log_decay");
+    require_same_device(p.log_decay, p.q, "log_decay", "q");
+    if (p.log_decay.ndim != rank - 1)
+      value_error("log_decay must have one dim less than q (" + str(rank - 1) + "-D, one value per token), got shape " +
+                  shape_str(p.log_decay));
+    r.log_decay = input_view(p.log_decay, tshape, lead, "log_decay");
+  }
+
+  // Cache in: all five arrays or none.
+  const DLACacheTensors& ci = p.cache_in;
+  const bool any_in = ci.states.defined() || ci.counts.defined() || ci.info.defined() || ci.starts.defined() ||
+                      ci.size.defined();
+  const int64_t sshape[5] = {r.B, r.H, r.C, r.Dk, r.Dv};
+  const int64_t cshape[3] = {r.B, r.H, r.C};
+  const int64_t bhshape[2] = {r.B, r.H};
+  const char* sdt = "(float64 for float64 inputs, else float32)";
+  if (any_in) {
+    const std::pair<const TensorRef*, const char*> parts[] = {{&ci.states, "cache.states"},
+                                                              {&ci.counts, "cache.counts"},
+                                                              {&ci.info, "cache.info"},
+                                                              {&ci.starts, "cache.starts"},
+                                                              {&ci.size, "cache.size"}};
+    for (const auto& x : parts) {
+      if (!x.first->defined())
+        value_error(std::string(x.second) + " is required: a cache passes all of states, counts, info, starts and size");
+      require_sane(*x.first, x.second);
+      require_same_device(*x.first, p.q, x.second, "q");
+    }
+    auto cache_shape = [&](const TensorRef& t, const int64_t* want, int n, const char* name) {
+      bool ok = t.ndim == n;
+      for (int d = 0; ok && d < n; ++d) ok = t.shape[d] == want[d];
+      if (!ok)
+        value_error(std::string(name) + " must have shape " + shape_str(want, n) +
+                    " (B, H, capacity, ...) to match the inputs and capacity, got " + shape_str(t));
+    };
+    cache_shape(ci.states, sshape, 5, "cache.states");
+    cache_shape(ci.counts, cshape, 3, "cache.counts");
+    cache_shape(ci.info, cshape, 3, "cache.info");
+    cache_shape(ci.starts, cshape, 3, "cache.starts");
+    cache_shape(ci.size, bhshape, 2, "cache.size");
+    require_dtype(ci.states, r.state_dtype, "cache.states", sdt);
+    require_dtype(ci.info, r.state_dtype, "cache.info", sdt);
+    require_dtype(ci.counts, DType::Int64, "cache.counts");
+    require_dtype(ci.starts, DType::Int64, "cache.starts");
+    require_dtype(ci.size, DType::Int64, "cache.size");
+    r.cache_in.present = true;
+    r.cache_in.states = input_view(ci.states, sshape, 0, "cache.states");
+    r.cache_in.counts = input_view(ci.counts, cshape, 0, "cache.counts");
+    r.cache_in.info = input_view(ci.info, cshape, 0, "cache.info");
+    r.cache_in.starts = input_view(ci.starts, cshape, 0, "cache.starts");
+    r.cache_in.size = input_view(ci.size, bhshape, 0, "cache.size");
+  } else if (p.position != 0) {
+    value_error("position must be 0 without a cache (an empty cache has seen no token), got " + str(p.position));
+  }
+
+  // Outputs.
+  const int64_t oshape[4] = {r.B, r.H, r.T, r.Dv};
+  require_defined(p.out, "out");
+  require_sane(p.out, "out");
+  if (p.out.ndim != rank)
+    value_error("out must have the rank of q (" + str(rank) + "-D), got shape " + shape_str(p.out));
+  r.out = output_view(p.out, oshape, lead, "out", r.dtype, "(the dtype of q)", p.q);
+  const DLACacheTensors& co = p.cache_out;
+  const std::pair<const TensorRef*, const char*> outs[] = {{&co.states, "cache_out.states"},
+                                                           {&co.counts, "cache_out.counts"},
+                                                           {&co.info, "cache_out.info"},
+                                                           {&co.starts, "cache_out.starts"},
+                                                           {&co.size, "cache_out.size"}};
+  for (const auto& x : outs) require_defined(*x.first, x.second);
+  r.cache_out.states = output_view(co.states, sshape, 0, "cache_out.states", r.state_dtype, sdt, p.q);
+  r.cache_out.counts = output_view(co.counts, cshape, 0, "cache_out.counts", DType::Int64, nullptr, p.q);
+  r.cache_out.info = output_view(co.info, cshape, 0, "cache_out.info", r.state_dtype, sdt, p.q);
+  r.cache_out.starts = output_view(co.starts, cshape, 0, "cache_out.starts", DType::Int64, nullptr, p.q);
+  r.cache_out.size = output_view(co.size, bhshape, 0, "cache_out.size", DType::Int64, nullptr, p.q);
+  auto aux = [&](const TensorRef& t, const char* name, DType want, const char* why) {
+    OutN<3> o;
+    if (!t.defined()) return o;
+    require_sane(t, name);
+    if (t.ndim != rank - 1)
+      value_error(std::string(name) + " must have one dim less than q, got shape " + shape_str(t));
+    return output_view(t, tshape, lead, name, want, why, p.q);
+  };
+  r.scores = aux(p.scores, "scores", r.state_dtype, sdt);
+  r.boundaries = aux(p.boundaries, "boundaries", DType::Bool, nullptr);
+  r.merged = aux(p.merged, "merged", DType::Int64, nullptr);
+
+  // Values, readable on the CPU only (device arrays are checked by shape and dtype).
+  if (r.device != Device::CPU) return r;
+  if (r.log_decay.present) {
+    const ViewN<3>& g = r.log_decay;
+    for (int64_t b = 0; b < r.B; ++b)
+      for (int64_t h = 0; h < r.H; ++h)
+        for (int64_t t = 0; t < r.T; ++t) {
+          const double x = at_float(g.data, g.dtype, b * g.stride[0] + h * g.stride[1] + t * g.stride[2]);
+          if (!(std::isfinite(x) && x <= 0))
+            value_error("log_decay must be finite and <= 0 (a decay factor exp(g) in (0, 1]; a positive value "
+                        "would grow the states), got " + num(x) + " at [" + str(b) + ", " + str(h) + ", " +
+                        str(t) + "]");
+        }
+  }
+  if (r.cache_in.present) {
+    const DLACacheViews& c = r.cache_in;
+    for (int64_t b = 0; b < r.B; ++b)
+      for (int64_t h = 0; h < r.H; ++h) {
+        const std::string at = "[" + str(b) + ", " + str(h);
+        const int64_t m = at_int(c.size.data, b * c.size.stride[0] + h * c.size.stride[1]);
+        if (m < 0 || m > r.C)
+          value_error("cache.size" + at + "] = " + str(m) + " is outside [0, capacity] = [0, " + str(r.C) + "]");
+        int64_t next = 0;
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t o = b * c.counts.stride[0] + h * c.counts.stride[1] + i * c.counts.stride[2];
+          const int64_t n = at_int(c.counts.data, o);
+          const int64_t s = at_int(c.starts.data, b * c.starts.stride[0] + h * c.starts.stride[1] + i * c.starts.stride[2]);
+          if (n < 1)
+            value_error("cache.counts" + at + ", " + str(i) + "] = " + str(n) + ": a used entry summarises >= 1 token");
+          if (s != next)
+            value_error("cache.starts" + at + ", " + str(i) + "] = " + str(s) + " but the spans are contiguous from 0, so " +
+                        str(next) + " was expected");
+          next += n;
+        }
+        if (next != r.position)
+          value_error("cache.position = " + str(r.position) + " but cache.counts" + at + "] sum to " + str(next) +
+                      " (the spans cover every token seen)");
+      }
+  }
+  return r;
+}
+
+}  // namespace detail
+}  // namespace attnkit
