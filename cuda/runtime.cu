@@ -45,6 +45,14 @@ void merge_attention(const MergeProblem& p) {
   require_device(p.device_index);
   no_kernel("merge_attention");
 }
+void linear_attention(const LinearProblem& p) {
+  require_device(p.device_index);
+  no_kernel(p.projected() ? "performer_attention" : "linear_attention");
+}
+void linformer_attention(const LinformerProblem& p) {
+  require_device(p.attn.device_index);
+  no_kernel("linformer_attention");
+}
 
 }  // namespace cuda
 }  // namespace detail

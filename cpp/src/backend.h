@@ -2,6 +2,7 @@
 // The interface between dispatch.cpp and the backends. Backends receive validated problems only.
 
 #include "validate/attention.h"
+#include "validate/linear.h"
 
 namespace attnkit {
 namespace detail {
@@ -10,6 +11,10 @@ namespace cpu {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
 void merge_attention(const MergeProblem& p);
+void linear_attention(const LinearProblem& p);  // linear_attention and performer_attention
+void random_features(const RandomFeaturesProblem& p);
+void linformer_projection(const LinformerProjectionProblem& p);
+void linformer_attention(const LinformerProblem& p);
 const char* isa_name();
 }  // namespace cpu
 
@@ -18,6 +23,8 @@ namespace cuda {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
 void merge_attention(const MergeProblem& p);
+void linear_attention(const LinearProblem& p);
+void linformer_attention(const LinformerProblem& p);
 bool built();
 int device_count();
 }  // namespace cuda

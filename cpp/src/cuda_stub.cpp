@@ -16,6 +16,8 @@ namespace {
 void attention(const AttnProblem&) { not_built(); }
 void attention_weights(const AttnProblem&) { not_built(); }
 void merge_attention(const MergeProblem&) { not_built(); }
+void linear_attention(const LinearProblem&) { not_built(); }
+void linformer_attention(const LinformerProblem&) { not_built(); }
 bool built() { return false; }
 int device_count() { return 0; }
 

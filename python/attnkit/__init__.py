@@ -7,6 +7,8 @@ Array in, array out: every function takes NumPy arrays (run on the C++ CPU backe
 
 from . import _core
 from ._exact import attention, attention_weights, merge_attention
+from ._linear import (linear_attention, linformer_attention, linformer_projection, performer_attention,
+                      random_features)
 
 __version__ = _core.__version__
 
@@ -14,6 +16,11 @@ __all__ = [
     "attention",
     "attention_weights",
     "merge_attention",
+    "linear_attention",
+    "random_features",
+    "performer_attention",
+    "linformer_projection",
+    "linformer_attention",
     "get_num_threads",
     "set_num_threads",
     "info",

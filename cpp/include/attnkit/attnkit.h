@@ -5,3 +5,4 @@
 #include "attnkit/types.h"
 #include "attnkit/runtime.h"
 #include "attnkit/attention.h"
+#include "attnkit/linear.h"

@@ -2,6 +2,7 @@
 // every call to it.
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "backend.h"
 #include "cpu/kernels.h"
@@ -41,6 +42,10 @@ Isa isa() {
   return chosen;
 }
 
+[[noreturn]] void out_of_memory(const char* what) {
+  throw Error(ErrorKind::Runtime, std::string("attnkit: out of memory allocating CPU ") + what + " scratch space");
+}
+
 void run_exact(const AttnProblem& p, bool weights) {
   if (p.empty_output()) return;
   bool ok = false;
@@ -51,7 +56,7 @@ void run_exact(const AttnProblem& p, bool weights) {
 #endif
     default: ok = exact_attention_generic(p, weights); break;
   }
-  if (!ok) throw Error(ErrorKind::Runtime, "attnkit: out of memory allocating CPU attention scratch space");
+  if (!ok) out_of_memory("attention");
 }
 
 }  // namespace
@@ -66,6 +71,31 @@ const char* isa_name() {
 
 void attention(const AttnProblem& p) { run_exact(p, false); }
 void attention_weights(const AttnProblem& p) { run_exact(p, true); }
+
+void linear_attention(const LinearProblem& p) {
+  if (p.B == 0 || p.Hkv == 0) return;
+  bool ok = false;
+  switch (isa()) {
+#if defined(ATTNKIT_HAVE_X86_KERNELS)
+    case Isa::Avx512: ok = linear_attention_avx512(p); break;
+    case Isa::Avx2: ok = linear_attention_avx2(p); break;
+#endif
+    default: ok = linear_attention_generic(p); break;
+  }
+  if (!ok) out_of_memory("linear attention");
+}
+
+void linformer_project(const LinformerProblem& p, void* kproj, void* vproj) {
+  bool ok = false;
+  switch (isa()) {
+#if defined(ATTNKIT_HAVE_X86_KERNELS)
+    case Isa::Avx512: ok = linformer_project_avx512(p, kproj, vproj); break;
+    case Isa::Avx2: ok = linformer_project_avx2(p, kproj, vproj); break;
+#endif
+    default: ok = linformer_project_generic(p, kproj, vproj); break;
+  }
+  if (!ok) out_of_memory("Linformer projection");
+}
 
 }  // namespace cpu
 }  // namespace detail
