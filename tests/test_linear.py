@@ -382,3 +382,22 @@ def test_random_problems(data):
     assert_close(out, r, n, dtype, atol_scale=1.0 if kw["normalize"] else magnitude(r))
     assert_close(s, rs, ns, s.dtype, what="S", atol_scale=magnitude(rs))
     assert_close(z, rz, nz, z.dtype, what="z", atol_scale=magnitude(rz))
+
+
+def test_cuda_path_without_gpu(rng):
+    """Device tensors reach the CUDA backend, which reports clearly that it cannot run them (no kernels
+    yet, or no CUDA in this build)."""
+    def dev(shape):
+        strides = [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
+        return _core.TensorRef(0x1000, 0, list(shape), strides, 1, 0)
+
+    lp = _core.LinearAttentionParams()
+    lp.q, lp.k, lp.v, lp.out = dev((1, 2, 8, 4)), dev((1, 2, 8, 4)), dev((1, 2, 8, 4)), dev((1, 2, 8, 4))
+    pp = _core.PerformerParams()
+    pp.q, pp.k, pp.v, pp.out, pp.features = lp.q, lp.k, lp.v, lp.out, dev((16, 4))
+    fp = _core.LinformerParams()
+    fp.q, fp.k, fp.v, fp.out, fp.E = lp.q, lp.k, lp.v, lp.out, dev((3, 8))
+    for f, p in ((_core.linear_attention, lp), (_core.performer_attention, pp), (_core.linformer_attention, fp)):
+        with pytest.raises(RuntimeError) as e:
+            f(p)
+        assert ("CUDA" in str(e.value)) if _core.built_with_cuda() else ("built without CUDA" in str(e.value))

@@ -41,8 +41,14 @@ def _cmd_bench(args) -> int:
             print(f"  ... S={S} (a few seconds)", end="\r", file=sys.stderr, flush=True)
         rows += _bench.exact_rows([S], reps=args.reps, with_numpy=not args.no_numpy and S <= 4096,
                                   with_torch=not args.no_torch, report=report, min_time=0.2)
+    payload = {"env": _bench.environment(_core.get_num_threads()), "rows": rows}
+    if not args.no_linear:
+        linear_sizes = args.linear_sizes or ([1024] if args.quick else [1024, 4096])
+        print("linear-time attention vs attnkit's exact attention, float32, B=1, H=8, D=64, Performer m=256, "
+              "Linformer P=256 (ratios > 1: faster than exact; causal forms vs causal exact)")
+        payload["linear_rows"] = _bench.linear_rows(linear_sizes, reps=args.reps, report=report)
     if args.json:
-        path = _bench.write_json(".", args.json, {"env": _bench.environment(_core.get_num_threads()), "rows": rows})
+        path = _bench.write_json(".", args.json, payload)
         print(f"wrote {path}")
     return 0
 
@@ -53,12 +59,17 @@ def main(argv=None) -> int:
     p = sub.add_parser("info", help="version, backends built, CPU kernels and threads")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("bench", help="a short benchmark table (attnkit vs PyTorch vs NumPy)")
+    p = sub.add_parser("bench", help="a short benchmark table (attnkit vs PyTorch vs NumPy; linear-time "
+                                     "mechanisms vs exact attention)")
     p.add_argument("--quick", action="store_true", help="only the small sizes")
     p.add_argument("--sizes", type=int, nargs="+", help="sequence lengths (default 512 1024 2048 4096)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per cell (median)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy columns")
+    p.add_argument("--no-linear", action="store_true",
+                   help="skip the linear-time rows (linear attention, Performer, Linformer)")
+    p.add_argument("--linear-sizes", type=int, nargs="+", help="sequence lengths of the linear-time rows "
+                   "(default 1024 4096)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.set_defaults(func=_cmd_bench)
     args = ap.parse_args(argv)

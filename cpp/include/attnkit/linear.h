@@ -59,8 +59,9 @@ struct LinearAttentionParams {
   /// Optional output: the normalizer z after the last allowed key, [B, Hkv, F].
   TensorRef final_normalizer;
   /// Length of the chunks of the causal chunked form (masked quadratic products inside a chunk, a running
-  /// state between chunks); 0 picks the tuned default. Every value >= 1 gives the same result up to
-  /// rounding: it is exposed for tests and tuning. At most 1024.
+  /// state between chunks), and of the blocks of keys and queries of bidirectional attention; 0 picks the
+  /// tuned default. Every value >= 1 gives the same result up to rounding: it is exposed for tests and
+  /// tuning. At most 1024.
   int64_t chunk_size = 0;
   /// CUDA stream (a cudaStream_t) for device tensors; ignored on the CPU.
   void* stream = nullptr;
@@ -129,7 +130,7 @@ struct PerformerParams {
   double eps = 1e-6;
   /// Optional [B] (or 0-d) Int32/Int64 valid key counts in [0, Sk].
   TensorRef key_lengths;
-  /// Causal chunk length, as LinearAttentionParams::chunk_size.
+  /// Chunk length, as LinearAttentionParams::chunk_size.
   int64_t chunk_size = 0;
   /// CUDA stream for device tensors.
   void* stream = nullptr;

@@ -44,7 +44,7 @@ struct LinearProblem {
   int64_t state_out_stride[4] = {};
   void* z_out = nullptr;         ///< optional [B, Hkv, F] (present with state_out)
   int64_t z_out_stride[3] = {};
-  int64_t chunk = 0;             ///< causal chunk length >= 1 (the default resolved by the backend when 0)
+  int64_t chunk = 0;             ///< chunk length >= 1, or 0 for the backend's default
 
   int64_t group() const { return Hkv ? Hq / Hkv : 1; }
   bool stabilized() const { return map == LinearMap::FavorSoftmax; }
