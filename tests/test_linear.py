@@ -101,6 +101,10 @@ def test_shapes_dtypes(rng, dtype, S, D, causal):
 @pytest.mark.parametrize("causal", [True, False])
 def test_maps(rng, feature_map, normalize, causal):
     q, k, v = qkv(rng, 1, 3, 1, 77, 77, 17, 9, np.float32)
+    if feature_map == "identity" and normalize:
+        # normalized identity features divide by q . z, which random signs can bring arbitrarily close to 0
+        # (an ill-conditioned problem for every implementation): positive q and k keep it away from 0
+        q, k = np.abs(q) + 0.1, np.abs(k) + 0.1
     check(np.float32, q, k, v, feature_map=feature_map, normalize=normalize, causal=causal, eps=1e-3)
 
 

@@ -19,12 +19,12 @@ def qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, dtype, scale=1.0):
             randn(rng, (B, Hkv, Sk, Dv), dtype))
 
 
-def check(dtype, q, k, v, w, **kw):
+def check(dtype, q, k, v, w, atol_scale=1.0, **kw):
     out = attnkit.performer_attention(q, k, v, w, **kw)
     kw.pop("_chunk_size", None)
     assert out.dtype == q.dtype
     assert_close(out, ref.performer_attention(q, k, v, w, **kw),
-                 ref.performer_attention(q, k, v, w, _dtype=naive_dtype(dtype), **kw), dtype)
+                 ref.performer_attention(q, k, v, w, _dtype=naive_dtype(dtype), **kw), dtype, atol_scale=atol_scale)
     return out
 
 
@@ -114,9 +114,13 @@ def test_orthogonality_and_norms(D):
 @pytest.mark.parametrize("orthogonal", [True, False])
 def test_softmax_kernel_unbiased_over_seeds(rng, orthogonal):
     """E_W[phi(x) . phi(y)] = exp(x . y) for chi-scaled features, orthogonal or not (Performer Lemma 1;
-    Yu et al. 2016 for orthogonal blocks). The mean over many seeds lies within 4 standard errors."""
+    Yu et al. 2016 for orthogonal blocks). The mean over many seeds lies within 4 standard errors. The
+    estimates are log-normal-like with a tail that grows with |x|^2 + |y|^2, so the vectors have a fixed
+    moderate norm (0.7) where the normal-theory bound holds (|z| < 2.3 over 80 draws of x, y)."""
     D, m, n = 8, 8, 4000
-    x, y = rng.standard_normal(D) * 0.5, rng.standard_normal(D) * 0.5
+    x, y = rng.standard_normal(D), rng.standard_normal(D)
+    x *= 0.7 / np.linalg.norm(x)
+    y *= 0.7 / np.linalg.norm(y)
     est = np.empty(n)
     for s in range(n):
         w = attnkit.random_features(m, D, seed=s, orthogonal=orthogonal, dtype=np.float64)
@@ -202,9 +206,11 @@ def test_stabilizers_keep_large_inputs_finite(rng):
     q, k, v = qkv(rng, 1, 2, 2, 80, 80, 16, 16, np.float32, scale=12.0)
     w = attnkit.random_features(32, 16, seed=8)
     s = 1 / np.sqrt(np.sqrt(16))
-    assert ((s * k.astype(np.float64)) @ w.T.astype(np.float64)).max() > 89  # exp overflows float32 there
+    expo = np.abs((s * k.astype(np.float64)) @ w.T.astype(np.float64)).max()
+    assert expo > 89  # exp overflows float32 there
     for causal in (True, False):
-        out = check(np.float32, q, k, v, w, causal=causal)
+        # rounding the exponent e in float32 costs every implementation a relative error ~ |e| u
+        out = check(np.float32, q, k, v, w, causal=causal, atol_scale=expo)
         assert np.isfinite(out).all()
 
 
