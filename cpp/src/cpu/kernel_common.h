@@ -1,6 +1,6 @@
 #pragma once
 // Helpers shared by the CPU kernels (compiled per ISA like everything that includes cpu/simd.h): index
-// arithmetic, reading elements of any floating / integer dtype, and per-thread scratch memory.
+// arithmetic, reading and writing elements of any floating / integer dtype, and per-thread scratch memory.
 
 #include <cstdint>
 #include <cstdlib>
@@ -26,6 +26,18 @@ inline T load_float(const void* base, DType dt, int64_t idx) {
     case DType::Float16: return static_cast<T>(math::f16_to_float(static_cast<const uint16_t*>(base)[idx]));
     case DType::BFloat16: return static_cast<T>(math::bf16_to_float(static_cast<const uint16_t*>(base)[idx]));
     default: return T(0);
+  }
+}
+
+/// Writes x to element `idx` of a floating array of any dtype (one rounding; 16-bit types via float).
+template <class T>
+inline void store_float(void* base, DType dt, int64_t idx, T x) {
+  switch (dt) {
+    case DType::Float32: static_cast<float*>(base)[idx] = static_cast<float>(x); break;
+    case DType::Float64: static_cast<double*>(base)[idx] = static_cast<double>(x); break;
+    case DType::Float16: static_cast<uint16_t*>(base)[idx] = math::float_to_f16(static_cast<float>(x)); break;
+    case DType::BFloat16: static_cast<uint16_t*>(base)[idx] = math::float_to_bf16(static_cast<float>(x)); break;
+    default: break;
   }
 }
 

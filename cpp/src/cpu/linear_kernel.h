@@ -428,7 +428,7 @@ struct LinearKernel {
           for (int t = 0; t < tn; ++t) {
             T* a = w.A + t * CP;
             const int64_t jn = imin(t + 1, kn);  // keys j <= t of the chunk
-            if (c.stab) {
+            if (c.stab && w.cK[0] != w.cQ[t]) {  // else c_j = c_t for every j <= t (c is non-decreasing)
               const V ct = S::set1(w.cQ[t]);
               for (int64_t j = 0; j < round_up(jn, W); j += W)
                 S::store(a + j, S::load(a + j) * S::exp(S::load(w.cK + j) - ct));

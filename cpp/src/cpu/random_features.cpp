@@ -8,9 +8,9 @@
 #include <new>
 #include <vector>
 
-#include "attnkit/math/dtypes.h"
 #include "attnkit/math/random.h"
 #include "backend.h"
+#include "cpu/kernel_common.h"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -20,15 +20,6 @@ namespace attnkit {
 namespace detail {
 namespace cpu {
 namespace {
-
-void store(void* base, DType t, int64_t i, double x) {
-  switch (t) {
-    case DType::Float32: static_cast<float*>(base)[i] = static_cast<float>(x); break;
-    case DType::Float64: static_cast<double*>(base)[i] = x; break;
-    case DType::Float16: static_cast<uint16_t*>(base)[i] = math::float_to_f16(static_cast<float>(x)); break;
-    default: static_cast<uint16_t*>(base)[i] = math::float_to_bf16(static_cast<float>(x)); break;
-  }
-}
 
 /// Buffers of one block: allocated before the work loop, so nothing inside it can throw.
 struct BlockWork {
@@ -105,7 +96,7 @@ void feature_block(const RandomFeaturesProblem& p, int64_t b, BlockWork& w) {
       }
       const int64_t row = b * D + r;
       for (int64_t d = 0; d < D; ++d)
-        store(p.out, p.out_dtype, row * p.out_stride[0] + d * p.out_stride[1], norm * w.q[d * D + r]);
+        store_float(p.out, p.out_dtype, row * p.out_stride[0] + d * p.out_stride[1], norm * w.q[d * D + r]);
     }
   } else {
     for (int64_t r = 0; r < rows; ++r) {
@@ -117,7 +108,7 @@ void feature_block(const RandomFeaturesProblem& p, int64_t b, BlockWork& w) {
       }
       const int64_t row = b * D + r;
       for (int64_t d = 0; d < D; ++d)
-        store(p.out, p.out_dtype, row * p.out_stride[0] + d * p.out_stride[1], factor * g[r * D + d]);
+        store_float(p.out, p.out_dtype, row * p.out_stride[0] + d * p.out_stride[1], factor * g[r * D + d]);
     }
   }
 }
@@ -155,7 +146,7 @@ void linformer_projection(const LinformerProjectionProblem& p) {
   const double inv_sqrt_p = 1.0 / std::sqrt(static_cast<double>(p.P));
   auto put = [&](int64_t h, int64_t i, double z) {
     const int64_t pos = i % p.P, j = i / p.P;
-    store(p.out, p.out_dtype, h * p.out_stride[0] + pos * p.out_stride[1] + j * p.out_stride[2], z * inv_sqrt_p);
+    store_float(p.out, p.out_dtype, h * p.out_stride[0] + pos * p.out_stride[1] + j * p.out_stride[2], z * inv_sqrt_p);
   };
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) collapse(2) if (p.H * pairs > 4096)
