@@ -223,12 +223,31 @@ def format_linear_row(r, names=None) -> str:
     return s
 
 
-def scaling_ratios(rows, names=None):
-    """time(2S) / time(S) for every pair of measured sizes that differ by a factor 2: {name: {S: ratio}}."""
-    by_s = {r["S"]: r for r in rows}
-    names = names or [key[:-2] for key in rows[0] if key.endswith("_s")]
-    return {n: {S2: by_s[S2][f"{n}_s"] / by_s[S2 // 2][f"{n}_s"] for S2 in sorted(by_s)
-                if S2 % 2 == 0 and S2 // 2 in by_s and f"{n}_s" in by_s[S2]} for n in names}
+def linear_scaling(sizes, reps=5, H=8, D=64, m=256, P=256):
+    """Seconds of the linear-time contenders at every size, all (contender, size) pairs in ONE round-robin,
+    so that a change of machine load between sizes cannot pass for a change of scaling:
+    {name: {S: seconds}}."""
+    from . import linear_attention, linformer_attention, linformer_projection, performer_attention
+    from . import random_features
+
+    W = random_features(m, D, seed=0)
+    fns = {}
+    for S in sizes:
+        q, k, v = linear_inputs(S, H, D)
+        E = linformer_projection(P, S, seed=0)
+        fns[("linear", S)] = lambda q=q, k=k, v=v: linear_attention(q, k, v, causal=False)
+        fns[("linear_causal", S)] = lambda q=q, k=k, v=v: linear_attention(q, k, v, causal=True)
+        fns[("performer", S)] = lambda q=q, k=k, v=v: performer_attention(q, k, v, W)
+        fns[("performer_causal", S)] = lambda q=q, k=k, v=v: performer_attention(q, k, v, W, causal=True)
+        fns[("linformer", S)] = lambda q=q, k=k, v=v, E=E: linformer_attention(q, k, v, E)
+    t = timeit_many(fns, reps)
+    return {n: {S: t[(n, S)] for S in sizes} for n in LINEAR_CONTENDERS}
+
+
+def scaling_ratios(seconds):
+    """time(2S) / time(S) from {name: {S: seconds}}: {name: {2S: ratio}}."""
+    return {n: {S: by_s[S] / by_s[S // 2] for S in sorted(by_s) if S % 2 == 0 and S // 2 in by_s}
+            for n, by_s in seconds.items()}
 
 
 def crossover(rows, name):
