@@ -272,14 +272,16 @@ def test_causality_bitwise(rng, t0):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_thread_count_independent(rng, causal):
-    q, k, v = qkv(rng, 2, 6, 3, 300, 300, 32, 32, np.float32)
+@pytest.mark.parametrize("B,Hq,Hkv", [(2, 6, 3), (1, 6, 1)])  # (1, 6, 1): causal splits the group's heads
+def test_thread_count_independent(rng, causal, B, Hq, Hkv):
+    q, k, v = qkv(rng, B, Hq, Hkv, 300, 300, 32, 32, np.float32)
     n = attnkit.get_num_threads()
     res = []
     try:
         for t in (1, 2, 3):
             attnkit.set_num_threads(t)
-            out, (s, z) = attnkit.linear_attention(q, k, v, causal=causal, return_state=True, key_lengths=[300, 123])
+            out, (s, z) = attnkit.linear_attention(q, k, v, causal=causal, return_state=True,
+                                                   key_lengths=[300, 123][:B])
             res.append(out.tobytes() + s.tobytes() + z.tobytes())
     finally:
         attnkit.set_num_threads(n)

@@ -251,8 +251,9 @@ def test_causality_bitwise(rng, t0):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_thread_count_independent(rng, causal):
-    q, k, v = qkv(rng, 1, 6, 2, 300, 300, 32, 32, np.float32)
+@pytest.mark.parametrize("Hkv", [1, 2])  # fewer kv heads than threads: causal splits the groups' heads
+def test_thread_count_independent(rng, causal, Hkv):
+    q, k, v = qkv(rng, 1, 6, Hkv, 300, 300, 32, 32, np.float32)
     w = attnkit.random_features(100, 32)
     n = attnkit.get_num_threads()
     res = []

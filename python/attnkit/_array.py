@@ -183,9 +183,9 @@ def as_seed(x, name: str = "seed") -> int:
 
 def float_dtype(dtype, name: str = "dtype") -> np.dtype:
     """A floating dtype attnkit can write: float32, float64, float16 or bfloat16, else TypeError."""
+    if dtype is None:  # np.dtype(None) would mean float64
+        raise TypeError(f"{name} must be {FLOAT_DTYPES}, got None")
     try:
-        if dtype is None:  # np.dtype(None) would mean float64
-            raise TypeError
         dt = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"{name} must be {FLOAT_DTYPES}, got {dtype!r}") from None

@@ -4,7 +4,8 @@
 // front of one core; their meaning is in attnkit/math/feature_maps.h.
 //
 // Work items are (batch, kv head): the query heads of a GQA group share the kv head's state, which is
-// computed once. Features are produced chunk by chunk (C rows) into per-thread scratch, never for a whole
+// computed once (causal attention with fewer pairs than threads splits a group's heads over items that
+// each recompute it). Features are produced chunk by chunk (C rows) into per-thread scratch, never for a whole
 // sequence. With phi(K_c)^T stored transposed, [F][C], every product is the register-blocked outer-product
 // micro-kernel of cpu/gemm_kernel.h:
 //
@@ -388,8 +389,10 @@ struct LinearKernel {
 
   // ------------------------------------------------------------------------------------------ causal
 
-  /// One causal work item: every chunk of (b, hkv) for the G query heads of the group.
-  static void causal_item(const Ctx& c, const Work& w, int64_t b, int64_t hkv) {
+  /// One causal work item: every chunk of (b, hkv) for query heads [g0, g1) of the group. Items that split
+  /// a group recompute the same key features and state in the same order, so every output is the same
+  /// bits whatever the split; the item with g0 = 0 writes the final state.
+  static void causal_item(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t g0, int64_t g1) {
     const LinearProblem& p = *c.p;
     const int64_t L = key_count(c, b), CP = c.CP;
     load_state(c, b, hkv, w.S, w.z);
@@ -405,7 +408,7 @@ struct LinearKernel {
         c_end = key_features(c, w, b, hkv, t0, kn, c_prev);
         vp = value_rows(c, w, b, hkv, t0, kn, ldv);
       }
-      for (int64_t g = 0; g < c.G; ++g) {
+      for (int64_t g = g0; g < g1; ++g) {
         const int64_t h = hkv * c.G + g;
         query_features(c, w, b, h, t0, tn);
         state_product(c, w, w.S, w.z, tn);
@@ -452,7 +455,7 @@ struct LinearKernel {
         c_prev = c_end;
       }
     }
-    save_state(c, b, hkv, w.S, w.z);
+    if (g0 == 0) save_state(c, b, hkv, w.S, w.z);
   }
 
   // ----------------------------------------------------------------------------------- bidirectional
@@ -544,10 +547,17 @@ struct LinearKernel {
       }
     }
     const int64_t qchunks = (p.S + c.C - 1) / c.C;
+    // Causal: with fewer (batch, kv head) pairs than threads (MQA / GQA prefill), the query heads of a
+    // group are split over several items, each recomputing the key side (see causal_item).
+    int64_t splits = 1;
+#if defined(_OPENMP)
+    const int64_t threads = omp_get_max_threads();
+    if (!bidir && items < threads) splits = imin(c.G, (threads + items - 1) / items);
+#endif
     const std::size_t bytes = work_bytes(c);
     bool oom = false;
 #if defined(_OPENMP)
-#pragma omp parallel if (items * (bidir ? qchunks : 1) > 1)
+#pragma omp parallel if ((bidir ? items * qchunks : items * splits) > 1)
 #endif
     {
       Scratch scratch(bytes);
@@ -562,8 +572,11 @@ struct LinearKernel {
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (int64_t it = 0; it < items; ++it)
-          if (scratch.ptr) causal_item(c, w, it / p.Hkv, it % p.Hkv);
+        for (int64_t it = 0; it < items * splits; ++it) {
+          const int64_t bh = it / splits, part = it % splits;
+          if (scratch.ptr)
+            causal_item(c, w, bh / p.Hkv, bh % p.Hkv, part * c.G / splits, (part + 1) * c.G / splits);
+        }
       } else {
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
