@@ -49,8 +49,8 @@ inline namespace ATTNKIT_ISA_NAMESPACE {
 /// Causal chunk length when the caller leaves it to us. Per token and head the chunked form costs
 /// O(C (F + Dv)) for the intra-chunk products plus O(F Dv) for the state, and shorter chunks mean more,
 /// smaller products. Measured on AVX-512 (2 threads, H = 8, D = 64, S = 4096 .. 16384,
-/// bench/bench_linear.py --chunks): 16 to 64 within a few percent of each other, 32 the fastest for both
-/// elu+1 (F = 64) and Performer (F = 256); 128 and above clearly slower.
+/// bench/bench_linear.py --chunks, several runs): 16 to 64 within 5-10% of each other, 32 or 64 the
+/// fastest for elu+1 (F = 64) and Performer (F = 256) depending on the run; 128 and above clearly slower.
 constexpr int64_t kDefaultLinearChunk = 32;
 /// Bidirectional attention's block of keys (state updates) and of query rows (work items): larger blocks
 /// mean fewer passes over the state; 128 measured 5-8% faster than 32 (same setting).
