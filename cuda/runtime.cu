@@ -59,6 +59,15 @@ void dynamic_linear_attention(const DLAProblem& p) {
   no_kernel("dynamic_linear_attention");
 }
 
+void linear_attention(const LinearProblem& p) {
+  require_device(p.device_index);
+  no_kernel(p.projected() ? "performer_attention" : "linear_attention");
+}
+void linformer_attention(const LinformerProblem& p) {
+  require_device(p.attn.device_index);
+  no_kernel("linformer_attention");
+}
+
 }  // namespace cuda
 }  // namespace detail
 }  // namespace attnkit

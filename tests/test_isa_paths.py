@@ -14,7 +14,7 @@ import pytest
 import attnkit
 from attnkit import reference as ref
 
-from conftest import BF16, assert_close, naive_dtype
+from conftest import BF16, assert_close, magnitude, naive_dtype
 
 ORDER = ["generic", "avx2", "avx512"]
 
@@ -100,3 +100,67 @@ def test_isa_family(isa, tmp_path):
     assert_close(res["lsh"], ref.lsh_attention(q, k, v, num_buckets=8, num_hashes=2, seed=3, causal=True),
                  ref.lsh_attention(q, k, v, num_buckets=8, num_hashes=2, seed=3, causal=True, _dtype=np.float32),
                  np.float32, what=f"{isa} lsh")
+
+
+# Linear attention, Performer and Linformer projections: the same per-ISA dispatch.
+LINEAR_CASES = [
+    # function, dtype, B, Hq, Hkv, S, Sk, D, Dv, kwargs
+    ("linear", "float32", 2, 4, 2, 70, 70, 24, 20, dict(causal=True, key_lengths=[70, 33], _chunk_size=16)),
+    ("linear", "float64", 1, 2, 2, 45, 30, 17, 9, dict(causal=False, feature_map="relu")),
+    ("linear", "bfloat16", 1, 3, 1, 33, 33, 64, 64, dict(causal=True, feature_map="identity", normalize=False)),
+    ("performer", "float16", 1, 2, 1, 90, 90, 32, 16, dict(causal=True, m=40)),
+    ("performer", "float32", 2, 2, 2, 50, 60, 16, 33, dict(causal=False, kernel="relu", m=64)),
+    ("performer", "float64", 1, 2, 2, 65, 65, 8, 8, dict(causal=True, m=19, _chunk_size=7)),
+    ("linformer", "float32", 2, 4, 2, 40, 300, 64, 48, dict(P=70, key_lengths=[300, 129])),
+    ("linformer", "float64", 1, 2, 1, 20, 50, 16, 8, dict(P=7)),
+]
+
+LINEAR_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, ml_dtypes, attnkit
+    out = {}
+    rng = np.random.default_rng(11)
+    for n, (fn, dt, B, Hq, Hkv, S, Sk, D, Dv, kw) in enumerate(CASES):
+        dtype = ml_dtypes.bfloat16 if dt == "bfloat16" else np.dtype(dt)
+        q = rng.standard_normal((B, Hq, S, D)).astype(dtype)
+        k = rng.standard_normal((B, Hkv, Sk, D)).astype(dtype)
+        v = rng.standard_normal((B, Hkv, Sk, Dv)).astype(dtype)
+        kw = dict(kw)
+        if fn == "linear":
+            o = attnkit.linear_attention(q, k, v, **kw)
+        elif fn == "performer":
+            o = attnkit.performer_attention(q, k, v, attnkit.random_features(kw.pop("m"), D), **kw)
+        else:
+            o = attnkit.linformer_attention(q, k, v, attnkit.linformer_projection(kw.pop("P"), Sk, num_heads=Hkv), **kw)
+        for name, a in (("q", q), ("k", k), ("v", v), ("o", o)):
+            out[f"{n}_{name}"] = a.astype(np.float64)
+    out["isa"] = np.array(attnkit.info()["cpu_isa"])
+    np.savez(sys.argv[1], **out)
+""")
+
+
+@pytest.mark.parametrize("isa", ORDER)
+def test_isa_family_linear(isa, tmp_path):
+    native = attnkit.info()["cpu_isa"]
+    if ORDER.index(isa) > ORDER.index(native):
+        pytest.skip(f"this CPU runs {native}, not {isa}")
+    path = tmp_path / "res.npz"
+    env = dict(os.environ, ATTNKIT_CPU_ISA=isa)
+    subprocess.run([sys.executable, "-c", f"CASES = {LINEAR_CASES!r}\n" + LINEAR_SCRIPT, str(path)], check=True,
+                   env=env)
+    res = np.load(path)
+    assert str(res["isa"]) == isa
+    for n, (fn, dt, B, Hq, Hkv, S, Sk, D, Dv, kw) in enumerate(LINEAR_CASES):
+        dtype = BF16 if dt == "bfloat16" else np.dtype(dt)
+        q, k, v = (res[f"{n}_{x}"].astype(dtype) for x in "qkv")
+        kw = {key: val for key, val in kw.items() if key != "_chunk_size"}
+        nd = naive_dtype(dtype)
+        if fn == "linear":
+            r, nv = ref.linear_attention(q, k, v, **kw), ref.linear_attention(q, k, v, _dtype=nd, **kw)
+        elif fn == "performer":
+            w = attnkit.random_features(kw.pop("m"), D)
+            r, nv = ref.performer_attention(q, k, v, w, **kw), ref.performer_attention(q, k, v, w, _dtype=nd, **kw)
+        else:
+            e = attnkit.linformer_projection(kw.pop("P"), Sk, num_heads=Hkv)
+            r, nv = ref.linformer_attention(q, k, v, e, **kw), ref.linformer_attention(q, k, v, e, _dtype=nd, **kw)
+        scale = magnitude(r) if fn != "performer" else 1.0
+        assert_close(res[f"{n}_o"], r, nv, dtype, what=f"{isa} {fn} case {n}", atol_scale=scale)

@@ -4,6 +4,7 @@
 #include "validate/attention.h"
 #include "validate/block_sparse.h"
 #include "validate/dla.h"
+#include "validate/linear.h"
 
 namespace attnkit {
 namespace detail {
@@ -15,6 +16,10 @@ void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);
 void dynamic_linear_attention(const DLAProblem& p);
+void linear_attention(const LinearProblem& p);  // linear_attention and performer_attention
+void random_features(const RandomFeaturesProblem& p);
+void linformer_projection(const LinformerProjectionProblem& p);
+void linformer_attention(const LinformerProblem& p);
 const char* isa_name();
 }  // namespace cpu
 
@@ -26,6 +31,8 @@ void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);
 void dynamic_linear_attention(const DLAProblem& p);
+void linear_attention(const LinearProblem& p);
+void linformer_attention(const LinformerProblem& p);
 bool built();
 int device_count();
 }  // namespace cuda

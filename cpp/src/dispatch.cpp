@@ -52,6 +52,32 @@ void dynamic_linear_attention(const DLAParams& p) {
   detail::cpu::dynamic_linear_attention(prob);
 }
 
+void linear_attention(const LinearAttentionParams& p) {
+  const detail::LinearProblem prob = detail::validate_linear_attention(p);
+  if (prob.device == Device::CUDA) return detail::cuda::linear_attention(prob);
+  detail::cpu::linear_attention(prob);
+}
+
+void performer_attention(const PerformerParams& p) {
+  const detail::LinearProblem prob = detail::validate_performer(p);
+  if (prob.device == Device::CUDA) return detail::cuda::linear_attention(prob);
+  detail::cpu::linear_attention(prob);
+}
+
+// Random features and projections are generated on the host in double precision (they are small and
+// must be identical everywhere); the validators require host memory for them.
+void random_features(const RandomFeaturesParams& p) { detail::cpu::random_features(detail::validate_random_features(p)); }
+
+void linformer_projection(const LinformerProjectionParams& p) {
+  detail::cpu::linformer_projection(detail::validate_linformer_projection(p));
+}
+
+void linformer_attention(const LinformerParams& p) {
+  const detail::LinformerProblem prob = detail::validate_linformer(p);
+  if (prob.attn.device == Device::CUDA) return detail::cuda::linformer_attention(prob);
+  detail::cpu::linformer_attention(prob);
+}
+
 const char* version() { return ATTNKIT_VERSION_STRING; }
 bool built_with_cuda() { return detail::cuda::built(); }
 int cuda_device_count() { return detail::cuda::device_count(); }

@@ -108,6 +108,16 @@ class Call:
         ptr = x.__array_interface__["data"][0] if x.size else 0
         return _core.TensorRef(ptr, code, x.shape, tuple(s // item for s in x.strides), 0, 0)
 
+    def lengths(self, x, name: str = "key_lengths"):
+        """TensorRef of an integer length array (None -> absent): Python ints and sequences are accepted,
+        other integer dtypes are widened to int64."""
+        if x is None:
+            return _core.TensorRef()
+        x = self.array(x, name, coerce=True)
+        if x.dtype.kind in "iu" and x.dtype not in (np.int32, np.int64):
+            x = x.astype(np.int64)
+        return self.tensor(x, name)
+
     def _note_device(self, cuda: bool, index: int):
         if self.cuda is None:
             self.cuda, self.device_index = cuda, index
@@ -158,6 +168,37 @@ def as_bool(x, name: str) -> bool:
     if not isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
     return bool(x)
+
+
+def as_choice(x, name: str, choices: dict):
+    """choices[x] for a string option, else TypeError / ValueError listing the choices."""
+    names = ", ".join(repr(c) for c in choices)
+    if not isinstance(x, str):
+        raise TypeError(f"{name} must be one of {names}, got {type(x).__name__}")
+    if x not in choices:
+        raise ValueError(f"{name} must be one of {names}, got {x!r}")
+    return choices[x]
+
+
+def as_seed(x, name: str = "seed") -> int:
+    """A Philox key: an integer in [0, 2**64)."""
+    x = as_int(x, name)
+    if not 0 <= x < 2**64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {x}")
+    return x
+
+
+def float_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """A floating dtype attnkit can write: float32, float64, float16 or bfloat16, else TypeError."""
+    if dtype is None:  # np.dtype(None) would mean float64
+        raise TypeError(f"{name} must be {FLOAT_DTYPES}, got None")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be {FLOAT_DTYPES}, got {dtype!r}") from None
+    if dt not in _CODES or dt.kind not in "fV":
+        raise TypeError(f"{name} must be {FLOAT_DTYPES}, got {dt}")
+    return dt
 
 
 def acc_dtype(dtype) -> np.dtype:

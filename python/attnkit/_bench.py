@@ -326,3 +326,144 @@ def format_dla_row(r) -> str:
         s += f" | linear: prefill {r['prefill_dla_vs_linear']:5.2f}x, decode {r['decode_dla_vs_linear']:5.2f}x"
     s += f" | {r['boundaries']} boundaries, {r['merges']} merges"
     return s
+
+
+# --------------------------------------------------------------------------------- linear-time attention
+# name: (label, the exact-attention contender it is compared with)
+LINEAR_CONTENDERS = {
+    "linear": ("linear attention (elu+1)", "exact"),
+    "linear_causal": ("linear attention (elu+1), causal", "exact_causal"),
+    "performer": ("Performer", "exact"),
+    "performer_causal": ("Performer, causal", "exact_causal"),
+    "linformer": ("Linformer", "exact"),
+}
+
+
+def linear_inputs(S, H, D, seed=0):
+    """float32 q, k, v [1, H, S, D] with standard normal entries (logits q.k/sqrt(D) ~ N(0, 1))."""
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal((1, H, S, D)).astype(np.float32) for _ in range(3))
+
+
+def linear_rows(sizes, reps=3, H=8, D=64, m=256, P=256, report=progress, min_time=0.0, contenders=None):
+    """attnkit's linear-time mechanisms side by side with attnkit's exact attention (causal and not) in one
+    round-robin per size, float32, B=1. One dict per size: seconds per contender and speedups vs the
+    matching exact attention."""
+    from . import attention, linear_attention, linformer_attention, linformer_projection, performer_attention
+    from . import random_features
+
+    names = list(contenders or LINEAR_CONTENDERS)
+    W = random_features(m, D, seed=0)
+    rows = []
+    for S in sizes:
+        q, k, v = linear_inputs(S, H, D)
+        E = linformer_projection(P, S, seed=0)
+        every = {
+            "exact": lambda: attention(q, k, v),
+            "exact_causal": lambda: attention(q, k, v, causal=True),
+            "linear": lambda: linear_attention(q, k, v, causal=False),
+            "linear_causal": lambda: linear_attention(q, k, v, causal=True),
+            "performer": lambda: performer_attention(q, k, v, W),
+            "performer_causal": lambda: performer_attention(q, k, v, W, causal=True),
+            "linformer": lambda: linformer_attention(q, k, v, E),
+        }
+        wanted = set(names) | {LINEAR_CONTENDERS[n][1] for n in names}
+        t = timeit_many({key: f for key, f in every.items() if key in wanted}, reps, min_time=min_time)
+        row = {"S": S}
+        row.update({f"{key}_s": x for key, x in t.items()})
+        for n in names:
+            row[f"{n}_speedup_vs_exact"] = t[LINEAR_CONTENDERS[n][1]] / t[n]
+        rows.append(row)
+        if report:
+            report(format_linear_row(row, names))
+    return rows
+
+
+def format_linear_row(r, names=None) -> str:
+    names = names or [n for n in LINEAR_CONTENDERS if f"{n}_s" in r]
+    s = f"S={r['S']:6d}  exact {r['exact_s'] * 1e3:8.1f} ms" if "exact_s" in r else f"S={r['S']:6d}"
+    if "exact_causal_s" in r:
+        s += f" (causal {r['exact_causal_s'] * 1e3:8.1f} ms)"
+    for n in names:
+        s += f" | {n} {r[f'{n}_s'] * 1e3:7.1f} ms ({r[f'{n}_speedup_vs_exact']:5.1f}x)"
+    return s
+
+
+def linear_scaling(sizes, reps=5, H=8, D=64, m=256, P=256):
+    """Seconds of the linear-time contenders at every size, all (contender, size) pairs in ONE round-robin,
+    so that a change of machine load between sizes cannot pass for a change of scaling:
+    {name: {S: seconds}}."""
+    from . import linear_attention, linformer_attention, linformer_projection, performer_attention
+    from . import random_features
+
+    W = random_features(m, D, seed=0)
+    fns = {}
+    for S in sizes:
+        q, k, v = linear_inputs(S, H, D)
+        E = linformer_projection(P, S, seed=0)
+        fns[("linear", S)] = lambda q=q, k=k, v=v: linear_attention(q, k, v, causal=False)
+        fns[("linear_causal", S)] = lambda q=q, k=k, v=v: linear_attention(q, k, v, causal=True)
+        fns[("performer", S)] = lambda q=q, k=k, v=v: performer_attention(q, k, v, W)
+        fns[("performer_causal", S)] = lambda q=q, k=k, v=v: performer_attention(q, k, v, W, causal=True)
+        fns[("linformer", S)] = lambda q=q, k=k, v=v, E=E: linformer_attention(q, k, v, E)
+    t = timeit_many(fns, reps)
+    return {n: {S: t[(n, S)] for S in sizes} for n in LINEAR_CONTENDERS}
+
+
+def scaling_ratios(seconds):
+    """time(2S) / time(S) from {name: {S: seconds}}: {name: {2S: ratio}}."""
+    return {n: {S: by_s[S] / by_s[S // 2] for S in sorted(by_s) if S % 2 == 0 and S // 2 in by_s}
+            for n, by_s in seconds.items()}
+
+
+def crossover(rows, name):
+    """Sequence length at which `name` becomes faster than its exact-attention counterpart: log-log
+    interpolation of the speedup between the two measured sizes around 1. None if it never crosses in
+    the measured range; the smallest size if it is faster everywhere (reported as '<= S')."""
+    pts = sorted((r["S"], r[f"{name}_speedup_vs_exact"]) for r in rows if f"{name}_speedup_vs_exact" in r)
+    if not pts:
+        return None
+    if pts[0][1] >= 1:
+        return {"S": pts[0][0], "bound": "at or below"}
+    for (s1, x1), (s2, x2) in zip(pts, pts[1:]):
+        if x1 < 1 <= x2:
+            f = np.log(x1) / (np.log(x1) - np.log(x2))
+            return {"S": float(np.exp(np.log(s1) + f * (np.log(s2) - np.log(s1)))), "bound": "interpolated"}
+    return {"S": pts[-1][0], "bound": "above"}
+
+
+def approximation_errors(S=1024, H=8, D=64, ms=(64, 128, 256, 512), Ps=(64, 128, 256, 512), seeds=3,
+                         row_norm=None):
+    """Relative error ||approx - exact||_F / ||exact||_F of Performer (softmax kernel, orthogonal chi
+    features) and Linformer (random N(0, 1/P) projections) against exact attention, averaged over `seeds`
+    feature / projection seeds; Performer bidirectional and causal. Inputs: the benchmark's standard normal
+    q, k, v, or (row_norm = r) with every row of q and k rescaled to |x'| = r, i.e. |x| = r D^(1/4), which
+    controls the variance of Performer's estimator (it grows like exp(|q'|^2 + |k'|^2))."""
+    from . import attention, linformer_attention, linformer_projection, performer_attention, random_features
+
+    q, k, v = (x.astype(np.float64) for x in linear_inputs(S, H, D))
+    if row_norm is not None:
+        q, k = (x * (row_norm * D**0.25 / np.linalg.norm(x, axis=-1, keepdims=True)) for x in (q, k))
+    exact = {False: attention(q, k, v), True: attention(q, k, v, causal=True)}
+
+    def rel(a, b):
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    out = {"S": S, "H": H, "D": D, "seeds": seeds, "inputs": "standard normal q, k, v" if row_norm is None else
+           f"standard normal v; q, k rows rescaled to |x'| = sqrt(scale) |x| = {row_norm}",
+           "performer": [], "linformer": []}
+    for m in ms:
+        row = {"m": m}
+        for causal in (False, True):
+            errs = [rel(performer_attention(q, k, v, random_features(m, D, seed=s), causal=causal), exact[causal])
+                    for s in range(seeds)]
+            row["causal_rel_err" if causal else "rel_err"] = float(np.mean(errs))
+        out["performer"].append(row)
+    for P in Ps:
+        errs = [rel(linformer_attention(q, k, v, linformer_projection(P, S, seed=s)), exact[False])
+                for s in range(seeds)]
+        out["linformer"].append({"P": P, "rel_err": float(np.mean(errs))})
+    for key, size in (("performer", "m"), ("linformer", "P")):
+        xs = [r[size] for r in out[key]]
+        out[f"{key}_loglog_slope"] = float(np.polyfit(np.log(xs), np.log([r["rel_err"] for r in out[key]]), 1)[0])
+    return out

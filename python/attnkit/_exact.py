@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import _core
 from ._array import Call, acc_dtype, as_bool, as_float, as_int
 
@@ -45,11 +43,7 @@ def _set_masking(p, call: Call, causal, window, mask, bias, key_lengths, scale, 
         p.window_right = -1 if right is None else as_int(right, "window[1]")
     p.mask = call.tensor(mask, "mask", coerce=True)
     p.bias = call.tensor(bias, "bias", coerce=True)
-    if key_lengths is not None:
-        kl = call.array(key_lengths, "key_lengths", coerce=True)
-        if kl.dtype.kind in "iu" and kl.dtype not in (np.int32, np.int64):
-            kl = kl.astype(np.int64)
-        p.key_lengths = call.tensor(kl, "key_lengths")
+    p.key_lengths = call.lengths(key_lengths)
     p.alibi_slopes = call.tensor(alibi_slopes, "alibi_slopes", coerce=True)
     if scale is not None:
         p.scale = as_float(scale, "scale")

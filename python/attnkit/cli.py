@@ -63,7 +63,14 @@ def _section_dla(args):
     return _bench.dla_rows([S], reps=args.reps, decode_reps=10 * args.reps, with_recurrent=False, report=_report)
 
 
-SECTIONS = {"exact": _section_exact, "sparse": _section_sparse, "dla": _section_dla}
+def _section_linear(args):
+    sizes = args.sizes or ([1024] if args.quick else [1024, 4096])
+    print("linear-time attention vs attnkit's exact attention, float32, B=1, H=8, D=64, Performer m=256, "
+          "Linformer P=256 (ratios > 1: faster than exact; causal forms vs causal exact)")
+    return _bench.linear_rows(sizes, reps=args.reps, report=_report)
+
+
+SECTIONS = {"exact": _section_exact, "sparse": _section_sparse, "linear": _section_linear, "dla": _section_dla}
 
 
 def _cmd_bench(args) -> int:
@@ -83,7 +90,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("info", help="version, backends built, CPU kernels and threads")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("bench", help="a short benchmark table (attnkit vs PyTorch vs NumPy, sparse vs dense)")
+    p = sub.add_parser("bench", help="a short benchmark table (attnkit vs PyTorch vs NumPy; sparse, linear-time "
+                                     "and DLA vs exact attention)")
     p.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run only these sections")
     p.add_argument("--quick", action="store_true", help="only the small sizes")
     p.add_argument("--sizes", type=int, nargs="+", help="sequence lengths (each section has its defaults)")

@@ -12,7 +12,8 @@ import numpy as np
 
 __all__ = ["attention", "attention_weights", "merge_attention", "allowed_mask", "scores", "block_mask",
            "block_sparse_attention", "philox4x32_10", "normal", "lsh_rotations", "lsh_buckets", "lsh_attention",
-           "dynamic_linear_attention"]
+           "linear_attention", "random_features", "performer_attention", "linformer_projection",
+           "linformer_attention", "dynamic_linear_attention"]
 
 
 def _f64(x, dtype=np.float64):
@@ -136,6 +137,45 @@ def merge_attention(outs, lses):
     return out, lse
 
 
+# ------------------------------------------------------------------------------- counter-based randomness
+_MASK32 = np.uint64(0xFFFFFFFF)
+_STREAM_RANDOM_FEATURES = 0x52464541 << 32  # "RFEA", math/random.h kStreamRandomFeatures
+_STREAM_LINFORMER = 0x4C494E46 << 32        # "LINF", kStreamLinformer
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 (Salmon et al., SC'11) on arrays: counter = 4 arrays of 32-bit words, key = 2 words.
+    A NumPy port of attnkit/math/random.h, independent of the compiled core."""
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) & _MASK32 for c in counter)
+    k0, k1 = (np.uint64(int(k) & 0xFFFFFFFF) for k in key)
+    m0, m1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+    w0, w1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+    s32 = np.uint64(32)
+    for r in range(10):
+        if r:
+            k0 = (k0 + w0) & _MASK32
+            k1 = (k1 + w1) & _MASK32
+        p0 = m0 * c0
+        p1 = m1 * c2
+        c0, c1, c2, c3 = ((p1 >> s32) ^ c1 ^ k0, p1 & _MASK32, (p0 >> s32) ^ c3 ^ k1, p0 & _MASK32)
+    return c0, c1, c2, c3
+
+
+def normal(seed, stream, index):
+    """Standard normal numbers ``index`` (an int array) of Philox stream ``stream`` under ``seed``, exactly
+    as attnkit/math/random.h defines them (Box-Muller in float64; up to the last bits of log/sin/cos)."""
+    index = np.asarray(index, dtype=np.uint64)
+    block = index >> np.uint64(1)
+    stream, seed = int(stream), int(seed)
+    v0, v1, v2, v3 = philox4x32_10((block & _MASK32, block >> np.uint64(32), np.full_like(block, stream & 0xFFFFFFFF),
+                                    np.full_like(block, stream >> 32)), (seed & 0xFFFFFFFF, seed >> 32))
+    u1 = (((v0 << np.uint64(21)) ^ (v1 >> np.uint64(11))).astype(np.float64) + 1.0) * 2.0**-53
+    u2 = ((v2 << np.uint64(21)) ^ (v3 >> np.uint64(11))).astype(np.float64) * 2.0**-53
+    r = np.sqrt(-2.0 * np.log(u1))
+    t = 6.283185307179586 * u2
+    return np.where(index & np.uint64(1), r * np.sin(t), r * np.cos(t))
+
+
 # --------------------------------------------------------------------------------------- block-sparse
 def block_mask(layout, Sq, Sk, Hq=None):
     """Element mask ``[H, Sq, Sk]`` of a BlockLayout (``H`` = layout heads, or ``Hq`` to broadcast):
@@ -165,49 +205,14 @@ def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_len
                      _dtype=_dtype)
 
 
-# ------------------------------------------------------------------------------------- random numbers
-_M0, _M1, _W0, _W1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57), 0x9E3779B9, 0xBB67AE85
-_MASK32 = np.uint64(0xFFFFFFFF)
-
-
-def philox4x32_10(counter, seed):
-    """Philox4x32-10 of ``counter`` (uint array ``[..., 4]``) under the 64-bit ``seed`` (key = its low and
-    high 32-bit halves), as attnkit's C++ generator (``attnkit/math/random.h``)."""
-    c = [np.asarray(counter, dtype=np.uint64)[..., i] & _MASK32 for i in range(4)]
-    k0, k1 = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
-    for r in range(10):
-        if r:
-            k0, k1 = (k0 + _W0) & 0xFFFFFFFF, (k1 + _W1) & 0xFFFFFFFF
-        p0, p1 = _M0 * c[0], _M1 * c[2]
-        hi0, lo0 = p0 >> np.uint64(32), p0 & _MASK32
-        hi1, lo1 = p1 >> np.uint64(32), p1 & _MASK32
-        c = [hi1 ^ c[1] ^ np.uint64(k0), lo1, hi0 ^ c[3] ^ np.uint64(k1), lo0]
-    return np.stack(c, axis=-1).astype(np.uint32)
-
-
-def normal(seed, stream, n):
-    """The first ``n`` standard normal numbers of Philox stream ``stream`` under ``seed`` (float64 Box-Muller
-    on 53-bit uniforms, as ``attnkit::math::normal``)."""
-    i = np.arange(n, dtype=np.uint64)
-    block = i >> np.uint64(1)
-    ctr = np.stack([block & _MASK32, block >> np.uint64(32), np.full_like(block, stream & 0xFFFFFFFF),
-                    np.full_like(block, stream >> 32)], axis=-1)
-    w = philox4x32_10(ctr, seed).astype(np.uint64)
-    u1 = (((w[:, 0] << np.uint64(21)) ^ (w[:, 1] >> np.uint64(11))).astype(np.float64) + 1.0) * 2.0**-53
-    u2 = ((w[:, 2] << np.uint64(21)) ^ (w[:, 3] >> np.uint64(11))).astype(np.float64) * 2.0**-53
-    r = np.sqrt(-2.0 * np.log(u1))
-    t = 2.0 * np.pi * u2
-    return np.where((i & np.uint64(1)) == 1, r * np.sin(t), r * np.cos(t))
-
-
-STREAM_LSH = 0x4C534832 << 32
-
-
 # ------------------------------------------------------------------------------------------------- LSH
+_STREAM_LSH = 0x4C534832 << 32  # "LSH2", math/random.h kStreamLsh
+
+
 def lsh_rotations(D, num_buckets, num_hashes, seed):
     """The rotations ``R_r: [D, num_buckets / 2]`` of every round, ``[num_hashes, D, num_buckets / 2]``."""
     half = num_buckets // 2
-    return np.stack([normal(seed, STREAM_LSH + r, D * half).reshape(D, half) for r in range(num_hashes)])
+    return np.stack([normal(seed, _STREAM_LSH + r, np.arange(D * half)).reshape(D, half) for r in range(num_hashes)])
 
 
 def lsh_buckets(x, *, num_buckets, num_hashes=1, seed=0):
@@ -343,3 +348,188 @@ def dynamic_linear_attention(q, k, v, lam, *, capacity, tau=0.6, log_decay=None,
     if not return_aux:
         return y, new_cache
     return y, new_cache, DLAAux(scores.reshape(shape), boundaries.reshape(shape), merged.reshape(shape))
+
+
+# ------------------------------------------------------------------------------------ linear attention
+def _key_mask(B, Sk, key_lengths):
+    """Boolean [B, Sk]: keys j < key_lengths[b]."""
+    lens = np.full(B, Sk) if key_lengths is None else np.broadcast_to(np.asarray(key_lengths).astype(np.int64), (B,))
+    return np.arange(Sk)[None, :] < lens[:, None]
+
+
+def _linear_weights_mask(B, S, Sk, causal, key_lengths):
+    """Boolean [B, 1, S, Sk]: key j contributes to query t (j <= t when causal, j < key_lengths[b])."""
+    ok = _key_mask(B, Sk, key_lengths)[:, None, None, :]
+    if causal:
+        ok = ok & (np.arange(Sk)[None, :] <= np.arange(S)[:, None])
+    return np.broadcast_to(ok, (B, 1, S, Sk))
+
+
+def _normalized(num, den, normalize, eps):
+    """num / (den + eps) with the contract's rule: 0 where the denominator is exactly 0."""
+    if not normalize:
+        return num
+    d = (den + eps)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(d == 0, 0.0, num / np.where(d == 0, 1.0, d)).astype(num.dtype)
+
+
+def _phi(x, feature_map):
+    if feature_map == "elu1":
+        return np.where(x > 0, x + 1, np.exp(np.minimum(x, 0)))
+    if feature_map == "relu":
+        return np.maximum(x, 0)
+    if feature_map == "identity":
+        return x
+    raise ValueError(f"feature_map must be 'elu1', 'relu' or 'identity', got {feature_map!r}")
+
+
+def _drop_lead(x, rank):
+    """A [B, H, ...] result brought to the rank of the inputs (the leading dims q dropped)."""
+    return x.reshape(x.shape[4 - rank:]) if rank < 4 else x
+
+
+def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True, eps=1e-6, key_lengths=None,
+                     initial_state=None, return_state=False, _dtype=np.float64):
+    """Oracle of :func:`attnkit.linear_attention` in the quadratic form: the [S, Sk] matrix of
+    phi(q_t) . phi(k_j) masked to the allowed (t, j), times V, plus the initial state's share."""
+    q4, rank = _to4(q, _dtype)
+    k4, _ = _to4(k, _dtype)
+    v4, _ = _to4(v, _dtype)
+    B, Hq, S, _ = q4.shape
+    Hkv, Sk, Dv = k4.shape[1], k4.shape[2], v4.shape[3]
+    if causal and S != Sk:
+        raise ValueError("causal linear attention needs Sk == S")
+    keys = _key_mask(B, Sk, key_lengths)[:, None, :, None]
+    fq = _phi(q4, feature_map)
+    fk = np.where(keys, _phi(k4, feature_map), 0.0).astype(_dtype)  # padded keys are never read
+    vm = np.where(keys, v4, 0.0).astype(_dtype)
+    a = fq @ _repeat_kv(fk, Hq).swapaxes(-1, -2)
+    a = np.where(_linear_weights_mask(B, S, Sk, causal, key_lengths), a, 0.0)
+    num = a @ _repeat_kv(vm, Hq)
+    den = a.sum(-1)
+    F = fk.shape[-1]
+    s0 = np.zeros((B, Hkv, F, Dv), _dtype)
+    z0 = np.zeros((B, Hkv, F), _dtype)
+    if initial_state is not None:
+        s0 = s0 + _f64(initial_state[0], _dtype).reshape((1,) * (4 - rank) + np.shape(initial_state[0]))
+        z0 = z0 + _f64(initial_state[1], _dtype).reshape((1,) * (4 - rank) + np.shape(initial_state[1]))
+    num = num + fq @ _repeat_kv(s0, Hq)
+    den = den + (fq @ _repeat_kv(z0, Hq)[..., None])[..., 0]
+    out = _drop_lead(_normalized(num, den, normalize, eps), rank)
+    if not return_state:
+        return out
+    s_end = s0 + fk.swapaxes(-1, -2) @ vm
+    z_end = z0 + fk.sum(-2)
+    return out, (_drop_lead(s_end, rank), z_end.reshape(z_end.shape[4 - rank:]))
+
+
+def random_features(num_features, head_dim, *, seed=0, orthogonal=True, scaling="chi", dtype=np.float64):
+    """Oracle of :func:`attnkit.random_features` (float64 unless ``dtype`` says otherwise): the construction
+    of attnkit/linear.h with NumPy's Philox port and LAPACK's QR."""
+    m, D = int(num_features), int(head_dim)
+    rows = []
+    for b in range((m + D - 1) // D):
+        stream = _STREAM_RANDOM_FEATURES + b
+        g = normal(seed, stream, np.arange(D * D)).reshape(D, D)
+        if orthogonal:
+            qf, rf = np.linalg.qr(g.T)
+            block = (qf * np.where(np.diag(rf) < 0, -1.0, 1.0)).T  # sign correction: diag(R) > 0
+            if scaling == "chi":
+                norms = np.sqrt((normal(seed, stream, D * D + np.arange(D * D)).reshape(D, D) ** 2).sum(1))
+            else:
+                norms = np.full(D, np.sqrt(D))
+        else:
+            block = g
+            norms = np.ones(D) if scaling == "chi" else np.sqrt(D) / np.linalg.norm(g, axis=1)
+        rows.append(block * norms[:, None])
+    return np.concatenate(rows)[:m].astype(dtype)
+
+
+# ------------------------------------------------------------------------------------------- Performer
+def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, scale=None, eps=1e-6,
+                        key_lengths=None, _dtype=np.float64):
+    """Oracle of :func:`attnkit.performer_attention` with attnkit's stabilizers, in the quadratic form.
+
+    Query features: ``m^-1/2 exp(W q' - max_f (W q')_f)``. Key exponents ``e_j = W k'_j - |k'_j|^2 / 2``
+    with stabilizer c_t = max of e over the allowed keys (all of them when bidirectional, those up to
+    ``t`` when causal); the weight of key ``j`` for query ``t`` is ``phi(q_t) . m^-1/2 exp(e_j - c_t)``.
+    """
+    q4, rank = _to4(q, _dtype)
+    k4, _ = _to4(k, _dtype)
+    v4, _ = _to4(v, _dtype)
+    w = _f64(features, _dtype)
+    B, Hq, S, D = q4.shape
+    Sk = k4.shape[2]
+    m = w.shape[0]
+    if causal and S != Sk:
+        raise ValueError("causal Performer attention needs Sk == S")
+    scale = 1.0 / np.sqrt(D) if scale is None else scale
+    keys = _key_mask(B, Sk, key_lengths)[:, None, :]
+    k4 = np.where(keys[..., None], k4, 0.0).astype(_dtype)
+    v4 = np.where(keys[..., None], v4, 0.0).astype(_dtype)
+    qp, kp = (np.sqrt(_dtype(scale)) * q4), (np.sqrt(_dtype(scale)) * k4)
+    qw, kw = qp @ w.T, kp @ w.T
+    allowed = _linear_weights_mask(B, S, Sk, causal, key_lengths)
+    if kernel == "relu":
+        fq = np.maximum(qw, 0) + _dtype(1e-3)
+        fk = np.maximum(kw, 0) + _dtype(1e-3)
+        a = np.where(allowed, fq @ _repeat_kv(fk, Hq).swapaxes(-1, -2), 0.0)
+    elif kernel == "softmax":
+        fq = np.exp(qw - qw.max(-1, keepdims=True)) / np.sqrt(_dtype(m))
+        e = kw - 0.5 * (kp * kp).sum(-1, keepdims=True)               # key exponents [B, Hkv, Sk, m]
+        key_max = e.max(-1)                                            # [B, Hkv, Sk]
+        emax = np.where(keys, key_max, -np.inf)                        # allowed keys only
+        if causal:
+            c = np.maximum.accumulate(emax, axis=-1)                   # running max, [B, Hkv, S]
+        else:
+            c = np.broadcast_to(emax.max(-1, keepdims=True), emax.shape[:2] + (S,))
+        # phi(q_t) . m^-1/2 exp(e_j - c_t) = [phi(q_t) . m^-1/2 exp(e_j - max e_j)] * exp(max e_j - c_t)
+        fk = np.exp(e - key_max[..., None]) / np.sqrt(_dtype(m))
+        g = fq @ _repeat_kv(fk, Hq).swapaxes(-1, -2)                   # [B, Hq, S, Sk]
+        c_r = _repeat_kv(c[..., None], Hq)                             # [B, Hq, S, 1]
+        kmax_r = _repeat_kv(key_max[:, :, None, :], Hq)                # [B, Hq, 1, Sk]
+        with np.errstate(over="ignore"):  # only where not allowed (c_t < max e_j), discarded below
+            factor = np.exp(kmax_r - np.where(np.isneginf(c_r), 0.0, c_r))
+        a = np.where(allowed, g * np.where(allowed, factor, 0.0), 0.0)
+    else:
+        raise ValueError(f"kernel must be 'softmax' or 'relu', got {kernel!r}")
+    num = a.astype(_dtype) @ _repeat_kv(v4, Hq)
+    return _drop_lead(_normalized(num, a.sum(-1), True, eps), rank)
+
+
+# -------------------------------------------------------------------------------------------- Linformer
+def linformer_projection(proj_len, seq_len, *, seed=0, num_heads=None, dtype=np.float64):
+    """Oracle of :func:`attnkit.linformer_projection` (float64 unless ``dtype`` says otherwise): entry
+    (h, p, j) is normal number ``j * P + p`` of stream kStreamLinformer + h, over sqrt(P)."""
+    P, Sk = int(proj_len), int(seq_len)
+    heads = [normal(seed, _STREAM_LINFORMER + h, np.arange(P * Sk)).reshape(Sk, P).T / np.sqrt(P)
+             for h in range(1 if num_heads is None else int(num_heads))]
+    return (heads[0] if num_heads is None else np.stack(heads)).astype(dtype)
+
+
+def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None, return_lse=False, causal=None,
+                        _dtype=np.float64, _proj_dtype=None):
+    """Oracle of :func:`attnkit.linformer_attention`: zero the padded keys, project keys and values with E
+    and F (per kv head), then :func:`attention`. ``_proj_dtype`` rounds the projections (the kernel's
+    storage of them for 16-bit inputs)."""
+    if causal is not None:
+        raise ValueError("causal is not defined for Linformer")
+    q4, rank = _to4(q, _dtype)
+    k4, _ = _to4(k, _dtype)
+    v4, _ = _to4(v, _dtype)
+    B, Sk = k4.shape[0], k4.shape[2]
+    keys = _key_mask(B, Sk, key_lengths)[:, None, :, None]
+    k4 = np.where(keys, k4, 0.0).astype(_dtype)
+    v4 = np.where(keys, v4, 0.0).astype(_dtype)
+    e = _f64(E, _dtype)
+    f = e if F is None else _f64(F, _dtype)
+    e3 = e[None] if e.ndim == 2 else e                                   # [Hkv or 1, P, Sk]
+    f3 = f[None] if f.ndim == 2 else f
+    kp = e3[None] @ k4                                                   # [B, Hkv, P, D]
+    vp = f3[None] @ v4
+    if _proj_dtype is not None:
+        kp = kp.astype(_proj_dtype).astype(_dtype)
+        vp = vp.astype(_proj_dtype).astype(_dtype)
+    return attention(q4.reshape(q4.shape[4 - rank:]), _drop_lead(kp, rank), _drop_lead(vp, rank), scale=scale,
+                     return_lse=return_lse, _dtype=_dtype)

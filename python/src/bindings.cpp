@@ -146,6 +146,85 @@ PYBIND11_MODULE(_core, m) {
     dynamic_linear_attention(p);
   });
 
+  py::enum_<FeatureMap>(m, "FeatureMap")
+      .value("elu1", FeatureMap::Elu1)
+      .value("relu", FeatureMap::Relu)
+      .value("identity", FeatureMap::Identity);
+  py::enum_<FeatureScaling>(m, "FeatureScaling").value("chi", FeatureScaling::Chi).value("sqrt_d", FeatureScaling::SqrtD);
+  py::enum_<PerformerKernel>(m, "PerformerKernel")
+      .value("softmax", PerformerKernel::Softmax)
+      .value("relu", PerformerKernel::Relu);
+
+  py::class_<LinearAttentionParams>(m, "LinearAttentionParams")
+      .def(py::init<>())
+      .def_readwrite("q", &LinearAttentionParams::q)
+      .def_readwrite("k", &LinearAttentionParams::k)
+      .def_readwrite("v", &LinearAttentionParams::v)
+      .def_readwrite("out", &LinearAttentionParams::out)
+      .def_readwrite("feature_map", &LinearAttentionParams::feature_map)
+      .def_readwrite("causal", &LinearAttentionParams::causal)
+      .def_readwrite("normalize", &LinearAttentionParams::normalize)
+      .def_readwrite("eps", &LinearAttentionParams::eps)
+      .def_readwrite("key_lengths", &LinearAttentionParams::key_lengths)
+      .def_readwrite("initial_state", &LinearAttentionParams::initial_state)
+      .def_readwrite("initial_normalizer", &LinearAttentionParams::initial_normalizer)
+      .def_readwrite("final_state", &LinearAttentionParams::final_state)
+      .def_readwrite("final_normalizer", &LinearAttentionParams::final_normalizer)
+      .def_readwrite("chunk_size", &LinearAttentionParams::chunk_size)
+      .def_property(
+          "stream", [](const LinearAttentionParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
+          [](LinearAttentionParams& p, uintptr_t s) { p.stream = as_stream(s); });
+
+  py::class_<PerformerParams>(m, "PerformerParams")
+      .def(py::init<>())
+      .def_readwrite("q", &PerformerParams::q)
+      .def_readwrite("k", &PerformerParams::k)
+      .def_readwrite("v", &PerformerParams::v)
+      .def_readwrite("features", &PerformerParams::features)
+      .def_readwrite("out", &PerformerParams::out)
+      .def_readwrite("kernel", &PerformerParams::kernel)
+      .def_readwrite("causal", &PerformerParams::causal)
+      .def_readwrite("scale", &PerformerParams::scale)
+      .def_readwrite("eps", &PerformerParams::eps)
+      .def_readwrite("key_lengths", &PerformerParams::key_lengths)
+      .def_readwrite("chunk_size", &PerformerParams::chunk_size)
+      .def_property(
+          "stream", [](const PerformerParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
+          [](PerformerParams& p, uintptr_t s) { p.stream = as_stream(s); });
+
+  py::class_<RandomFeaturesParams>(m, "RandomFeaturesParams")
+      .def(py::init<>())
+      .def_readwrite("num_features", &RandomFeaturesParams::num_features)
+      .def_readwrite("head_dim", &RandomFeaturesParams::head_dim)
+      .def_readwrite("seed", &RandomFeaturesParams::seed)
+      .def_readwrite("orthogonal", &RandomFeaturesParams::orthogonal)
+      .def_readwrite("scaling", &RandomFeaturesParams::scaling)
+      .def_readwrite("out", &RandomFeaturesParams::out);
+
+  py::class_<LinformerProjectionParams>(m, "LinformerProjectionParams")
+      .def(py::init<>())
+      .def_readwrite("proj_len", &LinformerProjectionParams::proj_len)
+      .def_readwrite("seq_len", &LinformerProjectionParams::seq_len)
+      .def_readwrite("num_heads", &LinformerProjectionParams::num_heads)
+      .def_readwrite("seed", &LinformerProjectionParams::seed)
+      .def_readwrite("out", &LinformerProjectionParams::out);
+
+  py::class_<LinformerParams>(m, "LinformerParams")
+      .def(py::init<>())
+      .def_readwrite("q", &LinformerParams::q)
+      .def_readwrite("k", &LinformerParams::k)
+      .def_readwrite("v", &LinformerParams::v)
+      .def_readwrite("E", &LinformerParams::E)
+      .def_readwrite("F", &LinformerParams::F)
+      .def_readwrite("out", &LinformerParams::out)
+      .def_readwrite("lse", &LinformerParams::lse)
+      .def_readwrite("scale", &LinformerParams::scale)
+      .def_readwrite("key_lengths", &LinformerParams::key_lengths)
+      .def_readwrite("causal", &LinformerParams::causal)
+      .def_property(
+          "stream", [](const LinformerParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
+          [](LinformerParams& p, uintptr_t s) { p.stream = as_stream(s); });
+
   m.def("attention", [](const AttentionParams& p) {
     py::gil_scoped_release nogil;
     attention(p);
@@ -268,6 +347,27 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("x"), py::arg("out"), py::arg("num_buckets"), py::arg("num_hashes"), py::arg("seed"),
       py::arg("stream") = 0);
+
+  m.def("linear_attention", [](const LinearAttentionParams& p) {
+    py::gil_scoped_release nogil;
+    linear_attention(p);
+  });
+  m.def("performer_attention", [](const PerformerParams& p) {
+    py::gil_scoped_release nogil;
+    performer_attention(p);
+  });
+  m.def("random_features", [](const RandomFeaturesParams& p) {
+    py::gil_scoped_release nogil;
+    random_features(p);
+  });
+  m.def("linformer_projection", [](const LinformerProjectionParams& p) {
+    py::gil_scoped_release nogil;
+    linformer_projection(p);
+  });
+  m.def("linformer_attention", [](const LinformerParams& p) {
+    py::gil_scoped_release nogil;
+    linformer_attention(p);
+  });
 
   m.def("version", &version);
   m.def("built_with_cuda", &built_with_cuda);

@@ -4,6 +4,7 @@
 #include <attnkit/attnkit.h>
 #include <attnkit/math/dla.h>
 #include <attnkit/math/dtypes.h>
+#include <attnkit/math/feature_maps.h>
 #include <attnkit/math/masks.h>
 #include <attnkit/math/random.h>
 #include <attnkit/math/softmax.h>
@@ -406,6 +407,130 @@ static void test_dla_call() {
   CHECK(kind == attnkit::ErrorKind::Value && msg.find("log_decay") != std::string::npos);
 }
 
+static void test_feature_maps() {
+  auto ex = [](double x) { return std::exp(x); };
+  CHECK(m::phi_elu1(2.0, ex) == 3.0 && m::phi_elu1(0.0, ex) == 1.0);
+  CHECK(std::fabs(m::phi_elu1(-1.5, ex) - std::exp(-1.5)) < 1e-16);
+  CHECK(m::phi_elu1(-1000.0, ex) == 0.0);  // exp of min(x, 0): no overflow, no NaN
+  CHECK(m::phi_relu(-2.0) == 0.0 && m::phi_relu(2.5) == 2.5);
+  CHECK(m::performer_relu<double>(-1.0) == m::kPerformerReluShift);
+  CHECK(m::linear_output(1.0, 0.0, 0.0) == 0.0);  // zero denominator: 0, never NaN or inf
+  CHECK(m::linear_output(3.0, 1.0, 0.5) == 2.0);
+  // running maximum and the rescale factor of the accumulated state (0 while nothing was accumulated)
+  const double ninf = -std::numeric_limits<double>::infinity();
+  double c = m::favor_running_max(ninf, -3.0);
+  CHECK(c == -3.0 && std::exp(m::favor_rescale_arg<double, double>(ninf, c)) == 0.0);
+  c = m::favor_running_max(c, 2.0);
+  CHECK(c == 2.0 && std::fabs(std::exp(m::favor_rescale_arg<double, double>(-3.0, c)) - std::exp(-5.0)) < 1e-18);
+  CHECK(m::favor_running_max(c, 1.0) == 2.0);
+  // normal_pair is normal(2i) and normal(2i + 1)
+  double z0, z1;
+  m::normal_pair(9, 4, 21, &z0, &z1);
+  CHECK(z0 == m::normal(9, 4, 42) && z1 == m::normal(9, 4, 43));
+}
+
+static void test_linear_family() {
+  using attnkit::DType;
+  // Causal elu+1 linear attention against the recurrent form, in double.
+  const int64_t S = 11, D = 3, Dv = 2;
+  std::vector<double> q(S * D), k(S * D), v(S * Dv), out(S * Dv), st(D * Dv), z(D);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.7 * i), k[i] = std::cos(1.3 * i);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(0.2 * i + 0.5);
+  attnkit::LinearAttentionParams p;
+  p.q = attnkit::make_tensor(q.data(), DType::Float64, {S, D});
+  p.k = attnkit::make_tensor(k.data(), DType::Float64, {S, D});
+  p.v = attnkit::make_tensor(v.data(), DType::Float64, {S, Dv});
+  p.out = attnkit::make_tensor(out.data(), DType::Float64, {S, Dv});
+  p.final_state = attnkit::make_tensor(st.data(), DType::Float64, {D, Dv});
+  p.final_normalizer = attnkit::make_tensor(z.data(), DType::Float64, {D});
+  p.chunk_size = 4;
+  attnkit::linear_attention(p);
+  auto phi = [](double x) { return x > 0 ? x + 1 : std::exp(x); };
+  std::vector<double> rs(D * Dv, 0.0), rz(D, 0.0);
+  double max_err = 0;
+  for (int64_t t = 0; t < S; ++t) {
+    for (int64_t f = 0; f < D; ++f) {
+      rz[f] += phi(k[t * D + f]);
+      for (int64_t e = 0; e < Dv; ++e) rs[f * Dv + e] += phi(k[t * D + f]) * v[t * Dv + e];
+    }
+    double den = 1e-6;
+    for (int64_t f = 0; f < D; ++f) den += phi(q[t * D + f]) * rz[f];
+    for (int64_t e = 0; e < Dv; ++e) {
+      double num = 0;
+      for (int64_t f = 0; f < D; ++f) num += phi(q[t * D + f]) * rs[f * Dv + e];
+      max_err = std::fmax(max_err, std::fabs(num / den - out[t * Dv + e]));
+    }
+  }
+  for (int64_t i = 0; i < D * Dv; ++i) max_err = std::fmax(max_err, std::fabs(rs[i] - st[i]));
+  for (int64_t f = 0; f < D; ++f) max_err = std::fmax(max_err, std::fabs(rz[f] - z[f]));
+  CHECK(max_err < 1e-12);
+
+  // Random features: orthogonal blocks of norm sqrt(D) rows, a pure function of the seed.
+  const int64_t M = 10, Df = 4;
+  std::vector<double> w(M * Df), w2(M * Df);
+  attnkit::RandomFeaturesParams rf;
+  rf.num_features = M;
+  rf.head_dim = Df;
+  rf.seed = 77;
+  rf.scaling = attnkit::FeatureScaling::SqrtD;
+  rf.out = attnkit::make_tensor(w.data(), DType::Float64, {M, Df});
+  attnkit::random_features(rf);
+  rf.out = attnkit::make_tensor(w2.data(), DType::Float64, {M, Df});
+  attnkit::random_features(rf);
+  CHECK(w == w2);
+  double ortho_err = 0;
+  for (int64_t a = 0; a < M; ++a)
+    for (int64_t b = a; b < M && b / Df == a / Df; ++b) {
+      double dot = 0;
+      for (int64_t d = 0; d < Df; ++d) dot += w[a * Df + d] * w[b * Df + d];
+      ortho_err = std::fmax(ortho_err, std::fabs(dot - (a == b ? double(Df) : 0.0)));
+    }
+  CHECK(ortho_err < 1e-12);
+
+  // Performer with one key attends to it fully: out = v.
+  std::vector<double> one_k(Df, 0.5), one_v(3, 0.25), qs(2 * Df, 0.1), pout(2 * 3);
+  attnkit::PerformerParams pp;
+  pp.q = attnkit::make_tensor(qs.data(), DType::Float64, {2, Df});
+  pp.k = attnkit::make_tensor(one_k.data(), DType::Float64, {1, Df});
+  pp.v = attnkit::make_tensor(one_v.data(), DType::Float64, {1, 3});
+  pp.features = attnkit::make_tensor(w.data(), DType::Float64, {M, Df});
+  pp.out = attnkit::make_tensor(pout.data(), DType::Float64, {2, 3});
+  pp.eps = 0;
+  attnkit::performer_attention(pp);
+  for (double x : pout) CHECK(std::fabs(x - 0.25) < 1e-14);
+
+  // Errors carry a kind and name the argument.
+  attnkit::ErrorKind kind{};
+  auto bad = p;
+  bad.eps = -1;
+  std::string msg = error_of([&] { attnkit::linear_attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("eps") != std::string::npos);
+  bad = p;
+  bad.k = attnkit::make_tensor(k.data(), DType::Float64, {S - 1, D});
+  bad.v = attnkit::make_tensor(v.data(), DType::Float64, {S - 1, Dv});
+  msg = error_of([&] { attnkit::linear_attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("causal") != std::string::npos);
+  bad = p;
+  bad.final_state = attnkit::make_tensor(st.data(), DType::Float32, {D, Dv});
+  msg = error_of([&] { attnkit::linear_attention(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Type && msg.find("final_state") != std::string::npos);
+  auto bad_pp = pp;
+  bad_pp.features = attnkit::make_tensor(w.data(), DType::Float64, {M, Df - 1});
+  msg = error_of([&] { attnkit::performer_attention(bad_pp); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("features") != std::string::npos);
+  attnkit::LinformerParams lp;
+  lp.q = p.q;
+  lp.k = p.k;
+  lp.v = p.v;
+  lp.out = p.out;
+  lp.causal = true;
+  msg = error_of([&] { attnkit::linformer_attention(lp); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("causal is not defined for Linformer") != std::string::npos);
+  rf.num_features = 0;
+  msg = error_of([&] { attnkit::random_features(rf); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("num_features") != std::string::npos);
+}
+
 int main() {
   test_conversions();
   test_block_sparse_and_lsh();
@@ -415,6 +540,8 @@ int main() {
   test_attention_and_errors();
   test_dla_math();
   test_dla_call();
+  test_feature_maps();
+  test_linear_family();
   std::printf("attnkit %s core tests: %d failure(s) (cuda built: %d, cpu isa: %s)\n", attnkit::version(), failures,
               attnkit::built_with_cuda() ? 1 : 0, attnkit::cpu_isa());
   return failures == 0 ? 0 : 1;

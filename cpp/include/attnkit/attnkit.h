@@ -7,3 +7,4 @@
 #include "attnkit/attention.h"
 #include "attnkit/block_sparse.h"
 #include "attnkit/dla.h"
+#include "attnkit/linear.h"

@@ -22,12 +22,12 @@
 // Determinism: every output element is produced by one thread in a fixed order, whatever the number of
 // threads.
 
-#include <cstdlib>
 #include <cstring>
 
 #include "attnkit/math/masks.h"
 #include "attnkit/math/softmax.h"
 #include "cpu/gemm_kernel.h"
+#include "cpu/kernel_common.h"
 #include "cpu/simd.h"
 #include "validate/attention.h"
 
@@ -40,25 +40,6 @@ namespace detail {
 namespace cpu {
 inline namespace ATTNKIT_ISA_NAMESPACE {
 
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-
-/// Reads element `idx` of a floating array of any dtype as T.
-template <class T>
-inline T load_float(const void* base, DType dt, int64_t idx) {
-  switch (dt) {
-    case DType::Float32: return static_cast<T>(static_cast<const float*>(base)[idx]);
-    case DType::Float64: return static_cast<T>(static_cast<const double*>(base)[idx]);
-    case DType::Float16: return static_cast<T>(math::f16_to_float(static_cast<const uint16_t*>(base)[idx]));
-    case DType::BFloat16: return static_cast<T>(math::bf16_to_float(static_cast<const uint16_t*>(base)[idx]));
-    default: return T(0);
-  }
-}
-
-inline int64_t load_int(const void* base, DType dt, int64_t idx) {
-  return dt == DType::Int32 ? static_cast<const int32_t*>(base)[idx] : static_cast<const int64_t*>(base)[idx];
-}
-
 /// Query heads packed into the lanes of one tile: the whole GQA group, unless a per-head block layout
 /// gives the group's heads different key sets.
 inline int64_t packed_heads(const AttnProblem& p) {
@@ -69,19 +50,6 @@ inline int64_t packed_heads(const AttnProblem& p) {
 inline int64_t block_rows(const AttnProblem& p) { return p.sparse ? p.layout.bq : (p.Sq > 0 ? p.Sq : 1); }
 /// Lanes one query block needs.
 inline int64_t lanes_per_block(const AttnProblem& p) { return imin(block_rows(p), p.Sq) * packed_heads(p); }
-
-/// 64-byte aligned scratch owned by one thread for one call.
-struct Scratch {
-  void* ptr = nullptr;
-  explicit Scratch(std::size_t bytes) {
-    bytes = (bytes + 63) / 64 * 64;
-    ptr = std::aligned_alloc(64, bytes ? bytes : 64);
-    if (ptr) std::memset(ptr, 0, bytes);
-  }
-  ~Scratch() { std::free(ptr); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
 
 /// Tile configuration: Cfg provides T (accumulator type), W (SIMD lanes), NQV (lane vectors per tile, so
 /// BQ = W * NQV lanes), BK (keys per chunk), R (keys per QK register block), RL (lanes per PV register

@@ -2,6 +2,7 @@
 // every call to it.
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "backend.h"
 #include "cpu/isa.h"
@@ -35,12 +36,16 @@ Isa detect() {
   return best;
 }
 
+[[noreturn]] void out_of_memory(const char* what) {
+  throw Error(ErrorKind::Runtime, std::string("attnkit: out of memory allocating CPU ") + what + " scratch space");
+}
+
 void run_exact(const AttnProblem& p, bool weights) {
   if (p.empty_output()) return;
   const bool ok = by_isa([&] { return exact_attention_generic(p, weights); },
                          [&] { return exact_attention_avx2(p, weights); },
                          [&] { return exact_attention_avx512(p, weights); });
-  if (!ok) throw Error(ErrorKind::Runtime, "attnkit: out of memory allocating CPU attention scratch space");
+  if (!ok) out_of_memory("attention");
 }
 
 }  // namespace
@@ -64,7 +69,21 @@ void attention_weights(const AttnProblem& p) { run_exact(p, true); }
 void dynamic_linear_attention(const DLAProblem& p) {
   if (p.B * p.H == 0) return;
   const bool ok = by_isa([&] { return dla_generic(p); }, [&] { return dla_avx2(p); }, [&] { return dla_avx512(p); });
-  if (!ok) throw Error(ErrorKind::Runtime, "attnkit: out of memory allocating CPU DLA scratch space");
+  if (!ok) out_of_memory("DLA");
+}
+
+void linear_attention(const LinearProblem& p) {
+  if (p.B == 0 || p.Hkv == 0) return;
+  const bool ok = by_isa([&] { return linear_attention_generic(p); }, [&] { return linear_attention_avx2(p); },
+                         [&] { return linear_attention_avx512(p); });
+  if (!ok) out_of_memory("linear attention");
+}
+
+void linformer_project(const LinformerProblem& p, void* kproj, void* vproj) {
+  const bool ok = by_isa([&] { return linformer_project_generic(p, kproj, vproj); },
+                         [&] { return linformer_project_avx2(p, kproj, vproj); },
+                         [&] { return linformer_project_avx512(p, kproj, vproj); });
+  if (!ok) out_of_memory("Linformer projection");
 }
 
 }  // namespace cpu

@@ -8,6 +8,7 @@
 
 #include "validate/attention.h"
 #include "validate/dla.h"
+#include "validate/linear.h"
 
 namespace attnkit {
 namespace detail {
@@ -52,6 +53,24 @@ bool dla_avx512(const DLAProblem& p);
 inline bool dla_avx2(const DLAProblem& p) { return dla_generic(p); }
 inline bool dla_avx512(const DLAProblem& p) { return dla_generic(p); }
 #endif
+
+bool linear_attention_generic(const LinearProblem& p);
+/// Linformer's projections K' = E k, V' = F v into C-contiguous [B, Hkv, P, D] / [B, Hkv, P, Dv] buffers
+/// of q's dtype.
+bool linformer_project_generic(const LinformerProblem& p, void* kproj, void* vproj);
+#if defined(ATTNKIT_HAVE_X86_KERNELS)
+bool linear_attention_avx2(const LinearProblem& p);
+bool linear_attention_avx512(const LinearProblem& p);
+bool linformer_project_avx2(const LinformerProblem& p, void* kproj, void* vproj);
+bool linformer_project_avx512(const LinformerProblem& p, void* kproj, void* vproj);
+#else
+inline bool linear_attention_avx2(const LinearProblem& p) { return linear_attention_generic(p); }
+inline bool linear_attention_avx512(const LinearProblem& p) { return linear_attention_generic(p); }
+inline bool linformer_project_avx2(const LinformerProblem& p, void* k, void* v) { return linformer_project_generic(p, k, v); }
+inline bool linformer_project_avx512(const LinformerProblem& p, void* k, void* v) { return linformer_project_generic(p, k, v); }
+#endif
+/// linformer_project_* for the ISA chosen at run time (cpu_features.cpp); throws when out of memory.
+void linformer_project(const LinformerProblem& p, void* kproj, void* vproj);
 
 }  // namespace cpu
 }  // namespace detail

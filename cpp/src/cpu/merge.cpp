@@ -1,8 +1,8 @@
 // merge_attention on the CPU: one pass over the parts per row (math/softmax.h merge_step), rows split
 // across threads. Works on any rank and strides.
-#include "attnkit/math/dtypes.h"
 #include "attnkit/math/softmax.h"
 #include "backend.h"
+#include "cpu/kernel_common.h"
 
 #include <vector>
 
@@ -20,26 +20,6 @@ int64_t row_offset(int64_t r, const int64_t* shape, const int64_t* strides, int 
     r /= n;
   }
   return off;
-}
-
-template <class A>
-A load_elem(const void* base, DType t, int64_t i) {
-  switch (t) {
-    case DType::Float32: return static_cast<A>(static_cast<const float*>(base)[i]);
-    case DType::Float64: return static_cast<A>(static_cast<const double*>(base)[i]);
-    case DType::Float16: return static_cast<A>(math::f16_to_float(static_cast<const uint16_t*>(base)[i]));
-    default: return static_cast<A>(math::bf16_to_float(static_cast<const uint16_t*>(base)[i]));
-  }
-}
-
-template <class A>
-void store_elem(void* base, DType t, int64_t i, A x) {
-  switch (t) {
-    case DType::Float32: static_cast<float*>(base)[i] = static_cast<float>(x); break;
-    case DType::Float64: static_cast<double*>(base)[i] = static_cast<double>(x); break;
-    case DType::Float16: static_cast<uint16_t*>(base)[i] = math::float_to_f16(static_cast<float>(x)); break;
-    default: static_cast<uint16_t*>(base)[i] = math::float_to_bf16(static_cast<float>(x)); break;
-  }
 }
 
 template <class A>
@@ -66,12 +46,12 @@ void merge_rows(const MergeProblem& p) {
         const TensorRef& ot = p.outs[k];
         const int64_t oo = row_offset(r, p.shape, ot.strides, nd);
         const int64_t os = ot.strides[nd];
-        for (int64_t d = 0; d < p.Dv; ++d) acc[d] = acc[d] * w_old + w_part * load_elem<A>(ot.data, ot.dtype, oo + d * os);
+        for (int64_t d = 0; d < p.Dv; ++d) acc[d] = acc[d] * w_old + w_part * load_float<A>(ot.data, ot.dtype, oo + d * os);
       }
       // acc holds sum_p exp(lse_p - mx) out_p; dividing by sum gives sum_p exp(lse_p - lse) out_p.
       const A inv = mx == math::neg_inf<A>() ? A(0) : A(1) / sum;
       const int64_t oo = row_offset(r, p.shape, p.out.strides, nd);
-      for (int64_t d = 0; d < p.Dv; ++d) store_elem<A>(p.out.data, p.out.dtype, oo + d * p.out.strides[nd], acc[d] * inv);
+      for (int64_t d = 0; d < p.Dv; ++d) store_float<A>(p.out.data, p.out.dtype, oo + d * p.out.strides[nd], acc[d] * inv);
       if (p.lse.defined())
         static_cast<A*>(p.lse.data)[row_offset(r, p.shape, p.lse.strides, nd)] = math::merge_lse(mx, sum);
     }

@@ -1,5 +1,7 @@
 #include "validate/common.h"
 
+#include <cmath>
+#include <limits>
 #include <sstream>
 
 namespace attnkit {
@@ -123,6 +125,92 @@ ViewN<4> bhsd_view(const TensorRef& t, const char* name) {
     v.stride[d] = d < off ? 0 : t.strides[d - off];
   }
   return v;
+}
+
+DType accumulator_dtype(DType t) { return t == DType::Float64 ? DType::Float64 : DType::Float32; }
+
+QkvViews qkv_views(const TensorRef& q, const TensorRef& k, const TensorRef* v) {
+  // Kernels index keys in int32 lanes.
+  constexpr int64_t kMaxLen = std::numeric_limits<int32_t>::max() - 1;
+  QkvViews r;
+  r.q = bhsd_view(q, "q");
+  r.k = bhsd_view(k, "k");
+  if (k.ndim != q.ndim)
+    value_error("k must have the rank of q (" + std::to_string(q.ndim) + "-D), got shape " + shape_str(k));
+  require_floating(q, "q");
+  require_dtype(k, q.dtype, "k", "(the dtype of q)");
+  require_same_device(k, q, "k", "q");
+  if (v) {
+    r.v = bhsd_view(*v, "v");
+    if (v->ndim != q.ndim)
+      value_error("v must have the rank of q (" + std::to_string(q.ndim) + "-D), got shape " + shape_str(*v));
+    require_dtype(*v, q.dtype, "v", "(the dtype of q)");
+    require_same_device(*v, q, "v", "q");
+  }
+  r.B = r.q.shape[0];
+  r.Hq = r.q.shape[1];
+  r.Sq = r.q.shape[2];
+  r.D = r.q.shape[3];
+  r.Hkv = r.k.shape[1];
+  r.Sk = r.k.shape[2];
+  r.Dv = v ? r.v.shape[3] : 0;
+  if (r.k.shape[0] != r.B)
+    value_error("k has batch size " + std::to_string(r.k.shape[0]) + " but q has " + std::to_string(r.B));
+  if (r.k.shape[3] != r.D)
+    value_error("k has head dim " + std::to_string(r.k.shape[3]) + " but q has " + std::to_string(r.D) +
+                "; q and k must share the head dim");
+  if (r.Hkv == 0 ? r.Hq != 0 : r.Hq % r.Hkv != 0)
+    value_error("k has " + std::to_string(r.Hkv) + " heads, which does not divide the " + std::to_string(r.Hq) +
+                " heads of q (grouped-query attention needs Hq % Hkv == 0)");
+  if (v) {
+    const int64_t want[3] = {r.B, r.Hkv, r.Sk};
+    for (int d = 0; d < 3; ++d)
+      if (r.v.shape[d] != want[d])
+        value_error("v of shape " + shape_str(*v) + " does not match k of shape " + shape_str(k) +
+                    " (v must be [B, Hkv, Sk, Dv] with k's B, Hkv and Sk)");
+  }
+  if (r.D < 1) value_error("q and k must have a head dim of at least 1, got 0");
+  if (r.Sq > kMaxLen || r.Sk > kMaxLen)
+    value_error("sequence lengths above " + std::to_string(kMaxLen) + " are not supported");
+  return r;
+}
+
+void require_output(const TensorRef& t, const int64_t* shape, int n, DType dtype, const char* why,
+                    const TensorRef& ref, const char* ref_name, const char* name) {
+  require_defined(t, name);
+  require_sane(t, name);
+  require_shape(t, shape, n, name);
+  require_dtype(t, dtype, name, why);
+  require_same_device(t, ref, name, ref_name);
+  require_writable_output(t, name);
+}
+
+double resolve_scale(const std::optional<double>& scale, int64_t D) {
+  if (!scale.has_value()) return 1.0 / std::sqrt(static_cast<double>(D));
+  if (!std::isfinite(*scale)) value_error("scale must be finite, got " + std::to_string(*scale));
+  return *scale;
+}
+
+ViewN<1> key_lengths_view(const TensorRef& t, const TensorRef& ref, int64_t B, int64_t Sk) {
+  ViewN<1> r;
+  if (!t.defined()) return r;
+  require_sane(t, "key_lengths");
+  if (t.dtype != DType::Int32 && t.dtype != DType::Int64)
+    type_error(std::string("key_lengths must be int32 or int64, got ") + dtype_name(t.dtype));
+  require_same_device(t, ref, "key_lengths", "q");
+  if (t.ndim > 1)
+    value_error("key_lengths must have shape (B,) = (" + std::to_string(B) + ",), got " + shape_str(t));
+  const int64_t b[1] = {B};
+  r = broadcast_view(t, b, "key_lengths", "[B]");
+  if (ref.device == Device::CPU) {
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t len = read_int(r.data, r.dtype, i * r.stride[0]);
+      if (len < 0 || len > Sk)
+        value_error("key_lengths[" + std::to_string(i) + "] = " + std::to_string(len) + " is outside [0, Sk] = [0, " +
+                    std::to_string(Sk) + "]");
+    }
+  }
+  return r;
 }
 
 }  // namespace detail

@@ -3,6 +3,7 @@
 // names the argument and says what was expected.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,41 @@ ViewN<N> broadcast_view(const TensorRef& t, const int64_t (&target)[N], const ch
 
 /// Rank-2/3/4 attention operand brought to [B, H, S, D] (missing leading dims of size 1, stride 0).
 ViewN<4> bhsd_view(const TensorRef& t, const char* name);
+
+/// Accumulator (and log-sum-exp, state) dtype of an input dtype: Float64 for Float64, else Float32.
+DType accumulator_dtype(DType t);
+
+/// The attention operands q [B, Hq, Sq, D], k [B, Hkv, Sk, D] and v [B, Hkv, Sk, Dv], checked together:
+/// one rank (2, 3 or 4), one floating dtype, one device, matching B / D / Sk, Hq % Hkv == 0, D >= 1 and
+/// lengths the kernels can index.
+struct QkvViews {
+  ViewN<4> q, k, v;  ///< v absent when the caller passes no v
+  int64_t B = 0, Hq = 0, Hkv = 0, Sq = 0, Sk = 0, D = 0, Dv = 0;
+};
+QkvViews qkv_views(const TensorRef& q, const TensorRef& k, const TensorRef* v);
+
+/// Checks an output argument: present, exactly `shape`, dtype `dtype` (`why` explains it, e.g. "(the dtype
+/// of q)"), on ref's device, writable (no broadcast strides).
+void require_output(const TensorRef& t, const int64_t* shape, int n, DType dtype, const char* why,
+                    const TensorRef& ref, const char* ref_name, const char* name);
+
+/// t's strides brought to rank N: missing leading dims get stride 0.
+template <int N>
+void lead_strides(const TensorRef& t, int64_t (&stride)[N]) {
+  const int off = N - t.ndim;
+  for (int d = 0; d < N; ++d) stride[d] = d < off ? 0 : t.strides[d - off];
+}
+
+/// Score scale: finite when given, 1/sqrt(D) when absent.
+double resolve_scale(const std::optional<double>& scale, int64_t D);
+
+/// Optional key_lengths: [B] (or 0-d) Int32/Int64 on ref's device, values in [0, Sk] (checked on the CPU).
+ViewN<1> key_lengths_view(const TensorRef& t, const TensorRef& ref, int64_t B, int64_t Sk);
+
+/// Element i of an Int32 or Int64 array.
+inline int64_t read_int(const void* base, DType t, int64_t i) {
+  return t == DType::Int32 ? static_cast<const int32_t*>(base)[i] : static_cast<const int64_t*>(base)[i];
+}
 
 }  // namespace detail
 }  // namespace attnkit

@@ -65,9 +65,10 @@ ATTNKIT_HD uint32_t uniform_below(uint64_t seed, uint64_t stream, uint64_t i, ui
   return static_cast<uint32_t>((static_cast<uint64_t>(random_u32(seed, stream, i)) * n) >> 32);
 }
 
-/// Standard normal number i of the stream (double precision Box-Muller, see the header comment).
-ATTNKIT_HD double normal(uint64_t seed, uint64_t stream, uint64_t i) {
-  const Philox4 b = philox_block(seed, stream, i >> 1);
+/// Standard normal numbers 2 * pair and 2 * pair + 1 of the stream, from one Philox block (double
+/// precision Box-Muller, see the header comment).
+ATTNKIT_HD void normal_pair(uint64_t seed, uint64_t stream, uint64_t pair, double* z0, double* z1) {
+  const Philox4 b = philox_block(seed, stream, pair);
   // 53-bit uniforms; u1 in (0, 1] so the log is finite.
   const double u1 = (static_cast<double>((static_cast<uint64_t>(b.v[0]) << 21) ^ (b.v[1] >> 11)) + 1.0) *
                     1.1102230246251565e-16;
@@ -79,7 +80,15 @@ ATTNKIT_HD double normal(uint64_t seed, uint64_t stream, uint64_t i) {
   using std::sqrt;
   const double r = sqrt(-2.0 * log(u1));
   const double t = 6.283185307179586476925286766559 * u2;
-  return (i & 1) ? r * sin(t) : r * cos(t);
+  *z0 = r * cos(t);
+  *z1 = r * sin(t);
+}
+
+/// Standard normal number i of the stream.
+ATTNKIT_HD double normal(uint64_t seed, uint64_t stream, uint64_t i) {
+  double z0, z1;
+  normal_pair(seed, stream, i >> 1, &z0, &z1);
+  return (i & 1) ? z1 : z0;
 }
 
 /// Stream ids of attnkit's random quantities (the high 32 bits name the purpose, the low bits an

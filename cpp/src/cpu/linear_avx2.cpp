@@ -1,0 +1,30 @@
+// Linear attention, Performer and Linformer projections for x86-64-v3 (AVX2 + FMA, 16 ymm registers).
+#define ATTNKIT_ISA_NAMESPACE isa_avx2
+#include "cpu/kernels.h"
+#include "cpu/linear_kernel.h"
+#include "cpu/linformer_kernel.h"
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+namespace {
+// Register block: 4 rows x 2 vectors = 8 accumulators + 2 B vectors + 1 broadcast.
+struct Avx2F32 {
+  using T = float;
+  static constexpr int W = 8, RL = 4, NV = 2;
+};
+struct Avx2F64 {
+  using T = double;
+  static constexpr int W = 4, RL = 4, NV = 2;
+};
+}  // namespace
+
+bool linear_attention_avx2(const LinearProblem& p) { return run_linear<Avx2F32, Avx2F64>(p); }
+
+bool linformer_project_avx2(const LinformerProblem& p, void* kproj, void* vproj) {
+  return run_linformer_projection<Avx2F32, Avx2F64>(p, kproj, vproj);
+}
+
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit

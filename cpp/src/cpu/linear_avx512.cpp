@@ -1,0 +1,31 @@
+// Linear attention, Performer and Linformer projections for x86-64-v4 (AVX-512 F/BW/DQ/VL, 32 zmm
+// registers).
+#define ATTNKIT_ISA_NAMESPACE isa_avx512
+#include "cpu/kernels.h"
+#include "cpu/linear_kernel.h"
+#include "cpu/linformer_kernel.h"
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+namespace {
+// Register block: 6 rows x 4 vectors (64 columns) = 24 accumulators + 4 B vectors + 1 broadcast.
+struct Avx512F32 {
+  using T = float;
+  static constexpr int W = 16, RL = 6, NV = 4;
+};
+struct Avx512F64 {
+  using T = double;
+  static constexpr int W = 8, RL = 6, NV = 4;
+};
+}  // namespace
+
+bool linear_attention_avx512(const LinearProblem& p) { return run_linear<Avx512F32, Avx512F64>(p); }
+
+bool linformer_project_avx512(const LinformerProblem& p, void* kproj, void* vproj) {
+  return run_linformer_projection<Avx512F32, Avx512F64>(p, kproj, vproj);
+}
+
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,30 @@
+// Linear attention, Performer and Linformer projections, baseline instruction set (SSE2 on x86-64,
+// NEON/ASIMD on AArch64: 128-bit vectors).
+#define ATTNKIT_ISA_NAMESPACE isa_generic
+#include "cpu/kernels.h"
+#include "cpu/linear_kernel.h"
+#include "cpu/linformer_kernel.h"
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+namespace {
+struct GenericF32 {
+  using T = float;
+  static constexpr int W = 4, RL = 4, NV = 2;
+};
+struct GenericF64 {
+  using T = double;
+  static constexpr int W = 2, RL = 4, NV = 2;
+};
+}  // namespace
+
+bool linear_attention_generic(const LinearProblem& p) { return run_linear<GenericF32, GenericF64>(p); }
+
+bool linformer_project_generic(const LinformerProblem& p, void* kproj, void* vproj) {
+  return run_linformer_projection<GenericF32, GenericF64>(p, kproj, vproj);
+}
+
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,165 @@
+// random_features and linformer_projection: host-side generation in double precision from the shared
+// Philox generator (math/random.h), then one rounding to the requested dtype. Both are pure functions of
+// their arguments (the construction is documented in attnkit/linear.h); threads split the work by output
+// element, so the result does not depend on their number.
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "attnkit/math/random.h"
+#include "backend.h"
+#include "cpu/kernel_common.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+namespace {
+
+/// Buffers of one block: allocated before the work loop, so nothing inside it can throw.
+struct BlockWork {
+  std::vector<double> g, gt, q, vs, betas, rdiag;
+  explicit BlockWork(int64_t D)
+      : g(D * D), gt(D * D), q(D * D), vs(D * D), betas(D), rdiag(D) {}
+};
+
+/// Orthonormal factor Q of the QR factorization A = Q R of the n x n row-major matrix w.gt (destroyed),
+/// into w.q (row-major), with the sign correction diag(R) > 0 that makes it unique and, for Gaussian A,
+/// Haar-distributed (Mezzadri, "How to generate random matrices from the classical compact groups",
+/// 2007). Householder reflections in double precision.
+void orthonormal_factor(BlockWork& w, int64_t n) {
+  double* a = w.gt.data();
+  for (int64_t k = 0; k < n; ++k) {
+    double norm2 = 0;
+    for (int64_t i = k; i < n; ++i) norm2 += a[i * n + k] * a[i * n + k];
+    const double alpha = a[k * n + k] >= 0 ? -std::sqrt(norm2) : std::sqrt(norm2);  // no cancellation in v
+    double* v = &w.vs[k * n];
+    double vnorm2 = 0;
+    for (int64_t i = k; i < n; ++i) {
+      v[i] = a[i * n + k] - (i == k ? alpha : 0.0);
+      vnorm2 += v[i] * v[i];
+    }
+    w.rdiag[k] = alpha;
+    w.betas[k] = vnorm2 > 0 ? 2.0 / vnorm2 : 0.0;  // 0: the column is already alpha e_1, H_k = I
+    for (int64_t j = k; j < n && vnorm2 > 0; ++j) {
+      double s = 0;
+      for (int64_t i = k; i < n; ++i) s += v[i] * a[i * n + j];
+      s *= w.betas[k];
+      for (int64_t i = k; i < n; ++i) a[i * n + j] -= s * v[i];
+    }
+  }
+  // Q = H_0 H_1 ... H_{n-1} I, accumulated from the right end; then column k times sign(R_kk).
+  double* q = w.q.data();
+  std::fill(w.q.begin(), w.q.end(), 0.0);
+  for (int64_t i = 0; i < n; ++i) q[i * n + i] = 1.0;
+  for (int64_t k = n - 1; k >= 0; --k) {
+    if (w.betas[k] == 0) continue;
+    const double* v = &w.vs[k * n];
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (int64_t i = k; i < n; ++i) s += v[i] * q[i * n + j];
+      s *= w.betas[k];
+      for (int64_t i = k; i < n; ++i) q[i * n + j] -= s * v[i];
+    }
+  }
+  for (int64_t k = 0; k < n; ++k)
+    if (w.rdiag[k] < 0)
+      for (int64_t i = 0; i < n; ++i) q[i * n + k] = -q[i * n + k];
+}
+
+/// Rows [b * D, b * D + rows) of W: block b of the construction documented in attnkit/linear.h.
+void feature_block(const RandomFeaturesProblem& p, int64_t b, BlockWork& w) {
+  const int64_t D = p.D, rows = std::min<int64_t>(D, p.m - b * D);
+  const uint64_t stream = math::kStreamRandomFeatures + static_cast<uint64_t>(b);
+  const double* g = w.g.data();
+  for (int64_t i = 0; i < D * D; ++i) w.g[i] = math::normal(p.seed, stream, static_cast<uint64_t>(i));
+  const double sqrt_d = std::sqrt(static_cast<double>(D));
+  if (p.orthogonal) {
+    // Rows of the block = Gram-Schmidt of G's rows = columns of Q in G^T = Q R.
+    for (int64_t i = 0; i < D; ++i)
+      for (int64_t j = 0; j < D; ++j) w.gt[j * D + i] = g[i * D + j];
+    orthonormal_factor(w, D);
+    for (int64_t r = 0; r < rows; ++r) {
+      double norm = sqrt_d;
+      if (p.scaling == FeatureScaling::Chi) {
+        double s = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          const double z = math::normal(p.seed, stream, static_cast<uint64_t>(D * D + r * D + d));
+          s += z * z;
+        }
+        norm = std::sqrt(s);
+      }
+      const int64_t row = b * D + r;
+      for (int64_t d = 0; d < D; ++d)
+        store_float(p.out, p.out_dtype, row * p.out_stride[0] + d * p.out_stride[1], norm * w.q[d * D + r]);
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      double factor = 1.0;
+      if (p.scaling == FeatureScaling::SqrtD) {
+        double s = 0;
+        for (int64_t d = 0; d < D; ++d) s += g[r * D + d] * g[r * D + d];
+        factor = s > 0 ? sqrt_d / std::sqrt(s) : 0.0;
+      }
+      const int64_t row = b * D + r;
+      for (int64_t d = 0; d < D; ++d)
+        store_float(p.out, p.out_dtype, row * p.out_stride[0] + d * p.out_stride[1], factor * g[r * D + d]);
+    }
+  }
+}
+
+}  // namespace
+
+void random_features(const RandomFeaturesProblem& p) {
+  const int64_t blocks = (p.m + p.D - 1) / p.D;
+  bool oom = false;
+#if defined(_OPENMP)
+#pragma omp parallel if (blocks > 1)
+#endif
+  {
+    std::unique_ptr<BlockWork> w;
+    try {
+      w = std::make_unique<BlockWork>(p.D);
+    } catch (const std::bad_alloc&) {
+#if defined(_OPENMP)
+#pragma omp atomic write
+#endif
+      oom = true;
+    }
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t b = 0; b < blocks; ++b)
+      if (w) feature_block(p, b, *w);
+  }
+  if (oom) throw Error(ErrorKind::Runtime, "attnkit: out of memory generating random features");
+}
+
+void linformer_projection(const LinformerProjectionProblem& p) {
+  const int64_t n = p.P * p.Sk;  // entries per head, normal index j * P + pos
+  const int64_t pairs = (n + 1) / 2;
+  const double inv_sqrt_p = 1.0 / std::sqrt(static_cast<double>(p.P));
+  auto put = [&](int64_t h, int64_t i, double z) {
+    const int64_t pos = i % p.P, j = i / p.P;
+    store_float(p.out, p.out_dtype, h * p.out_stride[0] + pos * p.out_stride[1] + j * p.out_stride[2], z * inv_sqrt_p);
+  };
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) collapse(2) if (p.H * pairs > 4096)
+#endif
+  for (int64_t h = 0; h < p.H; ++h)
+    for (int64_t k = 0; k < pairs; ++k) {
+      double z0, z1;
+      math::normal_pair(p.seed, math::kStreamLinformer + static_cast<uint64_t>(h), static_cast<uint64_t>(k), &z0, &z1);
+      put(h, 2 * k, z0);
+      if (2 * k + 1 < n) put(h, 2 * k + 1, z1);
+    }
+}
+
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,272 @@
+#include "validate/linear.h"
+
+#include <cmath>
+#include <string>
+
+namespace attnkit {
+namespace detail {
+namespace {
+
+/// t (rank <= N) as a ViewN<N> over `full`: missing leading dims have size 1 in t and stride 0 here.
+template <int N>
+ViewN<N> lead_view(const TensorRef& t, const int64_t (&full)[N]) {
+  ViewN<N> v;
+  v.present = true;
+  v.data = t.data;
+  v.dtype = t.dtype;
+  for (int d = 0; d < N; ++d) v.shape[d] = full[d];
+  lead_strides(t, v.stride);
+  return v;
+}
+
+void require_eps(double eps) {
+  if (!std::isfinite(eps) || eps < 0) value_error("eps must be finite and >= 0, got " + std::to_string(eps));
+}
+
+void require_chunk(int64_t chunk) {
+  if (chunk < 0 || chunk > kMaxLinearChunk)
+    value_error("chunk_size must be in [1, " + std::to_string(kMaxLinearChunk) + "] (or 0 for the default), got " +
+                std::to_string(chunk));
+}
+
+/// The parts shared by linear_attention and performer_attention: operands, output, key lengths.
+LinearProblem common_problem(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& out,
+                             const TensorRef& key_lengths, bool causal, double eps, int64_t chunk, void* stream) {
+  LinearProblem r;
+  const QkvViews qkv = qkv_views(q, k, &v);
+  r.q = qkv.q;
+  r.k = qkv.k;
+  r.v = qkv.v;
+  r.device = q.device;
+  r.device_index = q.device_index;
+  r.stream = stream;
+  r.dtype = q.dtype;
+  r.state_dtype = accumulator_dtype(q.dtype);
+  r.B = qkv.B;
+  r.Hq = qkv.Hq;
+  r.Hkv = qkv.Hkv;
+  r.S = qkv.Sq;
+  r.Sk = qkv.Sk;
+  r.D = qkv.D;
+  r.Dv = qkv.Dv;
+  if (causal && r.S != r.Sk)
+    value_error("causal linear attention pairs query t with key t, so k must have q's length " + std::to_string(r.S) +
+                ", got " + std::to_string(r.Sk) + " keys");
+  int64_t shape[4];
+  for (int d = 0; d < q.ndim; ++d) shape[d] = q.shape[d];
+  shape[q.ndim - 1] = r.Dv;
+  require_output(out, shape, q.ndim, r.dtype, "(the dtype of q)", q, "q", "out");
+  r.out = out.data;
+  lead_strides(out, r.out_stride);
+  r.key_lengths = key_lengths_view(key_lengths, q, r.B, r.Sk);
+  r.causal = causal;
+  require_eps(eps);
+  r.eps = eps;
+  require_chunk(chunk);
+  r.chunk = chunk;
+  return r;
+}
+
+/// A state argument (S: rank of q, [.., Hkv, F, Dv]; z: one less, [.., Hkv, F]) of the problem's state dtype.
+void require_state(const TensorRef& t, const TensorRef& q, const LinearProblem& r, bool is_z, bool output,
+                   const char* name) {
+  const int64_t full[4] = {r.B, r.Hkv, r.F, r.Dv};
+  const int n = is_z ? q.ndim - 1 : q.ndim;
+  const int64_t* shape = full + (4 - q.ndim);
+  const char* why = "(float64 for float64 inputs, else float32)";
+  if (output) {
+    require_output(t, shape, n, r.state_dtype, why, q, "q", name);
+    return;
+  }
+  require_sane(t, name);
+  require_shape(t, shape, n, name);
+  require_dtype(t, r.state_dtype, name, why);
+  require_same_device(t, q, name, "q");
+}
+
+}  // namespace
+
+LinearProblem validate_linear_attention(const LinearAttentionParams& p) {
+  LinearProblem r = common_problem(p.q, p.k, p.v, p.out, p.key_lengths, p.causal, p.eps, p.chunk_size, p.stream);
+  switch (p.feature_map) {
+    case FeatureMap::Elu1: r.map = LinearMap::Elu1; break;
+    case FeatureMap::Relu: r.map = LinearMap::Relu; break;
+    case FeatureMap::Identity: r.map = LinearMap::Identity; break;
+    default:
+      value_error("feature_map must be elu1, relu or identity, got code " +
+                  std::to_string(static_cast<int>(p.feature_map)));
+  }
+  r.F = r.D;
+  r.normalize = p.normalize;
+
+  if (p.initial_state.defined() != p.initial_normalizer.defined())
+    value_error(p.initial_state.defined() ? "initial_normalizer is required with initial_state (the state is (S, z))"
+                                          : "initial_state is required with initial_normalizer (the state is (S, z))");
+  if (p.initial_state.defined()) {
+    require_state(p.initial_state, p.q, r, false, false, "initial_state");
+    require_state(p.initial_normalizer, p.q, r, true, false, "initial_normalizer (z of initial_state)");
+    const int64_t s_full[4] = {r.B, r.Hkv, r.F, r.Dv};
+    const int64_t z_full[3] = {r.B, r.Hkv, r.F};
+    r.state_in = lead_view(p.initial_state, s_full);
+    r.z_in = lead_view(p.initial_normalizer, z_full);
+  }
+  if (p.final_state.defined() != p.final_normalizer.defined())
+    value_error(p.final_state.defined() ? "final_normalizer is required with final_state (the state is (S, z))"
+                                        : "final_state is required with final_normalizer (the state is (S, z))");
+  if (p.final_state.defined()) {
+    require_state(p.final_state, p.q, r, false, true, "final_state");
+    require_state(p.final_normalizer, p.q, r, true, true, "final_normalizer (z of the final state)");
+    r.state_out = p.final_state.data;
+    r.z_out = p.final_normalizer.data;
+    lead_strides(p.final_state, r.state_out_stride);
+    lead_strides(p.final_normalizer, r.z_out_stride);
+  }
+  return r;
+}
+
+LinearProblem validate_performer(const PerformerParams& p) {
+  LinearProblem r = common_problem(p.q, p.k, p.v, p.out, p.key_lengths, p.causal, p.eps, p.chunk_size, p.stream);
+  switch (p.kernel) {
+    case PerformerKernel::Softmax: r.map = LinearMap::FavorSoftmax; break;
+    case PerformerKernel::Relu: r.map = LinearMap::FavorRelu; break;
+    default:
+      value_error("kernel must be softmax or relu, got code " + std::to_string(static_cast<int>(p.kernel)));
+  }
+  r.normalize = true;
+  const TensorRef& w = p.features;
+  require_defined(w, "features");
+  require_sane(w, "features");
+  require_floating(w, "features");
+  require_same_device(w, p.q, "features", "q");
+  if (w.ndim != 2 || w.shape[1] != r.D)
+    value_error("features must have shape (m, D) with D = " + std::to_string(r.D) + " (the head dim of q), got " +
+                shape_str(w));
+  if (w.shape[0] < 1) value_error("features must have at least one row (m >= 1), got shape " + shape_str(w));
+  r.F = w.shape[0];
+  const int64_t md[2] = {r.F, r.D};
+  r.features = lead_view(w, md);
+  const double scale = resolve_scale(p.scale, r.D);
+  if (scale < 0) value_error("scale must be >= 0 (x' = sqrt(scale) x), got " + std::to_string(scale));
+  r.feature_scale = std::sqrt(scale);
+  return r;
+}
+
+RandomFeaturesProblem validate_random_features(const RandomFeaturesParams& p) {
+  RandomFeaturesProblem r;
+  if (p.num_features < 1) value_error("num_features must be >= 1, got " + std::to_string(p.num_features));
+  if (p.head_dim < 1) value_error("head_dim must be >= 1, got " + std::to_string(p.head_dim));
+  if (p.scaling != FeatureScaling::Chi && p.scaling != FeatureScaling::SqrtD)
+    value_error("scaling must be chi or sqrt_d, got code " + std::to_string(static_cast<int>(p.scaling)));
+  require_defined(p.out, "out");
+  require_sane(p.out, "out");
+  require_floating(p.out, "out");
+  if (p.out.device != Device::CPU) type_error("random_features writes host memory: out must be a CPU array");
+  const int64_t shape[2] = {p.num_features, p.head_dim};
+  require_shape(p.out, shape, 2, "out");
+  require_writable_output(p.out, "out");
+  r.m = p.num_features;
+  r.D = p.head_dim;
+  r.seed = p.seed;
+  r.orthogonal = p.orthogonal;
+  r.scaling = p.scaling;
+  r.out = p.out.data;
+  r.out_dtype = p.out.dtype;
+  lead_strides(p.out, r.out_stride);
+  return r;
+}
+
+LinformerProjectionProblem validate_linformer_projection(const LinformerProjectionParams& p) {
+  LinformerProjectionProblem r;
+  if (p.proj_len < 1) value_error("proj_len must be >= 1, got " + std::to_string(p.proj_len));
+  if (p.seq_len < 0) value_error("seq_len must be >= 0, got " + std::to_string(p.seq_len));
+  if (p.num_heads < 0)
+    value_error("num_heads must be >= 1 (or 0 for a shared projection), got " + std::to_string(p.num_heads));
+  require_defined(p.out, "out");
+  require_sane(p.out, "out");
+  require_floating(p.out, "out");
+  if (p.out.device != Device::CPU) type_error("linformer_projection writes host memory: out must be a CPU array");
+  const int64_t shape[3] = {p.num_heads, p.proj_len, p.seq_len};
+  if (p.num_heads == 0)
+    require_shape(p.out, shape + 1, 2, "out");
+  else
+    require_shape(p.out, shape, 3, "out");
+  require_writable_output(p.out, "out");
+  r.H = p.num_heads == 0 ? 1 : p.num_heads;
+  r.P = p.proj_len;
+  r.Sk = p.seq_len;
+  r.seed = p.seed;
+  r.out = p.out.data;
+  r.out_dtype = p.out.dtype;
+  lead_strides(p.out, r.out_stride);
+  return r;
+}
+
+namespace {
+
+/// E or F: [P, Sk] (shared) or [Hkv, P, Sk], any floating dtype, on q's device.
+ViewN<3> projection_view(const TensorRef& t, const TensorRef& q, int64_t Hkv, int64_t Sk, const char* name) {
+  require_sane(t, name);
+  require_floating(t, name);
+  require_same_device(t, q, name, "q");
+  if ((t.ndim != 2 && t.ndim != 3) || t.shape[t.ndim - 1] != Sk || (t.ndim == 3 && t.shape[0] != Hkv))
+    value_error(std::string(name) + " must have shape (P, Sk) or (Hkv, P, Sk) with Sk = " + std::to_string(Sk) +
+                " (the length of k) and Hkv = " + std::to_string(Hkv) + ", got " + shape_str(t));
+  if (t.shape[t.ndim - 2] < 1)
+    value_error(std::string(name) + " must project onto at least one position (P >= 1), got shape " + shape_str(t));
+  const int64_t full[3] = {Hkv, t.shape[t.ndim - 2], Sk};
+  return lead_view(t, full);
+}
+
+}  // namespace
+
+LinformerProblem validate_linformer(const LinformerParams& p) {
+  if (p.causal)
+    value_error("causal is not defined for Linformer: every projected key mixes all positions, so no projected "
+                "key is in any query's past");
+  LinformerProblem r;
+  const QkvViews qkv = qkv_views(p.q, p.k, &p.v);
+  r.k = qkv.k;
+  r.v = qkv.v;
+  r.Sk = qkv.Sk;
+  require_defined(p.E, "E");
+  r.E = projection_view(p.E, p.q, qkv.Hkv, qkv.Sk, "E");
+  r.P = r.E.shape[1];
+  if (p.F.defined()) {
+    r.F = projection_view(p.F, p.q, qkv.Hkv, qkv.Sk, "F");
+    if (r.F.shape[1] != r.P)
+      value_error("F must project onto E's P = " + std::to_string(r.P) + " positions, got shape " + shape_str(p.F));
+  } else {
+    r.F = r.E;
+  }
+  AttnProblem& a = r.attn;
+  a.device = p.q.device;
+  a.device_index = p.q.device_index;
+  a.stream = p.stream;
+  a.dtype = p.q.dtype;
+  a.B = qkv.B;
+  a.Hq = qkv.Hq;
+  a.Hkv = qkv.Hkv;
+  a.Sq = qkv.Sq;
+  a.Sk = r.P;
+  a.D = qkv.D;
+  a.Dv = qkv.Dv;
+  a.q = qkv.q;
+  int64_t shape[4];
+  for (int d = 0; d < p.q.ndim; ++d) shape[d] = p.q.shape[d];
+  shape[p.q.ndim - 1] = qkv.Dv;
+  require_output(p.out, shape, p.q.ndim, a.dtype, "(the dtype of q)", p.q, "q", "out");
+  a.out = p.out.data;
+  lead_strides(p.out, a.out_stride);
+  if (p.lse.defined()) {
+    require_output(p.lse, p.q.shape, p.q.ndim - 1, accumulator_dtype(a.dtype),
+                   "(float64 for float64 inputs, else float32)", p.q, "q", "lse");
+    a.lse = p.lse.data;
+    lead_strides(p.lse, a.lse_stride);
+  }
+  a.scale = resolve_scale(p.scale, a.D);
+  r.key_lengths = key_lengths_view(p.key_lengths, p.q, qkv.B, qkv.Sk);
+  return r;
+}
+
+}  // namespace detail
+}  // namespace attnkit

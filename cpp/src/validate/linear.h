@@ -1,0 +1,98 @@
+#pragma once
+// The one validator of the linear-attention family: linear_attention and performer_attention (one core
+// behind feature maps), random_features, linformer_projection and linformer_attention. Every backend
+// receives the problems built here and never re-checks user input.
+
+#include "attnkit/linear.h"
+#include "validate/attention.h"
+#include "validate/common.h"
+
+namespace attnkit {
+namespace detail {
+
+/// The feature map in front of the linear-attention core.
+enum class LinearMap : int32_t {
+  Elu1 = 0,          ///< elu(x) + 1, F = D
+  Relu = 1,          ///< max(x, 0), F = D
+  Identity = 2,      ///< x, F = D
+  FavorSoftmax = 3,  ///< Performer positive softmax features, F = m (stabilized: math/feature_maps.h)
+  FavorRelu = 4,     ///< Performer ReLU features, F = m
+};
+
+/// A validated linear-attention problem, operands brought to rank 4 / 3.
+struct LinearProblem {
+  Device device = Device::CPU;
+  int32_t device_index = 0;
+  void* stream = nullptr;
+  DType dtype = DType::Float32;  ///< of q, k, v and out
+  DType state_dtype = DType::Float32;  ///< of the states: Float64 for Float64 problems, else Float32
+  int64_t B = 0, Hq = 0, Hkv = 0, S = 0, Sk = 0, D = 0, Dv = 0;
+  int64_t F = 0;                 ///< features per row: D, or m for Performer
+  ViewN<4> q, k, v;
+  void* out = nullptr;           ///< [B, Hq, S, Dv], dtype
+  int64_t out_stride[4] = {};
+  LinearMap map = LinearMap::Elu1;
+  ViewN<2> features;             ///< Performer W [m, D] (any floating dtype)
+  double feature_scale = 1.0;    ///< Performer: sqrt(scale), so W x' = (sqrt(scale) W) x
+  bool causal = true;
+  bool normalize = true;
+  double eps = 1e-6;
+  ViewN<1> key_lengths;          ///< Int32/Int64 [B]
+  ViewN<4> state_in;             ///< optional S_0 [B, Hkv, F, Dv], state_dtype
+  ViewN<3> z_in;                 ///< optional z_0 [B, Hkv, F] (present with state_in)
+  void* state_out = nullptr;     ///< optional [B, Hkv, F, Dv], state_dtype
+  int64_t state_out_stride[4] = {};
+  void* z_out = nullptr;         ///< optional [B, Hkv, F] (present with state_out)
+  int64_t z_out_stride[3] = {};
+  int64_t chunk = 0;             ///< chunk length >= 1, or 0 for the backend's default
+
+  int64_t group() const { return Hkv ? Hq / Hkv : 1; }
+  bool stabilized() const { return map == LinearMap::FavorSoftmax; }
+  bool projected() const { return map == LinearMap::FavorSoftmax || map == LinearMap::FavorRelu; }
+};
+
+/// Longest causal chunk accepted (the chunk's C x C score tile lives in per-thread scratch).
+constexpr int64_t kMaxLinearChunk = 1024;
+
+LinearProblem validate_linear_attention(const LinearAttentionParams& p);
+LinearProblem validate_performer(const PerformerParams& p);
+
+/// A validated random_features problem.
+struct RandomFeaturesProblem {
+  int64_t m = 0, D = 0;
+  uint64_t seed = 0;
+  bool orthogonal = true;
+  FeatureScaling scaling = FeatureScaling::Chi;
+  void* out = nullptr;  ///< [m, D] of out_dtype
+  DType out_dtype = DType::Float32;
+  int64_t out_stride[2] = {};
+};
+
+RandomFeaturesProblem validate_random_features(const RandomFeaturesParams& p);
+
+/// A validated linformer_projection problem.
+struct LinformerProjectionProblem {
+  int64_t H = 0, P = 0, Sk = 0;  ///< H = 1 for a shared projection
+  uint64_t seed = 0;
+  void* out = nullptr;           ///< [H, P, Sk] of out_dtype (stride 0 on dim 0 when shared)
+  DType out_dtype = DType::Float32;
+  int64_t out_stride[3] = {};
+};
+
+LinformerProjectionProblem validate_linformer_projection(const LinformerProjectionParams& p);
+
+/// A validated Linformer problem: the projections of k and v, then an exact-attention problem whose k and v
+/// the backend points at the projected keys and values.
+struct LinformerProblem {
+  AttnProblem attn;   ///< q, out, lse, scale and sizes (Sk = P); k, v, key_lengths left for the backend
+  ViewN<4> k, v;      ///< the original keys and values [B, Hkv, Sk, D / Dv]
+  int64_t Sk = 0;     ///< original key length
+  int64_t P = 0;      ///< projected length
+  ViewN<3> E, F;      ///< [Hkv, P, Sk], stride 0 on dim 0 when shared; any floating dtype
+  ViewN<1> key_lengths;
+};
+
+LinformerProblem validate_linformer(const LinformerParams& p);
+
+}  // namespace detail
+}  // namespace attnkit
