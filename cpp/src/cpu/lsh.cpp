@@ -20,6 +20,7 @@
 #include "backend.h"
 #include "cpu/isa.h"
 #include "cpu/kernels.h"
+#include "cpu/simd.h"
 #include "validate/block_sparse.h"
 
 #if defined(_OPENMP)
@@ -101,24 +102,6 @@ std::vector<int32_t> hash_all(const ViewN<4>& x, const Rotations& rot, int64_t n
   return codes;
 }
 
-// Storage types of the four float dtypes, and their conversions to and from the accumulator type.
-struct F16 {
-  uint16_t bits;
-};
-struct BF16 {
-  uint16_t bits;
-};
-inline float to_f(float x) { return x; }
-inline double to_f(double x) { return x; }
-inline float to_f(F16 x) { return math::f16_to_float(x.bits); }
-inline float to_f(BF16 x) { return math::bf16_to_float(x.bits); }
-template <class St, class T>
-inline St from_f(T x) {
-  if constexpr (std::is_same<St, F16>::value) return St{math::float_to_f16(static_cast<float>(x))};
-  else if constexpr (std::is_same<St, BF16>::value) return St{math::float_to_bf16(static_cast<float>(x))};
-  else return static_cast<St>(x);
-}
-
 /// Scratch carved from one buffer that each calling thread keeps between calls (up to kKeepBytes), so
 /// repeated calls do not pay for freshly zeroed pages (10% of the time at S = 8192). Buffers are fully
 /// written before they are read, so nothing is initialised.
@@ -170,7 +153,7 @@ void gather(const ViewN<4>& x, int64_t b, int64_t h, const int32_t* order, int64
         continue;
       }
     }
-    for (int64_t e = 0; e < Dd; ++e) d[e] = static_cast<T>(to_f(src[e * x.stride[3]]));
+    for (int64_t e = 0; e < Dd; ++e) d[e] = static_cast<T>(to_acc(src[e * x.stride[3]]));
   }
 }
 
@@ -284,7 +267,7 @@ void lsh_attention_impl(const LshProblem& P) {
         const T* o = out_r + src * Dv;
         if (R == 1) {  // unsort straight into the result
           St* dst = static_cast<St*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + ord[i] * p.out_stride[2];
-          for (int64_t d = 0; d < Dv; ++d) dst[d * p.out_stride[3]] = from_f<St>(o[d]);
+          for (int64_t d = 0; d < Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(o[d]);
           if (p.lse)
             static_cast<T*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + ord[i] * p.lse_stride[2]] = lse_r[src];
           continue;
@@ -310,7 +293,7 @@ void lsh_attention_impl(const LshProblem& P) {
       const int64_t row = bh * Sq + i;
       const T inv = mx[row] == math::neg_inf<T>() ? T(0) : T(1) / sum[row];
       St* dst = static_cast<St*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + i * p.out_stride[2];
-      for (int64_t d = 0; d < Dv; ++d) dst[d * p.out_stride[3]] = from_f<St>(acc[row * Dv + d] * inv);
+      for (int64_t d = 0; d < Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(acc[row * Dv + d] * inv);
       if (p.lse)
         static_cast<T*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] =
             math::merge_lse(mx[row], sum[row]);
@@ -338,8 +321,8 @@ void lsh_attention(const LshProblem& p) {
   if (p.base.empty_output()) return;
   switch (p.base.dtype) {
     case DType::Float64: return lsh_attention_impl<double, double>(p);
-    case DType::Float16: return lsh_attention_impl<F16, float>(p);
-    case DType::BFloat16: return lsh_attention_impl<BF16, float>(p);
+    case DType::Float16: return lsh_attention_impl<Half, float>(p);
+    case DType::BFloat16: return lsh_attention_impl<BFloat, float>(p);
     default: return lsh_attention_impl<float, float>(p);
   }
 }
