@@ -34,6 +34,13 @@ CALLS = {
         q, k, v, attnkit.layouts.sliding_window(64, 16, 1)),
     "lsh_buckets": lambda q, k, v: attnkit.lsh_buckets(q, num_buckets=4),
     "lsh_attention": lambda q, k, v: attnkit.lsh_attention(q, k, v, num_buckets=4),
+    "linear_attention": lambda q, k, v: attnkit.linear_attention(q, k, v),
+    "performer_attention": lambda q, k, v: attnkit.performer_attention(
+        q, k, v, cupy.asarray(attnkit.random_features(16, 32))),
+    "linformer_attention": lambda q, k, v: attnkit.linformer_attention(
+        q, k, v, cupy.asarray(attnkit.linformer_projection(8, 64))),
+    "dynamic_linear_attention": lambda q, k, v: attnkit.dynamic_linear_attention(
+        q, k, v, cupy.ones(q.shape[:-1] + (4,), dtype=q.dtype), capacity=4),
 }
 
 
