@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._array import Call, acc_dtype, as_bool, as_float, as_int
+from ._array import Call, acc_dtype, as_bool, as_float, as_int, as_seed
 
 __all__ = ["BlockLayout", "block_sparse_attention", "lsh_buckets", "lsh_attention"]
 
@@ -17,13 +17,6 @@ def _pair(x, name):
         return as_int(x[0], f"{name}[0]"), as_int(x[1], f"{name}[1]")
     v = as_int(x, name)
     return v, v
-
-
-def _seed(seed, name="seed"):
-    s = as_int(seed, name)
-    if not 0 <= s < 2**64:
-        raise ValueError(f"{name} must be in [0, 2**64), got {s}")
-    return s
 
 
 class BlockLayout:
@@ -195,11 +188,7 @@ def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_len
     p.causal = as_bool(causal, "causal")
     if scale is not None:
         p.scale = as_float(scale, "scale")
-    if key_lengths is not None:
-        kl = call.array(key_lengths, "key_lengths", coerce=True)
-        if kl.dtype.kind in "iu" and kl.dtype not in (np.int32, np.int64):
-            kl = kl.astype(np.int64)
-        p.key_lengths = call.tensor(kl, "key_lengths")
+    p.key_lengths = call.lengths(key_lengths)
     p.stream = call.stream
     out, lse = _alloc_out(call, p, q, v, return_lse)
     _core.block_sparse_attention(p)
@@ -246,7 +235,7 @@ def lsh_buckets(x, *, num_buckets, num_hashes=1, seed=0):
     nh = as_int(num_hashes, "num_hashes")
     out, oref = (call.empty(shape[:-2] + (max(nh, 0), shape[-2]), np.int32)
                  if 2 <= len(shape) <= 4 else (None, _core.TensorRef()))
-    _core.lsh_buckets(xr, oref, nb, nh, _seed(seed), call.stream)
+    _core.lsh_buckets(xr, oref, nb, nh, as_seed(seed), call.stream)
     return out
 
 
@@ -291,7 +280,7 @@ def lsh_attention(q, k, v, *, num_buckets, num_hashes=1, seed=0, causal=False, s
     p.v = call.tensor(v, "v")
     p.num_buckets = as_int(num_buckets, "num_buckets")
     p.num_hashes = as_int(num_hashes, "num_hashes")
-    p.seed = _seed(seed)
+    p.seed = as_seed(seed)
     p.causal = as_bool(causal, "causal")
     if scale is not None:
         p.scale = as_float(scale, "scale")

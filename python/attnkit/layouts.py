@@ -24,8 +24,8 @@ Compared with DeepSpeed's ``SparsityConfig`` family (``deepspeed.ops.sparse_atte
 from __future__ import annotations
 
 from . import _core
-from ._array import as_bool, as_int
-from ._sparse import BlockLayout, _seed
+from ._array import as_bool, as_int, as_seed
+from ._sparse import BlockLayout
 
 __all__ = ["sliding_window", "longformer", "bigbird", "fixed", "union"]
 
@@ -66,7 +66,7 @@ def bigbird(seq_len, block_size, *, seed, window_blocks=1, global_blocks=1, rand
     random blocks. ``seed`` is required."""
     return BlockLayout._from_core(_core.layout_bigbird(
         as_int(seq_len, "seq_len"), as_int(block_size, "block_size"), as_int(window_blocks, "window_blocks"),
-        as_int(global_blocks, "global_blocks"), as_int(random_blocks, "random_blocks"), _seed(seed),
+        as_int(global_blocks, "global_blocks"), as_int(random_blocks, "random_blocks"), as_seed(seed),
         as_bool(causal, "causal"), as_int(num_heads, "num_heads")))
 
 
