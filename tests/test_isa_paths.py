@@ -65,17 +65,23 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("isa", ORDER)
-def test_isa_family(isa, tmp_path):
+def run_in_isa(isa, cases, script, tmp_path):
+    """Runs script (with CASES = cases) in a subprocess whose kernels are lowered to `isa`; returns its
+    saved arrays. Skips when this CPU cannot run `isa`."""
     native = attnkit.info()["cpu_isa"]
     if ORDER.index(isa) > ORDER.index(native):
         pytest.skip(f"this CPU runs {native}, not {isa}")
     path = tmp_path / "res.npz"
     env = dict(os.environ, ATTNKIT_CPU_ISA=isa)
-    code = f"CASES = {CASES!r}\n" + SCRIPT
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=env)
+    subprocess.run([sys.executable, "-c", f"CASES = {cases!r}\n" + script, str(path)], check=True, env=env)
     res = np.load(path)
     assert str(res["isa"]) == isa
+    return res
+
+
+@pytest.mark.parametrize("isa", ORDER)
+def test_isa_family(isa, tmp_path):
+    res = run_in_isa(isa, CASES, SCRIPT, tmp_path)
     for n, (dt, B, Hq, Hkv, Sq, Sk, D, Dv, kw) in enumerate(CASES):
         dtype = BF16 if dt == "bfloat16" else np.dtype(dt)
         q, k, v = (res[f"{n}_{x}"].astype(dtype) for x in "qkv")
@@ -140,15 +146,7 @@ LINEAR_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("isa", ORDER)
 def test_isa_family_linear(isa, tmp_path):
-    native = attnkit.info()["cpu_isa"]
-    if ORDER.index(isa) > ORDER.index(native):
-        pytest.skip(f"this CPU runs {native}, not {isa}")
-    path = tmp_path / "res.npz"
-    env = dict(os.environ, ATTNKIT_CPU_ISA=isa)
-    subprocess.run([sys.executable, "-c", f"CASES = {LINEAR_CASES!r}\n" + LINEAR_SCRIPT, str(path)], check=True,
-                   env=env)
-    res = np.load(path)
-    assert str(res["isa"]) == isa
+    res = run_in_isa(isa, LINEAR_CASES, LINEAR_SCRIPT, tmp_path)
     for n, (fn, dt, B, Hq, Hkv, S, Sk, D, Dv, kw) in enumerate(LINEAR_CASES):
         dtype = BF16 if dt == "bfloat16" else np.dtype(dt)
         q, k, v = (res[f"{n}_{x}"].astype(dtype) for x in "qkv")
