@@ -35,6 +35,7 @@
 
 #include "attnkit/math/dla.h"
 #include "cpu/gemm_kernel.h"
+#include "cpu/kernel_common.h"
 #include "cpu/simd.h"
 #include "validate/dla.h"
 
@@ -46,17 +47,6 @@ namespace attnkit {
 namespace detail {
 namespace cpu {
 inline namespace ATTNKIT_ISA_NAMESPACE {
-
-/// Reads element `idx` of a floating array of any dtype as double (log_decay may have any float dtype).
-inline double dla_load_double(const void* base, DType dt, int64_t idx) {
-  switch (dt) {
-    case DType::Float32: return static_cast<const float*>(base)[idx];
-    case DType::Float64: return static_cast<const double*>(base)[idx];
-    case DType::Float16: return math::f16_to_float(static_cast<const uint16_t*>(base)[idx]);
-    case DType::BFloat16: return math::bf16_to_float(static_cast<const uint16_t*>(base)[idx]);
-    default: return 0.0;
-  }
-}
 
 /// Cfg provides T (float for float32/float16/bfloat16 inputs, double for float64), W (SIMD lanes), RL and
 /// NV (register block of the products: RL rows x NV vectors).
@@ -331,7 +321,7 @@ struct DlaKernel {
 
   static double log_decay(const Ctx& c, int64_t b, int64_t h, int64_t t) {
     const ViewN<3>& g = c.p->log_decay;
-    return dla_load_double(g.data, g.dtype, off(g, b, h, t));
+    return load_float<double>(g.data, g.dtype, off(g, b, h, t));  // log_decay: any float dtype
   }
 
   static void write_token(const Ctx& c, int64_t b, int64_t h, int64_t t, const T* y, T score, bool opened,
@@ -749,7 +739,8 @@ struct DlaKernel {
 #pragma omp parallel if (items > 1)
 #endif
     {
-      void* mem = std::aligned_alloc(64, bytes);
+      Scratch scratch(bytes, /*zero=*/false);  // every buffer is written before it is read
+      void* mem = scratch.ptr;
       if (!mem) {
 #if defined(_OPENMP)
 #pragma omp atomic write
@@ -774,7 +765,6 @@ struct DlaKernel {
         else
           chunked(c, w, b, h);
       }
-      std::free(mem);
     }
     return !oom;
   }

@@ -45,13 +45,14 @@ inline int64_t load_int(const void* base, DType dt, int64_t idx) {
   return dt == DType::Int32 ? static_cast<const int32_t*>(base)[idx] : static_cast<const int64_t*>(base)[idx];
 }
 
-/// 64-byte aligned scratch owned by one thread for one call.
+/// 64-byte aligned scratch owned by one thread for one call; zero-filled unless the kernel writes every
+/// byte before reading it (zero = false).
 struct Scratch {
   void* ptr = nullptr;
-  explicit Scratch(std::size_t bytes) {
+  explicit Scratch(std::size_t bytes, bool zero = true) {
     bytes = (bytes + 63) / 64 * 64;
     ptr = std::aligned_alloc(64, bytes ? bytes : 64);
-    if (ptr) std::memset(ptr, 0, bytes);
+    if (ptr && zero) std::memset(ptr, 0, bytes);
   }
   ~Scratch() { std::free(ptr); }
   Scratch(const Scratch&) = delete;
