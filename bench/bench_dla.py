@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 
 import attnkit
-from attnkit._bench import (dla_data, dla_rows, environment, linear_attention_or_none, progress, timeit_many,
+from attnkit._bench import (tuned, dla_data, dla_rows, environment, linear_attention_or_none, progress, timeit_many,
                             write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,8 +34,8 @@ def chunk_sweep(S=4096, H=8, D=64, C=30, reps=3, lengths=(16, 32, 64, 128)):
     """Prefill time of the chunked form per chunk length, and of the recurrent form, round-robin."""
     q, k, v, lam = dla_data(S, H, D, C)
     f = attnkit.dynamic_linear_attention
-    fns = {f"L={L}": (lambda L=L: f(q, k, v, lam, capacity=C, _chunk_size=L)) for L in lengths}
-    fns["recurrent"] = lambda: f(q, k, v, lam, capacity=C, _chunk_size=-1)
+    fns = {f"L={L}": tuned(lambda: f(q, k, v, lam, capacity=C), dla_chunk=L) for L in lengths}
+    fns["recurrent"] = tuned(lambda: f(q, k, v, lam, capacity=C), dla_chunk=-1)
     return {key: t for key, t in timeit_many(fns, reps).items()}
 
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import attnkit
-from attnkit._bench import (LINEAR_CONTENDERS, approximation_errors, crossover, environment, linear_inputs,
+from attnkit._bench import (LINEAR_CONTENDERS, tuned, approximation_errors, crossover, environment, linear_inputs,
                             linear_rows, linear_scaling, progress, scaling_ratios, timeit_many, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,11 +37,11 @@ def chunk_sweep(S, chunks, reps, H=8, D=64, m=256):
     W = attnkit.random_features(m, D)
     fns = {}
     for c in chunks:
-        fns[f"linear_causal_c{c}"] = lambda c=c: attnkit.linear_attention(q, k, v, _chunk_size=c)
-        fns[f"performer_causal_c{c}"] = lambda c=c: attnkit.performer_attention(q, k, v, W, causal=True,
-                                                                                 _chunk_size=c)
-        fns[f"linear_c{c}"] = lambda c=c: attnkit.linear_attention(q, k, v, causal=False, _chunk_size=c)
-        fns[f"performer_c{c}"] = lambda c=c: attnkit.performer_attention(q, k, v, W, _chunk_size=c)
+        fns[f"linear_causal_c{c}"] = tuned(lambda: attnkit.linear_attention(q, k, v), linear_chunk=c)
+        fns[f"performer_causal_c{c}"] = tuned(lambda: attnkit.performer_attention(q, k, v, W, causal=True),
+                                              linear_chunk=c)
+        fns[f"linear_c{c}"] = tuned(lambda: attnkit.linear_attention(q, k, v, causal=False), linear_chunk=c)
+        fns[f"performer_c{c}"] = tuned(lambda: attnkit.performer_attention(q, k, v, W), linear_chunk=c)
     return {"S": S, "seconds": timeit_many(fns, reps)}
 
 

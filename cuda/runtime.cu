@@ -23,6 +23,31 @@ void require_device(int index) {
 
 bool built() { return true; }
 
+std::shared_ptr<void> upload(const void* host, std::size_t bytes, int32_t device_index, void* stream) {
+  require_device(device_index);
+  DeviceGuard guard(device_index);
+  void* dev = nullptr;
+  ATTNKIT_CUDA_CHECK(cudaMalloc(&dev, bytes ? bytes : 1));
+  std::shared_ptr<void> owner(dev, [device_index](void* ptr) {
+    int prev = 0;
+    if (cudaGetDevice(&prev) != cudaSuccess) return;
+    cudaSetDevice(device_index);
+    cudaFree(ptr);
+    cudaSetDevice(prev);
+  });
+  ATTNKIT_CUDA_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, as_stream(stream)));
+  // The host buffer belongs to the caller again once we return.
+  ATTNKIT_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream)));
+  return owner;
+}
+
+void download(void* dst, const void* src, std::size_t bytes, int32_t device_index, void* stream) {
+  require_device(device_index);
+  DeviceGuard guard(device_index);
+  ATTNKIT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, as_stream(stream)));
+  ATTNKIT_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream)));
+}
+
 int device_count() {
   int n = 0;
   // No driver or no GPU is not an error for this query: it simply means zero devices.

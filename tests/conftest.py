@@ -52,6 +52,20 @@ def poison_outputs(monkeypatch):
     monkeypatch.setattr(_array.Call, "empty", poisoned)
 
 
+def tuned(fn, option):
+    """fn with a test-only keyword ``_chunk_size`` that runs it under the backend tuning option ``option``
+    (attnkit._tuning): every chunked / token-by-token path can be compared with the others."""
+    from attnkit._tuning import tuning
+
+    def call(*args, _chunk_size=None, **kw):
+        if _chunk_size is None:
+            return fn(*args, **kw)
+        with tuning(**{option: _chunk_size}):
+            return fn(*args, **kw)
+
+    return call
+
+
 def randn(rng, shape, dtype, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(dtype)
 

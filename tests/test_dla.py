@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 import attnkit
 from attnkit import reference as ref
 
-from conftest import DTYPE_IDS, DTYPES, assert_close, randn
+from conftest import DTYPE_IDS, DTYPES, assert_close, randn, tuned
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
-f = attnkit.dynamic_linear_attention
+f = tuned(attnkit.dynamic_linear_attention, "dla_chunk")
 
 # (score, decay, tau) settings whose scores stay away from tau on piecewise data (margin >= 0.1 measured
 # over many seeds): token_vs_state scores sit near 0.1 inside a block and near 1.3 at a change;
@@ -560,13 +560,14 @@ def test_cache_dataclass(rng):
 # ------------------------------------------------------------------------------------ every CPU ISA path
 ISA_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, attnkit
+    from attnkit._tuning import tuning
     d = dict(np.load(sys.argv[1]))
     out = {"isa": np.array(attnkit.info()["cpu_isa"])}
     for dt in ("float32", "float64"):
         args = [d[n].astype(dt) for n in ("q", "k", "v", "lam")]
         for chunk in (0, -1, 5):
-            y, c, a = attnkit.dynamic_linear_attention(*args, capacity=4, log_decay=d["g"], return_aux=True,
-                                                       _chunk_size=chunk)
+            with tuning(dla_chunk=chunk):
+                y, c, a = attnkit.dynamic_linear_attention(*args, capacity=4, log_decay=d["g"], return_aux=True)
             out[f"{dt}_{chunk}_y"] = y
             out[f"{dt}_{chunk}_b"] = a.boundaries
             out[f"{dt}_{chunk}_s"] = c.states
@@ -668,7 +669,7 @@ def test_errors_scalars(args):
     raises(ValueError, "score", f, q, k, v, lam, capacity=3, score="cosine")
     raises(TypeError, "score", f, q, k, v, lam, capacity=3, score=1)
     raises(TypeError, "return_aux", f, q, k, v, lam, capacity=3, return_aux=1)
-    raises(ValueError, "chunk_size", f, q, k, v, lam, capacity=3, _chunk_size=-2)
+    raises(ValueError, "dla_chunk", f, q, k, v, lam, capacity=3, _chunk_size=-2)
 
 
 def test_errors_log_decay(args):

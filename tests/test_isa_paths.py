@@ -123,6 +123,7 @@ LINEAR_CASES = [
 
 LINEAR_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, ml_dtypes, attnkit
+    from attnkit._tuning import tuning
     out = {}
     rng = np.random.default_rng(11)
     for n, (fn, dt, B, Hq, Hkv, S, Sk, D, Dv, kw) in enumerate(CASES):
@@ -131,12 +132,14 @@ LINEAR_SCRIPT = textwrap.dedent("""
         k = rng.standard_normal((B, Hkv, Sk, D)).astype(dtype)
         v = rng.standard_normal((B, Hkv, Sk, Dv)).astype(dtype)
         kw = dict(kw)
-        if fn == "linear":
-            o = attnkit.linear_attention(q, k, v, **kw)
-        elif fn == "performer":
-            o = attnkit.performer_attention(q, k, v, attnkit.random_features(kw.pop("m"), D), **kw)
-        else:
-            o = attnkit.linformer_attention(q, k, v, attnkit.linformer_projection(kw.pop("P"), Sk, num_heads=Hkv), **kw)
+        with tuning(linear_chunk=kw.pop("_chunk_size", 0)):
+            if fn == "linear":
+                o = attnkit.linear_attention(q, k, v, **kw)
+            elif fn == "performer":
+                o = attnkit.performer_attention(q, k, v, attnkit.random_features(kw.pop("m"), D), **kw)
+            else:
+                e = attnkit.linformer_projection(kw.pop("P"), Sk, num_heads=Hkv)
+                o = attnkit.linformer_attention(q, k, v, e, **kw)
         for name, a in (("q", q), ("k", k), ("v", v), ("o", o)):
             out[f"{n}_{name}"] = a.astype(np.float64)
     out["isa"] = np.array(attnkit.info()["cpu_isa"])

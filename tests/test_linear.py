@@ -13,14 +13,16 @@ import attnkit
 from attnkit import _core
 from attnkit import reference as ref
 
-from conftest import DTYPE_IDS, DTYPES, assert_close, magnitude, naive_dtype, randn
+from conftest import DTYPE_IDS, DTYPES, assert_close, magnitude, naive_dtype, randn, tuned
+
+linear_attention = tuned(attnkit.linear_attention, "linear_chunk")
 
 MAPS = ["elu1", "relu", "identity"]
 
 
 def check(dtype, q, k, v, **kw):
     """attnkit.linear_attention vs the oracle (and the state when asked for); returns attnkit's result."""
-    res = attnkit.linear_attention(q, k, v, **kw)
+    res = linear_attention(q, k, v, **kw)
     kw.pop("_chunk_size", None)
     r = ref.linear_attention(q, k, v, **kw)
     n = ref.linear_attention(q, k, v, _dtype=naive_dtype(dtype), **kw)
@@ -314,8 +316,8 @@ def test_errors(rng):
     raises(TypeError, "q", f, q.astype(np.int32), k, v)
     raises(ValueError, "key_lengths", f, q, k, v, key_lengths=[11, 2])
     raises(TypeError, "key_lengths", f, q, k, v, key_lengths=[1.5, 2.0])
-    raises(ValueError, "chunk_size", f, q, k, v, _chunk_size=-1)
-    raises(ValueError, "chunk_size", f, q, k, v, _chunk_size=4096)
+    raises(ValueError, "linear_chunk", linear_attention, q, k, v, _chunk_size=-1)
+    raises(ValueError, "linear_chunk", linear_attention, q, k, v, _chunk_size=4096)
     s0, z0 = np.zeros((2, 2, 8, 4), np.float32), np.zeros((2, 2, 8), np.float32)
     raises(ValueError, "initial_state", f, q, k, v, initial_state=s0)
     raises(ValueError, "initial_state", f, q, k, v, initial_state=(s0, z0, z0))
@@ -382,7 +384,7 @@ def test_random_problems(data):
         kw["initial_state"] = (np.abs(rng.standard_normal((B, Hkv, D, Dv))).astype(sd),
                                np.abs(rng.standard_normal((B, Hkv, D))).astype(sd))
     chunk = kw.pop("_chunk_size")
-    res = attnkit.linear_attention(q, k, v, _chunk_size=chunk, **kw)
+    res = linear_attention(q, k, v, _chunk_size=chunk, **kw)
     (out, (s, z)), (r, (rs, rz)), (n, (ns, nz)) = res, ref.linear_attention(q, k, v, **kw), ref.linear_attention(
         q, k, v, _dtype=naive_dtype(dtype), **kw)
     assert_close(out, r, n, dtype, atol_scale=1.0 if kw["normalize"] else magnitude(r))

@@ -11,7 +11,9 @@ import pytest
 import attnkit
 from attnkit import reference as ref
 
-from conftest import BF16, DTYPE_IDS, DTYPES, assert_close, naive_dtype, randn
+from conftest import BF16, DTYPE_IDS, DTYPES, assert_close, naive_dtype, randn, tuned
+
+performer_attention = tuned(attnkit.performer_attention, "linear_chunk")
 
 
 def qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, dtype, scale=1.0):
@@ -20,7 +22,7 @@ def qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, dtype, scale=1.0):
 
 
 def check(dtype, q, k, v, w, atol_scale=1.0, **kw):
-    out = attnkit.performer_attention(q, k, v, w, **kw)
+    out = performer_attention(q, k, v, w, **kw)
     kw.pop("_chunk_size", None)
     assert out.dtype == q.dtype
     assert_close(out, ref.performer_attention(q, k, v, w, **kw),
@@ -299,4 +301,4 @@ def test_performer_errors(rng):
     raises(ValueError, "q's length", f, q, k[:, :, :5], v[:, :, :5], w, causal=True)
     raises(ValueError, "key_lengths", f, q, k, v, w, key_lengths=[-1, 2])
     raises(ValueError, "v", f, q, k, v[:, :1], w)
-    raises(ValueError, "chunk_size", f, q, k, v, w, _chunk_size=2000)
+    raises(ValueError, "linear_chunk", performer_attention, q, k, v, w, _chunk_size=2000)

@@ -1,6 +1,9 @@
 #pragma once
 // The interface between dispatch.cpp and the backends. Backends receive validated problems only.
 
+#include <cstddef>
+#include <memory>
+
 #include "validate/attention.h"
 #include "validate/block_sparse.h"
 #include "validate/dla.h"
@@ -35,6 +38,12 @@ void linear_attention(const LinearProblem& p);
 void linformer_attention(const LinformerProblem& p);
 bool built();
 int device_count();
+/// Copies `bytes` of host memory to a new allocation on CUDA device `device_index` (ordered on `stream`);
+/// the returned pointer frees it. For long-lived read-only data (layout CSR copies).
+std::shared_ptr<void> upload(const void* host, std::size_t bytes, int32_t device_index, void* stream);
+/// Copies `bytes` of device memory to host memory `dst` and waits for it on `stream`: the one path by which
+/// a validator reads the values of a device array (see validate/common.h).
+void download(void* dst, const void* src, std::size_t bytes, int32_t device_index, void* stream);
 }  // namespace cuda
 
 }  // namespace detail

@@ -3,6 +3,7 @@
 
 #include "attnkit/attnkit.h"
 #include "backend.h"
+#include "tuning.h"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -78,10 +79,61 @@ void linformer_attention(const LinformerParams& p) {
   detail::cpu::linformer_attention(prob);
 }
 
+// Output queries: the same validators in inference mode.
+namespace {
+template <class F>
+OutputSpecs infer(F&& validate) {
+  OutputSpecs specs;
+  validate(&specs);
+  return specs;
+}
+}  // namespace
+
+OutputSpecs attention_outputs(const AttentionParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_attention(p, nullptr, s); });
+}
+OutputSpecs attention_weights_outputs(const AttentionParams& p) {
+  const TensorRef none;
+  return infer([&](OutputSpecs* s) { detail::validate_attention(p, &none, s); });
+}
+OutputSpecs merge_attention_outputs(const MergeParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_merge(p, s); });
+}
+OutputSpecs block_sparse_attention_outputs(const BlockSparseParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_block_sparse(p, s); });
+}
+OutputSpecs lsh_buckets_outputs(const LshBucketsParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_lsh_buckets(p, s); });
+}
+OutputSpecs lsh_attention_outputs(const LshAttentionParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_lsh_attention(p, s); });
+}
+OutputSpecs dynamic_linear_attention_outputs(const DLAParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_dla(p, s); });
+}
+OutputSpecs linear_attention_outputs(const LinearAttentionParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_linear_attention(p, s); });
+}
+OutputSpecs performer_attention_outputs(const PerformerParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_performer(p, s); });
+}
+OutputSpecs random_features_outputs(const RandomFeaturesParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_random_features(p, s); });
+}
+OutputSpecs linformer_projection_outputs(const LinformerProjectionParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_linformer_projection(p, s); });
+}
+OutputSpecs linformer_attention_outputs(const LinformerParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_linformer(p, s); });
+}
+
 const char* version() { return ATTNKIT_VERSION_STRING; }
 bool built_with_cuda() { return detail::cuda::built(); }
 int cuda_device_count() { return detail::cuda::device_count(); }
 const char* cpu_isa() { return detail::cpu::isa_name(); }
+
+void set_tuning(const char* name, int64_t value) { detail::set_tuning(name ? name : "", value); }
+int64_t get_tuning(const char* name) { return detail::get_tuning(name ? name : ""); }
 
 int get_num_threads() {
 #if defined(_OPENMP)

@@ -1,9 +1,11 @@
 // BlockLayout: CSR construction, the documented layout rules, union, and structural validation.
 #include <algorithm>
+#include <mutex>
 #include <string>
 
 #include "attnkit/block_sparse.h"
 #include "attnkit/math/random.h"
+#include "backend.h"
 #include "validate/common.h"
 
 namespace attnkit {
@@ -224,6 +226,49 @@ std::vector<uint8_t> BlockLayout::to_dense() const {
 double BlockLayout::density() const {
   const double all = static_cast<double>(num_heads) * num_q_blocks * num_k_blocks;
   return all > 0 ? static_cast<double>(col_idx.size()) / all : 0.0;
+}
+
+/// The device copies of one layout's CSR, one entry per device (and per CSR buffer, so a modified layout is
+/// copied again).
+struct BlockLayoutDeviceCache {
+  struct Entry {
+    int32_t device;
+    const void* row_ptr_src;
+    std::size_t row_ptr_n;
+    const void* col_idx_src;
+    std::size_t col_idx_n;
+    std::shared_ptr<void> row_ptr, col_idx;
+  };
+  std::mutex mu;
+  std::vector<Entry> entries;
+};
+
+BlockLayoutRef BlockLayout::ref_on(int32_t device_index, void* stream) const {
+  BlockLayoutRef r = ref();
+  static std::mutex create_mu;
+  {
+    std::lock_guard<std::mutex> lock(create_mu);
+    if (!device_cache) device_cache = std::make_shared<BlockLayoutDeviceCache>();
+  }
+  BlockLayoutDeviceCache& c = *device_cache;
+  std::lock_guard<std::mutex> lock(c.mu);
+  const BlockLayoutDeviceCache::Entry* hit = nullptr;
+  for (const auto& e : c.entries)
+    if (e.device == device_index && e.row_ptr_src == row_ptr.data() && e.row_ptr_n == row_ptr.size() &&
+        e.col_idx_src == col_idx.data() && e.col_idx_n == col_idx.size())
+      hit = &e;
+  if (!hit) {
+    BlockLayoutDeviceCache::Entry e{device_index, row_ptr.data(), row_ptr.size(), col_idx.data(), col_idx.size(),
+                                    nullptr, nullptr};
+    e.row_ptr = detail::cuda::upload(row_ptr.data(), row_ptr.size() * sizeof(int64_t), device_index, stream);
+    e.col_idx = detail::cuda::upload(col_idx.data(), col_idx.size() * sizeof(int32_t), device_index, stream);
+    c.entries.push_back(std::move(e));
+    hit = &c.entries.back();
+  }
+  r.device_row_ptr = static_cast<const int64_t*>(hit->row_ptr.get());
+  r.device_col_idx = static_cast<const int32_t*>(hit->col_idx.get());
+  r.device_index = device_index;
+  return r;
 }
 
 BlockLayoutRef BlockLayout::ref() const {

@@ -18,17 +18,13 @@ except ImportError:  # pragma: no cover - ml_dtypes is a dependency
     ml_dtypes = None
     BFLOAT16 = None
 
-# attnkit::DType codes (cpp/include/attnkit/types.h)
+# NumPy dtype <-> attnkit::DType code; the codes come from the core's one table (_core.DType).
 _CODES = {
-    np.dtype(np.float32): 0,
-    np.dtype(np.float64): 1,
-    np.dtype(np.float16): 2,
-    np.dtype(np.bool_): 4,
-    np.dtype(np.int32): 5,
-    np.dtype(np.int64): 6,
+    (BFLOAT16 if name == "bfloat16" else np.dtype(name)): int(code)
+    for name, code in _core.DType.__members__.items()
+    if name != "bfloat16" or BFLOAT16 is not None
 }
-if BFLOAT16 is not None:
-    _CODES[BFLOAT16] = 3
+_DTYPES = {code: dt for dt, code in _CODES.items()}
 
 FLOAT_DTYPES = "float32, float64, float16 or bfloat16"
 
@@ -131,6 +127,28 @@ class Call:
             return cupy
         return np
 
+    def outputs(self, params, query, *names):
+        """Allocates the outputs ``names`` of a call from the core's output query (the validator computes
+        their shapes and dtypes, after checking every input: bad input raises here, before anything is
+        allocated), stores each one's TensorRef in ``params`` (dotted names reach nested fields, e.g.
+        ``cache_out.states``) and returns the arrays in the order asked."""
+        specs = output_specs(query, params)
+        arrays = []
+        for name in names:
+            arr, ref = self.allocate(specs[name])
+            *path, last = name.split(".")
+            target = params
+            for part in path:
+                target = getattr(target, part)
+            setattr(target, last, ref)
+            arrays.append(arr)
+        return arrays
+
+    def allocate(self, spec):
+        """A new output array for one ``(shape, dtype code)`` of :func:`output_specs`, and its TensorRef."""
+        shape, code = spec
+        return self.empty(tuple(shape), _DTYPES[code])
+
     def empty(self, shape, dtype):
         """A new C-contiguous output array on the call's device, and its TensorRef."""
         if self.cuda:
@@ -151,7 +169,21 @@ class Call:
         return cupy.cuda.get_current_stream().ptr
 
 
+def core_dtype(dtype):
+    """The ``_core.DType`` of a NumPy dtype attnkit supports."""
+    return _core.DType(_CODES[np.dtype(dtype)])
+
+
+def output_specs(query, params) -> dict:
+    """``{name: (shape, dtype code)}`` of every output a call can write, from the core's output query
+    (``_core.<function>_outputs``), which validates the inputs first."""
+    return {name: (shape, code) for name, shape, code in query(params)}
+
+
 def as_int(x, name: str) -> int:
+    """An integer argument; bool (an int subclass) is rejected as the flag it almost surely is."""
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got bool")
     try:
         return operator.index(x)
     except TypeError:

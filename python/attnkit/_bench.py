@@ -16,6 +16,17 @@ import numpy as np
 from . import _core
 
 
+
+def tuned(fn, **options):
+    """fn() run under backend tuning options (attnkit._tuning), e.g. tuned(f, linear_chunk=16)."""
+    from ._tuning import tuning
+
+    def run():
+        with tuning(**options):
+            return fn()
+
+    return run
+
 def timeit(fn, reps: int = 5, warmup: int = 1, min_time: float = 0.0) -> float:
     """Median wall time of fn() in seconds: `warmup` discarded runs, then at least `reps` runs and at
     least `min_time` seconds (at most 50 runs)."""
@@ -266,7 +277,7 @@ def dla_rows(sizes, reps=3, H=8, D=64, C=30, tau=0.6, decode_reps=30, with_exact
         fns = {"dla": lambda: dla(q, k, v, lam, capacity=C, tau=tau),
                "dla_decay": lambda: dla(q, k, v, lam, capacity=C, tau=tau, log_decay=g)}
         if with_recurrent:
-            fns["dla_recurrent"] = lambda: dla(q, k, v, lam, capacity=C, tau=tau, _chunk_size=-1)
+            fns["dla_recurrent"] = tuned(lambda: dla(q, k, v, lam, capacity=C, tau=tau), dla_chunk=-1)
         if with_exact:
             fns["exact"] = lambda: attention(q, k, v, causal=True)
         if linear is not None:

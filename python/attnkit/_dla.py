@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
 
 from . import _core
-from ._array import Call, acc_dtype, as_bool, as_float, as_int
+from ._array import Call, as_bool, as_choice, as_float, as_int
 
 __all__ = ["dynamic_linear_attention", "DLACache", "DLAAux"]
 
 _SCORES = {"token_vs_state": _core.DLAScore.TokenVsState, "state_drift": _core.DLAScore.StateDrift}
+_CACHE_FIELDS = ("states", "counts", "info", "starts", "size")
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +78,7 @@ class DLAAux(NamedTuple):
 
 
 def dynamic_linear_attention(q, k, v, lam, *, capacity, tau=0.6, log_decay=None, score="token_vs_state",
-                             cache=None, return_aux=False, _chunk_size=0):
+                             cache=None, return_aux=False):
     """Dynamic linear attention (DLA): multi-state linear attention with information-aware state merging
     and a capacity-bounded cache (``shared/specs/dla.md``).
 
@@ -156,49 +156,20 @@ def dynamic_linear_attention(q, k, v, lam, *, capacity, tau=0.6, log_decay=None,
     p.v = call.tensor(v, "v")
     p.lam = call.tensor(lam, "lam")
     p.log_decay = call.tensor(log_decay, "log_decay", coerce=True)
-    if isinstance(capacity, (bool, np.bool_)):
-        raise TypeError("capacity must be an integer, got bool")
     p.capacity = as_int(capacity, "capacity")
     p.tau = as_float(tau, "tau")
-    if not isinstance(score, str):
-        raise TypeError(f"score must be a string, got {type(score).__name__}")
-    if score not in _SCORES:
-        raise ValueError(f"score must be 'token_vs_state' or 'state_drift', got {score!r}")
-    p.score = _SCORES[score]
+    p.score = as_choice(score, "score", _SCORES)
     return_aux = as_bool(return_aux, "return_aux")
-    p.chunk_size = as_int(_chunk_size, "_chunk_size")
     if cache is not None:
         if not isinstance(cache, DLACache):
             raise TypeError(f"cache must be a DLACache (returned by an earlier call) or None, got {type(cache).__name__}")
-        for name in ("states", "counts", "info", "starts", "size"):
+        for name in _CACHE_FIELDS:
             setattr(p.cache_in, name, call.tensor(getattr(cache, name), f"cache.{name}"))
         p.position = as_int(cache.position, "cache.position")
     p.stream = call.stream
-
-    # Outputs: shapes from the inputs when they look sane; the core checks everything.
-    qs, vs = tuple(getattr(q, "shape", ())), tuple(getattr(v, "shape", ()))
-    if len(qs) not in (2, 3, 4) or len(vs) != len(qs):
-        _core.dynamic_linear_attention(p)  # raises the shape error
-        raise AssertionError("unreachable")  # pragma: no cover
-    lead = (1,) * (4 - len(qs))
-    B, H, T, _ = lead + qs
-    Dk, Dv, C = qs[-1], vs[-1], p.capacity
-    ls = tuple(getattr(lam, "shape", ()))
-    if C < 1 or len(ls) != len(qs) or ls[-1] != C or vs[:-1] != qs[:-1]:
-        _core.dynamic_linear_attention(p)  # raises the capacity / lam / v error before anything is allocated
-    sdt = acc_dtype(q.dtype)
-    y, p.out = call.empty(qs[:-1] + (Dv,), q.dtype)
-    states, p.cache_out.states = call.empty((B, H, C, Dk, Dv), sdt)
-    counts, p.cache_out.counts = call.empty((B, H, C), np.int64)
-    info, p.cache_out.info = call.empty((B, H, C), sdt)
-    starts, p.cache_out.starts = call.empty((B, H, C), np.int64)
-    size, p.cache_out.size = call.empty((B, H), np.int64)
-    aux = None
-    if return_aux:
-        scores, p.scores = call.empty(qs[:-1], sdt)
-        boundaries, p.boundaries = call.empty(qs[:-1], np.bool_)
-        merged, p.merged = call.empty(qs[:-1], np.int64)
-        aux = DLAAux(scores, boundaries, merged)
+    names = ["out"] + [f"cache_out.{n}" for n in _CACHE_FIELDS] + (list(DLAAux._fields) if return_aux else [])
+    y, *rest = call.outputs(p, _core.dynamic_linear_attention_outputs, *names)
     _core.dynamic_linear_attention(p)
-    new_cache = DLACache(states, counts, info, starts, size, p.position + T)
-    return (y, new_cache, aux) if return_aux else (y, new_cache)
+    T = y.shape[-2]
+    new_cache = DLACache(*rest[:5], p.position + T)
+    return (y, new_cache, DLAAux(*rest[5:])) if return_aux else (y, new_cache)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _core
-from ._array import Call, acc_dtype, as_bool, as_float, as_int
+from ._array import Call, as_bool, as_float, as_int, output_specs
 
 __all__ = ["attention", "attention_weights", "merge_attention"]
 
@@ -52,11 +52,6 @@ def _set_masking(p, call: Call, causal, window, mask, bias, key_lengths, scale, 
     p.stream = call.stream
 
 
-def _out_shape(q, last: int):
-    shape = tuple(getattr(q, "shape", ()))
-    return shape[:-1] + (last,) if len(shape) >= 2 else None
-
-
 def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_lengths=None, scale=None,
               softcap=None, alibi_slopes=None, return_lse=False):
     """Exact scaled-dot-product attention (flash-style, O(S) memory).
@@ -99,14 +94,13 @@ def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_l
     p.k = call.tensor(k, "k")
     p.v = call.tensor(v, "v")
     _set_masking(p, call, causal, window, mask, bias, key_lengths, scale, softcap, alibi_slopes)
-    shape = _out_shape(q, v.shape[-1] if len(getattr(v, "shape", ())) else 0)
-    out = lse = None
-    if shape is not None:
-        out, p.out = call.empty(shape, q.dtype)
-        if return_lse:
-            lse, p.lse = call.empty(shape[:-1], acc_dtype(q.dtype))
+    if as_bool(return_lse, "return_lse"):
+        out, lse = call.outputs(p, _core.attention_outputs, "out", "lse")
+        _core.attention(p)
+        return out, lse
+    out, = call.outputs(p, _core.attention_outputs, "out")
     _core.attention(p)
-    return (out, lse) if return_lse else out
+    return out
 
 
 def _with_masking_doc(f):
@@ -140,8 +134,7 @@ def attention_weights(q, k, *, causal=False, window=None, mask=None, bias=None, 
     p.q = call.tensor(q, "q")
     p.k = call.tensor(k, "k")
     _set_masking(p, call, causal, window, mask, bias, key_lengths, scale, softcap, alibi_slopes)
-    shape = _out_shape(q, k.shape[-2] if len(getattr(k, "shape", ())) >= 2 else 0)
-    weights, wref = call.empty(shape, q.dtype) if shape is not None else (None, _core.TensorRef())
+    weights, wref = call.allocate(output_specs(_core.attention_weights_outputs, p)["weights"])
     _core.attention_weights(p, wref)
     return weights
 
@@ -178,12 +171,10 @@ def merge_attention(outs, lses):
     call = Call()
     outs = list(outs) if not hasattr(outs, "shape") else [outs[i] for i in range(outs.shape[0])]
     lses = list(lses) if not hasattr(lses, "shape") else [lses[i] for i in range(lses.shape[0])]
-    out_refs = [call.tensor(o, f"outs[{i}]") for i, o in enumerate(outs)]
-    lse_refs = [call.tensor(x, f"lses[{i}]") for i, x in enumerate(lses)]
-    out = lse = None
-    out_ref = lse_ref = _core.TensorRef()
-    if outs and getattr(outs[0], "ndim", 0) >= 1:
-        out, out_ref = call.empty(outs[0].shape, outs[0].dtype)
-        lse, lse_ref = call.empty(outs[0].shape[:-1], acc_dtype(outs[0].dtype))
-    _core.merge_attention(out_refs, lse_refs, out_ref, lse_ref, call.stream)
+    p = _core.MergeParams()
+    p.outs = [call.tensor(o, f"outs[{i}]") for i, o in enumerate(outs)]
+    p.lses = [call.tensor(x, f"lses[{i}]") for i, x in enumerate(lses)]
+    p.stream = call.stream
+    out, lse = call.outputs(p, _core.merge_attention_outputs, "out", "lse")
+    _core.merge_attention(p)
     return out, lse

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._array import Call, acc_dtype, as_bool, as_choice, as_float, as_int, as_seed, float_dtype
+from ._array import Call, as_bool, as_choice, as_float, as_int, as_seed, core_dtype, float_dtype
 
 __all__ = ["linear_attention", "random_features", "performer_attention", "linformer_projection",
            "linformer_attention"]
@@ -16,19 +16,8 @@ _KERNELS = {"softmax": _core.PerformerKernel.softmax, "relu": _core.PerformerKer
 _SCALINGS = {"chi": _core.FeatureScaling.chi, "sqrt_d": _core.FeatureScaling.sqrt_d}
 
 
-def _out_shape(q, v):
-    """q's shape with the last dim replaced by v's, or None when the ranks cannot be right (the core then
-    names the bad argument)."""
-    qs, vs = tuple(getattr(q, "shape", ())), tuple(getattr(v, "shape", ()))
-    return qs[:-1] + vs[-1:] if len(qs) >= 2 and len(vs) >= 1 else None
-
-
-def _chunk(chunk_size):
-    return 0 if chunk_size is None else as_int(chunk_size, "_chunk_size")
-
-
 def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True, eps=1e-6, key_lengths=None,
-                     initial_state=None, return_state=False, _chunk_size=None):
+                     initial_state=None, return_state=False):
     """Kernelized linear attention (Katharopoulos et al., "Transformers are RNNs", 2020).
 
     With a feature map ``phi`` applied to each row of ``q`` and ``k`` (``F = D`` features) and the
@@ -107,20 +96,14 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True
             raise ValueError("initial_state must be a pair (S, z), as returned with return_state=True")
         p.initial_state = call.tensor(initial_state[0], "initial_state[0]")
         p.initial_normalizer = call.tensor(initial_state[1], "initial_state[1]")
-    p.chunk_size = _chunk(_chunk_size)
     p.stream = call.stream
-    out = state = None
-    shape = _out_shape(q, v)
-    if shape is not None:
-        out, p.out = call.empty(shape, q.dtype)
-    return_state = as_bool(return_state, "return_state")
-    if return_state and shape is not None and 2 <= len(k.shape) <= 4:
-        lead = tuple(k.shape[:-2])
-        s, p.final_state = call.empty(lead + (k.shape[-1], v.shape[-1]), acc_dtype(q.dtype))
-        z, p.final_normalizer = call.empty(lead + (k.shape[-1],), acc_dtype(q.dtype))
-        state = (s, z)
+    if as_bool(return_state, "return_state"):
+        out, s, z = call.outputs(p, _core.linear_attention_outputs, "out", "final_state", "final_normalizer")
+        _core.linear_attention(p)
+        return out, (s, z)
+    out, = call.outputs(p, _core.linear_attention_outputs, "out")
     _core.linear_attention(p)
-    return (out, state) if return_state else out
+    return out
 
 
 def random_features(num_features, head_dim, *, seed=0, orthogonal=True, scaling="chi", dtype=np.float32):
@@ -170,19 +153,14 @@ def random_features(num_features, head_dim, *, seed=0, orthogonal=True, scaling=
     p.seed = as_seed(seed)
     p.orthogonal = as_bool(orthogonal, "orthogonal")
     p.scaling = as_choice(scaling, "scaling", _SCALINGS)
-    dt = float_dtype(dtype)
-    if p.num_features < 1:
-        raise ValueError(f"num_features must be >= 1, got {p.num_features}")
-    if p.head_dim < 1:
-        raise ValueError(f"head_dim must be >= 1, got {p.head_dim}")
-    call = Call()
-    w, p.out = call.empty((p.num_features, p.head_dim), dt)
+    p.dtype = core_dtype(float_dtype(dtype))
+    w, = Call().outputs(p, _core.random_features_outputs, "out")
     _core.random_features(p)
     return w
 
 
 def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, scale=None, eps=1e-6,
-                        key_lengths=None, _chunk_size=None):
+                        key_lengths=None):
     """Performer attention (Choromanski et al., "Rethinking Attention with Performers", ICLR 2021): FAVOR+
     random features in front of normalized linear attention.
 
@@ -243,12 +221,8 @@ def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, sc
         p.scale = as_float(scale, "scale")
     p.eps = as_float(eps, "eps")
     p.key_lengths = call.lengths(key_lengths)
-    p.chunk_size = _chunk(_chunk_size)
     p.stream = call.stream
-    out = None
-    shape = _out_shape(q, v)
-    if shape is not None:
-        out, p.out = call.empty(shape, q.dtype)
+    out, = call.outputs(p, _core.performer_attention_outputs, "out")
     _core.performer_attention(p)
     return out
 
@@ -289,17 +263,12 @@ def linformer_projection(proj_len, seq_len, *, seed=0, num_heads=None, dtype=np.
     p.proj_len = as_int(proj_len, "proj_len")
     p.seq_len = as_int(seq_len, "seq_len")
     p.seed = as_seed(seed)
-    dt = float_dtype(dtype)
+    p.dtype = core_dtype(float_dtype(dtype))
     if num_heads is not None:
         p.num_heads = as_int(num_heads, "num_heads")
-        if p.num_heads < 1:
+        if p.num_heads < 1:  # 0 means "shared" in the core: name what this argument accepts instead
             raise ValueError(f"num_heads must be >= 1 (or None for a shared projection), got {p.num_heads}")
-    if p.proj_len < 1:
-        raise ValueError(f"proj_len must be >= 1, got {p.proj_len}")
-    if p.seq_len < 0:
-        raise ValueError(f"seq_len must be >= 0, got {p.seq_len}")
-    shape = (p.proj_len, p.seq_len) if num_heads is None else (p.num_heads, p.proj_len, p.seq_len)
-    e, p.out = Call().empty(shape, dt)
+    e, = Call().outputs(p, _core.linformer_projection_outputs, "out")
     _core.linformer_projection(p)
     return e
 
@@ -354,10 +323,6 @@ def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None, ret
     TypeError
         Unsupported or mismatched dtypes, non-array inputs, arrays on different devices.
     """
-    if causal is not _CAUSAL_UNSET:
-        raise ValueError("causal is not defined for Linformer: every projected key mixes all positions, so no "
-                         "projected key lies in a query's past; use attention(..., causal=True) or "
-                         "linear_attention / performer_attention for causal models")
     call = Call()
     p = _core.LinformerParams()
     p.q = call.tensor(q, "q")
@@ -368,13 +333,12 @@ def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None, ret
     if scale is not None:
         p.scale = as_float(scale, "scale")
     p.key_lengths = call.lengths(key_lengths)
+    p.causal = causal is not _CAUSAL_UNSET  # any value given is an error the core names
     p.stream = call.stream
-    out = lse = None
-    shape = _out_shape(q, v)
-    return_lse = as_bool(return_lse, "return_lse")
-    if shape is not None:
-        out, p.out = call.empty(shape, q.dtype)
-        if return_lse:
-            lse, p.lse = call.empty(shape[:-1], acc_dtype(q.dtype))
+    if as_bool(return_lse, "return_lse"):
+        out, lse = call.outputs(p, _core.linformer_attention_outputs, "out", "lse")
+        _core.linformer_attention(p)
+        return out, lse
+    out, = call.outputs(p, _core.linformer_attention_outputs, "out")
     _core.linformer_attention(p)
-    return (out, lse) if return_lse else out
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._array import Call, acc_dtype, as_bool, as_float, as_int, as_seed
+from ._array import Call, as_bool, as_float, as_int, as_seed
 
 __all__ = ["BlockLayout", "block_sparse_attention", "lsh_buckets", "lsh_attention"]
 
@@ -33,7 +33,7 @@ class BlockLayout:
     The constructor validates the CSR (sorted, in range) and raises ``ValueError`` otherwise.
     """
 
-    __slots__ = ("_row_ptr", "_col_idx", "_bq", "_bk", "_heads", "_nqb", "_nkb")
+    __slots__ = ("_impl", "_device_refs")
 
     def __init__(self, row_ptr, col_idx, *, block_size, num_heads, num_blocks):
         bq, bk = _pair(block_size, "block_size")
@@ -41,30 +41,26 @@ class BlockLayout:
         heads = as_int(num_heads, "num_heads")
         row_ptr = np.ascontiguousarray(row_ptr, dtype=np.int64)
         col_idx = np.ascontiguousarray(col_idx, dtype=np.int32)
-        self._set(row_ptr, col_idx, bq, bk, heads, nqb, nkb)
-        _core.layout_validate(self._ref())
+        self._wrap(_core.Layout(row_ptr, col_idx, bq, bk, heads, nqb, nkb))
 
-    def _set(self, row_ptr, col_idx, bq, bk, heads, nqb, nkb):
-        row_ptr.setflags(write=False)
-        col_idx.setflags(write=False)
-        self._row_ptr, self._col_idx = row_ptr, col_idx
-        self._bq, self._bk, self._heads, self._nqb, self._nkb = bq, bk, heads, nqb, nkb
+    def _wrap(self, core_layout):
+        self._impl = core_layout  # the C++ layout (validated); row_ptr / col_idx are read-only views of it
+        self._device_refs = {}
+        return self
 
     @classmethod
-    def _from_core(cls, t):
-        obj = cls.__new__(cls)
-        rp, ci, bq, bk, heads, nqb, nkb = t
-        obj._set(np.asarray(rp), np.asarray(ci), bq, bk, heads, nqb, nkb)
-        return obj
+    def _from_core(cls, core_layout):
+        return cls.__new__(cls)._wrap(core_layout)
 
-    def _tuple(self):
-        return (self._row_ptr, self._col_idx, self._bq, self._bk, self._heads, self._nqb, self._nkb)
-
-    def _ref(self):
-        call = Call()
-        return _core.BlockLayoutRef(call.tensor(self._row_ptr, "layout.row_ptr"),
-                                    call.tensor(self._col_idx, "layout.col_idx"), self._bq, self._bk,
-                                    self._heads, self._nqb, self._nkb)
+    def _ref(self, call: Call):
+        """The layout as the call's backend reads it: host arrays on the CPU; on a CUDA device, copies made
+        once per device and cached with the layout (``Layout.ref_on``)."""
+        if not call.cuda:
+            return self._impl.ref()
+        ref = self._device_refs.get(call.device_index)
+        if ref is None:
+            ref = self._device_refs[call.device_index] = self._impl.ref_on(call.device_index, call.stream)
+        return ref
 
     @classmethod
     def from_dense(cls, blocks, block_size):
@@ -78,71 +74,75 @@ class BlockLayout:
         if blocks.ndim != 3:
             raise ValueError(f"blocks must be [H, nQb, nKb] or [nQb, nKb], got shape {blocks.shape}")
         bq, bk = _pair(block_size, "block_size")
-        return cls._from_core(_core.layout_from_dense(blocks.astype(np.uint8), bq, bk))
+        return cls._from_core(_core.Layout.from_dense(blocks.astype(np.uint8), bq, bk))
 
     def to_dense(self) -> np.ndarray:
         """The bool block mask ``[num_heads, num_q_blocks, num_k_blocks]``."""
-        d = np.zeros((self._heads * self._nqb, self._nkb), dtype=bool)
-        rows = np.repeat(np.arange(self._heads * self._nqb), np.diff(self._row_ptr))
-        d[rows, self._col_idx] = True
-        return d.reshape(self._heads, self._nqb, self._nkb)
+        heads, (nqb, nkb) = self.num_heads, self.num_blocks
+        d = np.zeros((heads * nqb, nkb), dtype=bool)
+        rows = np.repeat(np.arange(heads * nqb), np.diff(self.row_ptr))
+        d[rows, self.col_idx] = True
+        return d.reshape(heads, nqb, nkb)
 
     @property
     def block_size(self):
         """``(bq, bk)``: query rows and keys per block."""
-        return (self._bq, self._bk)
+        return (self._impl.block_q, self._impl.block_k)
 
     @property
     def num_heads(self) -> int:
         """1 (shared by all query heads) or the number of query heads."""
-        return self._heads
+        return self._impl.num_heads
 
     @property
     def num_blocks(self):
         """``(num_q_blocks, num_k_blocks)``."""
-        return (self._nqb, self._nkb)
+        return (self._impl.num_q_blocks, self._impl.num_k_blocks)
 
     @property
     def seq_lens(self):
         """``((Sq_min, Sq_max), (Sk_min, Sk_max))``: the sequence lengths this layout serves."""
-        return (((self._nqb - 1) * self._bq + 1 if self._nqb else 0, self._nqb * self._bq),
-                ((self._nkb - 1) * self._bk + 1 if self._nkb else 0, self._nkb * self._bk))
+        (bq, bk), (nqb, nkb) = self.block_size, self.num_blocks
+        return (((nqb - 1) * bq + 1 if nqb else 0, nqb * bq), ((nkb - 1) * bk + 1 if nkb else 0, nkb * bk))
 
     @property
     def nnz(self) -> int:
         """Number of allowed blocks (over all heads)."""
-        return int(self._col_idx.size)
+        return int(self.col_idx.size)
 
     @property
     def density(self) -> float:
         """Allowed blocks / all blocks."""
-        total = self._heads * self._nqb * self._nkb
+        total = self.num_heads * self.num_blocks[0] * self.num_blocks[1]
         return self.nnz / total if total else 0.0
 
     @property
     def row_ptr(self) -> np.ndarray:
-        return self._row_ptr
+        """CSR row pointers, int64 ``[num_heads * num_q_blocks + 1]`` (read-only)."""
+        return self._impl.row_ptr
 
     @property
     def col_idx(self) -> np.ndarray:
-        return self._col_idx
+        """CSR key-block indices, int32 ``[nnz]`` (read-only)."""
+        return self._impl.col_idx
 
     def __or__(self, other):
         if not isinstance(other, BlockLayout):
             return NotImplemented
-        return BlockLayout._from_core(_core.layout_union([self._tuple(), other._tuple()]))
+        return BlockLayout._from_core(_core.Layout.unite([self._impl, other._impl]))
 
     def __eq__(self, other):
         if not isinstance(other, BlockLayout):
             return NotImplemented
-        return (self._tuple()[2:] == other._tuple()[2:] and np.array_equal(self._row_ptr, other._row_ptr)
-                and np.array_equal(self._col_idx, other._col_idx))
+        return (self.block_size == other.block_size and self.num_blocks == other.num_blocks
+                and self.num_heads == other.num_heads and np.array_equal(self.row_ptr, other.row_ptr)
+                and np.array_equal(self.col_idx, other.col_idx))
 
     __hash__ = None
 
     def __repr__(self):
         return (f"BlockLayout(block_size={self.block_size}, num_blocks={self.num_blocks}, "
-                f"num_heads={self._heads}, density={self.density:.4f})")
+                f"num_heads={self.num_heads}, density={self.density:.4f})")
 
 
 def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_lengths=None, return_lse=False):
@@ -184,25 +184,24 @@ def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_len
     p.q = call.tensor(q, "q")
     p.k = call.tensor(k, "k")
     p.v = call.tensor(v, "v")
-    p.layout = layout._ref()
     p.causal = as_bool(causal, "causal")
     if scale is not None:
         p.scale = as_float(scale, "scale")
     p.key_lengths = call.lengths(key_lengths)
     p.stream = call.stream
-    out, lse = _alloc_out(call, p, q, v, return_lse)
-    _core.block_sparse_attention(p)
-    return (out, lse) if return_lse else out
+    p.layout = layout._ref(call)
+    return _run(call, p, _core.block_sparse_attention, _core.block_sparse_attention_outputs, return_lse)
 
 
-def _alloc_out(call, p, q, v, return_lse):
-    qs, vs = tuple(getattr(q, "shape", ())), tuple(getattr(v, "shape", ()))
-    out = lse = None
-    if len(qs) >= 2 and len(vs) >= 1:
-        out, p.out = call.empty(qs[:-1] + (vs[-1],), q.dtype)
-        if return_lse:
-            lse, p.lse = call.empty(qs[:-1], acc_dtype(q.dtype))
-    return out, lse
+def _run(call, p, fn, query, return_lse):
+    """Allocates out (and lse) from the core's output query, runs fn(p), returns out or (out, lse)."""
+    if as_bool(return_lse, "return_lse"):
+        out, lse = call.outputs(p, query, "out", "lse")
+        fn(p)
+        return out, lse
+    out, = call.outputs(p, query, "out")
+    fn(p)
+    return out
 
 
 def lsh_buckets(x, *, num_buckets, num_hashes=1, seed=0):
@@ -229,13 +228,14 @@ def lsh_buckets(x, *, num_buckets, num_hashes=1, seed=0):
         Non-float ``x``.
     """
     call = Call()
-    xr = call.tensor(x, "x")
-    shape = tuple(getattr(x, "shape", ()))
-    nb = as_int(num_buckets, "num_buckets")
-    nh = as_int(num_hashes, "num_hashes")
-    out, oref = (call.empty(shape[:-2] + (max(nh, 0), shape[-2]), np.int32)
-                 if 2 <= len(shape) <= 4 else (None, _core.TensorRef()))
-    _core.lsh_buckets(xr, oref, nb, nh, as_seed(seed), call.stream)
+    p = _core.LshBucketsParams()
+    p.x = call.tensor(x, "x")
+    p.num_buckets = as_int(num_buckets, "num_buckets")
+    p.num_hashes = as_int(num_hashes, "num_hashes")
+    p.seed = as_seed(seed)
+    p.stream = call.stream
+    out, = call.outputs(p, _core.lsh_buckets_outputs, "out")
+    _core.lsh_buckets(p)
     return out
 
 
@@ -285,6 +285,4 @@ def lsh_attention(q, k, v, *, num_buckets, num_hashes=1, seed=0, causal=False, s
     if scale is not None:
         p.scale = as_float(scale, "scale")
     p.stream = call.stream
-    out, lse = _alloc_out(call, p, q, v, return_lse)
-    _core.lsh_attention(p)
-    return (out, lse) if return_lse else out
+    return _run(call, p, _core.lsh_attention, _core.lsh_attention_outputs, return_lse)

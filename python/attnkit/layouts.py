@@ -33,7 +33,7 @@ __all__ = ["sliding_window", "longformer", "bigbird", "fixed", "union"]
 def sliding_window(seq_len, block_size, window_blocks, *, causal=False, num_heads=1) -> BlockLayout:
     """Local band: block ``(i, j)`` allowed when ``|i - j| <= window_blocks``
     (causal: ``0 <= i - j <= window_blocks``)."""
-    return BlockLayout._from_core(_core.layout_sliding_window(
+    return BlockLayout._from_core(_core.Layout.sliding_window(
         as_int(seq_len, "seq_len"), as_int(block_size, "block_size"), as_int(window_blocks, "window_blocks"),
         as_bool(causal, "causal"), as_int(num_heads, "num_heads")))
 
@@ -47,7 +47,7 @@ def longformer(seq_len, block_size, window_blocks, *, global_tokens=(), dilation
     ``g // block_size`` of a token ``g`` in ``global_tokens`` (causal: only ``j <= i``). Global tokens
     make their whole block global (block granularity)."""
     g = [as_int(t, "global_tokens") for t in global_tokens]
-    return BlockLayout._from_core(_core.layout_longformer(
+    return BlockLayout._from_core(_core.Layout.longformer(
         as_int(seq_len, "seq_len"), as_int(block_size, "block_size"), as_int(window_blocks, "window_blocks"), g,
         as_int(dilation, "dilation"), as_bool(causal, "causal"), as_int(num_heads, "num_heads")))
 
@@ -64,7 +64,7 @@ def bigbird(seq_len, block_size, *, seed, window_blocks=1, global_blocks=1, rand
     by ``seed`` (Philox stream ``kStreamBigBird + h`` for head ``h``, word ``(i << 32) + t`` for draw ``t``):
     the same seed gives the same layout on every platform; with ``num_heads > 1`` each head has its own
     random blocks. ``seed`` is required."""
-    return BlockLayout._from_core(_core.layout_bigbird(
+    return BlockLayout._from_core(_core.Layout.bigbird(
         as_int(seq_len, "seq_len"), as_int(block_size, "block_size"), as_int(window_blocks, "window_blocks"),
         as_int(global_blocks, "global_blocks"), as_int(random_blocks, "random_blocks"), as_seed(seed),
         as_bool(causal, "causal"), as_int(num_heads, "num_heads")))
@@ -77,7 +77,7 @@ def fixed(seq_len, block_size, *, local_blocks=4, global_blocks=1, causal=True, 
     j // local_blocks`` (same segment) or when ``j % local_blocks >= local_blocks - global_blocks`` (``j`` is
     one of the last ``global_blocks`` "summary" blocks of its segment); causal (the default, as in the
     paper) keeps only ``j <= i``."""
-    return BlockLayout._from_core(_core.layout_fixed(
+    return BlockLayout._from_core(_core.Layout.fixed(
         as_int(seq_len, "seq_len"), as_int(block_size, "block_size"), as_int(local_blocks, "local_blocks"),
         as_int(global_blocks, "global_blocks"), as_bool(causal, "causal"), as_int(num_heads, "num_heads")))
 
@@ -90,4 +90,4 @@ def union(*layouts) -> BlockLayout:
     for i, l in enumerate(layouts):
         if not isinstance(l, BlockLayout):
             raise TypeError(f"layouts[{i}] must be an attnkit.BlockLayout, got {type(l).__name__}")
-    return BlockLayout._from_core(_core.layout_union([l._tuple() for l in layouts]))
+    return BlockLayout._from_core(_core.Layout.unite([l._impl for l in layouts]))

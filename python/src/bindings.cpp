@@ -33,29 +33,36 @@ TensorRef make_ref(uintptr_t ptr, int dtype, const std::vector<int64_t>& shape, 
 
 void* as_stream(uintptr_t s) { return reinterpret_cast<void*>(s); }
 
-// Block layouts cross the boundary as (row_ptr int64 array, col_idx int32 array, block_q, block_k,
-// num_heads, num_q_blocks, num_k_blocks); the Python class attnkit.BlockLayout holds those.
-py::tuple layout_to_py(const BlockLayout& L) {
-  py::array_t<int64_t> rp(static_cast<py::ssize_t>(L.row_ptr.size()));
-  py::array_t<int32_t> ci(static_cast<py::ssize_t>(L.col_idx.size()));
-  std::copy(L.row_ptr.begin(), L.row_ptr.end(), rp.mutable_data());
-  std::copy(L.col_idx.begin(), L.col_idx.end(), ci.mutable_data());
-  return py::make_tuple(rp, ci, L.block_q, L.block_k, L.num_heads, L.num_q_blocks, L.num_k_blocks);
+/// A C++ entry point f(params) as a Python function that releases the GIL around the call.
+template <class P>
+auto nogil(void (*f)(const P&)) {
+  return [f](const P& p) {
+    py::gil_scoped_release release;
+    f(p);
+  };
 }
 
-BlockLayout layout_from_py(const py::tuple& t) {
-  BlockLayout L;
-  auto rp = t[0].cast<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>();
-  auto ci = t[1].cast<py::array_t<int32_t, py::array::c_style | py::array::forcecast>>();
-  L.row_ptr.assign(rp.data(), rp.data() + rp.size());
-  L.col_idx.assign(ci.data(), ci.data() + ci.size());
-  L.block_q = t[2].cast<int64_t>();
-  L.block_k = t[3].cast<int64_t>();
-  L.num_heads = t[4].cast<int64_t>();
-  L.num_q_blocks = t[5].cast<int64_t>();
-  L.num_k_blocks = t[6].cast<int64_t>();
-  validate_layout(L.ref());
-  return L;
+/// An output query f(params) as a Python function returning [(name, shape, dtype code), ...].
+template <class P>
+auto outputs(OutputSpecs (*f)(const P&)) {
+  return [f](const P& p) {
+    const OutputSpecs specs = f(p);
+    py::list r;
+    for (int i = 0; i < specs.count; ++i) {
+      const OutputSpec& o = specs.items[i];
+      r.append(py::make_tuple(o.name, std::vector<int64_t>(o.shape, o.shape + o.ndim), static_cast<int>(o.dtype)));
+    }
+    return r;
+  };
+}
+
+/// A read-only NumPy view of a layout's CSR vector, kept alive by the layout object that owns it.
+template <class T>
+py::array csr_view(const std::vector<T>& v, py::handle owner) {
+  py::array a(py::dtype::of<T>(), {static_cast<py::ssize_t>(v.size())}, {static_cast<py::ssize_t>(sizeof(T))},
+              v.data(), owner);
+  py::detail::array_proxy(a.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  return a;
 }
 
 }  // namespace
@@ -74,6 +81,20 @@ PYBIND11_MODULE(_core, m) {
       }
     }
   });
+
+  // The one table of dtype codes: attnkit._array builds its NumPy mapping from this enum.
+  py::enum_<DType>(m, "DType")
+      .value("float32", DType::Float32)
+      .value("float64", DType::Float64)
+      .value("float16", DType::Float16)
+      .value("bfloat16", DType::BFloat16)
+      .value("bool", DType::Bool)
+      .value("int32", DType::Int32)
+      .value("int64", DType::Int64);
+
+  // Backend tuning options (tests and benchmarks): cpp/src/tuning.h.
+  m.def("set_tuning", &set_tuning, py::arg("name"), py::arg("value"));
+  m.def("get_tuning", &get_tuning, py::arg("name"));
 
   py::class_<TensorRef>(m, "TensorRef")
       .def(py::init(&make_ref), py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"),
@@ -136,15 +157,12 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("scores", &DLAParams::scores)
       .def_readwrite("boundaries", &DLAParams::boundaries)
       .def_readwrite("merged", &DLAParams::merged)
-      .def_readwrite("chunk_size", &DLAParams::chunk_size)
       .def_property(
           "stream", [](const DLAParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](DLAParams& p, uintptr_t s) { p.stream = as_stream(s); });
 
-  m.def("dynamic_linear_attention", [](const DLAParams& p) {
-    py::gil_scoped_release nogil;
-    dynamic_linear_attention(p);
-  });
+  m.def("dynamic_linear_attention", nogil(&dynamic_linear_attention));
+  m.def("dynamic_linear_attention_outputs", outputs(&dynamic_linear_attention_outputs));
 
   py::enum_<FeatureMap>(m, "FeatureMap")
       .value("elu1", FeatureMap::Elu1)
@@ -170,7 +188,6 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("initial_normalizer", &LinearAttentionParams::initial_normalizer)
       .def_readwrite("final_state", &LinearAttentionParams::final_state)
       .def_readwrite("final_normalizer", &LinearAttentionParams::final_normalizer)
-      .def_readwrite("chunk_size", &LinearAttentionParams::chunk_size)
       .def_property(
           "stream", [](const LinearAttentionParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](LinearAttentionParams& p, uintptr_t s) { p.stream = as_stream(s); });
@@ -187,7 +204,6 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("scale", &PerformerParams::scale)
       .def_readwrite("eps", &PerformerParams::eps)
       .def_readwrite("key_lengths", &PerformerParams::key_lengths)
-      .def_readwrite("chunk_size", &PerformerParams::chunk_size)
       .def_property(
           "stream", [](const PerformerParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](PerformerParams& p, uintptr_t s) { p.stream = as_stream(s); });
@@ -199,7 +215,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("seed", &RandomFeaturesParams::seed)
       .def_readwrite("orthogonal", &RandomFeaturesParams::orthogonal)
       .def_readwrite("scaling", &RandomFeaturesParams::scaling)
-      .def_readwrite("out", &RandomFeaturesParams::out);
+      .def_readwrite("out", &RandomFeaturesParams::out)
+      .def_readwrite("dtype", &RandomFeaturesParams::dtype);
 
   py::class_<LinformerProjectionParams>(m, "LinformerProjectionParams")
       .def(py::init<>())
@@ -207,7 +224,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("seq_len", &LinformerProjectionParams::seq_len)
       .def_readwrite("num_heads", &LinformerProjectionParams::num_heads)
       .def_readwrite("seed", &LinformerProjectionParams::seed)
-      .def_readwrite("out", &LinformerProjectionParams::out);
+      .def_readwrite("out", &LinformerProjectionParams::out)
+      .def_readwrite("dtype", &LinformerProjectionParams::dtype);
 
   py::class_<LinformerParams>(m, "LinformerParams")
       .def(py::init<>())
@@ -225,73 +243,65 @@ PYBIND11_MODULE(_core, m) {
           "stream", [](const LinformerParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](LinformerParams& p, uintptr_t s) { p.stream = as_stream(s); });
 
-  m.def("attention", [](const AttentionParams& p) {
-    py::gil_scoped_release nogil;
-    attention(p);
-  });
+  m.def("attention", nogil(&attention));
+  m.def("attention_outputs", outputs(&attention_outputs));
   m.def("attention_weights", [](const AttentionParams& p, const TensorRef& weights) {
-    py::gil_scoped_release nogil;
+    py::gil_scoped_release release;
     attention_weights(p, weights);
   });
-  m.def(
-      "merge_attention",
-      [](const std::vector<TensorRef>& outs, const std::vector<TensorRef>& lses, const TensorRef& out,
-         const TensorRef& lse, uintptr_t stream) {
-        MergeParams p;
-        p.outs = outs;
-        p.lses = lses;
-        p.out = out;
-        p.lse = lse;
-        p.stream = as_stream(stream);
-        py::gil_scoped_release nogil;
-        merge_attention(p);
-      },
-      py::arg("outs"), py::arg("lses"), py::arg("out"), py::arg("lse"), py::arg("stream") = 0);
+  m.def("attention_weights_outputs", outputs(&attention_weights_outputs));
+  py::class_<MergeParams>(m, "MergeParams")
+      .def(py::init<>())
+      .def_readwrite("outs", &MergeParams::outs)
+      .def_readwrite("lses", &MergeParams::lses)
+      .def_readwrite("out", &MergeParams::out)
+      .def_readwrite("lse", &MergeParams::lse)
+      .def_property(
+          "stream", [](const MergeParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
+          [](MergeParams& p, uintptr_t s) { p.stream = as_stream(s); });
+  m.def("merge_attention", nogil(&merge_attention));
+  m.def("merge_attention_outputs", outputs(&merge_attention_outputs));
 
   // ---------------------------------------------------------------------------- block-sparse / LSH
-  py::class_<BlockLayoutRef>(m, "BlockLayoutRef")
-      .def(py::init([](const TensorRef& rp, const TensorRef& ci, int64_t bq, int64_t bk, int64_t heads, int64_t nqb,
-                       int64_t nkb) {
-             BlockLayoutRef r;
-             r.row_ptr = rp;
-             r.col_idx = ci;
-             r.block_q = bq;
-             r.block_k = bk;
-             r.num_heads = heads;
-             r.num_q_blocks = nqb;
-             r.num_k_blocks = nkb;
-             return r;
+  py::class_<BlockLayoutRef>(m, "BlockLayoutRef");
+  // The owning C++ layout crosses as an object: attnkit.BlockLayout wraps one, and its CSR arrays are
+  // read-only NumPy views of the object's memory.
+  py::class_<BlockLayout>(m, "Layout")
+      .def(py::init([](py::array_t<int64_t, py::array::c_style> rp, py::array_t<int32_t, py::array::c_style> ci,
+                       int64_t bq, int64_t bk, int64_t heads, int64_t nqb, int64_t nkb) {
+             BlockLayout L;
+             L.row_ptr.assign(rp.data(), rp.data() + rp.size());
+             L.col_idx.assign(ci.data(), ci.data() + ci.size());
+             L.block_q = bq;
+             L.block_k = bk;
+             L.num_heads = heads;
+             L.num_q_blocks = nqb;
+             L.num_k_blocks = nkb;
+             validate_layout(L.ref());
+             return L;
            }),
            py::arg("row_ptr"), py::arg("col_idx"), py::arg("block_q"), py::arg("block_k"), py::arg("num_heads"),
-           py::arg("num_q_blocks"), py::arg("num_k_blocks"));
-  m.def("layout_validate", &validate_layout);
-  m.def("layout_from_dense", [](py::array_t<uint8_t, py::array::c_style | py::array::forcecast> blocks, int64_t bq,
-                                int64_t bk) {
-    if (blocks.ndim() != 3) throw Error(ErrorKind::Value, "blocks must be 3-D [H, nQb, nKb] here");
-    return layout_to_py(BlockLayout::from_dense(blocks.data(), blocks.shape(0), blocks.shape(1), blocks.shape(2), bq, bk));
-  });
-  m.def("layout_sliding_window", [](int64_t seq_len, int64_t block, int64_t w, bool causal, int64_t heads) {
-    return layout_to_py(BlockLayout::sliding_window(seq_len, block, w, causal, heads));
-  });
-  m.def("layout_longformer", [](int64_t seq_len, int64_t block, int64_t w, const std::vector<int64_t>& globals,
-                                int64_t dilation, bool causal, int64_t heads) {
-    return layout_to_py(BlockLayout::longformer(seq_len, block, w, globals, dilation, causal, heads));
-  });
-  m.def("layout_bigbird", [](int64_t seq_len, int64_t block, int64_t w, int64_t g, int64_t r, uint64_t seed,
-                             bool causal, int64_t heads) {
-    return layout_to_py(BlockLayout::bigbird(seq_len, block, w, g, r, seed, causal, heads));
-  });
-  m.def("layout_fixed", [](int64_t seq_len, int64_t block, int64_t local, int64_t global, bool causal, int64_t heads) {
-    return layout_to_py(BlockLayout::fixed(seq_len, block, local, global, causal, heads));
-  });
-  m.def("layout_union", [](const std::vector<py::tuple>& parts) {
-    std::vector<BlockLayout> owned;
-    owned.reserve(parts.size());
-    for (const auto& t : parts) owned.push_back(layout_from_py(t));
-    std::vector<const BlockLayout*> ptrs;
-    for (const auto& l : owned) ptrs.push_back(&l);
-    return layout_to_py(BlockLayout::unite(ptrs));
-  });
+           py::arg("num_q_blocks"), py::arg("num_k_blocks"))
+      .def_property_readonly("row_ptr", [](py::object self) { return csr_view(self.cast<const BlockLayout&>().row_ptr, self); })
+      .def_property_readonly("col_idx", [](py::object self) { return csr_view(self.cast<const BlockLayout&>().col_idx, self); })
+      .def_readonly("block_q", &BlockLayout::block_q)
+      .def_readonly("block_k", &BlockLayout::block_k)
+      .def_readonly("num_heads", &BlockLayout::num_heads)
+      .def_readonly("num_q_blocks", &BlockLayout::num_q_blocks)
+      .def_readonly("num_k_blocks", &BlockLayout::num_k_blocks)
+      .def("ref", &BlockLayout::ref)
+      .def("ref_on", &BlockLayout::ref_on, py::arg("device_index"), py::arg("stream"))
+      .def_static("from_dense",
+                  [](py::array_t<uint8_t, py::array::c_style | py::array::forcecast> blocks, int64_t bq, int64_t bk) {
+                    if (blocks.ndim() != 3) throw Error(ErrorKind::Value, "blocks must be 3-D [H, nQb, nKb] here");
+                    return BlockLayout::from_dense(blocks.data(), blocks.shape(0), blocks.shape(1), blocks.shape(2), bq,
+                                                   bk);
+                  })
+      .def_static("sliding_window", &BlockLayout::sliding_window)
+      .def_static("longformer", &BlockLayout::longformer)
+      .def_static("bigbird", &BlockLayout::bigbird)
+      .def_static("fixed", &BlockLayout::fixed)
+      .def_static("unite", [](const std::vector<const BlockLayout*>& parts) { return BlockLayout::unite(parts); });
 
   py::class_<BlockSparseParams>(m, "BlockSparseParams")
       .def(py::init<>())
@@ -307,10 +317,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property(
           "stream", [](const BlockSparseParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](BlockSparseParams& p, uintptr_t s) { p.stream = as_stream(s); });
-  m.def("block_sparse_attention", [](const BlockSparseParams& p) {
-    py::gil_scoped_release nogil;
-    block_sparse_attention(p);
-  });
+  m.def("block_sparse_attention", nogil(&block_sparse_attention));
+  m.def("block_sparse_attention_outputs", outputs(&block_sparse_attention_outputs));
 
   py::class_<LshAttentionParams>(m, "LshAttentionParams")
       .def(py::init<>())
@@ -327,47 +335,31 @@ PYBIND11_MODULE(_core, m) {
       .def_property(
           "stream", [](const LshAttentionParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](LshAttentionParams& p, uintptr_t s) { p.stream = as_stream(s); });
-  m.def("lsh_attention", [](const LshAttentionParams& p) {
-    py::gil_scoped_release nogil;
-    lsh_attention(p);
-  });
-  m.def(
-      "lsh_buckets",
-      [](const TensorRef& x, const TensorRef& out, int64_t num_buckets, int64_t num_hashes, uint64_t seed,
-         uintptr_t stream) {
-        LshBucketsParams p;
-        p.x = x;
-        p.out = out;
-        p.num_buckets = num_buckets;
-        p.num_hashes = num_hashes;
-        p.seed = seed;
-        p.stream = as_stream(stream);
-        py::gil_scoped_release nogil;
-        lsh_buckets(p);
-      },
-      py::arg("x"), py::arg("out"), py::arg("num_buckets"), py::arg("num_hashes"), py::arg("seed"),
-      py::arg("stream") = 0);
+  m.def("lsh_attention", nogil(&lsh_attention));
+  m.def("lsh_attention_outputs", outputs(&lsh_attention_outputs));
+  py::class_<LshBucketsParams>(m, "LshBucketsParams")
+      .def(py::init<>())
+      .def_readwrite("x", &LshBucketsParams::x)
+      .def_readwrite("out", &LshBucketsParams::out)
+      .def_readwrite("num_buckets", &LshBucketsParams::num_buckets)
+      .def_readwrite("num_hashes", &LshBucketsParams::num_hashes)
+      .def_readwrite("seed", &LshBucketsParams::seed)
+      .def_property(
+          "stream", [](const LshBucketsParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
+          [](LshBucketsParams& p, uintptr_t s) { p.stream = as_stream(s); });
+  m.def("lsh_buckets", nogil(&lsh_buckets));
+  m.def("lsh_buckets_outputs", outputs(&lsh_buckets_outputs));
 
-  m.def("linear_attention", [](const LinearAttentionParams& p) {
-    py::gil_scoped_release nogil;
-    linear_attention(p);
-  });
-  m.def("performer_attention", [](const PerformerParams& p) {
-    py::gil_scoped_release nogil;
-    performer_attention(p);
-  });
-  m.def("random_features", [](const RandomFeaturesParams& p) {
-    py::gil_scoped_release nogil;
-    random_features(p);
-  });
-  m.def("linformer_projection", [](const LinformerProjectionParams& p) {
-    py::gil_scoped_release nogil;
-    linformer_projection(p);
-  });
-  m.def("linformer_attention", [](const LinformerParams& p) {
-    py::gil_scoped_release nogil;
-    linformer_attention(p);
-  });
+  m.def("linear_attention", nogil(&linear_attention));
+  m.def("linear_attention_outputs", outputs(&linear_attention_outputs));
+  m.def("performer_attention", nogil(&performer_attention));
+  m.def("performer_attention_outputs", outputs(&performer_attention_outputs));
+  m.def("random_features", nogil(&random_features));
+  m.def("random_features_outputs", outputs(&random_features_outputs));
+  m.def("linformer_projection", nogil(&linformer_projection));
+  m.def("linformer_projection_outputs", outputs(&linformer_projection_outputs));
+  m.def("linformer_attention", nogil(&linformer_attention));
+  m.def("linformer_attention_outputs", outputs(&linformer_attention_outputs));
 
   m.def("version", &version);
   m.def("built_with_cuda", &built_with_cuda);

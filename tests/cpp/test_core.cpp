@@ -443,8 +443,9 @@ static void test_linear_family() {
   p.out = attnkit::make_tensor(out.data(), DType::Float64, {S, Dv});
   p.final_state = attnkit::make_tensor(st.data(), DType::Float64, {D, Dv});
   p.final_normalizer = attnkit::make_tensor(z.data(), DType::Float64, {D});
-  p.chunk_size = 4;
+  attnkit::set_tuning("linear_chunk", 4);
   attnkit::linear_attention(p);
+  attnkit::set_tuning("linear_chunk", 0);
   auto phi = [](double x) { return x > 0 ? x + 1 : std::exp(x); };
   std::vector<double> rs(D * Dv, 0.0), rz(D, 0.0);
   double max_err = 0;
@@ -473,6 +474,10 @@ static void test_linear_family() {
   rf.head_dim = Df;
   rf.seed = 77;
   rf.scaling = attnkit::FeatureScaling::SqrtD;
+  rf.dtype = DType::Float64;
+  const attnkit::OutputSpecs rf_specs = attnkit::random_features_outputs(rf);
+  CHECK(rf_specs.count == 1 && rf_specs.find("out") && rf_specs.find("out")->dtype == DType::Float64 &&
+        rf_specs.find("out")->ndim == 2 && rf_specs.find("out")->shape[0] == M && rf_specs.find("out")->shape[1] == Df);
   rf.out = attnkit::make_tensor(w.data(), DType::Float64, {M, Df});
   attnkit::random_features(rf);
   rf.out = attnkit::make_tensor(w2.data(), DType::Float64, {M, Df});

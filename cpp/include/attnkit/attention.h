@@ -48,6 +48,12 @@ struct AttentionParams {
 /// Throws attnkit::Error on bad arguments.
 ATTNKIT_API void attention(const AttentionParams& p);
 
+/// Output queries: <function>_outputs(p) validates p's inputs exactly as <function>(p) does (ignoring the
+/// output fields) and returns the outputs it would write, optional ones included, with their shapes and
+/// dtypes, so a caller allocates them without restating the shape rules.
+ATTNKIT_API OutputSpecs attention_outputs(const AttentionParams& p);                 ///< "out", "lse"
+ATTNKIT_API OutputSpecs attention_weights_outputs(const AttentionParams& p);         ///< "weights"
+
 /// Attention probabilities: writes weights [B, Hq, Sq, Sk] (q's dtype) = softmax of the masked scores, with
 /// exact zeros where a key is not allowed and on rows with no allowed key. Reads q, k and the masking
 /// fields of p; p.v, p.out and p.lse are ignored. O(Sq * Sk) memory by nature: meant for inspection.
@@ -68,5 +74,6 @@ struct MergeParams {
 /// out = sum_p exp(lse_p - lse) * out_p. Parts with lse_p = -inf add nothing; if every part is -inf the
 /// result is out = 0, lse = -inf.
 ATTNKIT_API void merge_attention(const MergeParams& p);
+ATTNKIT_API OutputSpecs merge_attention_outputs(const MergeParams& p);  ///< "out", "lse" (see attention_outputs)
 
 }  // namespace attnkit

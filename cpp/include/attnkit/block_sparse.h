@@ -4,6 +4,7 @@
 // blocks[h, i / block_q, j / block_k] (plus causal and key_lengths).
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -20,6 +21,11 @@ struct BlockLayoutRef {
   int64_t num_heads = 1;      ///< 1 = shared by every query head, else the number of query heads
   int64_t num_q_blocks = 0;   ///< ceil(Sq / block_q) of the sequences it serves
   int64_t num_k_blocks = 0;   ///< ceil(Sk / block_k)
+  /// The same CSR in device memory, for device tensors (BlockLayout::ref_on fills these): row_ptr and
+  /// col_idx above stay host views, which the validator checks; kernels read only these.
+  const int64_t* device_row_ptr = nullptr;
+  const int32_t* device_col_idx = nullptr;
+  int32_t device_index = -1;  ///< the CUDA device holding device_row_ptr / device_col_idx; -1 = none
 };
 
 /// An owning block layout and its constructors. Every constructor's rule is exact and documented; the
@@ -62,6 +68,13 @@ struct ATTNKIT_API BlockLayout {
   double density() const;
   /// A borrowed view, valid while this layout lives and is not modified.
   BlockLayoutRef ref() const;
+  /// ref() plus the CSR in the memory of CUDA device `device_index`, copied there on the first request (on
+  /// `stream`, a cudaStream_t) and cached per device for the layout's lifetime (a modified layout is copied
+  /// again). Throws Error(NotBuilt) in builds without CUDA.
+  BlockLayoutRef ref_on(int32_t device_index, void* stream) const;
+
+  /// Device copies made by ref_on (created on the first request; shared by later copies of this layout).
+  mutable std::shared_ptr<struct BlockLayoutDeviceCache> device_cache;
 };
 
 /// Checks a layout's structure (sizes, sorted in-range indices); throws Error(Value) naming the problem.
@@ -83,6 +96,8 @@ struct BlockSparseParams {
 
 /// attention() with the layout's block mask; rows with no allowed key give 0 and lse = -inf.
 ATTNKIT_API void block_sparse_attention(const BlockSparseParams& p);
+/// "out", "lse" (see attention_outputs in attention.h).
+ATTNKIT_API OutputSpecs block_sparse_attention_outputs(const BlockSparseParams& p);
 
 /// Arguments of lsh_buckets().
 struct LshBucketsParams {
@@ -98,6 +113,7 @@ struct LshBucketsParams {
 /// entries R_r[d][c] = normal(seed, kStreamLsh + r, d * (num_buckets / 2) + c) (math/random.h). Ties go
 /// to the lowest bucket. Projections are computed in float64.
 ATTNKIT_API void lsh_buckets(const LshBucketsParams& p);
+ATTNKIT_API OutputSpecs lsh_buckets_outputs(const LshBucketsParams& p);  ///< "out"
 
 /// Arguments of lsh_attention().
 struct LshAttentionParams {
@@ -116,5 +132,6 @@ struct LshAttentionParams {
 /// bucket (and causal); rounds merged like merge_attention (a key sharing the query's bucket in several
 /// rounds counts in each of them). Rows with no key in their bucket in any round give 0 and lse = -inf.
 ATTNKIT_API void lsh_attention(const LshAttentionParams& p);
+ATTNKIT_API OutputSpecs lsh_attention_outputs(const LshAttentionParams& p);  ///< "out", "lse"
 
 }  // namespace attnkit

@@ -64,9 +64,6 @@ struct DLAParams {
   TensorRef boundaries;  ///< optional output [B, H, T] bool: token t opened a new state
   TensorRef merged;      ///< optional output [B, H, T] int64: i when the pair (i, i+1) merged at t, else -1
 
-  /// For tests and measurements: 0 = automatic, L >= 1 = the chunked prefill with chunks of L tokens,
-  /// -1 = the token-by-token (recurrent) form. Every choice computes the same result up to rounding.
-  int64_t chunk_size = 0;
   /// CUDA stream (a cudaStream_t) for device tensors; ignored on the CPU.
   void* stream = nullptr;
 };
@@ -75,5 +72,8 @@ struct DLAParams {
 /// aux outputs given. Throws attnkit::Error on bad arguments. Cost O(T * C * Dk * Dv) per (batch, head);
 /// a decode step (T = 1) costs O(C * Dk * Dv) whatever the position.
 ATTNKIT_API void dynamic_linear_attention(const DLAParams& p);
+/// "out", "cache_out.states", "cache_out.counts", "cache_out.info", "cache_out.starts", "cache_out.size",
+/// "scores", "boundaries", "merged" (see attention_outputs in attention.h).
+ATTNKIT_API OutputSpecs dynamic_linear_attention_outputs(const DLAParams& p);
 
 }  // namespace attnkit

@@ -58,11 +58,6 @@ struct LinearAttentionParams {
   TensorRef final_state;
   /// Optional output: the normalizer z after the last allowed key, [B, Hkv, F].
   TensorRef final_normalizer;
-  /// Length of the chunks of the causal chunked form (masked quadratic products inside a chunk, a running
-  /// state between chunks), and of the blocks of keys and queries of bidirectional attention; 0 picks the
-  /// tuned default. Every value >= 1 gives the same result up to rounding: it is exposed for tests and
-  /// tuning. At most 1024.
-  int64_t chunk_size = 0;
   /// CUDA stream (a cudaStream_t) for device tensors; ignored on the CPU.
   void* stream = nullptr;
 };
@@ -70,6 +65,8 @@ struct LinearAttentionParams {
 /// Kernelized linear attention: writes p.out (and the final state when asked). Throws attnkit::Error on
 /// bad arguments.
 ATTNKIT_API void linear_attention(const LinearAttentionParams& p);
+/// "out", "final_state", "final_normalizer" (see attention_outputs in attention.h).
+ATTNKIT_API OutputSpecs linear_attention_outputs(const LinearAttentionParams& p);
 
 /// How random_features() scales its rows.
 enum class FeatureScaling : int32_t {
@@ -98,11 +95,13 @@ struct RandomFeaturesParams {
   uint64_t seed = 0;         ///< Philox key
   bool orthogonal = true;    ///< orthogonal blocks (true) or i.i.d. Gaussian rows
   FeatureScaling scaling = FeatureScaling::Chi;  ///< row norms
-  TensorRef out;             ///< output [m, D], any floating dtype, CPU memory
+  TensorRef out;             ///< output [m, D] of `dtype`, CPU memory
+  DType dtype = DType::Float32;  ///< element type of out (floating; W is built in double and rounded once)
 };
 
 /// Random features for Performer: writes p.out.
 ATTNKIT_API void random_features(const RandomFeaturesParams& p);
+ATTNKIT_API OutputSpecs random_features_outputs(const RandomFeaturesParams& p);  ///< "out"
 
 /// Performer kernels.
 enum class PerformerKernel : int32_t {
@@ -130,14 +129,13 @@ struct PerformerParams {
   double eps = 1e-6;
   /// Optional [B] (or 0-d) Int32/Int64 valid key counts in [0, Sk].
   TensorRef key_lengths;
-  /// Chunk length, as LinearAttentionParams::chunk_size.
-  int64_t chunk_size = 0;
   /// CUDA stream for device tensors.
   void* stream = nullptr;
 };
 
 /// Performer (FAVOR+) attention: writes p.out.
 ATTNKIT_API void performer_attention(const PerformerParams& p);
+ATTNKIT_API OutputSpecs performer_attention_outputs(const PerformerParams& p);  ///< "out"
 
 /// Arguments of linformer_projection(): E [P, Sk] (shared) or [H, P, Sk] (per head) with N(0, 1/P)
 /// entries. Entry (h, p, j) is normal(seed, kStreamLinformer + h, j * P + p) / sqrt(P) (math/random.h;
@@ -148,11 +146,13 @@ struct LinformerProjectionParams {
   int64_t seq_len = 0;    ///< Sk >= 0
   int64_t num_heads = 0;  ///< 0: shared [P, Sk]; H >= 1: [H, P, Sk]
   uint64_t seed = 0;      ///< Philox key
-  TensorRef out;          ///< output [P, Sk] or [H, P, Sk], any floating dtype, CPU memory
+  TensorRef out;          ///< output [P, Sk] or [H, P, Sk] of `dtype`, CPU memory
+  DType dtype = DType::Float32;  ///< element type of out (floating)
 };
 
 /// Random Linformer projection: writes p.out.
 ATTNKIT_API void linformer_projection(const LinformerProjectionParams& p);
+ATTNKIT_API OutputSpecs linformer_projection_outputs(const LinformerProjectionParams& p);  ///< "out"
 
 /// Arguments of linformer_attention(): K' = E k and V' = F v per (batch, kv head), then exact attention
 /// attention(q, K', V') over the P projected keys. Keys j >= key_lengths[b] count as zero rows.
@@ -179,5 +179,6 @@ struct LinformerParams {
 
 /// Linformer attention: writes p.out (and p.lse).
 ATTNKIT_API void linformer_attention(const LinformerParams& p);
+ATTNKIT_API OutputSpecs linformer_attention_outputs(const LinformerParams& p);  ///< "out", "lse"
 
 }  // namespace attnkit

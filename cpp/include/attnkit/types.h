@@ -39,7 +39,7 @@ ATTNKIT_API std::size_t dtype_size(DType t);
 /// "float32", "bfloat16", ...
 ATTNKIT_API const char* dtype_name(DType t);
 /// True for Float32, Float64, Float16 and BFloat16.
-inline bool is_floating(DType t) { return static_cast<int32_t>(t) <= 3; }
+inline bool is_floating(DType t) { return static_cast<int32_t>(t) >= 0 && static_cast<int32_t>(t) <= 3; }
 
 /// Where a tensor's memory lives.
 enum class Device : int32_t { CPU = 0, CUDA = 1 };
@@ -89,6 +89,33 @@ class ATTNKIT_API Error : public std::runtime_error {
 
  private:
   ErrorKind kind_;
+};
+
+/// Shape and element type of one output of a call, as the mechanism's validator derives it from the inputs.
+struct OutputSpec {
+  const char* name = "";           ///< the params field it fills: "out", "lse", "cache_out.states", ...
+  DType dtype = DType::Float32;
+  int32_t ndim = 0;
+  int64_t shape[kMaxDims] = {};
+};
+
+/// Every output a call can write (optional ones included), from the <function>_outputs() queries: callers
+/// allocate from these instead of restating the shape rules.
+struct OutputSpecs {
+  static constexpr int kMax = 12;
+  int32_t count = 0;
+  OutputSpec items[kMax];
+
+  /// The output called `name`, or nullptr.
+  const OutputSpec* find(const char* name) const {
+    for (int i = 0; i < count; ++i) {
+      const char* a = items[i].name;
+      const char* b = name;
+      while (*a && *a == *b) ++a, ++b;
+      if (*a == *b) return &items[i];
+    }
+    return nullptr;
+  }
 };
 
 }  // namespace attnkit

@@ -18,7 +18,7 @@ struct Avx2F64 {
 };
 }  // namespace
 
-bool exact_attention_avx2(const AttnProblem& p, bool weights) { return run_exact<Avx2F32, Avx2F64>(p, weights); }
+void exact_attention_avx2(const AttnProblem& p, bool weights) { exact_for_isa<Avx2F32, Avx2F64>(p, weights); }
 
 }  // namespace cpu
 }  // namespace detail

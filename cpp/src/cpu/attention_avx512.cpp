@@ -19,8 +19,8 @@ struct Avx512F64 {
 };
 }  // namespace
 
-bool exact_attention_avx512(const AttnProblem& p, bool weights) {
-  return run_exact<Avx512F32, Avx512F64>(p, weights);
+void exact_attention_avx512(const AttnProblem& p, bool weights) {
+  exact_for_isa<Avx512F32, Avx512F64>(p, weights);
 }
 
 }  // namespace cpu

@@ -17,8 +17,8 @@ struct GenericF64 {
 };
 }  // namespace
 
-bool exact_attention_generic(const AttnProblem& p, bool weights) {
-  return run_exact<GenericF32, GenericF64>(p, weights);
+void exact_attention_generic(const AttnProblem& p, bool weights) {
+  exact_for_isa<GenericF32, GenericF64>(p, weights);
 }
 
 }  // namespace cpu

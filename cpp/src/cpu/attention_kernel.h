@@ -27,7 +27,9 @@
 #include "attnkit/math/masks.h"
 #include "attnkit/math/softmax.h"
 #include "cpu/gemm_kernel.h"
+#include "check.h"
 #include "cpu/kernel_common.h"
+#include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "validate/attention.h"
 
@@ -273,57 +275,16 @@ struct ExactKernel {
   /// union is then intersected with the runs of allowed key blocks of the tile's query block.
   static int key_ranges(const Ctx& c, const Work& w, const Tile& t, int nl) {
     int64_t* kr = w.kr;
-    int n = 0;
-    for (int l = 0; l < nl; ++l) {
-      const int64_t lo = w.lo[l], hi = w.hi[l];
-      if (hi <= lo) continue;
-      int pos = n++;
-      while (pos > 0 && kr[2 * (pos - 1)] > lo) {
-        kr[2 * pos] = kr[2 * (pos - 1)];
-        kr[2 * pos + 1] = kr[2 * (pos - 1) + 1];
-        --pos;
-      }
-      kr[2 * pos] = lo;
-      kr[2 * pos + 1] = hi;
-    }
-    int m = 0;
-    for (int r = 0; r < n; ++r) {
-      if (m > 0 && kr[2 * r] <= kr[2 * (m - 1) + 1]) {
-        kr[2 * (m - 1) + 1] = imax(kr[2 * (m - 1) + 1], kr[2 * r + 1]);
-      } else {
-        kr[2 * m] = kr[2 * r];
-        kr[2 * m + 1] = kr[2 * r + 1];
-        ++m;
-      }
-    }
+    const int m = math::union_of_ranges(w.lo, w.hi, nl, kr);
     const AttnProblem& p = *c.p;
     if (!p.sparse || m == 0) return m;
     // Rows of one tile lie in one query block and, unless the layout is shared, one head.
     const LayoutView& L = p.layout;
     const int64_t lh = L.heads == 1 ? 0 : w.head[0];
-    const int64_t beg = L.row_ptr[lh * L.nqb + t.qb], end = L.row_ptr[lh * L.nqb + t.qb + 1];
-    // Intersect two sorted lists of disjoint ranges with two pointers: the lanes' union (kr[0, m)) and
-    // the runs of consecutive allowed key blocks; the result (<= m + runs ranges) goes after kr[m).
-    int out = 0;
     int64_t* dst = kr + 2 * m;
-    int r = 0;
-    for (int64_t e = beg; e < end && r < m;) {
-      int64_t e2 = e + 1;
-      while (e2 < end && L.col_idx[e2] == L.col_idx[e2 - 1] + 1) ++e2;
-      const int64_t a = static_cast<int64_t>(L.col_idx[e]) * L.bk;
-      const int64_t z = static_cast<int64_t>(L.col_idx[e2 - 1] + 1) * L.bk;
-      while (r < m && kr[2 * r + 1] <= a) ++r;
-      for (int r2 = r; r2 < m && kr[2 * r2] < z; ++r2) {
-        dst[2 * out] = imax(a, kr[2 * r2]);
-        dst[2 * out + 1] = imin(z, kr[2 * r2 + 1]);
-        ++out;
-      }
-      e = e2;
-    }
-    for (int r = 0; r < out; ++r) {
-      kr[2 * r] = dst[2 * r];
-      kr[2 * r + 1] = dst[2 * r + 1];
-    }
+    const int out = math::intersect_block_runs(kr, m, L.col_idx, L.row_ptr[lh * L.nqb + t.qb],
+                                               L.row_ptr[lh * L.nqb + t.qb + 1], L.bk, dst);
+    for (int r = 0; r < 2 * out; ++r) kr[r] = dst[r];
     return out;
   }
 
@@ -543,7 +504,7 @@ struct ExactKernel {
 
   /// Returns false when scratch memory could not be allocated (the caller throws: no exceptions or
   /// std::string are instantiated in the per-ISA translation units).
-  static bool run(const AttnProblem& p, bool weights) {
+  static void run(const AttnProblem& p, bool weights) {
     Ctx c;
     c.p = &p;
     c.G = p.Hkv ? p.Hq / p.Hkv : 1;
@@ -566,24 +527,9 @@ struct ExactKernel {
     const int64_t per_bg = c.nqblocks * c.tiles;
     const int64_t items = p.B * c.groups * per_bg;
     const std::size_t bytes = work_bytes(c);
-    bool oom = false;
-#if defined(_OPENMP)
-#pragma omp parallel if (items > 1)
-#endif
-    {
-      Scratch scratch(bytes);
-      if (!scratch.ptr) {
-#if defined(_OPENMP)
-#pragma omp atomic write
-#endif
-        oom = true;
-      }
-      const Work w = carve(scratch.ptr, c);
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-      for (int64_t it = 0; it < items; ++it) {
-        if (!scratch.ptr) continue;
+    parallel_with_scratch("attention", items > 1, bytes, /*zero=*/true, [&](void* mem) {
+      const Work w = carve(mem, c);
+      team_for(items, mem, [&](int64_t it) {
         // Last query blocks first: under causal masking they see the most keys.
         const int64_t k = per_bg - 1 - it % per_bg;
         const int64_t bg = it / per_bg;
@@ -593,14 +539,13 @@ struct ExactKernel {
         t.hkv = t.group * c.Gp / c.G;
         t.qb = k / c.tiles;
         t.f0 = (k % c.tiles) * BQ;
-        if (t.f0 >= imin(c.qblock, p.Sq - t.qb * c.qblock) * c.Gp) continue;  // short last block
+        if (t.f0 >= imin(c.qblock, p.Sq - t.qb * c.qblock) * c.Gp) return;  // short last block
         if (weights)
           weights_tile(c, w, t);
         else
           attend_tile(c, w, t);
-      }
-    }
-    return !oom;
+      });
+    });
   }
 };
 
@@ -612,7 +557,7 @@ struct NarrowCfg : Cfg {
 };
 
 template <class Cfg, class St>
-bool run_width(const AttnProblem& p, bool weights) {
+void run_width(const AttnProblem& p, bool weights) {
   const int64_t lanes = lanes_per_block(p);
   if (lanes <= Cfg::W) return ExactKernel<NarrowCfg<Cfg, 1>, St>::run(p, weights);
   if (lanes <= 2 * Cfg::W) return ExactKernel<NarrowCfg<Cfg, 2>, St>::run(p, weights);
@@ -621,13 +566,13 @@ bool run_width(const AttnProblem& p, bool weights) {
 
 /// Runs exact attention (or its weights) for every storage dtype with the ISA's two tile configurations.
 template <class Cfg32, class Cfg64>
-bool run_exact(const AttnProblem& p, bool weights) {
+void exact_for_isa(const AttnProblem& p, bool weights) {
   switch (p.dtype) {
     case DType::Float32: return run_width<Cfg32, float>(p, weights);
     case DType::Float64: return run_width<Cfg64, double>(p, weights);
     case DType::Float16: return run_width<Cfg32, Half>(p, weights);
     case DType::BFloat16: return run_width<Cfg32, BFloat>(p, weights);
-    default: return false;
+    default: ATTNKIT_ASSERT(false, "exact attention: a non-floating dtype passed validation");
   }
 }
 

@@ -18,7 +18,7 @@ struct DlaAvx2F64 {
 };
 }  // namespace
 
-bool dla_avx2(const DLAProblem& p) { return run_dla<DlaAvx2F32, DlaAvx2F64>(p); }
+void dla_avx2(const DLAProblem& p) { run_dla<DlaAvx2F32, DlaAvx2F64>(p); }
 
 }  // namespace cpu
 }  // namespace detail

@@ -19,7 +19,7 @@ struct DlaAvx512F64 {
 };
 }  // namespace
 
-bool dla_avx512(const DLAProblem& p) { return run_dla<DlaAvx512F32, DlaAvx512F64>(p); }
+void dla_avx512(const DLAProblem& p) { run_dla<DlaAvx512F32, DlaAvx512F64>(p); }
 
 }  // namespace cpu
 }  // namespace detail

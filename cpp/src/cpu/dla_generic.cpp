@@ -18,7 +18,7 @@ struct DlaGenericF64 {
 };
 }  // namespace
 
-bool dla_generic(const DLAProblem& p) { return run_dla<DlaGenericF32, DlaGenericF64>(p); }
+void dla_generic(const DLAProblem& p) { run_dla<DlaGenericF32, DlaGenericF64>(p); }
 
 }  // namespace cpu
 }  // namespace detail

@@ -35,7 +35,9 @@
 
 #include "attnkit/math/dla.h"
 #include "cpu/gemm_kernel.h"
+#include "check.h"
 #include "cpu/kernel_common.h"
+#include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "validate/dla.h"
 
@@ -718,7 +720,7 @@ struct DlaKernel {
 
   /// Returns false when scratch memory could not be allocated (the caller throws: no exceptions or
   /// std::string are instantiated in the per-ISA translation units).
-  static bool run(const DLAProblem& p) {
+  static void run(const DLAProblem& p) {
     Ctx c;
     c.p = &p;
     c.L = p.chunk_size > 0 ? p.chunk_size : p.chunk_size < 0 || p.T <= kRecurrentMaxT ? 0 : kDefaultChunk;
@@ -734,51 +736,35 @@ struct DlaKernel {
     const int64_t items = p.B * p.H;
     Work layout;
     const std::size_t bytes = carve(nullptr, c, layout);
-    bool oom = false;
-#if defined(_OPENMP)
-#pragma omp parallel if (items > 1)
-#endif
-    {
-      Scratch scratch(bytes, /*zero=*/false);  // every buffer is written before it is read
-      void* mem = scratch.ptr;
-      if (!mem) {
-#if defined(_OPENMP)
-#pragma omp atomic write
-#endif
-        oom = true;
-      }
+    // Every scratch buffer is written before it is read: no zero-fill.
+    parallel_with_scratch("DLA", items > 1, bytes, /*zero=*/false, [&](void* mem) {
       Work w{};
       if (mem) carve(static_cast<char*>(mem), c, w);
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-      for (int64_t it = 0; it < items; ++it) {
-        if (!mem) continue;
+      team_for(items, mem, [&](int64_t it) {
         const int64_t b = it / p.H, h = it % p.H;
         if (c.fused) {
           decode(c, w, b, h);
-          continue;
+          return;
         }
         load_cache(c, w, b, h);
         if (c.L == 0)
           recurrent(c, w, b, h);
         else
           chunked(c, w, b, h);
-      }
-    }
-    return !oom;
+      });
+    });
   }
 };
 
 /// Runs DLA for every storage dtype with the ISA's two configurations.
 template <class Cfg32, class Cfg64>
-bool run_dla(const DLAProblem& p) {
+void run_dla(const DLAProblem& p) {
   switch (p.dtype) {
     case DType::Float32: return DlaKernel<Cfg32, float>::run(p);
     case DType::Float64: return DlaKernel<Cfg64, double>::run(p);
     case DType::Float16: return DlaKernel<Cfg32, Half>::run(p);
     case DType::BFloat16: return DlaKernel<Cfg32, BFloat>::run(p);
-    default: return false;
+    default: ATTNKIT_ASSERT(false, "DLA: a non-floating dtype passed validation");
   }
 }
 

@@ -1,7 +1,6 @@
 #pragma once
 // Entry points of the per-ISA CPU kernel translation units (<mechanism>_{generic,avx2,avx512}.cpp).
-// Each returns false when it could not allocate its scratch memory; the ISA-neutral caller turns that
-// into an attnkit::Error. Builds without the x86 kernels forward the x86 names to the generic ones, so
+// Each throws attnkit::Error (after its OpenMP region, cpu/parallel.h) when it cannot get its memory. Builds without the x86 kernels forward the x86 names to the generic ones, so
 // callers can always name all three (cpu/isa.h by_isa).
 
 #include <cstdint>
@@ -14,7 +13,7 @@ namespace attnkit {
 namespace detail {
 namespace cpu {
 
-bool exact_attention_generic(const AttnProblem& p, bool weights);
+void exact_attention_generic(const AttnProblem& p, bool weights);
 
 /// LSH hashing: codes[r][i] = argmax over the num_buckets values ([x_i R_r, -x_i R_r]) for the n rows
 /// x_i (row stride ldx, element stride sd, dtype) and every round r (see cpu/lsh_kernel.h).
@@ -34,40 +33,40 @@ struct LshHashJob {
 void lsh_hash_generic(const LshHashJob& job);
 
 #if defined(ATTNKIT_HAVE_X86_KERNELS)
-bool exact_attention_avx2(const AttnProblem& p, bool weights);
-bool exact_attention_avx512(const AttnProblem& p, bool weights);
+void exact_attention_avx2(const AttnProblem& p, bool weights);
+void exact_attention_avx512(const AttnProblem& p, bool weights);
 void lsh_hash_avx2(const LshHashJob& job);
 void lsh_hash_avx512(const LshHashJob& job);
 #else
-inline bool exact_attention_avx2(const AttnProblem& p, bool weights) { return exact_attention_generic(p, weights); }
-inline bool exact_attention_avx512(const AttnProblem& p, bool weights) { return exact_attention_generic(p, weights); }
+inline void exact_attention_avx2(const AttnProblem& p, bool weights) { exact_attention_generic(p, weights); }
+inline void exact_attention_avx512(const AttnProblem& p, bool weights) { exact_attention_generic(p, weights); }
 inline void lsh_hash_avx2(const LshHashJob& job) { lsh_hash_generic(job); }
 inline void lsh_hash_avx512(const LshHashJob& job) { lsh_hash_generic(job); }
 #endif
 
-bool dla_generic(const DLAProblem& p);
+void dla_generic(const DLAProblem& p);
 #if defined(ATTNKIT_HAVE_X86_KERNELS)
-bool dla_avx2(const DLAProblem& p);
-bool dla_avx512(const DLAProblem& p);
+void dla_avx2(const DLAProblem& p);
+void dla_avx512(const DLAProblem& p);
 #else
-inline bool dla_avx2(const DLAProblem& p) { return dla_generic(p); }
-inline bool dla_avx512(const DLAProblem& p) { return dla_generic(p); }
+inline void dla_avx2(const DLAProblem& p) { dla_generic(p); }
+inline void dla_avx512(const DLAProblem& p) { dla_generic(p); }
 #endif
 
-bool linear_attention_generic(const LinearProblem& p);
+void linear_attention_generic(const LinearProblem& p);
 /// Linformer's projections K' = E k, V' = F v into C-contiguous [B, Hkv, P, D] / [B, Hkv, P, Dv] buffers
 /// of q's dtype.
-bool linformer_project_generic(const LinformerProblem& p, void* kproj, void* vproj);
+void linformer_project_generic(const LinformerProblem& p, void* kproj, void* vproj);
 #if defined(ATTNKIT_HAVE_X86_KERNELS)
-bool linear_attention_avx2(const LinearProblem& p);
-bool linear_attention_avx512(const LinearProblem& p);
-bool linformer_project_avx2(const LinformerProblem& p, void* kproj, void* vproj);
-bool linformer_project_avx512(const LinformerProblem& p, void* kproj, void* vproj);
+void linear_attention_avx2(const LinearProblem& p);
+void linear_attention_avx512(const LinearProblem& p);
+void linformer_project_avx2(const LinformerProblem& p, void* kproj, void* vproj);
+void linformer_project_avx512(const LinformerProblem& p, void* kproj, void* vproj);
 #else
-inline bool linear_attention_avx2(const LinearProblem& p) { return linear_attention_generic(p); }
-inline bool linear_attention_avx512(const LinearProblem& p) { return linear_attention_generic(p); }
-inline bool linformer_project_avx2(const LinformerProblem& p, void* k, void* v) { return linformer_project_generic(p, k, v); }
-inline bool linformer_project_avx512(const LinformerProblem& p, void* k, void* v) { return linformer_project_generic(p, k, v); }
+inline void linear_attention_avx2(const LinearProblem& p) { linear_attention_generic(p); }
+inline void linear_attention_avx512(const LinearProblem& p) { linear_attention_generic(p); }
+inline void linformer_project_avx2(const LinformerProblem& p, void* k, void* v) { linformer_project_generic(p, k, v); }
+inline void linformer_project_avx512(const LinformerProblem& p, void* k, void* v) { linformer_project_generic(p, k, v); }
 #endif
 /// linformer_project_* for the ISA chosen at run time (cpu_features.cpp); throws when out of memory.
 void linformer_project(const LinformerProblem& p, void* kproj, void* vproj);

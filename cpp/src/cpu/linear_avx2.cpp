@@ -19,10 +19,10 @@ struct Avx2F64 {
 };
 }  // namespace
 
-bool linear_attention_avx2(const LinearProblem& p) { return run_linear<Avx2F32, Avx2F64>(p); }
+void linear_attention_avx2(const LinearProblem& p) { run_linear<Avx2F32, Avx2F64>(p); }
 
-bool linformer_project_avx2(const LinformerProblem& p, void* kproj, void* vproj) {
-  return run_linformer_projection<Avx2F32, Avx2F64>(p, kproj, vproj);
+void linformer_project_avx2(const LinformerProblem& p, void* kproj, void* vproj) {
+  run_linformer_projection<Avx2F32, Avx2F64>(p, kproj, vproj);
 }
 
 }  // namespace cpu

@@ -20,10 +20,10 @@ struct Avx512F64 {
 };
 }  // namespace
 
-bool linear_attention_avx512(const LinearProblem& p) { return run_linear<Avx512F32, Avx512F64>(p); }
+void linear_attention_avx512(const LinearProblem& p) { run_linear<Avx512F32, Avx512F64>(p); }
 
-bool linformer_project_avx512(const LinformerProblem& p, void* kproj, void* vproj) {
-  return run_linformer_projection<Avx512F32, Avx512F64>(p, kproj, vproj);
+void linformer_project_avx512(const LinformerProblem& p, void* kproj, void* vproj) {
+  run_linformer_projection<Avx512F32, Avx512F64>(p, kproj, vproj);
 }
 
 }  // namespace cpu

@@ -19,10 +19,10 @@ struct GenericF64 {
 };
 }  // namespace
 
-bool linear_attention_generic(const LinearProblem& p) { return run_linear<GenericF32, GenericF64>(p); }
+void linear_attention_generic(const LinearProblem& p) { run_linear<GenericF32, GenericF64>(p); }
 
-bool linformer_project_generic(const LinformerProblem& p, void* kproj, void* vproj) {
-  return run_linformer_projection<GenericF32, GenericF64>(p, kproj, vproj);
+void linformer_project_generic(const LinformerProblem& p, void* kproj, void* vproj) {
+  run_linformer_projection<GenericF32, GenericF64>(p, kproj, vproj);
 }
 
 }  // namespace cpu

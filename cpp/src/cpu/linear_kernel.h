@@ -33,7 +33,10 @@
 
 #include "attnkit/math/feature_maps.h"
 #include "cpu/gemm_kernel.h"
+#include "check.h"
 #include "cpu/kernel_common.h"
+#include "cpu/parallel.h"
+#include "workspace.h"
 #include "cpu/simd.h"
 #include "validate/linear.h"
 
@@ -501,7 +504,7 @@ struct LinearKernel {
 
   /// Returns false when scratch memory could not be allocated (the caller throws: no exceptions or
   /// std::string are instantiated in the per-ISA translation units).
-  static bool run(const LinearProblem& p) {
+  static void run(const LinearProblem& p) {
     Ctx c;
     c.p = &p;
     c.G = p.group();
@@ -523,15 +526,9 @@ struct LinearKernel {
     const bool bidir = !p.causal;
     const int64_t shared_elems = (c.proj ? p.D * c.FP : 0) +
                                  (bidir ? items * (p.F * c.DvP + c.FP) : 0);
-    Scratch shared(sizeof(T) * static_cast<std::size_t>(shared_elems) + 2 * 64);
-    if (!shared.ptr) return false;
+    Workspace shared(sizeof(T) * static_cast<std::size_t>(shared_elems) + 2 * 64, "linear attention's shared buffers");
     {
-      char* ptr = static_cast<char*>(shared.ptr);
-      auto take = [&ptr](int64_t elems) {
-        T* r = reinterpret_cast<T*>(ptr);
-        ptr += (sizeof(T) * elems + 63) / 64 * 64;
-        return r;
-      };
+      auto take = [&shared](int64_t elems) { return shared.take<T>(static_cast<std::size_t>(elems)); };
       if (c.proj) {
         T* wT = take(p.D * c.FP);
         const ViewN<2>& f = p.features;
@@ -555,55 +552,34 @@ struct LinearKernel {
     if (!bidir && items < threads) splits = imin(c.G, (threads + items - 1) / items);
 #endif
     const std::size_t bytes = work_bytes(c);
-    bool oom = false;
-#if defined(_OPENMP)
-#pragma omp parallel if ((bidir ? items * qchunks : items * splits) > 1)
-#endif
-    {
-      Scratch scratch(bytes);
-      if (!scratch.ptr) {
-#if defined(_OPENMP)
-#pragma omp atomic write
-#endif
-        oom = true;
-      }
-      const Work w = carve(scratch.ptr, c);
+    parallel_with_scratch("linear attention", (bidir ? items * qchunks : items * splits) > 1, bytes, /*zero=*/true,
+                          [&](void* mem) {
+      const Work w = carve(mem, c);
       if (!bidir) {
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t it = 0; it < items * splits; ++it) {
+        team_for(items * splits, mem, [&](int64_t it) {
           const int64_t bh = it / splits, part = it % splits;
-          if (scratch.ptr)
-            causal_item(c, w, bh / p.Hkv, bh % p.Hkv, part * c.G / splits, (part + 1) * c.G / splits);
-        }
+          causal_item(c, w, bh / p.Hkv, bh % p.Hkv, part * c.G / splits, (part + 1) * c.G / splits);
+        });
       } else {
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t it = 0; it < items; ++it)
-          if (scratch.ptr) state_item(c, w, it / p.Hkv, it % p.Hkv);
+        team_for(items, mem, [&](int64_t it) { state_item(c, w, it / p.Hkv, it % p.Hkv); });
         // (the implicit barrier of the loop above: every state is complete before any query reads it)
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t it = 0; it < items * qchunks; ++it)
-          if (scratch.ptr) query_item(c, w, it / qchunks / p.Hkv, it / qchunks % p.Hkv, it % qchunks * c.C);
+        team_for(items * qchunks, mem, [&](int64_t it) {
+          query_item(c, w, it / qchunks / p.Hkv, it / qchunks % p.Hkv, it % qchunks * c.C);
+        });
       }
-    }
-    return !oom;
+    });
   }
 };
 
 /// Runs the linear-attention core for every storage dtype with the ISA's two configurations.
 template <class Cfg32, class Cfg64>
-bool run_linear(const LinearProblem& p) {
+void run_linear(const LinearProblem& p) {
   switch (p.dtype) {
     case DType::Float32: return LinearKernel<Cfg32, float>::run(p);
     case DType::Float64: return LinearKernel<Cfg64, double>::run(p);
     case DType::Float16: return LinearKernel<Cfg32, Half>::run(p);
     case DType::BFloat16: return LinearKernel<Cfg32, BFloat>::run(p);
-    default: return false;
+    default: ATTNKIT_ASSERT(false, "linear attention: a non-floating dtype passed validation");
   }
 }
 

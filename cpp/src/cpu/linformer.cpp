@@ -1,11 +1,10 @@
 // Linformer on the CPU: project keys and values along the sequence (per-ISA micro-kernels,
 // cpu/linformer_kernel.h), then run the exact-attention kernel on (q, K', V'): Linformer = projection +
 // exact kernel, with no softmax code of its own.
-#include <memory>
-#include <new>
 
 #include "backend.h"
 #include "cpu/kernels.h"
+#include "workspace.h"
 
 namespace attnkit {
 namespace detail {
@@ -36,16 +35,12 @@ void linformer_attention(const LinformerProblem& p) {
   const std::size_t es = dtype_size(a.dtype);
   const std::size_t kn = static_cast<std::size_t>(a.B * a.Hkv * p.P * a.D);
   const std::size_t vn = static_cast<std::size_t>(a.B * a.Hkv * p.P * a.Dv);
-  std::unique_ptr<unsigned char[]> kproj, vproj;
-  try {
-    kproj.reset(new unsigned char[kn * es]);
-    vproj.reset(new unsigned char[vn * es]);
-  } catch (const std::bad_alloc&) {
-    throw Error(ErrorKind::Runtime, "attnkit: out of memory allocating Linformer's projected keys and values");
-  }
-  linformer_project(p, kproj.get(), vproj.get());
-  a.k = contiguous_view(kproj.get(), a.dtype, a.B, a.Hkv, p.P, a.D);
-  a.v = contiguous_view(vproj.get(), a.dtype, a.B, a.Hkv, p.P, a.Dv);
+  Workspace ws(Workspace::need<char>(kn * es) + Workspace::need<char>(vn * es), "Linformer's projected keys and values");
+  void* kproj = ws.take<char>(kn * es);
+  void* vproj = ws.take<char>(vn * es);
+  linformer_project(p, kproj, vproj);
+  a.k = contiguous_view(kproj, a.dtype, a.B, a.Hkv, p.P, a.D);
+  a.v = contiguous_view(vproj, a.dtype, a.B, a.Hkv, p.P, a.Dv);
   attention(a);
 }
 

@@ -12,7 +12,9 @@
 #include <cstring>
 #include <type_traits>
 
+#include "check.h"
 #include "cpu/gemm_kernel.h"
+#include "cpu/parallel.h"
 #include "cpu/kernel_common.h"
 #include "cpu/simd.h"
 #include "validate/linear.h"
@@ -82,33 +84,18 @@ struct LinformerProjection {
       for (int64_t d = 0; d < N; ++d) dst[r * N + d] = from_acc<St>(acc[r * NP + d]);
   }
 
-  /// Writes K' [B, Hkv, P, D] and V' [B, Hkv, P, Dv] (C-contiguous, q's dtype). False when out of memory.
-  static bool run(const LinformerProblem& p, void* kproj, void* vproj) {
+  /// Writes K' [B, Hkv, P, D] and V' [B, Hkv, P, Dv] (C-contiguous, q's dtype).
+  static void run(const LinformerProblem& p, void* kproj, void* vproj) {
     const int64_t B = p.attn.B, Hkv = p.attn.Hkv, P = p.P, D = p.attn.D, Dv = p.attn.Dv;
     const int64_t blocks = (P + kRows - 1) / kRows;
     const int64_t items = B * Hkv * 2 * blocks;
     const int64_t NP = ((D > Dv ? D : Dv) + W - 1) / W * W;
     const std::size_t bytes = sizeof(T) * static_cast<std::size_t>(kRows * NP + kSeq * NP + kRows * kSeq + 64);
-    bool oom = false;
-#if defined(_OPENMP)
-#pragma omp parallel if (items > 1)
-#endif
-    {
-      Scratch scratch(bytes);
-      if (!scratch.ptr) {
-#if defined(_OPENMP)
-#pragma omp atomic write
-#endif
-        oom = true;
-      }
-      T* acc = static_cast<T*>(scratch.ptr);
+    parallel_with_scratch("Linformer projection", items > 1, bytes, /*zero=*/true, [&](void* mem) {
+      T* acc = static_cast<T*>(mem);
       T* xbuf = acc + (kRows * NP + 15) / 16 * 16;
       T* ebuf = xbuf + (kSeq * NP + 15) / 16 * 16;
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-      for (int64_t it = 0; it < items; ++it) {
-        if (!scratch.ptr) continue;
+      team_for(items, mem, [&](int64_t it) {
         const int64_t blk = it % blocks, rest = it / blocks;
         const int which = static_cast<int>(rest % 2);
         const int64_t bh = rest / 2, b = bh / Hkv, hkv = bh % Hkv;
@@ -116,21 +103,20 @@ struct LinformerProjection {
         const int64_t N = which ? Dv : D;
         St* dst = static_cast<St*>(which ? vproj : kproj) + (bh * P + p0) * N;
         project(p, acc, xbuf, ebuf, which, b, hkv, p0, pn, dst);
-      }
-    }
-    return !oom;
+      });
+    });
   }
 };
 
 /// Runs the Linformer projections for every storage dtype with the ISA's two configurations.
 template <class Cfg32, class Cfg64>
-bool run_linformer_projection(const LinformerProblem& p, void* kproj, void* vproj) {
+void run_linformer_projection(const LinformerProblem& p, void* kproj, void* vproj) {
   switch (p.attn.dtype) {
     case DType::Float32: return LinformerProjection<Cfg32, float>::run(p, kproj, vproj);
     case DType::Float64: return LinformerProjection<Cfg64, double>::run(p, kproj, vproj);
     case DType::Float16: return LinformerProjection<Cfg32, Half>::run(p, kproj, vproj);
     case DType::BFloat16: return LinformerProjection<Cfg32, BFloat>::run(p, kproj, vproj);
-    default: return false;
+    default: ATTNKIT_ASSERT(false, "Linformer: a non-floating dtype passed validation");
   }
 }
 

@@ -20,6 +20,7 @@
 #include "backend.h"
 #include "cpu/isa.h"
 #include "cpu/kernels.h"
+#include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "validate/block_sparse.h"
 
@@ -60,7 +61,7 @@ int64_t hash_rows_per_block(int64_t D, int64_t half) {
 
 /// codes[R][S] of head (b, h) of x.
 void hash_head(const ViewN<4>& x, int64_t b, int64_t h, const Rotations& rot, int64_t num_buckets, int64_t R,
-               int32_t* codes, std::vector<float>& scratch, std::vector<double>& scratch_d) {
+               int32_t* codes, float* scratch, double* scratch_d) {
   LshHashJob job;
   job.dtype = x.dtype;
   job.x = static_cast<const char*>(x.data) +
@@ -76,10 +77,8 @@ void hash_head(const ViewN<4>& x, int64_t b, int64_t h, const Rotations& rot, in
   job.num_hashes = R;
   job.codes = codes;
   job.rows_per_block = hash_rows_per_block(job.D, num_buckets / 2);
-  scratch.resize(static_cast<size_t>(job.rows_per_block * (job.D + num_buckets / 2)));
-  scratch_d.resize(static_cast<size_t>(job.D + num_buckets / 2));
-  job.scratch = scratch.data();
-  job.scratch_d = scratch_d.data();
+  job.scratch = scratch;
+  job.scratch_d = scratch_d;
   by_isa([&] { lsh_hash_generic(job); }, [&] { lsh_hash_avx2(job); }, [&] { lsh_hash_avx512(job); });
 }
 
@@ -87,18 +86,17 @@ void hash_head(const ViewN<4>& x, int64_t b, int64_t h, const Rotations& rot, in
 std::vector<int32_t> hash_all(const ViewN<4>& x, const Rotations& rot, int64_t nb, int64_t R) {
   const int64_t B = x.shape[0], H = x.shape[1], S = x.shape[2];
   std::vector<int32_t> codes(static_cast<size_t>(B * H * R * S));
-#if defined(_OPENMP)
-#pragma omp parallel if (B * H > 1)
-#endif
-  {
-    std::vector<float> scratch;
-    std::vector<double> scratch_d;
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-    for (int64_t bh = 0; bh < B * H; ++bh)
+  const int64_t row = x.shape[3] + nb / 2;  // floats per projected row
+  const std::size_t floats = static_cast<std::size_t>(hash_rows_per_block(x.shape[3], nb / 2) * row);
+  const std::size_t fbytes = (sizeof(float) * floats + 63) / 64 * 64;
+  parallel_with_scratch("LSH hashing", B * H > 1, fbytes + sizeof(double) * static_cast<std::size_t>(row),
+                        /*zero=*/false, [&](void* mem) {
+    float* scratch = static_cast<float*>(mem);
+    double* scratch_d = reinterpret_cast<double*>(static_cast<char*>(mem) + fbytes);
+    team_for(B * H, mem, [&](int64_t bh) {
       hash_head(x, bh / H, bh % H, rot, nb, R, codes.data() + bh * R * S, scratch, scratch_d);
-  }
+    });
+  });
   return codes;
 }
 
@@ -111,15 +109,22 @@ class Arena {
   explicit Arena(size_t bytes) {
     static thread_local std::unique_ptr<char[]> kept;
     static thread_local size_t kept_size = 0;
-    if (bytes <= kKeepBytes) {
-      if (kept_size < bytes) {
-        kept.reset(new char[bytes]);
-        kept_size = bytes;
+    try {
+      if (bytes <= kKeepBytes) {
+        if (kept_size < bytes) {
+          kept.reset();
+          kept_size = 0;
+          kept.reset(new char[bytes]);
+          kept_size = bytes;
+        }
+        base_ = kept.get();
+      } else {
+        own_.reset(new char[bytes]);
+        base_ = own_.get();
       }
-      base_ = kept.get();
-    } else {
-      own_.reset(new char[bytes]);
-      base_ = own_.get();
+    } catch (const std::bad_alloc&) {
+      throw Error(ErrorKind::Runtime, "attnkit: out of memory allocating " + std::to_string(bytes) +
+                                          " bytes of scratch space for LSH attention");
     }
   }
   template <class T>
@@ -291,7 +296,7 @@ void lsh_attention_impl(const LshProblem& P) {
     const int64_t b = bh / Hq, h = bh % Hq;
     for (int64_t i = 0; i < Sq; ++i) {
       const int64_t row = bh * Sq + i;
-      const T inv = mx[row] == math::neg_inf<T>() ? T(0) : T(1) / sum[row];
+      const T inv = math::merge_scale(mx[row], sum[row]);
       St* dst = static_cast<St*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + i * p.out_stride[2];
       for (int64_t d = 0; d < Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(acc[row * Dv + d] * inv);
       if (p.lse)

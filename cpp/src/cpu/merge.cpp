@@ -3,8 +3,7 @@
 #include "attnkit/math/softmax.h"
 #include "backend.h"
 #include "cpu/kernel_common.h"
-
-#include <vector>
+#include "cpu/parallel.h"
 
 namespace attnkit {
 namespace detail {
@@ -24,19 +23,14 @@ int64_t row_offset(int64_t r, const int64_t* shape, const int64_t* strides, int 
 
 template <class A>
 void merge_rows(const MergeProblem& p) {
-  const int64_t P = static_cast<int64_t>(p.outs.size());
+  const int64_t P = p.parts;
   const int nd = p.nd;
-#if defined(_OPENMP)
-#pragma omp parallel if (p.rows * P * (p.Dv + 1) > 32768)
-#endif
-  {
-    std::vector<A> acc(static_cast<std::size_t>(p.Dv));
-#if defined(_OPENMP)
-#pragma omp for schedule(static)
-#endif
-    for (int64_t r = 0; r < p.rows; ++r) {
+  parallel_with_scratch("merge_attention", p.rows * P * (p.Dv + 1) > 32768, sizeof(A) * p.Dv, /*zero=*/false,
+                        [&](void* mem) {
+    A* acc = static_cast<A*>(mem);
+    team_for_static(p.rows, mem, [&](int64_t r) {
       A mx = math::neg_inf<A>(), sum = A(0);
-      for (auto& x : acc) x = A(0);
+      for (int64_t d = 0; d < p.Dv; ++d) acc[d] = A(0);
       for (int64_t k = 0; k < P; ++k) {
         const TensorRef& lt = p.lses[k];
         const A lse = static_cast<const A*>(lt.data)[row_offset(r, p.shape, lt.strides, nd)];
@@ -49,13 +43,13 @@ void merge_rows(const MergeProblem& p) {
         for (int64_t d = 0; d < p.Dv; ++d) acc[d] = acc[d] * w_old + w_part * load_float<A>(ot.data, ot.dtype, oo + d * os);
       }
       // acc holds sum_p exp(lse_p - mx) out_p; dividing by sum gives sum_p exp(lse_p - lse) out_p.
-      const A inv = mx == math::neg_inf<A>() ? A(0) : A(1) / sum;
+      const A inv = math::merge_scale(mx, sum);
       const int64_t oo = row_offset(r, p.shape, p.out.strides, nd);
       for (int64_t d = 0; d < p.Dv; ++d) store_float<A>(p.out.data, p.out.dtype, oo + d * p.out.strides[nd], acc[d] * inv);
       if (p.lse.defined())
         static_cast<A*>(p.lse.data)[row_offset(r, p.shape, p.lse.strides, nd)] = math::merge_lse(mx, sum);
-    }
-  }
+    });
+  });
 }
 
 }  // namespace

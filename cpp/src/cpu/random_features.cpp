@@ -11,6 +11,7 @@
 #include "attnkit/math/random.h"
 #include "backend.h"
 #include "cpu/kernel_common.h"
+#include "cpu/parallel.h"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -21,11 +22,14 @@ namespace detail {
 namespace cpu {
 namespace {
 
-/// Buffers of one block: allocated before the work loop, so nothing inside it can throw.
+/// Buffers of one block, carved from a thread's scratch (so nothing inside the work loop allocates).
 struct BlockWork {
-  std::vector<double> g, gt, q, vs, betas, rdiag;
-  explicit BlockWork(int64_t D)
-      : g(D * D), gt(D * D), q(D * D), vs(D * D), betas(D), rdiag(D) {}
+  double *g, *gt, *q, *vs, *betas, *rdiag;  // D x D, D x D, D x D, D x D, D, D
+  static std::size_t bytes(int64_t D) { return sizeof(double) * static_cast<std::size_t>(4 * D * D + 2 * D); }
+  BlockWork(void* mem, int64_t D) {
+    double* m = static_cast<double*>(mem);
+    g = m, gt = g + D * D, q = gt + D * D, vs = q + D * D, betas = vs + D * D, rdiag = betas + D;
+  }
 };
 
 /// Orthonormal factor Q of the QR factorization A = Q R of the n x n row-major matrix w.gt (destroyed),
@@ -33,7 +37,7 @@ struct BlockWork {
 /// Haar-distributed (Mezzadri, "How to generate random matrices from the classical compact groups",
 /// 2007). Householder reflections in double precision.
 void orthonormal_factor(BlockWork& w, int64_t n) {
-  double* a = w.gt.data();
+  double* a = w.gt;
   for (int64_t k = 0; k < n; ++k) {
     double norm2 = 0;
     for (int64_t i = k; i < n; ++i) norm2 += a[i * n + k] * a[i * n + k];
@@ -54,8 +58,8 @@ void orthonormal_factor(BlockWork& w, int64_t n) {
     }
   }
   // Q = H_0 H_1 ... H_{n-1} I, accumulated from the right end; then column k times sign(R_kk).
-  double* q = w.q.data();
-  std::fill(w.q.begin(), w.q.end(), 0.0);
+  double* q = w.q;
+  std::fill(q, q + n * n, 0.0);
   for (int64_t i = 0; i < n; ++i) q[i * n + i] = 1.0;
   for (int64_t k = n - 1; k >= 0; --k) {
     if (w.betas[k] == 0) continue;
@@ -76,7 +80,7 @@ void orthonormal_factor(BlockWork& w, int64_t n) {
 void feature_block(const RandomFeaturesProblem& p, int64_t b, BlockWork& w) {
   const int64_t D = p.D, rows = std::min<int64_t>(D, p.m - b * D);
   const uint64_t stream = math::kStreamRandomFeatures + static_cast<uint64_t>(b);
-  const double* g = w.g.data();
+  const double* g = w.g;
   for (int64_t i = 0; i < D * D; ++i) w.g[i] = math::normal(p.seed, stream, static_cast<uint64_t>(i));
   const double sqrt_d = std::sqrt(static_cast<double>(D));
   if (p.orthogonal) {
@@ -117,27 +121,10 @@ void feature_block(const RandomFeaturesProblem& p, int64_t b, BlockWork& w) {
 
 void random_features(const RandomFeaturesProblem& p) {
   const int64_t blocks = (p.m + p.D - 1) / p.D;
-  bool oom = false;
-#if defined(_OPENMP)
-#pragma omp parallel if (blocks > 1)
-#endif
-  {
-    std::unique_ptr<BlockWork> w;
-    try {
-      w = std::make_unique<BlockWork>(p.D);
-    } catch (const std::bad_alloc&) {
-#if defined(_OPENMP)
-#pragma omp atomic write
-#endif
-      oom = true;
-    }
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-    for (int64_t b = 0; b < blocks; ++b)
-      if (w) feature_block(p, b, *w);
-  }
-  if (oom) throw Error(ErrorKind::Runtime, "attnkit: out of memory generating random features");
+  parallel_with_scratch("random_features", blocks > 1, BlockWork::bytes(p.D), /*zero=*/false, [&](void* mem) {
+    BlockWork w(mem, p.D);
+    team_for(blocks, mem, [&](int64_t b) { feature_block(p, b, w); });
+  });
 }
 
 void linformer_projection(const LinformerProjectionProblem& p) {

@@ -13,6 +13,7 @@
 
 #include "attnkit/math/config.h"
 #include "attnkit/math/dtypes.h"
+#include "attnkit/math/softmax.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -69,7 +70,7 @@ struct Simd {
   static inline V exp2(V x);
 
   /// e^x = 2^(x log2 e); callers pass small arguments (s - max), where the product's rounding is tiny.
-  static inline V exp(V x) { return exp2(x * static_cast<T>(1.4426950408889634073599246810019)); }
+  static inline V exp(V x) { return math::exp_via_exp2<V, T>(x, [](V y) { return exp2(y); }); }
 
   /// tanh(x) through exp2; absolute error a few ulp of 1.
   static inline V tanh(V x) {

@@ -6,7 +6,7 @@
 namespace attnkit {
 namespace detail {
 
-AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weights) {
+AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weights, OutputSpecs* infer) {
   const bool want_weights = weights != nullptr;
   AttnProblem r;
   const QkvViews qkv = qkv_views(p.q, p.k, want_weights ? nullptr : &p.v);
@@ -26,22 +26,23 @@ AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weight
   r.Dv = qkv.Dv;
 
   // Output(s), shaped like q with the last dim replaced, same rank as q.
-  const TensorRef& out = want_weights ? *weights : p.out;
-  const char* out_name = want_weights ? "weights" : "out";
+  Outputs outs(infer, p.q, "q");
   {
     int64_t shape[4];
     for (int d = 0; d < p.q.ndim; ++d) shape[d] = p.q.shape[d];
     shape[p.q.ndim - 1] = want_weights ? r.Sk : r.Dv;
-    require_output(out, shape, p.q.ndim, r.dtype, "(the dtype of q)", p.q, "q", out_name);
+    if (const TensorRef* o = outs.bind(want_weights ? "weights" : "out", want_weights ? *weights : p.out, shape,
+                                       p.q.ndim, r.dtype, "(the dtype of q)")) {
+      r.out = o->data;
+      lead_strides(*o, r.out_stride);
+    }
   }
-  r.out = out.data;
-  lead_strides(out, r.out_stride);
-  if (!want_weights && p.lse.defined()) {
-    require_output(p.lse, p.q.shape, p.q.ndim - 1, accumulator_dtype(r.dtype),
-                   "(float64 for float64 inputs, else float32)", p.q, "q", "lse");
-    r.lse = p.lse.data;
-    lead_strides(p.lse, r.lse_stride);
-  }
+  if (!want_weights)
+    if (const TensorRef* l = outs.bind("lse", p.lse, p.q.shape, p.q.ndim - 1, accumulator_dtype(r.dtype),
+                                       "(float64 for float64 inputs, else float32)", /*required=*/false)) {
+      r.lse = l->data;
+      lead_strides(*l, r.lse_stride);
+    }
 
   // Scalars.
   r.scale = resolve_scale(p.scale, r.D);
@@ -66,7 +67,7 @@ AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weight
     require_same_device(p.bias, p.q, "bias", "q");
     r.bias = broadcast_view(p.bias, full, "bias", full_desc);
   }
-  r.key_lengths = key_lengths_view(p.key_lengths, p.q, r.B, r.Sk);
+  r.key_lengths = key_lengths_view(p.key_lengths, p.q, r.B, r.Sk, p.stream);
   if (p.alibi_slopes.defined()) {
     require_sane(p.alibi_slopes, "alibi_slopes");
     require_floating(p.alibi_slopes, "alibi_slopes");
@@ -82,7 +83,7 @@ AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weight
   return r;
 }
 
-MergeProblem validate_merge(const MergeParams& p) {
+MergeProblem validate_merge(const MergeParams& p, OutputSpecs* infer) {
   MergeProblem r;
   if (p.outs.empty()) value_error("outs must hold at least one partial result");
   if (p.lses.size() != p.outs.size())
@@ -119,23 +120,14 @@ MergeProblem validate_merge(const MergeParams& p) {
     require_dtype(l, r.lse_dtype, ln.c_str(), "(float64 for float64 outs, else float32)");
     require_same_device(l, o0, ln.c_str(), "outs[0]");
   }
-  r.outs = p.outs;
-  r.lses = p.lses;
-  require_defined(p.out, "out");
-  require_sane(p.out, "out");
-  require_shape(p.out, r.shape, o0.ndim, "out");
-  require_dtype(p.out, r.dtype, "out", "(the dtype of outs)");
-  require_same_device(p.out, o0, "out", "outs[0]");
-  require_writable_output(p.out, "out");
-  r.out = p.out;
-  if (p.lse.defined()) {
-    require_sane(p.lse, "lse");
-    require_shape(p.lse, r.shape, r.nd, "lse");
-    require_dtype(p.lse, r.lse_dtype, "lse", "(float64 for float64 outs, else float32)");
-    require_same_device(p.lse, o0, "lse", "outs[0]");
-    require_writable_output(p.lse, "lse");
-    r.lse = p.lse;
-  }
+  r.parts = static_cast<int64_t>(p.outs.size());
+  r.outs = p.outs.data();
+  r.lses = p.lses.data();
+  Outputs outs(infer, o0, "outs[0]");
+  if (const TensorRef* o = outs.bind("out", p.out, r.shape, o0.ndim, r.dtype, "(the dtype of outs)")) r.out = *o;
+  if (const TensorRef* l = outs.bind("lse", p.lse, r.shape, r.nd, r.lse_dtype, "(float64 for float64 outs, else float32)",
+                                     /*required=*/false))
+    r.lse = *l;
   return r;
 }
 

@@ -2,8 +2,6 @@
 // The one validator of exact attention (attention, attention_weights) and of merge_attention. Every
 // backend receives the problems built here and never re-checks user input.
 
-#include <vector>
-
 #include "attnkit/attention.h"
 #include "validate/common.h"
 
@@ -53,8 +51,9 @@ struct AttnProblem {
   bool empty_output() const { return B == 0 || Hq == 0 || Sq == 0; }
 };
 
-/// Validates p for attention() (weights == nullptr) or attention_weights() (weights = its output).
-AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weights);
+/// Validates p for attention() (weights == nullptr) or attention_weights() (weights = its output). With
+/// `infer`, records the outputs' shapes and dtypes there instead of checking the output tensors.
+AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weights, OutputSpecs* infer = nullptr);
 
 /// A validated merge problem: rows = product of all but the last dim of outs[i], each of Dv elements.
 struct MergeProblem {
@@ -66,11 +65,13 @@ struct MergeProblem {
   int nd = 0;                        ///< rank of the lse tensors (= rank of outs - 1)
   int64_t shape[kMaxDims] = {};      ///< outs' shape
   int64_t rows = 0, Dv = 0;
-  std::vector<TensorRef> outs, lses;
+  int64_t parts = 0;                 ///< number of partial results
+  const TensorRef* outs = nullptr;   ///< [parts], borrowed from the params for the call
+  const TensorRef* lses = nullptr;   ///< [parts]
   TensorRef out, lse;                ///< lse may be absent
 };
 
-MergeProblem validate_merge(const MergeParams& p);
+MergeProblem validate_merge(const MergeParams& p, OutputSpecs* infer = nullptr);
 
 }  // namespace detail
 }  // namespace attnkit

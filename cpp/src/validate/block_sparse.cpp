@@ -32,10 +32,10 @@ void check_buckets(int64_t num_buckets, int64_t num_hashes) {
 
 }  // namespace
 
-AttnProblem validate_block_sparse(const BlockSparseParams& p) {
+AttnProblem validate_block_sparse(const BlockSparseParams& p, OutputSpecs* infer) {
   AttentionParams a = core_params(p);
   a.key_lengths = p.key_lengths;
-  AttnProblem r = validate_attention(a, nullptr);
+  AttnProblem r = validate_attention(a, nullptr, infer);
   const BlockLayoutRef& L = p.layout;
   validate_layout(L);
   if (L.num_heads != 1 && L.num_heads != r.Hq)
@@ -49,8 +49,18 @@ AttnProblem validate_block_sparse(const BlockSparseParams& p) {
                 std::to_string(L.block_q) + ") x ceil(Sk / " + std::to_string(L.block_k) + ") = " +
                 std::to_string(want_q) + " x " + std::to_string(want_k));
   r.sparse = true;
-  r.layout.row_ptr = static_cast<const int64_t*>(L.row_ptr.data);
-  r.layout.col_idx = static_cast<const int32_t*>(L.col_idx.data);
+  // The kernels read the CSR in their own memory: the host arrays (validated above) on the CPU, the copies
+  // of BlockLayout::ref_on on a CUDA device.
+  if (r.device == Device::CPU) {
+    r.layout.row_ptr = static_cast<const int64_t*>(L.row_ptr.data);
+    r.layout.col_idx = static_cast<const int32_t*>(L.col_idx.data);
+  } else {
+    if (!L.device_row_ptr || !L.device_col_idx || L.device_index != r.device_index)
+      type_error("layout has no copy on cuda:" + std::to_string(r.device_index) +
+                 " (the device of q): pass BlockLayout::ref_on(" + std::to_string(r.device_index) + ", stream)");
+    r.layout.row_ptr = L.device_row_ptr;
+    r.layout.col_idx = L.device_col_idx;
+  }
   r.layout.bq = L.block_q;
   r.layout.bk = L.block_k;
   r.layout.heads = L.num_heads;
@@ -59,9 +69,9 @@ AttnProblem validate_block_sparse(const BlockSparseParams& p) {
   return r;
 }
 
-LshProblem validate_lsh_attention(const LshAttentionParams& p) {
+LshProblem validate_lsh_attention(const LshAttentionParams& p, OutputSpecs* infer) {
   LshProblem r;
-  r.base = validate_attention(core_params(p), nullptr);
+  r.base = validate_attention(core_params(p), nullptr, infer);
   check_buckets(p.num_buckets, p.num_hashes);
   r.num_buckets = p.num_buckets;
   r.num_hashes = p.num_hashes;
@@ -69,7 +79,7 @@ LshProblem validate_lsh_attention(const LshAttentionParams& p) {
   return r;
 }
 
-LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p) {
+LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p, OutputSpecs* infer) {
   LshBucketsProblem r;
   r.x = bhsd_view(p.x, "x");
   require_floating(p.x, "x");
@@ -84,20 +94,16 @@ LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p) {
   r.num_buckets = p.num_buckets;
   r.num_hashes = p.num_hashes;
   r.seed = p.seed;
-  require_defined(p.out, "out");
-  require_sane(p.out, "out");
   int64_t shape[4];
   const int lead = p.x.ndim - 2;  // B, H present in x
   for (int d = 0; d < lead; ++d) shape[d] = p.x.shape[d];
   shape[lead] = p.num_hashes;
   shape[lead + 1] = r.S;
-  require_shape(p.out, shape, lead + 2, "out");
-  require_dtype(p.out, DType::Int32, "out");
-  require_same_device(p.out, p.x, "out", "x");
-  require_writable_output(p.out, "out");
-  r.out = static_cast<int32_t*>(p.out.data);
-  const int off = 4 - p.out.ndim;
-  for (int d = 0; d < 4; ++d) r.out_stride[d] = d < off ? 0 : p.out.strides[d - off];
+  Outputs outs(infer, p.x, "x");
+  if (const TensorRef* o = outs.bind("out", p.out, shape, lead + 2, DType::Int32, nullptr)) {
+    r.out = static_cast<int32_t*>(o->data);
+    lead_strides(*o, r.out_stride);
+  }
   return r;
 }
 

@@ -8,7 +8,7 @@
 namespace attnkit {
 namespace detail {
 
-AttnProblem validate_block_sparse(const BlockSparseParams& p);
+AttnProblem validate_block_sparse(const BlockSparseParams& p, OutputSpecs* infer = nullptr);
 
 /// A validated lsh_attention problem: `base` is the attention problem on the original (unsorted) rows.
 struct LshProblem {
@@ -16,7 +16,7 @@ struct LshProblem {
   int64_t num_buckets = 2, num_hashes = 1;
   uint64_t seed = 0;
 };
-LshProblem validate_lsh_attention(const LshAttentionParams& p);
+LshProblem validate_lsh_attention(const LshAttentionParams& p, OutputSpecs* infer = nullptr);
 
 /// A validated lsh_buckets problem.
 struct LshBucketsProblem {
@@ -30,7 +30,7 @@ struct LshBucketsProblem {
   int64_t num_buckets = 2, num_hashes = 1;
   uint64_t seed = 0;
 };
-LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p);
+LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p, OutputSpecs* infer = nullptr);
 
 }  // namespace detail
 }  // namespace attnkit

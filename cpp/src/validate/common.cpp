@@ -4,6 +4,9 @@
 #include <limits>
 #include <sstream>
 
+#include "attnkit/math/dtypes.h"
+#include "backend.h"
+
 namespace attnkit {
 namespace detail {
 
@@ -40,6 +43,18 @@ void require_floating(const TensorRef& t, const char* name) {
   if (!is_floating(t.dtype))
     type_error(std::string(name) + " must be float32, float64, float16 or bfloat16, got " +
                dtype_name(t.dtype));
+}
+
+void require_floating_code(DType t, const char* name) {
+  const int code = static_cast<int>(t);
+  if (code < 0 || code > 6 || !is_floating(t))
+    type_error(std::string(name) + " must be float32, float64, float16 or bfloat16, got " +
+               (code < 0 || code > 6 ? "dtype code " + std::to_string(code) : std::string(dtype_name(t))));
+}
+
+const TensorRef& host_ref() {
+  static const TensorRef host;
+  return host;
 }
 
 void require_dtype(const TensorRef& t, DType want, const char* name, const char* why) {
@@ -185,13 +200,61 @@ void require_output(const TensorRef& t, const int64_t* shape, int n, DType dtype
   require_writable_output(t, name);
 }
 
+const TensorRef* Outputs::bind(const char* name, const TensorRef& t, const int64_t* shape, int n, DType dtype,
+                               const char* why, bool required) {
+  if (infer_) {
+    ATTNKIT_ASSERT(infer_->count < OutputSpecs::kMax && n <= kMaxDims, "too many outputs");
+    OutputSpec& s = infer_->items[infer_->count++];
+    s.name = name;
+    s.dtype = dtype;
+    s.ndim = n;
+    for (int d = 0; d < n; ++d) s.shape[d] = shape[d];
+    return nullptr;
+  }
+  if (!required && !t.defined()) return nullptr;
+  require_output(t, shape, n, dtype, why, ref_, ref_name_, name);
+  return &t;
+}
+
 double resolve_scale(const std::optional<double>& scale, int64_t D) {
   if (!scale.has_value()) return 1.0 / std::sqrt(static_cast<double>(D));
   if (!std::isfinite(*scale)) value_error("scale must be finite, got " + std::to_string(*scale));
   return *scale;
 }
 
-ViewN<1> key_lengths_view(const TensorRef& t, const TensorRef& ref, int64_t B, int64_t Sk) {
+HostValues::HostValues(const void* data, DType dt, int64_t n, int64_t stride, const TensorRef& ref, void* stream)
+    : base_(static_cast<const char*>(data)), dt_(dt), stride_(stride) {
+  if (ref.device == Device::CPU || n == 0) return;
+  const int64_t last = (n - 1) * stride;
+  const int64_t lo = last < 0 ? last : 0, hi = last < 0 ? 0 : last;
+  const std::size_t item = dtype_size(dt);
+  copy_.resize(static_cast<std::size_t>(hi - lo + 1) * item);
+  cuda::download(copy_.data(), base_ + lo * static_cast<int64_t>(item), copy_.size(), ref.device_index, stream);
+  base_ = copy_.data() - lo * static_cast<int64_t>(item);
+}
+
+int64_t HostValues::integer(int64_t i) const {
+  const char* at = base_ + i * stride_ * static_cast<int64_t>(dtype_size(dt_));
+  switch (dt_) {
+    case DType::Int32: return *reinterpret_cast<const int32_t*>(at);
+    case DType::Int64: return *reinterpret_cast<const int64_t*>(at);
+    case DType::Bool: return *reinterpret_cast<const uint8_t*>(at) != 0;
+    default: ATTNKIT_ASSERT(false, "HostValues::integer on a floating array");
+  }
+}
+
+double HostValues::real(int64_t i) const {
+  const char* at = base_ + i * stride_ * static_cast<int64_t>(dtype_size(dt_));
+  switch (dt_) {
+    case DType::Float32: return *reinterpret_cast<const float*>(at);
+    case DType::Float64: return *reinterpret_cast<const double*>(at);
+    case DType::Float16: return math::f16_to_float(*reinterpret_cast<const uint16_t*>(at));
+    case DType::BFloat16: return math::bf16_to_float(*reinterpret_cast<const uint16_t*>(at));
+    default: ATTNKIT_ASSERT(false, "HostValues::real on an integer array");
+  }
+}
+
+ViewN<1> key_lengths_view(const TensorRef& t, const TensorRef& ref, int64_t B, int64_t Sk, void* stream) {
   ViewN<1> r;
   if (!t.defined()) return r;
   require_sane(t, "key_lengths");
@@ -202,13 +265,12 @@ ViewN<1> key_lengths_view(const TensorRef& t, const TensorRef& ref, int64_t B, i
     value_error("key_lengths must have shape (B,) = (" + std::to_string(B) + ",), got " + shape_str(t));
   const int64_t b[1] = {B};
   r = broadcast_view(t, b, "key_lengths", "[B]");
-  if (ref.device == Device::CPU) {
-    for (int64_t i = 0; i < B; ++i) {
-      const int64_t len = read_int(r.data, r.dtype, i * r.stride[0]);
-      if (len < 0 || len > Sk)
-        value_error("key_lengths[" + std::to_string(i) + "] = " + std::to_string(len) + " is outside [0, Sk] = [0, " +
-                    std::to_string(Sk) + "]");
-    }
+  const HostValues lens(r.data, r.dtype, B, r.stride[0], ref, stream);
+  for (int64_t i = 0; i < B; ++i) {
+    const int64_t len = lens.integer(i);
+    if (len < 0 || len > Sk)
+      value_error("key_lengths[" + std::to_string(i) + "] = " + std::to_string(len) + " is outside [0, Sk] = [0, " +
+                  std::to_string(Sk) + "]");
   }
   return r;
 }

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "check.h"
 #include "attnkit/types.h"
 
 namespace attnkit {
@@ -32,6 +33,10 @@ std::string shape_str(const TensorRef& t);
 void require_defined(const TensorRef& t, const char* name);
 /// Float32/Float64/Float16/BFloat16, else TypeError.
 void require_floating(const TensorRef& t, const char* name);
+/// A dtype argument (not a tensor's) that must be floating, else TypeError.
+void require_floating_code(DType t, const char* name);
+/// A view of nothing in host memory: the device reference of outputs that are always written on the host.
+const TensorRef& host_ref();
 void require_dtype(const TensorRef& t, DType want, const char* name, const char* why = nullptr);
 /// Same device (and device index) as ref, else TypeError.
 void require_same_device(const TensorRef& t, const TensorRef& ref, const char* name, const char* ref_name);
@@ -67,6 +72,27 @@ QkvViews qkv_views(const TensorRef& q, const TensorRef& k, const TensorRef* v);
 void require_output(const TensorRef& t, const int64_t* shape, int n, DType dtype, const char* why,
                     const TensorRef& ref, const char* ref_name, const char* name);
 
+/// The outputs of one call. A validator runs in one of two modes: inference (`infer` given), where each
+/// bind() records the output's name, shape and dtype for the caller to allocate from and binds nothing;
+/// or checking, where bind() checks the tensor the caller passed against that same shape and dtype. The
+/// shape rules therefore live once, in the validator.
+class Outputs {
+ public:
+  Outputs(OutputSpecs* infer, const TensorRef& ref, const char* ref_name)
+      : infer_(infer), ref_(ref), ref_name_(ref_name) {}
+  bool inferring() const { return infer_ != nullptr; }
+  /// Records or checks output `name` ([n] dims `shape`, `dtype`; `why` explains the dtype). Returns the
+  /// tensor to write: always for a required output when checking, for an optional one when the caller
+  /// passed it; nullptr when inferring or when an optional output is absent.
+  const TensorRef* bind(const char* name, const TensorRef& t, const int64_t* shape, int n, DType dtype,
+                        const char* why, bool required = true);
+
+ private:
+  OutputSpecs* infer_;
+  const TensorRef& ref_;
+  const char* ref_name_;
+};
+
 /// t's strides brought to rank N: missing leading dims get stride 0.
 template <int N>
 void lead_strides(const TensorRef& t, int64_t (&stride)[N]) {
@@ -77,13 +103,34 @@ void lead_strides(const TensorRef& t, int64_t (&stride)[N]) {
 /// Score scale: finite when given, 1/sqrt(D) when absent.
 double resolve_scale(const std::optional<double>& scale, int64_t D);
 
-/// Optional key_lengths: [B] (or 0-d) Int32/Int64 on ref's device, values in [0, Sk] (checked on the CPU).
-ViewN<1> key_lengths_view(const TensorRef& t, const TensorRef& ref, int64_t B, int64_t Sk);
+/// Optional key_lengths: [B] (or 0-d) Int32/Int64 on ref's device, values in [0, Sk].
+ViewN<1> key_lengths_view(const TensorRef& t, const TensorRef& ref, int64_t B, int64_t Sk, void* stream);
 
-/// Element i of an Int32 or Int64 array.
+/// Element i of an Int32 or Int64 array in host memory.
 inline int64_t read_int(const void* base, DType t, int64_t i) {
   return t == DType::Int32 ? static_cast<const int32_t*>(base)[i] : static_cast<const int64_t*>(base)[i];
 }
+
+/// Reading values in validators (key_lengths ranges, DLA cache consistency, log-decay signs). This is the
+/// one rule for every backend: host arrays are read in place; device arrays are copied to the host once,
+/// the span their n elements occupy, by HostValues (one detail::cuda::download on the call's stream, which
+/// waits for it), and checked there. The copy costs one small synchronous transfer per checked argument;
+/// nothing else in a call synchronizes. Layout CSR arrays are the exception: they are validated on the
+/// host where they are built, and kernels read the device copies of BlockLayout::ref_on.
+class HostValues {
+ public:
+  /// The n elements data[i * stride] (i < n, any sign of stride) of dtype dt on ref's device.
+  HostValues(const void* data, DType dt, int64_t n, int64_t stride, const TensorRef& ref, void* stream);
+  /// Element i as int64 (Int32 / Int64 / Bool arrays) or double (floating arrays).
+  int64_t integer(int64_t i) const;
+  double real(int64_t i) const;
+
+ private:
+  const char* base_;  ///< element 0, in host memory
+  DType dt_;
+  int64_t stride_;
+  std::vector<char> copy_;
+};
 
 }  // namespace detail
 }  // namespace attnkit

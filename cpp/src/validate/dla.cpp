@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "attnkit/math/dtypes.h"
+#include "tuning.h"
 
 namespace attnkit {
 namespace detail {
@@ -39,33 +40,23 @@ ViewN<N> input_view(const TensorRef& t, const int64_t (&full)[N], int lead, cons
   return v;
 }
 
+/// Records or checks output `name` (shape full[lead:]) and returns it as a rank-N view whose lead dims have
+/// stride 0; absent when inferring or when an optional output was not passed.
 template <int N>
-OutN<N> output_view(const TensorRef& t, const int64_t (&full)[N], int lead, const char* name, DType want,
-                    const char* why, const TensorRef& ref) {
+OutN<N> bind_out(Outputs& outs, const char* name, const TensorRef& t, const int64_t (&full)[N], int lead, DType want,
+                 const char* why, bool required = true) {
   OutN<N> o;
-  lifted_shape(t, full, lead, name, o.stride);
-  require_dtype(t, want, name, why);
-  require_same_device(t, ref, name, "q");
-  require_writable_output(t, name);
-  o.present = true;
-  o.data = t.data;
-  return o;
-}
-
-int64_t at_int(const void* base, int64_t idx) { return static_cast<const int64_t*>(base)[idx]; }
-
-double at_float(const void* base, DType t, int64_t idx) {
-  switch (t) {
-    case DType::Float32: return static_cast<const float*>(base)[idx];
-    case DType::Float64: return static_cast<const double*>(base)[idx];
-    case DType::Float16: return math::f16_to_float(static_cast<const uint16_t*>(base)[idx]);
-    default: return math::bf16_to_float(static_cast<const uint16_t*>(base)[idx]);
+  if (const TensorRef* x = outs.bind(name, t, full + lead, N - lead, want, why, required)) {
+    o.present = true;
+    o.data = x->data;
+    lead_strides(*x, o.stride);
   }
+  return o;
 }
 
 }  // namespace
 
-DLAProblem validate_dla(const DLAParams& p) {
+DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
   DLAProblem r;
   r.q = bhsd_view(p.q, "q");
   require_floating(p.q, "q");
@@ -101,9 +92,7 @@ DLAProblem validate_dla(const DLAParams& p) {
   r.state_drift = p.score == DLAScore::StateDrift;
   if (p.position < 0) value_error("position (cache.position) must be >= 0, got " + str(p.position));
   r.position = p.position;
-  if (p.chunk_size < -1)
-    value_error("chunk_size must be 0 (automatic), -1 (recurrent) or a chunk length >= 1, got " + str(p.chunk_size));
-  r.chunk_size = p.chunk_size;
+  r.chunk_size = tuning().dla_chunk.load();
 
   if (r.Dk < 1 || r.Dv < 1)
     value_error("q, k and v need head dims of at least 1 (the states are Dk x Dv), got Dk = " + str(r.Dk) +
@@ -175,63 +164,55 @@ DLAProblem validate_dla(const DLAParams& p) {
   }
 
   // Outputs.
+  Outputs outs(infer, p.q, "q");
   const int64_t oshape[4] = {r.B, r.H, r.T, r.Dv};
-  require_defined(p.out, "out");
-  require_sane(p.out, "out");
-  if (p.out.ndim != rank)
-    value_error("out must have the rank of q (" + str(rank) + "-D), got shape " + shape_str(p.out));
-  r.out = output_view(p.out, oshape, lead, "out", r.dtype, "(the dtype of q)", p.q);
+  r.out = bind_out(outs, "out", p.out, oshape, lead, r.dtype, "(the dtype of q)");
   const DLACacheTensors& co = p.cache_out;
-  const std::pair<const TensorRef*, const char*> outs[] = {{&co.states, "cache_out.states"},
-                                                           {&co.counts, "cache_out.counts"},
-                                                           {&co.info, "cache_out.info"},
-                                                           {&co.starts, "cache_out.starts"},
-                                                           {&co.size, "cache_out.size"}};
-  for (const auto& x : outs) require_defined(*x.first, x.second);
-  r.cache_out.states = output_view(co.states, sshape, 0, "cache_out.states", r.state_dtype, sdt, p.q);
-  r.cache_out.counts = output_view(co.counts, cshape, 0, "cache_out.counts", DType::Int64, nullptr, p.q);
-  r.cache_out.info = output_view(co.info, cshape, 0, "cache_out.info", r.state_dtype, sdt, p.q);
-  r.cache_out.starts = output_view(co.starts, cshape, 0, "cache_out.starts", DType::Int64, nullptr, p.q);
-  r.cache_out.size = output_view(co.size, bhshape, 0, "cache_out.size", DType::Int64, nullptr, p.q);
-  auto aux = [&](const TensorRef& t, const char* name, DType want, const char* why) {
-    OutN<3> o;
-    if (!t.defined()) return o;
-    require_sane(t, name);
-    if (t.ndim != rank - 1)
-      value_error(std::string(name) + " must have one dim less than q, got shape " + shape_str(t));
-    return output_view(t, tshape, lead, name, want, why, p.q);
-  };
-  r.scores = aux(p.scores, "scores", r.state_dtype, sdt);
-  r.boundaries = aux(p.boundaries, "boundaries", DType::Bool, nullptr);
-  r.merged = aux(p.merged, "merged", DType::Int64, nullptr);
+  r.cache_out.states = bind_out(outs, "cache_out.states", co.states, sshape, 0, r.state_dtype, sdt);
+  r.cache_out.counts = bind_out(outs, "cache_out.counts", co.counts, cshape, 0, DType::Int64, nullptr);
+  r.cache_out.info = bind_out(outs, "cache_out.info", co.info, cshape, 0, r.state_dtype, sdt);
+  r.cache_out.starts = bind_out(outs, "cache_out.starts", co.starts, cshape, 0, DType::Int64, nullptr);
+  r.cache_out.size = bind_out(outs, "cache_out.size", co.size, bhshape, 0, DType::Int64, nullptr);
+  r.scores = bind_out(outs, "scores", p.scores, tshape, lead, r.state_dtype, sdt, false);
+  r.boundaries = bind_out(outs, "boundaries", p.boundaries, tshape, lead, DType::Bool, nullptr, false);
+  r.merged = bind_out(outs, "merged", p.merged, tshape, lead, DType::Int64, nullptr, false);
 
-  // Values, readable on the CPU only (device arrays are checked by shape and dtype).
-  if (r.device != Device::CPU) return r;
+  // Values (read on the host: HostValues in validate/common.h).
   if (r.log_decay.present) {
     const ViewN<3>& g = r.log_decay;
     for (int64_t b = 0; b < r.B; ++b)
-      for (int64_t h = 0; h < r.H; ++h)
+      for (int64_t h = 0; h < r.H; ++h) {
+        const HostValues row(static_cast<const char*>(g.data) +
+                                 (b * g.stride[0] + h * g.stride[1]) * static_cast<int64_t>(dtype_size(g.dtype)),
+                             g.dtype, r.T, g.stride[2], p.q, p.stream);
         for (int64_t t = 0; t < r.T; ++t) {
-          const double x = at_float(g.data, g.dtype, b * g.stride[0] + h * g.stride[1] + t * g.stride[2]);
+          const double x = row.real(t);
           if (!(std::isfinite(x) && x <= 0))
             value_error("log_decay must be finite and <= 0 (a decay factor exp(g) in (0, 1]; a positive value "
                         "would grow the states), got " + num(x) + " at [" + str(b) + ", " + str(h) + ", " +
                         str(t) + "]");
         }
+      }
   }
   if (r.cache_in.present) {
     const DLACacheViews& c = r.cache_in;
+    auto entries = [&](const ViewN<3>& v, int64_t b, int64_t h) {
+      return HostValues(static_cast<const int64_t*>(v.data) + b * v.stride[0] + h * v.stride[1], DType::Int64, r.C,
+                        v.stride[2], p.q, p.stream);
+    };
     for (int64_t b = 0; b < r.B; ++b)
       for (int64_t h = 0; h < r.H; ++h) {
         const std::string at = "[" + str(b) + ", " + str(h);
-        const int64_t m = at_int(c.size.data, b * c.size.stride[0] + h * c.size.stride[1]);
+        const int64_t m = HostValues(static_cast<const int64_t*>(c.size.data) + b * c.size.stride[0] + h * c.size.stride[1],
+                                     DType::Int64, 1, 1, p.q, p.stream)
+                              .integer(0);
         if (m < 0 || m > r.C)
           value_error("cache.size" + at + "] = " + str(m) + " is outside [0, capacity] = [0, " + str(r.C) + "]");
+        const HostValues counts = entries(c.counts, b, h), starts = entries(c.starts, b, h);
         int64_t next = 0;
         for (int64_t i = 0; i < m; ++i) {
-          const int64_t o = b * c.counts.stride[0] + h * c.counts.stride[1] + i * c.counts.stride[2];
-          const int64_t n = at_int(c.counts.data, o);
-          const int64_t s = at_int(c.starts.data, b * c.starts.stride[0] + h * c.starts.stride[1] + i * c.starts.stride[2]);
+          const int64_t n = counts.integer(i);
+          const int64_t s = starts.integer(i);
           if (n < 1)
             value_error("cache.counts" + at + ", " + str(i) + "] = " + str(n) + ": a used entry summarises >= 1 token");
           if (s != next)

@@ -52,7 +52,7 @@ struct DLAProblem {
   OutN<3> merged;      ///< optional, Int64
 };
 
-DLAProblem validate_dla(const DLAParams& p);
+DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer = nullptr);
 
 }  // namespace detail
 }  // namespace attnkit

@@ -23,15 +23,9 @@ void require_eps(double eps) {
   if (!std::isfinite(eps) || eps < 0) value_error("eps must be finite and >= 0, got " + std::to_string(eps));
 }
 
-void require_chunk(int64_t chunk) {
-  if (chunk < 0 || chunk > kMaxLinearChunk)
-    value_error("chunk_size must be in [1, " + std::to_string(kMaxLinearChunk) + "] (or 0 for the default), got " +
-                std::to_string(chunk));
-}
-
 /// The parts shared by linear_attention and performer_attention: operands, output, key lengths.
 LinearProblem common_problem(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& out,
-                             const TensorRef& key_lengths, bool causal, double eps, int64_t chunk, void* stream) {
+                             const TensorRef& key_lengths, bool causal, double eps, void* stream, Outputs& outs) {
   LinearProblem r;
   const QkvViews qkv = qkv_views(q, k, &v);
   r.q = qkv.q;
@@ -55,39 +49,45 @@ LinearProblem common_problem(const TensorRef& q, const TensorRef& k, const Tenso
   int64_t shape[4];
   for (int d = 0; d < q.ndim; ++d) shape[d] = q.shape[d];
   shape[q.ndim - 1] = r.Dv;
-  require_output(out, shape, q.ndim, r.dtype, "(the dtype of q)", q, "q", "out");
-  r.out = out.data;
-  lead_strides(out, r.out_stride);
-  r.key_lengths = key_lengths_view(key_lengths, q, r.B, r.Sk);
+  if (const TensorRef* o = outs.bind("out", out, shape, q.ndim, r.dtype, "(the dtype of q)")) {
+    r.out = o->data;
+    lead_strides(*o, r.out_stride);
+  }
+  r.key_lengths = key_lengths_view(key_lengths, q, r.B, r.Sk, stream);
   r.causal = causal;
   require_eps(eps);
   r.eps = eps;
-  require_chunk(chunk);
-  r.chunk = chunk;
+  r.chunk = tuning().linear_chunk.load();
   return r;
 }
 
-/// A state argument (S: rank of q, [.., Hkv, F, Dv]; z: one less, [.., Hkv, F]) of the problem's state dtype.
-void require_state(const TensorRef& t, const TensorRef& q, const LinearProblem& r, bool is_z, bool output,
-                   const char* name) {
-  const int64_t full[4] = {r.B, r.Hkv, r.F, r.Dv};
-  const int n = is_z ? q.ndim - 1 : q.ndim;
-  const int64_t* shape = full + (4 - q.ndim);
-  const char* why = "(float64 for float64 inputs, else float32)";
-  if (output) {
-    require_output(t, shape, n, r.state_dtype, why, q, "q", name);
-    return;
-  }
+/// The shape of a state argument (S: rank of q, [.., Hkv, F, Dv]; z: one less, [.., Hkv, F]).
+const int64_t* state_shape(const LinearProblem& r, int rank, bool is_z, int64_t (&full)[4], int* n) {
+  full[0] = r.B;
+  full[1] = r.Hkv;
+  full[2] = r.F;
+  full[3] = r.Dv;
+  *n = is_z ? rank - 1 : rank;
+  return full + (4 - rank);
+}
+
+constexpr const char* kStateWhy = "(float64 for float64 inputs, else float32)";
+
+void require_state_in(const TensorRef& t, const TensorRef& q, const LinearProblem& r, bool is_z, const char* name) {
+  int64_t full[4];
+  int n = 0;
+  const int64_t* shape = state_shape(r, q.ndim, is_z, full, &n);
   require_sane(t, name);
   require_shape(t, shape, n, name);
-  require_dtype(t, r.state_dtype, name, why);
+  require_dtype(t, r.state_dtype, name, kStateWhy);
   require_same_device(t, q, name, "q");
 }
 
 }  // namespace
 
-LinearProblem validate_linear_attention(const LinearAttentionParams& p) {
-  LinearProblem r = common_problem(p.q, p.k, p.v, p.out, p.key_lengths, p.causal, p.eps, p.chunk_size, p.stream);
+LinearProblem validate_linear_attention(const LinearAttentionParams& p, OutputSpecs* infer) {
+  Outputs outs(infer, p.q, "q");
+  LinearProblem r = common_problem(p.q, p.k, p.v, p.out, p.key_lengths, p.causal, p.eps, p.stream, outs);
   switch (p.feature_map) {
     case FeatureMap::Elu1: r.map = LinearMap::Elu1; break;
     case FeatureMap::Relu: r.map = LinearMap::Relu; break;
@@ -103,29 +103,35 @@ LinearProblem validate_linear_attention(const LinearAttentionParams& p) {
     value_error(p.initial_state.defined() ? "initial_normalizer is required with initial_state (the state is (S, z))"
                                           : "initial_state is required with initial_normalizer (the state is (S, z))");
   if (p.initial_state.defined()) {
-    require_state(p.initial_state, p.q, r, false, false, "initial_state");
-    require_state(p.initial_normalizer, p.q, r, true, false, "initial_normalizer (z of initial_state)");
+    require_state_in(p.initial_state, p.q, r, false, "initial_state");
+    require_state_in(p.initial_normalizer, p.q, r, true, "initial_normalizer (z of initial_state)");
     const int64_t s_full[4] = {r.B, r.Hkv, r.F, r.Dv};
     const int64_t z_full[3] = {r.B, r.Hkv, r.F};
     r.state_in = lead_view(p.initial_state, s_full);
     r.z_in = lead_view(p.initial_normalizer, z_full);
   }
-  if (p.final_state.defined() != p.final_normalizer.defined())
+  if (!outs.inferring() && p.final_state.defined() != p.final_normalizer.defined())
     value_error(p.final_state.defined() ? "final_normalizer is required with final_state (the state is (S, z))"
                                         : "final_state is required with final_normalizer (the state is (S, z))");
-  if (p.final_state.defined()) {
-    require_state(p.final_state, p.q, r, false, true, "final_state");
-    require_state(p.final_normalizer, p.q, r, true, true, "final_normalizer (z of the final state)");
-    r.state_out = p.final_state.data;
-    r.z_out = p.final_normalizer.data;
-    lead_strides(p.final_state, r.state_out_stride);
-    lead_strides(p.final_normalizer, r.z_out_stride);
+  int64_t full[4];
+  int n = 0;
+  const int64_t* sshape = state_shape(r, p.q.ndim, false, full, &n);
+  if (const TensorRef* s = outs.bind("final_state", p.final_state, sshape, n, r.state_dtype, kStateWhy, false)) {
+    r.state_out = s->data;
+    lead_strides(*s, r.state_out_stride);
+  }
+  const int64_t* zshape = state_shape(r, p.q.ndim, true, full, &n);
+  if (const TensorRef* z = outs.bind("final_normalizer", p.final_normalizer, zshape, n, r.state_dtype, kStateWhy,
+                                     false)) {
+    r.z_out = z->data;
+    lead_strides(*z, r.z_out_stride);
   }
   return r;
 }
 
-LinearProblem validate_performer(const PerformerParams& p) {
-  LinearProblem r = common_problem(p.q, p.k, p.v, p.out, p.key_lengths, p.causal, p.eps, p.chunk_size, p.stream);
+LinearProblem validate_performer(const PerformerParams& p, OutputSpecs* infer) {
+  Outputs outs(infer, p.q, "q");
+  LinearProblem r = common_problem(p.q, p.k, p.v, p.out, p.key_lengths, p.causal, p.eps, p.stream, outs);
   switch (p.kernel) {
     case PerformerKernel::Softmax: r.map = LinearMap::FavorSoftmax; break;
     case PerformerKernel::Relu: r.map = LinearMap::FavorRelu; break;
@@ -151,53 +157,47 @@ LinearProblem validate_performer(const PerformerParams& p) {
   return r;
 }
 
-RandomFeaturesProblem validate_random_features(const RandomFeaturesParams& p) {
+RandomFeaturesProblem validate_random_features(const RandomFeaturesParams& p, OutputSpecs* infer) {
   RandomFeaturesProblem r;
   if (p.num_features < 1) value_error("num_features must be >= 1, got " + std::to_string(p.num_features));
   if (p.head_dim < 1) value_error("head_dim must be >= 1, got " + std::to_string(p.head_dim));
   if (p.scaling != FeatureScaling::Chi && p.scaling != FeatureScaling::SqrtD)
     value_error("scaling must be chi or sqrt_d, got code " + std::to_string(static_cast<int>(p.scaling)));
-  require_defined(p.out, "out");
-  require_sane(p.out, "out");
-  require_floating(p.out, "out");
-  if (p.out.device != Device::CPU) type_error("random_features writes host memory: out must be a CPU array");
+  require_floating_code(p.dtype, "dtype");
   const int64_t shape[2] = {p.num_features, p.head_dim};
-  require_shape(p.out, shape, 2, "out");
-  require_writable_output(p.out, "out");
+  Outputs outs(infer, host_ref(), "host memory (it is generated on the CPU)");
+  if (const TensorRef* o = outs.bind("out", p.out, shape, 2, p.dtype, "(the dtype argument)")) {
+    r.out = o->data;
+    lead_strides(*o, r.out_stride);
+  }
   r.m = p.num_features;
   r.D = p.head_dim;
   r.seed = p.seed;
   r.orthogonal = p.orthogonal;
   r.scaling = p.scaling;
-  r.out = p.out.data;
-  r.out_dtype = p.out.dtype;
-  lead_strides(p.out, r.out_stride);
+  r.out_dtype = p.dtype;
   return r;
 }
 
-LinformerProjectionProblem validate_linformer_projection(const LinformerProjectionParams& p) {
+LinformerProjectionProblem validate_linformer_projection(const LinformerProjectionParams& p, OutputSpecs* infer) {
   LinformerProjectionProblem r;
   if (p.proj_len < 1) value_error("proj_len must be >= 1, got " + std::to_string(p.proj_len));
   if (p.seq_len < 0) value_error("seq_len must be >= 0, got " + std::to_string(p.seq_len));
   if (p.num_heads < 0)
     value_error("num_heads must be >= 1 (or 0 for a shared projection), got " + std::to_string(p.num_heads));
-  require_defined(p.out, "out");
-  require_sane(p.out, "out");
-  require_floating(p.out, "out");
-  if (p.out.device != Device::CPU) type_error("linformer_projection writes host memory: out must be a CPU array");
+  require_floating_code(p.dtype, "dtype");
   const int64_t shape[3] = {p.num_heads, p.proj_len, p.seq_len};
-  if (p.num_heads == 0)
-    require_shape(p.out, shape + 1, 2, "out");
-  else
-    require_shape(p.out, shape, 3, "out");
-  require_writable_output(p.out, "out");
-  r.H = p.num_heads == 0 ? 1 : p.num_heads;
+  const bool shared = p.num_heads == 0;
+  Outputs outs(infer, host_ref(), "host memory (it is generated on the CPU)");
+  if (const TensorRef* o = outs.bind("out", p.out, shape + shared, 3 - shared, p.dtype, "(the dtype argument)")) {
+    r.out = o->data;
+    lead_strides(*o, r.out_stride);
+  }
+  r.H = shared ? 1 : p.num_heads;
   r.P = p.proj_len;
   r.Sk = p.seq_len;
   r.seed = p.seed;
-  r.out = p.out.data;
-  r.out_dtype = p.out.dtype;
-  lead_strides(p.out, r.out_stride);
+  r.out_dtype = p.dtype;
   return r;
 }
 
@@ -219,10 +219,11 @@ ViewN<3> projection_view(const TensorRef& t, const TensorRef& q, int64_t Hkv, in
 
 }  // namespace
 
-LinformerProblem validate_linformer(const LinformerParams& p) {
+LinformerProblem validate_linformer(const LinformerParams& p, OutputSpecs* infer) {
   if (p.causal)
     value_error("causal is not defined for Linformer: every projected key mixes all positions, so no projected "
-                "key is in any query's past");
+                "key is in any query's past; use attention(..., causal=True) or linear_attention / "
+                "performer_attention for causal models");
   LinformerProblem r;
   const QkvViews qkv = qkv_views(p.q, p.k, &p.v);
   r.k = qkv.k;
@@ -254,17 +255,18 @@ LinformerProblem validate_linformer(const LinformerParams& p) {
   int64_t shape[4];
   for (int d = 0; d < p.q.ndim; ++d) shape[d] = p.q.shape[d];
   shape[p.q.ndim - 1] = qkv.Dv;
-  require_output(p.out, shape, p.q.ndim, a.dtype, "(the dtype of q)", p.q, "q", "out");
-  a.out = p.out.data;
-  lead_strides(p.out, a.out_stride);
-  if (p.lse.defined()) {
-    require_output(p.lse, p.q.shape, p.q.ndim - 1, accumulator_dtype(a.dtype),
-                   "(float64 for float64 inputs, else float32)", p.q, "q", "lse");
-    a.lse = p.lse.data;
-    lead_strides(p.lse, a.lse_stride);
+  Outputs outs(infer, p.q, "q");
+  if (const TensorRef* o = outs.bind("out", p.out, shape, p.q.ndim, a.dtype, "(the dtype of q)")) {
+    a.out = o->data;
+    lead_strides(*o, a.out_stride);
+  }
+  if (const TensorRef* l = outs.bind("lse", p.lse, p.q.shape, p.q.ndim - 1, accumulator_dtype(a.dtype),
+                                     "(float64 for float64 inputs, else float32)", false)) {
+    a.lse = l->data;
+    lead_strides(*l, a.lse_stride);
   }
   a.scale = resolve_scale(p.scale, a.D);
-  r.key_lengths = key_lengths_view(p.key_lengths, p.q, qkv.B, qkv.Sk);
+  r.key_lengths = key_lengths_view(p.key_lengths, p.q, qkv.B, qkv.Sk, p.stream);
   return r;
 }
 

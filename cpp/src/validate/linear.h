@@ -5,6 +5,7 @@
 
 #include "attnkit/linear.h"
 #include "validate/attention.h"
+#include "tuning.h"
 #include "validate/common.h"
 
 namespace attnkit {
@@ -44,18 +45,15 @@ struct LinearProblem {
   int64_t state_out_stride[4] = {};
   void* z_out = nullptr;         ///< optional [B, Hkv, F] (present with state_out)
   int64_t z_out_stride[3] = {};
-  int64_t chunk = 0;             ///< chunk length >= 1, or 0 for the backend's default
+  int64_t chunk = 0;             ///< chunk length >= 1, or 0 for the backend's default (from tuning())
 
   int64_t group() const { return Hkv ? Hq / Hkv : 1; }
   bool stabilized() const { return map == LinearMap::FavorSoftmax; }
   bool projected() const { return map == LinearMap::FavorSoftmax || map == LinearMap::FavorRelu; }
 };
 
-/// Longest causal chunk accepted (the chunk's C x C score tile lives in per-thread scratch).
-constexpr int64_t kMaxLinearChunk = 1024;
-
-LinearProblem validate_linear_attention(const LinearAttentionParams& p);
-LinearProblem validate_performer(const PerformerParams& p);
+LinearProblem validate_linear_attention(const LinearAttentionParams& p, OutputSpecs* infer = nullptr);
+LinearProblem validate_performer(const PerformerParams& p, OutputSpecs* infer = nullptr);
 
 /// A validated random_features problem.
 struct RandomFeaturesProblem {
@@ -68,7 +66,7 @@ struct RandomFeaturesProblem {
   int64_t out_stride[2] = {};
 };
 
-RandomFeaturesProblem validate_random_features(const RandomFeaturesParams& p);
+RandomFeaturesProblem validate_random_features(const RandomFeaturesParams& p, OutputSpecs* infer = nullptr);
 
 /// A validated linformer_projection problem.
 struct LinformerProjectionProblem {
@@ -79,7 +77,8 @@ struct LinformerProjectionProblem {
   int64_t out_stride[3] = {};
 };
 
-LinformerProjectionProblem validate_linformer_projection(const LinformerProjectionParams& p);
+LinformerProjectionProblem validate_linformer_projection(const LinformerProjectionParams& p,
+                                                         OutputSpecs* infer = nullptr);
 
 /// A validated Linformer problem: the projections of k and v, then an exact-attention problem whose k and v
 /// the backend points at the projected keys and values.
@@ -92,7 +91,7 @@ struct LinformerProblem {
   ViewN<1> key_lengths;
 };
 
-LinformerProblem validate_linformer(const LinformerParams& p);
+LinformerProblem validate_linformer(const LinformerParams& p, OutputSpecs* infer = nullptr);
 
 }  // namespace detail
 }  // namespace attnkit

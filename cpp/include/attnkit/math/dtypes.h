@@ -8,15 +8,25 @@
 
 ATTNKIT_MATH_BEGIN
 
+/// The bits of a float and back: device intrinsics in CUDA device code, memcpy (the portable bit cast
+/// that compilers turn into a register move) on the host.
 ATTNKIT_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
   uint32_t u;
   std::memcpy(&u, &x, 4);
   return u;
+#endif
 }
 ATTNKIT_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float x;
   std::memcpy(&x, &u, 4);
   return x;
+#endif
 }
 
 /// bfloat16 (as its 16 bits) -> float: exact.

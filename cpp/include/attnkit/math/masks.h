@@ -29,6 +29,61 @@ ATTNKIT_HD KeyRange key_range(int64_t i, int64_t sq, int64_t sk, bool causal, in
   return {lo, hi};
 }
 
+/// Which keys a tile of query rows visits, part 1: the union of the rows' key ranges [lo[r], hi[r]) (empty
+/// ones skipped) as sorted, disjoint ranges, written as pairs (start, end) to kr[0 .. 2 * count); returns
+/// count (<= n). Insertion sort of the n ranges, then merging of overlapping or touching ones. L is the
+/// integer type of the row bounds.
+template <class L>
+ATTNKIT_HD int union_of_ranges(const L* lo, const L* hi, int n, int64_t* kr) {
+  int count = 0;
+  for (int r = 0; r < n; ++r) {
+    if (hi[r] <= lo[r]) continue;
+    int pos = count++;
+    while (pos > 0 && kr[2 * (pos - 1)] > lo[r]) {
+      kr[2 * pos] = kr[2 * (pos - 1)];
+      kr[2 * pos + 1] = kr[2 * (pos - 1) + 1];
+      --pos;
+    }
+    kr[2 * pos] = lo[r];
+    kr[2 * pos + 1] = hi[r];
+  }
+  int m = 0;
+  for (int r = 0; r < count; ++r) {
+    if (m > 0 && kr[2 * r] <= kr[2 * (m - 1) + 1]) {
+      if (kr[2 * r + 1] > kr[2 * (m - 1) + 1]) kr[2 * (m - 1) + 1] = kr[2 * r + 1];
+    } else {
+      kr[2 * m] = kr[2 * r];
+      kr[2 * m + 1] = kr[2 * r + 1];
+      ++m;
+    }
+  }
+  return m;
+}
+
+/// Part 2, block-sparse attention: the intersection of m sorted, disjoint key ranges kr[0 .. 2m) with the
+/// allowed key blocks col_idx[beg .. end) of one CSR row (sorted; runs of consecutive blocks of bk keys
+/// become one range), written as sorted pairs to out; returns their number (<= m + end - beg). Two
+/// pointers over both lists. out must not overlap kr.
+ATTNKIT_HD int intersect_block_runs(const int64_t* kr, int m, const int32_t* col_idx, int64_t beg, int64_t end,
+                                    int64_t bk, int64_t* out) {
+  int count = 0;
+  int r = 0;
+  for (int64_t e = beg; e < end && r < m;) {
+    int64_t e2 = e + 1;
+    while (e2 < end && col_idx[e2] == col_idx[e2 - 1] + 1) ++e2;
+    const int64_t a = static_cast<int64_t>(col_idx[e]) * bk;
+    const int64_t z = static_cast<int64_t>(col_idx[e2 - 1] + 1) * bk;
+    while (r < m && kr[2 * r + 1] <= a) ++r;
+    for (int r2 = r; r2 < m && kr[2 * r2] < z; ++r2) {
+      out[2 * count] = a > kr[2 * r2] ? a : kr[2 * r2];
+      out[2 * count + 1] = z < kr[2 * r2 + 1] ? z : kr[2 * r2 + 1];
+      ++count;
+    }
+    e = e2;
+  }
+  return count;
+}
+
 /// ALiBi distance of score (i, j): |(i + a) - j| with pos = i + a, in integers (exact for any length);
 /// the score gets -slope * distance. I may be an integer SIMD vector.
 template <class I>

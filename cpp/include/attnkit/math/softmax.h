@@ -19,9 +19,11 @@ ATTNKIT_MATH_BEGIN
 constexpr double kLog2e = 1.4426950408889634073599246810019;
 constexpr double kLn2 = 0.6931471805599453094172321214582;
 
+/// -infinity of the scalar type S. HUGE_VAL (a compiler builtin) rather than numeric_limits, whose
+/// constexpr members device code could only call with nvcc's --expt-relaxed-constexpr.
 template <class S>
-ATTNKIT_HD constexpr S neg_inf() {
-  return -std::numeric_limits<S>::infinity();
+ATTNKIT_HD S neg_inf() {
+  return -static_cast<S>(HUGE_VAL);
 }
 
 /// The value scores are exponentiated against: the running max m, or 0 while m is -inf (nothing allowed
@@ -29,6 +31,14 @@ ATTNKIT_HD constexpr S neg_inf() {
 template <class T, class S>
 ATTNKIT_HD T softmax_offset(T m) {
   return m == neg_inf<S>() ? T{} : m;
+}
+
+/// exp(x) the way every kernel evaluates it: exp2(x * log2(e)) with the backend's exp2 (a SIMD polynomial
+/// on the CPU, exp2f/exp2 on CUDA). Kernels call it with x = s - offset, which is small near the max, so
+/// the product rounds little (see the file comment); T may be a scalar or a SIMD vector of S.
+template <class T, class S, class Exp2>
+ATTNKIT_HD T exp_via_exp2(T x, Exp2&& exp2) {
+  return exp2(x * static_cast<S>(kLog2e));
 }
 
 /// New running max after a block whose max is block_max.
@@ -80,6 +90,13 @@ ATTNKIT_HD S merge_step(S& mx, S& sum, S lse_part, S* w_part) {
   sum += w;
   *w_part = w;
   return S(1);
+}
+
+/// Factor applied to the merged accumulator (sum_p exp(lse_p - mx) out_p) of merge_step's state: 1/sum,
+/// or 0 when every part was empty (the contract: an empty merge is 0, whatever the parts' outputs).
+template <class S>
+ATTNKIT_HD S merge_scale(S mx, S sum) {
+  return mx == neg_inf<S>() ? S(0) : S(1) / sum;
 }
 
 /// Final merged lse from merge_step's state; -inf when every part was empty.

@@ -1,4 +1,5 @@
-// DType helpers, make_tensor, and the error-message helpers shared by every validator.
+// What cpp/include/attnkit/types.h declares: dtype sizes and names, make_tensor; and the internal
+// assertion failure of check.h.
 #include <sstream>
 
 #include "attnkit/attnkit.h"
@@ -51,4 +52,12 @@ TensorRef make_tensor(void* data, DType dtype, std::initializer_list<int64_t> sh
   return t;
 }
 
+namespace detail {
+
+void assert_failed(const char* cond, const char* what, const char* file, int line) {
+  throw Error(ErrorKind::Runtime, std::string("attnkit internal error (a bug; please report it): ") + what + " [" +
+                                      cond + " at " + file + ":" + std::to_string(line) + "]");
+}
+
+}  // namespace detail
 }  // namespace attnkit

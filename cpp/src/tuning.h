@@ -1,0 +1,31 @@
+#pragma once
+// Backend tuning options: algorithm switches that change speed, never a result beyond rounding (chunk
+// lengths, the DLA form). They are not part of the public params structs; tests and benchmarks set them
+// process-wide through attnkit._core.set_tuning / get_tuning (attnkit._tuning in Python).
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+namespace attnkit {
+namespace detail {
+
+/// Longest linear-attention chunk (the chunk's C x C score tile lives in per-thread scratch).
+constexpr int64_t kMaxLinearChunk = 1024;
+
+struct Tuning {
+  /// Linear attention / Performer: chunk length of the causal form and block length of the bidirectional
+  /// one; 0 = the tuned default, else [1, kMaxLinearChunk].
+  std::atomic<int64_t> linear_chunk{0};
+  /// DLA prefill: 0 = automatic, L >= 1 = chunks of L tokens, -1 = the token-by-token form.
+  std::atomic<int64_t> dla_chunk{0};
+};
+
+Tuning& tuning();
+/// Sets option `name` ("linear_chunk", "dla_chunk"); Error(Value) naming it for an unknown name or a value
+/// out of range.
+void set_tuning(const std::string& name, int64_t value);
+int64_t get_tuning(const std::string& name);
+
+}  // namespace detail
+}  // namespace attnkit

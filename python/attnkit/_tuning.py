@@ -1,0 +1,27 @@
+"""Backend tuning options (internal): switches that change speed, never a result beyond rounding, set
+process-wide in the core (``attnkit/runtime.h``: ``set_tuning``). Tests and benchmarks use them to run
+every code path; users have no reason to.
+
+    linear_chunk   linear attention / Performer chunk length: 0 = tuned default, else 1..1024
+    dla_chunk      DLA prefill: 0 = automatic, L >= 1 = chunks of L tokens, -1 = token by token
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from . import _core
+from ._array import as_int
+
+
+@contextlib.contextmanager
+def tuning(**options):
+    """Sets the given options for the duration of the ``with`` block, then restores them."""
+    old = {name: _core.get_tuning(name) for name in options}
+    try:
+        for name, value in options.items():
+            _core.set_tuning(name, as_int(value, name))
+        yield
+    finally:
+        for name, value in old.items():
+            _core.set_tuning(name, value)
