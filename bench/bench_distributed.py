@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CASES = [("dense", False, "contiguous"), ("causal", True, "contiguous"), ("causal_zigzag", True, "zigzag")]
+# (name, causal, layout, progress thread)
+CASES = [("dense", False, "contiguous", True), ("dense_no_thread", False, "contiguous", False),
+         ("causal", True, "contiguous", True), ("causal_zigzag", True, "zigzag", True)]
 
 
 def worker(a):
@@ -40,15 +42,15 @@ def worker(a):
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, a.H, a.S, a.D), dtype=np.float32) for _ in range(3))
     rows = {}
-    for name, causal, layout in CASES:
+    for name, causal, layout, thread in CASES:
         sq, sk, sv = (dist.shard(x, comm, layout=layout) for x in (q, k, v))
-        dist.ring_attention(sq, sk, sv, comm, causal=causal, layout=layout)  # warm-up
+        dist.ring_attention(sq, sk, sv, comm, causal=causal, layout=layout, progress_thread=thread)  # warm-up
         totals, stats = [], []
         for _ in range(a.reps):
             st = {}
             comm.Barrier()
             t0 = time.perf_counter()
-            dist.ring_attention(sq, sk, sv, comm, causal=causal, layout=layout, stats=st)
+            dist.ring_attention(sq, sk, sv, comm, causal=causal, layout=layout, progress_thread=thread, stats=st)
             totals.append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
             stats.append(st)
         # the same ring pass of the K/V blocks, without compute
@@ -72,7 +74,7 @@ def worker(a):
             comm_s = max(e["comm_alone_s"] for e in every)
             wait_s = max(e["wait_s"] for e in every)
             rows[name] = dict(
-                ranks=P, causal=causal, layout=layout, seconds=med(totals),
+                ranks=P, causal=causal, layout=layout, progress_thread=thread, seconds=med(totals),
                 bytes_sent_per_rank=[e["bytes_sent"] for e in every],
                 comm_alone_s=comm_s, wait_s=wait_s,
                 hidden=None if P == 1 or comm_s == 0 else float(np.clip(1 - wait_s / comm_s, 0, 1)),

@@ -5,6 +5,7 @@ NumPy (host MPI) and CuPy (CUDA-aware MPI or NCCL) arrays. Internal to attnkit."
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -161,8 +162,9 @@ class Transport:
     else through MPI when the user declares it CUDA-aware (``ATTNKIT_CUDA_AWARE_MPI=1``), else a TypeError
     says how to get one of the two."""
 
-    def __init__(self, comm, cuda: bool):
+    def __init__(self, comm, cuda: bool, progress_thread: bool = False):
         self.comm, self.cuda, self.nccl = comm, cuda, None
+        self.progress_thread = progress_thread and mpi().Query_thread() == mpi().THREAD_MULTIPLE
         if cuda:
             self.nccl = _nccl_comm(comm)
             if self.nccl is None and os.environ.get("ATTNKIT_CUDA_AWARE_MPI", "") != "1":
@@ -190,7 +192,13 @@ class Transport:
         MPI = mpi()
         reqs = [self.comm.Irecv([recv, MPI.BYTE], source=source, tag=tag),
                 self.comm.Isend([send, MPI.BYTE], dest=dest, tag=tag)]
-        return lambda: MPI.Request.Waitall(reqs)
+        if not self.progress_thread:
+            return lambda: MPI.Request.Waitall(reqs)
+        # Most MPI libraries move a large message only inside MPI calls: a helper thread waits on the
+        # requests (driving the transfer) while the caller computes with the GIL released.
+        thread = threading.Thread(target=MPI.Request.Waitall, args=(reqs,), daemon=True)
+        thread.start()
+        return thread.join
 
     def allgather(self, x, sizes):
         """Every rank's 1-D byte array (``sizes[r]`` bytes from rank r), in rank order, on every rank."""

@@ -139,7 +139,7 @@ def _pairs(plan, d, left, right, lengths, B):
 
 
 def ring_attention(q, k, v, comm, *, causal=False, window=None, key_lengths=None, scale=None, softcap=None,
-                   layout="contiguous", return_lse=False, stats=None, **attention_options):
+                   layout="contiguous", return_lse=False, progress_thread=True, stats=None, **attention_options):
     """Exact attention over a sequence sharded across the ranks of ``comm`` (ring attention, Liu et al.
     2023): collective, every rank gets its rows of ``attention`` on the gathered sequence.
 
@@ -238,7 +238,7 @@ def ring_attention(q, k, v, comm, *, causal=False, window=None, key_lengths=None
     a = Sk_g - Sq_g
     kbytes = [B * Hkv * n * D * q.dtype.itemsize for n in sk]
     vbytes = [B * Hkv * n * Dv * q.dtype.itemsize for n in sk]
-    transport = _mpi.Transport(comm, xp is not np)
+    transport = _mpi.Transport(comm, xp is not np, progress_thread=progress_thread)
     buf = xp.concatenate([_mpi.as_bytes(k4), _mpi.as_bytes(v4)])
     info = dict(bytes_sent=0, steps=size, compute_s=0.0, wait_s=0.0, pairs=0, blocks=0)
     for step in range(size):
@@ -265,7 +265,7 @@ def ring_attention(q, k, v, comm, *, causal=False, window=None, key_lengths=None
                                      vb[:, :, ka + j0:ka + j1], window=win, key_lengths=lens, scale=scale,
                                      softcap=softcap, return_lse=True)
                     rows = slice(qa + i0, qa + i1)
-                    out[:, :, rows], lse[:, :, rows] = merge_attention([out[:, :, rows], o.astype(acc)],
+                    out[:, :, rows], lse[:, :, rows] = merge_attention([out[:, :, rows], o.astype(acc, copy=False)],
                                                                        [lse[:, :, rows], l])
                     info["pairs"] += Hq * _pairs(plan, d, left, right, lens, B)
                     info["blocks"] += 1
