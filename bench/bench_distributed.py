@@ -9,7 +9,10 @@ balance across ranks (allowed (query, key) pairs and measured compute time, max 
 bench/results/distributed.json. On a 2-core machine 4 ranks are oversubscribed: the times of that row
 measure sharing, not scaling; bytes, balance and hiding are the figures to read.
 
-    python bench/bench_distributed.py [--S 4096] [--ranks 1 2 4] [--reps 3]
+It ends with the scaling model on paper (``scaling_model``) for S = 2^20 tokens on 8, 64 and 512 machines
+from the measured rate of one rank, ``--cores`` per machine, ``--bandwidth`` and ``--latency``.
+
+    python bench/bench_distributed.py [--S 4096] [--ranks 1 2 4] [--reps 3] [--model-only]
 """
 
 from __future__ import annotations
@@ -89,6 +92,37 @@ def worker(a):
         print("RESULT " + json.dumps(rows), flush=True)
 
 
+def scaling_model(rate, bandwidth, latency, *, S=2 ** 20, H=8, Hkv=8, D=64, itemsize=4, machines=(8, 64, 512)):
+    """Ring attention (causal, zig-zag) on paper: P ring steps, each the larger of the local compute
+    (2 H S^2 D / P^2 FLOPs at ``rate``) and the K/V block transfer (alpha + 2 Hkv (S/P) D b / beta), so
+    T = P max(t_c, t_m): compute-bound (communication hidden) while S / P >= rate b Hkv / (H beta)."""
+    rows = []
+    for P in machines:
+        t_c = 2 * H * S ** 2 * D / P ** 2 / rate
+        t_m = latency + 2 * Hkv * (S / P) * D * itemsize / bandwidth
+        rows.append(dict(machines=P, step_compute_s=t_c, step_transfer_s=t_m, seconds=P * max(t_c, t_m),
+                         kv_block_bytes=2 * Hkv * (S // P) * D * itemsize))
+    return dict(S=S, H=H, Hkv=Hkv, D=D, itemsize=itemsize, rate_flops=rate, bandwidth_bytes_s=bandwidth,
+                latency_s=latency, hidden_above_tokens_per_machine=rate * itemsize * Hkv / (H * bandwidth),
+                rows=rows)
+
+
+def add_model(payload, a):
+    """The scaling model from the measured single-rank rate (dense, P = 1), into ``payload["model"]``."""
+    one = next(r for r in payload["results"] if r["dense"]["ranks"] == 1)
+    seconds = min(one["dense"]["seconds"], one["dense_no_thread"]["seconds"])  # the same computation twice
+    rate = 4 * payload["H"] * payload["S"] ** 2 * payload["D"] / seconds   # FLOP/s, one core
+    model = scaling_model(a.cores * rate, a.bandwidth, a.latency, H=payload["H"], Hkv=payload["H"], D=payload["D"])
+    model.update(measured_rate_one_core_flops=rate, cores_per_machine=a.cores)
+    payload["model"] = model
+    print(f"model: {a.cores} cores x {rate / 1e9:.1f} GFLOP/s measured per core, {a.bandwidth / 1e9:g} GB/s, "
+          f"{1e6 * a.latency:g} us; communication hidden above {model['hidden_above_tokens_per_machine']:.0f} tokens per machine")
+    for row in model["rows"]:
+        print(f"model: S = 2^20 on {row['machines']:4d} machines: {row['seconds']:9.1f} s  (step: compute "
+              f"{row['step_compute_s']:.3g} s, K/V block {row['kv_block_bytes'] / 2**20:.0f} MiB in "
+              f"{1e3 * row['step_transfer_s']:.2f} ms)")
+
+
 def mpiexec():
     here = Path(sys.executable).parent / "mpiexec"
     return str(here) if here.exists() else "mpiexec"
@@ -101,12 +135,22 @@ def main(argv=None):
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cores", type=int, default=2, help="cores of one machine in the scaling model")
+    ap.add_argument("--bandwidth", type=float, default=25e9, help="network bytes/s per machine in the model")
+    ap.add_argument("--latency", type=float, default=5e-6, help="network latency (s) in the model")
     ap.add_argument("--out", default="distributed.json")
+    ap.add_argument("--model-only", action="store_true", help="only recompute the model from --out")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         return worker(a)
     from attnkit._bench import environment, write_json
+
+    if a.model_only:  # recompute the model from the results already written
+        payload = json.loads((RESULTS / a.out).read_text())
+        add_model(payload, a)
+        print("wrote", write_json(RESULTS, a.out, payload))
+        return
 
     results = []
     for P in a.ranks:
@@ -127,6 +171,7 @@ def main(argv=None):
                       f"  hidden {hidden:>4s}  pairs max/min {r['pairs_balance']:.3f}"
                       f"  compute max/min {r['compute_balance']:.3f}", flush=True)
     payload = dict(environment=environment(1), S=a.S, H=a.H, D=a.D, dtype="float32", results=results)
+    add_model(payload, a)
     print("wrote", write_json(RESULTS, a.out, payload))
 
 

@@ -92,7 +92,7 @@ def linear_attention(q, k, v, comm, *, feature_map="elu1", causal=True, normaliz
     its rows of the single-process result on the gathered sequence.
 
     State passing: each rank computes the state of its own keys (``sum phi(k_j) v_j^T``, ``sum phi(k_j)``),
-    the ranks exchange them (one allgather of ``P`` states of ``[B, Hkv, F, Dv + 1]`` floats), and rank
+    the ranks exchange them (an allgather of the ``P`` states ``S [B, Hkv, F, Dv]``, ``z [B, Hkv, F]``), and rank
     ``r`` runs its local causal pass from ``initial_state`` plus the sum of the states of ranks ``< r``
     (an exclusive prefix sum in rank order). Bidirectional attention uses the sum of all states. The
     communication does not grow with the sequence.

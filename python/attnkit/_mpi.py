@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 
 from ._array import is_cuda_array
+
+
+_POLL_S = 50e-6  # between two polls of the progress thread
 
 
 def mpi():
@@ -38,15 +42,18 @@ def check_comm(comm):
 def agree(comm, local):
     """Runs ``local()`` on every rank, gathers its result or its ValueError/TypeError, and returns the list
     of every rank's result. When any rank failed, every rank raises the lowest failing rank's error (same
-    type, same message), so a bad input never leaves the other ranks waiting in a later collective."""
+    type and message; an exception other than ValueError / TypeError becomes a RuntimeError naming it), so
+    a bad input never leaves the other ranks waiting in a later collective."""
     try:
         mine = ("ok", local())
-    except (ValueError, TypeError) as e:
-        mine = (type(e).__name__, str(e))
+    except Exception as e:  # noqa: BLE001 - whatever it is, every rank must raise it
+        kind = "ValueError" if isinstance(e, ValueError) else "TypeError" if isinstance(e, TypeError) else None
+        mine = (kind or "RuntimeError", str(e) if kind else f"{type(e).__name__}: {e}")
     every = comm.allgather(mine)
+    errors = {"ValueError": ValueError, "TypeError": TypeError, "RuntimeError": RuntimeError}
     for rank, (kind, value) in enumerate(every):
         if kind != "ok":
-            raise (ValueError if kind == "ValueError" else TypeError)(f"rank {rank}: {value}")
+            raise errors[kind](f"rank {rank}: {value}")
     return [value for _, value in every]
 
 
@@ -194,9 +201,14 @@ class Transport:
                 self.comm.Isend([send, MPI.BYTE], dest=dest, tag=tag)]
         if not self.progress_thread:
             return lambda: MPI.Request.Waitall(reqs)
-        # Most MPI libraries move a large message only inside MPI calls: a helper thread waits on the
-        # requests (driving the transfer) while the caller computes with the GIL released.
-        thread = threading.Thread(target=MPI.Request.Waitall, args=(reqs,), daemon=True)
+        # Most MPI libraries move a large message only inside MPI calls: a helper thread polls the
+        # requests (driving the transfer) while the caller computes with the GIL released. It sleeps
+        # between polls: a blocking Waitall would spin and take a core from the computation.
+        def poll():
+            while not MPI.Request.Testall(reqs):
+                time.sleep(_POLL_S)
+
+        thread = threading.Thread(target=poll, daemon=True)
         thread.start()
         return thread.join
 
