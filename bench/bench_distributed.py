@@ -157,6 +157,7 @@ def main(argv=None):
         cmd = [mpiexec(), "-n", str(P), sys.executable, __file__, "--worker", "--S", str(a.S), "--H", str(a.H),
                "--D", str(a.D), "--reps", str(a.reps)]
         res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                             stdin=subprocess.DEVNULL,
                              timeout=1800)
         line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
         if res.returncode or not line:

@@ -7,6 +7,7 @@ exist here (mpi4py or mpiexec missing)."""
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,16 @@ def _launch(n, timeout=300):
         pytest.skip("no mpiexec on PATH (pip install mpich, or install an MPI)")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [exe, "-n", str(n), sys.executable, str(WORKER)]
+    # its own process group, so that a hang is ended with every rank it started
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, env=env, start_new_session=True)
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout}s (a hang?)\n{e.stdout}\n{e.stderr}")
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout}s (a hang?)\n{stdout}\n{stderr}")
+    res = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     report = res.stdout + res.stderr
     assert res.returncode == 0 and "ALL OK" in res.stdout, f"{' '.join(cmd)} -> {res.returncode}\n{report}"
     return res.stdout
