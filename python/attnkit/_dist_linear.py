@@ -9,7 +9,7 @@ import numpy as np
 from . import _linear, _mpi
 from ._array import acc_dtype, as_bool, is_cuda_array
 from ._dla import DLACache, dynamic_linear_attention
-from ._mpi import agree, check_comm, same_everywhere, to4
+from ._mpi import agree, array_module, check_comm, same_everywhere, to4
 
 
 def _lengths_list(key_lengths):
@@ -59,7 +59,7 @@ def _state_passing(comm, q4, k4, v4, lens, *, causal, initial, scales=None, **op
     exchange of every rank's state, then the local pass from the sum of the earlier ranks' states (causal)
     or with the sum of all (bidirectional). ``scales[s]`` multiplies rank s's state as seen by this rank
     (Performer's stabilizers). Returns (out, total state); the total is bitwise the same on every rank."""
-    xp = np if not is_cuda_array(q4) else __import__("cupy")
+    xp = array_module(q4)
     rank = comm.Get_rank()
     mine = _linear.linear_attention(q4[:, :, :0], k4, v4, causal=False, key_lengths=lens, return_state=True,
                                     feature_map=opts["feature_map"])[1]
@@ -144,7 +144,7 @@ def performer_attention(q, k, v, features, comm, *, kernel="softmax", causal=Fal
     every rank.
     """
     comm = check_comm(comm)
-    xp = np if not is_cuda_array(q) else __import__("cupy")
+    xp = array_module(q)
 
     def check():
         _linear.performer_attention(q[..., :0, :], k[..., :0, :], v[..., :0, :], features, kernel=kernel,

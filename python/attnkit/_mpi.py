@@ -241,6 +241,11 @@ def _xp(cuda: bool):
     return np
 
 
+def array_module(x):
+    """cupy for a CuPy array, else numpy."""
+    return _xp(is_cuda_array(x))
+
+
 def _nccl_comm(comm):
     """A NCCL communicator over the ranks of ``comm`` (one GPU per rank, the current device), or None when
     CuPy has no NCCL."""

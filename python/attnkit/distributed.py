@@ -21,19 +21,11 @@ import numpy as np
 from . import _mpi
 from ._array import acc_dtype, as_bool, is_cuda_array
 from ._exact import attention, merge_attention
-from ._mpi import agree, check_comm, check_layout, same_everywhere, to4
+from ._mpi import agree, array_module, check_comm, check_layout, same_everywhere, to4
 from ._dist_linear import dla_pipeline, linear_attention, performer_attention, recv_cache, send_cache
 
 __all__ = ["ring_attention", "shard", "unshard", "linear_attention", "performer_attention", "send_cache",
            "recv_cache", "dla_pipeline"]
-
-
-def _xp(x):
-    if is_cuda_array(x):
-        import cupy
-
-        return cupy
-    return np
 
 
 # ------------------------------------------------------------------------------------------- sharding
@@ -61,7 +53,7 @@ def shard(x, comm, *, layout="contiguous", axis=-2):
     same_everywhere([m[0][1] for m in metas], "x.dtype", TypeError)
     same_everywhere(metas, "(x's array type, dtype, shape; layout; axis)")
     pieces = _mpi.local_pieces(x, layout, comm, axis)
-    return pieces[0] if len(pieces) == 1 else _xp(x).concatenate(pieces, axis=axis)
+    return pieces[0] if len(pieces) == 1 else array_module(x).concatenate(pieces, axis=axis)
 
 
 def unshard(x, comm, *, layout="contiguous", axis=-2):
@@ -86,7 +78,7 @@ def unshard(x, comm, *, layout="contiguous", axis=-2):
     same_everywhere([m[:5] for m in metas], "(x's array type, dtype, shape off the axis; layout; axis)")
     ax, lengths = metas[0][4], [m[5] for m in metas]
     pieces_of = [_mpi.segments_from_lengths(layout, lengths, r, "x") for r in range(len(lengths))]
-    xp = _xp(x)
+    xp = array_module(x)
     front = xp.ascontiguousarray(xp.moveaxis(x, ax, 0))
     rest = front.shape[1:]
     transport = _mpi.Transport(comm, xp is not np)
@@ -166,6 +158,10 @@ def ring_attention(q, k, v, comm, *, causal=False, window=None, key_lengths=None
         ``layout="zigzag"`` (equal causal work per rank; q, k and v all zig-zag sharded).
     return_lse : bool
         Also return the log-sum-exp of this rank's rows.
+    progress_thread : bool
+        Drive the transfer from a helper thread that polls the requests during the local attention (most
+        MPI libraries move a large message only inside MPI calls, so without it the transfer starts when
+        the compute ends); used when MPI runs with ``MPI_THREAD_MULTIPLE`` (mpi4py's default).
     stats : dict, optional
         Filled with ``bytes_sent``, ``steps``, ``compute_s`` (local attention and merges), ``wait_s`` (time
         blocked on communication after the compute), ``pairs`` (allowed (query, key) pairs computed per
@@ -226,7 +222,7 @@ def ring_attention(q, k, v, comm, *, causal=False, window=None, key_lengths=None
 
     q4, lead = to4(q)
     k4, v4 = to4(k)[0], to4(v)[0]
-    xp = _xp(q)
+    xp = array_module(q)
     acc = acc_dtype(q.dtype)
     Hq, Hkv, D, Dv = q4.shape[1], k4.shape[1], k4.shape[3], v4.shape[3]
     out = xp.zeros((B, Hq, q4.shape[2], Dv), dtype=acc)
