@@ -114,6 +114,22 @@ def ring_causal_cross_window_lengths():
 
 
 @case
+def ring_empty_shard_strides_masked_rows():
+    # rank 0 holds no token; BSHD views read in place; batch entry 1 has no valid key (out 0, lse -inf)
+    B, H, S, D = 2, 2, 19, 8
+    q, k, v = (data(50 + i, (B, S, H, D)).transpose(0, 2, 1, 3) for i in range(3))
+    lens = [0] + uneven(S, 53)[1:]
+    lens[-1] += S - sum(lens)
+    opts = dict(causal=True, key_lengths=[13, 0])
+    out, lse = dist.ring_attention(mine(q, lens), mine(k, lens), mine(v, lens), comm, return_lse=True, **opts)
+    single, slse = attnkit.attention(q, k, v, return_lse=True, **opts)
+    ref = reference.attention(q, k, v, **opts)
+    close("out", out, mine(single, lens), mine(ref, lens), np.float32)
+    np.testing.assert_allclose(lse, mine(slse, lens, -1), rtol=1e-5, atol=1e-5)   # -inf rows equal too
+    assert np.all(np.isneginf(lse[1])) and not np.any(out[1])
+
+
+@case
 def ring_dtypes():
     for i, dt in enumerate((np.float64, np.float16, BF16)):
         ring_case(40 + 5 * i, B=1, Hq=4, Hkv=2, Sq=33, Sk=33, D=16, Dv=16, dtype=dt, causal=True)
@@ -177,6 +193,11 @@ def linear_state_passing():
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-4)
         states = comm.allgather(state)
         assert all(np.array_equal(s[0], states[0][0]) for s in states), "final state differs across ranks"
+    for dt in (np.float16, BF16, np.float64):
+        qd, kd, vd = q.astype(dt), k.astype(dt), v.astype(dt)
+        out = dist.linear_attention(mine(qd, lens), mine(kd, lens), mine(vd, lens), comm, key_lengths=[60, 33])
+        close(f"linear {dt}", out, mine(attnkit.linear_attention(qd, kd, vd, key_lengths=[60, 33]), lens),
+              mine(reference.linear_attention(qd, kd, vd, key_lengths=[60, 33]), lens), dt)
 
 
 @case

@@ -171,7 +171,7 @@ class Transport:
 
     def __init__(self, comm, cuda: bool, progress_thread: bool = False):
         self.comm, self.cuda, self.nccl = comm, cuda, None
-        self.progress_thread = progress_thread and mpi().Query_thread() == mpi().THREAD_MULTIPLE
+        self.progress_thread = progress_thread and mpi().Query_thread() >= mpi().THREAD_SERIALIZED
         if cuda:
             self.nccl = _nccl_comm(comm)
             if self.nccl is None and os.environ.get("ATTNKIT_CUDA_AWARE_MPI", "") != "1":

@@ -161,7 +161,8 @@ def ring_attention(q, k, v, comm, *, causal=False, window=None, key_lengths=None
     progress_thread : bool
         Drive the transfer from a helper thread that polls the requests during the local attention (most
         MPI libraries move a large message only inside MPI calls, so without it the transfer starts when
-        the compute ends); used when MPI runs with ``MPI_THREAD_MULTIPLE`` (mpi4py's default).
+        the compute ends); used when MPI runs with ``MPI_THREAD_SERIALIZED`` or more (mpi4py asks for
+        ``MPI_THREAD_MULTIPLE``); the caller makes no MPI call until the thread has ended.
     stats : dict, optional
         Filled with ``bytes_sent``, ``steps``, ``compute_s`` (local attention and merges), ``wait_s`` (time
         blocked on communication after the compute), ``pairs`` (allowed (query, key) pairs computed per
