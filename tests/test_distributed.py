@@ -114,3 +114,16 @@ def test_bad_communicator():
         dist.ring_attention([1.0], q, q, MPI.COMM_SELF)
     with pytest.raises(ValueError, match="rank 0: layout must be"):
         dist.shard(q, MPI.COMM_SELF, layout="rows")
+
+
+def test_device_arrays_without_nccl_or_cuda_aware_mpi(monkeypatch):
+    """CuPy buffers need NCCL or a declared CUDA-aware MPI; the choice is collective, and without either
+    the error says what to install."""
+    from attnkit import _mpi
+
+    monkeypatch.setattr(_mpi, "_have_nccl", lambda: False)
+    monkeypatch.delenv("ATTNKIT_CUDA_AWARE_MPI", raising=False)
+    with pytest.raises(TypeError, match="NCCL .* or a CUDA-aware MPI"):
+        _mpi.Transport(MPI.COMM_SELF, True)
+    monkeypatch.setenv("ATTNKIT_CUDA_AWARE_MPI", "1")
+    assert _mpi.Transport(MPI.COMM_SELF, True).nccl is None   # MPI takes the device buffers

@@ -172,9 +172,11 @@ class Transport:
     def __init__(self, comm, cuda: bool, progress_thread: bool = False):
         self.comm, self.cuda, self.nccl = comm, cuda, None
         self.progress_thread = progress_thread and mpi().Query_thread() >= mpi().THREAD_SERIALIZED
-        if cuda:
-            self.nccl = _nccl_comm(comm)
-            if self.nccl is None and os.environ.get("ATTNKIT_CUDA_AWARE_MPI", "") != "1":
+        if cuda:  # decided together: a rank alone in a NCCL bootstrap would wait forever
+            every = comm.allgather((_have_nccl(), os.environ.get("ATTNKIT_CUDA_AWARE_MPI", "") == "1"))
+            if all(nccl for nccl, _ in every):
+                self.nccl = _nccl_comm(comm)
+            elif not all(aware for _, aware in every):
                 raise TypeError("CuPy arrays need NCCL (cupy.cuda.nccl) or a CUDA-aware MPI: install CuPy with "
                                 "NCCL, or set ATTNKIT_CUDA_AWARE_MPI=1 when your MPI takes device buffers "
                                 "(e.g. Open MPI built with UCX/CUDA); or pass NumPy arrays")
@@ -246,15 +248,18 @@ def array_module(x):
     return _xp(is_cuda_array(x))
 
 
-def _nccl_comm(comm):
-    """A NCCL communicator over the ranks of ``comm`` (one GPU per rank, the current device), or None when
-    CuPy has no NCCL."""
+def _have_nccl() -> bool:
     try:
         from cupy.cuda import nccl
     except ImportError:
-        return None
-    if not getattr(nccl, "available", True):
-        return None
+        return False
+    return bool(getattr(nccl, "available", True))
+
+
+def _nccl_comm(comm):
+    """A NCCL communicator over the ranks of ``comm`` (one GPU per rank, the current device)."""
+    from cupy.cuda import nccl
+
     uid = nccl.get_unique_id() if comm.Get_rank() == 0 else None
     uid = comm.bcast(uid, root=0)
     return nccl.NcclCommunicator(comm.Get_size(), uid, comm.Get_rank())
