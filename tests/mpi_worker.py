@@ -215,6 +215,10 @@ def performer_state_passing():
             single = attnkit.performer_attention(qd, kd, vd, W, **opts)
             ref = reference.performer_attention(qd, kd, vd, W, **opts)
             close(f"performer {dt} {opts}", out, mine(single, lens), mine(ref, lens), dt)
+    Wb = W.astype(BF16)  # features of any float dtype
+    out = dist.performer_attention(mine(q, lens), mine(k, lens), mine(v, lens), Wb, comm, causal=True)
+    close("performer bf16 features", out, mine(attnkit.performer_attention(q, k, v, Wb, causal=True), lens),
+          mine(reference.performer_attention(q, k, v, Wb, causal=True), lens), np.float32)
 
 
 @case

@@ -63,9 +63,10 @@ def test_mpirun_matches_single_process(n):
     _digests[n] = [line for line in out.splitlines() if line.startswith("digest")]
 
 
-def test_mpirun_same_bits_run_to_run():
-    first = _digests.get(2) or [line for line in _launch(2).splitlines() if line.startswith("digest")]
-    again = [line for line in _launch(2).splitlines() if line.startswith("digest")]
+@pytest.mark.parametrize("n", [2, 4])
+def test_mpirun_same_bits_run_to_run(n):
+    first = _digests.get(n) or [line for line in _launch(n).splitlines() if line.startswith("digest")]
+    again = [line for line in _launch(n).splitlines() if line.startswith("digest")]
     assert first == again and first
 
 

@@ -150,9 +150,9 @@ def performer_attention(q, k, v, features, comm, *, kernel="softmax", causal=Fal
         _linear.performer_attention(q[..., :0, :], k[..., :0, :], v[..., :0, :], features, kernel=kernel,
                                     causal=causal, scale=scale, eps=eps)
 
-    digest = hashlib.sha1(bytes(memoryview(np.ascontiguousarray(
-        features.get() if is_cuda_array(features) else features)).cast("B"))).hexdigest() if hasattr(
-        features, "shape") else None
+    # features must be equal everywhere: compare a digest of their bytes (any dtype, bfloat16 included)
+    host = features.get() if is_cuda_array(features) else features
+    digest = hashlib.sha1(_mpi.as_bytes(host).tobytes()).hexdigest() if isinstance(host, np.ndarray) else None
     sk, lengths = _validate(comm, q, k, v, causal, check, (kernel, as_bool(causal, "causal"), scale, eps, digest,
                                                             _lengths_list(key_lengths)))
     size, rank = comm.Get_size(), comm.Get_rank()
