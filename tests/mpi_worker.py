@@ -278,6 +278,9 @@ def errors_everywhere():
                              lambda: dist.performer_attention(q, q, q, W, comm)))
     same_on_all(expect_error(ValueError, ["capacity"],
                              lambda: dist.dla_pipeline(q, q, q, q[..., :2], comm, capacity=2 + (R == 1))))
+    g = np.zeros((1, 2, 8)) + (0.5 if R == P - 1 else 0.0)   # only the last rank's log_decay is bad
+    same_on_all(expect_error(ValueError, [f"rank {P - 1}", "log_decay"],
+                             lambda: dist.dla_pipeline(q, q, q, q[..., :2], comm, capacity=2, log_decay=g)))
     expect_error(ValueError, ["comm", "COMM_NULL"], lambda: dist.ring_attention(q, q, q, MPI.COMM_NULL))
     expect_error(TypeError, ["comm must be"], lambda: dist.linear_attention(q, q, q, "world"))
     expect_error(TypeError, ["cache must be"], lambda: dist.send_cache(None, comm, 0))

@@ -257,6 +257,11 @@ def dla_pipeline(q, k, v, lam, comm, *, capacity, tau=0.6, log_decay=None, score
             raise TypeError("dla_pipeline runs on NumPy arrays (DLA has no CUDA kernels yet)")
         g = None if log_decay is None else log_decay[..., :0]
         dynamic_linear_attention(q[..., :0, :], k[..., :0, :], v[..., :0, :], lam[..., :0, :], log_decay=g, **kw)
+        # the one value check the empty call cannot make: a failure mid-pipeline would leave the next
+        # ranks waiting for a cache
+        g = None if log_decay is None else np.asarray(log_decay, dtype=np.float64)
+        if g is not None and not bool(np.all(np.isfinite(g) & (g <= 0))):
+            raise ValueError("log_decay must be finite and <= 0 (a positive value would grow the states)")
         return dict(dtype=metas[0][1], dims=(q.ndim,) + tuple(q.shape[:-2]) + (q.shape[-1], v.shape[-1]),
                     opts=(capacity, tau, score, log_decay is None, as_bool(return_aux, "return_aux")))
 
