@@ -18,10 +18,11 @@ def _lengths_list(key_lengths):
     return np.asarray(key_lengths.get() if is_cuda_array(key_lengths) else key_lengths).tolist()
 
 
-def _validate(comm, q, k, v, causal, check, extra=()):
+def _validate(comm, q, k, v, causal, check, extra):
     """Collective checks shared by linear_attention and performer_attention: ``check()`` runs the
-    single-process function on empty pieces of this rank's arrays. Returns (sequence lengths per rank,
-    global key_lengths)."""
+    single-process function on empty pieces of this rank's arrays; ``extra`` holds the options that must
+    be equal on every rank, key_lengths (as a list, or None) last. Returns (key lengths per rank, global
+    key_lengths as int64 [B] or None)."""
 
     def local():
         metas = [_mpi.array_meta(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"))]
