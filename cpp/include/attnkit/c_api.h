@@ -24,23 +24,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "attnkit/export.h"
 #include "attnkit/version.h"
 
 /* Incremented whenever a change breaks binary compatibility of this header (never for appended fields
  * or new functions). attnkit_abi_version() returns the library's value. */
 #define ATTNKIT_ABI_VERSION 1
 
-#if defined(_WIN32)
-#  if defined(ATTNKIT_SHARED) && defined(ATTNKIT_BUILDING)
-#    define ATTNKIT_C_API __declspec(dllexport)
-#  elif defined(ATTNKIT_SHARED)
-#    define ATTNKIT_C_API __declspec(dllimport)
-#  else
-#    define ATTNKIT_C_API
-#  endif
-#else
-#  define ATTNKIT_C_API __attribute__((visibility("default")))
-#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -60,20 +50,20 @@ enum {
 
 /* Message of the most recent failed attnkit call on this thread; "" when the last call succeeded. The
  * pointer stays valid until the next attnkit call on this thread. */
-ATTNKIT_C_API const char* attnkit_last_error(void);
+ATTNKIT_API const char* attnkit_last_error(void);
 /* "ok", "value_error", "type_error", "not_built", "runtime_error" (or "unknown"). */
-ATTNKIT_C_API const char* attnkit_status_name(attnkit_status status);
+ATTNKIT_API const char* attnkit_status_name(attnkit_status status);
 /* The library's version, "MAJOR.MINOR.PATCH" (compare with ATTNKIT_VERSION_STRING). */
-ATTNKIT_C_API const char* attnkit_version(void);
+ATTNKIT_API const char* attnkit_version(void);
 /* The library's ATTNKIT_ABI_VERSION. */
-ATTNKIT_C_API int32_t attnkit_abi_version(void);
+ATTNKIT_API int32_t attnkit_abi_version(void);
 /* 1 when the CUDA backend was compiled in, else 0. */
-ATTNKIT_C_API int32_t attnkit_built_with_cuda(void);
+ATTNKIT_API int32_t attnkit_built_with_cuda(void);
 /* "avx512", "avx2" or "generic": the CPU micro-kernels in use. */
-ATTNKIT_C_API const char* attnkit_cpu_isa(void);
+ATTNKIT_API const char* attnkit_cpu_isa(void);
 /* CPU threads of later calls from this thread (n >= 1). */
-ATTNKIT_C_API attnkit_status attnkit_set_num_threads(int32_t n);
-ATTNKIT_C_API int32_t attnkit_get_num_threads(void);
+ATTNKIT_API attnkit_status attnkit_set_num_threads(int32_t n);
+ATTNKIT_API int32_t attnkit_get_num_threads(void);
 
 /* ------------------------------------------------------------------------------------------ tensors */
 
@@ -156,20 +146,20 @@ static inline attnkit_attention_options attnkit_attention_options_default(void) 
 /* Exact attention: q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, Dv] (or 3-D / 2-D) write
  * out [B, Hq, Sq, Dv] (q's dtype) and, when lse is not NULL, lse [B, Hq, Sq] (float32; float64 for
  * float64). opts may be NULL (defaults). */
-ATTNKIT_C_API attnkit_status attnkit_attention(const attnkit_tensor* q, const attnkit_tensor* k,
-                                               const attnkit_tensor* v, const attnkit_tensor* out,
-                                               const attnkit_tensor* lse, const attnkit_attention_options* opts);
+ATTNKIT_API attnkit_status attnkit_attention(const attnkit_tensor* q, const attnkit_tensor* k,
+                                             const attnkit_tensor* v, const attnkit_tensor* out,
+                                             const attnkit_tensor* lse, const attnkit_attention_options* opts);
 
 /* Attention probabilities weights [B, Hq, Sq, Sk] (q's dtype). opts may be NULL. */
-ATTNKIT_C_API attnkit_status attnkit_attention_weights(const attnkit_tensor* q, const attnkit_tensor* k,
-                                                       const attnkit_tensor* weights,
-                                                       const attnkit_attention_options* opts);
+ATTNKIT_API attnkit_status attnkit_attention_weights(const attnkit_tensor* q, const attnkit_tensor* k,
+                                                     const attnkit_tensor* weights,
+                                                     const attnkit_attention_options* opts);
 
 /* Merges num_parts partial results (outs[i] [..., S, Dv], lses[i] [..., S]) over disjoint key sets into
  * out and (optional) lse. stream: cudaStream_t for CUDA tensors, else NULL. */
-ATTNKIT_C_API attnkit_status attnkit_merge_attention(const attnkit_tensor* outs, const attnkit_tensor* lses,
-                                                     int64_t num_parts, const attnkit_tensor* out,
-                                                     const attnkit_tensor* lse, void* stream);
+ATTNKIT_API attnkit_status attnkit_merge_attention(const attnkit_tensor* outs, const attnkit_tensor* lses,
+                                                   int64_t num_parts, const attnkit_tensor* out,
+                                                   const attnkit_tensor* lse, void* stream);
 
 /* ------------------------------------------------------------------------ block layouts (a handle) */
 
@@ -177,28 +167,28 @@ typedef struct attnkit_layout attnkit_layout;
 
 /* From a dense bool block mask blocks [num_heads, num_q_blocks, num_k_blocks] (bool/uint8, C-contiguous
  * CPU memory). */
-ATTNKIT_C_API attnkit_status attnkit_layout_from_dense(const uint8_t* blocks, int64_t num_heads,
-                                                       int64_t num_q_blocks, int64_t num_k_blocks,
-                                                       int64_t block_q, int64_t block_k, attnkit_layout** layout);
+ATTNKIT_API attnkit_status attnkit_layout_from_dense(const uint8_t* blocks, int64_t num_heads,
+                                                     int64_t num_q_blocks, int64_t num_k_blocks,
+                                                     int64_t block_q, int64_t block_k, attnkit_layout** layout);
 /* The constructors of attnkit::BlockLayout (block_sparse.h documents each rule); causal is 0 or 1. */
-ATTNKIT_C_API attnkit_status attnkit_layout_sliding_window(int64_t seq_len, int64_t block_size,
-                                                           int64_t window_blocks, int32_t causal,
-                                                           int64_t num_heads, attnkit_layout** layout);
-ATTNKIT_C_API attnkit_status attnkit_layout_longformer(int64_t seq_len, int64_t block_size, int64_t window_blocks,
-                                                       const int64_t* global_tokens, int64_t num_global_tokens,
-                                                       int64_t dilation, int32_t causal, int64_t num_heads,
-                                                       attnkit_layout** layout);
-ATTNKIT_C_API attnkit_status attnkit_layout_bigbird(int64_t seq_len, int64_t block_size, int64_t window_blocks,
-                                                    int64_t global_blocks, int64_t random_blocks, uint64_t seed,
-                                                    int32_t causal, int64_t num_heads, attnkit_layout** layout);
-ATTNKIT_C_API attnkit_status attnkit_layout_fixed(int64_t seq_len, int64_t block_size, int64_t local_blocks,
-                                                  int64_t global_blocks, int32_t causal, int64_t num_heads,
-                                                  attnkit_layout** layout);
+ATTNKIT_API attnkit_status attnkit_layout_sliding_window(int64_t seq_len, int64_t block_size,
+                                                         int64_t window_blocks, int32_t causal,
+                                                         int64_t num_heads, attnkit_layout** layout);
+ATTNKIT_API attnkit_status attnkit_layout_longformer(int64_t seq_len, int64_t block_size, int64_t window_blocks,
+                                                     const int64_t* global_tokens, int64_t num_global_tokens,
+                                                     int64_t dilation, int32_t causal, int64_t num_heads,
+                                                     attnkit_layout** layout);
+ATTNKIT_API attnkit_status attnkit_layout_bigbird(int64_t seq_len, int64_t block_size, int64_t window_blocks,
+                                                  int64_t global_blocks, int64_t random_blocks, uint64_t seed,
+                                                  int32_t causal, int64_t num_heads, attnkit_layout** layout);
+ATTNKIT_API attnkit_status attnkit_layout_fixed(int64_t seq_len, int64_t block_size, int64_t local_blocks,
+                                                int64_t global_blocks, int32_t causal, int64_t num_heads,
+                                                attnkit_layout** layout);
 /* Union of num_layouts layouts of one block size and block counts. */
-ATTNKIT_C_API attnkit_status attnkit_layout_union(const attnkit_layout* const* layouts, int64_t num_layouts,
-                                                  attnkit_layout** layout);
+ATTNKIT_API attnkit_status attnkit_layout_union(const attnkit_layout* const* layouts, int64_t num_layouts,
+                                                attnkit_layout** layout);
 /* Frees a layout; NULL is a no-op, a destroyed handle a VALUE error. */
-ATTNKIT_C_API attnkit_status attnkit_layout_destroy(attnkit_layout* layout);
+ATTNKIT_API attnkit_status attnkit_layout_destroy(attnkit_layout* layout);
 
 /* Block geometry of a layout (any output pointer may be NULL). */
 typedef struct attnkit_layout_info {
@@ -206,9 +196,9 @@ typedef struct attnkit_layout_info {
   int64_t nnz;     /* allowed blocks */
   double density;  /* allowed blocks / all blocks */
 } attnkit_layout_info;
-ATTNKIT_C_API attnkit_status attnkit_layout_get_info(const attnkit_layout* layout, attnkit_layout_info* info);
+ATTNKIT_API attnkit_status attnkit_layout_get_info(const attnkit_layout* layout, attnkit_layout_info* info);
 /* Writes the dense bool mask [num_heads, num_q_blocks, num_k_blocks] into blocks (size bytes). */
-ATTNKIT_C_API attnkit_status attnkit_layout_to_dense(const attnkit_layout* layout, uint8_t* blocks, int64_t size);
+ATTNKIT_API attnkit_status attnkit_layout_to_dense(const attnkit_layout* layout, uint8_t* blocks, int64_t size);
 
 /* Options of attnkit_block_sparse_attention(). */
 typedef struct attnkit_block_sparse_options {
@@ -233,17 +223,17 @@ static inline attnkit_block_sparse_options attnkit_block_sparse_options_default(
 
 /* attnkit_attention() restricted to the layout's blocks (num_heads 1 or Hq, block counts matching
  * ceil(Sq / block_q), ceil(Sk / block_k)). opts may be NULL. */
-ATTNKIT_C_API attnkit_status attnkit_block_sparse_attention(const attnkit_tensor* q, const attnkit_tensor* k,
-                                                            const attnkit_tensor* v, const attnkit_layout* layout,
-                                                            const attnkit_tensor* out, const attnkit_tensor* lse,
-                                                            const attnkit_block_sparse_options* opts);
+ATTNKIT_API attnkit_status attnkit_block_sparse_attention(const attnkit_tensor* q, const attnkit_tensor* k,
+                                                          const attnkit_tensor* v, const attnkit_layout* layout,
+                                                          const attnkit_tensor* out, const attnkit_tensor* lse,
+                                                          const attnkit_block_sparse_options* opts);
 
 /* ---------------------------------------------------------------------------------- LSH (Reformer) */
 
 /* Bucket ids out (int32 [B, H, num_hashes, S]; rank follows x) of x [B, H, S, D]. */
-ATTNKIT_C_API attnkit_status attnkit_lsh_buckets(const attnkit_tensor* x, const attnkit_tensor* out,
-                                                 int64_t num_buckets, int64_t num_hashes, uint64_t seed,
-                                                 void* stream);
+ATTNKIT_API attnkit_status attnkit_lsh_buckets(const attnkit_tensor* x, const attnkit_tensor* out,
+                                               int64_t num_buckets, int64_t num_hashes, uint64_t seed,
+                                               void* stream);
 
 typedef struct attnkit_lsh_options {
   uint32_t struct_size;
@@ -270,9 +260,9 @@ static inline attnkit_lsh_options attnkit_lsh_options_default(void) {
 }
 
 /* Reformer attention; lse optional. opts may be NULL. */
-ATTNKIT_C_API attnkit_status attnkit_lsh_attention(const attnkit_tensor* q, const attnkit_tensor* k,
-                                                   const attnkit_tensor* v, const attnkit_tensor* out,
-                                                   const attnkit_tensor* lse, const attnkit_lsh_options* opts);
+ATTNKIT_API attnkit_status attnkit_lsh_attention(const attnkit_tensor* q, const attnkit_tensor* k,
+                                                 const attnkit_tensor* v, const attnkit_tensor* out,
+                                                 const attnkit_tensor* lse, const attnkit_lsh_options* opts);
 
 /* ------------------------------------------------------------- kernelized linear attention (state) */
 
@@ -310,9 +300,9 @@ static inline attnkit_linear_options attnkit_linear_options_default(void) {
   return o;
 }
 
-ATTNKIT_C_API attnkit_status attnkit_linear_attention(const attnkit_tensor* q, const attnkit_tensor* k,
-                                                      const attnkit_tensor* v, const attnkit_tensor* out,
-                                                      const attnkit_linear_options* opts);
+ATTNKIT_API attnkit_status attnkit_linear_attention(const attnkit_tensor* q, const attnkit_tensor* k,
+                                                    const attnkit_tensor* v, const attnkit_tensor* out,
+                                                    const attnkit_linear_options* opts);
 
 /* ------------------------------------------------------------------- Performer (random features) */
 
@@ -321,8 +311,8 @@ enum { ATTNKIT_PERFORMER_SOFTMAX = 0, ATTNKIT_PERFORMER_RELU = 1 };
 
 /* Random features W (out [m, D], any floating dtype, CPU memory): m and D are out's shape. orthogonal is
  * 0 or 1, scaling ATTNKIT_SCALING_*. */
-ATTNKIT_C_API attnkit_status attnkit_random_features(const attnkit_tensor* out, uint64_t seed, int32_t orthogonal,
-                                                     int32_t scaling);
+ATTNKIT_API attnkit_status attnkit_random_features(const attnkit_tensor* out, uint64_t seed, int32_t orthogonal,
+                                                   int32_t scaling);
 
 typedef struct attnkit_performer_options {
   uint32_t struct_size;
@@ -351,15 +341,15 @@ static inline attnkit_performer_options attnkit_performer_options_default(void) 
 }
 
 /* Performer attention with features W [m, D]. opts may be NULL. */
-ATTNKIT_C_API attnkit_status attnkit_performer_attention(const attnkit_tensor* q, const attnkit_tensor* k,
-                                                         const attnkit_tensor* v, const attnkit_tensor* features,
-                                                         const attnkit_tensor* out,
-                                                         const attnkit_performer_options* opts);
+ATTNKIT_API attnkit_status attnkit_performer_attention(const attnkit_tensor* q, const attnkit_tensor* k,
+                                                       const attnkit_tensor* v, const attnkit_tensor* features,
+                                                       const attnkit_tensor* out,
+                                                       const attnkit_performer_options* opts);
 
 /* ---------------------------------------------------------------------------------------- Linformer */
 
 /* Projection out [P, Sk] (shared) or [H, P, Sk] (per head), any floating dtype, CPU memory. */
-ATTNKIT_C_API attnkit_status attnkit_linformer_projection(const attnkit_tensor* out, uint64_t seed);
+ATTNKIT_API attnkit_status attnkit_linformer_projection(const attnkit_tensor* out, uint64_t seed);
 
 typedef struct attnkit_linformer_options {
   uint32_t struct_size;
@@ -380,11 +370,11 @@ static inline attnkit_linformer_options attnkit_linformer_options_default(void) 
 }
 
 /* attention(q, E k, F v); F NULL means F = E; lse optional. opts may be NULL. */
-ATTNKIT_C_API attnkit_status attnkit_linformer_attention(const attnkit_tensor* q, const attnkit_tensor* k,
-                                                         const attnkit_tensor* v, const attnkit_tensor* E,
-                                                         const attnkit_tensor* F, const attnkit_tensor* out,
-                                                         const attnkit_tensor* lse,
-                                                         const attnkit_linformer_options* opts);
+ATTNKIT_API attnkit_status attnkit_linformer_attention(const attnkit_tensor* q, const attnkit_tensor* k,
+                                                       const attnkit_tensor* v, const attnkit_tensor* E,
+                                                       const attnkit_tensor* F, const attnkit_tensor* out,
+                                                       const attnkit_tensor* lse,
+                                                       const attnkit_linformer_options* opts);
 
 /* ------------------------------------------------------------ dynamic linear attention (a handle) */
 
@@ -393,24 +383,24 @@ typedef struct attnkit_dla_cache attnkit_dla_cache;
 /* An empty DLA state cache (position 0) for B x H sequences, capacity C, head dims Dk and Dv; state_dtype
  * ATTNKIT_FLOAT32 (for float32/float16/bfloat16 inputs) or ATTNKIT_FLOAT64 (for float64 inputs). CPU
  * memory. */
-ATTNKIT_C_API attnkit_status attnkit_dla_cache_create(int64_t batch, int64_t heads, int64_t capacity, int64_t dk,
-                                                      int64_t dv, int32_t state_dtype, attnkit_dla_cache** cache);
+ATTNKIT_API attnkit_status attnkit_dla_cache_create(int64_t batch, int64_t heads, int64_t capacity, int64_t dk,
+                                                    int64_t dv, int32_t state_dtype, attnkit_dla_cache** cache);
 /* Frees a cache; NULL is a no-op, a destroyed handle a VALUE error. */
-ATTNKIT_C_API attnkit_status attnkit_dla_cache_destroy(attnkit_dla_cache* cache);
+ATTNKIT_API attnkit_status attnkit_dla_cache_destroy(attnkit_dla_cache* cache);
 /* Empties the cache (position 0). */
-ATTNKIT_C_API attnkit_status attnkit_dla_cache_reset(attnkit_dla_cache* cache);
+ATTNKIT_API attnkit_status attnkit_dla_cache_reset(attnkit_dla_cache* cache);
 /* Tokens seen so far. */
-ATTNKIT_C_API attnkit_status attnkit_dla_cache_position(const attnkit_dla_cache* cache, int64_t* position);
+ATTNKIT_API attnkit_status attnkit_dla_cache_position(const attnkit_dla_cache* cache, int64_t* position);
 /* States in use for sequence (b, h). */
-ATTNKIT_C_API attnkit_status attnkit_dla_cache_size(const attnkit_dla_cache* cache, int64_t b, int64_t h,
-                                                    int64_t* size);
+ATTNKIT_API attnkit_status attnkit_dla_cache_size(const attnkit_dla_cache* cache, int64_t b, int64_t h,
+                                                  int64_t* size);
 /* Borrowed read-only views of the five cache arrays (attnkit::DLACacheTensors), valid until the next call
  * that takes this cache. shape_storage must hold 5 * ATTNKIT_MAX_RANK int64s; any of the outputs may be
  * NULL. */
-ATTNKIT_C_API attnkit_status attnkit_dla_cache_tensors(const attnkit_dla_cache* cache, int64_t* shape_storage,
-                                                       attnkit_tensor* states, attnkit_tensor* counts,
-                                                       attnkit_tensor* info, attnkit_tensor* starts,
-                                                       attnkit_tensor* size);
+ATTNKIT_API attnkit_status attnkit_dla_cache_tensors(const attnkit_dla_cache* cache, int64_t* shape_storage,
+                                                     attnkit_tensor* states, attnkit_tensor* counts,
+                                                     attnkit_tensor* info, attnkit_tensor* starts,
+                                                     attnkit_tensor* size);
 
 enum { ATTNKIT_DLA_TOKEN_VS_STATE = 0, ATTNKIT_DLA_STATE_DRIFT = 1 };
 
@@ -443,10 +433,10 @@ static inline attnkit_dla_options attnkit_dla_options_default(void) {
 /* Dynamic linear attention over the T tokens of q, k, v [B, H, T, D*] and lam [B, H, T, C], continuing
  * from cache and advancing it (on failure the cache is left unchanged). out [B, H, T, Dv]. The cache's
  * B, H, C, Dk, Dv must match. opts may be NULL. */
-ATTNKIT_C_API attnkit_status attnkit_dynamic_linear_attention(const attnkit_tensor* q, const attnkit_tensor* k,
-                                                              const attnkit_tensor* v, const attnkit_tensor* lam,
-                                                              attnkit_dla_cache* cache, const attnkit_tensor* out,
-                                                              const attnkit_dla_options* opts);
+ATTNKIT_API attnkit_status attnkit_dynamic_linear_attention(const attnkit_tensor* q, const attnkit_tensor* k,
+                                                            const attnkit_tensor* v, const attnkit_tensor* lam,
+                                                            attnkit_dla_cache* cache, const attnkit_tensor* out,
+                                                            const attnkit_dla_options* opts);
 
 #ifdef __cplusplus
 } /* extern "C" */
