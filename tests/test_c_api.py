@@ -175,8 +175,15 @@ def test_dla_cache_handle_prefill_then_decode():
             for x in (q, k, v, lam)]
     assert call("attnkit_dynamic_linear_attention", *(T(a[0]) for a in args), cache, T(out1), C.byref(o)) == OK
     assert call("attnkit_dynamic_linear_attention", *(T(a[1]) for a in args), cache, T(out2), C.byref(o)) == OK
-    want, _ = attnkit.dynamic_linear_attention(q, k, v, lam, capacity=Cap, tau=0.3)
+    want, want_cache = attnkit.dynamic_linear_attention(q, k, v, lam, capacity=Cap, tau=0.3)
     np.testing.assert_allclose(np.concatenate([out1, out2], axis=2), want, rtol=1e-5, atol=1e-6)
+    storage, states, size = (C.c_int64 * 40)(), Tensor(), Tensor()
+    assert call("attnkit_dla_cache_tensors", cache, storage, C.byref(states), None, None, None, C.byref(size)) == OK
+    assert tuple(states.shape[i] for i in range(states.rank)) == (B, H, Cap, D, D) and states.dtype == 0
+    got_size = np.ctypeslib.as_array(C.cast(size.data, C.POINTER(C.c_int64)), shape=(B, H))
+    np.testing.assert_array_equal(got_size, want_cache.size)
+    got_states = np.ctypeslib.as_array(C.cast(states.data, C.POINTER(C.c_float)), shape=(B, H, Cap, D, D))
+    np.testing.assert_allclose(got_states, want_cache.states, rtol=1e-5, atol=1e-6)
     pos = C.c_int64()
     assert call("attnkit_dla_cache_position", cache, C.byref(pos)) == OK and pos.value == Tn
     # a failing call (lam with the wrong capacity) leaves the cache as it was
