@@ -47,6 +47,16 @@ TensorRef tensor(const attnkit_tensor* t, const std::string& name);
 /// As tensor(), but NULL gives the absent TensorRef.
 TensorRef optional_tensor(const attnkit_tensor* t, const std::string& name);
 
+/// Sets p.q, p.k, p.v and p.out (every mechanism's params struct has them) from required tensors.
+template <class Params>
+void set_qkv_out(Params& p, const attnkit_tensor* q, const attnkit_tensor* k, const attnkit_tensor* v,
+                 const attnkit_tensor* out) {
+  p.q = tensor(q, "q");
+  p.k = tensor(k, "k");
+  p.v = tensor(v, "v");
+  p.out = tensor(out, "out");
+}
+
 /// The scale of an options struct: absent unless has_scale (which must be 0 or 1).
 std::optional<double> scale_of(int32_t has_scale, double scale, const char* name);
 /// A C int flag that must be 0 or 1.

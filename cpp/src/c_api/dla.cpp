@@ -151,11 +151,8 @@ attnkit_status attnkit_dynamic_linear_attention(const attnkit_tensor* q, const a
     const auto o = capi::options(opts, attnkit_dla_options_default(), "opts");
     attnkit_dla_cache& c = live_cache(cache, "cache");
     DLAParams p;
-    p.q = capi::tensor(q, "q");
-    p.k = capi::tensor(k, "k");
-    p.v = capi::tensor(v, "v");
+    capi::set_qkv_out(p, q, k, v, out);
     p.lam = capi::tensor(lam, "lam");
-    p.out = capi::tensor(out, "out");
     p.log_decay = capi::optional_tensor(o.log_decay, "opts.log_decay");
     p.scores = capi::optional_tensor(o.scores, "opts.scores");
     p.boundaries = capi::optional_tensor(o.boundaries, "opts.boundaries");

@@ -50,10 +50,7 @@ attnkit_status attnkit_attention(const attnkit_tensor* q, const attnkit_tensor* 
                                  const attnkit_attention_options* opts) {
   return guard([&] {
     AttentionParams p;
-    p.q = capi::tensor(q, "q");
-    p.k = capi::tensor(k, "k");
-    p.v = capi::tensor(v, "v");
-    p.out = capi::tensor(out, "out");
+    capi::set_qkv_out(p, q, k, v, out);
     p.lse = capi::optional_tensor(lse, "lse");
     fill_attention(p, opts);
     attention(p);
@@ -197,11 +194,8 @@ attnkit_status attnkit_block_sparse_attention(const attnkit_tensor* q, const att
   return guard([&] {
     const auto o = capi::options(opts, attnkit_block_sparse_options_default(), "opts");
     BlockSparseParams p;
-    p.q = capi::tensor(q, "q");
-    p.k = capi::tensor(k, "k");
-    p.v = capi::tensor(v, "v");
+    capi::set_qkv_out(p, q, k, v, out);
     p.layout = live_layout(layout, "layout").ref();
-    p.out = capi::tensor(out, "out");
     p.lse = capi::optional_tensor(lse, "lse");
     p.scale = capi::scale_of(o.has_scale, o.scale, "opts.has_scale");
     p.causal = capi::flag(o.causal, "opts.causal");
@@ -231,10 +225,7 @@ attnkit_status attnkit_lsh_attention(const attnkit_tensor* q, const attnkit_tens
   return guard([&] {
     const auto o = capi::options(opts, attnkit_lsh_options_default(), "opts");
     LshAttentionParams p;
-    p.q = capi::tensor(q, "q");
-    p.k = capi::tensor(k, "k");
-    p.v = capi::tensor(v, "v");
-    p.out = capi::tensor(out, "out");
+    capi::set_qkv_out(p, q, k, v, out);
     p.lse = capi::optional_tensor(lse, "lse");
     p.num_buckets = o.num_buckets;
     p.num_hashes = o.num_hashes;

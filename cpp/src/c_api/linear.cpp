@@ -11,10 +11,7 @@ attnkit_status attnkit_linear_attention(const attnkit_tensor* q, const attnkit_t
   return guard([&] {
     const auto o = capi::options(opts, attnkit_linear_options_default(), "opts");
     LinearAttentionParams p;
-    p.q = capi::tensor(q, "q");
-    p.k = capi::tensor(k, "k");
-    p.v = capi::tensor(v, "v");
-    p.out = capi::tensor(out, "out");
+    capi::set_qkv_out(p, q, k, v, out);
     if (o.feature_map < ATTNKIT_FEATURE_ELU1 || o.feature_map > ATTNKIT_FEATURE_IDENTITY)
       capi::fail(ErrorKind::Value, "opts.feature_map must be ATTNKIT_FEATURE_ELU1, _RELU or _IDENTITY (0..2), got " +
                                        std::to_string(o.feature_map));
@@ -58,11 +55,8 @@ attnkit_status attnkit_performer_attention(const attnkit_tensor* q, const attnki
   return guard([&] {
     const auto o = capi::options(opts, attnkit_performer_options_default(), "opts");
     PerformerParams p;
-    p.q = capi::tensor(q, "q");
-    p.k = capi::tensor(k, "k");
-    p.v = capi::tensor(v, "v");
+    capi::set_qkv_out(p, q, k, v, out);
     p.features = capi::tensor(features, "features");
-    p.out = capi::tensor(out, "out");
     if (o.kernel != ATTNKIT_PERFORMER_SOFTMAX && o.kernel != ATTNKIT_PERFORMER_RELU)
       capi::fail(ErrorKind::Value, "opts.kernel must be ATTNKIT_PERFORMER_SOFTMAX (0) or _RELU (1), got " +
                                        std::to_string(o.kernel));
@@ -98,12 +92,9 @@ attnkit_status attnkit_linformer_attention(const attnkit_tensor* q, const attnki
   return guard([&] {
     const auto o = capi::options(opts, attnkit_linformer_options_default(), "opts");
     LinformerParams p;
-    p.q = capi::tensor(q, "q");
-    p.k = capi::tensor(k, "k");
-    p.v = capi::tensor(v, "v");
+    capi::set_qkv_out(p, q, k, v, out);
     p.E = capi::tensor(E, "E");
     p.F = capi::optional_tensor(F, "F");
-    p.out = capi::tensor(out, "out");
     p.lse = capi::optional_tensor(lse, "lse");
     p.scale = capi::scale_of(o.has_scale, o.scale, "opts.has_scale");
     p.key_lengths = capi::optional_tensor(o.key_lengths, "opts.key_lengths");
