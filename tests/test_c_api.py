@@ -19,7 +19,7 @@ if not sys.platform.startswith("linux"):
     pytest.skip("the ctypes test loads libattnkit.so", allow_module_level=True)
 
 LIB = C.CDLL(str(Path(_sdk.lib_dir()) / "libattnkit.so"))
-OK, VALUE, TYPE = 0, 1, 2
+OK, VALUE, TYPE, NOT_BUILT, RUNTIME = 0, 1, 2, 3, 4
 P = C.c_void_p
 
 
@@ -239,3 +239,13 @@ def test_bad_input_gets_status_and_names_argument(case, status, needle):
     st = call("attnkit_attention", a["q"], a["k"], a["v"], a["out"], None, a["opts"])
     assert st == status and needle in last_error(), (st, last_error())
     assert call("attnkit_attention", T(q), T(k), T(v), T(out), None, None) == OK and last_error() == ""
+
+
+def test_status_names_and_cuda_tensor_without_kernels():
+    LIB.attnkit_status_name.restype = C.c_char_p
+    names = [LIB.attnkit_status_name(i).decode() for i in range(6)]
+    assert names == ["ok", "value_error", "type_error", "not_built", "runtime_error", "unknown"]
+    # CUDA tensors on this build: a status and a message (the CUDA backend is not built, or has no kernel yet)
+    out = empty(q.shape)
+    st = call("attnkit_attention", T(q, device=1), T(k, device=1), T(v, device=1), T(out, device=1), None, None)
+    assert st in (TYPE, NOT_BUILT, RUNTIME) and "cuda" in last_error().lower(), (st, last_error())

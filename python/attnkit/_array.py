@@ -310,6 +310,7 @@ def dlpack_view(x, name: str):
         if dtype == BFLOAT16:
             raise TypeError(f"{name}: bfloat16 CUDA arrays are not supported (CuPy has no bfloat16)")
         iface["stream"] = None  # ordered already: the capsule was requested on the current stream
+        iface["data"] = (data, False)  # CuPy has no read-only arrays; attnkit never writes its inputs
         with cupy.cuda.Device(t.device.device_id):
             return cupy.asarray(_View("__cuda_array_interface__", iface, (x, capsule)))
     raise TypeError(f"{name} lives on DLPack device type {kind}: attnkit takes CPU and CUDA arrays")
@@ -343,6 +344,12 @@ def _returner(x):
     return back
 
 
+def _has_foreign(x) -> bool:
+    if isinstance(x, (list, tuple)):
+        return any(map(_has_foreign, x))
+    return _is_foreign(x)
+
+
 def _convert_in(x, found: list, name: str):
     if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
         return type(x)(_convert_in(e, found, f"{name}[{i}]") for i, e in enumerate(x))
@@ -370,6 +377,8 @@ def dlpack_io(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if not any(map(_has_foreign, args)) and not any(map(_has_foreign, kwargs.values())):
+            return fn(*args, **kwargs)  # NumPy / CuPy: no binding, no conversion
         bound = signature.bind(*args, **kwargs)  # a bad call raises the TypeError fn itself would
         found = []
         for name, value in bound.arguments.items():

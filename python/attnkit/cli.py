@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="attnkit", description="attnkit: attention kernels for NumPy and CuPy")
     for flag, fn in SDK_FLAGS.items():
         ap.add_argument(flag, dest="sdk", action="append_const", const=fn,
-                        help=fn.__doc__.splitlines()[0].replace("%", "%%"))
+                        help=fn.__doc__.splitlines()[0].replace("``", "").replace("%", "%%"))
     sub = ap.add_subparsers(dest="cmd")
     p = sub.add_parser("info", help="version, backends built, CPU kernels and threads")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
