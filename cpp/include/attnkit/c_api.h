@@ -15,6 +15,8 @@
  *    against an older header keeps working with a newer library (ATTNKIT_ABI_VERSION counts breaks).
  *  - Layouts and DLA caches are opaque handles with create/destroy. A NULL, destroyed or foreign handle is
  *    reported as ATTNKIT_ERROR_VALUE (handles are tracked), never a crash. destroy(NULL) is a no-op.
+ *    Threads: any function may be called from any thread; a layout may be read by several calls at once,
+ *    a DLA cache is advanced by one call at a time, and no handle may be destroyed while a call uses it.
  *  - Semantics of each mechanism: the README's semantics table (attnkit.reference implements them in
  *    float64 NumPy); the C++ headers (attention.h, block_sparse.h, linear.h, dla.h) document each field.
  */
