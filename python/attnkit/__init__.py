@@ -1,7 +1,9 @@
 """attnkit: attention in every form the field uses, for NumPy (CPU) and CuPy (CUDA).
 
 Array in, array out: every function takes NumPy arrays (run on the C++ CPU backend) or CuPy arrays
-(run on the CUDA backend, on CuPy's current stream) and returns arrays of the same kind.
+(run on the CUDA backend, on CuPy's current stream) and returns arrays of the same kind. Any other
+DLPack array (PyTorch, JAX, TensorFlow, ...) is read in place too and the results come back in its
+framework.
 ``attnkit.reference`` holds float64 NumPy oracles of every function.
 """
 
@@ -11,6 +13,16 @@ from ._exact import attention, attention_weights, merge_attention
 from ._linear import (linear_attention, linformer_attention, linformer_projection, performer_attention,
                       random_features)
 from ._sparse import BlockLayout, block_sparse_attention, lsh_attention, lsh_buckets
+
+from ._array import dlpack_io as _dlpack_io
+
+# Every array-taking function accepts any DLPack array (zero-copy) and answers in the caller's framework.
+attention, attention_weights, merge_attention = map(_dlpack_io, (attention, attention_weights, merge_attention))
+block_sparse_attention, lsh_attention, lsh_buckets = map(_dlpack_io, (block_sparse_attention, lsh_attention,
+                                                                      lsh_buckets))
+linear_attention, performer_attention, linformer_attention = map(_dlpack_io, (linear_attention, performer_attention,
+                                                                              linformer_attention))
+dynamic_linear_attention = _dlpack_io(dynamic_linear_attention)
 
 __version__ = _core.__version__
 

@@ -236,3 +236,186 @@ def float_dtype(dtype, name: str = "dtype") -> np.dtype:
 def acc_dtype(dtype) -> np.dtype:
     """Accumulator / log-sum-exp dtype of an input dtype: float64 for float64, else float32."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+# -- DLPack: any framework's arrays in (zero-copy), the same framework's arrays out --------------------
+# Public functions are wrapped by dlpack_io (attnkit/__init__.py): arguments that are foreign arrays
+# (anything with __dlpack__ that is not NumPy or CuPy: PyTorch, JAX, TensorFlow, ...) become NumPy views
+# (CPU) or CuPy views (CUDA) of the same memory, read straight from the DLPack capsule (so bfloat16 and
+# read-only buffers work too), and the arrays returned are handed back through that framework's
+# from_dlpack. The rest of the Python layer only ever sees NumPy and CuPy.
+
+import ctypes
+import functools
+import inspect
+import sys
+
+
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+_DL_CPU, _DL_CUDA, _DL_CUDA_HOST = 1, 2, 3
+# (DLDataTypeCode, bits) -> NumPy dtype: kDLInt 0, kDLUInt 1, kDLFloat 2, kDLBfloat 4, kDLBool 6
+_DL_DTYPES = {(0, 8): np.int8, (0, 16): np.int16, (0, 32): np.int32, (0, 64): np.int64,
+              (1, 8): np.uint8, (1, 16): np.uint16, (1, 32): np.uint32, (1, 64): np.uint64,
+              (2, 16): np.float16, (2, 32): np.float32, (2, 64): np.float64, (6, 8): np.bool_}
+if BFLOAT16 is not None:
+    _DL_DTYPES[(4, 16)] = BFLOAT16
+
+
+class _View:
+    """Exposes an array interface over borrowed memory and keeps its owners (the producer's array and
+    the DLPack capsule, whose destructor releases the producer's buffer) alive as the view's base."""
+
+    def __init__(self, key: str, iface: dict, owners: tuple):
+        setattr(self, key, iface)
+        self._owners = owners
+
+
+def _root_module(x) -> str:
+    root = type(x).__module__.split(".")[0]
+    return "jax" if root == "jaxlib" else root
+
+
+def _is_foreign(x) -> bool:
+    if isinstance(x, np.ndarray) or _root_module(x) in ("numpy", "cupy"):
+        return False
+    return hasattr(x, "__dlpack__") or _root_module(x) == "tensorflow"
+
+
+def _capsule(x, name: str):
+    """x's DLPack capsule; on CUDA, ordered on CuPy's current stream (which attnkit then runs on)."""
+    if not hasattr(x, "__dlpack__"):  # TensorFlow tensors export through a function
+        import tensorflow as tf
+
+        return tf.experimental.dlpack.to_dlpack(x)
+    if getattr(x, "requires_grad", False):  # PyTorch refuses to export those; attnkit only reads values
+        x = x.detach()
+    try:
+        device = x.__dlpack_device__()[0]
+    except Exception:
+        device = _DL_CPU
+    if device == _DL_CUDA:
+        import cupy
+
+        return x.__dlpack__(stream=cupy.cuda.get_current_stream().ptr or 1)  # 1: the legacy default stream
+    return x.__dlpack__()
+
+
+def dlpack_view(x, name: str):
+    """A NumPy (CPU) or CuPy (CUDA) view of a foreign array's memory, without a copy."""
+    capsule = _capsule(x, name)
+    ptr = _capsule_pointer(capsule, b"dltensor")
+    t = _DLTensor.from_address(ptr)  # DLManagedTensor starts with its DLTensor
+    if t.dtype.lanes != 1 or (t.dtype.code, t.dtype.bits) not in _DL_DTYPES:
+        raise TypeError(f"{name} has an unsupported DLPack dtype (code {t.dtype.code}, {t.dtype.bits} bits, "
+                        f"{t.dtype.lanes} lanes)")
+    dtype = np.dtype(_DL_DTYPES[(t.dtype.code, t.dtype.bits)])
+    shape = tuple(t.shape[i] for i in range(t.ndim))
+    strides = None if not t.strides else tuple(t.strides[i] * dtype.itemsize for i in range(t.ndim))
+    data = (t.data or 0) + t.byte_offset
+    kind = t.device.device_type
+    typestr = dtype.str if dtype != BFLOAT16 else "|V2"  # ml_dtypes' bfloat16 is a 2-byte void to NumPy
+    iface = {"shape": shape, "typestr": typestr, "data": (data, True), "strides": strides, "version": 3}
+    if kind in (_DL_CPU, _DL_CUDA_HOST):
+        if 0 in shape:
+            return np.empty(shape, dtype)
+        return np.asarray(_View("__array_interface__", iface, (x, capsule))).view(dtype)
+    if kind == _DL_CUDA:
+        import cupy
+
+        if dtype == BFLOAT16:
+            raise TypeError(f"{name}: bfloat16 CUDA arrays are not supported (CuPy has no bfloat16)")
+        iface["stream"] = None  # ordered already: the capsule was requested on the current stream
+        iface["data"] = (data, False)  # CuPy has no read-only arrays; attnkit never writes its inputs
+        with cupy.cuda.Device(t.device.device_id):
+            return cupy.asarray(_View("__cuda_array_interface__", iface, (x, capsule)))
+    raise TypeError(f"{name} lives on DLPack device type {kind}: attnkit takes CPU and CUDA arrays")
+
+
+def _returner(x):
+    """A function handing a NumPy/CuPy result back as the array type of the foreign input x."""
+    root = _root_module(x)
+    module = sys.modules.get(root)
+    if root == "torch":
+        def back(a):
+            if a.dtype == BFLOAT16:
+                return module.from_dlpack(a.view(np.uint16)).view(module.bfloat16)
+            return module.from_dlpack(a)
+    elif root == "jax":
+        import jax.numpy as jnp
+
+        def back(a):  # JAX understands ml_dtypes.bfloat16 natively (it copies that one)
+            return jnp.asarray(a) if a.dtype == BFLOAT16 else jnp.from_dlpack(a)
+    elif root == "tensorflow":
+        def back(a):
+            if a.dtype == BFLOAT16:
+                u = module.experimental.dlpack.from_dlpack(a.view(np.uint16).__dlpack__())
+                return module.bitcast(u, module.bfloat16)
+            return module.experimental.dlpack.from_dlpack(a.__dlpack__())
+    elif module is not None and hasattr(module, "from_dlpack"):
+        back = module.from_dlpack
+    else:
+        def back(a):
+            return a
+    return back
+
+
+def _has_foreign(x) -> bool:
+    if isinstance(x, (list, tuple)):
+        return any(map(_has_foreign, x))
+    return _is_foreign(x)
+
+
+def _convert_in(x, found: list, name: str):
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(_convert_in(e, found, f"{name}[{i}]") for i, e in enumerate(x))
+    if _is_foreign(x):
+        found.append(x)
+        return dlpack_view(x, name)
+    return x
+
+
+def _convert_out(r, back):
+    if isinstance(r, np.ndarray) or _root_module(r) == "cupy":
+        return back(r)
+    if isinstance(r, tuple) and hasattr(r, "_fields"):  # named tuples (DLAAux)
+        return type(r)._make(_convert_out(e, back) for e in r)
+    if isinstance(r, (list, tuple)):
+        return type(r)(_convert_out(e, back) for e in r)
+    return r
+
+
+def dlpack_io(fn):
+    """Wraps a public function so that it takes any DLPack array (zero-copy) and returns arrays of the
+    first foreign input's framework (PyTorch in, PyTorch out). NumPy and CuPy calls pass straight through."""
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not any(map(_has_foreign, args)) and not any(map(_has_foreign, kwargs.values())):
+            return fn(*args, **kwargs)  # NumPy / CuPy: no binding, no conversion
+        bound = signature.bind(*args, **kwargs)  # a bad call raises the TypeError fn itself would
+        found = []
+        for name, value in bound.arguments.items():
+            bound.arguments[name] = _convert_in(value, found, name)
+        result = fn(*bound.args, **bound.kwargs)
+        return _convert_out(result, _returner(found[0])) if found else result
+
+    return wrapper

@@ -1,4 +1,5 @@
-"""The ``attnkit`` command line: ``attnkit info`` and ``attnkit bench``."""
+"""The ``attnkit`` command line: ``attnkit info``, ``attnkit bench``, and the C/C++ SDK locations
+(``attnkit --cmake-dir``, ``--include-dir``, ``--libs``, ...; also as ``python -m attnkit``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ import argparse
 import json
 import sys
 
-from . import _bench, _core, info
+from . import _bench, _core, _sdk, info
+
+# flag -> function printing one SDK location (_sdk.py); several flags print on one line, in order
+SDK_FLAGS = {
+    "--cmake-dir": _sdk.cmake_dir,
+    "--include-dir": _sdk.include_dir,
+    "--lib-dir": _sdk.lib_dir,
+    "--pkgconfig-dir": _sdk.pkgconfig_dir,
+    "--cflags": _sdk.cflags,
+    "--libs": _sdk.libs,
+}
 
 
 def _cmd_info(args) -> int:
@@ -86,7 +97,10 @@ def _cmd_bench(args) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="attnkit", description="attnkit: attention kernels for NumPy and CuPy")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    for flag, fn in SDK_FLAGS.items():
+        ap.add_argument(flag, dest="sdk", action="append_const", const=fn,
+                        help=fn.__doc__.splitlines()[0].replace("``", "").replace("%", "%%"))
+    sub = ap.add_subparsers(dest="cmd")
     p = sub.add_parser("info", help="version, backends built, CPU kernels and threads")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_info)
@@ -101,6 +115,15 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.set_defaults(func=_cmd_bench)
     args = ap.parse_args(argv)
+    if args.sdk:
+        try:
+            print(" ".join(fn() for fn in args.sdk))
+        except FileNotFoundError as e:
+            print(f"attnkit: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if args.cmd is None:
+        ap.error("a command (info, bench) or an SDK flag (--cmake-dir, --include-dir, --libs, ...) is required")
     return args.func(args)
 
 

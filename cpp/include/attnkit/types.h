@@ -8,17 +8,7 @@
 #include <stdexcept>
 #include <string>
 
-#if defined(_WIN32)
-#  if defined(ATTNKIT_SHARED) && defined(ATTNKIT_BUILDING)
-#    define ATTNKIT_API __declspec(dllexport)
-#  elif defined(ATTNKIT_SHARED)
-#    define ATTNKIT_API __declspec(dllimport)
-#  else
-#    define ATTNKIT_API
-#  endif
-#else
-#  define ATTNKIT_API __attribute__((visibility("default")))
-#endif
+#include "attnkit/export.h"
 
 namespace attnkit {
 
