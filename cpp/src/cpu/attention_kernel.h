@@ -189,8 +189,7 @@ struct ExactKernel {
           d += W;
         }
         a0 += a1;
-        T acc = T(0);
-        for (int i = 0; i < W; ++i) acc += a0[i];
+        T acc = S::hsum(a0);
         for (; d < D; ++d) acc += qr[d] * kr[d];
         w.sT[j * BQ + l] = acc * scale;
       }
@@ -290,36 +289,11 @@ struct ExactKernel {
 
   /// Key rows j0 .. j0+jn of kv head (b, hkv) as T rows: in place when possible, else packed.
   static const T* key_rows(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int jn, int64_t& ld) {
-    const ViewN<4>& k = c.p->k;
-    const St* base = static_cast<const St*>(k.data) + b * k.stride[0] + hkv * k.stride[1] + j0 * k.stride[2];
-    if constexpr (kSameType) {
-      if (c.k_direct) {
-        ld = k.stride[2];
-        return reinterpret_cast<const T*>(base);
-      }
-    }
-    const int64_t D = c.p->D;
-    for (int j = 0; j < jn; ++j)
-      for (int64_t d = 0; d < D; ++d) w.kbuf[j * D + d] = static_cast<T>(to_acc(base[j * k.stride[2] + d * k.stride[3]]));
-    ld = D;
-    return w.kbuf;
+    return operand_rows<T, St>(c.p->k, b, hkv, j0, jn, c.p->D, c.k_direct, w.kbuf, c.p->D, ld);
   }
 
   static const T* value_rows(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int jn, int64_t& ld) {
-    const ViewN<4>& v = c.p->v;
-    const St* base = static_cast<const St*>(v.data) + b * v.stride[0] + hkv * v.stride[1] + j0 * v.stride[2];
-    if constexpr (kSameType) {
-      if (c.v_direct) {
-        ld = v.stride[2];
-        return reinterpret_cast<const T*>(base);
-      }
-    }
-    const int64_t Dv = c.p->Dv;
-    for (int j = 0; j < jn; ++j)
-      for (int64_t d = 0; d < Dv; ++d)
-        w.vbuf[j * c.DvP + d] = static_cast<T>(to_acc(base[j * v.stride[2] + d * v.stride[3]]));
-    ld = c.DvP;
-    return w.vbuf;
+    return operand_rows<T, St>(c.p->v, b, hkv, j0, jn, c.p->Dv, c.v_direct, w.vbuf, c.DvP, ld);
   }
 
   /// Fills bT with the bias (-inf where the mask forbids).

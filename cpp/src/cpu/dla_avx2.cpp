@@ -1,7 +1,7 @@
 // Dynamic linear attention for x86-64-v3 (AVX2 + FMA, 16 ymm registers).
 #define ATTNKIT_ISA_NAMESPACE isa_avx2
 #include "cpu/dla_kernel.h"
-#include "cpu/kernels.h"
+#include "cpu/isa_entry_points.h"
 
 namespace attnkit {
 namespace detail {

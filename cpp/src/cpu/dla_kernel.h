@@ -167,8 +167,7 @@ struct DlaKernel {
     const int64_t nv = n / W * W;
     V acc = V{};
     for (int64_t i = 0; i < nv; i += W) acc += S::load(a + i) * S::load(b + i);
-    double r = 0;
-    for (int l = 0; l < W; ++l) r += static_cast<double>(acc[l]);
+    double r = S::template hsum<double>(acc);
     for (int64_t i = nv; i < n; ++i) r += static_cast<double>(a[i]) * static_cast<double>(b[i]);
     return r;
   }

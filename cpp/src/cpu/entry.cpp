@@ -4,7 +4,7 @@
 
 #include "backend.h"
 #include "cpu/isa.h"
-#include "cpu/kernels.h"
+#include "cpu/isa_entry_points.h"
 #include "cpu/parallel.h"
 
 namespace attnkit {

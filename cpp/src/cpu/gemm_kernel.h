@@ -14,6 +14,7 @@
 // tail for N % W (callers that can pad N to a multiple of W avoid the tail).
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/simd.h"
 
@@ -23,6 +24,25 @@ namespace cpu {
 inline namespace ATTNKIT_ISA_NAMESPACE {
 
 enum class Store { Overwrite, Accumulate };
+
+/// The B operand of a product from stored rows: rows [j0, j0 + n) of head (b, h) of a [B, H, S, N] view of
+/// storage type St, as rows of T. Read in place (ld = the view's row stride) when `direct` says they already
+/// are T with unit element stride, else converted into buf with row stride ld = buf_ld (>= N).
+template <class T, class St, class View>
+inline const T* operand_rows(const View& x, int64_t b, int64_t h, int64_t j0, int n, int64_t N, bool direct, T* buf,
+                             int64_t buf_ld, int64_t& ld) {
+  const St* base = static_cast<const St*>(x.data) + b * x.stride[0] + h * x.stride[1] + j0 * x.stride[2];
+  if constexpr (std::is_same<St, T>::value) {
+    if (direct) {
+      ld = x.stride[2];
+      return reinterpret_cast<const T*>(base);
+    }
+  }
+  for (int j = 0; j < n; ++j)
+    for (int64_t d = 0; d < N; ++d) buf[j * buf_ld + d] = static_cast<T>(to_acc(base[j * x.stride[2] + d * x.stride[3]]));
+  ld = buf_ld;
+  return buf;
+}
 
 template <class T, int W>
 struct MicroGemm {

@@ -12,7 +12,7 @@ enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2 };
 Isa current_isa();
 
 /// Calls generic(), avx2() or avx512() per current_isa() (which is Generic in builds without the x86
-/// kernels; cpu/kernels.h maps their x86 entry points to the generic ones there).
+/// kernels; cpu/isa_entry_points.h maps their x86 entry points to the generic ones there).
 template <class G, class A2, class A5>
 auto by_isa(G&& generic, A2&& avx2, A5&& avx512) {
   switch (current_isa()) {

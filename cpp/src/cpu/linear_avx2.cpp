@@ -1,6 +1,6 @@
 // Linear attention, Performer and Linformer projections for x86-64-v3 (AVX2 + FMA, 16 ymm registers).
 #define ATTNKIT_ISA_NAMESPACE isa_avx2
-#include "cpu/kernels.h"
+#include "cpu/isa_entry_points.h"
 #include "cpu/linear_kernel.h"
 #include "cpu/linformer_kernel.h"
 

@@ -1,7 +1,7 @@
 // Linear attention, Performer and Linformer projections, baseline instruction set (SSE2 on x86-64,
 // NEON/ASIMD on AArch64: 128-bit vectors).
 #define ATTNKIT_ISA_NAMESPACE isa_generic
-#include "cpu/kernels.h"
+#include "cpu/isa_entry_points.h"
 #include "cpu/linear_kernel.h"
 #include "cpu/linformer_kernel.h"
 

@@ -151,21 +151,7 @@ struct LinearKernel {
 
   /// Value rows [j0, j0 + n) of (b, hkv) as T rows of DvP columns: in place when possible, else packed.
   static const T* value_rows(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int n, int64_t& ld) {
-    const ViewN<4>& v = c.p->v;
-    const St* base = row_ptr(v, b, hkv, j0);
-    if constexpr (kSameType) {
-      if (c.v_direct) {
-        ld = v.stride[2];
-        return reinterpret_cast<const T*>(base);
-      }
-    }
-    const int64_t Dv = c.p->Dv;
-    for (int j = 0; j < n; ++j) {
-      T* dst = w.vbuf + j * c.DvP;
-      for (int64_t d = 0; d < Dv; ++d) dst[d] = static_cast<T>(to_acc(base[j * v.stride[2] + d * v.stride[3]]));
-    }
-    ld = c.DvP;
-    return w.vbuf;
+    return operand_rows<T, St>(c.p->v, b, hkv, j0, n, c.p->Dv, c.v_direct, w.vbuf, c.DvP, ld);
   }
 
   /// Applies an elementwise map (elu1 / relu / identity) to n (a multiple of W) values.
@@ -303,9 +289,7 @@ struct LinearKernel {
       const T* ph = w.phiQ + t * FP;
       V acc = V{};
       for (int64_t f = 0; f < FP; f += W) acc += S::load(ph + f) * S::load(z + f);
-      T s = T(0);
-      for (int i = 0; i < W; ++i) s += acc[i];
-      w.den[t] = s;
+      w.den[t] = S::hsum(acc);
     }
   }
 
@@ -318,9 +302,7 @@ struct LinearKernel {
       const T* ph = w.phiKT + f * CP;
       V acc = V{};
       for (int64_t j = 0; j < knP; j += W) acc += S::load(ph + j);
-      T s = T(0);
-      for (int i = 0; i < W; ++i) s += acc[i];
-      z[f] += s;
+      z[f] += S::hsum(acc);
     }
   }
 

@@ -19,7 +19,7 @@
 #include "attnkit/math/softmax.h"
 #include "backend.h"
 #include "cpu/isa.h"
-#include "cpu/kernels.h"
+#include "cpu/isa_entry_points.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "validate/block_sparse.h"

@@ -13,7 +13,7 @@
 #include <type_traits>
 
 #include "cpu/gemm_kernel.h"
-#include "cpu/kernels.h"
+#include "cpu/isa_entry_points.h"
 #include "cpu/simd.h"
 
 namespace attnkit {

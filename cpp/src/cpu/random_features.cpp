@@ -1,7 +1,7 @@
-// random_features and linformer_projection: host-side generation in double precision from the shared
-// Philox generator (math/random.h), then one rounding to the requested dtype. Both are pure functions of
-// their arguments (the construction is documented in attnkit/linear.h); threads split the work by output
-// element, so the result does not depend on their number.
+// random_features: host-side generation in double precision from the shared Philox generator
+// (math/random.h), then one rounding to the requested dtype. A pure function of its arguments (the
+// construction is documented in attnkit/linear.h); threads split the work by block of rows, so the result
+// does not depend on their number.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -125,26 +125,6 @@ void random_features(const RandomFeaturesProblem& p) {
     BlockWork w(mem, p.D);
     team_for(blocks, mem, [&](int64_t b) { feature_block(p, b, w); });
   });
-}
-
-void linformer_projection(const LinformerProjectionProblem& p) {
-  const int64_t n = p.P * p.Sk;  // entries per head, normal index j * P + pos
-  const int64_t pairs = (n + 1) / 2;
-  const double inv_sqrt_p = 1.0 / std::sqrt(static_cast<double>(p.P));
-  auto put = [&](int64_t h, int64_t i, double z) {
-    const int64_t pos = i % p.P, j = i / p.P;
-    store_float(p.out, p.out_dtype, h * p.out_stride[0] + pos * p.out_stride[1] + j * p.out_stride[2], z * inv_sqrt_p);
-  };
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) collapse(2) if (p.H * pairs > 4096)
-#endif
-  for (int64_t h = 0; h < p.H; ++h)
-    for (int64_t k = 0; k < pairs; ++k) {
-      double z0, z1;
-      math::normal_pair(p.seed, math::kStreamLinformer + static_cast<uint64_t>(h), static_cast<uint64_t>(k), &z0, &z1);
-      put(h, 2 * k, z0);
-      if (2 * k + 1 < n) put(h, 2 * k + 1, z1);
-    }
 }
 
 }  // namespace cpu

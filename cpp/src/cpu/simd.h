@@ -58,6 +58,14 @@ struct Simd {
   static inline V zero() { return V{}; }
   static inline V vmax(V a, V b) { return a > b ? a : b; }
   static inline V vmin(V a, V b) { return a < b ? a : b; }
+  /// Sum of the lanes in lane order, accumulated in R from 0 (a fixed order: results never depend on the
+  /// machine's reduction tree).
+  template <class R = T>
+  static inline R hsum(V v) {
+    R s = R(0);
+    for (int i = 0; i < W; ++i) s += static_cast<R>(v[i]);
+    return s;
+  }
   static inline T hmax(V v) {
     T m = v[0];
     for (int i = 1; i < W; ++i) m = v[i] > m ? v[i] : m;

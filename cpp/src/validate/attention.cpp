@@ -10,20 +10,7 @@ AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weight
   const bool want_weights = weights != nullptr;
   AttnProblem r;
   const QkvViews qkv = qkv_views(p.q, p.k, want_weights ? nullptr : &p.v);
-  r.q = qkv.q;
-  r.k = qkv.k;
-  r.v = qkv.v;
-  r.device = p.q.device;
-  r.device_index = p.q.device_index;
-  r.stream = p.stream;
-  r.dtype = p.q.dtype;
-  r.B = qkv.B;
-  r.Hq = qkv.Hq;
-  r.Sq = qkv.Sq;
-  r.D = qkv.D;
-  r.Hkv = qkv.Hkv;
-  r.Sk = qkv.Sk;
-  r.Dv = qkv.Dv;
+  copy_geometry(r, qkv, p.q, p.stream, &AttnProblem::Sq);
 
   // Output(s), shaped like q with the last dim replaced, same rank as q.
   Outputs outs(infer, p.q, "q");

@@ -67,6 +67,26 @@ struct QkvViews {
 };
 QkvViews qkv_views(const TensorRef& q, const TensorRef& k, const TensorRef* v);
 
+/// Copies the validated operands, device, stream, dtype and sizes of qkv into problem r (the fields the
+/// problem structs share); the query length goes to member `sq` (Sq or S).
+template <class Problem>
+void copy_geometry(Problem& r, const QkvViews& qkv, const TensorRef& q, void* stream, int64_t Problem::*sq) {
+  r.q = qkv.q;
+  r.k = qkv.k;
+  r.v = qkv.v;
+  r.device = q.device;
+  r.device_index = q.device_index;
+  r.stream = stream;
+  r.dtype = q.dtype;
+  r.B = qkv.B;
+  r.Hq = qkv.Hq;
+  r.Hkv = qkv.Hkv;
+  r.*sq = qkv.Sq;
+  r.Sk = qkv.Sk;
+  r.D = qkv.D;
+  r.Dv = qkv.Dv;
+}
+
 /// Checks an output argument: present, exactly `shape`, dtype `dtype` (`why` explains it, e.g. "(the dtype
 /// of q)"), on ref's device, writable (no broadcast strides).
 void require_output(const TensorRef& t, const int64_t* shape, int n, DType dtype, const char* why,

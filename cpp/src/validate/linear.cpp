@@ -28,21 +28,8 @@ LinearProblem common_problem(const TensorRef& q, const TensorRef& k, const Tenso
                              const TensorRef& key_lengths, bool causal, double eps, void* stream, Outputs& outs) {
   LinearProblem r;
   const QkvViews qkv = qkv_views(q, k, &v);
-  r.q = qkv.q;
-  r.k = qkv.k;
-  r.v = qkv.v;
-  r.device = q.device;
-  r.device_index = q.device_index;
-  r.stream = stream;
-  r.dtype = q.dtype;
+  copy_geometry(r, qkv, q, stream, &LinearProblem::S);
   r.state_dtype = accumulator_dtype(q.dtype);
-  r.B = qkv.B;
-  r.Hq = qkv.Hq;
-  r.Hkv = qkv.Hkv;
-  r.S = qkv.Sq;
-  r.Sk = qkv.Sk;
-  r.D = qkv.D;
-  r.Dv = qkv.Dv;
   if (causal && r.S != r.Sk)
     value_error("causal linear attention pairs query t with key t, so k must have q's length " + std::to_string(r.S) +
                 ", got " + std::to_string(r.Sk) + " keys");
@@ -240,18 +227,8 @@ LinformerProblem validate_linformer(const LinformerParams& p, OutputSpecs* infer
     r.F = r.E;
   }
   AttnProblem& a = r.attn;
-  a.device = p.q.device;
-  a.device_index = p.q.device_index;
-  a.stream = p.stream;
-  a.dtype = p.q.dtype;
-  a.B = qkv.B;
-  a.Hq = qkv.Hq;
-  a.Hkv = qkv.Hkv;
-  a.Sq = qkv.Sq;
-  a.Sk = r.P;
-  a.D = qkv.D;
-  a.Dv = qkv.Dv;
-  a.q = qkv.q;
+  copy_geometry(a, qkv, p.q, p.stream, &AttnProblem::Sq);
+  a.Sk = r.P;  // the exact kernel attends over the P projected keys (k and v set by the backend)
   int64_t shape[4];
   for (int d = 0; d < p.q.ndim; ++d) shape[d] = p.q.shape[d];
   shape[p.q.ndim - 1] = qkv.Dv;
