@@ -21,6 +21,7 @@ void lsh_attention(const LshProblem&) { not_built(); }
 void dynamic_linear_attention(const DLAProblem&) { not_built(); }
 void linear_attention(const LinearProblem&) { not_built(); }
 void linformer_attention(const LinformerProblem&) { not_built(); }
+void rope(const RopeProblem&) { not_built(); }
 bool built() { return false; }
 int device_count() { return 0; }
 

@@ -78,6 +78,12 @@ void linformer_attention(const LinformerParams& p) {
   detail::cpu::linformer_attention(prob);
 }
 
+void rope(const RopeParams& p) {
+  const detail::RopeProblem prob = detail::validate_rope(p);
+  if (prob.device == Device::CUDA) return detail::cuda::rope(prob);
+  detail::cpu::rope(prob);
+}
+
 const char* version() { return ATTNKIT_VERSION_STRING; }
 bool built_with_cuda() { return detail::cuda::built(); }
 int cuda_device_count() { return detail::cuda::device_count(); }

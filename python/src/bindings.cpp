@@ -369,6 +369,22 @@ PYBIND11_MODULE(_core, m) {
     linformer_attention(p);
   });
 
+  py::class_<RopeParams>(m, "RopeParams")
+      .def(py::init<>())
+      .def_readwrite("x", &RopeParams::x)
+      .def_readwrite("out", &RopeParams::out)
+      .def_readwrite("positions", &RopeParams::positions)
+      .def_readwrite("base", &RopeParams::base)
+      .def_readwrite("rotary_dim", &RopeParams::rotary_dim)
+      .def_readwrite("interleaved", &RopeParams::interleaved)
+      .def_property(
+          "stream", [](const RopeParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
+          [](RopeParams& p, uintptr_t s) { p.stream = as_stream(s); });
+  m.def("rope", [](const RopeParams& p) {
+    py::gil_scoped_release nogil;
+    rope(p);
+  });
+
   m.def("version", &version);
   m.def("built_with_cuda", &built_with_cuda);
   m.def("cuda_device_count", &cuda_device_count);
