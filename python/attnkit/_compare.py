@@ -8,7 +8,6 @@ import gc
 import math
 import os
 import pathlib
-import time
 import tracemalloc
 
 import numpy as np
@@ -309,6 +308,5 @@ def load_qkv(paths):
 
 def environment():
     env = _bench.environment(_core.get_num_threads())
-    env["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
     env["load"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return env
