@@ -168,3 +168,40 @@ def test_alibi_slopes_values_and_use(rng):
 def test_alibi_slopes_errors():
     raises(ValueError, "num_heads", attnkit.alibi_slopes, 0)
     raises(TypeError, "num_heads", attnkit.alibi_slopes, 4.0)
+
+
+# ------------------------------------------------------------------------------------------ properties
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_rope_random_problems(data):
+    """Random ranks, sizes, strides, dtypes, rotary dims and positions: matches the oracle or raises a
+    clear ValueError naming the argument."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    dtype = data.draw(st.sampled_from(DTYPES))
+    rank = data.draw(st.integers(2, 4))
+    shape = [data.draw(st.integers(1, 3)) for _ in range(rank - 2)] + [data.draw(st.integers(0, 20)),
+                                                                       data.draw(st.integers(1, 20))]
+    step = data.draw(st.sampled_from([1, 2]))
+    base = randn(rng, shape[:-1] + [shape[-1] * step], dtype)
+    x = base[..., ::step]
+    if data.draw(st.booleans()) and shape[-2] > 1:
+        x = x[..., ::-1, :]
+    r = data.draw(st.one_of(st.none(), st.integers(-2, 22)))
+    pos = None
+    if data.draw(st.booleans()):
+        pos = rng.integers(data.draw(st.sampled_from([0, -3])), 10**6, size=shape[-2])
+    interleaved = data.draw(st.booleans())
+    try:
+        out = attnkit.rope(x, positions=pos, rotary_dim=r, interleaved=interleaved)
+    except ValueError as e:
+        D = shape[-1]
+        bad_r = (r is None and D % 2) or (r is not None and (r < 2 or r > D or r % 2))
+        bad_pos = pos is not None and pos.size and pos.min() < 0
+        assert (bad_r and "rotary_dim" in str(e)) or (bad_pos and "positions" in str(e)), str(e)
+        return
+    check_rope(x, dtype, positions=pos, rotary_dim=r, interleaved=interleaved)
+    assert out.shape == x.shape
