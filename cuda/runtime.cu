@@ -92,6 +92,10 @@ void linformer_attention(const LinformerProblem& p) {
   require_device(p.attn.device_index);
   no_kernel("linformer_attention");
 }
+void rope(const RopeProblem& p) {
+  require_device(p.device_index);
+  no_kernel("rope");
+}
 
 }  // namespace cuda
 }  // namespace detail

@@ -41,6 +41,10 @@ CALLS = {
         q, k, v, cupy.asarray(attnkit.linformer_projection(8, 64))),
     "dynamic_linear_attention": lambda q, k, v: attnkit.dynamic_linear_attention(
         q, k, v, cupy.ones(q.shape[:-1] + (4,), dtype=q.dtype), capacity=4),
+    "rope": lambda q, k, v: attnkit.rope(q, positions=cupy.arange(64)),
+    # the layer projects with CuPy matmuls (run on the GPU), then reaches the attention core
+    "multi_head_attention": lambda q, k, v: attnkit.multi_head_attention(
+        q[0], q[0], q[0], attnkit.MHAParams(*(cupy.eye(32, dtype=q.dtype) for _ in range(4))), num_heads=2),
 }
 
 

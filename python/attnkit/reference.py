@@ -13,7 +13,8 @@ import numpy as np
 __all__ = ["attention", "attention_weights", "merge_attention", "allowed_mask", "scores", "block_mask",
            "block_sparse_attention", "philox4x32_10", "normal", "lsh_rotations", "lsh_buckets", "lsh_attention",
            "linear_attention", "random_features", "performer_attention", "linformer_projection",
-           "linformer_attention", "dynamic_linear_attention"]
+           "linformer_attention", "dynamic_linear_attention", "rope", "sinusoidal_positions", "alibi_slopes",
+           "multi_head_attention"]
 
 
 def _f64(x, dtype=np.float64):
@@ -533,3 +534,109 @@ def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None, ret
         vp = vp.astype(_proj_dtype).astype(_dtype)
     return attention(q4.reshape(q4.shape[4 - rank:]), _drop_lead(kp, rank), _drop_lead(vp, rank), scale=scale,
                      return_lse=return_lse, _dtype=_dtype)
+
+
+# ------------------------------------------------------------------------------------- positions and the MHA layer
+def rope(x, *, positions=None, base=10000.0, rotary_dim=None, interleaved=False, _dtype=np.float64):
+    """Oracle of :func:`attnkit.rope`: a loop over the rotated pairs, angles in float64."""
+    x4, rank = _to4(x, _dtype)
+    B, H, S, D = x4.shape
+    r = D if rotary_dim is None else int(rotary_dim)
+    pos = np.arange(S) if positions is None else np.asarray(positions)
+    pos = np.broadcast_to(pos.astype(np.float64), (B, S))[:, None, :]     # [B, 1, S]
+    out = x4.copy()
+    for p in range(r // 2):
+        a, b = (2 * p, 2 * p + 1) if interleaved else (p, p + r // 2)
+        theta = pos * float(base) ** (-2.0 * p / r)
+        c, s = np.cos(theta).astype(_dtype), np.sin(theta).astype(_dtype)
+        out[..., a] = x4[..., a] * c - x4[..., b] * s
+        out[..., b] = x4[..., b] * c + x4[..., a] * s
+    return out.reshape(out.shape[4 - rank:])
+
+
+_rope = rope  # multi_head_attention's argument `rope` shadows the function
+
+
+def sinusoidal_positions(seq_len, dim, *, base=10000.0):
+    """Oracle of :func:`attnkit.sinusoidal_positions`, element by element."""
+    pe = np.zeros((seq_len, dim))
+    for t in range(seq_len):
+        for d in range(dim):
+            angle = t / base ** ((d - d % 2) / dim)
+            pe[t, d] = np.sin(angle) if d % 2 == 0 else np.cos(angle)
+    return pe
+
+
+def alibi_slopes(num_heads):
+    """Oracle of :func:`attnkit.alibi_slopes`: the ALiBi paper's recursive rule, in float64."""
+    def pow2(n):
+        start = 2.0 ** (-(2.0 ** -(np.log2(n) - 3)))
+        return [start * start ** i for i in range(n)]
+
+    if np.log2(num_heads).is_integer():
+        return np.array(pow2(num_heads))
+    c = 2 ** int(np.floor(np.log2(num_heads)))
+    return np.array(pow2(c) + list(alibi_slopes(2 * c))[0::2][: num_heads - c])
+
+
+def multi_head_attention(query, key, value, params, *, num_heads, num_kv_heads=None, key_lengths=None,
+                         causal=False, rope=None, mechanism="exact", _dtype=np.float64, **options):
+    """Oracle of :func:`attnkit.multi_head_attention`: float64 projections, explicit head split, the
+    mechanism's oracle, explicit concatenation. Default Performer features and Linformer projections are
+    drawn with this module's :func:`random_features` / :func:`linformer_projection` (256 rows, seed 0)."""
+    def lin(x, w, b):
+        y = _f64(x, _dtype) @ _f64(w, _dtype).T
+        return y if b is None else y + _f64(b, _dtype)
+
+    def heads(y, H):
+        B, S, HD = y.shape
+        return np.stack([y[:, :, h * (HD // H):(h + 1) * (HD // H)] for h in range(H)], axis=1)
+
+    query, key, value = (np.asarray(a) for a in (query, key, value))
+    squeeze = query.ndim == 2
+    if squeeze:
+        query, key, value = query[None], key[None], value[None]
+    Hkv = num_heads if num_kv_heads is None else num_kv_heads
+    q = heads(lin(query, params.w_q, params.b_q), num_heads)
+    k = heads(lin(key, params.w_k, params.b_k), Hkv)
+    v = heads(lin(value, params.w_v, params.b_v), Hkv)
+    Sq, Sk = q.shape[2], k.shape[2]
+    if rope is not None:
+        common = {n: rope[n] for n in ("base", "rotary_dim", "interleaved") if n in rope}
+        qpos = rope.get("positions")
+        kpos = rope.get("key_positions", qpos if Sq == Sk else None)
+        if qpos is None:
+            qpos = np.arange(Sq) + max(Sk - Sq, 0)
+        q = _rope(q, positions=qpos, _dtype=_dtype, **common)
+        k = _rope(k, positions=kpos, _dtype=_dtype, **common)
+    opts = dict(options)
+    if mechanism == "exact":
+        o = attention(q, k, v, causal=causal, key_lengths=key_lengths, _dtype=_dtype, **opts)
+    elif mechanism == "block_sparse":
+        o = block_sparse_attention(q, k, v, opts.pop("layout"), causal=causal, key_lengths=key_lengths,
+                                   _dtype=_dtype, **opts)
+    elif mechanism == "lsh":
+        o = lsh_attention(q, k, v, causal=causal, _dtype=_dtype, **opts)
+    elif mechanism == "linear":
+        o = linear_attention(q, k, v, causal=causal, key_lengths=key_lengths, _dtype=_dtype, **opts)
+    elif mechanism == "performer":
+        W = opts.pop("features", None)
+        if W is None:
+            W = random_features(opts.pop("num_features", 256), q.shape[-1], seed=opts.pop("seed", 0))
+        o = performer_attention(q, k, v, W, causal=causal, key_lengths=key_lengths, _dtype=_dtype, **opts)
+    elif mechanism == "linformer":
+        E, F = opts.pop("E", None), opts.pop("F", None)
+        if E is None:
+            E = linformer_projection(opts.pop("proj_len", 256), Sk, seed=opts.pop("seed", 0))
+        o = linformer_attention(q, k, v, E, F, key_lengths=key_lengths, _dtype=_dtype, **opts)
+    elif mechanism == "dla":
+        C = opts["capacity"]
+        lam = opts.pop("lam", None)
+        if lam is None:
+            lam = np.ones(q.shape[:3] + (C,))
+        o = dynamic_linear_attention(q, k, v, lam, _dtype=_dtype, **opts)[0]
+    else:
+        raise ValueError(f"unknown mechanism {mechanism!r}")
+    o = np.concatenate([o[:, h] for h in range(o.shape[1])], axis=-1)   # [B, Sq, Hq * Dv]
+    y = lin(o, params.w_o, params.b_o)
+    return y[0] if squeeze else y

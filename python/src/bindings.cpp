@@ -361,6 +361,20 @@ PYBIND11_MODULE(_core, m) {
   m.def("linformer_attention", nogil(&linformer_attention));
   m.def("linformer_attention_outputs", outputs(&linformer_attention_outputs));
 
+  py::class_<RopeParams>(m, "RopeParams")
+      .def(py::init<>())
+      .def_readwrite("x", &RopeParams::x)
+      .def_readwrite("out", &RopeParams::out)
+      .def_readwrite("positions", &RopeParams::positions)
+      .def_readwrite("base", &RopeParams::base)
+      .def_readwrite("rotary_dim", &RopeParams::rotary_dim)
+      .def_readwrite("interleaved", &RopeParams::interleaved)
+      .def_property(
+          "stream", [](const RopeParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
+          [](RopeParams& p, uintptr_t s) { p.stream = as_stream(s); });
+  m.def("rope", nogil(&rope));
+  m.def("rope_outputs", outputs(&rope_outputs));
+
   m.def("version", &version);
   m.def("built_with_cuda", &built_with_cuda);
   m.def("cuda_device_count", &cuda_device_count);

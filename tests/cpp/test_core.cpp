@@ -7,6 +7,7 @@
 #include <attnkit/math/feature_maps.h>
 #include <attnkit/math/masks.h>
 #include <attnkit/math/random.h>
+#include <attnkit/math/rope.h>
 #include <attnkit/math/softmax.h>
 
 #include <cmath>
@@ -536,6 +537,47 @@ static void test_linear_family() {
   CHECK(kind == attnkit::ErrorKind::Value && msg.find("num_features") != std::string::npos);
 }
 
+static void test_rope() {
+  // x [H=2, S=3, D=6], rotary_dim 4, GPT-NeoX pairs (p, p + 2): direct computation in double.
+  using attnkit::DType;
+  const int64_t H = 2, S = 3, D = 6, R = 4;
+  std::vector<double> x(H * S * D), out(x.size(), -1.0);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.7 * static_cast<double>(i) + 0.1);
+  const int64_t pos[S] = {5, 0, 123456};
+  attnkit::RopeParams p;
+  p.x = attnkit::make_tensor(x.data(), DType::Float64, {H, S, D});
+  p.out = attnkit::make_tensor(out.data(), DType::Float64, {H, S, D});
+  p.positions = attnkit::make_tensor(const_cast<int64_t*>(pos), DType::Int64, {S});
+  p.rotary_dim = R;
+  attnkit::rope(p);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t s = 0; s < S; ++s) {
+      const double* xr = &x[(h * S + s) * D];
+      const double* o = &out[(h * S + s) * D];
+      for (int64_t i = 0; i < R / 2; ++i) {
+        const double th = static_cast<double>(pos[s]) * std::pow(10000.0, -2.0 * i / R);
+        CHECK(std::fabs(o[i] - (xr[i] * std::cos(th) - xr[i + R / 2] * std::sin(th))) < 1e-12);
+        CHECK(std::fabs(o[i + R / 2] - (xr[i + R / 2] * std::cos(th) + xr[i] * std::sin(th))) < 1e-12);
+      }
+      CHECK(o[4] == xr[4] && o[5] == xr[5]);
+    }
+  int64_t a, b;
+  m::rope_pair(3, 8, true, a, b);
+  CHECK(a == 6 && b == 7);
+  m::rope_pair(3, 8, false, a, b);
+  CHECK(a == 3 && b == 7);
+  attnkit::ErrorKind kind;
+  auto bad = p;
+  bad.rotary_dim = 5;
+  std::string msg = error_of([&] { attnkit::rope(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("rotary_dim") != std::string::npos);
+  bad = p;
+  const int64_t neg[S] = {0, -1, 2};
+  bad.positions = attnkit::make_tensor(const_cast<int64_t*>(neg), DType::Int64, {S});
+  msg = error_of([&] { attnkit::rope(bad); }, &kind);
+  CHECK(kind == attnkit::ErrorKind::Value && msg.find("positions[1]") != std::string::npos);
+}
+
 int main() {
   test_conversions();
   test_block_sparse_and_lsh();
@@ -547,6 +589,7 @@ int main() {
   test_dla_call();
   test_feature_maps();
   test_linear_family();
+  test_rope();
   std::printf("attnkit %s core tests: %d failure(s) (cuda built: %d, cpu isa: %s)\n", attnkit::version(), failures,
               attnkit::built_with_cuda() ? 1 : 0, attnkit::cpu_isa());
   return failures == 0 ? 0 : 1;

@@ -8,3 +8,4 @@
 #include "attnkit/block_sparse.h"
 #include "attnkit/dla.h"
 #include "attnkit/linear.h"
+#include "attnkit/positional.h"
