@@ -2,6 +2,7 @@
 // The interface between dispatch.cpp and the backends. Backends receive validated problems only.
 
 #include "validate/attention.h"
+#include "validate/attention_backward.h"
 #include "validate/block_sparse.h"
 #include "validate/dla.h"
 #include "validate/linear.h"
@@ -12,6 +13,7 @@ namespace detail {
 namespace cpu {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
+void attention_backward(const AttnBwdProblem& p);  // exact and block-sparse
 void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);
@@ -27,6 +29,7 @@ namespace cuda {
 /// Throws Error(NotBuilt) in builds without CUDA (cuda_stub.cpp).
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
+void attention_backward(const AttnBwdProblem& p);
 void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);

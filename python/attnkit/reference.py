@@ -13,7 +13,8 @@ import numpy as np
 __all__ = ["attention", "attention_weights", "merge_attention", "allowed_mask", "scores", "block_mask",
            "block_sparse_attention", "philox4x32_10", "normal", "lsh_rotations", "lsh_buckets", "lsh_attention",
            "linear_attention", "random_features", "performer_attention", "linformer_projection",
-           "linformer_attention", "dynamic_linear_attention"]
+           "linformer_attention", "dynamic_linear_attention", "attention_backward",
+           "block_sparse_attention_backward"]
 
 
 def _f64(x, dtype=np.float64):
@@ -533,3 +534,55 @@ def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None, ret
         vp = vp.astype(_proj_dtype).astype(_dtype)
     return attention(q4.reshape(q4.shape[4 - rank:]), _drop_lead(kp, rank), _drop_lead(vp, rank), scale=scale,
                      return_lse=return_lse, _dtype=_dtype)
+
+
+# ------------------------------------------------------------------------------------------ gradients
+def _sum_to(x, shape):
+    """Sums x over the dimensions along which an array of `shape` was broadcast to x's shape."""
+    lead = x.ndim - len(shape)
+    x = x.sum(axis=tuple(range(lead))) if lead else x
+    axes = tuple(d for d, n in enumerate(shape) if n == 1 and x.shape[d] != 1)
+    return x.sum(axis=axes, keepdims=True).reshape(shape) if axes else x.reshape(shape)
+
+
+def attention_backward(dout, q, k, v, *, causal=False, window=None, mask=None, bias=None, key_lengths=None,
+                       scale=None, softcap=None, alibi_slopes=None, return_dbias=False, _dtype=np.float64):
+    """Oracle of :func:`attnkit.attention_backward`: ``(dq, dk, dv)`` (and ``dbias`` shaped like ``bias``) of
+    ``L = sum(dout * attention(q, k, v, ...))``, in float64. Unlike the kernel it needs neither ``out`` nor
+    ``lse``: it recomputes the forward pass and applies the chain rule literally, with the softmax
+    Jacobian written as ``dS_ij = p_ij (dp_ij - sum_l p_il dp_il)``."""
+    q4, rank = _to4(q, _dtype)
+    k4, _ = _to4(k, _dtype)
+    v4, _ = _to4(v, _dtype)
+    g4, _ = _to4(dout, _dtype)
+    B, Hq, Sq, D = q4.shape
+    Hkv, Sk = k4.shape[1], k4.shape[2]
+    if scale is None:
+        scale = 1.0 / np.sqrt(D)
+    kr, vr = _repeat_kv(k4, Hq), _repeat_kv(v4, Hq)
+    x = (q4 @ kr.swapaxes(-1, -2)) * scale          # pre-softcap scores
+    s = scores(q4, k4, scale=scale, softcap=softcap, bias=bias, alibi_slopes=alibi_slopes, _dtype=_dtype)
+    ok = allowed_mask(B, Hq, Sq, Sk, causal=causal, window=window, mask=mask, key_lengths=key_lengths)
+    p, _ = _softmax_rows(s, ok)
+    dv = p.swapaxes(-1, -2) @ g4                    # [B, Hq, Sk, Dv]
+    dp = g4 @ vr.swapaxes(-1, -2)                   # [B, Hq, Sq, Sk]
+    ds = p * (dp - (p * dp).sum(axis=-1, keepdims=True))
+    dx = ds * (1.0 - np.tanh(x / softcap) ** 2) if softcap else ds
+    dq = (dx @ kr) * scale
+    dk = (dx.swapaxes(-1, -2) @ q4) * scale
+    G = Hq // Hkv
+    dk = dk.reshape(B, Hkv, G, Sk, D).sum(axis=2)   # GQA: a kv head sums over its query heads
+    dv = dv.reshape(B, Hkv, G, Sk, -1).sum(axis=2)
+    res = tuple(a.reshape(a.shape[4 - rank:]) for a in (dq, dk, dv))
+    if return_dbias:
+        res += (_sum_to(ds, np.shape(bias)),)
+    return res
+
+
+def block_sparse_attention_backward(dout, q, k, v, layout, *, causal=False, scale=None, key_lengths=None,
+                                    _dtype=np.float64):
+    """Oracle of :func:`attnkit.block_sparse_attention_backward`: the exact oracle with the block mask."""
+    q4, _ = _to4(q)
+    mask = block_mask(layout, q4.shape[2], np.asarray(k).shape[-2], q4.shape[1])
+    return attention_backward(dout, q, k, v, causal=causal, mask=mask, scale=scale, key_lengths=key_lengths,
+                              _dtype=_dtype)

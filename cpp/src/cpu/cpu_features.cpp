@@ -66,6 +66,13 @@ const char* isa_name() {
 void attention(const AttnProblem& p) { run_exact(p, false); }
 void attention_weights(const AttnProblem& p) { run_exact(p, true); }
 
+void attention_backward(const AttnBwdProblem& p) {
+  if (p.fwd.B == 0 || p.fwd.Hkv == 0) return;  // nothing to write (Sq = 0 still zeroes dk, dv)
+  const bool ok = by_isa([&] { return attention_backward_generic(p); }, [&] { return attention_backward_avx2(p); },
+                         [&] { return attention_backward_avx512(p); });
+  if (!ok) out_of_memory("attention backward");
+}
+
 void dynamic_linear_attention(const DLAProblem& p) {
   if (p.B * p.H == 0) return;
   const bool ok = by_isa([&] { return dla_generic(p); }, [&] { return dla_avx2(p); }, [&] { return dla_avx512(p); });

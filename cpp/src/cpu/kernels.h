@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "validate/attention.h"
+#include "validate/attention_backward.h"
 #include "validate/dla.h"
 #include "validate/linear.h"
 
@@ -43,6 +44,15 @@ inline bool exact_attention_avx2(const AttnProblem& p, bool weights) { return ex
 inline bool exact_attention_avx512(const AttnProblem& p, bool weights) { return exact_attention_generic(p, weights); }
 inline void lsh_hash_avx2(const LshHashJob& job) { lsh_hash_generic(job); }
 inline void lsh_hash_avx512(const LshHashJob& job) { lsh_hash_generic(job); }
+#endif
+
+bool attention_backward_generic(const AttnBwdProblem& p);
+#if defined(ATTNKIT_HAVE_X86_KERNELS)
+bool attention_backward_avx2(const AttnBwdProblem& p);
+bool attention_backward_avx512(const AttnBwdProblem& p);
+#else
+inline bool attention_backward_avx2(const AttnBwdProblem& p) { return attention_backward_generic(p); }
+inline bool attention_backward_avx512(const AttnBwdProblem& p) { return attention_backward_generic(p); }
 #endif
 
 bool dla_generic(const DLAProblem& p);
