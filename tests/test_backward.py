@@ -3,6 +3,10 @@ finite differences: shapes, dtypes, GQA, every masking feature, dbias, empty row
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -275,3 +279,45 @@ def test_bad_layout(rng):
     dout, q, k, v, out, lse = _setup(rng)
     with pytest.raises(TypeError, match="layout"):
         attnkit.block_sparse_attention_backward(dout, q, k, v, out, lse, "dense")
+
+
+# ------------------------------------------------------------------------------------------ ISA paths
+_ISA_SCRIPT = """
+import sys, numpy as np, ml_dtypes, attnkit
+rng = np.random.default_rng(11)
+res = {}
+for n, (dt, kw) in enumerate([("float32", dict(causal=True, softcap=4.0)), ("float64", dict(window=(9, 2))),
+                              ("bfloat16", dict(alibi_slopes=np.array([0.2, 0.5, 0.1, 0.3])))]):
+    dtype = ml_dtypes.bfloat16 if dt == "bfloat16" else np.dtype(dt)
+    q = rng.standard_normal((2, 4, 45, 40)).astype(dtype)
+    k = rng.standard_normal((2, 2, 77, 40)).astype(dtype)
+    v = rng.standard_normal((2, 2, 77, 24)).astype(dtype)
+    out, lse = attnkit.attention(q, k, v, return_lse=True, **kw)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    for name, a in zip(("q", "k", "v", "dout", "dq", "dk", "dv"),
+                       (q, k, v, dout) + attnkit.attention_backward(dout, q, k, v, out, lse, **kw)):
+        res[f"{n}_{name}"] = a.astype(np.float64)
+np.savez(sys.argv[1], isa=attnkit.info()["cpu_isa"], **res)
+"""
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_isa_paths(tmp_path, isa):
+    """Each micro-kernel family (chosen once per process, lowered by ATTNKIT_CPU_ISA) against the oracle."""
+    order = ["generic", "avx2", "avx512"]
+    if order.index(isa) > order.index(attnkit.info()["cpu_isa"]):
+        pytest.skip(f"this CPU has no {isa}")
+    path = tmp_path / "res.npz"
+    subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], check=True,
+                   env=dict(os.environ, ATTNKIT_CPU_ISA=isa))
+    r = np.load(path)
+    assert str(r["isa"]) == isa
+    kws = [dict(causal=True, softcap=4.0), dict(window=(9, 2)), dict(alibi_slopes=np.array([0.2, 0.5, 0.1, 0.3]))]
+    for n, (dtype, kw) in enumerate(zip([np.float32, np.float64, np.float32], kws)):
+        q, k, v, dout = (r[f"{n}_{x}"] for x in ("q", "k", "v", "dout"))
+        want = ref.attention_backward(dout, q, k, v, **kw)
+        naive = ref.attention_backward(dout, q, k, v, _dtype=naive_dtype(dtype), **kw)
+        for name, w, nv in zip(("dq", "dk", "dv"), want, naive):
+            # bfloat16 case (n = 2): its own rounding dominates; compare with its atol
+            tol_dtype = DTYPES[3] if n == 2 else dtype
+            assert_close(r[f"{n}_{name}"], w, nv, tol_dtype, what=f"{isa} case {n} {name}", atol_scale=magnitude(w))
