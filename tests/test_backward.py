@@ -321,3 +321,53 @@ def test_isa_paths(tmp_path, isa):
             # bfloat16 case (n = 2): its own rounding dominates; compare with its atol
             tol_dtype = DTYPES[3] if n == 2 else dtype
             assert_close(r[f"{n}_{name}"], w, nv, tol_dtype, what=f"{isa} case {n} {name}", atol_scale=magnitude(w))
+
+
+# ------------------------------------------------------------------------------------------- Linformer
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shared,with_f", [(True, False), (False, True), (True, True)])
+def test_linformer(rng, dtype, shared, with_f):
+    B, Hq, Hkv, Sq, Sk, D, P = 2, 4, 2, 30, 70, 32, 16
+    q, k, v = qkv(rng, B, Hq, Hkv, Sq, Sk, D, D, dtype)
+    eshape = (P, Sk) if shared else (Hkv, P, Sk)
+    E = attnkit.linformer_projection(P, Sk, seed=1, num_heads=None if shared else Hkv)
+    F = attnkit.linformer_projection(P, Sk, seed=2, num_heads=None if shared else Hkv) if with_f else None
+    assert E.shape == eshape
+    lens = [70, 41]
+    out, lse = attnkit.linformer_attention(q, k, v, E, F, key_lengths=lens, return_lse=True)
+    dout = randn(rng, out.shape, dtype)
+    got = attnkit.linformer_attention_backward(dout, q, k, v, out, lse, E, F, key_lengths=lens)
+    want = ref.linformer_attention_backward(dout, q, k, v, E, F, key_lengths=lens)
+    naive = ref.linformer_attention_backward(dout, q, k, v, E, F, key_lengths=lens, _dtype=naive_dtype(dtype))
+    assert (got[4] is None) == (F is None)
+    for name, g, r, n, x in zip(("dq", "dk", "dv", "dE", "dF"), got, want, naive, (q, k, v, E, F)):
+        if x is None:
+            continue
+        assert g.shape == x.shape and g.dtype == x.dtype, name
+        # K' and V' are rounded to q's dtype for the kernel (as in the forward): 16-bit inputs get the
+        # projection's rounding on top of the naive error
+        scale = magnitude(r) * (8 if np.dtype(dtype).itemsize == 2 else 1)
+        # dE / dF: products in acc of dK' / dV' (q's dtype), rounded to E's / F's dtype
+        acc = np.dtype(naive_dtype(dtype))
+        small = name[1] in "qkv" or np.dtype(dtype).itemsize == 2
+        tdt = dtype if small else (x.dtype if x.dtype.itemsize <= acc.itemsize else acc)
+        assert_close(g, r, n, tdt, what=name, atol_scale=scale)
+
+
+def test_linformer_finite_differences(rng):
+    q, k, v = qkv(rng, 2, 2, 1, 6, 9, 4, 5, np.float64)
+    E = rng.standard_normal((3, 9)) / 3
+    F = rng.standard_normal((3, 9)) / 3
+    for Fx in (F, None):
+        kw = dict(key_lengths=[9, 6], scale=0.7)
+        out, lse = attnkit.linformer_attention(q, k, v, E, Fx, return_lse=True, **kw)
+        dout = rng.standard_normal(out.shape)
+        loss = lambda: float((attnkit.linformer_attention(q, k, v, E, Fx, **kw) * dout).sum())  # noqa: E731
+        got = attnkit.linformer_attention_backward(dout, q, k, v, out, lse, E, Fx, **kw)
+        want = ref.linformer_attention_backward(dout, q, k, v, E, Fx, **kw)
+        for name, x, g, r in zip(("dq", "dk", "dv", "dE", "dF"), (q, k, v, E, Fx), got, want):
+            if x is None:
+                continue
+            fd = _fd(loss, x)
+            np.testing.assert_allclose(g, fd, atol=1e-7, rtol=1e-6, err_msg=name)
+            np.testing.assert_allclose(r, fd, atol=1e-7, rtol=1e-6, err_msg=name)

@@ -6,7 +6,7 @@ Array in, array out: every function takes NumPy arrays (run on the C++ CPU backe
 """
 
 from . import _core, layouts
-from ._backward import attention_backward, block_sparse_attention_backward
+from ._backward import attention_backward, block_sparse_attention_backward, linformer_attention_backward
 from ._dla import DLAAux, DLACache, dynamic_linear_attention
 from ._exact import attention, attention_weights, merge_attention
 from ._linear import (linear_attention, linformer_attention, linformer_projection, performer_attention,
@@ -21,6 +21,7 @@ __all__ = [
     "merge_attention",
     "attention_backward",
     "block_sparse_attention_backward",
+    "linformer_attention_backward",
     "BlockLayout",
     "block_sparse_attention",
     "layouts",

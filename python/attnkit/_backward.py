@@ -7,7 +7,7 @@ from ._array import Call, acc_dtype, as_bool, as_float
 from ._exact import _set_masking, _with_masking_doc
 from ._sparse import BlockLayout
 
-__all__ = ["attention_backward", "block_sparse_attention_backward"]
+__all__ = ["attention_backward", "block_sparse_attention_backward", "linformer_attention_backward"]
 
 
 def _grads(call: Call, dout, q, k, v):
@@ -135,3 +135,81 @@ def block_sparse_attention_backward(dout, q, k, v, out, lse, layout, *, causal=F
     g, grads = _grads(call, dout, q, k, v)
     _core.block_sparse_attention_backward(p, g)
     return grads
+
+
+def linformer_attention_backward(dout, q, k, v, out, lse, E, F=None, *, scale=None, key_lengths=None):
+    """Gradients of :func:`linformer_attention` with respect to ``q``, ``k``, ``v``, ``E`` and ``F``.
+
+    Linformer is exact attention over the projections ``K' = E k`` and ``V' = F v``, so its backward is
+    :func:`attention_backward` on ``(q, K', V')`` followed by the projections' chain rule (per batch ``b``
+    and kv head ``g``)::
+
+        dk = E^T dK'      dv = F^T dV'      dE = sum_b dK' k^T      dF = sum_b dV' v^T
+
+    (``dE`` / ``dF`` also sum over the kv heads when ``E`` / ``F`` is shared, ``[P, Sk]``). Padded keys
+    (``j >= key_lengths[b]``) get zero ``dk`` / ``dv`` and add nothing to ``dE`` / ``dF``. The projections
+    and their gradients are float32 matrix products (float64 for float64 inputs); ``K'`` and ``V'`` are
+    rounded to ``q``'s dtype for the attention kernel, as in the forward.
+
+    Parameters
+    ----------
+    dout : array shaped like ``out``, in ``q``'s dtype.
+    q, k, v, E, F, scale, key_lengths : as in :func:`linformer_attention`.
+    out, lse : the forward call's results (``return_lse=True``).
+
+    Returns
+    -------
+    ``(dq, dk, dv, dE, dF)``: shaped like ``q``, ``k``, ``v`` (``q``'s dtype) and ``E``, ``F`` (their
+    dtypes); ``dF`` is None when ``F`` was None (``F = E``: its gradient is included in ``dE``).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`linformer_attention` and :func:`attention_backward`.
+    """
+    from ._array import is_cuda_array
+    from ._linear import linformer_attention
+
+    # The forward validates every argument (shapes of E / F against k, key_lengths, dtypes, devices).
+    linformer_attention(q[..., :0, :] if getattr(q, "ndim", 0) >= 2 else q, k, v, E, F, scale=scale,
+                        key_lengths=key_lengths)
+    if is_cuda_array(q):  # pragma: no cover - needs a GPU
+        import cupy as xp
+    else:
+        import numpy as xp
+    acc = acc_dtype(q.dtype)
+    Sk = k.shape[-2]
+    k4 = k.reshape((1,) * (4 - k.ndim) + k.shape).astype(acc)
+    v4 = v.reshape((1,) * (4 - v.ndim) + v.shape).astype(acc)
+    if key_lengths is not None:
+        lens = xp.broadcast_to(xp.asarray(key_lengths).astype(xp.int64).reshape(-1), (k4.shape[0],))
+        keep = (xp.arange(Sk)[None, :] < lens[:, None])[:, None, :, None]
+        k4 = xp.where(keep, k4, 0)
+        v4 = xp.where(keep, v4, 0)
+    e = E.astype(acc)
+    f = e if F is None else F.astype(acc)
+    e3 = e[None] if e.ndim == 2 else e            # [Hkv or 1, P, Sk]
+    f3 = f[None] if f.ndim == 2 else f
+    kp = (e3[None] @ k4).astype(q.dtype)          # [B, Hkv, P, D]
+    vp = (f3[None] @ v4).astype(q.dtype)
+    lead = q.ndim - 2                             # K' and V' take q's rank
+    kp = kp.reshape(kp.shape[4 - q.ndim:]) if lead < 2 else kp
+    vp = vp.reshape(vp.shape[4 - q.ndim:]) if lead < 2 else vp
+    dq, dkp, dvp = attention_backward(dout, q, kp, vp, out, lse, scale=scale)
+    dkp = dkp.reshape((1,) * (4 - dkp.ndim) + dkp.shape).astype(acc)
+    dvp = dvp.reshape((1,) * (4 - dvp.ndim) + dvp.shape).astype(acc)
+    dk = e3[None].swapaxes(-1, -2) @ dkp          # [B, Hkv, Sk, D]
+    dv = f3[None].swapaxes(-1, -2) @ dvp
+    if key_lengths is not None:
+        dk = xp.where(keep, dk, 0)
+        dv = xp.where(keep, dv, 0)
+    dE = (dkp @ k4.swapaxes(-1, -2)).sum(axis=0)  # [Hkv, P, Sk]
+    dF = (dvp @ v4.swapaxes(-1, -2)).sum(axis=0)
+    if e.ndim == 2:
+        dE = dE.sum(axis=0)
+        dF = dF.sum(axis=0)
+    if F is None:
+        dE = dE + dF
+    dk = dk.reshape(k.shape).astype(q.dtype)
+    dv = dv.reshape(v.shape).astype(q.dtype)
+    return dq, dk, dv, dE.astype(E.dtype), (None if F is None else dF.astype(F.dtype))

@@ -14,7 +14,7 @@ __all__ = ["attention", "attention_weights", "merge_attention", "allowed_mask", 
            "block_sparse_attention", "philox4x32_10", "normal", "lsh_rotations", "lsh_buckets", "lsh_attention",
            "linear_attention", "random_features", "performer_attention", "linformer_projection",
            "linformer_attention", "dynamic_linear_attention", "attention_backward",
-           "block_sparse_attention_backward"]
+           "block_sparse_attention_backward", "linformer_attention_backward"]
 
 
 def _f64(x, dtype=np.float64):
@@ -586,3 +586,30 @@ def block_sparse_attention_backward(dout, q, k, v, layout, *, causal=False, scal
     mask = block_mask(layout, q4.shape[2], np.asarray(k).shape[-2], q4.shape[1])
     return attention_backward(dout, q, k, v, causal=causal, mask=mask, scale=scale, key_lengths=key_lengths,
                               _dtype=_dtype)
+
+
+def linformer_attention_backward(dout, q, k, v, E, F=None, *, scale=None, key_lengths=None, _dtype=np.float64):
+    """Oracle of :func:`attnkit.linformer_attention_backward`: ``(dq, dk, dv, dE, dF)`` by the chain rule
+    through ``K' = E k``, ``V' = F v`` (padded keys zeroed) and :func:`attention_backward`; ``dF`` is None
+    when ``F`` is None (its gradient is part of ``dE``)."""
+    q4, rank = _to4(q, _dtype)
+    k4, _ = _to4(k, _dtype)
+    v4, _ = _to4(v, _dtype)
+    B, Sk = k4.shape[0], k4.shape[2]
+    keys = _key_mask(B, Sk, key_lengths)[:, None, :, None]
+    k4 = np.where(keys, k4, 0.0)
+    v4 = np.where(keys, v4, 0.0)
+    e = _f64(E, _dtype)
+    f = e if F is None else _f64(F, _dtype)
+    e4 = (e[None] if e.ndim == 2 else e)[None]                           # [1, Hkv or 1, P, Sk]
+    f4 = (f[None] if f.ndim == 2 else f)[None]
+    dq, dkp, dvp = attention_backward(_to4(dout, _dtype)[0], q4, e4 @ k4, f4 @ v4, scale=scale, _dtype=_dtype)
+    dk = np.where(keys, e4.swapaxes(-1, -2) @ dkp, 0.0)
+    dv = np.where(keys, f4.swapaxes(-1, -2) @ dvp, 0.0)
+    dE = (dkp @ k4.swapaxes(-1, -2)).sum(axis=0)
+    dF = (dvp @ v4.swapaxes(-1, -2)).sum(axis=0)
+    if e.ndim == 2:
+        dE, dF = dE.sum(axis=0), dF.sum(axis=0)
+    if F is None:
+        dE, dF = dE + dF, None
+    return (dq.reshape(dq.shape[4 - rank:]), dk.reshape(dk.shape[4 - rank:]), dv.reshape(dv.shape[4 - rank:]), dE, dF)
