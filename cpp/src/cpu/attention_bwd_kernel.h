@@ -142,6 +142,15 @@ struct BwdKernel {
     }
   }
 
+  /// dst[0, n) = src[0, n * stride) as T, then zeros up to np.
+  static void copy_row(T* dst, const St* src, int64_t n, int64_t stride, int64_t np) {
+    if (std::is_same<St, T>::value && stride == 1)
+      std::memcpy(dst, src, sizeof(T) * n);
+    else
+      for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<T>(to_acc(src[d * stride]));
+    for (int64_t d = n; d < np; ++d) dst[d] = T(0);
+  }
+
   /// Packs rows [i0, i0 + n) of query head (b, h): q, dout; zero padding columns.
   static void pack_chunk(const Ctx& c, const Work& w, int64_t b, int64_t h, int64_t i0, int n) {
     const AttnProblem& p = *c.p;
@@ -151,10 +160,8 @@ struct BwdKernel {
       const St* gr = row_of(dout, b, h, i0 + r);
       T* qd = w.qp + r * c.DP;
       T* gd = w.dop + r * c.DvP;
-      for (int64_t d = 0; d < p.D; ++d) qd[d] = static_cast<T>(to_acc(qr[d * p.q.stride[3]]));
-      for (int64_t d = p.D; d < c.DP; ++d) qd[d] = T(0);
-      for (int64_t d = 0; d < p.Dv; ++d) gd[d] = static_cast<T>(to_acc(gr[d * dout.stride[3]]));
-      for (int64_t d = p.Dv; d < c.DvP; ++d) gd[d] = T(0);
+      copy_row(qd, qr, p.D, p.q.stride[3], c.DP);
+      copy_row(gd, gr, p.Dv, dout.stride[3], c.DvP);
     }
   }
 
@@ -216,6 +223,8 @@ struct BwdKernel {
     const T slope = c.alibi ? load_float<T>(p.alibi.data, p.alibi.dtype, b * p.alibi.stride[0] + h * p.alibi.stride[1])
                             : T(0);
     const V ninf = S::set1(math::neg_inf<T>());
+    VI iota;
+    for (int l = 0; l < W; ++l) iota[l] = static_cast<I>(l);
     for (int r = 0; r < n; ++r) {
       const int64_t i = i0 + r;
       const math::KeyRange kr = math::key_range(i, p.Sq, p.Sk, p.causal, p.window_left, p.window_right, klen);
@@ -226,11 +235,12 @@ struct BwdKernel {
       T* dbias = bp.dbias ? static_cast<T*>(bp.dbias) + b * bp.dbias_stride[0] + h * bp.dbias_stride[1] +
                                 i * bp.dbias_stride[2]
                           : nullptr;
+      // Rows whose key range covers the whole tile need no range test.
+      const bool range_test = kr.lo > j0 || kr.hi < j0 + BK;
       for (int j = 0; j < BK; j += W) {
         T* sp = w.s + r * BK + j;
         T* dpp = w.dp + r * BK + j;
-        VI jv = S::set1i(static_cast<I>(j0 + j));
-        for (int l = 0; l < W; ++l) jv[l] += static_cast<I>(l);
+        const VI jv = S::set1i(static_cast<I>(j0 + j)) + iota;
         V x = S::load(sp), t = V{};
         if (c.softcap) {
           t = S::tanh(x * c.cap_in);
@@ -238,13 +248,12 @@ struct BwdKernel {
         }
         if (c.bias_tile) x += S::load(w.bt + r * BK + j);
         if (c.alibi) x -= slope * S::to_float(math::alibi_distance(pos, jv));
-        VI ok = (jv >= lo) & (jv < hi);
+        if (range_test) x = ((jv >= lo) & (jv < hi)) ? x : ninf;
         if (sparse_mask) {
           VI col;
           for (int l = 0; l < W; ++l) col[l] = w.colok[j + l] ? I(-1) : I(0);
-          ok &= col;
+          x = col ? x : ninf;
         }
-        x = ok ? x : ninf;
         const V pr = S::exp(math::backward_prob_arg(x, lse));
         V ds = math::softmax_grad(pr, S::load(dpp), delta);
         if (dbias)
