@@ -23,17 +23,9 @@ from pathlib import Path
 import numpy as np
 
 import attnkit
-from attnkit._bench import causal_pairs, environment, progress, timeit_many, torch_or_none, write_json
+from attnkit._bench import causal_pairs, environment, progress, timeit_many, torch_or_none, vm_mib, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _vm(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # MiB
-    raise RuntimeError(field)
 
 
 def inputs(S, H, D, causal, seed=0):
@@ -49,9 +41,9 @@ def peak_rss_child(S, H, D):
     q, k, v, dout, out, lse = inputs(S, H, D, True)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    before = _vm("VmRSS")
+    before = vm_mib("VmRSS")
     grads = attnkit.attention_backward(dout, q, k, v, out, lse, causal=True)
-    peak = _vm("VmHWM")
+    peak = vm_mib("VmHWM")
     grads_mib = sum(g.nbytes for g in grads) / 2**20
     print(json.dumps({"S": S, "H": H, "D": D, "causal": True, "grads_mib": grads_mib, "extra_mib": peak - before,
                       "extra_beyond_grads_mib": peak - before - grads_mib,

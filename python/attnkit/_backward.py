@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from . import _core
-from ._array import Call, acc_dtype, as_bool, as_float
+from ._array import Call, acc_dtype, as_bool
 from ._exact import _set_masking, _with_masking_doc
-from ._sparse import BlockLayout
+from ._sparse import _block_sparse_params
 
 __all__ = ["attention_backward", "block_sparse_attention_backward", "linformer_attention_backward"]
 
@@ -117,21 +117,10 @@ def block_sparse_attention_backward(dout, q, k, v, out, lse, layout, *, causal=F
     ValueError, TypeError
         As :func:`attention_backward` and :func:`block_sparse_attention`.
     """
-    if not isinstance(layout, BlockLayout):
-        raise TypeError(f"layout must be an attnkit.BlockLayout, got {type(layout).__name__}")
     call = Call()
-    p = _core.BlockSparseParams()
-    p.q = call.tensor(q, "q")
-    p.k = call.tensor(k, "k")
-    p.v = call.tensor(v, "v")
+    p = _block_sparse_params(call, q, k, v, layout, causal, scale, key_lengths)
     p.out = call.tensor(out, "out")
     p.lse = call.tensor(lse, "lse")
-    p.layout = layout._ref()
-    p.causal = as_bool(causal, "causal")
-    if scale is not None:
-        p.scale = as_float(scale, "scale")
-    p.key_lengths = call.lengths(key_lengths)
-    p.stream = call.stream
     g, grads = _grads(call, dout, q, k, v)
     _core.block_sparse_attention_backward(p, g)
     return grads

@@ -177,9 +177,17 @@ def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_len
     TypeError
         ``layout`` that is not a BlockLayout; bad dtypes.
     """
+    call = Call()
+    p = _block_sparse_params(call, q, k, v, layout, causal, scale, key_lengths)
+    out, lse = _alloc_out(call, p, q, v, return_lse)
+    _core.block_sparse_attention(p)
+    return (out, lse) if return_lse else out
+
+
+def _block_sparse_params(call, q, k, v, layout, causal, scale, key_lengths):
+    """BlockSparseParams with the inputs of a block-sparse call (forward or backward), outputs unset."""
     if not isinstance(layout, BlockLayout):
         raise TypeError(f"layout must be an attnkit.BlockLayout, got {type(layout).__name__}")
-    call = Call()
     p = _core.BlockSparseParams()
     p.q = call.tensor(q, "q")
     p.k = call.tensor(k, "k")
@@ -190,9 +198,7 @@ def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_len
         p.scale = as_float(scale, "scale")
     p.key_lengths = call.lengths(key_lengths)
     p.stream = call.stream
-    out, lse = _alloc_out(call, p, q, v, return_lse)
-    _core.block_sparse_attention(p)
-    return (out, lse) if return_lse else out
+    return p
 
 
 def _alloc_out(call, p, q, v, return_lse):
