@@ -371,3 +371,58 @@ def test_linformer_finite_differences(rng):
             fd = _fd(loss, x)
             np.testing.assert_allclose(g, fd, atol=1e-7, rtol=1e-6, err_msg=name)
             np.testing.assert_allclose(r, fd, atol=1e-7, rtol=1e-6, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------- properties
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from test_properties import SETTINGS, strided  # noqa: E402
+
+
+@settings(SETTINGS, max_examples=30)
+@given(data=st.data())
+def test_random_problems(data):
+    """Random shapes, strides, dtypes and masking options: the gradients match the oracle."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    dtype = data.draw(st.sampled_from(DTYPES))
+    B, Hkv, G = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    Sq, Sk = data.draw(st.integers(0, 70)), data.draw(st.integers(0, 90))
+    D, Dv = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 40))
+    q = strided(rng, (B, Hkv * G, Sq, D), dtype, data)
+    k = strided(rng, (B, Hkv, Sk, D), dtype, data)
+    v = strided(rng, (B, Hkv, Sk, Dv), dtype, data)
+    kw = {}
+    if data.draw(st.booleans()):
+        kw["causal"] = True
+    if data.draw(st.booleans()):
+        kw["window"] = (data.draw(st.integers(-1, 40)), data.draw(st.integers(-1, 40)))
+    if data.draw(st.booleans()):
+        kw["mask"] = rng.random((B, 1, Sq, Sk)) < 0.7
+    if data.draw(st.booleans()):
+        kw["bias"] = rng.standard_normal((Sq, Sk)).astype(np.float32)
+    if data.draw(st.booleans()):
+        kw["key_lengths"] = rng.integers(0, Sk + 1, B)
+    if data.draw(st.booleans()):
+        kw["alibi_slopes"] = rng.uniform(0, 0.3, Hkv * G)
+    if data.draw(st.booleans()):
+        kw["softcap"] = data.draw(st.sampled_from([1.0, 10.0]))
+    check(rng, dtype, q, k, v, return_dbias="bias" in kw, **kw)
+
+
+@settings(SETTINGS, max_examples=30)
+@given(data=st.data())
+def test_bad_gradient_shapes_raise_cleanly(data):
+    """dout / out / lse of arbitrary shapes: gradients or ValueError/TypeError, nothing else."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    q, k, v = qkv(rng, 1, 2, 1, 6, 7, 4, 3, np.float32)
+    out, lse = attnkit.attention(q, k, v, return_lse=True)
+    dims = st.lists(st.integers(0, 7), min_size=0, max_size=5)
+    args = {"dout": out, "out": out, "lse": lse}
+    name = data.draw(st.sampled_from(sorted(args)))
+    args[name] = rng.standard_normal(data.draw(dims)).astype(data.draw(st.sampled_from([np.float32, np.float64])))
+    try:
+        grads = attnkit.attention_backward(args["dout"], q, k, v, args["out"], args["lse"])
+    except (ValueError, TypeError) as e:
+        assert name in str(e)
+    else:
+        assert all(np.isfinite(g).all() for g in grads)

@@ -572,7 +572,7 @@ def attention_backward(dout, q, k, v, *, causal=False, window=None, mask=None, b
     dk = (dx.swapaxes(-1, -2) @ q4) * scale
     G = Hq // Hkv
     dk = dk.reshape(B, Hkv, G, Sk, D).sum(axis=2)   # GQA: a kv head sums over its query heads
-    dv = dv.reshape(B, Hkv, G, Sk, -1).sum(axis=2)
+    dv = dv.reshape(B, Hkv, G, Sk, v4.shape[3]).sum(axis=2)
     res = tuple(a.reshape(a.shape[4 - rank:]) for a in (dq, dk, dv))
     if return_dbias:
         res += (_sum_to(ds, np.shape(bias)),)
