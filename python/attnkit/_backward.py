@@ -1,4 +1,4 @@
-"""Backward passes (gradients) of exact and block-sparse attention."""
+"""Backward passes (gradients) of exact, block-sparse and Linformer attention."""
 
 from __future__ import annotations
 
