@@ -21,17 +21,9 @@ from pathlib import Path
 import numpy as np
 
 import attnkit
-from attnkit._bench import environment, exact_rows, progress, write_json
+from attnkit._bench import environment, exact_rows, progress, vm_mib, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _vm(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # MiB
-    raise RuntimeError(field)
 
 
 def peak_rss_child(S, H, D, causal):
@@ -42,9 +34,9 @@ def peak_rss_child(S, H, D, causal):
     q, k, v = (rng.standard_normal((1, H, S, D)).astype(np.float32) for _ in range(3))
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    before = _vm("VmRSS")
+    before = vm_mib("VmRSS")
     out = attnkit.attention(q, k, v, causal=causal)
-    peak = _vm("VmHWM")
+    peak = vm_mib("VmHWM")
     print(json.dumps({"S": S, "H": H, "D": D, "causal": causal, "inputs_mib": 3 * q.nbytes / 2**20,
                       "output_mib": out.nbytes / 2**20, "rss_before_mib": before, "rss_peak_mib": peak,
                       "extra_mib": peak - before, "extra_beyond_output_mib": peak - before - out.nbytes / 2**20,

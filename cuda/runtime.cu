@@ -66,6 +66,10 @@ void attention_weights(const AttnProblem& p) {
   require_device(p.device_index);
   no_kernel("attention_weights");
 }
+void attention_backward(const AttnBwdProblem& p) {
+  require_device(p.fwd.device_index);
+  no_kernel("attention_backward");
+}
 void merge_attention(const MergeProblem& p) {
   require_device(p.device_index);
   no_kernel("merge_attention");

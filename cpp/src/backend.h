@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "validate/attention.h"
+#include "validate/attention_backward.h"
 #include "validate/block_sparse.h"
 #include "validate/dla.h"
 #include "validate/linear.h"
@@ -16,6 +17,7 @@ namespace detail {
 namespace cpu {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
+void attention_backward(const AttnBwdProblem& p);  // exact and block-sparse
 void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);
@@ -32,6 +34,7 @@ namespace cuda {
 /// Throws Error(NotBuilt) in builds without CUDA (cuda_stub.cpp).
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
+void attention_backward(const AttnBwdProblem& p);
 void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);

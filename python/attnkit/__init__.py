@@ -8,6 +8,7 @@ framework.
 """
 
 from . import _core, layouts
+from ._backward import attention_backward, block_sparse_attention_backward, linformer_attention_backward
 from ._dla import DLAAux, DLACache, dynamic_linear_attention
 from ._exact import attention, attention_weights, merge_attention
 from ._mha import MHAParams, multi_head_attention
@@ -32,6 +33,9 @@ __all__ = [
     "attention",
     "attention_weights",
     "merge_attention",
+    "attention_backward",
+    "block_sparse_attention_backward",
+    "linformer_attention_backward",
     "BlockLayout",
     "block_sparse_attention",
     "layouts",

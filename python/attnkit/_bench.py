@@ -88,6 +88,15 @@ def write_json(directory, name: str, payload: dict) -> Path:
     return path
 
 
+def vm_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM ...) in MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(field)
+
+
 def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

@@ -177,9 +177,15 @@ def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_len
     TypeError
         ``layout`` that is not a BlockLayout; bad dtypes.
     """
+    call = Call()
+    p = _block_sparse_params(call, q, k, v, layout, causal, scale, key_lengths)
+    return _run(call, p, _core.block_sparse_attention, _core.block_sparse_attention_outputs, return_lse)
+
+
+def _block_sparse_params(call, q, k, v, layout, causal, scale, key_lengths):
+    """BlockSparseParams with the inputs of a block-sparse call (forward or backward), outputs unset."""
     if not isinstance(layout, BlockLayout):
         raise TypeError(f"layout must be an attnkit.BlockLayout, got {type(layout).__name__}")
-    call = Call()
     p = _core.BlockSparseParams()
     p.q = call.tensor(q, "q")
     p.k = call.tensor(k, "k")
@@ -190,7 +196,7 @@ def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_len
     p.key_lengths = call.lengths(key_lengths)
     p.stream = call.stream
     p.layout = layout._ref(call)
-    return _run(call, p, _core.block_sparse_attention, _core.block_sparse_attention_outputs, return_lse)
+    return p
 
 
 def _run(call, p, fn, query, return_lse):

@@ -14,7 +14,8 @@ __all__ = ["attention", "attention_weights", "merge_attention", "allowed_mask", 
            "block_sparse_attention", "philox4x32_10", "normal", "lsh_rotations", "lsh_buckets", "lsh_attention",
            "linear_attention", "random_features", "performer_attention", "linformer_projection",
            "linformer_attention", "dynamic_linear_attention", "rope", "sinusoidal_positions", "alibi_slopes",
-           "multi_head_attention"]
+           "multi_head_attention", "attention_backward", "block_sparse_attention_backward",
+           "linformer_attention_backward"]
 
 
 def _f64(x, dtype=np.float64):
@@ -640,3 +641,82 @@ def multi_head_attention(query, key, value, params, *, num_heads, num_kv_heads=N
     o = np.concatenate([o[:, h] for h in range(o.shape[1])], axis=-1)   # [B, Sq, Hq * Dv]
     y = lin(o, params.w_o, params.b_o)
     return y[0] if squeeze else y
+
+
+# ------------------------------------------------------------------------------------------ gradients
+def _sum_to(x, shape):
+    """Sums x over the dimensions along which an array of `shape` was broadcast to x's shape."""
+    lead = x.ndim - len(shape)
+    x = x.sum(axis=tuple(range(lead))) if lead else x
+    axes = tuple(d for d, n in enumerate(shape) if n == 1 and x.shape[d] != 1)
+    return x.sum(axis=axes, keepdims=True).reshape(shape) if axes else x.reshape(shape)
+
+
+def attention_backward(dout, q, k, v, *, causal=False, window=None, mask=None, bias=None, key_lengths=None,
+                       scale=None, softcap=None, alibi_slopes=None, return_dbias=False, _dtype=np.float64):
+    """Oracle of :func:`attnkit.attention_backward`: ``(dq, dk, dv)`` (and ``dbias`` shaped like ``bias``) of
+    ``L = sum(dout * attention(q, k, v, ...))``, in float64. Unlike the kernel it needs neither ``out`` nor
+    ``lse``: it recomputes the forward pass and applies the chain rule literally, with the softmax
+    Jacobian written as ``dS_ij = p_ij (dp_ij - sum_l p_il dp_il)``."""
+    q4, rank = _to4(q, _dtype)
+    k4, _ = _to4(k, _dtype)
+    v4, _ = _to4(v, _dtype)
+    g4, _ = _to4(dout, _dtype)
+    B, Hq, Sq, D = q4.shape
+    Hkv, Sk = k4.shape[1], k4.shape[2]
+    if scale is None:
+        scale = 1.0 / np.sqrt(D)
+    kr, vr = _repeat_kv(k4, Hq), _repeat_kv(v4, Hq)
+    x = (q4 @ kr.swapaxes(-1, -2)) * scale          # pre-softcap scores
+    s = scores(q4, k4, scale=scale, softcap=softcap, bias=bias, alibi_slopes=alibi_slopes, _dtype=_dtype)
+    ok = allowed_mask(B, Hq, Sq, Sk, causal=causal, window=window, mask=mask, key_lengths=key_lengths)
+    p, _ = _softmax_rows(s, ok)
+    dv = p.swapaxes(-1, -2) @ g4                    # [B, Hq, Sk, Dv]
+    dp = g4 @ vr.swapaxes(-1, -2)                   # [B, Hq, Sq, Sk]
+    ds = p * (dp - (p * dp).sum(axis=-1, keepdims=True))
+    dx = ds * (1.0 - np.tanh(x / softcap) ** 2) if softcap else ds
+    dq = (dx @ kr) * scale
+    dk = (dx.swapaxes(-1, -2) @ q4) * scale
+    G = Hq // Hkv
+    dk = dk.reshape(B, Hkv, G, Sk, D).sum(axis=2)   # GQA: a kv head sums over its query heads
+    dv = dv.reshape(B, Hkv, G, Sk, v4.shape[3]).sum(axis=2)
+    res = tuple(a.reshape(a.shape[4 - rank:]) for a in (dq, dk, dv))
+    if return_dbias:
+        res += (_sum_to(ds, np.shape(bias)),)
+    return res
+
+
+def block_sparse_attention_backward(dout, q, k, v, layout, *, causal=False, scale=None, key_lengths=None,
+                                    _dtype=np.float64):
+    """Oracle of :func:`attnkit.block_sparse_attention_backward`: the exact oracle with the block mask."""
+    q4, _ = _to4(q)
+    mask = block_mask(layout, q4.shape[2], np.asarray(k).shape[-2], q4.shape[1])
+    return attention_backward(dout, q, k, v, causal=causal, mask=mask, scale=scale, key_lengths=key_lengths,
+                              _dtype=_dtype)
+
+
+def linformer_attention_backward(dout, q, k, v, E, F=None, *, scale=None, key_lengths=None, _dtype=np.float64):
+    """Oracle of :func:`attnkit.linformer_attention_backward`: ``(dq, dk, dv, dE, dF)`` by the chain rule
+    through ``K' = E k``, ``V' = F v`` (padded keys zeroed) and :func:`attention_backward`; ``dF`` is None
+    when ``F`` is None (its gradient is part of ``dE``)."""
+    q4, rank = _to4(q, _dtype)
+    k4, _ = _to4(k, _dtype)
+    v4, _ = _to4(v, _dtype)
+    B, Sk = k4.shape[0], k4.shape[2]
+    keys = _key_mask(B, Sk, key_lengths)[:, None, :, None]
+    k4 = np.where(keys, k4, 0.0)
+    v4 = np.where(keys, v4, 0.0)
+    e = _f64(E, _dtype)
+    f = e if F is None else _f64(F, _dtype)
+    e4 = (e[None] if e.ndim == 2 else e)[None]                           # [1, Hkv or 1, P, Sk]
+    f4 = (f[None] if f.ndim == 2 else f)[None]
+    dq, dkp, dvp = attention_backward(_to4(dout, _dtype)[0], q4, e4 @ k4, f4 @ v4, scale=scale, _dtype=_dtype)
+    dk = np.where(keys, e4.swapaxes(-1, -2) @ dkp, 0.0)
+    dv = np.where(keys, f4.swapaxes(-1, -2) @ dvp, 0.0)
+    dE = (dkp @ k4.swapaxes(-1, -2)).sum(axis=0)
+    dF = (dvp @ v4.swapaxes(-1, -2)).sum(axis=0)
+    if e.ndim == 2:
+        dE, dF = dE.sum(axis=0), dF.sum(axis=0)
+    if F is None:
+        dE, dF = dE + dF, None
+    return (dq.reshape(dq.shape[4 - rank:]), dk.reshape(dk.shape[4 - rank:]), dv.reshape(dv.shape[4 - rank:]), dE, dF)

@@ -320,6 +320,25 @@ PYBIND11_MODULE(_core, m) {
   m.def("block_sparse_attention", nogil(&block_sparse_attention));
   m.def("block_sparse_attention_outputs", outputs(&block_sparse_attention_outputs));
 
+  // ------------------------------------------------------------------------------- backward passes
+  py::class_<AttentionGrads>(m, "AttentionGrads")
+      .def(py::init<>())
+      .def_readwrite("dout", &AttentionGrads::dout)
+      .def_readwrite("dq", &AttentionGrads::dq)
+      .def_readwrite("dk", &AttentionGrads::dk)
+      .def_readwrite("dv", &AttentionGrads::dv)
+      .def_readwrite("dbias", &AttentionGrads::dbias);
+  m.def("attention_backward", [](const AttentionParams& fwd, const AttentionGrads& grad) {
+    AttentionBackwardParams p{fwd, grad};
+    py::gil_scoped_release nogil;
+    attention_backward(p);
+  });
+  m.def("block_sparse_attention_backward", [](const BlockSparseParams& fwd, const AttentionGrads& grad) {
+    BlockSparseBackwardParams p{fwd, grad};
+    py::gil_scoped_release nogil;
+    block_sparse_attention_backward(p);
+  });
+
   py::class_<LshAttentionParams>(m, "LshAttentionParams")
       .def(py::init<>())
       .def_readwrite("q", &LshAttentionParams::q)

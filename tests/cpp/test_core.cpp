@@ -1,7 +1,8 @@
-// C++ unit tests: the shared math headers (bit-exact conversions, key ranges, softmax helpers), errors
-// from the validator, and attention calls against a direct computation. No framework: CHECK counts
-// failures and main returns their number.
+// C++ unit tests: the shared math headers (bit-exact conversions, key ranges, softmax helpers, gradients),
+// errors from the validator, attention calls against a direct computation, and attention_backward
+// against float64 central differences. No framework: CHECK counts failures and main returns their number.
 #include <attnkit/attnkit.h>
+#include <attnkit/math/attention_grad.h>
 #include <attnkit/math/dla.h>
 #include <attnkit/math/dtypes.h>
 #include <attnkit/math/feature_maps.h>
@@ -578,6 +579,95 @@ static void test_rope() {
   CHECK(kind == attnkit::ErrorKind::Value && msg.find("positions[1]") != std::string::npos);
 }
 
+// ----------------------------------------------------------------------------------- backward passes
+using attnkit::DType;
+using attnkit::make_tensor;
+
+static void test_grad_math() {
+  const double ninf = -std::numeric_limits<double>::infinity();
+  CHECK((m::backward_prob_arg<double, double>(1.0, ninf) == ninf));  // empty row: p = 0, not exp(+inf)
+  CHECK((m::backward_prob_arg<double, double>(1.0, 3.0) == -2.0));
+  CHECK(m::softmax_grad(0.0, std::nan(""), 1.0) == 0.0);             // masked key: 0 even for NaN dp
+  CHECK(m::softmax_grad(0.5, 3.0, 1.0) == 1.0);
+  CHECK((m::softcap_grad<double, double>(0.5) == 0.75));
+}
+
+// L = sum(dout * attention(q, k, v)) with causal masking, softcap and GQA (Hq = 2, Hkv = 1), float64.
+struct BwdProblem {
+  static constexpr int64_t Hq = 2, Hkv = 1, Sq = 3, Sk = 5, D = 4, Dv = 3;
+  std::vector<double> q, k, v, dout;
+  BwdProblem() : q(Hq * Sq * D), k(Hkv * Sk * D), v(Hkv * Sk * Dv), dout(Hq * Sq * Dv) {
+    double x = 0.3;
+    for (auto* a : {&q, &k, &v, &dout})
+      for (double& e : *a) e = (x = std::fmod(x * 7.31 + 0.17, 2.0)) - 1.0;
+  }
+  attnkit::AttentionParams params(std::vector<double>& out, std::vector<double>* lse) {
+    attnkit::AttentionParams p;
+    p.q = make_tensor(q.data(), DType::Float64, {Hq, Sq, D});
+    p.k = make_tensor(k.data(), DType::Float64, {Hkv, Sk, D});
+    p.v = make_tensor(v.data(), DType::Float64, {Hkv, Sk, Dv});
+    p.out = make_tensor(out.data(), DType::Float64, {Hq, Sq, Dv});
+    if (lse) p.lse = make_tensor(lse->data(), DType::Float64, {Hq, Sq});
+    p.causal = true;
+    p.softcap = 2.0;
+    return p;
+  }
+  double loss() {
+    std::vector<double> out(Hq * Sq * Dv);
+    attnkit::attention(params(out, nullptr));
+    double l = 0;
+    for (size_t i = 0; i < out.size(); ++i) l += out[i] * dout[i];
+    return l;
+  }
+};
+
+static void test_finite_differences() {
+  BwdProblem pr;
+  std::vector<double> out(BwdProblem::Hq * BwdProblem::Sq * BwdProblem::Dv), lse(BwdProblem::Hq * BwdProblem::Sq);
+  attnkit::AttentionBackwardParams b;
+  b.fwd = pr.params(out, &lse);
+  attnkit::attention(b.fwd);
+  std::vector<double> dq(pr.q.size()), dk(pr.k.size()), dv(pr.v.size());
+  b.grad.dout = make_tensor(pr.dout.data(), DType::Float64, {BwdProblem::Hq, BwdProblem::Sq, BwdProblem::Dv});
+  b.grad.dq = make_tensor(dq.data(), DType::Float64, {BwdProblem::Hq, BwdProblem::Sq, BwdProblem::D});
+  b.grad.dk = make_tensor(dk.data(), DType::Float64, {BwdProblem::Hkv, BwdProblem::Sk, BwdProblem::D});
+  b.grad.dv = make_tensor(dv.data(), DType::Float64, {BwdProblem::Hkv, BwdProblem::Sk, BwdProblem::Dv});
+  attnkit::attention_backward(b);
+  const double eps = 1e-6;
+  auto check_grad = [&](std::vector<double>& x, const std::vector<double>& g) {
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double old = x[i];
+      x[i] = old + eps;
+      const double hi = pr.loss();
+      x[i] = old - eps;
+      const double lo = pr.loss();
+      x[i] = old;
+      CHECK(std::fabs((hi - lo) / (2 * eps) - g[i]) < 1e-7);
+    }
+  };
+  check_grad(pr.q, dq);
+  check_grad(pr.k, dk);
+  check_grad(pr.v, dv);
+
+  // Errors name the argument: no lse, a dout of the wrong shape.
+  auto kind_and_message = [&](attnkit::AttentionBackwardParams p, const char* name) {
+    try {
+      attnkit::attention_backward(p);
+      CHECK(false);
+    } catch (const attnkit::Error& e) {
+      CHECK(e.kind() == attnkit::ErrorKind::Value);
+      CHECK(std::string(e.what()).find(name) != std::string::npos);
+    }
+  };
+  attnkit::AttentionBackwardParams no_lse = b;
+  no_lse.fwd.lse = attnkit::TensorRef();
+  kind_and_message(no_lse, "lse");
+  attnkit::AttentionBackwardParams bad_dout = b;
+  bad_dout.grad.dout =
+      make_tensor(pr.dout.data(), DType::Float64, {BwdProblem::Hq, BwdProblem::Sq - 1, BwdProblem::Dv});
+  kind_and_message(bad_dout, "dout");
+}
+
 int main() {
   test_conversions();
   test_block_sparse_and_lsh();
@@ -590,6 +680,8 @@ int main() {
   test_feature_maps();
   test_linear_family();
   test_rope();
+  test_grad_math();
+  test_finite_differences();
   std::printf("attnkit %s core tests: %d failure(s) (cuda built: %d, cpu isa: %s)\n", attnkit::version(), failures,
               attnkit::built_with_cuda() ? 1 : 0, attnkit::cpu_isa());
   return failures == 0 ? 0 : 1;

@@ -5,6 +5,7 @@
 #include "attnkit/types.h"
 #include "attnkit/runtime.h"
 #include "attnkit/attention.h"
+#include "attnkit/backward.h"
 #include "attnkit/block_sparse.h"
 #include "attnkit/dla.h"
 #include "attnkit/linear.h"

@@ -27,6 +27,12 @@ void exact_dispatch(const AttnProblem& p, bool weights) {
 void attention(const AttnProblem& p) { exact_dispatch(p, false); }
 void attention_weights(const AttnProblem& p) { exact_dispatch(p, true); }
 
+void attention_backward(const AttnBwdProblem& p) {
+  if (p.fwd.B == 0 || p.fwd.Hkv == 0) return;  // nothing to write (Sq = 0 still zeroes dk, dv)
+  by_isa([&] { attention_backward_generic(p); }, [&] { attention_backward_avx2(p); },
+         [&] { attention_backward_avx512(p); });
+}
+
 void dynamic_linear_attention(const DLAProblem& p) {
   if (p.B * p.H == 0) return;
   by_isa([&] { dla_generic(p); }, [&] { dla_avx2(p); }, [&] { dla_avx512(p); });

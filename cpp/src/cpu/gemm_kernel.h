@@ -60,7 +60,9 @@ struct MicroGemm {
       V bv[NVV];
       for (int v = 0; v < NVV; ++v) bv[v] = S::load(b + k * ldb + v * W);
       for (int r = 0; r < RR; ++r) {
-        const V ab = S::set1(a[r * am + k * ak]);
+        // x - 0 (not 0 + x, which must turn -0 into +0) lets the compiler broadcast straight from memory
+        // (one vbroadcastss) instead of a scalar load, an add and a register broadcast.
+        const V ab = a[r * am + k * ak] - V{};
         for (int v = 0; v < NVV; ++v) acc[r][v] += ab * bv[v];
       }
     }

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "validate/attention.h"
+#include "validate/attention_backward.h"
 #include "validate/dla.h"
 #include "validate/linear.h"
 
@@ -42,6 +43,15 @@ inline void exact_attention_avx2(const AttnProblem& p, bool weights) { exact_att
 inline void exact_attention_avx512(const AttnProblem& p, bool weights) { exact_attention_generic(p, weights); }
 inline void lsh_hash_avx2(const LshHashJob& job) { lsh_hash_generic(job); }
 inline void lsh_hash_avx512(const LshHashJob& job) { lsh_hash_generic(job); }
+#endif
+
+void attention_backward_generic(const AttnBwdProblem& p);
+#if defined(ATTNKIT_HAVE_X86_KERNELS)
+void attention_backward_avx2(const AttnBwdProblem& p);
+void attention_backward_avx512(const AttnBwdProblem& p);
+#else
+inline void attention_backward_avx2(const AttnBwdProblem& p) { attention_backward_generic(p); }
+inline void attention_backward_avx512(const AttnBwdProblem& p) { attention_backward_generic(p); }
 #endif
 
 void dla_generic(const DLAProblem& p);

@@ -1,0 +1,20 @@
+// Public entry points of the backward passes: validate once, then hand the problem to the backend of the
+// tensors' device.
+#include "attnkit/backward.h"
+#include "backend.h"
+
+namespace attnkit {
+
+void attention_backward(const AttentionBackwardParams& p) {
+  const detail::AttnBwdProblem prob = detail::validate_attention_backward(p);
+  if (prob.fwd.device == Device::CUDA) return detail::cuda::attention_backward(prob);
+  detail::cpu::attention_backward(prob);
+}
+
+void block_sparse_attention_backward(const BlockSparseBackwardParams& p) {
+  const detail::AttnBwdProblem prob = detail::validate_block_sparse_backward(p);
+  if (prob.fwd.device == Device::CUDA) return detail::cuda::attention_backward(prob);
+  detail::cpu::attention_backward(prob);
+}
+
+}  // namespace attnkit
