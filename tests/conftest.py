@@ -52,6 +52,46 @@ def poison_outputs(monkeypatch):
     monkeypatch.setattr(_array.Call, "empty", poisoned)
 
 
+def raises(exc, name, fn, *a, **kw):
+    """fn(*a, **kw) must raise exc with `name` (the argument's full name) in its message; returns the error."""
+    with pytest.raises(exc) as e:
+        fn(*a, **kw)
+    assert name in str(e.value), f"{name!r} not in message {str(e.value)!r}"
+    return e.value
+
+
+def _result_bytes(x) -> bytes:
+    """The bits of a result: arrays, and the arrays inside tuples, lists and dataclasses (DLACache)."""
+    import dataclasses
+
+    if isinstance(x, np.ndarray):
+        return x.tobytes()
+    if dataclasses.is_dataclass(x):
+        return b"".join(_result_bytes(getattr(x, f.name)) for f in dataclasses.fields(x))
+    if isinstance(x, (tuple, list)):
+        return b"".join(_result_bytes(e) for e in x)
+    return repr(x).encode()
+
+
+def assert_thread_invariant(fn, threads=(1, 2, 3)):
+    """fn() gives the same bits with every thread count in `threads` (the determinism rule); returns
+    the result of the first."""
+    import attnkit
+
+    old = attnkit.get_num_threads()
+    results = []
+    try:
+        for t in threads:
+            attnkit.set_num_threads(t)
+            results.append(fn())
+    finally:
+        attnkit.set_num_threads(old)
+    first = _result_bytes(results[0])
+    for t, r in zip(threads[1:], results[1:]):
+        assert _result_bytes(r) == first, f"{t} threads give other bits than {threads[0]}"
+    return results[0]
+
+
 def tuned(fn, option):
     """fn with a test-only keyword ``_chunk_size`` that runs it under the backend tuning option ``option``
     (attnkit._tuning): every chunked / token-by-token path can be compared with the others."""

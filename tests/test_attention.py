@@ -8,7 +8,7 @@ import pytest
 import attnkit
 from attnkit import reference as ref
 
-from conftest import BF16, DTYPE_IDS, DTYPES, assert_close, naive_dtype, randn
+from conftest import BF16, DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, naive_dtype, randn
 
 
 def check(rng, dtype, q, k, v, **kw):
@@ -263,18 +263,7 @@ def test_inputs_untouched(rng):
 def test_thread_count_independent(rng):
     q, k, v = qkv(rng, 1, 3, 1, 300, 333, 64, 64, np.float32)
     kw = dict(causal=True, bias=randn(rng, (300, 333), np.float32), return_lse=True)
-    n = attnkit.get_num_threads()
-    try:
-        attnkit.set_num_threads(1)
-        a, la = attnkit.attention(q, k, v, **kw)
-        attnkit.set_num_threads(2)
-        b, lb = attnkit.attention(q, k, v, **kw)
-        attnkit.set_num_threads(3)
-        c, lc = attnkit.attention(q, k, v, **kw)
-    finally:
-        attnkit.set_num_threads(n)
-    assert a.tobytes() == b.tobytes() == c.tobytes()
-    assert la.tobytes() == lb.tobytes() == lc.tobytes()
+    assert_thread_invariant(lambda: attnkit.attention(q, k, v, **kw))
 
 
 def test_repeatable(rng):

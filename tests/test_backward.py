@@ -14,7 +14,7 @@ import attnkit
 from attnkit import layouts
 from attnkit import reference as ref
 
-from conftest import DTYPE_IDS, DTYPES, assert_close, magnitude, naive_dtype, randn
+from conftest import DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, magnitude, naive_dtype, randn
 
 
 def check(rng, dtype, q, k, v, *, return_dbias=False, **kw):
@@ -165,17 +165,7 @@ def test_deterministic_across_threads(rng):
     q, k, v = qkv(rng, 1, 4, 1, 300, 700, 64, 64, np.float32)
     out, lse = attnkit.attention(q, k, v, causal=True, return_lse=True)
     dout = randn(rng, out.shape, np.float32)
-    n = attnkit.get_num_threads()
-    try:
-        res = []
-        for t in (1, 2, 3):
-            attnkit.set_num_threads(t)
-            res.append(attnkit.attention_backward(dout, q, k, v, out, lse, causal=True))
-    finally:
-        attnkit.set_num_threads(n)
-    for r in res[1:]:
-        for a, b in zip(res[0], r):
-            np.testing.assert_array_equal(a, b)
+    assert_thread_invariant(lambda: attnkit.attention_backward(dout, q, k, v, out, lse, causal=True))
 
 
 # ---------------------------------------------------------------------------------- finite differences
@@ -379,7 +369,7 @@ def test_linformer_finite_differences(rng):
 # --------------------------------------------------------------------------------------- properties
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from test_properties import SETTINGS, strided  # noqa: E402
+from test_properties import SETTINGS, draw_masking, strided  # noqa: E402
 
 
 @settings(SETTINGS, max_examples=30)
@@ -394,21 +384,7 @@ def test_random_problems(data):
     q = strided(rng, (B, Hkv * G, Sq, D), dtype, data)
     k = strided(rng, (B, Hkv, Sk, D), dtype, data)
     v = strided(rng, (B, Hkv, Sk, Dv), dtype, data)
-    kw = {}
-    if data.draw(st.booleans()):
-        kw["causal"] = True
-    if data.draw(st.booleans()):
-        kw["window"] = (data.draw(st.integers(-1, 40)), data.draw(st.integers(-1, 40)))
-    if data.draw(st.booleans()):
-        kw["mask"] = rng.random((B, 1, Sq, Sk)) < 0.7
-    if data.draw(st.booleans()):
-        kw["bias"] = rng.standard_normal((Sq, Sk)).astype(np.float32)
-    if data.draw(st.booleans()):
-        kw["key_lengths"] = rng.integers(0, Sk + 1, B)
-    if data.draw(st.booleans()):
-        kw["alibi_slopes"] = rng.uniform(0, 0.3, Hkv * G)
-    if data.draw(st.booleans()):
-        kw["softcap"] = data.draw(st.sampled_from([1.0, 10.0]))
+    kw = draw_masking(data, rng, B, Hkv * G, Sq, Sk)
     check(rng, dtype, q, k, v, return_dbias="bias" in kw, **kw)
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import attnkit
 from attnkit import reference as ref
 
-from conftest import DTYPE_IDS, DTYPES, assert_close, randn, tuned
+from conftest import DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, raises, randn, tuned
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 f = tuned(attnkit.dynamic_linear_attention, "dla_chunk")
@@ -452,19 +452,8 @@ def test_ties_in_the_middle(rng, chunk):
 # ------------------------------------------------------------------------------------ API behaviour
 def test_threads_do_not_change_results(rng):
     q, k, v, lam, g = problem(rng, 2, 3, 150, 32, 16, 6, np.float32, "rand")
-    old = attnkit.get_num_threads()
-    try:
-        res = []
-        for n in (1, 2, 3):
-            attnkit.set_num_threads(n)
-            res.append([f(q, k, v, lam, capacity=6, log_decay=g, return_aux=True, _chunk_size=cs) for cs in (0, -1)])
-    finally:
-        attnkit.set_num_threads(old)
-    for other in res[1:]:
-        for (y1, c1, a1), (y2, c2, a2) in zip(res[0], other):
-            np.testing.assert_array_equal(y1, y2)
-            np.testing.assert_array_equal(c1.states, c2.states)
-            np.testing.assert_array_equal(a1.scores, a2.scores)
+    assert_thread_invariant(
+        lambda: [f(q, k, v, lam, capacity=6, log_decay=g, return_aux=True, _chunk_size=cs) for cs in (0, -1)])
 
 
 def test_empty_and_tiny(rng):
@@ -641,11 +630,6 @@ def test_bad_shapes_raise_cleanly(data):
 
 
 # ----------------------------------------------------------------------------------------------- errors
-def raises(exc, name, fn, *a, **kw):
-    with pytest.raises(exc) as e:
-        fn(*a, **kw)
-    assert name in str(e.value), f"{name!r} not in message {str(e.value)!r}"
-    return e.value
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import attnkit
 from attnkit import _core
 
-from conftest import randn
+from conftest import raises, randn
 
 
 @pytest.fixture
@@ -17,11 +17,6 @@ def qkv(rng):
             randn(rng, (2, 2, 12, 8), np.float32))
 
 
-def raises(exc, name, f, *a, **kw):
-    with pytest.raises(exc) as e:
-        f(*a, **kw)
-    assert name in str(e.value), f"{name!r} not in message {str(e.value)!r}"
-    return e.value
 
 
 class FakeCuda:

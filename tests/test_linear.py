@@ -13,7 +13,7 @@ import attnkit
 from attnkit import _core
 from attnkit import reference as ref
 
-from conftest import DTYPE_IDS, DTYPES, assert_close, magnitude, naive_dtype, randn, tuned
+from conftest import DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, magnitude, naive_dtype, raises, randn, tuned
 
 linear_attention = tuned(attnkit.linear_attention, "linear_chunk")
 
@@ -277,24 +277,11 @@ def test_causality_bitwise(rng, t0):
 @pytest.mark.parametrize("B,Hq,Hkv", [(2, 6, 3), (1, 6, 1)])  # (1, 6, 1): causal splits the group's heads
 def test_thread_count_independent(rng, causal, B, Hq, Hkv):
     q, k, v = qkv(rng, B, Hq, Hkv, 300, 300, 32, 32, np.float32)
-    n = attnkit.get_num_threads()
-    res = []
-    try:
-        for t in (1, 2, 3):
-            attnkit.set_num_threads(t)
-            out, (s, z) = attnkit.linear_attention(q, k, v, causal=causal, return_state=True,
-                                                   key_lengths=[300, 123][:B])
-            res.append(out.tobytes() + s.tobytes() + z.tobytes())
-    finally:
-        attnkit.set_num_threads(n)
-    assert res[0] == res[1] == res[2]
+    assert_thread_invariant(lambda: attnkit.linear_attention(q, k, v, causal=causal, return_state=True,
+                                                             key_lengths=[300, 123][:B]))
 
 
 # ------------------------------------------------------------------------------------------- errors
-def raises(exc, name, f, *a, **kw):
-    with pytest.raises(exc) as e:
-        f(*a, **kw)
-    assert name in str(e.value), f"{name!r} not in message {str(e.value)!r}"
 
 
 def test_errors(rng):

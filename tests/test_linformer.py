@@ -10,7 +10,7 @@ import pytest
 import attnkit
 from attnkit import reference as ref
 
-from conftest import DTYPE_IDS, DTYPES, assert_close, magnitude, naive_dtype, randn
+from conftest import DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, magnitude, naive_dtype, raises, randn
 
 
 def qkv(rng, B, Hq, Hkv, Sq, Sk, D, Dv, dtype):
@@ -32,10 +32,6 @@ def check(dtype, q, k, v, E, F=None, **kw):
     return out, lse
 
 
-def raises(exc, name, f, *a, **kw):
-    with pytest.raises(exc) as e:
-        f(*a, **kw)
-    assert name in str(e.value), f"{name!r} not in message {str(e.value)!r}"
 
 
 # -------------------------------------------------------------------------------------- projection
@@ -133,15 +129,7 @@ def test_gqa_bshd_and_determinism(rng):
     q, k, v = (x.transpose(0, 2, 1, 3) for x in (qb, kb, vb))
     e = attnkit.linformer_projection(130, S, num_heads=2)
     check(np.float32, q, k, v, e, key_lengths=[200, 150])
-    n = attnkit.get_num_threads()
-    res = []
-    try:
-        for t in (1, 2, 3):
-            attnkit.set_num_threads(t)
-            res.append(attnkit.linformer_attention(q, k, v, e).tobytes())
-    finally:
-        attnkit.set_num_threads(n)
-    assert res[0] == res[1] == res[2]
+    assert_thread_invariant(lambda: attnkit.linformer_attention(q, k, v, e))
 
 
 def test_empty(rng):

@@ -11,7 +11,7 @@ import pytest
 import attnkit
 from attnkit import reference as ref
 
-from conftest import BF16, DTYPE_IDS, DTYPES, assert_close, naive_dtype, randn, tuned
+from conftest import BF16, DTYPES, DTYPE_IDS, assert_close, naive_dtype, raises, randn, tuned
 
 performer_attention = tuned(attnkit.performer_attention, "linear_chunk")
 
@@ -30,10 +30,6 @@ def check(dtype, q, k, v, w, atol_scale=1.0, **kw):
     return out
 
 
-def raises(exc, name, f, *a, **kw):
-    with pytest.raises(exc) as e:
-        f(*a, **kw)
-    assert name in str(e.value), f"{name!r} not in message {str(e.value)!r}"
 
 
 # ------------------------------------------------------------------------------------ the generator

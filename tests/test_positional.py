@@ -12,13 +12,9 @@ import pytest
 import attnkit
 from attnkit import reference as ref
 
-from conftest import BF16, DTYPE_IDS, DTYPES, assert_close, naive_dtype, randn
+from conftest import BF16, DTYPES, DTYPE_IDS, assert_close, naive_dtype, raises, randn
 
 
-def raises(exc, name, f, *a, **kw):
-    with pytest.raises(exc) as e:
-        f(*a, **kw)
-    assert name in str(e.value), f"{name!r} not in message {str(e.value)!r}"
 
 
 def check_rope(x, dtype, **kw):

@@ -29,6 +29,27 @@ def strided(rng, shape, dtype, data):
     return view
 
 
+def draw_masking(data, rng, B, Hq, Sq, Sk):
+    """Random masking arguments of attention (each present or not): causal, window, mask, bias,
+    key_lengths, ALiBi slopes, softcap."""
+    kw = {}
+    if data.draw(st.booleans()):
+        kw["causal"] = True
+    if data.draw(st.booleans()):
+        kw["window"] = (data.draw(st.integers(-1, 40)), data.draw(st.integers(-1, 40)))
+    if data.draw(st.booleans()):
+        kw["mask"] = rng.random((B, 1, Sq, Sk)) < 0.7
+    if data.draw(st.booleans()):
+        kw["bias"] = rng.standard_normal((Sq, Sk)).astype(np.float32)
+    if data.draw(st.booleans()):
+        kw["key_lengths"] = rng.integers(0, Sk + 1, B)
+    if data.draw(st.booleans()):
+        kw["alibi_slopes"] = rng.uniform(0, 0.3, Hq)
+    if data.draw(st.booleans()):
+        kw["softcap"] = data.draw(st.sampled_from([1.0, 10.0]))
+    return kw
+
+
 @SETTINGS
 @given(data=st.data())
 def test_random_problems(data):
@@ -44,21 +65,7 @@ def test_random_problems(data):
     q = strided(rng, (B, Hkv * G, Sq, D), dtype, data)
     k = strided(rng, (B, Hkv, Sk, D), dtype, data)
     v = strided(rng, (B, Hkv, Sk, Dv), dtype, data)
-    kw = {}
-    if data.draw(st.booleans()):
-        kw["causal"] = True
-    if data.draw(st.booleans()):
-        kw["window"] = (data.draw(st.integers(-1, 40)), data.draw(st.integers(-1, 40)))
-    if data.draw(st.booleans()):
-        kw["mask"] = rng.random((B, 1, Sq, Sk)) < 0.7
-    if data.draw(st.booleans()):
-        kw["bias"] = rng.standard_normal((Sq, Sk)).astype(np.float32)
-    if data.draw(st.booleans()):
-        kw["key_lengths"] = rng.integers(0, Sk + 1, B)
-    if data.draw(st.booleans()):
-        kw["alibi_slopes"] = rng.uniform(0, 0.3, Hkv * G)
-    if data.draw(st.booleans()):
-        kw["softcap"] = data.draw(st.sampled_from([1.0, 10.0]))
+    kw = draw_masking(data, rng, B, Hkv * G, Sq, Sk)
     out, lse = attnkit.attention(q, k, v, return_lse=True, **kw)
     r_out, r_lse = ref.attention(q, k, v, return_lse=True, **kw)
     n_out, n_lse = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(dtype), **kw)
