@@ -92,6 +92,34 @@ def assert_thread_invariant(fn, threads=(1, 2, 3)):
     return results[0]
 
 
+ISA_ORDER = ["generic", "avx2", "avx512"]
+
+
+def run_in_isa(isa, script, tmp_path, inputs=None, cases=None):
+    """Runs `script` in a subprocess whose CPU kernels are lowered to `isa` (ATTNKIT_CPU_ISA; the family is
+    chosen once per process) and returns the arrays it saved with np.savez to sys.argv[-1] (which must
+    include isa = attnkit.info()["cpu_isa"]). `inputs` (arrays) are saved to a file passed as
+    sys.argv[1]; `cases` is prepended as ``CASES = ...``. Skips when this CPU cannot run `isa`."""
+    import subprocess
+    import sys
+
+    import attnkit
+
+    native = attnkit.info()["cpu_isa"]
+    if ISA_ORDER.index(isa) > ISA_ORDER.index(native):
+        pytest.skip(f"this CPU runs {native}, not {isa}")
+    argv = []
+    if inputs is not None:
+        np.savez(tmp_path / "in.npz", **inputs)
+        argv.append(str(tmp_path / "in.npz"))
+    argv.append(str(tmp_path / "out.npz"))
+    code = (f"CASES = {cases!r}\n" if cases is not None else "") + script
+    subprocess.run([sys.executable, "-c", code, *argv], check=True, env=dict(os.environ, ATTNKIT_CPU_ISA=isa))
+    res = np.load(tmp_path / "out.npz")
+    assert str(res["isa"]) == isa
+    return res
+
+
 def tuned(fn, option):
     """fn with a test-only keyword ``_chunk_size`` that runs it under the backend tuning option ``option``
     (attnkit._tuning): every chunked / token-by-token path can be compared with the others."""

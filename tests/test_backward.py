@@ -3,8 +3,6 @@ finite differences: shapes, dtypes, GQA, every masking feature, dbias, empty row
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,7 +12,7 @@ import attnkit
 from attnkit import layouts
 from attnkit import reference as ref
 
-from conftest import DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, magnitude, naive_dtype, randn
+from conftest import DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, magnitude, naive_dtype, randn, run_in_isa
 
 
 def check(rng, dtype, q, k, v, *, return_dbias=False, **kw):
@@ -297,14 +295,7 @@ np.savez(sys.argv[1], isa=attnkit.info()["cpu_isa"], **res)
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_isa_paths(tmp_path, isa):
     """Each micro-kernel family (chosen once per process, lowered by ATTNKIT_CPU_ISA) against the oracle."""
-    order = ["generic", "avx2", "avx512"]
-    if order.index(isa) > order.index(attnkit.info()["cpu_isa"]):
-        pytest.skip(f"this CPU has no {isa}")
-    path = tmp_path / "res.npz"
-    subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], check=True,
-                   env=dict(os.environ, ATTNKIT_CPU_ISA=isa))
-    r = np.load(path)
-    assert str(r["isa"]) == isa
+    r = run_in_isa(isa, _ISA_SCRIPT, tmp_path)
     kws = [dict(causal=True, softcap=4.0), dict(window=(9, 2)), dict(alibi_slopes=np.array([0.2, 0.5, 0.1, 0.3]))]
     for n, (dtype, kw) in enumerate(zip([np.float32, np.float64, np.float32], kws)):
         q, k, v, dout = (r[f"{n}_{x}"] for x in ("q", "k", "v", "dout"))

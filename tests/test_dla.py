@@ -8,8 +8,6 @@ premise); float64 comparisons use any data."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
 
@@ -21,7 +19,7 @@ from hypothesis import strategies as st
 import attnkit
 from attnkit import reference as ref
 
-from conftest import DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, raises, randn, tuned
+from conftest import DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, raises, randn, run_in_isa, tuned
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 f = tuned(attnkit.dynamic_linear_attention, "dla_chunk")
@@ -566,17 +564,8 @@ ISA_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_isa_family(rng, isa, tmp_path):
-    order = ["generic", "avx2", "avx512"]
-    native = attnkit.info()["cpu_isa"]
-    if order.index(isa) > order.index(native):
-        pytest.skip(f"this CPU runs {native}, not {isa}")
     q, k, v, lam, g = problem(rng, 1, 2, 50, 13, 7, 4, np.float64, "rand")
-    np.savez(tmp_path / "in.npz", q=q, k=k, v=v, lam=lam, g=g)
-    env = dict(os.environ, ATTNKIT_CPU_ISA=isa)
-    subprocess.run([sys.executable, "-c", ISA_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                   check=True, env=env)
-    res = np.load(tmp_path / "out.npz")
-    assert str(res["isa"]) == isa
+    res = run_in_isa(isa, ISA_SCRIPT, tmp_path, inputs=dict(q=q, k=k, v=v, lam=lam, g=g))
     ry, rc, ra = ref.dynamic_linear_attention(q, k, v, lam, capacity=4, log_decay=g, return_aux=True)
     for dt, tol in (("float32", 2e-6), ("float64", 1e-12)):
         for chunk in (0, -1, 5):

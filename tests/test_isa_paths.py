@@ -3,8 +3,6 @@ once per process, so each runs in a subprocess with ATTNKIT_CPU_ISA lowering the
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
 
@@ -14,9 +12,9 @@ import pytest
 import attnkit
 from attnkit import reference as ref
 
-from conftest import BF16, assert_close, magnitude, naive_dtype
+from conftest import BF16, ISA_ORDER, assert_close, magnitude, naive_dtype, run_in_isa
 
-ORDER = ["generic", "avx2", "avx512"]
+ORDER = ISA_ORDER
 
 CASES = [
     # dtype, B, Hq, Hkv, Sq, Sk, D, Dv, kwargs
@@ -65,23 +63,9 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_in_isa(isa, cases, script, tmp_path):
-    """Runs script (with CASES = cases) in a subprocess whose kernels are lowered to `isa`; returns its
-    saved arrays. Skips when this CPU cannot run `isa`."""
-    native = attnkit.info()["cpu_isa"]
-    if ORDER.index(isa) > ORDER.index(native):
-        pytest.skip(f"this CPU runs {native}, not {isa}")
-    path = tmp_path / "res.npz"
-    env = dict(os.environ, ATTNKIT_CPU_ISA=isa)
-    subprocess.run([sys.executable, "-c", f"CASES = {cases!r}\n" + script, str(path)], check=True, env=env)
-    res = np.load(path)
-    assert str(res["isa"]) == isa
-    return res
-
-
 @pytest.mark.parametrize("isa", ORDER)
 def test_isa_family(isa, tmp_path):
-    res = run_in_isa(isa, CASES, SCRIPT, tmp_path)
+    res = run_in_isa(isa, SCRIPT, tmp_path, cases=CASES)
     for n, (dt, B, Hq, Hkv, Sq, Sk, D, Dv, kw) in enumerate(CASES):
         dtype = BF16 if dt == "bfloat16" else np.dtype(dt)
         q, k, v = (res[f"{n}_{x}"].astype(dtype) for x in "qkv")
@@ -149,7 +133,7 @@ LINEAR_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("isa", ORDER)
 def test_isa_family_linear(isa, tmp_path):
-    res = run_in_isa(isa, LINEAR_CASES, LINEAR_SCRIPT, tmp_path)
+    res = run_in_isa(isa, LINEAR_SCRIPT, tmp_path, cases=LINEAR_CASES)
     for n, (fn, dt, B, Hq, Hkv, S, Sk, D, Dv, kw) in enumerate(LINEAR_CASES):
         dtype = BF16 if dt == "bfloat16" else np.dtype(dt)
         q, k, v = (res[f"{n}_{x}"].astype(dtype) for x in "qkv")
