@@ -4,7 +4,7 @@ attention.
 float32, B=1, H=8, Dk=Dv=64, capacity C=30, tau=0.6 (token_vs_state), S in {1024, ..., 16384}, all in one
 process with the same thread count, contenders timed round-robin (attnkit._bench.timeit_many):
 
-  prefill  dla (the default, chunked form), dla_recurrent (the token-by-token form), dla_decay (with a
+  prefill  dla (the default, chunked form), dla_recurrent (the chunked form one token at a time), dla_decay (with a
            log-decay), exact (attnkit.attention, causal), linear (attnkit.linear_attention with the
            identity map, causal, unnormalized: the computation DLA does with lam = 1), when available;
   decode   one T = 1 call continuing from position S (DLA with the returned cache; exact attention of one
@@ -31,11 +31,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def chunk_sweep(S=4096, H=8, D=64, C=30, reps=3, lengths=(16, 32, 64, 128)):
-    """Prefill time of the chunked form per chunk length, and of the recurrent form, round-robin."""
+    """Prefill time of the chunked form per chunk length (L = 1: token by token), round-robin."""
     q, k, v, lam = dla_data(S, H, D, C)
     f = attnkit.dynamic_linear_attention
     fns = {f"L={L}": tuned(lambda: f(q, k, v, lam, capacity=C), dla_chunk=L) for L in lengths}
-    fns["recurrent"] = tuned(lambda: f(q, k, v, lam, capacity=C), dla_chunk=-1)
+    fns["L=1"] = tuned(lambda: f(q, k, v, lam, capacity=C), dla_chunk=1)
     return {key: t for key, t in timeit_many(fns, reps).items()}
 
 

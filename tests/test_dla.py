@@ -143,7 +143,7 @@ def rel_err(a, b):
 def test_matches_oracle(rng, dtype, cfg):
     score, decay, tau = cfg
     q, k, v, lam, g = problem(rng, 2, 2, 45, 16, 8, 4, dtype, decay)
-    for chunk in (0, -1, 7):
+    for chunk in (0, 1, 7):
         check(q, k, v, lam, capacity=4, dtype=dtype, tau=tau, log_decay=g, score=score, chunk=chunk)
 
 
@@ -151,7 +151,7 @@ def test_matches_oracle(rng, dtype, cfg):
 def test_head_dims(rng, Dk, Dv):
     """Head dims that are not multiples of the SIMD width (padding), and wide ones."""
     q, k, v, lam, g = problem(rng, 1, 2, 37, Dk, Dv, 5, np.float64, "rand")
-    for chunk in (0, -1, 5):
+    for chunk in (0, 1, 5):
         check(q, k, v, lam, capacity=5, dtype=np.float64, log_decay=g, chunk=chunk)
     q, k, v, lam, _ = problem(rng, 1, 2, 37, Dk, Dv, 5, np.float32)
     if Dk * Dv > 8:  # with a 1x1 "matrix" every token has the same direction up to sign
@@ -166,7 +166,7 @@ def test_random_data_float64(rng, score, decay):
     q, k, v, lam = (randn(rng, s, np.float64) for s in ((B, H, T, Dk), (B, H, T, Dk), (B, H, T, Dv), (B, H, T, C)))
     g = None if decay is None else -rng.random((B, H, T))
     for tau in (-np.inf, 0.0, 0.9, 1.3, np.inf):
-        for chunk in (0, -1, 1, 8):
+        for chunk in (0, 1, 8):
             check(q, k, v, lam, capacity=C, dtype=np.float64, tau=tau, log_decay=g, score=score, chunk=chunk)
 
 
@@ -183,7 +183,7 @@ def test_lam_one_is_linear_attention(rng, dtype, score, decay):
     tol = 1e-12 if dtype == F64 else 2e-6
     for C in (1, 2, 7):
         for tau in (-1.0, 0.6, 1.2, np.inf):
-            for chunk in (0, -1, 9):
+            for chunk in (0, 1, 9):
                 y, c = f(q, k, v, np.ones((B, H, T, C), dtype), capacity=C, tau=tau, score=score, log_decay=g,
                          _chunk_size=chunk)
                 assert rel_err(y, want) < tol, (C, tau, chunk, rel_err(y, want))
@@ -210,7 +210,7 @@ def test_single_state(rng, decay, score):
     la = linear_attention_f64(q, k, v, g)
     for C, tau in ((1, -np.inf), (1, 0.0), (4, np.inf)):
         lam = randn(rng, (B, H, T, C), np.float64)
-        for chunk in (0, -1, 6):
+        for chunk in (0, 1, 6):
             y, c, a = f(q, k, v, lam, capacity=C, tau=tau, score=score, log_decay=g, return_aux=True,
                         _chunk_size=chunk)
             assert rel_err(y, lam[..., :1] * la) < 1e-12
@@ -232,7 +232,7 @@ def test_one_state_per_token(rng, decay):
         lam = np.zeros((B, H, T, C))
         lam[..., :W] = 1
         for tau in (0.0, -2.0):
-            for chunk in (0, -1, 7):
+            for chunk in (0, 1, 7):
                 y, c, a = f(q, k, v, lam, capacity=C, tau=tau, log_decay=g, return_aux=True, _chunk_size=chunk)
                 assert (c.size == T).all() and (c.counts[..., :T] == 1).all()
                 np.testing.assert_array_equal(c.starts[..., :T], np.broadcast_to(np.arange(T), (B, H, T)))
@@ -255,7 +255,7 @@ def test_cache_invariants(rng, dtype, cfg):
     B, H, T, Dk, Dv, C = 1, 3, 90, 8, 6, 4
     q, k, v, lam, g = problem(rng, B, H, T, Dk, Dv, C, dtype, decay)
     G = np.zeros((B, H, T)) if g is None else np.cumsum(g, -1)
-    for chunk in (0, -1, 11):
+    for chunk in (0, 1, 11):
         y, c, a = f(q, k, v, lam, capacity=C, tau=tau, score=score, log_decay=g, return_aux=True, _chunk_size=chunk)
         assert c.position == T
         for b in range(B):
@@ -372,9 +372,9 @@ def test_decode_with_strided_cache(rng):
 # ---------------------------------------------------------------------------------------- invariant 6
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=CONFIG_IDS)
-def test_chunked_equals_recurrent(rng, dtype, cfg):
-    """Invariant 6: the chunked prefill equals the token-by-token form for every chunk size (dividing T
-    or not, 1, and longer than T), starting from an empty cache and from a carried one."""
+def test_chunk_lengths_agree(rng, dtype, cfg):
+    """Invariant 6: the chunked prefill equals its token-by-token form (chunks of 1) for every chunk size
+    (dividing T or not, and longer than T), starting from an empty cache and from a carried one."""
     score, decay, tau = cfg
     B, H, T, C = 1, 2, 75, 4
     q, k, v, lam, g = problem(rng, B, H, T + 30, 16, 8, C, dtype, decay)
@@ -384,14 +384,14 @@ def test_chunked_equals_recurrent(rng, dtype, cfg):
     q, k, v, lam = (x[:, :, 30:] for x in (q, k, v, lam))
     g = None if g is None else g[:, :, 30:]
     for cache in (None, c0):
-        rec = f(q, k, v, lam, log_decay=g, cache=cache, _chunk_size=-1, **kw)
-        for L in (1, 2, 3, 5, 16, 25, 64, 75, 200):
+        rec = f(q, k, v, lam, log_decay=g, cache=cache, _chunk_size=1, **kw)
+        for L in (2, 3, 5, 16, 25, 64, 75, 200):
             assert_same_run(rec, f(q, k, v, lam, log_decay=g, cache=cache, _chunk_size=L, **kw), dtype, f"L={L}")
 
 
 # ---------------------------------------------------------------------------------------- invariant 7
 @pytest.mark.parametrize("cfg", CONFIGS, ids=CONFIG_IDS)
-@pytest.mark.parametrize("chunk", [0, -1])
+@pytest.mark.parametrize("chunk", [0, 1])
 def test_boundaries_independent_of_q_lam_capacity(rng, cfg, chunk):
     """Invariant 7: scores and boundaries depend only on k, v, g and tau (C >= 2): bitwise equal."""
     score, decay, tau = cfg
@@ -413,7 +413,7 @@ def test_boundaries_independent_of_q_lam_capacity(rng, cfg, chunk):
 
 
 # ----------------------------------------------------------------------------------------- tie rule
-@pytest.mark.parametrize("chunk", [0, -1, 3])
+@pytest.mark.parametrize("chunk", [0, 1, 3])
 def test_ties_pick_oldest_pair(chunk):
     """All scores 0 (k = 0: the open state and every token are 0) and tau = 0: every token opens a
     state, every merge ratio ties, so the oldest pair (0, 1) merges every time."""
@@ -430,7 +430,7 @@ def test_ties_pick_oldest_pair(chunk):
     np.testing.assert_array_equal(c.starts[0, 0], [0, T - C + 1, T - C + 2, T - C + 3, T - C + 4])
 
 
-@pytest.mark.parametrize("chunk", [0, -1, 2])
+@pytest.mark.parametrize("chunk", [0, 1, 2])
 def test_ties_in_the_middle(rng, chunk):
     """A cache whose pairs (1, 2) and (2, 3) tie for the smallest ratio: the older, 1, merges."""
     B, H, C, D = 1, 1, 4, 3
@@ -451,7 +451,7 @@ def test_ties_in_the_middle(rng, chunk):
 def test_threads_do_not_change_results(rng):
     q, k, v, lam, g = problem(rng, 2, 3, 150, 32, 16, 6, np.float32, "rand")
     assert_thread_invariant(
-        lambda: [f(q, k, v, lam, capacity=6, log_decay=g, return_aux=True, _chunk_size=cs) for cs in (0, -1)])
+        lambda: [f(q, k, v, lam, capacity=6, log_decay=g, return_aux=True, _chunk_size=cs) for cs in (0, 1)])
 
 
 def test_empty_and_tiny(rng):
@@ -481,7 +481,7 @@ def test_cache_not_modified(rng):
     q, k, v, lam, g = problem(rng, 1, 2, 40, 8, 8, 3, np.float32, "rand")
     _, c = f(q[:, :, :20], k[:, :, :20], v[:, :, :20], lam[:, :, :20], capacity=3, log_decay=g[:, :, :20])
     before = {n: getattr(c, n).copy() for n in ("states", "counts", "info", "starts", "size")}
-    for chunk in (0, -1):
+    for chunk in (0, 1):
         f(q[:, :, 20:], k[:, :, 20:], v[:, :, 20:], lam[:, :, 20:], capacity=3, log_decay=g[:, :, 20:], cache=c,
           _chunk_size=chunk)
     for n, x in before.items():
@@ -528,7 +528,7 @@ def test_strided_inputs(rng):
 def test_decay_edge_values(rng):
     """log_decay = 0 is no decay; huge decays (exp(g) underflowing to 0) forget everything cleanly."""
     q, k, v, lam, _ = problem(rng, 1, 2, 50, 8, 8, 4, np.float64)
-    for chunk in (0, -1, 7):
+    for chunk in (0, 1, 7):
         a = f(q, k, v, lam, capacity=4, _chunk_size=chunk)
         b = f(q, k, v, lam, capacity=4, log_decay=np.zeros((1, 2, 50)), _chunk_size=chunk)
         assert rel_err(b[0], a[0]) < 1e-13
@@ -552,7 +552,7 @@ ISA_SCRIPT = textwrap.dedent("""
     out = {"isa": np.array(attnkit.info()["cpu_isa"])}
     for dt in ("float32", "float64"):
         args = [d[n].astype(dt) for n in ("q", "k", "v", "lam")]
-        for chunk in (0, -1, 5):
+        for chunk in (0, 1, 5):
             with tuning(dla_chunk=chunk):
                 y, c, a = attnkit.dynamic_linear_attention(*args, capacity=4, log_decay=d["g"], return_aux=True)
             out[f"{dt}_{chunk}_y"] = y
@@ -568,7 +568,7 @@ def test_isa_family(rng, isa, tmp_path):
     res = run_in_isa(isa, ISA_SCRIPT, tmp_path, inputs=dict(q=q, k=k, v=v, lam=lam, g=g))
     ry, rc, ra = ref.dynamic_linear_attention(q, k, v, lam, capacity=4, log_decay=g, return_aux=True)
     for dt, tol in (("float32", 2e-6), ("float64", 1e-12)):
-        for chunk in (0, -1, 5):
+        for chunk in (0, 1, 5):
             assert rel_err(res[f"{dt}_{chunk}_y"], ry) < tol
             np.testing.assert_array_equal(res[f"{dt}_{chunk}_b"], ra.boundaries)
             assert rel_err(res[f"{dt}_{chunk}_s"], rc.states) < tol
@@ -590,7 +590,7 @@ def test_random_problems_float64(data):
     score = data.draw(st.sampled_from(["token_vs_state", "state_drift"]))
     q, k, v, lam = (rng.standard_normal(s) for s in ((B, H, T, Dk), (B, H, T, Dk), (B, H, T, Dv), (B, H, T, C)))
     g = -rng.random((B, H, T)) * data.draw(st.sampled_from([0.0, 0.5, 5.0])) if data.draw(st.booleans()) else None
-    chunk = data.draw(st.sampled_from([0, -1, 1, 2, 7, 64]))
+    chunk = data.draw(st.sampled_from([0, 1, 2, 7, 64]))
     T1 = data.draw(st.integers(0, T))
     sl = lambda x, a, b: None if x is None else x[:, :, a:b]
     kw = dict(capacity=C, tau=tau, score=score)
@@ -642,7 +642,7 @@ def test_errors_scalars(args):
     raises(ValueError, "score", f, q, k, v, lam, capacity=3, score="cosine")
     raises(TypeError, "score", f, q, k, v, lam, capacity=3, score=1)
     raises(TypeError, "return_aux", f, q, k, v, lam, capacity=3, return_aux=1)
-    raises(ValueError, "dla_chunk", f, q, k, v, lam, capacity=3, _chunk_size=-2)
+    raises(ValueError, "dla_chunk", f, q, k, v, lam, capacity=3, _chunk_size=-1)
 
 
 def test_errors_log_decay(args):

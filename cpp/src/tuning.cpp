@@ -22,10 +22,10 @@ Tuning& tuning() {
 void set_tuning(const std::string& name, int64_t value) {
   std::atomic<int64_t>* opt = find(tuning(), name);
   const bool linear = opt == &tuning().linear_chunk;
-  if (linear ? value < 0 || value > kMaxLinearChunk : value < -1)
+  if (linear ? value < 0 || value > kMaxLinearChunk : value < 0)
     throw Error(ErrorKind::Value, name + " must be " +
                                       (linear ? "in [1, " + std::to_string(kMaxLinearChunk) + "] or 0 (the default)"
-                                              : std::string("a chunk length >= 1, 0 (automatic) or -1 (token by token)")) +
+                                              : std::string("a chunk length >= 1 or 0 (automatic)")) +
                                       ", got " + std::to_string(value));
   opt->store(value);
 }

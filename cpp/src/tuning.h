@@ -17,7 +17,7 @@ struct Tuning {
   /// Linear attention / Performer: chunk length of the causal form and block length of the bidirectional
   /// one; 0 = the tuned default, else [1, kMaxLinearChunk].
   std::atomic<int64_t> linear_chunk{0};
-  /// DLA prefill: 0 = automatic, L >= 1 = chunks of L tokens, -1 = the token-by-token form.
+  /// DLA: 0 = automatic (decode path for T = 1, else chunks of 64), L >= 1 = chunks of L tokens.
   std::atomic<int64_t> dla_chunk{0};
 };
 

@@ -285,8 +285,8 @@ def dla_rows(sizes, reps=3, H=8, D=64, C=30, tau=0.6, decode_reps=30, with_exact
         g = np.full((1, H, S), -0.01, np.float32)
         fns = {"dla": lambda: dla(q, k, v, lam, capacity=C, tau=tau),
                "dla_decay": lambda: dla(q, k, v, lam, capacity=C, tau=tau, log_decay=g)}
-        if with_recurrent:
-            fns["dla_recurrent"] = tuned(lambda: dla(q, k, v, lam, capacity=C, tau=tau), dla_chunk=-1)
+        if with_recurrent:  # the chunked form one token at a time
+            fns["dla_recurrent"] = tuned(lambda: dla(q, k, v, lam, capacity=C, tau=tau), dla_chunk=1)
         if with_exact:
             fns["exact"] = lambda: attention(q, k, v, causal=True)
         if linear is not None:

@@ -3,7 +3,7 @@ process-wide in the core (``attnkit/runtime.h``: ``set_tuning``). Tests and benc
 every code path; users have no reason to.
 
     linear_chunk   linear attention / Performer chunk length: 0 = tuned default, else 1..1024
-    dla_chunk      DLA prefill: 0 = automatic, L >= 1 = chunks of L tokens, -1 = token by token
+    dla_chunk      DLA: 0 = automatic, L >= 1 = chunks of L tokens (1: token by token)
 """
 
 from __future__ import annotations
