@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <memory>
 
+#include "attnkit/runtime.h"
 #include "validate/attention.h"
 #include "validate/attention_backward.h"
 #include "validate/block_sparse.h"
@@ -44,6 +45,8 @@ void linformer_attention(const LinformerProblem& p);
 void rope(const RopeProblem& p);
 bool built();
 int device_count();
+/// Whether this build has a CUDA kernel for `mechanism` (the names of the public functions).
+bool has_kernel(const char* mechanism);
 /// Copies `bytes` of host memory to a new allocation on CUDA device `device_index` (ordered on `stream`);
 /// the returned pointer frees it. For long-lived read-only data (layout CSR copies).
 std::shared_ptr<void> upload(const void* host, std::size_t bytes, int32_t device_index, void* stream);
@@ -51,6 +54,21 @@ std::shared_ptr<void> upload(const void* host, std::size_t bytes, int32_t device
 /// a validator reads the values of a device array (see validate/common.h).
 void download(void* dst, const void* src, std::size_t bytes, int32_t device_index, void* stream);
 }  // namespace cuda
+
+/// The one selection of a backend for a call, used by dispatch (which raises Error(NotBuilt) with the
+/// reason) and by the public supported() queries alike.
+Support select(const char* mechanism, Device device);
+
+/// Runs a validated call on the backend of `device` after select() has said it can.
+template <class CudaF, class CpuF>
+void route(const char* mechanism, Device device, CudaF&& on_cuda, CpuF&& on_cpu) {
+  const Support s = select(mechanism, device);
+  if (!s.ok) throw Error(ErrorKind::NotBuilt, s.reason);
+  if (device == Device::CUDA)
+    on_cuda();
+  else
+    on_cpu();
+}
 
 }  // namespace detail
 }  // namespace attnkit

@@ -26,6 +26,7 @@ std::shared_ptr<void> upload(const void*, std::size_t, int32_t, void*) { not_bui
 void download(void*, const void*, std::size_t, int32_t, void*) { not_built(); }
 void rope(const RopeProblem&) { not_built(); }
 bool built() { return false; }
+bool has_kernel(const char*) { return false; }
 int device_count() { return 0; }
 
 }  // namespace cuda

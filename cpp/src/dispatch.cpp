@@ -11,58 +11,89 @@
 
 namespace attnkit {
 
+namespace detail {
+
+Support select(const char* mechanism, Device device) {
+  Support s;
+  if (device == Device::CPU) {
+    s.ok = true;
+    s.backend = std::string("cpu/") + cpu::isa_name();
+    return s;
+  }
+  s.backend = "cuda";
+  if (!cuda::built())
+    s.reason = "attnkit was built without CUDA: rebuild with nvcc on the PATH (or -DATTNKIT_CUDA=ON) to use GPU arrays";
+  else if (!cuda::has_kernel(mechanism))
+    s.reason = std::string(mechanism) +
+               " has no CUDA kernel in this version of attnkit; pass NumPy arrays to run it on the CPU";
+  else
+    s.ok = true;
+  return s;
+}
+
+}  // namespace detail
+
 void attention(const AttentionParams& p) {
   const detail::AttnProblem prob = detail::validate_attention(p, nullptr);
-  if (prob.device == Device::CUDA) return detail::cuda::attention(prob);
-  detail::cpu::attention(prob);
+  detail::route("attention", prob.device,
+                [&] { detail::cuda::attention(prob); },
+                [&] { detail::cpu::attention(prob); });
 }
 
 void attention_weights(const AttentionParams& p, const TensorRef& weights) {
   const detail::AttnProblem prob = detail::validate_attention(p, &weights);
-  if (prob.device == Device::CUDA) return detail::cuda::attention_weights(prob);
-  detail::cpu::attention_weights(prob);
+  detail::route("attention_weights", prob.device,
+                [&] { detail::cuda::attention_weights(prob); },
+                [&] { detail::cpu::attention_weights(prob); });
 }
 
 void merge_attention(const MergeParams& p) {
   const detail::MergeProblem prob = detail::validate_merge(p);
-  if (prob.device == Device::CUDA) return detail::cuda::merge_attention(prob);
-  detail::cpu::merge_attention(prob);
+  detail::route("merge_attention", prob.device,
+                [&] { detail::cuda::merge_attention(prob); },
+                [&] { detail::cpu::merge_attention(prob); });
 }
 
 void block_sparse_attention(const BlockSparseParams& p) {
   const detail::AttnProblem prob = detail::validate_block_sparse(p);
-  if (prob.device == Device::CUDA) return detail::cuda::attention(prob);
-  detail::cpu::attention(prob);
+  detail::route("block_sparse_attention", prob.device,
+                [&] { detail::cuda::attention(prob); },
+                [&] { detail::cpu::attention(prob); });
 }
 
 void lsh_buckets(const LshBucketsParams& p) {
   const detail::LshBucketsProblem prob = detail::validate_lsh_buckets(p);
-  if (prob.device == Device::CUDA) return detail::cuda::lsh_buckets(prob);
-  detail::cpu::lsh_buckets(prob);
+  detail::route("lsh_buckets", prob.device,
+                [&] { detail::cuda::lsh_buckets(prob); },
+                [&] { detail::cpu::lsh_buckets(prob); });
 }
 
 void lsh_attention(const LshAttentionParams& p) {
   const detail::LshProblem prob = detail::validate_lsh_attention(p);
-  if (prob.base.device == Device::CUDA) return detail::cuda::lsh_attention(prob);
-  detail::cpu::lsh_attention(prob);
+  detail::route("lsh_attention", prob.base.device,
+                [&] { detail::cuda::lsh_attention(prob); },
+                [&] { detail::cpu::lsh_attention(prob); });
 }
 
 void dynamic_linear_attention(const DLAParams& p) {
   const detail::DLAProblem prob = detail::validate_dla(p);
-  if (prob.device == Device::CUDA) return detail::cuda::dynamic_linear_attention(prob);
-  detail::cpu::dynamic_linear_attention(prob);
+  detail::route("dynamic_linear_attention", prob.device,
+                [&] { detail::cuda::dynamic_linear_attention(prob); },
+                [&] { detail::cpu::dynamic_linear_attention(prob); });
 }
 
 void linear_attention(const LinearAttentionParams& p) {
   const detail::LinearProblem prob = detail::validate_linear_attention(p);
-  if (prob.device == Device::CUDA) return detail::cuda::linear_attention(prob);
-  detail::cpu::linear_attention(prob);
+  detail::route("linear_attention", prob.device,
+                [&] { detail::cuda::linear_attention(prob); },
+                [&] { detail::cpu::linear_attention(prob); });
 }
 
 void performer_attention(const PerformerParams& p) {
   const detail::LinearProblem prob = detail::validate_performer(p);
-  if (prob.device == Device::CUDA) return detail::cuda::linear_attention(prob);
-  detail::cpu::linear_attention(prob);
+  detail::route("performer_attention", prob.device,
+                [&] { detail::cuda::linear_attention(prob); },
+                [&] { detail::cpu::linear_attention(prob); });
 }
 
 // Random features and projections are generated on the host in double precision (they are small and
@@ -75,8 +106,49 @@ void linformer_projection(const LinformerProjectionParams& p) {
 
 void linformer_attention(const LinformerParams& p) {
   const detail::LinformerProblem prob = detail::validate_linformer(p);
-  if (prob.attn.device == Device::CUDA) return detail::cuda::linformer_attention(prob);
-  detail::cpu::linformer_attention(prob);
+  detail::route("linformer_attention", prob.attn.device,
+                [&] { detail::cuda::linformer_attention(prob); },
+                [&] { detail::cpu::linformer_attention(prob); });
+}
+
+// Support queries: the validator (in inference mode: outputs are not needed) and the same selection.
+namespace {
+template <class F>
+Support support(const char* mechanism, F&& validate_device) {
+  OutputSpecs specs;
+  return detail::select(mechanism, validate_device(&specs));
+}
+}  // namespace
+
+Support supported(const AttentionParams& p) {
+  return support("attention", [&](OutputSpecs* s) { return detail::validate_attention(p, nullptr, s).device; });
+}
+Support supported(const MergeParams& p) {
+  return support("merge_attention", [&](OutputSpecs* s) { return detail::validate_merge(p, s).device; });
+}
+Support supported(const BlockSparseParams& p) {
+  return support("block_sparse_attention", [&](OutputSpecs* s) { return detail::validate_block_sparse(p, s).device; });
+}
+Support supported(const LshBucketsParams& p) {
+  return support("lsh_buckets", [&](OutputSpecs* s) { return detail::validate_lsh_buckets(p, s).device; });
+}
+Support supported(const LshAttentionParams& p) {
+  return support("lsh_attention", [&](OutputSpecs* s) { return detail::validate_lsh_attention(p, s).base.device; });
+}
+Support supported(const DLAParams& p) {
+  return support("dynamic_linear_attention", [&](OutputSpecs* s) { return detail::validate_dla(p, s).device; });
+}
+Support supported(const LinearAttentionParams& p) {
+  return support("linear_attention", [&](OutputSpecs* s) { return detail::validate_linear_attention(p, s).device; });
+}
+Support supported(const PerformerParams& p) {
+  return support("performer_attention", [&](OutputSpecs* s) { return detail::validate_performer(p, s).device; });
+}
+Support supported(const LinformerParams& p) {
+  return support("linformer_attention", [&](OutputSpecs* s) { return detail::validate_linformer(p, s).attn.device; });
+}
+Support supported(const RopeParams& p) {
+  return support("rope", [&](OutputSpecs* s) { return detail::validate_rope(p, s).device; });
 }
 
 // Output queries: the same validators in inference mode.
@@ -133,8 +205,9 @@ OutputSpecs rope_outputs(const RopeParams& p) {
 
 void rope(const RopeParams& p) {
   const detail::RopeProblem prob = detail::validate_rope(p);
-  if (prob.device == Device::CUDA) return detail::cuda::rope(prob);
-  detail::cpu::rope(prob);
+  detail::route("rope", prob.device,
+                [&] { detail::cuda::rope(prob); },
+                [&] { detail::cpu::rope(prob); });
 }
 
 const char* version() { return ATTNKIT_VERSION_STRING; }

@@ -111,6 +111,20 @@ static void test_attention_and_errors() {
   p.k = attnkit::make_tensor(k.data(), DType::Float64, {B, Hkv, Sk, D});
   p.v = attnkit::make_tensor(v.data(), DType::Float64, {B, Hkv, Sk, Dv});
   p.out = attnkit::make_tensor(out.data(), DType::Float64, {B, Hq, Sq, Dv});
+  {
+    // The support query answers with the same selection the call makes.
+    const attnkit::Support cpu = attnkit::supported(p);
+    CHECK(cpu.ok && cpu.backend == std::string("cpu/") + attnkit::cpu_isa());
+    const attnkit::OutputSpecs specs = attnkit::attention_outputs(p);
+    CHECK(specs.count == 2 && specs.find("lse") && specs.find("lse")->ndim == 3 && specs.find("out")->shape[3] == Dv);
+    auto dev = p;
+    for (attnkit::TensorRef* t : {&dev.q, &dev.k, &dev.v, &dev.out}) t->device = attnkit::Device::CUDA;
+    const attnkit::Support gpu = attnkit::supported(dev);
+    CHECK(!gpu.ok && gpu.reason.find("CUDA") != std::string::npos);
+    attnkit::ErrorKind kind{};
+    const std::string msg = error_of([&] { attnkit::attention(dev); }, &kind);
+    CHECK(kind == attnkit::ErrorKind::NotBuilt && msg == gpu.reason);
+  }
   p.lse = attnkit::make_tensor(lse.data(), DType::Float64, {B, Hq, Sq});
   p.causal = true;
   p.window_left = 3;

@@ -6,6 +6,7 @@
 #include <optional>
 #include <vector>
 
+#include "attnkit/runtime.h"
 #include "attnkit/types.h"
 
 namespace attnkit {
@@ -47,6 +48,8 @@ struct AttentionParams {
 /// Exact attention: writes p.out (and p.lse when given). Rows with no allowed key get out = 0, lse = -inf.
 /// Throws attnkit::Error on bad arguments.
 ATTNKIT_API void attention(const AttentionParams& p);
+/// Validates p like the call does (outputs ignored) and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const AttentionParams& p);
 
 /// Output queries: <function>_outputs(p) validates p's inputs exactly as <function>(p) does (ignoring the
 /// output fields) and returns the outputs it would write, optional ones included, with their shapes and
@@ -74,6 +77,8 @@ struct MergeParams {
 /// out = sum_p exp(lse_p - lse) * out_p. Parts with lse_p = -inf add nothing; if every part is -inf the
 /// result is out = 0, lse = -inf.
 ATTNKIT_API void merge_attention(const MergeParams& p);
+/// Validates p like the call does (outputs ignored) and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const MergeParams& p);
 ATTNKIT_API OutputSpecs merge_attention_outputs(const MergeParams& p);  ///< "out", "lse" (see attention_outputs)
 
 }  // namespace attnkit

@@ -6,6 +6,7 @@
 
 #include "attnkit/attention.h"
 #include "attnkit/block_sparse.h"
+#include "attnkit/runtime.h"
 #include "attnkit/types.h"
 
 namespace attnkit {
@@ -33,6 +34,8 @@ struct AttentionBackwardParams {
 /// dq is 0, never NaN). Deterministic: the result does not depend on the number of threads.
 /// Throws attnkit::Error on bad arguments.
 ATTNKIT_API void attention_backward(const AttentionBackwardParams& p);
+/// Validates p like the call does and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const AttentionBackwardParams& p);
 
 /// Arguments of block_sparse_attention_backward(): fwd.out and fwd.lse are inputs, as above.
 struct BlockSparseBackwardParams {
@@ -42,5 +45,7 @@ struct BlockSparseBackwardParams {
 
 /// Writes dq, dk, dv of block-sparse attention; the cost follows the layout's allowed blocks.
 ATTNKIT_API void block_sparse_attention_backward(const BlockSparseBackwardParams& p);
+/// Validates p like the call does and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const BlockSparseBackwardParams& p);
 
 }  // namespace attnkit

@@ -8,6 +8,7 @@
 #include <optional>
 #include <vector>
 
+#include "attnkit/runtime.h"
 #include "attnkit/types.h"
 
 namespace attnkit {
@@ -96,6 +97,8 @@ struct BlockSparseParams {
 
 /// attention() with the layout's block mask; rows with no allowed key give 0 and lse = -inf.
 ATTNKIT_API void block_sparse_attention(const BlockSparseParams& p);
+/// Validates p like the call does (outputs ignored) and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const BlockSparseParams& p);
 /// "out", "lse" (see attention_outputs in attention.h).
 ATTNKIT_API OutputSpecs block_sparse_attention_outputs(const BlockSparseParams& p);
 
@@ -113,6 +116,8 @@ struct LshBucketsParams {
 /// entries R_r[d][c] = normal(seed, kStreamLsh + r, d * (num_buckets / 2) + c) (math/random.h). Ties go
 /// to the lowest bucket. Projections are computed in float64.
 ATTNKIT_API void lsh_buckets(const LshBucketsParams& p);
+/// Validates p like the call does (outputs ignored) and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const LshBucketsParams& p);
 ATTNKIT_API OutputSpecs lsh_buckets_outputs(const LshBucketsParams& p);  ///< "out"
 
 /// Arguments of lsh_attention().
@@ -132,6 +137,8 @@ struct LshAttentionParams {
 /// bucket (and causal); rounds merged like merge_attention (a key sharing the query's bucket in several
 /// rounds counts in each of them). Rows with no key in their bucket in any round give 0 and lse = -inf.
 ATTNKIT_API void lsh_attention(const LshAttentionParams& p);
+/// Validates p like the call does (outputs ignored) and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const LshAttentionParams& p);
 ATTNKIT_API OutputSpecs lsh_attention_outputs(const LshAttentionParams& p);  ///< "out", "lse"
 
 }  // namespace attnkit

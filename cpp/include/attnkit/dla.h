@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "attnkit/runtime.h"
 #include "attnkit/types.h"
 
 namespace attnkit {
@@ -72,6 +73,8 @@ struct DLAParams {
 /// aux outputs given. Throws attnkit::Error on bad arguments. Cost O(T * C * Dk * Dv) per (batch, head);
 /// a decode step (T = 1) costs O(C * Dk * Dv) whatever the position.
 ATTNKIT_API void dynamic_linear_attention(const DLAParams& p);
+/// Validates p like the call does (outputs ignored) and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const DLAParams& p);
 /// "out", "cache_out.states", "cache_out.counts", "cache_out.info", "cache_out.starts", "cache_out.size",
 /// "scores", "boundaries", "merged" (see attention_outputs in attention.h).
 ATTNKIT_API OutputSpecs dynamic_linear_attention_outputs(const DLAParams& p);

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "attnkit/runtime.h"
 #include "attnkit/types.h"
 
 namespace attnkit {
@@ -65,6 +66,8 @@ struct LinearAttentionParams {
 /// Kernelized linear attention: writes p.out (and the final state when asked). Throws attnkit::Error on
 /// bad arguments.
 ATTNKIT_API void linear_attention(const LinearAttentionParams& p);
+/// Validates p like the call does (outputs ignored) and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const LinearAttentionParams& p);
 /// "out", "final_state", "final_normalizer" (see attention_outputs in attention.h).
 ATTNKIT_API OutputSpecs linear_attention_outputs(const LinearAttentionParams& p);
 
@@ -135,6 +138,8 @@ struct PerformerParams {
 
 /// Performer (FAVOR+) attention: writes p.out.
 ATTNKIT_API void performer_attention(const PerformerParams& p);
+/// Validates p like the call does (outputs ignored) and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const PerformerParams& p);
 ATTNKIT_API OutputSpecs performer_attention_outputs(const PerformerParams& p);  ///< "out"
 
 /// Arguments of linformer_projection(): E [P, Sk] (shared) or [H, P, Sk] (per head) with N(0, 1/P)
@@ -179,6 +184,8 @@ struct LinformerParams {
 
 /// Linformer attention: writes p.out (and p.lse).
 ATTNKIT_API void linformer_attention(const LinformerParams& p);
+/// Validates p like the call does (outputs ignored) and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const LinformerParams& p);
 ATTNKIT_API OutputSpecs linformer_attention_outputs(const LinformerParams& p);  ///< "out", "lse"
 
 }  // namespace attnkit

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "attnkit/runtime.h"
 #include "attnkit/types.h"
 
 namespace attnkit {
@@ -34,6 +35,8 @@ struct RopeParams {
 
 /// Rotary position embedding: writes p.out. Throws attnkit::Error on bad arguments.
 ATTNKIT_API void rope(const RopeParams& p);
+/// Validates p like the call does (outputs ignored) and says whether this build can run it (runtime.h).
+ATTNKIT_API Support supported(const RopeParams& p);
 /// "out" (see attention_outputs in attention.h).
 ATTNKIT_API OutputSpecs rope_outputs(const RopeParams& p);
 

@@ -21,6 +21,14 @@ ATTNKIT_API int get_num_threads();
 /// Sets the CPU thread count for later calls from this thread (n >= 1).
 ATTNKIT_API void set_num_threads(int n);
 
+/// Whether a call can run, and where: the answer of the same selection the call itself makes (dispatch
+/// asks it before every call and raises Error(NotBuilt) with `reason` when ok is false).
+struct Support {
+  bool ok = false;
+  std::string backend;  ///< "cpu/avx512", "cpu/avx2", "cpu/generic", "cuda" ...
+  std::string reason;   ///< why not, when ok is false
+};
+
 /// Backend tuning options: switches that change speed, never a result beyond rounding, process-wide.
 ///   "linear_chunk": linear attention / Performer chunk length, 0 = tuned default, else 1..1024;
 ///   "dla_chunk":    DLA, 0 = automatic, L >= 1 = chunks of L tokens (1: token by token).
