@@ -37,6 +37,27 @@ def is_cuda_array(x) -> bool:
     return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
 
 
+def _require_cupy(name: str):
+    """CuPy, which device arrays need (outputs are allocated with it); TypeError naming the argument
+    when it is not installed."""
+    try:
+        import cupy
+    except ImportError:
+        raise TypeError(f"{name} is a device array (__cuda_array_interface__) but CuPy is not installed; "
+                        "attnkit needs CuPy for device arrays") from None
+    return cupy
+
+
+def checked_alloc(fn, shape, dtype, name: str):
+    """fn(shape, dtype) (np.empty, np.zeros, cupy.empty), with a ValueError naming the output instead of
+    MemoryError / a size error for a shape nothing can hold."""
+    try:
+        return fn(shape, dtype=dtype)
+    except (MemoryError, ValueError, OverflowError) as e:
+        raise ValueError(f"{name}: cannot allocate an array of shape {tuple(shape)} and dtype "
+                         f"{np.dtype(dtype)} ({e.__class__.__name__}: {e})") from None
+
+
 def _dtype_code(dtype, name: str) -> int:
     code = _CODES.get(np.dtype(dtype))
     if code is None:
@@ -74,6 +95,7 @@ class Call:
             return self._numpy_tensor(x, name)
         x = self.array(x, name, coerce=coerce)
         if is_cuda_array(x):
+            _require_cupy(name)
             iface = x.__cuda_array_interface__
             dtype = np.dtype(iface["typestr"])
             code = _dtype_code(dtype, name)
@@ -134,12 +156,11 @@ class Call:
     def empty(self, shape, dtype):
         """A new C-contiguous output array on the call's device, and its TensorRef."""
         if self.cuda:
-            import cupy
-
+            cupy = _require_cupy("out")
             with cupy.cuda.Device(self.device_index):
-                arr = cupy.empty(shape, dtype=dtype)
+                arr = checked_alloc(cupy.empty, shape, dtype, "out")
         else:
-            arr = np.empty(shape, dtype=dtype)
+            arr = checked_alloc(np.empty, shape, dtype, "out")
         return arr, self.tensor(arr, "out")
 
     @property
@@ -151,11 +172,16 @@ class Call:
         return cupy.cuda.get_current_stream().ptr
 
 
-def as_int(x, name: str) -> int:
+def as_int(x, name: str, *, clamp: bool = False) -> int:
+    """An integer argument: TypeError for a non-integer, ValueError outside int64 (the C++ core's
+    range) unless ``clamp`` (the caller clamps it to its meaning)."""
     try:
-        return operator.index(x)
+        v = operator.index(x)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(x).__name__}") from None
+    if not clamp and not -2**63 <= v < 2**63:
+        raise ValueError(f"{name} = {v} is outside the int64 range")
+    return v
 
 
 def as_float(x, name: str) -> float:

@@ -39,8 +39,9 @@ def _set_masking(p, call: Call, causal, window, mask, bias, key_lengths, scale, 
             left, right = window
         except (TypeError, ValueError):
             raise ValueError(f"window must be a pair (left, right) or None, got {window!r}") from None
-        p.window_left = -1 if left is None else as_int(left, "window[0]")
-        p.window_right = -1 if right is None else as_int(right, "window[1]")
+        # A side past int64 allows what any side >= Sq + Sk allows (the validator clamps there too).
+        p.window_left = -1 if left is None else max(-1, min(as_int(left, "window[0]", clamp=True), 2**62))
+        p.window_right = -1 if right is None else max(-1, min(as_int(right, "window[1]", clamp=True), 2**62))
     p.mask = call.tensor(mask, "mask", coerce=True)
     p.bias = call.tensor(bias, "bias", coerce=True)
     p.key_lengths = call.lengths(key_lengths)
@@ -99,6 +100,7 @@ def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_l
     p.k = call.tensor(k, "k")
     p.v = call.tensor(v, "v")
     _set_masking(p, call, causal, window, mask, bias, key_lengths, scale, softcap, alibi_slopes)
+    return_lse = as_bool(return_lse, "return_lse")
     shape = _out_shape(q, v.shape[-1] if len(getattr(v, "shape", ())) else 0)
     out = lse = None
     if shape is not None:

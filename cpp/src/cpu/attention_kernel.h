@@ -72,6 +72,11 @@ struct ExactKernel {
   /// Up to this many lanes per tile (decoding: one query row per head), QK^T is computed as dot products
   /// along D instead of outer products over the lanes, which would mostly multiply padding.
   static constexpr int kDotLanes = 4;
+  /// Long rows: every kSegmentChunks chunks the running sums (o, l) move into (o2, l2) and restart from 0,
+  /// so a float32 sum never adds a chunk to a total more than 512 chunks' worth larger (one running sum
+  /// stalls near 2^30 keys of equal weight; here a row loses at most ~512 * 2^-24 = 3e-5 of its sums to
+  /// rounding). Costs one add per accumulator every 512 chunks; nothing for shorter rows.
+  static constexpr int64_t kSegmentChunks = 512;
 
   struct Ctx {
     const AttnProblem* p;
@@ -98,6 +103,8 @@ struct ExactKernel {
     T* kbuf;    // [BK][D]  packed keys (when not read in place)
     T* vbuf;    // [BK][DvP] packed values
     T* o;       // [BQ][DvP] output accumulator
+    T* o2;      // [BQ][DvP] long rows: o of the finished segments (see kSegmentChunks)
+    T* l2;      // [BQ]      long rows: l of the finished segments
     T* m;       // [BQ] running max
     T* l;       // [BQ] running sum
     T* alpha;   // [BQ] last rescale factor
@@ -124,8 +131,8 @@ struct ExactKernel {
   static std::size_t work_bytes(const Ctx& c) {
     const AttnProblem& p = *c.p;
     std::size_t n = 0;
-    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + BQ * c.DvP + 6 * BQ);
-    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 17 * 64;
+    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + 2 * BQ * c.DvP + 7 * BQ);
+    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 19 * 64;
     return n;
   }
 
@@ -145,6 +152,8 @@ struct ExactKernel {
     w.kbuf = reinterpret_cast<T*>(take(sizeof(T) * BK * p.D));
     w.vbuf = reinterpret_cast<T*>(take(sizeof(T) * BK * c.DvP));
     w.o = reinterpret_cast<T*>(take(sizeof(T) * BQ * c.DvP));
+    w.o2 = reinterpret_cast<T*>(take(sizeof(T) * BQ * c.DvP));
+    w.l2 = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.m = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.l = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.alpha = reinterpret_cast<T*>(take(sizeof(T) * BQ));
@@ -198,6 +207,24 @@ struct ExactKernel {
   /// o[lanes][:] += sum_j p[j][lane] * v[j][:]: probabilities broadcast over the value columns.
   static void pv(const Work& w, const T* vp, int64_t ldv, int jn, int nl, int64_t DvP) {
     Gemm::template gemm<RL, NV, Store::Accumulate>(nl, DvP, jn, w.sT, 1, BQ, vp, ldv, w.o, DvP);
+  }
+
+  /// pv for a chunk that holds a non-finite value AND keys masked for some lanes: a masked key's
+  /// probability is 0, but 0 * NaN = NaN, so the masked (lane, key) pairs are skipped here ("masked
+  /// entries are never read"). Scalar; it only runs for such chunks.
+  static void pv_masked(const Ctx& c, const Work& w, const T* vp, int64_t ldv, int64_t j0, int jn, int nl) {
+    const int64_t Dv = c.p->Dv;
+    for (int l = 0; l < nl; ++l) {
+      T* o = w.o + l * c.DvP;
+      for (int j = 0; j < jn; ++j) {
+        const int64_t kj = j0 + j;
+        if (kj < w.lo[l] || kj >= w.hi[l]) continue;
+        if (c.bias_tile && w.bT[j * BQ + l] == math::neg_inf<T>()) continue;
+        const T pj = w.sT[j * BQ + l];
+        const T* vr = vp + j * ldv;
+        for (int64_t d = 0; d < Dv; ++d) o[d] += pj * vr[d];
+      }
+    }
   }
 
   // --------------------------------------------------------------------------------------- tile steps
@@ -405,7 +432,10 @@ struct ExactKernel {
         V x = S::load(s + v * W);
         if (any) {
           if (c.softcap) x = S::tanh(x * c.cap_in) * c.cap_out;
-          if (c.bias_tile) x += S::load(w.bT + j * BQ + v * W);
+          if (c.bias_tile) {  // a -inf entry (mask False or bias -inf) masks the key even if x is NaN
+            const V b = S::load(w.bT + j * BQ + v * W);
+            x = b == ninf ? ninf : x + b;
+          }
           if (c.alibi)
             x -= S::load(w.slope + v * W) * S::to_float(math::alibi_distance(S::loadi(w.pos + v * W), jv));
           if (range_mask) {
@@ -439,7 +469,8 @@ struct ExactKernel {
     }
   }
 
-  static void compute_chunk_scores(const Ctx& c, const Work& w, const Tile& t, int nl, int64_t j0, int jn,
+  /// Scores of a chunk; returns whether some key of it may be masked for some lane (range or mask/bias).
+  static bool compute_chunk_scores(const Ctx& c, const Work& w, const Tile& t, int nl, int64_t j0, int jn,
                                    int64_t inner_lo, int64_t inner_hi, V* bmax) {
     int64_t ldk;
     const T* kp = key_rows(c, w, t.b, t.hkv, j0, jn, ldk);
@@ -450,6 +481,7 @@ struct ExactKernel {
     if (c.bias_tile) bias_tile(c, w, t.b, nl, j0, jn);
     const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
     transform(c, w, j0, jn, range_mask, bmax);
+    return range_mask || c.bias_tile;
   }
 
   /// Calls f(j0, jn) for every chunk of at most BK keys of the tile's key ranges.
@@ -469,21 +501,54 @@ struct ExactKernel {
     const int64_t DvP = c.DvP;
     std::memset(w.o, 0, sizeof(T) * nl * DvP);
     V bmax[NQV];
+    int64_t chunks = 0;
+    bool segmented = false;  // (o2, l2) hold finished segments
+    auto rescale = [&](T* o, T a) {
+      for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o + d) * a);
+    };
     for_each_chunk(w, nranges, [&](int64_t j0, int jn) {
-      compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
+      const bool masked = compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
       softmax_update(w, jn, bmax);
       for (int l = 0; l < nl; ++l) {
         const T a = w.alpha[l];
         if (a != T(1)) {
-          T* o = w.o + l * DvP;
-          for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o + d) * a);
+          rescale(w.o + l * DvP, a);
+          if (segmented) {
+            rescale(w.o2 + l * DvP, a);
+            w.l2[l] *= a;
+          }
         }
       }
       int64_t ldv;
       const T* vp = value_rows(c, w, t.b, t.hkv, j0, jn, ldv);
-      pv(w, vp, ldv, jn, nl, DvP);
+      if (masked && !rows_finite<T, W>(vp, ldv, jn, p.Dv))
+        pv_masked(c, w, vp, ldv, j0, jn, nl);
+      else
+        pv(w, vp, ldv, jn, nl, DvP);
+      if (++chunks % kSegmentChunks == 0) {
+        if (!segmented) {
+          std::memset(w.o2, 0, sizeof(T) * nl * DvP);
+          for (int l = 0; l < nl; ++l) w.l2[l] = T(0);
+          segmented = true;
+        }
+        for (int l = 0; l < nl; ++l) {
+          T* o = w.o + l * DvP;
+          T* o2 = w.o2 + l * DvP;
+          for (int64_t d = 0; d < DvP; d += W) S::store(o2 + d, S::load(o2 + d) + S::load(o + d));
+          std::memset(o, 0, sizeof(T) * DvP);
+          w.l2[l] += w.l[l];
+          w.l[l] = T(0);
+        }
+      }
     });
-    // Finalise: out = o / l, lse = m + log l; empty rows give 0 and -inf.
+    if (segmented)
+      for (int l = 0; l < nl; ++l) {
+        T* o = w.o + l * DvP;
+        const T* o2 = w.o2 + l * DvP;
+        for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o2 + d) + S::load(o + d));
+        w.l[l] += w.l2[l];
+      }
+    // Finalise: out = o / l, lse = m + log l; empty rows give 0 and -inf, NaN stays NaN.
     for (int l = 0; l < nl; ++l) {
       const T sc = math::softmax_out_scale(w.m[l], w.l[l]);
       St* dst = static_cast<St*>(p.out) + t.b * p.out_stride[0] + w.head[l] * p.out_stride[1] +
@@ -527,11 +592,13 @@ struct ExactKernel {
     }
     for_each_chunk(w, nranges, [&](int64_t j0, int jn) {
       compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
+      const V ninf = S::set1(math::neg_inf<T>());
       for (int v = 0; v < NQV; ++v) {
         const V o = S::load(off + v * W), sc = S::load(inv + v * W);
         for (int j = 0; j < jn; ++j) {
           T* s = w.sT + j * BQ + v * W;
-          S::store(s, S::exp(S::load(s) - o) * sc);
+          const V x = S::load(s);
+          S::store(s, x == ninf ? V{} : S::exp(x - o) * sc);  // masked: exactly 0, even in a NaN row
         }
       }
       for (int l = 0; l < nl; ++l) {

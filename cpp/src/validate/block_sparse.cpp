@@ -1,12 +1,15 @@
 #include "validate/block_sparse.h"
 
+#include <algorithm>
 #include <string>
+
+#include "validate/checked.h"
 
 namespace attnkit {
 namespace detail {
 namespace {
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) { return ceil_div_safe(a, b); }
 
 /// The exact-attention arguments shared by block-sparse and LSH params, for validate_attention.
 template <class P>
@@ -51,8 +54,10 @@ AttnProblem validate_block_sparse(const BlockSparseParams& p) {
   r.sparse = true;
   r.layout.row_ptr = static_cast<const int64_t*>(L.row_ptr.data);
   r.layout.col_idx = static_cast<const int32_t*>(L.col_idx.data);
-  r.layout.bq = L.block_q;
-  r.layout.bk = L.block_k;
+  // A block larger than the sequence is one block holding all of it: clamping changes nothing in the
+  // meaning and keeps the kernels' block arithmetic (row0 + bq, (col + 1) * bk) far from overflow.
+  r.layout.bq = std::min(L.block_q, std::max<int64_t>(r.Sq, 1));
+  r.layout.bk = std::min(L.block_k, std::max<int64_t>(r.Sk, 1));
   r.layout.heads = L.num_heads;
   r.layout.nqb = L.num_q_blocks;
   r.layout.nkb = L.num_k_blocks;
@@ -81,6 +86,8 @@ LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p) {
   r.H = r.x.shape[1];
   r.S = r.x.shape[2];
   r.D = r.x.shape[3];
+  if (r.D < 1) value_error("x must have a last (head) dim of at least 1, got shape " + shape_str(p.x));
+  if (r.S > kMaxSeqLen) value_error("x: sequence lengths above " + std::to_string(kMaxSeqLen) + " are not supported");
   r.num_buckets = p.num_buckets;
   r.num_hashes = p.num_hashes;
   r.seed = p.seed;

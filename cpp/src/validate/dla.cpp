@@ -237,6 +237,9 @@ DLAProblem validate_dla(const DLAParams& p) {
           if (s != next)
             value_error("cache.starts" + at + ", " + str(i) + "] = " + str(s) + " but the spans are contiguous from 0, so " +
                         str(next) + " was expected");
+          if (n > r.position - next)  // next <= position, so this cannot wrap; next + n could
+            value_error("cache.counts" + at + ", " + str(i) + "] = " + str(n) + " takes the spans past cache.position = " +
+                        str(r.position) + " (the counts must sum to the position)");
           next += n;
         }
         if (next != r.position)
