@@ -208,7 +208,7 @@ def as_choice(x, name: str, choices: dict):
 
 def as_seed(x, name: str = "seed") -> int:
     """A Philox key: an integer in [0, 2**64)."""
-    x = as_int(x, name)
+    x = as_int(x, name, clamp=True)  # the range check is [0, 2**64), below
     if not 0 <= x < 2**64:
         raise ValueError(f"{name} must be in [0, 2**64), got {x}")
     return x
