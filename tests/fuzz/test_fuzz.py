@@ -118,9 +118,9 @@ def array(draw, shape, dtype=None, odd=True, special=True):
     if special and draw(st.integers(0, 3)) == 0 and base.size:
         kind = draw(st.sampled_from(["nan", "inf", "-inf", "huge", "mixed"]))
         n = draw(st.integers(1, 4))
-        idx = tuple(rng.integers(0, s, n) for s in base.shape)
+        pos = rng.integers(0, base.size, n)
         val = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "huge": 3e38}.get(kind)
-        base[idx] = val if val is not None else rng.choice([np.nan, np.inf, -np.inf, 1e30], n)
+        base.flat[pos] = val if val is not None else rng.choice([np.nan, np.inf, -np.inf, 1e30], n)
     with np.errstate(over="ignore", invalid="ignore"):
         base = base.astype(dtype) if dtype.kind != "b" else base > 0
     view = base[tuple(slice(1, 1 + s) for s in shape)]

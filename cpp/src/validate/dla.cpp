@@ -1,5 +1,6 @@
 #include "validate/dla.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -103,7 +104,10 @@ DLAProblem validate_dla(const DLAParams& p) {
   r.position = p.position;
   if (p.chunk_size < -1)
     value_error("chunk_size must be 0 (automatic), -1 (recurrent) or a chunk length >= 1, got " + str(p.chunk_size));
-  r.chunk_size = p.chunk_size;
+  // A chunk longer than the call is one chunk of the call (the kernels size scratch by it).
+  r.chunk_size = p.chunk_size > 0 ? std::min<int64_t>(p.chunk_size, std::max<int64_t>(r.T, 1)) : p.chunk_size;
+  if (r.T > std::numeric_limits<int64_t>::max() - r.position)
+    value_error("position (cache.position) = " + str(r.position) + " + T = " + str(r.T) + " overflows int64");
 
   if (r.Dk < 1 || r.Dv < 1)
     value_error("q, k and v need head dims of at least 1 (the states are Dk x Dv), got Dk = " + str(r.Dk) +
