@@ -307,6 +307,30 @@ def test_fuzz_layouts(data):
 @FUZZ
 @seed(SEED)
 @given(ops=attention_operands(), data=st.data())
+def test_fuzz_block_sparse(ops, data):
+    q, k, v = ops
+    Sq = q.shape[-2] if isinstance(q, np.ndarray) and q.ndim >= 2 else 1
+    Sk = k.shape[-2] if isinstance(k, np.ndarray) and k.ndim >= 2 else 1
+    bq, bk = data.draw(st.sampled_from([1, 4, 16, 2**62])), data.draw(st.sampled_from([1, 8, 2**40]))
+    nqb, nkb = -(-Sq // bq), -(-Sk // bk)
+    if data.draw(st.integers(0, 5)) == 0:  # a geometry that does not fit
+        nqb += 1
+    rng = np.random.default_rng(data.draw(st.integers(0, 99)))
+    dense = rng.random((nqb, nkb)) < 0.6
+    layout = data.draw(st.sampled_from(["layout", "wrong"]))
+    L = attnkit.BlockLayout.from_dense(dense, (bq, bk)) if layout == "layout" else data.draw(st.sampled_from(WRONG))
+    causal, ret = data.draw(flag()), data.draw(flag())
+    kl = data.draw(st.one_of(st.none(), ints(), st.sampled_from(WRONG)))
+    r, err = run("block_sparse_attention", attnkit.block_sparse_attention, q, k, v, L, causal=causal, key_lengths=kl,
+                 return_lse=ret)
+    if err is None and floaty(q, k, v) and modest(q, k, v):
+        want = ref.block_sparse_attention(q, k, v, L, causal=causal, key_lengths=kl, return_lse=ret)
+        compare(r[0] if ret else r, want[0] if ret else want, q.dtype, "block_sparse")
+
+
+@FUZZ
+@seed(SEED)
+@given(ops=attention_operands(), data=st.data())
 def test_fuzz_lsh(ops, data):
     q, k, v = ops
     nb = data.draw(st.one_of(st.sampled_from([2, 4, 8]), anything_int()))
