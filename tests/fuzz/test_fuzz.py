@@ -35,7 +35,7 @@ from attnkit import reference as ref
 EXAMPLES = int(os.environ.get("ATTNKIT_FUZZ_EXAMPLES", "60"))
 SEED = int(os.environ.get("ATTNKIT_FUZZ_SEED", "0"))
 TIMEOUT = float(os.environ.get("ATTNKIT_FUZZ_TIMEOUT", "120"))
-MEM_GB = float(os.environ.get("ATTNKIT_FUZZ_MEM_GB", "12"))
+MEM_GB = float(os.environ.get("ATTNKIT_FUZZ_MEM_GB", "4"))
 
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False, print_blob=True,
                 suppress_health_check=list(HealthCheck))
