@@ -85,7 +85,9 @@ def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_l
     -------
     out : array ``[B, Hq, Sq, Dv]`` in ``q``'s dtype (rank follows ``q``), or ``(out, lse)`` with ``lse``
     float32 (float64 for float64 inputs). Rows with no allowed key give ``out = 0`` and ``lse = -inf``,
-    never NaN. Accumulation is float32 (float64 for float64 inputs).
+    never NaN. Accumulation is float32 (float64 for float64 inputs). NaN / inf follow IEEE arithmetic over
+    the allowed entries (a NaN query row gives NaN ``out`` and ``lse``; a NaN key, every row allowed to see
+    it); masked entries (mask, ``-inf`` bias, causal, window, key_lengths) are never read.
 
     Raises
     ------
