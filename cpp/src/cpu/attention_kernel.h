@@ -432,12 +432,16 @@ struct ExactKernel {
         V x = S::load(s + v * W);
         if (any) {
           if (c.softcap) x = S::tanh(x * c.cap_in) * c.cap_out;
-          if (c.bias_tile) {  // a -inf entry (mask False or bias -inf) masks the key even if x is NaN
-            const V b = S::load(w.bT + j * BQ + v * W);
-            x = b == ninf ? ninf : x + b;
+          V b{};
+          if (c.bias_tile) {
+            b = S::load(w.bT + j * BQ + v * W);
+            x += b;
           }
           if (c.alibi)
             x -= S::load(w.slope + v * W) * S::to_float(math::alibi_distance(S::loadi(w.pos + v * W), jv));
+          // A -inf entry (mask False or bias -inf) masks the key even when the score or the ALiBi term
+          // is NaN: masked entries are never read.
+          if (c.bias_tile) x = b == ninf ? ninf : x;
           if (range_mask) {
             const VI ok = (jv >= S::loadi(w.lo + v * W)) & (jv < S::loadi(w.hi + v * W));
             x = ok ? x : ninf;
