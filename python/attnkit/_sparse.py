@@ -249,7 +249,8 @@ def lsh_buckets(x, *, num_buckets, num_hashes=1, seed=0):
     shape = tuple(getattr(x, "shape", ()))
     nb = as_int(num_buckets, "num_buckets")
     nh = as_int(num_hashes, "num_hashes")
-    out, oref = (call.empty(shape[:-2] + (max(nh, 0), shape[-2]), np.int32)
+    # (an out-of-range num_hashes is rejected by the core before it looks at out: no huge allocation)
+    out, oref = (call.empty(shape[:-2] + (min(max(nh, 0), 1025), shape[-2]), np.int32)
                  if 2 <= len(shape) <= 4 else (None, _core.TensorRef()))
     _core.lsh_buckets(xr, oref, nb, nh, as_seed(seed), call.stream)
     return out

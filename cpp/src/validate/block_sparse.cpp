@@ -26,11 +26,26 @@ AttentionParams core_params(const P& p) {
   return a;
 }
 
+constexpr int64_t kMaxHashes = 1024;
+constexpr int64_t kMaxRotationEntries = int64_t(1) << 26;
+
 void check_buckets(int64_t num_buckets, int64_t num_hashes) {
   if (num_buckets < 2 || num_buckets % 2 != 0)
     value_error("num_buckets must be even and >= 2, got " + std::to_string(num_buckets));
   if (num_buckets > (int64_t(1) << 30)) value_error("num_buckets must be below 2^30");
   if (num_hashes < 1) value_error("num_hashes must be >= 1, got " + std::to_string(num_hashes));
+  if (num_hashes > kMaxHashes)
+    value_error("num_hashes must be <= " + std::to_string(kMaxHashes) + ", got " + std::to_string(num_hashes));
+}
+
+/// The rotations (num_hashes x D x num_buckets / 2, double and float copies) are allocated before any
+/// work: an absurd table is a ValueError instead of bad_alloc.
+void check_rotations(int64_t D, int64_t num_buckets, int64_t num_hashes) {
+  const int64_t n = sat_mul(sat_mul(num_hashes, D), num_buckets / 2);
+  if (n > kMaxRotationEntries)
+    value_error("num_hashes * D * num_buckets / 2 = " + std::to_string(n) + " rotation entries exceed the limit 2^26 " +
+                "(num_hashes = " + std::to_string(num_hashes) + ", num_buckets = " + std::to_string(num_buckets) +
+                ", D = " + std::to_string(D) + ")");
 }
 
 }  // namespace
@@ -68,6 +83,7 @@ LshProblem validate_lsh_attention(const LshAttentionParams& p) {
   LshProblem r;
   r.base = validate_attention(core_params(p), nullptr);
   check_buckets(p.num_buckets, p.num_hashes);
+  check_rotations(r.base.D, p.num_buckets, p.num_hashes);
   r.num_buckets = p.num_buckets;
   r.num_hashes = p.num_hashes;
   r.seed = p.seed;
@@ -87,6 +103,7 @@ LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p) {
   r.S = r.x.shape[2];
   r.D = r.x.shape[3];
   if (r.D < 1) value_error("x must have a last (head) dim of at least 1, got shape " + shape_str(p.x));
+  check_rotations(r.D, p.num_buckets, p.num_hashes);
   if (r.S > kMaxSeqLen) value_error("x: sequence lengths above " + std::to_string(kMaxSeqLen) + " are not supported");
   r.num_buckets = p.num_buckets;
   r.num_hashes = p.num_hashes;
