@@ -415,3 +415,23 @@ def test_long_row_sum_does_not_stall():
     tail = (Sk - 1) * w
     np.testing.assert_allclose(out[0, 0], tail / (1 + tail), rtol=1e-4)
     np.testing.assert_allclose(lse[0], np.log1p(tail), rtol=0, atol=1e-4)  # lse is log l: absolute
+
+
+# ------------------------------------------------------------------------- found by the fuzz harness
+def test_nan_alibi_slope_on_a_masked_row():
+    """Seed 4: a NaN ALiBi slope must not reach keys the mask forbids (the row stays 0 / -inf)."""
+    q = np.full((3, 1, 1), -0.2, np.float32)
+    out, lse = attnkit.attention(q, q[:1], q[:1], mask=np.array([[False]]),
+                                 alibi_slopes=np.array([0.1, 0.6, np.nan], np.float32), return_lse=True)
+    assert (out == 0).all() and np.isneginf(lse).all()
+
+
+def test_lsh_absurd_num_hashes():
+    """Seed 4: num_hashes = 2^31 - 2 allocated its rotations and died with bad_alloc."""
+    x = np.zeros((1, 4), np.float32)
+    with pytest.raises(ValueError, match="num_hashes"):
+        attnkit.lsh_attention(x, x, x, num_buckets=2, num_hashes=2**31 - 2)
+    with pytest.raises(ValueError, match="num_hashes"):
+        attnkit.lsh_buckets(x, num_buckets=2, num_hashes=2**31 - 2)
+    with pytest.raises(ValueError, match="num_buckets"):
+        attnkit.lsh_buckets(np.zeros((1, 4096), np.float32), num_buckets=2**20, num_hashes=64)
