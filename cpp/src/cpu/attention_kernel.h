@@ -22,6 +22,7 @@
 // Determinism: every output element is produced by one thread in a fixed order, whatever the number of
 // threads.
 
+#include <cstdlib>
 #include <cstring>
 
 #include "attnkit/math/masks.h"
@@ -93,6 +94,9 @@ struct ExactKernel {
     bool dot;          // QK^T by dot products (few lanes)
     bool k_direct, v_direct;
     bool weights;      // attention_weights instead of attention
+    /// Per (b, kv head): whether its values are all finite, found on first need (-1: not yet, 0: no,
+    /// 1: yes), so chunks with masked keys check their value rows only when a non-finite value exists.
+    int8_t* v_finite;
   };
 
   struct Work {
@@ -225,6 +229,23 @@ struct ExactKernel {
         for (int64_t d = 0; d < Dv; ++d) o[d] += pj * vr[d];
       }
     }
+  }
+
+  /// Whether every value of kv head (b, hkv) is finite: one pass over V per head and call, on first need
+  /// (threads racing on it compute the same answer; relaxed atomics make the race well defined).
+  static bool values_finite(const Ctx& c, int64_t b, int64_t hkv) {
+    int8_t* f = c.v_finite + b * c.p->Hkv + hkv;
+    int8_t known = __atomic_load_n(f, __ATOMIC_RELAXED);
+    if (known < 0) {
+      const ViewN<4>& v = c.p->v;
+      const St* base = static_cast<const St*>(v.data) + b * v.stride[0] + hkv * v.stride[1];
+      T acc = T(0);
+      for (int64_t j = 0; j < c.p->Sk; ++j)
+        for (int64_t d = 0; d < c.p->Dv; ++d) acc += static_cast<T>(to_acc(base[j * v.stride[2] + d * v.stride[3]])) * T(0);
+      known = acc == T(0) ? 1 : 0;
+      __atomic_store_n(f, known, __ATOMIC_RELAXED);
+    }
+    return known == 1;
   }
 
   // --------------------------------------------------------------------------------------- tile steps
@@ -525,7 +546,7 @@ struct ExactKernel {
       }
       int64_t ldv;
       const T* vp = value_rows(c, w, t.b, t.hkv, j0, jn, ldv);
-      if (masked && !rows_finite<T, W>(vp, ldv, jn, p.Dv))
+      if (masked && !values_finite(c, t.b, t.hkv) && !rows_finite<T, W>(vp, ldv, jn, p.Dv))
         pv_masked(c, w, vp, ldv, j0, jn, nl);
       else
         pv(w, vp, ldv, jn, nl, DvP);
@@ -636,6 +657,11 @@ struct ExactKernel {
     c.weights = weights;
     const int64_t per_bg = c.nqblocks * c.tiles;
     const int64_t items = p.B * c.groups * per_bg;
+    // (malloc, not new: no exception may leave the per-ISA kernels; -1 = not known yet)
+    int8_t* v_finite = static_cast<int8_t*>(std::malloc(static_cast<std::size_t>(p.B * p.Hkv) + 1));
+    if (!v_finite) return false;
+    std::memset(v_finite, -1, static_cast<std::size_t>(p.B * p.Hkv) + 1);
+    c.v_finite = v_finite;
     const std::size_t bytes = work_bytes(c);
     bool oom = false;
 #if defined(_OPENMP)
@@ -671,6 +697,7 @@ struct ExactKernel {
           attend_tile(c, w, t);
       }
     }
+    std::free(v_finite);
     return !oom;
   }
 };
