@@ -41,8 +41,8 @@ def poison_outputs(monkeypatch):
     forgets to write shows up."""
     orig = _array.Call.empty
 
-    def poisoned(self, shape, dtype):
-        arr, ref = orig(self, shape, dtype)
+    def poisoned(self, shape, dtype, name="out"):
+        arr, ref = orig(self, shape, dtype, name)
         if np.dtype(dtype).kind == "f" or np.dtype(dtype) == BF16:
             arr[...] = np.nan
         else:

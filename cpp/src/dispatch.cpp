@@ -10,6 +10,43 @@
 #endif
 
 namespace attnkit {
+namespace {
+
+/// The most threads one call uses: 4 per processor, at least 16, at most 1024. OpenMP would otherwise
+/// try to start whatever OMP_NUM_THREADS or set_num_threads asked for (100000 threads and their scratch
+/// crash the process); results do not depend on the number, so capping it changes nothing else.
+int thread_cap() {
+#if defined(_OPENMP)
+  const int procs = omp_get_num_procs();
+  return procs > 256 ? 1024 : (procs < 4 ? 16 : 4 * procs);
+#else
+  return 1;
+#endif
+}
+
+/// Caps the calling thread's OpenMP team size at thread_cap() for the duration of one call, then
+/// restores the caller's setting.
+class ThreadCap {
+ public:
+  ThreadCap() {
+#if defined(_OPENMP)
+    saved_ = omp_get_max_threads();
+    if (saved_ > thread_cap()) omp_set_num_threads(thread_cap());
+#endif
+  }
+  ~ThreadCap() {
+#if defined(_OPENMP)
+    if (saved_ > thread_cap()) omp_set_num_threads(saved_);
+#endif
+  }
+  ThreadCap(const ThreadCap&) = delete;
+  ThreadCap& operator=(const ThreadCap&) = delete;
+
+ private:
+  int saved_ = 1;
+};
+
+}  // namespace
 
 namespace detail {
 
@@ -34,6 +71,7 @@ Support select(const char* mechanism, Device device) {
 }  // namespace detail
 
 void attention(const AttentionParams& p) {
+  const ThreadCap cap;
   const detail::AttnProblem prob = detail::validate_attention(p, nullptr);
   detail::route("attention", prob.device,
                 [&] { detail::cuda::attention(prob); },
@@ -41,6 +79,7 @@ void attention(const AttentionParams& p) {
 }
 
 void attention_weights(const AttentionParams& p, const TensorRef& weights) {
+  const ThreadCap cap;
   const detail::AttnProblem prob = detail::validate_attention(p, &weights);
   detail::route("attention_weights", prob.device,
                 [&] { detail::cuda::attention_weights(prob); },
@@ -48,6 +87,7 @@ void attention_weights(const AttentionParams& p, const TensorRef& weights) {
 }
 
 void merge_attention(const MergeParams& p) {
+  const ThreadCap cap;
   const detail::MergeProblem prob = detail::validate_merge(p);
   detail::route("merge_attention", prob.device,
                 [&] { detail::cuda::merge_attention(prob); },
@@ -55,6 +95,7 @@ void merge_attention(const MergeParams& p) {
 }
 
 void block_sparse_attention(const BlockSparseParams& p) {
+  const ThreadCap cap;
   const detail::AttnProblem prob = detail::validate_block_sparse(p);
   detail::route("block_sparse_attention", prob.device,
                 [&] { detail::cuda::attention(prob); },
@@ -62,6 +103,7 @@ void block_sparse_attention(const BlockSparseParams& p) {
 }
 
 void lsh_buckets(const LshBucketsParams& p) {
+  const ThreadCap cap;
   const detail::LshBucketsProblem prob = detail::validate_lsh_buckets(p);
   detail::route("lsh_buckets", prob.device,
                 [&] { detail::cuda::lsh_buckets(prob); },
@@ -69,6 +111,7 @@ void lsh_buckets(const LshBucketsParams& p) {
 }
 
 void lsh_attention(const LshAttentionParams& p) {
+  const ThreadCap cap;
   const detail::LshProblem prob = detail::validate_lsh_attention(p);
   detail::route("lsh_attention", prob.base.device,
                 [&] { detail::cuda::lsh_attention(prob); },
@@ -76,6 +119,7 @@ void lsh_attention(const LshAttentionParams& p) {
 }
 
 void dynamic_linear_attention(const DLAParams& p) {
+  const ThreadCap cap;
   const detail::DLAProblem prob = detail::validate_dla(p);
   detail::route("dynamic_linear_attention", prob.device,
                 [&] { detail::cuda::dynamic_linear_attention(prob); },
@@ -83,6 +127,7 @@ void dynamic_linear_attention(const DLAParams& p) {
 }
 
 void linear_attention(const LinearAttentionParams& p) {
+  const ThreadCap cap;
   const detail::LinearProblem prob = detail::validate_linear_attention(p);
   detail::route("linear_attention", prob.device,
                 [&] { detail::cuda::linear_attention(prob); },
@@ -90,6 +135,7 @@ void linear_attention(const LinearAttentionParams& p) {
 }
 
 void performer_attention(const PerformerParams& p) {
+  const ThreadCap cap;
   const detail::LinearProblem prob = detail::validate_performer(p);
   detail::route("performer_attention", prob.device,
                 [&] { detail::cuda::linear_attention(prob); },
@@ -98,13 +144,18 @@ void performer_attention(const PerformerParams& p) {
 
 // Random features and projections are generated on the host in double precision (they are small and
 // must be identical everywhere); the validators require host memory for them.
-void random_features(const RandomFeaturesParams& p) { detail::cpu::random_features(detail::validate_random_features(p)); }
+void random_features(const RandomFeaturesParams& p) {
+  const ThreadCap cap;
+  detail::cpu::random_features(detail::validate_random_features(p));
+}
 
 void linformer_projection(const LinformerProjectionParams& p) {
+  const ThreadCap cap;
   detail::cpu::linformer_projection(detail::validate_linformer_projection(p));
 }
 
 void linformer_attention(const LinformerParams& p) {
+  const ThreadCap cap;
   const detail::LinformerProblem prob = detail::validate_linformer(p);
   detail::route("linformer_attention", prob.attn.device,
                 [&] { detail::cuda::linformer_attention(prob); },
@@ -220,7 +271,8 @@ int64_t get_tuning(const char* name) { return detail::get_tuning(name ? name : "
 
 int get_num_threads() {
 #if defined(_OPENMP)
-  return omp_get_max_threads();
+  const int n = omp_get_max_threads();
+  return n < thread_cap() ? n : thread_cap();
 #else
   return 1;
 #endif

@@ -2,10 +2,13 @@
 #include <algorithm>
 #include <mutex>
 #include <string>
+#include <unordered_map>
+#include <utility>
 
 #include "attnkit/block_sparse.h"
 #include "attnkit/math/random.h"
 #include "backend.h"
+#include "validate/checked.h"
 #include "validate/common.h"
 
 namespace attnkit {
@@ -13,7 +16,7 @@ namespace {
 
 using detail::value_error;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) { return detail::ceil_div_safe(a, b); }
 
 void require_positive(int64_t v, const char* name) {
   if (v < 1) value_error(std::string(name) + " must be >= 1, got " + std::to_string(v));
@@ -22,17 +25,33 @@ void require_nonnegative(int64_t v, const char* name) {
   if (v < 0) value_error(std::string(name) + " must be >= 0, got " + std::to_string(v));
 }
 
-/// Builds a square layout row by row: row(h, i, cols) appends the allowed key blocks of query block i of
-/// head h (any order, duplicates allowed); they are sorted and deduplicated here.
-template <class RowFn>
-BlockLayout build_square(int64_t seq_len, int64_t block_size, int64_t num_heads, RowFn&& row) {
+/// Number of blocks per side, after checking that a square layout of num_heads * n rows with at most
+/// per_row allowed blocks each (plus `extra`) stays within kMaxLayoutBlocks: absurd sizes are a
+/// ValueError before anything is allocated.
+int64_t square_blocks(int64_t seq_len, int64_t block_size, int64_t num_heads, int64_t per_row, int64_t extra = 0) {
   require_nonnegative(seq_len, "seq_len");
   require_positive(block_size, "block_size");
   require_positive(num_heads, "num_heads");
+  const int64_t n = ceil_div(seq_len, block_size);
+  const int64_t rows = detail::sat_mul(num_heads, n);
+  const int64_t bound = detail::sat_add(detail::sat_mul(rows, std::min(per_row, n)), detail::sat_mul(num_heads, extra));
+  if (n > INT32_MAX || rows > detail::kMaxLayoutBlocks || bound > detail::kMaxLayoutBlocks)
+    value_error("seq_len = " + std::to_string(seq_len) + ", block_size = " + std::to_string(block_size) +
+                " and num_heads = " + std::to_string(num_heads) + " give a layout of " + std::to_string(rows) +
+                " block rows and up to " + std::to_string(bound) + " allowed blocks; the limit is 2^27 of each " +
+                "(use a larger block_size, fewer heads or a narrower pattern)");
+  return n;
+}
+
+/// Builds a square layout of n x n blocks row by row: row(h, i, cols) appends the allowed key blocks of
+/// query block i of head h (any order, duplicates allowed); they are sorted and deduplicated here.
+template <class RowFn>
+BlockLayout build_square(int64_t n, int64_t block_size, int64_t num_heads, RowFn&& row) {
   BlockLayout L;
   L.block_q = L.block_k = block_size;
   L.num_heads = num_heads;
-  L.num_q_blocks = L.num_k_blocks = ceil_div(seq_len, block_size);
+  L.num_q_blocks = L.num_k_blocks = n;
+  L.row_ptr.reserve(static_cast<size_t>(num_heads * n + 1));
   L.row_ptr.assign(1, 0);
   std::vector<int64_t> cols;
   for (int64_t h = 0; h < num_heads; ++h)
@@ -48,12 +67,16 @@ BlockLayout build_square(int64_t seq_len, int64_t block_size, int64_t num_heads,
   return L;
 }
 
-/// Band i - left <= j <= i + right with the given stride between allowed blocks.
+/// Band j = i + t * dilation, -left <= t <= right, 0 <= j < n: only the in-range t are visited, so the
+/// cost follows the result whatever the (huge) window or dilation, and no product can overflow.
 void band(int64_t i, int64_t n, int64_t left, int64_t right, int64_t dilation, std::vector<int64_t>& cols) {
-  for (int64_t t = -left; t <= right; ++t) {
-    const int64_t j = i + t * dilation;
-    if (j >= 0 && j < n) cols.push_back(j);
-  }
+  const int64_t t_lo = -std::min(left, i / dilation), t_hi = std::min(right, (n - 1 - i) / dilation);
+  for (int64_t t = t_lo; t <= t_hi; ++t) cols.push_back(i + t * dilation);
+}
+
+/// Allowed blocks per row of a band of `window` blocks per side (the upper bound square_blocks checks).
+int64_t band_width(int64_t window, bool causal) {
+  return detail::sat_add(causal ? window : detail::sat_mul(window, 2), 1);
 }
 
 }  // namespace
@@ -66,6 +89,8 @@ BlockLayout BlockLayout::from_dense(const uint8_t* blocks, int64_t num_heads, in
   require_positive(block_q, "block_size[0]");
   require_positive(block_k, "block_size[1]");
   if (nkb > INT32_MAX) value_error("more than 2^31 key blocks are not supported");
+  detail::checked_mul(detail::checked_mul(num_heads, nqb, "num_heads * num_q_blocks"), nkb,
+                      "num_heads * num_q_blocks * num_k_blocks");
   BlockLayout L;
   L.block_q = block_q;
   L.block_k = block_k;
@@ -84,8 +109,8 @@ BlockLayout BlockLayout::from_dense(const uint8_t* blocks, int64_t num_heads, in
 BlockLayout BlockLayout::sliding_window(int64_t seq_len, int64_t block_size, int64_t window_blocks, bool causal,
                                         int64_t num_heads) {
   require_nonnegative(window_blocks, "window_blocks");
-  const int64_t n = ceil_div(std::max<int64_t>(seq_len, 0), std::max<int64_t>(block_size, 1));
-  return build_square(seq_len, block_size, num_heads, [&](int64_t, int64_t i, std::vector<int64_t>& cols) {
+  const int64_t n = square_blocks(seq_len, block_size, num_heads, band_width(window_blocks, causal));
+  return build_square(n, block_size, num_heads, [&](int64_t, int64_t i, std::vector<int64_t>& cols) {
     band(i, n, window_blocks, causal ? 0 : window_blocks, 1, cols);
   });
 }
@@ -96,7 +121,10 @@ BlockLayout BlockLayout::longformer(int64_t seq_len, int64_t block_size, int64_t
   require_nonnegative(window_blocks, "window_blocks");
   require_positive(dilation, "dilation");
   require_positive(block_size, "block_size");
-  const int64_t n = ceil_div(std::max<int64_t>(seq_len, 0), block_size);
+  require_nonnegative(seq_len, "seq_len");
+  const int64_t ng = static_cast<int64_t>(global_tokens.size());
+  const int64_t n = square_blocks(seq_len, block_size, num_heads, detail::sat_add(band_width(window_blocks, causal), ng),
+                                  detail::sat_mul(ng, ceil_div(seq_len, block_size)));
   std::vector<uint8_t> is_global(static_cast<size_t>(n), 0);
   std::vector<int64_t> globals;
   for (int64_t g : global_tokens) {
@@ -106,7 +134,7 @@ BlockLayout BlockLayout::longformer(int64_t seq_len, int64_t block_size, int64_t
     if (!is_global[g / block_size]) globals.push_back(g / block_size);
     is_global[g / block_size] = 1;
   }
-  return build_square(seq_len, block_size, num_heads, [&](int64_t, int64_t i, std::vector<int64_t>& cols) {
+  return build_square(n, block_size, num_heads, [&](int64_t, int64_t i, std::vector<int64_t>& cols) {
     const int64_t last = causal ? i : n - 1;  // causal: nothing after the query block
     if (is_global[i]) {
       for (int64_t j = 0; j <= last; ++j) cols.push_back(j);
@@ -124,10 +152,14 @@ BlockLayout BlockLayout::bigbird(int64_t seq_len, int64_t block_size, int64_t wi
   require_nonnegative(global_blocks, "global_blocks");
   require_nonnegative(random_blocks, "random_blocks");
   require_positive(block_size, "block_size");
-  const int64_t n = ceil_div(std::max<int64_t>(seq_len, 0), block_size);
-  std::vector<uint8_t> taken(static_cast<size_t>(n), 0);
-  std::vector<int64_t> cand;
-  return build_square(seq_len, block_size, num_heads, [&](int64_t h, int64_t i, std::vector<int64_t>& cols) {
+  require_nonnegative(seq_len, "seq_len");
+  const int64_t per_row = detail::sat_add(detail::sat_add(band_width(window_blocks, causal), global_blocks), random_blocks);
+  const int64_t n = square_blocks(seq_len, block_size, num_heads, per_row,
+                                  detail::sat_mul(std::min(global_blocks, ceil_div(seq_len, block_size)),
+                                                  ceil_div(seq_len, block_size)));
+  std::vector<int64_t> taken, listed;
+  std::unordered_map<int64_t, int64_t> moved;  // Fisher-Yates positions whose candidate was swapped
+  return build_square(n, block_size, num_heads, [&](int64_t h, int64_t i, std::vector<int64_t>& cols) {
     const int64_t last = causal ? i : n - 1;
     if (i < global_blocks) {  // global rows see everything (causal: the past)
       for (int64_t j = 0; j <= last; ++j) cols.push_back(j);
@@ -138,19 +170,52 @@ BlockLayout BlockLayout::bigbird(int64_t seq_len, int64_t block_size, int64_t wi
     if (random_blocks == 0) return;
     // Random blocks: uniform without replacement among the blocks <= last not allowed yet. Draw t of row
     // i uses Philox word (i << 32) + t of stream kStreamBigBird + h (shared layouts: h = 0).
-    for (int64_t j : cols) taken[j] = 1;
-    cand.clear();
-    for (int64_t j = 0; j <= last; ++j)
-      if (!taken[j]) cand.push_back(j);
-    for (int64_t j : cols) taken[j] = 0;
+    // The candidates are 0 .. last without `taken`, ascending. When the row draws a good share of them
+    // they are listed; otherwise candidate p is computed from the sorted taken blocks and the partial
+    // Fisher-Yates keeps only the positions it swapped. Either way a row costs O(result), not O(n), and
+    // draws the same blocks.
+    taken.assign(cols.begin(), cols.end());
+    std::sort(taken.begin(), taken.end());
+    taken.erase(std::unique(taken.begin(), taken.end()), taken.end());
+    const int64_t ncand = last + 1 - static_cast<int64_t>(taken.size());
+    const bool list = std::min<int64_t>(random_blocks, ncand) * 4 >= ncand;
+    listed.clear();
+    if (list)
+      for (int64_t j = 0, t = 0; j <= last; ++j) {
+        if (t < static_cast<int64_t>(taken.size()) && taken[t] == j) {
+          ++t;
+          continue;
+        }
+        listed.push_back(j);
+      }
+    moved.clear();
+    auto cand = [&](int64_t pos) {
+      if (list) return listed[pos];
+      const auto it = moved.find(pos);
+      if (it != moved.end()) return it->second;
+      int64_t j = pos;
+      for (int64_t c : taken) {
+        if (c > j) break;
+        ++j;
+      }
+      return j;
+    };
+    auto put = [&](int64_t pos, int64_t j) {
+      if (list)
+        listed[pos] = j;
+      else
+        moved[pos] = j;
+    };
     const uint64_t stream = math::kStreamBigBird + static_cast<uint64_t>(h);
-    const int64_t picks = std::min<int64_t>(random_blocks, static_cast<int64_t>(cand.size()));
+    const int64_t picks = std::min<int64_t>(random_blocks, ncand);
     for (int64_t t = 0; t < picks; ++t) {  // partial Fisher-Yates over the candidates
-      const int64_t remaining = static_cast<int64_t>(cand.size()) - t;
+      const int64_t remaining = ncand - t;
       const int64_t r = t + math::uniform_below(seed, stream, (static_cast<uint64_t>(i) << 32) + t,
                                                 static_cast<uint32_t>(remaining));
-      std::swap(cand[t], cand[r]);
-      cols.push_back(cand[t]);
+      const int64_t a = cand(t), b = cand(r);
+      put(r, a);
+      put(t, b);
+      cols.push_back(b);
     }
   });
 }
@@ -163,13 +228,23 @@ BlockLayout BlockLayout::fixed(int64_t seq_len, int64_t block_size, int64_t loca
     value_error("global_blocks (" + std::to_string(global_blocks) + ") must not exceed local_blocks (" +
                 std::to_string(local_blocks) + ")");
   require_positive(block_size, "block_size");
-  const int64_t n = ceil_div(std::max<int64_t>(seq_len, 0), block_size);
-  return build_square(seq_len, block_size, num_heads, [&](int64_t, int64_t i, std::vector<int64_t>& cols) {
+  require_nonnegative(seq_len, "seq_len");
+  const int64_t nb = ceil_div(seq_len, block_size);
+  const int64_t n = square_blocks(seq_len, block_size, num_heads,
+                                  detail::sat_add(local_blocks, detail::sat_mul(ceil_div(nb, local_blocks), global_blocks)));
+  return build_square(n, block_size, num_heads, [&](int64_t, int64_t i, std::vector<int64_t>& cols) {
     const int64_t last = causal ? i : n - 1;
-    const int64_t seg = i / local_blocks;
-    for (int64_t j = seg * local_blocks; j < std::min((seg + 1) * local_blocks, last + 1); ++j) cols.push_back(j);
-    for (int64_t j = 0; j <= last; ++j)
-      if (j % local_blocks >= local_blocks - global_blocks) cols.push_back(j);
+    const int64_t seg = i / local_blocks, seg0 = seg * local_blocks;  // seg0 <= i: no overflow
+    for (int64_t j = seg0; j <= last && j - seg0 < local_blocks; ++j) cols.push_back(j);
+    // The last global_blocks blocks of every segment up to `last`, visited segment by segment (the cost
+    // follows the result; the guards keep every sum below last + local_blocks without overflow).
+    if (global_blocks > 0)
+      for (int64_t s0 = 0;; s0 += local_blocks) {
+        if (local_blocks - global_blocks <= last - s0)
+          for (int64_t j = s0 + (local_blocks - global_blocks); j <= last && j - s0 < local_blocks; ++j)
+            cols.push_back(j);
+        if (last - s0 < local_blocks) break;
+      }
   });
 }
 
@@ -299,7 +374,7 @@ void validate_layout(const BlockLayoutRef& L) {
   require_dtype(L.col_idx, DType::Int32, "layout.col_idx");
   if (L.row_ptr.device != Device::CPU || L.col_idx.device != Device::CPU)
     detail::type_error("layout arrays must be in host memory (the kernels read the CSR on the host)");
-  const int64_t rows = L.num_heads * L.num_q_blocks;
+  const int64_t rows = detail::checked_mul(L.num_heads, L.num_q_blocks, "layout.num_heads * layout.num_q_blocks");
   if (L.row_ptr.ndim != 1 || L.row_ptr.shape[0] != rows + 1)
     value_error("layout.row_ptr must have shape (num_heads * num_q_blocks + 1,) = (" + std::to_string(rows + 1) +
                 ",), got " + detail::shape_str(L.row_ptr));

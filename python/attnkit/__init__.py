@@ -69,12 +69,13 @@ def get_num_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Sets the number of CPU threads for later calls from this thread. Results do not depend on it.
+    A call uses at most 4 threads per processor (at least 16, at most 1024), whatever ``n`` asks for.
 
     Raises ValueError when ``n < 1``.
     """
     from ._array import as_int
 
-    _core.set_num_threads(as_int(n, "n"))
+    _core.set_num_threads(min(as_int(n, "n"), 2**31 - 1))
 
 
 def info() -> dict:

@@ -33,6 +33,27 @@ def is_cuda_array(x) -> bool:
     return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
 
 
+def _require_cupy(name: str):
+    """CuPy, which device arrays need (outputs are allocated with it); TypeError naming the argument
+    when it is not installed."""
+    try:
+        import cupy
+    except ImportError:
+        raise TypeError(f"{name} is a device array (__cuda_array_interface__) but CuPy is not installed; "
+                        "attnkit needs CuPy for device arrays") from None
+    return cupy
+
+
+def checked_alloc(fn, shape, dtype, name: str):
+    """fn(shape, dtype) (np.empty, np.zeros, cupy.empty), with a ValueError naming the output instead of
+    MemoryError / a size error for a shape nothing can hold."""
+    try:
+        return fn(shape, dtype=dtype)
+    except (MemoryError, ValueError, OverflowError) as e:
+        raise ValueError(f"{name}: cannot allocate an array of shape {tuple(shape)} and dtype "
+                         f"{np.dtype(dtype)} ({e.__class__.__name__}: {e})") from None
+
+
 def _dtype_code(dtype, name: str) -> int:
     code = _CODES.get(np.dtype(dtype))
     if code is None:
@@ -70,6 +91,7 @@ class Call:
             return self._numpy_tensor(x, name)
         x = self.array(x, name, coerce=coerce)
         if is_cuda_array(x):
+            _require_cupy(name)
             iface = x.__cuda_array_interface__
             dtype = np.dtype(iface["typestr"])
             code = _dtype_code(dtype, name)
@@ -135,7 +157,7 @@ class Call:
         specs = output_specs(query, params)
         arrays = []
         for name in names:
-            arr, ref = self.allocate(specs[name])
+            arr, ref = self.allocate(specs[name], name)
             *path, last = name.split(".")
             target = params
             for part in path:
@@ -144,21 +166,21 @@ class Call:
             arrays.append(arr)
         return arrays
 
-    def allocate(self, spec):
+    def allocate(self, spec, name="out"):
         """A new output array for one ``(shape, dtype code)`` of :func:`output_specs`, and its TensorRef."""
         shape, code = spec
-        return self.empty(tuple(shape), _DTYPES[code])
+        return self.empty(tuple(shape), _DTYPES[code], name)
 
-    def empty(self, shape, dtype):
-        """A new C-contiguous output array on the call's device, and its TensorRef."""
+    def empty(self, shape, dtype, name="out"):
+        """A new C-contiguous output array on the call's device, and its TensorRef (`name`, the output's,
+        in the error when nothing can hold it)."""
         if self.cuda:
-            import cupy
-
+            cupy = _require_cupy(name)
             with cupy.cuda.Device(self.device_index):
-                arr = cupy.empty(shape, dtype=dtype)
+                arr = checked_alloc(cupy.empty, shape, dtype, name)
         else:
-            arr = np.empty(shape, dtype=dtype)
-        return arr, self.tensor(arr, "out")
+            arr = checked_alloc(np.empty, shape, dtype, name)
+        return arr, self.tensor(arr, name)
 
     @property
     def stream(self) -> int:
@@ -180,14 +202,19 @@ def output_specs(query, params) -> dict:
     return {name: (shape, code) for name, shape, code in query(params)}
 
 
-def as_int(x, name: str) -> int:
-    """An integer argument; bool (an int subclass) is rejected as the flag it almost surely is."""
+def as_int(x, name: str, *, clamp: bool = False) -> int:
+    """An integer argument: TypeError for a non-integer (bool included: an int subclass, but surely a
+    flag), ValueError outside int64 (the C++ core's range) unless ``clamp`` (the caller clamps it to its
+    meaning)."""
     if isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got bool")
     try:
-        return operator.index(x)
+        v = operator.index(x)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(x).__name__}") from None
+    if not clamp and not -2**63 <= v < 2**63:
+        raise ValueError(f"{name} = {v} is outside the int64 range")
+    return v
 
 
 def as_float(x, name: str) -> float:
@@ -214,7 +241,7 @@ def as_choice(x, name: str, choices: dict):
 
 def as_seed(x, name: str = "seed") -> int:
     """A Philox key: an integer in [0, 2**64)."""
-    x = as_int(x, name)
+    x = as_int(x, name, clamp=True)  # the range check is [0, 2**64), below
     if not 0 <= x < 2**64:
         raise ValueError(f"{name} must be in [0, 2**64), got {x}")
     return x

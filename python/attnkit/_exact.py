@@ -39,8 +39,9 @@ def _set_masking(p, call: Call, causal, window, mask, bias, key_lengths, scale, 
             left, right = window
         except (TypeError, ValueError):
             raise ValueError(f"window must be a pair (left, right) or None, got {window!r}") from None
-        p.window_left = -1 if left is None else as_int(left, "window[0]")
-        p.window_right = -1 if right is None else as_int(right, "window[1]")
+        # A side past int64 allows what any side >= Sq + Sk allows (the validator clamps there too).
+        p.window_left = -1 if left is None else max(-1, min(as_int(left, "window[0]", clamp=True), 2**62))
+        p.window_right = -1 if right is None else max(-1, min(as_int(right, "window[1]", clamp=True), 2**62))
     p.mask = call.tensor(mask, "mask", coerce=True)
     p.bias = call.tensor(bias, "bias", coerce=True)
     p.key_lengths = call.lengths(key_lengths)
@@ -79,7 +80,9 @@ def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_l
     -------
     out : array ``[B, Hq, Sq, Dv]`` in ``q``'s dtype (rank follows ``q``), or ``(out, lse)`` with ``lse``
     float32 (float64 for float64 inputs). Rows with no allowed key give ``out = 0`` and ``lse = -inf``,
-    never NaN. Accumulation is float32 (float64 for float64 inputs).
+    never NaN. Accumulation is float32 (float64 for float64 inputs). NaN / inf follow IEEE arithmetic over
+    the allowed entries (a NaN query row gives NaN ``out`` and ``lse``; a NaN key, every row allowed to see
+    it); masked entries (mask, ``-inf`` bias, causal, window, key_lengths) are never read.
 
     Raises
     ------

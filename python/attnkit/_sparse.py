@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._array import Call, as_bool, as_float, as_int, as_seed
+from ._array import Call, as_bool, as_float, as_int, as_seed, checked_alloc
 
 __all__ = ["BlockLayout", "block_sparse_attention", "lsh_buckets", "lsh_attention"]
 
@@ -17,6 +17,21 @@ def _pair(x, name):
         return as_int(x[0], f"{name}[0]"), as_int(x[1], f"{name}[1]")
     v = as_int(x, name)
     return v, v
+
+
+def _index_array(x, name, dtype):
+    """x as a 1-D C-contiguous array of `dtype`: integer arrays only (a float or bool array would be
+    truncated), every value representable (a cast would wrap it)."""
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
+        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    if a.size and a.dtype != dtype:
+        info = np.iinfo(dtype)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < info.min or hi > info.max:
+            raise ValueError(f"{name} holds {lo if lo < info.min else hi}, outside the {np.dtype(dtype)} range "
+                             f"[{info.min}, {info.max}]")
+    return np.ascontiguousarray(a, dtype=dtype)
 
 
 class BlockLayout:
@@ -39,8 +54,8 @@ class BlockLayout:
         bq, bk = _pair(block_size, "block_size")
         nqb, nkb = _pair(num_blocks, "num_blocks")
         heads = as_int(num_heads, "num_heads")
-        row_ptr = np.ascontiguousarray(row_ptr, dtype=np.int64)
-        col_idx = np.ascontiguousarray(col_idx, dtype=np.int32)
+        row_ptr = _index_array(row_ptr, "row_ptr", np.int64)
+        col_idx = _index_array(col_idx, "col_idx", np.int32)
         self._wrap(_core.Layout(row_ptr, col_idx, bq, bk, heads, nqb, nkb))
 
     def _wrap(self, core_layout):
@@ -79,7 +94,7 @@ class BlockLayout:
     def to_dense(self) -> np.ndarray:
         """The bool block mask ``[num_heads, num_q_blocks, num_k_blocks]``."""
         heads, (nqb, nkb) = self.num_heads, self.num_blocks
-        d = np.zeros((heads * nqb, nkb), dtype=bool)
+        d = checked_alloc(np.zeros, (heads * nqb, nkb), bool, "to_dense()")
         rows = np.repeat(np.arange(heads * nqb), np.diff(self.row_ptr))
         d[rows, self.col_idx] = True
         return d.reshape(heads, nqb, nkb)

@@ -44,7 +44,9 @@ def allowed_mask(B, Hq, Sq, Sk, *, causal=False, window=None, mask=None, key_len
     if causal:
         ok &= j <= i + a
     if window is not None:
-        left, right = window
+        left, right = window  # a side past Sq + Sk allows what Sq + Sk allows (and stays in int64)
+        left = None if left is None else min(int(left), Sq + Sk)
+        right = None if right is None else min(int(right), Sq + Sk)
         if left is not None and left >= 0:
             ok &= j >= i + a - left
         if right is not None and right >= 0:
@@ -80,17 +82,40 @@ def scores(q, k, *, scale=None, softcap=None, bias=None, alibi_slopes=None, _dty
 
 def _softmax_rows(s, ok):
     """Masked softmax over the last axis with the contract's empty-row rule (-inf scores count as
-    masked). Returns (p, lse)."""
+    masked). Returns (p, lse).
+
+    Non-finite values follow IEEE arithmetic over the allowed keys: a NaN score of an allowed key (NaN in
+    q, k, the bias or a softcap of inf) makes the row's p and lse NaN, a +inf score gives NaN too
+    (exp(inf - inf)); masked entries are replaced by -inf before anything reads them. p is exactly 0 for
+    every key whose final score is -inf, even in a NaN row."""
     s = np.where(ok, s, -np.inf)
-    m = s.max(axis=-1, keepdims=True, initial=-np.inf)
-    empty = ~np.isfinite(m) & (m < 0)  # every key masked (or -inf)
-    m_safe = np.where(empty, 0.0, m).astype(s.dtype)
-    e = np.where(ok, np.exp(s - m_safe), 0.0).astype(s.dtype)
-    tot = e.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        m = s.max(axis=-1, keepdims=True, initial=-np.inf)  # NaN when a score is NaN
+        empty = np.isneginf(m)  # every key masked (or -inf)
+        m_safe = np.where(empty, 0.0, m).astype(s.dtype)
+        e = np.where(ok, np.exp(s - m_safe), 0.0).astype(s.dtype)
+        tot = e.sum(axis=-1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(empty, 0.0, e / np.where(empty, 1.0, tot))
+        p = np.where(empty | np.isneginf(s), 0.0, e / np.where(empty, 1.0, tot))
         lse = np.where(empty, -np.inf, np.log(np.where(empty, 1.0, tot)) + m_safe)[..., 0]
     return p, lse
+
+
+def _apply_values(p, ok, v):
+    """``out[..., i, :] = sum over keys j allowed for row i of p_ij v_j``: like ``p @ v``, except that a
+    key masked for row i is never read into row i (``p @ v`` would turn a masked NaN / inf value into
+    NaN through 0 * NaN). Allowed keys follow IEEE arithmetic (0 * NaN = NaN included)."""
+    bad = ~np.isfinite(v)
+    if not bad.any():
+        return p @ v
+    out = p @ np.where(bad, 0.0, v)
+    hit = (ok.astype(np.float64) @ bad.astype(np.float64)) > 0  # rows reading a non-finite value
+    for idx in zip(*np.nonzero(hit.any(axis=-1))):
+        b, h, i = idx
+        sel = ok[b, h, i]
+        with np.errstate(invalid="ignore", over="ignore"):
+            out[b, h, i] = p[b, h, i, sel] @ v[b, h, sel]
+    return out
 
 
 def attention_weights(q, k, *, causal=False, window=None, mask=None, bias=None, key_lengths=None, scale=None,
@@ -102,8 +127,16 @@ def attention_weights(q, k, *, causal=False, window=None, mask=None, bias=None, 
     Sk = k4.shape[2]
     s = scores(q4, k4, scale=scale, softcap=softcap, bias=bias, alibi_slopes=alibi_slopes)
     ok = allowed_mask(B, Hq, Sq, Sk, causal=causal, window=window, mask=mask, key_lengths=key_lengths)
+    ok &= ~_neg_inf_bias(bias, ok.shape)
     p, _ = _softmax_rows(s, ok)
     return p.reshape(p.shape[4 - rank:])
+
+
+def _neg_inf_bias(bias, shape):
+    """Where the bias is -inf: those keys are masked (never read, even when the score is NaN)."""
+    if bias is None:
+        return np.zeros(shape, bool)
+    return np.broadcast_to(np.isneginf(_f64(bias)), shape)
 
 
 def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_lengths=None, scale=None,
@@ -114,10 +147,12 @@ def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_l
     v4, _ = _to4(v, _dtype)
     B, Hq, Sq, _ = q4.shape
     Sk = k4.shape[2]
-    s = scores(q4, k4, scale=scale, softcap=softcap, bias=bias, alibi_slopes=alibi_slopes, _dtype=_dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = scores(q4, k4, scale=scale, softcap=softcap, bias=bias, alibi_slopes=alibi_slopes, _dtype=_dtype)
     ok = allowed_mask(B, Hq, Sq, Sk, causal=causal, window=window, mask=mask, key_lengths=key_lengths)
+    ok &= ~_neg_inf_bias(bias, ok.shape)
     p, lse = _softmax_rows(s, ok)
-    out = p @ _repeat_kv(v4, Hq)
+    out = _apply_values(p, ok, _repeat_kv(v4, Hq))
     out = out.reshape(out.shape[4 - rank:])
     lse = lse.reshape(lse.shape[4 - rank:])
     return (out, lse) if return_lse else out
@@ -218,11 +253,15 @@ def lsh_rotations(D, num_buckets, num_hashes, seed):
 
 
 def lsh_buckets(x, *, num_buckets, num_hashes=1, seed=0):
-    """Oracle of :func:`attnkit.lsh_buckets`: ``argmax([x R_r, -x R_r])`` in float64."""
+    """Oracle of :func:`attnkit.lsh_buckets`: ``argmax([x R_r, -x R_r])`` in float64; a row whose
+    projections hold a NaN (a NaN in x, or inf - inf) goes to bucket 0."""
     x = _f64(x)
     rot = lsh_rotations(x.shape[-1], num_buckets, num_hashes, seed)
-    proj = np.einsum("...sd,rdc->...rsc", x, rot)
-    return np.argmax(np.concatenate([proj, -proj], axis=-1), axis=-1).astype(np.int32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        proj = np.einsum("...sd,rdc->...rsc", x, rot)
+    both = np.concatenate([proj, -proj], axis=-1)
+    nan = np.isnan(both).any(axis=-1)
+    return np.where(nan, 0, np.argmax(np.where(np.isnan(both), -np.inf, both), axis=-1)).astype(np.int32)
 
 
 def lsh_attention(q, k, v, *, num_buckets, num_hashes=1, seed=0, causal=False, scale=None, return_lse=False,
@@ -407,8 +446,9 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True
     fk = np.where(keys, _phi(k4, feature_map), 0.0).astype(_dtype)  # padded keys are never read
     vm = np.where(keys, v4, 0.0).astype(_dtype)
     a = fq @ _repeat_kv(fk, Hq).swapaxes(-1, -2)
-    a = np.where(_linear_weights_mask(B, S, Sk, causal, key_lengths), a, 0.0)
-    num = a @ _repeat_kv(vm, Hq)
+    allowed = np.broadcast_to(_linear_weights_mask(B, S, Sk, causal, key_lengths), a.shape)
+    a = np.where(allowed, a, 0.0)
+    num = _apply_values(a, allowed, _repeat_kv(vm, Hq))  # a future key's value is never read
     den = a.sum(-1)
     F = fk.shape[-1]
     s0 = np.zeros((B, Hkv, F, Dv), _dtype)
@@ -496,7 +536,7 @@ def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, sc
         a = np.where(allowed, g * np.where(allowed, factor, 0.0), 0.0)
     else:
         raise ValueError(f"kernel must be 'softmax' or 'relu', got {kernel!r}")
-    num = a.astype(_dtype) @ _repeat_kv(v4, Hq)
+    num = _apply_values(a.astype(_dtype), np.broadcast_to(allowed, a.shape), _repeat_kv(v4, Hq))
     return _drop_lead(_normalized(num, a.sum(-1), True, eps), rank)
 
 

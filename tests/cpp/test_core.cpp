@@ -78,6 +78,12 @@ static void test_softmax_helpers() {
   CHECK(m::softmax_lse(ninf, 0.0) == ninf);
   CHECK(m::softmax_out_scale(ninf, 0.0) == 0.0);
   CHECK(std::fabs(m::softmax_lse(1.0, std::exp(2.0)) - 3.0) < 1e-15);
+  // NaN propagation: a NaN sum (NaN score of an allowed key) stays NaN; only l == 0 is an empty row.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  CHECK(std::isnan(m::softmax_lse(ninf, nan)) && std::isnan(m::softmax_out_scale(ninf, nan)));
+  CHECK(std::isnan(m::softmax_lse(1.0, nan)) && std::isnan(m::softmax_out_scale(1.0, nan)));
+  CHECK(std::isnan(m::phi_relu(nan)) && std::isnan(m::phi_elu1(nan, [](double x) { return std::exp(x); })));
+  CHECK(std::isnan(m::performer_relu<double>(nan)));
   // merge of lse 0 and log 3 (and an empty part) is log 4
   double mx = ninf, sum = 0, w;
   m::merge_step(mx, sum, 0.0, &w);

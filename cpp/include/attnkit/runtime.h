@@ -16,9 +16,10 @@ ATTNKIT_API int cuda_device_count();
 /// The CPU micro-kernel family in use: "avx512", "avx2" or "generic". ATTNKIT_CPU_ISA=generic|avx2|avx512
 /// in the environment lowers (never raises) the choice made from CPUID.
 ATTNKIT_API const char* cpu_isa();
-/// Threads the CPU backend uses for the next call (OpenMP; 1 without OpenMP).
+/// Threads the CPU backend uses for the next call (OpenMP; 1 without OpenMP): the OpenMP setting, capped
+/// at 4 per processor (at least 16, at most 1024).
 ATTNKIT_API int get_num_threads();
-/// Sets the CPU thread count for later calls from this thread (n >= 1).
+/// Sets the CPU thread count for later calls from this thread (n >= 1; calls use at most the cap above).
 ATTNKIT_API void set_num_threads(int n);
 
 /// Whether a call can run, and where: the answer of the same selection the call itself makes (dispatch

@@ -22,6 +22,7 @@
 // Determinism: every output element is produced by one thread in a fixed order, whatever the number of
 // threads.
 
+#include <cstdlib>
 #include <cstring>
 
 #include "attnkit/math/masks.h"
@@ -32,6 +33,7 @@
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "validate/attention.h"
+#include "workspace.h"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -74,6 +76,11 @@ struct ExactKernel {
   /// Up to this many lanes per tile (decoding: one query row per head), QK^T is computed as dot products
   /// along D instead of outer products over the lanes, which would mostly multiply padding.
   static constexpr int kDotLanes = 4;
+  /// Long rows: every kSegmentChunks chunks the running sums (o, l) move into (o2, l2) and restart from 0,
+  /// so a float32 sum never adds a chunk to a total more than 512 chunks' worth larger (one running sum
+  /// stalls near 2^30 keys of equal weight; here a row loses at most ~512 * 2^-24 = 3e-5 of its sums to
+  /// rounding). Costs one add per accumulator every 512 chunks; nothing for shorter rows.
+  static constexpr int64_t kSegmentChunks = 512;
 
   struct Ctx {
     const AttnProblem* p;
@@ -90,6 +97,9 @@ struct ExactKernel {
     bool dot;          // QK^T by dot products (few lanes)
     bool k_direct, v_direct;
     bool weights;      // attention_weights instead of attention
+    /// Per (b, kv head): whether its values are all finite, found on first need (-1: not yet, 0: no,
+    /// 1: yes), so chunks with masked keys check their value rows only when a non-finite value exists.
+    int8_t* v_finite;
   };
 
   struct Work {
@@ -100,6 +110,8 @@ struct ExactKernel {
     T* kbuf;    // [BK][D]  packed keys (when not read in place)
     T* vbuf;    // [BK][DvP] packed values
     T* o;       // [BQ][DvP] output accumulator
+    T* o2;      // [BQ][DvP] long rows: o of the finished segments (see kSegmentChunks)
+    T* l2;      // [BQ]      long rows: l of the finished segments
     T* m;       // [BQ] running max
     T* l;       // [BQ] running sum
     T* alpha;   // [BQ] last rescale factor
@@ -126,8 +138,8 @@ struct ExactKernel {
   static std::size_t work_bytes(const Ctx& c) {
     const AttnProblem& p = *c.p;
     std::size_t n = 0;
-    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + BQ * c.DvP + 6 * BQ);
-    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 17 * 64;
+    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + 2 * BQ * c.DvP + 7 * BQ);
+    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 19 * 64;
     return n;
   }
 
@@ -147,6 +159,8 @@ struct ExactKernel {
     w.kbuf = reinterpret_cast<T*>(take(sizeof(T) * BK * p.D));
     w.vbuf = reinterpret_cast<T*>(take(sizeof(T) * BK * c.DvP));
     w.o = reinterpret_cast<T*>(take(sizeof(T) * BQ * c.DvP));
+    w.o2 = reinterpret_cast<T*>(take(sizeof(T) * BQ * c.DvP));
+    w.l2 = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.m = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.l = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.alpha = reinterpret_cast<T*>(take(sizeof(T) * BQ));
@@ -199,6 +213,41 @@ struct ExactKernel {
   /// o[lanes][:] += sum_j p[j][lane] * v[j][:]: probabilities broadcast over the value columns.
   static void pv(const Work& w, const T* vp, int64_t ldv, int jn, int nl, int64_t DvP) {
     Gemm::template gemm<RL, NV, Store::Accumulate>(nl, DvP, jn, w.sT, 1, BQ, vp, ldv, w.o, DvP);
+  }
+
+  /// pv for a chunk that holds a non-finite value AND keys masked for some lanes: a masked key's
+  /// probability is 0, but 0 * NaN = NaN, so the masked (lane, key) pairs are skipped here ("masked
+  /// entries are never read"). Scalar; it only runs for such chunks.
+  static void pv_masked(const Ctx& c, const Work& w, const T* vp, int64_t ldv, int64_t j0, int jn, int nl) {
+    const int64_t Dv = c.p->Dv;
+    for (int l = 0; l < nl; ++l) {
+      T* o = w.o + l * c.DvP;
+      for (int j = 0; j < jn; ++j) {
+        const int64_t kj = j0 + j;
+        if (kj < w.lo[l] || kj >= w.hi[l]) continue;
+        if (c.bias_tile && w.bT[j * BQ + l] == math::neg_inf<T>()) continue;
+        const T pj = w.sT[j * BQ + l];
+        const T* vr = vp + j * ldv;
+        for (int64_t d = 0; d < Dv; ++d) o[d] += pj * vr[d];
+      }
+    }
+  }
+
+  /// Whether every value of kv head (b, hkv) is finite: one pass over V per head and call, on first need
+  /// (threads racing on it compute the same answer; relaxed atomics make the race well defined).
+  static bool values_finite(const Ctx& c, int64_t b, int64_t hkv) {
+    int8_t* f = c.v_finite + b * c.p->Hkv + hkv;
+    int8_t known = __atomic_load_n(f, __ATOMIC_RELAXED);
+    if (known < 0) {
+      const ViewN<4>& v = c.p->v;
+      const St* base = static_cast<const St*>(v.data) + b * v.stride[0] + hkv * v.stride[1];
+      T acc = T(0);
+      for (int64_t j = 0; j < c.p->Sk; ++j)
+        for (int64_t d = 0; d < c.p->Dv; ++d) acc += static_cast<T>(to_acc(base[j * v.stride[2] + d * v.stride[3]])) * T(0);
+      known = acc == T(0) ? 1 : 0;
+      __atomic_store_n(f, known, __ATOMIC_RELAXED);
+    }
+    return known == 1;
   }
 
   // --------------------------------------------------------------------------------------- tile steps
@@ -340,9 +389,16 @@ struct ExactKernel {
         V x = S::load(s + v * W);
         if (any) {
           if (c.softcap) x = S::tanh(x * c.cap_in) * c.cap_out;
-          if (c.bias_tile) x += S::load(w.bT + j * BQ + v * W);
+          V b{};
+          if (c.bias_tile) {
+            b = S::load(w.bT + j * BQ + v * W);
+            x += b;
+          }
           if (c.alibi)
             x -= S::load(w.slope + v * W) * S::to_float(math::alibi_distance(S::loadi(w.pos + v * W), jv));
+          // A -inf entry (mask False or bias -inf) masks the key even when the score or the ALiBi term
+          // is NaN: masked entries are never read.
+          if (c.bias_tile) x = b == ninf ? ninf : x;
           if (range_mask) {
             const VI ok = (jv >= S::loadi(w.lo + v * W)) & (jv < S::loadi(w.hi + v * W));
             x = ok ? x : ninf;
@@ -374,7 +430,8 @@ struct ExactKernel {
     }
   }
 
-  static void compute_chunk_scores(const Ctx& c, const Work& w, const Tile& t, int nl, int64_t j0, int jn,
+  /// Scores of a chunk; returns whether some key of it may be masked for some lane (range or mask/bias).
+  static bool compute_chunk_scores(const Ctx& c, const Work& w, const Tile& t, int nl, int64_t j0, int jn,
                                    int64_t inner_lo, int64_t inner_hi, V* bmax) {
     int64_t ldk;
     const T* kp = key_rows(c, w, t.b, t.hkv, j0, jn, ldk);
@@ -385,6 +442,7 @@ struct ExactKernel {
     if (c.bias_tile) bias_tile(c, w, t.b, nl, j0, jn);
     const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
     transform(c, w, j0, jn, range_mask, bmax);
+    return range_mask || c.bias_tile;
   }
 
   /// Calls f(j0, jn) for every chunk of at most BK keys of the tile's key ranges.
@@ -404,21 +462,54 @@ struct ExactKernel {
     const int64_t DvP = c.DvP;
     std::memset(w.o, 0, sizeof(T) * nl * DvP);
     V bmax[NQV];
+    int64_t chunks = 0;
+    bool segmented = false;  // (o2, l2) hold finished segments
+    auto rescale = [&](T* o, T a) {
+      for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o + d) * a);
+    };
     for_each_chunk(w, nranges, [&](int64_t j0, int jn) {
-      compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
+      const bool masked = compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
       softmax_update(w, jn, bmax);
       for (int l = 0; l < nl; ++l) {
         const T a = w.alpha[l];
         if (a != T(1)) {
-          T* o = w.o + l * DvP;
-          for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o + d) * a);
+          rescale(w.o + l * DvP, a);
+          if (segmented) {
+            rescale(w.o2 + l * DvP, a);
+            w.l2[l] *= a;
+          }
         }
       }
       int64_t ldv;
       const T* vp = value_rows(c, w, t.b, t.hkv, j0, jn, ldv);
-      pv(w, vp, ldv, jn, nl, DvP);
+      if (masked && !values_finite(c, t.b, t.hkv) && !rows_finite<T, W>(vp, ldv, jn, p.Dv))
+        pv_masked(c, w, vp, ldv, j0, jn, nl);
+      else
+        pv(w, vp, ldv, jn, nl, DvP);
+      if (++chunks % kSegmentChunks == 0) {
+        if (!segmented) {
+          std::memset(w.o2, 0, sizeof(T) * nl * DvP);
+          for (int l = 0; l < nl; ++l) w.l2[l] = T(0);
+          segmented = true;
+        }
+        for (int l = 0; l < nl; ++l) {
+          T* o = w.o + l * DvP;
+          T* o2 = w.o2 + l * DvP;
+          for (int64_t d = 0; d < DvP; d += W) S::store(o2 + d, S::load(o2 + d) + S::load(o + d));
+          std::memset(o, 0, sizeof(T) * DvP);
+          w.l2[l] += w.l[l];
+          w.l[l] = T(0);
+        }
+      }
     });
-    // Finalise: out = o / l, lse = m + log l; empty rows give 0 and -inf.
+    if (segmented)
+      for (int l = 0; l < nl; ++l) {
+        T* o = w.o + l * DvP;
+        const T* o2 = w.o2 + l * DvP;
+        for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o2 + d) + S::load(o + d));
+        w.l[l] += w.l2[l];
+      }
+    // Finalise: out = o / l, lse = m + log l; empty rows give 0 and -inf, NaN stays NaN.
     for (int l = 0; l < nl; ++l) {
       const T sc = math::softmax_out_scale(w.m[l], w.l[l]);
       St* dst = static_cast<St*>(p.out) + t.b * p.out_stride[0] + w.head[l] * p.out_stride[1] +
@@ -462,11 +553,13 @@ struct ExactKernel {
     }
     for_each_chunk(w, nranges, [&](int64_t j0, int jn) {
       compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
+      const V ninf = S::set1(math::neg_inf<T>());
       for (int v = 0; v < NQV; ++v) {
         const V o = S::load(off + v * W), sc = S::load(inv + v * W);
         for (int j = 0; j < jn; ++j) {
           T* s = w.sT + j * BQ + v * W;
-          S::store(s, S::exp(S::load(s) - o) * sc);
+          const V x = S::load(s);
+          S::store(s, x == ninf ? V{} : S::exp(x - o) * sc);  // masked: exactly 0, even in a NaN row
         }
       }
       for (int l = 0; l < nl; ++l) {
@@ -476,8 +569,7 @@ struct ExactKernel {
     });
   }
 
-  /// Returns false when scratch memory could not be allocated (the caller throws: no exceptions or
-  /// std::string are instantiated in the per-ISA translation units).
+  /// Runs every tile; throws Error (after the parallel region) when memory cannot be had.
   static void run(const AttnProblem& p, bool weights) {
     Ctx c;
     c.p = &p;
@@ -500,6 +592,10 @@ struct ExactKernel {
     c.weights = weights;
     const int64_t per_bg = c.nqblocks * c.tiles;
     const int64_t items = p.B * c.groups * per_bg;
+    // Per (batch, kv head): whether its values are all finite, -1 = not known yet.
+    Workspace finite(static_cast<std::size_t>(p.B * p.Hkv) + 1, "attention (value flags)");
+    c.v_finite = finite.take<int8_t>(static_cast<std::size_t>(p.B * p.Hkv) + 1);
+    std::memset(c.v_finite, -1, static_cast<std::size_t>(p.B * p.Hkv) + 1);
     const std::size_t bytes = work_bytes(c);
     parallel_with_scratch("attention", items > 1, bytes, /*zero=*/true, [&](void* mem) {
       const Work w = carve(mem, c);

@@ -389,9 +389,11 @@ struct LinearKernel {
       T c_end = c_prev;
       int64_t ldv = 0;
       const T* vp = nullptr;
+      bool v_finite = true;
       if (kn > 0) {
         c_end = key_features(c, w, b, hkv, t0, kn, c_prev);
         vp = value_rows(c, w, b, hkv, t0, kn, ldv);
+        v_finite = rows_finite<T, W>(vp, ldv, kn, p.Dv);
       }
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t h = hkv * c.G + g;
@@ -426,7 +428,13 @@ struct LinearKernel {
             for (int64_t j = 0; j < jn; ++j) s += a[j];
             w.den[t] += s;
           }
-          Gemm::template gemm<RL, NV, Store::Accumulate>(tn, c.DvP, kn, w.A, CP, 1, vp, ldv, w.o, c.DvP);
+          if (v_finite) {
+            Gemm::template gemm<RL, NV, Store::Accumulate>(tn, c.DvP, kn, w.A, CP, 1, vp, ldv, w.o, c.DvP);
+          } else {  // a NaN / inf value: 0 * NaN must not carry a future key's value into a past row
+            for (int t = 0; t < tn; ++t)
+              for (int64_t j = 0; j < imin(t + 1, kn); ++j)
+                for (int64_t d = 0; d < p.Dv; ++d) w.o[t * c.DvP + d] += w.A[t * CP + j] * vp[j * ldv + d];
+          }
         }
         store_rows(c, w, b, h, t0, tn);
       }

@@ -23,8 +23,13 @@ inline namespace ATTNKIT_ISA_NAMESPACE {
 
 /// argmax over [p, -p] with the lowest index on ties (a positive-side index beats a negative one), and
 /// the gap between the best and the second-best of the 2 * half values. Scalar reference form, used for
-/// the float64 recheck.
+/// the float64 recheck. A row with a NaN projection (a NaN in x, or inf - inf) goes to bucket 0.
 inline int64_t lsh_argmax(const double* p, int64_t half, double* gap) {
+  for (int64_t c = 0; c < half; ++c)
+    if (std::isnan(p[c])) {
+      *gap = 0;
+      return 0;
+    }
   double best = p[0], second = -INFINITY;
   int64_t arg = 0;
   for (int64_t c = 1; c < 2 * half; ++c) {
@@ -42,7 +47,8 @@ inline int64_t lsh_argmax(const double* p, int64_t half, double* gap) {
 }
 
 /// The same decision for a float32 row, vectorised: the two largest and two smallest values of p give
-/// the best and second-best of [p, -p]; then the winner's first index.
+/// the best and second-best of [p, -p]; then the winner's first index. Returns -1 (decide in float64)
+/// when the row holds NaN (float32 overflow gives inf - inf) and no value matches the winner.
 template <int W>
 inline int64_t lsh_argmax_fast(const float* p, int64_t half, double* gap) {
   using S = Simd<float, W>;
@@ -78,7 +84,8 @@ inline int64_t lsh_argmax_fast(const float* p, int64_t half, double* gap) {
   *gap = best - second;
   const float target = positive ? a1 : b1;
   int64_t c = 0;
-  while (p[c] != target) ++c;
+  while (c < half && p[c] != target) ++c;
+  if (c == half) return -1;
   return positive ? c : half + c;
 }
 
@@ -116,7 +123,10 @@ void lsh_hash_typed(const LshHashJob& job) {
       for (int64_t i = 0; i < nr; ++i) {
         double gap;
         int64_t arg = lsh_argmax_fast<W>(P + i * half, half, &gap);
-        if (!(gap > 2 * bound * xnorm[i])) {  // too close to call in float32: decide in float64
+        // Too close to call in float32 (NaN gaps, NaN / inf rows and float32 overflow included): decide
+        // in float64.
+        // |x . R_c| <= |x| |R_c|: below 1e37 no float32 projection can overflow (or become inf - inf).
+        if (arg < 0 || !(gap > 2 * bound * xnorm[i]) || !(xnorm[i] * job.rot_norm_max[r] < 1e37)) {
           const int64_t base = (i0 + i) * job.ldx;
           for (int64_t d = 0; d < D; ++d) xd[d] = load(base + d * job.sd);
           const double* rot = job.rot + r * D * half;

@@ -73,8 +73,9 @@ struct Simd {
   }
   static inline V to_float(VI v) { return __builtin_convertvector(v, V); }
 
-  /// 2^x, with exact 0 for x below the normal range (so masked scores, -inf, give exactly 0) and
-  /// saturation above it. Max relative error ~1 ulp (float) on the range the kernels use.
+  /// 2^x, with exact 0 for x below the normal range (so masked scores, -inf, give exactly 0),
+  /// saturation above it, and NaN for NaN (IEEE propagation: a NaN score must reach the softmax sum).
+  /// Max relative error ~1 ulp (float) on the range the kernels use.
   static inline V exp2(V x);
 
   /// e^x = 2^(x log2 e); callers pass small arguments (s - max), where the product's rounding is tiny.
@@ -129,12 +130,12 @@ struct Exp2Consts;
 template <>
 struct Exp2Consts<float> {
   static constexpr float lo = -126.0f, hi = 127.0f, magic = 12582912.0f;  // 1.5 * 2^23
-  static constexpr int shift = 23;
+  static constexpr int shift = 23, bias = 127;
 };
 template <>
 struct Exp2Consts<double> {
   static constexpr double lo = -1022.0, hi = 1023.0, magic = 6755399441055744.0;  // 1.5 * 2^52
-  static constexpr int shift = 52;
+  static constexpr int shift = 52, bias = 1023;
 };
 }  // namespace simd_impl
 
@@ -145,7 +146,9 @@ inline typename Simd<T, W>::V Simd<T, W>::exp2(V x) {
   if constexpr (std::is_same<T, float>::value && W == 16) {
     // vscalefps scales by 2^n over the whole range (denormals and underflow to 0 included), so only the
     // lower clamp that keeps f finite for x = -inf is needed.
-    const V xc = vmin(vmax(x, set1(-160.0f)), set1(128.0f));
+    // Clamps written so that NaN passes through them (a comparison with NaN is false).
+    V xc = x < set1(-160.0f) ? set1(-160.0f) : x;
+    xc = xc > set1(128.0f) ? set1(128.0f) : xc;
     __m512 xv;
     std::memcpy(&xv, &xc, 64);
     // (maskz forms: the unmasked ones trip GCC 12's -Wmaybe-uninitialized inside immintrin.h)
@@ -162,13 +165,35 @@ inline typename Simd<T, W>::V Simd<T, W>::exp2(V x) {
     return out;
   }
 #endif
-  const V xc = vmin(vmax(x, set1(C::lo)), set1(C::hi));
+  // Clamps written so that NaN passes through them (a comparison with NaN is false); p is then NaN and
+  // the float multiply by 2^n keeps it NaN (adding n to p's exponent bits would not).
+  V xc = x < C::lo ? set1(C::lo) : x;
+  xc = xc > C::hi ? set1(C::hi) : xc;
   const V t = xc + C::magic;
   const V n = t - C::magic;  // round(xc) as a float
   const V p = simd_impl::exp2_poly(xc - n, T{});
-  const VI ni = (VI)t - (VI)set1(C::magic);  // round(xc) as an integer
-  const V r = (V)((VI)p + (ni << C::shift));
+  // 2^n from the biased exponent: (round(xc) + bias) << shift, with the bias folded into the constant.
+  const VI e = (VI)t - ((VI)set1(C::magic) - static_cast<I>(C::bias));
+  const V r = p * (V)(e << C::shift);
   return x < C::lo ? V{} : r;
+}
+
+/// True when the first n values of rows 0 .. rows-1 (leading dim ld) are all finite: x * 0 is 0 for
+/// finite x and NaN for NaN and +-inf. Kernels call it once per chunk before a product whose masked
+/// entries are zeros (0 * NaN = NaN would read a masked value into the result).
+template <class T, int W>
+inline bool rows_finite(const T* x, int64_t ld, int64_t rows, int64_t n) {
+  using S = Simd<T, W>;
+  typename S::V acc{};
+  T tail = T(0);
+  const int64_t nw = n / W * W;
+  for (int64_t j = 0; j < rows; ++j) {
+    const T* r = x + j * ld;
+    for (int64_t d = 0; d < nw; d += W) acc += S::load(r + d) * T(0);
+    for (int64_t d = nw; d < n; ++d) tail += r[d] * T(0);
+  }
+  for (int i = 0; i < W; ++i) tail += acc[i];
+  return tail == T(0);
 }
 
 /// Storage types: how elements of an input array become accumulator values and back.

@@ -1,5 +1,7 @@
 #include "validate/attention.h"
 
+#include "validate/checked.h"
+
 #include <cmath>
 #include <string>
 
@@ -37,8 +39,11 @@ AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weight
     value_error("softcap must be a finite value > 0 (or 0 for none), got " + std::to_string(p.softcap));
   r.softcap = p.softcap;
   r.causal = p.causal;
-  r.window_left = p.window_left < 0 ? -1 : p.window_left;
-  r.window_right = p.window_right < 0 ? -1 : p.window_right;
+  // A window side reaching past the sequence allows exactly what Sq + Sk does: clamping keeps every
+  // position sum (i + a + right + 1) far from int64 overflow.
+  const int64_t reach = r.Sq + r.Sk;
+  r.window_left = p.window_left < 0 ? -1 : clamp_i64(p.window_left, 0, reach);
+  r.window_right = p.window_right < 0 ? -1 : clamp_i64(p.window_right, 0, reach);
 
   // Masking operands.
   const int64_t full[4] = {r.B, r.Hq, r.Sq, r.Sk};

@@ -1,12 +1,15 @@
 #include "validate/block_sparse.h"
 
+#include <algorithm>
 #include <string>
+
+#include "validate/checked.h"
 
 namespace attnkit {
 namespace detail {
 namespace {
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) { return ceil_div_safe(a, b); }
 
 /// The exact-attention arguments shared by block-sparse and LSH params, for validate_attention.
 template <class P>
@@ -23,11 +26,26 @@ AttentionParams core_params(const P& p) {
   return a;
 }
 
+constexpr int64_t kMaxHashes = 1024;
+constexpr int64_t kMaxRotationEntries = int64_t(1) << 26;
+
 void check_buckets(int64_t num_buckets, int64_t num_hashes) {
   if (num_buckets < 2 || num_buckets % 2 != 0)
     value_error("num_buckets must be even and >= 2, got " + std::to_string(num_buckets));
   if (num_buckets > (int64_t(1) << 30)) value_error("num_buckets must be below 2^30");
   if (num_hashes < 1) value_error("num_hashes must be >= 1, got " + std::to_string(num_hashes));
+  if (num_hashes > kMaxHashes)
+    value_error("num_hashes must be <= " + std::to_string(kMaxHashes) + ", got " + std::to_string(num_hashes));
+}
+
+/// The rotations (num_hashes x D x num_buckets / 2, double and float copies) are allocated before any
+/// work: an absurd table is a ValueError instead of bad_alloc.
+void check_rotations(int64_t D, int64_t num_buckets, int64_t num_hashes) {
+  const int64_t n = sat_mul(sat_mul(num_hashes, D), num_buckets / 2);
+  if (n > kMaxRotationEntries)
+    value_error("num_hashes * D * num_buckets / 2 = " + std::to_string(n) + " rotation entries exceed the limit 2^26 " +
+                "(num_hashes = " + std::to_string(num_hashes) + ", num_buckets = " + std::to_string(num_buckets) +
+                ", D = " + std::to_string(D) + ")");
 }
 
 }  // namespace
@@ -61,8 +79,10 @@ AttnProblem validate_block_sparse(const BlockSparseParams& p, OutputSpecs* infer
     r.layout.row_ptr = L.device_row_ptr;
     r.layout.col_idx = L.device_col_idx;
   }
-  r.layout.bq = L.block_q;
-  r.layout.bk = L.block_k;
+  // A block larger than the sequence is one block holding all of it: clamping changes nothing in the
+  // meaning and keeps the kernels' block arithmetic (row0 + bq, (col + 1) * bk) far from overflow.
+  r.layout.bq = std::min(L.block_q, std::max<int64_t>(r.Sq, 1));
+  r.layout.bk = std::min(L.block_k, std::max<int64_t>(r.Sk, 1));
   r.layout.heads = L.num_heads;
   r.layout.nqb = L.num_q_blocks;
   r.layout.nkb = L.num_k_blocks;
@@ -73,6 +93,7 @@ LshProblem validate_lsh_attention(const LshAttentionParams& p, OutputSpecs* infe
   LshProblem r;
   r.base = validate_attention(core_params(p), nullptr, infer);
   check_buckets(p.num_buckets, p.num_hashes);
+  check_rotations(r.base.D, p.num_buckets, p.num_hashes);
   r.num_buckets = p.num_buckets;
   r.num_hashes = p.num_hashes;
   r.seed = p.seed;
@@ -91,6 +112,9 @@ LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p, OutputSpecs* i
   r.H = r.x.shape[1];
   r.S = r.x.shape[2];
   r.D = r.x.shape[3];
+  if (r.D < 1) value_error("x must have a last (head) dim of at least 1, got shape " + shape_str(p.x));
+  check_rotations(r.D, p.num_buckets, p.num_hashes);
+  if (r.S > kMaxSeqLen) value_error("x: sequence lengths above " + std::to_string(kMaxSeqLen) + " are not supported");
   r.num_buckets = p.num_buckets;
   r.num_hashes = p.num_hashes;
   r.seed = p.seed;

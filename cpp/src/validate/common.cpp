@@ -1,5 +1,7 @@
 #include "validate/common.h"
 
+#include "validate/checked.h"
+
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -34,6 +36,10 @@ void require_sane(const TensorRef& t, const char* name) {
                 std::to_string(kMaxDims) + "]");
   for (int i = 0; i < t.ndim; ++i)
     if (t.shape[i] < 0) value_error(std::string(name) + ": negative size in shape " + shape_str(t));
+  int64_t n = 1;  // numel() must not wrap (a C++ caller can describe any shape)
+  for (int i = 0; i < t.ndim; ++i)
+    if (__builtin_mul_overflow(n, t.shape[i], &n))
+      value_error(std::string(name) + ": the number of elements of shape " + shape_str(t) + " overflows int64");
   if (static_cast<int32_t>(t.dtype) < 0 || static_cast<int32_t>(t.dtype) > 6)
     type_error(std::string(name) + ": unknown dtype code " + std::to_string(static_cast<int>(t.dtype)));
   if (t.data == nullptr && t.numel() > 0) value_error(std::string(name) + ": null data pointer");
@@ -145,8 +151,7 @@ ViewN<4> bhsd_view(const TensorRef& t, const char* name) {
 DType accumulator_dtype(DType t) { return t == DType::Float64 ? DType::Float64 : DType::Float32; }
 
 QkvViews qkv_views(const TensorRef& q, const TensorRef& k, const TensorRef* v) {
-  // Kernels index keys in int32 lanes.
-  constexpr int64_t kMaxLen = std::numeric_limits<int32_t>::max() - 1;
+  constexpr int64_t kMaxLen = kMaxSeqLen;
   QkvViews r;
   r.q = bhsd_view(q, "q");
   r.k = bhsd_view(k, "k");

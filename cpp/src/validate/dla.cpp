@@ -1,5 +1,6 @@
 #include "validate/dla.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -92,7 +93,12 @@ DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
   r.state_drift = p.score == DLAScore::StateDrift;
   if (p.position < 0) value_error("position (cache.position) must be >= 0, got " + str(p.position));
   r.position = p.position;
-  r.chunk_size = tuning().dla_chunk.load();
+  // The tuned chunk length; one longer than the call is one chunk of the call (the kernels size scratch
+  // by it).
+  const int64_t chunk = tuning().dla_chunk.load();
+  r.chunk_size = chunk > 0 ? std::min<int64_t>(chunk, std::max<int64_t>(r.T, 1)) : chunk;
+  if (r.T > std::numeric_limits<int64_t>::max() - r.position)
+    value_error("position (cache.position) = " + str(r.position) + " + T = " + str(r.T) + " overflows int64");
 
   if (r.Dk < 1 || r.Dv < 1)
     value_error("q, k and v need head dims of at least 1 (the states are Dk x Dv), got Dk = " + str(r.Dk) +
@@ -218,6 +224,9 @@ DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
           if (s != next)
             value_error("cache.starts" + at + ", " + str(i) + "] = " + str(s) + " but the spans are contiguous from 0, so " +
                         str(next) + " was expected");
+          if (n > r.position - next)  // next <= position, so this cannot wrap; next + n could
+            value_error("cache.counts" + at + ", " + str(i) + "] = " + str(n) + " takes the spans past cache.position = " +
+                        str(r.position) + " (the counts must sum to the position)");
           next += n;
         }
         if (next != r.position)

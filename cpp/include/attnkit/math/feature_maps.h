@@ -33,17 +33,19 @@ ATTNKIT_MATH_BEGIN
 
 /// elu(x) + 1 (Katharopoulos et al., "Transformers are RNNs", 2020): x + 1 for x > 0, e^x otherwise.
 /// Positive everywhere, so the normalizer phi(q) . z of normalized attention is positive. exp is taken of
-/// min(x, 0), which never overflows.
+/// min(x, 0), which never overflows. The selects are ordered so that NaN maps to NaN (IEEE propagation:
+/// every comparison with NaN is false): exp_fn(NaN) is NaN.
 template <class T, class Exp>
 ATTNKIT_HD T phi_elu1(T x, Exp exp_fn) {
-  const T e = exp_fn(x < T{} ? x : T{});
+  const T e = exp_fn(x > T{} ? T{} : x);
   return x > T{} ? x + 1 : e;
 }
 
-/// max(x, 0). A row of zeros makes the normalizer 0; attnkit then outputs 0 (see linear_output).
+/// max(x, 0), NaN for NaN. A row of zeros makes the normalizer 0; attnkit then outputs 0 (see
+/// linear_output).
 template <class T>
 ATTNKIT_HD T phi_relu(T x) {
-  return x > T{} ? x : T{};
+  return x < T{} ? T{} : x;
 }
 
 /// Shift of Performer's generalized ReLU kernel phi(x) = relu(W x') + kPerformerReluShift; it keeps the
@@ -53,7 +55,7 @@ constexpr double kPerformerReluShift = 1e-3;
 /// Performer ReLU feature from the projection wx = w_f . x' (S: the scalar type of T).
 template <class S, class T>
 ATTNKIT_HD T performer_relu(T wx) {
-  return (wx > T{} ? wx : T{}) + static_cast<S>(kPerformerReluShift);
+  return (wx < T{} ? T{} : wx) + static_cast<S>(kPerformerReluShift);  // NaN stays NaN
 }
 
 /// Exponent of a Performer softmax KEY feature before stabilization: w_f . k' - |k'|^2 / 2, from the

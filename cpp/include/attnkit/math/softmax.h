@@ -54,18 +54,25 @@ ATTNKIT_HD T softmax_rescale_arg(T m_old, T m_new) {
   return m_old - softmax_offset<T, S>(m_new);
 }
 
-/// Log-sum-exp of a finished row: m + log(l); -inf for a row without allowed keys.
+// Non-finite values (IEEE propagation). The running max ignores NaN scores (comparisons with NaN are
+// false), but exp(NaN - m) is NaN, so a NaN score of an allowed key makes l NaN, and l stays NaN; a +inf
+// score makes m = +inf and exp(inf - inf) = NaN. A row without allowed keys, and only such a row, ends
+// with l == 0 exactly (every exp(-inf - offset) is 0). So the finalisation tests l == 0 for the empty
+// row and lets NaN through everywhere else: one test per row, nothing per element.
+
+/// Log-sum-exp of a finished row: m + log(l); -inf for a row without allowed keys; NaN after a NaN.
 template <class S>
 ATTNKIT_HD S softmax_lse(S m, S l) {
   using std::log;
-  return (m == neg_inf<S>() || !(l > S(0))) ? neg_inf<S>() : m + log(l);
+  return l == S(0) ? neg_inf<S>() : m + log(l);
 }
 
-/// Factor applied to the accumulated output of a finished row: 1/l, or 0 for a row without allowed keys
-/// (the contract: such rows are 0, never NaN).
+/// Factor applied to the accumulated output of a finished row: 1/l, 0 for a row without allowed keys
+/// (the contract: such rows are 0, never NaN), NaN after a NaN.
 template <class S>
 ATTNKIT_HD S softmax_out_scale(S m, S l) {
-  return (m == neg_inf<S>() || !(l > S(0))) ? S(0) : S(1) / l;
+  (void)m;
+  return l == S(0) ? S(0) : S(1) / l;
 }
 
 /// merge_attention for one row, incrementally: given the merged (max lse so far) we keep, in natural
