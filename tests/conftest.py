@@ -53,10 +53,14 @@ def poison_outputs(monkeypatch):
 
 
 def raises(exc, name, fn, *a, **kw):
-    """fn(*a, **kw) must raise exc with `name` (the argument's full name) in its message; returns the error."""
+    """fn(*a, **kw) must raise exc whose message names `name` as a whole word (the argument's full name:
+    "k" does not match inside "key_lengths"); returns the error."""
+    import re
+
     with pytest.raises(exc) as e:
         fn(*a, **kw)
-    assert name in str(e.value), f"{name!r} not in message {str(e.value)!r}"
+    msg = str(e.value)
+    assert re.search(r"(?<![\w.])" + re.escape(name) + r"(?!\w)", msg), f"{name!r} not a word of {msg!r}"
     return e.value
 
 

@@ -93,6 +93,17 @@ def test_version_and_abi():
     assert LIB.attnkit_abi_version() == 1
 
 
+def test_tuning_options():
+    value = C.c_int64(-7)
+    assert call("attnkit_get_tuning", b"linear_chunk", C.byref(value)) == OK and value.value == 0
+    assert call("attnkit_set_tuning", b"linear_chunk", C.c_int64(16)) == OK
+    assert call("attnkit_get_tuning", b"linear_chunk", C.byref(value)) == OK and value.value == 16
+    assert call("attnkit_set_tuning", b"linear_chunk", C.c_int64(0)) == OK
+    assert call("attnkit_set_tuning", b"linear_chunk", C.c_int64(5000)) == VALUE and "linear_chunk" in last_error()
+    assert call("attnkit_set_tuning", b"no_such_option", C.c_int64(1)) == VALUE and "no_such_option" in last_error()
+    assert call("attnkit_set_tuning", None, C.c_int64(1)) == VALUE and "name" in last_error()
+
+
 def test_attention_weights_merge_match_python():
     out, lse = empty(q.shape), empty(q.shape[:-1])
     assert call("attnkit_attention", T(q), T(k), T(v), T(out), T(lse), attention_opts(causal=1)) == OK, last_error()
@@ -142,7 +153,7 @@ def test_lsh_linear_performer_linformer_match_python():
 
     S, z = empty((2, 3, 8, 8)), empty((2, 3, 8))
     lin = LinearOptions(C.sizeof(LinearOptions), 1, 1, 1, 1e-6, None, None, None, C.cast(T(S), P),
-                        C.cast(T(z), P), 0, None)
+                        C.cast(T(z), P), None)
     assert call("attnkit_linear_attention", T(q), T(k), T(v), T(out), C.byref(lin)) == OK, last_error()
     want, (wS, wz) = attnkit.linear_attention(q, k, v, feature_map="relu", return_state=True)
     np.testing.assert_array_equal(out, want)
@@ -168,7 +179,7 @@ def test_dla_cache_handle_prefill_then_decode():
     cache = P()
     assert call("attnkit_dla_cache_create", C.c_int64(B), C.c_int64(H), C.c_int64(Cap), C.c_int64(D),
                 C.c_int64(D), C.c_int32(0), C.byref(cache)) == OK, last_error()
-    o = DLAOptions(C.sizeof(DLAOptions), 0.3, 0, None, None, None, None, 0, None)
+    o = DLAOptions(C.sizeof(DLAOptions), 0.3, 0, None, None, None, None, None)
     out1, out2 = empty((B, H, 9, D)), empty((B, H, 4, D))
     sl = (slice(None), slice(None))
     args = [(np.ascontiguousarray(x[sl + (slice(0, 9),)]), np.ascontiguousarray(x[sl + (slice(9, None),)]))

@@ -703,8 +703,8 @@ def test_errors_cache(args):
     raises(ValueError, "cache.size", f, q, k, v, lam, cache=rep(size=bad), **kw)
     bad[1, 1] = -1
     raises(ValueError, "cache.size", f, q, k, v, lam, cache=rep(size=bad), **kw)
-    raises(ValueError, "position", f, q, k, v, lam, cache=rep(position=c.position + 1), **kw)
-    raises(ValueError, "position", f, q, k, v, lam, cache=rep(position=-1), **kw)
+    raises(ValueError, "cache.position", f, q, k, v, lam, cache=rep(position=c.position + 1), **kw)
+    raises(ValueError, "cache.position", f, q, k, v, lam, cache=rep(position=-1), **kw)
     raises(TypeError, "cache.position", f, q, k, v, lam, cache=rep(position=1.5), **kw)
     bad = c.counts.copy()
     bad[0, 0, 0] = 0

@@ -31,7 +31,11 @@ def _to4(x, dtype=np.float64):
 
 
 def _repeat_kv(x, hq):
-    """GQA: kv head h // (Hq // Hkv) serves query head h."""
+    """GQA: kv head h // (Hq // Hkv) serves query head h (no kv heads serve no query heads)."""
+    if x.shape[1] == 0:
+        if hq:
+            raise ValueError(f"{hq} query heads need at least one kv head")
+        return x
     return np.repeat(x, hq // x.shape[1], axis=1)
 
 

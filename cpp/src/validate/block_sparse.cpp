@@ -1,6 +1,7 @@
 #include "validate/block_sparse.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 
 #include "validate/checked.h"
@@ -132,4 +133,58 @@ LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p, OutputSpecs* i
 }
 
 }  // namespace detail
+
+/// A layout's structure (sizes, sorted in-range indices), checked on the host where it is built.
+void validate_layout(const BlockLayoutRef& L) {
+  using namespace detail;
+  require_positive(L.block_q, "layout.block_size[0]");
+  require_positive(L.block_k, "layout.block_size[1]");
+  require_positive(L.num_heads, "layout.num_heads");
+  require_nonnegative(L.num_q_blocks, "layout.num_q_blocks");
+  require_nonnegative(L.num_k_blocks, "layout.num_k_blocks");
+  if (L.num_k_blocks > INT32_MAX) value_error("layout: more than 2^31 key blocks are not supported");
+  require_defined(L.row_ptr, "layout.row_ptr");
+  require_defined(L.col_idx, "layout.col_idx");
+  require_sane(L.row_ptr, "layout.row_ptr");
+  require_sane(L.col_idx, "layout.col_idx");
+  require_dtype(L.row_ptr, DType::Int64, "layout.row_ptr");
+  require_dtype(L.col_idx, DType::Int32, "layout.col_idx");
+  if (L.row_ptr.device != Device::CPU || L.col_idx.device != Device::CPU)
+    type_error("layout.row_ptr and layout.col_idx must be in host memory (a layout is validated on the host; "
+               "device kernels read the copies of BlockLayout::ref_on)");
+  const int64_t rows = checked_mul(L.num_heads, L.num_q_blocks, "layout.num_heads * layout.num_q_blocks");
+  if (L.row_ptr.ndim != 1 || L.row_ptr.shape[0] != rows + 1)
+    value_error("layout.row_ptr must have shape (num_heads * num_q_blocks + 1,) = (" + std::to_string(rows + 1) +
+                ",), got " + shape_str(L.row_ptr));
+  if (L.col_idx.ndim != 1) value_error("layout.col_idx must be 1-D, got " + shape_str(L.col_idx));
+  if ((L.row_ptr.shape[0] > 1 && L.row_ptr.strides[0] != 1) || (L.col_idx.shape[0] > 1 && L.col_idx.strides[0] != 1))
+    value_error("layout.row_ptr and layout.col_idx must be contiguous");
+  const int64_t* rp = static_cast<const int64_t*>(L.row_ptr.data);
+  const int32_t* ci = static_cast<const int32_t*>(L.col_idx.data);
+  const int64_t rs = 1, cs = 1;
+  if (rp[0] != 0) value_error("layout.row_ptr[0] must be 0, got " + std::to_string(rp[0]));
+  if (rp[rows * rs] != L.col_idx.shape[0])
+    value_error("layout.row_ptr[-1] = " + std::to_string(rp[rows * rs]) + " must equal len(col_idx) = " +
+                std::to_string(L.col_idx.shape[0]));
+  // row_ptr first (monotone, within [0, nnz]), so the col_idx scan below stays in bounds.
+  for (int64_t r = 0; r < rows; ++r)
+    if (rp[(r + 1) * rs] < rp[r * rs] || rp[(r + 1) * rs] > L.col_idx.shape[0])
+      value_error("layout.row_ptr must be non-decreasing and end at len(col_idx); it is not at row " +
+                  std::to_string(r) + " (head " + std::to_string(r / L.num_q_blocks) + ", query block " +
+                  std::to_string(r % L.num_q_blocks) + ")");
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = rp[r * rs], e = rp[(r + 1) * rs];
+    for (int64_t k = b; k < e; ++k) {
+      const int64_t c = ci[k * cs];
+      if (c < 0 || c >= L.num_k_blocks)
+        value_error("layout.col_idx[" + std::to_string(k) + "] = " + std::to_string(c) + " is outside [0, " +
+                    std::to_string(L.num_k_blocks) + ") (query block " + std::to_string(r % L.num_q_blocks) + ")");
+      if (k > b && ci[(k - 1) * cs] >= c)
+        value_error("layout.col_idx must be strictly increasing within a row; row " + std::to_string(r) +
+                    " (head " + std::to_string(r / L.num_q_blocks) + ", query block " +
+                    std::to_string(r % L.num_q_blocks) + ") is not sorted at position " + std::to_string(k));
+    }
+  }
+}
+
 }  // namespace attnkit

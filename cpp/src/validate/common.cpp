@@ -51,6 +51,14 @@ void require_floating(const TensorRef& t, const char* name) {
                dtype_name(t.dtype));
 }
 
+void require_positive(int64_t v, const char* name) {
+  if (v < 1) value_error(std::string(name) + " must be >= 1, got " + std::to_string(v));
+}
+
+void require_nonnegative(int64_t v, const char* name) {
+  if (v < 0) value_error(std::string(name) + " must be >= 0, got " + std::to_string(v));
+}
+
 void require_floating_code(DType t, const char* name) {
   const int code = static_cast<int>(t);
   if (code < 0 || code > 6 || !is_floating(t))

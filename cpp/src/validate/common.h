@@ -33,6 +33,9 @@ std::string shape_str(const TensorRef& t);
 void require_defined(const TensorRef& t, const char* name);
 /// Float32/Float64/Float16/BFloat16, else TypeError.
 void require_floating(const TensorRef& t, const char* name);
+/// v >= 1 / v >= 0, else ValueError naming it.
+void require_positive(int64_t v, const char* name);
+void require_nonnegative(int64_t v, const char* name);
 /// A dtype argument (not a tensor's) that must be floating, else TypeError.
 void require_floating_code(DType t, const char* name);
 /// A view of nothing in host memory: the device reference of outputs that are always written on the host.
