@@ -36,13 +36,9 @@ struct DlaPrefill : DlaBase<Cfg, St> {
   using Base::push_free;
   using Base::merge_entries;
   using Base::append_entry;
-  using Base::load_entries;
   using Base::store_cache;
-  using Base::store_entries;
-  using Base::off;
   using Base::load_row;
   using Base::log_decay;
-  using Base::write_token;
 
   /// C[r][0:N) (+)= sum_k A(r, k) B[k][:] for the rows r of a lower-triangular problem: row block
   /// [r0, r0 + RL) needs only the columns (ncols) or inner indices (kin) below r0 + RL.
