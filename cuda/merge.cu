@@ -1,0 +1,16 @@
+// merge_attention on the GPU.
+#include "cpp/src/backend.h"
+#include "cuda/common.cuh"
+
+namespace attnkit {
+namespace detail {
+namespace cuda {
+
+void merge_attention(const MergeProblem& p) {
+  require_device(p.device_index);
+  throw Error(ErrorKind::NotBuilt, std::string("merge_attention") + " has no CUDA kernel in this version of attnkit");
+}
+
+}  // namespace cuda
+}  // namespace detail
+}  // namespace attnkit
