@@ -1,19 +1,68 @@
-// Exact attention on the GPU.
+// Exact attention and attention_weights on the GPU: the tensor-core kernel for the float16 / bfloat16
+// problems it supports (attention_mma.cuh), the SIMT kernel for everything else (attention_simt.cuh).
 #include "cpp/src/backend.h"
 #include "cuda/common.cuh"
+#include "cuda/attention_terms.cuh"
 
 namespace attnkit {
 namespace detail {
 namespace cuda {
 
-void attention(const AttnProblem& p) {
+/// The SIMT kernel (attention_simt.cuh), instantiated once per dtype in attention_simt_<dtype>.cu.
+template <class T>
+void run_simt(const AttnProblem& p, bool weights);
+/// The tensor-core kernel, instantiated per (dtype, head dim) in attention_mma_<dtype>_d<D>.cu.
+template <class T, int D>
+void run_mma(const AttnProblem& p);
+
+namespace {
+/// Whether the tensor-core kernel takes problem p.
+bool mma_supported(const AttnProblem& p) {
+  if (p.dtype != DType::Float16 && p.dtype != DType::BFloat16) return false;
+  if (p.D != p.Dv || !(p.D == 32 || p.D == 64 || p.D == 96 || p.D == 128 || p.D == 256)) return false;
+  if (p.Sq < 16) return false;  // decoding: the SIMT split-KV path
+  if (p.sparse && p.layout.bq % kMmaRows != 0) return false;
+  const ViewN<4>* ops[3] = {&p.q, &p.k, &p.v};
+  for (const ViewN<4>* v : ops) {
+    if (v->stride[3] != 1) return false;
+    if (reinterpret_cast<uintptr_t>(v->data) % 16 != 0) return false;
+    for (int d = 0; d < 3; ++d)
+      if (v->stride[d] % 8 != 0 && v->shape[d] > 1) return false;
+  }
+  return true;
+}
+
+template <class F>
+void for_dtype(const AttnProblem& p, F&& f) {
   require_device(p.device_index);
-  throw Error(ErrorKind::NotBuilt, std::string("attention") + " has no CUDA kernel in this version of attnkit");
+  DeviceGuard guard(p.device_index);
+  dispatch_float(p.dtype, f);
+}
+}  // namespace
+
+template <class T>
+void run_mma_dim(const AttnProblem& p) {
+  switch (p.D) {
+    case 32: return run_mma<T, 32>(p);
+    case 64: return run_mma<T, 64>(p);
+    case 96: return run_mma<T, 96>(p);
+    case 128: return run_mma<T, 128>(p);
+    default: return run_mma<T, 256>(p);
+  }
+}
+
+void attention(const AttnProblem& p) {
+  for_dtype(p, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (sizeof(T) == 2) {
+      if (mma_supported(p)) return run_mma_dim<T>(p);
+    }
+    run_simt<T>(p, false);
+  });
 }
 
 void attention_weights(const AttnProblem& p) {
-  require_device(p.device_index);
-  throw Error(ErrorKind::NotBuilt, std::string("attention_weights") + " has no CUDA kernel in this version of attnkit");
+  for_dtype(p, [&](auto tag) { run_simt<decltype(tag)>(p, true); });
 }
 
 }  // namespace cuda

@@ -1,0 +1,10 @@
+// The tensor-core exact-attention kernel for half_t, head dim 128 (one instantiation per translation unit).
+#include "cuda/attention_mma.cuh"
+
+namespace attnkit {
+namespace detail {
+namespace cuda {
+ATTNKIT_INSTANTIATE_MMA(half_t, 128)
+}  // namespace cuda
+}  // namespace detail
+}  // namespace attnkit
