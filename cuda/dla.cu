@@ -1,14 +1,64 @@
-// Dynamic linear attention on the GPU.
+// Dynamic linear attention on the GPU: the entry point. The decode step (T = 1) runs dla_decode.cu's kernel
+// and everything else the chunked form of dla_prefill.cu, in exactly the cases where the CPU takes its
+// decode path (cpu/dla_decode.h) and its chunked form (cpu/dla_prefill.h).
+//
+// Work mapping. One block of 256 threads per (batch, head) item, grid-stride over the items (a few blocks
+// per SM, fewer when the per-block scratch would pass 1 GiB): the cache makes each item sequential over its
+// tokens, as on the CPU. Inside a block the independent work is spread over the threads (Gram entries,
+// output elements, state elements); the boundary / merge scan of each chunk is one thread's loop.
+//
+// Agreement with the CPU. The decisions (boundary, merge pair) come from math/dla.h on the same
+// quantities, combined in the same order and precision where the CPU fixes them: per chunk of the same
+// length, A = ||S_open||^2 recomputed from the stored state at the chunk start and carried through the
+// chunk in double by dla_joined_sq_norm, p_r as the carried term e^{G_r} k_r^T S v_r plus the in-chunk
+// pairs e^{G_r - G_j} KK_rj VV_rj summed in j order in double, the decays from the same cumulative sums
+// and exps (factored below 600 nats), scores rounded to the state type before the tau test and summed into
+// info in the state type, merges over the same entry list. What cannot agree bit for bit: the inner sums
+// of those quantities (the Gram entries K K^T and V V^T, k^T S v, ||S||^2, the states themselves, exp) are
+// ordered differently, and the GPU forms the Gram entries, k^T S v and ||S||^2 in double where the CPU
+// forms them in the state type (float32 for every input but float64). A score within a few float32
+// rounding errors of tau, or a merge between two pairs whose ratios agree to that precision, can
+// therefore go the other way on the two backends (the same already holds between the CPU's instruction
+// sets); from that token on the caches differ. Outputs and states otherwise agree up to rounding.
+
 #include "cpp/src/backend.h"
-#include "cuda/common.cuh"
+#include "cuda/dla_common.cuh"
 
 namespace attnkit {
 namespace detail {
 namespace cuda {
 
+namespace dla {
+
+unsigned grid_for(int64_t items, std::size_t per_block, int device) {
+  int sms = 0;
+  ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int64_t g = static_cast<int64_t>(sms > 0 ? sms : 1) * 4;
+  if (per_block > 0) {
+    const int64_t fit = static_cast<int64_t>(kScratchBudget / per_block);
+    if (g > fit) g = fit;
+  }
+  if (g > items) g = items;
+  if (g < 1) g = 1;
+  if (g > 0x7fffffff) g = 0x7fffffff;
+  return static_cast<unsigned>(g);
+}
+
+}  // namespace dla
+
 void dynamic_linear_attention(const DLAProblem& p) {
   require_device(p.device_index);
-  throw Error(ErrorKind::NotBuilt, std::string("dynamic_linear_attention") + " has no CUDA kernel in this version of attnkit");
+  DeviceGuard guard(p.device_index);
+  const cudaStream_t stream = as_stream(p.stream);
+  if (p.B * p.H == 0) return;  // nothing to write
+  const bool decode = dla::takes_decode_path(p);
+  dispatch_float(p.dtype, [&](auto tag) {
+    using St = decltype(tag);
+    if (decode)
+      dla::launch_decode<St>(p, stream);
+    else
+      dla::launch_prefill<St>(p, stream);
+  });
 }
 
 }  // namespace cuda
