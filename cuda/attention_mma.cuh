@@ -264,23 +264,36 @@ __global__ void __launch_bounds__(128, 1) exact_mma_kernel(const AttnProblem p, 
 
     // Score terms and key ranges, then the online softmax (rows r = 0, 1: elements e = 2r, 2r + 1).
     float mx[2] = {ninf, ninf};
+    // A tile inside both rows' ranges needs no range test (most tiles).
+    const bool inside = jz - j0 == BK && j0 >= lo[0] && jz <= hi[0] && j0 >= lo[1] && jz <= hi[1];
+    if (inside && plain) {
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+      for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e / 2;
-        const int64_t j = j0 + n * 8 + 2 * tq + (e & 1);
-        const bool in = j < jz && j >= lo[r] && j < hi[r];
-        float x = s[n][e];
-        if (!in)
-          x = ninf;
-        else if (plain)
-          x *= terms.scale;
-        else
-          x = terms(p, b, h, row[r], j, x, slope);
-        s[n][e] = x;
-        mx[r] = x > mx[r] ? x : mx[r];
-      }
+        for (int e = 0; e < 4; ++e) {
+          const float x = s[n][e] * terms.scale;
+          s[n][e] = x;
+          mx[e / 2] = x > mx[e / 2] ? x : mx[e / 2];
+        }
+    } else {
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2;
+          const int64_t j = j0 + n * 8 + 2 * tq + (e & 1);
+          const bool in = j < jz && j >= lo[r] && j < hi[r];
+          float x = s[n][e];
+          if (!in)
+            x = ninf;
+          else if (plain)
+            x *= terms.scale;
+          else
+            x = terms(p, b, h, row[r], j, x, slope);
+          s[n][e] = x;
+          mx[r] = x > mx[r] ? x : mx[r];
+        }
+    }
     float alpha[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {

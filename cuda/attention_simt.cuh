@@ -321,6 +321,11 @@ __global__ void merge_splits_kernel(const AttnProblem p, const SimtGeom g) {
     if (d0 == 0 && t == 0 && p.lse)
       static_cast<A*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] = math::merge_lse(mx, sum);
   }
+  if (p.Dv == 0 && t == 0 && p.lse) {  // no values: the LSE alone
+    A mx = math::neg_inf<A>(), sum = A(0), w;
+    for (int s = 0; s < g.nsplit; ++s) math::merge_step(mx, sum, plse[s * rows_total + ro], &w);
+    static_cast<A*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] = math::merge_lse(mx, sum);
+  }
 }
 
 /// The item geometry of problem p (the same tiling rules as the CPU kernel).

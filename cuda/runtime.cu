@@ -1,6 +1,7 @@
 // CUDA backend infrastructure: device queries, the layout upload and the value download used by the
 // validators, and the list of mechanisms that have a CUDA kernel. Each mechanism's entry point lives in its
 // own file (attention.cu, merge.cu, ...), one kernel family per translation unit so the build parallelises.
+#include <cstdlib>
 #include <cstring>
 
 #include "cpp/src/backend.h"
@@ -21,14 +22,32 @@ void require_device(int index) {
 bool built() { return true; }
 
 namespace {
-/// The public functions that run on CUDA arrays in this build.
-constexpr const char* kKernels[] = {""};
+/// The public functions whose CUDA kernels have passed tools/gpu_check.sh on a real GPU: they run on CUDA
+/// arrays in every build.
+constexpr const char* kVerified[] = {""};
+/// Every public function with a CUDA kernel in this build. Those not verified yet run only when the
+/// environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them); otherwise a CUDA call
+/// says there is no kernel.
+constexpr const char* kCompiled[] = {
+    "attention",       "attention_weights",        "block_sparse_attention", "merge_attention",
+    "rope",            "linear_attention",         "performer_attention",    "linformer_attention",
+    "lsh_buckets",     "lsh_attention",            "dynamic_linear_attention"};
+
+template <std::size_t N>
+bool listed(const char* const (&list)[N], const char* mechanism) {
+  for (const char* k : list)
+    if (*k && std::strcmp(k, mechanism) == 0) return true;
+  return false;
+}
 }  // namespace
 
 bool has_kernel(const char* mechanism) {
-  for (const char* k : kKernels)
-    if (*k && std::strcmp(k, mechanism) == 0) return true;
-  return false;
+  if (listed(kVerified, mechanism)) return true;
+  static const bool unverified = [] {
+    const char* e = std::getenv("ATTNKIT_CUDA_UNVERIFIED");
+    return e && std::strcmp(e, "1") == 0;
+  }();
+  return unverified && listed(kCompiled, mechanism);
 }
 
 std::shared_ptr<void> upload(const void* host, std::size_t bytes, int32_t device_index, void* stream) {
