@@ -24,7 +24,6 @@ are not)."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 
@@ -36,8 +35,8 @@ from attnkit import layouts
 from attnkit import reference as ref
 from attnkit._array import acc_dtype
 
-from conftest import ATOL, BF16, DTYPES, DTYPE_IDS, _result_bytes, assert_close, magnitude, naive_dtype, raises, \
-    randn, to_f64
+from conftest import (ATOL, BF16, DTYPES, DTYPE_IDS, _result_bytes, assert_close, magnitude, naive_dtype, raises,
+                      randn, to_f64)
 
 FAKE = os.environ.get("ATTNKIT_GPU_TESTS_ON_CPU") == "1"  # NumPy stands in for CuPy: checks the test code
 
@@ -1043,7 +1042,7 @@ MIXED = [
     ("linformer_attention", lambda q, k, v: attnkit.linformer_attention(
         q, q, q, attnkit.linformer_projection(2, 4)), "E"),
     ("dynamic_linear_attention", lambda q, k, v: attnkit.dynamic_linear_attention(
-        q, k, v, np.ones((1, 1, 4, 2), np.float32), capacity=2), "k"),
+        q, k, v, cupy.ones((1, 1, 4, 2), np.float32), capacity=2), "k"),
 ]
 
 

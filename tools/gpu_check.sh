@@ -31,13 +31,22 @@ cd "$ROOT"
 
 PY=${PYTHON:-python3}
 BUILD_S=${BUILD_S:-200}
-TESTS_S=${TESTS_S:-120}
-MEMCHECK_S=${MEMCHECK_S:-55}
+TESTS_S=${TESTS_S:-110}
+MEMCHECK_S=${MEMCHECK_S:-65}
 RACECHECK_S=${RACECHECK_S:-35}
-BENCH_S=${BENCH_S:-105}
+BENCH_S=${BENCH_S:-100}
 BENCH_ARGS=${BENCH_ARGS:---quick}
 export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_INPUT=1
 NPROC=$(nproc)
+# CMake and compute-sanitizer are found next to nvcc; a toolkit outside PATH is taken from the usual places
+if ! command -v nvcc >/dev/null 2>&1; then
+  for d in /usr/local/cuda/bin /usr/local/cuda-13*/bin /opt/cuda/bin; do
+    if [[ -x $d/nvcc ]]; then
+      export PATH="$d:$PATH"
+      break
+    fi
+  done
+fi
 T_START=$(date +%s)
 
 # Sanitizer subsets (pytest -k): tiny cases only; "bf16" is excluded by name since "f16" is a substring of it.
