@@ -26,6 +26,8 @@ if [[ $# -ne 1 ]]; then
 fi
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
+# the files of an earlier run in the same OUTDIR would pass for this run's
+rm -f "${OUT}"/{build.log,tests.log,junit.xml,sanitizer.log,bench.log,bench_gpu.json,summary.txt}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
