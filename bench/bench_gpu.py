@@ -1,0 +1,417 @@
+"""attnkit's CUDA backend side by side with PyTorch on the same GPU, in one process.
+
+* Exact attention vs ``torch.nn.functional.scaled_dot_product_attention`` with the flash backend
+  (``sdpa_kernel(SDPBackend.FLASH_ATTENTION)``), bfloat16 and float16, B=4, H=16, D=64 and 128,
+  S = 1024 .. 16384, causal and not: TFLOP/s (4*B*H*S*S*D FLOPs, halved for causal) and the ratio
+  attnkit / torch.
+* Decode (Sq=1, Sk up to 128K, GQA Hq=32, Hkv=8, D=128, float16): GB/s of K+V read
+  (2 * B * Hkv * Sk * D * itemsize bytes per call) and the % of the peak bandwidth (``--peak-gbs``, default
+  3350 GB/s: H100 SXM); torch SDPA (GQA) alongside where it runs.
+* Linear attention (elu+1), Performer (m=256) and DLA prefill (tokens/s) and DLA decode (one token with a
+  cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..).
+
+Timing: CUDA events on the current (null) stream around each call, after warm-up, median of ``--reps``
+(fewer for calls slower than ``--target-s``). attnkit gets CuPy arrays; torch gets the same memory through
+DLPack (``torch.from_dlpack``). bfloat16 inputs go to attnkit as torch tensors (CuPy has no bfloat16);
+where attnkit does not take them the row says why. A mechanism without a CUDA kernel in this build is
+listed as "no kernel" and skipped. Writes JSON (device, versions, every row) to ``--json`` (default
+bench/results/gpu.json), rewritten after every row so that an interrupted run keeps what it measured.
+
+    python bench/bench_gpu.py [--quick] [--json out.json] [--peak-gbs 3350] [--budget-s 110]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------------------- setup
+def gpu_or_reason():
+    """(cupy, None) when a CUDA device and a CUDA build of attnkit are there, else (None, reason)."""
+    try:
+        import cupy
+    except Exception as e:  # noqa: BLE001 - any import failure means no GPU here
+        return None, f"CuPy is not importable ({e.__class__.__name__}: {e})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001
+        return None, f"no CUDA driver/device ({e.__class__.__name__}: {e})"
+    if n == 0:
+        return None, "no CUDA device"
+    import attnkit
+
+    if not attnkit.info()["cuda_built"]:
+        return None, "attnkit was built without CUDA"
+    return cupy, None
+
+
+def torch_or_none():
+    try:
+        import torch
+
+        return torch if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def no_kernel_reason(e: Exception):
+    msg = str(e)
+    if isinstance(e, RuntimeError) and ("no CUDA kernel" in msg or "built without CUDA" in msg):
+        return msg
+    return None
+
+
+def kernel_table(cupy, attnkit):
+    """{mechanism: None (kernel there) or the core's "no CUDA kernel" reason} from one tiny call each."""
+    rng = np.random.default_rng(0)
+
+    def t(*shape):
+        return cupy.asarray(rng.standard_normal(shape).astype(np.float16))
+
+    probes = {
+        "attention": lambda: attnkit.attention(t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8)),
+        "linear_attention": lambda: attnkit.linear_attention(t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8)),
+        "performer_attention": lambda: attnkit.performer_attention(
+            t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8), cupy.asarray(attnkit.random_features(4, 8))),
+        "dynamic_linear_attention": lambda: attnkit.dynamic_linear_attention(
+            t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8), cupy.ones((1, 1, 4, 2), np.float16), capacity=2),
+    }
+    table = {}
+    for name, fn in probes.items():
+        try:
+            fn()
+            cupy.cuda.Device().synchronize()
+            table[name] = None
+        except Exception as e:  # noqa: BLE001 - the table records why
+            # another failure: the kernel is there, its rows run (and record their own errors)
+            table[name] = no_kernel_reason(e)
+            if table[name] is None:
+                log(f"bench_gpu: the probe call of {name} failed: {e.__class__.__name__}: {e}")
+    return table
+
+
+def environment(cupy, torch, attnkit, peak):
+    dev = cupy.cuda.Device()
+    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    env = {"device": name, "compute_capability": f"{props['major']}.{props['minor']}",
+           "memory_gib": round(props["totalGlobalMem"] / 2**30, 1), "sms": props["multiProcessorCount"],
+           "cuda_driver": cupy.cuda.runtime.driverGetVersion(), "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+           "attnkit": attnkit.__version__, "cupy": cupy.__version__, "numpy": np.__version__,
+           "python": sys.version.split()[0], "peak_bandwidth_gbs": peak,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["torch_cuda"] = torch.version.cuda
+    return env
+
+
+# ----------------------------------------------------------------------------------------- timing
+class Timer:
+    def __init__(self, cupy, reps, warmup, target_s):
+        self.cupy, self.reps, self.warmup, self.target_s = cupy, reps, warmup, target_s
+
+    def __call__(self, fn) -> float:
+        """Median seconds of fn() by CUDA events on the current stream (warm-up first; fewer repetitions
+        for slow calls, at least 3)."""
+        cupy = self.cupy
+        for _ in range(self.warmup):
+            fn()
+        cupy.cuda.Device().synchronize()
+        times = []
+        reps = self.reps
+        for i in range(reps):
+            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+            if i == 0 and times[0] * reps > self.target_s:
+                reps = max(3, int(self.target_s / max(times[0], 1e-9)))
+            if i + 1 >= reps:
+                break
+        return statistics.median(times)
+
+
+def attempt(fn):
+    """(value, None) or (None, reason): "no kernel: ..." or "error: ...", never an exception."""
+    try:
+        return fn(), None
+    except Exception as e:  # noqa: BLE001 - every failure becomes a row note
+        reason = no_kernel_reason(e)
+        return None, (f"no kernel: {reason}" if reason else f"error: {e.__class__.__name__}: {e}")
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def randn(cupy, shape, dtype, scale=1.0):
+    """A device array of standard normals (bfloat16: a torch tensor, CuPy has no bfloat16)."""
+    if dtype == "bfloat16":
+        import torch
+
+        return torch.randn(shape, device="cuda", dtype=torch.bfloat16) * scale
+    x = cupy.random.standard_normal(shape, dtype=np.float32) * scale
+    return x.astype(dtype)
+
+
+def as_torch(torch, x):
+    return x if isinstance(x, torch.Tensor) else torch.from_dlpack(x)
+
+
+def flops(B, H, Sq, Sk, D, causal):
+    f = 4.0 * B * H * Sq * Sk * D
+    return f / 2 if causal else f
+
+
+# ----------------------------------------------------------------------------------------- benchmarks
+def exact_rows(ctx, dtypes, dims, sizes, B=4, H=16):
+    cupy, torch, attnkit, timer = ctx["cupy"], ctx["torch"], ctx["attnkit"], ctx["timer"]
+    for dtype in dtypes:
+        for D in dims:
+            for S in sizes:
+                if ctx["out_of_time"]():
+                    return
+                if dtype == "bfloat16" and torch is None:  # CuPy has no bfloat16: the inputs are torch tensors
+                    for causal in (False, True):
+                        ctx["add"]({"kind": "exact", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "causal": causal,
+                                    "attnkit_note": "bfloat16 device inputs need PyTorch with CUDA"})
+                    continue
+                q, k, v = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+                for causal in (False, True):
+                    row = {"kind": "exact", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "causal": causal}
+                    if ctx["kernels"]["attention"]:
+                        row["attnkit_note"] = "no kernel: " + ctx["kernels"]["attention"]
+                    else:
+                        t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v, causal=causal)))
+                        row["attnkit_s"], row["attnkit_note"] = t, note
+                    if torch is not None:
+                        tq, tk, tv = (as_torch(torch, x) for x in (q, k, v))
+
+                        def flash_timed():
+                            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # flash only: an error, not a fallback
+                                return timer(lambda: torch.nn.functional.scaled_dot_product_attention(
+                                    tq, tk, tv, is_causal=causal))
+
+                        t, note = attempt(flash_timed)
+                        row["torch_flash_s"], row["torch_note"] = t, note
+                    f = flops(B, H, S, S, D, causal)
+                    for who in ("attnkit", "torch_flash"):
+                        if row.get(f"{who}_s"):
+                            row[f"{who}_tflops"] = f / row[f"{who}_s"] / 1e12
+                    if row.get("attnkit_s") and row.get("torch_flash_s"):
+                        row["ratio_vs_torch"] = row["torch_flash_s"] / row["attnkit_s"]
+                    ctx["add"](row)
+                del q, k, v
+                cupy.get_default_memory_pool().free_all_blocks()
+
+
+def decode_rows(ctx, sizes, B=4, Hq=32, Hkv=8, D=128, dtype="float16"):
+    cupy, torch, attnkit, timer = ctx["cupy"], ctx["torch"], ctx["attnkit"], ctx["timer"]
+    for Sk in sizes:
+        if ctx["out_of_time"]():
+            return
+        q = randn(cupy, (B, Hq, 1, D), dtype)
+        k, v = (randn(cupy, (B, Hkv, Sk, D), dtype) for _ in range(2))
+        kv_bytes = 2 * B * Hkv * Sk * D * np.dtype(dtype).itemsize
+        row = {"kind": "decode", "dtype": dtype, "B": B, "Hq": Hq, "Hkv": Hkv, "Sq": 1, "Sk": Sk, "D": D,
+               "kv_bytes": kv_bytes}
+        if ctx["kernels"]["attention"]:
+            row["attnkit_note"] = "no kernel: " + ctx["kernels"]["attention"]
+        else:
+            t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v)))
+            row["attnkit_s"], row["attnkit_note"] = t, note
+        if torch is not None:
+            tq, tk, tv = (as_torch(torch, x) for x in (q, k, v))
+            t, note = attempt(lambda: timer(lambda: torch.nn.functional.scaled_dot_product_attention(
+                tq, tk, tv, enable_gqa=True)))
+            row["torch_s"], row["torch_note"] = t, note  # torch picks its backend (GQA decode)
+        for who in ("attnkit", "torch"):
+            if row.get(f"{who}_s"):
+                row[f"{who}_gbs"] = kv_bytes / row[f"{who}_s"] / 1e9
+                row[f"{who}_pct_peak"] = 100 * row[f"{who}_gbs"] / ctx["peak"]
+        ctx["add"](row)
+        del q, k, v
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
+def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
+    cupy, attnkit, timer, kernels = ctx["cupy"], ctx["attnkit"], ctx["timer"], ctx["kernels"]
+    W = cupy.asarray(attnkit.random_features(m, D, dtype=np.float32))
+    for S in sizes:
+        if ctx["out_of_time"]():
+            return
+        q, k, v = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+        lam = (cupy.random.random((B, H, S, C), dtype=np.float32) * (2.0 / C)).astype(dtype)
+        row = {"kind": "linear_time", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "performer_m": m,
+               "dla_capacity": C}
+        calls = {
+            "exact": ("attention", lambda: attnkit.attention(q, k, v)),
+            "exact_causal": ("attention", lambda: attnkit.attention(q, k, v, causal=True)),
+            "linear": ("linear_attention", lambda: attnkit.linear_attention(q, k, v, causal=False)),
+            "linear_causal": ("linear_attention", lambda: attnkit.linear_attention(q, k, v, causal=True)),
+            "performer": ("performer_attention", lambda: attnkit.performer_attention(q, k, v, W)),
+            "performer_causal": ("performer_attention", lambda: attnkit.performer_attention(q, k, v, W, causal=True)),
+            "dla_prefill": ("dynamic_linear_attention",
+                            lambda: attnkit.dynamic_linear_attention(q, k, v, lam, capacity=C)),
+        }
+        for name, (mech, fn) in calls.items():
+            if kernels[mech]:
+                row[f"{name}_note"] = "no kernel"
+                continue
+            t, note = attempt(lambda: timer(fn))
+            if t:
+                row[f"{name}_s"] = t
+                row[f"{name}_tokens_per_s"] = B * S / t
+            else:
+                row[f"{name}_note"] = note
+        for name in ("linear", "performer"):
+            if row.get(f"{name}_s") and row.get("exact_s"):
+                row[f"{name}_speedup_vs_exact"] = row["exact_s"] / row[f"{name}_s"]
+        for name in ("linear_causal", "performer_causal", "dla_prefill"):
+            if row.get(f"{name}_s") and row.get("exact_causal_s"):
+                row[f"{name}_speedup_vs_exact"] = row["exact_causal_s"] / row[f"{name}_s"]
+        # decode: one token after S tokens. DLA from its cache (O(C D^2)); exact attention over S keys.
+        q1, k1, v1 = q[:, :, -1:], k[:, :, -1:], v[:, :, -1:]
+        if not kernels["dynamic_linear_attention"]:
+            def dla_step():
+                _, cache = attnkit.dynamic_linear_attention(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1], lam[:, :, :-1],
+                                                            capacity=C)
+                return lambda: attnkit.dynamic_linear_attention(q1, k1, v1, lam[:, :, -1:], capacity=C, cache=cache)
+
+            step, note = attempt(dla_step)
+            t, note = attempt(lambda: timer(step)) if step else (None, note)
+            if t:
+                row["dla_decode_s"], row["dla_decode_tokens_per_s"] = t, B / t
+            else:
+                row["dla_decode_note"] = note
+        else:
+            row["dla_decode_note"] = "no kernel"
+        if not kernels["attention"]:
+            t, note = attempt(lambda: timer(lambda: attnkit.attention(q1, k, v)))
+            if t:
+                row["exact_decode_s"], row["exact_decode_tokens_per_s"] = t, B / t
+            else:
+                row["exact_decode_note"] = note
+        if row.get("dla_decode_s") and row.get("exact_decode_s"):
+            row["dla_decode_speedup_vs_exact"] = row["exact_decode_s"] / row["dla_decode_s"]
+        ctx["add"](row)
+        del q, k, v, lam
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
+# ----------------------------------------------------------------------------------------- report
+def fmt(x, spec=".1f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def format_row(r) -> str:
+    if r["kind"] == "exact":
+        note = "" if r.get("attnkit_s") else f"  attnkit: {r.get('attnkit_note')}"
+        if r.get("torch_note"):
+            note += f"  torch: {r['torch_note']}"
+        return (f"exact  {r['dtype']:>8} D={r['D']:<3} S={r['S']:<5} {'causal' if r['causal'] else 'full  '} "
+                f"attnkit {fmt(r.get('attnkit_tflops')):>6} TFLOP/s  torch-flash {fmt(r.get('torch_flash_tflops')):>6} "
+                f"TFLOP/s  ratio {fmt(r.get('ratio_vs_torch'), '.2f'):>5}{note}"[:240])
+    if r["kind"] == "decode":
+        note = "" if r.get("attnkit_s") else f"  attnkit: {r.get('attnkit_note')}"
+        return (f"decode {r['dtype']:>8} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} Sk={r['Sk']:<6} "
+                f"attnkit {fmt(r.get('attnkit_gbs'), '.0f'):>5} GB/s ({fmt(r.get('attnkit_pct_peak'), '.0f')}% of peak)  "
+                f"torch {fmt(r.get('torch_gbs'), '.0f'):>5} GB/s{note}"[:240])
+    parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
+    for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
+                 "exact_decode", "dla_decode"):
+        tps = r.get(f"{name}_tokens_per_s")
+        parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
+    return "  ".join(parts) + "  (Mtok/s)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a cut grid (S = 1024, 4096, 16384; fewer decode and "
+                                                         "linear sizes; fewer repetitions)")
+    ap.add_argument("--json", default=str(RESULTS / "gpu.json"), help="where the JSON goes")
+    ap.add_argument("--peak-gbs", type=float, default=3350.0, help="peak memory bandwidth in GB/s (H100 SXM: 3350)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per call (median; default 10, quick 5)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--target-s", type=float, default=1.0, help="at most about this many seconds per timed call set")
+    ap.add_argument("--budget-s", type=float, default=None, help="stop starting new rows after this many seconds")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="exact attention sequence lengths")
+    ap.add_argument("--decode-sizes", type=int, nargs="+", default=None, help="decode key lengths")
+    ap.add_argument("--linear-sizes", type=int, nargs="+", default=None, help="linear-time mechanisms' lengths")
+    a = ap.parse_args(argv)
+
+    cupy, reason = gpu_or_reason()
+    if cupy is None:
+        log(f"bench_gpu: no GPU here ({reason}); nothing to measure")
+        return 0
+    import attnkit
+
+    torch = torch_or_none()
+    if torch is None:
+        log("bench_gpu: PyTorch with CUDA is not available: the torch columns stay empty")
+    reps = a.reps or (5 if a.quick else 10)
+    sizes = a.sizes or ([1024, 4096, 16384] if a.quick else [1024, 2048, 4096, 8192, 16384])
+    decode_sizes = a.decode_sizes or ([16384, 131072] if a.quick else [4096, 16384, 65536, 131072])
+    linear_sizes = a.linear_sizes or ([4096, 16384] if a.quick else [4096, 8192, 16384])
+    t0 = time.monotonic()
+    kernels = kernel_table(cupy, attnkit)
+    env = environment(cupy, torch, attnkit, a.peak_gbs)
+    log(f"bench_gpu on {env['device']} (cc {env['compute_capability']}, {env['memory_gib']} GiB), attnkit "
+        f"{env['attnkit']}, cupy {env['cupy']}, torch {env.get('torch', 'absent')}")
+    for name, why in kernels.items():
+        log(f"  {name:<26} {'CUDA kernel' if why is None else 'no kernel: ' + why}")
+    payload = {"benchmark": "attnkit CUDA backend vs torch SDPA (flash) on one GPU: exact attention, decode, "
+                            "linear-time mechanisms",
+               "flops_convention": "4*B*H*Sq*Sk*D, halved for causal",
+               "env": env, "kernels": {k: v is None for k, v in kernels.items()},
+               "kernel_notes": {k: v for k, v in kernels.items() if v}, "quick": a.quick, "reps": reps, "rows": []}
+    out = Path(a.json)
+
+    def add(row):
+        payload["rows"].append(row)
+        log(format_row(row))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload["elapsed_s"] = round(time.monotonic() - t0, 1)
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+
+    def out_of_time():
+        if a.budget_s is not None and time.monotonic() - t0 > a.budget_s:
+            if not payload.get("truncated"):
+                payload["truncated"] = f"stopped after {a.budget_s:.0f} s (--budget-s); later rows not measured"
+                log("bench_gpu: " + payload["truncated"])
+            return True
+        return False
+
+    ctx = {"cupy": cupy, "torch": torch, "attnkit": attnkit, "kernels": kernels, "peak": a.peak_gbs, "add": add,
+           "out_of_time": out_of_time, "timer": Timer(cupy, reps, a.warmup, a.target_s)}
+    log("-- exact attention vs torch SDPA (flash): TFLOP/s")
+    exact_rows(ctx, ["bfloat16", "float16"], [64, 128], sizes)
+    log("-- decode (Sq=1, GQA 32/8, D=128): GB/s of K+V")
+    decode_rows(ctx, decode_sizes)
+    log("-- linear-time mechanisms vs exact attention (float16, B=4, H=16, D=64): tokens/s")
+    linear_rows(ctx, linear_sizes)
+    payload["elapsed_s"] = round(time.monotonic() - t0, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    log(f"bench_gpu: {len(payload['rows'])} rows in {payload['elapsed_s']} s -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
