@@ -235,17 +235,19 @@ __device__ __forceinline__ void load_state(const LinArgs& a, A* S, A* z, int64_t
 
 template <class A>
 __device__ __forceinline__ void save_state(const LinArgs& a, const A* S, const A* z, int64_t b, int64_t hkv) {
-  if (!a.s_out) return;
+  // S and z are checked apart: an empty state [.., F, 0] may come with a null data pointer (the CPU's
+  // save_state returns early then and leaves z_out unwritten; noted for the lead).
+  if (!a.s_out && !a.z_out) return;
   const int64_t F = a.F, Dv = a.Dv;
   A* so = static_cast<A*>(a.s_out);
   A* zo = static_cast<A*>(a.z_out);
   for (int64_t i = threadIdx.x; i < F * Dv + F; i += blockDim.x) {
     if (i < F * Dv) {
       const int64_t f = i / Dv, d = i % Dv;
-      so[b * a.sos[0] + hkv * a.sos[1] + f * a.sos[2] + d * a.sos[3]] = S[i];
+      if (so) so[b * a.sos[0] + hkv * a.sos[1] + f * a.sos[2] + d * a.sos[3]] = S[i];
     } else {
       const int64_t f = i - F * Dv;
-      zo[b * a.zos[0] + hkv * a.zos[1] + f * a.zos[2]] = z[f];
+      if (zo) zo[b * a.zos[0] + hkv * a.zos[1] + f * a.zos[2]] = z[f];
     }
   }
 }
@@ -473,7 +475,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   a.s_in = p.state_in.present ? p.state_in.data : nullptr;
   a.z_in = p.state_in.present ? p.z_in.data : nullptr;
   a.s_out = p.state_out;
-  a.z_out = p.state_out ? p.z_out : nullptr;
+  a.z_out = p.z_out;
 
   const int64_t F = p.F, Dv = p.Dv, C = a.C;
   const int64_t cap = max_resident_blocks(p.device_index);
@@ -484,7 +486,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   const int64_t items = causal_items ? p.B * p.Hq : p.B * p.Hkv;
   const int64_t blocks1 = std::min(items, cap);
   const int64_t per1 = scratch_elems(C, F, Dv, causal_items ? 1 : 0);
-  const int64_t state_elems = p.causal ? 0 : items * (F * Dv + F);
+  const int64_t state_elems = causal_items ? 0 : items * (F * Dv + F);
   const int64_t qrows = p.B * p.Hq * p.S;
   const int64_t blocks2 = p.causal ? 0 : std::min(qrows, 2 * cap);
   const int64_t per2 = F;
