@@ -134,8 +134,8 @@ __device__ __forceinline__ A feature(const LinArgs& a, const T* x, int64_t xs, i
 /// (running maximum from c_prev on). Returns the stabilizer after the chunk (c_prev when unstabilized).
 /// Every thread of the block calls it; it ends synchronized.
 template <class T, class A>
-__device__ __forceinline__ A key_features(const LinArgs& a, const Scr<A>& w, int64_t b, int64_t hkv, int64_t j0, int64_t kn,
-                          A c_prev, A* sh) {
+__device__ __forceinline__ A key_features(const LinArgs& a, const Scr<A>& w, int64_t b, int64_t hkv, int64_t j0,
+                                          int64_t kn, A c_prev, A* sh) {
   const T* k = static_cast<const T*>(a.k) + b * a.ks[0] + hkv * a.ks[1];
   const int64_t F = a.F;
   for (int64_t i = threadIdx.x; i < kn * F; i += blockDim.x) {
@@ -155,7 +155,8 @@ __device__ __forceinline__ A key_features(const LinArgs& a, const Scr<A>& w, int
     }
     const A half_sq = sq * half_scale;
     A mx = math::neg_inf<A>();
-    for (int64_t f = 0; f < F; ++f) mx = math::softmax_new_max(mx, math::favor_key_exponent(w.phiK[j * F + f], half_sq));
+    for (int64_t f = 0; f < F; ++f)
+      mx = math::softmax_new_max(mx, math::favor_key_exponent(w.phiK[j * F + f], half_sq));
     w.hK[j] = half_sq;
     w.cK[j] = mx;
   }
@@ -180,8 +181,8 @@ __device__ __forceinline__ A key_features(const LinArgs& a, const Scr<A>& w, int
 /// S += phi(K_c)^T V_c and z += colsum phi(K_c) over the kn keys at j0, after bringing the state from c_prev
 /// and the chunk's keys from their c_j to c_end (softmax features). Ends synchronized.
 template <class T, class A>
-__device__ __forceinline__ void state_update(const LinArgs& a, const Scr<A>& w, A* S, A* z, int64_t b, int64_t hkv, int64_t j0,
-                             int64_t kn, A c_prev, A c_end) {
+__device__ __forceinline__ void state_update(const LinArgs& a, const Scr<A>& w, A* S, A* z, int64_t b, int64_t hkv,
+                                             int64_t j0, int64_t kn, A c_prev, A c_end) {
   const int64_t F = a.F, Dv = a.Dv;
   if (a.stab) {
     const A r = DevExp()(math::favor_rescale_arg<A, A>(c_prev, c_end));

@@ -2,7 +2,9 @@
 // r/2 rotate one pair of dims (math/rope.h rope_pair / rope_rotate), the others copy one pass-through dim
 // d = r + (item - r/2). A thread reads and writes only its own elements, so x and out may be the same
 // memory (in place). Angles are computed in double as on the CPU: theta = pos * base^(-2i/r), then cos and
-// sin rounded once to the compute type.
+// sin rounded once to the compute type. The inverse frequencies come from the host's pow (the CPU's very
+// values, so theta is the same bits even at long positions) in the kernel's parameters, for up to
+// kHostFreqs pairs; beyond that the device's pow (within 2 ulp) computes them.
 #include "attnkit/math/rope.h"
 #include "cpp/src/backend.h"
 #include "cuda/common.cuh"
@@ -13,6 +15,8 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+/// 448 doubles keep the parameters under the classic 4 KiB: rotary dims up to 896 get the host's values.
+constexpr int kHostFreqs = 448;
 
 struct RopeArgs {
   int64_t B, H, S, D, r, half, items;
@@ -25,6 +29,8 @@ struct RopeArgs {
   int64_t ps[2];
   double base;
   bool interleaved;
+  bool host_freqs;  ///< inv_freq[] holds the r/2 inverse frequencies
+  double inv_freq[kHostFreqs];
 };
 
 template <class T>
@@ -50,7 +56,8 @@ __global__ void rope_kernel(const RopeArgs a) {
       continue;
     }
     const int64_t pos = a.pos ? load_int(a.pos, a.pos_dtype, b * a.ps[0] + s * a.ps[1]) : s;
-    const double theta = static_cast<double>(pos) * math::rope_inv_freq(item, a.r, a.base);
+    const double f = a.host_freqs ? a.inv_freq[item] : math::rope_inv_freq(item, a.r, a.base);
+    const double theta = static_cast<double>(pos) * f;
     const A c = static_cast<A>(cos(theta)), sn = static_cast<A>(sin(theta));
     int64_t da, db;
     math::rope_pair(item, a.r, a.interleaved, da, db);
@@ -67,6 +74,7 @@ void rope(const RopeProblem& p) {
   require_device(p.device_index);
   if (p.B * p.H * p.S * p.D == 0) return;
   DeviceGuard g(p.device_index);
+  static_assert(sizeof(RopeArgs) <= 4096, "kernel parameters over 4 KiB need CUDA 12.1+ drivers");
   RopeArgs a;
   a.B = p.B;
   a.H = p.H;
@@ -87,6 +95,9 @@ void rope(const RopeProblem& p) {
   a.ps[1] = p.positions.stride[1];
   a.base = p.base;
   a.interleaved = p.interleaved;
+  a.host_freqs = a.half <= kHostFreqs;
+  for (int64_t i = 0; i < kHostFreqs; ++i)
+    a.inv_freq[i] = a.host_freqs && i < a.half ? math::rope_inv_freq(i, a.r, a.base) : 0.0;
   const int64_t n = p.B * p.H * p.S * a.items;
   const cudaStream_t stream = as_stream(p.stream);
   dispatch_float(p.dtype, [&](auto tag) {
