@@ -258,3 +258,11 @@ def test_thread_count_independent(rng):
     q, k, v = (randn(rng, (1, 4, 500, 64), np.float32) for _ in range(3))
     L = layouts.bigbird(500, 32, seed=2, num_heads=4)
     assert_thread_invariant(lambda: attnkit.block_sparse_attention(q, k, v, L, causal=True))
+
+
+def test_layout_device_copy_takes_a_stream_handle():
+    """Layout.ref_on takes the stream as an integer handle (CuPy's stream.ptr), as every call does; in a
+    build without CUDA (or without a GPU) it raises a clear error rather than a binding TypeError."""
+    L = layouts.sliding_window(64, 16, 1)
+    with pytest.raises(RuntimeError, match="CUDA|device"):
+        L._impl.ref_on(0, 0)

@@ -290,7 +290,12 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("num_q_blocks", &BlockLayout::num_q_blocks)
       .def_readonly("num_k_blocks", &BlockLayout::num_k_blocks)
       .def("ref", &BlockLayout::ref)
-      .def("ref_on", &BlockLayout::ref_on, py::arg("device_index"), py::arg("stream"))
+      .def(
+          "ref_on",
+          [](const BlockLayout& l, int32_t device_index, uintptr_t stream) {
+            return l.ref_on(device_index, as_stream(stream));
+          },
+          py::arg("device_index"), py::arg("stream"))
       .def_static("from_dense",
                   [](py::array_t<uint8_t, py::array::c_style | py::array::forcecast> blocks, int64_t bq, int64_t bk) {
                     if (blocks.ndim() != 3) throw Error(ErrorKind::Value, "blocks must be 3-D [H, nQb, nKb] here");
