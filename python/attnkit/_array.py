@@ -526,7 +526,7 @@ def _returner(x):
     if root == "torch":
         def back(a):
             if a.dtype == BFLOAT16:
-                return module.from_dlpack(a.view(np.uint16)).view(module.bfloat16)
+                return module.from_dlpack(a.view(np.int16)).view(module.bfloat16)  # int16: any PyTorch
             return module.from_dlpack(a)
     elif root == "jax":
         import jax.numpy as jnp
