@@ -105,6 +105,13 @@ CASES = {
         q, k, v, attnkit.linformer_projection(8, q.shape[-2], seed=2)),
     "dynamic_linear_attention": lambda q, k, v: attnkit.dynamic_linear_attention(
         q, k, v, np.full(q.shape[:-1] + (4,), 0.25, np.float32), capacity=4)[0],
+    "rope": lambda q, k, v: attnkit.rope(q, positions=k[0, :, 0].abs().long() if hasattr(k, "abs") and
+                                         hasattr(k, "long") else np.abs(k[0, :, 0]).astype(np.int64)),
+    "attention_backward": lambda q, k, v: attnkit.attention_backward(
+        v, q, k, v, *attnkit.attention(q, k, v, causal=True, return_lse=True), causal=True),
+    "multi_head_attention": lambda q, k, v: attnkit.multi_head_attention(
+        q, k, v, attnkit.MHAParams(q[0, :16], k[0, :16], v[0, :16], q[1, :16], b_o=k[1, 0]), num_heads=2,
+        rope={"positions": np.arange(24)}),
 }
 
 
@@ -130,3 +137,161 @@ def test_torch_bad_inputs_name_the_argument():
         attnkit.attention(q, q, torch.randn(5, 8))
     with pytest.raises(TypeError, match="key_lengths"):
         attnkit.attention(q[None], q[None], q[None], key_lengths=torch.tensor([2.0]))
+
+
+# ------------------------------------------------------------------- bfloat16 CUDA arrays, without a GPU
+# CuPy has no bfloat16, so a bfloat16 CUDA tensor (PyTorch, JAX) travels through attnkit as a DeviceBF16: a
+# uint16 array of the same memory reporting dtype bfloat16. Its logic does not need a GPU: below, a NumPy
+# uint16 array stands in for the CuPy one, and a fake "cupy" module plus a PyTorch tensor whose DLPack capsule
+# is relabelled as CUDA stand in for a real device (what the C++ core then does with the device pointer is
+# tested by tests/test_gpu.py on a GPU).
+import contextlib
+import ctypes
+import sys
+import types
+
+from attnkit import _array
+from attnkit._array import Call, DeviceBF16, astype
+
+
+def bf16_bits(x):
+    return np.asarray(x, dtype=BFLOAT16).view(np.uint16)
+
+
+def test_devicebf16_rounds_like_ml_dtypes():
+    special = np.array([1.0, 1.00390625, 1.01171875, -0.0, np.inf, -np.inf, np.nan, -np.nan, 3.4e38, 1e-40,
+                        1e-45, 65504.0, -2.5e-39], np.float32)
+    f = np.concatenate([special, randn(4096) * np.exp(RNG.uniform(-80, 80, 4096)).astype(np.float32)])
+    w = DeviceBF16.from_float(f)
+    np.testing.assert_array_equal(w.raw, bf16_bits(f))
+    back = w.astype(np.float32)
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back, np.asarray(f, BFLOAT16).astype(np.float32))
+    np.testing.assert_array_equal(w.astype(np.float64), np.asarray(f, BFLOAT16).astype(np.float64))
+    assert w.astype(BFLOAT16, copy=False) is w and w.astype(BFLOAT16).raw is not w.raw
+
+
+def test_devicebf16_layout_ops_keep_the_bits():
+    x = randn(3, 4, 6, 8)
+    w, ref = DeviceBF16.from_float(x), np.asarray(x, BFLOAT16)
+    assert (w.dtype, w.shape, w.ndim, w.size, w.strides, w.itemsize) == (BFLOAT16, ref.shape, 4, ref.size,
+                                                                          ref.strides, 2)
+    for op in (lambda a: a[1], lambda a: a[None], lambda a: a[..., :0, :], lambda a: a[:, ::2, 1:],
+               lambda a: a.transpose(0, 2, 1, 3), lambda a: a.swapaxes(-1, -2), lambda a: a.reshape(12, 48),
+               lambda a: a.transpose(0, 2, 1, 3).reshape(3, 6, 32), lambda a: a[0, 0].T, lambda a: a.copy()):
+        got, want = op(w), op(ref)
+        assert isinstance(got, DeviceBF16) and got.shape == want.shape
+        np.testing.assert_array_equal(got.raw, want.view(np.uint16))
+    iface = w[:, 1].__cuda_array_interface__
+    assert iface["typestr"] == BFLOAT16.str and iface["shape"] == (3, 6, 8) and iface["strides"] == (384, 16, 2)
+    assert w.view(np.uint16).dtype == np.uint16 and np.shares_memory(w.view(np.uint16), w.raw)
+    assert w.view(BFLOAT16) is w
+    for bad in (lambda: w + 1, lambda: 2 * w, lambda: w @ w, lambda: np.asarray(w), lambda: w.view(np.float16)):
+        with pytest.raises(TypeError):
+            bad()
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A 'cupy' module over NumPy: enough for the adapter's CUDA paths (views, outputs, stream, device)."""
+
+    def asarray(x, dtype=None):
+        iface = getattr(x, "__cuda_array_interface__", None)
+        if iface is None:
+            return np.asarray(x, dtype=dtype)
+        iface = {k: v for k, v in iface.items() if k != "stream"}
+        return np.asarray(_array._View("__array_interface__", iface, (x,)))
+
+    fake = types.SimpleNamespace(
+        asarray=asarray, empty=np.empty, full=np.full, ascontiguousarray=np.ascontiguousarray,
+        where=np.where, isnan=np.isnan,
+        cuda=types.SimpleNamespace(Device=lambda i: contextlib.nullcontext(),
+                                   get_current_stream=lambda: types.SimpleNamespace(ptr=0)))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    return fake
+
+
+class FakeCudaTensor:
+    """A PyTorch tensor presented as a CUDA one: its DLPack capsule's device is relabelled kDLCUDA."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __dlpack_device__(self):
+        return (_array._DL_CUDA, 0)
+
+    def __dlpack__(self, stream=None):
+        capsule = self.t.__dlpack__()
+        tensor = _array._DLTensor.from_address(_array._capsule_pointer(capsule, b"dltensor"))
+        tensor.device.device_type = _array._DL_CUDA
+        return capsule
+
+
+FakeCudaTensor.__module__ = "torch.fake"  # answered in PyTorch, as a CUDA tensor would be
+
+
+def test_bf16_cuda_dlpack_in_is_a_zero_copy_devicebf16(fake_cupy):
+    t = torch.randn(4, 6, 8).to(torch.bfloat16)[:, ::2]
+    w = _array.dlpack_view(FakeCudaTensor(t), "q")
+    assert isinstance(w, DeviceBF16) and w.dtype == BFLOAT16 and w.shape == (4, 3, 8)
+    assert w.strides == tuple(2 * s for s in t.stride())
+    assert w.__cuda_array_interface__["data"][0] == t.data_ptr()
+    np.testing.assert_array_equal(w.raw, t.view(torch.int16).numpy().view(np.uint16))
+    # the TensorRef the core gets: bfloat16 on the device, with the view's shape
+    call = Call()
+    ref = call.tensor(w, "q")
+    assert call.cuda and ref.shape == [4, 3, 8]
+    # f16 / f32 CUDA tensors still become (Cu)Py arrays
+    assert not isinstance(_array.dlpack_view(FakeCudaTensor(torch.randn(3, 2)), "k"), DeviceBF16)
+
+
+def test_bf16_cuda_outputs_and_return_to_torch_and_jax(fake_cupy):
+    call = Call()
+    call.tensor(DeviceBF16(np.zeros((2, 3), np.uint16)), "q")  # the call is on the (fake) device
+    out, ref = call.empty((2, 5), BFLOAT16, "out")
+    assert isinstance(out, DeviceBF16) and out.shape == (2, 5) and ref.shape == [2, 5]
+    x = randn(2, 5)
+    out.raw[...] = bf16_bits(x)
+    tt = _array._convert_out((out, np.float32(0)), _array._returner(torch.zeros(1)))[0]
+    assert tt.dtype == torch.bfloat16 and tt.data_ptr() == out.raw.ctypes.data  # zero-copy
+    np.testing.assert_array_equal(tt.float().numpy(), np.asarray(x, BFLOAT16).astype(np.float32))
+    jt = _array._returner(jnp.zeros(1))(out)
+    assert jt.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(jt.astype(jnp.float32)), np.asarray(x, BFLOAT16).astype(np.float32))
+
+
+def test_bf16_cuda_helpers(fake_cupy):
+    like = DeviceBF16(np.zeros(1, np.uint16))
+    ones = _array.full(like, (2, 3), 1.0, BFLOAT16)
+    assert isinstance(ones, DeviceBF16) and (ones.raw == bf16_bits(1.0)).all()
+    assert astype(ones, np.float32).dtype == np.float32 and (astype(ones, np.float32) == 1).all()
+    f = randn(3, 4)  # a NumPy array stays NumPy (ml_dtypes bfloat16)
+    assert astype(f, BFLOAT16).dtype == BFLOAT16 and type(astype(f, BFLOAT16)) is np.ndarray
+
+
+def test_bf16_cuda_mixed_with_cpu_names_the_argument(fake_cupy):
+    q = torch.randn(1, 2, 4, 8).to(torch.bfloat16)
+    with pytest.raises(TypeError, match=r"\bk\b"):
+        attnkit.attention(FakeCudaTensor(q), q, FakeCudaTensor(q))
+    with pytest.raises(TypeError, match="bias"):
+        attnkit.attention(FakeCudaTensor(q), FakeCudaTensor(q), FakeCudaTensor(q), bias=np.zeros((4, 4), np.float32))
+
+
+def test_bf16_cuda_mha_projection_matches_the_cpu(fake_cupy, monkeypatch):
+    """multi_head_attention's projections and head split on DeviceBF16 arrays (the Python part of the
+    layer; its attention core is the CUDA kernel) give the CPU path's bits."""
+    from attnkit._mha import _heads, _linear
+
+    fake_cupy.matmul = np.matmul
+    # the fake CuPy's results are NumPy arrays: let astype() treat them as device arrays, as CuPy's are
+    monkeypatch.setattr(_array, "is_cuda_array", lambda a: hasattr(a, "__cuda_array_interface__")
+                        or isinstance(a, np.ndarray))
+    x, w, b = randn(2, 5, 16), randn(12, 16), randn(12)
+    xs, ws, bs = (np.asarray(a, BFLOAT16) for a in (x, w, b))
+    xd, wd, bd = (DeviceBF16.from_float(a) for a in (x, w, b))
+    want = _heads(_linear(xs, ws, bs, "w_q"), 2, 5, 3, "num_heads", "w_q")
+    got = _heads(_linear(xd, wd, bd, "w_q"), 2, 5, 3, "num_heads", "w_q")
+    assert isinstance(got, DeviceBF16) and got.shape == want.shape == (2, 3, 5, 4)
+    np.testing.assert_array_equal(got.raw, want.view(np.uint16))
+    back = got.transpose(0, 2, 1, 3).reshape(2, 5, 12)
+    np.testing.assert_array_equal(back.raw, want.transpose(0, 2, 1, 3).reshape(2, 5, 12).view(np.uint16))

@@ -11,8 +11,9 @@ Every GPU call (``gpu_run``) also checks: outputs are CuPy arrays on the inputs'
 untouched, two runs give the same bits, and a run on a non-default CuPy stream gives the same bits.
 
 bfloat16: CuPy has no bfloat16 dtype, so bfloat16 device inputs are PyTorch tensors handed over through
-DLPack (attnkit's DLPack adapter). Where attnkit does not take bfloat16 CUDA arrays (today it raises a
-TypeError naming bfloat16), those cases are skipped with that reason; without PyTorch they are skipped too.
+DLPack (attnkit's DLPack adapter, zero-copy, carried inside attnkit as a DeviceBF16: a CuPy uint16 view),
+and the results come back as PyTorch bfloat16 CUDA tensors. Without PyTorch with CUDA those cases are
+skipped.
 
 Sanitizer subset (tools/gpu_check.sh): ``-k small`` selects a few tiny cases of every mechanism (test names
 or case ids containing "small"); ``ATTNKIT_GPU_TESTS_SANITIZER=1`` turns CuPy's memory pool off (exact
@@ -262,10 +263,6 @@ def gpu_run(fn, *args, _device: int = 0, _stream: bool = True, **kwargs):
     except RuntimeError as e:
         if _no_kernel(e):
             pytest.skip(f"kernel not enabled: {e}")
-        raise
-    except TypeError as e:
-        if "bfloat16" in str(e) and _has_bf16([dargs, dkw]):
-            pytest.skip(f"bfloat16 on CUDA not taken by attnkit: {e}")
         raise
     _check_on_device(r1, _device)
     if SANITIZER:
@@ -991,6 +988,10 @@ MHA_CASES = [
     ("performer", {"num_features": 64, "seed": 2}, False),
     ("linformer", {"proj_len": 8, "seed": 1}, False),
     ("dla", {"capacity": 3, "tau": 0.5}, True),
+    # bfloat16: PyTorch tensors in (weights in MHAParams too), DeviceBF16 projections, PyTorch out
+    ("exact", {}, True, "bf16"),
+    ("linformer", {"proj_len": 8, "seed": 1}, False, "bf16"),
+    ("dla", {"capacity": 3, "tau": 0.5}, True, "bf16"),
 ]
 
 
@@ -1079,14 +1080,16 @@ def test_two_devices(rng):
 
 
 def test_bfloat16_status_small(rng):
-    """Reports how bfloat16 reaches the CUDA backend (PyTorch tensors through DLPack); passes either way."""
+    """bfloat16 reaches the CUDA backend as PyTorch tensors (DLPack, zero-copy) and comes back as PyTorch
+    bfloat16 CUDA tensors with the CPU backend's values."""
     if FAKE or not HAVE_TORCH_CUDA:
         pytest.skip("needs PyTorch with CUDA")
     need("attention")
     q = randn(rng, (1, 2, 8, 32), BF16)
     t = _dev_array(q)
-    try:
-        out = attnkit.attention(t, t, t)
-    except TypeError as e:
-        pytest.skip(f"bfloat16 CUDA arrays are rejected today: {e}")
+    out = attnkit.attention(t, t, t)
     assert _is_torch(out) and out.dtype == torch.bfloat16 and out.is_cuda
+    assert tuple(out.shape) == q.shape
+    close3(host(out), attnkit.attention(q, q, q), ref.attention(q, q, q),
+           ref.attention(q, q, q, _dtype=naive_dtype(BF16)), BF16)
+    assert host(t).view(np.uint16).tobytes() == q.view(np.uint16).tobytes()  # the input is untouched

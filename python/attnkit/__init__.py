@@ -26,6 +26,9 @@ block_sparse_attention, lsh_attention, lsh_buckets = map(_dlpack_io, (block_spar
 linear_attention, performer_attention, linformer_attention = map(_dlpack_io, (linear_attention, performer_attention,
                                                                               linformer_attention))
 dynamic_linear_attention = _dlpack_io(dynamic_linear_attention)
+attention_backward, block_sparse_attention_backward, linformer_attention_backward = map(
+    _dlpack_io, (attention_backward, block_sparse_attention_backward, linformer_attention_backward))
+rope, multi_head_attention = map(_dlpack_io, (rope, multi_head_attention))
 
 __version__ = _core.__version__
 

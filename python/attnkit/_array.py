@@ -33,6 +33,144 @@ def is_cuda_array(x) -> bool:
     return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
 
 
+class DeviceBF16:
+    """A bfloat16 CUDA array, which CuPy cannot hold (it has no bfloat16 dtype): a CuPy uint16 array of the
+    same memory (``raw``, the bfloat16 bit patterns) that reports ``dtype`` = ``ml_dtypes.bfloat16``.
+    Internal: it carries PyTorch / JAX bfloat16 CUDA tensors (taken zero-copy through DLPack) through the
+    Python layer and back, and holds bfloat16 outputs until they are handed back as the caller's
+    framework's bfloat16. Layout operations (indexing, reshape, transpose, swapaxes, ``T``, copy) act on
+    the bits; ``astype`` converts (bfloat16 -> float32 exactly; float -> bfloat16 rounds to nearest even,
+    as ``ml_dtypes`` does); arithmetic is not supported (TypeError): convert with ``astype`` first."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw):
+        if np.dtype(raw.dtype) != np.uint16:
+            raise TypeError(f"DeviceBF16 holds uint16 bit patterns, got {raw.dtype}")
+        self.raw = raw
+
+    # -- array attributes ------------------------------------------------------------------------
+    dtype = property(lambda self: BFLOAT16)
+    shape = property(lambda self: tuple(self.raw.shape))
+    ndim = property(lambda self: self.raw.ndim)
+    size = property(lambda self: self.raw.size)
+    strides = property(lambda self: tuple(self.raw.strides))
+    itemsize = property(lambda self: 2)
+    nbytes = property(lambda self: self.raw.nbytes)
+    device = property(lambda self: self.raw.device)
+    T = property(lambda self: DeviceBF16(self.raw.T))
+
+    @property
+    def __cuda_array_interface__(self):
+        raw = self.raw
+        iface = dict(getattr(raw, "__cuda_array_interface__", None) or raw.__array_interface__)
+        iface["typestr"] = BFLOAT16.str  # never "<u2": nothing may read these bits as integers by mistake
+        iface.pop("descr", None)
+        return iface
+
+    def __len__(self):
+        return len(self.raw)
+
+    def __repr__(self):
+        return f"DeviceBF16(shape={self.shape}, strides={self.strides})"
+
+    # -- layout (bit-exact) -----------------------------------------------------------------------
+    def __getitem__(self, index):
+        return DeviceBF16(self.raw[index])
+
+    def __setitem__(self, index, value):
+        """Writes value (a scalar, a DeviceBF16, or a float array of the same module) rounded to bfloat16."""
+        if isinstance(value, DeviceBF16):
+            bits = value.raw
+        elif np.ndim(value) == 0 and not hasattr(value, "__cuda_array_interface__"):
+            bits = np.asarray(value, dtype=BFLOAT16).view(np.uint16)[()]
+        else:
+            bits = DeviceBF16.from_float(value).raw
+        self.raw[index] = bits
+
+    def reshape(self, *shape):
+        return DeviceBF16(self.raw.reshape(*shape))
+
+    def transpose(self, *axes):
+        return DeviceBF16(self.raw.transpose(*axes))
+
+    def swapaxes(self, a, b):
+        return DeviceBF16(self.raw.swapaxes(a, b))
+
+    def copy(self):
+        return DeviceBF16(self.raw.copy())
+
+    def view(self, dtype):
+        """``view(numpy.uint16)`` (or int16): the bit patterns; ``view(bfloat16)``: self."""
+        dt = np.dtype(dtype)
+        if dt == BFLOAT16:
+            return self
+        if dt in (np.dtype(np.uint16), np.dtype(np.int16)):
+            return self.raw.view(dt)
+        raise TypeError(f"a bfloat16 device array can be viewed as uint16 or int16 only, not {dt}")
+
+    # -- conversions ------------------------------------------------------------------------------
+    def astype(self, dtype, copy=True):
+        dt = np.dtype(dtype)
+        if dt == BFLOAT16:
+            return self.copy() if copy else self
+        f32 = (self.raw.astype(np.uint32) << 16).view(np.float32)  # exact: bfloat16 is float32's top half
+        return f32 if dt == np.float32 else f32.astype(dt)
+
+    @staticmethod
+    def from_float(x):
+        """x (a CuPy float array) rounded to bfloat16 (to nearest even; NaN stays NaN with its sign)."""
+        xp = _array_module(x)
+        f = xp.ascontiguousarray(x, dtype=np.float32)
+        u = f.view(np.uint32)
+        rounded = (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16
+        bits = xp.where(xp.isnan(f), (u >> 16) | np.uint32(0x40), rounded)
+        return DeviceBF16(bits.astype(np.uint16))
+
+    def _no_math(self, *args):
+        raise TypeError("arithmetic on a bfloat16 device array (CuPy has no bfloat16): convert it with "
+                        "astype(numpy.float32) first")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __matmul__ = __rmatmul__ = _no_math
+    __iadd__ = __neg__ = _no_math
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("a bfloat16 device array is not converted to NumPy implicitly (as CuPy arrays are not)")
+
+
+def _array_module(a):
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+
+    return cupy
+
+
+def astype(x, dtype):
+    """x converted to dtype (a new array, or x itself if it has that dtype already), bfloat16 included on
+    CUDA: a CuPy array asked for bfloat16 becomes a DeviceBF16, and a DeviceBF16 converts its values."""
+    dt = np.dtype(dtype)
+    if isinstance(x, DeviceBF16):
+        return x.astype(dt, copy=False)
+    if dt == BFLOAT16 and is_cuda_array(x):
+        return DeviceBF16.from_float(x)
+    return x.astype(dt, copy=False)
+
+
+def full(like, shape, value, dtype):
+    """A new array of ``shape`` filled with ``value``, in ``dtype``, with ``like``'s array module
+    (NumPy or CuPy; bfloat16 on CUDA as a DeviceBF16)."""
+    dt = np.dtype(dtype)
+    if is_cuda_array(like):
+        import cupy
+
+        if dt == BFLOAT16:
+            bits = int(np.array(value, dtype=BFLOAT16).view(np.uint16))
+            return DeviceBF16(cupy.full(shape, bits, dtype=np.uint16))
+        return cupy.full(shape, value, dtype=dt)
+    return np.full(shape, value, dtype=dt)
+
+
 def _require_cupy(name: str):
     """CuPy, which device arrays need (outputs are allocated with it); TypeError naming the argument
     when it is not installed."""
@@ -93,7 +231,7 @@ class Call:
         if is_cuda_array(x):
             _require_cupy(name)
             iface = x.__cuda_array_interface__
-            dtype = np.dtype(iface["typestr"])
+            dtype = BFLOAT16 if isinstance(x, DeviceBF16) else np.dtype(iface["typestr"])
             code = _dtype_code(dtype, name)
             shape = tuple(iface["shape"])
             item = dtype.itemsize
@@ -177,7 +315,10 @@ class Call:
         if self.cuda:
             cupy = _require_cupy(name)
             with cupy.cuda.Device(self.device_index):
-                arr = checked_alloc(cupy.empty, shape, dtype, name)
+                if np.dtype(dtype) == BFLOAT16:  # CuPy has no bfloat16: its bits in uint16
+                    arr = DeviceBF16(checked_alloc(cupy.empty, shape, np.uint16, name))
+                else:
+                    arr = checked_alloc(cupy.empty, shape, dtype, name)
         else:
             arr = checked_alloc(np.empty, shape, dtype, name)
         return arr, self.tensor(arr, name)
@@ -269,8 +410,10 @@ def acc_dtype(dtype) -> np.dtype:
 # Public functions are wrapped by dlpack_io (attnkit/__init__.py): arguments that are foreign arrays
 # (anything with __dlpack__ that is not NumPy or CuPy: PyTorch, JAX, TensorFlow, ...) become NumPy views
 # (CPU) or CuPy views (CUDA) of the same memory, read straight from the DLPack capsule (so bfloat16 and
-# read-only buffers work too), and the arrays returned are handed back through that framework's
-# from_dlpack. The rest of the Python layer only ever sees NumPy and CuPy.
+# read-only buffers work too; bfloat16 CUDA arrays become DeviceBF16 over a CuPy uint16 view, CuPy having
+# no bfloat16), and the arrays returned are handed back through that framework's from_dlpack (bfloat16
+# as its uint16 bits reinterpreted, zero-copy). The rest of the Python layer only ever sees NumPy, CuPy
+# and DeviceBF16.
 
 import ctypes
 import functools
@@ -366,12 +509,13 @@ def dlpack_view(x, name: str):
     if kind == _DL_CUDA:
         import cupy
 
-        if dtype == BFLOAT16:
-            raise TypeError(f"{name}: bfloat16 CUDA arrays are not supported (CuPy has no bfloat16)")
         iface["stream"] = None  # ordered already: the capsule was requested on the current stream
         iface["data"] = (data, False)  # CuPy has no read-only arrays; attnkit never writes its inputs
+        if dtype == BFLOAT16:  # CuPy has no bfloat16: a uint16 view of the same memory, in a DeviceBF16
+            iface["typestr"] = np.dtype(np.uint16).str
         with cupy.cuda.Device(t.device.device_id):
-            return cupy.asarray(_View("__cuda_array_interface__", iface, (x, capsule)))
+            view = cupy.asarray(_View("__cuda_array_interface__", iface, (x, capsule)))
+        return DeviceBF16(view) if dtype == BFLOAT16 else view
     raise TypeError(f"{name} lives on DLPack device type {kind}: attnkit takes CPU and CUDA arrays")
 
 
@@ -382,12 +526,16 @@ def _returner(x):
     if root == "torch":
         def back(a):
             if a.dtype == BFLOAT16:
-                return module.from_dlpack(a.view(np.uint16)).view(module.bfloat16)
+                return module.from_dlpack(a.view(np.int16)).view(module.bfloat16)  # int16: any PyTorch
             return module.from_dlpack(a)
     elif root == "jax":
         import jax.numpy as jnp
 
         def back(a):  # JAX understands ml_dtypes.bfloat16 natively (it copies that one)
+            if isinstance(a, DeviceBF16):  # the uint16 bits zero-copy, reinterpreted as bfloat16
+                import jax
+
+                return jax.lax.bitcast_convert_type(jnp.from_dlpack(a.raw), jnp.bfloat16)
             return jnp.asarray(a) if a.dtype == BFLOAT16 else jnp.from_dlpack(a)
     elif root == "tensorflow":
         def back(a):
@@ -396,22 +544,46 @@ def _returner(x):
                 return module.bitcast(u, module.bfloat16)
             return module.experimental.dlpack.from_dlpack(a.__dlpack__())
     elif module is not None and hasattr(module, "from_dlpack"):
-        back = module.from_dlpack
+        def back(a):
+            if isinstance(a, DeviceBF16):
+                raise TypeError(f"attnkit cannot hand a bfloat16 CUDA array back to {root} (it knows how for "
+                                "PyTorch, JAX and TensorFlow); pass float16 or float32 arrays")
+            return module.from_dlpack(a)
     else:
         def back(a):
             return a
     return back
 
 
+@functools.lru_cache(maxsize=None)
+def _containers():
+    """The attnkit classes that hold arrays (converted field by field): {class: field names}."""
+    from ._dla import DLACache
+    from ._mha import MHAParams
+
+    return {MHAParams: MHAParams.__slots__, DLACache: ("states", "counts", "info", "starts", "size")}
+
+
 def _has_foreign(x) -> bool:
     if isinstance(x, (list, tuple)):
         return any(map(_has_foreign, x))
+    if isinstance(x, dict):
+        return any(map(_has_foreign, x.values()))
+    fields = _containers().get(type(x))
+    if fields is not None:
+        return any(_is_foreign(getattr(x, f)) for f in fields)
     return _is_foreign(x)
 
 
 def _convert_in(x, found: list, name: str):
     if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
         return type(x)(_convert_in(e, found, f"{name}[{i}]") for i, e in enumerate(x))
+    if isinstance(x, dict):  # multi_head_attention's rope and **options
+        return {k: _convert_in(e, found, str(k)) for k, e in x.items()}
+    fields = _containers().get(type(x))
+    if fields is not None:  # MHAParams (weights), DLACache (arrays and position)
+        conv = [_convert_in(getattr(x, f), found, f"{name}.{f}") for f in fields]
+        return type(x)(*conv) if len(fields) == 8 else type(x)(*conv, x.position)
     if _is_foreign(x):
         found.append(x)
         return dlpack_view(x, name)
@@ -419,7 +591,7 @@ def _convert_in(x, found: list, name: str):
 
 
 def _convert_out(r, back):
-    if isinstance(r, np.ndarray) or _root_module(r) == "cupy":
+    if isinstance(r, (np.ndarray, DeviceBF16)) or _root_module(r) == "cupy":
         return back(r)
     if isinstance(r, tuple) and hasattr(r, "_fields"):  # named tuples (DLAAux)
         return type(r)._make(_convert_out(e, back) for e in r)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _core
-from ._array import Call, acc_dtype, as_bool
+from ._array import Call, acc_dtype, as_bool, astype
 from ._exact import _set_masking, _with_masking_doc
 from ._sparse import _block_sparse_params
 
@@ -25,7 +25,7 @@ def _reduce_to(full, shape, dtype):
     lead = full.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + d for d, n in enumerate(shape) if n == 1 and full.shape[lead + d] != 1)
     red = full.sum(axis=axes, keepdims=True) if axes else full
-    return red.reshape(shape).astype(dtype)
+    return astype(red.reshape(shape), dtype)  # bfloat16 on CUDA included
 
 
 def attention_backward(dout, q, k, v, out, lse, *, causal=False, window=None, mask=None, bias=None, key_lengths=None,
@@ -179,8 +179,8 @@ def linformer_attention_backward(dout, q, k, v, out, lse, E, F=None, *, scale=No
     f = e if F is None else F.astype(acc)
     e3 = e[None] if e.ndim == 2 else e            # [Hkv or 1, P, Sk]
     f3 = f[None] if f.ndim == 2 else f
-    kp = (e3[None] @ k4).astype(q.dtype)          # [B, Hkv, P, D]
-    vp = (f3[None] @ v4).astype(q.dtype)
+    kp = astype(e3[None] @ k4, q.dtype)           # [B, Hkv, P, D]
+    vp = astype(f3[None] @ v4, q.dtype)
     lead = q.ndim - 2                             # K' and V' take q's rank
     kp = kp.reshape(kp.shape[4 - q.ndim:]) if lead < 2 else kp
     vp = vp.reshape(vp.shape[4 - q.ndim:]) if lead < 2 else vp
@@ -199,6 +199,6 @@ def linformer_attention_backward(dout, q, k, v, out, lse, E, F=None, *, scale=No
         dF = dF.sum(axis=0)
     if F is None:
         dE = dE + dF
-    dk = dk.reshape(k.shape).astype(q.dtype)
-    dv = dv.reshape(v.shape).astype(q.dtype)
-    return dq, dk, dv, dE.astype(E.dtype), (None if F is None else dF.astype(F.dtype))
+    dk = astype(dk.reshape(k.shape), q.dtype)
+    dv = astype(dv.reshape(v.shape), q.dtype)
+    return dq, dk, dv, astype(dE, E.dtype), (None if F is None else astype(dF, F.dtype))

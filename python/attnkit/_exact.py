@@ -67,6 +67,8 @@ def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_l
     q : array ``[B, Hq, Sq, D]`` (or ``[H, S, D]``, ``[S, D]``)
         Queries: NumPy (CPU backend) or CuPy (CUDA backend); float32, float64, float16 or
         ``ml_dtypes.bfloat16``. Any strides (e.g. transposed ``[B, S, H, D]`` views) are read in place.
+        PyTorch / JAX arrays work too (DLPack, zero-copy, answered in kind); bfloat16 on the GPU comes
+        that way (``torch.bfloat16`` CUDA tensors, JAX bf16 GPU arrays): CuPy has no bfloat16.
     k : array ``[B, Hkv, Sk, D]``
         Keys, same dtype and rank as ``q``. ``Hq % Hkv == 0``: query head ``h`` uses kv head
         ``h // (Hq // Hkv)`` (grouped-query / multi-query attention).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._array import acc_dtype, as_bool, as_choice, as_int, is_cuda_array
+from ._array import _is_foreign, acc_dtype, as_bool, as_choice, as_int, astype, dlpack_view, full, is_cuda_array
 
 __all__ = ["MHAParams", "multi_head_attention", "MECHANISMS"]
 
@@ -33,7 +33,8 @@ class MHAParams:
     w_o : array ``[E_out, Hq * Dv]``
     b_q, b_k, b_v, b_o : arrays ``[out_features]`` or None
 
-    The arrays are kept as given (no copy): NumPy for NumPy inputs, CuPy for CuPy inputs. Shapes are
+    The arrays are kept as given (no copy): NumPy for NumPy inputs, CuPy for CuPy inputs, PyTorch / JAX
+    arrays too (read through DLPack at each call, bfloat16 CUDA tensors included). Shapes are
     checked here; how they split into heads is checked by :func:`multi_head_attention`.
 
     Raises
@@ -49,14 +50,14 @@ class MHAParams:
 
     def __init__(self, w_q, w_k, w_v, w_o, b_q=None, b_k=None, b_v=None, b_o=None):
         for name, w, b in (("q", w_q, b_q), ("k", w_k, b_k), ("v", w_v, b_v), ("o", w_o, b_o)):
-            _check_floating(w, f"w_{name}")
-            if w.ndim != 2:
-                raise ValueError(f"w_{name} must be 2-D [out_features, in_features], got shape {tuple(w.shape)}")
+            wv = _check_floating(w, f"w_{name}")
+            if wv.ndim != 2:
+                raise ValueError(f"w_{name} must be 2-D [out_features, in_features], got shape {tuple(wv.shape)}")
             if b is not None:
-                _check_floating(b, f"b_{name}")
-                if tuple(b.shape) != (w.shape[0],):
-                    raise ValueError(f"b_{name} must have shape ({w.shape[0]},) (w_{name}'s out_features), "
-                                     f"got {tuple(b.shape)}")
+                bv = _check_floating(b, f"b_{name}")
+                if tuple(bv.shape) != (wv.shape[0],):
+                    raise ValueError(f"b_{name} must have shape ({wv.shape[0]},) (w_{name}'s out_features), "
+                                     f"got {tuple(bv.shape)}")
             setattr(self, f"w_{name}", w)
             setattr(self, f"b_{name}", b)
 
@@ -66,10 +67,15 @@ class MHAParams:
 
 
 def _check_floating(x, name):
+    """x checked to be a floating array; returns it (a NumPy / CuPy view of it for a DLPack array of another
+    framework: PyTorch / JAX weights are kept as given and converted at each call)."""
+    if _is_foreign(x):
+        x = dlpack_view(x, name)
     if not (isinstance(x, np.ndarray) or is_cuda_array(x) or hasattr(x, "__array_interface__")):
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
     if np.dtype(x.dtype).kind not in "fV":
         raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    return x
 
 
 def _xp(x):
@@ -92,7 +98,7 @@ def _linear(x, w, b, name):
     y = xp.matmul(x.reshape(-1, x.shape[-1]).astype(acc, copy=False), w.astype(acc, copy=False).T)
     if b is not None:
         y += b.astype(acc, copy=False)
-    return y.astype(x.dtype, copy=False).reshape(x.shape[:-1] + (w.shape[0],))
+    return astype(y, x.dtype).reshape(x.shape[:-1] + (w.shape[0],))  # bfloat16 on CUDA included
 
 
 def _heads(y, B, S, H, name, wname):
@@ -172,7 +178,7 @@ def _run_mechanism(mechanism, q, k, v, causal, key_lengths, options):
     lam = opts.pop("lam", None)
     if lam is None:
         B, H, T = q.shape[0], q.shape[1], q.shape[2]
-        lam = _xp(q).ones((B, H, T, as_int(opts["capacity"], "capacity")), dtype=q.dtype)
+        lam = full(q, (B, H, T, as_int(opts["capacity"], "capacity")), 1.0, q.dtype)
     y, _ = _dla.dynamic_linear_attention(q, k, v, lam, **opts)
     return y
 
