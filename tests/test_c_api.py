@@ -93,6 +93,18 @@ def test_version_and_abi():
     assert LIB.attnkit_abi_version() == 1
 
 
+def test_cuda_kernel_query():
+    """attnkit_cuda_has_kernel agrees with attnkit.info() and is 0 for NULL and for unknown names."""
+    LIB.attnkit_cuda_has_kernel.argtypes = [C.c_char_p]
+    kernels = attnkit.info()["cuda_kernels"]
+    for name in ("attention", "lsh_attention", "rope"):
+        assert LIB.attnkit_cuda_has_kernel(name.encode()) == (name in kernels)
+    assert LIB.attnkit_cuda_has_kernel(None) == 0
+    assert LIB.attnkit_cuda_has_kernel(b"no_such_function") == 0
+    if not LIB.attnkit_built_with_cuda():
+        assert kernels == []
+
+
 def test_tuning_options():
     value = C.c_int64(-7)
     assert call("attnkit_get_tuning", b"linear_chunk", C.byref(value)) == OK and value.value == 0

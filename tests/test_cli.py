@@ -13,7 +13,9 @@ def test_info(capsys):
     assert "attnkit" in out and "CPU backend" in out and "CUDA backend" in out
     assert cli.main(["info", "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
-    assert {"version", "cpu_isa", "threads", "cuda_built", "cuda_devices"} <= set(facts)
+    assert {"version", "cpu_isa", "threads", "cuda_built", "cuda_devices", "cuda_kernels"} <= set(facts)
+    if not facts["cuda_built"]:  # a build without CUDA runs nothing on the GPU
+        assert facts["cuda_kernels"] == []
 
 
 def test_bench_sections(capsys, tmp_path):

@@ -264,6 +264,7 @@ void rope(const RopeParams& p) {
 const char* version() { return ATTNKIT_VERSION_STRING; }
 bool built_with_cuda() { return detail::cuda::built(); }
 int cuda_device_count() { return detail::cuda::device_count(); }
+bool cuda_has_kernel(const char* mechanism) { return mechanism && detail::cuda::built() && detail::cuda::has_kernel(mechanism); }
 const char* cpu_isa() { return detail::cpu::isa_name(); }
 
 void set_tuning(const char* name, int64_t value) { detail::set_tuning(name ? name : "", value); }

@@ -82,11 +82,19 @@ def set_num_threads(n: int) -> None:
 
 
 def info() -> dict:
-    """Build and runtime facts: version, backends built, CUDA devices, CPU kernels and threads."""
+    """Build and runtime facts: version, backends built, CUDA devices, the public functions that run on
+    CUDA arrays here (``cuda_kernels``), CPU kernels and threads."""
     return {
         "version": __version__,
         "cpu_isa": _core.cpu_isa(),
         "threads": _core.get_num_threads(),
         "cuda_built": _core.built_with_cuda(),
         "cuda_devices": _core.cuda_device_count(),
+        "cuda_kernels": [m for m in _CUDA_MECHANISMS if _core.cuda_has_kernel(m)],
     }
+
+
+# The public functions that can have a CUDA kernel (info()["cuda_kernels"] lists those that do here).
+_CUDA_MECHANISMS = ("attention", "attention_weights", "merge_attention", "block_sparse_attention", "lsh_buckets",
+                    "lsh_attention", "linear_attention", "performer_attention", "linformer_attention",
+                    "dynamic_linear_attention", "rope", "attention_backward", "block_sparse_attention_backward")

@@ -29,7 +29,8 @@ def _cmd_info(args) -> int:
     print(f"  CPU backend : built, micro-kernels {facts['cpu_isa']}, {facts['threads']} thread(s) "
           "(OMP_NUM_THREADS or attnkit.set_num_threads)")
     if facts["cuda_built"]:
-        print(f"  CUDA backend: built, {facts['cuda_devices']} device(s) visible")
+        print(f"  CUDA backend: built, {facts['cuda_devices']} device(s) visible; kernels: "
+              f"{', '.join(facts['cuda_kernels']) or 'none enabled'}")
     else:
         print("  CUDA backend: not built (no nvcc at build time)")
     return 0

@@ -402,6 +402,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("version", &version);
   m.def("built_with_cuda", &built_with_cuda);
   m.def("cuda_device_count", &cuda_device_count);
+  m.def("cuda_has_kernel", [](const std::string& m) { return cuda_has_kernel(m.c_str()); });
   m.def("cpu_isa", &cpu_isa);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));

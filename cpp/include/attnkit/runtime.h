@@ -13,6 +13,10 @@ ATTNKIT_API const char* version();
 ATTNKIT_API bool built_with_cuda();
 /// Number of CUDA devices visible (0 without CUDA, without a driver or without a GPU).
 ATTNKIT_API int cuda_device_count();
+/// Whether the public function `mechanism` (e.g. "attention", "lsh_attention") runs on CUDA arrays in this
+/// build and process: its kernel has been verified on a GPU, or the environment sets
+/// ATTNKIT_CUDA_UNVERIFIED=1 for kernels compiled but not yet verified. False in builds without CUDA.
+ATTNKIT_API bool cuda_has_kernel(const char* mechanism);
 /// The CPU micro-kernel family in use: "avx512", "avx2" or "generic". ATTNKIT_CPU_ISA=generic|avx2|avx512
 /// in the environment lowers (never raises) the choice made from CPUID.
 ATTNKIT_API const char* cpu_isa();

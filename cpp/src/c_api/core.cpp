@@ -104,6 +104,7 @@ const char* attnkit_version(void) { return attnkit::version(); }
 int32_t attnkit_abi_version(void) { return ATTNKIT_ABI_VERSION; }
 
 int32_t attnkit_built_with_cuda(void) { return attnkit::built_with_cuda() ? 1 : 0; }
+int32_t attnkit_cuda_has_kernel(const char* mechanism) { return attnkit::cuda_has_kernel(mechanism) ? 1 : 0; }
 
 const char* attnkit_cpu_isa(void) { return attnkit::cpu_isa(); }
 
