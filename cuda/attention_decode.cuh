@@ -1,14 +1,17 @@
 #pragma once
-// The flash-decoding kernel: exact attention for few query rows per kv head (decoding: Sq * G <= 8, G =
+// The flash-decoding kernel: exact attention for few query rows per kv head (decoding: Sq * G <= 16, G =
 // Hq / Hkv), every dtype, head dims up to 256, every dense contract feature (causal bottom-right, windows,
 // key_lengths, explicit per-row key ranges, mask, bias, ALiBi, softcap, scale, LSE). Bandwidth-bound by
 // design: every K/V row is read once per (batch, kv head) and serves all the kv head's query rows.
 //
-// Work. One block per (batch b, kv head, split); a split is a contiguous share of the keys (split-KV,
-// the number of splits depends on the shapes only). The block's kR "rows" are the (query row i, query head
-// h) pairs of the kv head, row r = i * G + (h - hkv * G) as on the CPU. A warp is made of 32 / kL lane
-// groups of kL lanes; a group owns kU consecutive keys per step, and the block's groups walk the split's
-// keys together (kG * kU consecutive keys per step, so a warp reads consecutive K/V rows). Lane li of a
+// Work. One block per (batch b, kv head, split, row chunk); a split is a contiguous share of the keys
+// (split-KV, the number of splits depends on the shapes only). The kv head's rows are its (query row i,
+// query head h) pairs, row i * G + (h - hkv * G) as on the CPU; a block serves kR (4 or 8) of them (row
+// chunks: more rows take 2-4 adjacent blocks, which read the same K/V rows, the later ones from L2).
+// A warp is made of 32 / kL lane groups of kL lanes; a group owns U consecutive keys per step, and the
+// block's groups walk the split's keys together (kG * U consecutive keys per step, so a warp reads
+// consecutive K/V rows); the score terms of a step's U * kR (key, row) pairs are spread over the group's
+// lanes, one pair per lane, and exchanged by shuffles. Lane li of a
 // group holds the dims [(c * kL + li) * V, + V) (c < kNC, V elements per 16 bytes) of q (registers, every
 // row), of the K and V rows (16-byte loads) and of the output accumulators. Scores: per-lane partial dot
 // products, then an xor butterfly over the group's lanes (every lane ends with the same bits), then the
@@ -32,7 +35,7 @@ namespace cuda {
 
 constexpr int kDecWarps = 4;
 constexpr int kDecThreads = 32 * kDecWarps;
-constexpr int kDecMaxRows = 8;  // rows (Sq * G) per kv head served by the decode kernel
+constexpr int kDecMaxRows = 16;  // rows (Sq * G) per kv head served by the decode kernel
 /// Budget of q (and of the output accumulators) per thread: kR * elements per lane * sizeof(acc) bytes
 /// (float: 64 registers each; float64 half of that, its 64-bit arithmetic needing more registers besides).
 /// Also bounds the kernel's shared memory: kDecThreads * 256 bytes = 32 KiB.
@@ -45,6 +48,7 @@ __host__ __device__ constexpr int dec_min_blocks(int acc_bytes, int rows) { retu
 struct DecodeGeom {
   int64_t split_keys = 0;  // keys per split
   int nsplit = 1;
+  int nrc = 1;               // row chunks: blocks per (batch, kv head, split), kR rows each
   void* part_o = nullptr;    // [nsplit][B*Hq*Sq][Dv] accumulator type (nsplit > 1)
   void* part_lse = nullptr;  // [nsplit][B*Hq*Sq]
 };
@@ -114,12 +118,14 @@ __global__ void __launch_bounds__(kDecThreads, dec_min_blocks(sizeof(acc_t<T>), 
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int li = lane % kL, gi = warp * kGW + lane / kL;
-  const int64_t blk = blockIdx.x;
+  const int64_t blk = blockIdx.x / g.nrc;  // the row chunks of a split are adjacent: K/V reread from L2
+  const int rchunk = static_cast<int>(blockIdx.x % g.nrc);
   const int split = static_cast<int>(blk % g.nsplit);
   const int64_t bh = blk / g.nsplit;
   const int64_t hkv = bh % p.Hkv, b = bh / p.Hkv;
   const int64_t G = p.Hq / p.Hkv;
-  const int R = static_cast<int>(p.Sq * G);
+  const int r0 = rchunk * kR;  // this block's rows: r0 + r, r < R
+  const int R = static_cast<int>(p.Sq * G - r0) < kR ? static_cast<int>(p.Sq * G - r0) : kR;
   const A ninf = math::neg_inf<A>();
 
   // Per-row data (shared memory: read per key, kept out of the registers).
@@ -127,7 +133,7 @@ __global__ void __launch_bounds__(kDecThreads, dec_min_blocks(sizeof(acc_t<T>), 
     const int64_t kv_len = valid_keys(p, b);
     int64_t ulo = INT64_MAX, uhi = INT64_MIN;  // union of the rows' ranges
     for (int r = 0; r < kR; ++r) {
-      const int rr = r < R ? r : 0;
+      const int rr = r0 + (r < R ? r : 0);
       const int64_t i = rr / G, h = hkv * G + rr % G;
       math::KeyRange kr = row_keys(p, b, h, i, kv_len);
       if (r >= R) kr = {0, 0};
@@ -150,7 +156,7 @@ __global__ void __launch_bounds__(kDecThreads, dec_min_blocks(sizeof(acc_t<T>), 
   A q[kR][E];
 #pragma unroll
   for (int r = 0; r < kR; ++r) {
-    const int rr = r < R ? r : 0;
+    const int rr = r0 + (r < R ? r : 0);
     const int64_t i = rr / G, h = hkv * G + rr % G;
     const T* qrow = static_cast<const T*>(p.q.data) + b * p.q.stride[0] + h * p.q.stride[1] + i * p.q.stride[2];
 #pragma unroll
@@ -338,8 +344,6 @@ inline int decode_vec(DType dt) {
   }
 }
 
-/// Rows per kv head rounded to the kernel's kR (4 or 8).
-inline int decode_rows(const AttnProblem& p) { return p.Sq * p.group() <= 4 ? 4 : 8; }
 
 /// 16-byte chunks of a head dim per lane: max(D, Dv) / V chunks spread over kL = 8, 16 or 32 lanes, then
 /// 2 or 4 chunks per lane on 32 lanes.
@@ -350,12 +354,20 @@ inline void decode_lanes(const AttnProblem& p, int* kl, int* nc) {
   *nc = n <= 32 ? 1 : n <= 64 ? 2 : 4;
 }
 
+/// The kernel's rows per block kR (4 or 8: 8 unless 4 rows suffice or 8 exceed the register budget).
+inline int decode_rows(const AttnProblem& p) {
+  int kl = 0, nc = 0;
+  decode_lanes(p, &kl, &nc);
+  const int acc_bytes = p.dtype == DType::Float64 ? 8 : 4;
+  return p.Sq * p.group() <= 4 || 8 * nc * decode_vec(p.dtype) * acc_bytes > dec_reg_bytes(acc_bytes) ? 4 : 8;
+}
+
 /// Whether the decode kernel takes problem p (attention only; the rest runs on the SIMT kernel).
 inline bool decode_supported(const AttnProblem& p) {
   if (p.sparse || p.Hkv <= 0 || p.Hq % p.Hkv != 0) return false;
   if (p.Sq < 1 || p.Sq > kDecMaxRows || p.Sq * p.group() > kDecMaxRows) return false;
   if (p.D < 1 || p.Dv < 1 || p.D > 256 || p.Dv > 256) return false;
-  if (p.B * p.Hkv > (int64_t{1} << 20)) return false;  // grid: B * Hkv * nsplit blocks
+  if (p.B * p.Hkv > (int64_t{1} << 20)) return false;  // grid: B * Hkv * nsplit * nrc blocks
   const int vec = decode_vec(p.dtype);
   if (p.D % vec != 0 || p.Dv % vec != 0) return false;
   const ViewN<4>* ops[2] = {&p.k, &p.v};
@@ -382,6 +394,8 @@ inline DecodeGeom decode_geometry(const AttnProblem& p) {
   g.split_keys = per;
   const int64_t n = (p.Sk + per - 1) / per;
   g.nsplit = static_cast<int>(n > 1 ? n : 1);
+  const int kr = decode_rows(p);
+  g.nrc = static_cast<int>((p.Sq * p.group() + kr - 1) / kr);
   return g;
 }
 
@@ -389,7 +403,7 @@ template <class T, int kL, int kNC, int kR>
 void launch_decode(const AttnProblem& p, const DecodeGeom& g, cudaStream_t st) {
   constexpr int acc_bytes = static_cast<int>(sizeof(acc_t<T>));
   if constexpr (kR * kNC * DecVec<T>::n * acc_bytes <= dec_reg_bytes(acc_bytes)) {
-    const int64_t blocks = p.B * p.Hkv * g.nsplit;
+    const int64_t blocks = p.B * p.Hkv * g.nsplit * g.nrc;
     decode_kernel<T, kL, kNC, kR><<<static_cast<unsigned>(blocks), kDecThreads, 0, st>>>(p, g);
     ATTNKIT_CUDA_CHECK_LAUNCH();
   } else {

@@ -415,6 +415,10 @@ ATTN_CASES = (
          mask=_mask((2, 4, 1, 2500), 0.7), bias=lambda rng: randn(rng, (1, 4, 1, 2500), np.float32))]
     + [A(f"decode-D{D}-Dv{Dv}-{d}", B=3, Hq=8, Hkv=2, Sq=1, Sk=2100, D=D, Dv=Dv, dtype=d, window=(700, 0),
          causal=True) for D, Dv, d in [(128, 64, "f64"), (96, 256, "f32"), (64, 128, "f16"), (256, 256, "f32")]]
+    # several blocks of rows per kv head (row chunks): 12 rows of 8 + 4, float64 8 rows of 4 + 4
+    + [A("decode-Sq3-G4-f16", B=2, Hq=8, Hkv=2, Sq=3, Sk=1500, D=128, dtype="f16", causal=True, window=(600, 0),
+         key_lengths=[1500, 900])]
+    + [A("decode-G8-f64", B=2, Hq=8, Hkv=1, Sq=1, Sk=1200, D=128, dtype="f64", key_lengths=[1200, 3])]
 )
 
 

@@ -14,18 +14,23 @@ def geometry(B, Hkv, Sk):
     return per, max(1, -(-Sk // per))
 def kexp(x): return np.exp(x)
 def run(B, Hq, Hkv, Sq, Sk, D, Dv, vec, causal, lens, rng):
-    G = Hq // Hkv; R = Sq * G; kR = 4 if R <= 4 else 8
-    kL, kNC = lanes(D, Dv, vec); U = 2 if (kNC == 1 and kR <= 4) else 1
+    G = Hq // Hkv; Rall = Sq * G
+    kL, kNC = lanes(D, Dv, vec); accb = 8 if vec == 2 else 4; budget = 128 if accb == 8 else 256
+    kR = 4 if (Rall <= 4 or 8 * kNC * vec * accb > budget) else 8
+    assert kR * kNC * vec * accb <= budget
+    nrc = -(-Rall // kR)
+    U = 2 if (kNC == 1 and kR <= 4 and accb == 4) else 1
     assert U * kR <= kL
     kGW = 32 // kL; kG = W * kGW; V = vec; E = kNC * V; DP = kL * E
     q = rng.standard_normal((B, Hq, Sq, D)); k = rng.standard_normal((B, Hkv, Sk, D)); v = rng.standard_normal((B, Hkv, Sk, Dv))
     per, nsplit = geometry(B, Hkv, Sk)
     out = np.zeros((B, Hq, Sq, Dv)); lse = np.full((B, Hq, Sq), -np.inf)
-    for blk in range(B * Hkv * nsplit):
+    for bx in range(B * Hkv * nsplit * nrc):
+        blk = bx // nrc; rchunk = bx % nrc; r0 = rchunk * kR; R = min(kR, Rall - r0)
         split = blk % nsplit; bh = blk // nsplit; hkv = bh % Hkv; b = bh // Hkv
         rows = []
         for r in range(kR):
-            rr = r if r < R else 0; i = rr // G; h = hkv * G + rr % G
+            rr = r0 + (r if r < R else 0); i = rr // G; h = hkv * G + rr % G
             pos = i + Sk - Sq; hi = min(lens[b], pos + 1) if causal else lens[b]; lo = 0
             if r >= R: lo, hi = 0, 0
             rows.append((lo, hi, h, i))
@@ -90,10 +95,13 @@ def run(B, Hq, Hkv, Sq, Sk, D, Dv, vec, causal, lens, rng):
                 ref = pp @ v[b, h // G, :hi] / pp.sum()
                 assert np.allclose(out[b, h, i], ref), (b, h, i)
                 assert np.isclose(lse[b, h, i], mm + np.log(pp.sum()))
-    return nsplit, kL, kNC, kR, U
+    assert all(len(pl) == nsplit for pl in parts.values()) and len(parts) == B * Hq * Sq
+    return nsplit, kL, kNC, kR, U, nrc
 rng = np.random.default_rng(0)
 for args in [(1, 4, 1, 1, 700, 16, 16, 8, False, [700]), (2, 8, 2, 2, 600, 24, 40, 4, True, [600, 0]),
-             (1, 2, 2, 1, 300, 20, 6, 2, False, [299]), (1, 8, 1, 1, 40, 8, 8, 8, True, [33])]:
+             (1, 2, 2, 1, 300, 20, 6, 2, False, [299]), (1, 8, 1, 1, 40, 8, 8, 8, True, [33]),
+             (2, 8, 2, 4, 400, 16, 8, 8, True, [400, 77]), (1, 6, 1, 2, 300, 8, 4, 2, True, [300]),
+             (1, 4, 1, 3, 300, 8, 4, 2, True, [300])]:
     parts = {}
     print(args[:8], run(*args, rng))
 print("ok")
