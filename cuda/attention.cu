@@ -1,7 +1,9 @@
 // Exact attention and attention_weights on the GPU: the tensor-core kernel for the float16 / bfloat16
-// problems it supports (attention_mma.cuh), the SIMT kernel for everything else (attention_simt.cuh).
+// problems it supports (attention_mma.cuh), the flash-decoding kernel for few query rows per kv head
+// (attention_decode.cuh), the SIMT kernel for everything else (attention_simt.cuh).
 #include "cpp/src/backend.h"
 #include "cuda/common.cuh"
+#include "cuda/attention_decode.cuh"
 #include "cuda/attention_terms.cuh"
 
 namespace attnkit {
@@ -14,6 +16,11 @@ void run_simt(const AttnProblem& p, bool weights);
 /// The tensor-core kernel, instantiated per (dtype, head dim) in attention_mma_<dtype>_d<D>.cu.
 template <class T, int D>
 void run_mma(const AttnProblem& p);
+// The decode kernel (attention_decode.cuh), instantiated once per dtype in attention_decode_<dtype>.cu.
+extern template void run_decode<float>(const AttnProblem&);
+extern template void run_decode<double>(const AttnProblem&);
+extern template void run_decode<half_t>(const AttnProblem&);
+extern template void run_decode<bf16_t>(const AttnProblem&);
 
 namespace {
 /// Whether the tensor-core kernel takes problem p.
@@ -57,6 +64,7 @@ void attention(const AttnProblem& p) {
     if constexpr (sizeof(T) == 2) {
       if (mma_supported(p)) return run_mma_dim<T>(p);
     }
+    if (decode_supported(p)) return run_decode<T>(p);
     run_simt<T>(p, false);
   });
 }

@@ -15,11 +15,12 @@
 //           p * v for the chunk's keys, V rows read coalesced. A masked key (score -inf) is skipped, so a
 //           non-finite value behind a mask never reaches the output (as on the CPU).
 // Splits (grid.y): a split handles a contiguous share of the keys and writes its normalised partial output
-// and LSE to scratch; attention.cu merges the splits in order with the merge rule. Everything is
-// deterministic: each output element is produced by one thread in a fixed order.
+// and LSE to scratch; merge_splits_kernel (attention_split.cuh) merges the splits in order with the merge
+// rule. Everything is deterministic: each output element is produced by one thread in a fixed order.
 
 #include <cstdint>
 
+#include "cuda/attention_split.cuh"
 #include "cuda/attention_terms.cuh"
 #include "cuda/workspace.cuh"
 
@@ -295,39 +296,6 @@ __global__ void __launch_bounds__(32 * kSimtWarps, 1) exact_simt_kernel(const At
   }
 }
 
-/// Merges the splits' partial outputs (in split order, the merge rule of math/softmax.h) into out / lse.
-/// One warp per row; lanes over Dv.
-template <class T>
-__global__ void merge_splits_kernel(const AttnProblem p, const SimtGeom g) {
-  using A = acc_t<T>;
-  const int64_t rows_total = p.B * p.Hq * p.Sq;
-  const int64_t ro = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  if (ro >= rows_total) return;
-  const int t = threadIdx.x % 32;
-  const A* plse = static_cast<const A*>(g.part_lse);
-  const A* po = static_cast<const A*>(g.part_o);
-  const int64_t i = ro % p.Sq, h = (ro / p.Sq) % p.Hq, b = ro / (p.Sq * p.Hq);
-  T* dst = static_cast<T*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + i * p.out_stride[2];
-  for (int64_t d0 = 0; d0 < p.Dv; d0 += 32) {
-    const int64_t dv = d0 + t;
-    A mx = math::neg_inf<A>(), sum = A(0), acc = A(0);
-    for (int s = 0; s < g.nsplit; ++s) {
-      A w;
-      const A r = math::merge_step(mx, sum, plse[s * rows_total + ro], &w);
-      const A x = dv < p.Dv ? po[(s * rows_total + ro) * p.Dv + dv] : A(0);
-      acc = acc * r + (w == A(0) ? A(0) : w * x);
-    }
-    if (dv < p.Dv) dst[dv * p.out_stride[3]] = from_acc<T>(acc * math::merge_scale(mx, sum));
-    if (d0 == 0 && t == 0 && p.lse)
-      static_cast<A*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] = math::merge_lse(mx, sum);
-  }
-  if (p.Dv == 0 && t == 0 && p.lse) {  // no values: the LSE alone
-    A mx = math::neg_inf<A>(), sum = A(0), w;
-    for (int s = 0; s < g.nsplit; ++s) math::merge_step(mx, sum, plse[s * rows_total + ro], &w);
-    static_cast<A*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] = math::merge_lse(mx, sum);
-  }
-}
-
 /// The item geometry of problem p (the same tiling rules as the CPU kernel).
 inline SimtGeom simt_geometry(const AttnProblem& p) {
   SimtGeom g;
@@ -409,7 +377,7 @@ void run_simt(const AttnProblem& p, bool weights) {
   else if constexpr (kWide)
     launch_simt_nv<T, 8>(p, g, st, split);
   if (split) {
-    merge_splits_kernel<T><<<blocks_for(rows, 4), 128, 0, st>>>(p, g);
+    merge_splits_kernel<T><<<blocks_for(rows, 4), 128, 0, st>>>(p, g.part_o, g.part_lse, g.nsplit);
     ATTNKIT_CUDA_CHECK_LAUNCH();
   }
 }

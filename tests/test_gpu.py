@@ -404,6 +404,18 @@ ATTN_CASES = (
     + [A(f"decode-{Sq}x{Sk}-{d}", B=1, Hq=8, Hkv=2, Sq=Sq, Sk=Sk, D=D, dtype=d, causal=True)
        for Sq, Sk, D in [(1, 8191, 64), (4, 3000, 128), (2, 1000, 80)] for d in ("f32", "f16")]
     + [A("decode-f64", Hq=4, Hkv=1, Sq=1, Sk=5000, D=64, dtype="f64", window=(1000, 0))]
+    # the decode kernel (attention_decode.cuh): Sq * G <= 8 rows per kv head, every score term
+    + [A(f"decode-Sq2-alibi-softcap-{d}", B=2, Hq=8, Hkv=2, Sq=2, Sk=3000, D=128, dtype=d, causal=True,
+         softcap=5.0, scale_in=2.0, key_lengths=[3000, 1777], alibi_slopes=lambda rng: rng.uniform(0, 0.05, (2, 8)))
+       for d in ("f16", "bf16")]
+    + [A("decode-mask-bias-bf16", B=2, Hq=4, Hkv=1, Sq=1, Sk=2500, D=64, dtype="bf16", key_lengths=[2500, 0],
+         mask=_mask((2, 4, 1, 2500), 0.7), bias=lambda rng: randn(rng, (1, 4, 1, 2500), np.float32))]
+    + [A(f"decode-D{D}-Dv{Dv}-{d}", B=3, Hq=8, Hkv=2, Sq=1, Sk=2100, D=D, Dv=Dv, dtype=d, window=(700, 0),
+         causal=True) for D, Dv, d in [(128, 64, "f64"), (96, 256, "f32"), (64, 128, "f16"), (256, 256, "f32")]]
+    # several blocks of rows per kv head (row chunks): 12 rows of 8 + 4, float64 8 rows of 4 + 4
+    + [A("decode-Sq3-G4-f16", B=2, Hq=8, Hkv=2, Sq=3, Sk=1500, D=128, dtype="f16", causal=True, window=(600, 0),
+         key_lengths=[1500, 900])]
+    + [A("decode-G8-f64", B=2, Hq=8, Hkv=1, Sq=1, Sk=1200, D=128, dtype="f64", key_lengths=[1200, 3])]
 )
 
 

@@ -1,0 +1,10 @@
+// The flash-decoding kernel for float (one dtype per translation unit: the build parallelises).
+#include "cuda/attention_decode.cuh"
+
+namespace attnkit {
+namespace detail {
+namespace cuda {
+ATTNKIT_INSTANTIATE_DECODE(float)
+}  // namespace cuda
+}  // namespace detail
+}  // namespace attnkit
