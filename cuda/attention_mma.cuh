@@ -94,7 +94,7 @@ __device__ __forceinline__ uint32_t pack2<bf16_t>(float x, float y) {
 template <int D, int KM>
 struct MmaShape {
   static constexpr int BQ = 64 * KM;                      // query rows per block (4 warps)
-  static constexpr int BK = (D > 64 && KM == 2) || D > 128 ? 32 : 64;
+  static constexpr int BK = D > 128 ? 32 : 64;
   static constexpr int LD = D + 8;  // shared-memory row pitch (elements): conflict-free ldmatrix
   static constexpr std::size_t kSmem = sizeof(uint16_t) * (BQ + 2 * BK) * LD;
   static constexpr std::size_t kSmemSlow = kSmem + sizeof(float) * BQ * BK;  // + P for the slow PV
@@ -449,15 +449,16 @@ void launch_mma(const AttnProblem& p, bool per_row, cudaStream_t st) {
   ATTNKIT_CUDA_CHECK_LAUNCH();
 }
 
-/// Runs the tensor-core kernel: 128 query rows per block where the problem has them (and the layout's
-/// query blocks hold whole blocks), else 64; head dim 256 always 64 (its accumulators fill the registers).
+/// Runs the tensor-core kernel: 128 query rows per block for head dims up to 64 where the problem has them
+/// (and the layout's query blocks hold whole blocks), else 64 (larger head dims: two m-tiles' accumulators
+/// would spill on sm_80).
 template <class T, int D>
 void run_mma(const AttnProblem& p) {
   if (p.empty_output()) return;
   const cudaStream_t st = as_stream(p.stream);
   const bool per_row = p.causal || p.window_left >= 0 || p.window_right >= 0 || p.mask.present || p.bias.present ||
                        p.row_lo != nullptr;
-  constexpr bool kWide = D <= 128;
+  constexpr bool kWide = D <= 64;
   if constexpr (kWide) {
     if (p.Sq > 64 && (!p.sparse || p.layout.bq % MmaShape<D, 2>::BQ == 0))
       return launch_mma<T, D, 2>(p, per_row, st);
