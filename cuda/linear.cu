@@ -347,72 +347,300 @@ __global__ void causal_kernel(const LinArgs a) {
 }
 
 // ----------------------------------------------------------------------------------------- bidirectional
+//
+// Parallel over all rows and state elements, every sum by one thread in a fixed order:
+//   features_kernel   raw features of every allowed key row / every query row into workspace, rows x F:
+//                     Performer projections x' . w_f by a shared-memory tiled product (ReLU finished in
+//                     place), or the elementwise map;
+//   key_stats_kernel  (softmax features) per key row |k'|^2/2 and the largest exponent;
+//   key_max_kernel    (softmax features) per (b, hkv) the running maximum over the allowed keys in key
+//                     order (the CPU's c after its last chunk, and c after its first chunk, whose rescale
+//                     factor exp(-inf - c) multiplies state_in);
+//   key_exp_kernel    (softmax features) phi(k) relative to the final maximum: exp(e - |k'|^2/2 - c - ln(m)/2)
+//                     (the CPU reaches the same value through per-key c_j and chunk rescales: rounding only);
+//   z_kernel          z[f] = z_in r0 + sum_j phi(k_j)_f, one thread per (b, hkv, f), keys in order;
+//   state_kernel      S = S_in r0 + phi(K)^T V by tiles of F x Dv, keys in order; writes state_out;
+//   query_den_kernel  (queries) the softmax map with the row's maximum, and den = phi(q) . z per row;
+//   out_kernel        out = phi(Q) S by tiles of rows x Dv, features in order, divided by den + eps.
 
-/// The state of every (b, hkv) over all allowed keys, into a.states (softmax features: relative to the
-/// maximum over all allowed keys); writes state_out.
-template <class T>
-__global__ void bidir_state_kernel(const LinArgs a) {
-  using A = acc_t<T>;
-  __shared__ A sh[1];
-  const Scr<A> w = carve<A>(a);
-  const int64_t F = a.F, Dv = a.Dv;
-  for (int64_t item = blockIdx.x; item < a.B * a.Hkv; item += gridDim.x) {
-    const int64_t b = item / a.Hkv, hkv = item % a.Hkv;
-    const int64_t L = key_count(a, b);
-    A* S = static_cast<A*>(a.states) + item * (F * Dv + F);
-    A* z = S + F * Dv;
-    load_state(a, S, z, b, hkv);
-    A c_prev = math::neg_inf<A>();
-    for (int64_t j0 = 0; j0 < L; j0 += a.C) {
-      const int64_t kn = a.C < L - j0 ? a.C : L - j0;
-      const A c_end = key_features<T, A>(a, w, b, hkv, j0, kn, c_prev, sh);
-      state_update<T, A>(a, w, S, z, b, hkv, j0, kn, c_prev, c_end);
-      c_prev = c_end;
+constexpr int kTM = 64, kTN = 64, kTK = 16;  // tile of the products; 16 x 16 threads of 4 x 4 outputs
+
+/// C[m][n] = sum_k la(m, k) lb(k, n) over the 64 x 64 tile at (m0, n0), k in increasing order, handed to
+/// st(m, n, value) (m < M, n < N only). Operands are read only inside [0, M) x [0, K) and [0, K) x [0, N).
+/// kAK / kBK: the operand is contiguous along k (chooses the coalesced load order). Any block size: with
+/// fewer than 256 threads the 256 virtual threads are taken in passes. Every thread must call it.
+template <class A, bool kAK, bool kBK, class LA, class LB, class ST>
+__device__ __forceinline__ void tile_product(int64_t M, int64_t N, int64_t K, int64_t m0, int64_t n0, LA la, LB lb,
+                                             ST st) {
+  __shared__ A As[kTK][kTM];
+  __shared__ A Bs[kTK][kTN];
+  constexpr int kVT = (kTM / 4) * (kTN / 4);
+  const int nt = static_cast<int>(blockDim.x), tid = static_cast<int>(threadIdx.x);
+  for (int vt0 = 0; vt0 < kVT; vt0 += nt) {
+    const int vt = vt0 + tid;
+    const bool active = vt < kVT;
+    const int ty = vt / (kTN / 4), tx = vt % (kTN / 4);
+    A acc[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r][c] = A(0);
+    for (int64_t k0 = 0; k0 < K; k0 += kTK) {
+      for (int i = tid; i < kTK * kTM; i += nt) {
+        const int kk = kAK ? i % kTK : i / kTM, mm = kAK ? i / kTK : i % kTM;
+        As[kk][mm] = (m0 + mm < M && k0 + kk < K) ? la(m0 + mm, k0 + kk) : A(0);
+      }
+      for (int i = tid; i < kTK * kTN; i += nt) {
+        const int kk = kBK ? i % kTK : i / kTN, nn = kBK ? i / kTK : i % kTN;
+        Bs[kk][nn] = (n0 + nn < N && k0 + kk < K) ? lb(k0 + kk, n0 + nn) : A(0);
+      }
+      __syncthreads();
+      if (active) {
+        for (int kk = 0; kk < kTK; ++kk) {
+          A av[4], bv[4];
+#pragma unroll
+          for (int r = 0; r < 4; ++r) av[r] = As[kk][ty + (kTM / 4) * r];
+#pragma unroll
+          for (int c = 0; c < 4; ++c) bv[c] = Bs[kk][tx + (kTN / 4) * c];
+#pragma unroll
+          for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[r][c] += av[r] * bv[c];
+        }
+      }
+      __syncthreads();
     }
-    save_state(a, S, z, b, hkv);
-    __syncthreads();
+    if (active) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int64_t m = m0 + ty + (kTM / 4) * r, n = n0 + tx + (kTN / 4) * c;
+          if (m < M && n < N) st(m, n, acc[r][c]);
+        }
+    }
   }
 }
 
-/// out = phi(q)^T S / (phi(q) . z + eps) for every query row, one block per row (scratch: its features).
+__host__ __device__ __forceinline__ int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
+
+/// Rows of a feature matrix: row m = (bh * L + t) of a [B, H, L, .] operand; t >= lim(b) (keys beyond
+/// key_lengths) are neither read nor written.
+struct RowSet {
+  const void* x;
+  int64_t xs[4];
+  int64_t H, L;
+  bool keys;  // limit by key_lengths
+};
+
 template <class T>
-__global__ void bidir_query_kernel(const LinArgs a) {
+__device__ __forceinline__ const T* row_of(const RowSet& r, int64_t m) {
+  const int64_t t = m % r.L, bh = m / r.L;
+  return static_cast<const T*>(r.x) + (bh / r.H) * r.xs[0] + (bh % r.H) * r.xs[1] + t * r.xs[2];
+}
+
+__device__ __forceinline__ bool row_allowed(const LinArgs& a, const RowSet& r, int64_t m) {
+  return !r.keys || m % r.L < key_count(a, m / r.L / r.H);
+}
+
+/// Raw features [rows][F] of A: softmax projections, ReLU features finished, elementwise maps applied.
+template <class T>
+__global__ void features_kernel(const LinArgs a, const RowSet r, void* out_) {
   using A = acc_t<T>;
-  __shared__ A sh[2];
-  const int64_t F = a.F, Dv = a.Dv;
-  A* phi = static_cast<A*>(a.scratch) + static_cast<int64_t>(blockIdx.x) * a.scratch_elems;
+  A* out = static_cast<A*>(out_);
+  const int64_t F = a.F, D = a.D, rows = a.B * r.H * r.L;
+  if (!a.proj) {
+    const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * F; i += step) {
+      const int64_t m = i / F, f = i % F;
+      if (row_allowed(a, r, m)) out[i] = feature<T, A>(a, row_of<T>(r, m), r.xs[3], f);
+    }
+    return;
+  }
+  const A* wS = static_cast<const A*>(a.wS);
+  const int64_t mt = ceil_div(rows, kTM), nt = ceil_div(F, kTN);
+  for (int64_t tile = blockIdx.x; tile < mt * nt; tile += gridDim.x) {
+    const int64_t m0 = (tile / nt) * kTM, n0 = (tile % nt) * kTN;
+    tile_product<A, true, true>(
+        rows, F, D, m0, n0,
+        [&](int64_t m, int64_t d) {
+          return row_allowed(a, r, m) ? to_acc<A>(row_of<T>(r, m)[d * r.xs[3]]) : A(0);
+        },
+        [&](int64_t d, int64_t f) { return wS[f * D + d]; },
+        [&](int64_t m, int64_t f, A s) {
+          if (row_allowed(a, r, m)) out[m * F + f] = a.stab ? s : math::performer_relu<A>(s);
+        });
+  }
+}
+
+/// Softmax features, per allowed key row: hK = |k'|^2/2 and mK = max_f (e_f - hK) (as the CPU's order).
+template <class T>
+__global__ void key_stats_kernel(const LinArgs a, const RowSet r, const void* e_, void* hK_, void* mK_) {
+  using A = acc_t<T>;
+  const A* e = static_cast<const A*>(e_);
+  A* hK = static_cast<A*>(hK_);
+  A* mK = static_cast<A*>(mK_);
+  const int64_t F = a.F, rows = a.B * r.H * r.L;
+  const A half_scale = static_cast<A>(a.half_scale);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; m < rows; m += step) {
+    if (!row_allowed(a, r, m)) continue;
+    const T* kr = row_of<T>(r, m);
+    A sq = A(0);
+    for (int64_t d = 0; d < a.D; ++d) {
+      const A x = to_acc<A>(kr[d * r.xs[3]]);
+      sq += x * x;
+    }
+    const A half_sq = sq * half_scale;
+    A mx = math::neg_inf<A>();
+    for (int64_t f = 0; f < F; ++f) mx = math::softmax_new_max(mx, math::favor_key_exponent(e[m * F + f], half_sq));
+    hK[m] = half_sq;
+    mK[m] = mx;
+  }
+}
+
+/// Softmax features, per (b, hkv): cs[2 item] = running maximum after all allowed keys, cs[2 item + 1] =
+/// after the CPU's first chunk (C keys).
+template <class T>
+__global__ void key_max_kernel(const LinArgs a, const void* mK_, void* cs_) {
+  using A = acc_t<T>;
+  const A* mK = static_cast<const A*>(mK_);
+  A* cs = static_cast<A*>(cs_);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < a.B * a.Hkv; item += step) {
+    const int64_t L = key_count(a, item / a.Hkv);
+    A c = math::neg_inf<A>(), c1 = c;
+    for (int64_t j = 0; j < L; ++j) {
+      c = math::favor_running_max(c, mK[item * a.Sk + j]);
+      if (j + 1 == a.C) c1 = c;
+    }
+    if (L < a.C) c1 = c;
+    cs[2 * item] = c;
+    cs[2 * item + 1] = c1;
+  }
+}
+
+/// Softmax features: phi(k) = exp(e - (hK + c) - ln(m)/2) in place, c the final maximum of the sequence.
+template <class T>
+__global__ void key_exp_kernel(const LinArgs a, const RowSet r, void* e_, const void* hK_, const void* cs_) {
+  using A = acc_t<T>;
+  A* e = static_cast<A*>(e_);
+  const A* hK = static_cast<const A*>(hK_);
+  const A* cs = static_cast<const A*>(cs_);
+  const int64_t F = a.F, rows = a.B * r.H * r.L;
   const A hlm = static_cast<A>(a.half_log_m);
-  for (int64_t row = blockIdx.x; row < a.B * a.Hq * a.S; row += gridDim.x) {
-    const int64_t t = row % a.S, bh = row / a.S, h = bh % a.Hq, b = bh / a.Hq, hkv = h / a.G;
-    const T* qr = static_cast<const T*>(a.q) + b * a.qs[0] + h * a.qs[1] + t * a.qs[2];
-    for (int64_t f = threadIdx.x; f < F; f += blockDim.x) phi[f] = feature<T, A>(a, qr, a.qs[3], f);
-    __syncthreads();
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * F; i += step) {
+    const int64_t m = i / F;
+    if (row_allowed(a, r, m)) e[i] = DevExp()(math::favor_feature_arg(e[i], hK[m] + cs[2 * (m / r.L)], hlm));
+  }
+}
+
+/// Factor of state_in: the CPU rescales it from c = -inf to c after its first chunk (when there are keys).
+template <class A>
+__device__ __forceinline__ A state_in_factor(const LinArgs& a, const A* cs, int64_t item, int64_t L) {
+  if (!a.stab || L == 0) return A(1);
+  return DevExp()(math::favor_rescale_arg<A, A>(math::neg_inf<A>(), cs[2 * item + 1]));
+}
+
+/// z of every (b, hkv) into a.states and z_out: one thread per (item, f), keys in order.
+template <class T>
+__global__ void z_kernel(const LinArgs a, const void* phiK_, const void* cs_) {
+  using A = acc_t<T>;
+  const A* phiK = static_cast<const A*>(phiK_);
+  const A* cs = static_cast<const A*>(cs_);
+  const int64_t F = a.F, Dv = a.Dv;
+  const A* zi = static_cast<const A*>(a.z_in);
+  A* zo = static_cast<A*>(a.z_out);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.B * a.Hkv * F; i += step) {
+    const int64_t item = i / F, f = i % F, b = item / a.Hkv, hkv = item % a.Hkv;
+    const int64_t L = key_count(a, b);
+    A z = zi ? zi[b * a.zis[0] + hkv * a.zis[1] + f * a.zis[2]] : A(0);
+    const A r0 = state_in_factor(a, cs, item, L);
+    if (r0 != A(1)) z *= r0;
+    const A* ph = phiK + item * a.Sk * F + f;
+    A s = A(0);
+    for (int64_t j = 0; j < L; ++j) s += ph[j * F];
+    z += s;
+    static_cast<A*>(a.states)[item * (F * Dv + F) + F * Dv + f] = z;
+    if (zo) zo[b * a.zos[0] + hkv * a.zos[1] + f * a.zos[2]] = z;
+  }
+}
+
+/// S of every (b, hkv) = S_in r0 + phi(K)^T V into a.states and state_out, by F x Dv tiles.
+template <class T>
+__global__ void state_kernel(const LinArgs a, const void* phiK_, const void* cs_) {
+  using A = acc_t<T>;
+  const A* phiK = static_cast<const A*>(phiK_);
+  const A* cs = static_cast<const A*>(cs_);
+  const int64_t F = a.F, Dv = a.Dv;
+  const int64_t mt = ceil_div(F, kTM), nt = ceil_div(Dv, kTN), per = mt * nt;
+  const A* si = static_cast<const A*>(a.s_in);
+  A* so = static_cast<A*>(a.s_out);
+  for (int64_t tile = blockIdx.x; tile < a.B * a.Hkv * per; tile += gridDim.x) {
+    const int64_t item = tile / per, b = item / a.Hkv, hkv = item % a.Hkv;
+    const int64_t m0 = (tile % per) / nt * kTM, n0 = (tile % per) % nt * kTN;
+    const int64_t L = key_count(a, b);
+    const A r0 = state_in_factor(a, cs, item, L);
+    const A* ph = phiK + item * a.Sk * F;
+    const T* v = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1];
+    A* S = static_cast<A*>(a.states) + item * (F * Dv + F);
+    tile_product<A, false, false>(
+        F, Dv, L, m0, n0, [&](int64_t f, int64_t j) { return ph[j * F + f]; },
+        [&](int64_t j, int64_t d) { return to_acc<A>(v[j * a.vs[2] + d * a.vs[3]]); },
+        [&](int64_t f, int64_t d, A s) {
+          A x = si ? si[b * a.sis[0] + hkv * a.sis[1] + f * a.sis[2] + d * a.sis[3]] : A(0);
+          if (r0 != A(1)) x *= r0;
+          x += s;
+          S[f * Dv + d] = x;
+          if (so) so[b * a.sos[0] + hkv * a.sos[1] + f * a.sos[2] + d * a.sos[3]] = x;
+        });
+  }
+}
+
+/// Query rows: the softmax map with the row's own maximum (in place), then den = phi(q) . z.
+template <class T>
+__global__ void query_den_kernel(const LinArgs a, void* phiQ_, void* den_) {
+  using A = acc_t<T>;
+  A* phiQ = static_cast<A*>(phiQ_);
+  A* den = static_cast<A*>(den_);
+  const int64_t F = a.F, Dv = a.Dv, rows = a.B * a.Hq * a.S;
+  const A hlm = static_cast<A>(a.half_log_m);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; m < rows; m += step) {
+    A* ph = phiQ + m * F;
     if (a.stab) {
-      if (threadIdx.x == 0) {
-        A mx = math::neg_inf<A>();
-        for (int64_t f = 0; f < F; ++f) mx = math::softmax_new_max(mx, phi[f]);
-        sh[0] = mx;
-      }
-      __syncthreads();
-      const A mx = sh[0];
-      for (int64_t f = threadIdx.x; f < F; f += blockDim.x) phi[f] = DevExp()(math::favor_feature_arg(phi[f], mx, hlm));
-      __syncthreads();
+      A mx = math::neg_inf<A>();
+      for (int64_t f = 0; f < F; ++f) mx = math::softmax_new_max(mx, ph[f]);
+      for (int64_t f = 0; f < F; ++f) ph[f] = DevExp()(math::favor_feature_arg(ph[f], mx, hlm));
     }
-    const A* S = static_cast<const A*>(a.states) + (b * a.Hkv + hkv) * (F * Dv + F);
-    const A* z = S + F * Dv;
-    if (threadIdx.x == 0) {
-      A den = A(0);
-      for (int64_t f = 0; f < F; ++f) den += phi[f] * z[f];
-      sh[1] = den;
-    }
-    __syncthreads();
-    const A den = sh[1];
-    for (int64_t d = threadIdx.x; d < Dv; d += blockDim.x) {
-      A o = A(0);
-      for (int64_t f = 0; f < F; ++f) o += phi[f] * S[f * Dv + d];
-      store_out<T, A>(a, b, h, t, d, o, den);
-    }
-    __syncthreads();  // phi and sh are rewritten by the next row
+    const int64_t bh = m / a.S, item = (bh / a.Hq) * a.Hkv + (bh % a.Hq) / a.G;
+    const A* z = static_cast<const A*>(a.states) + item * (F * Dv + F) + F * Dv;
+    A s = A(0);
+    for (int64_t f = 0; f < F; ++f) s += ph[f] * z[f];
+    den[m] = s;
+  }
+}
+
+/// out = phi(Q) S / (den + eps) by tiles of query rows x Dv of each (b, h).
+template <class T>
+__global__ void out_kernel(const LinArgs a, const void* phiQ_, const void* den_) {
+  using A = acc_t<T>;
+  const A* phiQ = static_cast<const A*>(phiQ_);
+  const A* den = static_cast<const A*>(den_);
+  const int64_t F = a.F, Dv = a.Dv;
+  const int64_t mt = ceil_div(a.S, kTM), nt = ceil_div(Dv, kTN), per = mt * nt;
+  for (int64_t tile = blockIdx.x; tile < a.B * a.Hq * per; tile += gridDim.x) {
+    const int64_t bh = tile / per, b = bh / a.Hq, h = bh % a.Hq, item = b * a.Hkv + h / a.G;
+    const int64_t m0 = (tile % per) / nt * kTM, n0 = (tile % per) % nt * kTN;
+    const A* ph = phiQ + bh * a.S * F;
+    const A* S = static_cast<const A*>(a.states) + item * (F * Dv + F);
+    const A* dn = den + bh * a.S;
+    tile_product<A, true, false>(
+        a.S, Dv, F, m0, n0, [&](int64_t t, int64_t f) { return ph[t * F + f]; },
+        [&](int64_t f, int64_t d) { return S[f * Dv + d]; },
+        [&](int64_t t, int64_t d, A o) { store_out<T, A>(a, b, h, t, d, o, dn[t]); });
   }
 }
 
@@ -479,42 +707,98 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   a.z_out = p.z_out;
 
   const int64_t F = p.F, Dv = p.Dv, C = a.C;
-  const int64_t cap = max_resident_blocks(p.device_index);
   const int64_t wS_elems = a.proj ? F * p.D : 0;
-  // Causal attention without query heads (Hq = 0) still owes state_out: the bidirectional state kernel
-  // computes it with the same chunk boundaries (chunks of C from key 0; S = Sk in causal problems).
+  // Causal attention without query heads (Hq = 0) still owes state_out: the bidirectional state kernels
+  // compute it (the state after all keys does not depend on the chunk boundaries beyond rounding).
   const bool causal_items = p.causal && p.Hq > 0;
-  const int64_t items = causal_items ? p.B * p.Hq : p.B * p.Hkv;
-  const int64_t blocks1 = std::min(items, cap);
-  const int64_t per1 = scratch_elems(C, F, Dv, causal_items ? 1 : 0);
-  const int64_t state_elems = causal_items ? 0 : items * (F * Dv + F);
-  const int64_t qrows = p.B * p.Hq * p.S;
-  const int64_t blocks2 = p.causal ? 0 : std::min(qrows, 2 * cap);
-  const int64_t per2 = F;
-  const int64_t scratch = std::max(blocks1 * per1, blocks2 * per2);
-  Workspace ws(sizeof(A) * static_cast<std::size_t>(wS_elems + state_elems + scratch), stream);
-  A* base = ws.as<A>();
-  a.wS = base;
-  a.states = base + wS_elems;
-  a.scratch = base + wS_elems + state_elems;
-
-  if (a.proj && wS_elems > 0) {
-    scale_features_kernel<A><<<blocks_for(wS_elems, kThreads), kThreads, 0, stream>>>(
-        base, p.features.data, p.features.dtype, p.features.stride[0], p.features.stride[1], F, p.D, fs);
-    ATTNKIT_CUDA_CHECK_LAUNCH();
-  }
-  if (items == 0) return;
-  a.scratch_elems = per1;
   if (causal_items) {
+    const int64_t items = p.B * p.Hq;
+    const int64_t blocks1 = std::min(items, max_resident_blocks(p.device_index));
+    const int64_t per1 = scratch_elems(C, F, Dv, 1);
+    Workspace ws(sizeof(A) * static_cast<std::size_t>(wS_elems + blocks1 * per1), stream);
+    A* base = ws.as<A>();
+    a.wS = base;
+    a.scratch = base + wS_elems;
+    a.scratch_elems = per1;
+    if (wS_elems > 0) {
+      scale_features_kernel<A><<<blocks_for(wS_elems, kThreads), kThreads, 0, stream>>>(
+          base, p.features.data, p.features.dtype, p.features.stride[0], p.features.stride[1], F, p.D, fs);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+    if (items == 0) return;
     causal_kernel<T><<<static_cast<unsigned>(blocks1), kThreads, 0, stream>>>(a);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     return;
   }
-  bidir_state_kernel<T><<<static_cast<unsigned>(blocks1), kThreads, 0, stream>>>(a);
+  // Bidirectional: see the section's comment. Workspace (A): wS, states, phi(K) [B Hkv Sk][F], hK, mK,
+  // cs, phi(Q) [B Hq S][F], den.
+  const int64_t items = p.B * p.Hkv, krows = items * p.Sk, qrows = p.B * p.Hq * (p.causal ? 0 : p.S);
+  const int64_t state_elems = items * (F * Dv + F);
+  const int64_t stat_elems = a.stab ? krows : 0;
+  const int64_t n_all = wS_elems + state_elems + krows * F + 2 * stat_elems + 2 * items + qrows * F + qrows;
+  Workspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream);
+  A* base = ws.as<A>();
+  a.wS = base;
+  a.states = base + wS_elems;
+  A* phiK = base + wS_elems + state_elems;
+  A* hK = phiK + krows * F;
+  A* mK = hK + stat_elems;
+  A* cs = mK + stat_elems;
+  A* phiQ = cs + 2 * items;
+  A* den = phiQ + qrows * F;
+  auto grid = [](int64_t blocks) { return static_cast<unsigned>(std::min<int64_t>(blocks, int64_t{1} << 20)); };
+  auto feature_grid = [&](int64_t rows) {
+    return grid(a.proj ? ceil_div(rows, kTM) * ceil_div(F, kTN) : ceil_div(rows * F, kThreads));
+  };
+  if (wS_elems > 0) {
+    scale_features_kernel<A><<<blocks_for(wS_elems, kThreads), kThreads, 0, stream>>>(
+        base, p.features.data, p.features.dtype, p.features.stride[0], p.features.stride[1], F, p.D, fs);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+  }
+  RowSet kr{};
+  kr.x = p.k.data;
+  kr.H = p.Hkv;
+  kr.L = p.Sk;
+  kr.keys = true;
+  for (int i = 0; i < 4; ++i) kr.xs[i] = p.k.stride[i];
+  if (krows > 0 && F > 0) {
+    features_kernel<T><<<feature_grid(krows), kThreads, 0, stream>>>(a, kr, phiK);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+  }
+  if (a.stab) {
+    if (krows > 0) {
+      key_stats_kernel<T><<<grid(ceil_div(krows, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, mK);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+    key_max_kernel<T><<<grid(ceil_div(items, kThreads)), kThreads, 0, stream>>>(a, mK, cs);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+    if (krows > 0 && F > 0) {
+      key_exp_kernel<T><<<grid(ceil_div(krows * F, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cs);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+  }
+  if (F > 0) {
+    z_kernel<T><<<grid(ceil_div(items * F, kThreads)), kThreads, 0, stream>>>(a, phiK, cs);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+    if (Dv > 0) {
+      state_kernel<T><<<grid(items * ceil_div(F, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiK, cs);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+  }
+  if (qrows == 0 || Dv == 0) return;
+  RowSet qr{};
+  qr.x = p.q.data;
+  qr.H = p.Hq;
+  qr.L = p.S;
+  qr.keys = false;
+  for (int i = 0; i < 4; ++i) qr.xs[i] = p.q.stride[i];
+  if (F > 0) {
+    features_kernel<T><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+  }
+  query_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, den);
   ATTNKIT_CUDA_CHECK_LAUNCH();
-  if (p.causal || blocks2 == 0) return;
-  a.scratch_elems = per2;
-  bidir_query_kernel<T><<<static_cast<unsigned>(blocks2), kThreads, 0, stream>>>(a);
+  out_kernel<T><<<grid(p.B * p.Hq * ceil_div(p.S, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiQ, den);
   ATTNKIT_CUDA_CHECK_LAUNCH();
 }
 
