@@ -2,17 +2,14 @@
 // file comment explains the chunked causal form and Performer's stabilizer), with the meaning of every
 // feature map and stabilizer step from attnkit/math/feature_maps.h.
 //
-// Work mapping (simple, deterministic: every value is summed by one thread in a fixed order):
-//   causal         one thread block per (b, query head), looping over the chunks in order. Its key side
-//                  (features, state S [F][Dv] and z [F]) lives in the block's own global scratch; the query
-//                  heads of a GQA group each recompute the same key side in the same order (as the CPU's
-//                  split items do), and the head with g = 0 writes state_out. Within a chunk, threads take
-//                  (row, feature) pairs for the features, (t, j) pairs for the intra-chunk scores, rows for
-//                  the denominators, (t, d) pairs for the outputs and (f, d) pairs for the state update.
-//   bidirectional  kernel 1: one block per (b, kv head) builds the state over all allowed keys chunk by
-//                  chunk (same chunk boundaries and rescaling as the CPU) into a workspace and writes
-//                  state_out; kernel 2: one block per query row (b, h, t): features by feature, then each
-//                  output element by one thread.
+// Work mapping (deterministic: every value is summed by one thread in a fixed order, nothing depends on
+// the launch configuration): the features of all rows first (kernels parallel over rows; Performer's
+// projection x' W^T by a shared-memory tiled product), then the states and outputs by tiled products
+// parallel over (b, head, chunk, tile). Causal: chunk increments phi(K_c)^T V_c, an exclusive scan over the
+// chunks in order per state element (the CPU's S = S r + increment), then per chunk the outputs from the
+// state before it plus the masked intra-chunk scores (see the "causal, parallel" section). Bidirectional:
+// the state over all allowed keys, then out = phi(Q) S (see the "bidirectional" section). Workspace holds
+// the features of all rows (and, causal, the state before every chunk).
 // Chunk length: p.chunk, else the CPU's defaults (32 causal, 128 bidirectional), so the stabilizer's rescale
 // points are the CPU's. Keys j >= key_lengths[b] are never read.
 #include <algorithm>
@@ -61,54 +58,8 @@ struct LinArgs {
   int64_t sos[4];
   void* z_out;
   int64_t zos[3];
-  void* scratch;           // per block: scratch_elems of A
-  int64_t scratch_elems;
   void* states;            // bidirectional: [B * Hkv][F * Dv + F] of A
 };
-
-/// A block's scratch (A elements): key side first (all that the bidirectional state kernel needs), then the
-/// query side and, for the causal kernel, the running state.
-template <class A>
-struct Scr {
-  A *phiK, *cK, *hK;                  // [C][F] key features; [C] stabilizer c_j; [C] |k'|^2/2, then offset
-  A *phiQ, *qmx, *cQ, *rq, *Am, *den;  // [C][F]; [C] query max; [C] c_t; [C] state factor; [C][C]; [C]
-  A *S, *z;                           // causal: [F][Dv], [F]
-};
-
-int64_t scratch_elems(int64_t C, int64_t F, int64_t Dv, int part) {
-  const int64_t keys = C * F + 2 * C;
-  if (part == 0) return keys;
-  return keys + C * F + 5 * C + C * C + F * Dv + F;
-}
-
-template <class A>
-__device__ __forceinline__ Scr<A> carve(const LinArgs& a) {
-  A* p = static_cast<A*>(a.scratch) + static_cast<int64_t>(blockIdx.x) * a.scratch_elems;
-  const int64_t C = a.C, F = a.F;
-  Scr<A> w;
-  w.phiK = p;
-  p += C * F;
-  w.cK = p;
-  p += C;
-  w.hK = p;
-  p += C;
-  w.phiQ = p;
-  p += C * F;
-  w.qmx = p;
-  p += C;
-  w.cQ = p;
-  p += C;
-  w.rq = p;
-  p += C;
-  w.Am = p;
-  p += C * C;
-  w.den = p;
-  p += C;
-  w.S = p;
-  p += F * a.Dv;
-  w.z = p;
-  return w;
-}
 
 __device__ __forceinline__ int64_t key_count(const LinArgs& a, int64_t b) {
   return a.len ? load_int(a.len, a.len_dtype, b * a.len_stride) : a.Sk;
@@ -130,220 +81,10 @@ __device__ __forceinline__ A feature(const LinArgs& a, const T* x, int64_t xs, i
   return a.stab ? s : math::performer_relu<A>(s);
 }
 
-/// Key features of rows [j0, j0 + kn) of (b, hkv) into w.phiK; softmax features also get w.cK[j] = c_j
-/// (running maximum from c_prev on). Returns the stabilizer after the chunk (c_prev when unstabilized).
-/// Every thread of the block calls it; it ends synchronized.
-template <class T, class A>
-__device__ __forceinline__ A key_features(const LinArgs& a, const Scr<A>& w, int64_t b, int64_t hkv, int64_t j0,
-                                          int64_t kn, A c_prev, A* sh) {
-  const T* k = static_cast<const T*>(a.k) + b * a.ks[0] + hkv * a.ks[1];
-  const int64_t F = a.F;
-  for (int64_t i = threadIdx.x; i < kn * F; i += blockDim.x) {
-    const int64_t j = i / F, f = i % F;
-    w.phiK[i] = feature<T, A>(a, k + (j0 + j) * a.ks[2], a.ks[3], f);
-  }
-  __syncthreads();
-  if (!a.stab) return c_prev;
-  // Exponents e - |k'|^2/2, each key's maximum over the features, then the running maximum c_j.
-  const A half_scale = static_cast<A>(a.half_scale);
-  for (int64_t j = threadIdx.x; j < kn; j += blockDim.x) {
-    const T* kr = k + (j0 + j) * a.ks[2];
-    A sq = A(0);
-    for (int64_t d = 0; d < a.D; ++d) {
-      const A x = to_acc<A>(kr[d * a.ks[3]]);
-      sq += x * x;
-    }
-    const A half_sq = sq * half_scale;
-    A mx = math::neg_inf<A>();
-    for (int64_t f = 0; f < F; ++f)
-      mx = math::softmax_new_max(mx, math::favor_key_exponent(w.phiK[j * F + f], half_sq));
-    w.hK[j] = half_sq;
-    w.cK[j] = mx;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    A cur = c_prev;
-    for (int64_t j = 0; j < kn; ++j) {
-      w.cK[j] = cur = math::favor_running_max(cur, w.cK[j]);
-      w.hK[j] = w.hK[j] + w.cK[j];  // the offset of key j: |k'_j|^2/2 + c_j
-    }
-    *sh = cur;
-  }
-  __syncthreads();
-  const A c_end = *sh;
-  const A hlm = static_cast<A>(a.half_log_m);
-  for (int64_t i = threadIdx.x; i < kn * F; i += blockDim.x)
-    w.phiK[i] = DevExp()(math::favor_feature_arg(w.phiK[i], w.hK[i / F], hlm));
-  __syncthreads();
-  return c_end;
-}
-
-/// S += phi(K_c)^T V_c and z += colsum phi(K_c) over the kn keys at j0, after bringing the state from c_prev
-/// and the chunk's keys from their c_j to c_end (softmax features). Ends synchronized.
-template <class T, class A>
-__device__ __forceinline__ void state_update(const LinArgs& a, const Scr<A>& w, A* S, A* z, int64_t b, int64_t hkv,
-                                             int64_t j0, int64_t kn, A c_prev, A c_end) {
-  const int64_t F = a.F, Dv = a.Dv;
-  if (a.stab) {
-    const A r = DevExp()(math::favor_rescale_arg<A, A>(c_prev, c_end));
-    if (r != A(1))
-      for (int64_t i = threadIdx.x; i < F * Dv + F; i += blockDim.x) {
-        if (i < F * Dv)
-          S[i] *= r;
-        else
-          z[i - F * Dv] *= r;
-      }
-    for (int64_t i = threadIdx.x; i < kn * F; i += blockDim.x) {
-      const A cj = w.cK[i / F];
-      if (cj != c_end) w.phiK[i] *= DevExp()(cj - c_end);
-    }
-    __syncthreads();
-  }
-  const T* v = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1] + j0 * a.vs[2];
-  for (int64_t i = threadIdx.x; i < F * Dv + F; i += blockDim.x) {
-    if (i < F * Dv) {
-      const int64_t f = i / Dv, d = i % Dv;
-      A s = S[i];
-      for (int64_t j = 0; j < kn; ++j) s += w.phiK[j * F + f] * to_acc<A>(v[j * a.vs[2] + d * a.vs[3]]);
-      S[i] = s;
-    } else {
-      const int64_t f = i - F * Dv;
-      A s = z[f];
-      for (int64_t j = 0; j < kn; ++j) s += w.phiK[j * F + f];
-      z[f] = s;
-    }
-  }
-  __syncthreads();
-}
-
-/// Initial state of (b, hkv) into S, z (zero without state_in). Ends synchronized.
-template <class A>
-__device__ __forceinline__ void load_state(const LinArgs& a, A* S, A* z, int64_t b, int64_t hkv) {
-  const int64_t F = a.F, Dv = a.Dv;
-  const A* si = static_cast<const A*>(a.s_in);
-  const A* zi = static_cast<const A*>(a.z_in);
-  for (int64_t i = threadIdx.x; i < F * Dv + F; i += blockDim.x) {
-    if (i < F * Dv) {
-      const int64_t f = i / Dv, d = i % Dv;
-      S[i] = si ? si[b * a.sis[0] + hkv * a.sis[1] + f * a.sis[2] + d * a.sis[3]] : A(0);
-    } else {
-      const int64_t f = i - F * Dv;
-      z[f] = zi ? zi[b * a.zis[0] + hkv * a.zis[1] + f * a.zis[2]] : A(0);
-    }
-  }
-  __syncthreads();
-}
-
-template <class A>
-__device__ __forceinline__ void save_state(const LinArgs& a, const A* S, const A* z, int64_t b, int64_t hkv) {
-  // S and z are checked apart: an empty state [.., F, 0] may come with a null data pointer (the CPU's
-  // save_state returns early then and leaves z_out unwritten; noted for the lead).
-  if (!a.s_out && !a.z_out) return;
-  const int64_t F = a.F, Dv = a.Dv;
-  A* so = static_cast<A*>(a.s_out);
-  A* zo = static_cast<A*>(a.z_out);
-  for (int64_t i = threadIdx.x; i < F * Dv + F; i += blockDim.x) {
-    if (i < F * Dv) {
-      const int64_t f = i / Dv, d = i % Dv;
-      if (so) so[b * a.sos[0] + hkv * a.sos[1] + f * a.sos[2] + d * a.sos[3]] = S[i];
-    } else {
-      const int64_t f = i - F * Dv;
-      if (zo) zo[b * a.zos[0] + hkv * a.zos[1] + f * a.zos[2]] = z[f];
-    }
-  }
-}
-
 template <class T, class A>
 __device__ __forceinline__ void store_out(const LinArgs& a, int64_t b, int64_t h, int64_t t, int64_t d, A o, A den) {
   const A r = a.normalize ? math::linear_output(o, den, static_cast<A>(a.eps)) : o;
   static_cast<T*>(a.out)[b * a.os[0] + h * a.os[1] + t * a.os[2] + d * a.os[3]] = from_acc<T, A>(r);
-}
-
-// ------------------------------------------------------------------------------------------------ causal
-
-template <class T>
-__global__ void causal_kernel(const LinArgs a) {
-  using A = acc_t<T>;
-  __shared__ A sh[1];
-  const Scr<A> w = carve<A>(a);
-  const int64_t F = a.F, Dv = a.Dv, C = a.C;
-  const A hlm = static_cast<A>(a.half_log_m);
-  for (int64_t item = blockIdx.x; item < a.B * a.Hq; item += gridDim.x) {
-    const int64_t b = item / a.Hq, h = item % a.Hq, hkv = h / a.G, g = h % a.G;
-    const int64_t L = key_count(a, b);
-    const T* q = static_cast<const T*>(a.q) + b * a.qs[0] + h * a.qs[1];
-    const T* v = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1];
-    load_state(a, w.S, w.z, b, hkv);
-    A c_prev = math::neg_inf<A>();
-    for (int64_t t0 = 0; t0 < a.S; t0 += C) {
-      const int64_t tn = C < a.S - t0 ? C : a.S - t0;
-      int64_t kn = L - t0 < tn ? L - t0 : tn;
-      if (kn < 0) kn = 0;
-      const A c_end = kn > 0 ? key_features<T, A>(a, w, b, hkv, t0, kn, c_prev, sh) : c_prev;
-      // Query features.
-      for (int64_t i = threadIdx.x; i < tn * F; i += blockDim.x)
-        w.phiQ[i] = feature<T, A>(a, q + (t0 + i / F) * a.qs[2], a.qs[3], i % F);
-      __syncthreads();
-      // Per row: the query's own maximum (softmax features), c_t (the running maximum at key
-      // min(t, kn - 1)) and the factor exp(c_prev - c_t) of the carried state.
-      for (int64_t t = threadIdx.x; t < tn; t += blockDim.x) {
-        const A ct = kn > 0 ? w.cK[t < kn ? t : kn - 1] : c_prev;
-        w.cQ[t] = ct;
-        w.rq[t] = A(1);
-        if (a.stab) {
-          A mx = math::neg_inf<A>();
-          for (int64_t f = 0; f < F; ++f) mx = math::softmax_new_max(mx, w.phiQ[t * F + f]);
-          w.qmx[t] = mx;
-          w.rq[t] = DevExp()(math::favor_rescale_arg<A, A>(c_prev, ct));
-        }
-      }
-      __syncthreads();
-      if (a.stab) {
-        for (int64_t i = threadIdx.x; i < tn * F; i += blockDim.x)
-          w.phiQ[i] = DevExp()(math::favor_feature_arg(w.phiQ[i], w.qmx[i / F], hlm));
-        __syncthreads();
-      }
-      // Intra-chunk scores A[t][j] = phi(q_t) . phi(k_j) exp(c_j - c_t) for j <= t, else 0.
-      for (int64_t i = threadIdx.x; i < tn * kn; i += blockDim.x) {
-        const int64_t t = i / kn, j = i % kn;
-        A s = A(0);
-        if (j <= t) {
-          for (int64_t f = 0; f < F; ++f) s += w.phiQ[t * F + f] * w.phiK[j * F + f];
-          if (a.stab && w.cK[j] != w.cQ[t]) s *= DevExp()(w.cK[j] - w.cQ[t]);
-        }
-        w.Am[t * C + j] = s;
-      }
-      __syncthreads();
-      // Denominators: (phi(q_t) . z) exp(c_prev - c_t) + sum_{j <= t} A[t][j].
-      for (int64_t t = threadIdx.x; t < tn; t += blockDim.x) {
-        A den = A(0);
-        for (int64_t f = 0; f < F; ++f) den += w.phiQ[t * F + f] * w.z[f];
-        if (w.rq[t] != A(1)) den *= w.rq[t];
-        const int64_t jn = t + 1 < kn ? t + 1 : kn;
-        A s = A(0);
-        for (int64_t j = 0; j < jn; ++j) s += w.Am[t * C + j];
-        w.den[t] = den + s;
-      }
-      __syncthreads();
-      // Outputs: (phi(q_t)^T S) exp(c_prev - c_t) + sum_{j <= t} A[t][j] v_j.
-      for (int64_t i = threadIdx.x; i < tn * Dv; i += blockDim.x) {
-        const int64_t t = i / Dv, d = i % Dv;
-        A o = A(0);
-        for (int64_t f = 0; f < F; ++f) o += w.phiQ[t * F + f] * w.S[f * Dv + d];
-        if (w.rq[t] != A(1)) o *= w.rq[t];
-        const int64_t jn = t + 1 < kn ? t + 1 : kn;
-        for (int64_t j = 0; j < jn; ++j) o += w.Am[t * C + j] * to_acc<A>(v[(t0 + j) * a.vs[2] + d * a.vs[3]]);
-        store_out<T, A>(a, b, h, t0 + t, d, o, w.den[t]);
-      }
-      __syncthreads();
-      if (kn > 0) {
-        state_update<T, A>(a, w, w.S, w.z, b, hkv, t0, kn, c_prev, c_end);
-        c_prev = c_end;
-      }
-    }
-    if (g == 0) save_state(a, w.S, w.z, b, hkv);
-    __syncthreads();  // the next item reuses the scratch
-  }
 }
 
 // ----------------------------------------------------------------------------------------- bidirectional
@@ -521,8 +262,10 @@ __global__ void key_max_kernel(const LinArgs a, const void* mK_, void* cs_) {
 }
 
 /// Softmax features: phi(k) = exp(e - (hK + c) - ln(m)/2) in place, c the final maximum of the sequence.
+/// Causal (per_key): relative to the key's own running maximum cK[m] (cs_ = cK), as the CPU's features.
 template <class T>
-__global__ void key_exp_kernel(const LinArgs a, const RowSet r, void* e_, const void* hK_, const void* cs_) {
+__global__ void key_exp_kernel(const LinArgs a, const RowSet r, void* e_, const void* hK_, const void* cs_,
+                               bool per_key) {
   using A = acc_t<T>;
   A* e = static_cast<A*>(e_);
   const A* hK = static_cast<const A*>(hK_);
@@ -532,7 +275,7 @@ __global__ void key_exp_kernel(const LinArgs a, const RowSet r, void* e_, const 
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * F; i += step) {
     const int64_t m = i / F;
-    if (row_allowed(a, r, m)) e[i] = DevExp()(math::favor_feature_arg(e[i], hK[m] + cs[2 * (m / r.L)], hlm));
+    if (row_allowed(a, r, m)) e[i] = DevExp()(math::favor_feature_arg(e[i], hK[m] + (per_key ? cs[m] : cs[2 * (m / r.L)]), hlm));
   }
 }
 
@@ -600,6 +343,7 @@ __global__ void state_kernel(const LinArgs a, const void* phiK_, const void* cs_
 }
 
 /// Query rows: the softmax map with the row's own maximum (in place), then den = phi(q) . z.
+/// Causal (den_ null): the map only.
 template <class T>
 __global__ void query_den_kernel(const LinArgs a, void* phiQ_, void* den_) {
   using A = acc_t<T>;
@@ -615,6 +359,7 @@ __global__ void query_den_kernel(const LinArgs a, void* phiQ_, void* den_) {
       for (int64_t f = 0; f < F; ++f) mx = math::softmax_new_max(mx, ph[f]);
       for (int64_t f = 0; f < F; ++f) ph[f] = DevExp()(math::favor_feature_arg(ph[f], mx, hlm));
     }
+    if (!den) continue;
     const int64_t bh = m / a.S, item = (bh / a.Hq) * a.Hkv + (bh % a.Hq) / a.G;
     const A* z = static_cast<const A*>(a.states) + item * (F * Dv + F) + F * Dv;
     A s = A(0);
@@ -644,6 +389,236 @@ __global__ void out_kernel(const LinArgs a, const void* phiQ_, const void* den_)
   }
 }
 
+// ------------------------------------------------------------------------------------ causal, parallel
+//
+// The CPU's chunked form (chunks of C from key 0), parallel over chunks; features as in the bidirectional
+// form, except that softmax key features are relative to their own running maximum c_j, as on the CPU:
+//   key_prefix_kernel   c_j = running maximum of the key maxima, per (b, hkv) in key order;
+//   inc_kernel          per chunk its increment phi(K_c)^T V_c (and colsum phi(K_c)), each key brought from
+//                       c_j to c_end of the chunk first (F x Dv tiles, keys in order);
+//   scan_kernel         per state element, chunks in order: P_c = the state before chunk c, then
+//                       S = S r + inc_c with r = exp(c_prev - c_end) (the CPU's rescale_state then
+//                       state_update), in place over the increments; writes state_out;
+//   scores_kernel       per chunk A = phi(Q_c) phi(K_c)^T (j <= t), times exp(c_j - c_t);
+//   causal_den_kernel   per row r_t = exp(c_prev - c_t), den = (phi(q_t) . z_c) r_t + sum_j A[t][j];
+//   causal_out_kernel   per chunk (phi(Q_c) P_c) r_t + sum_{j <= t} A[t][j] v_j (rows x Dv tiles).
+// c_t = c at key min(t, L - 1) (-inf without keys); c_prev of chunk c = c at key min(j0, L) - 1.
+
+struct Chunking {
+  int64_t C, nch;
+};
+
+__device__ __forceinline__ int64_t chunk_keys(int64_t j0, int64_t C, int64_t S, int64_t L) {
+  const int64_t tn = C < S - j0 ? C : S - j0;
+  const int64_t kn = L - j0 < tn ? L - j0 : tn;
+  return kn < 0 ? 0 : kn;
+}
+
+template <class A>
+__device__ __forceinline__ A c_at(const A* cK, int64_t n) {  // c after the first n keys of the item
+  return n > 0 ? cK[n - 1] : math::neg_inf<A>();
+}
+
+template <class T>
+__global__ void key_prefix_kernel(const LinArgs a, void* cK_) {
+  using A = acc_t<T>;
+  A* cK = static_cast<A*>(cK_);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < a.B * a.Hkv; item += step) {
+    const int64_t L = key_count(a, item / a.Hkv);
+    A c = math::neg_inf<A>();
+    A* ck = cK + item * a.Sk;
+    for (int64_t j = 0; j < L; ++j) ck[j] = c = math::favor_running_max(c, ck[j]);
+  }
+}
+
+/// inc[item][c] = [F][Dv] then [F] of chunk c. Blocks: (item, chunk, F tile, Dv tile); the Dv tile 0
+/// also sums z.
+template <class T>
+__global__ void inc_kernel(const LinArgs a, const void* phiK_, const void* cK_, void* inc_, int64_t nch) {
+  using A = acc_t<T>;
+  const A* phiK = static_cast<const A*>(phiK_);
+  const A* cKall = static_cast<const A*>(cK_);
+  A* inc = static_cast<A*>(inc_);
+  const int64_t F = a.F, Dv = a.Dv, E = F * Dv + F;
+  const int64_t mt = ceil_div(F, kTM), nt = ceil_div(Dv, kTN) > 0 ? ceil_div(Dv, kTN) : 1, per = mt * nt;
+  for (int64_t tile = blockIdx.x; tile < a.B * a.Hkv * nch * per; tile += gridDim.x) {
+    const int64_t ic = tile / per, item = ic / nch, c = ic % nch, b = item / a.Hkv, hkv = item % a.Hkv;
+    const int64_t m0 = (tile % per) / nt * kTM, n0 = (tile % per) % nt * kTN;
+    const int64_t L = key_count(a, b), j0 = c * a.C, kn = chunk_keys(j0, a.C, a.S, L);
+    const A* ph = phiK + (item * a.Sk + j0) * F;
+    const A* ck = a.stab ? cKall + item * a.Sk + j0 : nullptr;
+    const A c_end = a.stab && kn > 0 ? ck[kn - 1] : A(0);
+    const T* v = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1] + j0 * a.vs[2];
+    A* out = inc + ic * E;
+    auto key = [&](int64_t j, int64_t f) {
+      A x = ph[j * F + f];
+      if (a.stab && ck[j] != c_end) x *= DevExp()(ck[j] - c_end);
+      return x;
+    };
+    if (Dv > 0)
+      tile_product<A, false, false>(
+          F, Dv, kn, m0, n0, [&](int64_t f, int64_t j) { return key(j, f); },
+          [&](int64_t j, int64_t d) { return to_acc<A>(v[j * a.vs[2] + d * a.vs[3]]); },
+          [&](int64_t f, int64_t d, A s) { out[f * Dv + d] = s; });
+    if (n0 == 0) {
+      const int64_t f1 = m0 + kTM < F ? m0 + kTM : F;
+      for (int64_t f = m0 + threadIdx.x; f < f1; f += blockDim.x) {
+        A s = A(0);
+        for (int64_t j = 0; j < kn; ++j) s += key(j, f);
+        out[F * Dv + f] = s;
+      }
+    }
+  }
+}
+
+/// In place: inc[item][c] becomes P_c, the state before chunk c; the final state goes to state_out.
+template <class T>
+__global__ void scan_kernel(const LinArgs a, const void* cK_, void* inc_, int64_t nch) {
+  using A = acc_t<T>;
+  const A* cKall = static_cast<const A*>(cK_);
+  A* inc = static_cast<A*>(inc_);
+  const int64_t F = a.F, Dv = a.Dv, E = F * Dv + F;
+  const A* si = static_cast<const A*>(a.s_in);
+  const A* zi = static_cast<const A*>(a.z_in);
+  A* so = static_cast<A*>(a.s_out);
+  A* zo = static_cast<A*>(a.z_out);
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.B * a.Hkv * E; i += step) {
+    const int64_t item = i / E, e = i % E, b = item / a.Hkv, hkv = item % a.Hkv;
+    const bool is_s = e < F * Dv;
+    const int64_t f = is_s ? e / Dv : e - F * Dv, d = is_s ? e % Dv : 0;
+    A s = A(0);
+    if (is_s && si) s = si[b * a.sis[0] + hkv * a.sis[1] + f * a.sis[2] + d * a.sis[3]];
+    if (!is_s && zi) s = zi[b * a.zis[0] + hkv * a.zis[1] + f * a.zis[2]];
+    const int64_t L = key_count(a, b);
+    const A* ck = a.stab ? cKall + item * a.Sk : nullptr;
+    A* p = inc + item * nch * E + e;
+    for (int64_t c = 0; c < nch; ++c) {
+      const int64_t j0 = c * a.C, kn = chunk_keys(j0, a.C, a.S, L);
+      const A x = p[c * E];
+      p[c * E] = s;
+      if (kn == 0) continue;
+      if (a.stab) {
+        const A r = DevExp()(math::favor_rescale_arg<A, A>(c_at(ck, j0), ck[j0 + kn - 1]));
+        if (r != A(1)) s *= r;
+      }
+      s += x;
+    }
+    if (is_s && so) so[b * a.sos[0] + hkv * a.sos[1] + f * a.sos[2] + d * a.sos[3]] = s;
+    if (!is_s && zo) zo[b * a.zos[0] + hkv * a.zos[1] + f * a.zos[2]] = s;
+  }
+}
+
+/// Am[row][j] (rows of phi(Q), j < C) = phi(q_t) . phi(k_j) exp(c_j - c_t) for j <= t, j < kn.
+template <class T>
+__global__ void scores_kernel(const LinArgs a, const void* phiQ_, const void* phiK_, const void* cK_, void* Am_,
+                              int64_t nch) {
+  using A = acc_t<T>;
+  const A* phiQ = static_cast<const A*>(phiQ_);
+  const A* phiK = static_cast<const A*>(phiK_);
+  const A* cKall = static_cast<const A*>(cK_);
+  A* Am = static_cast<A*>(Am_);
+  const int64_t F = a.F, C = a.C;
+  const int64_t mt = ceil_div(C, kTM), per = mt * mt;
+  for (int64_t tile = blockIdx.x; tile < a.B * a.Hq * nch * per; tile += gridDim.x) {
+    const int64_t bc = tile / per, bh = bc / nch, c = bc % nch, b = bh / a.Hq, h = bh % a.Hq;
+    const int64_t item = b * a.Hkv + h / a.G;
+    const int64_t m0 = (tile % per) / mt * kTM, n0 = (tile % per) % mt * kTM;
+    const int64_t L = key_count(a, b), j0 = c * C, kn = chunk_keys(j0, C, a.S, L);
+    const int64_t tn = C < a.S - j0 ? C : a.S - j0;
+    const A* q = phiQ + (bh * a.S + j0) * F;
+    const A* k = phiK + (item * a.Sk + j0) * F;
+    const A* ck = a.stab ? cKall + item * a.Sk : nullptr;
+    A* out = Am + (bh * a.S + j0) * C;
+    tile_product<A, true, true>(
+        tn, kn, F, m0, n0, [&](int64_t t, int64_t f) { return q[t * F + f]; },
+        [&](int64_t f, int64_t j) { return k[j * F + f]; },
+        [&](int64_t t, int64_t j, A s) {
+          if (j > t) return;
+          if (a.stab) {
+            const A ct = ck[j0 + (t < kn ? t : kn - 1)];
+            if (ck[j0] != ct) s *= DevExp()(ck[j0 + j] - ct);
+          }
+          out[t * C + j] = s;
+        });
+  }
+}
+
+/// Per query row: rq = exp(c_prev - c_t) (1 unstabilized) and den = (phi(q_t) . z_c) rq + sum_{j<=t} A[t][j].
+template <class T>
+__global__ void causal_den_kernel(const LinArgs a, const void* phiQ_, const void* cK_, const void* P_,
+                                  const void* Am_, void* den_, void* rq_, int64_t nch) {
+  using A = acc_t<T>;
+  const A* phiQ = static_cast<const A*>(phiQ_);
+  const A* cKall = static_cast<const A*>(cK_);
+  const A* P = static_cast<const A*>(P_);
+  const A* Am = static_cast<const A*>(Am_);
+  A* den = static_cast<A*>(den_);
+  A* rqa = static_cast<A*>(rq_);
+  const int64_t F = a.F, Dv = a.Dv, E = F * Dv + F, C = a.C;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; m < a.B * a.Hq * a.S; m += step) {
+    const int64_t bh = m / a.S, t = m % a.S, b = bh / a.Hq, h = bh % a.Hq, item = b * a.Hkv + h / a.G;
+    const int64_t c = t / C, j0 = c * C, tl = t - j0;
+    const int64_t L = key_count(a, b), kn = chunk_keys(j0, C, a.S, L);
+    A rq = A(1);
+    if (a.stab) {
+      const A* ck = cKall + item * a.Sk;
+      const A cp = c_at(ck, j0 < L ? j0 : L);
+      const A ct = kn > 0 ? ck[j0 + (tl < kn ? tl : kn - 1)] : cp;
+      rq = DevExp()(math::favor_rescale_arg<A, A>(cp, ct));
+    }
+    const A* z = P + (item * nch + c) * E + F * Dv;
+    const A* ph = phiQ + m * F;
+    A s = A(0);
+    for (int64_t f = 0; f < F; ++f) s += ph[f] * z[f];
+    if (rq != A(1)) s *= rq;
+    const int64_t jn = tl + 1 < kn ? tl + 1 : kn;
+    A sa = A(0);
+    for (int64_t j = 0; j < jn; ++j) sa += Am[m * C + j];
+    den[m] = s + sa;
+    rqa[m] = rq;
+  }
+}
+
+/// out rows of chunk c = (phi(Q_c) P_c) rq + sum_{j <= t} A[t][j] v_j, over tiles of rows x Dv.
+template <class T>
+__global__ void causal_out_kernel(const LinArgs a, const void* phiQ_, const void* P_, const void* Am_,
+                                  const void* den_, const void* rq_, int64_t nch) {
+  using A = acc_t<T>;
+  const A* phiQ = static_cast<const A*>(phiQ_);
+  const A* P = static_cast<const A*>(P_);
+  const A* Am = static_cast<const A*>(Am_);
+  const A* den = static_cast<const A*>(den_);
+  const A* rqa = static_cast<const A*>(rq_);
+  const int64_t F = a.F, Dv = a.Dv, E = F * Dv + F, C = a.C;
+  const int64_t mt = ceil_div(C, kTM), nt = ceil_div(Dv, kTN), per = mt * nt;
+  for (int64_t tile = blockIdx.x; tile < a.B * a.Hq * nch * per; tile += gridDim.x) {
+    const int64_t bc = tile / per, bh = bc / nch, c = bc % nch, b = bh / a.Hq, h = bh % a.Hq;
+    const int64_t item = b * a.Hkv + h / a.G, hkv = h / a.G;
+    const int64_t m0 = (tile % per) / nt * kTM, n0 = (tile % per) % nt * kTN;
+    const int64_t L = key_count(a, b), j0 = c * C, kn = chunk_keys(j0, C, a.S, L);
+    const int64_t tn = C < a.S - j0 ? C : a.S - j0;
+    const int64_t row0 = bh * a.S + j0;
+    const A* q = phiQ + row0 * F;
+    const A* S = P + (item * nch + c) * E;
+    const T* v = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1] + j0 * a.vs[2];
+    tile_product<A, true, false>(
+        tn, Dv, F, m0, n0, [&](int64_t t, int64_t f) { return q[t * F + f]; },
+        [&](int64_t f, int64_t d) { return S[f * Dv + d]; },
+        [&](int64_t t, int64_t d, A o) {
+          const A rq = rqa[row0 + t];
+          if (rq != A(1)) o *= rq;
+          const int64_t jn = t + 1 < kn ? t + 1 : kn;
+          const A* ar = Am + (row0 + t) * C;
+          A s = A(0);
+          for (int64_t j = 0; j < jn; ++j) s += ar[j] * to_acc<A>(v[j * a.vs[2] + d * a.vs[3]]);
+          store_out<T, A>(a, b, h, j0 + t, d, o + s, den[row0 + t]);
+        });
+  }
+}
+
 /// wS[f][d] = sqrt(scale) * W[f][d] in A, rounded as on the CPU (the scale cast to A, then the product).
 template <class A>
 __global__ void scale_features_kernel(A* wS, const void* W, DType dt, int64_t s0, int64_t s1, int64_t F, int64_t D,
@@ -651,12 +626,6 @@ __global__ void scale_features_kernel(A* wS, const void* W, DType dt, int64_t s0
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < F * D; i += step)
     wS[i] = fs * load_float<A>(W, dt, (i / D) * s0 + (i % D) * s1);
-}
-
-int64_t max_resident_blocks(int device) {
-  int sms = 0;
-  ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return 4 * static_cast<int64_t>(sms > 0 ? sms : 1);
 }
 
 template <class T>
@@ -711,22 +680,84 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   // Causal attention without query heads (Hq = 0) still owes state_out: the bidirectional state kernels
   // compute it (the state after all keys does not depend on the chunk boundaries beyond rounding).
   const bool causal_items = p.causal && p.Hq > 0;
+  auto grid = [](int64_t blocks) { return static_cast<unsigned>(std::min<int64_t>(blocks, int64_t{1} << 20)); };
+  auto feature_grid = [&](int64_t rows) {
+    return grid(a.proj ? ceil_div(rows, kTM) * ceil_div(F, kTN) : ceil_div(rows * F, kThreads));
+  };
+  RowSet kr{};
+  kr.x = p.k.data;
+  kr.H = p.Hkv;
+  kr.L = p.Sk;
+  kr.keys = true;
+  for (int i = 0; i < 4; ++i) kr.xs[i] = p.k.stride[i];
+  RowSet qr{};
+  qr.x = p.q.data;
+  qr.H = p.Hq;
+  qr.L = p.S;
+  qr.keys = false;
+  for (int i = 0; i < 4; ++i) qr.xs[i] = p.q.stride[i];
   if (causal_items) {
-    const int64_t items = p.B * p.Hq;
-    const int64_t blocks1 = std::min(items, max_resident_blocks(p.device_index));
-    const int64_t per1 = scratch_elems(C, F, Dv, 1);
-    Workspace ws(sizeof(A) * static_cast<std::size_t>(wS_elems + blocks1 * per1), stream);
+    // Workspace (A): wS, phi(K) [B Hkv Sk][F], hK, cK (softmax), P [B Hkv][nch][F Dv + F],
+    // phi(Q) [B Hq S][F], Am [B Hq S][C], den, rq.
+    const int64_t items = p.B * p.Hkv, krows = items * p.Sk, qrows = p.B * p.Hq * p.S;
+    const int64_t nch = ceil_div(p.S, C), E = F * Dv + F;
+    const int64_t stat_elems = a.stab ? krows : 0;
+    const int64_t n_all = wS_elems + krows * F + 2 * stat_elems + items * nch * E + qrows * (F + C + 2);
+    Workspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream);
     A* base = ws.as<A>();
     a.wS = base;
-    a.scratch = base + wS_elems;
-    a.scratch_elems = per1;
+    A* phiK = base + wS_elems;
+    A* hK = phiK + krows * F;
+    A* cK = hK + stat_elems;
+    A* P = cK + stat_elems;
+    A* phiQ = P + items * nch * E;
+    A* Am = phiQ + qrows * F;
+    A* den = Am + qrows * C;
+    A* rq = den + qrows;
     if (wS_elems > 0) {
       scale_features_kernel<A><<<blocks_for(wS_elems, kThreads), kThreads, 0, stream>>>(
           base, p.features.data, p.features.dtype, p.features.stride[0], p.features.stride[1], F, p.D, fs);
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
-    if (items == 0) return;
-    causal_kernel<T><<<static_cast<unsigned>(blocks1), kThreads, 0, stream>>>(a);
+    if (krows > 0 && F > 0) {
+      features_kernel<T><<<feature_grid(krows), kThreads, 0, stream>>>(a, kr, phiK);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+    if (a.stab && krows > 0) {
+      key_stats_kernel<T><<<grid(ceil_div(krows, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cK);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+      key_prefix_kernel<T><<<grid(ceil_div(items, kThreads)), kThreads, 0, stream>>>(a, cK);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+      if (F > 0) {
+        key_exp_kernel<T><<<grid(ceil_div(krows * F, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cK, true);
+        ATTNKIT_CUDA_CHECK_LAUNCH();
+      }
+    }
+    const int64_t inc_blocks = items * nch * ceil_div(F, kTM) * std::max<int64_t>(ceil_div(Dv, kTN), 1);
+    if (inc_blocks > 0) {
+      inc_kernel<T><<<grid(inc_blocks), kThreads, 0, stream>>>(a, phiK, cK, P, nch);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+    if (items * E > 0) {
+      scan_kernel<T><<<grid(ceil_div(items * E, kThreads)), kThreads, 0, stream>>>(a, cK, P, nch);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+    if (qrows == 0 || Dv == 0) return;
+    if (F > 0) {
+      features_kernel<T><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+      if (a.stab) {
+        query_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, nullptr);
+        ATTNKIT_CUDA_CHECK_LAUNCH();
+      }
+    }
+    const int64_t cm = ceil_div(C, kTM);
+    scores_kernel<T><<<grid(p.B * p.Hq * nch * cm * cm), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+    causal_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, cK, P, Am, den, rq, nch);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+    causal_out_kernel<T><<<grid(p.B * p.Hq * nch * cm * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(
+        a, phiQ, P, Am, den, rq, nch);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -746,21 +777,11 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   A* cs = mK + stat_elems;
   A* phiQ = cs + 2 * items;
   A* den = phiQ + qrows * F;
-  auto grid = [](int64_t blocks) { return static_cast<unsigned>(std::min<int64_t>(blocks, int64_t{1} << 20)); };
-  auto feature_grid = [&](int64_t rows) {
-    return grid(a.proj ? ceil_div(rows, kTM) * ceil_div(F, kTN) : ceil_div(rows * F, kThreads));
-  };
   if (wS_elems > 0) {
     scale_features_kernel<A><<<blocks_for(wS_elems, kThreads), kThreads, 0, stream>>>(
         base, p.features.data, p.features.dtype, p.features.stride[0], p.features.stride[1], F, p.D, fs);
     ATTNKIT_CUDA_CHECK_LAUNCH();
   }
-  RowSet kr{};
-  kr.x = p.k.data;
-  kr.H = p.Hkv;
-  kr.L = p.Sk;
-  kr.keys = true;
-  for (int i = 0; i < 4; ++i) kr.xs[i] = p.k.stride[i];
   if (krows > 0 && F > 0) {
     features_kernel<T><<<feature_grid(krows), kThreads, 0, stream>>>(a, kr, phiK);
     ATTNKIT_CUDA_CHECK_LAUNCH();
@@ -773,7 +794,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     key_max_kernel<T><<<grid(ceil_div(items, kThreads)), kThreads, 0, stream>>>(a, mK, cs);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     if (krows > 0 && F > 0) {
-      key_exp_kernel<T><<<grid(ceil_div(krows * F, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cs);
+      key_exp_kernel<T><<<grid(ceil_div(krows * F, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cs, false);
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
   }
@@ -786,12 +807,6 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     }
   }
   if (qrows == 0 || Dv == 0) return;
-  RowSet qr{};
-  qr.x = p.q.data;
-  qr.H = p.Hq;
-  qr.L = p.S;
-  qr.keys = false;
-  for (int i = 0; i < 4; ++i) qr.xs[i] = p.q.stride[i];
   if (F > 0) {
     features_kernel<T><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
     ATTNKIT_CUDA_CHECK_LAUNCH();
