@@ -106,57 +106,58 @@ __device__ __forceinline__ void store_out(const LinArgs& a, int64_t b, int64_t h
 
 constexpr int kTM = 64, kTN = 64, kTK = 16;  // tile of the products; 16 x 16 threads of 4 x 4 outputs
 
-/// C[m][n] = sum_k la(m, k) lb(k, n) over the 64 x 64 tile at (m0, n0), k in increasing order, handed to
+/// C[m][n] = sum_k la(m, k) lb(k, n) over the TM x TN tile at (m0, n0) (TM, TN: 16, 32 or 64; 16 x 16
+/// virtual threads of TM / 16 x TN / 16 outputs), k in increasing order, handed to
 /// st(m, n, value) (m < M, n < N only). Operands are read only inside [0, M) x [0, K) and [0, K) x [0, N).
 /// kAK / kBK: the operand is contiguous along k (chooses the coalesced load order). Any block size: with
 /// fewer than 256 threads the 256 virtual threads are taken in passes. Every thread must call it.
-template <class A, bool kAK, bool kBK, class LA, class LB, class ST>
+template <class A, int TM, int TN, bool kAK, bool kBK, class LA, class LB, class ST>
 __device__ __forceinline__ void tile_product(int64_t M, int64_t N, int64_t K, int64_t m0, int64_t n0, LA la, LB lb,
                                              ST st) {
-  __shared__ A As[kTK][kTM];
-  __shared__ A Bs[kTK][kTN];
-  constexpr int kVT = (kTM / 4) * (kTN / 4);
+  constexpr int RM = TM / 16, RN = TN / 16, kVT = 256;
+  __shared__ A As[kTK][TM];
+  __shared__ A Bs[kTK][TN];
   const int nt = static_cast<int>(blockDim.x), tid = static_cast<int>(threadIdx.x);
   for (int vt0 = 0; vt0 < kVT; vt0 += nt) {
     const int vt = vt0 + tid;
     const bool active = vt < kVT;
-    const int ty = vt / (kTN / 4), tx = vt % (kTN / 4);
-    A acc[4][4];
+    const int ty = vt / 16, tx = vt % 16;
+    A acc[RM][RN];
 #pragma unroll
-    for (int r = 0; r < 4; ++r)
+    for (int r = 0; r < RM; ++r)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) acc[r][c] = A(0);
+      for (int c = 0; c < RN; ++c) acc[r][c] = A(0);
     for (int64_t k0 = 0; k0 < K; k0 += kTK) {
-      for (int i = tid; i < kTK * kTM; i += nt) {
-        const int kk = kAK ? i % kTK : i / kTM, mm = kAK ? i / kTK : i % kTM;
+      for (int i = tid; i < kTK * TM; i += nt) {
+        const int kk = kAK ? i % kTK : i / TM, mm = kAK ? i / kTK : i % TM;
         As[kk][mm] = (m0 + mm < M && k0 + kk < K) ? la(m0 + mm, k0 + kk) : A(0);
       }
-      for (int i = tid; i < kTK * kTN; i += nt) {
-        const int kk = kBK ? i % kTK : i / kTN, nn = kBK ? i / kTK : i % kTN;
+      for (int i = tid; i < kTK * TN; i += nt) {
+        const int kk = kBK ? i % kTK : i / TN, nn = kBK ? i / kTK : i % TN;
         Bs[kk][nn] = (n0 + nn < N && k0 + kk < K) ? lb(k0 + kk, n0 + nn) : A(0);
       }
       __syncthreads();
       if (active) {
         for (int kk = 0; kk < kTK; ++kk) {
-          A av[4], bv[4];
+          A av[RM], bv[RN];
 #pragma unroll
-          for (int r = 0; r < 4; ++r) av[r] = As[kk][ty + (kTM / 4) * r];
+          for (int r = 0; r < RM; ++r) av[r] = As[kk][ty + 16 * r];
 #pragma unroll
-          for (int c = 0; c < 4; ++c) bv[c] = Bs[kk][tx + (kTN / 4) * c];
+          for (int c = 0; c < RN; ++c) bv[c] = Bs[kk][tx + 16 * c];
 #pragma unroll
-          for (int r = 0; r < 4; ++r)
+          for (int r = 0; r < RM; ++r)
 #pragma unroll
-            for (int c = 0; c < 4; ++c) acc[r][c] += av[r] * bv[c];
+            for (int c = 0; c < RN; ++c) acc[r][c] += av[r] * bv[c];
         }
       }
       __syncthreads();
     }
     if (active) {
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
+      for (int r = 0; r < RM; ++r)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int64_t m = m0 + ty + (kTM / 4) * r, n = n0 + tx + (kTN / 4) * c;
+        for (int c = 0; c < RN; ++c) {
+          const int64_t m = m0 + ty + 16 * r, n = n0 + tx + 16 * c;
           if (m < M && n < N) st(m, n, acc[r][c]);
         }
     }
@@ -202,7 +203,7 @@ __global__ void features_kernel(const LinArgs a, const RowSet r, void* out_) {
   const int64_t mt = ceil_div(rows, kTM), nt = ceil_div(F, kTN);
   for (int64_t tile = blockIdx.x; tile < mt * nt; tile += gridDim.x) {
     const int64_t m0 = (tile / nt) * kTM, n0 = (tile % nt) * kTN;
-    tile_product<A, true, true>(
+    tile_product<A, kTM, kTN, true, true>(
         rows, F, D, m0, n0,
         [&](int64_t m, int64_t d) {
           return row_allowed(a, r, m) ? to_acc<A>(row_of<T>(r, m)[d * r.xs[3]]) : A(0);
@@ -240,24 +241,53 @@ __global__ void key_stats_kernel(const LinArgs a, const RowSet r, const void* e_
   }
 }
 
-/// Softmax features, per (b, hkv): cs[2 item] = running maximum after all allowed keys, cs[2 item + 1] =
-/// after the CPU's first chunk (C keys).
-template <class T>
-__global__ void key_max_kernel(const LinArgs a, const void* mK_, void* cs_) {
-  using A = acc_t<T>;
-  const A* mK = static_cast<const A*>(mK_);
-  A* cs = static_cast<A*>(cs_);
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < a.B * a.Hkv; item += step) {
-    const int64_t L = key_count(a, item / a.Hkv);
-    A c = math::neg_inf<A>(), c1 = c;
-    for (int64_t j = 0; j < L; ++j) {
-      c = math::favor_running_max(c, mK[item * a.Sk + j]);
-      if (j + 1 == a.C) c1 = c;
+/// Running maximum (favor_running_max) of x[0, L) in key order by the whole block, written back in place
+/// when `write` (x[j] = max of x[0..j]); returns the maximum of all. Each thread takes a contiguous
+/// segment, thread 0 the segments' exclusive prefix. The maximum is exact in any grouping and NaN never
+/// enters it (x > c is false for NaN), so the values are the sequential loop's. part: kThreads + 1 shared.
+template <class A>
+__device__ __forceinline__ A block_running_max(A* x, int64_t L, bool write, A* part) {
+  const int64_t nt = blockDim.x, seg = ceil_div(L, nt), j0 = threadIdx.x * seg;
+  const int64_t j1 = j0 + seg < L ? j0 + seg : L;
+  A m = math::neg_inf<A>();
+  for (int64_t j = j0; j < j1; ++j) m = math::favor_running_max(m, x[j]);
+  part[threadIdx.x] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    A c = math::neg_inf<A>();
+    for (int64_t t = 0; t < nt; ++t) {
+      const A v = part[t];
+      part[t] = c;
+      c = math::favor_running_max(c, v);
     }
-    if (L < a.C) c1 = c;
-    cs[2 * item] = c;
-    cs[2 * item + 1] = c1;
+    part[nt] = c;
+  }
+  __syncthreads();
+  if (write) {
+    A c = part[threadIdx.x];
+    for (int64_t j = j0; j < j1; ++j) x[j] = c = math::favor_running_max(c, x[j]);
+  }
+  const A total = part[nt];
+  __syncthreads();  // part is reused by the caller's next call
+  return total;
+}
+
+/// Softmax features, one block per (b, hkv): cs[2 item] = running maximum after all allowed keys,
+/// cs[2 item + 1] = after the CPU's first chunk (C keys).
+template <class T>
+__global__ void key_max_kernel(const LinArgs a, void* mK_, void* cs_) {
+  using A = acc_t<T>;
+  __shared__ A part[kThreads + 1];
+  A* mK = static_cast<A*>(mK_);
+  A* cs = static_cast<A*>(cs_);
+  for (int64_t item = blockIdx.x; item < a.B * a.Hkv; item += gridDim.x) {
+    const int64_t L = key_count(a, item / a.Hkv);
+    const A c = block_running_max(mK + item * a.Sk, L, false, part);
+    const A c1 = block_running_max(mK + item * a.Sk, a.C < L ? a.C : L, false, part);
+    if (threadIdx.x == 0) {
+      cs[2 * item] = c;
+      cs[2 * item + 1] = c1;
+    }
   }
 }
 
@@ -329,7 +359,7 @@ __global__ void state_kernel(const LinArgs a, const void* phiK_, const void* cs_
     const A* ph = phiK + item * a.Sk * F;
     const T* v = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1];
     A* S = static_cast<A*>(a.states) + item * (F * Dv + F);
-    tile_product<A, false, false>(
+    tile_product<A, kTM, kTN, false, false>(
         F, Dv, L, m0, n0, [&](int64_t f, int64_t j) { return ph[j * F + f]; },
         [&](int64_t j, int64_t d) { return to_acc<A>(v[j * a.vs[2] + d * a.vs[3]]); },
         [&](int64_t f, int64_t d, A s) {
@@ -382,7 +412,7 @@ __global__ void out_kernel(const LinArgs a, const void* phiQ_, const void* den_)
     const A* ph = phiQ + bh * a.S * F;
     const A* S = static_cast<const A*>(a.states) + item * (F * Dv + F);
     const A* dn = den + bh * a.S;
-    tile_product<A, true, false>(
+    tile_product<A, kTM, kTN, true, false>(
         a.S, Dv, F, m0, n0, [&](int64_t t, int64_t f) { return ph[t * F + f]; },
         [&](int64_t f, int64_t d) { return S[f * Dv + d]; },
         [&](int64_t t, int64_t d, A o) { store_out<T, A>(a, b, h, t, d, o, dn[t]); });
@@ -419,17 +449,14 @@ __device__ __forceinline__ A c_at(const A* cK, int64_t n) {  // c after the firs
   return n > 0 ? cK[n - 1] : math::neg_inf<A>();
 }
 
+/// c_j in place of the key maxima, one block per (b, hkv).
 template <class T>
 __global__ void key_prefix_kernel(const LinArgs a, void* cK_) {
   using A = acc_t<T>;
+  __shared__ A part[kThreads + 1];
   A* cK = static_cast<A*>(cK_);
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < a.B * a.Hkv; item += step) {
-    const int64_t L = key_count(a, item / a.Hkv);
-    A c = math::neg_inf<A>();
-    A* ck = cK + item * a.Sk;
-    for (int64_t j = 0; j < L; ++j) ck[j] = c = math::favor_running_max(c, ck[j]);
-  }
+  for (int64_t item = blockIdx.x; item < a.B * a.Hkv; item += gridDim.x)
+    block_running_max(cK + item * a.Sk, key_count(a, item / a.Hkv), true, part);
 }
 
 /// inc[item][c] = [F][Dv] then [F] of chunk c. Blocks: (item, chunk, F tile, Dv tile); the Dv tile 0
@@ -457,7 +484,7 @@ __global__ void inc_kernel(const LinArgs a, const void* phiK_, const void* cK_, 
       return x;
     };
     if (Dv > 0)
-      tile_product<A, false, false>(
+      tile_product<A, kTM, kTN, false, false>(
           F, Dv, kn, m0, n0, [&](int64_t f, int64_t j) { return key(j, f); },
           [&](int64_t j, int64_t d) { return to_acc<A>(v[j * a.vs[2] + d * a.vs[3]]); },
           [&](int64_t f, int64_t d, A s) { out[f * Dv + d] = s; });
@@ -511,7 +538,7 @@ __global__ void scan_kernel(const LinArgs a, const void* cK_, void* inc_, int64_
 }
 
 /// Am[row][j] (rows of phi(Q), j < C) = phi(q_t) . phi(k_j) exp(c_j - c_t) for j <= t, j < kn.
-template <class T>
+template <class T, int TM>
 __global__ void scores_kernel(const LinArgs a, const void* phiQ_, const void* phiK_, const void* cK_, void* Am_,
                               int64_t nch) {
   using A = acc_t<T>;
@@ -520,18 +547,18 @@ __global__ void scores_kernel(const LinArgs a, const void* phiQ_, const void* ph
   const A* cKall = static_cast<const A*>(cK_);
   A* Am = static_cast<A*>(Am_);
   const int64_t F = a.F, C = a.C;
-  const int64_t mt = ceil_div(C, kTM), per = mt * mt;
+  const int64_t mt = ceil_div(C, TM), per = mt * mt;
   for (int64_t tile = blockIdx.x; tile < a.B * a.Hq * nch * per; tile += gridDim.x) {
     const int64_t bc = tile / per, bh = bc / nch, c = bc % nch, b = bh / a.Hq, h = bh % a.Hq;
     const int64_t item = b * a.Hkv + h / a.G;
-    const int64_t m0 = (tile % per) / mt * kTM, n0 = (tile % per) % mt * kTM;
+    const int64_t m0 = (tile % per) / mt * TM, n0 = (tile % per) % mt * TM;
     const int64_t L = key_count(a, b), j0 = c * C, kn = chunk_keys(j0, C, a.S, L);
     const int64_t tn = C < a.S - j0 ? C : a.S - j0;
     const A* q = phiQ + (bh * a.S + j0) * F;
     const A* k = phiK + (item * a.Sk + j0) * F;
     const A* ck = a.stab ? cKall + item * a.Sk : nullptr;
     A* out = Am + (bh * a.S + j0) * C;
-    tile_product<A, true, true>(
+    tile_product<A, TM, TM, true, true>(
         tn, kn, F, m0, n0, [&](int64_t t, int64_t f) { return q[t * F + f]; },
         [&](int64_t f, int64_t j) { return k[j * F + f]; },
         [&](int64_t t, int64_t j, A s) {
@@ -583,7 +610,7 @@ __global__ void causal_den_kernel(const LinArgs a, const void* phiQ_, const void
 }
 
 /// out rows of chunk c = (phi(Q_c) P_c) rq + sum_{j <= t} A[t][j] v_j, over tiles of rows x Dv.
-template <class T>
+template <class T, int TM>
 __global__ void causal_out_kernel(const LinArgs a, const void* phiQ_, const void* P_, const void* Am_,
                                   const void* den_, const void* rq_, int64_t nch) {
   using A = acc_t<T>;
@@ -593,18 +620,18 @@ __global__ void causal_out_kernel(const LinArgs a, const void* phiQ_, const void
   const A* den = static_cast<const A*>(den_);
   const A* rqa = static_cast<const A*>(rq_);
   const int64_t F = a.F, Dv = a.Dv, E = F * Dv + F, C = a.C;
-  const int64_t mt = ceil_div(C, kTM), nt = ceil_div(Dv, kTN), per = mt * nt;
+  const int64_t mt = ceil_div(C, TM), nt = ceil_div(Dv, kTN), per = mt * nt;
   for (int64_t tile = blockIdx.x; tile < a.B * a.Hq * nch * per; tile += gridDim.x) {
     const int64_t bc = tile / per, bh = bc / nch, c = bc % nch, b = bh / a.Hq, h = bh % a.Hq;
     const int64_t item = b * a.Hkv + h / a.G, hkv = h / a.G;
-    const int64_t m0 = (tile % per) / nt * kTM, n0 = (tile % per) % nt * kTN;
+    const int64_t m0 = (tile % per) / nt * TM, n0 = (tile % per) % nt * kTN;
     const int64_t L = key_count(a, b), j0 = c * C, kn = chunk_keys(j0, C, a.S, L);
     const int64_t tn = C < a.S - j0 ? C : a.S - j0;
     const int64_t row0 = bh * a.S + j0;
     const A* q = phiQ + row0 * F;
     const A* S = P + (item * nch + c) * E;
     const T* v = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1] + j0 * a.vs[2];
-    tile_product<A, true, false>(
+    tile_product<A, TM, kTN, true, false>(
         tn, Dv, F, m0, n0, [&](int64_t t, int64_t f) { return q[t * F + f]; },
         [&](int64_t f, int64_t d) { return S[f * Dv + d]; },
         [&](int64_t t, int64_t d, A o) {
@@ -726,7 +753,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     if (a.stab && krows > 0) {
       key_stats_kernel<T><<<grid(ceil_div(krows, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cK);
       ATTNKIT_CUDA_CHECK_LAUNCH();
-      key_prefix_kernel<T><<<grid(ceil_div(items, kThreads)), kThreads, 0, stream>>>(a, cK);
+      key_prefix_kernel<T><<<grid(items), kThreads, 0, stream>>>(a, cK);
       ATTNKIT_CUDA_CHECK_LAUNCH();
       if (F > 0) {
         key_exp_kernel<T><<<grid(ceil_div(krows * F, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cK, true);
@@ -751,13 +778,21 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
         ATTNKIT_CUDA_CHECK_LAUNCH();
       }
     }
-    const int64_t cm = ceil_div(C, kTM);
-    scores_kernel<T><<<grid(p.B * p.Hq * nch * cm * cm), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
+    // Chunks of at most 32 rows (the default) take 32-row tiles, longer ones 64-row tiles.
+    const bool small = C <= 32;
+    const int64_t cm = ceil_div(C, small ? 32 : kTM), sc_blocks = p.B * p.Hq * nch * cm * cm;
+    if (small)
+      scores_kernel<T, 32><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
+    else
+      scores_kernel<T, kTM><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     causal_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, cK, P, Am, den, rq, nch);
     ATTNKIT_CUDA_CHECK_LAUNCH();
-    causal_out_kernel<T><<<grid(p.B * p.Hq * nch * cm * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(
-        a, phiQ, P, Am, den, rq, nch);
+    const int64_t out_blocks = p.B * p.Hq * nch * cm * ceil_div(Dv, kTN);
+    if (small)
+      causal_out_kernel<T, 32><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
+    else
+      causal_out_kernel<T, kTM><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -791,7 +826,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
       key_stats_kernel<T><<<grid(ceil_div(krows, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, mK);
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
-    key_max_kernel<T><<<grid(ceil_div(items, kThreads)), kThreads, 0, stream>>>(a, mK, cs);
+    key_max_kernel<T><<<grid(items), kThreads, 0, stream>>>(a, mK, cs);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     if (krows > 0 && F > 0) {
       key_exp_kernel<T><<<grid(ceil_div(krows * F, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cs, false);

@@ -106,6 +106,8 @@ template <class T> void all() {
   run<T>("big elu1 bidir state", LinearMap::Elu1, false, 0, 1e-6, 1, true, true, 130, 129);
   run<T>("big favor softmax causal chunk20 state", LinearMap::FavorSoftmax, true, 20, 1e-3, 1, true, true, 90, 90, 70);
   run<T>("big elu1 causal state", LinearMap::Elu1, true, 0, 1e-6, 1, true, true, 100);
+  run<T>("big favor softmax causal chunk70 state", LinearMap::FavorSoftmax, true, 70, 1e-3, 2, true, true, 160, 160, 70);
+  run<T>("big elu1 causal chunk40", LinearMap::Elu1, true, 40, 1e-6, 1, true, false, 100);
   g_D = 7; g_Dv = 6;
 }
 int main() {
