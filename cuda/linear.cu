@@ -99,7 +99,8 @@ __device__ __forceinline__ void store_out(const LinArgs& a, int64_t b, int64_t h
 //                     factor exp(-inf - c) multiplies state_in);
 //   key_exp_kernel    (softmax features) phi(k) relative to the final maximum: exp(e - |k'|^2/2 - c - ln(m)/2)
 //                     (the CPU reaches the same value through per-key c_j and chunk rescales: rounding only);
-//   z_kernel          z[f] = z_in r0 + sum_j phi(k_j)_f, one thread per (b, hkv, f), keys in order;
+//   z_part_kernel     partial sums of phi(k_j)_f over fixed segments of kZSeg keys, keys in order;
+//   z_kernel          z[f] = z_in r0 + the partial sums in segment order, one thread per (b, hkv, f);
 //   state_kernel      S = S_in r0 + phi(K)^T V by tiles of F x Dv, keys in order; writes state_out;
 //   query_den_kernel  (queries) the softmax map with the row's maximum, and den = phi(q) . z per row;
 //   out_kernel        out = phi(Q) S by tiles of rows x Dv, features in order, divided by den + eps.
@@ -199,19 +200,29 @@ __global__ void features_kernel(const LinArgs a, const RowSet r, void* out_) {
     }
     return;
   }
+  // The tile's row pointers and whether each row is allowed, found once per tile (no divisions per load;
+  // a flag rather than null: an empty operand may have a null data pointer).
+  __shared__ const T* rp[kTM];
+  __shared__ bool rok[kTM];
   const A* wS = static_cast<const A*>(a.wS);
   const int64_t mt = ceil_div(rows, kTM), nt = ceil_div(F, kTN);
   for (int64_t tile = blockIdx.x; tile < mt * nt; tile += gridDim.x) {
     const int64_t m0 = (tile / nt) * kTM, n0 = (tile % nt) * kTN;
+    for (int64_t i = threadIdx.x; i < kTM; i += blockDim.x) {
+      rok[i] = m0 + i < rows && row_allowed(a, r, m0 + i);
+      rp[i] = rok[i] ? row_of<T>(r, m0 + i) : nullptr;
+    }
+    __syncthreads();
     tile_product<A, kTM, kTN, true, true>(
         rows, F, D, m0, n0,
         [&](int64_t m, int64_t d) {
-          return row_allowed(a, r, m) ? to_acc<A>(row_of<T>(r, m)[d * r.xs[3]]) : A(0);
+          return rok[m - m0] ? to_acc<A>(rp[m - m0][d * r.xs[3]]) : A(0);
         },
         [&](int64_t d, int64_t f) { return wS[f * D + d]; },
         [&](int64_t m, int64_t f, A s) {
-          if (row_allowed(a, r, m)) out[m * F + f] = a.stab ? s : math::performer_relu<A>(s);
+          if (rok[m - m0]) out[m * F + f] = a.stab ? s : math::performer_relu<A>(s);
         });
+    __syncthreads();  // rp, rok are rewritten for the next tile
   }
 }
 
@@ -316,11 +327,33 @@ __device__ __forceinline__ A state_in_factor(const LinArgs& a, const A* cs, int6
   return DevExp()(math::favor_rescale_arg<A, A>(math::neg_inf<A>(), cs[2 * item + 1]));
 }
 
-/// z of every (b, hkv) into a.states and z_out: one thread per (item, f), keys in order.
+constexpr int64_t kZSeg = 256;  // keys per partial sum of z (a fixed split: no launch dependence)
+
+/// zp[item][seg][f] = sum of phi(k_j)_f over the allowed keys of segment seg (kZSeg keys), keys in order.
 template <class T>
-__global__ void z_kernel(const LinArgs a, const void* phiK_, const void* cs_) {
+__global__ void z_part_kernel(const LinArgs a, const void* phiK_, void* zp_, int64_t nseg) {
   using A = acc_t<T>;
   const A* phiK = static_cast<const A*>(phiK_);
+  A* zp = static_cast<A*>(zp_);
+  const int64_t F = a.F;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.B * a.Hkv * nseg * F;
+       i += step) {
+    const int64_t f = i % F, is = i / F, seg = is % nseg, item = is / nseg;
+    const int64_t L = key_count(a, item / a.Hkv), j0 = seg * kZSeg;
+    const int64_t j1 = j0 + kZSeg < L ? j0 + kZSeg : L;
+    const A* ph = phiK + item * a.Sk * F + f;
+    A s = A(0);
+    for (int64_t j = j0; j < j1; ++j) s += ph[j * F];
+    zp[i] = s;
+  }
+}
+
+/// z of every (b, hkv) = z_in r0 + the partial sums in segment order, into a.states and z_out.
+template <class T>
+__global__ void z_kernel(const LinArgs a, const void* zp_, const void* cs_, int64_t nseg) {
+  using A = acc_t<T>;
+  const A* zp = static_cast<const A*>(zp_);
   const A* cs = static_cast<const A*>(cs_);
   const int64_t F = a.F, Dv = a.Dv;
   const A* zi = static_cast<const A*>(a.z_in);
@@ -332,9 +365,8 @@ __global__ void z_kernel(const LinArgs a, const void* phiK_, const void* cs_) {
     A z = zi ? zi[b * a.zis[0] + hkv * a.zis[1] + f * a.zis[2]] : A(0);
     const A r0 = state_in_factor(a, cs, item, L);
     if (r0 != A(1)) z *= r0;
-    const A* ph = phiK + item * a.Sk * F + f;
     A s = A(0);
-    for (int64_t j = 0; j < L; ++j) s += ph[j * F];
+    for (int64_t seg = 0; seg < nseg; ++seg) s += zp[(item * nseg + seg) * F + f];
     z += s;
     static_cast<A*>(a.states)[item * (F * Dv + F) + F * Dv + f] = z;
     if (zo) zo[b * a.zos[0] + hkv * a.zos[1] + f * a.zos[2]] = z;
@@ -433,10 +465,6 @@ __global__ void out_kernel(const LinArgs a, const void* phiQ_, const void* den_)
 //   causal_den_kernel   per row r_t = exp(c_prev - c_t), den = (phi(q_t) . z_c) r_t + sum_j A[t][j];
 //   causal_out_kernel   per chunk (phi(Q_c) P_c) r_t + sum_{j <= t} A[t][j] v_j (rows x Dv tiles).
 // c_t = c at key min(t, L - 1) (-inf without keys); c_prev of chunk c = c at key min(j0, L) - 1.
-
-struct Chunking {
-  int64_t C, nch;
-};
 
 __device__ __forceinline__ int64_t chunk_keys(int64_t j0, int64_t C, int64_t S, int64_t L) {
   const int64_t tn = C < S - j0 ? C : S - j0;
@@ -801,7 +829,9 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   const int64_t items = p.B * p.Hkv, krows = items * p.Sk, qrows = p.B * p.Hq * (p.causal ? 0 : p.S);
   const int64_t state_elems = items * (F * Dv + F);
   const int64_t stat_elems = a.stab ? krows : 0;
-  const int64_t n_all = wS_elems + state_elems + krows * F + 2 * stat_elems + 2 * items + qrows * F + qrows;
+  const int64_t nseg = ceil_div(p.Sk, kZSeg), zp_elems = items * nseg * F;
+  const int64_t n_all =
+      wS_elems + state_elems + krows * F + 2 * stat_elems + 2 * items + qrows * F + qrows + zp_elems;
   Workspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream);
   A* base = ws.as<A>();
   a.wS = base;
@@ -812,6 +842,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   A* cs = mK + stat_elems;
   A* phiQ = cs + 2 * items;
   A* den = phiQ + qrows * F;
+  A* zp = den + qrows;
   if (wS_elems > 0) {
     scale_features_kernel<A><<<blocks_for(wS_elems, kThreads), kThreads, 0, stream>>>(
         base, p.features.data, p.features.dtype, p.features.stride[0], p.features.stride[1], F, p.D, fs);
@@ -834,7 +865,11 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     }
   }
   if (F > 0) {
-    z_kernel<T><<<grid(ceil_div(items * F, kThreads)), kThreads, 0, stream>>>(a, phiK, cs);
+    if (zp_elems > 0) {
+      z_part_kernel<T><<<grid(ceil_div(zp_elems, kThreads)), kThreads, 0, stream>>>(a, phiK, zp, nseg);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+    z_kernel<T><<<grid(ceil_div(items * F, kThreads)), kThreads, 0, stream>>>(a, zp, cs, nseg);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     if (Dv > 0) {
       state_kernel<T><<<grid(items * ceil_div(F, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiK, cs);

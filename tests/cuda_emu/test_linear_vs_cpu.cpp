@@ -88,6 +88,8 @@ template <class T> void all() {
   run<T>("favor softmax causal chunk6 amp4 state", LinearMap::FavorSoftmax, true, 6, 1e-3, 4, true, true);
   run<T>("favor softmax bidir chunk6 amp4 state", LinearMap::FavorSoftmax, false, 6, 1e-3, 4, true, true, 45, 40);
   run<T>("favor softmax bidir default chunk", LinearMap::FavorSoftmax, false, 0, 1e-3, 3, false, false, 300, 200);
+  run<T>("favor softmax bidir Sk=600 lens state", LinearMap::FavorSoftmax, false, 0, 1e-3, 2, true, true, 20, 600);
+  run<T>("elu1 bidir Sk=700", LinearMap::Elu1, false, 0, 1e-6, 1, false, false, 10, 700);
   run<T>("favor softmax causal default chunk S=100", LinearMap::FavorSoftmax, true, 0, 1e-3, 3, true, false, 100);
   run<T>("favor relu causal", LinearMap::FavorRelu, true, 0, 1e-6, 1, true, false);
   run<T>("favor relu bidir", LinearMap::FavorRelu, false, 0, 1e-6, 1, true, false, 20, 33);
