@@ -17,9 +17,10 @@ static uint64_t rs = 7;
 static double urand() { rs = rs * 6364136223846793005ULL + 1442695040888963407ULL; return ((rs >> 11) * (1.0 / 9007199254740992.0)); }
 static int fails = 0;
 static int g_nan = 0;  // 1: NaN in v, 2: NaN in k, 3: inf in k
+static int64_t g_D = 7, g_Dv = 6;  // head dims (larger ones cross the GPU kernels' 64 x 64 x 16 tiles)
 template <class T> void run(const char* name, LinearMap map, bool causal, int64_t chunk, double eps, double amp, bool lens,
                             bool state, int64_t S = 45, int64_t Sk = 45, int64_t m = 11) {
-  const int64_t B = 2, Hq = 4, Hkv = 2, D = 7, Dv = 6;
+  const int64_t B = 2, Hq = 4, Hkv = 2, D = g_D, Dv = g_Dv;
   const bool proj = map == LinearMap::FavorSoftmax || map == LinearMap::FavorRelu;
   const int64_t F = proj ? m : D;
   if (causal) Sk = S;
@@ -87,6 +88,8 @@ template <class T> void all() {
   run<T>("favor softmax causal chunk6 amp4 state", LinearMap::FavorSoftmax, true, 6, 1e-3, 4, true, true);
   run<T>("favor softmax bidir chunk6 amp4 state", LinearMap::FavorSoftmax, false, 6, 1e-3, 4, true, true, 45, 40);
   run<T>("favor softmax bidir default chunk", LinearMap::FavorSoftmax, false, 0, 1e-3, 3, false, false, 300, 200);
+  run<T>("favor softmax bidir Sk=600 lens state", LinearMap::FavorSoftmax, false, 0, 1e-3, 2, true, true, 20, 600);
+  run<T>("elu1 bidir Sk=700", LinearMap::Elu1, false, 0, 1e-6, 1, false, false, 10, 700);
   run<T>("favor softmax causal default chunk S=100", LinearMap::FavorSoftmax, true, 0, 1e-3, 3, true, false, 100);
   run<T>("favor relu causal", LinearMap::FavorRelu, true, 0, 1e-6, 1, true, false);
   run<T>("favor relu bidir", LinearMap::FavorRelu, false, 0, 1e-6, 1, true, false, 20, 33);
@@ -99,6 +102,15 @@ template <class T> void all() {
     g_nan = 0;
   }
   run<T>("favor softmax causal amp30 (overflow guard)", LinearMap::FavorSoftmax, true, 8, 1e-3, 30, false, false);
+  g_D = 37; g_Dv = 70;  // several tiles along D, F, Dv and the rows
+  run<T>("big favor softmax bidir state", LinearMap::FavorSoftmax, false, 0, 1e-3, 1, true, true, 140, 150, 130);
+  run<T>("big favor relu bidir", LinearMap::FavorRelu, false, 0, 1e-6, 1, true, false, 70, 150, 65);
+  run<T>("big elu1 bidir state", LinearMap::Elu1, false, 0, 1e-6, 1, true, true, 130, 129);
+  run<T>("big favor softmax causal chunk20 state", LinearMap::FavorSoftmax, true, 20, 1e-3, 1, true, true, 90, 90, 70);
+  run<T>("big elu1 causal state", LinearMap::Elu1, true, 0, 1e-6, 1, true, true, 100);
+  run<T>("big favor softmax causal chunk70 state", LinearMap::FavorSoftmax, true, 70, 1e-3, 2, true, true, 160, 160, 70);
+  run<T>("big elu1 causal chunk40", LinearMap::Elu1, true, 40, 1e-6, 1, true, false, 100);
+  g_D = 7; g_Dv = 6;
 }
 int main() {
   for (unsigned th : {1u, 6u}) { g_emu_threads = th; all<double>(); all<float>(); }
