@@ -297,28 +297,7 @@ void lsh_attention_impl(const LshProblem& P, cudaStream_t stream) {
 
   // The round's attention problem on the sorted rows (contiguous [B, H, S, *] buffers), as on the CPU.
   const DType tdt = sizeof(T) == 8 ? DType::Float64 : DType::Float32;
-  AttnProblem s = p;
-  auto contiguous = [](ViewN<4>& v, const void* data, int64_t H, int64_t S, int64_t Dd, DType dt) {
-    v.data = data;
-    v.dtype = dt;
-    const int64_t shape[4] = {v.shape[0], H, S, Dd};
-    const int64_t stride[4] = {H * S * Dd, S * Dd, Dd, 1};
-    for (int d = 0; d < 4; ++d) v.shape[d] = shape[d], v.stride[d] = stride[d];
-  };
-  s.dtype = tdt;
-  contiguous(s.q, q_s, Hq, Sq, D, tdt);
-  contiguous(s.k, k_s, Hkv, Sk, D, tdt);
-  contiguous(s.v, v_s, Hkv, Sk, Dv, tdt);
-  s.out = out_r;
-  const int64_t ostr[4] = {Hq * Sq * Dv, Sq * Dv, Dv, 1};
-  std::copy(ostr, ostr + 4, s.out_stride);
-  s.lse = lse_r;
-  const int64_t lstr[3] = {Hq * Sq, Sq, 1};
-  std::copy(lstr, lstr + 3, s.lse_stride);
-  s.causal = false;
-  s.key_lengths = ViewN<1>();
-  s.row_lo = lo;
-  s.row_hi = hi;
+  const AttnProblem s = lsh_round_problem(p, tdt, q_s, k_s, v_s, out_r, lse_r, lo, hi);
 
   RangeArgs ra;
   ra.nq = nq, ra.Sq = Sq, ra.Sk = Sk, ra.Hq = Hq, ra.Hkv = Hkv, ra.G = p.group(), ra.nb = nb;

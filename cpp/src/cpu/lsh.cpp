@@ -200,28 +200,7 @@ void lsh_attention_impl(const LshProblem& P) {
   std::fill(sum, sum + nacc, T(0));
 
   // The round's attention problem on the sorted rows (contiguous [B, H, S, *] buffers).
-  AttnProblem s = p;
-  auto contiguous = [](ViewN<4>& v, const void* data, int64_t H, int64_t S, int64_t Dd, DType dt) {
-    v.data = data;
-    v.dtype = dt;
-    const int64_t shape[4] = {v.shape[0], H, S, Dd};
-    const int64_t stride[4] = {H * S * Dd, S * Dd, Dd, 1};
-    for (int d = 0; d < 4; ++d) v.shape[d] = shape[d], v.stride[d] = stride[d];
-  };
-  s.dtype = tdt;
-  contiguous(s.q, qs, Hq, Sq, D, tdt);
-  contiguous(s.k, ks, Hkv, Sk, D, tdt);
-  contiguous(s.v, vs, Hkv, Sk, Dv, tdt);
-  s.out = out_r;
-  const int64_t ostr[4] = {Hq * Sq * Dv, Sq * Dv, Dv, 1};
-  std::copy(ostr, ostr + 4, s.out_stride);
-  s.lse = lse_r;
-  const int64_t lstr[3] = {Hq * Sq, Sq, 1};
-  std::copy(lstr, lstr + 3, s.lse_stride);
-  s.causal = false;
-  s.key_lengths = ViewN<1>();
-  s.row_lo = lo;
-  s.row_hi = hi;
+  const AttnProblem s = lsh_round_problem(p, tdt, qs, ks, vs, out_r, lse_r, lo, hi);
 
   for (int64_t r = 0; r < R; ++r) {
 #if defined(_OPENMP)

@@ -132,6 +132,26 @@ LshBucketsProblem validate_lsh_buckets(const LshBucketsParams& p, OutputSpecs* i
   return r;
 }
 
+AttnProblem lsh_round_problem(const AttnProblem& p, DType dt, const void* q, const void* k, const void* v, void* out,
+                              void* lse, const int32_t* lo, const int32_t* hi) {
+  AttnProblem s = p;
+  s.dtype = dt;
+  s.q = contiguous_view(q, dt, p.B, p.Hq, p.Sq, p.D);
+  s.k = contiguous_view(k, dt, p.B, p.Hkv, p.Sk, p.D);
+  s.v = contiguous_view(v, dt, p.B, p.Hkv, p.Sk, p.Dv);
+  s.out = out;
+  const int64_t ostr[4] = {p.Hq * p.Sq * p.Dv, p.Sq * p.Dv, p.Dv, 1};
+  std::copy(ostr, ostr + 4, s.out_stride);
+  s.lse = lse;
+  const int64_t lstr[3] = {p.Hq * p.Sq, p.Sq, 1};
+  std::copy(lstr, lstr + 3, s.lse_stride);
+  s.causal = false;
+  s.key_lengths = ViewN<1>();
+  s.row_lo = lo;
+  s.row_hi = hi;
+  return s;
+}
+
 }  // namespace detail
 
 /// A layout's structure (sizes, sorted in-range indices), checked on the host where it is built.

@@ -18,6 +18,12 @@ struct LshProblem {
 };
 LshProblem validate_lsh_attention(const LshAttentionParams& p, OutputSpecs* infer = nullptr);
 
+/// The exact-attention problem of one LSH round, on every backend: the bucket-sorted rows in contiguous
+/// [B, H, S, *] buffers of dtype `dt` (q, k, v), their output and LSE buffers, and each sorted query row's
+/// key range [lo, hi) (which replaces causal and key_lengths).
+AttnProblem lsh_round_problem(const AttnProblem& p, DType dt, const void* q, const void* k, const void* v, void* out,
+                              void* lse, const int32_t* lo, const int32_t* hi);
+
 /// A validated lsh_buckets problem.
 struct LshBucketsProblem {
   Device device = Device::CPU;

@@ -57,6 +57,8 @@ ViewN<N> broadcast_view(const TensorRef& t, const int64_t (&target)[N], const ch
 
 /// Rank-2/3/4 attention operand brought to [B, H, S, D] (missing leading dims of size 1, stride 0).
 ViewN<4> bhsd_view(const TensorRef& t, const char* name);
+/// A C-contiguous [B, H, S, D] view of a backend's own buffer (scratch a backend hands to another kernel).
+ViewN<4> contiguous_view(const void* data, DType dtype, int64_t B, int64_t H, int64_t S, int64_t D);
 
 /// Accumulator (and log-sum-exp, state) dtype of an input dtype: Float64 for Float64, else Float32.
 DType accumulator_dtype(DType t);
