@@ -429,14 +429,9 @@ void run_decode(const AttnProblem& p) {
   DecodeGeom g = decode_geometry(p);
   const int64_t rows = p.B * p.Hq * p.Sq;
   const bool split = g.nsplit > 1;
-  Workspace ws(split ? sizeof(A) * static_cast<std::size_t>(g.nsplit) * static_cast<std::size_t>(rows) *
-                           static_cast<std::size_t>(p.Dv + 1)
-                     : 0,
-               st);
-  if (split) {
-    g.part_o = ws.as<A>();
-    g.part_lse = ws.as<A>() + static_cast<int64_t>(g.nsplit) * rows * p.Dv;
-  }
+  const SplitScratch<A> scratch(g.nsplit, rows, p.Dv, st);
+  g.part_o = scratch.o;
+  g.part_lse = scratch.lse;
   int kl = 0, nc = 0;
   decode_lanes(p, &kl, &nc);
   constexpr int V = DecVec<T>::n;

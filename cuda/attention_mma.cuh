@@ -150,7 +150,7 @@ __device__ __forceinline__ bool any_nonfinite(uint4 x) {
 }
 
 template <class T, int D, int KM>
-__global__ void __launch_bounds__(128, 1) exact_mma_kernel(const AttnProblem p, bool per_row) {
+__device__ __forceinline__ void exact_mma_body(const AttnProblem& p, bool per_row) {
   using S = MmaShape<D, KM>;
   constexpr int BQ = S::BQ, BK = S::BK, LD = S::LD, NT = BK / 8, ND = D / 8;
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
@@ -438,6 +438,25 @@ __global__ void __launch_bounds__(128, 1) exact_mma_kernel(const AttnProblem p, 
 }
 
 template <class T, int D, int KM>
+__global__ void __launch_bounds__(128, 1) exact_mma_kernel(const AttnProblem p, bool per_row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  // Two m-tiles per warp spill registers in sm_80 code: there the host launches KM = 1 only.
+  if constexpr (KM > 1)
+    __trap();
+  else
+#endif
+    exact_mma_body<T, D, KM>(p, per_row);
+}
+
+/// Whether the current device runs the two-m-tile blocks (sm_90 and later; see exact_mma_kernel).
+inline bool wide_blocks_ok() {
+  int dev = 0, major = 0;
+  ATTNKIT_CUDA_CHECK(cudaGetDevice(&dev));
+  ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  return major >= 9;
+}
+
+template <class T, int D, int KM>
 void launch_mma(const AttnProblem& p, bool per_row, cudaStream_t st) {
   using S = MmaShape<D, KM>;
   const std::size_t smem = per_row ? S::kSmemSlow : S::kSmem;
@@ -449,9 +468,9 @@ void launch_mma(const AttnProblem& p, bool per_row, cudaStream_t st) {
   ATTNKIT_CUDA_CHECK_LAUNCH();
 }
 
-/// Runs the tensor-core kernel: 128 query rows per block for head dims up to 64 where the problem has them
-/// (and the layout's query blocks hold whole blocks), else 64 (larger head dims: two m-tiles' accumulators
-/// would spill on sm_80).
+/// Runs the tensor-core kernel: 128 query rows per block for head dims up to 64 on sm_90+ where the
+/// problem has them (and the layout's query blocks hold whole blocks), else 64 (larger head dims and sm_80:
+/// two m-tiles' accumulators would spill).
 template <class T, int D>
 void run_mma(const AttnProblem& p) {
   if (p.empty_output()) return;
@@ -460,7 +479,7 @@ void run_mma(const AttnProblem& p) {
                        p.row_lo != nullptr;
   constexpr bool kWide = D <= 64;
   if constexpr (kWide) {
-    if (p.Sq > 64 && (!p.sparse || p.layout.bq % MmaShape<D, 2>::BQ == 0))
+    if (p.Sq > 64 && (!p.sparse || p.layout.bq % MmaShape<D, 2>::BQ == 0) && wide_blocks_ok())
       return launch_mma<T, D, 2>(p, per_row, st);
   }
   launch_mma<T, D, 1>(p, per_row, st);

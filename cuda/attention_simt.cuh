@@ -358,14 +358,9 @@ void run_simt(const AttnProblem& p, bool weights) {
   }
   choose_splits(p, g);
   const bool split = g.nsplit > 1;
-  Workspace ws(split ? sizeof(A) * static_cast<std::size_t>(g.nsplit) * static_cast<std::size_t>(rows) *
-                           static_cast<std::size_t>(p.Dv + 1)
-                     : 0,
-               st);
-  if (split) {
-    g.part_o = ws.as<A>();
-    g.part_lse = ws.as<A>() + static_cast<int64_t>(g.nsplit) * rows * p.Dv;
-  }
+  const SplitScratch<A> scratch(g.nsplit, rows, p.Dv, st);
+  g.part_o = scratch.o;
+  g.part_lse = scratch.lse;
   // Dv slices of at most 256 elements (128 for float64, whose accumulators take twice the registers).
   constexpr bool kWide = sizeof(A) == 4;
   if (p.Dv <= 32)

@@ -9,10 +9,29 @@
 #include "attnkit/math/softmax.h"
 #include "cpp/src/validate/attention.h"
 #include "cuda/common.cuh"
+#include "cuda/workspace.cuh"
 
 namespace attnkit {
 namespace detail {
 namespace cuda {
+
+/// Stream-ordered scratch for the partial results of nsplit > 1 splits (none for one split).
+template <class A>
+struct SplitScratch {
+  Workspace ws;
+  A* o = nullptr;    ///< [nsplit][rows][Dv]
+  A* lse = nullptr;  ///< [nsplit][rows]
+  SplitScratch(int nsplit, int64_t rows, int64_t Dv, cudaStream_t st)
+      : ws(nsplit > 1 ? sizeof(A) * static_cast<std::size_t>(nsplit) * static_cast<std::size_t>(rows) *
+                            static_cast<std::size_t>(Dv + 1)
+                      : 0,
+           st) {
+    if (nsplit > 1) {
+      o = ws.as<A>();
+      lse = o + static_cast<int64_t>(nsplit) * rows * Dv;
+    }
+  }
+};
 
 /// Merges the splits' partial outputs (in split order, the merge rule of math/softmax.h) into out / lse.
 /// One warp per row; lanes over Dv. Launch with blocks_for(B*Hq*Sq, blockDim.x / 32) blocks.

@@ -42,16 +42,6 @@ struct MergeArgs {
   PartDesc part[kPartsPerLaunch];
 };
 
-/// Element offset of row r (row-major over the first nd dims of shape) under strides (cpu/merge.cpp).
-__device__ __forceinline__ int64_t row_offset(int64_t r, const int64_t* shape, const int64_t* strides, int nd) {
-  int64_t off = 0;
-  for (int d = nd - 1; d >= 0; --d) {
-    const int64_t n = shape[d];
-    off += (r % n) * strides[d];
-    r /= n;
-  }
-  return off;
-}
 
 /// T: storage type of the outs and out; A: the lse type (the CPU's accumulator: float, or double for float64
 /// lses).
@@ -73,12 +63,12 @@ __global__ void merge_kernel(const MergeArgs a) {
     }
     for (int k = 0; k < a.parts; ++k) {
       const PartDesc& pd = a.part[k];
-      const A lse = static_cast<const A*>(pd.lse)[row_offset(r, a.shape, pd.lse_stride, a.nd)];
+      const A lse = static_cast<const A*>(pd.lse)[merge_row_offset(r, a.shape, pd.lse_stride, a.nd)];
       A w_part;
       const A w_old = math::merge_step(mx, sum, lse, &w_part);
       if (w_part == A(0) && w_old == A(1)) continue;  // as the CPU: an empty part's output is never read
       if (has_d) {
-        const int64_t oo = row_offset(r, a.shape, pd.out_stride, a.nd) + d * pd.out_stride[a.nd];
+        const int64_t oo = merge_row_offset(r, a.shape, pd.out_stride, a.nd) + d * pd.out_stride[a.nd];
         acc = acc * w_old + w_part * to_acc<A>(static_cast<const T*>(pd.out)[oo]);
       }
     }
@@ -89,11 +79,11 @@ __global__ void merge_kernel(const MergeArgs a) {
       continue;
     }
     if (has_d) {
-      const int64_t oo = row_offset(r, a.shape, a.out_stride, a.nd) + d * a.out_stride[a.nd];
+      const int64_t oo = merge_row_offset(r, a.shape, a.out_stride, a.nd) + d * a.out_stride[a.nd];
       static_cast<T*>(a.out)[oo] = from_acc<T, acc_t<T>>(static_cast<acc_t<T>>(acc * math::merge_scale(mx, sum)));
     }
     if (d == 0 && a.lse)
-      static_cast<A*>(a.lse)[row_offset(r, a.shape, a.lse_stride, a.nd)] = math::merge_lse(mx, sum);
+      static_cast<A*>(a.lse)[merge_row_offset(r, a.shape, a.lse_stride, a.nd)] = math::merge_lse(mx, sum);
   }
 }
 

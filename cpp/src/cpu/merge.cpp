@@ -10,16 +10,6 @@ namespace detail {
 namespace cpu {
 namespace {
 
-/// Element offset of row `r` (row-major index over the first nd dims of shape) under strides.
-int64_t row_offset(int64_t r, const int64_t* shape, const int64_t* strides, int nd) {
-  int64_t off = 0;
-  for (int d = nd - 1; d >= 0; --d) {
-    const int64_t n = shape[d];
-    off += (r % n) * strides[d];
-    r /= n;
-  }
-  return off;
-}
 
 template <class A>
 void merge_rows(const MergeProblem& p) {
@@ -33,21 +23,21 @@ void merge_rows(const MergeProblem& p) {
       for (int64_t d = 0; d < p.Dv; ++d) acc[d] = A(0);
       for (int64_t k = 0; k < P; ++k) {
         const TensorRef& lt = p.lses[k];
-        const A lse = static_cast<const A*>(lt.data)[row_offset(r, p.shape, lt.strides, nd)];
+        const A lse = static_cast<const A*>(lt.data)[merge_row_offset(r, p.shape, lt.strides, nd)];
         A w_part;
         const A w_old = math::merge_step(mx, sum, lse, &w_part);
         if (w_part == A(0) && w_old == A(1)) continue;
         const TensorRef& ot = p.outs[k];
-        const int64_t oo = row_offset(r, p.shape, ot.strides, nd);
+        const int64_t oo = merge_row_offset(r, p.shape, ot.strides, nd);
         const int64_t os = ot.strides[nd];
         for (int64_t d = 0; d < p.Dv; ++d) acc[d] = acc[d] * w_old + w_part * load_float<A>(ot.data, ot.dtype, oo + d * os);
       }
       // acc holds sum_p exp(lse_p - mx) out_p; dividing by sum gives sum_p exp(lse_p - lse) out_p.
       const A inv = math::merge_scale(mx, sum);
-      const int64_t oo = row_offset(r, p.shape, p.out.strides, nd);
+      const int64_t oo = merge_row_offset(r, p.shape, p.out.strides, nd);
       for (int64_t d = 0; d < p.Dv; ++d) store_float<A>(p.out.data, p.out.dtype, oo + d * p.out.strides[nd], acc[d] * inv);
       if (p.lse.defined())
-        static_cast<A*>(p.lse.data)[row_offset(r, p.shape, p.lse.strides, nd)] = math::merge_lse(mx, sum);
+        static_cast<A*>(p.lse.data)[merge_row_offset(r, p.shape, p.lse.strides, nd)] = math::merge_lse(mx, sum);
     });
   });
 }

@@ -3,6 +3,7 @@
 // backend receives the problems built here and never re-checks user input.
 
 #include "attnkit/attention.h"
+#include "attnkit/math/config.h"
 #include "validate/common.h"
 
 namespace attnkit {
@@ -72,6 +73,18 @@ struct MergeProblem {
 };
 
 MergeProblem validate_merge(const MergeParams& p, OutputSpecs* infer = nullptr);
+
+/// Element offset of merge row r (row-major over the first nd dims of `shape`) under `strides`; every
+/// backend's merge_attention walks rows this way.
+ATTNKIT_HD int64_t merge_row_offset(int64_t r, const int64_t* shape, const int64_t* strides, int nd) {
+  int64_t off = 0;
+  for (int d = nd - 1; d >= 0; --d) {
+    const int64_t n = shape[d];
+    off += (r % n) * strides[d];
+    r /= n;
+  }
+  return off;
+}
 
 }  // namespace detail
 }  // namespace attnkit
