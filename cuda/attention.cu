@@ -27,7 +27,7 @@ namespace {
 bool mma_supported(const AttnProblem& p) {
   if (p.dtype != DType::Float16 && p.dtype != DType::BFloat16) return false;
   if (p.D != p.Dv || !(p.D == 32 || p.D == 64 || p.D == 96 || p.D == 128 || p.D == 256)) return false;
-  if (p.Sq < 16) return false;  // decoding: the SIMT split-KV path
+  if (p.Sq < 16) return false;  // decoding: the decode / SIMT split-KV paths
   if (p.sparse && p.layout.bq % kMmaRows != 0) return false;
   const ViewN<4>* ops[3] = {&p.q, &p.k, &p.v};
   for (const ViewN<4>* v : ops) {
