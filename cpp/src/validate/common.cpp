@@ -288,20 +288,5 @@ ViewN<1> key_lengths_view(const TensorRef& t, const TensorRef& ref, int64_t B, i
   return r;
 }
 
-ViewN<4> contiguous_view(const void* data, DType dtype, int64_t B, int64_t H, int64_t S, int64_t D) {
-  ViewN<4> v;
-  v.present = true;
-  v.data = data;
-  v.dtype = dtype;
-  const int64_t shape[4] = {B, H, S, D};
-  int64_t stride = 1;
-  for (int d = 3; d >= 0; --d) {
-    v.shape[d] = shape[d];
-    v.stride[d] = stride;
-    stride *= shape[d];
-  }
-  return v;
-}
-
 }  // namespace detail
 }  // namespace attnkit

@@ -58,7 +58,21 @@ ViewN<N> broadcast_view(const TensorRef& t, const int64_t (&target)[N], const ch
 /// Rank-2/3/4 attention operand brought to [B, H, S, D] (missing leading dims of size 1, stride 0).
 ViewN<4> bhsd_view(const TensorRef& t, const char* name);
 /// A C-contiguous [B, H, S, D] view of a backend's own buffer (scratch a backend hands to another kernel).
-ViewN<4> contiguous_view(const void* data, DType dtype, int64_t B, int64_t H, int64_t S, int64_t D);
+inline ViewN<4> contiguous_view(const void* data, DType dtype, int64_t B, int64_t H, int64_t S, int64_t D) {
+  ViewN<4> v;
+  v.present = true;
+  v.data = data;
+  v.dtype = dtype;
+  const int64_t shape[4] = {B, H, S, D};
+  int64_t stride = 1;
+  for (int d = 3; d >= 0; --d) {
+    v.shape[d] = shape[d];
+    v.stride[d] = stride;
+    stride *= shape[d];
+  }
+  return v;
+}
+
 
 /// Accumulator (and log-sum-exp, state) dtype of an input dtype: Float64 for Float64, else Float32.
 DType accumulator_dtype(DType t);
