@@ -259,6 +259,16 @@ def test_empty_sequence_returns_initial_state(rng):
     np.testing.assert_array_equal(z, z0)
 
 
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_empty_value_dim_still_returns_normalizer(rng, causal):
+    # Dv = 0: the state S is empty, but the normalizer z has F entries and must be written
+    q, k, v = qkv(rng, 1, 2, 2, 5, 5, 4, 0, np.float32)
+    out, (s, z) = attnkit.linear_attention(q, k, v, causal=causal, return_state=True)
+    _, (s_ref, z_ref) = ref.linear_attention(q, k, v, causal=causal, return_state=True)
+    assert out.shape == (1, 2, 5, 0) and s.shape == (1, 2, 4, 0)
+    np.testing.assert_allclose(z, z_ref, rtol=1e-5)
+
 # ---------------------------------------------------------------------------- causality, determinism
 @pytest.mark.parametrize("t0", [0, 37, 63, 64, 100])
 def test_causality_bitwise(rng, t0):

@@ -363,7 +363,8 @@ struct LinearKernel {
 
   static void save_state(const Ctx& c, int64_t b, int64_t hkv, const T* Sst, const T* z) {
     const LinearProblem& p = *c.p;
-    if (!p.state_out) return;
+    // z_out, not state_out: with Dv = 0 the state is empty (its data may be null) but z still has F entries.
+    if (!p.z_out) return;
     T* sb = static_cast<T*>(p.state_out) + b * p.state_out_stride[0] + hkv * p.state_out_stride[1];
     T* zb = static_cast<T*>(p.z_out) + b * p.z_out_stride[0] + hkv * p.z_out_stride[1];
     for (int64_t f = 0; f < p.F; ++f) {
