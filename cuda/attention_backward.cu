@@ -12,7 +12,9 @@
 //                 order, rows in order inside a chunk); dK / dV are summed over the group's heads;
 //   dq_kernel     one block per (b, query head, chunk of kBQ rows): the same tiles for the keys the chunk's
 //                 rows can see, dQ_chunk += scale dS K_tile (tiles in key order), and dbias = dL/ds.
-// Both kernels recompute P from lse with the same device function, so they see the same P and dS bits.
+// Both kernels recompute P from lse with the same device function (score_tile), so they see the same P
+// and dS bits; its dot products q_i . k_j and dout_i . v_j stage both sides in shared memory by slabs of
+// kSlab dimensions (tile_dot), each pair summed by one thread over d in order.
 // Accumulators live in workspace of A ([B Hkv Sk][D + Dv] and [B Hq Sq][D]: O(S), never S x S), each
 // element owned by the one block that writes it; the block finally rounds its rows to the output dtype.
 //
@@ -36,6 +38,8 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kBQ = 32;  // query rows of a score tile
 constexpr int kBK = 32;  // keys of a score tile (kBQ * kBK = 4 pairs per thread)
+constexpr int kSlab = 32;  // dimensions per shared-memory slab of the dot products
+static_assert(kBQ == kBK, "tile_dot loads both sides with one loop");
 
 __host__ __device__ __forceinline__ int64_t cdiv(int64_t n, int64_t d) { return (n + d - 1) / d; }
 __host__ __device__ __forceinline__ int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -71,17 +75,58 @@ __device__ __forceinline__ bool sparse_allowed(const AttnProblem& p, int64_t h, 
   return lo < L.row_ptr[r + 1] && L.col_idx[lo] == kb;
 }
 
-/// P and dS (= dL/dx, after the soft-cap's derivative) of rows [i0, i0 + n) of query head (b, h) against
-/// keys [j0, j0 + jn) into sP / sDS [kBQ][kBK] (zero outside the n x jn pairs and for pairs that do not take
-/// part). dbias_out: write dL/ds of every pair of the tile to dbias (the dq kernel only). Every thread must
+/// out[ii][jj] = x_i . y_j (x: rows [i0, i0 + n) of head (b, h) of xv; y: rows [j0, j0 + jn) of kv head
+/// (b, hkv) of yv) over dimensions d = 0 .. Dx - 1 in order, both sides staged in shared memory by slabs of
+/// kSlab dimensions (coalesced loads). Each pair is summed by one thread in place in out. Every thread must
 /// call it; ends with a barrier.
 template <class T, class A>
+__device__ void tile_dot(const ViewN<4>& xv, const ViewN<4>& yv, int64_t Dx, int64_t b, int64_t h, int64_t hkv,
+                         int64_t i0, int64_t n, int64_t j0, int64_t jn, A (*sX)[kSlab + 1], A (*sY)[kSlab + 1],
+                         A (*out)[kBK]) {
+  const int tid = static_cast<int>(threadIdx.x), nt = static_cast<int>(blockDim.x);
+  for (int e = tid; e < kBQ * kBK; e += nt) out[e / kBK][e % kBK] = A(0);
+  for (int64_t d0 = 0; d0 < Dx; d0 += kSlab) {
+    const int w = static_cast<int>(imin64(kSlab, Dx - d0));
+    for (int x = tid; x < kBQ * kSlab; x += nt) {  // kBQ == kBK rows on both sides
+      const int r = x / kSlab, dd = x % kSlab;
+      if (dd < w && r < n) sX[r][dd] = elem<T, A>(xv, b, h, i0 + r, d0 + dd);
+      if (dd < w && r < jn) sY[r][dd] = elem<T, A>(yv, b, hkv, j0 + r, d0 + dd);
+    }
+    __syncthreads();
+    for (int e = tid; e < kBQ * kBK; e += nt) {
+      const int ii = e / kBK, jj = e % kBK;
+      if (ii >= n || jj >= jn) continue;
+      A s = out[ii][jj];
+      for (int dd = 0; dd < w; ++dd) s += sX[ii][dd] * sY[jj][dd];
+      out[ii][jj] = s;
+    }
+    __syncthreads();  // sX / sY are reloaded by the next slab
+  }
+}
+
+/// Shared memory of a block: the tile's P and dS, and the slabs of tile_dot.
+template <class A>
+struct TileSmem {
+  A P[kBQ][kBK];
+  A DS[kBQ][kBK];
+  A X[kBQ][kSlab + 1];
+  A Y[kBK][kSlab + 1];
+};
+
+/// P and dS (= dL/dx, after the soft-cap's derivative) of rows [i0, i0 + n) of query head (b, h) against
+/// keys [j0, j0 + jn) into sm.P / sm.DS (zero outside the n x jn pairs and for pairs that do not take
+/// part). dbias_out: write dL/ds of every pair that takes part to dbias (the dq kernel only). The dot
+/// products come first (q.k into P, dout.v into DS), then each pair's thread turns them into P and dS in
+/// place. Every thread must call it; ends with a barrier.
+template <class T, class A>
 __device__ void score_tile(const BwdArgs& a, int64_t b, int64_t h, int64_t i0, int64_t n, int64_t j0, int64_t jn,
-                           int64_t klen, bool dbias_out, A (*sP)[kBK], A (*sDS)[kBK]) {
+                           int64_t klen, bool dbias_out, TileSmem<A>& sm) {
   const AttnBwdProblem& bp = a.bp;
   const AttnProblem& p = bp.fwd;
-  const ScoreTerms<A> terms(p);
   const int64_t hkv = h / a.G;
+  tile_dot<T, A>(p.q, p.k, p.D, b, h, hkv, i0, n, j0, jn, sm.X, sm.Y, sm.P);
+  tile_dot<T, A>(bp.dout, p.v, p.Dv, b, h, hkv, i0, n, j0, jn, sm.X, sm.Y, sm.DS);
+  const ScoreTerms<A> terms(p);
   const A slope = alibi_slope<A>(p, b, h);
   const A* delta = static_cast<const A*>(a.delta);
   for (int e = static_cast<int>(threadIdx.x); e < kBQ * kBK; e += static_cast<int>(blockDim.x)) {
@@ -91,13 +136,10 @@ __device__ void score_tile(const BwdArgs& a, int64_t b, int64_t h, int64_t i0, i
       const int64_t i = i0 + ii, j = j0 + jj;
       const math::KeyRange kr = row_keys(p, b, h, i, klen);
       if (j >= kr.lo && j < kr.hi && (!p.sparse || sparse_allowed(p, h, i, j))) {
-        A dot = A(0);
-        for (int64_t d = 0; d < p.D; ++d) dot += elem<T, A>(p.q, b, h, i, d) * elem<T, A>(p.k, b, hkv, j, d);
+        const A dot = sm.P[ii][jj], dp = sm.DS[ii][jj];
         const A x = terms(p, b, h, i, j, dot, slope);
         const A lse = static_cast<const A*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]];
         pr = kexp(math::backward_prob_arg(x, lse));
-        A dp = A(0);
-        for (int64_t d = 0; d < p.Dv; ++d) dp += elem<T, A>(bp.dout, b, h, i, d) * elem<T, A>(p.v, b, hkv, j, d);
         ds = math::softmax_grad(pr, dp, delta[(b * p.Hq + h) * p.Sq + i]);
         if (dbias_out && bp.dbias)
           static_cast<A*>(bp.dbias)[b * bp.dbias_stride[0] + h * bp.dbias_stride[1] + i * bp.dbias_stride[2] +
@@ -105,8 +147,8 @@ __device__ void score_tile(const BwdArgs& a, int64_t b, int64_t h, int64_t i0, i
         if (terms.softcap) ds *= math::softcap_grad<A, A>(tanh(dot * terms.scale * terms.cap_in));
       }
     }
-    sP[ii][jj] = pr;
-    sDS[ii][jj] = ds;
+    sm.P[ii][jj] = pr;
+    sm.DS[ii][jj] = ds;
   }
   __syncthreads();
 }
@@ -136,8 +178,7 @@ __global__ void delta_kernel(const BwdArgs a) {
 template <class T>
 __global__ void dkdv_kernel(const BwdArgs a) {
   using A = acc_t<T>;
-  __shared__ A sP[kBQ][kBK];
-  __shared__ A sDS[kBQ][kBK];
+  __shared__ TileSmem<A> sm;
   const AttnBwdProblem& bp = a.bp;
   const AttnProblem& p = bp.fwd;
   const int64_t G = a.G, D = p.D, Dv = p.Dv, E = D + Dv, nkt = cdiv(p.Sk, kBK);
@@ -158,19 +199,19 @@ __global__ void dkdv_kernel(const BwdArgs a) {
           const math::KeyRange first = row_keys(p, b, h, i0, klen), last = row_keys(p, b, h, i0 + n - 1, klen);
           if (last.hi <= j0 || first.lo >= j0 + jn || last.hi <= first.lo) continue;
         }
-        score_tile<T, A>(a, b, h, i0, n, j0, jn, klen, false, sP, sDS);
+        score_tile<T, A>(a, b, h, i0, n, j0, jn, klen, false, sm);
         for (int64_t x = threadIdx.x; x < jn * E; x += blockDim.x) {
           const int64_t jj = x / E, d = x % E;
           A s = A(0);
           if (d < D) {
-            for (int64_t ii = 0; ii < n; ++ii) s += sDS[ii][jj] * elem<T, A>(p.q, b, h, i0 + ii, d);
+            for (int64_t ii = 0; ii < n; ++ii) s += sm.DS[ii][jj] * elem<T, A>(p.q, b, h, i0 + ii, d);
             acc[x] += scale * s;
           } else {
-            for (int64_t ii = 0; ii < n; ++ii) s += sP[ii][jj] * elem<T, A>(bp.dout, b, h, i0 + ii, d - D);
+            for (int64_t ii = 0; ii < n; ++ii) s += sm.P[ii][jj] * elem<T, A>(bp.dout, b, h, i0 + ii, d - D);
             acc[x] += s;
           }
         }
-        __syncthreads();  // sP / sDS are rewritten by the next chunk
+        __syncthreads();  // sm is rewritten by the next chunk
       }
     }
     for (int64_t x = threadIdx.x; x < jt * E; x += blockDim.x) {
@@ -190,8 +231,7 @@ __global__ void dkdv_kernel(const BwdArgs a) {
 template <class T>
 __global__ void dq_kernel(const BwdArgs a) {
   using A = acc_t<T>;
-  __shared__ A sP[kBQ][kBK];
-  __shared__ A sDS[kBQ][kBK];
+  __shared__ TileSmem<A> sm;
   const AttnBwdProblem& bp = a.bp;
   const AttnProblem& p = bp.fwd;
   const int64_t D = p.D, nqt = cdiv(p.Sq, kBQ);
@@ -210,14 +250,14 @@ __global__ void dq_kernel(const BwdArgs a) {
     __syncthreads();
     for (int64_t j0 = imax64(lo, 0) / kBK * kBK; j0 < hi; j0 += kBK) {
       const int64_t jn = imin64(kBK, kend - j0);
-      score_tile<T, A>(a, b, h, i0, n, j0, jn, klen, true, sP, sDS);
+      score_tile<T, A>(a, b, h, i0, n, j0, jn, klen, true, sm);
       for (int64_t x = threadIdx.x; x < n * D; x += blockDim.x) {
         const int64_t ii = x / D, d = x % D;
         A s = A(0);
-        for (int64_t jj = 0; jj < jn; ++jj) s += sDS[ii][jj] * elem<T, A>(p.k, b, hkv, j0 + jj, d);
+        for (int64_t jj = 0; jj < jn; ++jj) s += sm.DS[ii][jj] * elem<T, A>(p.k, b, hkv, j0 + jj, d);
         acc[x] += scale * s;
       }
-      __syncthreads();  // sP / sDS are rewritten by the next tile
+      __syncthreads();  // sm is rewritten by the next tile
     }
     for (int64_t x = threadIdx.x; x < n * D; x += blockDim.x) {
       const int64_t i = i0 + x / D, d = x % D;
