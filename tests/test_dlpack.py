@@ -144,7 +144,7 @@ def test_torch_bad_inputs_name_the_argument():
 # uint16 array of the same memory reporting dtype bfloat16. Its logic does not need a GPU: below, a NumPy
 # uint16 array stands in for the CuPy one, and a fake "cupy" module plus a PyTorch tensor whose DLPack capsule
 # is relabelled as CUDA stand in for a real device (what the C++ core then does with the device pointer is
-# tested by tests/test_gpu.py on a GPU).
+# tested by tests/test_gpu_*.py on a GPU).
 import contextlib
 import ctypes
 import sys

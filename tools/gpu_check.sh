@@ -9,7 +9,7 @@
 #   1. versions (nvidia-smi, nvcc)                                        -> stdout
 #   2. build + install for the local GPU with every core (pip)            -> OUTDIR/build.log   (stops here on failure)
 #   3. `attnkit info`                                                     -> stdout
-#   4. tests/test_gpu.py with 8 workers                                   -> OUTDIR/tests.log, OUTDIR/junit.xml
+#   4. tests/test_gpu_*.py with 8 workers                                 -> OUTDIR/tests.log, OUTDIR/junit.xml
 #   5. compute-sanitizer memcheck + racecheck over the "small" subset     -> OUTDIR/sanitizer.log
 #   6. bench/bench_gpu.py --quick                                         -> OUTDIR/bench.log, OUTDIR/bench_gpu.json
 #   7. summary (device, test counts, failed ids, sanitizer errors, table) -> OUTDIR/summary.txt (and stdout)
@@ -232,7 +232,7 @@ echo "== attnkit info"
 # ---------------------------------------------------------------------------------------------- 4. tests
 : >"${OUT}/tests.log"
 run_stage tests "${TESTS_S}" "${OUT}/tests.log" \
-  "${PY}" -m pytest -q -n 8 tests/test_gpu.py -rfEs -p no:cacheprovider --junitxml "${OUT}/junit.xml"
+  "${PY}" -m pytest -q -n 8 tests/test_gpu_*.py -rfEs -p no:cacheprovider --junitxml "${OUT}/junit.xml"
 echo "-- tail of tests.log"
 tail -n 40 "${OUT}/tests.log"
 
@@ -246,11 +246,11 @@ if [[ -n ${SAN} && -x ${SAN} ]]; then
   echo "#### compute-sanitizer --tool memcheck  (-k '${MEMCHECK_K}')" >>"${OUT}/sanitizer.log"
   run_stage memcheck "${MEMCHECK_S}" "${OUT}/sanitizer.log" \
     env ATTNKIT_GPU_TESTS_SANITIZER=1 "${SAN}" --tool memcheck --error-exitcode 1 \
-    "${PY}" -m pytest -q -p no:xdist tests/test_gpu.py -p no:cacheprovider -k "${MEMCHECK_K}"
+    "${PY}" -m pytest -q -p no:xdist tests/test_gpu_*.py -p no:cacheprovider -k "${MEMCHECK_K}"
   echo "#### compute-sanitizer --tool racecheck  (-k '${RACECHECK_K}')" >>"${OUT}/sanitizer.log"
   run_stage racecheck "${RACECHECK_S}" "${OUT}/sanitizer.log" \
     env ATTNKIT_GPU_TESTS_SANITIZER=1 "${SAN}" --tool racecheck --error-exitcode 1 \
-    "${PY}" -m pytest -q -p no:xdist tests/test_gpu.py -p no:cacheprovider -k "${RACECHECK_K}"
+    "${PY}" -m pytest -q -p no:xdist tests/test_gpu_*.py -p no:cacheprovider -k "${RACECHECK_K}"
   echo "-- sanitizer error summaries"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "${OUT}/sanitizer.log" | tail -n 20 || true
 else

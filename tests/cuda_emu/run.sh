@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer}.cu, for machines without a GPU:
-# the .cu files are compiled by g++ against shim/cuda/*.cuh (blocks run one after another, the threads of a
-# block as std::threads meeting at a std::barrier for __syncthreads; float32/float64 only), with each
-# `kernel<<<grid, kThreads, 0, stream>>>(args)` rewritten to a call of the shim's emu_launch. The tests
-# compare with naive float64 references (and linear attention with the CPU backend's generic kernel) and
-# run with blocks of 1 to 32 threads. It checks the index
-# math, the chunk / state logic and the barrier structure (a missing __syncthreads between phases that
-# the emulated threads interleave shows up as a wrong value), not CUDA itself: tests/test_gpu.py does that.
+# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward}.cu, for machines
+# without a GPU: the .cu files are compiled by g++ against shim/cuda/*.cuh (blocks run one after another, the
+# threads of a block as std::threads meeting at a std::barrier for __syncthreads; float32/float64 only), with
+# each `kernel<<<grid, kThreads, 0, stream>>>(args)` rewritten to a call of the shim's emu_launch. The tests
+# compare with naive float64 references (linear attention and the attention backward with the CPU backend's
+# generic kernels) and run with blocks of 1 to 32 threads. It checks the index math, the chunk / state logic
+# and the barrier structure (a missing __syncthreads between phases that the emulated threads interleave
+# shows up as a wrong value), not CUDA itself: tests/test_gpu_*.py do that.
 # Usage: tests/cuda_emu/run.sh [BUILD_DIR]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -14,7 +14,7 @@ root="$(cd "$here/../.." && pwd)"
 out="${1:-$(mktemp -d)}"
 mkdir -p "$out"
 flags=(-std=c++20 -O1 -g -I "$here/shim" -I "$root" -I "$root/cpp/src" -I "$root/cpp/include" -pthread)
-for f in merge rope linear linformer; do
+for f in merge rope linear linformer attention_backward; do
   perl -0pe 's/(\w+<[^<>]*>)<<<(.*?), kThreads, 0, stream>>>\((.*?)\);/emu_launch($2, [&]{ $1($3); });/gs' \
     "$root/cuda/$f.cu" > "$out/$f.emu.cpp"
 done
@@ -27,4 +27,9 @@ g++ "${flags[@]}" -fopenmp "$here/test_linear_vs_cpu.cpp" "$out/linear.emu.cpp" 
   -o "$out/test_linear_vs_cpu"
 "$out/test_linear_merge_rope" | tail -1
 "$out/test_linformer" | tail -1
+g++ -std=c++17 -O1 -fopenmp -I "$root/cpp/src" -I "$root/cpp/include" -c "$root/cpp/src/cpu/attention_bwd_generic.cpp" \
+  -o "$out/attention_bwd_generic.o"
+g++ "${flags[@]}" -fopenmp "$here/test_attention_backward.cpp" "$out/attention_backward.emu.cpp" \
+  "$out/attention_bwd_generic.o" -o "$out/test_attention_backward"
 OMP_NUM_THREADS=1 "$out/test_linear_vs_cpu" | tail -1
+OMP_NUM_THREADS=1 "$out/test_attention_backward" | tail -1

@@ -1,0 +1,158 @@
+"""GPU suite, gradients: attention_backward (every masking feature, GQA, dbias, fully masked rows, strides,
+dtypes, empty sizes), block_sparse_attention_backward and linformer_attention_backward on CuPy arrays,
+against the float64 oracle and the CPU backend on the same inputs (out and lse from the CPU forward, so
+that only the backward differs). Helpers and conventions: gpu_common.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attnkit
+from attnkit import layouts
+from attnkit import reference as ref
+
+from conftest import DTYPE_IDS, DTYPES, magnitude, naive_dtype, randn
+from gpu_common import DT, F32, GPU_MARKS, close3, gpu_run, need, qkv, same
+
+pytestmark = GPU_MARKS
+
+NAMES = ("dq", "dk", "dv", "dbias")
+
+
+def _compare(got, cpu, want, naive, dtype, xs):
+    """Each gradient vs the oracle and the CPU backend; dbias in the bias's dtype."""
+    assert len(got) == len(cpu) == len(want)
+    for name, g, c, r, n, x in zip(NAMES, got, cpu, want, naive, xs):
+        assert g.shape == np.shape(x) and g.dtype == c.dtype, (name, g.shape, g.dtype, c.dtype)
+        tol_dtype = x.dtype if name == "dbias" and x.dtype.itemsize < np.dtype(dtype).itemsize else dtype
+        # the kernels start from the forward's rounded out and lse (tests/test_backward.py's check)
+        close3(g, c, r, n, tol_dtype, what=name, atol_scale=4 * magnitude(r))
+
+
+def _check(rng, dtype, q, k, v, *, return_dbias=False, **kw):
+    out, lse = attnkit.attention(q, k, v, return_lse=True, **kw)
+    dout = randn(rng, out.shape, dtype)
+    got = gpu_run(attnkit.attention_backward, dout, q, k, v, out, lse, return_dbias=return_dbias, **kw)
+    cpu = attnkit.attention_backward(dout, q, k, v, out, lse, return_dbias=return_dbias, **kw)
+    want = ref.attention_backward(dout, q, k, v, return_dbias=return_dbias, **kw)
+    naive = ref.attention_backward(dout, q, k, v, return_dbias=return_dbias, _dtype=naive_dtype(dtype), **kw)
+    _compare(got, cpu, want, naive, dtype, (q, k, v, kw.get("bias")))
+    return got, cpu
+
+
+def _mask(shape, p=0.6):
+    return lambda rng: rng.random(shape) < p
+
+
+def B(id_, B=1, Hq=2, Hkv=None, Sq=33, Sk=None, D=64, Dv=None, dtype="f32", layout="contig", **kw):
+    spec = dict(B=B, Hq=Hq, Hkv=Hq if Hkv is None else Hkv, Sq=Sq, Sk=Sq if Sk is None else Sk, D=D,
+                Dv=D if Dv is None else Dv, dtype=DT[dtype], layout=layout, kw=kw)
+    return pytest.param(spec, id=id_)
+
+
+BWD_CASES = (
+    [B(f"small-{d}", Sq=7, Sk=13, D=32, dtype=d, causal=True) for d in DTYPE_IDS]
+    + [B("small-mask-gqa-dbias", Hq=4, Hkv=2, Sq=5, Sk=9, D=40, mask=_mask((5, 9)), key_lengths=[7],
+         bias=lambda rng: randn(rng, (4, 5, 9), np.float32), return_dbias=True)]
+    + [B(f"shape-S{S}-D{D}-{d}", B=2, Sq=S, D=D, dtype=d, causal=(S % 2 == 1))
+       for d in DTYPE_IDS for S, D in [(1, 64), (33, 32), (130, 64), (65, 80), (40, 256)]]
+    + [B(f"Dv-{D}-{Dv}", Sq=19, Sk=45, D=D, Dv=Dv, causal=True) for D, Dv in [(3, 5), (33, 200), (1, 1)]]
+    + [B(f"cross-{Sq}x{Sk}-{'c' if c else 'nc'}", Hq=3, Sq=Sq, Sk=Sk, D=64, Dv=32, causal=c)
+       for Sq, Sk in [(1, 300), (5, 77), (100, 31), (64, 1)] for c in (False, True)]
+    + [B(f"gqa-{Hq}-{Hkv}", B=2, Hq=Hq, Hkv=Hkv, Sq=37, Sk=70, D=32, Dv=48, causal=True)
+       for Hq, Hkv in [(4, 2), (6, 1), (5, 5)]]
+    + [B(f"window-{w[0]}-{w[1]}-{Sq}x{Sk}", Hkv=1, Sq=Sq, Sk=Sk, window=w)
+       for w in [(0, 0), (16, 16), (None, 3), (70, None)] for Sq, Sk in [(97, 97), (40, 131), (131, 40)]]
+    + [B(f"mask-{d}", B=2, Hq=3, Sq=45, Sk=70, mask=_mask((2, 1, 45, 70)), causal=True, dtype=d) for d in DTYPE_IDS]
+    + [B(f"bias-dbias-{'x'.join(map(str, bs))}", B=2, Hq=3, Sq=45, Sk=70, return_dbias=True,
+         bias=(lambda bs: lambda rng: randn(rng, bs, np.float32, 2.0))(bs))
+       for bs in [(2, 3, 45, 70), (45, 70), (1, 3, 1, 70)]]
+    + [B(f"bias-dbias-{d}", B=2, Hq=3, Sq=45, Sk=70, dtype=d, return_dbias=True,
+         bias=(lambda d: lambda rng: randn(rng, (3, 45, 70), DT[d], 2.0))(d)) for d in DTYPE_IDS]
+    + [B(f"lens-{d}-{'c' if c else 'nc'}", B=4, Sq=33, Sk=90, dtype=d, causal=c, key_lengths=np.array([90, 0, 1, 57]))
+       for d in DTYPE_IDS for c in (False, True)]
+    + [B(f"alibi-softcap-{d}", B=2, Hq=4, Hkv=2, Sq=50, Sk=80, dtype=d, causal=True, softcap=5.0,
+         alibi_slopes=lambda rng: rng.uniform(0, 0.5, (2, 4))) for d in DTYPE_IDS]
+    + [B(f"combined-{d}", B=2, Hq=4, Hkv=2, Sq=70, Sk=150, D=80, Dv=48, dtype=d, causal=True, window=(60, 2),
+         mask=_mask((4, 70, 150), 0.8), bias=lambda rng: randn(rng, (2, 1, 70, 150), np.float16),
+         key_lengths=[150, 101], scale=0.2, softcap=8.0, alibi_slopes=lambda rng: rng.uniform(0, 0.1, 4),
+         return_dbias=True) for d in DTYPE_IDS]
+    + [B(f"strided-{d}", B=2, Hq=4, Hkv=2, Sq=37, Sk=50, D=64, dtype=d, layout="strided", causal=True)
+       for d in ("f32", "bf16")]
+)
+
+
+@pytest.mark.parametrize("spec", BWD_CASES)
+def test_attention_backward(rng, spec):
+    need("attention_backward")
+    s = spec
+    q, k, v = qkv(rng, s["B"], s["Hq"], s["Hkv"], s["Sq"], s["Sk"], s["D"], s["Dv"], s["dtype"], layout=s["layout"])
+    kw = {key: (val(rng) if callable(val) else val) for key, val in s["kw"].items()}
+    _check(rng, s["dtype"], q, k, v, **kw)
+
+
+def test_attention_backward_fully_masked_rows_small(rng):
+    """Rows without keys (mask, key_lengths 0) get exactly zero dq, and add nothing to dk / dv / dbias."""
+    need("attention_backward")
+    q, k, v = qkv(rng, 2, 2, 1, 6, 10, 16, 16, F32)
+    mask = rng.random((2, 2, 6, 10)) < 0.7
+    mask[0, 1, 2] = False
+    bias = randn(rng, (2, 2, 6, 10), F32)
+    got, cpu = _check(rng, F32, q, k, v, mask=mask, bias=bias, key_lengths=[10, 0], return_dbias=True)
+    assert (got[0][0, 1, 2] == 0).all() and (got[0][1] == 0).all()
+    assert (got[1][1] == 0).all() and (got[2][1] == 0).all() and (got[3][1] == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 5, 5), (1, 2, 0, 5), (1, 2, 5, 0), (1, 2, 0, 0)], ids=str)
+def test_attention_backward_empty_small(rng, shape):
+    need("attention_backward")
+    B_, H, Sq, Sk = shape
+    q, k, v = qkv(rng, B_, H, H, Sq, Sk, 8, 8, F32)
+    out, lse = attnkit.attention(q, k, v, return_lse=True)
+    dout = randn(rng, out.shape, F32)
+    got = gpu_run(attnkit.attention_backward, dout, q, k, v, out, lse)
+    for name, g, c in zip(NAMES, got, attnkit.attention_backward(dout, q, k, v, out, lse)):
+        same(g, c, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("make", ["window", "bigbird", "per_head"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_sparse_attention_backward(rng, dtype, make, causal):
+    need("block_sparse_attention_backward")
+    S, Hq, Hkv = 100, 4, 2
+    layout = {"window": lambda: layouts.sliding_window(S, 16, 1),
+              "bigbird": lambda: layouts.bigbird(S, 16, seed=3, window_blocks=1, global_blocks=1, random_blocks=2),
+              "per_head": lambda: layouts.bigbird(S, 16, seed=5, num_heads=Hq)}[make]()
+    q, k, v = qkv(rng, 2, Hq, Hkv, S, S, 32, 32, dtype)
+    kw = dict(causal=causal, key_lengths=[S, S - 7])
+    out, lse = attnkit.block_sparse_attention(q, k, v, layout, return_lse=True, **kw)
+    dout = randn(rng, out.shape, dtype)
+    got = gpu_run(attnkit.block_sparse_attention_backward, dout, q, k, v, out, lse, layout, **kw)
+    cpu = attnkit.block_sparse_attention_backward(dout, q, k, v, out, lse, layout, **kw)
+    want = ref.block_sparse_attention_backward(dout, q, k, v, layout, **kw)
+    naive = ref.block_sparse_attention_backward(dout, q, k, v, layout, _dtype=naive_dtype(dtype), **kw)
+    _compare(got, cpu, want, naive, dtype, (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [F32, np.dtype(np.float64)], ids=["f32", "f64"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_linformer_attention_backward(rng, dtype, shared):
+    need("linformer_attention", "attention_backward")
+    B_, H, S, P, D = 2, 2, 40, 12, 16
+    q, k, v = qkv(rng, B_, H, H, S, S, D, D, dtype)
+    E = randn(rng, (P, S) if shared else (H, P, S), dtype, 0.2)
+    F = None if shared else randn(rng, (H, P, S), dtype, 0.2)
+    out, lse = attnkit.linformer_attention(q, k, v, E, F, return_lse=True, key_lengths=[S, S - 5])
+    dout = randn(rng, out.shape, dtype)
+    args = (dout, q, k, v, out, lse, E, F)
+    got = gpu_run(attnkit.linformer_attention_backward, *args, key_lengths=[S, S - 5])
+    cpu = attnkit.linformer_attention_backward(*args, key_lengths=[S, S - 5])
+    want = ref.linformer_attention_backward(dout, q, k, v, E, F, key_lengths=[S, S - 5])
+    naive = ref.linformer_attention_backward(dout, q, k, v, E, F, key_lengths=[S, S - 5], _dtype=naive_dtype(dtype))
+    assert (got[4] is None) == (cpu[4] is None) == (F is None)
+    for name, g, c, r, n in zip(("dq", "dk", "dv", "dE", "dF"), got, cpu, want, naive):
+        if name == "dF" and F is None:
+            continue
+        close3(g, c, r, n, dtype, what=name, atol_scale=4 * magnitude(r))

@@ -1,0 +1,133 @@
+"""GPU suite, dynamic linear attention: prefill and decode against the oracle and the CPU backend.
+Helpers and conventions: gpu_common.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attnkit
+from attnkit import reference as ref
+from attnkit._array import acc_dtype
+
+from conftest import DTYPE_IDS, DTYPES, assert_close, randn, to_f64
+from gpu_common import F16, F32, F64, GPU_MARKS, _check_on_device, close3, dev, gpu_run, host, need, same
+
+pytestmark = GPU_MARKS
+
+
+# ============================================================================== DLA
+def _piecewise(rng, B, H, T, Dk, Dv, dtype, lo=2, hi=10, noise=0.05):
+    """k, v in blocks of lo..hi tokens sharing a direction: scores stay far from tau (see test_dla.py)."""
+    k, v = np.empty((B, H, T, Dk)), np.empty((B, H, T, Dv))
+    for b in range(B):
+        for h in range(H):
+            t = 0
+            while t < T:
+                e = min(T, t + int(rng.integers(lo, hi + 1)))
+                kd, vd = rng.standard_normal(Dk), rng.standard_normal(Dv)
+                k[b, h, t:e] = kd * np.sqrt(Dk) / np.linalg.norm(kd) + noise * rng.standard_normal((e - t, Dk))
+                v[b, h, t:e] = vd * np.sqrt(Dv) / np.linalg.norm(vd) + noise * rng.standard_normal((e - t, Dv))
+                t = e
+    return (k / np.sqrt(Dk)).astype(dtype), v.astype(dtype)
+
+
+def _dla_problem(rng, B, H, T, Dk, Dv, C, dtype, decay):
+    if np.dtype(dtype) == F64:  # any data in float64
+        k, v = randn(rng, (B, H, T, Dk), dtype, 1 / np.sqrt(Dk)), randn(rng, (B, H, T, Dv), dtype)
+    else:
+        k, v = _piecewise(rng, B, H, T, Dk, Dv, dtype)
+    q = randn(rng, (B, H, T, Dk), dtype, 1 / np.sqrt(Dk))
+    lam = (rng.random((B, H, T, C)) * 2 / C).astype(dtype)
+    g = None if decay is None else -rng.random((B, H, T)) * 0.5
+    return q, k, v, lam, g
+
+
+def _scaled(x, r):
+    s = max(1.0, float(np.abs(np.asarray(r, np.float64)).max(initial=0)))
+    return np.asarray(x, np.float64) / s
+
+
+def _dla_compare(res, cres, rres, nres, dtype):
+    """GPU (y, cache, aux) vs CPU and oracle: decisions exactly, y and states by the tolerance rule scaled to
+    O(1) (as test_dla.py), scores and info within the CPU's distance from the oracle plus a little."""
+    (y, c, a), (cy, cc, ca), (ry, rc, ra), (ny, nc, na) = res, cres, rres, nres
+    sdt = acc_dtype(dtype)
+    for name in ("boundaries", "merged"):
+        same(getattr(a, name), getattr(ca, name), name)
+    # against the oracle only where the CPU agrees with it (else the data sits too close to tau for this dtype)
+    if np.array_equal(ca.boundaries, ra.boundaries) and np.array_equal(ca.merged, ra.merged):
+        np.testing.assert_array_equal(a.boundaries, ra.boundaries)
+    else:
+        return
+    for name in ("counts", "starts", "size"):
+        same(getattr(c, name), getattr(cc, name), f"cache.{name}")
+    assert c.position == cc.position
+    close3(_scaled(y, ry), _scaled(cy, ry), _scaled(ry, ry), _scaled(ny, ry), dtype, what="y")
+    close3(_scaled(c.states, rc.states), _scaled(cc.states, rc.states), _scaled(rc.states, rc.states),
+           _scaled(nc.states, rc.states), sdt, what="cache.states")
+    for what, g, cpu, r in (("scores", a.scores, ca.scores, ra.scores), ("info", c.info, cc.info, rc.info)):
+        g, cpu, r = to_f64(g), to_f64(cpu), to_f64(r)
+        tol = 2 * np.abs(cpu - r).max(initial=0) + (1e-5 if sdt == F32 else 1e-9) * max(1.0, np.abs(r).max(initial=0))
+        assert np.abs(g - cpu).max(initial=0) <= tol, f"{what}: GPU vs CPU beyond {tol:.3g}"
+
+
+DLA_CASES = [
+    # id, B, H, T, Dk, Dv, C, score, decay, tau
+    ("small", 1, 2, 9, 8, 8, 3, "token_vs_state", None, 0.6),
+    ("tvs", 2, 2, 45, 16, 8, 4, "token_vs_state", None, 0.6),
+    ("tvs-decay", 2, 2, 60, 32, 32, 5, "token_vs_state", "rand", 0.6),
+    ("drift", 2, 2, 45, 16, 8, 4, "state_drift", None, 0.6),
+    ("wide", 1, 2, 37, 64, 64, 6, "token_vs_state", "rand", 0.6),
+    ("odd", 1, 3, 41, 13, 7, 2, "token_vs_state", None, 0.6),
+    ("cap1", 1, 2, 30, 16, 16, 1, "token_vs_state", None, 0.6),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", DLA_CASES, ids=[c[0] for c in DLA_CASES])
+def test_dla_prefill(rng, dtype, case):
+    need("dynamic_linear_attention")
+    _, B, H, T, Dk, Dv, C, score, decay, tau = case
+    q, k, v, lam, g = _dla_problem(rng, B, H, T, Dk, Dv, C, dtype, decay)
+    kw = dict(capacity=C, tau=tau, log_decay=g, score=score, return_aux=True)
+    res = gpu_run(attnkit.dynamic_linear_attention, q, k, v, lam, **kw)
+    cres = attnkit.dynamic_linear_attention(q, k, v, lam, **kw)
+    rres = ref.dynamic_linear_attention(q, k, v, lam, **kw)
+    nres = ref.dynamic_linear_attention(q, k, v, lam, _dtype=np.float32, **kw) if dtype != F64 else rres
+    _dla_compare(res, cres, rres, nres, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, F16], ids=["f32", "f64", "f16"])
+@pytest.mark.parametrize("decay", [None, "rand"])
+def test_dla_prefill_then_decode(rng, dtype, decay):
+    """A prefill, then a second prefill chunk and token-by-token decode (T = 1) from the device cache: each
+    step against the CPU run on the CPU cache, and the whole against one oracle call over every token."""
+    need("dynamic_linear_attention")
+    B, H, T, Dk, Dv, C = 2, 2, 40, 16, 16, 4
+    q, k, v, lam, g = _dla_problem(rng, B, H, T, Dk, Dv, C, dtype, decay)
+    kw = dict(capacity=C, tau=0.6, score="token_vs_state", return_aux=True)
+    dcache, ccache, ys = None, None, []
+    for a, b in [(0, 20), (20, 30)] + [(t, t + 1) for t in range(30, T)]:
+        part = lambda x: None if x is None else x[:, :, a:b]  # noqa: E731
+        args = (part(q), part(k), part(v), part(lam))
+        dargs = dev(args)
+        res = attnkit.dynamic_linear_attention(*dargs, log_decay=dev(part(g)), cache=dcache, **kw)
+        _check_on_device(res, 0)
+        cres = attnkit.dynamic_linear_attention(*args, log_decay=part(g), cache=ccache, **kw)
+        hres = host(res)
+        for name in ("boundaries", "merged"):
+            same(getattr(hres[2], name), getattr(cres[2], name), f"{name} at tokens {a}:{b}")
+        for name in ("counts", "starts", "size"):
+            same(getattr(hres[1], name), getattr(cres[1], name), f"cache.{name} at tokens {a}:{b}")
+        tol = 1e-12 if dtype == F64 else 1e-4
+        np.testing.assert_allclose(to_f64(hres[0]), to_f64(cres[0]), rtol=tol * 30, atol=tol * 30)
+        np.testing.assert_allclose(hres[1].states, cres[1].states, rtol=tol, atol=tol)
+        dcache, ccache = res[1], cres[1]
+        ys.append(hres[0])
+    ry, rc, _ = ref.dynamic_linear_attention(q, k, v, lam, log_decay=g, **kw)
+    ny = ref.dynamic_linear_attention(q, k, v, lam, log_decay=g, _dtype=np.float32, **kw)[0] if dtype != F64 else ry
+    y = np.concatenate(ys, axis=2)
+    assert_close(_scaled(y, ry), _scaled(ry, ry), _scaled(ny, ry), dtype, what="y (decoded)", atol_scale=4.0)
+    for name in ("counts", "starts", "size"):
+        np.testing.assert_array_equal(getattr(host(dcache), name), getattr(rc, name), err_msg=name)

@@ -1,0 +1,285 @@
+"""GPU suite, exact attention: attention (every masking feature, GQA, strides, dtypes, empty sizes,
+fully masked rows), attention_weights and merge_attention. Helpers and conventions: gpu_common.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attnkit
+from attnkit import layouts
+from attnkit import reference as ref
+from attnkit._array import acc_dtype
+
+from conftest import DTYPE_IDS, DTYPES, naive_dtype, randn, _result_bytes
+from gpu_common import DT, F32, GPU_MARKS, PROBES, close3, _eval, gpu_run, _leaves, _missing, need, qkv, same
+
+pytestmark = GPU_MARKS
+
+
+def test_kernel_status_report():
+    """Lists which mechanisms run on CUDA in this build (informational; never fails)."""
+    enabled = [m for m in PROBES if not _missing(m)]
+    print("CUDA kernels enabled:", ", ".join(enabled) or "none")
+
+
+# ============================================================================== exact attention
+def A(id_, B=1, Hq=2, Hkv=None, Sq=33, Sk=None, D=64, Dv=None, dtype="f32", layout="contig", scale_in=1.0, **kw):
+    """An attention case: sizes, dtype id, and keyword arguments (callables of rng are drawn per test)."""
+    spec = dict(B=B, Hq=Hq, Hkv=Hq if Hkv is None else Hkv, Sq=Sq, Sk=Sq if Sk is None else Sk, D=D,
+                Dv=D if Dv is None else Dv, dtype=DT[dtype], layout=layout, scale_in=scale_in, kw=kw)
+    return pytest.param(spec, id=id_)
+
+
+def _mask(shape, p=0.6):
+    return lambda rng: rng.random(shape) < p
+
+
+ATTN_CASES = (
+    # small: the sanitizer subset
+    [A(f"small-{d}", Sq=7, Sk=13, D=32, dtype=d, causal=True) for d in DTYPE_IDS]
+    + [A("small-mask-gqa", Hq=4, Hkv=2, Sq=5, Sk=9, D=40, mask=_mask((5, 9)), key_lengths=[7]),
+       A("small-decode", Hq=4, Hkv=1, Sq=1, Sk=300, D=64, dtype="f16")]
+    # shapes x head dims x dtypes
+    + [A(f"shape-S{S}-D{D}-{d}", B=2, Sq=S, D=D, dtype=d, causal=(S % 2 == 1))
+       for d in DTYPE_IDS for S, D in [(1, 64), (33, 32), (130, 64), (65, 80), (100, 96), (129, 128), (40, 256),
+                                      (77, 72), (50, 40)]]
+    + [A(f"Dv-{D}-{Dv}", Sq=19, Sk=45, D=D, Dv=Dv, causal=True) for D, Dv in [(3, 5), (33, 200), (128, 64), (520, 24)]]
+    # causal bottom-right with Sq != Sk, cross lengths
+    + [A(f"cross-{Sq}x{Sk}-{'c' if c else 'nc'}-{d}", Hq=3, Sq=Sq, Sk=Sk, D=64, Dv=32, dtype=d, causal=c)
+       for d in ("f32", "f16") for Sq, Sk in [(1, 300), (5, 77), (100, 31), (300, 1000), (64, 1)] for c in (False, True)]
+    # GQA / MQA
+    + [A(f"gqa-{Hq}-{Hkv}-{Sq}x{Sk}", B=2, Hq=Hq, Hkv=Hkv, Sq=Sq, Sk=Sk, D=32, Dv=48, causal=True)
+       for Hq, Hkv in [(4, 2), (8, 1), (6, 3), (32, 4)] for Sq, Sk in [(1, 200), (37, 37), (130, 70)]]
+    + [A(f"gqa-window-alibi-{d}", B=2, Hq=8, Hkv=2, Sq=50, Sk=70, D=64, dtype=d, window=(5, 3),
+         alibi_slopes=lambda rng: rng.uniform(0, 1, 8)) for d in DTYPE_IDS]
+    # windows
+    + [A(f"window-{w[0]}-{w[1]}-{Sq}x{Sk}-{'c' if c else 'nc'}", Hkv=1, Sq=Sq, Sk=Sk, window=w, causal=c)
+       for w in [(0, 0), (4, 0), (0, 4), (16, 16), (None, 3), (70, None), (-1, 2), (200, 200)]
+       for Sq, Sk in [(97, 97), (40, 131), (131, 40)] for c in (False, True)]
+    + [A(f"window-{d}", Sq=97, Sk=131, window=(16, 4), causal=True, dtype=d) for d in ("f16", "bf16", "f64")]
+    # masks (bool, broadcast)
+    + [A(f"mask-{name}-{d}", B=2, Hq=3, Sq=45, Sk=70, mask=_mask(shape), causal=(d != "f32"), dtype=d)
+       for name, shape in [("full", (2, 3, 45, 70)), ("bcast_b", (1, 3, 45, 70)), ("bcast_h", (2, 1, 45, 70)),
+                           ("row", (2, 3, 45, 1)), ("col", (2, 1, 1, 70)), ("2d", (45, 70))]
+       for d in ("f32", "f16")]
+    # bias (every dtype and broadcast shape)
+    + [A(f"bias-{'x'.join(map(str, bs))}-{bd}", B=2, Hq=3, Sq=45, Sk=70,
+         bias=(lambda bs, bd: lambda rng: randn(rng, bs, DT[bd], 2.0))(bs, bd))
+       for bs in [(2, 3, 45, 70), (3, 45, 70), (45, 70), (1, 3, 1, 70), (2, 1, 45, 1), (70,)] for bd in ("f32", "f16")]
+    + [A(f"bias-{bd}", B=2, Hq=3, Sq=45, Sk=70, bias=(lambda bd: lambda rng: randn(rng, (45, 70), DT[bd], 2.0))(bd))
+       for bd in ("f64", "bf16")]
+    # key_lengths, ALiBi, softcap, scale
+    + [A(f"lens-{d}-{'c' if c else 'nc'}", B=4, Sq=33, Sk=90, dtype=d, causal=c, key_lengths=np.array([90, 0, 1, 57]))
+       for d in DTYPE_IDS for c in (False, True)]
+    + [A("lens-int64", B=4, Sq=33, Sk=90, key_lengths=np.array([5, 6, 7, 8], np.int64))]
+    + [A(f"alibi-{s}-{d}", B=2, Hq=4, Hkv=2, Sq=50, Sk=80, dtype=d, causal=(s == "bh"),
+         alibi_slopes=(2.0 ** -np.arange(1, 5)) if s == "h" else (lambda rng: rng.uniform(0, 0.5, (2, 4))))
+       for s in ("h", "bh") for d in DTYPE_IDS]
+    + [A(f"softcap-{cap}-{d}", Sq=40, Sk=60, dtype=d, scale_in=3.0, softcap=cap, causal=(cap > 1))
+       for cap in (0.5, 30.0) for d in DTYPE_IDS]
+    + [A(f"scale-{s}", Sq=33, Sk=47, scale=s, causal=True) for s in (0.0, -0.3, 10.0)]
+    + [A(f"combined-{d}", B=2, Hq=4, Hkv=2, Sq=70, Sk=150, D=80, Dv=48, dtype=d, causal=True, window=(60, 2),
+         mask=_mask((4, 70, 150), 0.8), bias=lambda rng: randn(rng, (2, 1, 70, 150), np.float16),
+         key_lengths=[150, 101], scale=0.2, softcap=8.0, alibi_slopes=lambda rng: rng.uniform(0, 0.1, 4))
+       for d in DTYPE_IDS]
+    # non-contiguous strided inputs (transposed q, padded k, batch-broadcast v), broadcast mask
+    + [A(f"strided-{d}", B=2, Hq=4, Hkv=2, Sq=37, Sk=50, D=64, dtype=d, layout="strided", causal=True,
+         mask=lambda rng: np.broadcast_to(rng.random((1, 1, 37, 50)) < 0.8, (2, 4, 37, 50))) for d in DTYPE_IDS]
+    # decode: one query row, long keys, GQA (the split-KV path)
+    + [A(f"decode-Sk4096-{d}", B=2, Hq=16, Hkv=4, Sq=1, Sk=4096, D=128, dtype=d, key_lengths=[4096, 2051])
+       for d in ("f32", "f16", "bf16")]
+    + [A(f"decode-Sk16384-{d}", B=1, Hq=8, Hkv=2, Sq=1, Sk=16384, D=128, dtype=d) for d in ("f32", "f16")]
+    + [A(f"decode-{Sq}x{Sk}-{d}", B=1, Hq=8, Hkv=2, Sq=Sq, Sk=Sk, D=D, dtype=d, causal=True)
+       for Sq, Sk, D in [(1, 8191, 64), (4, 3000, 128), (2, 1000, 80)] for d in ("f32", "f16")]
+    + [A("decode-f64", Hq=4, Hkv=1, Sq=1, Sk=5000, D=64, dtype="f64", window=(1000, 0))]
+    # the decode kernel (attention_decode.cuh): Sq * G <= 8 rows per kv head, every score term
+    + [A(f"decode-Sq2-alibi-softcap-{d}", B=2, Hq=8, Hkv=2, Sq=2, Sk=3000, D=128, dtype=d, causal=True,
+         softcap=5.0, scale_in=2.0, key_lengths=[3000, 1777], alibi_slopes=lambda rng: rng.uniform(0, 0.05, (2, 8)))
+       for d in ("f16", "bf16")]
+    + [A("decode-mask-bias-bf16", B=2, Hq=4, Hkv=1, Sq=1, Sk=2500, D=64, dtype="bf16", key_lengths=[2500, 0],
+         mask=_mask((2, 4, 1, 2500), 0.7), bias=lambda rng: randn(rng, (1, 4, 1, 2500), np.float32))]
+    + [A(f"decode-D{D}-Dv{Dv}-{d}", B=3, Hq=8, Hkv=2, Sq=1, Sk=2100, D=D, Dv=Dv, dtype=d, window=(700, 0),
+         causal=True) for D, Dv, d in [(128, 64, "f64"), (96, 256, "f32"), (64, 128, "f16"), (256, 256, "f32")]]
+    # several blocks of rows per kv head (row chunks): 12 rows of 8 + 4, float64 8 rows of 4 + 4
+    + [A("decode-Sq3-G4-f16", B=2, Hq=8, Hkv=2, Sq=3, Sk=1500, D=128, dtype="f16", causal=True, window=(600, 0),
+         key_lengths=[1500, 900])]
+    + [A("decode-G8-f64", B=2, Hq=8, Hkv=1, Sq=1, Sk=1200, D=128, dtype="f64", key_lengths=[1200, 3])]
+)
+
+
+def _attn_inputs(rng, spec):
+    s = spec
+    q, k, v = qkv(rng, s["B"], s["Hq"], s["Hkv"], s["Sq"], s["Sk"], s["D"], s["Dv"], s["dtype"], s["scale_in"],
+                  s["layout"])
+    return q, k, v, _eval(s["kw"], rng)
+
+
+@pytest.mark.parametrize("spec", ATTN_CASES)
+def test_attention(rng, spec):
+    need("attention")
+    dtype = spec["dtype"]
+    q, k, v, kw = _attn_inputs(rng, spec)
+    out, lse = gpu_run(attnkit.attention, q, k, v, return_lse=True, **kw)
+    c_out, c_lse = attnkit.attention(q, k, v, return_lse=True, **kw)
+    r_out, r_lse = ref.attention(q, k, v, return_lse=True, **kw)
+    n_out, n_lse = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(dtype), **kw)
+    assert out.dtype == dtype and lse.dtype == acc_dtype(dtype)
+    close3(out, c_out, r_out, n_out, dtype)
+    close3(lse, c_lse, r_lse, n_lse, lse.dtype, what="lse")
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_attention_lower_ranks(rng, rank):
+    need("attention")
+    shape_q = (40, 64) if rank == 2 else (4, 40, 64)
+    shape_k = (50, 64) if rank == 2 else (2, 50, 64)
+    q, k, v = randn(rng, shape_q, F32), randn(rng, shape_k, F32), randn(rng, shape_k[:-1] + (16,), F32)
+    out, lse = gpu_run(attnkit.attention, q, k, v, causal=True, key_lengths=45, return_lse=True)
+    c_out, c_lse = attnkit.attention(q, k, v, causal=True, key_lengths=45, return_lse=True)
+    r_out, r_lse = ref.attention(q, k, v, causal=True, key_lengths=45, return_lse=True)
+    n_out, n_lse = ref.attention(q, k, v, causal=True, key_lengths=45, return_lse=True, _dtype=np.float32)
+    assert out.shape == shape_q[:-1] + (16,) and lse.shape == shape_q[:-1]
+    close3(out, c_out, r_out, n_out, F32)
+    close3(lse, c_lse, r_lse, n_lse, F32, what="lse")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_attention_fully_masked_rows_small(rng, dtype):
+    """Rows that see no key give exactly 0 and LSE = -inf (causal Sq > Sk, an all-False mask row, a window
+    beyond the keys, key_lengths = 0, a -inf bias row)."""
+    need("attention")
+    q, k, v = qkv(rng, 2, 2, 2, 40, 30, 64, 64, dtype)
+    mask = np.ones((40, 30), bool)
+    mask[17] = False
+    bias = np.zeros((40, 30), np.float32)
+    bias[3] = -np.inf
+    for kw, rows in [(dict(causal=True), np.s_[:, :, :10]), (dict(mask=mask), np.s_[:, :, 17]),
+                     (dict(window=(0, 0)), np.s_[:, :, :10]), (dict(key_lengths=[0, 30]), np.s_[0]),
+                     (dict(bias=bias), np.s_[:, :, 3])]:
+        out, lse = gpu_run(attnkit.attention, q, k, v, return_lse=True, _stream=False, **kw)
+        c_out, c_lse = attnkit.attention(q, k, v, return_lse=True, **kw)
+        assert (out[rows] == 0).all() and np.isneginf(lse[rows]).all(), kw
+        r_out, r_lse = ref.attention(q, k, v, return_lse=True, **kw)
+        n_out, n_lse = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(dtype), **kw)
+        close3(out, c_out, r_out, n_out, dtype)
+        close3(lse, c_lse, r_lse, n_lse, lse.dtype, what="lse")
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 5, 5), (2, 0, 5, 5), (1, 2, 0, 5), (1, 2, 5, 0), (1, 2, 0, 0)],
+                         ids=["B0", "H0", "Sq0", "Sk0", "S0"])
+@pytest.mark.parametrize("fn", ["attention", "attention_weights"])
+def test_attention_empty_small(rng, shape, fn):
+    """Empty sizes: the CPU's result exactly (no keys: out = 0, lse = -inf; no rows: empty arrays)."""
+    need(fn)
+    B, H, Sq, Sk = shape
+    q, k, v = randn(rng, (B, H, Sq, 32), F32), randn(rng, (B, H, Sk, 32), F32), randn(rng, (B, H, Sk, 16), F32)
+    if fn == "attention":
+        out, lse = gpu_run(attnkit.attention, q, k, v, causal=True, return_lse=True)
+        c_out, c_lse = attnkit.attention(q, k, v, causal=True, return_lse=True)
+        same(out, c_out)
+        same(lse, c_lse, "lse")
+    else:
+        same(gpu_run(attnkit.attention_weights, q, k), attnkit.attention_weights(q, k))
+
+
+EMPTY_CALLS = {  # (q, k, v, aux) -> result; aux holds the other arrays (features, projections, lam), made per test
+    "merge_attention": lambda q, k, v, a: attnkit.merge_attention([q, q], [q[..., 0], q[..., 0]]),
+    "block_sparse_attention": lambda q, k, v, a: attnkit.block_sparse_attention(
+        q, k, v, layouts.sliding_window(q.shape[2], 4, 1), return_lse=True),
+    "lsh_attention": lambda q, k, v, a: attnkit.lsh_attention(q, k, v, num_buckets=4, return_lse=True),
+    "linear_attention": lambda q, k, v, a: attnkit.linear_attention(q, k, v, causal=False, return_state=True),
+    "performer_attention": lambda q, k, v, a: attnkit.performer_attention(q, k, v, a["features"], causal=True),
+    "linformer_attention": lambda q, k, v, a: attnkit.linformer_attention(q, k, v, a["E"], return_lse=True),
+    "dynamic_linear_attention": lambda q, k, v, a: attnkit.dynamic_linear_attention(
+        q, k, v, a["lam"], capacity=2, return_aux=True),
+}
+
+
+@pytest.mark.parametrize("B,H,S", [(0, 2, 8), (1, 0, 8), (1, 2, 0)], ids=["B0", "H0", "S0"])
+@pytest.mark.parametrize("mechanism", list(EMPTY_CALLS))
+def test_empty_small(rng, mechanism, B, H, S):
+    """Empty sizes for the other mechanisms: the CPU backend's result, bit for bit."""
+    need(mechanism)
+    q, k, v = qkv(rng, B, H, H, S, S, 16, 8, F32)
+    aux = {"features": attnkit.random_features(8, 16), "E": attnkit.linformer_projection(4, S),
+           "lam": np.ones((B, H, S, 2), np.float32)}
+    got, want = gpu_run(EMPTY_CALLS[mechanism], q, k, v, aux), EMPTY_CALLS[mechanism](q, k, v, aux)
+    assert _result_bytes(got) == _result_bytes(want)
+    for g, w in zip(_leaves(got), _leaves(want)):
+        assert g.shape == w.shape and g.dtype == w.dtype
+
+
+# ============================================================================== attention_weights
+def _naive_weights(q, k, dtype, **kw):
+    return ref.attention_weights(np.asarray(q).astype(naive_dtype(dtype)), np.asarray(k).astype(naive_dtype(dtype)),
+                                 **kw)
+
+
+WEIGHT_KW = {"plain": {}, "causal": {"causal": True}, "window": {"window": (3, 5)},
+             "lens": {"key_lengths": "lens"}, "all": "all"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("Sq,Sk", [(1, 1), (7, 33), (65, 65), (100, 17)])
+@pytest.mark.parametrize("kind", list(WEIGHT_KW))
+def test_attention_weights(rng, dtype, Sq, Sk, kind):
+    need("attention_weights")
+    B, Hq, Hkv = 2, 4, 2
+    kw = WEIGHT_KW[kind]
+    if kind == "lens":
+        kw = dict(key_lengths=[min(5, Sk), 0])
+    if kind == "all":
+        kw = dict(mask=rng.random((Sq, Sk)) < 0.7, bias=randn(rng, (B, Hq, 1, Sk), np.float32),
+                  alibi_slopes=rng.uniform(0, 0.3, Hq), softcap=4.0, causal=True)
+    q, k = randn(rng, (B, Hq, Sq, 64), dtype), randn(rng, (B, Hkv, Sk, 64), dtype)
+    w = gpu_run(attnkit.attention_weights, q, k, **kw)
+    c = attnkit.attention_weights(q, k, **kw)
+    r = ref.attention_weights(q, k, **kw)
+    assert w.shape == (B, Hq, Sq, Sk) and w.dtype == dtype
+    close3(w, c, r, _naive_weights(q, k, dtype, **kw), dtype, what="weights")
+
+
+def test_attention_weights_small(rng):
+    need("attention_weights")
+    q, k = randn(rng, (1, 2, 5, 40), F32), randn(rng, (1, 1, 9, 40), F32)
+    kw = dict(causal=True, mask=rng.random((5, 9)) < 0.7)
+    close3(gpu_run(attnkit.attention_weights, q, k, **kw), attnkit.attention_weights(q, k, **kw),
+           ref.attention_weights(q, k, **kw), _naive_weights(q, k, F32, **kw), F32, what="weights")
+
+
+# ============================================================================== merge_attention
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("splits", [[0, 100], [0, 30, 100], [0, 1, 2, 50, 99, 100], [0, 64, 64, 100]],
+                         ids=["one", "two", "many", "empty-part"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_merge_attention(rng, dtype, splits, causal):
+    need("merge_attention")
+    q, k, v = randn(rng, (2, 4, 40, 64), dtype), randn(rng, (2, 2, 100, 64), dtype), randn(rng, (2, 2, 100, 48), dtype)
+    outs, lses = [], []
+    for a, b in zip(splits[:-1], splits[1:]):  # parts from the CPU backend (some rows empty: -inf)
+        mask = np.zeros((1, 1, 40, 100), bool)
+        mask[..., a:b] = True
+        o, l = attnkit.attention(q, k, v, causal=causal, mask=mask, return_lse=True)
+        outs.append(o)
+        lses.append(l)
+    out, lse = gpu_run(attnkit.merge_attention, outs, lses)
+    c_out, c_lse = attnkit.merge_attention(outs, lses)
+    r_out, r_lse = ref.merge_attention(outs, lses)
+    n_out, n_lse = ref.merge_attention([o.astype(naive_dtype(dtype)) for o in outs], lses)
+    close3(out, c_out, r_out, n_out, dtype)
+    close3(lse, c_lse, r_lse, n_lse, lse.dtype, what="lse")
+
+
+def test_merge_attention_small(rng):
+    """Strided parts, a part that is -inf everywhere, rank 3."""
+    need("merge_attention")
+    o = randn(rng, (3, 6, 8, 16), F32)[:, ::2]  # non-contiguous
+    l1, l2 = randn(rng, (3, 3, 8), F32), np.full((3, 3, 8), -np.inf, np.float32)
+    l2[0, 0, 0] = 0.5
+    outs, lses = [o, o * 2, o[..., ::-1]], [l1, l2, l1]
+    out, lse = gpu_run(attnkit.merge_attention, outs, lses)
+    c_out, c_lse = attnkit.merge_attention(outs, lses)
+    r_out, r_lse = ref.merge_attention(outs, lses)
+    close3(out, c_out, r_out, r_out, F32)
+    close3(lse, c_lse, r_lse, r_lse, F32, what="lse")

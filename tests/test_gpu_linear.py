@@ -1,0 +1,161 @@
+"""GPU suite, linear-time attention: linear_attention (with streaming state), performer_attention,
+random_features on the device, linformer_attention. Helpers and conventions: gpu_common.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attnkit
+from attnkit import reference as ref
+from attnkit._array import acc_dtype
+
+from conftest import DTYPE_IDS, DTYPES, magnitude, naive_dtype, randn
+from gpu_common import F32, F64, GPU_MARKS, close3, dev, gpu_run, host, need, qkv, same
+
+pytestmark = GPU_MARKS
+
+
+# ============================================================================== linear attention
+LIN_CASES = [
+    # id, B, Hq, Hkv, S, Sk, D, Dv, kwargs
+    ("small-causal", 1, 2, 1, 9, 9, 16, 8, dict(causal=True)),
+    ("small-bidir", 1, 2, 2, 7, 11, 16, 8, dict(causal=False)),
+    ("elu1-causal", 2, 4, 2, 100, 100, 32, 24, dict(feature_map="elu1", causal=True)),
+    ("relu-causal", 2, 4, 4, 257, 257, 64, 64, dict(feature_map="relu", causal=True)),
+    ("identity-causal", 2, 2, 2, 130, 130, 64, 32, dict(feature_map="identity", normalize=False, causal=True)),
+    ("elu1-bidir", 2, 4, 2, 100, 77, 32, 24, dict(feature_map="elu1", causal=False)),
+    ("relu-bidir-D128", 1, 4, 1, 65, 200, 128, 128, dict(feature_map="relu", causal=False)),
+    ("identity-bidir", 1, 2, 2, 33, 33, 80, 96, dict(feature_map="identity", normalize=False, causal=False)),
+    ("lens-causal", 3, 2, 2, 60, 60, 32, 16, dict(causal=True, key_lengths=[60, 0, 17])),
+    ("lens-bidir", 3, 2, 2, 40, 60, 32, 16, dict(causal=False, key_lengths=[60, 0, 17])),
+    ("state-causal", 2, 4, 2, 50, 50, 32, 24, dict(causal=True, initial_state="s", return_state=True)),
+    ("state-bidir", 2, 2, 1, 30, 45, 16, 12, dict(causal=False, initial_state="s", return_state=True)),
+    ("state-out-only", 2, 2, 2, 64, 64, 72, 40, dict(causal=True, return_state=True)),
+    ("decode-step", 2, 8, 2, 1, 1, 64, 64, dict(causal=True, initial_state="s", return_state=True)),
+    ("strided", 2, 4, 2, 37, 37, 32, 32, dict(causal=True, layout="strided")),
+    ("empty-small", 1, 2, 2, 0, 0, 16, 8, dict(causal=True, return_state=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", LIN_CASES, ids=[c[0] for c in LIN_CASES])
+def test_linear_attention(rng, dtype, case):
+    need("linear_attention")
+    _, B, Hq, Hkv, S, Sk, D, Dv, kw = case
+    kw = dict(kw)
+    layout = kw.pop("layout", "contig")
+    q, k, v = qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, dtype, 0.5, layout)
+    sd = acc_dtype(dtype)
+    if kw.get("initial_state") == "s":
+        kw["initial_state"] = (np.abs(randn(rng, (B, Hkv, D, Dv), sd)), np.abs(randn(rng, (B, Hkv, D), sd)))
+    res = gpu_run(attnkit.linear_attention, q, k, v, **kw)
+    cres = attnkit.linear_attention(q, k, v, **kw)
+    if S == 0:
+        same(res[0], cres[0])
+        same(res[1][0], cres[1][0], "S")
+        same(res[1][1], cres[1][1], "z")
+        return
+    r = ref.linear_attention(q, k, v, **kw)
+    n = ref.linear_attention(q, k, v, _dtype=naive_dtype(dtype), **kw)
+    if kw.get("return_state"):
+        (out, (s, z)), (c_out, (cs, cz)), (r, (rs, rz)), (n, (ns, nz)) = res, cres, r, n
+        assert s.dtype == sd and z.dtype == sd
+        close3(s, cs, rs, ns, sd, what="state S", atol_scale=magnitude(rs))
+        close3(z, cz, rz, nz, sd, what="state z", atol_scale=magnitude(rz))
+    else:
+        out, c_out = res, cres
+    assert out.dtype == dtype
+    close3(out, c_out, r, n, dtype, atol_scale=1.0 if kw.get("normalize", True) else magnitude(r))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_linear_attention_streaming(rng, dtype):
+    """Causal with state in/out on the device: prefill + chunks + token-by-token decode == one call."""
+    need("linear_attention")
+    q, k, v = qkv(rng, 2, 4, 2, 70, 70, 32, 16, dtype)
+    full, (s_full, z_full) = gpu_run(attnkit.linear_attention, q, k, v, return_state=True)
+    dq, dk, dv = dev(q), dev(k), dev(v)
+    state, outs = None, []
+    for a, b in [(0, 40), (40, 41), (41, 42), (42, 70)]:
+        o, state = attnkit.linear_attention(dq[:, :, a:b], dk[:, :, a:b], dv[:, :, a:b], initial_state=state,
+                                            return_state=True)
+        outs.append(host(o))
+    tol = 1e-5 if dtype == F32 else 1e-12
+    np.testing.assert_allclose(np.concatenate(outs, axis=2), full, rtol=tol, atol=tol)
+    np.testing.assert_allclose(host(state[0]), s_full, rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(host(state[1]), z_full, rtol=tol, atol=tol * 10)
+
+
+# ============================================================================== Performer
+PERF_CASES = [
+    # id, B, Hq, Hkv, S, Sk, D, Dv, m, kwargs
+    ("small", 1, 2, 1, 9, 9, 16, 8, 8, dict(causal=True)),
+    ("softmax-bidir", 2, 4, 2, 100, 77, 32, 24, 64, dict(causal=False)),
+    ("softmax-causal", 2, 4, 2, 130, 130, 64, 64, 128, dict(causal=True)),
+    ("relu-causal", 2, 2, 2, 65, 65, 80, 40, 40, dict(kernel="relu", causal=True)),
+    ("relu-bidir-D128", 1, 4, 1, 33, 200, 128, 128, 256, dict(kernel="relu", causal=False)),
+    ("lens", 3, 2, 2, 50, 50, 32, 16, 32, dict(causal=False, key_lengths=[50, 0, 21])),
+    ("lens-causal-scale", 3, 2, 2, 50, 50, 32, 16, 33, dict(causal=True, key_lengths=[50, 0, 21], scale=0.1)),
+    ("strided", 2, 4, 2, 37, 37, 32, 32, 48, dict(causal=True, layout="strided")),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", PERF_CASES, ids=[c[0] for c in PERF_CASES])
+def test_performer_attention(rng, dtype, case):
+    need("performer_attention")
+    _, B, Hq, Hkv, S, Sk, D, Dv, m, kw = case
+    kw = dict(kw)
+    layout = kw.pop("layout", "contig")
+    q, k, v = qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, dtype, 0.5, layout)
+    w = attnkit.random_features(m, D, seed=m, dtype=acc_dtype(dtype))
+    out = gpu_run(attnkit.performer_attention, q, k, v, w, **kw)
+    c_out = attnkit.performer_attention(q, k, v, w, **kw)
+    r = ref.performer_attention(q, k, v, w, **kw)
+    n = ref.performer_attention(q, k, v, w, _dtype=naive_dtype(dtype), **kw)
+    assert out.dtype == dtype
+    close3(out, c_out, r, n, dtype)
+
+
+def test_random_features_on_device(rng):
+    """random_features' output, uploaded, is usable on the device (and is the same matrix as on the host)."""
+    need("performer_attention")
+    q, k, v = qkv(rng, 1, 2, 2, 20, 20, 16, 16, F32)
+    w = attnkit.random_features(32, 16, seed=1)
+    close3(gpu_run(attnkit.performer_attention, q, k, v, w, causal=True),
+           attnkit.performer_attention(q, k, v, w, causal=True), ref.performer_attention(q, k, v, w, causal=True),
+           ref.performer_attention(q, k, v, w, causal=True, _dtype=np.float32), F32)
+
+
+# ============================================================================== Linformer
+LF_CASES = [
+    # id, B, Hq, Hkv, Sq, Sk, D, Dv, P, E kind, F kind, kwargs
+    ("small", 1, 2, 1, 7, 9, 16, 8, 4, "shared", "none", {}),
+    ("shared", 2, 4, 2, 33, 100, 32, 24, 16, "shared", "none", {}),
+    ("per-head-E-F", 2, 6, 3, 40, 130, 64, 64, 32, "per_head", "per_head", {}),
+    ("F-shared", 2, 4, 4, 90, 20, 128, 64, 70, "shared", "shared", dict(scale=0.3)),
+    ("lens", 3, 2, 2, 50, 60, 40, 16, 12, "per_head", "none", dict(key_lengths=[60, 0, 17])),
+    ("strided", 2, 4, 2, 37, 50, 32, 32, 8, "shared", "none", dict(layout="strided")),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", LF_CASES, ids=[c[0] for c in LF_CASES])
+def test_linformer_attention(rng, dtype, case):
+    need("linformer_attention")
+    _, B, Hq, Hkv, Sq, Sk, D, Dv, P, ek, fk, kw = case
+    kw = dict(kw)
+    layout = kw.pop("layout", "contig")
+    q, k, v = qkv(rng, B, Hq, Hkv, Sq, Sk, D, Dv, dtype, 1.0, layout)
+    pd = acc_dtype(dtype)
+    E = attnkit.linformer_projection(P, Sk, seed=1, num_heads=Hkv if ek == "per_head" else None, dtype=pd)
+    F = None if fk == "none" else attnkit.linformer_projection(P, Sk, seed=2, num_heads=Hkv if fk == "per_head"
+                                                               else None, dtype=pd)
+    out, lse = gpu_run(attnkit.linformer_attention, q, k, v, E, F, return_lse=True, **kw)
+    c_out, c_lse = attnkit.linformer_attention(q, k, v, E, F, return_lse=True, **kw)
+    r, rl = ref.linformer_attention(q, k, v, E, F, return_lse=True, **kw)
+    n, nl = ref.linformer_attention(q, k, v, E, F, return_lse=True, _dtype=naive_dtype(dtype),
+                                    _proj_dtype=dtype if np.dtype(dtype).itemsize == 2 else None, **kw)
+    close3(out, c_out, r, n, dtype, atol_scale=magnitude(r))
+    close3(lse, c_lse, rl, nl, lse.dtype, what="lse", atol_scale=magnitude(rl))

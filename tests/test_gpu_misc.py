@@ -1,0 +1,185 @@
+"""GPU suite, the rest: rope, multi-head attention, mixed NumPy / CuPy inputs, two devices, bfloat16
+status. Helpers and conventions: gpu_common.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attnkit
+from attnkit import layouts
+from attnkit import reference as ref
+
+from conftest import BF16, DTYPE_IDS, DTYPES, magnitude, naive_dtype, raises, randn
+from gpu_common import (DT, F32, FAKE, GPU_MARKS, HAVE_TORCH_CUDA, MHA_CORE, N_DEVICES, close3, cupy, dev, _dev_array,
+                        gpu_run, host, _is_torch, need, qkv, same, _tiny, torch)
+
+pytestmark = GPU_MARKS
+
+
+# ============================================================================== rope
+ROPE_CASES = [
+    # id, shape, kwargs
+    ("small", (1, 2, 5, 8), {}),
+    ("basic", (2, 3, 33, 64), {}),
+    ("partial", (1, 2, 33, 64), dict(rotary_dim=32)),
+    ("interleaved", (2, 4, 17, 128), dict(interleaved=True)),
+    ("interleaved-partial", (1, 2, 40, 80), dict(interleaved=True, rotary_dim=40)),
+    ("positions", (2, 2, 9, 32), dict(positions="p")),
+    ("positions-2d", (2, 2, 9, 32), dict(positions="p2", base=500.0)),
+    ("rank3", (3, 21, 96), {}),
+    ("strided", (2, 3, 20, 64), dict(layout="strided")),
+    ("empty-small", (1, 2, 0, 16), {}),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", ROPE_CASES, ids=[c[0] for c in ROPE_CASES])
+def test_rope(rng, dtype, case):
+    need("rope")
+    _, shape, kw = case
+    kw = dict(kw)
+    if kw.pop("layout", None) == "strided":
+        B, H, S, D = shape
+        x = randn(rng, (B, S, H, D + 2), dtype)[..., :D].transpose(0, 2, 1, 3)
+    else:
+        x = randn(rng, shape, dtype)
+    if kw.get("positions") == "p":
+        kw["positions"] = rng.integers(0, 5000, shape[-2]).astype(np.int64)
+    elif kw.get("positions") == "p2":
+        kw["positions"] = rng.integers(0, 100, (shape[0], shape[-2])).astype(np.int32)
+    out = gpu_run(attnkit.rope, x, **kw)
+    c_out = attnkit.rope(x, **kw)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    if x.size == 0:
+        same(out, c_out)
+        return
+    close3(out, c_out, ref.rope(x, **kw), ref.rope(x, _dtype=naive_dtype(dtype), **kw), dtype)
+
+
+# ============================================================================== multi-head attention
+def _mha_params(rng, E, Hq, Hkv, D, dtype):
+    s = 1 / np.sqrt(E)
+    w = [randn(rng, (Hq * D, E), dtype, s), randn(rng, (Hkv * D, E), dtype, s), randn(rng, (Hkv * D, E), dtype, s),
+         randn(rng, (E, Hq * D), dtype, 1 / np.sqrt(Hq * D))]
+    return attnkit.MHAParams(*w, *(randn(rng, (x.shape[0],), dtype, 0.1) for x in w))
+
+
+MHA_CASES = [
+    ("exact", {}, False, "f16"),
+    ("linear", {"feature_map": "elu1"}, True, "f16"),
+    ("performer", {"num_features": 64, "seed": 2}, False, "f16"),
+    ("exact", {}, False),
+    ("exact", {"window": (3, 0), "softcap": 20.0}, True),
+    ("block_sparse", {"layout": None}, False),
+    ("lsh", {"num_buckets": 4, "num_hashes": 2, "seed": 5}, True),
+    ("linear", {"feature_map": "elu1"}, True),
+    ("linear", {"feature_map": "relu"}, False),
+    ("performer", {"num_features": 64, "seed": 2}, False),
+    ("linformer", {"proj_len": 8, "seed": 1}, False),
+    ("dla", {"capacity": 3, "tau": 0.5}, True),
+    # bfloat16: PyTorch tensors in (weights in MHAParams too), DeviceBF16 projections, PyTorch out
+    ("exact", {}, True, "bf16"),
+    ("linformer", {"proj_len": 8, "seed": 1}, False, "bf16"),
+    ("dla", {"capacity": 3, "tau": 0.5}, True, "bf16"),
+]
+
+
+@pytest.mark.parametrize("mechanism,options,causal,dtype", [c if len(c) == 4 else c + ("f32",) for c in MHA_CASES],
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(MHA_CASES)])
+def test_multi_head_attention(rng, mechanism, options, causal, dtype):
+    """The layer over each mechanism: CuPy projections, then the mechanism's CUDA kernel."""
+    dtype = DT[dtype]
+    need(MHA_CORE[mechanism])
+    B, S, E, H = 2, 13, 32, 4
+    Hkv = H if mechanism == "dla" else 2
+    P = _mha_params(rng, E, H, Hkv, E // H, dtype)
+    x = randn(rng, (B, S, E), dtype)
+    opts = dict(options)
+    if "layout" in opts:
+        opts["layout"] = layouts.bigbird(S, 4, window_blocks=1, global_blocks=1, random_blocks=1, seed=3, num_heads=H)
+    kw = dict(num_heads=H, num_kv_heads=Hkv, causal=causal, mechanism=mechanism, **opts)
+    out = gpu_run(attnkit.multi_head_attention, x, x, x, P, **kw)
+    c_out = attnkit.multi_head_attention(x, x, x, P, **kw)
+    r = ref.multi_head_attention(x, x, x, P, **kw)
+    n = ref.multi_head_attention(x, x, x, P, _dtype=naive_dtype(dtype), **kw)
+    assert out.dtype == dtype and out.shape == r.shape
+    scale = magnitude(r) * (4 if np.dtype(dtype).itemsize == 2 else 1)
+    # the GPU's projections (cuBLAS) round differently from NumPy's: the CPU comparison gets the same rule
+    close3(out, c_out, r, n, dtype, atol_scale=scale)
+
+
+def test_multi_head_attention_small(rng):
+    need("attention")
+    P = _mha_params(rng, 16, 2, 1, 8, F32)
+    x, kv = randn(rng, (1, 5, 16), F32), randn(rng, (1, 7, 16), F32)
+    kw = dict(num_heads=2, num_kv_heads=1, causal=True, key_lengths=[6])
+    close3(gpu_run(attnkit.multi_head_attention, x, kv, kv, P, **kw), attnkit.multi_head_attention(x, kv, kv, P, **kw),
+           ref.multi_head_attention(x, kv, kv, P, **kw),
+           ref.multi_head_attention(x, kv, kv, P, _dtype=np.float32, **kw), F32, atol_scale=4.0)
+
+
+# ============================================================================== bad input, devices
+MIXED = [
+    ("attention", lambda q, k, v: attnkit.attention(q, k, v), "k"),
+    ("attention", lambda q, k, v: attnkit.attention(q, k, v, mask=np.ones((4, 4), bool)), "mask"),
+    ("attention", lambda q, k, v: attnkit.attention(q, k, v, bias=np.zeros((4, 4), np.float32)), "bias"),
+    ("attention", lambda q, k, v: attnkit.attention(q, k, v, key_lengths=np.array([3])), "key_lengths"),
+    ("attention_weights", lambda q, k, v: attnkit.attention_weights(q, k), "k"),
+    ("merge_attention", lambda q, k, v: attnkit.merge_attention([q, v], [q[..., 0], q[..., 0]]), "outs[1]"),
+    ("linear_attention", lambda q, k, v: attnkit.linear_attention(q, k, v), "k"),
+    ("performer_attention", lambda q, k, v: attnkit.performer_attention(
+        q, q, q, attnkit.random_features(4, 8)), "features"),
+    ("linformer_attention", lambda q, k, v: attnkit.linformer_attention(
+        q, q, q, attnkit.linformer_projection(2, 4)), "E"),
+    ("dynamic_linear_attention", lambda q, k, v: attnkit.dynamic_linear_attention(
+        q, k, v, cupy.ones((1, 1, 4, 2), np.float32), capacity=2), "k"),
+]
+
+
+@pytest.mark.parametrize("fn,call,name", MIXED, ids=[f"{f}-{n}" for f, _, n in MIXED])
+def test_mixed_numpy_cupy_rejected_small(fn, call, name):
+    """A NumPy argument in a CuPy call: TypeError naming the argument (validation precedes dispatch, so this
+    holds with or without a kernel)."""
+    if FAKE:
+        pytest.skip("needs CuPy")
+    q = _tiny(1, 1, 4, 8)
+    k = cupy.asnumpy(_tiny(1, 1, 4, 8)) if name == "k" else _tiny(1, 1, 4, 8)
+    v = cupy.asnumpy(q) if name == "outs[1]" else _tiny(1, 1, 4, 8)
+    raises(TypeError, name, call, q, k, v)
+
+
+def test_numpy_first_then_cupy_rejected_small():
+    if FAKE:
+        pytest.skip("needs CuPy")
+    q = np.zeros((1, 1, 4, 8), np.float32)
+    raises(TypeError, "k", attnkit.attention, q, _tiny(1, 1, 4, 8), q)
+
+
+@pytest.mark.skipif(FAKE or N_DEVICES < 2, reason="needs two GPUs")
+def test_two_devices(rng):
+    q, k, v = qkv(rng, 1, 2, 2, 16, 16, 32, 32, F32)
+    with cupy.cuda.Device(1):
+        k1 = cupy.asarray(k)
+    raises(TypeError, "k", attnkit.attention, dev(q, 0), k1, dev(v, 0))
+    need("attention")
+    # a call on device 1 runs there and gives the device-0 bits
+    out1 = gpu_run(attnkit.attention, q, k, v, causal=True, _device=1)
+    out0 = gpu_run(attnkit.attention, q, k, v, causal=True, _device=0)
+    same(out1, out0)
+
+
+def test_bfloat16_status_small(rng):
+    """bfloat16 reaches the CUDA backend as PyTorch tensors (DLPack, zero-copy) and comes back as PyTorch
+    bfloat16 CUDA tensors with the CPU backend's values."""
+    if FAKE or not HAVE_TORCH_CUDA:
+        pytest.skip("needs PyTorch with CUDA")
+    need("attention")
+    q = randn(rng, (1, 2, 8, 32), BF16)
+    t = _dev_array(q)
+    out = attnkit.attention(t, t, t)
+    assert _is_torch(out) and out.dtype == torch.bfloat16 and out.is_cuda
+    assert tuple(out.shape) == q.shape
+    close3(host(out), attnkit.attention(q, q, q), ref.attention(q, q, q),
+           ref.attention(q, q, q, _dtype=naive_dtype(BF16)), BF16)
+    assert host(t).view(np.uint16).tobytes() == q.view(np.uint16).tobytes()  # the input is untouched
