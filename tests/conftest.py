@@ -64,6 +64,24 @@ def raises(exc, name, fn, *a, **kw):
     return e.value
 
 
+ERRORS = (ValueError, TypeError)
+
+
+def broken_call(data, fn, args, breaks):
+    """The error half of a property test ("equals the oracle or raises ValueError / TypeError naming the
+    argument"). Most draws return False: the caller checks ``fn(**args)`` against the oracle. Otherwise one
+    of ``breaks``, ``(argument, bad value, the name the message must hold)``, replaces that argument and
+    ``fn`` must raise ValueError or TypeError naming it (a whole word); returns True."""
+    from hypothesis import strategies as st
+
+    i = data.draw(st.integers(-3, len(breaks) - 1), label="break")
+    if i < 0:
+        return False
+    arg, value, name = breaks[i]
+    raises(ERRORS, name, fn, **dict(args, **{arg: value}))
+    return True
+
+
 def _result_bytes(x) -> bytes:
     """The bits of a result: arrays, and the arrays inside tuples, lists and dataclasses (DLACache)."""
     import dataclasses
