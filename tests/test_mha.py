@@ -176,6 +176,9 @@ def test_errors(rng):
 
 
 # ------------------------------------------------------------------------------------------ properties
+MHA_FIELDS = attnkit.MHAParams.__slots__
+
+
 def draw_options(data, m, S, H):
     """Options of mechanism m (any that keeps the call valid)."""
     return {"exact": lambda: data.draw(st.sampled_from([{}, {"window": (3, 1)}, {"softcap": 5.0}])),
@@ -192,7 +195,7 @@ def draw_options(data, m, S, H):
 @given(data=st.data())
 def test_random_problems(mech, data):
     """Every mechanism with random options, sizes, head counts (GQA), dtypes, biases, RoPE, key_lengths and
-    causality: the oracle, or an error naming the argument that was broken."""
+    causality: the oracle, or an error naming the argument that was broken (of the call or of MHAParams)."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
     dtype = data.draw(st.sampled_from(DTYPES))
     B, S, E, D = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 12)), data.draw(st.integers(1, 20)), \
@@ -207,6 +210,10 @@ def test_random_problems(mech, data):
         else data.draw(st.integers(1, 12))
     P = make_params(rng, E, H, Hkv, D, Dv=data.draw(st.integers(1, 6)), E_out=data.draw(st.integers(1, 10)),
                     bias=data.draw(st.booleans()), dtype=dtype)
+    weights = {n: getattr(P, n) for n in MHA_FIELDS}
+    w = P.w_q
+    broken_call(data, attnkit.MHAParams, weights, [("w_q", w[0], "w_q"), ("w_k", w.astype(np.int32), "w_k"),
+                                                   ("b_v", np.zeros(P.w_v.shape[0] + 1, dtype), "b_v"), ("w_o", "w", "w_o")])
     x, kv = randn(rng, (B, S, E), dtype), randn(rng, (B, Sk, E), dtype)
     args = dict(query=x, key=kv, value=kv, params=P, num_heads=H, num_kv_heads=Hkv, causal=causal,
                 mechanism=mech, **opts)
