@@ -169,7 +169,7 @@ def test_errors(rng):
     raises(ValueError, "F", f, q, k, v, e, e[:, :3])
     raises(ValueError, "scale", f, q, k, v, e, scale=float("inf"))
     raises(ValueError, "key_lengths", f, q, k, v, e, key_lengths=[13, 0])
-    raises(ValueError, "heads", f, q[:, :3], k, v, e)
+    raises(ValueError, "k", f, q[:, :3], k, v, e)                                 # Hq % Hkv
     raises(TypeError, "v", f, q, k, v.astype(np.float16), e)
     raises(TypeError, "return_lse", f, q, k, v, e, return_lse=1)
     p = attnkit.linformer_projection
