@@ -123,8 +123,8 @@ def test_attention_weights_random_problems(data):
 @SETTINGS
 @given(data=st.data())
 def test_merge_attention_random_problems(data):
-    """Attention over random splits of the keys, merged: equals the merge oracle (and attention over all
-    the keys); mismatched parts raise an error naming them."""
+    """Attention over random splits of the keys, merged: equals the merge oracle (attention over all the
+    keys is the naive baseline of the tolerance); mismatched parts raise an error naming them."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
     dtype = data.draw(st.sampled_from(DTYPES))
     B, H, Sq, D = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), data.draw(st.integers(0, 20)), 8
