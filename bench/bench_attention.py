@@ -14,29 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 import attnkit
-from attnkit._bench import environment, exact_rows, progress, vm_mib, write_json
+from attnkit._bench import add_rss_arguments, environment, exact_rows, peak_rss, progress, rss_in_child, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def peak_rss_child(S, H, D, causal):
     """Runs in a subprocess: peak RSS during one attention call beyond what the process held before it
-    (inputs included), i.e. the output plus the kernel's scratch. The high-water mark is reset through
-    /proc/self/clear_refs first (ru_maxrss would carry the parent's peak across exec)."""
+    (inputs included), i.e. the output plus the kernel's scratch."""
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, H, S, D)).astype(np.float32) for _ in range(3))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = vm_mib("VmRSS")
-    out = attnkit.attention(q, k, v, causal=causal)
-    peak = vm_mib("VmHWM")
+    out, before, peak = peak_rss(lambda: attnkit.attention(q, k, v, causal=causal))
     print(json.dumps({"S": S, "H": H, "D": D, "causal": causal, "inputs_mib": 3 * q.nbytes / 2**20,
                       "output_mib": out.nbytes / 2**20, "rss_before_mib": before, "rss_peak_mib": peak,
                       "extra_mib": peak - before, "extra_beyond_output_mib": peak - before - out.nbytes / 2**20,
@@ -48,9 +41,7 @@ def main(argv=None):
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-numpy", action="store_true")
-    ap.add_argument("--no-rss", action="store_true")
-    ap.add_argument("--rss-S", type=int, default=32768)
-    ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    add_rss_arguments(ap, 32768)
     ap.add_argument("--out", default="attention.json")
     a = ap.parse_args(argv)
     if a.rss_child:
@@ -59,11 +50,7 @@ def main(argv=None):
     rows = exact_rows(a.sizes, a.reps, with_numpy=not a.no_numpy)
     payload = {"benchmark": "exact attention, float32, B=1, H=8, D=64", "env": environment(threads), "rows": rows}
     if not a.no_rss:
-        progress(f"peak RSS at S={a.rss_S} (causal, H=8, D=64) ...")
-        res = subprocess.run([sys.executable, __file__, "--rss-child", "--rss-S", str(a.rss_S)], check=True,
-                             capture_output=True, text=True)
-        payload["peak_rss"] = json.loads(res.stdout)
-        progress(json.dumps(payload["peak_rss"]))
+        payload["peak_rss"] = rss_in_child(__file__, a.rss_S)
     progress(f"wrote {write_json(RESULTS, a.out, payload)}")
 
 

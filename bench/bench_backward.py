@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 import attnkit
-from attnkit._bench import causal_pairs, environment, progress, timeit_many, torch_or_none, vm_mib, write_json
+from attnkit._bench import (add_rss_arguments, causal_pairs, environment, peak_rss, progress, rss_in_child, timeit_many,
+                            torch_or_none, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,11 +38,7 @@ def peak_rss_child(S, H, D):
     """Peak RSS of one causal backward call beyond what the process held before (the gradients
     included); the high-water mark is reset through /proc/self/clear_refs first."""
     q, k, v, dout, out, lse = inputs(S, H, D, True)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = vm_mib("VmRSS")
-    grads = attnkit.attention_backward(dout, q, k, v, out, lse, causal=True)
-    peak = vm_mib("VmHWM")
+    grads, before, peak = peak_rss(lambda: attnkit.attention_backward(dout, q, k, v, out, lse, causal=True))
     grads_mib = sum(g.nbytes for g in grads) / 2**20
     print(json.dumps({"S": S, "H": H, "D": D, "causal": True, "grads_mib": grads_mib, "extra_mib": peak - before,
                       "extra_beyond_grads_mib": peak - before - grads_mib,
@@ -91,9 +86,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--no-rss", action="store_true")
-    ap.add_argument("--rss-S", type=int, default=8192)
-    ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    add_rss_arguments(ap, 8192)
     ap.add_argument("--out", default="backward.json")
     a = ap.parse_args(argv)
     if a.rss_child:
@@ -101,11 +94,7 @@ def main(argv=None):
     payload = {"benchmark": "exact attention backward, float32, B=1, H=8, D=64",
                "env": environment(attnkit.get_num_threads()), "rows": rows_for(a.sizes, a.reps)}
     if not a.no_rss:
-        progress(f"peak RSS at S={a.rss_S} (causal, H=8, D=64) ...")
-        res = subprocess.run([sys.executable, __file__, "--rss-child", "--rss-S", str(a.rss_S)], check=True,
-                             capture_output=True, text=True)
-        payload["peak_rss"] = json.loads(res.stdout)
-        progress(json.dumps(payload["peak_rss"]))
+        payload["peak_rss"] = rss_in_child(__file__, a.rss_S)
     progress(f"wrote {write_json(RESULTS, a.out, payload)}")
 
 

@@ -64,6 +64,25 @@ def raises(exc, name, fn, *a, **kw):
     return e.value
 
 
+ERRORS = (ValueError, TypeError)
+
+
+def broken_call(data, fn, args, breaks):
+    """The error half of a property test ("equals the oracle or raises ValueError / TypeError naming the
+    argument"). Most draws return False: the caller checks ``fn(**args)`` against the oracle. Otherwise one
+    of ``breaks``, ``(argument, bad value, the name the message must hold)``, replaces that argument and
+    ``fn`` must raise ValueError or TypeError naming it (a whole word); returns True."""
+    from hypothesis import strategies as st
+
+    # (a wide integer, reduced: hypothesis draws small integers far more often than others)
+    i = data.draw(st.integers(0, 2**32 - 1), label="break") % (3 * len(breaks))
+    if i >= len(breaks):  # two draws in three: the valid call
+        return False
+    arg, value, name = breaks[i]
+    raises(ERRORS, name, fn, **dict(args, **{arg: value}))
+    return True
+
+
 def _result_bytes(x) -> bytes:
     """The bits of a result: arrays, and the arrays inside tuples, lists and dataclasses (DLACache)."""
     import dataclasses

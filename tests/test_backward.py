@@ -12,7 +12,8 @@ import attnkit
 from attnkit import layouts
 from attnkit import reference as ref
 
-from conftest import DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, magnitude, naive_dtype, randn, run_in_isa
+from conftest import (DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, magnitude, naive_dtype, raises, randn,
+                      run_in_isa)
 
 
 def check(rng, dtype, q, k, v, *, return_dbias=False, **kw):
@@ -262,8 +263,7 @@ def test_bad_input(rng, case, exc, name):
         kw["return_dbias"] = True
     elif case == "dout_list":
         dout = dout.tolist()
-    with pytest.raises(exc, match=name):
-        attnkit.attention_backward(dout, q, k, v, out, lse, **kw)
+    raises(exc, name, attnkit.attention_backward, dout, q, k, v, out, lse, **kw)
 
 
 def test_bad_layout(rng):

@@ -108,7 +108,7 @@ def test_compare_errors(qkv_npz, tmp_path):
         cli.main(["compare", str(path), "--model", "minilm"])   # both
     bad = tmp_path / "bad.npz"
     np.savez(bad, q=np.zeros((4, 8), np.float32))
-    with pytest.raises(ValueError, match="k, v"):
+    with pytest.raises(ValueError, match="missing k, v"):
         C.load_qkv([str(bad)])
     with pytest.raises(ValueError, match="inputs"):
         C.load_qkv([str(path), str(path)])

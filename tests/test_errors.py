@@ -46,7 +46,7 @@ def test_shapes(qkv):
     raises(ValueError, "k", attnkit.attention, q, k[0], v)
     raises(ValueError, "k", attnkit.attention, q, k[:1], v)              # batch
     raises(ValueError, "k", attnkit.attention, q, k[..., :8], v)         # head dim
-    raises(ValueError, "heads", attnkit.attention, q[:, :3], k, v)       # GQA
+    raises(ValueError, "k", attnkit.attention, q[:, :3], k, v)           # GQA: Hq % Hkv
     raises(ValueError, "v", attnkit.attention, q, k, v[:, :, :5])        # Sk
     raises(ValueError, "v", attnkit.attention, q, k, v[:, :1])           # Hkv
     raises(ValueError, "v", attnkit.attention, q, k, v[0])               # rank

@@ -307,7 +307,7 @@ def test_errors(rng):
     raises(TypeError, "normalize", f, q, k, v, normalize=None)
     raises(TypeError, "return_state", f, q, k, v, return_state="yes")
     raises(ValueError, "q's length", f, q, k[:, :, :7], v[:, :, :7])      # causal needs Sk == S
-    raises(ValueError, "heads", f, q[:, :3], k, v)
+    raises(ValueError, "k", f, q[:, :3], k, v)                            # Hq % Hkv
     raises(ValueError, "v", f, q, k, v[:, :, :9])
     raises(TypeError, "k", f, q, k.astype(np.float64), v)
     raises(TypeError, "q", f, q.astype(np.int32), k, v)

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import attnkit
 from attnkit import reference as ref
 
-from conftest import DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, magnitude, naive_dtype, raises, randn
+from conftest import (DTYPES, DTYPE_IDS, assert_close, assert_thread_invariant, broken_call, magnitude, naive_dtype,
+                      raises, randn)
+from test_properties import SETTINGS, strided
 
 
 def qkv(rng, B, Hq, Hkv, Sq, Sk, D, Dv, dtype):
@@ -165,7 +169,7 @@ def test_errors(rng):
     raises(ValueError, "F", f, q, k, v, e, e[:, :3])
     raises(ValueError, "scale", f, q, k, v, e, scale=float("inf"))
     raises(ValueError, "key_lengths", f, q, k, v, e, key_lengths=[13, 0])
-    raises(ValueError, "heads", f, q[:, :3], k, v, e)
+    raises(ValueError, "k", f, q[:, :3], k, v, e)                                 # Hq % Hkv
     raises(TypeError, "v", f, q, k, v.astype(np.float16), e)
     raises(TypeError, "return_lse", f, q, k, v, e, return_lse=1)
     p = attnkit.linformer_projection
@@ -176,3 +180,59 @@ def test_errors(rng):
     raises(ValueError, "seed", p, 4, 10, seed=-3)
     raises(TypeError, "dtype", p, 4, 10, dtype=np.int8)
     raises(TypeError, "proj_len", p, "4", 10)
+
+
+# ------------------------------------------------------------------------------------------ properties
+@SETTINGS
+@given(data=st.data())
+def test_projection_random_arguments(data):
+    """Random lengths, head counts, seeds and dtypes: the oracle rounded once to the dtype, or an error
+    naming the argument that was broken."""
+    P, Sk, H = data.draw(st.integers(1, 40)), data.draw(st.integers(0, 60)), data.draw(st.sampled_from([None, 1, 3]))
+    args = dict(proj_len=P, seq_len=Sk, seed=data.draw(st.integers(0, 2**64 - 1)), num_heads=H,
+                dtype=data.draw(st.sampled_from(DTYPES)))
+    breaks = [("proj_len", 0, "proj_len"), ("proj_len", "4", "proj_len"), ("seq_len", -1, "seq_len"),
+              ("seq_len", True, "seq_len"), ("num_heads", 0, "num_heads"), ("num_heads", 2.0, "num_heads"),
+              ("seed", -1, "seed"), ("seed", 2**64, "seed"), ("dtype", np.int8, "dtype")]
+    if broken_call(data, attnkit.linformer_projection, args, breaks):
+        return
+    e = attnkit.linformer_projection(**args)
+    r = ref.linformer_projection(**dict(args, dtype=np.float64))
+    assert e.shape == r.shape == ((P, Sk) if H is None else (H, P, Sk)) and e.dtype == args["dtype"]
+    rtol = {8: 1e-14, 4: 2**-23, 2: 2**-8}[e.dtype.itemsize]                      # one rounding of the oracle
+    np.testing.assert_allclose(e.astype(np.float64), r, rtol=rtol, atol=1e-15 if e.dtype.itemsize == 8 else 2**-24)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_attention_random_problems(data):
+    """Random shapes, strides, dtypes, GQA, shared / per-head E and F, key_lengths and scale: the oracle,
+    or an error naming the argument that was broken."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    dtype = data.draw(st.sampled_from(DTYPES))
+    B, Hkv, G = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    Sq, Sk, P = data.draw(st.integers(0, 40)), data.draw(st.integers(0, 60)), data.draw(st.integers(1, 20))
+    D, Dv = data.draw(st.integers(1, 24)), data.draw(st.integers(1, 24))
+
+    def projection(seed):
+        heads = data.draw(st.sampled_from([None, Hkv]))
+        return attnkit.linformer_projection(P, Sk, seed=seed, num_heads=heads, dtype=data.draw(st.sampled_from(DTYPES)))
+
+    E = projection(1)
+    args = dict(q=strided(rng, (B, Hkv * G, Sq, D), dtype, data), k=strided(rng, (B, Hkv, Sk, D), dtype, data),
+                v=strided(rng, (B, Hkv, Sk, Dv), dtype, data), E=E,
+                F=projection(2) if data.draw(st.booleans()) else None)
+    if data.draw(st.booleans()):
+        args["key_lengths"] = rng.integers(0, Sk + 1, B)
+    if data.draw(st.booleans()):
+        args["scale"] = data.draw(st.sampled_from([0.0, 0.1, 2.0]))
+    breaks = [("E", attnkit.linformer_projection(P, Sk + 1), "E"), ("E", np.ones((Hkv + 1, P, Sk), np.float32), "E"),
+              ("E", E.astype(np.int64), "E"), ("F", attnkit.linformer_projection(P + 1, Sk), "F"),
+              ("causal", True, "causal"), ("key_lengths", np.full(B + 1, Sk), "key_lengths"),
+              ("key_lengths", np.full(B, Sk + 1), "key_lengths"), ("scale", float("nan"), "scale"),
+              ("q", args["q"].astype(np.int32), "q"), ("k", np.zeros((B, Hkv, Sk, D + 1), dtype), "k"),
+              ("return_lse", 1, "return_lse")]
+    if broken_call(data, attnkit.linformer_attention, args, breaks):
+        return
+    a = dict(args)
+    check(dtype, a.pop("q"), a.pop("k"), a.pop("v"), a.pop("E"), a.pop("F"), **a)

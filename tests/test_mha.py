@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import attnkit
 from attnkit import reference as ref
 
-from conftest import BF16, DTYPES, DTYPE_IDS, assert_close, magnitude, naive_dtype, raises, randn
+from conftest import BF16, DTYPES, DTYPE_IDS, assert_close, broken_call, magnitude, naive_dtype, raises, randn
 
 
 
@@ -171,3 +173,61 @@ def test_errors(rng):
     raises(TypeError, "w_o", attnkit.MHAParams, w, w, w, "w_o")
     bad_o = attnkit.MHAParams(P.w_q, P.w_k, P.w_v, P.w_o[:, :8])
     raises(ValueError, "w_o", mha, x, x, x, bad_o, num_heads=4)
+
+
+# ------------------------------------------------------------------------------------------ properties
+MHA_FIELDS = attnkit.MHAParams.__slots__
+
+
+def draw_options(data, m, S, H):
+    """Options of mechanism m (any that keeps the call valid)."""
+    return {"exact": lambda: data.draw(st.sampled_from([{}, {"window": (3, 1)}, {"softcap": 5.0}])),
+            "block_sparse": lambda: {"layout": attnkit.layouts.sliding_window(S, 4, 1, num_heads=H)},
+            "lsh": lambda: {"num_buckets": data.draw(st.sampled_from([2, 4])), "seed": 3},
+            "linear": lambda: {"feature_map": data.draw(st.sampled_from(["elu1", "relu"]))},
+            "performer": lambda: {"num_features": data.draw(st.integers(4, 32)), "seed": 2},
+            "linformer": lambda: {"proj_len": data.draw(st.integers(1, 12)), "seed": 1},
+            "dla": lambda: {"capacity": data.draw(st.integers(1, 3))}}[m]()
+
+
+@pytest.mark.parametrize("mech", sorted(attnkit._mha.MECHANISMS))
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_random_problems(mech, data):
+    """Every mechanism with random options, sizes, head counts (GQA), dtypes, biases, RoPE, key_lengths and
+    causality: the oracle, or an error naming the argument that was broken (of the call or of MHAParams)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    dtype = data.draw(st.sampled_from(DTYPES))
+    B, S, E, D = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 12)), data.draw(st.integers(1, 20)), \
+        data.draw(st.integers(1, 6))
+    Hkv, G = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    H = Hkv * G
+    opts = draw_options(data, mech, S, H)
+    if mech == "dla":
+        Hkv = H
+    causal = mech == "dla" or (mech != "linformer" and data.draw(st.booleans()))
+    Sk = S if mech in ("block_sparse", "lsh", "dla") or (causal and mech in ("linear", "performer")) \
+        else data.draw(st.integers(1, 12))
+    P = make_params(rng, E, H, Hkv, D, Dv=data.draw(st.integers(1, 6)), E_out=data.draw(st.integers(1, 10)),
+                    bias=data.draw(st.booleans()), dtype=dtype)
+    weights = {n: getattr(P, n) for n in MHA_FIELDS}
+    w = P.w_q
+    broken_call(data, attnkit.MHAParams, weights, [("w_q", w[0], "w_q"), ("w_k", w.astype(np.int32), "w_k"),
+                                                   ("b_v", np.zeros(P.w_v.shape[0] + 1, dtype), "b_v"), ("w_o", "w", "w_o")])
+    x, kv = randn(rng, (B, S, E), dtype), randn(rng, (B, Sk, E), dtype)
+    args = dict(query=x, key=kv, value=kv, params=P, num_heads=H, num_kv_heads=Hkv, causal=causal,
+                mechanism=mech, **opts)
+    if mech not in ("lsh", "dla") and data.draw(st.booleans()):
+        args["key_lengths"] = rng.integers(1, Sk + 1, B)
+    if D % 2 == 0 and data.draw(st.booleans()):
+        args["rope"] = data.draw(st.sampled_from([{}, {"base": 100.0}, {"interleaved": True}]))
+    breaks = [("num_heads", 0, "num_heads"), ("num_heads", H * D + 1, "num_heads"),
+              ("mechanism", "flash", "mechanism"), ("windw", (1, 1), "windw"), ("params", (P.w_q,), "params"),
+              ("query", x.tolist(), "query"), ("value", np.zeros((B, Sk + 1, E), dtype), "value"),
+              ("key", kv.astype(np.int32), "key"), ("key_lengths", np.full(B + 1, Sk), "key_lengths"),
+              ("rope", {"bas": 1.0}, "rope")]
+    if broken_call(data, attnkit.multi_head_attention, args, breaks):
+        return
+    a = dict(args)
+    a.pop("value")
+    check(dtype, a.pop("query"), a.pop("key"), a.pop("params"), **a)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import attnkit
 from attnkit import reference as ref
 
-from conftest import BF16, DTYPES, DTYPE_IDS, assert_close, naive_dtype, raises, randn, tuned
+from conftest import BF16, DTYPES, DTYPE_IDS, assert_close, broken_call, naive_dtype, raises, randn, tuned
+from test_properties import SETTINGS, strided
 
 performer_attention = tuned(attnkit.performer_attention, "linear_chunk")
 
@@ -298,3 +301,62 @@ def test_performer_errors(rng):
     raises(ValueError, "key_lengths", f, q, k, v, w, key_lengths=[-1, 2])
     raises(ValueError, "v", f, q, k, v[:, :1], w)
     raises(ValueError, "linear_chunk", performer_attention, q, k, v, w, _chunk_size=2000)
+
+
+# ------------------------------------------------------------------------------------------ properties
+@SETTINGS
+@given(data=st.data())
+def test_random_features_random_arguments(data):
+    """Random sizes, seeds, constructions and dtypes: the oracle's matrix rounded once to the dtype, or an
+    error naming the argument that was broken."""
+    m, D = data.draw(st.integers(1, 70)), data.draw(st.integers(1, 40))
+    args = dict(num_features=m, head_dim=D, seed=data.draw(st.integers(0, 2**64 - 1)),
+                orthogonal=data.draw(st.booleans()), scaling=data.draw(st.sampled_from(["chi", "sqrt_d"])),
+                dtype=data.draw(st.sampled_from(DTYPES)))
+    breaks = [("num_features", 0, "num_features"), ("num_features", True, "num_features"),
+              ("num_features", 2.0, "num_features"), ("head_dim", -1, "head_dim"), ("seed", -1, "seed"),
+              ("seed", 2**64, "seed"), ("scaling", "unit", "scaling"), ("orthogonal", "yes", "orthogonal"),
+              ("dtype", np.int32, "dtype")]
+    if broken_call(data, attnkit.random_features, args, breaks):
+        return
+    w = attnkit.random_features(**args)
+    r = ref.random_features(**dict(args, dtype=np.float64))
+    assert w.shape == (m, D) and w.dtype == args["dtype"]
+    # one rounding of the float64 matrix (via float32 for the 16-bit types) on top of QR's rounding
+    ulp = {np.dtype(np.float32): 2**-23, np.dtype(np.float64): 2**-52, np.dtype(np.float16): 2**-10, BF16: 2**-7}
+    err = np.abs(w.astype(np.float64) - r)
+    assert (err <= ulp[np.dtype(args["dtype"])] * np.abs(r) + 1e-10 * np.sqrt(D) + 2**-24).all(), err.max()
+
+
+@SETTINGS
+@given(data=st.data())
+def test_performer_random_problems(data):
+    """Random shapes, strides, dtypes, feature counts, kernels, causality, key_lengths, scale, eps and
+    chunk sizes: the oracle, or an error naming the argument that was broken."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    dtype = data.draw(st.sampled_from(DTYPES))
+    B, Hkv, G = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    causal = data.draw(st.booleans())
+    S = data.draw(st.integers(0, 60))
+    Sk = S if causal else data.draw(st.integers(0, 60))
+    D, Dv, m = data.draw(st.integers(1, 24)), data.draw(st.integers(1, 24)), data.draw(st.integers(1, 40))
+    w = attnkit.random_features(m, D, seed=data.draw(st.integers(0, 99)),
+                                dtype=data.draw(st.sampled_from(DTYPES)))
+    args = dict(q=strided(rng, (B, Hkv * G, S, D), dtype, data), k=strided(rng, (B, Hkv, Sk, D), dtype, data),
+                v=strided(rng, (B, Hkv, Sk, Dv), dtype, data), features=w,
+                kernel=data.draw(st.sampled_from(["softmax", "relu"])), causal=causal)
+    if data.draw(st.booleans()):
+        args["key_lengths"] = rng.integers(0, Sk + 1, B)
+    if data.draw(st.booleans()):
+        args["scale"] = data.draw(st.sampled_from([0.0, 0.1, 0.5]))
+    if data.draw(st.booleans()):
+        args["eps"] = data.draw(st.sampled_from([1e-3, 0.1]))
+    breaks = [("features", w[:, :-1] if D > 1 else w[:, :0], "features"), ("features", w.astype(np.int32), "features"),
+              ("kernel", "exp", "kernel"), ("scale", -1.0, "scale"), ("eps", float("nan"), "eps"),
+              ("key_lengths", np.full(B + 1, Sk), "key_lengths"), ("v", np.zeros((B, Hkv, Sk + 1, Dv), dtype), "v"),
+              ("q", args["q"].astype(np.int32), "q"), ("causal", 1, "causal")]
+    if broken_call(data, attnkit.performer_attention, args, breaks):
+        return
+    a = dict(args)
+    check(dtype, a.pop("q"), a.pop("k"), a.pop("v"), a.pop("features"),
+          _chunk_size=data.draw(st.sampled_from([None, 1, 7, 64])), **a)

@@ -12,7 +12,7 @@ import pytest
 import attnkit
 from attnkit import reference as ref
 
-from conftest import BF16, DTYPES, DTYPE_IDS, assert_close, naive_dtype, raises, randn
+from conftest import BF16, DTYPES, DTYPE_IDS, assert_close, broken_call, naive_dtype, raises, randn
 
 
 
@@ -201,3 +201,35 @@ def test_rope_random_problems(data):
         return
     check_rope(x, dtype, positions=pos, rotary_dim=r, interleaved=interleaved)
     assert out.shape == x.shape
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_sinusoidal_random_arguments(data):
+    """Random lengths, dims (odd ones too), bases and dtypes: the oracle rounded once, or an error naming the
+    argument that was broken."""
+    args = dict(seq_len=data.draw(st.integers(0, 150)), dim=data.draw(st.integers(1, 50)),
+                base=data.draw(st.sampled_from([10000.0, 100.0, 2.5, 1e6])), dtype=data.draw(st.sampled_from(DTYPES)))
+    breaks = [("seq_len", -1, "seq_len"), ("seq_len", 3.0, "seq_len"), ("dim", 0, "dim"), ("dim", True, "dim"),
+              ("base", 0.0, "base"), ("base", float("inf"), "base"), ("dtype", np.int32, "dtype")]
+    if broken_call(data, attnkit.sinusoidal_positions, args, breaks):
+        return
+    pe = attnkit.sinusoidal_positions(**args)
+    r = ref.sinusoidal_positions(args["seq_len"], args["dim"], base=args["base"])
+    assert pe.shape == r.shape and pe.dtype == args["dtype"]
+    ulp = {np.dtype(np.float32): 2**-23, np.dtype(np.float64): 1e-12, np.dtype(np.float16): 2**-10, BF16: 2**-7}
+    np.testing.assert_allclose(pe.astype(np.float64), r, rtol=0, atol=ulp[np.dtype(args["dtype"])])
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_alibi_slopes_random_arguments(data):
+    """Any head count: the oracle's slopes in float32, or an error naming num_heads."""
+    args = dict(num_heads=data.draw(st.integers(1, 300)))
+    breaks = [("num_heads", 0, "num_heads"), ("num_heads", -7, "num_heads"), ("num_heads", True, "num_heads"),
+              ("num_heads", 4.0, "num_heads"), ("num_heads", "4", "num_heads")]
+    if broken_call(data, attnkit.alibi_slopes, args, breaks):
+        return
+    s = attnkit.alibi_slopes(**args)
+    assert s.dtype == np.float32 and s.shape == (args["num_heads"],)
+    np.testing.assert_allclose(s, ref.alibi_slopes(args["num_heads"]), rtol=2**-24, atol=0)

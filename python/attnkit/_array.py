@@ -221,6 +221,12 @@ class Call:
             return np.asarray(x)
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
 
+    def qkv(self, p, q, k, v):
+        """Sets the three inputs ``p.q``, ``p.k``, ``p.v`` of an attention call's params."""
+        p.q = self.tensor(q, "q")
+        p.k = self.tensor(k, "k")
+        p.v = self.tensor(v, "v")
+
     def tensor(self, x, name: str, *, coerce: bool = False):
         """TensorRef of x (None -> absent)."""
         if x is None:

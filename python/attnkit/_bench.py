@@ -3,10 +3,12 @@ the NumPy / PyTorch anchors, environment facts and JSON output. Not part of the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,6 +101,35 @@ def vm_mib(field: str) -> float:
 
 def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def peak_rss(fn):
+    """``(fn(), resident MiB before the call, peak resident MiB during it)`` of one call in this process
+    (Linux). The high-water mark is reset first through /proc/self/clear_refs (ru_maxrss would carry the
+    parent's peak across exec)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = vm_mib("VmRSS")
+    result = fn()
+    return result, before, vm_mib("VmHWM")
+
+
+def add_rss_arguments(ap, S: int) -> None:
+    """The options of a benchmark script that measures peak RSS in a child process (see rss_in_child)."""
+    ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--rss-S", type=int, default=S)
+    ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)  # the child that measures
+
+
+def rss_in_child(script, S: int, what: str = "causal, H=8, D=64") -> dict:
+    """Runs ``script --rss-child --rss-S S`` in a fresh interpreter (so the peak is that call's alone) and
+    returns the JSON object the child prints."""
+    progress(f"peak RSS at S={S} ({what}) ...")
+    res = subprocess.run([sys.executable, str(script), "--rss-child", "--rss-S", str(S)], check=True,
+                         capture_output=True, text=True)
+    payload = json.loads(res.stdout)
+    progress(json.dumps(payload))
+    return payload
 
 
 # --------------------------------------------------------------------------------------- exact attention

@@ -151,9 +151,7 @@ def dynamic_linear_attention(q, k, v, lam, *, capacity, tau=0.6, log_decay=None,
     """
     call = Call()
     p = _core.DLAParams()
-    p.q = call.tensor(q, "q")
-    p.k = call.tensor(k, "k")
-    p.v = call.tensor(v, "v")
+    call.qkv(p, q, k, v)
     p.lam = call.tensor(lam, "lam")
     p.log_decay = call.tensor(log_decay, "log_decay", coerce=True)
     p.capacity = as_int(capacity, "capacity")

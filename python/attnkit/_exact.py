@@ -95,9 +95,7 @@ def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_l
     """
     call = Call()
     p = _core.AttentionParams()
-    p.q = call.tensor(q, "q")
-    p.k = call.tensor(k, "k")
-    p.v = call.tensor(v, "v")
+    call.qkv(p, q, k, v)
     _set_masking(p, call, causal, window, mask, bias, key_lengths, scale, softcap, alibi_slopes)
     if as_bool(return_lse, "return_lse"):
         out, lse = call.outputs(p, _core.attention_outputs, "out", "lse")

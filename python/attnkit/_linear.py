@@ -83,9 +83,7 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True
     """
     call = Call()
     p = _core.LinearAttentionParams()
-    p.q = call.tensor(q, "q")
-    p.k = call.tensor(k, "k")
-    p.v = call.tensor(v, "v")
+    call.qkv(p, q, k, v)
     p.feature_map = as_choice(feature_map, "feature_map", _FEATURE_MAPS)
     p.causal = as_bool(causal, "causal")
     p.normalize = as_bool(normalize, "normalize")
@@ -211,9 +209,7 @@ def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, sc
     """
     call = Call()
     p = _core.PerformerParams()
-    p.q = call.tensor(q, "q")
-    p.k = call.tensor(k, "k")
-    p.v = call.tensor(v, "v")
+    call.qkv(p, q, k, v)
     p.features = call.tensor(features, "features")
     p.kernel = as_choice(kernel, "kernel", _KERNELS)
     p.causal = as_bool(causal, "causal")
@@ -325,9 +321,7 @@ def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None, ret
     """
     call = Call()
     p = _core.LinformerParams()
-    p.q = call.tensor(q, "q")
-    p.k = call.tensor(k, "k")
-    p.v = call.tensor(v, "v")
+    call.qkv(p, q, k, v)
     p.E = call.tensor(E, "E")
     p.F = call.tensor(F, "F")
     if scale is not None:

@@ -202,9 +202,7 @@ def _block_sparse_params(call, q, k, v, layout, causal, scale, key_lengths):
     if not isinstance(layout, BlockLayout):
         raise TypeError(f"layout must be an attnkit.BlockLayout, got {type(layout).__name__}")
     p = _core.BlockSparseParams()
-    p.q = call.tensor(q, "q")
-    p.k = call.tensor(k, "k")
-    p.v = call.tensor(v, "v")
+    call.qkv(p, q, k, v)
     p.causal = as_bool(causal, "causal")
     if scale is not None:
         p.scale = as_float(scale, "scale")
@@ -296,9 +294,7 @@ def lsh_attention(q, k, v, *, num_buckets, num_hashes=1, seed=0, causal=False, s
     """
     call = Call()
     p = _core.LshAttentionParams()
-    p.q = call.tensor(q, "q")
-    p.k = call.tensor(k, "k")
-    p.v = call.tensor(v, "v")
+    call.qkv(p, q, k, v)
     p.num_buckets = as_int(num_buckets, "num_buckets")
     p.num_hashes = as_int(num_hashes, "num_hashes")
     p.seed = as_seed(seed)

@@ -123,13 +123,13 @@ def _apply_values(p, ok, v):
 
 
 def attention_weights(q, k, *, causal=False, window=None, mask=None, bias=None, key_lengths=None, scale=None,
-                      softcap=None, alibi_slopes=None):
+                      softcap=None, alibi_slopes=None, _dtype=np.float64):
     """Oracle of :func:`attnkit.attention_weights`: ``[B, Hq, Sq, Sk]`` probabilities (rank follows q)."""
-    q4, rank = _to4(q)
-    k4, _ = _to4(k)
+    q4, rank = _to4(q, _dtype)
+    k4, _ = _to4(k, _dtype)
     B, Hq, Sq, _ = q4.shape
     Sk = k4.shape[2]
-    s = scores(q4, k4, scale=scale, softcap=softcap, bias=bias, alibi_slopes=alibi_slopes)
+    s = scores(q4, k4, scale=scale, softcap=softcap, bias=bias, alibi_slopes=alibi_slopes, _dtype=_dtype)
     ok = allowed_mask(B, Hq, Sq, Sk, causal=causal, window=window, mask=mask, key_lengths=key_lengths)
     ok &= ~_neg_inf_bias(bias, ok.shape)
     p, _ = _softmax_rows(s, ok)

@@ -27,10 +27,6 @@
 #include "cpu/simd.h"
 #include "validate/dla.h"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 namespace attnkit {
 namespace detail {
 namespace cpu {

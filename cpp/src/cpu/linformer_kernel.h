@@ -19,10 +19,6 @@
 #include "cpu/simd.h"
 #include "validate/linear.h"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 namespace attnkit {
 namespace detail {
 namespace cpu {

@@ -24,10 +24,6 @@
 #include "cpu/simd.h"
 #include "validate/block_sparse.h"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 namespace attnkit {
 namespace detail {
 namespace cpu {

@@ -13,10 +13,6 @@
 #include "cpu/kernel_common.h"
 #include "cpu/parallel.h"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 namespace attnkit {
 namespace detail {
 namespace cpu {
