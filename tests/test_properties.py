@@ -156,6 +156,8 @@ PROPERTY_TESTS = {
     "attention_weights": "test_properties.py::test_attention_weights_random_problems",
     "merge_attention": "test_properties.py::test_merge_attention_random_problems",
     "attention_backward": "test_backward.py::test_random_problems",
+    "block_sparse_attention_backward": "test_backward_properties.py::test_block_sparse_backward_random_problems",
+    "linformer_attention_backward": "test_backward_properties.py::test_linformer_backward_random_problems",
     "BlockLayout": "fuzz/test_fuzz.py::test_fuzz_layouts",
     "block_sparse_attention": "fuzz/test_fuzz.py::test_fuzz_block_sparse",
     "lsh_buckets": "fuzz/test_fuzz.py::test_fuzz_lsh",
@@ -174,8 +176,8 @@ PROPERTY_TESTS = {
     "set_num_threads": "fuzz/test_fuzz.py::test_fuzz_threads",
     **{f"layouts.{name}": "fuzz/test_fuzz.py::test_fuzz_layouts" for name in attnkit.layouts.__all__},
 }
-# No property test yet (issue 8): the other gradients.
-PENDING = {"block_sparse_attention_backward", "linformer_attention_backward"}
+# No property test yet.
+PENDING: set = set()
 
 
 def test_every_public_function_has_a_property_test():
