@@ -13,6 +13,7 @@ from attnkit import reference as ref
 from conftest import BF16, DTYPE_IDS, DTYPES, magnitude, naive_dtype, raises, randn
 from gpu_common import (DT, F32, FAKE, GPU_MARKS, HAVE_TORCH_CUDA, MHA_CORE, N_DEVICES, close3, cupy, dev, _dev_array,
                         gpu_run, host, _is_torch, need, qkv, same, _tiny, torch)
+from test_mha import MECH_CASES, make_params
 
 pytestmark = GPU_MARKS
 
@@ -58,26 +59,11 @@ def test_rope(rng, dtype, case):
 
 
 # ============================================================================== multi-head attention
-def _mha_params(rng, E, Hq, Hkv, D, dtype):
-    s = 1 / np.sqrt(E)
-    w = [randn(rng, (Hq * D, E), dtype, s), randn(rng, (Hkv * D, E), dtype, s), randn(rng, (Hkv * D, E), dtype, s),
-         randn(rng, (E, Hq * D), dtype, 1 / np.sqrt(Hq * D))]
-    return attnkit.MHAParams(*w, *(randn(rng, (x.shape[0],), dtype, 0.1) for x in w))
-
-
 MHA_CASES = [
     ("exact", {}, False, "f16"),
     ("linear", {"feature_map": "elu1"}, True, "f16"),
     ("performer", {"num_features": 64, "seed": 2}, False, "f16"),
-    ("exact", {}, False),
-    ("exact", {"window": (3, 0), "softcap": 20.0}, True),
-    ("block_sparse", {"layout": None}, False),
-    ("lsh", {"num_buckets": 4, "num_hashes": 2, "seed": 5}, True),
-    ("linear", {"feature_map": "elu1"}, True),
-    ("linear", {"feature_map": "relu"}, False),
-    ("performer", {"num_features": 64, "seed": 2}, False),
-    ("linformer", {"proj_len": 8, "seed": 1}, False),
-    ("dla", {"capacity": 3, "tau": 0.5}, True),
+    *MECH_CASES,  # float32: the CPU suite's cases
     # bfloat16: PyTorch tensors in (weights in MHAParams too), DeviceBF16 projections, PyTorch out
     ("exact", {}, True, "bf16"),
     ("linformer", {"proj_len": 8, "seed": 1}, False, "bf16"),
@@ -93,7 +79,7 @@ def test_multi_head_attention(rng, mechanism, options, causal, dtype):
     need(MHA_CORE[mechanism])
     B, S, E, H = 2, 13, 32, 4
     Hkv = H if mechanism == "dla" else 2
-    P = _mha_params(rng, E, H, Hkv, E // H, dtype)
+    P = make_params(rng, E, H, Hkv, E // H, dtype=dtype)
     x = randn(rng, (B, S, E), dtype)
     opts = dict(options)
     if "layout" in opts:
@@ -111,7 +97,7 @@ def test_multi_head_attention(rng, mechanism, options, causal, dtype):
 
 def test_multi_head_attention_small(rng):
     need("attention")
-    P = _mha_params(rng, 16, 2, 1, 8, F32)
+    P = make_params(rng, 16, 2, 1, 8, dtype=F32)
     x, kv = randn(rng, (1, 5, 16), F32), randn(rng, (1, 7, 16), F32)
     kw = dict(num_heads=2, num_kv_heads=1, causal=True, key_lengths=[6])
     close3(gpu_run(attnkit.multi_head_attention, x, kv, kv, P, **kw), attnkit.multi_head_attention(x, kv, kv, P, **kw),
