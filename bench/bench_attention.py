@@ -1,19 +1,21 @@
 """Exact attention on the CPU: attnkit vs PyTorch scaled_dot_product_attention vs NumPy.
 
-float32, B=1, H=8, D=64, S in {512, 1024, 2048, 4096}, causal and not, side by side in one process with
-the same thread count for everyone. NumPy anchors: the plain textbook form (the issue's target) and a
+float32, B=1, H=8, D=64 (--dims for more), S in {512, 1024, 2048, 4096}, causal and not, side by side in
+one process with the same thread count for everyone. NumPy anchors: the plain textbook form (the issue's target) and a
 careful per-head in-place loop. Reports median times, GFLOP/s (4*D FLOPs per allowed (query, key) pair)
 and ratios, and the peak RSS of one attnkit call at S=32768 (in a subprocess). Writes
 bench/results/attention.json.
 
     pip install torch==2.13.0   # the anchor; attnkit itself never needs torch
-    python bench/bench_attention.py [--sizes 512 1024] [--reps 5] [--no-rss]
+    python bench/bench_attention.py [--sizes 512 1024] [--dims 64 128] [--reps 5] [--no-rss] [--out NAME.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import attnkit
-from attnkit._bench import environment, exact_rows, progress, vm_mib, write_json
+from attnkit._bench import environment, exact_rows, progress, timeit_many, torch_or_none, vm_mib, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,6 +45,27 @@ def peak_rss_child(S, H, D, causal):
                       "dense_scores_would_be_mib": H * S * S * 4 / 2**20}))
 
 
+def cpu_model():
+    """The CPU's model name (Linux /proc/cpuinfo), so every figure says where it ran."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def matmul_ceiling(n=2048, reps=3):
+    """The machine's float32 matrix-multiply rate (GFLOP/s, n^3 products, median): NumPy's sgemm and
+    torch.matmul when torch is there; issue 11 measures the exact kernel against the higher one."""
+    a, b = (np.random.default_rng(1).standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    fns = {"numpy": lambda: a @ b}
+    torch = torch_or_none()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        fns["torch"] = lambda: ta @ tb
+    return {k: 2.0 * n**3 / t / 1e9 for k, t in timeit_many(fns, reps).items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
@@ -51,13 +74,23 @@ def main(argv=None):
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--rss-S", type=int, default=32768)
     ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--dims", type=int, nargs="+", default=[64], help="head dims D")
     ap.add_argument("--out", default="attention.json")
     a = ap.parse_args(argv)
     if a.rss_child:
         return peak_rss_child(a.rss_S, 8, 64, True)
     threads = attnkit.get_num_threads()
-    rows = exact_rows(a.sizes, a.reps, with_numpy=not a.no_numpy)
-    payload = {"benchmark": "exact attention, float32, B=1, H=8, D=64", "env": environment(threads), "rows": rows}
+    env = environment(threads)
+    env["cpu_model"] = cpu_model()
+    env["loadavg_before"] = os.getloadavg()
+    env["matmul_2048_gflops"] = matmul_ceiling()
+    progress(f"{env['cpu_model']}, isa {env['cpu_isa']}, matmul 2048^3 GFLOP/s {env['matmul_2048_gflops']}")
+    rows = []
+    for D in a.dims:
+        progress(f"D={D}")
+        rows += [dict(r, D=D) for r in exact_rows(a.sizes, a.reps, D=D, with_numpy=not a.no_numpy)]
+    env["loadavg_after"] = os.getloadavg()
+    payload = {"benchmark": f"exact attention, float32, B=1, H=8, D in {a.dims}", "env": env, "rows": rows}
     if not a.no_rss:
         progress(f"peak RSS at S={a.rss_S} (causal, H=8, D=64) ...")
         res = subprocess.run([sys.executable, __file__, "--rss-child", "--rss-S", str(a.rss_S)], check=True,

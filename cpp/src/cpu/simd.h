@@ -79,10 +79,9 @@ struct Simd {
   /// min(hi, x), NaN passing likewise.
   static inline V min_nan_passing(V hi, V x);
 
-  /// 2^x, with exact 0 for x < -126.5 (float; -1022.5 double), so masked scores (-inf) give exactly 0,
-  /// values that fall below the normal range just above it, saturation above it, and NaN for NaN (IEEE
-  /// propagation: a NaN score must reach the softmax sum). Max relative error ~1 ulp (float) on the
-  /// range the kernels use.
+  /// 2^x: exactly 0 for x < -126.5 (float; -1022.5 double), so masked scores (-inf) give exactly 0; a
+  /// subnormal on [-126.5, -126); saturation above the range; NaN for NaN (IEEE propagation: a NaN score
+  /// must reach the softmax sum). Max relative error ~1 ulp (float) on the range the kernels use.
   static inline V exp2(V x);
 
   /// e^x = 2^(x log2 e); callers pass small arguments (s - max), where the product's rounding is tiny.
