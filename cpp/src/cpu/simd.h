@@ -73,11 +73,10 @@ struct Simd {
   }
   static inline V to_float(VI v) { return __builtin_convertvector(v, V); }
 
-  /// max(lo, x) in one instruction where x86 has it: x86 max returns its second operand when either is
-  /// NaN, so NaN passes (`x < lo ? lo : x` means the same but compiles to a compare and a blend).
-  static inline V max_nan_passing(V lo, V x);
-  /// min(hi, x), NaN passing likewise.
-  static inline V min_nan_passing(V hi, V x);
+  /// min(hi, max(lo, x)), NaN passing: x86 max/min return their second operand when either is NaN, so
+  /// with x second they take two instructions (`x < lo ? lo : x` means the same but compiles to a
+  /// compare and a blend per bound).
+  static inline V clamp_nan_passing(V x, T lo, T hi);
 
   /// 2^x: exactly 0 for x < -126.5 (float; -1022.5 double), so masked scores (-inf) give exactly 0; a
   /// subnormal on [-126.5, -126); saturation above the range; NaN for NaN (IEEE propagation: a NaN score
@@ -148,49 +147,22 @@ struct Exp2Consts<double> {
 }  // namespace simd_impl
 
 template <class T, int W>
-inline typename Simd<T, W>::V Simd<T, W>::max_nan_passing(V lo, V x) {
+inline typename Simd<T, W>::V Simd<T, W>::clamp_nan_passing(V x, T lo, T hi) {
+  constexpr bool f = std::is_same<T, float>::value;
 #if defined(__AVX512F__)
-  if constexpr (sizeof(V) == 64) {
-    if constexpr (std::is_same<T, float>::value) return (V)_mm512_max_ps((__m512)lo, (__m512)x);
-    else return (V)_mm512_max_pd((__m512d)lo, (__m512d)x);
-  }
+  if constexpr (sizeof(V) == 64 && f) return (V)_mm512_min_ps((__m512)set1(hi), _mm512_max_ps((__m512)set1(lo), (__m512)x));
+  if constexpr (sizeof(V) == 64 && !f) return (V)_mm512_min_pd((__m512d)set1(hi), _mm512_max_pd((__m512d)set1(lo), (__m512d)x));
 #endif
 #if defined(__AVX__)
-  if constexpr (sizeof(V) == 32) {
-    if constexpr (std::is_same<T, float>::value) return (V)_mm256_max_ps((__m256)lo, (__m256)x);
-    else return (V)_mm256_max_pd((__m256d)lo, (__m256d)x);
-  }
+  if constexpr (sizeof(V) == 32 && f) return (V)_mm256_min_ps((__m256)set1(hi), _mm256_max_ps((__m256)set1(lo), (__m256)x));
+  if constexpr (sizeof(V) == 32 && !f) return (V)_mm256_min_pd((__m256d)set1(hi), _mm256_max_pd((__m256d)set1(lo), (__m256d)x));
 #endif
 #if defined(__SSE2__)
-  if constexpr (sizeof(V) == 16) {
-    if constexpr (std::is_same<T, float>::value) return (V)_mm_max_ps((__m128)lo, (__m128)x);
-    else return (V)_mm_max_pd((__m128d)lo, (__m128d)x);
-  }
+  if constexpr (sizeof(V) == 16 && f) return (V)_mm_min_ps((__m128)set1(hi), _mm_max_ps((__m128)set1(lo), (__m128)x));
+  if constexpr (sizeof(V) == 16 && !f) return (V)_mm_min_pd((__m128d)set1(hi), _mm_max_pd((__m128d)set1(lo), (__m128d)x));
 #endif
-  return x < lo ? lo : x;
-}
-
-template <class T, int W>
-inline typename Simd<T, W>::V Simd<T, W>::min_nan_passing(V hi, V x) {
-#if defined(__AVX512F__)
-  if constexpr (sizeof(V) == 64) {
-    if constexpr (std::is_same<T, float>::value) return (V)_mm512_min_ps((__m512)hi, (__m512)x);
-    else return (V)_mm512_min_pd((__m512d)hi, (__m512d)x);
-  }
-#endif
-#if defined(__AVX__)
-  if constexpr (sizeof(V) == 32) {
-    if constexpr (std::is_same<T, float>::value) return (V)_mm256_min_ps((__m256)hi, (__m256)x);
-    else return (V)_mm256_min_pd((__m256d)hi, (__m256d)x);
-  }
-#endif
-#if defined(__SSE2__)
-  if constexpr (sizeof(V) == 16) {
-    if constexpr (std::is_same<T, float>::value) return (V)_mm_min_ps((__m128)hi, (__m128)x);
-    else return (V)_mm_min_pd((__m128d)hi, (__m128d)x);
-  }
-#endif
-  return x > hi ? hi : x;
+  const V xc = x < lo ? set1(lo) : x;
+  return xc > hi ? set1(hi) : xc;
 }
 
 template <class T, int W>
@@ -200,7 +172,7 @@ inline typename Simd<T, W>::V Simd<T, W>::exp2(V x) {
   if constexpr (std::is_same<T, float>::value && W == 16) {
     // vscalefps scales by 2^n over the whole range (denormals and underflow to 0 included), so only the
     // lower clamp that keeps f finite for x = -inf is needed.
-    const V xc = min_nan_passing(set1(128.0f), max_nan_passing(set1(-160.0f), x));
+    const V xc = clamp_nan_passing(x, -160.0f, 128.0f);
     __m512 xv;
     std::memcpy(&xv, &xc, 64);
     // (maskz forms: the unmasked ones trip GCC 12's -Wmaybe-uninitialized inside immintrin.h)
@@ -219,7 +191,7 @@ inline typename Simd<T, W>::V Simd<T, W>::exp2(V x) {
 #endif
   // NaN passes the clamps; p is then NaN and the float multiply by 2^n keeps it NaN (adding n to p's
   // exponent bits would not).
-  const V xc = min_nan_passing(set1(C::hi), max_nan_passing(set1(C::lo), x));
+  const V xc = clamp_nan_passing(x, C::lo, C::hi);
   const V t = xc + C::magic;
   const V n = t - C::magic;  // round(xc) as a float
   const V p = simd_impl::exp2_poly(xc - n, T{});
