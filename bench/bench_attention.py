@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 import attnkit
-from attnkit._bench import add_rss_arguments, environment, exact_rows, peak_rss, progress, rss_in_child, write_json
+from attnkit._bench import (add_rss_arguments, environment, exact_rows, peak_rss, progress, rss_in_child, timeit_many,
+                            torch_or_none, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,19 +38,39 @@ def peak_rss_child(S, H, D, causal):
                       "dense_scores_would_be_mib": H * S * S * 4 / 2**20}))
 
 
+def matmul_ceiling(n=2048, reps=3):
+    """The machine's float32 matrix-multiply rate (GFLOP/s, n^3 products, median): NumPy's sgemm and
+    torch.matmul when torch is there; issue 11 measures the exact kernel against the higher one."""
+    a, b = (np.random.default_rng(1).standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    fns = {"numpy": lambda: a @ b}
+    torch = torch_or_none()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        fns["torch"] = lambda: ta @ tb
+    return {k: 2.0 * n**3 / t / 1e9 for k, t in timeit_many(fns, reps).items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-numpy", action="store_true")
     add_rss_arguments(ap, 32768)
+    ap.add_argument("--dims", type=int, nargs="+", default=[64], help="head dims D")
     ap.add_argument("--out", default="attention.json")
     a = ap.parse_args(argv)
     if a.rss_child:
         return peak_rss_child(a.rss_S, 8, 64, True)
     threads = attnkit.get_num_threads()
-    rows = exact_rows(a.sizes, a.reps, with_numpy=not a.no_numpy)
-    payload = {"benchmark": "exact attention, float32, B=1, H=8, D=64", "env": environment(threads), "rows": rows}
+    env = environment(threads)
+    env["matmul_2048_gflops"] = matmul_ceiling()
+    progress(f"{env['cpu_model']}, isa {env['cpu_isa']}, matmul 2048^3 GFLOP/s {env['matmul_2048_gflops']}")
+    rows = []
+    for D in a.dims:
+        progress(f"D={D}")
+        rows += [dict(r, D=D) for r in exact_rows(a.sizes, a.reps, D=D, with_numpy=not a.no_numpy)]
+    env["loadavg_after"] = os.getloadavg()
+    payload = {"benchmark": f"exact attention, float32, B=1, H=8, D in {a.dims}", "env": env, "rows": rows}
     if not a.no_rss:
         payload["peak_rss"] = rss_in_child(__file__, a.rss_S)
     progress(f"wrote {write_json(RESULTS, a.out, payload)}")

@@ -73,8 +73,20 @@ def torch_or_none():
     return torch
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), so every figure says where it ran."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
 def environment(threads: int) -> dict:
-    env = {"attnkit": _core.version(), "cpu_isa": _core.cpu_isa(), "cuda_built": _core.built_with_cuda(),
+    """Where a benchmark ran: versions, the CPU model and the ISA path, threads, and the load average (the
+    machines are shared: a figure taken under load says so)."""
+    env = {"attnkit": _core.version(), "cpu_model": cpu_model(), "cpu_isa": _core.cpu_isa(),
+           "cuda_built": _core.built_with_cuda(), "loadavg": os.getloadavg(),
            "python": sys.version.split()[0], "numpy": np.__version__, "machine": platform.machine(),
            "cpus": os.cpu_count(), "threads": threads, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     torch = torch_or_none()

@@ -7,10 +7,13 @@ namespace attnkit {
 namespace detail {
 namespace cpu {
 namespace {
-// QK block: 6 keys x 2 vectors = 12 accumulators + 2 query vectors + 1 broadcast of 16 registers.
+// float: 24 query lanes per tile. QK block: 4 keys x 3 vectors = 12 accumulators + 3 query vectors + 1
+// broadcast of the 16 ymm registers (7 loads per 12 FMAs); PV block: 6 lanes x 2 value vectors = 12
+// accumulators (the 4 x 2 block of 8 left Zen 3's two 4-cycle FMA pipes no slack). Against 16 lanes with
+// 6 x 2 / 4 x 2 blocks this ran 1.1-1.3x faster on Zen 3 (bench/results/exact_avx2_tiles.json).
 struct Avx2F32 {
   using T = float;
-  static constexpr int W = 8, NQV = 2, BK = 64, R = 6, RL = 4, NV = 2;
+  static constexpr int W = 8, NQV = 3, BK = 64, R = 4, RL = 6, NV = 2;
 };
 struct Avx2F64 {
   using T = double;

@@ -445,12 +445,29 @@ struct ExactKernel {
     return range_mask || c.bias_tile;
   }
 
-  /// Calls f(j0, jn) for every chunk of at most BK keys of the tile's key ranges.
+  /// Calls f(j0, jn) for every chunk of at most BK keys of the tile's key ranges, and end_segment() after
+  /// every kSegmentChunks chunks. The segments are the outer loop (each range is cut at the segment
+  /// boundaries it crosses), so the chunk loop itself tests no counter.
+  template <class F, class E>
+  static void for_each_chunk(const Work& w, int nranges, F&& f, E&& end_segment) {
+    int64_t left = kSegmentChunks;  // chunks left in the current segment
+    for (int r = 0; r < nranges; ++r) {
+      const int64_t end = w.kr[2 * r + 1];
+      for (int64_t j0 = w.kr[2 * r]; j0 < end;) {
+        const int64_t n = imin(left, (end - j0 + BK - 1) / BK);  // this range's chunks in this segment
+        const int64_t stop = imin(end, j0 + n * BK);
+        for (; j0 < stop; j0 += BK) f(j0, static_cast<int>(imin(BK, end - j0)));
+        left -= n;
+        if (left == 0) {
+          end_segment();
+          left = kSegmentChunks;
+        }
+      }
+    }
+  }
   template <class F>
   static void for_each_chunk(const Work& w, int nranges, F&& f) {
-    for (int r = 0; r < nranges; ++r)
-      for (int64_t j0 = w.kr[2 * r]; j0 < w.kr[2 * r + 1]; j0 += BK)
-        f(j0, static_cast<int>(imin(BK, w.kr[2 * r + 1] - j0)));
+    for_each_chunk(w, nranges, f, [] {});
   }
 
   /// One work item of attention().
@@ -462,7 +479,6 @@ struct ExactKernel {
     const int64_t DvP = c.DvP;
     std::memset(w.o, 0, sizeof(T) * nl * DvP);
     V bmax[NQV];
-    int64_t chunks = 0;
     bool segmented = false;  // (o2, l2) hold finished segments
     auto rescale = [&](T* o, T a) {
       for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o + d) * a);
@@ -486,20 +502,19 @@ struct ExactKernel {
         pv_masked(c, w, vp, ldv, j0, jn, nl);
       else
         pv(w, vp, ldv, jn, nl, DvP);
-      if (++chunks % kSegmentChunks == 0) {
-        if (!segmented) {
-          std::memset(w.o2, 0, sizeof(T) * nl * DvP);
-          for (int l = 0; l < nl; ++l) w.l2[l] = T(0);
-          segmented = true;
-        }
-        for (int l = 0; l < nl; ++l) {
-          T* o = w.o + l * DvP;
-          T* o2 = w.o2 + l * DvP;
-          for (int64_t d = 0; d < DvP; d += W) S::store(o2 + d, S::load(o2 + d) + S::load(o + d));
-          std::memset(o, 0, sizeof(T) * DvP);
-          w.l2[l] += w.l[l];
-          w.l[l] = T(0);
-        }
+    }, [&] {
+      if (!segmented) {
+        std::memset(w.o2, 0, sizeof(T) * nl * DvP);
+        for (int l = 0; l < nl; ++l) w.l2[l] = T(0);
+        segmented = true;
+      }
+      for (int l = 0; l < nl; ++l) {
+        T* o = w.o + l * DvP;
+        T* o2 = w.o2 + l * DvP;
+        for (int64_t d = 0; d < DvP; d += W) S::store(o2 + d, S::load(o2 + d) + S::load(o + d));
+        std::memset(o, 0, sizeof(T) * DvP);
+        w.l2[l] += w.l[l];
+        w.l[l] = T(0);
       }
     });
     if (segmented)

@@ -76,47 +76,50 @@ struct MicroGemm {
       }
   }
 
-  /// RR rows, all N columns.
-  template <int RR, int NV, Store kStore>
-  static inline void rows(const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb, int64_t N, int64_t K, T scale,
-                          T* c, int64_t ldc) {
-    const int64_t Nv = N / W * W;
-    int64_t n = 0;
-    for (; n + NV * W <= Nv; n += NV * W) block<RR, NV, kStore>(a, am, ak, b + n, ldb, K, scale, c + n, ldc);
-    switch ((Nv - n) / W) {
-      case 0: break;
-      case 1: block<RR, 1, kStore>(a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
-      case 2: block<RR, (NV > 2 ? 2 : 1), kStore>(a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
-      default: block<RR, (NV > 3 ? 3 : 1), kStore>(a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
-    }
-    for (n = Nv; n < N; ++n)  // scalar tail columns
-      for (int r = 0; r < RR; ++r) {
-        T acc = T(0);
-        for (int64_t k = 0; k < K; ++k) acc += a[r * am + k * ak] * b[k * ldb + n];
-        T* dst = c + r * ldc + n;
-        *dst = kStore == Store::Accumulate ? *dst + acc * scale : acc * scale;
-      }
-  }
-
-  /// The whole product: M rows in blocks of RL (<= 8), the last block as tall as it is.
-  template <int RL, int NV, Store kStore>
-  static void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb,
-                   T* c, int64_t ldc, T scale = T(1)) {
-    static_assert(RL >= 1 && RL <= 8, "row blocks of 1..8");
+  /// NVV vectors of columns, all M rows in blocks of RL (the last block as tall as it is). The B panel
+  /// (K x NVV vectors) stays in L1 while every row block streams past it.
+  template <int RL, int NVV, Store kStore>
+  static inline void panel(int64_t M, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb, int64_t K, T scale,
+                           T* c, int64_t ldc) {
     int64_t m = 0;
-    for (; m + RL <= M; m += RL) rows<RL, NV, kStore>(a + m * am, am, ak, b, ldb, N, K, scale, c + m * ldc, ldc);
+    for (; m + RL <= M; m += RL) block<RL, NVV, kStore>(a + m * am, am, ak, b, ldb, K, scale, c + m * ldc, ldc);
     const T* am0 = a + m * am;
     T* cm = c + m * ldc;
     switch (M - m) {
       case 0: break;
-      case 1: rows<1, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
-      case 2: rows<2, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
-      case 3: rows<3, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
-      case 4: rows<4, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
-      case 5: rows<5, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
-      case 6: rows<6, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
-      default: rows<7, NV, kStore>(am0, am, ak, b, ldb, N, K, scale, cm, ldc); break;
+      case 1: block<1, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
+      case 2: block<2, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
+      case 3: block<3, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
+      case 4: block<4, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
+      case 5: block<5, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
+      case 6: block<6, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
+      default: block<7, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
     }
+  }
+
+  /// The whole product: column panels of NV vectors (then one of the remaining whole vectors, then a
+  /// scalar tail for N % W), each over all M rows in blocks of RL (<= 8). Every element of C is one
+  /// register's sum over k in order, so the blocking never changes the result.
+  template <int RL, int NV, Store kStore>
+  static void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb,
+                   T* c, int64_t ldc, T scale = T(1)) {
+    static_assert(RL >= 1 && RL <= 8, "row blocks of 1..8");
+    const int64_t Nv = N / W * W;
+    int64_t n = 0;
+    for (; n + NV * W <= Nv; n += NV * W) panel<RL, NV, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc);
+    switch ((Nv - n) / W) {
+      case 0: break;
+      case 1: panel<RL, 1, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
+      case 2: panel<RL, (NV > 2 ? 2 : 1), kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
+      default: panel<RL, (NV > 3 ? 3 : 1), kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
+    }
+    for (n = Nv; n < N; ++n)  // scalar tail columns
+      for (int64_t m = 0; m < M; ++m) {
+        T acc = T(0);
+        for (int64_t k = 0; k < K; ++k) acc += a[m * am + k * ak] * b[k * ldb + n];
+        T* dst = c + m * ldc + n;
+        *dst = kStore == Store::Accumulate ? *dst + acc * scale : acc * scale;
+      }
   }
 };
 

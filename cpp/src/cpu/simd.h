@@ -15,7 +15,7 @@
 #include "attnkit/math/dtypes.h"
 #include "attnkit/math/softmax.h"
 
-#if defined(__AVX512F__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -73,9 +73,14 @@ struct Simd {
   }
   static inline V to_float(VI v) { return __builtin_convertvector(v, V); }
 
-  /// 2^x, with exact 0 for x below the normal range (so masked scores, -inf, give exactly 0),
-  /// saturation above it, and NaN for NaN (IEEE propagation: a NaN score must reach the softmax sum).
-  /// Max relative error ~1 ulp (float) on the range the kernels use.
+  /// min(hi, max(lo, x)), NaN passing: x86 max/min return their second operand when either is NaN, so
+  /// with x second they take two instructions (`x < lo ? lo : x` means the same but compiles to a
+  /// compare and a blend per bound).
+  static inline V clamp_nan_passing(V x, T lo, T hi);
+
+  /// 2^x: exactly 0 for x < -126.5 (float; -1022.5 double), so masked scores (-inf) give exactly 0; a
+  /// subnormal on [-126.5, -126); saturation above the range; NaN for NaN (IEEE propagation: a NaN score
+  /// must reach the softmax sum). Max relative error ~1 ulp (float) on the range the kernels use.
   static inline V exp2(V x);
 
   /// e^x = 2^(x log2 e); callers pass small arguments (s - max), where the product's rounding is tiny.
@@ -127,17 +132,38 @@ inline V exp2_poly(V f, double) {
 }
 template <class T>
 struct Exp2Consts;
+// lo = -bias: an argument clamped there rounds to n = -bias, whose biased exponent field is 0, so 2^n
+// is built as +0.0 and p * 2^n is exactly 0 (NaN stays NaN): no select for the masked scores.
 template <>
 struct Exp2Consts<float> {
-  static constexpr float lo = -126.0f, hi = 127.0f, magic = 12582912.0f;  // 1.5 * 2^23
+  static constexpr float lo = -127.0f, hi = 127.0f, magic = 12582912.0f;  // 1.5 * 2^23
   static constexpr int shift = 23, bias = 127;
 };
 template <>
 struct Exp2Consts<double> {
-  static constexpr double lo = -1022.0, hi = 1023.0, magic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double lo = -1023.0, hi = 1023.0, magic = 6755399441055744.0;  // 1.5 * 2^52
   static constexpr int shift = 52, bias = 1023;
 };
 }  // namespace simd_impl
+
+template <class T, int W>
+inline typename Simd<T, W>::V Simd<T, W>::clamp_nan_passing(V x, T lo, T hi) {
+  constexpr bool f = std::is_same<T, float>::value;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64 && f) return (V)_mm512_min_ps((__m512)set1(hi), _mm512_max_ps((__m512)set1(lo), (__m512)x));
+  if constexpr (sizeof(V) == 64 && !f) return (V)_mm512_min_pd((__m512d)set1(hi), _mm512_max_pd((__m512d)set1(lo), (__m512d)x));
+#endif
+#if defined(__AVX__)
+  if constexpr (sizeof(V) == 32 && f) return (V)_mm256_min_ps((__m256)set1(hi), _mm256_max_ps((__m256)set1(lo), (__m256)x));
+  if constexpr (sizeof(V) == 32 && !f) return (V)_mm256_min_pd((__m256d)set1(hi), _mm256_max_pd((__m256d)set1(lo), (__m256d)x));
+#endif
+#if defined(__SSE2__)
+  if constexpr (sizeof(V) == 16 && f) return (V)_mm_min_ps((__m128)set1(hi), _mm_max_ps((__m128)set1(lo), (__m128)x));
+  if constexpr (sizeof(V) == 16 && !f) return (V)_mm_min_pd((__m128d)set1(hi), _mm_max_pd((__m128d)set1(lo), (__m128d)x));
+#endif
+  const V xc = x < lo ? set1(lo) : x;
+  return xc > hi ? set1(hi) : xc;
+}
 
 template <class T, int W>
 inline typename Simd<T, W>::V Simd<T, W>::exp2(V x) {
@@ -146,9 +172,7 @@ inline typename Simd<T, W>::V Simd<T, W>::exp2(V x) {
   if constexpr (std::is_same<T, float>::value && W == 16) {
     // vscalefps scales by 2^n over the whole range (denormals and underflow to 0 included), so only the
     // lower clamp that keeps f finite for x = -inf is needed.
-    // Clamps written so that NaN passes through them (a comparison with NaN is false).
-    V xc = x < set1(-160.0f) ? set1(-160.0f) : x;
-    xc = xc > set1(128.0f) ? set1(128.0f) : xc;
+    const V xc = clamp_nan_passing(x, -160.0f, 128.0f);
     __m512 xv;
     std::memcpy(&xv, &xc, 64);
     // (maskz forms: the unmasked ones trip GCC 12's -Wmaybe-uninitialized inside immintrin.h)
@@ -165,17 +189,15 @@ inline typename Simd<T, W>::V Simd<T, W>::exp2(V x) {
     return out;
   }
 #endif
-  // Clamps written so that NaN passes through them (a comparison with NaN is false); p is then NaN and
-  // the float multiply by 2^n keeps it NaN (adding n to p's exponent bits would not).
-  V xc = x < C::lo ? set1(C::lo) : x;
-  xc = xc > C::hi ? set1(C::hi) : xc;
+  // NaN passes the clamps; p is then NaN and the float multiply by 2^n keeps it NaN (adding n to p's
+  // exponent bits would not).
+  const V xc = clamp_nan_passing(x, C::lo, C::hi);
   const V t = xc + C::magic;
   const V n = t - C::magic;  // round(xc) as a float
   const V p = simd_impl::exp2_poly(xc - n, T{});
   // 2^n from the biased exponent: (round(xc) + bias) << shift, with the bias folded into the constant.
   const VI e = (VI)t - ((VI)set1(C::magic) - static_cast<I>(C::bias));
-  const V r = p * (V)(e << C::shift);
-  return x < C::lo ? V{} : r;
+  return p * (V)(e << C::shift);
 }
 
 /// True when the first n values of rows 0 .. rows-1 (leading dim ld) are all finite: x * 0 is 0 for
