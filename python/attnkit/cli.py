@@ -86,7 +86,8 @@ SECTIONS = {"exact": _section_exact, "sparse": _section_sparse, "linear": _secti
 
 
 def _cmd_bench(args) -> int:
-    print(f"attnkit {_core.version()} on {_core.get_num_threads()} thread(s), CPU kernels {_core.cpu_isa()}")
+    print(f"attnkit {_core.version()} on {_bench.cpu_model()}, {_core.get_num_threads()} thread(s), "
+          f"CPU kernels {_core.cpu_isa()}")
     results = {}
     for name in args.only or list(SECTIONS):
         results[name] = SECTIONS[name](args)
