@@ -61,6 +61,22 @@ void download(void* dst, const void* src, std::size_t bytes, int32_t device_inde
 /// reason) and by the public supported() queries alike.
 Support select(const char* mechanism, Device device);
 
+/// A support query: runs validate(&specs) in inference mode (outputs not needed), which returns the
+/// tensors' device, and the same selection as dispatch.
+template <class F>
+Support support(const char* mechanism, F&& validate_device) {
+  OutputSpecs specs;
+  return select(mechanism, validate_device(&specs));
+}
+
+/// An output query: runs validate(&specs) in inference mode and returns the outputs it recorded.
+template <class F>
+OutputSpecs infer_outputs(F&& validate) {
+  OutputSpecs specs;
+  validate(&specs);
+  return specs;
+}
+
 /// Runs a validated call on the backend of `device` after select() has said it can.
 template <class CudaF, class CpuF>
 void route(const char* mechanism, Device device, CudaF&& on_cuda, CpuF&& on_cpu) {

@@ -33,45 +33,35 @@ void performer_attention_backward(const PerformerBackwardParams& p) {
                 [&] { detail::cpu::linear_attention_backward(prob); });
 }
 
-namespace {
-/// Runs a validator in inference mode: its output specs (every input checked first).
-template <class F>
-OutputSpecs infer(F&& validate) {
-  OutputSpecs specs;
-  validate(&specs);
-  return specs;
-}
-}  // namespace
-
-// Support queries validate the inputs (outputs inferred, so they need not be allocated yet).
+// Support and output queries: the same validators in inference mode (outputs not needed).
 Support supported(const AttentionBackwardParams& p) {
-  OutputSpecs s;
-  return detail::select("attention_backward", detail::validate_attention_backward(p, &s).fwd.device);
+  return detail::support("attention_backward",
+                         [&](OutputSpecs* s) { return detail::validate_attention_backward(p, s).fwd.device; });
 }
 Support supported(const BlockSparseBackwardParams& p) {
-  OutputSpecs s;
-  return detail::select("block_sparse_attention_backward", detail::validate_block_sparse_backward(p, &s).fwd.device);
+  return detail::support("block_sparse_attention_backward",
+                         [&](OutputSpecs* s) { return detail::validate_block_sparse_backward(p, s).fwd.device; });
 }
 Support supported(const LinearAttentionBackwardParams& p) {
-  OutputSpecs s;
-  return detail::select("linear_attention_backward", detail::validate_linear_attention_backward(p, &s).fwd.device);
+  return detail::support("linear_attention_backward",
+                         [&](OutputSpecs* s) { return detail::validate_linear_attention_backward(p, s).fwd.device; });
 }
 Support supported(const PerformerBackwardParams& p) {
-  OutputSpecs s;
-  return detail::select("performer_attention_backward", detail::validate_performer_backward(p, &s).fwd.device);
+  return detail::support("performer_attention_backward",
+                         [&](OutputSpecs* s) { return detail::validate_performer_backward(p, s).fwd.device; });
 }
 
 OutputSpecs attention_backward_outputs(const AttentionBackwardParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_attention_backward(p, s); });
+  return detail::infer_outputs([&](OutputSpecs* s) { detail::validate_attention_backward(p, s); });
 }
 OutputSpecs block_sparse_attention_backward_outputs(const BlockSparseBackwardParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_block_sparse_backward(p, s); });
+  return detail::infer_outputs([&](OutputSpecs* s) { detail::validate_block_sparse_backward(p, s); });
 }
 OutputSpecs linear_attention_backward_outputs(const LinearAttentionBackwardParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_linear_attention_backward(p, s); });
+  return detail::infer_outputs([&](OutputSpecs* s) { detail::validate_linear_attention_backward(p, s); });
 }
 OutputSpecs performer_attention_backward_outputs(const PerformerBackwardParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_performer_backward(p, s); });
+  return detail::infer_outputs([&](OutputSpecs* s) { detail::validate_performer_backward(p, s); });
 }
 
 }  // namespace attnkit

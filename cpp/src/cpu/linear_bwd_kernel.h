@@ -1,6 +1,6 @@
 #pragma once
 // The CPU backward pass of linear attention and Performer, written once over SIMD width and compiled per
-// instruction set by linear_bwd_{generic,avx2,avx512}.cpp. Semantics: the derivative of the forward of
+// instruction set by linear_{generic,avx2,avx512}.cpp. Semantics: the derivative of the forward of
 // linear.h (attnkit.reference.linear_attention_backward / performer_attention_backward in float64).
 //
 // Per (batch b, kv head) work item, with phi the features, S_t / z_t the state seen by query t and
@@ -33,6 +33,7 @@
 #include "check.h"
 #include "cpu/gemm_kernel.h"
 #include "cpu/kernel_common.h"
+#include "cpu/linear_kernel.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "validate/linear.h"
@@ -158,8 +159,6 @@ struct LinearBwdKernel {
   }
 
   // ------------------------------------------------------------------------------------------ helpers
-
-  static int64_t pad_to(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
   static T neg_inf() { return -std::numeric_limits<T>::infinity(); }
 
@@ -586,10 +585,10 @@ struct LinearBwdKernel {
     c.p = &p;
     c.G = p.group();
     c.C = p.causal ? kLinearBwdChunk : 256;
-    c.CP = pad_to(c.C, W);
-    c.FP = pad_to(p.F, W);
-    c.DP = pad_to(p.D, W);
-    c.DvP = pad_to(p.Dv, W);
+    c.CP = round_up(c.C, W);
+    c.FP = round_up(p.F, W);
+    c.DP = round_up(p.D, W);
+    c.DvP = round_up(p.Dv, W);
     c.eps = static_cast<T>(p.eps);
     c.stab = p.stabilized();
     c.proj = p.projected();
@@ -623,13 +622,7 @@ struct LinearBwdKernel {
 /// Runs the backward core for every storage dtype with the ISA's two configurations.
 template <class Cfg32, class Cfg64>
 void run_linear_backward(const LinearBwdProblem& p) {
-  switch (p.fwd.dtype) {
-    case DType::Float32: return LinearBwdKernel<Cfg32, float>::run(p);
-    case DType::Float64: return LinearBwdKernel<Cfg64, double>::run(p);
-    case DType::Float16: return LinearBwdKernel<Cfg32, Half>::run(p);
-    case DType::BFloat16: return LinearBwdKernel<Cfg32, BFloat>::run(p);
-    default: ATTNKIT_ASSERT(false, "linear attention backward: a non-floating dtype passed validation");
-  }
+  run_for_dtype<LinearBwdKernel, Cfg32, Cfg64>(p.fwd.dtype, p);
 }
 
 }  // namespace ATTNKIT_ISA_NAMESPACE
