@@ -30,7 +30,7 @@ def _phi_grad(x, feature_map):
     if feature_map == "elu1":
         return np.where(x > 0, 1.0, np.exp(np.minimum(x, 0)))
     if feature_map == "relu":
-        return (x > 0).astype(np.float64)
+        return (x > 0).astype(x.dtype)
     return np.ones_like(x)
 
 
@@ -116,7 +116,7 @@ def performer_attention_backward(dout, q, k, v, features, *, kernel="softmax", c
     m = w.shape[0]
     if causal and S != Sk:
         raise ValueError("causal Performer attention needs Sk == S")
-    scale = 1.0 / np.sqrt(D) if scale is None else scale
+    scale = _dtype(1.0 / np.sqrt(D) if scale is None else scale)  # _dtype scalars: the naive run stays in _dtype
     sq = np.sqrt(scale)
     keys = _key_mask(B, Sk, key_lengths)[:, None, :]
     k4 = np.where(keys[..., None], k4, 0.0)
@@ -125,8 +125,8 @@ def performer_attention_backward(dout, q, k, v, features, *, kernel="softmax", c
     allowed = np.broadcast_to(_linear_weights_mask(B, S, Sk, causal, key_lengths), (B, Hq, S, Sk))
     vr = _repeat_kv(vm, Hq)
     if kernel == "relu":
-        fq = np.maximum(qw, 0) + 1e-3
-        fk = np.where(keys[..., None], np.maximum(kw, 0) + 1e-3, 0.0)
+        fq = np.maximum(qw, 0) + _dtype(1e-3)
+        fk = np.where(keys[..., None], np.maximum(kw, 0) + _dtype(1e-3), _dtype(0))
         fkr = _repeat_kv(fk, Hq)
         a = np.where(allowed, fq @ fkr.swapaxes(-1, -2), 0.0)
         dnum, dden = _num_den_grads(dy, a @ vr, a.sum(-1), True, eps)
@@ -135,14 +135,14 @@ def performer_attention_backward(dout, q, k, v, features, *, kernel="softmax", c
         dkw = _group_sum(da.swapaxes(-1, -2) @ fq, Hkv) * (kw > 0)
         dq, dk = sq * dqw @ w, sq * dkw @ w
     elif kernel == "softmax":
-        fq = np.exp(qw - qw.max(-1, keepdims=True)) / np.sqrt(m)
-        e = kw - 0.5 * scale * (k4 * k4).sum(-1, keepdims=True)
+        fq = np.exp(qw - qw.max(-1, keepdims=True)) / np.sqrt(_dtype(m))
+        e = kw - _dtype(0.5) * scale * (k4 * k4).sum(-1, keepdims=True)
         kmax = np.where(keys, e.max(-1), -np.inf)                          # [B, Hkv, Sk]
-        fk = np.where(keys[..., None], np.exp(e - e.max(-1, keepdims=True)) / np.sqrt(m), 0.0)
+        fk = np.where(keys[..., None], np.exp(e - e.max(-1, keepdims=True)) / np.sqrt(_dtype(m)), _dtype(0))
         if causal:
             c = np.maximum.accumulate(kmax, axis=-1)
         else:
-            c = np.broadcast_to(kmax.max(-1, keepdims=True), kmax.shape[:2] + (S,))
+            c = np.broadcast_to(kmax.max(-1, keepdims=True, initial=-np.inf), kmax.shape[:2] + (S,))
         cr = _repeat_kv(c[..., None], Hq)                                  # [B, Hq, S, 1]
         with np.errstate(over="ignore", invalid="ignore"):
             factor = np.where(allowed, np.exp(_repeat_kv(kmax[:, :, None, :], Hq) - np.where(np.isinf(cr), 0, cr)), 0)

@@ -13,7 +13,8 @@
 // pass 2 walks them in reverse with the running G (dk, dv, the initial state's gradient). Inside a chunk
 // the pairs j <= t are the masked products A = phi(Q) phi(K)^T and P = dnum V^T + dden 1^T:
 //   dphi(Q) += P phi(K),  dphi(K) += P^T phi(Q),  dV += A^T dnum.
-// Bidirectional: the same passes with no intra-chunk part (every query sees the final state).
+// Bidirectional: no intra-chunk part; pass 1 (every query sees the final state) also completes G, so
+// pass 2 is the keys' products only.
 // Memory: per work item O(S (F + G Dv)) (key features and the G query heads' dnum), never S x S.
 //
 // Performer softmax features carry the stabilizers of linear.h. Key j's features are stored relative to
@@ -23,7 +24,8 @@
 // are functions of q and k: dL/dc_t = eps * dden_t goes to the key that attains c_t (the first one on
 // ties), and the query's row maximum gets -sum_f dphi_f phi_f at its maximizing feature.
 //
-// Determinism: each work item is done by one thread in a fixed order.
+// Determinism: each work item is done by one thread in a fixed order. (Parallelism is over the B * Hkv
+// items: with fewer items than threads some threads idle.)
 
 #include <cmath>
 #include <cstring>
@@ -165,15 +167,11 @@ struct LinearBwdKernel {
   /// exp(a - b) for a <= b, 0 when a is -inf (nothing there).
   static T fac(T a, T b) { return a == neg_inf() ? T(0) : std::exp(a - b); }
 
-  static const St* row_ptr(const ViewN<4>& x, int64_t b, int64_t h, int64_t t) {
-    return static_cast<const St*>(x.data) + b * x.stride[0] + h * x.stride[1] + t * x.stride[2];
-  }
-
   /// n rows [t0, t0 + n) of head (b, h) of x (N columns) as T rows of ld columns, zero padded.
   static void load_rows(const ViewN<4>& x, int64_t b, int64_t h, int64_t t0, int64_t n, int64_t N, T* dst,
                         int64_t ld) {
     for (int64_t t = 0; t < n; ++t) {
-      const St* r = row_ptr(x, b, h, t0 + t);
+      const St* r = LinearKernel<Cfg, St>::row_ptr(x, b, h, t0 + t);
       for (int64_t d = 0; d < N; ++d) dst[t * ld + d] = static_cast<T>(to_acc(r[d * x.stride[3]]));
       for (int64_t d = N; d < ld; ++d) dst[t * ld + d] = T(0);
     }
@@ -291,8 +289,9 @@ struct LinearBwdKernel {
 
   // ------------------------------------------------------------------------------------------- passes
 
-  /// Key features, values and stabilizers of the whole sequence of (b, hkv).
-  static void prepare(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t L) {
+  /// Key features, values and stabilizers of the whole sequence of (b, hkv). Returns the largest kmax over
+  /// the allowed keys (-inf when there is none): bidirectional attention's c.
+  static T prepare(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t L) {
     const LinearProblem& p = *c.p;
     for (int64_t j0 = 0; j0 < p.Sk; j0 += c.C) {
       const int64_t n = imin(c.C, p.Sk - j0);
@@ -318,6 +317,7 @@ struct LinearBwdKernel {
     }
     if (!p.causal)
       for (int64_t t = 0; t < p.S; ++t) w.c[t] = cur, w.cj[t] = at;
+    return cur;
   }
 
   /// Pair factors of the causal chunk [t0, t0 + n): exp(kmax_j - c_t) (1 unstabilized) for allowed pairs
@@ -535,7 +535,7 @@ struct LinearBwdKernel {
     const LinearProblem& p = *c.p;
     const int64_t L = key_count(p, b);
     const int64_t S = p.S, C = c.C;
-    prepare(c, w, b, hkv, L);
+    const T c_all = prepare(c, w, b, hkv, L);
     // Pass 1: forward.
     load_state(c, p.state_in, p.z_in, b, hkv, w.M, w.MT, w.z);
     load_state(c, bp.dstate_out, bp.dz_out, b, hkv, w.G, w.GT, w.gz);
@@ -550,7 +550,7 @@ struct LinearBwdKernel {
         c_state = w.c[t0 + n - 1];
       }
     } else {
-      const T cg = S > 0 ? w.c[0] : neg_inf();
+      const T cg = c_all;
       for (int64_t j0 = 0; j0 < p.Sk; j0 += C) add_keys(c, w, j0, imin(C, p.Sk - j0), j0 == 0 ? neg_inf() : cg, cg);
       for (int64_t t0 = 0; t0 < S; t0 += C) query_chunk(c, w, b, hkv, t0, imin(C, S - t0), cg, false);
     }
@@ -564,7 +564,7 @@ struct LinearBwdKernel {
         key_chunk(c, w, b, hkv, t0, n, c_ref, true, L);
       }
     } else {
-      T cg = S > 0 ? w.c[0] : neg_inf();
+      T cg = c_all;
       transpose(w.G, p.F, p.Dv, c.DvP, w.GT, c.FP);
       for (int64_t j0 = 0; j0 < p.Sk; j0 += C) key_chunk(c, w, b, hkv, j0, imin(C, p.Sk - j0), cg, false, L);
     }
