@@ -19,6 +19,7 @@ namespace cpu {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
 void attention_backward(const AttnBwdProblem& p);  // exact and block-sparse
+void linear_attention_backward(const LinearBwdProblem& p);  // linear and Performer
 void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);
@@ -36,6 +37,7 @@ namespace cuda {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
 void attention_backward(const AttnBwdProblem& p);
+void linear_attention_backward(const LinearBwdProblem& p);
 void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);
@@ -58,6 +60,22 @@ void download(void* dst, const void* src, std::size_t bytes, int32_t device_inde
 /// The one selection of a backend for a call, used by dispatch (which raises Error(NotBuilt) with the
 /// reason) and by the public supported() queries alike.
 Support select(const char* mechanism, Device device);
+
+/// A support query: runs validate(&specs) in inference mode (outputs not needed), which returns the
+/// tensors' device, and the same selection as dispatch.
+template <class F>
+Support support(const char* mechanism, F&& validate_device) {
+  OutputSpecs specs;
+  return select(mechanism, validate_device(&specs));
+}
+
+/// An output query: runs validate(&specs) in inference mode and returns the outputs it recorded.
+template <class F>
+OutputSpecs infer_outputs(F&& validate) {
+  OutputSpecs specs;
+  validate(&specs);
+  return specs;
+}
 
 /// Runs a validated call on the backend of `device` after select() has said it can.
 template <class CudaF, class CpuF>

@@ -163,13 +163,7 @@ void linformer_attention(const LinformerParams& p) {
 }
 
 // Support queries: the validator (in inference mode: outputs are not needed) and the same selection.
-namespace {
-template <class F>
-Support support(const char* mechanism, F&& validate_device) {
-  OutputSpecs specs;
-  return detail::select(mechanism, validate_device(&specs));
-}
-}  // namespace
+using detail::support;
 
 Support supported(const AttentionParams& p) {
   return support("attention", [&](OutputSpecs* s) { return detail::validate_attention(p, nullptr, s).device; });
@@ -203,55 +197,48 @@ Support supported(const RopeParams& p) {
 }
 
 // Output queries: the same validators in inference mode.
-namespace {
-template <class F>
-OutputSpecs infer(F&& validate) {
-  OutputSpecs specs;
-  validate(&specs);
-  return specs;
-}
-}  // namespace
+using detail::infer_outputs;
 
 OutputSpecs attention_outputs(const AttentionParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_attention(p, nullptr, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_attention(p, nullptr, s); });
 }
 OutputSpecs attention_weights_outputs(const AttentionParams& p) {
   const TensorRef none;
-  return infer([&](OutputSpecs* s) { detail::validate_attention(p, &none, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_attention(p, &none, s); });
 }
 OutputSpecs merge_attention_outputs(const MergeParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_merge(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_merge(p, s); });
 }
 OutputSpecs block_sparse_attention_outputs(const BlockSparseParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_block_sparse(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_block_sparse(p, s); });
 }
 OutputSpecs lsh_buckets_outputs(const LshBucketsParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_lsh_buckets(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_lsh_buckets(p, s); });
 }
 OutputSpecs lsh_attention_outputs(const LshAttentionParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_lsh_attention(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_lsh_attention(p, s); });
 }
 OutputSpecs dynamic_linear_attention_outputs(const DLAParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_dla(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_dla(p, s); });
 }
 OutputSpecs linear_attention_outputs(const LinearAttentionParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_linear_attention(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_linear_attention(p, s); });
 }
 OutputSpecs performer_attention_outputs(const PerformerParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_performer(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_performer(p, s); });
 }
 OutputSpecs random_features_outputs(const RandomFeaturesParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_random_features(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_random_features(p, s); });
 }
 OutputSpecs linformer_projection_outputs(const LinformerProjectionParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_linformer_projection(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_linformer_projection(p, s); });
 }
 OutputSpecs linformer_attention_outputs(const LinformerParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_linformer(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_linformer(p, s); });
 }
 
 OutputSpecs rope_outputs(const RopeParams& p) {
-  return infer([&](OutputSpecs* s) { detail::validate_rope(p, s); });
+  return infer_outputs([&](OutputSpecs* s) { detail::validate_rope(p, s); });
 }
 
 void rope(const RopeParams& p) {

@@ -1,6 +1,8 @@
-// Linear attention, Performer and Linformer projections for x86-64-v3 (AVX2 + FMA, 16 ymm registers).
+// Linear attention and Performer (forward and backward) and Linformer projections for x86-64-v3 (AVX2 +
+// FMA, 16 ymm registers).
 #define ATTNKIT_ISA_NAMESPACE isa_avx2
 #include "cpu/isa_entry_points.h"
+#include "cpu/linear_bwd_kernel.h"
 #include "cpu/linear_kernel.h"
 #include "cpu/linformer_kernel.h"
 
@@ -20,6 +22,7 @@ struct Avx2F64 {
 }  // namespace
 
 void linear_attention_avx2(const LinearProblem& p) { run_linear<Avx2F32, Avx2F64>(p); }
+void linear_attention_backward_avx2(const LinearBwdProblem& p) { run_linear_backward<Avx2F32, Avx2F64>(p); }
 
 void linformer_project_avx2(const LinformerProblem& p, void* kproj, void* vproj) {
   run_linformer_projection<Avx2F32, Avx2F64>(p, kproj, vproj);

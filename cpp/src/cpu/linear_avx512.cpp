@@ -1,7 +1,8 @@
-// Linear attention, Performer and Linformer projections for x86-64-v4 (AVX-512 F/BW/DQ/VL, 32 zmm
-// registers).
+// Linear attention and Performer (forward and backward) and Linformer projections for x86-64-v4 (AVX-512
+// F/BW/DQ/VL, 32 zmm registers).
 #define ATTNKIT_ISA_NAMESPACE isa_avx512
 #include "cpu/isa_entry_points.h"
+#include "cpu/linear_bwd_kernel.h"
 #include "cpu/linear_kernel.h"
 #include "cpu/linformer_kernel.h"
 
@@ -21,6 +22,7 @@ struct Avx512F64 {
 }  // namespace
 
 void linear_attention_avx512(const LinearProblem& p) { run_linear<Avx512F32, Avx512F64>(p); }
+void linear_attention_backward_avx512(const LinearBwdProblem& p) { run_linear_backward<Avx512F32, Avx512F64>(p); }
 
 void linformer_project_avx512(const LinformerProblem& p, void* kproj, void* vproj) {
   run_linformer_projection<Avx512F32, Avx512F64>(p, kproj, vproj);

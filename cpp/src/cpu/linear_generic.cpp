@@ -1,7 +1,8 @@
-// Linear attention, Performer and Linformer projections, baseline instruction set (SSE2 on x86-64,
-// NEON/ASIMD on AArch64: 128-bit vectors).
+// Linear attention and Performer (forward and backward) and Linformer projections, baseline instruction
+// set (SSE2 on x86-64, NEON/ASIMD on AArch64: 128-bit vectors).
 #define ATTNKIT_ISA_NAMESPACE isa_generic
 #include "cpu/isa_entry_points.h"
+#include "cpu/linear_bwd_kernel.h"
 #include "cpu/linear_kernel.h"
 #include "cpu/linformer_kernel.h"
 
@@ -20,6 +21,7 @@ struct GenericF64 {
 }  // namespace
 
 void linear_attention_generic(const LinearProblem& p) { run_linear<GenericF32, GenericF64>(p); }
+void linear_attention_backward_generic(const LinearBwdProblem& p) { run_linear_backward<GenericF32, GenericF64>(p); }
 
 void linformer_project_generic(const LinformerProblem& p, void* kproj, void* vproj) {
   run_linformer_projection<GenericF32, GenericF64>(p, kproj, vproj);

@@ -562,16 +562,23 @@ struct LinearKernel {
   }
 };
 
+/// Runs Kernel<Cfg, St>::run(p) for the storage type St of `dtype`: Cfg64 for float64, Cfg32 (float
+/// accumulation) for float32 and the 16-bit types.
+template <template <class, class> class Kernel, class Cfg32, class Cfg64, class P>
+void run_for_dtype(DType dtype, const P& p) {
+  switch (dtype) {
+    case DType::Float32: return Kernel<Cfg32, float>::run(p);
+    case DType::Float64: return Kernel<Cfg64, double>::run(p);
+    case DType::Float16: return Kernel<Cfg32, Half>::run(p);
+    case DType::BFloat16: return Kernel<Cfg32, BFloat>::run(p);
+    default: ATTNKIT_ASSERT(false, "linear attention: a non-floating dtype passed validation");
+  }
+}
+
 /// Runs the linear-attention core for every storage dtype with the ISA's two configurations.
 template <class Cfg32, class Cfg64>
 void run_linear(const LinearProblem& p) {
-  switch (p.dtype) {
-    case DType::Float32: return LinearKernel<Cfg32, float>::run(p);
-    case DType::Float64: return LinearKernel<Cfg64, double>::run(p);
-    case DType::Float16: return LinearKernel<Cfg32, Half>::run(p);
-    case DType::BFloat16: return LinearKernel<Cfg32, BFloat>::run(p);
-    default: ATTNKIT_ASSERT(false, "linear attention: a non-floating dtype passed validation");
-  }
+  run_for_dtype<LinearKernel, Cfg32, Cfg64>(p.dtype, p);
 }
 
 }  // namespace ATTNKIT_ISA_NAMESPACE
