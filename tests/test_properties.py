@@ -158,6 +158,8 @@ PROPERTY_TESTS = {
     "attention_backward": "test_backward.py::test_random_problems",
     "block_sparse_attention_backward": "test_backward_properties.py::test_block_sparse_backward_random_problems",
     "linformer_attention_backward": "test_backward_properties.py::test_linformer_backward_random_problems",
+    "linear_attention_backward": "test_linear_backward.py::test_random_problems",
+    "performer_attention_backward": "test_linear_backward.py::test_random_problems",
     "BlockLayout": "fuzz/test_fuzz.py::test_fuzz_layouts",
     "block_sparse_attention": "fuzz/test_fuzz.py::test_fuzz_block_sparse",
     "lsh_buckets": "fuzz/test_fuzz.py::test_fuzz_lsh",
