@@ -8,8 +8,17 @@ from the forward's out and lse. FLOPs: the five matrix products of the backward,
 its inputs and gradients at S = 8192 (in a subprocess), to show the O(S) memory. Writes
 bench/results/backward.json.
 
+With --linear: linear_attention_backward (elu+1) and performer_attention_backward (softmax kernel, m = 256
+features) vs torch autograd of the same formula written in torch (float32, B=1, H=8, D=64): causal as
+the masked quadratic form a = (phi(Q) phi(K)^T) * tril, num = a V, den = rowsum(a) (what a torch user
+writes without a custom kernel; O(S^2) memory), bidirectional as phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1).
+Performer's stabilizers are detached in torch (the usual treatment); with eps = 0 the gradients agree.
+Timed: the backward alone (autograd.grad with a retained graph) vs attnkit's backward (which recomputes
+the forward). Writes bench/results/linear_backward.json.
+
     pip install torch==2.13.0   # the anchor; attnkit itself never needs torch
     python bench/bench_backward.py [--sizes 512 1024] [--reps 5] [--no-rss]
+    python bench/bench_backward.py --linear [--sizes 1024 4096]
 """
 
 from __future__ import annotations
@@ -87,6 +96,66 @@ def rows_for(sizes, reps, H=8, D=64):
     return rows
 
 
+def torch_linear(torch, q, k, v, w, causal, eps):
+    """out of linear attention (elu+1, w None) or Performer (softmax features W = w) written in torch."""
+    if w is None:
+        fq, fk = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    else:
+        sc = q.shape[-1] ** -0.25
+        qw, kw = (q * sc) @ w.T, (k * sc) @ w.T
+        fq = torch.exp(qw - qw.amax(-1, keepdim=True).detach()) / w.shape[0] ** 0.5
+        e = kw - 0.5 * (k * sc).pow(2).sum(-1, keepdim=True)
+        fk = torch.exp(e - e.amax(dim=(-1, -2), keepdim=True).detach()) / w.shape[0] ** 0.5
+    if causal:
+        a = (fq @ fk.transpose(-1, -2)).tril()
+        return (a @ v) / (a.sum(-1, keepdim=True) + eps)
+    return (fq @ (fk.transpose(-1, -2) @ v)) / (fq @ fk.sum(-2).unsqueeze(-1) + eps)
+
+
+def linear_rows_for(sizes, reps, H=8, D=64, m=256):
+    threads = attnkit.get_num_threads()
+    torch = torch_or_none()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    rows = []
+    w = attnkit.random_features(m, D, seed=0)
+    for name in ("linear_elu1", "performer_softmax"):
+        for S in sizes:
+            for causal in (True, False):
+                rng = np.random.default_rng(0)
+                q, k, v, dout = (rng.standard_normal((1, H, S, D)).astype(np.float32) for _ in range(4))
+                eps = 0.0 if name.startswith("performer") else 1e-6
+                if name == "linear_elu1":
+                    ours = lambda: attnkit.linear_attention_backward(dout, q, k, v, causal=causal, eps=eps)  # noqa
+                else:
+                    ours = lambda: attnkit.performer_attention_backward(dout, q, k, v, w, causal=causal, eps=eps)  # noqa
+                fns = {"attnkit": ours}
+                row = {"function": name, "S": S, "causal": causal, "H": H, "D": D}
+                if name != "linear_elu1":
+                    row["m"] = m
+                if torch is not None:
+                    tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+                    tout = torch_linear(torch, tq, tk, tv, None if name == "linear_elu1" else torch.from_numpy(w),
+                                        causal, eps)
+                    tdout = torch.from_numpy(dout)
+                    fns["torch"] = lambda: torch.autograd.grad(tout, (tq, tk, tv), tdout, retain_graph=True)
+                    mine, theirs = fns["attnkit"](), fns["torch"]()
+                    row["max_rel_diff_vs_torch"] = max(
+                        float(np.abs(a - b.numpy()).max() / max(1e-30, np.abs(b.numpy()).max()))
+                        for a, b in zip(mine, theirs))
+                for key, t in timeit_many(fns, reps, min_time=0.3).items():
+                    row[f"{key}_s"] = t
+                if "torch_s" in row:
+                    row["speedup_vs_torch"] = row["torch_s"] / row["attnkit_s"]
+                rows.append(row)
+                msg = f"{name:18s} S={S:6d} causal={str(causal):5s} attnkit {row['attnkit_s'] * 1e3:8.2f} ms"
+                if "torch_s" in row:
+                    msg += f" | torch {row['torch_s'] * 1e3:8.2f} ms ({row['speedup_vs_torch']:.2f}x, " \
+                           f"max rel diff {row['max_rel_diff_vs_torch']:.1e})"
+                progress(msg)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
@@ -94,8 +163,15 @@ def main(argv=None):
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--rss-S", type=int, default=8192)
     ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default="backward.json")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--linear", action="store_true", help="linear attention / Performer backward instead")
     a = ap.parse_args(argv)
+    if a.linear:
+        payload = {"benchmark": "linear attention (elu+1) / Performer (softmax, m=256) backward, float32, B=1, "
+                                "H=8, D=64, vs torch autograd of the same formula",
+                   "env": environment(attnkit.get_num_threads()), "rows": linear_rows_for(a.sizes, a.reps)}
+        progress(f"wrote {write_json(RESULTS, a.out or 'linear_backward.json', payload)}")
+        return None
     if a.rss_child:
         return peak_rss_child(a.rss_S, 8, 64)
     payload = {"benchmark": "exact attention backward, float32, B=1, H=8, D=64",
@@ -106,7 +182,7 @@ def main(argv=None):
                              capture_output=True, text=True)
         payload["peak_rss"] = json.loads(res.stdout)
         progress(json.dumps(payload["peak_rss"]))
-    progress(f"wrote {write_json(RESULTS, a.out, payload)}")
+    progress(f"wrote {write_json(RESULTS, a.out or 'backward.json', payload)}")
 
 
 if __name__ == "__main__":

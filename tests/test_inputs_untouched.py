@@ -52,6 +52,11 @@ def _calls():
                                             (arr(*bs_out.shape), qs, k, v, bs_out, bs_lse, layout), {}),
         "linformer_attention_backward": (attnkit.linformer_attention_backward,
                                          (arr(*lf_out.shape), q, k, v, lf_out, lf_lse, e), {}),
+        "linear_attention_backward": (attnkit.linear_attention_backward, (arr(2, 4, 40, 8), qs, k, v),
+                                      dict(initial_state=(np.abs(arr(2, 2, 16, 8)), np.abs(arr(2, 2, 16))),
+                                           dfinal_state=(arr(2, 2, 16, 8), arr(2, 2, 16)), key_lengths=lengths)),
+        "performer_attention_backward": (attnkit.performer_attention_backward, (arr(2, 4, 40, 8), qs, k, v, w),
+                                         dict(key_lengths=lengths, causal=True)),
     }
 
 

@@ -19,6 +19,7 @@ namespace cpu {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
 void attention_backward(const AttnBwdProblem& p);  // exact and block-sparse
+void linear_attention_backward(const LinearBwdProblem& p);  // linear and Performer
 void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);
@@ -36,6 +37,7 @@ namespace cuda {
 void attention(const AttnProblem& p);
 void attention_weights(const AttnProblem& p);
 void attention_backward(const AttnBwdProblem& p);
+void linear_attention_backward(const LinearBwdProblem& p);
 void merge_attention(const MergeProblem& p);
 void lsh_buckets(const LshBucketsProblem& p);
 void lsh_attention(const LshProblem& p);

@@ -16,6 +16,7 @@ namespace {
 void attention(const AttnProblem&) { not_built(); }
 void attention_weights(const AttnProblem&) { not_built(); }
 void attention_backward(const AttnBwdProblem&) { not_built(); }
+void linear_attention_backward(const LinearBwdProblem&) { not_built(); }
 void merge_attention(const MergeProblem&) { not_built(); }
 void lsh_buckets(const LshBucketsProblem&) { not_built(); }
 void lsh_attention(const LshProblem&) { not_built(); }

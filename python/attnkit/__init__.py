@@ -8,7 +8,8 @@ framework.
 """
 
 from . import _core, layouts
-from ._backward import attention_backward, block_sparse_attention_backward, linformer_attention_backward
+from ._backward import (attention_backward, block_sparse_attention_backward, linear_attention_backward,
+                        linformer_attention_backward, performer_attention_backward)
 from ._dla import DLAAux, DLACache, dynamic_linear_attention
 from ._exact import attention, attention_weights, merge_attention
 from ._mha import MHAParams, multi_head_attention
@@ -28,6 +29,8 @@ linear_attention, performer_attention, linformer_attention = map(_dlpack_io, (li
 dynamic_linear_attention = _dlpack_io(dynamic_linear_attention)
 attention_backward, block_sparse_attention_backward, linformer_attention_backward = map(
     _dlpack_io, (attention_backward, block_sparse_attention_backward, linformer_attention_backward))
+linear_attention_backward, performer_attention_backward = map(
+    _dlpack_io, (linear_attention_backward, performer_attention_backward))
 rope, multi_head_attention = map(_dlpack_io, (rope, multi_head_attention))
 
 __version__ = _core.__version__
@@ -39,6 +42,8 @@ __all__ = [
     "attention_backward",
     "block_sparse_attention_backward",
     "linformer_attention_backward",
+    "linear_attention_backward",
+    "performer_attention_backward",
     "BlockLayout",
     "block_sparse_attention",
     "layouts",
@@ -97,4 +102,5 @@ def info() -> dict:
 # The public functions that can have a CUDA kernel (info()["cuda_kernels"] lists those that do here).
 _CUDA_MECHANISMS = ("attention", "attention_weights", "merge_attention", "block_sparse_attention", "lsh_buckets",
                     "lsh_attention", "linear_attention", "performer_attention", "linformer_attention",
-                    "dynamic_linear_attention", "rope", "attention_backward", "block_sparse_attention_backward")
+                    "dynamic_linear_attention", "rope", "attention_backward", "block_sparse_attention_backward",
+                    "linear_attention_backward", "performer_attention_backward")

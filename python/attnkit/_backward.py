@@ -1,23 +1,22 @@
-"""Backward passes (gradients) of exact, block-sparse and Linformer attention."""
+"""Backward passes (gradients) of exact, block-sparse, Linformer, linear and Performer attention."""
 
 from __future__ import annotations
 
 from . import _core
 from ._array import Call, acc_dtype, as_bool, astype
 from ._exact import _set_masking, _with_masking_doc
+from ._linear import _linear_params, _performer_params, _state_pair
 from ._sparse import _block_sparse_params
 
-__all__ = ["attention_backward", "block_sparse_attention_backward", "linformer_attention_backward"]
+__all__ = ["attention_backward", "block_sparse_attention_backward", "linformer_attention_backward",
+           "linear_attention_backward", "performer_attention_backward"]
 
 
-def _grads(call: Call, dout, q, k, v):
-    """The AttentionGrads of a call: dout in, dq / dk / dv allocated like q / k / v."""
-    g = _core.AttentionGrads()
-    g.dout = call.tensor(dout, "dout")
-    dq, g.dq = call.empty(q.shape, q.dtype)
-    dk, g.dk = call.empty(k.shape, q.dtype)
-    dv, g.dv = call.empty(v.shape, q.dtype)
-    return g, (dq, dk, dv)
+def _grads(call: Call, bp, query, dout, *extra):
+    """Fills bp.grad (dout in) and allocates dq, dk, dv (and the `extra` outputs) from the backward's
+    output query: the validator checks every input first and owns the outputs' shapes and dtypes."""
+    bp.grad.dout = call.tensor(dout, "dout")
+    return call.outputs(bp, query, "grad.dq", "grad.dk", "grad.dv", *extra)
 
 
 def _reduce_to(full, shape, dtype):
@@ -80,16 +79,14 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, window=None, ma
     p.out = call.tensor(out, "out")
     p.lse = call.tensor(lse, "lse")
     _set_masking(p, call, causal, window, mask, bias, key_lengths, scale, softcap, alibi_slopes)
-    g, grads = _grads(call, dout, q, k, v)
-    dbias_full = None
-    if return_dbias and q.ndim >= 2 and k.ndim >= 2:
-        q4 = (1,) * (4 - q.ndim) + tuple(q.shape) if q.ndim <= 4 else tuple(q.shape)
-        dbias_full, g.dbias = call.empty(q4[:3] + (k.shape[-2],), acc_dtype(q.dtype))
-    _core.attention_backward(p, g)
+    bp = _core.AttentionBackwardParams()
+    bp.fwd = p
+    grads = _grads(call, bp, _core.attention_backward_outputs, dout, *(("grad.dbias",) if return_dbias else ()))
+    _core.attention_backward(bp.fwd, bp.grad)
     if not return_dbias:
-        return grads
+        return tuple(grads)
     b = call.array(bias, "bias", coerce=True)
-    return grads + (_reduce_to(dbias_full, b.shape, b.dtype),)
+    return tuple(grads[:3]) + (_reduce_to(grads[3], b.shape, b.dtype),)
 
 
 attention_backward = _with_masking_doc(attention_backward)
@@ -121,9 +118,11 @@ def block_sparse_attention_backward(dout, q, k, v, out, lse, layout, *, causal=F
     p = _block_sparse_params(call, q, k, v, layout, causal, scale, key_lengths)
     p.out = call.tensor(out, "out")
     p.lse = call.tensor(lse, "lse")
-    g, grads = _grads(call, dout, q, k, v)
-    _core.block_sparse_attention_backward(p, g)
-    return grads
+    bp = _core.BlockSparseBackwardParams()
+    bp.fwd = p
+    grads = _grads(call, bp, _core.block_sparse_attention_backward_outputs, dout)
+    _core.block_sparse_attention_backward(bp.fwd, bp.grad)
+    return tuple(grads)
 
 
 def linformer_attention_backward(dout, q, k, v, out, lse, E, F=None, *, scale=None, key_lengths=None):
@@ -202,3 +201,99 @@ def linformer_attention_backward(dout, q, k, v, out, lse, E, F=None, *, scale=No
     dk = astype(dk.reshape(k.shape), q.dtype)
     dv = astype(dv.reshape(v.shape), q.dtype)
     return dq, dk, dv, astype(dE, E.dtype), (None if F is None else astype(dF, F.dtype))
+
+
+def linear_attention_backward(dout, q, k, v, *, feature_map="elu1", causal=True, normalize=True, eps=1e-6,
+                              key_lengths=None, initial_state=None, dfinal_state=None):
+    """Gradients of :func:`linear_attention` with respect to ``q``, ``k``, ``v`` (and ``initial_state``).
+
+    The forward is recomputed (no forward result is needed). Per batch ``b`` and query head, with
+    ``num_t = phi(q_t)^T S_t``, ``r_t = 1 / (phi(q_t)^T z_t + eps)`` and ``y_t = r_t num_t``::
+
+        dnum_t = r_t dout_t                 dden_t = -r_t (dout_t . y_t)      (normalize; else dout_t, 0)
+        dphi(q_t) = S_t dnum_t + z_t dden_t
+        G_j = dS_final + sum_{t sees j} phi(q_t) dnum_t^T,   g_j = dz_final + sum_{t sees j} phi(q_t) dden_t
+        dphi(k_j) = G_j v_j + g_j           dv_j = G_j^T phi(k_j)              dS_0 = G_0, dz_0 = g_0
+
+    where ``t sees j`` is ``j <= t`` when causal (every ``t`` otherwise) and ``j < key_lengths[b]``. The
+    gradients then go through the feature map: ``elu1``: ``1`` for ``x > 0``, ``e^x`` otherwise;
+    ``relu``: ``1`` for ``x > 0``, else ``0``; ``identity``: ``1``. Rows whose denominator is exactly 0
+    (output 0 by contract) pass no gradient; padded keys get zero ``dk`` / ``dv``. GQA: ``dk`` / ``dv``
+    (and the state gradients) sum over the query heads of a kv head.
+
+    Causal attention runs as two chunked scans (forward for ``dq``, reverse for ``dk``, ``dv`` and the
+    state), with O(S) memory and no ``S x S`` matrix; bidirectional attention uses the global state. The
+    result does not depend on the number of threads.
+
+    Parameters
+    ----------
+    dout : array shaped like the forward's output, in ``q``'s dtype.
+    q, k, v, feature_map, causal, normalize, eps, key_lengths, initial_state : as in
+        :func:`linear_attention`.
+    dfinal_state : (dS, dz), optional
+        Gradient with respect to the forward's returned state (``return_state=True``), shaped and typed
+        like ``initial_state``: what a later call that continued from that state sends back.
+
+    Returns
+    -------
+    ``(dq, dk, dv)`` shaped like ``q``, ``k``, ``v`` in ``q``'s dtype, or ``(dq, dk, dv, (dS0, dz0))``
+    when ``initial_state`` is given (shaped and typed like it). Accumulation is float32 (float64 for
+    float64 inputs).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`linear_attention`; ``dout`` or ``dfinal_state`` of the wrong shape or dtype.
+    """
+    call = Call()
+    bp = _core.LinearAttentionBackwardParams()
+    bp.fwd = _linear_params(call, q, k, v, feature_map, causal, normalize, eps, key_lengths, initial_state)
+    bp.dout = call.tensor(dout, "dout")
+    if dfinal_state is not None:
+        bp.dfinal_state, bp.dfinal_normalizer = _state_pair(call, dfinal_state, "dfinal_state")
+    names = ("dq", "dk", "dv") + (("dinitial_state", "dinitial_normalizer") if initial_state is not None else ())
+    grads = call.outputs(bp, _core.linear_attention_backward_outputs, *names)
+    _core.linear_attention_backward(bp)
+    return tuple(grads) if initial_state is None else tuple(grads[:3]) + (tuple(grads[3:]),)
+
+
+def performer_attention_backward(dout, q, k, v, features, *, kernel="softmax", causal=False, scale=None,
+                                 eps=1e-6, key_lengths=None):
+    """Gradients of :func:`performer_attention` with respect to ``q``, ``k`` and ``v`` (``features`` is a
+    constant: no gradient).
+
+    The linear-attention backward of :func:`linear_attention_backward` on the Performer features, then
+    through them (``x' = sqrt(scale) x``, ``w_f`` the rows of ``features``)::
+
+        "softmax":  d(w_f . x') = dphi_f phi_f;  keys also -|x'|^2 / 2:  dk = sqrt(scale) W^T de - scale (sum_f de_f) k
+        "relu":     d(w_f . x') = dphi_f for w_f . x' > 0, else 0
+
+    The softmax kernel's stabilizers (the query's row maximum ``max_f w_f . q'``, the keys' running
+    maximum of ``w_f . k' - |k'|^2 / 2``) are differentiated as the functions of ``q`` and ``k`` they are:
+    a query row's stabilizer gets ``-eps / (den + eps) (dout . out)``, sent to the maximizing feature, and
+    so does the key that attains the keys' stabilizer seen by that row (the first on ties). With
+    ``eps = 0`` these terms are 0 (the forward does not depend on the stabilizers); with ``eps > 0`` they
+    make the result the exact gradient of what :func:`performer_attention` computes.
+
+    Parameters
+    ----------
+    dout : array shaped like the forward's output, in ``q``'s dtype.
+    q, k, v, features, kernel, causal, scale, eps, key_lengths : as in :func:`performer_attention`.
+
+    Returns
+    -------
+    ``(dq, dk, dv)`` shaped like ``q``, ``k``, ``v`` in ``q``'s dtype (GQA: ``dk``, ``dv`` summed over
+    the group's query heads).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`performer_attention`; ``dout`` of the wrong shape or dtype.
+    """
+    call = Call()
+    bp = _core.PerformerBackwardParams()
+    bp.fwd = _performer_params(call, q, k, v, features, kernel, causal, scale, eps, key_lengths)
+    bp.dout = call.tensor(dout, "dout")
+    grads = call.outputs(bp, _core.performer_attention_backward_outputs, "dq", "dk", "dv")
+    _core.performer_attention_backward(bp)
+    return tuple(grads)

@@ -16,6 +16,30 @@ _KERNELS = {"softmax": _core.PerformerKernel.softmax, "relu": _core.PerformerKer
 _SCALINGS = {"chi": _core.FeatureScaling.chi, "sqrt_d": _core.FeatureScaling.sqrt_d}
 
 
+def _state_pair(call, state, name):
+    """TensorRefs of a state pair (S, z) given as argument `name`."""
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        raise ValueError(f"{name} must be a pair (S, z), as returned with return_state=True")
+    return call.tensor(state[0], f"{name}[0]"), call.tensor(state[1], f"{name}[1]")
+
+
+def _linear_params(call, q, k, v, feature_map, causal, normalize, eps, key_lengths, initial_state):
+    """The LinearAttentionParams of a call's inputs (shared with linear_attention_backward)."""
+    p = _core.LinearAttentionParams()
+    p.q = call.tensor(q, "q")
+    p.k = call.tensor(k, "k")
+    p.v = call.tensor(v, "v")
+    p.feature_map = as_choice(feature_map, "feature_map", _FEATURE_MAPS)
+    p.causal = as_bool(causal, "causal")
+    p.normalize = as_bool(normalize, "normalize")
+    p.eps = as_float(eps, "eps")
+    p.key_lengths = call.lengths(key_lengths)
+    if initial_state is not None:
+        p.initial_state, p.initial_normalizer = _state_pair(call, initial_state, "initial_state")
+    p.stream = call.stream
+    return p
+
+
 def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True, eps=1e-6, key_lengths=None,
                      initial_state=None, return_state=False):
     """Kernelized linear attention (Katharopoulos et al., "Transformers are RNNs", 2020).
@@ -82,21 +106,7 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True
         inputs, arrays on different devices.
     """
     call = Call()
-    p = _core.LinearAttentionParams()
-    p.q = call.tensor(q, "q")
-    p.k = call.tensor(k, "k")
-    p.v = call.tensor(v, "v")
-    p.feature_map = as_choice(feature_map, "feature_map", _FEATURE_MAPS)
-    p.causal = as_bool(causal, "causal")
-    p.normalize = as_bool(normalize, "normalize")
-    p.eps = as_float(eps, "eps")
-    p.key_lengths = call.lengths(key_lengths)
-    if initial_state is not None:
-        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
-            raise ValueError("initial_state must be a pair (S, z), as returned with return_state=True")
-        p.initial_state = call.tensor(initial_state[0], "initial_state[0]")
-        p.initial_normalizer = call.tensor(initial_state[1], "initial_state[1]")
-    p.stream = call.stream
+    p = _linear_params(call, q, k, v, feature_map, causal, normalize, eps, key_lengths, initial_state)
     if as_bool(return_state, "return_state"):
         out, s, z = call.outputs(p, _core.linear_attention_outputs, "out", "final_state", "final_normalizer")
         _core.linear_attention(p)
@@ -159,6 +169,23 @@ def random_features(num_features, head_dim, *, seed=0, orthogonal=True, scaling=
     return w
 
 
+def _performer_params(call, q, k, v, features, kernel, causal, scale, eps, key_lengths):
+    """The PerformerParams of a call's inputs (shared with performer_attention_backward)."""
+    p = _core.PerformerParams()
+    p.q = call.tensor(q, "q")
+    p.k = call.tensor(k, "k")
+    p.v = call.tensor(v, "v")
+    p.features = call.tensor(features, "features")
+    p.kernel = as_choice(kernel, "kernel", _KERNELS)
+    p.causal = as_bool(causal, "causal")
+    if scale is not None:
+        p.scale = as_float(scale, "scale")
+    p.eps = as_float(eps, "eps")
+    p.key_lengths = call.lengths(key_lengths)
+    p.stream = call.stream
+    return p
+
+
 def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, scale=None, eps=1e-6,
                         key_lengths=None):
     """Performer attention (Choromanski et al., "Rethinking Attention with Performers", ICLR 2021): FAVOR+
@@ -210,18 +237,7 @@ def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, sc
         Unsupported or mismatched dtypes, non-array inputs, arrays on different devices.
     """
     call = Call()
-    p = _core.PerformerParams()
-    p.q = call.tensor(q, "q")
-    p.k = call.tensor(k, "k")
-    p.v = call.tensor(v, "v")
-    p.features = call.tensor(features, "features")
-    p.kernel = as_choice(kernel, "kernel", _KERNELS)
-    p.causal = as_bool(causal, "causal")
-    if scale is not None:
-        p.scale = as_float(scale, "scale")
-    p.eps = as_float(eps, "eps")
-    p.key_lengths = call.lengths(key_lengths)
-    p.stream = call.stream
+    p = _performer_params(call, q, k, v, features, kernel, causal, scale, eps, key_lengths)
     out, = call.outputs(p, _core.performer_attention_outputs, "out")
     _core.performer_attention(p)
     return out

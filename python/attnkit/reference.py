@@ -15,7 +15,7 @@ __all__ = ["attention", "attention_weights", "merge_attention", "allowed_mask", 
            "linear_attention", "random_features", "performer_attention", "linformer_projection",
            "linformer_attention", "dynamic_linear_attention", "rope", "sinusoidal_positions", "alibi_slopes",
            "multi_head_attention", "attention_backward", "block_sparse_attention_backward",
-           "linformer_attention_backward"]
+           "linformer_attention_backward", "linear_attention_backward", "performer_attention_backward"]
 
 
 def _f64(x, dtype=np.float64):
@@ -764,3 +764,8 @@ def linformer_attention_backward(dout, q, k, v, E, F=None, *, scale=None, key_le
     if F is None:
         dE, dF = dE + dF, None
     return (dq.reshape(dq.shape[4 - rank:]), dk.reshape(dk.shape[4 - rank:]), dv.reshape(dv.shape[4 - rank:]), dE, dF)
+
+
+# The linear-attention and Performer backward oracles live in their own file (reference.py stays under 800
+# lines); they are part of this module's API.
+from ._reference_grad import linear_attention_backward, performer_attention_backward  # noqa: E402,F401

@@ -347,6 +347,40 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release nogil;
     block_sparse_attention_backward(p);
   });
+  // The combined params, for the output queries (their names: "grad.dq", ...).
+  py::class_<AttentionBackwardParams>(m, "AttentionBackwardParams")
+      .def(py::init<>())
+      .def_readwrite("fwd", &AttentionBackwardParams::fwd)
+      .def_readwrite("grad", &AttentionBackwardParams::grad);
+  py::class_<BlockSparseBackwardParams>(m, "BlockSparseBackwardParams")
+      .def(py::init<>())
+      .def_readwrite("fwd", &BlockSparseBackwardParams::fwd)
+      .def_readwrite("grad", &BlockSparseBackwardParams::grad);
+  m.def("attention_backward_outputs", outputs(&attention_backward_outputs));
+  m.def("block_sparse_attention_backward_outputs", outputs(&block_sparse_attention_backward_outputs));
+
+  py::class_<LinearAttentionBackwardParams>(m, "LinearAttentionBackwardParams")
+      .def(py::init<>())
+      .def_readwrite("fwd", &LinearAttentionBackwardParams::fwd)
+      .def_readwrite("dout", &LinearAttentionBackwardParams::dout)
+      .def_readwrite("dfinal_state", &LinearAttentionBackwardParams::dfinal_state)
+      .def_readwrite("dfinal_normalizer", &LinearAttentionBackwardParams::dfinal_normalizer)
+      .def_readwrite("dq", &LinearAttentionBackwardParams::dq)
+      .def_readwrite("dk", &LinearAttentionBackwardParams::dk)
+      .def_readwrite("dv", &LinearAttentionBackwardParams::dv)
+      .def_readwrite("dinitial_state", &LinearAttentionBackwardParams::dinitial_state)
+      .def_readwrite("dinitial_normalizer", &LinearAttentionBackwardParams::dinitial_normalizer);
+  m.def("linear_attention_backward", nogil(&linear_attention_backward));
+  m.def("linear_attention_backward_outputs", outputs(&linear_attention_backward_outputs));
+  py::class_<PerformerBackwardParams>(m, "PerformerBackwardParams")
+      .def(py::init<>())
+      .def_readwrite("fwd", &PerformerBackwardParams::fwd)
+      .def_readwrite("dout", &PerformerBackwardParams::dout)
+      .def_readwrite("dq", &PerformerBackwardParams::dq)
+      .def_readwrite("dk", &PerformerBackwardParams::dk)
+      .def_readwrite("dv", &PerformerBackwardParams::dv);
+  m.def("performer_attention_backward", nogil(&performer_attention_backward));
+  m.def("performer_attention_backward_outputs", outputs(&performer_attention_backward_outputs));
 
   py::class_<LshAttentionParams>(m, "LshAttentionParams")
       .def(py::init<>())

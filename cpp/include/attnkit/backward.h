@@ -6,6 +6,7 @@
 
 #include "attnkit/attention.h"
 #include "attnkit/block_sparse.h"
+#include "attnkit/linear.h"
 #include "attnkit/runtime.h"
 #include "attnkit/types.h"
 
@@ -47,5 +48,62 @@ struct BlockSparseBackwardParams {
 ATTNKIT_API void block_sparse_attention_backward(const BlockSparseBackwardParams& p);
 /// Validates p like the call does and says whether this build can run it (runtime.h).
 ATTNKIT_API Support supported(const BlockSparseBackwardParams& p);
+
+/// Output queries of the backward passes (see attention_outputs in attention.h): "grad.dq", "grad.dk",
+/// "grad.dv", and "grad.dbias" when fwd.bias is given.
+ATTNKIT_API OutputSpecs attention_backward_outputs(const AttentionBackwardParams& p);
+/// "grad.dq", "grad.dk", "grad.dv".
+ATTNKIT_API OutputSpecs block_sparse_attention_backward_outputs(const BlockSparseBackwardParams& p);
+
+/// Arguments of linear_attention_backward(): the forward call's params (its outputs out / final_state /
+/// final_normalizer are ignored: the forward is recomputed) plus the gradients. The derivative of the
+/// contract of linear.h; attnkit.reference.linear_attention_backward implements it in float64 NumPy.
+/// Gradients flow through the feature map (elu+1: 1 for x > 0, e^x otherwise; relu: 1 for x > 0, else 0;
+/// identity: 1) and through the normalizer (dy/dden = -y / (den + eps)); rows whose denominator is
+/// exactly 0 (output 0 by contract) pass no gradient.
+struct LinearAttentionBackwardParams {
+  LinearAttentionParams fwd;  ///< q, k, v, feature_map, causal, normalize, eps, key_lengths, initial state
+  TensorRef dout;             ///< input [B, Hq, S, Dv] (rank of q), q's dtype: dL/d(out)
+  /// Optional inputs: dL/d(final_state) [B, Hkv, F, Dv] and dL/d(final_normalizer) [B, Hkv, F] (the state
+  /// dtype, rank of q's state tensors), given together: the gradient arriving from a later call that
+  /// continued from this call's final state.
+  TensorRef dfinal_state;
+  TensorRef dfinal_normalizer;
+  TensorRef dq;  ///< output shaped like q, q's dtype
+  TensorRef dk;  ///< output shaped like k, q's dtype; sums the gradients of a GQA group's query heads
+  TensorRef dv;  ///< output shaped like v, q's dtype; likewise
+  /// Outputs, required exactly when fwd.initial_state is given: dL/d(initial_state) and
+  /// dL/d(initial_normalizer), shaped and typed like them.
+  TensorRef dinitial_state;
+  TensorRef dinitial_normalizer;
+};
+
+/// Writes the gradients of linear_attention. Causal: two chunked scans (forward for dq, reverse for dk,
+/// dv and the initial state), O(S) memory, no S x S matrix. Keys j >= key_lengths[b] get zero gradients.
+/// Deterministic: the result does not depend on the number of threads. Throws attnkit::Error on bad
+/// arguments.
+ATTNKIT_API void linear_attention_backward(const LinearAttentionBackwardParams& p);
+ATTNKIT_API Support supported(const LinearAttentionBackwardParams& p);
+/// "dq", "dk", "dv", and "dinitial_state", "dinitial_normalizer" when fwd.initial_state is given.
+ATTNKIT_API OutputSpecs linear_attention_backward_outputs(const LinearAttentionBackwardParams& p);
+
+/// Arguments of performer_attention_backward(): the forward's params (fwd.out ignored) plus the gradients.
+/// The features W are constants (no gradient). The softmax kernel's stabilizers (the query row maximum
+/// and the keys' running maximum, linear.h) are differentiated as the functions of q and k they are: their
+/// gradient is -eps / (den + eps) * (dout . out) per query row, sent to the maximizing feature / key
+/// (the first one on ties), and vanishes with eps = 0, where the forward does not depend on them.
+struct PerformerBackwardParams {
+  PerformerParams fwd;  ///< q, k, v, features, kernel, causal, scale, eps, key_lengths of the forward call
+  TensorRef dout;       ///< input [B, Hq, S, Dv], q's dtype
+  TensorRef dq;         ///< output shaped like q, q's dtype
+  TensorRef dk;         ///< output shaped like k, q's dtype (GQA: summed over the group)
+  TensorRef dv;         ///< output shaped like v, q's dtype
+};
+
+/// Writes dq, dk, dv of Performer attention (same core and memory as linear_attention_backward).
+ATTNKIT_API void performer_attention_backward(const PerformerBackwardParams& p);
+ATTNKIT_API Support supported(const PerformerBackwardParams& p);
+/// "dq", "dk", "dv".
+ATTNKIT_API OutputSpecs performer_attention_backward_outputs(const PerformerBackwardParams& p);
 
 }  // namespace attnkit

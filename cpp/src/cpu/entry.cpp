@@ -33,6 +33,12 @@ void attention_backward(const AttnBwdProblem& p) {
          [&] { attention_backward_avx512(p); });
 }
 
+void linear_attention_backward(const LinearBwdProblem& p) {
+  if (p.fwd.B == 0 || p.fwd.Hkv == 0) return;  // nothing to write
+  by_isa([&] { linear_attention_backward_generic(p); }, [&] { linear_attention_backward_avx2(p); },
+         [&] { linear_attention_backward_avx512(p); });
+}
+
 void dynamic_linear_attention(const DLAProblem& p) {
   if (p.B * p.H == 0) return;
   by_isa([&] { dla_generic(p); }, [&] { dla_avx2(p); }, [&] { dla_avx512(p); });

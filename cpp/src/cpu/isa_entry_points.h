@@ -63,6 +63,15 @@ inline void dla_avx2(const DLAProblem& p) { dla_generic(p); }
 inline void dla_avx512(const DLAProblem& p) { dla_generic(p); }
 #endif
 
+void linear_attention_backward_generic(const LinearBwdProblem& p);
+#if defined(ATTNKIT_HAVE_X86_KERNELS)
+void linear_attention_backward_avx2(const LinearBwdProblem& p);
+void linear_attention_backward_avx512(const LinearBwdProblem& p);
+#else
+inline void linear_attention_backward_avx2(const LinearBwdProblem& p) { linear_attention_backward_generic(p); }
+inline void linear_attention_backward_avx512(const LinearBwdProblem& p) { linear_attention_backward_generic(p); }
+#endif
+
 void linear_attention_generic(const LinearProblem& p);
 /// Linformer's projections K' = E k, V' = F v into C-contiguous [B, Hkv, P, D] / [B, Hkv, P, Dv] buffers
 /// of q's dtype.

@@ -23,8 +23,13 @@ struct AttnBwdProblem {
   int64_t dbias_stride[4] = {};
 };
 
-AttnBwdProblem validate_attention_backward(const AttentionBackwardParams& p);
-AttnBwdProblem validate_block_sparse_backward(const BlockSparseBackwardParams& p);
+/// In inference mode (`infer` given) the gradient outputs are recorded, not checked (output queries).
+AttnBwdProblem validate_attention_backward(const AttentionBackwardParams& p, OutputSpecs* infer = nullptr);
+AttnBwdProblem validate_block_sparse_backward(const BlockSparseBackwardParams& p, OutputSpecs* infer = nullptr);
+
+/// dout of a backward pass: shaped like the forward's output (q's shape with head dim Dv), q's dtype, on
+/// q's device; as a [B, H, S, Dv] view.
+ViewN<4> dout_view(const TensorRef& dout, const TensorRef& q, int64_t Dv, DType dtype);
 
 }  // namespace detail
 }  // namespace attnkit

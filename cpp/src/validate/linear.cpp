@@ -1,5 +1,7 @@
 #include "validate/linear.h"
 
+#include "validate/attention_backward.h"
+
 #include <cmath>
 #include <string>
 
@@ -142,6 +144,79 @@ LinearProblem validate_performer(const PerformerParams& p, OutputSpecs* infer) {
   if (scale < 0) value_error("scale must be >= 0 (x' = sqrt(scale) x), got " + std::to_string(scale));
   r.feature_scale = std::sqrt(scale);
   return r;
+}
+
+namespace {
+
+/// The gradient outputs dq, dk, dv (shaped like q, k, v) and dout, shared by both backward validators.
+LinearBwdProblem with_grads(const LinearProblem& f, const TensorRef& dout, const TensorRef& q, const TensorRef& k,
+                            const TensorRef& v, const TensorRef& dq, const TensorRef& dk, const TensorRef& dv,
+                            Outputs& outs) {
+  LinearBwdProblem r;
+  r.fwd = f;
+  r.fwd.out = nullptr;
+  r.fwd.state_out = r.fwd.z_out = nullptr;
+  r.dout = dout_view(dout, q, f.Dv, f.dtype);
+  const char* why = "(the dtype of q)";
+  if (const TensorRef* t = outs.bind("dq", dq, q.shape, q.ndim, f.dtype, why)) {
+    r.dq = t->data;
+    lead_strides(*t, r.dq_stride);
+  }
+  if (const TensorRef* t = outs.bind("dk", dk, k.shape, k.ndim, f.dtype, why)) {
+    r.dk = t->data;
+    lead_strides(*t, r.dk_stride);
+  }
+  if (const TensorRef* t = outs.bind("dv", dv, v.shape, v.ndim, f.dtype, why)) {
+    r.dv = t->data;
+    lead_strides(*t, r.dv_stride);
+  }
+  return r;
+}
+
+}  // namespace
+
+LinearBwdProblem validate_linear_attention_backward(const LinearAttentionBackwardParams& p, OutputSpecs* infer) {
+  OutputSpecs forward_outputs;  // the forward's outputs are not needed: validate its inputs only
+  const LinearProblem f = validate_linear_attention(p.fwd, &forward_outputs);
+  Outputs outs(infer, p.fwd.q, "q");
+  LinearBwdProblem r = with_grads(f, p.dout, p.fwd.q, p.fwd.k, p.fwd.v, p.dq, p.dk, p.dv, outs);
+  if (p.dfinal_state.defined() != p.dfinal_normalizer.defined())
+    value_error(p.dfinal_state.defined() ? "dfinal_normalizer is required with dfinal_state (the state is (S, z))"
+                                         : "dfinal_state is required with dfinal_normalizer (the state is (S, z))");
+  const int64_t s_full[4] = {f.B, f.Hkv, f.F, f.Dv};
+  const int64_t z_full[3] = {f.B, f.Hkv, f.F};
+  if (p.dfinal_state.defined()) {
+    require_state_in(p.dfinal_state, p.fwd.q, f, false, "dfinal_state");
+    require_state_in(p.dfinal_normalizer, p.fwd.q, f, true, "dfinal_normalizer (dz of dfinal_state)");
+    r.dstate_out = lead_view(p.dfinal_state, s_full);
+    r.dz_out = lead_view(p.dfinal_normalizer, z_full);
+  }
+  if (!f.state_in.present) {
+    if (p.dinitial_state.defined() || p.dinitial_normalizer.defined())
+      value_error("dinitial_state can only be computed for a call with an initial_state (initial_state is absent)");
+    return r;
+  }
+  int64_t full[4];
+  int n = 0;
+  const int64_t* sshape = state_shape(f, p.fwd.q.ndim, false, full, &n);
+  if (const TensorRef* t = outs.bind("dinitial_state", p.dinitial_state, sshape, n, f.state_dtype, kStateWhy)) {
+    r.dstate_in = t->data;
+    lead_strides(*t, r.dstate_in_stride);
+  }
+  const int64_t* zshape = state_shape(f, p.fwd.q.ndim, true, full, &n);
+  if (const TensorRef* t = outs.bind("dinitial_normalizer", p.dinitial_normalizer, zshape, n, f.state_dtype,
+                                     kStateWhy)) {
+    r.dz_in = t->data;
+    lead_strides(*t, r.dz_in_stride);
+  }
+  return r;
+}
+
+LinearBwdProblem validate_performer_backward(const PerformerBackwardParams& p, OutputSpecs* infer) {
+  OutputSpecs forward_outputs;
+  const LinearProblem f = validate_performer(p.fwd, &forward_outputs);
+  Outputs outs(infer, p.fwd.q, "q");
+  return with_grads(f, p.dout, p.fwd.q, p.fwd.k, p.fwd.v, p.dq, p.dk, p.dv, outs);
 }
 
 RandomFeaturesProblem validate_random_features(const RandomFeaturesParams& p, OutputSpecs* infer) {

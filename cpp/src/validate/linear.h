@@ -3,6 +3,7 @@
 // behind feature maps), random_features, linformer_projection and linformer_attention. Every backend
 // receives the problems built here and never re-checks user input.
 
+#include "attnkit/backward.h"
 #include "attnkit/linear.h"
 #include "validate/attention.h"
 #include "tuning.h"
@@ -54,6 +55,29 @@ struct LinearProblem {
 
 LinearProblem validate_linear_attention(const LinearAttentionParams& p, OutputSpecs* infer = nullptr);
 LinearProblem validate_performer(const PerformerParams& p, OutputSpecs* infer = nullptr);
+
+/// A validated linear_attention_backward / performer_attention_backward problem.
+struct LinearBwdProblem {
+  LinearProblem fwd;              ///< the forward problem (its outputs unset: the backward writes none of them)
+  ViewN<4> dout;                  ///< [B, Hq, S, Dv], fwd.dtype
+  ViewN<4> dstate_out;            ///< optional dL/dS_final [B, Hkv, F, Dv], state dtype
+  ViewN<3> dz_out;                ///< optional dL/dz_final [B, Hkv, F] (present with dstate_out)
+  void* dq = nullptr;             ///< [B, Hq, S, D], fwd.dtype
+  int64_t dq_stride[4] = {};
+  void* dk = nullptr;             ///< [B, Hkv, Sk, D]
+  int64_t dk_stride[4] = {};
+  void* dv = nullptr;             ///< [B, Hkv, Sk, Dv]
+  int64_t dv_stride[4] = {};
+  void* dstate_in = nullptr;      ///< [B, Hkv, F, Dv], state dtype; set exactly when fwd.state_in is present
+  int64_t dstate_in_stride[4] = {};
+  void* dz_in = nullptr;          ///< [B, Hkv, F]
+  int64_t dz_in_stride[3] = {};
+};
+
+/// In inference mode (`infer` given) the gradient outputs are recorded, not checked (output queries).
+LinearBwdProblem validate_linear_attention_backward(const LinearAttentionBackwardParams& p,
+                                                    OutputSpecs* infer = nullptr);
+LinearBwdProblem validate_performer_backward(const PerformerBackwardParams& p, OutputSpecs* infer = nullptr);
 
 /// A validated random_features problem.
 struct RandomFeaturesProblem {
