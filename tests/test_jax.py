@@ -155,6 +155,31 @@ def test_lower_ranks(rng, rank):
         np.testing.assert_allclose(np.asarray(a), r, atol=1e-5)
 
 
+def test_float64_with_x64():
+    """With jax_enable_x64 (process-wide, hence a subprocess) float64 runs the float64 kernels: results and
+    gradients equal the oracle to float64 rounding."""
+    code = """
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp, numpy as np, attnkit, attnkit.jax as akj
+from attnkit import reference as ref
+rng = np.random.default_rng(0)
+q, k, v, g = (rng.standard_normal((2, 2, 13, 8)) for _ in range(4))
+kw = dict(causal=True, softcap=3.0, window=(4, 1))
+out = akj.attention(q, k, v, **kw)
+assert out.dtype == jnp.float64, out.dtype
+np.testing.assert_allclose(out, ref.attention(q, k, v, **kw), rtol=0, atol=1e-12)
+gr = jax.grad(lambda q, k, v: jnp.sum(akj.attention(q, k, v, **kw) * g), (0, 1, 2))(q, k, v)
+for a, r in zip(gr, ref.attention_backward(g, q, k, v, **kw)):
+    np.testing.assert_allclose(a, r, rtol=0, atol=1e-11)
+E = attnkit.linformer_projection(5, 13, seed=1, dtype=np.float64)
+gr = jax.grad(lambda q, k, v, E: jnp.sum(akj.linformer_attention(q, k, v, E) * g), (0, 1, 2, 3))(q, k, v, E)
+for a, r in zip(gr, ref.linformer_attention_backward(g, q, k, v, E)):
+    np.testing.assert_allclose(a, r, rtol=0, atol=1e-11)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # ------------------------------------------------------------------------ vmap
 def test_vmap(rng):
     N, H, S, D = 3, 2, 11, 8
@@ -222,18 +247,49 @@ def test_linformer(rng, shared, with_F):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_linear_and_performer_forward(rng, causal):
+def test_linear(rng, causal):
+    B, Hq, Hkv, S, D = 2, 4, 2, 19, 8
+    q, k, v = randn(rng, (B, Hq, S, D), np.float32), randn(rng, (B, Hkv, S, D), np.float32), \
+        randn(rng, (B, Hkv, S, D), np.float32)
+    s0 = (np.abs(randn(rng, (B, Hkv, D, D), np.float32)), np.abs(randn(rng, (B, Hkv, D), np.float32)))
+    kw = dict(causal=causal, key_lengths=np.asarray([S, 12]))
+    f = jax.jit(lambda q, k, v, s, z: akj.linear_attention(q, k, v, initial_state=(s, z), return_state=True, **kw))
+    out, (S1, z1) = f(q, k, v, *s0)
+    want, (wS, wz) = ref.linear_attention(q, k, v, initial_state=s0, return_state=True, **kw)
+    for a, r in ((out, want), (S1, wS), (z1, wz)):
+        np.testing.assert_allclose(np.asarray(a), r, atol=2e-5 * magnitude(r))
+    # gradients into q, k, v and the initial state, with a gradient arriving through the final state too
+    dout, dS = randn(rng, out.shape, np.float32), randn(rng, S1.shape, np.float32)
+    loss = lambda *a: jnp.sum(f(*a)[0] * dout) + jnp.sum(f(*a)[1][0] * dS)  # noqa: E731
+    g = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(q, k, v, *s0)
+    dq, dk, dv, (ds0, dz0) = ref.linear_attention_backward(dout, q, k, v, initial_state=s0,
+                                                           dfinal_state=(dS, np.zeros_like(s0[1])), **kw)
+    for name, a, r in zip(("dq", "dk", "dv", "dS0", "dz0"), g, (dq, dk, dv, ds0, dz0)):
+        np.testing.assert_allclose(np.asarray(a), r, atol=1e-4 * magnitude(r), err_msg=name)
+    # plain call (no state) under vmap and grad
+    dout1 = randn(rng, (B, Hq, S, D), np.float32)
+    gv = grads_of(jax.vmap(lambda q, k, v: akj.linear_attention(q, k, v, causal=causal)), (0, 1, 2), dout1)(q, k, v)
+    for a, r in zip(gv, ref.linear_attention_backward(dout1, q, k, v, causal=causal)):
+        np.testing.assert_allclose(np.asarray(a), r, atol=1e-4 * magnitude(r))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_performer(rng, causal):
     B, H, S, D = 2, 2, 19, 8
     q, k, v = (randn(rng, (B, H, S, D), np.float32) for _ in range(3))
-    lens = np.asarray([S, 12])
-    out = jax.jit(lambda *a: akj.linear_attention(*a, causal=causal, key_lengths=lens))(q, k, v)
-    np.testing.assert_allclose(np.asarray(out), ref.linear_attention(q, k, v, causal=causal, key_lengths=lens),
-                               atol=1e-5)
     W = attnkit.random_features(16, D, seed=4)
-    out = jax.jit(lambda *a: akj.performer_attention(*a, W, causal=causal))(q, k, v)
-    np.testing.assert_allclose(np.asarray(out), ref.performer_attention(q, k, v, W, causal=causal), atol=1e-5)
-    out_v = jax.vmap(lambda q, k, v: akj.performer_attention(q, k, v, W, causal=causal))(q, k, v)
-    np.testing.assert_allclose(np.asarray(out_v), np.asarray(out), atol=1e-6)
+    lens = np.asarray([S, 12])
+    f = jax.jit(lambda *a: akj.performer_attention(*a, W, causal=causal, key_lengths=lens))
+    out = f(q, k, v)
+    want = ref.performer_attention(q, k, v, W, causal=causal, key_lengths=lens)
+    np.testing.assert_allclose(np.asarray(out), want, atol=1e-5 * magnitude(want))
+    dout = randn(rng, out.shape, np.float32)
+    g = grads_of(f, (0, 1, 2), dout)(q, k, v)
+    for a, r in zip(g, ref.performer_attention_backward(dout, q, k, v, W, causal=causal, key_lengths=lens)):
+        np.testing.assert_allclose(np.asarray(a), r, atol=1e-4 * magnitude(r))
+    out_v = jax.vmap(lambda q, k, v: akj.performer_attention(q, k, v, W, causal=causal, key_lengths=12))(q, k, v)
+    np.testing.assert_allclose(np.asarray(out_v), ref.performer_attention(q, k, v, W, causal=causal, key_lengths=12),
+                               atol=1e-5 * magnitude(want))
 
 
 # ------------------------------------------------------------------------ errors
@@ -252,8 +308,7 @@ def test_bad_input(rng):
     raises(ValueError, "features", akj.performer_attention, q, k, v, np.ones((4, 5), np.float32))
     W = attnkit.random_features(4, 8)
     raises(ValueError, "features", jax.grad(lambda W: akj.performer_attention(q, k, v, W).sum()), W)
-    with pytest.raises(NotImplementedError, match="linear_attention"):
-        jax.grad(lambda q: akj.linear_attention(q, k, v).sum())(q)
+    raises(ValueError, "initial_state", akj.linear_attention, q, k, v, initial_state=np.ones(3))
     # run-time values: JAX's runtime error carrying attnkit's message
     with pytest.raises(Exception, match="key_lengths"):
         jax.jit(lambda lens: akj.attention(q, k, v, key_lengths=lens))(jnp.asarray([9])).block_until_ready()

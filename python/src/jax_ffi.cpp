@@ -270,20 +270,24 @@ void run_block_sparse_backward(const Frame& f) {
   }
 }
 
+void linear_inputs(const Frame& f, int64_t n, LinearAttentionParams& p) {
+  p.q = f.arg("q", n);
+  p.k = f.arg("k", n);
+  p.v = f.arg("v", n);
+  p.key_lengths = f.arg("key_lengths", n);
+  p.initial_state = f.arg("initial_state", n);
+  p.initial_normalizer = f.arg("initial_normalizer", n);
+  p.feature_map = static_cast<FeatureMap>(f.attr<int64_t>("feature_map"));
+  p.causal = f.attr<bool>("causal");
+  p.normalize = f.attr<bool>("normalize");
+  p.eps = f.attr<double>("eps");
+  p.stream = f.stream();
+}
+
 void run_linear(const Frame& f) {
   for (int64_t n = 0; n < f.count(); ++n) {
     LinearAttentionParams p;
-    p.q = f.arg("q", n);
-    p.k = f.arg("k", n);
-    p.v = f.arg("v", n);
-    p.key_lengths = f.arg("key_lengths", n);
-    p.initial_state = f.arg("initial_state", n);
-    p.initial_normalizer = f.arg("initial_normalizer", n);
-    p.feature_map = static_cast<FeatureMap>(f.attr<int64_t>("feature_map"));
-    p.causal = f.attr<bool>("causal");
-    p.normalize = f.attr<bool>("normalize");
-    p.eps = f.attr<double>("eps");
-    p.stream = f.stream();
+    linear_inputs(f, n, p);
     p.out = f.ret("out", n);
     p.final_state = f.ret("final_state", n);
     p.final_normalizer = f.ret("final_normalizer", n);
@@ -291,21 +295,53 @@ void run_linear(const Frame& f) {
   }
 }
 
+void run_linear_backward(const Frame& f) {
+  for (int64_t n = 0; n < f.count(); ++n) {
+    LinearAttentionBackwardParams p;
+    linear_inputs(f, n, p.fwd);
+    p.dout = f.arg("dout", n);
+    p.dfinal_state = f.arg("dfinal_state", n);
+    p.dfinal_normalizer = f.arg("dfinal_normalizer", n);
+    p.dq = f.ret("dq", n);
+    p.dk = f.ret("dk", n);
+    p.dv = f.ret("dv", n);
+    p.dinitial_state = f.ret("dinitial_state", n);
+    p.dinitial_normalizer = f.ret("dinitial_normalizer", n);
+    linear_attention_backward(p);
+  }
+}
+
+void performer_inputs(const Frame& f, int64_t n, PerformerParams& p) {
+  p.q = f.arg("q", n);
+  p.k = f.arg("k", n);
+  p.v = f.arg("v", n);
+  p.features = f.arg("features", n);
+  p.key_lengths = f.arg("key_lengths", n);
+  p.kernel = static_cast<PerformerKernel>(f.attr<int64_t>("kernel"));
+  p.causal = f.attr<bool>("causal");
+  p.scale = f.optional_scale();
+  p.eps = f.attr<double>("eps");
+  p.stream = f.stream();
+}
+
 void run_performer(const Frame& f) {
   for (int64_t n = 0; n < f.count(); ++n) {
     PerformerParams p;
-    p.q = f.arg("q", n);
-    p.k = f.arg("k", n);
-    p.v = f.arg("v", n);
-    p.features = f.arg("features", n);
-    p.key_lengths = f.arg("key_lengths", n);
-    p.kernel = static_cast<PerformerKernel>(f.attr<int64_t>("kernel"));
-    p.causal = f.attr<bool>("causal");
-    p.scale = f.optional_scale();
-    p.eps = f.attr<double>("eps");
-    p.stream = f.stream();
+    performer_inputs(f, n, p);
     p.out = f.ret("out", n);
     performer_attention(p);
+  }
+}
+
+void run_performer_backward(const Frame& f) {
+  for (int64_t n = 0; n < f.count(); ++n) {
+    PerformerBackwardParams p;
+    performer_inputs(f, n, p.fwd);
+    p.dout = f.arg("dout", n);
+    p.dq = f.ret("dq", n);
+    p.dk = f.ret("dk", n);
+    p.dv = f.ret("dv", n);
+    performer_attention_backward(p);
   }
 }
 
@@ -392,7 +428,9 @@ const Target kTargets[] = {
     target<run_block_sparse>("attnkit_block_sparse_attention"),
     target<run_block_sparse_backward>("attnkit_block_sparse_attention_backward"),
     target<run_linear>("attnkit_linear_attention"),
+    target<run_linear_backward>("attnkit_linear_attention_backward"),
     target<run_performer>("attnkit_performer_attention"),
+    target<run_performer_backward>("attnkit_performer_attention_backward"),
     target<run_linformer>("attnkit_linformer_attention"),
 };
 

@@ -27,9 +27,9 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from .. import _core
-from .._array import acc_dtype, as_bool, as_choice, as_float
+from .._array import acc_dtype, as_bool, as_float
 from .._exact import _set_masking, _with_masking_doc
-from .._linear import _FEATURE_MAPS, _KERNELS
+from .._linear import _linear_params, _performer_params
 from .._sparse import _block_sparse_params
 from . import _ffi
 from ._ffi import Check, f64
@@ -78,6 +78,12 @@ def _reduce_to(full, shape, dtype):
     lead = full.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + d for d, n in enumerate(shape) if n == 1 and full.shape[lead + d] != 1)
     return (full.sum(axis=axes, keepdims=True) if axes else full).reshape(shape).astype(dtype)
+
+
+def _grad_specs(q, k, v):
+    """The results dq, dk, dv of a backward call: shaped like q, k, v, in q's dtype."""
+    return dict(dq=jax.ShapeDtypeStruct(q.shape, q.dtype), dk=jax.ShapeDtypeStruct(k.shape, q.dtype),
+                dv=jax.ShapeDtypeStruct(v.shape, q.dtype))
 
 
 def _zero_cotangent(g, like):
@@ -141,8 +147,7 @@ def _attention_forward(cfg, q, k, v, mask, bias, lens, alibi):
 def _attention_backward(attrs, q, k, v, out, lse, dout, mask=None, bias=None, lens=None, alibi=None, dbias=False):
     """(dq, dk, dv) of exact attention from the C++ backward kernel, plus the ``[B, Hq, Sq, Sk]`` score
     gradient when ``dbias``."""
-    results = dict(dq=jax.ShapeDtypeStruct(q.shape, q.dtype), dk=jax.ShapeDtypeStruct(k.shape, q.dtype),
-                   dv=jax.ShapeDtypeStruct(v.shape, q.dtype))
+    results = _grad_specs(q, k, v)
     if dbias:
         q4 = (1,) * (4 - q.ndim) + tuple(q.shape)
         results["dbias"] = jax.ShapeDtypeStruct(q4[:3] + (k.shape[-2],), acc_dtype(q.dtype))
@@ -240,8 +245,7 @@ def _block_sparse_fwd(cfg, q, k, v, lens, csr):
 
 def _block_sparse_bwd(res, g):
     q, k, v, lens, csr, out, lse, cfg = res
-    results = dict(dq=jax.ShapeDtypeStruct(q.shape, q.dtype), dk=jax.ShapeDtypeStruct(k.shape, q.dtype),
-                   dv=jax.ShapeDtypeStruct(v.shape, q.dtype))
+    results = _grad_specs(q, k, v)
     dq, dk, dv = _ffi.call("block_sparse_attention_backward",
                            dict(q=q, k=k, v=v, out=out, lse=lse, dout=_zero_cotangent(g, out), key_lengths=lens,
                                 row_ptr=csr[0], col_idx=csr[1]), results, **cfg.attrs)
@@ -340,26 +344,27 @@ _linformer.defvjp(_linformer_fwd, _linformer_bwd, symbolic_zeros=True)
 
 
 # ---------------------------------------------------------------------------------------- linear / Performer
-def _no_backward(name):
-    raise NotImplementedError(
-        f"jax.grad of attnkit.jax.{name}: this attnkit has no {name}_backward kernel yet; the forward pass "
-        "works under jit and vmap")
-
-
-def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True, eps=1e-6, key_lengths=None):
+def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True, eps=1e-6, key_lengths=None,
+                     initial_state=None, return_state=False):
     """Kernelized linear attention, :func:`attnkit.linear_attention` as a JAX operation.
 
-    ``y_t = phi(q_t)^T S_t / (phi(q_t)^T z_t + eps)`` with ``S_t = sum_j phi(k_j) v_j^T``,
-    ``z_t = sum_j phi(k_j)`` over the keys ``j <= t`` (causal) or all keys; the chunked C++ kernel.
+    ``y_t = phi(q_t)^T S_t / (phi(q_t)^T z_t + eps)`` with ``S_t = S_0 + sum_j phi(k_j) v_j^T``,
+    ``z_t = z_0 + sum_j phi(k_j)`` over the keys ``j <= t`` (causal) or all keys; the chunked C++ kernel.
+    Gradients flow into ``q``, ``k``, ``v`` and ``initial_state``, and from the returned state
+    (:func:`attnkit.linear_attention_backward`: two chunked scans, O(S) memory).
 
     Parameters
     ----------
     q, k, v : arrays as in :func:`attention` (causal needs ``Sk == S``).
     feature_map, causal, normalize, eps, key_lengths : as in :func:`attnkit.linear_attention`.
+    initial_state : (S, z), optional
+        ``S [B, Hkv, F, Dv]`` and ``z [B, Hkv, F]``, float32 (float64 for float64 inputs).
+    return_state : bool
+        Also return the state after the last allowed key: ``(out, (S, z))``.
 
     Returns
     -------
-    out : array ``[B, Hq, S, Dv]`` in ``q``'s dtype.
+    out : array ``[B, Hq, S, Dv]`` in ``q``'s dtype, or ``(out, (S, z))``.
 
     Raises
     ------
@@ -368,36 +373,48 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True
     """
     q, k, v = _array(q, "q"), _array(k, "k"), _array(v, "v")
     lens = _lengths(key_lengths)
+    if initial_state is not None and isinstance(initial_state, (tuple, list)) and len(initial_state) == 2:
+        initial_state = (_array(initial_state[0], "initial_state[0]"), _array(initial_state[1], "initial_state[1]"))
     check = Check()
-    p = _core.LinearAttentionParams()
-    p.q, p.k, p.v = check.ref(q, "q"), check.ref(k, "k"), check.ref(v, "v")
-    p.key_lengths = check.ref(lens, "key_lengths")
-    p.feature_map = as_choice(feature_map, "feature_map", _FEATURE_MAPS)
-    p.causal = as_bool(causal, "causal")
-    p.normalize = as_bool(normalize, "normalize")
-    p.eps = as_float(eps, "eps")
-    out, = check.outputs(_core.linear_attention_outputs, p, "out")
-    cfg = _Static(out=out, attrs=dict(feature_map=np.int64(int(p.feature_map)), causal=bool(p.causal),
-                                      normalize=bool(p.normalize), eps=np.float64(p.eps)))
-    return _linear(cfg, q, k, v, lens)
+    p = _linear_params(check, q, k, v, feature_map, causal, normalize, eps, lens, initial_state)
+    names = ("out", "final_state", "final_normalizer") if as_bool(return_state, "return_state") else ("out",)
+    cfg = _Static(results=dict(zip(names, check.outputs(_core.linear_attention_outputs, p, *names))),
+                  attrs=dict(feature_map=np.int64(int(p.feature_map)), causal=bool(p.causal),
+                             normalize=bool(p.normalize), eps=np.float64(p.eps)))
+    s0, z0 = (None, None) if initial_state is None else initial_state
+    outs = _linear(cfg, q, k, v, lens, s0, z0)
+    return outs[0] if len(outs) == 1 else (outs[0], tuple(outs[1:]))
 
 
-def _linear_forward(cfg, q, k, v, lens):
-    return _ffi.call("linear_attention", dict(q=q, k=k, v=v, key_lengths=lens), dict(out=cfg.out), **cfg.attrs)[0]
+def _linear_inputs(q, k, v, lens, s0, z0):
+    return dict(q=q, k=k, v=v, key_lengths=lens, initial_state=s0, initial_normalizer=z0)
 
 
-@jax.custom_vjp
-def _linear(cfg, q, k, v, lens):
-    return _linear_forward(cfg, q, k, v, lens)
+def _linear_forward(cfg, q, k, v, lens, s0, z0):
+    return _ffi.call("linear_attention", _linear_inputs(q, k, v, lens, s0, z0), cfg.results, **cfg.attrs)
 
 
-def _linear_fwd(cfg, q, k, v, lens):
-    q, k, v, lens = (_primal(a)[0] for a in (q, k, v, lens))
-    return _linear_forward(cfg, q, k, v, lens), (q, k, v, lens, cfg)
+_linear = jax.custom_vjp(_linear_forward)
+
+
+def _linear_fwd(cfg, q, k, v, lens, s0, z0):
+    q, k, v, lens, s0, z0 = (_primal(a)[0] for a in (q, k, v, lens, s0, z0))
+    return _linear_forward(cfg, q, k, v, lens, s0, z0), (q, k, v, lens, s0, z0, cfg)
 
 
 def _linear_bwd(res, g):
-    _no_backward("linear_attention")
+    q, k, v, lens, s0, z0, cfg = res
+    args = _linear_inputs(q, k, v, lens, s0, z0)
+    args["dout"] = _zero_cotangent(g[0], cfg.results["out"])
+    if len(g) == 3 and not (isinstance(g[1], SymbolicZero) and isinstance(g[2], SymbolicZero)):
+        args["dfinal_state"] = _zero_cotangent(g[1], cfg.results["final_state"])
+        args["dfinal_normalizer"] = _zero_cotangent(g[2], cfg.results["final_normalizer"])
+    results = _grad_specs(q, k, v)
+    if s0 is not None:
+        results.update(dinitial_state=jax.ShapeDtypeStruct(s0.shape, s0.dtype),
+                       dinitial_normalizer=jax.ShapeDtypeStruct(z0.shape, z0.dtype))
+    grads = _ffi.call("linear_attention_backward", args, results, **cfg.attrs)
+    return (None, *grads[:3], None, *(grads[3:] if s0 is not None else (None, None)))
 
 
 _linear.defvjp(_linear_fwd, _linear_bwd, symbolic_zeros=True)
@@ -408,9 +425,10 @@ def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, sc
     """Performer (FAVOR+) attention, :func:`attnkit.performer_attention` as a JAX operation.
 
     Normalized linear attention with the random features ``phi(x) = m^-1/2 exp(W x' - |x'|^2 / 2)``
-    (``kernel="softmax"``) or ``relu(W x') + 1e-3``, ``x' = sqrt(scale) x``. ``features`` (``W``, from
-    :func:`attnkit.random_features`) are fixed: no gradient flows into them (differentiating with respect
-    to them raises ``ValueError``; wrap them in ``jax.lax.stop_gradient`` if they come from a traced value).
+    (``kernel="softmax"``) or ``relu(W x') + 1e-3``, ``x' = sqrt(scale) x``. Gradients flow into ``q``,
+    ``k`` and ``v`` (:func:`attnkit.performer_attention_backward`); ``features`` (``W``, from
+    :func:`attnkit.random_features`) are fixed: differentiating with respect to them raises ``ValueError``
+    (wrap them in ``jax.lax.stop_gradient`` if they come from a traced value).
 
     Parameters
     ----------
@@ -430,14 +448,7 @@ def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, sc
     q, k, v, W = _array(q, "q"), _array(k, "k"), _array(v, "v"), _array(features, "features")
     lens = _lengths(key_lengths)
     check = Check()
-    p = _core.PerformerParams()
-    p.q, p.k, p.v, p.features = check.ref(q, "q"), check.ref(k, "k"), check.ref(v, "v"), check.ref(W, "features")
-    p.key_lengths = check.ref(lens, "key_lengths")
-    p.kernel = as_choice(kernel, "kernel", _KERNELS)
-    p.causal = as_bool(causal, "causal")
-    if scale is not None:
-        p.scale = as_float(scale, "scale")
-    p.eps = as_float(eps, "eps")
+    p = _performer_params(check, q, k, v, W, kernel, causal, scale, eps, lens)
     out, = check.outputs(_core.performer_attention_outputs, p, "out")
     cfg = _Static(out=out, attrs=dict(kernel=np.int64(int(p.kernel)), causal=bool(p.causal), scale=f64(p.scale),
                                       eps=np.float64(p.eps)))
@@ -449,9 +460,7 @@ def _performer_forward(cfg, q, k, v, W, lens):
                      **cfg.attrs)[0]
 
 
-@jax.custom_vjp
-def _performer(cfg, q, k, v, W, lens):
-    return _performer_forward(cfg, q, k, v, W, lens)
+_performer = jax.custom_vjp(_performer_forward)
 
 
 def _performer_fwd(cfg, q, k, v, W, lens):
@@ -463,7 +472,11 @@ def _performer_fwd(cfg, q, k, v, W, lens):
 
 
 def _performer_bwd(res, g):
-    _no_backward("performer_attention")
+    q, k, v, W, lens, cfg = res
+    dq, dk, dv = _ffi.call("performer_attention_backward", dict(q=q, k=k, v=v, features=W, key_lengths=lens,
+                                                                dout=_zero_cotangent(g, cfg.out)),
+                           _grad_specs(q, k, v), **cfg.attrs)
+    return None, dq, dk, dv, None, None
 
 
 _performer.defvjp(_performer_fwd, _performer_bwd, symbolic_zeros=True)
