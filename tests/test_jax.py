@@ -319,6 +319,21 @@ def test_import_attnkit_does_not_import_jax():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_import_error_names_the_fix():
+    """An attnkit built without the handlers (no jaxlib headers at build time) says so, and how to rebuild."""
+    code = """
+import attnkit._core as core
+del core.jax_ffi_targets
+try:
+    import attnkit.jax
+except ImportError as e:
+    assert "built without its JAX" in str(e) and "jaxlib" in str(e), e
+else:
+    raise SystemExit("import attnkit.jax did not fail")
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_training_example():
     """examples/jax_train.py: a one-layer attention model learns to copy a sequence; its loss must fall."""
     sys.path.insert(0, str(ROOT / "examples"))

@@ -54,18 +54,15 @@ class Check:
         code = _CODES.get(np.dtype(x.dtype))
         if code is None:
             raise TypeError(f"{name} has unsupported dtype {np.dtype(x.dtype)}")
-        shape = tuple(int(n) for n in x.shape)
-        strides, acc = [], 1
-        for n in reversed(shape):
-            strides.insert(0, acc)
-            acc *= max(n, 1)
+        shape = [int(n) for n in x.shape]
+        strides = [int(s) for s in np.cumprod([1] + shape[:0:-1])[::-1]] if shape else []  # row-major, in elements
         if name == "key_lengths":  # read by the validator: zeros are valid lengths; the kernel checks the values
             buf = np.zeros(shape, _DTYPES[code])
             self._keep.append(buf)
-            ptr = buf.ctypes.data if buf.size else 0
+            ptr = buf.ctypes.data
         else:
-            ptr = _PLACEHOLDER.ctypes.data if acc else 0
-        return _core.TensorRef(ptr, code, list(shape), strides, 0, 0)
+            ptr = _PLACEHOLDER.ctypes.data
+        return _core.TensorRef(ptr, code, shape, strides, 0, 0)
 
     @staticmethod
     def outputs(query, params, *names):
