@@ -401,3 +401,15 @@ def test_random_problems(data):
     want = oracle(dout, q, k, v, *args, **kw)
     naive = oracle(dout, q, k, v, *args, _dtype=naive_dtype(dtype), **kw)
     _compare(got, want, naive, (q, k, v), dtype)
+
+
+def test_docs_example_runs():
+    """The example of docs/linear_backward.md runs as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "linear_backward.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/linear_backward.md python block {i}", "exec"), {})

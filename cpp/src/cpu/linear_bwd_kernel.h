@@ -50,6 +50,8 @@ template <class Cfg, class St>
 struct LinearBwdKernel {
   using T = typename Cfg::T;
   using Gemm = MicroGemm<T, Cfg::W>;
+  using Sd = Simd<T, Cfg::W>;
+  using V = typename Sd::V;
   static constexpr int W = Cfg::W;
   static constexpr int RL = Cfg::RL;
   static constexpr int NV = Cfg::NV;
@@ -74,9 +76,12 @@ struct LinearBwdKernel {
     int32_t* cj;  // [S]       the key attaining c_t (-1: none)
     T* dnum;      // [G][S][DvP]
     T* dden;      // [G][S]
-    T* M;         // [F][DvP]  state S (pass 1) / G (pass 2)
+    T* M;         // [F][DvP]  state S (pass 1)
     T* MT;        // [Dv][FP]  its transpose
-    T* z;         // [FP]
+    T* z;         // [FP]      normalizer z
+    T* G;         // [F][DvP]  dL/dS of the keys before the queries added so far (pass 2; bidirectional: 1)
+    T* GT;        // [Dv][FP]
+    T* gz;        // [FP]      dL/dz likewise
     T* Fac;       // [CP][CP]  pair factors with the mask (causal)
     T* A;         // [CP][CP]
     T* P;         // [CP][CP]
@@ -96,7 +101,7 @@ struct LinearBwdKernel {
     const LinearProblem& p = *c.p;
     const int64_t CP = c.CP, RW = c.FP > c.DvP ? c.FP : c.DvP;
     *n_int = 2 * p.Sk + p.S + CP + 64;
-    return p.Sk * (c.FP + c.DvP + 2) + p.S + c.G * p.S * (c.DvP + 1) + p.F * c.DvP + p.Dv * c.FP + c.FP +
+    return p.Sk * (c.FP + c.DvP + 2) + p.S + c.G * p.S * (c.DvP + 1) + 2 * (p.F * c.DvP + p.Dv * c.FP + c.FP) +
            3 * CP * CP + p.Dv * CP + p.F * CP + CP * c.DP * 2 + 2 * CP * c.FP + CP * RW + CP * c.DvP + CP + 30 * 16;
   }
 
@@ -133,6 +138,9 @@ struct LinearBwdKernel {
     w.M = take(p.F * c.DvP);
     w.MT = take(p.Dv * c.FP);
     w.z = take(c.FP);
+    w.G = take(p.F * c.DvP);
+    w.GT = take(p.Dv * c.FP);
+    w.gz = take(c.FP);
     w.Fac = take(CP * CP);
     w.A = take(CP * CP);
     w.P = take(CP * CP);
@@ -191,29 +199,29 @@ struct LinearBwdKernel {
   static void features(const Ctx& c, const T* x, int64_t n, T* phi, bool query, T* mx, int32_t* arg) {
     const LinearProblem& p = *c.p;
     const int64_t F = p.F, FP = c.FP, D = p.D;
-    if (!c.proj) {
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t f = 0; f < FP; ++f) {
-          const T v = x[t * c.DP + f];
-          T r = T(0);
-          if (f < F) {
-            if (p.map == LinearMap::Elu1)
-              r = math::phi_elu1(v, [](T a) { return std::exp(a); });
-            else if (p.map == LinearMap::Relu)
-              r = math::phi_relu(v);
-            else
-              r = v;
-          }
-          phi[t * FP + f] = r;
+    if (!c.proj) {  // F = D, FP = DP
+      for (int64_t t = 0; t < n; ++t) {
+        const T* xr = x + t * c.DP;
+        T* r = phi + t * FP;
+        for (int64_t f = 0; f < FP; f += W) {
+          const V v = Sd::load(xr + f);
+          if (p.map == LinearMap::Elu1)
+            Sd::store(r + f, math::phi_elu1(v, [](V a) { return Sd::exp(a); }));
+          else if (p.map == LinearMap::Relu)
+            Sd::store(r + f, math::phi_relu(v));
+          else
+            Sd::store(r + f, v);
         }
+        for (int64_t f = F; f < FP; ++f) r[f] = T(0);
+      }
       return;
     }
     Gemm::template gemm<RL, NV, Store::Overwrite>(n, F, D, x, c.DP, 1, c.WfT, FP, phi, FP);
     for (int64_t t = 0; t < n; ++t) {
       T* e = phi + t * FP;
-      for (int64_t f = F; f < FP; ++f) e[f] = T(0);
       if (!c.stab) {
-        for (int64_t f = 0; f < F; ++f) e[f] = math::performer_relu<T>(e[f]);
+        for (int64_t f = 0; f < FP; f += W) Sd::store(e + f, math::performer_relu<T>(Sd::load(e + f)));
+        for (int64_t f = F; f < FP; ++f) e[f] = T(0);
         continue;
       }
       if (!query) {
@@ -228,7 +236,9 @@ struct LinearBwdKernel {
       const T m = e[best];
       arg[t] = best;
       if (mx) mx[t] = m;
-      for (int64_t f = 0; f < F; ++f) e[f] = std::exp(math::favor_feature_arg(e[f], m, c.half_log_m));
+      const V vm = Sd::set1(m), hlm = Sd::set1(c.half_log_m);
+      for (int64_t f = 0; f < FP; f += W) Sd::store(e + f, Sd::exp(math::favor_feature_arg(Sd::load(e + f), vm, hlm)));
+      for (int64_t f = F; f < FP; ++f) e[f] = T(0);
     }
   }
 
@@ -314,11 +324,19 @@ struct LinearBwdKernel {
   /// Pair factors of the causal chunk [t0, t0 + n): exp(kmax_j - c_t) (1 unstabilized) for allowed pairs
   /// j <= t, j < L, else 0.
   static void pair_factors(const Ctx& c, const Work& w, int64_t t0, int64_t n, int64_t L) {
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t j = 0; j < c.CP; ++j) {
-        const bool ok = j <= t && t0 + j < L;
-        w.Fac[t * c.CP + j] = !ok ? T(0) : c.stab ? fac(w.kmax[t0 + j], w.c[t0 + t]) : T(1);
+    const int64_t CP = c.CP;
+    for (int64_t t = 0; t < n; ++t) {
+      T* r = w.Fac + t * CP;
+      if (!c.stab) {
+        for (int64_t j = 0; j < CP; ++j) r[j] = j <= t && t0 + j < L ? T(1) : T(0);
+        continue;
       }
+      const T ct = w.c[t0 + t];
+      for (int64_t j = 0; j < CP; ++j) r[j] = j <= t && t0 + j < L ? w.kmax[t0 + j] - ct : T(0);
+      for (int64_t j = 0; j < CP; j += W) Sd::store(r + j, Sd::exp(Sd::load(r + j)));
+      for (int64_t j = 0; j < CP; ++j)
+        if (!(j <= t && t0 + j < L)) r[j] = T(0);
+    }
   }
 
   /// Query features of rows [t0, t0 + n) of head h into w.phiq / w.qf (q rows left in w.x).
@@ -385,6 +403,7 @@ struct LinearBwdKernel {
         make_p(c, w, dn, dd, n);
         Gemm::template gemm<RL, NV, Store::Accumulate>(n, F, n, w.P, CP, 1, w.phik + t0 * FP, FP, w.dphi, FP);
       }
+      if (!intra) add_head_queries(c, w, g, t0, n, c_state);  // bidirectional: every c_t is c_state
       chain(c, w, w.x, w.phiq, w.dphi, w.qf, n, -1, w.dx);
       store_rows(bp.dq, bp.dq_stride, b, h, t0, n, p.D, w.dx, c.DP);
     }
@@ -419,41 +438,52 @@ struct LinearBwdKernel {
     transpose(w.M, F, p.Dv, DvP, w.MT, FP);
   }
 
-  /// Adds the queries [t0, t0 + n) of every head to G (relative to c_ref, the c of the chunk's first row).
-  static void add_queries(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t t0, int64_t n, T c_ref) {
+  /// Adds head g's queries [t0, t0 + n) (features in w.phiq) to G, which is relative to c_ref, the c of
+  /// the first of them that saw a key. w.GT is left stale (transpose after the last head).
+  static void add_head_queries(const Ctx& c, const Work& w, int64_t g, int64_t t0, int64_t n, T c_ref) {
     const LinearProblem& p = *c.p;
     const int64_t FP = c.FP, DvP = c.DvP, F = p.F, Dv = p.Dv;
-    for (int64_t g = 0; g < c.G; ++g) {
-      query_features(c, w, b, hkv * c.G + g, t0, n);
-      const T* dn = w.dnum + (g * p.S + t0) * DvP;
-      const T* dd = w.dden + g * p.S + t0;
-      for (int64_t t = 0; t < n; ++t) {
-        // c_t >= c_ref: the factor exp(c_ref - c_t) <= 1 (0 where c_t is -inf: the query saw no key)
-        const T q2 = !c.stab ? T(1) : w.c[t0 + t] == neg_inf() ? T(0) : std::exp(c_ref - w.c[t0 + t]);
-        for (int64_t e = 0; e < Dv; ++e) w.rows[t * DvP + e] = dn[e + t * DvP] * q2;
-        for (int64_t f = 0; f < F; ++f) w.z[f] += w.phiq[t * FP + f] * dd[t] * q2;
-      }
-      Gemm::template gemm<RL, NV, Store::Accumulate>(F, Dv, n, w.phiq, 1, FP, w.rows, DvP, w.M, DvP);
+    const T* dn = w.dnum + (g * p.S + t0) * DvP;
+    const T* dd = w.dden + g * p.S + t0;
+    for (int64_t t = 0; t < n; ++t) {
+      // c_t >= c_ref: the factor exp(c_ref - c_t) <= 1 (0 where c_t is -inf: the query saw no key)
+      const T q2 = !c.stab ? T(1) : w.c[t0 + t] == neg_inf() ? T(0) : std::exp(c_ref - w.c[t0 + t]);
+      for (int64_t e = 0; e < Dv; ++e) w.rows[t * DvP + e] = dn[e + t * DvP] * q2;
+      for (int64_t f = 0; f < F; ++f) w.gz[f] += w.phiq[t * FP + f] * dd[t] * q2;
     }
-    transpose(w.M, F, Dv, DvP, w.MT, FP);
+    Gemm::template gemm<RL, NV, Store::Accumulate>(F, Dv, n, w.phiq, 1, FP, w.rows, DvP, w.G, DvP);
+  }
+
+  /// Causal pass 2: G moves to the smallest finite c of the chunk's queries [t0, t0 + n) (that of the
+  /// first one that saw a key), before they are added.
+  static void rebase(const Ctx& c, const Work& w, int64_t t0, int64_t n, T& c_ref) {
+    int64_t first = 0;
+    while (first < n && w.c[t0 + first] == neg_inf()) ++first;
+    if (!c.stab || first == n) return;
+    const T r = std::exp(w.c[t0 + first] - c_ref);
+    for (int64_t i = 0; i < c.p->F * c.DvP; ++i) w.G[i] *= r;
+    for (int64_t f = 0; f < c.FP; ++f) w.gz[f] *= r;
+    c_ref = w.c[t0 + first];
   }
 
   /// Pass 2 for key chunk [j0, j0 + n): G (relative to c_ref) holds the queries after the chunk.
-  static void key_chunk(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int64_t n, T c_ref,
+  /// Causal (`intra`): also the pairs inside the chunk, then the chunk's queries join G (c_ref follows).
+  static void key_chunk(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int64_t n, T& c_ref,
                         bool intra, int64_t L) {
     const LinearBwdProblem& bp = *c.bp;
     const LinearProblem& p = *c.p;
     const int64_t FP = c.FP, DvP = c.DvP, CP = c.CP, F = p.F, Dv = p.Dv;
     T* dvr = w.num;  // dv rows [n][DvP]
     const T* phik = w.phik + j0 * FP;
-    Gemm::template gemm<RL, NV, Store::Overwrite>(n, F, Dv, w.vb + j0 * DvP, DvP, 1, w.MT, FP, w.dphi, FP);
-    Gemm::template gemm<RL, NV, Store::Overwrite>(n, Dv, F, phik, FP, 1, w.M, DvP, dvr, DvP);
+    Gemm::template gemm<RL, NV, Store::Overwrite>(n, F, Dv, w.vb + j0 * DvP, DvP, 1, w.GT, FP, w.dphi, FP);
+    Gemm::template gemm<RL, NV, Store::Overwrite>(n, Dv, F, phik, FP, 1, w.G, DvP, dvr, DvP);
     for (int64_t j = 0; j < n; ++j) {
       const T kf = c.stab ? fac(w.kmax[j0 + j], c_ref) : T(1);
-      for (int64_t f = 0; f < F; ++f) w.dphi[j * FP + f] = (w.dphi[j * FP + f] + w.z[f]) * kf;
+      for (int64_t f = 0; f < F; ++f) w.dphi[j * FP + f] = (w.dphi[j * FP + f] + w.gz[f]) * kf;
       for (int64_t e = 0; e < Dv; ++e) dvr[j * DvP + e] *= kf;
     }
     if (intra) {
+      rebase(c, w, j0, n, c_ref);
       for (int64_t g = 0; g < c.G; ++g) {
         query_features(c, w, b, hkv * c.G + g, j0, n);
         const T* dn = w.dnum + (g * p.S + j0) * DvP;
@@ -463,7 +493,9 @@ struct LinearBwdKernel {
         make_p(c, w, dn, dd, n);
         Gemm::template gemm<RL, NV, Store::Accumulate>(n, F, n, w.P, 1, CP, w.phiq, FP, w.dphi, FP);
         Gemm::template gemm<RL, NV, Store::Accumulate>(n, Dv, n, w.A, 1, CP, dn, DvP, dvr, DvP);
+        add_head_queries(c, w, g, j0, n, c_ref);
       }
+      transpose(w.G, F, Dv, DvP, w.GT, FP);
     }
     load_rows(p.k, b, hkv, j0, n, p.D, w.x, c.DP);
     chain(c, w, w.x, phik, w.dphi, w.kf + j0, n, j0, w.dx);
@@ -482,20 +514,21 @@ struct LinearBwdKernel {
     transpose(w.vb + j0 * c.DvP, n, c.p->Dv, c.DvP, w.vT, c.CP);
   }
 
-  /// Loads a [F][Dv] / [F] state pair of (b, hkv) into w.M / w.z (zero when absent).
-  static void load_state(const Ctx& c, const Work& w, const ViewN<4>& s, const ViewN<3>& z, int64_t b, int64_t hkv) {
+  /// Loads a [F][Dv] / [F] state pair of (b, hkv) into M / z, and M's transpose into MT (zero when absent).
+  static void load_state(const Ctx& c, const ViewN<4>& s, const ViewN<3>& z, int64_t b, int64_t hkv, T* M, T* MT,
+                         T* zd) {
     const LinearProblem& p = *c.p;
-    std::memset(w.M, 0, sizeof(T) * p.F * c.DvP);
-    std::memset(w.z, 0, sizeof(T) * c.FP);
+    std::memset(M, 0, sizeof(T) * p.F * c.DvP);
+    std::memset(zd, 0, sizeof(T) * c.FP);
     if (s.present) {
       const T* sb = static_cast<const T*>(s.data) + b * s.stride[0] + hkv * s.stride[1];
       const T* zb = static_cast<const T*>(z.data) + b * z.stride[0] + hkv * z.stride[1];
       for (int64_t f = 0; f < p.F; ++f) {
-        for (int64_t e = 0; e < p.Dv; ++e) w.M[f * c.DvP + e] = sb[f * s.stride[2] + e * s.stride[3]];
-        w.z[f] = zb[f * z.stride[2]];
+        for (int64_t e = 0; e < p.Dv; ++e) M[f * c.DvP + e] = sb[f * s.stride[2] + e * s.stride[3]];
+        zd[f] = zb[f * z.stride[2]];
       }
     }
-    transpose(w.M, p.F, p.Dv, c.DvP, w.MT, c.FP);
+    transpose(M, p.F, p.Dv, c.DvP, MT, c.FP);
   }
 
   static void item(const Ctx& c, const Work& w, int64_t b, int64_t hkv) {
@@ -505,7 +538,8 @@ struct LinearBwdKernel {
     const int64_t S = p.S, C = c.C;
     prepare(c, w, b, hkv, L);
     // Pass 1: forward.
-    load_state(c, w, p.state_in, p.z_in, b, hkv);
+    load_state(c, p.state_in, p.z_in, b, hkv, w.M, w.MT, w.z);
+    load_state(c, bp.dstate_out, bp.dz_out, b, hkv, w.G, w.GT, w.gz);
     T c_state = neg_inf();
     if (p.causal) {
       for (int64_t t0 = 0; t0 < S; t0 += C) {
@@ -521,8 +555,7 @@ struct LinearBwdKernel {
       for (int64_t j0 = 0; j0 < p.Sk; j0 += C) add_keys(c, w, j0, imin(C, p.Sk - j0), j0 == 0 ? neg_inf() : cg, cg);
       for (int64_t t0 = 0; t0 < S; t0 += C) query_chunk(c, w, b, hkv, t0, imin(C, S - t0), cg, false);
     }
-    // Pass 2: reverse.
-    load_state(c, w, bp.dstate_out, bp.dz_out, b, hkv);
+    // Pass 2: reverse (bidirectional: G is complete after pass 1).
     if (p.causal) {
       T c_ref = S > 0 ? w.c[S - 1] : neg_inf();
       for (int64_t t0 = (S - 1) / C * C; S > 0 && t0 >= 0; t0 -= C) {
@@ -530,28 +563,18 @@ struct LinearBwdKernel {
         pair_factors(c, w, t0, n, L);
         chunk_transposes(c, w, t0, n);
         key_chunk(c, w, b, hkv, t0, n, c_ref, true, L);
-        // G moves to the smallest finite c of the chunk's queries (that of its first query that saw a key).
-        int64_t first = 0;
-        while (first < n && w.c[t0 + first] == neg_inf()) ++first;
-        if (c.stab && first < n) {
-          const T r = std::exp(w.c[t0 + first] - c_ref);
-          for (int64_t i = 0; i < p.F * c.DvP; ++i) w.M[i] *= r;
-          for (int64_t f = 0; f < c.FP; ++f) w.z[f] *= r;
-          c_ref = w.c[t0 + first];
-        }
-        add_queries(c, w, b, hkv, t0, n, c_ref);
       }
     } else {
-      const T cg = S > 0 ? w.c[0] : neg_inf();
-      for (int64_t t0 = 0; t0 < S; t0 += C) add_queries(c, w, b, hkv, t0, imin(C, S - t0), cg);
+      T cg = S > 0 ? w.c[0] : neg_inf();
+      transpose(w.G, p.F, p.Dv, c.DvP, w.GT, c.FP);
       for (int64_t j0 = 0; j0 < p.Sk; j0 += C) key_chunk(c, w, b, hkv, j0, imin(C, p.Sk - j0), cg, false, L);
     }
     if (bp.dstate_in) {
       T* sd = static_cast<T*>(bp.dstate_in) + b * bp.dstate_in_stride[0] + hkv * bp.dstate_in_stride[1];
       T* zd = static_cast<T*>(bp.dz_in) + b * bp.dz_in_stride[0] + hkv * bp.dz_in_stride[1];
       for (int64_t f = 0; f < p.F; ++f) {
-        for (int64_t e = 0; e < p.Dv; ++e) sd[f * bp.dstate_in_stride[2] + e * bp.dstate_in_stride[3]] = w.M[f * c.DvP + e];
-        zd[f * bp.dz_in_stride[2]] = w.z[f];
+        for (int64_t e = 0; e < p.Dv; ++e) sd[f * bp.dstate_in_stride[2] + e * bp.dstate_in_stride[3]] = w.G[f * c.DvP + e];
+        zd[f * bp.dz_in_stride[2]] = w.gz[f];
       }
     }
   }
