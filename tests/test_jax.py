@@ -334,6 +334,17 @@ else:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_docs_examples_run():
+    """The examples of docs/jax.md run as written."""
+    import re
+
+    text = (ROOT / "docs" / "jax.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/jax.md python block {i}", "exec"), {})
+
+
 def test_training_example():
     """examples/jax_train.py: a one-layer attention model learns to copy a sequence; its loss must fall."""
     sys.path.insert(0, str(ROOT / "examples"))

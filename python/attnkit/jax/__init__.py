@@ -27,9 +27,9 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from .. import _core
-from .._array import acc_dtype, as_bool, as_float
+from .._array import acc_dtype, as_bool
 from .._exact import _set_masking, _with_masking_doc
-from .._linear import _linear_params, _performer_params
+from .._linear import _linear_params, _linformer_params, _performer_params
 from .._sparse import _block_sparse_params
 from . import _ffi
 from ._ffi import Check, f64
@@ -284,11 +284,7 @@ def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None):
     F = None if F is None else _array(F, "F")
     lens = _lengths(key_lengths)
     check = Check()
-    p = _core.LinformerParams()
-    p.q, p.k, p.v, p.E, p.F = (check.ref(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (E, "E"), (F, "F")))
-    p.key_lengths = check.ref(lens, "key_lengths")
-    if scale is not None:
-        p.scale = as_float(scale, "scale")
+    p = _linformer_params(check, q, k, v, E, F, scale, lens)
     out, lse = check.outputs(_core.linformer_attention_outputs, p, "out", "lse")
     # The backward pass runs the exact kernel on (q, K', V'): its attributes are those of attention(scale=).
     attrs = dict(causal=False, window_left=np.int64(-1), window_right=np.int64(-1), scale=f64(p.scale),
