@@ -295,6 +295,19 @@ class _Unset:
 _CAUSAL_UNSET = _Unset()
 
 
+def _linformer_params(call, q, k, v, E, F, scale, key_lengths):
+    """The LinformerParams of a call's inputs (shared with attnkit.jax)."""
+    p = _core.LinformerParams()
+    call.qkv(p, q, k, v)
+    p.E = call.tensor(E, "E")
+    p.F = call.tensor(F, "F")
+    if scale is not None:
+        p.scale = as_float(scale, "scale")
+    p.key_lengths = call.lengths(key_lengths)
+    p.stream = call.stream
+    return p
+
+
 def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None, return_lse=False,
                         causal=_CAUSAL_UNSET):
     """Linformer attention (Wang et al., "Linformer: Self-Attention with Linear Complexity", 2020): exact
@@ -336,15 +349,8 @@ def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None, ret
         Unsupported or mismatched dtypes, non-array inputs, arrays on different devices.
     """
     call = Call()
-    p = _core.LinformerParams()
-    call.qkv(p, q, k, v)
-    p.E = call.tensor(E, "E")
-    p.F = call.tensor(F, "F")
-    if scale is not None:
-        p.scale = as_float(scale, "scale")
-    p.key_lengths = call.lengths(key_lengths)
+    p = _linformer_params(call, q, k, v, E, F, scale, key_lengths)
     p.causal = causal is not _CAUSAL_UNSET  # any value given is an error the core names
-    p.stream = call.stream
     if as_bool(return_lse, "return_lse"):
         out, lse = call.outputs(p, _core.linformer_attention_outputs, "out", "lse")
         _core.linformer_attention(p)

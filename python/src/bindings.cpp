@@ -67,6 +67,10 @@ py::array csr_view(const std::vector<T>& v, py::handle owner) {
 
 }  // namespace
 
+#ifdef ATTNKIT_WITH_JAX
+void bind_jax_ffi(py::module_& m);  // jax_ffi.cpp: the XLA FFI handlers of attnkit.jax
+#endif
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "attnkit compiled core (internal; use the functions of the attnkit package)";
 
@@ -441,4 +445,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.attr("__version__") = version();
+#ifdef ATTNKIT_WITH_JAX
+  bind_jax_ffi(m);
+#endif
 }
