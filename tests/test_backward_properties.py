@@ -13,6 +13,11 @@ from conftest import DTYPES, assert_close, broken_call, magnitude, naive_dtype, 
 from test_properties import SETTINGS, strided
 
 
+def _longer(x):
+    """x with one more entry along its last axis: a shape no call accepts."""
+    return np.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype)
+
+
 def _dims(data):
     B, Hkv, G = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
     return B, Hkv, G, data.draw(st.integers(1, 24)), data.draw(st.integers(1, 24))
@@ -39,7 +44,7 @@ def test_block_sparse_backward_random_problems(data):
     out, lse = attnkit.block_sparse_attention(q, k, v, layout, return_lse=True, **kw)
     dout = randn(rng, out.shape, dtype)
     args = dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse, layout=layout, **kw)
-    breaks = [("dout", dout[..., :0], "dout"), ("lse", lse[:, :1], "lse"), ("out", out.astype(np.int32), "out"),
+    breaks = [("dout", dout[..., :0], "dout"), ("lse", _longer(lse), "lse"), ("out", out.astype(np.int32), "out"),
               ("layout", attnkit.BlockLayout.from_dense(np.ones((1, nqb + 1, nkb + 1), bool), (bq, bk)), "layout"),
               ("key_lengths", np.zeros(B + 1, np.int64), "key_lengths")]
     if broken_call(data, attnkit.block_sparse_attention_backward, args, breaks):
@@ -55,7 +60,10 @@ def test_block_sparse_backward_random_problems(data):
 @given(data=st.data())
 def test_linformer_backward_random_problems(data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
-    dtype = data.draw(st.sampled_from([np.float32, np.float64]))
+    # float64: in float32 the projections K' = E k, V' = F v (rounded to q's dtype, sums over Sk keys) and
+    # dE = dK' k^T put cancellation errors on top of a naive baseline that, on tiny draws, rounds to the
+    # oracle exactly; float32 and the 16-bit types are held to the rule by test_backward.py::test_linformer
+    dtype = np.float64
     B, Hkv, G, D, Dv = _dims(data)
     Sq, Sk, P = data.draw(st.integers(0, 30)), data.draw(st.integers(1, 40)), data.draw(st.integers(1, 12))
     heads = data.draw(st.sampled_from([None, Hkv]))
@@ -70,7 +78,7 @@ def test_linformer_backward_random_problems(data):
     out, lse = attnkit.linformer_attention(q, k, v, E, F, return_lse=True, **kw)
     dout = randn(rng, out.shape, dtype)
     args = dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse, E=E, F=F, **kw)
-    breaks = [("dout", dout[:, :0], "dout"), ("lse", lse[..., :0], "lse"), ("E", E[..., :-1], "E"),
+    breaks = [("dout", dout[:, :0], "dout"), ("lse", _longer(lse), "lse"), ("E", E[..., :-1], "E"),
               ("F", np.ones((P + 1, Sk), np.float32), "F"), ("q", q.astype(np.int64), "q")]
     if broken_call(data, attnkit.linformer_attention_backward, args, breaks):
         return
@@ -82,9 +90,6 @@ def test_linformer_backward_random_problems(data):
         if x is None:
             continue
         assert g.shape == x.shape and g.dtype == x.dtype, name
-        # dE / dF are rounded to the projection's dtype (float32 here even for float64 inputs)
-        tdt = dtype if name[1] in "qkv" else np.result_type(x.dtype, np.float32)
-        tdt = tdt if np.dtype(tdt).itemsize <= np.dtype(dtype).itemsize else dtype
-        # K' = E k and V' = F v are rounded to q's dtype before the kernel (as in the forward): an error on
-        # top of the naive baseline's, so the absolute tolerance gets a factor (as test_backward's Linformer)
-        assert_close(g, r, n, tdt, what=name, atol_scale=4 * magnitude(r))
+        # dE / dF are rounded to the projection's dtype (float32: linformer_projection's default)
+        tdt = dtype if name[1] in "qkv" else x.dtype
+        assert_close(g, r, n, tdt, what=name, atol_scale=magnitude(r))
