@@ -4,6 +4,9 @@
   (``sdpa_kernel(SDPBackend.FLASH_ATTENTION)``), bfloat16 and float16, B=4, H=16, D=64 and 128,
   S = 1024 .. 16384, causal and not: TFLOP/s (4*B*H*S*S*D FLOPs, halved for causal) and the ratio
   attnkit / torch.
+* ``attention_backward`` vs torch's flash backward (``autograd.grad`` of SDPA's output; the forward is not
+  timed), same grid with S = 4096 under ``--quick``: TFLOP/s with FlashAttention's convention for the
+  backward (2.5x the forward's FLOPs).
 * Decode (Sq=1, Sk up to 128K, GQA Hq=32, Hkv=8, D=128, float16): GB/s of K+V read
   (2 * B * Hkv * Sk * D * itemsize bytes per call) and the % of the peak bandwidth (``--peak-gbs``, default
   3350 GB/s: H100 SXM); torch SDPA (GQA) alongside where it runs.
@@ -84,6 +87,9 @@ def kernel_table(cupy, attnkit):
 
     probes = {
         "attention": lambda: attnkit.attention(t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8)),
+        "attention_backward": lambda: attnkit.attention_backward(
+            t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8),
+            cupy.zeros((1, 1, 4), np.float32)),
         "linear_attention": lambda: attnkit.linear_attention(t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8)),
         "performer_attention": lambda: attnkit.performer_attention(
             t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8), cupy.asarray(attnkit.random_features(4, 8))),
@@ -221,6 +227,52 @@ def exact_rows(ctx, dtypes, dims, sizes, B=4, H=16):
                 cupy.get_default_memory_pool().free_all_blocks()
 
 
+def backward_rows(ctx, dtypes, dims, sizes, B=4, H=16):
+    """attention_backward vs torch's flash backward (autograd.grad of SDPA's output, the forward not timed):
+    TFLOP/s with FlashAttention's convention for the backward, 2.5x the forward's FLOPs."""
+    cupy, torch, attnkit, timer = ctx["cupy"], ctx["torch"], ctx["attnkit"], ctx["timer"]
+    for dtype in dtypes:
+        if dtype == "bfloat16" and torch is None:
+            continue
+        for D in dims:
+            for S in sizes:
+                if ctx["out_of_time"]():
+                    return
+                q, k, v, dout = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(4))
+                for causal in (False, True):
+                    row = {"kind": "backward", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "causal": causal}
+                    if ctx["kernels"].get("attention_backward"):
+                        row["attnkit_note"] = "no kernel: " + ctx["kernels"]["attention_backward"]
+                    else:
+                        def attnkit_timed():
+                            out, lse = attnkit.attention(q, k, v, causal=causal, return_lse=True)
+                            return timer(lambda: attnkit.attention_backward(dout, q, k, v, out, lse, causal=causal))
+
+                        t, note = attempt(attnkit_timed)
+                        row["attnkit_s"], row["attnkit_note"] = t, note
+                    if torch is not None:
+                        def flash_timed():
+                            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                            tq, tk, tv = (as_torch(torch, x).detach().requires_grad_() for x in (q, k, v))
+                            tg = as_torch(torch, dout)
+                            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                                o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+                                return timer(lambda: torch.autograd.grad(o, (tq, tk, tv), tg, retain_graph=True))
+
+                        t, note = attempt(flash_timed)
+                        row["torch_flash_s"], row["torch_note"] = t, note
+                    f = 2.5 * flops(B, H, S, S, D, causal)
+                    for who in ("attnkit", "torch_flash"):
+                        if row.get(f"{who}_s"):
+                            row[f"{who}_tflops"] = f / row[f"{who}_s"] / 1e12
+                    if row.get("attnkit_s") and row.get("torch_flash_s"):
+                        row["ratio_vs_torch"] = row["torch_flash_s"] / row["attnkit_s"]
+                    ctx["add"](row)
+                del q, k, v, dout
+                cupy.get_default_memory_pool().free_all_blocks()
+
+
 def decode_rows(ctx, sizes, B=4, Hq=32, Hkv=8, D=128, dtype="float16"):
     cupy, torch, attnkit, timer = ctx["cupy"], ctx["torch"], ctx["attnkit"], ctx["timer"]
     for Sk in sizes:
@@ -321,11 +373,11 @@ def fmt(x, spec=".1f", none="-"):
 
 
 def format_row(r) -> str:
-    if r["kind"] == "exact":
+    if r["kind"] in ("exact", "backward"):
         note = "" if r.get("attnkit_s") else f"  attnkit: {r.get('attnkit_note')}"
         if r.get("torch_note"):
             note += f"  torch: {r['torch_note']}"
-        return (f"exact  {r['dtype']:>8} D={r['D']:<3} S={r['S']:<5} {'causal' if r['causal'] else 'full  '} "
+        return (f"{'exact ' if r['kind'] == 'exact' else 'bwd   '} {r['dtype']:>8} D={r['D']:<3} S={r['S']:<5} {'causal' if r['causal'] else 'full  '} "
                 f"attnkit {fmt(r.get('attnkit_tflops')):>6} TFLOP/s  torch-flash {fmt(r.get('torch_flash_tflops')):>6} "
                 f"TFLOP/s  ratio {fmt(r.get('ratio_vs_torch'), '.2f'):>5}{note}"[:240])
     if r["kind"] == "decode":
@@ -402,6 +454,8 @@ def main(argv=None) -> int:
            "out_of_time": out_of_time, "timer": Timer(cupy, reps, a.warmup, a.target_s)}
     log("-- exact attention vs torch SDPA (flash): TFLOP/s")
     exact_rows(ctx, ["bfloat16", "float16"], [64, 128], sizes)
+    log("-- attention_backward vs torch flash backward: TFLOP/s (2.5x the forward's FLOPs)")
+    backward_rows(ctx, ["bfloat16", "float16"], [64, 128], [4096] if a.quick else [1024, 4096, 16384])
     log("-- decode (Sq=1, GQA 32/8, D=128): GB/s of K+V")
     decode_rows(ctx, decode_sizes)
     log("-- linear-time mechanisms vs exact attention (float16, B=4, H=16, D=64): tokens/s")

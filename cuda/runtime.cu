@@ -28,11 +28,12 @@ namespace {
 constexpr const char* kVerified[] = {
     "attention",       "attention_weights",        "block_sparse_attention", "merge_attention",
     "rope",            "linear_attention",         "performer_attention",    "linformer_attention",
-    "lsh_buckets",     "lsh_attention",            "dynamic_linear_attention"};
+    "lsh_buckets",     "lsh_attention",            "dynamic_linear_attention",
+    "attention_backward", "block_sparse_attention_backward"};
 /// Public functions with a CUDA kernel in this build not yet verified on a GPU: they run only when the
 /// environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them); otherwise a CUDA call
 /// says there is no kernel. A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {"attention_backward", "block_sparse_attention_backward"};
+constexpr const char* kCompiled[] = {""};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

@@ -227,7 +227,7 @@ fi
 # ---------------------------------------------------------------------------------------------- 3. info
 echo "== attnkit info"
 # from outside the source tree, so that the installed package (with its compiled _core) is the one imported
-(cd "${OUT}" && timeout 60 "${PY}" -m attnkit info) || echo "attnkit info failed"
+(cd "${OUT}" && timeout 60 "${PY}" -X faulthandler -m attnkit info) || echo "attnkit info failed"
 
 # ---------------------------------------------------------------------------------------------- 4. tests
 : >"${OUT}/tests.log"
