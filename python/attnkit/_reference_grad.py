@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .reference import _f64, _key_mask, _linear_weights_mask, _phi, _repeat_kv, _to4, _drop_lead
+from .reference import _drop_lead, _f64, _key_mask, _linear_setup, _linear_weights_mask, _repeat_kv, _to4
 
 
 def _group_sum(x, hkv):
@@ -45,31 +45,17 @@ def linear_attention_backward(dout, q, k, v, *, feature_map="elu1", causal=True,
         dphi(K) = sum_group da^T phi(Q) + V dS_final^T + dz_final,  dV = sum_group a^T dnum + phi(K) dS_final
         dS0 = sum_group phi(Q)^T dnum + dS_final,  dz0 = sum_group phi(Q)^T dden + dz_final
     """
-    q4, rank = _to4(q, _dtype)
-    k4, _ = _to4(k, _dtype)
-    v4, _ = _to4(v, _dtype)
+    L = _linear_setup(q, k, v, feature_map, causal, key_lengths, initial_state, _dtype)
+    q4, k4, rank, keys, fq, fk, vm, s0, z0, allowed = (L.q4, L.k4, L.rank, L.keys, L.fq, L.fk, L.vm, L.s0, L.z0,
+                                                       L.allowed)
     dy, _ = _to4(dout, _dtype)
-    B, Hq, S, _ = q4.shape
-    Hkv, Sk, Dv = k4.shape[1], k4.shape[2], v4.shape[3]
-    if causal and S != Sk:
-        raise ValueError("causal linear attention needs Sk == S")
-    keys = _key_mask(B, Sk, key_lengths)[:, None, :, None]
-    fq = _phi(q4, feature_map)
-    fk = np.where(keys, _phi(k4, feature_map), 0.0)
-    vm = np.where(keys, v4, 0.0)
-    F = fk.shape[-1]
-    s0 = np.zeros((B, Hkv, F, Dv), _dtype)
-    z0 = np.zeros((B, Hkv, F), _dtype)
-    ds_f = np.zeros((B, Hkv, F, Dv), _dtype)
-    dz_f = np.zeros((B, Hkv, F), _dtype)
-    lift = (1,) * (4 - rank)
-    if initial_state is not None:
-        s0 = s0 + _f64(initial_state[0], _dtype).reshape(lift + np.shape(initial_state[0]))
-        z0 = z0 + _f64(initial_state[1], _dtype).reshape(lift + np.shape(initial_state[1]))
+    Hq, Hkv = q4.shape[1], k4.shape[1]
+    ds_f = np.zeros_like(s0)
+    dz_f = np.zeros_like(z0)
     if dfinal_state is not None:
+        lift = (1,) * (4 - rank)
         ds_f = ds_f + _f64(dfinal_state[0], _dtype).reshape(lift + np.shape(dfinal_state[0]))
         dz_f = dz_f + _f64(dfinal_state[1], _dtype).reshape(lift + np.shape(dfinal_state[1]))
-    allowed = np.broadcast_to(_linear_weights_mask(B, S, Sk, causal, key_lengths), (B, Hq, S, Sk))
     fkr, vr, s0r, z0r = (_repeat_kv(x, Hq) for x in (fk, vm, s0, z0))
     a = np.where(allowed, fq @ fkr.swapaxes(-1, -2), 0.0)
     num = a @ vr + fq @ s0r

@@ -8,6 +8,8 @@ compute in float64 and return float64. Users may test their own kernels against 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 __all__ = ["attention", "attention_weights", "merge_attention", "allowed_mask", "scores", "block_mask",
@@ -275,7 +277,7 @@ def lsh_attention(q, k, v, *, num_buckets, num_hashes=1, seed=0, causal=False, s
     q4, rank = _to4(q)
     k4, _ = _to4(k)
     v4, _ = _to4(v)
-    Hq, Hkv = q4.shape[1], k4.shape[1]
+    Hq = q4.shape[1]
     bq = lsh_buckets(q4, num_buckets=num_buckets, num_hashes=num_hashes, seed=seed)  # [B, Hq, R, Sq]
     bk = _repeat_kv(lsh_buckets(k4, num_buckets=num_buckets, num_hashes=num_hashes, seed=seed), Hq)
     outs, lses = [], []
@@ -434,10 +436,10 @@ def _drop_lead(x, rank):
     return x.reshape(x.shape[4 - rank:]) if rank < 4 else x
 
 
-def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True, eps=1e-6, key_lengths=None,
-                     initial_state=None, return_state=False, _dtype=np.float64):
-    """Oracle of :func:`attnkit.linear_attention` in the quadratic form: the [S, Sk] matrix of
-    phi(q_t) . phi(k_j) masked to the allowed (t, j), times V, plus the initial state's share."""
+def _linear_setup(q, k, v, feature_map, causal, key_lengths, initial_state, _dtype):
+    """What the linear-attention oracles share: the inputs lifted to rank 4, the features phi(q) and
+    phi(k) (padded keys zeroed, as their values), the initial state (zeros without one) and the
+    [B, Hq, S, Sk] mask of allowed (query, key) pairs."""
     q4, rank = _to4(q, _dtype)
     k4, _ = _to4(k, _dtype)
     v4, _ = _to4(v, _dtype)
@@ -446,28 +448,36 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True
     if causal and S != Sk:
         raise ValueError("causal linear attention needs Sk == S")
     keys = _key_mask(B, Sk, key_lengths)[:, None, :, None]
-    fq = _phi(q4, feature_map)
     fk = np.where(keys, _phi(k4, feature_map), 0.0).astype(_dtype)  # padded keys are never read
-    vm = np.where(keys, v4, 0.0).astype(_dtype)
-    a = fq @ _repeat_kv(fk, Hq).swapaxes(-1, -2)
-    allowed = np.broadcast_to(_linear_weights_mask(B, S, Sk, causal, key_lengths), a.shape)
-    a = np.where(allowed, a, 0.0)
-    num = _apply_values(a, allowed, _repeat_kv(vm, Hq))  # a future key's value is never read
-    den = a.sum(-1)
     F = fk.shape[-1]
     s0 = np.zeros((B, Hkv, F, Dv), _dtype)
     z0 = np.zeros((B, Hkv, F), _dtype)
     if initial_state is not None:
         s0 = s0 + _f64(initial_state[0], _dtype).reshape((1,) * (4 - rank) + np.shape(initial_state[0]))
         z0 = z0 + _f64(initial_state[1], _dtype).reshape((1,) * (4 - rank) + np.shape(initial_state[1]))
+    return SimpleNamespace(
+        q4=q4, k4=k4, rank=rank, keys=keys, fq=_phi(q4, feature_map), fk=fk,
+        vm=np.where(keys, v4, 0.0).astype(_dtype), s0=s0, z0=z0,
+        allowed=np.broadcast_to(_linear_weights_mask(B, S, Sk, causal, key_lengths), (B, Hq, S, Sk)))
+
+
+def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True, eps=1e-6, key_lengths=None,
+                     initial_state=None, return_state=False, _dtype=np.float64):
+    """Oracle of :func:`attnkit.linear_attention` in the quadratic form: the [S, Sk] matrix of
+    phi(q_t) . phi(k_j) masked to the allowed (t, j), times V, plus the initial state's share."""
+    L = _linear_setup(q, k, v, feature_map, causal, key_lengths, initial_state, _dtype)
+    fq, fk, vm, s0, z0, allowed, Hq = L.fq, L.fk, L.vm, L.s0, L.z0, L.allowed, L.q4.shape[1]
+    a = np.where(allowed, fq @ _repeat_kv(fk, Hq).swapaxes(-1, -2), 0.0)
+    num = _apply_values(a, allowed, _repeat_kv(vm, Hq))  # a future key's value is never read
+    den = a.sum(-1)
     num = num + fq @ _repeat_kv(s0, Hq)
     den = den + (fq @ _repeat_kv(z0, Hq)[..., None])[..., 0]
-    out = _drop_lead(_normalized(num, den, normalize, eps), rank)
+    out = _drop_lead(_normalized(num, den, normalize, eps), L.rank)
     if not return_state:
         return out
     s_end = s0 + fk.swapaxes(-1, -2) @ vm
     z_end = z0 + fk.sum(-2)
-    return out, (_drop_lead(s_end, rank), z_end.reshape(z_end.shape[4 - rank:]))
+    return out, (_drop_lead(s_end, L.rank), z_end.reshape(z_end.shape[4 - L.rank:]))
 
 
 def random_features(num_features, head_dim, *, seed=0, orthogonal=True, scaling="chi", dtype=np.float64):
