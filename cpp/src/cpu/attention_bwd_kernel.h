@@ -96,25 +96,20 @@ struct BwdKernel {
 
   static Work carve(void* base, const Ctx& c) {
     const AttnProblem& p = *c.p;
-    char* ptr = static_cast<char*>(base);
-    auto take = [&ptr](std::size_t elems) {
-      T* r = reinterpret_cast<T*>(ptr);
-      ptr += (elems * sizeof(T) + 63) / 64 * 64;
-      return r;
-    };
+    Carver cv(base);
     Work w;
-    w.kT = take(p.D * BK);
-    w.vT = take(p.Dv * BK);
-    w.kr = take(BK * c.DP);
-    w.qp = take(BQ * c.DP);
-    w.dop = take(BQ * c.DvP);
-    w.s = take(BQ * BK);
-    w.t = take(BQ * BK);
-    w.dp = take(BQ * BK);
-    w.bt = take(BQ * BK);
-    w.dk = take(BK * c.DP);
-    w.dv = take(BK * c.DvP);
-    w.colok = reinterpret_cast<uint8_t*>(ptr);
+    w.kT = cv.take<T>(p.D * BK);
+    w.vT = cv.take<T>(p.Dv * BK);
+    w.kr = cv.take<T>(BK * c.DP);
+    w.qp = cv.take<T>(BQ * c.DP);
+    w.dop = cv.take<T>(BQ * c.DvP);
+    w.s = cv.take<T>(BQ * BK);
+    w.t = cv.take<T>(BQ * BK);
+    w.dp = cv.take<T>(BQ * BK);
+    w.bt = cv.take<T>(BQ * BK);
+    w.dk = cv.take<T>(BK * c.DP);
+    w.dv = cv.take<T>(BK * c.DvP);
+    w.colok = cv.take<uint8_t>(BK);
     return w;
   }
 

@@ -45,6 +45,23 @@ inline int64_t load_int(const void* base, DType dt, int64_t idx) {
   return dt == DType::Int32 ? static_cast<const int32_t*>(base)[idx] : static_cast<const int64_t*>(base)[idx];
 }
 
+/// Hands out consecutive 64-byte aligned pieces of one scratch block: how a kernel carves its per-thread
+/// Work out of the bytes its work_bytes() reserved (each piece rounded up the same way there).
+class Carver {
+ public:
+  explicit Carver(void* base) : ptr_(static_cast<char*>(base)) {}
+  /// The next n elements of U.
+  template <class U>
+  U* take(std::size_t n) {
+    U* r = reinterpret_cast<U*>(ptr_);
+    ptr_ += (n * sizeof(U) + 63) / 64 * 64;
+    return r;
+  }
+
+ private:
+  char* ptr_;
+};
+
 /// 64-byte aligned scratch owned by one thread for one call; zero-filled unless the kernel writes every
 /// byte before reading it (zero = false).
 struct Scratch {

@@ -116,47 +116,37 @@ struct LinearBwdKernel {
 
   static Work carve(void* base, const Ctx& c) {
     const LinearProblem& p = *c.p;
-    char* ptr = static_cast<char*>(base);
-    auto take = [&ptr](int64_t elems) {
-      T* r = reinterpret_cast<T*>(ptr);
-      ptr += (sizeof(T) * elems + 63) / 64 * 64;
-      return r;
-    };
-    auto take_i = [&ptr](int64_t elems) {
-      int32_t* r = reinterpret_cast<int32_t*>(ptr);
-      ptr += (sizeof(int32_t) * elems + 63) / 64 * 64;
-      return r;
-    };
+    Carver cv(base);
     const int64_t CP = c.CP, RW = c.FP > c.DvP ? c.FP : c.DvP;
     Work w;
-    w.phik = take(p.Sk * c.FP);
-    w.vb = take(p.Sk * c.DvP);
-    w.kmax = take(p.Sk);
-    w.kf = take_i(p.Sk);
-    w.gck = take(p.Sk);
-    w.c = take(p.S);
-    w.cj = take_i(p.S);
-    w.dnum = take(c.G * p.S * c.DvP);
-    w.dden = take(c.G * p.S);
-    w.M = take(p.F * c.DvP);
-    w.MT = take(p.Dv * c.FP);
-    w.z = take(c.FP);
-    w.G = take(p.F * c.DvP);
-    w.GT = take(p.Dv * c.FP);
-    w.gz = take(c.FP);
-    w.Fac = take(CP * CP);
-    w.A = take(CP * CP);
-    w.P = take(CP * CP);
-    w.vT = take(p.Dv * CP);
-    w.phikT = take(p.F * CP);
-    w.x = take(CP * c.DP);
-    w.phiq = take(CP * c.FP);
-    w.qf = take_i(CP);
-    w.dphi = take(CP * c.FP);
-    w.dx = take(CP * c.DP);
-    w.rows = take(CP * RW);
-    w.num = take(CP * c.DvP);
-    w.den = take(CP);
+    w.phik = cv.take<T>(p.Sk * c.FP);
+    w.vb = cv.take<T>(p.Sk * c.DvP);
+    w.kmax = cv.take<T>(p.Sk);
+    w.kf = cv.take<int32_t>(p.Sk);
+    w.gck = cv.take<T>(p.Sk);
+    w.c = cv.take<T>(p.S);
+    w.cj = cv.take<int32_t>(p.S);
+    w.dnum = cv.take<T>(c.G * p.S * c.DvP);
+    w.dden = cv.take<T>(c.G * p.S);
+    w.M = cv.take<T>(p.F * c.DvP);
+    w.MT = cv.take<T>(p.Dv * c.FP);
+    w.z = cv.take<T>(c.FP);
+    w.G = cv.take<T>(p.F * c.DvP);
+    w.GT = cv.take<T>(p.Dv * c.FP);
+    w.gz = cv.take<T>(c.FP);
+    w.Fac = cv.take<T>(CP * CP);
+    w.A = cv.take<T>(CP * CP);
+    w.P = cv.take<T>(CP * CP);
+    w.vT = cv.take<T>(p.Dv * CP);
+    w.phikT = cv.take<T>(p.F * CP);
+    w.x = cv.take<T>(CP * c.DP);
+    w.phiq = cv.take<T>(CP * c.FP);
+    w.qf = cv.take<int32_t>(CP);
+    w.dphi = cv.take<T>(CP * c.FP);
+    w.dx = cv.take<T>(CP * c.DP);
+    w.rows = cv.take<T>(CP * RW);
+    w.num = cv.take<T>(CP * c.DvP);
+    w.den = cv.take<T>(CP);
     return w;
   }
 

@@ -114,26 +114,21 @@ struct LinearKernel {
 
   static Work carve(void* base, const Ctx& c) {
     const LinearProblem& p = *c.p;
-    char* ptr = static_cast<char*>(base);
-    auto take = [&ptr](int64_t elems) {
-      T* r = reinterpret_cast<T*>(ptr);
-      ptr += (sizeof(T) * elems + 63) / 64 * 64;
-      return r;
-    };
+    Carver cv(base);
     Work w;
-    w.S = take(p.F * c.DvP);
-    w.z = take(c.FP);
-    w.kT = take(p.D * c.CP);
-    w.phiKT = take(p.F * c.CP);
-    w.cK = take(c.CP);
-    w.hK = take(c.CP);
-    w.vbuf = take(c.CP * c.DvP);
-    w.qbuf = take(c.CP * p.D);
-    w.phiQ = take(c.CP * c.FP);
-    w.A = take(c.CP * c.CP);
-    w.o = take(c.CP * c.DvP);
-    w.den = take(c.CP);
-    w.cQ = take(c.CP);
+    w.S = cv.take<T>(p.F * c.DvP);
+    w.z = cv.take<T>(c.FP);
+    w.kT = cv.take<T>(p.D * c.CP);
+    w.phiKT = cv.take<T>(p.F * c.CP);
+    w.cK = cv.take<T>(c.CP);
+    w.hK = cv.take<T>(c.CP);
+    w.vbuf = cv.take<T>(c.CP * c.DvP);
+    w.qbuf = cv.take<T>(c.CP * p.D);
+    w.phiQ = cv.take<T>(c.CP * c.FP);
+    w.A = cv.take<T>(c.CP * c.CP);
+    w.o = cv.take<T>(c.CP * c.DvP);
+    w.den = cv.take<T>(c.CP);
+    w.cQ = cv.take<T>(c.CP);
     return w;
   }
 
@@ -519,9 +514,8 @@ struct LinearKernel {
                                  (bidir ? items * (p.F * c.DvP + c.FP) : 0);
     Workspace shared(sizeof(T) * static_cast<std::size_t>(shared_elems) + 2 * 64, "linear attention's shared buffers");
     {
-      auto take = [&shared](int64_t elems) { return shared.take<T>(static_cast<std::size_t>(elems)); };
       if (c.proj) {
-        T* wT = take(p.D * c.FP);
+        T* wT = shared.take<T>(static_cast<std::size_t>(p.D * c.FP));
         const ViewN<2>& f = p.features;
         const T fs = static_cast<T>(p.feature_scale);
         for (int64_t m = 0; m < p.F; ++m)
@@ -530,8 +524,8 @@ struct LinearKernel {
         c.wT = wT;
       }
       if (bidir) {
-        c.states = take(items * p.F * c.DvP);
-        c.norms = take(items * c.FP);
+        c.states = shared.take<T>(static_cast<std::size_t>(items * p.F * c.DvP));
+        c.norms = shared.take<T>(static_cast<std::size_t>(items * c.FP));
       }
     }
     const int64_t qchunks = (p.S + c.C - 1) / c.C;

@@ -60,6 +60,11 @@ def _lengths(x):
     return x
 
 
+def _operands(q, k, v, key_lengths):
+    """What every operation starts with: q, k, v and key_lengths as JAX arrays, and a fresh Check."""
+    return _array(q, "q"), _array(k, "k"), _array(v, "v"), _lengths(key_lengths), Check()
+
+
 def _primal(p):
     """(value, perturbed) of a custom_vjp forward-rule argument (symbolic_zeros=True); None stays None."""
     return (None, False) if p is None else (p.value, p.perturbed)
@@ -119,9 +124,8 @@ def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_l
     ValueError, TypeError
         As :func:`attnkit.attention`, when the call is traced.
     """
-    q, k, v = _array(q, "q"), _array(k, "k"), _array(v, "v")
-    mask, bias, lens, alibi = _aux(mask), _aux(bias), _lengths(key_lengths), _aux(alibi_slopes)
-    check = Check()
+    q, k, v, lens, check = _operands(q, k, v, key_lengths)
+    mask, bias, alibi = _aux(mask), _aux(bias), _aux(alibi_slopes)
     p = _core.AttentionParams()
     p.q, p.k, p.v = check.ref(q, "q"), check.ref(k, "k"), check.ref(v, "v")
     _set_masking(p, check, causal, window, mask, bias, lens, scale, softcap, alibi)
@@ -210,9 +214,7 @@ def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_len
     ValueError, TypeError
         As :func:`attnkit.block_sparse_attention`, when the call is traced.
     """
-    q, k, v = _array(q, "q"), _array(k, "k"), _array(v, "v")
-    lens = _lengths(key_lengths)
-    check = Check()
+    q, k, v, lens, check = _operands(q, k, v, key_lengths)
     p = _block_sparse_params(check, q, k, v, layout, causal, scale, lens)
     out, lse = check.outputs(_core.block_sparse_attention_outputs, p, "out", "lse")
     lay = layout._impl
@@ -280,10 +282,8 @@ def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None):
     ValueError, TypeError
         As :func:`attnkit.linformer_attention`, when the call is traced.
     """
-    q, k, v, E = _array(q, "q"), _array(k, "k"), _array(v, "v"), _array(E, "E")
-    F = None if F is None else _array(F, "F")
-    lens = _lengths(key_lengths)
-    check = Check()
+    q, k, v, lens, check = _operands(q, k, v, key_lengths)
+    E, F = _array(E, "E"), (None if F is None else _array(F, "F"))
     p = _linformer_params(check, q, k, v, E, F, scale, lens)
     out, lse = check.outputs(_core.linformer_attention_outputs, p, "out", "lse")
     # The backward pass runs the exact kernel on (q, K', V'): its attributes are those of attention(scale=).
@@ -367,11 +367,9 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True
     ValueError, TypeError
         As :func:`attnkit.linear_attention`, when the call is traced.
     """
-    q, k, v = _array(q, "q"), _array(k, "k"), _array(v, "v")
-    lens = _lengths(key_lengths)
+    q, k, v, lens, check = _operands(q, k, v, key_lengths)
     if initial_state is not None and isinstance(initial_state, (tuple, list)) and len(initial_state) == 2:
         initial_state = (_array(initial_state[0], "initial_state[0]"), _array(initial_state[1], "initial_state[1]"))
-    check = Check()
     p = _linear_params(check, q, k, v, feature_map, causal, normalize, eps, lens, initial_state)
     names = ("out", "final_state", "final_normalizer") if as_bool(return_state, "return_state") else ("out",)
     cfg = _Static(results=dict(zip(names, check.outputs(_core.linear_attention_outputs, p, *names))),
@@ -441,9 +439,8 @@ def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, sc
     ValueError, TypeError
         As :func:`attnkit.performer_attention`, when the call is traced.
     """
-    q, k, v, W = _array(q, "q"), _array(k, "k"), _array(v, "v"), _array(features, "features")
-    lens = _lengths(key_lengths)
-    check = Check()
+    q, k, v, lens, check = _operands(q, k, v, key_lengths)
+    W = _array(features, "features")
     p = _performer_params(check, q, k, v, W, kernel, causal, scale, eps, lens)
     out, = check.outputs(_core.performer_attention_outputs, p, "out")
     cfg = _Static(out=out, attrs=dict(kernel=np.int64(int(p.kernel)), causal=bool(p.causal), scale=f64(p.scale),
