@@ -66,21 +66,23 @@ _BASE = (
     [C(f"small-v2-{d}", B=1, Hq=4, Hkv=1, Sq=1, Sk=301, D=64, dtype=d, key_lengths=[300]) for d in ("f16", "bf16")]
     + [C("small-v2-rows8-causal", B=1, Hq=8, Hkv=2, Sq=2, Sk=517, D=128, causal=True)]
     # rows per kv head 1..8: MHA, GQA 4 (the benchmark's 32:8), G 3 / 8, several query rows
-    + [C(f"rows-Hq{Hq}-Hkv{Hkv}-Sq{Sq}-Sk{Sk}-{d}", B=2, Hq=Hq, Hkv=Hkv, Sq=Sq, Sk=Sk, dtype=d, causal=(Sq > 1))
-       for Hq, Hkv, Sq, Sk in [(4, 4, 1, 4099), (32, 8, 1, 4099), (8, 2, 2, 1999), (6, 2, 2, 777), (8, 1, 1, 2049),
-                               (4, 4, 3, 1000), (2, 2, 8, 1500), (4, 2, 4, 333), (3, 3, 5, 64)]
-       for d in ("f16", "bf16")]
+    + [C(f"rows-Hq{Hq}-Hkv{Hkv}-Sq{Sq}-Sk{Sk}-{d}", B=1, Hq=Hq, Hkv=Hkv, Sq=Sq, Sk=Sk, dtype=d, causal=(Sq > 1))
+       for Hq, Hkv, Sq, Sk, d in [(4, 4, 1, 2049, "f16"), (32, 8, 1, 2099, "f16"), (8, 2, 2, 1999, "f16"),
+                                  (6, 2, 2, 777, "f16"), (8, 1, 1, 2049, "f16"), (4, 4, 3, 1000, "f16"),
+                                  (2, 2, 8, 1500, "f16"), (4, 2, 4, 333, "f16"), (3, 3, 5, 64, "f16"),
+                                  (32, 8, 1, 2500, "bf16"), (8, 2, 2, 1001, "bf16"), (2, 2, 8, 700, "bf16")]]
     # head dims (every lane count: 8, 16, 32 lanes per key; D != Dv)
-    + [C(f"dims-D{D}-Dv{Dv}-{d}", B=2, Hq=8, Hkv=2, Sq=1, Sk=1537, D=D, Dv=Dv, dtype=d, window=(600, 0), causal=True)
-       for D, Dv in [(64, 64), (256, 256), (40, 24), (16, 8), (256, 200), (96, 128), (8, 8)] for d in ("f16", "bf16")]
+    + [C(f"dims-D{D}-Dv{Dv}-{d}", B=1, Hq=8, Hkv=2, Sq=1, Sk=1537, D=D, Dv=Dv, dtype=d, window=(600, 0), causal=True)
+       for D, Dv, d in [(64, 64, "f16"), (256, 256, "f16"), (40, 24, "f16"), (16, 8, "f16"), (256, 200, "f16"),
+                        (96, 128, "f16"), (8, 8, "f16"), (64, 64, "bf16"), (256, 256, "bf16")]]
     # odd / tiny key lengths (fewer keys than one step; a single key; keys < one split)
     + [C(f"Sk{Sk}", B=1, Hq=8, Hkv=2, Sq=1, Sk=Sk) for Sk in (1, 2, 7, 255, 257)]
     # key_lengths with empty rows (0) and short ones; causal bottom-right with Sq > 1
-    + [C(f"lens-{d}", B=4, Hq=8, Hkv=2, Sq=2, Sk=3001, dtype=d, causal=True, key_lengths=[3001, 0, 1, 1234])
+    + [C(f"lens-{d}", B=4, Hq=8, Hkv=2, Sq=2, Sk=1501, dtype=d, causal=True, key_lengths=[1501, 0, 1, 1234])
        for d in ("f16", "bf16")]
     # explicit windows (left / right / both), causal and not
-    + [C(f"window-{w[0]}-{w[1]}-{'c' if c else 'nc'}", B=2, Hq=8, Hkv=2, Sq=2, Sk=2500, window=w, causal=c)
-       for w in [(100, 0), (0, 0), (300, 300), (None, 5), (1000, None)] for c in (False, True)]
+    + [C(f"window-{w[0]}-{w[1]}-{'c' if c else 'nc'}", B=1, Hq=8, Hkv=2, Sq=2, Sk=1500, window=w, causal=c)
+       for w, c in [((100, 0), True), ((0, 0), False), ((300, 300), False), ((None, 5), True), ((1000, None), False)]]
     # masks: random, a head fully masked (rows = 0 / -inf), broadcast shapes
     + [C(f"mask-{d}", B=2, Hq=8, Hkv=2, Sq=1, Sk=2047, dtype=d, mask=_mask((2, 8, 1, 2047)))
        for d in ("f16", "bf16")]
@@ -92,14 +94,14 @@ _BASE = (
     + [C("bias-neginf", B=2, Hq=4, Hkv=1, Sq=2, Sk=900, bias=_neg_inf_bias(2, 4, 2, 900))]
     + [C("bias-bcast", B=2, Hq=8, Hkv=2, Sq=1, Sk=1300, bias=lambda rng: randn(rng, (1300,), np.float32, 2.0))]
     # ALiBi, softcap, scale
-    + [C(f"alibi-softcap-{d}", B=2, Hq=8, Hkv=2, Sq=2, Sk=3000, dtype=d, causal=True, softcap=5.0, scale_in=2.0,
-         key_lengths=[3000, 1777], alibi_slopes=lambda rng: rng.uniform(0, 0.05, (2, 8))) for d in ("f16", "bf16")]
+    + [C(f"alibi-softcap-{d}", B=2, Hq=8, Hkv=2, Sq=2, Sk=2000, dtype=d, causal=True, softcap=5.0, scale_in=2.0,
+         key_lengths=[2000, 1777], alibi_slopes=lambda rng: rng.uniform(0, 0.05, (2, 8))) for d in ("f16", "bf16")]
     + [C(f"scale-{s}", B=1, Hq=8, Hkv=2, Sq=1, Sk=800, scale=s) for s in (0.0, -0.3, 10.0)]
     + [C("combined", B=2, Hq=8, Hkv=2, Sq=2, Sk=2222, D=64, causal=True, window=(1500, 0),
          mask=_mask((8, 2, 2222), 0.9), bias=lambda rng: randn(rng, (2, 1, 2, 2222), np.float16),
          key_lengths=[2222, 1500], scale=0.2, softcap=8.0, alibi_slopes=lambda rng: rng.uniform(0, 0.01, 8))]
     # long keys: many splits
-    + [C("long", B=1, Hq=8, Hkv=2, Sq=1, Sk=20000, key_lengths=[19999])]
+    + [C("long", B=1, Hq=8, Hkv=2, Sq=1, Sk=12000, key_lengths=[11999])]
 )
 CASES = [pytest.param(spec, VARIANTS[n % len(VARIANTS)], id=f"{id_}-k{VARIANTS[n % len(VARIANTS)][0]}"
                       f"b{VARIANTS[n % len(VARIANTS)][1]}") for n, (spec, id_) in enumerate(_BASE)]
@@ -136,8 +138,8 @@ def test_decode_v2(rng, spec, variant):
 def test_decode_v2_variants(rng, keys, blocks):
     """Every variant on the benchmark's shape (GQA 32:8, D = 128), a short key length for the test's time."""
     need("attention")
-    q, k, v = qkv(rng, 2, 32, 8, 1, 5003, 128, 128, DT["f16"])
-    _check(q, k, v, {"key_lengths": [5003, 4000]}, DT["f16"], (keys, blocks))
+    q, k, v = qkv(rng, 1, 32, 8, 1, 2001, 128, 128, DT["f16"])
+    _check(q, k, v, {"key_lengths": [1999]}, DT["f16"], (keys, blocks))
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
@@ -161,8 +163,8 @@ def test_decode_v2_matches_v1(rng, dtype):
     if FAKE or not v2_enabled():
         pytest.skip("attention_decode_v2 is not enabled in this run")
     dt = DT[dtype]
-    q, k, v = qkv(rng, 2, 32, 8, 1, 7001, 128, 128, dt)
-    kw = {"key_lengths": [7001, 3333], "causal": True}
+    q, k, v = qkv(rng, 2, 32, 8, 1, 2001, 128, 128, dt)
+    kw = {"key_lengths": [2001, 1333], "causal": True}
     o2, l2 = _check(q, k, v, kw, dt, (4, 2048))
     with tuning(cuda_decode=1):
         o1, l1 = gpu_run(attnkit.attention, q, k, v, return_lse=True, **kw)

@@ -27,10 +27,14 @@ struct Tuning {
   std::atomic<int64_t> cuda_decode{0};
   std::atomic<int64_t> cuda_decode_keys{0};
   std::atomic<int64_t> cuda_decode_blocks{0};
+  /// CUDA decode v2's split scratch: 0 = a private stream-ordered pool that keeps its memory between calls,
+  /// 1 = cudaMallocAsync on the device's default pool (as every other CUDA workspace).
+  std::atomic<int64_t> cuda_decode_scratch{0};
 };
 
 Tuning& tuning();
-/// Sets option `name` ("linear_chunk", "dla_chunk", "cuda_decode", "cuda_decode_keys", "cuda_decode_blocks"); Error(Value) naming it for an unknown name or a value
+/// Sets option `name` ("linear_chunk", "dla_chunk", "cuda_decode", "cuda_decode_keys", "cuda_decode_blocks",
+/// "cuda_decode_scratch"); Error(Value) naming it for an unknown name or a value
 /// out of range.
 void set_tuning(const std::string& name, int64_t value);
 int64_t get_tuning(const std::string& name);
