@@ -10,6 +10,11 @@
 * Decode (Sq=1, Sk up to 128K, GQA Hq=32, Hkv=8, D=128, float16): GB/s of K+V read
   (2 * B * Hkv * Sk * D * itemsize bytes per call) and the % of the peak bandwidth (``--peak-gbs``, default
   3350 GB/s: H100 SXM); torch SDPA (GQA) alongside where it runs.
+* Decode kernel variants (``--decode-sweep``, on under ``--quick``): the v1 kernel and v2 with every
+  (keys per lane group and step, target grid size) of cuda/attention_decode2.cuh, switched in-process
+  through ``attnkit._core.set_tuning``, on GQA 32:8 (Sq 1 and 2) and MHA, Sk = 16384 and 131072: GB/s by
+  call time and by device time (a spin kernel ahead of the call hides the host work), and the variant with
+  the best geometric-mean device GB/s (the one to make the default).
 * Linear attention (elu+1), Performer (m=256) and DLA prefill (tokens/s) and DLA decode (one token with a
   cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..).
 
@@ -288,6 +293,10 @@ def decode_rows(ctx, sizes, B=4, Hq=32, Hkv=8, D=128, dtype="float16"):
         else:
             t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v)))
             row["attnkit_s"], row["attnkit_note"] = t, note
+            if t:  # device time alone (DeviceTimer): the gap to the call time is host work per call
+                td, _ = attempt(lambda: DeviceTimer(cupy, torch, 5)(lambda: attnkit.attention(q, k, v)))
+                if td:
+                    row["attnkit_device_s"], row["attnkit_device_gbs"] = td, kv_bytes / td / 1e9
         if torch is not None:
             tq, tk, tv = (as_torch(torch, x) for x in (q, k, v))
             t, note = attempt(lambda: timer(lambda: torch.nn.functional.scaled_dot_product_attention(
@@ -300,6 +309,115 @@ def decode_rows(ctx, sizes, B=4, Hq=32, Hkv=8, D=128, dtype="float16"):
         ctx["add"](row)
         del q, k, v
         cupy.get_default_memory_pool().free_all_blocks()
+
+
+class DeviceTimer:
+    """Device-only seconds of fn(): a ~3 ms spin kernel is enqueued first, so fn's host work (Python,
+    validation, launches) happens while the GPU is busy and the events time the GPU work alone (unless fn
+    synchronizes). The spin is a CuPy RawKernel (NVRTC), else torch.cuda._sleep; None without either."""
+
+    def __init__(self, cupy, torch, reps):
+        self.cupy, self.reps, self.spin = cupy, reps, None
+        try:
+            k = cupy.RawKernel(r"""extern "C" __global__ void attnkit_bench_spin(long long cycles) {
+                long long t0 = clock64(); while (clock64() - t0 < cycles) { } }""", "attnkit_bench_spin")
+            k((1,), (1,), (np.int64(6_000_000),))
+            cupy.cuda.Device().synchronize()
+            self.spin = lambda: k((1,), (1,), (np.int64(6_000_000),))
+        except Exception:  # noqa: BLE001 - no NVRTC: torch's sleep kernel, on the same (legacy default) stream
+            if torch is not None:
+                self.spin = lambda: torch.cuda._sleep(6_000_000)
+
+    def __call__(self, fn):
+        if self.spin is None:
+            return None
+        cupy = self.cupy
+        fn()
+        cupy.cuda.Device().synchronize()
+        times = []
+        for _ in range(self.reps):
+            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+            self.spin()
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+        return statistics.median(times)
+
+
+# The decode kernel's variants (cuda/attention_decode2.cuh, tuning options of attnkit._core.set_tuning):
+# "v1" = the v1 kernel (cuda_decode=1); "k<keys>b<blocks>" = v2 with cuda_decode_keys / cuda_decode_blocks;
+# "dflt-nopool" = v2's defaults with its split scratch from the default pool (cuda_decode_scratch=1).
+DECODE_VARIANTS = [("v1", {"cuda_decode": 1})] + [
+    (f"k{k}b{b}", {"cuda_decode": 0, "cuda_decode_keys": k, "cuda_decode_blocks": b})
+    for k in (1, 2, 4) for b in (512, 1024, 2048, 4096)] + [("dflt-nopool", {"cuda_decode": 0, "cuda_decode_scratch": 1})]
+DECODE_SWEEP_SHAPES = [("gqa32:8", 32, 8, 1), ("mha8", 8, 8, 1), ("gqa32:8-Sq2", 32, 8, 2)]
+
+
+def decode_sweep_rows(ctx, sizes, B=4, D=128, dtype="float16"):
+    """Every decode variant side by side in this process (switched through the core's tuning options), per
+    shape and key length: call time (host included, as the decode rows) and device time (DeviceTimer), as
+    GB/s of K+V. Ends with a summary row naming the variant with the best geometric-mean device GB/s."""
+    cupy, attnkit, timer = ctx["cupy"], ctx["attnkit"], ctx["timer"]
+    if ctx["kernels"]["attention"]:
+        return
+    core = attnkit._core
+    try:
+        v2 = bool(core.cuda_has_kernel("attention_decode_v2"))
+        core.get_tuning("cuda_decode_scratch")
+    except Exception as e:  # noqa: BLE001 - a build without the options
+        log(f"bench_gpu: decode sweep skipped ({e.__class__.__name__}: {e})")
+        return
+    if not v2:
+        log("bench_gpu: attention_decode_v2 is not enabled (ATTNKIT_CUDA_UNVERIFIED=1 enables it): "
+            "the v2 variants below run the v1 kernel")
+    dev_timer = DeviceTimer(cupy, ctx["torch"], 5)
+    names = ("cuda_decode", "cuda_decode_keys", "cuda_decode_blocks", "cuda_decode_scratch")
+    saved = {n: core.get_tuning(n) for n in names}
+    scores = {}
+    try:
+        for shape, Hq, Hkv, Sq in DECODE_SWEEP_SHAPES:
+            for Sk in sizes:
+                if ctx["out_of_time"]():
+                    return
+                q = randn(cupy, (B, Hq, Sq, D), dtype)
+                k, v = (randn(cupy, (B, Hkv, Sk, D), dtype) for _ in range(2))
+                kv_bytes = 2 * B * Hkv * Sk * D * np.dtype(dtype).itemsize
+                for name, opts in DECODE_VARIANTS:
+                    for n in names:
+                        core.set_tuning(n, 0)
+                    for n, val in opts.items():
+                        core.set_tuning(n, val)
+                    row = {"kind": "decode_sweep", "dtype": dtype, "shape": shape, "B": B, "Hq": Hq, "Hkv": Hkv,
+                           "Sq": Sq, "Sk": Sk, "D": D, "variant": name, "v2_enabled": v2, "kv_bytes": kv_bytes}
+                    t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v)))
+                    row["call_s"], row["note"] = t, note
+                    if t:
+                        row["call_gbs"] = kv_bytes / t / 1e9
+                        td, note = attempt(lambda: dev_timer(lambda: attnkit.attention(q, k, v)))
+                        row["device_s"] = td
+                        if td:
+                            row["device_gbs"] = kv_bytes / td / 1e9
+                            row["device_pct_peak"] = 100 * row["device_gbs"] / ctx["peak"]
+                            scores.setdefault(name, []).append(row["device_gbs"])
+                        elif note:
+                            row["note"] = note
+                    ctx["add"](row)
+                del q, k, v
+                cupy.get_default_memory_pool().free_all_blocks()
+    finally:
+        for n, val in saved.items():
+            core.set_tuning(n, val)
+    scores = {n: x for n, x in scores.items() if n.startswith("k")}  # the v2 (keys, blocks) variants
+    full = {n: x for n, x in scores.items() if len(x) == max(len(y) for y in scores.values())}
+    if full:
+        gm = {n: float(np.exp(np.mean(np.log(x)))) for n, x in full.items()}
+        best = max(gm, key=gm.get)
+        ctx["add"]({"kind": "decode_sweep_best", "variant": best, "geomean_device_gbs": gm[best],
+                    "geomean_device_gbs_by_variant": gm, "v2_enabled": v2,
+                    "how": "make it the default: kDec2Keys / kDec2Blocks in cuda/attention_decode2.cuh "
+                           "(or ATTNKIT_CUDA_DECODE=keys,blocks)"})
 
 
 def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
@@ -380,11 +498,20 @@ def format_row(r) -> str:
         return (f"{'exact ' if r['kind'] == 'exact' else 'bwd   '} {r['dtype']:>8} D={r['D']:<3} S={r['S']:<5} {'causal' if r['causal'] else 'full  '} "
                 f"attnkit {fmt(r.get('attnkit_tflops')):>6} TFLOP/s  torch-flash {fmt(r.get('torch_flash_tflops')):>6} "
                 f"TFLOP/s  ratio {fmt(r.get('ratio_vs_torch'), '.2f'):>5}{note}"[:240])
+    if r["kind"] == "decode_sweep":
+        note = f"  {r['note']}" if r.get("note") else ""
+        return (f"dsweep {r['shape']:<11} Sk={r['Sk']:<6} {r['variant']:<8} call {fmt(r.get('call_gbs'), '.0f'):>5} GB/s  "
+                f"device {fmt(r.get('device_gbs'), '.0f'):>5} GB/s ({fmt(r.get('device_pct_peak'), '.0f')}% of peak)"
+                f"{'' if r.get('v2_enabled') else '  (v2 not enabled)'}{note}"[:240])
+    if r["kind"] == "decode_sweep_best":
+        return (f"dsweep best variant by geometric-mean device GB/s: {r['variant']} "
+                f"({fmt(r.get('geomean_device_gbs'), '.0f')} GB/s); {r['how']}"[:240])
     if r["kind"] == "decode":
         note = "" if r.get("attnkit_s") else f"  attnkit: {r.get('attnkit_note')}"
         return (f"decode {r['dtype']:>8} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} Sk={r['Sk']:<6} "
                 f"attnkit {fmt(r.get('attnkit_gbs'), '.0f'):>5} GB/s ({fmt(r.get('attnkit_pct_peak'), '.0f')}% of peak)  "
-                f"torch {fmt(r.get('torch_gbs'), '.0f'):>5} GB/s{note}"[:240])
+                f"torch {fmt(r.get('torch_gbs'), '.0f'):>5} GB/s  (attnkit device time: "
+                f"{fmt(r.get('attnkit_device_gbs'), '.0f')} GB/s){note}"[:240])
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
     for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
                  "exact_decode", "dla_decode"):
@@ -405,6 +532,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting new rows after this many seconds")
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="exact attention sequence lengths")
     ap.add_argument("--decode-sizes", type=int, nargs="+", default=None, help="decode key lengths")
+    ap.add_argument("--decode-sweep", action="store_true", help="sweep the decode kernel's variants (on under "
+                                                                 "--quick)")
+    ap.add_argument("--decode-sweep-sizes", type=int, nargs="+", default=None, help="the sweep's key lengths")
     ap.add_argument("--linear-sizes", type=int, nargs="+", default=None, help="linear-time mechanisms' lengths")
     a = ap.parse_args(argv)
 
@@ -460,6 +590,12 @@ def main(argv=None) -> int:
     decode_rows(ctx, decode_sizes)
     log("-- linear-time mechanisms vs exact attention (float16, B=4, H=16, D=64): tokens/s")
     linear_rows(ctx, linear_sizes)
+    if a.decode_sweep or a.quick:
+        log("-- decode kernel variants (v1; v2 k<keys per step>b<target blocks>): GB/s of K+V, call and device")
+        try:
+            decode_sweep_rows(ctx, a.decode_sweep_sizes or [16384, 131072])
+        except Exception as e:  # noqa: BLE001 - the rows measured so far are kept
+            log(f"bench_gpu: decode sweep failed: {e.__class__.__name__}: {e}")
     payload["elapsed_s"] = round(time.monotonic() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")

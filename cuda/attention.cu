@@ -1,9 +1,11 @@
 // Exact attention and attention_weights on the GPU: the tensor-core kernel for the float16 / bfloat16
 // problems it supports (attention_mma.cuh), the flash-decoding kernel for few query rows per kv head
-// (attention_decode.cuh), the SIMT kernel for everything else (attention_simt.cuh).
+// (attention_decode.cuh; its v2 in attention_decode2.cuh where enabled), the SIMT kernel for everything
+// else (attention_simt.cuh).
 #include "cpp/src/backend.h"
 #include "cuda/common.cuh"
 #include "cuda/attention_decode.cuh"
+#include "cuda/attention_decode2.cuh"
 #include "cuda/attention_terms.cuh"
 
 namespace attnkit {
@@ -21,6 +23,9 @@ extern template void run_decode<float>(const AttnProblem&);
 extern template void run_decode<double>(const AttnProblem&);
 extern template void run_decode<half_t>(const AttnProblem&);
 extern template void run_decode<bf16_t>(const AttnProblem&);
+// The decode kernel v2 (attention_decode2.cuh), float16 / bfloat16, in attention_decode2_<dtype>.cu.
+extern template void run_decode2<half_t>(const AttnProblem&);
+extern template void run_decode2<bf16_t>(const AttnProblem&);
 
 namespace {
 /// Whether the tensor-core kernel takes problem p.
@@ -64,7 +69,15 @@ void attention(const AttnProblem& p) {
     if constexpr (sizeof(T) == 2) {
       if (mma_supported(p)) return run_mma_dim<T>(p);
     }
-    if (decode_supported(p)) return run_decode<T>(p);
+    if (decode_supported(p)) {
+      if constexpr (sizeof(T) == 2) {
+        // v2 only where enabled ("attention_decode_v2", not yet verified on a GPU) and not switched off by
+        // the tuning option cuda_decode = 1; everything else (float32 / float64, > 8 rows per kv head) v1.
+        if (decode2_supported(p) && tuning().cuda_decode.load() == 0 && has_kernel("attention_decode_v2"))
+          return run_decode2<T>(p);
+      }
+      return run_decode<T>(p);
+    }
     run_simt<T>(p, false);
   });
 }

@@ -19,10 +19,22 @@ struct Tuning {
   std::atomic<int64_t> linear_chunk{0};
   /// DLA: 0 = automatic (decode path for T = 1, else chunks of 64), L >= 1 = chunks of L tokens.
   std::atomic<int64_t> dla_chunk{0};
+  /// CUDA decode kernel (cuda/attention_decode2.cuh; speed only, never a result beyond rounding):
+  /// cuda_decode: 0 = automatic (the v2 kernel where it is enabled and takes the problem), 1 = the v1 kernel;
+  /// cuda_decode_keys: keys per lane group and step of v2 (0 = default, else 1, 2 or 4, clamped to what the
+  /// head dim allows); cuda_decode_blocks: v2's target grid size, from which the split count follows
+  /// (0 = default, else 64..65536). The defaults come from ATTNKIT_CUDA_DECODE (cuda/attention_decode2.cuh).
+  std::atomic<int64_t> cuda_decode{0};
+  std::atomic<int64_t> cuda_decode_keys{0};
+  std::atomic<int64_t> cuda_decode_blocks{0};
+  /// CUDA decode v2's split scratch: 0 = a private stream-ordered pool that keeps its memory between calls,
+  /// 1 = cudaMallocAsync on the device's default pool (as every other CUDA workspace).
+  std::atomic<int64_t> cuda_decode_scratch{0};
 };
 
 Tuning& tuning();
-/// Sets option `name` ("linear_chunk", "dla_chunk"); Error(Value) naming it for an unknown name or a value
+/// Sets option `name` ("linear_chunk", "dla_chunk", "cuda_decode", "cuda_decode_keys", "cuda_decode_blocks",
+/// "cuda_decode_scratch"); Error(Value) naming it for an unknown name or a value
 /// out of range.
 void set_tuning(const std::string& name, int64_t value);
 int64_t get_tuning(const std::string& name);

@@ -4,6 +4,10 @@ every code path; users have no reason to.
 
     linear_chunk   linear attention / Performer chunk length: 0 = tuned default, else 1..1024
     dla_chunk      DLA: 0 = automatic, L >= 1 = chunks of L tokens (1: token by token)
+    cuda_decode         CUDA decode kernel: 0 = automatic (v2 where enabled), 1 = the v1 kernel
+    cuda_decode_keys    CUDA decode v2: keys per lane group and step, 0 = default, else 1, 2 or 4
+    cuda_decode_blocks  CUDA decode v2: target grid size (sets the split count), 0 = default, else 64..65536
+    cuda_decode_scratch CUDA decode v2: split scratch from a private pool (0) or the default pool (1)
 """
 
 from __future__ import annotations

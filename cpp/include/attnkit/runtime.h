@@ -36,7 +36,9 @@ struct Support {
 
 /// Backend tuning options: switches that change speed, never a result beyond rounding, process-wide.
 ///   "linear_chunk": linear attention / Performer chunk length, 0 = tuned default, else 1..1024;
-///   "dla_chunk":    DLA, 0 = automatic, L >= 1 = chunks of L tokens (1: token by token).
+///   "dla_chunk":    DLA, 0 = automatic, L >= 1 = chunks of L tokens (1: token by token);
+///   "cuda_decode", "cuda_decode_keys", "cuda_decode_blocks", "cuda_decode_scratch": the CUDA decode
+///                   kernel's version and variant (cpp/src/tuning.h), 0 = defaults.
 /// Throws Error(Value) for an unknown name or a value out of range. Meant for tests and measurements.
 ATTNKIT_API void set_tuning(const char* name, int64_t value);
 ATTNKIT_API int64_t get_tuning(const char* name);
