@@ -10,10 +10,12 @@
 //   * only the plain score (scale > 0) and the key ranges (causal, window, key_lengths, explicit ranges),
 //     GQA and LSE: problems with a mask, bias, soft cap, ALiBi, a block-sparse layout or another scale go to
 //     attention_mma.cuh (attention.cu decides), so the per-element work of a tile inside every row's range
-//     is max, one FMA (s * scale - offset, in natural-log units as math/softmax.h wants), one multiply
+//     ("clean", below) is max, one FMA (s * scale - offset, in natural-log units as math/softmax.h wants), one multiply
 //     by log2(e) and ex2.approx (math::exp_via_exp2 with the hardware exp2), and the row sum;
 //   * the output accumulator is rescaled only when some row of the warp moved its max (alpha != 1);
-//   * the non-finite scan of V (see below) runs only on tiles where some row of the block has a masked key.
+//   * the non-finite scan of V (see below) runs only on tiles where some row of the block has a masked key;
+//   * the rows' key ranges live in shared memory (read only on tiles that need them): with 2 m-tiles of
+//     D = 128 the accumulators take nearly all of the 255 registers;
 //   * output rows are written as packed pairs where the output's last dim is contiguous.
 //
 // Masked keys and non-finite values (same contract as attention_mma.cuh): a masked (row, key) pair has
@@ -23,7 +25,7 @@
 // an infinity or NaN, and if one is there the warps accumulate PV element by element, the P values
 // coming from the quad's registers by shuffles, skipping masked pairs.
 //
-// Tile shapes are variants (Mma2Variant below), selected at run time by attention.cu (ATTNKIT_MMA_VARIANT).
+// Tile shapes are variants (run_mma2 below), selected at run time by attention.cu (ATTNKIT_MMA_VARIANT).
 
 #include <climits>
 #include <cstdint>
@@ -80,17 +82,16 @@ __global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProble
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sKV = sQ + BQ * LD;  // stage s: K at sKV + 2 s BK LD, V right after it
   __shared__ int s_lo, s_hi, s_maxlo, s_minhi;
+  __shared__ int s_rlo[BQ], s_rhi[BQ];  // key range of each row of the block (empty past Sq)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gq = lane / 4, tq = lane % 4;
   // Causal and windowed blocks near the end see the most keys: they start first.
   const int qt = static_cast<int>(p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x);
   const int q0 = qt * BQ;
-  const int64_t h = blockIdx.y, b = blockIdx.z;
-  const int64_t hkv = h / (p.Hq / p.Hkv);
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int hkv = static_cast<int>(h / (p.Hq / p.Hkv));
   const T* qg = static_cast<const T*>(p.q.data) + b * p.q.stride[0] + h * p.q.stride[1];
-  const T* kg = static_cast<const T*>(p.k.data) + b * p.k.stride[0] + hkv * p.k.stride[1];
-  const T* vg = static_cast<const T*>(p.v.data) + b * p.v.stride[0] + hkv * p.v.stride[1];
-  const int64_t ldq = p.q.stride[2], ldk = p.k.stride[2], ldv = p.v.stride[2];
+  const int64_t ldq = p.q.stride[2];
   const int Sq = static_cast<int>(p.Sq);  // attention.cu: Sq, Sk < 2^30
   const int cc = tid % CH, r0 = tid / CH;  // this thread's 16-byte chunk of a row, first row of the copies
 
@@ -102,9 +103,9 @@ __global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProble
   }
   mma::cp_commit();
 
-  // This thread's rows: gq and gq + 8 of each of the warp's KM m-tiles, and their key ranges. The block
-  // visits the union [s_lo, s_hi) of its rows' non-empty ranges; [s_maxlo, s_minhi) is the intersection of
-  // its valid rows' ranges (a tile inside it has no masked pair).
+  // The rows' key ranges (in shared memory: registers are scarce in the main loop). The block visits the
+  // union [s_lo, s_hi) of its rows' non-empty ranges; [s_maxlo, s_minhi) is the intersection of its valid
+  // rows' ranges: a tile inside it ("clean") has no masked pair for any valid row.
   if (tid == 0) {
     s_lo = INT_MAX;
     s_hi = INT_MIN;
@@ -112,26 +113,25 @@ __global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProble
     s_minhi = INT_MAX;
   }
   __syncthreads();
-  const int64_t kv_len = valid_keys(p, b);
-  int lo[KM][2], hi[KM][2];
-#pragma unroll
-  for (int mt = 0; mt < KM; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int i = q0 + (warp * KM + mt) * 16 + gq + 8 * r;
+  {
+    const int64_t kv_len = valid_keys(p, b);
+    for (int r = tid; r < BQ; r += NTHR) {
+      const int i = q0 + r;
       math::KeyRange kr{0, 0};
       if (i < Sq) kr = row_keys(p, b, h, i, kv_len);
-      lo[mt][r] = static_cast<int>(kr.lo);
-      hi[mt][r] = static_cast<int>(kr.hi);
+      const int rlo = static_cast<int>(kr.lo), rhi = static_cast<int>(kr.hi);
+      s_rlo[r] = rlo;
+      s_rhi[r] = rhi;
       if (i < Sq) {
-        atomicMax(&s_maxlo, lo[mt][r]);
-        atomicMin(&s_minhi, hi[mt][r]);
+        atomicMax(&s_maxlo, rlo);
+        atomicMin(&s_minhi, rhi);
       }
-      if (hi[mt][r] > lo[mt][r]) {
-        atomicMin(&s_lo, lo[mt][r]);
-        atomicMax(&s_hi, hi[mt][r]);
+      if (rhi > rlo) {
+        atomicMin(&s_lo, rlo);
+        atomicMax(&s_hi, rhi);
       }
     }
+  }
   __syncthreads();
   const int ulo = s_lo, uhi = s_hi, clean_lo = s_maxlo, clean_hi = s_minhi;
   const int ntiles = uhi > ulo ? (uhi - ulo + BK - 1) / BK : 0;
@@ -139,16 +139,19 @@ __global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProble
   const float scale = static_cast<float>(p.scale);
   const float ninf = math::neg_inf<float>();
 
-  // K and V rows [j0, jz) into stage st (rows past jz zero-filled), one commit group.
+  // K and V rows [j0, jz) into stage st (rows past jz zero-filled), one commit group. The addresses come
+  // from p each time (kernel parameters): registers are scarce in the main loop.
   auto load_kv = [&](int st, int j0, int jz) {
     T* dK = sKV + 2 * st * BK * LD;
     T* dV = dK + BK * LD;
+    const T* kg = static_cast<const T*>(p.k.data) + b * p.k.stride[0] + hkv * p.k.stride[1] + cc * 8;
+    const T* vg = static_cast<const T*>(p.v.data) + b * p.v.stride[0] + hkv * p.v.stride[1] + cc * 8;
     for (int r = r0; r < BK; r += RPP) {
       const int j = j0 + r;
       const bool ok = j < jz;
       const int64_t jj = ok ? j : 0;
-      mma::cp_async16(dK + r * LD + cc * 8, kg + jj * ldk + cc * 8, ok);
-      mma::cp_async16(dV + r * LD + cc * 8, vg + jj * ldv + cc * 8, ok);
+      mma::cp_async16(dK + r * LD + cc * 8, kg + jj * p.k.stride[2], ok);
+      mma::cp_async16(dV + r * LD + cc * 8, vg + jj * p.v.stride[2], ok);
     }
     mma::cp_commit();
   };
@@ -171,6 +174,7 @@ __global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProble
   if (ntiles > 0) load_kv(0, ulo, ulo + BK < uhi ? ulo + BK : uhi);
   for (int t = 0; t < ntiles; ++t) {
     const int j0 = ulo + t * BK, jz = j0 + BK < uhi ? j0 + BK : uhi;
+    const bool clean = j0 >= clean_lo && jz <= clean_hi;  // block-uniform
     const T* cK = sKV + 2 * (t & 1) * BK * LD;
     const T* cV = cK + BK * LD;
     mma::cp_wait<0>();  // this thread's copies of Q and of tile t have landed
@@ -210,21 +214,22 @@ __global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProble
 #pragma unroll
     for (int mt = 0; mt < KM; ++mt) {
       float mx[2] = {ninf, ninf};
-      // A tile inside both rows' ranges needs no range test (most tiles).
-      const bool inside = jz - j0 == BK && j0 >= lo[mt][0] && jz <= hi[mt][0] && j0 >= lo[mt][1] && jz <= hi[mt][1];
-      if (inside) {
+      // A full clean tile needs no range test (most tiles; rows past Sq see it too, and are never written).
+      if (clean && jz - j0 == BK) {
 #pragma unroll
         for (int n = 0; n < NT; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[mt][n][e]);
       } else {
+        const int row = (warp * KM + mt) * 16 + gq;
+        const int lo[2] = {s_rlo[row], s_rlo[row + 8]}, hi[2] = {s_rhi[row], s_rhi[row + 8]};
 #pragma unroll
         for (int n = 0; n < NT; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = e / 2;
             const int j = j0 + n * 8 + 2 * tq + (e & 1);
-            const bool in = j < jz && j >= lo[mt][r] && j < hi[mt][r];
+            const bool in = j < jz && j >= lo[r] && j < hi[r];
             const float x = in ? s[mt][n][e] : ninf;
             s[mt][n][e] = x;
             mx[r] = fmaxf(mx[r], x);
@@ -263,7 +268,7 @@ __global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProble
 
     // Where rows see different keys, a non-finite value in V switches the tile to the slow PV.
     bool slow = false;
-    if (per_row && !(j0 >= clean_lo && jz <= clean_hi)) {  // block-uniform
+    if (per_row && !clean) {  // block-uniform
       bool bad = false;
       const int kn = jz - j0;
       for (int c = tid; c < kn * CH; c += NTHR)
@@ -298,7 +303,9 @@ __global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProble
       // tests the pair against its own ranges: masked pairs (out of range, as the CPU backend's pv_masked
       // skips them) never read their value.
 #pragma unroll
-      for (int mt = 0; mt < KM; ++mt)
+      for (int mt = 0; mt < KM; ++mt) {
+        const int row = (warp * KM + mt) * 16 + gq;
+        const int lo[2] = {s_rlo[row], s_rlo[row + 8]}, hi[2] = {s_rhi[row], s_rhi[row + 8]};
 #pragma unroll
         for (int n = 0; n < NT; ++n)
 #pragma unroll 1
@@ -307,8 +314,8 @@ __global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProble
             const float p0 = unpack_half<T>(__shfl_sync(0xffffffffu, pk[mt][n][0], src), c);
             const float p1 = unpack_half<T>(__shfl_sync(0xffffffffu, pk[mt][n][1], src), c);
             const int j = j0 + k;
-            const bool use0 = j < jz && j >= lo[mt][0] && j < hi[mt][0];
-            const bool use1 = j < jz && j >= lo[mt][1] && j < hi[mt][1];
+            const bool use0 = j < jz && j >= lo[0] && j < hi[0];
+            const bool use1 = j < jz && j >= lo[1] && j < hi[1];
             if (use0 || use1) {
               const T* vrow = cV + k * LD + 2 * tq;
 #pragma unroll
@@ -321,6 +328,7 @@ __global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProble
                 }
             }
           }
+      }
     }
   }
   mma::cp_wait<0>();
