@@ -46,6 +46,9 @@ struct Mma2Shape {
   static constexpr int ND = D / 8;         // n-tiles of the output
   static constexpr int CH = D / 8;         // 16-byte chunks per row
   static constexpr int RPP = kThreads / CH;  // rows per pass of the copy loops
+  // Blocks per SM the registers must allow (__launch_bounds__): 8 warps x 1 m-tile of D = 64 fits in 128
+  // registers without spilling, so two such blocks share an SM (16 warps); the others use up to 255.
+  static constexpr int kMinBlocks = (NW == 8 && D == 64) ? 2 : 1;
   // Q, then two stages of (K, V).
   static constexpr std::size_t kSmem = sizeof(uint16_t) * static_cast<std::size_t>(BQ + 4 * BK) * LD;
   static_assert(kThreads % CH == 0 && BK % RPP == 0 && BQ % RPP == 0, "copy loops");
@@ -75,7 +78,7 @@ __device__ __forceinline__ float unpack_half(uint32_t w, int c) {
 }
 
 template <class T, int D, int KM, int NW, int BK>
-__global__ void __launch_bounds__(32 * NW, 1) exact_mma2_kernel(const AttnProblem p, bool per_row) {
+__global__ void __launch_bounds__(32 * NW, (Mma2Shape<D, KM, NW, BK>::kMinBlocks)) exact_mma2_kernel(const AttnProblem p, bool per_row) {
   using S = Mma2Shape<D, KM, NW, BK>;
   constexpr int NTHR = S::kThreads, BQ = S::BQ, LD = S::LD, NT = S::NT, ND = S::ND, CH = S::CH, RPP = S::RPP;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -377,7 +380,7 @@ void launch_mma2(const AttnProblem& p, bool per_row, cudaStream_t st) {
 /// The tile shapes of the v2 kernel (ATTNKIT_MMA_VARIANT, read by attention.cu; 0 is the default):
 ///   0: 4 warps x 2 m-tiles (128 rows), 64 keys per tile;
 ///   1: 4 warps x 2 m-tiles, 128 keys per tile for D = 64, 32 for D = 128;
-///   2: 8 warps x 1 m-tile (128 rows), 64 keys per tile.
+///   2: 8 warps x 1 m-tile (128 rows), 64 keys per tile (D = 64: two blocks per SM, 128 registers).
 constexpr int kMma2Variants = 3;
 
 template <class T, int D>
