@@ -7,6 +7,11 @@
 * ``attention_backward`` vs torch's flash backward (``autograd.grad`` of SDPA's output; the forward is not
   timed), same grid with S = 4096 under ``--quick``: TFLOP/s with FlashAttention's convention for the
   backward (2.5x the forward's FLOPs).
+* The tile-shape variants of the tensor-core exact-attention kernel (``ATTNKIT_MMA_VARIANT``: "0", "1", "2"
+  of the v2 kernel, "v1" the previous one; ``--variants``, on under ``--quick``): float16 and bfloat16,
+  D=64 and 128, S=4096, causal and not, each variant in its own process (the variable is read once per
+  process), as TFLOP/s, the ratio to torch flash from the exact rows above, and the largest difference
+  from torch's output (a correctness check of every variant on the benchmark's own shapes).
 * Decode (Sq=1, Sk up to 128K, GQA Hq=32, Hkv=8, D=128, float16): GB/s of K+V read
   (2 * B * Hkv * Sk * D * itemsize bytes per call) and the % of the peak bandwidth (``--peak-gbs``, default
   3350 GB/s: H100 SXM); torch SDPA (GQA) alongside where it runs.
@@ -230,6 +235,96 @@ def exact_rows(ctx, dtypes, dims, sizes, B=4, H=16):
                     ctx["add"](row)
                 del q, k, v
                 cupy.get_default_memory_pool().free_all_blocks()
+
+
+MMA_VARIANTS = ["v1", "0", "1", "2"]  # ATTNKIT_MMA_VARIANT values: cuda/attention.cu, cuda/attention_mma2.cuh
+
+
+def variant_worker(spec: str) -> int:
+    """In a process of its own (ATTNKIT_MMA_VARIANT set by the parent): times attnkit.attention on each
+    config of spec (JSON: configs, B, H, reps, warmup, target_s) and compares its output with torch's
+    flash SDPA; prints one JSON line {"v2": bool, "rows": [...]} as the last line of stdout."""
+    cfg = json.loads(spec)
+    cupy, reason = gpu_or_reason()
+    if cupy is None:
+        print(json.dumps({"error": reason}))
+        return 0
+    import attnkit
+
+    torch = torch_or_none()
+    timer = Timer(cupy, cfg["reps"], cfg["warmup"], cfg["target_s"])
+    B, H, rows = cfg["B"], cfg["H"], []
+    for dtype, D, S, causal in cfg["configs"]:
+        row = {"dtype": dtype, "D": D, "S": S, "causal": causal}
+        if dtype == "bfloat16" and torch is None:
+            row["attnkit_note"] = "bfloat16 device inputs need PyTorch with CUDA"
+            rows.append(row)
+            continue
+        q, k, v = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+        t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v, causal=causal)))
+        row["attnkit_s"], row["attnkit_note"] = t, note
+        if t and torch is not None:
+            def max_err():
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                tq, tk, tv = (as_torch(torch, x) for x in (q, k, v))
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    want = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+                got = as_torch(torch, attnkit.attention(q, k, v, causal=causal))
+                return float((got.float() - want.float()).abs().max().item())
+
+            row["max_abs_err_vs_torch"], err_note = attempt(max_err)
+            if err_note:
+                row["err_note"] = err_note
+        rows.append(row)
+        del q, k, v
+        cupy.get_default_memory_pool().free_all_blocks()
+    print(json.dumps({"v2": bool(attnkit._core.cuda_has_kernel("attention_mma_v2")), "rows": rows}))
+    return 0
+
+
+def variant_rows(ctx, dtypes, dims, S=4096, B=4, H=16, timeout_s=90):
+    """Each ATTNKIT_MMA_VARIANT in a subprocess (bench_gpu.py --variant-worker), side by side; the torch
+    flash time of the same shape comes from the exact rows (same process, same inputs' shape)."""
+    import os
+    import subprocess
+
+    if ctx["kernels"]["attention"]:
+        return
+    configs = [[dtype, D, S, causal] for dtype in dtypes for D in dims for causal in (False, True)]
+    torch_s = {(r["dtype"], r["D"], r["S"], r["causal"]): r.get("torch_flash_s") for r in ctx["rows"]
+               if r["kind"] == "exact"}
+    timer = ctx["timer"]
+    spec = json.dumps({"configs": configs, "B": B, "H": H, "reps": timer.reps, "warmup": timer.warmup,
+                       "target_s": timer.target_s})
+    for variant in MMA_VARIANTS:
+        if ctx["out_of_time"]():
+            return
+        env = dict(os.environ, ATTNKIT_MMA_VARIANT=variant)
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run([sys.executable, __file__, "--variant-worker", spec], env=env, capture_output=True,
+                               text=True, timeout=timeout_s)
+            lines = r.stdout.strip().splitlines()
+            got = json.loads(lines[-1]) if lines else {"error": f"no output (rc {r.returncode}): {r.stderr[-400:]}"}
+        except Exception as e:  # noqa: BLE001 - a failed variant becomes a row note
+            got = {"error": f"{e.__class__.__name__}: {e}"}
+        wall = round(time.monotonic() - t0, 1)
+        if "error" in got:
+            ctx["add"]({"kind": "exact_variant", "variant": variant, "dtype": "-", "D": 0, "S": S, "causal": False,
+                        "attnkit_note": "error: " + str(got["error"])[-300:], "worker_s": wall})
+            continue
+        for row in got["rows"]:
+            row.update(kind="exact_variant", variant=variant, B=B, H=H, v2_enabled=got["v2"], worker_s=wall)
+            f = flops(B, H, S, S, row["D"], row["causal"])
+            if row.get("attnkit_s"):
+                row["attnkit_tflops"] = f / row["attnkit_s"] / 1e12
+            ts = torch_s.get((row["dtype"], row["D"], S, row["causal"]))
+            if ts:
+                row["torch_flash_s"], row["torch_flash_tflops"] = ts, f / ts / 1e12
+                if row.get("attnkit_s"):
+                    row["ratio_vs_torch"] = ts / row["attnkit_s"]
+            ctx["add"](row)
 
 
 def backward_rows(ctx, dtypes, dims, sizes, B=4, H=16):
@@ -491,6 +586,14 @@ def fmt(x, spec=".1f", none="-"):
 
 
 def format_row(r) -> str:
+    if r["kind"] == "exact_variant":
+        head = f"variant {r['variant']:>2} {r['dtype']:>8} D={r['D']:<3} S={r['S']:<5} {'causal' if r['causal'] else 'full  '}"
+        if not r.get("attnkit_s"):
+            return f"{head} attnkit: {r.get('attnkit_note')}"[:240]
+        err = r.get("max_abs_err_vs_torch")
+        return (f"{head} attnkit {fmt(r.get('attnkit_tflops')):>6} TFLOP/s  ratio {fmt(r.get('ratio_vs_torch'), '.2f'):>5}"
+                f"  max|out-torch| {fmt(err, '.2g')}  v2 {'on' if r.get('v2_enabled') else 'OFF'}"
+                f"{'  ' + r['err_note'] if r.get('err_note') else ''}"[:240])
     if r["kind"] in ("exact", "backward"):
         note = "" if r.get("attnkit_s") else f"  attnkit: {r.get('attnkit_note')}"
         if r.get("torch_note"):
@@ -536,7 +639,12 @@ def main(argv=None) -> int:
                                                                  "--quick)")
     ap.add_argument("--decode-sweep-sizes", type=int, nargs="+", default=None, help="the sweep's key lengths")
     ap.add_argument("--linear-sizes", type=int, nargs="+", default=None, help="linear-time mechanisms' lengths")
+    ap.add_argument("--variants", action="store_true", help="the tensor-core kernel's tile-shape variants side "
+                                                             "by side (always under --quick)")
+    ap.add_argument("--variant-worker", default=None, help=argparse.SUPPRESS)  # internal: variant_rows' subprocess
     a = ap.parse_args(argv)
+    if a.variant_worker is not None:
+        return variant_worker(a.variant_worker)
 
     cupy, reason = gpu_or_reason()
     if cupy is None:
@@ -581,9 +689,13 @@ def main(argv=None) -> int:
         return False
 
     ctx = {"cupy": cupy, "torch": torch, "attnkit": attnkit, "kernels": kernels, "peak": a.peak_gbs, "add": add,
+           "rows": payload["rows"],
            "out_of_time": out_of_time, "timer": Timer(cupy, reps, a.warmup, a.target_s)}
     log("-- exact attention vs torch SDPA (flash): TFLOP/s")
     exact_rows(ctx, ["bfloat16", "float16"], [64, 128], sizes)
+    if a.quick or a.variants:
+        log(f"-- tensor-core kernel variants (ATTNKIT_MMA_VARIANT: {', '.join(MMA_VARIANTS)}), S=4096, one process each")
+        variant_rows(ctx, ["bfloat16", "float16"], [64, 128])
     log("-- attention_backward vs torch flash backward: TFLOP/s (2.5x the forward's FLOPs)")
     backward_rows(ctx, ["bfloat16", "float16"], [64, 128], [4096] if a.quick else [1024, 4096, 16384])
     log("-- decode (Sq=1, GQA 32/8, D=128): GB/s of K+V")

@@ -1,7 +1,10 @@
 // Exact attention and attention_weights on the GPU: the tensor-core kernel for the float16 / bfloat16
-// problems it supports (attention_mma.cuh), the flash-decoding kernel for few query rows per kv head
-// (attention_decode.cuh; its v2 in attention_decode2.cuh where enabled), the SIMT kernel for everything
-// else (attention_simt.cuh).
+// problems it supports (attention_mma2.cuh where enabled and it applies, else attention_mma.cuh), the
+// flash-decoding kernel for few query rows per kv head (attention_decode.cuh; its v2 in
+// attention_decode2.cuh where enabled), the SIMT kernel for everything else (attention_simt.cuh).
+#include <cstdlib>
+#include <cstring>
+
 #include "cpp/src/backend.h"
 #include "cuda/common.cuh"
 #include "cuda/attention_decode.cuh"
@@ -18,6 +21,10 @@ void run_simt(const AttnProblem& p, bool weights);
 /// The tensor-core kernel, instantiated per (dtype, head dim) in attention_mma_<dtype>_d<D>.cu.
 template <class T, int D>
 void run_mma(const AttnProblem& p);
+/// The tensor-core kernel, version 2 (attention_mma2.cuh), instantiated per (dtype, head dim 64 / 128) in
+/// attention_mma2_<dtype>_d<D>.cu; variant selects its tile shape.
+template <class T, int D>
+void run_mma2(const AttnProblem& p, int variant);
 // The decode kernel (attention_decode.cuh), instantiated once per dtype in attention_decode_<dtype>.cu.
 extern template void run_decode<float>(const AttnProblem&);
 extern template void run_decode<double>(const AttnProblem&);
@@ -44,6 +51,31 @@ bool mma_supported(const AttnProblem& p) {
   return true;
 }
 
+/// ATTNKIT_MMA_VARIANT (internal, for benchmarking; read once per process): the tile shape of the v2
+/// tensor-core kernel, "0" (the default), "1" or "2" (attention_mma2.cuh, run_mma2), or "v1": the previous
+/// kernel (attention_mma.cuh) for every problem. Anything else means the default.
+int mma_variant() {
+  static const int variant = [] {
+    const char* e = std::getenv("ATTNKIT_MMA_VARIANT");
+    if (e && std::strcmp(e, "v1") == 0) return -1;
+    if (e && (std::strcmp(e, "1") == 0 || std::strcmp(e, "2") == 0)) return e[0] - '0';
+    return 0;
+  }();
+  return variant;
+}
+
+/// Whether the v2 tensor-core kernel takes problem p (which mma_supported takes): head dims 64 and 128,
+/// the plain score with scale > 0 and the key ranges; masks, bias, soft cap, ALiBi and block-sparse
+/// layouts stay with attention_mma.cuh. Gated by "attention_mma_v2" (runtime.cu) until verified on a GPU.
+bool mma2_supported(const AttnProblem& p) {
+  if (p.D != 64 && p.D != 128) return false;
+  if (p.sparse || p.mask.present || p.bias.present || p.alibi.present || p.softcap > 0) return false;
+  if (!(p.scale > 0)) return false;
+  if (p.Sq >= (int64_t(1) << 30) || p.Sk >= (int64_t(1) << 30)) return false;  // int row / key indices
+  if (mma_variant() < 0) return false;
+  return has_kernel("attention_mma_v2");
+}
+
 template <class F>
 void for_dtype(const AttnProblem& p, F&& f) {
   require_device(p.device_index);
@@ -54,6 +86,10 @@ void for_dtype(const AttnProblem& p, F&& f) {
 
 template <class T>
 void run_mma_dim(const AttnProblem& p) {
+  if (mma2_supported(p)) {
+    if (p.D == 64) return run_mma2<T, 64>(p, mma_variant());
+    return run_mma2<T, 128>(p, mma_variant());
+  }
   switch (p.D) {
     case 32: return run_mma<T, 32>(p);
     case 64: return run_mma<T, 64>(p);

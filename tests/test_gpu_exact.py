@@ -11,8 +11,9 @@ from attnkit import layouts
 from attnkit import reference as ref
 from attnkit._array import acc_dtype
 
-from conftest import DTYPE_IDS, DTYPES, naive_dtype, randn, _result_bytes
-from gpu_common import DT, F32, GPU_MARKS, PROBES, close3, _eval, gpu_run, _leaves, _missing, need, qkv, same
+from conftest import ATOL, DTYPE_IDS, DTYPES, naive_dtype, randn, _result_bytes
+from gpu_common import (DT, F32, FAKE, GPU_MARKS, PROBES, SANITIZER, close3, _eval, gpu_run, _leaves, _missing,
+                        need, qkv, same)
 
 pytestmark = GPU_MARKS
 
@@ -105,6 +106,20 @@ ATTN_CASES = (
     + [A("decode-Sq3-G4-f16", B=2, Hq=8, Hkv=2, Sq=3, Sk=1500, D=128, dtype="f16", causal=True, window=(600, 0),
          key_lengths=[1500, 900])]
     + [A("decode-G8-f64", B=2, Hq=8, Hkv=1, Sq=1, Sk=1200, D=128, dtype="f64", key_lengths=[1200, 3])]
+    # the v2 tensor-core kernel (attention_mma2.cuh; float16 / bfloat16, D = 64 / 128, no mask / bias / soft
+    # cap / ALiBi): several 128-row query blocks and key tiles with a partial last one, causal bottom-right
+    # both ways (Sq > Sk: blocks whose first rows see no key), windows, key_lengths, GQA
+    + [A(f"small-mma2-D{D}-{'c' if c else 'nc'}-f16", Hq=2, Sq=200, D=D, dtype="f16", causal=c)
+       for D in (64, 128) for c in (False, True)]
+    + [A(f"mma2-S300-D{D}-{'c' if c else 'nc'}-{d}", B=2, Hq=4, Hkv=2, Sq=300, D=D, dtype=d, causal=c, scale_in=2.0)
+       for d in ("f16", "bf16") for D in (64, 128) for c in (False, True)]
+    + [A(f"mma2-cross-{Sq}x{Sk}-D{D}-{d}", Hq=2, Sq=Sq, Sk=Sk, D=D, dtype=d, causal=True)
+       for Sq, Sk in [(200, 333), (333, 200), (129, 64)] for D in (64, 128) for d in ("f16", "bf16")]
+    + [A(f"mma2-window-{w[0]}-{w[1]}-D{D}-{d}", Hq=2, Sq=260, Sk=290, D=D, dtype=d, window=w, causal=c)
+       for w, c in [((40, 10), False), ((100, 0), True), ((None, 70), False)] for D in (64, 128) for d in ("f16", "bf16")]
+    + [A(f"mma2-lens-D{D}-{'c' if c else 'nc'}-{d}", B=3, Hq=2, Sq=150, Sk=300, D=D, dtype=d, causal=c,
+         key_lengths=[300, 0, 77]) for D in (64, 128) for c in (False, True) for d in ("f16", "bf16")]
+    + [A(f"mma2-scale-D{D}", Sq=140, D=D, dtype="f16", scale=0.5, causal=True) for D in (64, 128)]
 )
 
 
@@ -164,6 +179,97 @@ def test_attention_fully_masked_rows_small(rng, dtype):
         n_out, n_lse = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(dtype), **kw)
         close3(out, c_out, r_out, n_out, dtype)
         close3(lse, c_lse, r_lse, n_lse, lse.dtype, what="lse")
+
+
+def _same_nonfinite_close(got, want, dtype, what):
+    """The same NaN and infinity entries as the CPU backend, and the finite ones close to it."""
+    got, want = np.asarray(got).astype(np.float64), np.asarray(want).astype(np.float64)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaN entries differ from the CPU backend"
+    assert np.array_equal(np.isinf(got), np.isinf(want)), f"{what}: infinite entries differ from the CPU backend"
+    inf = np.isinf(want)
+    assert np.array_equal(got[inf], want[inf]), f"{what}: infinite entries differ from the CPU backend"
+    fin = np.isfinite(want)
+    tol = 8 * ATOL[np.dtype(dtype)] if what == "out" else 1e-4
+    assert np.abs(got[fin] - want[fin]).max(initial=0.0) <= tol, what
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(window=(30, 5)), dict(causal=True, key_lengths=[300, 260])],
+                         ids=["causal", "window", "causal-lens"])
+def test_attention_nonfinite_masked_keys(rng, dtype, D, kw):
+    """Infinities and NaN in V (and NaN in K) at keys some rows of a tile do not see: those rows stay
+    finite (the contract never reads a masked key's values), the others get what the CPU backend gives
+    (the tensor-core kernels' slow PV path)."""
+    need("attention")
+    dt = DT[dtype]
+    q, k, v = qkv(rng, 2, 2, 2, 300, 300, D, D, dt)
+    v[:, :, 250, 5] = np.inf
+    v[:, 1, 261, 7] = -np.inf
+    v[0, :, 270, 9] = np.nan
+    k[:, :, 280, 3] = np.nan
+    out, lse = gpu_run(attnkit.attention, q, k, v, return_lse=True, **kw)
+    c_out, c_lse = attnkit.attention(q, k, v, return_lse=True, **kw)
+    _same_nonfinite_close(out, c_out, dt, "out")
+    _same_nonfinite_close(lse, c_lse, dt, "lse")
+
+
+# Each tile-shape variant of the v2 tensor-core kernel (ATTNKIT_MMA_VARIANT, read once per process, so each
+# runs in a subprocess) and the previous kernel ("v1"), float16 (bfloat16 takes the same code paths but
+# needs torch tensors), against the CPU backend and the oracle.
+_VARIANT_SCRIPT = """
+import sys
+import cupy, numpy as np, attnkit
+d = np.load(sys.argv[1], allow_pickle=True)
+res = {}
+for name in d["names"]:
+    kw = d[name + ":kw"].item()
+    out, lse = attnkit.attention(*(cupy.asarray(d[name + ":" + x]) for x in "qkv"), return_lse=True, **kw)
+    res[name + ":out"], res[name + ":lse"] = cupy.asnumpy(out), cupy.asnumpy(lse)
+res["v2"] = np.array(attnkit._core.cuda_has_kernel("attention_mma_v2"))
+np.savez(sys.argv[2], **res)
+"""
+
+
+@pytest.mark.parametrize("variant", ["0", "1", "2", "v1"])
+def test_attention_mma_variants(rng, tmp_path, variant):
+    need("attention")
+    if FAKE or SANITIZER:
+        pytest.skip("runs CuPy in a subprocess")
+    import os
+    import subprocess
+    import sys
+
+    F16 = np.dtype(np.float16)
+    cases = {}
+    for D in (64, 128):
+        cases[f"nc{D}"] = (qkv(rng, 2, 4, 2, 300, 300, D, D, F16, 2.0), {})
+        cases[f"c{D}"] = (qkv(rng, 1, 2, 2, 270, 333, D, D, F16), dict(causal=True))
+        cases[f"w{D}"] = (qkv(rng, 1, 2, 1, 260, 260, D, D, F16), dict(window=(50, 20), key_lengths=[200]))
+    for D in (64, 128):  # the slow PV of tiles with masked pairs and an infinity / NaN in V
+        cases[f"inf{D}"] = (qkv(rng, 1, 2, 2, 300, 300, D, D, F16), dict(causal=True))
+        cases[f"inf{D}"][0][2][:, :, 250, 5] = np.inf
+        cases[f"inf{D}"][0][2][:, 1, 299, 9] = np.nan
+    arrays = {"names": np.array(list(cases))}
+    for name, ((q, k, v), kw) in cases.items():
+        arrays.update({name + ":q": q, name + ":k": k, name + ":v": v, name + ":kw": np.array(kw, dtype=object)})
+    np.savez(tmp_path / "in.npz", **arrays)
+    env = dict(os.environ, ATTNKIT_MMA_VARIANT=variant, ATTNKIT_CUDA_UNVERIFIED="1")
+    r = subprocess.run([sys.executable, "-c", _VARIANT_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    print(f"variant {variant}: attention_mma_v2 enabled: {bool(got['v2'])}")
+    for name, ((q, k, v), kw) in cases.items():
+        c_out, c_lse = attnkit.attention(q, k, v, return_lse=True, **kw)
+        if name.startswith("inf"):
+            _same_nonfinite_close(got[name + ":out"], c_out, F16, "out")
+            _same_nonfinite_close(got[name + ":lse"], c_lse, F16, "lse")
+            continue
+        r_out, r_lse = ref.attention(q, k, v, return_lse=True, **kw)
+        n_out, n_lse = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(F16), **kw)
+        close3(got[name + ":out"], c_out, r_out, n_out, F16, what=f"{name} out")
+        close3(got[name + ":lse"], c_lse, r_lse, n_lse, c_lse.dtype, what=f"{name} lse")
 
 
 @pytest.mark.parametrize("shape", [(0, 2, 5, 5), (2, 0, 5, 5), (1, 2, 0, 5), (1, 2, 5, 0), (1, 2, 0, 0)],
