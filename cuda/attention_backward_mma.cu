@@ -42,22 +42,25 @@ constexpr int kBwdThreads = 128;  // 4 warps
 constexpr int kBwdBK = 64;        // keys per dK/dV block (16 per warp)
 constexpr int kBwdBQ = 64;        // query rows per dQ block (16 per warp)
 
-/// Query rows per chunk of the dK/dV kernel: fewer for D = 128, where dK and dV take 128 registers.
+/// Query rows per chunk of the dK/dV kernel (fewer for D = 128, where dK and dV take 128 registers) and
+/// shared memory: the dK/dV block holds its K, V tile and two stages of (Q, dO, lse, delta, key ranges) of
+/// a chunk (the next chunk's copy overlaps this one's products); the dQ block holds its Q, dO rows and two
+/// stages of (K, V) tiles.
 template <int D>
 struct BwdShape {
   static constexpr int LD = D + 8;  // shared-memory row pitch (elements): conflict-free ldmatrix
   static constexpr int QC = D > 64 ? 32 : 64;
-  static constexpr std::size_t kSmemKV = sizeof(uint16_t) * (2 * kBwdBK + 2 * QC) * LD + sizeof(float) * 2 * QC +
-                                         sizeof(int64_t) * 2 * QC;
-  static constexpr std::size_t kSmemQ = sizeof(uint16_t) * (2 * kBwdBQ + 2 * kBwdBK) * LD;
+  static constexpr std::size_t kSmemKV = sizeof(uint16_t) * (2 * kBwdBK + 2 * 2 * QC) * LD +
+                                         2 * (sizeof(float) * 2 * QC + sizeof(int64_t) * 2 * QC);
+  static constexpr std::size_t kSmemQ = sizeof(uint16_t) * (2 * kBwdBQ + 2 * 2 * kBwdBK) * LD;
 };
 
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t n, int64_t d) { return (n + d - 1) / d; }
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-/// Copies rows [r0, r0 + n) of a [rows][D] matrix with row stride ld (elements) into dst[n][LD]; rows
-/// r0 + r >= rz are zero-filled (nothing is read for them). Commits one cp.async group.
+/// Starts copying rows [r0, r0 + n) of a [rows][D] matrix with row stride ld (elements) into dst[n][LD];
+/// rows r0 + r >= rz are zero-filled (nothing is read for them). The caller commits the cp.async group.
 template <class T, int D, int LD>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t ld, int64_t r0, int n, int64_t rz) {
   constexpr int kChunks = D / 8;
@@ -66,7 +69,6 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t ld, int6
     const bool ok = r0 + r < rz;
     mma::cp_async16(dst + r * LD + cc * 8, src + (ok ? r0 + r : 0) * ld + cc * 8, ok);
   }
-  mma::cp_commit();
 }
 
 /// acc[NT][4] += A B^T over k = 0 .. K - 1: A is 16 rows of sA (row pitch LD) from row a0, B is NT * 8 rows
@@ -124,12 +126,10 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_dkdv_kernel(const AttnBwdProb
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + kBwdBK * LD;
-  T* sQ = sV + kBwdBK * LD;
-  T* sO = sQ + QC * LD;  // dout rows
-  float* sLse = reinterpret_cast<float*>(sO + QC * LD);
-  float* sDelta = sLse + QC;
-  int64_t* sLo = reinterpret_cast<int64_t*>(sDelta + QC);  // 16 * QC * 2 bytes before: 8-byte aligned
-  int64_t* sHi = sLo + QC;
+  T* sQ0 = sV + kBwdBK * LD;  // stage s: Q rows at sQ0 + s * 2 * QC * LD, dO rows QC * LD after them
+  float* sLse0 = reinterpret_cast<float*>(sQ0 + 2 * 2 * QC * LD);  // stage s: + s * 2 * QC; delta + QC
+  int64_t* sLo0 = reinterpret_cast<int64_t*>(sLse0 + 2 * 2 * QC);   // stage s: + s * 2 * QC; hi + QC
+  // (the 16-bit tiles are 16 * LD bytes per row pair, so sLo0 is 8-byte aligned)
 
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32, gq = lane / 4, tq = lane % 4;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kBwdBK, hkv = blockIdx.y, b = blockIdx.z;
@@ -140,70 +140,115 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_dkdv_kernel(const AttnBwdProb
   const T* kg = static_cast<const T*>(p.k.data) + b * p.k.stride[0] + hkv * p.k.stride[1];
   const T* vg = static_cast<const T*>(p.v.data) + b * p.v.stride[0] + hkv * p.v.stride[1];
 
+  // Whether chunk (group head g, rows from i0) sees a key of the tile: key ranges grow with the row, so the
+  // chunk sees keys in [lo(i0), hi(i0 + n - 1)) (block-uniform). seek moves (g, i0) to the first chunk at
+  // or after it that does; false when none is left.
+  auto seek = [&](int64_t& g, int64_t& i0) -> bool {
+    while (g < G) {
+      if (i0 >= p.Sq) {
+        ++g;
+        i0 = 0;
+        continue;
+      }
+      const int64_t h = hkv * G + g, n = min64(QC, p.Sq - i0);
+      const math::KeyRange first = row_keys(p, b, h, i0, klen), last = row_keys(p, b, h, i0 + n - 1, klen);
+      if (!(last.hi <= j0 || first.lo >= j0 + jn || last.hi <= first.lo)) return true;
+      i0 += QC;
+    }
+    return false;
+  };
+  // Starts the copy of chunk (g, i0) into stage st (cp.async for Q / dO, plain stores for the rest: both
+  // visible after the caller's wait and barrier) and commits its group.
+  auto load_chunk = [&](int64_t g, int64_t i0, int st) {
+    const int64_t h = hkv * G + g;
+    T* sQ = sQ0 + st * 2 * QC * LD;
+    load_tile<T, D, LD>(sQ, static_cast<const T*>(p.q.data) + b * p.q.stride[0] + h * p.q.stride[1], p.q.stride[2],
+                        i0, QC, p.Sq);
+    load_tile<T, D, LD>(sQ + QC * LD,
+                        static_cast<const T*>(bp.dout.data) + b * bp.dout.stride[0] + h * bp.dout.stride[1],
+                        bp.dout.stride[2], i0, QC, p.Sq);
+    mma::cp_commit();
+    float* sLse = sLse0 + st * 2 * QC;
+    int64_t* sLo = sLo0 + st * 2 * QC;
+    const float* lse = static_cast<const float*>(p.lse) + b * p.lse_stride[0] + h * p.lse_stride[1];
+    for (int r = tid; r < QC; r += kBwdThreads) {
+      const int64_t i = i0 + r;
+      const bool ok = i < p.Sq;
+      sLse[r] = ok ? lse[i * p.lse_stride[2]] : 0.f;
+      sLse[QC + r] = ok ? delta[(b * p.Hq + h) * p.Sq + i] : 0.f;
+      const math::KeyRange kr = ok ? row_keys(p, b, h, i, klen) : math::KeyRange{0, 0};
+      sLo[r] = kr.lo;
+      sLo[QC + r] = kr.hi;
+    }
+  };
+
   float dk[ND][4], dv[ND][4];
 #pragma unroll
   for (int n = 0; n < ND; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
 
-  if (jn > 0) {
+  int64_t g = 0, i0 = 0;
+  bool have = jn > 0 && seek(g, i0);
+  if (have) {
     load_tile<T, D, LD>(sK, kg, p.k.stride[2], j0, kBwdBK, kend);
     load_tile<T, D, LD>(sV, vg, p.v.stride[2], j0, kBwdBK, kend);
+    mma::cp_commit();
+    load_chunk(g, i0, 0);
   }
-  for (int64_t g = 0; g < G && jn > 0; ++g) {
-    const int64_t h = hkv * G + g;
-    const T* qg = static_cast<const T*>(p.q.data) + b * p.q.stride[0] + h * p.q.stride[1];
-    const T* og = static_cast<const T*>(bp.dout.data) + b * bp.dout.stride[0] + h * bp.dout.stride[1];
-    const float* lse = static_cast<const float*>(p.lse) + b * p.lse_stride[0] + h * p.lse_stride[1];
-    const float* dl = delta + (b * p.Hq + h) * p.Sq;
-    for (int64_t i0 = 0; i0 < p.Sq; i0 += QC) {
-      const int64_t n = min64(QC, p.Sq - i0);
-      // Key ranges grow with the row: the chunk sees keys in [lo(i0), hi(i0 + n - 1)) (block-uniform test).
-      const math::KeyRange first = row_keys(p, b, h, i0, klen), last = row_keys(p, b, h, i0 + n - 1, klen);
-      if (last.hi <= j0 || first.lo >= j0 + jn || last.hi <= first.lo) continue;
-      // Every pair of the chunk x tile takes part (no per-pair test).
-      const bool full = n == QC && jn == kBwdBK && last.lo <= j0 && j0 + kBwdBK <= first.hi;
-      __syncthreads();  // every warp is done with the previous chunk's sQ / sO / sLse ...
-      load_tile<T, D, LD>(sQ, qg, p.q.stride[2], i0, QC, p.Sq);
-      load_tile<T, D, LD>(sO, og, bp.dout.stride[2], i0, QC, p.Sq);
-      for (int r = tid; r < QC; r += kBwdThreads) {
-        const int64_t i = i0 + r;
-        const bool ok = i < p.Sq;
-        sLse[r] = ok ? lse[i * p.lse_stride[2]] : 0.f;
-        sDelta[r] = ok ? dl[i] : 0.f;
-        const math::KeyRange kr = ok ? row_keys(p, b, h, i, klen) : math::KeyRange{0, 0};
-        sLo[r] = kr.lo;
-        sHi[r] = kr.hi;
-      }
+  int st = 0;
+  while (have) {
+    int64_t g2 = g, i2 = i0 + QC;
+    const bool more = seek(g2, i2);
+    if (more) {
+      load_chunk(g2, i2, st ^ 1);
+      mma::cp_wait<1>();  // K, V and this chunk have landed; the next chunk may be in flight
+    } else {
       mma::cp_wait<0>();
-      __syncthreads();
-
-      // S^T (this warp's 16 keys x QC rows) and dP^T.
-      float s[NQ][4], dp[NQ][4];
-#pragma unroll
-      for (int c = 0; c < NQ; ++c)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[c][e] = dp[c][e] = 0.f;
-      mma_abt<T, D, NQ, LD>(s, sK, warp * 16, sQ, lane);
-      mma_abt<T, D, NQ, LD>(dp, sV, warp * 16, sO, lane);
-      // P^T and dS^T in place: element (key gq + 8 (e / 2), row c * 8 + 2 tq + (e & 1)).
-#pragma unroll
-      for (int c = 0; c < NQ; ++c)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = c * 8 + 2 * tq + (e & 1);
-          const int64_t j = j0 + warp * 16 + gq + 8 * (e / 2);
-          const bool in = full || (r < n && j < kend && j >= sLo[r] && j < sHi[r]);
-          float pr = 0.f, ds = 0.f;
-          if (in) prob_and_grad(s[c][e], dp[c][e], scale, sLse[r], sDelta[r], pr, ds);
-          s[c][e] = pr;
-          dp[c][e] = ds;
-        }
-      mma_xb<T, QC, D, LD>(dv, s, sO, lane);
-      mma_xb<T, QC, D, LD>(dk, dp, sQ, lane);
     }
+    __syncthreads();
+    const T* sQ = sQ0 + st * 2 * QC * LD;
+    const T* sO = sQ + QC * LD;  // dout rows
+    const float* sLse = sLse0 + st * 2 * QC;
+    const float* sDelta = sLse + QC;
+    const int64_t* sLo = sLo0 + st * 2 * QC;
+    const int64_t* sHi = sLo + QC;
+    const int64_t h = hkv * G + g, n = min64(QC, p.Sq - i0);
+    // Every pair of the chunk x tile takes part (no per-pair test): the first row has the smallest hi,
+    // the last row the largest lo.
+    const math::KeyRange first = row_keys(p, b, h, i0, klen), last = row_keys(p, b, h, i0 + n - 1, klen);
+    const bool full = n == QC && jn == kBwdBK && last.lo <= j0 && j0 + kBwdBK <= first.hi;
+
+    // S^T (this warp's 16 keys x QC rows) and dP^T.
+    float s[NQ][4], dp[NQ][4];
+#pragma unroll
+    for (int c = 0; c < NQ; ++c)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[c][e] = dp[c][e] = 0.f;
+    mma_abt<T, D, NQ, LD>(s, sK, warp * 16, sQ, lane);
+    mma_abt<T, D, NQ, LD>(dp, sV, warp * 16, sO, lane);
+    // P^T and dS^T in place: element (key gq + 8 (e / 2), row c * 8 + 2 tq + (e & 1)).
+#pragma unroll
+    for (int c = 0; c < NQ; ++c)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = c * 8 + 2 * tq + (e & 1);
+        const int64_t j = j0 + warp * 16 + gq + 8 * (e / 2);
+        const bool in = full || (r < n && j < kend && j >= sLo[r] && j < sHi[r]);
+        float pr = 0.f, ds = 0.f;
+        if (in) prob_and_grad(s[c][e], dp[c][e], scale, sLse[r], sDelta[r], pr, ds);
+        s[c][e] = pr;
+        dp[c][e] = ds;
+      }
+    mma_xb<T, QC, D, LD>(dv, s, sO, lane);
+    mma_xb<T, QC, D, LD>(dk, dp, sQ, lane);
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+    g = g2;
+    i0 = i2;
+    st ^= 1;
+    have = more;
   }
-  mma::cp_wait<0>();  // (nothing in flight unless no chunk ran)
+  mma::cp_wait<0>();  // (K and V are in flight when no chunk sees the tile)
 
   // This thread's keys gq and gq + 8 of the warp's 16; columns n * 8 + 2 tq + {0, 1}.
 #pragma unroll
@@ -224,15 +269,14 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_dkdv_kernel(const AttnBwdProb
 }
 
 template <class T, int D>
-__global__ void __launch_bounds__(kBwdThreads) bwd_dq_kernel(const AttnBwdProblem bp, const float* delta) {
+__global__ void __launch_bounds__(kBwdThreads, 1) bwd_dq_kernel(const AttnBwdProblem bp, const float* delta) {
   using Sh = BwdShape<D>;
   constexpr int LD = Sh::LD, NK = kBwdBK / 8, ND = D / 8;
   const AttnProblem& p = bp.fwd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sO = sQ + kBwdBQ * LD;
-  T* sK = sO + kBwdBQ * LD;
-  T* sV = sK + kBwdBK * LD;
+  T* sK0 = sO + kBwdBQ * LD;  // stage s: K rows at sK0 + s * 2 * kBwdBK * LD, V rows kBwdBK * LD after them
 
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32, gq = lane / 4, tq = lane % 4;
   // Causal chunks near the end see the most keys: they start first.
@@ -262,8 +306,16 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_dq_kernel(const AttnBwdProble
     hi_r[r] = kr.hi;
   }
   // The block's keys: [lo(i0), hi(i0 + n - 1)) clipped to the valid keys (ranges grow with the row).
-  const math::KeyRange first = row_keys(p, b, h, i0, klen), last = row_keys(p, b, h, i0 + n - 1, klen);
-  const int64_t lo = max64(0, first.lo), hi = min64(kend, last.hi);
+  // A tile [j0, j0 + 64) is inside every row's range when full_lo <= j0 and j0 + 64 <= full_hi (the last
+  // row has the largest lo, the first row the smallest hi).
+  int64_t lo, hi, full_lo, full_hi;
+  {
+    const math::KeyRange first = row_keys(p, b, h, i0, klen), last = row_keys(p, b, h, i0 + n - 1, klen);
+    lo = max64(0, first.lo);
+    hi = min64(kend, last.hi);
+    full_lo = last.lo;
+    full_hi = n == kBwdBQ ? min64(first.hi, kend) : -1;  // (-1: rows past Sq, never full)
+  }
 
   float dq[ND][4];
 #pragma unroll
@@ -271,17 +323,29 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_dq_kernel(const AttnBwdProble
 #pragma unroll
     for (int e = 0; e < 4; ++e) dq[c][e] = 0.f;
 
+  auto load_kv = [&](int64_t j0, int st) {
+    T* sK = sK0 + st * 2 * kBwdBK * LD;
+    load_tile<T, D, LD>(sK, kg, p.k.stride[2], j0, kBwdBK, kend);
+    load_tile<T, D, LD>(sK + kBwdBK * LD, vg, p.v.stride[2], j0, kBwdBK, kend);
+    mma::cp_commit();
+  };
   load_tile<T, D, LD>(sQ, qg, p.q.stride[2], i0, kBwdBQ, p.Sq);
   load_tile<T, D, LD>(sO, og, bp.dout.stride[2], i0, kBwdBQ, p.Sq);
-  for (int64_t j0 = lo / kBwdBK * kBwdBK; j0 < hi; j0 += kBwdBK) {
-    // Every pair of the chunk x tile takes part (block-uniform: the first row has the smallest hi, the
-    // last row the largest lo).
-    const bool full = n == kBwdBQ && j0 + kBwdBK <= kend && last.lo <= j0 && j0 + kBwdBK <= first.hi;
-    __syncthreads();  // every warp is done with the previous tile's sK / sV
-    load_tile<T, D, LD>(sK, kg, p.k.stride[2], j0, kBwdBK, kend);
-    load_tile<T, D, LD>(sV, vg, p.v.stride[2], j0, kBwdBK, kend);
-    mma::cp_wait<0>();
+  mma::cp_commit();
+  int64_t j0 = lo / kBwdBK * kBwdBK;
+  if (j0 < hi) load_kv(j0, 0);
+  for (int st = 0; j0 < hi; j0 += kBwdBK, st ^= 1) {
+    const bool more = j0 + kBwdBK < hi;
+    if (more) {
+      load_kv(j0 + kBwdBK, st ^ 1);
+      mma::cp_wait<1>();  // Q, dO and this tile have landed; the next tile may be in flight
+    } else {
+      mma::cp_wait<0>();
+    }
     __syncthreads();
+    const T* sK = sK0 + st * 2 * kBwdBK * LD;
+    const T* sV = sK + kBwdBK * LD;
+    const bool full = full_lo <= j0 && j0 + kBwdBK <= full_hi;  // every pair takes part
 
     float s[NK][4], dp[NK][4];
 #pragma unroll
@@ -303,6 +367,7 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_dq_kernel(const AttnBwdProble
         dp[c][e] = ds;
       }
     mma_xb<T, kBwdBK, D, LD>(dq, dp, sK, lane);
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
   mma::cp_wait<0>();  // (Q / dO are in flight when the block has no keys)
 
