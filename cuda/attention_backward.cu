@@ -24,9 +24,10 @@
 // Chunks whose rows see no key of a tile are skipped (key ranges grow with the row, as the CPU relies on).
 //
 // float16 / bfloat16 problems that attention_backward_mma.cu takes (backward_mma_supported: D = Dv in
-// {64, 128}, no mask / bias / softcap / ALiBi / layout) run its tensor-core kernels after delta_kernel
-// instead, while not yet verified on a GPU only when has_kernel("attention_backward_mma") (under
-// ATTNKIT_CUDA_UNVERIFIED=1); ATTNKIT_CUDA_BWD_SIMT=1 forces these SIMT kernels.
+// {64, 128}, no layout or explicit ranges; mask / bias / softcap / ALiBi only under a second gate) run its
+// tensor-core kernels after delta_kernel instead, while not yet verified on a GPU only when
+// has_kernel("attention_backward_mma") (under ATTNKIT_CUDA_UNVERIFIED=1); ATTNKIT_CUDA_BWD_SIMT=1 forces
+// these SIMT kernels.
 #include <algorithm>
 #include <cstdint>
 
@@ -40,8 +41,8 @@ namespace detail {
 namespace cuda {
 
 // attention_backward_mma.cu: whether the tensor-core kernels take the problem (float16 / bfloat16, D = Dv
-// in {64, 128}, no mask / bias / softcap / ALiBi / layout, rows contiguous), and the launch of its dK/dV and
-// dQ kernels given delta ([B Hq Sq] floats, from delta_kernel).
+// in {64, 128}, no layout, rows contiguous; see there), and the launch of its dK/dV and dQ kernels given
+// delta ([B Hq Sq] floats, from delta_kernel, which also zeroes dbias).
 bool backward_mma_supported(const AttnBwdProblem& bp);
 void run_backward_mma(const AttnBwdProblem& bp, const float* delta, cudaStream_t stream);
 

@@ -2,19 +2,24 @@
 // accumulation), FlashAttention-2 style (Dao 2023, Algorithm 2), with the ownership of the SIMT backward
 // (attention_backward.cu) so that nothing is summed by atomics and nothing depends on the launch:
 //   bwd_dkdv_kernel  one block (4 warps) per (b, kv head, tile of 64 keys), each warp 16 keys; for every
-//                    query head of the GQA group and every chunk of BQ rows that can see the tile (in
-//                    order), S^T = K Q^T and dP^T = V dO^T on tensor cores, P^T and dS^T element by element
-//                    in registers (from lse and delta), then dV += P^T dO and dK += dS^T Q with P^T / dS^T
-//                    fed from registers as A fragments (the forward's P -> PV trick). dK / dV stay in
-//                    registers for the whole group and are written once (dK times scale).
+//                    query head of the GQA group and every chunk of QC rows that can see the tile (in
+//                    order; QC = 64 for D = 64, 32 for D = 128, halved with score terms), S^T = K Q^T and
+//                    dP^T = V dO^T on tensor cores, P^T and dS^T element by element in registers (from lse
+//                    and delta), then dV += P^T dO and dK += dS^T Q with P^T / dS^T fed from registers as A
+//                    fragments (the forward's P -> PV trick). dK / dV stay in registers for the whole group
+//                    and are written once (dK times scale). The next chunk's Q / dO copy (cp.async, two
+//                    stages) overlaps this chunk's products.
 //   bwd_dq_kernel    one block per (b, query head, chunk of 64 rows), each warp 16 rows; for every key tile
-//                    the chunk's rows can see (in key order), S = Q K^T, dP = dO V^T, P and dS, then
-//                    dQ += dS K. Written once (times scale).
+//                    of 64 the chunk's rows can see (in key order), S = Q K^T, dP = dO V^T, P and dS, then
+//                    dQ += dS K (the next tile's K / V copy overlapping). Written once (times scale); with
+//                    a bias, dbias = dL/ds of the pairs that take part (delta_kernel zeroed the rows).
 // delta (dout . out per row) comes from the SIMT file's delta_kernel, launched by its dispatcher.
 //
 // Coverage (backward_mma_supported): D = Dv in {64, 128}; q, k, v, dout rows contiguous and 16-byte
-// aligned; key ranges from causal (bottom-right), windows and key_lengths; GQA; Sq != Sk; any S. Routed to
-// the SIMT kernels: mask, bias / dbias, softcap, ALiBi, block-sparse layouts, explicit row ranges.
+// aligned; key ranges from causal (bottom-right), windows and key_lengths; GQA; Sq != Sk; any S. With the
+// second gate "attention_backward_mma_terms" also mask, bias + dbias, soft cap and ALiBi (kTerms kernels:
+// ScoreTerms per pair, as score_tile). Routed to the SIMT kernels: block-sparse layouts, explicit row
+// ranges, other head dims, float32 / float64, rows that are not contiguous or aligned.
 //
 // The score of a pair is dot * scale (ScoreTerms without terms), P = exp(x - lse) through
 // math::backward_prob_arg / kexp and dS = math::softmax_grad, as in score_tile. Pairs outside a row's
@@ -46,10 +51,10 @@ constexpr int kBwdBQ = 64;        // query rows per dQ block (16 per warp)
 /// shared memory: the dK/dV block holds its K, V tile and two stages of (Q, dO, lse, delta, key ranges) of
 /// a chunk (the next chunk's copy overlaps this one's products); the dQ block holds its Q, dO rows and two
 /// stages of (K, V) tiles.
-template <int D>
+template <int D, bool kTerms>
 struct BwdShape {
   static constexpr int LD = D + 8;  // shared-memory row pitch (elements): conflict-free ldmatrix
-  static constexpr int QC = D > 64 ? 32 : 64;
+  static constexpr int QC = (D > 64 ? 32 : 64) / (kTerms ? 2 : 1);  // (the score terms take registers too)
   static constexpr std::size_t kSmemKV = sizeof(uint16_t) * (2 * kBwdBK + 2 * 2 * QC) * LD +
                                          2 * (sizeof(float) * 2 * QC + sizeof(int64_t) * 2 * QC);
   static constexpr std::size_t kSmemQ = sizeof(uint16_t) * (2 * kBwdBQ + 2 * 2 * kBwdBK) * LD;
@@ -111,16 +116,27 @@ __device__ __forceinline__ void mma_xb(float (&acc)[D / 8][4], const float (&x)[
   }
 }
 
-/// P and dS of one pair from its raw dot products (q.k, dout.v) as score_tile computes them.
-__device__ __forceinline__ void prob_and_grad(float dot, float dpv, float scale, float lse, float delta, float& pr,
+/// P and dS (= dL/dx, after the soft-cap's derivative) of pair (row i, key j) of query head (b, h) from its
+/// raw dot products (q.k, dout.v), as score_tile computes them. kTerms: the score terms (mask, bias, soft
+/// cap, ALiBi; slope = the row's ALiBi slope), and dL/ds written to dbrow[j * dbs] when dbrow is given
+/// (the dQ kernel's rows of dbias); else the score is dot * scale.
+template <bool kTerms>
+__device__ __forceinline__ void prob_and_grad(const AttnProblem& p, const ScoreTerms<float>& terms, int64_t b,
+                                              int64_t h, int64_t i, int64_t j, float slope, float dot, float dpv,
+                                              float lse, float delta, float* dbrow, int64_t dbs, float& pr,
                                               float& ds) {
-  pr = kexp(math::backward_prob_arg(dot * scale, lse));
+  const float x = kTerms ? terms(p, b, h, i, j, dot, slope) : dot * terms.scale;
+  pr = kexp(math::backward_prob_arg(x, lse));
   ds = math::softmax_grad(pr, dpv, delta);
+  if (kTerms) {
+    if (dbrow) dbrow[j * dbs] = ds;
+    if (terms.softcap) ds *= math::softcap_grad<float, float>(tanh(dot * terms.scale * terms.cap_in));
+  }
 }
 
-template <class T, int D>
+template <class T, int D, bool kTerms>
 __global__ void __launch_bounds__(kBwdThreads) bwd_dkdv_kernel(const AttnBwdProblem bp, const float* delta) {
-  using Sh = BwdShape<D>;
+  using Sh = BwdShape<D, kTerms>;
   constexpr int LD = Sh::LD, QC = Sh::QC, NQ = QC / 8, ND = D / 8;
   const AttnProblem& p = bp.fwd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -136,7 +152,8 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_dkdv_kernel(const AttnBwdProb
   const int64_t G = p.Hq / p.Hkv;  // Hkv >= 1 here (backward_mma_supported)
   const int64_t klen = valid_keys(p, b), kend = min64(klen, p.Sk);
   const int64_t jn = max64(0, min64(kBwdBK, kend - j0));  // valid keys of the tile
-  const float scale = static_cast<float>(p.scale);
+  const ScoreTerms<float> terms(p);
+  const float scale = terms.scale;
   const T* kg = static_cast<const T*>(p.k.data) + b * p.k.stride[0] + hkv * p.k.stride[1];
   const T* vg = static_cast<const T*>(p.v.data) + b * p.v.stride[0] + hkv * p.v.stride[1];
 
@@ -214,6 +231,7 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_dkdv_kernel(const AttnBwdProb
     const int64_t* sLo = sLo0 + st * 2 * QC;
     const int64_t* sHi = sLo + QC;
     const int64_t h = hkv * G + g, n = min64(QC, p.Sq - i0);
+    const float slope = kTerms ? alibi_slope<float>(p, b, h) : 0.f;
     // Every pair of the chunk x tile takes part (no per-pair test): the first row has the smallest hi,
     // the last row the largest lo.
     const math::KeyRange first = row_keys(p, b, h, i0, klen), last = row_keys(p, b, h, i0 + n - 1, klen);
@@ -236,7 +254,9 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_dkdv_kernel(const AttnBwdProb
         const int64_t j = j0 + warp * 16 + gq + 8 * (e / 2);
         const bool in = full || (r < n && j < kend && j >= sLo[r] && j < sHi[r]);
         float pr = 0.f, ds = 0.f;
-        if (in) prob_and_grad(s[c][e], dp[c][e], scale, sLse[r], sDelta[r], pr, ds);
+        if (in)
+          prob_and_grad<kTerms>(p, terms, b, h, i0 + r, j, slope, s[c][e], dp[c][e], sLse[r], sDelta[r], nullptr, 0,
+                                pr, ds);
         s[c][e] = pr;
         dp[c][e] = ds;
       }
@@ -268,9 +288,9 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_dkdv_kernel(const AttnBwdProb
   }
 }
 
-template <class T, int D>
+template <class T, int D, bool kTerms>
 __global__ void __launch_bounds__(kBwdThreads, 1) bwd_dq_kernel(const AttnBwdProblem bp, const float* delta) {
-  using Sh = BwdShape<D>;
+  using Sh = BwdShape<D, kTerms>;
   constexpr int LD = Sh::LD, NK = kBwdBK / 8, ND = D / 8;
   const AttnProblem& p = bp.fwd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -285,7 +305,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) bwd_dq_kernel(const AttnBwdPro
   const int64_t hkv = h / (p.Hq / p.Hkv);
   const int64_t n = min64(kBwdBQ, p.Sq - i0);
   const int64_t klen = valid_keys(p, b), kend = min64(klen, p.Sk);
-  const float scale = static_cast<float>(p.scale);
+  const ScoreTerms<float> terms(p);
+  const float scale = terms.scale;
   const T* qg = static_cast<const T*>(p.q.data) + b * p.q.stride[0] + h * p.q.stride[1];
   const T* og = static_cast<const T*>(bp.dout.data) + b * bp.dout.stride[0] + h * bp.dout.stride[1];
   const T* kg = static_cast<const T*>(p.k.data) + b * p.k.stride[0] + hkv * p.k.stride[1];
@@ -294,10 +315,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1) bwd_dq_kernel(const AttnBwdPro
   // This thread's rows gq and gq + 8 of the warp's 16: lse, delta, key range.
   float lse_r[2], delta_r[2];
   int64_t lo_r[2], hi_r[2];
+  float* dbrow[2];  // kTerms: the rows of dbias (when asked for)
+  const float slope = kTerms ? alibi_slope<float>(p, b, h) : 0.f;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t i = i0 + warp * 16 + gq + 8 * r;
     const bool ok = i < p.Sq;
+    dbrow[r] = kTerms && ok && bp.dbias ? static_cast<float*>(bp.dbias) + b * bp.dbias_stride[0] +
+                                              h * bp.dbias_stride[1] + i * bp.dbias_stride[2]
+                                        : nullptr;
     lse_r[r] = ok ? static_cast<const float*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]]
                   : 0.f;
     delta_r[r] = ok ? delta[(b * p.Hq + h) * p.Sq + i] : 0.f;
@@ -363,7 +389,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1) bwd_dq_kernel(const AttnBwdPro
         const int64_t j = j0 + c * 8 + 2 * tq + (e & 1);
         const bool in = full || (j < kend && j >= lo_r[r] && j < hi_r[r]);
         float pr = 0.f, ds = 0.f;
-        if (in) prob_and_grad(s[c][e], dp[c][e], scale, lse_r[r], delta_r[r], pr, ds);
+        if (in)
+          prob_and_grad<kTerms>(p, terms, b, h, i0 + warp * 16 + gq + 8 * r, j, slope, s[c][e], dp[c][e], lse_r[r],
+                                delta_r[r], dbrow[r], bp.dbias_stride[3], pr, ds);
         dp[c][e] = ds;
       }
     mma_xb<T, kBwdBK, D, LD>(dq, dp, sK, lane);
@@ -383,27 +411,30 @@ __global__ void __launch_bounds__(kBwdThreads, 1) bwd_dq_kernel(const AttnBwdPro
   }
 }
 
-template <class T, int D>
+template <class T, int D, bool kTerms>
 void launch_backward_mma(const AttnBwdProblem& bp, const float* delta, cudaStream_t st) {
-  using Sh = BwdShape<D>;
+  using Sh = BwdShape<D, kTerms>;
   const AttnProblem& p = bp.fwd;
   if (p.B * p.Hkv * p.Sk > 0) {
-    ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(bwd_dkdv_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(bwd_dkdv_kernel<T, D, kTerms>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(Sh::kSmemKV)));
     const dim3 grid(static_cast<unsigned>(ceil_div(p.Sk, kBwdBK)), static_cast<unsigned>(p.Hkv),
                     static_cast<unsigned>(p.B));
-    bwd_dkdv_kernel<T, D><<<grid, kBwdThreads, Sh::kSmemKV, st>>>(bp, delta);
+    bwd_dkdv_kernel<T, D, kTerms><<<grid, kBwdThreads, Sh::kSmemKV, st>>>(bp, delta);
     ATTNKIT_CUDA_CHECK_LAUNCH();
   }
   if (p.B * p.Hq * p.Sq > 0) {
-    ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(bwd_dq_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(bwd_dq_kernel<T, D, kTerms>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(Sh::kSmemQ)));
     const dim3 grid(static_cast<unsigned>(ceil_div(p.Sq, kBwdBQ)), static_cast<unsigned>(p.Hq),
                     static_cast<unsigned>(p.B));
-    bwd_dq_kernel<T, D><<<grid, kBwdThreads, Sh::kSmemQ, st>>>(bp, delta);
+    bwd_dq_kernel<T, D, kTerms><<<grid, kBwdThreads, Sh::kSmemQ, st>>>(bp, delta);
     ATTNKIT_CUDA_CHECK_LAUNCH();
   }
 }
+
+/// Whether the problem has score terms beyond dot * scale (dbias needs a bias).
+bool has_terms(const AttnProblem& p) { return p.mask.present || p.bias.present || p.alibi.present || p.softcap > 0; }
 
 bool rows_ok(const ViewN<4>& v) {
   if (v.stride[3] != 1 || reinterpret_cast<uintptr_t>(v.data) % 16 != 0) return false;
@@ -424,19 +455,30 @@ bool backward_mma_supported(const AttnBwdProblem& bp) {
   if (force_simt) return false;
   if (p.dtype != DType::Float16 && p.dtype != DType::BFloat16) return false;
   if (p.D != p.Dv || (p.D != 64 && p.D != 128)) return false;
-  if (p.mask.present || p.bias.present || bp.dbias || p.alibi.present || p.softcap > 0 || p.sparse || p.row_lo)
-    return false;
+  if (p.sparse || p.row_lo) return false;
+  // Score terms: a second gate, so that the plain kernels can be verified without them.
+  if (has_terms(p) && !has_kernel("attention_backward_mma_terms")) return false;
   if (p.B > 65535 || p.Hq > 65535 || p.Hkv < 1 || p.Hq % p.Hkv != 0) return false;
   if (p.Sq > (int64_t{1} << 36) || p.Sk > (int64_t{1} << 36)) return false;  // grid.x = S / 64 < 2^31
   return rows_ok(p.q) && rows_ok(p.k) && rows_ok(p.v) && rows_ok(bp.dout);
 }
 
 void run_backward_mma(const AttnBwdProblem& bp, const float* delta, cudaStream_t st) {
-  const bool f16 = bp.fwd.dtype == DType::Float16;
-  if (bp.fwd.D == 64)
-    f16 ? launch_backward_mma<half_t, 64>(bp, delta, st) : launch_backward_mma<bf16_t, 64>(bp, delta, st);
-  else
-    f16 ? launch_backward_mma<half_t, 128>(bp, delta, st) : launch_backward_mma<bf16_t, 128>(bp, delta, st);
+  const bool f16 = bp.fwd.dtype == DType::Float16, d64 = bp.fwd.D == 64;
+  if (has_terms(bp.fwd)) {
+    if (d64)
+      f16 ? launch_backward_mma<half_t, 64, true>(bp, delta, st) : launch_backward_mma<bf16_t, 64, true>(bp, delta, st);
+    else
+      f16 ? launch_backward_mma<half_t, 128, true>(bp, delta, st)
+          : launch_backward_mma<bf16_t, 128, true>(bp, delta, st);
+  } else {
+    if (d64)
+      f16 ? launch_backward_mma<half_t, 64, false>(bp, delta, st)
+          : launch_backward_mma<bf16_t, 64, false>(bp, delta, st);
+    else
+      f16 ? launch_backward_mma<half_t, 128, false>(bp, delta, st)
+          : launch_backward_mma<bf16_t, 128, false>(bp, delta, st);
+  }
 }
 
 }  // namespace cuda

@@ -33,9 +33,10 @@ constexpr const char* kVerified[] = {
 /// Public functions with a CUDA kernel in this build not yet verified on a GPU: they run only when the
 /// environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them); otherwise a CUDA call
 /// says there is no kernel. A kernel moves to kVerified once the check has passed on a GPU.
-/// Internal names gate new paths of verified functions the same way ("attention_backward_mma": the tensor-core
-/// backward of attention_backward_mma.cu).
-constexpr const char* kCompiled[] = {"attention_backward_mma"};
+/// Internal names gate new paths of verified functions the same way: "attention_backward_mma", the tensor-core
+/// backward of attention_backward_mma.cu; "attention_backward_mma_terms", the same with mask, bias / dbias,
+/// soft cap and ALiBi (needs the first).
+constexpr const char* kCompiled[] = {"attention_backward_mma", "attention_backward_mma_terms"};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

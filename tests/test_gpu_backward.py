@@ -70,9 +70,18 @@ MMA_CASES = (
        for w in [(30, 5), (None, 0), (70, None)] for d in ("f16", "bf16")]
     + [B(f"mma-mqa-{d}", B=2, Hq=6, Hkv=1, Sq=70, Sk=90, D=128, dtype=d, causal=True, scale=0.3)
        for d in ("f16", "bf16")]
+    # score terms (second gate "attention_backward_mma_terms"; the mask-*, bias-dbias-* and alibi-softcap-*
+    # cases above with f16 / bf16 take this path too)
+    + [B(f"mma-terms-{d}-D{D}", B=2, Hq=4, Hkv=2, Sq=90, Sk=140, D=D, dtype=d, causal=True, window=(100, 0),
+         mask=_mask((4, 90, 140), 0.8), bias=lambda rng: randn(rng, (2, 1, 90, 140), np.float32),
+         key_lengths=[140, 77], scale=0.2, softcap=8.0, alibi_slopes=lambda rng: rng.uniform(0, 0.1, 4),
+         return_dbias=True) for d, D in [("f16", 128), ("bf16", 64)]]
     # small (the sanitizer subset): partial tiles on both sides, a fully masked batch (key_lengths 0)
     + [B(f"small-mma-f16-D{D}", B=2, Hq=2, Hkv=1, Sq=40, Sk=50, D=D, dtype="f16", causal=True,
          key_lengths=np.array([50, 0])) for D in (64, 128)]
+    + [B("small-mma-terms-f16", B=2, Hq=2, Hkv=1, Sq=40, Sk=50, D=64, dtype="f16", causal=True,
+         mask=_mask((2, 40, 50), 0.8), bias=lambda rng: randn(rng, (40, 50), np.float32), softcap=5.0,
+         alibi_slopes=lambda rng: rng.uniform(0, 0.3, (2, 2)), key_lengths=np.array([50, 0]), return_dbias=True)]
 )
 
 BWD_CASES = (
@@ -189,6 +198,8 @@ SIMT_VS_MMA = [
     dict(B=2, Hq=4, Hkv=2, Sq=100, Sk=150, D=64, dtype="f16", kw=dict(causal=True, key_lengths=[150, 90])),
     dict(B=1, Hq=2, Hkv=2, Sq=77, Sk=64, D=128, dtype="f16", kw=dict()),
     dict(B=1, Hq=3, Hkv=1, Sq=129, Sk=129, D=128, dtype="bf16", kw=dict(window=(40, 3))),
+    dict(B=1, Hq=2, Hkv=1, Sq=70, Sk=90, D=64, dtype="f16",
+         kw=dict(causal=True, softcap=6.0, alibi_slopes=np.array([0.1, 0.2], np.float32))),
 ]
 
 _SIMT_CHILD = """
@@ -201,7 +212,7 @@ from gpu_common import dev, host
 d = np.load(sys.argv[2], allow_pickle=True)
 dt = ml_dtypes.bfloat16 if str(d["dtype"]) == "bf16" else np.float16
 args = [d[n].astype(dt) for n in ("dout", "q", "k", "v", "out")] + [d["lse"]]
-got = host(attnkit.attention_backward(*dev(args), **d["kw"].item()))
+got = host(attnkit.attention_backward(*dev(args), **dev(d["kw"].item())))
 np.savez(sys.argv[3], *[np.asarray(g).astype(np.float32) for g in got[:3]])
 """
 
