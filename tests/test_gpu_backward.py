@@ -209,45 +209,47 @@ sys.path.insert(0, sys.argv[1])
 import ml_dtypes
 import attnkit
 from gpu_common import dev, host
-d = np.load(sys.argv[2], allow_pickle=True)
-dt = ml_dtypes.bfloat16 if str(d["dtype"]) == "bf16" else np.float16
-args = [d[n].astype(dt) for n in ("dout", "q", "k", "v", "out")] + [d["lse"]]
-got = host(attnkit.attention_backward(*dev(args), **dev(d["kw"].item())))
-np.savez(sys.argv[3], *[np.asarray(g).astype(np.float32) for g in got[:3]])
+for name in sys.argv[2:]:
+    d = np.load(name + ".in.npz", allow_pickle=True)
+    dt = ml_dtypes.bfloat16 if str(d["dtype"]) == "bf16" else np.float16
+    args = [d[n].astype(dt) for n in ("dout", "q", "k", "v", "out")] + [d["lse"]]
+    got = host(attnkit.attention_backward(*dev(args), **dev(d["kw"].item())))
+    np.savez(name + ".simt.npz", *[np.asarray(g).astype(np.float32) for g in got[:3]])
 """
 
 
-@pytest.mark.parametrize("case", range(len(SIMT_VS_MMA)))
-def test_attention_backward_mma_vs_simt(rng, tmp_path, case):
-    """Same inputs through the tensor-core path (this process) and the SIMT kernels (a child process with
-    ATTNKIT_CUDA_BWD_SIMT=1): within tolerance of each other, and not bit-identical (which would mean that
-    the tensor-core path did not run: it rounds P and dS to the input dtype). The oracle comparisons of
-    the same path are MMA_CASES."""
+def test_attention_backward_mma_vs_simt(rng, tmp_path):
+    """Same inputs through the tensor-core path (this process) and the SIMT kernels (one child process with
+    ATTNKIT_CUDA_BWD_SIMT=1 for all cases): within tolerance of each other, and not bit-identical (which
+    would mean that the tensor-core path did not run: it rounds P and dS to the input dtype). The oracle
+    comparisons of the same path are MMA_CASES."""
     if FAKE or os.environ.get("ATTNKIT_CUDA_UNVERIFIED") != "1":
         pytest.skip("the tensor-core backward runs only under ATTNKIT_CUDA_UNVERIFIED=1 on a GPU")
     need("attention_backward")
-    c = SIMT_VS_MMA[case]
-    dtype = DT[c["dtype"]]
-    q, k, v = qkv(rng, c["B"], c["Hq"], c["Hkv"], c["Sq"], c["Sk"], c["D"], c["D"], dtype)
-    kw = c["kw"]
-    out, lse = attnkit.attention(q, k, v, return_lse=True, **kw)
-    dout = randn(rng, out.shape, dtype)
-    got = gpu_run(attnkit.attention_backward, dout, q, k, v, out, lse, **kw)
     f32 = lambda a: np.asarray(a).astype(np.float32)  # noqa: E731  (exact for float16 / bfloat16)
-    inp, res = tmp_path / "in.npz", tmp_path / "simt.npz"
-    np.savez(inp, dout=f32(dout), q=f32(q), k=f32(k), v=f32(v), out=f32(out), lse=f32(lse), dtype=c["dtype"],
-             kw=np.array(kw, dtype=object))
+    runs = []
+    for idx, c in enumerate(SIMT_VS_MMA):
+        dtype = DT[c["dtype"]]
+        q, k, v = qkv(rng, c["B"], c["Hq"], c["Hkv"], c["Sq"], c["Sk"], c["D"], c["D"], dtype)
+        kw = c["kw"]
+        out, lse = attnkit.attention(q, k, v, return_lse=True, **kw)
+        dout = randn(rng, out.shape, dtype)
+        got = gpu_run(attnkit.attention_backward, dout, q, k, v, out, lse, **kw)
+        name = str(tmp_path / f"case{idx}")
+        np.savez(name + ".in.npz", dout=f32(dout), q=f32(q), k=f32(k), v=f32(v), out=f32(out), lse=f32(lse),
+                 dtype=c["dtype"], kw=np.array(kw, dtype=object))
+        runs.append((c, name, got, ref.attention_backward(dout, q, k, v, **kw)))
     env = dict(os.environ, ATTNKIT_CUDA_BWD_SIMT="1")
-    r = subprocess.run([sys.executable, "-c", _SIMT_CHILD, os.path.dirname(os.path.abspath(__file__)), str(inp),
-                        str(res)], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", _SIMT_CHILD, os.path.dirname(os.path.abspath(__file__))]
+                       + [name for _, name, _, _ in runs], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    simt = np.load(res)
-    want = ref.attention_backward(dout, q, k, v, **kw)
-    differs = False
-    for idx, name in enumerate(("dq", "dk", "dv")):
-        g, s_ = f32(got[idx]), simt[f"arr_{idx}"]
-        tol = 8 * {"f16": 2e-3, "bf16": 1.6e-2}[c["dtype"]] * magnitude(want[idx])
-        err = float(np.abs(g.astype(np.float64) - s_).max(initial=0.0))
-        assert err <= tol, f"{name}: tensor-core vs SIMT max difference {err:.3g} > {tol:.3g}"
-        differs |= not np.array_equal(g, s_)
-    assert differs, "tensor-core and SIMT results are bit-identical: did the tensor-core path run?"
+    for c, name, got, want in runs:
+        simt = np.load(name + ".simt.npz")
+        differs = False
+        for idx, what in enumerate(("dq", "dk", "dv")):
+            g, s_ = f32(got[idx]), simt[f"arr_{idx}"]
+            tol = 8 * {"f16": 2e-3, "bf16": 1.6e-2}[c["dtype"]] * magnitude(want[idx])
+            err = float(np.abs(g.astype(np.float64) - s_).max(initial=0.0))
+            assert err <= tol, f"{c}: {what}: tensor-core vs SIMT max difference {err:.3g} > {tol:.3g}"
+            differs |= not np.array_equal(g, s_)
+        assert differs, f"{c}: tensor-core and SIMT results are bit-identical: did the tensor-core path run?"
