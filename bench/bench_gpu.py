@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -341,6 +342,11 @@ def backward_rows(ctx, dtypes, dims, sizes, B=4, H=16):
                 q, k, v, dout = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(4))
                 for causal in (False, True):
                     row = {"kind": "backward", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "causal": causal}
+                    # which kernels run: the tensor-core backward (cuda/attention_backward_mma.cu) is gated
+                    # on ATTNKIT_CUDA_UNVERIFIED=1 until verified; ATTNKIT_CUDA_BWD_SIMT=1 forces the SIMT one
+                    mma = (os.environ.get("ATTNKIT_CUDA_UNVERIFIED") == "1"
+                           and os.environ.get("ATTNKIT_CUDA_BWD_SIMT") != "1" and D in (64, 128))
+                    row["attnkit_path"] = "tensor cores (unverified gate)" if mma else "simt"
                     if ctx["kernels"].get("attention_backward"):
                         row["attnkit_note"] = "no kernel: " + ctx["kernels"]["attention_backward"]
                     else:

@@ -22,6 +22,12 @@
 // and, block-sparse, when key block j / bk is in query block i / bq's CSR row (binary search); elsewhere
 // P = dS = 0. A row without keys (lse = -inf) gets P = 0 (math::backward_prob_arg), so zero gradients.
 // Chunks whose rows see no key of a tile are skipped (key ranges grow with the row, as the CPU relies on).
+//
+// float16 / bfloat16 problems that attention_backward_mma.cu takes (backward_mma_supported: D = Dv in
+// {64, 128}, no layout or explicit ranges; mask / bias / softcap / ALiBi only under a second gate) run its
+// tensor-core kernels after delta_kernel instead, while not yet verified on a GPU only when
+// has_kernel("attention_backward_mma") (under ATTNKIT_CUDA_UNVERIFIED=1); ATTNKIT_CUDA_BWD_SIMT=1 forces
+// these SIMT kernels.
 #include <algorithm>
 #include <cstdint>
 
@@ -33,6 +39,13 @@
 namespace attnkit {
 namespace detail {
 namespace cuda {
+
+// attention_backward_mma.cu: whether the tensor-core kernels take the problem (float16 / bfloat16, D = Dv
+// in {64, 128}, no layout, rows contiguous; see there), and the launch of its dK/dV and dQ kernels given
+// delta ([B Hq Sq] floats, from delta_kernel, which also zeroes dbias).
+bool backward_mma_supported(const AttnBwdProblem& bp);
+void run_backward_mma(const AttnBwdProblem& bp, const float* delta, cudaStream_t stream);
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -273,6 +286,23 @@ void run_backward(const AttnBwdProblem& bp, cudaStream_t stream) {
   using A = acc_t<T>;
   const AttnProblem& p = bp.fwd;
   const int64_t rows = p.B * p.Hq * p.Sq, keys = p.B * p.Hkv * p.Sk;
+  if constexpr (sizeof(T) == 2) {
+    // The tensor-core kernels (attention_backward_mma.cu), while not verified on a GPU only under
+    // ATTNKIT_CUDA_UNVERIFIED=1; they need delta only.
+    if (has_kernel("attention_backward_mma") && backward_mma_supported(bp)) {
+      Workspace ws(sizeof(float) * static_cast<std::size_t>(rows), stream);
+      BwdArgs a{};
+      a.bp = bp;
+      a.G = p.group();
+      a.delta = ws.as<float>();
+      if (rows > 0) {
+        delta_kernel<T><<<blocks_for(rows, kThreads), kThreads, 0, stream>>>(a);
+        ATTNKIT_CUDA_CHECK_LAUNCH();
+      }
+      run_backward_mma(bp, ws.as<float>(), stream);
+      return;
+    }
+  }
   const int64_t n_delta = rows, n_kv = keys * (p.D + p.Dv), n_dq = rows * p.D;
   Workspace ws(sizeof(A) * static_cast<std::size_t>(n_delta + n_kv + n_dq), stream);
   BwdArgs a{};

@@ -33,10 +33,13 @@ constexpr const char* kVerified[] = {
 /// Public functions with a CUDA kernel in this build not yet verified on a GPU: they run only when the
 /// environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them); otherwise a CUDA call
 /// says there is no kernel. A kernel moves to kVerified once the check has passed on a GPU.
-/// Internal names gate new kernel paths the same way (not public functions; the public function keeps its
-/// verified path where the gate is closed): "attention_decode_v2" (attention_decode2.cuh) and
-/// "attention_mma_v2" (attention_mma2.cuh), both chosen in attention.cu.
-constexpr const char* kCompiled[] = {"attention_decode_v2", "attention_mma_v2"};
+/// Internal names gate new paths of verified functions the same way (not public functions; the public
+/// function keeps its verified path where the gate is closed): "attention_decode_v2" (attention_decode2.cuh)
+/// and "attention_mma_v2" (attention_mma2.cuh), both chosen in attention.cu; "attention_backward_mma", the
+/// tensor-core backward of attention_backward_mma.cu, and "attention_backward_mma_terms", the same with mask,
+/// bias / dbias, soft cap and ALiBi (needs the first); "dla_prefill_v2" (dla_prefill_v2.cu, chosen in dla.cu).
+constexpr const char* kCompiled[] = {"attention_decode_v2", "attention_mma_v2", "attention_backward_mma",
+                                     "attention_backward_mma_terms", "dla_prefill_v2"};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

@@ -5,6 +5,10 @@ that only the backward differs). Helpers and conventions: gpu_common.py."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -13,7 +17,7 @@ from attnkit import layouts
 from attnkit import reference as ref
 
 from conftest import DTYPE_IDS, DTYPES, magnitude, naive_dtype, randn
-from gpu_common import DT, F32, GPU_MARKS, close3, gpu_run, need, qkv, same
+from gpu_common import DT, F32, FAKE, GPU_MARKS, close3, gpu_run, need, qkv, same
 
 pytestmark = GPU_MARKS
 
@@ -51,6 +55,35 @@ def B(id_, B=1, Hq=2, Hkv=None, Sq=33, Sk=None, D=64, Dv=None, dtype="f32", layo
     return pytest.param(spec, id=id_)
 
 
+# The tensor-core backward (cuda/attention_backward_mma.cu, internal name "attention_backward_mma", run under
+# ATTNKIT_CUDA_UNVERIFIED=1): float16 / bfloat16, D = Dv in {64, 128}, causal / windows / key_lengths / GQA,
+# tiles of 64 keys and 64 (dQ) or 64 / 32 (dK, dV) query rows, so odd sizes leave partial tiles on both
+# sides. Any other case of this file that fits those limits takes the same path (shape-S130-D64, lens-*).
+MMA_CASES = (
+    [B(f"mma-{d}-D{D}-{'c' if c else 'nc'}", B=2, Hq=4, Hkv=2, Sq=130, Sk=200, D=D, dtype=d, causal=c)
+     for d in ("f16", "bf16") for D in (64, 128) for c in (False, True)]
+    + [B(f"mma-cross-{Sq}x{Sk}-{d}-D{D}", Hq=2, Sq=Sq, Sk=Sk, D=D, dtype=d, causal=True)
+       for d, D in [("f16", 128), ("bf16", 64)] for Sq, Sk in [(200, 77), (16, 300), (1, 65), (64, 64)]]
+    + [B(f"mma-lens-{d}-D{D}-{'c' if c else 'nc'}", B=4, Sq=97, Sk=160, D=D, dtype=d, causal=c,
+         key_lengths=np.array([160, 0, 63, 129])) for d, D in [("f16", 64), ("bf16", 128)] for c in (False, True)]
+    + [B(f"mma-window-{w[0]}-{w[1]}-{d}", Hkv=1, Sq=150, Sk=150, D=64, dtype=d, window=w)
+       for w in [(30, 5), (None, 0), (70, None)] for d in ("f16", "bf16")]
+    + [B(f"mma-mqa-{d}", B=2, Hq=6, Hkv=1, Sq=70, Sk=90, D=128, dtype=d, causal=True, scale=0.3)
+       for d in ("f16", "bf16")]
+    # score terms (second gate "attention_backward_mma_terms"; the mask-*, bias-dbias-* and alibi-softcap-*
+    # cases above with f16 / bf16 take this path too)
+    + [B(f"mma-terms-{d}-D{D}", B=2, Hq=4, Hkv=2, Sq=90, Sk=140, D=D, dtype=d, causal=True, window=(100, 0),
+         mask=_mask((4, 90, 140), 0.8), bias=lambda rng: randn(rng, (2, 1, 90, 140), np.float32),
+         key_lengths=[140, 77], scale=0.2, softcap=8.0, alibi_slopes=lambda rng: rng.uniform(0, 0.1, 4),
+         return_dbias=True) for d, D in [("f16", 128), ("bf16", 64)]]
+    # small (the sanitizer subset): partial tiles on both sides, a fully masked batch (key_lengths 0)
+    + [B(f"small-mma-f16-D{D}", B=2, Hq=2, Hkv=1, Sq=40, Sk=50, D=D, dtype="f16", causal=True,
+         key_lengths=np.array([50, 0])) for D in (64, 128)]
+    + [B("small-mma-terms-f16", B=2, Hq=2, Hkv=1, Sq=40, Sk=50, D=64, dtype="f16", causal=True,
+         mask=_mask((2, 40, 50), 0.8), bias=lambda rng: randn(rng, (40, 50), np.float32), softcap=5.0,
+         alibi_slopes=lambda rng: rng.uniform(0, 0.3, (2, 2)), key_lengths=np.array([50, 0]), return_dbias=True)]
+)
+
 BWD_CASES = (
     [B(f"small-{d}", Sq=7, Sk=13, D=32, dtype=d, causal=True) for d in DTYPE_IDS]
     + [B("small-mask-gqa-dbias", Hq=4, Hkv=2, Sq=5, Sk=9, D=40, mask=_mask((5, 9)), key_lengths=[7],
@@ -80,6 +113,7 @@ BWD_CASES = (
          return_dbias=True) for d in DTYPE_IDS]
     + [B(f"strided-{d}", B=2, Hq=4, Hkv=2, Sq=37, Sk=50, D=64, dtype=d, layout="strided", causal=True)
        for d in ("f32", "bf16")]
+    + MMA_CASES
 )
 
 
@@ -156,3 +190,66 @@ def test_linformer_attention_backward(rng, dtype, shared):
         if name == "dF" and F is None:
             continue
         close3(g, c, r, n, dtype, what=name, atol_scale=4 * magnitude(r))
+
+
+# The tensor-core path against the SIMT kernels on the same inputs: the SIMT result comes from a child
+# process with ATTNKIT_CUDA_BWD_SIMT=1 (read once per process, cuda/attention_backward_mma.cu).
+SIMT_VS_MMA = [
+    dict(B=2, Hq=4, Hkv=2, Sq=100, Sk=150, D=64, dtype="f16", kw=dict(causal=True, key_lengths=[150, 90])),
+    dict(B=1, Hq=2, Hkv=2, Sq=77, Sk=64, D=128, dtype="f16", kw=dict()),
+    dict(B=1, Hq=3, Hkv=1, Sq=129, Sk=129, D=128, dtype="bf16", kw=dict(window=(40, 3))),
+    dict(B=1, Hq=2, Hkv=1, Sq=70, Sk=90, D=64, dtype="f16",
+         kw=dict(causal=True, softcap=6.0, alibi_slopes=np.array([0.1, 0.2], np.float32))),
+]
+
+_SIMT_CHILD = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import ml_dtypes
+import attnkit
+from gpu_common import dev, host
+for name in sys.argv[2:]:
+    d = np.load(name + ".in.npz", allow_pickle=True)
+    dt = ml_dtypes.bfloat16 if str(d["dtype"]) == "bf16" else np.float16
+    args = [d[n].astype(dt) for n in ("dout", "q", "k", "v", "out")] + [d["lse"]]
+    got = host(attnkit.attention_backward(*dev(args), **dev(d["kw"].item())))
+    np.savez(name + ".simt.npz", *[np.asarray(g).astype(np.float32) for g in got[:3]])
+"""
+
+
+def test_attention_backward_mma_vs_simt(rng, tmp_path):
+    """Same inputs through the tensor-core path (this process) and the SIMT kernels (one child process with
+    ATTNKIT_CUDA_BWD_SIMT=1 for all cases): within tolerance of each other, and not bit-identical (which
+    would mean that the tensor-core path did not run: it rounds P and dS to the input dtype). The oracle
+    comparisons of the same path are MMA_CASES."""
+    if FAKE or os.environ.get("ATTNKIT_CUDA_UNVERIFIED") != "1":
+        pytest.skip("the tensor-core backward runs only under ATTNKIT_CUDA_UNVERIFIED=1 on a GPU")
+    need("attention_backward")
+    f32 = lambda a: np.asarray(a).astype(np.float32)  # noqa: E731  (exact for float16 / bfloat16)
+    runs = []
+    for idx, c in enumerate(SIMT_VS_MMA):
+        dtype = DT[c["dtype"]]
+        q, k, v = qkv(rng, c["B"], c["Hq"], c["Hkv"], c["Sq"], c["Sk"], c["D"], c["D"], dtype)
+        kw = c["kw"]
+        out, lse = attnkit.attention(q, k, v, return_lse=True, **kw)
+        dout = randn(rng, out.shape, dtype)
+        got = gpu_run(attnkit.attention_backward, dout, q, k, v, out, lse, **kw)
+        name = str(tmp_path / f"case{idx}")
+        np.savez(name + ".in.npz", dout=f32(dout), q=f32(q), k=f32(k), v=f32(v), out=f32(out), lse=f32(lse),
+                 dtype=c["dtype"], kw=np.array(kw, dtype=object))
+        runs.append((c, name, got, ref.attention_backward(dout, q, k, v, **kw)))
+    env = dict(os.environ, ATTNKIT_CUDA_BWD_SIMT="1")
+    r = subprocess.run([sys.executable, "-c", _SIMT_CHILD, os.path.dirname(os.path.abspath(__file__))]
+                       + [name for _, name, _, _ in runs], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for c, name, got, want in runs:
+        simt = np.load(name + ".simt.npz")
+        differs = False
+        for idx, what in enumerate(("dq", "dk", "dv")):
+            g, s_ = f32(got[idx]), simt[f"arr_{idx}"]
+            tol = 8 * {"f16": 2e-3, "bf16": 1.6e-2}[c["dtype"]] * magnitude(want[idx])
+            err = float(np.abs(g.astype(np.float64) - s_).max(initial=0.0))
+            assert err <= tol, f"{c}: {what}: tensor-core vs SIMT max difference {err:.3g} > {tol:.3g}"
+            differs |= not np.array_equal(g, s_)
+        assert differs, f"{c}: tensor-core and SIMT results are bit-identical: did the tensor-core path run?"
