@@ -33,7 +33,7 @@ constexpr const char* kVerified[] = {
 /// Public functions with a CUDA kernel in this build not yet verified on a GPU: they run only when the
 /// environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them); otherwise a CUDA call
 /// says there is no kernel. A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {""};
+constexpr const char* kCompiled[] = {"dla_prefill_v2"};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

@@ -19,10 +19,17 @@ struct Tuning {
   std::atomic<int64_t> linear_chunk{0};
   /// DLA: 0 = automatic (decode path for T = 1, else chunks of 64), L >= 1 = chunks of L tokens.
   std::atomic<int64_t> dla_chunk{0};
+  /// DLA prefill on CUDA (cuda/dla_prefill_v2.cu): blocks per (batch, head), each owning a slice of the
+  /// output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel (cuda/dla_prefill.cu, for
+  /// side-by-side measurements). No effect on the CPU; results equal up to rounding.
+  std::atomic<int64_t> dla_split{0};
 };
 
+/// Largest dla_split.
+constexpr int64_t kMaxDlaSplit = 8;
+
 Tuning& tuning();
-/// Sets option `name` ("linear_chunk", "dla_chunk"); Error(Value) naming it for an unknown name or a value
+/// Sets option `name` ("linear_chunk", "dla_chunk", "dla_split"); Error(Value) naming it for an unknown name or a value
 /// out of range.
 void set_tuning(const std::string& name, int64_t value);
 int64_t get_tuning(const std::string& name);

@@ -4,6 +4,9 @@ every code path; users have no reason to.
 
     linear_chunk   linear attention / Performer chunk length: 0 = tuned default, else 1..1024
     dla_chunk      DLA: 0 = automatic, L >= 1 = chunks of L tokens (1: token by token)
+    dla_split      DLA prefill on CUDA (the v2 kernel): blocks per (batch, head), each owning a slice of
+                   the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first
+                   CUDA prefill kernel (for side-by-side measurements)
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ struct Support {
 
 /// Backend tuning options: switches that change speed, never a result beyond rounding, process-wide.
 ///   "linear_chunk": linear attention / Performer chunk length, 0 = tuned default, else 1..1024;
-///   "dla_chunk":    DLA, 0 = automatic, L >= 1 = chunks of L tokens (1: token by token).
+///   "dla_chunk":    DLA, 0 = automatic, L >= 1 = chunks of L tokens (1: token by token);
+///   "dla_split":    DLA prefill on CUDA, blocks per (batch, head) (output column slices), 0 = automatic, else 1..8
+///                   (-1: the first CUDA prefill kernel, for measurements).
 /// Throws Error(Value) for an unknown name or a value out of range. Meant for tests and measurements.
 ATTNKIT_API void set_tuning(const char* name, int64_t value);
 ATTNKIT_API int64_t get_tuning(const char* name);
