@@ -64,7 +64,7 @@ __device__ __forceinline__ void load_rows(const double* src, double (&x)[kRt]) {
 struct Lay {
   int64_t L, LP, C, Dk, Dv, ns, ncol;
   std::size_t smem, gbytes;
-  std::size_t QT, KT, Kc, VT, Vc, Suf, QK, lamc, Win, Y, uni, QwT, Sst;               // R or double
+  std::size_t QT, KT, Kc, VT, Vc, Suf, QK, lamc, Win, uni;  // R or double
   std::size_t G, eG, er, fj, cp, a2, Bv, Ac, ratio, red;                         // double
   std::size_t decj, info;                                                        // R
   std::size_t slot, count, start, unit, in_slot, free_;                          // int64
@@ -75,7 +75,10 @@ inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns) {
   Lay l{};
   l.L = p.chunk_size > 0 ? p.chunk_size : kDefaultChunk;
   if (l.L > p.T) l.L = p.T > 0 ? p.T : 1;
-  l.LP = (l.L + kRt - 1) / kRt * kRt;
+  // Row stride of the transposed chunk arrays: whole row groups of kRt, plus 4 so that the transposing
+  // stores of step 1 (consecutive d, stride LP) spread over the banks (4-way instead of 32-way conflicts),
+  // while every row group stays 16-byte aligned for load_rows.
+  l.LP = (l.L + kRt - 1) / kRt * kRt + 4;
   l.C = p.C;
   l.Dk = p.Dk;
   l.Dv = p.Dv;
@@ -83,7 +86,7 @@ inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns) {
   l.ns = (p.Dv + l.ncol - 1) / l.ncol;
   const std::size_t L = static_cast<std::size_t>(l.L), LP = static_cast<std::size_t>(l.LP);
   const std::size_t C = static_cast<std::size_t>(p.C), Dk = static_cast<std::size_t>(p.Dk);
-  const std::size_t Dv = static_cast<std::size_t>(p.Dv), ncol = static_cast<std::size_t>(l.ncol);
+  const std::size_t Dv = static_cast<std::size_t>(p.Dv);
   std::size_t used = 0;
   auto take = [&](std::size_t n, std::size_t esize) {
     const std::size_t at = used;
@@ -99,15 +102,10 @@ inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns) {
   l.QK = take(L * LP, rsize);
   l.lamc = take(L * C, rsize);
   l.Win = take(L * C, rsize);
-  l.Y = take(L * ncol, rsize);
-  // A union: K S_open (double, step 2), then the score table (double, steps 2b-3), then (w_u Q)^T and the
-  // staged state slice (step 5).
+  // A union: K S_open (double, step 2), then the score table (double, steps 2b-3).
   std::size_t ks = L * Dv * sizeof(double);
   if (ks < L * LP * sizeof(double)) ks = L * LP * sizeof(double);
-  const std::size_t stage = (Dk * LP * rsize + 15) / 16 * 16 + Dk * ncol * rsize;
-  l.uni = take(ks > stage ? ks : stage, 1);
-  l.QwT = l.uni;
-  l.Sst = l.uni + (Dk * LP * rsize + 15) / 16 * 16;
+  l.uni = take(ks, 1);
   l.G = take(L, sizeof(double));
   l.eG = take(L, sizeof(double));
   l.er = take(L, sizeof(double));
@@ -159,7 +157,7 @@ struct Blk {
   int64_t L, LP, C, Dk, Dv, SS, b = 0, h = 0;
   bool decay;
   double n;
-  R *slots, *QT, *KT, *Kc, *VT, *Vc, *QK, *lamc, *Win, *Y, *QwT, *Sst, *decj, *info;
+  R *slots, *QT, *KT, *Kc, *VT, *Vc, *QK, *lamc, *Win, *decj, *info;
   double *Suf, *KS, *Sc, *G, *eG, *er, *fj, *cp, *a2, *Bv, *Ac, *ratio, *red;
   int64_t *slot, *count, *start, *unit, *in_slot, *free_;
   int32_t *snap_unit, *snap_m, *anyU;
@@ -176,9 +174,6 @@ struct Blk {
     QK = reinterpret_cast<R*>(sm + l.QK);
     lamc = reinterpret_cast<R*>(sm + l.lamc);
     Win = reinterpret_cast<R*>(sm + l.Win);
-    Y = reinterpret_cast<R*>(sm + l.Y);
-    QwT = reinterpret_cast<R*>(sm + l.QwT);
-    Sst = reinterpret_cast<R*>(sm + l.Sst);
     decj = reinterpret_cast<R*>(sm + l.decj);
     info = reinterpret_cast<R*>(sm + l.info);
     Suf = reinterpret_cast<double*>(sm + l.Suf);
@@ -576,57 +571,46 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
         for (int64_t r = 0; r < Lc; ++r) any |= w.Win[r * C + u] != R(0) ? 1 : 0;
         w.anyU[u] = any;
       }
-      // 5. Outputs of this block's columns: Y = P V (rows kRt per thread), then each carried state's term.
-      const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
-      for (int64_t wi = tid; wi < nwi; wi += nth) {
-        const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c;
-        for (int a = 0; a < kRt; ++a) {
-          const int64_t r = g * kRt + a;
-          if (r >= Lc) break;
-          R y = R(0);
-          for (int64_t j = 0; j <= r; ++j) y += w.QK[r * LP + j] * w.Vc[j * Dv + e];
-          w.Y[r * ncol + c] = y;
-        }
-      }
       __syncthreads();  // anyU
-      for (int64_t u = 0; u < m_in; ++u) {
-        if (!w.anyU[u]) continue;  // uniform
-        const R* S = w.slots + w.in_slot[u] * SS;
-        for (int64_t idx = tid; idx < Dk * ncw; idx += nth) {
-          const int64_t d = idx / ncw, c = idx % ncw;
-          w.Sst[d * ncol + c] = S[d * Dv + e0 + c];
-        }
-        for (int64_t idx = tid; idx < Dk * LP; idx += nth) {
-          const int64_t d = idx / LP, r = idx % LP;
-          w.QwT[idx] = r < Lc ? w.Win[r * C + u] * w.QT[d * LP + r] : R(0);
-        }
-        __syncthreads();
+      // 5. Outputs of this block's columns, kRt rows x 1 column per thread in registers: y = P V (j in
+      //    order), then each carried state's term sum_d (w_ru q_rd) S_u[d][e] in unit order (dla_prefill.cu's
+      //    expressions and order). S_u is read from the slots (global scratch, L1-resident: every warp reads
+      //    the same rows), q from Q^T in shared memory.
+      {
+        const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
         for (int64_t wi = tid; wi < nwi; wi += nth) {
-          const int64_t g = wi / ncw, c = wi % ncw, r0 = g * kRt;
-          R acc[kRt];
+          const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c, r0 = g * kRt;
+          R y[kRt];
 #pragma unroll
-          for (int a = 0; a < kRt; ++a) acc[a] = R(0);
-          for (int64_t d = 0; d < Dk; ++d) {
-            const R s = w.Sst[d * ncol + c];
-            const R* qw = w.QwT + d * LP + r0;
-            R q8[kRt];
-            load_rows(qw, q8);
+          for (int a = 0; a < kRt; ++a) {
+            y[a] = R(0);
+            const int64_t r = r0 + a;
+            if (r < Lc)
+              for (int64_t j = 0; j <= r; ++j) y[a] += w.QK[r * LP + j] * w.Vc[j * Dv + e];
+          }
+          for (int64_t u = 0; u < m_in; ++u) {
+            if (!w.anyU[u]) continue;  // the CPU skips a state no row weights
+            const R* S = w.slots + w.in_slot[u] * SS + e;
+            R wr[kRt], acc[kRt];
 #pragma unroll
-            for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * s;
+            for (int a = 0; a < kRt; ++a) {
+              wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
+              acc[a] = R(0);
+            }
+            for (int64_t d = 0; d < Dk; ++d) {
+              const R sd = S[d * Dv];
+              R q8[kRt];
+              load_rows(w.QT + d * LP + r0, q8);  // rows past Lc are zero
+#pragma unroll
+              for (int a = 0; a < kRt; ++a) acc[a] += (wr[a] * q8[a]) * sd;
+            }
+#pragma unroll
+            for (int a = 0; a < kRt; ++a) y[a] += acc[a];
           }
 #pragma unroll
           for (int a = 0; a < kRt; ++a)
-            if (r0 + a < Lc) w.Y[(r0 + a) * ncol + c] += acc[a];
-        }
-        __syncthreads();  // the staging buffers are free again
-      }
-      for (int64_t wi = tid; wi < nwi; wi += nth) {  // the same (rows, column) ownership as above
-        const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c;
-        for (int a = 0; a < kRt; ++a) {
-          const int64_t r = g * kRt + a;
-          if (r >= Lc) break;
-          static_cast<St*>(p.out.data)[at3(p.out, b, h, t0 + r) + e * p.out.stride[3]] =
-              from_acc<St>(w.Y[r * ncol + c]);
+            if (r0 + a < Lc)
+              static_cast<St*>(p.out.data)[at3(p.out, b, h, t0 + r0 + a) + e * p.out.stride[3]] = from_acc<St>(y[a]);
         }
       }
       __syncthreads();  // the carried states are read; now they may be overwritten
