@@ -9,23 +9,31 @@
 // * The Gram lower triangles K K^T, V V^T (double) and Q K^T are register tiles of kTg x kTg per thread.
 // * The scan's in-chunk pair sums p_r = sum_{open_lo <= j < r} e^{G_r-G_j} KK_rj VV_rj come from per-row
 //   suffix sums computed in parallel before the scan (summed from j = r-1 down instead of up: a double
-//   rounding difference only), so thread 0's serial scan is O(1) per token plus the merges.
+//   rounding difference only). The scores themselves do not depend on the scan beyond the start s of the
+//   open state (A follows from s alone while no boundary intervenes), so a table of every row's score under
+//   every possible s (carried in, or opened at chunk row s) is computed in parallel first (the A chains one
+//   thread each, then one score per thread, each step the scan's own arithmetic); thread 0's serial scan
+//   then only looks scores up and does the bookkeeping. Its merges pick the pair exactly as
+//   math::dla_merge_pair does, from ratios cached per pair (recomputed where a pair changes).
 // * The readout weights are computed one (row, unit) per thread (was one row per thread).
-// * The readout of the carried states, y_r += sum_d (w_ru q_rd) S_u[d][e], stages S_u (this block's
-//   columns) and (w_u q)^T in shared memory once per state and chunk and accumulates kRt rows per thread
-//   (was: every output element re-reading every state from global memory).
+// * The readout: kRt rows x 1 column per thread in registers, y = P V, then each carried state's term
+//   sum_d (w_ru q_rd) S_u[d][e] with S_u read from the slots (every warp reads the same rows: L1) and Q^T
+//   from shared memory (16-byte broadcasts); no barrier inside (was: every output element re-reading every
+//   state from global memory).
 // * Column split: each (batch, head) item is run by `ns` blocks, each owning a slice of the Dv output
 //   columns for the readout (the dominant O(L C Dk Dv) work per chunk). Every slice block runs the same
 //   scan and keeps the full cache (the scan needs the whole open state), redundantly and deterministically
 //   (identical code on identical data); only slice 0 writes the aux outputs and the cache.
 //   ns: the tuning option "dla_split" (cpp/src/tuning.h; attnkit._tuning.tuning(dla_split=n) in Python;
 //   1..8; 0, the default: automatic, about one block per SM: clamp(SMs / (B*H), 1, 4)), never more than Dv.
-// * The states at the chunk's end: kDt state rows per thread (one column), K^T from shared memory.
+// * The states at the chunk's end: kDt state rows per thread (one column), K rows from shared memory.
+//
+// What stays serial per chunk (and bounds the speed at B*H ~ #SMs): thread 0's scan (with a merge at
+// nearly every token when every token opens a state, as random data do) and the per-chunk barriers.
 //
 // Every reduction is a fixed loop of one thread or a fixed tree over the block: deterministic, and the
 // results do not depend on ns (each output element is computed by exactly the same sequence of operations
 // whichever block owns it).
-
 
 #include "cuda/dla_common.cuh"
 #include "cuda/workspace.cuh"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward}.cu, for machines
+# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward,dla_prefill_v2}.cu, for machines
 # without a GPU: the .cu files are compiled by g++ against shim/cuda/*.cuh (blocks run one after another, the
 # threads of a block as std::threads meeting at a std::barrier for __syncthreads; float32/float64 only), with
 # each `kernel<<<grid, kThreads, 0, stream>>>(args)` rewritten to a call of the shim's emu_launch. The tests
