@@ -76,7 +76,8 @@ struct Lay {
   std::size_t G, eG, er, fj, cp, a2, Bv, Ac, ratio, red;                         // double
   std::size_t decj, info;                                                        // R
   std::size_t slot, count, start, unit, in_slot, free_;                          // int64
-  std::size_t snap_unit, snap_m, anyU;                                           // int32
+  std::size_t snap_unit, snap_m, anyU, death, rowOpen, rowMerged;                // int32
+  std::size_t rowI;                                                              // R
 };
 
 inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns) {
@@ -134,6 +135,10 @@ inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns) {
   l.free_ = take(C, sizeof(int64_t));
   l.snap_unit = take(L * C, sizeof(int32_t));
   l.snap_m = take(L, sizeof(int32_t));
+  l.death = take(C + L, sizeof(int32_t));
+  l.rowOpen = take(L, sizeof(int32_t));
+  l.rowMerged = take(L, sizeof(int32_t));
+  l.rowI = take(L, rsize);
   l.anyU = take(C, sizeof(int32_t));
   l.smem = used;
   l.gbytes = (C * Dk * Dv * rsize + 255) / 256 * 256;
@@ -168,7 +173,8 @@ struct Blk {
   R *slots, *QT, *KT, *Kc, *VT, *Vc, *QK, *lamc, *Win, *decj, *info;
   double *Suf, *KS, *Sc, *G, *eG, *er, *fj, *cp, *a2, *Bv, *Ac, *ratio, *red;
   int64_t *slot, *count, *start, *unit, *in_slot, *free_;
-  int32_t *snap_unit, *snap_m, *anyU;
+  int32_t *snap_unit, *snap_m, *anyU, *death, *rowOpen, *rowMerged;
+  R* rowI;
 
   __device__ Blk(const DLAProblem& pr, const Lay& l, char* sm, char* gbase)
       : p(pr), L(l.L), LP(l.LP), C(pr.C), Dk(pr.Dk), Dv(pr.Dv), SS(pr.Dk * pr.Dv), decay(pr.log_decay.present),
@@ -205,6 +211,10 @@ struct Blk {
     free_ = reinterpret_cast<int64_t*>(sm + l.free_);
     snap_unit = reinterpret_cast<int32_t*>(sm + l.snap_unit);
     snap_m = reinterpret_cast<int32_t*>(sm + l.snap_m);
+    death = reinterpret_cast<int32_t*>(sm + l.death);
+    rowOpen = reinterpret_cast<int32_t*>(sm + l.rowOpen);
+    rowMerged = reinterpret_cast<int32_t*>(sm + l.rowMerged);
+    rowI = reinterpret_cast<R*>(sm + l.rowI);
     anyU = reinterpret_cast<int32_t*>(sm + l.anyU);
   }
 
@@ -228,10 +238,11 @@ struct Blk {
   /// pair_ratio(j) for every pair not involving the open entry (j <= m-3; an entry stops changing once it
   /// is not the open one, and merges recompute the pairs they touch), the open pair is computed here (its
   /// entry is final: this token opens a new one). Keeps the cache valid for j <= m-3 after the merge.
-  __device__ int64_t merge_entries(int64_t& m) {
+  __device__ int64_t merge_entries(int64_t& m, int64_t r) {
     ratio[m - 2] = pair_ratio(m - 2);
     int64_t i = 0;
     double best_ratio = 0;
+#pragma unroll 4
     for (int64_t j = 0; j + 1 < m; ++j) {
       const double rj = ratio[j];
       if (j == 0 || rj < best_ratio) {  // strict: an equal ratio keeps the older pair
@@ -241,6 +252,7 @@ struct Blk {
     }
     count[i] += count[i + 1];
     info[i] += info[i + 1];
+    death[unit[i + 1]] = static_cast<int32_t>(r);  // entry i+1's first unit stops starting an entry at row r
     for (int64_t j = i + 1; j + 1 < m; ++j) {
       slot[j] = slot[j + 1];
       count[j] = count[j + 1];
@@ -284,8 +296,11 @@ struct Blk {
     x = static_cast<double>(static_cast<R>(math::dla_info_score(p.state_drift, x, Bv[r], pair_sum(s, r), n)));
   }
 
-  /// Thread 0: dla_prefill.cu's scan, the scores read from the table; aux outputs only when `aux`.
-  __device__ void scan(int64_t t0, int64_t Lc, int64_t m_in, bool aux, int64_t& m, int64_t& nfree) {
+  /// Thread 0: dla_prefill.cu's scan, the scores read from the table. Per row it records the score, the
+  /// boundary and the merged pair (rowI, rowOpen, rowMerged: the aux outputs, written by every thread after
+  /// the scan) and, per unit, the row at which it stopped starting an entry (death, set to "never" by the
+  /// block before the scan): the entry lists of every row follow from those (snapshots(), in parallel).
+  __device__ void scan(int64_t t0, int64_t Lc, int64_t m_in, int64_t& m, int64_t& nfree) {
     for (int64_t u = 0; u < m_in; ++u) {
       in_slot[u] = slot[u];
       unit[u] = u;
@@ -299,7 +314,7 @@ struct Blk {
       int64_t merged = -1;
       if (opens) {
         if (m == C)
-          merged = merge_entries(m);
+          merged = merge_entries(m, r);
         else if (m >= 2)
           ratio[m - 2] = pair_ratio(m - 2);  // the open entry's pair: final now
         count[m] = 1;
@@ -313,15 +328,9 @@ struct Blk {
         count[m - 1] += 1;
         info[m - 1] += I;
       }
-      if (aux) {
-        const int64_t t = t0 + r;
-        if (p.scores.present) static_cast<R*>(p.scores.data)[at3(p.scores, b, h, t)] = I;
-        if (p.boundaries.present)
-          static_cast<uint8_t*>(p.boundaries.data)[at3(p.boundaries, b, h, t)] = opens ? 1 : 0;
-        if (p.merged.present) static_cast<int64_t*>(p.merged.data)[at3(p.merged, b, h, t)] = merged;
-      }
-      snap_m[r] = static_cast<int32_t>(m);
-      for (int64_t i = 0; i < m; ++i) snap_unit[r * C + i] = static_cast<int32_t>(unit[i]);
+      rowI[r] = I;
+      rowOpen[r] = opens ? 1 : 0;
+      rowMerged[r] = static_cast<int32_t>(merged);
     }
     for (int pass = 0; pass < 2; ++pass)
       for (int64_t i = 0; i < m; ++i) {
@@ -335,6 +344,20 @@ struct Blk {
           slot[i] = free_[--nfree];
         }
       }
+  }
+
+  /// Row r's entry list after its insert (the scan's list at that point), rebuilt from the scan's record:
+  /// entries are chronological and each is named by its first unit, so the list is the units u <= m_in + r
+  /// that start an entry at row r: carried units (u < m_in) and the chunk rows that opened a state, unless
+  /// merged away at a row <= r (death[u] <= r).
+  __device__ void snapshot(int64_t r, int64_t m_in) {
+    int32_t n = 0;
+    int32_t* out = snap_unit + r * C;
+    for (int64_t u = 0; u <= m_in + r; ++u) {
+      const bool starts = (u < m_in || rowOpen[u - m_in] != 0) && death[u] > r;
+      if (starts) out[n++] = static_cast<int32_t>(u);
+    }
+    snap_m[r] = n;
   }
 };
 
@@ -534,6 +557,7 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       //     the scores (one entry per thread).
       for (int64_t s = tid - (m_in > 0 ? 1 : 0); s < Lc; s += nth) w.a_chain(s, Lc, A_open);
       __syncthreads();
+      for (int64_t u = tid; u < m_in + Lc; u += nth) w.death[u] = 0x7fffffff;  // never (until the scan says)
       {
         const int64_t ns0 = m_in > 0 ? 1 : 0, NS = Lc + ns0;  // s = -1 (carried), 0 .. Lc-1
         for (int64_t idx = tid; idx < Lc * NS; idx += nth) {
@@ -544,11 +568,24 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       __syncthreads();
       // 3. The scalar scan.
       if (tid == 0) {
-        w.scan(t0, Lc, m_in, lead, m, nfree);
+        w.scan(t0, Lc, m_in, m, nfree);
         sh_m = m;
       }
       __syncthreads();
       const int64_t m_out = sh_m;
+      // 3b. The aux outputs (slice 0) and every row's entry list, one row per thread.
+      for (int64_t r = tid; r < Lc; r += nth) {
+        if (lead) {
+          const int64_t t = t0 + r;
+          if (p.scores.present) static_cast<R*>(p.scores.data)[at3(p.scores, b, h, t)] = w.rowI[r];
+          if (p.boundaries.present)
+            static_cast<uint8_t*>(p.boundaries.data)[at3(p.boundaries, b, h, t)] = w.rowOpen[r] ? 1 : 0;
+          if (p.merged.present)
+            static_cast<int64_t*>(p.merged.data)[at3(p.merged, b, h, t)] = static_cast<int64_t>(w.rowMerged[r]);
+        }
+        w.snapshot(r, m_in);
+      }
+      __syncthreads();
       // 4. Readout weights, one (row r, unit U <= m_in + r) per thread: Win for carried units, P (in place
       //    over QK) for the chunk's tokens.
       {
