@@ -164,6 +164,8 @@ template <class T> void all() {
   run<T>("T=0 with cache", 0, 7, 6, 3, 0, 0.6, false, false, true, 2);
   run<T>("T=1 chunk 3 (not the decode path)", 1, 7, 6, 3, 3, 0.6, true, false, true, 2);
   run<T>("odd sizes chunk 7", 45, 9, 13, 3, 7, -1.0, true, false, true, 3);
+  run<T>("chunk 1", 23, 7, 6, 3, 1, -1.0, true, false, true, 2);
+  run<T>("chunk 1 tau inf", 23, 8, 8, 3, 1, INFINITY, true, true, true, 2);
   run<T>("big tiles default chunk", 150, 20, 19, 4, 0, -1.0, true, false, true, 2);
   if (sizeof(T) == 8) {  // mixed decisions: double only (scores near tau may round apart in float)
     for (double tau : {0.4, 0.8, 1.1}) {
@@ -171,6 +173,7 @@ template <class T> void all() {
       run<T>("mixed tau decay cache", 90, 7, 6, 4, 11, tau, true, false, true, 1);
       run<T>("mixed tau drift decay cache", 90, 16, 12, 3, 0, tau, true, true, true, 3);
       run<T>("mixed tau big", 150, 20, 19, 5, 0, tau, true, false, true, 2);
+      run<T>("mixed tau chunk 1", 40, 7, 6, 3, 1, tau, true, false, true, 1);
     }
   }
 }
