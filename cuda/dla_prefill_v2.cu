@@ -1,8 +1,9 @@
 // Dynamic linear attention on the GPU, chunked prefill, second version ("dla_prefill_v2", gated in
 // cuda/runtime.cu kCompiled; dla.cu takes it when has_kernel("dla_prefill_v2") and the chunk fits in shared
-// memory, else dla_prefill.cu). Same semantics and the same arithmetic as dla_prefill.cu (which follows
-// cpu/dla_prefill.h): the same chunk boundaries, scan, merge order, per-element formulas and summation
-// orders of the outputs and states; what changed is where the data lives and who computes what:
+// memory, else dla_prefill.cu). Same semantics and nearly the same arithmetic as dla_prefill.cu (which
+// follows cpu/dla_prefill.h): the same chunk boundaries, scan, merge order, and the same formulas and
+// summation orders for the decisions and states (the carried states' readout scales after the product, and
+// p_r sums in another order: rounding only); what changed is where the data lives and who computes what:
 //
 // * The chunk (Q^T, K^T, V^T and V, the Gram products, the readout weights, the entry-list snapshots) lives
 //   in dynamic shared memory instead of global scratch; the cache's state slots stay in global scratch.
@@ -17,7 +18,7 @@
 //   math::dla_merge_pair does, from ratios cached per pair (recomputed where a pair changes).
 // * The readout weights are computed one (row, unit) per thread (was one row per thread).
 // * The readout: kRt rows x 1 column per thread in registers, y = P V, then each carried state's term
-//   sum_d (w_ru q_rd) S_u[d][e] with S_u read from the slots (every warp reads the same rows: L1) and Q^T
+//   w_ru sum_d q_rd S_u[d][e] with S_u read from the slots (every warp reads the same rows: L1) and Q^T
 //   from shared memory (16-byte broadcasts); no barrier inside (was: every output element re-reading every
 //   state from global memory).
 // * Column split: each (batch, head) item is run by `ns` blocks, each owning a slice of the Dv output
@@ -618,9 +619,10 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       }
       __syncthreads();  // anyU
       // 5. Outputs of this block's columns, kRt rows x 1 column per thread in registers: y = P V (j in
-      //    order), then each carried state's term sum_d (w_ru q_rd) S_u[d][e] in unit order (dla_prefill.cu's
-      //    expressions and order). S_u is read from the slots (global scratch, L1-resident: every warp reads
-      //    the same rows), q from Q^T in shared memory.
+      //    order), then each carried state's term w_ru (q_r^T S_u[:, e]) in unit order (dla_prefill.cu and
+      //    the CPU scale q by w_ru before the product: a rounding difference only, and half the multiplies).
+      //    S_u is read from the slots (global scratch, L1-resident: every warp reads the same rows), q from
+      //    Q^T in shared memory.
       {
         const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
         for (int64_t wi = tid; wi < nwi; wi += nth) {
@@ -647,10 +649,10 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
               R q8[kRt];
               load_rows(w.QT + d * LP + r0, q8);  // rows past Lc are zero
 #pragma unroll
-              for (int a = 0; a < kRt; ++a) acc[a] += (wr[a] * q8[a]) * sd;
+              for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * sd;
             }
 #pragma unroll
-            for (int a = 0; a < kRt; ++a) y[a] += acc[a];
+            for (int a = 0; a < kRt; ++a) y[a] += wr[a] * acc[a];
           }
 #pragma unroll
           for (int a = 0; a < kRt; ++a)
