@@ -22,6 +22,9 @@
   the best geometric-mean device GB/s (the one to make the default).
 * Linear attention (elu+1), Performer (m=256) and DLA prefill (tokens/s) and DLA decode (one token with a
   cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..).
+* DLA prefill kernels side by side (``--dla-sweep``, on under ``--quick``; S = 4096, 16384): the first CUDA
+  kernel vs the second (``cuda/dla_prefill_v2.cu``) with each column split (tuning option ``dla_split``),
+  whether the splits give the same bits, and the largest difference between the two kernels.
 
 Timing: CUDA events on the current (null) stream around each call, after warm-up, median of ``--reps``
 (fewer for calls slower than ``--target-s``). attnkit gets CuPy arrays; torch gets the same memory through
@@ -30,7 +33,7 @@ where attnkit does not take them the row says why. A mechanism without a CUDA ke
 listed as "no kernel" and skipped. Writes JSON (device, versions, every row) to ``--json`` (default
 bench/results/gpu.json), rewritten after every row so that an interrupted run keeps what it measured.
 
-    python bench/bench_gpu.py [--quick] [--json out.json] [--peak-gbs 3350] [--budget-s 110]
+    python bench/bench_gpu.py [--quick] [--json out.json] [--peak-gbs 3350] [--budget-s 110] [--dla-sweep]
 """
 
 from __future__ import annotations
@@ -586,6 +589,47 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
         cupy.get_default_memory_pool().free_all_blocks()
 
 
+def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
+    """DLA prefill, the CUDA kernels side by side (tuning option dla_split): -1 = the first kernel
+    (cuda/dla_prefill.cu), 0 = the second one with its automatic column split, 1/2/4 = the second one with
+    that many blocks per (batch, head). Same inputs as linear_rows. Also records whether every split of the
+    second kernel gives the same bits (it should) and its largest difference from the first kernel."""
+    cupy, attnkit, timer, kernels = ctx["cupy"], ctx["attnkit"], ctx["timer"], ctx["kernels"]
+    if kernels["dynamic_linear_attention"]:
+        return
+    from attnkit._tuning import tuning
+
+    for S in sizes:
+        if ctx["out_of_time"]():
+            return
+        q, k, v = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+        lam = (cupy.random.random((B, H, S, C), dtype=np.float32) * (2.0 / C)).astype(dtype)
+        row = {"kind": "dla_split", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "dla_capacity": C}
+        ys = {}
+        for split in (-1, 0, 1, 2, 4):
+            def call(split=split):
+                with tuning(dla_split=split):
+                    return attnkit.dynamic_linear_attention(q, k, v, lam, capacity=C)
+
+            t, note = attempt(lambda: timer(call))
+            name = "v1" if split == -1 else f"v2_split{split}"
+            if t:
+                row[f"{name}_s"], row[f"{name}_tokens_per_s"] = t, B * S / t
+                y, _ = call()
+                ys[split] = y.astype(cupy.float32)
+            else:
+                row[f"{name}_note"] = note
+        v2 = [ys[s] for s in (0, 1, 2, 4) if s in ys]
+        if len(v2) > 1:
+            row["v2_splits_same_bits"] = all(bool((x == v2[0]).all()) for x in v2[1:])
+        if v2 and -1 in ys:
+            row["v2_vs_v1_max_abs_diff"] = float(cupy.abs(v2[0] - ys[-1]).max())
+            row["v1_max_abs"] = float(cupy.abs(ys[-1]).max())
+        ctx["add"](row)
+        del q, k, v, lam, ys, v2
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
 # ----------------------------------------------------------------------------------------- report
 def fmt(x, spec=".1f", none="-"):
     return none if x is None else format(x, spec)
@@ -621,6 +665,14 @@ def format_row(r) -> str:
                 f"attnkit {fmt(r.get('attnkit_gbs'), '.0f'):>5} GB/s ({fmt(r.get('attnkit_pct_peak'), '.0f')}% of peak)  "
                 f"torch {fmt(r.get('torch_gbs'), '.0f'):>5} GB/s  (attnkit device time: "
                 f"{fmt(r.get('attnkit_device_gbs'), '.0f')} GB/s){note}"[:240])
+    if r["kind"] == "dla_split":
+        parts = [f"dla    {r['dtype']:>8} S={r['S']:<5}"]
+        for name in ("v1", "v2_split0", "v2_split1", "v2_split2", "v2_split4"):
+            tps = r.get(f"{name}_tokens_per_s")
+            parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
+        parts.append(f"splits same bits {r.get('v2_splits_same_bits', '-')}  |v2-v1| "
+                     f"{fmt(r.get('v2_vs_v1_max_abs_diff'), '.2g')} of {fmt(r.get('v1_max_abs'), '.2g')}")
+        return "  ".join(parts) + "  (Mtok/s)"
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
     for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
                  "exact_decode", "dla_decode"):
@@ -648,6 +700,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", action="store_true", help="the tensor-core kernel's tile-shape variants side "
                                                              "by side (always under --quick)")
     ap.add_argument("--variant-worker", default=None, help=argparse.SUPPRESS)  # internal: variant_rows' subprocess
+    ap.add_argument("--dla-sweep", action="store_true", help="DLA prefill kernels / column splits side by side "
+                                                             "(S = 4096, 16384; on under --quick)")
     a = ap.parse_args(argv)
     if a.variant_worker is not None:
         return variant_worker(a.variant_worker)
@@ -714,6 +768,10 @@ def main(argv=None) -> int:
             decode_sweep_rows(ctx, a.decode_sweep_sizes or [16384, 131072])
         except Exception as e:  # noqa: BLE001 - the rows measured so far are kept
             log(f"bench_gpu: decode sweep failed: {e.__class__.__name__}: {e}")
+    if a.dla_sweep or a.quick:
+        log("-- DLA prefill: first kernel (v1) vs second (v2) and its column splits (float16, B=4, H=16, D=64, "
+            "C=16): tokens/s")
+        dla_split_rows(ctx, [4096, 16384])
     payload["elapsed_s"] = round(time.monotonic() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")

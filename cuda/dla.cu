@@ -23,6 +23,7 @@
 
 #include "cpp/src/backend.h"
 #include "cuda/dla_common.cuh"
+#include "tuning.h"
 
 namespace attnkit {
 namespace detail {
@@ -52,11 +53,15 @@ void dynamic_linear_attention(const DLAProblem& p) {
   const cudaStream_t stream = as_stream(p.stream);
   if (p.B * p.H == 0) return;  // nothing to write
   const bool decode = dla::takes_decode_path(p);
+  // The second chunked prefill (dla_prefill_v2.cu) is gated until verified on a GPU; tuning dla_split = -1
+  // takes the first one (measurements side by side).
+  static const bool v2_enabled = has_kernel("dla_prefill_v2");
+  const bool v2 = v2_enabled && tuning().dla_split.load() >= 0;
   dispatch_float(p.dtype, [&](auto tag) {
     using St = decltype(tag);
     if (decode)
       dla::launch_decode<St>(p, stream);
-    else
+    else if (!(v2 && dla::launch_prefill_v2<St>(p, stream)))
       dla::launch_prefill<St>(p, stream);
   });
 }

@@ -43,6 +43,10 @@ template <class St>
 void launch_decode(const DLAProblem& p, cudaStream_t stream);
 template <class St>
 void launch_prefill(const DLAProblem& p, cudaStream_t stream);
+/// dla_prefill_v2.cu: the faster chunked prefill; false (nothing launched) when its chunk does not fit in
+/// the device's shared memory, and the caller takes launch_prefill.
+template <class St>
+bool launch_prefill_v2(const DLAProblem& p, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------ device helpers
 

@@ -769,3 +769,22 @@ def test_cuda_path_without_gpu(args):
     with pytest.raises(RuntimeError) as e:
         _core.dynamic_linear_attention(p)
     assert ("CUDA" in str(e.value)) if _core.built_with_cuda() else ("built without CUDA" in str(e.value))
+
+
+def test_dla_split_tuning_option():
+    """The CUDA prefill's column split (tuning option dla_split, cuda/dla_prefill_v2.cu): range-checked,
+    restored by attnkit._tuning.tuning, and no effect on the CPU backend."""
+    from attnkit import _core
+    from attnkit._tuning import tuning
+
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 2, 30, 8)).astype(np.float32) for _ in range(3))
+    lam = rng.random((1, 2, 30, 3)).astype(np.float32)
+    y0 = attnkit.dynamic_linear_attention(q, k, v, lam, capacity=3)[0]
+    for split in (-1, 0, 1, 8):
+        with tuning(dla_split=split):
+            assert _core.get_tuning("dla_split") == split
+            np.testing.assert_array_equal(attnkit.dynamic_linear_attention(q, k, v, lam, capacity=3)[0], y0)
+    assert _core.get_tuning("dla_split") == 0
+    for bad in (-2, 9):
+        raises(ValueError, "dla_split", _core.set_tuning, "dla_split", bad)

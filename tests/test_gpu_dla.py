@@ -131,3 +131,104 @@ def test_dla_prefill_then_decode(rng, dtype, decay):
     assert_close(_scaled(y, ry), _scaled(ry, ry), _scaled(ny, ry), dtype, what="y (decoded)", atol_scale=4.0)
     for name in ("counts", "starts", "size"):
         np.testing.assert_array_equal(getattr(host(dcache), name), getattr(rc, name), err_msg=name)
+
+
+# ----------------------------------------------------------------------- the v2 prefill (dla_prefill_v2.cu)
+# Under ATTNKIT_CUDA_UNVERIFIED=1 every prefill above already runs cuda/dla_prefill_v2.cu (where its chunk
+# fits in shared memory: all of them but "wide" in float64). The cases below add several chunks per call
+# (the cache carried from chunk to chunk inside the kernel), odd lengths and chunk lengths, capacity edges,
+# every column split (tuning option dla_split) and prefill in pieces.
+from attnkit._tuning import tuning  # noqa: E402
+
+DLA_V2_CASES = [
+    # id, B, H, T, Dk, Dv, C, score, decay, chunk (0: automatic, 64)
+    ("small-multi", 1, 2, 70, 8, 8, 3, "token_vs_state", "rand", 0),  # in the sanitizer subset (-k small)
+    ("multi", 2, 2, 150, 32, 32, 5, "token_vs_state", None, 0),
+    ("multi-decay", 1, 3, 131, 16, 24, 4, "token_vs_state", "rand", 0),
+    ("multi-drift", 2, 1, 129, 24, 16, 3, "state_drift", "rand", 0),
+    ("d64", 1, 2, 200, 64, 64, 16, "token_vs_state", None, 0),
+    ("chunk7", 1, 2, 61, 13, 9, 3, "token_vs_state", "rand", 7),
+    ("chunk1", 1, 2, 23, 8, 8, 3, "token_vs_state", None, 1),
+    ("cap1", 1, 2, 140, 16, 16, 1, "token_vs_state", "rand", 0),
+    ("cap2", 1, 2, 140, 16, 16, 2, "token_vs_state", None, 0),
+    ("capT", 1, 2, 70, 8, 8, 70, "token_vs_state", None, 0),
+    ("capbig", 1, 2, 33, 8, 8, 50, "token_vs_state", "rand", 0),
+]
+
+
+def _dla_v2_run(case, dtype, rng, split, cache=None):
+    _, B, H, T, Dk, Dv, C, score, decay, chunk = case
+    q, k, v, lam, g = _dla_problem(rng, B, H, T, Dk, Dv, C, dtype, decay)
+    kw = dict(capacity=C, tau=0.6, log_decay=g, score=score, return_aux=True)
+    with tuning(dla_chunk=chunk, dla_split=split):
+        res = gpu_run(attnkit.dynamic_linear_attention, q, k, v, lam, **kw)
+        cres = attnkit.dynamic_linear_attention(q, k, v, lam, **kw)
+    return (q, k, v, lam, kw), res, cres
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", DLA_V2_CASES, ids=[c[0] for c in DLA_V2_CASES])
+def test_dla_prefill_v2(rng, dtype, case):
+    need("dynamic_linear_attention")
+    (q, k, v, lam, kw), res, cres = _dla_v2_run(case, dtype, rng, 0)
+    rres = ref.dynamic_linear_attention(q, k, v, lam, **kw)
+    nres = ref.dynamic_linear_attention(q, k, v, lam, _dtype=np.float32, **kw) if dtype != F64 else rres
+    _dla_compare(res, cres, rres, nres, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, F64], ids=["f32", "f16", "f64"])
+@pytest.mark.parametrize("case", [DLA_V2_CASES[i] for i in (1, 2, 4, 5)], ids=["multi", "multi-decay", "d64", "chunk7"])
+def test_dla_prefill_v2_split_invariant(dtype, case):
+    """Every column split gives the same bits (each element is computed by the same operations whichever
+    block owns it; the scan runs identically in every block), and the CPU's decisions."""
+    need("dynamic_linear_attention")
+    base = None
+    for split in (1, 2, 3, 4, 8, 0):
+        rng = np.random.default_rng(1234)
+        _, res, cres = _dla_v2_run(case, dtype, rng, split)
+        for name in ("boundaries", "merged"):
+            same(getattr(res[2], name), getattr(cres[2], name), f"{name} (split {split})")
+        bits = [np.asarray(x).tobytes() for x in (res[0], res[1].states, res[1].counts, res[1].info, res[1].starts,
+                                                   res[1].size, res[2].scores, res[2].boundaries, res[2].merged)]
+        if base is None:
+            base = bits
+        else:
+            assert bits == base, f"split {split} gives other bits than split 1"
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, F64], ids=["f32", "f16", "f64"])
+@pytest.mark.parametrize("decay", [None, "rand"])
+@pytest.mark.parametrize("split", [0, 1, 3])
+def test_dla_prefill_v2_pieces(rng, dtype, decay, split):
+    """Prefill in pieces of odd lengths (37, 64, 1, 55: chunk boundaries inside and across pieces) with the
+    device cache carried, against the CPU in the same pieces and against one GPU call over every token."""
+    need("dynamic_linear_attention")
+    B, H, T, Dk, Dv, C = 2, 2, 157, 16, 16, 4
+    q, k, v, lam, g = _dla_problem(rng, B, H, T, Dk, Dv, C, dtype, decay)
+    kw = dict(capacity=C, tau=0.6, score="token_vs_state", return_aux=True)
+    dcache, ccache, ys, bnds = None, None, [], []
+    part = lambda x, a, b: None if x is None else x[:, :, a:b]  # noqa: E731
+    with tuning(dla_split=split):
+        for a, b in [(0, 37), (37, 101), (101, 102), (102, T)]:
+            args = tuple(part(x, a, b) for x in (q, k, v, lam))
+            res = attnkit.dynamic_linear_attention(*dev(args), log_decay=dev(part(g, a, b)), cache=dcache, **kw)
+            _check_on_device(res, 0)
+            cres = attnkit.dynamic_linear_attention(*args, log_decay=part(g, a, b), cache=ccache, **kw)
+            hres = host(res)
+            for name in ("boundaries", "merged"):
+                same(getattr(hres[2], name), getattr(cres[2], name), f"{name} at tokens {a}:{b}")
+            for name in ("counts", "starts", "size"):
+                same(getattr(hres[1], name), getattr(cres[1], name), f"cache.{name} at tokens {a}:{b}")
+            tol = 1e-12 if dtype == F64 else 1e-4
+            np.testing.assert_allclose(to_f64(hres[0]), to_f64(cres[0]), rtol=tol * 30, atol=tol * 30)
+            np.testing.assert_allclose(hres[1].states, cres[1].states, rtol=tol * 10, atol=tol * 10)
+            dcache, ccache = res[1], cres[1]
+            ys.append(hres[0])
+            bnds.append(hres[2].boundaries)
+        whole = host(attnkit.dynamic_linear_attention(*dev((q, k, v, lam)), log_decay=dev(g), **kw))
+    np.testing.assert_array_equal(np.concatenate(bnds, axis=2), whole[2].boundaries)
+    for name in ("counts", "starts", "size"):
+        same(getattr(host(dcache), name), getattr(whole[1], name), f"cache.{name}: pieces vs one call")
+    tol = 1e-11 if dtype == F64 else 2e-3
+    np.testing.assert_allclose(to_f64(np.concatenate(ys, axis=2)), to_f64(whole[0]), rtol=tol, atol=tol)
+    np.testing.assert_allclose(host(dcache).states, whole[1].states, rtol=tol, atol=tol)

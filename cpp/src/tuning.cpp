@@ -13,9 +13,10 @@ std::atomic<int64_t>* find(Tuning& t, const std::string& name) {
   if (name == "cuda_decode_keys") return &t.cuda_decode_keys;
   if (name == "cuda_decode_blocks") return &t.cuda_decode_blocks;
   if (name == "cuda_decode_scratch") return &t.cuda_decode_scratch;
+  if (name == "dla_split") return &t.dla_split;
   throw Error(ErrorKind::Value, "unknown tuning option '" + name +
-                                    "' (known: linear_chunk, dla_chunk, cuda_decode, cuda_decode_keys, cuda_decode_blocks, "
-                                    "cuda_decode_scratch)");
+                                    "' (known: linear_chunk, dla_chunk, dla_split, cuda_decode, cuda_decode_keys, "
+                                    "cuda_decode_blocks, cuda_decode_scratch)");
 }
 
 }  // namespace
@@ -28,6 +29,13 @@ Tuning& tuning() {
 void set_tuning(const std::string& name, int64_t value) {
   std::atomic<int64_t>* opt = find(tuning(), name);
   const Tuning& t = tuning();
+  if (opt == &t.dla_split) {
+    if (value < -1 || value > kMaxDlaSplit)
+      throw Error(ErrorKind::Value, name + " must be in [1, " + std::to_string(kMaxDlaSplit) +
+                                        "], 0 (automatic) or -1 (the first kernel), got " + std::to_string(value));
+    opt->store(value);
+    return;
+  }
   if (opt == &t.cuda_decode || opt == &t.cuda_decode_keys || opt == &t.cuda_decode_blocks ||
       opt == &t.cuda_decode_scratch) {
     const bool ok = opt == &t.cuda_decode || opt == &t.cuda_decode_scratch ? value == 0 || value == 1

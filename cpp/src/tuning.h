@@ -30,11 +30,18 @@ struct Tuning {
   /// CUDA decode v2's split scratch: 0 = a private stream-ordered pool that keeps its memory between calls,
   /// 1 = cudaMallocAsync on the device's default pool (as every other CUDA workspace).
   std::atomic<int64_t> cuda_decode_scratch{0};
+  /// DLA prefill on CUDA (cuda/dla_prefill_v2.cu): blocks per (batch, head), each owning a slice of the
+  /// output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel (cuda/dla_prefill.cu, for
+  /// side-by-side measurements). No effect on the CPU; results equal up to rounding.
+  std::atomic<int64_t> dla_split{0};
 };
 
+/// Largest dla_split.
+constexpr int64_t kMaxDlaSplit = 8;
+
 Tuning& tuning();
-/// Sets option `name` ("linear_chunk", "dla_chunk", "cuda_decode", "cuda_decode_keys", "cuda_decode_blocks",
-/// "cuda_decode_scratch"); Error(Value) naming it for an unknown name or a value
+/// Sets option `name` ("linear_chunk", "dla_chunk", "dla_split", "cuda_decode", "cuda_decode_keys",
+/// "cuda_decode_blocks", "cuda_decode_scratch"); Error(Value) naming it for an unknown name or a value
 /// out of range.
 void set_tuning(const std::string& name, int64_t value);
 int64_t get_tuning(const std::string& name);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward}.cu, for machines
+# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward,dla_prefill_v2}.cu, for machines
 # without a GPU: the .cu files are compiled by g++ against shim/cuda/*.cuh (blocks run one after another, the
 # threads of a block as std::threads meeting at a std::barrier for __syncthreads; float32/float64 only), with
 # each `kernel<<<grid, kThreads, 0, stream>>>(args)` rewritten to a call of the shim's emu_launch. The tests
@@ -33,3 +33,11 @@ g++ "${flags[@]}" -fopenmp "$here/test_attention_backward.cpp" "$out/attention_b
   "$out/attention_bwd_generic.o" -o "$out/test_attention_backward"
 OMP_NUM_THREADS=1 "$out/test_linear_vs_cpu" | tail -1
 OMP_NUM_THREADS=1 "$out/test_attention_backward" | tail -1
+# DLA prefill v2: the kernel body (the file up to its host side) vs the CPU backend's generic kernel.
+sed -n '1,/^\/\/ ---- host side/p' "$root/cuda/dla_prefill_v2.cu" > "$out/dla_v2_body.inc"
+printf '}  // namespace v2\n}  // namespace dla\n}  // namespace cuda\n}  // namespace detail\n}  // namespace attnkit\n' \
+  >> "$out/dla_v2_body.inc"
+g++ -std=c++17 -O1 -fopenmp -I "$root/cpp/src" -I "$root/cpp/include" -c "$root/cpp/src/cpu/dla_generic.cpp" \
+  -o "$out/dla_generic.o"
+g++ "${flags[@]}" -fopenmp -I "$out" "$here/test_dla_v2.cpp" "$out/dla_generic.o" -o "$out/test_dla_v2"
+OMP_NUM_THREADS=1 "$out/test_dla_v2" | tail -1

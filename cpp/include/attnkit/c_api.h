@@ -70,8 +70,9 @@ ATTNKIT_API const char* attnkit_cpu_isa(void);
 ATTNKIT_API attnkit_status attnkit_set_num_threads(int32_t n);
 ATTNKIT_API int32_t attnkit_get_num_threads(void);
 /* Backend tuning options (speed only, never a result beyond rounding; process-wide): "linear_chunk"
- * (linear attention / Performer chunk length, 0 = default, else 1..1024) and "dla_chunk" (DLA: 0 automatic,
- * L >= 1 chunks of L tokens, 1 = token by token); "cuda_decode*" pick the CUDA decode kernel's variant. */
+ * (linear attention / Performer chunk length, 0 = default, else 1..1024), "dla_chunk" (DLA: 0 automatic,
+ * L >= 1 chunks of L tokens, 1 = token by token) and "dla_split" (DLA prefill on CUDA: blocks per (batch,
+ * head), 0 automatic, else 1..8); "cuda_decode*" pick the CUDA decode kernel's variant. */
 ATTNKIT_API attnkit_status attnkit_set_tuning(const char* name, int64_t value);
 ATTNKIT_API attnkit_status attnkit_get_tuning(const char* name, int64_t* value);
 

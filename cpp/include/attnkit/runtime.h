@@ -39,6 +39,8 @@ struct Support {
 ///   "dla_chunk":    DLA, 0 = automatic, L >= 1 = chunks of L tokens (1: token by token);
 ///   "cuda_decode", "cuda_decode_keys", "cuda_decode_blocks", "cuda_decode_scratch": the CUDA decode
 ///                   kernel's version and variant (cpp/src/tuning.h), 0 = defaults.
+///   "dla_split":    DLA prefill on CUDA, blocks per (batch, head) (output column slices), 0 = automatic, else 1..8
+///                   (-1: the first CUDA prefill kernel, for measurements).
 /// Throws Error(Value) for an unknown name or a value out of range. Meant for tests and measurements.
 ATTNKIT_API void set_tuning(const char* name, int64_t value);
 ATTNKIT_API int64_t get_tuning(const char* name);

@@ -1,0 +1,815 @@
+// Dynamic linear attention on the GPU, chunked prefill, second version ("dla_prefill_v2", gated in
+// cuda/runtime.cu kCompiled; dla.cu takes it when has_kernel("dla_prefill_v2") and the chunk fits in shared
+// memory, else dla_prefill.cu). Same semantics and nearly the same arithmetic as dla_prefill.cu (which
+// follows cpu/dla_prefill.h): the same chunk boundaries, scan, merge order, and the same formulas and
+// summation orders for the decisions and states (the carried states' readout scales after the product, and
+// p_r sums in another order: rounding only); what changed is where the data lives and who computes what:
+//
+// * The chunk (Q^T, K^T, V^T and V, the Gram products, the readout weights, the entry-list snapshots) lives
+//   in dynamic shared memory instead of global scratch; the cache's state slots stay in global scratch.
+// * The Gram lower triangles K K^T, V V^T (double) and Q K^T are register tiles of kTg x kTg per thread.
+// * The scan's in-chunk pair sums p_r = sum_{open_lo <= j < r} e^{G_r-G_j} KK_rj VV_rj come from per-row
+//   suffix sums computed in parallel before the scan (summed from j = r-1 down instead of up: a double
+//   rounding difference only). The scores themselves do not depend on the scan beyond the start s of the
+//   open state (A follows from s alone while no boundary intervenes), so a table of every row's score under
+//   every possible s (carried in, or opened at chunk row s) is computed in parallel first (the A chains one
+//   thread each, then one score per thread, each step the scan's own arithmetic); thread 0's serial scan
+//   then only looks scores up and does the bookkeeping. Its merges pick the pair exactly as
+//   math::dla_merge_pair does, from ratios cached per pair (recomputed where a pair changes).
+// * The readout weights are computed one (row, unit) per thread (was one row per thread).
+// * The readout: kRt rows x 1 column per thread in registers, y = P V, then each carried state's term
+//   w_ru sum_d q_rd S_u[d][e] with S_u read from the slots (every warp reads the same rows: L1) and Q^T
+//   from shared memory (16-byte broadcasts); no barrier inside (was: every output element re-reading every
+//   state from global memory).
+// * Column split: each (batch, head) item is run by `ns` blocks, each owning a slice of the Dv output
+//   columns for the readout (the dominant O(L C Dk Dv) work per chunk). Every slice block runs the same
+//   scan and keeps the full cache (the scan needs the whole open state), redundantly and deterministically
+//   (identical code on identical data); only slice 0 writes the aux outputs and the cache.
+//   ns: the tuning option "dla_split" (cpp/src/tuning.h; attnkit._tuning.tuning(dla_split=n) in Python;
+//   1..8; 0, the default: automatic, about one block per SM: clamp(SMs / (B*H), 1, 4)), never more than Dv.
+// * The states at the chunk's end: kDt state rows per thread (one column), K rows from shared memory.
+//
+// What stays serial per chunk (and bounds the speed at B*H ~ #SMs): thread 0's scan (with a merge at
+// nearly every token when every token opens a state, as random data do) and the per-chunk barriers.
+//
+// Every reduction is a fixed loop of one thread or a fixed tree over the block: deterministic, and the
+// results do not depend on ns (each output element is computed by exactly the same sequence of operations
+// whichever block owns it).
+
+#include "cuda/dla_common.cuh"
+#include "cuda/workspace.cuh"
+
+namespace attnkit {
+namespace detail {
+namespace cuda {
+namespace dla {
+namespace v2 {
+
+/// Rows per thread of the readout, state rows per thread of the state update, Gram tile edge.
+constexpr int kRt = 8;
+constexpr int kDt = 8;
+constexpr int kTg = 4;
+
+/// x[0 .. kRt) = src[0 .. kRt): src is 32-byte aligned in shared memory (float: two 16-byte loads; the
+/// whole warp usually reads the same address, a broadcast).
+__device__ __forceinline__ void load_rows(const float* src, float (&x)[kRt]) {
+  static_assert(kRt == 8 && kDt == 8, "two float4 per row group");
+  const float4 a = reinterpret_cast<const float4*>(src)[0], b = reinterpret_cast<const float4*>(src)[1];
+  x[0] = a.x;
+  x[1] = a.y;
+  x[2] = a.z;
+  x[3] = a.w;
+  x[4] = b.x;
+  x[5] = b.y;
+  x[6] = b.z;
+  x[7] = b.w;
+}
+__device__ __forceinline__ void load_rows(const double* src, double (&x)[kRt]) {
+#pragma unroll
+  for (int a = 0; a < kRt; ++a) x[a] = src[a];
+}
+
+/// The shared-memory layout of one block (byte offsets) and its global scratch (state slots).
+struct Lay {
+  int64_t L, LP, C, Dk, Dv, ns, ncol;
+  std::size_t smem, gbytes;
+  std::size_t QT, KT, Kc, VT, Vc, Suf, QK, lamc, Win, uni;  // R or double
+  std::size_t G, eG, er, fj, cp, a2, Bv, Ac, ratio, red;                         // double
+  std::size_t decj, info;                                                        // R
+  std::size_t slot, count, start, unit, in_slot, free_;                          // int64
+  std::size_t snap_unit, snap_m, anyU, death, rowOpen, rowMerged;                // int32
+  std::size_t rowI;                                                              // R
+};
+
+inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns) {
+  Lay l{};
+  l.L = p.chunk_size > 0 ? p.chunk_size : kDefaultChunk;
+  if (l.L > p.T) l.L = p.T > 0 ? p.T : 1;
+  // Row stride of the transposed chunk arrays: whole row groups of kRt, plus 4 so that the transposing
+  // stores of step 1 (consecutive d, stride LP) spread over the banks (4-way instead of 32-way conflicts),
+  // while every row group stays 16-byte aligned for load_rows.
+  l.LP = (l.L + kRt - 1) / kRt * kRt + 4;
+  l.C = p.C;
+  l.Dk = p.Dk;
+  l.Dv = p.Dv;
+  l.ncol = (p.Dv + ns - 1) / ns;
+  l.ns = (p.Dv + l.ncol - 1) / l.ncol;
+  const std::size_t L = static_cast<std::size_t>(l.L), LP = static_cast<std::size_t>(l.LP);
+  const std::size_t C = static_cast<std::size_t>(p.C), Dk = static_cast<std::size_t>(p.Dk);
+  const std::size_t Dv = static_cast<std::size_t>(p.Dv);
+  std::size_t used = 0;
+  auto take = [&](std::size_t n, std::size_t esize) {
+    const std::size_t at = used;
+    used += (n * esize + 15) / 16 * 16;
+    return at;
+  };
+  l.QT = take(Dk * LP, rsize);
+  l.KT = take(Dk * LP, rsize);
+  l.Kc = take(L * Dk, rsize);
+  l.VT = take(Dv * LP, rsize);
+  l.Vc = take(L * Dv, rsize);
+  l.Suf = take(L * LP, sizeof(double));
+  l.QK = take(L * LP, rsize);
+  l.lamc = take(L * C, rsize);
+  l.Win = take(L * C, rsize);
+  // A union: K S_open (double, step 2), then the score table (double, steps 2b-3).
+  std::size_t ks = L * Dv * sizeof(double);
+  if (ks < L * LP * sizeof(double)) ks = L * LP * sizeof(double);
+  l.uni = take(ks, 1);
+  l.G = take(L, sizeof(double));
+  l.eG = take(L, sizeof(double));
+  l.er = take(L, sizeof(double));
+  l.fj = take(L, sizeof(double));
+  l.cp = take(L, sizeof(double));
+  l.a2 = take(L, sizeof(double));
+  l.Bv = take(L, sizeof(double));
+  l.Ac = take(L, sizeof(double));
+  l.ratio = take(C, sizeof(double));
+  l.red = take(kThreads, sizeof(double));
+  l.decj = take(L, rsize);
+  l.info = take(C, rsize);
+  l.slot = take(C, sizeof(int64_t));
+  l.count = take(C, sizeof(int64_t));
+  l.start = take(C, sizeof(int64_t));
+  l.unit = take(C, sizeof(int64_t));
+  l.in_slot = take(C, sizeof(int64_t));
+  l.free_ = take(C, sizeof(int64_t));
+  l.snap_unit = take(L * C, sizeof(int32_t));
+  l.snap_m = take(L, sizeof(int32_t));
+  l.death = take(C + L, sizeof(int32_t));
+  l.rowOpen = take(L, sizeof(int32_t));
+  l.rowMerged = take(L, sizeof(int32_t));
+  l.rowI = take(L, rsize);
+  l.anyU = take(C, sizeof(int32_t));
+  l.smem = used;
+  l.gbytes = (C * Dk * Dv * rsize + 255) / 256 * 256;
+  if (l.gbytes == 0) l.gbytes = 256;
+  return l;
+}
+
+/// The sum of x over the block (any block size) in a fixed tree; every thread gets it. Synchronizes.
+__device__ __forceinline__ double block_total(double x, double* sh) {
+  const int tid = static_cast<int>(threadIdx.x), n = static_cast<int>(blockDim.x);
+  sh[tid] = x;
+  __syncthreads();
+  int s = 1;
+  while (s < n) s <<= 1;
+  for (s >>= 1; s > 0; s >>= 1) {
+    if (tid < s && tid + s < n) sh[tid] += sh[tid + s];
+    __syncthreads();
+  }
+  const double r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+/// The block's view of its shared memory and scratch for the current item.
+template <class St>
+struct Blk {
+  using R = acc_t<St>;
+  const DLAProblem& p;
+  int64_t L, LP, C, Dk, Dv, SS, b = 0, h = 0;
+  bool decay;
+  double n;
+  R *slots, *QT, *KT, *Kc, *VT, *Vc, *QK, *lamc, *Win, *decj, *info;
+  double *Suf, *KS, *Sc, *G, *eG, *er, *fj, *cp, *a2, *Bv, *Ac, *ratio, *red;
+  int64_t *slot, *count, *start, *unit, *in_slot, *free_;
+  int32_t *snap_unit, *snap_m, *anyU, *death, *rowOpen, *rowMerged;
+  R* rowI;
+
+  __device__ Blk(const DLAProblem& pr, const Lay& l, char* sm, char* gbase)
+      : p(pr), L(l.L), LP(l.LP), C(pr.C), Dk(pr.Dk), Dv(pr.Dv), SS(pr.Dk * pr.Dv), decay(pr.log_decay.present),
+        n(static_cast<double>(pr.Dk) * static_cast<double>(pr.Dv)) {
+    slots = reinterpret_cast<R*>(gbase);
+    QT = reinterpret_cast<R*>(sm + l.QT);
+    KT = reinterpret_cast<R*>(sm + l.KT);
+    Kc = reinterpret_cast<R*>(sm + l.Kc);
+    VT = reinterpret_cast<R*>(sm + l.VT);
+    Vc = reinterpret_cast<R*>(sm + l.Vc);
+    QK = reinterpret_cast<R*>(sm + l.QK);
+    lamc = reinterpret_cast<R*>(sm + l.lamc);
+    Win = reinterpret_cast<R*>(sm + l.Win);
+    decj = reinterpret_cast<R*>(sm + l.decj);
+    info = reinterpret_cast<R*>(sm + l.info);
+    Suf = reinterpret_cast<double*>(sm + l.Suf);
+    KS = reinterpret_cast<double*>(sm + l.uni);
+    Sc = KS;
+    G = reinterpret_cast<double*>(sm + l.G);
+    eG = reinterpret_cast<double*>(sm + l.eG);
+    er = reinterpret_cast<double*>(sm + l.er);
+    fj = reinterpret_cast<double*>(sm + l.fj);
+    cp = reinterpret_cast<double*>(sm + l.cp);
+    a2 = reinterpret_cast<double*>(sm + l.a2);
+    Bv = reinterpret_cast<double*>(sm + l.Bv);
+    Ac = reinterpret_cast<double*>(sm + l.Ac);
+    ratio = reinterpret_cast<double*>(sm + l.ratio);
+    red = reinterpret_cast<double*>(sm + l.red);
+    slot = reinterpret_cast<int64_t*>(sm + l.slot);
+    count = reinterpret_cast<int64_t*>(sm + l.count);
+    start = reinterpret_cast<int64_t*>(sm + l.start);
+    unit = reinterpret_cast<int64_t*>(sm + l.unit);
+    in_slot = reinterpret_cast<int64_t*>(sm + l.in_slot);
+    free_ = reinterpret_cast<int64_t*>(sm + l.free_);
+    snap_unit = reinterpret_cast<int32_t*>(sm + l.snap_unit);
+    snap_m = reinterpret_cast<int32_t*>(sm + l.snap_m);
+    death = reinterpret_cast<int32_t*>(sm + l.death);
+    rowOpen = reinterpret_cast<int32_t*>(sm + l.rowOpen);
+    rowMerged = reinterpret_cast<int32_t*>(sm + l.rowMerged);
+    rowI = reinterpret_cast<R*>(sm + l.rowI);
+    anyU = reinterpret_cast<int32_t*>(sm + l.anyU);
+  }
+
+  __device__ __forceinline__ double log_decay(int64_t t) const {
+    return load_float<double>(p.log_decay.data, p.log_decay.dtype, at3(p.log_decay, b, h, t));
+  }
+
+  __device__ __forceinline__ double dec(bool factored, int64_t r, int64_t j) const {
+    if (!decay) return 1.0;
+    return factored ? er[r] * fj[j] : exp(G[r] - G[j]);
+  }
+
+  /// The merge ratio of the adjacent pair (i, i+1): math::dla_merge_pair's expression, verbatim.
+  __device__ __forceinline__ double pair_ratio(int64_t i) const {
+    return (static_cast<double>(info[i]) + static_cast<double>(info[i + 1])) /
+           static_cast<double>(count[i] + count[i + 1]);
+  }
+
+  /// Thread 0: cpu/dla_cache.h merge_entries on the entry list (m == C entries), the pair chosen exactly as
+  /// math::dla_merge_pair (first pair on ties, the same comparisons) but from cached ratios: ratio[j] holds
+  /// pair_ratio(j) for every pair not involving the open entry (j <= m-3; an entry stops changing once it
+  /// is not the open one, and merges recompute the pairs they touch), the open pair is computed here (its
+  /// entry is final: this token opens a new one). Keeps the cache valid for j <= m-3 after the merge.
+  __device__ int64_t merge_entries(int64_t& m, int64_t r) {
+    ratio[m - 2] = pair_ratio(m - 2);
+    int64_t i = 0;
+    double best_ratio = 0;
+#pragma unroll 4
+    for (int64_t j = 0; j + 1 < m; ++j) {
+      const double rj = ratio[j];
+      if (j == 0 || rj < best_ratio) {  // strict: an equal ratio keeps the older pair
+        i = j;
+        best_ratio = rj;
+      }
+    }
+    count[i] += count[i + 1];
+    info[i] += info[i + 1];
+    death[unit[i + 1]] = static_cast<int32_t>(r);  // entry i+1's first unit stops starting an entry at row r
+    for (int64_t j = i + 1; j + 1 < m; ++j) {
+      slot[j] = slot[j + 1];
+      count[j] = count[j + 1];
+      info[j] = info[j + 1];
+      start[j] = start[j + 1];
+      unit[j] = unit[j + 1];
+      if (j + 1 <= m - 2) ratio[j] = ratio[j + 1];
+    }
+    --m;
+    if (i >= 1) ratio[i - 1] = pair_ratio(i - 1);
+    if (i + 1 < m) ratio[i] = pair_ratio(i);
+    return i;
+  }
+
+  /// The information score of row r when the open state is the one carried in (s < 0) or the one opened at
+  /// chunk row s < r, with no boundary since: the chain of A = ||S_open||^2 from the state's start, each
+  /// step exactly the scan's arithmetic (dla_prefill.cu: A = a_r^2 A_after, p_r, then A_after =
+  /// dla_joined_sq_norm or B_r). Chain s of thread s (s = -1: the carried state, A_open): A at every row
+  /// r > s into Sc[r][s] (Ac[r] for s = -1), then score_table turns each entry into its score in place.
+  __device__ void a_chain(int64_t s, int64_t Lc, double A_open) {
+    double A_after = s < 0 ? A_open : Bv[s];
+    for (int64_t r = s + 1; r < Lc; ++r) {
+      const double A = (decay ? a2[r] : 1.0) * A_after;
+      const double pr = pair_sum(s, r);
+      (s < 0 ? Ac[r] : Sc[r * LP + s]) = A;
+      A_after = math::dla_joined_sq_norm(A, Bv[r], pr);
+    }
+  }
+
+  /// p_r of the open state started at s (s < 0: carried in), as the scan forms it.
+  __device__ __forceinline__ double pair_sum(int64_t s, int64_t r) const {
+    const int64_t open_lo = s < 0 ? 0 : s;
+    double pr = s < 0 ? (decay ? eG[r] : 1.0) * cp[r] : 0.0;
+    if (open_lo < r) pr += Suf[r * LP + open_lo];
+    return pr;
+  }
+
+  /// Entry (r, s) of the table: the score (rounded to R, stored as double) from A in place.
+  __device__ __forceinline__ void score_entry(int64_t s, int64_t r) {
+    double& x = s < 0 ? Ac[r] : Sc[r * LP + s];
+    x = static_cast<double>(static_cast<R>(math::dla_info_score(p.state_drift, x, Bv[r], pair_sum(s, r), n)));
+  }
+
+  /// Thread 0: dla_prefill.cu's scan, the scores read from the table. Per row it records the score, the
+  /// boundary and the merged pair (rowI, rowOpen, rowMerged: the aux outputs, written by every thread after
+  /// the scan) and, per unit, the row at which it stopped starting an entry (death, set to "never" by the
+  /// block before the scan): the entry lists of every row follow from those (snapshots(), in parallel).
+  __device__ void scan(int64_t t0, int64_t Lc, int64_t m_in, int64_t& m, int64_t& nfree) {
+    for (int64_t u = 0; u < m_in; ++u) {
+      in_slot[u] = slot[u];
+      unit[u] = u;
+    }
+    for (int64_t j = 0; j + 2 < m; ++j) ratio[j] = pair_ratio(j);
+    bool carried = m_in > 0;
+    int64_t open_lo = 0;
+    for (int64_t r = 0; r < Lc; ++r) {
+      const R I = m == 0 ? R(0) : static_cast<R>(carried ? Ac[r] : Sc[r * LP + open_lo]);
+      const bool opens = math::dla_opens_state(I, p.tau, C, m);
+      int64_t merged = -1;
+      if (opens) {
+        if (m == C)
+          merged = merge_entries(m, r);
+        else if (m >= 2)
+          ratio[m - 2] = pair_ratio(m - 2);  // the open entry's pair: final now
+        count[m] = 1;
+        info[m] = I;
+        start[m] = p.position + t0 + r;
+        unit[m] = m_in + r;
+        ++m;
+        open_lo = r;
+        carried = false;
+      } else {
+        count[m - 1] += 1;
+        info[m - 1] += I;
+      }
+      rowI[r] = I;
+      rowOpen[r] = opens ? 1 : 0;
+      rowMerged[r] = static_cast<int32_t>(merged);
+    }
+    for (int pass = 0; pass < 2; ++pass)
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t ulo = unit[i], uhi = i + 1 < m ? unit[i + 1] : m_in + Lc;
+        if ((ulo < m_in) != (pass == 0)) continue;
+        if (ulo < m_in) {
+          const int64_t ue = uhi < m_in ? uhi : m_in;
+          for (int64_t u = ulo + 1; u < ue; ++u) free_[nfree++] = in_slot[u];
+          slot[i] = in_slot[ulo];
+        } else {
+          slot[i] = free_[--nfree];
+        }
+      }
+  }
+
+  /// Row r's entry list after its insert (the scan's list at that point), rebuilt from the scan's record:
+  /// entries are chronological and each is named by its first unit, so the list is the units u <= m_in + r
+  /// that start an entry at row r: carried units (u < m_in) and the chunk rows that opened a state, unless
+  /// merged away at a row <= r (death[u] <= r).
+  __device__ void snapshot(int64_t r, int64_t m_in) {
+    int32_t n = 0;
+    int32_t* out = snap_unit + r * C;
+    for (int64_t u = 0; u <= m_in + r; ++u) {
+      const bool starts = (u < m_in || rowOpen[u - m_in] != 0) && death[u] > r;
+      if (starts) out[n++] = static_cast<int32_t>(u);
+    }
+    snap_m[r] = n;
+  }
+};
+
+/// The kernel body (a device function so that the host emulation can hand it its shared memory).
+template <class St>
+__device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch, char* sm) {
+  using R = acc_t<St>;
+  __shared__ int64_t sh_m;
+  const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
+  Blk<St> w(p, lay, sm, scratch + static_cast<std::size_t>(blockIdx.x) * lay.gbytes);
+  const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, items = p.B * p.H;
+  const int64_t ns = lay.ns, ncol = lay.ncol;
+  const DLACacheViews& ci = p.cache_in;
+  const DLACacheOut& co = p.cache_out;
+
+  for (int64_t wk = blockIdx.x; wk < items * ns; wk += gridDim.x) {
+    const int64_t it = wk / ns, slice = wk % ns;
+    const int64_t b = it / p.H, h = it % p.H;
+    const int64_t e0 = slice * ncol, e1 = e0 + ncol < Dv ? e0 + ncol : Dv, ncw = e1 - e0;
+    const bool lead = slice == 0;  // writes the aux outputs and the cache
+    w.b = b;
+    w.h = h;
+    int64_t m = 0, nfree = 0;  // thread 0's
+    if (tid == 0) {
+      if (ci.present) m = static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]];
+      for (int64_t i = 0; i < m; ++i) {
+        w.slot[i] = i;
+        w.count[i] = static_cast<const int64_t*>(ci.counts.data)[at3(ci.counts, b, h, i)];
+        w.info[i] = static_cast<const R*>(ci.info.data)[at3(ci.info, b, h, i)];
+        w.start[i] = static_cast<const int64_t*>(ci.starts.data)[at3(ci.starts, b, h, i)];
+      }
+      for (int64_t s = C - 1; s >= m; --s) w.free_[nfree++] = s;
+      sh_m = m;
+    }
+    __syncthreads();
+    {
+      const int64_t m0 = sh_m;
+      const R* in = m0 > 0 ? static_cast<const R*>(ci.states.data) + b * ci.states.stride[0] + h * ci.states.stride[1]
+                           : nullptr;
+      for (int64_t idx = tid; idx < m0 * SS; idx += nth) {
+        const int64_t i = idx / SS, d = (idx % SS) / Dv, e = idx % Dv;
+        w.slots[idx] = in[i * ci.states.stride[2] + d * ci.states.stride[3] + e * ci.states.stride[4]];
+      }
+    }
+
+    for (int64_t t0 = 0; t0 < p.T; t0 += L) {
+      const int64_t Lc = p.T - t0 < L ? p.T - t0 : L;
+      __syncthreads();  // the previous chunk (or the cache load) is complete
+      const int64_t m_in = sh_m;
+      // 1. The chunk, transposed (Q^T, K^T, V^T; rows Lc .. LP-1 zero) and V row-major.
+      for (int64_t idx = tid; idx < LP * Dk; idx += nth) {
+        const int64_t r = idx / Dk, d = idx % Dk;
+        R q = R(0), k = R(0);
+        if (r < Lc) {
+          q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
+          k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
+        }
+        w.QT[d * LP + r] = q;
+        w.KT[d * LP + r] = k;
+        if (r < Lc) w.Kc[r * Dk + d] = k;
+      }
+      for (int64_t idx = tid; idx < LP * Dv; idx += nth) {
+        const int64_t r = idx / Dv, e = idx % Dv;
+        const R v = r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
+        w.VT[e * LP + r] = v;
+        if (r < Lc) w.Vc[r * Dv + e] = v;
+      }
+      for (int64_t idx = tid; idx < Lc * C; idx += nth) {
+        const int64_t r = idx / C, c = idx % C;
+        w.lamc[idx] = ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
+      }
+      if (w.decay && tid == 0) {
+        double G = 0;
+        for (int64_t r = 0; r < Lc; ++r) {
+          G += w.log_decay(t0 + r);
+          w.G[r] = G;
+        }
+      }
+      __syncthreads();
+      const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
+      if (w.decay)
+        for (int64_t r = tid; r < Lc; r += nth) {
+          w.eG[r] = exp(w.G[r]);
+          w.a2[r] = exp(2.0 * w.log_decay(t0 + r));
+          if (factored) {
+            w.er[r] = exp(w.G[r] - w.G[0]);
+            w.fj[r] = exp(w.G[0] - w.G[r]);
+          }
+        }
+      __syncthreads();  // er, fj for the pair decays below
+      // 2. Gram lower triangles in kTg x kTg tiles: QK (R), Bv_r = KK_rr VV_rr and the pair terms
+      //    e^{G_r-G_j} KK_rj VV_rj (j < r) into Suf (double).
+      {
+        const int64_t nt = (Lc + kTg - 1) / kTg;
+        for (int64_t idx = tid; idx < nt * nt; idx += nth) {
+          const int64_t ti = idx / nt, tj = idx % nt;
+          if (tj > ti) continue;
+          const int64_t r0 = ti * kTg, j0 = tj * kTg;
+          double kk[kTg][kTg], vv[kTg][kTg];
+          R qk[kTg][kTg];
+#pragma unroll
+          for (int a = 0; a < kTg; ++a)
+#pragma unroll
+            for (int c = 0; c < kTg; ++c) {
+              kk[a][c] = 0;
+              vv[a][c] = 0;
+              qk[a][c] = R(0);
+            }
+          // Rows past Lc read the zero rows up to LP (LP >= nt * kTg since kRt is a multiple of kTg).
+          for (int64_t d = 0; d < Dk; ++d) {
+            const R* kd = w.KT + d * LP;
+            const R* qd = w.QT + d * LP;
+            R kr[kTg], kj[kTg], qr[kTg];
+#pragma unroll
+            for (int a = 0; a < kTg; ++a) {
+              kr[a] = kd[r0 + a];
+              kj[a] = kd[j0 + a];
+              qr[a] = qd[r0 + a];
+            }
+#pragma unroll
+            for (int a = 0; a < kTg; ++a)
+#pragma unroll
+              for (int c = 0; c < kTg; ++c) {
+                kk[a][c] += static_cast<double>(kr[a]) * static_cast<double>(kj[c]);
+                qk[a][c] += qr[a] * kj[c];
+              }
+          }
+          for (int64_t e = 0; e < Dv; ++e) {
+            const R* vd = w.VT + e * LP;
+            R vr[kTg], vj[kTg];
+#pragma unroll
+            for (int a = 0; a < kTg; ++a) {
+              vr[a] = vd[r0 + a];
+              vj[a] = vd[j0 + a];
+            }
+#pragma unroll
+            for (int a = 0; a < kTg; ++a)
+#pragma unroll
+              for (int c = 0; c < kTg; ++c) vv[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
+          }
+#pragma unroll
+          for (int a = 0; a < kTg; ++a)
+#pragma unroll
+            for (int c = 0; c < kTg; ++c) {
+              const int64_t r = r0 + a, j = j0 + c;
+              if (r >= Lc || j > r) continue;
+              w.QK[r * LP + j] = qk[a][c];
+              if (j == r)
+                w.Bv[r] = kk[a][c] * vv[a][c];
+              else
+                w.Suf[r * LP + j] = w.dec(factored, r, j) * kk[a][c] * vv[a][c];
+            }
+        }
+      }
+      // The open state carried in: K S_open (double) then k_r^T S v_r, and ||S_open||^2.
+      double A_open = 0.0;
+      if (m_in > 0) {  // uniform over the block
+        const R* open = w.slots + w.slot[m_in - 1] * SS;
+        for (int64_t idx = tid; idx < Lc * Dv; idx += nth) {
+          const int64_t r = idx / Dv, e = idx % Dv;
+          double u[4] = {0, 0, 0, 0};  // four partial sums over d (latency), added in a fixed order
+          int64_t d = 0;
+          for (; d + 4 <= Dk; d += 4) {
+#pragma unroll
+            for (int a = 0; a < 4; ++a)
+              u[a] += static_cast<double>(w.KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
+          }
+          for (; d < Dk; ++d) u[0] += static_cast<double>(w.KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
+          w.KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
+        }
+        double sq = 0;
+        for (int64_t idx = tid; idx < SS; idx += nth) {
+          const double s = static_cast<double>(open[idx]);
+          sq += s * s;
+        }
+        A_open = block_total(sq, w.red);  // synchronizes: KS and the Gram tiles are complete
+        for (int64_t r = tid; r < Lc; r += nth) {
+          double acc = 0;
+          for (int64_t e = 0; e < Dv; ++e) acc += w.KS[r * Dv + e] * static_cast<double>(w.Vc[r * Dv + e]);
+          w.cp[r] = acc;
+        }
+      }
+      __syncthreads();  // the Gram tiles are complete
+      // Suffix sums of the pair terms: Suf[r][j] = sum_{j <= j' < r} e^{G_r-G_j'} KK_rj' VV_rj'.
+      for (int64_t r = tid; r < Lc; r += nth) {
+        double acc = 0;
+        for (int64_t j = r - 1; j >= 0; --j) {
+          acc += w.Suf[r * LP + j];
+          w.Suf[r * LP + j] = acc;
+        }
+      }
+      if (w.decay)
+        for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
+      __syncthreads();
+      // 2b. The score table: every row's score under every possible open state (carried in, or opened at
+      //     chunk row s), so that the scan only looks scores up. The A chains (one thread each, cheap), then
+      //     the scores (one entry per thread).
+      for (int64_t s = tid - (m_in > 0 ? 1 : 0); s < Lc; s += nth) w.a_chain(s, Lc, A_open);
+      __syncthreads();
+      for (int64_t u = tid; u < m_in + Lc; u += nth) w.death[u] = 0x7fffffff;  // never (until the scan says)
+      {
+        const int64_t ns0 = m_in > 0 ? 1 : 0, NS = Lc + ns0;  // s = -1 (carried), 0 .. Lc-1
+        for (int64_t idx = tid; idx < Lc * NS; idx += nth) {
+          const int64_t r = idx / NS, s = idx % NS - ns0;
+          if (s < r) w.score_entry(s, r);
+        }
+      }
+      __syncthreads();
+      // 3. The scalar scan.
+      if (tid == 0) {
+        w.scan(t0, Lc, m_in, m, nfree);
+        sh_m = m;
+      }
+      __syncthreads();
+      const int64_t m_out = sh_m;
+      // 3b. The aux outputs (slice 0) and every row's entry list, one row per thread.
+      for (int64_t r = tid; r < Lc; r += nth) {
+        if (lead) {
+          const int64_t t = t0 + r;
+          if (p.scores.present) static_cast<R*>(p.scores.data)[at3(p.scores, b, h, t)] = w.rowI[r];
+          if (p.boundaries.present)
+            static_cast<uint8_t*>(p.boundaries.data)[at3(p.boundaries, b, h, t)] = w.rowOpen[r] ? 1 : 0;
+          if (p.merged.present)
+            static_cast<int64_t*>(p.merged.data)[at3(p.merged, b, h, t)] = static_cast<int64_t>(w.rowMerged[r]);
+        }
+        w.snapshot(r, m_in);
+      }
+      __syncthreads();
+      // 4. Readout weights, one (row r, unit U <= m_in + r) per thread: Win for carried units, P (in place
+      //    over QK) for the chunk's tokens.
+      {
+        const int64_t NU = m_in + Lc;
+        for (int64_t idx = tid; idx < Lc * NU; idx += nth) {
+          const int64_t r = idx / NU, U = idx % NU;
+          if (U > m_in + r) continue;
+          const int64_t mr = w.snap_m[r];
+          const int32_t* units = w.snap_unit + r * C;
+          int64_t i = mr - 1;
+          while (i > 0 && units[i] > U) --i;
+          const double li = static_cast<double>(w.lamc[r * C + math::dla_lam_index(i, mr)]);
+          if (U < m_in) {
+            w.Win[r * C + U] = static_cast<R>(li * (w.decay ? w.eG[r] : 1.0));
+          } else {
+            const int64_t j = U - m_in;
+            R* pj = w.QK + r * LP + j;
+            if (w.decay)
+              *pj = static_cast<R>(li * w.dec(factored, r, j) * static_cast<double>(*pj));
+            else
+              *pj = static_cast<R>(li) * *pj;
+          }
+        }
+      }
+      __syncthreads();
+      for (int64_t u = tid; u < m_in; u += nth) {
+        int32_t any = 0;
+        for (int64_t r = 0; r < Lc; ++r) any |= w.Win[r * C + u] != R(0) ? 1 : 0;
+        w.anyU[u] = any;
+      }
+      __syncthreads();  // anyU
+      // 5. Outputs of this block's columns, kRt rows x 1 column per thread in registers: y = P V (j in
+      //    order), then each carried state's term w_ru (q_r^T S_u[:, e]) in unit order (dla_prefill.cu and
+      //    the CPU scale q by w_ru before the product: a rounding difference only, and half the multiplies).
+      //    S_u is read from the slots (global scratch, L1-resident: every warp reads the same rows), q from
+      //    Q^T in shared memory.
+      {
+        const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
+        for (int64_t wi = tid; wi < nwi; wi += nth) {
+          const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c, r0 = g * kRt;
+          R y[kRt];
+#pragma unroll
+          for (int a = 0; a < kRt; ++a) {
+            y[a] = R(0);
+            const int64_t r = r0 + a;
+            if (r < Lc)
+              for (int64_t j = 0; j <= r; ++j) y[a] += w.QK[r * LP + j] * w.Vc[j * Dv + e];
+          }
+          for (int64_t u = 0; u < m_in; ++u) {
+            if (!w.anyU[u]) continue;  // the CPU skips a state no row weights
+            const R* S = w.slots + w.in_slot[u] * SS + e;
+            R wr[kRt], acc[kRt];
+#pragma unroll
+            for (int a = 0; a < kRt; ++a) {
+              wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
+              acc[a] = R(0);
+            }
+            for (int64_t d = 0; d < Dk; ++d) {
+              const R sd = S[d * Dv];
+              R q8[kRt];
+              load_rows(w.QT + d * LP + r0, q8);  // rows past Lc are zero
+#pragma unroll
+              for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * sd;
+            }
+#pragma unroll
+            for (int a = 0; a < kRt; ++a) y[a] += wr[a] * acc[a];
+          }
+#pragma unroll
+          for (int a = 0; a < kRt; ++a)
+            if (r0 + a < Lc)
+              static_cast<St*>(p.out.data)[at3(p.out, b, h, t0 + r0 + a) + e * p.out.stride[3]] = from_acc<St>(y[a]);
+        }
+      }
+      __syncthreads();  // the carried states are read; now they may be overwritten
+      // 6. States at the chunk's end (every column: the next chunk's scan needs the whole open state),
+      //    kDt state rows d of one column e per thread; entries in the CPU's order.
+      {
+        const R E = static_cast<R>(w.decay ? w.eG[Lc - 1] : 1.0);
+        const int64_t ndg = (Dk + kDt - 1) / kDt;
+        for (int64_t wi = tid; wi < ndg * Dv; wi += nth) {
+          const int64_t d0 = (wi / Dv) * kDt, e = wi % Dv;
+          const int64_t nd = Dk - d0 < kDt ? Dk - d0 : kDt;
+          const bool kvec = Dk % 4 == 0 && nd == kDt;
+          for (int pass = 0; pass < 2; ++pass)
+            for (int64_t i = 0; i < m_out; ++i) {
+              const int64_t ulo = w.unit[i], uhi = i + 1 < m_out ? w.unit[i + 1] : m_in + Lc;
+              const bool carries = ulo < m_in;
+              if (carries != (pass == 0)) continue;
+              R x[kDt];
+#pragma unroll
+              for (int a = 0; a < kDt; ++a) x[a] = R(0);
+              if (carries) {
+                const R* s0 = w.slots + w.in_slot[ulo] * SS + d0 * Dv + e;
+#pragma unroll
+                for (int a = 0; a < kDt; ++a)
+                  if (a < nd) x[a] = s0[a * Dv];
+                const int64_t ue = uhi < m_in ? uhi : m_in;
+                for (int64_t u = ulo + 1; u < ue; ++u) {
+                  const R* su = w.slots + w.in_slot[u] * SS + d0 * Dv + e;
+#pragma unroll
+                  for (int a = 0; a < kDt; ++a)
+                    if (a < nd) x[a] = x[a] + su[a * Dv];
+                }
+                if (w.decay) {
+#pragma unroll
+                  for (int a = 0; a < kDt; ++a) x[a] = x[a] * E;
+                }
+              }
+              const int64_t j0 = (ulo > m_in ? ulo : m_in) - m_in, j1 = uhi - m_in;
+              if (j1 > j0) {
+                R acc[kDt];
+#pragma unroll
+                for (int a = 0; a < kDt; ++a) acc[a] = R(0);
+                for (int64_t j = j0; j < j1; ++j) {
+                  const R vj = w.decay ? w.decj[j] * w.Vc[j * Dv + e] : w.Vc[j * Dv + e];
+                  R k8[kDt];
+                  if (kvec) {
+                    load_rows(w.Kc + j * Dk + d0, k8);  // 16-byte aligned: Dk % 4 == 0, d0 % 8 == 0
+                  } else {
+#pragma unroll
+                    for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? w.KT[(d0 + a) * LP + j] : R(0);
+                  }
+#pragma unroll
+                  for (int a = 0; a < kDt; ++a)
+                    if (a < nd) acc[a] += k8[a] * vj;
+                }
+#pragma unroll
+                for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
+              }
+              R* dst = w.slots + w.slot[i] * SS + d0 * Dv + e;
+#pragma unroll
+              for (int a = 0; a < kDt; ++a)
+                if (a < nd) dst[a * Dv] = x[a];
+            }
+        }
+      }
+    }
+    __syncthreads();
+
+    // The cache out (slice 0), chronological, unused entries zero.
+    const int64_t mf = sh_m;
+    if (lead) {
+      R* outs = static_cast<R*>(co.states.data) + b * co.states.stride[0] + h * co.states.stride[1];
+      for (int64_t idx = tid; idx < C * SS; idx += nth) {
+        const int64_t i = idx / SS, de = idx % SS, d = de / Dv, e = de % Dv;
+        outs[i * co.states.stride[2] + d * co.states.stride[3] + e * co.states.stride[4]] =
+            i < mf ? w.slots[w.slot[i] * SS + de] : R(0);
+      }
+      for (int64_t i = tid; i < C; i += nth) {
+        const bool used = i < mf;
+        static_cast<int64_t*>(co.counts.data)[at3(co.counts, b, h, i)] = used ? w.count[i] : 0;
+        static_cast<R*>(co.info.data)[at3(co.info, b, h, i)] = used ? w.info[i] : R(0);
+        static_cast<int64_t*>(co.starts.data)[at3(co.starts, b, h, i)] = used ? w.start[i] : 0;
+      }
+      if (tid == 0) static_cast<int64_t*>(co.size.data)[b * co.size.stride[0] + h * co.size.stride[1]] = mf;
+    }
+    __syncthreads();  // the next item reuses the scratch and the shared memory
+  }
+}
+
+// ---- host side and kernel wrapper (tests/cuda_emu/run.sh cuts the file here)
+}  // namespace v2
+}  // namespace dla
+}  // namespace cuda
+}  // namespace detail
+}  // namespace attnkit
+
+#include "tuning.h"
+
+namespace attnkit {
+namespace detail {
+namespace cuda {
+namespace dla {
+namespace v2 {
+
+template <class St>
+__global__ void __launch_bounds__(kThreads) dla_prefill_v2_kernel(const DLAProblem p, const Lay lay, char* scratch) {
+  extern __shared__ __align__(16) unsigned char dla_v2_smem[];
+  prefill_body<St>(p, lay, scratch, reinterpret_cast<char*>(dla_v2_smem));
+}
+
+inline int64_t choose_split(const DLAProblem& p) {
+  int64_t ns = tuning().dla_split.load();
+  if (ns == 0) {
+    int sms = 0;
+    ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_index));
+    const int64_t items = p.B * p.H;
+    ns = items > 0 ? static_cast<int64_t>(sms) / items : 1;
+    if (ns > 4) ns = 4;
+    if (ns < 1) ns = 1;
+  }
+  if (ns > p.Dv) ns = p.Dv;
+  if (ns < 1) ns = 1;
+  return ns;
+}
+
+}  // namespace v2
+
+template <class St>
+bool launch_prefill_v2(const DLAProblem& p, cudaStream_t stream) {
+  using R = acc_t<St>;
+  const int64_t items = p.B * p.H;
+  if (items == 0) return true;
+  const v2::Lay lay = v2::make_lay(p, sizeof(R), v2::choose_split(p));
+  int optin = 0;
+  ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device_index));
+  // Static shared memory of the kernel (sh_m) and a margin stay out of the dynamic part.
+  if (optin <= 0 || lay.smem + 1024 > static_cast<std::size_t>(optin)) return false;
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(v2::dla_prefill_v2_kernel<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(lay.smem)));
+  const unsigned grid = grid_for(items * lay.ns, lay.gbytes, p.device_index);
+  Workspace ws(grid * lay.gbytes, stream);
+  v2::dla_prefill_v2_kernel<St><<<grid, kThreads, lay.smem, stream>>>(p, lay, ws.as<char>());
+  ATTNKIT_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
+template bool launch_prefill_v2<float>(const DLAProblem&, cudaStream_t);
+template bool launch_prefill_v2<double>(const DLAProblem&, cudaStream_t);
+template bool launch_prefill_v2<half_t>(const DLAProblem&, cudaStream_t);
+template bool launch_prefill_v2<bf16_t>(const DLAProblem&, cudaStream_t);
+
+}  // namespace dla
+}  // namespace cuda
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,184 @@
+// Emulated CUDA DLA prefill v2 (cuda/dla_prefill_v2.cu's kernel body, see run.sh) vs the CPU backend's
+// generic kernel on the same DLAProblem: outputs, scores, boundaries, merges and the cache, for every column
+// split ns, chunk lengths, capacities (1, 2, 3, 5, > T), decay, both scores, a cache carried in, and
+// thresholds that give every token a boundary, none, or a mix (float64 there: decisions near tau).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+#include "cuda/common.cuh"
+#define __launch_bounds__(x)
+template <class X>
+X __shfl_down_sync(unsigned, X x, int) { return x; }  // dla_common.cuh's warp_sum (unused here)
+struct float4 { float x, y, z, w; };  // the kernel's 16-byte shared-memory loads
+#include "dla_v2_body.inc"
+using namespace attnkit;
+using namespace attnkit::detail;
+namespace attnkit { namespace detail {
+void assert_failed(const char*, const char*, const char*, int) { throw std::runtime_error("assert"); }
+namespace cpu { [[noreturn]] void out_of_memory(const char*, std::size_t) { throw std::runtime_error("oom"); }
+void dla_generic(const DLAProblem& p); }
+}}
+static uint64_t rs = 11;
+static double urand() { rs = rs * 6364136223846793005ULL + 1442695040888963407ULL; return ((rs >> 11) * (1.0 / 9007199254740992.0)); }
+static int fails = 0;
+
+template <class T> struct Buf {
+  std::vector<T> out, states, info, scores; std::vector<int64_t> counts, starts, size, merged; std::vector<uint8_t> bnd;
+};
+
+template <class T>
+void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_t chunk, double tau, bool decay,
+         bool drift, bool with_cache, int64_t ns) {
+  const int64_t B = 2, H = 2;
+  // Piecewise-stationary tokens (segments of 4..9 tokens around a per-segment direction) so that scores
+  // under a mid tau stay away from it in most places.
+  std::vector<T> q(B * H * T_ * Dk), k(B * H * T_ * Dk), v(B * H * T_ * Dv), lam(B * H * T_ * C), g(B * H * T_);
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    std::vector<double> ck(Dk), cv(Dv);
+    int64_t left = 0;
+    for (int64_t t = 0; t < T_; ++t) {
+      if (left == 0) {
+        for (auto& x : ck) x = urand() * 2 - 1;
+        for (auto& x : cv) x = urand() * 2 - 1;
+        left = 4 + static_cast<int64_t>(urand() * 6);
+      }
+      --left;
+      for (int64_t d = 0; d < Dk; ++d) {
+        k[(bh * T_ + t) * Dk + d] = T(ck[d] + 0.1 * (urand() * 2 - 1));
+        q[(bh * T_ + t) * Dk + d] = T(urand() * 2 - 1);
+      }
+      for (int64_t e = 0; e < Dv; ++e) v[(bh * T_ + t) * Dv + e] = T(cv[e] + 0.1 * (urand() * 2 - 1));
+      for (int64_t c = 0; c < C; ++c) lam[(bh * T_ + t) * C + c] = T(urand() * 2.0 / C);
+      g[bh * T_ + t] = T(-0.2 * urand());
+    }
+  }
+  // A cache carried in: m entries of random states (m = min(C, 3)).
+  const int64_t SS = Dk * Dv;
+  std::vector<T> cs(B * H * C * SS, T(0)), cinfo(B * H * C, T(0));
+  std::vector<int64_t> ccount(B * H * C, 0), cstart(B * H * C, 0), csize(B * H, 0);
+  const int64_t mcache = std::min<int64_t>(C, 3), position = with_cache ? 20 : 0;
+  if (with_cache)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      csize[bh] = mcache;
+      for (int64_t i = 0; i < mcache; ++i) {
+        for (int64_t x = 0; x < SS; ++x) cs[(bh * C + i) * SS + x] = T(urand() * 2 - 1);
+        ccount[bh * C + i] = 5 + i;
+        cinfo[bh * C + i] = T(3 * urand());
+        cstart[bh * C + i] = i == 0 ? 0 : 5 * i;
+      }
+    }
+  DLAProblem p;
+  p.dtype = p.state_dtype = sizeof(T) == 8 ? DType::Float64 : DType::Float32;
+  p.B = B; p.H = H; p.T = T_; p.Dk = Dk; p.Dv = Dv; p.C = C;
+  auto v4 = [&](ViewN<4>& x, const void* d, int64_t E) {
+    x.data = d; x.present = true; x.dtype = p.dtype;
+    x.stride[0] = H * T_ * E; x.stride[1] = T_ * E; x.stride[2] = E; x.stride[3] = 1;
+  };
+  v4(p.q, q.data(), Dk); v4(p.k, k.data(), Dk); v4(p.v, v.data(), Dv); v4(p.lam, lam.data(), C);
+  if (decay) {
+    p.log_decay.data = g.data(); p.log_decay.present = true; p.log_decay.dtype = p.dtype;
+    p.log_decay.stride[0] = H * T_; p.log_decay.stride[1] = T_; p.log_decay.stride[2] = 1;
+  }
+  p.tau = tau; p.state_drift = drift; p.position = position; p.chunk_size = chunk;
+  auto v3 = [&](ViewN<3>& x, const void* d, int64_t E, DType dt) {
+    x.data = d; x.present = true; x.dtype = dt;
+    x.stride[0] = H * E; x.stride[1] = E; x.stride[2] = 1;
+  };
+  auto o3 = [&](OutN<3>& x, void* d, int64_t E) {
+    x.data = d; x.present = true;
+    x.stride[0] = H * E; x.stride[1] = E; x.stride[2] = 1;
+  };
+  if (with_cache) {
+    auto& ci = p.cache_in;
+    ci.present = true;
+    ci.states.data = cs.data(); ci.states.present = true; ci.states.dtype = p.dtype;
+    ci.states.stride[0] = H * C * SS; ci.states.stride[1] = C * SS; ci.states.stride[2] = SS; ci.states.stride[3] = Dv; ci.states.stride[4] = 1;
+    v3(ci.counts, ccount.data(), C, DType::Int64); v3(ci.info, cinfo.data(), C, p.dtype); v3(ci.starts, cstart.data(), C, DType::Int64);
+    ci.size.data = csize.data(); ci.size.present = true; ci.size.dtype = DType::Int64; ci.size.stride[0] = H; ci.size.stride[1] = 1;
+  }
+  Buf<T> b1, b2;
+  for (Buf<T>* bb : {&b1, &b2}) {
+    bb->out.assign(B * H * T_ * Dv, T(-7)); bb->states.assign(B * H * C * SS, T(-7)); bb->info.assign(B * H * C, T(-7));
+    bb->scores.assign(B * H * T_, T(-7)); bb->counts.assign(B * H * C, -7); bb->starts.assign(B * H * C, -7);
+    bb->size.assign(B * H, -7); bb->merged.assign(B * H * T_, -7); bb->bnd.assign(B * H * T_, 7);
+  }
+  auto outs = [&](DLAProblem& pp, Buf<T>& bb) {
+    pp.out.data = bb.out.data(); pp.out.present = true;
+    pp.out.stride[0] = H * T_ * Dv; pp.out.stride[1] = T_ * Dv; pp.out.stride[2] = Dv; pp.out.stride[3] = 1;
+    auto& co = pp.cache_out;
+    co.states.data = bb.states.data(); co.states.present = true;
+    co.states.stride[0] = H * C * SS; co.states.stride[1] = C * SS; co.states.stride[2] = SS; co.states.stride[3] = Dv; co.states.stride[4] = 1;
+    o3(co.counts, bb.counts.data(), C); o3(co.info, bb.info.data(), C); o3(co.starts, bb.starts.data(), C);
+    co.size.data = bb.size.data(); co.size.present = true; co.size.stride[0] = H; co.size.stride[1] = 1;
+    o3(pp.scores, bb.scores.data(), T_); o3(pp.boundaries, bb.bnd.data(), T_); o3(pp.merged, bb.merged.data(), T_);
+  };
+  DLAProblem p1 = p, p2 = p;
+  outs(p1, b1); outs(p2, b2);
+  {
+    using namespace cuda::dla;
+    const v2::Lay lay = v2::make_lay(p1, sizeof(T), ns);
+    const unsigned grid = 3;  // fewer blocks than work units: the grid-stride loop
+    std::vector<char> scratch(grid * lay.gbytes, char(0x7f));
+    std::vector<double> smem_d(lay.smem / sizeof(double) + 2);
+    std::memset(smem_d.data(), 0xff, smem_d.size() * sizeof(double));
+    char* smem = reinterpret_cast<char*>(smem_d.data());
+    emu_launch(grid, [&] { v2::prefill_body<T>(p1, lay, scratch.data(), smem); });
+  }
+  cpu::dla_generic(p2);
+  auto cmp = [](const std::vector<T>& a, const std::vector<T>& b) -> double {
+    double m = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (std::isnan((double)a[i]) != std::isnan((double)b[i])) return (double)INFINITY;
+      if (!std::isnan((double)a[i])) m = std::max(m, std::fabs((double)a[i] - (double)b[i]) / (1 + std::fabs((double)b[i])));
+    }
+    return m;
+  };
+  const double tol = sizeof(T) == 8 ? 1e-10 : 1e-4;
+  const double e = std::max({cmp(b1.out, b2.out), cmp(b1.states, b2.states), cmp(b1.info, b2.info), cmp(b1.scores, b2.scores)});
+  const bool same = b1.counts == b2.counts && b1.starts == b2.starts && b1.size == b2.size && b1.merged == b2.merged &&
+                    b1.bnd == b2.bnd;
+  int64_t nb = 0, nm = 0;
+  for (auto x : b2.bnd) nb += x;
+  for (auto x : b2.merged) nm += x >= 0;
+  const bool ok = e <= tol && same;
+  fails += !ok;
+  std::printf("%-40s T=%3lld Dk=%2lld Dv=%2lld C=%2lld L=%2lld ns=%lld %s bnd %3lld mrg %3lld err %.3g %s%s\n", name,
+              (long long)T_, (long long)Dk, (long long)Dv, (long long)C, (long long)chunk, (long long)ns,
+              sizeof(T) == 8 ? "f64" : "f32", (long long)nb, (long long)nm, e, same ? "" : "DECISIONS DIFFER ",
+              ok ? "ok" : "FAIL");
+}
+
+template <class T> void all() {
+  const double inf = INFINITY;
+  for (int64_t ns : {1, 2, 3}) {
+    run<T>("every token a boundary", 37, 7, 6, 5, 0, -1.0, false, false, false, ns);
+    run<T>("no boundary (tau inf)", 37, 7, 6, 5, 8, inf, true, false, true, ns);
+    run<T>("C=1", 29, 5, 9, 1, 6, 0.3, true, false, true, ns);
+  }
+  run<T>("C=2 chunk 5 decay drift cache", 41, 7, 6, 2, 5, -1.0, true, true, true, 2);
+  run<T>("C > T", 13, 7, 6, 20, 0, -1.0, false, false, false, 2);
+  run<T>("T=0 with cache", 0, 7, 6, 3, 0, 0.6, false, false, true, 2);
+  run<T>("T=1 chunk 3 (not the decode path)", 1, 7, 6, 3, 3, 0.6, true, false, true, 2);
+  run<T>("odd sizes chunk 7", 45, 9, 13, 3, 7, -1.0, true, false, true, 3);
+  run<T>("chunk 1", 23, 7, 6, 3, 1, -1.0, true, false, true, 2);
+  run<T>("chunk 1 tau inf", 23, 8, 8, 3, 1, INFINITY, true, true, true, 2);
+  run<T>("big tiles default chunk", 150, 20, 19, 4, 0, -1.0, true, false, true, 2);
+  if (sizeof(T) == 8) {  // mixed decisions: double only (scores near tau may round apart in float)
+    for (double tau : {0.4, 0.8, 1.1}) {
+      run<T>("mixed tau", 90, 7, 6, 4, 0, tau, false, false, false, 2);
+      run<T>("mixed tau decay cache", 90, 7, 6, 4, 11, tau, true, false, true, 1);
+      run<T>("mixed tau drift decay cache", 90, 16, 12, 3, 0, tau, true, true, true, 3);
+      run<T>("mixed tau big", 150, 20, 19, 5, 0, tau, true, false, true, 2);
+      run<T>("mixed tau chunk 1", 40, 7, 6, 3, 1, tau, true, false, true, 1);
+    }
+  }
+}
+int main() {
+  for (unsigned th : {1u, 5u, 32u}) { g_emu_threads = th; all<double>(); all<float>(); }
+  std::printf("%d failures\n", fails);
+  return fails != 0;
+}
