@@ -12,6 +12,13 @@
   3350 GB/s: H100 SXM); torch SDPA (GQA) alongside where it runs.
 * Linear attention (elu+1), Performer (m=256) and DLA prefill (tokens/s) and DLA decode (one token with a
   cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..).
+* Linear-attention kernel variants (``--linear-sweep``, on under ``--quick``): linear attention and
+  Performer (bidirectional and causal, S = 4096 and 16384) once per variant of cuda/linear.cu's internal
+  tuning (the v1 kernels, the v2 kernels with causal chunk 32 / 64 / 128 and key segment 128 / 512 / 2048,
+  v2 with its scratch from the default pool instead of its own, v1 with the default pool told to keep its
+  memory), each variant in a fresh process
+  (the tuning is read once per process from ATTNKIT_LINEAR_CUDA_*; v2 needs ATTNKIT_CUDA_UNVERIFIED=1
+  until verified).
 
 Timing: CUDA events on the current (null) stream around each call, after warm-up, median of ``--reps``
 (fewer for calls slower than ``--target-s``). attnkit gets CuPy arrays; torch gets the same memory through
@@ -302,6 +309,98 @@ def decode_rows(ctx, sizes, B=4, Hq=32, Hkv=8, D=128, dtype="float16"):
         cupy.get_default_memory_pool().free_all_blocks()
 
 
+# ----------------------------------------------------------------------------------------- linear variants
+LINEAR_SWEEP = [
+    # name, environment, calls measured
+    ("v1", {"ATTNKIT_LINEAR_CUDA_V1": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v2", {}, ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v2 chunk32", {"ATTNKIT_LINEAR_CUDA_CHUNK": "32"}, ("linear_causal", "performer_causal")),
+    ("v2 chunk128", {"ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal", "performer_causal")),
+    ("v2 seg128", {"ATTNKIT_LINEAR_CUDA_SEG": "128"}, ("linear", "performer")),
+    ("v2 seg2048", {"ATTNKIT_LINEAR_CUDA_SEG": "2048"}, ("linear", "performer")),
+    ("v2 default-pool", {"ATTNKIT_LINEAR_CUDA_POOL": "0"}, ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v1 pool-keep", {"ATTNKIT_LINEAR_CUDA_V1": "1", "_POOL_KEEP": "1"},
+     ("linear", "linear_causal", "performer", "performer_causal")),
+]
+
+
+def linear_child(sizes, calls, reps, warmup, target_s):
+    """One sweep variant (run in a fresh process by linear_sweep): prints one JSON line {S: {call: s}}."""
+    import os
+
+    cupy, reason = gpu_or_reason()
+    if cupy is None:
+        print(json.dumps({"error": reason}))
+        return 0
+    import attnkit
+
+    notes = {}
+    if os.environ.get("_POOL_KEEP") == "1":
+        # Diagnostic: the workspace comes from the default pool (cudaMallocAsync), whose release threshold 0
+        # hands its memory back at every synchronization; keep it instead.
+        try:
+            rt = cupy.cuda.runtime
+            pool = rt.deviceGetDefaultMemPool(cupy.cuda.Device().id)
+            rt.memPoolSetAttribute(pool, 4, 2**63 - 1)  # cudaMemPoolAttrReleaseThreshold
+        except Exception as e:  # noqa: BLE001 - recorded
+            notes["pool"] = f"{e.__class__.__name__}: {e}"
+    cupy.random.seed(0)
+    timer = Timer(cupy, reps, warmup, target_s)
+    B, H, D, m = 4, 16, 64, 256
+    W = cupy.asarray(attnkit.random_features(m, D, dtype=np.float32))
+    out = {}
+    for S in sizes:
+        q, k, v = (randn(cupy, (B, H, S, D), "float16", 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+        fns = {"linear": lambda: attnkit.linear_attention(q, k, v, causal=False),
+               "linear_causal": lambda: attnkit.linear_attention(q, k, v, causal=True),
+               "performer": lambda: attnkit.performer_attention(q, k, v, W),
+               "performer_causal": lambda: attnkit.performer_attention(q, k, v, W, causal=True)}
+        res = {}
+        for c in calls:
+            t, note = attempt(lambda: timer(fns[c]))
+            res[c] = t if t else note
+        out[str(S)] = res
+        del q, k, v
+        cupy.get_default_memory_pool().free_all_blocks()
+    print(json.dumps({"times": out, "notes": notes}))
+    return 0
+
+
+def linear_sweep(ctx, sizes, reps, warmup, target_s):
+    """Every LINEAR_SWEEP variant in a fresh process (same GPU), one row per variant and length."""
+    import os
+    import subprocess
+
+    for name, env_add, calls in LINEAR_SWEEP:
+        if ctx["out_of_time"]():
+            return
+        env = dict(os.environ)
+        env.update(env_add)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_linear-child", ",".join(map(str, sizes)),
+               "--_calls", ",".join(calls), "--reps", str(reps), "--warmup", str(warmup), "--target-s", str(target_s)]
+        try:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+            line = [x for x in r.stdout.splitlines() if x.startswith("{")]
+            res = json.loads(line[-1]) if line else {"error": (r.stderr or "no output")[-300:]}
+        except Exception as e:  # noqa: BLE001 - a failed variant becomes a row note
+            res = {"error": f"{e.__class__.__name__}: {e}"}
+        for S in sizes:
+            row = {"kind": "linear_sweep", "variant": name, "env": env_add, "S": S, "B": 4, "H": 16, "D": 64,
+                   "performer_m": 256, "dtype": "float16",
+                   "unverified_enabled": os.environ.get("ATTNKIT_CUDA_UNVERIFIED") == "1"}
+            if "error" in res:
+                row["note"] = str(res["error"])[:300]
+            else:
+                row.update({k: v for k, v in res.get("notes", {}).items()})
+                for c, t in res["times"].get(str(S), {}).items():
+                    if isinstance(t, float):
+                        row[f"{c}_s"] = t
+                        row[f"{c}_tokens_per_s"] = 4 * S / t
+                    else:
+                        row[f"{c}_note"] = t
+            ctx["add"](row)
+
+
 def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
     cupy, attnkit, timer, kernels = ctx["cupy"], ctx["attnkit"], ctx["timer"], ctx["kernels"]
     W = cupy.asarray(attnkit.random_features(m, D, dtype=np.float32))
@@ -385,6 +484,15 @@ def format_row(r) -> str:
         return (f"decode {r['dtype']:>8} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} Sk={r['Sk']:<6} "
                 f"attnkit {fmt(r.get('attnkit_gbs'), '.0f'):>5} GB/s ({fmt(r.get('attnkit_pct_peak'), '.0f')}% of peak)  "
                 f"torch {fmt(r.get('torch_gbs'), '.0f'):>5} GB/s{note}"[:240])
+    if r["kind"] == "linear_sweep":
+        parts = [f"sweep  {r['variant']:<13} S={r['S']:<5}"]
+        for name in ("linear", "linear_causal", "performer", "performer_causal"):
+            tps = r.get(f"{name}_tokens_per_s")
+            if tps or r.get(f"{name}_note"):
+                parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', str(r.get(f'{name}_note', '-'))[:9])}")
+        if r.get("note"):
+            parts.append(f"error: {r['note'][:120]}")
+        return "  ".join(parts) + "  (Mtok/s)"
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
     for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
                  "exact_decode", "dla_decode"):
@@ -406,7 +514,13 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="exact attention sequence lengths")
     ap.add_argument("--decode-sizes", type=int, nargs="+", default=None, help="decode key lengths")
     ap.add_argument("--linear-sizes", type=int, nargs="+", default=None, help="linear-time mechanisms' lengths")
+    ap.add_argument("--linear-sweep", action="store_true", help="linear-attention kernel variants (on under --quick)")
+    ap.add_argument("--_linear-child", dest="linear_child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_calls", dest="calls", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.linear_child is not None:
+        return linear_child([int(x) for x in a.linear_child.split(",")], [c for c in a.calls.split(",") if c],
+                            a.reps or 5, a.warmup, a.target_s)
 
     cupy, reason = gpu_or_reason()
     if cupy is None:
@@ -460,6 +574,9 @@ def main(argv=None) -> int:
     decode_rows(ctx, decode_sizes)
     log("-- linear-time mechanisms vs exact attention (float16, B=4, H=16, D=64): tokens/s")
     linear_rows(ctx, linear_sizes)
+    if a.linear_sweep or a.quick:
+        log("-- linear-attention kernel variants (cuda/linear.cu tuning; fresh process each): tokens/s")
+        linear_sweep(ctx, [4096, 16384], reps, a.warmup, min(a.target_s, 0.5))
     payload["elapsed_s"] = round(time.monotonic() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")

@@ -33,7 +33,9 @@ constexpr const char* kVerified[] = {
 /// Public functions with a CUDA kernel in this build not yet verified on a GPU: they run only when the
 /// environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them); otherwise a CUDA call
 /// says there is no kernel. A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {""};
+/// Internal names gate new paths of verified functions the same way (the dispatcher asks has_kernel):
+/// linear_attention_v2 / performer_attention_v2: cuda/linear_v2.cuh.
+constexpr const char* kCompiled[] = {"linear_attention_v2", "performer_attention_v2"};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {
