@@ -157,6 +157,8 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     if (krows > 0 && F > 0) {
       if (v2 && !a.proj)
         map_rows_kernel<T><<<row_grid_k, kThreads, 0, stream>>>(a, kr, phiK);
+      else if (v2)
+        features_kernel<T, true><<<feature_grid(krows), kThreads, 0, stream>>>(a, kr, phiK);
       else
         features_kernel<T><<<feature_grid(krows), kThreads, 0, stream>>>(a, kr, phiK);
       ATTNKIT_CUDA_CHECK_LAUNCH();
@@ -199,7 +201,10 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     }
     const int64_t inc_blocks = items * nch * ceil_div(F, kTM) * std::max<int64_t>(ceil_div(Dv, kTN), 1);
     if (inc_blocks > 0) {
-      inc_kernel<T><<<grid(inc_blocks), kThreads, 0, stream>>>(a, phiK, cK, P, nch);
+      if (v2)
+        inc_kernel<T, true><<<grid(inc_blocks), kThreads, 0, stream>>>(a, phiK, cK, P, nch);
+      else
+        inc_kernel<T><<<grid(inc_blocks), kThreads, 0, stream>>>(a, phiK, cK, P, nch);
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
     if (items * E > 0) {
@@ -210,6 +215,8 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     if (F > 0) {
       if (v2 && !a.proj)
         map_rows_kernel<T><<<row_grid_q, kThreads, 0, stream>>>(a, qr, phiQ);
+      else if (v2)
+        features_kernel<T, true><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
       else
         features_kernel<T><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
       ATTNKIT_CUDA_CHECK_LAUNCH();
@@ -224,7 +231,11 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     // Chunks of at most 32 rows (the default) take 32-row tiles, longer ones 64-row tiles.
     const bool small = C <= 32;
     const int64_t cm = ceil_div(C, small ? 32 : kTM), sc_blocks = p.B * p.Hq * nch * cm * cm;
-    if (small)
+    if (small && v2)
+      scores_kernel<T, 32, true><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
+    else if (v2)
+      scores_kernel<T, kTM, true><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
+    else if (small)
       scores_kernel<T, 32><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
     else
       scores_kernel<T, kTM><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
@@ -235,7 +246,11 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
       causal_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, cK, P, Am, den, rq, nch);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     const int64_t out_blocks = p.B * p.Hq * nch * cm * ceil_div(Dv, kTN);
-    if (small)
+    if (small && v2)
+      causal_out_kernel<T, 32, true><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
+    else if (v2)
+      causal_out_kernel<T, kTM, true><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
+    else if (small)
       causal_out_kernel<T, 32><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
     else
       causal_out_kernel<T, kTM><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
@@ -308,6 +323,8 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   if (F > 0) {
     if (v2 && !a.proj)
       map_rows_kernel<T><<<row_grid_q, kThreads, 0, stream>>>(a, qr, phiQ);
+    else if (v2)
+      features_kernel<T, true><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
     else
       features_kernel<T><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
     ATTNKIT_CUDA_CHECK_LAUNCH();
@@ -317,7 +334,10 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   else
     query_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, den);
   ATTNKIT_CUDA_CHECK_LAUNCH();
-  out_kernel<T><<<grid(p.B * p.Hq * ceil_div(p.S, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiQ, den);
+  if (v2)
+    out_kernel<T, true><<<grid(p.B * p.Hq * ceil_div(p.S, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiQ, den);
+  else
+    out_kernel<T><<<grid(p.B * p.Hq * ceil_div(p.S, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiQ, den);
   ATTNKIT_CUDA_CHECK_LAUNCH();
 }
 

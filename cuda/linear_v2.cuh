@@ -16,7 +16,9 @@
 //   - bidirectional state: partial states S_s = phi(K_s)^T V_s over fixed key segments of `seg` keys
 //     (parallel over item x segment x tile, where v1 ran one block per F x Dv tile over all keys), then
 //     S = S_in r0 + the partials in segment order (state_sum_kernel);
-//   - causal: the default chunk is the host's tuning choice (linear.cu), not necessarily the CPU's 32.
+//   - causal: the default chunk is the host's tuning choice (linear.cu), not necessarily the CPU's 32;
+//   - every tiled product (tile_product) with kContig: each thread's 4 x 4 outputs are contiguous rows and
+//     columns, so its shared-memory operands are vector loads (the v1 kernels instantiated with V2 = true).
 
 #include "cuda/linear_features.cuh"
 
@@ -288,7 +290,7 @@ __global__ void state_part_kernel(const LinArgs a, const void* phiK_, void* part
     const A* ph = phiK + (item * a.Sk + j0) * F;
     const T* v = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1] + j0 * a.vs[2];
     A* out = part + is * F * Dv;
-    tile_product<A, kTM, kTN, false, false>(
+    tile_product<A, kTM, kTN, false, false, true>(
         F, Dv, kn, m0, n0, [&](int64_t f, int64_t j) { return ph[j * F + f]; },
         [&](int64_t j, int64_t d) { return to_acc<A>(v[j * a.vs[2] + d * a.vs[3]]); },
         [&](int64_t f, int64_t d, A x) { out[f * Dv + d] = x; });
