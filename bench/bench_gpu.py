@@ -311,16 +311,17 @@ def decode_rows(ctx, sizes, B=4, Hq=32, Hkv=8, D=128, dtype="float16"):
 
 # ----------------------------------------------------------------------------------------- linear variants
 LINEAR_SWEEP = [
-    # name, environment, calls measured
-    ("v1", {"ATTNKIT_LINEAR_CUDA_V1": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
+    # name, environment, calls measured (most telling first: a --budget-s cut drops the tail)
     ("v2", {}, ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v1", {"ATTNKIT_LINEAR_CUDA_V1": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v2 default-pool", {"ATTNKIT_LINEAR_CUDA_POOL": "0"},
+     ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v1 pool-keep", {"ATTNKIT_LINEAR_CUDA_V1": "1", "_POOL_KEEP": "1"},
+     ("linear", "linear_causal", "performer", "performer_causal")),
     ("v2 chunk32", {"ATTNKIT_LINEAR_CUDA_CHUNK": "32"}, ("linear_causal", "performer_causal")),
     ("v2 chunk128", {"ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal", "performer_causal")),
     ("v2 seg128", {"ATTNKIT_LINEAR_CUDA_SEG": "128"}, ("linear", "performer")),
     ("v2 seg2048", {"ATTNKIT_LINEAR_CUDA_SEG": "2048"}, ("linear", "performer")),
-    ("v2 default-pool", {"ATTNKIT_LINEAR_CUDA_POOL": "0"}, ("linear", "linear_causal", "performer", "performer_causal")),
-    ("v1 pool-keep", {"ATTNKIT_LINEAR_CUDA_V1": "1", "_POOL_KEEP": "1"},
-     ("linear", "linear_causal", "performer", "performer_causal")),
 ]
 
 
@@ -379,7 +380,7 @@ def linear_sweep(ctx, sizes, reps, warmup, target_s):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--_linear-child", ",".join(map(str, sizes)),
                "--_calls", ",".join(calls), "--reps", str(reps), "--warmup", str(warmup), "--target-s", str(target_s)]
         try:
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=45)
             line = [x for x in r.stdout.splitlines() if x.startswith("{")]
             res = json.loads(line[-1]) if line else {"error": (r.stderr or "no output")[-300:]}
         except Exception as e:  # noqa: BLE001 - a failed variant becomes a row note

@@ -12,7 +12,10 @@
 // This file: the host side (workspace layout and launches). Workspace holds the features of all rows (and,
 // causal, the state before every chunk).
 // Chunk length: p.chunk, else the CPU's defaults (32 causal, 128 bidirectional), so the stabilizer's rescale
-// points are the CPU's. Keys j >= key_lengths[b] are never read.
+// points are the CPU's (v2: the causal default is a tuning choice, see LinearCudaTuning). Keys
+// j >= key_lengths[b] are never read. The v2 path (linear_v2.cuh: row-tiled per-row kernels, segmented
+// bidirectional state, vector-loading tiled products, scratch from linear_pool.cuh's pool) replaces some
+// launches below where has_kernel("linear_attention_v2" / "performer_attention_v2") says so.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -334,10 +337,11 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   else
     query_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, den);
   ATTNKIT_CUDA_CHECK_LAUNCH();
+  const unsigned out_grid = grid(p.B * p.Hq * ceil_div(p.S, kTM) * ceil_div(Dv, kTN));
   if (v2)
-    out_kernel<T, true><<<grid(p.B * p.Hq * ceil_div(p.S, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiQ, den);
+    out_kernel<T, true><<<out_grid, kThreads, 0, stream>>>(a, phiQ, den);
   else
-    out_kernel<T><<<grid(p.B * p.Hq * ceil_div(p.S, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiQ, den);
+    out_kernel<T><<<out_grid, kThreads, 0, stream>>>(a, phiQ, den);
   ATTNKIT_CUDA_CHECK_LAUNCH();
 }
 
