@@ -25,6 +25,13 @@
 * DLA prefill kernels side by side (``--dla-sweep``, on under ``--quick``; S = 4096, 16384): the first CUDA
   kernel vs the second (``cuda/dla_prefill_v2.cu``) with each column split (tuning option ``dla_split``),
   whether the splits give the same bits, and the largest difference between the two kernels.
+* Linear-attention kernel variants (``--linear-sweep``, on under ``--quick``): linear attention and
+  Performer (bidirectional and causal, S = 4096 and 16384) once per variant of cuda/linear.cu's internal
+  tuning (the v1 kernels, the v2 kernels with causal chunk 32 / 64 / 128 and key segment 128 / 512 / 2048,
+  v2 with its scratch from the default pool instead of its own, v1 with the default pool told to keep its
+  memory), each variant in a fresh process
+  (the tuning is read once per process from ATTNKIT_LINEAR_CUDA_*; v2 needs ATTNKIT_CUDA_UNVERIFIED=1
+  until verified).
 
 Timing: CUDA events on the current (null) stream around each call, after warm-up, median of ``--reps``
 (fewer for calls slower than ``--target-s``). attnkit gets CuPy arrays; torch gets the same memory through
@@ -522,6 +529,97 @@ def decode_sweep_rows(ctx, sizes, B=4, D=128, dtype="float16"):
                     "geomean_device_gbs_by_variant": gm, "v2_enabled": v2,
                     "how": "make it the default: kDec2Keys / kDec2Blocks in cuda/attention_decode2.cuh "
                            "(or ATTNKIT_CUDA_DECODE=keys,blocks)"})
+# ----------------------------------------------------------------------------------------- linear variants
+LINEAR_SWEEP = [
+    # name, environment, calls measured (most telling first: a --budget-s cut drops the tail)
+    ("v2", {}, ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v1", {"ATTNKIT_LINEAR_CUDA_V1": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v2 default-pool", {"ATTNKIT_LINEAR_CUDA_POOL": "0"},
+     ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v1 pool-keep", {"ATTNKIT_LINEAR_CUDA_V1": "1", "_POOL_KEEP": "1"},
+     ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v2 chunk32", {"ATTNKIT_LINEAR_CUDA_CHUNK": "32"}, ("linear_causal", "performer_causal")),
+    ("v2 chunk128", {"ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal", "performer_causal")),
+    ("v2 seg128", {"ATTNKIT_LINEAR_CUDA_SEG": "128"}, ("linear", "performer")),
+    ("v2 seg2048", {"ATTNKIT_LINEAR_CUDA_SEG": "2048"}, ("linear", "performer")),
+]
+
+
+def linear_child(sizes, calls, reps, warmup, target_s):
+    """One sweep variant (run in a fresh process by linear_sweep): prints one JSON line {S: {call: s}}."""
+    import os
+
+    cupy, reason = gpu_or_reason()
+    if cupy is None:
+        print(json.dumps({"error": reason}))
+        return 0
+    import attnkit
+
+    notes = {}
+    if os.environ.get("_POOL_KEEP") == "1":
+        # Diagnostic: the workspace comes from the default pool (cudaMallocAsync), whose release threshold 0
+        # hands its memory back at every synchronization; keep it instead.
+        try:
+            rt = cupy.cuda.runtime
+            pool = rt.deviceGetDefaultMemPool(cupy.cuda.Device().id)
+            rt.memPoolSetAttribute(pool, 4, 2**63 - 1)  # cudaMemPoolAttrReleaseThreshold
+        except Exception as e:  # noqa: BLE001 - recorded
+            notes["pool"] = f"{e.__class__.__name__}: {e}"
+    cupy.random.seed(0)
+    timer = Timer(cupy, reps, warmup, target_s)
+    B, H, D, m = 4, 16, 64, 256
+    W = cupy.asarray(attnkit.random_features(m, D, dtype=np.float32))
+    out = {}
+    for S in sizes:
+        q, k, v = (randn(cupy, (B, H, S, D), "float16", 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+        fns = {"linear": lambda: attnkit.linear_attention(q, k, v, causal=False),
+               "linear_causal": lambda: attnkit.linear_attention(q, k, v, causal=True),
+               "performer": lambda: attnkit.performer_attention(q, k, v, W),
+               "performer_causal": lambda: attnkit.performer_attention(q, k, v, W, causal=True)}
+        res = {}
+        for c in calls:
+            t, note = attempt(lambda: timer(fns[c]))
+            res[c] = t if t else note
+        out[str(S)] = res
+        del q, k, v
+        cupy.get_default_memory_pool().free_all_blocks()
+    print(json.dumps({"times": out, "notes": notes}))
+    return 0
+
+
+def linear_sweep(ctx, sizes, reps, warmup, target_s):
+    """Every LINEAR_SWEEP variant in a fresh process (same GPU), one row per variant and length."""
+    import os
+    import subprocess
+
+    for name, env_add, calls in LINEAR_SWEEP:
+        if ctx["out_of_time"]():
+            return
+        env = dict(os.environ)
+        env.update(env_add)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_linear-child", ",".join(map(str, sizes)),
+               "--_calls", ",".join(calls), "--reps", str(reps), "--warmup", str(warmup), "--target-s", str(target_s)]
+        try:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=45)
+            line = [x for x in r.stdout.splitlines() if x.startswith("{")]
+            res = json.loads(line[-1]) if line else {"error": (r.stderr or "no output")[-300:]}
+        except Exception as e:  # noqa: BLE001 - a failed variant becomes a row note
+            res = {"error": f"{e.__class__.__name__}: {e}"}
+        for S in sizes:
+            row = {"kind": "linear_sweep", "variant": name, "env": env_add, "S": S, "B": 4, "H": 16, "D": 64,
+                   "performer_m": 256, "dtype": "float16",
+                   "unverified_enabled": os.environ.get("ATTNKIT_CUDA_UNVERIFIED") == "1"}
+            if "error" in res:
+                row["note"] = str(res["error"])[:300]
+            else:
+                row.update({k: v for k, v in res.get("notes", {}).items()})
+                for c, t in res["times"].get(str(S), {}).items():
+                    if isinstance(t, float):
+                        row[f"{c}_s"] = t
+                        row[f"{c}_tokens_per_s"] = 4 * S / t
+                    else:
+                        row[f"{c}_note"] = t
+            ctx["add"](row)
 
 
 def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
@@ -672,6 +770,14 @@ def format_row(r) -> str:
             parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
         parts.append(f"splits same bits {r.get('v2_splits_same_bits', '-')}  |v2-v1| "
                      f"{fmt(r.get('v2_vs_v1_max_abs_diff'), '.2g')} of {fmt(r.get('v1_max_abs'), '.2g')}")
+    if r["kind"] == "linear_sweep":
+        parts = [f"sweep  {r['variant']:<13} S={r['S']:<5}"]
+        for name in ("linear", "linear_causal", "performer", "performer_causal"):
+            tps = r.get(f"{name}_tokens_per_s")
+            if tps or r.get(f"{name}_note"):
+                parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', str(r.get(f'{name}_note', '-'))[:9])}")
+        if r.get("note"):
+            parts.append(f"error: {r['note'][:120]}")
         return "  ".join(parts) + "  (Mtok/s)"
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
     for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
@@ -702,9 +808,15 @@ def main(argv=None) -> int:
     ap.add_argument("--variant-worker", default=None, help=argparse.SUPPRESS)  # internal: variant_rows' subprocess
     ap.add_argument("--dla-sweep", action="store_true", help="DLA prefill kernels / column splits side by side "
                                                              "(S = 4096, 16384; on under --quick)")
+    ap.add_argument("--linear-sweep", action="store_true", help="linear-attention kernel variants (on under --quick)")
+    ap.add_argument("--_linear-child", dest="linear_child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_calls", dest="calls", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.variant_worker is not None:
         return variant_worker(a.variant_worker)
+    if a.linear_child is not None:
+        return linear_child([int(x) for x in a.linear_child.split(",")], [c for c in a.calls.split(",") if c],
+                            a.reps or 5, a.warmup, a.target_s)
 
     cupy, reason = gpu_or_reason()
     if cupy is None:
@@ -772,6 +884,9 @@ def main(argv=None) -> int:
         log("-- DLA prefill: first kernel (v1) vs second (v2) and its column splits (float16, B=4, H=16, D=64, "
             "C=16): tokens/s")
         dla_split_rows(ctx, [4096, 16384])
+    if a.linear_sweep or a.quick:
+        log("-- linear-attention kernel variants (cuda/linear.cu tuning; fresh process each): tokens/s")
+        linear_sweep(ctx, [4096, 16384], reps, a.warmup, min(a.target_s, 0.5))
     payload["elapsed_s"] = round(time.monotonic() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")

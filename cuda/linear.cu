@@ -12,13 +12,20 @@
 // This file: the host side (workspace layout and launches). Workspace holds the features of all rows (and,
 // causal, the state before every chunk).
 // Chunk length: p.chunk, else the CPU's defaults (32 causal, 128 bidirectional), so the stabilizer's rescale
-// points are the CPU's. Keys j >= key_lengths[b] are never read.
+// points are the CPU's (v2: the causal default is a tuning choice, see LinearCudaTuning). Keys
+// j >= key_lengths[b] are never read. The v2 path (linear_v2.cuh: row-tiled per-row kernels, segmented
+// bidirectional state, vector-loading tiled products, scratch from linear_pool.cuh's pool) replaces some
+// launches below where has_kernel("linear_attention_v2" / "performer_attention_v2") says so.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "cpp/src/backend.h"
 #include "cuda/linear_bidirectional.cuh"
 #include "cuda/linear_causal.cuh"
+#include "cuda/linear_pool.cuh"
+#include "cuda/linear_v2.cuh"
 #include "cuda/workspace.cuh"
 
 namespace attnkit {
@@ -28,6 +35,43 @@ namespace {
 
 constexpr int64_t kDefaultCausalChunk = 32;          // cpu/linear_kernel.h kDefaultLinearChunk
 constexpr int64_t kDefaultBidirectionalChunk = 128;  // cpu/linear_kernel.h kDefaultBidirectionalChunk
+
+/// Internal tuning of the v2 path (linear_v2.cuh), read once from the environment (for the benchmark's
+/// sweep, bench/bench_gpu.py --linear-sweep; not a public interface):
+///   ATTNKIT_LINEAR_CUDA_V1=1        use the v1 kernels even where the v2 ones are enabled (the baseline);
+///   ATTNKIT_LINEAR_CUDA_CHUNK=n     causal chunk length when the caller gives none (v2 default 64; v1 and
+///                                   the CPU use 32): fewer chunks mean fewer stored states and a shorter
+///                                   scan, longer ones more intra-chunk work;
+///   ATTNKIT_LINEAR_CUDA_POOL=0      scratch from the default pool, not linear_pool.cuh's (see there);
+///   ATTNKIT_LINEAR_CUDA_SEG=n       keys per partial state of the bidirectional form (default 512): more
+///                                   segments mean more parallel blocks and more partial states to add.
+/// CHUNK and SEG only change rounding (every choice is deterministic); values outside [1, 4096] / [16, 2^20]
+/// are ignored. v2 is taken per call where has_kernel("linear_attention_v2") (elementwise maps) or
+/// has_kernel("performer_attention_v2") (Performer) and F, D <= 2^20.
+struct LinearCudaTuning {
+  bool v1 = false;
+  int64_t causal_chunk = 64;
+  int64_t seg = 512;
+};
+
+const LinearCudaTuning& linear_cuda_tuning() {
+  static const LinearCudaTuning t = [] {
+    LinearCudaTuning r;
+    auto get = [](const char* name, int64_t lo, int64_t hi, int64_t dflt) {
+      const char* e = std::getenv(name);
+      if (!e || !*e) return dflt;
+      char* end = nullptr;
+      const long long v = std::strtoll(e, &end, 10);
+      return (end && *end == 0 && v >= lo && v <= hi) ? static_cast<int64_t>(v) : dflt;
+    };
+    const char* v1 = std::getenv("ATTNKIT_LINEAR_CUDA_V1");
+    r.v1 = v1 && std::strcmp(v1, "1") == 0;
+    r.causal_chunk = get("ATTNKIT_LINEAR_CUDA_CHUNK", 1, 4096, r.causal_chunk);
+    r.seg = get("ATTNKIT_LINEAR_CUDA_SEG", 16, int64_t{1} << 20, r.seg);
+    return r;
+  }();
+  return t;
+}
 
 template <class T>
 void run_linear(const LinearProblem& p, cudaStream_t stream) {
@@ -42,7 +86,12 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   a.Dv = p.Dv;
   a.F = p.F;
   a.G = p.group();
-  a.C = p.chunk > 0 ? p.chunk : (p.causal ? kDefaultCausalChunk : kDefaultBidirectionalChunk);
+  const LinearCudaTuning& tune = linear_cuda_tuning();
+  // v2 (linear_v2.cuh) where enabled; its row kernels index a tile's F columns with int.
+  const bool v2 = !tune.v1 && has_kernel(p.projected() ? "performer_attention_v2" : "linear_attention_v2") &&
+                  p.F <= (int64_t{1} << 20) && p.D <= (int64_t{1} << 20);
+  a.C = p.chunk > 0 ? p.chunk
+                    : (p.causal ? (v2 ? tune.causal_chunk : kDefaultCausalChunk) : kDefaultBidirectionalChunk);
   a.q = p.q.data;
   a.k = p.k.data;
   a.v = p.v.data;
@@ -85,6 +134,8 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   auto feature_grid = [&](int64_t rows) {
     return grid(a.proj ? ceil_div(rows, kTM) * ceil_div(F, kTN) : ceil_div(rows * F, kThreads));
   };
+  const unsigned row_grid_k = grid(ceil_div(p.B * p.Hkv * p.Sk, kRowTile));
+  const unsigned row_grid_q = grid(ceil_div(p.B * p.Hq * p.S, kRowTile));
   RowSet kr{};
   kr.x = p.k.data;
   kr.H = p.Hkv;
@@ -107,7 +158,12 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
     if (krows > 0 && F > 0) {
-      features_kernel<T><<<feature_grid(krows), kThreads, 0, stream>>>(a, kr, phiK);
+      if (v2 && !a.proj)
+        map_rows_kernel<T><<<row_grid_k, kThreads, 0, stream>>>(a, kr, phiK);
+      else if (v2)
+        features_kernel<T, true><<<feature_grid(krows), kThreads, 0, stream>>>(a, kr, phiK);
+      else
+        features_kernel<T><<<feature_grid(krows), kThreads, 0, stream>>>(a, kr, phiK);
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
   };
@@ -118,7 +174,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     const int64_t nch = ceil_div(p.S, C), E = F * Dv + F;
     const int64_t stat_elems = a.stab ? krows : 0;
     const int64_t n_all = wS_elems + krows * F + 2 * stat_elems + items * nch * E + qrows * (F + C + 2);
-    Workspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream);
+    LinearWorkspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream, v2);
     A* base = ws.as<A>();
     a.wS = base;
     A* phiK = base + wS_elems;
@@ -131,18 +187,27 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     A* rq = den + qrows;
     key_features(base, phiK);
     if (a.stab && krows > 0) {
-      key_stats_kernel<T><<<grid(ceil_div(krows, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cK);
+      if (v2)
+        key_stats_rows_kernel<T><<<row_grid_k, kThreads, 0, stream>>>(a, kr, phiK, hK, cK);
+      else
+        key_stats_kernel<T><<<grid(ceil_div(krows, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cK);
       ATTNKIT_CUDA_CHECK_LAUNCH();
       key_prefix_kernel<T><<<grid(items), kThreads, 0, stream>>>(a, cK);
       ATTNKIT_CUDA_CHECK_LAUNCH();
       if (F > 0) {
-        key_exp_kernel<T><<<grid(ceil_div(krows * F, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cK, true);
+        if (v2)
+          key_exp_rows_kernel<T><<<row_grid_k, kThreads, 0, stream>>>(a, kr, phiK, hK, cK, true);
+        else
+          key_exp_kernel<T><<<grid(ceil_div(krows * F, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cK, true);
         ATTNKIT_CUDA_CHECK_LAUNCH();
       }
     }
     const int64_t inc_blocks = items * nch * ceil_div(F, kTM) * std::max<int64_t>(ceil_div(Dv, kTN), 1);
     if (inc_blocks > 0) {
-      inc_kernel<T><<<grid(inc_blocks), kThreads, 0, stream>>>(a, phiK, cK, P, nch);
+      if (v2)
+        inc_kernel<T, true><<<grid(inc_blocks), kThreads, 0, stream>>>(a, phiK, cK, P, nch);
+      else
+        inc_kernel<T><<<grid(inc_blocks), kThreads, 0, stream>>>(a, phiK, cK, P, nch);
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
     if (items * E > 0) {
@@ -151,25 +216,44 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     }
     if (qrows == 0 || Dv == 0) return;
     if (F > 0) {
-      features_kernel<T><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
+      if (v2 && !a.proj)
+        map_rows_kernel<T><<<row_grid_q, kThreads, 0, stream>>>(a, qr, phiQ);
+      else if (v2)
+        features_kernel<T, true><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
+      else
+        features_kernel<T><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
       ATTNKIT_CUDA_CHECK_LAUNCH();
       if (a.stab) {
-        query_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, nullptr);
+        if (v2)
+          query_rows_kernel<T><<<row_grid_q, kThreads, 0, stream>>>(a, phiQ, nullptr);
+        else
+          query_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, nullptr);
         ATTNKIT_CUDA_CHECK_LAUNCH();
       }
     }
     // Chunks of at most 32 rows (the default) take 32-row tiles, longer ones 64-row tiles.
     const bool small = C <= 32;
     const int64_t cm = ceil_div(C, small ? 32 : kTM), sc_blocks = p.B * p.Hq * nch * cm * cm;
-    if (small)
+    if (small && v2)
+      scores_kernel<T, 32, true><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
+    else if (v2)
+      scores_kernel<T, kTM, true><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
+    else if (small)
       scores_kernel<T, 32><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
     else
       scores_kernel<T, kTM><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
     ATTNKIT_CUDA_CHECK_LAUNCH();
-    causal_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, cK, P, Am, den, rq, nch);
+    if (v2)
+      causal_den_rows_kernel<T><<<row_grid_q, kThreads, 0, stream>>>(a, phiQ, cK, P, Am, den, rq, nch);
+    else
+      causal_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, cK, P, Am, den, rq, nch);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     const int64_t out_blocks = p.B * p.Hq * nch * cm * ceil_div(Dv, kTN);
-    if (small)
+    if (small && v2)
+      causal_out_kernel<T, 32, true><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
+    else if (v2)
+      causal_out_kernel<T, kTM, true><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
+    else if (small)
       causal_out_kernel<T, 32><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
     else
       causal_out_kernel<T, kTM><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
@@ -182,9 +266,11 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   const int64_t state_elems = items * (F * Dv + F);
   const int64_t stat_elems = a.stab ? krows : 0;
   const int64_t nseg = ceil_div(p.Sk, kZSeg), zp_elems = items * nseg * F;
+  // v2: partial states of key segments of seg2 keys.
+  const int64_t seg2 = tune.seg, nseg2 = ceil_div(p.Sk, seg2), sp_elems = v2 ? items * nseg2 * F * Dv : 0;
   const int64_t n_all =
-      wS_elems + state_elems + krows * F + 2 * stat_elems + 2 * items + qrows * F + qrows + zp_elems;
-  Workspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream);
+      wS_elems + state_elems + krows * F + 2 * stat_elems + 2 * items + qrows * F + qrows + zp_elems + sp_elems;
+  LinearWorkspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream, v2);
   A* base = ws.as<A>();
   a.wS = base;
   a.states = base + wS_elems;
@@ -195,16 +281,23 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   A* phiQ = cs + 2 * items;
   A* den = phiQ + qrows * F;
   A* zp = den + qrows;
+  A* sp = zp + zp_elems;
   key_features(base, phiK);
   if (a.stab) {
     if (krows > 0) {
-      key_stats_kernel<T><<<grid(ceil_div(krows, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, mK);
+      if (v2)
+        key_stats_rows_kernel<T><<<row_grid_k, kThreads, 0, stream>>>(a, kr, phiK, hK, mK);
+      else
+        key_stats_kernel<T><<<grid(ceil_div(krows, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, mK);
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
     key_max_kernel<T><<<grid(items), kThreads, 0, stream>>>(a, mK, cs);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     if (krows > 0 && F > 0) {
-      key_exp_kernel<T><<<grid(ceil_div(krows * F, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cs, false);
+      if (v2)
+        key_exp_rows_kernel<T><<<row_grid_k, kThreads, 0, stream>>>(a, kr, phiK, hK, cs, false);
+      else
+        key_exp_kernel<T><<<grid(ceil_div(krows * F, kThreads)), kThreads, 0, stream>>>(a, kr, phiK, hK, cs, false);
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
   }
@@ -216,18 +309,39 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     z_kernel<T><<<grid(ceil_div(items * F, kThreads)), kThreads, 0, stream>>>(a, zp, cs, nseg);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     if (Dv > 0) {
-      state_kernel<T><<<grid(items * ceil_div(F, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiK, cs);
+      if (v2) {
+        if (sp_elems > 0) {
+          state_part_kernel<T><<<grid(items * nseg2 * ceil_div(F, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(
+              a, phiK, sp, seg2, nseg2);
+          ATTNKIT_CUDA_CHECK_LAUNCH();
+        }
+        state_sum_kernel<T><<<grid(ceil_div(items * F * Dv, kThreads)), kThreads, 0, stream>>>(a, sp, cs, nseg2);
+      } else {
+        state_kernel<T><<<grid(items * ceil_div(F, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiK, cs);
+      }
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
   }
   if (qrows == 0 || Dv == 0) return;
   if (F > 0) {
-    features_kernel<T><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
+    if (v2 && !a.proj)
+      map_rows_kernel<T><<<row_grid_q, kThreads, 0, stream>>>(a, qr, phiQ);
+    else if (v2)
+      features_kernel<T, true><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
+    else
+      features_kernel<T><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
     ATTNKIT_CUDA_CHECK_LAUNCH();
   }
-  query_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, den);
+  if (v2)
+    query_rows_kernel<T><<<row_grid_q, kThreads, 0, stream>>>(a, phiQ, den);
+  else
+    query_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, den);
   ATTNKIT_CUDA_CHECK_LAUNCH();
-  out_kernel<T><<<grid(p.B * p.Hq * ceil_div(p.S, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(a, phiQ, den);
+  const unsigned out_grid = grid(p.B * p.Hq * ceil_div(p.S, kTM) * ceil_div(Dv, kTN));
+  if (v2)
+    out_kernel<T, true><<<out_grid, kThreads, 0, stream>>>(a, phiQ, den);
+  else
+    out_kernel<T><<<out_grid, kThreads, 0, stream>>>(a, phiQ, den);
   ATTNKIT_CUDA_CHECK_LAUNCH();
 }
 

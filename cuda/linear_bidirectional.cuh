@@ -132,7 +132,7 @@ __global__ void state_kernel(const LinArgs a, const void* phiK_, const void* cs_
 }
 
 /// out = phi(Q) S / (den + eps) by tiles of query rows x Dv of each (b, h).
-template <class T>
+template <class T, bool V2 = false>
 __global__ void out_kernel(const LinArgs a, const void* phiQ_, const void* den_) {
   using A = acc_t<T>;
   const A* phiQ = static_cast<const A*>(phiQ_);
@@ -145,7 +145,7 @@ __global__ void out_kernel(const LinArgs a, const void* phiQ_, const void* den_)
     const A* ph = phiQ + bh * a.S * F;
     const A* S = static_cast<const A*>(a.states) + item * (F * Dv + F);
     const A* dn = den + bh * a.S;
-    tile_product<A, kTM, kTN, true, false>(
+    tile_product<A, kTM, kTN, true, false, V2>(
         a.S, Dv, F, m0, n0, [&](int64_t t, int64_t f) { return ph[t * F + f]; },
         [&](int64_t f, int64_t d) { return S[f * Dv + d]; },
         [&](int64_t t, int64_t d, A o) { store_out<T, A>(a, b, h, t, d, o, dn[t]); });

@@ -47,7 +47,7 @@ __global__ void key_prefix_kernel(const LinArgs a, void* cK_) {
 
 /// inc[item][c] = [F][Dv] then [F] of chunk c. Blocks: (item, chunk, F tile, Dv tile); the Dv tile 0
 /// also sums z.
-template <class T>
+template <class T, bool V2 = false>
 __global__ void inc_kernel(const LinArgs a, const void* phiK_, const void* cK_, void* inc_, int64_t nch) {
   using A = acc_t<T>;
   const A* phiK = static_cast<const A*>(phiK_);
@@ -70,7 +70,7 @@ __global__ void inc_kernel(const LinArgs a, const void* phiK_, const void* cK_, 
       return x;
     };
     if (Dv > 0)
-      tile_product<A, kTM, kTN, false, false>(
+      tile_product<A, kTM, kTN, false, false, V2>(
           F, Dv, kn, m0, n0, [&](int64_t f, int64_t j) { return key(j, f); },
           [&](int64_t j, int64_t d) { return to_acc<A>(v[j * a.vs[2] + d * a.vs[3]]); },
           [&](int64_t f, int64_t d, A s) { out[f * Dv + d] = s; });
@@ -124,7 +124,7 @@ __global__ void scan_kernel(const LinArgs a, const void* cK_, void* inc_, int64_
 }
 
 /// Am[row][j] (rows of phi(Q), j < C) = phi(q_t) . phi(k_j) exp(c_j - c_t) for j <= t, j < kn.
-template <class T, int TM>
+template <class T, int TM, bool V2 = false>
 __global__ void scores_kernel(const LinArgs a, const void* phiQ_, const void* phiK_, const void* cK_, void* Am_,
                               int64_t nch) {
   using A = acc_t<T>;
@@ -144,7 +144,7 @@ __global__ void scores_kernel(const LinArgs a, const void* phiQ_, const void* ph
     const A* k = phiK + (item * a.Sk + j0) * F;
     const A* ck = a.stab ? cKall + item * a.Sk : nullptr;
     A* out = Am + (bh * a.S + j0) * C;
-    tile_product<A, TM, TM, true, true>(
+    tile_product<A, TM, TM, true, true, V2>(
         tn, kn, F, m0, n0, [&](int64_t t, int64_t f) { return q[t * F + f]; },
         [&](int64_t f, int64_t j) { return k[j * F + f]; },
         [&](int64_t t, int64_t j, A s) {
@@ -196,7 +196,7 @@ __global__ void causal_den_kernel(const LinArgs a, const void* phiQ_, const void
 }
 
 /// out rows of chunk c = (phi(Q_c) P_c) rq + sum_{j <= t} A[t][j] v_j, over tiles of rows x Dv.
-template <class T, int TM>
+template <class T, int TM, bool V2 = false>
 __global__ void causal_out_kernel(const LinArgs a, const void* phiQ_, const void* P_, const void* Am_,
                                   const void* den_, const void* rq_, int64_t nch) {
   using A = acc_t<T>;
@@ -217,7 +217,7 @@ __global__ void causal_out_kernel(const LinArgs a, const void* phiQ_, const void
     const A* q = phiQ + row0 * F;
     const A* S = P + (item * nch + c) * E;
     const T* v = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1] + j0 * a.vs[2];
-    tile_product<A, TM, kTN, true, false>(
+    tile_product<A, TM, kTN, true, false, V2>(
         tn, Dv, F, m0, n0, [&](int64_t t, int64_t f) { return q[t * F + f]; },
         [&](int64_t f, int64_t d) { return S[f * Dv + d]; },
         [&](int64_t t, int64_t d, A o) {

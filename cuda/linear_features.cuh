@@ -82,12 +82,15 @@ constexpr int kTM = 64, kTN = 64, kTK = 16;  // tile of the products; 16 x 16 th
 /// st(m, n, value) (m < M, n < N only). Operands are read only inside [0, M) x [0, K) and [0, K) x [0, N).
 /// kAK / kBK: the operand is contiguous along k (chooses the coalesced load order). Any block size: with
 /// fewer than 256 threads the 256 virtual threads are taken in passes. Every thread must call it.
-template <class A, int TM, int TN, bool kAK, bool kBK, class LA, class LB, class ST>
+/// kContig (the v2 path, linear_v2.cuh): virtual thread (ty, tx) owns the contiguous rows ty RM .. and columns
+/// tx RN .. of the tile (vector shared-memory loads), instead of the rows ty + 16 r and columns tx + 16 c;
+/// the sums are the same (k in increasing order), only the thread that computes an output changes.
+template <class A, int TM, int TN, bool kAK, bool kBK, bool kContig = false, class LA, class LB, class ST>
 __device__ __forceinline__ void tile_product(int64_t M, int64_t N, int64_t K, int64_t m0, int64_t n0, LA la, LB lb,
                                              ST st) {
   constexpr int RM = TM / 16, RN = TN / 16, kVT = 256;
-  __shared__ A As[kTK][TM];
-  __shared__ A Bs[kTK][TN];
+  alignas(16) __shared__ A As[kTK][TM];
+  alignas(16) __shared__ A Bs[kTK][TN];
   const int nt = static_cast<int>(blockDim.x), tid = static_cast<int>(threadIdx.x);
   for (int vt0 = 0; vt0 < kVT; vt0 += nt) {
     const int vt = vt0 + tid;
@@ -112,9 +115,9 @@ __device__ __forceinline__ void tile_product(int64_t M, int64_t N, int64_t K, in
         for (int kk = 0; kk < kTK; ++kk) {
           A av[RM], bv[RN];
 #pragma unroll
-          for (int r = 0; r < RM; ++r) av[r] = As[kk][ty + 16 * r];
+          for (int r = 0; r < RM; ++r) av[r] = As[kk][kContig ? ty * RM + r : ty + 16 * r];
 #pragma unroll
-          for (int c = 0; c < RN; ++c) bv[c] = Bs[kk][tx + 16 * c];
+          for (int c = 0; c < RN; ++c) bv[c] = Bs[kk][kContig ? tx * RN + c : tx + 16 * c];
 #pragma unroll
           for (int r = 0; r < RM; ++r)
 #pragma unroll
@@ -128,7 +131,8 @@ __device__ __forceinline__ void tile_product(int64_t M, int64_t N, int64_t K, in
       for (int r = 0; r < RM; ++r)
 #pragma unroll
         for (int c = 0; c < RN; ++c) {
-          const int64_t m = m0 + ty + 16 * r, n = n0 + tx + 16 * c;
+          const int64_t m = m0 + (kContig ? ty * RM + r : ty + 16 * r);
+          const int64_t n = n0 + (kContig ? tx * RN + c : tx + 16 * c);
           if (m < M && n < N) st(m, n, acc[r][c]);
         }
     }
@@ -157,7 +161,7 @@ __device__ __forceinline__ bool row_allowed(const LinArgs& a, const RowSet& r, i
 }
 
 /// Raw features [rows][F] of A: softmax projections, ReLU features finished, elementwise maps applied.
-template <class T>
+template <class T, bool V2 = false>
 __global__ void features_kernel(const LinArgs a, const RowSet r, void* out_) {
   using A = acc_t<T>;
   A* out = static_cast<A*>(out_);
@@ -183,7 +187,7 @@ __global__ void features_kernel(const LinArgs a, const RowSet r, void* out_) {
       rp[i] = rok[i] ? row_of<T>(r, m0 + i) : nullptr;
     }
     __syncthreads();
-    tile_product<A, kTM, kTN, true, true>(
+    tile_product<A, kTM, kTN, true, true, V2>(
         rows, F, D, m0, n0,
         [&](int64_t m, int64_t d) {
           return rok[m - m0] ? to_acc<A>(rp[m - m0][d * r.xs[3]]) : A(0);

@@ -37,9 +37,12 @@ constexpr const char* kVerified[] = {
 /// function keeps its verified path where the gate is closed): "attention_decode_v2" (attention_decode2.cuh)
 /// and "attention_mma_v2" (attention_mma2.cuh), both chosen in attention.cu; "attention_backward_mma", the
 /// tensor-core backward of attention_backward_mma.cu, and "attention_backward_mma_terms", the same with mask,
-/// bias / dbias, soft cap and ALiBi (needs the first); "dla_prefill_v2" (dla_prefill_v2.cu, chosen in dla.cu).
-constexpr const char* kCompiled[] = {"attention_decode_v2", "attention_mma_v2", "attention_backward_mma",
-                                     "attention_backward_mma_terms", "dla_prefill_v2"};
+/// bias / dbias, soft cap and ALiBi (needs the first); "dla_prefill_v2" (dla_prefill_v2.cu, chosen in dla.cu);
+/// "linear_attention_v2" and "performer_attention_v2" (linear_v2.cuh, chosen in linear.cu).
+constexpr const char* kCompiled[] = {"attention_decode_v2",          "attention_mma_v2",
+                                     "attention_backward_mma",       "attention_backward_mma_terms",
+                                     "dla_prefill_v2",               "linear_attention_v2",
+                                     "performer_attention_v2"};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

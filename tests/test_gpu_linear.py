@@ -35,6 +35,12 @@ LIN_CASES = [
     ("decode-step", 2, 8, 2, 1, 1, 64, 64, dict(causal=True, initial_state="s", return_state=True)),
     ("strided", 2, 4, 2, 37, 37, 32, 32, dict(causal=True, layout="strided")),
     ("empty-small", 1, 2, 2, 0, 0, 16, 8, dict(causal=True, return_state=True)),
+    # v2 boundaries (cuda/linear_v2.cuh): several default causal chunks (64) with a partial last one, odd S;
+    # several bidirectional key segments (512 keys) with a partial last one and key_lengths inside one.
+    ("v2-causal-odd", 2, 4, 2, 199, 199, 64, 64, dict(feature_map="elu1", causal=True, initial_state="s",
+                                                      return_state=True)),
+    ("v2-bidir-segments", 2, 2, 1, 33, 1100, 32, 24, dict(feature_map="elu1", causal=False, key_lengths=[1100, 517],
+                                                          initial_state="s", return_state=True)),
 ]
 
 
@@ -98,6 +104,10 @@ PERF_CASES = [
     ("lens", 3, 2, 2, 50, 50, 32, 16, 32, dict(causal=False, key_lengths=[50, 0, 21])),
     ("lens-causal-scale", 3, 2, 2, 50, 50, 32, 16, 33, dict(causal=True, key_lengths=[50, 0, 21], scale=0.1)),
     ("strided", 2, 4, 2, 37, 37, 32, 32, 48, dict(causal=True, layout="strided")),
+    # v2 boundaries: m not a multiple of the 64-wide tiles nor of the 32 row lanes, several causal chunks,
+    # several key segments with key_lengths inside one.
+    ("v2-softmax-causal-m100", 2, 4, 2, 150, 150, 64, 64, 100, dict(causal=True)),
+    ("v2-softmax-bidir-segments", 2, 2, 2, 20, 1100, 32, 16, 100, dict(causal=False, key_lengths=[1100, 600])),
 ]
 
 

@@ -32,6 +32,9 @@ g++ -std=c++17 -O1 -fopenmp -I "$root/cpp/src" -I "$root/cpp/include" -c "$root/
 g++ "${flags[@]}" -fopenmp "$here/test_attention_backward.cpp" "$out/attention_backward.emu.cpp" \
   "$out/attention_bwd_generic.o" -o "$out/test_attention_backward"
 OMP_NUM_THREADS=1 "$out/test_linear_vs_cpu" | tail -1
+# linear.cu's v2 tuning (read once per process): small key segments and an odd default causal chunk.
+ATTNKIT_LINEAR_CUDA_SEG=16 ATTNKIT_LINEAR_CUDA_CHUNK=5 OMP_NUM_THREADS=1 "$out/test_linear_vs_cpu" | tail -1
+ATTNKIT_LINEAR_CUDA_SEG=16 ATTNKIT_LINEAR_CUDA_CHUNK=5 "$out/test_linear_merge_rope" | tail -1
 OMP_NUM_THREADS=1 "$out/test_attention_backward" | tail -1
 # DLA prefill v2: the kernel body (the file up to its host side) vs the CPU backend's generic kernel.
 sed -n '1,/^\/\/ ---- host side/p' "$root/cuda/dla_prefill_v2.cu" > "$out/dla_v2_body.inc"

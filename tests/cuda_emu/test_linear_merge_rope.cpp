@@ -7,6 +7,11 @@
 #include "cuda/common.cuh"
 using namespace attnkit;
 using namespace attnkit::detail;
+// has_kernel of cuda/runtime.cu: only linear.cu's gates ask it here ("linear_attention_v2", "performer_attention_v2").
+namespace attnkit { namespace detail { namespace cuda {
+bool g_emu_v2 = false;
+bool has_kernel(const char*) { return g_emu_v2; }
+}}}
 static uint64_t rs = 12345;
 static double urand() { rs = rs * 6364136223846793005ULL + 1442695040888963407ULL; return ((rs >> 11) * (1.0 / 9007199254740992.0)); }
 static double nrand() { return urand() * 2 - 1; }
@@ -286,11 +291,14 @@ template <class T> void all() {
   LinCase one; one.S = one.Sk = 1; one.B = 1; one.Hq = one.Hkv = 1; run_linear_case<T>(one, "causal S=1", 0);
 }
 int main() {
-  for (unsigned th : {1u, 5u, 32u}) {
-    g_emu_threads = th;
-    std::printf("== emulated block of %u threads\n", th);
-    all<double>();
-    all<float>();
+  for (int v2 = 0; v2 < 2; ++v2) {
+    cuda::g_emu_v2 = v2 == 1;
+    for (unsigned th : {1u, 5u, 32u}) {
+      g_emu_threads = th;
+      std::printf("== %s kernels, emulated block of %u threads\n", v2 ? "v2" : "v1", th);
+      all<double>();
+      all<float>();
+    }
   }
   std::printf("%d failures\n", fails);
   return fails != 0;

@@ -8,6 +8,11 @@
 #include "cuda/common.cuh"
 using namespace attnkit;
 using namespace attnkit::detail;
+// has_kernel of cuda/runtime.cu: only linear.cu's gates ask it here ("linear_attention_v2", "performer_attention_v2").
+namespace attnkit { namespace detail { namespace cuda {
+bool g_emu_v2 = false;
+bool has_kernel(const char*) { return g_emu_v2; }
+}}}
 namespace attnkit { namespace detail {
 void assert_failed(const char*, const char*, const char*, int) { throw std::runtime_error("assert"); }
 namespace cpu { void out_of_memory(const char*, unsigned long) { throw std::runtime_error("oom"); }
@@ -110,10 +115,20 @@ template <class T> void all() {
   run<T>("big elu1 causal state", LinearMap::Elu1, true, 0, 1e-6, 1, true, true, 100);
   run<T>("big favor softmax causal chunk70 state", LinearMap::FavorSoftmax, true, 70, 1e-3, 2, true, true, 160, 160, 70);
   run<T>("big elu1 causal chunk40", LinearMap::Elu1, true, 40, 1e-6, 1, true, false, 100);
+  // v2 boundaries: causal default chunk (64) over several chunks with a partial last one; bidirectional key
+  // segments (512 keys) with a partial last one and key_lengths inside a segment.
+  run<T>("big favor softmax causal default chunk S=150", LinearMap::FavorSoftmax, true, 0, 1e-3, 1, true, true, 150, 150, 70);
+  run<T>("big elu1 causal default chunk S=129", LinearMap::Elu1, true, 0, 1e-6, 1, true, true, 129);
+  g_D = 5; g_Dv = 3;
+  run<T>("favor softmax bidir Sk=1100 lens state", LinearMap::FavorSoftmax, false, 0, 1e-3, 1, true, true, 9, 1100, 7);
+  run<T>("relu bidir Sk=1025", LinearMap::Relu, false, 0, 1e-6, 1, false, false, 5, 1025);
   g_D = 7; g_Dv = 6;
 }
 int main() {
-  for (unsigned th : {1u, 6u}) { g_emu_threads = th; all<double>(); all<float>(); }
+  for (int v2 = 0; v2 < 2; ++v2) {
+    cuda::g_emu_v2 = v2 == 1;  // the v2 path of linear.cu (linear_v2.cuh), as has_kernel("..._v2") selects it
+    for (unsigned th : {1u, 6u}) { g_emu_threads = th; all<double>(); all<float>(); }
+  }
   std::printf("%d failures\n", fails);
   return fails != 0;
 }
