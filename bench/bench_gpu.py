@@ -539,6 +539,7 @@ LINEAR_SWEEP = [
     ("v1 pool-keep", {"ATTNKIT_LINEAR_CUDA_V1": "1", "_POOL_KEEP": "1"},
      ("linear", "linear_causal", "performer", "performer_causal")),
     ("v2 chunk32", {"ATTNKIT_LINEAR_CUDA_CHUNK": "32"}, ("linear_causal", "performer_causal")),
+    ("v2 chunk64", {"ATTNKIT_LINEAR_CUDA_CHUNK": "64"}, ("linear_causal", "performer_causal")),
     ("v2 chunk128", {"ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal", "performer_causal")),
     ("v2 seg128", {"ATTNKIT_LINEAR_CUDA_SEG": "128"}, ("linear", "performer")),
     ("v2 seg2048", {"ATTNKIT_LINEAR_CUDA_SEG": "2048"}, ("linear", "performer")),
@@ -770,6 +771,7 @@ def format_row(r) -> str:
             parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
         parts.append(f"splits same bits {r.get('v2_splits_same_bits', '-')}  |v2-v1| "
                      f"{fmt(r.get('v2_vs_v1_max_abs_diff'), '.2g')} of {fmt(r.get('v1_max_abs'), '.2g')}")
+        return "  ".join(parts) + "  (Mtok/s)"
     if r["kind"] == "linear_sweep":
         parts = [f"sweep  {r['variant']:<13} S={r['S']:<5}"]
         for name in ("linear", "linear_causal", "performer", "performer_causal"):

@@ -41,7 +41,7 @@ namespace cuda {
 
 constexpr int kDec2MaxRows = 8;     // rows (Sq * G) per kv head served by v2
 constexpr int kDec2Keys = 4;        // default U (clamped to kL / kR)
-constexpr int kDec2Blocks = 1024;   // default target grid size
+constexpr int kDec2Blocks = 512;    // default target grid size (the H100 sweep's best with U = 4)
 constexpr int kDec2MaxPairs = 16;   // U * kR at most (registers: 8 rows take U <= 2)
 
 /// Blocks per SM the registers must allow: 3 (at most 170 registers) for 4 rows and U <= 2, else 2 (255).

@@ -378,9 +378,11 @@ void launch_mma2(const AttnProblem& p, bool per_row, cudaStream_t st) {
 }
 
 /// The tile shapes of the v2 kernel (ATTNKIT_MMA_VARIANT, read by attention.cu; 0 is the default):
-///   0: 4 warps x 2 m-tiles (128 rows), 64 keys per tile;
-///   1: 4 warps x 2 m-tiles, 128 keys per tile for D = 64, 32 for D = 128;
+///   0: 4 warps x 2 m-tiles (128 rows), 128 keys per tile for D = 64, 64 for D = 128;
+///   1: 4 warps x 2 m-tiles, 64 keys per tile for D = 64, 32 for D = 128;
 ///   2: 8 warps x 1 m-tile (128 rows), 64 keys per tile (D = 64: two blocks per SM, 128 registers).
+/// 0 was the fastest for both head dims on an H100 (tools/gpu_check.sh, 2026-11-26, S = 4096, f16 / bf16,
+/// causal and not; bench/results/gpu_h100.json's exact_variant rows, where 0 and 1 were the other way round).
 constexpr int kMma2Variants = 3;
 
 template <class T, int D>
@@ -390,9 +392,9 @@ void run_mma2(const AttnProblem& p, int variant) {
   const cudaStream_t st = as_stream(p.stream);
   const bool per_row = p.causal || p.window_left >= 0 || p.window_right >= 0 || p.row_lo != nullptr;
   switch (variant) {
-    case 1: return launch_mma2<T, D, 2, 4, D == 64 ? 128 : 32>(p, per_row, st);
+    case 1: return launch_mma2<T, D, 2, 4, D == 64 ? 64 : 32>(p, per_row, st);
     case 2: return launch_mma2<T, D, 1, 8, 64>(p, per_row, st);
-    default: return launch_mma2<T, D, 2, 4, 64>(p, per_row, st);
+    default: return launch_mma2<T, D, 2, 4, D == 64 ? 128 : 64>(p, per_row, st);
   }
 }
 

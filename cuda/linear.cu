@@ -39,9 +39,10 @@ constexpr int64_t kDefaultBidirectionalChunk = 128;  // cpu/linear_kernel.h kDef
 /// Internal tuning of the v2 path (linear_v2.cuh), read once from the environment (for the benchmark's
 /// sweep, bench/bench_gpu.py --linear-sweep; not a public interface):
 ///   ATTNKIT_LINEAR_CUDA_V1=1        use the v1 kernels even where the v2 ones are enabled (the baseline);
-///   ATTNKIT_LINEAR_CUDA_CHUNK=n     causal chunk length when the caller gives none (v2 default 64; v1 and
-///                                   the CPU use 32): fewer chunks mean fewer stored states and a shorter
-///                                   scan, longer ones more intra-chunk work;
+///   ATTNKIT_LINEAR_CUDA_CHUNK=n     causal chunk length when the caller gives none (v2 default 64 for the
+///                                   elementwise maps, 128 for Performer: the fastest on an H100, 2026-11-26;
+///                                   v1 and the CPU use 32): fewer chunks mean fewer stored states and a
+///                                   shorter scan, longer ones more intra-chunk work;
 ///   ATTNKIT_LINEAR_CUDA_POOL=0      scratch from the default pool, not linear_pool.cuh's (see there);
 ///   ATTNKIT_LINEAR_CUDA_SEG=n       keys per partial state of the bidirectional form (default 512): more
 ///                                   segments mean more parallel blocks and more partial states to add.
@@ -50,7 +51,7 @@ constexpr int64_t kDefaultBidirectionalChunk = 128;  // cpu/linear_kernel.h kDef
 /// has_kernel("performer_attention_v2") (Performer) and F, D <= 2^20.
 struct LinearCudaTuning {
   bool v1 = false;
-  int64_t causal_chunk = 64;
+  int64_t causal_chunk = 0;  // 0: 64 for the elementwise maps, 128 for Performer
   int64_t seg = 512;
 };
 
@@ -90,8 +91,8 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   // v2 (linear_v2.cuh) where enabled; its row kernels index a tile's F columns with int.
   const bool v2 = !tune.v1 && has_kernel(p.projected() ? "performer_attention_v2" : "linear_attention_v2") &&
                   p.F <= (int64_t{1} << 20) && p.D <= (int64_t{1} << 20);
-  a.C = p.chunk > 0 ? p.chunk
-                    : (p.causal ? (v2 ? tune.causal_chunk : kDefaultCausalChunk) : kDefaultBidirectionalChunk);
+  const int64_t v2_chunk = tune.causal_chunk > 0 ? tune.causal_chunk : (p.projected() ? 128 : 64);
+  a.C = p.chunk > 0 ? p.chunk : (p.causal ? (v2 ? v2_chunk : kDefaultCausalChunk) : kDefaultBidirectionalChunk);
   a.q = p.q.data;
   a.k = p.k.data;
   a.v = p.v.data;

@@ -293,10 +293,11 @@ def gpu_run(fn, *args, _device: int = 0, _stream: bool = True, **kwargs):
 
 
 # ============================================================================== comparisons
-def close3(gpu, cpu, r, n, dtype, what="out", atol_scale=1.0):
+def close3(gpu, cpu, r, n, dtype, what="out", atol_scale=1.0, exact_zero=None):
     """GPU result vs the oracle by the tolerance rule, and vs the CPU backend: the same non-finite entries,
-    exact zeros where the CPU and the oracle have them (masked rows), and a difference within the sum of
-    both results' tolerances (4 * naive error + 2 * atol)."""
+    exact zeros where the CPU and the oracle have them (masked rows; ``exact_zero``, a boolean array, narrows
+    that to the entries the contract makes zero, where others are zero only up to rounding), and a difference
+    within the sum of both results' tolerances (4 * naive error + 2 * atol)."""
     dtype = np.dtype(dtype)
     assert np.asarray(gpu).dtype == np.asarray(cpu).dtype, (what, np.asarray(gpu).dtype, np.asarray(cpu).dtype)
     assert_close(gpu, r, n, dtype, what=f"{what} (GPU vs oracle)", atol_scale=atol_scale)
@@ -306,6 +307,8 @@ def close3(gpu, cpu, r, n, dtype, what="out", atol_scale=1.0):
     assert np.array_equal(np.isfinite(g), fin), f"{what}: infinities differ from the CPU backend"
     assert np.array_equal(g[~fin], c[~fin]), f"{what}: infinite entries differ from the CPU backend"
     zero = (c == 0) & (r64 == 0)
+    if exact_zero is not None:
+        zero &= np.broadcast_to(exact_zero, zero.shape)
     assert (g[zero] == 0).all(), f"{what}: not exactly 0 where the CPU backend and the oracle are"
     if fin.any():
         nn = to_f64(np.asarray(n).astype(dtype) if dtype != F64 else n)
