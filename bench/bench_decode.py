@@ -67,6 +67,7 @@ def main(argv=None):
     ap.add_argument("--heads", nargs="+", default=["32:8", "32:32"], help="Hq:Hkv pairs")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--ceiling-gib", type=float, default=1.5)
+    ap.add_argument("--max-kv-gib", type=float, default=1.0, help="skip cases whose K and V exceed this")
     ap.add_argument("--out", default=None, help="file name under bench/results (default decode_<isa>.json)")
     a = ap.parse_args(argv)
     threads = attnkit.get_num_threads()
@@ -79,6 +80,8 @@ def main(argv=None):
         for Sq in a.sq:
             for hh in a.heads:
                 Hq, Hkv = map(int, hh.split(":"))
+                if Hkv * Sk * 128 * 4 * 2 > a.max_kv_gib * 2**30:
+                    continue
                 r = decode_case(Hq, Hkv, Sq, Sk, 128, a.reps, torch)
                 # The ceiling right beside each case: the load of a shared machine changes by the minute.
                 r["ceiling_gbps"] = bandwidth_ceiling(a.ceiling_gib, 5)

@@ -648,14 +648,12 @@ struct ExactKernel {
     });
   }
 
-  /// Split decoding, for problems with few tiles (decoding: few query rows per kv head) and long keys:
-  /// the keys are cut into splits of at least kSplitMinKeys keys, so that tiles x splits reaches about
-  /// kSplitItems work items, and each split's partial result is merged with the merge rule
-  /// (math::merge_step) in split order. The split points come from the problem size only, never from
-  /// the number of threads, so the result is bitwise the same with any number of threads.
+  /// Split decoding, for few tiles (few query rows per kv head) and long keys: splits of at least
+  /// kSplitMinKeys keys, so that tiles x splits reaches about kSplitItems work items, their partial results
+  /// merged with math::merge_step in split order. The split points come from the problem size only, never
+  /// the number of threads. Returns the number of splits (1: none) and, in *len, their length.
   static constexpr int64_t kSplitItems = 64;
   static constexpr int64_t kSplitMinKeys = 2048;
-  /// Number of key splits (1: none) and, in *len, their length (a multiple of BK).
   static int64_t key_splits(const AttnProblem& p, int64_t tiles, bool weights, int64_t* len) {
     *len = p.Sk;
     if (weights || tiles <= 0 || tiles >= kSplitItems) return 1;
