@@ -30,7 +30,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def bandwidth_ceiling(gib: float, reps: int) -> dict:
     """GB/s of NumPy reductions over `gib` GiB of float32 (far larger than any cache), medians of
-    alternating rounds: np.add.reduce and a dot with a ones vector (both read the array once)."""
+    alternating rounds: np.add.reduce (one thread) and a matrix-vector dot with a ones vector (BLAS, its
+    default threads: all cores); both read the array once. The ceiling is the higher."""
     n = int(gib * 2**30) // 4 // 1024 * 1024
     a = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
     ones = np.ones(1024, np.float32)
