@@ -373,9 +373,9 @@ struct ExactKernel {
     return operand_rows<T, St>(c.p->v, b, hkv, j0, jn, c.p->Dv, c.v_direct, w.vbuf, c.DvP, ld);
   }
 
-  /// Prefetches rows [j0, j0 + n) (clipped to Sk) of kv head (b, hkv) of V (or K) into L2. Decoding streams
-  /// every K and V row once; the PV product walks V's chunk by columns (one cache line of every row per
-  /// pass), a pattern the hardware prefetcher does not follow, so without this it waits on memory.
+  /// Prefetches rows [j0, j0 + n) (clipped to Sk) of kv head (b, hkv) of x into L2. Decoding streams
+  /// every V row once and the PV product walks a chunk of V by columns (one cache line of every row per
+  /// pass), which profiles showed stalling on its loads. (Not A/B-timed alone: the machine was shared.)
   static void prefetch_rows(const Ctx& c, const ViewN<4>& x, int64_t b, int64_t hkv, int64_t j0, int64_t n, int64_t N) {
     if (x.stride[3] != 1) return;
     n = imin(n, c.p->Sk - j0);
@@ -764,8 +764,8 @@ struct ExactKernel {
 
 /// Cfg with NQV lowered to N: fewer lanes per tile for problems with few query rows per kv head
 /// (decoding), where a full-width tile would mostly compute padding. Chunks of 32 keys: the PV product
-/// walks a chunk of V by columns, and 32 rows of one column stay in L1 (64 rows at a power-of-two row
-/// stride compete for a few of its sets).
+/// walks a chunk of V by columns, and 64 rows at a power-of-two row stride compete for a few L1 sets
+/// (a reasoned choice, not A/B-timed alone on the shared machine).
 template <class Cfg, int N>
 struct NarrowCfg : Cfg {
   static constexpr int NQV = N < Cfg::NQV ? N : Cfg::NQV;
