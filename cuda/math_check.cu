@@ -41,6 +41,7 @@ __host__ __device__ T exercise(T x, int64_t i) {
   const int n = m::union_of_ranges(lo, hi, 2, kr) + m::union_of_ranges(lo32, hi32, 1, kr + 4);
   const int32_t cols[3] = {0, 1, 3};
   acc += static_cast<T>(n + m::intersect_block_runs(kr, 1, cols, 0, 3, 2, out));
+  acc += static_cast<T>(m::clip_ranges(out, 1, 1, 2));
   acc += static_cast<T>(m::alibi_distance<int64_t>(i, 3) + m::alibi_distance<int32_t>(2, 5));
   // dtypes.h
   const float f = static_cast<float>(x);

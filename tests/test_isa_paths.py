@@ -24,6 +24,9 @@ CASES = [
     ("float16", 1, 2, 2, 66, 33, 128, 128, dict(mask=True)),
     ("bfloat16", 2, 2, 1, 5, 77, 32, 16, dict(key_lengths=[77, 3])),
     ("float32", 1, 1, 1, 1, 300, 256, 256, dict()),
+    # decoding with long keys: split across threads, partial results merged
+    ("float32", 1, 8, 2, 3, 4500, 128, 128, dict(window=(3000, 0), softcap=5.0, alibi="h")),
+    ("bfloat16", 1, 4, 1, 1, 9000, 128, 64, dict(causal=True, key_lengths=[7001])),
 ]
 
 SCRIPT = textwrap.dedent("""

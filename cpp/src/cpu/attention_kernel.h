@@ -19,6 +19,9 @@
 // allowed blocks. The range test runs only on chunks that cut through a row's range; mask / bias / ALiBi /
 // softcap apply elementwise. The online softmax follows math/softmax.h.
 //
+// Decoding (few tiles, long keys): the keys are also split (key_splits), each split's partial result
+// merged with the merge rule in split order; the split points depend on the problem size only.
+//
 // Determinism: every output element is produced by one thread in a fixed order, whatever the number of
 // threads.
 
@@ -96,10 +99,17 @@ struct ExactKernel {
     bool softcap, bias_tile, alibi;
     bool dot;          // QK^T by dot products (few lanes)
     bool k_direct, v_direct;
+    bool prefetch;     // K/V stream through once (one tile per query block): prefetch V (prefetch_rows)
     bool weights;      // attention_weights instead of attention
     /// Per (b, kv head): whether its values are all finite, found on first need (-1: not yet, 0: no,
     /// 1: yes), so chunks with masked keys check their value rows only when a non-finite value exists.
     int8_t* v_finite;
+    /// Split decoding (see key_splits): nsplit key ranges of split_len keys; each (tile, split) leaves
+    /// its lanes' normalised partial outputs in part_o [tile][split][BQ][Dv] and their log-sum-exps in
+    /// part_lse [tile][split][BQ], merged afterwards in split order.
+    int64_t nsplit, split_len;
+    T* part_o;
+    T* part_lse;
   };
 
   struct Work {
@@ -127,6 +137,8 @@ struct ExactKernel {
   /// One work item: lanes [f0, f0 + nl) of query block qb of head group `group` in batch b.
   struct Tile {
     int64_t b, group, hkv, qb, f0;
+    int64_t index;  // tile number (split decoding: where its partial results go)
+    int64_t split;  // split decoding: the tile's key split, else 0
   };
 
   /// Capacity of w.kr: the lanes' union (<= BQ ranges) followed by its intersection with the block
@@ -184,26 +196,33 @@ struct ExactKernel {
     Gemm::template gemm<R, NQV, Store::Overwrite>(jn, BQ, D, kp, ldk, 1, w.qT, BQ, w.sT, BQ, scale);
   }
 
-  /// sT[j][l] = scale * q_l . k_j for nl <= kDotLanes lanes: vectorised along D (two accumulators to
-  /// hide FMA latency), one horizontal sum per score.
+  /// Sum of the lanes of v as a tree (depth log2 W instead of a chain of W dependent adds).
+  static T tree_sum(V v) {
+    T t[W];
+    for (int i = 0; i < W; ++i) t[i] = v[i];
+    for (int h = W / 2; h >= 1; h /= 2)
+      for (int i = 0; i < h; ++i) t[i] += t[i + h];
+    return t[0];
+  }
+
+  /// sT[j][l] = scale * q_l . k_j for nl <= kDotLanes lanes: vectorised along D with four independent
+  /// accumulators (the FMA latency of one chain would bound it), one tree sum per score.
   static void qk_dot(const Work& w, const T* kp, int64_t ldk, int64_t D, T scale, int jn, int nl) {
-    const int64_t D2 = D / (2 * W) * (2 * W), D1 = D / W * W;
+    const int64_t D4 = D / (4 * W) * (4 * W), D1 = D / W * W;
     for (int j = 0; j < jn; ++j) {
       const T* kr = kp + j * ldk;
       for (int l = 0; l < nl; ++l) {
         const T* qr = w.qr + l * D;
-        V a0 = V{}, a1 = V{};
+        V a0 = V{}, a1 = V{}, a2 = V{}, a3 = V{};
         int64_t d = 0;
-        for (; d < D2; d += 2 * W) {
+        for (; d < D4; d += 4 * W) {
           a0 += S::load(qr + d) * S::load(kr + d);
           a1 += S::load(qr + d + W) * S::load(kr + d + W);
+          a2 += S::load(qr + d + 2 * W) * S::load(kr + d + 2 * W);
+          a3 += S::load(qr + d + 3 * W) * S::load(kr + d + 3 * W);
         }
-        if (d < D1) {
-          a0 += S::load(qr + d) * S::load(kr + d);
-          d += W;
-        }
-        a0 += a1;
-        T acc = S::hsum(a0);
+        for (; d < D1; d += W) a0 += S::load(qr + d) * S::load(kr + d);
+        T acc = tree_sum((a0 + a1) + (a2 + a3));
         for (; d < D; ++d) acc += qr[d] * kr[d];
         w.sT[j * BQ + l] = acc * scale;
       }
@@ -252,15 +271,25 @@ struct ExactKernel {
 
   // --------------------------------------------------------------------------------------- tile steps
 
+  /// Valid lanes of tile t.
+  static int tile_lanes(const Ctx& c, const Tile& t) {
+    const int64_t block_lanes = imin(c.qblock, c.p->Sq - t.qb * c.qblock) * c.Gp;
+    return static_cast<int>(imin(BQ, block_lanes - t.f0));
+  }
+  /// Query row i and head h of lane l of tile t.
+  static void lane_row_head(const Ctx& c, const Tile& t, int l, int64_t& i, int64_t& h) {
+    const int64_t f = t.f0 + l;
+    i = t.qb * c.qblock + f / c.Gp;
+    h = t.group * c.Gp + f % c.Gp;
+  }
+
   /// Sets up the lanes of a tile: rows, heads, key ranges, ALiBi, packed queries. Returns the number of
   /// valid lanes; inner_lo / inner_hi receive the intersection of their key ranges (chunks inside it need
   /// no range test) and *nranges the key ranges to visit (in w.kr).
   static int setup_lanes(const Ctx& c, const Work& w, const Tile& t, int64_t& inner_lo, int64_t& inner_hi,
                          int* nranges) {
     const AttnProblem& p = *c.p;
-    const int64_t row0 = t.qb * c.qblock;
-    const int64_t block_lanes = imin(c.qblock, p.Sq - row0) * c.Gp;
-    const int nl = static_cast<int>(imin(BQ, block_lanes - t.f0));
+    const int nl = tile_lanes(c, t);
     int64_t kv_len = p.Sk;
     if (p.key_lengths.present)
       kv_len = load_int(p.key_lengths.data, p.key_lengths.dtype, t.b * p.key_lengths.stride[0]);
@@ -268,9 +297,8 @@ struct ExactKernel {
     inner_hi = p.Sk;
     for (int l = 0; l < BQ; ++l) {
       if (l < nl) {
-        const int64_t f = t.f0 + l;
-        const int64_t i = row0 + f / c.Gp;
-        const int64_t h = t.group * c.Gp + f % c.Gp;
+        int64_t i, h;
+        lane_row_head(c, t, l, i, h);
         w.row[l] = i;
         w.head[l] = h;
         math::KeyRange kr;
@@ -343,6 +371,26 @@ struct ExactKernel {
 
   static const T* value_rows(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int jn, int64_t& ld) {
     return operand_rows<T, St>(c.p->v, b, hkv, j0, jn, c.p->Dv, c.v_direct, w.vbuf, c.DvP, ld);
+  }
+
+  /// Prefetches rows [j0, j0 + n) (clipped to Sk) of kv head (b, hkv) of x into L2. Decoding streams
+  /// every V row once and the PV product walks a chunk of V by columns (one cache line of every row per
+  /// pass), which profiles showed stalling on its loads. (Not A/B-timed alone: the machine was shared.)
+  static void prefetch_rows(const Ctx& c, const ViewN<4>& x, int64_t b, int64_t hkv, int64_t j0, int64_t n, int64_t N) {
+    if (x.stride[3] != 1) return;
+    n = imin(n, c.p->Sk - j0);
+    const char* base = reinterpret_cast<const char*>(static_cast<const St*>(x.data) + b * x.stride[0] +
+                                                     hkv * x.stride[1] + j0 * x.stride[2]);
+    const int64_t ld = x.stride[2] * static_cast<int64_t>(sizeof(St)), bytes = N * static_cast<int64_t>(sizeof(St));
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t o = 0; o < bytes; o += 64) {
+        // GCC deletes a loop of nothing but __builtin_prefetch (it has no side effect), hence the asm.
+#if defined(__x86_64__) || defined(__i386__)
+        asm volatile("prefetcht1 %0" : : "m"(base[j * ld + o]));
+#else
+        __builtin_prefetch(base + j * ld + o, 0, 2);
+#endif
+      }
   }
 
   /// Fills bT with the bias (-inf where the mask forbids).
@@ -476,6 +524,8 @@ struct ExactKernel {
     int64_t inner_lo, inner_hi;
     int nranges;
     const int nl = setup_lanes(c, w, t, inner_lo, inner_hi, &nranges);
+    if (c.nsplit > 1)
+      nranges = math::clip_ranges(w.kr, nranges, t.split * c.split_len, (t.split + 1) * c.split_len);
     const int64_t DvP = c.DvP;
     std::memset(w.o, 0, sizeof(T) * nl * DvP);
     V bmax[NQV];
@@ -484,6 +534,9 @@ struct ExactKernel {
       for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o + d) * a);
     };
     for_each_chunk(w, nranges, [&](int64_t j0, int jn) {
+      if (c.prefetch) {  // this chunk's values, read after the scores (keys are read row by row)
+        prefetch_rows(c, p.v, t.b, t.hkv, j0, jn, p.Dv);
+      }
       const bool masked = compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
       softmax_update(w, jn, bmax);
       for (int l = 0; l < nl; ++l) {
@@ -525,6 +578,17 @@ struct ExactKernel {
         w.l[l] += w.l2[l];
       }
     // Finalise: out = o / l, lse = m + log l; empty rows give 0 and -inf, NaN stays NaN.
+    if (c.nsplit > 1) {  // a partial result, merged by merge_tile
+      const int64_t base = (t.index * c.nsplit + t.split) * BQ;
+      for (int l = 0; l < nl; ++l) {
+        const T sc = math::softmax_out_scale(w.m[l], w.l[l]);
+        const T* o = w.o + l * DvP;
+        T* dst = c.part_o + (base + l) * p.Dv;
+        for (int64_t d = 0; d < p.Dv; ++d) dst[d] = o[d] * sc;
+        c.part_lse[base + l] = math::softmax_lse(w.m[l], w.l[l]);
+      }
+      return;
+    }
     for (int l = 0; l < nl; ++l) {
       const T sc = math::softmax_out_scale(w.m[l], w.l[l]);
       St* dst = static_cast<St*>(p.out) + t.b * p.out_stride[0] + w.head[l] * p.out_stride[1] +
@@ -584,6 +648,49 @@ struct ExactKernel {
     });
   }
 
+  /// Split decoding, for few tiles (few query rows per kv head) and long keys: splits of at least
+  /// kSplitMinKeys keys, so that tiles x splits reaches about kSplitItems work items, their partial results
+  /// merged with math::merge_step in split order. The split points come from the problem size only, never
+  /// the number of threads. Returns the number of splits (1: none) and, in *len, their length.
+  static constexpr int64_t kSplitItems = 64;
+  static constexpr int64_t kSplitMinKeys = 2048;
+  static int64_t key_splits(const AttnProblem& p, int64_t tiles, bool weights, int64_t* len) {
+    *len = p.Sk;
+    if (weights || tiles <= 0 || tiles >= kSplitItems) return 1;
+    const int64_t n = imin(p.Sk / kSplitMinKeys, (kSplitItems + tiles - 1) / tiles);
+    if (n <= 1) return 1;
+    *len = (p.Sk + n - 1) / n;
+    *len = (*len + BK - 1) / BK * BK;
+    return (p.Sk + *len - 1) / *len;
+  }
+
+  /// Merges the nsplit partial results of tile t's lanes (math::merge_step, in double, in split order)
+  /// into out and lse. acc: Dv doubles of scratch.
+  static void merge_tile(const Ctx& c, const Tile& t, double* acc) {
+    const AttnProblem& p = *c.p;
+    const int nl = tile_lanes(c, t);
+    for (int l = 0; l < nl; ++l) {
+      double mx = math::neg_inf<double>(), sum = 0.0;
+      for (int64_t d = 0; d < p.Dv; ++d) acc[d] = 0.0;
+      for (int64_t s = 0; s < c.nsplit; ++s) {
+        const int64_t r = (t.index * c.nsplit + s) * BQ + l;
+        double w_part;
+        const double w_old = math::merge_step(mx, sum, static_cast<double>(c.part_lse[r]), &w_part);
+        if (w_part == 0.0 && w_old == 1.0) continue;
+        const T* o = c.part_o + r * p.Dv;
+        for (int64_t d = 0; d < p.Dv; ++d) acc[d] = acc[d] * w_old + w_part * static_cast<double>(o[d]);
+      }
+      int64_t i, h;
+      lane_row_head(c, t, l, i, h);
+      const double sc = math::merge_scale(mx, sum);
+      St* dst = static_cast<St*>(p.out) + t.b * p.out_stride[0] + h * p.out_stride[1] + i * p.out_stride[2];
+      for (int64_t d = 0; d < p.Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(static_cast<T>(acc[d] * sc));
+      if (p.lse)
+        static_cast<T*>(p.lse)[t.b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] =
+            static_cast<T>(math::merge_lse(mx, sum));
+    }
+  }
+
   /// Runs every tile; throws Error (after the parallel region) when memory cannot be had.
   static void run(const AttnProblem& p, bool weights) {
     Ctx c;
@@ -605,40 +712,64 @@ struct ExactKernel {
     c.dot = lanes_per_block(p) <= kDotLanes;
     c.v_direct = !weights && p.v.stride[3] == 1 && p.Dv % W == 0;
     c.weights = weights;
+    c.prefetch = c.tiles == 1;
     const int64_t per_bg = c.nqblocks * c.tiles;
-    const int64_t items = p.B * c.groups * per_bg;
-    // Per (batch, kv head): whether its values are all finite, -1 = not known yet.
-    Workspace finite(static_cast<std::size_t>(p.B * p.Hkv) + 1, "attention (value flags)");
-    c.v_finite = finite.take<int8_t>(static_cast<std::size_t>(p.B * p.Hkv) + 1);
-    std::memset(c.v_finite, -1, static_cast<std::size_t>(p.B * p.Hkv) + 1);
-    const std::size_t bytes = work_bytes(c);
+    const int64_t tiles = p.B * c.groups * per_bg;
+    c.nsplit = key_splits(p, tiles, weights, &c.split_len);
+    const int64_t items = tiles * c.nsplit;
+    // Per (batch, kv head): whether its values are all finite, -1 = not known yet; split partials.
+    const std::size_t nflags = static_cast<std::size_t>(p.B * p.Hkv) + 1;
+    const std::size_t nparts = c.nsplit > 1 ? static_cast<std::size_t>(items * BQ) : 0;
+    Workspace ws(Workspace::need<int8_t>(nflags) + Workspace::need<T>(nparts * p.Dv) + Workspace::need<T>(nparts),
+                 "attention (value flags, split partials)");
+    c.v_finite = ws.take<int8_t>(nflags);
+    std::memset(c.v_finite, -1, nflags);
+    c.part_o = ws.take<T>(nparts * p.Dv);
+    c.part_lse = ws.take<T>(nparts);
+    const std::size_t wbytes = (work_bytes(c) + 63) / 64 * 64;
+    const std::size_t bytes = wbytes + (c.nsplit > 1 ? sizeof(double) * p.Dv : 0);
+    auto tile_of = [&](int64_t it) {  // tile number it, last query blocks first (causal: the most keys)
+      const int64_t k = per_bg - 1 - it % per_bg;
+      const int64_t bg = it / per_bg;
+      Tile t;
+      t.b = bg / c.groups;
+      t.group = bg % c.groups;
+      t.hkv = t.group * c.Gp / c.G;
+      t.qb = k / c.tiles;
+      t.f0 = (k % c.tiles) * BQ;
+      t.index = it;
+      t.split = 0;
+      return t;
+    };
+    auto short_block = [&](const Tile& t) { return t.f0 >= imin(c.qblock, p.Sq - t.qb * c.qblock) * c.Gp; };
     parallel_with_scratch("attention", items > 1, bytes, /*zero=*/true, [&](void* mem) {
       const Work w = carve(mem, c);
       team_for(items, mem, [&](int64_t it) {
-        // Last query blocks first: under causal masking they see the most keys.
-        const int64_t k = per_bg - 1 - it % per_bg;
-        const int64_t bg = it / per_bg;
-        Tile t;
-        t.b = bg / c.groups;
-        t.group = bg % c.groups;
-        t.hkv = t.group * c.Gp / c.G;
-        t.qb = k / c.tiles;
-        t.f0 = (k % c.tiles) * BQ;
-        if (t.f0 >= imin(c.qblock, p.Sq - t.qb * c.qblock) * c.Gp) return;  // short last block
+        Tile t = tile_of(it / c.nsplit);
+        t.split = it % c.nsplit;
+        if (short_block(t)) return;
         if (weights)
           weights_tile(c, w, t);
         else
           attend_tile(c, w, t);
       });
+      if (c.nsplit > 1)  // after team_for's barrier: every partial is written
+        team_for(tiles, mem, [&](int64_t it) {
+          const Tile t = tile_of(it);
+          if (!short_block(t)) merge_tile(c, t, reinterpret_cast<double*>(static_cast<char*>(mem) + wbytes));
+        });
     });
   }
 };
 
 /// Cfg with NQV lowered to N: fewer lanes per tile for problems with few query rows per kv head
-/// (decoding), where a full-width tile would mostly compute padding.
+/// (decoding), where a full-width tile would mostly compute padding. Chunks of 32 keys: the PV product
+/// walks a chunk of V by columns, and 64 rows at a power-of-two row stride compete for a few L1 sets
+/// (a reasoned choice, not A/B-timed alone on the shared machine).
 template <class Cfg, int N>
 struct NarrowCfg : Cfg {
   static constexpr int NQV = N < Cfg::NQV ? N : Cfg::NQV;
+  static constexpr int BK = Cfg::BK < 32 ? Cfg::BK : 32;
 };
 
 template <class Cfg, class St>

@@ -84,6 +84,21 @@ ATTNKIT_HD int intersect_block_runs(const int64_t* kr, int m, const int32_t* col
   return count;
 }
 
+/// Part 3, split decoding: clips m sorted, disjoint key ranges kr[0 .. 2m) to [lo, hi) in place (a split
+/// of the keys; the splits' results are merged with merge_step of softmax.h); returns the ranges left.
+ATTNKIT_HD int clip_ranges(int64_t* kr, int m, int64_t lo, int64_t hi) {
+  int count = 0;
+  for (int r = 0; r < m; ++r) {
+    const int64_t a = kr[2 * r] > lo ? kr[2 * r] : lo;
+    const int64_t z = kr[2 * r + 1] < hi ? kr[2 * r + 1] : hi;
+    if (a >= z) continue;
+    kr[2 * count] = a;
+    kr[2 * count + 1] = z;
+    ++count;
+  }
+  return count;
+}
+
 /// ALiBi distance of score (i, j): |(i + a) - j| with pos = i + a, in integers (exact for any length);
 /// the score gets -slope * distance. I may be an integer SIMD vector.
 template <class I>
