@@ -16,8 +16,8 @@ struct Avx2F32 {
   static constexpr int W = 8, NQV = 3, BK = 64, R = 4, RL = 6, NV = 2;
 };
 // float16 / bfloat16: 48 query lanes, QK in blocks of 3 vectors as above. Their K / V chunks are
-// converted as they are packed (about one conversion per 12 FMAs at 24 lanes, in a loop of its own), so
-// a tile twice as wide halves that cost per FLOP.
+// converted as they are packed (one vector conversion, store and reload per 24 FMAs at 24 lanes, in a loop
+// of its own that leaves the FMA pipes idle), so a tile twice as wide halves that cost per FLOP.
 struct Avx2Lowp : Avx2F32 {
   static constexpr int NQV = 6, QV = 3;
 };
