@@ -143,6 +143,16 @@ def run_in_isa(isa, script, tmp_path, inputs=None, cases=None):
     return res
 
 
+def saved_kwargs(res, n):
+    """The keyword arguments a run_in_isa script saved for case n as arrays named "{n}_kw_{name}", back
+    as the values the call took (window a tuple, scalars floats, causal a bool)."""
+    kw = {key[len(f"{n}_kw_"):]: res[key] for key in res.files if key.startswith(f"{n}_kw_")}
+    kw = {key: (tuple(val) if key == "window" else (float(val) if val.ndim == 0 else val)) for key, val in kw.items()}
+    if "causal" in kw:
+        kw["causal"] = bool(kw["causal"])
+    return kw
+
+
 def tuned(fn, option):
     """fn with a test-only keyword ``_chunk_size`` that runs it under the backend tuning option ``option``
     (attnkit._tuning): every chunked / token-by-token path can be compared with the others."""

@@ -12,7 +12,7 @@ import pytest
 import attnkit
 from attnkit import reference as ref
 
-from conftest import BF16, ISA_ORDER, assert_close, magnitude, naive_dtype, run_in_isa
+from conftest import BF16, ISA_ORDER, assert_close, magnitude, naive_dtype, run_in_isa, saved_kwargs
 
 ORDER = ISA_ORDER
 
@@ -72,10 +72,7 @@ def test_isa_family(isa, tmp_path):
     for n, (dt, B, Hq, Hkv, Sq, Sk, D, Dv, kw) in enumerate(CASES):
         dtype = BF16 if dt == "bfloat16" else np.dtype(dt)
         q, k, v = (res[f"{n}_{x}"].astype(dtype) for x in "qkv")
-        kw = {key[len(f"{n}_kw_"):]: res[key] for key in res.files if key.startswith(f"{n}_kw_")}
-        kw = {key: (tuple(val) if key == "window" else (float(val) if val.ndim == 0 else val)) for key, val in kw.items()}
-        if "causal" in kw:
-            kw["causal"] = bool(kw["causal"])
+        kw = saved_kwargs(res, n)
         r_o, r_l = ref.attention(q, k, v, return_lse=True, **kw)
         n_o, n_l = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(dtype), **kw)
         assert_close(res[f"{n}_o"], r_o, n_o, dtype, what=f"{isa} case {n} out")

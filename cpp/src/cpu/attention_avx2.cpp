@@ -15,13 +15,19 @@ struct Avx2F32 {
   using T = float;
   static constexpr int W = 8, NQV = 3, BK = 64, R = 4, RL = 6, NV = 2;
 };
+// float16 / bfloat16: 48 query lanes, QK in blocks of 3 vectors as above. Their K / V chunks are
+// converted as they are packed (one vector conversion, store and reload per 24 FMAs at 24 lanes, in a loop
+// of its own that leaves the FMA pipes idle), so a tile twice as wide halves that cost per FLOP.
+struct Avx2Lowp : Avx2F32 {
+  static constexpr int NQV = 6, QV = 3;
+};
 struct Avx2F64 {
   using T = double;
   static constexpr int W = 4, NQV = 2, BK = 64, R = 6, RL = 4, NV = 2;
 };
 }  // namespace
 
-void exact_attention_avx2(const AttnProblem& p, bool weights) { exact_for_isa<Avx2F32, Avx2F64>(p, weights); }
+void exact_attention_avx2(const AttnProblem& p, bool weights) { exact_for_isa<Avx2F32, Avx2F64, Avx2Lowp>(p, weights); }
 
 }  // namespace cpu
 }  // namespace detail

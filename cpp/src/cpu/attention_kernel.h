@@ -27,6 +27,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "attnkit/math/masks.h"
 #include "attnkit/math/softmax.h"
@@ -58,9 +59,21 @@ inline int64_t block_rows(const AttnProblem& p) { return p.sparse ? p.layout.bq 
 /// Lanes one query block needs.
 inline int64_t lanes_per_block(const AttnProblem& p) { return imin(block_rows(p), p.Sq) * packed_heads(p); }
 
+/// Lane vectors per QK register block: Cfg::QV where a configuration's tile is wider than one register
+/// block (QV divides NQV), else the whole tile (NQV).
+template <class Cfg, class = void>
+struct QkVectors {
+  static constexpr int value = Cfg::NQV;
+};
+template <class Cfg>
+struct QkVectors<Cfg, std::void_t<decltype(Cfg::QV)>> {
+  static constexpr int value = Cfg::QV < Cfg::NQV ? Cfg::QV : Cfg::NQV;
+};
+
 /// Tile configuration: Cfg provides T (accumulator type), W (SIMD lanes), NQV (lane vectors per tile, so
 /// BQ = W * NQV lanes), BK (keys per chunk), R (keys per QK register block), RL (lanes per PV register
-/// block) and NV (value vectors per PV register block).
+/// block), NV (value vectors per PV register block) and optionally QV (lane vectors per QK register block,
+/// when the tile spans several).
 template <class Cfg, class St>
 struct ExactKernel {
   using T = typename Cfg::T;
@@ -75,6 +88,7 @@ struct ExactKernel {
   static constexpr int R = Cfg::R;
   static constexpr int RL = Cfg::RL;
   static constexpr int NV = Cfg::NV;
+  static constexpr int QV = QkVectors<Cfg>::value;
   static constexpr bool kSameType = std::is_same<St, T>::value;
   /// Up to this many lanes per tile (decoding: one query row per head), QK^T is computed as dot products
   /// along D instead of outer products over the lanes, which would mostly multiply padding.
@@ -193,7 +207,7 @@ struct ExactKernel {
   /// scale multiplies the finished dot products (scaling q instead would add a rounding per q element,
   /// which doubles the score error at large logits).
   static void qk(const Work& w, const T* kp, int64_t ldk, int64_t D, T scale, int jn) {
-    Gemm::template gemm<R, NQV, Store::Overwrite>(jn, BQ, D, kp, ldk, 1, w.qT, BQ, w.sT, BQ, scale);
+    Gemm::template gemm<R, QV, Store::Overwrite>(jn, BQ, D, kp, ldk, 1, w.qT, BQ, w.sT, BQ, scale);
   }
 
   /// Sum of the lanes of v as a tree (depth log2 W instead of a chain of W dependent adds).
@@ -777,17 +791,20 @@ void run_width(const AttnProblem& p, bool weights) {
   const int64_t lanes = lanes_per_block(p);
   if (lanes <= Cfg::W) return ExactKernel<NarrowCfg<Cfg, 1>, St>::run(p, weights);
   if (lanes <= 2 * Cfg::W) return ExactKernel<NarrowCfg<Cfg, 2>, St>::run(p, weights);
+  if (lanes <= 3 * Cfg::W) return ExactKernel<NarrowCfg<Cfg, 3>, St>::run(p, weights);
   return ExactKernel<Cfg, St>::run(p, weights);
 }
 
-/// Runs exact attention (or its weights) for every storage dtype with the ISA's two tile configurations.
-template <class Cfg32, class Cfg64>
+/// Runs exact attention (or its weights) for every storage dtype with the ISA's tile configurations:
+/// Cfg16 for float16 / bfloat16 inputs, whose K / V chunks are converted as they are packed (a wider
+/// tile spreads that conversion over more query lanes).
+template <class Cfg32, class Cfg64, class Cfg16 = Cfg32>
 void exact_for_isa(const AttnProblem& p, bool weights) {
   switch (p.dtype) {
     case DType::Float32: return run_width<Cfg32, float>(p, weights);
     case DType::Float64: return run_width<Cfg64, double>(p, weights);
-    case DType::Float16: return run_width<Cfg32, Half>(p, weights);
-    case DType::BFloat16: return run_width<Cfg32, BFloat>(p, weights);
+    case DType::Float16: return run_width<Cfg16, Half>(p, weights);
+    case DType::BFloat16: return run_width<Cfg16, BFloat>(p, weights);
     default: ATTNKIT_ASSERT(false, "exact attention: a non-floating dtype passed validation");
   }
 }

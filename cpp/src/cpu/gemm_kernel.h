@@ -27,7 +27,8 @@ enum class Store { Overwrite, Accumulate };
 
 /// The B operand of a product from stored rows: rows [j0, j0 + n) of head (b, h) of a [B, H, S, N] view of
 /// storage type St, as rows of T. Read in place (ld = the view's row stride) when `direct` says they already
-/// are T with unit element stride, else converted into buf with row stride ld = buf_ld (>= N).
+/// are T with unit element stride, else converted into buf with row stride ld = buf_ld (>= N), a vector at a
+/// time for unit-stride 16-bit rows (convert_row): the conversion happens once per packed tile.
 template <class T, class St, class View>
 inline const T* operand_rows(const View& x, int64_t b, int64_t h, int64_t j0, int n, int64_t N, bool direct, T* buf,
                              int64_t buf_ld, int64_t& ld) {
@@ -38,8 +39,7 @@ inline const T* operand_rows(const View& x, int64_t b, int64_t h, int64_t j0, in
       return reinterpret_cast<const T*>(base);
     }
   }
-  for (int j = 0; j < n; ++j)
-    for (int64_t d = 0; d < N; ++d) buf[j * buf_ld + d] = static_cast<T>(to_acc(base[j * x.stride[2] + d * x.stride[3]]));
+  for (int j = 0; j < n; ++j) convert_row(base + j * x.stride[2], x.stride[3], N, buf + j * buf_ld);
   ld = buf_ld;
   return buf;
 }

@@ -228,7 +228,11 @@ struct BFloat {
 
 inline float to_acc(float x) { return x; }
 inline double to_acc(double x) { return x; }
+#if defined(__F16C__)
+inline float to_acc(Half x) { return _cvtsh_ss(x.bits); }  // one vcvtph2ps, the same value
+#else
 inline float to_acc(Half x) { return math::f16_to_float(x.bits); }
+#endif
 inline float to_acc(BFloat x) { return math::bf16_to_float(x.bits); }
 
 template <class St>
@@ -242,6 +246,84 @@ inline BFloat from_acc<BFloat>(float x) { return BFloat{math::float_to_bf16(x)};
 template <class St>
 inline St from_acc(double x) {
   return static_cast<St>(x);
+}
+
+namespace simd_impl {
+typedef uint16_t H4 __attribute__((vector_size(8)));
+typedef uint32_t U4 __attribute__((vector_size(16)));
+typedef int32_t M4 __attribute__((vector_size(16)));
+typedef float F4 __attribute__((vector_size(16)));
+
+/// float16 bits -> float for 4 lanes, exact and bit-identical to math::f16_to_float: the exponent is
+/// rebiased in place; inf / NaN get the rest of the float exponent; zeros and subnormals are made normal by
+/// one more exponent step, whose 2^-14 an exact subtraction then removes. Portable vector code for the
+/// generic build, whose baseline (SSE2, NEON) has no half-precision conversion.
+inline void f16_to_float_lanes(const uint16_t* src, float* dst) {
+  H4 h;
+  std::memcpy(&h, src, sizeof(H4));
+  const U4 u = __builtin_convertvector(h, U4);
+  const U4 sign = (u & 0x8000u) << 16;
+  U4 em = (u & 0x7fffu) << 13;
+  const U4 e = em & 0x0f800000u;  // the float16 exponent field, in the float's position
+  em += 0x38000000u;              // (127 - 15) << 23
+  const U4 special = (U4)(M4)(e == 0x0f800000u), tiny = (U4)(M4)(e == 0u);
+  em += special & 0x38000000u;    // inf / NaN: exponent field all ones
+  const U4 em_sub = em + 0x00800000u;
+  F4 sub;
+  std::memcpy(&sub, &em_sub, sizeof(F4));
+  sub -= 6.103515625e-05f;  // 2^-14
+  U4 sub_bits;
+  std::memcpy(&sub_bits, &sub, sizeof(U4));
+  const U4 bits = ((tiny & sub_bits) | (~tiny & em)) | sign;
+  std::memcpy(dst, &bits, sizeof(U4));
+}
+
+/// bfloat16 bits -> float for 4 lanes: the 16 bits become the float's high half (exact).
+inline void bf16_to_float_lanes(const uint16_t* src, float* dst) {
+  H4 h;
+  std::memcpy(&h, src, sizeof(H4));
+  const U4 u = __builtin_convertvector(h, U4) << 16;
+  std::memcpy(dst, &u, sizeof(U4));
+}
+
+/// Lanes per step of the vector conversions of this build, and the step itself.
+#if defined(__AVX512F__)
+constexpr int kCvtLanes = 16;
+inline void cvt_lanes(const Half* s, float* d) {
+  _mm512_storeu_ps(d, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s))));
+}
+inline void cvt_lanes(const BFloat* s, float* d) {
+  const __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+  _mm512_storeu_si512(d, _mm512_slli_epi32(x, 16));
+}
+#elif defined(__AVX2__) && defined(__F16C__)
+constexpr int kCvtLanes = 8;
+inline void cvt_lanes(const Half* s, float* d) {
+  _mm256_storeu_ps(d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s))));
+}
+inline void cvt_lanes(const BFloat* s, float* d) {
+  const __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_slli_epi32(x, 16));
+}
+#else
+constexpr int kCvtLanes = 4;
+inline void cvt_lanes(const Half* s, float* d) { f16_to_float_lanes(&s->bits, d); }
+inline void cvt_lanes(const BFloat* s, float* d) { bf16_to_float_lanes(&s->bits, d); }
+#endif
+}  // namespace simd_impl
+
+/// dst[i] = to_acc(src[i * stride]) for i < n: the conversion of a row of an operand as its tile is
+/// packed. Unit-stride float16 / bfloat16 rows convert a vector at a time (F16C / AVX-512 vcvtph2ps, or
+/// a 16-bit shift for bfloat16), so a 16-bit input costs one extra instruction per vector of the packed
+/// tile instead of a scalar conversion per element. Exact: the same values as to_acc.
+template <class T, class St>
+inline void convert_row(const St* src, int64_t stride, int64_t n, T* dst) {
+  int64_t i = 0;
+  if constexpr (std::is_same<T, float>::value && (std::is_same<St, Half>::value || std::is_same<St, BFloat>::value)) {
+    if (stride == 1)
+      for (; i + simd_impl::kCvtLanes <= n; i += simd_impl::kCvtLanes) simd_impl::cvt_lanes(src + i, dst + i);
+  }
+  for (; i < n; ++i) dst[i] = static_cast<T>(to_acc(src[i * stride]));
 }
 
 template <class St>
