@@ -178,6 +178,8 @@ def test_performer_options(rng):
     check(np.float32, qb, k[:, :, ::-1], v, w[:, ::-1])                   # strides everywhere
     out = attnkit.performer_attention(q, k, v, w, key_lengths=[53, 0])
     assert (out[1] == 0).all()
+    for kernel in ("softmax", "relu"):                                  # no keys at all: zeros
+        assert (check(np.float32, q, k[:, :, :0], v[:, :, :0], w, kernel=kernel) == 0).all()
 
 
 @pytest.mark.parametrize("causal", [True, False])

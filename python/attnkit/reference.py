@@ -539,7 +539,7 @@ def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, sc
         if causal:
             c = np.maximum.accumulate(emax, axis=-1)                   # running max, [B, Hkv, S]
         else:
-            c = np.broadcast_to(emax.max(-1, keepdims=True), emax.shape[:2] + (S,))
+            c = np.broadcast_to(emax.max(-1, keepdims=True, initial=-np.inf), emax.shape[:2] + (S,))
         # phi(q_t) . m^-1/2 exp(e_j - c_t) = [phi(q_t) . m^-1/2 exp(e_j - max e_j)] * exp(max e_j - c_t)
         fk = np.exp(e - key_max[..., None]) / np.sqrt(_dtype(m))
         g = fq @ _repeat_kv(fk, Hq).swapaxes(-1, -2)                   # [B, Hq, S, Sk]
