@@ -204,6 +204,15 @@ def flops(B, H, Sq, Sk, D, causal):
     return f / 2 if causal else f
 
 
+def add_rates(row, f):
+    """TFLOP/s of attnkit and torch's flash backend from their times for f FLOPs, and their ratio."""
+    for who in ("attnkit", "torch_flash"):
+        if row.get(f"{who}_s"):
+            row[f"{who}_tflops"] = f / row[f"{who}_s"] / 1e12
+    if row.get("attnkit_s") and row.get("torch_flash_s"):
+        row["ratio_vs_torch"] = row["torch_flash_s"] / row["attnkit_s"]
+
+
 # ----------------------------------------------------------------------------------------- benchmarks
 def exact_rows(ctx, dtypes, dims, sizes, B=4, H=16):
     cupy, torch, attnkit, timer = ctx["cupy"], ctx["torch"], ctx["attnkit"], ctx["timer"]
@@ -237,12 +246,7 @@ def exact_rows(ctx, dtypes, dims, sizes, B=4, H=16):
 
                         t, note = attempt(flash_timed)
                         row["torch_flash_s"], row["torch_note"] = t, note
-                    f = flops(B, H, S, S, D, causal)
-                    for who in ("attnkit", "torch_flash"):
-                        if row.get(f"{who}_s"):
-                            row[f"{who}_tflops"] = f / row[f"{who}_s"] / 1e12
-                    if row.get("attnkit_s") and row.get("torch_flash_s"):
-                        row["ratio_vs_torch"] = row["torch_flash_s"] / row["attnkit_s"]
+                    add_rates(row, flops(B, H, S, S, D, causal))
                     ctx["add"](row)
                 del q, k, v
                 cupy.get_default_memory_pool().free_all_blocks()
@@ -378,12 +382,7 @@ def backward_rows(ctx, dtypes, dims, sizes, B=4, H=16):
 
                         t, note = attempt(flash_timed)
                         row["torch_flash_s"], row["torch_note"] = t, note
-                    f = 2.5 * flops(B, H, S, S, D, causal)
-                    for who in ("attnkit", "torch_flash"):
-                        if row.get(f"{who}_s"):
-                            row[f"{who}_tflops"] = f / row[f"{who}_s"] / 1e12
-                    if row.get("attnkit_s") and row.get("torch_flash_s"):
-                        row["ratio_vs_torch"] = row["torch_flash_s"] / row["attnkit_s"]
+                    add_rates(row, 2.5 * flops(B, H, S, S, D, causal))
                     ctx["add"](row)
                 del q, k, v, dout
                 cupy.get_default_memory_pool().free_all_blocks()
