@@ -235,11 +235,16 @@ double resolve_scale(const std::optional<double>& scale, int64_t D) {
   return *scale;
 }
 
-HostValues::HostValues(const void* data, DType dt, int64_t n, int64_t stride, const TensorRef& ref, void* stream)
-    : base_(static_cast<const char*>(data)), dt_(dt), stride_(stride) {
-  if (ref.device == Device::CPU || n == 0) return;
-  const int64_t last = (n - 1) * stride;
-  const int64_t lo = last < 0 ? last : 0, hi = last < 0 ? 0 : last;
+HostValues::HostValues(const void* data, DType dt, int ndim, const int64_t* shape, const int64_t* stride,
+                       const TensorRef& ref, void* stream)
+    : base_(static_cast<const char*>(data)), dt_(dt), stride_(1) {
+  int64_t lo = 0, hi = 0;  // the element offsets the array spans, relative to data
+  for (int d = 0; d < ndim; ++d) {
+    if (shape[d] == 0) return;  // no elements: nothing to read
+    const int64_t last = (shape[d] - 1) * stride[d];
+    (last < 0 ? lo : hi) += last;
+  }
+  if (ref.device == Device::CPU) return;
   const std::size_t item = dtype_size(dt);
   copy_.resize(static_cast<std::size_t>(hi - lo + 1) * item);
   cuda::download(copy_.data(), base_ + lo * static_cast<int64_t>(item), copy_.size(), ref.device_index, stream);

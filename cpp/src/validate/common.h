@@ -152,15 +152,24 @@ inline int64_t read_int(const void* base, DType t, int64_t i) {
 
 /// Reading values in validators (key_lengths ranges, DLA cache consistency, log-decay signs). This is the
 /// one rule for every backend: host arrays are read in place; device arrays are copied to the host once,
-/// the span their n elements occupy, by HostValues (one detail::cuda::download on the call's stream, which
-/// waits for it), and checked there. The copy costs one small synchronous transfer per checked argument;
+/// the span their elements occupy, by HostValues (one detail::cuda::download on the call's stream, which
+/// waits for it), and checked there. The copy costs one small synchronous transfer per checked argument
+/// (a whole array at once: never one per row, since every transfer waits for the stream);
 /// nothing else in a call synchronizes. Layout CSR arrays are the exception: they are validated on the
 /// host where they are built, and kernels read the device copies of BlockLayout::ref_on.
 class HostValues {
  public:
   /// The n elements data[i * stride] (i < n, any sign of stride) of dtype dt on ref's device.
-  HostValues(const void* data, DType dt, int64_t n, int64_t stride, const TensorRef& ref, void* stream);
-  /// Element i as int64 (Int32 / Int64 / Bool arrays) or double (floating arrays).
+  HostValues(const void* data, DType dt, int64_t n, int64_t stride, const TensorRef& ref, void* stream)
+      : HostValues(data, dt, 1, &n, &stride, ref, stream) {
+    stride_ = stride;
+  }
+  /// Every element of the strided array (ndim, shape, stride in elements) at data, copied in one transfer;
+  /// elements are then addressed by their element offset from data (integer(offset) / real(offset)).
+  HostValues(const void* data, DType dt, int ndim, const int64_t* shape, const int64_t* stride, const TensorRef& ref,
+             void* stream);
+  /// Element i (i * stride elements from data) as int64 (Int32 / Int64 / Bool arrays) or double (floating
+  /// arrays).
   int64_t integer(int64_t i) const;
   double real(int64_t i) const;
 
@@ -170,6 +179,12 @@ class HostValues {
   int64_t stride_;
   std::vector<char> copy_;
 };
+
+/// Every element of a validated view, copied to the host in one transfer (see HostValues).
+template <int N>
+HostValues host_values(const ViewN<N>& v, const TensorRef& ref, void* stream) {
+  return HostValues(v.data, v.dtype, N, v.shape, v.stride, ref, stream);
+}
 
 }  // namespace detail
 }  // namespace attnkit

@@ -183,42 +183,34 @@ DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
   r.boundaries = bind_out(outs, "boundaries", p.boundaries, tshape, lead, DType::Bool, nullptr, false);
   r.merged = bind_out(outs, "merged", p.merged, tshape, lead, DType::Int64, nullptr, false);
 
-  // Values (read on the host: HostValues in validate/common.h).
+  // Values (read on the host, each array in one transfer: HostValues in validate/common.h).
   if (r.log_decay.present) {
     const ViewN<3>& g = r.log_decay;
+    const HostValues all = host_values(g, p.q, p.stream);
     for (int64_t b = 0; b < r.B; ++b)
-      for (int64_t h = 0; h < r.H; ++h) {
-        const HostValues row(static_cast<const char*>(g.data) +
-                                 (b * g.stride[0] + h * g.stride[1]) * static_cast<int64_t>(dtype_size(g.dtype)),
-                             g.dtype, r.T, g.stride[2], p.q, p.stream);
+      for (int64_t h = 0; h < r.H; ++h)
         for (int64_t t = 0; t < r.T; ++t) {
-          const double x = row.real(t);
+          const double x = all.real(b * g.stride[0] + h * g.stride[1] + t * g.stride[2]);
           if (!(std::isfinite(x) && x <= 0))
             value_error("log_decay must be finite and <= 0 (a decay factor exp(g) in (0, 1]; a positive value "
                         "would grow the states), got " + num(x) + " at [" + str(b) + ", " + str(h) + ", " +
                         str(t) + "]");
         }
-      }
   }
   if (r.cache_in.present) {
     const DLACacheViews& c = r.cache_in;
-    auto entries = [&](const ViewN<3>& v, int64_t b, int64_t h) {
-      return HostValues(static_cast<const int64_t*>(v.data) + b * v.stride[0] + h * v.stride[1], DType::Int64, r.C,
-                        v.stride[2], p.q, p.stream);
-    };
+    const HostValues sizes = host_values(c.size, p.q, p.stream), counts = host_values(c.counts, p.q, p.stream),
+                     starts = host_values(c.starts, p.q, p.stream);
     for (int64_t b = 0; b < r.B; ++b)
       for (int64_t h = 0; h < r.H; ++h) {
         const std::string at = "[" + str(b) + ", " + str(h);
-        const int64_t m = HostValues(static_cast<const int64_t*>(c.size.data) + b * c.size.stride[0] + h * c.size.stride[1],
-                                     DType::Int64, 1, 1, p.q, p.stream)
-                              .integer(0);
+        const int64_t m = sizes.integer(b * c.size.stride[0] + h * c.size.stride[1]);
         if (m < 0 || m > r.C)
           value_error("cache.size" + at + "] = " + str(m) + " is outside [0, capacity] = [0, " + str(r.C) + "]");
-        const HostValues counts = entries(c.counts, b, h), starts = entries(c.starts, b, h);
         int64_t next = 0;
         for (int64_t i = 0; i < m; ++i) {
-          const int64_t n = counts.integer(i);
-          const int64_t s = starts.integer(i);
+          const int64_t n = counts.integer(b * c.counts.stride[0] + h * c.counts.stride[1] + i * c.counts.stride[2]);
+          const int64_t s = starts.integer(b * c.starts.stride[0] + h * c.starts.stride[1] + i * c.starts.stride[2]);
           if (n < 1)
             value_error("cache.counts" + at + ", " + str(i) + "] = " + str(n) + ": a used entry summarises >= 1 token");
           if (s != next)
