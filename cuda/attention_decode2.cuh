@@ -21,7 +21,7 @@
 //   * the split count follows from a target grid size (tuning "cuda_decode_blocks"), from the problem's
 //     shapes only (never the device or a timing);
 //   * the split merge runs one warp per (row, 32 output dims), its loads unrolled (merge2_kernel below);
-//   * the split scratch comes from a private pool that keeps its memory between calls (Dec2Scratch).
+//   * the split scratch (SplitScratch, as v1) comes from Workspace's pool, which keeps its memory between calls.
 // Defaults: ATTNKIT_CUDA_DECODE="keys,blocks" (read once per process, e.g. "4,2048"), else kDec2Keys /
 // kDec2Blocks below; the tuning options (attnkit._core.set_tuning) override both. bench/bench_gpu.py
 // --quick sweeps them (decode_sweep_rows).
@@ -29,8 +29,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <map>
-#include <mutex>
 
 #include "cpp/src/tuning.h"
 #include "cuda/attention_decode.cuh"
@@ -352,65 +350,6 @@ inline bool decode2_supported(const AttnProblem& p) {
   return p.Sq * p.group() <= kDec2MaxRows;
 }
 
-/// A private stream-ordered memory pool per device for v2's split scratch, created on first use and kept for
-/// the process, with a release threshold of 256 MiB: its memory stays reserved between calls (the device's
-/// default pool has threshold 0, so it gives memory back at each synchronisation and the next call pays a
-/// host-side allocation again). nullptr where the pool cannot be made (the caller then uses cudaMallocAsync).
-inline cudaMemPool_t decode2_pool(int device) {
-  static std::mutex mu;
-  static std::map<int, cudaMemPool_t> pools;
-  std::lock_guard<std::mutex> lock(mu);
-  const auto it = pools.find(device);
-  if (it != pools.end()) return it->second;
-  cudaMemPoolProps props;
-  std::memset(&props, 0, sizeof(props));
-  props.allocType = cudaMemAllocationTypePinned;
-  props.handleTypes = cudaMemHandleTypeNone;
-  props.location.type = cudaMemLocationTypeDevice;
-  props.location.id = device;
-  cudaMemPool_t pool = nullptr;
-  if (cudaMemPoolCreate(&pool, &props) != cudaSuccess) {
-    (void)cudaGetLastError();
-    pool = nullptr;
-  } else {
-    uint64_t threshold = uint64_t{256} << 20;
-    if (cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) != cudaSuccess)
-      (void)cudaGetLastError();
-  }
-  pools[device] = pool;
-  return pool;
-}
-
-/// v2's split partials ([nsplit][rows][Dv] outputs, then [nsplit][rows] LSEs, accumulator type A): from
-/// decode2_pool (tuning cuda_decode_scratch = 0, the default) or cudaMallocAsync (1); freed on the stream.
-template <class A>
-class Dec2Scratch {
- public:
-  A* o = nullptr;
-  A* lse = nullptr;
-  Dec2Scratch(int nsplit, int64_t rows, int64_t Dv, int device, cudaStream_t st) : st_(st) {
-    if (nsplit <= 1) return;
-    const std::size_t bytes = sizeof(A) * static_cast<std::size_t>(nsplit) * static_cast<std::size_t>(rows) *
-                              static_cast<std::size_t>(Dv + 1);
-    cudaMemPool_t pool = tuning().cuda_decode_scratch.load() == 0 ? decode2_pool(device) : nullptr;
-    if (pool)
-      ATTNKIT_CUDA_CHECK(cudaMallocFromPoolAsync(&ptr_, bytes, pool, st));
-    else
-      ATTNKIT_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, st));
-    o = static_cast<A*>(ptr_);
-    lse = o + static_cast<int64_t>(nsplit) * rows * Dv;
-  }
-  ~Dec2Scratch() {
-    if (ptr_) (void)cudaFreeAsync(ptr_, st_);
-  }
-  Dec2Scratch(const Dec2Scratch&) = delete;
-  Dec2Scratch& operator=(const Dec2Scratch&) = delete;
-
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t st_;
-};
-
 struct Dec2Choice {
   int keys;        // U requested (1, 2, 4), clamped to kL / kR per problem
   int64_t blocks;  // target grid size
@@ -501,7 +440,7 @@ void run_decode2(const AttnProblem& p) {
   const Dec2Choice choice = decode2_choice();
   DecodeGeom g = decode2_geometry(p, choice.blocks);
   const int64_t rows = p.B * p.Hq * p.Sq;
-  const Dec2Scratch<A> scratch(g.nsplit, rows, p.Dv, p.device_index, st);
+  const SplitScratch<A> scratch(g.nsplit, rows, p.Dv, st);
   g.part_o = scratch.o;
   g.part_lse = scratch.lse;
   int kl = 0, nc = 0;

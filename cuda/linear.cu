@@ -14,7 +14,7 @@
 // Chunk length: p.chunk, else the CPU's defaults (32 causal, 128 bidirectional), so the stabilizer's rescale
 // points are the CPU's (v2: the causal default is a tuning choice, see LinearCudaTuning). Keys
 // j >= key_lengths[b] are never read. The v2 path (linear_v2.cuh: row-tiled per-row kernels, segmented
-// bidirectional state, vector-loading tiled products, scratch from linear_pool.cuh's pool) replaces some
+// bidirectional state, vector-loading tiled products) replaces some
 // launches below where has_kernel("linear_attention_v2" / "performer_attention_v2") says so.
 #include <algorithm>
 #include <cmath>
@@ -24,7 +24,6 @@
 #include "cpp/src/backend.h"
 #include "cuda/linear_bidirectional.cuh"
 #include "cuda/linear_causal.cuh"
-#include "cuda/linear_pool.cuh"
 #include "cuda/linear_v2.cuh"
 #include "cuda/workspace.cuh"
 
@@ -43,7 +42,6 @@ constexpr int64_t kDefaultBidirectionalChunk = 128;  // cpu/linear_kernel.h kDef
 ///                                   elementwise maps, 128 for Performer: the fastest on an H100, 2026-11-26;
 ///                                   v1 and the CPU use 32): fewer chunks mean fewer stored states and a
 ///                                   shorter scan, longer ones more intra-chunk work;
-///   ATTNKIT_LINEAR_CUDA_POOL=0      scratch from the default pool, not linear_pool.cuh's (see there);
 ///   ATTNKIT_LINEAR_CUDA_SEG=n       keys per partial state of the bidirectional form (default 512): more
 ///                                   segments mean more parallel blocks and more partial states to add.
 /// CHUNK and SEG only change rounding (every choice is deterministic); values outside [1, 4096] / [16, 2^20]
@@ -175,7 +173,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     const int64_t nch = ceil_div(p.S, C), E = F * Dv + F;
     const int64_t stat_elems = a.stab ? krows : 0;
     const int64_t n_all = wS_elems + krows * F + 2 * stat_elems + items * nch * E + qrows * (F + C + 2);
-    LinearWorkspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream, v2);
+    Workspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream);
     A* base = ws.as<A>();
     a.wS = base;
     A* phiK = base + wS_elems;
@@ -271,7 +269,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   const int64_t seg2 = tune.seg, nseg2 = ceil_div(p.Sk, seg2), sp_elems = v2 ? items * nseg2 * F * Dv : 0;
   const int64_t n_all =
       wS_elems + state_elems + krows * F + 2 * stat_elems + 2 * items + qrows * F + qrows + zp_elems + sp_elems;
-  LinearWorkspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream, v2);
+  Workspace ws(sizeof(A) * static_cast<std::size_t>(n_all), stream);
   A* base = ws.as<A>();
   a.wS = base;
   a.states = base + wS_elems;

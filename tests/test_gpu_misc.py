@@ -11,8 +11,8 @@ from attnkit import layouts
 from attnkit import reference as ref
 
 from conftest import BF16, DTYPE_IDS, DTYPES, magnitude, naive_dtype, raises, randn
-from gpu_common import (DT, F32, FAKE, GPU_MARKS, HAVE_TORCH_CUDA, MHA_CORE, N_DEVICES, close3, cupy, dev, _dev_array,
-                        gpu_run, host, _is_torch, need, qkv, same, _tiny, torch)
+from gpu_common import (DT, F16, F32, FAKE, GPU_MARKS, HAVE_TORCH_CUDA, MHA_CORE, N_DEVICES, close3, cupy, dev,
+                        _dev_array, gpu_run, host, _is_torch, need, qkv, same, _tiny, torch)
 from test_mha import MECH_CASES, make_params
 
 pytestmark = GPU_MARKS
@@ -169,3 +169,26 @@ def test_bfloat16_status_small(rng):
     close3(host(out), attnkit.attention(q, q, q), ref.attention(q, q, q),
            ref.attention(q, q, q, _dtype=naive_dtype(BF16)), BF16)
     assert host(t).view(np.uint16).tobytes() == q.view(np.uint16).tobytes()  # the input is untouched
+
+
+# ============================================================================== scratch memory
+def test_scratch_pool_choice(rng):
+    """Every CUDA kernel's scratch comes from attnkit's pool of the device (cuda/workspace.cuh) or, with the
+    tuning option cuda_scratch = 1, from the device's default pool: the same bits either way (decoding with
+    split partials, causal linear attention; each call also on a non-default stream, by gpu_run)."""
+    from attnkit import _core
+    from attnkit._tuning import tuning
+
+    for bad in (-1, 2):
+        raises(ValueError, "cuda_scratch", _core.set_tuning, "cuda_scratch", bad)
+    need("attention", "linear_attention")
+    q = randn(rng, (2, 8, 1, 128), F16)
+    k, v = (randn(rng, (2, 2, 4096, 128), F16) for _ in range(2))
+    lq, lk, lv = (randn(rng, (1, 2, 300, 32), F32) for _ in range(3))
+    outs = {}
+    for choice in (1, 0):
+        with tuning(cuda_scratch=choice):
+            outs[choice] = (gpu_run(attnkit.attention, q, k, v),
+                            gpu_run(attnkit.linear_attention, lq, lk, lv, causal=True))
+    for a, b, what in zip(outs[0], outs[1], ("decode", "linear")):
+        same(a, b, what)

@@ -27,9 +27,9 @@ struct Tuning {
   std::atomic<int64_t> cuda_decode{0};
   std::atomic<int64_t> cuda_decode_keys{0};
   std::atomic<int64_t> cuda_decode_blocks{0};
-  /// CUDA decode v2's split scratch: 0 = a private stream-ordered pool that keeps its memory between calls,
-  /// 1 = cudaMallocAsync on the device's default pool (as every other CUDA workspace).
-  std::atomic<int64_t> cuda_decode_scratch{0};
+  /// Every CUDA kernel's scratch (cuda/workspace.cuh): 0 = attnkit's stream-ordered pool per device, which
+  /// keeps its memory between calls; 1 = cudaMallocAsync on the device's default pool (for measurements).
+  std::atomic<int64_t> cuda_scratch{0};
   /// DLA prefill on CUDA (cuda/dla_prefill_v2.cu): blocks per (batch, head), each owning a slice of the
   /// output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel (cuda/dla_prefill.cu, for
   /// side-by-side measurements). No effect on the CPU; results equal up to rounding.
@@ -41,7 +41,7 @@ constexpr int64_t kMaxDlaSplit = 8;
 
 Tuning& tuning();
 /// Sets option `name` ("linear_chunk", "dla_chunk", "dla_split", "cuda_decode", "cuda_decode_keys",
-/// "cuda_decode_blocks", "cuda_decode_scratch"); Error(Value) naming it for an unknown name or a value
+/// "cuda_decode_blocks", "cuda_scratch"); Error(Value) naming it for an unknown name or a value
 /// out of range.
 void set_tuning(const std::string& name, int64_t value);
 int64_t get_tuning(const std::string& name);

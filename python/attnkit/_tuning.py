@@ -7,7 +7,7 @@ every code path; users have no reason to.
     cuda_decode         CUDA decode kernel: 0 = automatic (v2 where enabled), 1 = the v1 kernel
     cuda_decode_keys    CUDA decode v2: keys per lane group and step, 0 = default, else 1, 2 or 4
     cuda_decode_blocks  CUDA decode v2: target grid size (sets the split count), 0 = default, else 64..65536
-    cuda_decode_scratch CUDA decode v2: split scratch from a private pool (0) or the default pool (1)
+    cuda_scratch        CUDA kernels' scratch: from attnkit's pool per device (0) or the device's default pool (1)
     dla_split      DLA prefill on CUDA (the v2 kernel): blocks per (batch, head), each owning a slice of
                    the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first
                    CUDA prefill kernel (for side-by-side measurements)

@@ -171,8 +171,10 @@ class Frame {
 };
 
 // ------------------------------------------------------------------------------------- the handlers
-// Each runs one C++ entry point per slice; the entry point validates everything (the Python layer has
-// already run the same validator at trace time, so only run-time values such as key_lengths can fail here).
+// A target is (params type P, fill, entry point): run<P, fill, entry> fills the params of each slice from the
+// frame and calls the C++ entry point once per slice (kTargets below lists them). The entry point validates
+// everything (the Python layer has already run the same validator at trace time, so only run-time values
+// such as key_lengths can fail here).
 
 void attention_masking(const Frame& f, int64_t n, AttentionParams& p) {
   p.q = f.arg("q", n);
@@ -190,14 +192,10 @@ void attention_masking(const Frame& f, int64_t n, AttentionParams& p) {
   p.stream = f.stream();
 }
 
-void run_attention(const Frame& f) {
-  for (int64_t n = 0; n < f.count(); ++n) {
-    AttentionParams p;
-    attention_masking(f, n, p);
-    p.out = f.ret("out", n);
-    p.lse = f.ret("lse", n);
-    attention(p);
-  }
+void fill_attention(const Frame& f, int64_t n, AttentionParams& p) {
+  attention_masking(f, n, p);
+  p.out = f.ret("out", n);
+  p.lse = f.ret("lse", n);
 }
 
 AttentionGrads grads(const Frame& f, int64_t n) {
@@ -210,15 +208,11 @@ AttentionGrads grads(const Frame& f, int64_t n) {
   return g;
 }
 
-void run_attention_backward(const Frame& f) {
-  for (int64_t n = 0; n < f.count(); ++n) {
-    AttentionBackwardParams p;
-    attention_masking(f, n, p.fwd);
-    p.fwd.out = f.arg("out", n);
-    p.fwd.lse = f.arg("lse", n);
-    p.grad = grads(f, n);
-    attention_backward(p);
-  }
+void fill_attention_backward(const Frame& f, int64_t n, AttentionBackwardParams& p) {
+  attention_masking(f, n, p.fwd);
+  p.fwd.out = f.arg("out", n);
+  p.fwd.lse = f.arg("lse", n);
+  p.grad = grads(f, n);
 }
 
 /// The layout of a block-sparse call: the CSR as attributes (host memory, which the validator reads) and,
@@ -249,25 +243,17 @@ void block_sparse_common(const Frame& f, int64_t n, BlockSparseParams& p) {
   }
 }
 
-void run_block_sparse(const Frame& f) {
-  for (int64_t n = 0; n < f.count(); ++n) {
-    BlockSparseParams p;
-    block_sparse_common(f, n, p);
-    p.out = f.ret("out", n);
-    p.lse = f.ret("lse", n);
-    block_sparse_attention(p);
-  }
+void fill_block_sparse(const Frame& f, int64_t n, BlockSparseParams& p) {
+  block_sparse_common(f, n, p);
+  p.out = f.ret("out", n);
+  p.lse = f.ret("lse", n);
 }
 
-void run_block_sparse_backward(const Frame& f) {
-  for (int64_t n = 0; n < f.count(); ++n) {
-    BlockSparseBackwardParams p;
-    block_sparse_common(f, n, p.fwd);
-    p.fwd.out = f.arg("out", n);
-    p.fwd.lse = f.arg("lse", n);
-    p.grad = grads(f, n);
-    block_sparse_attention_backward(p);
-  }
+void fill_block_sparse_backward(const Frame& f, int64_t n, BlockSparseBackwardParams& p) {
+  block_sparse_common(f, n, p.fwd);
+  p.fwd.out = f.arg("out", n);
+  p.fwd.lse = f.arg("lse", n);
+  p.grad = grads(f, n);
 }
 
 void linear_inputs(const Frame& f, int64_t n, LinearAttentionParams& p) {
@@ -284,31 +270,23 @@ void linear_inputs(const Frame& f, int64_t n, LinearAttentionParams& p) {
   p.stream = f.stream();
 }
 
-void run_linear(const Frame& f) {
-  for (int64_t n = 0; n < f.count(); ++n) {
-    LinearAttentionParams p;
-    linear_inputs(f, n, p);
-    p.out = f.ret("out", n);
-    p.final_state = f.ret("final_state", n);
-    p.final_normalizer = f.ret("final_normalizer", n);
-    linear_attention(p);
-  }
+void fill_linear(const Frame& f, int64_t n, LinearAttentionParams& p) {
+  linear_inputs(f, n, p);
+  p.out = f.ret("out", n);
+  p.final_state = f.ret("final_state", n);
+  p.final_normalizer = f.ret("final_normalizer", n);
 }
 
-void run_linear_backward(const Frame& f) {
-  for (int64_t n = 0; n < f.count(); ++n) {
-    LinearAttentionBackwardParams p;
-    linear_inputs(f, n, p.fwd);
-    p.dout = f.arg("dout", n);
-    p.dfinal_state = f.arg("dfinal_state", n);
-    p.dfinal_normalizer = f.arg("dfinal_normalizer", n);
-    p.dq = f.ret("dq", n);
-    p.dk = f.ret("dk", n);
-    p.dv = f.ret("dv", n);
-    p.dinitial_state = f.ret("dinitial_state", n);
-    p.dinitial_normalizer = f.ret("dinitial_normalizer", n);
-    linear_attention_backward(p);
-  }
+void fill_linear_backward(const Frame& f, int64_t n, LinearAttentionBackwardParams& p) {
+  linear_inputs(f, n, p.fwd);
+  p.dout = f.arg("dout", n);
+  p.dfinal_state = f.arg("dfinal_state", n);
+  p.dfinal_normalizer = f.arg("dfinal_normalizer", n);
+  p.dq = f.ret("dq", n);
+  p.dk = f.ret("dk", n);
+  p.dv = f.ret("dv", n);
+  p.dinitial_state = f.ret("dinitial_state", n);
+  p.dinitial_normalizer = f.ret("dinitial_normalizer", n);
 }
 
 void performer_inputs(const Frame& f, int64_t n, PerformerParams& p) {
@@ -324,41 +302,39 @@ void performer_inputs(const Frame& f, int64_t n, PerformerParams& p) {
   p.stream = f.stream();
 }
 
-void run_performer(const Frame& f) {
-  for (int64_t n = 0; n < f.count(); ++n) {
-    PerformerParams p;
-    performer_inputs(f, n, p);
-    p.out = f.ret("out", n);
-    performer_attention(p);
-  }
+void fill_performer(const Frame& f, int64_t n, PerformerParams& p) {
+  performer_inputs(f, n, p);
+  p.out = f.ret("out", n);
 }
 
-void run_performer_backward(const Frame& f) {
-  for (int64_t n = 0; n < f.count(); ++n) {
-    PerformerBackwardParams p;
-    performer_inputs(f, n, p.fwd);
-    p.dout = f.arg("dout", n);
-    p.dq = f.ret("dq", n);
-    p.dk = f.ret("dk", n);
-    p.dv = f.ret("dv", n);
-    performer_attention_backward(p);
-  }
+void fill_performer_backward(const Frame& f, int64_t n, PerformerBackwardParams& p) {
+  performer_inputs(f, n, p.fwd);
+  p.dout = f.arg("dout", n);
+  p.dq = f.ret("dq", n);
+  p.dk = f.ret("dk", n);
+  p.dv = f.ret("dv", n);
 }
 
-void run_linformer(const Frame& f) {
+void fill_linformer(const Frame& f, int64_t n, LinformerParams& p) {
+  p.q = f.arg("q", n);
+  p.k = f.arg("k", n);
+  p.v = f.arg("v", n);
+  p.E = f.arg("E", n);
+  p.F = f.arg("F", n);
+  p.key_lengths = f.arg("key_lengths", n);
+  p.scale = f.optional_scale();
+  p.stream = f.stream();
+  p.out = f.ret("out", n);
+  p.lse = f.ret("lse", n);
+}
+
+/// One target's work: entry(p) once per slice n, p filled by fill(f, n, p).
+template <class P, void (*fill)(const Frame&, int64_t, P&), void (*entry)(const P&)>
+void run(const Frame& f) {
   for (int64_t n = 0; n < f.count(); ++n) {
-    LinformerParams p;
-    p.q = f.arg("q", n);
-    p.k = f.arg("k", n);
-    p.v = f.arg("v", n);
-    p.E = f.arg("E", n);
-    p.F = f.arg("F", n);
-    p.key_lengths = f.arg("key_lengths", n);
-    p.scale = f.optional_scale();
-    p.stream = f.stream();
-    p.out = f.ret("out", n);
-    p.lse = f.ret("lse", n);
-    linformer_attention(p);
+    P p;
+    fill(f, n, p);
+    entry(p);
   }
 }
 
@@ -367,11 +343,11 @@ void run_linformer(const Frame& f) {
 using Run = void (*)(const Frame&);
 
 /// Runs one call, turning attnkit errors into FFI errors (XLA raises them in Python with the message).
-template <Run run>
+template <Run run_frame>
 ffi::Error call(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, const ffi::Dictionary& attrs,
                 Device device, int32_t device_index, void* stream) {
   try {
-    run(Frame(args, rets, attrs, device, device_index, stream));
+    run_frame(Frame(args, rets, attrs, device, device_index, stream));
     return ffi::Error::Success();
   } catch (const Error& e) {
     const bool user = e.kind() == ErrorKind::Value || e.kind() == ErrorKind::Type;
@@ -381,21 +357,21 @@ ffi::Error call(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, 
   }
 }
 
-template <Run run>
+template <Run run_frame>
 XLA_FFI_Error* cpu_handler(XLA_FFI_CallFrame* frame) {
   static auto* handler = ffi::Ffi::Bind()
                              .RemainingArgs()
                              .RemainingRets()
                              .Attrs()
                              .To([](ffi::RemainingArgs a, ffi::RemainingRets r, ffi::Dictionary d) {
-                               return call<run>(a, r, d, Device::CPU, 0, nullptr);
+                               return call<run_frame>(a, r, d, Device::CPU, 0, nullptr);
                              })
                              .release();
   return handler->Call(frame);
 }
 
 /// The CUDA handler: the same entry points on XLA's stream for this call and its device ordinal.
-template <Run run>
+template <Run run_frame>
 XLA_FFI_Error* cuda_handler(XLA_FFI_CallFrame* frame) {
   static auto* handler =
       ffi::Ffi::Bind()
@@ -405,7 +381,7 @@ XLA_FFI_Error* cuda_handler(XLA_FFI_CallFrame* frame) {
           .RemainingRets()
           .Attrs()
           .To([](void* stream, int32_t device, ffi::RemainingArgs a, ffi::RemainingRets r, ffi::Dictionary d) {
-            return call<run>(a, r, d, Device::CUDA, device, stream);
+            return call<run_frame>(a, r, d, Device::CUDA, device, stream);
           })
           .release();
   return handler->Call(frame);
@@ -417,21 +393,26 @@ struct Target {
   XLA_FFI_Handler* cuda;
 };
 
-template <Run run>
+/// The target `name`: its CPU and CUDA handlers, both running run<P, fill, entry>.
+template <class P, void (*fill)(const Frame&, int64_t, P&), void (*entry)(const P&)>
 constexpr Target target(const char* name) {
-  return {name, &cpu_handler<run>, &cuda_handler<run>};
+  return {name, &cpu_handler<run<P, fill, entry>>, &cuda_handler<run<P, fill, entry>>};
 }
 
+// The registered names (attnkit/jax/_ffi.py calls them) and what each runs.
 const Target kTargets[] = {
-    target<run_attention>("attnkit_attention"),
-    target<run_attention_backward>("attnkit_attention_backward"),
-    target<run_block_sparse>("attnkit_block_sparse_attention"),
-    target<run_block_sparse_backward>("attnkit_block_sparse_attention_backward"),
-    target<run_linear>("attnkit_linear_attention"),
-    target<run_linear_backward>("attnkit_linear_attention_backward"),
-    target<run_performer>("attnkit_performer_attention"),
-    target<run_performer_backward>("attnkit_performer_attention_backward"),
-    target<run_linformer>("attnkit_linformer_attention"),
+    target<AttentionParams, fill_attention, attention>("attnkit_attention"),
+    target<AttentionBackwardParams, fill_attention_backward, attention_backward>("attnkit_attention_backward"),
+    target<BlockSparseParams, fill_block_sparse, block_sparse_attention>("attnkit_block_sparse_attention"),
+    target<BlockSparseBackwardParams, fill_block_sparse_backward, block_sparse_attention_backward>(
+        "attnkit_block_sparse_attention_backward"),
+    target<LinearAttentionParams, fill_linear, linear_attention>("attnkit_linear_attention"),
+    target<LinearAttentionBackwardParams, fill_linear_backward, linear_attention_backward>(
+        "attnkit_linear_attention_backward"),
+    target<PerformerParams, fill_performer, performer_attention>("attnkit_performer_attention"),
+    target<PerformerBackwardParams, fill_performer_backward, performer_attention_backward>(
+        "attnkit_performer_attention_backward"),
+    target<LinformerParams, fill_linformer, linformer_attention>("attnkit_linformer_attention"),
 };
 
 }  // namespace

@@ -1,0 +1,313 @@
+"""The GPU benchmark's side-by-side sweeps of kernel variants (run by bench/bench_gpu.py, which documents
+them and whose CLI and JSON they are part of): the tensor-core exact-attention kernel's tile shapes
+(variant_rows, a process per variant), the decode kernel's variants (decode_sweep_rows, in-process tuning),
+the linear-attention kernels' variants (linear_sweep, a process per variant) and the DLA prefill kernels
+and column splits (dla_split_rows)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gpu_util import DeviceTimer, Timer, as_torch, attempt, flops, gpu_or_reason, log, randn, torch_or_none
+
+# The benchmark's entry point: the subprocesses of the sweeps run it with its internal flags.
+BENCH_GPU = str(Path(__file__).resolve().parent / "bench_gpu.py")
+
+# ----------------------------------------------------------------------------------------- exact variants
+MMA_VARIANTS = ["v1", "0", "1", "2"]  # ATTNKIT_MMA_VARIANT values: cuda/attention.cu, cuda/attention_mma2.cuh
+
+
+def variant_worker(spec: str) -> int:
+    """In a process of its own (ATTNKIT_MMA_VARIANT set by the parent): times attnkit.attention on each
+    config of spec (JSON: configs, B, H, reps, warmup, target_s) and compares its output with torch's
+    flash SDPA; prints one JSON line {"v2": bool, "rows": [...]} as the last line of stdout."""
+    cfg = json.loads(spec)
+    cupy, reason = gpu_or_reason()
+    if cupy is None:
+        print(json.dumps({"error": reason}))
+        return 0
+    import attnkit
+
+    torch = torch_or_none()
+    timer = Timer(cupy, cfg["reps"], cfg["warmup"], cfg["target_s"])
+    B, H, rows = cfg["B"], cfg["H"], []
+    for dtype, D, S, causal in cfg["configs"]:
+        row = {"dtype": dtype, "D": D, "S": S, "causal": causal}
+        if dtype == "bfloat16" and torch is None:
+            row["attnkit_note"] = "bfloat16 device inputs need PyTorch with CUDA"
+            rows.append(row)
+            continue
+        q, k, v = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+        t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v, causal=causal)))
+        row["attnkit_s"], row["attnkit_note"] = t, note
+        if t and torch is not None:
+            def max_err():
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                tq, tk, tv = (as_torch(torch, x) for x in (q, k, v))
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    want = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+                got = as_torch(torch, attnkit.attention(q, k, v, causal=causal))
+                return float((got.float() - want.float()).abs().max().item())
+
+            row["max_abs_err_vs_torch"], err_note = attempt(max_err)
+            if err_note:
+                row["err_note"] = err_note
+        rows.append(row)
+        del q, k, v
+        cupy.get_default_memory_pool().free_all_blocks()
+    print(json.dumps({"v2": bool(attnkit._core.cuda_has_kernel("attention_mma_v2")), "rows": rows}))
+    return 0
+
+
+def variant_rows(ctx, dtypes, dims, S=4096, B=4, H=16, timeout_s=90):
+    """Each ATTNKIT_MMA_VARIANT in a subprocess (bench_gpu.py --variant-worker), side by side; the torch
+    flash time of the same shape comes from the exact rows (same process, same inputs' shape)."""
+    if ctx["kernels"]["attention"]:
+        return
+    configs = [[dtype, D, S, causal] for dtype in dtypes for D in dims for causal in (False, True)]
+    torch_s = {(r["dtype"], r["D"], r["S"], r["causal"]): r.get("torch_flash_s") for r in ctx["rows"]
+               if r["kind"] == "exact"}
+    timer = ctx["timer"]
+    spec = json.dumps({"configs": configs, "B": B, "H": H, "reps": timer.reps, "warmup": timer.warmup,
+                       "target_s": timer.target_s})
+    for variant in MMA_VARIANTS:
+        if ctx["out_of_time"]():
+            return
+        env = dict(os.environ, ATTNKIT_MMA_VARIANT=variant)
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run([sys.executable, BENCH_GPU, "--variant-worker", spec], env=env, capture_output=True,
+                               text=True, timeout=timeout_s)
+            lines = r.stdout.strip().splitlines()
+            got = json.loads(lines[-1]) if lines else {"error": f"no output (rc {r.returncode}): {r.stderr[-400:]}"}
+        except Exception as e:  # noqa: BLE001 - a failed variant becomes a row note
+            got = {"error": f"{e.__class__.__name__}: {e}"}
+        wall = round(time.monotonic() - t0, 1)
+        if "error" in got:
+            ctx["add"]({"kind": "exact_variant", "variant": variant, "dtype": "-", "D": 0, "S": S, "causal": False,
+                        "attnkit_note": "error: " + str(got["error"])[-300:], "worker_s": wall})
+            continue
+        for row in got["rows"]:
+            row.update(kind="exact_variant", variant=variant, B=B, H=H, v2_enabled=got["v2"], worker_s=wall)
+            f = flops(B, H, S, S, row["D"], row["causal"])
+            if row.get("attnkit_s"):
+                row["attnkit_tflops"] = f / row["attnkit_s"] / 1e12
+            ts = torch_s.get((row["dtype"], row["D"], S, row["causal"]))
+            if ts:
+                row["torch_flash_s"], row["torch_flash_tflops"] = ts, f / ts / 1e12
+                if row.get("attnkit_s"):
+                    row["ratio_vs_torch"] = ts / row["attnkit_s"]
+            ctx["add"](row)
+
+
+# The decode kernel's variants (cuda/attention_decode2.cuh, tuning options of attnkit._core.set_tuning):
+# "v1" = the v1 kernel (cuda_decode=1); "k<keys>b<blocks>" = v2 with cuda_decode_keys / cuda_decode_blocks;
+# "dflt-nopool" = v2's defaults with the scratch from the device's default pool instead of attnkit's
+# (cuda_scratch=1, cuda/workspace.cuh).
+DECODE_VARIANTS = [("v1", {"cuda_decode": 1})] + [
+    (f"k{k}b{b}", {"cuda_decode": 0, "cuda_decode_keys": k, "cuda_decode_blocks": b})
+    for k in (1, 2, 4) for b in (512, 1024, 2048, 4096)] + [("dflt-nopool", {"cuda_decode": 0, "cuda_scratch": 1})]
+DECODE_SWEEP_SHAPES = [("gqa32:8", 32, 8, 1), ("mha8", 8, 8, 1), ("gqa32:8-Sq2", 32, 8, 2)]
+
+
+def decode_sweep_rows(ctx, sizes, B=4, D=128, dtype="float16"):
+    """Every decode variant side by side in this process (switched through the core's tuning options), per
+    shape and key length: call time (host included, as the decode rows) and device time (DeviceTimer), as
+    GB/s of K+V. Ends with a summary row naming the variant with the best geometric-mean device GB/s."""
+    cupy, attnkit, timer = ctx["cupy"], ctx["attnkit"], ctx["timer"]
+    if ctx["kernels"]["attention"]:
+        return
+    core = attnkit._core
+    try:
+        v2 = bool(core.cuda_has_kernel("attention_decode_v2"))
+        core.get_tuning("cuda_scratch")
+    except Exception as e:  # noqa: BLE001 - a build without the options
+        log(f"bench_gpu: decode sweep skipped ({e.__class__.__name__}: {e})")
+        return
+    if not v2:
+        log("bench_gpu: attention_decode_v2 is not enabled (ATTNKIT_CUDA_UNVERIFIED=1 enables it): "
+            "the v2 variants below run the v1 kernel")
+    dev_timer = DeviceTimer(cupy, ctx["torch"], 5)
+    names = ("cuda_decode", "cuda_decode_keys", "cuda_decode_blocks", "cuda_scratch")
+    saved = {n: core.get_tuning(n) for n in names}
+    scores = {}
+    try:
+        for shape, Hq, Hkv, Sq in DECODE_SWEEP_SHAPES:
+            for Sk in sizes:
+                if ctx["out_of_time"]():
+                    return
+                q = randn(cupy, (B, Hq, Sq, D), dtype)
+                k, v = (randn(cupy, (B, Hkv, Sk, D), dtype) for _ in range(2))
+                kv_bytes = 2 * B * Hkv * Sk * D * np.dtype(dtype).itemsize
+                for name, opts in DECODE_VARIANTS:
+                    for n in names:
+                        core.set_tuning(n, 0)
+                    for n, val in opts.items():
+                        core.set_tuning(n, val)
+                    row = {"kind": "decode_sweep", "dtype": dtype, "shape": shape, "B": B, "Hq": Hq, "Hkv": Hkv,
+                           "Sq": Sq, "Sk": Sk, "D": D, "variant": name, "v2_enabled": v2, "kv_bytes": kv_bytes}
+                    t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v)))
+                    row["call_s"], row["note"] = t, note
+                    if t:
+                        row["call_gbs"] = kv_bytes / t / 1e9
+                        td, note = attempt(lambda: dev_timer(lambda: attnkit.attention(q, k, v)))
+                        row["device_s"] = td
+                        if td:
+                            row["device_gbs"] = kv_bytes / td / 1e9
+                            row["device_pct_peak"] = 100 * row["device_gbs"] / ctx["peak"]
+                            scores.setdefault(name, []).append(row["device_gbs"])
+                        elif note:
+                            row["note"] = note
+                    ctx["add"](row)
+                del q, k, v
+                cupy.get_default_memory_pool().free_all_blocks()
+    finally:
+        for n, val in saved.items():
+            core.set_tuning(n, val)
+    scores = {n: x for n, x in scores.items() if n.startswith("k")}  # the v2 (keys, blocks) variants
+    full = {n: x for n, x in scores.items() if len(x) == max(len(y) for y in scores.values())}
+    if full:
+        gm = {n: float(np.exp(np.mean(np.log(x)))) for n, x in full.items()}
+        best = max(gm, key=gm.get)
+        ctx["add"]({"kind": "decode_sweep_best", "variant": best, "geomean_device_gbs": gm[best],
+                    "geomean_device_gbs_by_variant": gm, "v2_enabled": v2,
+                    "how": "make it the default: kDec2Keys / kDec2Blocks in cuda/attention_decode2.cuh "
+                           "(or ATTNKIT_CUDA_DECODE=keys,blocks)"})
+
+
+# ----------------------------------------------------------------------------------------- linear variants
+LINEAR_SWEEP = [
+    # name, environment, calls measured (most telling first: a --budget-s cut drops the tail); _CUDA_SCRATCH=1:
+    # the child sets tuning cuda_scratch=1 (scratch from the device's default pool, not attnkit's).
+    ("v2", {}, ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v1", {"ATTNKIT_LINEAR_CUDA_V1": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v2 default-pool", {"_CUDA_SCRATCH": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v1 default-pool", {"ATTNKIT_LINEAR_CUDA_V1": "1", "_CUDA_SCRATCH": "1"},
+     ("linear", "linear_causal", "performer", "performer_causal")),
+    ("v2 chunk32", {"ATTNKIT_LINEAR_CUDA_CHUNK": "32"}, ("linear_causal", "performer_causal")),
+    ("v2 chunk64", {"ATTNKIT_LINEAR_CUDA_CHUNK": "64"}, ("linear_causal", "performer_causal")),
+    ("v2 chunk128", {"ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal", "performer_causal")),
+    ("v2 seg128", {"ATTNKIT_LINEAR_CUDA_SEG": "128"}, ("linear", "performer")),
+    ("v2 seg2048", {"ATTNKIT_LINEAR_CUDA_SEG": "2048"}, ("linear", "performer")),
+]
+
+
+def linear_child(sizes, calls, reps, warmup, target_s):
+    """One sweep variant (run in a fresh process by linear_sweep): prints one JSON line {S: {call: s}}."""
+    cupy, reason = gpu_or_reason()
+    if cupy is None:
+        print(json.dumps({"error": reason}))
+        return 0
+    import attnkit
+
+    notes = {}
+    if os.environ.get("_CUDA_SCRATCH"):
+        # The comparison: scratch from the device's default pool (release threshold 0: its memory goes back at
+        # every synchronization) instead of attnkit's pool, which keeps it (cuda/workspace.cuh).
+        try:
+            attnkit._core.set_tuning("cuda_scratch", int(os.environ["_CUDA_SCRATCH"]))
+        except Exception as e:  # noqa: BLE001 - recorded
+            notes["pool"] = f"{e.__class__.__name__}: {e}"
+    cupy.random.seed(0)
+    timer = Timer(cupy, reps, warmup, target_s)
+    B, H, D, m = 4, 16, 64, 256
+    W = cupy.asarray(attnkit.random_features(m, D, dtype=np.float32))
+    out = {}
+    for S in sizes:
+        q, k, v = (randn(cupy, (B, H, S, D), "float16", 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+        fns = {"linear": lambda: attnkit.linear_attention(q, k, v, causal=False),
+               "linear_causal": lambda: attnkit.linear_attention(q, k, v, causal=True),
+               "performer": lambda: attnkit.performer_attention(q, k, v, W),
+               "performer_causal": lambda: attnkit.performer_attention(q, k, v, W, causal=True)}
+        res = {}
+        for c in calls:
+            t, note = attempt(lambda: timer(fns[c]))
+            res[c] = t if t else note
+        out[str(S)] = res
+        del q, k, v
+        cupy.get_default_memory_pool().free_all_blocks()
+    print(json.dumps({"times": out, "notes": notes}))
+    return 0
+
+
+def linear_sweep(ctx, sizes, reps, warmup, target_s):
+    """Every LINEAR_SWEEP variant in a fresh process (same GPU), one row per variant and length."""
+    for name, env_add, calls in LINEAR_SWEEP:
+        if ctx["out_of_time"]():
+            return
+        env = dict(os.environ)
+        env.update(env_add)
+        cmd = [sys.executable, BENCH_GPU, "--_linear-child", ",".join(map(str, sizes)),
+               "--_calls", ",".join(calls), "--reps", str(reps), "--warmup", str(warmup), "--target-s", str(target_s)]
+        try:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=45)
+            line = [x for x in r.stdout.splitlines() if x.startswith("{")]
+            res = json.loads(line[-1]) if line else {"error": (r.stderr or "no output")[-300:]}
+        except Exception as e:  # noqa: BLE001 - a failed variant becomes a row note
+            res = {"error": f"{e.__class__.__name__}: {e}"}
+        for S in sizes:
+            row = {"kind": "linear_sweep", "variant": name, "env": env_add, "S": S, "B": 4, "H": 16, "D": 64,
+                   "performer_m": 256, "dtype": "float16",
+                   "unverified_enabled": os.environ.get("ATTNKIT_CUDA_UNVERIFIED") == "1"}
+            if "error" in res:
+                row["note"] = str(res["error"])[:300]
+            else:
+                row.update({k: v for k, v in res.get("notes", {}).items()})
+                for c, t in res["times"].get(str(S), {}).items():
+                    if isinstance(t, float):
+                        row[f"{c}_s"] = t
+                        row[f"{c}_tokens_per_s"] = 4 * S / t
+                    else:
+                        row[f"{c}_note"] = t
+            ctx["add"](row)
+
+
+def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
+    """DLA prefill, the CUDA kernels side by side (tuning option dla_split): -1 = the first kernel
+    (cuda/dla_prefill.cu), 0 = the second one with its automatic column split, 1/2/4 = the second one with
+    that many blocks per (batch, head). Same inputs as linear_rows. Also records whether every split of the
+    second kernel gives the same bits (it should) and its largest difference from the first kernel."""
+    cupy, attnkit, timer, kernels = ctx["cupy"], ctx["attnkit"], ctx["timer"], ctx["kernels"]
+    if kernels["dynamic_linear_attention"]:
+        return
+    from attnkit._tuning import tuning
+
+    for S in sizes:
+        if ctx["out_of_time"]():
+            return
+        q, k, v = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+        lam = (cupy.random.random((B, H, S, C), dtype=np.float32) * (2.0 / C)).astype(dtype)
+        row = {"kind": "dla_split", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "dla_capacity": C}
+        ys = {}
+        for split in (-1, 0, 1, 2, 4):
+            def call(split=split):
+                with tuning(dla_split=split):
+                    return attnkit.dynamic_linear_attention(q, k, v, lam, capacity=C)
+
+            t, note = attempt(lambda: timer(call))
+            name = "v1" if split == -1 else f"v2_split{split}"
+            if t:
+                row[f"{name}_s"], row[f"{name}_tokens_per_s"] = t, B * S / t
+                y, _ = call()
+                ys[split] = y.astype(cupy.float32)
+            else:
+                row[f"{name}_note"] = note
+        v2 = [ys[s] for s in (0, 1, 2, 4) if s in ys]
+        if len(v2) > 1:
+            row["v2_splits_same_bits"] = all(bool((x == v2[0]).all()) for x in v2[1:])
+        if v2 and -1 in ys:
+            row["v2_vs_v1_max_abs_diff"] = float(cupy.abs(v2[0] - ys[-1]).max())
+            row["v1_max_abs"] = float(cupy.abs(ys[-1]).max())
+        ctx["add"](row)
+        del q, k, v, lam, ys, v2
+        cupy.get_default_memory_pool().free_all_blocks()
+
