@@ -7,11 +7,13 @@
 * ``attention_backward`` vs torch's flash backward (``autograd.grad`` of SDPA's output; the forward is not
   timed), same grid with S = 4096 under ``--quick``: TFLOP/s with FlashAttention's convention for the
   backward (2.5x the forward's FLOPs).
-* The tile-shape variants of the tensor-core exact-attention kernel (``ATTNKIT_MMA_VARIANT``: "0", "1", "2"
-  of the v2 kernel, "v1" the previous one; ``--variants``, on under ``--quick``): float16 and bfloat16,
-  D=64 and 128, S=4096, causal and not, each variant in its own process (the variable is read once per
-  process), as TFLOP/s, the ratio to torch flash from the exact rows above, and the largest difference
-  from torch's output (a correctness check of every variant on the benchmark's own shapes).
+* The tile-shape variants of the tensor-core exact-attention kernel (``ATTNKIT_MMA_VARIANT``: "0" .. "4"
+  of the v2 kernel; ``--variants``, on under ``--quick``): float16 and bfloat16,
+  D=64 and 128, S=1024 and 4096, causal and not, each variant in its own process (the variable is read
+  once per process), as TFLOP/s, the ratio to torch flash from the exact rows above, the largest difference
+  from torch's output (a correctness check of every variant on the benchmark's own shapes), and the device
+  times of attnkit and torch flash (``DeviceTimer``: host work per call hidden; the call times include it,
+  ~0.15-0.2 ms more for bfloat16, whose torch tensors go through DLPack) with their ratio.
 * Decode (Sq=1, Sk up to 128K, GQA Hq=32, Hkv=8, D=128, float16): GB/s of K+V read
   (2 * B * Hkv * Sk * D * itemsize bytes per call) and the % of the peak bandwidth (``--peak-gbs``, default
   3350 GB/s: H100 SXM); torch SDPA (GQA) alongside where it runs.
@@ -252,13 +254,17 @@ def exact_rows(ctx, dtypes, dims, sizes, B=4, H=16):
                 cupy.get_default_memory_pool().free_all_blocks()
 
 
-MMA_VARIANTS = ["v1", "0", "1", "2"]  # ATTNKIT_MMA_VARIANT values: cuda/attention.cu, cuda/attention_mma2.cuh
+# ATTNKIT_MMA_VARIANT values: cuda/attention.cu, cuda/attention_mma2.cuh ("3", "4": 64-row blocks, need
+# "attention_mma_v2_small", i.e. ATTNKIT_CUDA_UNVERIFIED=1 until verified, else they run 0: v2_small says).
+# "v1" (the previous kernel, bench/results/gpu_h100.json: 0.34-0.52 of torch) left out for time.
+MMA_VARIANTS = ["0", "1", "2", "3", "4"]
 
 
 def variant_worker(spec: str) -> int:
     """In a process of its own (ATTNKIT_MMA_VARIANT set by the parent): times attnkit.attention on each
-    config of spec (JSON: configs, B, H, reps, warmup, target_s) and compares its output with torch's
-    flash SDPA; prints one JSON line {"v2": bool, "rows": [...]} as the last line of stdout."""
+    config of spec (JSON: configs, B, H, reps, warmup, target_s), by call time and by device time, and
+    compares its output with torch's flash SDPA (also timed on the device); prints one JSON line
+    {"v2": bool, "v2_small": bool, "rows": [...]} as the last line of stdout."""
     cfg = json.loads(spec)
     cupy, reason = gpu_or_reason()
     if cupy is None:
@@ -268,6 +274,7 @@ def variant_worker(spec: str) -> int:
 
     torch = torch_or_none()
     timer = Timer(cupy, cfg["reps"], cfg["warmup"], cfg["target_s"])
+    dtimer = DeviceTimer(cupy, torch, cfg["reps"])
     B, H, rows = cfg["B"], cfg["H"], []
     for dtype, D, S, causal in cfg["configs"]:
         row = {"dtype": dtype, "D": D, "S": S, "causal": causal}
@@ -278,7 +285,19 @@ def variant_worker(spec: str) -> int:
         q, k, v = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
         t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v, causal=causal)))
         row["attnkit_s"], row["attnkit_note"] = t, note
+        if t:
+            row["attnkit_device_s"], _ = attempt(lambda: dtimer(lambda: attnkit.attention(q, k, v, causal=causal)))
         if t and torch is not None:
+            def flash_device():
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                tq, tk, tv = (as_torch(torch, x) for x in (q, k, v))
+                sdpa = torch.nn.functional.scaled_dot_product_attention
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    return dtimer(lambda: sdpa(tq, tk, tv, is_causal=causal))
+
+            row["torch_flash_device_s"], _ = attempt(flash_device)
+
             def max_err():
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -294,19 +313,21 @@ def variant_worker(spec: str) -> int:
         rows.append(row)
         del q, k, v
         cupy.get_default_memory_pool().free_all_blocks()
-    print(json.dumps({"v2": bool(attnkit._core.cuda_has_kernel("attention_mma_v2")), "rows": rows}))
+    print(json.dumps({"v2": bool(attnkit._core.cuda_has_kernel("attention_mma_v2")),
+                      "v2_small": bool(attnkit._core.cuda_has_kernel("attention_mma_v2_small")), "rows": rows}))
     return 0
 
 
-def variant_rows(ctx, dtypes, dims, S=4096, B=4, H=16, timeout_s=90):
+def variant_rows(ctx, dtypes, dims, sizes=(1024, 4096), B=4, H=16, timeout_s=90):
     """Each ATTNKIT_MMA_VARIANT in a subprocess (bench_gpu.py --variant-worker), side by side; the torch
-    flash time of the same shape comes from the exact rows (same process, same inputs' shape)."""
+    flash call time of the same shape comes from the exact rows (same process, same inputs' shape), its
+    device time from the worker."""
     import os
     import subprocess
 
     if ctx["kernels"]["attention"]:
         return
-    configs = [[dtype, D, S, causal] for dtype in dtypes for D in dims for causal in (False, True)]
+    configs = [[dtype, D, S, causal] for dtype in dtypes for D in dims for S in sizes for causal in (False, True)]
     torch_s = {(r["dtype"], r["D"], r["S"], r["causal"]): r.get("torch_flash_s") for r in ctx["rows"]
                if r["kind"] == "exact"}
     timer = ctx["timer"]
@@ -326,14 +347,21 @@ def variant_rows(ctx, dtypes, dims, S=4096, B=4, H=16, timeout_s=90):
             got = {"error": f"{e.__class__.__name__}: {e}"}
         wall = round(time.monotonic() - t0, 1)
         if "error" in got:
-            ctx["add"]({"kind": "exact_variant", "variant": variant, "dtype": "-", "D": 0, "S": S, "causal": False,
+            ctx["add"]({"kind": "exact_variant", "variant": variant, "dtype": "-", "D": 0, "S": 0, "causal": False,
                         "attnkit_note": "error: " + str(got["error"])[-300:], "worker_s": wall})
             continue
         for row in got["rows"]:
-            row.update(kind="exact_variant", variant=variant, B=B, H=H, v2_enabled=got["v2"], worker_s=wall)
+            row.update(kind="exact_variant", variant=variant, B=B, H=H, v2_enabled=got["v2"],
+                       v2_small_enabled=got.get("v2_small"), worker_s=wall)
+            S = row["S"]
             f = flops(B, H, S, S, row["D"], row["causal"])
             if row.get("attnkit_s"):
                 row["attnkit_tflops"] = f / row["attnkit_s"] / 1e12
+            for who in ("attnkit", "torch_flash"):
+                if row.get(f"{who}_device_s"):
+                    row[f"{who}_device_tflops"] = f / row[f"{who}_device_s"] / 1e12
+            if row.get("attnkit_device_s") and row.get("torch_flash_device_s"):
+                row["device_ratio_vs_torch"] = row["torch_flash_device_s"] / row["attnkit_device_s"]
             ts = torch_s.get((row["dtype"], row["D"], S, row["causal"]))
             if ts:
                 row["torch_flash_s"], row["torch_flash_tflops"] = ts, f / ts / 1e12
@@ -740,7 +768,10 @@ def format_row(r) -> str:
             return f"{head} attnkit: {r.get('attnkit_note')}"[:240]
         err = r.get("max_abs_err_vs_torch")
         return (f"{head} attnkit {fmt(r.get('attnkit_tflops')):>6} TFLOP/s  ratio {fmt(r.get('ratio_vs_torch'), '.2f'):>5}"
+                f"  device {fmt(r.get('attnkit_device_tflops')):>6} vs {fmt(r.get('torch_flash_device_tflops')):>6}"
+                f" TFLOP/s ratio {fmt(r.get('device_ratio_vs_torch'), '.2f'):>5}"
                 f"  max|out-torch| {fmt(err, '.2g')}  v2 {'on' if r.get('v2_enabled') else 'OFF'}"
+                f"{'' if r.get('v2_small_enabled') or r['variant'] not in ('3', '4') else ' (v2_small OFF: ran 0)'}"
                 f"{'  ' + r['err_note'] if r.get('err_note') else ''}"[:240])
     if r["kind"] in ("exact", "backward"):
         note = "" if r.get("attnkit_s") else f"  attnkit: {r.get('attnkit_note')}"
@@ -867,7 +898,8 @@ def main(argv=None) -> int:
     log("-- exact attention vs torch SDPA (flash): TFLOP/s")
     exact_rows(ctx, ["bfloat16", "float16"], [64, 128], sizes)
     if a.quick or a.variants:
-        log(f"-- tensor-core kernel variants (ATTNKIT_MMA_VARIANT: {', '.join(MMA_VARIANTS)}), S=4096, one process each")
+        log(f"-- tensor-core kernel variants (ATTNKIT_MMA_VARIANT: {', '.join(MMA_VARIANTS)}), S=1024, 4096, "
+            "one process each")
         variant_rows(ctx, ["bfloat16", "float16"], [64, 128])
     log("-- attention_backward vs torch flash backward: TFLOP/s (2.5x the forward's FLOPs)")
     backward_rows(ctx, ["bfloat16", "float16"], [64, 128], [4096] if a.quick else [1024, 4096, 16384])
