@@ -7,11 +7,13 @@
 * ``attention_backward`` vs torch's flash backward (``autograd.grad`` of SDPA's output; the forward is not
   timed), same grid with S = 4096 under ``--quick``: TFLOP/s with FlashAttention's convention for the
   backward (2.5x the forward's FLOPs).
-* The tile-shape variants of the tensor-core exact-attention kernel (``ATTNKIT_MMA_VARIANT``: "0", "1", "2"
-  of the v2 kernel, "v1" the previous one; ``--variants``, on under ``--quick``): float16 and bfloat16,
-  D=64 and 128, S=4096, causal and not, each variant in its own process (the variable is read once per
-  process), as TFLOP/s, the ratio to torch flash from the exact rows above, and the largest difference
-  from torch's output (a correctness check of every variant on the benchmark's own shapes).
+* The tile-shape variants of the tensor-core exact-attention kernel (``ATTNKIT_MMA_VARIANT``: "0" .. "4"
+  of the v2 kernel; ``--variants``, on under ``--quick``): float16 and bfloat16,
+  D=64 and 128, S=1024 and 4096, causal and not, each variant in its own process (the variable is read
+  once per process), as TFLOP/s, the ratio to torch flash from the exact rows above, the largest difference
+  from torch's output (a correctness check of every variant on the benchmark's own shapes), and the device
+  times of attnkit and torch flash (``DeviceTimer``: host work per call hidden; the call times include it,
+  ~0.15-0.2 ms more for bfloat16, whose torch tensors go through DLPack) with their ratio.
 * Decode (Sq=1, Sk up to 128K, GQA Hq=32, Hkv=8, D=128, float16): GB/s of K+V read
   (2 * B * Hkv * Sk * D * itemsize bytes per call) and the % of the peak bandwidth (``--peak-gbs``, default
   the device's: H100 SXM/HBM3 3350, H200 4800, A100 80GB 2039, A100 40GB 1555 GB/s by name, else memory clock
@@ -311,7 +313,10 @@ def format_row(r) -> str:
             return f"{head} attnkit: {r.get('attnkit_note')}"[:240]
         err = r.get("max_abs_err_vs_torch")
         return (f"{head} attnkit {fmt(r.get('attnkit_tflops')):>6} TFLOP/s  ratio {fmt(r.get('ratio_vs_torch'), '.2f'):>5}"
+                f"  device {fmt(r.get('attnkit_device_tflops')):>6} vs {fmt(r.get('torch_flash_device_tflops')):>6}"
+                f" TFLOP/s ratio {fmt(r.get('device_ratio_vs_torch'), '.2f'):>5}"
                 f"  max|out-torch| {fmt(err, '.2g')}  v2 {'on' if r.get('v2_enabled') else 'OFF'}"
+                f"{'' if r.get('v2_small_enabled') or r['variant'] not in ('3', '4') else ' (v2_small OFF: ran 0)'}"
                 f"{'  ' + r['err_note'] if r.get('err_note') else ''}"[:240])
     if r["kind"] in ("exact", "backward"):
         note = "" if r.get("attnkit_s") else f"  attnkit: {r.get('attnkit_note')}"
@@ -443,7 +448,8 @@ def main(argv=None) -> int:
     log("-- exact attention vs torch SDPA (flash): TFLOP/s")
     exact_rows(ctx, ["bfloat16", "float16"], [64, 128], sizes)
     if a.quick or a.variants:
-        log(f"-- tensor-core kernel variants (ATTNKIT_MMA_VARIANT: {', '.join(MMA_VARIANTS)}), S=4096, one process each")
+        log(f"-- tensor-core kernel variants (ATTNKIT_MMA_VARIANT: {', '.join(MMA_VARIANTS)}), S=1024, 4096, "
+            "one process each")
         variant_rows(ctx, ["bfloat16", "float16"], [64, 128])
     log("-- attention_backward vs torch flash backward: TFLOP/s (2.5x the forward's FLOPs)")
     backward_rows(ctx, ["bfloat16", "float16"], [64, 128], [4096] if a.quick else [1024, 4096, 16384])

@@ -22,13 +22,17 @@ from gpu_util import DeviceTimer, Timer, as_torch, attempt, flops, gpu_or_reason
 BENCH_GPU = str(Path(__file__).resolve().parent / "bench_gpu.py")
 
 # ----------------------------------------------------------------------------------------- exact variants
-MMA_VARIANTS = ["v1", "0", "1", "2"]  # ATTNKIT_MMA_VARIANT values: cuda/attention.cu, cuda/attention_mma2.cuh
+# ATTNKIT_MMA_VARIANT values: cuda/attention.cu, cuda/attention_mma2.cuh ("3", "4": 64-row blocks, need
+# "attention_mma_v2_small", i.e. ATTNKIT_CUDA_UNVERIFIED=1 until verified, else they run 0: v2_small says).
+# "v1" (the previous kernel, bench/results/gpu_h100.json: 0.34-0.52 of torch) left out for time.
+MMA_VARIANTS = ["0", "1", "2", "3", "4"]
 
 
 def variant_worker(spec: str) -> int:
     """In a process of its own (ATTNKIT_MMA_VARIANT set by the parent): times attnkit.attention on each
-    config of spec (JSON: configs, B, H, reps, warmup, target_s) and compares its output with torch's
-    flash SDPA; prints one JSON line {"v2": bool, "rows": [...]} as the last line of stdout."""
+    config of spec (JSON: configs, B, H, reps, warmup, target_s), by call time and by device time, and
+    compares its output with torch's flash SDPA (also timed on the device); prints one JSON line
+    {"v2": bool, "v2_small": bool, "rows": [...]} as the last line of stdout."""
     cfg = json.loads(spec)
     cupy, reason = gpu_or_reason()
     if cupy is None:
@@ -38,6 +42,7 @@ def variant_worker(spec: str) -> int:
 
     torch = torch_or_none()
     timer = Timer(cupy, cfg["reps"], cfg["warmup"], cfg["target_s"])
+    dtimer = DeviceTimer(cupy, torch, cfg["reps"])
     B, H, rows = cfg["B"], cfg["H"], []
     for dtype, D, S, causal in cfg["configs"]:
         row = {"dtype": dtype, "D": D, "S": S, "causal": causal}
@@ -48,7 +53,19 @@ def variant_worker(spec: str) -> int:
         q, k, v = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
         t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v, causal=causal)))
         row["attnkit_s"], row["attnkit_note"] = t, note
+        if t:
+            row["attnkit_device_s"], _ = attempt(lambda: dtimer(lambda: attnkit.attention(q, k, v, causal=causal)))
         if t and torch is not None:
+            def flash_device():
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                tq, tk, tv = (as_torch(torch, x) for x in (q, k, v))
+                sdpa = torch.nn.functional.scaled_dot_product_attention
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    return dtimer(lambda: sdpa(tq, tk, tv, is_causal=causal))
+
+            row["torch_flash_device_s"], _ = attempt(flash_device)
+
             def max_err():
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -64,16 +81,18 @@ def variant_worker(spec: str) -> int:
         rows.append(row)
         del q, k, v
         cupy.get_default_memory_pool().free_all_blocks()
-    print(json.dumps({"v2": bool(attnkit._core.cuda_has_kernel("attention_mma_v2")), "rows": rows}))
+    print(json.dumps({"v2": bool(attnkit._core.cuda_has_kernel("attention_mma_v2")),
+                      "v2_small": bool(attnkit._core.cuda_has_kernel("attention_mma_v2_small")), "rows": rows}))
     return 0
 
 
-def variant_rows(ctx, dtypes, dims, S=4096, B=4, H=16, timeout_s=90):
+def variant_rows(ctx, dtypes, dims, sizes=(1024, 4096), B=4, H=16, timeout_s=90):
     """Each ATTNKIT_MMA_VARIANT in a subprocess (bench_gpu.py --variant-worker), side by side; the torch
-    flash time of the same shape comes from the exact rows (same process, same inputs' shape)."""
+    flash call time of the same shape comes from the exact rows (same process, same inputs' shape), its
+    device time from the worker."""
     if ctx["kernels"]["attention"]:
         return
-    configs = [[dtype, D, S, causal] for dtype in dtypes for D in dims for causal in (False, True)]
+    configs = [[dtype, D, S, causal] for dtype in dtypes for D in dims for S in sizes for causal in (False, True)]
     torch_s = {(r["dtype"], r["D"], r["S"], r["causal"]): r.get("torch_flash_s") for r in ctx["rows"]
                if r["kind"] == "exact"}
     timer = ctx["timer"]
@@ -93,14 +112,21 @@ def variant_rows(ctx, dtypes, dims, S=4096, B=4, H=16, timeout_s=90):
             got = {"error": f"{e.__class__.__name__}: {e}"}
         wall = round(time.monotonic() - t0, 1)
         if "error" in got:
-            ctx["add"]({"kind": "exact_variant", "variant": variant, "dtype": "-", "D": 0, "S": S, "causal": False,
+            ctx["add"]({"kind": "exact_variant", "variant": variant, "dtype": "-", "D": 0, "S": 0, "causal": False,
                         "attnkit_note": "error: " + str(got["error"])[-300:], "worker_s": wall})
             continue
         for row in got["rows"]:
-            row.update(kind="exact_variant", variant=variant, B=B, H=H, v2_enabled=got["v2"], worker_s=wall)
+            row.update(kind="exact_variant", variant=variant, B=B, H=H, v2_enabled=got["v2"],
+                       v2_small_enabled=got.get("v2_small"), worker_s=wall)
+            S = row["S"]
             f = flops(B, H, S, S, row["D"], row["causal"])
             if row.get("attnkit_s"):
                 row["attnkit_tflops"] = f / row["attnkit_s"] / 1e12
+            for who in ("attnkit", "torch_flash"):
+                if row.get(f"{who}_device_s"):
+                    row[f"{who}_device_tflops"] = f / row[f"{who}_device_s"] / 1e12
+            if row.get("attnkit_device_s") and row.get("torch_flash_device_s"):
+                row["device_ratio_vs_torch"] = row["torch_flash_device_s"] / row["attnkit_device_s"]
             ts = torch_s.get((row["dtype"], row["D"], S, row["causal"]))
             if ts:
                 row["torch_flash_s"], row["torch_flash_tflops"] = ts, f / ts / 1e12

@@ -52,15 +52,38 @@ bool mma_supported(const AttnProblem& p) {
 }
 
 /// ATTNKIT_MMA_VARIANT (internal, for benchmarking; read once per process): the tile shape of the v2
-/// tensor-core kernel, "0" (the default), "1" or "2" (attention_mma2.cuh, run_mma2), or "v1": the previous
-/// kernel (attention_mma.cuh) for every problem. Anything else means the default.
+/// tensor-core kernel, "0" .. "4" (attention_mma2.cuh, run_mma2), or "v1": the previous kernel
+/// (attention_mma.cuh) for every problem. Anything else (unset) means kMmaAuto: mma2_variant picks.
+constexpr int kMmaV1 = -1, kMmaAuto = -2;
 int mma_variant() {
   static const int variant = [] {
     const char* e = std::getenv("ATTNKIT_MMA_VARIANT");
-    if (e && std::strcmp(e, "v1") == 0) return -1;
-    if (e && (std::strcmp(e, "1") == 0 || std::strcmp(e, "2") == 0)) return e[0] - '0';
-    return 0;
+    if (e && std::strcmp(e, "v1") == 0) return kMmaV1;
+    if (e && e[0] >= '0' && e[0] <= '4' && e[1] == '\0') return e[0] - '0';
+    return kMmaAuto;
   }();
+  return variant;
+}
+
+/// The v2 kernel's tile shape for problem p. Variants 3 and 4 (64-row blocks: twice the blocks) are gated
+/// by "attention_mma_v2_small" (runtime.cu) until verified on a GPU; without it they become 0, the
+/// verified default. By default 3 (0's key tiles, so 0's results: attention_mma2.cuh) where 128-row blocks
+/// would give fewer than 4 per SM (two waves of the two that fit an SM: sequences up to ~1024 rows at
+/// B * H = 64 on 132 SMs), else 0. The threshold is a first guess; bench_gpu.py's exact_variant rows
+/// (S = 1024 and 4096, device times) measure 0, 3 and 4 side by side.
+int mma2_variant(const AttnProblem& p) {
+  int variant = mma_variant();
+  const bool small_ok = has_kernel("attention_mma_v2_small");
+  if (variant == kMmaAuto) {
+    variant = 0;
+    if (small_ok) {
+      int sms = 0;
+      ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_index));
+      const int64_t blocks128 = (p.Sq + 127) / 128 * p.Hq * p.B;  // Sq < 2^30 (mma2_supported)
+      if (blocks128 < 4 * static_cast<int64_t>(sms > 0 ? sms : 1)) variant = 3;
+    }
+  }
+  if ((variant == 3 || variant == 4) && !small_ok) variant = 0;
   return variant;
 }
 
@@ -72,7 +95,7 @@ bool mma2_supported(const AttnProblem& p) {
   if (p.sparse || p.mask.present || p.bias.present || p.alibi.present || p.softcap > 0) return false;
   if (!(p.scale > 0)) return false;
   if (p.Sq >= (int64_t(1) << 30) || p.Sk >= (int64_t(1) << 30)) return false;  // int row / key indices
-  if (mma_variant() < 0) return false;
+  if (mma_variant() == kMmaV1) return false;
   return has_kernel("attention_mma_v2");
 }
 
@@ -87,8 +110,9 @@ void for_dtype(const AttnProblem& p, F&& f) {
 template <class T>
 void run_mma_dim(const AttnProblem& p) {
   if (mma2_supported(p)) {
-    if (p.D == 64) return run_mma2<T, 64>(p, mma_variant());
-    return run_mma2<T, 128>(p, mma_variant());
+    const int variant = mma2_variant(p);
+    if (p.D == 64) return run_mma2<T, 64>(p, variant);
+    return run_mma2<T, 128>(p, variant);
   }
   switch (p.D) {
     case 32: return run_mma<T, 32>(p);

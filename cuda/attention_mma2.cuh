@@ -25,7 +25,8 @@
 // an infinity or NaN, and if one is there the warps accumulate PV element by element, the P values
 // coming from the quad's registers by shuffles, skipping masked pairs.
 //
-// Tile shapes are variants (run_mma2 below), selected at run time by attention.cu (ATTNKIT_MMA_VARIANT).
+// Tile shapes are variants (run_mma2 below), selected at run time by attention.cu (ATTNKIT_MMA_VARIANT, else
+// by shape: 64-row blocks for problems with few query blocks per SM).
 
 #include <climits>
 #include <cstdint>
@@ -47,8 +48,11 @@ struct Mma2Shape {
   static constexpr int CH = D / 8;         // 16-byte chunks per row
   static constexpr int RPP = kThreads / CH;  // rows per pass of the copy loops
   // Blocks per SM the registers must allow (__launch_bounds__): 8 warps x 1 m-tile of D = 64 fits in 128
-  // registers without spilling, so two such blocks share an SM (16 warps); the others use up to 255.
-  static constexpr int kMinBlocks = (NW == 8 && D == 64) ? 2 : 1;
+  // registers without spilling, so two such blocks share an SM (16 warps); 4 warps x 1 m-tile with
+  // BK * D = 4096 (variant 4's 64-row blocks, 46 / 52 KiB of shared memory) in 128 registers for D = 64
+  // (four blocks, 16 warps per SM) and 168 for D = 128 (three blocks: 128 spill); the others use up to 255.
+  static constexpr int kMinBlocks =
+      (NW == 8 && D == 64) ? 2 : (NW == 4 && KM == 1 && BK * D == 4096) ? (D == 64 ? 4 : 3) : 1;
   // Q, then two stages of (K, V).
   static constexpr std::size_t kSmem = sizeof(uint16_t) * static_cast<std::size_t>(BQ + 4 * BK) * LD;
   static_assert(kThreads % CH == 0 && BK % RPP == 0 && BQ % RPP == 0, "copy loops");
@@ -377,13 +381,36 @@ void launch_mma2(const AttnProblem& p, bool per_row, cudaStream_t st) {
   ATTNKIT_CUDA_CHECK_LAUNCH();
 }
 
-/// The tile shapes of the v2 kernel (ATTNKIT_MMA_VARIANT, read by attention.cu; 0 is the default):
+/// The tile shapes of the v2 kernel (ATTNKIT_MMA_VARIANT, read by attention.cu, which picks 0 or 3 by shape
+/// when it is not set):
 ///   0: 4 warps x 2 m-tiles (128 rows), 128 keys per tile for D = 64, 64 for D = 128;
 ///   1: 4 warps x 2 m-tiles, 64 keys per tile for D = 64, 32 for D = 128;
-///   2: 8 warps x 1 m-tile (128 rows), 64 keys per tile (D = 64: two blocks per SM, 128 registers).
+///   2: 8 warps x 1 m-tile (128 rows), 64 keys per tile (D = 64: two blocks per SM, 128 registers);
+///   3: 4 warps x 1 m-tile (64 rows), the key tiles of 0 (128 / 64): twice the blocks of 0, for problems
+///      with few query blocks per SM (short sequences, few heads), where 0 leaves SMs idle or runs a
+///      ragged last wave. A row's arithmetic does not depend on KM (each m-tile's products, max, sums and
+///      rescales are its own), so with the same key tiles 3 gives 0's bits wherever the tiles start at the
+///      same key (the block's first visible key: 0 without a left window or explicit row ranges; the slow
+///      PV of a tile with a non-finite V is chosen per block, so it too can differ): attention.cu may pick
+///      3 by shape without changing results;
+///   4: 4 warps x 1 m-tile (64 rows), 64 keys per tile for D = 64, 32 for D = 128 (46 / 52 KiB of shared
+///      memory: four / three blocks per SM, twice 3's warps per SM); only by ATTNKIT_MMA_VARIANT (its key
+///      tiles round differently from 0's).
+///   3 and 4 are gated by "attention_mma_v2_small" (runtime.cu) until verified on a GPU.
 /// 0 was the fastest for both head dims on an H100 (tools/gpu_check.sh, 2026-11-26, S = 4096, f16 / bf16,
 /// causal and not; bench/results/gpu_h100.json's exact_variant rows, where 0 and 1 were the other way round).
-constexpr int kMma2Variants = 3;
+///
+/// float16 and bfloat16 compile to the same code (checked 2026-11-26 with nvcc 13.0, sm_90 and sm_80,
+/// cuobjdump -sass): per variant, the main loop (without the slow PV) has the same instruction count for
+/// both dtypes (e.g. D = 64, variant 0: 2298 instructions per 128-key tile, of them 256 HMMA, 132
+/// MUFU.EX2, 64 F2FP.{F16,BF16}.F32.PACK_AB, one per pair of P values), the same registers (255 / 254 /
+/// 128 / 219), no spills and no local memory; the only differences are the HMMA type and the integer
+/// adds' spelling (IADD3 vs VIADD). Only the slow PV differs (bfloat16 widens V with a shift, float16 with
+/// HADD2.F32). bfloat16's lower numbers in the benchmark's call times (a constant ~0.15-0.2 ms per call
+/// at every S, the same for the v1 kernel, none at S = 16384) are host work of the bfloat16 call path
+/// (PyTorch tensors through DLPack), which call timing includes; bench_gpu.py's variant rows also give
+/// device times.
+constexpr int kMma2Variants = 5;
 
 template <class T, int D>
 void run_mma2(const AttnProblem& p, int variant) {
@@ -394,6 +421,8 @@ void run_mma2(const AttnProblem& p, int variant) {
   switch (variant) {
     case 1: return launch_mma2<T, D, 2, 4, D == 64 ? 64 : 32>(p, per_row, st);
     case 2: return launch_mma2<T, D, 1, 8, 64>(p, per_row, st);
+    case 3: return launch_mma2<T, D, 1, 4, D == 64 ? 128 : 64>(p, per_row, st);
+    case 4: return launch_mma2<T, D, 1, 4, D == 64 ? 64 : 32>(p, per_row, st);
     default: return launch_mma2<T, D, 2, 4, D == 64 ? 128 : 64>(p, per_row, st);
   }
 }

@@ -120,6 +120,13 @@ ATTN_CASES = (
     + [A(f"mma2-lens-D{D}-{'c' if c else 'nc'}-{d}", B=3, Hq=2, Sq=150, Sk=300, D=D, dtype=d, causal=c,
          key_lengths=[300, 0, 77]) for D in (64, 128) for c in (False, True) for d in ("f16", "bf16")]
     + [A(f"mma2-scale-D{D}", Sq=140, D=D, dtype="f16", scale=0.5, causal=True) for D in (64, 128)]
+    # variant 3 of the v2 kernel (64-row blocks, "attention_mma_v2_small"), which attention.cu picks for
+    # problems with few query blocks per SM (all of these, and the mma2 cases above, under
+    # ATTNKIT_CUDA_UNVERIFIED=1): one block of 63 / 64 rows, a second one of 1 row (65), partial key tiles
+    # (128 keys per tile at D = 64, 64 at D = 128), GQA; S = 1 takes the decode path
+    + [A(f"mma2v3-S{S}-D{D}-{'c' if c else 'nc'}-{d}", B=1 if S > 128 else 2, Hq=4, Hkv=2, Sq=S, D=D, dtype=d,
+         causal=c, scale_in=2.0) for S in (1, 63, 64, 65, 128, 1000) for D in (64, 128) for c in (False, True)
+       for d in ("f16", "bf16")]
 )
 
 
@@ -227,11 +234,12 @@ for name in d["names"]:
     out, lse = attnkit.attention(*(cupy.asarray(d[name + ":" + x]) for x in "qkv"), return_lse=True, **kw)
     res[name + ":out"], res[name + ":lse"] = cupy.asnumpy(out), cupy.asnumpy(lse)
 res["v2"] = np.array(attnkit._core.cuda_has_kernel("attention_mma_v2"))
+res["v2_small"] = np.array(attnkit._core.cuda_has_kernel("attention_mma_v2_small"))
 np.savez(sys.argv[2], **res)
 """
 
 
-@pytest.mark.parametrize("variant", ["0", "1", "2", "v1"])
+@pytest.mark.parametrize("variant", ["0", "1", "2", "3", "4", "v1"])
 def test_attention_mma_variants(rng, tmp_path, variant):
     need("attention")
     if FAKE or SANITIZER:
@@ -259,7 +267,8 @@ def test_attention_mma_variants(rng, tmp_path, variant):
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     got = np.load(tmp_path / "out.npz")
-    print(f"variant {variant}: attention_mma_v2 enabled: {bool(got['v2'])}")
+    print(f"variant {variant}: attention_mma_v2 enabled: {bool(got['v2'])}, attention_mma_v2_small (variant 3) "
+          f"enabled: {bool(got['v2_small'])}")
     for name, ((q, k, v), kw) in cases.items():
         c_out, c_lse = attnkit.attention(q, k, v, return_lse=True, **kw)
         if name.startswith("inf"):
@@ -270,6 +279,44 @@ def test_attention_mma_variants(rng, tmp_path, variant):
         n_out, n_lse = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(F16), **kw)
         close3(got[name + ":out"], c_out, r_out, n_out, F16, what=f"{name} out")
         close3(got[name + ":lse"], c_lse, r_lse, n_lse, c_lse.dtype, what=f"{name} lse")
+
+
+def test_attention_mma_v3_bits_as_v0(rng, tmp_path):
+    """Variant 3 of the v2 kernel (64-row blocks, 0's key tiles), which attention.cu picks by shape, gives
+    variant 0's bits where every row's keys start at 0 (no left window): a row's arithmetic does not depend
+    on the rows beside it (cuda/attention_mma2.cuh). A failure here with test_attention_mma_variants[3]
+    passing means 3 is correct but rounds differently from 0 (the choice by shape would change results)."""
+    need("attention")
+    if FAKE or SANITIZER:
+        pytest.skip("runs CuPy in a subprocess")
+    import os
+    import subprocess
+    import sys
+
+    F16 = np.dtype(np.float16)
+    cases = {}
+    for D in (64, 128):
+        cases[f"nc{D}"] = (qkv(rng, 2, 4, 2, 300, 300, D, D, F16, 2.0), {})
+        cases[f"c{D}"] = (qkv(rng, 1, 4, 1, 270, 333, D, D, F16, 2.0), dict(causal=True))
+        cases[f"cl{D}"] = (qkv(rng, 2, 2, 2, 333, 200, D, D, F16), dict(causal=True, key_lengths=[200, 77]))
+    arrays = {"names": np.array(list(cases))}
+    for name, ((q, k, v), kw) in cases.items():
+        arrays.update({name + ":q": q, name + ":k": k, name + ":v": v, name + ":kw": np.array(kw, dtype=object)})
+    np.savez(tmp_path / "in.npz", **arrays)
+    got = {}
+    for variant in ("0", "3"):
+        env = dict(os.environ, ATTNKIT_MMA_VARIANT=variant, ATTNKIT_CUDA_UNVERIFIED="1")
+        out = tmp_path / f"out{variant}.npz"
+        r = subprocess.run([sys.executable, "-c", _VARIANT_SCRIPT, str(tmp_path / "in.npz"), str(out)], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        got[variant] = np.load(out)
+    if not (got["3"]["v2"] and got["3"]["v2_small"]):
+        pytest.skip("the v2 kernel or its variant 3 is not enabled")
+    for name in cases:
+        for x in ("out", "lse"):
+            a, b = got["0"][f"{name}:{x}"], got["3"][f"{name}:{x}"]
+            assert np.array_equal(a, b, equal_nan=True), (name, x, float(np.nanmax(np.abs(a.astype(np.float64) - b))))
 
 
 @pytest.mark.parametrize("shape", [(0, 2, 5, 5), (2, 0, 5, 5), (1, 2, 0, 5), (1, 2, 5, 0), (1, 2, 0, 0)],
