@@ -119,7 +119,10 @@ def environment(cupy, torch, attnkit, peak, peak_how):
 
 # ----------------------------------------------------------------------------------------- benchmarks
 def exact_rows(ctx, dtypes, dims, sizes, B=4, H=16):
+    """attnkit.attention vs torch's flash SDPA: call times (host work included, as a user sees them) and
+    device times (DeviceTimer: the kernels alone), as TFLOP/s and ratios."""
     cupy, torch, attnkit, timer = ctx["cupy"], ctx["torch"], ctx["attnkit"], ctx["timer"]
+    dtimer = DeviceTimer(cupy, torch, 5)
     for dtype in dtypes:
         for D in dims:
             for S in sizes:
@@ -138,18 +141,23 @@ def exact_rows(ctx, dtypes, dims, sizes, B=4, H=16):
                     else:
                         t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v, causal=causal)))
                         row["attnkit_s"], row["attnkit_note"] = t, note
+                        if t:  # the kernels alone: the call time above includes the host work of every call
+                            row["attnkit_device_s"], _ = attempt(
+                                lambda: dtimer(lambda: attnkit.attention(q, k, v, causal=causal)))
                     if torch is not None:
                         tq, tk, tv = (as_torch(torch, x) for x in (q, k, v))
 
-                        def flash_timed():
+                        def flash_timed(tm):
                             from torch.nn.attention import SDPBackend, sdpa_kernel
 
                             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # flash only: an error, not a fallback
-                                return timer(lambda: torch.nn.functional.scaled_dot_product_attention(
+                                return tm(lambda: torch.nn.functional.scaled_dot_product_attention(
                                     tq, tk, tv, is_causal=causal))
 
-                        t, note = attempt(flash_timed)
+                        t, note = attempt(lambda: flash_timed(timer))
                         row["torch_flash_s"], row["torch_note"] = t, note
+                        if t:
+                            row["torch_flash_device_s"], _ = attempt(lambda: flash_timed(dtimer))
                     add_rates(row, flops(B, H, S, S, D, causal))
                     ctx["add"](row)
                 del q, k, v
@@ -324,7 +332,9 @@ def format_row(r) -> str:
             note += f"  torch: {r['torch_note']}"
         return (f"{'exact ' if r['kind'] == 'exact' else 'bwd   '} {r['dtype']:>8} D={r['D']:<3} S={r['S']:<5} {'causal' if r['causal'] else 'full  '} "
                 f"attnkit {fmt(r.get('attnkit_tflops')):>6} TFLOP/s  torch-flash {fmt(r.get('torch_flash_tflops')):>6} "
-                f"TFLOP/s  ratio {fmt(r.get('ratio_vs_torch'), '.2f'):>5}{note}"[:240])
+                f"TFLOP/s  ratio {fmt(r.get('ratio_vs_torch'), '.2f'):>5}"
+                f"{'  device ratio ' + fmt(r.get('device_ratio_vs_torch'), '.2f') if r.get('device_ratio_vs_torch') else ''}"
+                f"{note}"[:240])
     if r["kind"] == "decode_sweep":
         note = f"  {r['note']}" if r.get("note") else ""
         return (f"dsweep {r['shape']:<11} Sk={r['Sk']:<6} {r['variant']:<8} call {fmt(r.get('call_gbs'), '.0f'):>5} GB/s  "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_util import DeviceTimer, Timer, as_torch, attempt, flops, gpu_or_reason, log, randn, torch_or_none
+from gpu_util import DeviceTimer, Timer, add_rates, as_torch, attempt, flops, gpu_or_reason, log, randn, torch_or_none
 
 # The benchmark's entry point: the subprocesses of the sweeps run it with its internal flags.
 BENCH_GPU = str(Path(__file__).resolve().parent / "bench_gpu.py")
@@ -118,20 +118,10 @@ def variant_rows(ctx, dtypes, dims, sizes=(1024, 4096), B=4, H=16, timeout_s=90)
         for row in got["rows"]:
             row.update(kind="exact_variant", variant=variant, B=B, H=H, v2_enabled=got["v2"],
                        v2_small_enabled=got.get("v2_small"), worker_s=wall)
-            S = row["S"]
-            f = flops(B, H, S, S, row["D"], row["causal"])
-            if row.get("attnkit_s"):
-                row["attnkit_tflops"] = f / row["attnkit_s"] / 1e12
-            for who in ("attnkit", "torch_flash"):
-                if row.get(f"{who}_device_s"):
-                    row[f"{who}_device_tflops"] = f / row[f"{who}_device_s"] / 1e12
-            if row.get("attnkit_device_s") and row.get("torch_flash_device_s"):
-                row["device_ratio_vs_torch"] = row["torch_flash_device_s"] / row["attnkit_device_s"]
-            ts = torch_s.get((row["dtype"], row["D"], S, row["causal"]))
+            ts = torch_s.get((row["dtype"], row["D"], row["S"], row["causal"]))
             if ts:
-                row["torch_flash_s"], row["torch_flash_tflops"] = ts, f / ts / 1e12
-                if row.get("attnkit_s"):
-                    row["ratio_vs_torch"] = ts / row["attnkit_s"]
+                row["torch_flash_s"] = ts
+            add_rates(row, flops(B, H, row["S"], row["S"], row["D"], row["causal"]))
             ctx["add"](row)
 
 

@@ -108,11 +108,12 @@ def flops(B, H, Sq, Sk, D, causal):
 
 def add_rates(row, f):
     """TFLOP/s of attnkit and torch's flash backend from their times for f FLOPs, and their ratio."""
-    for who in ("attnkit", "torch_flash"):
-        if row.get(f"{who}_s"):
-            row[f"{who}_tflops"] = f / row[f"{who}_s"] / 1e12
-    if row.get("attnkit_s") and row.get("torch_flash_s"):
-        row["ratio_vs_torch"] = row["torch_flash_s"] / row["attnkit_s"]
+    for kind in ("", "device_"):  # call times (host work included) and device times (kernels alone)
+        for who in ("attnkit", "torch_flash"):
+            if row.get(f"{who}_{kind}s"):
+                row[f"{who}_{kind}tflops"] = f / row[f"{who}_{kind}s"] / 1e12
+        if row.get(f"attnkit_{kind}s") and row.get(f"torch_flash_{kind}s"):
+            row[f"{kind}ratio_vs_torch"] = row[f"torch_flash_{kind}s"] / row[f"attnkit_{kind}s"]
 
 
 class DeviceTimer:
