@@ -21,8 +21,8 @@
 // Why not 16-bit mma with hi/lo parts: float16 parts overflow for states above 65504 and lose precision
 // under 2^-14 (subnormals), bfloat16 parts give only 16 significant bits; TF32 avoids both at the price of
 // half the per-instruction rate, and these products are memory-bound at Performer's sizes anyway.
-// Inf / NaN: an infinite operand takes its hi part only (its lo part would be inf - inf = NaN), so Inf
-// propagates as in a float32 product; NaN stays NaN.
+// Inf / NaN: a non-finite operand enters through the hi * hi pass only (tf32_parts), so a product is +-Inf
+// or NaN as in float32; masked causal pairs never multiply a NaN / Inf value (pm_causal_out_kernel).
 //
 // Determinism: each output element is accumulated by one thread's mma fragment in a fixed k order (k tiles
 // of kMmaKS, then k steps of 8, then the parts lo*hi, hi*lo, hi*hi), independent of the grid size.
@@ -58,11 +58,15 @@ __device__ __forceinline__ uint32_t tf32_of(float x) {
   return r;
 }
 
-/// x = hi + lo (TF32 parts); lo = 0 where x - hi is not finite (x infinite or NaN: hi carries it).
-__device__ __forceinline__ void tf32_split(float x, uint32_t& hi, uint32_t& lo) {
+/// TF32 parts of an operand x: hi (rounded to nearest), lo = x - hi (0 where x is not finite), and hf = hi
+/// where x is finite, else 0: the factor that meets the OTHER operand's lo part. With the passes
+/// a_lo b_hf + a_hf b_lo + a_hi b_hi an infinite or NaN x enters through hi * hi only, so x * y is +-Inf or NaN
+/// exactly as in float32 (a lo of 0 never meets an Inf: 0 * Inf would be NaN).
+__device__ __forceinline__ void tf32_parts(float x, uint32_t& hi, uint32_t& lo, uint32_t& hf) {
   hi = tf32_of(x);
-  const float r = x - __uint_as_float(hi);
-  lo = tf32_of(isfinite(r) ? r : 0.0f);
+  const bool fin = isfinite(x);
+  lo = tf32_of(fin ? x - __uint_as_float(hi) : 0.0f);
+  hf = fin ? hi : 0u;
 }
 
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
@@ -111,28 +115,18 @@ __device__ __forceinline__ void mma_tile_product(int64_t M, int64_t N, int64_t K
     for (int ks = 0; ks < kMmaKS; ks += 8) {
       const float ax[4] = {As[rb + g][ks + t], As[rb + g + 8][ks + t], As[rb + g][ks + t + 4],
                            As[rb + g + 8][ks + t + 4]};
-      uint32_t ahi[4], alo[4];
+      uint32_t ahi[4], alo[4], ahf[4];  // alo used where kSplitA, ahf where kSplitB
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if (kSplitA)
-          tf32_split(ax[i], ahi[i], alo[i]);
-        else
-          ahi[i] = tf32_of(ax[i]);
-      }
+      for (int i = 0; i < 4; ++i) tf32_parts(ax[i], ahi[i], alo[i], ahf[i]);
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
         const int col = cb + n * 8 + g;
         const float bx[2] = {Bs[ks + t][col], Bs[ks + t + 4][col]};
-        uint32_t bhi[2], blo[2];
+        uint32_t bhi[2], blo[2], bhf[2];
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          if (kSplitB)
-            tf32_split(bx[i], bhi[i], blo[i]);
-          else
-            bhi[i] = tf32_of(bx[i]);
-        }
-        if (kSplitA) mma_tf32(acc[n], alo, bhi);
-        if (kSplitB) mma_tf32(acc[n], ahi, blo);
+        for (int i = 0; i < 2; ++i) tf32_parts(bx[i], bhi[i], blo[i], bhf[i]);
+        if (kSplitA) mma_tf32(acc[n], alo, bhf);
+        if (kSplitB) mma_tf32(acc[n], ahf, blo);
         mma_tf32(acc[n], ahi, bhi);
       }
     }
@@ -153,7 +147,7 @@ __device__ __forceinline__ void mma_tile_product(int64_t M, int64_t N, int64_t K
 
 /// features_kernel, projected maps: raw projections out[m][f] = x'_m . w_f (ReLU features finished).
 template <class T>
-__global__ void __launch_bounds__(kThreads, 1) pm_features_kernel(const LinArgs a, const RowSet r, void* out_) {
+__global__ void __launch_bounds__(kThreads, 2) pm_features_kernel(const LinArgs a, const RowSet r, void* out_) {
   using A = acc_t<T>;
   A* out = static_cast<A*>(out_);
   __shared__ const T* rp[kTM];
@@ -181,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 1) pm_features_kernel(const LinArgs 
 
 /// state_part_kernel: part[item][s] [F][Dv] = phi(K_s)^T V_s over the allowed keys of segment s.
 template <class T>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, 2)
     pm_state_part_kernel(const LinArgs a, const void* phiK_, void* part_, int64_t seg, int64_t nseg) {
   using A = acc_t<T>;
   const A* phiK = static_cast<const A*>(phiK_);
@@ -205,7 +199,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 /// out_kernel: out = phi(Q) S / (den + eps) by tiles of query rows x Dv of each (b, h).
 template <class T>
-__global__ void __launch_bounds__(kThreads, 1) pm_out_kernel(const LinArgs a, const void* phiQ_, const void* den_) {
+__global__ void __launch_bounds__(kThreads, 2) pm_out_kernel(const LinArgs a, const void* phiQ_, const void* den_) {
   using A = acc_t<T>;
   const A* phiQ = static_cast<const A*>(phiQ_);
   const A* den = static_cast<const A*>(den_);
@@ -226,7 +220,7 @@ __global__ void __launch_bounds__(kThreads, 1) pm_out_kernel(const LinArgs a, co
 
 /// inc_kernel: inc[item][c] = [F][Dv] then [F] of chunk c (keys relative to the chunk's last stabilizer).
 template <class T>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, 2)
     pm_inc_kernel(const LinArgs a, const void* phiK_, const void* cK_, void* inc_, int64_t nch) {
   using A = acc_t<T>;
   const A* phiK = static_cast<const A*>(phiK_);
@@ -266,7 +260,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 /// scores_kernel: Am[row][j] (rows of phi(Q), j < C) = phi(q_t) . phi(k_j) exp(c_j - c_t) for j <= t, j < kn.
 template <class T, int TM>
-__global__ void __launch_bounds__(kThreads, 1) pm_scores_kernel(const LinArgs a, const void* phiQ_, const void* phiK_,
+__global__ void __launch_bounds__(kThreads, 2) pm_scores_kernel(const LinArgs a, const void* phiQ_, const void* phiK_,
                                                              const void* cK_, void* Am_, int64_t nch) {
   using A = acc_t<T>;
   const A* phiQ = static_cast<const A*>(phiQ_);
@@ -301,9 +295,10 @@ __global__ void __launch_bounds__(kThreads, 1) pm_scores_kernel(const LinArgs a,
 
 /// causal_out_kernel: out rows of chunk c = (phi(Q_c) P_c) rq + sum_{j <= t, j < kn} A[t][j] v_j, as one
 /// product over k in [0, F + kn): A operand [phi(q_t) rq_t | A[t][j] (0 for j > t)], B operand [P_c ; V_c].
-/// (rq multiplies phi(q_t) before the product instead of the sum after it: one rounding moved.)
+/// (rq multiplies phi(q_t) before the product instead of the sum after it: one rounding moved.) Where the
+/// tile's V columns hold a NaN / Inf, the product covers the F part only and A V is summed per row.
 template <class T, int TM>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, 2)
     pm_causal_out_kernel(const LinArgs a, const void* phiQ_, const void* P_, const void* Am_, const void* den_,
                          const void* rq_, int64_t nch) {
   using A = acc_t<T>;
@@ -324,8 +319,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     const A* q = phiQ + row0 * F;
     const A* S = P + (item * nch + c) * E;
     const T* v = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1] + j0 * a.vs[2];
+    // A NaN / Inf value in the tile's columns: 0 * NaN must not carry a future key's value into a past row
+    // (the masked A[t][j] of j > t are zeros in the product), so then A V is summed per row over j <= t
+    // after the product, as causal_out_kernel does (the CPU guards the same way).
+    bool bad = false;
+    const int64_t d1 = n0 + kTN < Dv ? n0 + kTN : Dv;
+    for (int64_t i = threadIdx.x; i < kn * (d1 - n0); i += blockDim.x) {
+      const int64_t j = i / (d1 - n0), d = n0 + i % (d1 - n0);
+      if (!isfinite(to_acc<A>(v[j * a.vs[2] + d * a.vs[3]]))) bad = true;
+    }
+    const bool vbad = __syncthreads_or(bad) != 0;  // uniform over the block
     mma_tile_product<TM, kTN, true, false, true, true>(
-        tn, Dv, F + kn, m0, n0,
+        tn, Dv, vbad ? F : F + kn, m0, n0,
         [&](int64_t t, int64_t k) {
           if (k < F) {
             const A rq = rqa[row0 + t], x = q[t * F + k];
@@ -335,7 +340,16 @@ __global__ void __launch_bounds__(kThreads, 1)
           return j <= t ? Am[(row0 + t) * C + j] : A(0);
         },
         [&](int64_t k, int64_t d) { return k < F ? S[k * Dv + d] : to_acc<A>(v[(k - F) * a.vs[2] + d * a.vs[3]]); },
-        [&](int64_t t, int64_t d, A o) { store_out<T, A>(a, b, h, j0 + t, d, o, den[row0 + t]); });
+        [&](int64_t t, int64_t d, A o) {
+          if (vbad) {
+            const int64_t jn = t + 1 < kn ? t + 1 : kn;
+            const A* ar = Am + (row0 + t) * C;
+            A s = A(0);
+            for (int64_t j = 0; j < jn; ++j) s += ar[j] * to_acc<A>(v[j * a.vs[2] + d * a.vs[3]]);
+            o += s;
+          }
+          store_out<T, A>(a, b, h, j0 + t, d, o, den[row0 + t]);
+        });
   }
 }
 
