@@ -183,6 +183,25 @@ def test_performer_attention_mma(rng, dtype, case):
     close3(out, c_out, r, n, dtype)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_performer_mma_nonfinite(rng, causal):
+    """An Inf and a NaN in V at late keys: the same non-finite outputs as the CPU backend (a causal row never
+    sees a future key's NaN / Inf, even through a masked 0 in the tensor-core product), the finite ones close."""
+    need("performer_attention")
+    q, k, v = qkv(rng, 1, 2, 2, 300, 300, 64, 64, F16, 0.5)
+    v[:, 0, 250, 5] = np.inf
+    v[:, 1, 299, 9] = np.nan
+    w = attnkit.random_features(64, 64, seed=3, dtype=F32)
+    g = gpu_run(attnkit.performer_attention, q, k, v, w, causal=causal).astype(np.float64)
+    c = attnkit.performer_attention(q, k, v, w, causal=causal).astype(np.float64)
+    assert np.isnan(c).any() and np.isinf(c).any() and np.isfinite(c).any()
+    assert np.array_equal(np.isnan(g), np.isnan(c)), "NaN entries differ from the CPU backend"
+    assert np.array_equal(np.isinf(g), np.isinf(c)), "Inf entries differ from the CPU backend"
+    assert np.array_equal(g[np.isinf(g)], c[np.isinf(c)]), "signs of the Inf entries differ"
+    fin = np.isfinite(c)
+    np.testing.assert_allclose(g[fin], c[fin], rtol=1e-2, atol=2e-3)
+
+
 # The products the tensor-core path takes over (ATTNKIT_PERFORMER_MMA, a bit mask read once per process, so
 # each variant runs in a subprocess; 0 = the SIMT v2 kernels), the causal 32-row tiles (chunk 32) and short
 # bidirectional key segments, float16, against the CPU backend and the oracle.
