@@ -15,7 +15,9 @@
 // points are the CPU's (v2: the causal default is a tuning choice, see LinearCudaTuning). Keys
 // j >= key_lengths[b] are never read. The v2 path (linear_v2.cuh: row-tiled per-row kernels, segmented
 // bidirectional state, vector-loading tiled products, scratch from linear_pool.cuh's pool) replaces some
-// launches below where has_kernel("linear_attention_v2" / "performer_attention_v2") says so.
+// launches below where has_kernel("linear_attention_v2" / "performer_attention_v2") says so; on it, Performer's
+// products (projections, states, outputs) run on tensor cores (performer_mma.cuh) where
+// has_kernel("performer_attention_mma") and the case is supported (performer_mma_wanted).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
