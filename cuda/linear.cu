@@ -14,8 +14,10 @@
 // Chunk length: p.chunk, else the CPU's defaults (32 causal, 128 bidirectional), so the stabilizer's rescale
 // points are the CPU's (v2: the causal default is a tuning choice, see LinearCudaTuning). Keys
 // j >= key_lengths[b] are never read. The v2 path (linear_v2.cuh: row-tiled per-row kernels, segmented
-// bidirectional state, vector-loading tiled products) replaces some
-// launches below where has_kernel("linear_attention_v2" / "performer_attention_v2") says so.
+// bidirectional state, vector-loading tiled products) replaces some launches below where
+// has_kernel("linear_attention_v2" / "performer_attention_v2") says so; on it, Performer's products
+// (projections, states, outputs) run on tensor cores (performer_mma.cuh) where
+// has_kernel("performer_attention_mma") and the case is supported (performer_mma_wanted).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -25,6 +27,7 @@
 #include "cuda/linear_bidirectional.cuh"
 #include "cuda/linear_causal.cuh"
 #include "cuda/linear_v2.cuh"
+#include "cuda/performer_mma.cuh"
 #include "cuda/workspace.cuh"
 
 namespace attnkit {
@@ -89,6 +92,8 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   // v2 (linear_v2.cuh) where enabled; its row kernels index a tile's F columns with int.
   const bool v2 = !tune.v1 && has_kernel(p.projected() ? "performer_attention_v2" : "linear_attention_v2") &&
                   p.F <= (int64_t{1} << 20) && p.D <= (int64_t{1} << 20);
+  // Performer products on tensor cores (performer_mma.cuh), a mask of kPm* (0: none).
+  const int pm = v2 ? performer_mma_wanted<T>(p) : 0;
   const int64_t v2_chunk = tune.causal_chunk > 0 ? tune.causal_chunk : (p.projected() ? 128 : 64);
   a.C = p.chunk > 0 ? p.chunk : (p.causal ? (v2 ? v2_chunk : kDefaultCausalChunk) : kDefaultBidirectionalChunk);
   a.q = p.q.data;
@@ -159,6 +164,8 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     if (krows > 0 && F > 0) {
       if (v2 && !a.proj)
         map_rows_kernel<T><<<row_grid_k, kThreads, 0, stream>>>(a, kr, phiK);
+      else if (pm & kPmFeatures)
+        pm_features<T>(feature_grid(krows), stream, a, kr, phiK);
       else if (v2)
         features_kernel<T, true><<<feature_grid(krows), kThreads, 0, stream>>>(a, kr, phiK);
       else
@@ -203,7 +210,9 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     }
     const int64_t inc_blocks = items * nch * ceil_div(F, kTM) * std::max<int64_t>(ceil_div(Dv, kTN), 1);
     if (inc_blocks > 0) {
-      if (v2)
+      if (pm & kPmStates)
+        pm_inc<T>(grid(inc_blocks), stream, a, phiK, cK, P, nch);
+      else if (v2)
         inc_kernel<T, true><<<grid(inc_blocks), kThreads, 0, stream>>>(a, phiK, cK, P, nch);
       else
         inc_kernel<T><<<grid(inc_blocks), kThreads, 0, stream>>>(a, phiK, cK, P, nch);
@@ -217,6 +226,8 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     if (F > 0) {
       if (v2 && !a.proj)
         map_rows_kernel<T><<<row_grid_q, kThreads, 0, stream>>>(a, qr, phiQ);
+      else if (pm & kPmFeatures)
+        pm_features<T>(feature_grid(qrows), stream, a, qr, phiQ);
       else if (v2)
         features_kernel<T, true><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
       else
@@ -233,7 +244,9 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     // Chunks of at most 32 rows (the default) take 32-row tiles, longer ones 64-row tiles.
     const bool small = C <= 32;
     const int64_t cm = ceil_div(C, small ? 32 : kTM), sc_blocks = p.B * p.Hq * nch * cm * cm;
-    if (small && v2)
+    if (pm & kPmOutputs)
+      pm_scores<T>(small, grid(sc_blocks), stream, a, phiQ, phiK, cK, Am, nch);
+    else if (small && v2)
       scores_kernel<T, 32, true><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
     else if (v2)
       scores_kernel<T, kTM, true><<<grid(sc_blocks), kThreads, 0, stream>>>(a, phiQ, phiK, cK, Am, nch);
@@ -248,7 +261,9 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
       causal_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, cK, P, Am, den, rq, nch);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     const int64_t out_blocks = p.B * p.Hq * nch * cm * ceil_div(Dv, kTN);
-    if (small && v2)
+    if (pm & kPmOutputs)
+      pm_causal_out<T>(small, grid(out_blocks), stream, a, phiQ, P, Am, den, rq, nch);
+    else if (small && v2)
       causal_out_kernel<T, 32, true><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
     else if (v2)
       causal_out_kernel<T, kTM, true><<<grid(out_blocks), kThreads, 0, stream>>>(a, phiQ, P, Am, den, rq, nch);
@@ -310,8 +325,11 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     if (Dv > 0) {
       if (v2) {
         if (sp_elems > 0) {
-          state_part_kernel<T><<<grid(items * nseg2 * ceil_div(F, kTM) * ceil_div(Dv, kTN)), kThreads, 0, stream>>>(
-              a, phiK, sp, seg2, nseg2);
+          const unsigned sp_grid = grid(items * nseg2 * ceil_div(F, kTM) * ceil_div(Dv, kTN));
+          if (pm & kPmStates)
+            pm_state_part<T>(sp_grid, stream, a, phiK, sp, seg2, nseg2);
+          else
+            state_part_kernel<T><<<sp_grid, kThreads, 0, stream>>>(a, phiK, sp, seg2, nseg2);
           ATTNKIT_CUDA_CHECK_LAUNCH();
         }
         state_sum_kernel<T><<<grid(ceil_div(items * F * Dv, kThreads)), kThreads, 0, stream>>>(a, sp, cs, nseg2);
@@ -325,6 +343,8 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   if (F > 0) {
     if (v2 && !a.proj)
       map_rows_kernel<T><<<row_grid_q, kThreads, 0, stream>>>(a, qr, phiQ);
+    else if (pm & kPmFeatures)
+      pm_features<T>(feature_grid(qrows), stream, a, qr, phiQ);
     else if (v2)
       features_kernel<T, true><<<feature_grid(qrows), kThreads, 0, stream>>>(a, qr, phiQ);
     else
@@ -337,7 +357,9 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     query_den_kernel<T><<<grid(ceil_div(qrows, kThreads)), kThreads, 0, stream>>>(a, phiQ, den);
   ATTNKIT_CUDA_CHECK_LAUNCH();
   const unsigned out_grid = grid(p.B * p.Hq * ceil_div(p.S, kTM) * ceil_div(Dv, kTN));
-  if (v2)
+  if (pm & kPmOutputs)
+    pm_out<T>(out_grid, stream, a, phiQ, den);
+  else if (v2)
     out_kernel<T, true><<<out_grid, kThreads, 0, stream>>>(a, phiQ, den);
   else
     out_kernel<T><<<out_grid, kThreads, 0, stream>>>(a, phiQ, den);

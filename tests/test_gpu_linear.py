@@ -10,8 +10,8 @@ import attnkit
 from attnkit import reference as ref
 from attnkit._array import acc_dtype
 
-from conftest import DTYPE_IDS, DTYPES, magnitude, naive_dtype, randn
-from gpu_common import F32, F64, GPU_MARKS, close3, dev, gpu_run, host, need, qkv, same
+from conftest import BF16, DTYPE_IDS, DTYPES, magnitude, naive_dtype, randn
+from gpu_common import F16, F32, F64, FAKE, GPU_MARKS, SANITIZER, close3, dev, gpu_run, host, need, qkv, same
 
 pytestmark = GPU_MARKS
 
@@ -126,6 +126,136 @@ def test_performer_attention(rng, dtype, case):
     n = ref.performer_attention(q, k, v, w, _dtype=naive_dtype(dtype), **kw)
     assert out.dtype == dtype
     close3(out, c_out, r, n, dtype)
+
+
+# Performer on tensor cores (cuda/performer_mma.cuh, internal name "performer_attention_mma": float16 /
+# bfloat16, D in {32, 64, 128}, m a multiple of 16 up to 512). It runs where ATTNKIT_CUDA_UNVERIFIED=1 enables
+# it (as tools/gpu_check.sh does); elsewhere the same calls run the SIMT kernels and these tests check those.
+# The grid: every (D, m) of D 32/64/128 x m 16/64/256 over S 1/63/64/65/200/1000, causal and not (one (D, m)
+# per (S, causal) slot, all nine used), with GQA, Dv != D, Sk != S, key_lengths, the ReLU kernel and a scale.
+_MMA_DM = [(32, 16), (64, 64), (128, 256), (32, 64), (64, 256), (128, 16), (32, 256), (64, 16), (128, 64)]
+_MMA_S = [1, 63, 64, 65, 200, 1000]
+
+
+def _mma_cases():
+    cases = []
+    for ci, causal in enumerate((False, True)):
+        for si, S in enumerate(_MMA_S):
+            D, m = _MMA_DM[(ci * len(_MMA_S) + si) % len(_MMA_DM)]
+            Sk = S if causal else S + 13 * si
+            Dv = D if si % 2 == 0 else 48
+            B, Hq, Hkv = (2, 4, 2) if si % 3 != 2 else (1, 2, 2)
+            kw = dict(causal=causal)
+            if S == 200:
+                kw["key_lengths"] = [Sk, 77]
+            if S == 65:
+                kw["kernel"] = "relu"
+            if S == 63:
+                kw["scale"] = 0.3
+            cases.append((f"mma-{'causal' if causal else 'bidir'}-S{S}-D{D}-m{m}", B, Hq, Hkv, S, Sk, D, Dv, m, kw))
+    # tiny cases for the sanitizer subset (-k small)
+    cases.append(("mma-small-causal", 1, 2, 1, 70, 70, 32, 16, 16, dict(causal=True)))
+    cases.append(("mma-small-bidir", 1, 2, 1, 40, 90, 32, 16, 32, dict(causal=False, key_lengths=[61])))
+    return cases
+
+
+PERF_MMA_CASES = _mma_cases()
+
+
+def test_performer_mma_status_report():
+    """Says whether this run exercises the tensor-core Performer path (informational; never fails)."""
+    print("performer_attention_mma enabled:", False if FAKE else bool(attnkit._core.cuda_has_kernel(
+        "performer_attention_mma")))
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", PERF_MMA_CASES, ids=[c[0] for c in PERF_MMA_CASES])
+def test_performer_attention_mma(rng, dtype, case):
+    need("performer_attention")
+    _, B, Hq, Hkv, S, Sk, D, Dv, m, kw = case
+    q, k, v = qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, dtype, 0.5)
+    w = attnkit.random_features(m, D, seed=m, dtype=acc_dtype(dtype))
+    out = gpu_run(attnkit.performer_attention, q, k, v, w, **kw)
+    c_out = attnkit.performer_attention(q, k, v, w, **kw)
+    r = ref.performer_attention(q, k, v, w, **kw)
+    n = ref.performer_attention(q, k, v, w, _dtype=naive_dtype(dtype), **kw)
+    assert out.dtype == dtype
+    close3(out, c_out, r, n, dtype)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_performer_mma_nonfinite(rng, causal):
+    """An Inf and a NaN in V at late keys: the same non-finite outputs as the CPU backend (a causal row never
+    sees a future key's NaN / Inf, even through a masked 0 in the tensor-core product), the finite ones close."""
+    need("performer_attention")
+    q, k, v = qkv(rng, 1, 2, 2, 300, 300, 64, 64, F16, 0.5)
+    v[:, 0, 250, 5] = np.inf
+    v[:, 1, 299, 9] = np.nan
+    w = attnkit.random_features(64, 64, seed=3, dtype=F32)
+    g = gpu_run(attnkit.performer_attention, q, k, v, w, causal=causal).astype(np.float64)
+    c = attnkit.performer_attention(q, k, v, w, causal=causal).astype(np.float64)
+    assert np.isnan(c).any() and np.isinf(c).any() and np.isfinite(c).any()
+    assert np.array_equal(np.isnan(g), np.isnan(c)), "NaN entries differ from the CPU backend"
+    assert np.array_equal(np.isinf(g), np.isinf(c)), "Inf entries differ from the CPU backend"
+    assert np.array_equal(g[np.isinf(g)], c[np.isinf(c)]), "signs of the Inf entries differ"
+    fin = np.isfinite(c)
+    np.testing.assert_allclose(g[fin], c[fin], rtol=1e-2, atol=2e-3)
+
+
+# The products the tensor-core path takes over (ATTNKIT_PERFORMER_MMA, a bit mask read once per process, so
+# each variant runs in a subprocess; 0 = the SIMT v2 kernels), the causal 32-row tiles (chunk 32) and short
+# bidirectional key segments, float16, against the CPU backend and the oracle.
+_PMMA_SCRIPT = """
+import sys
+import cupy, numpy as np, attnkit
+d = np.load(sys.argv[1], allow_pickle=True)
+res = {}
+for name in d["names"]:
+    kw = d[name + ":kw"].item()
+    args = [cupy.asarray(d[name + ":" + x]) for x in "qkvw"]
+    res[name] = cupy.asnumpy(attnkit.performer_attention(*args, **kw))
+res["enabled"] = np.array(attnkit._core.cuda_has_kernel("performer_attention_mma"))
+np.savez(sys.argv[2], **res)
+"""
+_PMMA_VARIANTS = {"7": {}, "1": {}, "2": {}, "4": {}, "0": {}, "7-chunk32": dict(ATTNKIT_LINEAR_CUDA_CHUNK="32"),
+                  "7-chunk200-seg64": dict(ATTNKIT_LINEAR_CUDA_CHUNK="200", ATTNKIT_LINEAR_CUDA_SEG="64")}
+
+
+@pytest.mark.parametrize("variant", list(_PMMA_VARIANTS))
+def test_performer_mma_variants(rng, tmp_path, variant):
+    need("performer_attention")
+    if FAKE or SANITIZER:
+        pytest.skip("runs CuPy in a subprocess")
+    import os
+    import subprocess
+    import sys
+
+    cases = {
+        "causal": (2, 4, 2, 300, 300, 64, 64, 64, dict(causal=True)),
+        "causal-lens": (2, 2, 1, 150, 150, 128, 40, 256, dict(causal=True, key_lengths=[150, 33])),
+        "relu-causal": (1, 2, 2, 100, 100, 32, 32, 48, dict(causal=True, kernel="relu")),
+        "bidir-lens": (2, 4, 2, 150, 700, 64, 64, 128, dict(causal=False, key_lengths=[700, 130])),
+        "bidir-D32": (1, 2, 1, 90, 333, 32, 80, 512, dict(causal=False)),
+    }
+    arrays = {"names": np.array(list(cases))}
+    data = {}
+    for name, (B, Hq, Hkv, S, Sk, D, Dv, m, kw) in cases.items():
+        q, k, v = qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, F16, 0.5)
+        w = attnkit.random_features(m, D, seed=m, dtype=F32)
+        data[name] = (q, k, v, w, kw)
+        arrays.update({name + ":q": q, name + ":k": k, name + ":v": v, name + ":w": w,
+                       name + ":kw": np.array(kw, dtype=object)})
+    np.savez(tmp_path / "in.npz", **arrays)
+    env = dict(os.environ, ATTNKIT_PERFORMER_MMA=variant.split("-")[0], ATTNKIT_CUDA_UNVERIFIED="1",
+               **_PMMA_VARIANTS[variant])
+    r = subprocess.run([sys.executable, "-c", _PMMA_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    print(f"variant {variant}: performer_attention_mma enabled: {bool(got['enabled'])}")
+    for name, (q, k, v, w, kw) in data.items():
+        close3(got[name], attnkit.performer_attention(q, k, v, w, **kw), ref.performer_attention(q, k, v, w, **kw),
+               ref.performer_attention(q, k, v, w, _dtype=naive_dtype(F16), **kw), F16, what=name)
 
 
 def test_random_features_on_device(rng):
