@@ -207,12 +207,16 @@ LINEAR_SWEEP = [
     ("v2", {}, ("linear", "linear_causal", "performer", "performer_causal")),
     ("v1", {"ATTNKIT_LINEAR_CUDA_V1": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
     ("v2 default-pool", {"_CUDA_SCRATCH": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
-    ("v1 default-pool", {"ATTNKIT_LINEAR_CUDA_V1": "1", "_CUDA_SCRATCH": "1"},
-     ("linear", "linear_causal", "performer", "performer_causal")),
+    # Performer's tensor-core products (performer_mma.cuh; bit mask: 1 projections, 2 states, 4 outputs)
+    ("v2 pmma0", {"ATTNKIT_PERFORMER_MMA": "0"}, ("performer", "performer_causal")),
+    ("v2 pmma1", {"ATTNKIT_PERFORMER_MMA": "1"}, ("performer", "performer_causal")),
+    ("v2 pmma3", {"ATTNKIT_PERFORMER_MMA": "3"}, ("performer", "performer_causal")),
     ("v2 chunk32", {"ATTNKIT_LINEAR_CUDA_CHUNK": "32"}, ("linear_causal", "performer_causal")),
     ("v2 chunk64", {"ATTNKIT_LINEAR_CUDA_CHUNK": "64"}, ("linear_causal", "performer_causal")),
     ("v2 chunk128", {"ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal", "performer_causal")),
+    ("v2 chunk256", {"ATTNKIT_LINEAR_CUDA_CHUNK": "256"}, ("linear_causal", "performer_causal")),
     ("v2 seg128", {"ATTNKIT_LINEAR_CUDA_SEG": "128"}, ("linear", "performer")),
+    ("v2 seg512", {"ATTNKIT_LINEAR_CUDA_SEG": "512"}, ("linear", "performer")),
     ("v2 seg2048", {"ATTNKIT_LINEAR_CUDA_SEG": "2048"}, ("linear", "performer")),
 ]
 
