@@ -620,7 +620,13 @@ def dlpack_view(x, name: str):
 
 def _returner(x):
     """A function handing a NumPy/CuPy result back as the array type of the foreign input x."""
-    return _returner_of(_root_module(x))
+    back = _RETURNERS.get(type(x))
+    if back is None:
+        back = _RETURNERS[type(x)] = _returner_of(_root_module(x))
+    return back
+
+
+_RETURNERS = {}  # by the foreign input's type
 
 
 @functools.lru_cache(maxsize=None)
@@ -692,7 +698,8 @@ def _convert_in(x, found: list, name: str):
         return x
     if kind != _NESTED:
         found.append(x)
-        return dlpack_view(x, name)
+        view = _torch_view(x) if kind == _TORCH else None
+        return dlpack_view(x, name) if view is None else view
     if isinstance(x, (list, tuple)):
         if hasattr(x, "_fields"):  # named tuples pass as they are
             return x
@@ -727,8 +734,13 @@ def dlpack_io(fn):
                                                                                       P.VAR_KEYWORD))
     any_keyword = any(p.kind is P.VAR_KEYWORD for p in params)
 
+    n_required = sum(p.default is P.empty for p in params if p.name in positional)  # leading ones
+    plain_positional = len(required) == n_required  # no required keyword-only parameter
+
     def binds(args, kwargs) -> bool:
         """Whether signature.bind would take the call as it is (then the call needs no binding)."""
+        if not kwargs and plain_positional:
+            return n_required <= len(args) <= len(positional)
         given = positional[:len(args)]
         if len(args) > len(positional) or any(k in given or (k not in order and not any_keyword) for k in kwargs):
             return False
@@ -747,8 +759,9 @@ def dlpack_io(fn):
         found = []
         if binds(args, kwargs):  # converted in parameter order, as bound arguments are
             args = [_convert_in(a, found, n) for a, n in zip(args, positional)]
-            named = sorted(kwargs, key=lambda k: order.get(k, len(params)))
-            kwargs = {k: _convert_in(kwargs[k], found, k) for k in named}
+            if kwargs:
+                named = sorted(kwargs, key=lambda k: order.get(k, len(params)))
+                kwargs = {k: _convert_in(kwargs[k], found, k) for k in named}
             result = fn(*args, **kwargs)
         else:
             bound = signature.bind(*args, **kwargs)  # a bad call raises the TypeError fn itself would
