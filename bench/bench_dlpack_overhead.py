@@ -7,7 +7,8 @@ attnkit.attention on NumPy float32 arrays (no DLPack at all), on the same memory
 tensors, as PyTorch bfloat16 tensors, and as JAX arrays when JAX is installed; plus the conversions alone
 (``dlpack_view`` of one tensor, one result handed back to PyTorch). ``*_overhead_us`` is a contender's time
 less the NumPy call's. ``--profile`` prints a cProfile of the PyTorch calls instead.
-Writes bench/results/dlpack_overhead[_LABEL].json.
+Writes bench/results/dlpack_overhead[_LABEL].json (dlpack_overhead_{before,after}.json: this script over
+attnkit before and after the direct PyTorch path, processes run alternately on a shared, loaded machine).
 
     python bench/bench_dlpack_overhead.py [--label before] [--calls 2000] [--rounds 15] [--profile]
 """
