@@ -417,8 +417,7 @@ def acc_dtype(dtype) -> np.dtype:
 # (anything with __dlpack__ that is not NumPy or CuPy: PyTorch, JAX, TensorFlow, ...) become NumPy views
 # (CPU) or CuPy views (CUDA) of the same memory, read straight from the DLPack capsule (so bfloat16 and
 # read-only buffers work too; bfloat16 CUDA arrays become DeviceBF16 over a CuPy uint16 view, CuPy having
-# no bfloat16) or, for torch.Tensor, from the tensor itself (the same views, without a capsule's cost:
-# about 5x less host time per tensor), and the arrays returned are handed back through that framework's from_dlpack (bfloat16
+# no bfloat16), and the arrays returned are handed back through that framework's from_dlpack (bfloat16
 # as its uint16 bits reinterpreted, zero-copy). The rest of the Python layer only ever sees NumPy, CuPy
 # and DeviceBF16.
 
