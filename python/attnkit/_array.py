@@ -712,7 +712,7 @@ def _convert_in(x, found: list, name: str):
 
 
 def _convert_out(r, back):
-    if type(r) is np.ndarray or isinstance(r, (np.ndarray, DeviceBF16)) or _root_module(r) == "cupy":
+    if isinstance(r, (np.ndarray, DeviceBF16)) or _root_module(r) == "cupy":
         return back(r)
     if isinstance(r, tuple) and hasattr(r, "_fields"):  # named tuples (DLAAux)
         return type(r)._make(_convert_out(e, back) for e in r)
