@@ -294,3 +294,103 @@ def test_bf16_cuda_mha_projection_matches_the_cpu(fake_cupy, monkeypatch):
     np.testing.assert_array_equal(got.raw, want.view(np.uint16))
     back = got.transpose(0, 2, 1, 3).reshape(2, 5, 12)
     np.testing.assert_array_equal(back.raw, want.transpose(0, 2, 1, 3).reshape(2, 5, 12).view(np.uint16))
+
+
+# ------------------------------------------------------------- the direct PyTorch path (no DLPack capsule)
+def test_torch_direct_view_matches_the_capsule_path():
+    """torch.Tensor / nn.Parameter are read directly (data_ptr, shape, stride, dtype): the same read-only
+    zero-copy view the capsule gives; dtypes, layouts and devices it does not take go through the capsule,
+    with its errors."""
+    base = torch.randn(4, 6, 8, dtype=torch.float64)
+    for t in (base[:, ::2, 1:], base.to(torch.bfloat16).transpose(0, 2), base.float()[1:, 2],
+              torch.nn.Parameter(base.float()), base[:, :0], torch.arange(6, dtype=torch.int32)):
+        assert _array._kind(t) == _array._TORCH
+        view = dlpack_view(t, "t")
+        assert isinstance(view, np.ndarray) and not view.flags.writeable and view.shape == tuple(t.shape)
+        if t.numel():
+            assert view.__array_interface__["data"][0] == t.data_ptr()
+            assert view.strides == tuple(t.element_size() * s for s in t.stride())
+        ref = t.detach().view(torch.int16).numpy().view(BFLOAT16) if t.dtype == torch.bfloat16 else t.detach().numpy()
+        assert view.dtype == ref.dtype
+        np.testing.assert_array_equal(view, ref)
+    raises(TypeError, "unsupported DLPack dtype", dlpack_view, torch.zeros(3, dtype=torch.complex64), "x")
+    assert _array._torch_view(torch.zeros(3, dtype=torch.complex64)) is None
+    assert _array._torch_view(torch.zeros(3).to_sparse()) is None
+
+
+def test_torch_calls_convert_like_bound_arguments():
+    """The unbound conversion (arguments converted in parameter order, named after their parameters) gives
+    the bound one's results and errors: the first foreign input (in parameter order) picks the framework
+    returned, keyword calls work, and bad calls raise Python's TypeError before anything is converted."""
+    q = torch.randn(2, 5, 8)
+    out = attnkit.attention(v=q, k=q, q=jnp.asarray(q.numpy()))
+    assert isinstance(out, jax.Array)
+    np.testing.assert_array_equal(np.asarray(out), attnkit.attention(q.numpy(), q.numpy(), q.numpy()))
+    bad = torch.zeros(2, 5, 8, dtype=torch.complex64)
+    with pytest.raises(TypeError, match="missing a required argument: 'v'"):
+        attnkit.attention(bad, q)
+    with pytest.raises(TypeError, match="multiple values for argument 'k'"):
+        attnkit.attention(bad, q, q, k=q)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'causl'"):
+        attnkit.attention(bad, q, q, causl=True)
+    raises(TypeError, "k", attnkit.attention, q, bad, q)
+
+
+@pytest.fixture
+def fake_cuda_torch(monkeypatch, fake_cupy):
+    """The direct PyTorch CUDA path on the CPU: CuPy views over raw pointers (UnownedMemory, MemoryPointer,
+    ndarray) and the stream calls recorded; PyTorch CPU tensors stand in for CUDA ones."""
+    calls = []
+
+    class Memory:
+        def __init__(self, ptr, size, owner, device_id):
+            calls.append(("memory", size, device_id))
+            self.ptr, self.size, self.owner = ptr, size, owner
+
+    def ndarray(shape, dtype, memptr=None, strides=None):
+        if memptr is None:
+            return np.empty(shape, dtype)
+        iface = {"shape": shape, "typestr": np.dtype(dtype).str, "data": (memptr.ptr, False), "strides": strides,
+                 "version": 3}
+        return np.asarray(_array._View("__array_interface__", iface, (memptr,)))
+
+    class Event:
+        ptr = 77
+
+        def __init__(self, disable_timing=False):
+            assert disable_timing
+
+    runtime = types.SimpleNamespace(eventRecord=lambda e, s: calls.append(("record", e, s)),
+                                    streamWaitEvent=lambda s, e, f: calls.append(("wait", s, e)))
+    fake_cupy.ndarray = ndarray
+    fake_cupy.cuda.UnownedMemory = Memory
+    fake_cupy.cuda.MemoryPointer = lambda mem, offset: types.SimpleNamespace(ptr=mem.ptr + offset, mem=mem)
+    fake_cupy.cuda.Event = Event
+    fake_cupy.cuda.runtime = runtime
+    streams = {"torch": 0}
+    monkeypatch.setattr(_array, "_torch_raw_stream", lambda index: streams["torch"])
+    return calls, streams
+
+
+def test_torch_cuda_direct_view_and_stream_order(fake_cuda_torch, fake_cupy):
+    calls, streams = fake_cuda_torch
+    base = torch.randn(5, 7, 9).to(torch.bfloat16)
+    t = base[1:, ::3, 2:].transpose(0, 1)
+    w = _array._torch_cuda_view(t, BFLOAT16, 0)
+    assert isinstance(w, DeviceBF16) and w.shape == tuple(t.shape)
+    assert w.strides == tuple(2 * s for s in t.stride()) and w.__cuda_array_interface__["data"][0] == t.data_ptr()
+    np.testing.assert_array_equal(w.raw, t.view(torch.int16).numpy().view(np.uint16))
+    last = t.data_ptr() + 2 * sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    assert calls == [("memory", last + 2 - t.data_ptr(), 0)]  # exactly the span of the view, no stream work
+    f = _array._torch_cuda_view(torch.randn(3, 4)[:, 1], np.dtype(np.float32), 0)
+    assert type(f) is np.ndarray and f.dtype == np.float32 and f.shape == (3,)
+    assert _array._torch_cuda_view(torch.zeros(2, 0), np.dtype(np.float32), 0).shape == (2, 0)
+    # PyTorch on another stream than CuPy's: CuPy's stream waits for an event recorded on PyTorch's
+    calls.clear()
+    streams["torch"] = 1234
+    _array._torch_cuda_view(t, BFLOAT16, 0)
+    assert calls[:2] == [("record", 77, 1234), ("wait", 0, 77)]
+    fake_cupy.cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=1234)  # the same stream: nothing
+    calls.clear()
+    _array._torch_cuda_view(t, BFLOAT16, 0)
+    assert [c[0] for c in calls] == ["memory"]

@@ -192,3 +192,46 @@ def test_scratch_pool_choice(rng):
                             gpu_run(attnkit.linear_attention, lq, lk, lv, causal=True))
     for a, b, what in zip(outs[0], outs[1], ("decode", "linear")):
         same(a, b, what)
+
+def test_bfloat16_torch_streams_small(rng):
+    """PyTorch CUDA tensors are read directly (no DLPack capsule) but in the stream order a capsule asked on
+    CuPy's current stream gives: an input written on a non-default PyTorch stream (after a long sleep there) is
+    read after that write, whichever of PyTorch and CuPy is on a non-default stream (and with both on the same
+    one); strided and requires_grad tensors are zero-copy views; bfloat16 and float16 come back as PyTorch."""
+    if FAKE or not HAVE_TORCH_CUDA:
+        pytest.skip("needs PyTorch with CUDA")
+    need("attention")
+    q, k, v = (randn(rng, (2, 2, 64, 32), BF16) for _ in range(3))
+    tq, tk, tv = (_dev_array(a) for a in (q, k, v))
+    want = host(attnkit.attention(tq, tk, tv, causal=True))
+    close3(want, attnkit.attention(q, k, v, causal=True), ref.attention(q, k, v, causal=True),
+           ref.attention(q, k, v, causal=True, _dtype=naive_dtype(BF16)), BF16)
+
+    def late_copy(src):  # src copied on PyTorch's current stream after ~50 ms of spinning there
+        dst = torch.zeros_like(src)
+        torch.cuda._sleep(100_000_000)
+        return dst.copy_(src)
+
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):  # PyTorch on s, CuPy on its default stream
+        out = attnkit.attention(late_copy(tq), tk, tv, causal=True)
+        assert _is_torch(out) and out.dtype == torch.bfloat16 and out.is_cuda
+        got = host(out)
+    assert got.view(np.uint16).tobytes() == want.view(np.uint16).tobytes()
+    torch.cuda.synchronize()
+    with cupy.cuda.Stream(non_blocking=True) as cs:  # CuPy on a stream of its own, PyTorch on its default
+        got = host(attnkit.attention(late_copy(tq), tk, tv, causal=True))
+        cs.synchronize()
+    assert got.view(np.uint16).tobytes() == want.view(np.uint16).tobytes()
+    with torch.cuda.stream(s), cupy.cuda.ExternalStream(s.cuda_stream):  # both on s: no event needed
+        got = host(attnkit.attention(late_copy(tq), tk, tv, causal=True))
+    assert got.view(np.uint16).tobytes() == want.view(np.uint16).tobytes()
+    torch.cuda.synchronize()
+    # strided views and requires_grad: zero-copy, same bits as contiguous copies
+    wide = torch.zeros(2, 64, 2, 48, dtype=torch.bfloat16, device="cuda")
+    wide[..., 8:40] = tq.transpose(1, 2)
+    qs = wide[..., 8:40].transpose(1, 2).detach().requires_grad_()
+    got = host(attnkit.attention(qs, tk, tv, causal=True))
+    assert got.view(np.uint16).tobytes() == want.view(np.uint16).tobytes()
+    h = attnkit.attention(tq.half(), tk.half(), tv.half())
+    assert _is_torch(h) and h.dtype == torch.float16 and h.is_cuda

@@ -474,6 +474,29 @@ def _is_foreign(x) -> bool:
     return hasattr(x, "__dlpack__") or _root_module(x) == "tensorflow"
 
 
+# What an argument is to dlpack_io, by type (cached: every argument of every call is looked up):
+# _PLAIN passes through, _FOREIGN is viewed through its DLPack capsule, _TORCH is a torch.Tensor read
+# directly, _NESTED (lists, tuples, dicts, MHAParams, DLACache) is searched element by element.
+_PLAIN, _FOREIGN, _TORCH, _NESTED = range(4)
+_KINDS = {type(None): _PLAIN, np.ndarray: _PLAIN, int: _PLAIN, float: _PLAIN, bool: _PLAIN, str: _PLAIN}
+
+
+def _kind(x) -> int:
+    kind = _KINDS.get(type(x))
+    if kind is not None:
+        return kind
+    if isinstance(x, (list, tuple, dict)) or type(x) in _containers():
+        kind = _NESTED
+    elif not _is_foreign(x):
+        kind = _PLAIN
+    else:
+        torch = sys.modules.get("torch")
+        kind = _TORCH if torch is not None and type(x) in (torch.Tensor, torch.nn.Parameter) else _FOREIGN
+    if hasattr(type(x), "__dlpack__") == hasattr(x, "__dlpack__"):  # the type alone decides: cache it
+        _KINDS[type(x)] = kind
+    return kind
+
+
 def _capsule(x, name: str):
     """x's DLPack capsule; on CUDA, ordered on CuPy's current stream (which attnkit then runs on)."""
     if not hasattr(x, "__dlpack__"):  # TensorFlow tensors export through a function
@@ -493,8 +516,78 @@ def _capsule(x, name: str):
     return x.__dlpack__()
 
 
+@functools.lru_cache(maxsize=None)
+def _torch_dtypes() -> dict:
+    """torch dtype -> NumPy dtype, for the dtypes the direct PyTorch path takes (the others go through the
+    capsule, whose error names them)."""
+    torch = sys.modules["torch"]
+    names = ("int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64", "bool")
+    table = {getattr(torch, n): np.dtype(n) for n in names}
+    if BFLOAT16 is not None:
+        table[torch.bfloat16] = BFLOAT16
+    return table
+
+
+def _torch_view(x):
+    """dlpack_view of a torch.Tensor read directly (its data pointer, shape, strides, dtype and device)
+    rather than through a DLPack capsule, with the same result: a read-only NumPy view (CPU) or a CuPy view
+    (CUDA) ordered after PyTorch's current stream as ``__dlpack__(stream=...)`` orders it, both keeping x
+    alive. None where the capsule path must answer (other dtypes, layouts, devices; negated views)."""
+    dtype = _torch_dtypes().get(x.dtype)
+    if dtype is None or x.layout is not sys.modules["torch"].strided or x.is_neg():
+        return None
+    if x.is_cpu:  # (is_cpu / is_cuda / get_device: x.device builds an object, a few microseconds)
+        if x.requires_grad:
+            x = x.detach()
+        if dtype == BFLOAT16:  # NumPy has no bfloat16 for torch: its bits, viewed back as ml_dtypes' bfloat16
+            view = x.view(sys.modules["torch"].int16).numpy().view(BFLOAT16)
+        else:
+            view = x.numpy()
+        view.flags.writeable = False
+        return view
+    if x.is_cuda:
+        return _torch_cuda_view(x, dtype, x.get_device())
+    return None
+
+
+def _torch_raw_stream(index: int) -> int:
+    torch = sys.modules["torch"]
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(index) if raw is not None else torch.cuda.current_stream(index).cuda_stream
+
+
+def _torch_cuda_view(x, dtype, index: int):
+    """A CuPy view of a PyTorch CUDA tensor (bfloat16: a DeviceBF16 over a uint16 view). Stream order as
+    ``x.__dlpack__(stream=CuPy's current stream)`` gives it: unless both are the same stream (the legacy
+    default stream of both libraries, say), an event recorded on PyTorch's current stream of x's device
+    makes CuPy's current stream (which attnkit runs on) wait for x's producer."""
+    import cupy
+
+    stream = cupy.cuda.get_current_stream().ptr
+    producer = _torch_raw_stream(index)
+    if producer != stream:
+        with cupy.cuda.Device(index):  # x's device: its event, and what the stream handle 0 means there
+            event = cupy.cuda.Event(disable_timing=True)
+            cupy.cuda.runtime.eventRecord(event.ptr, producer)
+            cupy.cuda.runtime.streamWaitEvent(stream, event.ptr, 0)
+    raw = np.dtype(np.uint16) if dtype == BFLOAT16 else dtype  # CuPy has no bfloat16
+    shape, strides, item = tuple(x.shape), x.stride(), dtype.itemsize
+    if x.numel() == 0:
+        with cupy.cuda.Device(index):
+            view = cupy.ndarray(shape, raw)
+    else:  # torch strides are never negative: the view spans data_ptr() .. its last element
+        extent = item * (1 + sum((n - 1) * s for n, s in zip(shape, strides)))
+        memory = cupy.cuda.UnownedMemory(x.data_ptr(), extent, x, index)  # owner x; no pointer query
+        view = cupy.ndarray(shape, raw, cupy.cuda.MemoryPointer(memory, 0), tuple(s * item for s in strides))
+    return DeviceBF16(view) if dtype == BFLOAT16 else view
+
+
 def dlpack_view(x, name: str):
     """A NumPy (CPU) or CuPy (CUDA) view of a foreign array's memory, without a copy."""
+    if _kind(x) == _TORCH:
+        view = _torch_view(x)
+        if view is not None:
+            return view
     capsule = _capsule(x, name)
     ptr = _capsule_pointer(capsule, b"dltensor")
     t = _DLTensor.from_address(ptr)  # DLManagedTensor starts with its DLTensor
@@ -527,13 +620,31 @@ def dlpack_view(x, name: str):
 
 def _returner(x):
     """A function handing a NumPy/CuPy result back as the array type of the foreign input x."""
-    root = _root_module(x)
+    back = _RETURNERS.get(type(x))
+    if back is None:
+        back = _RETURNERS[type(x)] = _returner_of(_root_module(x))
+    return back
+
+
+_RETURNERS = {}  # by the foreign input's type
+
+
+@functools.lru_cache(maxsize=None)
+def _returner_of(root: str):
     module = sys.modules.get(root)
     if root == "torch":
+        def from_array(a):
+            if type(a) is np.ndarray and a.flags.writeable:  # the direct way, zero-copy as from_dlpack is
+                try:
+                    return module.from_numpy(a)
+                except (TypeError, ValueError):  # what it refuses gets from_dlpack's answer, as before
+                    pass
+            return module.from_dlpack(a)
+
         def back(a):
             if a.dtype == BFLOAT16:
-                return module.from_dlpack(a.view(np.int16)).view(module.bfloat16)  # int16: any PyTorch
-            return module.from_dlpack(a)
+                return from_array(a.view(np.int16)).view(module.bfloat16)  # int16: any PyTorch
+            return from_array(a)
     elif root == "jax":
         import jax.numpy as jnp
 
@@ -571,29 +682,33 @@ def _containers():
 
 
 def _has_foreign(x) -> bool:
+    kind = _kind(x)
+    if kind != _NESTED:
+        return kind != _PLAIN
     if isinstance(x, (list, tuple)):
         return any(map(_has_foreign, x))
     if isinstance(x, dict):
         return any(map(_has_foreign, x.values()))
-    fields = _containers().get(type(x))
-    if fields is not None:
-        return any(_is_foreign(getattr(x, f)) for f in fields)
-    return _is_foreign(x)
+    return any(_is_foreign(getattr(x, f)) for f in _containers()[type(x)])
 
 
 def _convert_in(x, found: list, name: str):
-    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+    kind = _kind(x)
+    if kind == _PLAIN:
+        return x
+    if kind != _NESTED:
+        found.append(x)
+        view = _torch_view(x) if kind == _TORCH else None
+        return dlpack_view(x, name) if view is None else view
+    if isinstance(x, (list, tuple)):
+        if hasattr(x, "_fields"):  # named tuples pass as they are
+            return x
         return type(x)(_convert_in(e, found, f"{name}[{i}]") for i, e in enumerate(x))
     if isinstance(x, dict):  # multi_head_attention's rope and **options
         return {k: _convert_in(e, found, str(k)) for k, e in x.items()}
-    fields = _containers().get(type(x))
-    if fields is not None:  # MHAParams (weights), DLACache (arrays and position)
-        conv = [_convert_in(getattr(x, f), found, f"{name}.{f}") for f in fields]
-        return type(x)(*conv) if len(fields) == 8 else type(x)(*conv, x.position)
-    if _is_foreign(x):
-        found.append(x)
-        return dlpack_view(x, name)
-    return x
+    fields = _containers()[type(x)]  # MHAParams (weights), DLACache (arrays and position)
+    conv = [_convert_in(getattr(x, f), found, f"{name}.{f}") for f in fields]
+    return type(x)(*conv) if len(fields) == 8 else type(x)(*conv, x.position)
 
 
 def _convert_out(r, back):
@@ -611,16 +726,48 @@ def dlpack_io(fn):
     first foreign input's framework (PyTorch in, PyTorch out). NumPy and CuPy calls pass straight through."""
 
     signature = inspect.signature(fn)
+    params = list(signature.parameters.values())
+    P = inspect.Parameter
+    positional = tuple(p.name for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD))
+    order = {p.name: i for i, p in enumerate(params) if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)}
+    required = tuple(p.name for p in params if p.default is P.empty and p.kind not in (P.VAR_POSITIONAL,
+                                                                                      P.VAR_KEYWORD))
+    any_keyword = any(p.kind is P.VAR_KEYWORD for p in params)
+
+    n_required = sum(p.default is P.empty for p in params if p.name in positional)  # leading ones
+    plain_positional = len(required) == n_required  # no required keyword-only parameter
+
+    def binds(args, kwargs) -> bool:
+        """Whether signature.bind would take the call as it is (then the call needs no binding)."""
+        if not kwargs and plain_positional:
+            return n_required <= len(args) <= len(positional)
+        given = positional[:len(args)]
+        if len(args) > len(positional) or any(k in given or (k not in order and not any_keyword) for k in kwargs):
+            return False
+        return all(r in kwargs or r in given for r in required)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if not any(map(_has_foreign, args)) and not any(map(_has_foreign, kwargs.values())):
+        for value in (*args, *kwargs.values()):
+            kind = _KINDS.get(type(value))
+            if kind is None:
+                kind = _kind(value)
+            if kind != _PLAIN and (kind != _NESTED or _has_foreign(value)):
+                break
+        else:
             return fn(*args, **kwargs)  # NumPy / CuPy: no binding, no conversion
-        bound = signature.bind(*args, **kwargs)  # a bad call raises the TypeError fn itself would
         found = []
-        for name, value in bound.arguments.items():
-            bound.arguments[name] = _convert_in(value, found, name)
-        result = fn(*bound.args, **bound.kwargs)
+        if binds(args, kwargs):  # converted in parameter order, as bound arguments are
+            args = [_convert_in(a, found, n) for a, n in zip(args, positional)]
+            if kwargs:
+                named = sorted(kwargs, key=lambda k: order.get(k, len(params)))
+                kwargs = {k: _convert_in(kwargs[k], found, k) for k in named}
+            result = fn(*args, **kwargs)
+        else:
+            bound = signature.bind(*args, **kwargs)  # a bad call raises the TypeError fn itself would
+            for name, value in bound.arguments.items():
+                bound.arguments[name] = _convert_in(value, found, name)
+            result = fn(*bound.args, **bound.kwargs)
         return _convert_out(result, _returner(found[0])) if found else result
 
     return wrapper
