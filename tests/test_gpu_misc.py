@@ -193,6 +193,8 @@ def test_scratch_pool_choice(rng):
     for a, b, what in zip(outs[0], outs[1], ("decode", "linear")):
         same(a, b, what)
 
+
+# ============================================================================== PyTorch CUDA tensors in and out
 def test_bfloat16_torch_streams_small(rng):
     """PyTorch CUDA tensors are read directly (no DLPack capsule) but in the stream order a capsule asked on
     CuPy's current stream gives: an input written on a non-default PyTorch stream (after a long sleep there) is
