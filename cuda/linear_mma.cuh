@@ -59,6 +59,7 @@ struct Args {
   bool normalize;
   float eps;
   bool qvec, kvec, vvec;  // rows of q / k / v readable by 16-byte loads (last stride 1, aligned)
+  bool ovec;              // output pairs (d, d + 1), d even, writable by 4-byte stores
   const void* len;  // key_lengths or null
   DType len_dtype;
   int64_t len_stride;
@@ -147,17 +148,32 @@ __device__ __forceinline__ void store8(P* dst, const float (&x)[8]) {
 }
 
 /// Row j of the [V | 1 | 0] tile, columns n8 .. n8 + 7 (n8 a multiple of 8), into dst: V's values, the ones
-/// column DV, zeros; all zeros for rows past the chunk's allowed keys (j >= kn).
+/// column DV, zeros; all zeros for rows past the chunk's allowed keys (j >= kn). Returns whether a value read
+/// is NaN or infinite.
 template <class T, int DV>
-__device__ __forceinline__ void load_v8(const Args& a, const T* vg, int j, int kn, int n8, T* dst) {
+__device__ __forceinline__ bool load_v8(const Args& a, const T* vg, int j, int kn, int n8, T* dst) {
   float x[8];
+  bool bad = false;
   if (n8 < DV) {
     load8<T>(vg + j * a.vs[2], a.vs[3], a.vvec, j < kn, n8, x);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) bad |= !(fabsf(x[i]) <= FLT_MAX);
   } else {
 #pragma unroll
     for (int i = 0; i < 8; ++i) x[i] = (i == 0 && j < kn) ? 1.f : 0.f;
   }
   store8<T>(dst, x);
+  return bad;
+}
+
+/// Half c (0: the low one) of two packed T values, as float.
+template <class T>
+__device__ __forceinline__ float unpack16(uint32_t w, int c) {
+  const uint16_t bits = static_cast<uint16_t>(c ? w >> 16 : w & 0xFFFFu);
+  if constexpr (std::is_same<T, half_t>::value)
+    return __half2float(__ushort_as_half(bits));
+  else
+    return __uint_as_float(static_cast<uint32_t>(bits) << 16);
 }
 
 template <class T, int D, int DV>
@@ -214,42 +230,57 @@ __global__ void __launch_bounds__(128) inc_kernel(const Args a, float* P) {
         store8<T>(sK + (s * C + j) * LDF + f8, h);
       }
     }
+    bool bad = false;
     for (int i = tid; i < C * (DVA / 8); i += 128) {
       const int j = i / (DVA / 8), n8 = i % (DVA / 8) * 8;
-      load_v8<T, DV>(a, vg, j, kn, n8, sV + j * DVA + n8);
+      bad |= load_v8<T, DV>(a, vg, j, kn, n8, sV + j * DVA + n8);
     }
-    __syncthreads();
-    float acc[NVW][4];
+    const bool vbad = __syncthreads_or(bad) != 0;  // a NaN / infinite value among the chunk's allowed keys
+    float* out = P + ic * E;
+    const int f = fb * FB + mt * 16 + gq;
+    // Pass 0: the sum of all parts. Pass 1 (vbad only): the high parts alone, kept where pass 0 gave NaN
+    // but pass 1 did not: a low part 0 (or of the other sign) times an infinite value makes NaN where
+    // the CPU's float32 feature times that value gives the infinity.
+    for (int pass = 0; pass < (vbad ? 2 : 1); ++pass) {
+      float acc[NVW][4];
 #pragma unroll
-    for (int i = 0; i < NVW; ++i)
+      for (int i = 0; i < NVW; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
-    for (int ks = 0; ks < C / 16; ++ks) {
-      // A = phi(K)^T (features x keys) from the [keys][features] tile: transposed 8 x 8 loads.
-      uint32_t af[NS][4];
+        for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+      for (int ks = 0; ks < C / 16; ++ks) {
+        // A = phi(K)^T (features x keys) from the [keys][features] tile: transposed 8 x 8 loads.
+        uint32_t af[NS][4];
 #pragma unroll
-      for (int s = 0; s < NS; ++s)
-        mma::ldsm_x4_t(af[s], sK + (s * C + ks * 16 + (lane / 16) * 8 + lane % 8) * LDF + mt * 16 + ((lane / 8) % 2) * 8);
+        for (int s = 0; s < NS; ++s)
+          mma::ldsm_x4_t(af[s], sK + (s * C + ks * 16 + (lane / 16) * 8 + lane % 8) * LDF + mt * 16 + ((lane / 8) % 2) * 8);
+#pragma unroll
+        for (int i = 0; i < NVW; ++i) {
+          const int nt = i * WPM + wsub;
+          if (nt < NV) {
+            uint32_t bf[2];
+            ldsm_x2_t(bf, sV + (ks * 16 + lane % 16) * DVA + nt * 8);
+#pragma unroll
+            for (int s = 0; s < NS; ++s)
+              if (s == 0 || pass == 0) mma::mma16816<T>(acc[i], af[s], bf[0], bf[1]);
+          }
+        }
+      }
 #pragma unroll
       for (int i = 0; i < NVW; ++i) {
         const int nt = i * WPM + wsub;
         if (nt < NV) {
-          uint32_t bf[2];
-          ldsm_x2_t(bf, sV + (ks * 16 + lane % 16) * DVA + nt * 8);
-#pragma unroll
-          for (int s = 0; s < NS; ++s) mma::mma16816<T>(acc[i], af[s], bf[0], bf[1]);
+          float* o0 = out + f * DVA + nt * 8 + 2 * tq;
+          float* o1 = o0 + 8 * DVA;
+          if (pass == 0) {
+            *reinterpret_cast<float2*>(o0) = make_float2(acc[i][0], acc[i][1]);
+            *reinterpret_cast<float2*>(o1) = make_float2(acc[i][2], acc[i][3]);
+          } else {  // this thread's own values of pass 0
+            if (isnan(o0[0]) && !isnan(acc[i][0])) o0[0] = acc[i][0];
+            if (isnan(o0[1]) && !isnan(acc[i][1])) o0[1] = acc[i][1];
+            if (isnan(o1[0]) && !isnan(acc[i][2])) o1[0] = acc[i][2];
+            if (isnan(o1[1]) && !isnan(acc[i][3])) o1[1] = acc[i][3];
+          }
         }
-      }
-    }
-    float* out = P + ic * E;
-    const int f = fb * FB + mt * 16 + gq;
-#pragma unroll
-    for (int i = 0; i < NVW; ++i) {
-      const int nt = i * WPM + wsub;
-      if (nt < NV) {
-        const int n = nt * 8 + 2 * tq;
-        *reinterpret_cast<float2*>(out + f * DVA + n) = make_float2(acc[i][0], acc[i][1]);
-        *reinterpret_cast<float2*>(out + (f + 8) * DVA + n) = make_float2(acc[i][2], acc[i][3]);
       }
     }
     __syncthreads();  // the tiles are rewritten for the next block
@@ -346,11 +377,15 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
       store8<bf16_t>(sQh + t * LDD + f8, h);
       store8<bf16_t>(sQl + t * LDD + f8, x);
     }
+    bool bad = false;
     for (int i = tid; i < C * (DVA / 8); i += NTHR) {
       const int j = i / (DVA / 8), n8 = i % (DVA / 8) * 8;
-      load_v8<T, DV>(a, vg, j, kn, n8, sV + j * DVA + n8);
+      bad |= load_v8<T, DV>(a, vg, j, kn, n8, sV + j * DVA + n8);
     }
-    __syncthreads();
+    // vbad: an allowed key of the chunk has a NaN / infinite value. Then the diagonal key tile of each warp
+    // (the only one with masked pairs) is summed element by element, skipping the masked pairs: 0 * NaN
+    // must not carry a future key's value into a past row (as on the CPU).
+    const bool vbad = __syncthreads_or(bad) != 0;
 
     // Scores of this warp's rows against keys 0 .. 16 warp + 15 (key pairs of n-tiles np <= warp).
     float sc[NT][4];
@@ -412,9 +447,12 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
     const float* Pc = P + (item * a.nch + c) * E;
     for (int sl = 0; sl < NFB; ++sl) {
       if (sl > 0) __syncthreads();  // every warp is done with the previous slice
+      bool pb = false;
       for (int i = tid * 4; i < FB * DVA; i += NTHR * 4) {
         const float4 w = *reinterpret_cast<const float4*>(Pc + static_cast<int64_t>(sl) * FB * DVA + i);
         float x[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) pb |= !(fabsf(x[e]) <= FLT_MAX);
         alignas(8) bf16_t hi[4], lo[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -424,7 +462,9 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
         *reinterpret_cast<uint2*>(sPh + i) = *reinterpret_cast<const uint2*>(hi);
         *reinterpret_cast<uint2*>(sPl + i) = *reinterpret_cast<const uint2*>(lo);
       }
-      __syncthreads();
+      // A NaN / infinite state value: its low part is 0, and q_lo (often 0) times the infinite high part
+      // would make NaN where the CPU's float32 product gives the infinity; such slices drop q_lo p_hi.
+      const bool pbad = __syncthreads_or(pb) != 0;
 #pragma unroll 1
       for (int kk = 0; kk < FB / 16; ++kk) {
         const int col = sl * FB + kk * 16 + (lane / 16) * 8;
@@ -438,7 +478,7 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
           ldsm_x2_t(pl, sPl + (kk * 16 + lane % 16) * DVA + n * 8);
           mma::mma16816<bf16_t>(o[n], qh, ph[0], ph[1]);
           mma::mma16816<bf16_t>(o[n], qh, pl[0], pl[1]);
-          mma::mma16816<bf16_t>(o[n], ql, ph[0], ph[1]);
+          if (!pbad) mma::mma16816<bf16_t>(o[n], ql, ph[0], ph[1]);
         }
       }
     }
@@ -454,12 +494,42 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
     }
 #pragma unroll
     for (int kt = 0; kt < NW; ++kt) {
-      if (kt <= warp) {
+      if (kt < warp || (kt == warp && !vbad)) {
 #pragma unroll
         for (int n = 0; n < NV; ++n) {
           uint32_t bv[2];
           ldsm_x2_t(bv, sV + (kt * 16 + lane % 16) * DVA + n * 8);
           mma::mma16816<T>(o[n], pk[kt], bv[0], bv[1]);
+        }
+      }
+    }
+    if (vbad) {
+      uint32_t dk[4];  // the diagonal tile's scores (pk[warp], selected with constant indices)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) dk[r] = 0u;
+#pragma unroll
+      for (int kt = 0; kt < NW; ++kt)
+        if (kt == warp)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) dk[r] = pk[kt][r];
+#pragma unroll
+      for (int jj = 0; jj < 16; ++jj) {
+        // Score (row, key warp 16 + jj): n-tile half jj / 8, column jj % 8, held by lane tq = (jj % 8) / 2.
+        const int hf = jj / 8, src = (lane & ~3) | ((jj % 8) / 2), j = warp * 16 + jj;
+        const float s0 = unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf], src), jj & 1);
+        const float s1 = unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf + 1], src), jj & 1);
+#pragma unroll
+        for (int n = 0; n < NV; ++n) {
+          const float v0 = to_acc<float>(sV[j * DVA + n * 8 + 2 * tq]);
+          const float v1 = to_acc<float>(sV[j * DVA + n * 8 + 2 * tq + 1]);
+          if (j <= r0) {
+            o[n][0] += s0 * v0;
+            o[n][1] += s0 * v1;
+          }
+          if (j <= r1) {
+            o[n][2] += s1 * v0;
+            o[n][3] += s1 * v1;
+          }
         }
       }
     }
@@ -481,12 +551,22 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
     for (int n = 0; n < DV / 8; ++n) {
       const int64_t d = n * 8 + 2 * tq;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int t = e < 2 ? r0 : r1;
+      for (int hr = 0; hr < 2; ++hr) {
+        const int t = hr ? r1 : r0;
         if (t >= tn) continue;
-        const float den = e < 2 ? den0 : den1;
-        const float x = a.normalize ? math::linear_output(o[n][e], den, a.eps) : o[n][e];
-        og[t * a.os[2] + (d + (e & 1)) * a.os[3]] = from_acc<T, float>(x);
+        const float den = hr ? den1 : den0;
+        float x0 = o[n][2 * hr], x1 = o[n][2 * hr + 1];
+        if (a.normalize) {
+          x0 = math::linear_output(x0, den, a.eps);
+          x1 = math::linear_output(x1, den, a.eps);
+        }
+        T* dst = og + t * a.os[2];
+        if (a.ovec) {
+          *reinterpret_cast<uint32_t*>(dst + d) = mma::pack2<T>(x0, x1);
+        } else {
+          dst[d * a.os[3]] = from_acc<T, float>(x0);
+          dst[(d + 1) * a.os[3]] = from_acc<T, float>(x1);
+        }
       }
     }
     __syncthreads();  // the tiles are rewritten for the next block
@@ -538,6 +618,8 @@ bool run(const LinearProblem& p, cudaStream_t stream) {
   a.qvec = vec(p.q.data, p.q.stride);
   a.kvec = vec(p.k.data, p.k.stride);
   a.vvec = vec(p.v.data, p.v.stride);
+  a.ovec = p.out_stride[3] == 1 && reinterpret_cast<std::uintptr_t>(p.out) % 4 == 0 && p.out_stride[0] % 2 == 0 &&
+           p.out_stride[1] % 2 == 0 && p.out_stride[2] % 2 == 0;
   a.out = p.out;
   a.map = p.map;
   a.normalize = p.normalize;
