@@ -197,7 +197,7 @@ constexpr std::size_t inc_smem(int C) {
 /// I_c for every (item, chunk, feature block): P[item][c][f][n], n < DVA. Blocks of 128 threads; rows of
 /// the chunk past its allowed keys are zeros (never read).
 template <class T, int D, int DV>
-__global__ void __launch_bounds__(128) inc_kernel(const Args a, float* P) {
+__global__ void __launch_bounds__(128, 4) inc_kernel(const Args a, float* P) {
   using S = Shape<T, D, DV>;
   constexpr int FB = S::FB, LDF = FB + 8, DVA = S::DVA, NV = S::NV, NS = S::NS, NFB = S::NFB;
   constexpr int MT = FB / 16, WPM = 4 / MT, NVW = (NV + WPM - 1) / WPM;
@@ -209,8 +209,12 @@ __global__ void __launch_bounds__(128) inc_kernel(const Args a, float* P) {
   const int mt = warp % MT, wsub = warp / MT;  // this warp's m-tile (16 features), n-tiles wsub + i WPM
   const int64_t total = a.B * a.Hkv * a.nch * NFB, E = static_cast<int64_t>(D) * DVA;
   for (int64_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
-    const int fb = static_cast<int>(blk % NFB);
-    const int64_t ic = blk / NFB, item = ic / a.nch, c = ic % a.nch, b = item / a.Hkv, hkv = item % a.Hkv;
+    // 32-bit index math (run() takes only problems with fewer than 2^31 blocks here): no 64-bit division
+    // calls in this kernel (their register saves spilled).
+    const uint32_t ub = static_cast<uint32_t>(blk), uic = ub / NFB, unch = static_cast<uint32_t>(a.nch);
+    const uint32_t uitem = uic / unch, uhkv = static_cast<uint32_t>(a.Hkv), ubb = uitem / uhkv;
+    const int fb = static_cast<int>(ub - uic * NFB);
+    const int64_t ic = uic, item = uitem, c = uic - uitem * unch, b = ubb, hkv = uitem - ubb * uhkv;
     const int64_t j0 = c * C;
     const int kn = chunk_keys(j0, C, a.S, key_count(a, b));
     const T* kg = static_cast<const T*>(a.k) + b * a.ks[0] + hkv * a.ks[1] + j0 * a.ks[2] +
@@ -241,6 +245,7 @@ __global__ void __launch_bounds__(128) inc_kernel(const Args a, float* P) {
     // Pass 0: the sum of all parts. Pass 1 (vbad only): the high parts alone, kept where pass 0 gave NaN
     // but pass 1 did not: a low part 0 (or of the other sign) times an infinite value makes NaN where
     // the CPU's float32 feature times that value gives the infinity.
+#pragma unroll 1
     for (int pass = 0; pass < (vbad ? 2 : 1); ++pass) {
       float acc[NVW][4];
 #pragma unroll
@@ -639,6 +644,7 @@ bool run(const LinearProblem& p, cudaStream_t stream) {
       !smem_ok(out_kernel<T, D, DV, C>, O::kSmem, p.device_index))
     return false;
   const int64_t items = p.B * p.Hkv, E = static_cast<int64_t>(D) * S::DVA;
+  if (items * a.nch * S::NFB >= (int64_t{1} << 31)) return false;  // inc_kernel's 32-bit block index
   Workspace ws(sizeof(float) * static_cast<std::size_t>(items * a.nch * E), stream);
   float* P = ws.as<float>();
   if (a.nch > 0) {
