@@ -25,7 +25,12 @@
 //                      power of two first, and O with it, so float16 never overflows);
 //                  out = linear_output(O[:, :Dv], O[:, Dv], eps) (or O unnormalized).
 // Since the denominator comes from the same products as the numerator (the ones column), both see the
-// same rounding. Fragment layouts and the ldmatrix / mma helpers are attention_mma.cuh's (namespace mma).
+// same rounding. Fragment layouts and the ldmatrix / mma helpers are attention_mma.cuh's (namespace mma);
+// tests/cuda_emu/linear_mma_fragments.py checks the addressing lane by lane, linear_mma_emu.py the rounding.
+// Non-finite values as the CPU (cpu/linear_kernel.h): a chunk with a NaN / infinite value of an allowed key
+// sums each warp's diagonal key tile element by element (masked pairs skipped); where a 16-bit low part
+// times an infinity would give NaN instead of the CPU's infinity, the high part alone is used (inc pass 1,
+// out_kernel's pbad). Operands are read by 16-byte loads where their rows allow it (Args::qvec ...).
 
 #include <cfloat>
 #include <cstdint>
@@ -214,7 +219,7 @@ __global__ void __launch_bounds__(128, 4) inc_kernel(const Args a, float* P) {
     const uint32_t ub = static_cast<uint32_t>(blk), uic = ub / NFB, unch = static_cast<uint32_t>(a.nch);
     const uint32_t uitem = uic / unch, uhkv = static_cast<uint32_t>(a.Hkv), ubb = uitem / uhkv;
     const int fb = static_cast<int>(ub - uic * NFB);
-    const int64_t ic = uic, item = uitem, c = uic - uitem * unch, b = ubb, hkv = uitem - ubb * uhkv;
+    const int64_t ic = uic, c = uic - uitem * unch, b = ubb, hkv = uitem - ubb * uhkv;
     const int64_t j0 = c * C;
     const int kn = chunk_keys(j0, C, a.S, key_count(a, b));
     const T* kg = static_cast<const T*>(a.k) + b * a.ks[0] + hkv * a.ks[1] + j0 * a.ks[2] +
@@ -518,11 +523,13 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
 #pragma unroll
           for (int r = 0; r < 4; ++r) dk[r] = pk[kt][r];
 #pragma unroll
-      for (int jj = 0; jj < 16; ++jj) {
-        // Score (row, key warp 16 + jj): n-tile half jj / 8, column jj % 8, held by lane tq = (jj % 8) / 2.
-        const int hf = jj / 8, src = (lane & ~3) | ((jj % 8) / 2), j = warp * 16 + jj;
-        const float s0 = unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf], src), jj & 1);
-        const float s1 = unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf + 1], src), jj & 1);
+      for (int hf = 0; hf < 2; ++hf)
+#pragma unroll 1
+      for (int c8 = 0; c8 < 8; ++c8) {
+        // Score (row, key warp 16 + 8 hf + c8): n-tile half hf, column c8, held by lane tq = c8 / 2.
+        const int src = (lane & ~3) | (c8 / 2), j = warp * 16 + hf * 8 + c8;
+        const float s0 = unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf], src), c8 & 1);
+        const float s1 = unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf + 1], src), c8 & 1);
 #pragma unroll
         for (int n = 0; n < NV; ++n) {
           const float v0 = to_acc<float>(sV[j * DVA + n * 8 + 2 * tq]);
