@@ -33,6 +33,10 @@
 namespace attnkit {
 namespace detail {
 namespace cuda {
+
+// Tensor-core causal form of the elementwise maps (linear_mma.cu): false where it does not apply.
+bool linear_mma_causal(const LinearProblem& p, int64_t C, cudaStream_t stream);
+
 namespace {
 
 constexpr int64_t kDefaultCausalChunk = 32;          // cpu/linear_kernel.h kDefaultLinearChunk
@@ -173,6 +177,10 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
   };
+  // Elementwise maps, float16 / bfloat16: the tensor-core path (linear_mma.cuh) where enabled and it applies
+  // (its chunk: the v2 chunk a.C, 64 or 128).
+  if (causal_items && v2 && !a.proj && has_kernel("linear_attention_mma") && linear_mma_causal(p, a.C, stream))
+    return;
   if (causal_items) {
     // Workspace (A): wS, phi(K) [B Hkv Sk][F], hK, cK (softmax), P [B Hkv][nch][F Dv + F],
     // phi(Q) [B Hq S][F], Am [B Hq S][C], den, rq.

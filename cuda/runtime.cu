@@ -51,6 +51,7 @@ constexpr const char* kCompiled[] = {
     "attention_mma_v2_small",   // variants 3 and 4 of attention_mma2.cuh (64-row blocks); attention.cu picks 3
                                 // for problems with few query blocks per SM
     "performer_attention_mma",  // Performer's products on tensor cores (performer_mma.cuh, chosen in linear.cu)
+    "linear_attention_mma",     // causal linear attention on tensor cores (linear_mma.cuh, chosen in linear.cu)
 };
 
 template <std::size_t N>

@@ -299,3 +299,71 @@ def test_linformer_attention(rng, dtype, case):
                                     _proj_dtype=dtype if np.dtype(dtype).itemsize == 2 else None, **kw)
     close3(out, c_out, r, n, dtype, atol_scale=magnitude(r))
     close3(lse, c_lse, rl, nl, lse.dtype, what="lse", atol_scale=magnitude(rl))
+
+
+# ============================================================================== tensor-core causal path
+# cuda/linear_mma.cuh ("linear_attention_mma", taken under ATTNKIT_CUDA_UNVERIFIED=1): causal, elementwise
+# maps, float16 / bfloat16, D and Dv in {32, 64, 128}, chunks of 64 (the default) or 128 (linear_chunk=128).
+# S = 1, 63, 64, 65, 200, 1000 around the chunk boundaries; GQA; key_lengths ending inside a chunk and on a
+# chunk boundary (a chunk without keys); state in / out; strided operands; large inputs whose scores pass
+# 2^15 (the float16 scaling of the score rows).
+MMA_CASES = [
+    # id, B, Hq, Hkv, S, D, Dv, chunk, input scale, kwargs
+    ("mma-small-S1", 2, 2, 1, 1, 32, 32, 0, 0.5, dict(feature_map="elu1", initial_state="s", return_state=True)),
+    ("mma-small-S65", 1, 2, 1, 65, 32, 32, 0, 0.5, dict(feature_map="elu1", return_state=True)),
+    ("mma-S63-relu", 2, 4, 2, 63, 64, 64, 0, 0.5, dict(feature_map="relu")),
+    ("mma-S64-identity", 2, 2, 2, 64, 128, 32, 0, 0.5, dict(feature_map="identity", normalize=False)),
+    ("mma-S65-elu1-Dv128", 1, 4, 1, 65, 32, 128, 0, 0.5, dict(feature_map="elu1")),
+    ("mma-S200-D128-state", 2, 4, 2, 200, 128, 128, 0, 0.5, dict(feature_map="elu1", initial_state="s",
+                                                                  return_state=True)),
+    ("mma-S1000-D64", 2, 2, 1, 1000, 64, 64, 0, 0.5, dict(feature_map="elu1")),
+    ("mma-S1000-relu-D32-Dv64", 1, 4, 2, 1000, 32, 64, 0, 0.5, dict(feature_map="relu", return_state=True)),
+    ("mma-S200-identity-D64-Dv128", 2, 2, 1, 200, 64, 128, 0, 0.5, dict(feature_map="identity", normalize=False)),
+    ("mma-lens", 3, 2, 2, 200, 64, 32, 0, 0.5, dict(key_lengths=[200, 0, 70], return_state=True)),
+    ("mma-lens-chunk-edge", 2, 2, 1, 65, 32, 32, 0, 0.5, dict(feature_map="relu", key_lengths=[30, 64],
+                                                              initial_state="s", return_state=True)),
+    ("mma-strided", 2, 4, 2, 130, 64, 64, 0, 0.5, dict(layout="strided")),
+    ("mma-large-scores", 1, 2, 1, 130, 64, 64, 0, 60.0, dict(feature_map="relu")),
+    ("mma-chunk128-S200-state", 2, 4, 2, 200, 64, 64, 128, 0.5, dict(feature_map="elu1", initial_state="s",
+                                                                      return_state=True)),
+    ("mma-chunk128-S1000-D128", 1, 2, 1, 1000, 128, 128, 128, 0.5, dict(feature_map="relu")),
+    ("mma-chunk128-S63-identity", 2, 2, 2, 63, 32, 32, 128, 0.5, dict(feature_map="identity", normalize=False)),
+    ("mma-chunk128-lens", 2, 2, 2, 300, 32, 64, 128, 0.5, dict(key_lengths=[256, 129], return_state=True)),
+    # infinite values inside chunks: rows before them (same chunk) never see them (NaN values are not
+    # compared: assert_close wants none in a result)
+    ("mma-nonfinite-v", 2, 2, 1, 150, 64, 32, 0, 0.5, dict(poison=True)),
+    ("mma-nonfinite-v-chunk128", 1, 2, 2, 150, 32, 64, 128, 0.5, dict(poison=True, return_state=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", [DTYPES[2], DTYPES[3]], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", MMA_CASES, ids=[c[0] for c in MMA_CASES])
+def test_linear_attention_mma(rng, dtype, case):
+    need("linear_attention")
+    from attnkit._tuning import tuning
+
+    _, B, Hq, Hkv, S, D, Dv, chunk, scale, kw = case
+    kw = dict(kw, causal=True)
+    layout = kw.pop("layout", "contig")
+    poison = kw.pop("poison", False)
+    q, k, v = qkv(rng, B, Hq, Hkv, S, S, D, Dv, dtype, scale, layout)
+    if poison:
+        v = np.array(v)
+        v[0, 0, 10, 3] = np.inf
+        v[-1, -1, 100, 5] = -np.inf
+    if kw.get("initial_state") == "s":
+        kw["initial_state"] = (np.abs(randn(rng, (B, Hkv, D, Dv), F32)), np.abs(randn(rng, (B, Hkv, D), F32)))
+    with tuning(linear_chunk=chunk):
+        res = gpu_run(attnkit.linear_attention, q, k, v, **kw)
+        cres = attnkit.linear_attention(q, k, v, **kw)
+    r = ref.linear_attention(q, k, v, **kw)
+    n = ref.linear_attention(q, k, v, _dtype=naive_dtype(dtype), **kw)
+    if kw.get("return_state"):
+        (out, (s, z)), (c_out, (cs, cz)), (r, (rs, rz)), (n, (ns, nz)) = res, cres, r, n
+        assert s.dtype == F32 and z.dtype == F32
+        close3(s, cs, rs, ns, F32, what="state S", atol_scale=magnitude(rs))
+        close3(z, cz, rz, nz, F32, what="state z", atol_scale=magnitude(rz))
+    else:
+        out, c_out = res, cres
+    assert out.dtype == dtype
+    close3(out, c_out, r, n, dtype, atol_scale=1.0 if kw.get("normalize", True) else magnitude(r))
