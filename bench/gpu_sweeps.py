@@ -211,6 +211,9 @@ LINEAR_SWEEP = [
     ("v2 pmma0", {"ATTNKIT_PERFORMER_MMA": "0"}, ("performer", "performer_causal")),
     ("v2 pmma1", {"ATTNKIT_PERFORMER_MMA": "1"}, ("performer", "performer_causal")),
     ("v2 pmma3", {"ATTNKIT_PERFORMER_MMA": "3"}, ("performer", "performer_causal")),
+    # causal elementwise maps on tensor cores (linear_mma.cuh; chunk 64/128) vs the SIMT kernels at the same chunk
+    ("v2 lmma0", {"ATTNKIT_LINEAR_CUDA_MMA": "0"}, ("linear_causal",)),
+    ("v2 lmma0 chunk128", {"ATTNKIT_LINEAR_CUDA_MMA": "0", "ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal",)),
     ("v2 chunk32", {"ATTNKIT_LINEAR_CUDA_CHUNK": "32"}, ("linear_causal", "performer_causal")),
     ("v2 chunk64", {"ATTNKIT_LINEAR_CUDA_CHUNK": "64"}, ("linear_causal", "performer_causal")),
     ("v2 chunk128", {"ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal", "performer_causal")),
