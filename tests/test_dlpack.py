@@ -206,6 +206,7 @@ def fake_cupy(monkeypatch):
         asarray=asarray, empty=np.empty, full=np.full, ascontiguousarray=np.ascontiguousarray,
         where=np.where, isnan=np.isnan,
         cuda=types.SimpleNamespace(Device=lambda i: contextlib.nullcontext(),
+                                   runtime=types.SimpleNamespace(getDevice=lambda: 0),
                                    get_current_stream=lambda: types.SimpleNamespace(ptr=0)))
     monkeypatch.setitem(sys.modules, "cupy", fake)
     return fake

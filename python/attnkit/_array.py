@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import sys
 
 import numpy as np
 
@@ -25,6 +26,7 @@ _CODES = {
     if name != "bfloat16" or BFLOAT16 is not None
 }
 _DTYPES = {code: dt for dt, code in _CODES.items()}
+_numpy_ref, _device_ref = _core.numpy_ref, _core.device_ref  # one call per array: see Call.tensor
 
 FLOAT_DTYPES = "float32, float64, float16 or bfloat16"
 
@@ -171,6 +173,11 @@ def full(like, shape, value, dtype):
     return np.full(shape, value, dtype=dt)
 
 
+def _cupy_ndarray():
+    """``cupy.ndarray`` once CuPy is imported (a CuPy array exists only then), else None."""
+    return getattr(sys.modules.get("cupy"), "ndarray", None)
+
+
 def _require_cupy(name: str):
     """CuPy, which device arrays need (outputs are allocated with it); TypeError naming the argument
     when it is not installed."""
@@ -231,44 +238,70 @@ class Call:
         """TensorRef of x (None -> absent)."""
         if x is None:
             return _core.TensorRef()
-        if type(x) is np.ndarray:  # the common case first: every array of every call comes through here
+        t = type(x)  # the common cases first: every array of every call comes through here
+        if t is np.ndarray:
             return self._numpy_tensor(x, name)
+        if t is _cupy_ndarray():
+            return self._cupy_tensor(x, name)
         x = self.array(x, name, coerce=coerce)
         if is_cuda_array(x):
-            _require_cupy(name)
-            iface = x.__cuda_array_interface__
-            dtype = BFLOAT16 if isinstance(x, DeviceBF16) else np.dtype(iface["typestr"])
-            code = _dtype_code(dtype, name)
-            shape = tuple(iface["shape"])
-            item = dtype.itemsize
-            strides = iface.get("strides")
-            if strides is None:
-                strides, acc = [], 1
-                for s in reversed(shape):
-                    strides.insert(0, acc)
-                    acc *= s
-            else:
-                if any(s % item for s in strides):
-                    raise ValueError(f"{name} has strides that are not a multiple of its item size")
-                strides = [s // item for s in strides]
-            ptr = iface["data"][0] or 0
-            dev = getattr(getattr(x, "device", None), "id", 0)
-            self._note_device(True, dev)
-            self._keep.append(x)
-            return _core.TensorRef(ptr, code, list(shape), list(strides), 1, dev)
+            return self._cuda_tensor(x, name)
         return self._numpy_tensor(np.asarray(x), name)
 
     def _numpy_tensor(self, x, name: str):
         code = _CODES.get(x.dtype)
         if code is None:
             raise TypeError(f"{name} has unsupported dtype {x.dtype}")
-        item = x.itemsize
-        if any(s % item for s in x.strides):  # exotic byte-strided views: copy once
-            x = np.ascontiguousarray(x)
-        self._note_device(False, 0)
+        ref = _numpy_ref(x, code)
+        if ref is None:  # exotic byte-strided views (copied once), or a rank the core refuses (it says so)
+            item = x.itemsize
+            if any(s % item for s in x.strides):
+                x = np.ascontiguousarray(x)
+            ptr = x.__array_interface__["data"][0] if x.size else 0
+            ref = _core.TensorRef(ptr, code, x.shape, tuple(s // item for s in x.strides), 0, 0)
+        if self.cuda is None:
+            self.cuda = False
         self._keep.append(x)
-        ptr = x.__array_interface__["data"][0] if x.size else 0
-        return _core.TensorRef(ptr, code, x.shape, tuple(s // item for s in x.strides), 0, 0)
+        return ref
+
+    def _cupy_tensor(self, x, name: str):
+        """A CuPy array's TensorRef from its attributes, which CuPy keeps ready (its
+        ``__cuda_array_interface__`` builds a dict per access): the same TensorRef the generic path makes."""
+        code = _CODES.get(x.dtype)
+        if code is None:
+            raise TypeError(f"{name} has unsupported dtype {x.dtype}")
+        dev = x.device.id
+        ref = _device_ref(x.data.ptr if x.size else 0, code, x.shape, x.strides, dev)
+        if ref is None:  # strides that are not a multiple of the item size: the generic path says so
+            return self._cuda_tensor(x, name)
+        self._note_device(True, dev)
+        self._keep.append(x)
+        return ref
+
+    def _cuda_tensor(self, x, name: str):
+        """Any device array (DeviceBF16, foreign CUDA arrays, CuPy subclasses) through its
+        ``__cuda_array_interface__``."""
+        _require_cupy(name)
+        iface = x.__cuda_array_interface__
+        dtype = BFLOAT16 if isinstance(x, DeviceBF16) else np.dtype(iface["typestr"])
+        code = _dtype_code(dtype, name)
+        shape = tuple(iface["shape"])
+        item = dtype.itemsize
+        strides = iface.get("strides")
+        if strides is None:
+            strides, acc = [], 1
+            for s in reversed(shape):
+                strides.insert(0, acc)
+                acc *= s
+        else:
+            if any(s % item for s in strides):
+                raise ValueError(f"{name} has strides that are not a multiple of its item size")
+            strides = [s // item for s in strides]
+        ptr = iface["data"][0] or 0
+        dev = getattr(getattr(x, "device", None), "id", 0)
+        self._note_device(True, dev)
+        self._keep.append(x)
+        return _core.TensorRef(ptr, code, list(shape), list(strides), 1, dev)
 
     def lengths(self, x, name: str = "key_lengths"):
         """TensorRef of an integer length array (None -> absent): Python ints and sequences are accepted,
@@ -300,13 +333,20 @@ class Call:
         ``cache_out.states``) and returns the arrays in the order asked."""
         specs = output_specs(query, params)
         arrays = []
+        nested = {}  # "cache_out" -> params.cache_out, looked up once (each lookup makes a new wrapper)
         for name in names:
             arr, ref = self.allocate(specs[name], name)
-            *path, last = name.split(".")
-            target = params
-            for part in path:
-                target = getattr(target, part)
-            setattr(target, last, ref)
+            if "." in name:
+                path, last = name.rsplit(".", 1)
+                target = nested.get(path)
+                if target is None:
+                    target = params
+                    for part in path.split("."):
+                        target = getattr(target, part)
+                    nested[path] = target
+                setattr(target, last, ref)
+            else:
+                setattr(params, name, ref)
             arrays.append(arr)
         return arrays
 
@@ -318,15 +358,15 @@ class Call:
     def empty(self, shape, dtype, name="out"):
         """A new C-contiguous output array on the call's device, and its TensorRef (`name`, the output's,
         in the error when nothing can hold it)."""
-        if self.cuda:
-            cupy = _require_cupy(name)
-            with cupy.cuda.Device(self.device_index):
-                if np.dtype(dtype) == BFLOAT16:  # CuPy has no bfloat16: its bits in uint16
-                    arr = DeviceBF16(checked_alloc(cupy.empty, shape, np.uint16, name))
-                else:
-                    arr = checked_alloc(cupy.empty, shape, dtype, name)
-        else:
+        if not self.cuda:
             arr = checked_alloc(np.empty, shape, dtype, name)
+            return arr, self._numpy_tensor(arr, name)
+        cupy = _require_cupy(name)
+        if cupy.cuda.runtime.getDevice() == self.device_index:  # the usual case: no device switch
+            arr = _cupy_empty(cupy, shape, dtype, name)
+        else:
+            with cupy.cuda.Device(self.device_index):
+                arr = _cupy_empty(cupy, shape, dtype, name)
         return arr, self.tensor(arr, name)
 
     @property
@@ -336,6 +376,13 @@ class Call:
         import cupy
 
         return cupy.cuda.get_current_stream().ptr
+
+
+def _cupy_empty(cupy, shape, dtype, name: str):
+    """A new CuPy array on the current device; bfloat16 as a DeviceBF16 (CuPy has none: its bits in uint16)."""
+    if np.dtype(dtype) == BFLOAT16:
+        return DeviceBF16(checked_alloc(cupy.empty, shape, np.uint16, name))
+    return checked_alloc(cupy.empty, shape, dtype, name)
 
 
 def core_dtype(dtype):
@@ -353,6 +400,8 @@ def as_int(x, name: str, *, clamp: bool = False) -> int:
     """An integer argument: TypeError for a non-integer (bool included: an int subclass, but surely a
     flag), ValueError outside int64 (the C++ core's range) unless ``clamp`` (the caller clamps it to its
     meaning)."""
+    if type(x) is int and (clamp or -2**63 <= x < 2**63):  # the common case
+        return x
     if isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got bool")
     try:
@@ -365,12 +414,16 @@ def as_int(x, name: str, *, clamp: bool = False) -> int:
 
 
 def as_float(x, name: str) -> float:
+    if type(x) is float:  # the common case
+        return x
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (numbers.Real, np.floating, np.integer)):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
     return float(x)
 
 
 def as_bool(x, name: str) -> bool:
+    if x is False or x is True:
+        return x
     if not isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
     return bool(x)
@@ -378,6 +431,8 @@ def as_bool(x, name: str) -> bool:
 
 def as_choice(x, name: str, choices: dict):
     """choices[x] for a string option, else TypeError / ValueError listing the choices."""
+    if type(x) is str and x in choices:  # the common case
+        return choices[x]
     names = ", ".join(repr(c) for c in choices)
     if not isinstance(x, str):
         raise TypeError(f"{name} must be one of {names}, got {type(x).__name__}")
@@ -424,7 +479,6 @@ def acc_dtype(dtype) -> np.dtype:
 import ctypes
 import functools
 import inspect
-import sys
 
 
 class _DLDevice(ctypes.Structure):
@@ -468,8 +522,14 @@ def _root_module(x) -> str:
     return "jax" if root == "jaxlib" else root
 
 
+# Types whose values are never foreign arrays nor hold any: dlpack_io lets them through on their type alone.
+# NumPy's and CuPy's types join on first sight (_is_foreign decides those by type).
+_PLAIN_TYPES = {type(None), bool, int, float, str, np.ndarray}
+
+
 def _is_foreign(x) -> bool:
     if isinstance(x, np.ndarray) or _root_module(x) in ("numpy", "cupy"):
+        _PLAIN_TYPES.add(type(x))
         return False
     return hasattr(x, "__dlpack__") or _root_module(x) == "tensorflow"
 
@@ -571,13 +631,19 @@ def _containers():
 
 
 def _has_foreign(x) -> bool:
+    if type(x) in _PLAIN_TYPES:
+        return False
     if isinstance(x, (list, tuple)):
         return any(map(_has_foreign, x))
     if isinstance(x, dict):
         return any(map(_has_foreign, x.values()))
     fields = _containers().get(type(x))
     if fields is not None:
-        return any(_is_foreign(getattr(x, f)) for f in fields)
+        for f in fields:
+            v = getattr(x, f)
+            if type(v) not in _PLAIN_TYPES and _is_foreign(v):
+                return True
+        return False
     return _is_foreign(x)
 
 
@@ -606,6 +672,14 @@ def _convert_out(r, back):
     return r
 
 
+def _all_plain(values) -> bool:
+    """No value is or holds a foreign array (decided by the value's type alone in the common case)."""
+    for v in values:
+        if type(v) not in _PLAIN_TYPES and _has_foreign(v):
+            return False
+    return True
+
+
 def dlpack_io(fn):
     """Wraps a public function so that it takes any DLPack array (zero-copy) and returns arrays of the
     first foreign input's framework (PyTorch in, PyTorch out). NumPy and CuPy calls pass straight through."""
@@ -614,7 +688,7 @@ def dlpack_io(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if not any(map(_has_foreign, args)) and not any(map(_has_foreign, kwargs.values())):
+        if _all_plain(args) and (not kwargs or _all_plain(kwargs.values())):
             return fn(*args, **kwargs)  # NumPy / CuPy: no binding, no conversion
         bound = signature.bind(*args, **kwargs)  # a bad call raises the TypeError fn itself would
         found = []
