@@ -178,7 +178,13 @@ PYBIND11_MODULE(_core, m) {
            py::arg("device") = 0, py::arg("device_index") = 0)
       .def(py::init<>())
       .def_property_readonly("ndim", [](const TensorRef& t) { return t.ndim; })
-      .def_property_readonly("shape", [](const TensorRef& t) { return std::vector<int64_t>(t.shape, t.shape + std::max(t.ndim, 0)); });
+      .def_property_readonly("shape", [](const TensorRef& t) { return std::vector<int64_t>(t.shape, t.shape + std::max(t.ndim, 0)); })
+      // read back by tests of the array adapter
+      .def_property_readonly("strides", [](const TensorRef& t) { return std::vector<int64_t>(t.strides, t.strides + std::max(t.ndim, 0)); })
+      .def_property_readonly("data", [](const TensorRef& t) { return reinterpret_cast<uintptr_t>(t.data); })
+      .def_property_readonly("dtype", [](const TensorRef& t) { return static_cast<int>(t.dtype); })
+      .def_property_readonly("device", [](const TensorRef& t) { return static_cast<int>(t.device); })
+      .def_property_readonly("device_index", [](const TensorRef& t) { return t.device_index; });
   m.def("numpy_ref", &numpy_ref, py::arg("array"), py::arg("dtype"));
   m.def("device_ref", &device_ref, py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"),
         py::arg("device_index"));
