@@ -97,6 +97,11 @@ def test_outputs_are_contiguous_refs_of_new_arrays():
     assert arr.dtype == BFLOAT16 and fields(ref) == expected_numpy(arr)
 
 
+def test_outputs_nothing_can_hold_name_the_output():
+    e = raises(ValueError, "weights", Call().empty, (2**40, 2**40), np.float32, "weights")
+    assert "cannot allocate" in str(e)
+
+
 # ------------------------------------------------------------------------------ device_ref (CuPy's path)
 def cai_ref(ptr, item, shape, byte_strides, c_contiguous):
     """The generic path's (shape, strides) from CuPy's __cuda_array_interface__: no strides for a

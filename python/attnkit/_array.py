@@ -195,8 +195,12 @@ def checked_alloc(fn, shape, dtype, name: str):
     try:
         return fn(shape, dtype=dtype)
     except (MemoryError, ValueError, OverflowError) as e:
-        raise ValueError(f"{name}: cannot allocate an array of shape {tuple(shape)} and dtype "
-                         f"{np.dtype(dtype)} ({e.__class__.__name__}: {e})") from None
+        raise _alloc_error(name, shape, dtype, e) from None
+
+
+def _alloc_error(name: str, shape, dtype, e: Exception) -> ValueError:
+    return ValueError(f"{name}: cannot allocate an array of shape {tuple(shape)} and dtype {np.dtype(dtype)} "
+                      f"({e.__class__.__name__}: {e})")
 
 
 def _dtype_code(dtype, name: str) -> int:
@@ -209,6 +213,8 @@ def _dtype_code(dtype, name: str) -> int:
 class Call:
     """Collects the arrays of one call: converts them to TensorRefs (keeping them alive for the call),
     records the device, and allocates outputs with the matching array module."""
+
+    __slots__ = ("cuda", "device_index", "_keep")
 
     def __init__(self):
         self.cuda = None  # None until the first array: False = NumPy, True = CuPy
@@ -335,7 +341,8 @@ class Call:
         arrays = []
         nested = {}  # "cache_out" -> params.cache_out, looked up once (each lookup makes a new wrapper)
         for name in names:
-            arr, ref = self.allocate(specs[name], name)
+            shape, code = specs[name]
+            arr, ref = self.empty(shape, _DTYPES[code], name)
             if "." in name:
                 path, last = name.rsplit(".", 1)
                 target = nested.get(path)
@@ -353,13 +360,16 @@ class Call:
     def allocate(self, spec, name="out"):
         """A new output array for one ``(shape, dtype code)`` of :func:`output_specs`, and its TensorRef."""
         shape, code = spec
-        return self.empty(tuple(shape), _DTYPES[code], name)
+        return self.empty(shape, _DTYPES[code], name)
 
     def empty(self, shape, dtype, name="out"):
         """A new C-contiguous output array on the call's device, and its TensorRef (`name`, the output's,
         in the error when nothing can hold it)."""
         if not self.cuda:
-            arr = checked_alloc(np.empty, shape, dtype, name)
+            try:
+                arr = np.empty(shape, dtype)
+            except (MemoryError, ValueError, OverflowError) as e:
+                raise _alloc_error(name, shape, dtype, e) from None
             return arr, self._numpy_tensor(arr, name)
         cupy = _require_cupy(name)
         if cupy.cuda.runtime.getDevice() == self.device_index:  # the usual case: no device switch
