@@ -9,7 +9,8 @@ import pytest
 
 import attnkit
 from attnkit import reference
-from attnkit._array import BFLOAT16, dlpack_view
+from attnkit._array import BFLOAT16
+from attnkit._dlpack import dlpack_view
 
 from conftest import raises
 
@@ -146,11 +147,10 @@ def test_torch_bad_inputs_name_the_argument():
 # is relabelled as CUDA stand in for a real device (what the C++ core then does with the device pointer is
 # tested by tests/test_gpu_*.py on a GPU).
 import contextlib
-import ctypes
 import sys
 import types
 
-from attnkit import _array
+from attnkit import _array, _dlpack
 from attnkit._array import Call, DeviceBF16, astype
 
 
@@ -200,12 +200,13 @@ def fake_cupy(monkeypatch):
         if iface is None:
             return np.asarray(x, dtype=dtype)
         iface = {k: v for k, v in iface.items() if k != "stream"}
-        return np.asarray(_array._View("__array_interface__", iface, (x,)))
+        return np.asarray(_dlpack._View("__array_interface__", iface, (x,)))
 
     fake = types.SimpleNamespace(
         asarray=asarray, empty=np.empty, full=np.full, ascontiguousarray=np.ascontiguousarray,
         where=np.where, isnan=np.isnan,
         cuda=types.SimpleNamespace(Device=lambda i: contextlib.nullcontext(),
+                                   runtime=types.SimpleNamespace(getDevice=lambda: 0),
                                    get_current_stream=lambda: types.SimpleNamespace(ptr=0)))
     monkeypatch.setitem(sys.modules, "cupy", fake)
     return fake
@@ -218,12 +219,12 @@ class FakeCudaTensor:
         self.t = t
 
     def __dlpack_device__(self):
-        return (_array._DL_CUDA, 0)
+        return (_dlpack._DL_CUDA, 0)
 
     def __dlpack__(self, stream=None):
         capsule = self.t.__dlpack__()
-        tensor = _array._DLTensor.from_address(_array._capsule_pointer(capsule, b"dltensor"))
-        tensor.device.device_type = _array._DL_CUDA
+        tensor = _dlpack._DLTensor.from_address(_dlpack._capsule_pointer(capsule, b"dltensor"))
+        tensor.device.device_type = _dlpack._DL_CUDA
         return capsule
 
 
@@ -232,7 +233,7 @@ FakeCudaTensor.__module__ = "torch.fake"  # answered in PyTorch, as a CUDA tenso
 
 def test_bf16_cuda_dlpack_in_is_a_zero_copy_devicebf16(fake_cupy):
     t = torch.randn(4, 6, 8).to(torch.bfloat16)[:, ::2]
-    w = _array.dlpack_view(FakeCudaTensor(t), "q")
+    w = _dlpack.dlpack_view(FakeCudaTensor(t), "q")
     assert isinstance(w, DeviceBF16) and w.dtype == BFLOAT16 and w.shape == (4, 3, 8)
     assert w.strides == tuple(2 * s for s in t.stride())
     assert w.__cuda_array_interface__["data"][0] == t.data_ptr()
@@ -242,7 +243,7 @@ def test_bf16_cuda_dlpack_in_is_a_zero_copy_devicebf16(fake_cupy):
     ref = call.tensor(w, "q")
     assert call.cuda and ref.shape == [4, 3, 8]
     # f16 / f32 CUDA tensors still become (Cu)Py arrays
-    assert not isinstance(_array.dlpack_view(FakeCudaTensor(torch.randn(3, 2)), "k"), DeviceBF16)
+    assert not isinstance(_dlpack.dlpack_view(FakeCudaTensor(torch.randn(3, 2)), "k"), DeviceBF16)
 
 
 def test_bf16_cuda_outputs_and_return_to_torch_and_jax(fake_cupy):
@@ -252,10 +253,10 @@ def test_bf16_cuda_outputs_and_return_to_torch_and_jax(fake_cupy):
     assert isinstance(out, DeviceBF16) and out.shape == (2, 5) and ref.shape == [2, 5]
     x = randn(2, 5)
     out.raw[...] = bf16_bits(x)
-    tt = _array._convert_out((out, np.float32(0)), _array._returner(torch.zeros(1)))[0]
+    tt = _dlpack._convert_out((out, np.float32(0)), _dlpack._returner(torch.zeros(1)))[0]
     assert tt.dtype == torch.bfloat16 and tt.data_ptr() == out.raw.ctypes.data  # zero-copy
     np.testing.assert_array_equal(tt.float().numpy(), np.asarray(x, BFLOAT16).astype(np.float32))
-    jt = _array._returner(jnp.zeros(1))(out)
+    jt = _dlpack._returner(jnp.zeros(1))(out)
     assert jt.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(jt.astype(jnp.float32)), np.asarray(x, BFLOAT16).astype(np.float32))
 
@@ -304,7 +305,7 @@ def test_torch_direct_view_matches_the_capsule_path():
     base = torch.randn(4, 6, 8, dtype=torch.float64)
     for t in (base[:, ::2, 1:], base.to(torch.bfloat16).transpose(0, 2), base.float()[1:, 2],
               torch.nn.Parameter(base.float()), base[:, :0], torch.arange(6, dtype=torch.int32)):
-        assert _array._kind(t) == _array._TORCH
+        assert _dlpack._kind(t) == _dlpack._TORCH
         view = dlpack_view(t, "t")
         assert isinstance(view, np.ndarray) and not view.flags.writeable and view.shape == tuple(t.shape)
         if t.numel():
@@ -314,8 +315,8 @@ def test_torch_direct_view_matches_the_capsule_path():
         assert view.dtype == ref.dtype
         np.testing.assert_array_equal(view, ref)
     raises(TypeError, "unsupported DLPack dtype", dlpack_view, torch.zeros(3, dtype=torch.complex64), "x")
-    assert _array._torch_view(torch.zeros(3, dtype=torch.complex64)) is None
-    assert _array._torch_view(torch.zeros(3).to_sparse()) is None
+    assert _dlpack._torch_view(torch.zeros(3, dtype=torch.complex64)) is None
+    assert _dlpack._torch_view(torch.zeros(3).to_sparse()) is None
 
 
 def test_torch_calls_convert_like_bound_arguments():
@@ -352,7 +353,7 @@ def fake_cuda_torch(monkeypatch, fake_cupy):
             return np.empty(shape, dtype)
         iface = {"shape": shape, "typestr": np.dtype(dtype).str, "data": (memptr.ptr, False), "strides": strides,
                  "version": 3}
-        return np.asarray(_array._View("__array_interface__", iface, (memptr,)))
+        return np.asarray(_dlpack._View("__array_interface__", iface, (memptr,)))
 
     class Event:
         ptr = 77
@@ -368,7 +369,7 @@ def fake_cuda_torch(monkeypatch, fake_cupy):
     fake_cupy.cuda.Event = Event
     fake_cupy.cuda.runtime = runtime
     streams = {"torch": 0}
-    monkeypatch.setattr(_array, "_torch_raw_stream", lambda index: streams["torch"])
+    monkeypatch.setattr(_dlpack, "_torch_raw_stream", lambda index: streams["torch"])
     return calls, streams
 
 
@@ -376,21 +377,21 @@ def test_torch_cuda_direct_view_and_stream_order(fake_cuda_torch, fake_cupy):
     calls, streams = fake_cuda_torch
     base = torch.randn(5, 7, 9).to(torch.bfloat16)
     t = base[1:, ::3, 2:].transpose(0, 1)
-    w = _array._torch_cuda_view(t, BFLOAT16, 0)
+    w = _dlpack._torch_cuda_view(t, BFLOAT16, 0)
     assert isinstance(w, DeviceBF16) and w.shape == tuple(t.shape)
     assert w.strides == tuple(2 * s for s in t.stride()) and w.__cuda_array_interface__["data"][0] == t.data_ptr()
     np.testing.assert_array_equal(w.raw, t.view(torch.int16).numpy().view(np.uint16))
     last = t.data_ptr() + 2 * sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
     assert calls == [("memory", last + 2 - t.data_ptr(), 0)]  # exactly the span of the view, no stream work
-    f = _array._torch_cuda_view(torch.randn(3, 4)[:, 1], np.dtype(np.float32), 0)
+    f = _dlpack._torch_cuda_view(torch.randn(3, 4)[:, 1], np.dtype(np.float32), 0)
     assert type(f) is np.ndarray and f.dtype == np.float32 and f.shape == (3,)
-    assert _array._torch_cuda_view(torch.zeros(2, 0), np.dtype(np.float32), 0).shape == (2, 0)
+    assert _dlpack._torch_cuda_view(torch.zeros(2, 0), np.dtype(np.float32), 0).shape == (2, 0)
     # PyTorch on another stream than CuPy's: CuPy's stream waits for an event recorded on PyTorch's
     calls.clear()
     streams["torch"] = 1234
-    _array._torch_cuda_view(t, BFLOAT16, 0)
+    _dlpack._torch_cuda_view(t, BFLOAT16, 0)
     assert calls[:2] == [("record", 77, 1234), ("wait", 0, 77)]
     fake_cupy.cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=1234)  # the same stream: nothing
     calls.clear()
-    _array._torch_cuda_view(t, BFLOAT16, 0)
+    _dlpack._torch_cuda_view(t, BFLOAT16, 0)
     assert [c[0] for c in calls] == ["memory"]

@@ -142,6 +142,46 @@ def test_numpy_first_then_cupy_rejected_small():
     raises(TypeError, "k", attnkit.attention, q, _tiny(1, 1, 4, 8), q)
 
 
+def test_cupy_fast_path_refs_small(monkeypatch):
+    """CuPy arrays take the adapter's fast path (their attributes, not __cuda_array_interface__) and get
+    exactly the TensorRef the interface path gives, for every kind of view; outputs too."""
+    if FAKE:
+        pytest.skip("needs CuPy")
+    from attnkit import _array
+
+    base = cupy.arange(2 * 3 * 5 * 8, dtype=cupy.float32).reshape(2, 3, 5, 8)
+    views = [base, base.transpose(0, 2, 1, 3), base[:, 1:, ::2, 1:7], base[::-1, :, ::-1], base[:, :, -1:],
+             base[:, None, 0], base[:, :, :0], base[:, ::2, :0, ::3], cupy.ones((), cupy.float32),
+             cupy.ones((1, 2, 1, 3), cupy.float64)[:, :, :, ::2], base.astype(cupy.float16).T, base > 100,
+             base.astype(cupy.int32)[1], cupy.arange(7, dtype=cupy.int64)[::2]]
+
+    def fields(r):
+        return r.data, r.dtype, r.ndim, r.shape, r.strides, r.device, r.device_index
+
+    for x in views:
+        want = _array.Call()._cuda_tensor(x, "q")
+        call = _array.Call()
+        assert fields(call._cupy_tensor(x, "q")) == fields(want), (x.shape, x.strides)
+        assert call.cuda is True and call.device_index == x.device.id
+    # Call.tensor takes the fast path for every one of them, and for the outputs it allocates
+    generic = _array.Call._cuda_tensor
+    monkeypatch.setattr(_array.Call, "_cuda_tensor", lambda *a: pytest.fail("the generic path was taken"))
+    call = _array.Call()
+    for x in views:
+        call.tensor(x, "q")
+    out, ref = call.empty((2, 3), np.float32, "out")
+    assert type(out) is cupy.ndarray and out.device.id == call.device_index == base.device.id
+    assert fields(ref) == (out.data.ptr, 0, 2, [2, 3], [3, 1], 1, base.device.id)
+    need("attention")
+    q, k = base[:1, :2, -1:], base[:1, :2]  # a decode step's views
+    got = [host(a) for a in attnkit.attention(q, k, k, return_lse=True)]
+    monkeypatch.setattr(_array.Call, "_cuda_tensor", generic)  # now everything through the interface
+    monkeypatch.setattr(_array, "_cupy_ndarray", lambda: None)
+    want = [host(a) for a in attnkit.attention(q, k, k, return_lse=True)]
+    same(got[0], want[0], "out")
+    same(got[1], want[1], "lse")
+
+
 @pytest.mark.skipif(FAKE or N_DEVICES < 2, reason="needs two GPUs")
 def test_two_devices(rng):
     q, k, v = qkv(rng, 1, 2, 2, 16, 16, 32, 32, F32)

@@ -18,7 +18,7 @@ from ._linear import (linear_attention, linformer_attention, linformer_projectio
                       random_features)
 from ._sparse import BlockLayout, block_sparse_attention, lsh_attention, lsh_buckets
 
-from ._array import dlpack_io as _dlpack_io
+from ._dlpack import dlpack_io as _dlpack_io
 
 # Every array-taking function accepts any DLPack array (zero-copy) and answers in the caller's framework.
 attention, attention_weights, merge_attention = map(_dlpack_io, (attention, attention_weights, merge_attention))

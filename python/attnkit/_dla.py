@@ -13,6 +13,7 @@ __all__ = ["dynamic_linear_attention", "DLACache", "DLAAux"]
 
 _SCORES = {"token_vs_state": _core.DLAScore.TokenVsState, "state_drift": _core.DLAScore.StateDrift}
 _CACHE_FIELDS = ("states", "counts", "info", "starts", "size")
+_OUTPUTS = ("out",) + tuple(f"cache_out.{n}" for n in _CACHE_FIELDS)  # + DLAAux._fields with return_aux
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,7 +154,8 @@ def dynamic_linear_attention(q, k, v, lam, *, capacity, tau=0.6, log_decay=None,
     p = _core.DLAParams()
     call.qkv(p, q, k, v)
     p.lam = call.tensor(lam, "lam")
-    p.log_decay = call.tensor(log_decay, "log_decay", coerce=True)
+    if log_decay is not None:
+        p.log_decay = call.tensor(log_decay, "log_decay", coerce=True)
     p.capacity = as_int(capacity, "capacity")
     p.tau = as_float(tau, "tau")
     p.score = as_choice(score, "score", _SCORES)
@@ -161,11 +163,13 @@ def dynamic_linear_attention(q, k, v, lam, *, capacity, tau=0.6, log_decay=None,
     if cache is not None:
         if not isinstance(cache, DLACache):
             raise TypeError(f"cache must be a DLACache (returned by an earlier call) or None, got {type(cache).__name__}")
+        cache_in = p.cache_in  # one wrapper of p's member for the five fields
         for name in _CACHE_FIELDS:
-            setattr(p.cache_in, name, call.tensor(getattr(cache, name), f"cache.{name}"))
+            setattr(cache_in, name, call.tensor(getattr(cache, name), f"cache.{name}"))
         p.position = as_int(cache.position, "cache.position")
-    p.stream = call.stream
-    names = ["out"] + [f"cache_out.{n}" for n in _CACHE_FIELDS] + (list(DLAAux._fields) if return_aux else [])
+    if call.cuda:
+        p.stream = call.stream
+    names = _OUTPUTS + DLAAux._fields if return_aux else _OUTPUTS
     y, *rest = call.outputs(p, _core.dynamic_linear_attention_outputs, *names)
     _core.dynamic_linear_attention(p)
     T = y.shape[-2]

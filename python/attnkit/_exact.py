@@ -33,7 +33,10 @@ _MASKING_DOC = """
 
 
 def _set_masking(p, call: Call, causal, window, mask, bias, key_lengths, scale, softcap, alibi_slopes):
-    p.causal = as_bool(causal, "causal")
+    # Arguments left at their defaults keep the params' own (absent tensors, no window, stream 0): every
+    # call comes through here, most with nothing but q, k, v.
+    if causal is not False:
+        p.causal = as_bool(causal, "causal")
     if window is not None:
         try:
             left, right = window
@@ -42,15 +45,20 @@ def _set_masking(p, call: Call, causal, window, mask, bias, key_lengths, scale, 
         # A side past int64 allows what any side >= Sq + Sk allows (the validator clamps there too).
         p.window_left = -1 if left is None else max(-1, min(as_int(left, "window[0]", clamp=True), 2**62))
         p.window_right = -1 if right is None else max(-1, min(as_int(right, "window[1]", clamp=True), 2**62))
-    p.mask = call.tensor(mask, "mask", coerce=True)
-    p.bias = call.tensor(bias, "bias", coerce=True)
-    p.key_lengths = call.lengths(key_lengths)
-    p.alibi_slopes = call.tensor(alibi_slopes, "alibi_slopes", coerce=True)
+    if mask is not None:
+        p.mask = call.tensor(mask, "mask", coerce=True)
+    if bias is not None:
+        p.bias = call.tensor(bias, "bias", coerce=True)
+    if key_lengths is not None:
+        p.key_lengths = call.lengths(key_lengths)
+    if alibi_slopes is not None:
+        p.alibi_slopes = call.tensor(alibi_slopes, "alibi_slopes", coerce=True)
     if scale is not None:
         p.scale = as_float(scale, "scale")
     if softcap is not None:
         p.softcap = as_float(softcap, "softcap")
-    p.stream = call.stream
+    if call.cuda:
+        p.stream = call.stream
 
 
 def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_lengths=None, scale=None,

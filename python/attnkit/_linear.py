@@ -31,10 +31,12 @@ def _linear_params(call, q, k, v, feature_map, causal, normalize, eps, key_lengt
     p.causal = as_bool(causal, "causal")
     p.normalize = as_bool(normalize, "normalize")
     p.eps = as_float(eps, "eps")
-    p.key_lengths = call.lengths(key_lengths)
+    if key_lengths is not None:
+        p.key_lengths = call.lengths(key_lengths)
     if initial_state is not None:
         p.initial_state, p.initial_normalizer = _state_pair(call, initial_state, "initial_state")
-    p.stream = call.stream
+    if call.cuda:
+        p.stream = call.stream
     return p
 
 

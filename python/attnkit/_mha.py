@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._array import _is_foreign, acc_dtype, as_bool, as_choice, as_int, astype, dlpack_view, full, is_cuda_array
+from ._array import acc_dtype, as_bool, as_choice, as_int, astype, full, is_cuda_array
+from ._dlpack import _is_foreign, dlpack_view
 
 __all__ = ["MHAParams", "multi_head_attention", "MECHANISMS"]
 

@@ -1,6 +1,7 @@
 // pybind11 bindings of the C++ API. The Python package (attnkit/_array.py) turns NumPy / CuPy arrays
-// into TensorRef views; here we only mirror the params structs, release the GIL around every kernel and
-// map attnkit::Error kinds onto Python exceptions.
+// into TensorRef views (numpy_ref / device_ref below read a NumPy or CuPy array's header in one call: the
+// per-call cost of every function); here we otherwise only mirror the params structs, release the GIL
+// around every kernel and map attnkit::Error kinds onto Python exceptions.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -33,6 +34,76 @@ TensorRef make_ref(uintptr_t ptr, int dtype, const std::vector<int64_t>& shape, 
 
 void* as_stream(uintptr_t s) { return reinterpret_cast<void*>(s); }
 
+/// The per-call fast path of attnkit._array: a TensorRef straight from a NumPy array's header (data
+/// pointer, shape, byte strides), for the dtype `code` the caller matched. None where the Python path must
+/// decide instead: not a NumPy array, a rank the core does not take (make_ref names it), or a byte stride
+/// that is not a multiple of the item size (the Python path copies such a view).
+py::object numpy_ref(py::handle obj, int code) {
+  if (code < 0 || code > 6 || !py::isinstance<py::array>(obj)) return py::none();
+  auto* a = py::detail::array_proxy(obj.ptr());
+  if (a->nd > kMaxDims) return py::none();
+  const auto item = static_cast<int64_t>(dtype_size(static_cast<DType>(code)));
+  TensorRef t;
+  t.dtype = static_cast<DType>(code);
+  t.ndim = a->nd;
+  int64_t numel = 1;
+  for (int i = 0; i < a->nd; ++i) {
+    if (a->strides[i] % item != 0) return py::none();
+    t.shape[i] = a->dimensions[i];
+    t.strides[i] = a->strides[i] / item;
+    numel *= a->dimensions[i];
+  }
+  t.data = numel ? static_cast<void*>(a->data) : nullptr;  // as before: no address for an empty array
+  return py::cast(t);
+}
+
+/// The same for a CuPy array, from its attributes (data pointer, shape and byte-stride tuples, device
+/// ordinal), giving the TensorRef its __cuda_array_interface__ gives: that interface has no strides for a
+/// C-contiguous array (CuPy's rule: dims of size 1 are skipped; an empty array counts as contiguous), which
+/// then gets the row-major ones. None where the generic __cuda_array_interface__ path must decide.
+py::object device_ref(uintptr_t ptr, int code, py::handle shape, py::handle strides, int device_index) {
+  if (code < 0 || code > 6 || !PyTuple_Check(shape.ptr()) || !PyTuple_Check(strides.ptr())) return py::none();
+  const Py_ssize_t nd = PyTuple_GET_SIZE(shape.ptr());
+  if (nd > kMaxDims || PyTuple_GET_SIZE(strides.ptr()) != nd) return py::none();
+  const auto item = static_cast<int64_t>(dtype_size(static_cast<DType>(code)));
+  TensorRef t;
+  t.dtype = static_cast<DType>(code);
+  t.ndim = static_cast<int32_t>(nd);
+  bool empty = false, strided = false;
+  int64_t expected = item;  // the byte stride of dim i in a C-contiguous array
+  for (Py_ssize_t i = nd - 1; i >= 0; --i) {
+    const int64_t n = PyLong_AsLongLong(PyTuple_GET_ITEM(shape.ptr(), i));
+    const int64_t s = PyLong_AsLongLong(PyTuple_GET_ITEM(strides.ptr(), i));
+    if (PyErr_Occurred()) {  // not an int, or past int64: the generic path reports it
+      PyErr_Clear();
+      return py::none();
+    }
+    t.shape[i] = n;
+    t.strides[i] = s;
+    empty = empty || n == 0;
+    if (n != 1) {
+      strided = strided || s != expected;
+      if (__builtin_mul_overflow(expected, n, &expected)) return py::none();
+    }
+  }
+  const bool contiguous = empty || !strided;
+  int64_t acc = 1;
+  for (Py_ssize_t i = nd - 1; i >= 0; --i) {
+    if (contiguous) {
+      t.strides[i] = acc;
+      acc *= t.shape[i];
+    } else if (t.strides[i] % item != 0) {
+      return py::none();
+    } else {
+      t.strides[i] /= item;
+    }
+  }
+  t.data = reinterpret_cast<void*>(ptr);
+  t.device = Device::CUDA;
+  t.device_index = device_index;
+  return py::cast(t);
+}
+
 /// A C++ entry point f(params) as a Python function that releases the GIL around the call.
 template <class P>
 auto nogil(void (*f)(const P&)) {
@@ -42,15 +113,17 @@ auto nogil(void (*f)(const P&)) {
   };
 }
 
-/// An output query f(params) as a Python function returning [(name, shape, dtype code), ...].
+/// An output query f(params) as a Python function returning [(name, shape tuple, dtype code), ...].
 template <class P>
 auto outputs(OutputSpecs (*f)(const P&)) {
   return [f](const P& p) {
     const OutputSpecs specs = f(p);
-    py::list r;
+    py::list r(specs.count);
     for (int i = 0; i < specs.count; ++i) {
       const OutputSpec& o = specs.items[i];
-      r.append(py::make_tuple(o.name, std::vector<int64_t>(o.shape, o.shape + o.ndim), static_cast<int>(o.dtype)));
+      py::tuple shape(o.ndim);
+      for (int d = 0; d < o.ndim; ++d) shape[d] = py::int_(o.shape[d]);
+      r[i] = py::make_tuple(o.name, std::move(shape), static_cast<int>(o.dtype));
     }
     return r;
   };
@@ -105,7 +178,16 @@ PYBIND11_MODULE(_core, m) {
            py::arg("device") = 0, py::arg("device_index") = 0)
       .def(py::init<>())
       .def_property_readonly("ndim", [](const TensorRef& t) { return t.ndim; })
-      .def_property_readonly("shape", [](const TensorRef& t) { return std::vector<int64_t>(t.shape, t.shape + std::max(t.ndim, 0)); });
+      .def_property_readonly("shape", [](const TensorRef& t) { return std::vector<int64_t>(t.shape, t.shape + std::max(t.ndim, 0)); })
+      // read back by tests of the array adapter
+      .def_property_readonly("strides", [](const TensorRef& t) { return std::vector<int64_t>(t.strides, t.strides + std::max(t.ndim, 0)); })
+      .def_property_readonly("data", [](const TensorRef& t) { return reinterpret_cast<uintptr_t>(t.data); })
+      .def_property_readonly("dtype", [](const TensorRef& t) { return static_cast<int>(t.dtype); })
+      .def_property_readonly("device", [](const TensorRef& t) { return static_cast<int>(t.device); })
+      .def_property_readonly("device_index", [](const TensorRef& t) { return t.device_index; });
+  m.def("numpy_ref", &numpy_ref, py::arg("array"), py::arg("dtype"));
+  m.def("device_ref", &device_ref, py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"),
+        py::arg("device_index"));
 
   py::class_<AttentionParams>(m, "AttentionParams")
       .def(py::init<>())
