@@ -53,7 +53,7 @@ bool mma_supported(const AttnProblem& p) {
 
 /// ATTNKIT_MMA_VARIANT (internal, for benchmarking; read once per process): the tile shape of the v2
 /// tensor-core kernel, "0" .. "4" (attention_mma2.cuh, run_mma2), or "v1": the previous kernel
-/// (attention_mma.cuh) for every problem. Anything else (unset) means kMmaAuto: mma2_variant picks.
+/// (attention_mma.cuh) for every problem. Anything else (unset) means kMmaAuto: variant 0.
 constexpr int kMmaV1 = -1, kMmaAuto = -2;
 int mma_variant() {
   static const int variant = [] {
@@ -65,25 +65,15 @@ int mma_variant() {
   return variant;
 }
 
-/// The v2 kernel's tile shape for problem p. Variants 3 and 4 (64-row blocks: twice the blocks) are gated
-/// by "attention_mma_v2_small" (runtime.cu) until verified on a GPU; without it they become 0, the
-/// verified default. By default 3 (0's key tiles, so 0's results: attention_mma2.cuh) where 128-row blocks
-/// would give fewer than 4 per SM (two waves of the two that fit an SM: sequences up to ~1024 rows at
-/// B * H = 64 on 132 SMs), else 0. The threshold is a first guess; bench_gpu.py's exact_variant rows
-/// (S = 1024 and 4096, device times) measure 0, 3 and 4 side by side.
-int mma2_variant(const AttnProblem& p) {
-  int variant = mma_variant();
-  const bool small_ok = has_kernel("attention_mma_v2_small");
-  if (variant == kMmaAuto) {
-    variant = 0;
-    if (small_ok) {
-      int sms = 0;
-      ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_index));
-      const int64_t blocks128 = (p.Sq + 127) / 128 * p.Hq * p.B;  // Sq < 2^30 (mma2_supported)
-      if (blocks128 < 4 * static_cast<int64_t>(sms > 0 ? sms : 1)) variant = 3;
-    }
-  }
-  if ((variant == 3 || variant == 4) && !small_ok) variant = 0;
+/// The v2 kernel's tile shape: ATTNKIT_MMA_VARIANT's, else 0. Variants 3 and 4 (64-row blocks, twice the
+/// blocks) need "attention_mma_v2_small" (runtime.cu), else they run 0. Measured side by side on an H200
+/// (bench/results/gpu_h200.json, exact_variant rows, device time vs torch flash, B=4 H=16): 0 is the best
+/// at S = 1024 and 4096 for every dtype, head dim and mask but S = 1024 causal, where 3/4 gain ~5%, so no
+/// shape picks them by default.
+int mma2_variant() {
+  const int variant = mma_variant();
+  if (variant == kMmaAuto) return 0;
+  if ((variant == 3 || variant == 4) && !has_kernel("attention_mma_v2_small")) return 0;
   return variant;
 }
 
@@ -110,7 +100,7 @@ void for_dtype(const AttnProblem& p, F&& f) {
 template <class T>
 void run_mma_dim(const AttnProblem& p) {
   if (mma2_supported(p)) {
-    const int variant = mma2_variant(p);
+    const int variant = mma2_variant();
     if (p.D == 64) return run_mma2<T, 64>(p, variant);
     return run_mma2<T, 128>(p, variant);
   }

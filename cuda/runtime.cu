@@ -42,17 +42,15 @@ constexpr const char* kVerified[] = {
     "attention_mma_v2",   "attention_decode_v2",
     "attention_backward_mma", "attention_backward_mma_terms",
     "dla_prefill_v2",     "linear_attention_v2",
-    "performer_attention_v2"};
+    "performer_attention_v2",
+    "attention_mma_v2_small",   // variants 3 and 4 of attention_mma2.cuh (64-row blocks; chosen by env only)
+    "performer_attention_mma",  // Performer's products on tensor cores (performer_mma.cuh, chosen in linear.cu)
+    "linear_attention_mma"};    // causal linear attention on tensor cores (linear_mma.cuh, chosen in linear.cu)
 /// Kernels in this build not yet verified on a GPU (public functions, or internal names of new paths): they
 /// run only when the environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them);
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {
-    "attention_mma_v2_small",   // variants 3 and 4 of attention_mma2.cuh (64-row blocks); attention.cu picks 3
-                                // for problems with few query blocks per SM
-    "performer_attention_mma",  // Performer's products on tensor cores (performer_mma.cuh, chosen in linear.cu)
-    "linear_attention_mma",     // causal linear attention on tensor cores (linear_mma.cuh, chosen in linear.cu)
-};
+constexpr const char* kCompiled[] = {""};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

@@ -120,10 +120,9 @@ ATTN_CASES = (
     + [A(f"mma2-lens-D{D}-{'c' if c else 'nc'}-{d}", B=3, Hq=2, Sq=150, Sk=300, D=D, dtype=d, causal=c,
          key_lengths=[300, 0, 77]) for D in (64, 128) for c in (False, True) for d in ("f16", "bf16")]
     + [A(f"mma2-scale-D{D}", Sq=140, D=D, dtype="f16", scale=0.5, causal=True) for D in (64, 128)]
-    # variant 3 of the v2 kernel (64-row blocks, "attention_mma_v2_small"), which attention.cu picks for
-    # problems with few query blocks per SM (all of these, and the mma2 cases above, under
-    # ATTNKIT_CUDA_UNVERIFIED=1): one block of 63 / 64 rows, a second one of 1 row (65), partial key tiles
-    # (128 keys per tile at D = 64, 64 at D = 128), GQA; S = 1 takes the decode path
+    # the v2 kernel's default tile shape at the block edges: one block of 63 / 64 rows, a second one of 1
+    # row (65), partial key tiles (128 keys per tile at D = 64, 64 at D = 128), GQA; S = 1 takes the decode
+    # path (variants 3 and 4, the 64-row blocks, run these shapes in test_attention_mma_variants)
     + [A(f"mma2v3-S{S}-D{D}-{'c' if c else 'nc'}-{d}", B=1 if S > 128 else 2, Hq=4, Hkv=2, Sq=S, D=D, dtype=d,
          causal=c, scale_in=2.0) for S in (1, 63, 64, 65, 128, 1000) for D in (64, 128) for c in (False, True)
        for d in ("f16", "bf16")]
