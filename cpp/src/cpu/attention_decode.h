@@ -117,11 +117,14 @@ struct DecodeKernel {
     V acc[8];
     for (int i = 0; i < 8; ++i) acc[i] = V{};
     const int64_t Dw = D / W * W;
-    for (int64_t d = 0; d < Dw; d += W) {
+    for (int64_t d = 0; d < Dw; d += W) {  // (unrolled: the accumulators must stay in registers)
       V qv[RQ];
+#pragma GCC unroll 8
       for (int r = 0; r < RQ; ++r) qv[r] = S::load(q + r * D + d);
+#pragma GCC unroll 8
       for (int j = 0; j < KJ; ++j) {
         const V kv = load(kr[j] + d);
+#pragma GCC unroll 8
         for (int r = 0; r < RQ; ++r) acc[r * KJ + j] += qv[r] * kv;
       }
     }
@@ -142,9 +145,12 @@ struct DecodeKernel {
       for (int n = 0; n < NV; ++n) acc[r][n] = S::load(o + r * ldo + n * W);
     for (int j = jb; j < je; ++j) {
       V vv[NV];
+#pragma GCC unroll 8
       for (int n = 0; n < NV; ++n) vv[n] = load(v + j * ldv + n * W);
+#pragma GCC unroll 8
       for (int r = 0; r < RL; ++r) {
         const V pb = p[r * BK + j] - V{};  // (x - 0: a broadcast straight from memory, see MicroGemm)
+#pragma GCC unroll 8
         for (int n = 0; n < NV; ++n) acc[r][n] += pb * vv[n];
       }
     }
