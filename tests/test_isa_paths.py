@@ -27,6 +27,9 @@ CASES = [
     # decoding with long keys: split across threads, partial results merged
     ("float32", 1, 8, 2, 3, 4500, 128, 128, dict(window=(3000, 0), softcap=5.0, alibi="h")),
     ("bfloat16", 1, 4, 1, 1, 9000, 128, 64, dict(causal=True, key_lengths=[7001])),
+    # the fused decode kernel (AVX2 / AVX-512 builds): 32 rows per kv head, packed float16, odd D; splits
+    ("float16", 1, 32, 8, 8, 2500, 67, 67, dict(causal=True)),
+    ("float32", 2, 4, 4, 2, 4500, 128, 64, dict(softcap=3.0, window=(3000, 0))),
 ]
 
 SCRIPT = textwrap.dedent("""

@@ -1,5 +1,6 @@
 // Exact attention for x86-64-v3 (AVX2 + FMA, 16 ymm registers).
 #define ATTNKIT_ISA_NAMESPACE isa_avx2
+#include "cpu/attention_decode.h"
 #include "cpu/attention_kernel.h"
 #include "cpu/isa_entry_points.h"
 
@@ -27,7 +28,10 @@ struct Avx2F64 {
 };
 }  // namespace
 
-void exact_attention_avx2(const AttnProblem& p, bool weights) { exact_for_isa<Avx2F32, Avx2F64, Avx2Lowp>(p, weights); }
+void exact_attention_avx2(const AttnProblem& p, bool weights) {
+  if (decode_attention<8>(p, weights)) return;  // few query rows per kv head: the fused decode kernel
+  exact_for_isa<Avx2F32, Avx2F64, Avx2Lowp>(p, weights);
+}
 
 }  // namespace cpu
 }  // namespace detail

@@ -1,0 +1,479 @@
+#pragma once
+// The fused CPU decode kernel: exact attention for few query rows per kv head (Sq x G <= kDecodeMaxRows, the
+// GQA group times the query rows) over long keys, for the AVX2 and AVX-512 builds (float32 accumulation of
+// float32, float16 and bfloat16 inputs). Decoding reads every K and V row once and does little arithmetic
+// per byte, so it runs at the rate it can stream K and V; this kernel streams each chunk of BK keys once for
+// ALL the rows of the kv head:
+//   - QK^T as dot products along D, RQ rows x KJ keys of vector accumulators (RQ * KJ = 8) per block, the
+//     keys read straight from the caller's rows (float16 converted in the load by vcvtph2ps, bfloat16 by a
+//     16-bit shift), the 8 sums of a block reduced together by one transpose-add (reduce8);
+//   - the online softmax per row over the chunk's BK scores (float32, math/softmax.h);
+//   - PV with the chunk's V rows in L1: register blocks of RL rows x NV value vectors, probabilities
+//     broadcast;
+//   - K and V rows kPrefetchKeys ahead prefetched into L2 while the current chunk is computed.
+// With more than kDirectRows rows, 16-bit chunks are converted once into float buffers instead.
+//
+// Same structure and guarantees as the generic kernel's split decoding (attention_kernel.h): the keys are
+// cut into splits whose points depend on the problem size only, each (batch, kv head, split) is one work
+// item, partial results are merged in split order with math::merge_step (double). Bitwise independent of
+// the thread count. Key ranges (causal, window, key_lengths) are supported: chunks that cut through a row's
+// range mask its scores, and its PV skips the masked keys (a masked NaN value is never read); the other
+// features (mask, bias, ALiBi, block-sparse layouts, explicit row ranges), float64 and non-unit element
+// strides of K / V go to the generic kernel (decode_eligible).
+
+#include <cstring>
+#include <type_traits>
+
+#include "attnkit/math/masks.h"
+#include "attnkit/math/softmax.h"
+#include "cpu/kernel_common.h"
+#include "cpu/parallel.h"
+#include "cpu/simd.h"
+#include "validate/attention.h"
+#include "workspace.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+inline namespace ATTNKIT_ISA_NAMESPACE {
+
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+
+/// Query rows per kv head (Sq x G) the fused decode kernel takes.
+constexpr int64_t kDecodeMaxRows = 32;
+
+template <int W, class St>
+struct DecodeKernel {
+  using S = Simd<float, W>;
+  using V = typename S::V;
+  static constexpr int BK = 32;             // keys per chunk: K and V chunks of 16 KiB each at D = 128 (f32)
+  static constexpr int kDirectRows = 4;     // up to this many rows, 16-bit K / V convert in the loads
+  static constexpr int64_t kPrefetchKeys = 64;
+  static constexpr int64_t kSplitItems = 64;      // as the generic kernel's split decoding
+  static constexpr int64_t kSplitMinKeys = 2048;
+  /// At most this many keys per split: each partial sums at most 512 chunks in float32 (the generic
+  /// kernel's long-row segments give the same bound), and the merge runs in double.
+  static constexpr int64_t kSplitMaxKeys = 512 * BK;
+
+  // ------------------------------------------------------------------------------ vector primitives
+
+  static inline V load(const float* p) { return S::load(p); }
+  static inline V load(const Half* p) {
+    if constexpr (W == 8) {
+      return (V)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    } else {
+      return (V)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    }
+  }
+  static inline V load(const BFloat* p) {
+    if constexpr (W == 8) {
+      const __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      return (V)_mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    } else {
+      const __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+      return (V)_mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    }
+  }
+  static inline float scalar(float x) { return x; }
+  static inline float scalar(Half x) { return to_acc(x); }
+  static inline float scalar(BFloat x) { return to_acc(x); }
+
+  /// dst[i] = sum of the lanes of a[i], i < 8: pairwise adds (hadd), then the two 128-bit halves. AVX-512
+  /// first folds each 512-bit accumulator to 256 bits.
+  static inline void reduce8(const V* a, float* dst) {
+    __m256 x[8];
+    for (int i = 0; i < 8; ++i) {
+      if constexpr (W == 8) {
+        x[i] = (__m256)a[i];
+      } else {
+        const __m512 z = (__m512)a[i];
+        x[i] = _mm256_add_ps(_mm512_castps512_ps256(z), _mm512_extractf32x8_ps(z, 1));
+      }
+    }
+    const __m256 t0 = _mm256_hadd_ps(x[0], x[1]), t1 = _mm256_hadd_ps(x[2], x[3]);
+    const __m256 t2 = _mm256_hadd_ps(x[4], x[5]), t3 = _mm256_hadd_ps(x[6], x[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
+  }
+
+  static inline void prefetch_l2(const void* p) {
+    // GCC deletes a loop of nothing but __builtin_prefetch (no side effect), hence the asm.
+    asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+  }
+
+  // ----------------------------------------------------------------------------------- micro-kernels
+
+  /// Raw scores s[r * lds + j] = q_r . k_j of RQ rows (q: float rows, ld D) and the keys j < nk of a block
+  /// of KJ = 8 / RQ (rows past nk repeat the last one; their sums are not stored).
+  template <int RQ, class E>
+  static inline void qk_block(const float* q, const E* k, int64_t ldk, int nk, int64_t D, float* s, int64_t lds) {
+    constexpr int KJ = 8 / RQ;
+    const E* kr[KJ];
+    for (int j = 0; j < KJ; ++j) kr[j] = k + (j < nk ? j : nk - 1) * ldk;
+    V acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = V{};
+    const int64_t Dw = D / W * W;
+    for (int64_t d = 0; d < Dw; d += W) {  // (unrolled: the accumulators must stay in registers)
+      V qv[RQ];
+#pragma GCC unroll 8
+      for (int r = 0; r < RQ; ++r) qv[r] = S::load(q + r * D + d);
+#pragma GCC unroll 8
+      for (int j = 0; j < KJ; ++j) {
+        const V kv = load(kr[j] + d);
+#pragma GCC unroll 8
+        for (int r = 0; r < RQ; ++r) acc[r * KJ + j] += qv[r] * kv;
+      }
+    }
+    alignas(32) float sums[8];
+    reduce8(acc, sums);
+    for (int64_t d = Dw; d < D; ++d)  // odd D: the tail, after the vector part
+      for (int r = 0; r < RQ; ++r)
+        for (int j = 0; j < KJ; ++j) sums[r * KJ + j] += q[r * D + d] * scalar(kr[j][d]);
+    for (int r = 0; r < RQ; ++r)
+      for (int j = 0; j < nk && j < KJ; ++j) s[r * lds + j] = sums[r * KJ + j];
+  }
+
+  /// o[r][d0 .. d0 + NV W) += sum_{j in [jb, je)} p[r][j] v[j][d0 ..] for RL rows (p: ld BK, o: ld ldo).
+  template <int RL, int NV, class E>
+  static inline void pv_panel(const float* p, const E* v, int64_t ldv, int jb, int je, float* o, int64_t ldo) {
+    V acc[RL][NV];
+    for (int r = 0; r < RL; ++r)
+      for (int n = 0; n < NV; ++n) acc[r][n] = S::load(o + r * ldo + n * W);
+    for (int j = jb; j < je; ++j) {
+      V vv[NV];
+#pragma GCC unroll 8
+      for (int n = 0; n < NV; ++n) vv[n] = load(v + j * ldv + n * W);
+#pragma GCC unroll 8
+      for (int r = 0; r < RL; ++r) {
+        const V pb = p[r * BK + j] - V{};  // (x - 0: a broadcast straight from memory, see MicroGemm)
+#pragma GCC unroll 8
+        for (int n = 0; n < NV; ++n) acc[r][n] += pb * vv[n];
+      }
+    }
+    for (int r = 0; r < RL; ++r)
+      for (int n = 0; n < NV; ++n) S::store(o + r * ldo + n * W, acc[r][n]);
+  }
+
+  /// PV of RL rows over keys [jb, je) of the chunk, all Dv columns: panels of NV vectors, then single
+  /// vectors, then the scalar tail (Dv % W).
+  template <int RL, int NV, class E>
+  static void pv_rows(const float* p, const E* v, int64_t ldv, int jb, int je, int64_t Dv, float* o, int64_t ldo) {
+    const int64_t Dw = Dv / W * W;
+    int64_t d = 0;
+    for (; d + NV * W <= Dw; d += NV * W) pv_panel<RL, NV>(p, v + d, ldv, jb, je, o + d, ldo);
+    for (; d < Dw; d += W) pv_panel<RL, 1>(p, v + d, ldv, jb, je, o + d, ldo);
+    for (; d < Dv; ++d)
+      for (int r = 0; r < RL; ++r) {
+        float acc = o[r * ldo + d];
+        for (int j = jb; j < je; ++j) acc += p[r * BK + j] * scalar(v[j * ldv + d]);
+        o[r * ldo + d] = acc;
+      }
+  }
+
+  // ----------------------------------------------------------------------------------------- driver
+
+  struct Ctx {
+    const AttnProblem* p;
+    int64_t G, R;          // query heads per kv head; rows per kv head (Sq * G)
+    int64_t nsplit, split_len;
+    float scale, cap_in, cap_out;
+    bool softcap, pack;    // pack: 16-bit chunks converted into float buffers first (R > kDirectRows)
+    float* part_o;         // [item][split][R][Dv] normalised partial outputs (nsplit > 1)
+    float* part_lse;       // [item][split][R]
+  };
+
+  struct Work {
+    float* q;     // [R][D]
+    float* o;     // [R][DvP]
+    float* s;     // [R][BK] scores, then probabilities
+    float* kbuf;  // [BK][D] (pack)
+    float* vbuf;  // [BK][Dv] (pack)
+    float* m;     // [R]
+    float* l;     // [R]
+    int64_t* lo;  // [R] key range of each row
+    int64_t* hi;
+    double* acc;  // [Dv] merge accumulator
+  };
+
+  static int64_t dvp(const AttnProblem& p) { return (p.Dv + W - 1) / W * W; }
+
+  static std::size_t work_bytes(const Ctx& c) {
+    const AttnProblem& p = *c.p;
+    auto a = [](std::size_t n) { return (n + 63) / 64 * 64; };
+    const std::size_t R = static_cast<std::size_t>(c.R);
+    return a(4 * R * p.D) + a(4 * R * dvp(p)) + a(4 * R * BK) + a(4 * BK * p.D) + a(4 * BK * p.Dv) + 2 * a(4 * R) +
+           2 * a(8 * R) + a(8 * p.Dv);
+  }
+
+  static Work carve(void* mem, const Ctx& c) {
+    const AttnProblem& p = *c.p;
+    Carver cv(mem);
+    Work w;
+    w.q = cv.take<float>(c.R * p.D);
+    w.o = cv.take<float>(c.R * dvp(p));
+    w.s = cv.take<float>(c.R * BK);
+    w.kbuf = cv.take<float>(BK * p.D);
+    w.vbuf = cv.take<float>(BK * p.Dv);
+    w.m = cv.take<float>(c.R);
+    w.l = cv.take<float>(c.R);
+    w.lo = cv.take<int64_t>(c.R);
+    w.hi = cv.take<int64_t>(c.R);
+    w.acc = cv.take<double>(p.Dv);
+    return w;
+  }
+
+  /// Splits from the problem size only: enough work items for the cores when there are few kv heads, and
+  /// at most kSplitMaxKeys keys each.
+  static int64_t key_splits(const AttnProblem& p, int64_t* len) {
+    *len = p.Sk;
+    const int64_t items = p.B * p.Hkv;
+    int64_t n = (p.Sk + kSplitMaxKeys - 1) / kSplitMaxKeys;
+    if (items < kSplitItems) n = imax(n, imin(p.Sk / kSplitMinKeys, (kSplitItems + items - 1) / items));
+    if (n <= 1) return 1;
+    *len = ((p.Sk + n - 1) / n + BK - 1) / BK * BK;
+    return (p.Sk + *len - 1) / *len;
+  }
+
+  /// Row r of the kv head: query row r / G, head hkv * G + r % G.
+  static const St* q_row(const AttnProblem& p, int64_t b, int64_t h, int64_t i) {
+    return static_cast<const St*>(p.q.data) + b * p.q.stride[0] + h * p.q.stride[1] + i * p.q.stride[2];
+  }
+
+  /// Prefetches rows [j, j + n) (clipped to end) of a [Sk][N] operand row block into L2.
+  static void prefetch_rows(const St* base, int64_t ld, int64_t j, int64_t n, int64_t end, int64_t N) {
+    n = imin(n, end - j);
+    const int64_t bytes = N * static_cast<int64_t>(sizeof(St));
+    for (int64_t r = 0; r < n; ++r) {
+      const char* row = reinterpret_cast<const char*>(base + (j + r) * ld);
+      for (int64_t o = 0; o < bytes; o += 64) prefetch_l2(row + o);
+    }
+  }
+
+  /// One (batch, kv head, split) work item; leaves the partial (nsplit > 1) or final results.
+  static void attend(const Ctx& c, const Work& w, int64_t item, int64_t split) {
+    const AttnProblem& p = *c.p;
+    const int64_t b = item / p.Hkv, hkv = item % p.Hkv, R = c.R, D = p.D, Dv = p.Dv, DvP = dvp(p);
+    int64_t kv_len = p.Sk;
+    if (p.key_lengths.present) kv_len = load_int(p.key_lengths.data, p.key_lengths.dtype, b * p.key_lengths.stride[0]);
+    const int64_t s_lo = split * c.split_len, s_hi = imin(p.Sk, s_lo + c.split_len);
+    int64_t hull_lo = s_hi, hull_hi = s_lo, inner_lo = s_lo, inner_hi = s_hi;
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t i = r / c.G, h = hkv * c.G + r % c.G;
+      const math::KeyRange kr = math::key_range(i, p.Sq, p.Sk, p.causal, p.window_left, p.window_right, kv_len);
+      w.lo[r] = imax(kr.lo, s_lo);
+      w.hi[r] = imin(kr.hi, s_hi);
+      if (w.hi[r] > w.lo[r]) {
+        hull_lo = imin(hull_lo, w.lo[r]);
+        hull_hi = imax(hull_hi, w.hi[r]);
+      }
+      inner_lo = imax(inner_lo, w.lo[r]);
+      inner_hi = imin(inner_hi, w.hi[r]);
+      const St* src = q_row(p, b, h, i);
+      for (int64_t d = 0; d < D; ++d) w.q[r * D + d] = scalar(src[d * p.q.stride[3]]);
+      w.m[r] = math::neg_inf<float>();
+      w.l[r] = 0.0f;
+    }
+    std::memset(w.o, 0, sizeof(float) * R * DvP);
+    const St* kbase = static_cast<const St*>(p.k.data) + b * p.k.stride[0] + hkv * p.k.stride[1];
+    const St* vbase = static_cast<const St*>(p.v.data) + b * p.v.stride[0] + hkv * p.v.stride[1];
+    const int64_t ldk = p.k.stride[2], ldv = p.v.stride[2];
+    for (int64_t j0 = hull_lo; j0 < hull_hi; j0 += BK) {
+      const int jn = static_cast<int>(imin(BK, hull_hi - j0));
+      const bool edge = !(j0 >= inner_lo && j0 + jn <= inner_hi);
+      const St* kc = kbase + j0 * ldk;
+      const St* vc = vbase + j0 * ldv;
+      if (c.pack) {
+        for (int j = 0; j < jn; ++j) {
+          convert_row(kc + j * ldk, 1, D, w.kbuf + j * D);
+          convert_row(vc + j * ldv, 1, Dv, w.vbuf + j * Dv);
+        }
+        prefetch_rows(kbase, ldk, j0 + kPrefetchKeys, BK, hull_hi, D);
+        prefetch_rows(vbase, ldv, j0 + kPrefetchKeys, BK, hull_hi, Dv);
+        chunk(c, w, j0, jn, edge, w.kbuf, D, w.vbuf, Dv, nullptr, nullptr, 0, 0, hull_hi);
+      } else {
+        chunk(c, w, j0, jn, edge, kc, ldk, vc, ldv, kbase, vbase, ldk, ldv, hull_hi);
+      }
+    }
+    finish(c, w, b, hkv, item, split);
+  }
+
+  /// Scores, softmax and PV of the chunk [j0, j0 + jn) (kc, vc: its K and V rows). pk / pv (when not
+  /// null, row strides pldk / pldv): the kv head's K / V, whose rows kPrefetchKeys ahead (before `end`)
+  /// are prefetched as the scores are computed.
+  template <class E>
+  static void chunk(const Ctx& c, const Work& w, int64_t j0, int jn, bool edge, const E* kc, int64_t ldk, const E* vc,
+                    int64_t ldv, const St* pk, const St* pv, int64_t pldk, int64_t pldv, int64_t end) {
+    const AttnProblem& p = *c.p;
+    const int64_t R = c.R, D = p.D, Dv = p.Dv, DvP = dvp(p);
+    // QK^T: row pairs (single rows for R = 1 or an odd last row), blocks of 8 / RQ keys.
+    for (int64_t r = 0; r < R;) {
+      const bool pair = r + 1 < R;
+      const int KJ = pair ? 4 : 8;
+      for (int j = 0; j < jn; j += KJ) {
+        if (r == 0 && pk) {
+          prefetch_rows(pk, pldk, j0 + j + kPrefetchKeys, KJ, end, D);
+          prefetch_rows(pv, pldv, j0 + j + kPrefetchKeys, KJ, end, Dv);
+        }
+        const int nk = jn - j < KJ ? jn - j : KJ;
+        if (pair)
+          qk_block<2>(w.q + r * D, kc + j * ldk, ldk, nk, D, w.s + r * BK + j, BK);
+        else
+          qk_block<1>(w.q + r * D, kc + j * ldk, ldk, nk, D, w.s + r * BK + j, BK);
+      }
+      r += pair ? 2 : 1;
+    }
+    // Online softmax per row (math/softmax.h), probabilities in place.
+    const V ninf = S::set1(math::neg_inf<float>());
+    for (int64_t r = 0; r < R; ++r) {
+      float* s = w.s + r * BK;
+      V bm = ninf;
+      for (int j = 0; j < BK; j += W) {
+        V x = S::load(s + j) * c.scale;
+        if (c.softcap) x = S::tanh(x * c.cap_in) * c.cap_out;
+        S::store(s + j, x);
+      }
+      for (int j = jn; j < BK; ++j) s[j] = math::neg_inf<float>();  // past the last key
+      if (edge)
+        for (int j = 0; j < jn; ++j)
+          if (j0 + j < w.lo[r] || j0 + j >= w.hi[r]) s[j] = math::neg_inf<float>();
+      for (int j = 0; j < BK; j += W) bm = S::vmax(bm, S::load(s + j));
+      const float m_old = w.m[r];
+      const float m_new = math::softmax_new_max(m_old, S::hmax(bm));
+      const V off = S::set1(math::softmax_offset<float, float>(m_new));
+      const float alpha = S::exp(S::set1(math::softmax_rescale_arg<float, float>(m_old, m_new)))[0];
+      V sum = V{};
+      for (int j = 0; j < BK; j += W) {
+        const V e = S::exp(S::load(s + j) - off);
+        S::store(s + j, e);
+        sum += e;
+      }
+      w.l[r] = w.l[r] * alpha + S::hsum(sum);
+      w.m[r] = m_new;
+      if (alpha != 1.0f) {
+        float* o = w.o + r * DvP;
+        for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o + d) * alpha);
+      }
+    }
+    // PV: row blocks over the whole chunk, or, where the chunk cuts a row's range, each row over its own
+    // keys only (a masked key's value is never read: 0 * NaN would be NaN).
+    if (edge) {
+      for (int64_t r = 0; r < R; ++r) {
+        const int jb = static_cast<int>(imax(0, w.lo[r] - j0)), je = static_cast<int>(imin(jn, w.hi[r] - j0));
+        if (jb < je) pv_rows<1, 4>(w.s + r * BK, vc, ldv, jb, je, Dv, w.o + r * DvP, DvP);
+      }
+      return;
+    }
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4) pv_rows<4, 2>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP);
+    switch (R - r) {
+      case 3: pv_rows<3, 2>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP); break;
+      case 2: pv_rows<2, 4>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP); break;
+      case 1: pv_rows<1, 4>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP); break;
+      default: break;
+    }
+  }
+
+  /// out = o / l, lse = m + log l (empty rows: 0 and -inf), or the normalised partials of a split.
+  static void finish(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t item, int64_t split) {
+    const AttnProblem& p = *c.p;
+    const int64_t DvP = dvp(p);
+    for (int64_t r = 0; r < c.R; ++r) {
+      const float sc = math::softmax_out_scale(w.m[r], w.l[r]);
+      const float lse = math::softmax_lse(w.m[r], w.l[r]);
+      const float* o = w.o + r * DvP;
+      if (c.nsplit > 1) {
+        const int64_t base = (item * c.nsplit + split) * c.R + r;
+        float* dst = c.part_o + base * p.Dv;
+        for (int64_t d = 0; d < p.Dv; ++d) dst[d] = o[d] * sc;
+        c.part_lse[base] = lse;
+        continue;
+      }
+      write_row(p, b, hkv * c.G + r % c.G, r / c.G, [&](int64_t d) { return o[d] * sc; }, lse);
+    }
+  }
+
+  template <class F>
+  static void write_row(const AttnProblem& p, int64_t b, int64_t h, int64_t i, F&& value, float lse) {
+    St* dst = static_cast<St*>(p.out) + b * p.out_stride[0] + h * p.out_stride[1] + i * p.out_stride[2];
+    for (int64_t d = 0; d < p.Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(value(d));
+    if (p.lse) static_cast<float*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] = lse;
+  }
+
+  /// Merges the splits of a (batch, kv head) item row by row in split order (math::merge_step, double).
+  static void merge(const Ctx& c, const Work& w, int64_t item) {
+    const AttnProblem& p = *c.p;
+    const int64_t b = item / p.Hkv, hkv = item % p.Hkv;
+    for (int64_t r = 0; r < c.R; ++r) {
+      double mx = math::neg_inf<double>(), sum = 0.0;
+      for (int64_t d = 0; d < p.Dv; ++d) w.acc[d] = 0.0;
+      for (int64_t s = 0; s < c.nsplit; ++s) {
+        const int64_t base = (item * c.nsplit + s) * c.R + r;
+        double w_part;
+        const double w_old = math::merge_step(mx, sum, static_cast<double>(c.part_lse[base]), &w_part);
+        if (w_part == 0.0 && w_old == 1.0) continue;
+        const float* o = c.part_o + base * p.Dv;
+        for (int64_t d = 0; d < p.Dv; ++d) w.acc[d] = w.acc[d] * w_old + w_part * static_cast<double>(o[d]);
+      }
+      const double sc = math::merge_scale(mx, sum);
+      write_row(p, b, hkv * c.G + r % c.G, r / c.G,
+                [&](int64_t d) { return static_cast<float>(w.acc[d] * sc); }, static_cast<float>(math::merge_lse(mx, sum)));
+    }
+  }
+
+  static void run(const AttnProblem& p) {
+    Ctx c;
+    c.p = &p;
+    c.G = p.Hq / p.Hkv;
+    c.R = p.Sq * c.G;
+    c.scale = static_cast<float>(p.scale);
+    c.softcap = p.softcap > 0;
+    c.cap_in = c.softcap ? static_cast<float>(1.0 / p.softcap) : 0.0f;
+    c.cap_out = static_cast<float>(p.softcap);
+    c.pack = !std::is_same<St, float>::value && c.R > kDirectRows;
+    c.nsplit = key_splits(p, &c.split_len);
+    const int64_t items = p.B * p.Hkv;
+    const std::size_t nparts = c.nsplit > 1 ? static_cast<std::size_t>(items * c.nsplit * c.R) : 0;
+    Workspace ws(Workspace::need<float>(nparts * p.Dv) + Workspace::need<float>(nparts), "attention (decode split partials)");
+    c.part_o = ws.take<float>(nparts * p.Dv);
+    c.part_lse = ws.take<float>(nparts);
+    const int64_t work = items * c.nsplit;
+    parallel_with_scratch("attention (decode)", work > 1, work_bytes(c), /*zero=*/true, [&](void* mem) {
+      const Work w = carve(mem, c);
+      team_for(work, mem, [&](int64_t it) { attend(c, w, it / c.nsplit, it % c.nsplit); });
+      if (c.nsplit > 1) team_for(items, mem, [&](int64_t it) { merge(c, w, it); });  // after the barrier
+    });
+  }
+};
+
+/// Whether the fused decode kernel takes p: attention (not weights) of float32 / float16 / bfloat16, at
+/// most kDecodeMaxRows query rows per kv head, unit element strides of K and V, and no feature beyond key ranges
+/// and softcap.
+inline bool decode_eligible(const AttnProblem& p, bool weights) {
+  const bool dtype = p.dtype == DType::Float32 || p.dtype == DType::Float16 || p.dtype == DType::BFloat16;
+  return !weights && dtype && p.Sq >= 1 && p.Hkv >= 1 && p.Sq * (p.Hq / p.Hkv) <= kDecodeMaxRows &&
+         p.k.stride[3] == 1 && p.v.stride[3] == 1 && !p.mask.present && !p.bias.present && !p.alibi.present &&
+         !p.sparse && !p.row_lo;
+}
+
+/// Runs p through the fused decode kernel when decode_eligible; returns whether it did.
+template <int W>
+bool decode_attention(const AttnProblem& p, bool weights) {
+  if (!decode_eligible(p, weights)) return false;
+  switch (p.dtype) {
+    case DType::Float32: DecodeKernel<W, float>::run(p); break;
+    case DType::Float16: DecodeKernel<W, Half>::run(p); break;
+    default: DecodeKernel<W, BFloat>::run(p); break;
+  }
+  return true;
+}
+
+#endif  // AVX2
+
+}  // namespace ATTNKIT_ISA_NAMESPACE
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit
