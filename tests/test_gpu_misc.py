@@ -161,8 +161,13 @@ def test_cupy_fast_path_refs_small(monkeypatch):
     for x in views:
         want = _array.Call()._cuda_tensor(x, "q")
         call = _array.Call()
-        assert fields(call._cupy_tensor(x, "q")) == fields(want), (x.shape, x.strides)
+        assert fields(call._cupy_tensor(x, "q", _array._CODES.get(x.dtype))) == fields(want), (x.shape, x.strides)
         assert call.cuda is True and call.device_index == x.device.id
+    # bfloat16 bits (DeviceBF16 over a CuPy uint16 array, as PyTorch bfloat16 tensors arrive): the same refs
+    bf_views = [_array.DeviceBF16(base.astype(cupy.uint16)), _array.DeviceBF16(base.astype(cupy.uint16))[:, 1:, ::2]]
+    for x in bf_views:
+        assert fields(_array.Call().tensor(x, "q")) == fields(_array.Call()._cuda_tensor(x, "q")), x
+    views += bf_views
     # Call.tensor takes the fast path for every one of them, and for the outputs it allocates
     generic = _array.Call._cuda_tensor
     monkeypatch.setattr(_array.Call, "_cuda_tensor", lambda *a: pytest.fail("the generic path was taken"))

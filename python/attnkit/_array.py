@@ -248,7 +248,9 @@ class Call:
         if t is np.ndarray:
             return self._numpy_tensor(x, name)
         if t is _cupy_ndarray():
-            return self._cupy_tensor(x, name)
+            return self._cupy_tensor(x, name, _CODES.get(x.dtype))
+        if t is DeviceBF16 and type(x.raw) is _cupy_ndarray():  # bfloat16 bits in a CuPy uint16 array
+            return self._cupy_tensor(x.raw, name, _CODES[BFLOAT16], whole=x)
         x = self.array(x, name, coerce=coerce)
         if is_cuda_array(x):
             return self._cuda_tensor(x, name)
@@ -270,16 +272,16 @@ class Call:
         self._keep.append(x)
         return ref
 
-    def _cupy_tensor(self, x, name: str):
-        """A CuPy array's TensorRef from its attributes, which CuPy keeps ready (its
-        ``__cuda_array_interface__`` builds a dict per access): the same TensorRef the generic path makes."""
-        code = _CODES.get(x.dtype)
+    def _cupy_tensor(self, x, name: str, code, whole=None):
+        """A CuPy array's TensorRef (elements of dtype code: x's own, or bfloat16 for the bits of ``whole``, a
+        DeviceBF16) from its attributes, which CuPy keeps ready (its ``__cuda_array_interface__`` builds a dict
+        per access): the same TensorRef the generic path makes."""
         if code is None:
             raise TypeError(f"{name} has unsupported dtype {x.dtype}")
         dev = x.device.id
         ref = _device_ref(x.data.ptr if x.size else 0, code, x.shape, x.strides, dev)
         if ref is None:  # strides that are not a multiple of the item size: the generic path says so
-            return self._cuda_tensor(x, name)
+            return self._cuda_tensor(x if whole is None else whole, name)
         self._note_device(True, dev)
         self._keep.append(x)
         return ref
