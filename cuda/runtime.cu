@@ -50,7 +50,9 @@ constexpr const char* kVerified[] = {
 /// run only when the environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them);
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {""};
+constexpr const char* kCompiled[] = {
+    "linear_attention_mma_c128",  // linear_mma.cuh's default chunk 128 (64 until verified; linear.cu)
+};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {
