@@ -337,7 +337,7 @@ class Call:
     def outputs(self, params, query, *names):
         """Allocates the outputs ``names`` of a call from the core's output query (the validator computes
         their shapes and dtypes, after checking every input: bad input raises here, before anything is
-        allocated), stores each one's TensorRef in ``params`` (dotted names reach nested fields, e.g.
+        allocated; only DLA's cache and log-decay values are read later, once, when the call runs), stores each one's TensorRef in ``params`` (dotted names reach nested fields, e.g.
         ``cache_out.states``) and returns the arrays in the order asked."""
         specs = output_specs(query, params)
         arrays = []
