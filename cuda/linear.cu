@@ -100,21 +100,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   const int pm = v2 ? performer_mma_wanted<T>(p) : 0;
   const int64_t v2_chunk = tune.causal_chunk > 0 ? tune.causal_chunk : (p.projected() ? 128 : 64);
   a.C = p.chunk > 0 ? p.chunk : (p.causal ? (v2 ? v2_chunk : kDefaultCausalChunk) : kDefaultBidirectionalChunk);
-  a.q = p.q.data;
-  a.k = p.k.data;
-  a.v = p.v.data;
-  for (int i = 0; i < 4; ++i) {
-    a.qs[i] = p.q.stride[i];
-    a.ks[i] = p.k.stride[i];
-    a.vs[i] = p.v.stride[i];
-    a.os[i] = p.out_stride[i];
-    a.sis[i] = p.state_in.stride[i];
-    a.sos[i] = p.state_out_stride[i];
-  }
-  for (int i = 0; i < 3; ++i) {
-    a.zis[i] = p.z_in.stride[i];
-    a.zos[i] = p.z_out_stride[i];
-  }
+  copy_linear_operands(a, p);
   a.out = p.out;
   a.map = p.map;
   a.proj = p.projected();

@@ -608,21 +608,7 @@ bool run(const LinearProblem& p, cudaStream_t stream) {
   a.S = p.S;
   a.C = C;
   a.nch = (p.S + C - 1) / C;
-  a.q = p.q.data;
-  a.k = p.k.data;
-  a.v = p.v.data;
-  for (int i = 0; i < 4; ++i) {
-    a.qs[i] = p.q.stride[i];
-    a.ks[i] = p.k.stride[i];
-    a.vs[i] = p.v.stride[i];
-    a.os[i] = p.out_stride[i];
-    a.sis[i] = p.state_in.stride[i];
-    a.sos[i] = p.state_out_stride[i];
-  }
-  for (int i = 0; i < 3; ++i) {
-    a.zis[i] = p.z_in.stride[i];
-    a.zos[i] = p.z_out_stride[i];
-  }
+  copy_linear_operands(a, p);
   auto vec = [](const void* x, const int64_t (&st)[4]) {
     return st[3] == 1 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 && st[0] % 8 == 0 && st[1] % 8 == 0 &&
            st[2] % 8 == 0;

@@ -53,6 +53,28 @@ struct LinearProblem {
   bool projected() const { return map == LinearMap::FavorSoftmax || map == LinearMap::FavorRelu; }
 };
 
+/// Copies a LinearProblem's q, k, v pointers and the element strides of q, k, v, the output, the states and
+/// their normalizers into a backend's kernel-argument struct that names them q, k, v, qs, ks, vs, os, sis,
+/// sos, zis, zos (the CUDA backend's LinArgs and the tensor-core causal path's Args).
+template <class A>
+void copy_linear_operands(A& a, const LinearProblem& p) {
+  a.q = p.q.data;
+  a.k = p.k.data;
+  a.v = p.v.data;
+  for (int i = 0; i < 4; ++i) {
+    a.qs[i] = p.q.stride[i];
+    a.ks[i] = p.k.stride[i];
+    a.vs[i] = p.v.stride[i];
+    a.os[i] = p.out_stride[i];
+    a.sis[i] = p.state_in.stride[i];
+    a.sos[i] = p.state_out_stride[i];
+  }
+  for (int i = 0; i < 3; ++i) {
+    a.zis[i] = p.z_in.stride[i];
+    a.zos[i] = p.z_out_stride[i];
+  }
+}
+
 LinearProblem validate_linear_attention(const LinearAttentionParams& p, OutputSpecs* infer = nullptr);
 LinearProblem validate_performer(const PerformerParams& p, OutputSpecs* infer = nullptr);
 
