@@ -1,7 +1,7 @@
 # Emulates the pair coverage of cuda/attention_backward_mma.cu: the dK/dV kernel's chunk walk (seek, the
 # 'full' shortcut, the per-pair test) and the dQ kernel's tile walk, against the pairs of math/masks.h's
 # key_range: every in-range (row, key) pair exactly once, no other (causal, windows, key_lengths, Sq != Sk).
-# Run by hand: python3 tests/cuda_emu/backward_mma_ranges.py (not collected by pytest; about a minute).
+# Run by .ci/run (CUDA emulation stage) and by hand: python3 tests/cuda_emu/backward_mma_ranges.py (not collected by pytest).
 import itertools, random
 def key_range(i, sq, sk, causal, wl, wr, kv):
     pos = i + (sk - sq); lo = 0; hi = kv if kv < sk else sk
