@@ -14,6 +14,9 @@
   from torch's output (a correctness check of every variant on the benchmark's own shapes), and the device
   times of attnkit and torch flash (``DeviceTimer``: host work per call hidden; the call times include it,
   ~0.15-0.2 ms more for bfloat16, whose torch tensors go through DLPack) with their ratio.
+* Host time per call (``host_seconds``: the call's Python, validation and launches, the device not waited
+  for) beside its device time, for tiny exact attention from CuPy and torch (float16, bfloat16; torch's own
+  SDPA for scale), a GQA decode step over 16K keys and a DLA decode step: where short calls spend their time.
 * Decode (Sq=1, Sk up to 128K, GQA Hq=32, Hkv=8, D=128, float16): GB/s of K+V read
   (2 * B * Hkv * Sk * D * itemsize bytes per call) and the % of the peak bandwidth (``--peak-gbs``, default
   the device's: H100 SXM/HBM3 3350, H200 4800, A100 80GB 2039, A100 40GB 1555 GB/s by name, else memory clock
@@ -62,8 +65,8 @@ import numpy as np
 
 from gpu_sweeps import (MMA_VARIANTS, decode_sweep_rows, dla_split_rows, linear_child, linear_sweep, variant_rows,
                         variant_worker)
-from gpu_util import (DeviceTimer, Timer, add_rates, as_torch, attempt, device_peak_gbs, flops, gpu_or_reason, log,
-                      no_kernel_reason, randn, torch_or_none)
+from gpu_util import (DeviceTimer, Timer, add_rates, as_torch, attempt, device_peak_gbs, flops, gpu_or_reason,
+                      host_seconds, log, no_kernel_reason, randn, torch_or_none)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -309,6 +312,43 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
 
 
 
+def host_rows(ctx):
+    """Host time per call (Python, validation, launches; the device not waited for) beside the device
+    time: where a call's time goes when the kernels are short. Tiny exact attention from CuPy and from
+    torch (float16, bfloat16; torch's own SDPA for scale), a GQA decode step over 16K keys and a DLA decode
+    step (capacity 16, float16, B=4, H=16, D=64)."""
+    cupy, torch, attnkit = ctx["cupy"], ctx["torch"], ctx["attnkit"]
+    dev = DeviceTimer(cupy, torch, 5)
+    tiny = (1, 1, 4, 64)
+    calls = {"tiny_cupy_f16": lambda c=[randn(cupy, tiny, "float16") for _ in range(3)]: attnkit.attention(*c)}
+    if torch is not None:
+        t16, tbf = ([torch.ones(tiny, device="cuda", dtype=dt) for _ in range(3)] for dt in (torch.float16,
+                                                                                         torch.bfloat16))
+        calls["tiny_torch_f16"] = lambda: attnkit.attention(*t16)
+        calls["tiny_torch_bf16"] = lambda: attnkit.attention(*tbf)
+        calls["tiny_torch_sdpa_bf16"] = lambda: torch.nn.functional.scaled_dot_product_attention(*tbf)
+    q = randn(cupy, (4, 32, 1, 128), "float16")
+    k, v = (randn(cupy, (4, 8, 16384, 128), "float16") for _ in range(2))
+    calls["decode_16k_cupy_f16"] = lambda: attnkit.attention(q, k, v)
+    B, H, S, D, C = 4, 16, 4096, 64, 16
+    dq, dk, dv = (randn(cupy, (B, H, S, D), "float16", 0.35) for _ in range(3))
+    lam = (cupy.random.random((B, H, S, C), dtype=np.float32) * (2.0 / C)).astype("float16")
+    cache, note = attempt(lambda: attnkit.dynamic_linear_attention(dq[:, :, :-1], dk[:, :, :-1], dv[:, :, :-1],
+                                                                   lam[:, :, :-1], capacity=C)[1])
+    if cache is not None:
+        calls["dla_decode_step_f16"] = lambda: attnkit.dynamic_linear_attention(
+            dq[:, :, -1:], dk[:, :, -1:], dv[:, :, -1:], lam[:, :, -1:], capacity=C, cache=cache)
+    for name, fn in calls.items():
+        if ctx["out_of_time"]():
+            return
+        row = {"kind": "host", "call": name}
+        row["host_s"], row["host_note"] = attempt(lambda: host_seconds(cupy, fn))
+        row["device_s"], _ = attempt(lambda: dev(fn))
+        ctx["add"](row)
+    del q, k, v, dq, dk, dv, lam
+    cupy.get_default_memory_pool().free_all_blocks()
+
+
 # ----------------------------------------------------------------------------------------- report
 def fmt(x, spec=".1f", none="-"):
     return none if x is None else format(x, spec)
@@ -335,6 +375,10 @@ def format_row(r) -> str:
                 f"TFLOP/s  ratio {fmt(r.get('ratio_vs_torch'), '.2f'):>5}"
                 f"{'  device ratio ' + fmt(r.get('device_ratio_vs_torch'), '.2f') if r.get('device_ratio_vs_torch') else ''}"
                 f"{note}"[:240])
+    if r["kind"] == "host":
+        us = lambda x: fmt(x and x * 1e6, ".1f")  # noqa: E731
+        return (f"host   {r['call']:<22} host {us(r.get('host_s')):>7} us/call  device {us(r.get('device_s')):>8} us"
+                f"{'  ' + r['host_note'] if r.get('host_note') else ''}"[:240])
     if r["kind"] == "decode_sweep":
         note = f"  {r['note']}" if r.get("note") else ""
         return (f"dsweep {r['shape']:<11} Sk={r['Sk']:<6} {r['variant']:<8} call {fmt(r.get('call_gbs'), '.0f'):>5} GB/s  "
@@ -463,6 +507,11 @@ def main(argv=None) -> int:
         variant_rows(ctx, ["bfloat16", "float16"], [64, 128])
     log("-- attention_backward vs torch flash backward: TFLOP/s (2.5x the forward's FLOPs)")
     backward_rows(ctx, ["bfloat16", "float16"], [64, 128], [4096] if a.quick else [1024, 4096, 16384])
+    log("-- host time per call (not waited for) beside device time: us")
+    try:
+        host_rows(ctx)
+    except Exception as e:  # noqa: BLE001 - the rows measured so far are kept
+        log(f"bench_gpu: host rows failed: {e.__class__.__name__}: {e}")
     log("-- decode (Sq=1, GQA 32/8, D=128): GB/s of K+V")
     decode_rows(ctx, decode_sizes)
     log("-- linear-time mechanisms vs exact attention (float16, B=4, H=16, D=64): tokens/s")

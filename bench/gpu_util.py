@@ -77,6 +77,25 @@ class Timer:
         return statistics.median(times)
 
 
+def host_seconds(cupy, fn, n=200):
+    """Median host seconds of one fn() call: the Python, validation and launch work, not waited for (the
+    device is synchronised before the loop and every 50 calls, so the launch queue never fills)."""
+    import time
+
+    for _ in range(10):
+        fn()
+    cupy.cuda.Device().synchronize()
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if i % 50 == 49:
+            cupy.cuda.Device().synchronize()
+    cupy.cuda.Device().synchronize()
+    return statistics.median(times)
+
+
 def attempt(fn):
     """(value, None) or (None, reason): "no kernel: ..." or "error: ...", never an exception."""
     try:
