@@ -4,7 +4,7 @@ float32, B=1, H=8, D=64, S in {512, 1024, 2048, 4096}, causal and not, side by s
 the same thread count for everyone. NumPy anchors: the plain textbook form (the issue's target) and a
 careful per-head in-place loop. Reports median times, GFLOP/s (4*D FLOPs per allowed (query, key) pair)
 and ratios, and the peak RSS of one attnkit call at S=32768 (in a subprocess). Writes
-bench/results/attention.json.
+bench/results/attention_<isa>.json.
 
 --dtypes float32 float16 bfloat16 (issue 11, 16-bit inputs) times attnkit and torch SDPA in every listed
 dtype instead: one worker process per library, driven alternately call by call on the same inputs with the
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import attnkit
-from attnkit._bench import (add_rss_arguments, environment, exact_rows, peak_rss, progress, rss_in_child, timeit_many,
+from attnkit._bench import (add_rss_arguments, environment, exact_rows, peak_rss, progress, result_name, rss_in_child,
                             torch_or_none, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,18 +46,6 @@ def peak_rss_child(S, H, D, causal):
                       "output_mib": out.nbytes / 2**20, "rss_before_mib": before, "rss_peak_mib": peak,
                       "extra_mib": peak - before, "extra_beyond_output_mib": peak - before - out.nbytes / 2**20,
                       "dense_scores_would_be_mib": H * S * S * 4 / 2**20}))
-
-
-def matmul_ceiling(n=2048, reps=3):
-    """The machine's float32 matrix-multiply rate (GFLOP/s, n^3 products, median): NumPy's sgemm and
-    torch.matmul when torch is there; issue 11 measures the exact kernel against the higher one."""
-    a, b = (np.random.default_rng(1).standard_normal((n, n)).astype(np.float32) for _ in range(2))
-    fns = {"numpy": lambda: a @ b}
-    torch = torch_or_none()
-    if torch is not None:
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        fns["torch"] = lambda: ta @ tb
-    return {k: 2.0 * n**3 / t / 1e9 for k, t in timeit_many(fns, reps).items()}
 
 
 def dtype_worker(lib, threads):
@@ -153,7 +141,7 @@ def main(argv=None):
                     help="attnkit and torch in these dtypes, worker processes timed by CPU time (see above)")
     ap.add_argument("--threads", type=int, default=None, help="threads per contender (default: attnkit's)")
     ap.add_argument("--worker", choices=["attnkit", "torch"], help=argparse.SUPPRESS)
-    ap.add_argument("--out", default="attention.json")
+    ap.add_argument("--out", default=None, help="file name under bench/results (default attention_<isa>.json)")
     a = ap.parse_args(argv)
     if a.rss_child:
         return peak_rss_child(a.rss_S, 8, 64, True)
@@ -166,7 +154,7 @@ def main(argv=None):
             torch.set_num_threads(a.threads)
     threads = attnkit.get_num_threads()
     env = environment(threads)
-    env["matmul_2048_gflops"] = matmul_ceiling()
+    a.out = a.out or result_name("attention", env)
     progress(f"{env['cpu_model']}, isa {env['cpu_isa']}, matmul 2048^3 GFLOP/s {env['matmul_2048_gflops']}")
     if a.dtypes:
         rows = dtype_rows(a.sizes, a.dims, a.dtypes, a.reps, threads)

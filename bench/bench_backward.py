@@ -6,7 +6,7 @@ output with a retained graph (its CPU flash-attention backward kernel); attnkit'
 from the forward's out and lse. FLOPs: the five matrix products of the backward, 10 * D per allowed
 (query, key) pair (torch's convention: 2.5x the forward). Also the peak RSS of one backward call beyond
 its inputs and gradients at S = 8192 (in a subprocess), to show the O(S) memory. Writes
-bench/results/backward.json.
+bench/results/backward_<isa>.json.
 
 With --linear: linear_attention_backward (elu+1) and performer_attention_backward (softmax kernel, m = 256
 features) vs torch autograd of the same formula written in torch (float32, B=1, H=8, D=64): causal as
@@ -14,7 +14,7 @@ the masked quadratic form a = (phi(Q) phi(K)^T) * tril, num = a V, den = rowsum(
 writes without a custom kernel; O(S^2) memory), bidirectional as phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1).
 Performer's stabilizers are detached in torch (the usual treatment); with eps = 0 the gradients agree.
 Timed: the backward alone (autograd.grad with a retained graph) vs attnkit's backward (which recomputes
-the forward). Writes bench/results/linear_backward.json.
+the forward). Writes bench/results/linear_backward_<isa>.json.
 
     pip install torch==2.13.0   # the anchor; attnkit itself never needs torch
     python bench/bench_backward.py [--sizes 512 1024] [--reps 5] [--no-rss]
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 import attnkit
-from attnkit._bench import (add_rss_arguments, causal_pairs, environment, peak_rss, progress, rss_in_child, timeit_many,
-                            torch_or_none, write_json)
+from attnkit._bench import (add_rss_arguments, causal_pairs, environment, peak_rss, progress, result_name, rss_in_child,
+                            timeit_many, torch_or_none, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -163,7 +163,7 @@ def main(argv=None):
         payload = {"benchmark": "linear attention (elu+1) / Performer (softmax, m=256) backward, float32, B=1, "
                                 "H=8, D=64, vs torch autograd of the same formula",
                    "env": environment(attnkit.get_num_threads()), "rows": linear_rows_for(a.sizes, a.reps)}
-        progress(f"wrote {write_json(RESULTS, a.out or 'linear_backward.json', payload)}")
+        progress(f"wrote {write_json(RESULTS, a.out or result_name('linear_backward', payload['env']), payload)}")
         return None
     if a.rss_child:
         return peak_rss_child(a.rss_S, 8, 64)
@@ -171,7 +171,7 @@ def main(argv=None):
                "env": environment(attnkit.get_num_threads()), "rows": rows_for(a.sizes, a.reps)}
     if not a.no_rss:
         payload["peak_rss"] = rss_in_child(__file__, a.rss_S)
-    progress(f"wrote {write_json(RESULTS, a.out or 'backward.json', payload)}")
+    progress(f"wrote {write_json(RESULTS, a.out or result_name('backward', payload['env']), payload)}")
 
 
 if __name__ == "__main__":

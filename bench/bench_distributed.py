@@ -6,7 +6,7 @@ median wall time of the collective call (slowest rank), the bytes each rank send
 of the same K/V ring pass run alone, the time each rank waited for communication after its compute, the
 fraction of communication hidden behind compute (``1 - wait / communication alone``), and the work
 balance across ranks (allowed (query, key) pairs and measured compute time, max / min). Writes
-bench/results/distributed.json. On a 2-core machine 4 ranks are oversubscribed: the times of that row
+bench/results/distributed_<isa>.json. On a 2-core machine 4 ranks are oversubscribed: the times of that row
 measure sharing, not scaling; bytes, balance and hiding are the figures to read.
 
 It ends with the scaling model on paper (``scaling_model``) for S = 2^20 tokens on 8, 64 and 512 machines
@@ -138,13 +138,16 @@ def main(argv=None):
     ap.add_argument("--cores", type=int, default=2, help="cores of one machine in the scaling model")
     ap.add_argument("--bandwidth", type=float, default=25e9, help="network bytes/s per machine in the model")
     ap.add_argument("--latency", type=float, default=5e-6, help="network latency (s) in the model")
-    ap.add_argument("--out", default="distributed.json")
+    ap.add_argument("--out", default=None, help="file name under bench/results (default distributed_<isa>.json)")
     ap.add_argument("--model-only", action="store_true", help="only recompute the model from --out")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         return worker(a)
-    from attnkit._bench import environment, write_json
+    from attnkit import _core
+    from attnkit._bench import environment, result_name, write_json
+
+    a.out = a.out or result_name("distributed", {"cpu_isa": _core.cpu_isa()})
 
     if a.model_only:  # recompute the model from the results already written
         payload = json.loads((RESULTS / a.out).read_text())

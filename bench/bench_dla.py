@@ -12,7 +12,7 @@ process with the same thread count, contenders timed round-robin (attnkit._bench
 
 The data are piecewise-stationary (blocks of 8..40 tokens sharing a key/value direction), so boundaries
 open at the block changes and the cache merges once a head has seen C of them; the counts are reported.
-Reports median times, tokens/s, time(2S)/time(S) and ratios; writes bench/results/dla.json, plus a
+Reports median times, tokens/s, time(2S)/time(S) and ratios; writes bench/results/dla_<isa>.json, plus a
 chunk-length sweep of the chunked prefill at S = 4096.
 
     python bench/bench_dla.py [--sizes 1024 2048] [--reps 3] [--no-exact]
@@ -24,8 +24,8 @@ import argparse
 from pathlib import Path
 
 import attnkit
-from attnkit._bench import (tuned, dla_data, dla_rows, environment, linear_attention_or_none, progress, timeit_many,
-                            write_json)
+from attnkit._bench import (dla_data, dla_rows, environment, linear_attention_or_none, progress, result_name,
+                            timeit_many, tuned, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,7 +46,7 @@ def main(argv=None):
     ap.add_argument("--decode-reps", type=int, default=40)
     ap.add_argument("--no-exact", action="store_true", help="skip exact attention (slow at large S)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the chunk-length sweep")
-    ap.add_argument("--out", default="dla.json")
+    ap.add_argument("--out", default=None, help="file name under bench/results (default dla_<isa>.json)")
     a = ap.parse_args(argv)
     threads = attnkit.get_num_threads()
     has_linear = linear_attention_or_none() is not None
@@ -60,7 +60,7 @@ def main(argv=None):
         progress("chunk-length sweep at S=4096 ...")
         payload["chunk_sweep_S4096_s"] = chunk_sweep(reps=a.reps)
         progress("  " + ", ".join(f"{k} {t * 1e3:.1f} ms" for k, t in payload["chunk_sweep_S4096_s"].items()))
-    progress(f"wrote {write_json(RESULTS, a.out, payload)}")
+    progress(f"wrote {write_json(RESULTS, a.out or result_name('dla', payload['env']), payload)}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ float32, B=1, H=8, D=64, causal and not; forward alone, and forward + backward (
 sum(out * dout) with respect to q, k, v). Both are jit-compiled and timed side by side (round-robin) in
 one process after a warm-up; medians. attnkit's forward runs its C++ kernel as an XLA custom call (FFI)
 and its backward its FlashAttention-2-style backward kernel; XLA's materialises the [S, S] scores.
-Writes bench/results/jax.json.
+Writes bench/results/jax_<isa>.json.
 
     python bench/bench_jax.py [--sizes 512 1024 2048] [--reps 5]
 """
@@ -20,7 +20,7 @@ import numpy as np
 
 import attnkit
 import attnkit.jax as akj
-from attnkit._bench import causal_pairs, environment, progress, timeit_many, write_json
+from attnkit._bench import causal_pairs, environment, progress, result_name, timeit_many, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,7 +65,7 @@ def main():
     rows = rows_for(a.sizes, a.reps)
     env = environment(attnkit.get_num_threads())
     env["jax"] = jax.__version__
-    print(write_json(RESULTS, "jax.json", {"environment": env, "rows": rows}))
+    print(write_json(RESULTS, result_name("jax", env), {"environment": env, "rows": rows}))
 
 
 if __name__ == "__main__":

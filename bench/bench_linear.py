@@ -10,7 +10,7 @@ with the default allocator and, in a child process, with outputs taken from reus
 crossover length, and the approximation error of
 Performer (m = 64 .. 512, with the fitted m^-1/2 trend) and Linformer (P = 64 .. 512) against exact
 attention on the same inputs: the timing inputs (standard normal) and rows of controlled norm |x'| = 1,
-where Performer's estimator has moderate variance. Writes bench/results/linear.json.
+where Performer's estimator has moderate variance. Writes bench/results/linear_<isa>.json.
 
     python bench/bench_linear.py [--sizes 1024 2048] [--reps 3] [--chunks]
 """
@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 import attnkit
-from attnkit._bench import (LINEAR_CONTENDERS, tuned, approximation_errors, crossover, environment, linear_inputs,
-                            linear_rows, linear_scaling, progress, scaling_ratios, timeit_many, write_json)
+from attnkit._bench import (LINEAR_CONTENDERS, approximation_errors, crossover, environment, linear_inputs, linear_rows,
+                            linear_scaling, progress, result_name, scaling_ratios, timeit_many, tuned, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,7 +54,7 @@ def main(argv=None):
                     help="sizes beyond --sizes for the scaling measurement only (exact attention is not run there)")
     ap.add_argument("--errors-S", type=int, default=1024, help="sequence length of the error table")
     ap.add_argument("--chunks", action="store_true", help="also sweep the chunk length at S = 4096 and 16384")
-    ap.add_argument("--out", default="linear.json")
+    ap.add_argument("--out", default=None, help="file name under bench/results (default linear_<isa>.json)")
     ap.add_argument("--scaling-child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.scaling_child:
@@ -127,7 +127,7 @@ def main(argv=None):
         payload["chunk_sweep"] = [chunk_sweep(S, [16, 32, 64, 128], a.reps + 2) for S in (4096, 16384)]
         for sw in payload["chunk_sweep"]:
             progress(f"chunks at S={sw['S']}: " + " ".join(f"{k}={v * 1e3:.1f}ms" for k, v in sw["seconds"].items()))
-    progress(f"wrote {write_json(RESULTS, a.out, payload)}")
+    progress(f"wrote {write_json(RESULTS, a.out or result_name('linear', payload['env']), payload)}")
 
 
 if __name__ == "__main__":

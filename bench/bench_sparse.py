@@ -4,7 +4,7 @@ float32, B=1, H=8, D=64, S in {2048, 4096, 8192}, block 64. For BigBird and Long
 5-20%): time / (density * dense time), which must stay <= 1.3 (+ a small constant); for LSH with
 num_buckets = S / 64 (mean bucket 64 keys): time(2S) / time(S), which O(S * bucket) keeps near 2 (hashing,
 O(S * D * num_buckets) by the definition of angular LSH, is timed separately).
-Writes bench/results/sparse.json.
+Writes bench/results/sparse_<isa>.json.
 
     python bench/bench_sparse.py [--sizes 2048 4096 8192] [--reps 3]
 """
@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 import attnkit
-from attnkit._bench import environment, progress, sparse_rows, write_json
+from attnkit._bench import environment, progress, result_name, sparse_rows, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -24,7 +24,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default="sparse.json")
+    ap.add_argument("--out", default=None, help="file name under bench/results (default sparse_<isa>.json)")
     a = ap.parse_args(argv)
     rows = sparse_rows(a.sizes, a.reps)
     for r in rows:
@@ -33,7 +33,7 @@ def main(argv=None):
                      f"{r['lsh_without_hash_scaling']:.2f}), dense {r['dense_scaling']:.2f}")
     payload = {"benchmark": "block-sparse and LSH attention, float32, B=1, H=8, D=64, block 64",
                "env": environment(attnkit.get_num_threads()), "rows": rows}
-    progress(f"wrote {write_json(RESULTS, a.out, payload)}")
+    progress(f"wrote {write_json(RESULTS, a.out or result_name('sparse', payload['env']), payload)}")
 
 
 if __name__ == "__main__":

@@ -82,9 +82,23 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
-def environment(threads: int) -> dict:
-    """Where a benchmark ran: versions, the CPU model and the ISA path, threads, and the load average (the
-    machines are shared: a figure taken under load says so)."""
+def matmul_ceiling(n: int = 2048, reps: int = 3) -> dict:
+    """The machine's float32 matrix-multiply rate (GFLOP/s of n^3 products, median of reps): NumPy's sgemm,
+    and torch.matmul where torch is installed. Issue 11 measures the exact kernel against the higher one."""
+    a, b = (np.random.default_rng(1).standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    fns = {"numpy": lambda: a @ b}
+    torch = torch_or_none()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        fns["torch"] = lambda: ta @ tb
+    return {k: round(2.0 * n**3 / t / 1e9, 1) for k, t in timeit_many(fns, reps).items()}
+
+
+def environment(threads: int, ceiling: bool = True) -> dict:
+    """Where a benchmark ran: versions, the CPU model and the ISA path, threads, the load average (the
+    machines are shared: a figure taken under load says so) and, unless ceiling is False, the machine's
+    2048^3 float32 matrix-multiply rate (``matmul_2048_gflops``, about a second), the yardstick of its
+    speed figures."""
     env = {"attnkit": _core.version(), "cpu_model": cpu_model(), "cpu_isa": _core.cpu_isa(),
            "cuda_built": _core.built_with_cuda(), "loadavg": os.getloadavg(),
            "python": sys.version.split()[0], "numpy": np.__version__, "machine": platform.machine(),
@@ -92,7 +106,14 @@ def environment(threads: int) -> dict:
     torch = torch_or_none()
     if torch is not None:
         env["torch"] = torch.__version__
+    if ceiling:
+        env["matmul_2048_gflops"] = matmul_ceiling()
     return env
+
+
+def result_name(stem: str, env: dict) -> str:
+    """A results file's default name: one file per ISA path measured (``attention_avx2.json``)."""
+    return f"{stem}_{env['cpu_isa']}.json"
 
 
 def write_json(directory, name: str, payload: dict) -> Path:
