@@ -129,7 +129,8 @@ def variant_rows(ctx, dtypes, dims, sizes=(1024, 4096), B=4, H=16, timeout_s=90)
 # "v1" = the v1 kernel (cuda_decode=1); "v2" = v2's defaults (cuda_decode=2: never v3), "v2k<keys>b<blocks>"
 # = v2 with cuda_decode_keys / cuda_decode_blocks; "v3s<stages>b<blocks>" = the tensor-core v3 with
 # cuda_decode_stages (cp.async stages per warp) / cuda_decode3_blocks (target grid size -> split count);
-# "v3-nopool" = v3's defaults with the scratch from the device's default pool instead of attnkit's
+# "v3-nopdl" = v3's defaults with the split merge launched plainly (cuda_decode3_pdl=2: no programmatic
+# dependent launch); "v3-nopool" = v3's defaults with the scratch from the device's default pool instead of attnkit's
 # (cuda_scratch=1, cuda/workspace.cuh). v3 needs "attention_decode_v3" (ATTNKIT_CUDA_UNVERIFIED=1 until
 # verified), else its rows run v2.
 DECODE_VARIANTS = (
@@ -137,7 +138,7 @@ DECODE_VARIANTS = (
      ("v2k2b1024", {"cuda_decode": 2, "cuda_decode_keys": 2, "cuda_decode_blocks": 1024})]
     + [(f"v3s{st}b{b}", {"cuda_decode": 0, "cuda_decode_stages": st, "cuda_decode3_blocks": b})
        for st in (2, 3, 4) for b in (256, 512, 1024, 2048)]
-    + [("v3-nopool", {"cuda_decode": 0, "cuda_scratch": 1})])
+    + [("v3-nopdl", {"cuda_decode": 0, "cuda_decode3_pdl": 2}), ("v3-nopool", {"cuda_decode": 0, "cuda_scratch": 1})])
 DECODE_SWEEP_SHAPES = [("gqa32:8", 32, 8, 1), ("mha8", 8, 8, 1), ("gqa32:8-Sq2", 32, 8, 2)]
 
 
@@ -153,7 +154,7 @@ def decode_sweep_rows(ctx, sizes, B=4, D=128, dtype="float16"):
         v2 = bool(core.cuda_has_kernel("attention_decode_v2"))
         v3 = bool(core.cuda_has_kernel("attention_decode_v3"))
         core.get_tuning("cuda_scratch")
-        core.get_tuning("cuda_decode_stages")
+        core.get_tuning("cuda_decode3_pdl")
     except Exception as e:  # noqa: BLE001 - a build without the options
         log(f"bench_gpu: decode sweep skipped ({e.__class__.__name__}: {e})")
         return
@@ -165,7 +166,7 @@ def decode_sweep_rows(ctx, sizes, B=4, D=128, dtype="float16"):
             "the v3 variants below run v2")
     dev_timer = DeviceTimer(cupy, ctx["torch"], 5)
     names = ("cuda_decode", "cuda_decode_keys", "cuda_decode_blocks", "cuda_decode_stages", "cuda_decode3_blocks",
-             "cuda_scratch")
+             "cuda_decode3_pdl", "cuda_scratch")
     saved = {n: core.get_tuning(n) for n in names}
     scores = {}
     try:

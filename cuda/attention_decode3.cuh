@@ -28,12 +28,15 @@
 // value the contract says is never read cannot reach the output. Keys past z are zero-filled, not read.
 // End: the warps' (m, l, O) are combined in warp order in shared memory (fixed order), giving the split's
 // normalised output and LSE: written to out / lse when there is one split, else to the split scratch,
-// merged in split order by merge2_kernel (attention_decode2.cuh). Deterministic: fixed reduction orders,
-// no atomics; the split count depends on the shapes and the tuning only, never on the device.
+// merged in split order by merge3_kernel (merge2_kernel's body, attention_decode2.cuh), launched on sm_90+
+// with programmatic dependent launch (its launch overlaps the decode grid's tail; it waits for that grid's
+// completion before reading). Deterministic: fixed reduction orders, no atomics; the split count depends on
+// the shapes and the tuning only, never on the device.
 //
-// Variants (speed only): NS (2, 3, 4; template) and the target grid size. Defaults kDec3Stages /
-// kDec3Blocks, else ATTNKIT_CUDA_DECODE3="stages,blocks" (read once per process; either part may be 0 or
-// left out), overridden by the tuning options cuda_decode_stages / cuda_decode3_blocks (set_tuning).
+// Variants (speed only): NS (2, 3, 4; template; lowered where the device's shared memory is smaller), the
+// target grid size, the merge's programmatic dependent launch. Defaults kDec3Stages / kDec3Blocks / on,
+// else ATTNKIT_CUDA_DECODE3="stages,blocks,pdl" (read once per process; any part may be 0 or left out),
+// overridden by the tuning options cuda_decode_stages / cuda_decode3_blocks / cuda_decode3_pdl.
 // bench/gpu_sweeps.py (decode_sweep_rows) measures them side by side.
 
 #include <cstdint>
@@ -53,7 +56,7 @@ constexpr int kDec3Threads = 32 * kDec3Warps;
 constexpr int kDec3Rows = 16;      // one m-tile: rows (Sq * G) per kv head served by v3
 constexpr int kDec3Tile = 16;      // keys per warp tile
 constexpr int kDec3Stages = 3;     // default NS
-constexpr int kDec3Blocks = 1024;  // default target grid size
+constexpr int kDec3Blocks = 512;   // default target grid size (about 2 waves of 2 blocks on 132 SMs)
 
 /// Shared memory of v3 (elements of T unless said): Q [16][LD], then each warp's NS stages of (K [16][LD],
 /// V [16][LD]), then each warp's P scratch for the element-wise PV (float [16][16]). After the key loop
@@ -88,6 +91,12 @@ __global__ void __launch_bounds__(kDec3Threads, dec3_min_blocks(D)) decode3_kern
   __shared__ float s_slope[kDec3Rows];
   __shared__ int64_t s_a, s_z;
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Programmatic dependent launch (sm_90+, where run_decode3 launches merge3_kernel with it): the merge
+  // grid may be scheduled once every block of this one has started; it waits (griddepcontrol.wait) for
+  // this grid's completion and memory before reading anything, so the trigger's place is only a timing.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gq = lane / 4, tq = lane % 4;
   const int64_t bh = blockIdx.x / g.nsplit;
   const int split = static_cast<int>(blockIdx.x % g.nsplit);
@@ -96,30 +105,37 @@ __global__ void __launch_bounds__(kDec3Threads, dec3_min_blocks(D)) decode3_kern
   const int R = static_cast<int>(p.Sq * G);  // valid rows (<= 16)
   const float ninf = math::neg_inf<float>();
 
-  // Per-row data; padding rows (r >= R) take row 0's head and position and an empty range (excluded
-  // from the union).
-  if (tid == 0) {
-    const int64_t kv_len = valid_keys(p, b);
-    int64_t ulo = INT64_MAX, uhi = INT64_MIN;
-    for (int r = 0; r < kDec3Rows; ++r) {
-      const int rr = r < R ? r : 0;
-      const int64_t i = rr / G, h = hkv * G + rr % G;
-      math::KeyRange kr = row_keys(p, b, h, i, kv_len);
-      if (r >= R) kr = {0, 0};
+  // Per-row data, one row per lane of warp 0 (lanes 16..31 repeat 0..15; 32-bit index math: G <= 16):
+  // padding rows (r >= R) take row 0's head and position and an empty range. The block's key range is the
+  // union of the rows' ranges (a min / max butterfly over the 16 rows) clipped to the split. Done in
+  // parallel and before the first copy can start, so kept short.
+  const int Gi = static_cast<int>(G);
+  if (warp == 0) {
+    const int r = lane % kDec3Rows, rr = r < R ? r : 0;
+    const int64_t i = rr / Gi, h = hkv * G + rr % Gi;
+    math::KeyRange kr = row_keys(p, b, h, i, valid_keys(p, b));
+    if (r >= R) kr = {0, 0};
+    if (lane < kDec3Rows) {
       s_lo[r] = kr.lo;
       s_hi[r] = kr.hi;
       s_h[r] = h;
       s_i[r] = i;
       s_slope[r] = alibi_slope<float>(p, b, h);
-      if (kr.hi > kr.lo) {
-        ulo = kr.lo < ulo ? kr.lo : ulo;
-        uhi = kr.hi > uhi ? kr.hi : uhi;
-      }
     }
-    const int64_t s_lo_k = static_cast<int64_t>(split) * g.split_keys, s_hi_k = s_lo_k + g.split_keys;
-    const int64_t ka = ulo > s_lo_k ? ulo : s_lo_k, kz = uhi < s_hi_k ? uhi : s_hi_k;
-    s_a = ka < kz ? ka : 0;  // an empty range as [0, 0)
-    s_z = ka < kz ? kz : 0;
+    long long ulo = kr.hi > kr.lo ? kr.lo : INT64_MAX, uhi = kr.hi > kr.lo ? kr.hi : INT64_MIN;
+#pragma unroll
+    for (int o = kDec3Rows / 2; o > 0; o >>= 1) {
+      const long long lo2 = __shfl_xor_sync(0xffffffffu, ulo, o), hi2 = __shfl_xor_sync(0xffffffffu, uhi, o);
+      ulo = lo2 < ulo ? lo2 : ulo;
+      uhi = hi2 > uhi ? hi2 : uhi;
+    }
+    if (lane == 0) {
+      const int64_t u0 = static_cast<int64_t>(ulo), u1 = static_cast<int64_t>(uhi);
+      const int64_t s_lo_k = static_cast<int64_t>(split) * g.split_keys, s_hi_k = s_lo_k + g.split_keys;
+      const int64_t ka = u0 > s_lo_k ? u0 : s_lo_k, kz = u1 < s_hi_k ? u1 : s_hi_k;
+      s_a = ka < kz ? ka : 0;  // an empty range (no row sees a key, or none in this split) as [0, 0)
+      s_z = ka < kz ? kz : 0;
+    }
   }
   // Q [16][LD] (bits of T; padding rows 0), from any strides.
   {
@@ -129,7 +145,7 @@ __global__ void __launch_bounds__(kDec3Threads, dec3_min_blocks(D)) decode3_kern
       const int r = idx / D, d = idx % D;
       uint16_t bits = 0;
       if (r < R) {
-        const int64_t i = r / G, h = hkv * G + r % G;
+        const int64_t i = r / Gi, h = hkv * G + r % Gi;
         bits = qd[b * p.q.stride[0] + h * p.q.stride[1] + i * p.q.stride[2] + static_cast<int64_t>(d) * p.q.stride[3]];
       }
       sq[r * LD + d] = bits;
@@ -393,6 +409,16 @@ __global__ void __launch_bounds__(kDec3Threads, dec3_min_blocks(D)) decode3_kern
   }
 }
 
+/// merge2_kernel's split merge (attention_decode2.cuh), launched with programmatic dependent launch on
+/// sm_90+: it first waits for the decode grid (a no-op when launched without the attribute).
+template <class T>
+__global__ void merge3_kernel(const AttnProblem p, const void* part_o, const void* part_lse, int nsplit) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+  merge2_body<T>(p, part_o, part_lse, nsplit);
+}
+
 // ------------------------------------------------------------------------------------------------ host
 /// Whether v3 takes problem p (p must already satisfy decode_supported, which checks the K / V rows'
 /// 16-byte alignment and strides): float16 / bfloat16, D = Dv in {64, 128}, at most 16 rows per kv head.
@@ -405,14 +431,15 @@ inline bool decode3_supported(const AttnProblem& p) {
 struct Dec3Choice {
   int stages;      // NS: 2, 3 or 4
   int64_t blocks;  // target grid size
+  bool pdl;        // the merge by programmatic dependent launch (where the device has it: sm_90+)
 };
 
-/// The variant: tuning options cuda_decode_stages / cuda_decode3_blocks when set (non-zero), else
-/// ATTNKIT_CUDA_DECODE3="stages,blocks" (read once per process; either part may be left out or 0), else
-/// kDec3Stages / kDec3Blocks. Values out of range are ignored.
+/// The variant: tuning options cuda_decode_stages / cuda_decode3_blocks / cuda_decode3_pdl when set
+/// (non-zero), else ATTNKIT_CUDA_DECODE3="stages,blocks,pdl" (read once per process; any part may be left
+/// out or 0; pdl 1 = on, 2 = off), else kDec3Stages / kDec3Blocks / on. Values out of range are ignored.
 inline Dec3Choice decode3_choice() {
   static const Dec3Choice env = [] {
-    Dec3Choice c{kDec3Stages, kDec3Blocks};
+    Dec3Choice c{kDec3Stages, kDec3Blocks, true};
     const char* e = std::getenv("ATTNKIT_CUDA_DECODE3");
     if (!e) return c;
     char* end = nullptr;
@@ -422,14 +449,21 @@ inline Dec3Choice decode3_choice() {
     if (comma) {
       const long long bl = std::strtoll(comma + 1, &end, 10);
       if (end != comma + 1 && bl >= 64 && bl <= 65536) c.blocks = bl;
+      const char* comma2 = std::strchr(comma + 1, ',');
+      if (comma2) {
+        const long long pd = std::strtoll(comma2 + 1, &end, 10);
+        if (end != comma2 + 1 && (pd == 1 || pd == 2)) c.pdl = pd == 1;
+      }
     }
     return c;
   }();
   Dec3Choice c = env;
   const int64_t ts = tuning().cuda_decode_stages.load();
   const int64_t tb = tuning().cuda_decode3_blocks.load();
+  const int64_t tp = tuning().cuda_decode3_pdl.load();
   if (ts >= 2 && ts <= 4) c.stages = static_cast<int>(ts);
   if (tb >= 64 && tb <= 65536) c.blocks = tb;
+  if (tp == 1 || tp == 2) c.pdl = tp == 1;
   return c;
 }
 
@@ -459,8 +493,23 @@ void launch_decode3(const AttnProblem& p, const DecodeGeom& g, cudaStream_t st) 
   ATTNKIT_CUDA_CHECK_LAUNCH();
 }
 
+/// The stage count the device's shared memory allows (at most `stages`, at least 2): an sm_86 / sm_89 GPU
+/// runs the sm_80 code with 99 KiB per block, less than 3 or 4 stages of D = 128 take. The stages change
+/// how far ahead the copies run, never which warp reads which keys or any reduction order, so the
+/// results do not depend on this choice.
+template <int D>
+int decode3_stages_fitting(int stages, int device) {
+  int optin = 0;
+  ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const std::size_t limit = optin > 1024 ? static_cast<std::size_t>(optin) - 1024 : 0;  // static shared data
+  if (stages >= 4 && Dec3Shape<D, 4>::kSmem <= limit) return 4;
+  if (stages >= 3 && Dec3Shape<D, 3>::kSmem <= limit) return 3;
+  return 2;
+}
+
 template <class T, int D>
 void launch_decode3_stages(const AttnProblem& p, const DecodeGeom& g, int stages, cudaStream_t st) {
+  stages = decode3_stages_fitting<D>(stages, p.device_index);
   if (stages <= 2)
     launch_decode3<T, D, 2>(p, g, st);
   else if (stages == 3)
@@ -487,8 +536,28 @@ void run_decode3(const AttnProblem& p) {
     launch_decode3_stages<T, 128>(p, g, choice.stages, st);
   if (g.nsplit > 1) {
     const int64_t warps = rows * ((p.Dv + 31) / 32);
-    merge2_kernel<T><<<blocks_for(warps, 4), 128, 0, st>>>(p, g.part_o, g.part_lse, g.nsplit);
-    ATTNKIT_CUDA_CHECK_LAUNCH();
+    int major = 0;
+    if (choice.pdl)
+      ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p.device_index));
+    if (major >= 9) {
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(blocks_for(warps, 4));
+      cfg.blockDim = dim3(128);
+      cfg.dynamicSmemBytes = 0;
+      cfg.stream = st;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[0].val.programmaticStreamSerializationAllowed = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      const void* po = g.part_o;
+      const void* pl = g.part_lse;
+      const int ns = g.nsplit;
+      ATTNKIT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge3_kernel<T>, p, po, pl, ns));
+    } else {
+      merge3_kernel<T><<<blocks_for(warps, 4), 128, 0, st>>>(p, g.part_o, g.part_lse, g.nsplit);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
   }
 }
 

@@ -258,3 +258,19 @@ def test_decode_v3_matches_v2(rng, dtype):
     o4, l4 = _check(q, k, v, kw, dt, (2, 65536))
     np.testing.assert_allclose(np.asarray(o4, np.float64), np.asarray(o3, np.float64), atol=tol, rtol=0)
     np.testing.assert_allclose(np.asarray(l4, np.float64), np.asarray(l3, np.float64), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pdl", [1, 2], ids=["pdl", "nopdl"])
+@pytest.mark.parametrize("stages", [2, 4])
+def test_decode_v3_merge_launch(rng, pdl, stages):
+    """The split merge with and without programmatic dependent launch (tuning cuda_decode3_pdl; sm_90+ has
+    it): the same bits either way (and across stage counts: the stages change no reduction order)."""
+    need("attention")
+    q, k, v = qkv(rng, 2, 32, 8, 1, 3000, 128, 128, DT["f16"])
+    kw = {"key_lengths": [3000, 2321]}
+    with tuning(cuda_decode3_pdl=pdl, cuda_decode_stages=stages):
+        out, lse = _check(q, k, v, kw, DT["f16"], (stages, 4096))
+    with tuning(cuda_decode3_pdl=2, cuda_decode_stages=3, cuda_decode3_blocks=4096, cuda_decode=0):
+        o2, l2 = gpu_run(attnkit.attention, q, k, v, return_lse=True, **kw)
+    same(out, o2)
+    same(lse, l2, "lse")

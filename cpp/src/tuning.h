@@ -34,6 +34,8 @@ struct Tuning {
   /// ATTNKIT_CUDA_DECODE3.
   std::atomic<int64_t> cuda_decode_stages{0};
   std::atomic<int64_t> cuda_decode3_blocks{0};
+  /// CUDA decode v3's split merge by programmatic dependent launch (sm_90+): 0 = default (on), 1 = on, 2 = off.
+  std::atomic<int64_t> cuda_decode3_pdl{0};
   /// Every CUDA kernel's scratch (cuda/workspace.cuh): 0 = attnkit's stream-ordered pool per device, which
   /// keeps its memory between calls; 1 = cudaMallocAsync on the device's default pool (for measurements).
   std::atomic<int64_t> cuda_scratch{0};
@@ -48,7 +50,8 @@ constexpr int64_t kMaxDlaSplit = 8;
 
 Tuning& tuning();
 /// Sets option `name` ("linear_chunk", "dla_chunk", "dla_split", "cuda_decode", "cuda_decode_keys",
-/// "cuda_decode_blocks", "cuda_decode_stages", "cuda_decode3_blocks", "cuda_scratch"); Error(Value) naming it for an unknown name or a value
+/// "cuda_decode_blocks", "cuda_decode_stages", "cuda_decode3_blocks", "cuda_decode3_pdl",
+/// "cuda_scratch"); Error(Value) naming it for an unknown name or a value
 /// out of range.
 void set_tuning(const std::string& name, int64_t value);
 int64_t get_tuning(const std::string& name);
