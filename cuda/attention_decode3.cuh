@@ -95,7 +95,8 @@ __global__ void __launch_bounds__(kDec3Threads, dec3_min_blocks(D)) decode3_kern
   // Programmatic dependent launch (sm_90+, where run_decode3 launches merge3_kernel with it): the merge
   // grid may be scheduled once every block of this one has started; it waits (griddepcontrol.wait) for
   // this grid's completion and memory before reading anything, so the trigger's place is only a timing.
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  // Without splits there is no merge: no trigger (a later kernel of the caller's waits for completion).
+  if (g.nsplit > 1) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gq = lane / 4, tq = lane % 4;
   const int64_t bh = blockIdx.x / g.nsplit;
