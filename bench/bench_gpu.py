@@ -21,12 +21,14 @@
   (2 * B * Hkv * Sk * D * itemsize bytes per call) and the % of the peak bandwidth (``--peak-gbs``, default
   the device's: H100 SXM/HBM3 3350, H200 4800, A100 80GB 2039, A100 40GB 1555 GB/s by name, else memory clock
   x 2 x bus width / 8, else 3350; the JSON's env says which); torch SDPA (GQA) alongside where it runs.
-* Decode kernel variants (``--decode-sweep``, on under ``--quick``): the v1 kernel and v2 with every
-  (keys per lane group and step, target grid size) of cuda/attention_decode2.cuh, switched in-process
-  through ``attnkit._core.set_tuning``, on GQA 32:8 (Sq 1 and 2) and MHA, Sk = 16384 and 131072: GB/s by
-  call time and by device time (a spin kernel ahead of the call hides the host work), and the variant with
-  the best geometric-mean device GB/s (the one to make the default); "dflt-nopool": v2's defaults with the
-  scratch from the device's default pool (tuning ``cuda_scratch``) instead of attnkit's (cuda/workspace.cuh).
+* Decode kernel variants (``--decode-sweep``, on under ``--quick``): the v1 kernel, v2
+  (cuda/attention_decode2.cuh) with its defaults and one other (keys per lane group and step, target grid
+  size), and the tensor-core v3 (cuda/attention_decode3.cuh) with every (cp.async stages per warp, target
+  grid size), switched in-process through ``attnkit._core.set_tuning`` (gpu_sweeps.DECODE_VARIANTS), on
+  GQA 32:8 (Sq 1 and 2) and MHA, Sk = 16384 and 131072: GB/s by call time and by device time (a spin kernel
+  ahead of the call hides the host work), and the variants with the best geometric-mean device GB/s
+  (overall and v3's: the one to make the default); "v3-nopool": v3's defaults with the scratch from the
+  device's default pool (tuning ``cuda_scratch``) instead of attnkit's (cuda/workspace.cuh).
 * Linear attention (elu+1), Performer (m=256) and DLA prefill (tokens/s) and DLA decode (one token with a
   cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..).
 * DLA prefill kernels side by side (``--dla-sweep``, on under ``--quick``; S = 4096, 16384): the first CUDA
@@ -517,7 +519,7 @@ def main(argv=None) -> int:
     log("-- linear-time mechanisms vs exact attention (float16, B=4, H=16, D=64): tokens/s")
     linear_rows(ctx, linear_sizes)
     if a.decode_sweep or a.quick:
-        log("-- decode kernel variants (v1; v2 k<keys per step>b<target blocks>): GB/s of K+V, call and device")
+        log("-- decode kernel variants (v1; v2; v3 s<stages>b<target blocks>): GB/s of K+V, call and device")
         try:
             decode_sweep_rows(ctx, a.decode_sweep_sizes or [16384, 131072])
         except Exception as e:  # noqa: BLE001 - the rows measured so far are kept

@@ -125,13 +125,20 @@ def variant_rows(ctx, dtypes, dims, sizes=(1024, 4096), B=4, H=16, timeout_s=90)
             ctx["add"](row)
 
 
-# The decode kernel's variants (cuda/attention_decode2.cuh, tuning options of attnkit._core.set_tuning):
-# "v1" = the v1 kernel (cuda_decode=1); "k<keys>b<blocks>" = v2 with cuda_decode_keys / cuda_decode_blocks;
-# "dflt-nopool" = v2's defaults with the scratch from the device's default pool instead of attnkit's
-# (cuda_scratch=1, cuda/workspace.cuh).
-DECODE_VARIANTS = [("v1", {"cuda_decode": 1})] + [
-    (f"k{k}b{b}", {"cuda_decode": 0, "cuda_decode_keys": k, "cuda_decode_blocks": b})
-    for k in (1, 2, 4) for b in (512, 1024, 2048, 4096)] + [("dflt-nopool", {"cuda_decode": 0, "cuda_scratch": 1})]
+# The decode kernel's variants (cuda/attention_decode{2,3}.cuh, tuning options of attnkit._core.set_tuning):
+# "v1" = the v1 kernel (cuda_decode=1); "v2" = v2's defaults (cuda_decode=2: never v3), "v2k<keys>b<blocks>"
+# = v2 with cuda_decode_keys / cuda_decode_blocks; "v3s<stages>b<blocks>" = the tensor-core v3 with
+# cuda_decode_stages (cp.async stages per warp) / cuda_decode3_blocks (target grid size -> split count);
+# "v3-nopdl" = v3's defaults with the split merge launched plainly (cuda_decode3_pdl=2: no programmatic
+# dependent launch); "v3-nopool" = v3's defaults with the scratch from the device's default pool instead of attnkit's
+# (cuda_scratch=1, cuda/workspace.cuh). v3 needs "attention_decode_v3" (ATTNKIT_CUDA_UNVERIFIED=1 until
+# verified), else its rows run v2.
+DECODE_VARIANTS = (
+    [("v1", {"cuda_decode": 1}), ("v2", {"cuda_decode": 2}),
+     ("v2k2b1024", {"cuda_decode": 2, "cuda_decode_keys": 2, "cuda_decode_blocks": 1024})]
+    + [(f"v3s{st}b{b}", {"cuda_decode": 0, "cuda_decode_stages": st, "cuda_decode3_blocks": b})
+       for st in (2, 3, 4) for b in (256, 512, 1024, 2048)]
+    + [("v3-nopdl", {"cuda_decode": 0, "cuda_decode3_pdl": 2}), ("v3-nopool", {"cuda_decode": 0, "cuda_scratch": 1})])
 DECODE_SWEEP_SHAPES = [("gqa32:8", 32, 8, 1), ("mha8", 8, 8, 1), ("gqa32:8-Sq2", 32, 8, 2)]
 
 
@@ -145,15 +152,21 @@ def decode_sweep_rows(ctx, sizes, B=4, D=128, dtype="float16"):
     core = attnkit._core
     try:
         v2 = bool(core.cuda_has_kernel("attention_decode_v2"))
+        v3 = bool(core.cuda_has_kernel("attention_decode_v3"))
         core.get_tuning("cuda_scratch")
+        core.get_tuning("cuda_decode3_pdl")
     except Exception as e:  # noqa: BLE001 - a build without the options
         log(f"bench_gpu: decode sweep skipped ({e.__class__.__name__}: {e})")
         return
     if not v2:
         log("bench_gpu: attention_decode_v2 is not enabled (ATTNKIT_CUDA_UNVERIFIED=1 enables it): "
             "the v2 variants below run the v1 kernel")
+    if not v3:
+        log("bench_gpu: attention_decode_v3 is not enabled (ATTNKIT_CUDA_UNVERIFIED=1 enables it): "
+            "the v3 variants below run v2")
     dev_timer = DeviceTimer(cupy, ctx["torch"], 5)
-    names = ("cuda_decode", "cuda_decode_keys", "cuda_decode_blocks", "cuda_scratch")
+    names = ("cuda_decode", "cuda_decode_keys", "cuda_decode_blocks", "cuda_decode_stages", "cuda_decode3_blocks",
+             "cuda_decode3_pdl", "cuda_scratch")
     saved = {n: core.get_tuning(n) for n in names}
     scores = {}
     try:
@@ -170,7 +183,8 @@ def decode_sweep_rows(ctx, sizes, B=4, D=128, dtype="float16"):
                     for n, val in opts.items():
                         core.set_tuning(n, val)
                     row = {"kind": "decode_sweep", "dtype": dtype, "shape": shape, "B": B, "Hq": Hq, "Hkv": Hkv,
-                           "Sq": Sq, "Sk": Sk, "D": D, "variant": name, "v2_enabled": v2, "kv_bytes": kv_bytes}
+                           "Sq": Sq, "Sk": Sk, "D": D, "variant": name, "v2_enabled": v2, "v3_enabled": v3,
+                           "kv_bytes": kv_bytes}
                     t, note = attempt(lambda: timer(lambda: attnkit.attention(q, k, v)))
                     row["call_s"], row["note"] = t, note
                     if t:
@@ -189,15 +203,20 @@ def decode_sweep_rows(ctx, sizes, B=4, D=128, dtype="float16"):
     finally:
         for n, val in saved.items():
             core.set_tuning(n, val)
-    scores = {n: x for n, x in scores.items() if n.startswith("k")}  # the v2 (keys, blocks) variants
-    full = {n: x for n, x in scores.items() if len(x) == max(len(y) for y in scores.values())}
+    # The (keys, blocks) / (stages, blocks) variants with every shape measured: the best overall and the best v3.
+    full = {n: x for n, x in scores.items() if n != "v1" and n != "v3-nopool"}
+    most = max((len(x) for x in full.values()), default=0)
+    full = {n: x for n, x in full.items() if len(x) == most}
     if full:
         gm = {n: float(np.exp(np.mean(np.log(x)))) for n, x in full.items()}
         best = max(gm, key=gm.get)
+        v3gm = {n: g for n, g in gm.items() if n.startswith("v3")}
+        best3 = max(v3gm, key=v3gm.get) if v3gm else None
         ctx["add"]({"kind": "decode_sweep_best", "variant": best, "geomean_device_gbs": gm[best],
-                    "geomean_device_gbs_by_variant": gm, "v2_enabled": v2,
-                    "how": "make it the default: kDec2Keys / kDec2Blocks in cuda/attention_decode2.cuh "
-                           "(or ATTNKIT_CUDA_DECODE=keys,blocks)"})
+                    "best_v3": best3, "best_v3_geomean_device_gbs": v3gm.get(best3),
+                    "geomean_device_gbs_by_variant": gm, "v2_enabled": v2, "v3_enabled": v3,
+                    "how": "make it the default: kDec3Stages / kDec3Blocks in cuda/attention_decode3.cuh "
+                           "(or ATTNKIT_CUDA_DECODE3=stages,blocks); v2: kDec2Keys / kDec2Blocks"})
 
 
 # ----------------------------------------------------------------------------------------- linear variants

@@ -1,7 +1,8 @@
 // Exact attention and attention_weights on the GPU: the tensor-core kernel for the float16 / bfloat16
 // problems it supports (attention_mma2.cuh where enabled and it applies, else attention_mma.cuh), the
 // flash-decoding kernel for few query rows per kv head (attention_decode.cuh; its v2 in
-// attention_decode2.cuh where enabled), the SIMT kernel for everything else (attention_simt.cuh).
+// attention_decode2.cuh and its tensor-core v3 in attention_decode3.cuh where enabled), the SIMT kernel
+// for everything else (attention_simt.cuh).
 #include <cstdlib>
 #include <cstring>
 
@@ -9,6 +10,7 @@
 #include "cuda/common.cuh"
 #include "cuda/attention_decode.cuh"
 #include "cuda/attention_decode2.cuh"
+#include "cuda/attention_decode3.cuh"
 #include "cuda/attention_terms.cuh"
 
 namespace attnkit {
@@ -33,6 +35,9 @@ extern template void run_decode<bf16_t>(const AttnProblem&);
 // The decode kernel v2 (attention_decode2.cuh), float16 / bfloat16, in attention_decode2_<dtype>.cu.
 extern template void run_decode2<half_t>(const AttnProblem&);
 extern template void run_decode2<bf16_t>(const AttnProblem&);
+// The decode kernel v3 (attention_decode3.cuh, tensor cores), float16 / bfloat16, in attention_decode3_<dtype>.cu.
+extern template void run_decode3<half_t>(const AttnProblem&);
+extern template void run_decode3<bf16_t>(const AttnProblem&);
 
 namespace {
 /// Whether the tensor-core kernel takes problem p.
@@ -121,10 +126,13 @@ void attention(const AttnProblem& p) {
     }
     if (decode_supported(p)) {
       if constexpr (sizeof(T) == 2) {
-        // v2 only where enabled ("attention_decode_v2", not yet verified on a GPU) and not switched off by
-        // the tuning option cuda_decode = 1; everything else (float32 / float64, > 8 rows per kv head) v1.
-        if (decode2_supported(p) && tuning().cuda_decode.load() == 0 && has_kernel("attention_decode_v2"))
-          return run_decode2<T>(p);
+        // v3 (tensor cores: D = Dv in {64, 128}, <= 16 rows per kv head) only where enabled
+        // ("attention_decode_v3", not yet verified on a GPU) and not switched off by the tuning option
+        // cuda_decode (1: v1, 2: v2); then v2 where enabled and not switched off (cuda_decode = 1);
+        // everything else (float32 / float64, > 8 rows per kv head) v1.
+        const int64_t which = tuning().cuda_decode.load();
+        if (which == 0 && decode3_supported(p) && has_kernel("attention_decode_v3")) return run_decode3<T>(p);
+        if (decode2_supported(p) && which != 1 && has_kernel("attention_decode_v2")) return run_decode2<T>(p);
       }
       return run_decode<T>(p);
     }

@@ -316,8 +316,9 @@ __global__ void __launch_bounds__(kDecThreads, dec2_min_blocks(kR, U)) decode2_k
 /// Merges the splits (split order, the merge rule of math/softmax.h, as merge_splits_kernel) with one warp
 /// per (row, 32 output dims): warp w serves row w / nd, dims (w % nd) * 32 + lane, nd = ceil(Dv / 32).
 /// The LSE is written by lane 0 of each row's first warp. Dv >= 1.
+/// (The body is merge2_body, which decode v3's merge3_kernel shares.)
 template <class T>
-__global__ void merge2_kernel(const AttnProblem p, const void* part_o, const void* part_lse, int nsplit) {
+__device__ __forceinline__ void merge2_body(const AttnProblem& p, const void* part_o, const void* part_lse, int nsplit) {
   using A = acc_t<T>;
   const int64_t rows_total = p.B * p.Hq * p.Sq;
   const int64_t nd = (p.Dv + 31) / 32;
@@ -340,6 +341,11 @@ __global__ void merge2_kernel(const AttnProblem p, const void* part_o, const voi
         from_acc<T>(acc * math::merge_scale(mx, sum));
   if (dv == 0 && p.lse)
     static_cast<A*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] = math::merge_lse(mx, sum);
+}
+
+template <class T>
+__global__ void merge2_kernel(const AttnProblem p, const void* part_o, const void* part_lse, int nsplit) {
+  merge2_body<T>(p, part_o, part_lse, nsplit);
 }
 
 // ------------------------------------------------------------------------------------------------ host

@@ -52,6 +52,7 @@ constexpr const char* kVerified[] = {
 /// A kernel moves to kVerified once the check has passed on a GPU.
 constexpr const char* kCompiled[] = {
     "linear_attention_mma_c128",  // linear_mma.cuh's default chunk 128 (64 until verified; linear.cu)
+    "attention_decode_v3",        // the tensor-core decode kernel (attention_decode3.cuh; attention.cu)
 };
 
 template <std::size_t N>

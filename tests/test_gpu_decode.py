@@ -4,6 +4,8 @@ tools/gpu_check.sh does); elsewhere the same calls run the v1 decode kernel and 
 Every contract feature over rows per kv head 1..8, GQA / MHA, odd key lengths, empty and fully masked rows,
 head dims 8..256, each case under one of the kernel's variants (tuning options cuda_decode_keys /
 cuda_decode_blocks: keys per lane group and step, target grid size -> split count), and v2 against v1.
+Every call sets the tuning option cuda_decode = 2 (v2, never the tensor-core v3, which test_gpu_decode3.py
+covers)
 Helpers and conventions: gpu_common.py."""
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def _inputs(rng, spec):
 
 def _check(q, k, v, kw, dtype, variant):
     keys, blocks = variant
-    with tuning(cuda_decode_keys=keys, cuda_decode_blocks=blocks):
+    with tuning(cuda_decode=2, cuda_decode_keys=keys, cuda_decode_blocks=blocks):  # 2: v2, never v3
         out, lse = gpu_run(attnkit.attention, q, k, v, return_lse=True, **kw)
     c_out, c_lse = attnkit.attention(q, k, v, return_lse=True, **kw)
     r_out, r_lse = ref.attention(q, k, v, return_lse=True, **kw)

@@ -20,13 +20,22 @@ struct Tuning {
   /// DLA: 0 = automatic (decode path for T = 1, else chunks of 64), L >= 1 = chunks of L tokens.
   std::atomic<int64_t> dla_chunk{0};
   /// CUDA decode kernel (cuda/attention_decode2.cuh; speed only, never a result beyond rounding):
-  /// cuda_decode: 0 = automatic (the v2 kernel where it is enabled and takes the problem), 1 = the v1 kernel;
+  /// cuda_decode: 0 = automatic (v3, else v2, where enabled and taking the problem), 1 = the v1 kernel,
+  /// 2 = v2 (never v3);
   /// cuda_decode_keys: keys per lane group and step of v2 (0 = default, else 1, 2 or 4, clamped to what the
   /// head dim allows); cuda_decode_blocks: v2's target grid size, from which the split count follows
   /// (0 = default, else 64..65536). The defaults come from ATTNKIT_CUDA_DECODE (cuda/attention_decode2.cuh).
   std::atomic<int64_t> cuda_decode{0};
   std::atomic<int64_t> cuda_decode_keys{0};
   std::atomic<int64_t> cuda_decode_blocks{0};
+  /// CUDA decode kernel v3 (cuda/attention_decode3.cuh, tensor cores): cuda_decode = 2 skips it (v2 where
+  /// it applies); cuda_decode_stages: cp.async stages per warp (0 = default, else 2, 3 or 4);
+  /// cuda_decode3_blocks: v3's target grid size (0 = default, else 64..65536). The defaults come from
+  /// ATTNKIT_CUDA_DECODE3.
+  std::atomic<int64_t> cuda_decode_stages{0};
+  std::atomic<int64_t> cuda_decode3_blocks{0};
+  /// CUDA decode v3's split merge by programmatic dependent launch (sm_90+): 0 = default (on), 1 = on, 2 = off.
+  std::atomic<int64_t> cuda_decode3_pdl{0};
   /// Every CUDA kernel's scratch (cuda/workspace.cuh): 0 = attnkit's stream-ordered pool per device, which
   /// keeps its memory between calls; 1 = cudaMallocAsync on the device's default pool (for measurements).
   std::atomic<int64_t> cuda_scratch{0};
@@ -41,7 +50,8 @@ constexpr int64_t kMaxDlaSplit = 8;
 
 Tuning& tuning();
 /// Sets option `name` ("linear_chunk", "dla_chunk", "dla_split", "cuda_decode", "cuda_decode_keys",
-/// "cuda_decode_blocks", "cuda_scratch"); Error(Value) naming it for an unknown name or a value
+/// "cuda_decode_blocks", "cuda_decode_stages", "cuda_decode3_blocks", "cuda_decode3_pdl",
+/// "cuda_scratch"); Error(Value) naming it for an unknown name or a value
 /// out of range.
 void set_tuning(const std::string& name, int64_t value);
 int64_t get_tuning(const std::string& name);

@@ -4,9 +4,14 @@ every code path; users have no reason to.
 
     linear_chunk   linear attention / Performer chunk length: 0 = tuned default, else 1..1024
     dla_chunk      DLA: 0 = automatic, L >= 1 = chunks of L tokens (1: token by token)
-    cuda_decode         CUDA decode kernel: 0 = automatic (v2 where enabled), 1 = the v1 kernel
+    cuda_decode         CUDA decode kernel: 0 = automatic (v3, else v2, where enabled), 1 = the v1 kernel,
+                        2 = v2 (never v3)
     cuda_decode_keys    CUDA decode v2: keys per lane group and step, 0 = default, else 1, 2 or 4
     cuda_decode_blocks  CUDA decode v2: target grid size (sets the split count), 0 = default, else 64..65536
+    cuda_decode_stages  CUDA decode v3: cp.async stages per warp, 0 = default, else 2, 3 or 4
+    cuda_decode3_blocks CUDA decode v3: target grid size (sets the split count), 0 = default, else 64..65536
+    cuda_decode3_pdl    CUDA decode v3: its split merge by programmatic dependent launch (sm_90+), 0 = default
+                        (on), 1 = on, 2 = off
     cuda_scratch        CUDA kernels' scratch: from attnkit's pool per device (0) or the device's default pool (1)
     dla_split      DLA prefill on CUDA (the v2 kernel): blocks per (batch, head), each owning a slice of
                    the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first

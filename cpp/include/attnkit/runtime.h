@@ -37,8 +37,8 @@ struct Support {
 /// Backend tuning options: switches that change speed, never a result beyond rounding, process-wide.
 ///   "linear_chunk": linear attention / Performer chunk length, 0 = tuned default, else 1..1024;
 ///   "dla_chunk":    DLA, 0 = automatic, L >= 1 = chunks of L tokens (1: token by token);
-///   "cuda_decode", "cuda_decode_keys", "cuda_decode_blocks": the CUDA decode kernel's version and variant
-///                   (cpp/src/tuning.h), 0 = defaults;
+///   "cuda_decode", "cuda_decode_keys", "cuda_decode_blocks", "cuda_decode_stages", "cuda_decode3_blocks",
+///   "cuda_decode3_pdl": the CUDA decode kernel's version and variants (cpp/src/tuning.h), 0 = defaults;
 ///   "cuda_scratch": CUDA scratch from attnkit's pool per device (0, the default) or the default pool (1).
 ///   "dla_split":    DLA prefill on CUDA, blocks per (batch, head) (output column slices), 0 = automatic, else 1..8
 ///                   (-1: the first CUDA prefill kernel, for measurements).
