@@ -52,6 +52,7 @@ constexpr const char* kVerified[] = {
 /// A kernel moves to kVerified once the check has passed on a GPU.
 constexpr const char* kCompiled[] = {
     "linear_attention_mma_c128",  // linear_mma.cuh's default chunk 128 (64 until verified; linear.cu)
+    "dla_prefill_v3",             // DLA prefill with the linked-list scan (dla_prefill_v3.cu; chosen in dla.cu)
 };
 
 template <std::size_t N>

@@ -8,9 +8,9 @@ every code path; users have no reason to.
     cuda_decode_keys    CUDA decode v2: keys per lane group and step, 0 = default, else 1, 2 or 4
     cuda_decode_blocks  CUDA decode v2: target grid size (sets the split count), 0 = default, else 64..65536
     cuda_scratch        CUDA kernels' scratch: from attnkit's pool per device (0) or the device's default pool (1)
-    dla_split      DLA prefill on CUDA (the v2 kernel): blocks per (batch, head), each owning a slice of
-                   the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first
-                   CUDA prefill kernel (for side-by-side measurements)
+    dla_split      DLA prefill on CUDA (the v2 / v3 kernels): blocks per (batch, head), each owning a slice
+                   of the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first
+                   CUDA prefill kernel, -2 = the second (for side-by-side measurements)
 """
 
 from __future__ import annotations
