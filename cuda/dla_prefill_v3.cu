@@ -16,6 +16,11 @@
 // * Index arithmetic inside a chunk in 32 bits (every chunk array is bounded by shared memory), global
 //   offsets in 64 bits as before.
 // * The readout weights find a unit's entry by binary search in the row's snapshot (v2: a linear search).
+// * Latency: the chunk's inputs are loaded kLb per thread before they are stored (v2 waited for each load);
+//   the log-decays are loaded by every thread, not one after another by thread 0; K S_open shares each load
+//   of S_open[d][e] between kKsG rows (one column per thread when the block size is a multiple of Dv); the
+//   readout's loop over the carried states' rows is unrolled (loads in flight together); an entry carried
+//   through the chunk unchanged is not rewritten. None of these changes an operation's order.
 //
 // What stays serial per chunk (and bounds the speed: B*H = 64 items is under one block per SM): the scan
 // above, the per-row A chains and suffix sums (one thread per row, O(L) each), and the phase barriers.
@@ -39,6 +44,11 @@ using v2::kDt;
 using v2::kRt;
 using v2::kTg;
 using v2::load_rows;
+
+/// Elements each thread loads before storing them (the chunk's inputs), and rows sharing the loads of
+/// S_open in K S_open.
+constexpr int kLb = 4;
+constexpr int kKsG = 4;
 
 /// v2's layout plus the scan's unit-indexed arrays (C + L entries each: every unit of a chunk) and the set
 /// of live units (C).
@@ -373,32 +383,80 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       // 1. The chunk, transposed (Q^T, K^T, V^T; rows Lc .. LP-1 zero) and V row-major.
       // (32-bit index arithmetic inside the chunk: every product below is bounded by shared memory)
       const int32_t Dk32 = static_cast<int32_t>(Dk), Dv32 = static_cast<int32_t>(Dv), C32 = static_cast<int32_t>(C);
-      for (int32_t idx = tid; idx < static_cast<int32_t>(LP * Dk); idx += nth) {
-        const int32_t r = idx / Dk32, d = idx % Dk32;
-        R q = R(0), k = R(0);
-        if (r < Lc) {
-          q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
-          k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
+      // Each thread loads kLb elements before storing them (v2 loaded and stored one at a time: the
+      // compiler cannot move a global load above a shared-memory store through generic pointers, so every
+      // element waited for its own load).
+      {
+        const int32_t n = static_cast<int32_t>(LP * Dk);
+        for (int32_t i0 = tid; i0 < n; i0 += kLb * nth) {
+          R q[kLb], k[kLb];
+          int32_t rr[kLb], dd[kLb];
+#pragma unroll
+          for (int a = 0; a < kLb; ++a) {
+            const int32_t idx = i0 + a * nth;
+            rr[a] = idx / Dk32;
+            dd[a] = idx % Dk32;
+            q[a] = R(0);
+            k[a] = R(0);
+            if (idx < n && rr[a] < Lc) {
+              q[a] = ld<St>(p.q.data, at3(p.q, b, h, t0 + rr[a]) + dd[a] * p.q.stride[3]);
+              k[a] = ld<St>(p.k.data, at3(p.k, b, h, t0 + rr[a]) + dd[a] * p.k.stride[3]);
+            }
+          }
+#pragma unroll
+          for (int a = 0; a < kLb; ++a) {
+            if (i0 + a * nth >= n) break;
+            w.QT[dd[a] * LP + rr[a]] = q[a];
+            w.KT[dd[a] * LP + rr[a]] = k[a];
+            if (rr[a] < Lc) w.Kc[rr[a] * Dk + dd[a]] = k[a];
+          }
         }
-        w.QT[d * LP + r] = q;
-        w.KT[d * LP + r] = k;
-        if (r < Lc) w.Kc[r * Dk + d] = k;
       }
-      for (int32_t idx = tid; idx < static_cast<int32_t>(LP * Dv); idx += nth) {
-        const int32_t r = idx / Dv32, e = idx % Dv32;
-        const R v = r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
-        w.VT[e * LP + r] = v;
-        if (r < Lc) w.Vc[r * Dv + e] = v;
+      {
+        const int32_t n = static_cast<int32_t>(LP * Dv);
+        for (int32_t i0 = tid; i0 < n; i0 += kLb * nth) {
+          R v[kLb];
+          int32_t rr[kLb], ee[kLb];
+#pragma unroll
+          for (int a = 0; a < kLb; ++a) {
+            const int32_t idx = i0 + a * nth;
+            rr[a] = idx / Dv32;
+            ee[a] = idx % Dv32;
+            v[a] = idx < n && rr[a] < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + rr[a]) + ee[a] * p.v.stride[3]) : R(0);
+          }
+#pragma unroll
+          for (int a = 0; a < kLb; ++a) {
+            if (i0 + a * nth >= n) break;
+            w.VT[ee[a] * LP + rr[a]] = v[a];
+            if (rr[a] < Lc) w.Vc[rr[a] * Dv + ee[a]] = v[a];
+          }
+        }
       }
-      for (int32_t idx = tid; idx < static_cast<int32_t>(Lc * C); idx += nth) {
-        const int32_t r = idx / C32, c = idx % C32;
-        w.lamc[idx] = ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
+      {
+        const int32_t n = static_cast<int32_t>(Lc * C);
+        for (int32_t i0 = tid; i0 < n; i0 += kLb * nth) {
+          R x[kLb];
+#pragma unroll
+          for (int a = 0; a < kLb; ++a) {
+            const int32_t idx = i0 + a * nth, r = idx / C32, c = idx % C32;
+            x[a] = idx < n ? ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]) : R(0);
+          }
+#pragma unroll
+          for (int a = 0; a < kLb; ++a)
+            if (i0 + a * nth < n) w.lamc[i0 + a * nth] = x[a];
+        }
       }
-      if (w.decay && tid == 0) {
-        double G = 0;
-        for (int64_t r = 0; r < Lc; ++r) {
-          G += w.log_decay(t0 + r);
-          w.G[r] = G;
+      if (w.decay) {  // uniform over the block
+        // g_r into a2 by every thread (v2: thread 0 loaded them one after another), then thread 0's sums
+        // in the same order.
+        for (int32_t r = tid; r < static_cast<int32_t>(Lc); r += nth) w.a2[r] = w.log_decay(t0 + r);
+        __syncthreads();
+        if (tid == 0) {
+          double G = 0;
+          for (int64_t r = 0; r < Lc; ++r) {
+            G += w.a2[r];
+            w.G[r] = G;
+          }
         }
       }
       __syncthreads();
@@ -406,7 +464,7 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       if (w.decay)
         for (int64_t r = tid; r < Lc; r += nth) {
           w.eG[r] = exp(w.G[r]);
-          w.a2[r] = exp(2.0 * w.log_decay(t0 + r));
+          w.a2[r] = exp(2.0 * w.a2[r]);  // a_r^2 (each thread rewrites only its own rows' g_r)
           if (factored) {
             w.er[r] = exp(w.G[r] - w.G[0]);
             w.fj[r] = exp(w.G[0] - w.G[r]);
@@ -481,17 +539,59 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       double A_open = 0.0;
       if (m_in > 0) {  // uniform over the block
         const R* open = w.slots + w.slot[m_in - 1] * SS;
-        for (int32_t idx = tid; idx < static_cast<int32_t>(Lc * Dv); idx += nth) {
-          const int32_t r = idx / Dv32, e = idx % Dv32;
-          double u[4] = {0, 0, 0, 0};  // four partial sums over d (latency), added in a fixed order
-          int64_t d = 0;
-          for (; d + 4 <= Dk; d += 4) {
+        if (nth % Dv32 == 0) {
+          // Each thread owns one column e (nth is a multiple of Dv) and the rows r = r_first + k * rstep;
+          // kKsG rows at a time share every load of S_open[d][e] (v2 loaded it once per row). Per row the
+          // same four partial sums over d mod 4 in the same order as below: the same bits.
+          const int32_t e = tid % Dv32, rstep = nth / Dv32, L32 = static_cast<int32_t>(Lc);
+          for (int32_t rg = tid / Dv32; rg < L32; rg += kKsG * rstep) {
+            double u[kKsG][4];
 #pragma unroll
-            for (int a = 0; a < 4; ++a)
-              u[a] += static_cast<double>(w.KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
+            for (int g = 0; g < kKsG; ++g)
+#pragma unroll
+              for (int a = 0; a < 4; ++a) u[g][a] = 0;
+            int32_t d = 0;
+#pragma unroll 2
+            for (; d + 4 <= Dk32; d += 4) {
+              double sv[4];
+#pragma unroll
+              for (int a = 0; a < 4; ++a) sv[a] = static_cast<double>(open[(d + a) * Dv32 + e]);
+#pragma unroll
+              for (int g = 0; g < kKsG; ++g) {
+                const int32_t r = rg + g * rstep;
+                if (r < L32) {  // rows up to LP are zero in KT, but stay inside the chunk anyway
+#pragma unroll
+                  for (int a = 0; a < 4; ++a) u[g][a] += static_cast<double>(w.KT[(d + a) * LP + r]) * sv[a];
+                }
+              }
+            }
+            for (; d < Dk32; ++d) {
+              const double sv = static_cast<double>(open[d * Dv32 + e]);
+#pragma unroll
+              for (int g = 0; g < kKsG; ++g) {
+                const int32_t r = rg + g * rstep;
+                if (r < L32) u[g][0] += static_cast<double>(w.KT[d * LP + r]) * sv;
+              }
+            }
+#pragma unroll
+            for (int g = 0; g < kKsG; ++g) {
+              const int32_t r = rg + g * rstep;
+              if (r < L32) w.KS[r * Dv32 + e] = (u[g][0] + u[g][1]) + (u[g][2] + u[g][3]);
+            }
           }
-          for (; d < Dk; ++d) u[0] += static_cast<double>(w.KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
-          w.KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
+        } else {
+          for (int32_t idx = tid; idx < static_cast<int32_t>(Lc * Dv); idx += nth) {
+            const int32_t r = idx / Dv32, e = idx % Dv32;
+            double u[4] = {0, 0, 0, 0};  // four partial sums over d (latency), added in a fixed order
+            int64_t d = 0;
+            for (; d + 4 <= Dk; d += 4) {
+#pragma unroll
+              for (int a = 0; a < 4; ++a)
+                u[a] += static_cast<double>(w.KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
+            }
+            for (; d < Dk; ++d) u[0] += static_cast<double>(w.KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
+            w.KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
+          }
         }
         double sq = 0;
         for (int64_t idx = tid; idx < SS; idx += nth) {
@@ -617,8 +717,12 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
               wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
               acc[a] = R(0);
             }
-            for (int64_t d = 0; d < Dk; ++d) {
-              const R sd = S[d * Dv];
+            // Unrolled so that several loads of S (global scratch, L1 / L2) are in flight at once; the sums
+            // keep v2's order.
+            const int32_t Dv32s = static_cast<int32_t>(Dv);
+#pragma unroll 8
+            for (int32_t d = 0; d < Dk32; ++d) {
+              const R sd = S[d * Dv32s];
               R q8[kRt];
               load_rows(w.QT + d * LP + r0, q8);  // rows past Lc are zero
 #pragma unroll

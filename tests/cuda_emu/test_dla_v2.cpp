@@ -189,6 +189,8 @@ template <class T> void all() {
   run<T>("chunk 1 tau inf", 23, 8, 8, 3, 1, INFINITY, true, true, true, 2);
   run<T>("big tiles default chunk", 150, 20, 19, 4, 0, -1.0, true, false, true, 2);
   run<T>("C=16 every token a boundary", 200, 8, 8, 16, 0, -1.0, false, false, true, 2);
+  run<T>("Dv=32 Dk=18 (v3: one column per thread)", 150, 18, 32, 6, 0, -1.0, true, false, true, 2);
+  run<T>("Dv=16 Dk=12 chunk 30", 100, 12, 16, 4, 30, -1.0, false, true, true, 1);
   g_zero_keys = true;  // every ratio ties (the oldest pair wins); the carried states tell the merges apart
   run<T>("zero keys, ties, cache", 100, 8, 8, 6, 0, -1.0, false, false, true, 2);
   run<T>("zero keys, ties, cache, chunk 9, decay", 100, 8, 8, 5, 9, -1.0, true, false, true, 1);
