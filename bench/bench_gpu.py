@@ -361,7 +361,7 @@ def format_row(r) -> str:
         return "  ".join(parts) + "  (Mtok/s)"
     if r["kind"] == "linear_sweep":
         parts = [f"sweep  {r['variant']:<13} S={r['S']:<5}"]
-        for name in ("linear", "linear_causal", "performer", "performer_causal"):
+        for name in ("linear", "linear_causal", "performer", "performer_causal", "dla_prefill"):
             tps = r.get(f"{name}_tokens_per_s")
             if tps or r.get(f"{name}_note"):
                 parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', str(r.get(f'{name}_note', '-'))[:9])}")

@@ -221,6 +221,10 @@ LINEAR_SWEEP = [
     ("v2 seg128", {"ATTNKIT_LINEAR_CUDA_SEG": "128"}, ("linear", "performer")),
     ("v2 seg512", {"ATTNKIT_LINEAR_CUDA_SEG": "512"}, ("linear", "performer")),
     ("v2 seg2048", {"ATTNKIT_LINEAR_CUDA_SEG": "2048"}, ("linear", "performer")),
+    # DLA prefill (C = 16, lam as linear_rows), cuda/dla_prefill_v3.cu's scan: the warp scan (default) vs the
+    # linked-list scan on one thread (ATTNKIT_DLA_CUDA_SCAN=0); both give the same bits.
+    ("dla scan warp", {}, ("dla_prefill",)),
+    ("dla scan list", {"ATTNKIT_DLA_CUDA_SCAN": "0"}, ("dla_prefill",)),
 ]
 
 
@@ -247,16 +251,18 @@ def linear_child(sizes, calls, reps, warmup, target_s):
     out = {}
     for S in sizes:
         q, k, v = (randn(cupy, (B, H, S, D), "float16", 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+        lam = (cupy.random.random((B, H, S, 16), dtype=np.float32) * (2.0 / 16)).astype("float16")
         fns = {"linear": lambda: attnkit.linear_attention(q, k, v, causal=False),
                "linear_causal": lambda: attnkit.linear_attention(q, k, v, causal=True),
                "performer": lambda: attnkit.performer_attention(q, k, v, W),
-               "performer_causal": lambda: attnkit.performer_attention(q, k, v, W, causal=True)}
+               "performer_causal": lambda: attnkit.performer_attention(q, k, v, W, causal=True),
+               "dla_prefill": lambda: attnkit.dynamic_linear_attention(q, k, v, lam, capacity=16)}
         res = {}
         for c in calls:
             t, note = attempt(lambda: timer(fns[c]))
             res[c] = t if t else note
         out[str(S)] = res
-        del q, k, v
+        del q, k, v, lam
         cupy.get_default_memory_pool().free_all_blocks()
     print(json.dumps({"times": out, "notes": notes}))
     return 0

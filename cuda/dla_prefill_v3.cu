@@ -4,8 +4,12 @@
 // dla_prefill_v2.cu with the same phases, formulas and summation orders (so the same bits as v2, which
 // tests/test_gpu_dla.py checks), and a faster serial part:
 //
-// * The scan (thread 0, one step per token of the chunk) no longer shifts the chronological entry arrays at
-//   every merge. Entries are named by their first unit (cpu/dla_prefill.h: units 0 .. m_in-1 are the
+// * The scan runs on warp 0 with lane j holding chronological entry j in registers where C <= 32
+//   (scan_warp: a merge is a few shuffles, one double division per lane and two 32-bit warp minimums, in
+//   place of v2's O(C) loops over shared memory on one thread). ATTNKIT_DLA_CUDA_SCAN=0 (read once;
+//   measurements and bisecting) takes the scalar scan below for every capacity; C > 32 always takes it.
+// * The scalar scan (thread 0, one step per token of the chunk) no longer shifts the chronological entry
+//   arrays at every merge. Entries are named by their first unit (cpu/dla_prefill.h: units 0 .. m_in-1 are the
 //   entries carried in, m_in + r the chunk's row r), and units are chronological, so the entry list is a
 //   doubly linked list over unit-indexed arrays (count, info, start, pair ratio with the next entry) plus an
 //   unordered set of the live units; a merge is O(1) updates and one O(C) loop of loads only (no stores
@@ -23,8 +27,13 @@
 //   through the chunk unchanged is not rewritten. None of these changes an operation's order.
 //
 // What stays serial per chunk (and bounds the speed: B*H = 64 items is under one block per SM): the scan
-// above, the per-row A chains and suffix sums (one thread per row, O(L) each), and the phase barriers.
-// See the report in the commit message of the branch that added this file for the arithmetic.
+// above (one merge decision after another), the per-row A chains and suffix sums (one thread per row, O(L)
+// each), and about 15 phases separated by barriers, each latency-bound at these sizes. The phases of one
+// chunk do not overlap those of the next; a design that does (a scan warp running ahead of warps doing the
+// matrix products of earlier chunks) is what the target "faster than exact attention from S = 4096" needs:
+// at S = 4096 exact causal attention takes 0.63 ms on an H200 (B = 4, H = 16, D = 64), i.e. about 19K
+// cycles per 64-token chunk for everything that is not overlapped, and with random data (every token opens
+// a state and merges) the 4096 merge decisions of an item alone take 4096 x ~150-350 cycles = 0.3-0.7 ms.
 //
 // v2's description of the rest (the chunk in shared memory, the score table, the column split ns, the
 // state update) applies unchanged.
@@ -54,6 +63,7 @@ constexpr int kKsG = 4;
 /// of live units (C).
 struct Lay : v2::Lay {
   std::size_t ucount, ustart, uratio, uinfo, uprv, unxt, upos, alive;
+  int warp_scan;  // 1: the warp scan where it applies (default), 0: the linked-list scan of thread 0
 };
 
 inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns) {
@@ -75,6 +85,7 @@ inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns) {
   l.upos = take(U, sizeof(int32_t));
   l.alive = take(C, sizeof(int32_t));
   l.smem = used;
+  l.warp_scan = 1;
   return l;
 }
 
@@ -305,6 +316,111 @@ struct Blk {
       }
     }
     m = mm;
+    assign_slots(m, Lc, m_in, nfree);
+  }
+
+  /// Warp 0, lanes = entries (C <= 32, the block at least one warp): the same scan as scan(), with the
+  /// entry list in registers, lane j holding chronological entry j (count, info, first unit, start). At a
+  /// merge every lane forms its pair's ratio from the current entries, math::dla_merge_pair's expression
+  /// verbatim (the CPU also recomputes every ratio at every merge), and the pair is the smallest ratio,
+  /// first lane on ties, from two 32-bit warp minimums over an order-preserving 64-bit key of the ratio
+  /// (-0 as +0: they compare equal; NaN ratios never taken; when the first ratio is NaN, pair 0, as
+  /// dla_merge_pair, which never replaces a NaN first ratio). Then the lanes after the pair shift down
+  /// by one (shuffles) and the merged lane sums count and info (info in R, as the CPU). Same outputs as
+  /// scan(): rowI, rowOpen, rowMerged, death, the chronological arrays and the slots (lane 0).
+  __device__ int64_t scan_warp(int64_t t0, int64_t Lc, int64_t m_in, int64_t& nfree) {
+    const unsigned full = 0xffffffffu;
+    const int lane = static_cast<int>(threadIdx.x);  // warp 0
+    const int mi = static_cast<int>(m_in), Cc = static_cast<int>(C);
+    int64_t cnt = 0, st = 0;
+    R inf = R(0);
+    int un = 0;
+    if (lane < mi) {
+      in_slot[lane] = slot[lane];
+      cnt = count[lane];
+      inf = info[lane];
+      st = start[lane];
+      un = lane;
+    }
+    int mm = mi;
+    bool carried = mi > 0;
+    int open_lo = 0;
+    const int32_t L32 = static_cast<int32_t>(LP);
+    for (int r = 0; r < static_cast<int>(Lc); ++r) {
+      // the same address in every lane: I, opens, mm and the pair below are uniform over the warp
+      const R I = mm == 0 ? R(0) : static_cast<R>(carried ? Ac[r] : Sc[r * L32 + open_lo]);
+      const bool opens = math::dla_opens_state(I, p.tau, C, static_cast<int64_t>(mm));
+      int merged = -1;
+      if (opens) {
+        if (mm == Cc) {  // C >= 2 here (capacity 1 never opens into a non-empty cache)
+          const R inf_n = __shfl_down_sync(full, inf, 1);
+          const int64_t cnt_n = __shfl_down_sync(full, cnt, 1);
+          const int un_n = __shfl_down_sync(full, un, 1);
+          const int64_t st_n = __shfl_down_sync(full, st, 1);
+          // lanes >= mm - 1 hold no pair (their ratio, maybe 0 / 0, is never looked at)
+          const double ratio =
+              (static_cast<double>(inf) + static_cast<double>(inf_n)) / static_cast<double>(cnt + cnt_n);
+          const double r0 = __shfl_sync(full, ratio, 0);
+          int best = 0;
+          if (r0 == r0) {  // the first ratio is not NaN
+            uint64_t key = ~uint64_t(0);
+            if (lane < mm - 1 && ratio == ratio) {
+              const uint64_t bits = static_cast<uint64_t>(__double_as_longlong(ratio + 0.0));  // -0 -> +0
+              key = (bits >> 63) != 0 ? ~bits : bits | (uint64_t(1) << 63);
+            }
+            const unsigned khi = static_cast<unsigned>(key >> 32), klo = static_cast<unsigned>(key & 0xffffffffu);
+            const unsigned mhi = __reduce_min_sync(full, khi);
+            const unsigned mlo = __reduce_min_sync(full, khi == mhi ? klo : 0xffffffffu);
+            const unsigned sel = __ballot_sync(full, khi == mhi && klo == mlo);
+            best = __ffs(static_cast<int>(sel)) - 1;  // sel holds lane 0's pair at least: r0 is a number
+          }
+          merged = best;
+          if (lane == best + 1) death[un] = r;  // unit un stops starting an entry at row r
+          if (lane == best) {
+            cnt += cnt_n;
+            inf += inf_n;
+          } else if (lane > best) {
+            cnt = cnt_n;
+            inf = inf_n;
+            un = un_n;
+            st = st_n;
+          }
+          --mm;
+        }
+        if (lane == mm) {
+          cnt = 1;
+          inf = I;
+          un = mi + r;
+          st = p.position + t0 + r;
+        }
+        ++mm;
+        open_lo = r;
+        carried = false;
+      } else if (lane == mm - 1) {
+        cnt += 1;
+        inf += I;
+      }
+      if (lane == 0) {
+        rowI[r] = I;
+        rowOpen[r] = opens ? 1 : 0;
+        rowMerged[r] = merged;
+      }
+    }
+    if (lane < mm) {
+      unit[lane] = un;
+      count[lane] = cnt;
+      info[lane] = inf;
+      start[lane] = st;
+    }
+    __syncwarp();
+    if (lane == 0) assign_slots(static_cast<int64_t>(mm), Lc, m_in, nfree);
+    return mm;
+  }
+
+  /// Thread 0, after a scan: the slots of the chunk's entries (cpu/dla_prefill.h's order): an entry holding
+  /// carried units keeps its first unit's slot and frees the others', then the entries of chunk tokens
+  /// only take free slots.
+  __device__ void assign_slots(int64_t m, int64_t Lc, int64_t m_in, int64_t& nfree) {
     for (int pass = 0; pass < 2; ++pass)
       for (int64_t i = 0; i < m; ++i) {
         const int64_t ulo = unit[i], uhi = i + 1 < m ? unit[i + 1] : m_in + Lc;
@@ -631,8 +747,17 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
         }
       }
       __syncthreads();
-      // 3. The scalar scan.
-      if (tid == 0) {
+      // 3. The scan: warp 0 with the entries in lanes where they fit (lay.warp_scan: C <= 32, a block of at
+      //    least 32 threads, not switched off), else thread 0 on the linked list.
+      if (lay.warp_scan && nth >= 32 && C <= 32) {
+        if (tid < 32) {
+          const int64_t mw = w.scan_warp(t0, Lc, m_in, nfree);  // nfree: lane 0's
+          if (tid == 0) {
+            m = mw;
+            sh_m = mw;
+          }
+        }
+      } else if (tid == 0) {
         w.scan(t0, Lc, m_in, m, nfree);
         sh_m = m;
       }
@@ -834,6 +959,9 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
 }  // namespace detail
 }  // namespace attnkit
 
+#include <cstdlib>
+#include <cstring>
+
 #include "tuning.h"
 
 namespace attnkit {
@@ -879,7 +1007,14 @@ bool launch_prefill_v3(const DLAProblem& p, cudaStream_t stream) {
   const int64_t items = p.B * p.H;
   if (items == 0) return true;
   if (p.C + (p.chunk_size > 0 ? p.chunk_size : kDefaultChunk) > 0x3fffffff) return false;  // int32 unit names
-  const v3::Lay lay = v3::make_lay(p, sizeof(R), v3::choose_split(p));
+  v3::Lay lay = v3::make_lay(p, sizeof(R), v3::choose_split(p));
+  // ATTNKIT_DLA_CUDA_SCAN (read once; measurements and bisecting on a GPU, not a public interface): 0 = the
+  // linked-list scan on thread 0 for every capacity, else (default) the warp scan where C <= 32.
+  static const int warp_scan = [] {
+    const char* e = std::getenv("ATTNKIT_DLA_CUDA_SCAN");
+    return e && std::strcmp(e, "0") == 0 ? 0 : 1;
+  }();
+  lay.warp_scan = warp_scan;
   int optin = 0;
   ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device_index));
   // Static shared memory of the kernel (sh_m) and a margin stay out of the dynamic part.

@@ -13,8 +13,57 @@
 #include <vector>
 #include "cuda/common.cuh"
 #define __launch_bounds__(x)
+// Warp operations for v3's warp scan, which runs where the block has 32 threads (g_emu_threads = 32: one
+// warp): every lane posts its value, all 32 meet at a barrier, each reads, all meet again.
+static std::barrier<>& emu_warp_bar() {
+  static std::barrier<> b(32);
+  return b;
+}
+static unsigned char g_emu_wbuf[32][8];
 template <class X>
-X __shfl_down_sync(unsigned, X x, int) { return x; }  // dla_common.cuh's warp_sum (unused here)
+X emu_exchange(X x, unsigned src) {
+  if (blockDim.x != 32) throw std::runtime_error("emulated warp operation outside a 32-thread block");
+  std::memcpy(g_emu_wbuf[threadIdx.x], &x, sizeof(X));
+  emu_warp_bar().arrive_and_wait();
+  X r;
+  std::memcpy(&r, g_emu_wbuf[src], sizeof(X));
+  emu_warp_bar().arrive_and_wait();
+  return r;
+}
+template <class X>
+X __shfl_sync(unsigned, X x, int src) { return emu_exchange(x, static_cast<unsigned>(src) & 31u); }
+template <class X>
+X __shfl_down_sync(unsigned, X x, unsigned d) {
+  const unsigned s = threadIdx.x + d;
+  return emu_exchange(x, s < 32 ? s : threadIdx.x);
+}
+/// Every lane's v, in lane order (one exchange round).
+static void emu_gather(unsigned v, unsigned (&all)[32]) {
+  if (blockDim.x != 32) throw std::runtime_error("emulated warp operation outside a 32-thread block");
+  std::memcpy(g_emu_wbuf[threadIdx.x], &v, sizeof v);
+  emu_warp_bar().arrive_and_wait();
+  for (unsigned l = 0; l < 32; ++l) std::memcpy(&all[l], g_emu_wbuf[l], sizeof v);
+  emu_warp_bar().arrive_and_wait();
+}
+static unsigned __ballot_sync(unsigned, bool pred) {
+  unsigned all[32], r = 0;
+  emu_gather(pred ? 1u : 0u, all);
+  for (unsigned l = 0; l < 32; ++l) r |= all[l] << l;
+  return r;
+}
+static unsigned __reduce_min_sync(unsigned, unsigned v) {
+  unsigned all[32], r = ~0u;
+  emu_gather(v, all);
+  for (unsigned l = 0; l < 32; ++l) r = std::min(r, all[l]);
+  return r;
+}
+static int __ffs(int x) { return x ? __builtin_ctz(static_cast<unsigned>(x)) + 1 : 0; }
+static void __syncwarp(unsigned = 0xffffffffu) { emu_warp_bar().arrive_and_wait(); }
+static long long __double_as_longlong(double d) {
+  long long r;
+  std::memcpy(&r, &d, sizeof r);
+  return r;
+}
 struct float4 { float x, y, z, w; };  // the kernel's 16-byte shared-memory loads
 #include "dla_v2_body.inc"
 #include "dla_v3_body.inc"
