@@ -25,6 +25,8 @@
 //   of S_open[d][e] between kKsG rows (one column per thread when the block size is a multiple of Dv); the
 //   readout's loop over the carried states' rows is unrolled (loads in flight together); an entry carried
 //   through the chunk unchanged is not rewritten. None of these changes an operation's order.
+//   Tried and left out: y = P V with a thread's kRt rows together (one V load per j for all of them):
+//   ptxas spilled (40 bytes) in this kernel under -Xptxas=-warn-spills, with or without unrolling.
 //
 // What stays serial per chunk (and bounds the speed: B*H = 64 items is under one block per SM): the scan
 // above (one merge decision after another), the per-row A chains and suffix sums (one thread per row, O(L)
