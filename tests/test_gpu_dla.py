@@ -232,3 +232,69 @@ def test_dla_prefill_v2_pieces(rng, dtype, decay, split):
     tol = 1e-11 if dtype == F64 else 2e-3
     np.testing.assert_allclose(to_f64(np.concatenate(ys, axis=2)), to_f64(whole[0]), rtol=tol, atol=tol)
     np.testing.assert_allclose(host(dcache).states, whole[1].states, rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------------------------- the v3 prefill (dla_prefill_v3.cu)
+# Under ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh runs) every prefill above with dla_split >= 0 runs
+# cuda/dla_prefill_v3.cu where its chunk fits in shared memory; dla_split = -2 takes v2. v3 changes only the
+# scan's data structure (a linked entry list instead of shifted arrays) and index arithmetic, so it must give
+# v2's bits: outputs, cache, scores, boundaries and merges.
+def _v3_enabled():
+    from attnkit import _core
+
+    return bool(_core.cuda_has_kernel("dla_prefill_v3")) if hasattr(_core, "cuda_has_kernel") else False
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, F64], ids=["f32", "f16", "f64"])
+@pytest.mark.parametrize("case", DLA_V2_CASES, ids=[c[0] for c in DLA_V2_CASES])
+def test_dla_prefill_v3_same_bits_as_v2(dtype, case):
+    need("dynamic_linear_attention")
+    if not _v3_enabled():
+        pytest.skip("dla_prefill_v3 not enabled (ATTNKIT_CUDA_UNVERIFIED=1 enables it)")
+    outs = {}
+    for split in (-2, 0, 1, 3):
+        rng = np.random.default_rng(4321)
+        _, res, cres = _dla_v2_run(case, dtype, rng, split)
+        for name in ("boundaries", "merged"):
+            same(getattr(res[2], name), getattr(cres[2], name), f"{name} (split {split})")
+        outs[split] = [np.asarray(x).tobytes() for x in (res[0], res[1].states, res[1].counts, res[1].info,
+                                                          res[1].starts, res[1].size, res[2].scores,
+                                                          res[2].boundaries, res[2].merged)]
+    names = ("y", "states", "counts", "info", "starts", "size", "scores", "boundaries", "merged")
+    for split in (0, 1, 3):
+        for name, a, b in zip(names, outs[split], outs[-2]):
+            assert a == b, f"v3 (split {split}) and v2 differ in {name}"
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_dla_prefill_v3_every_token_merges(rng, dtype):
+    """Random data: every token opens a state and, once the cache is full, merges (the benchmark's regime);
+    C = 16 over several chunks, with a cache carried in; v3 against v2 bit for bit, and against the CPU in
+    float64 (in float32 the merge ratios of random data, all near sqrt(2), can tie to rounding)."""
+    need("dynamic_linear_attention")
+    B, H, T, D, C = 2, 2, 300, 32, 16
+    q, k, v = (randn(rng, (B, H, T, D), dtype, 1 / np.sqrt(np.sqrt(D))) for _ in range(3))
+    lam = (rng.random((B, H, T, C)) * 2 / C).astype(dtype)
+    kw = dict(capacity=C, tau=0.6, return_aux=True)
+    _, cache = attnkit.dynamic_linear_attention(q[:, :, :40], k[:, :, :40], v[:, :, :40], lam[:, :, :40], **kw)[:2]
+    a = (q[:, :, 40:], k[:, :, 40:], v[:, :, 40:], lam[:, :, 40:])
+    cres = attnkit.dynamic_linear_attention(*a, cache=cache, **kw)
+    dcache = attnkit.dynamic_linear_attention(*dev((q[:, :, :40], k[:, :, :40], v[:, :, :40], lam[:, :, :40])),
+                                              **kw)[1]
+    got = {}
+    for split in (-2, 0):
+        with tuning(dla_split=split):
+            got[split] = host(attnkit.dynamic_linear_attention(*dev(a), cache=dcache, **kw))
+    res = got[0]
+    assert int(np.asarray(cres[2].boundaries).sum()) > 0.9 * B * H * (T - 40)  # the regime this test is for
+    if dtype == F64:
+        for name in ("boundaries", "merged"):
+            same(getattr(res[2], name), getattr(cres[2], name), name)
+        for name in ("counts", "starts", "size"):
+            same(getattr(res[1], name), getattr(cres[1], name), f"cache.{name}")
+        np.testing.assert_allclose(to_f64(res[0]), to_f64(cres[0]), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(res[1].states, cres[1].states, rtol=1e-10, atol=1e-10)
+    if _v3_enabled():
+        for x, y in zip((res[0], res[1].states, res[2].scores, res[2].merged),
+                        (got[-2][0], got[-2][1].states, got[-2][2].scores, got[-2][2].merged)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
