@@ -134,6 +134,7 @@ struct ExactKernel {
     T* m;       // [BQ] running max
     T* l;       // [BQ] running sum
     T* alpha;   // [BQ] last rescale factor
+    T* cmax;    // [BQ] chunk max per lane, from the QK product's stores (compute_chunk_scores)
     T* slope;   // [BQ] ALiBi slope
     I* lo;      // [BQ] allowed key range
     I* hi;      // [BQ]
@@ -159,8 +160,8 @@ struct ExactKernel {
   static std::size_t work_bytes(const Ctx& c) {
     const AttnProblem& p = *c.p;
     std::size_t n = 0;
-    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + 2 * BQ * c.DvP + 7 * BQ);
-    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 19 * 64;
+    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + 2 * BQ * c.DvP + 8 * BQ);
+    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 20 * 64;
     return n;
   }
 
@@ -185,6 +186,7 @@ struct ExactKernel {
     w.m = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.l = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.alpha = reinterpret_cast<T*>(take(sizeof(T) * BQ));
+    w.cmax = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.slope = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.lo = reinterpret_cast<I*>(take(sizeof(I) * BQ));
     w.hi = reinterpret_cast<I*>(take(sizeof(I) * BQ));
@@ -200,9 +202,11 @@ struct ExactKernel {
 
   /// sT[j][lanes] = scale * sum_d k[j][d] * qT[d][lanes]: keys broadcast over the query lanes. The
   /// scale multiplies the finished dot products (scaling q instead would add a rounding per q element,
-  /// which doubles the score error at large logits).
+  /// which doubles the score error at large logits). Store::OverwriteMax also leaves the lanes' maxima
+  /// over the chunk in w.cmax (from -inf), as transform would find them, without another pass over sT.
+  template <Store kStore = Store::Overwrite>
   static void qk(const Work& w, const T* kp, int64_t ldk, int64_t D, T scale, int jn) {
-    Gemm::template gemm<R, QV, Store::Overwrite>(jn, BQ, D, kp, ldk, 1, w.qT, BQ, w.sT, BQ, scale);
+    Gemm::template gemm<R, QV, kStore>(jn, BQ, D, kp, ldk, 1, w.qT, BQ, w.sT, BQ, scale, w.cmax);
   }
 
   /// Sum of the lanes of v as a tree (depth log2 W instead of a chain of W dependent adds).
@@ -492,12 +496,20 @@ struct ExactKernel {
                                    int64_t inner_lo, int64_t inner_hi, V* bmax) {
     int64_t ldk;
     const T* kp = key_rows(c, w, t.b, t.hkv, j0, jn, ldk);
+    const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
+    if (!c.dot && !range_mask && !c.softcap && !c.bias_tile && !c.alibi) {
+      // Scores as they are (most chunks): their max comes out of the product's stores.
+      const V ninf = S::set1(math::neg_inf<T>());
+      for (int v = 0; v < NQV; ++v) S::store(w.cmax + v * W, ninf);
+      qk<Store::OverwriteMax>(w, kp, ldk, c.p->D, c.qscale, jn);
+      for (int v = 0; v < NQV; ++v) bmax[v] = S::load(w.cmax + v * W);
+      return false;
+    }
     if (c.dot)
       qk_dot(w, kp, ldk, c.p->D, c.qscale, jn, nl);
     else
       qk(w, kp, ldk, c.p->D, c.qscale, jn);
     if (c.bias_tile) bias_tile(c, w, t.b, nl, j0, jn);
-    const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
     transform(c, w, j0, jn, range_mask, bmax);
     return range_mask || c.bias_tile;
   }
