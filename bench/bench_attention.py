@@ -10,10 +10,14 @@ bench/results/attention_<isa>.json.
 dtype instead: one worker process per library, driven alternately call by call on the same inputs with the
 same thread count, each call timed by its process's CPU time (robust on a shared, loaded machine, where
 wall time is not), medians over --reps rounds; ratios vs attnkit float32 and vs torch in the same dtype.
+--baseline DIR adds a third worker running the attnkit package found in DIR (for example a build of main
+copied there), timed the same way: before/after figures of a kernel change beside torch. Wall times are
+recorded too (with several threads CPU time sums the threads, wall time shows their scaling).
 
     pip install torch==2.13.0   # the anchor; attnkit itself never needs torch
     python bench/bench_attention.py [--sizes 512 1024] [--reps 5] [--no-rss]
     python bench/bench_attention.py --dtypes float32 float16 bfloat16 --dims 64 128 --threads 1 --out lowp_avx2.json
+    python bench/bench_attention.py --dtypes float32 --baseline /tmp/main_pkg --threads 1 --out exact_avx2_s21.json
 """
 
 from __future__ import annotations
@@ -74,19 +78,28 @@ def dtype_worker(lib, threads):
             cache[(S, D, dt)] = ([torch.from_numpy(a).to(tdt[dt]) for a in x] if lib == "torch"
                                  else [a.astype(ndt[dt]) for a in x])
         q, k, v = cache[(S, D, dt)]
-        t0 = time.process_time()
+        t0, w0 = time.process_time(), time.perf_counter()
         if lib == "torch":
             sdpa(q, k, v, is_causal=causal)
         else:
             attnkit.attention(q, k, v, causal=causal)
-        print(time.process_time() - t0, flush=True)
+        print(time.process_time() - t0, time.perf_counter() - w0, flush=True)
 
 
-def dtype_rows(sizes, dims, dtypes, reps, threads):
-    """attnkit and torch in every dtype, alternately, in two worker processes (see dtype_worker)."""
-    libs = ["attnkit"] + (["torch"] if torch_or_none() is not None else [])
-    workers = {lib: subprocess.Popen([sys.executable, __file__, "--worker", lib, "--threads", str(threads)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for lib in libs}
+def dtype_rows(sizes, dims, dtypes, reps, threads, baseline=None):
+    """attnkit and torch (and the baseline attnkit package in directory `baseline`) in every dtype,
+    alternately, in one worker process each (see dtype_worker)."""
+    libs = ["attnkit"] + (["baseline"] if baseline else []) + (["torch"] if torch_or_none() is not None else [])
+
+    def spawn(lib):
+        env = dict(os.environ)
+        if lib == "baseline":  # its attnkit package is found before the installed one
+            env["PYTHONPATH"] = os.pathsep.join([str(baseline)] + [p for p in [env.get("PYTHONPATH")] if p])
+        return subprocess.Popen([sys.executable, __file__, "--worker", "torch" if lib == "torch" else "attnkit",
+                                 "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, env=env)
+
+    workers = {lib: spawn(lib) for lib in libs}
     for w in workers.values():
         assert w.stdout.readline().strip() == "ready"
 
@@ -94,7 +107,7 @@ def dtype_rows(sizes, dims, dtypes, reps, threads):
         w = workers[lib]
         w.stdin.write(" ".join(map(str, case)) + "\n")
         w.stdin.flush()
-        return float(w.stdout.readline())
+        return tuple(map(float, w.stdout.readline().split()))  # (CPU time, wall time)
 
     rows = []
     for D in dims:
@@ -110,19 +123,27 @@ def dtype_rows(sizes, dims, dtypes, reps, threads):
                 flops = 4.0 * D * 8 * (S * (S + 1) // 2 if causal else S * S)
                 row = {"S": S, "D": D, "causal": causal, "rounds": reps}
                 for (lib, dt), ts in times.items():
-                    row[f"{lib}_{dt}_cpu_s"] = statistics.median(ts)
-                    row[f"{lib}_{dt}_gflops"] = flops / statistics.median(ts) / 1e9
+                    row[f"{lib}_{dt}_cpu_s"] = statistics.median(t[0] for t in ts)
+                    row[f"{lib}_{dt}_wall_s"] = statistics.median(t[1] for t in ts)
+                    row[f"{lib}_{dt}_gflops"] = flops / row[f"{lib}_{dt}_cpu_s"] / 1e9
                 for dt in dtypes:
                     a = row[f"attnkit_{dt}_cpu_s"]
                     if "float32" in dtypes:
                         row[f"attnkit_{dt}_rate_vs_attnkit_float32"] = row["attnkit_float32_cpu_s"] / a
-                    if "torch" in libs:
-                        row[f"attnkit_{dt}_vs_torch_{dt}"] = row[f"torch_{dt}_cpu_s"] / a
+                    for other in ("torch", "baseline"):
+                        if other in libs:
+                            row[f"attnkit_{dt}_vs_{other}_{dt}"] = row[f"{other}_{dt}_cpu_s"] / a
+                            row[f"attnkit_{dt}_vs_{other}_{dt}_wall"] = row[f"{other}_{dt}_wall_s"] / row[f"attnkit_{dt}_wall_s"]
+                    if baseline and "torch" in libs:
+                        row[f"baseline_{dt}_vs_torch_{dt}"] = row[f"torch_{dt}_cpu_s"] / row[f"baseline_{dt}_cpu_s"]
                 rows.append(row)
                 progress(f"D={D} S={S:5d} causal={causal!s:5s} " + "  ".join(
                     f"{dt}: {row[f'attnkit_{dt}_gflops']:5.1f} GF/s"
                     + (f" {row[f'attnkit_{dt}_rate_vs_attnkit_float32']:.2f}x f32" if "float32" in dtypes else "")
                     + (f" {row[f'attnkit_{dt}_vs_torch_{dt}']:.2f}x torch" if "torch" in libs else "")
+                    + (f" {row[f'attnkit_{dt}_vs_baseline_{dt}']:.2f}x baseline" if baseline else "")
+                    + (f" (baseline {row[f'baseline_{dt}_vs_torch_{dt}']:.2f}x torch)" if baseline and "torch" in libs
+                       else "")
                     for dt in dtypes))
     for w in workers.values():
         w.stdin.close()
@@ -140,6 +161,7 @@ def main(argv=None):
     ap.add_argument("--dtypes", nargs="+", choices=["float32", "float16", "bfloat16"],
                     help="attnkit and torch in these dtypes, worker processes timed by CPU time (see above)")
     ap.add_argument("--threads", type=int, default=None, help="threads per contender (default: attnkit's)")
+    ap.add_argument("--baseline", help="with --dtypes: also time the attnkit package in this directory")
     ap.add_argument("--worker", choices=["attnkit", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help="file name under bench/results (default attention_<isa>.json)")
     a = ap.parse_args(argv)
@@ -157,10 +179,12 @@ def main(argv=None):
     a.out = a.out or result_name("attention", env)
     progress(f"{env['cpu_model']}, isa {env['cpu_isa']}, matmul 2048^3 GFLOP/s {env['matmul_2048_gflops']}")
     if a.dtypes:
-        rows = dtype_rows(a.sizes, a.dims, a.dtypes, a.reps, threads)
+        rows = dtype_rows(a.sizes, a.dims, a.dtypes, a.reps, threads, a.baseline)
         env["loadavg_after"] = os.getloadavg()
         payload = {"benchmark": f"exact attention in {a.dtypes}, B=1, H=8, D in {a.dims}: attnkit vs torch SDPA",
-                   "method": f"two worker processes (attnkit, torch), driven alternately call by call, {threads} "
+                   "method": "one worker process per contender (attnkit, torch"
+                             + (f"; baseline: the attnkit package in {a.baseline}" if a.baseline else "")
+                             + f"), driven alternately call by call, {threads} "
                              f"thread(s) each; median of {a.reps} rounds of process CPU time per call (the machine "
                              "is shared: wall times are not the machine's speed, CPU times and ratios are)",
                    "env": env, "rows": rows}

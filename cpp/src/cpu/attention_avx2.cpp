@@ -1,7 +1,7 @@
 // Exact attention for x86-64-v3 (AVX2 + FMA, 16 ymm registers).
 #define ATTNKIT_ISA_NAMESPACE isa_avx2
 #include "cpu/attention_decode.h"
-#include "cpu/attention_kernel.h"
+#include "cpu/attention_exact.h"
 #include "cpu/isa_entry_points.h"
 
 namespace attnkit {

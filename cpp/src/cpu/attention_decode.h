@@ -13,7 +13,7 @@
 //   - K and V rows kPrefetchKeys ahead prefetched into L2 while the current chunk is computed.
 // With more than kDirectRows rows, 16-bit chunks are converted once into float buffers instead.
 //
-// Same structure and guarantees as the generic kernel's split decoding (attention_kernel.h): the keys are
+// Same structure and guarantees as the generic kernel's split decoding (attention_exact.h): the keys are
 // cut into splits whose points depend on the problem size only, each (batch, kv head, split) is one work
 // item, partial results are merged in split order with math::merge_step (double). Bitwise independent of
 // the thread count. Key ranges (causal, window, key_lengths) are supported: chunks that cut through a row's

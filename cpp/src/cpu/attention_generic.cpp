@@ -1,6 +1,6 @@
 // Exact attention, baseline instruction set (SSE2 on x86-64, NEON/ASIMD on AArch64: 128-bit vectors).
 #define ATTNKIT_ISA_NAMESPACE isa_generic
-#include "cpu/attention_kernel.h"
+#include "cpu/attention_exact.h"
 #include "cpu/isa_entry_points.h"
 
 namespace attnkit {

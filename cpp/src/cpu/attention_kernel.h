@@ -19,8 +19,9 @@
 // allowed blocks. The range test runs only on chunks that cut through a row's range; mask / bias / ALiBi /
 // softcap apply elementwise. The online softmax follows math/softmax.h.
 //
-// Decoding (few tiles, long keys): the keys are also split (key_splits), each split's partial result
-// merged with the merge rule in split order; the split points depend on the problem size only.
+// Decoding (few tiles, long keys): the keys are also split (ExactRun::key_splits, attention_exact.h, which
+// also spreads the tiles over the threads), each split's partial result merged with the merge rule in split
+// order; the split points depend on the problem size only.
 //
 // Determinism: every output element is produced by one thread in a fixed order, whatever the number of
 // threads.
@@ -34,14 +35,8 @@
 #include "cpu/gemm_kernel.h"
 #include "check.h"
 #include "cpu/kernel_common.h"
-#include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "validate/attention.h"
-#include "workspace.h"
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 namespace attnkit {
 namespace detail {
@@ -118,7 +113,7 @@ struct ExactKernel {
     /// Per (b, kv head): whether its values are all finite, found on first need (-1: not yet, 0: no,
     /// 1: yes), so chunks with masked keys check their value rows only when a non-finite value exists.
     int8_t* v_finite;
-    /// Split decoding (see key_splits): nsplit key ranges of split_len keys; each (tile, split) leaves
+    /// Split decoding (see ExactRun::key_splits): nsplit key ranges of split_len keys; each (tile, split) leaves
     /// its lanes' normalised partial outputs in part_o [tile][split][BQ][Dv] and their log-sum-exps in
     /// part_lse [tile][split][BQ], merged afterwards in split order.
     int64_t nsplit, split_len;
@@ -139,6 +134,7 @@ struct ExactKernel {
     T* m;       // [BQ] running max
     T* l;       // [BQ] running sum
     T* alpha;   // [BQ] last rescale factor
+    T* cmax;    // [BQ] chunk max per lane, from the QK product's stores (compute_chunk_scores)
     T* slope;   // [BQ] ALiBi slope
     I* lo;      // [BQ] allowed key range
     I* hi;      // [BQ]
@@ -164,8 +160,8 @@ struct ExactKernel {
   static std::size_t work_bytes(const Ctx& c) {
     const AttnProblem& p = *c.p;
     std::size_t n = 0;
-    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + 2 * BQ * c.DvP + 7 * BQ);
-    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 19 * 64;
+    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + 2 * BQ * c.DvP + 8 * BQ);
+    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 20 * 64;
     return n;
   }
 
@@ -190,6 +186,7 @@ struct ExactKernel {
     w.m = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.l = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.alpha = reinterpret_cast<T*>(take(sizeof(T) * BQ));
+    w.cmax = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.slope = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.lo = reinterpret_cast<I*>(take(sizeof(I) * BQ));
     w.hi = reinterpret_cast<I*>(take(sizeof(I) * BQ));
@@ -205,9 +202,11 @@ struct ExactKernel {
 
   /// sT[j][lanes] = scale * sum_d k[j][d] * qT[d][lanes]: keys broadcast over the query lanes. The
   /// scale multiplies the finished dot products (scaling q instead would add a rounding per q element,
-  /// which doubles the score error at large logits).
+  /// which doubles the score error at large logits). Store::OverwriteMax also leaves the lanes' maxima
+  /// over the chunk in w.cmax (from -inf), as transform would find them, without another pass over sT.
+  template <Store kStore = Store::Overwrite>
   static void qk(const Work& w, const T* kp, int64_t ldk, int64_t D, T scale, int jn) {
-    Gemm::template gemm<R, QV, Store::Overwrite>(jn, BQ, D, kp, ldk, 1, w.qT, BQ, w.sT, BQ, scale);
+    Gemm::template gemm<R, QV, kStore>(jn, BQ, D, kp, ldk, 1, w.qT, BQ, w.sT, BQ, scale, w.cmax);
   }
 
   /// Sum of the lanes of v as a tree (depth log2 W instead of a chain of W dependent adds).
@@ -497,12 +496,20 @@ struct ExactKernel {
                                    int64_t inner_lo, int64_t inner_hi, V* bmax) {
     int64_t ldk;
     const T* kp = key_rows(c, w, t.b, t.hkv, j0, jn, ldk);
+    const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
+    if (!c.dot && !range_mask && !c.softcap && !c.bias_tile && !c.alibi) {
+      // Scores as they are (most chunks): their max comes out of the product's stores.
+      const V ninf = S::set1(math::neg_inf<T>());
+      for (int v = 0; v < NQV; ++v) S::store(w.cmax + v * W, ninf);
+      qk<Store::OverwriteMax>(w, kp, ldk, c.p->D, c.qscale, jn);
+      for (int v = 0; v < NQV; ++v) bmax[v] = S::load(w.cmax + v * W);
+      return false;
+    }
     if (c.dot)
       qk_dot(w, kp, ldk, c.p->D, c.qscale, jn, nl);
     else
       qk(w, kp, ldk, c.p->D, c.qscale, jn);
     if (c.bias_tile) bias_tile(c, w, t.b, nl, j0, jn);
-    const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
     transform(c, w, j0, jn, range_mask, bmax);
     return range_mask || c.bias_tile;
   }
@@ -661,153 +668,7 @@ struct ExactKernel {
       }
     });
   }
-
-  /// Split decoding, for few tiles (few query rows per kv head) and long keys: splits of at least
-  /// kSplitMinKeys keys, so that tiles x splits reaches about kSplitItems work items, their partial results
-  /// merged with math::merge_step in split order. The split points come from the problem size only, never
-  /// the number of threads. Returns the number of splits (1: none) and, in *len, their length.
-  static constexpr int64_t kSplitItems = 64;
-  static constexpr int64_t kSplitMinKeys = 2048;
-  static int64_t key_splits(const AttnProblem& p, int64_t tiles, bool weights, int64_t* len) {
-    *len = p.Sk;
-    if (weights || tiles <= 0 || tiles >= kSplitItems) return 1;
-    const int64_t n = imin(p.Sk / kSplitMinKeys, (kSplitItems + tiles - 1) / tiles);
-    if (n <= 1) return 1;
-    *len = (p.Sk + n - 1) / n;
-    *len = (*len + BK - 1) / BK * BK;
-    return (p.Sk + *len - 1) / *len;
-  }
-
-  /// Merges the nsplit partial results of tile t's lanes (math::merge_step, in double, in split order)
-  /// into out and lse. acc: Dv doubles of scratch.
-  static void merge_tile(const Ctx& c, const Tile& t, double* acc) {
-    const AttnProblem& p = *c.p;
-    const int nl = tile_lanes(c, t);
-    for (int l = 0; l < nl; ++l) {
-      double mx = math::neg_inf<double>(), sum = 0.0;
-      for (int64_t d = 0; d < p.Dv; ++d) acc[d] = 0.0;
-      for (int64_t s = 0; s < c.nsplit; ++s) {
-        const int64_t r = (t.index * c.nsplit + s) * BQ + l;
-        double w_part;
-        const double w_old = math::merge_step(mx, sum, static_cast<double>(c.part_lse[r]), &w_part);
-        if (w_part == 0.0 && w_old == 1.0) continue;
-        const T* o = c.part_o + r * p.Dv;
-        for (int64_t d = 0; d < p.Dv; ++d) acc[d] = acc[d] * w_old + w_part * static_cast<double>(o[d]);
-      }
-      int64_t i, h;
-      lane_row_head(c, t, l, i, h);
-      const double sc = math::merge_scale(mx, sum);
-      St* dst = static_cast<St*>(p.out) + t.b * p.out_stride[0] + h * p.out_stride[1] + i * p.out_stride[2];
-      for (int64_t d = 0; d < p.Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(static_cast<T>(acc[d] * sc));
-      if (p.lse)
-        static_cast<T*>(p.lse)[t.b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] =
-            static_cast<T>(math::merge_lse(mx, sum));
-    }
-  }
-
-  /// Runs every tile; throws Error (after the parallel region) when memory cannot be had.
-  static void run(const AttnProblem& p, bool weights) {
-    Ctx c;
-    c.p = &p;
-    c.G = p.Hkv ? p.Hq / p.Hkv : 1;
-    c.Gp = packed_heads(p);
-    c.groups = p.Hq / c.Gp;
-    c.qblock = block_rows(p);
-    c.nqblocks = (p.Sq + c.qblock - 1) / c.qblock;
-    c.tiles = (lanes_per_block(p) + BQ - 1) / BQ;
-    c.DvP = (p.Dv + W - 1) / W * W;
-    c.softcap = p.softcap > 0;
-    c.qscale = static_cast<T>(p.scale);
-    c.cap_in = c.softcap ? static_cast<T>(1.0 / p.softcap) : T(0);
-    c.cap_out = static_cast<T>(p.softcap);
-    c.bias_tile = p.mask.present || p.bias.present;
-    c.alibi = p.alibi.present;
-    c.k_direct = p.k.stride[3] == 1;
-    c.dot = lanes_per_block(p) <= kDotLanes;
-    c.v_direct = !weights && p.v.stride[3] == 1 && p.Dv % W == 0;
-    c.weights = weights;
-    c.prefetch = c.tiles == 1;
-    const int64_t per_bg = c.nqblocks * c.tiles;
-    const int64_t tiles = p.B * c.groups * per_bg;
-    c.nsplit = key_splits(p, tiles, weights, &c.split_len);
-    const int64_t items = tiles * c.nsplit;
-    // Per (batch, kv head): whether its values are all finite, -1 = not known yet; split partials.
-    const std::size_t nflags = static_cast<std::size_t>(p.B * p.Hkv) + 1;
-    const std::size_t nparts = c.nsplit > 1 ? static_cast<std::size_t>(items * BQ) : 0;
-    Workspace ws(Workspace::need<int8_t>(nflags) + Workspace::need<T>(nparts * p.Dv) + Workspace::need<T>(nparts),
-                 "attention (value flags, split partials)");
-    c.v_finite = ws.take<int8_t>(nflags);
-    std::memset(c.v_finite, -1, nflags);
-    c.part_o = ws.take<T>(nparts * p.Dv);
-    c.part_lse = ws.take<T>(nparts);
-    const std::size_t wbytes = (work_bytes(c) + 63) / 64 * 64;
-    const std::size_t bytes = wbytes + (c.nsplit > 1 ? sizeof(double) * p.Dv : 0);
-    auto tile_of = [&](int64_t it) {  // tile number it, last query blocks first (causal: the most keys)
-      const int64_t k = per_bg - 1 - it % per_bg;
-      const int64_t bg = it / per_bg;
-      Tile t;
-      t.b = bg / c.groups;
-      t.group = bg % c.groups;
-      t.hkv = t.group * c.Gp / c.G;
-      t.qb = k / c.tiles;
-      t.f0 = (k % c.tiles) * BQ;
-      t.index = it;
-      t.split = 0;
-      return t;
-    };
-    auto short_block = [&](const Tile& t) { return t.f0 >= imin(c.qblock, p.Sq - t.qb * c.qblock) * c.Gp; };
-    parallel_with_scratch("attention", items > 1, bytes, /*zero=*/true, [&](void* mem) {
-      const Work w = carve(mem, c);
-      team_for(items, mem, [&](int64_t it) {
-        Tile t = tile_of(it / c.nsplit);
-        t.split = it % c.nsplit;
-        if (short_block(t)) return;
-        if (weights)
-          weights_tile(c, w, t);
-        else
-          attend_tile(c, w, t);
-      });
-      if (c.nsplit > 1)  // after team_for's barrier: every partial is written
-        team_for(tiles, mem, [&](int64_t it) {
-          const Tile t = tile_of(it);
-          if (!short_block(t)) merge_tile(c, t, reinterpret_cast<double*>(static_cast<char*>(mem) + wbytes));
-        });
-    });
-  }
 };
-
-/// Cfg with NQV lowered to N: fewer lanes per tile for problems with few query rows per kv head
-/// (decoding), where a full-width tile would mostly compute padding. Chunks of 32 keys: the PV product
-/// walks a chunk of V by columns, and 64 rows at a power-of-two row stride compete for a few L1 sets
-/// (a reasoned choice, not A/B-timed alone on the shared machine).
-template <class Cfg, int N>
-struct NarrowCfg : Cfg {
-  static constexpr int NQV = N < Cfg::NQV ? N : Cfg::NQV;
-  static constexpr int BK = Cfg::BK < 32 ? Cfg::BK : 32;
-};
-
-template <class Cfg, class St>
-void run_width(const AttnProblem& p, bool weights) {
-  const int64_t lanes = lanes_per_block(p);
-  if (lanes <= Cfg::W) return ExactKernel<NarrowCfg<Cfg, 1>, St>::run(p, weights);
-  if (lanes <= 2 * Cfg::W) return ExactKernel<NarrowCfg<Cfg, 2>, St>::run(p, weights);
-  if (lanes <= 3 * Cfg::W) return ExactKernel<NarrowCfg<Cfg, 3>, St>::run(p, weights);
-  return ExactKernel<Cfg, St>::run(p, weights);
-}
-
-/// Runs exact attention (or its weights) for every storage dtype with the ISA's tile configurations:
-/// Cfg16 for float16 / bfloat16 inputs, whose K / V chunks are converted as they are packed (a wider
-/// tile spreads that conversion over more query lanes).
-template <class Cfg32, class Cfg64, class Cfg16 = Cfg32>
-void exact_for_isa(const AttnProblem& p, bool weights) {
-  switch (p.dtype) {
-    case DType::Float32: return run_width<Cfg32, float>(p, weights);
-    case DType::Float64: return run_width<Cfg64, double>(p, weights);
-    case DType::Float16: return run_width<Cfg16, Half>(p, weights);
-    case DType::BFloat16: return run_width<Cfg16, BFloat>(p, weights);
-    default: ATTNKIT_ASSERT(false, "exact attention: a non-floating dtype passed validation");
-  }
-}
 
 }  // namespace ATTNKIT_ISA_NAMESPACE
 }  // namespace cpu

@@ -4,6 +4,8 @@
 //
 //   C[m][n] = scale * sum_k A(m, k) * B[k][n]        (Store::Overwrite)
 //   C[m][n] += scale * sum_k A(m, k) * B[k][n]       (Store::Accumulate)
+//   as Overwrite, and cmax[n] = max(cmax[n], C[0][n], ..., C[M-1][n])   (Store::OverwriteMax: the column
+//   maxima in row order, as S::vmax(cmax, C[m]) would give them; the exact kernel's chunk max)
 //
 // A is read element by element through two strides, A(m, k) = a[m * am + k * ak] (so a transposed or
 // row-major A costs the same: each element is broadcast), B and C by rows of vectors. This is the
@@ -23,7 +25,7 @@ namespace detail {
 namespace cpu {
 inline namespace ATTNKIT_ISA_NAMESPACE {
 
-enum class Store { Overwrite, Accumulate };
+enum class Store { Overwrite, Accumulate, OverwriteMax };
 
 /// The B operand of a product from stored rows: rows [j0, j0 + n) of head (b, h) of a [B, H, S, N] view of
 /// storage type St, as rows of T. Read in place (ld = the view's row stride) when `direct` says they already
@@ -52,10 +54,13 @@ struct MicroGemm {
   /// One register block: RR rows of A times NVV vectors of B columns.
   template <int RR, int NVV, Store kStore>
   static inline void block(const T* __restrict a, int64_t am, int64_t ak, const T* __restrict b, int64_t ldb,
-                           int64_t K, T scale, T* __restrict c, int64_t ldc) {
+                           int64_t K, T scale, T* __restrict c, int64_t ldc, T* __restrict cmax) {
     V acc[RR][NVV];
     for (int r = 0; r < RR; ++r)
       for (int v = 0; v < NVV; ++v) acc[r][v] = V{};
+    // K = 0 returns here, so the loop below runs at least once: GCC then keeps acc in registers from the
+    // zeroing to the stores (for a loop that may not run it zeroed, spilled and reloaded acc on the stack).
+    if (K <= 0) return store_block<RR, NVV, kStore>(acc, scale, c, ldc, cmax);
     for (int64_t k = 0; k < K; ++k) {
       V bv[NVV];
       for (int v = 0; v < NVV; ++v) bv[v] = S::load(b + k * ldb + v * W);
@@ -66,59 +71,74 @@ struct MicroGemm {
         for (int v = 0; v < NVV; ++v) acc[r][v] += ab * bv[v];
       }
     }
-    for (int r = 0; r < RR; ++r)
-      for (int v = 0; v < NVV; ++v) {
+    store_block<RR, NVV, kStore>(acc, scale, c, ldc, cmax);
+  }
+
+  template <int RR, int NVV, Store kStore>
+  static inline void store_block(const V (&acc)[RR][NVV], T scale, T* __restrict c, int64_t ldc, T* __restrict cmax) {
+    for (int v = 0; v < NVV; ++v) {
+      V mx{};
+      if (kStore == Store::OverwriteMax) mx = S::load(cmax + v * W);
+      for (int r = 0; r < RR; ++r) {
         T* dst = c + r * ldc + v * W;
+        const V x = acc[r][v] * scale;
         if (kStore == Store::Accumulate)
-          S::store(dst, S::load(dst) + acc[r][v] * scale);
+          S::store(dst, S::load(dst) + x);
         else
-          S::store(dst, acc[r][v] * scale);
+          S::store(dst, x);
+        if (kStore == Store::OverwriteMax) mx = S::vmax(mx, x);
       }
+      if (kStore == Store::OverwriteMax) S::store(cmax + v * W, mx);
+    }
   }
 
   /// NVV vectors of columns, all M rows in blocks of RL (the last block as tall as it is). The B panel
   /// (K x NVV vectors) stays in L1 while every row block streams past it.
   template <int RL, int NVV, Store kStore>
   static inline void panel(int64_t M, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb, int64_t K, T scale,
-                           T* c, int64_t ldc) {
+                           T* c, int64_t ldc, T* cmax) {
     int64_t m = 0;
-    for (; m + RL <= M; m += RL) block<RL, NVV, kStore>(a + m * am, am, ak, b, ldb, K, scale, c + m * ldc, ldc);
+    for (; m + RL <= M; m += RL) block<RL, NVV, kStore>(a + m * am, am, ak, b, ldb, K, scale, c + m * ldc, ldc, cmax);
     const T* am0 = a + m * am;
     T* cm = c + m * ldc;
     switch (M - m) {
       case 0: break;
-      case 1: block<1, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
-      case 2: block<2, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
-      case 3: block<3, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
-      case 4: block<4, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
-      case 5: block<5, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
-      case 6: block<6, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
-      default: block<7, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc); break;
+      case 1: block<1, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc, cmax); break;
+      case 2: block<2, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc, cmax); break;
+      case 3: block<3, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc, cmax); break;
+      case 4: block<4, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc, cmax); break;
+      case 5: block<5, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc, cmax); break;
+      case 6: block<6, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc, cmax); break;
+      default: block<7, NVV, kStore>(am0, am, ak, b, ldb, K, scale, cm, ldc, cmax); break;
     }
   }
 
   /// The whole product: column panels of NV vectors (then one of the remaining whole vectors, then a
   /// scalar tail for N % W), each over all M rows in blocks of RL (<= 8). Every element of C is one
   /// register's sum over k in order, so the blocking never changes the result.
+  /// cmax: N column maxima, for Store::OverwriteMax only.
   template <int RL, int NV, Store kStore>
   static void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb,
-                   T* c, int64_t ldc, T scale = T(1)) {
+                   T* c, int64_t ldc, T scale = T(1), T* cmax = nullptr) {
     static_assert(RL >= 1 && RL <= 8, "row blocks of 1..8");
     const int64_t Nv = N / W * W;
     int64_t n = 0;
-    for (; n + NV * W <= Nv; n += NV * W) panel<RL, NV, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc);
+    auto cm = [cmax](int64_t col) { return kStore == Store::OverwriteMax ? cmax + col : nullptr; };
+    for (; n + NV * W <= Nv; n += NV * W) panel<RL, NV, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n));
     switch ((Nv - n) / W) {
       case 0: break;
-      case 1: panel<RL, 1, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
-      case 2: panel<RL, (NV > 2 ? 2 : 1), kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
-      default: panel<RL, (NV > 3 ? 3 : 1), kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc); break;
+      case 1: panel<RL, 1, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n)); break;
+      case 2: panel<RL, (NV > 2 ? 2 : 1), kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n)); break;
+      default: panel<RL, (NV > 3 ? 3 : 1), kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n)); break;
     }
     for (n = Nv; n < N; ++n)  // scalar tail columns
       for (int64_t m = 0; m < M; ++m) {
         T acc = T(0);
         for (int64_t k = 0; k < K; ++k) acc += a[m * am + k * ak] * b[k * ldb + n];
         T* dst = c + m * ldc + n;
-        *dst = kStore == Store::Accumulate ? *dst + acc * scale : acc * scale;
+        const T x = acc * scale;
+        *dst = kStore == Store::Accumulate ? *dst + x : x;
+        if (kStore == Store::OverwriteMax) cmax[n] = cmax[n] > x ? cmax[n] : x;
       }
   }
 };

@@ -1,0 +1,187 @@
+#pragma once
+// Exact attention's work distribution and per-ISA dispatch: the tiles of ExactKernel (attention_kernel.h)
+// spread over the threads, split decoding with its merge, and the choice of tile width and configuration
+// per storage dtype. The per-tile computation (lanes, key ranges, scores, online softmax, PV) stays in
+// attention_kernel.h.
+
+#include <cstring>
+
+#include "cpu/attention_kernel.h"
+#include "cpu/parallel.h"
+#include "workspace.h"
+
+namespace attnkit {
+namespace detail {
+namespace cpu {
+inline namespace ATTNKIT_ISA_NAMESPACE {
+
+/// Runs ExactKernel<Cfg, St> over a whole problem.
+template <class Cfg, class St>
+struct ExactRun : ExactKernel<Cfg, St> {
+  using K = ExactKernel<Cfg, St>;
+  using typename K::Ctx;
+  using typename K::T;
+  using typename K::Tile;
+  using typename K::Work;
+  using K::BK;
+  using K::BQ;
+  using K::W;
+  using K::kDotLanes;
+  using K::attend_tile;
+  using K::carve;
+  using K::lane_row_head;
+  using K::tile_lanes;
+  using K::weights_tile;
+  using K::work_bytes;
+
+  /// Split decoding, for few tiles (few query rows per kv head) and long keys: splits of at least
+  /// kSplitMinKeys keys, so that tiles x splits reaches about kSplitItems work items, their partial results
+  /// merged with math::merge_step in split order. The split points come from the problem size only, never
+  /// the number of threads. Returns the number of splits (1: none) and, in *len, their length.
+  static constexpr int64_t kSplitItems = 64;
+  static constexpr int64_t kSplitMinKeys = 2048;
+  static int64_t key_splits(const AttnProblem& p, int64_t tiles, bool weights, int64_t* len) {
+    *len = p.Sk;
+    if (weights || tiles <= 0 || tiles >= kSplitItems) return 1;
+    const int64_t n = imin(p.Sk / kSplitMinKeys, (kSplitItems + tiles - 1) / tiles);
+    if (n <= 1) return 1;
+    *len = (p.Sk + n - 1) / n;
+    *len = (*len + BK - 1) / BK * BK;
+    return (p.Sk + *len - 1) / *len;
+  }
+
+  /// Merges the nsplit partial results of tile t's lanes (math::merge_step, in double, in split order)
+  /// into out and lse. acc: Dv doubles of scratch.
+  static void merge_tile(const Ctx& c, const Tile& t, double* acc) {
+    const AttnProblem& p = *c.p;
+    const int nl = tile_lanes(c, t);
+    for (int l = 0; l < nl; ++l) {
+      double mx = math::neg_inf<double>(), sum = 0.0;
+      for (int64_t d = 0; d < p.Dv; ++d) acc[d] = 0.0;
+      for (int64_t s = 0; s < c.nsplit; ++s) {
+        const int64_t r = (t.index * c.nsplit + s) * BQ + l;
+        double w_part;
+        const double w_old = math::merge_step(mx, sum, static_cast<double>(c.part_lse[r]), &w_part);
+        if (w_part == 0.0 && w_old == 1.0) continue;
+        const T* o = c.part_o + r * p.Dv;
+        for (int64_t d = 0; d < p.Dv; ++d) acc[d] = acc[d] * w_old + w_part * static_cast<double>(o[d]);
+      }
+      int64_t i, h;
+      lane_row_head(c, t, l, i, h);
+      const double sc = math::merge_scale(mx, sum);
+      St* dst = static_cast<St*>(p.out) + t.b * p.out_stride[0] + h * p.out_stride[1] + i * p.out_stride[2];
+      for (int64_t d = 0; d < p.Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(static_cast<T>(acc[d] * sc));
+      if (p.lse)
+        static_cast<T*>(p.lse)[t.b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] =
+            static_cast<T>(math::merge_lse(mx, sum));
+    }
+  }
+
+  /// Runs every tile; throws Error (after the parallel region) when memory cannot be had.
+  static void run(const AttnProblem& p, bool weights) {
+    Ctx c;
+    c.p = &p;
+    c.G = p.Hkv ? p.Hq / p.Hkv : 1;
+    c.Gp = packed_heads(p);
+    c.groups = p.Hq / c.Gp;
+    c.qblock = block_rows(p);
+    c.nqblocks = (p.Sq + c.qblock - 1) / c.qblock;
+    c.tiles = (lanes_per_block(p) + BQ - 1) / BQ;
+    c.DvP = (p.Dv + W - 1) / W * W;
+    c.softcap = p.softcap > 0;
+    c.qscale = static_cast<T>(p.scale);
+    c.cap_in = c.softcap ? static_cast<T>(1.0 / p.softcap) : T(0);
+    c.cap_out = static_cast<T>(p.softcap);
+    c.bias_tile = p.mask.present || p.bias.present;
+    c.alibi = p.alibi.present;
+    c.k_direct = p.k.stride[3] == 1;
+    c.dot = lanes_per_block(p) <= kDotLanes;
+    c.v_direct = !weights && p.v.stride[3] == 1 && p.Dv % W == 0;
+    c.weights = weights;
+    c.prefetch = c.tiles == 1;
+    const int64_t per_bg = c.nqblocks * c.tiles;
+    const int64_t tiles = p.B * c.groups * per_bg;
+    c.nsplit = key_splits(p, tiles, weights, &c.split_len);
+    const int64_t items = tiles * c.nsplit;
+    // Per (batch, kv head): whether its values are all finite, -1 = not known yet; split partials.
+    const std::size_t nflags = static_cast<std::size_t>(p.B * p.Hkv) + 1;
+    const std::size_t nparts = c.nsplit > 1 ? static_cast<std::size_t>(items * BQ) : 0;
+    Workspace ws(Workspace::need<int8_t>(nflags) + Workspace::need<T>(nparts * p.Dv) + Workspace::need<T>(nparts),
+                 "attention (value flags, split partials)");
+    c.v_finite = ws.take<int8_t>(nflags);
+    std::memset(c.v_finite, -1, nflags);
+    c.part_o = ws.take<T>(nparts * p.Dv);
+    c.part_lse = ws.take<T>(nparts);
+    const std::size_t wbytes = (work_bytes(c) + 63) / 64 * 64;
+    const std::size_t bytes = wbytes + (c.nsplit > 1 ? sizeof(double) * p.Dv : 0);
+    auto tile_of = [&](int64_t it) {  // tile number it, last query blocks first (causal: the most keys)
+      const int64_t k = per_bg - 1 - it % per_bg;
+      const int64_t bg = it / per_bg;
+      Tile t;
+      t.b = bg / c.groups;
+      t.group = bg % c.groups;
+      t.hkv = t.group * c.Gp / c.G;
+      t.qb = k / c.tiles;
+      t.f0 = (k % c.tiles) * BQ;
+      t.index = it;
+      t.split = 0;
+      return t;
+    };
+    auto short_block = [&](const Tile& t) { return t.f0 >= imin(c.qblock, p.Sq - t.qb * c.qblock) * c.Gp; };
+    parallel_with_scratch("attention", items > 1, bytes, /*zero=*/true, [&](void* mem) {
+      const Work w = carve(mem, c);
+      team_for(items, mem, [&](int64_t it) {
+        Tile t = tile_of(it / c.nsplit);
+        t.split = it % c.nsplit;
+        if (short_block(t)) return;
+        if (weights)
+          weights_tile(c, w, t);
+        else
+          attend_tile(c, w, t);
+      });
+      if (c.nsplit > 1)  // after team_for's barrier: every partial is written
+        team_for(tiles, mem, [&](int64_t it) {
+          const Tile t = tile_of(it);
+          if (!short_block(t)) merge_tile(c, t, reinterpret_cast<double*>(static_cast<char*>(mem) + wbytes));
+        });
+    });
+  }
+};
+
+/// Cfg with NQV lowered to N: fewer lanes per tile for problems with few query rows per kv head
+/// (decoding), where a full-width tile would mostly compute padding. Chunks of 32 keys: the PV product
+/// walks a chunk of V by columns, and 64 rows at a power-of-two row stride compete for a few L1 sets
+/// (a reasoned choice, not A/B-timed alone on the shared machine).
+template <class Cfg, int N>
+struct NarrowCfg : Cfg {
+  static constexpr int NQV = N < Cfg::NQV ? N : Cfg::NQV;
+  static constexpr int BK = Cfg::BK < 32 ? Cfg::BK : 32;
+};
+
+template <class Cfg, class St>
+void run_width(const AttnProblem& p, bool weights) {
+  const int64_t lanes = lanes_per_block(p);
+  if (lanes <= Cfg::W) return ExactRun<NarrowCfg<Cfg, 1>, St>::run(p, weights);
+  if (lanes <= 2 * Cfg::W) return ExactRun<NarrowCfg<Cfg, 2>, St>::run(p, weights);
+  if (lanes <= 3 * Cfg::W) return ExactRun<NarrowCfg<Cfg, 3>, St>::run(p, weights);
+  return ExactRun<Cfg, St>::run(p, weights);
+}
+
+/// Runs exact attention (or its weights) for every storage dtype with the ISA's tile configurations:
+/// Cfg16 for float16 / bfloat16 inputs, whose K / V chunks are converted as they are packed (a wider
+/// tile spreads that conversion over more query lanes).
+template <class Cfg32, class Cfg64, class Cfg16 = Cfg32>
+void exact_for_isa(const AttnProblem& p, bool weights) {
+  switch (p.dtype) {
+    case DType::Float32: return run_width<Cfg32, float>(p, weights);
+    case DType::Float64: return run_width<Cfg64, double>(p, weights);
+    case DType::Float16: return run_width<Cfg16, Half>(p, weights);
+    case DType::BFloat16: return run_width<Cfg16, BFloat>(p, weights);
+    default: ATTNKIT_ASSERT(false, "exact attention: a non-floating dtype passed validation");
+  }
+}
+
+}  // namespace ATTNKIT_ISA_NAMESPACE
+}  // namespace cpu
+}  // namespace detail
+}  // namespace attnkit
