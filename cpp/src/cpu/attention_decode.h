@@ -15,11 +15,11 @@
 //
 // Same structure and guarantees as the generic kernel's split decoding (attention_exact.h): the keys are
 // cut into splits whose points depend on the problem size only, each (batch, kv head, split) is one work
-// item, partial results are merged in split order with math::merge_step (double). Bitwise independent of
-// the thread count. Key ranges (causal, window, key_lengths) are supported: chunks that cut through a row's
-// range mask its scores, and its PV skips the masked keys (a masked NaN value is never read); the other
-// features (mask, bias, ALiBi, block-sparse layouts, explicit row ranges), float64 and non-unit element
-// strides of K / V go to the generic kernel (decode_eligible).
+// item, partial results are merged in split order by merge_splits (cpu/split_merge.h, double). Bitwise
+// independent of the thread count. Key ranges (causal, window, key_lengths) are supported: chunks that cut
+// through a row's range mask its scores, and its PV skips the masked keys (a masked NaN value is never
+// read); the other features (mask, bias, ALiBi, block-sparse layouts, explicit row ranges), float64 and
+// non-unit element strides of K / V go to the generic kernel (decode_eligible).
 
 #include <cstring>
 #include <type_traits>
@@ -29,6 +29,7 @@
 #include "cpu/kernel_common.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
+#include "cpu/split_merge.h"
 #include "validate/attention.h"
 #include "workspace.h"
 
@@ -82,20 +83,22 @@ struct DecodeKernel {
   static inline float scalar(Half x) { return to_acc(x); }
   static inline float scalar(BFloat x) { return to_acc(x); }
 
-  /// dst[i] = sum of the lanes of a[i], i < 8: pairwise adds (hadd), then the two 128-bit halves. AVX-512
-  /// first folds each 512-bit accumulator to 256 bits.
-  static inline void reduce8(const V* a, float* dst) {
-    __m256 x[8];
-    for (int i = 0; i < 8; ++i) {
-      if constexpr (W == 8) {
-        x[i] = (__m256)a[i];
-      } else {
-        const __m512 z = (__m512)a[i];
-        x[i] = _mm256_add_ps(_mm512_castps512_ps256(z), _mm512_extractf32x8_ps(z, 1));
-      }
+  /// One accumulator folded to 256 bits (AVX-512: its two halves added).
+  static inline __m256 fold(V a) {
+    if constexpr (W == 8) {
+      return (__m256)a;
+    } else {
+      const __m512 z = (__m512)a;
+      return _mm256_add_ps(_mm512_castps512_ps256(z), _mm512_extractf32x8_ps(z, 1));
     }
-    const __m256 t0 = _mm256_hadd_ps(x[0], x[1]), t1 = _mm256_hadd_ps(x[2], x[3]);
-    const __m256 t2 = _mm256_hadd_ps(x[4], x[5]), t3 = _mm256_hadd_ps(x[6], x[7]);
+  }
+
+  /// dst[i] = sum of the lanes of a_i, i < 8: pairwise adds (hadd), then the two 128-bit halves. The
+  /// accumulators come by value: through a pointer GCC kept them in memory, spilled and reloaded them
+  /// around the reduction (tens of moves per block of 8 dot products of 128 terms).
+  static inline void reduce8(V a0, V a1, V a2, V a3, V a4, V a5, V a6, V a7, float* dst) {
+    const __m256 t0 = _mm256_hadd_ps(fold(a0), fold(a1)), t1 = _mm256_hadd_ps(fold(a2), fold(a3));
+    const __m256 t2 = _mm256_hadd_ps(fold(a4), fold(a5)), t3 = _mm256_hadd_ps(fold(a6), fold(a7));
     const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
     _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
   }
@@ -115,6 +118,7 @@ struct DecodeKernel {
     const E* kr[KJ];
     for (int j = 0; j < KJ; ++j) kr[j] = k + (j < nk ? j : nk - 1) * ldk;
     V acc[8];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) acc[i] = V{};
     const int64_t Dw = D / W * W;
     for (int64_t d = 0; d < Dw; d += W) {  // (unrolled: the accumulators must stay in registers)
@@ -129,7 +133,7 @@ struct DecodeKernel {
       }
     }
     alignas(32) float sums[8];
-    reduce8(acc, sums);
+    reduce8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], sums);
     for (int64_t d = Dw; d < D; ++d)  // odd D: the tail, after the vector part
       for (int r = 0; r < RQ; ++r)
         for (int j = 0; j < KJ; ++j) sums[r * KJ + j] += q[r * D + d] * scalar(kr[j][d]);
@@ -403,24 +407,17 @@ struct DecodeKernel {
     if (p.lse) static_cast<float*>(p.lse)[b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] = lse;
   }
 
-  /// Merges the splits of a (batch, kv head) item row by row in split order (math::merge_step, double).
+  /// Merges the splits of a (batch, kv head) item row by row in split order (merge_splits, double).
   static void merge(const Ctx& c, const Work& w, int64_t item) {
     const AttnProblem& p = *c.p;
     const int64_t b = item / p.Hkv, hkv = item % p.Hkv;
     for (int64_t r = 0; r < c.R; ++r) {
-      double mx = math::neg_inf<double>(), sum = 0.0;
-      for (int64_t d = 0; d < p.Dv; ++d) w.acc[d] = 0.0;
-      for (int64_t s = 0; s < c.nsplit; ++s) {
-        const int64_t base = (item * c.nsplit + s) * c.R + r;
-        double w_part;
-        const double w_old = math::merge_step(mx, sum, static_cast<double>(c.part_lse[base]), &w_part);
-        if (w_part == 0.0 && w_old == 1.0) continue;
-        const float* o = c.part_o + base * p.Dv;
-        for (int64_t d = 0; d < p.Dv; ++d) w.acc[d] = w.acc[d] * w_old + w_part * static_cast<double>(o[d]);
-      }
-      const double sc = math::merge_scale(mx, sum);
-      write_row(p, b, hkv * c.G + r % c.G, r / c.G,
-                [&](int64_t d) { return static_cast<float>(w.acc[d] * sc); }, static_cast<float>(math::merge_lse(mx, sum)));
+      const int64_t base = item * c.nsplit * c.R + r;
+      double lse;
+      const double sc =
+          merge_splits(c.part_o + base * p.Dv, c.R * p.Dv, c.part_lse + base, c.R, c.nsplit, p.Dv, w.acc, &lse);
+      write_row(p, b, hkv * c.G + r % c.G, r / c.G, [&](int64_t d) { return static_cast<float>(w.acc[d] * sc); },
+                static_cast<float>(lse));
     }
   }
 

@@ -8,6 +8,7 @@
 
 #include "cpu/attention_kernel.h"
 #include "cpu/parallel.h"
+#include "cpu/split_merge.h"
 #include "workspace.h"
 
 namespace attnkit {
@@ -50,30 +51,21 @@ struct ExactRun : ExactKernel<Cfg, St> {
     return (p.Sk + *len - 1) / *len;
   }
 
-  /// Merges the nsplit partial results of tile t's lanes (math::merge_step, in double, in split order)
-  /// into out and lse. acc: Dv doubles of scratch.
+  /// Merges the nsplit partial results of tile t's lanes (merge_splits: double, split order) into out and
+  /// lse. acc: Dv doubles of scratch.
   static void merge_tile(const Ctx& c, const Tile& t, double* acc) {
     const AttnProblem& p = *c.p;
     const int nl = tile_lanes(c, t);
     for (int l = 0; l < nl; ++l) {
-      double mx = math::neg_inf<double>(), sum = 0.0;
-      for (int64_t d = 0; d < p.Dv; ++d) acc[d] = 0.0;
-      for (int64_t s = 0; s < c.nsplit; ++s) {
-        const int64_t r = (t.index * c.nsplit + s) * BQ + l;
-        double w_part;
-        const double w_old = math::merge_step(mx, sum, static_cast<double>(c.part_lse[r]), &w_part);
-        if (w_part == 0.0 && w_old == 1.0) continue;
-        const T* o = c.part_o + r * p.Dv;
-        for (int64_t d = 0; d < p.Dv; ++d) acc[d] = acc[d] * w_old + w_part * static_cast<double>(o[d]);
-      }
+      const int64_t r = t.index * c.nsplit * BQ + l;
+      double lse;
+      const double sc = merge_splits(c.part_o + r * p.Dv, BQ * p.Dv, c.part_lse + r, BQ, c.nsplit, p.Dv, acc, &lse);
       int64_t i, h;
       lane_row_head(c, t, l, i, h);
-      const double sc = math::merge_scale(mx, sum);
       St* dst = static_cast<St*>(p.out) + t.b * p.out_stride[0] + h * p.out_stride[1] + i * p.out_stride[2];
       for (int64_t d = 0; d < p.Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(static_cast<T>(acc[d] * sc));
       if (p.lse)
-        static_cast<T*>(p.lse)[t.b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] =
-            static_cast<T>(math::merge_lse(mx, sum));
+        static_cast<T*>(p.lse)[t.b * p.lse_stride[0] + h * p.lse_stride[1] + i * p.lse_stride[2]] = static_cast<T>(lse);
     }
   }
 
