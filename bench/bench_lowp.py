@@ -25,30 +25,10 @@ import numpy as np
 
 import attnkit
 from attnkit._bench import environment, progress, torch_or_none, write_json
+from bench_attention import matmul_ceiling  # NumPy sgemm and torch.matmul, 2048^3
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = ("float32", "float16", "bfloat16")
-
-
-def matmul_ceiling(threads, n=2048, reps=3):
-    """float32 n^3 matrix-multiply rate (GFLOP/s, best of reps) of NumPy and torch with `threads` threads
-    for torch (NumPy's BLAS uses its own count)."""
-    a, b = (np.random.default_rng(1).standard_normal((n, n)).astype(np.float32) for _ in range(2))
-    fns = {"numpy": lambda: a @ b}
-    torch = torch_or_none()
-    if torch is not None:
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        fns["torch"] = lambda: ta @ tb
-    out = {}
-    for name, fn in fns.items():
-        fn()
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        out[name] = 2.0 * n**3 / min(ts) / 1e9
-    return out
 
 
 def main(argv=None):
@@ -70,7 +50,7 @@ def main(argv=None):
         attnkit.set_num_threads(threads)
         if torch is not None:
             torch.set_num_threads(threads)
-        env.setdefault("matmul_2048_gflops", {})[str(threads)] = matmul_ceiling(threads)
+        env.setdefault("matmul_2048_gflops", {})[str(threads)] = matmul_ceiling()
         progress(f"{env['cpu_model']}, isa {env['cpu_isa']}, {threads} thread(s), matmul 2048^3 GFLOP/s "
                  f"{env['matmul_2048_gflops'][str(threads)]}")
         for D in a.dims:
