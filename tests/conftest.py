@@ -115,7 +115,8 @@ def assert_thread_invariant(fn, threads=(1, 2, 3)):
     return results[0]
 
 
-ISA_ORDER = ["generic", "avx2", "avx512"]
+# avx512bf16: AVX-512 plus vdpbf16ps for bfloat16 exact attention (other kernels run their AVX-512 build)
+ISA_ORDER = ["generic", "avx2", "avx512", "avx512bf16"]
 
 
 def run_in_isa(isa, script, tmp_path, inputs=None, cases=None):

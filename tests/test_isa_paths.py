@@ -3,6 +3,7 @@ once per process, so each runs in a subprocess with ATTNKIT_CPU_ISA lowering the
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 
@@ -30,6 +31,9 @@ CASES = [
     # the fused decode kernel (AVX2 / AVX-512 builds): 32 rows per kv head, packed float16, odd D; splits
     ("float16", 1, 32, 8, 8, 2500, 67, 67, dict(causal=True)),
     ("float32", 2, 4, 4, 2, 4500, 128, 64, dict(softcap=3.0, window=(3000, 0))),
+    # bfloat16 past the decode kernel: avx512bf16's vdpbf16ps QK^T (odd D: a lone last dim; key tails)
+    ("bfloat16", 1, 4, 2, 70, 151, 67, 33, dict(causal=True, alibi="h")),
+    ("bfloat16", 2, 2, 2, 40, 64, 64, 64, dict(mask=True)),
 ]
 
 SCRIPT = textwrap.dedent("""
@@ -67,6 +71,20 @@ SCRIPT = textwrap.dedent("""
     out["isa"] = np.array(attnkit.info()["cpu_isa"])
     np.savez(sys.argv[1], **out)
 """)
+
+
+def test_avx512bf16_selected_where_the_cpu_has_it():
+    """A CPU listing avx512_bf16 must run the avx512bf16 family: its kernel is chosen only after a
+    self-check of vdpbf16ps passes (cpu/isa.cpp), so a failed self-check shows here, not as a slow path."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    need = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16", "avx2", "fma", "bmi2"}
+    if not need <= set(flags) or "ATTNKIT_CPU_ISA" in os.environ:
+        pytest.skip("this CPU has no AVX512-BF16 (or ATTNKIT_CPU_ISA lowers the choice)")
+    assert attnkit.info()["cpu_isa"] == "avx512bf16"
 
 
 @pytest.mark.parametrize("isa", ORDER)

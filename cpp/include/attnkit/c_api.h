@@ -64,7 +64,7 @@ ATTNKIT_API int32_t attnkit_built_with_cuda(void);
 /* 1 when the public function `mechanism` ("attention", "lsh_attention", ...) runs on CUDA tensors in this
  * build and process (see attnkit::cuda_has_kernel), else 0. */
 ATTNKIT_API int32_t attnkit_cuda_has_kernel(const char* mechanism);
-/* "avx512", "avx2" or "generic": the CPU micro-kernels in use. */
+/* "avx512bf16", "avx512", "avx2" or "generic": the CPU micro-kernels in use. */
 ATTNKIT_API const char* attnkit_cpu_isa(void);
 /* CPU threads of later calls from this thread (n >= 1). */
 ATTNKIT_API attnkit_status attnkit_set_num_threads(int32_t n);

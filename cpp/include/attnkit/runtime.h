@@ -17,8 +17,9 @@ ATTNKIT_API int cuda_device_count();
 /// build and process: its kernel has been verified on a GPU, or the environment sets
 /// ATTNKIT_CUDA_UNVERIFIED=1 for kernels compiled but not yet verified. False in builds without CUDA.
 ATTNKIT_API bool cuda_has_kernel(const char* mechanism);
-/// The CPU micro-kernel family in use: "avx512", "avx2" or "generic". ATTNKIT_CPU_ISA=generic|avx2|avx512
-/// in the environment lowers (never raises) the choice made from CPUID.
+/// The CPU micro-kernel family in use: "avx512bf16" (AVX-512 plus vdpbf16ps for bfloat16 exact attention),
+/// "avx512", "avx2" or "generic". ATTNKIT_CPU_ISA=generic|avx2|avx512|avx512bf16 in the environment lowers
+/// (never raises) the choice made from CPUID.
 ATTNKIT_API const char* cpu_isa();
 /// Threads the CPU backend uses for the next call (OpenMP; 1 without OpenMP): the OpenMP setting, capped
 /// at 4 per processor (at least 16, at most 1024).

@@ -28,6 +28,7 @@ struct ExactRun : ExactKernel<Cfg, St> {
   using K::BQ;
   using K::W;
   using K::kDotLanes;
+  using K::kPairDot;
   using K::attend_tile;
   using K::carve;
   using K::lane_row_head;
@@ -88,6 +89,7 @@ struct ExactRun : ExactKernel<Cfg, St> {
     c.alibi = p.alibi.present;
     c.k_direct = p.k.stride[3] == 1;
     c.dot = lanes_per_block(p) <= kDotLanes;
+    c.pair_qk = kPairDot && !c.dot && c.k_direct;
     c.v_direct = !weights && p.v.stride[3] == 1 && p.Dv % W == 0;
     c.weights = weights;
     c.prefetch = c.tiles == 1;
@@ -161,14 +163,15 @@ void run_width(const AttnProblem& p, bool weights) {
 
 /// Runs exact attention (or its weights) for every storage dtype with the ISA's tile configurations:
 /// Cfg16 for float16 / bfloat16 inputs, whose K / V chunks are converted as they are packed (a wider
-/// tile spreads that conversion over more query lanes).
-template <class Cfg32, class Cfg64, class Cfg16 = Cfg32>
+/// tile spreads that conversion over more query lanes); CfgBf16 (default Cfg16) for bfloat16 alone, which
+/// may bring a PairDot (see PairDotOf).
+template <class Cfg32, class Cfg64, class Cfg16 = Cfg32, class CfgBf16 = Cfg16>
 void exact_for_isa(const AttnProblem& p, bool weights) {
   switch (p.dtype) {
     case DType::Float32: return run_width<Cfg32, float>(p, weights);
     case DType::Float64: return run_width<Cfg64, double>(p, weights);
     case DType::Float16: return run_width<Cfg16, Half>(p, weights);
-    case DType::BFloat16: return run_width<Cfg16, BFloat>(p, weights);
+    case DType::BFloat16: return run_width<CfgBf16, BFloat>(p, weights);
     default: ATTNKIT_ASSERT(false, "exact attention: a non-floating dtype passed validation");
   }
 }

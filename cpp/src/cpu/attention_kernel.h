@@ -65,6 +65,21 @@ struct QkVectors<Cfg, std::void_t<decltype(Cfg::QV)>> {
   static constexpr int value = Cfg::QV < Cfg::NQV ? Cfg::QV : Cfg::NQV;
 };
 
+/// Cfg::PairDot, when a configuration has one: QK^T for bfloat16 inputs straight from the stored pairs of
+/// bfloat16 (AVX512-BF16 vdpbf16ps, attention_avx512bf16.cpp), else void. Its interface:
+///   pack_q<NQV>(qT, D, qp)          queries qT [D][BQ] (float, exactly bfloat16 values) -> qp [(D+1)/2][BQ]
+///                                   pairs (dims 2i, 2i+1 in the low, high half; odd D: high half 0);
+///   qk<NQV>(qp, k, ldk, D, scale, jn, sT)   sT[j][lanes] = scale * sum_d k[j][d] q[d][lanes] for the jn
+///                                   bfloat16 key rows k (bits, row stride ldk elements, unit element stride).
+template <class Cfg, class = void>
+struct PairDotOf {
+  using type = void;
+};
+template <class Cfg>
+struct PairDotOf<Cfg, std::void_t<typename Cfg::PairDot>> {
+  using type = typename Cfg::PairDot;
+};
+
 /// Tile configuration: Cfg provides T (accumulator type), W (SIMD lanes), NQV (lane vectors per tile, so
 /// BQ = W * NQV lanes), BK (keys per chunk), R (keys per QK register block), RL (lanes per PV register
 /// block), NV (value vectors per PV register block) and optionally QV (lane vectors per QK register block,
@@ -85,6 +100,9 @@ struct ExactKernel {
   static constexpr int NV = Cfg::NV;
   static constexpr int QV = QkVectors<Cfg>::value;
   static constexpr bool kSameType = std::is_same<St, T>::value;
+  using PairDot = typename PairDotOf<Cfg>::type;
+  /// bfloat16 QK^T by the configuration's PairDot (K read in place, never converted).
+  static constexpr bool kPairDot = !std::is_void<PairDot>::value && std::is_same<St, BFloat>::value;
   /// Up to this many lanes per tile (decoding: one query row per head), QK^T is computed as dot products
   /// along D instead of outer products over the lanes, which would mostly multiply padding.
   static constexpr int kDotLanes = 4;
@@ -108,6 +126,7 @@ struct ExactKernel {
     bool softcap, bias_tile, alibi;
     bool dot;          // QK^T by dot products (few lanes)
     bool k_direct, v_direct;
+    bool pair_qk;      // QK^T by PairDot (kPairDot, unit-stride keys, not the dot path)
     bool prefetch;     // K/V stream through once (one tile per query block): prefetch V (prefetch_rows)
     bool weights;      // attention_weights instead of attention
     /// Per (b, kv head): whether its values are all finite, found on first need (-1: not yet, 0: no,
@@ -124,6 +143,7 @@ struct ExactKernel {
   struct Work {
     T* qT;      // [D][BQ]  queries, transposed
     T* qr;      // [kDotLanes][D] queries, row-major (dot-product path)
+    uint32_t* qp;  // [(D+1)/2][BQ] query pairs (PairDot path)
     T* sT;      // [BK][BQ] scores, then probabilities
     T* bT;      // [BK][BQ] additive bias/mask tile, when needed
     T* kbuf;    // [BK][D]  packed keys (when not read in place)
@@ -161,7 +181,8 @@ struct ExactKernel {
     const AttnProblem& p = *c.p;
     std::size_t n = 0;
     n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + 2 * BQ * c.DvP + 8 * BQ);
-    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 20 * 64;
+    n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 21 * 64;
+    if (kPairDot) n += sizeof(uint32_t) * (p.D + 1) / 2 * BQ;
     return n;
   }
 
@@ -176,6 +197,7 @@ struct ExactKernel {
     Work w;
     w.qT = reinterpret_cast<T*>(take(sizeof(T) * p.D * BQ));
     w.qr = reinterpret_cast<T*>(take(sizeof(T) * kDotLanes * p.D));
+    w.qp = reinterpret_cast<uint32_t*>(take(kPairDot ? sizeof(uint32_t) * (p.D + 1) / 2 * BQ : 0));
     w.sT = reinterpret_cast<T*>(take(sizeof(T) * BK * BQ));
     w.bT = reinterpret_cast<T*>(take(sizeof(T) * BK * BQ));
     w.kbuf = reinterpret_cast<T*>(take(sizeof(T) * BK * p.D));
@@ -356,6 +378,8 @@ struct ExactKernel {
       else
         for (int64_t d = 0; d < p.D; ++d) w.qT[d * BQ + l] = static_cast<T>(to_acc(src[d * q.stride[3]]));
     }
+    if constexpr (kPairDot)
+      if (c.pair_qk) PairDot::template pack_q<NQV>(w.qT, p.D, w.qp);
     return nl;
   }
 
@@ -495,20 +519,30 @@ struct ExactKernel {
   static bool compute_chunk_scores(const Ctx& c, const Work& w, const Tile& t, int nl, int64_t j0, int jn,
                                    int64_t inner_lo, int64_t inner_hi, V* bmax) {
     int64_t ldk;
-    const T* kp = key_rows(c, w, t.b, t.hkv, j0, jn, ldk);
     const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
-    if (!c.dot && !range_mask && !c.softcap && !c.bias_tile && !c.alibi) {
-      // Scores as they are (most chunks): their max comes out of the product's stores.
-      const V ninf = S::set1(math::neg_inf<T>());
-      for (int v = 0; v < NQV; ++v) S::store(w.cmax + v * W, ninf);
-      qk<Store::OverwriteMax>(w, kp, ldk, c.p->D, c.qscale, jn);
-      for (int v = 0; v < NQV; ++v) bmax[v] = S::load(w.cmax + v * W);
-      return false;
+    bool done = false;
+    if constexpr (kPairDot)
+      if (c.pair_qk) {
+        const ViewN<4>& k = c.p->k;
+        const St* kr = static_cast<const St*>(k.data) + t.b * k.stride[0] + t.hkv * k.stride[1] + j0 * k.stride[2];
+        PairDot::template qk<NQV>(w.qp, &kr->bits, k.stride[2], c.p->D, c.qscale, jn, w.sT);
+        done = true;
+      }
+    if (!done) {
+      const T* kp = key_rows(c, w, t.b, t.hkv, j0, jn, ldk);
+      if (!c.dot && !range_mask && !c.softcap && !c.bias_tile && !c.alibi) {
+        // Scores as they are (most chunks): their max comes out of the product's stores.
+        const V ninf = S::set1(math::neg_inf<T>());
+        for (int v = 0; v < NQV; ++v) S::store(w.cmax + v * W, ninf);
+        qk<Store::OverwriteMax>(w, kp, ldk, c.p->D, c.qscale, jn);
+        for (int v = 0; v < NQV; ++v) bmax[v] = S::load(w.cmax + v * W);
+        return false;
+      }
+      if (c.dot)
+        qk_dot(w, kp, ldk, c.p->D, c.qscale, jn, nl);
+      else
+        qk(w, kp, ldk, c.p->D, c.qscale, jn);
     }
-    if (c.dot)
-      qk_dot(w, kp, ldk, c.p->D, c.qscale, jn, nl);
-    else
-      qk(w, kp, ldk, c.p->D, c.qscale, jn);
     if (c.bias_tile) bias_tile(c, w, t.b, nl, j0, jn);
     transform(c, w, j0, jn, range_mask, bmax);
     return range_mask || c.bias_tile;

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "cpu/isa.h"
+#include "cpu/isa_entry_points.h"
 
 namespace attnkit {
 namespace detail {
@@ -17,6 +18,10 @@ Isa detect() {
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
       __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
     best = Isa::Avx512;
+  // AVX512-BF16 only where the bfloat16 unit's self-check computes exact scores on this CPU (that unit has
+  // not run on such hardware yet; see attention_avx512bf16.cpp): otherwise the plain AVX-512 path.
+  if (best == Isa::Avx512 && __builtin_cpu_supports("avx512bf16") && exact_attention_avx512bf16_self_check())
+    best = Isa::Avx512Bf16;
   else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2") &&
            __builtin_cpu_supports("f16c"))
     best = Isa::Avx2;
@@ -27,6 +32,7 @@ Isa detect() {
     if (!std::strcmp(env, "generic")) want = Isa::Generic;
     else if (!std::strcmp(env, "avx2")) want = Isa::Avx2;
     else if (!std::strcmp(env, "avx512")) want = Isa::Avx512;
+    else if (!std::strcmp(env, "avx512bf16")) want = Isa::Avx512Bf16;
     if (static_cast<int>(want) < static_cast<int>(best)) best = want;
   }
   return best;
@@ -41,6 +47,7 @@ Isa current_isa() {
 
 const char* isa_name() {
   switch (current_isa()) {
+    case Isa::Avx512Bf16: return "avx512bf16";
     case Isa::Avx512: return "avx512";
     case Isa::Avx2: return "avx2";
     default: return "generic";

@@ -7,7 +7,9 @@ namespace attnkit {
 namespace detail {
 namespace cpu {
 
-enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2 };
+/// Avx512Bf16: AVX-512 plus AVX512-BF16 (vdpbf16ps), which only bfloat16 exact attention uses
+/// (attention_avx512bf16.cpp); every other kernel runs its AVX-512 build there.
+enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3 };
 
 Isa current_isa();
 
@@ -16,6 +18,7 @@ Isa current_isa();
 template <class G, class A2, class A5>
 auto by_isa(G&& generic, A2&& avx2, A5&& avx512) {
   switch (current_isa()) {
+    case Isa::Avx512Bf16:
     case Isa::Avx512: return avx512();
     case Isa::Avx2: return avx2();
     default: return generic();

@@ -36,11 +36,18 @@ void lsh_hash_generic(const LshHashJob& job);
 #if defined(ATTNKIT_HAVE_X86_KERNELS)
 void exact_attention_avx2(const AttnProblem& p, bool weights);
 void exact_attention_avx512(const AttnProblem& p, bool weights);
+/// bfloat16 exact attention with vdpbf16ps (AVX512-BF16 CPUs); returns false, doing nothing, for problems it
+/// leaves to exact_attention_avx512 (other dtypes, the fused decode kernel's cases).
+bool exact_attention_avx512bf16(const AttnProblem& p, bool weights);
+/// Whether vdpbf16ps gives the bfloat16 unit exact scores on small tiles (run once, before selecting it).
+bool exact_attention_avx512bf16_self_check();
 void lsh_hash_avx2(const LshHashJob& job);
 void lsh_hash_avx512(const LshHashJob& job);
 #else
 inline void exact_attention_avx2(const AttnProblem& p, bool weights) { exact_attention_generic(p, weights); }
 inline void exact_attention_avx512(const AttnProblem& p, bool weights) { exact_attention_generic(p, weights); }
+inline bool exact_attention_avx512bf16(const AttnProblem&, bool) { return false; }
+inline bool exact_attention_avx512bf16_self_check() { return false; }
 inline void lsh_hash_avx2(const LshHashJob& job) { lsh_hash_generic(job); }
 inline void lsh_hash_avx512(const LshHashJob& job) { lsh_hash_generic(job); }
 #endif
