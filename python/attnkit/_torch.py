@@ -71,7 +71,7 @@ def ref(x, name: str):
         raise TypeError(f"{name} is on PyTorch device '{x.device}': attnkit takes CPU and CUDA tensors")
     if x.is_neg():  # the storage holds -x: its values, materialized
         x = x.resolve_neg()
-    t = _strided_ref(x.data_ptr() if x.numel() else 0, code, x.shape, x.stride(), index)
+    t = _strided_ref(x.data_ptr(), code, x.shape, x.stride(), index)
     if t is None:
         raise ValueError(f"{name} has rank {x.dim()}: attnkit takes arrays of rank 8 at most")
     return t, index, x
@@ -90,7 +90,7 @@ def empty(shape, code: int, index: int):
     """A new C-contiguous tensor (``torch.empty`` on device index, -1 the CPU: on CUDA, from PyTorch's
     caching allocator on the current stream) and its TensorRef."""
     x = sys.modules["torch"].empty(shape, dtype=DTYPES[code], device=device(index))
-    return x, _strided_ref(x.data_ptr() if x.numel() else 0, code, shape, None, index)
+    return x, _strided_ref(x.data_ptr(), code, shape, None, index)
 
 
 def as_tensor(x, index: int):
