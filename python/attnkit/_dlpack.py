@@ -18,7 +18,8 @@ from ._array import BFLOAT16, DeviceBF16
 # read-only buffers work too; bfloat16 CUDA arrays become DeviceBF16 over a CuPy uint16 view, CuPy having
 # no bfloat16), and the arrays returned are handed back through that framework's from_dlpack (bfloat16
 # as its uint16 bits reinterpreted, zero-copy). The rest of the Python layer only ever sees NumPy, CuPy
-# and DeviceBF16.
+# and DeviceBF16, but for the functions that take torch tensors as they are (dlpack_io's torch_native;
+# attnkit._torch): there Call reads the tensors and allocates torch outputs itself.
 
 
 

@@ -1,6 +1,6 @@
 // pybind11 bindings of the C++ API. The Python package (attnkit/_array.py) turns NumPy / CuPy arrays
 // into TensorRef views (numpy_ref / device_ref below read a NumPy or CuPy array's header in one call: the
-// per-call cost of every function); here we otherwise only mirror the params structs, release the GIL
+// per-call cost of every function; strided_ref takes a torch tensor's pointer, shape and strides); here we otherwise only mirror the params structs, release the GIL
 // around every kernel and map attnkit::Error kinds onto Python exceptions.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
