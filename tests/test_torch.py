@@ -184,8 +184,10 @@ def test_cuda_calls_use_torchs_device_and_current_stream(monkeypatch):
     assert call.stream == 5001
     mask = call.array([[True, False]], "mask", coerce=True)
     assert isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and made == [1]
+    lengths = call.lengths([3, 1])
+    assert lengths.dtype == int(attnkit._core.DType.int64) and made == [1, 1]
     t, ref = call.empty((2, 3), np.float32, "out")
-    assert isinstance(t, torch.Tensor) and made == [1, 1] and ref.device == 1 and ref.device_index == 1
+    assert isinstance(t, torch.Tensor) and made == [1, 1, 1] and ref.device == 1 and ref.device_index == 1
     assert ref.strides == [3, 1] and ref.data == t.data_ptr()
     cpu = _array.Call()
     cpu.tensor(randn(3, 4), "q")

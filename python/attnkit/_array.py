@@ -331,11 +331,12 @@ class Call:
         other integer dtypes are widened to int64."""
         if x is None:
             return _core.TensorRef()
+        if type(x) not in _torch.tensor_types():
+            x = self.array(x, name, coerce=True)  # a torch tensor for a CUDA call of torch tensors
         if type(x) in _torch.tensor_types():
             if x.dtype in _torch.NARROW_INTS:  # as NumPy's other integer dtypes below
                 x = x.long()
             return self.tensor(x, name)
-        x = self.array(x, name, coerce=True)
         if x.dtype.kind in "iu" and x.dtype not in (np.int32, np.int64):
             x = x.astype(np.int64)
         return self.tensor(x, name)

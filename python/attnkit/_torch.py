@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 from . import _core
 
 _strided_ref = _core.strided_ref
@@ -96,8 +98,6 @@ def empty(shape, code: int, index: int):
 def as_tensor(x, index: int):
     """A Python sequence or scalar as a tensor on device index, with the dtype NumPy would give it (so a
     coerced argument means the same for every framework)."""
-    import numpy as np
-
     return sys.modules["torch"].as_tensor(np.asarray(x), device=device(index))
 
 
