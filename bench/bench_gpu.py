@@ -13,7 +13,8 @@
   once per process), as TFLOP/s, the ratio to torch flash from the exact rows above, the largest difference
   from torch's output (a correctness check of every variant on the benchmark's own shapes), and the device
   times of attnkit and torch flash (``DeviceTimer``: host work per call hidden; the call times include it,
-  ~0.15-0.2 ms more for bfloat16, whose torch tensors go through DLPack) with their ratio.
+  ~0.15-0.2 ms more for bfloat16, whose torch tensors went through CuPy views and DLPack before attnkit read
+  them directly: attnkit._torch) with their ratio.
 * Decode (Sq=1, Sk up to 128K, GQA Hq=32, Hkv=8, D=128, float16): GB/s of K+V read
   (2 * B * Hkv * Sk * D * itemsize bytes per call) and the % of the peak bandwidth (``--peak-gbs``, default
   the device's: H100 SXM/HBM3 3350, H200 4800, A100 80GB 2039, A100 40GB 1555 GB/s by name, else memory clock
