@@ -13,7 +13,8 @@
   once per process), as TFLOP/s, the ratio to torch flash from the exact rows above, the largest difference
   from torch's output (a correctness check of every variant on the benchmark's own shapes), and the device
   times of attnkit and torch flash (``DeviceTimer``: host work per call hidden; the call times include it,
-  ~0.15-0.2 ms more for bfloat16, whose torch tensors go through DLPack) with their ratio.
+  ~0.15-0.2 ms more for bfloat16, whose torch tensors went through CuPy views and DLPack before attnkit read
+  them directly: attnkit._torch) with their ratio.
 * Host time per call (``host_seconds``: the call's Python, validation and launches, the device not waited
   for) beside its device time, for tiny exact attention from CuPy and torch (float16, bfloat16; torch's own
   SDPA for scale), a GQA decode step over 16K keys and a DLA decode step: where short calls spend their time.

@@ -241,10 +241,11 @@ def test_scratch_pool_choice(rng):
 
 # ============================================================================== PyTorch CUDA tensors in and out
 def test_bfloat16_torch_streams_small(rng):
-    """PyTorch CUDA tensors are read directly (no DLPack capsule) but in the stream order a capsule asked on
-    CuPy's current stream gives: an input written on a non-default PyTorch stream (after a long sleep there) is
-    read after that write, whichever of PyTorch and CuPy is on a non-default stream (and with both on the same
-    one); strided and requires_grad tensors are zero-copy views; bfloat16 and float16 come back as PyTorch."""
+    """PyTorch CUDA tensors are read directly (no DLPack capsule, no CuPy view) and attention runs on PyTorch's
+    current stream (attnkit._torch), outputs from torch.empty: an input written on a non-default PyTorch stream
+    (after a long sleep there) is read after that write and the output read back on that stream, whichever of
+    PyTorch and CuPy is on a non-default stream (and with both on the same one); strided and requires_grad
+    tensors are read in place; bfloat16 and float16 come back as PyTorch."""
     if FAKE or not HAVE_TORCH_CUDA:
         pytest.skip("needs PyTorch with CUDA")
     need("attention")

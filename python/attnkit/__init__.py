@@ -21,14 +21,20 @@ from ._sparse import BlockLayout, block_sparse_attention, lsh_attention, lsh_buc
 from ._dlpack import dlpack_io as _dlpack_io
 
 # Every array-taking function accepts any DLPack array (zero-copy) and answers in the caller's framework.
-attention, attention_weights, merge_attention = map(_dlpack_io, (attention, attention_weights, merge_attention))
+# These take torch tensors as they are (attnkit._torch): their arrays only go through _array.Call.
+_TORCH_NATIVE = {"attention": lambda kwargs: True, "attention_weights": lambda kwargs: True,
+                 "linear_attention": lambda kwargs: True,
+                 "attention_backward": lambda kwargs: not kwargs.get("return_dbias")}  # dbias: NumPy/CuPy sums
+attention, attention_weights, linear_attention, attention_backward = (
+    _dlpack_io(f, _TORCH_NATIVE[f.__name__]) for f in (attention, attention_weights, linear_attention,
+                                                       attention_backward))
+merge_attention = _dlpack_io(merge_attention)
 block_sparse_attention, lsh_attention, lsh_buckets = map(_dlpack_io, (block_sparse_attention, lsh_attention,
                                                                       lsh_buckets))
-linear_attention, performer_attention, linformer_attention = map(_dlpack_io, (linear_attention, performer_attention,
-                                                                              linformer_attention))
+performer_attention, linformer_attention = map(_dlpack_io, (performer_attention, linformer_attention))
 dynamic_linear_attention = _dlpack_io(dynamic_linear_attention)
-attention_backward, block_sparse_attention_backward, linformer_attention_backward = map(
-    _dlpack_io, (attention_backward, block_sparse_attention_backward, linformer_attention_backward))
+block_sparse_attention_backward, linformer_attention_backward = map(
+    _dlpack_io, (block_sparse_attention_backward, linformer_attention_backward))
 linear_attention_backward, performer_attention_backward = map(
     _dlpack_io, (linear_attention_backward, performer_attention_backward))
 rope, multi_head_attention = map(_dlpack_io, (rope, multi_head_attention))

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from . import _core
+from . import _core, _torch
 
 try:  # bfloat16 for NumPy
     import ml_dtypes
@@ -212,13 +212,15 @@ def _dtype_code(dtype, name: str) -> int:
 
 class Call:
     """Collects the arrays of one call: converts them to TensorRefs (keeping them alive for the call),
-    records the device, and allocates outputs with the matching array module."""
+    records the device, and allocates outputs with the matching array module (PyTorch once a torch tensor
+    came in: see attnkit._torch)."""
 
-    __slots__ = ("cuda", "device_index", "_keep")
+    __slots__ = ("cuda", "device_index", "torch", "_keep")
 
     def __init__(self):
-        self.cuda = None  # None until the first array: False = NumPy, True = CuPy
+        self.cuda = None  # None until the first array: False = the CPU, True = a CUDA device
         self.device_index = 0
+        self.torch = False  # a torch tensor came in: outputs are torch tensors, CUDA runs on torch's stream
         self._keep = []
 
     # -- inputs -------------------------------------------------------------------------------
@@ -229,6 +231,8 @@ class Call:
         if is_cuda_array(x) or isinstance(x, np.ndarray):
             return x
         if coerce:
+            if self.torch and self.cuda:  # a CUDA call of torch tensors needs no CuPy
+                return _torch.as_tensor(x, self.device_index)
             return self.xp.asarray(x)
         if hasattr(x, "__array_interface__"):
             return np.asarray(x)
@@ -251,7 +255,11 @@ class Call:
             return self._cupy_tensor(x, name, _CODES.get(x.dtype))
         if t is DeviceBF16 and type(x.raw) is _cupy_ndarray():  # bfloat16 bits in a CuPy uint16 array
             return self._cupy_tensor(x.raw, name, _CODES[BFLOAT16], whole=x)
+        if t in _torch.tensor_types():
+            return self._torch_tensor(x, name)
         x = self.array(x, name, coerce=coerce)
+        if type(x) in _torch.tensor_types():  # coerced for a CUDA call of torch tensors
+            return self._torch_tensor(x, name)
         if is_cuda_array(x):
             return self._cuda_tensor(x, name)
         return self._numpy_tensor(np.asarray(x), name)
@@ -286,6 +294,13 @@ class Call:
         self._keep.append(x)
         return ref
 
+    def _torch_tensor(self, x, name: str):
+        ref, index, x = _torch.ref(x, name)
+        self._note_device(index >= 0, max(index, 0))
+        self.torch = True
+        self._keep.append(x)
+        return ref
+
     def _cuda_tensor(self, x, name: str):
         """Any device array (DeviceBF16, foreign CUDA arrays, CuPy subclasses) through its
         ``__cuda_array_interface__``."""
@@ -316,7 +331,12 @@ class Call:
         other integer dtypes are widened to int64."""
         if x is None:
             return _core.TensorRef()
-        x = self.array(x, name, coerce=True)
+        if type(x) not in _torch.tensor_types():
+            x = self.array(x, name, coerce=True)  # a torch tensor for a CUDA call of torch tensors
+        if type(x) in _torch.tensor_types():
+            if x.dtype in _torch.NARROW_INTS:  # as NumPy's other integer dtypes below
+                x = x.long()
+            return self.tensor(x, name)
         if x.dtype.kind in "iu" and x.dtype not in (np.int32, np.int64):
             x = x.astype(np.int64)
         return self.tensor(x, name)
@@ -367,6 +387,12 @@ class Call:
     def empty(self, shape, dtype, name="out"):
         """A new C-contiguous output array on the call's device, and its TensorRef (`name`, the output's,
         in the error when nothing can hold it)."""
+        if self.torch:
+            code = _CODES[np.dtype(dtype)]
+            try:
+                return _torch.empty(shape, code, self.device_index if self.cuda else -1)
+            except RuntimeError as e:  # torch's out-of-memory errors are RuntimeErrors
+                raise _alloc_error(name, shape, dtype, e) from None
         if not self.cuda:
             try:
                 arr = np.empty(shape, dtype)
@@ -385,6 +411,8 @@ class Call:
     def stream(self) -> int:
         if not self.cuda:
             return 0
+        if self.torch:
+            return _torch.current_stream(self.device_index)
         import cupy
 
         return cupy.cuda.get_current_stream().ptr

@@ -18,7 +18,8 @@ from ._array import BFLOAT16, DeviceBF16
 # read-only buffers work too; bfloat16 CUDA arrays become DeviceBF16 over a CuPy uint16 view, CuPy having
 # no bfloat16), and the arrays returned are handed back through that framework's from_dlpack (bfloat16
 # as its uint16 bits reinterpreted, zero-copy). The rest of the Python layer only ever sees NumPy, CuPy
-# and DeviceBF16.
+# and DeviceBF16, but for the functions that take torch tensors as they are (dlpack_io's torch_native;
+# attnkit._torch): there Call reads the tensors and allocates torch outputs itself.
 
 
 
@@ -70,9 +71,10 @@ def _is_foreign(x) -> bool:
 
 
 # What an argument is to dlpack_io, by type (cached: every argument of every call is looked up):
-# _PLAIN passes through, _FOREIGN is viewed through its DLPack capsule, _TORCH is a torch.Tensor read
-# directly, _NESTED (lists, tuples, dicts, MHAParams, DLACache) is searched element by element.
-_PLAIN, _FOREIGN, _TORCH, _NESTED = range(4)
+# _PLAIN passes through, _DEVICE (CuPy arrays, DeviceBF16) too, _FOREIGN is viewed through its DLPack
+# capsule, _TORCH is a torch.Tensor (read directly), _NESTED (lists, tuples, dicts, MHAParams, DLACache)
+# is searched element by element.
+_PLAIN, _DEVICE, _FOREIGN, _TORCH, _NESTED = range(5)
 _KINDS = {type(None): _PLAIN, np.ndarray: _PLAIN, int: _PLAIN, float: _PLAIN, bool: _PLAIN, str: _PLAIN}
 
 
@@ -83,7 +85,7 @@ def _kind(x) -> int:
     if isinstance(x, (list, tuple, dict)) or type(x) in _containers():
         kind = _NESTED
     elif not _is_foreign(x):
-        kind = _PLAIN
+        kind = _DEVICE if type(x) is DeviceBF16 or _root_module(x) == "cupy" else _PLAIN
     else:
         torch = sys.modules.get("torch")
         kind = _TORCH if torch is not None and type(x) in (torch.Tensor, torch.nn.Parameter) else _FOREIGN
@@ -279,7 +281,7 @@ def _containers():
 def _has_foreign(x) -> bool:
     kind = _kind(x)
     if kind != _NESTED:
-        return kind != _PLAIN
+        return kind == _FOREIGN or kind == _TORCH
     if isinstance(x, (list, tuple)):
         return any(map(_has_foreign, x))
     if isinstance(x, dict):
@@ -287,9 +289,22 @@ def _has_foreign(x) -> bool:
     return any(_is_foreign(getattr(x, f)) for f in _containers()[type(x)])
 
 
+def _torch_only(x) -> bool:
+    """Whether x holds no arrays but torch tensors, NumPy arrays and plain values (no CuPy, no other
+    framework's): what a call of a _TORCH_NATIVE function must hold to get its tensors as they are."""
+    kind = _KINDS.get(type(x))
+    if kind is None:
+        kind = _kind(x)
+    if kind != _NESTED:
+        return kind == _PLAIN or kind == _TORCH
+    if isinstance(x, (list, tuple)):
+        return all(map(_torch_only, x))
+    return isinstance(x, dict) and all(map(_torch_only, x.values()))
+
+
 def _convert_in(x, found: list, name: str):
     kind = _kind(x)
-    if kind == _PLAIN:
+    if kind <= _DEVICE:
         return x
     if kind != _NESTED:
         found.append(x)
@@ -316,9 +331,13 @@ def _convert_out(r, back):
     return r
 
 
-def dlpack_io(fn):
+def dlpack_io(fn, torch_native=None):
     """Wraps a public function so that it takes any DLPack array (zero-copy) and returns arrays of the
-    first foreign input's framework (PyTorch in, PyTorch out). NumPy and CuPy calls pass straight through."""
+    first foreign input's framework (PyTorch in, PyTorch out). NumPy and CuPy calls pass straight through.
+
+    ``torch_native(kwargs)``, for a function whose arrays go only to attnkit._array.Call (which reads
+    torch tensors itself and then allocates torch outputs): whether a call of torch tensors (NumPy arrays
+    and plain values beside them, nothing else) passes them to fn as they are (see attnkit._torch)."""
 
     signature = inspect.signature(fn)
     params = list(signature.parameters.values())
@@ -347,10 +366,13 @@ def dlpack_io(fn):
             kind = _KINDS.get(type(value))
             if kind is None:
                 kind = _kind(value)
-            if kind != _PLAIN and (kind != _NESTED or _has_foreign(value)):
+            if kind > _DEVICE and (kind != _NESTED or _has_foreign(value)):
                 break
         else:
             return fn(*args, **kwargs)  # NumPy / CuPy: no binding, no conversion
+        if (kind == _TORCH and torch_native is not None and all(map(_torch_only, args))
+                and all(map(_torch_only, kwargs.values())) and torch_native(kwargs) and binds(args, kwargs)):
+            return fn(*args, **kwargs)  # torch tensors, read and answered by Call itself
         found = []
         if binds(args, kwargs):  # converted in parameter order, as bound arguments are
             args = [_convert_in(a, found, n) for a, n in zip(args, positional)]

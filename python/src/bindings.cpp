@@ -1,6 +1,6 @@
 // pybind11 bindings of the C++ API. The Python package (attnkit/_array.py) turns NumPy / CuPy arrays
 // into TensorRef views (numpy_ref / device_ref below read a NumPy or CuPy array's header in one call: the
-// per-call cost of every function); here we otherwise only mirror the params structs, release the GIL
+// per-call cost of every function; strided_ref takes a torch tensor's pointer, shape and strides); here we otherwise only mirror the params structs, release the GIL
 // around every kernel and map attnkit::Error kinds onto Python exceptions.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -104,6 +104,35 @@ py::object device_ref(uintptr_t ptr, int code, py::handle shape, py::handle stri
   return py::cast(t);
 }
 
+/// A TensorRef from a data pointer, a shape and ELEMENT strides (tuples, or tuple subclasses such as a
+/// torch.Tensor's shape and stride(); strides None: row-major), on the CPU (device_index < 0) or on CUDA
+/// device device_index: the PyTorch path of attnkit._array. None for a rank the core does not take or
+/// values that are not int64 (the caller names the argument).
+py::object strided_ref(uintptr_t ptr, int code, py::handle shape, py::handle strides, int device_index) {
+  if (code < 0 || code > 6 || !PyTuple_Check(shape.ptr())) return py::none();
+  const Py_ssize_t nd = PyTuple_GET_SIZE(shape.ptr());
+  const bool row_major = strides.is_none();
+  if (nd > kMaxDims || (!row_major && (!PyTuple_Check(strides.ptr()) || PyTuple_GET_SIZE(strides.ptr()) != nd)))
+    return py::none();
+  TensorRef t;
+  t.dtype = static_cast<DType>(code);
+  t.ndim = static_cast<int32_t>(nd);
+  int64_t acc = 1;
+  for (Py_ssize_t i = nd - 1; i >= 0; --i) {
+    t.shape[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(shape.ptr(), i));
+    t.strides[i] = row_major ? acc : PyLong_AsLongLong(PyTuple_GET_ITEM(strides.ptr(), i));
+    if (PyErr_Occurred()) {
+      PyErr_Clear();
+      return py::none();
+    }
+    if (row_major) acc *= t.shape[i];  // sizes of an allocated array: no overflow
+  }
+  t.data = reinterpret_cast<void*>(ptr);
+  t.device = device_index < 0 ? Device::CPU : Device::CUDA;
+  t.device_index = device_index < 0 ? 0 : device_index;
+  return py::cast(t);
+}
+
 /// A C++ entry point f(params) as a Python function that releases the GIL around the call.
 template <class P>
 auto nogil(void (*f)(const P&)) {
@@ -186,6 +215,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("device", [](const TensorRef& t) { return static_cast<int>(t.device); })
       .def_property_readonly("device_index", [](const TensorRef& t) { return t.device_index; });
   m.def("numpy_ref", &numpy_ref, py::arg("array"), py::arg("dtype"));
+  m.def("strided_ref", &strided_ref, py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"),
+        py::arg("device_index"));
   m.def("device_ref", &device_ref, py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"),
         py::arg("device_index"));
 
