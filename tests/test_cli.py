@@ -27,5 +27,5 @@ def test_bench_sections(capsys, tmp_path):
     assert set(payload["sections"]) == set(cli.SECTIONS)
     assert payload["sections"]["exact"][0]["attnkit_s"] > 0
     env = payload["env"]  # every results file says where it ran and the machine's matmul yardstick
-    assert env["cpu_model"] and env["cpu_isa"] in ("generic", "avx2", "avx512")
+    assert env["cpu_model"] and env["cpu_isa"] in ("generic", "avx2", "avx512", "avx512bf16")
     assert env["matmul_2048_gflops"]["numpy"] > 0
