@@ -33,9 +33,8 @@
 * Linear attention (elu+1), Performer (m=256) and DLA prefill (tokens/s) and DLA decode (one token with a
   cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..).
 * DLA prefill kernels side by side (``--dla-sweep``, on under ``--quick``; S = 4096, 16384): the first CUDA
-  kernel, the second (``cuda/dla_prefill_v2.cu``) and the third (``cuda/dla_prefill_v3.cu``, where enabled)
-  with each column split (tuning option ``dla_split``), whether v3 gives v2's bits, and the largest
-  difference from the first kernel.
+  kernel vs the second (``cuda/dla_prefill_v2.cu``) with each column split (tuning option ``dla_split``),
+  whether the splits give the same bits, and the largest difference between the two kernels.
 * Linear-attention kernel variants (``--linear-sweep``, on under ``--quick``): linear attention and
   Performer (bidirectional and causal, S = 4096 and 16384) once per variant of cuda/linear.cu's internal
   tuning (the v1 kernels, the v2 kernels with causal chunk 32 / 64 / 128 and key segment 128 / 512 / 2048,
@@ -399,16 +398,15 @@ def format_row(r) -> str:
                 f"{fmt(r.get('attnkit_device_gbs'), '.0f')} GB/s){note}"[:240])
     if r["kind"] == "dla_split":
         parts = [f"dla    {r['dtype']:>8} S={r['S']:<5}"]
-        nw = r.get("dla_newest", "v2")
-        for name in ("v1", "v2", f"{nw}_split0", f"{nw}_split1", f"{nw}_split2"):
+        for name in ("v1", "v2_split0", "v2_split1", "v2_split2", "v2_split4"):
             tps = r.get(f"{name}_tokens_per_s")
             parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
-        parts.append(f"{nw} same bits as v2 {r.get(f'{nw}_splits_same_bits_as_v2', '-')}  |{nw}-v1| "
-                     f"{fmt(r.get(f'{nw}_vs_v1_max_abs_diff'), '.2g')} of {fmt(r.get('v1_max_abs'), '.2g')}")
+        parts.append(f"splits same bits {r.get('v2_splits_same_bits', '-')}  |v2-v1| "
+                     f"{fmt(r.get('v2_vs_v1_max_abs_diff'), '.2g')} of {fmt(r.get('v1_max_abs'), '.2g')}")
         return "  ".join(parts) + "  (Mtok/s)"
     if r["kind"] == "linear_sweep":
         parts = [f"sweep  {r['variant']:<13} S={r['S']:<5}"]
-        for name in ("linear", "linear_causal", "performer", "performer_causal", "dla_prefill"):
+        for name in ("linear", "linear_causal", "performer", "performer_causal"):
             tps = r.get(f"{name}_tokens_per_s")
             if tps or r.get(f"{name}_note"):
                 parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', str(r.get(f'{name}_note', '-'))[:9])}")
@@ -528,8 +526,8 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - the rows measured so far are kept
             log(f"bench_gpu: decode sweep failed: {e.__class__.__name__}: {e}")
     if a.dla_sweep or a.quick:
-        log("-- DLA prefill: first kernel (v1), second (v2), newest (v3 where enabled) and its column splits "
-            "(float16, B=4, H=16, D=64, C=16): tokens/s")
+        log("-- DLA prefill: first kernel (v1) vs second (v2) and its column splits (float16, B=4, H=16, D=64, "
+            "C=16): tokens/s")
         dla_split_rows(ctx, [4096, 16384])
     if a.linear_sweep or a.quick:
         log("-- linear-attention kernel variants (cuda/linear.cu tuning; fresh process each): tokens/s")

@@ -240,10 +240,6 @@ LINEAR_SWEEP = [
     ("v2 seg128", {"ATTNKIT_LINEAR_CUDA_SEG": "128"}, ("linear", "performer")),
     ("v2 seg512", {"ATTNKIT_LINEAR_CUDA_SEG": "512"}, ("linear", "performer")),
     ("v2 seg2048", {"ATTNKIT_LINEAR_CUDA_SEG": "2048"}, ("linear", "performer")),
-    # DLA prefill (C = 16, lam as linear_rows), cuda/dla_prefill_v3.cu's scan: the warp scan (default) vs the
-    # linked-list scan on one thread (ATTNKIT_DLA_CUDA_SCAN=0); both give the same bits.
-    ("dla scan warp", {}, ("dla_prefill",)),
-    ("dla scan list", {"ATTNKIT_DLA_CUDA_SCAN": "0"}, ("dla_prefill",)),
 ]
 
 
@@ -270,18 +266,16 @@ def linear_child(sizes, calls, reps, warmup, target_s):
     out = {}
     for S in sizes:
         q, k, v = (randn(cupy, (B, H, S, D), "float16", 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
-        lam = (cupy.random.random((B, H, S, 16), dtype=np.float32) * (2.0 / 16)).astype("float16")
         fns = {"linear": lambda: attnkit.linear_attention(q, k, v, causal=False),
                "linear_causal": lambda: attnkit.linear_attention(q, k, v, causal=True),
                "performer": lambda: attnkit.performer_attention(q, k, v, W),
-               "performer_causal": lambda: attnkit.performer_attention(q, k, v, W, causal=True),
-               "dla_prefill": lambda: attnkit.dynamic_linear_attention(q, k, v, lam, capacity=16)}
+               "performer_causal": lambda: attnkit.performer_attention(q, k, v, W, causal=True)}
         res = {}
         for c in calls:
             t, note = attempt(lambda: timer(fns[c]))
             res[c] = t if t else note
         out[str(S)] = res
-        del q, k, v, lam
+        del q, k, v
         cupy.get_default_memory_pool().free_all_blocks()
     print(json.dumps({"times": out, "notes": notes}))
     return 0
@@ -321,12 +315,9 @@ def linear_sweep(ctx, sizes, reps, warmup, target_s):
 
 def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
     """DLA prefill, the CUDA kernels side by side (tuning option dla_split): -1 = the first kernel
-    (cuda/dla_prefill.cu), -2 = the second (cuda/dla_prefill_v2.cu) with its automatic column split, 0 = the
-    newest enabled one (the third, cuda/dla_prefill_v3.cu, where "dla_prefill_v3" is enabled, else the
-    second) with its automatic split, 1/2 = that one with that many blocks per (batch, head) (4 measured 2x
-    slower than 2 on an H200 at B*H = 64: more blocks than SMs). Same inputs as linear_rows. Also records
-    whether every split of the newest kernel gives the same bits as the second kernel (it should: v3 changes
-    only the scan's data structure) and the largest difference from the first kernel."""
+    (cuda/dla_prefill.cu), 0 = the second one with its automatic column split, 1/2/4 = the second one with
+    that many blocks per (batch, head). Same inputs as linear_rows. Also records whether every split of the
+    second kernel gives the same bits (it should) and its largest difference from the first kernel."""
     cupy, attnkit, timer, kernels = ctx["cupy"], ctx["attnkit"], ctx["timer"], ctx["kernels"]
     if kernels["dynamic_linear_attention"]:
         return
@@ -339,29 +330,26 @@ def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
         lam = (cupy.random.random((B, H, S, C), dtype=np.float32) * (2.0 / C)).astype(dtype)
         row = {"kind": "dla_split", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "dla_capacity": C}
         ys = {}
-        from attnkit import _core
-        newest = "v3" if _core.cuda_has_kernel("dla_prefill_v3") else "v2"
-        row["dla_newest"] = newest
-        for split in (-1, -2, 0, 1, 2):
+        for split in (-1, 0, 1, 2, 4):
             def call(split=split):
                 with tuning(dla_split=split):
                     return attnkit.dynamic_linear_attention(q, k, v, lam, capacity=C)
 
             t, note = attempt(lambda: timer(call))
-            name = "v1" if split == -1 else "v2" if split == -2 else f"{newest}_split{split}"
+            name = "v1" if split == -1 else f"v2_split{split}"
             if t:
                 row[f"{name}_s"], row[f"{name}_tokens_per_s"] = t, B * S / t
                 y, _ = call()
                 ys[split] = y.astype(cupy.float32)
             else:
                 row[f"{name}_note"] = note
-        new = [ys[s] for s in (0, 1, 2) if s in ys]
-        if new and -2 in ys:
-            row[f"{newest}_splits_same_bits_as_v2"] = all(bool((x == ys[-2]).all()) for x in new)
-        if new and -1 in ys:
-            row[f"{newest}_vs_v1_max_abs_diff"] = float(cupy.abs(new[0] - ys[-1]).max())
+        v2 = [ys[s] for s in (0, 1, 2, 4) if s in ys]
+        if len(v2) > 1:
+            row["v2_splits_same_bits"] = all(bool((x == v2[0]).all()) for x in v2[1:])
+        if v2 and -1 in ys:
+            row["v2_vs_v1_max_abs_diff"] = float(cupy.abs(v2[0] - ys[-1]).max())
             row["v1_max_abs"] = float(cupy.abs(ys[-1]).max())
         ctx["add"](row)
-        del q, k, v, lam, ys, new
+        del q, k, v, lam, ys, v2
         cupy.get_default_memory_pool().free_all_blocks()
 

@@ -53,19 +53,15 @@ void dynamic_linear_attention(const DLAProblem& p) {
   const cudaStream_t stream = as_stream(p.stream);
   if (p.B * p.H == 0) return;  // nothing to write
   const bool decode = dla::takes_decode_path(p);
-  // The chunked prefills, newest first where enabled and where the chunk fits in shared memory: the third
-  // (dla_prefill_v3.cu, gated until verified on a GPU), the second (dla_prefill_v2.cu), the first
-  // (dla_prefill.cu). Tuning dla_split = -1 takes the first, -2 the second (measurements side by side).
+  // The second chunked prefill (dla_prefill_v2.cu) is gated until verified on a GPU; tuning dla_split = -1
+  // takes the first one (measurements side by side).
   static const bool v2_enabled = has_kernel("dla_prefill_v2");
-  static const bool v3_enabled = has_kernel("dla_prefill_v3");
-  const int64_t split = tuning().dla_split.load();
-  const bool v2 = v2_enabled && (split >= 0 || split == -2);
-  const bool v3 = v3_enabled && split >= 0;
+  const bool v2 = v2_enabled && tuning().dla_split.load() >= 0;
   dispatch_float(p.dtype, [&](auto tag) {
     using St = decltype(tag);
     if (decode)
       dla::launch_decode<St>(p, stream);
-    else if (!(v3 && dla::launch_prefill_v3<St>(p, stream)) && !(v2 && dla::launch_prefill_v2<St>(p, stream)))
+    else if (!(v2 && dla::launch_prefill_v2<St>(p, stream)))
       dla::launch_prefill<St>(p, stream);
   });
 }

@@ -47,10 +47,6 @@ void launch_prefill(const DLAProblem& p, cudaStream_t stream);
 /// the device's shared memory, and the caller takes launch_prefill.
 template <class St>
 bool launch_prefill_v2(const DLAProblem& p, cudaStream_t stream);
-/// dla_prefill_v3.cu: v2 with a faster serial scan (same bits as v2); false (nothing launched) when its
-/// chunk does not fit in shared memory.
-template <class St>
-bool launch_prefill_v3(const DLAProblem& p, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------ device helpers
 

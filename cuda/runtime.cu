@@ -53,7 +53,6 @@ constexpr const char* kVerified[] = {
 constexpr const char* kCompiled[] = {
     "linear_attention_mma_c128",  // linear_mma.cuh's default chunk 128 (64 until verified; linear.cu)
     "attention_decode_v3",        // the tensor-core decode kernel (attention_decode3.cuh; attention.cu)
-    "dla_prefill_v3",             // DLA prefill with the warp / linked-list scan (dla_prefill_v3.cu; chosen in dla.cu)
 };
 
 template <std::size_t N>

@@ -39,10 +39,9 @@ struct Tuning {
   /// Every CUDA kernel's scratch (cuda/workspace.cuh): 0 = attnkit's stream-ordered pool per device, which
   /// keeps its memory between calls; 1 = cudaMallocAsync on the device's default pool (for measurements).
   std::atomic<int64_t> cuda_scratch{0};
-  /// DLA prefill on CUDA (cuda/dla_prefill_v2.cu, v3.cu): blocks per (batch, head), each owning a slice of
-  /// the output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel (cuda/dla_prefill.cu),
-  /// -2 = the second with its automatic split (for side-by-side measurements; 0 and above take the third
-  /// where it is enabled). No effect on the CPU; results equal up to rounding.
+  /// DLA prefill on CUDA (cuda/dla_prefill_v2.cu): blocks per (batch, head), each owning a slice of the
+  /// output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel (cuda/dla_prefill.cu, for
+  /// side-by-side measurements). No effect on the CPU; results equal up to rounding.
   std::atomic<int64_t> dla_split{0};
 };
 

@@ -13,9 +13,9 @@ every code path; users have no reason to.
     cuda_decode3_pdl    CUDA decode v3: its split merge by programmatic dependent launch (sm_90+), 0 = default
                         (on), 1 = on, 2 = off
     cuda_scratch        CUDA kernels' scratch: from attnkit's pool per device (0) or the device's default pool (1)
-    dla_split      DLA prefill on CUDA (the v2 / v3 kernels): blocks per (batch, head), each owning a slice
-                   of the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first
-                   CUDA prefill kernel, -2 = the second (for side-by-side measurements)
+    dla_split      DLA prefill on CUDA (the v2 kernel): blocks per (batch, head), each owning a slice of
+                   the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first
+                   CUDA prefill kernel (for side-by-side measurements)
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward,dla_prefill_v2,v3}.cu, for machines
+# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward,dla_prefill_v2}.cu, for machines
 # without a GPU: the .cu files are compiled by g++ against shim/cuda/*.cuh (blocks run one after another, the
 # threads of a block as std::threads meeting at a std::barrier for __syncthreads; float32/float64 only), with
 # each `kernel<<<grid, kThreads, 0, stream>>>(args)` rewritten to a call of the shim's emu_launch. The tests
@@ -36,14 +36,10 @@ OMP_NUM_THREADS=1 "$out/test_linear_vs_cpu" | tail -1
 ATTNKIT_LINEAR_CUDA_SEG=16 ATTNKIT_LINEAR_CUDA_CHUNK=5 OMP_NUM_THREADS=1 "$out/test_linear_vs_cpu" | tail -1
 ATTNKIT_LINEAR_CUDA_SEG=16 ATTNKIT_LINEAR_CUDA_CHUNK=5 "$out/test_linear_merge_rope" | tail -1
 OMP_NUM_THREADS=1 "$out/test_attention_backward" | tail -1
-# DLA prefill v2 and v3: the kernel bodies (the files up to their host side) vs the CPU backend's generic
-# kernel, and v3 vs v2 bit for bit.
+# DLA prefill v2: the kernel body (the file up to its host side) vs the CPU backend's generic kernel.
 sed -n '1,/^\/\/ ---- host side/p' "$root/cuda/dla_prefill_v2.cu" > "$out/dla_v2_body.inc"
 printf '}  // namespace v2\n}  // namespace dla\n}  // namespace cuda\n}  // namespace detail\n}  // namespace attnkit\n' \
   >> "$out/dla_v2_body.inc"
-sed -n '1,/^\/\/ ---- host side/p' "$root/cuda/dla_prefill_v3.cu" > "$out/dla_v3_body.inc"
-printf '}  // namespace v3\n}  // namespace dla\n}  // namespace cuda\n}  // namespace detail\n}  // namespace attnkit\n' \
-  >> "$out/dla_v3_body.inc"
 g++ -std=c++17 -O1 -fopenmp -I "$root/cpp/src" -I "$root/cpp/include" -c "$root/cpp/src/cpu/dla_generic.cpp" \
   -o "$out/dla_generic.o"
 g++ "${flags[@]}" -fopenmp -I "$out" "$here/test_dla_v2.cpp" "$out/dla_generic.o" -o "$out/test_dla_v2"
