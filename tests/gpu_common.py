@@ -340,3 +340,29 @@ def qkv(rng, B, Hq, Hkv, Sq, Sk, D, Dv, dtype, scale=1.0, layout="contig"):
 
 def _eval(kw, rng):
     return {k: (v(rng) if callable(v) else v) for k, v in kw.items()}
+
+
+# ----------------------------------------------------------------------------------------- mask / bias makers
+# Case specs carry these as functions of the case's rng, drawn when the case runs.
+def random_mask(shape, p=0.6):
+    """A boolean mask of the shape keeping each key with probability p."""
+    return lambda rng: rng.random(shape) < p
+
+
+def masked_rows_mask(B, Hq, Sq, Sk):
+    """A mask that forbids every key of query head 1 (every batch) and keeps 70% elsewhere."""
+    def f(rng):
+        m = rng.random((B, Hq, Sq, Sk)) < 0.7
+        m[:, 1] = False
+        return m
+    return f
+
+
+def neg_inf_bias(B, Hq, Sq, Sk):
+    """A float32 bias with -inf on every third key and on the whole of row (0, 0): fully masked rows."""
+    def f(rng):
+        b = randn(rng, (B, Hq, Sq, Sk), np.float32)
+        b[:, :, :, ::3] = -np.inf
+        b[0, 0] = -np.inf  # a fully masked row
+        return b
+    return f

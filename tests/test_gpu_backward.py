@@ -18,6 +18,7 @@ from attnkit import reference as ref
 
 from conftest import DTYPE_IDS, DTYPES, magnitude, naive_dtype, randn, to_f64
 from gpu_common import DT, F32, FAKE, GPU_MARKS, close3, gpu_run, need, qkv, same
+from gpu_common import random_mask as _mask
 
 pytestmark = GPU_MARKS
 
@@ -50,10 +51,6 @@ def _check(rng, dtype, q, k, v, *, return_dbias=False, **kw):
     naive = ref.attention_backward(dout, q, k, v, return_dbias=return_dbias, _dtype=naive_dtype(dtype), **kw)
     _compare(got, cpu, want, naive, dtype, (q, k, v, kw.get("bias")), lse=lse)
     return got, cpu
-
-
-def _mask(shape, p=0.6):
-    return lambda rng: rng.random(shape) < p
 
 
 def B(id_, B=1, Hq=2, Hkv=None, Sq=33, Sk=None, D=64, Dv=None, dtype="f32", layout="contig", **kw):

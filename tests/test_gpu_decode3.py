@@ -21,6 +21,7 @@ from attnkit._tuning import tuning
 
 from conftest import ATOL, naive_dtype, randn
 from gpu_common import DT, FAKE, GPU_MARKS, close3, _eval, gpu_run, need, qkv, same
+from gpu_common import masked_rows_mask as _masked_rows_mask, neg_inf_bias as _neg_inf_bias, random_mask as _mask
 
 pytestmark = GPU_MARKS
 
@@ -40,28 +41,6 @@ def C(id_, B=2, Hq=8, Hkv=2, Sq=1, Sk=1000, D=128, Dv=None, dtype="f16", scale_i
     spec = dict(B=B, Hq=Hq, Hkv=Hkv, Sq=Sq, Sk=Sk, D=D, Dv=D if Dv is None else Dv, dtype=DT[dtype],
                 scale_in=scale_in, kw=kw)
     return spec, id_
-
-
-def _mask(shape, p=0.6):
-    return lambda rng: rng.random(shape) < p
-
-
-def _masked_rows_mask(B, Hq, Sq, Sk):
-    """A mask that forbids every key of query head 1 (every batch) and keeps 70% elsewhere."""
-    def f(rng):
-        m = rng.random((B, Hq, Sq, Sk)) < 0.7
-        m[:, 1] = False
-        return m
-    return f
-
-
-def _neg_inf_bias(B, Hq, Sq, Sk):
-    def f(rng):
-        b = randn(rng, (B, Hq, Sq, Sk), np.float32)
-        b[:, :, :, ::3] = -np.inf
-        b[0, 0] = -np.inf  # a fully masked row
-        return b
-    return f
 
 
 _BASE = (

@@ -14,6 +14,7 @@ from attnkit._array import acc_dtype
 from conftest import ATOL, DTYPE_IDS, DTYPES, naive_dtype, randn, _result_bytes
 from gpu_common import (DT, F32, FAKE, GPU_MARKS, PROBES, SANITIZER, close3, _eval, gpu_run, _leaves, _missing,
                         need, qkv, same)
+from gpu_common import random_mask as _mask
 
 pytestmark = GPU_MARKS
 
@@ -30,10 +31,6 @@ def A(id_, B=1, Hq=2, Hkv=None, Sq=33, Sk=None, D=64, Dv=None, dtype="f32", layo
     spec = dict(B=B, Hq=Hq, Hkv=Hq if Hkv is None else Hkv, Sq=Sq, Sk=Sq if Sk is None else Sk, D=D,
                 Dv=D if Dv is None else Dv, dtype=DT[dtype], layout=layout, scale_in=scale_in, kw=kw)
     return pytest.param(spec, id=id_)
-
-
-def _mask(shape, p=0.6):
-    return lambda rng: rng.random(shape) < p
 
 
 ATTN_CASES = (
