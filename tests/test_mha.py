@@ -197,7 +197,10 @@ def test_random_problems(mech, data):
     """Every mechanism with random options, sizes, head counts (GQA), dtypes, biases, RoPE, key_lengths and
     causality: the oracle, or an error naming the argument that was broken (of the call or of MHAParams)."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
-    dtype = data.draw(st.sampled_from(DTYPES))
+    # LSH hashes the projected q and k: attnkit projects in the dtype, the oracle in float64, and a 16-bit
+    # rounding moves a vector near a hashing tie into the other bucket (a different, equally valid answer;
+    # ~5% of random bfloat16 problems here). 16-bit LSH is checked on given q / k in test_lsh.py.
+    dtype = data.draw(st.sampled_from([d for d in DTYPES if mech != "lsh" or np.dtype(d).itemsize >= 4]))
     B, S, E, D = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 12)), data.draw(st.integers(1, 20)), \
         data.draw(st.integers(1, 6))
     Hkv, G = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
