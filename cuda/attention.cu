@@ -126,8 +126,8 @@ void attention(const AttnProblem& p) {
     }
     if (decode_supported(p)) {
       if constexpr (sizeof(T) == 2) {
-        // v3 (tensor cores: D = Dv in {64, 128}, <= 16 rows per kv head) only where enabled
-        // ("attention_decode_v3", not yet verified on a GPU) and not switched off by the tuning option
+        // v3 (tensor cores: D = Dv in {64, 128}, <= 16 rows per kv head) where enabled
+        // ("attention_decode_v3", verified on an H200) and not switched off by the tuning option
         // cuda_decode (1: v1, 2: v2); then v2 where enabled and not switched off (cuda_decode = 1);
         // everything else (float32 / float64, > 8 rows per kv head) v1.
         const int64_t which = tuning().cuda_decode.load();

@@ -55,8 +55,10 @@ constexpr int kDec3Warps = 4;
 constexpr int kDec3Threads = 32 * kDec3Warps;
 constexpr int kDec3Rows = 16;      // one m-tile: rows (Sq * G) per kv head served by v3
 constexpr int kDec3Tile = 16;      // keys per warp tile
-constexpr int kDec3Stages = 3;     // default NS
-constexpr int kDec3Blocks = 512;   // default target grid size (about 2 waves of 2 blocks on 132 SMs)
+// Defaults from the decode sweep on an H200 (bench/results/gpu_h200_s22.json): 2 stages and 256 blocks had the
+// best geometric-mean device rate over MHA / GQA, Sk 16K / 128K (3597 GB/s; 3 stages 512 blocks: 3362).
+constexpr int kDec3Stages = 2;     // default NS
+constexpr int kDec3Blocks = 256;   // default target grid size (about one wave of 2 blocks on 132 SMs)
 
 /// Shared memory of v3 (elements of T unless said): Q [16][LD], then each warp's NS stages of (K [16][LD],
 /// V [16][LD]), then each warp's P scratch for the element-wise PV (float [16][16]). After the key loop

@@ -45,15 +45,15 @@ constexpr const char* kVerified[] = {
     "performer_attention_v2",
     "attention_mma_v2_small",   // variants 3 and 4 of attention_mma2.cuh (64-row blocks; chosen by env only)
     "performer_attention_mma",  // Performer's products on tensor cores (performer_mma.cuh, chosen in linear.cu)
-    "linear_attention_mma"};    // causal linear attention on tensor cores (linear_mma.cuh, chosen in linear.cu)
+    "linear_attention_mma",     // causal linear attention on tensor cores (linear_mma.cuh, chosen in linear.cu)
+    // an H200, 2026-11-27:
+    "linear_attention_mma_c128",  // linear_mma.cuh's default chunk 128 (64 while it was gated; linear.cu)
+    "attention_decode_v3"};       // the tensor-core decode kernel (attention_decode3.cuh; attention.cu)
 /// Kernels in this build not yet verified on a GPU (public functions, or internal names of new paths): they
 /// run only when the environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them);
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {
-    "linear_attention_mma_c128",  // linear_mma.cuh's default chunk 128 (64 until verified; linear.cu)
-    "attention_decode_v3",        // the tensor-core decode kernel (attention_decode3.cuh; attention.cu)
-};
+constexpr const char* kCompiled[] = {""};  // none at present ("" keeps the array non-empty)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

@@ -19,7 +19,7 @@ from attnkit import reference as ref
 from attnkit._array import acc_dtype
 from attnkit._tuning import tuning
 
-from conftest import ATOL, naive_dtype, randn
+from conftest import ATOL, magnitude, naive_dtype, randn
 from gpu_common import DT, FAKE, GPU_MARKS, close3, _eval, gpu_run, need, qkv, same
 from gpu_common import masked_rows_mask as _masked_rows_mask, neg_inf_bias as _neg_inf_bias, random_mask as _mask
 
@@ -111,7 +111,8 @@ def _check(q, k, v, kw, dtype, variant):
     n_out, n_lse = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(dtype), **kw)
     assert out.dtype == dtype and lse.dtype == acc_dtype(dtype)
     close3(out, c_out, r_out, n_out, dtype)
-    close3(lse, c_lse, r_lse, n_lse, lse.dtype, what="lse")
+    # float32 LSE far from unit size (scale=10: ~315) carries an ulp or two per split merge: atol in units of it
+    close3(lse, c_lse, r_lse, n_lse, lse.dtype, what="lse", atol_scale=magnitude(r_lse))
     return out, lse
 
 
