@@ -423,8 +423,9 @@ def format_row(r) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a cut grid (S = 1024, 4096, 16384; fewer decode and "
-                                                         "linear sizes; fewer repetitions)")
+    ap.add_argument("--quick", action="store_true", help="a cut grid (S = 1024, 2048, 4096, 16384: the targets "
+                                                         "start at 2048; fewer decode and linear sizes; fewer "
+                                                         "repetitions)")
     ap.add_argument("--json", default=str(RESULTS / "gpu.json"), help="where the JSON goes")
     ap.add_argument("--peak-gbs", type=float, default=None,
                     help="peak memory bandwidth in GB/s for the %% of peak (default: the device's, from its name: "
@@ -465,7 +466,7 @@ def main(argv=None) -> int:
     if torch is None:
         log("bench_gpu: PyTorch with CUDA is not available: the torch columns stay empty")
     reps = a.reps or (5 if a.quick else 10)
-    sizes = a.sizes or ([1024, 4096, 16384] if a.quick else [1024, 2048, 4096, 8192, 16384])
+    sizes = a.sizes or ([1024, 2048, 4096, 16384] if a.quick else [1024, 2048, 4096, 8192, 16384])
     decode_sizes = a.decode_sizes or ([16384, 131072] if a.quick else [4096, 16384, 65536, 131072])
     linear_sizes = a.linear_sizes or ([4096, 16384] if a.quick else [4096, 8192, 16384])
     t0 = time.monotonic()

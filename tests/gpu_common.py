@@ -38,8 +38,11 @@ import pytest
 
 import attnkit
 from attnkit import layouts
+from attnkit import reference as ref
+from attnkit._array import acc_dtype
+from attnkit._tuning import tuning
 
-from conftest import ATOL, BF16, DTYPE_IDS, DTYPES, _result_bytes, assert_close, randn, to_f64
+from conftest import ATOL, BF16, DTYPE_IDS, DTYPES, _result_bytes, assert_close, magnitude, naive_dtype, randn, to_f64
 
 FAKE = os.environ.get("ATTNKIT_GPU_TESTS_ON_CPU") == "1"  # NumPy stands in for CuPy: checks the test code
 
@@ -366,3 +369,55 @@ def neg_inf_bias(B, Hq, Sq, Sk):
         b[0, 0] = -np.inf  # a fully masked row
         return b
     return f
+
+
+# ----------------------------------------------------------------------------------------- decode suites
+# test_gpu_decode.py (v2) and test_gpu_decode3.py (v3): the same case specs, inputs and three-way check, each
+# call under the suite's kernel and variant (tuning options).
+def decode_case(id_, B=2, Hq=8, Hkv=2, Sq=1, Sk=1000, D=128, Dv=None, dtype="f16", scale_in=1.0, **kw):
+    """One case: (spec, id); kw are attention's keyword arguments (callables of the case's rng drawn when
+    the case runs)."""
+    spec = dict(B=B, Hq=Hq, Hkv=Hkv, Sq=Sq, Sk=Sk, D=D, Dv=D if Dv is None else Dv, dtype=DT[dtype],
+                scale_in=scale_in, kw=kw)
+    return spec, id_
+
+
+def decode_params(cases, variants, tag):
+    """pytest params (spec, variant): case n under variants[n % len(variants)], the variant in its id as
+    f"{tag[0]}{variant[0]}{tag[1]}{variant[1]}"."""
+    out = []
+    for n, (spec, id_) in enumerate(cases):
+        var = variants[n % len(variants)]
+        out.append(pytest.param(spec, var, id=f"{id_}-{tag[0]}{var[0]}{tag[1]}{var[1]}"))
+    return out
+
+
+def decode_inputs(rng, spec):
+    s = spec
+    q, k, v = qkv(rng, s["B"], s["Hq"], s["Hkv"], s["Sq"], s["Sk"], s["D"], s["Dv"], s["dtype"], s["scale_in"])
+    return q, k, v, _eval(s["kw"], rng)
+
+
+def decode_check(q, k, v, kw, dtype, **tune):
+    """attention with return_lse on the device under tuning(**tune), against the CPU backend and the oracle;
+    returns the device's (out, lse) as host arrays."""
+    with tuning(**tune):
+        out, lse = gpu_run(attnkit.attention, q, k, v, return_lse=True, **kw)
+    c_out, c_lse = attnkit.attention(q, k, v, return_lse=True, **kw)
+    r_out, r_lse = ref.attention(q, k, v, return_lse=True, **kw)
+    n_out, n_lse = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(dtype), **kw)
+    assert out.dtype == dtype and lse.dtype == acc_dtype(dtype)
+    close3(out, c_out, r_out, n_out, dtype)
+    # float32 LSE far from unit size (scale=10: ~315) carries an ulp or two per split merge: atol in units of it
+    close3(lse, c_lse, r_lse, n_lse, lse.dtype, what="lse", atol_scale=magnitude(r_lse))
+    return out, lse
+
+
+def decode_strided_inputs(rng, dtype):
+    """Non-contiguous K / V a decode kernel still takes (16-byte aligned rows): K padded by 8 elements per
+    row, V broadcast over the batch (zero stride), q head-transposed; B=2, Hq=8, Hkv=2, Sk=1203, D=128."""
+    B, Hq, Hkv, Sk, D = 2, 8, 2, 1203, 128
+    q = randn(rng, (B, 1, Hq, D), dtype).transpose(0, 2, 1, 3)
+    k = randn(rng, (B, Hkv, Sk, D + 8), dtype)[..., :D]
+    v = np.broadcast_to(randn(rng, (1, Hkv, Sk, D), dtype), (B, Hkv, Sk, D))
+    return q, k, v

@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 
 import attnkit
-from attnkit import reference as ref
-from attnkit._array import acc_dtype
 from attnkit._tuning import tuning
 
-from conftest import ATOL, magnitude, naive_dtype, randn
-from gpu_common import DT, FAKE, GPU_MARKS, close3, _eval, gpu_run, need, qkv, same
+from conftest import ATOL, randn
+from gpu_common import DT, FAKE, GPU_MARKS, gpu_run, need, qkv, same
+from gpu_common import decode_case as C, decode_check, decode_inputs as _inputs, decode_params, decode_strided_inputs
 from gpu_common import masked_rows_mask as _masked_rows_mask, neg_inf_bias as _neg_inf_bias, random_mask as _mask
 
 pytestmark = GPU_MARKS
@@ -35,12 +34,6 @@ def v3_enabled() -> bool:
 def test_decode_v3_status_report():
     """Says whether this run exercises v3 (informational; never fails)."""
     print("attention_decode_v3 enabled:", False if FAKE else v3_enabled())
-
-
-def C(id_, B=2, Hq=8, Hkv=2, Sq=1, Sk=1000, D=128, Dv=None, dtype="f16", scale_in=1.0, **kw):
-    spec = dict(B=B, Hq=Hq, Hkv=Hkv, Sq=Sq, Sk=Sk, D=D, Dv=D if Dv is None else Dv, dtype=DT[dtype],
-                scale_in=scale_in, kw=kw)
-    return spec, id_
 
 
 _BASE = (
@@ -92,28 +85,12 @@ _BASE = (
     + [C("long", B=1, Hq=8, Hkv=2, Sq=1, Sk=12000, key_lengths=[11999]),
        C("long-Sk-big", B=1, Hq=4, Hkv=1, Sq=1, Sk=40000, D=64)]
 )
-CASES = [pytest.param(spec, VARIANTS[n % len(VARIANTS)], id=f"{id_}-s{VARIANTS[n % len(VARIANTS)][0]}"
-                      f"b{VARIANTS[n % len(VARIANTS)][1]}") for n, (spec, id_) in enumerate(_BASE)]
-
-
-def _inputs(rng, spec):
-    s = spec
-    q, k, v = qkv(rng, s["B"], s["Hq"], s["Hkv"], s["Sq"], s["Sk"], s["D"], s["Dv"], s["dtype"], s["scale_in"])
-    return q, k, v, _eval(s["kw"], rng)
+CASES = decode_params(_BASE, VARIANTS, "sb")
 
 
 def _check(q, k, v, kw, dtype, variant):
     stages, blocks = variant
-    with tuning(cuda_decode=0, cuda_decode_stages=stages, cuda_decode3_blocks=blocks):
-        out, lse = gpu_run(attnkit.attention, q, k, v, return_lse=True, **kw)
-    c_out, c_lse = attnkit.attention(q, k, v, return_lse=True, **kw)
-    r_out, r_lse = ref.attention(q, k, v, return_lse=True, **kw)
-    n_out, n_lse = ref.attention(q, k, v, return_lse=True, _dtype=naive_dtype(dtype), **kw)
-    assert out.dtype == dtype and lse.dtype == acc_dtype(dtype)
-    close3(out, c_out, r_out, n_out, dtype)
-    # float32 LSE far from unit size (scale=10: ~315) carries an ulp or two per split merge: atol in units of it
-    close3(lse, c_lse, r_lse, n_lse, lse.dtype, what="lse", atol_scale=magnitude(r_lse))
-    return out, lse
+    return decode_check(q, k, v, kw, dtype, cuda_decode=0, cuda_decode_stages=stages, cuda_decode3_blocks=blocks)
 
 
 @pytest.mark.parametrize("spec,variant", CASES)
@@ -211,10 +188,7 @@ def test_decode_v3_strided(rng, dtype):
     V broadcast over the batch (zero stride), q head-transposed."""
     need("attention")
     dt = DT[dtype]
-    B, Hq, Hkv, Sk, D = 2, 8, 2, 1203, 128
-    q = randn(rng, (B, 1, Hq, D), dt).transpose(0, 2, 1, 3)
-    k = randn(rng, (B, Hkv, Sk, D + 8), dt)[..., :D]
-    v = np.broadcast_to(randn(rng, (1, Hkv, Sk, D), dt), (B, Hkv, Sk, D))
+    q, k, v = decode_strided_inputs(rng, dt)
     _check(q, k, v, {"causal": True}, dt, (3, 1024))
 
 
