@@ -232,3 +232,79 @@ def test_dla_prefill_v2_pieces(rng, dtype, decay, split):
     tol = 1e-11 if dtype == F64 else 2e-3
     np.testing.assert_allclose(to_f64(np.concatenate(ys, axis=2)), to_f64(whole[0]), rtol=tol, atol=tol)
     np.testing.assert_allclose(host(dcache).states, whole[1].states, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------ the v2 decode step (dla_decode_v2.cu)
+# Under ATTNKIT_CUDA_UNVERIFIED=1 every decode step (T = 1) runs cuda/dla_decode_v2.cu (tuning dla_decode = 0);
+# dla_decode = 1 takes the first kernel (cuda/dla_decode.cu). The cases start from a CPU-made cache of T0
+# tokens (0: an empty cache) and take enough steps to fill the cache and merge (tau = 0: every token opens a
+# state); "odd" (Dv % 4 != 0) and "unaligned" (cache states at a 4-byte offset) take the scalar fallback of
+# the state pass, "wide" several column tiles, float64 its 2-double packs.
+DLA_DEC_CASES = [
+    # id, B, H, Dk, Dv, C, tau, decay, T0, layout of the input cache's states
+    ("small-dec", 1, 2, 8, 8, 3, 0.6, "rand", 5, "contig"),  # in the sanitizer subset (-k small)
+    ("empty", 2, 2, 16, 16, 4, 0.0, None, 0, "contig"),
+    ("d64-c16", 2, 2, 64, 64, 16, 0.0, None, 20, "contig"),
+    ("d64-c16-decay", 1, 3, 64, 64, 16, 0.6, "rand", 40, "contig"),
+    ("drift", 1, 2, 16, 24, 5, 0.6, "rand", 12, "contig"),
+    ("odd", 1, 2, 13, 7, 4, 0.0, "rand", 6, "contig"),
+    ("cap1", 1, 2, 16, 16, 1, 0.6, None, 9, "contig"),
+    ("unaligned", 1, 2, 16, 16, 5, 0.0, None, 7, "offset"),
+    ("wide", 1, 1, 32, 200, 3, 0.6, None, 8, "contig"),
+]
+
+
+def _cache_layout(c, layout):
+    """The CPU cache c with its states in `layout`: "contig" as is, "offset" a view one element into a
+    wider buffer (rows padded to Dv + 4: 16-byte rows, but a base 4 or 8 bytes past a 16-byte boundary)."""
+    if layout == "contig" or c is None:
+        return c
+    B, H, C, Dk, Dv = c.states.shape
+    buf = np.zeros((B, H, C, Dk, Dv + 4), c.states.dtype)
+    st = buf[..., 1:Dv + 1]
+    st[...] = c.states
+    return attnkit.DLACache(st, c.counts, c.info, c.starts, c.size, c.position)
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, F64], ids=["f32", "f16", "f64"])
+@pytest.mark.parametrize("case", DLA_DEC_CASES, ids=[c[0] for c in DLA_DEC_CASES])
+def test_dla_decode_v2(rng, dtype, case):
+    """Token-by-token decode from a device cache: each step against the CPU step on the CPU cache, and both
+    decode kernels (tuning dla_decode 0 and 1) on the same device cache against each other."""
+    need("dynamic_linear_attention")
+    _, B, H, Dk, Dv, C, tau, decay, T0, layout = case
+    steps = C + 6
+    T = T0 + steps
+    q, k, v, lam, g = _dla_problem(rng, B, H, T, Dk, Dv, C, dtype, decay)
+    score = "state_drift" if case[0] == "drift" else "token_vs_state"
+    kw = dict(capacity=C, tau=tau, score=score, return_aux=True)
+    part = lambda x, a, b: None if x is None else x[:, :, a:b]  # noqa: E731
+    ccache = None
+    if T0:
+        ccache = attnkit.dynamic_linear_attention(*(part(x, 0, T0) for x in (q, k, v, lam)),
+                                                  log_decay=part(g, 0, T0), **kw)[1]
+    dcache = dev(_cache_layout(ccache, layout))
+    tol = 1e-12 if dtype == F64 else 1e-4
+    for t in range(T0, T):
+        args = tuple(part(x, t, t + 1) for x in (q, k, v, lam))
+        dargs, dg = dev(args), dev(part(g, t, t + 1))
+        with tuning(dla_decode=0):
+            res = gpu_run(attnkit.dynamic_linear_attention, *dargs, log_decay=dg, cache=dcache, **kw)
+        with tuning(dla_decode=1):
+            res1 = host(attnkit.dynamic_linear_attention(*dargs, log_decay=dg, cache=dcache, **kw))
+        cres = attnkit.dynamic_linear_attention(*args, log_decay=part(g, t, t + 1), cache=ccache, **kw)
+        hres = host(res)
+        for other, who in ((cres, "CPU"), (res1, "first kernel")):
+            for name in ("boundaries", "merged"):
+                same(getattr(hres[2], name), getattr(other[2], name), f"{name} at token {t} vs the {who}")
+            for name in ("counts", "starts", "size"):
+                same(getattr(hres[1], name), getattr(other[1], name), f"cache.{name} at token {t} vs the {who}")
+            np.testing.assert_allclose(to_f64(hres[0]), to_f64(other[0]), rtol=tol * 30, atol=tol * 30,
+                                       err_msg=f"y at token {t} vs the {who}")
+            np.testing.assert_allclose(hres[1].states, other[1].states, rtol=tol, atol=tol,
+                                       err_msg=f"cache.states at token {t} vs the {who}")
+            np.testing.assert_allclose(to_f64(hres[1].info), to_f64(other[1].info), rtol=tol * 10, atol=tol * 10,
+                                       err_msg=f"cache.info at token {t} vs the {who}")
+        dcache, ccache = res[1], cres[1]
+    if C >= 2 and tau <= 0 and T0 + steps > C:
+        assert (np.asarray(host(dcache).size) == C).all()  # the cache filled, so the last steps merged
