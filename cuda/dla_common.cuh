@@ -129,8 +129,10 @@ struct DecodeStep {
 /// p = a k^T S_open v and B = |k|^2 |v|^2 as block sums in double, math/dla.h's score, boundary and merge
 /// pair by thread 0, which also writes the token's aux outputs (scores, boundaries, merged). Every thread
 /// of the block calls it (it synchronizes) and gets the result (broadcast through *sh). red: kThreads
-/// doubles of shared memory; cnt_buf / info_buf: C entries of this block's global scratch.
-template <class St>
+/// doubles of shared memory; cnt_buf / info_buf: C entries of this block's global scratch. kUnroll: the
+/// unroll factor of the loop over the open state (1 in dla_decode.cu, whose one kernel would spill with
+/// more; results do not depend on it).
+template <class St, int kUnroll>
 __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem& p, int64_t b, int64_t h,
                                                                double* red, DecodeStep<acc_t<St>>* sh,
                                                                int64_t* cnt_buf, acc_t<St>* info_buf) {
@@ -147,6 +149,14 @@ __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem&
   const int64_t ks = p.k.stride[3], vs = p.v.stride[3];
   const void* kd = static_cast<const St*>(p.k.data) + at3(p.k, b, h, 0);
   const void* vd = static_cast<const St*>(p.v.data) + at3(p.v, b, h, 0);
+  // The merge pair's inputs, contiguous copies of the counts and info, made by the whole block in parallel
+  // (visible to thread 0 after the block sums' barriers) whenever the cache is full, before it is known
+  // whether the token opens a state: one thread copying them would wait a memory round trip per entry.
+  if (m == C)
+    for (int64_t i = tid; i < m; i += kThreads) {
+      cnt_buf[i] = static_cast<const int64_t*>(ci.counts.data)[at3(ci.counts, b, h, i)];
+      info_buf[i] = static_cast<const R*>(ci.info.data)[at3(ci.info, b, h, i)];
+    }
   // B = |k|^2 |v|^2 as the CPU's product of two dots.
   double kk = 0, vv = 0;
   for (int64_t d = tid; d < Dk; d += kThreads) {
@@ -165,13 +175,19 @@ __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem&
                     (m - 1) * ci.states.stride[2];
     const int64_t is3 = ci.states.stride[3], is4 = ci.states.stride[4];
     double sq = 0, pk = 0;
-    // Unrolled so that several loads are in flight; each thread's sums keep their order.
-#pragma unroll 4
+    // Element idx = d * Dv + e, (d, e) stepped by kThreads without a division; unrolled so that several
+    // loads are in flight. Each thread's sums keep their order (idx ascending).
+    int64_t d = tid / Dv, e = tid - (tid / Dv) * Dv;
+#pragma unroll kUnroll
     for (int64_t idx = tid; idx < Dk * Dv; idx += kThreads) {
-      const int64_t d = idx / Dv, e = idx % Dv;
       const double s = static_cast<double>(open[d * is3 + e * is4]);
       sq += s * s;
       pk += static_cast<double>(ld<St>(kd, d * ks)) * s * static_cast<double>(ld<St>(vd, e * vs));
+      e += kThreads;
+      while (e >= Dv) {
+        e -= Dv;
+        ++d;
+      }
     }
     sq = block_sum(sq, red);
     pk = block_sum(pk, red);
@@ -181,13 +197,7 @@ __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem&
     const R I = static_cast<R>(score);
     const bool opens = math::dla_opens_state(I, p.tau, C, m);
     int64_t merged = -1;
-    if (opens && m == C) {
-      for (int64_t i = 0; i < m; ++i) {
-        cnt_buf[i] = static_cast<const int64_t*>(ci.counts.data)[at3(ci.counts, b, h, i)];
-        info_buf[i] = static_cast<const R*>(ci.info.data)[at3(ci.info, b, h, i)];
-      }
-      merged = math::dla_merge_pair(info_buf, cnt_buf, m);
-    }
+    if (opens && m == C) merged = math::dla_merge_pair(info_buf, cnt_buf, m);
     sh->a = a;
     sh->I = I;
     sh->opens = opens ? 1 : 0;

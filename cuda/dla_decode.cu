@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(kThreads) dla_decode_kernel(const DLAProblem p
                              : nullptr;
 
     // Steps 1-4 (decisions and aux outputs), then the output entry list.
-    const DecodeStep<R> step = decode_decide<St>(p, b, h, red, &sh_step, cnt_buf, info_buf);
+    const DecodeStep<R> step = decode_decide<St, 1>(p, b, h, red, &sh_step, cnt_buf, info_buf);
     const double a = step.a;
     const bool opens = step.opens != 0;
     const int64_t m = step.m, merged = step.merged, m_out = step.m_out;

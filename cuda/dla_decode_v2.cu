@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kThreads)
                 static_cast<int64_t>(blockIdx.x) * C;
   for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
     const int64_t b = it / p.H, h = it % p.H;
-    const DecodeStep<R> step = decode_decide<St>(p, b, h, red, &sh_step, cnt_buf, info_buf);
+    const DecodeStep<R> step = decode_decide<St, 4>(p, b, h, red, &sh_step, cnt_buf, info_buf);
     decode_write_entries(p, b, h, step);
     if (threadIdx.x == 0) steps[it] = step;
   }

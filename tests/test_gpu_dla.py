@@ -308,3 +308,35 @@ def test_dla_decode_v2(rng, dtype, case):
         dcache, ccache = res[1], cres[1]
     if C >= 2 and tau <= 0 and T0 + steps > C:
         assert (np.asarray(host(dcache).size) == C).all()  # the cache filled, so the last steps merged
+
+
+def test_dla_device_values_checked_small():
+    """The validator's reads of device values (log_decay and the cache's size / counts / starts, read with one
+    wait: validate/dla.cpp, cuda::download_many) still catch bad values, each array in turn, with a decay
+    and a cache in the same call (four arrays in one read)."""
+    need("dynamic_linear_attention")
+    rng = np.random.default_rng(11)
+    B, H, T, D, C = 2, 2, 10, 8, 3
+    q, k, v, lam, g = _dla_problem(rng, B, H, T + 1, D, D, C, F32, "rand")
+    _, c = attnkit.dynamic_linear_attention(q[:, :, :T], k[:, :, :T], v[:, :, :T], lam[:, :, :T], capacity=C,
+                                            log_decay=g[:, :, :T])
+    step = tuple(x[:, :, T:] for x in (q, k, v, lam))
+    good = attnkit.dynamic_linear_attention(*step, capacity=C, log_decay=g[:, :, T:], cache=c)
+    got = host(attnkit.dynamic_linear_attention(*dev(step), capacity=C, log_decay=dev(g[:, :, T:]), cache=dev(c)))
+    np.testing.assert_allclose(to_f64(got[0]), to_f64(good[0]), rtol=1e-4, atol=1e-4)
+    same(got[1].counts, good[1].counts, "cache.counts")
+
+    def bad(name, fix, match, g_=None):
+        arrs = {f: np.array(getattr(c, f)) for f in ("states", "counts", "info", "starts", "size")}
+        fix(arrs)
+        bc = attnkit.DLACache(**arrs, position=c.position)
+        with pytest.raises(ValueError, match=match):
+            attnkit.dynamic_linear_attention(*dev(step), capacity=C, cache=dev(bc),
+                                             log_decay=dev(g[:, :, T:] if g_ is None else g_))
+
+    bad("size", lambda a: a["size"].__setitem__((1, 1), C + 1), "cache.size")
+    last = int(np.asarray(c.size)[0, 1]) - 1  # the open entry: its count past the position
+    bad("counts", lambda a: a["counts"].__setitem__((0, 1, last), a["counts"][0, 1, last] + 1), "cache.counts")
+    bad("starts", lambda a: a["starts"].__setitem__((1, 0, 0), 1), "cache.starts")
+    pos = np.abs(g[:, :, T:]) + 0.5
+    bad("log_decay", lambda a: None, "log_decay must be finite", g_=pos)
