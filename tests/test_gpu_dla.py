@@ -287,13 +287,12 @@ def test_dla_decode_v2(rng, dtype, case):
     tol = 1e-12 if dtype == F64 else 1e-4
     for t in range(T0, T):
         args = tuple(part(x, t, t + 1) for x in (q, k, v, lam))
-        dargs, dg = dev(args), dev(part(g, t, t + 1))
-        with tuning(dla_decode=0):
-            res = gpu_run(attnkit.dynamic_linear_attention, *dargs, log_decay=dg, cache=dcache, **kw)
+        gt = part(g, t, t + 1)
+        with tuning(dla_decode=0):  # gpu_run uploads the NumPy operands (dcache is on the device already)
+            hres = gpu_run(attnkit.dynamic_linear_attention, *args, log_decay=gt, cache=dcache, **kw)
         with tuning(dla_decode=1):
-            res1 = host(attnkit.dynamic_linear_attention(*dargs, log_decay=dg, cache=dcache, **kw))
-        cres = attnkit.dynamic_linear_attention(*args, log_decay=part(g, t, t + 1), cache=ccache, **kw)
-        hres = host(res)
+            res1 = host(attnkit.dynamic_linear_attention(*dev(args), log_decay=dev(gt), cache=dcache, **kw))
+        cres = attnkit.dynamic_linear_attention(*args, log_decay=gt, cache=ccache, **kw)
         for other, who in ((cres, "CPU"), (res1, "first kernel")):
             for name in ("boundaries", "merged"):
                 same(getattr(hres[2], name), getattr(other[2], name), f"{name} at token {t} vs the {who}")
@@ -305,9 +304,10 @@ def test_dla_decode_v2(rng, dtype, case):
                                        err_msg=f"cache.states at token {t} vs the {who}")
             np.testing.assert_allclose(to_f64(hres[1].info), to_f64(other[1].info), rtol=tol * 10, atol=tol * 10,
                                        err_msg=f"cache.info at token {t} vs the {who}")
-        dcache, ccache = res[1], cres[1]
+        # the next step from the GPU's cache (gpu_run returns NumPy: uploaded again, in the case's layout)
+        dcache, ccache = dev(_cache_layout(hres[1], layout)), cres[1]
     if C >= 2 and tau <= 0 and T0 + steps > C:
-        assert (np.asarray(host(dcache).size) == C).all()  # the cache filled, so the last steps merged
+        assert (np.asarray(hres[1].size) == C).all()  # the cache filled, so the last steps merged
 
 
 def test_dla_device_values_checked_small():
