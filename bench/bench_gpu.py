@@ -299,6 +299,12 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
                 row["dla_decode_s"], row["dla_decode_tokens_per_s"] = t, B / t
             else:
                 row["dla_decode_note"] = note
+            if step:  # the first decode kernel (cuda/dla_decode.cu) side by side: tuning dla_decode = 1
+                t1, note1 = attempt(lambda: with_tuning(attnkit, "dla_decode", 1, lambda: timer(step)))
+                if t1:
+                    row["dla_decode_v1_s"], row["dla_decode_v1_tokens_per_s"] = t1, B / t1
+                else:
+                    row["dla_decode_v1_note"] = note1
         else:
             row["dla_decode_note"] = "no kernel"
         if not kernels["attention"]:
@@ -313,6 +319,16 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
         del q, k, v, lam
         cupy.get_default_memory_pool().free_all_blocks()
 
+
+
+def with_tuning(attnkit, name, value, fn):
+    """fn() with the core's tuning option `name` set to value, restored after."""
+    old = attnkit._core.get_tuning(name)
+    attnkit._core.set_tuning(name, value)
+    try:
+        return fn()
+    finally:
+        attnkit._core.set_tuning(name, old)
 
 
 def host_rows(ctx):
@@ -338,15 +354,20 @@ def host_rows(ctx):
     lam = (cupy.random.random((B, H, S, C), dtype=np.float32) * (2.0 / C)).astype("float16")
     cache, note = attempt(lambda: attnkit.dynamic_linear_attention(dq[:, :, :-1], dk[:, :, :-1], dv[:, :, :-1],
                                                                    lam[:, :, :-1], capacity=C)[1])
+    tuned = {}  # call -> (tuning option, value) set while it is measured
     if cache is not None:
         calls["dla_decode_step_f16"] = lambda: attnkit.dynamic_linear_attention(
             dq[:, :, -1:], dk[:, :, -1:], dv[:, :, -1:], lam[:, :, -1:], capacity=C, cache=cache)
+        calls["dla_decode_step_f16_v1"] = calls["dla_decode_step_f16"]  # the first decode kernel
+        tuned["dla_decode_step_f16_v1"] = ("dla_decode", 1)
     for name, fn in calls.items():
         if ctx["out_of_time"]():
             return
         row = {"kind": "host", "call": name}
-        row["host_s"], row["host_note"] = attempt(lambda: host_seconds(cupy, fn))
-        row["device_s"], _ = attempt(lambda: dev(fn))
+        opt = tuned.get(name)
+        run = (lambda f: with_tuning(attnkit, opt[0], opt[1], f)) if opt else (lambda f: f())
+        row["host_s"], row["host_note"] = attempt(lambda: run(lambda: host_seconds(cupy, fn)))
+        row["device_s"], _ = attempt(lambda: run(lambda: dev(fn)))
         ctx["add"](row)
     del q, k, v, dq, dk, dv, lam
     cupy.get_default_memory_pool().free_all_blocks()
@@ -415,7 +436,7 @@ def format_row(r) -> str:
         return "  ".join(parts) + "  (Mtok/s)"
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
     for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
-                 "exact_decode", "dla_decode"):
+                 "exact_decode", "dla_decode", "dla_decode_v1"):
         tps = r.get(f"{name}_tokens_per_s")
         parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
     return "  ".join(parts) + "  (Mtok/s)"

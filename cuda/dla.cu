@@ -56,10 +56,16 @@ void dynamic_linear_attention(const DLAProblem& p) {
   // The second chunked prefill (dla_prefill_v2.cu) is gated until verified on a GPU; tuning dla_split = -1
   // takes the first one (measurements side by side).
   static const bool v2_enabled = has_kernel("dla_prefill_v2");
+  // The second decode step (dla_decode_v2.cu: decisions, then the states over many blocks) is gated until
+  // verified on a GPU; tuning dla_decode = 1 takes the first one (measurements side by side).
+  static const bool dec2_enabled = has_kernel("dla_decode_v2");
+  const bool dec2 = dec2_enabled && tuning().dla_decode.load() == 0;
   const bool v2 = v2_enabled && tuning().dla_split.load() >= 0;
   dispatch_float(p.dtype, [&](auto tag) {
     using St = decltype(tag);
-    if (decode)
+    if (decode && dec2)
+      dla::launch_decode_v2<St>(p, stream);
+    else if (decode)
       dla::launch_decode<St>(p, stream);
     else if (!(v2 && dla::launch_prefill_v2<St>(p, stream)))
       dla::launch_prefill<St>(p, stream);

@@ -53,7 +53,8 @@ constexpr const char* kVerified[] = {
 /// run only when the environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them);
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {""};  // none at present ("" keeps the array non-empty)
+constexpr const char* kCompiled[] = {
+    "dla_decode_v2"};  // the two-kernel DLA decode step (dla_decode_v2.cu, chosen in dla.cu)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {
@@ -95,6 +96,49 @@ void download(void* dst, const void* src, std::size_t bytes, int32_t device_inde
   DeviceGuard guard(device_index);
   ATTNKIT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, as_stream(stream)));
   ATTNKIT_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream)));
+}
+
+void download_many(int n, void* const* dst, const void* const* src, const std::size_t* bytes, int32_t device_index,
+                   void* stream) {
+  // Staged through this thread's page-locked buffer of kMaxStaged bytes (made on first use, kept until the
+  // thread ends): copies into pageable memory return only once done, so only page-locked staging lets the n
+  // copies queue behind one wait. Large reads (over kMaxStaged in all) take one download each instead.
+  constexpr std::size_t kMaxStaged = std::size_t(1) << 20;
+  constexpr std::size_t kAlign = 16;
+  std::size_t total = 0;
+  for (int i = 0; i < n; ++i) total += (bytes[i] + kAlign - 1) / kAlign * kAlign;
+  if (total == 0) return;
+  if (total > kMaxStaged || n == 1) {
+    for (int i = 0; i < n; ++i)
+      if (bytes[i]) download(dst[i], src[i], bytes[i], device_index, stream);
+    return;
+  }
+  struct Staging {
+    char* ptr = nullptr;
+    ~Staging() {
+      if (ptr) (void)cudaFreeHost(ptr);
+    }
+  };
+  thread_local Staging staging;
+  require_device(device_index);
+  DeviceGuard guard(device_index);
+  if (!staging.ptr) {
+    void* p = nullptr;
+    ATTNKIT_CUDA_CHECK(cudaHostAlloc(&p, kMaxStaged, cudaHostAllocPortable));
+    staging.ptr = static_cast<char*>(p);
+  }
+  const cudaStream_t s = as_stream(stream);
+  std::size_t off = 0;
+  for (int i = 0; i < n; ++i) {
+    if (bytes[i]) ATTNKIT_CUDA_CHECK(cudaMemcpyAsync(staging.ptr + off, src[i], bytes[i], cudaMemcpyDeviceToHost, s));
+    off += (bytes[i] + kAlign - 1) / kAlign * kAlign;
+  }
+  ATTNKIT_CUDA_CHECK(cudaStreamSynchronize(s));
+  off = 0;
+  for (int i = 0; i < n; ++i) {
+    if (bytes[i]) std::memcpy(dst[i], staging.ptr + off, bytes[i]);
+    off += (bytes[i] + kAlign - 1) / kAlign * kAlign;
+  }
 }
 
 int device_count() {

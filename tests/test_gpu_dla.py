@@ -232,3 +232,111 @@ def test_dla_prefill_v2_pieces(rng, dtype, decay, split):
     tol = 1e-11 if dtype == F64 else 2e-3
     np.testing.assert_allclose(to_f64(np.concatenate(ys, axis=2)), to_f64(whole[0]), rtol=tol, atol=tol)
     np.testing.assert_allclose(host(dcache).states, whole[1].states, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------ the v2 decode step (dla_decode_v2.cu)
+# Under ATTNKIT_CUDA_UNVERIFIED=1 every decode step (T = 1) runs cuda/dla_decode_v2.cu (tuning dla_decode = 0);
+# dla_decode = 1 takes the first kernel (cuda/dla_decode.cu). The cases start from a CPU-made cache of T0
+# tokens (0: an empty cache) and take enough steps to fill the cache and merge (tau = 0: every token opens a
+# state); "odd" (Dv % 4 != 0) and "unaligned" (cache states at a 4-byte offset) take the scalar fallback of
+# the state pass, "wide" several column tiles, float64 its 2-double packs.
+DLA_DEC_CASES = [
+    # id, B, H, Dk, Dv, C, tau, decay, T0, layout of the input cache's states
+    ("small-dec", 1, 2, 8, 8, 3, 0.6, "rand", 5, "contig"),  # in the sanitizer subset (-k small)
+    ("empty", 2, 2, 16, 16, 4, 0.0, None, 0, "contig"),
+    ("d64-c16", 2, 2, 64, 64, 16, 0.0, None, 20, "contig"),
+    ("d64-c16-decay", 1, 3, 64, 64, 16, 0.6, "rand", 40, "contig"),
+    ("drift", 1, 2, 16, 24, 5, 0.6, "rand", 12, "contig"),
+    ("odd", 1, 2, 13, 7, 4, 0.0, "rand", 6, "contig"),
+    ("cap1", 1, 2, 16, 16, 1, 0.6, None, 9, "contig"),
+    ("unaligned", 1, 2, 16, 16, 5, 0.0, None, 7, "offset"),
+    ("wide", 1, 1, 32, 200, 3, 0.6, None, 8, "contig"),
+]
+
+
+def _cache_layout(c, layout):
+    """The CPU cache c with its states in `layout`: "contig" as is, "offset" a view one element into a
+    wider buffer (rows padded to Dv + 4: 16-byte rows, but a base 4 or 8 bytes past a 16-byte boundary)."""
+    if layout == "contig" or c is None:
+        return c
+    B, H, C, Dk, Dv = c.states.shape
+    buf = np.zeros((B, H, C, Dk, Dv + 4), c.states.dtype)
+    st = buf[..., 1:Dv + 1]
+    st[...] = c.states
+    return attnkit.DLACache(st, c.counts, c.info, c.starts, c.size, c.position)
+
+
+@pytest.mark.parametrize("dtype", [F32, F16, F64], ids=["f32", "f16", "f64"])
+@pytest.mark.parametrize("case", DLA_DEC_CASES, ids=[c[0] for c in DLA_DEC_CASES])
+def test_dla_decode_v2(rng, dtype, case):
+    """Token-by-token decode from a device cache: each step against the CPU step on the CPU cache, and both
+    decode kernels (tuning dla_decode 0 and 1) on the same device cache against each other."""
+    need("dynamic_linear_attention")
+    _, B, H, Dk, Dv, C, tau, decay, T0, layout = case
+    steps = C + 6
+    T = T0 + steps
+    q, k, v, lam, g = _dla_problem(rng, B, H, T, Dk, Dv, C, dtype, decay)
+    score = "state_drift" if case[0] == "drift" else "token_vs_state"
+    kw = dict(capacity=C, tau=tau, score=score, return_aux=True)
+    part = lambda x, a, b: None if x is None else x[:, :, a:b]  # noqa: E731
+    ccache = None
+    if T0:
+        ccache = attnkit.dynamic_linear_attention(*(part(x, 0, T0) for x in (q, k, v, lam)),
+                                                  log_decay=part(g, 0, T0), **kw)[1]
+    dcache = dev(_cache_layout(ccache, layout))
+    tol = 1e-12 if dtype == F64 else 1e-4
+    for t in range(T0, T):
+        args = tuple(part(x, t, t + 1) for x in (q, k, v, lam))
+        gt = part(g, t, t + 1)
+        with tuning(dla_decode=0):  # gpu_run uploads the NumPy operands (dcache is on the device already)
+            hres = gpu_run(attnkit.dynamic_linear_attention, *args, log_decay=gt, cache=dcache, **kw)
+        with tuning(dla_decode=1):
+            res1 = host(attnkit.dynamic_linear_attention(*dev(args), log_decay=dev(gt), cache=dcache, **kw))
+        cres = attnkit.dynamic_linear_attention(*args, log_decay=gt, cache=ccache, **kw)
+        for other, who in ((cres, "CPU"), (res1, "first kernel")):
+            for name in ("boundaries", "merged"):
+                same(getattr(hres[2], name), getattr(other[2], name), f"{name} at token {t} vs the {who}")
+            for name in ("counts", "starts", "size"):
+                same(getattr(hres[1], name), getattr(other[1], name), f"cache.{name} at token {t} vs the {who}")
+            np.testing.assert_allclose(to_f64(hres[0]), to_f64(other[0]), rtol=tol * 30, atol=tol * 30,
+                                       err_msg=f"y at token {t} vs the {who}")
+            np.testing.assert_allclose(hres[1].states, other[1].states, rtol=tol, atol=tol,
+                                       err_msg=f"cache.states at token {t} vs the {who}")
+            np.testing.assert_allclose(to_f64(hres[1].info), to_f64(other[1].info), rtol=tol * 10, atol=tol * 10,
+                                       err_msg=f"cache.info at token {t} vs the {who}")
+        # the next step from the GPU's cache (gpu_run returns NumPy: uploaded again, in the case's layout)
+        dcache, ccache = dev(_cache_layout(hres[1], layout)), cres[1]
+    if C >= 2 and tau <= 0 and T0 + steps > C:
+        assert (np.asarray(hres[1].size) == C).all()  # the cache filled, so the last steps merged
+
+
+def test_dla_device_values_checked_small():
+    """The validator's reads of device values (log_decay and the cache's size / counts / starts, read with one
+    wait: validate/dla.cpp, cuda::download_many) still catch bad values, each array in turn, with a decay
+    and a cache in the same call (four arrays in one read)."""
+    need("dynamic_linear_attention")
+    rng = np.random.default_rng(11)
+    B, H, T, D, C = 2, 2, 10, 8, 3
+    q, k, v, lam, g = _dla_problem(rng, B, H, T + 1, D, D, C, F32, "rand")
+    _, c = attnkit.dynamic_linear_attention(q[:, :, :T], k[:, :, :T], v[:, :, :T], lam[:, :, :T], capacity=C,
+                                            log_decay=g[:, :, :T])
+    step = tuple(x[:, :, T:] for x in (q, k, v, lam))
+    good = attnkit.dynamic_linear_attention(*step, capacity=C, log_decay=g[:, :, T:], cache=c)
+    got = host(attnkit.dynamic_linear_attention(*dev(step), capacity=C, log_decay=dev(g[:, :, T:]), cache=dev(c)))
+    np.testing.assert_allclose(to_f64(got[0]), to_f64(good[0]), rtol=1e-4, atol=1e-4)
+    same(got[1].counts, good[1].counts, "cache.counts")
+
+    def bad(name, fix, match, g_=None):
+        arrs = {f: np.array(getattr(c, f)) for f in ("states", "counts", "info", "starts", "size")}
+        fix(arrs)
+        bc = attnkit.DLACache(**arrs, position=c.position)
+        with pytest.raises(ValueError, match=match):
+            attnkit.dynamic_linear_attention(*dev(step), capacity=C, cache=dev(bc),
+                                             log_decay=dev(g[:, :, T:] if g_ is None else g_))
+
+    bad("size", lambda a: a["size"].__setitem__((1, 1), C + 1), "cache.size")
+    last = int(np.asarray(c.size)[0, 1]) - 1  # the open entry: its count past the position
+    bad("counts", lambda a: a["counts"].__setitem__((0, 1, last), a["counts"][0, 1, last] + 1), "cache.counts")
+    bad("starts", lambda a: a["starts"].__setitem__((1, 0, 0), 1), "cache.starts")
+    pos = np.abs(g[:, :, T:]) + 0.5
+    bad("log_decay", lambda a: None, "log_decay must be finite", g_=pos)

@@ -55,6 +55,10 @@ std::shared_ptr<void> upload(const void* host, std::size_t bytes, int32_t device
 /// Copies `bytes` of device memory to host memory `dst` and waits for it on `stream`: the one path by which
 /// a validator reads the values of a device array (see validate/common.h).
 void download(void* dst, const void* src, std::size_t bytes, int32_t device_index, void* stream);
+/// n downloads as one: copies bytes[i] of device memory src[i] to host memory dst[i] for every i and waits
+/// for the stream once (download waits once per array; each wait costs a round trip to the device).
+void download_many(int n, void* const* dst, const void* const* src, const std::size_t* bytes, int32_t device_index,
+                   void* stream);
 }  // namespace cuda
 
 /// The one selection of a backend for a call, used by dispatch (which raises Error(NotBuilt) with the

@@ -25,6 +25,7 @@ void linear_attention(const LinearProblem&) { not_built(); }
 void linformer_attention(const LinformerProblem&) { not_built(); }
 std::shared_ptr<void> upload(const void*, std::size_t, int32_t, void*) { not_built(); }
 void download(void*, const void*, std::size_t, int32_t, void*) { not_built(); }
+void download_many(int, void* const*, const void* const*, const std::size_t*, int32_t, void*) { not_built(); }
 void rope(const RopeProblem&) { not_built(); }
 bool built() { return false; }
 bool has_kernel(const char*) { return false; }

@@ -17,10 +17,11 @@ std::atomic<int64_t>* find(Tuning& t, const std::string& name) {
   if (name == "cuda_decode3_pdl") return &t.cuda_decode3_pdl;
   if (name == "cuda_scratch") return &t.cuda_scratch;
   if (name == "dla_split") return &t.dla_split;
+  if (name == "dla_decode") return &t.dla_decode;
   throw Error(ErrorKind::Value, "unknown tuning option '" + name +
                                     "' (known: linear_chunk, dla_chunk, dla_split, cuda_decode, cuda_decode_keys, "
                                     "cuda_decode_blocks, cuda_decode_stages, cuda_decode3_blocks, cuda_decode3_pdl, "
-                                    "cuda_scratch)");
+                                    "cuda_scratch, dla_decode)");
 }
 
 }  // namespace
@@ -42,9 +43,9 @@ void set_tuning(const std::string& name, int64_t value) {
   }
   if (opt == &t.cuda_decode || opt == &t.cuda_decode_keys || opt == &t.cuda_decode_blocks ||
       opt == &t.cuda_decode_stages || opt == &t.cuda_decode3_blocks || opt == &t.cuda_decode3_pdl ||
-      opt == &t.cuda_scratch) {
+      opt == &t.cuda_scratch || opt == &t.dla_decode) {
     const bool ok = opt == &t.cuda_decode || opt == &t.cuda_decode3_pdl ? value >= 0 && value <= 2
-                    : opt == &t.cuda_scratch ? value == 0 || value == 1
+                    : opt == &t.cuda_scratch || opt == &t.dla_decode ? value == 0 || value == 1
                     : opt == &t.cuda_decode_keys ? value == 0 || value == 1 || value == 2 || value == 4
                     : opt == &t.cuda_decode_stages ? value == 0 || (value >= 2 && value <= 4)
                                                    : value == 0 || (value >= 64 && value <= 65536);
@@ -52,7 +53,7 @@ void set_tuning(const std::string& name, int64_t value) {
       throw Error(ErrorKind::Value, name + ": " + std::to_string(value) +
                                         " is out of range (cuda_decode 0|1|2, cuda_decode_keys 0|1|2|4, "
                                         "cuda_decode_blocks / cuda_decode3_blocks 0 or 64..65536, "
-                                        "cuda_decode_stages 0|2|3|4, cuda_decode3_pdl 0|1|2, cuda_scratch 0|1)");
+                                        "cuda_decode_stages 0|2|3|4, cuda_decode3_pdl 0|1|2, cuda_scratch 0|1, dla_decode 0|1)");
     opt->store(value);
     return;
   }

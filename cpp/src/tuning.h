@@ -43,6 +43,9 @@ struct Tuning {
   /// output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel (cuda/dla_prefill.cu, for
   /// side-by-side measurements). No effect on the CPU; results equal up to rounding.
   std::atomic<int64_t> dla_split{0};
+  /// DLA decode step on CUDA: 0 = automatic (cuda/dla_decode_v2.cu where enabled, else cuda/dla_decode.cu),
+  /// 1 = the first kernel (cuda/dla_decode.cu, for side-by-side measurements). Results equal up to rounding.
+  std::atomic<int64_t> dla_decode{0};
 };
 
 /// Largest dla_split.
@@ -51,7 +54,7 @@ constexpr int64_t kMaxDlaSplit = 8;
 Tuning& tuning();
 /// Sets option `name` ("linear_chunk", "dla_chunk", "dla_split", "cuda_decode", "cuda_decode_keys",
 /// "cuda_decode_blocks", "cuda_decode_stages", "cuda_decode3_blocks", "cuda_decode3_pdl",
-/// "cuda_scratch"); Error(Value) naming it for an unknown name or a value
+/// "cuda_scratch", "dla_decode"); Error(Value) naming it for an unknown name or a value
 /// out of range.
 void set_tuning(const std::string& name, int64_t value);
 int64_t get_tuning(const std::string& name);

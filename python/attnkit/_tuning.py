@@ -16,6 +16,8 @@ every code path; users have no reason to.
     dla_split      DLA prefill on CUDA (the v2 kernel): blocks per (batch, head), each owning a slice of
                    the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first
                    CUDA prefill kernel (for side-by-side measurements)
+    dla_decode     DLA decode step on CUDA: 0 = automatic (the two-kernel step of cuda/dla_decode_v2.cu where
+                   enabled), 1 = the first kernel (cuda/dla_decode.cu, for side-by-side measurements)
 """
 
 from __future__ import annotations

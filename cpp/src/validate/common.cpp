@@ -235,9 +235,7 @@ double resolve_scale(const std::optional<double>& scale, int64_t D) {
   return *scale;
 }
 
-HostValues::HostValues(const void* data, DType dt, int ndim, const int64_t* shape, const int64_t* stride,
-                       const TensorRef& ref, void* stream)
-    : base_(static_cast<const char*>(data)), dt_(dt), stride_(1) {
+void HostValues::span(int ndim, const int64_t* shape, const int64_t* stride, const TensorRef& ref) {
   int64_t lo = 0, hi = 0;  // the element offsets the array spans, relative to data
   for (int d = 0; d < ndim; ++d) {
     if (shape[d] == 0) return;  // no elements: nothing to read
@@ -245,10 +243,47 @@ HostValues::HostValues(const void* data, DType dt, int ndim, const int64_t* shap
     (last < 0 ? lo : hi) += last;
   }
   if (ref.device == Device::CPU) return;
-  const std::size_t item = dtype_size(dt);
+  const std::size_t item = dtype_size(dt_);
   copy_.resize(static_cast<std::size_t>(hi - lo + 1) * item);
-  cuda::download(copy_.data(), base_ + lo * static_cast<int64_t>(item), copy_.size(), ref.device_index, stream);
-  base_ = copy_.data() - lo * static_cast<int64_t>(item);
+  pending_ = base_ + lo * static_cast<int64_t>(item);
+  lo_ = lo;
+}
+
+HostValues::HostValues(const void* data, DType dt, int ndim, const int64_t* shape, const int64_t* stride,
+                       const TensorRef& ref, void* stream)
+    : base_(static_cast<const char*>(data)), dt_(dt), stride_(1) {
+  span(ndim, shape, stride, ref);
+  if (!pending_) return;
+  cuda::download(copy_.data(), pending_, copy_.size(), ref.device_index, stream);
+  pending_ = nullptr;
+  base_ = copy_.data() - lo_ * static_cast<int64_t>(dtype_size(dt_));
+}
+
+HostValues::HostValues(Deferred, const void* data, DType dt, int ndim, const int64_t* shape, const int64_t* stride,
+                       const TensorRef& ref)
+    : base_(static_cast<const char*>(data)), dt_(dt), stride_(1) {
+  span(ndim, shape, stride, ref);
+}
+
+void read_host_values(HostValues* const* vals, int n, const TensorRef& ref, void* stream) {
+  std::vector<void*> dst;
+  std::vector<const void*> src;
+  std::vector<std::size_t> bytes;
+  for (int i = 0; i < n; ++i) {
+    HostValues* v = vals[i];
+    if (!v || !v->pending_) continue;
+    dst.push_back(v->copy_.data());
+    src.push_back(v->pending_);
+    bytes.push_back(v->copy_.size());
+  }
+  if (!dst.empty())
+    cuda::download_many(static_cast<int>(dst.size()), dst.data(), src.data(), bytes.data(), ref.device_index, stream);
+  for (int i = 0; i < n; ++i) {
+    HostValues* v = vals[i];
+    if (!v || !v->pending_) continue;
+    v->pending_ = nullptr;
+    v->base_ = v->copy_.data() - v->lo_ * static_cast<int64_t>(dtype_size(v->dt_));
+  }
 }
 
 int64_t HostValues::integer(int64_t i) const {

@@ -168,22 +168,41 @@ class HostValues {
   /// elements are then addressed by their element offset from data (integer(offset) / real(offset)).
   HostValues(const void* data, DType dt, int ndim, const int64_t* shape, const int64_t* stride, const TensorRef& ref,
              void* stream);
+  /// The same array, its transfer left to read_host_values (which reads several arrays with one wait).
+  struct Deferred {};
+  HostValues(Deferred, const void* data, DType dt, int ndim, const int64_t* shape, const int64_t* stride,
+             const TensorRef& ref);
   /// Element i (i * stride elements from data) as int64 (Int32 / Int64 / Bool arrays) or double (floating
   /// arrays).
   int64_t integer(int64_t i) const;
   double real(int64_t i) const;
 
  private:
-  const char* base_;  ///< element 0, in host memory
+  friend void read_host_values(HostValues* const* vals, int n, const TensorRef& ref, void* stream);
+  void span(int ndim, const int64_t* shape, const int64_t* stride, const TensorRef& ref);
+
+  const char* base_;  ///< element 0, in host memory (once read)
   DType dt_;
   int64_t stride_;
   std::vector<char> copy_;
+  const char* pending_ = nullptr;  ///< a deferred array's span on the device, until read_host_values
+  int64_t lo_ = 0;                 ///< the span's first element offset relative to element 0 (<= 0)
 };
+
+/// Reads the deferred arrays vals[0..n) (HostValues::Deferred; nullptr entries are skipped), all on ref's
+/// device, in one transfer each and ONE wait for the stream (cuda::download_many).
+void read_host_values(HostValues* const* vals, int n, const TensorRef& ref, void* stream);
 
 /// Every element of a validated view, copied to the host in one transfer (see HostValues).
 template <int N>
 HostValues host_values(const ViewN<N>& v, const TensorRef& ref, void* stream) {
   return HostValues(v.data, v.dtype, N, v.shape, v.stride, ref, stream);
+}
+
+/// Every element of a validated view, its transfer deferred to read_host_values.
+template <int N>
+HostValues deferred_host_values(const ViewN<N>& v, const TensorRef& ref) {
+  return HostValues(HostValues::Deferred{}, v.data, v.dtype, N, v.shape, v.stride, ref);
 }
 
 }  // namespace detail

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -184,12 +185,26 @@ DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
   r.merged = bind_out(outs, "merged", p.merged, tshape, lead, DType::Int64, nullptr, false);
 
   // Values (read on the host, each array in one transfer: HostValues in validate/common.h), when the call
-  // runs and not in the output query before it: on a device each read waits for the stream, and twice the
-  // waits would double a decode step's host time. A bad value then raises after the outputs were allocated.
+  // runs and not in the output query before it: on a device a read waits for the stream, and twice the
+  // waits would double a decode step's host time. The (up to four) arrays are read with ONE wait
+  // (read_host_values): each wait is a round trip to the device, the larger part of a decode step's host
+  // time. A bad value then raises after the outputs were allocated.
   if (infer) return r;
+  std::optional<HostValues> decay_vals, size_vals, count_vals, start_vals;
+  if (r.log_decay.present) decay_vals.emplace(deferred_host_values(r.log_decay, p.q));
+  if (r.cache_in.present) {
+    size_vals.emplace(deferred_host_values(r.cache_in.size, p.q));
+    count_vals.emplace(deferred_host_values(r.cache_in.counts, p.q));
+    start_vals.emplace(deferred_host_values(r.cache_in.starts, p.q));
+  }
+  {
+    HostValues* const all[] = {decay_vals ? &*decay_vals : nullptr, size_vals ? &*size_vals : nullptr,
+                               count_vals ? &*count_vals : nullptr, start_vals ? &*start_vals : nullptr};
+    read_host_values(all, 4, p.q, p.stream);
+  }
   if (r.log_decay.present) {
     const ViewN<3>& g = r.log_decay;
-    const HostValues all = host_values(g, p.q, p.stream);
+    const HostValues& all = *decay_vals;
     for (int64_t b = 0; b < r.B; ++b)
       for (int64_t h = 0; h < r.H; ++h)
         for (int64_t t = 0; t < r.T; ++t) {
@@ -202,8 +217,7 @@ DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
   }
   if (r.cache_in.present) {
     const DLACacheViews& c = r.cache_in;
-    const HostValues sizes = host_values(c.size, p.q, p.stream), counts = host_values(c.counts, p.q, p.stream),
-                     starts = host_values(c.starts, p.q, p.stream);
+    const HostValues &sizes = *size_vals, &counts = *count_vals, &starts = *start_vals;
     for (int64_t b = 0; b < r.B; ++b)
       for (int64_t h = 0; h < r.H; ++h) {
         const std::string at = "[" + str(b) + ", " + str(h);

@@ -16,9 +16,9 @@
 #define __host__
 #define __forceinline__ inline
 #define __shared__ static
-struct EmuDim { unsigned x = 0; };
+struct EmuDim { unsigned x = 0, y = 0, z = 0; };
 inline thread_local EmuDim threadIdx;
-inline EmuDim blockIdx, blockDim{1}, gridDim{1};
+inline EmuDim blockIdx, blockDim{1, 1, 1}, gridDim{1, 1, 1};
 inline std::barrier<>* g_bar = nullptr;
 inline void __syncthreads() { g_bar->arrive_and_wait(); }
 inline unsigned g_emu_threads = 5;
