@@ -54,7 +54,8 @@ constexpr const char* kVerified[] = {
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
 constexpr const char* kCompiled[] = {
-    "dla_decode_v2"};  // the two-kernel DLA decode step (dla_decode_v2.cu, chosen in dla.cu)
+    "dla_decode_v2",   // the two-kernel DLA decode step (dla_decode_v2.cu, chosen in dla.cu)
+    "download_many"};  // download_many's staged copies behind one wait (else one download per array)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {
@@ -108,7 +109,7 @@ void download_many(int n, void* const* dst, const void* const* src, const std::s
   std::size_t total = 0;
   for (int i = 0; i < n; ++i) total += (bytes[i] + kAlign - 1) / kAlign * kAlign;
   if (total == 0) return;
-  if (total > kMaxStaged || n == 1) {
+  if (total > kMaxStaged || n == 1 || !has_kernel("download_many")) {
     for (int i = 0; i < n; ++i)
       if (bytes[i]) download(dst[i], src[i], bytes[i], device_index, stream);
     return;
