@@ -231,9 +231,9 @@ LINEAR_SWEEP = [
     ("v2 pmma2-off", {"ATTNKIT_PERFORMER_MMA2": "0"}, ("performer",)),
     ("v2 pmma2 seg256", {"ATTNKIT_PERFORMER_MMA2_SEG": "256"}, ("performer",)),
     # Performer's tensor-core products (performer_mma.cuh; bit mask: 1 projections, 2 states, 4 outputs)
-    ("v2 pmma0", {"ATTNKIT_PERFORMER_MMA": "0"}, ("performer", "performer_causal")),
-    ("v2 pmma1", {"ATTNKIT_PERFORMER_MMA": "1"}, ("performer", "performer_causal")),
-    ("v2 pmma3", {"ATTNKIT_PERFORMER_MMA": "3"}, ("performer", "performer_causal")),
+    ("v2 pmma0", {"ATTNKIT_PERFORMER_MMA": "0", "ATTNKIT_PERFORMER_MMA2": "0"}, ("performer", "performer_causal")),
+    ("v2 pmma1", {"ATTNKIT_PERFORMER_MMA": "1", "ATTNKIT_PERFORMER_MMA2": "0"}, ("performer", "performer_causal")),
+    ("v2 pmma3", {"ATTNKIT_PERFORMER_MMA": "3", "ATTNKIT_PERFORMER_MMA2": "0"}, ("performer", "performer_causal")),
     # causal elementwise maps on tensor cores (linear_mma.cuh; chunk 64/128) vs the SIMT kernels at the same chunk
     ("v2 lmma0", {"ATTNKIT_LINEAR_CUDA_MMA": "0"}, ("linear_causal",)),
     ("v2 lmma0 chunk128", {"ATTNKIT_LINEAR_CUDA_MMA": "0", "ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal",)),
