@@ -10,11 +10,12 @@
 // exp(e - max_f e - ln(m)/2) per row, out = linear_output(phi(q) S, phi(q) . z, eps).
 //
 // Where the time of the v2 / mma path went (H200, B = 4, H = 16, S = 4096, D = Dv = 64, m = 256: 3.0 ms,
-// 5.5 million tokens/s, against exact attention's 1.04 ms): 14 launches, and the m-wide float32 features of
-// every key and query row written to and read back from global memory by five of them (phi(K) written, read
-// for the statistics, read and rewritten by the exponentials, read for z and for the states: 5 x 268 MB;
-// phi(Q) written, rewritten by the query map, read for the output: 4 x 268 MB), ~2.1 GB in all, plus
-// 3xTF32 products fed through element-wise shared-memory loads. This path never stores a feature:
+// 5.5 million tokens/s, against exact attention's 1.04 ms): 12 launches, the m-wide float32 features of every
+// key and query row written to and read back from global memory (phi(K) written, read for the statistics,
+// read and rewritten by the exponentials, read for z and for the states: 5 x 268 MB; phi(Q) written,
+// rewritten by the query map, read for the output: 4 x 268 MB): ~2.4 GB, ~0.6 ms at the H200's bandwidth;
+// the rest in 3xTF32 products (3 mma per product) fed through per-element shared-memory loads with 64-bit
+// index math in lambdas. This path never stores a feature:
 //   wparts_kernel   W' = sqrt(scale) W split into 16-bit parts [NS][m][D] (float16: hi + lo, 22 bits;
 //                   bfloat16: hi + mid + lo, 24 bits), so x' . w = sum over parts of exact 16-bit products;
 //   stats_kernel    per (b, hkv, 64 keys): the projections on tensor cores (m16n8k16, float32 accumulation),
@@ -33,10 +34,12 @@
 //                   the state slice in bfloat16 hi + lo (linear_mma.cuh's out_kernel products), the
 //                   denominator from the z column, out = linear_output.
 // Bytes (the example): q, k, v read 1, 2, 1 times (34 MB each), partial states 2 x 38 MB (seg 512), out 34 MB:
-// ~0.25 GB instead of ~2.1 GB. Tensor-core FLOPs: projections 3 (keys twice, queries twice) x 2 x 262144 x
-// 256 x 64 x NS = 26-39 GFLOP, states and outputs 2 x 2 x 262144 x 256 x 72 x (NS or 3) = 58-58 GFLOP: ~85-100
-// GFLOP of 16-bit mma, ~0.3 ms at a third of the H200's dense peak; expected 0.4-0.7 ms, 25-40 million
-// tokens/s (exact attention: 15.7).
+// ~0.25 GB instead of ~2.4 GB, 6 launches instead of 12. Tensor-core FLOPs (float16, NS = 2; R = 262144 rows
+// per side): projections of the keys twice (stats, state) and of the queries twice (two passes), 4 x 2 R m D NS
+// = 69 GFLOP; states 2 R m (Dv + 8) NS = 19 GFLOP; outputs 2 R m (Dv + 8) 3 = 29 GFLOP: 117 GFLOP (bfloat16:
+// 161), ~0.4 ms at 300 TFLOP/s (a third of the H200's dense 16-bit peak, for these unpipelined loops), plus
+// 134 M expf. Expected 0.4-0.7 ms, 23-40 million tokens/s, linear in S (exact attention: 15.7 at S = 4096,
+// 4.25 at 16384). Unmeasured: the mma efficiency of these kernels (no cp.async pipelining, 4-warp blocks).
 //
 // Determinism: every output and state element is one thread's fragment summed in a fixed order (d, parts,
 // keys of the segment in order; segments in order in sum_kernel), whatever the grid.
@@ -315,8 +318,9 @@ __global__ void __launch_bounds__(kBlock) state_kernel(const LinArgs a, const Ex
           }
         }
       } else {
-        // A NaN / infinite value: all parts (t0) and the high part alone (t1) separately, per n-tile.
-#pragma unroll 1
+        // A NaN / infinite value: all parts (t0) and the high part alone (t1) separately, per n-tile (n
+        // unrolled: acc must stay in registers).
+#pragma unroll
         for (int n = 0; n < NV; ++n) {
           float t0[4] = {0.f, 0.f, 0.f, 0.f}, t1[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 1
