@@ -226,10 +226,14 @@ LINEAR_SWEEP = [
     ("v2", {}, ("linear", "linear_causal", "performer", "performer_causal")),
     ("v1", {"ATTNKIT_LINEAR_CUDA_V1": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
     ("v2 default-pool", {"_CUDA_SCRATCH": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
+    # Bidirectional Performer with fused tensor-core features (performer_mma2.cuh; taken by "v2" above where
+    # enabled): off = today's verified path (performer_mma.cuh), and its key segments per partial state
+    ("v2 pmma2-off", {"ATTNKIT_PERFORMER_MMA2": "0"}, ("performer",)),
+    ("v2 pmma2 seg256", {"ATTNKIT_PERFORMER_MMA2_SEG": "256"}, ("performer",)),
     # Performer's tensor-core products (performer_mma.cuh; bit mask: 1 projections, 2 states, 4 outputs)
-    ("v2 pmma0", {"ATTNKIT_PERFORMER_MMA": "0"}, ("performer", "performer_causal")),
-    ("v2 pmma1", {"ATTNKIT_PERFORMER_MMA": "1"}, ("performer", "performer_causal")),
-    ("v2 pmma3", {"ATTNKIT_PERFORMER_MMA": "3"}, ("performer", "performer_causal")),
+    ("v2 pmma0", {"ATTNKIT_PERFORMER_MMA": "0", "ATTNKIT_PERFORMER_MMA2": "0"}, ("performer", "performer_causal")),
+    ("v2 pmma1", {"ATTNKIT_PERFORMER_MMA": "1", "ATTNKIT_PERFORMER_MMA2": "0"}, ("performer", "performer_causal")),
+    ("v2 pmma3", {"ATTNKIT_PERFORMER_MMA": "3", "ATTNKIT_PERFORMER_MMA2": "0"}, ("performer", "performer_causal")),
     # causal elementwise maps on tensor cores (linear_mma.cuh; chunk 64/128) vs the SIMT kernels at the same chunk
     ("v2 lmma0", {"ATTNKIT_LINEAR_CUDA_MMA": "0"}, ("linear_causal",)),
     ("v2 lmma0 chunk128", {"ATTNKIT_LINEAR_CUDA_MMA": "0", "ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal",)),

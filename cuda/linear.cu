@@ -36,6 +36,9 @@ namespace cuda {
 
 // Tensor-core causal form of the elementwise maps (linear_mma.cu): false where it does not apply.
 bool linear_mma_causal(const LinearProblem& p, int64_t C, cudaStream_t stream);
+// Performer softmax features, bidirectional, on tensor cores without stored features (performer_mma2.cu):
+// false where it does not apply.
+bool performer_mma2_bidirectional(const LinearProblem& p, cudaStream_t stream);
 
 namespace {
 
@@ -274,6 +277,10 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     ATTNKIT_CUDA_CHECK_LAUNCH();
     return;
   }
+  // Bidirectional Performer softmax features, float16 / bfloat16: the fused tensor-core path
+  // (performer_mma2.cuh) where enabled and it applies (gated by "performer_attention_mma2").
+  if (!p.causal && v2 && a.stab && has_kernel("performer_attention_mma2") && performer_mma2_bidirectional(p, stream))
+    return;
   // Bidirectional: see the section's comment. Workspace (A): wS, states, phi(K) [B Hkv Sk][F], hK, mK,
   // cs, phi(Q) [B Hq S][F], den.
   const int64_t qrows = p.B * p.Hq * (p.causal ? 0 : p.S);

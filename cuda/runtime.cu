@@ -55,7 +55,8 @@ constexpr const char* kVerified[] = {
 /// A kernel moves to kVerified once the check has passed on a GPU.
 constexpr const char* kCompiled[] = {
     "dla_decode_v2",   // the two-kernel DLA decode step (dla_decode_v2.cu, chosen in dla.cu)
-    "download_many"};  // download_many's staged copies behind one wait (else one download per array)
+    "download_many",   // download_many's staged copies behind one wait (else one download per array)
+    "performer_attention_mma2"};  // bidirectional Performer softmax, fused features (performer_mma2.cuh; linear.cu)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

@@ -1,0 +1,155 @@
+"""GPU suite, Performer's fused tensor-core path (cuda/performer_mma2.cuh, internal name
+"performer_attention_mma2"): bidirectional softmax features, float16 / bfloat16, D and Dv in {32, 64, 128},
+m a multiple of 64. It runs where ATTNKIT_CUDA_UNVERIFIED=1 enables it (as tools/gpu_check.sh does); elsewhere
+the same calls run the verified kernels and these tests check those. Other problems (m not a multiple of 64,
+Dv outside the buckets, causal) fall back to the verified kernels: a few cases here check that the fallback
+is taken cleanly. Helpers and conventions: gpu_common.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import attnkit
+from attnkit import reference as ref
+from attnkit._array import acc_dtype
+
+from conftest import BF16, naive_dtype
+from gpu_common import F16, F32, FAKE, GPU_MARKS, SANITIZER, close3, gpu_run, need, qkv, same
+
+pytestmark = GPU_MARKS
+
+# id, B, Hq, Hkv, S, Sk, D, Dv, m, kwargs. Every (D, Dv) bucket pair appears; odd S and Sk; several key
+# segments of state_kernel (512 keys by default) with a partial last one and key_lengths inside one; a batch
+# without keys; GQA 2:1 and 4:1; strided operands (q a head-transposed view, k a padded view, v broadcast over
+# the batch); scale; eps = 0.
+M2_CASES = [
+    ("m2-D32-Dv32-m64", 2, 4, 2, 63, 77, 32, 32, 64, {}),
+    ("m2-D32-Dv64-m128", 1, 2, 2, 1, 40, 32, 64, 128, {}),
+    ("m2-D32-Dv128-m192-gqa4", 1, 4, 1, 127, 513, 32, 128, 192, dict(key_lengths=[513])),
+    ("m2-D64-Dv32-m512-scale", 2, 2, 2, 3, 300, 64, 32, 512, dict(scale=0.3)),
+    ("m2-D64-Dv64-m256-segments", 2, 4, 2, 65, 1100, 64, 64, 256, {}),
+    ("m2-D64-Dv128-m64", 1, 2, 1, 129, 64, 64, 128, 64, {}),
+    ("m2-D128-Dv32-m64", 1, 2, 2, 64, 65, 128, 32, 64, {}),
+    ("m2-D128-Dv64-m64-lens", 3, 2, 2, 70, 70, 128, 64, 64, dict(key_lengths=[70, 0, 1])),
+    ("m2-D128-Dv128-m128-lens", 1, 2, 1, 200, 129, 128, 128, 128, dict(key_lengths=[100])),
+    ("m2-lens-in-segment", 2, 2, 1, 33, 1100, 64, 64, 128, dict(key_lengths=[1100, 517])),
+    ("m2-eps0", 1, 2, 2, 50, 60, 64, 64, 64, dict(eps=0.0)),
+    ("m2-strided", 2, 4, 2, 37, 37, 64, 64, 128, dict(layout="strided")),
+    ("m2-no-keys", 1, 2, 2, 5, 0, 64, 64, 64, {}),
+    # fallbacks: m not a multiple of 64, Dv outside the buckets, causal
+    ("m2-fallback-m100", 1, 2, 2, 40, 90, 64, 64, 100, {}),
+    ("m2-fallback-Dv48", 1, 2, 2, 40, 90, 64, 48, 64, {}),
+    ("m2-fallback-causal", 1, 2, 2, 70, 70, 64, 64, 64, dict(causal=True)),
+    # tiny case for the sanitizer subset (-k small)
+    ("m2-small", 1, 2, 1, 20, 70, 32, 32, 64, dict(key_lengths=[61])),
+]
+
+
+def test_performer_mma2_status_report():
+    """Says whether this run exercises the fused Performer path (informational; never fails)."""
+    print("performer_attention_mma2 enabled:", False if FAKE else bool(attnkit._core.cuda_has_kernel(
+        "performer_attention_mma2")))
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", M2_CASES, ids=[c[0] for c in M2_CASES])
+def test_performer_mma2(rng, dtype, case):
+    need("performer_attention")
+    _, B, Hq, Hkv, S, Sk, D, Dv, m, kw = case
+    kw = dict(kw)
+    layout = kw.pop("layout", "contig")
+    q, k, v = qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, dtype, 0.5, layout)
+    w = attnkit.random_features(m, D, seed=m + D, dtype=acc_dtype(dtype))
+    out = gpu_run(attnkit.performer_attention, q, k, v, w, **kw)
+    c_out = attnkit.performer_attention(q, k, v, w, **kw)
+    assert out.dtype == dtype
+    if S == 0 or Sk == 0:
+        same(out, c_out)
+        return
+    r = ref.performer_attention(q, k, v, w, **kw)
+    n = ref.performer_attention(q, k, v, w, _dtype=naive_dtype(dtype), **kw)
+    close3(out, c_out, r, n, dtype)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+def test_performer_mma2_empty(rng, dtype):
+    """No query rows, and no batch: nothing to write, no launch with 0 blocks."""
+    need("performer_attention")
+    w = attnkit.random_features(64, 64, seed=1, dtype=F32)
+    for B, S, Sk in [(1, 0, 50), (0, 4, 4)]:
+        q, k, v = qkv(rng, B, 2, 2, S, Sk, 64, 64, dtype, 0.5)
+        same(gpu_run(attnkit.performer_attention, q, k, v, w), attnkit.performer_attention(q, k, v, w))
+
+
+def test_performer_mma2_nonfinite(rng):
+    """An Inf and a NaN in V (bidirectional: every output row sees them): the same non-finite entries as the CPU
+    backend (a low 16-bit part times an infinity must not make NaN), the finite ones close."""
+    need("performer_attention")
+    for dtype in (F16, BF16):
+        q, k, v = qkv(rng, 1, 2, 2, 100, 700, 64, 64, dtype, 0.5)
+        v[:, 0, 650, 5] = np.inf
+        v[:, 1, 20, 9] = np.nan
+        v[:, 1, 600, 11] = -np.inf
+        w = attnkit.random_features(128, 64, seed=5, dtype=F32)
+        g = gpu_run(attnkit.performer_attention, q, k, v, w).astype(np.float64)
+        c = attnkit.performer_attention(q, k, v, w).astype(np.float64)
+        assert np.isnan(c).any() and np.isinf(c).any() and np.isfinite(c).any()
+        assert np.array_equal(np.isnan(g), np.isnan(c)), "NaN entries differ from the CPU backend"
+        assert np.array_equal(np.isinf(g), np.isinf(c)), "Inf entries differ from the CPU backend"
+        assert np.array_equal(g[np.isinf(g)], c[np.isinf(c)]), "signs of the Inf entries differ"
+        fin = np.isfinite(c)
+        np.testing.assert_allclose(g[fin], c[fin], rtol=2e-2, atol=2e-3)
+
+
+# The path's tuning (ATTNKIT_PERFORMER_MMA2 / _SEG, read once per process, so each variant runs in a
+# subprocess; float16 only: bfloat16 device arrays need PyTorch): short key segments (many partial states),
+# the default, and the path turned off, against the CPU backend and the oracle.
+_M2_SCRIPT = """
+import sys
+import cupy, numpy as np, attnkit
+d = np.load(sys.argv[1], allow_pickle=True)
+res = {}
+for name in d["names"]:
+    kw = d[name + ":kw"].item()
+    args = [cupy.asarray(d[name + ":" + x]) for x in "qkvw"]
+    res[name] = cupy.asnumpy(attnkit.performer_attention(*args, **kw))
+res["enabled"] = np.array(attnkit._core.cuda_has_kernel("performer_attention_mma2"))
+np.savez(sys.argv[2], **res)
+"""
+_M2_VARIANTS = {"default": {}, "seg64": dict(ATTNKIT_PERFORMER_MMA2_SEG="64"), "off": dict(ATTNKIT_PERFORMER_MMA2="0")}
+
+
+@pytest.mark.parametrize("variant", list(_M2_VARIANTS))
+def test_performer_mma2_variants(rng, tmp_path, variant):
+    need("performer_attention")
+    if FAKE or SANITIZER:
+        pytest.skip("runs CuPy in a subprocess")
+    import os
+    import subprocess
+    import sys
+
+    cases = {
+        "lens": (2, 4, 2, 150, 1300, 64, 64, 128, dict(key_lengths=[1300, 130])),
+        "D128": (1, 2, 1, 90, 333, 128, 32, 256, {}),
+        "D32-Dv128": (1, 2, 2, 65, 700, 32, 128, 64, dict(scale=0.5)),
+    }
+    arrays = {"names": np.array(list(cases))}
+    data = {}
+    for name, case in cases.items():
+        B, Hq, Hkv, S, Sk, D, Dv, m, kw = case
+        q, k, v = qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, F16, 0.5)
+        w = attnkit.random_features(m, D, seed=m, dtype=F32)
+        data[name] = (q, k, v, w, kw)
+        arrays.update({name + ":q": q, name + ":k": k, name + ":v": v, name + ":w": w,
+                       name + ":kw": np.array(kw, dtype=object)})
+    np.savez(tmp_path / "in.npz", **arrays)
+    env = dict(os.environ, ATTNKIT_CUDA_UNVERIFIED="1", **_M2_VARIANTS[variant])
+    r = subprocess.run([sys.executable, "-c", _M2_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    print(f"variant {variant}: performer_attention_mma2 enabled: {bool(got['enabled'])}")
+    for name, (q, k, v, w, kw) in data.items():
+        close3(got[name], attnkit.performer_attention(q, k, v, w, **kw), ref.performer_attention(q, k, v, w, **kw),
+               ref.performer_attention(q, k, v, w, _dtype=naive_dtype(F16), **kw), F16, what=name)
