@@ -116,7 +116,8 @@ def environment(threads: int, ceiling: bool = True) -> dict:
     """Where a benchmark ran: versions, the CPU model and the ISA path, threads, the load average (the
     machines are shared: a figure taken under load says so) and, unless ceiling is False, the machine's
     2048^3 float32 matrix-multiply rate (``matmul_2048_gflops``, about a second), the yardstick of its
-    speed figures."""
+    speed figures, timed by the clock set_clock chose (with "cpu": GFLOP per CPU-second of all the BLAS
+    threads, which equals the wall-time rate only on an idle machine)."""
     env = {"attnkit": _core.version(), "cpu_model": cpu_model(), "cpu_isa": _core.cpu_isa(),
            "cuda_built": _core.built_with_cuda(), "loadavg": os.getloadavg(),
            "python": sys.version.split()[0], "numpy": np.__version__, "machine": platform.machine(),
