@@ -13,9 +13,11 @@ process with the same thread count, contenders timed round-robin (attnkit._bench
 The data are piecewise-stationary (blocks of 8..40 tokens sharing a key/value direction), so boundaries
 open at the block changes and the cache merges once a head has seen C of them; the counts are reported.
 Reports median times, tokens/s, time(2S)/time(S) and ratios; writes bench/results/dla_<isa>.json, plus a
-chunk-length sweep of the chunked prefill at S = 4096.
+chunk-length sweep of the chunked prefill at S = 4096. Times are by process CPU time (--clock wall for wall
+time), for each of --threads; --vs-isa generic adds prefill and decode timed on the generic micro-kernels
+beside this ISA's (one worker process per path, driven alternately).
 
-    python bench/bench_dla.py [--sizes 1024 2048] [--reps 3] [--no-exact]
+    python bench/bench_dla.py [--sizes 1024 2048] [--reps 3] [--no-exact] [--threads 1 2] [--vs-isa generic]
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import argparse
 from pathlib import Path
 
 import attnkit
-from attnkit._bench import (dla_data, dla_rows, environment, linear_attention_or_none, progress, result_name,
-                            timeit_many, tuned, write_json)
+from attnkit._bench import (add_run_arguments, apply_run_arguments, dla_data, dla_rows, environment, isa_rows,
+                            linear_attention_or_none, progress, result_name, timeit_many, tuned, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,15 +49,23 @@ def main(argv=None):
     ap.add_argument("--no-exact", action="store_true", help="skip exact attention (slow at large S)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the chunk-length sweep")
     ap.add_argument("--out", default=None, help="file name under bench/results (default dla_<isa>.json)")
+    add_run_arguments(ap, [4096])
     a = ap.parse_args(argv)
-    threads = attnkit.get_num_threads()
+    threads = apply_run_arguments(a)
     has_linear = linear_attention_or_none() is not None
-    progress(f"attnkit {attnkit.__version__}, {threads} thread(s), CPU kernels {attnkit.info()['cpu_isa']}")
     progress("linear attention: " + ("included" if has_linear else
                                      "not in this build (attnkit.linear_attention missing): no linear column"))
-    rows = dla_rows(a.sizes, a.reps, decode_reps=a.decode_reps, with_exact=not a.no_exact)
+    rows = []
+    for t in threads:
+        attnkit.set_num_threads(t)
+        progress(f"attnkit {attnkit.__version__}, {t} thread(s), CPU kernels {attnkit.info()['cpu_isa']}")
+        rows += [{"threads": t, **r} for r in dla_rows(a.sizes, a.reps, decode_reps=a.decode_reps,
+                                                        with_exact=not a.no_exact)]
     payload = {"benchmark": "dynamic linear attention, float32, B=1, H=8, Dk=Dv=64, C=30, tau=0.6, token_vs_state",
                "env": environment(threads), "linear_attention_included": has_linear, "rows": rows}
+    if a.vs_isa:
+        payload["isa_rows"] = isa_rows(["exact_causal", "dla_prefill", "dla_decode"], a.vs_isa_sizes, threads,
+                                       other=a.vs_isa)
     if not a.no_sweep:
         progress("chunk-length sweep at S=4096 ...")
         payload["chunk_sweep_S4096_s"] = chunk_sweep(reps=a.reps)

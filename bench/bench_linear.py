@@ -10,9 +10,12 @@ with the default allocator and, in a child process, with outputs taken from reus
 crossover length, and the approximation error of
 Performer (m = 64 .. 512, with the fitted m^-1/2 trend) and Linformer (P = 64 .. 512) against exact
 attention on the same inputs: the timing inputs (standard normal) and rows of controlled norm |x'| = 1,
-where Performer's estimator has moderate variance. Writes bench/results/linear_<isa>.json.
+where Performer's estimator has moderate variance. Times are by process CPU time (--clock wall for wall time);
+the speedups and crossovers for each of --threads, the scaling, targets and errors at the last of them;
+--vs-isa generic adds each mechanism timed on the generic micro-kernels beside this ISA's (one worker process
+per path, driven alternately). Writes bench/results/linear_<isa>.json.
 
-    python bench/bench_linear.py [--sizes 1024 2048] [--reps 3] [--chunks]
+    python bench/bench_linear.py [--sizes 1024 2048] [--reps 3] [--chunks] [--threads 1 2] [--vs-isa generic]
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import sys
 from pathlib import Path
 
 import attnkit
-from attnkit._bench import (LINEAR_CONTENDERS, approximation_errors, crossover, environment, linear_inputs, linear_rows,
-                            linear_scaling, progress, result_name, scaling_ratios, timeit_many, tuned, write_json)
+from attnkit._bench import (LINEAR_CONTENDERS, add_run_arguments, apply_run_arguments, approximation_errors, crossover,
+                            environment, isa_rows, linear_inputs, linear_rows, linear_scaling, progress, result_name,
+                            scaling_ratios, timeit_many, tuned, write_json)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,17 +60,26 @@ def main(argv=None):
     ap.add_argument("--chunks", action="store_true", help="also sweep the chunk length at S = 4096 and 16384")
     ap.add_argument("--out", default=None, help="file name under bench/results (default linear_<isa>.json)")
     ap.add_argument("--scaling-child", action="store_true", help=argparse.SUPPRESS)
+    add_run_arguments(ap, [1024, 4096])
     a = ap.parse_args(argv)
+    threads = apply_run_arguments(a)
     if a.scaling_child:
+        attnkit.set_num_threads(threads[-1])
         print(json.dumps(linear_scaling(sorted(a.sizes), reps=a.reps + 4)))
         return
-    threads = attnkit.get_num_threads()
-    progress(f"attnkit {attnkit.__version__}, {threads} thread(s), CPU kernels {attnkit.info()['cpu_isa']}")
     progress("float32, B=1, H=8, D=64; Performer m=256, Linformer P=256; speedups vs exact attention")
-    small = linear_rows(sorted(a.crossover_sizes), reps=a.reps, min_time=0.5) if a.crossover_sizes else []
-    rows = linear_rows(sorted(a.sizes), reps=a.reps)
-    cross = {n: crossover(small + rows, n) for n in LINEAR_CONTENDERS}
-    progress("scaling: every (contender, size) in one round-robin ...")
+    all_rows, crossovers = [], {}
+    for t in threads:
+        attnkit.set_num_threads(t)
+        progress(f"attnkit {attnkit.__version__}, {t} thread(s), CPU kernels {attnkit.info()['cpu_isa']}")
+        small = linear_rows(sorted(a.crossover_sizes), reps=a.reps, min_time=0.5) if a.crossover_sizes else []
+        rows = linear_rows(sorted(a.sizes), reps=a.reps)
+        all_rows += [{"threads": t, **r} for r in small + rows]
+        crossovers[str(t)] = cross = {n: crossover(small + rows, n) for n in LINEAR_CONTENDERS}
+        progress("crossover with exact attention:")
+        for n, c in cross.items():
+            progress(f"  {n:17s} {c['bound']} S = {c['S']:.0f}" if c else f"  {n}: -")
+    progress(f"scaling at {threads[-1]} thread(s): every (contender, size) in one round-robin ...")
     scaling_sizes = sorted(set(a.sizes) | set(a.scaling_extra))
     scaling = linear_scaling(scaling_sizes, reps=a.reps + 4)
     ratios = scaling_ratios(scaling)
@@ -76,17 +89,15 @@ def main(argv=None):
     # reuse heap memory at every size: it measures the kernels' own scaling.
     progress("scaling again in a child process with MALLOC_MMAP_THRESHOLD_=1 GiB (outputs reuse heap memory) ...")
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**30))
-    child = subprocess.run([sys.executable, __file__, "--scaling-child", "--reps", str(a.reps), "--sizes",
-                            *map(str, scaling_sizes)], env=env, check=True, capture_output=True, text=True)
+    child = subprocess.run([sys.executable, __file__, "--scaling-child", "--reps", str(a.reps), "--clock", a.clock,
+                            "--threads", str(threads[-1]), "--sizes", *map(str, scaling_sizes)], env=env, check=True,
+                           capture_output=True, text=True)
     scaling_heap = {n: {int(S): x for S, x in by_s.items()} for n, by_s in json.loads(child.stdout).items()}
     ratios_heap = scaling_ratios(scaling_heap)
     for label, rr in (("default allocator", ratios), ("outputs from reused heap memory", ratios_heap)):
         progress(f"scaling time(2S)/time(S), {label}:")
         for n, r in rr.items():
             progress(f"  {n:17s} " + "  ".join(f"{S}: {x:.2f}" for S, x in r.items()))
-    progress("crossover with exact attention:")
-    for n, c in cross.items():
-        progress(f"  {n:17s} {c['bound']} S = {c['S']:.0f}" if c else f"  {n}: -")
     big = max(rows, key=lambda r: r["S"])
     # the issue's targets: >= 5x faster than exact at the largest S, time(2S)/time(S) <= 2.2 at the large
     # sizes (here: the last two doublings of --sizes, 4096 -> 8192 -> 16384 by default)
@@ -115,14 +126,17 @@ def main(argv=None):
             progress(f"  Linformer P={r['P']:4d}: rel. error {r['rel_err']:.4f}")
     payload = {"benchmark": "linear-time attention vs exact attention, float32, B=1, H=8, D=64, Performer m=256, "
                             "Linformer P=256",
-               "env": environment(threads), "rows": small + rows,
+               "env": environment(threads), "rows": all_rows,
                "scaling_seconds": {n: {str(S): x for S, x in by_s.items()} for n, by_s in scaling.items()},
                "scaling_ratios": {n: {str(S): x for S, x in r.items()} for n, r in ratios.items()},
                "scaling_seconds_heap_outputs": {n: {str(S): x for S, x in by_s.items()}
                                                 for n, by_s in scaling_heap.items()},
                "scaling_ratios_heap_outputs": {n: {str(S): x for S, x in r.items()} for n, r in ratios_heap.items()},
-               "crossover": cross,
+               "crossover_by_threads": crossovers, "scaling_and_targets_threads": threads[-1],
                "targets_at_largest_S": targets, "approximation_errors": errors}
+    if a.vs_isa:
+        payload["isa_rows"] = isa_rows(["exact", "exact_causal", *LINEAR_CONTENDERS], a.vs_isa_sizes, threads,
+                                       other=a.vs_isa)
     if a.chunks:
         payload["chunk_sweep"] = [chunk_sweep(S, [16, 32, 64, 128], a.reps + 2) for S in (4096, 16384)]
         for sw in payload["chunk_sweep"]:

@@ -29,36 +29,54 @@ def tuned(fn, **options):
 
     return run
 
+# The clock of timeit / timeit_many (set_clock): wall time, or the process's CPU time, which a shared,
+# loaded machine inflates far less (a descheduled thread does not count; with several threads it sums them).
+# With several threads, run under OMP_WAIT_POLICY=passive (environment() records it): OpenMP threads
+# otherwise spin while they wait, and on a loaded machine that spinning, counted as CPU time, swamped short
+# calls (a 0.4 ms DLA decode step read as 12 ms of CPU time at 2 threads, load ~12 on 2 cores).
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = ["wall"]
+
+
+def set_clock(name: str) -> None:
+    """Times later timeit / timeit_many calls by `name`: "wall" (the default) or "cpu" (process CPU time)."""
+    if name not in _CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(_CLOCKS)}, got {name!r}")
+    _clock[0] = name
+
+
 def timeit(fn, reps: int = 5, warmup: int = 1, min_time: float = 0.0) -> float:
-    """Median wall time of fn() in seconds: `warmup` discarded runs, then at least `reps` runs and at
-    least `min_time` seconds (at most 50 runs)."""
+    """Median time of fn() in seconds (by the clock set_clock chose): `warmup` discarded runs, then at
+    least `reps` runs and at least `min_time` wall seconds (at most 50 runs)."""
     for _ in range(warmup):
         fn()
+    clock = _CLOCKS[_clock[0]]
     times = []
     t_start = time.perf_counter()
     while len(times) < reps or (time.perf_counter() - t_start) < min_time:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
         if len(times) >= 50:
             break
     return statistics.median(times)
 
 
 def timeit_many(fns: dict, reps: int = 5, warmup: int = 1, min_time: float = 0.0) -> dict:
-    """Median wall times of several contenders measured round-robin (each round runs every contender
-    once), so machine noise lands on all of them alike. Returns {name: seconds}."""
+    """Median times (by the clock set_clock chose) of several contenders measured round-robin (each round
+    runs every contender once), so machine noise lands on all of them alike. Returns {name: seconds}."""
     for _ in range(warmup):
         for f in fns.values():
             f()
+    clock = _CLOCKS[_clock[0]]
     times = {k: [] for k in fns}
     t_start = time.perf_counter()
     rounds = 0
     while rounds < reps or (time.perf_counter() - t_start) < min_time:
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
         rounds += 1
         if rounds >= 50:
             break
@@ -98,11 +116,15 @@ def environment(threads: int, ceiling: bool = True) -> dict:
     """Where a benchmark ran: versions, the CPU model and the ISA path, threads, the load average (the
     machines are shared: a figure taken under load says so) and, unless ceiling is False, the machine's
     2048^3 float32 matrix-multiply rate (``matmul_2048_gflops``, about a second), the yardstick of its
-    speed figures."""
+    speed figures, timed by the clock set_clock chose (with "cpu": GFLOP per CPU-second of all the BLAS
+    threads, which equals the wall-time rate only on an idle machine)."""
     env = {"attnkit": _core.version(), "cpu_model": cpu_model(), "cpu_isa": _core.cpu_isa(),
            "cuda_built": _core.built_with_cuda(), "loadavg": os.getloadavg(),
            "python": sys.version.split()[0], "numpy": np.__version__, "machine": platform.machine(),
-           "cpus": os.cpu_count(), "threads": threads, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+           "cpus": os.cpu_count(), "threads": threads,
+           "clock": {"wall": "wall time", "cpu": "process CPU time"}[_clock[0]],
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     torch = torch_or_none()
     if torch is not None:
         env["torch"] = torch.__version__
@@ -145,6 +167,23 @@ def peak_rss(fn):
     before = vm_mib("VmRSS")
     result = fn()
     return result, before, vm_mib("VmHWM")
+
+
+def add_run_arguments(ap, isa_sizes) -> None:
+    """The options of bench_sparse / bench_linear / bench_dla that say how they run (see apply_run_arguments)."""
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="thread counts, each measured in turn (default: attnkit's current count)")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="process CPU time (default; robust on a shared machine, sums the threads) or wall time")
+    ap.add_argument("--vs-isa", default=None, metavar="ISA",
+                    help="also time each mechanism on this lower ISA path (e.g. generic) beside this one (isa_rows)")
+    ap.add_argument("--vs-isa-sizes", type=int, nargs="+", default=isa_sizes, help="sizes of the --vs-isa rows")
+
+
+def apply_run_arguments(a) -> list:
+    """Sets the clock from parsed add_run_arguments options; returns the thread counts to measure."""
+    set_clock(a.clock)
+    return a.threads or [_core.get_num_threads()]
 
 
 def add_rss_arguments(ap, S: int) -> None:
@@ -551,3 +590,98 @@ def approximation_errors(S=1024, H=8, D=64, ms=(64, 128, 256, 512), Ps=(64, 128,
         xs = [r[size] for r in out[key]]
         out[f"{key}_loglog_slope"] = float(np.polyfit(np.log(xs), np.log([r["rel_err"] for r in out[key]]), 1)[0])
     return out
+
+
+# ------------------------------------------------------------------------------------- ISA paths
+def mechanism_call(name: str, S: int, H: int = 8, D: int = 64):
+    """One benchmark call of a mechanism by name, on the inputs its benchmark uses (float32, B=1): exact,
+    exact_causal, bigbird, longformer, lsh (bench_sparse), linear[_causal], performer[_causal], linformer
+    (bench_linear), dla_prefill, dla_decode (bench_dla, C=30, tau=0.6)."""
+    from . import (attention, block_sparse_attention, dynamic_linear_attention, linear_attention, linformer_attention,
+                   linformer_projection, lsh_attention, performer_attention, random_features)
+
+    if name.startswith("dla"):
+        q, k, v, lam = dla_data(S, H, D)
+        if name == "dla_prefill":
+            return lambda: dynamic_linear_attention(q, k, v, lam, capacity=30, tau=0.6)
+        _, cache = dynamic_linear_attention(q, k, v, lam, capacity=30, tau=0.6)
+        q1, k1, v1, l1 = (x[:, :, -1:] for x in (q, k, v, lam))
+        return lambda: dynamic_linear_attention(q1, k1, v1, l1, capacity=30, tau=0.6, cache=cache)
+    q, k, v = linear_inputs(S, H, D)
+    if name in ("bigbird", "longformer"):
+        L = sparse_layouts(S)[name]
+        return lambda: block_sparse_attention(q, k, v, L)
+    nb = max(2, 2 * (S // 64 // 2))
+    W = random_features(256, D, seed=0)
+    E = linformer_projection(256, S, seed=0)
+    return {"exact": lambda: attention(q, k, v), "exact_causal": lambda: attention(q, k, v, causal=True),
+            "lsh": lambda: lsh_attention(q, k, v, num_buckets=nb, num_hashes=1, seed=0),
+            "linear": lambda: linear_attention(q, k, v, causal=False),
+            "linear_causal": lambda: linear_attention(q, k, v, causal=True),
+            "performer": lambda: performer_attention(q, k, v, W),
+            "performer_causal": lambda: performer_attention(q, k, v, W, causal=True),
+            "linformer": lambda: linformer_attention(q, k, v, E)}[name]
+
+
+def isa_worker() -> None:
+    """Runs in a subprocess (ATTNKIT_CPU_ISA set by isa_rows): reads "name S threads" lines, runs one
+    mechanism_call and prints its process CPU time and wall time."""
+    calls = {}
+    print(_core.cpu_isa(), flush=True)
+    for line in sys.stdin:
+        name, S, threads = line.split()
+        _core.set_num_threads(int(threads))
+        if (name, S) not in calls:
+            calls[(name, S)] = mechanism_call(name, int(S))
+        f = calls[(name, S)]
+        t0, w0 = time.process_time(), time.perf_counter()
+        f()
+        print(time.process_time() - t0, time.perf_counter() - w0, flush=True)
+
+
+def isa_rows(names, sizes, threads, reps=5, other="generic", report=progress):
+    """Each named mechanism on this process's ISA path and on `other` (lowered by ATTNKIT_CPU_ISA), one
+    worker process per path, driven alternately call by call, each call timed by its process CPU time
+    (medians of `reps` rounds after one warm-up round). One dict per (threads, S, name), with
+    `<other>_over_<isa>`: how many times faster the micro-kernels of this path make the mechanism."""
+    isas = [_core.cpu_isa(), other]
+    code = "from attnkit._bench import isa_worker; isa_worker()"
+    workers = {isa: subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=dict(os.environ, ATTNKIT_CPU_ISA=isa)) for isa in isas}
+    for isa, w in workers.items():
+        got = w.stdout.readline().strip()
+        if got != isa:
+            raise RuntimeError(f"ATTNKIT_CPU_ISA={isa} gave a worker on the {got} path")
+
+    def call(isa, name, S, t):
+        w = workers[isa]
+        w.stdin.write(f"{name} {S} {t}\n")
+        w.stdin.flush()
+        return tuple(map(float, w.stdout.readline().split()))
+
+    rows = []
+    try:
+        for t in threads:
+            for S in sizes:
+                for name in names:
+                    times = {isa: [] for isa in isas}
+                    for rnd in range(reps + 1):  # round 0 warms up
+                        for isa in isas:
+                            x = call(isa, name, S, t)
+                            if rnd:
+                                times[isa].append(x)
+                    row = {"mechanism": name, "S": S, "threads": t, "rounds": reps}
+                    for isa, ts in times.items():
+                        row[f"{isa}_cpu_s"] = statistics.median(x[0] for x in ts)
+                        row[f"{isa}_wall_s"] = statistics.median(x[1] for x in ts)
+                    row[f"{other}_over_{isas[0]}"] = row[f"{other}_cpu_s"] / row[f"{isas[0]}_cpu_s"]
+                    rows.append(row)
+                    if report:
+                        report(f"{t} thread(s) S={S:6d} {name:17s} {isas[0]} {row[f'{isas[0]}_cpu_s'] * 1e3:9.2f} ms, "
+                               f"{other} {row[f'{other}_cpu_s'] * 1e3:9.2f} ms: {other} / {isas[0]} "
+                               f"{row[f'{other}_over_{isas[0]}']:.2f} (CPU time)")
+    finally:
+        for w in workers.values():
+            w.stdin.close()
+            w.wait()
+    return rows
