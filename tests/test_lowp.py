@@ -5,6 +5,7 @@ itself checked bit for bit over every finite 16-bit value, and thread-count inde
 
 from __future__ import annotations
 
+import inspect
 import textwrap
 
 import ml_dtypes
@@ -26,16 +27,16 @@ def finite_values(dt):
     return x[np.isfinite(x.astype(np.float32))]
 
 
+# The subprocess scripts below start with the imports, finite_values and an empty result dict.
+PRELUDE = "import sys, numpy as np, ml_dtypes, attnkit\n" + inspect.getsource(finite_values) + "out = {}\n"
+
+
 # The three operands in turn hold every finite value; one-hot partners make the result that value exactly:
 # out = v (one key, p = 1); lse = q . k with one 1.0 against the value and zeros elsewhere (for q, row i
 # of D copies may see key i only).
-EXHAUSTIVE = textwrap.dedent("""
-    import sys, numpy as np, ml_dtypes, attnkit
-    out = {}
+EXHAUSTIVE = PRELUDE + textwrap.dedent("""
     for dt in ("float16", "bfloat16"):
-        bits = np.arange(1 << 16, dtype=np.uint16)
-        x = bits.view(np.float16 if dt == "float16" else ml_dtypes.bfloat16)
-        x = x[np.isfinite(x.astype(np.float32))]
+        x = finite_values(dt)
         for D in (64, 67):  # whole vectors, and a tail converted element by element
             n = -(-x.size // D)
             vals = np.resize(x, n * D).reshape(n, 1, D)
@@ -82,13 +83,9 @@ def test_conversion_every_value(isa, tmp_path):
 # value rounded to nearest even (NumPy / ml_dtypes). Every finite value appears in v; a NaN value gives
 # NaN. 33 query rows (more than the decode kernel takes):
 # the exact kernel's output store (8 lanes at a time on AVX2 / AVX-512, element by element on generic).
-ROUNDING = textwrap.dedent("""
-    import sys, numpy as np, ml_dtypes, attnkit
-    out = {}
+ROUNDING = PRELUDE + textwrap.dedent("""
     for dt in ("float16", "bfloat16"):
-        bits = np.arange(1 << 16, dtype=np.uint16)
-        x = bits.view(np.float16 if dt == "float16" else ml_dtypes.bfloat16)
-        x = x[np.isfinite(x.astype(np.float32))]
+        x = finite_values(dt)
         D = 64
         H = -(-x.size // (2 * D))
         v = np.resize(x, H * 2 * D).reshape(1, H, 2, D)
