@@ -24,8 +24,7 @@ import ml_dtypes
 import numpy as np
 
 import attnkit
-from attnkit._bench import environment, progress, torch_or_none, write_json
-from bench_attention import matmul_ceiling  # NumPy sgemm and torch.matmul, 2048^3
+from attnkit._bench import environment, matmul_ceiling, progress, torch_or_none, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = ("float32", "float16", "bfloat16")

@@ -5,6 +5,7 @@ itself checked bit for bit over every finite 16-bit value, and thread-count inde
 
 from __future__ import annotations
 
+import inspect
 import textwrap
 
 import ml_dtypes
@@ -26,16 +27,16 @@ def finite_values(dt):
     return x[np.isfinite(x.astype(np.float32))]
 
 
+# The subprocess scripts below start with the imports, finite_values and an empty result dict.
+PRELUDE = "import sys, numpy as np, ml_dtypes, attnkit\n" + inspect.getsource(finite_values) + "out = {}\n"
+
+
 # The three operands in turn hold every finite value; one-hot partners make the result that value exactly:
 # out = v (one key, p = 1); lse = q . k with one 1.0 against the value and zeros elsewhere (for q, row i
 # of D copies may see key i only).
-EXHAUSTIVE = textwrap.dedent("""
-    import sys, numpy as np, ml_dtypes, attnkit
-    out = {}
+EXHAUSTIVE = PRELUDE + textwrap.dedent("""
     for dt in ("float16", "bfloat16"):
-        bits = np.arange(1 << 16, dtype=np.uint16)
-        x = bits.view(np.float16 if dt == "float16" else ml_dtypes.bfloat16)
-        x = x[np.isfinite(x.astype(np.float32))]
+        x = finite_values(dt)
         for D in (64, 67):  # whole vectors, and a tail converted element by element
             n = -(-x.size // D)
             vals = np.resize(x, n * D).reshape(n, 1, D)
@@ -75,6 +76,38 @@ def test_conversion_every_value(isa, tmp_path):
             for key in ("k", "q"):
                 np.testing.assert_array_equal(res[f"{dt}_{D}_{key}"][0].reshape(n, D), vals[:, 0],
                                               err_msg=f"{isa} {dt} D={D} {key}")
+
+
+# The output's rounding to 16 bits: two keys of equal score (q = 0) make each output element (v0 + v1) / 2,
+# exact in float32 and often half-way between two 16-bit values (a tie), so out must be that float32
+# value rounded to nearest even (NumPy / ml_dtypes). Every finite value appears in v; a NaN value gives
+# NaN. 33 query rows (more than the decode kernel takes):
+# the exact kernel's output store (8 lanes at a time on AVX2 / AVX-512, element by element on generic).
+ROUNDING = PRELUDE + textwrap.dedent("""
+    for dt in ("float16", "bfloat16"):
+        x = finite_values(dt)
+        D = 64
+        H = -(-x.size // (2 * D))
+        v = np.resize(x, H * 2 * D).reshape(1, H, 2, D)
+        v[0, 0, 0, 3] = np.nan
+        q = np.zeros((1, H, 33, D), x.dtype)
+        k = np.ones((1, H, 2, D), x.dtype)
+        out[f"{dt}_o"] = attnkit.attention(q, k, v).astype(np.float64)
+        out[f"{dt}_v"] = v.astype(np.float64)
+    out["isa"] = np.array(attnkit.info()["cpu_isa"])
+    np.savez(sys.argv[1], **out)
+""")
+
+
+@pytest.mark.parametrize("isa", ISA_ORDER)
+def test_output_rounding(isa, tmp_path):
+    res = run_in_isa(isa, ROUNDING, tmp_path)
+    for dt, dtype in LOWP.items():
+        v = res[f"{dt}_v"].astype(np.float32)
+        want = ((v[:, :, 0] + v[:, :, 1]) * np.float32(0.5)).astype(dtype).astype(np.float64)[:, :, None]
+        want = np.broadcast_to(want, res[f"{dt}_o"].shape)
+        assert np.isnan(want[0, 0, :, 3]).all()
+        np.testing.assert_array_equal(res[f"{dt}_o"], want, err_msg=f"{isa} {dt}")
 
 
 # dtype, B, Hq, Hkv, Sq, Sk, D, Dv, layout, kwargs. layout: "c" contiguous, "bshd" (head stride < row

@@ -127,7 +127,10 @@ struct DecodeKernel {
       for (int r = 0; r < RQ; ++r) qv[r] = S::load(q + r * D + d);
 #pragma GCC unroll 8
       for (int j = 0; j < KJ; ++j) {
-        const V kv = load(kr[j] + d);
+        V kv = load(kr[j] + d);
+        // K in a register, read once for all RQ rows: GCC otherwise folds the load into every FMA (for
+        // RQ = 2: 10 loads per 8 FMAs, more than Zen 3's two vector loads a cycle can feed).
+        if constexpr (RQ > 1) asm("" : "+v"(kv));
 #pragma GCC unroll 8
         for (int r = 0; r < RQ; ++r) acc[r * KJ + j] += qv[r] * kv;
       }
@@ -144,6 +147,9 @@ struct DecodeKernel {
   /// o[r][d0 .. d0 + NV W) += sum_{j in [jb, je)} p[r][j] v[j][d0 ..] for RL rows (p: ld BK, o: ld ldo).
   template <int RL, int NV, class E>
   static inline void pv_panel(const float* p, const E* v, int64_t ldv, int jb, int je, float* o, int64_t ldo) {
+    // jb < je from here: for a loop that may not run GCC kept acc on the stack, a store and a reload of
+    // every accumulator per panel (as in MicroGemm::block).
+    if (jb >= je) return;
     V acc[RL][NV];
     for (int r = 0; r < RL; ++r)
       for (int n = 0; n < NV; ++n) acc[r][n] = S::load(o + r * ldo + n * W);

@@ -649,7 +649,7 @@ struct ExactKernel {
       St* dst = static_cast<St*>(p.out) + t.b * p.out_stride[0] + w.head[l] * p.out_stride[1] +
                 w.row[l] * p.out_stride[2];
       const T* o = w.o + l * DvP;
-      for (int64_t d = 0; d < p.Dv; ++d) dst[d * p.out_stride[3]] = from_acc<St>(o[d] * sc);
+      store_row_scaled(o, sc, p.Dv, dst, p.out_stride[3]);
       if (p.lse) {
         T* lse = static_cast<T*>(p.lse) + t.b * p.lse_stride[0] + w.head[l] * p.lse_stride[1] +
                  w.row[l] * p.lse_stride[2];
