@@ -39,8 +39,7 @@
   Performer (bidirectional and causal, S = 4096 and 16384) once per variant of cuda/linear.cu's internal
   tuning (the v1 kernels, the v2 kernels with causal chunk 32 / 64 / 128 and key segment 128 / 512 / 2048,
   v2 and v1 with their scratch from the device's default pool instead of attnkit's), each variant in a fresh
-  process (the tuning is read once per process from ATTNKIT_LINEAR_CUDA_*; v2 needs ATTNKIT_CUDA_UNVERIFIED=1
-  until verified).
+  process (the tuning is read once per process from ATTNKIT_LINEAR_CUDA_*).
 
 The sweeps live in bench/gpu_sweeps.py, the shared timing and setup in bench/gpu_util.py.
 
@@ -184,11 +183,10 @@ def backward_rows(ctx, dtypes, dims, sizes, B=4, H=16):
                 q, k, v, dout = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(4))
                 for causal in (False, True):
                     row = {"kind": "backward", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "causal": causal}
-                    # which kernels run: the tensor-core backward (cuda/attention_backward_mma.cu) is gated
-                    # on ATTNKIT_CUDA_UNVERIFIED=1 until verified; ATTNKIT_CUDA_BWD_SIMT=1 forces the SIMT one
-                    mma = (os.environ.get("ATTNKIT_CUDA_UNVERIFIED") == "1"
-                           and os.environ.get("ATTNKIT_CUDA_BWD_SIMT") != "1" and D in (64, 128))
-                    row["attnkit_path"] = "tensor cores (unverified gate)" if mma else "simt"
+                    # which kernels run: the tensor-core backward (cuda/attention_backward_mma.cu) at D = 64 /
+                    # 128; ATTNKIT_CUDA_BWD_SIMT=1 forces the SIMT one
+                    mma = os.environ.get("ATTNKIT_CUDA_BWD_SIMT") != "1" and D in (64, 128)
+                    row["attnkit_path"] = "tensor cores" if mma else "simt"
                     if ctx["kernels"].get("attention_backward"):
                         row["attnkit_note"] = "no kernel: " + ctx["kernels"]["attention_backward"]
                     else:

@@ -25,8 +25,7 @@
 //
 // float16 / bfloat16 problems that attention_backward_mma.cu takes (backward_mma_supported: D = Dv in
 // {64, 128}, no layout or explicit ranges; mask / bias / softcap / ALiBi only under a second gate) run its
-// tensor-core kernels after delta_kernel instead, while not yet verified on a GPU only when
-// has_kernel("attention_backward_mma") (under ATTNKIT_CUDA_UNVERIFIED=1); ATTNKIT_CUDA_BWD_SIMT=1 forces
+// tensor-core kernels after delta_kernel instead (gate "attention_backward_mma"); ATTNKIT_CUDA_BWD_SIMT=1 forces
 // these SIMT kernels.
 #include <algorithm>
 #include <cstdint>

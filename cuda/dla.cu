@@ -53,11 +53,11 @@ void dynamic_linear_attention(const DLAProblem& p) {
   const cudaStream_t stream = as_stream(p.stream);
   if (p.B * p.H == 0) return;  // nothing to write
   const bool decode = dla::takes_decode_path(p);
-  // The second chunked prefill (dla_prefill_v2.cu) is gated until verified on a GPU; tuning dla_split = -1
+  // The second chunked prefill (dla_prefill_v2.cu; gate "dla_prefill_v2", verified); tuning dla_split = -1
   // takes the first one (measurements side by side).
   static const bool v2_enabled = has_kernel("dla_prefill_v2");
-  // The second decode step (dla_decode_v2.cu: decisions, then the states over many blocks) is gated until
-  // verified on a GPU; tuning dla_decode = 1 takes the first one (measurements side by side).
+  // The second decode step (dla_decode_v2.cu: decisions, then the states over many blocks; gate
+  // "dla_decode_v2", verified on an H200); tuning dla_decode = 1 takes the first one (side by side).
   static const bool dec2_enabled = has_kernel("dla_decode_v2");
   const bool dec2 = dec2_enabled && tuning().dla_decode.load() == 0;
   const bool v2 = v2_enabled && tuning().dla_split.load() >= 0;

@@ -48,15 +48,15 @@ constexpr const char* kVerified[] = {
     "linear_attention_mma",     // causal linear attention on tensor cores (linear_mma.cuh, chosen in linear.cu)
     // an H200, 2026-11-27:
     "linear_attention_mma_c128",  // linear_mma.cuh's default chunk 128 (64 while it was gated; linear.cu)
-    "attention_decode_v3"};       // the tensor-core decode kernel (attention_decode3.cuh; attention.cu)
+    "attention_decode_v3",        // the tensor-core decode kernel (attention_decode3.cuh; attention.cu)
+    "dla_decode_v2",              // the two-kernel DLA decode step (dla_decode_v2.cu, chosen in dla.cu)
+    "download_many",              // download_many's staged copies behind one wait (else one download per array)
+    "performer_attention_mma2"};  // bidirectional Performer softmax, fused features (performer_mma2.cuh; linear.cu)
 /// Kernels in this build not yet verified on a GPU (public functions, or internal names of new paths): they
 /// run only when the environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them);
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {
-    "dla_decode_v2",   // the two-kernel DLA decode step (dla_decode_v2.cu, chosen in dla.cu)
-    "download_many",   // download_many's staged copies behind one wait (else one download per array)
-    "performer_attention_mma2"};  // bidirectional Performer softmax, fused features (performer_mma2.cuh; linear.cu)
+constexpr const char* kCompiled[] = {""};  // none at present ("" keeps the array non-empty)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {
