@@ -127,8 +127,8 @@ struct MicroGemm {
     static_assert(RL >= 1 && RL <= 8, "row blocks of 1..8");
     const int64_t Nv = N / W * W;
     int64_t n = 0;
-  constexpr bool kCol = kStore == Store::OverwriteMax || kStore == Store::AccumulateScaled;
-  auto cm = [cmax](int64_t col) { return kCol ? cmax + col : nullptr; };
+    constexpr bool kCol = kStore == Store::OverwriteMax || kStore == Store::AccumulateScaled;
+    auto cm = [cmax](int64_t col) { return kCol ? cmax + col : nullptr; };
     for (; n + NV * W <= Nv; n += NV * W) panel<RL, NV, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n));
     switch ((Nv - n) / W) {
       case 0: break;
