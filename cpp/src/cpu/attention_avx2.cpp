@@ -9,12 +9,12 @@ namespace detail {
 namespace cpu {
 namespace {
 // float: 24 query lanes per tile. QK block: 4 keys x 3 vectors = 12 accumulators + 3 query vectors + 1
-// broadcast of the 16 ymm registers (7 loads per 12 FMAs); PV block: 6 lanes x 2 value vectors = 12
-// accumulators (the 4 x 2 block of 8 left Zen 3's two 4-cycle FMA pipes no slack). Against 16 lanes with
-// 6 x 2 / 4 x 2 blocks this ran 1.1-1.3x faster on Zen 3 (bench/results/exact_avx2_tiles.json).
+// broadcast of the 16 ymm registers (7 loads per 12 FMAs); PV block (o^T): 4 value columns x 3 lane
+// vectors, the same shape. Against 16 lanes (6 x 2 / 4 x 2 blocks) 24 lanes ran 1.1-1.3x faster on Zen 3
+// (bench/results/exact_avx2_tiles.json).
 struct Avx2F32 {
   using T = float;
-  static constexpr int W = 8, NQV = 3, BK = 64, R = 4, RL = 6, NV = 2;
+  static constexpr int W = 8, NQV = 3, BK = 64, R = 4, RL = 4, NV = 3;
 };
 // float16 / bfloat16: 48 query lanes, QK in blocks of 3 vectors as above. Their K / V chunks are
 // converted as they are packed (one vector conversion, store and reload per 24 FMAs at 24 lanes, in a loop

@@ -8,7 +8,7 @@ namespace cpu {
 inline namespace ATTNKIT_ISA_NAMESPACE {
 
 // QK block: 6 keys x 4 vectors (64 query lanes) = 24 accumulators + 4 query vectors.
-// PV block: 6 lanes x 4 value vectors (64 columns) = 24 accumulators + 4 value vectors.
+// PV block (o^T): 6 value columns x 4 lane vectors = 24 accumulators + 4 probability vectors.
 struct Avx512F32 {
   using T = float;
   static constexpr int W = 16, NQV = 4, BK = 64, R = 6, RL = 6, NV = 4;

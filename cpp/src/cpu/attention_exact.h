@@ -90,7 +90,7 @@ struct ExactRun : ExactKernel<Cfg, St> {
     c.k_direct = p.k.stride[3] == 1;
     c.dot = lanes_per_block(p) <= kDotLanes;
     c.pair_qk = kPairDot && !c.dot && c.k_direct;
-    c.v_direct = !weights && p.v.stride[3] == 1 && p.Dv % W == 0;
+    c.v_direct = !weights && p.v.stride[3] == 1;
     c.weights = weights;
     c.prefetch = c.tiles == 1;
     const int64_t per_bg = c.nqblocks * c.tiles;

@@ -9,7 +9,9 @@
 //   - QK^T a register-blocked outer product: broadcast k[j][d] (read straight from the caller's K rows,
 //     no packing for float32/float64 row-contiguous inputs) times a vector of q^T[d][lanes];
 //   - the online-softmax max/sum vertical vector operations (no horizontal reductions);
-//   - PV another outer product: broadcast p[j][lane] times vectors of v[j][:] (V read in place too).
+//   - PV another outer product, into the output kept transposed too, o^T[d][lanes]: broadcast v[j][d]
+//     (V read in place too) times a vector of p[j][lanes]; the online-softmax rescale of o^T by the
+//     lanes' alpha vector rides on the product's stores (Store::AccumulateScaled), no pass of its own.
 // Extra memory is O(threads * (BQ * (D + Dv) + BK * (BQ + D + Dv))), never O(Sq * Sk).
 //
 // Masks. causal / window / key_lengths give each row a key range [lo, hi) (math/masks.h), or the problem
@@ -81,9 +83,9 @@ struct PairDotOf<Cfg, std::void_t<typename Cfg::PairDot>> {
 };
 
 /// Tile configuration: Cfg provides T (accumulator type), W (SIMD lanes), NQV (lane vectors per tile, so
-/// BQ = W * NQV lanes), BK (keys per chunk), R (keys per QK register block), RL (lanes per PV register
-/// block), NV (value vectors per PV register block) and optionally QV (lane vectors per QK register block,
-/// when the tile spans several).
+/// BQ = W * NQV lanes), BK (keys per chunk), R (keys per QK register block), RL (value columns per PV
+/// register block), NV (lane vectors per PV register block) and optionally QV (lane vectors per QK
+/// register block, when the tile spans several).
 template <class Cfg, class St>
 struct ExactKernel {
   using T = typename Cfg::T;
@@ -120,7 +122,7 @@ struct ExactKernel {
     int64_t qblock;       // query rows per block (tiles stay inside one): Sq, or the layout's bq
     int64_t nqblocks;     // ceil(Sq / qblock)
     int64_t tiles;        // tiles per query block
-    int64_t DvP;          // Dv padded to whole vectors
+    int64_t DvP;          // Dv padded to whole vectors (row stride of packed values)
     T qscale;          // applied to q.k
     T cap_in, cap_out; // softcap: s -> cap_out * tanh(s * cap_in)
     bool softcap, bias_tile, alibi;
@@ -148,8 +150,8 @@ struct ExactKernel {
     T* bT;      // [BK][BQ] additive bias/mask tile, when needed
     T* kbuf;    // [BK][D]  packed keys (when not read in place)
     T* vbuf;    // [BK][DvP] packed values
-    T* o;       // [BQ][DvP] output accumulator
-    T* o2;      // [BQ][DvP] long rows: o of the finished segments (see kSegmentChunks)
+    T* o;       // [Dv][BQ] output accumulator, transposed
+    T* o2;      // [Dv][BQ] long rows: o of the finished segments (see kSegmentChunks)
     T* l2;      // [BQ]      long rows: l of the finished segments
     T* m;       // [BQ] running max
     T* l;       // [BQ] running sum
@@ -180,7 +182,7 @@ struct ExactKernel {
   static std::size_t work_bytes(const Ctx& c) {
     const AttnProblem& p = *c.p;
     std::size_t n = 0;
-    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + 2 * BQ * c.DvP + 8 * BQ);
+    n += sizeof(T) * (p.D * BQ + kDotLanes * p.D + BK * BQ * 2 + BK * p.D + BK * c.DvP + 2 * BQ * p.Dv + 8 * BQ);
     n += sizeof(I) * 3 * BQ + sizeof(int64_t) * (2 * BQ + 2 * max_ranges(p)) + 21 * 64;
     if (kPairDot) n += sizeof(uint32_t) * (p.D + 1) / 2 * BQ;
     return n;
@@ -202,8 +204,8 @@ struct ExactKernel {
     w.bT = reinterpret_cast<T*>(take(sizeof(T) * BK * BQ));
     w.kbuf = reinterpret_cast<T*>(take(sizeof(T) * BK * p.D));
     w.vbuf = reinterpret_cast<T*>(take(sizeof(T) * BK * c.DvP));
-    w.o = reinterpret_cast<T*>(take(sizeof(T) * BQ * c.DvP));
-    w.o2 = reinterpret_cast<T*>(take(sizeof(T) * BQ * c.DvP));
+    w.o = reinterpret_cast<T*>(take(sizeof(T) * BQ * p.Dv));
+    w.o2 = reinterpret_cast<T*>(take(sizeof(T) * BQ * p.Dv));
     w.l2 = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.m = reinterpret_cast<T*>(take(sizeof(T) * BQ));
     w.l = reinterpret_cast<T*>(take(sizeof(T) * BQ));
@@ -264,9 +266,19 @@ struct ExactKernel {
     }
   }
 
-  /// o[lanes][:] += sum_j p[j][lane] * v[j][:]: probabilities broadcast over the value columns.
-  static void pv(const Work& w, const T* vp, int64_t ldv, int jn, int nl, int64_t DvP) {
-    Gemm::template gemm<RL, NV, Store::Accumulate>(nl, DvP, jn, w.sT, 1, BQ, vp, ldv, w.o, DvP);
+  /// o^T[d][lanes] = alpha[lanes] * o^T[d][lanes] + sum_j v[j][d] * p[j][lanes]: value elements broadcast
+  /// over the query lanes, the rescale folded into the stores.
+  static void pv(const Work& w, const T* vp, int64_t ldv, int jn, int64_t Dv) {
+    Gemm::template gemm<RL, NV, Store::AccumulateScaled>(Dv, BQ, jn, vp, 1, ldv, w.sT, BQ, w.o, BQ, T(1), w.alpha);
+  }
+
+  /// x^T[d][lanes] *= alpha[lanes] for d < Dv.
+  static void rescale(const Work& w, T* x, int64_t Dv) {
+    for (int64_t d = 0; d < Dv; ++d)
+      for (int v = 0; v < NQV; ++v) {
+        T* e = x + d * BQ + v * W;
+        S::store(e, S::load(e) * S::load(w.alpha + v * W));
+      }
   }
 
   /// pv for a chunk that holds a non-finite value AND keys masked for some lanes: a masked key's
@@ -274,15 +286,16 @@ struct ExactKernel {
   /// entries are never read"). Scalar; it only runs for such chunks.
   static void pv_masked(const Ctx& c, const Work& w, const T* vp, int64_t ldv, int64_t j0, int jn, int nl) {
     const int64_t Dv = c.p->Dv;
+    rescale(w, w.o, Dv);
     for (int l = 0; l < nl; ++l) {
-      T* o = w.o + l * c.DvP;
+      T* o = w.o + l;
       for (int j = 0; j < jn; ++j) {
         const int64_t kj = j0 + j;
         if (kj < w.lo[l] || kj >= w.hi[l]) continue;
         if (c.bias_tile && w.bT[j * BQ + l] == math::neg_inf<T>()) continue;
         const T pj = w.sT[j * BQ + l];
         const T* vr = vp + j * ldv;
-        for (int64_t d = 0; d < Dv; ++d) o[d] += pj * vr[d];
+        for (int64_t d = 0; d < Dv; ++d) o[d * BQ] += pj * vr[d];
       }
     }
   }
@@ -581,12 +594,13 @@ struct ExactKernel {
     const int nl = setup_lanes(c, w, t, inner_lo, inner_hi, &nranges);
     if (c.nsplit > 1)
       nranges = math::clip_ranges(w.kr, nranges, t.split * c.split_len, (t.split + 1) * c.split_len);
-    const int64_t DvP = c.DvP;
-    std::memset(w.o, 0, sizeof(T) * nl * DvP);
+    const int64_t Dv = p.Dv;
+    const std::size_t obytes = sizeof(T) * Dv * BQ;
+    std::memset(w.o, 0, obytes);
     V bmax[NQV];
     bool segmented = false;  // (o2, l2) hold finished segments
-    auto rescale = [&](T* o, T a) {
-      for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o + d) * a);
+    auto add_into = [&](T* dst, const T* src) {
+      for (int64_t e = 0; e < Dv * BQ; e += W) S::store(dst + e, S::load(dst + e) + S::load(src + e));
     };
     for_each_chunk(w, nranges, [&](int64_t j0, int jn) {
       if (c.prefetch) {  // this chunk's values, read after the scores (keys are read row by row)
@@ -594,52 +608,40 @@ struct ExactKernel {
       }
       const bool masked = compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
       softmax_update(w, jn, bmax);
-      for (int l = 0; l < nl; ++l) {
-        const T a = w.alpha[l];
-        if (a != T(1)) {
-          rescale(w.o + l * DvP, a);
-          if (segmented) {
-            rescale(w.o2 + l * DvP, a);
-            w.l2[l] *= a;
-          }
-        }
+      if (segmented) {
+        rescale(w, w.o2, Dv);
+        for (int v = 0; v < NQV; ++v) S::store(w.l2 + v * W, S::load(w.l2 + v * W) * S::load(w.alpha + v * W));
       }
       int64_t ldv;
       const T* vp = value_rows(c, w, t.b, t.hkv, j0, jn, ldv);
       if (masked && !values_finite(c, t.b, t.hkv) && !rows_finite<T, W>(vp, ldv, jn, p.Dv))
         pv_masked(c, w, vp, ldv, j0, jn, nl);
       else
-        pv(w, vp, ldv, jn, nl, DvP);
+        pv(w, vp, ldv, jn, Dv);
     }, [&] {
       if (!segmented) {
-        std::memset(w.o2, 0, sizeof(T) * nl * DvP);
-        for (int l = 0; l < nl; ++l) w.l2[l] = T(0);
+        std::memset(w.o2, 0, obytes);
+        for (int l = 0; l < BQ; ++l) w.l2[l] = T(0);
         segmented = true;
       }
-      for (int l = 0; l < nl; ++l) {
-        T* o = w.o + l * DvP;
-        T* o2 = w.o2 + l * DvP;
-        for (int64_t d = 0; d < DvP; d += W) S::store(o2 + d, S::load(o2 + d) + S::load(o + d));
-        std::memset(o, 0, sizeof(T) * DvP);
+      add_into(w.o2, w.o);
+      std::memset(w.o, 0, obytes);
+      for (int l = 0; l < BQ; ++l) {
         w.l2[l] += w.l[l];
         w.l[l] = T(0);
       }
     });
-    if (segmented)
-      for (int l = 0; l < nl; ++l) {
-        T* o = w.o + l * DvP;
-        const T* o2 = w.o2 + l * DvP;
-        for (int64_t d = 0; d < DvP; d += W) S::store(o + d, S::load(o2 + d) + S::load(o + d));
-        w.l[l] += w.l2[l];
-      }
+    if (segmented) {
+      add_into(w.o, w.o2);
+      for (int l = 0; l < BQ; ++l) w.l[l] += w.l2[l];
+    }
     // Finalise: out = o / l, lse = m + log l; empty rows give 0 and -inf, NaN stays NaN.
     if (c.nsplit > 1) {  // a partial result, merged by merge_tile
       const int64_t base = (t.index * c.nsplit + t.split) * BQ;
       for (int l = 0; l < nl; ++l) {
         const T sc = math::softmax_out_scale(w.m[l], w.l[l]);
-        const T* o = w.o + l * DvP;
-        T* dst = c.part_o + (base + l) * p.Dv;
-        for (int64_t d = 0; d < p.Dv; ++d) dst[d] = o[d] * sc;
+        T* dst = c.part_o + (base + l) * Dv;
+        for (int64_t d = 0; d < Dv; ++d) dst[d] = w.o[d * BQ + l] * sc;
         c.part_lse[base + l] = math::softmax_lse(w.m[l], w.l[l]);
       }
       return;
@@ -648,8 +650,13 @@ struct ExactKernel {
       const T sc = math::softmax_out_scale(w.m[l], w.l[l]);
       St* dst = static_cast<St*>(p.out) + t.b * p.out_stride[0] + w.head[l] * p.out_stride[1] +
                 w.row[l] * p.out_stride[2];
-      const T* o = w.o + l * DvP;
-      store_row_scaled(o, sc, p.Dv, dst, p.out_stride[3]);
+      // o^T holds the row's dims BQ apart: gathered 64 at a time for store_row_scaled's vector rounding
+      T row[64];
+      for (int64_t d0 = 0; d0 < Dv; d0 += 64) {
+        const int64_t n = std::min<int64_t>(64, Dv - d0);
+        for (int64_t d = 0; d < n; ++d) row[d] = w.o[(d0 + d) * BQ + l];
+        store_row_scaled(row, sc, n, dst + d0 * p.out_stride[3], p.out_stride[3]);
+      }
       if (p.lse) {
         T* lse = static_cast<T*>(p.lse) + t.b * p.lse_stride[0] + w.head[l] * p.lse_stride[1] +
                  w.row[l] * p.lse_stride[2];

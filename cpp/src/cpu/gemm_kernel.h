@@ -6,6 +6,8 @@
 //   C[m][n] += scale * sum_k A(m, k) * B[k][n]       (Store::Accumulate)
 //   as Overwrite, and cmax[n] = max(cmax[n], C[0][n], ..., C[M-1][n])   (Store::OverwriteMax: the column
 //   maxima in row order, as S::vmax(cmax, C[m]) would give them; the exact kernel's chunk max)
+//   C[m][n] = C[m][n] * cmax[n] + scale * sum_k ...   (Store::AccumulateScaled: cmax holds a scale per
+//   column, one FMA per stored element; the exact kernel's online-softmax rescale of o^T)
 //
 // A is read element by element through two strides, A(m, k) = a[m * am + k * ak] (so a transposed or
 // row-major A costs the same: each element is broadcast), B and C by rows of vectors. This is the
@@ -25,7 +27,7 @@ namespace detail {
 namespace cpu {
 inline namespace ATTNKIT_ISA_NAMESPACE {
 
-enum class Store { Overwrite, Accumulate, OverwriteMax };
+enum class Store { Overwrite, Accumulate, OverwriteMax, AccumulateScaled };
 
 /// The B operand of a product from stored rows: rows [j0, j0 + n) of head (b, h) of a [B, H, S, N] view of
 /// storage type St, as rows of T. Read in place (ld = the view's row stride) when `direct` says they already
@@ -78,12 +80,14 @@ struct MicroGemm {
   static inline void store_block(const V (&acc)[RR][NVV], T scale, T* __restrict c, int64_t ldc, T* __restrict cmax) {
     for (int v = 0; v < NVV; ++v) {
       V mx{};
-      if (kStore == Store::OverwriteMax) mx = S::load(cmax + v * W);
+      if (kStore == Store::OverwriteMax || kStore == Store::AccumulateScaled) mx = S::load(cmax + v * W);
       for (int r = 0; r < RR; ++r) {
         T* dst = c + r * ldc + v * W;
         const V x = acc[r][v] * scale;
         if (kStore == Store::Accumulate)
           S::store(dst, S::load(dst) + x);
+        else if (kStore == Store::AccumulateScaled)
+          S::store(dst, S::load(dst) * mx + x);
         else
           S::store(dst, x);
         if (kStore == Store::OverwriteMax) mx = S::vmax(mx, x);
@@ -116,14 +120,15 @@ struct MicroGemm {
   /// The whole product: column panels of NV vectors (then one of the remaining whole vectors, then a
   /// scalar tail for N % W), each over all M rows in blocks of RL (<= 8). Every element of C is one
   /// register's sum over k in order, so the blocking never changes the result.
-  /// cmax: N column maxima, for Store::OverwriteMax only.
+  /// cmax: N column maxima for Store::OverwriteMax, N column scales for Store::AccumulateScaled.
   template <int RL, int NV, Store kStore>
   static void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb,
                    T* c, int64_t ldc, T scale = T(1), T* cmax = nullptr) {
     static_assert(RL >= 1 && RL <= 8, "row blocks of 1..8");
     const int64_t Nv = N / W * W;
     int64_t n = 0;
-    auto cm = [cmax](int64_t col) { return kStore == Store::OverwriteMax ? cmax + col : nullptr; };
+    constexpr bool kCol = kStore == Store::OverwriteMax || kStore == Store::AccumulateScaled;
+    auto cm = [cmax](int64_t col) { return kCol ? cmax + col : nullptr; };
     for (; n + NV * W <= Nv; n += NV * W) panel<RL, NV, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n));
     switch ((Nv - n) / W) {
       case 0: break;
@@ -137,7 +142,7 @@ struct MicroGemm {
         for (int64_t k = 0; k < K; ++k) acc += a[m * am + k * ak] * b[k * ldb + n];
         T* dst = c + m * ldc + n;
         const T x = acc * scale;
-        *dst = kStore == Store::Accumulate ? *dst + x : x;
+        *dst = kStore == Store::Accumulate ? *dst + x : kStore == Store::AccumulateScaled ? *dst * cmax[n] + x : x;
         if (kStore == Store::OverwriteMax) cmax[n] = cmax[n] > x ? cmax[n] : x;
       }
   }
