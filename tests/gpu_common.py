@@ -421,3 +421,57 @@ def decode_strided_inputs(rng, dtype):
     k = randn(rng, (B, Hkv, Sk, D + 8), dtype)[..., :D]
     v = np.broadcast_to(randn(rng, (1, Hkv, Sk, D), dtype), (B, Hkv, Sk, D))
     return q, k, v
+
+
+# ----------------------------------------------------------------------------------------- shared checks
+def same_nonfinite_close(got, want, what="out", atol=0.0, rtol=0.0):
+    """The device result against the CPU backend's where both may hold NaN / Inf: the same NaN and infinite
+    entries (signs included), the finite ones within atol + rtol * |want|."""
+    got, want = to_f64(got), to_f64(want)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaN entries differ from the CPU backend"
+    assert np.array_equal(np.isinf(got), np.isinf(want)), f"{what}: infinite entries differ from the CPU backend"
+    inf = np.isinf(want)
+    assert np.array_equal(got[inf], want[inf]), f"{what}: signs of the infinite entries differ"
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(got[fin], want[fin], rtol=rtol, atol=atol, err_msg=what)
+
+
+_PERFORMER_SCRIPT = """
+import sys
+import cupy, numpy as np, attnkit
+d = np.load(sys.argv[1], allow_pickle=True)
+res = {}
+for name in d["names"]:
+    kw = d[name + ":kw"].item()
+    args = [cupy.asarray(d[name + ":" + x]) for x in "qkvw"]
+    res[name] = cupy.asnumpy(attnkit.performer_attention(*args, **kw))
+res["enabled"] = np.array(attnkit._core.cuda_has_kernel(sys.argv[3]))
+np.savez(sys.argv[2], **res)
+"""
+
+
+def performer_in_subprocess(rng, tmp_path, cases, env, gate):
+    """performer_attention on float16 CuPy arrays in a fresh process with the environment variables env (the
+    CUDA tuning is read once per process) and ATTNKIT_CUDA_UNVERIFIED=1, for each case name -> (B, Hq, Hkv, S,
+    Sk, D, Dv, m, kwargs), against the CPU backend and the oracle; prints whether the internal name gate was
+    enabled there."""
+    import subprocess
+    import sys
+
+    arrays, data = {"names": np.array(list(cases))}, {}
+    for name, (B, Hq, Hkv, S, Sk, D, Dv, m, kw) in cases.items():
+        q, k, v = qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, F16, 0.5)
+        w = attnkit.random_features(m, D, seed=m, dtype=F32)
+        data[name] = (q, k, v, w, kw)
+        arrays.update({name + ":q": q, name + ":k": k, name + ":v": v, name + ":w": w,
+                       name + ":kw": np.array(kw, dtype=object)})
+    np.savez(tmp_path / "in.npz", **arrays)
+    r = subprocess.run([sys.executable, "-c", _PERFORMER_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz"),
+                        gate], env=dict(os.environ, ATTNKIT_CUDA_UNVERIFIED="1", **env), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    print(f"{env}: {gate} enabled: {bool(got['enabled'])}")
+    for name, (q, k, v, w, kw) in data.items():
+        close3(got[name], attnkit.performer_attention(q, k, v, w, **kw), ref.performer_attention(q, k, v, w, **kw),
+               ref.performer_attention(q, k, v, w, _dtype=naive_dtype(F16), **kw), F16, what=name)

@@ -18,7 +18,7 @@ import attnkit
 from attnkit._tuning import tuning
 
 from conftest import ATOL, randn
-from gpu_common import DT, FAKE, GPU_MARKS, gpu_run, need, qkv, same
+from gpu_common import DT, FAKE, GPU_MARKS, gpu_run, need, qkv, same, same_nonfinite_close
 from gpu_common import decode_case as C, decode_check, decode_inputs as _inputs, decode_params, decode_strided_inputs
 from gpu_common import masked_rows_mask as _masked_rows_mask, neg_inf_bias as _neg_inf_bias, random_mask as _mask
 
@@ -135,16 +135,6 @@ def test_decode_v3_fully_masked_rows(rng, dtype):
     assert (np.asarray(out, np.float64)[:, :, :2] == 0).all() and np.isneginf(np.asarray(lse)[:, :, :2]).all()
 
 
-def _same_nonfinite_close(got, want, what, tol):
-    got, want = np.asarray(got).astype(np.float64), np.asarray(want).astype(np.float64)
-    assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaN entries differ from the CPU backend"
-    assert np.array_equal(np.isinf(got), np.isinf(want)), f"{what}: infinite entries differ from the CPU backend"
-    inf = np.isinf(want)
-    assert np.array_equal(got[inf], want[inf]), f"{what}: infinite entries differ from the CPU backend"
-    fin = np.isfinite(want)
-    assert np.abs(got[fin] - want[fin]).max(initial=0.0) <= tol, what
-
-
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("kw", [dict(causal=True), dict(window=(30, 5)), dict(causal=True, key_lengths=[300, 260])],
@@ -164,8 +154,8 @@ def test_decode_v3_nonfinite_masked_keys(rng, dtype, D, kw):
     with tuning(cuda_decode=0):
         out, lse = gpu_run(attnkit.attention, q, k, v, return_lse=True, **kw)
     c_out, c_lse = attnkit.attention(q, k, v, return_lse=True, **kw)
-    _same_nonfinite_close(out, c_out, "out", 8 * ATOL[np.dtype(dt)])
-    _same_nonfinite_close(lse, c_lse, "lse", 1e-4)
+    same_nonfinite_close(out, c_out, "out", atol=8 * ATOL[np.dtype(dt)])
+    same_nonfinite_close(lse, c_lse, "lse", atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(0, 8, 2, 1, 50), (1, 8, 2, 0, 50), (1, 8, 2, 1, 0), (2, 4, 1, 3, 0)],

@@ -12,6 +12,7 @@ from attnkit._array import acc_dtype
 
 from conftest import BF16, DTYPE_IDS, DTYPES, magnitude, naive_dtype, randn
 from gpu_common import F16, F32, F64, FAKE, GPU_MARKS, SANITIZER, close3, dev, gpu_run, host, need, qkv, same
+from gpu_common import performer_in_subprocess, same_nonfinite_close
 
 pytestmark = GPU_MARKS
 
@@ -195,28 +196,12 @@ def test_performer_mma_nonfinite(rng, causal):
     g = gpu_run(attnkit.performer_attention, q, k, v, w, causal=causal).astype(np.float64)
     c = attnkit.performer_attention(q, k, v, w, causal=causal).astype(np.float64)
     assert np.isnan(c).any() and np.isinf(c).any() and np.isfinite(c).any()
-    assert np.array_equal(np.isnan(g), np.isnan(c)), "NaN entries differ from the CPU backend"
-    assert np.array_equal(np.isinf(g), np.isinf(c)), "Inf entries differ from the CPU backend"
-    assert np.array_equal(g[np.isinf(g)], c[np.isinf(c)]), "signs of the Inf entries differ"
-    fin = np.isfinite(c)
-    np.testing.assert_allclose(g[fin], c[fin], rtol=1e-2, atol=2e-3)
+    same_nonfinite_close(g, c, rtol=1e-2, atol=2e-3)
 
 
 # The products the tensor-core path takes over (ATTNKIT_PERFORMER_MMA, a bit mask read once per process, so
 # each variant runs in a subprocess; 0 = the SIMT v2 kernels), the causal 32-row tiles (chunk 32) and short
 # bidirectional key segments, float16, against the CPU backend and the oracle.
-_PMMA_SCRIPT = """
-import sys
-import cupy, numpy as np, attnkit
-d = np.load(sys.argv[1], allow_pickle=True)
-res = {}
-for name in d["names"]:
-    kw = d[name + ":kw"].item()
-    args = [cupy.asarray(d[name + ":" + x]) for x in "qkvw"]
-    res[name] = cupy.asnumpy(attnkit.performer_attention(*args, **kw))
-res["enabled"] = np.array(attnkit._core.cuda_has_kernel("performer_attention_mma"))
-np.savez(sys.argv[2], **res)
-"""
 _PMMA_VARIANTS = {"7": {}, "1": {}, "2": {}, "4": {}, "0": {}, "7-chunk32": dict(ATTNKIT_LINEAR_CUDA_CHUNK="32"),
                   "7-chunk200-seg64": dict(ATTNKIT_LINEAR_CUDA_CHUNK="200", ATTNKIT_LINEAR_CUDA_SEG="64")}
 
@@ -226,10 +211,6 @@ def test_performer_mma_variants(rng, tmp_path, variant):
     need("performer_attention")
     if FAKE or SANITIZER:
         pytest.skip("runs CuPy in a subprocess")
-    import os
-    import subprocess
-    import sys
-
     cases = {
         "causal": (2, 4, 2, 300, 300, 64, 64, 64, dict(causal=True)),
         "causal-lens": (2, 2, 1, 150, 150, 128, 40, 256, dict(causal=True, key_lengths=[150, 33])),
@@ -237,25 +218,8 @@ def test_performer_mma_variants(rng, tmp_path, variant):
         "bidir-lens": (2, 4, 2, 150, 700, 64, 64, 128, dict(causal=False, key_lengths=[700, 130])),
         "bidir-D32": (1, 2, 1, 90, 333, 32, 80, 512, dict(causal=False)),
     }
-    arrays = {"names": np.array(list(cases))}
-    data = {}
-    for name, (B, Hq, Hkv, S, Sk, D, Dv, m, kw) in cases.items():
-        q, k, v = qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, F16, 0.5)
-        w = attnkit.random_features(m, D, seed=m, dtype=F32)
-        data[name] = (q, k, v, w, kw)
-        arrays.update({name + ":q": q, name + ":k": k, name + ":v": v, name + ":w": w,
-                       name + ":kw": np.array(kw, dtype=object)})
-    np.savez(tmp_path / "in.npz", **arrays)
-    env = dict(os.environ, ATTNKIT_PERFORMER_MMA=variant.split("-")[0], ATTNKIT_CUDA_UNVERIFIED="1",
-               **_PMMA_VARIANTS[variant])
-    r = subprocess.run([sys.executable, "-c", _PMMA_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = np.load(tmp_path / "out.npz")
-    print(f"variant {variant}: performer_attention_mma enabled: {bool(got['enabled'])}")
-    for name, (q, k, v, w, kw) in data.items():
-        close3(got[name], attnkit.performer_attention(q, k, v, w, **kw), ref.performer_attention(q, k, v, w, **kw),
-               ref.performer_attention(q, k, v, w, _dtype=naive_dtype(F16), **kw), F16, what=name)
+    env = dict(ATTNKIT_PERFORMER_MMA=variant.split("-")[0], **_PMMA_VARIANTS[variant])
+    performer_in_subprocess(rng, tmp_path, cases, env, "performer_attention_mma")
 
 
 def test_random_features_on_device(rng):

@@ -15,7 +15,8 @@ from attnkit import reference as ref
 from attnkit._array import acc_dtype
 
 from conftest import BF16, naive_dtype
-from gpu_common import F16, F32, FAKE, GPU_MARKS, SANITIZER, close3, gpu_run, need, qkv, same
+from gpu_common import F16, F32, FAKE, GPU_MARKS, SANITIZER, close3, gpu_run, need, performer_in_subprocess, qkv, same
+from gpu_common import same_nonfinite_close
 
 pytestmark = GPU_MARKS
 
@@ -95,28 +96,12 @@ def test_performer_mma2_nonfinite(rng):
         g = gpu_run(attnkit.performer_attention, q, k, v, w).astype(np.float64)
         c = attnkit.performer_attention(q, k, v, w).astype(np.float64)
         assert np.isnan(c).any() and np.isinf(c).any() and np.isfinite(c).any()
-        assert np.array_equal(np.isnan(g), np.isnan(c)), "NaN entries differ from the CPU backend"
-        assert np.array_equal(np.isinf(g), np.isinf(c)), "Inf entries differ from the CPU backend"
-        assert np.array_equal(g[np.isinf(g)], c[np.isinf(c)]), "signs of the Inf entries differ"
-        fin = np.isfinite(c)
-        np.testing.assert_allclose(g[fin], c[fin], rtol=2e-2, atol=2e-3)
+        same_nonfinite_close(g, c, rtol=2e-2, atol=2e-3)
 
 
 # The path's tuning (ATTNKIT_PERFORMER_MMA2 / _SEG, read once per process, so each variant runs in a
 # subprocess; float16 only: bfloat16 device arrays need PyTorch): short key segments (many partial states),
 # the default, and the path turned off, against the CPU backend and the oracle.
-_M2_SCRIPT = """
-import sys
-import cupy, numpy as np, attnkit
-d = np.load(sys.argv[1], allow_pickle=True)
-res = {}
-for name in d["names"]:
-    kw = d[name + ":kw"].item()
-    args = [cupy.asarray(d[name + ":" + x]) for x in "qkvw"]
-    res[name] = cupy.asnumpy(attnkit.performer_attention(*args, **kw))
-res["enabled"] = np.array(attnkit._core.cuda_has_kernel("performer_attention_mma2"))
-np.savez(sys.argv[2], **res)
-"""
 _M2_VARIANTS = {"default": {}, "seg64": dict(ATTNKIT_PERFORMER_MMA2_SEG="64"), "off": dict(ATTNKIT_PERFORMER_MMA2="0")}
 
 
@@ -125,31 +110,9 @@ def test_performer_mma2_variants(rng, tmp_path, variant):
     need("performer_attention")
     if FAKE or SANITIZER:
         pytest.skip("runs CuPy in a subprocess")
-    import os
-    import subprocess
-    import sys
-
     cases = {
         "lens": (2, 4, 2, 150, 1300, 64, 64, 128, dict(key_lengths=[1300, 130])),
         "D128": (1, 2, 1, 90, 333, 128, 32, 256, {}),
         "D32-Dv128": (1, 2, 2, 65, 700, 32, 128, 64, dict(scale=0.5)),
     }
-    arrays = {"names": np.array(list(cases))}
-    data = {}
-    for name, case in cases.items():
-        B, Hq, Hkv, S, Sk, D, Dv, m, kw = case
-        q, k, v = qkv(rng, B, Hq, Hkv, S, Sk, D, Dv, F16, 0.5)
-        w = attnkit.random_features(m, D, seed=m, dtype=F32)
-        data[name] = (q, k, v, w, kw)
-        arrays.update({name + ":q": q, name + ":k": k, name + ":v": v, name + ":w": w,
-                       name + ":kw": np.array(kw, dtype=object)})
-    np.savez(tmp_path / "in.npz", **arrays)
-    env = dict(os.environ, ATTNKIT_CUDA_UNVERIFIED="1", **_M2_VARIANTS[variant])
-    r = subprocess.run([sys.executable, "-c", _M2_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = np.load(tmp_path / "out.npz")
-    print(f"variant {variant}: performer_attention_mma2 enabled: {bool(got['enabled'])}")
-    for name, (q, k, v, w, kw) in data.items():
-        close3(got[name], attnkit.performer_attention(q, k, v, w, **kw), ref.performer_attention(q, k, v, w, **kw),
-               ref.performer_attention(q, k, v, w, _dtype=naive_dtype(F16), **kw), F16, what=name)
+    performer_in_subprocess(rng, tmp_path, cases, _M2_VARIANTS[variant], "performer_attention_mma2")
