@@ -85,16 +85,7 @@ const LinearCudaTuning& linear_cuda_tuning() {
 template <class T>
 void run_linear(const LinearProblem& p, cudaStream_t stream) {
   using A = acc_t<T>;
-  LinArgs a{};
-  a.B = p.B;
-  a.Hq = p.Hq;
-  a.Hkv = p.Hkv;
-  a.S = p.S;
-  a.Sk = p.Sk;
-  a.D = p.D;
-  a.Dv = p.Dv;
-  a.F = p.F;
-  a.G = p.group();
+  LinArgs a = lin_args(p);
   const LinearCudaTuning& tune = linear_cuda_tuning();
   // v2 (linear_v2.cuh) where enabled; its row kernels index a tile's F columns with int.
   const bool v2 = !tune.v1 && has_kernel(p.projected() ? "performer_attention_v2" : "linear_attention_v2") &&
@@ -103,7 +94,6 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   const int pm = v2 ? performer_mma_wanted<T>(p) : 0;
   const int64_t v2_chunk = tune.causal_chunk > 0 ? tune.causal_chunk : (p.projected() ? 128 : 64);
   a.C = p.chunk > 0 ? p.chunk : (p.causal ? (v2 ? v2_chunk : kDefaultCausalChunk) : kDefaultBidirectionalChunk);
-  copy_linear_operands(a, p);
   a.out = p.out;
   a.map = p.map;
   a.proj = p.projected();

@@ -49,6 +49,23 @@ struct LinArgs {
   void* states;            // bidirectional: [B * Hkv][F * Dv + F] of A
 };
 
+/// LinArgs' shape fields and operands (pointers and strides) from a problem: what run_linear and the fused
+/// Performer path (performer_mma2.cuh) both fill first; C and the map's fields are the caller's.
+inline LinArgs lin_args(const LinearProblem& p) {
+  LinArgs a{};
+  a.B = p.B;
+  a.Hq = p.Hq;
+  a.Hkv = p.Hkv;
+  a.S = p.S;
+  a.Sk = p.Sk;
+  a.D = p.D;
+  a.Dv = p.Dv;
+  a.F = p.F;
+  a.G = p.group();
+  copy_linear_operands(a, p);
+  return a;
+}
+
 __device__ __forceinline__ int64_t key_count(const LinArgs& a, int64_t b) {
   return a.len ? load_int(a.len, a.len_dtype, b * a.len_stride) : a.Sk;
 }

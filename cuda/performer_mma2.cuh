@@ -515,18 +515,8 @@ bool run(const LinearProblem& p, int64_t seg, cudaStream_t stream) {
     return false;
   // LinArgs as linear.cu's run_linear fills them for this map (the fields the kernels here and the shared
   // key_max_kernel / state_in_factor / store_out read).
-  LinArgs a{};
-  a.B = p.B;
-  a.Hq = p.Hq;
-  a.Hkv = p.Hkv;
-  a.S = p.S;
-  a.Sk = p.Sk;
-  a.D = p.D;
-  a.Dv = p.Dv;
-  a.F = p.F;
-  a.G = p.group();
+  LinArgs a = lin_args(p);
   a.C = p.chunk > 0 ? p.chunk : 128;  // linear.cu's kDefaultBidirectionalChunk: key_max_kernel's first chunk
-  copy_linear_operands(a, p);
   a.out = p.out;
   a.map = p.map;
   a.proj = true;
