@@ -85,7 +85,7 @@ const LinearCudaTuning& linear_cuda_tuning() {
 template <class T>
 void run_linear(const LinearProblem& p, cudaStream_t stream) {
   using A = acc_t<T>;
-  LinArgs a = lin_args(p);
+  LinArgs a = lin_args<A>(p);
   const LinearCudaTuning& tune = linear_cuda_tuning();
   // v2 (linear_v2.cuh) where enabled; its row kernels index a tile's F columns with int.
   const bool v2 = !tune.v1 && has_kernel(p.projected() ? "performer_attention_v2" : "linear_attention_v2") &&
@@ -94,23 +94,10 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
   const int pm = v2 ? performer_mma_wanted<T>(p) : 0;
   const int64_t v2_chunk = tune.causal_chunk > 0 ? tune.causal_chunk : (p.projected() ? 128 : 64);
   a.C = p.chunk > 0 ? p.chunk : (p.causal ? (v2 ? v2_chunk : kDefaultCausalChunk) : kDefaultBidirectionalChunk);
-  a.out = p.out;
-  a.map = p.map;
   a.proj = p.projected();
   a.stab = p.stabilized();
-  a.normalize = p.normalize;
-  a.eps = p.eps;
-  a.half_log_m = 0.5 * std::log(static_cast<double>(p.F));
-  // As the CPU: sqrt(scale) and scale / 2 are each rounded once to A (from double).
+  // As the CPU: sqrt(scale) and scale / 2 (lin_args) are each rounded once to A (from double).
   const A fs = static_cast<A>(p.feature_scale);
-  a.half_scale = static_cast<double>(static_cast<A>(0.5 * p.feature_scale * p.feature_scale));
-  a.len = p.key_lengths.present ? p.key_lengths.data : nullptr;
-  a.len_dtype = p.key_lengths.dtype;
-  a.len_stride = p.key_lengths.stride[0];
-  a.s_in = p.state_in.present ? p.state_in.data : nullptr;
-  a.z_in = p.state_in.present ? p.z_in.data : nullptr;
-  a.s_out = p.state_out;
-  a.z_out = p.z_out;
 
   const int64_t F = p.F, Dv = p.Dv, C = a.C;
   const int64_t wS_elems = a.proj ? F * p.D : 0;

@@ -4,6 +4,7 @@
 // features' statistics and exponentials, the query map), used by both the bidirectional
 // (linear_bidirectional.cuh) and the causal (linear_causal.cuh) forms. Included by linear.cu only.
 
+#include <cmath>
 #include <cstdint>
 
 #include "attnkit/math/feature_maps.h"
@@ -49,8 +50,10 @@ struct LinArgs {
   void* states;            // bidirectional: [B * Hkv][F * Dv + F] of A
 };
 
-/// LinArgs' shape fields and operands (pointers and strides) from a problem: what run_linear and the fused
-/// Performer path (performer_mma2.cuh) both fill first; C and the map's fields are the caller's.
+/// LinArgs from a problem: shapes, operands (pointers and strides), the map's problem-given fields and the
+/// optional arrays, as run_linear and the fused Performer path (performer_mma2.cuh) both need them; A is the
+/// accumulator type (half_scale is rounded to it once, as the CPU does). C, proj and stab are the caller's.
+template <class A>
 inline LinArgs lin_args(const LinearProblem& p) {
   LinArgs a{};
   a.B = p.B;
@@ -62,6 +65,19 @@ inline LinArgs lin_args(const LinearProblem& p) {
   a.Dv = p.Dv;
   a.F = p.F;
   a.G = p.group();
+  a.out = p.out;
+  a.map = p.map;
+  a.normalize = p.normalize;
+  a.eps = p.eps;
+  a.half_log_m = 0.5 * std::log(static_cast<double>(p.F));
+  a.half_scale = static_cast<double>(static_cast<A>(0.5 * p.feature_scale * p.feature_scale));
+  a.len = p.key_lengths.present ? p.key_lengths.data : nullptr;
+  a.len_dtype = p.key_lengths.dtype;
+  a.len_stride = p.key_lengths.stride[0];
+  a.s_in = p.state_in.present ? p.state_in.data : nullptr;
+  a.z_in = p.state_in.present ? p.z_in.data : nullptr;
+  a.s_out = p.state_out;
+  a.z_out = p.z_out;
   copy_linear_operands(a, p);
   return a;
 }

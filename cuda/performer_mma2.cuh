@@ -515,23 +515,10 @@ bool run(const LinearProblem& p, int64_t seg, cudaStream_t stream) {
     return false;
   // LinArgs as linear.cu's run_linear fills them for this map (the fields the kernels here and the shared
   // key_max_kernel / state_in_factor / store_out read).
-  LinArgs a = lin_args(p);
+  LinArgs a = lin_args<float>(p);
   a.C = p.chunk > 0 ? p.chunk : 128;  // linear.cu's kDefaultBidirectionalChunk: key_max_kernel's first chunk
-  a.out = p.out;
-  a.map = p.map;
   a.proj = true;
   a.stab = true;
-  a.normalize = p.normalize;
-  a.eps = p.eps;
-  a.half_log_m = 0.5 * std::log(static_cast<double>(p.F));
-  a.half_scale = static_cast<double>(static_cast<float>(0.5 * p.feature_scale * p.feature_scale));
-  a.len = p.key_lengths.present ? p.key_lengths.data : nullptr;
-  a.len_dtype = p.key_lengths.dtype;
-  a.len_stride = p.key_lengths.stride[0];
-  a.s_in = p.state_in.present ? p.state_in.data : nullptr;
-  a.z_in = p.state_in.present ? p.z_in.data : nullptr;
-  a.s_out = p.state_out;
-  a.z_out = p.z_out;
   // The kernels' 32-bit block index math.
   const int64_t lim = int64_t{1} << 31;
   if (p.B * p.Hkv * ceil_div(p.Sk, kRows) >= lim || p.B * p.Hq * ceil_div(p.S, kRows) >= lim ||
