@@ -36,20 +36,8 @@ unsigned grid_for(int64_t items, std::size_t, int) { return static_cast<unsigned
 }}}}
 #include "dla_decode.emu.inc"
 #include "dla_decode_v2.emu.inc"
-using namespace attnkit;
-using namespace attnkit::detail;
-namespace attnkit { namespace detail {
-void assert_failed(const char*, const char*, const char*, int) { throw std::runtime_error("assert"); }
-namespace cpu { [[noreturn]] void out_of_memory(const char*, std::size_t) { throw std::runtime_error("oom"); }
-void dla_generic(const DLAProblem& p); }
-}}
-static uint64_t rs = 7;
-static double urand() { rs = rs * 6364136223846793005ULL + 1442695040888963407ULL; return ((rs >> 11) * (1.0 / 9007199254740992.0)); }
-static int fails = 0;
-
-template <class T> struct Buf {
-  std::vector<T> out, states, info, scores; std::vector<int64_t> counts, starts, size, merged; std::vector<uint8_t> bnd;
-};
+#define DLA_HARNESS_SEED 7
+#include "dla_harness.h"
 
 // One decode step: B = 2, H = 2 items whose caches hold m = mcache[item] entries; kernel 0 = CPU, 1 = v1, 2 = v2.
 template <class T>

@@ -15,20 +15,8 @@ template <class X>
 X __shfl_down_sync(unsigned, X x, int) { return x; }  // dla_common.cuh's warp_sum (unused here)
 struct float4 { float x, y, z, w; };  // the kernel's 16-byte shared-memory loads
 #include "dla_v2_body.inc"
-using namespace attnkit;
-using namespace attnkit::detail;
-namespace attnkit { namespace detail {
-void assert_failed(const char*, const char*, const char*, int) { throw std::runtime_error("assert"); }
-namespace cpu { [[noreturn]] void out_of_memory(const char*, std::size_t) { throw std::runtime_error("oom"); }
-void dla_generic(const DLAProblem& p); }
-}}
-static uint64_t rs = 11;
-static double urand() { rs = rs * 6364136223846793005ULL + 1442695040888963407ULL; return ((rs >> 11) * (1.0 / 9007199254740992.0)); }
-static int fails = 0;
-
-template <class T> struct Buf {
-  std::vector<T> out, states, info, scores; std::vector<int64_t> counts, starts, size, merged; std::vector<uint8_t> bnd;
-};
+#define DLA_HARNESS_SEED 11
+#include "dla_harness.h"
 
 template <class T>
 void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_t chunk, double tau, bool decay,
