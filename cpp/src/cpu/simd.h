@@ -16,7 +16,17 @@
 #include "attnkit/math/softmax.h"
 
 #if defined(__SSE2__)
+// GCC 12 reports its own _mm512_undefined_* idiom (`__m512 __Y = __Y;`) inside avx512fintrin.h as
+// (maybe-)uninitialized once inlined (GCC bug 105593, fixed in 12.3 / 13): silence it for that header only.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
 #endif
 
 namespace attnkit {
