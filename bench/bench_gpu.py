@@ -277,6 +277,11 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
                 row[f"{name}_tokens_per_s"] = B * S / t
             else:
                 row[f"{name}_note"] = note
+        # performer_causal runs the tensor-core causal path (cuda/performer_causal_mma.cuh) where it is enabled
+        # (gated; ATTNKIT_PERFORMER_CAUSAL_MMA=0 turns it off); gpu_sweeps' "v2 pcausal-off" row is the previous path.
+        has = getattr(attnkit._core, "cuda_has_kernel", None)
+        row["performer_causal_mma"] = bool(has and has("performer_attention_mma2_causal")) and \
+            os.environ.get("ATTNKIT_PERFORMER_CAUSAL_MMA") != "0"
         for name in ("linear", "performer"):
             if row.get(f"{name}_s") and row.get("exact_s"):
                 row[f"{name}_speedup_vs_exact"] = row["exact_s"] / row[f"{name}_s"]

@@ -224,6 +224,9 @@ LINEAR_SWEEP = [
     # name, environment, calls measured (most telling first: a --budget-s cut drops the tail); _CUDA_SCRATCH=1:
     # the child sets tuning cuda_scratch=1 (scratch from the device's default pool, not attnkit's).
     ("v2", {}, ("linear", "linear_causal", "performer", "performer_causal")),
+    # Causal Performer softmax on tensor cores (performer_causal_mma.cuh; taken by "v2" above where enabled): off =
+    # the previous causal kernels (linear.cu's v2 causal form with performer_mma.cuh's products), side by side.
+    ("v2 pcausal-off", {"ATTNKIT_PERFORMER_CAUSAL_MMA": "0"}, ("performer_causal",)),
     ("v1", {"ATTNKIT_LINEAR_CUDA_V1": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
     ("v2 default-pool", {"_CUDA_SCRATCH": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
     # Bidirectional Performer with fused tensor-core features (performer_mma2.cuh; taken by "v2" above where
@@ -231,14 +234,18 @@ LINEAR_SWEEP = [
     ("v2 pmma2-off", {"ATTNKIT_PERFORMER_MMA2": "0"}, ("performer",)),
     ("v2 pmma2 seg256", {"ATTNKIT_PERFORMER_MMA2_SEG": "256"}, ("performer",)),
     # Performer's tensor-core products (performer_mma.cuh; bit mask: 1 projections, 2 states, 4 outputs)
-    ("v2 pmma0", {"ATTNKIT_PERFORMER_MMA": "0", "ATTNKIT_PERFORMER_MMA2": "0"}, ("performer", "performer_causal")),
-    ("v2 pmma1", {"ATTNKIT_PERFORMER_MMA": "1", "ATTNKIT_PERFORMER_MMA2": "0"}, ("performer", "performer_causal")),
-    ("v2 pmma3", {"ATTNKIT_PERFORMER_MMA": "3", "ATTNKIT_PERFORMER_MMA2": "0"}, ("performer", "performer_causal")),
+    ("v2 pmma0", {"ATTNKIT_PERFORMER_MMA": "0", "ATTNKIT_PERFORMER_MMA2": "0", "ATTNKIT_PERFORMER_CAUSAL_MMA": "0"},
+     ("performer", "performer_causal")),
+    ("v2 pmma1", {"ATTNKIT_PERFORMER_MMA": "1", "ATTNKIT_PERFORMER_MMA2": "0", "ATTNKIT_PERFORMER_CAUSAL_MMA": "0"},
+     ("performer", "performer_causal")),
+    ("v2 pmma3", {"ATTNKIT_PERFORMER_MMA": "3", "ATTNKIT_PERFORMER_MMA2": "0", "ATTNKIT_PERFORMER_CAUSAL_MMA": "0"},
+     ("performer", "performer_causal")),
     # causal elementwise maps on tensor cores (linear_mma.cuh; chunk 64/128) vs the SIMT kernels at the same chunk
     ("v2 lmma0", {"ATTNKIT_LINEAR_CUDA_MMA": "0"}, ("linear_causal",)),
     ("v2 lmma0 chunk128", {"ATTNKIT_LINEAR_CUDA_MMA": "0", "ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal",)),
     ("v2 chunk32", {"ATTNKIT_LINEAR_CUDA_CHUNK": "32"}, ("linear_causal", "performer_causal")),
-    ("v2 chunk64", {"ATTNKIT_LINEAR_CUDA_CHUNK": "64"}, ("linear_causal", "performer_causal")),
+    ("v2 chunk64", {"ATTNKIT_LINEAR_CUDA_CHUNK": "64"}, ("linear_causal", "performer_causal")),  # (performer_causal:
+    # the tensor-core path where enabled, as "v2"; the other chunks run the previous causal kernels)
     ("v2 chunk128", {"ATTNKIT_LINEAR_CUDA_CHUNK": "128"}, ("linear_causal", "performer_causal")),
     ("v2 chunk256", {"ATTNKIT_LINEAR_CUDA_CHUNK": "256"}, ("linear_causal", "performer_causal")),
     ("v2 seg128", {"ATTNKIT_LINEAR_CUDA_SEG": "128"}, ("linear", "performer")),

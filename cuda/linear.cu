@@ -39,6 +39,9 @@ bool linear_mma_causal(const LinearProblem& p, int64_t C, cudaStream_t stream);
 // Performer softmax features, bidirectional, on tensor cores without stored features (performer_mma2.cu):
 // false where it does not apply.
 bool performer_mma2_bidirectional(const LinearProblem& p, cudaStream_t stream);
+// Performer softmax features, causal, on tensor cores without stored float32 features (performer_causal_mma.cu):
+// false where it does not apply (chunk: the chunk asked for, 0 for the default).
+bool performer_mma2_causal(const LinearProblem& p, int64_t chunk, cudaStream_t stream);
 
 namespace {
 
@@ -153,6 +156,11 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     const bool keep_chunk = p.chunk > 0 || tune.causal_chunk > 0 || !has_kernel("linear_attention_mma_c128");
     if ((!keep_chunk && linear_mma_causal(p, 128, stream)) || linear_mma_causal(p, a.C, stream)) return;
   }
+  // Causal Performer softmax features, float16 / bfloat16: the tensor-core path (performer_causal_mma.cuh,
+  // chunks of 64) where enabled and it applies (gated by "performer_attention_mma2_causal").
+  if (causal_items && v2 && a.stab && has_kernel("performer_attention_mma2_causal") &&
+      performer_mma2_causal(p, p.chunk > 0 ? p.chunk : tune.causal_chunk, stream))
+    return;
   if (causal_items) {
     // Workspace (A): wS, phi(K) [B Hkv Sk][F], hK, cK (softmax), P [B Hkv][nch][F Dv + F],
     // phi(Q) [B Hq S][F], Am [B Hq S][C], den, rq.

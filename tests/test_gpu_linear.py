@@ -134,6 +134,9 @@ def test_performer_attention(rng, dtype, case):
 # it (as tools/gpu_check.sh does); elsewhere the same calls run the SIMT kernels and these tests check those.
 # The grid: every (D, m) of D 32/64/128 x m 16/64/256 over S 1/63/64/65/200/1000, causal and not (one (D, m)
 # per (S, causal) slot, all nine used), with GQA, Dv != D, Sk != S, key_lengths, the ReLU kernel and a scale.
+# Where "performer_attention_mma2_causal" is enabled too, the causal softmax cases with m a multiple of 64 and
+# Dv in {32, 64, 128} run that path instead (cuda/performer_causal_mma.cuh; tests/test_gpu_performer.py);
+# test_performer_mma_variants below turns it off so that its causal cases keep checking these products.
 _MMA_DM = [(32, 16), (64, 64), (128, 256), (32, 64), (64, 256), (128, 16), (32, 256), (64, 16), (128, 64)]
 _MMA_S = [1, 63, 64, 65, 200, 1000]
 
@@ -218,7 +221,7 @@ def test_performer_mma_variants(rng, tmp_path, variant):
         "bidir-lens": (2, 4, 2, 150, 700, 64, 64, 128, dict(causal=False, key_lengths=[700, 130])),
         "bidir-D32": (1, 2, 1, 90, 333, 32, 80, 512, dict(causal=False)),
     }
-    env = dict(ATTNKIT_PERFORMER_MMA=variant.split("-")[0], **_PMMA_VARIANTS[variant])
+    env = dict(ATTNKIT_PERFORMER_MMA=variant.split("-")[0], ATTNKIT_PERFORMER_CAUSAL_MMA="0", **_PMMA_VARIANTS[variant])
     performer_in_subprocess(rng, tmp_path, cases, env, "performer_attention_mma")
 
 

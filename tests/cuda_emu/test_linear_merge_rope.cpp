@@ -14,6 +14,7 @@ bool has_kernel(const char*) { return g_emu_v2; }
 // The tensor-core causal path (linear_mma.cu) is not emulated: it takes no problem here (linear.cu falls back).
 bool linear_mma_causal(const LinearProblem&, int64_t, cudaStream_t) { return false; }
 bool performer_mma2_bidirectional(const LinearProblem&, cudaStream_t) { return false; }  // tensor cores: not emulated
+bool performer_mma2_causal(const LinearProblem&, int64_t, cudaStream_t) { return false; }  // tensor cores: not emulated
 }}}
 static uint64_t rs = 12345;
 static double urand() { rs = rs * 6364136223846793005ULL + 1442695040888963407ULL; return ((rs >> 11) * (1.0 / 9007199254740992.0)); }

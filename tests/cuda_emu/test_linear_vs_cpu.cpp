@@ -15,6 +15,7 @@ bool has_kernel(const char*) { return g_emu_v2; }
 // The tensor-core causal path (linear_mma.cu) is not emulated: it takes no problem here (linear.cu falls back).
 bool linear_mma_causal(const LinearProblem&, int64_t, cudaStream_t) { return false; }
 bool performer_mma2_bidirectional(const LinearProblem&, cudaStream_t) { return false; }  // tensor cores: not emulated
+bool performer_mma2_causal(const LinearProblem&, int64_t, cudaStream_t) { return false; }  // tensor cores: not emulated
 }}}
 namespace attnkit { namespace detail {
 void assert_failed(const char*, const char*, const char*, int) { throw std::runtime_error("assert"); }
