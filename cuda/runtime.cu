@@ -56,7 +56,8 @@ constexpr const char* kVerified[] = {
 /// run only when the environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them);
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {""};  // none at present ("" keeps the array non-empty)
+constexpr const char* kCompiled[] = {
+    "dla_prefill_v3"};  // v2 with the merge scan on a warp, batched chunk loads (dla_prefill_v3.cuh; dla.cu)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {
