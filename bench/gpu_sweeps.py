@@ -327,9 +327,10 @@ def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
     """DLA prefill, the CUDA kernels side by side (tuning option dla_split): -1 = the first kernel
     (cuda/dla_prefill.cu), -2 = the second one (dla_prefill_v2.cu) with its automatic column split, 0 = the
     third one (v3: v2 with dla_prefill_v3.cuh's warp scan and batched loads; the second one where the gate
-    dla_prefill_v3 is closed) with the automatic split, 1/2/4 = the same with that many blocks per (batch, head).
-    v3's parts alone: LINEAR_SWEEP's "dla v3 scan only" (ATTNKIT_DLA_V3=1, a fresh process). Same inputs as linear_rows. Also records whether every split of the
-    second kernel gives the same bits (it should) and its largest difference from the first kernel."""
+    dla_prefill_v3 is closed) with the automatic split, 1/2/4 = the same with that many blocks per (batch,
+    head). v3's parts alone: LINEAR_SWEEP's "dla v3 scan only" (ATTNKIT_DLA_V3=1, a fresh process). Same inputs
+    as linear_rows. Also records whether every split gives the same bits (it should), whether v3 gives v2's
+    bits (it should), and the largest difference from the first kernel."""
     cupy, attnkit, timer, kernels = ctx["cupy"], ctx["attnkit"], ctx["timer"], ctx["kernels"]
     if kernels["dynamic_linear_attention"]:
         return
