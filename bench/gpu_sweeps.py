@@ -326,7 +326,7 @@ def linear_sweep(ctx, sizes, reps, warmup, target_s):
 def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
     """DLA prefill, the CUDA kernels side by side (tuning option dla_split): -1 = the first kernel
     (cuda/dla_prefill.cu), -2 = the second one (dla_prefill_v2.cu) with its automatic column split, 0 = the
-    third one (v3: v2 with dla_prefill_v3.cuh's warp scan and batched loads; the second one where the gate
+    third one (v3: v2 with dla_prefill_v3.cuh's warp scan, batched loads, K S_open by row groups; v2 where the gate
     dla_prefill_v3 is closed) with the automatic split, 1/2/4 = the same with that many blocks per (batch,
     head). v3's parts alone: LINEAR_SWEEP's "dla v3 scan only" (ATTNKIT_DLA_V3=1, a fresh process). Same inputs
     as linear_rows. Also records whether every split gives the same bits (it should), whether v3 gives v2's

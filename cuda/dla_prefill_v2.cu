@@ -443,7 +443,8 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       double A_open = 0.0;
       if (m_in > 0) {  // uniform over the block
         const R* open = w.slots + w.slot[m_in - 1] * SS;
-        for (int64_t idx = tid; idx < Lc * Dv; idx += nth) {
+        if (lay.ks_rows) ks_rows<St>(w, open, Lc, tid, nth);  // v3: the same sums, kKsR rows per thread
+        for (int64_t idx = lay.ks_rows ? Lc * Dv : tid; idx < Lc * Dv; idx += nth) {
           const int64_t r = idx / Dv, e = idx % Dv;
           double u[4] = {0, 0, 0, 0};  // four partial sums over d (latency), added in a fixed order
           int64_t d = 0;
@@ -724,7 +725,8 @@ inline int64_t choose_split(const DLAProblem& p) {
 
 namespace v2 {
 
-/// v2 (v3flags = 0) or v3 (bit 0: the warp scan, bit 1: batched chunk loads) on the same kernel.
+/// v2 (v3flags = 0) or v3 (bit 0: the warp scan, bit 1: batched chunk loads, bit 2: K S_open by row groups)
+/// on the same kernel.
 template <class St>
 bool launch(const DLAProblem& p, cudaStream_t stream, int v3flags) {
   using R = acc_t<St>;
@@ -733,6 +735,7 @@ bool launch(const DLAProblem& p, cudaStream_t stream, int v3flags) {
   Lay lay = make_lay(p, sizeof(R), choose_split(p));
   lay.warp_scan = (v3flags & 1) != 0 ? 1 : 0;
   lay.batch_loads = (v3flags & 2) != 0 ? 1 : 0;
+  lay.ks_rows = (v3flags & 4) != 0 ? 1 : 0;
   int optin = 0;
   ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device_index));
   // Static shared memory of the kernel (sh_m) and a margin stay out of the dynamic part.
@@ -756,10 +759,11 @@ bool launch_prefill_v2(const DLAProblem& p, cudaStream_t stream) {
 template <class St>
 bool launch_prefill_v3(const DLAProblem& p, cudaStream_t stream) {
   // ATTNKIT_DLA_V3 (internal, read once; side-by-side measurements and bisecting on a GPU, not a public
-  // interface): a bit mask of v3's changes, 1 = the warp scan, 2 = batched chunk loads; default 3 (both).
+  // interface): a bit mask of v3's changes, 1 = the warp scan, 2 = batched chunk loads, 4 = K S_open by row
+  // groups; default 7 (all).
   static const int flags = [] {
     const char* e = std::getenv("ATTNKIT_DLA_V3");
-    return e && *e ? static_cast<int>(std::strtol(e, nullptr, 10)) & 3 : 3;
+    return e && *e ? static_cast<int>(std::strtol(e, nullptr, 10)) & 7 : 7;
   }();
   return v2::launch<St>(p, stream, flags);
 }

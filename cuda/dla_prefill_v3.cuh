@@ -3,7 +3,7 @@
 // cuda/runtime.cu kCompiled; dla.cu takes it through launch_prefill_v3 when has_kernel("dla_prefill_v3")).
 // Included by dla_prefill_v2.cu after its Blk (the scan reads and writes Blk's shared-memory arrays); the
 // rest of the kernel is v2's, unchanged. ATTNKIT_DLA_V3 (internal, a bit mask, read once in
-// launch_prefill_v3): 1 = the warp scan, 2 = the batched loads, default 3.
+// launch_prefill_v3): 1 = the warp scan, 2 = the batched loads, 4 = K S_open by row groups, default 7.
 //
 // Where a v2 chunk's time goes (H200 bench: float16, B = 4, H = 16, D = 64, C = 16, L = 64, random data, so
 // every token opens a state and merges; 64 items x auto split 2 = 128 blocks of 256 threads, ~185 KB of
@@ -23,7 +23,8 @@
 // Sources of the gap to exact attention at S = 4096 (1.14 ms: 18 us per chunk step): the scan alone, at the
 // warp's ~350 cycles per merge, is 22K cycles = 11 us per chunk; everything else is a chain of ~15
 // latency-bound phases at 8 warps per SM. v3 removes the largest serial phase (the scan, 80-100K -> ~25K
-// cycles) and the load latency (25-40K -> ~10K): 1.2-1.6x expected, not the target. What would reach it:
+// cycles), the load latency (25-40K -> ~10K), a quarter of K S_open's conversions and half its global loads
+// (~33K -> ~25K): 1.2-1.6x expected, not the target. What would reach it:
 // the open state is never merged (a merge happens only when a token opens a new one), so boundaries and
 // scores need only the open state (spec invariant 7), the merges only the segments' (count, info), and the
 // C-state update is column-separable; three passes then: (A) scores and boundaries per item (one state
@@ -68,6 +69,44 @@ __device__ __forceinline__ void batched(int64_t n, int tid, int nth, Load load, 
       const int64_t idx = i0 + static_cast<int64_t>(a) * nth;
       if (idx < n) store(idx, x[a]);
     }
+  }
+}
+
+/// v3's K S_open: KS[r][e] = sum_d K[r][d] S_open[d][e] in double, a thread per (group of kKsR rows, column e)
+/// so that each load and conversion of S_open[d][e] serves kKsR rows (v2: one row per thread, two F2F.F64
+/// conversions per DFMA at 16/clk/SM, and a global load of S_open per DFMA). Each element's sum is v2's: four
+/// partial sums over d = a mod 4 in d order, then (u0 + u1) + (u2 + u3). Rows past Lc read KT's zero rows
+/// (LP >= the rows rounded up to kKsR) and are not stored.
+constexpr int kKsR = 2;  // 4 made ptxas spill (20 bytes) in this kernel
+template <class St>
+__device__ __noinline__ void ks_rows(Blk<St>& w, const acc_t<St>* open, int64_t Lc, int tid, int nth) {
+  const int64_t Dk = w.Dk, Dv = w.Dv, LP = w.LP, ngr = (Lc + kKsR - 1) / kKsR;
+  for (int64_t idx = tid; idx < ngr * Dv; idx += nth) {
+    const int64_t g = idx / Dv, e = idx - g * Dv, r0 = g * kKsR;
+    double u[kKsR][4];
+#pragma unroll
+    for (int j = 0; j < kKsR; ++j)
+#pragma unroll
+      for (int a = 0; a < 4; ++a) u[j][a] = 0;
+    int64_t d = 0;
+    for (; d + 4 <= Dk; d += 4) {
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        const double s = static_cast<double>(open[(d + a) * Dv + e]);
+        const acc_t<St>* kr = w.KT + (d + a) * LP + r0;
+#pragma unroll
+        for (int j = 0; j < kKsR; ++j) u[j][a] += static_cast<double>(kr[j]) * s;
+      }
+    }
+    for (; d < Dk; ++d) {
+      const double s = static_cast<double>(open[d * Dv + e]);
+      const acc_t<St>* kr = w.KT + d * LP + r0;
+#pragma unroll
+      for (int j = 0; j < kKsR; ++j) u[j][0] += static_cast<double>(kr[j]) * s;
+    }
+#pragma unroll
+    for (int j = 0; j < kKsR; ++j)
+      if (r0 + j < Lc) w.KS[(r0 + j) * Dv + e] = (u[j][0] + u[j][1]) + (u[j][2] + u[j][3]);
   }
 }
 
