@@ -245,8 +245,10 @@ LINEAR_SWEEP = [
     ("v2 seg512", {"ATTNKIT_LINEAR_CUDA_SEG": "512"}, ("linear", "performer")),
     ("v2 seg2048", {"ATTNKIT_LINEAR_CUDA_SEG": "2048"}, ("linear", "performer")),
     # DLA prefill v3 (dla_prefill_v3.cuh; float16, C = 16, random data: a merge at every token): only the warp
-    # scan (ATTNKIT_DLA_V3=1), beside the dla line's v2 (no part) and v3 (both parts) in the main process
+    # scan (ATTNKIT_DLA_V3=1), beside the dla line's v2 (no part) and v3 (default 3) in the main process
     ("dla v3 scan only", {"ATTNKIT_DLA_V3": "1"}, ("dla",)),
+    # ... and v3 with K S_open by row groups too (bit 4, off by default: a non-inlined call in the kernel)
+    ("dla v3 +ks", {"ATTNKIT_DLA_V3": "7"}, ("dla",)),
 ]
 
 
@@ -282,6 +284,9 @@ def linear_child(sizes, calls, reps, warmup, target_s):
             lam = (cupy.random.random((B, H, S, 16), dtype=np.float32) * (2.0 / 16)).astype("float16")
         res = {}
         for c in calls:
+            if c == "dla" and S > 4096:  # the DLA parts at 4096 only (bench time); the dla line has both sizes
+                res[c] = "S > 4096 not run"
+                continue
             t, note = attempt(lambda: timer(fns[c]))
             res[c] = t if t else note
         out[str(S)] = res
@@ -326,7 +331,7 @@ def linear_sweep(ctx, sizes, reps, warmup, target_s):
 def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
     """DLA prefill, the CUDA kernels side by side (tuning option dla_split): -1 = the first kernel
     (cuda/dla_prefill.cu), -2 = the second one (dla_prefill_v2.cu) with its automatic column split, 0 = the
-    third one (v3: v2 with dla_prefill_v3.cuh's warp scan, batched loads, K S_open by row groups; v2 where the gate
+    third one (v3: v2 with dla_prefill_v3.cuh's warp scan and batched loads; v2 where the gate
     dla_prefill_v3 is closed) with the automatic split, 1/2/4 = the same with that many blocks per (batch,
     head). v3's parts alone: LINEAR_SWEEP's "dla v3 scan only" (ATTNKIT_DLA_V3=1, a fresh process). Same inputs
     as linear_rows. Also records whether every split gives the same bits (it should), whether v3 gives v2's

@@ -760,10 +760,11 @@ template <class St>
 bool launch_prefill_v3(const DLAProblem& p, cudaStream_t stream) {
   // ATTNKIT_DLA_V3 (internal, read once; side-by-side measurements and bisecting on a GPU, not a public
   // interface): a bit mask of v3's changes, 1 = the warp scan, 2 = batched chunk loads, 4 = K S_open by row
-  // groups; default 7 (all).
+  // groups; default 3 (4 calls a non-inlined function taking the block's Blk by reference, which may keep Blk
+  // in local memory: bench_gpu's sweep "dla v3 +ks" measures 7 beside the default).
   static const int flags = [] {
     const char* e = std::getenv("ATTNKIT_DLA_V3");
-    return e && *e ? static_cast<int>(std::strtol(e, nullptr, 10)) & 7 : 7;
+    return e && *e ? static_cast<int>(std::strtol(e, nullptr, 10)) & 7 : 3;
   }();
   return v2::launch<St>(p, stream, flags);
 }

@@ -3,7 +3,7 @@
 // cuda/runtime.cu kCompiled; dla.cu takes it through launch_prefill_v3 when has_kernel("dla_prefill_v3")).
 // Included by dla_prefill_v2.cu after its Blk (the scan reads and writes Blk's shared-memory arrays); the
 // rest of the kernel is v2's, unchanged. ATTNKIT_DLA_V3 (internal, a bit mask, read once in
-// launch_prefill_v3): 1 = the warp scan, 2 = the batched loads, 4 = K S_open by row groups, default 7.
+// launch_prefill_v3): 1 = the warp scan, 2 = the batched loads, 4 = K S_open by row groups, default 3.
 //
 // Where a v2 chunk's time goes (H200 bench: float16, B = 4, H = 16, D = 64, C = 16, L = 64, random data, so
 // every token opens a state and merges; 64 items x auto split 2 = 128 blocks of 256 threads, ~185 KB of
@@ -77,7 +77,7 @@ __device__ __forceinline__ void batched(int64_t n, int tid, int nth, Load load, 
 /// conversions per DFMA at 16/clk/SM, and a global load of S_open per DFMA). Each element's sum is v2's: four
 /// partial sums over d = a mod 4 in d order, then (u0 + u1) + (u2 + u3). Rows past Lc read KT's zero rows
 /// (LP >= the rows rounded up to kKsR) and are not stored.
-constexpr int kKsR = 2;  // 4 made ptxas spill (20 bytes) in this kernel
+constexpr int kKsR = 2;  // not inlined: inlined (2 or 4 rows), or taking plain values, the kernel spilled 20 bytes
 template <class St>
 __device__ __noinline__ void ks_rows(Blk<St>& w, const acc_t<St>* open, int64_t Lc, int tid, int nth) {
   const int64_t Dk = w.Dk, Dv = w.Dv, LP = w.LP, ngr = (Lc + kKsR - 1) / kKsR;

@@ -345,11 +345,11 @@ def test_dla_device_values_checked_small():
 # ------------------------------------------------------- the v3 prefill (gate dla_prefill_v3, dla_prefill_v3.cuh)
 # Under ATTNKIT_CUDA_UNVERIFIED=1 every prefill above runs v3: v2's kernel with the merge scan on warp 0 (lane j
 # = entry j, C <= 32; thread 0's scan above that), the chunk's inputs loaded 4 per thread before they are
-# stored, and K S_open by groups of 2 rows. None changes an operation, so v3 must give v2's bits (tuning
-# dla_split = -2 takes v2) in every case: merges at every token into a full cache (tau = -1), ties (zero keys:
-# every score 0), C = 32 (every lane an entry) and 33 (thread 0's scan), odd lengths and chunks, a cache
-# carried in, empty sizes; decisions against the CPU in float64 (any data) and on piecewise data (scores far
-# from tau).
+# stored (and, with ATTNKIT_DLA_V3=7, K S_open by groups of 2 rows). None changes an operation, so v3 must
+# give v2's bits (tuning dla_split = -2 takes v2) in every case: merges at every token into a full cache
+# (tau = -1), ties (zero keys: every score 0), C = 32 (every lane an entry) and 33 (thread 0's scan), odd
+# lengths and chunks, a cache carried in, empty sizes; decisions against the CPU in float64 (any data) and on
+# piecewise data (scores far from tau).
 DLA_V3_CASES = [
     # id, B, H, T, Dk, Dv, C, score, decay, chunk, tau, carried cache tokens, zero keys
     ("merge-every-c16", 1, 2, 200, 64, 64, 16, "token_vs_state", None, 0, -1.0, 0, False),
@@ -425,11 +425,11 @@ np.savez(sys.argv[2], **res)
 """
 
 
-@pytest.mark.parametrize("flags", ["0", "1", "6"])
+@pytest.mark.parametrize("flags", ["0", "1", "6", "7"])
 def test_dla_prefill_v3_variants(rng, tmp_path, flags):
     """ATTNKIT_DLA_V3 (read once per process: a subprocess each), a bit mask of v3's parts: 1 = the warp scan,
-    2 = the batched loads, 4 = K S_open by row groups; 0 = none, 1 = the scan only, 6 = all but the scan. Each
-    gives the bits of the default (7: all) in this process."""
+    2 = the batched loads, 4 = K S_open by row groups (off by default); 0 = none, 1 = the scan only, 6 = all
+    but the scan, 7 = all. Each gives the bits of the default (3) in this process."""
     import os
     import subprocess
     import sys
