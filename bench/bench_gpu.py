@@ -422,15 +422,17 @@ def format_row(r) -> str:
                 f"{fmt(r.get('attnkit_device_gbs'), '.0f')} GB/s){note}"[:240])
     if r["kind"] == "dla_split":
         parts = [f"dla    {r['dtype']:>8} S={r['S']:<5}"]
-        for name in ("v1", "v2_split0", "v2_split1", "v2_split2", "v2_split4"):
+        sv = "v3" if any(f"v3_split{n}_tokens_per_s" in r or f"v3_split{n}_note" in r for n in (0, 1, 2, 4)) else "v2"
+        for name in ("v1", "v2_auto") + tuple(f"{sv}_split{n}" for n in (0, 1, 2, 4)):
             tps = r.get(f"{name}_tokens_per_s")
             parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
-        parts.append(f"splits same bits {r.get('v2_splits_same_bits', '-')}  |v2-v1| "
+        parts.append(f"splits same bits {r.get('v2_splits_same_bits', '-')}  v3 = v2 bits "
+                     f"{r.get('v3_same_bits_as_v2', '-')}  |v2-v1| "
                      f"{fmt(r.get('v2_vs_v1_max_abs_diff'), '.2g')} of {fmt(r.get('v1_max_abs'), '.2g')}")
         return "  ".join(parts) + "  (Mtok/s)"
     if r["kind"] == "linear_sweep":
         parts = [f"sweep  {r['variant']:<13} S={r['S']:<5}"]
-        for name in ("linear", "linear_causal", "performer", "performer_causal"):
+        for name in ("linear", "linear_causal", "performer", "performer_causal", "dla"):
             tps = r.get(f"{name}_tokens_per_s")
             if tps or r.get(f"{name}_note"):
                 parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', str(r.get(f'{name}_note', '-'))[:9])}")

@@ -56,18 +56,23 @@ void dynamic_linear_attention(const DLAProblem& p) {
   // The second chunked prefill (dla_prefill_v2.cu; gate "dla_prefill_v2", verified); tuning dla_split = -1
   // takes the first one (measurements side by side).
   static const bool v2_enabled = has_kernel("dla_prefill_v2");
+  // v2 with the merge scan on a warp and batched chunk loads (dla_prefill_v3.cuh; gate "dla_prefill_v3",
+  // not yet verified); tuning dla_split = -2 takes v2 (side by side).
+  static const bool v3_enabled = has_kernel("dla_prefill_v3");
   // The second decode step (dla_decode_v2.cu: decisions, then the states over many blocks; gate
   // "dla_decode_v2", verified on an H200); tuning dla_decode = 1 takes the first one (side by side).
   static const bool dec2_enabled = has_kernel("dla_decode_v2");
   const bool dec2 = dec2_enabled && tuning().dla_decode.load() == 0;
-  const bool v2 = v2_enabled && tuning().dla_split.load() >= 0;
+  const int64_t split = tuning().dla_split.load();
+  const bool v3 = v3_enabled && split >= 0;
+  const bool v2 = v2_enabled && (split >= 0 || split == -2);
   dispatch_float(p.dtype, [&](auto tag) {
     using St = decltype(tag);
     if (decode && dec2)
       dla::launch_decode_v2<St>(p, stream);
     else if (decode)
       dla::launch_decode<St>(p, stream);
-    else if (!(v2 && dla::launch_prefill_v2<St>(p, stream)))
+    else if (!(v3 && dla::launch_prefill_v3<St>(p, stream)) && !(v2 && dla::launch_prefill_v2<St>(p, stream)))
       dla::launch_prefill<St>(p, stream);
   });
 }

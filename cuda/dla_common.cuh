@@ -47,6 +47,10 @@ void launch_prefill(const DLAProblem& p, cudaStream_t stream);
 /// the device's shared memory, and the caller takes launch_prefill.
 template <class St>
 bool launch_prefill_v2(const DLAProblem& p, cudaStream_t stream);
+/// dla_prefill_v2.cu with dla_prefill_v3.cuh: v2 with the merge scan on a warp and batched chunk
+/// loads (gate "dla_prefill_v3", dla.cu); false as launch_prefill_v2.
+template <class St>
+bool launch_prefill_v3(const DLAProblem& p, cudaStream_t stream);
 /// dla_decode_v2.cu: the decode step as two kernels (decisions per item, then the states over a grid of
 /// (column tile, item) blocks with vector loads); gated by "dla_decode_v2" (dla.cu).
 template <class St>

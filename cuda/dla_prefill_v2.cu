@@ -216,6 +216,13 @@ struct Blk {
       rowOpen[r] = opens ? 1 : 0;
       rowMerged[r] = static_cast<int32_t>(merged);
     }
+    assign_slots(m, Lc, m_in, nfree);
+  }
+
+  /// Thread 0, after a scan: the slots of the chunk's entries (cpu/dla_prefill.h's order): an entry holding
+  /// carried units keeps its first unit's slot and frees the others', then the entries of chunk tokens only
+  /// take free slots.
+  __device__ void assign_slots(int64_t m, int64_t Lc, int64_t m_in, int64_t& nfree) {
     for (int pass = 0; pass < 2; ++pass)
       for (int64_t i = 0; i < m; ++i) {
         const int64_t ulo = unit[i], uhi = i + 1 < m ? unit[i + 1] : m_in + Lc;
@@ -244,6 +251,8 @@ struct Blk {
     snap_m[r] = n;
   }
 };
+
+#include "cuda/dla_prefill_v3.cuh"  // v3: the warp scan, batched loads
 
 /// The kernel body (a device function so that the host emulation can hand it its shared memory).
 template <class St>
@@ -291,27 +300,61 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       const int64_t Lc = p.T - t0 < L ? p.T - t0 : L;
       __syncthreads();  // the previous chunk (or the cache load) is complete
       const int64_t m_in = sh_m;
-      // 1. The chunk, transposed (Q^T, K^T, V^T; rows Lc .. LP-1 zero) and V row-major.
-      for (int64_t idx = tid; idx < LP * Dk; idx += nth) {
-        const int64_t r = idx / Dk, d = idx % Dk;
-        R q = R(0), k = R(0);
-        if (r < Lc) {
-          q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
-          k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
+      // 1. The chunk, transposed (Q^T, K^T, V^T; rows Lc .. LP-1 zero) and V row-major. v3 (lay.batch_loads):
+      //    kLb elements loaded per thread before they are stored (v2 waited for each load: ~40 global-memory
+      //    round trips per thread and chunk at L = 64, D = 64, C = 16); the same values either way.
+      if (lay.batch_loads) {
+        struct QKv {
+          R q, k;
+        };
+        batched(LP * Dk, tid, nth, [&](int64_t idx) {
+          const int64_t r = idx / Dk, d = idx - r * Dk;
+          QKv x{R(0), R(0)};
+          if (r < Lc) {
+            x.q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
+            x.k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
+          }
+          return x;
+        }, [&](int64_t idx, const QKv& x) {
+          const int64_t r = idx / Dk, d = idx - r * Dk;
+          w.QT[d * LP + r] = x.q;
+          w.KT[d * LP + r] = x.k;
+          if (r < Lc) w.Kc[r * Dk + d] = x.k;
+        });
+        batched(LP * Dv, tid, nth, [&](int64_t idx) {
+          const int64_t r = idx / Dv, e = idx - r * Dv;
+          return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
+        }, [&](int64_t idx, R v) {
+          const int64_t r = idx / Dv, e = idx - r * Dv;
+          w.VT[e * LP + r] = v;
+          if (r < Lc) w.Vc[r * Dv + e] = v;
+        });
+        batched(Lc * C, tid, nth, [&](int64_t idx) {
+          const int64_t r = idx / C, c = idx - r * C;
+          return ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
+        }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
+      } else {
+        for (int64_t idx = tid; idx < LP * Dk; idx += nth) {
+          const int64_t r = idx / Dk, d = idx % Dk;
+          R q = R(0), k = R(0);
+          if (r < Lc) {
+            q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
+            k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
+          }
+          w.QT[d * LP + r] = q;
+          w.KT[d * LP + r] = k;
+          if (r < Lc) w.Kc[r * Dk + d] = k;
         }
-        w.QT[d * LP + r] = q;
-        w.KT[d * LP + r] = k;
-        if (r < Lc) w.Kc[r * Dk + d] = k;
-      }
-      for (int64_t idx = tid; idx < LP * Dv; idx += nth) {
-        const int64_t r = idx / Dv, e = idx % Dv;
-        const R v = r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
-        w.VT[e * LP + r] = v;
-        if (r < Lc) w.Vc[r * Dv + e] = v;
-      }
-      for (int64_t idx = tid; idx < Lc * C; idx += nth) {
-        const int64_t r = idx / C, c = idx % C;
-        w.lamc[idx] = ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
+        for (int64_t idx = tid; idx < LP * Dv; idx += nth) {
+          const int64_t r = idx / Dv, e = idx % Dv;
+          const R v = r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
+          w.VT[e * LP + r] = v;
+          if (r < Lc) w.Vc[r * Dv + e] = v;
+        }
+        for (int64_t idx = tid; idx < Lc * C; idx += nth) {
+          const int64_t r = idx / C, c = idx % C;
+          w.lamc[idx] = ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
+        }
       }
       if (w.decay && tid == 0) {
         double G = 0;
@@ -400,7 +443,8 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       double A_open = 0.0;
       if (m_in > 0) {  // uniform over the block
         const R* open = w.slots + w.slot[m_in - 1] * SS;
-        for (int64_t idx = tid; idx < Lc * Dv; idx += nth) {
+        if (lay.ks_rows) ks_rows<St>(w, open, Lc, tid, nth);  // v3: the same sums, kKsR rows per thread
+        for (int64_t idx = lay.ks_rows ? Lc * Dv : tid; idx < Lc * Dv; idx += nth) {
           const int64_t r = idx / Dv, e = idx % Dv;
           double u[4] = {0, 0, 0, 0};  // four partial sums over d (latency), added in a fixed order
           int64_t d = 0;
@@ -450,8 +494,17 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
         }
       }
       __syncthreads();
-      // 3. The scalar scan.
-      if (tid == 0) {
+      // 3. The scan: thread 0 (v2), or warp 0 with the entries in lanes (v3, dla_prefill_v3.cuh) where
+      //    lay.warp_scan is set, C <= 32 and the block has a whole first warp. Same outputs.
+      if (lay.warp_scan && C <= 32 && nth >= 32) {
+        if (tid < 32) {
+          const int64_t mw = scan_warp<St>(w, t0, Lc, m_in, nfree);  // nfree: lane 0's
+          if (tid == 0) {
+            m = mw;
+            sh_m = mw;
+          }
+        }
+      } else if (tid == 0) {
         w.scan(t0, Lc, m_in, m, nfree);
         sh_m = m;
       }
@@ -637,6 +690,8 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
 }  // namespace detail
 }  // namespace attnkit
 
+#include <cstdlib>
+
 #include "tuning.h"
 
 namespace attnkit {
@@ -653,7 +708,7 @@ __global__ void __launch_bounds__(kThreads) dla_prefill_v2_kernel(const DLAProbl
 
 inline int64_t choose_split(const DLAProblem& p) {
   int64_t ns = tuning().dla_split.load();
-  if (ns == 0) {
+  if (ns <= 0) {  // 0: automatic; -2 (v2 beside v3, dla.cu) too
     int sms = 0;
     ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_index));
     const int64_t items = p.B * p.H;
@@ -668,29 +723,60 @@ inline int64_t choose_split(const DLAProblem& p) {
 
 }  // namespace v2
 
+namespace v2 {
+
+/// v2 (v3flags = 0) or v3 (bit 0: the warp scan, bit 1: batched chunk loads, bit 2: K S_open by row groups)
+/// on the same kernel.
 template <class St>
-bool launch_prefill_v2(const DLAProblem& p, cudaStream_t stream) {
+bool launch(const DLAProblem& p, cudaStream_t stream, int v3flags) {
   using R = acc_t<St>;
   const int64_t items = p.B * p.H;
   if (items == 0) return true;
-  const v2::Lay lay = v2::make_lay(p, sizeof(R), v2::choose_split(p));
+  Lay lay = make_lay(p, sizeof(R), choose_split(p));
+  lay.warp_scan = (v3flags & 1) != 0 ? 1 : 0;
+  lay.batch_loads = (v3flags & 2) != 0 ? 1 : 0;
+  lay.ks_rows = (v3flags & 4) != 0 ? 1 : 0;
   int optin = 0;
   ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device_index));
   // Static shared memory of the kernel (sh_m) and a margin stay out of the dynamic part.
   if (optin <= 0 || lay.smem + 1024 > static_cast<std::size_t>(optin)) return false;
-  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(v2::dla_prefill_v2_kernel<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v2_kernel<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(lay.smem)));
   const unsigned grid = grid_for(items * lay.ns, lay.gbytes, p.device_index);
   Workspace ws(grid * lay.gbytes, stream);
-  v2::dla_prefill_v2_kernel<St><<<grid, kThreads, lay.smem, stream>>>(p, lay, ws.as<char>());
+  dla_prefill_v2_kernel<St><<<grid, kThreads, lay.smem, stream>>>(p, lay, ws.as<char>());
   ATTNKIT_CUDA_CHECK_LAUNCH();
   return true;
+}
+
+}  // namespace v2
+
+template <class St>
+bool launch_prefill_v2(const DLAProblem& p, cudaStream_t stream) {
+  return v2::launch<St>(p, stream, 0);
+}
+
+template <class St>
+bool launch_prefill_v3(const DLAProblem& p, cudaStream_t stream) {
+  // ATTNKIT_DLA_V3 (internal, read once; side-by-side measurements and bisecting on a GPU, not a public
+  // interface): a bit mask of v3's changes, 1 = the warp scan, 2 = batched chunk loads, 4 = K S_open by row
+  // groups; default 3 (4 calls a non-inlined function taking the block's Blk by reference, which may keep Blk
+  // in local memory: bench_gpu's sweep "dla v3 +ks" measures 7 beside the default).
+  static const int flags = [] {
+    const char* e = std::getenv("ATTNKIT_DLA_V3");
+    return e && *e ? static_cast<int>(std::strtol(e, nullptr, 10)) & 7 : 3;
+  }();
+  return v2::launch<St>(p, stream, flags);
 }
 
 template bool launch_prefill_v2<float>(const DLAProblem&, cudaStream_t);
 template bool launch_prefill_v2<double>(const DLAProblem&, cudaStream_t);
 template bool launch_prefill_v2<half_t>(const DLAProblem&, cudaStream_t);
 template bool launch_prefill_v2<bf16_t>(const DLAProblem&, cudaStream_t);
+template bool launch_prefill_v3<float>(const DLAProblem&, cudaStream_t);
+template bool launch_prefill_v3<double>(const DLAProblem&, cudaStream_t);
+template bool launch_prefill_v3<half_t>(const DLAProblem&, cudaStream_t);
+template bool launch_prefill_v3<bf16_t>(const DLAProblem&, cudaStream_t);
 
 }  // namespace dla
 }  // namespace cuda

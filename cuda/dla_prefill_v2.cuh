@@ -37,6 +37,10 @@ __device__ __forceinline__ void load_rows(const double* src, double (&x)[kRt]) {
 /// The shared-memory layout of one block (byte offsets) and its global scratch (state slots).
 struct Lay {
   int64_t L, LP, C, Dk, Dv, ns, ncol;
+  /// v3 ("dla_prefill_v3", set by launch_prefill_v3 only; 0 in v2): the merge scan on warp 0
+  /// (dla_prefill_v3.cuh), the chunk's inputs loaded kLb per thread before they are stored, K S_open by
+  /// groups of kKsR rows sharing each load of S_open.
+  int warp_scan, batch_loads, ks_rows;
   std::size_t smem, gbytes;
   std::size_t QT, KT, Kc, VT, Vc, Suf, QK, lamc, Win, uni;  // R or double
   std::size_t G, eG, er, fj, cp, a2, Bv, Ac, ratio, red;                         // double

@@ -57,7 +57,8 @@ constexpr const char* kVerified[] = {
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
 constexpr const char* kCompiled[] = {
-    "performer_attention_mma2_causal"};  // causal Performer softmax on tensor cores (performer_causal_mma.cuh; linear.cu)
+    "performer_attention_mma2_causal",  // causal Performer softmax on tensor cores (performer_causal_mma.cuh; linear.cu)
+    "dla_prefill_v3"};  // v2 with the merge scan on a warp, batched chunk loads (dla_prefill_v3.cuh; dla.cu)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

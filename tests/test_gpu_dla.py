@@ -340,3 +340,120 @@ def test_dla_device_values_checked_small():
     bad("starts", lambda a: a["starts"].__setitem__((1, 0, 0), 1), "cache.starts")
     pos = np.abs(g[:, :, T:]) + 0.5
     bad("log_decay", lambda a: None, "log_decay must be finite", g_=pos)
+
+
+# ------------------------------------------------------- the v3 prefill (gate dla_prefill_v3, dla_prefill_v3.cuh)
+# Under ATTNKIT_CUDA_UNVERIFIED=1 every prefill above runs v3: v2's kernel with the merge scan on warp 0 (lane j
+# = entry j, C <= 32; thread 0's scan above that), the chunk's inputs loaded 4 per thread before they are
+# stored (and, with ATTNKIT_DLA_V3=7, K S_open by groups of 2 rows). None changes an operation, so v3 must
+# give v2's bits (tuning dla_split = -2 takes v2) in every case: merges at every token into a full cache
+# (tau = -1), ties (zero keys: every score 0), C = 32 (every lane an entry) and 33 (thread 0's scan), odd
+# lengths and chunks, a cache carried in, empty sizes; decisions against the CPU in float64 (any data) and on
+# piecewise data (scores far from tau).
+DLA_V3_CASES = [
+    # id, B, H, T, Dk, Dv, C, score, decay, chunk, tau, carried cache tokens, zero keys
+    ("merge-every-c16", 1, 2, 200, 64, 64, 16, "token_vs_state", None, 0, -1.0, 0, False),
+    ("merge-every-c16-cache-decay", 2, 2, 131, 16, 24, 16, "token_vs_state", "rand", 0, -1.0, 40, False),
+    ("c32-cache", 1, 2, 150, 8, 8, 32, "state_drift", None, 0, -1.0, 45, False),
+    ("c33", 1, 2, 90, 8, 8, 33, "token_vs_state", None, 0, -1.0, 0, False),
+    ("ties", 1, 2, 100, 8, 8, 6, "token_vs_state", None, 9, -1.0, 20, True),
+    ("piecewise-odd", 2, 1, 157, 13, 9, 5, "token_vs_state", "rand", 7, 0.6, 0, False),
+    ("piecewise-cap2", 1, 2, 140, 16, 16, 2, "token_vs_state", None, 0, 0.6, 30, False),
+    ("cap1", 1, 2, 70, 16, 16, 1, "token_vs_state", None, 0, 0.6, 0, False),
+    ("empty-T-cache", 1, 2, 0, 8, 8, 4, "token_vs_state", None, 0, 0.6, 10, False),
+    ("empty-B", 0, 2, 20, 8, 8, 4, "token_vs_state", None, 0, 0.6, 0, False),
+]
+
+
+def _dla_v3_inputs(case, dtype, rng):
+    _, B, H, T, Dk, Dv, C, score, decay, chunk, tau, T0, zero_keys = case
+    q, k, v, lam, g = _dla_problem(rng, B, H, T0 + T, Dk, Dv, C, dtype, decay)
+    if zero_keys:
+        k = np.zeros_like(k)
+    kw = dict(capacity=C, tau=tau, score=score, return_aux=True)
+    cache = None
+    if T0 > 0:  # a cache from the CPU over the first T0 tokens
+        part = tuple(x[:, :, :T0] for x in (q, k, v, lam))
+        cache = attnkit.dynamic_linear_attention(*part, log_decay=None if g is None else g[:, :, :T0], **kw)[1]
+    rest = tuple(x[:, :, T0:] for x in (q, k, v, lam))
+    kw.update(log_decay=None if g is None else g[:, :, T0:], cache=cache)
+    return rest, kw, chunk
+
+
+def _dla_bits(res):
+    y, c, a = res
+    return [np.asarray(x).tobytes() for x in (y, c.states, c.counts, c.info, c.starts, c.size, a.scores,
+                                              a.boundaries, a.merged)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", DLA_V3_CASES, ids=[c[0] for c in DLA_V3_CASES])
+def test_dla_prefill_v3_same_bits_as_v2(rng, dtype, case):
+    need("dynamic_linear_attention")
+    args, kw, chunk = _dla_v3_inputs(case, dtype, rng)
+    with tuning(dla_chunk=chunk):
+        with tuning(dla_split=-2):
+            r2 = gpu_run(attnkit.dynamic_linear_attention, *args, **kw)
+        r3 = gpu_run(attnkit.dynamic_linear_attention, *args, **kw)
+        cres = attnkit.dynamic_linear_attention(*args, **kw)
+    assert _dla_bits(r3) == _dla_bits(r2), "v3 gives other bits than v2"
+    if np.dtype(dtype) == F64 or case[10] > 0:  # decisions: float64, or piecewise data under tau = 0.6
+        for name in ("boundaries", "merged"):
+            same(getattr(r3[2], name), getattr(cres[2], name), name)
+        for name in ("counts", "starts", "size"):
+            same(getattr(r3[1], name), getattr(cres[1], name), f"cache.{name}")
+    if np.dtype(dtype) == F64 or case[10] > 0:
+        tol = 1e-10 if np.dtype(dtype) == F64 else 2e-2
+        ry, cy = to_f64(r3[0]), to_f64(cres[0])
+        scale = max(1.0, float(np.abs(cy).max(initial=0)))
+        assert np.abs(ry - cy).max(initial=0) <= tol * scale, "y: v3 vs CPU"
+
+
+_DLA_V3_SCRIPT = """
+import sys
+import cupy, numpy as np, attnkit
+d = np.load(sys.argv[1], allow_pickle=True)
+res = {}
+for name in d["names"]:
+    kw = d[name + ":kw"].item()
+    args = [cupy.asarray(d[name + ":" + x]) for x in ("q", "k", "v", "lam")]
+    y, c, a = attnkit.dynamic_linear_attention(*args, return_aux=True, **kw)
+    for f, x in (("y", y), ("states", c.states), ("counts", c.counts), ("merged", a.merged), ("scores", a.scores)):
+        res[name + ":" + f] = cupy.asnumpy(x)
+res["enabled"] = np.array(attnkit._core.cuda_has_kernel("dla_prefill_v3"))
+np.savez(sys.argv[2], **res)
+"""
+
+
+@pytest.mark.parametrize("flags", ["0", "1", "6", "7"])
+def test_dla_prefill_v3_variants(rng, tmp_path, flags):
+    """ATTNKIT_DLA_V3 (read once per process: a subprocess each), a bit mask of v3's parts: 1 = the warp scan,
+    2 = the batched loads, 4 = K S_open by row groups (off by default); 0 = none, 1 = the scan only, 6 = all
+    but the scan, 7 = all. Each gives the bits of the default (3) in this process."""
+    import os
+    import subprocess
+    import sys
+
+    from gpu_common import FAKE, SANITIZER
+
+    need("dynamic_linear_attention")
+    if FAKE or SANITIZER:
+        pytest.skip("runs CuPy in a subprocess")
+    cases = {"c16": (1, 2, 150, 64, 64, 16, -1.0), "c5": (2, 2, 77, 16, 8, 5, 0.6)}
+    arrays, want = {"names": np.array(list(cases))}, {}
+    for name, (B, H, T, Dk, Dv, C, tau) in cases.items():
+        q, k, v, lam, _ = _dla_problem(rng, B, H, T, Dk, Dv, C, F32, None)
+        kw = dict(capacity=C, tau=tau)
+        arrays.update({name + ":q": q, name + ":k": k, name + ":v": v, name + ":lam": lam,
+                       name + ":kw": np.array(kw, dtype=object)})
+        want[name] = gpu_run(attnkit.dynamic_linear_attention, q, k, v, lam, return_aux=True, **kw)
+    np.savez(tmp_path / "in.npz", **arrays)
+    r = subprocess.run([sys.executable, "-c", _DLA_V3_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                       env=dict(os.environ, ATTNKIT_CUDA_UNVERIFIED="1", ATTNKIT_DLA_V3=flags), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    print(f"ATTNKIT_DLA_V3={flags}: dla_prefill_v3 enabled: {bool(got['enabled'])}")
+    for name, (y, c, a) in want.items():
+        for f, x in (("y", y), ("states", c.states), ("counts", c.counts), ("merged", a.merged), ("scores", a.scores)):
+            assert np.asarray(x).tobytes() == got[name + ":" + f].tobytes(), f"{name}.{f}: ATTNKIT_DLA_V3={flags}"

@@ -41,7 +41,8 @@ struct Tuning {
   std::atomic<int64_t> cuda_scratch{0};
   /// DLA prefill on CUDA (cuda/dla_prefill_v2.cu): blocks per (batch, head), each owning a slice of the
   /// output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel (cuda/dla_prefill.cu, for
-  /// side-by-side measurements). No effect on the CPU; results equal up to rounding.
+  /// side-by-side measurements); -2 = the second kernel without v3's warp scan (dla_prefill_v3.cuh),
+  /// split automatic. No effect on the CPU; results equal up to rounding.
   std::atomic<int64_t> dla_split{0};
   /// DLA decode step on CUDA: 0 = automatic (cuda/dla_decode_v2.cu where enabled, else cuda/dla_decode.cu),
   /// 1 = the first kernel (cuda/dla_decode.cu, for side-by-side measurements). Results equal up to rounding.

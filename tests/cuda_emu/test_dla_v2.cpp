@@ -1,8 +1,12 @@
+// Emulated CUDA DLA prefill v2 and v3 (cuda/dla_prefill_v2.cu's kernel body with cuda/dla_prefill_v3.cuh, see
+// run.sh; v3 = the same body with lay.warp_scan and lay.batch_loads set) vs the CPU backend's generic kernel,
+// and v3 against v2 bit for bit (v3 changes who runs the scan and when loads are issued, no arithmetic). Was:
 // Emulated CUDA DLA prefill v2 (cuda/dla_prefill_v2.cu's kernel body, see run.sh) vs the CPU backend's
 // generic kernel on the same DLAProblem: outputs, scores, boundaries, merges and the cache, for every column
 // split ns, chunk lengths, capacities (1, 2, 3, 5, > T), decay, both scores, a cache carried in, and
 // thresholds that give every token a boundary, none, or a mix (float64 there: decisions near tau).
 #include <algorithm>
+#include <barrier>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -11,12 +15,71 @@
 #include <vector>
 #include "cuda/common.cuh"
 #define __launch_bounds__(x)
+// Warp operations for v3's warp scan, which runs on warp 0 where the block has at least 32 threads: every
+// lane of warp 0 posts its value, the 32 meet at a barrier, each reads, all meet again (the other threads of
+// a larger block wait at the next __syncthreads meanwhile).
+static std::barrier<>& emu_warp_bar() {
+  static std::barrier<> b(32);
+  return b;
+}
+static unsigned char g_emu_wbuf[32][8];
+static void emu_warp_check() {
+  if (blockDim.x < 32 || threadIdx.x >= 32) throw std::runtime_error("emulated warp operation outside warp 0");
+}
 template <class X>
-X __shfl_down_sync(unsigned, X x, int) { return x; }  // dla_common.cuh's warp_sum (unused here)
+X emu_exchange(X x, unsigned src) {
+  emu_warp_check();
+  std::memcpy(g_emu_wbuf[threadIdx.x], &x, sizeof(X));
+  emu_warp_bar().arrive_and_wait();
+  X r;
+  std::memcpy(&r, g_emu_wbuf[src], sizeof(X));
+  emu_warp_bar().arrive_and_wait();
+  return r;
+}
+template <class X>
+X __shfl_sync(unsigned, X x, int src) { return emu_exchange(x, static_cast<unsigned>(src) & 31u); }
+template <class X>
+X __shfl_down_sync(unsigned, X x, unsigned d) {
+  const unsigned s = threadIdx.x + d;
+  return emu_exchange(x, s < 32 ? s : threadIdx.x);  // out of range: the lane's own value, as CUDA
+}
+/// Every lane's v, in lane order (one exchange round).
+static void emu_gather(unsigned v, unsigned (&all)[32]) {
+  emu_warp_check();
+  std::memcpy(g_emu_wbuf[threadIdx.x], &v, sizeof v);
+  emu_warp_bar().arrive_and_wait();
+  for (unsigned l = 0; l < 32; ++l) std::memcpy(&all[l], g_emu_wbuf[l], sizeof v);
+  emu_warp_bar().arrive_and_wait();
+}
+static unsigned __ballot_sync(unsigned, bool pred) {
+  unsigned all[32], r = 0;
+  emu_gather(pred ? 1u : 0u, all);
+  for (unsigned l = 0; l < 32; ++l) r |= all[l] << l;
+  return r;
+}
+static unsigned __reduce_min_sync(unsigned, unsigned v) {
+  unsigned all[32], r = ~0u;
+  emu_gather(v, all);
+  for (unsigned l = 0; l < 32; ++l) r = std::min(r, all[l]);
+  return r;
+}
+static int __ffs(int x) { return x ? __builtin_ctz(static_cast<unsigned>(x)) + 1 : 0; }
+static void __syncwarp(unsigned = 0xffffffffu) {
+  emu_warp_check();
+  emu_warp_bar().arrive_and_wait();
+}
+static long long __double_as_longlong(double d) {
+  long long r;
+  std::memcpy(&r, &d, sizeof r);
+  return r;
+}
 struct float4 { float x, y, z, w; };  // the kernel's 16-byte shared-memory loads
+#define __noinline__  // dla_prefill_v3.cuh's ks_rows (only around the kernel body: libstdc++ uses the name)
 #include "dla_v2_body.inc"
+#undef __noinline__
 #define DLA_HARNESS_SEED 11
 #include "dla_harness.h"
+static bool g_zero_keys = false;  // every key 0: every score exactly 0, so every merge ratio ties
 
 template <class T>
 void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_t chunk, double tau, bool decay,
@@ -36,7 +99,7 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
       }
       --left;
       for (int64_t d = 0; d < Dk; ++d) {
-        k[(bh * T_ + t) * Dk + d] = T(ck[d] + 0.1 * (urand() * 2 - 1));
+        k[(bh * T_ + t) * Dk + d] = g_zero_keys ? T(0) : T(ck[d] + 0.1 * (urand() * 2 - 1));
         q[(bh * T_ + t) * Dk + d] = T(urand() * 2 - 1);
       }
       for (int64_t e = 0; e < Dv; ++e) v[(bh * T_ + t) * Dv + e] = T(cv[e] + 0.1 * (urand() * 2 - 1));
@@ -88,8 +151,8 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     v3(ci.counts, ccount.data(), C, DType::Int64); v3(ci.info, cinfo.data(), C, p.dtype); v3(ci.starts, cstart.data(), C, DType::Int64);
     ci.size.data = csize.data(); ci.size.present = true; ci.size.dtype = DType::Int64; ci.size.stride[0] = H; ci.size.stride[1] = 1;
   }
-  Buf<T> b1, b2;
-  for (Buf<T>* bb : {&b1, &b2}) {
+  Buf<T> b1, b2, b3;
+  for (Buf<T>* bb : {&b1, &b2, &b3}) {
     bb->out.assign(B * H * T_ * Dv, T(-7)); bb->states.assign(B * H * C * SS, T(-7)); bb->info.assign(B * H * C, T(-7));
     bb->scores.assign(B * H * T_, T(-7)); bb->counts.assign(B * H * C, -7); bb->starts.assign(B * H * C, -7);
     bb->size.assign(B * H, -7); bb->merged.assign(B * H * T_, -7); bb->bnd.assign(B * H * T_, 7);
@@ -104,17 +167,18 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     co.size.data = bb.size.data(); co.size.present = true; co.size.stride[0] = H; co.size.stride[1] = 1;
     o3(pp.scores, bb.scores.data(), T_); o3(pp.boundaries, bb.bnd.data(), T_); o3(pp.merged, bb.merged.data(), T_);
   };
-  DLAProblem p1 = p, p2 = p;
-  outs(p1, b1); outs(p2, b2);
-  {
+  DLAProblem p1 = p, p2 = p, p3 = p;
+  outs(p1, b1); outs(p2, b2); outs(p3, b3);
+  for (int v3 : {0, 1}) {
     using namespace cuda::dla;
-    const v2::Lay lay = v2::make_lay(p1, sizeof(T), ns);
+    v2::Lay lay = v2::make_lay(p1, sizeof(T), ns);
+    lay.warp_scan = lay.batch_loads = lay.ks_rows = v3;
     const unsigned grid = 3;  // fewer blocks than work units: the grid-stride loop
     std::vector<char> scratch(grid * lay.gbytes, char(0x7f));
     std::vector<double> smem_d(lay.smem / sizeof(double) + 2);
     std::memset(smem_d.data(), 0xff, smem_d.size() * sizeof(double));
     char* smem = reinterpret_cast<char*>(smem_d.data());
-    emu_launch(grid, [&] { v2::prefill_body<T>(p1, lay, scratch.data(), smem); });
+    emu_launch(grid, [&] { v2::prefill_body<T>(v3 ? p3 : p1, lay, scratch.data(), smem); });
   }
   cpu::dla_generic(p2);
   auto cmp = [](const std::vector<T>& a, const std::vector<T>& b) -> double {
@@ -132,12 +196,30 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
   int64_t nb = 0, nm = 0;
   for (auto x : b2.bnd) nb += x;
   for (auto x : b2.merged) nm += x >= 0;
-  const bool ok = e <= tol && same;
+  auto bits = [](const auto& a, const auto& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
+  };
+  const bool v3same = bits(b1.out, b3.out) && bits(b1.states, b3.states) && bits(b1.info, b3.info) &&
+                      bits(b1.scores, b3.scores) && b1.counts == b3.counts && b1.starts == b3.starts &&
+                      b1.size == b3.size && b1.merged == b3.merged && b1.bnd == b3.bnd;
+  const bool ok = e <= tol && same && v3same;
   fails += !ok;
   std::printf("%-40s T=%3lld Dk=%2lld Dv=%2lld C=%2lld L=%2lld ns=%lld %s bnd %3lld mrg %3lld err %.3g %s%s\n", name,
               (long long)T_, (long long)Dk, (long long)Dv, (long long)C, (long long)chunk, (long long)ns,
-              sizeof(T) == 8 ? "f64" : "f32", (long long)nb, (long long)nm, e, same ? "" : "DECISIONS DIFFER ",
-              ok ? "ok" : "FAIL");
+              sizeof(T) == 8 ? "f64" : "f32", (long long)nb, (long long)nm, e,
+              !same ? "DECISIONS DIFFER " : !v3same ? "V3 BITS DIFFER FROM V2 " : "", ok ? "ok" : "FAIL");
+}
+
+/// Cases aimed at v3's warp scan (it runs where the block has 32 threads or more).
+template <class T> void v3_cases() {
+  run<T>("C=16 every token a boundary", 200, 8, 8, 16, 0, -1.0, false, false, true, 2);
+  run<T>("C=32 every token a boundary cache", 150, 6, 5, 32, 0, -1.0, true, false, true, 1);
+  run<T>("C=33 (v3: thread 0's scan)", 90, 6, 5, 33, 0, -1.0, false, false, true, 1);
+  run<T>("Dv=16 Dk=12 chunk 30 drift", 100, 12, 16, 4, 30, -1.0, false, true, true, 1);
+  g_zero_keys = true;  // every ratio ties (the oldest pair wins); the carried states tell the merges apart
+  run<T>("zero keys, ties, cache", 100, 8, 8, 6, 0, -1.0, false, false, true, 2);
+  run<T>("zero keys, ties, cache, chunk 9, decay", 100, 8, 8, 5, 9, -1.0, true, false, true, 1);
+  g_zero_keys = false;
 }
 
 template <class T> void all() {
@@ -155,6 +237,7 @@ template <class T> void all() {
   run<T>("chunk 1", 23, 7, 6, 3, 1, -1.0, true, false, true, 2);
   run<T>("chunk 1 tau inf", 23, 8, 8, 3, 1, INFINITY, true, true, true, 2);
   run<T>("big tiles default chunk", 150, 20, 19, 4, 0, -1.0, true, false, true, 2);
+  v3_cases<T>();
   if (sizeof(T) == 8) {  // mixed decisions: double only (scores near tau may round apart in float)
     for (double tau : {0.4, 0.8, 1.1}) {
       run<T>("mixed tau", 90, 7, 6, 4, 0, tau, false, false, false, 2);
@@ -167,6 +250,9 @@ template <class T> void all() {
 }
 int main() {
   for (unsigned th : {1u, 5u, 32u}) { g_emu_threads = th; all<double>(); all<float>(); }
+  g_emu_threads = 40;  // warp 0 scans while threads 32..39 wait at the block barrier
+  v3_cases<double>();
+  v3_cases<float>();
   std::printf("%d failures\n", fails);
   return fails != 0;
 }
