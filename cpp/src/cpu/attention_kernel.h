@@ -140,6 +140,10 @@ struct ExactKernel {
     int64_t nsplit, split_len;
     T* part_o;
     T* part_lse;
+    /// float16 / bfloat16 K and V converted to T once per call (ExactRun::convert_kv), [B][Hkv][Sk][D]
+    /// and [B][Hkv][Sk][Dv], read in place by every query tile; null: each tile converts its chunks.
+    const T* kconv;
+    const T* vconv;
   };
 
   struct Work {
@@ -416,11 +420,21 @@ struct ExactKernel {
 
   /// Key rows j0 .. j0+jn of kv head (b, hkv) as T rows: in place when possible, else packed.
   static const T* key_rows(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int jn, int64_t& ld) {
+    if constexpr (!kSameType)
+      if (c.kconv) return converted_rows(c, c.kconv, c.p->D, b, hkv, j0, ld);
     return operand_rows<T, St>(c.p->k, b, hkv, j0, jn, c.p->D, c.k_direct, w.kbuf, c.p->D, ld);
   }
 
   static const T* value_rows(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int jn, int64_t& ld) {
+    if constexpr (!kSameType)
+      if (c.vconv) return converted_rows(c, c.vconv, c.p->Dv, b, hkv, j0, ld);
     return operand_rows<T, St>(c.p->v, b, hkv, j0, jn, c.p->Dv, c.v_direct, w.vbuf, c.DvP, ld);
+  }
+
+  /// Row j0 of kv head (b, hkv) in a converted copy [B][Hkv][Sk][N] (Ctx::kconv / vconv).
+  static const T* converted_rows(const Ctx& c, const T* x, int64_t N, int64_t b, int64_t hkv, int64_t j0, int64_t& ld) {
+    ld = N;
+    return x + ((b * c.p->Hkv + hkv) * c.p->Sk + j0) * N;
   }
 
   /// Prefetches rows [j0, j0 + n) (clipped to Sk) of kv head (b, hkv) of x into L2. Decoding streams
