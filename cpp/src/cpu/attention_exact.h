@@ -72,15 +72,19 @@ struct ExactRun : ExactKernel<Cfg, St> {
 
   /// float16 / bfloat16 K and V are converted to T once per call when every chunk would otherwise be
   /// converted by several query tiles (the per-tile conversion held ~8% of a non-causal float16 call's
-  /// samples at D = 64, S = 1024 on Zen 3: about one chunk conversion per 24 FMAs per lane vector), and
-  /// the copy takes at most kConvMaxBytes; beyond that each tile converts its chunks as it packs them.
+  /// samples at D = 64, S = 1024 on Zen 3) and one kv head's copy takes at most kConvHeadBytes (the whole
+  /// copy at most kConvMaxBytes). Longer heads convert per tile as they are packed: there the tiles stream
+  /// K and V from L3 each, and reading the 16-bit inputs (half the bytes) into an L1-resident packed
+  /// chunk beat reading a float32 copy (Zen 3, D = 128, S = 4096: 1.12-1.16x; D = 64, S <= 2048 and
+  /// D = 128, S = 1024 gained or held with the copy).
+  static constexpr std::size_t kConvHeadBytes = std::size_t(1) << 20;
   static constexpr std::size_t kConvMaxBytes = std::size_t(64) << 20;
   static std::size_t convert_elems(const Ctx& c, bool weights, std::size_t* kn) {
     const AttnProblem& p = *c.p;
     *kn = 0;
     if constexpr (K::kSameType) return 0;
     const int64_t readers = c.nqblocks * c.tiles * (c.G / c.Gp);  // query tiles reading each K/V chunk
-    if (c.dot || readers < 2) return 0;
+    if (c.dot || readers < 2 || p.Sk * (p.D + p.Dv) * sizeof(T) > kConvHeadBytes) return 0;
     const std::size_t rows = static_cast<std::size_t>(p.B * p.Hkv * p.Sk);
     *kn = c.pair_qk ? 0 : rows * p.D;  // PairDot reads the stored bfloat16 keys
     const std::size_t n = *kn + (weights ? 0 : rows * p.Dv);

@@ -12,7 +12,8 @@
 //   - PV another outer product, into the output kept transposed too, o^T[d][lanes]: broadcast v[j][d]
 //     (V read in place too) times a vector of p[j][lanes]; the online-softmax rescale of o^T by the
 //     lanes' alpha vector rides on the product's stores (Store::AccumulateScaled), no pass of its own.
-// Extra memory is O(threads * (BQ * (D + Dv) + BK * (BQ + D + Dv))), never O(Sq * Sk).
+// Extra memory is O(threads * (BQ * (D + Dv) + BK * (BQ + D + Dv))), never O(Sq * Sk), plus for float16 /
+// bfloat16 inputs a float32 copy of K and V of at most 64 MiB (ExactRun::convert_elems).
 //
 // Masks. causal / window / key_lengths give each row a key range [lo, hi) (math/masks.h), or the problem
 // gives explicit per-row ranges (LSH over bucket-sorted rows). A tile visits a sorted list of key ranges:
