@@ -75,7 +75,7 @@ struct ExactRun : ExactKernel<Cfg, St> {
   /// samples at D = 64, S = 1024 on Zen 3) and one kv head's copy takes at most kConvHeadBytes (the whole
   /// copy at most kConvMaxBytes). Longer heads convert per tile as they are packed: there the tiles stream
   /// K and V from L3 each, and reading the 16-bit inputs (half the bytes) into an L1-resident packed
-  /// chunk beat reading a float32 copy (Zen 3, D = 128, S = 4096: 1.12-1.16x; D = 64, S <= 2048 and
+  /// chunk beat reading a float32 copy (Zen 3, D = 128, S = 4096: 1.14-1.16x; D = 64, S <= 2048 and
   /// D = 128, S = 1024 gained or held with the copy).
   static constexpr std::size_t kConvHeadBytes = std::size_t(1) << 20;
   static constexpr std::size_t kConvMaxBytes = std::size_t(64) << 20;
