@@ -122,6 +122,9 @@ CASES = [
     ("float16", 1, 2, 1, 45, 77, 33, 8, "neg", dict(bias=True, alibi=True)),
     ("bfloat16", 1, 2, 2, 100, 100, 3, 5, "dstride", dict(causal=True, softcap=4.0)),
     ("float16", 1, 2, 2, 66, 200, 80, 64, "c", dict(mask=True, nonfinite_masked_v=True)),
+    # a kv head's float32 K/V copy would pass 1 MiB: every query tile converts its chunks (the cases above
+    # read K and V from a copy converted once per call)
+    ("bfloat16", 1, 4, 2, 60, 2100, 64, 64, "c", dict(causal=True)),
 ]
 
 SCRIPT = textwrap.dedent("""

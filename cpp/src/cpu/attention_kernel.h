@@ -12,7 +12,8 @@
 //   - PV another outer product, into the output kept transposed too, o^T[d][lanes]: broadcast v[j][d]
 //     (V read in place too) times a vector of p[j][lanes]; the online-softmax rescale of o^T by the
 //     lanes' alpha vector rides on the product's stores (Store::AccumulateScaled), no pass of its own.
-// Extra memory is O(threads * (BQ * (D + Dv) + BK * (BQ + D + Dv))), never O(Sq * Sk).
+// Extra memory is O(threads * (BQ * (D + Dv) + BK * (BQ + D + Dv))), never O(Sq * Sk), plus for float16 /
+// bfloat16 inputs a float32 copy of K and V of at most 64 MiB (ExactRun::convert_elems).
 //
 // Masks. causal / window / key_lengths give each row a key range [lo, hi) (math/masks.h), or the problem
 // gives explicit per-row ranges (LSH over bucket-sorted rows). A tile visits a sorted list of key ranges:
@@ -140,6 +141,10 @@ struct ExactKernel {
     int64_t nsplit, split_len;
     T* part_o;
     T* part_lse;
+    /// float16 / bfloat16 K and V converted to T once per call (ExactRun::convert_kv), [B][Hkv][Sk][D]
+    /// and [B][Hkv][Sk][Dv], read in place by every query tile; null: each tile converts its chunks.
+    const T* kconv;
+    const T* vconv;
   };
 
   struct Work {
@@ -416,11 +421,21 @@ struct ExactKernel {
 
   /// Key rows j0 .. j0+jn of kv head (b, hkv) as T rows: in place when possible, else packed.
   static const T* key_rows(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int jn, int64_t& ld) {
+    if constexpr (!kSameType)
+      if (c.kconv) return converted_rows(c, c.kconv, c.p->D, b, hkv, j0, ld);
     return operand_rows<T, St>(c.p->k, b, hkv, j0, jn, c.p->D, c.k_direct, w.kbuf, c.p->D, ld);
   }
 
   static const T* value_rows(const Ctx& c, const Work& w, int64_t b, int64_t hkv, int64_t j0, int jn, int64_t& ld) {
+    if constexpr (!kSameType)
+      if (c.vconv) return converted_rows(c, c.vconv, c.p->Dv, b, hkv, j0, ld);
     return operand_rows<T, St>(c.p->v, b, hkv, j0, jn, c.p->Dv, c.v_direct, w.vbuf, c.DvP, ld);
+  }
+
+  /// Row j0 of kv head (b, hkv) in a converted copy [B][Hkv][Sk][N] (Ctx::kconv / vconv).
+  static const T* converted_rows(const Ctx& c, const T* x, int64_t N, int64_t b, int64_t hkv, int64_t j0, int64_t& ld) {
+    ld = N;
+    return x + ((b * c.p->Hkv + hkv) * c.p->Sk + j0) * N;
   }
 
   /// Prefetches rows [j0, j0 + n) (clipped to Sk) of kv head (b, hkv) of x into L2. Decoding streams
