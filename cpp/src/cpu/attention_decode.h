@@ -5,9 +5,9 @@
 // per byte, so it runs at the rate it can stream K and V; this kernel streams each chunk of BK keys once for
 // ALL the rows of the kv head:
 //   - QK^T as dot products along D, RQ rows x KJ keys of vector accumulators (RQ * KJ = 8: 4 x 2, then
-//     2 x 4 and 1 x 8 for the last R % 4 rows) per block, the
-//     keys read straight from the caller's rows (float16 converted in the load by vcvtph2ps, bfloat16 by a
-//     16-bit shift), the 8 sums of a block reduced together by one transpose-add (reduce8);
+//     2 x 4 and 1 x 8 for the last R % 4 rows) per block, the keys read straight from the caller's rows
+//     (float16 converted in the load by vcvtph2ps, bfloat16 by a 16-bit shift), the 8 sums of a block
+//     reduced together by one transpose-add (reduce8);
 //   - the online softmax per row over the chunk's BK scores (float32, math/softmax.h);
 //   - PV with the chunk's V rows in L1: register blocks of RL rows x NV value vectors, probabilities
 //     broadcast;
