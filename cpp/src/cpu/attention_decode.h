@@ -4,9 +4,10 @@
 // float32, float16 and bfloat16 inputs). Decoding reads every K and V row once and does little arithmetic
 // per byte, so it runs at the rate it can stream K and V; this kernel streams each chunk of BK keys once for
 // ALL the rows of the kv head:
-//   - QK^T as dot products along D, RQ rows x KJ keys of vector accumulators (RQ * KJ = 8) per block, the
-//     keys read straight from the caller's rows (float16 converted in the load by vcvtph2ps, bfloat16 by a
-//     16-bit shift), the 8 sums of a block reduced together by one transpose-add (reduce8);
+//   - QK^T as dot products along D, RQ rows x KJ keys of vector accumulators (RQ * KJ = 8: 4 x 2, then
+//     2 x 4 and 1 x 8 for the last R % 4 rows) per block, the keys read straight from the caller's rows
+//     (float16 converted in the load by vcvtph2ps, bfloat16 by a 16-bit shift), the 8 sums of a block
+//     reduced together by one transpose-add (reduce8);
 //   - the online softmax per row over the chunk's BK scores (float32, math/softmax.h);
 //   - PV with the chunk's V rows in L1: register blocks of RL rows x NV value vectors, probabilities
 //     broadcast;
@@ -129,7 +130,8 @@ struct DecodeKernel {
       for (int j = 0; j < KJ; ++j) {
         V kv = load(kr[j] + d);
         // K in a register, read once for all RQ rows: GCC otherwise folds the load into every FMA (for
-        // RQ = 2: 10 loads per 8 FMAs, more than Zen 3's two vector loads a cycle can feed).
+        // RQ = 2: 10 loads per 8 FMAs, more than Zen 3's two vector loads a cycle can feed). RQ = 4: 4 query
+        // + 2 key vectors per 8 FMAs, 8 + 4 + 1 of the 16 ymm registers.
         if constexpr (RQ > 1) asm("" : "+v"(kv));
 #pragma GCC unroll 8
         for (int r = 0; r < RQ; ++r) acc[r * KJ + j] += qv[r] * kv;
@@ -319,22 +321,28 @@ struct DecodeKernel {
                     int64_t ldv, const St* pk, const St* pv, int64_t pldk, int64_t pldv, int64_t end) {
     const AttnProblem& p = *c.p;
     const int64_t R = c.R, D = p.D, Dv = p.Dv, DvP = dvp(p);
-    // QK^T: row pairs (single rows for R = 1 or an odd last row), blocks of 8 / RQ keys.
+    // QK^T: row quads (each K vector loaded once for four rows), then a pair and a single row for the rest
+    // (R % 4), blocks of 8 / RQ keys. Quads against pairs, GQA 32:8 with one query row (R = 4), one thread,
+    // Sk = 32768 streamed from memory: 100-114 against 128-177 ns per key of CPU time (likely: the K/V
+    // prefetches, issued in the first pass, spread over all of QK instead of half of it; K read once).
     for (int64_t r = 0; r < R;) {
-      const bool pair = r + 1 < R;
-      const int KJ = pair ? 4 : 8;
+      const int RQ = r + 3 < R ? 4 : r + 1 < R ? 2 : 1;
+      const int KJ = 8 / RQ;
       for (int j = 0; j < jn; j += KJ) {
         if (r == 0 && pk) {
           prefetch_rows(pk, pldk, j0 + j + kPrefetchKeys, KJ, end, D);
           prefetch_rows(pv, pldv, j0 + j + kPrefetchKeys, KJ, end, Dv);
         }
         const int nk = jn - j < KJ ? jn - j : KJ;
-        if (pair)
-          qk_block<2>(w.q + r * D, kc + j * ldk, ldk, nk, D, w.s + r * BK + j, BK);
+        float* s = w.s + r * BK + j;
+        if (RQ == 4)
+          qk_block<4>(w.q + r * D, kc + j * ldk, ldk, nk, D, s, BK);
+        else if (RQ == 2)
+          qk_block<2>(w.q + r * D, kc + j * ldk, ldk, nk, D, s, BK);
         else
-          qk_block<1>(w.q + r * D, kc + j * ldk, ldk, nk, D, w.s + r * BK + j, BK);
+          qk_block<1>(w.q + r * D, kc + j * ldk, ldk, nk, D, s, BK);
       }
-      r += pair ? 2 : 1;
+      r += RQ;
     }
     // Online softmax per row (math/softmax.h), probabilities in place.
     const V ninf = S::set1(math::neg_inf<float>());
