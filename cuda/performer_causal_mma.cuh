@@ -82,6 +82,7 @@ using pm2::kFB;     // 64 features per slice
 using pm2::kLDF;    // row pitch of [keys][features] tiles (kFB + 8)
 using pm2::kRows;   // 64: the chunk length C (keys per chunk = query rows per out_kernel block)
 using pm2::Parts;
+using pm2::add_phi_v;
 
 template <class T>
 struct Ext {
@@ -264,45 +265,7 @@ __global__ void __launch_bounds__(kBlock, 1) state_kernel(const LinArgs a, const
       }
       R = Rn;
       __syncthreads();  // sP complete
-      // acc += phi^T [V | 1]: A = the parts of phi transposed, B = sV (performer_mma2 state_kernel's products).
-      if (!vbad) {
-#pragma unroll 1
-        for (int ks = 0; ks < kRows / 16; ++ks) {
-          uint32_t af[NS][4];
-#pragma unroll
-          for (int sp = 0; sp < NS; ++sp)
-            mma::ldsm_x4_t(af[sp], sP + (sp * kRows + ks * 16 + (lane / 16) * 8 + lane % 8) * kLDF + warp * 16 +
-                                       ((lane / 8) % 2) * 8);
-#pragma unroll
-          for (int n = 0; n < NV; ++n) {
-            uint32_t bf[2];
-            linmma::ldsm_x2_t(bf, sV + (ks * 16 + lane % 16) * DVA + n * 8);
-#pragma unroll
-            for (int sp = 0; sp < NS; ++sp) mma::mma16816<T>(acc[n], af[sp], bf[0], bf[1]);
-          }
-        }
-      } else {
-        // A NaN / infinite value: all parts (t0) and the high part alone (t1) separately, per n-tile.
-#pragma unroll
-        for (int n = 0; n < NV; ++n) {
-          float t0[4] = {0.f, 0.f, 0.f, 0.f}, t1[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll 1
-          for (int ks = 0; ks < kRows / 16; ++ks) {
-            uint32_t bf[2];
-            linmma::ldsm_x2_t(bf, sV + (ks * 16 + lane % 16) * DVA + n * 8);
-#pragma unroll
-            for (int sp = 0; sp < NS; ++sp) {
-              uint32_t af[4];
-              mma::ldsm_x4_t(af, sP + (sp * kRows + ks * 16 + (lane / 16) * 8 + lane % 8) * kLDF + warp * 16 +
-                                     ((lane / 8) % 2) * 8);
-              mma::mma16816<T>(t0, af, bf[0], bf[1]);
-              if (sp == 0) mma::mma16816<T>(t1, af, bf[0], bf[1]);
-            }
-          }
-#pragma unroll
-          for (int i = 0; i < 4; ++i) acc[n][i] += (isnan(t0[i]) && !isnan(t1[i])) ? t1[i] : t0[i];
-        }
-      }
+      add_phi_v<T, DV>(acc, sP, sV, vbad, warp, lane);  // acc += phi^T [V | 1]
       __syncthreads();  // sK, sV, sP, sH, sM are rewritten for the next chunk
     }
     float* fo = x.fin + (item * a.F + f0 + fr) * DVA;

@@ -221,6 +221,53 @@ constexpr std::size_t state_smem() {
 
 /// Partial states part[item][s][f][n] (n < Dv: S, n = Dv: z, beyond: 0) of the allowed keys of segment s,
 /// one block per (item, segment, 64 features); warp w owns features 16 w .. 16 w + 15 of the slice.
+/// acc += phi^T [V | 1] over one tile of kRows keys (state_kernel's and performer_causal_mma.cuh's state
+/// products): A = the NS parts of phi transposed (sP, [NS][kRows][kLDF]; linear_mma.cuh inc_kernel's loads),
+/// B = sV ([kRows][DV + 8]); warp w owns features [16w, 16w + 16). vbad (a NaN / infinite value in V): all parts
+/// (t0) and the high part alone (t1) summed separately, per n-tile (n unrolled: acc stays in registers).
+template <class T, int DV>
+__device__ __forceinline__ void add_phi_v(float (&acc)[(DV + 8) / 8][4], const T* sP, const T* sV, bool vbad,
+                                          int warp, int lane) {
+  constexpr int NS = Parts<T>::NS, DVA = DV + 8, NV = DVA / 8;
+  if (!vbad) {
+#pragma unroll 1
+    for (int ks = 0; ks < kRows / 16; ++ks) {
+      uint32_t af[NS][4];
+#pragma unroll
+      for (int sp = 0; sp < NS; ++sp)
+        mma::ldsm_x4_t(af[sp], sP + (sp * kRows + ks * 16 + (lane / 16) * 8 + lane % 8) * kLDF + warp * 16 +
+                                   ((lane / 8) % 2) * 8);
+#pragma unroll
+      for (int n = 0; n < NV; ++n) {
+        uint32_t bf[2];
+        linmma::ldsm_x2_t(bf, sV + (ks * 16 + lane % 16) * DVA + n * 8);
+#pragma unroll
+        for (int sp = 0; sp < NS; ++sp) mma::mma16816<T>(acc[n], af[sp], bf[0], bf[1]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      float t0[4] = {0.f, 0.f, 0.f, 0.f}, t1[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 1
+      for (int ks = 0; ks < kRows / 16; ++ks) {
+        uint32_t bf[2];
+        linmma::ldsm_x2_t(bf, sV + (ks * 16 + lane % 16) * DVA + n * 8);
+#pragma unroll
+        for (int sp = 0; sp < NS; ++sp) {
+          uint32_t af[4];
+          mma::ldsm_x4_t(af, sP + (sp * kRows + ks * 16 + (lane / 16) * 8 + lane % 8) * kLDF + warp * 16 +
+                                 ((lane / 8) % 2) * 8);
+          mma::mma16816<T>(t0, af, bf[0], bf[1]);
+          if (sp == 0) mma::mma16816<T>(t1, af, bf[0], bf[1]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[n][i] += (isnan(t0[i]) && !isnan(t1[i])) ? t1[i] : t0[i];
+    }
+  }
+}
+
 template <class T, int D, int DV>
 __global__ void __launch_bounds__(kBlock) state_kernel(const LinArgs a, const Ext<T> x) {
   using PT = Parts<T>;
@@ -300,46 +347,7 @@ __global__ void __launch_bounds__(kBlock) state_kernel(const LinArgs a, const Ex
         }
       }
       __syncthreads();
-      // acc += phi^T [V | 1]: A = the parts of phi transposed (linear_mma.cuh inc_kernel's loads), B = sV.
-      if (!vbad) {
-#pragma unroll 1
-        for (int ks = 0; ks < kRows / 16; ++ks) {
-          uint32_t af[NS][4];
-#pragma unroll
-          for (int sp = 0; sp < NS; ++sp)
-            mma::ldsm_x4_t(af[sp], sP + (sp * kRows + ks * 16 + (lane / 16) * 8 + lane % 8) * kLDF + warp * 16 +
-                                       ((lane / 8) % 2) * 8);
-#pragma unroll
-          for (int n = 0; n < NV; ++n) {
-            uint32_t bf[2];
-            linmma::ldsm_x2_t(bf, sV + (ks * 16 + lane % 16) * DVA + n * 8);
-#pragma unroll
-            for (int sp = 0; sp < NS; ++sp) mma::mma16816<T>(acc[n], af[sp], bf[0], bf[1]);
-          }
-        }
-      } else {
-        // A NaN / infinite value: all parts (t0) and the high part alone (t1) separately, per n-tile (n
-        // unrolled: acc must stay in registers).
-#pragma unroll
-        for (int n = 0; n < NV; ++n) {
-          float t0[4] = {0.f, 0.f, 0.f, 0.f}, t1[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll 1
-          for (int ks = 0; ks < kRows / 16; ++ks) {
-            uint32_t bf[2];
-            linmma::ldsm_x2_t(bf, sV + (ks * 16 + lane % 16) * DVA + n * 8);
-#pragma unroll
-            for (int sp = 0; sp < NS; ++sp) {
-              uint32_t af[4];
-              mma::ldsm_x4_t(af, sP + (sp * kRows + ks * 16 + (lane / 16) * 8 + lane % 8) * kLDF + warp * 16 +
-                                     ((lane / 8) % 2) * 8);
-              mma::mma16816<T>(t0, af, bf[0], bf[1]);
-              if (sp == 0) mma::mma16816<T>(t1, af, bf[0], bf[1]);
-            }
-          }
-#pragma unroll
-          for (int i = 0; i < 4; ++i) acc[n][i] += (isnan(t0[i]) && !isnan(t1[i])) ? t1[i] : t0[i];
-        }
-      }
+      add_phi_v<T, DV>(acc, sP, sV, vbad, warp, lane);  // acc += phi^T [V | 1]
       __syncthreads();  // sK, sV, sP are rewritten for the next keys
     }
     // Rows f = fb kFB + 16 warp + gq (+ 8), columns 8 n + 2 tq (+ 1); the 2^-8 of float16's phi is exact.
