@@ -344,6 +344,79 @@ struct OutShape {
                           2 * static_cast<std::size_t>(S::FB) * S::DVA);
 };
 
+/// O = 2^e (O 2^-e + s' [V | 1]), s' = s 2^-e, for one warp's 16 rows (r0, r1: this thread's two) of a causal
+/// chunk: pk the scaled scores as A operands (key tiles kt < warp in full, the diagonal tile kt = warp masked;
+/// with a NaN / infinite value in V (vbad) the diagonal tile goes element by element, masked pairs skipped),
+/// sV the chunk's [V | 1 | 0] rows (pitch DVA). Shared by out_kernel and performer_causal_mma.cuh.
+template <class T, int NV, int NW, int DVA>
+__device__ __forceinline__ void add_scores_v(float (&o)[NV][4], const uint32_t (&pk)[NW][4], const T* sV, bool vbad,
+                                             int e0, int e1, float dn0, float dn1, int warp, int lane, int r0,
+                                             int r1) {
+  const int tq = lane % 4;
+  if (e0 | e1) {
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      o[n][0] *= dn0;
+      o[n][1] *= dn0;
+      o[n][2] *= dn1;
+      o[n][3] *= dn1;
+    }
+  }
+#pragma unroll
+  for (int kt = 0; kt < NW; ++kt) {
+    if (kt < warp || (kt == warp && !vbad)) {
+#pragma unroll
+      for (int n = 0; n < NV; ++n) {
+        uint32_t bv[2];
+        ldsm_x2_t(bv, sV + (kt * 16 + lane % 16) * DVA + n * 8);
+        mma::mma16816<T>(o[n], pk[kt], bv[0], bv[1]);
+      }
+    }
+  }
+  if (vbad) {
+    uint32_t dk[4];  // the diagonal tile's scores (pk[warp], selected with constant indices)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) dk[r] = 0u;
+#pragma unroll
+    for (int kt = 0; kt < NW; ++kt)
+      if (kt == warp)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) dk[r] = pk[kt][r];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+#pragma unroll 1
+    for (int c8 = 0; c8 < 8; ++c8) {
+      // Score (row, key warp 16 + 8 hf + c8): n-tile half hf, column c8, held by lane tq = c8 / 2.
+      const int src = (lane & ~3) | (c8 / 2), j = warp * 16 + hf * 8 + c8;
+      const float s0 = unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf], src), c8 & 1);
+      const float s1 = unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf + 1], src), c8 & 1);
+#pragma unroll
+      for (int n = 0; n < NV; ++n) {
+        const float v0 = to_acc<float>(sV[j * DVA + n * 8 + 2 * tq]);
+        const float v1 = to_acc<float>(sV[j * DVA + n * 8 + 2 * tq + 1]);
+        if (j <= r0) {
+          o[n][0] += s0 * v0;
+          o[n][1] += s0 * v1;
+        }
+        if (j <= r1) {
+          o[n][2] += s1 * v0;
+          o[n][3] += s1 * v1;
+        }
+      }
+    }
+  }
+  if (e0 | e1) {
+    const float up0 = pow2(e0), up1 = pow2(e1);
+#pragma unroll
+    for (int n = 0; n < NV; ++n) {
+      o[n][0] *= up0;
+      o[n][1] *= up0;
+      o[n][2] *= up1;
+      o[n][3] *= up1;
+    }
+  }
+}
+
 template <class T, int D, int DV, int C>
 __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P) {
   using S = Shape<T, D, DV>;
@@ -493,68 +566,7 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
       }
     }
     // O = 2^e (O 2^-e + s' [V | 1]) with s' = s 2^-e.
-    if (e0 | e1) {
-#pragma unroll
-      for (int n = 0; n < NV; ++n) {
-        o[n][0] *= dn0;
-        o[n][1] *= dn0;
-        o[n][2] *= dn1;
-        o[n][3] *= dn1;
-      }
-    }
-#pragma unroll
-    for (int kt = 0; kt < NW; ++kt) {
-      if (kt < warp || (kt == warp && !vbad)) {
-#pragma unroll
-        for (int n = 0; n < NV; ++n) {
-          uint32_t bv[2];
-          ldsm_x2_t(bv, sV + (kt * 16 + lane % 16) * DVA + n * 8);
-          mma::mma16816<T>(o[n], pk[kt], bv[0], bv[1]);
-        }
-      }
-    }
-    if (vbad) {
-      uint32_t dk[4];  // the diagonal tile's scores (pk[warp], selected with constant indices)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) dk[r] = 0u;
-#pragma unroll
-      for (int kt = 0; kt < NW; ++kt)
-        if (kt == warp)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) dk[r] = pk[kt][r];
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf)
-#pragma unroll 1
-      for (int c8 = 0; c8 < 8; ++c8) {
-        // Score (row, key warp 16 + 8 hf + c8): n-tile half hf, column c8, held by lane tq = c8 / 2.
-        const int src = (lane & ~3) | (c8 / 2), j = warp * 16 + hf * 8 + c8;
-        const float s0 = unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf], src), c8 & 1);
-        const float s1 = unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf + 1], src), c8 & 1);
-#pragma unroll
-        for (int n = 0; n < NV; ++n) {
-          const float v0 = to_acc<float>(sV[j * DVA + n * 8 + 2 * tq]);
-          const float v1 = to_acc<float>(sV[j * DVA + n * 8 + 2 * tq + 1]);
-          if (j <= r0) {
-            o[n][0] += s0 * v0;
-            o[n][1] += s0 * v1;
-          }
-          if (j <= r1) {
-            o[n][2] += s1 * v0;
-            o[n][3] += s1 * v1;
-          }
-        }
-      }
-    }
-    if (e0 | e1) {
-      const float up0 = pow2(e0), up1 = pow2(e1);
-#pragma unroll
-      for (int n = 0; n < NV; ++n) {
-        o[n][0] *= up0;
-        o[n][1] *= up0;
-        o[n][2] *= up1;
-        o[n][3] *= up1;
-      }
-    }
+    add_scores_v<T, NV, NW, DVA>(o, pk, sV, vbad, e0, e1, dn0, dn1, warp, lane, r0, r1);
     // The denominators: column DV (n-tile NV - 1, held by the quad's thread tq = 0).
     const float den0 = __shfl_sync(0xffffffffu, o[NV - 1][0], lane & ~3);
     const float den1 = __shfl_sync(0xffffffffu, o[NV - 1][2], lane & ~3);

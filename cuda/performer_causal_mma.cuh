@@ -541,68 +541,7 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
       pk[kt][2] = mma::pack2<T>(sc[2 * kt + 1][0] * dn0, sc[2 * kt + 1][1] * dn0);
       pk[kt][3] = mma::pack2<T>(sc[2 * kt + 1][2] * dn1, sc[2 * kt + 1][3] * dn1);
     }
-    // O = 2^e (O 2^-e + s' [V | 1]) with s' = s 2^-e (linear_mma.cuh out_kernel).
-    if (e0 | e1) {
-#pragma unroll
-      for (int n = 0; n < NV; ++n) {
-        o[n][0] *= dn0;
-        o[n][1] *= dn0;
-        o[n][2] *= dn1;
-        o[n][3] *= dn1;
-      }
-    }
-#pragma unroll
-    for (int kt = 0; kt < NW; ++kt) {
-      if (kt < warp || (kt == warp && !vbad)) {
-#pragma unroll
-        for (int n = 0; n < NV; ++n) {
-          uint32_t bv[2];
-          linmma::ldsm_x2_t(bv, sV + (kt * 16 + lane % 16) * DVA + n * 8);
-          mma::mma16816<T>(o[n], pk[kt], bv[0], bv[1]);
-        }
-      }
-    }
-    if (vbad) {  // the diagonal tile element by element, masked pairs skipped (linear_mma.cuh out_kernel)
-      uint32_t dk[4];
-#pragma unroll
-      for (int r = 0; r < 4; ++r) dk[r] = 0u;
-#pragma unroll
-      for (int kt = 0; kt < NW; ++kt)
-        if (kt == warp)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) dk[r] = pk[kt][r];
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf)
-#pragma unroll 1
-        for (int c8 = 0; c8 < 8; ++c8) {
-          const int src = (lane & ~3) | (c8 / 2), j = warp * 16 + hf * 8 + c8;
-          const float s0 = linmma::unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf], src), c8 & 1);
-          const float s1 = linmma::unpack16<T>(__shfl_sync(0xffffffffu, dk[2 * hf + 1], src), c8 & 1);
-#pragma unroll
-          for (int n = 0; n < NV; ++n) {
-            const float v0 = to_acc<float>(sV[j * DVA + n * 8 + 2 * tq]);
-            const float v1 = to_acc<float>(sV[j * DVA + n * 8 + 2 * tq + 1]);
-            if (j <= r0) {
-              o[n][0] += s0 * v0;
-              o[n][1] += s0 * v1;
-            }
-            if (j <= r1) {
-              o[n][2] += s1 * v0;
-              o[n][3] += s1 * v1;
-            }
-          }
-        }
-    }
-    if (e0 | e1) {
-      const float up0 = linmma::pow2(e0), up1 = linmma::pow2(e1);
-#pragma unroll
-      for (int n = 0; n < NV; ++n) {
-        o[n][0] *= up0;
-        o[n][1] *= up0;
-        o[n][2] *= up1;
-        o[n][3] *= up1;
-      }
-    }
+    linmma::add_scores_v<T, NV, NW, DVA>(o, pk, sV, vbad, e0, e1, dn0, dn1, warp, lane, r0, r1);  // + s' [V | 1]
     // The denominators: column DV (n-tile NV - 1, held by the quad's thread tq = 0).
     const float den0 = __shfl_sync(0xffffffffu, o[NV - 1][0], lane & ~3);
     const float den1 = __shfl_sync(0xffffffffu, o[NV - 1][2], lane & ~3);
