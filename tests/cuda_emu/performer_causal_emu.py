@@ -13,28 +13,14 @@ float32 accumulation of exact products adds ~2^-24 relative).
 Needs NumPy, ml_dtypes and an importable attnkit (the oracle); run:
 python tests/cuda_emu/performer_causal_emu.py"""
 
-import ml_dtypes
 import numpy as np
+from performer_mma2_emu import ATOL, BF16, f32, parts  # (same folder: run as a script)
 
 from attnkit import reference as ref
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
-ATOL = {np.dtype(np.float16): 2e-3, BF16: 1.6e-2}
-f32 = np.float32
 NINF = f32(-np.inf)
 C = 64  # chunk = query rows per block
 FB = 64  # features per slice
-
-
-def parts(x, T, n):
-    """x (float32) as n values of T summing to x up to the last remainder (linmma::split_part)."""
-    out, r = [], x.astype(f32)
-    for _ in range(n):
-        h = r.astype(T)
-        out.append(h.astype(np.float64))
-        r = (r - h.astype(f32)).astype(f32)
-        r = np.where(np.isfinite(r), r, f32(0))
-    return out
 
 
 def rescale(old, new):
