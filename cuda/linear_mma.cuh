@@ -344,6 +344,25 @@ struct OutShape {
                           2 * static_cast<std::size_t>(S::FB) * S::DVA);
 };
 
+/// o += q P for k-step kk (state rows 16 kk ..) of a state slice in bfloat16 hi / lo parts (sPh, sPl:
+/// [rows][DVA]) and the query's A fragments qh / ql: three products, q_lo p_hi dropped where the slice holds a
+/// NaN / infinite value (pbad: its low part is 0 and q_lo, often 0, times the infinite high part would make
+/// NaN where the CPU's float32 product gives the infinity). Shared with performer_mma2.cuh and
+/// performer_causal_mma.cuh.
+template <int NV, int DVA>
+__device__ __forceinline__ void add_state_hilo(float (&o)[NV][4], const uint32_t (&qh)[4], const uint32_t (&ql)[4],
+                                               const bf16_t* sPh, const bf16_t* sPl, int kk, int lane, bool pbad) {
+#pragma unroll
+  for (int n = 0; n < NV; ++n) {
+    uint32_t ph[2], pl[2];
+    ldsm_x2_t(ph, sPh + (kk * 16 + lane % 16) * DVA + n * 8);
+    ldsm_x2_t(pl, sPl + (kk * 16 + lane % 16) * DVA + n * 8);
+    mma::mma16816<bf16_t>(o[n], qh, ph[0], ph[1]);
+    mma::mma16816<bf16_t>(o[n], qh, pl[0], pl[1]);
+    if (!pbad) mma::mma16816<bf16_t>(o[n], ql, ph[0], ph[1]);
+  }
+}
+
 /// O = 2^e (O 2^-e + s' [V | 1]), s' = s 2^-e, for one warp's 16 rows (r0, r1: this thread's two) of a causal
 /// chunk: pk the scaled scores as A operands (key tiles kt < warp in full, the diagonal tile kt = warp masked;
 /// with a NaN / infinite value in V (vbad) the diagonal tile goes element by element, masked pairs skipped),
@@ -554,15 +573,7 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
         uint32_t qh[4], ql[4];
         mma::ldsm_x4(qh, sQh + (warp * 16 + lane % 16) * LDD + col);
         mma::ldsm_x4(ql, sQl + (warp * 16 + lane % 16) * LDD + col);
-#pragma unroll
-        for (int n = 0; n < NV; ++n) {
-          uint32_t ph[2], pl[2];
-          ldsm_x2_t(ph, sPh + (kk * 16 + lane % 16) * DVA + n * 8);
-          ldsm_x2_t(pl, sPl + (kk * 16 + lane % 16) * DVA + n * 8);
-          mma::mma16816<bf16_t>(o[n], qh, ph[0], ph[1]);
-          mma::mma16816<bf16_t>(o[n], qh, pl[0], pl[1]);
-          if (!pbad) mma::mma16816<bf16_t>(o[n], ql, ph[0], ph[1]);
-        }
+        add_state_hilo<NV, DVA>(o, qh, ql, sPh, sPl, kk, lane, pbad);
       }
     }
     // O = 2^e (O 2^-e + s' [V | 1]) with s' = s 2^-e.

@@ -387,19 +387,7 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
       const int64_t f0 = s * kFB;
       __syncthreads();  // every warp is done with the previous slice's tiles (and with sM's m_j)
       pm2::load_w<T, D>(sW, x.wp, a.F, f0);
-      bool pb = false;
-      for (int i = tid * 4; i < kFB * DVA; i += kBlock * 4) {  // performer_mma2 out_kernel's slice load
-        const float4 w = *reinterpret_cast<const float4*>(Pc + f0 * DVA + i);
-        float v[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int q = 0; q < 4; ++q) pb |= !(fabsf(v[q]) <= FLT_MAX);
-        float hi[4];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) hi[q] = to_acc<float>(linmma::split_part<bf16_t>(v[q]));  // v: the rest
-        *reinterpret_cast<uint2*>(sPh + i) =
-            make_uint2(mma::pack2<bf16_t>(hi[0], hi[1]), mma::pack2<bf16_t>(hi[2], hi[3]));
-        *reinterpret_cast<uint2*>(sPl + i) = make_uint2(mma::pack2<bf16_t>(v[0], v[1]), mma::pack2<bf16_t>(v[2], v[3]));
-      }
+      const bool pb = pm2::load_state_hilo<DVA>(sPh, sPl, Pc + f0 * DVA);
       for (int i = tid; i < kRows * (kFB / 8); i += kBlock) {  // phi_own of the allowed keys, zeros past kn
         const int j = i / (kFB / 8), c8 = i % (kFB / 8) * 8;
         uint4 w = make_uint4(0u, 0u, 0u, 0u);
@@ -477,15 +465,7 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
           qh[r] = mma::pack2<bf16_t>(h0, h1);
           ql[r] = mma::pack2<bf16_t>(w0, w1);
         }
-#pragma unroll
-        for (int n = 0; n < NV; ++n) {
-          uint32_t ph[2], pl[2];
-          linmma::ldsm_x2_t(ph, sPh + (kt * 16 + lane % 16) * DVA + n * 8);
-          linmma::ldsm_x2_t(pl, sPl + (kt * 16 + lane % 16) * DVA + n * 8);
-          mma::mma16816<bf16_t>(o[n], qh, ph[0], ph[1]);
-          mma::mma16816<bf16_t>(o[n], qh, pl[0], pl[1]);
-          if (!pbad) mma::mma16816<bf16_t>(o[n], ql, ph[0], ph[1]);
-        }
+        linmma::add_state_hilo<NV, DVA>(o, qh, ql, sPh, sPl, kt, lane, pbad);
       }
       // Scores of this slice against the keys of key tiles np <= warp (linear_mma.cuh out_kernel's B loads),
       // each times exp(mb[j][s] - c_t) <= 1 where allowed (j <= t, j < kn).

@@ -221,6 +221,26 @@ constexpr std::size_t state_smem() {
 
 /// Partial states part[item][s][f][n] (n < Dv: S, n = Dv: z, beyond: 0) of the allowed keys of segment s,
 /// one block per (item, segment, 64 features); warp w owns features 16 w .. 16 w + 15 of the slice.
+/// Slice [f0, f0 + kFB) of a float32 state (st: its row f0, rows of DVA) into bfloat16 hi / lo parts sPh / sPl
+/// ([kFB][DVA]; linear_mma.cuh out_kernel's split, the low part the rest); returns whether this thread read a
+/// NaN / infinite value (the caller ORs it over the block). Also performer_causal_mma.cuh's.
+template <int DVA>
+__device__ __forceinline__ bool load_state_hilo(bf16_t* sPh, bf16_t* sPl, const float* st) {
+  bool pb = false;
+  for (int i = static_cast<int>(threadIdx.x) * 4; i < kFB * DVA; i += kBlock * 4) {
+    const float4 w = *reinterpret_cast<const float4*>(st + i);
+    float v[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) pb |= !(fabsf(v[q]) <= FLT_MAX);
+    float hi[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) hi[q] = to_acc<float>(linmma::split_part<bf16_t>(v[q]));  // v: the rest
+    *reinterpret_cast<uint2*>(sPh + i) = make_uint2(mma::pack2<bf16_t>(hi[0], hi[1]), mma::pack2<bf16_t>(hi[2], hi[3]));
+    *reinterpret_cast<uint2*>(sPl + i) = make_uint2(mma::pack2<bf16_t>(v[0], v[1]), mma::pack2<bf16_t>(v[2], v[3]));
+  }
+  return pb;
+}
+
 /// acc += phi^T [V | 1] over one tile of kRows keys (state_kernel's and performer_causal_mma.cuh's state
 /// products): A = the NS parts of phi transposed (sP, [NS][kRows][kLDF]; linear_mma.cuh inc_kernel's loads),
 /// B = sV ([kRows][DV + 8]); warp w owns features [16w, 16w + 16). vbad (a NaN / infinite value in V): all parts
@@ -448,19 +468,7 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
     for (int64_t f0 = 0; f0 < a.F; f0 += kFB) {
       __syncthreads();
       load_w<T, D>(sW, x.wp, a.F, f0);
-      bool pb = false;
-      for (int i = tid * 4; i < kFB * DVA; i += kBlock * 4) {  // linear_mma.cuh out_kernel's slice load
-        const float4 w = *reinterpret_cast<const float4*>(st + f0 * DVA + i);
-        float v[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int q = 0; q < 4; ++q) pb |= !(fabsf(v[q]) <= FLT_MAX);
-        float hi[4];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) hi[q] = to_acc<float>(linmma::split_part<bf16_t>(v[q]));  // v: the rest
-        *reinterpret_cast<uint2*>(sPh + i) =
-            make_uint2(mma::pack2<bf16_t>(hi[0], hi[1]), mma::pack2<bf16_t>(hi[2], hi[3]));
-        *reinterpret_cast<uint2*>(sPl + i) = make_uint2(mma::pack2<bf16_t>(v[0], v[1]), mma::pack2<bf16_t>(v[2], v[3]));
-      }
+      const bool pb = load_state_hilo<DVA>(sPh, sPl, st + f0 * DVA);
       const bool pbad = __syncthreads_or(pb) != 0;
       float e[kFB / 8][4];
       project<T, D>(sQ, sW, e);
@@ -480,15 +488,7 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
           qh[r] = mma::pack2<bf16_t>(h0, h1);
           ql[r] = mma::pack2<bf16_t>(v0, v1);
         }
-#pragma unroll
-        for (int n = 0; n < NV; ++n) {
-          uint32_t ph[2], pl[2];
-          linmma::ldsm_x2_t(ph, sPh + (kt * 16 + lane % 16) * DVA + n * 8);
-          linmma::ldsm_x2_t(pl, sPl + (kt * 16 + lane % 16) * DVA + n * 8);
-          mma::mma16816<bf16_t>(o[n], qh, ph[0], ph[1]);
-          mma::mma16816<bf16_t>(o[n], qh, pl[0], pl[1]);
-          if (!pbad) mma::mma16816<bf16_t>(o[n], ql, ph[0], ph[1]);
-        }
+        linmma::add_state_hilo<NV, DVA>(o, qh, ql, sPh, sPl, kt, lane, pbad);
       }
     }
     // The denominators: column DV (n-tile NV - 1, held by the quad's thread tq = 0).
