@@ -116,6 +116,16 @@ __device__ __forceinline__ void ldsm_x2_t(uint32_t (&r)[2], const void* p) {
                : "r"(mma::smem_addr(p)));
 }
 
+/// The maxima over a row's four threads (a quad: lanes 4 gq .. 4 gq + 3), fmaxf (out_kernel's and
+/// performer_causal_mma.cuh's row maxima of |scores|).
+__device__ __forceinline__ void quad_fmax(float& mx0, float& mx1) {
+#pragma unroll
+  for (int o = 1; o < 4; o <<= 1) {
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
+  }
+}
+
 /// e >= 0 such that m 2^-e < 2^15: 0 for m <= 2^15 (and NaN, inf), else frexp's exponent of m minus 15
 /// (m in [2^(x - 127), 2^(x - 126)) for the biased exponent x of a normal float), at most 113.
 __device__ __forceinline__ int scale_exponent(float m) {
@@ -523,11 +533,7 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
         else
           mx1 = fmaxf(mx1, m);
       }
-#pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
-    }
+    quad_fmax(mx0, mx1);
     // Exponent e >= 0 with max |s| 2^-e < 2^15 (finite maxima; the scaling by 2^-e is exact).
     const int e0 = scale_exponent(mx0), e1 = scale_exponent(mx1);
     const float dn0 = pow2(-e0), dn1 = pow2(-e1);

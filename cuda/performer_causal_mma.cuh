@@ -194,29 +194,14 @@ __global__ void __launch_bounds__(kBlock, 1) state_kernel(const LinArgs a, const
         bad |= load_v_row8<T, DV>(vg + (j0 + j) * a.vs[2], a.vs[3], x.vvec, j, kn, n8, sV + j * DVA + n8);
       }
       const bool vbad = __syncthreads_or(bad) != 0;  // uniform; sK, sV (and sW) visible
-      if (tid < kRows) {  // |k'|^2/2 in float32, d in order (the CPU's order)
-        float sq = 0.f;
-        for (int d = 0; d < D; ++d) {
-          const float v = to_acc<float>(sK[tid * LDD + d]);
-          sq += v * v;
-        }
-        sH[tid] = sq * half_scale;
-      }
+      if (tid < kRows) sH[tid] = pm2::row_sq<T, D>(sK + tid * LDD) * half_scale;  // |k'|^2/2
       __syncthreads();
       float e[kFB / 8][4];
       pm2::project<T, D>(sK, sW, e);
       const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's keys
       float mx0 = math::neg_inf<float>(), mx1 = math::neg_inf<float>();
-#pragma unroll
-      for (int n = 0; n < kFB / 8; ++n) {
-        mx0 = math::softmax_new_max(math::softmax_new_max(mx0, e[n][0]), e[n][1]);
-        mx1 = math::softmax_new_max(math::softmax_new_max(mx1, e[n][2]), e[n][3]);
-      }
-#pragma unroll
-      for (int o = 1; o < 4; o <<= 1) {
-        mx0 = math::softmax_new_max(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
-        mx1 = math::softmax_new_max(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
-      }
+      pm2::fold_max(e, mx0, mx1);
+      pm2::quad_max(mx0, mx1);
       const float h0 = sH[r0], h1 = sH[r1];
       const float mb0 = math::favor_key_exponent(mx0, h0), mb1 = math::favor_key_exponent(mx1, h1);
       if (tq == 0) {
@@ -506,11 +491,7 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
         else
           mx1 = fmaxf(mx1, m);
       }
-#pragma unroll
-    for (int q = 1; q < 4; q <<= 1) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, q));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, q));
-    }
+    linmma::quad_fmax(mx0, mx1);
     const int e0 = row_exponent(mx0), e1 = row_exponent(mx1);
     const float dn0 = linmma::pow2(-e0), dn1 = linmma::pow2(-e1);
     uint32_t pk[NW][4];  // the scores as the A operand of the PV product, k-step kt = keys 16 kt ..

@@ -143,6 +143,36 @@ __device__ __forceinline__ void project(const T* sX, const T* sW, float (&e)[kFB
   }
 }
 
+/// sum_d k_d^2 over the D elements of a tile row, in float32 with d in order (the CPU's order): |k'|^2 before
+/// its half scale (stats_kernel, state_kernel and performer_causal_mma.cuh's state_kernel).
+template <class T, int D>
+__device__ __forceinline__ float row_sq(const T* row) {
+  float sq = 0.f;
+  for (int d = 0; d < D; ++d) {
+    const float v = to_acc<float>(row[d]);
+    sq += v * v;
+  }
+  return sq;
+}
+
+/// The running maxima of this thread's two rows (warp rows gq, gq + 8) over project()'s e, as softmax_new_max.
+__device__ __forceinline__ void fold_max(const float (&e)[kFB / 8][4], float& mx0, float& mx1) {
+#pragma unroll
+  for (int n = 0; n < kFB / 8; ++n) {
+    mx0 = math::softmax_new_max(math::softmax_new_max(mx0, e[n][0]), e[n][1]);
+    mx1 = math::softmax_new_max(math::softmax_new_max(mx1, e[n][2]), e[n][3]);
+  }
+}
+
+/// The maxima over a row's four threads (a quad: lanes 4 gq .. 4 gq + 3), as softmax_new_max.
+__device__ __forceinline__ void quad_max(float& mx0, float& mx1) {
+#pragma unroll
+  for (int o = 1; o < 4; o <<= 1) {
+    mx0 = math::softmax_new_max(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
+    mx1 = math::softmax_new_max(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
+  }
+}
+
 /// W' = fs W (rounded as scale_features_kernel: fs in float, then the product) split into NS parts.
 template <class T>
 __global__ void wparts_kernel(T* wp, const void* W, DType dt, int64_t s0, int64_t s1, int64_t F, int64_t D, float fs) {
@@ -177,14 +207,7 @@ __global__ void __launch_bounds__(kBlock) stats_kernel(const LinArgs a, const Ex
     load_rows<T, D>(sK, static_cast<const T*>(a.k) + b * a.ks[0] + hkv * a.ks[1] + j0 * a.ks[2], a.ks[2], a.ks[3],
                     x.kvec, kn);
     __syncthreads();
-    if (tid < kRows) {  // |k'|^2/2 in float32, d in order (the CPU's order)
-      float sq = 0.f;
-      for (int d = 0; d < D; ++d) {
-        const float v = to_acc<float>(sK[tid * LDD + d]);
-        sq += v * v;
-      }
-      sH[tid] = sq * half_scale;
-    }
+    if (tid < kRows) sH[tid] = row_sq<T, D>(sK + tid * LDD) * half_scale;  // |k'|^2/2
     float mx0 = math::neg_inf<float>(), mx1 = math::neg_inf<float>();
     for (int64_t f0 = 0; f0 < a.F; f0 += kFB) {
       if (f0 > 0) __syncthreads();  // every warp is done with the previous slice
@@ -192,17 +215,9 @@ __global__ void __launch_bounds__(kBlock) stats_kernel(const LinArgs a, const Ex
       __syncthreads();
       float e[kFB / 8][4];
       project<T, D>(sK, sW, e);
-#pragma unroll
-      for (int n = 0; n < kFB / 8; ++n) {
-        mx0 = math::softmax_new_max(math::softmax_new_max(mx0, e[n][0]), e[n][1]);
-        mx1 = math::softmax_new_max(math::softmax_new_max(mx1, e[n][2]), e[n][3]);
-      }
+      fold_max(e, mx0, mx1);
     }
-#pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-      mx0 = math::softmax_new_max(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
-      mx1 = math::softmax_new_max(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
-    }
+    quad_max(mx0, mx1);
     const int r0 = warp * 16 + gq, r1 = r0 + 8;
     float* mK = x.mK + item * a.Sk + j0;
     if (tq == 0 && r0 < kn) mK[r0] = math::favor_key_exponent(mx0, sH[r0]);
@@ -335,14 +350,7 @@ __global__ void __launch_bounds__(kBlock) state_kernel(const LinArgs a, const Ex
         linmma::store8<T>(sV + j * DVA + n8, v);
       }
       const bool vbad = __syncthreads_or(bad) != 0;  // uniform; sK, sV (and sW) visible
-      if (tid < kRows) {
-        float sq = 0.f;
-        for (int d = 0; d < D; ++d) {
-          const float v = to_acc<float>(sK[tid * LDD + d]);
-          sq += v * v;
-        }
-        sOff[tid] = sq * half_scale + c;  // the CPU's hK + c (key_exp_kernel)
-      }
+      if (tid < kRows) sOff[tid] = row_sq<T, D>(sK + tid * LDD) * half_scale + c;  // the CPU's hK + c (key_exp_kernel)
       __syncthreads();
       {
         float e[kFB / 8][4];
@@ -447,17 +455,9 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
       __syncthreads();
       float e[kFB / 8][4];
       project<T, D>(sQ, sW, e);
-#pragma unroll
-      for (int n = 0; n < kFB / 8; ++n) {
-        mx0 = math::softmax_new_max(math::softmax_new_max(mx0, e[n][0]), e[n][1]);
-        mx1 = math::softmax_new_max(math::softmax_new_max(mx1, e[n][2]), e[n][3]);
-      }
+      fold_max(e, mx0, mx1);
     }
-#pragma unroll
-    for (int o = 1; o < 4; o <<= 1) {
-      mx0 = math::softmax_new_max(mx0, __shfl_xor_sync(0xffffffffu, mx0, o));
-      mx1 = math::softmax_new_max(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
-    }
+    quad_max(mx0, mx1);
     // Pass 2: O = phi(Q) [S | z] slice by slice.
     float o[NV][4];
 #pragma unroll
