@@ -116,6 +116,20 @@ __device__ __forceinline__ void ldsm_x2_t(uint32_t (&r)[2], const void* p) {
                : "r"(mma::smem_addr(p)));
 }
 
+/// The scores sc (n-tiles of 8 keys; this thread's rows r0: [n][0..1], r1: [n][2..3]) times the row factors
+/// dn0, dn1, rounded to T as the A operand of the PV product: k-step kt = keys 16 kt .. 16 kt + 15 (out_kernel's
+/// and performer_causal_mma.cuh's).
+template <class T, int NW>
+__device__ __forceinline__ void pack_scores(uint32_t (&pk)[NW][4], const float (&sc)[2 * NW][4], float dn0, float dn1) {
+#pragma unroll
+  for (int kt = 0; kt < NW; ++kt) {
+    pk[kt][0] = mma::pack2<T>(sc[2 * kt][0] * dn0, sc[2 * kt][1] * dn0);
+    pk[kt][1] = mma::pack2<T>(sc[2 * kt][2] * dn1, sc[2 * kt][3] * dn1);
+    pk[kt][2] = mma::pack2<T>(sc[2 * kt + 1][0] * dn0, sc[2 * kt + 1][1] * dn0);
+    pk[kt][3] = mma::pack2<T>(sc[2 * kt + 1][2] * dn1, sc[2 * kt + 1][3] * dn1);
+  }
+}
+
 /// The maxima over a row's four threads (a quad: lanes 4 gq .. 4 gq + 3), fmaxf (out_kernel's and
 /// performer_causal_mma.cuh's row maxima of |scores|).
 __device__ __forceinline__ void quad_fmax(float& mx0, float& mx1) {
@@ -538,13 +552,7 @@ __global__ void __launch_bounds__(C * 2) out_kernel(const Args a, const float* P
     const int e0 = scale_exponent(mx0), e1 = scale_exponent(mx1);
     const float dn0 = pow2(-e0), dn1 = pow2(-e1);
     uint32_t pk[NW][4];  // the scores as the A operand of the PV product, k-step kt = keys 16 kt ..
-#pragma unroll
-    for (int kt = 0; kt < NW; ++kt) {
-      pk[kt][0] = mma::pack2<T>(sc[2 * kt][0] * dn0, sc[2 * kt][1] * dn0);
-      pk[kt][1] = mma::pack2<T>(sc[2 * kt][2] * dn1, sc[2 * kt][3] * dn1);
-      pk[kt][2] = mma::pack2<T>(sc[2 * kt + 1][0] * dn0, sc[2 * kt + 1][1] * dn0);
-      pk[kt][3] = mma::pack2<T>(sc[2 * kt + 1][2] * dn1, sc[2 * kt + 1][3] * dn1);
-    }
+    pack_scores<T, NW>(pk, sc, dn0, dn1);
 
     // O = phi(Q) P_c, the state in slices of FB features (bfloat16 hi / lo parts).
     float o[NV][4];

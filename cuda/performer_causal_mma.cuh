@@ -495,13 +495,7 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
     const int e0 = row_exponent(mx0), e1 = row_exponent(mx1);
     const float dn0 = linmma::pow2(-e0), dn1 = linmma::pow2(-e1);
     uint32_t pk[NW][4];  // the scores as the A operand of the PV product, k-step kt = keys 16 kt ..
-#pragma unroll
-    for (int kt = 0; kt < NW; ++kt) {
-      pk[kt][0] = mma::pack2<T>(sc[2 * kt][0] * dn0, sc[2 * kt][1] * dn0);
-      pk[kt][1] = mma::pack2<T>(sc[2 * kt][2] * dn1, sc[2 * kt][3] * dn1);
-      pk[kt][2] = mma::pack2<T>(sc[2 * kt + 1][0] * dn0, sc[2 * kt + 1][1] * dn0);
-      pk[kt][3] = mma::pack2<T>(sc[2 * kt + 1][2] * dn1, sc[2 * kt + 1][3] * dn1);
-    }
+    linmma::pack_scores<T, NW>(pk, sc, dn0, dn1);
     linmma::add_scores_v<T, NV, NW, DVA>(o, pk, sV, vbad, e0, e1, dn0, dn1, warp, lane, r0, r1);  // + s' [V | 1]
     // The denominators: column DV (n-tile NV - 1, held by the quad's thread tq = 0).
     const float den0 = __shfl_sync(0xffffffffu, o[NV - 1][0], lane & ~3);
