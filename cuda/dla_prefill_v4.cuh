@@ -28,14 +28,19 @@
 //
 // Three launches on the caller's stream (A, B, C); B waits for all of A, C for all of B.
 //
-// Expected time (an ESTIMATE from v3's per-chunk breakdown, H200, float16, B = 4, H = 16, D = 64, C = 16, S =
-// 4096, random data: a merge at every token; not measured): A ~ loads 10K + Gram 9K + K S_open 33K + suffix
-// sums and A chains 8K + score table 7K + open-state update 2K cycles per chunk -> ~60-70K cycles = ~35 us per
-// chunk, 64 chunks: ~2.2 ms (64 blocks: one item each; the bound of v4). B: ~350 cycles per merge, 4096
-// merges: ~0.7 ms. C (split 2, 128 blocks): loads 10K + QK 5K + replay ~5K + snapshots/weights 12K + readout
-// 25K + state update (half the columns) 8K -> ~65K cycles = ~33 us per chunk, ~2.1 ms. Total ~5 ms vs v2's
-// 17.2 ms measured (~3.4x), still ~4x slower than exact attention (1.14 ms): the serial chunk chain of A
-// (one block per item) is the next limit; A could run two items' halves... see the report.
+// Expected time (an ESTIMATE from dla_prefill_v3.cuh's per-chunk breakdown, whose sums run ~2x short of the
+// measured latency; H200, float16, B = 4, H = 16, D = 64, C = 16, S = 4096 = 64 chunks, random data: a merge at
+// every token; NOT measured): A ~ loads of K, V 7K + Gram 9K + K S_open in double 33K + suffix sums and A chains
+// 8K + score table 7K + lookups 3K + open-state update 4K = ~70K cycles, x2 = ~70 us per chunk, ~4.5 ms (64
+// blocks, one item each); B ~350 cycles per merge x 4096 = ~0.7 ms; C (split 2: 128 blocks) ~ loads 10K + QK 5K
+// + replay 6K + snapshots, weights 12K + readout 50K + state update of half the columns 8K = ~90K x2 = ~90 us per
+// chunk, ~5.8 ms. Total ~11 ms vs v2's measured 17.2 ms (~1.5x): the removal of the serial merge scan and of
+// the redundant C-state work, not yet the target (exact attention 1.14 ms). What bounds it: A and C are still
+// one serial chain of chunks per block. Next: (i) C chunk-parallel (the C states at every chunk start from a
+// short chunk-level pass over pass B's spans, then every chunk's readout at once, on tensor cores); (ii) A's
+// in-chunk part (Gram, suffix sums, the table for open states opened in the chunk) for all chunks in parallel,
+// leaving serial only the carried column (K S_in v, ||S_in||^2) and the lookups; (iii) B beside C of the
+// previous item range (streams), as dla_prefill_v3.cuh's header sketches.
 
 // No namespaces here: dla_prefill_v2.cu includes this inside attnkit::detail::cuda::dla::v2.
 
