@@ -474,6 +474,8 @@ DLA_V4_CASES = DLA_V3_CASES + [
     ("long-merge-every-c16-cache", 1, 2, 1000, 32, 32, 16, "token_vs_state", "rand", 0, -1.0, 50, False),
     ("long-piecewise-c4-chunk16", 2, 1, 700, 16, 16, 4, "state_drift", None, 16, 0.6, 33, False),
     ("long-c32-chunk1", 1, 1, 130, 8, 8, 32, "token_vs_state", None, 1, -1.0, 40, False),
+    # in the sanitizer subset (-k small): merges into a full cache carried in, decay, chunks of 9
+    ("small-v4-merge-cache", 1, 2, 40, 8, 8, 3, "token_vs_state", "rand", 9, -1.0, 10, False),
 ]
 
 
