@@ -21,6 +21,9 @@
 // therefore go the other way on the two backends (the same already holds between the CPU's instruction
 // sets); from that token on the caches differ. Outputs and states otherwise agree up to rounding.
 
+#include <cstdlib>
+#include <cstring>
+
 #include "cpp/src/backend.h"
 #include "cuda/dla_common.cuh"
 #include "tuning.h"
@@ -59,20 +62,29 @@ void dynamic_linear_attention(const DLAProblem& p) {
   // v2 with the merge scan on a warp and batched chunk loads (dla_prefill_v3.cuh; gate "dla_prefill_v3",
   // not yet verified); tuning dla_split = -2 takes v2 (side by side).
   static const bool v3_enabled = has_kernel("dla_prefill_v3");
+  // Three passes (dla_prefill_v4.cuh; gate "dla_prefill_v4", not yet verified): scores and boundaries from the
+  // open state, the merge chain on a warp per item, readout and states per column slice. ATTNKIT_DLA_V4=0 (read
+  // once) turns it off; tuning dla_split = -3 takes v3 (side by side).
+  static const bool v4_enabled = has_kernel("dla_prefill_v4") && [] {
+    const char* e = std::getenv("ATTNKIT_DLA_V4");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
   // The second decode step (dla_decode_v2.cu: decisions, then the states over many blocks; gate
   // "dla_decode_v2", verified on an H200); tuning dla_decode = 1 takes the first one (side by side).
   static const bool dec2_enabled = has_kernel("dla_decode_v2");
   const bool dec2 = dec2_enabled && tuning().dla_decode.load() == 0;
   const int64_t split = tuning().dla_split.load();
-  const bool v3 = v3_enabled && split >= 0;
-  const bool v2 = v2_enabled && (split >= 0 || split == -2);
+  const bool v4 = v4_enabled && split >= 0;
+  const bool v3 = v3_enabled && (split >= 0 || split == -3);
+  const bool v2 = v2_enabled && (split >= 0 || split == -2 || split == -3);
   dispatch_float(p.dtype, [&](auto tag) {
     using St = decltype(tag);
     if (decode && dec2)
       dla::launch_decode_v2<St>(p, stream);
     else if (decode)
       dla::launch_decode<St>(p, stream);
-    else if (!(v3 && dla::launch_prefill_v3<St>(p, stream)) && !(v2 && dla::launch_prefill_v2<St>(p, stream)))
+    else if (!(v4 && dla::launch_prefill_v4<St>(p, stream)) && !(v3 && dla::launch_prefill_v3<St>(p, stream)) &&
+             !(v2 && dla::launch_prefill_v2<St>(p, stream)))
       dla::launch_prefill<St>(p, stream);
   });
 }

@@ -683,6 +683,8 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
   }
 }
 
+#include "cuda/dla_prefill_v4.cuh"  // v4: three passes (scores and boundaries, merge chain, readout and states)
+
 // ---- host side and kernel wrapper (tests/cuda_emu/run.sh cuts the file here)
 }  // namespace v2
 }  // namespace dla
@@ -719,6 +721,25 @@ inline int64_t choose_split(const DLAProblem& p) {
   if (ns > p.Dv) ns = p.Dv;
   if (ns < 1) ns = 1;
   return ns;
+}
+
+// (kThreads, 1) on passes A and C: with kThreads alone ptxas held them to 128 registers and spilled 20-60 bytes.
+template <class St>
+__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_a(const DLAProblem p, const Lay lay, const V4Buf buf) {
+  extern __shared__ __align__(16) unsigned char dla_v4a_smem[];
+  v4_pass_a<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4a_smem));
+}
+
+template <class St>
+__global__ void __launch_bounds__(32) dla_prefill_v4_b(const DLAProblem p, const V4Buf buf) {
+  v4_pass_b<St>(p, buf);
+}
+
+template <class St>
+__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_c(const DLAProblem p, const Lay lay, const V4Buf buf,
+                                                             char* scratch) {
+  extern __shared__ __align__(16) unsigned char dla_v4c_smem[];
+  v4_pass_c<St>(p, lay, buf, scratch, reinterpret_cast<char*>(dla_v4c_smem));
 }
 
 }  // namespace v2
@@ -769,6 +790,61 @@ bool launch_prefill_v3(const DLAProblem& p, cudaStream_t stream) {
   return v2::launch<St>(p, stream, flags);
 }
 
+template <class St>
+bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
+  using R = acc_t<St>;
+  using namespace v2;
+  const int64_t items = p.B * p.H;
+  if (items == 0) return true;
+  Lay lay = make_lay(p, sizeof(R), choose_split(p));
+  lay.batch_loads = 1;
+  int optin = 0;
+  ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device_index));
+  // Static shared memory of the passes (a few int64) and a margin stay out of the dynamic part.
+  if (optin <= 0 || lay.smem + 1024 > static_cast<std::size_t>(optin)) return false;
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(lay.smem)));
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_c<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(lay.smem)));
+  auto up = [](std::size_t n) { return (n + 255) / 256 * 256; };
+  const std::size_t T = static_cast<std::size_t>(p.T), C = static_cast<std::size_t>(p.C);
+  const std::size_t slotA = up(static_cast<std::size_t>(p.Dk * p.Dv) * sizeof(R));
+  const std::size_t ent = up(C * (2 * sizeof(int64_t) + sizeof(R)));
+  const unsigned gridA = grid_for(items, slotA, p.device_index);
+  const unsigned gridC = grid_for(items * lay.ns, lay.gbytes, p.device_index);
+  const unsigned gridB = static_cast<unsigned>(items < 65535 ? items : 65535);
+  const std::size_t nI = up(static_cast<std::size_t>(items) * T * sizeof(R));
+  const std::size_t nO = up(static_cast<std::size_t>(items) * T);
+  const std::size_t nM = up(static_cast<std::size_t>(items) * T * sizeof(int32_t));
+  const std::size_t nA = gridA * slotA, nE = gridB * ent, nC = gridC * lay.gbytes;
+  Workspace ws(nC + nA + nI + nO + nM + nE, stream);
+  char* base = ws.as<char>();
+  V4Buf buf{};
+  char* at = base + nC;
+  buf.slotsA = at;
+  buf.slotA_bytes = slotA;
+  at += nA;
+  buf.I = at;
+  at += nI;
+  buf.O = reinterpret_cast<uint8_t*>(at);
+  at += nO;
+  buf.M = reinterpret_cast<int32_t*>(at);
+  at += nM;
+  buf.ent = at;
+  buf.ent_bytes = ent;
+  dla_prefill_v4_a<St><<<gridA, kThreads, lay.smem, stream>>>(p, lay, buf);
+  ATTNKIT_CUDA_CHECK_LAUNCH();
+  dla_prefill_v4_b<St><<<gridB, 32, 0, stream>>>(p, buf);
+  ATTNKIT_CUDA_CHECK_LAUNCH();
+  dla_prefill_v4_c<St><<<gridC, kThreads, lay.smem, stream>>>(p, lay, buf, base);
+  ATTNKIT_CUDA_CHECK_LAUNCH();
+  return true;
+}
+
+template bool launch_prefill_v4<float>(const DLAProblem&, cudaStream_t);
+template bool launch_prefill_v4<double>(const DLAProblem&, cudaStream_t);
+template bool launch_prefill_v4<half_t>(const DLAProblem&, cudaStream_t);
+template bool launch_prefill_v4<bf16_t>(const DLAProblem&, cudaStream_t);
 template bool launch_prefill_v2<float>(const DLAProblem&, cudaStream_t);
 template bool launch_prefill_v2<double>(const DLAProblem&, cudaStream_t);
 template bool launch_prefill_v2<half_t>(const DLAProblem&, cudaStream_t);

@@ -394,7 +394,8 @@ def test_dla_prefill_v3_same_bits_as_v2(rng, dtype, case):
     with tuning(dla_chunk=chunk):
         with tuning(dla_split=-2):
             r2 = gpu_run(attnkit.dynamic_linear_attention, *args, **kw)
-        r3 = gpu_run(attnkit.dynamic_linear_attention, *args, **kw)
+        with tuning(dla_split=-3):  # v3, never v4
+            r3 = gpu_run(attnkit.dynamic_linear_attention, *args, **kw)
         cres = attnkit.dynamic_linear_attention(*args, **kw)
     assert _dla_bits(r3) == _dla_bits(r2), "v3 gives other bits than v2"
     if np.dtype(dtype) == F64 or case[10] > 0:  # decisions: float64, or piecewise data under tau = 0.6
@@ -440,16 +441,19 @@ def test_dla_prefill_v3_variants(rng, tmp_path, flags):
     if FAKE or SANITIZER:
         pytest.skip("runs CuPy in a subprocess")
     cases = {"c16": (1, 2, 150, 64, 64, 16, -1.0), "c5": (2, 2, 77, 16, 8, 5, 0.6)}
+    # v3 in both processes: tuning dla_split = -3 here, ATTNKIT_DLA_V4=0 there (v4 would take splits >= 0)
     arrays, want = {"names": np.array(list(cases))}, {}
     for name, (B, H, T, Dk, Dv, C, tau) in cases.items():
         q, k, v, lam, _ = _dla_problem(rng, B, H, T, Dk, Dv, C, F32, None)
         kw = dict(capacity=C, tau=tau)
         arrays.update({name + ":q": q, name + ":k": k, name + ":v": v, name + ":lam": lam,
                        name + ":kw": np.array(kw, dtype=object)})
-        want[name] = gpu_run(attnkit.dynamic_linear_attention, q, k, v, lam, return_aux=True, **kw)
+        with tuning(dla_split=-3):
+            want[name] = gpu_run(attnkit.dynamic_linear_attention, q, k, v, lam, return_aux=True, **kw)
     np.savez(tmp_path / "in.npz", **arrays)
     r = subprocess.run([sys.executable, "-c", _DLA_V3_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                       env=dict(os.environ, ATTNKIT_CUDA_UNVERIFIED="1", ATTNKIT_DLA_V3=flags), capture_output=True,
+                       env=dict(os.environ, ATTNKIT_CUDA_UNVERIFIED="1", ATTNKIT_DLA_V3=flags, ATTNKIT_DLA_V4="0"),
+                       capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     got = np.load(tmp_path / "out.npz")
@@ -457,3 +461,79 @@ def test_dla_prefill_v3_variants(rng, tmp_path, flags):
     for name, (y, c, a) in want.items():
         for f, x in (("y", y), ("states", c.states), ("counts", c.counts), ("merged", a.merged), ("scores", a.scores)):
             assert np.asarray(x).tobytes() == got[name + ":" + f].tobytes(), f"{name}.{f}: ATTNKIT_DLA_V3={flags}"
+
+
+# ------------------------------------------------------- the v4 prefill (gate dla_prefill_v4, dla_prefill_v4.cuh)
+# Under ATTNKIT_CUDA_UNVERIFIED=1 every prefill with tuning dla_split >= 0 (the default 0 included) runs v4's three
+# passes: (A) scores and boundaries from the open state alone, a block per item; (B) the merge chain, a warp per
+# item (thread 0 for C > 32); (C) readout and states per column slice, the entry lists replayed. Each pass repeats
+# v2's operations on its part (tests/cuda_emu/test_dla_v2.cpp: v4 == v2 bit for bit, emulated), so v4 must give
+# v2's bits (tuning dla_split = -2) for every split, and the CPU's decisions. The v3 cases, plus long ones: many
+# chunks and token batches of pass B (T not a multiple of 32 or of the chunk), every token a merge, C = 32.
+DLA_V4_CASES = DLA_V3_CASES + [
+    ("long-merge-every-c16-cache", 1, 2, 1000, 32, 32, 16, "token_vs_state", "rand", 0, -1.0, 50, False),
+    ("long-piecewise-c4-chunk16", 2, 1, 700, 16, 16, 4, "state_drift", None, 16, 0.6, 33, False),
+    ("long-c32-chunk1", 1, 1, 130, 8, 8, 32, "token_vs_state", None, 1, -1.0, 40, False),
+    # in the sanitizer subset (-k small): merges into a full cache carried in, decay, chunks of 9
+    ("small-v4-merge-cache", 1, 2, 40, 8, 8, 3, "token_vs_state", "rand", 9, -1.0, 10, False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", DLA_V4_CASES, ids=[c[0] for c in DLA_V4_CASES])
+def test_dla_prefill_v4_same_bits_as_v2(rng, dtype, case):
+    need("dynamic_linear_attention")
+    args, kw, chunk = _dla_v3_inputs(case, dtype, rng)
+    with tuning(dla_chunk=chunk):
+        with tuning(dla_split=-2):
+            r2 = gpu_run(attnkit.dynamic_linear_attention, *args, **kw)
+        r4 = gpu_run(attnkit.dynamic_linear_attention, *args, **kw)  # v4, automatic split
+        r4s = []
+        for split in (1, 3):
+            with tuning(dla_split=split):
+                r4s.append(gpu_run(attnkit.dynamic_linear_attention, *args, **kw))
+        cres = attnkit.dynamic_linear_attention(*args, **kw)
+    assert _dla_bits(r4) == _dla_bits(r2), "v4 gives other bits than v2"
+    for r in r4s:
+        assert _dla_bits(r) == _dla_bits(r4), "v4: another column split gives other bits"
+    if np.dtype(dtype) == F64 or case[10] > 0:  # decisions: float64, or piecewise data under tau = 0.6
+        for name in ("boundaries", "merged"):
+            same(getattr(r4[2], name), getattr(cres[2], name), name)
+        for name in ("counts", "starts", "size"):
+            same(getattr(r4[1], name), getattr(cres[1], name), f"cache.{name}")
+        tol = 1e-10 if np.dtype(dtype) == F64 else 2e-2
+        ry, cy = to_f64(r4[0]), to_f64(cres[0])
+        scale = max(1.0, float(np.abs(cy).max(initial=0)))
+        assert np.abs(ry - cy).max(initial=0) <= tol * scale, "y: v4 vs CPU"
+
+
+def test_dla_prefill_v4_off(rng, tmp_path):
+    """ATTNKIT_DLA_V4=0 (read once per process: a subprocess) turns v4 off: the call gives the bits of
+    tuning dla_split = -3 (v3) in this process, which are v4's."""
+    import os
+    import subprocess
+    import sys
+
+    from gpu_common import FAKE, SANITIZER
+
+    need("dynamic_linear_attention")
+    if FAKE or SANITIZER:
+        pytest.skip("runs CuPy in a subprocess")
+    B, H, T, Dk, Dv, C = 1, 2, 150, 32, 32, 16
+    q, k, v, lam, _ = _dla_problem(rng, B, H, T, Dk, Dv, C, F32, None)
+    kw = dict(capacity=C, tau=-1.0)
+    arrays = {"names": np.array(["c16"]), "c16:q": q, "c16:k": k, "c16:v": v, "c16:lam": lam,
+              "c16:kw": np.array(kw, dtype=object)}
+    with tuning(dla_split=-3):
+        y3, c3, a3 = gpu_run(attnkit.dynamic_linear_attention, q, k, v, lam, return_aux=True, **kw)
+    y4, c4, a4 = gpu_run(attnkit.dynamic_linear_attention, q, k, v, lam, return_aux=True, **kw)
+    for x, z in ((y3, y4), (c3.states, c4.states), (a3.merged, a4.merged)):
+        assert np.asarray(x).tobytes() == np.asarray(z).tobytes(), "v4 vs v3 bits"
+    np.savez(tmp_path / "in.npz", **arrays)
+    r = subprocess.run([sys.executable, "-c", _DLA_V3_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                       env=dict(os.environ, ATTNKIT_CUDA_UNVERIFIED="1", ATTNKIT_DLA_V4="0"), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    for f, x in (("y", y3), ("states", c3.states), ("merged", a3.merged)):
+        assert np.asarray(x).tobytes() == got["c16:" + f].tobytes(), f"{f}: ATTNKIT_DLA_V4=0"

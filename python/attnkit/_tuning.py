@@ -15,8 +15,9 @@ every code path; users have no reason to.
     cuda_scratch        CUDA kernels' scratch: from attnkit's pool per device (0) or the device's default pool (1)
     dla_split      DLA prefill on CUDA (the v2 kernel): blocks per (batch, head), each owning a slice of
                    the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first
-                   CUDA prefill kernel, -2 = the second one without v3's warp scan, split automatic (both for
-                   side-by-side measurements)
+                   CUDA prefill kernel, -2 = the second one without v3's warp scan, split automatic, -3 = v3
+                   (never v4's three passes, cuda/dla_prefill_v4.cuh), split automatic (all for side-by-side
+                   measurements); splits >= 0 take v4 where its gate is open
     dla_decode     DLA decode step on CUDA: 0 = automatic (the two-kernel step of cuda/dla_decode_v2.cu where
                    enabled), 1 = the first kernel (cuda/dla_decode.cu, for side-by-side measurements)
 """

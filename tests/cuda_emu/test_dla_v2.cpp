@@ -1,4 +1,5 @@
-// Emulated CUDA DLA prefill v2 and v3 (cuda/dla_prefill_v2.cu's kernel body with cuda/dla_prefill_v3.cuh, see
+// Emulated CUDA DLA prefill v2, v3 and v4 (v4: dla_prefill_v4.cuh's three passes, checked == v2 bit for bit too;
+// cuda/dla_prefill_v2.cu's kernel body with cuda/dla_prefill_v3.cuh, see
 // run.sh; v3 = the same body with lay.warp_scan and lay.batch_loads set) vs the CPU backend's generic kernel,
 // and v3 against v2 bit for bit (v3 changes who runs the scan and when loads are issued, no arithmetic). Was:
 // Emulated CUDA DLA prefill v2 (cuda/dla_prefill_v2.cu's kernel body, see run.sh) vs the CPU backend's
@@ -151,8 +152,8 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     v3(ci.counts, ccount.data(), C, DType::Int64); v3(ci.info, cinfo.data(), C, p.dtype); v3(ci.starts, cstart.data(), C, DType::Int64);
     ci.size.data = csize.data(); ci.size.present = true; ci.size.dtype = DType::Int64; ci.size.stride[0] = H; ci.size.stride[1] = 1;
   }
-  Buf<T> b1, b2, b3;
-  for (Buf<T>* bb : {&b1, &b2, &b3}) {
+  Buf<T> b1, b2, b3, b4;
+  for (Buf<T>* bb : {&b1, &b2, &b3, &b4}) {
     bb->out.assign(B * H * T_ * Dv, T(-7)); bb->states.assign(B * H * C * SS, T(-7)); bb->info.assign(B * H * C, T(-7));
     bb->scores.assign(B * H * T_, T(-7)); bb->counts.assign(B * H * C, -7); bb->starts.assign(B * H * C, -7);
     bb->size.assign(B * H, -7); bb->merged.assign(B * H * T_, -7); bb->bnd.assign(B * H * T_, 7);
@@ -167,8 +168,8 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     co.size.data = bb.size.data(); co.size.present = true; co.size.stride[0] = H; co.size.stride[1] = 1;
     o3(pp.scores, bb.scores.data(), T_); o3(pp.boundaries, bb.bnd.data(), T_); o3(pp.merged, bb.merged.data(), T_);
   };
-  DLAProblem p1 = p, p2 = p, p3 = p;
-  outs(p1, b1); outs(p2, b2); outs(p3, b3);
+  DLAProblem p1 = p, p2 = p, p3 = p, p4 = p;
+  outs(p1, b1); outs(p2, b2); outs(p3, b3); outs(p4, b4);
   for (int v3 : {0, 1}) {
     using namespace cuda::dla;
     v2::Lay lay = v2::make_lay(p1, sizeof(T), ns);
@@ -179,6 +180,30 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     std::memset(smem_d.data(), 0xff, smem_d.size() * sizeof(double));
     char* smem = reinterpret_cast<char*>(smem_d.data());
     emu_launch(grid, [&] { v2::prefill_body<T>(v3 ? p3 : p1, lay, scratch.data(), smem); });
+  }
+  {  // v4: the three passes (dla_prefill_v4.cuh), grids smaller than the work (grid-stride loops)
+    using namespace cuda::dla;
+    v2::Lay lay = v2::make_lay(p4, sizeof(T), ns);
+    lay.batch_loads = 1;
+    const unsigned gA = 2, gB = 3, gC = 3;
+    const std::size_t items = static_cast<std::size_t>(B * H), TT = static_cast<std::size_t>(T_);
+    std::vector<char> scratch(gC * lay.gbytes, char(0x7f));
+    std::vector<T> slotsA(gA * SS + 1, T(NAN)), Ibuf(items * TT + 1, T(NAN));
+    std::vector<uint8_t> Obuf(items * TT + 1, 7);
+    std::vector<int32_t> Mbuf(items * TT + 1, -7);
+    const std::size_t ent = static_cast<std::size_t>(C) * (2 * sizeof(int64_t) + sizeof(T));
+    std::vector<double> entb(gB * ent / sizeof(double) + 1, NAN);
+    v2::V4Buf buf{};
+    buf.I = Ibuf.data(); buf.O = Obuf.data(); buf.M = Mbuf.data();
+    buf.ent = reinterpret_cast<char*>(entb.data()); buf.ent_bytes = ent;
+    buf.slotsA = reinterpret_cast<char*>(slotsA.data()); buf.slotA_bytes = SS * sizeof(T);
+    std::vector<double> smem_d(lay.smem / sizeof(double) + 2);
+    std::memset(smem_d.data(), 0xff, smem_d.size() * sizeof(double));
+    char* smem = reinterpret_cast<char*>(smem_d.data());
+    emu_launch(gA, [&] { v2::v4_pass_a<T>(p4, lay, buf, smem); });
+    emu_launch(gB, [&] { v2::v4_pass_b<T>(p4, buf); });
+    std::memset(smem_d.data(), 0xff, smem_d.size() * sizeof(double));
+    emu_launch(gC, [&] { v2::v4_pass_c<T>(p4, lay, buf, scratch.data(), smem); });
   }
   cpu::dla_generic(p2);
   auto cmp = [](const std::vector<T>& a, const std::vector<T>& b) -> double {
@@ -202,12 +227,16 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
   const bool v3same = bits(b1.out, b3.out) && bits(b1.states, b3.states) && bits(b1.info, b3.info) &&
                       bits(b1.scores, b3.scores) && b1.counts == b3.counts && b1.starts == b3.starts &&
                       b1.size == b3.size && b1.merged == b3.merged && b1.bnd == b3.bnd;
-  const bool ok = e <= tol && same && v3same;
+  const bool v4same = bits(b1.out, b4.out) && bits(b1.states, b4.states) && bits(b1.info, b4.info) &&
+                      bits(b1.scores, b4.scores) && b1.counts == b4.counts && b1.starts == b4.starts &&
+                      b1.size == b4.size && b1.merged == b4.merged && b1.bnd == b4.bnd;
+  const bool ok = e <= tol && same && v3same && v4same;
   fails += !ok;
   std::printf("%-40s T=%3lld Dk=%2lld Dv=%2lld C=%2lld L=%2lld ns=%lld %s bnd %3lld mrg %3lld err %.3g %s%s\n", name,
               (long long)T_, (long long)Dk, (long long)Dv, (long long)C, (long long)chunk, (long long)ns,
               sizeof(T) == 8 ? "f64" : "f32", (long long)nb, (long long)nm, e,
-              !same ? "DECISIONS DIFFER " : !v3same ? "V3 BITS DIFFER FROM V2 " : "", ok ? "ok" : "FAIL");
+              !same ? "DECISIONS DIFFER " : !v3same ? "V3 BITS DIFFER FROM V2 " : !v4same ? "V4 BITS DIFFER FROM V2 " : "",
+              ok ? "ok" : "FAIL");
 }
 
 /// Cases aimed at v3's warp scan (it runs where the block has 32 threads or more).

@@ -1,0 +1,761 @@
+#pragma once
+// DLA prefill v4: three passes ("dla_prefill_v4", gated in cuda/runtime.cu kCompiled; dla.cu takes it through
+// launch_prefill_v4 when has_kernel("dla_prefill_v4"), ATTNKIT_DLA_V4 is not "0" and tuning dla_split >= 0;
+// dla_split = -3 takes v3 beside it). Included by dla_prefill_v2.cu after prefill_body (the passes reuse v2's
+// Blk, its shared-memory layout and its phases' arithmetic). tests/cuda_emu/dla_v4_emu.py checks the
+// decomposition against the CPU backend; tests/cuda_emu/test_dla_v2.cpp emulates these bodies and checks v4
+// == v2 bit for bit (outputs, aux, cache) and both against the CPU.
+//
+// Why it is exact. The open state is never merged while open (a merge happens only when a token opens a new
+// state, and then the old open state is closed), so the scores and boundaries need only the open state (spec
+// invariant 7); the merges need only the entries' (count, info); the readout and the C states are then plain
+// multi-state linear attention on known spans, each value column independent. So:
+//
+// (A) pass_a, one block per item over its chunks: v2's phases 1-2b (chunk loads of K and V, the Gram lower
+//     triangles K K^T and V V^T in double, K S_open and ||S_open||^2, the suffix sums, the score table), a
+//     scan that only looks the scores up (no merge: one thread, a compare per row), and the open state at the
+//     chunk's end by v2's step 6 arithmetic for that one entry (one Dk x Dv state per item instead of C; no Q,
+//     no lam, no readout). Writes the score (R) and boundary (u8) of every token to global scratch. The
+//     scores are v2's bits: the same open state values, the same formulas in the same order.
+// (B) pass_b, one warp per item over all T tokens: the merge chain (v3's warp scan on (count, info, start) in
+//     lanes, C <= 32; thread 0 with math::dla_merge_pair over global arrays otherwise), tokens fetched 32 at a
+//     time (one coalesced load per lane, then shuffles). Writes merged[t] (int32 scratch), the aux outputs and
+//     the cache's counts, info, starts and size.
+// (C) pass_c, one block per (item, column slice) over its chunks: v2's readout and state update restricted to
+//     the slice's columns (v2 updated every column in every slice block, for the scan), the entry lists
+//     replayed by thread 0 from (boundary, merged) per row: a shift of two small arrays per merge, no ratio,
+//     no division. Writes y and the slice's columns of the cache's states.
+//
+// Three launches on the caller's stream (A, B, C); B waits for all of A, C for all of B.
+//
+// Expected time (an ESTIMATE from dla_prefill_v3.cuh's per-chunk breakdown, whose sums run ~2x short of the
+// measured latency; H200, float16, B = 4, H = 16, D = 64, C = 16, S = 4096 = 64 chunks, random data: a merge at
+// every token; NOT measured): A ~ loads of K, V 7K + Gram 9K + K S_open in double 33K + suffix sums and A chains
+// 8K + score table 7K + lookups 3K + open-state update 4K = ~70K cycles, x2 = ~70 us per chunk, ~4.5 ms (64
+// blocks, one item each); B ~350 cycles per merge x 4096 = ~0.7 ms; C (split 2: 128 blocks) ~ loads 10K + QK 5K
+// + replay 6K + snapshots, weights 12K + readout 50K + state update of half the columns 8K = ~90K x2 = ~90 us per
+// chunk, ~5.8 ms. Total ~11 ms vs v2's measured 17.2 ms (~1.5x): the removal of the serial merge scan and of
+// the redundant C-state work, not yet the target (exact attention 1.14 ms). What bounds it: A and C are still
+// one serial chain of chunks per block. Next: (i) C chunk-parallel (the C states at every chunk start from a
+// short chunk-level pass over pass B's spans, then every chunk's readout at once, on tensor cores); (ii) A's
+// in-chunk part (Gram, suffix sums, the table for open states opened in the chunk) for all chunks in parallel,
+// leaving serial only the carried column (K S_in v, ||S_in||^2) and the lookups; (iii) B beside C of the
+// previous item range (streams), as dla_prefill_v3.cuh's header sketches.
+
+// No namespaces here: dla_prefill_v2.cu includes this inside attnkit::detail::cuda::dla::v2.
+
+/// v4's global scratch beside the blocks' state slots: per item and token the score, boundary and merged
+/// pair; per pass-B block the entry arrays of its serial fallback (C > 32 or blocks of < 32 threads).
+struct V4Buf {
+  void* I;        // R [items][T]
+  uint8_t* O;     // [items][T]
+  int32_t* M;     // [items][T]
+  char* ent;      // per pass-B block: C x (int64 count, int64 start) then C x R info
+  std::size_t ent_bytes;
+  char* slotsA;   // per pass-A block: one Dk x Dv state (the open state)
+  std::size_t slotA_bytes;
+};
+
+/// Pass A on one block per item (grid-stride): scores and boundaries from the open state alone.
+template <class St>
+__device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf, char* sm) {
+  using R = acc_t<St>;
+  __shared__ int64_t sh_open;  // 1: the item's cache is not empty (an open state exists)
+  __shared__ int64_t sh_lo;    // the open state's first chunk row after the scan, -1: the one carried in
+  const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
+  Blk<St> w(p, lay, sm, buf.slotsA + static_cast<std::size_t>(blockIdx.x) * buf.slotA_bytes);
+  const int64_t Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, C = w.C, items = p.B * p.H, T = p.T;
+  const DLACacheViews& ci = p.cache_in;
+  R* Ig = static_cast<R*>(buf.I);
+  R* open = w.slots;  // the open state, Dk x Dv row-major (v2's slot layout)
+
+  for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
+    const int64_t b = it / p.H, h = it % p.H;
+    w.b = b;
+    w.h = h;
+    const int64_t m0 =
+        ci.present ? static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]] : 0;
+    if (m0 > 0) {
+      const R* in = static_cast<const R*>(ci.states.data) + b * ci.states.stride[0] + h * ci.states.stride[1] +
+                    (m0 - 1) * ci.states.stride[2];
+      for (int64_t idx = tid; idx < SS; idx += nth) {
+        const int64_t d = idx / Dv, e = idx % Dv;
+        open[idx] = in[d * ci.states.stride[3] + e * ci.states.stride[4]];
+      }
+    }
+    if (tid == 0) sh_open = m0 > 0 ? 1 : 0;
+
+    for (int64_t t0 = 0; t0 < T; t0 += L) {
+      const int64_t Lc = T - t0 < L ? T - t0 : L;
+      __syncthreads();  // the previous chunk (or the cache load) is complete
+      const int64_t m_in = sh_open;  // 0 or 1 entries that matter: the open one
+      // 1. K^T, K, V^T, V of the chunk (rows Lc .. LP-1 of the transposed arrays zero), loads batched.
+      batched(LP * Dk, tid, nth, [&](int64_t idx) {
+        const int64_t r = idx / Dk, d = idx - r * Dk;
+        return r < Lc ? ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]) : R(0);
+      }, [&](int64_t idx, R k) {
+        const int64_t r = idx / Dk, d = idx - r * Dk;
+        w.KT[d * LP + r] = k;
+        if (r < Lc) w.Kc[r * Dk + d] = k;
+      });
+      batched(LP * Dv, tid, nth, [&](int64_t idx) {
+        const int64_t r = idx / Dv, e = idx - r * Dv;
+        return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
+      }, [&](int64_t idx, R v) {
+        const int64_t r = idx / Dv, e = idx - r * Dv;
+        w.VT[e * LP + r] = v;
+        if (r < Lc) w.Vc[r * Dv + e] = v;
+      });
+      if (w.decay && tid == 0) {
+        double G = 0;
+        for (int64_t r = 0; r < Lc; ++r) {
+          G += w.log_decay(t0 + r);
+          w.G[r] = G;
+        }
+      }
+      __syncthreads();
+      const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
+      if (w.decay)
+        for (int64_t r = tid; r < Lc; r += nth) {
+          w.eG[r] = exp(w.G[r]);
+          w.a2[r] = exp(2.0 * w.log_decay(t0 + r));
+          if (factored) {
+            w.er[r] = exp(w.G[r] - w.G[0]);
+            w.fj[r] = exp(w.G[0] - w.G[r]);
+          }
+        }
+      __syncthreads();
+      // 2. v2's Gram tiles without Q K^T: Bv_r and the pair terms into Suf (double).
+      {
+        const int64_t nt = (Lc + kTg - 1) / kTg;
+        for (int64_t idx = tid; idx < nt * nt; idx += nth) {
+          const int64_t ti = idx / nt, tj = idx % nt;
+          if (tj > ti) continue;
+          const int64_t r0 = ti * kTg, j0 = tj * kTg;
+          double kk[kTg][kTg], vv[kTg][kTg];
+#pragma unroll
+          for (int a = 0; a < kTg; ++a)
+#pragma unroll
+            for (int c = 0; c < kTg; ++c) {
+              kk[a][c] = 0;
+              vv[a][c] = 0;
+            }
+          for (int64_t d = 0; d < Dk; ++d) {
+            const R* kd = w.KT + d * LP;
+            R kr[kTg], kj[kTg];
+#pragma unroll
+            for (int a = 0; a < kTg; ++a) {
+              kr[a] = kd[r0 + a];
+              kj[a] = kd[j0 + a];
+            }
+#pragma unroll
+            for (int a = 0; a < kTg; ++a)
+#pragma unroll
+              for (int c = 0; c < kTg; ++c) kk[a][c] += static_cast<double>(kr[a]) * static_cast<double>(kj[c]);
+          }
+          for (int64_t e = 0; e < Dv; ++e) {
+            const R* vd = w.VT + e * LP;
+            R vr[kTg], vj[kTg];
+#pragma unroll
+            for (int a = 0; a < kTg; ++a) {
+              vr[a] = vd[r0 + a];
+              vj[a] = vd[j0 + a];
+            }
+#pragma unroll
+            for (int a = 0; a < kTg; ++a)
+#pragma unroll
+              for (int c = 0; c < kTg; ++c) vv[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
+          }
+#pragma unroll
+          for (int a = 0; a < kTg; ++a)
+#pragma unroll
+            for (int c = 0; c < kTg; ++c) {
+              const int64_t r = r0 + a, j = j0 + c;
+              if (r >= Lc || j > r) continue;
+              if (j == r)
+                w.Bv[r] = kk[a][c] * vv[a][c];
+              else
+                w.Suf[r * LP + j] = w.dec(factored, r, j) * kk[a][c] * vv[a][c];
+            }
+        }
+      }
+      // The open state carried in: K S_open (double) then k_r^T S v_r, and ||S_open||^2 (v2's sums).
+      double A_open = 0.0;
+      if (m_in > 0) {
+        for (int64_t idx = tid; idx < Lc * Dv; idx += nth) {
+          const int64_t r = idx / Dv, e = idx % Dv;
+          double u[4] = {0, 0, 0, 0};
+          int64_t d = 0;
+          for (; d + 4 <= Dk; d += 4) {
+#pragma unroll
+            for (int a = 0; a < 4; ++a)
+              u[a] += static_cast<double>(w.KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
+          }
+          for (; d < Dk; ++d) u[0] += static_cast<double>(w.KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
+          w.KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
+        }
+        double sq = 0;
+        for (int64_t idx = tid; idx < SS; idx += nth) {
+          const double s = static_cast<double>(open[idx]);
+          sq += s * s;
+        }
+        A_open = block_total(sq, w.red);
+        for (int64_t r = tid; r < Lc; r += nth) {
+          double acc = 0;
+          for (int64_t e = 0; e < Dv; ++e) acc += w.KS[r * Dv + e] * static_cast<double>(w.Vc[r * Dv + e]);
+          w.cp[r] = acc;
+        }
+      }
+      __syncthreads();
+      for (int64_t r = tid; r < Lc; r += nth) {
+        double acc = 0;
+        for (int64_t j = r - 1; j >= 0; --j) {
+          acc += w.Suf[r * LP + j];
+          w.Suf[r * LP + j] = acc;
+        }
+      }
+      if (w.decay)
+        for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
+      __syncthreads();
+      for (int64_t s = tid - (m_in > 0 ? 1 : 0); s < Lc; s += nth) w.a_chain(s, Lc, A_open);
+      __syncthreads();
+      {
+        const int64_t ns0 = m_in > 0 ? 1 : 0, NS = Lc + ns0;
+        for (int64_t idx = tid; idx < Lc * NS; idx += nth) {
+          const int64_t r = idx / NS, s = idx % NS - ns0;
+          if (s < r) w.score_entry(s, r);
+        }
+      }
+      __syncthreads();
+      // 3. The boundaries: a lookup per row (the entry count matters only as empty / not: dla_opens_state).
+      if (tid == 0) {
+        bool carried = m_in > 0;
+        int64_t open_lo = 0, mm = m_in;
+        for (int64_t r = 0; r < Lc; ++r) {
+          const R I = mm == 0 ? R(0) : static_cast<R>(carried ? w.Ac[r] : w.Sc[r * LP + open_lo]);
+          const bool opens = math::dla_opens_state(I, w.p.tau, C, mm);
+          if (opens) {
+            open_lo = r;
+            carried = false;
+            mm = 1;
+          }
+          w.rowI[r] = I;
+          w.rowOpen[r] = opens ? 1 : 0;
+        }
+        sh_lo = carried ? -1 : open_lo;
+        sh_open = 1;
+      }
+      __syncthreads();
+      for (int64_t r = tid; r < Lc; r += nth) {
+        Ig[it * T + t0 + r] = w.rowI[r];
+        buf.O[it * T + t0 + r] = static_cast<uint8_t>(w.rowOpen[r]);
+      }
+      // 4. The open state at the chunk's end: v2's step 6 for that entry (carried: E S + the chunk's sum over
+      //    every row; opened at row lo: the sum over rows lo .. Lc-1), in place (each thread its elements).
+      {
+        const int64_t lo = sh_lo;
+        const bool carries = lo < 0;
+        const R E = static_cast<R>(w.decay ? w.eG[Lc - 1] : 1.0);
+        const int64_t ndg = (Dk + kDt - 1) / kDt;
+        for (int64_t wi = tid; wi < ndg * Dv; wi += nth) {
+          const int64_t d0 = (wi / Dv) * kDt, e = wi % Dv;
+          const int64_t nd = Dk - d0 < kDt ? Dk - d0 : kDt;
+          const bool kvec = Dk % 4 == 0 && nd == kDt;
+          R x[kDt];
+#pragma unroll
+          for (int a = 0; a < kDt; ++a) x[a] = R(0);
+          R* s0 = open + d0 * Dv + e;
+          if (carries) {
+#pragma unroll
+            for (int a = 0; a < kDt; ++a)
+              if (a < nd) x[a] = s0[a * Dv];
+            if (w.decay) {
+#pragma unroll
+              for (int a = 0; a < kDt; ++a) x[a] = x[a] * E;
+            }
+          }
+          const int64_t j0 = carries ? 0 : lo, j1 = Lc;
+          if (j1 > j0) {
+            R acc[kDt];
+#pragma unroll
+            for (int a = 0; a < kDt; ++a) acc[a] = R(0);
+            for (int64_t j = j0; j < j1; ++j) {
+              const R vj = w.decay ? w.decj[j] * w.Vc[j * Dv + e] : w.Vc[j * Dv + e];
+              R k8[kDt];
+              if (kvec) {
+                load_rows(w.Kc + j * Dk + d0, k8);
+              } else {
+#pragma unroll
+                for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? w.KT[(d0 + a) * LP + j] : R(0);
+              }
+#pragma unroll
+              for (int a = 0; a < kDt; ++a)
+                if (a < nd) acc[a] += k8[a] * vj;
+            }
+#pragma unroll
+            for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
+          }
+#pragma unroll
+          for (int a = 0; a < kDt; ++a)
+            if (a < nd) s0[a * Dv] = x[a];
+        }
+      }
+    }
+    __syncthreads();  // the next item reuses the shared memory and the open state
+  }
+}
+
+/// The order-preserving 64-bit key of a merge ratio (v3's warp scan): -0 as +0, NaN never taken.
+__device__ __forceinline__ uint64_t v4_ratio_key(double ratio) {
+  const uint64_t bits = static_cast<uint64_t>(__double_as_longlong(ratio + 0.0));
+  return (bits >> 63) != 0 ? ~bits : bits | (uint64_t(1) << 63);
+}
+
+/// Pass B on one warp (or thread 0) per item, grid-stride: the merge chain over all T tokens from pass A's
+/// scores and boundaries and the entries' (count, info); writes merged per token, the aux outputs and the
+/// cache's counts, info, starts and size.
+template <class St>
+__device__ void v4_pass_b(const DLAProblem& p, const V4Buf& buf) {
+  using R = acc_t<St>;
+  const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
+  const int64_t items = p.B * p.H, T = p.T, C = p.C;
+  const DLACacheViews& ci = p.cache_in;
+  const DLACacheOut& co = p.cache_out;
+  const R* Ig = static_cast<const R*>(buf.I);
+  const bool warp = C <= 32 && nth >= 32;
+  for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
+    const int64_t b = it / p.H, h = it % p.H;
+    const int64_t m0 =
+        ci.present ? static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]] : 0;
+    auto aux = [&](int64_t t, R I, bool opens, int32_t merged) {
+      buf.M[it * T + t] = merged;
+      if (p.scores.present) static_cast<R*>(p.scores.data)[at3(p.scores, b, h, t)] = I;
+      if (p.boundaries.present) static_cast<uint8_t*>(p.boundaries.data)[at3(p.boundaries, b, h, t)] = opens ? 1 : 0;
+      if (p.merged.present) static_cast<int64_t*>(p.merged.data)[at3(p.merged, b, h, t)] = merged;
+    };
+    if (warp && tid < 32) {
+      const unsigned full = 0xffffffffu;
+      const int lane = tid, Cc = static_cast<int>(C);
+      int64_t cnt = 0, st = 0;
+      R inf = R(0);
+      if (lane < m0) {
+        cnt = static_cast<const int64_t*>(ci.counts.data)[at3(ci.counts, b, h, lane)];
+        inf = static_cast<const R*>(ci.info.data)[at3(ci.info, b, h, lane)];
+        st = static_cast<const int64_t*>(ci.starts.data)[at3(ci.starts, b, h, lane)];
+      }
+      int mm = static_cast<int>(m0);
+      for (int64_t t0 = 0; t0 < T; t0 += 32) {
+        const int nb = T - t0 < 32 ? static_cast<int>(T - t0) : 32;
+        R myI = R(0);
+        int myO = 0;
+        if (lane < nb) {
+          myI = Ig[it * T + t0 + lane];
+          myO = buf.O[it * T + t0 + lane];
+        }
+        int32_t myM = -1;
+        for (int k = 0; k < nb; ++k) {
+          const R I = __shfl_sync(full, myI, k);
+          const bool opens = __shfl_sync(full, myO, k) != 0;
+          int merged = -1;
+          if (opens) {
+            if (mm == Cc) {  // v3's warp merge (dla_prefill_v3.cuh scan_warp), C >= 2 here
+              const R inf_n = __shfl_down_sync(full, inf, 1);
+              const int64_t cnt_n = __shfl_down_sync(full, cnt, 1);
+              const int64_t st_n = __shfl_down_sync(full, st, 1);
+              const double ratio =
+                  (static_cast<double>(inf) + static_cast<double>(inf_n)) / static_cast<double>(cnt + cnt_n);
+              const double r0 = __shfl_sync(full, ratio, 0);
+              int best = 0;
+              if (r0 == r0) {
+                uint64_t key = ~uint64_t(0);
+                if (lane < mm - 1 && ratio == ratio) key = v4_ratio_key(ratio);
+                const unsigned khi = static_cast<unsigned>(key >> 32), klo = static_cast<unsigned>(key & 0xffffffffu);
+                const unsigned mhi = __reduce_min_sync(full, khi);
+                const unsigned mlo = __reduce_min_sync(full, khi == mhi ? klo : 0xffffffffu);
+                const unsigned sel = __ballot_sync(full, khi == mhi && klo == mlo);
+                best = __ffs(static_cast<int>(sel)) - 1;
+              }
+              merged = best;
+              if (lane == best) {
+                cnt += cnt_n;
+                inf += inf_n;
+              } else if (lane > best) {
+                cnt = cnt_n;
+                inf = inf_n;
+                st = st_n;
+              }
+              --mm;
+            }
+            if (lane == mm) {
+              cnt = 1;
+              inf = I;
+              st = p.position + t0 + k;
+            }
+            ++mm;
+          } else if (lane == mm - 1) {
+            cnt += 1;
+            inf += I;
+          }
+          if (lane == k) myM = merged;
+        }
+        if (lane < nb) aux(t0 + lane, myI, myO != 0, myM);
+      }
+      if (lane < Cc) {
+        const bool used = lane < mm;
+        static_cast<int64_t*>(co.counts.data)[at3(co.counts, b, h, lane)] = used ? cnt : 0;
+        static_cast<R*>(co.info.data)[at3(co.info, b, h, lane)] = used ? inf : R(0);
+        static_cast<int64_t*>(co.starts.data)[at3(co.starts, b, h, lane)] = used ? st : 0;
+      }
+      if (lane == 0) static_cast<int64_t*>(co.size.data)[b * co.size.stride[0] + h * co.size.stride[1]] = mm;
+    } else if (!warp && tid == 0) {  // C > 32 or a block of < 32 threads: v2's scan bookkeeping, serial
+      int64_t* count = reinterpret_cast<int64_t*>(buf.ent + static_cast<std::size_t>(blockIdx.x) * buf.ent_bytes);
+      int64_t* start = count + C;
+      R* info = reinterpret_cast<R*>(start + C);
+      int64_t m = m0;
+      for (int64_t i = 0; i < m; ++i) {
+        count[i] = static_cast<const int64_t*>(ci.counts.data)[at3(ci.counts, b, h, i)];
+        info[i] = static_cast<const R*>(ci.info.data)[at3(ci.info, b, h, i)];
+        start[i] = static_cast<const int64_t*>(ci.starts.data)[at3(ci.starts, b, h, i)];
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        const R I = Ig[it * T + t];
+        const bool opens = buf.O[it * T + t] != 0;
+        int64_t merged = -1;
+        if (opens) {
+          if (m == C) {
+            const int64_t i = math::dla_merge_pair(info, count, m);
+            merged = i;
+            count[i] += count[i + 1];
+            info[i] += info[i + 1];
+            for (int64_t j = i + 1; j + 1 < m; ++j) {
+              count[j] = count[j + 1];
+              info[j] = info[j + 1];
+              start[j] = start[j + 1];
+            }
+            --m;
+          }
+          count[m] = 1;
+          info[m] = I;
+          start[m] = p.position + t;
+          ++m;
+        } else {
+          count[m - 1] += 1;
+          info[m - 1] += I;
+        }
+        aux(t, I, opens, static_cast<int32_t>(merged));
+      }
+      for (int64_t i = 0; i < C; ++i) {
+        const bool used = i < m;
+        static_cast<int64_t*>(co.counts.data)[at3(co.counts, b, h, i)] = used ? count[i] : 0;
+        static_cast<R*>(co.info.data)[at3(co.info, b, h, i)] = used ? info[i] : R(0);
+        static_cast<int64_t*>(co.starts.data)[at3(co.starts, b, h, i)] = used ? start[i] : 0;
+      }
+      static_cast<int64_t*>(co.size.data)[b * co.size.stride[0] + h * co.size.stride[1]] = m;
+    }
+    __syncthreads();
+  }
+}
+
+/// Pass C on one block per (item, column slice), grid-stride: the readout and the states of the slice's
+/// columns, the entry lists replayed from pass A's boundaries and pass B's merges.
+template <class St>
+__device__ void v4_pass_c(const DLAProblem& p, const Lay& lay, const V4Buf& buf, char* scratch, char* sm) {
+  using R = acc_t<St>;
+  __shared__ int64_t sh_mc;
+  const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
+  Blk<St> w(p, lay, sm, scratch + static_cast<std::size_t>(blockIdx.x) * lay.gbytes);
+  const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, items = p.B * p.H, T = p.T;
+  const int64_t ns = lay.ns, ncol = lay.ncol;
+  const DLACacheViews& ci = p.cache_in;
+  const DLACacheOut& co = p.cache_out;
+
+  for (int64_t wk = blockIdx.x; wk < items * ns; wk += gridDim.x) {
+    const int64_t it = wk / ns, slice = wk % ns;
+    const int64_t b = it / p.H, h = it % p.H;
+    const int64_t e0 = slice * ncol, e1 = e0 + ncol < Dv ? e0 + ncol : Dv, ncw = e1 - e0;
+    w.b = b;
+    w.h = h;
+    const int64_t m0 =
+        ci.present ? static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]] : 0;
+    int64_t m = 0, nfree = 0;  // thread 0's
+    if (tid == 0) {
+      m = m0;
+      for (int64_t i = 0; i < m; ++i) w.slot[i] = i;
+      for (int64_t s = C - 1; s >= m; --s) w.free_[nfree++] = s;
+      sh_mc = m;
+    }
+    if (m0 > 0) {  // the slice's columns of the carried states
+      const R* in = static_cast<const R*>(ci.states.data) + b * ci.states.stride[0] + h * ci.states.stride[1];
+      for (int64_t idx = tid; idx < m0 * Dk * ncw; idx += nth) {
+        const int64_t i = idx / (Dk * ncw), d = (idx / ncw) % Dk, e = e0 + idx % ncw;
+        w.slots[i * SS + d * Dv + e] = in[i * ci.states.stride[2] + d * ci.states.stride[3] + e * ci.states.stride[4]];
+      }
+    }
+
+    for (int64_t t0 = 0; t0 < T; t0 += L) {
+      const int64_t Lc = T - t0 < L ? T - t0 : L;
+      __syncthreads();  // the previous chunk (or the cache load) is complete
+      const int64_t m_in = sh_mc;
+      // 1. The chunk (v3's batched loads, v2's layout), and the rows' boundaries and merges.
+      {
+        struct QKv {
+          R q, k;
+        };
+        batched(LP * Dk, tid, nth, [&](int64_t idx) {
+          const int64_t r = idx / Dk, d = idx - r * Dk;
+          QKv x{R(0), R(0)};
+          if (r < Lc) {
+            x.q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
+            x.k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
+          }
+          return x;
+        }, [&](int64_t idx, const QKv& x) {
+          const int64_t r = idx / Dk, d = idx - r * Dk;
+          w.QT[d * LP + r] = x.q;
+          w.KT[d * LP + r] = x.k;
+          if (r < Lc) w.Kc[r * Dk + d] = x.k;
+        });
+        batched(LP * Dv, tid, nth, [&](int64_t idx) {
+          const int64_t r = idx / Dv, e = idx - r * Dv;
+          return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
+        }, [&](int64_t idx, R v) {
+          const int64_t r = idx / Dv, e = idx - r * Dv;
+          w.VT[e * LP + r] = v;
+          if (r < Lc) w.Vc[r * Dv + e] = v;
+        });
+        batched(Lc * C, tid, nth, [&](int64_t idx) {
+          const int64_t r = idx / C, c = idx - r * C;
+          return ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
+        }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
+      }
+      for (int64_t r = tid; r < Lc; r += nth) {
+        w.rowOpen[r] = buf.O[it * T + t0 + r];
+        w.rowMerged[r] = buf.M[it * T + t0 + r];
+      }
+      for (int64_t u = tid; u < m_in + Lc; u += nth) w.death[u] = 0x7fffffff;
+      if (w.decay && tid == 0) {
+        double G = 0;
+        for (int64_t r = 0; r < Lc; ++r) {
+          G += w.log_decay(t0 + r);
+          w.G[r] = G;
+        }
+      }
+      __syncthreads();
+      const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
+      if (w.decay)
+        for (int64_t r = tid; r < Lc; r += nth) {
+          w.eG[r] = exp(w.G[r]);
+          if (factored) {
+            w.er[r] = exp(w.G[r] - w.G[0]);
+            w.fj[r] = exp(w.G[0] - w.G[r]);
+          }
+        }
+      // 2. Q K^T lower triangle in v2's kTg x kTg tiles (the same sums as v2's).
+      {
+        const int64_t nt = (Lc + kTg - 1) / kTg;
+        for (int64_t idx = tid; idx < nt * nt; idx += nth) {
+          const int64_t ti = idx / nt, tj = idx % nt;
+          if (tj > ti) continue;
+          const int64_t r0 = ti * kTg, j0 = tj * kTg;
+          R qk[kTg][kTg];
+#pragma unroll
+          for (int a = 0; a < kTg; ++a)
+#pragma unroll
+            for (int c = 0; c < kTg; ++c) qk[a][c] = R(0);
+          for (int64_t d = 0; d < Dk; ++d) {
+            const R* kd = w.KT + d * LP;
+            const R* qd = w.QT + d * LP;
+            R kj[kTg], qr[kTg];
+#pragma unroll
+            for (int a = 0; a < kTg; ++a) {
+              kj[a] = kd[j0 + a];
+              qr[a] = qd[r0 + a];
+            }
+#pragma unroll
+            for (int a = 0; a < kTg; ++a)
+#pragma unroll
+              for (int c = 0; c < kTg; ++c) qk[a][c] += qr[a] * kj[c];
+          }
+#pragma unroll
+          for (int a = 0; a < kTg; ++a)
+#pragma unroll
+            for (int c = 0; c < kTg; ++c) {
+              const int64_t r = r0 + a, j = j0 + c;
+              if (r < Lc && j <= r) w.QK[r * LP + j] = qk[a][c];
+            }
+        }
+      }
+      // 3. The entry lists replayed (thread 0): v2's scan bookkeeping with the merged pair given.
+      if (tid == 0) {
+        for (int64_t u = 0; u < m_in; ++u) {
+          w.in_slot[u] = w.slot[u];
+          w.unit[u] = u;
+        }
+        for (int64_t r = 0; r < Lc; ++r) {
+          if (!w.rowOpen[r]) continue;
+          const int64_t i = w.rowMerged[r];
+          if (i >= 0) {
+            w.death[w.unit[i + 1]] = static_cast<int32_t>(r);
+            for (int64_t j = i + 1; j + 1 < m; ++j) {
+              w.slot[j] = w.slot[j + 1];
+              w.unit[j] = w.unit[j + 1];
+            }
+            --m;
+          }
+          w.unit[m] = m_in + r;
+          ++m;
+        }
+        w.assign_slots(m, Lc, m_in, nfree);
+        sh_mc = m;
+      }
+      __syncthreads();  // the replay's lists; er, fj for decj and the weights
+      const int64_t m_out = sh_mc;
+      if (w.decay)
+        for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
+      for (int64_t r = tid; r < Lc; r += nth) w.snapshot(r, m_in);
+      __syncthreads();
+      // 4. Readout weights (v2's), one (row r, unit U <= m_in + r) per thread.
+      {
+        const int64_t NU = m_in + Lc;
+        for (int64_t idx = tid; idx < Lc * NU; idx += nth) {
+          const int64_t r = idx / NU, U = idx % NU;
+          if (U > m_in + r) continue;
+          const int64_t mr = w.snap_m[r];
+          const int32_t* units = w.snap_unit + r * C;
+          int64_t i = mr - 1;
+          while (i > 0 && units[i] > U) --i;
+          const double li = static_cast<double>(w.lamc[r * C + math::dla_lam_index(i, mr)]);
+          if (U < m_in) {
+            w.Win[r * C + U] = static_cast<R>(li * (w.decay ? w.eG[r] : 1.0));
+          } else {
+            const int64_t j = U - m_in;
+            R* pj = w.QK + r * LP + j;
+            if (w.decay)
+              *pj = static_cast<R>(li * w.dec(factored, r, j) * static_cast<double>(*pj));
+            else
+              *pj = static_cast<R>(li) * *pj;
+          }
+        }
+      }
+      __syncthreads();
+      for (int64_t u = tid; u < m_in; u += nth) {
+        int32_t any = 0;
+        for (int64_t r = 0; r < Lc; ++r) any |= w.Win[r * C + u] != R(0) ? 1 : 0;
+        w.anyU[u] = any;
+      }
+      __syncthreads();
+      // 5. Outputs of the slice's columns (v2's step 5).
+      {
+        const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
+        for (int64_t wi = tid; wi < nwi; wi += nth) {
+          const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c, r0 = g * kRt;
+          R y[kRt];
+#pragma unroll
+          for (int a = 0; a < kRt; ++a) {
+            y[a] = R(0);
+            const int64_t r = r0 + a;
+            if (r < Lc)
+              for (int64_t j = 0; j <= r; ++j) y[a] += w.QK[r * LP + j] * w.Vc[j * Dv + e];
+          }
+          for (int64_t u = 0; u < m_in; ++u) {
+            if (!w.anyU[u]) continue;
+            const R* S = w.slots + w.in_slot[u] * SS + e;
+            R wr[kRt], acc[kRt];
+#pragma unroll
+            for (int a = 0; a < kRt; ++a) {
+              wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
+              acc[a] = R(0);
+            }
+            for (int64_t d = 0; d < Dk; ++d) {
+              const R sd = S[d * Dv];
+              R q8[kRt];
+              load_rows(w.QT + d * LP + r0, q8);
+#pragma unroll
+              for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * sd;
+            }
+#pragma unroll
+            for (int a = 0; a < kRt; ++a) y[a] += wr[a] * acc[a];
+          }
+#pragma unroll
+          for (int a = 0; a < kRt; ++a)
+            if (r0 + a < Lc)
+              static_cast<St*>(p.out.data)[at3(p.out, b, h, t0 + r0 + a) + e * p.out.stride[3]] = from_acc<St>(y[a]);
+        }
+      }
+      __syncthreads();  // the carried states are read; now they may be overwritten
+      // 6. States at the chunk's end, the slice's columns only (v2's step 6 arithmetic).
+      {
+        const R E = static_cast<R>(w.decay ? w.eG[Lc - 1] : 1.0);
+        const int64_t ndg = (Dk + kDt - 1) / kDt;
+        for (int64_t wi = tid; wi < ndg * ncw; wi += nth) {
+          const int64_t d0 = (wi / ncw) * kDt, e = e0 + wi % ncw;
+          const int64_t nd = Dk - d0 < kDt ? Dk - d0 : kDt;
+          const bool kvec = Dk % 4 == 0 && nd == kDt;
+          for (int pass = 0; pass < 2; ++pass)
+            for (int64_t i = 0; i < m_out; ++i) {
+              const int64_t ulo = w.unit[i], uhi = i + 1 < m_out ? w.unit[i + 1] : m_in + Lc;
+              const bool carries = ulo < m_in;
+              if (carries != (pass == 0)) continue;
+              R x[kDt];
+#pragma unroll
+              for (int a = 0; a < kDt; ++a) x[a] = R(0);
+              if (carries) {
+                const R* s0 = w.slots + w.in_slot[ulo] * SS + d0 * Dv + e;
+#pragma unroll
+                for (int a = 0; a < kDt; ++a)
+                  if (a < nd) x[a] = s0[a * Dv];
+                const int64_t ue = uhi < m_in ? uhi : m_in;
+                for (int64_t u = ulo + 1; u < ue; ++u) {
+                  const R* su = w.slots + w.in_slot[u] * SS + d0 * Dv + e;
+#pragma unroll
+                  for (int a = 0; a < kDt; ++a)
+                    if (a < nd) x[a] = x[a] + su[a * Dv];
+                }
+                if (w.decay) {
+#pragma unroll
+                  for (int a = 0; a < kDt; ++a) x[a] = x[a] * E;
+                }
+              }
+              const int64_t j0 = (ulo > m_in ? ulo : m_in) - m_in, j1 = uhi - m_in;
+              if (j1 > j0) {
+                R acc[kDt];
+#pragma unroll
+                for (int a = 0; a < kDt; ++a) acc[a] = R(0);
+                for (int64_t j = j0; j < j1; ++j) {
+                  const R vj = w.decay ? w.decj[j] * w.Vc[j * Dv + e] : w.Vc[j * Dv + e];
+                  R k8[kDt];
+                  if (kvec) {
+                    load_rows(w.Kc + j * Dk + d0, k8);
+                  } else {
+#pragma unroll
+                    for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? w.KT[(d0 + a) * LP + j] : R(0);
+                  }
+#pragma unroll
+                  for (int a = 0; a < kDt; ++a)
+                    if (a < nd) acc[a] += k8[a] * vj;
+                }
+#pragma unroll
+                for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
+              }
+              R* dst = w.slots + w.slot[i] * SS + d0 * Dv + e;
+#pragma unroll
+              for (int a = 0; a < kDt; ++a)
+                if (a < nd) dst[a * Dv] = x[a];
+            }
+        }
+      }
+    }
+    __syncthreads();
+    // The cache's states, the slice's columns (chronological, unused entries zero); pass B wrote the rest.
+    {
+      const int64_t mf = sh_mc;
+      R* outs = static_cast<R*>(co.states.data) + b * co.states.stride[0] + h * co.states.stride[1];
+      for (int64_t idx = tid; idx < C * Dk * ncw; idx += nth) {
+        const int64_t i = idx / (Dk * ncw), d = (idx / ncw) % Dk, e = e0 + idx % ncw;
+        outs[i * co.states.stride[2] + d * co.states.stride[3] + e * co.states.stride[4]] =
+            i < mf ? w.slots[w.slot[i] * SS + d * Dv + e] : R(0);
+      }
+    }
+    __syncthreads();  // the next work unit reuses the scratch and the shared memory
+  }
+}

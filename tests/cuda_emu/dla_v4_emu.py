@@ -1,0 +1,362 @@
+"""Host emulation of the three-pass DLA chunked prefill (cuda/dla_prefill_v4.cu), checked against the CPU
+backend (attnkit.dynamic_linear_attention): the decomposition of shared/specs/dla.md's step into
+
+  pass A  per item, over its chunks: the scores and boundaries from the OPEN state only (one state per item:
+          the open state is never merged while it is open, spec invariant 7), then that open state at the
+          chunk's end;
+  pass B  per item, over all T tokens: the merge chain from (boundary, score) per token and the entries'
+          (count, info) only -- no state is read;
+  pass C  per (item, column slice), over its chunks: the readout and the C states, the entry lists
+          replayed from pass B's per-token (boundary, merged pair), each column of every state independent.
+
+Each pass consumes only what the previous ones produced (arrays named below), in the kernels' order of the
+operations that decide anything: p_r and A per chunk (A recomputed from the stored open state at every chunk
+start, carried in double through the chunk by dla_joined_sq_norm), the score rounded to the state dtype
+before the tau test and summed into info in that dtype, merges by math::dla_merge_pair's expression. The
+values (Gram entries, states, outputs) are formed by NumPy products, so they agree with the CPU to rounding:
+bit-equality with the CPU is not available (v2 is not bit-equal to it either: it forms the Gram entries and
+k^T S v in double where the CPU uses float32, in other orders); decisions (boundaries, merges, counts,
+starts, size) must be identical and values within 1e-10 (float64) / 1e-4 (float32, relative to 1 + |x|).
+The CUDA kernel itself is emulated bit for bit against v2 in tests/cuda_emu/test_dla_v2.cpp.
+
+Run: python tests/cuda_emu/dla_v4_emu.py   (about 8 s; .ci/run's emulation stage)
+"""
+
+import math
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+import attnkit  # noqa: E402
+from attnkit._tuning import tuning  # noqa: E402
+
+RMS_EPS = 1e-6
+SCORE_EPS = 1e-6
+
+
+def rms_scale(x, n):
+    return 1.0 / math.sqrt(x / n + RMS_EPS)
+
+
+def joined(A, B, p):
+    x = A + 2.0 * p + B
+    return x if x > 0 else 0.0
+
+
+def info_score(drift, A, B, p, n):
+    ra = rms_scale(A, n)
+    den = ra * math.sqrt(A) + SCORE_EPS
+    if drift:
+        A2 = joined(A, B, p)
+        rc = rms_scale(A2, n)
+        num2 = rc * rc * A2 + ra * ra * A - 2.0 * ra * rc * (A + p)
+    else:
+        rb = rms_scale(B, n)
+        num2 = rb * rb * B + ra * ra * A - 2.0 * ra * rb * p
+    return math.sqrt(num2 if num2 > 0 else 0.0) / den
+
+
+def opens_state(score, tau, C, m):
+    if m == 0:
+        return True
+    if C == 1:
+        return False
+    return float(score) >= tau
+
+
+def merge_pair(info, count):
+    best, best_ratio = 0, 0.0
+    for i in range(len(info) - 1):
+        ratio = (float(info[i]) + float(info[i + 1])) / float(count[i] + count[i + 1])
+        if i == 0 or ratio < best_ratio:
+            best, best_ratio = i, ratio
+    return best
+
+
+def chunk_decay(g, t0, Lc):
+    """G_r (cumulative log-decay in the chunk), e^{G_r}, a_r^2 and the pair factor function."""
+    G = np.cumsum(g[t0:t0 + Lc].astype(np.float64))
+    eG = np.exp(G)
+    a2 = np.exp(2.0 * g[t0:t0 + Lc].astype(np.float64))
+    factored = G[0] - G[-1] <= 600.0
+    er, fj = np.exp(G - G[0]), np.exp(G[0] - G)
+
+    def dec(r, j):
+        return er[r] * fj[j] if factored else math.exp(G[r] - G[j])
+    return G, eG, a2, dec
+
+
+def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R):
+    """One item. Consumes k, v, g and the open state carried in (or none); produces I[t] (dtype R) and
+    opens[t], and the open state after every chunk (kept in R, rebuilt as v2's step 6 does for the open
+    entry: E * S + sum_j dec(L-1, j) k_j v_j^T, or the sum over its chunk tokens only)."""
+    T, Dk = k.shape
+    Dv = v.shape[1]
+    n = float(Dk) * float(Dv)
+    I = np.zeros(T, R)
+    opens = np.zeros(T, bool)
+    S = None if m_in == 0 else open_in.astype(R).copy()
+    nonempty = m_in > 0
+    for t0 in range(0, T, L):
+        Lc = min(L, T - t0)
+        K = k[t0:t0 + Lc].astype(R)
+        V = v[t0:t0 + Lc].astype(R)
+        if g is not None:
+            G, eG, a2, dec = chunk_decay(g, t0, Lc)
+        else:
+            eG = np.ones(Lc)
+            a2 = np.ones(Lc)
+            dec = lambda r, j: 1.0  # noqa: E731
+        Kd, Vd = K.astype(np.float64), V.astype(np.float64)
+        KK, VV = Kd @ Kd.T, Vd @ Vd.T  # the GPU forms both in double
+        Bv = np.diag(KK) * np.diag(VV)
+        carried = S is not None
+        if carried:
+            cp = np.einsum("rd,de,re->r", Kd, S.astype(np.float64), Vd)
+            A_after = float(np.sum(S.astype(np.float64) ** 2))
+        open_lo = 0
+        for r in range(Lc):
+            A = a2[r] * A_after if nonempty else 0.0
+            pr = eG[r] * cp[r] if carried else 0.0
+            for j in range(r - 1, open_lo - 1, -1):  # v2's suffix sums: j from r-1 down
+                pr += dec(r, j) * KK[r, j] * VV[r, j]
+            score = info_score(drift, A, Bv[r], pr, n) if nonempty else 0.0
+            Ir = R(score)
+            o = opens_state(Ir, tau, C, 1 if nonempty else 0)
+            I[t0 + r], opens[t0 + r] = Ir, o
+            if o:
+                open_lo, carried, A_after = r, False, Bv[r]
+            else:
+                A_after = joined(A, Bv[r], pr)
+            nonempty = True
+        # The open state at the chunk's end (only the open state: no other state is kept in pass A).
+        decj = np.array([dec(Lc - 1, j) for j in range(Lc)]).astype(R)
+        lo = open_lo if not carried else 0
+        acc = (K[lo:].T @ (decj[lo:, None] * V[lo:])).astype(R)
+        if carried:
+            E = R(eG[Lc - 1]) if g is not None else R(1)
+            S = (S * E if g is not None else S) + acc
+        else:
+            S = acc
+    return I, opens
+
+
+def pass_b(I, opens, C, count_in, info_in, start_in, position, R):
+    """One item. Consumes I[t], opens[t] and the cache's (count, info, start); produces merged[t] and the
+    final (count, info, start) lists. No state is touched."""
+    count = [int(x) for x in count_in]
+    info = [R(x) for x in info_in]
+    start = [int(x) for x in start_in]
+    merged = np.full(len(I), -1, np.int64)
+    for t in range(len(I)):
+        if opens[t]:
+            if len(count) == C:
+                i = merge_pair(info, count)
+                merged[t] = i
+                count[i] += count[i + 1]
+                info[i] = R(info[i] + info[i + 1])
+                del count[i + 1], info[i + 1], start[i + 1]
+            count.append(1)
+            info.append(I[t])
+            start.append(position + t)
+        else:
+            count[-1] += 1
+            info[-1] = R(info[-1] + I[t])
+    return merged, count, info, start
+
+
+def pass_c(q, k, v, lam, g, L, states_in, m_in, opens, merged, cols, R):
+    """One item, one slice of the value columns `cols`. Consumes q, k, v[:, cols], lam, g, the cache's
+    states (columns `cols`) and pass B's (opens, merged) per token; produces y[:, cols] and the final states'
+    columns. The entry list (units: carried entries 0..m_in-1, then chunk tokens) is replayed per chunk."""
+    T, Dk = k.shape
+    states = [states_in[i][:, cols].astype(R).copy() for i in range(m_in)]  # chronological
+    y = np.zeros((T, len(cols)), R)
+    for t0 in range(0, T, L):
+        Lc = min(L, T - t0)
+        Q, K, V = q[t0:t0 + Lc].astype(R), k[t0:t0 + Lc].astype(R), v[t0:t0 + Lc][:, cols].astype(R)
+        lamc = lam[t0:t0 + Lc].astype(np.float64)
+        if g is not None:
+            G, eG, a2, dec = chunk_decay(g, t0, Lc)
+        else:
+            eG = np.ones(Lc)
+            dec = lambda r, j: 1.0  # noqa: E731
+        mc = len(states)
+        units = list(range(mc))  # first unit of every entry
+        P = np.zeros((Lc, Lc))
+        Win = np.zeros((Lc, max(mc, 1)))
+        QK = Q.astype(np.float64) @ K.astype(np.float64).T
+        for r in range(Lc):
+            if opens[t0 + r]:
+                i = merged[t0 + r]
+                if i >= 0:
+                    del units[i + 1]
+                units.append(mc + r)
+            m = len(units)
+            for i in range(m):
+                li = lamc[r, m - 1 - i]
+                ulo, uhi = units[i], units[i + 1] if i + 1 < m else mc + r + 1
+                for u in range(ulo, min(uhi, mc)):
+                    Win[r, u] = li * eG[r]
+                for j in range(max(ulo, mc) - mc, uhi - mc):
+                    P[r, j] = li * dec(r, j) * QK[r, j]
+        Y = P @ V.astype(np.float64)
+        for u in range(mc):
+            Y += Win[:, u:u + 1] * (Q.astype(np.float64) @ states[u].astype(np.float64))
+        y[t0:t0 + Lc] = Y.astype(R)
+        # States at the chunk's end, per entry: e^{G_last} (sum of its carried states) + its tokens' sum.
+        decj = np.array([dec(Lc - 1, j) for j in range(Lc)])
+        E = eG[Lc - 1]
+        new = []
+        m = len(units)
+        for i in range(m):
+            ulo, uhi = units[i], units[i + 1] if i + 1 < m else mc + Lc
+            x = np.zeros((Dk, len(cols)))
+            if ulo < mc:
+                for u in range(ulo, min(uhi, mc)):
+                    x += states[u]
+                x *= E
+            j0, j1 = max(ulo, mc) - mc, uhi - mc
+            if j1 > j0:
+                x += K[j0:j1].astype(np.float64).T @ (decj[j0:j1, None] * V[j0:j1].astype(np.float64))
+            new.append(x.astype(R))
+        states = new
+    return y, states
+
+
+def three_pass(q, k, v, lam, C, tau, g, drift, cache, L, ns):
+    B, H, T, Dk = q.shape
+    Dv = v.shape[3]
+    R = np.float64 if q.dtype == np.float64 else np.float32
+    y = np.zeros((B, H, T, Dv), R)
+    aux_I = np.zeros((B, H, T), R)
+    aux_b = np.zeros((B, H, T), bool)
+    aux_m = np.zeros((B, H, T), np.int64)
+    st = np.zeros((B, H, C, Dk, Dv), R)
+    cnt = np.zeros((B, H, C), np.int64)
+    inf = np.zeros((B, H, C), R)
+    sts = np.zeros((B, H, C), np.int64)
+    size = np.zeros((B, H), np.int64)
+    position = cache.position if cache is not None else 0
+    ncol = -(-Dv // ns)
+    for b in range(B):
+        for h in range(H):
+            m_in = int(cache.size[b, h]) if cache is not None else 0
+            gi = None if g is None else g[b, h]
+            open_in = cache.states[b, h, m_in - 1] if m_in > 0 else None
+            I, opens = pass_a(k[b, h], v[b, h], gi, tau, C, drift, L, open_in, m_in, R)
+            ci = cache.counts[b, h, :m_in] if m_in else []
+            fi = cache.info[b, h, :m_in] if m_in else []
+            si = cache.starts[b, h, :m_in] if m_in else []
+            merged, count, info, start = pass_b(I, opens, C, ci, fi, si, position, R)
+            aux_I[b, h], aux_b[b, h], aux_m[b, h] = I, opens, merged
+            mf = len(count)
+            size[b, h] = mf
+            cnt[b, h, :mf], inf[b, h, :mf], sts[b, h, :mf] = count, info, start
+            sin = cache.states[b, h] if m_in else None
+            for e0 in range(0, Dv, ncol):
+                cols = np.arange(e0, min(Dv, e0 + ncol))
+                ys, states = pass_c(q[b, h], k[b, h], v[b, h], lam[b, h], gi, L, sin, m_in, opens, merged, cols, R)
+                y[b, h][:, cols] = ys
+                for i, s in enumerate(states):
+                    st[b, h, i][:, cols] = s
+    return y, (st, cnt, inf, sts, size), (aux_I, aux_b, aux_m)
+
+
+def make_case(rng, B, H, T, Dk, Dv, C, dtype, mode, zero_keys=False):
+    """Piecewise-stationary tokens (segments of 4..9 around a direction) like test_dla_v2.cpp."""
+    k = np.empty((B, H, T, Dk))
+    v = np.empty((B, H, T, Dv))
+    for b in range(B):
+        for h in range(H):
+            left = 0
+            for t in range(T):
+                if left == 0:
+                    ck, cv = rng.uniform(-1, 1, Dk), rng.uniform(-1, 1, Dv)
+                    left = int(rng.integers(4, 10))
+                left -= 1
+                k[b, h, t] = ck + 0.1 * rng.uniform(-1, 1, Dk)
+                v[b, h, t] = cv + 0.1 * rng.uniform(-1, 1, Dv)
+    if mode == "random":
+        k, v = rng.standard_normal(k.shape), rng.standard_normal(v.shape)
+    if zero_keys:
+        k[:] = 0
+    q = rng.uniform(-1, 1, (B, H, T, Dk))
+    lam = rng.uniform(0, 2.0 / C, (B, H, T, C))
+    g = -0.2 * rng.uniform(0, 1, (B, H, T))
+    return [x.astype(dtype) for x in (q, k, v, lam)] + [g.astype(dtype)]
+
+
+def run_case(name, rng, T, Dk, Dv, C, tau, L, decay, drift, with_cache, ns, dtype, mode="pw", zero_keys=False):
+    B, H = 2, 2
+    q, k, v, lam, g = make_case(rng, B, H, T, Dk, Dv, C, dtype, mode, zero_keys)
+    gi = g if decay else None
+    score = "state_drift" if drift else "token_vs_state"
+    cache = None
+    if with_cache:  # a cache made by the CPU from a first piece (spans, counts, info all consistent)
+        q0, k0, v0, lam0, g0 = make_case(rng, B, H, 13, Dk, Dv, C, dtype, mode, zero_keys)
+        with tuning(dla_chunk=L):
+            _, cache = attnkit.dynamic_linear_attention(q0, k0, v0, lam0, capacity=C, tau=min(tau, 0.3),
+                                                        log_decay=g0 if decay else None, score=score)
+    with tuning(dla_chunk=L):
+        y_c, cache_c, aux_c = attnkit.dynamic_linear_attention(q, k, v, lam, capacity=C, tau=tau, log_decay=gi,
+                                                               score=score, cache=cache, return_aux=True)
+    Leff = min(L, T) if T > 0 else 1
+    y, (st, cnt, inf, sts, size), (aI, ab, am) = three_pass(q, k, v, lam, C, tau, gi, drift, cache, Leff, ns)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+
+    def err(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return float(np.max(np.abs(a - b) / (1 + np.abs(b)))) if a.size else 0.0
+    e = max(err(y, y_c), err(st, cache_c.states), err(inf, cache_c.info), err(aI, aux_c.scores))
+    same = (np.array_equal(cnt, cache_c.counts) and np.array_equal(sts, cache_c.starts)
+            and np.array_equal(size, cache_c.size) and np.array_equal(ab, aux_c.boundaries)
+            and np.array_equal(am, aux_c.merged))
+    ok = same and e <= tol
+    print(f"{name:44s} T={T:4d} Dk={Dk:2d} Dv={Dv:2d} C={C:2d} L={L:2d} ns={ns} {np.dtype(dtype).name:7s} "
+          f"bnd {int(ab.sum()):4d} mrg {int((am >= 0).sum()):4d} err {e:.2g} "
+          f"{'' if same else 'DECISIONS DIFFER '}{'ok' if ok else 'FAIL'}")
+    return ok
+
+
+def main():
+    rng = np.random.default_rng(24)
+    inf = math.inf
+    cases = []
+    for dt in (np.float64, np.float32):
+        cases += [
+            ("every token a boundary", 37, 7, 6, 5, -1.0, 8, False, False, False, 2, dt),
+            ("every token a boundary, cache, decay", 70, 8, 8, 16, -1.0, 16, True, False, True, 3, dt),
+            ("no boundary (tau inf), cache", 37, 7, 6, 5, inf, 8, True, False, True, 1, dt),
+            ("C=1, cache", 29, 5, 9, 1, 0.3, 6, True, False, True, 2, dt),
+            ("C=2 drift decay cache chunk 5", 41, 7, 6, 2, -1.0, 5, True, True, True, 2, dt),
+            ("C > T", 13, 7, 6, 20, -1.0, 64, False, False, False, 2, dt),
+            ("chunk 1", 23, 7, 6, 3, -1.0, 1, True, False, True, 2, dt),
+            ("odd sizes chunk 7", 45, 9, 13, 3, -1.0, 7, True, False, True, 3, dt),
+            ("long T, C=4, default chunk", 300, 8, 8, 4, -1.0, 64, True, False, True, 2, dt),
+        ]
+    for tau in (0.4, 0.8, 1.1):  # mixed decisions: float64 only (scores near tau may round apart in float32)
+        cases += [
+            ("mixed tau", 90, 7, 6, 4, tau, 64, False, False, False, 2, np.float64),
+            ("mixed tau decay cache chunk 11", 90, 7, 6, 4, tau, 11, True, False, True, 1, np.float64),
+            ("mixed tau drift decay cache", 90, 16, 12, 3, tau, 64, True, True, True, 3, np.float64),
+            ("mixed tau long T chunk 16", 400, 8, 8, 5, tau, 16, True, False, True, 2, np.float64),
+        ]
+    ok = True
+    for c in cases:
+        ok &= run_case(*c[:1], rng, *c[1:])
+    # ties: every key zero, every score 0, every merge ratio ties (the oldest pair wins)
+    ok &= run_case("zero keys, ties, cache", rng, 60, 8, 8, 6, -1.0, 9, True, False, True, 2, np.float64,
+                   zero_keys=True)
+    ok &= run_case("zero keys, ties, no cache", rng, 60, 8, 8, 5, -1.0, 64, False, False, False, 1, np.float32,
+                   zero_keys=True)
+    ok &= run_case("random data (every token opens), C=16", rng, 200, 16, 16, 16, 0.6, 64, False, False, True, 2,
+                   np.float64, mode="random")
+    print("all ok" if ok else "FAILURES")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
