@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 
 import numpy as np
+
+from _workers import ask, close, rounds, spawn
 
 WORKER = r"""
 import sys, time
@@ -59,36 +59,24 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sizes = [str(s) for s in args.sizes]
     env_base = dict(os.environ, PYTHONPATH=os.path.abspath(args.baseline))
-    workers = {
-        "new": subprocess.Popen([sys.executable, "-c", WORKER, *sizes], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True, cwd="/"),
-        "base": subprocess.Popen([sys.executable, "-c", WORKER, *sizes], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True, env=env_base, cwd="/"),
-    }
+    workers = {"new": spawn(WORKER, sizes), "base": spawn(WORKER, sizes, env=env_base)}
     for key, w in workers.items():
         print(f"{key}: {w.stdout.readline().strip()}")
 
+    names = {}
+
     def call(key, i):
-        w = workers[key]
-        w.stdin.write(f"{i}\n")
-        w.stdin.flush()
-        name, t = w.stdout.readline().rstrip("\n").split("\t")
-        return name, float(t)
+        names[key], t = ask(workers[key], i).split("\t")
+        return float(t)
 
     ncases = 6 * len(sizes)
     for i in range(ncases):
-        call("new", i), call("base", i)  # warm-up
-        times = {"new": [], "base": []}
-        for _ in range(args.reps):
-            for key in ("new", "base"):
-                name, t = call(key, i)
-                times[key].append(t)
+        times = rounds(("new", "base"), lambda key, i=i: call(key, i), args.reps)  # a warm-up round, then reps
+        name = names["new"]
         new, old = np.median(times["new"]), np.median(times["base"])
         print(f"{name:28s} new {new * 1e3:9.2f} ms   baseline {old * 1e3:9.2f} ms   new/baseline {new / old:5.3f}",
               flush=True)
-    for w in workers.values():
-        w.stdin.close()
-        w.wait()
+    close(workers.values())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ Cases are D:S:causal, B=1, H=8.
     python bench/bench_lowp_builds.py --dirs base=/tmp/base new=/tmp/new --torch \
         --cases 64:1024:0 128:1024:1 --reps 5 --out /tmp/ab.json
 """
-import argparse, os, subprocess, sys, statistics, json
+import argparse, os, statistics, json
+from _workers import ask, rounds, spawn
 WORKER = r'''
 import sys, time, os
 import numpy as np, ml_dtypes
@@ -57,22 +58,15 @@ ws = {}
 for i, d in enumerate(a.dirs):
     name, path = d.split("=")
     e = dict(env, PYTHONPATH=path)
-    p = subprocess.Popen([sys.executable, "-c", WORKER, a.threads, "1" if (a.torch and i == 0) else "0"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=e, cwd="/tmp")
+    p = spawn(WORKER, [a.threads, "1" if (a.torch and i == 0) else "0"], env=e, cwd="/tmp")
     assert p.stdout.readline().strip() == "ready"
     ws[name] = p
-def call(p, msg):
-    p.stdin.write(msg + "\n"); p.stdin.flush(); return float(p.stdout.readline())
 rows = []
 for case in a.cases:
     D, S, c = case.split(":")
     contenders = [(n, "ak", dt) for dt in a.dtypes for n in ws]
     if a.torch: contenders += [(a.dirs[0].split("=")[0], "torch", dt) for dt in a.dtypes]
-    t = {x: [] for x in contenders}
-    for r in range(a.reps + 1):
-        for x in contenders:
-            v = call(ws[x[0]], f"{x[1]} {D} {S} {c} {x[2]}")
-            if r: t[x].append(v)
+    t = rounds(contenders, lambda x: float(ask(ws[x[0]], f"{x[1]} {D} {S} {c} {x[2]}")), a.reps)
     med = {x: statistics.median(v) for x, v in t.items()}
     row = {"D": int(D), "S": int(S), "causal": c == "1"}
     for (n, lib, dt), m in med.items():

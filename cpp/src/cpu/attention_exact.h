@@ -92,6 +92,38 @@ struct ExactRun : ExactKernel<Cfg, St> {
     *kn = 0;
     return 0;
   }
+  /// Heads too long for the per-call copy are converted once per thread instead: each thread keeps a
+  /// float32 copy of the kv head its last tile read ([Sk][D] keys, [Sk][Dv] values, in its scratch) and
+  /// converts again only when a tile of another head comes (tiles run head by head, so each thread
+  /// converts each head about once, where per-tile conversion converted it once per query tile: 1365
+  /// times per head at S = 4096 with 48-lane tiles). Up to kThreadConvBytes per thread (a bend of the
+  /// O(threads * tile) scratch rule, like the per-call copy): the tiles then stream that copy from L2/L3.
+  /// Only where a chunk's float32 K and V rows (BK * (D + Dv)) fit in kThreadConvChunkBytes (an L1):
+  /// on Zen 3 (AVX2, 1 thread, bench/results/lowp_avx2_s24.json) the copy gained at D = 64, S = 4096
+  /// (1.04-1.1x, non-causal and causal) but lost at D = 128, S = 2048 and 4096 (0.90-0.95x) to the
+  /// per-tile conversion into L1-resident packed chunks.
+  /// Returns the elements of one head's copy (0: convert per tile), in *kn those of its keys. Exact
+  /// conversion: results are the same whichever way and whichever thread converts.
+  static constexpr std::size_t kThreadConvBytes = std::size_t(4) << 20;
+  static constexpr std::size_t kThreadConvChunkBytes = std::size_t(32) << 10;
+  static std::size_t thread_convert_elems(const Ctx& c, bool weights, std::size_t* kn) {
+    const AttnProblem& p = *c.p;
+    *kn = 0;
+    if constexpr (K::kSameType) return 0;
+    const int64_t readers = c.nqblocks * c.tiles * (c.G / c.Gp);
+    if (c.dot || readers < 2 || BK * (p.D + p.Dv) * sizeof(T) > kThreadConvChunkBytes) return 0;
+    *kn = c.pair_qk ? 0 : static_cast<std::size_t>(p.Sk * p.D);
+    const std::size_t n = *kn + (weights ? 0 : static_cast<std::size_t>(p.Sk * p.Dv));
+    if (n > 0 && n * sizeof(T) <= kThreadConvBytes) return n;
+    *kn = 0;
+    return 0;
+  }
+  /// Converts the rows of kv head (b, h) of x ([B][Hkv][Sk][N] view) into dst [Sk][N] (one thread).
+  static void convert_head(const AttnProblem& p, const ViewN<4>& x, int64_t N, int64_t b, int64_t h, T* dst) {
+    const St* base = static_cast<const St*>(x.data) + b * x.stride[0] + h * x.stride[1];
+    for (int64_t j = 0; j < p.Sk; ++j) convert_row(base + j * x.stride[2], x.stride[3], N, dst + j * N);
+  }
+
   /// Converts rows of x ([B][Hkv][Sk][N] view) into dst [B][Hkv][Sk][N] (team_for: call in the team).
   static void convert_kv(const AttnProblem& p, const ViewN<4>& x, int64_t N, T* dst, const void* mem) {
     constexpr int64_t kRows = 256;
@@ -147,9 +179,13 @@ struct ExactRun : ExactKernel<Cfg, St> {
     T* vconv = nconv > nconv_k ? ws.take<T>(nconv - nconv_k) : nullptr;
     c.kconv = kconv;
     c.vconv = vconv;
-    if (vconv) c.prefetch = false;  // tiles read the converted values
+    c.conv_one_head = false;
+    std::size_t tconv_k = 0;
+    const std::size_t tconv = nconv ? 0 : thread_convert_elems(c, weights, &tconv_k);
+    if (vconv || tconv > tconv_k) c.prefetch = false;  // tiles read the converted values
     const std::size_t wbytes = (work_bytes(c) + 63) / 64 * 64;
-    const std::size_t bytes = wbytes + (c.nsplit > 1 ? sizeof(double) * p.Dv : 0);
+    const std::size_t tbytes = (sizeof(T) * tconv + 63) / 64 * 64;  // the thread's copy of one kv head
+    const std::size_t bytes = wbytes + tbytes + (c.nsplit > 1 ? sizeof(double) * p.Dv : 0);
     auto tile_of = [&](int64_t it) {  // tile number it, last query blocks first (causal: the most keys)
       const int64_t k = per_bg - 1 - it % per_bg;
       const int64_t bg = it / per_bg;
@@ -168,19 +204,34 @@ struct ExactRun : ExactKernel<Cfg, St> {
       const Work w = carve(mem, c);
       if (kconv) convert_kv(p, p.k, p.D, kconv, mem);  // each ends in team_for's barrier
       if (vconv) convert_kv(p, p.v, p.Dv, vconv, mem);
+      Ctx tc = c;  // this thread's view: its own copy of one kv head when tconv
+      int64_t conv_bh = -1;  // the (b, kv head) in that copy
+      T* const tk = tconv && tconv_k && mem ? reinterpret_cast<T*>(static_cast<char*>(mem) + wbytes) : nullptr;
+      T* const tv = tconv > tconv_k && mem ? reinterpret_cast<T*>(static_cast<char*>(mem) + wbytes) + tconv_k : nullptr;
+      if (tconv) {
+        tc.kconv = tk;
+        tc.vconv = tv;
+        tc.conv_one_head = true;
+      }
       team_for(items, mem, [&](int64_t it) {
         Tile t = tile_of(it / c.nsplit);
         t.split = it % c.nsplit;
         if (short_block(t)) return;
+        if (tconv && t.b * p.Hkv + t.hkv != conv_bh) {
+          conv_bh = t.b * p.Hkv + t.hkv;
+          if (tk) convert_head(p, p.k, p.D, t.b, t.hkv, tk);
+          if (tv) convert_head(p, p.v, p.Dv, t.b, t.hkv, tv);
+        }
         if (weights)
-          weights_tile(c, w, t);
+          weights_tile(tc, w, t);
         else
-          attend_tile(c, w, t);
+          attend_tile(tc, w, t);
       });
       if (c.nsplit > 1)  // after team_for's barrier: every partial is written
         team_for(tiles, mem, [&](int64_t it) {
           const Tile t = tile_of(it);
-          if (!short_block(t)) merge_tile(c, t, reinterpret_cast<double*>(static_cast<char*>(mem) + wbytes));
+          if (!short_block(t))
+            merge_tile(c, t, reinterpret_cast<double*>(static_cast<char*>(mem) + wbytes + tbytes));
         });
     });
   }

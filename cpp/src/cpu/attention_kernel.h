@@ -13,7 +13,9 @@
 //     (V read in place too) times a vector of p[j][lanes]; the online-softmax rescale of o^T by the
 //     lanes' alpha vector rides on the product's stores (Store::AccumulateScaled), no pass of its own.
 // Extra memory is O(threads * (BQ * (D + Dv) + BK * (BQ + D + Dv))), never O(Sq * Sk), plus for float16 /
-// bfloat16 inputs a float32 copy of K and V of at most 64 MiB (ExactRun::convert_elems).
+// bfloat16 inputs a float32 copy of K and V of at most 64 MiB (ExactRun::convert_elems) or, for longer
+// heads with BK * (D + Dv) float32 values within 32 KiB, a float32 copy of one kv head per thread of at
+// most 4 MiB (ExactRun::thread_convert_elems).
 //
 // Masks. causal / window / key_lengths give each row a key range [lo, hi) (math/masks.h), or the problem
 // gives explicit per-row ranges (LSH over bucket-sorted rows). A tile visits a sorted list of key ranges:
@@ -145,6 +147,9 @@ struct ExactKernel {
     /// and [B][Hkv][Sk][Dv], read in place by every query tile; null: each tile converts its chunks.
     const T* kconv;
     const T* vconv;
+    /// kconv / vconv hold one kv head only, [Sk][D] and [Sk][Dv]: a thread's copy of the head its tiles
+    /// read (ExactRun::run, heads too long for the per-call copy).
+    bool conv_one_head;
   };
 
   struct Work {
@@ -435,6 +440,7 @@ struct ExactKernel {
   /// Row j0 of kv head (b, hkv) in a converted copy [B][Hkv][Sk][N] (Ctx::kconv / vconv).
   static const T* converted_rows(const Ctx& c, const T* x, int64_t N, int64_t b, int64_t hkv, int64_t j0, int64_t& ld) {
     ld = N;
+    if (c.conv_one_head) return x + j0 * N;
     return x + ((b * c.p->Hkv + hkv) * c.p->Sk + j0) * N;
   }
 
