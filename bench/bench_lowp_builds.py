@@ -53,6 +53,7 @@ ap.add_argument("--torch", action="store_true")
 ap.add_argument("--out")
 a = ap.parse_args()
 if a.out:  # where it ran (CPU model, ISA path, matmul ceiling), by this checkout's attnkit._bench
+    import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "python"))
     from attnkit._bench import environment_in
     run_env = environment_in(a.dirs[0].split("=")[1], int(a.threads))
