@@ -17,7 +17,7 @@ recorded too (with several threads CPU time sums the threads, wall time shows th
     pip install torch==2.13.0   # the anchor; attnkit itself never needs torch
     python bench/bench_attention.py [--sizes 512 1024] [--reps 5] [--no-rss]
     python bench/bench_attention.py --dtypes float32 float16 bfloat16 --dims 64 128 --threads 1 --out lowp_avx2.json
-    python bench/bench_attention.py --dtypes float32 --baseline /tmp/main_pkg --threads 1 --out exact_avx2_s21.json
+    python bench/bench_attention.py --dtypes float32 --baseline /tmp/main_pkg --threads 1 --out history/exact_avx2_s21_1thread.json
 """
 
 from __future__ import annotations

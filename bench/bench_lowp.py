@@ -9,7 +9,7 @@ AVX2) and against torch in the same dtype. Records the CPU model, the ISA path a
 matmul ceiling (NumPy and torch, 2048^3) beside the figures.
 
     pip install torch==2.13.0   # the anchor; attnkit itself never needs torch
-    python bench/bench_lowp.py --sizes 1024 2048 4096 --dims 64 128 --threads 1 2 --out lowp_avx2_s21.json
+    python bench/bench_lowp.py --sizes 1024 2048 4096 --dims 64 128 --threads 1 2 --out history/lowp_avx2_s21.json
 """
 
 from __future__ import annotations

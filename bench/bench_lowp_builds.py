@@ -53,6 +53,11 @@ ap.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"
 ap.add_argument("--torch", action="store_true")
 ap.add_argument("--out")
 a = ap.parse_args()
+if a.out:  # where it ran (CPU model, ISA path, matmul ceiling), by this checkout's attnkit._bench
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "python"))
+    from attnkit._bench import environment_in
+    run_env = environment_in(a.dirs[0].split("=")[1], int(a.threads))
 env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS=a.threads)
 ws = {}
 for i, d in enumerate(a.dirs):
@@ -87,4 +92,4 @@ for case in a.cases:
     rows.append(row)
 print("load", os.getloadavg())
 if a.out:
-    json.dump({"rows": rows, "load_after": os.getloadavg(), "threads": a.threads, "reps": a.reps}, open(a.out, "w"), indent=1)
+    json.dump({"env": run_env, "rows": rows, "load_after": os.getloadavg(), "threads": a.threads, "reps": a.reps}, open(a.out, "w"), indent=1)

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
-from attnkit import cli
+import pytest
+
+import attnkit
+from attnkit import _bench, cli
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
 
 def test_info(capsys):
@@ -23,9 +30,38 @@ def test_bench_sections(capsys, tmp_path):
     assert cli.main(["bench", "--sizes", "128", "--reps", "1", "--no-torch", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "exact attention" in out and "S=   128" in out and "lsh" in out
+    first = out.splitlines()[0]  # the table says where it ran before anything else
+    assert _bench.cpu_model() in first and f"CPU kernels {attnkit.info()['cpu_isa']}" in first
     payload = json.loads(path.read_text())
     assert set(payload["sections"]) == set(cli.SECTIONS)
     assert payload["sections"]["exact"][0]["attnkit_s"] > 0
     env = payload["env"]  # every results file says where it ran and the machine's matmul yardstick
     assert env["cpu_model"] and env["cpu_isa"] in ("generic", "avx2", "avx512", "avx512bf16")
     assert env["matmul_2048_gflops"]["numpy"] > 0
+
+
+def test_environment_in_reports_another_package(tmp_path):
+    """The record of the build-comparing scripts (bench_lowp_builds.py): environment() run by the package
+    in a directory, in a fresh interpreter on `threads` threads."""
+    env = _bench.environment_in(Path(attnkit.__file__).resolve().parents[1], 1)
+    assert env["cpu_model"] == _bench.cpu_model() and env["cpu_isa"] == attnkit.info()["cpu_isa"]
+    assert env["threads"] == 1 and env["clock"] == "process CPU time" and env["matmul_2048_gflops"]["numpy"] > 0
+    path = _bench.write_json(tmp_path, "history/x.json", {"env": env})
+    assert "loadavg_after" in json.loads(path.read_text())["env"]
+
+
+@pytest.mark.skipif(not RESULTS.is_dir(), reason="bench/results not beside the tests")
+def test_results_files_follow_the_rule():
+    """bench/results/README.md: one <bench>_<isa>.json per benchmark and ISA path at the top level (GPU files
+    by device), per-session files in history/; a top-level file written since the rule says where it ran."""
+    isa = "(generic|avx2|avx512|avx512bf16)"
+    for p in RESULTS.glob("*.json"):
+        if p.name.startswith("gpu_"):
+            continue
+        assert re.fullmatch(rf"[a-z]+(_[a-z]+)*_{isa}\.json", p.name), \
+            f"{p.name}: per-session files go in bench/results/history/ (bench/results/README.md)"
+        payload = json.loads(p.read_text())
+        env = payload.get("env", payload.get("environment"))
+        if isinstance(env, dict) and "loadavg_after" in env:
+            assert env["cpu_model"] and env["cpu_isa"] and env["matmul_2048_gflops"], p.name
+    assert all(re.fullmatch(r"[a-z0-9_]+\.json", p.name) for p in (RESULTS / "history").glob("*"))

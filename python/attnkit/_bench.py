@@ -133,12 +133,34 @@ def environment(threads: int, ceiling: bool = True) -> dict:
     return env
 
 
+def environment_in(package_dir, threads: int, clock: str = "cpu") -> dict:
+    """environment(threads) as reported by the attnkit package in `package_dir`, in a fresh interpreter
+    under OMP_NUM_THREADS=threads and OMP_WAIT_POLICY=passive (so the matmul ceiling is timed on that many
+    threads, by `clock`): where a run ran, for the scripts that drive builds in worker processes and load
+    none themselves (bench/bench_lowp_builds.py)."""
+    code = ("import json, sys, attnkit._bench as b; b.set_clock(sys.argv[2]); "
+            "print(json.dumps(b.environment(int(sys.argv[1]))))")
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(str(package_dir)), OMP_NUM_THREADS=str(threads),
+               OMP_WAIT_POLICY="passive")
+    res = subprocess.run([sys.executable, "-c", code, str(threads), clock], env=env, cwd="/", check=True,
+                         capture_output=True, text=True)
+    e = json.loads(res.stdout.strip().splitlines()[-1])
+    e["package_dir"] = os.path.abspath(str(package_dir))
+    return e
+
+
 def result_name(stem: str, env: dict) -> str:
     """A results file's default name: one file per ISA path measured (``attention_avx2.json``)."""
     return f"{stem}_{env['cpu_isa']}.json"
 
 
 def write_json(directory, name: str, payload: dict) -> Path:
+    """Writes payload as JSON to directory/name (a name may hold a subfolder: ``history/x.json``). The
+    environment() record in it (under "env" or "environment") gets the load average at the end of the run
+    (``loadavg_after``) unless it has one."""
+    for key in ("env", "environment"):
+        if isinstance(payload.get(key), dict):
+            payload[key].setdefault("loadavg_after", os.getloadavg())
     path = Path(directory) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
