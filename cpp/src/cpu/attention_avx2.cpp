@@ -11,7 +11,7 @@ namespace {
 // float: 24 query lanes per tile. QK block: 4 keys x 3 vectors = 12 accumulators + 3 query vectors + 1
 // broadcast of the 16 ymm registers (7 loads per 12 FMAs); PV block (o^T): 4 value columns x 3 lane
 // vectors, the same shape. Against 16 lanes (6 x 2 / 4 x 2 blocks) 24 lanes ran 1.1-1.3x faster on Zen 3
-// (bench/results/exact_avx2_tiles.json).
+// (bench/results/history/exact_avx2_tiles.json).
 struct Avx2F32 {
   using T = float;
   static constexpr int W = 8, NQV = 3, BK = 64, R = 4, RL = 4, NV = 3;

@@ -99,7 +99,7 @@ struct ExactRun : ExactKernel<Cfg, St> {
   /// times per head at S = 4096 with 48-lane tiles). Up to kThreadConvBytes per thread (a bend of the
   /// O(threads * tile) scratch rule, like the per-call copy): the tiles then stream that copy from L2/L3.
   /// Only where a chunk's float32 K and V rows (BK * (D + Dv)) fit in kThreadConvChunkBytes (an L1):
-  /// on Zen 3 (AVX2, 1 thread, bench/results/lowp_avx2_s24.json) the copy gained at D = 64, S = 4096
+  /// on Zen 3 (AVX2, 1 thread, bench/results/history/lowp_avx2_s24.json) the copy gained at D = 64, S = 4096
   /// (1.04-1.1x, non-causal and causal) but lost at D = 128, S = 2048 and 4096 (0.90-0.95x) to the
   /// per-tile conversion into L1-resident packed chunks.
   /// Returns the elements of one head's copy (0: convert per tile), in *kn those of its keys. Exact

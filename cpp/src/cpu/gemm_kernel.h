@@ -65,7 +65,7 @@ struct MicroGemm {
     if (K <= 0) return store_block<RR, NVV, kStore>(acc, scale, c, ldc, cmax);
     // Unrolled 4 times (GCC does not unroll it at -O3): the counter, pointer steps and branch cost a quarter
     // as much per k. On Zen 3 (AVX2, 4 x 3 blocks) exact attention ran 1.08-1.14x faster for it
-    // (bench/results/exact_avx2_s23_1thread.json). Same sums in the same k order: the outputs stayed bitwise
+    // (bench/results/history/exact_avx2_s23_1thread.json). Same sums in the same k order: the outputs stayed bitwise
     // equal to the rolled loop's.
 #pragma GCC unroll 4
     for (int64_t k = 0; k < K; ++k) {
