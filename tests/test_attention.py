@@ -266,6 +266,38 @@ def test_thread_count_independent(rng):
     assert_thread_invariant(lambda: attnkit.attention(q, k, v, **kw))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", ["plain", "key_lengths", "window", "mask", "nan_masked_value", "gqa"])
+def test_packed_kv_same_bits(rng, dtype, case):
+    """Many query tiles per kv head and D >= 96: float32 K is packed once per call for every tile (ExactRun::pack_k,
+    where the configuration's key blocks divide its chunks); a slice of 48 rows (two or four tiles, K read in
+    place) must give the same bits for those rows. Odd Sk leaves a partial key block; a window starts
+    chunks off the key blocks (those read in place)."""
+    Hq, Hkv = (4, 2) if case == "gqa" else (2, 2)
+    Sq, Sk, D, Dv = 800, 203, 100, 30
+    q, k, v = qkv(rng, 2, Hq, Hkv, Sq, Sk, D, Dv, dtype)
+    kw = {}
+    if case == "key_lengths":
+        kw = dict(key_lengths=[150, 203])
+    elif case == "window":
+        kw = dict(window=(37, 41))
+    elif case == "mask":
+        kw = dict(mask=rng.random((Sq, Sk)) < 0.8)
+    elif case == "nan_masked_value":
+        v[:, :, 190] = np.nan
+        kw = dict(key_lengths=[150, 180])
+    out, _ = check(rng, dtype, q, k, v, **kw)
+    assert_thread_invariant(lambda: attnkit.attention(q, k, v, **kw), threads=(1, 2))
+    if case == "window":
+        return  # row positions shift with Sq: a slice sees other windows
+    if case == "nan_masked_value":
+        assert np.isfinite(out).all()
+    for i0 in (0, 96, 752):  # 48 rows: the full-width configuration (24 lanes or fewer take a narrow one)
+        kws = dict(kw, mask=kw["mask"][i0:i0 + 48]) if case == "mask" else kw
+        part = attnkit.attention(q[:, :, i0:i0 + 48], k, v, **kws)
+        assert part.tobytes() == out[:, :, i0:i0 + 48].tobytes()
+
+
 def test_repeatable(rng):
     q, k, v = qkv(rng, 2, 2, 2, 100, 100, 64, 64, np.float16)
     assert attnkit.attention(q, k, v).tobytes() == attnkit.attention(q, k, v).tobytes()

@@ -136,6 +136,51 @@ struct ExactRun : ExactKernel<Cfg, St> {
     });
   }
 
+  /// float32 / float64 K is packed once per call (Ctx::kpack, layout there) for D >= kPackMinD when at least
+  /// kPackReaders query tiles read each K chunk. On Zen 3 (AVX2, 1 thread, 24-lane tiles) QK^T from the
+  /// packed keys ran D = 128 non-causal 1.02-1.16x (S = 2048) and 1.08-1.13x (S = 4096, where K streams from
+  /// L3 once per tile), causal S = 2048 1.05-1.08x; at D = 64 it gained nothing and the copy cost 1-7% at
+  /// S <= 1024 (bench/results/history/exact_avx2_s24_1thread.json). Packing V as well ([Dv / RL][Sk][RL] panels for
+  /// PV) gained nothing on top and was dropped. Not for the dot-product path (decoding), split decoding or
+  /// attention_weights; only where a chunk starts on a key block (BK % R == 0, else every chunk but one in R
+  /// would read in place anyway).
+  /// DESIGN.md's memory rule ("extra memory O(threads * tile)") is bent here as it is for the float16 copy
+  /// (convert_elems): the copy is O(B * Hkv * Sk * D) (never O(S^2)), at most kConvMaxBytes (64 MiB);
+  /// larger problems read K in place as before.
+  static constexpr int64_t kPackReaders = 32;
+  static constexpr int64_t kPackMinD = 96;
+  static std::size_t pack_elems(const Ctx& c, bool weights) {
+    const AttnProblem& p = *c.p;
+    if constexpr (!K::kSameType || BK % K::R != 0) return 0;
+    const int64_t readers = c.nqblocks * c.tiles * (c.G / c.Gp);
+    if (weights || c.dot || c.nsplit > 1 || !c.k_direct || p.D < kPackMinD || readers < kPackReaders) return 0;
+    const std::size_t n = static_cast<std::size_t>(p.B * p.Hkv * ((p.Sk + K::R - 1) / K::R * K::R) * p.D);
+    return n * sizeof(T) <= kConvMaxBytes ? n : 0;
+  }
+  /// Ctx::kpack from K (team_for: call in the team).
+  static void pack_k(const AttnProblem& p, T* dst, const void* mem) {
+    constexpr int R = K::R;
+    constexpr int64_t kBlocks = 64;  // key blocks per work item
+    const int64_t nb = (p.Sk + R - 1) / R, per_head = (nb + kBlocks - 1) / kBlocks;
+    const ViewN<4>& x = p.k;
+    team_for(p.B * p.Hkv * per_head, mem, [&](int64_t it) {
+      const int64_t bh = it / per_head, b = bh / p.Hkv, h = bh % p.Hkv;
+      const T* base = static_cast<const T*>(x.data) + b * x.stride[0] + h * x.stride[1];
+      for (int64_t kb = it % per_head * kBlocks; kb < imin(nb, (it % per_head + 1) * kBlocks); ++kb) {
+        T* out = dst + (bh * nb + kb) * p.D * R;
+        for (int r = 0; r < R; ++r) {
+          const int64_t j = kb * R + r;
+          if (j < p.Sk) {
+            const T* src = base + j * x.stride[2];
+            for (int64_t d = 0; d < p.D; ++d) out[d * R + r] = src[d];
+          } else {
+            for (int64_t d = 0; d < p.D; ++d) out[d * R + r] = T(0);
+          }
+        }
+      }
+    });
+  }
+
   /// Runs every tile; throws Error (after the parallel region) when memory cannot be had.
   static void run(const AttnProblem& p, bool weights) {
     Ctx c;
@@ -168,9 +213,10 @@ struct ExactRun : ExactKernel<Cfg, St> {
     const std::size_t nparts = c.nsplit > 1 ? static_cast<std::size_t>(items * BQ) : 0;
     std::size_t nconv_k;
     const std::size_t nconv = convert_elems(c, weights, &nconv_k);
+    const std::size_t npack = pack_elems(c, weights);
     Workspace ws(Workspace::need<int8_t>(nflags) + Workspace::need<T>(nparts * p.Dv) + Workspace::need<T>(nparts) +
-                     Workspace::need<T>(nconv_k) + Workspace::need<T>(nconv - nconv_k),
-                 "attention (value flags, split partials, converted K/V)");
+                     Workspace::need<T>(nconv_k) + Workspace::need<T>(nconv - nconv_k) + Workspace::need<T>(npack),
+                 "attention (value flags, split partials, converted K/V, packed K)");
     c.v_finite = ws.take<int8_t>(nflags);
     std::memset(c.v_finite, -1, nflags);
     c.part_o = ws.take<T>(nparts * p.Dv);
@@ -183,6 +229,8 @@ struct ExactRun : ExactKernel<Cfg, St> {
     std::size_t tconv_k = 0;
     const std::size_t tconv = nconv ? 0 : thread_convert_elems(c, weights, &tconv_k);
     if (vconv || tconv > tconv_k) c.prefetch = false;  // tiles read the converted values
+    T* kpack = npack ? ws.take<T>(npack) : nullptr;
+    c.kpack = kpack;
     const std::size_t wbytes = (work_bytes(c) + 63) / 64 * 64;
     const std::size_t tbytes = (sizeof(T) * tconv + 63) / 64 * 64;  // the thread's copy of one kv head
     const std::size_t bytes = wbytes + tbytes + (c.nsplit > 1 ? sizeof(double) * p.Dv : 0);
@@ -204,6 +252,7 @@ struct ExactRun : ExactKernel<Cfg, St> {
       const Work w = carve(mem, c);
       if (kconv) convert_kv(p, p.k, p.D, kconv, mem);  // each ends in team_for's barrier
       if (vconv) convert_kv(p, p.v, p.Dv, vconv, mem);
+      if (kpack) pack_k(p, kpack, mem);
       Ctx tc = c;  // this thread's view: its own copy of one kv head when tconv
       int64_t conv_bh = -1;  // the (b, kv head) in that copy
       T* const tk = tconv && tconv_k && mem ? reinterpret_cast<T*>(static_cast<char*>(mem) + wbytes) : nullptr;

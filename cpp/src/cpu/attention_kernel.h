@@ -150,6 +150,11 @@ struct ExactKernel {
     /// kconv / vconv hold one kv head only, [Sk][D] and [Sk][Dv]: a thread's copy of the head its tiles
     /// read (ExactRun::run, heads too long for the per-call copy).
     bool conv_one_head;
+    /// float32 / float64 K copied once per call into the QK micro-kernel's A-operand order (ExactRun::pack_k),
+    /// read by every query tile; null: the tiles read K in place. kpack [B][Hkv][ceil(Sk / R)][D][R]: each
+    /// block of R keys with its R rows interleaved (key rows beyond Sk 0), so a QK register block broadcasts
+    /// from one sequential stream instead of R rows.
+    const T* kpack;
   };
 
   struct Work {
@@ -280,6 +285,18 @@ struct ExactKernel {
   /// over the query lanes, the rescale folded into the stores.
   static void pv(const Work& w, const T* vp, int64_t ldv, int jn, int64_t Dv) {
     Gemm::template gemm<RL, NV, Store::AccumulateScaled>(Dv, BQ, jn, vp, 1, ldv, w.sT, BQ, w.o, BQ, T(1), w.alpha);
+  }
+  /// Keys of chunk j0 from Ctx::kpack for qk_packed, or null where the chunk does not start a key block.
+  static const T* packed_keys(const Ctx& c, const Tile& t, int64_t j0) {
+    if (!c.kpack || j0 % R != 0) return nullptr;
+    const AttnProblem& p = *c.p;
+    const int64_t nb = (p.Sk + R - 1) / R;
+    return c.kpack + ((t.b * p.Hkv + t.hkv) * nb * R + j0) * p.D;
+  }
+  /// qk from Ctx::kpack (same sums in the same order as qk: bitwise the same scores).
+  template <Store kStore = Store::Overwrite>
+  static void qk_packed(const Work& w, const T* kp, int64_t D, T scale, int jn) {
+    Gemm::template gemm<R, QV, kStore>(jn, BQ, D, kp, 1, R, w.qT, BQ, w.sT, BQ, scale, w.cmax, R * D);
   }
 
   /// x^T[d][lanes] *= alpha[lanes] for d < Dv.
@@ -552,7 +569,7 @@ struct ExactKernel {
   /// Scores of a chunk; returns whether some key of it may be masked for some lane (range or mask/bias).
   static bool compute_chunk_scores(const Ctx& c, const Work& w, const Tile& t, int nl, int64_t j0, int jn,
                                    int64_t inner_lo, int64_t inner_hi, V* bmax) {
-    int64_t ldk;
+    int64_t ldk = 0;
     const bool range_mask = !(j0 >= inner_lo && j0 + jn <= inner_hi);
     bool done = false;
     if constexpr (kPairDot)
@@ -563,16 +580,22 @@ struct ExactKernel {
         done = true;
       }
     if (!done) {
-      const T* kp = key_rows(c, w, t.b, t.hkv, j0, jn, ldk);
+      const T* kpk = packed_keys(c, t, j0);
+      const T* kp = kpk ? nullptr : key_rows(c, w, t.b, t.hkv, j0, jn, ldk);
       if (!c.dot && !range_mask && !c.softcap && !c.bias_tile && !c.alibi) {
         // Scores as they are (most chunks): their max comes out of the product's stores.
         const V ninf = S::set1(math::neg_inf<T>());
         for (int v = 0; v < NQV; ++v) S::store(w.cmax + v * W, ninf);
-        qk<Store::OverwriteMax>(w, kp, ldk, c.p->D, c.qscale, jn);
+        if (kpk)
+          qk_packed<Store::OverwriteMax>(w, kpk, c.p->D, c.qscale, jn);
+        else
+          qk<Store::OverwriteMax>(w, kp, ldk, c.p->D, c.qscale, jn);
         for (int v = 0; v < NQV; ++v) bmax[v] = S::load(w.cmax + v * W);
         return false;
       }
-      if (c.dot)
+      if (kpk)
+        qk_packed(w, kpk, c.p->D, c.qscale, jn);
+      else if (c.dot)
         qk_dot(w, kp, ldk, c.p->D, c.qscale, jn, nl);
       else
         qk(w, kp, ldk, c.p->D, c.qscale, jn);

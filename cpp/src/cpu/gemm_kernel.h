@@ -103,12 +103,15 @@ struct MicroGemm {
 
   /// NVV vectors of columns, all M rows in blocks of RL (the last block as tall as it is). The B panel
   /// (K x NVV vectors) stays in L1 while every row block streams past it.
+  /// arb != 0: A is packed in row blocks of RL rows (A(m, k) = a[(m / RL) * arb + k * ak + m % RL * am]),
+  /// the block of rows m .. m + RL - 1 starting at a + (m / RL) * arb.
   template <int RL, int NVV, Store kStore>
   static inline void panel(int64_t M, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb, int64_t K, T scale,
-                           T* c, int64_t ldc, T* cmax) {
+                           T* c, int64_t ldc, T* cmax, int64_t arb = 0) {
+    const int64_t step = arb ? arb : RL * am;  // A elements from one row block to the next
     int64_t m = 0;
-    for (; m + RL <= M; m += RL) block<RL, NVV, kStore>(a + m * am, am, ak, b, ldb, K, scale, c + m * ldc, ldc, cmax);
-    const T* am0 = a + m * am;
+    const T* am0 = a;
+    for (; m + RL <= M; m += RL, am0 += step) block<RL, NVV, kStore>(am0, am, ak, b, ldb, K, scale, c + m * ldc, ldc, cmax);
     T* cm = c + m * ldc;
     switch (M - m) {
       case 0: break;
@@ -126,25 +129,27 @@ struct MicroGemm {
   /// scalar tail for N % W), each over all M rows in blocks of RL (<= 8). Every element of C is one
   /// register's sum over k in order, so the blocking never changes the result.
   /// cmax: N column maxima for Store::OverwriteMax, N column scales for Store::AccumulateScaled.
+  /// arb: see panel (0: A(m, k) = a[m * am + k * ak]).
   template <int RL, int NV, Store kStore>
   static void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb,
-                   T* c, int64_t ldc, T scale = T(1), T* cmax = nullptr) {
+                   T* c, int64_t ldc, T scale = T(1), T* cmax = nullptr, int64_t arb = 0) {
     static_assert(RL >= 1 && RL <= 8, "row blocks of 1..8");
     const int64_t Nv = N / W * W;
     int64_t n = 0;
     constexpr bool kCol = kStore == Store::OverwriteMax || kStore == Store::AccumulateScaled;
     auto cm = [cmax](int64_t col) { return kCol ? cmax + col : nullptr; };
-    for (; n + NV * W <= Nv; n += NV * W) panel<RL, NV, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n));
+    for (; n + NV * W <= Nv; n += NV * W) panel<RL, NV, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n), arb);
     switch ((Nv - n) / W) {
       case 0: break;
-      case 1: panel<RL, 1, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n)); break;
-      case 2: panel<RL, (NV > 2 ? 2 : 1), kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n)); break;
-      default: panel<RL, (NV > 3 ? 3 : 1), kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n)); break;
+      case 1: panel<RL, 1, kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n), arb); break;
+      case 2: panel<RL, (NV > 2 ? 2 : 1), kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n), arb); break;
+      default: panel<RL, (NV > 3 ? 3 : 1), kStore>(M, a, am, ak, b + n, ldb, K, scale, c + n, ldc, cm(n), arb); break;
     }
     for (n = Nv; n < N; ++n)  // scalar tail columns
       for (int64_t m = 0; m < M; ++m) {
         T acc = T(0);
-        for (int64_t k = 0; k < K; ++k) acc += a[m * am + k * ak] * b[k * ldb + n];
+        const T* ar = arb ? a + m / RL * arb + m % RL * am : a + m * am;
+        for (int64_t k = 0; k < K; ++k) acc += ar[k * ak] * b[k * ldb + n];
         T* dst = c + m * ldc + n;
         const T x = acc * scale;
         *dst = kStore == Store::Accumulate ? *dst + x : kStore == Store::AccumulateScaled ? *dst * cmax[n] + x : x;
