@@ -17,7 +17,8 @@ baseline's and this one's, and reports per-build medians of their per-process me
     pip install torch==2.13.0   # the anchor; attnkit itself never needs torch
     python bench/bench_decode.py [--sk 32768] [--reps 15] [--ceiling-gib 1.5]
     OMP_WAIT_POLICY=passive python bench/bench_decode.py --clock cpu --threads 1 --reps 7 --ceiling-gib 1 \
-        --sq 1 --heads 32:8 32:32 --sk 8192 32768 --baseline /tmp/main-build/python --processes 3
+        --cases 32:32:1:8192 32:8:1:8192 32:8:1:32768 32:8:4:8192 32:8:8:4096 \
+        --baseline /tmp/main-build/python --processes 3 --out decode_avx2_s24.json   # the s24 table
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def main(argv=None):
     ap.add_argument("--sk", type=int, nargs="+", default=[8192, 32768, 131072])
     ap.add_argument("--sq", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--heads", nargs="+", default=["32:8", "32:32"], help="Hq:Hkv pairs")
+    ap.add_argument("--cases", nargs="+", default=None, metavar="HQ:HKV:SQ:SK",
+                    help="explicit cases instead of the --sk x --sq x --heads grid")
     ap.add_argument("--reps", type=int, default=15, help="round-robin rounds per case")
     ap.add_argument("--ceiling-gib", type=float, default=1.5)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
@@ -107,19 +110,18 @@ def main(argv=None):
     env = environment(threads, ceiling=not a.worker)
     ceiling = ceiling_fns(a.ceiling_gib, threads)
     rows = []
-    for Sk in a.sk:
-        for Sq in a.sq:
-            for hh in a.heads:
-                Hq, Hkv = map(int, hh.split(":"))
-                if Hkv * Sk * 128 * 4 * 2 > a.max_kv_gib * 2**30:
-                    continue
-                r = decode_case(Hq, Hkv, Sq, Sk, 128, a.reps, torch, ceiling)
-                best = max(r["ceiling_gbps"].values())
-                rows.append(r)
-                progress(f"Hq={Hq} Hkv={Hkv} Sq={Sq} Sk={Sk}: attnkit {r['gbps']['attnkit']:.1f} GB/s "
-                         f"({100 * r['attnkit_of_ceiling']:.0f}% of {best:.1f})"
-                         + (f", torch {r['gbps']['torch']:.1f} GB/s, torch/attnkit time "
-                            f"{r['torch_over_attnkit']:.2f}x" if torch is not None else ""))
+    grid = [f"{hh}:{Sq}:{Sk}" for Sk in a.sk for Sq in a.sq for hh in a.heads]
+    for case in a.cases or grid:
+        Hq, Hkv, Sq, Sk = map(int, case.split(":"))
+        if Hkv * Sk * 128 * 4 * 2 > a.max_kv_gib * 2**30:
+            continue
+        r = decode_case(Hq, Hkv, Sq, Sk, 128, a.reps, torch, ceiling)
+        best = max(r["ceiling_gbps"].values())
+        rows.append(r)
+        progress(f"Hq={Hq} Hkv={Hkv} Sq={Sq} Sk={Sk}: attnkit {r['gbps']['attnkit']:.1f} GB/s "
+                 f"({100 * r['attnkit_of_ceiling']:.0f}% of {best:.1f})"
+                 + (f", torch {r['gbps']['torch']:.1f} GB/s, torch/attnkit time "
+                    f"{r['torch_over_attnkit']:.2f}x" if torch is not None else ""))
     env["loadavg_after"] = os.getloadavg()
     if a.worker:
         print(json.dumps({"env": env, "rows": rows}), flush=True)
@@ -163,6 +165,7 @@ def compare_builds(a, argv):
             row[name] = {key: med(p[key] for p in per) for key in ("attnkit_of_ceiling",)}
             row[name]["attnkit_ms"] = med(1e3 * p["median_s"]["attnkit"] for p in per)
             row[name]["gbps"] = {k: med(p["gbps"][k] for p in per) for k in per[0]["gbps"]}
+            row[name]["gflops"] = {k: med(p["gflops"][k] for p in per) for k in per[0]["gflops"]}
             row[name]["ceiling_gbps"] = med(max(p["ceiling_gbps"].values()) for p in per)
             if "torch_over_attnkit" in per[0]:
                 row[name]["torch_over_attnkit"] = med(p["torch_over_attnkit"] for p in per)
