@@ -159,8 +159,8 @@ struct DecodeKernel {
   }
 
   /// o[r][d0 .. d0 + NV W) += sum_{j in [jb, je)} p[r][j] v[j][d0 ..] for RL rows (p: ld BK, o: ld ldo).
-  /// pf (when not null): nl cache lines from pf in rows [0, pn) of another chunk (stride ldv), prefetched
-  /// into L2 a row per key, so that the V prefetches spread evenly over the PV arithmetic.
+  /// pf (when not null): nl <= 2 cache lines from pf in rows [0, pn) of another chunk (stride ldv),
+  /// prefetched into L2 a row per key, so that the V prefetches spread evenly over the PV arithmetic.
   template <int RL, int NV, class E>
   static inline void pv_panel(const float* p, const E* v, int64_t ldv, int jb, int je, float* o, int64_t ldo,
                               const E* pf = nullptr, int pn = 0, int nl = 0) {
@@ -171,8 +171,11 @@ struct DecodeKernel {
     for (int r = 0; r < RL; ++r)
       for (int n = 0; n < NV; ++n) acc[r][n] = S::load(o + r * ldo + n * W);
     for (int j = jb; j < je; ++j) {
-      if (j < pn)
-        for (int i = 0; i < nl; ++i) prefetch_l2(reinterpret_cast<const char*>(pf + j * ldv) + 64 * i);
+      if (j < pn) {  // (straight-line: with a loop over the lines GCC kept acc on the stack)
+        const char* a = reinterpret_cast<const char*>(pf + j * ldv);
+        prefetch_l2(a);
+        if (nl > 1) prefetch_l2(a + 64);
+      }
       V vv[NV];
 #pragma GCC unroll 8
       for (int n = 0; n < NV; ++n) vv[n] = load(v + j * ldv + n * W);
@@ -190,7 +193,7 @@ struct DecodeKernel {
   /// PV of RL rows over keys [jb, je) of the chunk, all Dv columns: panels of NV vectors, then single
   /// vectors, then the scalar tail (Dv % W).
   /// pf, pn: rows [0, pn) of another chunk of V (stride ldv) prefetched into L2, spread over the panels (each
-  /// prefetches the lines its own columns start on; a line shared with the previous panel is skipped).
+  /// prefetches the lines of its own columns not prefetched by the previous panel; not the Dv % W tail).
   template <int RL, int NV, class E>
   static void pv_rows(const float* p, const E* v, int64_t ldv, int jb, int je, int64_t Dv, float* o, int64_t ldo,
                       const E* pf = nullptr, int pn = 0) {
@@ -198,11 +201,8 @@ struct DecodeKernel {
     int64_t d = 0;
     constexpr int64_t es = sizeof(E);
     int64_t next = 0;  // the first cache line (byte offset / 64 in a row) not yet prefetched
-    auto pf_lines = [&](int64_t d1) {  // lines the panel ending at column d1 prefetches (from line `next`)
-      if (!pf) return 0;
-      const int64_t end = d1 >= Dw ? (Dv * es + 63) / 64 : (d1 * es + 63) / 64;  // the last panel: to the row's end
-      const int n = static_cast<int>(imax(0, end - next));
-      return n;
+    auto pf_lines = [&](int64_t d1) {  // lines (at most 2) the panel ending at column d1 prefetches from `next`
+      return pf ? static_cast<int>(imin(2, imax(0, (d1 * es + 63) / 64 - next))) : 0;
     };
     const char* pfb = reinterpret_cast<const char*>(pf);
     for (; d + NV * W <= Dw; d += NV * W) {
