@@ -113,8 +113,11 @@ struct DecodeKernel {
 
   /// Raw scores s[r * lds + j] = q_r . k_j of RQ rows (q: float rows, ld D) and the keys j < nk of a block
   /// of KJ = 8 / RQ (rows past nk repeat the last one; their sums are not stored).
-  template <int RQ, class E>
-  static inline void qk_block(const float* q, const E* k, int64_t ldk, int nk, int64_t D, float* s, int64_t lds) {
+  /// pf (when not null): pn rows (stride ldk, D elements each) prefetched into L2, one cache line per step
+  /// of the D loop (the rest after it), so that the prefetches spread evenly over the arithmetic.
+  template <int RQ, bool PF = false, class E>
+  static inline void qk_block(const float* q, const E* k, int64_t ldk, int nk, int64_t D, float* s, int64_t lds,
+                              const E* pf = nullptr, int pn = 0) {
     constexpr int KJ = 8 / RQ;
     const E* kr[KJ];
     for (int j = 0; j < KJ; ++j) kr[j] = k + (j < nk ? j : nk - 1) * ldk;
@@ -122,7 +125,14 @@ struct DecodeKernel {
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) acc[i] = V{};
     const int64_t Dw = D / W * W;
+    const int64_t row_bytes = D * static_cast<int64_t>(sizeof(E));
+    int64_t pl = 0;  // the next line to prefetch: byte pl of row pr of pf
+    int pr = PF && pf ? 0 : pn;  // (PF false: the code of the kernel without these prefetches)
     for (int64_t d = 0; d < Dw; d += W) {  // (unrolled: the accumulators must stay in registers)
+      if (PF && pr < pn) {
+        prefetch_l2(reinterpret_cast<const char*>(pf + pr * ldk) + pl);
+        if ((pl += 64) >= row_bytes) pl = 0, ++pr;
+      }
       V qv[RQ];
 #pragma GCC unroll 8
       for (int r = 0; r < RQ; ++r) qv[r] = S::load(q + r * D + d);
@@ -137,6 +147,8 @@ struct DecodeKernel {
         for (int r = 0; r < RQ; ++r) acc[r * KJ + j] += qv[r] * kv;
       }
     }
+    for (; PF && pr < pn; pl = 0, ++pr)
+      for (; pl < row_bytes; pl += 64) prefetch_l2(reinterpret_cast<const char*>(pf + pr * ldk) + pl);
     alignas(32) float sums[8];
     reduce8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], sums);
     for (int64_t d = Dw; d < D; ++d)  // odd D: the tail, after the vector part
@@ -147,8 +159,11 @@ struct DecodeKernel {
   }
 
   /// o[r][d0 .. d0 + NV W) += sum_{j in [jb, je)} p[r][j] v[j][d0 ..] for RL rows (p: ld BK, o: ld ldo).
-  template <int RL, int NV, class E>
-  static inline void pv_panel(const float* p, const E* v, int64_t ldv, int jb, int je, float* o, int64_t ldo) {
+  /// pf (when not null): nl <= 2 cache lines from pf in rows [0, pn) of another chunk (stride ldv),
+  /// prefetched into L2 a row per key, so that the V prefetches spread evenly over the PV arithmetic.
+  template <int RL, int NV, bool PF = false, class E>
+  static inline void pv_panel(const float* p, const E* v, int64_t ldv, int jb, int je, float* o, int64_t ldo,
+                              const E* pf = nullptr, int pn = 0, int nl = 0) {
     // jb < je from here: for a loop that may not run GCC kept acc on the stack, a store and a reload of
     // every accumulator per panel (as in MicroGemm::block).
     if (jb >= je) return;
@@ -156,6 +171,11 @@ struct DecodeKernel {
     for (int r = 0; r < RL; ++r)
       for (int n = 0; n < NV; ++n) acc[r][n] = S::load(o + r * ldo + n * W);
     for (int j = jb; j < je; ++j) {
+      if (PF && j < pn) {  // (straight-line: with a loop over the lines GCC kept acc on the stack)
+        const char* a = reinterpret_cast<const char*>(pf + j * ldv);
+        prefetch_l2(a);
+        if (nl > 1) prefetch_l2(a + 64);
+      }
       V vv[NV];
 #pragma GCC unroll 8
       for (int n = 0; n < NV; ++n) vv[n] = load(v + j * ldv + n * W);
@@ -172,12 +192,29 @@ struct DecodeKernel {
 
   /// PV of RL rows over keys [jb, je) of the chunk, all Dv columns: panels of NV vectors, then single
   /// vectors, then the scalar tail (Dv % W).
-  template <int RL, int NV, class E>
-  static void pv_rows(const float* p, const E* v, int64_t ldv, int jb, int je, int64_t Dv, float* o, int64_t ldo) {
+  /// pf, pn: rows [0, pn) of another chunk of V (stride ldv) prefetched into L2, spread over the panels (each
+  /// prefetches the lines of its own columns not prefetched by the previous panel; not the Dv % W tail).
+  template <int RL, int NV, bool PF = false, class E>
+  static void pv_rows(const float* p, const E* v, int64_t ldv, int jb, int je, int64_t Dv, float* o, int64_t ldo,
+                      const E* pf = nullptr, int pn = 0) {
     const int64_t Dw = Dv / W * W;
     int64_t d = 0;
-    for (; d + NV * W <= Dw; d += NV * W) pv_panel<RL, NV>(p, v + d, ldv, jb, je, o + d, ldo);
-    for (; d < Dw; d += W) pv_panel<RL, 1>(p, v + d, ldv, jb, je, o + d, ldo);
+    constexpr int64_t es = sizeof(E);
+    int64_t next = 0;  // the first cache line (byte offset / 64 in a row) not yet prefetched
+    auto pf_lines = [&](int64_t d1) {  // lines (at most 2) the panel ending at column d1 prefetches from `next`
+      return PF && pf ? static_cast<int>(imin(2, imax(0, (d1 * es + 63) / 64 - next))) : 0;
+    };
+    const char* pfb = reinterpret_cast<const char*>(pf);
+    for (; d + NV * W <= Dw; d += NV * W) {
+      const int nl = pf_lines(d + NV * W);
+      pv_panel<RL, NV, PF>(p, v + d, ldv, jb, je, o + d, ldo, reinterpret_cast<const E*>(pfb + 64 * next), nl ? pn : 0, nl);
+      next += nl;
+    }
+    for (; d < Dw; d += W) {
+      const int nl = pf_lines(d + W);
+      pv_panel<RL, 1, PF>(p, v + d, ldv, jb, je, o + d, ldo, reinterpret_cast<const E*>(pfb + 64 * next), nl ? pn : 0, nl);
+      next += nl;
+    }
     for (; d < Dv; ++d)
       for (int r = 0; r < RL; ++r) {
         float acc = o[r * ldo + d];
@@ -325,17 +362,29 @@ struct DecodeKernel {
     // (R % 4), blocks of 8 / RQ keys. Quads against pairs, GQA 32:8 with one query row (R = 4), one thread,
     // Sk = 32768 streamed from memory: 100-114 against 128-177 ns per key of CPU time (likely: the K/V
     // prefetches, issued in the first pass, spread over all of QK instead of half of it; K read once).
+    // With row quads (R >= 4) the prefetches are spread: K one line per step of the first quad's dot
+    // products, V one row per key of the first quad's PV panels (edge chunks: V with K). Issued in bursts
+    // at each QK block, they all came in the QK phase and none in PV, leaving memory idle there.
+    const bool spread = pk && R >= 4 && std::is_same<E, St>::value;
+    const int64_t ahead = j0 + kPrefetchKeys;
+    const int pn_all = static_cast<int>(imax(0, imin(jn, end - ahead)));
     for (int64_t r = 0; r < R;) {
       const int RQ = r + 3 < R ? 4 : r + 1 < R ? 2 : 1;
       const int KJ = 8 / RQ;
       for (int j = 0; j < jn; j += KJ) {
-        if (r == 0 && pk) {
+        if (r == 0 && pk && !spread) {
           prefetch_rows(pk, pldk, j0 + j + kPrefetchKeys, KJ, end, D);
           prefetch_rows(pv, pldv, j0 + j + kPrefetchKeys, KJ, end, Dv);
         }
+        if (r == 0 && spread && edge) prefetch_rows(pv, pldv, j0 + j + kPrefetchKeys, KJ, end, Dv);
         const int nk = jn - j < KJ ? jn - j : KJ;
         float* s = w.s + r * BK + j;
-        if (RQ == 4)
+        if (RQ == 4 && r == 0 && spread) {
+          const int pn = static_cast<int>(imax(0, imin(KJ, pn_all - j)));
+          qk_block<4, true>(w.q, kc + j * ldk, ldk, nk, D, s, BK,
+                            pn ? reinterpret_cast<const E*>(pk + (ahead + j) * pldk) : nullptr, pn);
+        }
+        else if (RQ == 4)
           qk_block<4>(w.q + r * D, kc + j * ldk, ldk, nk, D, s, BK);
         else if (RQ == 2)
           qk_block<2>(w.q + r * D, kc + j * ldk, ldk, nk, D, s, BK);
@@ -386,7 +435,13 @@ struct DecodeKernel {
       return;
     }
     int64_t r = 0;
-    for (; r + 4 <= R; r += 4) pv_rows<4, 2>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP);
+    for (; r + 4 <= R; r += 4) {
+      if (r == 0 && spread)
+        pv_rows<4, 2, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, pn_all ? reinterpret_cast<const E*>(pv + ahead * pldv) : nullptr,
+                            pn_all);
+      else
+        pv_rows<4, 2>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP);
+    }
     switch (R - r) {
       case 3: pv_rows<3, 2>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP); break;
       case 2: pv_rows<2, 4>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP); break;
