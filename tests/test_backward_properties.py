@@ -53,7 +53,11 @@ def test_block_sparse_backward_random_problems(data):
     want = ref.block_sparse_attention_backward(dout, q, k, v, layout, **kw)
     naive = ref.block_sparse_attention_backward(dout, q, k, v, layout, _dtype=naive_dtype(dtype), **kw)
     for name, g, r, n in zip(("dq", "dk", "dv"), got, want, naive):
-        assert_close(g, r, n, dtype, what=name, atol_scale=magnitude(r))
+        # 4 atol units per unit of gradient size, as test_backward.py's _check: the kernel starts from the
+        # forward's rounded out and lse (D_i = dout_i . out_i), which the naive recomputation does not see
+        # (seen here: a float32 row with one allowed key, where dS = P (dP - D) is 0 exactly, got dk ~3e-6
+        # of that rounding against an oracle and a naive result of exactly 0)
+        assert_close(g, r, n, dtype, what=name, atol_scale=4 * magnitude(r))
 
 
 @settings(SETTINGS, max_examples=40)
