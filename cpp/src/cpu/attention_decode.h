@@ -383,8 +383,7 @@ struct DecodeKernel {
           const int pn = static_cast<int>(imax(0, imin(KJ, pn_all - j)));
           qk_block<4, true>(w.q, kc + j * ldk, ldk, nk, D, s, BK,
                             pn ? reinterpret_cast<const E*>(pk + (ahead + j) * pldk) : nullptr, pn);
-        }
-        else if (RQ == 4)
+        } else if (RQ == 4)
           qk_block<4>(w.q + r * D, kc + j * ldk, ldk, nk, D, s, BK);
         else if (RQ == 2)
           qk_block<2>(w.q + r * D, kc + j * ldk, ldk, nk, D, s, BK);

@@ -138,9 +138,9 @@ struct ExactRun : ExactKernel<Cfg, St> {
 
   /// float32 / float64 K is packed once per call (Ctx::kpack, layout there) for D >= kPackMinD when at least
   /// kPackReaders query tiles read each K chunk. On Zen 3 (AVX2, 1 thread, 24-lane tiles) QK^T from the
-  /// packed keys ran D = 128 non-causal 1.02-1.16x (S = 2048) and 1.08-1.13x (S = 4096, where K streams from
-  /// L3 once per tile), causal S = 2048 1.05-1.08x; at D = 64 it gained nothing and the copy cost 1-7% at
-  /// S <= 1024 (bench/results/history/exact_avx2_s24_1thread.json). Packing V as well ([Dv / RL][Sk][RL] panels for
+  /// packed keys ran D = 128 non-causal 1.05x (S = 2048) and 1.06-1.08x (S = 4096, where K streams from L3
+  /// once per tile), causal S = 2048 1.04-1.06x (two runs); at D = 64 it gained nothing and the copy cost 1-7%
+  /// at S <= 1024 (bench/results/history/exact_avx2_s24_1thread*.json). Packing V as well ([Dv / RL][Sk][RL] panels for
   /// PV) gained nothing on top and was dropped. Not for the dot-product path (decoding), split decoding or
   /// attention_weights; only where a chunk starts on a key block (BK % R == 0, else every chunk but one in R
   /// would read in place anyway).
