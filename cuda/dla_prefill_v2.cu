@@ -250,6 +250,76 @@ struct Blk {
     }
     snap_m[r] = n;
   }
+
+  // acc = sum over the chunk's rows j in [j0, j1) of (decayed) v_j[e] k_j[d0 + a], a < nd (the CPU's order).
+  __device__ __forceinline__ void kv_rows(int64_t d0, int64_t e, int64_t nd, bool kvec, int64_t j0, int64_t j1,
+                                          R (&acc)[kDt]) const {
+#pragma unroll
+    for (int a = 0; a < kDt; ++a) acc[a] = R(0);
+    for (int64_t j = j0; j < j1; ++j) {
+      const R vj = decay ? decj[j] * Vc[j * Dv + e] : Vc[j * Dv + e];
+      R k8[kDt];
+      if (kvec) {
+        load_rows(Kc + j * Dk + d0, k8);  // 16-byte aligned: Dk % 4 == 0, d0 % 8 == 0
+      } else {
+#pragma unroll
+        for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? KT[(d0 + a) * LP + j] : R(0);
+      }
+#pragma unroll
+      for (int a = 0; a < kDt; ++a)
+        if (a < nd) acc[a] += k8[a] * vj;
+    }
+  }
+
+  // Step 6, the states at the chunk's end for columns e0 .. e0 + ncw - 1: kDt state rows d of one column e per
+  // thread (tid of nth); the m_out entries from the m_in carried ones and the chunk's Lc rows, in the CPU's order.
+  __device__ __forceinline__ void chunk_end_states(int tid, int nth, int64_t e0, int64_t ncw, int64_t Lc,
+                                                   int64_t m_in, int64_t m_out) {
+    const R E = static_cast<R>(decay ? eG[Lc - 1] : 1.0);
+    const int64_t ndg = (Dk + kDt - 1) / kDt;
+    for (int64_t wi = tid; wi < ndg * ncw; wi += nth) {
+      const int64_t d0 = (wi / ncw) * kDt, e = e0 + wi % ncw;
+      const int64_t nd = Dk - d0 < kDt ? Dk - d0 : kDt;
+      const bool kvec = Dk % 4 == 0 && nd == kDt;
+      for (int pass = 0; pass < 2; ++pass)
+        for (int64_t i = 0; i < m_out; ++i) {
+          const int64_t ulo = unit[i], uhi = i + 1 < m_out ? unit[i + 1] : m_in + Lc;
+          const bool carries = ulo < m_in;
+          if (carries != (pass == 0)) continue;
+          R x[kDt];
+#pragma unroll
+          for (int a = 0; a < kDt; ++a) x[a] = R(0);
+          if (carries) {
+            const R* s0 = slots + in_slot[ulo] * SS + d0 * Dv + e;
+#pragma unroll
+            for (int a = 0; a < kDt; ++a)
+              if (a < nd) x[a] = s0[a * Dv];
+            const int64_t ue = uhi < m_in ? uhi : m_in;
+            for (int64_t u = ulo + 1; u < ue; ++u) {
+              const R* su = slots + in_slot[u] * SS + d0 * Dv + e;
+#pragma unroll
+              for (int a = 0; a < kDt; ++a)
+                if (a < nd) x[a] = x[a] + su[a * Dv];
+            }
+            if (decay) {
+#pragma unroll
+              for (int a = 0; a < kDt; ++a) x[a] = x[a] * E;
+            }
+          }
+          const int64_t j0 = (ulo > m_in ? ulo : m_in) - m_in, j1 = uhi - m_in;
+          if (j1 > j0) {
+            R acc[kDt];
+            kv_rows(d0, e, nd, kvec, j0, j1, acc);
+#pragma unroll
+            for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
+          }
+          R* dst = slots + slot[i] * SS + d0 * Dv + e;
+#pragma unroll
+          for (int a = 0; a < kDt; ++a)
+            if (a < nd) dst[a * Dv] = x[a];
+        }
+    }
+  }
 };
 
 #include "cuda/dla_prefill_v3.cuh"  // v3: the warp scan, batched loads
@@ -599,66 +669,7 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       __syncthreads();  // the carried states are read; now they may be overwritten
       // 6. States at the chunk's end (every column: the next chunk's scan needs the whole open state),
       //    kDt state rows d of one column e per thread; entries in the CPU's order.
-      {
-        const R E = static_cast<R>(w.decay ? w.eG[Lc - 1] : 1.0);
-        const int64_t ndg = (Dk + kDt - 1) / kDt;
-        for (int64_t wi = tid; wi < ndg * Dv; wi += nth) {
-          const int64_t d0 = (wi / Dv) * kDt, e = wi % Dv;
-          const int64_t nd = Dk - d0 < kDt ? Dk - d0 : kDt;
-          const bool kvec = Dk % 4 == 0 && nd == kDt;
-          for (int pass = 0; pass < 2; ++pass)
-            for (int64_t i = 0; i < m_out; ++i) {
-              const int64_t ulo = w.unit[i], uhi = i + 1 < m_out ? w.unit[i + 1] : m_in + Lc;
-              const bool carries = ulo < m_in;
-              if (carries != (pass == 0)) continue;
-              R x[kDt];
-#pragma unroll
-              for (int a = 0; a < kDt; ++a) x[a] = R(0);
-              if (carries) {
-                const R* s0 = w.slots + w.in_slot[ulo] * SS + d0 * Dv + e;
-#pragma unroll
-                for (int a = 0; a < kDt; ++a)
-                  if (a < nd) x[a] = s0[a * Dv];
-                const int64_t ue = uhi < m_in ? uhi : m_in;
-                for (int64_t u = ulo + 1; u < ue; ++u) {
-                  const R* su = w.slots + w.in_slot[u] * SS + d0 * Dv + e;
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a)
-                    if (a < nd) x[a] = x[a] + su[a * Dv];
-                }
-                if (w.decay) {
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a) x[a] = x[a] * E;
-                }
-              }
-              const int64_t j0 = (ulo > m_in ? ulo : m_in) - m_in, j1 = uhi - m_in;
-              if (j1 > j0) {
-                R acc[kDt];
-#pragma unroll
-                for (int a = 0; a < kDt; ++a) acc[a] = R(0);
-                for (int64_t j = j0; j < j1; ++j) {
-                  const R vj = w.decay ? w.decj[j] * w.Vc[j * Dv + e] : w.Vc[j * Dv + e];
-                  R k8[kDt];
-                  if (kvec) {
-                    load_rows(w.Kc + j * Dk + d0, k8);  // 16-byte aligned: Dk % 4 == 0, d0 % 8 == 0
-                  } else {
-#pragma unroll
-                    for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? w.KT[(d0 + a) * LP + j] : R(0);
-                  }
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a)
-                    if (a < nd) acc[a] += k8[a] * vj;
-                }
-#pragma unroll
-                for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
-              }
-              R* dst = w.slots + w.slot[i] * SS + d0 * Dv + e;
-#pragma unroll
-              for (int a = 0; a < kDt; ++a)
-                if (a < nd) dst[a * Dv] = x[a];
-            }
-        }
-      }
+      w.chunk_end_states(tid, nth, 0, Dv, Lc, m_in, m_out);
     }
     __syncthreads();
 

@@ -277,21 +277,7 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
           const int64_t j0 = carries ? 0 : lo, j1 = Lc;
           if (j1 > j0) {
             R acc[kDt];
-#pragma unroll
-            for (int a = 0; a < kDt; ++a) acc[a] = R(0);
-            for (int64_t j = j0; j < j1; ++j) {
-              const R vj = w.decay ? w.decj[j] * w.Vc[j * Dv + e] : w.Vc[j * Dv + e];
-              R k8[kDt];
-              if (kvec) {
-                load_rows(w.Kc + j * Dk + d0, k8);
-              } else {
-#pragma unroll
-                for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? w.KT[(d0 + a) * LP + j] : R(0);
-              }
-#pragma unroll
-              for (int a = 0; a < kDt; ++a)
-                if (a < nd) acc[a] += k8[a] * vj;
-            }
+            w.kv_rows(d0, e, nd, kvec, j0, j1, acc);
 #pragma unroll
             for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
           }
@@ -684,66 +670,7 @@ __device__ void v4_pass_c(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
       }
       __syncthreads();  // the carried states are read; now they may be overwritten
       // 6. States at the chunk's end, the slice's columns only (v2's step 6 arithmetic).
-      {
-        const R E = static_cast<R>(w.decay ? w.eG[Lc - 1] : 1.0);
-        const int64_t ndg = (Dk + kDt - 1) / kDt;
-        for (int64_t wi = tid; wi < ndg * ncw; wi += nth) {
-          const int64_t d0 = (wi / ncw) * kDt, e = e0 + wi % ncw;
-          const int64_t nd = Dk - d0 < kDt ? Dk - d0 : kDt;
-          const bool kvec = Dk % 4 == 0 && nd == kDt;
-          for (int pass = 0; pass < 2; ++pass)
-            for (int64_t i = 0; i < m_out; ++i) {
-              const int64_t ulo = w.unit[i], uhi = i + 1 < m_out ? w.unit[i + 1] : m_in + Lc;
-              const bool carries = ulo < m_in;
-              if (carries != (pass == 0)) continue;
-              R x[kDt];
-#pragma unroll
-              for (int a = 0; a < kDt; ++a) x[a] = R(0);
-              if (carries) {
-                const R* s0 = w.slots + w.in_slot[ulo] * SS + d0 * Dv + e;
-#pragma unroll
-                for (int a = 0; a < kDt; ++a)
-                  if (a < nd) x[a] = s0[a * Dv];
-                const int64_t ue = uhi < m_in ? uhi : m_in;
-                for (int64_t u = ulo + 1; u < ue; ++u) {
-                  const R* su = w.slots + w.in_slot[u] * SS + d0 * Dv + e;
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a)
-                    if (a < nd) x[a] = x[a] + su[a * Dv];
-                }
-                if (w.decay) {
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a) x[a] = x[a] * E;
-                }
-              }
-              const int64_t j0 = (ulo > m_in ? ulo : m_in) - m_in, j1 = uhi - m_in;
-              if (j1 > j0) {
-                R acc[kDt];
-#pragma unroll
-                for (int a = 0; a < kDt; ++a) acc[a] = R(0);
-                for (int64_t j = j0; j < j1; ++j) {
-                  const R vj = w.decay ? w.decj[j] * w.Vc[j * Dv + e] : w.Vc[j * Dv + e];
-                  R k8[kDt];
-                  if (kvec) {
-                    load_rows(w.Kc + j * Dk + d0, k8);
-                  } else {
-#pragma unroll
-                    for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? w.KT[(d0 + a) * LP + j] : R(0);
-                  }
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a)
-                    if (a < nd) acc[a] += k8[a] * vj;
-                }
-#pragma unroll
-                for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
-              }
-              R* dst = w.slots + w.slot[i] * SS + d0 * Dv + e;
-#pragma unroll
-              for (int a = 0; a < kDt; ++a)
-                if (a < nd) dst[a * Dv] = x[a];
-            }
-        }
-      }
+      w.chunk_end_states(tid, nth, e0, ncw, Lc, m_in, m_out);
     }
     __syncthreads();
     // The cache's states, the slice's columns (chronological, unused entries zero); pass B wrote the rest.
