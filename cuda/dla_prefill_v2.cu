@@ -251,6 +251,30 @@ struct Blk {
     snap_m[r] = n;
   }
 
+  // G[r] = the sum of the chunk's log decays up to row r (thread 0; with decay only).
+  __device__ __forceinline__ void decay_sums(int tid, int64_t t0, int64_t Lc) {
+    if (decay && tid == 0) {
+      double g = 0;
+      for (int64_t r = 0; r < Lc; ++r) {
+        g += log_decay(t0 + r);
+        G[r] = g;
+      }
+    }
+  }
+
+  // The chunk's decay exponentials from G (with decay only): eG, a2 (with_a2), er and fj (factored).
+  __device__ __forceinline__ void decay_exps(int tid, int nth, int64_t t0, int64_t Lc, bool factored, bool with_a2) {
+    if (decay)
+      for (int64_t r = tid; r < Lc; r += nth) {
+        eG[r] = exp(G[r]);
+        if (with_a2) a2[r] = exp(2.0 * log_decay(t0 + r));
+        if (factored) {
+          er[r] = exp(G[r] - G[0]);
+          fj[r] = exp(G[0] - G[r]);
+        }
+      }
+  }
+
   // acc = sum over the chunk's rows j in [j0, j1) of (decayed) v_j[e] k_j[d0 + a], a < nd (the CPU's order).
   __device__ __forceinline__ void kv_rows(int64_t d0, int64_t e, int64_t nd, bool kvec, int64_t j0, int64_t j1,
                                           R (&acc)[kDt]) const {
@@ -324,6 +348,52 @@ struct Blk {
 
 #include "cuda/dla_prefill_v3.cuh"  // v3: the warp scan, batched loads
 
+// v3's batched chunk loads: V^T and V (rows Lc .. LP-1 of V^T zero) of rows t0 .. t0 + Lc - 1 of item (b, h).
+template <class St>
+__device__ __forceinline__ void load_v_batched(Blk<St>& w, const DLAProblem& p, int64_t b, int64_t h, int tid,
+                                               int nth, int64_t t0, int64_t Lc) {
+  using R = acc_t<St>;
+  const int64_t LP = w.LP, Dv = w.Dv;
+  batched(LP * Dv, tid, nth, [&](int64_t idx) {
+    const int64_t r = idx / Dv, e = idx - r * Dv;
+    return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
+  }, [&](int64_t idx, R v) {
+    const int64_t r = idx / Dv, e = idx - r * Dv;
+    w.VT[e * LP + r] = v;
+    if (r < Lc) w.Vc[r * Dv + e] = v;
+  });
+}
+
+// v3's batched chunk loads: Q^T, K^T (rows Lc .. LP-1 zero), K, V^T, V and the lambdas of rows t0 .. t0 + Lc - 1.
+template <class St>
+__device__ __forceinline__ void load_chunk_batched(Blk<St>& w, const DLAProblem& p, int64_t b, int64_t h, int tid,
+                                                   int nth, int64_t t0, int64_t Lc) {
+  using R = acc_t<St>;
+  const int64_t LP = w.LP, Dk = w.Dk, C = w.C;
+  struct QKv {
+    R q, k;
+  };
+  batched(LP * Dk, tid, nth, [&](int64_t idx) {
+    const int64_t r = idx / Dk, d = idx - r * Dk;
+    QKv x{R(0), R(0)};
+    if (r < Lc) {
+      x.q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
+      x.k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
+    }
+    return x;
+  }, [&](int64_t idx, const QKv& x) {
+    const int64_t r = idx / Dk, d = idx - r * Dk;
+    w.QT[d * LP + r] = x.q;
+    w.KT[d * LP + r] = x.k;
+    if (r < Lc) w.Kc[r * Dk + d] = x.k;
+  });
+  load_v_batched(w, p, b, h, tid, nth, t0, Lc);
+  batched(Lc * C, tid, nth, [&](int64_t idx) {
+    const int64_t r = idx / C, c = idx - r * C;
+    return ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
+  }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
+}
+
 /// The kernel body (a device function so that the host emulation can hand it its shared memory).
 template <class St>
 __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch, char* sm) {
@@ -374,35 +444,7 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       //    kLb elements loaded per thread before they are stored (v2 waited for each load: ~40 global-memory
       //    round trips per thread and chunk at L = 64, D = 64, C = 16); the same values either way.
       if (lay.batch_loads) {
-        struct QKv {
-          R q, k;
-        };
-        batched(LP * Dk, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / Dk, d = idx - r * Dk;
-          QKv x{R(0), R(0)};
-          if (r < Lc) {
-            x.q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
-            x.k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
-          }
-          return x;
-        }, [&](int64_t idx, const QKv& x) {
-          const int64_t r = idx / Dk, d = idx - r * Dk;
-          w.QT[d * LP + r] = x.q;
-          w.KT[d * LP + r] = x.k;
-          if (r < Lc) w.Kc[r * Dk + d] = x.k;
-        });
-        batched(LP * Dv, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / Dv, e = idx - r * Dv;
-          return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
-        }, [&](int64_t idx, R v) {
-          const int64_t r = idx / Dv, e = idx - r * Dv;
-          w.VT[e * LP + r] = v;
-          if (r < Lc) w.Vc[r * Dv + e] = v;
-        });
-        batched(Lc * C, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / C, c = idx - r * C;
-          return ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
-        }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
+        load_chunk_batched(w, p, b, h, tid, nth, t0, Lc);
       } else {
         for (int64_t idx = tid; idx < LP * Dk; idx += nth) {
           const int64_t r = idx / Dk, d = idx % Dk;
@@ -426,24 +468,10 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
           w.lamc[idx] = ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
         }
       }
-      if (w.decay && tid == 0) {
-        double G = 0;
-        for (int64_t r = 0; r < Lc; ++r) {
-          G += w.log_decay(t0 + r);
-          w.G[r] = G;
-        }
-      }
+      w.decay_sums(tid, t0, Lc);
       __syncthreads();
       const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
-      if (w.decay)
-        for (int64_t r = tid; r < Lc; r += nth) {
-          w.eG[r] = exp(w.G[r]);
-          w.a2[r] = exp(2.0 * w.log_decay(t0 + r));
-          if (factored) {
-            w.er[r] = exp(w.G[r] - w.G[0]);
-            w.fj[r] = exp(w.G[0] - w.G[r]);
-          }
-        }
+      w.decay_exps(tid, nth, t0, Lc, factored, true);
       __syncthreads();  // er, fj for the pair decays below
       // 2. Gram lower triangles in kTg x kTg tiles: QK (R), Bv_r = KK_rr VV_rr and the pair terms
       //    e^{G_r-G_j} KK_rj VV_rj (j < r) into Suf (double).

@@ -98,32 +98,11 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
         w.KT[d * LP + r] = k;
         if (r < Lc) w.Kc[r * Dk + d] = k;
       });
-      batched(LP * Dv, tid, nth, [&](int64_t idx) {
-        const int64_t r = idx / Dv, e = idx - r * Dv;
-        return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
-      }, [&](int64_t idx, R v) {
-        const int64_t r = idx / Dv, e = idx - r * Dv;
-        w.VT[e * LP + r] = v;
-        if (r < Lc) w.Vc[r * Dv + e] = v;
-      });
-      if (w.decay && tid == 0) {
-        double G = 0;
-        for (int64_t r = 0; r < Lc; ++r) {
-          G += w.log_decay(t0 + r);
-          w.G[r] = G;
-        }
-      }
+      load_v_batched(w, p, b, h, tid, nth, t0, Lc);
+      w.decay_sums(tid, t0, Lc);
       __syncthreads();
       const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
-      if (w.decay)
-        for (int64_t r = tid; r < Lc; r += nth) {
-          w.eG[r] = exp(w.G[r]);
-          w.a2[r] = exp(2.0 * w.log_decay(t0 + r));
-          if (factored) {
-            w.er[r] = exp(w.G[r] - w.G[0]);
-            w.fj[r] = exp(w.G[0] - w.G[r]);
-          }
-        }
+      w.decay_exps(tid, nth, t0, Lc, factored, true);
       __syncthreads();
       // 2. v2's Gram tiles without Q K^T: Bv_r and the pair terms into Suf (double).
       {
@@ -483,59 +462,16 @@ __device__ void v4_pass_c(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
       __syncthreads();  // the previous chunk (or the cache load) is complete
       const int64_t m_in = sh_mc;
       // 1. The chunk (v3's batched loads, v2's layout), and the rows' boundaries and merges.
-      {
-        struct QKv {
-          R q, k;
-        };
-        batched(LP * Dk, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / Dk, d = idx - r * Dk;
-          QKv x{R(0), R(0)};
-          if (r < Lc) {
-            x.q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
-            x.k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
-          }
-          return x;
-        }, [&](int64_t idx, const QKv& x) {
-          const int64_t r = idx / Dk, d = idx - r * Dk;
-          w.QT[d * LP + r] = x.q;
-          w.KT[d * LP + r] = x.k;
-          if (r < Lc) w.Kc[r * Dk + d] = x.k;
-        });
-        batched(LP * Dv, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / Dv, e = idx - r * Dv;
-          return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
-        }, [&](int64_t idx, R v) {
-          const int64_t r = idx / Dv, e = idx - r * Dv;
-          w.VT[e * LP + r] = v;
-          if (r < Lc) w.Vc[r * Dv + e] = v;
-        });
-        batched(Lc * C, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / C, c = idx - r * C;
-          return ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
-        }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
-      }
+      load_chunk_batched(w, p, b, h, tid, nth, t0, Lc);
       for (int64_t r = tid; r < Lc; r += nth) {
         w.rowOpen[r] = buf.O[it * T + t0 + r];
         w.rowMerged[r] = buf.M[it * T + t0 + r];
       }
       for (int64_t u = tid; u < m_in + Lc; u += nth) w.death[u] = 0x7fffffff;
-      if (w.decay && tid == 0) {
-        double G = 0;
-        for (int64_t r = 0; r < Lc; ++r) {
-          G += w.log_decay(t0 + r);
-          w.G[r] = G;
-        }
-      }
+      w.decay_sums(tid, t0, Lc);
       __syncthreads();
       const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
-      if (w.decay)
-        for (int64_t r = tid; r < Lc; r += nth) {
-          w.eG[r] = exp(w.G[r]);
-          if (factored) {
-            w.er[r] = exp(w.G[r] - w.G[0]);
-            w.fj[r] = exp(w.G[0] - w.G[r]);
-          }
-        }
+      w.decay_exps(tid, nth, t0, Lc, factored, false);
       // 2. Q K^T lower triangle in v2's kTg x kTg tiles (the same sums as v2's).
       {
         const int64_t nt = (Lc + kTg - 1) / kTg;
