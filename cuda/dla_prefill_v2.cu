@@ -394,6 +394,89 @@ __device__ __forceinline__ void load_chunk_batched(Blk<St>& w, const DLAProblem&
   }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
 }
 
+// Step 4, the readout weights, one (row r, unit U <= m_in + r) per thread: Win for carried units, P (in place over
+// QK) for the chunk's tokens.
+template <class St>
+__device__ __forceinline__ void readout_weights(Blk<St>& w, int tid, int nth, int64_t Lc, int64_t m_in, bool factored) {
+  using R = acc_t<St>;
+  const int64_t C = w.C, LP = w.LP;
+  const int64_t NU = m_in + Lc;
+  for (int64_t idx = tid; idx < Lc * NU; idx += nth) {
+    const int64_t r = idx / NU, U = idx % NU;
+    if (U > m_in + r) continue;
+    const int64_t mr = w.snap_m[r];
+    const int32_t* units = w.snap_unit + r * C;
+    int64_t i = mr - 1;
+    while (i > 0 && units[i] > U) --i;
+    const double li = static_cast<double>(w.lamc[r * C + math::dla_lam_index(i, mr)]);
+    if (U < m_in) {
+      w.Win[r * C + U] = static_cast<R>(li * (w.decay ? w.eG[r] : 1.0));
+    } else {
+      const int64_t j = U - m_in;
+      R* pj = w.QK + r * LP + j;
+      if (w.decay)
+        *pj = static_cast<R>(li * w.dec(factored, r, j) * static_cast<double>(*pj));
+      else
+        *pj = static_cast<R>(li) * *pj;
+    }
+  }
+}
+
+// anyU[u]: some row of the chunk weights carried state u (the CPU skips a state no row weights).
+template <class St>
+__device__ __forceinline__ void used_states(Blk<St>& w, int tid, int nth, int64_t Lc, int64_t m_in) {
+  using R = acc_t<St>;
+  const int64_t C = w.C;
+  for (int64_t u = tid; u < m_in; u += nth) {
+    int32_t any = 0;
+    for (int64_t r = 0; r < Lc; ++r) any |= w.Win[r * C + u] != R(0) ? 1 : 0;
+    w.anyU[u] = any;
+  }
+}
+
+// Step 5, the outputs of columns e0 .. e0 + ncw - 1, kRt rows x 1 column per thread in registers (see prefill_body).
+template <class St>
+__device__ __forceinline__ void chunk_outputs(Blk<St>& w, const DLAProblem& p, int64_t b, int64_t h, int tid, int nth,
+                                              int64_t e0, int64_t ncw, int64_t t0, int64_t Lc, int64_t m_in) {
+  using R = acc_t<St>;
+  const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, LP = w.LP;
+  const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
+  for (int64_t wi = tid; wi < nwi; wi += nth) {
+    const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c, r0 = g * kRt;
+    R y[kRt];
+#pragma unroll
+    for (int a = 0; a < kRt; ++a) {
+      y[a] = R(0);
+      const int64_t r = r0 + a;
+      if (r < Lc)
+        for (int64_t j = 0; j <= r; ++j) y[a] += w.QK[r * LP + j] * w.Vc[j * Dv + e];
+    }
+    for (int64_t u = 0; u < m_in; ++u) {
+      if (!w.anyU[u]) continue;  // the CPU skips a state no row weights
+      const R* S = w.slots + w.in_slot[u] * SS + e;
+      R wr[kRt], acc[kRt];
+#pragma unroll
+      for (int a = 0; a < kRt; ++a) {
+        wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
+        acc[a] = R(0);
+      }
+      for (int64_t d = 0; d < Dk; ++d) {
+        const R sd = S[d * Dv];
+        R q8[kRt];
+        load_rows(w.QT + d * LP + r0, q8);  // rows past Lc are zero
+#pragma unroll
+        for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * sd;
+      }
+#pragma unroll
+      for (int a = 0; a < kRt; ++a) y[a] += wr[a] * acc[a];
+    }
+#pragma unroll
+    for (int a = 0; a < kRt; ++a)
+      if (r0 + a < Lc)
+        static_cast<St*>(p.out.data)[at3(p.out, b, h, t0 + r0 + a) + e * p.out.stride[3]] = from_acc<St>(y[a]);
+  }
+}
+
 /// The kernel body (a device function so that the host emulation can hand it its shared memory).
 template <class St>
 __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch, char* sm) {
@@ -623,77 +706,16 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       __syncthreads();
       // 4. Readout weights, one (row r, unit U <= m_in + r) per thread: Win for carried units, P (in place
       //    over QK) for the chunk's tokens.
-      {
-        const int64_t NU = m_in + Lc;
-        for (int64_t idx = tid; idx < Lc * NU; idx += nth) {
-          const int64_t r = idx / NU, U = idx % NU;
-          if (U > m_in + r) continue;
-          const int64_t mr = w.snap_m[r];
-          const int32_t* units = w.snap_unit + r * C;
-          int64_t i = mr - 1;
-          while (i > 0 && units[i] > U) --i;
-          const double li = static_cast<double>(w.lamc[r * C + math::dla_lam_index(i, mr)]);
-          if (U < m_in) {
-            w.Win[r * C + U] = static_cast<R>(li * (w.decay ? w.eG[r] : 1.0));
-          } else {
-            const int64_t j = U - m_in;
-            R* pj = w.QK + r * LP + j;
-            if (w.decay)
-              *pj = static_cast<R>(li * w.dec(factored, r, j) * static_cast<double>(*pj));
-            else
-              *pj = static_cast<R>(li) * *pj;
-          }
-        }
-      }
+      readout_weights(w, tid, nth, Lc, m_in, factored);
       __syncthreads();
-      for (int64_t u = tid; u < m_in; u += nth) {
-        int32_t any = 0;
-        for (int64_t r = 0; r < Lc; ++r) any |= w.Win[r * C + u] != R(0) ? 1 : 0;
-        w.anyU[u] = any;
-      }
+      used_states(w, tid, nth, Lc, m_in);
       __syncthreads();  // anyU
       // 5. Outputs of this block's columns, kRt rows x 1 column per thread in registers: y = P V (j in
       //    order), then each carried state's term w_ru (q_r^T S_u[:, e]) in unit order (dla_prefill.cu and
       //    the CPU scale q by w_ru before the product: a rounding difference only, and half the multiplies).
       //    S_u is read from the slots (global scratch, L1-resident: every warp reads the same rows), q from
       //    Q^T in shared memory.
-      {
-        const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
-        for (int64_t wi = tid; wi < nwi; wi += nth) {
-          const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c, r0 = g * kRt;
-          R y[kRt];
-#pragma unroll
-          for (int a = 0; a < kRt; ++a) {
-            y[a] = R(0);
-            const int64_t r = r0 + a;
-            if (r < Lc)
-              for (int64_t j = 0; j <= r; ++j) y[a] += w.QK[r * LP + j] * w.Vc[j * Dv + e];
-          }
-          for (int64_t u = 0; u < m_in; ++u) {
-            if (!w.anyU[u]) continue;  // the CPU skips a state no row weights
-            const R* S = w.slots + w.in_slot[u] * SS + e;
-            R wr[kRt], acc[kRt];
-#pragma unroll
-            for (int a = 0; a < kRt; ++a) {
-              wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
-              acc[a] = R(0);
-            }
-            for (int64_t d = 0; d < Dk; ++d) {
-              const R sd = S[d * Dv];
-              R q8[kRt];
-              load_rows(w.QT + d * LP + r0, q8);  // rows past Lc are zero
-#pragma unroll
-              for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * sd;
-            }
-#pragma unroll
-            for (int a = 0; a < kRt; ++a) y[a] += wr[a] * acc[a];
-          }
-#pragma unroll
-          for (int a = 0; a < kRt; ++a)
-            if (r0 + a < Lc)
-              static_cast<St*>(p.out.data)[at3(p.out, b, h, t0 + r0 + a) + e * p.out.stride[3]] = from_acc<St>(y[a]);
-        }
-      }
+      chunk_outputs(w, p, b, h, tid, nth, e0, ncw, t0, Lc, m_in);
       __syncthreads();  // the carried states are read; now they may be overwritten
       // 6. States at the chunk's end (every column: the next chunk's scan needs the whole open state),
       //    kDt state rows d of one column e per thread; entries in the CPU's order.

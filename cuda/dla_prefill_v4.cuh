@@ -537,73 +537,12 @@ __device__ void v4_pass_c(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
       for (int64_t r = tid; r < Lc; r += nth) w.snapshot(r, m_in);
       __syncthreads();
       // 4. Readout weights (v2's), one (row r, unit U <= m_in + r) per thread.
-      {
-        const int64_t NU = m_in + Lc;
-        for (int64_t idx = tid; idx < Lc * NU; idx += nth) {
-          const int64_t r = idx / NU, U = idx % NU;
-          if (U > m_in + r) continue;
-          const int64_t mr = w.snap_m[r];
-          const int32_t* units = w.snap_unit + r * C;
-          int64_t i = mr - 1;
-          while (i > 0 && units[i] > U) --i;
-          const double li = static_cast<double>(w.lamc[r * C + math::dla_lam_index(i, mr)]);
-          if (U < m_in) {
-            w.Win[r * C + U] = static_cast<R>(li * (w.decay ? w.eG[r] : 1.0));
-          } else {
-            const int64_t j = U - m_in;
-            R* pj = w.QK + r * LP + j;
-            if (w.decay)
-              *pj = static_cast<R>(li * w.dec(factored, r, j) * static_cast<double>(*pj));
-            else
-              *pj = static_cast<R>(li) * *pj;
-          }
-        }
-      }
+      readout_weights(w, tid, nth, Lc, m_in, factored);
       __syncthreads();
-      for (int64_t u = tid; u < m_in; u += nth) {
-        int32_t any = 0;
-        for (int64_t r = 0; r < Lc; ++r) any |= w.Win[r * C + u] != R(0) ? 1 : 0;
-        w.anyU[u] = any;
-      }
+      used_states(w, tid, nth, Lc, m_in);
       __syncthreads();
       // 5. Outputs of the slice's columns (v2's step 5).
-      {
-        const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
-        for (int64_t wi = tid; wi < nwi; wi += nth) {
-          const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c, r0 = g * kRt;
-          R y[kRt];
-#pragma unroll
-          for (int a = 0; a < kRt; ++a) {
-            y[a] = R(0);
-            const int64_t r = r0 + a;
-            if (r < Lc)
-              for (int64_t j = 0; j <= r; ++j) y[a] += w.QK[r * LP + j] * w.Vc[j * Dv + e];
-          }
-          for (int64_t u = 0; u < m_in; ++u) {
-            if (!w.anyU[u]) continue;
-            const R* S = w.slots + w.in_slot[u] * SS + e;
-            R wr[kRt], acc[kRt];
-#pragma unroll
-            for (int a = 0; a < kRt; ++a) {
-              wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
-              acc[a] = R(0);
-            }
-            for (int64_t d = 0; d < Dk; ++d) {
-              const R sd = S[d * Dv];
-              R q8[kRt];
-              load_rows(w.QT + d * LP + r0, q8);
-#pragma unroll
-              for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * sd;
-            }
-#pragma unroll
-            for (int a = 0; a < kRt; ++a) y[a] += wr[a] * acc[a];
-          }
-#pragma unroll
-          for (int a = 0; a < kRt; ++a)
-            if (r0 + a < Lc)
-              static_cast<St*>(p.out.data)[at3(p.out, b, h, t0 + r0 + a) + e * p.out.stride[3]] = from_acc<St>(y[a]);
-        }
-      }
+      chunk_outputs(w, p, b, h, tid, nth, e0, ncw, t0, Lc, m_in);
       __syncthreads();  // the carried states are read; now they may be overwritten
       // 6. States at the chunk's end, the slice's columns only (v2's step 6 arithmetic).
       w.chunk_end_states(tid, nth, e0, ncw, Lc, m_in, m_out);
