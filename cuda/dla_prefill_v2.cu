@@ -275,6 +275,63 @@ struct Blk {
       }
   }
 
+  // vv[a][c] = V_{r0+a} . V_{j0+c} (double) of one kTg x kTg Gram tile, from V^T.
+  __device__ __forceinline__ void vv_tile(int64_t r0, int64_t j0, double (&vv)[kTg][kTg]) const {
+    for (int64_t e = 0; e < Dv; ++e) {
+      const R* vd = VT + e * LP;
+      R vr[kTg], vj[kTg];
+#pragma unroll
+      for (int a = 0; a < kTg; ++a) {
+        vr[a] = vd[r0 + a];
+        vj[a] = vd[j0 + a];
+      }
+#pragma unroll
+      for (int a = 0; a < kTg; ++a)
+#pragma unroll
+        for (int c = 0; c < kTg; ++c) vv[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
+    }
+  }
+
+  // The open state S carried in: KS = K S (double; rows from `first`, v3's ks_rows did the rest), cp[r] =
+  // k_r^T S v_r, and ||S||^2 returned (block_total synchronizes: KS is complete before cp reads it).
+  __device__ __forceinline__ double open_terms(const R* open, int64_t first, int tid, int nth, int64_t Lc) {
+    for (int64_t idx = first; idx < Lc * Dv; idx += nth) {
+      const int64_t r = idx / Dv, e = idx % Dv;
+      double u[4] = {0, 0, 0, 0};  // four partial sums over d (latency), added in a fixed order
+      int64_t d = 0;
+      for (; d + 4 <= Dk; d += 4) {
+#pragma unroll
+        for (int a = 0; a < 4; ++a)
+          u[a] += static_cast<double>(KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
+      }
+      for (; d < Dk; ++d) u[0] += static_cast<double>(KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
+      KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
+    }
+    double sq = 0;
+    for (int64_t idx = tid; idx < SS; idx += nth) {
+      const double s = static_cast<double>(open[idx]);
+      sq += s * s;
+    }
+    const double A_open = block_total(sq, red);
+    for (int64_t r = tid; r < Lc; r += nth) {
+      double acc = 0;
+      for (int64_t e = 0; e < Dv; ++e) acc += KS[r * Dv + e] * static_cast<double>(Vc[r * Dv + e]);
+      cp[r] = acc;
+    }
+    return A_open;
+  }
+
+  // Suffix sums of the pair terms: Suf[r][j] = sum_{j <= j' < r} e^{G_r-G_j'} KK_rj' VV_rj'.
+  __device__ __forceinline__ void suffix_sums(int tid, int nth, int64_t Lc) {
+    for (int64_t r = tid; r < Lc; r += nth) {
+      double acc = 0;
+      for (int64_t j = r - 1; j >= 0; --j) {
+        acc += Suf[r * LP + j];
+        Suf[r * LP + j] = acc;
+      }
+    }
+  }
+
   // acc = sum over the chunk's rows j in [j0, j1) of (decayed) v_j[e] k_j[d0 + a], a < nd (the CPU's order).
   __device__ __forceinline__ void kv_rows(int64_t d0, int64_t e, int64_t nd, bool kvec, int64_t j0, int64_t j1,
                                           R (&acc)[kDt]) const {
@@ -593,19 +650,7 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
                 qk[a][c] += qr[a] * kj[c];
               }
           }
-          for (int64_t e = 0; e < Dv; ++e) {
-            const R* vd = w.VT + e * LP;
-            R vr[kTg], vj[kTg];
-#pragma unroll
-            for (int a = 0; a < kTg; ++a) {
-              vr[a] = vd[r0 + a];
-              vj[a] = vd[j0 + a];
-            }
-#pragma unroll
-            for (int a = 0; a < kTg; ++a)
-#pragma unroll
-              for (int c = 0; c < kTg; ++c) vv[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
-          }
+          w.vv_tile(r0, j0, vv);
 #pragma unroll
           for (int a = 0; a < kTg; ++a)
 #pragma unroll
@@ -625,39 +670,11 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       if (m_in > 0) {  // uniform over the block
         const R* open = w.slots + w.slot[m_in - 1] * SS;
         if (lay.ks_rows) ks_rows<St>(w, open, Lc, tid, nth);  // v3: the same sums, kKsR rows per thread
-        for (int64_t idx = lay.ks_rows ? Lc * Dv : tid; idx < Lc * Dv; idx += nth) {
-          const int64_t r = idx / Dv, e = idx % Dv;
-          double u[4] = {0, 0, 0, 0};  // four partial sums over d (latency), added in a fixed order
-          int64_t d = 0;
-          for (; d + 4 <= Dk; d += 4) {
-#pragma unroll
-            for (int a = 0; a < 4; ++a)
-              u[a] += static_cast<double>(w.KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
-          }
-          for (; d < Dk; ++d) u[0] += static_cast<double>(w.KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
-          w.KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
-        }
-        double sq = 0;
-        for (int64_t idx = tid; idx < SS; idx += nth) {
-          const double s = static_cast<double>(open[idx]);
-          sq += s * s;
-        }
-        A_open = block_total(sq, w.red);  // synchronizes: KS and the Gram tiles are complete
-        for (int64_t r = tid; r < Lc; r += nth) {
-          double acc = 0;
-          for (int64_t e = 0; e < Dv; ++e) acc += w.KS[r * Dv + e] * static_cast<double>(w.Vc[r * Dv + e]);
-          w.cp[r] = acc;
-        }
+        A_open = w.open_terms(open, lay.ks_rows ? Lc * Dv : tid, tid, nth, Lc);  // synchronizes
       }
       __syncthreads();  // the Gram tiles are complete
       // Suffix sums of the pair terms: Suf[r][j] = sum_{j <= j' < r} e^{G_r-G_j'} KK_rj' VV_rj'.
-      for (int64_t r = tid; r < Lc; r += nth) {
-        double acc = 0;
-        for (int64_t j = r - 1; j >= 0; --j) {
-          acc += w.Suf[r * LP + j];
-          w.Suf[r * LP + j] = acc;
-        }
-      }
+      w.suffix_sums(tid, nth, Lc);
       if (w.decay)
         for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
       __syncthreads();

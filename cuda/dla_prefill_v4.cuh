@@ -132,19 +132,7 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
 #pragma unroll
               for (int c = 0; c < kTg; ++c) kk[a][c] += static_cast<double>(kr[a]) * static_cast<double>(kj[c]);
           }
-          for (int64_t e = 0; e < Dv; ++e) {
-            const R* vd = w.VT + e * LP;
-            R vr[kTg], vj[kTg];
-#pragma unroll
-            for (int a = 0; a < kTg; ++a) {
-              vr[a] = vd[r0 + a];
-              vj[a] = vd[j0 + a];
-            }
-#pragma unroll
-            for (int a = 0; a < kTg; ++a)
-#pragma unroll
-              for (int c = 0; c < kTg; ++c) vv[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
-          }
+          w.vv_tile(r0, j0, vv);
 #pragma unroll
           for (int a = 0; a < kTg; ++a)
 #pragma unroll
@@ -161,38 +149,10 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
       // The open state carried in: K S_open (double) then k_r^T S v_r, and ||S_open||^2 (v2's sums).
       double A_open = 0.0;
       if (m_in > 0) {
-        for (int64_t idx = tid; idx < Lc * Dv; idx += nth) {
-          const int64_t r = idx / Dv, e = idx % Dv;
-          double u[4] = {0, 0, 0, 0};
-          int64_t d = 0;
-          for (; d + 4 <= Dk; d += 4) {
-#pragma unroll
-            for (int a = 0; a < 4; ++a)
-              u[a] += static_cast<double>(w.KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
-          }
-          for (; d < Dk; ++d) u[0] += static_cast<double>(w.KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
-          w.KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
-        }
-        double sq = 0;
-        for (int64_t idx = tid; idx < SS; idx += nth) {
-          const double s = static_cast<double>(open[idx]);
-          sq += s * s;
-        }
-        A_open = block_total(sq, w.red);
-        for (int64_t r = tid; r < Lc; r += nth) {
-          double acc = 0;
-          for (int64_t e = 0; e < Dv; ++e) acc += w.KS[r * Dv + e] * static_cast<double>(w.Vc[r * Dv + e]);
-          w.cp[r] = acc;
-        }
+        A_open = w.open_terms(open, tid, tid, nth, Lc);
       }
       __syncthreads();
-      for (int64_t r = tid; r < Lc; r += nth) {
-        double acc = 0;
-        for (int64_t j = r - 1; j >= 0; --j) {
-          acc += w.Suf[r * LP + j];
-          w.Suf[r * LP + j] = acc;
-        }
-      }
+      w.suffix_sums(tid, nth, Lc);
       if (w.decay)
         for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
       __syncthreads();
