@@ -275,10 +275,12 @@ struct Blk {
       }
   }
 
-  // vv[a][c] = V_{r0+a} . V_{j0+c} (double) of one kTg x kTg Gram tile, from V^T.
-  __device__ __forceinline__ void vv_tile(int64_t r0, int64_t j0, double (&vv)[kTg][kTg]) const {
-    for (int64_t e = 0; e < Dv; ++e) {
-      const R* vd = VT + e * LP;
+  // g[a][c] += X_{r0+a} . X_{j0+c} (double) of one kTg x kTg Gram tile, from X^T (n rows of stride LP): the VV
+  // tiles (V^T, Dv) and v4's KK tiles (K^T, Dk).
+  __device__ __forceinline__ void gram_tile(const R* XT, int64_t n, int64_t r0, int64_t j0,
+                                            double (&g)[kTg][kTg]) const {
+    for (int64_t e = 0; e < n; ++e) {
+      const R* vd = XT + e * LP;
       R vr[kTg], vj[kTg];
 #pragma unroll
       for (int a = 0; a < kTg; ++a) {
@@ -288,7 +290,7 @@ struct Blk {
 #pragma unroll
       for (int a = 0; a < kTg; ++a)
 #pragma unroll
-        for (int c = 0; c < kTg; ++c) vv[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
+        for (int c = 0; c < kTg; ++c) g[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
     }
   }
 
@@ -650,7 +652,7 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
                 qk[a][c] += qr[a] * kj[c];
               }
           }
-          w.vv_tile(r0, j0, vv);
+          w.gram_tile(w.VT, Dv, r0, j0, vv);
 #pragma unroll
           for (int a = 0; a < kTg; ++a)
 #pragma unroll

@@ -119,20 +119,8 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
               kk[a][c] = 0;
               vv[a][c] = 0;
             }
-          for (int64_t d = 0; d < Dk; ++d) {
-            const R* kd = w.KT + d * LP;
-            R kr[kTg], kj[kTg];
-#pragma unroll
-            for (int a = 0; a < kTg; ++a) {
-              kr[a] = kd[r0 + a];
-              kj[a] = kd[j0 + a];
-            }
-#pragma unroll
-            for (int a = 0; a < kTg; ++a)
-#pragma unroll
-              for (int c = 0; c < kTg; ++c) kk[a][c] += static_cast<double>(kr[a]) * static_cast<double>(kj[c]);
-          }
-          w.vv_tile(r0, j0, vv);
+          w.gram_tile(w.KT, Dk, r0, j0, kk);
+          w.gram_tile(w.VT, Dv, r0, j0, vv);
 #pragma unroll
           for (int a = 0; a < kTg; ++a)
 #pragma unroll
