@@ -250,9 +250,291 @@ struct Blk {
     }
     snap_m[r] = n;
   }
+
+  // G[r] = the sum of the chunk's log decays up to row r (thread 0; with decay only).
+  __device__ __forceinline__ void decay_sums(int tid, int64_t t0, int64_t Lc) {
+    if (decay && tid == 0) {
+      double g = 0;
+      for (int64_t r = 0; r < Lc; ++r) {
+        g += log_decay(t0 + r);
+        G[r] = g;
+      }
+    }
+  }
+
+  // The chunk's decay exponentials from G (with decay only): eG, a2 (with_a2), er and fj (factored).
+  __device__ __forceinline__ void decay_exps(int tid, int nth, int64_t t0, int64_t Lc, bool factored, bool with_a2) {
+    if (decay)
+      for (int64_t r = tid; r < Lc; r += nth) {
+        eG[r] = exp(G[r]);
+        if (with_a2) a2[r] = exp(2.0 * log_decay(t0 + r));
+        if (factored) {
+          er[r] = exp(G[r] - G[0]);
+          fj[r] = exp(G[0] - G[r]);
+        }
+      }
+  }
+
+  // g[a][c] += X_{r0+a} . X_{j0+c} (double) of one kTg x kTg Gram tile, from X^T (n rows of stride LP): the VV
+  // tiles (V^T, Dv) and v4's KK tiles (K^T, Dk).
+  __device__ __forceinline__ void gram_tile(const R* XT, int64_t n, int64_t r0, int64_t j0,
+                                            double (&g)[kTg][kTg]) const {
+    for (int64_t e = 0; e < n; ++e) {
+      const R* vd = XT + e * LP;
+      R vr[kTg], vj[kTg];
+#pragma unroll
+      for (int a = 0; a < kTg; ++a) {
+        vr[a] = vd[r0 + a];
+        vj[a] = vd[j0 + a];
+      }
+#pragma unroll
+      for (int a = 0; a < kTg; ++a)
+#pragma unroll
+        for (int c = 0; c < kTg; ++c) g[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
+    }
+  }
+
+  // The open state S carried in: KS = K S (double; rows from `first`, v3's ks_rows did the rest), cp[r] =
+  // k_r^T S v_r, and ||S||^2 returned (block_total synchronizes: KS is complete before cp reads it).
+  __device__ __forceinline__ double open_terms(const R* open, int64_t first, int tid, int nth, int64_t Lc) {
+    for (int64_t idx = first; idx < Lc * Dv; idx += nth) {
+      const int64_t r = idx / Dv, e = idx % Dv;
+      double u[4] = {0, 0, 0, 0};  // four partial sums over d (latency), added in a fixed order
+      int64_t d = 0;
+      for (; d + 4 <= Dk; d += 4) {
+#pragma unroll
+        for (int a = 0; a < 4; ++a)
+          u[a] += static_cast<double>(KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
+      }
+      for (; d < Dk; ++d) u[0] += static_cast<double>(KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
+      KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
+    }
+    double sq = 0;
+    for (int64_t idx = tid; idx < SS; idx += nth) {
+      const double s = static_cast<double>(open[idx]);
+      sq += s * s;
+    }
+    const double A_open = block_total(sq, red);
+    for (int64_t r = tid; r < Lc; r += nth) {
+      double acc = 0;
+      for (int64_t e = 0; e < Dv; ++e) acc += KS[r * Dv + e] * static_cast<double>(Vc[r * Dv + e]);
+      cp[r] = acc;
+    }
+    return A_open;
+  }
+
+  // Suffix sums of the pair terms: Suf[r][j] = sum_{j <= j' < r} e^{G_r-G_j'} KK_rj' VV_rj'.
+  __device__ __forceinline__ void suffix_sums(int tid, int nth, int64_t Lc) {
+    for (int64_t r = tid; r < Lc; r += nth) {
+      double acc = 0;
+      for (int64_t j = r - 1; j >= 0; --j) {
+        acc += Suf[r * LP + j];
+        Suf[r * LP + j] = acc;
+      }
+    }
+  }
+
+  // acc = sum over the chunk's rows j in [j0, j1) of (decayed) v_j[e] k_j[d0 + a], a < nd (the CPU's order).
+  __device__ __forceinline__ void kv_rows(int64_t d0, int64_t e, int64_t nd, bool kvec, int64_t j0, int64_t j1,
+                                          R (&acc)[kDt]) const {
+#pragma unroll
+    for (int a = 0; a < kDt; ++a) acc[a] = R(0);
+    for (int64_t j = j0; j < j1; ++j) {
+      const R vj = decay ? decj[j] * Vc[j * Dv + e] : Vc[j * Dv + e];
+      R k8[kDt];
+      if (kvec) {
+        load_rows(Kc + j * Dk + d0, k8);  // 16-byte aligned: Dk % 4 == 0, d0 % 8 == 0
+      } else {
+#pragma unroll
+        for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? KT[(d0 + a) * LP + j] : R(0);
+      }
+#pragma unroll
+      for (int a = 0; a < kDt; ++a)
+        if (a < nd) acc[a] += k8[a] * vj;
+    }
+  }
+
+  // Step 6, the states at the chunk's end for columns e0 .. e0 + ncw - 1: kDt state rows d of one column e per
+  // thread (tid of nth); the m_out entries from the m_in carried ones and the chunk's Lc rows, in the CPU's order.
+  __device__ __forceinline__ void chunk_end_states(int tid, int nth, int64_t e0, int64_t ncw, int64_t Lc,
+                                                   int64_t m_in, int64_t m_out) {
+    const R E = static_cast<R>(decay ? eG[Lc - 1] : 1.0);
+    const int64_t ndg = (Dk + kDt - 1) / kDt;
+    for (int64_t wi = tid; wi < ndg * ncw; wi += nth) {
+      const int64_t d0 = (wi / ncw) * kDt, e = e0 + wi % ncw;
+      const int64_t nd = Dk - d0 < kDt ? Dk - d0 : kDt;
+      const bool kvec = Dk % 4 == 0 && nd == kDt;
+      for (int pass = 0; pass < 2; ++pass)
+        for (int64_t i = 0; i < m_out; ++i) {
+          const int64_t ulo = unit[i], uhi = i + 1 < m_out ? unit[i + 1] : m_in + Lc;
+          const bool carries = ulo < m_in;
+          if (carries != (pass == 0)) continue;
+          R x[kDt];
+#pragma unroll
+          for (int a = 0; a < kDt; ++a) x[a] = R(0);
+          if (carries) {
+            const R* s0 = slots + in_slot[ulo] * SS + d0 * Dv + e;
+#pragma unroll
+            for (int a = 0; a < kDt; ++a)
+              if (a < nd) x[a] = s0[a * Dv];
+            const int64_t ue = uhi < m_in ? uhi : m_in;
+            for (int64_t u = ulo + 1; u < ue; ++u) {
+              const R* su = slots + in_slot[u] * SS + d0 * Dv + e;
+#pragma unroll
+              for (int a = 0; a < kDt; ++a)
+                if (a < nd) x[a] = x[a] + su[a * Dv];
+            }
+            if (decay) {
+#pragma unroll
+              for (int a = 0; a < kDt; ++a) x[a] = x[a] * E;
+            }
+          }
+          const int64_t j0 = (ulo > m_in ? ulo : m_in) - m_in, j1 = uhi - m_in;
+          if (j1 > j0) {
+            R acc[kDt];
+            kv_rows(d0, e, nd, kvec, j0, j1, acc);
+#pragma unroll
+            for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
+          }
+          R* dst = slots + slot[i] * SS + d0 * Dv + e;
+#pragma unroll
+          for (int a = 0; a < kDt; ++a)
+            if (a < nd) dst[a * Dv] = x[a];
+        }
+    }
+  }
 };
 
 #include "cuda/dla_prefill_v3.cuh"  // v3: the warp scan, batched loads
+
+// v3's batched chunk loads: V^T and V (rows Lc .. LP-1 of V^T zero) of rows t0 .. t0 + Lc - 1 of item (b, h).
+template <class St>
+__device__ __forceinline__ void load_v_batched(Blk<St>& w, const DLAProblem& p, int64_t b, int64_t h, int tid,
+                                               int nth, int64_t t0, int64_t Lc) {
+  using R = acc_t<St>;
+  const int64_t LP = w.LP, Dv = w.Dv;
+  batched(LP * Dv, tid, nth, [&](int64_t idx) {
+    const int64_t r = idx / Dv, e = idx - r * Dv;
+    return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
+  }, [&](int64_t idx, R v) {
+    const int64_t r = idx / Dv, e = idx - r * Dv;
+    w.VT[e * LP + r] = v;
+    if (r < Lc) w.Vc[r * Dv + e] = v;
+  });
+}
+
+// v3's batched chunk loads: Q^T, K^T (rows Lc .. LP-1 zero), K, V^T, V and the lambdas of rows t0 .. t0 + Lc - 1.
+template <class St>
+__device__ __forceinline__ void load_chunk_batched(Blk<St>& w, const DLAProblem& p, int64_t b, int64_t h, int tid,
+                                                   int nth, int64_t t0, int64_t Lc) {
+  using R = acc_t<St>;
+  const int64_t LP = w.LP, Dk = w.Dk, C = w.C;
+  struct QKv {
+    R q, k;
+  };
+  batched(LP * Dk, tid, nth, [&](int64_t idx) {
+    const int64_t r = idx / Dk, d = idx - r * Dk;
+    QKv x{R(0), R(0)};
+    if (r < Lc) {
+      x.q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
+      x.k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
+    }
+    return x;
+  }, [&](int64_t idx, const QKv& x) {
+    const int64_t r = idx / Dk, d = idx - r * Dk;
+    w.QT[d * LP + r] = x.q;
+    w.KT[d * LP + r] = x.k;
+    if (r < Lc) w.Kc[r * Dk + d] = x.k;
+  });
+  load_v_batched(w, p, b, h, tid, nth, t0, Lc);
+  batched(Lc * C, tid, nth, [&](int64_t idx) {
+    const int64_t r = idx / C, c = idx - r * C;
+    return ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
+  }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
+}
+
+// Step 4, the readout weights, one (row r, unit U <= m_in + r) per thread: Win for carried units, P (in place over
+// QK) for the chunk's tokens.
+template <class St>
+__device__ __forceinline__ void readout_weights(Blk<St>& w, int tid, int nth, int64_t Lc, int64_t m_in, bool factored) {
+  using R = acc_t<St>;
+  const int64_t C = w.C, LP = w.LP;
+  const int64_t NU = m_in + Lc;
+  for (int64_t idx = tid; idx < Lc * NU; idx += nth) {
+    const int64_t r = idx / NU, U = idx % NU;
+    if (U > m_in + r) continue;
+    const int64_t mr = w.snap_m[r];
+    const int32_t* units = w.snap_unit + r * C;
+    int64_t i = mr - 1;
+    while (i > 0 && units[i] > U) --i;
+    const double li = static_cast<double>(w.lamc[r * C + math::dla_lam_index(i, mr)]);
+    if (U < m_in) {
+      w.Win[r * C + U] = static_cast<R>(li * (w.decay ? w.eG[r] : 1.0));
+    } else {
+      const int64_t j = U - m_in;
+      R* pj = w.QK + r * LP + j;
+      if (w.decay)
+        *pj = static_cast<R>(li * w.dec(factored, r, j) * static_cast<double>(*pj));
+      else
+        *pj = static_cast<R>(li) * *pj;
+    }
+  }
+}
+
+// anyU[u]: some row of the chunk weights carried state u (the CPU skips a state no row weights).
+template <class St>
+__device__ __forceinline__ void used_states(Blk<St>& w, int tid, int nth, int64_t Lc, int64_t m_in) {
+  using R = acc_t<St>;
+  const int64_t C = w.C;
+  for (int64_t u = tid; u < m_in; u += nth) {
+    int32_t any = 0;
+    for (int64_t r = 0; r < Lc; ++r) any |= w.Win[r * C + u] != R(0) ? 1 : 0;
+    w.anyU[u] = any;
+  }
+}
+
+// Step 5, the outputs of columns e0 .. e0 + ncw - 1, kRt rows x 1 column per thread in registers (see prefill_body).
+template <class St>
+__device__ __forceinline__ void chunk_outputs(Blk<St>& w, const DLAProblem& p, int64_t b, int64_t h, int tid, int nth,
+                                              int64_t e0, int64_t ncw, int64_t t0, int64_t Lc, int64_t m_in) {
+  using R = acc_t<St>;
+  const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, LP = w.LP;
+  const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
+  for (int64_t wi = tid; wi < nwi; wi += nth) {
+    const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c, r0 = g * kRt;
+    R y[kRt];
+#pragma unroll
+    for (int a = 0; a < kRt; ++a) {
+      y[a] = R(0);
+      const int64_t r = r0 + a;
+      if (r < Lc)
+        for (int64_t j = 0; j <= r; ++j) y[a] += w.QK[r * LP + j] * w.Vc[j * Dv + e];
+    }
+    for (int64_t u = 0; u < m_in; ++u) {
+      if (!w.anyU[u]) continue;  // the CPU skips a state no row weights
+      const R* S = w.slots + w.in_slot[u] * SS + e;
+      R wr[kRt], acc[kRt];
+#pragma unroll
+      for (int a = 0; a < kRt; ++a) {
+        wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
+        acc[a] = R(0);
+      }
+      for (int64_t d = 0; d < Dk; ++d) {
+        const R sd = S[d * Dv];
+        R q8[kRt];
+        load_rows(w.QT + d * LP + r0, q8);  // rows past Lc are zero
+#pragma unroll
+        for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * sd;
+      }
+#pragma unroll
+      for (int a = 0; a < kRt; ++a) y[a] += wr[a] * acc[a];
+    }
+#pragma unroll
+    for (int a = 0; a < kRt; ++a)
+      if (r0 + a < Lc)
+        static_cast<St*>(p.out.data)[at3(p.out, b, h, t0 + r0 + a) + e * p.out.stride[3]] = from_acc<St>(y[a]);
+  }
+}
 
 /// The kernel body (a device function so that the host emulation can hand it its shared memory).
 template <class St>
@@ -304,35 +586,7 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       //    kLb elements loaded per thread before they are stored (v2 waited for each load: ~40 global-memory
       //    round trips per thread and chunk at L = 64, D = 64, C = 16); the same values either way.
       if (lay.batch_loads) {
-        struct QKv {
-          R q, k;
-        };
-        batched(LP * Dk, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / Dk, d = idx - r * Dk;
-          QKv x{R(0), R(0)};
-          if (r < Lc) {
-            x.q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
-            x.k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
-          }
-          return x;
-        }, [&](int64_t idx, const QKv& x) {
-          const int64_t r = idx / Dk, d = idx - r * Dk;
-          w.QT[d * LP + r] = x.q;
-          w.KT[d * LP + r] = x.k;
-          if (r < Lc) w.Kc[r * Dk + d] = x.k;
-        });
-        batched(LP * Dv, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / Dv, e = idx - r * Dv;
-          return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
-        }, [&](int64_t idx, R v) {
-          const int64_t r = idx / Dv, e = idx - r * Dv;
-          w.VT[e * LP + r] = v;
-          if (r < Lc) w.Vc[r * Dv + e] = v;
-        });
-        batched(Lc * C, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / C, c = idx - r * C;
-          return ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
-        }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
+        load_chunk_batched(w, p, b, h, tid, nth, t0, Lc);
       } else {
         for (int64_t idx = tid; idx < LP * Dk; idx += nth) {
           const int64_t r = idx / Dk, d = idx % Dk;
@@ -356,24 +610,10 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
           w.lamc[idx] = ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
         }
       }
-      if (w.decay && tid == 0) {
-        double G = 0;
-        for (int64_t r = 0; r < Lc; ++r) {
-          G += w.log_decay(t0 + r);
-          w.G[r] = G;
-        }
-      }
+      w.decay_sums(tid, t0, Lc);
       __syncthreads();
       const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
-      if (w.decay)
-        for (int64_t r = tid; r < Lc; r += nth) {
-          w.eG[r] = exp(w.G[r]);
-          w.a2[r] = exp(2.0 * w.log_decay(t0 + r));
-          if (factored) {
-            w.er[r] = exp(w.G[r] - w.G[0]);
-            w.fj[r] = exp(w.G[0] - w.G[r]);
-          }
-        }
+      w.decay_exps(tid, nth, t0, Lc, factored, true);
       __syncthreads();  // er, fj for the pair decays below
       // 2. Gram lower triangles in kTg x kTg tiles: QK (R), Bv_r = KK_rr VV_rr and the pair terms
       //    e^{G_r-G_j} KK_rj VV_rj (j < r) into Suf (double).
@@ -412,19 +652,7 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
                 qk[a][c] += qr[a] * kj[c];
               }
           }
-          for (int64_t e = 0; e < Dv; ++e) {
-            const R* vd = w.VT + e * LP;
-            R vr[kTg], vj[kTg];
-#pragma unroll
-            for (int a = 0; a < kTg; ++a) {
-              vr[a] = vd[r0 + a];
-              vj[a] = vd[j0 + a];
-            }
-#pragma unroll
-            for (int a = 0; a < kTg; ++a)
-#pragma unroll
-              for (int c = 0; c < kTg; ++c) vv[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
-          }
+          w.gram_tile(w.VT, Dv, r0, j0, vv);
 #pragma unroll
           for (int a = 0; a < kTg; ++a)
 #pragma unroll
@@ -444,39 +672,11 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       if (m_in > 0) {  // uniform over the block
         const R* open = w.slots + w.slot[m_in - 1] * SS;
         if (lay.ks_rows) ks_rows<St>(w, open, Lc, tid, nth);  // v3: the same sums, kKsR rows per thread
-        for (int64_t idx = lay.ks_rows ? Lc * Dv : tid; idx < Lc * Dv; idx += nth) {
-          const int64_t r = idx / Dv, e = idx % Dv;
-          double u[4] = {0, 0, 0, 0};  // four partial sums over d (latency), added in a fixed order
-          int64_t d = 0;
-          for (; d + 4 <= Dk; d += 4) {
-#pragma unroll
-            for (int a = 0; a < 4; ++a)
-              u[a] += static_cast<double>(w.KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
-          }
-          for (; d < Dk; ++d) u[0] += static_cast<double>(w.KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
-          w.KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
-        }
-        double sq = 0;
-        for (int64_t idx = tid; idx < SS; idx += nth) {
-          const double s = static_cast<double>(open[idx]);
-          sq += s * s;
-        }
-        A_open = block_total(sq, w.red);  // synchronizes: KS and the Gram tiles are complete
-        for (int64_t r = tid; r < Lc; r += nth) {
-          double acc = 0;
-          for (int64_t e = 0; e < Dv; ++e) acc += w.KS[r * Dv + e] * static_cast<double>(w.Vc[r * Dv + e]);
-          w.cp[r] = acc;
-        }
+        A_open = w.open_terms(open, lay.ks_rows ? Lc * Dv : tid, tid, nth, Lc);  // synchronizes
       }
       __syncthreads();  // the Gram tiles are complete
       // Suffix sums of the pair terms: Suf[r][j] = sum_{j <= j' < r} e^{G_r-G_j'} KK_rj' VV_rj'.
-      for (int64_t r = tid; r < Lc; r += nth) {
-        double acc = 0;
-        for (int64_t j = r - 1; j >= 0; --j) {
-          acc += w.Suf[r * LP + j];
-          w.Suf[r * LP + j] = acc;
-        }
-      }
+      w.suffix_sums(tid, nth, Lc);
       if (w.decay)
         for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
       __syncthreads();
@@ -525,140 +725,20 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
       __syncthreads();
       // 4. Readout weights, one (row r, unit U <= m_in + r) per thread: Win for carried units, P (in place
       //    over QK) for the chunk's tokens.
-      {
-        const int64_t NU = m_in + Lc;
-        for (int64_t idx = tid; idx < Lc * NU; idx += nth) {
-          const int64_t r = idx / NU, U = idx % NU;
-          if (U > m_in + r) continue;
-          const int64_t mr = w.snap_m[r];
-          const int32_t* units = w.snap_unit + r * C;
-          int64_t i = mr - 1;
-          while (i > 0 && units[i] > U) --i;
-          const double li = static_cast<double>(w.lamc[r * C + math::dla_lam_index(i, mr)]);
-          if (U < m_in) {
-            w.Win[r * C + U] = static_cast<R>(li * (w.decay ? w.eG[r] : 1.0));
-          } else {
-            const int64_t j = U - m_in;
-            R* pj = w.QK + r * LP + j;
-            if (w.decay)
-              *pj = static_cast<R>(li * w.dec(factored, r, j) * static_cast<double>(*pj));
-            else
-              *pj = static_cast<R>(li) * *pj;
-          }
-        }
-      }
+      readout_weights(w, tid, nth, Lc, m_in, factored);
       __syncthreads();
-      for (int64_t u = tid; u < m_in; u += nth) {
-        int32_t any = 0;
-        for (int64_t r = 0; r < Lc; ++r) any |= w.Win[r * C + u] != R(0) ? 1 : 0;
-        w.anyU[u] = any;
-      }
+      used_states(w, tid, nth, Lc, m_in);
       __syncthreads();  // anyU
       // 5. Outputs of this block's columns, kRt rows x 1 column per thread in registers: y = P V (j in
       //    order), then each carried state's term w_ru (q_r^T S_u[:, e]) in unit order (dla_prefill.cu and
       //    the CPU scale q by w_ru before the product: a rounding difference only, and half the multiplies).
       //    S_u is read from the slots (global scratch, L1-resident: every warp reads the same rows), q from
       //    Q^T in shared memory.
-      {
-        const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
-        for (int64_t wi = tid; wi < nwi; wi += nth) {
-          const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c, r0 = g * kRt;
-          R y[kRt];
-#pragma unroll
-          for (int a = 0; a < kRt; ++a) {
-            y[a] = R(0);
-            const int64_t r = r0 + a;
-            if (r < Lc)
-              for (int64_t j = 0; j <= r; ++j) y[a] += w.QK[r * LP + j] * w.Vc[j * Dv + e];
-          }
-          for (int64_t u = 0; u < m_in; ++u) {
-            if (!w.anyU[u]) continue;  // the CPU skips a state no row weights
-            const R* S = w.slots + w.in_slot[u] * SS + e;
-            R wr[kRt], acc[kRt];
-#pragma unroll
-            for (int a = 0; a < kRt; ++a) {
-              wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
-              acc[a] = R(0);
-            }
-            for (int64_t d = 0; d < Dk; ++d) {
-              const R sd = S[d * Dv];
-              R q8[kRt];
-              load_rows(w.QT + d * LP + r0, q8);  // rows past Lc are zero
-#pragma unroll
-              for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * sd;
-            }
-#pragma unroll
-            for (int a = 0; a < kRt; ++a) y[a] += wr[a] * acc[a];
-          }
-#pragma unroll
-          for (int a = 0; a < kRt; ++a)
-            if (r0 + a < Lc)
-              static_cast<St*>(p.out.data)[at3(p.out, b, h, t0 + r0 + a) + e * p.out.stride[3]] = from_acc<St>(y[a]);
-        }
-      }
+      chunk_outputs(w, p, b, h, tid, nth, e0, ncw, t0, Lc, m_in);
       __syncthreads();  // the carried states are read; now they may be overwritten
       // 6. States at the chunk's end (every column: the next chunk's scan needs the whole open state),
       //    kDt state rows d of one column e per thread; entries in the CPU's order.
-      {
-        const R E = static_cast<R>(w.decay ? w.eG[Lc - 1] : 1.0);
-        const int64_t ndg = (Dk + kDt - 1) / kDt;
-        for (int64_t wi = tid; wi < ndg * Dv; wi += nth) {
-          const int64_t d0 = (wi / Dv) * kDt, e = wi % Dv;
-          const int64_t nd = Dk - d0 < kDt ? Dk - d0 : kDt;
-          const bool kvec = Dk % 4 == 0 && nd == kDt;
-          for (int pass = 0; pass < 2; ++pass)
-            for (int64_t i = 0; i < m_out; ++i) {
-              const int64_t ulo = w.unit[i], uhi = i + 1 < m_out ? w.unit[i + 1] : m_in + Lc;
-              const bool carries = ulo < m_in;
-              if (carries != (pass == 0)) continue;
-              R x[kDt];
-#pragma unroll
-              for (int a = 0; a < kDt; ++a) x[a] = R(0);
-              if (carries) {
-                const R* s0 = w.slots + w.in_slot[ulo] * SS + d0 * Dv + e;
-#pragma unroll
-                for (int a = 0; a < kDt; ++a)
-                  if (a < nd) x[a] = s0[a * Dv];
-                const int64_t ue = uhi < m_in ? uhi : m_in;
-                for (int64_t u = ulo + 1; u < ue; ++u) {
-                  const R* su = w.slots + w.in_slot[u] * SS + d0 * Dv + e;
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a)
-                    if (a < nd) x[a] = x[a] + su[a * Dv];
-                }
-                if (w.decay) {
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a) x[a] = x[a] * E;
-                }
-              }
-              const int64_t j0 = (ulo > m_in ? ulo : m_in) - m_in, j1 = uhi - m_in;
-              if (j1 > j0) {
-                R acc[kDt];
-#pragma unroll
-                for (int a = 0; a < kDt; ++a) acc[a] = R(0);
-                for (int64_t j = j0; j < j1; ++j) {
-                  const R vj = w.decay ? w.decj[j] * w.Vc[j * Dv + e] : w.Vc[j * Dv + e];
-                  R k8[kDt];
-                  if (kvec) {
-                    load_rows(w.Kc + j * Dk + d0, k8);  // 16-byte aligned: Dk % 4 == 0, d0 % 8 == 0
-                  } else {
-#pragma unroll
-                    for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? w.KT[(d0 + a) * LP + j] : R(0);
-                  }
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a)
-                    if (a < nd) acc[a] += k8[a] * vj;
-                }
-#pragma unroll
-                for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
-              }
-              R* dst = w.slots + w.slot[i] * SS + d0 * Dv + e;
-#pragma unroll
-              for (int a = 0; a < kDt; ++a)
-                if (a < nd) dst[a * Dv] = x[a];
-            }
-        }
-      }
+      w.chunk_end_states(tid, nth, 0, Dv, Lc, m_in, m_out);
     }
     __syncthreads();
 

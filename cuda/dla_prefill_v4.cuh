@@ -98,32 +98,11 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
         w.KT[d * LP + r] = k;
         if (r < Lc) w.Kc[r * Dk + d] = k;
       });
-      batched(LP * Dv, tid, nth, [&](int64_t idx) {
-        const int64_t r = idx / Dv, e = idx - r * Dv;
-        return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
-      }, [&](int64_t idx, R v) {
-        const int64_t r = idx / Dv, e = idx - r * Dv;
-        w.VT[e * LP + r] = v;
-        if (r < Lc) w.Vc[r * Dv + e] = v;
-      });
-      if (w.decay && tid == 0) {
-        double G = 0;
-        for (int64_t r = 0; r < Lc; ++r) {
-          G += w.log_decay(t0 + r);
-          w.G[r] = G;
-        }
-      }
+      load_v_batched(w, p, b, h, tid, nth, t0, Lc);
+      w.decay_sums(tid, t0, Lc);
       __syncthreads();
       const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
-      if (w.decay)
-        for (int64_t r = tid; r < Lc; r += nth) {
-          w.eG[r] = exp(w.G[r]);
-          w.a2[r] = exp(2.0 * w.log_decay(t0 + r));
-          if (factored) {
-            w.er[r] = exp(w.G[r] - w.G[0]);
-            w.fj[r] = exp(w.G[0] - w.G[r]);
-          }
-        }
+      w.decay_exps(tid, nth, t0, Lc, factored, true);
       __syncthreads();
       // 2. v2's Gram tiles without Q K^T: Bv_r and the pair terms into Suf (double).
       {
@@ -140,32 +119,8 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
               kk[a][c] = 0;
               vv[a][c] = 0;
             }
-          for (int64_t d = 0; d < Dk; ++d) {
-            const R* kd = w.KT + d * LP;
-            R kr[kTg], kj[kTg];
-#pragma unroll
-            for (int a = 0; a < kTg; ++a) {
-              kr[a] = kd[r0 + a];
-              kj[a] = kd[j0 + a];
-            }
-#pragma unroll
-            for (int a = 0; a < kTg; ++a)
-#pragma unroll
-              for (int c = 0; c < kTg; ++c) kk[a][c] += static_cast<double>(kr[a]) * static_cast<double>(kj[c]);
-          }
-          for (int64_t e = 0; e < Dv; ++e) {
-            const R* vd = w.VT + e * LP;
-            R vr[kTg], vj[kTg];
-#pragma unroll
-            for (int a = 0; a < kTg; ++a) {
-              vr[a] = vd[r0 + a];
-              vj[a] = vd[j0 + a];
-            }
-#pragma unroll
-            for (int a = 0; a < kTg; ++a)
-#pragma unroll
-              for (int c = 0; c < kTg; ++c) vv[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
-          }
+          w.gram_tile(w.KT, Dk, r0, j0, kk);
+          w.gram_tile(w.VT, Dv, r0, j0, vv);
 #pragma unroll
           for (int a = 0; a < kTg; ++a)
 #pragma unroll
@@ -182,38 +137,10 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
       // The open state carried in: K S_open (double) then k_r^T S v_r, and ||S_open||^2 (v2's sums).
       double A_open = 0.0;
       if (m_in > 0) {
-        for (int64_t idx = tid; idx < Lc * Dv; idx += nth) {
-          const int64_t r = idx / Dv, e = idx % Dv;
-          double u[4] = {0, 0, 0, 0};
-          int64_t d = 0;
-          for (; d + 4 <= Dk; d += 4) {
-#pragma unroll
-            for (int a = 0; a < 4; ++a)
-              u[a] += static_cast<double>(w.KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
-          }
-          for (; d < Dk; ++d) u[0] += static_cast<double>(w.KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
-          w.KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
-        }
-        double sq = 0;
-        for (int64_t idx = tid; idx < SS; idx += nth) {
-          const double s = static_cast<double>(open[idx]);
-          sq += s * s;
-        }
-        A_open = block_total(sq, w.red);
-        for (int64_t r = tid; r < Lc; r += nth) {
-          double acc = 0;
-          for (int64_t e = 0; e < Dv; ++e) acc += w.KS[r * Dv + e] * static_cast<double>(w.Vc[r * Dv + e]);
-          w.cp[r] = acc;
-        }
+        A_open = w.open_terms(open, tid, tid, nth, Lc);
       }
       __syncthreads();
-      for (int64_t r = tid; r < Lc; r += nth) {
-        double acc = 0;
-        for (int64_t j = r - 1; j >= 0; --j) {
-          acc += w.Suf[r * LP + j];
-          w.Suf[r * LP + j] = acc;
-        }
-      }
+      w.suffix_sums(tid, nth, Lc);
       if (w.decay)
         for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
       __syncthreads();
@@ -277,21 +204,7 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
           const int64_t j0 = carries ? 0 : lo, j1 = Lc;
           if (j1 > j0) {
             R acc[kDt];
-#pragma unroll
-            for (int a = 0; a < kDt; ++a) acc[a] = R(0);
-            for (int64_t j = j0; j < j1; ++j) {
-              const R vj = w.decay ? w.decj[j] * w.Vc[j * Dv + e] : w.Vc[j * Dv + e];
-              R k8[kDt];
-              if (kvec) {
-                load_rows(w.Kc + j * Dk + d0, k8);
-              } else {
-#pragma unroll
-                for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? w.KT[(d0 + a) * LP + j] : R(0);
-              }
-#pragma unroll
-              for (int a = 0; a < kDt; ++a)
-                if (a < nd) acc[a] += k8[a] * vj;
-            }
+            w.kv_rows(d0, e, nd, kvec, j0, j1, acc);
 #pragma unroll
             for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
           }
@@ -497,59 +410,16 @@ __device__ void v4_pass_c(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
       __syncthreads();  // the previous chunk (or the cache load) is complete
       const int64_t m_in = sh_mc;
       // 1. The chunk (v3's batched loads, v2's layout), and the rows' boundaries and merges.
-      {
-        struct QKv {
-          R q, k;
-        };
-        batched(LP * Dk, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / Dk, d = idx - r * Dk;
-          QKv x{R(0), R(0)};
-          if (r < Lc) {
-            x.q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
-            x.k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
-          }
-          return x;
-        }, [&](int64_t idx, const QKv& x) {
-          const int64_t r = idx / Dk, d = idx - r * Dk;
-          w.QT[d * LP + r] = x.q;
-          w.KT[d * LP + r] = x.k;
-          if (r < Lc) w.Kc[r * Dk + d] = x.k;
-        });
-        batched(LP * Dv, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / Dv, e = idx - r * Dv;
-          return r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
-        }, [&](int64_t idx, R v) {
-          const int64_t r = idx / Dv, e = idx - r * Dv;
-          w.VT[e * LP + r] = v;
-          if (r < Lc) w.Vc[r * Dv + e] = v;
-        });
-        batched(Lc * C, tid, nth, [&](int64_t idx) {
-          const int64_t r = idx / C, c = idx - r * C;
-          return ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
-        }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
-      }
+      load_chunk_batched(w, p, b, h, tid, nth, t0, Lc);
       for (int64_t r = tid; r < Lc; r += nth) {
         w.rowOpen[r] = buf.O[it * T + t0 + r];
         w.rowMerged[r] = buf.M[it * T + t0 + r];
       }
       for (int64_t u = tid; u < m_in + Lc; u += nth) w.death[u] = 0x7fffffff;
-      if (w.decay && tid == 0) {
-        double G = 0;
-        for (int64_t r = 0; r < Lc; ++r) {
-          G += w.log_decay(t0 + r);
-          w.G[r] = G;
-        }
-      }
+      w.decay_sums(tid, t0, Lc);
       __syncthreads();
       const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
-      if (w.decay)
-        for (int64_t r = tid; r < Lc; r += nth) {
-          w.eG[r] = exp(w.G[r]);
-          if (factored) {
-            w.er[r] = exp(w.G[r] - w.G[0]);
-            w.fj[r] = exp(w.G[0] - w.G[r]);
-          }
-        }
+      w.decay_exps(tid, nth, t0, Lc, factored, false);
       // 2. Q K^T lower triangle in v2's kTg x kTg tiles (the same sums as v2's).
       {
         const int64_t nt = (Lc + kTg - 1) / kTg;
@@ -615,135 +485,15 @@ __device__ void v4_pass_c(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
       for (int64_t r = tid; r < Lc; r += nth) w.snapshot(r, m_in);
       __syncthreads();
       // 4. Readout weights (v2's), one (row r, unit U <= m_in + r) per thread.
-      {
-        const int64_t NU = m_in + Lc;
-        for (int64_t idx = tid; idx < Lc * NU; idx += nth) {
-          const int64_t r = idx / NU, U = idx % NU;
-          if (U > m_in + r) continue;
-          const int64_t mr = w.snap_m[r];
-          const int32_t* units = w.snap_unit + r * C;
-          int64_t i = mr - 1;
-          while (i > 0 && units[i] > U) --i;
-          const double li = static_cast<double>(w.lamc[r * C + math::dla_lam_index(i, mr)]);
-          if (U < m_in) {
-            w.Win[r * C + U] = static_cast<R>(li * (w.decay ? w.eG[r] : 1.0));
-          } else {
-            const int64_t j = U - m_in;
-            R* pj = w.QK + r * LP + j;
-            if (w.decay)
-              *pj = static_cast<R>(li * w.dec(factored, r, j) * static_cast<double>(*pj));
-            else
-              *pj = static_cast<R>(li) * *pj;
-          }
-        }
-      }
+      readout_weights(w, tid, nth, Lc, m_in, factored);
       __syncthreads();
-      for (int64_t u = tid; u < m_in; u += nth) {
-        int32_t any = 0;
-        for (int64_t r = 0; r < Lc; ++r) any |= w.Win[r * C + u] != R(0) ? 1 : 0;
-        w.anyU[u] = any;
-      }
+      used_states(w, tid, nth, Lc, m_in);
       __syncthreads();
       // 5. Outputs of the slice's columns (v2's step 5).
-      {
-        const int64_t ngr = (Lc + kRt - 1) / kRt, nwi = ngr * ncw;
-        for (int64_t wi = tid; wi < nwi; wi += nth) {
-          const int64_t g = wi / ncw, c = wi % ncw, e = e0 + c, r0 = g * kRt;
-          R y[kRt];
-#pragma unroll
-          for (int a = 0; a < kRt; ++a) {
-            y[a] = R(0);
-            const int64_t r = r0 + a;
-            if (r < Lc)
-              for (int64_t j = 0; j <= r; ++j) y[a] += w.QK[r * LP + j] * w.Vc[j * Dv + e];
-          }
-          for (int64_t u = 0; u < m_in; ++u) {
-            if (!w.anyU[u]) continue;
-            const R* S = w.slots + w.in_slot[u] * SS + e;
-            R wr[kRt], acc[kRt];
-#pragma unroll
-            for (int a = 0; a < kRt; ++a) {
-              wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
-              acc[a] = R(0);
-            }
-            for (int64_t d = 0; d < Dk; ++d) {
-              const R sd = S[d * Dv];
-              R q8[kRt];
-              load_rows(w.QT + d * LP + r0, q8);
-#pragma unroll
-              for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * sd;
-            }
-#pragma unroll
-            for (int a = 0; a < kRt; ++a) y[a] += wr[a] * acc[a];
-          }
-#pragma unroll
-          for (int a = 0; a < kRt; ++a)
-            if (r0 + a < Lc)
-              static_cast<St*>(p.out.data)[at3(p.out, b, h, t0 + r0 + a) + e * p.out.stride[3]] = from_acc<St>(y[a]);
-        }
-      }
+      chunk_outputs(w, p, b, h, tid, nth, e0, ncw, t0, Lc, m_in);
       __syncthreads();  // the carried states are read; now they may be overwritten
       // 6. States at the chunk's end, the slice's columns only (v2's step 6 arithmetic).
-      {
-        const R E = static_cast<R>(w.decay ? w.eG[Lc - 1] : 1.0);
-        const int64_t ndg = (Dk + kDt - 1) / kDt;
-        for (int64_t wi = tid; wi < ndg * ncw; wi += nth) {
-          const int64_t d0 = (wi / ncw) * kDt, e = e0 + wi % ncw;
-          const int64_t nd = Dk - d0 < kDt ? Dk - d0 : kDt;
-          const bool kvec = Dk % 4 == 0 && nd == kDt;
-          for (int pass = 0; pass < 2; ++pass)
-            for (int64_t i = 0; i < m_out; ++i) {
-              const int64_t ulo = w.unit[i], uhi = i + 1 < m_out ? w.unit[i + 1] : m_in + Lc;
-              const bool carries = ulo < m_in;
-              if (carries != (pass == 0)) continue;
-              R x[kDt];
-#pragma unroll
-              for (int a = 0; a < kDt; ++a) x[a] = R(0);
-              if (carries) {
-                const R* s0 = w.slots + w.in_slot[ulo] * SS + d0 * Dv + e;
-#pragma unroll
-                for (int a = 0; a < kDt; ++a)
-                  if (a < nd) x[a] = s0[a * Dv];
-                const int64_t ue = uhi < m_in ? uhi : m_in;
-                for (int64_t u = ulo + 1; u < ue; ++u) {
-                  const R* su = w.slots + w.in_slot[u] * SS + d0 * Dv + e;
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a)
-                    if (a < nd) x[a] = x[a] + su[a * Dv];
-                }
-                if (w.decay) {
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a) x[a] = x[a] * E;
-                }
-              }
-              const int64_t j0 = (ulo > m_in ? ulo : m_in) - m_in, j1 = uhi - m_in;
-              if (j1 > j0) {
-                R acc[kDt];
-#pragma unroll
-                for (int a = 0; a < kDt; ++a) acc[a] = R(0);
-                for (int64_t j = j0; j < j1; ++j) {
-                  const R vj = w.decay ? w.decj[j] * w.Vc[j * Dv + e] : w.Vc[j * Dv + e];
-                  R k8[kDt];
-                  if (kvec) {
-                    load_rows(w.Kc + j * Dk + d0, k8);
-                  } else {
-#pragma unroll
-                    for (int a = 0; a < kDt; ++a) k8[a] = a < nd ? w.KT[(d0 + a) * LP + j] : R(0);
-                  }
-#pragma unroll
-                  for (int a = 0; a < kDt; ++a)
-                    if (a < nd) acc[a] += k8[a] * vj;
-                }
-#pragma unroll
-                for (int a = 0; a < kDt; ++a) x[a] = carries ? x[a] + acc[a] : acc[a];
-              }
-              R* dst = w.slots + w.slot[i] * SS + d0 * Dv + e;
-#pragma unroll
-              for (int a = 0; a < kDt; ++a)
-                if (a < nd) dst[a * Dv] = x[a];
-            }
-        }
-      }
+      w.chunk_end_states(tid, nth, e0, ncw, Lc, m_in, m_out);
     }
     __syncthreads();
     // The cache's states, the slice's columns (chronological, unused entries zero); pass B wrote the rest.
