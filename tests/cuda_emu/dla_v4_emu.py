@@ -19,18 +19,17 @@ k^T S v in double where the CPU uses float32, in other orders); decisions (bound
 starts, size) must be identical and values within 1e-10 (float64) / 1e-4 (float32, relative to 1 + |x|).
 The CUDA kernel itself is emulated bit for bit against v2 in tests/cuda_emu/test_dla_v2.cpp.
 
-Run: python tests/cuda_emu/dla_v4_emu.py   (about 8 s; .ci/run's emulation stage)
+Run: python tests/cuda_emu/dla_v4_emu.py with attnkit importable (installed, or PYTHONPATH=python in a
+development build); about 8 s; .ci/run's emulation stage
 """
 
 import math
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
-import attnkit  # noqa: E402
-from attnkit._tuning import tuning  # noqa: E402
+import attnkit  # the installed package (its CPU backend is the reference here)
+from attnkit._tuning import tuning
 
 RMS_EPS = 1e-6
 SCORE_EPS = 1e-6
