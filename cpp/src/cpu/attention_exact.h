@@ -83,12 +83,18 @@ struct ExactRun : ExactKernel<Cfg, St> {
     const AttnProblem& p = *c.p;
     *kn = 0;
     if constexpr (K::kSameType) return 0;
-    const int64_t readers = c.nqblocks * c.tiles * (c.G / c.Gp);  // query tiles reading each K/V chunk
-    if (c.dot || readers < 2 || p.Sk * (p.D + p.Dv) * sizeof(T) > kConvHeadBytes) return 0;
-    const std::size_t rows = static_cast<std::size_t>(p.B * p.Hkv * p.Sk);
-    *kn = c.pair_qk ? 0 : rows * p.D;  // PairDot reads the stored bfloat16 keys
-    const std::size_t n = *kn + (weights ? 0 : rows * p.Dv);
-    if (n * sizeof(T) <= kConvMaxBytes) return n;
+    if (c.dot || chunk_readers(c) < 2 || p.Sk * (p.D + p.Dv) * sizeof(T) > kConvHeadBytes) return 0;
+    return copy_elems(c, weights, static_cast<std::size_t>(p.B * p.Hkv * p.Sk), kConvMaxBytes, kn);
+  }
+  /// Query tiles that read each K/V chunk.
+  static int64_t chunk_readers(const Ctx& c) { return c.nqblocks * c.tiles * (c.G / c.Gp); }
+  /// Elements of a float32 copy of `rows` K and V rows (no keys where PairDot reads the stored bfloat16
+  /// keys, no values for attention_weights), in *kn those of the keys; 0 (and *kn = 0) when none are
+  /// copied or the copy would take more than `limit` bytes.
+  static std::size_t copy_elems(const Ctx& c, bool weights, std::size_t rows, std::size_t limit, std::size_t* kn) {
+    *kn = c.pair_qk ? 0 : rows * c.p->D;
+    const std::size_t n = *kn + (weights ? 0 : rows * c.p->Dv);
+    if (n > 0 && n * sizeof(T) <= limit) return n;
     *kn = 0;
     return 0;
   }
@@ -110,13 +116,8 @@ struct ExactRun : ExactKernel<Cfg, St> {
     const AttnProblem& p = *c.p;
     *kn = 0;
     if constexpr (K::kSameType) return 0;
-    const int64_t readers = c.nqblocks * c.tiles * (c.G / c.Gp);
-    if (c.dot || readers < 2 || BK * (p.D + p.Dv) * sizeof(T) > kThreadConvChunkBytes) return 0;
-    *kn = c.pair_qk ? 0 : static_cast<std::size_t>(p.Sk * p.D);
-    const std::size_t n = *kn + (weights ? 0 : static_cast<std::size_t>(p.Sk * p.Dv));
-    if (n > 0 && n * sizeof(T) <= kThreadConvBytes) return n;
-    *kn = 0;
-    return 0;
+    if (c.dot || chunk_readers(c) < 2 || BK * (p.D + p.Dv) * sizeof(T) > kThreadConvChunkBytes) return 0;
+    return copy_elems(c, weights, static_cast<std::size_t>(p.Sk), kThreadConvBytes, kn);
   }
   /// Converts the rows of kv head (b, h) of x ([B][Hkv][Sk][N] view) into dst [Sk][N] (one thread).
   static void convert_head(const AttnProblem& p, const ViewN<4>& x, int64_t N, int64_t b, int64_t h, T* dst) {
@@ -152,8 +153,8 @@ struct ExactRun : ExactKernel<Cfg, St> {
   static std::size_t pack_elems(const Ctx& c, bool weights) {
     const AttnProblem& p = *c.p;
     if constexpr (!K::kSameType || BK % K::R != 0) return 0;
-    const int64_t readers = c.nqblocks * c.tiles * (c.G / c.Gp);
-    if (weights || c.dot || c.nsplit > 1 || !c.k_direct || p.D < kPackMinD || readers < kPackReaders) return 0;
+    if (weights || c.dot || c.nsplit > 1 || !c.k_direct || p.D < kPackMinD || chunk_readers(c) < kPackReaders)
+      return 0;
     const std::size_t n = static_cast<std::size_t>(p.B * p.Hkv * ((p.Sk + K::R - 1) / K::R * K::R) * p.D);
     return n * sizeof(T) <= kConvMaxBytes ? n : 0;
   }
