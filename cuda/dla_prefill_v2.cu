@@ -815,11 +815,18 @@ __global__ void __launch_bounds__(32) dla_prefill_v4_b(const DLAProblem p, const
   v4_pass_b<St>(p, buf);
 }
 
+// C1: one chain of chunks per (item, slice) block, the states only; C2: every chunk at once, two blocks per SM
+// (the readout's layout, make_lay part 2, fits twice in an SM's shared memory at D = 64).
 template <class St>
-__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_c(const DLAProblem p, const Lay lay, const V4Buf buf,
-                                                             char* scratch) {
-  extern __shared__ __align__(16) unsigned char dla_v4c_smem[];
-  v4_pass_c<St>(p, lay, buf, scratch, reinterpret_cast<char*>(dla_v4c_smem));
+__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_c1(const DLAProblem p, const Lay lay, const V4Buf buf) {
+  extern __shared__ __align__(16) unsigned char dla_v4c1_smem[];
+  v4_pass_c1<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4c1_smem));
+}
+
+template <class St>
+__global__ void __launch_bounds__(kThreads, 2) dla_prefill_v4_c2(const DLAProblem p, const Lay lay, const V4Buf buf) {
+  extern __shared__ __align__(16) unsigned char dla_v4c2_smem[];
+  v4_pass_c2<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4c2_smem));
 }
 
 }  // namespace v2
@@ -876,31 +883,47 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   using namespace v2;
   const int64_t items = p.B * p.H;
   if (items == 0) return true;
-  Lay lay = make_lay(p, sizeof(R), choose_split(p));
+  const int64_t ns = choose_split(p);
+  Lay lay = make_lay(p, sizeof(R), ns);
   lay.batch_loads = 1;
+  const Lay lay1 = make_lay(p, sizeof(R), ns, 1), lay2 = make_lay(p, sizeof(R), 1, 2);
   int optin = 0;
   ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device_index));
   // Static shared memory of the passes (a few int64) and a margin stay out of the dynamic part.
   if (optin <= 0 || lay.smem + 1024 > static_cast<std::size_t>(optin)) return false;
+  // The chunk-start states of passes C1 and C2: (chunks + 1) x C states per item, run in item groups of at most
+  // kChsBudget bytes; an item that alone needs more (very long T) takes v3 / v2 instead.
+  constexpr std::size_t kChsBudget = std::size_t(2) << 30;
+  const int64_t nch = (p.T + lay.L - 1) / lay.L;
+  const std::size_t per_item = static_cast<std::size_t>((nch + 1) * p.C * p.Dk * p.Dv) * sizeof(R);
+  if (per_item > kChsBudget) return false;
+  const std::size_t all = static_cast<std::size_t>(items) * per_item;
+  const int64_t ngroups = static_cast<int64_t>((all + kChsBudget - 1) / kChsBudget);
+  const int64_t gitems = (items + ngroups - 1) / ngroups;
   ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(lay.smem)));
-  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_c<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(lay.smem)));
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_c1<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(lay1.smem)));
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_c2<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(lay2.smem)));
   auto up = [](std::size_t n) { return (n + 255) / 256 * 256; };
   const std::size_t T = static_cast<std::size_t>(p.T), C = static_cast<std::size_t>(p.C);
   const std::size_t slotA = up(static_cast<std::size_t>(p.Dk * p.Dv) * sizeof(R));
   const std::size_t ent = up(C * (2 * sizeof(int64_t) + sizeof(R)));
   const unsigned gridA = grid_for(items, slotA, p.device_index);
-  const unsigned gridC = grid_for(items * lay.ns, lay.gbytes, p.device_index);
   const unsigned gridB = static_cast<unsigned>(items < 65535 ? items : 65535);
   const std::size_t nI = up(static_cast<std::size_t>(items) * T * sizeof(R));
   const std::size_t nO = up(static_cast<std::size_t>(items) * T);
   const std::size_t nM = up(static_cast<std::size_t>(items) * T * sizeof(int32_t));
-  const std::size_t nA = gridA * slotA, nE = gridB * ent, nC = gridC * lay.gbytes;
-  Workspace ws(nC + nA + nI + nO + nM + nE, stream);
+  const std::size_t nA = gridA * slotA, nE = gridB * ent;
+  const std::size_t nS = up(static_cast<std::size_t>(gitems) * per_item);
+  const std::size_t nMc = up(static_cast<std::size_t>(gitems * (nch + 1)) * sizeof(int32_t));
+  Workspace ws(nS + nA + nI + nO + nM + nE + nMc, stream);
   char* base = ws.as<char>();
   V4Buf buf{};
-  char* at = base + nC;
+  char* at = base;
+  buf.chs = at;
+  at += nS;
   buf.slotsA = at;
   buf.slotA_bytes = slotA;
   at += nA;
@@ -912,12 +935,27 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   at += nM;
   buf.ent = at;
   buf.ent_bytes = ent;
+  at += nE;
+  buf.mc = reinterpret_cast<int32_t*>(at);
+  buf.nch = nch;
+  buf.ns2 = 1;
+  buf.ncol2 = p.Dv;
   dla_prefill_v4_a<St><<<gridA, kThreads, lay.smem, stream>>>(p, lay, buf);
   ATTNKIT_CUDA_CHECK_LAUNCH();
   dla_prefill_v4_b<St><<<gridB, 32, 0, stream>>>(p, buf);
   ATTNKIT_CUDA_CHECK_LAUNCH();
-  dla_prefill_v4_c<St><<<gridC, kThreads, lay.smem, stream>>>(p, lay, buf, base);
-  ATTNKIT_CUDA_CHECK_LAUNCH();
+  for (int64_t i0 = 0; i0 < items; i0 += gitems) {
+    buf.c_item0 = i0;
+    buf.c_items = items - i0 < gitems ? items - i0 : gitems;
+    const unsigned grid1 = grid_for(buf.c_items * lay1.ns, 0, p.device_index);
+    const unsigned grid2 = grid_for(buf.c_items * nch * buf.ns2, 0, p.device_index);
+    dla_prefill_v4_c1<St><<<grid1, kThreads, lay1.smem, stream>>>(p, lay1, buf);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+    if (nch > 0) {
+      dla_prefill_v4_c2<St><<<grid2, kThreads, lay2.smem, stream>>>(p, lay2, buf);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+  }
   return true;
 }
 

@@ -54,6 +54,11 @@ struct V4Buf {
   std::size_t ent_bytes;
   char* slotsA;   // per pass-A block: one Dk x Dv state (the open state)
   std::size_t slotA_bytes;
+  // Passes C1 and C2, run on the item group [c_item0, c_item0 + c_items) (launch_prefill_v4 bounds the array):
+  char* chs;        // R [c_items][nch + 1][C][Dk][Dv]: every entry's state at every chunk start, chronological
+  int32_t* mc;      // [c_items][nch + 1]: the entry count at every chunk start (and at the end)
+  int64_t c_item0, c_items, nch;
+  int64_t ns2, ncol2;  // C2's column split (slices of ncol2 columns; 1 slice by default)
 };
 
 /// Pass A on one block per item (grid-stride): scores and boundaries from the open state alone.
@@ -369,35 +374,103 @@ __device__ void v4_pass_b(const DLAProblem& p, const V4Buf& buf) {
   }
 }
 
-/// Pass C on one block per (item, column slice), grid-stride: the readout and the states of the slice's
-/// columns, the entry lists replayed from pass A's boundaries and pass B's merges.
+/// Q K^T lower triangle of the chunk in v2's kTg x kTg tiles (the same sums as v2's step 2), into w.QK.
 template <class St>
-__device__ void v4_pass_c(const DLAProblem& p, const Lay& lay, const V4Buf& buf, char* scratch, char* sm) {
+__device__ __forceinline__ void v4_qk_tiles(Blk<St>& w, int tid, int nth, int64_t Lc) {
+  using R = acc_t<St>;
+  const int64_t Dk = w.Dk, LP = w.LP;
+  const int64_t nt = (Lc + kTg - 1) / kTg;
+  for (int64_t idx = tid; idx < nt * nt; idx += nth) {
+    const int64_t ti = idx / nt, tj = idx % nt;
+    if (tj > ti) continue;
+    const int64_t r0 = ti * kTg, j0 = tj * kTg;
+    R qk[kTg][kTg];
+#pragma unroll
+    for (int a = 0; a < kTg; ++a)
+#pragma unroll
+      for (int c = 0; c < kTg; ++c) qk[a][c] = R(0);
+    for (int64_t d = 0; d < Dk; ++d) {
+      const R* kd = w.KT + d * LP;
+      const R* qd = w.QT + d * LP;
+      R kj[kTg], qr[kTg];
+#pragma unroll
+      for (int a = 0; a < kTg; ++a) {
+        kj[a] = kd[j0 + a];
+        qr[a] = qd[r0 + a];
+      }
+#pragma unroll
+      for (int a = 0; a < kTg; ++a)
+#pragma unroll
+        for (int c = 0; c < kTg; ++c) qk[a][c] += qr[a] * kj[c];
+    }
+#pragma unroll
+    for (int a = 0; a < kTg; ++a)
+#pragma unroll
+      for (int c = 0; c < kTg; ++c) {
+        const int64_t r = r0 + a, j = j0 + c;
+        if (r < Lc && j <= r) w.QK[r * LP + j] = qk[a][c];
+      }
+  }
+}
+
+/// Thread 0: the chunk's entry list replayed from the rows' boundaries and pass B's merged pairs (no ratio, no
+/// division): unit[i] = the first unit of entry i (units: the m_in entries at the chunk start, then the chunk's
+/// rows m_in + r), in_slot[u] = base + u (entry u's state at the chunk start, chronological in the chunk-start
+/// array), death[u] = the row at which unit u stopped starting an entry (with_death; the readout's snapshots).
+/// Returns the entry count at the chunk's end.
+template <class St>
+__device__ int64_t v4_replay(Blk<St>& w, int64_t Lc, int64_t m_in, int64_t base, bool with_death) {
+  for (int64_t u = 0; u < m_in; ++u) {
+    w.in_slot[u] = base + u;
+    w.unit[u] = u;
+  }
+  int64_t m = m_in;
+  for (int64_t r = 0; r < Lc; ++r) {
+    if (!w.rowOpen[r]) continue;
+    const int64_t i = w.rowMerged[r];
+    if (i >= 0) {
+      if (with_death) w.death[w.unit[i + 1]] = static_cast<int32_t>(r);
+      for (int64_t j = i + 1; j + 1 < m; ++j) w.unit[j] = w.unit[j + 1];
+      --m;
+    }
+    w.unit[m] = m_in + r;
+    ++m;
+  }
+  return m;
+}
+
+/// Elements of one item's chunk-start states in V4Buf::chs: (nch + 1) chunk starts x C entries x Dk x Dv.
+__device__ __forceinline__ int64_t v4_chs_item(const V4Buf& buf, int64_t C, int64_t SS) {
+  return (buf.nch + 1) * C * SS;
+}
+
+/// Pass C1 on one block per (item of the group, column slice), grid-stride: the states only, serial over the
+/// chunks (the short chain): per chunk K and V (no Q, no lam), the entry list replayed (v4_replay), and v2's
+/// step 6 arithmetic (chunk_end_states) from the entries at the chunk's start (chunk-start array n) into the
+/// entries at its end (array n + 1), the slice's columns; the entry count at every chunk start into buf.mc
+/// (slice 0). Then the cache's states (the slice's columns) from array nch.
+template <class St>
+__device__ void v4_pass_c1(const DLAProblem& p, const Lay& lay, const V4Buf& buf, char* sm) {
   using R = acc_t<St>;
   __shared__ int64_t sh_mc;
   const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
-  Blk<St> w(p, lay, sm, scratch + static_cast<std::size_t>(blockIdx.x) * lay.gbytes);
-  const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, items = p.B * p.H, T = p.T;
-  const int64_t ns = lay.ns, ncol = lay.ncol;
+  Blk<St> w(p, lay, sm, buf.chs);
+  const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, T = p.T, nch = buf.nch;
+  const int64_t ns = lay.ns, ncol = lay.ncol, per_item = v4_chs_item(buf, C, SS);
   const DLACacheViews& ci = p.cache_in;
   const DLACacheOut& co = p.cache_out;
 
-  for (int64_t wk = blockIdx.x; wk < items * ns; wk += gridDim.x) {
-    const int64_t it = wk / ns, slice = wk % ns;
+  for (int64_t wk = blockIdx.x; wk < buf.c_items * ns; wk += gridDim.x) {
+    const int64_t li = wk / ns, slice = wk % ns, it = buf.c_item0 + li;
     const int64_t b = it / p.H, h = it % p.H;
     const int64_t e0 = slice * ncol, e1 = e0 + ncol < Dv ? e0 + ncol : Dv, ncw = e1 - e0;
     w.b = b;
     w.h = h;
+    w.slots = reinterpret_cast<R*>(buf.chs) + li * per_item;
     const int64_t m0 =
         ci.present ? static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]] : 0;
-    int64_t m = 0, nfree = 0;  // thread 0's
-    if (tid == 0) {
-      m = m0;
-      for (int64_t i = 0; i < m; ++i) w.slot[i] = i;
-      for (int64_t s = C - 1; s >= m; --s) w.free_[nfree++] = s;
-      sh_mc = m;
-    }
-    if (m0 > 0) {  // the slice's columns of the carried states
+    if (tid == 0) sh_mc = m0;
+    if (m0 > 0) {  // the slice's columns of the carried states: chunk-start array 0
       const R* in = static_cast<const R*>(ci.states.data) + b * ci.states.stride[0] + h * ci.states.stride[1];
       for (int64_t idx = tid; idx < m0 * Dk * ncw; idx += nth) {
         const int64_t i = idx / (Dk * ncw), d = (idx / ncw) % Dk, e = e0 + idx % ncw;
@@ -405,107 +478,131 @@ __device__ void v4_pass_c(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
       }
     }
 
-    for (int64_t t0 = 0; t0 < T; t0 += L) {
-      const int64_t Lc = T - t0 < L ? T - t0 : L;
+    for (int64_t n = 0; n < nch; ++n) {
+      const int64_t t0 = n * L, Lc = T - t0 < L ? T - t0 : L;
       __syncthreads();  // the previous chunk (or the cache load) is complete
       const int64_t m_in = sh_mc;
-      // 1. The chunk (v3's batched loads, v2's layout), and the rows' boundaries and merges.
-      load_chunk_batched(w, p, b, h, tid, nth, t0, Lc);
+      // 1. K^T, K, V^T, V of the chunk (v3's batched loads), the rows' boundaries and merges.
+      batched(LP * Dk, tid, nth, [&](int64_t idx) {
+        const int64_t r = idx / Dk, d = idx - r * Dk;
+        return r < Lc ? ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]) : R(0);
+      }, [&](int64_t idx, R k) {
+        const int64_t r = idx / Dk, d = idx - r * Dk;
+        w.KT[d * LP + r] = k;
+        if (r < Lc) w.Kc[r * Dk + d] = k;
+      });
+      load_v_batched(w, p, b, h, tid, nth, t0, Lc);
       for (int64_t r = tid; r < Lc; r += nth) {
         w.rowOpen[r] = buf.O[it * T + t0 + r];
         w.rowMerged[r] = buf.M[it * T + t0 + r];
       }
-      for (int64_t u = tid; u < m_in + Lc; u += nth) w.death[u] = 0x7fffffff;
       w.decay_sums(tid, t0, Lc);
       __syncthreads();
       const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
       w.decay_exps(tid, nth, t0, Lc, factored, false);
-      // 2. Q K^T lower triangle in v2's kTg x kTg tiles (the same sums as v2's).
-      {
-        const int64_t nt = (Lc + kTg - 1) / kTg;
-        for (int64_t idx = tid; idx < nt * nt; idx += nth) {
-          const int64_t ti = idx / nt, tj = idx % nt;
-          if (tj > ti) continue;
-          const int64_t r0 = ti * kTg, j0 = tj * kTg;
-          R qk[kTg][kTg];
-#pragma unroll
-          for (int a = 0; a < kTg; ++a)
-#pragma unroll
-            for (int c = 0; c < kTg; ++c) qk[a][c] = R(0);
-          for (int64_t d = 0; d < Dk; ++d) {
-            const R* kd = w.KT + d * LP;
-            const R* qd = w.QT + d * LP;
-            R kj[kTg], qr[kTg];
-#pragma unroll
-            for (int a = 0; a < kTg; ++a) {
-              kj[a] = kd[j0 + a];
-              qr[a] = qd[r0 + a];
-            }
-#pragma unroll
-            for (int a = 0; a < kTg; ++a)
-#pragma unroll
-              for (int c = 0; c < kTg; ++c) qk[a][c] += qr[a] * kj[c];
-          }
-#pragma unroll
-          for (int a = 0; a < kTg; ++a)
-#pragma unroll
-            for (int c = 0; c < kTg; ++c) {
-              const int64_t r = r0 + a, j = j0 + c;
-              if (r < Lc && j <= r) w.QK[r * LP + j] = qk[a][c];
-            }
-        }
-      }
-      // 3. The entry lists replayed (thread 0): v2's scan bookkeeping with the merged pair given.
+      // 2. The entry lists (thread 0): chunk-start array n in, array n + 1 out (chronological).
       if (tid == 0) {
-        for (int64_t u = 0; u < m_in; ++u) {
-          w.in_slot[u] = w.slot[u];
-          w.unit[u] = u;
-        }
-        for (int64_t r = 0; r < Lc; ++r) {
-          if (!w.rowOpen[r]) continue;
-          const int64_t i = w.rowMerged[r];
-          if (i >= 0) {
-            w.death[w.unit[i + 1]] = static_cast<int32_t>(r);
-            for (int64_t j = i + 1; j + 1 < m; ++j) {
-              w.slot[j] = w.slot[j + 1];
-              w.unit[j] = w.unit[j + 1];
-            }
-            --m;
-          }
-          w.unit[m] = m_in + r;
-          ++m;
-        }
-        w.assign_slots(m, Lc, m_in, nfree);
+        if (slice == 0) buf.mc[li * (nch + 1) + n] = static_cast<int32_t>(m_in);
+        const int64_t m = v4_replay(w, Lc, m_in, n * C, false);
+        for (int64_t i = 0; i < m; ++i) w.slot[i] = (n + 1) * C + i;
         sh_mc = m;
       }
-      __syncthreads();  // the replay's lists; er, fj for decj and the weights
+      __syncthreads();  // the lists; er, fj for decj
       const int64_t m_out = sh_mc;
       if (w.decay)
         for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
-      for (int64_t r = tid; r < Lc; r += nth) w.snapshot(r, m_in);
       __syncthreads();
-      // 4. Readout weights (v2's), one (row r, unit U <= m_in + r) per thread.
-      readout_weights(w, tid, nth, Lc, m_in, factored);
-      __syncthreads();
-      used_states(w, tid, nth, Lc, m_in);
-      __syncthreads();
-      // 5. Outputs of the slice's columns (v2's step 5).
-      chunk_outputs(w, p, b, h, tid, nth, e0, ncw, t0, Lc, m_in);
-      __syncthreads();  // the carried states are read; now they may be overwritten
-      // 6. States at the chunk's end, the slice's columns only (v2's step 6 arithmetic).
+      // 3. States at the chunk's end, the slice's columns (v2's step 6 arithmetic; reads array n, writes n + 1).
       w.chunk_end_states(tid, nth, e0, ncw, Lc, m_in, m_out);
     }
     __syncthreads();
     // The cache's states, the slice's columns (chronological, unused entries zero); pass B wrote the rest.
     {
       const int64_t mf = sh_mc;
+      if (tid == 0 && slice == 0) buf.mc[li * (nch + 1) + nch] = static_cast<int32_t>(mf);
+      const R* fin = w.slots + nch * C * SS;
       R* outs = static_cast<R*>(co.states.data) + b * co.states.stride[0] + h * co.states.stride[1];
       for (int64_t idx = tid; idx < C * Dk * ncw; idx += nth) {
         const int64_t i = idx / (Dk * ncw), d = (idx / ncw) % Dk, e = e0 + idx % ncw;
         outs[i * co.states.stride[2] + d * co.states.stride[3] + e * co.states.stride[4]] =
-            i < mf ? w.slots[w.slot[i] * SS + d * Dv + e] : R(0);
+            i < mf ? fin[i * SS + d * Dv + e] : R(0);
       }
     }
-    __syncthreads();  // the next work unit reuses the scratch and the shared memory
+    __syncthreads();  // the next work unit reuses the shared memory
+  }
+}
+
+/// Pass C2 on one block per (item of the group, chunk, column slice of buf.ns2), grid-stride, every chunk at
+/// once: v2's readout (steps 2, 4, 5: Q K^T tiles, snapshots, readout weights, outputs) of the chunk from the
+/// entries' states at its start (C1's chunk-start array n, read-only) and the entry list replayed from pass A's
+/// boundaries and pass B's merges; writes y of the chunk's rows, the slice's columns.
+template <class St>
+__device__ void v4_pass_c2(const DLAProblem& p, const Lay& lay, const V4Buf& buf, char* sm) {
+  using R = acc_t<St>;
+  const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
+  Blk<St> w(p, lay, sm, buf.chs);
+  const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, T = p.T, nch = buf.nch;
+  const int64_t ns2 = buf.ns2, ncol2 = buf.ncol2, per_item = v4_chs_item(buf, C, SS);
+
+  for (int64_t wk = blockIdx.x; wk < buf.c_items * nch * ns2; wk += gridDim.x) {
+    const int64_t li = wk / (nch * ns2), n = (wk / ns2) % nch, slice = wk % ns2, it = buf.c_item0 + li;
+    const int64_t b = it / p.H, h = it % p.H;
+    const int64_t e0 = slice * ncol2, e1 = e0 + ncol2 < Dv ? e0 + ncol2 : Dv, ncw = e1 - e0;
+    const int64_t t0 = n * L, Lc = T - t0 < L ? T - t0 : L;
+    w.b = b;
+    w.h = h;
+    w.slots = reinterpret_cast<R*>(buf.chs) + li * per_item;
+    const int64_t m_in = buf.mc[li * (nch + 1) + n];
+    __syncthreads();  // the previous work unit is done with the shared memory
+    // 1. Q^T, K^T (rows Lc .. LP-1 zero), V row-major and the lambdas of the chunk (v3's batched loads), the
+    //    rows' boundaries and merges.
+    {
+      struct QKv {
+        R q, k;
+      };
+      batched(LP * Dk, tid, nth, [&](int64_t idx) {
+        const int64_t r = idx / Dk, d = idx - r * Dk;
+        QKv x{R(0), R(0)};
+        if (r < Lc) {
+          x.q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
+          x.k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
+        }
+        return x;
+      }, [&](int64_t idx, const QKv& x) {
+        const int64_t r = idx / Dk, d = idx - r * Dk;
+        w.QT[d * LP + r] = x.q;
+        w.KT[d * LP + r] = x.k;
+      });
+      batched(Lc * Dv, tid, nth, [&](int64_t idx) {
+        const int64_t r = idx / Dv, e = idx - r * Dv;
+        return ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]);
+      }, [&](int64_t idx, R x) { w.Vc[idx] = x; });
+      batched(Lc * C, tid, nth, [&](int64_t idx) {
+        const int64_t r = idx / C, c = idx - r * C;
+        return ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
+      }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
+    }
+    for (int64_t r = tid; r < Lc; r += nth) {
+      w.rowOpen[r] = buf.O[it * T + t0 + r];
+      w.rowMerged[r] = buf.M[it * T + t0 + r];
+    }
+    for (int64_t u = tid; u < m_in + Lc; u += nth) w.death[u] = 0x7fffffff;
+    w.decay_sums(tid, t0, Lc);
+    __syncthreads();
+    const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
+    w.decay_exps(tid, nth, t0, Lc, factored, false);
+    // 2. Q K^T (v2's tiles); the entry lists replayed by thread 0 meanwhile.
+    v4_qk_tiles(w, tid, nth, Lc);
+    if (tid == 0) (void)v4_replay(w, Lc, m_in, n * C, true);
+    __syncthreads();  // QK, the lists and deaths; er, fj for the weights
+    for (int64_t r = tid; r < Lc; r += nth) w.snapshot(r, m_in);
+    __syncthreads();
+    // 3. Readout weights (v2's), one (row r, unit U <= m_in + r) per thread.
+    readout_weights(w, tid, nth, Lc, m_in, factored);
+    __syncthreads();
+    used_states(w, tid, nth, Lc, m_in);
+    __syncthreads();
+    // 4. Outputs of the slice's columns (v2's step 5), the carried states from chunk-start array n.
+    chunk_outputs(w, p, b, h, tid, nth, e0, ncw, t0, Lc, m_in);
   }
 }
