@@ -803,11 +803,18 @@ inline int64_t choose_split(const DLAProblem& p) {
   return ns;
 }
 
-// (kThreads, 1) on passes A and C: with kThreads alone ptxas held them to 128 registers and spilled 20-60 bytes.
+// (kThreads, 1) on the passes with v2's full layout: with kThreads alone ptxas held them to 128 registers and
+// spilled 20-60 bytes.
 template <class St>
-__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_a(const DLAProblem p, const Lay lay, const V4Buf buf) {
-  extern __shared__ __align__(16) unsigned char dla_v4a_smem[];
-  v4_pass_a<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4a_smem));
+__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_a1(const DLAProblem p, const Lay lay, const V4Buf buf) {
+  extern __shared__ __align__(16) unsigned char dla_v4a1_smem[];
+  v4_pass_a1<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4a1_smem));
+}
+
+template <class St>
+__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_a2(const DLAProblem p, const Lay lay, const V4Buf buf) {
+  extern __shared__ __align__(16) unsigned char dla_v4a2_smem[];
+  v4_pass_a2<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4a2_smem));
 }
 
 template <class St>
@@ -891,16 +898,21 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device_index));
   // Static shared memory of the passes (a few int64) and a margin stay out of the dynamic part.
   if (optin <= 0 || lay.smem + 1024 > static_cast<std::size_t>(optin)) return false;
-  // The chunk-start states of passes C1 and C2: (chunks + 1) x C states per item, run in item groups of at most
-  // kChsBudget bytes; an item that alone needs more (very long T) takes v3 / v2 instead.
+  // The per-item arrays of passes A1 / A2 (a score table per chunk) and C1 / C2 ((chunks + 1) x C states): they
+  // run in item groups of at most kChsBudget bytes; an item that alone needs more (very long T) takes v3 / v2.
   constexpr std::size_t kChsBudget = std::size_t(2) << 30;
   const int64_t nch = (p.T + lay.L - 1) / lay.L;
-  const std::size_t per_item = static_cast<std::size_t>((nch + 1) * p.C * p.Dk * p.Dv) * sizeof(R);
+  const std::size_t L = static_cast<std::size_t>(lay.L);
+  const std::size_t chs_item = static_cast<std::size_t>((nch + 1) * p.C * p.Dk * p.Dv) * sizeof(R);
+  const std::size_t tab_item = static_cast<std::size_t>(nch) * (L * L * sizeof(R) + 2 * L * sizeof(double));
+  const std::size_t per_item = chs_item + tab_item;
   if (per_item > kChsBudget) return false;
   const std::size_t all = static_cast<std::size_t>(items) * per_item;
   const int64_t ngroups = static_cast<int64_t>((all + kChsBudget - 1) / kChsBudget);
   const int64_t gitems = (items + ngroups - 1) / ngroups;
-  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a1<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(lay.smem)));
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a2<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(lay.smem)));
   ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_c1<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(lay1.smem)));
@@ -910,15 +922,16 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   const std::size_t T = static_cast<std::size_t>(p.T), C = static_cast<std::size_t>(p.C);
   const std::size_t slotA = up(static_cast<std::size_t>(p.Dk * p.Dv) * sizeof(R));
   const std::size_t ent = up(C * (2 * sizeof(int64_t) + sizeof(R)));
-  const unsigned gridA = grid_for(items, slotA, p.device_index);
+  const unsigned gridA = grid_for(gitems, slotA, p.device_index);
   const unsigned gridB = static_cast<unsigned>(items < 65535 ? items : 65535);
   const std::size_t nI = up(static_cast<std::size_t>(items) * T * sizeof(R));
   const std::size_t nO = up(static_cast<std::size_t>(items) * T);
   const std::size_t nM = up(static_cast<std::size_t>(items) * T * sizeof(int32_t));
   const std::size_t nA = gridA * slotA, nE = gridB * ent;
-  const std::size_t nS = up(static_cast<std::size_t>(gitems) * per_item);
+  const std::size_t gi = static_cast<std::size_t>(gitems), gch = gi * static_cast<std::size_t>(nch);
+  const std::size_t nS = up(gi * chs_item), nTab = up(gch * L * L * sizeof(R)), nTs = up(gch * L * sizeof(double));
   const std::size_t nMc = up(static_cast<std::size_t>(gitems * (nch + 1)) * sizeof(int32_t));
-  Workspace ws(nS + nA + nI + nO + nM + nE + nMc, stream);
+  Workspace ws(nS + nA + nI + nO + nM + nE + nMc + nTab + 2 * nTs, stream);
   char* base = ws.as<char>();
   V4Buf buf{};
   char* at = base;
@@ -937,18 +950,34 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   buf.ent_bytes = ent;
   at += nE;
   buf.mc = reinterpret_cast<int32_t*>(at);
+  at += nMc;
+  buf.tab = at;
+  at += nTab;
+  buf.tsuf = reinterpret_cast<double*>(at);
+  at += nTs;
+  buf.tbv = reinterpret_cast<double*>(at);
   buf.nch = nch;
   buf.ns2 = 1;
   buf.ncol2 = p.Dv;
-  dla_prefill_v4_a<St><<<gridA, kThreads, lay.smem, stream>>>(p, lay, buf);
-  ATTNKIT_CUDA_CHECK_LAUNCH();
+  for (int64_t i0 = 0; i0 < items; i0 += gitems) {  // A1: every chunk's table; A2: the chains of chunks
+    buf.item0 = i0;
+    buf.nitems = items - i0 < gitems ? items - i0 : gitems;
+    if (nch > 0) {
+      const unsigned grid1 = grid_for(buf.nitems * nch, 0, p.device_index);
+      dla_prefill_v4_a1<St><<<grid1, kThreads, lay.smem, stream>>>(p, lay, buf);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+      const unsigned grid2 = grid_for(buf.nitems, 0, p.device_index);
+      dla_prefill_v4_a2<St><<<grid2 < gridA ? grid2 : gridA, kThreads, lay.smem, stream>>>(p, lay, buf);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+  }
   dla_prefill_v4_b<St><<<gridB, 32, 0, stream>>>(p, buf);
   ATTNKIT_CUDA_CHECK_LAUNCH();
-  for (int64_t i0 = 0; i0 < items; i0 += gitems) {
-    buf.c_item0 = i0;
-    buf.c_items = items - i0 < gitems ? items - i0 : gitems;
-    const unsigned grid1 = grid_for(buf.c_items * lay1.ns, 0, p.device_index);
-    const unsigned grid2 = grid_for(buf.c_items * nch * buf.ns2, 0, p.device_index);
+  for (int64_t i0 = 0; i0 < items; i0 += gitems) {  // C1: the chains of chunk-start states; C2: every readout
+    buf.item0 = i0;
+    buf.nitems = items - i0 < gitems ? items - i0 : gitems;
+    const unsigned grid1 = grid_for(buf.nitems * lay1.ns, 0, p.device_index);
+    const unsigned grid2 = grid_for(buf.nitems * nch * buf.ns2, 0, p.device_index);
     dla_prefill_v4_c1<St><<<grid1, kThreads, lay1.smem, stream>>>(p, lay1, buf);
     ATTNKIT_CUDA_CHECK_LAUNCH();
     if (nch > 0) {

@@ -54,28 +54,132 @@ struct V4Buf {
   std::size_t ent_bytes;
   char* slotsA;   // per pass-A block: one Dk x Dv state (the open state)
   std::size_t slotA_bytes;
-  // Passes C1 and C2, run on the item group [c_item0, c_item0 + c_items) (launch_prefill_v4 bounds the array):
-  char* chs;        // R [c_items][nch + 1][C][Dk][Dv]: every entry's state at every chunk start, chronological
-  int32_t* mc;      // [c_items][nch + 1]: the entry count at every chunk start (and at the end)
-  int64_t c_item0, c_items, nch;
+  // Passes A1 (the chunk-local score tables, every chunk at once), beside A2 (the carried column, serial):
+  void* tab;        // R [nitems][nch][L][L]: the score of row r under the open state opened at chunk row s < r
+  double* tsuf;     // [nitems][nch][L]: Suf[r][0] (the pair sum of row r over the chunk rows 0 .. r-1), r >= 1
+  double* tbv;      // [nitems][nch][L]: Bv[r] = |k_r|^2 |v_r|^2
+  // A1, A2, C1 and C2 run on the item group [item0, item0 + nitems) (launch_prefill_v4 bounds the arrays):
+  char* chs;        // R [nitems][nch + 1][C][Dk][Dv]: every entry's state at every chunk start, chronological
+  int32_t* mc;      // [nitems][nch + 1]: the entry count at every chunk start (and at the end)
+  int64_t item0, nitems, nch;
   int64_t ns2, ncol2;  // C2's column split (slices of ncol2 columns; 1 slice by default)
 };
 
-/// Pass A on one block per item (grid-stride): scores and boundaries from the open state alone.
+/// K^T (rows Lc .. LP-1 zero) and K row-major of rows t0 .. t0 + Lc - 1 (v3's batched loads).
 template <class St>
-__device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf, char* sm) {
+__device__ __forceinline__ void v4_load_k(Blk<St>& w, const DLAProblem& p, int64_t b, int64_t h, int tid, int nth,
+                                          int64_t t0, int64_t Lc) {
+  using R = acc_t<St>;
+  const int64_t LP = w.LP, Dk = w.Dk;
+  batched(LP * Dk, tid, nth, [&](int64_t idx) {
+    const int64_t r = idx / Dk, d = idx - r * Dk;
+    return r < Lc ? ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]) : R(0);
+  }, [&](int64_t idx, R k) {
+    const int64_t r = idx / Dk, d = idx - r * Dk;
+    w.KT[d * LP + r] = k;
+    if (r < Lc) w.Kc[r * Dk + d] = k;
+  });
+}
+
+/// Pass A1 on one block per (item of the group, chunk), grid-stride, every chunk at once: v2's chunk-local part
+/// of the scores (nothing here depends on the state carried into the chunk): the Gram lower triangles K K^T and
+/// V V^T in double, Bv_r and the pair terms, the suffix sums, the A chains and the score table of every open
+/// state opened at a chunk row s (0 <= s < r; v2's a_chain and score_entry, the same operations in the same
+/// order). Writes the table (R: its entries are R-rounded), Suf[r][0] and Bv[r] of the chunk to buf.tab,
+/// tsuf, tbv for pass A2.
+template <class St>
+__device__ void v4_pass_a1(const DLAProblem& p, const Lay& lay, const V4Buf& buf, char* sm) {
+  using R = acc_t<St>;
+  const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
+  Blk<St> w(p, lay, sm, nullptr);
+  const int64_t L = w.L, LP = w.LP, T = p.T, nch = buf.nch;
+  R* tab = static_cast<R*>(buf.tab);
+  for (int64_t wk = blockIdx.x; wk < buf.nitems * nch; wk += gridDim.x) {
+    const int64_t li = wk / nch, n = wk % nch, it = buf.item0 + li;
+    const int64_t b = it / p.H, h = it % p.H;
+    const int64_t t0 = n * L, Lc = T - t0 < L ? T - t0 : L;
+    const int64_t ci = li * nch + n;  // the chunk's index in the group's tables
+    w.b = b;
+    w.h = h;
+    __syncthreads();  // the previous work unit is done with the shared memory
+    v4_load_k(w, p, b, h, tid, nth, t0, Lc);
+    load_v_batched(w, p, b, h, tid, nth, t0, Lc);
+    w.decay_sums(tid, t0, Lc);
+    __syncthreads();
+    const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
+    w.decay_exps(tid, nth, t0, Lc, factored, true);
+    __syncthreads();
+    // v2's Gram tiles without Q K^T: Bv_r and the pair terms into Suf (double).
+    {
+      const int64_t nt = (Lc + kTg - 1) / kTg;
+      for (int64_t idx = tid; idx < nt * nt; idx += nth) {
+        const int64_t ti = idx / nt, tj = idx % nt;
+        if (tj > ti) continue;
+        const int64_t r0 = ti * kTg, j0 = tj * kTg;
+        double kk[kTg][kTg], vv[kTg][kTg];
+#pragma unroll
+        for (int a = 0; a < kTg; ++a)
+#pragma unroll
+          for (int c = 0; c < kTg; ++c) {
+            kk[a][c] = 0;
+            vv[a][c] = 0;
+          }
+        w.gram_tile(w.KT, w.Dk, r0, j0, kk);
+        w.gram_tile(w.VT, w.Dv, r0, j0, vv);
+#pragma unroll
+        for (int a = 0; a < kTg; ++a)
+#pragma unroll
+          for (int c = 0; c < kTg; ++c) {
+            const int64_t r = r0 + a, j = j0 + c;
+            if (r >= Lc || j > r) continue;
+            if (j == r)
+              w.Bv[r] = kk[a][c] * vv[a][c];
+            else
+              w.Suf[r * LP + j] = w.dec(factored, r, j) * kk[a][c] * vv[a][c];
+          }
+      }
+    }
+    __syncthreads();
+    w.suffix_sums(tid, nth, Lc);
+    __syncthreads();
+    for (int64_t s = tid; s < Lc; s += nth) w.a_chain(s, Lc, 0.0);
+    __syncthreads();
+    for (int64_t idx = tid; idx < Lc * Lc; idx += nth) {
+      const int64_t r = idx / Lc, s = idx % Lc;
+      if (s < r) w.score_entry(s, r);
+    }
+    __syncthreads();
+    for (int64_t idx = tid; idx < Lc * Lc; idx += nth) {
+      const int64_t r = idx / Lc, s = idx % Lc;
+      if (s < r) tab[ci * L * L + r * L + s] = static_cast<R>(w.Sc[r * LP + s]);
+    }
+    for (int64_t r = tid; r < Lc; r += nth) {
+      buf.tbv[ci * L + r] = w.Bv[r];
+      if (r > 0) buf.tsuf[ci * L + r] = w.Suf[r * LP];
+    }
+  }
+}
+
+/// Pass A2 on one block per item of the group (grid-stride), serial over its chunks: only what depends on the
+/// state carried into a chunk. Per chunk K and V; K S_open (double), k_r^T S_open v_r and ||S_open||^2 (v2's
+/// open_terms), the carried A chain (thread 0) and its scores; the rest of the score table, Suf[r][0] and Bv
+/// from pass A1; the lookups (no merge: one thread, a compare per row) and the open state at the chunk's end
+/// by v2's step 6 arithmetic for that one entry. Writes the score (R) and boundary (u8) of every token.
+template <class St>
+__device__ void v4_pass_a2(const DLAProblem& p, const Lay& lay, const V4Buf& buf, char* sm) {
   using R = acc_t<St>;
   __shared__ int64_t sh_open;  // 1: the item's cache is not empty (an open state exists)
   __shared__ int64_t sh_lo;    // the open state's first chunk row after the scan, -1: the one carried in
   const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
   Blk<St> w(p, lay, sm, buf.slotsA + static_cast<std::size_t>(blockIdx.x) * buf.slotA_bytes);
-  const int64_t Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, C = w.C, items = p.B * p.H, T = p.T;
+  const int64_t Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, C = w.C, T = p.T, nch = buf.nch;
   const DLACacheViews& ci = p.cache_in;
   R* Ig = static_cast<R*>(buf.I);
+  const R* tab = static_cast<const R*>(buf.tab);
   R* open = w.slots;  // the open state, Dk x Dv row-major (v2's slot layout)
 
-  for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
-    const int64_t b = it / p.H, h = it % p.H;
+  for (int64_t li = blockIdx.x; li < buf.nitems; li += gridDim.x) {
+    const int64_t it = buf.item0 + li, b = it / p.H, h = it % p.H;
     w.b = b;
     w.h = h;
     const int64_t m0 =
@@ -90,76 +194,41 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
     }
     if (tid == 0) sh_open = m0 > 0 ? 1 : 0;
 
-    for (int64_t t0 = 0; t0 < T; t0 += L) {
-      const int64_t Lc = T - t0 < L ? T - t0 : L;
+    for (int64_t n = 0; n < nch; ++n) {
+      const int64_t t0 = n * L, Lc = T - t0 < L ? T - t0 : L, cix = li * nch + n;
       __syncthreads();  // the previous chunk (or the cache load) is complete
       const int64_t m_in = sh_open;  // 0 or 1 entries that matter: the open one
-      // 1. K^T, K, V^T, V of the chunk (rows Lc .. LP-1 of the transposed arrays zero), loads batched.
-      batched(LP * Dk, tid, nth, [&](int64_t idx) {
-        const int64_t r = idx / Dk, d = idx - r * Dk;
-        return r < Lc ? ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]) : R(0);
-      }, [&](int64_t idx, R k) {
-        const int64_t r = idx / Dk, d = idx - r * Dk;
-        w.KT[d * LP + r] = k;
-        if (r < Lc) w.Kc[r * Dk + d] = k;
-      });
+      // 1. K^T, K, V^T, V of the chunk (rows Lc .. LP-1 of the transposed arrays zero), loads batched; A1's
+      //    Bv and Suf[r][0].
+      v4_load_k(w, p, b, h, tid, nth, t0, Lc);
       load_v_batched(w, p, b, h, tid, nth, t0, Lc);
+      for (int64_t r = tid; r < Lc; r += nth) {
+        w.Bv[r] = buf.tbv[cix * L + r];
+        if (r > 0) w.Suf[r * LP] = buf.tsuf[cix * L + r];
+      }
       w.decay_sums(tid, t0, Lc);
       __syncthreads();
       const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
       w.decay_exps(tid, nth, t0, Lc, factored, true);
-      __syncthreads();
-      // 2. v2's Gram tiles without Q K^T: Bv_r and the pair terms into Suf (double).
-      {
-        const int64_t nt = (Lc + kTg - 1) / kTg;
-        for (int64_t idx = tid; idx < nt * nt; idx += nth) {
-          const int64_t ti = idx / nt, tj = idx % nt;
-          if (tj > ti) continue;
-          const int64_t r0 = ti * kTg, j0 = tj * kTg;
-          double kk[kTg][kTg], vv[kTg][kTg];
-#pragma unroll
-          for (int a = 0; a < kTg; ++a)
-#pragma unroll
-            for (int c = 0; c < kTg; ++c) {
-              kk[a][c] = 0;
-              vv[a][c] = 0;
-            }
-          w.gram_tile(w.KT, Dk, r0, j0, kk);
-          w.gram_tile(w.VT, Dv, r0, j0, vv);
-#pragma unroll
-          for (int a = 0; a < kTg; ++a)
-#pragma unroll
-            for (int c = 0; c < kTg; ++c) {
-              const int64_t r = r0 + a, j = j0 + c;
-              if (r >= Lc || j > r) continue;
-              if (j == r)
-                w.Bv[r] = kk[a][c] * vv[a][c];
-              else
-                w.Suf[r * LP + j] = w.dec(factored, r, j) * kk[a][c] * vv[a][c];
-            }
-        }
-      }
-      // The open state carried in: K S_open (double) then k_r^T S v_r, and ||S_open||^2 (v2's sums).
+      __syncthreads();  // er, fj for decj
+      // 2. The open state carried in: K S_open (double) then k_r^T S v_r, and ||S_open||^2 (v2's sums).
       double A_open = 0.0;
-      if (m_in > 0) {
-        A_open = w.open_terms(open, tid, tid, nth, Lc);
-      }
-      __syncthreads();
-      w.suffix_sums(tid, nth, Lc);
+      if (m_in > 0) A_open = w.open_terms(open, tid, tid, nth, Lc);  // synchronizes
       if (w.decay)
         for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
-      __syncthreads();
-      for (int64_t s = tid - (m_in > 0 ? 1 : 0); s < Lc; s += nth) w.a_chain(s, Lc, A_open);
-      __syncthreads();
-      {
-        const int64_t ns0 = m_in > 0 ? 1 : 0, NS = Lc + ns0;
-        for (int64_t idx = tid; idx < Lc * NS; idx += nth) {
-          const int64_t r = idx / NS, s = idx % NS - ns0;
-          if (s < r) w.score_entry(s, r);
-        }
+      __syncthreads();  // cp (KS is read: the table may take its place); eG, a2
+      // 3. The score table: A1's entries (s >= 0) over KS, the carried column (s = -1: thread 0's A chain, then
+      //    one score per thread).
+      for (int64_t idx = tid; idx < Lc * Lc; idx += nth) {
+        const int64_t r = idx / Lc, s = idx % Lc;
+        if (s < r) w.Sc[r * LP + s] = static_cast<double>(tab[cix * L * L + r * L + s]);
       }
+      if (m_in > 0 && tid == 0) w.a_chain(-1, Lc, A_open);
       __syncthreads();
-      // 3. The boundaries: a lookup per row (the entry count matters only as empty / not: dla_opens_state).
+      if (m_in > 0)
+        for (int64_t r = tid; r < Lc; r += nth) w.score_entry(-1, r);
+      __syncthreads();
+      // 4. The boundaries: a lookup per row (the entry count matters only as empty / not: dla_opens_state).
       if (tid == 0) {
         bool carried = m_in > 0;
         int64_t open_lo = 0, mm = m_in;
@@ -182,7 +251,7 @@ __device__ void v4_pass_a(const DLAProblem& p, const Lay& lay, const V4Buf& buf,
         Ig[it * T + t0 + r] = w.rowI[r];
         buf.O[it * T + t0 + r] = static_cast<uint8_t>(w.rowOpen[r]);
       }
-      // 4. The open state at the chunk's end: v2's step 6 for that entry (carried: E S + the chunk's sum over
+      // 5. The open state at the chunk's end: v2's step 6 for that entry (carried: E S + the chunk's sum over
       //    every row; opened at row lo: the sum over rows lo .. Lc-1), in place (each thread its elements).
       {
         const int64_t lo = sh_lo;
@@ -460,8 +529,8 @@ __device__ void v4_pass_c1(const DLAProblem& p, const Lay& lay, const V4Buf& buf
   const DLACacheViews& ci = p.cache_in;
   const DLACacheOut& co = p.cache_out;
 
-  for (int64_t wk = blockIdx.x; wk < buf.c_items * ns; wk += gridDim.x) {
-    const int64_t li = wk / ns, slice = wk % ns, it = buf.c_item0 + li;
+  for (int64_t wk = blockIdx.x; wk < buf.nitems * ns; wk += gridDim.x) {
+    const int64_t li = wk / ns, slice = wk % ns, it = buf.item0 + li;
     const int64_t b = it / p.H, h = it % p.H;
     const int64_t e0 = slice * ncol, e1 = e0 + ncol < Dv ? e0 + ncol : Dv, ncw = e1 - e0;
     w.b = b;
@@ -544,8 +613,8 @@ __device__ void v4_pass_c2(const DLAProblem& p, const Lay& lay, const V4Buf& buf
   const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, T = p.T, nch = buf.nch;
   const int64_t ns2 = buf.ns2, ncol2 = buf.ncol2, per_item = v4_chs_item(buf, C, SS);
 
-  for (int64_t wk = blockIdx.x; wk < buf.c_items * nch * ns2; wk += gridDim.x) {
-    const int64_t li = wk / (nch * ns2), n = (wk / ns2) % nch, slice = wk % ns2, it = buf.c_item0 + li;
+  for (int64_t wk = blockIdx.x; wk < buf.nitems * nch * ns2; wk += gridDim.x) {
+    const int64_t li = wk / (nch * ns2), n = (wk / ns2) % nch, slice = wk % ns2, it = buf.item0 + li;
     const int64_t b = it / p.H, h = it % p.H;
     const int64_t e0 = slice * ncol2, e1 = e0 + ncol2 < Dv ? e0 + ncol2 : Dv, ncw = e1 - e0;
     const int64_t t0 = n * L, Lc = T - t0 < L ? T - t0 : L;

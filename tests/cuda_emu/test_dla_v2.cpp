@@ -186,7 +186,7 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
   // v4: passes A and B, then C1 (the states at every chunk start, serial over chunks) and C2 (the readout, every
   // chunk at once) over item groups of `gitems` (launch_prefill_v4's loop), grids smaller than the work
   // (grid-stride loops); ns2 = C2's column split. Run twice with other grids, splits and groups: the same bits.
-  auto run_v4 = [&](DLAProblem& pp, unsigned gA, unsigned gB, unsigned gC1, unsigned gC2, int64_t ns2,
+  auto run_v4 = [&](DLAProblem& pp, unsigned gA1, unsigned gA, unsigned gB, unsigned gC1, unsigned gC2, int64_t ns2,
                     int64_t gitems) {
     using namespace cuda::dla;
     v2::Lay lay = v2::make_lay(pp, sizeof(T), ns);
@@ -197,6 +197,9 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     std::vector<T> slotsA(gA * SS + 1, T(NAN)), Ibuf(items * TT + 1, T(NAN));
     std::vector<T> chs(static_cast<std::size_t>(gitems * (nch + 1) * C * SS) + 1, T(NAN));
     std::vector<int32_t> mc(static_cast<std::size_t>(gitems * (nch + 1)) + 1, -7);
+    const std::size_t gch = static_cast<std::size_t>(gitems * nch), LL = static_cast<std::size_t>(lay.L);
+    std::vector<T> tab(gch * LL * LL + 1, T(NAN));
+    std::vector<double> tsuf(gch * LL + 1, NAN), tbv(gch * LL + 1, NAN);
     std::vector<uint8_t> Obuf(items * TT + 1, 7);
     std::vector<int32_t> Mbuf(items * TT + 1, -7);
     const std::size_t ent = static_cast<std::size_t>(C) * (2 * sizeof(int64_t) + sizeof(T));
@@ -206,18 +209,29 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     buf.ent = reinterpret_cast<char*>(entb.data()); buf.ent_bytes = ent;
     buf.slotsA = reinterpret_cast<char*>(slotsA.data()); buf.slotA_bytes = SS * sizeof(T);
     buf.chs = reinterpret_cast<char*>(chs.data()); buf.mc = mc.data(); buf.nch = nch;
+    buf.tab = tab.data(); buf.tsuf = tsuf.data(); buf.tbv = tbv.data();
     buf.ncol2 = (Dv + ns2 - 1) / ns2;
     buf.ns2 = (Dv + buf.ncol2 - 1) / buf.ncol2;
     std::vector<double> smem_d(lay.smem / sizeof(double) + 2);
     char* smem = reinterpret_cast<char*>(smem_d.data());
     auto fresh = [&] { std::memset(smem_d.data(), 0xff, smem_d.size() * sizeof(double)); };
     if (lay1.smem > lay.smem || lay2.smem > lay.smem) throw std::runtime_error("C1 / C2 layout larger than A's");
-    fresh();
-    emu_launch(gA, [&] { v2::v4_pass_a<T>(pp, lay, buf, smem); });
+    for (int64_t i0 = 0; i0 < B * H; i0 += gitems) {  // A1 (every chunk's table), then A2 (the chains)
+      buf.item0 = i0;
+      buf.nitems = std::min<int64_t>(gitems, B * H - i0);
+      std::fill(tab.begin(), tab.end(), T(NAN));  // a group never reads another's tables
+      std::fill(tsuf.begin(), tsuf.end(), NAN);
+      std::fill(tbv.begin(), tbv.end(), NAN);
+      fresh();
+      if (nch > 0) emu_launch(gA1, [&] { v2::v4_pass_a1<T>(pp, lay, buf, smem); });
+      fresh();
+      if (nch > 0) emu_launch(std::min<unsigned>(gA, static_cast<unsigned>(buf.nitems)),
+                              [&] { v2::v4_pass_a2<T>(pp, lay, buf, smem); });
+    }
     emu_launch(gB, [&] { v2::v4_pass_b<T>(pp, buf); });
     for (int64_t i0 = 0; i0 < B * H; i0 += gitems) {
-      buf.c_item0 = i0;
-      buf.c_items = std::min<int64_t>(gitems, B * H - i0);
+      buf.item0 = i0;
+      buf.nitems = std::min<int64_t>(gitems, B * H - i0);
       std::fill(chs.begin(), chs.end(), T(NAN));  // a group never reads another's arrays
       fresh();
       emu_launch(gC1, [&] { v2::v4_pass_c1<T>(pp, lay1, buf, smem); });
@@ -225,9 +239,9 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
       if (nch > 0) emu_launch(gC2, [&] { v2::v4_pass_c2<T>(pp, lay2, buf, smem); });
     }
   };
-  run_v4(p4, 2, 3, 3, 5, 1, B * H);
+  run_v4(p4, 5, 2, 3, 3, 5, 1, B * H);
   if (g_emu_threads < 32)  // the launch checks on the cheap block sizes (the 32-thread runs cover the warp paths)
-    run_v4(p5, 1, 1, 2, 7, 3, 1);
+    run_v4(p5, 2, 1, 1, 2, 7, 3, 1);
   else
     b5 = b4;
   cpu::dla_generic(p2);
