@@ -1,9 +1,11 @@
 """Host emulation of the three-pass DLA chunked prefill (cuda/dla_prefill_v4.cuh), checked against the CPU
 backend (attnkit.dynamic_linear_attention): the decomposition of shared/specs/dla.md's step into
 
-  pass A  per item, over its chunks: the scores and boundaries from the OPEN state only (one state per item:
-          the open state is never merged while it is open, spec invariant 7), then that open state at the
-          chunk's end;
+  pass A1 per (item, chunk), every chunk at once: the score table of every open state OPENED in the chunk (the A
+          chain from B_s, the pair sums from the Gram terms), Suf[r][0] and B_r -- nothing carried in;
+  pass A2 per item, over its chunks: the scores and boundaries from the OPEN state only (one state per item:
+          the open state is never merged while it is open, spec invariant 7): the carried column (K S v,
+          ||S||^2 and its A chain) and lookups in A1's table, then that open state at the chunk's end;
   pass B  per item, over all T tokens: the merge chain from (boundary, score) per token and the entries'
           (count, info) only -- no state is read;
   pass C1 per (item, column slice), over its chunks: the states only -- the entry list replayed per chunk from
@@ -90,10 +92,58 @@ def chunk_decay(g, t0, Lc):
     return G, eG, a2, dec
 
 
-def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R):
-    """One item. Consumes k, v, g and the open state carried in (or none); produces I[t] (dtype R) and
-    opens[t], and the open state after every chunk (kept in R, rebuilt as v2's step 6 does for the open
-    entry: E * S + sum_j dec(L-1, j) k_j v_j^T, or the sum over its chunk tokens only)."""
+def chunk_terms(k, v, g, t0, Lc, R):
+    """A chunk's K, V (dtype R), decay factors, Gram pair terms KK_rj VV_rj e^{G_r-G_j} (double) and Bv_r."""
+    K = k[t0:t0 + Lc].astype(R)
+    V = v[t0:t0 + Lc].astype(R)
+    if g is not None:
+        G, eG, a2, dec = chunk_decay(g, t0, Lc)
+    else:
+        eG = np.ones(Lc)
+        a2 = np.ones(Lc)
+        dec = lambda r, j: 1.0  # noqa: E731
+    Kd, Vd = K.astype(np.float64), V.astype(np.float64)
+    KK, VV = Kd @ Kd.T, Vd @ Vd.T  # the GPU forms both in double
+    Bv = np.diag(KK) * np.diag(VV)
+    return K, V, eG, a2, dec, KK, VV, Bv
+
+
+def suffix(KK, VV, dec, r, lo):
+    """sum_{lo <= j < r} dec(r, j) KK_rj VV_rj, v2's suffix sums: j from r-1 down."""
+    pr = 0.0
+    for j in range(r - 1, lo - 1, -1):
+        pr += dec(r, j) * KK[r, j] * VV[r, j]
+    return pr
+
+
+def pass_a1(k, v, g, drift, L, R):
+    """One item, every chunk independently (nothing depends on the state carried in): the score table of every
+    open state opened at a chunk row s (tab[n][r, s], s < r, rounded to R: the A chain from Bv_s), Suf[r][0] (the
+    pair sum over the chunk rows 0 .. r-1) and Bv_r."""
+    T, Dk = k.shape
+    n = float(Dk) * float(v.shape[1])
+    out = []
+    for t0 in range(0, T, L):
+        Lc = min(L, T - t0)
+        K, V, eG, a2, dec, KK, VV, Bv = chunk_terms(k, v, g, t0, Lc, R)
+        tab = np.full((Lc, Lc), np.nan)
+        for s in range(Lc):  # the A chain of the state opened at s (one GPU thread each)
+            A_after = Bv[s]
+            for r in range(s + 1, Lc):
+                A = a2[r] * A_after
+                pr = suffix(KK, VV, dec, r, s)
+                tab[r, s] = R(info_score(drift, A, Bv[r], pr, n))
+                A_after = joined(A, Bv[r], pr)
+        suf0 = np.array([suffix(KK, VV, dec, r, 0) for r in range(Lc)])
+        out.append((tab, suf0, Bv))
+    return out
+
+
+def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R, tables):
+    """Pass A2, one item, serial over its chunks: consumes k, v, g, the open state carried in (or none) and
+    pass A1's tables; only the carried column is computed here (K S v, ||S||^2, its A chain); produces I[t]
+    (dtype R) and opens[t], and the open state after every chunk (kept in R, rebuilt as v2's step 6 does for
+    the open entry: E * S + sum_j dec(L-1, j) k_j v_j^T, or the sum over its chunk tokens only)."""
     T, Dk = k.shape
     Dv = v.shape[1]
     n = float(Dk) * float(Dv)
@@ -101,8 +151,9 @@ def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R):
     opens = np.zeros(T, bool)
     S = None if m_in == 0 else open_in.astype(R).copy()
     nonempty = m_in > 0
-    for t0 in range(0, T, L):
+    for ci, t0 in enumerate(range(0, T, L)):
         Lc = min(L, T - t0)
+        tab, suf0, Bv = tables[ci]
         K = k[t0:t0 + Lc].astype(R)
         V = v[t0:t0 + Lc].astype(R)
         if g is not None:
@@ -111,27 +162,27 @@ def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R):
             eG = np.ones(Lc)
             a2 = np.ones(Lc)
             dec = lambda r, j: 1.0  # noqa: E731
-        Kd, Vd = K.astype(np.float64), V.astype(np.float64)
-        KK, VV = Kd @ Kd.T, Vd @ Vd.T  # the GPU forms both in double
-        Bv = np.diag(KK) * np.diag(VV)
         carried = S is not None
-        if carried:
+        Ac = np.zeros(Lc)
+        if carried:  # the carried column: its A chain (thread 0), then its scores
+            Kd, Vd = K.astype(np.float64), V.astype(np.float64)
             cp = np.einsum("rd,de,re->r", Kd, S.astype(np.float64), Vd)
             A_after = float(np.sum(S.astype(np.float64) ** 2))
+            for r in range(Lc):
+                A = a2[r] * A_after
+                pr = eG[r] * cp[r] + (suf0[r] if r > 0 else 0.0)
+                Ac[r] = R(info_score(drift, A, Bv[r], pr, n))
+                A_after = joined(A, Bv[r], pr)
         open_lo = 0
-        for r in range(Lc):
-            A = a2[r] * A_after if nonempty else 0.0
-            pr = eG[r] * cp[r] if carried else 0.0
-            for j in range(r - 1, open_lo - 1, -1):  # v2's suffix sums: j from r-1 down
-                pr += dec(r, j) * KK[r, j] * VV[r, j]
-            score = info_score(drift, A, Bv[r], pr, n) if nonempty else 0.0
-            Ir = R(score)
+        for r in range(Lc):  # the lookups
+            if not nonempty:
+                Ir = R(0)
+            else:
+                Ir = R(Ac[r] if carried else tab[r, open_lo])
             o = opens_state(Ir, tau, C, 1 if nonempty else 0)
             I[t0 + r], opens[t0 + r] = Ir, o
             if o:
-                open_lo, carried, A_after = r, False, Bv[r]
-            else:
-                A_after = joined(A, Bv[r], pr)
+                open_lo, carried = r, False
             nonempty = True
         # The open state at the chunk's end (only the open state: no other state is kept in pass A).
         decj = np.array([dec(Lc - 1, j) for j in range(Lc)]).astype(R)
@@ -277,7 +328,8 @@ def three_pass(q, k, v, lam, C, tau, g, drift, cache, L, ns, ns2=1, order_rng=No
             m_in = int(cache.size[b, h]) if cache is not None else 0
             gi = None if g is None else g[b, h]
             open_in = cache.states[b, h, m_in - 1] if m_in > 0 else None
-            I, opens = pass_a(k[b, h], v[b, h], gi, tau, C, drift, L, open_in, m_in, R)
+            tables = pass_a1(k[b, h], v[b, h], gi, drift, L, R)
+            I, opens = pass_a(k[b, h], v[b, h], gi, tau, C, drift, L, open_in, m_in, R, tables)
             ci = cache.counts[b, h, :m_in] if m_in else []
             fi = cache.info[b, h, :m_in] if m_in else []
             si = cache.starts[b, h, :m_in] if m_in else []
