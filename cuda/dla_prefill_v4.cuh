@@ -65,6 +65,9 @@ struct V4Buf {
   int64_t ns2, ncol2;  // C2's column split (slices of ncol2 columns; 1 slice by default)
 };
 
+/// Pass A2's rounds of the carried column (rows whose K S_open is formed at once).
+constexpr int64_t kA2Rows = 8;
+
 /// K^T (rows Lc .. LP-1 zero) and K row-major of rows t0 .. t0 + Lc - 1 (v3's batched loads).
 template <class St>
 __device__ __forceinline__ void v4_load_k(Blk<St>& w, const DLAProblem& p, int64_t b, int64_t h, int tid, int nth,
@@ -211,22 +214,66 @@ __device__ void v4_pass_a2(const DLAProblem& p, const Lay& lay, const V4Buf& buf
       const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
       w.decay_exps(tid, nth, t0, Lc, factored, true);
       __syncthreads();  // er, fj for decj
-      // 2. The open state carried in: K S_open (double) then k_r^T S v_r, and ||S_open||^2 (v2's sums).
-      double A_open = 0.0;
-      if (m_in > 0) A_open = w.open_terms(open, tid, tid, nth, Lc);  // synchronizes
       if (w.decay)
         for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
-      __syncthreads();  // cp (KS is read: the table may take its place); eG, a2
-      // 3. The score table: A1's entries (s >= 0) over KS, the carried column (s = -1: thread 0's A chain, then
-      //    one score per thread).
+      // 2. The carried column, only as far as it is needed: the open state carried in is open until the first
+      //    row whose score under it opens a state, and no later row reads it. So by rounds of kA2Rows rows: K
+      //    S_open (double) and k_r^T S v_r of the round's rows (v2's open_terms sums, element for element), then
+      //    thread 0 walks the round (v2's a_chain step and score_entry for s = -1, same operations) and stops at
+      //    the first opening row. Random data open at nearly every row: one round instead of Lc rows of K S_open.
+      if (m_in > 0) {  // uniform over the block
+        double sq = 0;
+        for (int64_t idx = tid; idx < SS; idx += nth) {
+          const double x = static_cast<double>(open[idx]);
+          sq += x * x;
+        }
+        double A_after = block_total(sq, w.red);  // ||S_open||^2, v2's block sum (synchronizes); thread 0's chain
+        for (int64_t r0 = 0; r0 < Lc; r0 += kA2Rows) {
+          const int64_t r1 = Lc - r0 < kA2Rows ? Lc : r0 + kA2Rows;
+          for (int64_t idx = tid; idx < (r1 - r0) * Dv; idx += nth) {
+            const int64_t r = r0 + idx / Dv, e = idx % Dv;
+            double u[4] = {0, 0, 0, 0};
+            int64_t d = 0;
+            for (; d + 4 <= Dk; d += 4) {
+#pragma unroll
+              for (int a = 0; a < 4; ++a)
+                u[a] += static_cast<double>(w.KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
+            }
+            for (; d < Dk; ++d) u[0] += static_cast<double>(w.KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
+            w.KS[r * Dv + e] = (u[0] + u[1]) + (u[2] + u[3]);
+          }
+          __syncthreads();
+          for (int64_t r = r0 + tid; r < r1; r += nth) {
+            double acc = 0;
+            for (int64_t e = 0; e < Dv; ++e) acc += w.KS[r * Dv + e] * static_cast<double>(w.Vc[r * Dv + e]);
+            w.cp[r] = acc;
+          }
+          __syncthreads();
+          if (tid == 0) {
+            int64_t stop = r1 == Lc ? 1 : 0;
+            for (int64_t r = r0; r < r1; ++r) {
+              const double A = (w.decay ? w.a2[r] : 1.0) * A_after;
+              const double pr = w.pair_sum(-1, r);
+              w.Ac[r] = A;
+              A_after = math::dla_joined_sq_norm(A, w.Bv[r], pr);
+              w.score_entry(-1, r);
+              if (math::dla_opens_state(static_cast<R>(w.Ac[r]), w.p.tau, C, 1)) {
+                stop = 1;
+                break;
+              }
+            }
+            sh_lo = stop;
+          }
+          __syncthreads();
+          if (sh_lo) break;  // uniform
+        }
+      }
+      __syncthreads();  // KS is read (the table takes its place); cp, Ac; eG, a2, decj
+      // 3. The rest of the score table: A1's entries (s >= 0).
       for (int64_t idx = tid; idx < Lc * Lc; idx += nth) {
         const int64_t r = idx / Lc, s = idx % Lc;
         if (s < r) w.Sc[r * LP + s] = static_cast<double>(tab[cix * L * L + r * L + s]);
       }
-      if (m_in > 0 && tid == 0) w.a_chain(-1, Lc, A_open);
-      __syncthreads();
-      if (m_in > 0)
-        for (int64_t r = tid; r < Lc; r += nth) w.score_entry(-1, r);
       __syncthreads();
       // 4. The boundaries: a lookup per row (the entry count matters only as empty / not: dla_opens_state).
       if (tid == 0) {
