@@ -1,46 +1,70 @@
 #pragma once
-// DLA prefill v4: three passes ("dla_prefill_v4", gated in cuda/runtime.cu kCompiled; dla.cu takes it through
-// launch_prefill_v4 when has_kernel("dla_prefill_v4"), ATTNKIT_DLA_V4 is not "0" and tuning dla_split >= 0;
-// dla_split = -3 takes v3 beside it). Included by dla_prefill_v2.cu after prefill_body (the passes reuse v2's
-// Blk, its shared-memory layout and its phases' arithmetic). tests/cuda_emu/dla_v4_emu.py checks the
+// DLA prefill v4: five kernels, A1 A2 B C1 C2 ("dla_prefill_v4", gated in cuda/runtime.cu kCompiled; dla.cu takes
+// it through launch_prefill_v4 when has_kernel("dla_prefill_v4"), ATTNKIT_DLA_V4 is not "0" and tuning dla_split
+// >= 0; dla_split = -3 takes v3 beside it). Included by dla_prefill_v2.cu after prefill_body (the passes reuse
+// v2's Blk, its shared-memory layout and its phases' arithmetic). tests/cuda_emu/dla_v4_emu.py checks the
 // decomposition against the CPU backend; tests/cuda_emu/test_dla_v2.cpp emulates these bodies and checks v4
-// == v2 bit for bit (outputs, aux, cache) and both against the CPU.
+// == v2 bit for bit (outputs, aux, cache), v4 against the CPU, and v4 == v4 bit for bit under other grids, item
+// groups and C2 column splits (launch-configuration independence).
 //
 // Why it is exact. The open state is never merged while open (a merge happens only when a token opens a new
 // state, and then the old open state is closed), so the scores and boundaries need only the open state (spec
 // invariant 7); the merges need only the entries' (count, info); the readout and the C states are then plain
-// multi-state linear attention on known spans, each value column independent. So:
+// multi-state linear attention on known spans, each value column independent. Every value is formed by v2's
+// operations in v2's order (each element by one thread, fixed loops and block trees, no atomics): the bits are
+// v2's, whatever the grid, the group or the split. So:
 //
-// (A) pass_a, one block per item over its chunks: v2's phases 1-2b (chunk loads of K and V, the Gram lower
-//     triangles K K^T and V V^T in double, K S_open and ||S_open||^2, the suffix sums, the score table), a
-//     scan that only looks the scores up (no merge: one thread, a compare per row), and the open state at the
-//     chunk's end by v2's step 6 arithmetic for that one entry (one Dk x Dv state per item instead of C; no Q,
-//     no lam, no readout). Writes the score (R) and boundary (u8) of every token to global scratch. The
-//     scores are v2's bits: the same open state values, the same formulas in the same order.
-// (B) pass_b, one warp per item over all T tokens: the merge chain (v3's warp scan on (count, info, start) in
-//     lanes, C <= 32; thread 0 with math::dla_merge_pair over global arrays otherwise), tokens fetched 32 at a
-//     time (one coalesced load per lane, then shuffles). Writes merged[t] (int32 scratch), the aux outputs and
-//     the cache's counts, info, starts and size.
-// (C) pass_c, one block per (item, column slice) over its chunks: v2's readout and state update restricted to
-//     the slice's columns (v2 updated every column in every slice block, for the scan), the entry lists
-//     replayed by thread 0 from (boundary, merged) per row: a shift of two small arrays per merge, no ratio,
-//     no division. Writes y and the slice's columns of the cache's states.
+// (A1) v4_pass_a1, one block per (item, chunk), EVERY CHUNK AT ONCE: the chunk-local part of v2's phases 1-2b
+//      (K, V; the Gram lower triangles K K^T and V V^T in double; the pair terms and suffix sums; the A chains and
+//      scores of every open state opened at a chunk row s < r): nothing there depends on the state carried in.
+//      Writes the score table (R), Suf[r][0] and Bv[r] of every chunk to global scratch.
+// (A2) v4_pass_a2, one block per item, serial over its chunks: only the carried column. ||S_open||^2, then by
+//      rounds of kA2Rows = 8 rows K S_open (double), k_r^T S_open v_r and thread 0's A chain and scores, stopping
+//      at the first row that opens a state (no later row reads the carried state: random data stop in the first
+//      round, v2 formed K S_open for all Lc rows); the rest of the table from A1; the lookups (a compare per row);
+//      the open state at the chunk's end (v2's step 6 for that one entry). Writes every token's score and boundary.
+// (B)  v4_pass_b, one warp per item over all T tokens: the merge chain (v3's warp scan on (count, info, start) in
+//      lanes, C <= 32; thread 0 with math::dla_merge_pair otherwise). Writes merged[t], the aux outputs and the
+//      cache's counts, info, starts and size.
+// (C1) v4_pass_c1, one block per (item, column slice), serial over its chunks, the STATES ONLY: K and V of the
+//      chunk, the entry list replayed by thread 0 from (boundary, merged) per row (v4_replay: a shift of one small
+//      array per merge), v2's step 6 arithmetic from the entries at the chunk's start into those at its end. Keeps
+//      the entries' states at EVERY chunk start (chronological, (chunks + 1) x C states per item: the array is the
+//      state storage, no slot bookkeeping) and the entry count there; writes the cache's states.
+// (C2) v4_pass_c2, one block per (item, chunk, C2 column slice: 1 by default), EVERY CHUNK AT ONCE: v2's readout
+//      (Q K^T tiles, the replayed lists, snapshots, readout weights, outputs) from C1's states at the chunk's start.
+//      Readout layout only (make_lay part 2: no score arrays, no K row-major, no V^T): two blocks per SM at D = 64.
+// A1 and A2, then C1 and C2, run per item group (launch_prefill_v4: the tables and the chunk-start states of a
+// group stay under 2 GiB; one group for B = 4, H = 16, S = 4096, C = 16, D = 64: 1.09 GB + 70 MB; an item that
+// alone needs more takes v3 / v2). All launches on the caller's stream, each waiting for the previous one.
 //
-// Three launches on the caller's stream (A, B, C); B waits for all of A, C for all of B.
-//
-// Expected time (an ESTIMATE from dla_prefill_v3.cuh's per-chunk breakdown, whose sums run ~2x short of the
-// measured latency; H200, float16, B = 4, H = 16, D = 64, C = 16, S = 4096 = 64 chunks, random data: a merge at
-// every token; NOT measured): A ~ loads of K, V 7K + Gram 9K + K S_open in double 33K + suffix sums and A chains
-// 8K + score table 7K + lookups 3K + open-state update 4K = ~70K cycles, x2 = ~70 us per chunk, ~4.5 ms (64
-// blocks, one item each); B ~350 cycles per merge x 4096 = ~0.7 ms; C (split 2: 128 blocks) ~ loads 10K + QK 5K
-// + replay 6K + snapshots, weights 12K + readout 50K + state update of half the columns 8K = ~90K x2 = ~90 us per
-// chunk, ~5.8 ms. Total ~11 ms vs v2's measured 17.2 ms (~1.5x): the removal of the serial merge scan and of
-// the redundant C-state work, not yet the target (exact attention 1.14 ms). What bounds it: A and C are still
-// one serial chain of chunks per block. Next: (i) C chunk-parallel (the C states at every chunk start from a
-// short chunk-level pass over pass B's spans, then every chunk's readout at once, on tensor cores); (ii) A's
-// in-chunk part (Gram, suffix sums, the table for open states opened in the chunk) for all chunks in parallel,
-// leaving serial only the carried column (K S_in v, ||S_in||^2) and the lookups; (iii) B beside C of the
-// previous item range (streams), as dla_prefill_v3.cuh's header sketches.
+// Expected time: an ESTIMATE, NOT MEASURED (nothing of v4 has run on a GPU). H200, float16, B = 4, H = 16, D = 64,
+// C = 16, S = 4096 = 64 chunks of 64, random data (a boundary and a merge at nearly every token); cycles at
+// 1.98 GHz from dla_prefill_v3.cuh's per-phase breakdown, doubled for latency as there (its sums ran ~2x short of
+// v2's measured 17.2 ms):
+//   A1  4096 blocks, ~190 KB shared memory: 1 per SM, 31 waves. Per block: K, V loads 7K + Gram 9K + suffix sums
+//       and 64 A chains 8K + table 7K + writes 1K = 32K, x2 = 32 us; 31 x 32 us                        ~1.0 ms
+//       (traffic: K, V 67 MB read, tables 70 MB written: ~0.03 ms of HBM)
+//   A2  64 blocks, 64 chunks each. Per chunk: K, V loads 7K + A1's table 2K + ||S||^2 1K + one round of the
+//       carried column (K S_open for 8 rows: 1/8 of v2's 33K, ~4K; cp 1K; thread 0's steps 3K) 8K + lookups 3K
+//       + open-state update 4K + barriers 2K = 27K, x2 = 27 us; 64 x 27 us                               ~1.75 ms
+//       (data with no boundary in a chunk run all 8 rounds: up to ~+35K per chunk, ~3.5 ms)
+//   B   ~350 cycles per merge x 4096 tokens (unchanged)                                                  ~0.7 ms
+//   C1  128 blocks (split 2), 64 chunks each. Per chunk: K, V loads 7K + replay 6K + state update of 32
+//       columns (16 entries, one carried state each from L2) 8K + barriers 2K = 24K, x2 = 24 us           ~1.55 ms
+//       (traffic: the chunk-start states, 1.09 GB written, read by C1 and by C2: ~3.3 GB, ~0.7 ms of HBM at
+//       4.8 TB/s, spread under C1's latency and C2)
+//   C2  4096 blocks, ~91 KB: 2 per SM, 15.5 waves. Per block: Q, K, V, lam loads 10K + Q K^T 5K (replay beside
+//       it) + snapshots, weights 12K + readout of 64 columns (4.2M FMA: 16 states x 64 rows x 64 x 64) ~100K =
+//       ~130K cycles = 65 us; 15.5 x 65 us = 1.0 ms if the two blocks of an SM overlap, 2.0 ms if not.
+//       Bound: 17.2 G FMA in all = 0.51 ms at the H200's SIMT float32 peak                             1.0-2.0 ms
+//   Total ~6-7 ms vs v2's measured 17.2 ms (~2.5-2.9x) and exact attention's measured 1.14 ms (still ~5-6x short
+//   of issue 10's target). What bounds it now: three per-item serial chains (A2, B, C1: ~4 ms of the total) at
+//   64-128 blocks on 132 SMs, launched one after another. Next: (a) B inside A2 (a warp that follows A2's chunks
+//   one behind, through shared memory) so B's 0.7 ms hides; (b) B writes the entry starts at every chunk
+//   boundary, so C1 and C2 need no replay, and C1's per-chunk work is one pass over the states; (c) C2's readout
+//   on tensor cores (3xTF32 or split-bf16 to keep float32 accuracy; TF32 alone fails the CPU tolerance in float32);
+//   (d) A1 with a trimmed layout (K^T, V^T, Suf, the table: ~112 KB, 2 blocks per SM).
 
 // No namespaces here: dla_prefill_v2.cu includes this inside attnkit::detail::cuda::dla::v2.
 
