@@ -5,7 +5,8 @@ backend (attnkit.dynamic_linear_attention): the decomposition of shared/specs/dl
           chain from B_s, the pair sums from the Gram terms), Suf[r][0] and B_r -- nothing carried in;
   pass A2 per item, over its chunks: the scores and boundaries from the OPEN state only (one state per item:
           the open state is never merged while it is open, spec invariant 7): the carried column (K S v,
-          ||S||^2 and its A chain) and lookups in A1's table, then that open state at the chunk's end;
+          ||S||^2 and its A chain, by rounds of 8 rows up to the first row that opens a state) and lookups in
+          A1's table, then that open state at the chunk's end;
   pass B  per item, over all T tokens: the merge chain from (boundary, score) per token and the entries'
           (count, info) only -- no state is read;
   pass C1 per (item, column slice), over its chunks: the states only -- the entry list replayed per chunk from
@@ -164,15 +165,24 @@ def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R, tables):
             dec = lambda r, j: 1.0  # noqa: E731
         carried = S is not None
         Ac = np.zeros(Lc)
-        if carried:  # the carried column: its A chain (thread 0), then its scores
+        if carried:  # the carried column by rounds of 8 rows (A2's kA2Rows), up to the first row it opens
             Kd, Vd = K.astype(np.float64), V.astype(np.float64)
-            cp = np.einsum("rd,de,re->r", Kd, S.astype(np.float64), Vd)
             A_after = float(np.sum(S.astype(np.float64) ** 2))
-            for r in range(Lc):
-                A = a2[r] * A_after
-                pr = eG[r] * cp[r] + (suf0[r] if r > 0 else 0.0)
-                Ac[r] = R(info_score(drift, A, Bv[r], pr, n))
-                A_after = joined(A, Bv[r], pr)
+            Ac[:] = np.nan  # rows past the stop are never computed, never read
+            stop = False
+            for r0 in range(0, Lc, 8):
+                rows = range(r0, min(Lc, r0 + 8))
+                cp = {r: float(Kd[r] @ S.astype(np.float64) @ Vd[r]) for r in rows}
+                for r in rows:
+                    A = a2[r] * A_after
+                    pr = eG[r] * cp[r] + (suf0[r] if r > 0 else 0.0)
+                    Ac[r] = R(info_score(drift, A, Bv[r], pr, n))
+                    A_after = joined(A, Bv[r], pr)
+                    if opens_state(R(Ac[r]), tau, C, 1):
+                        stop = True
+                        break
+                if stop:
+                    break
         open_lo = 0
         for r in range(Lc):  # the lookups
             if not nonempty:
