@@ -34,8 +34,9 @@
 // (C2) v4_pass_c2, one block per (item, chunk, C2 column slice: 1 by default), EVERY CHUNK AT ONCE: v2's readout
 //      (Q K^T tiles, the replayed lists, snapshots, readout weights, outputs) from C1's states at the chunk's start.
 //      Readout layout only (make_lay part 2: no score arrays, no K row-major, no V^T): two blocks per SM at D = 64.
-// A1 and A2, then C1 and C2, run per item group (launch_prefill_v4: the tables and the chunk-start states of a
-// group stay under 2 GiB; one group for B = 4, H = 16, S = 4096, C = 16, D = 64: 1.09 GB + 70 MB; an item that
+// A1 and A2, then C1 and C2, run per item group (launch_prefill_v4: a group's tables, or its chunk-start states,
+// stay under 2 GiB or a quarter of the free device memory; the two share one region, A being done before C starts;
+// one group each for B = 4, H = 16, S = 4096, C = 16, D = 64: 70 MB of tables, 1.09 GB of states; an item that
 // alone needs more takes v3 / v2). All launches on the caller's stream, each waiting for the previous one.
 //
 // Expected time: an ESTIMATE, NOT MEASURED (nothing of v4 has run on a GPU). H200, float16, B = 4, H = 16, D = 64,
