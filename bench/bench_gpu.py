@@ -282,9 +282,9 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
         has = getattr(attnkit._core, "cuda_has_kernel", None)
         row["performer_causal_mma"] = bool(has and has("performer_attention_mma2_causal")) and \
             os.environ.get("ATTNKIT_PERFORMER_CAUSAL_MMA") != "0"
-        # dla_prefill runs v4's three passes (cuda/dla_prefill_v4.cuh) where its gate is open (ATTNKIT_DLA_V4=0
-        # turns it off); dla_prefill_v3 is the previous path side by side (tuning dla_split = -3: v3, or v2 where
-        # v3's gate is closed), measured only when v4 ran.
+        # dla_prefill runs v4's five kernels (cuda/dla_prefill_v4.cuh) where its gate is open (ATTNKIT_DLA_V4=0
+        # turns it off); dla_prefill_v3 and dla_prefill_v2 are the previous paths side by side (tuning dla_split =
+        # -3: v3, or v2 where v3's gate is closed; -2: v2, the verified default), measured only when v4 ran.
         row["dla_prefill_v4"] = bool(has and has("dla_prefill_v4")) and os.environ.get("ATTNKIT_DLA_V4") != "0"
         if row["dla_prefill_v4"] and row.get("dla_prefill_s"):
             t3, note3 = attempt(lambda: with_tuning(attnkit, "dla_split", -3, lambda: timer(calls["dla_prefill"][1])))
@@ -292,10 +292,15 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
                 row["dla_prefill_v3_s"], row["dla_prefill_v3_tokens_per_s"] = t3, B * S / t3
             else:
                 row["dla_prefill_v3_note"] = note3
+            t2, note2 = attempt(lambda: with_tuning(attnkit, "dla_split", -2, lambda: timer(calls["dla_prefill"][1])))
+            if t2:
+                row["dla_prefill_v2_s"], row["dla_prefill_v2_tokens_per_s"] = t2, B * S / t2
+            else:
+                row["dla_prefill_v2_note"] = note2
         for name in ("linear", "performer"):
             if row.get(f"{name}_s") and row.get("exact_s"):
                 row[f"{name}_speedup_vs_exact"] = row["exact_s"] / row[f"{name}_s"]
-        for name in ("linear_causal", "performer_causal", "dla_prefill", "dla_prefill_v3"):
+        for name in ("linear_causal", "performer_causal", "dla_prefill", "dla_prefill_v3", "dla_prefill_v2"):
             if row.get(f"{name}_s") and row.get("exact_causal_s"):
                 row[f"{name}_speedup_vs_exact"] = row["exact_causal_s"] / row[f"{name}_s"]
         # decode: one token after S tokens. DLA from its cache (O(C D^2)); exact attention over S keys.
@@ -452,7 +457,7 @@ def format_row(r) -> str:
         return "  ".join(parts) + "  (Mtok/s)"
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
     for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
-                 "dla_prefill_v3", "exact_decode", "dla_decode", "dla_decode_v1"):
+                 "dla_prefill_v3", "dla_prefill_v2", "exact_decode", "dla_decode", "dla_decode_v1"):
         tps = r.get(f"{name}_tokens_per_s")
         parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
     return "  ".join(parts) + "  (Mtok/s)"

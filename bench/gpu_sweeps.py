@@ -357,7 +357,7 @@ def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
         row = {"kind": "dla_split", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "dla_capacity": C}
         # splits >= 0 run v3 (v2 + warp scan + batched loads) where its gate is open, else v2; -2 = v2, split auto
         sv = "v3" if attnkit._core.cuda_has_kernel("dla_prefill_v3") else "v2"
-        # splits >= 0 run v4's three passes (dla_prefill_v4.cuh) where its gate is open and ATTNKIT_DLA_V4 is not 0;
+        # splits >= 0 run v4's five kernels (dla_prefill_v4.cuh) where its gate is open and ATTNKIT_DLA_V4 is not 0;
         # -3 = v3 (or v2) beside it; "v3_same_bits_as_v2" then compares v4's split 0 with v2 (same bits expected)
         if attnkit._core.cuda_has_kernel("dla_prefill_v4") and os.environ.get("ATTNKIT_DLA_V4") != "0":
             sv = "v4"

@@ -62,8 +62,9 @@ void dynamic_linear_attention(const DLAProblem& p) {
   // v2 with the merge scan on a warp and batched chunk loads (dla_prefill_v3.cuh; gate "dla_prefill_v3",
   // not yet verified); tuning dla_split = -2 takes v2 (side by side).
   static const bool v3_enabled = has_kernel("dla_prefill_v3");
-  // Three passes (dla_prefill_v4.cuh; gate "dla_prefill_v4", not yet verified): scores and boundaries from the
-  // open state, the merge chain on a warp per item, readout and states per column slice. ATTNKIT_DLA_V4=0 (read
+  // Five kernels (dla_prefill_v4.cuh; gate "dla_prefill_v4", not yet verified): the chunk-local score tables of
+  // every chunk at once, the carried column and boundaries per item, the merge chain on a warp per item, the states
+  // at every chunk start per (item, column slice), the readout of every chunk at once. ATTNKIT_DLA_V4=0 (read
   // once) turns it off; tuning dla_split = -3 takes v3 (side by side).
   static const bool v4_enabled = has_kernel("dla_prefill_v4") && [] {
     const char* e = std::getenv("ATTNKIT_DLA_V4");

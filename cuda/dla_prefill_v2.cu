@@ -803,11 +803,18 @@ inline int64_t choose_split(const DLAProblem& p) {
   return ns;
 }
 
-// (kThreads, 1) on passes A and C: with kThreads alone ptxas held them to 128 registers and spilled 20-60 bytes.
+// (kThreads, 1) on the passes with v2's full layout: with kThreads alone ptxas held them to 128 registers and
+// spilled 20-60 bytes.
 template <class St>
-__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_a(const DLAProblem p, const Lay lay, const V4Buf buf) {
-  extern __shared__ __align__(16) unsigned char dla_v4a_smem[];
-  v4_pass_a<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4a_smem));
+__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_a1(const DLAProblem p, const Lay lay, const V4Buf buf) {
+  extern __shared__ __align__(16) unsigned char dla_v4a1_smem[];
+  v4_pass_a1<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4a1_smem));
+}
+
+template <class St>
+__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_a2(const DLAProblem p, const Lay lay, const V4Buf buf) {
+  extern __shared__ __align__(16) unsigned char dla_v4a2_smem[];
+  v4_pass_a2<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4a2_smem));
 }
 
 template <class St>
@@ -815,11 +822,18 @@ __global__ void __launch_bounds__(32) dla_prefill_v4_b(const DLAProblem p, const
   v4_pass_b<St>(p, buf);
 }
 
+// C1: one chain of chunks per (item, slice) block, the states only; C2: every chunk at once, two blocks per SM
+// (the readout's layout, make_lay part 2, fits twice in an SM's shared memory at D = 64).
 template <class St>
-__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_c(const DLAProblem p, const Lay lay, const V4Buf buf,
-                                                             char* scratch) {
-  extern __shared__ __align__(16) unsigned char dla_v4c_smem[];
-  v4_pass_c<St>(p, lay, buf, scratch, reinterpret_cast<char*>(dla_v4c_smem));
+__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v4_c1(const DLAProblem p, const Lay lay, const V4Buf buf) {
+  extern __shared__ __align__(16) unsigned char dla_v4c1_smem[];
+  v4_pass_c1<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4c1_smem));
+}
+
+template <class St>
+__global__ void __launch_bounds__(kThreads, 2) dla_prefill_v4_c2(const DLAProblem p, const Lay lay, const V4Buf buf) {
+  extern __shared__ __align__(16) unsigned char dla_v4c2_smem[];
+  v4_pass_c2<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4c2_smem));
 }
 
 }  // namespace v2
@@ -876,31 +890,69 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   using namespace v2;
   const int64_t items = p.B * p.H;
   if (items == 0) return true;
-  Lay lay = make_lay(p, sizeof(R), choose_split(p));
+  const int64_t ns = choose_split(p);
+  Lay lay = make_lay(p, sizeof(R), ns);
   lay.batch_loads = 1;
+  const Lay lay1 = make_lay(p, sizeof(R), ns, 1), lay2 = make_lay(p, sizeof(R), 1, 2);
   int optin = 0;
   ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device_index));
   // Static shared memory of the passes (a few int64) and a margin stay out of the dynamic part.
   if (optin <= 0 || lay.smem + 1024 > static_cast<std::size_t>(optin)) return false;
-  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  // The per-item arrays of passes A1 / A2 (a score table per chunk) and C1 / C2 ((chunks + 1) x C states): each
+  // pair runs in item groups whose arrays stay under the budget (2 GiB, or a quarter of the free device memory
+  // where that is more); an item that alone needs more (very long T) takes v3 / v2. The results do not depend on
+  // the groups (each item's values are formed by the same operations whichever group holds it).
+  std::size_t budget = std::size_t(2) << 30;
+  {
+    std::size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess)
+      (void)cudaGetLastError();  // no budget beyond the fixed one; nothing left for the launch checks to see
+    else if (free_b / 4 > budget)
+      budget = free_b / 4;
+  }
+  const int64_t nch = (p.T + lay.L - 1) / lay.L;
+  const std::size_t L = static_cast<std::size_t>(lay.L);
+  const std::size_t chs_item = static_cast<std::size_t>((nch + 1) * p.C * p.Dk * p.Dv) * sizeof(R);
+  const std::size_t tab_item = static_cast<std::size_t>(nch) * (L * L * sizeof(R) + 2 * L * sizeof(double));
+  if (chs_item > budget || tab_item > budget) return false;
+  auto group = [&](std::size_t per_item) {
+    const int64_t ng = static_cast<int64_t>((static_cast<std::size_t>(items) * per_item + budget - 1) / budget);
+    return ng > 1 ? (items + ng - 1) / ng : items;
+  };
+  const int64_t gitemsA = group(tab_item), gitemsC = group(chs_item);
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a1<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(lay.smem)));
-  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_c<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a2<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(lay.smem)));
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_c1<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(lay1.smem)));
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_c2<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(lay2.smem)));
   auto up = [](std::size_t n) { return (n + 255) / 256 * 256; };
   const std::size_t T = static_cast<std::size_t>(p.T), C = static_cast<std::size_t>(p.C);
   const std::size_t slotA = up(static_cast<std::size_t>(p.Dk * p.Dv) * sizeof(R));
   const std::size_t ent = up(C * (2 * sizeof(int64_t) + sizeof(R)));
-  const unsigned gridA = grid_for(items, slotA, p.device_index);
-  const unsigned gridC = grid_for(items * lay.ns, lay.gbytes, p.device_index);
+  const unsigned gridA = grid_for(gitemsA, slotA, p.device_index);
   const unsigned gridB = static_cast<unsigned>(items < 65535 ? items : 65535);
   const std::size_t nI = up(static_cast<std::size_t>(items) * T * sizeof(R));
   const std::size_t nO = up(static_cast<std::size_t>(items) * T);
   const std::size_t nM = up(static_cast<std::size_t>(items) * T * sizeof(int32_t));
-  const std::size_t nA = gridA * slotA, nE = gridB * ent, nC = gridC * lay.gbytes;
-  Workspace ws(nC + nA + nI + nO + nM + nE, stream);
+  const std::size_t nA = gridA * slotA, nE = gridB * ent;
+  const std::size_t gch = static_cast<std::size_t>(gitemsA) * static_cast<std::size_t>(nch);
+  const std::size_t nS = up(static_cast<std::size_t>(gitemsC) * chs_item);
+  const std::size_t nTab = up(gch * L * L * sizeof(R)), nTs = up(gch * L * sizeof(double));
+  const std::size_t nMc = up(static_cast<std::size_t>(gitemsC * (nch + 1)) * sizeof(int32_t));
+  // A's tables and C's chunk-start states share one region: every A launch precedes B, every C launch follows it.
+  const std::size_t nR = nS > nTab + 2 * nTs ? nS : nTab + 2 * nTs;
+  Workspace ws(nR + nA + nI + nO + nM + nE + nMc, stream);
   char* base = ws.as<char>();
   V4Buf buf{};
-  char* at = base + nC;
+  char* at = base;
+  buf.chs = at;
+  buf.tab = at;
+  buf.tsuf = reinterpret_cast<double*>(at + nTab);
+  buf.tbv = reinterpret_cast<double*>(at + nTab + nTs);
+  at += nR;
   buf.slotsA = at;
   buf.slotA_bytes = slotA;
   at += nA;
@@ -912,12 +964,37 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   at += nM;
   buf.ent = at;
   buf.ent_bytes = ent;
-  dla_prefill_v4_a<St><<<gridA, kThreads, lay.smem, stream>>>(p, lay, buf);
-  ATTNKIT_CUDA_CHECK_LAUNCH();
+  at += nE;
+  buf.mc = reinterpret_cast<int32_t*>(at);
+  buf.nch = nch;
+  buf.ns2 = 1;
+  buf.ncol2 = p.Dv;
+  for (int64_t i0 = 0; i0 < items; i0 += gitemsA) {  // A1: every chunk's table; A2: the chains of chunks
+    buf.item0 = i0;
+    buf.nitems = items - i0 < gitemsA ? items - i0 : gitemsA;
+    if (nch > 0) {
+      const unsigned grid1 = grid_for(buf.nitems * nch, 0, p.device_index);
+      dla_prefill_v4_a1<St><<<grid1, kThreads, lay.smem, stream>>>(p, lay, buf);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+      const unsigned grid2 = grid_for(buf.nitems, 0, p.device_index);
+      dla_prefill_v4_a2<St><<<grid2 < gridA ? grid2 : gridA, kThreads, lay.smem, stream>>>(p, lay, buf);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+  }
   dla_prefill_v4_b<St><<<gridB, 32, 0, stream>>>(p, buf);
   ATTNKIT_CUDA_CHECK_LAUNCH();
-  dla_prefill_v4_c<St><<<gridC, kThreads, lay.smem, stream>>>(p, lay, buf, base);
-  ATTNKIT_CUDA_CHECK_LAUNCH();
+  for (int64_t i0 = 0; i0 < items; i0 += gitemsC) {  // C1: the chains of chunk-start states; C2: every readout
+    buf.item0 = i0;
+    buf.nitems = items - i0 < gitemsC ? items - i0 : gitemsC;
+    const unsigned grid1 = grid_for(buf.nitems * lay1.ns, 0, p.device_index);
+    const unsigned grid2 = grid_for(buf.nitems * nch * buf.ns2, 0, p.device_index);
+    dla_prefill_v4_c1<St><<<grid1, kThreads, lay1.smem, stream>>>(p, lay1, buf);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+    if (nch > 0) {
+      dla_prefill_v4_c2<St><<<grid2, kThreads, lay2.smem, stream>>>(p, lay2, buf);
+      ATTNKIT_CUDA_CHECK_LAUNCH();
+    }
+  }
   return true;
 }
 

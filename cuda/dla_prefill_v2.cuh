@@ -50,7 +50,10 @@ struct Lay {
   std::size_t rowI;                                                              // R
 };
 
-inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns) {
+/// part (v4's passes C1 and C2 only; 0 everywhere else): 1 leaves out the score arrays (Suf and the K S_open /
+/// score-table union: size 0, their offsets alias the next array, never used), 2 also K row-major and V^T (the
+/// readout pass C2: Q K^T from Q^T and K^T, y from V row-major), so that two C2 blocks fit on an SM.
+inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns, int part = 0) {
   Lay l{};
   l.L = p.chunk_size > 0 ? p.chunk_size : kDefaultChunk;
   if (l.L > p.T) l.L = p.T > 0 ? p.T : 1;
@@ -74,17 +77,17 @@ inline Lay make_lay(const DLAProblem& p, std::size_t rsize, int64_t ns) {
   };
   l.QT = take(Dk * LP, rsize);
   l.KT = take(Dk * LP, rsize);
-  l.Kc = take(L * Dk, rsize);
-  l.VT = take(Dv * LP, rsize);
+  l.Kc = take(part == 2 ? 0 : L * Dk, rsize);
+  l.VT = take(part == 2 ? 0 : Dv * LP, rsize);
   l.Vc = take(L * Dv, rsize);
-  l.Suf = take(L * LP, sizeof(double));
+  l.Suf = take(part > 0 ? 0 : L * LP, sizeof(double));
   l.QK = take(L * LP, rsize);
   l.lamc = take(L * C, rsize);
   l.Win = take(L * C, rsize);
   // A union: K S_open (double, step 2), then the score table (double, steps 2b-3).
   std::size_t ks = L * Dv * sizeof(double);
   if (ks < L * LP * sizeof(double)) ks = L * LP * sizeof(double);
-  l.uni = take(ks, 1);
+  l.uni = take(part > 0 ? 0 : ks, 1);
   l.G = take(L, sizeof(double));
   l.eG = take(L, sizeof(double));
   l.er = take(L, sizeof(double));

@@ -59,7 +59,7 @@ constexpr const char* kVerified[] = {
 constexpr const char* kCompiled[] = {
     "performer_attention_mma2_causal",  // causal Performer softmax on tensor cores (performer_causal_mma.cuh; linear.cu)
     "dla_prefill_v3",   // v2 with the merge scan on a warp, batched chunk loads (dla_prefill_v3.cuh; dla.cu)
-    "dla_prefill_v4"};  // three passes: boundaries, merge chain, readout (dla_prefill_v4.cuh; dla.cu)
+    "dla_prefill_v4"};  // A1 A2 B C1 C2: tables, boundaries, merges, chunk-start states, readout (dla_prefill_v4.cuh)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

@@ -464,12 +464,13 @@ def test_dla_prefill_v3_variants(rng, tmp_path, flags):
 
 
 # ------------------------------------------------------- the v4 prefill (gate dla_prefill_v4, dla_prefill_v4.cuh)
-# Under ATTNKIT_CUDA_UNVERIFIED=1 every prefill with tuning dla_split >= 0 (the default 0 included) runs v4's three
-# passes: (A) scores and boundaries from the open state alone, a block per item; (B) the merge chain, a warp per
-# item (thread 0 for C > 32); (C) readout and states per column slice, the entry lists replayed. Each pass repeats
-# v2's operations on its part (tests/cuda_emu/test_dla_v2.cpp: v4 == v2 bit for bit, emulated), so v4 must give
-# v2's bits (tuning dla_split = -2) for every split, and the CPU's decisions. The v3 cases, plus long ones: many
-# chunks and token batches of pass B (T not a multiple of 32 or of the chunk), every token a merge, C = 32.
+# Under ATTNKIT_CUDA_UNVERIFIED=1 every prefill with tuning dla_split >= 0 (the default 0 included) runs v4's five
+# kernels: (A1) the chunk-local score tables, every chunk at once; (A2) the carried column, lookups and boundaries,
+# a block per item; (B) the merge chain, a warp per item (thread 0 for C > 32); (C1) the states at every chunk start
+# per column slice; (C2) the readout, every chunk at once. Each repeats v2's operations on its part
+# (tests/cuda_emu/test_dla_v2.cpp: v4 == v2 bit for bit, and v4 == v4 under other grids and splits, emulated), so
+# v4 must give v2's bits (tuning dla_split = -2) for every split, and the CPU's decisions. The v3 cases, plus long
+# ones: many chunks and token batches of pass B (T not a multiple of 32 or of the chunk), every token a merge, C = 32.
 DLA_V4_CASES = DLA_V3_CASES + [
     ("long-merge-every-c16-cache", 1, 2, 1000, 32, 32, 16, "token_vs_state", "rand", 0, -1.0, 50, False),
     ("long-piecewise-c4-chunk16", 2, 1, 700, 16, 16, 4, "state_drift", None, 16, 0.6, 33, False),

@@ -1,13 +1,19 @@
-"""Host emulation of the three-pass DLA chunked prefill (cuda/dla_prefill_v4.cu), checked against the CPU
+"""Host emulation of the three-pass DLA chunked prefill (cuda/dla_prefill_v4.cuh), checked against the CPU
 backend (attnkit.dynamic_linear_attention): the decomposition of shared/specs/dla.md's step into
 
-  pass A  per item, over its chunks: the scores and boundaries from the OPEN state only (one state per item:
-          the open state is never merged while it is open, spec invariant 7), then that open state at the
-          chunk's end;
+  pass A1 per (item, chunk), every chunk at once: the score table of every open state OPENED in the chunk (the A
+          chain from B_s, the pair sums from the Gram terms), Suf[r][0] and B_r -- nothing carried in;
+  pass A2 per item, over its chunks: the scores and boundaries from the OPEN state only (one state per item:
+          the open state is never merged while it is open, spec invariant 7): the carried column (K S v,
+          ||S||^2 and its A chain, by rounds of 8 rows up to the first row that opens a state) and lookups in
+          A1's table, then that open state at the chunk's end;
   pass B  per item, over all T tokens: the merge chain from (boundary, score) per token and the entries'
           (count, info) only -- no state is read;
-  pass C  per (item, column slice), over its chunks: the readout and the C states, the entry lists
-          replayed from pass B's per-token (boundary, merged pair), each column of every state independent.
+  pass C1 per (item, column slice), over its chunks: the states only -- the entry list replayed per chunk from
+          pass B's per-token (boundary, merged pair), each entry's state at the chunk's end from the entries'
+          states at its start and the chunk's tokens; keeps the states at EVERY chunk start (chs[n]);
+  pass C2 per (item, chunk, column slice of its own split ns2), in any order (shuffled here): the chunk's
+          readout from chs[n] and the replayed per-row entry lists, each column independent.
 
 Each pass consumes only what the previous ones produced (arrays named below), in the kernels' order of the
 operations that decide anything: p_r and A per chunk (A recomputed from the stored open state at every chunk
@@ -87,10 +93,58 @@ def chunk_decay(g, t0, Lc):
     return G, eG, a2, dec
 
 
-def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R):
-    """One item. Consumes k, v, g and the open state carried in (or none); produces I[t] (dtype R) and
-    opens[t], and the open state after every chunk (kept in R, rebuilt as v2's step 6 does for the open
-    entry: E * S + sum_j dec(L-1, j) k_j v_j^T, or the sum over its chunk tokens only)."""
+def chunk_terms(k, v, g, t0, Lc, R):
+    """A chunk's K, V (dtype R), decay factors, Gram pair terms KK_rj VV_rj e^{G_r-G_j} (double) and Bv_r."""
+    K = k[t0:t0 + Lc].astype(R)
+    V = v[t0:t0 + Lc].astype(R)
+    if g is not None:
+        G, eG, a2, dec = chunk_decay(g, t0, Lc)
+    else:
+        eG = np.ones(Lc)
+        a2 = np.ones(Lc)
+        dec = lambda r, j: 1.0  # noqa: E731
+    Kd, Vd = K.astype(np.float64), V.astype(np.float64)
+    KK, VV = Kd @ Kd.T, Vd @ Vd.T  # the GPU forms both in double
+    Bv = np.diag(KK) * np.diag(VV)
+    return K, V, eG, a2, dec, KK, VV, Bv
+
+
+def suffix(KK, VV, dec, r, lo):
+    """sum_{lo <= j < r} dec(r, j) KK_rj VV_rj, v2's suffix sums: j from r-1 down."""
+    pr = 0.0
+    for j in range(r - 1, lo - 1, -1):
+        pr += dec(r, j) * KK[r, j] * VV[r, j]
+    return pr
+
+
+def pass_a1(k, v, g, drift, L, R):
+    """One item, every chunk independently (nothing depends on the state carried in): the score table of every
+    open state opened at a chunk row s (tab[n][r, s], s < r, rounded to R: the A chain from Bv_s), Suf[r][0] (the
+    pair sum over the chunk rows 0 .. r-1) and Bv_r."""
+    T, Dk = k.shape
+    n = float(Dk) * float(v.shape[1])
+    out = []
+    for t0 in range(0, T, L):
+        Lc = min(L, T - t0)
+        K, V, eG, a2, dec, KK, VV, Bv = chunk_terms(k, v, g, t0, Lc, R)
+        tab = np.full((Lc, Lc), np.nan)
+        for s in range(Lc):  # the A chain of the state opened at s (one GPU thread each)
+            A_after = Bv[s]
+            for r in range(s + 1, Lc):
+                A = a2[r] * A_after
+                pr = suffix(KK, VV, dec, r, s)
+                tab[r, s] = R(info_score(drift, A, Bv[r], pr, n))
+                A_after = joined(A, Bv[r], pr)
+        suf0 = np.array([suffix(KK, VV, dec, r, 0) for r in range(Lc)])
+        out.append((tab, suf0, Bv))
+    return out
+
+
+def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R, tables):
+    """Pass A2, one item, serial over its chunks: consumes k, v, g, the open state carried in (or none) and
+    pass A1's tables; only the carried column is computed here (K S v, ||S||^2, its A chain); produces I[t]
+    (dtype R) and opens[t], and the open state after every chunk (kept in R, rebuilt as v2's step 6 does for
+    the open entry: E * S + sum_j dec(L-1, j) k_j v_j^T, or the sum over its chunk tokens only)."""
     T, Dk = k.shape
     Dv = v.shape[1]
     n = float(Dk) * float(Dv)
@@ -98,8 +152,9 @@ def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R):
     opens = np.zeros(T, bool)
     S = None if m_in == 0 else open_in.astype(R).copy()
     nonempty = m_in > 0
-    for t0 in range(0, T, L):
+    for ci, t0 in enumerate(range(0, T, L)):
         Lc = min(L, T - t0)
+        tab, suf0, Bv = tables[ci]
         K = k[t0:t0 + Lc].astype(R)
         V = v[t0:t0 + Lc].astype(R)
         if g is not None:
@@ -108,27 +163,36 @@ def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R):
             eG = np.ones(Lc)
             a2 = np.ones(Lc)
             dec = lambda r, j: 1.0  # noqa: E731
-        Kd, Vd = K.astype(np.float64), V.astype(np.float64)
-        KK, VV = Kd @ Kd.T, Vd @ Vd.T  # the GPU forms both in double
-        Bv = np.diag(KK) * np.diag(VV)
         carried = S is not None
-        if carried:
-            cp = np.einsum("rd,de,re->r", Kd, S.astype(np.float64), Vd)
+        Ac = np.zeros(Lc)
+        if carried:  # the carried column by rounds of 8 rows (A2's kA2Rows), up to the first row it opens
+            Kd, Vd = K.astype(np.float64), V.astype(np.float64)
             A_after = float(np.sum(S.astype(np.float64) ** 2))
+            Ac[:] = np.nan  # rows past the stop are never computed, never read
+            stop = False
+            for r0 in range(0, Lc, 8):
+                rows = range(r0, min(Lc, r0 + 8))
+                cp = {r: float(Kd[r] @ S.astype(np.float64) @ Vd[r]) for r in rows}
+                for r in rows:
+                    A = a2[r] * A_after
+                    pr = eG[r] * cp[r] + (suf0[r] if r > 0 else 0.0)
+                    Ac[r] = R(info_score(drift, A, Bv[r], pr, n))
+                    A_after = joined(A, Bv[r], pr)
+                    if opens_state(R(Ac[r]), tau, C, 1):
+                        stop = True
+                        break
+                if stop:
+                    break
         open_lo = 0
-        for r in range(Lc):
-            A = a2[r] * A_after if nonempty else 0.0
-            pr = eG[r] * cp[r] if carried else 0.0
-            for j in range(r - 1, open_lo - 1, -1):  # v2's suffix sums: j from r-1 down
-                pr += dec(r, j) * KK[r, j] * VV[r, j]
-            score = info_score(drift, A, Bv[r], pr, n) if nonempty else 0.0
-            Ir = R(score)
+        for r in range(Lc):  # the lookups
+            if not nonempty:
+                Ir = R(0)
+            else:
+                Ir = R(Ac[r] if carried else tab[r, open_lo])
             o = opens_state(Ir, tau, C, 1 if nonempty else 0)
             I[t0 + r], opens[t0 + r] = Ir, o
             if o:
-                open_lo, carried, A_after = r, False, Bv[r]
-            else:
-                A_after = joined(A, Bv[r], pr)
+                open_lo, carried = r, False
             nonempty = True
         # The open state at the chunk's end (only the open state: no other state is kept in pass A).
         decj = np.array([dec(Lc - 1, j) for j in range(Lc)]).astype(R)
@@ -166,45 +230,38 @@ def pass_b(I, opens, C, count_in, info_in, start_in, position, R):
     return merged, count, info, start
 
 
-def pass_c(q, k, v, lam, g, L, states_in, m_in, opens, merged, cols, R):
-    """One item, one slice of the value columns `cols`. Consumes q, k, v[:, cols], lam, g, the cache's
-    states (columns `cols`) and pass B's (opens, merged) per token; produces y[:, cols] and the final states'
-    columns. The entry list (units: carried entries 0..m_in-1, then chunk tokens) is replayed per chunk."""
+def replay(mc, Lc, opens, merged, t0):
+    """The chunk's entry list replayed from (opens, merged) per row: the first unit of every entry after each row
+    (units: the mc entries at the chunk start, then the chunk rows mc + r) -- v4_replay."""
+    units = list(range(mc))
+    per_row = []
+    for r in range(Lc):
+        if opens[t0 + r]:
+            i = merged[t0 + r]
+            if i >= 0:
+                del units[i + 1]
+            units.append(mc + r)
+        per_row.append(list(units))
+    return units, per_row
+
+
+def pass_c1(k, v, g, L, states_in, m_in, opens, merged, cols, R):
+    """One item, one slice of the value columns `cols`: the states only, serial over the chunks. Consumes k,
+    v[:, cols], g, the cache's states and pass B's (opens, merged); produces the entries' states at EVERY chunk
+    start (chs[n], chronological; chs[nch] = the cache's states) and the entry count at every chunk start."""
     T, Dk = k.shape
-    states = [states_in[i][:, cols].astype(R).copy() for i in range(m_in)]  # chronological
-    y = np.zeros((T, len(cols)), R)
+    chs = [[states_in[i][:, cols].astype(R).copy() for i in range(m_in)]]
     for t0 in range(0, T, L):
         Lc = min(L, T - t0)
-        Q, K, V = q[t0:t0 + Lc].astype(R), k[t0:t0 + Lc].astype(R), v[t0:t0 + Lc][:, cols].astype(R)
-        lamc = lam[t0:t0 + Lc].astype(np.float64)
+        K, V = k[t0:t0 + Lc].astype(R), v[t0:t0 + Lc][:, cols].astype(R)
         if g is not None:
             G, eG, a2, dec = chunk_decay(g, t0, Lc)
         else:
             eG = np.ones(Lc)
             dec = lambda r, j: 1.0  # noqa: E731
+        states = chs[-1]
         mc = len(states)
-        units = list(range(mc))  # first unit of every entry
-        P = np.zeros((Lc, Lc))
-        Win = np.zeros((Lc, max(mc, 1)))
-        QK = Q.astype(np.float64) @ K.astype(np.float64).T
-        for r in range(Lc):
-            if opens[t0 + r]:
-                i = merged[t0 + r]
-                if i >= 0:
-                    del units[i + 1]
-                units.append(mc + r)
-            m = len(units)
-            for i in range(m):
-                li = lamc[r, m - 1 - i]
-                ulo, uhi = units[i], units[i + 1] if i + 1 < m else mc + r + 1
-                for u in range(ulo, min(uhi, mc)):
-                    Win[r, u] = li * eG[r]
-                for j in range(max(ulo, mc) - mc, uhi - mc):
-                    P[r, j] = li * dec(r, j) * QK[r, j]
-        Y = P @ V.astype(np.float64)
-        for u in range(mc):
-            Y += Win[:, u:u + 1] * (Q.astype(np.float64) @ states[u].astype(np.float64))
-        y[t0:t0 + Lc] = Y.astype(R)
+        units, _ = replay(mc, Lc, opens, merged, t0)
         # States at the chunk's end, per entry: e^{G_last} (sum of its carried states) + its tokens' sum.
         decj = np.array([dec(Lc - 1, j) for j in range(Lc)])
         E = eG[Lc - 1]
@@ -221,11 +278,45 @@ def pass_c(q, k, v, lam, g, L, states_in, m_in, opens, merged, cols, R):
             if j1 > j0:
                 x += K[j0:j1].astype(np.float64).T @ (decj[j0:j1, None] * V[j0:j1].astype(np.float64))
             new.append(x.astype(R))
-        states = new
-    return y, states
+        chs.append(new)
+    return chs
 
 
-def three_pass(q, k, v, lam, C, tau, g, drift, cache, L, ns):
+def pass_c2(q, k, v, lam, g, L, n, states, opens, merged, cols, R):
+    """One item, one chunk n, one slice of the value columns `cols`, in any order after C1: the chunk's readout
+    from the entries' states at its start (C1's chs[n], read only) and the entry lists replayed per row."""
+    T = q.shape[0]
+    t0 = n * L
+    Lc = min(L, T - t0)
+    Q, K, V = q[t0:t0 + Lc].astype(R), k[t0:t0 + Lc].astype(R), v[t0:t0 + Lc][:, cols].astype(R)
+    lamc = lam[t0:t0 + Lc].astype(np.float64)
+    if g is not None:
+        G, eG, a2, dec = chunk_decay(g, t0, Lc)
+    else:
+        eG = np.ones(Lc)
+        dec = lambda r, j: 1.0  # noqa: E731
+    mc = len(states)
+    _, per_row = replay(mc, Lc, opens, merged, t0)
+    P = np.zeros((Lc, Lc))
+    Win = np.zeros((Lc, max(mc, 1)))
+    QK = Q.astype(np.float64) @ K.astype(np.float64).T
+    for r in range(Lc):
+        units = per_row[r]
+        m = len(units)
+        for i in range(m):
+            li = lamc[r, m - 1 - i]
+            ulo, uhi = units[i], units[i + 1] if i + 1 < m else mc + r + 1
+            for u in range(ulo, min(uhi, mc)):
+                Win[r, u] = li * eG[r]
+            for j in range(max(ulo, mc) - mc, uhi - mc):
+                P[r, j] = li * dec(r, j) * QK[r, j]
+    Y = P @ V.astype(np.float64)
+    for u in range(mc):
+        Y += Win[:, u:u + 1] * (Q.astype(np.float64) @ states[u][:, cols].astype(np.float64))
+    return Y.astype(R)
+
+
+def three_pass(q, k, v, lam, C, tau, g, drift, cache, L, ns, ns2=1, order_rng=None):
     B, H, T, Dk = q.shape
     Dv = v.shape[3]
     R = np.float64 if q.dtype == np.float64 else np.float32
@@ -240,12 +331,15 @@ def three_pass(q, k, v, lam, C, tau, g, drift, cache, L, ns):
     size = np.zeros((B, H), np.int64)
     position = cache.position if cache is not None else 0
     ncol = -(-Dv // ns)
+    if order_rng is None:
+        order_rng = np.random.default_rng(0)
     for b in range(B):
         for h in range(H):
             m_in = int(cache.size[b, h]) if cache is not None else 0
             gi = None if g is None else g[b, h]
             open_in = cache.states[b, h, m_in - 1] if m_in > 0 else None
-            I, opens = pass_a(k[b, h], v[b, h], gi, tau, C, drift, L, open_in, m_in, R)
+            tables = pass_a1(k[b, h], v[b, h], gi, drift, L, R)
+            I, opens = pass_a(k[b, h], v[b, h], gi, tau, C, drift, L, open_in, m_in, R, tables)
             ci = cache.counts[b, h, :m_in] if m_in else []
             fi = cache.info[b, h, :m_in] if m_in else []
             si = cache.starts[b, h, :m_in] if m_in else []
@@ -255,12 +349,27 @@ def three_pass(q, k, v, lam, C, tau, g, drift, cache, L, ns):
             size[b, h] = mf
             cnt[b, h, :mf], inf[b, h, :mf], sts[b, h, :mf] = count, info, start
             sin = cache.states[b, h] if m_in else None
-            for e0 in range(0, Dv, ncol):
+            chs = None
+            for e0 in range(0, Dv, ncol):  # C1: the states by column slices (ns), serial over the chunks
                 cols = np.arange(e0, min(Dv, e0 + ncol))
-                ys, states = pass_c(q[b, h], k[b, h], v[b, h], lam[b, h], gi, L, sin, m_in, opens, merged, cols, R)
-                y[b, h][:, cols] = ys
-                for i, s in enumerate(states):
-                    st[b, h, i][:, cols] = s
+                part = pass_c1(k[b, h], v[b, h], gi, L, sin, m_in, opens, merged, cols, R)
+                if chs is None:
+                    chs = [[np.full((Dk, Dv), np.nan, R) for _ in x] for x in part]
+                for n, x in enumerate(part):
+                    for i, s in enumerate(x):
+                        chs[n][i][:, cols] = s
+            for i, s in enumerate(chs[-1]):
+                st[b, h, i] = s
+            # C2: every (chunk, column slice of C2's own split ns2) on its own, in a shuffled order
+            nch = len(chs) - 1
+            ncol2 = -(-Dv // ns2)
+            work = [(n, f0) for n in range(nch) for f0 in range(0, Dv, ncol2)]
+            for wi in order_rng.permutation(len(work)):
+                n, f0 = work[wi]
+                c2 = np.arange(f0, min(Dv, f0 + ncol2))
+                t0 = n * L
+                y[b, h, t0:t0 + min(L, T - t0)][:, c2] = pass_c2(q[b, h], k[b, h], v[b, h], lam[b, h], gi, L, n,
+                                                                 chs[n], opens, merged, c2, R)
     return y, (st, cnt, inf, sts, size), (aux_I, aux_b, aux_m)
 
 
@@ -303,7 +412,9 @@ def run_case(name, rng, T, Dk, Dv, C, tau, L, decay, drift, with_cache, ns, dtyp
         y_c, cache_c, aux_c = attnkit.dynamic_linear_attention(q, k, v, lam, capacity=C, tau=tau, log_decay=gi,
                                                                score=score, cache=cache, return_aux=True)
     Leff = min(L, T) if T > 0 else 1
-    y, (st, cnt, inf, sts, size), (aI, ab, am) = three_pass(q, k, v, lam, C, tau, gi, drift, cache, Leff, ns)
+    ns2 = ns % 3 + 1  # C2's column split, another than C1's
+    y, (st, cnt, inf, sts, size), (aI, ab, am) = three_pass(q, k, v, lam, C, tau, gi, drift, cache, Leff, ns, ns2,
+                                                            np.random.default_rng(int(rng.integers(1 << 30))))
     tol = 1e-10 if dtype == np.float64 else 1e-4
 
     def err(a, b):
@@ -314,7 +425,7 @@ def run_case(name, rng, T, Dk, Dv, C, tau, L, decay, drift, with_cache, ns, dtyp
             and np.array_equal(size, cache_c.size) and np.array_equal(ab, aux_c.boundaries)
             and np.array_equal(am, aux_c.merged))
     ok = same and e <= tol
-    print(f"{name:44s} T={T:4d} Dk={Dk:2d} Dv={Dv:2d} C={C:2d} L={L:2d} ns={ns} {np.dtype(dtype).name:7s} "
+    print(f"{name:44s} T={T:4d} Dk={Dk:2d} Dv={Dv:2d} C={C:2d} L={L:2d} ns={ns}/{ns2} {np.dtype(dtype).name:7s} "
           f"bnd {int(ab.sum()):4d} mrg {int((am >= 0).sum()):4d} err {e:.2g} "
           f"{'' if same else 'DECISIONS DIFFER '}{'ok' if ok else 'FAIL'}")
     return ok

@@ -1,4 +1,6 @@
-// Emulated CUDA DLA prefill v2, v3 and v4 (v4: dla_prefill_v4.cuh's three passes, checked == v2 bit for bit too;
+// Emulated CUDA DLA prefill v2, v3 and v4 (v4: dla_prefill_v4.cuh's passes A, B, C1 (states at every chunk start)
+// and C2 (readout, every chunk at once), checked == v2 bit for bit too, and bit-equal to itself under other grids,
+// C2 column splits and C1/C2 item groups;
 // cuda/dla_prefill_v2.cu's kernel body with cuda/dla_prefill_v3.cuh, see
 // run.sh; v3 = the same body with lay.warp_scan and lay.batch_loads set) vs the CPU backend's generic kernel,
 // and v3 against v2 bit for bit (v3 changes who runs the scan and when loads are issued, no arithmetic). Was:
@@ -152,8 +154,8 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     v3(ci.counts, ccount.data(), C, DType::Int64); v3(ci.info, cinfo.data(), C, p.dtype); v3(ci.starts, cstart.data(), C, DType::Int64);
     ci.size.data = csize.data(); ci.size.present = true; ci.size.dtype = DType::Int64; ci.size.stride[0] = H; ci.size.stride[1] = 1;
   }
-  Buf<T> b1, b2, b3, b4;
-  for (Buf<T>* bb : {&b1, &b2, &b3, &b4}) {
+  Buf<T> b1, b2, b3, b4, b5;
+  for (Buf<T>* bb : {&b1, &b2, &b3, &b4, &b5}) {
     bb->out.assign(B * H * T_ * Dv, T(-7)); bb->states.assign(B * H * C * SS, T(-7)); bb->info.assign(B * H * C, T(-7));
     bb->scores.assign(B * H * T_, T(-7)); bb->counts.assign(B * H * C, -7); bb->starts.assign(B * H * C, -7);
     bb->size.assign(B * H, -7); bb->merged.assign(B * H * T_, -7); bb->bnd.assign(B * H * T_, 7);
@@ -168,8 +170,8 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     co.size.data = bb.size.data(); co.size.present = true; co.size.stride[0] = H; co.size.stride[1] = 1;
     o3(pp.scores, bb.scores.data(), T_); o3(pp.boundaries, bb.bnd.data(), T_); o3(pp.merged, bb.merged.data(), T_);
   };
-  DLAProblem p1 = p, p2 = p, p3 = p, p4 = p;
-  outs(p1, b1); outs(p2, b2); outs(p3, b3); outs(p4, b4);
+  DLAProblem p1 = p, p2 = p, p3 = p, p4 = p, p5 = p;
+  outs(p1, b1); outs(p2, b2); outs(p3, b3); outs(p4, b4); outs(p5, b5);
   for (int v3 : {0, 1}) {
     using namespace cuda::dla;
     v2::Lay lay = v2::make_lay(p1, sizeof(T), ns);
@@ -181,14 +183,23 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     char* smem = reinterpret_cast<char*>(smem_d.data());
     emu_launch(grid, [&] { v2::prefill_body<T>(v3 ? p3 : p1, lay, scratch.data(), smem); });
   }
-  {  // v4: the three passes (dla_prefill_v4.cuh), grids smaller than the work (grid-stride loops)
+  // v4: passes A and B, then C1 (the states at every chunk start, serial over chunks) and C2 (the readout, every
+  // chunk at once) over item groups of `gitems` (launch_prefill_v4's loop), grids smaller than the work
+  // (grid-stride loops); ns2 = C2's column split. Run twice with other grids, splits and groups: the same bits.
+  auto run_v4 = [&](DLAProblem& pp, unsigned gA1, unsigned gA, unsigned gB, unsigned gC1, unsigned gC2, int64_t ns2,
+                    int64_t gitems) {
     using namespace cuda::dla;
-    v2::Lay lay = v2::make_lay(p4, sizeof(T), ns);
+    v2::Lay lay = v2::make_lay(pp, sizeof(T), ns);
     lay.batch_loads = 1;
-    const unsigned gA = 2, gB = 3, gC = 3;
+    const v2::Lay lay1 = v2::make_lay(pp, sizeof(T), ns, 1), lay2 = v2::make_lay(pp, sizeof(T), 1, 2);
     const std::size_t items = static_cast<std::size_t>(B * H), TT = static_cast<std::size_t>(T_);
-    std::vector<char> scratch(gC * lay.gbytes, char(0x7f));
+    const int64_t nch = (T_ + lay.L - 1) / lay.L;
     std::vector<T> slotsA(gA * SS + 1, T(NAN)), Ibuf(items * TT + 1, T(NAN));
+    std::vector<T> chs(static_cast<std::size_t>(gitems * (nch + 1) * C * SS) + 1, T(NAN));
+    std::vector<int32_t> mc(static_cast<std::size_t>(gitems * (nch + 1)) + 1, -7);
+    const std::size_t gch = static_cast<std::size_t>(gitems * nch), LL = static_cast<std::size_t>(lay.L);
+    std::vector<T> tab(gch * LL * LL + 1, T(NAN));
+    std::vector<double> tsuf(gch * LL + 1, NAN), tbv(gch * LL + 1, NAN);
     std::vector<uint8_t> Obuf(items * TT + 1, 7);
     std::vector<int32_t> Mbuf(items * TT + 1, -7);
     const std::size_t ent = static_cast<std::size_t>(C) * (2 * sizeof(int64_t) + sizeof(T));
@@ -197,14 +208,42 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     buf.I = Ibuf.data(); buf.O = Obuf.data(); buf.M = Mbuf.data();
     buf.ent = reinterpret_cast<char*>(entb.data()); buf.ent_bytes = ent;
     buf.slotsA = reinterpret_cast<char*>(slotsA.data()); buf.slotA_bytes = SS * sizeof(T);
+    buf.chs = reinterpret_cast<char*>(chs.data()); buf.mc = mc.data(); buf.nch = nch;
+    buf.tab = tab.data(); buf.tsuf = tsuf.data(); buf.tbv = tbv.data();
+    buf.ncol2 = (Dv + ns2 - 1) / ns2;
+    buf.ns2 = (Dv + buf.ncol2 - 1) / buf.ncol2;
     std::vector<double> smem_d(lay.smem / sizeof(double) + 2);
-    std::memset(smem_d.data(), 0xff, smem_d.size() * sizeof(double));
     char* smem = reinterpret_cast<char*>(smem_d.data());
-    emu_launch(gA, [&] { v2::v4_pass_a<T>(p4, lay, buf, smem); });
-    emu_launch(gB, [&] { v2::v4_pass_b<T>(p4, buf); });
-    std::memset(smem_d.data(), 0xff, smem_d.size() * sizeof(double));
-    emu_launch(gC, [&] { v2::v4_pass_c<T>(p4, lay, buf, scratch.data(), smem); });
-  }
+    auto fresh = [&] { std::memset(smem_d.data(), 0xff, smem_d.size() * sizeof(double)); };
+    if (lay1.smem > lay.smem || lay2.smem > lay.smem) throw std::runtime_error("C1 / C2 layout larger than A's");
+    for (int64_t i0 = 0; i0 < B * H; i0 += gitems) {  // A1 (every chunk's table), then A2 (the chains)
+      buf.item0 = i0;
+      buf.nitems = std::min<int64_t>(gitems, B * H - i0);
+      std::fill(tab.begin(), tab.end(), T(NAN));  // a group never reads another's tables
+      std::fill(tsuf.begin(), tsuf.end(), NAN);
+      std::fill(tbv.begin(), tbv.end(), NAN);
+      fresh();
+      if (nch > 0) emu_launch(gA1, [&] { v2::v4_pass_a1<T>(pp, lay, buf, smem); });
+      fresh();
+      if (nch > 0) emu_launch(std::min<unsigned>(gA, static_cast<unsigned>(buf.nitems)),
+                              [&] { v2::v4_pass_a2<T>(pp, lay, buf, smem); });
+    }
+    emu_launch(gB, [&] { v2::v4_pass_b<T>(pp, buf); });
+    for (int64_t i0 = 0; i0 < B * H; i0 += gitems) {
+      buf.item0 = i0;
+      buf.nitems = std::min<int64_t>(gitems, B * H - i0);
+      std::fill(chs.begin(), chs.end(), T(NAN));  // a group never reads another's arrays
+      fresh();
+      emu_launch(gC1, [&] { v2::v4_pass_c1<T>(pp, lay1, buf, smem); });
+      fresh();
+      if (nch > 0) emu_launch(gC2, [&] { v2::v4_pass_c2<T>(pp, lay2, buf, smem); });
+    }
+  };
+  run_v4(p4, 5, 2, 3, 3, 5, 1, B * H);
+  if (g_emu_threads < 32)  // the launch checks on the cheap block sizes (the 32-thread runs cover the warp paths)
+    run_v4(p5, 2, 1, 1, 2, 7, 3, 1);
+  else
+    b5 = b4;
   cpu::dla_generic(p2);
   auto cmp = [](const std::vector<T>& a, const std::vector<T>& b) -> double {
     double m = 0;
@@ -215,7 +254,8 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     return m;
   };
   const double tol = sizeof(T) == 8 ? 1e-10 : 1e-4;
-  const double e = std::max({cmp(b1.out, b2.out), cmp(b1.states, b2.states), cmp(b1.info, b2.info), cmp(b1.scores, b2.scores)});
+  const double e = std::max({cmp(b1.out, b2.out), cmp(b1.states, b2.states), cmp(b1.info, b2.info), cmp(b1.scores, b2.scores),
+                             cmp(b4.out, b2.out), cmp(b4.states, b2.states), cmp(b4.info, b2.info), cmp(b4.scores, b2.scores)});
   const bool same = b1.counts == b2.counts && b1.starts == b2.starts && b1.size == b2.size && b1.merged == b2.merged &&
                     b1.bnd == b2.bnd;
   int64_t nb = 0, nm = 0;
@@ -230,12 +270,15 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
   const bool v4same = bits(b1.out, b4.out) && bits(b1.states, b4.states) && bits(b1.info, b4.info) &&
                       bits(b1.scores, b4.scores) && b1.counts == b4.counts && b1.starts == b4.starts &&
                       b1.size == b4.size && b1.merged == b4.merged && b1.bnd == b4.bnd;
-  const bool ok = e <= tol && same && v3same && v4same;
+  const bool v4launch = bits(b4.out, b5.out) && bits(b4.states, b5.states) && bits(b4.info, b5.info) &&
+                        bits(b4.scores, b5.scores) && b4.counts == b5.counts && b4.starts == b5.starts &&
+                        b4.size == b5.size && b4.merged == b5.merged && b4.bnd == b5.bnd;
+  const bool ok = e <= tol && same && v3same && v4same && v4launch;
   fails += !ok;
   std::printf("%-40s T=%3lld Dk=%2lld Dv=%2lld C=%2lld L=%2lld ns=%lld %s bnd %3lld mrg %3lld err %.3g %s%s\n", name,
               (long long)T_, (long long)Dk, (long long)Dv, (long long)C, (long long)chunk, (long long)ns,
               sizeof(T) == 8 ? "f64" : "f32", (long long)nb, (long long)nm, e,
-              !same ? "DECISIONS DIFFER " : !v3same ? "V3 BITS DIFFER FROM V2 " : !v4same ? "V4 BITS DIFFER FROM V2 " : "",
+              !same ? "DECISIONS DIFFER " : !v3same ? "V3 BITS DIFFER FROM V2 " : !v4same ? "V4 BITS DIFFER FROM V2 " : !v4launch ? "V4 BITS DEPEND ON THE LAUNCH " : "",
               ok ? "ok" : "FAIL");
 }
 
