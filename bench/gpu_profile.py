@@ -7,12 +7,16 @@ Two modes:
 
   - ``prefill``: one DLA prefill (float16, B=4, H=16, T=4095, D=64, C=16) on the default path (v4's three
     passes where enabled), which also makes the cache for the decode steps;
-  - ``prefill_v2``: the same prefill on the v2 kernel (tuning ``dla_split = -2``);
   - ``decode``: 3 DLA decode steps from that cache on the default path (v3's one kernel where enabled);
   - ``decode_v2``: 3 steps on v2's two kernels (tuning ``dla_decode = 2``);
-  - ``decode_v1``: 1 step on the first kernel (tuning ``dla_decode = 1``);
   - ``exact_decode``: 3 exact attention decode calls (float16, B=4, Hq=32, Hkv=8, Sq=1, Sk=16384, D=128),
-    the case whose call time (49% of peak bandwidth on the H200) trails its device time (68%).
+    the case whose call time (49% of peak bandwidth on the H200) trails its device time (68%);
+  - ``decode_v1``: 1 step on the first kernel (tuning ``dla_decode = 1``);
+  - ``prefill_v2``: the first prefill again on the v2 kernel (tuning ``dla_split = -2``).
+
+  ncu prints its results when the process ends, so a run killed by the stage's time limit leaves nothing:
+  the workload starts no phase after ``--budget-s`` seconds (default 25; gpu_check.sh passes its limit
+  less 15 s for ncu's replays of the last phase and its report).
 
 * ``python bench/gpu_profile.py --summarize NCU.csv``: reads ncu's CSV (``--csv --print-units base``) and
   prints a table: per phase and kernel, the launches, the median duration and DRAM traffic, the achieved
@@ -39,7 +43,9 @@ PHASES = ("prefill", "prefill_v2", "decode", "decode_v2", "decode_v1", "exact_de
 PER_CALL = {"prefill": 1, "prefill_v2": 1, "decode": 3, "decode_v2": 3, "decode_v1": 1, "exact_decode": 3}
 
 
-def workload() -> int:
+def workload(budget_s: float) -> int:
+    import time
+
     import cupy
     import numpy as np
 
@@ -50,8 +56,15 @@ def workload() -> int:
     marks = {name: cupy.RawKernel(f'extern "C" __global__ void dla_mark_{name}() {{}}', f"dla_mark_{name}")
              for name in PHASES}
 
+    t0 = time.monotonic()
+
     def mark(name):
+        """Opens phase `name`; False (the phase is skipped) once the budget is spent."""
+        if time.monotonic() - t0 > budget_s:
+            print(f"gpu_profile: {name} skipped (past --budget-s {budget_s:.0f} s)", flush=True)
+            return False
         marks[name]((1,), (1,), ())
+        return True
 
     def attempt(name, fn):
         try:
@@ -71,23 +84,29 @@ def workload() -> int:
     def prefill():
         state["cache"] = attnkit.dynamic_linear_attention(*pre, capacity=C)[1]
 
-    mark("prefill")
-    attempt("prefill", prefill)
-    mark("prefill_v2")
-    with tuning(dla_split=-2):
-        attempt("prefill_v2", lambda: attnkit.dynamic_linear_attention(*pre, capacity=C))
+    # the most wanted first: under a tight budget the last phases are the ones skipped
+    if mark("prefill"):
+        attempt("prefill", prefill)
     cache = state.get("cache")
-    if cache is not None:
-        for name, mode, n in (("decode", 0, 3), ("decode_v2", 2, 3), ("decode_v1", 1, 1)):
-            mark(name)
+
+    def decode(name, mode):
+        if cache is not None and mark(name):
             with tuning(dla_decode=mode):
-                for _ in range(n):
+                for _ in range(PER_CALL[name]):
                     attempt(name, lambda: attnkit.dynamic_linear_attention(*step, capacity=C, cache=cache))
+
+    decode("decode", 0)
+    decode("decode_v2", 2)
     qd = randn(cupy, (4, 32, 1, 128), "float16")
     kd, vd = (randn(cupy, (4, 8, 16384, 128), "float16") for _ in range(2))
-    mark("exact_decode")
-    for _ in range(3):
-        attempt("exact_decode", lambda: attnkit.attention(qd, kd, vd))
+    cupy.cuda.Device().synchronize()
+    if mark("exact_decode"):
+        for _ in range(PER_CALL["exact_decode"]):
+            attempt("exact_decode", lambda: attnkit.attention(qd, kd, vd))
+    decode("decode_v1", 1)
+    if mark("prefill_v2"):
+        with tuning(dla_split=-2):
+            attempt("prefill_v2", lambda: attnkit.dynamic_linear_attention(*pre, capacity=C))
     print("gpu_profile: workload done", flush=True)
     return 0
 
@@ -202,8 +221,9 @@ def summarize(path: str) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--summarize", metavar="NCU_CSV", help="print the summary of ncu's CSV output instead")
+    ap.add_argument("--budget-s", type=float, default=25.0, help="start no phase after this many seconds")
     a = ap.parse_args()
-    return summarize(a.summarize) if a.summarize else workload()
+    return summarize(a.summarize) if a.summarize else workload(a.budget_s)
 
 
 if __name__ == "__main__":

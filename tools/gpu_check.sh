@@ -14,8 +14,8 @@
 #   6. bench/bench_gpu.py --quick                                         -> OUTDIR/bench.log, OUTDIR/bench_gpu.json
 #   7. per-kernel profile: Nsight Compute over bench/gpu_profile.py (DLA prefill v4 / v2, DLA decode
 #      steps v3 / v2 / v1, exact decode Sk=16384 GQA 32:8 D=128), kernel durations and DRAM bytes
-#                                                                         -> OUTDIR/profile.log, profile.csv, profile.txt
-#   8. summary (device, test counts, failed ids, sanitizer errors, table, profile) -> OUTDIR/summary.txt (and stdout)
+#                                                                  -> OUTDIR/profile.log, profile.csv, profile.txt
+#   8. summary (device, tests, failed ids, sanitizer errors, table, profile) -> OUTDIR/summary.txt (and stdout)
 # A failed or timed-out stage is recorded and the next one runs (except after a failed build). Exit status:
 # 0 when every stage passed, 1 otherwise; the profile stage is informational (ncu may be missing or not
 # allowed to read the performance counters): its status is recorded but does not fail the check. OUTDIR
@@ -295,7 +295,7 @@ if [[ -n ${NCU} && -x ${NCU} ]]; then
   run_stage profile "${PROFILE_S}" "${OUT}/profile.log" \
     "${NCU}" --target-processes all --kernel-name "regex:dla_|decode|merge" --launch-count 80 --clock-control none \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum --csv --print-units base \
-    --log-file "${OUT}/profile.csv" "${PY}" bench/gpu_profile.py
+    --log-file "${OUT}/profile.csv" "${PY}" bench/gpu_profile.py --budget-s $((PROFILE_S - 15))
   FAILED=${failed_before}
   timeout 30 "${PY}" bench/gpu_profile.py --summarize "${OUT}/profile.csv" >"${OUT}/profile.txt" 2>&1 || true
 else

@@ -13,7 +13,7 @@
 #include <stdexcept>
 #include <vector>
 #include "cuda/common.cuh"
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 template <class X>
 X __shfl_down_sync(unsigned, X x, int) { return x; }  // dla_common.cuh's warp_sum (unused here)
 struct dim3 {
