@@ -145,9 +145,11 @@ struct DecodeStep {
 /// of the block calls it (it synchronizes) and gets the result (broadcast through *sh). red: kThreads
 /// doubles of shared memory; cnt_buf / info_buf: C entries of this block's global (or shared) scratch.
 /// kUnroll: the unroll factor of the loop over the open state (1 in dla_decode.cu, whose one kernel would
-/// spill with more; results do not depend on it). write_aux false: the aux outputs are left to another
-/// block deciding the same item (dla_decode_v3.cu: one block per column tile decides).
-template <class St, int kUnroll>
+/// spill with more; results do not depend on it). kBatch > 0: that loop in two phases, kBatch elements'
+/// loads, then their sums (dla_decode_v3.cu; the same sums in the same order). write_aux false: the aux
+/// outputs are left to another block deciding the same item (dla_decode_v3.cu: one block per column tile
+/// decides).
+template <class St, int kUnroll, int kBatch = 0>
 __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem& p, int64_t b, int64_t h,
                                                                double* red, DecodeStep<acc_t<St>>* sh,
                                                                int64_t* cnt_buf, acc_t<St>* info_buf,
@@ -194,15 +196,46 @@ __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem&
     // Element idx = d * Dv + e, (d, e) stepped by kThreads without a division; unrolled so that several
     // loads are in flight. Each thread's sums keep their order (idx ascending).
     int64_t d = tid / Dv, e = tid - (tid / Dv) * Dv;
+    if constexpr (kBatch > 0) {
+      // kBatch elements at a time in two phases: every load first (only index steps between them, so they
+      // are all in flight before the first use; in the one-phase loop below, the (d, e) stepping's branch
+      // between one element's use and the next element's loads keeps the compiler from hoisting them, one
+      // memory round trip per element), then the same sums in the same order.
+      for (int64_t idx0 = tid; idx0 < Dk * Dv; idx0 += static_cast<int64_t>(kThreads) * kBatch) {
+        R sb[kBatch], kb[kBatch], vb[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          sb[u] = kb[u] = vb[u] = R(0);
+          if (idx0 + static_cast<int64_t>(u) * kThreads < Dk * Dv) {
+            sb[u] = open[d * is3 + e * is4];
+            kb[u] = ld<St>(kd, d * ks);
+            vb[u] = ld<St>(vd, e * vs);
+          }
+          e += kThreads;
+          while (e >= Dv) {
+            e -= Dv;
+            ++d;
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u)
+          if (idx0 + static_cast<int64_t>(u) * kThreads < Dk * Dv) {
+            const double s = static_cast<double>(sb[u]);
+            sq += s * s;
+            pk += static_cast<double>(kb[u]) * s * static_cast<double>(vb[u]);
+          }
+      }
+    } else {
 #pragma unroll kUnroll
-    for (int64_t idx = tid; idx < Dk * Dv; idx += kThreads) {
-      const double s = static_cast<double>(open[d * is3 + e * is4]);
-      sq += s * s;
-      pk += static_cast<double>(ld<St>(kd, d * ks)) * s * static_cast<double>(ld<St>(vd, e * vs));
-      e += kThreads;
-      while (e >= Dv) {
-        e -= Dv;
-        ++d;
+      for (int64_t idx = tid; idx < Dk * Dv; idx += kThreads) {
+        const double s = static_cast<double>(open[d * is3 + e * is4]);
+        sq += s * s;
+        pk += static_cast<double>(ld<St>(kd, d * ks)) * s * static_cast<double>(ld<St>(vd, e * vs));
+        e += kThreads;
+        while (e >= Dv) {
+          e -= Dv;
+          ++d;
+        }
       }
     }
     sq = block_sum(sq, red);

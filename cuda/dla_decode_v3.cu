@@ -6,6 +6,12 @@
 // for its tile (dla_decode_states.cuh, the same code). Results equal v2's bit for bit.
 //
 // What it saves over v2 (estimates, not yet measured; B = 4, H = 16, D = 64, C = 16, float32 states):
+// - the decisions' memory round trips, the larger part of v2's first kernel by this estimate: v2 reads the
+//   open state one element per round trip (16 per thread, ~0.5-1 us each: the (d, e) stepping's branch
+//   between one element's use and the next one's loads keeps them from being hoisted), here in one batch
+//   (decode_decide's kBatch: every load, then the same sums in the same order); and the merge scan's 2 (C - 1)
+//   reads of counts and info by one thread come from shared memory, not global scratch (~15-25 us of v2's
+//   first kernel, by this estimate, down to ~4-6 us);
 // - the second launch and the DecodeStep round trip through global memory (a kernel boundary: ~2-4 us of
 //   device time between two dependent kernels), and on the host one launch and the stream-ordered
 //   workspace (an allocation and a free) after the validator's wait, where the device is idle;
@@ -34,10 +40,10 @@ namespace {
 
 constexpr int64_t kMaxSharedC = 256;                      // capacities whose counts / info fit shared memory
 constexpr std::size_t kPrefetchMax = std::size_t(24) << 20;  // input states prefetched into the L2 at most
-// Unroll of the decisions' loop over the open state (v2: 4): 16 elements per thread at Dk * Dv = 4096, so all
-// of a thread's loads are in flight at once (one memory round trip instead of four); no effect on results
-// (each thread's sums keep their order).
-constexpr int kDecideUnroll = 16;
+// The decisions' loop over the open state in batches of this many elements per thread, every load of a batch
+// before the first use (decode_decide's kBatch; v2: one element's loads per memory round trip): 16 elements
+// per thread at Dk * Dv = 4096, so one round trip; no effect on results (each thread's sums keep their order).
+constexpr int kDecideBatch = 16;
 
 /// A hint that the line holding *ptr be fetched into the L2 (no effect on results; nothing in emulation).
 __device__ __forceinline__ void prefetch_l2(const void* ptr) {
@@ -83,7 +89,8 @@ __global__ void __launch_bounds__(kThreads, 1) dla_decode_fused_kernel(const DLA
   for (int64_t it = blockIdx.y; it < items; it += gridDim.y) {
     const int64_t b = it / p.H, h = it % p.H;
     if (prefetch) prefetch_tile<R, kCols>(p, b, h, tile);
-    const DecodeStep<R> step = decode_decide<St, kDecideUnroll>(p, b, h, red, &sh_step, cnt_buf, info_buf, tile == 0);
+    const DecodeStep<R> step = decode_decide<St, 1, kDecideBatch>(p, b, h, red, &sh_step, cnt_buf, info_buf,
+                                                                       tile == 0);
     if (tile == 0) decode_write_entries(p, b, h, step);
     decode_states::item<St, VEC>(p, it, step, tile, ypart);
   }

@@ -178,6 +178,7 @@ template <class T> void all() {
   run<T>("Dv 36: 2 column tiles", 5, 36, 3, -1.0, false, false, {3, 3, 2, 3}, 0);
   run<T>("Dk 40 > 32 rows, C 16", 40, 8, 16, -1.0, true, false, {16, 16, 9, 16}, 0);
   run<T>("C=1", 8, 8, 1, 0.3, true, false, {1, 1, 1, 1}, 0);
+  run<T>("Dk 72 Dv 60: v3's 2 decision batches", 72, 60, 3, -1.0, true, false, {3, 2, 3, 1}, 0);
   run<T>("Dv=1", 9, 1, 3, -1.0, true, false, {3, 2, 3, 3}, 0);
   if (sizeof(T) == 8)
     for (double tau : {0.5, 1.0, 1.5}) run<T>("mixed tau", 8, 8, 4, tau, true, false, {4, 3, 4, 2}, 0);
