@@ -7,11 +7,12 @@
 //
 // What it saves over v2 (estimates, not yet measured; B = 4, H = 16, D = 64, C = 16, float32 states):
 // - the decisions' memory round trips, the larger part of v2's first kernel by this estimate: v2 reads the
-//   open state one element per round trip (16 per thread, ~0.5-1 us each: the (d, e) stepping's branch
-//   between one element's use and the next one's loads keeps them from being hoisted), here in one batch
-//   (decode_decide's kBatch: every load, then the same sums in the same order); and the merge scan's 2 (C - 1)
-//   reads of counts and info by one thread come from shared memory, not global scratch (~15-25 us of v2's
-//   first kernel, by this estimate, down to ~4-6 us);
+//   open state one element per round trip (16 per thread, ~0.2-0.5 us each from the L2 or DRAM: the (d, e)
+//   stepping's branch between one element's use and the next one's loads keeps them from being hoisted; the
+//   PTX shows each element's loads followed by its fmas), here in one batch (decode_decide's kBatch: every
+//   load, then the same sums in the same order); and the merge scan's reads of counts and info by one thread
+//   (when a token opens a state into a full cache) come from shared memory, not global scratch, one L2 round
+//   trip per pair in v2 (~7-16 us for v2's first kernel by this estimate, ~3-5 us for the decisions here);
 // - the second launch and the DecodeStep round trip through global memory (a kernel boundary: ~2-4 us of
 //   device time between two dependent kernels), and on the host one launch and the stream-ordered
 //   workspace (an allocation and a free) after the validator's wait, where the device is idle;
