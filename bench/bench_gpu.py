@@ -361,7 +361,8 @@ def host_rows(ctx):
     A DLA step waits for the stream (the validator reads the cache's size / counts / starts on the host), so
     its host time includes the previous call's kernels when they outlast the host work before the wait, and
     its "device" time (DeviceTimer) includes the host work after the wait (the value checks, the launches)
-    while the GPU idles: neither is the kernels alone (tools/gpu_check.sh's profile stage has those)."""
+    while the GPU idles: neither is the kernels alone (tools/gpu_check.sh's profile stage has those). The
+    "dla_first_step" rows (no cache: no wait) are host work alone and kernels alone."""
     cupy, torch, attnkit = ctx["cupy"], ctx["torch"], ctx["attnkit"]
     dev = DeviceTimer(cupy, torch, 5)
     tiny = (1, 1, 4, 64)
@@ -388,6 +389,13 @@ def host_rows(ctx):
         tuned["dla_decode_step_f16_v2"] = ("dla_decode", 2)
         calls["dla_decode_step_f16_v1"] = calls["dla_decode_step_f16"]  # the first decode kernel
         tuned["dla_decode_step_f16_v1"] = ("dla_decode", 1)
+        # The same step without a cache (the first token): no cache values to read, so no wait: its host time
+        # is the call's host work alone and its device time the kernels alone (they write the C output states,
+        # zeros but the first, and read none); against the rows above, the cost of the cache (5 more arrays,
+        # the copies and the wait) in the host time, and of the host work after the wait in the device time.
+        calls["dla_first_step_f16"] = lambda: attnkit.dynamic_linear_attention(*one, capacity=C)
+        calls["dla_first_step_f16_v2"] = calls["dla_first_step_f16"]
+        tuned["dla_first_step_f16_v2"] = ("dla_decode", 2)
     for name, fn in calls.items():
         if ctx["out_of_time"]():
             return
