@@ -304,12 +304,12 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
             if row.get(f"{name}_s") and row.get("exact_causal_s"):
                 row[f"{name}_speedup_vs_exact"] = row["exact_causal_s"] / row[f"{name}_s"]
         # decode: one token after S tokens. DLA from its cache (O(C D^2)); exact attention over S keys.
-        q1, k1, v1 = q[:, :, -1:], k[:, :, -1:], v[:, :, -1:]
+        q1, k1, v1, lam1 = q[:, :, -1:], k[:, :, -1:], v[:, :, -1:], lam[:, :, -1:]
         if not kernels["dynamic_linear_attention"]:
             def dla_step():
                 _, cache = attnkit.dynamic_linear_attention(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1], lam[:, :, :-1],
                                                             capacity=C)
-                return lambda: attnkit.dynamic_linear_attention(q1, k1, v1, lam[:, :, -1:], capacity=C, cache=cache)
+                return lambda: attnkit.dynamic_linear_attention(q1, k1, v1, lam1, capacity=C, cache=cache)
 
             step, note = attempt(dla_step)
             t, note = attempt(lambda: timer(step)) if step else (None, note)
@@ -317,12 +317,17 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
                 row["dla_decode_s"], row["dla_decode_tokens_per_s"] = t, B / t
             else:
                 row["dla_decode_note"] = note
-            if step:  # the first decode kernel (cuda/dla_decode.cu) side by side: tuning dla_decode = 1
-                t1, note1 = attempt(lambda: with_tuning(attnkit, "dla_decode", 1, lambda: timer(step)))
+            # dla_decode runs v3's one kernel (cuda/dla_decode_v3.cu) where its gate is open
+            # (ATTNKIT_DLA_DECODE_V3=0 turns it off); side by side: v2's two kernels (tuning dla_decode = 2)
+            # and the first kernel (cuda/dla_decode.cu, dla_decode = 1)
+            has = getattr(attnkit._core, "cuda_has_kernel", None)
+            row["dla_decode_v3"] = bool(has and has("dla_decode_v3")) and os.environ.get("ATTNKIT_DLA_DECODE_V3") != "0"
+            for name, mode in (("dla_decode_v2", 2), ("dla_decode_v1", 1)) if step else ():
+                t1, note1 = attempt(lambda: with_tuning(attnkit, "dla_decode", mode, lambda: timer(step)))
                 if t1:
-                    row["dla_decode_v1_s"], row["dla_decode_v1_tokens_per_s"] = t1, B / t1
+                    row[f"{name}_s"], row[f"{name}_tokens_per_s"] = t1, B / t1
                 else:
-                    row["dla_decode_v1_note"] = note1
+                    row[f"{name}_note"] = note1
         else:
             row["dla_decode_note"] = "no kernel"
         if not kernels["attention"]:
@@ -331,8 +336,9 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
                 row["exact_decode_s"], row["exact_decode_tokens_per_s"] = t, B / t
             else:
                 row["exact_decode_note"] = note
-        if row.get("dla_decode_s") and row.get("exact_decode_s"):
-            row["dla_decode_speedup_vs_exact"] = row["exact_decode_s"] / row["dla_decode_s"]
+        for name in ("dla_decode", "dla_decode_v2"):
+            if row.get(f"{name}_s") and row.get("exact_decode_s"):
+                row[f"{name}_speedup_vs_exact"] = row["exact_decode_s"] / row[f"{name}_s"]
         ctx["add"](row)
         del q, k, v, lam
         cupy.get_default_memory_pool().free_all_blocks()
@@ -353,7 +359,15 @@ def host_rows(ctx):
     """Host time per call (Python, validation, launches; the device not waited for) beside the device
     time: where a call's time goes when the kernels are short. Tiny exact attention from CuPy and from
     torch (float16, bfloat16; torch's own SDPA for scale), a GQA decode step over 16K keys and a DLA decode
-    step (capacity 16, float16, B=4, H=16, D=64)."""
+    step (capacity 16, float16, B=4, H=16, D=64; operands sliced once, outside the timed call) on the default
+    path (v3's one kernel where enabled), on v2's two kernels (tuning dla_decode = 2) and on the first kernel
+    (dla_decode = 1).
+
+    A DLA step waits for the stream (the validator reads the cache's size / counts / starts on the host), so
+    its host time includes the previous call's kernels when they outlast the host work before the wait, and
+    its "device" time (DeviceTimer) includes the host work after the wait (the value checks, the launches)
+    while the GPU idles: neither is the kernels alone (tools/gpu_check.sh's profile stage has those). The
+    "dla_first_step" rows (no cache: no wait) are host work alone and kernels alone."""
     cupy, torch, attnkit = ctx["cupy"], ctx["torch"], ctx["attnkit"]
     dev = DeviceTimer(cupy, torch, 5)
     tiny = (1, 1, 4, 64)
@@ -374,10 +388,19 @@ def host_rows(ctx):
                                                                    lam[:, :, :-1], capacity=C)[1])
     tuned = {}  # call -> (tuning option, value) set while it is measured
     if cache is not None:
-        calls["dla_decode_step_f16"] = lambda: attnkit.dynamic_linear_attention(
-            dq[:, :, -1:], dk[:, :, -1:], dv[:, :, -1:], lam[:, :, -1:], capacity=C, cache=cache)
+        one = tuple(x[:, :, -1:] for x in (dq, dk, dv, lam))
+        calls["dla_decode_step_f16"] = lambda: attnkit.dynamic_linear_attention(*one, capacity=C, cache=cache)
+        calls["dla_decode_step_f16_v2"] = calls["dla_decode_step_f16"]  # v2's two kernels
+        tuned["dla_decode_step_f16_v2"] = ("dla_decode", 2)
         calls["dla_decode_step_f16_v1"] = calls["dla_decode_step_f16"]  # the first decode kernel
         tuned["dla_decode_step_f16_v1"] = ("dla_decode", 1)
+        # The same step without a cache (the first token): no cache values to read, so no wait: its host time
+        # is the call's host work alone and its device time the kernels alone (they write the C output states,
+        # zeros but the first, and read none); against the rows above, the cost of the cache (5 more arrays,
+        # the copies and the wait) in the host time, and of the host work after the wait in the device time.
+        calls["dla_first_step_f16"] = lambda: attnkit.dynamic_linear_attention(*one, capacity=C)
+        calls["dla_first_step_f16_v2"] = calls["dla_first_step_f16"]
+        tuned["dla_first_step_f16_v2"] = ("dla_decode", 2)
     for name, fn in calls.items():
         if ctx["out_of_time"]():
             return
@@ -457,7 +480,7 @@ def format_row(r) -> str:
         return "  ".join(parts) + "  (Mtok/s)"
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
     for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
-                 "dla_prefill_v3", "dla_prefill_v2", "exact_decode", "dla_decode", "dla_decode_v1"):
+                 "dla_prefill_v3", "dla_prefill_v2", "exact_decode", "dla_decode", "dla_decode_v2", "dla_decode_v1"):
         tps = r.get(f"{name}_tokens_per_s")
         parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
     return "  ".join(parts) + "  (Mtok/s)"

@@ -73,13 +73,24 @@ void dynamic_linear_attention(const DLAProblem& p) {
   // The second decode step (dla_decode_v2.cu: decisions, then the states over many blocks; gate
   // "dla_decode_v2", verified on an H200); tuning dla_decode = 1 takes the first one (side by side).
   static const bool dec2_enabled = has_kernel("dla_decode_v2");
-  const bool dec2 = dec2_enabled && tuning().dla_decode.load() == 0;
+  // The third (dla_decode_v3.cu: v2 in one kernel, the decisions per column tile, L2 hints for the states;
+  // gate "dla_decode_v3", not yet verified). ATTNKIT_DLA_DECODE_V3=0 (read once) turns it off; tuning
+  // dla_decode = 2 takes v2 (side by side).
+  static const bool dec3_enabled = has_kernel("dla_decode_v3") && [] {
+    const char* e = std::getenv("ATTNKIT_DLA_DECODE_V3");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  const int64_t dec_mode = tuning().dla_decode.load();
+  const bool dec3 = dec3_enabled && dec_mode == 0;
+  const bool dec2 = dec2_enabled && (dec_mode == 0 || dec_mode == 2);
   const int64_t split = tuning().dla_split.load();
   const bool v4 = v4_enabled && split >= 0;
   const bool v3 = v3_enabled && (split >= 0 || split == -3);
   const bool v2 = v2_enabled && (split >= 0 || split == -2 || split == -3);
   dispatch_float(p.dtype, [&](auto tag) {
     using St = decltype(tag);
+    if (decode && dec3 && dla::launch_decode_v3<St>(p, stream))
+      return;
     if (decode && dec2)
       dla::launch_decode_v2<St>(p, stream);
     else if (decode)

@@ -60,6 +60,11 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream);
 /// (column tile, item) blocks with vector loads); gated by "dla_decode_v2" (dla.cu).
 template <class St>
 void launch_decode_v2(const DLAProblem& p, cudaStream_t stream);
+/// dla_decode_v3.cu: the decode step as one kernel (each (column tile, item) block decides for its item,
+/// then runs v2's state pass for its tile); gated by "dla_decode_v3" (dla.cu); false (nothing launched) when
+/// the capacity passes its shared buffers, and the caller takes launch_decode_v2.
+template <class St>
+bool launch_decode_v3(const DLAProblem& p, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------ device helpers
 
@@ -138,13 +143,17 @@ struct DecodeStep {
 /// p = a k^T S_open v and B = |k|^2 |v|^2 as block sums in double, math/dla.h's score, boundary and merge
 /// pair by thread 0, which also writes the token's aux outputs (scores, boundaries, merged). Every thread
 /// of the block calls it (it synchronizes) and gets the result (broadcast through *sh). red: kThreads
-/// doubles of shared memory; cnt_buf / info_buf: C entries of this block's global scratch. kUnroll: the
-/// unroll factor of the loop over the open state (1 in dla_decode.cu, whose one kernel would spill with
-/// more; results do not depend on it).
-template <class St, int kUnroll>
+/// doubles of shared memory; cnt_buf / info_buf: C entries of this block's global (or shared) scratch.
+/// kUnroll: the unroll factor of the loop over the open state (1 in dla_decode.cu, whose one kernel would
+/// spill with more; results do not depend on it). kBatch > 0: that loop in two phases, kBatch elements'
+/// loads, then their sums (dla_decode_v3.cu; the same sums in the same order). write_aux false: the aux
+/// outputs are left to another block deciding the same item (dla_decode_v3.cu: one block per column tile
+/// decides).
+template <class St, int kUnroll, int kBatch = 0>
 __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem& p, int64_t b, int64_t h,
                                                                double* red, DecodeStep<acc_t<St>>* sh,
-                                                               int64_t* cnt_buf, acc_t<St>* info_buf) {
+                                                               int64_t* cnt_buf, acc_t<St>* info_buf,
+                                                               bool write_aux = true) {
   using R = acc_t<St>;
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t C = p.C, Dk = p.Dk, Dv = p.Dv;
@@ -187,15 +196,46 @@ __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem&
     // Element idx = d * Dv + e, (d, e) stepped by kThreads without a division; unrolled so that several
     // loads are in flight. Each thread's sums keep their order (idx ascending).
     int64_t d = tid / Dv, e = tid - (tid / Dv) * Dv;
+    if constexpr (kBatch > 0) {
+      // kBatch elements at a time in two phases: every load first (only index steps between them, so they
+      // are all in flight before the first use; in the one-phase loop below, the (d, e) stepping's branch
+      // between one element's use and the next element's loads keeps the compiler from hoisting them, one
+      // memory round trip per element), then the same sums in the same order.
+      for (int64_t idx0 = tid; idx0 < Dk * Dv; idx0 += static_cast<int64_t>(kThreads) * kBatch) {
+        R sb[kBatch], kb[kBatch], vb[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          sb[u] = kb[u] = vb[u] = R(0);
+          if (idx0 + static_cast<int64_t>(u) * kThreads < Dk * Dv) {
+            sb[u] = open[d * is3 + e * is4];
+            kb[u] = ld<St>(kd, d * ks);
+            vb[u] = ld<St>(vd, e * vs);
+          }
+          e += kThreads;
+          while (e >= Dv) {
+            e -= Dv;
+            ++d;
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u)
+          if (idx0 + static_cast<int64_t>(u) * kThreads < Dk * Dv) {
+            const double s = static_cast<double>(sb[u]);
+            sq += s * s;
+            pk += static_cast<double>(kb[u]) * s * static_cast<double>(vb[u]);
+          }
+      }
+    } else {
 #pragma unroll kUnroll
-    for (int64_t idx = tid; idx < Dk * Dv; idx += kThreads) {
-      const double s = static_cast<double>(open[d * is3 + e * is4]);
-      sq += s * s;
-      pk += static_cast<double>(ld<St>(kd, d * ks)) * s * static_cast<double>(ld<St>(vd, e * vs));
-      e += kThreads;
-      while (e >= Dv) {
-        e -= Dv;
-        ++d;
+      for (int64_t idx = tid; idx < Dk * Dv; idx += kThreads) {
+        const double s = static_cast<double>(open[d * is3 + e * is4]);
+        sq += s * s;
+        pk += static_cast<double>(ld<St>(kd, d * ks)) * s * static_cast<double>(ld<St>(vd, e * vs));
+        e += kThreads;
+        while (e >= Dv) {
+          e -= Dv;
+          ++d;
+        }
       }
     }
     sq = block_sum(sq, red);
@@ -213,9 +253,12 @@ __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem&
     sh->merged = merged;
     sh->m = m;
     sh->m_out = opens && merged < 0 ? m + 1 : m;
-    if (p.scores.present) static_cast<R*>(p.scores.data)[at3(p.scores, b, h, 0)] = I;
-    if (p.boundaries.present) static_cast<uint8_t*>(p.boundaries.data)[at3(p.boundaries, b, h, 0)] = opens ? 1 : 0;
-    if (p.merged.present) static_cast<int64_t*>(p.merged.data)[at3(p.merged, b, h, 0)] = merged;
+    if (write_aux) {
+      if (p.scores.present) static_cast<R*>(p.scores.data)[at3(p.scores, b, h, 0)] = I;
+      if (p.boundaries.present)
+        static_cast<uint8_t*>(p.boundaries.data)[at3(p.boundaries, b, h, 0)] = opens ? 1 : 0;
+      if (p.merged.present) static_cast<int64_t*>(p.merged.data)[at3(p.merged, b, h, 0)] = merged;
+    }
   }
   __syncthreads();
   const DecodeStep<R> r = *sh;

@@ -59,7 +59,8 @@ constexpr const char* kVerified[] = {
 constexpr const char* kCompiled[] = {
     "performer_attention_mma2_causal",  // causal Performer softmax on tensor cores (performer_causal_mma.cuh; linear.cu)
     "dla_prefill_v3",   // v2 with the merge scan on a warp, batched chunk loads (dla_prefill_v3.cuh; dla.cu)
-    "dla_prefill_v4"};  // A1 A2 B C1 C2: tables, boundaries, merges, chunk-start states, readout (dla_prefill_v4.cuh)
+    "dla_prefill_v4",   // A1 A2 B C1 C2: tables, boundaries, merges, chunk-start states, readout (dla_prefill_v4.cuh)
+    "dla_decode_v3"};   // the decode step in one kernel, L2 hints for the states (dla_decode_v3.cu; dla.cu)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

@@ -1,4 +1,5 @@
-"""Host emulation of cuda/dla_decode_v2.cu's state pass (dla_decode_states_kernel), which cannot run here:
+"""Host emulation of cuda/dla_decode_v2.cu's state pass (dla_decode_states_kernel; the code is
+cuda/dla_decode_states.cuh's, shared with dla_decode_v3.cu's one kernel), which cannot run here:
 its work split (blocks of kLanes column lanes x kRows row groups, each thread walking the (entry, row)
 units f = i * Dk + d of its row group kU at a time by stepping (i, d) without divisions) must write every
 output state element exactly once and sum every term of the readout exactly once, for any Dk, Dv, C and

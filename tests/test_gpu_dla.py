@@ -234,9 +234,10 @@ def test_dla_prefill_v2_pieces(rng, dtype, decay, split):
     np.testing.assert_allclose(host(dcache).states, whole[1].states, rtol=tol, atol=tol)
 
 
-# ------------------------------------------------------------------ the v2 decode step (dla_decode_v2.cu)
-# Under ATTNKIT_CUDA_UNVERIFIED=1 every decode step (T = 1) runs cuda/dla_decode_v2.cu (tuning dla_decode = 0);
-# dla_decode = 1 takes the first kernel (cuda/dla_decode.cu). The cases start from a CPU-made cache of T0
+# ------------------------------------------------------- the v2 / v3 decode steps (dla_decode_v2.cu, _v3.cu)
+# Under ATTNKIT_CUDA_UNVERIFIED=1 every decode step (T = 1) runs cuda/dla_decode_v3.cu (tuning dla_decode = 0;
+# v3 is v2 in one kernel, the same bits), dla_decode = 2 takes v2 (cuda/dla_decode_v2.cu), dla_decode = 1 the
+# first kernel (cuda/dla_decode.cu). The cases start from a CPU-made cache of T0
 # tokens (0: an empty cache) and take enough steps to fill the cache and merge (tau = 0: every token opens a
 # state); "odd" (Dv % 4 != 0) and "unaligned" (cache states at a 4-byte offset) take the scalar fallback of
 # the state pass, "wide" several column tiles, float64 its 2-double packs.
@@ -269,8 +270,9 @@ def _cache_layout(c, layout):
 @pytest.mark.parametrize("dtype", [F32, F16, F64], ids=["f32", "f16", "f64"])
 @pytest.mark.parametrize("case", DLA_DEC_CASES, ids=[c[0] for c in DLA_DEC_CASES])
 def test_dla_decode_v2(rng, dtype, case):
-    """Token-by-token decode from a device cache: each step against the CPU step on the CPU cache, and both
-    decode kernels (tuning dla_decode 0 and 1) on the same device cache against each other."""
+    """Token-by-token decode from a device cache: each step against the CPU step on the CPU cache, and the
+    decode kernels (tuning dla_decode 0: v3 where enabled, 2: v2, 1: the first) on the same device cache
+    against each other."""
     need("dynamic_linear_attention")
     _, B, H, Dk, Dv, C, tau, decay, T0, layout = case
     steps = C + 6
@@ -292,8 +294,10 @@ def test_dla_decode_v2(rng, dtype, case):
             hres = gpu_run(attnkit.dynamic_linear_attention, *args, log_decay=gt, cache=dcache, **kw)
         with tuning(dla_decode=1):
             res1 = host(attnkit.dynamic_linear_attention(*dev(args), log_decay=dev(gt), cache=dcache, **kw))
+        with tuning(dla_decode=2):
+            res2 = host(attnkit.dynamic_linear_attention(*dev(args), log_decay=dev(gt), cache=dcache, **kw))
         cres = attnkit.dynamic_linear_attention(*args, log_decay=gt, cache=ccache, **kw)
-        for other, who in ((cres, "CPU"), (res1, "first kernel")):
+        for other, who in ((cres, "CPU"), (res1, "first kernel"), (res2, "second kernel")):
             for name in ("boundaries", "merged"):
                 same(getattr(hres[2], name), getattr(other[2], name), f"{name} at token {t} vs the {who}")
             for name in ("counts", "starts", "size"):
@@ -308,6 +312,36 @@ def test_dla_decode_v2(rng, dtype, case):
         dcache, ccache = dev(_cache_layout(hres[1], layout)), cres[1]
     if C >= 2 and tau <= 0 and T0 + steps > C:
         assert (np.asarray(hres[1].size) == C).all()  # the cache filled, so the last steps merged
+
+
+def test_dla_decode_large_capacity():
+    """A capacity past v3's shared buffers (cuda/dla_decode_v3.cu kMaxSharedC = 256): the default path falls
+    back to v2 and still agrees with the CPU and with v2 (tuning dla_decode = 2), merging into a full cache."""
+    need("dynamic_linear_attention")
+    rng = np.random.default_rng(12)
+    B, H, D, C = 1, 2, 4, 300
+    T = C + 2
+    q, k, v, lam, _ = _dla_problem(rng, B, H, T, D, D, C, F32, None)
+    kw = dict(capacity=C, tau=0.0, return_aux=True)  # every token opens a state: full after C, then merges
+    ccache = attnkit.dynamic_linear_attention(q[:, :, :C], k[:, :, :C], v[:, :, :C], lam[:, :, :C], **kw)[1]
+    dcache = dev(ccache)
+    for t in range(C, T):
+        args = tuple(x[:, :, t:t + 1] for x in (q, k, v, lam))
+        hres = gpu_run(attnkit.dynamic_linear_attention, *args, cache=dcache, **kw)
+        with tuning(dla_decode=2):
+            res2 = host(attnkit.dynamic_linear_attention(*dev(args), cache=dcache, **kw))
+        cres = attnkit.dynamic_linear_attention(*args, cache=ccache, **kw)
+        for other, who in ((cres, "CPU"), (res2, "second kernel")):
+            for name in ("boundaries", "merged"):
+                same(getattr(hres[2], name), getattr(other[2], name), f"{name} at token {t} vs the {who}")
+            for name in ("counts", "starts", "size"):
+                same(getattr(hres[1], name), getattr(other[1], name), f"cache.{name} at token {t} vs the {who}")
+            np.testing.assert_allclose(to_f64(hres[0]), to_f64(other[0]), rtol=3e-3, atol=3e-3,
+                                       err_msg=f"y at token {t} vs the {who}")
+            np.testing.assert_allclose(hres[1].states, other[1].states, rtol=1e-4, atol=1e-4,
+                                       err_msg=f"cache.states at token {t} vs the {who}")
+        assert (np.asarray(hres[2].merged) >= 0).all()  # a full cache: the step merged
+        dcache, ccache = dev(hres[1]), cres[1]
 
 
 def test_dla_device_values_checked_small():

@@ -5,19 +5,26 @@
 #
 #   tools/gpu_check.sh OUTDIR
 #
-# Stages (each under `timeout`; the whole stays under 9 minutes on 16 cores + one H100):
+# Stages (each under `timeout`; the whole stays under 9 minutes on 16 cores + one H100 or H200):
 #   1. versions (nvidia-smi, nvcc)                                        -> stdout
 #   2. build + install for the local GPU with every core (pip)            -> OUTDIR/build.log   (stops here on failure)
 #   3. `attnkit info`                                                     -> stdout
 #   4. tests/test_gpu_*.py with 8 workers                                 -> OUTDIR/tests.log, OUTDIR/junit.xml
 #   5. compute-sanitizer memcheck + racecheck over the "small" subset     -> OUTDIR/sanitizer.log
 #   6. bench/bench_gpu.py --quick                                         -> OUTDIR/bench.log, OUTDIR/bench_gpu.json
-#   7. summary (device, test counts, failed ids, sanitizer errors, table) -> OUTDIR/summary.txt (and stdout)
+#   7. per-kernel profile: Nsight Compute over bench/gpu_profile.py (DLA prefill v4 / v2, DLA decode
+#      steps v3 / v2 / v1, exact decode Sk=16384 GQA 32:8 D=128), kernel durations and DRAM bytes
+#                                                                  -> OUTDIR/profile.log, profile.csv, profile.txt
+#   8. summary (device, tests, failed ids, sanitizer errors, table, profile) -> OUTDIR/summary.txt (and stdout)
 # A failed or timed-out stage is recorded and the next one runs (except after a failed build). Exit status:
-# 0 when every stage passed, 1 otherwise. OUTDIR holds at most these 7 files.
+# 0 when every stage passed, 1 otherwise; the profile stage is informational (ncu may be missing or not
+# allowed to read the performance counters): its status is recorded but does not fail the check. OUTDIR
+# holds at most these 10 files.
 #
 # Time limits (seconds) can be changed through the environment: BUILD_S, TESTS_S, MEMCHECK_S, RACECHECK_S,
-# BENCH_S; PYTHON (default python3), BENCH_ARGS (default --quick).
+# BENCH_S, PROFILE_S; PYTHON (default python3), BENCH_ARGS (default --quick), NCU (default: ncu on PATH or next
+# to nvcc). The limits add up to 525 s (190 + 110 + 50 + 35 + 100 + 40), plus a few seconds of versions,
+# `attnkit info` and summary: under 9 minutes (the H200 run of session 22 took 399 s before the profile stage).
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -27,16 +34,17 @@ fi
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 # the files of an earlier run in the same OUTDIR would pass for this run's
-rm -f "${OUT}"/{build.log,tests.log,junit.xml,sanitizer.log,bench.log,bench_gpu.json,summary.txt}
+rm -f "${OUT}"/{build.log,tests.log,junit.xml,sanitizer.log,bench.log,bench_gpu.json,profile.log,profile.csv,profile.txt,summary.txt}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 PY=${PYTHON:-python3}
-BUILD_S=${BUILD_S:-200}
+BUILD_S=${BUILD_S:-190}
 TESTS_S=${TESTS_S:-110}
-MEMCHECK_S=${MEMCHECK_S:-65}
+MEMCHECK_S=${MEMCHECK_S:-50}
 RACECHECK_S=${RACECHECK_S:-35}
 BENCH_S=${BENCH_S:-100}
+PROFILE_S=${PROFILE_S:-40}
 BENCH_ARGS=${BENCH_ARGS:---quick}
 # Kernels not yet verified on a GPU (cuda/runtime.cu's kCompiled list) run only with this set: this check is
 # what verifies them.
@@ -190,6 +198,13 @@ if os.path.exists(bench):
         print(f"benchmark: bench_gpu.json unreadable ({ex})")
 else:
     print("benchmark: no bench_gpu.json")
+
+prof = os.path.join(out, "profile.txt")
+print()
+if os.path.exists(prof):
+    print(open(prof, errors="replace").read().rstrip())
+else:
+    print("profile: not run")
 PYEOF
   } >"${summary}" 2>&1
   echo
@@ -266,6 +281,30 @@ fi
 run_stage bench "${BENCH_S}" "${OUT}/bench.log" \
   "${PY}" bench/bench_gpu.py ${BENCH_ARGS} --budget-s $((BENCH_S - 35)) --json "${OUT}/bench_gpu.json"
 
-# ---------------------------------------------------------------------------------------------- 7. summary
+# ---------------------------------------------------------------------------------------------- 7. profile
+# Nsight Compute over a few launches of attnkit's DLA and decode kernels (bench/gpu_profile.py marks the phases
+# with empty dla_mark_* kernels): durations at the GPU's own clocks (--clock-control none), caches flushed
+# between replays (ncu's default), DRAM bytes read and written. Informational: FAILED is left as it was.
+: >"${OUT}/profile.log"
+NCU=${NCU:-$(command -v ncu || true)}
+if [[ -z ${NCU} && -n $(command -v nvcc || true) ]]; then
+  NCU=$(dirname "$(command -v nvcc)")/ncu
+fi
+if [[ -n ${NCU} && -x ${NCU} ]]; then
+  failed_before=${FAILED}
+  run_stage profile "${PROFILE_S}" "${OUT}/profile.log" \
+    "${NCU}" --target-processes all --kernel-name "regex:dla_|decode|merge" --launch-count 80 --clock-control none \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum --csv --print-units base \
+    --log-file "${OUT}/profile.csv" "${PY}" bench/gpu_profile.py --budget-s $((PROFILE_S - 15))
+  FAILED=${failed_before}
+  timeout 30 "${PY}" bench/gpu_profile.py --summarize "${OUT}/profile.csv" >"${OUT}/profile.txt" 2>&1 || true
+else
+  echo "ncu not found (looked on PATH and next to nvcc; NCU=... names it)" | tee -a "${OUT}/profile.log" >"${OUT}/profile.txt"
+  STAGES+=("profile|skipped (no ncu)|0")
+fi
+echo "-- profile"
+cat "${OUT}/profile.txt" 2>/dev/null || true
+
+# ---------------------------------------------------------------------------------------------- 8. summary
 write_summary
 exit "${FAILED}"

@@ -18,8 +18,10 @@ every code path; users have no reason to.
                    CUDA prefill kernel, -2 = the second one without v3's warp scan, split automatic, -3 = v3
                    (never v4's three passes, cuda/dla_prefill_v4.cuh), split automatic (all for side-by-side
                    measurements); splits >= 0 take v4 where its gate is open
-    dla_decode     DLA decode step on CUDA: 0 = automatic (the two-kernel step of cuda/dla_decode_v2.cu where
-                   enabled), 1 = the first kernel (cuda/dla_decode.cu, for side-by-side measurements)
+    dla_decode     DLA decode step on CUDA: 0 = automatic (the one-kernel step of cuda/dla_decode_v3.cu where
+                   enabled, else the two-kernel step of cuda/dla_decode_v2.cu where enabled), 1 = the first
+                   kernel (cuda/dla_decode.cu), 2 = the second (cuda/dla_decode_v2.cu; both for side-by-side
+                   measurements)
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-// Emulated CUDA DLA decode steps (cuda/dla_decode.cu and cuda/dla_decode_v2.cu, whole files with their host
-// sides, see run.sh) vs the CPU backend's generic kernel (cpu/dla_decode.h) on the same DLAProblem (T = 1):
+// Emulated CUDA DLA decode steps (cuda/dla_decode.cu, cuda/dla_decode_v2.cu and cuda/dla_decode_v3.cu, whole
+// files with their host sides, see run.sh) vs the CPU backend's generic kernel (cpu/dla_decode.h) on the same
+// DLAProblem (T = 1), and v3 vs v2 bit for bit (v3 is v2 in one kernel, each column tile's block deciding):
 // outputs, scores, boundaries, merges and the output cache, for caches that are empty, partly full and full
 // (joins, opens, merges), capacity 1, decay, both scores, odd sizes (v2's scalar fallback), 16-byte rows
 // (v2's packs) and an input cache at a 4-byte offset (the fallback again), with blocks of kThreads = 256
@@ -12,7 +13,7 @@
 #include <stdexcept>
 #include <vector>
 #include "cuda/common.cuh"
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 template <class X>
 X __shfl_down_sync(unsigned, X x, int) { return x; }  // dla_common.cuh's warp_sum (unused here)
 struct dim3 {
@@ -31,15 +32,18 @@ void emu_launch(const dim3& grid, F&& f) {  // a 2-D grid: blocks (x, y) one aft
 }
 #include "cuda/dla_common.cuh"
 #include "cuda/workspace.cuh"
+#include "cuda/dla_decode_states.cuh"
 namespace attnkit { namespace detail { namespace cuda { namespace dla {
 unsigned grid_for(int64_t items, std::size_t, int) { return static_cast<unsigned>(std::min<int64_t>(items, 3)); }
 }}}}
 #include "dla_decode.emu.inc"
 #include "dla_decode_v2.emu.inc"
+#include "dla_decode_v3.emu.inc"
 #define DLA_HARNESS_SEED 7
 #include "dla_harness.h"
 
-// One decode step: B = 2, H = 2 items whose caches hold m = mcache[item] entries; kernel 0 = CPU, 1 = v1, 2 = v2.
+// One decode step: B = 2, H = 2 items whose caches hold m = mcache[item] entries; kernel 0 = CPU, 1 = v1, 2 = v2,
+// 3 = v3.
 template <class T>
 void run(const char* name, int64_t Dk, int64_t Dv, int64_t C, double tau, bool decay, bool drift,
          std::vector<int64_t> mcache, int64_t offset) {
@@ -98,9 +102,9 @@ void run(const char* name, int64_t Dk, int64_t Dv, int64_t C, double tau, bool d
     v3(ci.counts, ccount.data(), C, DType::Int64); v3(ci.info, cinfo.data(), C, p.dtype); v3(ci.starts, cstart.data(), C, DType::Int64);
     ci.size.data = csize.data(); ci.size.present = true; ci.size.dtype = DType::Int64; ci.size.stride[0] = H; ci.size.stride[1] = 1;
   }
-  Buf<T> bb[3];
-  DLAProblem pp[3] = {p, p, p};
-  for (int r = 0; r < 3; ++r) {
+  Buf<T> bb[4];
+  DLAProblem pp[4] = {p, p, p, p};
+  for (int r = 0; r < 4; ++r) {
     Buf<T>& o = bb[r];
     o.out.assign(B * H * Dv, T(-7)); o.states.assign(B * H * C * SS, T(-7)); o.info.assign(B * H * C, T(-7));
     o.scores.assign(B * H, T(-7)); o.counts.assign(B * H * C, -7); o.starts.assign(B * H * C, -7);
@@ -119,6 +123,7 @@ void run(const char* name, int64_t Dk, int64_t Dv, int64_t C, double tau, bool d
   cpu::dla_generic(pp[0]);
   cuda::dla::launch_decode<T>(pp[1], nullptr);
   cuda::dla::launch_decode_v2<T>(pp[2], nullptr);
+  if (!cuda::dla::launch_decode_v3<T>(pp[3], nullptr)) throw std::runtime_error("v3 refused the problem");
   auto cmp = [](const std::vector<T>& a, const std::vector<T>& b) -> double {
     double m = 0;
     for (size_t i = 0; i < a.size(); ++i) {
@@ -130,7 +135,7 @@ void run(const char* name, int64_t Dk, int64_t Dv, int64_t C, double tau, bool d
   const double tol = sizeof(T) == 8 ? 1e-10 : 1e-4;
   bool ok = true;
   double emax = 0;
-  for (int r = 1; r < 3; ++r) {
+  for (int r = 1; r < 4; ++r) {
     const Buf<T>&a = bb[r], &c = bb[0];
     const double e = std::max({cmp(a.out, c.out), cmp(a.states, c.states), cmp(a.info, c.info), cmp(a.scores, c.scores)});
     const bool same = a.counts == c.counts && a.starts == c.starts && a.size == c.size && a.merged == c.merged && a.bnd == c.bnd;
@@ -142,6 +147,16 @@ void run(const char* name, int64_t Dk, int64_t Dv, int64_t C, double tau, bool d
   }
   // v1 and v2 make the same decisions from the same block sums: same scores bit for bit
   if (bb[1].scores != bb[2].scores) { ok = false; std::printf("  v1 and v2 scores differ\n"); }
+  // v3 runs v2's decisions and v2's state pass: every output bit for bit (the poisoned -7 / 7 entries too:
+  // both write every element)
+  {
+    const Buf<T>&a = bb[3], &c = bb[2];
+    if (!(a.out == c.out && a.states == c.states && a.info == c.info && a.scores == c.scores && a.counts == c.counts &&
+          a.starts == c.starts && a.size == c.size && a.merged == c.merged && a.bnd == c.bnd)) {
+      ok = false;
+      std::printf("  v3 and v2 differ\n");
+    }
+  }
   int64_t nb = 0, nm = 0;
   for (auto x : bb[0].bnd) nb += x;
   for (auto x : bb[0].merged) nm += x >= 0;
@@ -163,6 +178,7 @@ template <class T> void all() {
   run<T>("Dv 36: 2 column tiles", 5, 36, 3, -1.0, false, false, {3, 3, 2, 3}, 0);
   run<T>("Dk 40 > 32 rows, C 16", 40, 8, 16, -1.0, true, false, {16, 16, 9, 16}, 0);
   run<T>("C=1", 8, 8, 1, 0.3, true, false, {1, 1, 1, 1}, 0);
+  run<T>("Dk 72 Dv 60: v3's 2 decision batches", 72, 60, 3, -1.0, true, false, {3, 2, 3, 1}, 0);
   run<T>("Dv=1", 9, 1, 3, -1.0, true, false, {3, 2, 3, 3}, 0);
   if (sizeof(T) == 8)
     for (double tau : {0.5, 1.0, 1.5}) run<T>("mixed tau", 8, 8, 4, tau, true, false, {4, 3, 4, 2}, 0);
@@ -171,6 +187,13 @@ int main() {
   g_emu_threads = attnkit::detail::cuda::dla::kThreads;
   all<double>();
   all<float>();
+  {  // a capacity past v3's shared buffers: v3 launches nothing and says so (dla.cu then takes v2)
+    DLAProblem p;
+    p.B = p.H = 1; p.T = 1; p.Dk = p.Dv = 4; p.C = 257;
+    const bool took = cuda::dla::launch_decode_v3<float>(p, nullptr);
+    std::printf("v3 with capacity 257: %s\n", took ? "launched (FAIL)" : "refused, ok");
+    fails += took;
+  }
   std::printf("%d failures\n", fails);
   return fails != 0;
 }

@@ -220,26 +220,28 @@ DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
     const HostValues &sizes = *size_vals, &counts = *count_vals, &starts = *start_vals;
     for (int64_t b = 0; b < r.B; ++b)
       for (int64_t h = 0; h < r.H; ++h) {
-        const std::string at = "[" + str(b) + ", " + str(h);
+        // The item's index for a message, made only when one is raised: a decode step checks every item's
+        // entries after the wait, while the device idles, so the loop stays free of string work.
+        const auto at = [b, h] { return "[" + str(b) + ", " + str(h); };
         const int64_t m = sizes.integer(b * c.size.stride[0] + h * c.size.stride[1]);
         if (m < 0 || m > r.C)
-          value_error("cache.size" + at + "] = " + str(m) + " is outside [0, capacity] = [0, " + str(r.C) + "]");
+          value_error("cache.size" + at() + "] = " + str(m) + " is outside [0, capacity] = [0, " + str(r.C) + "]");
         int64_t next = 0;
         for (int64_t i = 0; i < m; ++i) {
           const int64_t n = counts.integer(b * c.counts.stride[0] + h * c.counts.stride[1] + i * c.counts.stride[2]);
           const int64_t s = starts.integer(b * c.starts.stride[0] + h * c.starts.stride[1] + i * c.starts.stride[2]);
           if (n < 1)
-            value_error("cache.counts" + at + ", " + str(i) + "] = " + str(n) + ": a used entry summarises >= 1 token");
+            value_error("cache.counts" + at() + ", " + str(i) + "] = " + str(n) + ": a used entry summarises >= 1 token");
           if (s != next)
-            value_error("cache.starts" + at + ", " + str(i) + "] = " + str(s) + " but the spans are contiguous from 0, so " +
+            value_error("cache.starts" + at() + ", " + str(i) + "] = " + str(s) + " but the spans are contiguous from 0, so " +
                         str(next) + " was expected");
           if (n > r.position - next)  // next <= position, so this cannot wrap; next + n could
-            value_error("cache.counts" + at + ", " + str(i) + "] = " + str(n) + " takes the spans past cache.position = " +
+            value_error("cache.counts" + at() + ", " + str(i) + "] = " + str(n) + " takes the spans past cache.position = " +
                         str(r.position) + " (the counts must sum to the position)");
           next += n;
         }
         if (next != r.position)
-          value_error("cache.position = " + str(r.position) + " but cache.counts" + at + "] sum to " + str(next) +
+          value_error("cache.position = " + str(r.position) + " but cache.counts" + at() + "] sum to " + str(next) +
                       " (the spans cover every token seen)");
       }
   }
