@@ -6,8 +6,9 @@ beside it, in the same process and the same rounds: NumPy reductions over an arr
 cache (np.add.reduce, one thread; with --threads > 1 also a float32 matrix-vector dot, BLAS threads). The
 contenders (attnkit, torch SDPA, the ceiling) run round-robin (each round runs every one once) and the
 medians are reported with their ratios: the machine may be shared, so absolute figures move, ratios much
-less. Cases: float32, D=128, Sq in {1, 4} query rows per head, Sk in {8192, 32768, 131072}, MHA 32:32 and
-GQA 32:8. Writes bench/results/decode_<isa>.json.
+less. Cases: float32 (--dtypes: also float16 / bfloat16, whose K and V are half the bytes), D=128, Sq in
+{1, 4} query rows per head, Sk in {8192, 32768, 131072}, MHA 32:32 and GQA 32:8. Writes
+bench/results/decode_<isa>.json.
 
 --clock cpu times by process CPU time (a descheduled thread does not count; several threads sum), the
 clock of the 1-thread tables on shared machines. --baseline DIR (a directory holding another build's
@@ -52,22 +53,31 @@ def ceiling_fns(gib: float, threads: int) -> tuple:
     return fns, a.nbytes
 
 
-def decode_case(Hq, Hkv, Sq, Sk, D, reps, torch, ceiling):
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def decode_case(Hq, Hkv, Sq, Sk, D, reps, torch, ceiling, dtype="float32"):
+    import ml_dtypes
+
     rng = np.random.default_rng(1)
-    q = rng.standard_normal((1, Hq, Sq, D), dtype=np.float32)
-    k = rng.standard_normal((1, Hkv, Sk, D), dtype=np.float32)
-    v = rng.standard_normal((1, Hkv, Sk, D), dtype=np.float32)
+    nd = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    q = rng.standard_normal((1, Hq, Sq, D), dtype=np.float32).astype(nd)
+    k = rng.standard_normal((1, Hkv, Sk, D), dtype=np.float32).astype(nd)
+    v = rng.standard_normal((1, Hkv, Sk, D), dtype=np.float32).astype(nd)
     fns = {"attnkit": lambda: attnkit.attention(q, k, v)}
     if torch is not None:
-        tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
+        def to_torch(x):  # (torch.from_numpy takes no ml_dtypes.bfloat16: its bits, viewed)
+            return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) if dtype == "bfloat16" else torch.from_numpy(x)
+
+        tq, tk, tv = (to_torch(x) for x in (q, k, v))
         sdpa = torch.nn.functional.scaled_dot_product_attention
         fns["torch"] = lambda: sdpa(tq, tk, tv, enable_gqa=Hq != Hkv)
-        err = float(np.abs(fns["torch"]().numpy() - fns["attnkit"]()).max())
+        err = float(np.abs(fns["torch"]().float().numpy() - fns["attnkit"]().astype(np.float32)).max())
     fns.update(ceiling[0])
     t = timeit_many(fns, reps, warmup=2)
     kv_bytes = k.nbytes + v.nbytes
     t_case = {name: s for name, s in t.items() if not name.startswith("ceiling")}
-    row = {"Hq": Hq, "Hkv": Hkv, "Sq": Sq, "Sk": Sk, "D": D, "dtype": "float32", "kv_mib": kv_bytes / 2**20,
+    row = {"Hq": Hq, "Hkv": Hkv, "Sq": Sq, "Sk": Sk, "D": D, "dtype": dtype, "kv_mib": kv_bytes / 2**20,
            "median_s": t, "gbps": {name: kv_bytes / s / 1e9 for name, s in t_case.items()},
            "gflops": {name: 4 * Hq * Sq * Sk * D / s / 1e9 for name, s in t_case.items()},
            "ceiling_gbps": {name[8:]: ceiling[1] / s / 1e9 for name, s in t.items() if name.startswith("ceiling")}}
@@ -87,6 +97,8 @@ def main(argv=None):
     ap.add_argument("--heads", nargs="+", default=["32:8", "32:32"], help="Hq:Hkv pairs")
     ap.add_argument("--cases", nargs="+", default=None, metavar="HQ:HKV:SQ:SK",
                     help="explicit cases instead of the --sk x --sq x --heads grid")
+    ap.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32"],
+                    help="Q/K/V dtypes, each case in each (GB/s counts the bytes K and V take in that dtype)")
     ap.add_argument("--reps", type=int, default=15, help="round-robin rounds per case")
     ap.add_argument("--ceiling-gib", type=float, default=1.5)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
@@ -111,14 +123,14 @@ def main(argv=None):
     ceiling = ceiling_fns(a.ceiling_gib, threads)
     rows = []
     grid = [f"{hh}:{Sq}:{Sk}" for Sk in a.sk for Sq in a.sq for hh in a.heads]
-    for case in a.cases or grid:
+    for case, dtype in [(c, dt) for dt in a.dtypes for c in a.cases or grid]:
         Hq, Hkv, Sq, Sk = map(int, case.split(":"))
-        if Hkv * Sk * 128 * 4 * 2 > a.max_kv_gib * 2**30:
+        if Hkv * Sk * 128 * (4 if dtype == "float32" else 2) * 2 > a.max_kv_gib * 2**30:
             continue
-        r = decode_case(Hq, Hkv, Sq, Sk, 128, a.reps, torch, ceiling)
+        r = decode_case(Hq, Hkv, Sq, Sk, 128, a.reps, torch, ceiling, dtype)
         best = max(r["ceiling_gbps"].values())
         rows.append(r)
-        progress(f"Hq={Hq} Hkv={Hkv} Sq={Sq} Sk={Sk}: attnkit {r['gbps']['attnkit']:.1f} GB/s "
+        progress(f"Hq={Hq} Hkv={Hkv} Sq={Sq} Sk={Sk} {dtype}: attnkit {r['gbps']['attnkit']:.1f} GB/s "
                  f"({100 * r['attnkit_of_ceiling']:.0f}% of {best:.1f})"
                  + (f", torch {r['gbps']['torch']:.1f} GB/s, torch/attnkit time "
                     f"{r['torch_over_attnkit']:.2f}x" if torch is not None else ""))
@@ -132,7 +144,7 @@ def main(argv=None):
     if torch is not None:
         summary["median_torch_over_attnkit"] = statistics.median(r["torch_over_attnkit"] for r in rows)
         summary["min_torch_over_attnkit"] = min(r["torch_over_attnkit"] for r in rows)
-    payload = {"benchmark": "decode, float32, D=128, B=1: K/V read rate vs a NumPy reduction ceiling and torch SDPA",
+    payload = {"benchmark": f"decode, {'/'.join(a.dtypes)}, D=128, B=1: K/V read rate vs a NumPy reduction ceiling and torch SDPA",
                "method": f"medians of {a.reps} round-robin rounds (attnkit, torch and the ceiling, NumPy reductions "
                          f"over a {a.ceiling_gib} GiB array, alternate in one process, same thread count), "
                          f"clock: {env['clock']}",
@@ -155,7 +167,8 @@ def compare_builds(a, argv):
                                  capture_output=True, text=True).stdout
             runs[name].append(json.loads(out.strip().splitlines()[-1]))
             progress(f"process {i + 1}/{a.processes} {name}: " + ", ".join(
-                f"{r['Hkv']}:{r['Sq']}:{r['Sk']} {100 * r['attnkit_of_ceiling']:.0f}%" for r in runs[name][-1]["rows"]))
+                f"{r['Hkv']}:{r['Sq']}:{r['Sk']}{'' if r['dtype'] == 'float32' else ':' + r['dtype']} "
+                f"{100 * r['attnkit_of_ceiling']:.0f}%" for r in runs[name][-1]["rows"]))
     med = statistics.median
     rows = []
     for n, r0 in enumerate(runs["this"][0]["rows"]):
@@ -173,14 +186,14 @@ def compare_builds(a, argv):
             row[name]["per_process_attnkit_of_ceiling"] = [round(p["attnkit_of_ceiling"], 3) for p in per]
         row["this_over_baseline_time"] = row["this"]["attnkit_ms"] / row["baseline"]["attnkit_ms"]
         rows.append(row)
-        progress(f"Hq={row['Hq']} Hkv={row['Hkv']} Sq={row['Sq']} Sk={row['Sk']}: of ceiling baseline "
+        progress(f"Hq={row['Hq']} Hkv={row['Hkv']} Sq={row['Sq']} Sk={row['Sk']} {row['dtype']}: of ceiling baseline "
                  f"{100 * row['baseline']['attnkit_of_ceiling']:.1f}% this {100 * row['this']['attnkit_of_ceiling']:.1f}%,"
                  f" time this/baseline {row['this_over_baseline_time']:.3f}")
     set_clock(a.clock)
     env = environment(runs["this"][0]["env"]["threads"])  # this build's, with the matmul ceiling
     env["baseline"] = a.baseline
     env["loadavg_runs"] = [run["env"]["loadavg"] for name in builds for run in runs[name]]
-    payload = {"benchmark": "decode, float32, D=128, B=1: two attnkit builds side by side, each with torch SDPA and "
+    payload = {"benchmark": f"decode, {'/'.join(a.dtypes)}, D=128, B=1: two attnkit builds side by side, each with torch SDPA and "
                             "a NumPy memory-read ceiling in the same process",
                "method": f"{a.processes} rounds of alternating worker processes (baseline, this); each runs every case "
                          f"with {a.reps} round-robin rounds of attnkit, torch and np.add.reduce over {a.ceiling_gib} GiB; "

@@ -11,7 +11,9 @@
 //   - the online softmax per row over the chunk's BK scores (float32, math/softmax.h);
 //   - PV with the chunk's V rows in L1: register blocks of RL rows x NV value vectors, probabilities
 //     broadcast;
-//   - K and V rows kPrefetchKeys ahead prefetched into L2 while the current chunk is computed.
+//   - K and V rows kPrefetchKeys ahead prefetched into L2 while the current chunk is computed, spread over
+//     its arithmetic (K over the first row block's dot products, V over its PV panels), across split, kv
+//     head and batch boundaries (one thread: into the next work item; several: a burst at each item's start).
 // With more than kDirectRows rows, 16-bit chunks are converted once into float buffers instead.
 //
 // Same structure and guarantees as the generic kernel's split decoding (attention_exact.h): the keys are
@@ -36,6 +38,9 @@
 
 #if defined(__AVX2__)
 #include <immintrin.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
 #endif
 
 namespace attnkit {
@@ -108,6 +113,8 @@ struct DecodeKernel {
     // GCC deletes a loop of nothing but __builtin_prefetch (no side effect), hence the asm.
     asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
   }
+  /// prefetcht1 inside a loop that does other work (GCC does not delete it): the builtin.
+  static inline void prefetch_l2_in(const void* p) { __builtin_prefetch(p, 0, 2); }
 
   // ----------------------------------------------------------------------------------- micro-kernels
 
@@ -129,10 +136,12 @@ struct DecodeKernel {
     int64_t pl = 0;  // the next line to prefetch: byte pl of row pr of pf
     int pr = PF && pf ? 0 : pn;  // (PF false: the code of the kernel without these prefetches)
     for (int64_t d = 0; d < Dw; d += W) {  // (unrolled: the accumulators must stay in registers)
-      if (PF && pr < pn) {
-        prefetch_l2(reinterpret_cast<const char*>(pf + pr * ldk) + pl);
-        if ((pl += 64) >= row_bytes) pl = 0, ++pr;
-      }
+#pragma GCC unroll 4
+      for (int l = 0; l < 4 / RQ; ++l)  // (RQ < 4: as many keys per block as lines per step more)
+        if (PF && pr < pn) {
+          prefetch_l2(reinterpret_cast<const char*>(pf + pr * ldk) + pl);
+          if ((pl += 64) >= row_bytes) pl = 0, ++pr;
+        }
       V qv[RQ];
 #pragma GCC unroll 8
       for (int r = 0; r < RQ; ++r) qv[r] = S::load(q + r * D + d);
@@ -172,9 +181,17 @@ struct DecodeKernel {
       for (int n = 0; n < NV; ++n) acc[r][n] = S::load(o + r * ldo + n * W);
     for (int j = jb; j < je; ++j) {
       if (PF && j < pn) {  // (straight-line: with a loop over the lines GCC kept acc on the stack)
+        // RL < 4 (MHA: 1 - 3 rows) the builtin, RL = 4 the asm. With the asm GCC keeps the accumulators on
+        // the stack (seen for RL = 4: 7 of 8), with the builtin in registers; but the RL = 4 quad measured
+        // slower with the builtin (GQA 32:8, Sq=1, Sk 8192 / 32768: 1.07-1.10x the time, 2 processes).
         const char* a = reinterpret_cast<const char*>(pf + j * ldv);
-        prefetch_l2(a);
-        if (nl > 1) prefetch_l2(a + 64);
+        if constexpr (RL < 4) {
+          prefetch_l2_in(a);
+          if (nl > 1) prefetch_l2_in(a + 64);
+        } else {
+          prefetch_l2(a);
+          if (nl > 1) prefetch_l2(a + 64);
+        }
       }
       V vv[NV];
 #pragma GCC unroll 8
@@ -231,6 +248,7 @@ struct DecodeKernel {
     int64_t nsplit, split_len;
     float scale, cap_in, cap_out;
     bool softcap, pack;    // pack: 16-bit chunks converted into float buffers first (R > kDirectRows)
+    bool serial;           // one thread runs every work item in order (the stream continues into the next)
     float* part_o;         // [item][split][R][Dv] normalised partial outputs (nsplit > 1)
     float* part_lse;       // [item][split][R]
   };
@@ -246,6 +264,7 @@ struct DecodeKernel {
     int64_t* lo;  // [R] key range of each row
     int64_t* hi;
     double* acc;  // [Dv] merge accumulator
+    int64_t* pf;  // [2]: work item + 1 whose first keys this thread prefetched already, and how many
   };
 
   static int64_t dvp(const AttnProblem& p) { return (p.Dv + W - 1) / W * W; }
@@ -255,7 +274,7 @@ struct DecodeKernel {
     auto a = [](std::size_t n) { return (n + 63) / 64 * 64; };
     const std::size_t R = static_cast<std::size_t>(c.R);
     return a(4 * R * p.D) + a(4 * R * dvp(p)) + a(4 * R * BK) + a(4 * BK * p.D) + a(4 * BK * p.Dv) + 2 * a(4 * R) +
-           2 * a(8 * R) + a(8 * p.Dv);
+           2 * a(8 * R) + a(8 * p.Dv) + a(16);
   }
 
   static Work carve(void* mem, const Ctx& c) {
@@ -272,6 +291,7 @@ struct DecodeKernel {
     w.lo = cv.take<int64_t>(c.R);
     w.hi = cv.take<int64_t>(c.R);
     w.acc = cv.take<double>(p.Dv);
+    w.pf = cv.take<int64_t>(2);
     return w;
   }
 
@@ -302,12 +322,44 @@ struct DecodeKernel {
     }
   }
 
-  /// One (batch, kv head, split) work item; leaves the partial (nsplit > 1) or final results.
-  static void attend(const Ctx& c, const Work& w, int64_t item, int64_t split) {
+  /// The keys [lo, hi) a work item reads (the hull of its rows' key ranges within its split), from the K / V
+  /// rows k, v of its (batch, kv head).
+  struct Stream {
+    const St* k = nullptr;
+    const St* v = nullptr;
+    int64_t lo = 0, hi = 0;
+  };
+
+  static int64_t kv_length(const AttnProblem& p, int64_t b) {
+    return p.key_lengths.present ? load_int(p.key_lengths.data, p.key_lengths.dtype, b * p.key_lengths.stride[0]) : p.Sk;
+  }
+
+  static Stream stream_of(const Ctx& c, int64_t item, int64_t split) {
     const AttnProblem& p = *c.p;
+    const int64_t b = item / p.Hkv, hkv = item % p.Hkv, kv_len = kv_length(p, b);
+    const int64_t s_lo = split * c.split_len, s_hi = imin(p.Sk, s_lo + c.split_len);
+    Stream st;
+    st.k = static_cast<const St*>(p.k.data) + b * p.k.stride[0] + hkv * p.k.stride[1];
+    st.v = static_cast<const St*>(p.v.data) + b * p.v.stride[0] + hkv * p.v.stride[1];
+    st.lo = s_hi, st.hi = s_lo;
+    for (int64_t r = 0; r < c.R; ++r) {
+      const math::KeyRange kr = math::key_range(r / c.G, p.Sq, p.Sk, p.causal, p.window_left, p.window_right, kv_len);
+      const int64_t lo = imax(kr.lo, s_lo), hi = imin(kr.hi, s_hi);
+      if (hi > lo) st.lo = imin(st.lo, lo), st.hi = imax(st.hi, hi);
+    }
+    return st;
+  }
+
+  /// One (batch, kv head, split) work item (index it = item * nsplit + split); leaves the partial
+  /// (nsplit > 1) or final results. Prefetching: K and V rows kPrefetchKeys ahead of each chunk. Where
+  /// one thread runs the items in order (c.serial), the chunks near the end of the split prefetch the first
+  /// rows of the next item, so the stream does not stall at the boundary; otherwise the item starts by
+  /// prefetching its own first kPrefetchKeys rows (those not yet prefetched), in one burst.
+  static void attend(const Ctx& c, const Work& w, int64_t it) {
+    const AttnProblem& p = *c.p;
+    const int64_t item = it / c.nsplit, split = it % c.nsplit;
     const int64_t b = item / p.Hkv, hkv = item % p.Hkv, R = c.R, D = p.D, Dv = p.Dv, DvP = dvp(p);
-    int64_t kv_len = p.Sk;
-    if (p.key_lengths.present) kv_len = load_int(p.key_lengths.data, p.key_lengths.dtype, b * p.key_lengths.stride[0]);
+    const int64_t kv_len = kv_length(p, b);
     const int64_t s_lo = split * c.split_len, s_hi = imin(p.Sk, s_lo + c.split_len);
     int64_t hull_lo = s_hi, hull_hi = s_lo, inner_lo = s_lo, inner_hi = s_hi;
     for (int64_t r = 0; r < R; ++r) {
@@ -330,59 +382,84 @@ struct DecodeKernel {
     const St* kbase = static_cast<const St*>(p.k.data) + b * p.k.stride[0] + hkv * p.k.stride[1];
     const St* vbase = static_cast<const St*>(p.v.data) + b * p.v.stride[0] + hkv * p.v.stride[1];
     const int64_t ldk = p.k.stride[2], ldv = p.v.stride[2];
+    // The first rows: those the previous item of this thread did not prefetch.
+    const int64_t done = w.pf[0] == it + 1 ? w.pf[1] : 0;
+    if (hull_lo < hull_hi) {
+      prefetch_rows(kbase, ldk, hull_lo + done, kPrefetchKeys - done, hull_hi, D);
+      prefetch_rows(vbase, ldv, hull_lo + done, kPrefetchKeys - done, hull_hi, Dv);
+    }
+    Stream next;
+    if (c.serial && it + 1 < c.nsplit * p.B * p.Hkv) next = stream_of(c, (it + 1) / c.nsplit, (it + 1) % c.nsplit);
+    int64_t next_done = 0;  // rows [next.lo, next.lo + next_done) prefetched
     for (int64_t j0 = hull_lo; j0 < hull_hi; j0 += BK) {
       const int jn = static_cast<int>(imin(BK, hull_hi - j0));
       const bool edge = !(j0 >= inner_lo && j0 + jn <= inner_hi);
       const St* kc = kbase + j0 * ldk;
       const St* vc = vbase + j0 * ldv;
+      // The rows to prefetch while this chunk is computed: [a, a + jn) of this item's keys, then of the next.
+      const int64_t a = j0 + kPrefetchKeys;
+      const St *pfk = nullptr, *pfv = nullptr;
+      int pn = 0;
+      if (a < hull_hi) {
+        pfk = kbase + a * ldk, pfv = vbase + a * ldv;
+        pn = static_cast<int>(imin(jn, hull_hi - a));
+      } else if (next.lo < next.hi) {
+        const int64_t n0 = next.lo + (a - hull_hi);
+        pn = static_cast<int>(imax(0, imin(jn, next.hi - n0)));
+        if (pn > 0) pfk = next.k + n0 * ldk, pfv = next.v + n0 * ldv;
+        if (n0 == next.lo + next_done) next_done += pn;
+      }
       if (c.pack) {
         for (int j = 0; j < jn; ++j) {
           convert_row(kc + j * ldk, 1, D, w.kbuf + j * D);
           convert_row(vc + j * ldv, 1, Dv, w.vbuf + j * Dv);
         }
-        prefetch_rows(kbase, ldk, j0 + kPrefetchKeys, BK, hull_hi, D);
-        prefetch_rows(vbase, ldv, j0 + kPrefetchKeys, BK, hull_hi, Dv);
-        chunk(c, w, j0, jn, edge, w.kbuf, D, w.vbuf, Dv, nullptr, nullptr, 0, 0, hull_hi);
+        prefetch_rows(pfk, ldk, 0, pn, pn, D);
+        prefetch_rows(pfv, ldv, 0, pn, pn, Dv);
+        chunk(c, w, j0, jn, edge, w.kbuf, D, w.vbuf, Dv, nullptr, nullptr, 0, 0, 0);
       } else {
-        chunk(c, w, j0, jn, edge, kc, ldk, vc, ldv, kbase, vbase, ldk, ldv, hull_hi);
+        chunk(c, w, j0, jn, edge, kc, ldk, vc, ldv, pfk, pfv, ldk, ldv, pn);
       }
     }
+    w.pf[0] = next.lo < next.hi ? it + 2 : 0;
+    w.pf[1] = next_done;
     finish(c, w, b, hkv, item, split);
   }
 
-  /// Scores, softmax and PV of the chunk [j0, j0 + jn) (kc, vc: its K and V rows). pk / pv (when not
-  /// null, row strides pldk / pldv): the kv head's K / V, whose rows kPrefetchKeys ahead (before `end`)
-  /// are prefetched as the scores are computed.
+  /// Scores, softmax and PV of the chunk [j0, j0 + jn) (kc, vc: its K and V rows). pk / pv (when pn > 0,
+  /// row strides pldk / pldv): pn <= jn rows of K / V to prefetch into L2 as the chunk is computed.
   template <class E>
   static void chunk(const Ctx& c, const Work& w, int64_t j0, int jn, bool edge, const E* kc, int64_t ldk, const E* vc,
-                    int64_t ldv, const St* pk, const St* pv, int64_t pldk, int64_t pldv, int64_t end) {
+                    int64_t ldv, const St* pk, const St* pv, int64_t pldk, int64_t pldv, int pn_all) {
     const AttnProblem& p = *c.p;
     const int64_t R = c.R, D = p.D, Dv = p.Dv, DvP = dvp(p);
     // QK^T: row quads (each K vector loaded once for four rows), then a pair and a single row for the rest
     // (R % 4), blocks of 8 / RQ keys. Quads against pairs, GQA 32:8 with one query row (R = 4), one thread,
     // Sk = 32768 streamed from memory: 100-114 against 128-177 ns per key of CPU time (likely: the K/V
     // prefetches, issued in the first pass, spread over all of QK instead of half of it; K read once).
-    // With row quads (R >= 4) the prefetches are spread: K one line per step of the first quad's dot
-    // products, V one row per key of the first quad's PV panels (edge chunks: V with K). Issued in bursts
-    // at each QK block, they all came in the QK phase and none in PV, leaving memory idle there.
-    const bool spread = pk && R >= 4 && std::is_same<E, St>::value;
-    const int64_t ahead = j0 + kPrefetchKeys;
-    const int pn_all = static_cast<int>(imax(0, imin(jn, end - ahead)));
+    // The prefetches are spread: K 4 / RQ lines per step of the first row block's dot products, V one row
+    // per key of its PV panels (edge chunks: V with K). Issued in bursts at each QK block, they all came in
+    // the QK phase and none in PV, leaving memory idle there. (MHA, one row: spread instead of the bursts
+    // of main, Sk 8192 / 32768, one thread: 0.92x the time, 80-73% -> 87% of the read ceiling;
+    // bench/results/history/decode_avx2_s25.json.)
+    const bool spread = std::is_same<E, St>::value;
+    if (pn_all <= 0) pk = pv = nullptr, pn_all = 0;
     for (int64_t r = 0; r < R;) {
       const int RQ = r + 3 < R ? 4 : r + 1 < R ? 2 : 1;
       const int KJ = 8 / RQ;
       for (int j = 0; j < jn; j += KJ) {
-        if (r == 0 && pk && !spread) {
-          prefetch_rows(pk, pldk, j0 + j + kPrefetchKeys, KJ, end, D);
-          prefetch_rows(pv, pldv, j0 + j + kPrefetchKeys, KJ, end, Dv);
-        }
-        if (r == 0 && spread && edge) prefetch_rows(pv, pldv, j0 + j + kPrefetchKeys, KJ, end, Dv);
+        if (r == 0 && pk && spread && edge) prefetch_rows(pv, pldv, j, KJ, pn_all, Dv);
         const int nk = jn - j < KJ ? jn - j : KJ;
         float* s = w.s + r * BK + j;
-        if (RQ == 4 && r == 0 && spread) {
+        if (r == 0 && spread) {
           const int pn = static_cast<int>(imax(0, imin(KJ, pn_all - j)));
-          qk_block<4, true>(w.q, kc + j * ldk, ldk, nk, D, s, BK,
-                            pn ? reinterpret_cast<const E*>(pk + (ahead + j) * pldk) : nullptr, pn);
+          const E* pf = pn ? reinterpret_cast<const E*>(pk + j * pldk) : nullptr;
+          if (RQ == 4)
+            qk_block<4, true>(w.q, kc + j * ldk, ldk, nk, D, s, BK, pf, pn);
+          else if (RQ == 2)
+            qk_block<2, true>(w.q, kc + j * ldk, ldk, nk, D, s, BK, pf, pn);
+          else
+            qk_block<1, true>(w.q, kc + j * ldk, ldk, nk, D, s, BK, pf, pn);
         } else if (RQ == 4)
           qk_block<4>(w.q + r * D, kc + j * ldk, ldk, nk, D, s, BK);
         else if (RQ == 2)
@@ -436,10 +513,18 @@ struct DecodeKernel {
     int64_t r = 0;
     for (; r + 4 <= R; r += 4) {
       if (r == 0 && spread)
-        pv_rows<4, 2, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, pn_all ? reinterpret_cast<const E*>(pv + ahead * pldv) : nullptr,
-                            pn_all);
+        pv_rows<4, 2, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, reinterpret_cast<const E*>(pv), pn_all);
       else
         pv_rows<4, 2>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP);
+    }
+    if (r == 0 && spread) {  // R < 4: the V prefetches in the first (only) row block
+      const E* pf = reinterpret_cast<const E*>(pv);
+      switch (R) {
+        case 3: pv_rows<3, 2, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, pf, pn_all); break;
+        case 2: pv_rows<2, 4, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, pf, pn_all); break;
+        default: pv_rows<1, 4, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, pf, pn_all); break;
+      }
+      return;
     }
     switch (R - r) {
       case 3: pv_rows<3, 2>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP); break;
@@ -506,9 +591,14 @@ struct DecodeKernel {
     c.part_o = ws.take<float>(nparts * p.Dv);
     c.part_lse = ws.take<float>(nparts);
     const int64_t work = items * c.nsplit;
+#if defined(_OPENMP)
+    c.serial = work <= 1 || omp_get_max_threads() == 1;  // (a smaller team than that: no harm, only bursts)
+#else
+    c.serial = true;
+#endif
     parallel_with_scratch("attention (decode)", work > 1, work_bytes(c), /*zero=*/true, [&](void* mem) {
       const Work w = carve(mem, c);
-      team_for(work, mem, [&](int64_t it) { attend(c, w, it / c.nsplit, it % c.nsplit); });
+      team_for(work, mem, [&](int64_t it) { attend(c, w, it); });
       if (c.nsplit > 1) team_for(items, mem, [&](int64_t it) { merge(c, w, it); });  // after the barrier
     });
   }
