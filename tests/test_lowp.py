@@ -182,6 +182,50 @@ def test_lowp_cases(isa, tmp_path):
         assert_close(res[f"{n}_l"], r_l, n_l, np.float32, what=f"{isa} case {n} lse")
 
 
+# float16 / bfloat16 keys converted straight into the packed QK order (AVX2; D >= 96 and 17 query tiles per
+# key chunk), bfloat16 widened 16 lanes at a time: the same float32 sums as a float32 call on the widened
+# inputs, so out is that call's output rounded to the dtype and lse is bitwise its lse, with 1 and 2
+# threads. Sk = 301: a last key block past Sk (zero rows) and a chunk tail. (Not for avx512bf16's
+# bfloat16, whose vdpbf16ps products round otherwise.)
+PACKED_K = PRELUDE + textwrap.dedent("""
+    rng = np.random.default_rng(31)
+    for dt in ("float16", "bfloat16"):
+        dtype = ml_dtypes.bfloat16 if dt == "bfloat16" else np.dtype(dt)
+        q = rng.standard_normal((1, 2, 800, 128)).astype(dtype)
+        k = rng.standard_normal((1, 2, 301, 128)).astype(dtype)
+        v = rng.standard_normal((1, 2, 301, 128)).astype(dtype)
+        for causal in (False, True):
+            for t in (1, 2):
+                attnkit.set_num_threads(t)
+                o, l = attnkit.attention(q, k, v, causal=causal, return_lse=True)
+                o32, l32 = attnkit.attention(*(x.astype(np.float32) for x in (q, k, v)), causal=causal,
+                                             return_lse=True)
+                key = f"{dt}_{int(causal)}_{t}"
+                out[key + "_o"] = o.astype(np.float64)
+                out[key + "_o32"] = o32.astype(dtype).astype(np.float64)
+                out[key + "_l"] = l.astype(np.float64)
+                out[key + "_l32"] = l32.astype(np.float64)
+    out["isa"] = np.array(attnkit.info()["cpu_isa"])
+    np.savez(sys.argv[1], **out)
+""")
+
+
+@pytest.mark.parametrize("isa", ISA_ORDER)
+def test_lowp_packed_keys_match_float32(isa, tmp_path):
+    res = run_in_isa(isa, PACKED_K, tmp_path)
+    for dt in LOWP:
+        for causal in (0, 1):
+            first = f"{dt}_{causal}_1"
+            for t in (1, 2):
+                key = f"{dt}_{causal}_{t}"
+                np.testing.assert_array_equal(res[key + "_o"], res[first + "_o"], err_msg=f"{isa} {key} threads")
+                np.testing.assert_array_equal(res[key + "_l"], res[first + "_l"], err_msg=f"{isa} {key} threads")
+                if isa == "avx512bf16" and dt == "bfloat16":
+                    continue
+                np.testing.assert_array_equal(res[key + "_o"], res[key + "_o32"], err_msg=f"{isa} {key} out")
+                np.testing.assert_array_equal(res[key + "_l"], res[key + "_l32"], err_msg=f"{isa} {key} lse")
+
+
 @pytest.mark.parametrize("dt", list(LOWP))
 @pytest.mark.parametrize("Sq,G", [(300, 2), (1, 4)])
 def test_lowp_thread_count_independent(rng, dt, Sq, G):

@@ -79,20 +79,21 @@ struct ExactRun : ExactKernel<Cfg, St> {
   /// D = 128, S = 1024 gained or held with the copy).
   static constexpr std::size_t kConvHeadBytes = std::size_t(1) << 20;
   static constexpr std::size_t kConvMaxBytes = std::size_t(64) << 20;
-  static std::size_t convert_elems(const Ctx& c, bool weights, std::size_t* kn) {
+  static std::size_t convert_elems(const Ctx& c, bool weights, bool k_packed, std::size_t* kn) {
     const AttnProblem& p = *c.p;
     *kn = 0;
     if constexpr (K::kSameType) return 0;
     if (c.dot || chunk_readers(c) < 2 || p.Sk * (p.D + p.Dv) * sizeof(T) > kConvHeadBytes) return 0;
-    return copy_elems(c, weights, static_cast<std::size_t>(p.B * p.Hkv * p.Sk), kConvMaxBytes, kn);
+    return copy_elems(c, weights, k_packed, static_cast<std::size_t>(p.B * p.Hkv * p.Sk), kConvMaxBytes, kn);
   }
   /// Query tiles that read each K/V chunk.
   static int64_t chunk_readers(const Ctx& c) { return c.nqblocks * c.tiles * (c.G / c.Gp); }
   /// Elements of a float32 copy of `rows` K and V rows (no keys where PairDot reads the stored bfloat16
   /// keys, no values for attention_weights), in *kn those of the keys; 0 (and *kn = 0) when none are
   /// copied or the copy would take more than `limit` bytes.
-  static std::size_t copy_elems(const Ctx& c, bool weights, std::size_t rows, std::size_t limit, std::size_t* kn) {
-    *kn = c.pair_qk ? 0 : rows * c.p->D;
+  static std::size_t copy_elems(const Ctx& c, bool weights, bool k_packed, std::size_t rows, std::size_t limit,
+                                std::size_t* kn) {
+    *kn = c.pair_qk || k_packed ? 0 : rows * c.p->D;
     const std::size_t n = *kn + (weights ? 0 : rows * c.p->Dv);
     if (n > 0 && n * sizeof(T) <= limit) return n;
     *kn = 0;
@@ -112,12 +113,12 @@ struct ExactRun : ExactKernel<Cfg, St> {
   /// conversion: results are the same whichever way and whichever thread converts.
   static constexpr std::size_t kThreadConvBytes = std::size_t(4) << 20;
   static constexpr std::size_t kThreadConvChunkBytes = std::size_t(32) << 10;
-  static std::size_t thread_convert_elems(const Ctx& c, bool weights, std::size_t* kn) {
+  static std::size_t thread_convert_elems(const Ctx& c, bool weights, bool k_packed, std::size_t* kn) {
     const AttnProblem& p = *c.p;
     *kn = 0;
     if constexpr (K::kSameType) return 0;
     if (c.dot || chunk_readers(c) < 2 || BK * (p.D + p.Dv) * sizeof(T) > kThreadConvChunkBytes) return 0;
-    return copy_elems(c, weights, static_cast<std::size_t>(p.Sk), kThreadConvBytes, kn);
+    return copy_elems(c, weights, k_packed, static_cast<std::size_t>(p.Sk), kThreadConvBytes, kn);
   }
   /// Converts the rows of kv head (b, h) of x ([B][Hkv][Sk][N] view) into dst [Sk][N] (one thread).
   static void convert_head(const AttnProblem& p, const ViewN<4>& x, int64_t N, int64_t b, int64_t h, T* dst) {
@@ -150,10 +151,24 @@ struct ExactRun : ExactKernel<Cfg, St> {
   /// larger problems read K in place as before.
   static constexpr int64_t kPackReaders = 32;
   static constexpr int64_t kPackMinD = 96;
+  /// float16 / bfloat16 K (AVX2 only, where it was measured) is converted into the same packed layout (K
+  /// then needs no float32 copy and no per-tile conversion; V keeps its own). The per-thread copy of K and V
+  /// lost at D = 128 (0.90-0.95x, session 24) largely for want of this packing, which the float32 path has
+  /// there: with the keys packed and the values converted per tile, D = 128 ran 1.00-1.12x the unpacked
+  /// 16-bit build non-causal (S = 2048, 4096) and ~1.0x causal; a per-thread float32 copy of V beside the
+  /// packed keys ran 0.94-0.97x at S = 4096 and was dropped (Zen 3, 1 thread,
+  /// bench/results/history/lowp_avx2_s25_variants.json). Their tiles are twice as wide (48 lanes), hence half the
+  /// readers: the same query rows per key chunk.
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  static constexpr bool kPackLowp = true;
+#else
+  static constexpr bool kPackLowp = false;
+#endif
   static std::size_t pack_elems(const Ctx& c, bool weights) {
     const AttnProblem& p = *c.p;
-    if constexpr (!K::kSameType || BK % K::R != 0) return 0;
-    if (weights || c.dot || c.nsplit > 1 || !c.k_direct || p.D < kPackMinD || chunk_readers(c) < kPackReaders)
+    if constexpr (BK % K::R != 0 || (!K::kSameType && !kPackLowp)) return 0;
+    const int64_t readers = K::kSameType ? kPackReaders : kPackReaders / 2;
+    if (weights || c.dot || c.pair_qk || c.nsplit > 1 || !c.k_direct || p.D < kPackMinD || chunk_readers(c) < readers)
       return 0;
     const std::size_t n = static_cast<std::size_t>(p.B * p.Hkv * ((p.Sk + K::R - 1) / K::R * K::R) * p.D);
     return n * sizeof(T) <= kConvMaxBytes ? n : 0;
@@ -166,14 +181,14 @@ struct ExactRun : ExactKernel<Cfg, St> {
     const ViewN<4>& x = p.k;
     team_for(p.B * p.Hkv * per_head, mem, [&](int64_t it) {
       const int64_t bh = it / per_head, b = bh / p.Hkv, h = bh % p.Hkv;
-      const T* base = static_cast<const T*>(x.data) + b * x.stride[0] + h * x.stride[1];
+      const St* base = static_cast<const St*>(x.data) + b * x.stride[0] + h * x.stride[1];
       for (int64_t kb = it % per_head * kBlocks; kb < imin(nb, (it % per_head + 1) * kBlocks); ++kb) {
         T* out = dst + (bh * nb + kb) * p.D * R;
         for (int r = 0; r < R; ++r) {
           const int64_t j = kb * R + r;
           if (j < p.Sk) {
-            const T* src = base + j * x.stride[2];
-            for (int64_t d = 0; d < p.D; ++d) out[d * R + r] = src[d];
+            const St* src = base + j * x.stride[2];
+            for (int64_t d = 0; d < p.D; ++d) out[d * R + r] = static_cast<T>(to_acc(src[d]));
           } else {
             for (int64_t d = 0; d < p.D; ++d) out[d * R + r] = T(0);
           }
@@ -213,8 +228,8 @@ struct ExactRun : ExactKernel<Cfg, St> {
     const std::size_t nflags = static_cast<std::size_t>(p.B * p.Hkv) + 1;
     const std::size_t nparts = c.nsplit > 1 ? static_cast<std::size_t>(items * BQ) : 0;
     std::size_t nconv_k;
-    const std::size_t nconv = convert_elems(c, weights, &nconv_k);
     const std::size_t npack = pack_elems(c, weights);
+    const std::size_t nconv = convert_elems(c, weights, npack > 0, &nconv_k);
     Workspace ws(Workspace::need<int8_t>(nflags) + Workspace::need<T>(nparts * p.Dv) + Workspace::need<T>(nparts) +
                      Workspace::need<T>(nconv_k) + Workspace::need<T>(nconv - nconv_k) + Workspace::need<T>(npack),
                  "attention (value flags, split partials, converted K/V, packed K)");
@@ -228,7 +243,7 @@ struct ExactRun : ExactKernel<Cfg, St> {
     c.vconv = vconv;
     c.conv_one_head = false;
     std::size_t tconv_k = 0;
-    const std::size_t tconv = nconv ? 0 : thread_convert_elems(c, weights, &tconv_k);
+    const std::size_t tconv = nconv ? 0 : thread_convert_elems(c, weights, npack > 0, &tconv_k);
     if (vconv || tconv > tconv_k) c.prefetch = false;  // tiles read the converted values
     T* kpack = npack ? ws.take<T>(npack) : nullptr;
     c.kpack = kpack;

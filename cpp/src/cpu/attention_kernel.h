@@ -150,7 +150,8 @@ struct ExactKernel {
     /// kconv / vconv hold one kv head only, [Sk][D] and [Sk][Dv]: a thread's copy of the head its tiles
     /// read (ExactRun::run, heads too long for the per-call copy).
     bool conv_one_head;
-    /// float32 / float64 K copied once per call into the QK micro-kernel's A-operand order (ExactRun::pack_k),
+    /// K copied once per call into the QK micro-kernel's A-operand order (ExactRun::pack_k; float16 / bfloat16
+    /// converted to float32 on AVX2),
     /// read by every query tile; null: the tiles read K in place. kpack [B][Hkv][ceil(Sk / R)][D][R]: each
     /// block of R keys with its R rows interleaved (key rows beyond Sk 0), so a QK register block broadcasts
     /// from one sequential stream instead of R rows.
