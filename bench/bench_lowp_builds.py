@@ -8,7 +8,9 @@ a warm-up round; the figures are medians of process CPU time (OMP_WAIT_POLICY=pa
 Cases are D:S:causal, B=1, H=8.
 
     python bench/bench_lowp_builds.py --dirs base=/tmp/base new=/tmp/new --torch \
-        --cases 64:1024:0 128:1024:1 --reps 5 --out /tmp/ab.json
+        --cases 64:1024:0 128:1024:1 --reps 5 --out history/lowp_avx2_s<N>.json
+
+--out is a path under bench/results, as in the other bench scripts (an absolute path is kept as it is).
 """
 import argparse, os, statistics, json
 from _workers import ask, rounds, spawn
@@ -51,7 +53,7 @@ ap.add_argument("--threads", default="1")
 ap.add_argument("--reps", type=int, default=5)
 ap.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
 ap.add_argument("--torch", action="store_true")
-ap.add_argument("--out")
+ap.add_argument("--out", help="path under bench/results (absolute: as given)")
 a = ap.parse_args()
 if a.out:  # where it ran (CPU model, ISA path, matmul ceiling), by this checkout's attnkit._bench
     import sys
@@ -92,4 +94,6 @@ for case in a.cases:
     rows.append(row)
 print("load", os.getloadavg())
 if a.out:
-    json.dump({"env": run_env, "rows": rows, "load_after": os.getloadavg(), "threads": a.threads, "reps": a.reps}, open(a.out, "w"), indent=1)
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", a.out)  # an absolute a.out wins
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    json.dump({"env": run_env, "rows": rows, "load_after": os.getloadavg(), "threads": a.threads, "reps": a.reps}, open(out, "w"), indent=1)
