@@ -596,7 +596,7 @@ __device__ void v4_pass_c1(const DLAProblem& p, const Lay& lay, const V4Buf& buf
   __shared__ int64_t sh_mc;
   const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
   Blk<St> w(p, lay, sm, buf.chs);
-  const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, T = p.T, nch = buf.nch;
+  const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, T = p.T, nch = buf.nch;
   const int64_t ns = lay.ns, ncol = lay.ncol, per_item = v4_chs_item(buf, C, SS);
   const DLACacheViews& ci = p.cache_in;
   const DLACacheOut& co = p.cache_out;
@@ -624,14 +624,7 @@ __device__ void v4_pass_c1(const DLAProblem& p, const Lay& lay, const V4Buf& buf
       __syncthreads();  // the previous chunk (or the cache load) is complete
       const int64_t m_in = sh_mc;
       // 1. K^T, K, V^T, V of the chunk (v3's batched loads), the rows' boundaries and merges.
-      batched(LP * Dk, tid, nth, [&](int64_t idx) {
-        const int64_t r = idx / Dk, d = idx - r * Dk;
-        return r < Lc ? ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]) : R(0);
-      }, [&](int64_t idx, R k) {
-        const int64_t r = idx / Dk, d = idx - r * Dk;
-        w.KT[d * LP + r] = k;
-        if (r < Lc) w.Kc[r * Dk + d] = k;
-      });
+      v4_load_k(w, p, b, h, tid, nth, t0, Lc);
       load_v_batched(w, p, b, h, tid, nth, t0, Lc);
       for (int64_t r = tid; r < Lc; r += nth) {
         w.rowOpen[r] = buf.O[it * T + t0 + r];
