@@ -5,8 +5,8 @@ Two modes:
 * ``python bench/gpu_profile.py`` (run under ``ncu``): a small workload in phases, each opened by an empty
   marker kernel named ``dla_mark_<phase>`` (so the summary can split the profiled launches by phase):
 
-  - ``prefill``: one DLA prefill (float16, B=4, H=16, T=4095, D=64, C=16) on the default path (v4's three
-    passes where enabled), which also makes the cache for the decode steps;
+  - ``prefill``: one DLA prefill (float16, B=4, H=16, T=4095, D=64, C=16) on the default path (v4's five
+    kernels where enabled), which also makes the cache for the decode steps;
   - ``decode``: 3 DLA decode steps from that cache on the default path (v3's one kernel where enabled);
   - ``decode_v2``: 3 steps on v2's two kernels (tuning ``dla_decode = 2``);
   - ``exact_decode``: 3 exact attention decode calls (float16, B=4, Hq=32, Hkv=8, Sq=1, Sk=16384, D=128),

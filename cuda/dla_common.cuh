@@ -51,9 +51,9 @@ bool launch_prefill_v2(const DLAProblem& p, cudaStream_t stream);
 /// loads (gate "dla_prefill_v3", dla.cu); false as launch_prefill_v2.
 template <class St>
 bool launch_prefill_v3(const DLAProblem& p, cudaStream_t stream);
-/// dla_prefill_v2.cu with dla_prefill_v4.cuh: three passes (scores and boundaries from the open state, the
-/// merge chain on a warp, readout and states per column slice); gate "dla_prefill_v4" (dla.cu); false as
-/// launch_prefill_v2.
+/// dla_prefill_v2.cu with dla_prefill_v4.cuh: five kernels (per-chunk score tables, boundaries from the open
+/// state, the merge chain on a warp, the states at every chunk start, the readout of every chunk at once);
+/// gate "dla_prefill_v4" (dla.cu); false as launch_prefill_v2.
 template <class St>
 bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream);
 /// dla_decode_v2.cu: the decode step as two kernels (decisions per item, then the states over a grid of

@@ -763,7 +763,7 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
   }
 }
 
-#include "cuda/dla_prefill_v4.cuh"  // v4: three passes (scores and boundaries, merge chain, readout and states)
+#include "cuda/dla_prefill_v4.cuh"  // v4: five kernels (score tables, boundaries, merge chain, chunk-start states, readout)
 
 // ---- host side and kernel wrapper (tests/cuda_emu/run.sh cuts the file here)
 }  // namespace v2

@@ -42,7 +42,7 @@ struct Tuning {
   /// DLA prefill on CUDA (cuda/dla_prefill_v2.cu): blocks per (batch, head), each owning a slice of the
   /// output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel (cuda/dla_prefill.cu, for
   /// side-by-side measurements); -2 = the second kernel without v3's warp scan (dla_prefill_v3.cuh),
-  /// split automatic; -3 = v3 (never v4's three passes, dla_prefill_v4.cuh), split automatic. Splits >= 0
+  /// split automatic; -3 = v3 (never v4's five kernels, dla_prefill_v4.cuh), split automatic. Splits >= 0
   /// take v4 where its gate is open. No effect on the CPU; results equal up to rounding.
   std::atomic<int64_t> dla_split{0};
   /// DLA decode step on CUDA: 0 = automatic (cuda/dla_decode_v3.cu where enabled, else cuda/dla_decode_v2.cu

@@ -16,7 +16,7 @@ every code path; users have no reason to.
     dla_split      DLA prefill on CUDA (the v2 kernel): blocks per (batch, head), each owning a slice of
                    the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first
                    CUDA prefill kernel, -2 = the second one without v3's warp scan, split automatic, -3 = v3
-                   (never v4's three passes, cuda/dla_prefill_v4.cuh), split automatic (all for side-by-side
+                   (never v4's five kernels, cuda/dla_prefill_v4.cuh), split automatic (all for side-by-side
                    measurements); splits >= 0 take v4 where its gate is open
     dla_decode     DLA decode step on CUDA: 0 = automatic (the one-kernel step of cuda/dla_decode_v3.cu where
                    enabled, else the two-kernel step of cuda/dla_decode_v2.cu where enabled), 1 = the first
