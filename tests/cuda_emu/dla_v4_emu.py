@@ -93,16 +93,22 @@ def chunk_decay(g, t0, Lc):
     return G, eG, a2, dec
 
 
-def chunk_terms(k, v, g, t0, Lc, R):
-    """A chunk's K, V (dtype R), decay factors, Gram pair terms KK_rj VV_rj e^{G_r-G_j} (double) and Bv_r."""
+def chunk_kv(k, v, g, t0, Lc, R):
+    """A chunk's K, V (dtype R) and decay factors eG, a2 and pair decay dec(r, j) (1 without a decay)."""
     K = k[t0:t0 + Lc].astype(R)
     V = v[t0:t0 + Lc].astype(R)
     if g is not None:
-        G, eG, a2, dec = chunk_decay(g, t0, Lc)
+        _, eG, a2, dec = chunk_decay(g, t0, Lc)
     else:
         eG = np.ones(Lc)
         a2 = np.ones(Lc)
         dec = lambda r, j: 1.0  # noqa: E731
+    return K, V, eG, a2, dec
+
+
+def chunk_terms(k, v, g, t0, Lc, R):
+    """A chunk's K, V (dtype R), decay factors, Gram pair terms KK_rj VV_rj e^{G_r-G_j} (double) and Bv_r."""
+    K, V, eG, a2, dec = chunk_kv(k, v, g, t0, Lc, R)
     Kd, Vd = K.astype(np.float64), V.astype(np.float64)
     KK, VV = Kd @ Kd.T, Vd @ Vd.T  # the GPU forms both in double
     Bv = np.diag(KK) * np.diag(VV)
@@ -155,14 +161,7 @@ def pass_a(k, v, g, tau, C, drift, L, open_in, m_in, R, tables):
     for ci, t0 in enumerate(range(0, T, L)):
         Lc = min(L, T - t0)
         tab, suf0, Bv = tables[ci]
-        K = k[t0:t0 + Lc].astype(R)
-        V = v[t0:t0 + Lc].astype(R)
-        if g is not None:
-            G, eG, a2, dec = chunk_decay(g, t0, Lc)
-        else:
-            eG = np.ones(Lc)
-            a2 = np.ones(Lc)
-            dec = lambda r, j: 1.0  # noqa: E731
+        K, V, eG, a2, dec = chunk_kv(k, v, g, t0, Lc, R)
         carried = S is not None
         Ac = np.zeros(Lc)
         if carried:  # the carried column by rounds of 8 rows (A2's kA2Rows), up to the first row it opens
