@@ -3,7 +3,7 @@
 A decode step reads every key and value row once per kv head (the query heads of a GQA group share them),
 so its speed is the rate at which it reads K and V: GB/s = (K + V bytes) / time. The ceiling is measured
 beside it, in the same process and the same rounds: NumPy reductions over an array far larger than the
-cache (np.add.reduce, one thread; with --threads > 1 also a float32 matrix-vector dot, BLAS threads). The
+cache (np.add.reduce, one thread; and a float32 matrix-vector dot, on as many BLAS threads as attnkit's). The
 contenders (attnkit, torch SDPA, the ceiling) run round-robin (each round runs every one once) and the
 medians are reported with their ratios: the machine may be shared, so absolute figures move, ratios much
 less. Cases: float32 (--dtypes: also float16 / bfloat16, whose K and V are half the bytes), D=128, Sq in
@@ -32,25 +32,55 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+# OpenBLAS's threads spin for 2^28 cycles (~0.1 s) after each call. The ceiling's BLAS dot runs just before
+# attnkit in each round, and at 2 threads its spinning thread took a core from attnkit's: 2-thread decode read
+# 12.4 GB/s after a dot and 22.5-23.1 without (session 26, Zen 3; bench/results/history/
+# decode_avx2_s26_threads_probe.json), the "two threads scale 1.2-1.3x" of the 2-thread tables before it.
+# 2^4 cycles: they sleep at once. (Read when NumPy loads its OpenBLAS: it must be set before the import.)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import attnkit
-from attnkit._bench import environment, progress, set_clock, timeit_many, torch_or_none, write_json
+import numpy as np  # noqa: E402
+
+import attnkit  # noqa: E402
+from attnkit._bench import environment, progress, set_clock, timeit_many, torch_or_none, write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def blas_threads(n: int) -> int | None:
+    """Sets the threads of the OpenBLAS that NumPy loaded to n (ctypes, as threadpoolctl does: the BLAS dot of
+    the ceiling must run on as many threads as attnkit, not on the BLAS default); returns the count BLAS then
+    reports, or None where no OpenBLAS is found (another BLAS: its default threads)."""
+    import ctypes
+
+    try:
+        paths = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        lib = ctypes.CDLL(path)
+        for suffix in ("64_", "_64_", ""):
+            setter = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None) or getattr(
+                lib, f"openblas_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None) or getattr(
+                lib, f"openblas_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                setter(ctypes.c_int(n))
+                return int(getter())
+    return None
+
+
 def ceiling_fns(gib: float, threads: int) -> tuple:
-    """(contenders, bytes): NumPy reductions over `gib` GiB of float32 (far larger than any cache), each
-    reading the array once: np.add.reduce (one thread) and, with several threads, a matrix-vector dot with
-    a ones vector (BLAS, its default threads). The ceiling is the higher rate."""
+    """(contenders, bytes, BLAS threads): NumPy reductions over `gib` GiB of float32 (far larger than any
+    cache), each reading the array once: np.add.reduce (one thread, compute-limited at ~14 GB/s on Zen 3)
+    and a matrix-vector dot with a ones vector (BLAS on `threads` threads, set through blas_threads; at one
+    thread it read 16.4 GB/s where the reduction read 14.0). The ceiling is the higher rate."""
     n = int(gib * 2**30) // 4 // 1024 * 1024
     a = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
-    fns = {"ceiling_add_reduce": lambda: np.add.reduce(a)}
-    if threads > 1:
-        ones, a2 = np.ones(1024, np.float32), a.reshape(-1, 1024)
-        fns["ceiling_dot"] = lambda: a2 @ ones
-    return fns, a.nbytes
+    ones, a2 = np.ones(1024, np.float32), a.reshape(-1, 1024)
+    nblas = blas_threads(threads)
+    fns = {"ceiling_add_reduce": lambda: np.add.reduce(a), "ceiling_dot": lambda: a2 @ ones}
+    return fns, a.nbytes, nblas
 
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -121,6 +151,8 @@ def main(argv=None):
         torch.set_num_threads(threads)
     env = environment(threads, ceiling=not a.worker)
     ceiling = ceiling_fns(a.ceiling_gib, threads)
+    env["ceiling_blas_threads"] = ceiling[2]
+    env["openblas_thread_timeout"] = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
     rows = []
     grid = [f"{hh}:{Sq}:{Sk}" for Sk in a.sk for Sq in a.sq for hh in a.heads]
     for case, dtype in [(c, dt) for dt in a.dtypes for c in a.cases or grid]:
@@ -146,7 +178,8 @@ def main(argv=None):
         summary["min_torch_over_attnkit"] = min(r["torch_over_attnkit"] for r in rows)
     payload = {"benchmark": f"decode, {'/'.join(a.dtypes)}, D=128, B=1: K/V read rate vs a NumPy reduction ceiling and torch SDPA",
                "method": f"medians of {a.reps} round-robin rounds (attnkit, torch and the ceiling, NumPy reductions "
-                         f"over a {a.ceiling_gib} GiB array, alternate in one process, same thread count), "
+                         f"over a {a.ceiling_gib} GiB array: np.add.reduce and a BLAS dot, the higher rate, alternate in one "
+                         f"process, same thread count), "
                          f"clock: {env['clock']}",
                "env": env, "summary": summary, "rows": rows}
     name = a.out or f"decode_{env['cpu_isa']}.json"
@@ -196,7 +229,8 @@ def compare_builds(a, argv):
     payload = {"benchmark": f"decode, {'/'.join(a.dtypes)}, D=128, B=1: two attnkit builds side by side, each with torch SDPA and "
                             "a NumPy memory-read ceiling in the same process",
                "method": f"{a.processes} rounds of alternating worker processes (baseline, this); each runs every case "
-                         f"with {a.reps} round-robin rounds of attnkit, torch and np.add.reduce over {a.ceiling_gib} GiB; "
+                         f"with {a.reps} round-robin rounds of attnkit, torch and the ceiling (np.add.reduce and a BLAS dot, "
+                         f"the higher rate) over {a.ceiling_gib} GiB; "
                          f"figures: medians over processes of the per-process medians; clock: {env['clock']}",
                "env": env, "rows": rows, "runs": runs}
     name = a.out or f"decode_{env['cpu_isa']}.json"

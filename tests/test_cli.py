@@ -50,6 +50,33 @@ def test_environment_in_reports_another_package(tmp_path):
     assert "loadavg_after" in json.loads(path.read_text())["env"]
 
 
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.skipif(not (BENCH / "bench_decode.py").is_file(), reason="bench/ not beside the tests")
+def test_bench_decode_ceiling_and_blas_spin():
+    """bench_decode.py: the ceiling has the BLAS dot at one thread too (on as many BLAS threads as attnkit),
+    and the BLAS threads do not spin after a call (OPENBLAS_THREAD_TIMEOUT set before NumPy loads): a spinning
+    thread took a core from 2-thread decode timed just after the dot. A fresh process (NumPy not loaded yet)
+    imports the script, runs a 2-thread dot and sleeps: no CPU time may pass while it sleeps."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, time; sys.path.insert(0, {str(BENCH)!r}); import bench_decode as b; import numpy as np\n"
+            "fns, nbytes, nblas = b.ceiling_fns(0.01, 1)\n"
+            "assert set(fns) == {'ceiling_add_reduce', 'ceiling_dot'} and nblas in (1, None), (fns, nblas)\n"
+            "fns['ceiling_dot'](); n = b.blas_threads(2); a = np.ones((1 << 14, 1024), np.float32)\n"
+            "spun = []\n"
+            "for _ in range(3):\n"
+            "    a @ np.ones(1024, np.float32); c0 = time.process_time(); time.sleep(0.05)\n"
+            "    spun.append(time.process_time() - c0)\n"
+            "print(n, min(spun))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] in ("2", "None")
+    if out[0] == "2":
+        assert float(out[1]) < 0.005, f"BLAS threads spun {out[1]} s of CPU time in a 0.05 s sleep"
+
+
 @pytest.mark.skipif(not RESULTS.is_dir(), reason="bench/results not beside the tests")
 def test_results_files_follow_the_rule():
     """bench/results/README.md: one <bench>_<isa>.json per benchmark and ISA path at the top level (GPU files

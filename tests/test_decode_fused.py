@@ -114,3 +114,20 @@ def test_fused_prefetch_streams(rng, dtype, Sq, Hq, Hkv):
     kw = dict(key_lengths=[Sk, 50, 2100], causal=True)
     check(rng, dtype, q, k, v, **kw)
     assert_thread_invariant(lambda: attnkit.attention(q, k, v, return_lse=True, **kw), threads=(1, 2, 3))
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("B,Hkv,Sk", [(1, 1, 6000), (1, 2, 5000), (2, 3, 3000), (1, 8, 9000)])
+def test_fused_thread_ranges(rng, dtype, B, Hkv, Sk):
+    """With several threads each runs a contiguous range of the work items (2, 4, 6 and 32 here) in order,
+    its stream chained from one item into the next, and then takes the items left in the others' ranges:
+    with more threads than items some ranges are empty and their threads only take others' items. Every
+    item runs exactly once: against the oracle at 7 threads, and the same bits with any thread count."""
+    q, k, v = qkv(rng, B, 2 * Hkv, Hkv, 1, Sk, 128, 128, dtype)
+    old = attnkit.get_num_threads()
+    try:
+        attnkit.set_num_threads(7)
+        check(rng, dtype, q, k, v, causal=True, key_lengths=Sk - 3)
+    finally:
+        attnkit.set_num_threads(old)
+    assert_thread_invariant(lambda: attnkit.attention(q, k, v, return_lse=True), threads=(1, 2, 3, 7))
