@@ -118,11 +118,10 @@ def test_fused_prefetch_streams(rng, dtype, Sq, Hq, Hkv):
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("B,Hkv,Sk", [(1, 1, 6000), (1, 2, 5000), (2, 3, 3000), (1, 8, 9000)])
-def test_fused_thread_ranges(rng, dtype, B, Hkv, Sk):
-    """With several threads each runs a contiguous range of the work items (2, 4, 6 and 32 here) in order,
-    its stream chained from one item into the next, and then takes the items left in the others' ranges:
-    with more threads than items some ranges are empty and their threads only take others' items. Every
-    item runs exactly once: against the oracle at 7 threads, and the same bits with any thread count."""
+def test_fused_more_threads_than_items(rng, dtype, B, Hkv, Sk):
+    """Work items (batch, kv head, split) to threads: 2, 4, 6 and 32 items on up to 7 threads (some threads get
+    none). Every item runs exactly once: against the oracle at 7 threads, and the same bits with any thread
+    count."""
     q, k, v = qkv(rng, B, 2 * Hkv, Hkv, 1, Sk, 128, 128, dtype)
     old = attnkit.get_num_threads()
     try:

@@ -24,10 +24,8 @@
 // read); the other features (mask, bias, ALiBi, block-sparse layouts, explicit row ranges), float64 and
 // non-unit element strides of K / V go to the generic kernel (decode_eligible).
 
-#include <atomic>
 #include <cstring>
 #include <type_traits>
-#include <vector>
 
 #include "attnkit/math/masks.h"
 #include "attnkit/math/softmax.h"
@@ -354,11 +352,10 @@ struct DecodeKernel {
 
   /// One (batch, kv head, split) work item (index it = item * nsplit + split); leaves the partial
   /// (nsplit > 1) or final results. Prefetching: K and V rows kPrefetchKeys ahead of each chunk. Where
-  /// one thread runs the items in order (c.serial), or this thread runs item it + 1 next (chain: its range,
-  /// see run), the chunks near the end of the split prefetch the first rows of the next item, so the stream
-  /// does not stall at the boundary; otherwise the item starts by prefetching its own first kPrefetchKeys
-  /// rows (those not yet prefetched), in one burst.
-  static void attend(const Ctx& c, const Work& w, int64_t it, bool chain = false) {
+  /// one thread runs the items in order (c.serial), the chunks near the end of the split prefetch the first
+  /// rows of the next item, so the stream does not stall at the boundary; otherwise the item starts by
+  /// prefetching its own first kPrefetchKeys rows (those not yet prefetched), in one burst.
+  static void attend(const Ctx& c, const Work& w, int64_t it) {
     const AttnProblem& p = *c.p;
     const int64_t item = it / c.nsplit, split = it % c.nsplit;
     const int64_t b = item / p.Hkv, hkv = item % p.Hkv, R = c.R, D = p.D, Dv = p.Dv, DvP = dvp(p);
@@ -392,7 +389,7 @@ struct DecodeKernel {
       prefetch_rows(vbase, ldv, hull_lo + done, kPrefetchKeys - done, hull_hi, Dv);
     }
     Stream next;
-    if ((c.serial || chain) && it + 1 < c.nsplit * p.B * p.Hkv) next = stream_of(c, (it + 1) / c.nsplit, (it + 1) % c.nsplit);
+    if (c.serial && it + 1 < c.nsplit * p.B * p.Hkv) next = stream_of(c, (it + 1) / c.nsplit, (it + 1) % c.nsplit);
     int64_t next_done = 0;  // rows [next.lo, next.lo + next_done) prefetched
     for (int64_t j0 = hull_lo; j0 < hull_hi; j0 += BK) {
       const int jn = static_cast<int>(imin(BK, hull_hi - j0));
@@ -596,40 +593,12 @@ struct DecodeKernel {
     const int64_t work = items * c.nsplit;
 #if defined(_OPENMP)
     c.serial = work <= 1 || omp_get_max_threads() == 1;  // (a smaller team than that: no harm, only bursts)
-    // Each thread's work: a contiguous range of items run in order, so that its K / V stream continues from
-    // one item into the next (attend's chain) instead of restarting with a prefetch burst at each item (as
-    // with one item at a time to whichever thread is free); a thread done with its range takes the items
-    // left in the others' ranges (from their fronts), so a descheduled thread delays no one. Which thread
-    // runs an item never changes a result. GQA 32:8, Sq = 1, Sk = 8192 (items of 2048 keys), 2 threads
-    // owning both cores: 24.8 GB/s against 21.6 one item at a time; Sk = 32768 and MHA the same
-    // (bench/results/history/decode_avx2_s26_threads_probe.json).
-    struct alignas(64) Range {
-      std::atomic<int64_t> next{0};
-      int64_t end = 0;
-    };
-    std::vector<Range> ranges(static_cast<std::size_t>(omp_get_max_threads()));
 #else
     c.serial = true;
 #endif
     parallel_with_scratch("attention (decode)", work > 1, work_bytes(c), /*zero=*/true, [&](void* mem) {
       const Work w = carve(mem, c);
-#if defined(_OPENMP)
-      const int T = omp_get_num_threads(), t = omp_get_thread_num();
-      if (T > 1 && static_cast<std::size_t>(T) <= ranges.size()) {
-#pragma omp for schedule(static)
-        for (int u = 0; u < T; ++u) ranges[u].next = work * u / T, ranges[u].end = work * (u + 1) / T;
-        for (int k = 0; k < T; ++k) {  // (the loop above ends with a barrier: every range set)
-          Range& r = ranges[(t + k) % T];
-          for (int64_t it; (it = r.next.fetch_add(1, std::memory_order_relaxed)) < r.end;)
-            if (mem) attend(c, w, it, it + 1 < r.end);
-        }
-#pragma omp barrier
-      } else {
-        team_for(work, mem, [&](int64_t it) { attend(c, w, it); });
-      }
-#else
       team_for(work, mem, [&](int64_t it) { attend(c, w, it); });
-#endif
       if (c.nsplit > 1) team_for(items, mem, [&](int64_t it) { merge(c, w, it); });  // after the barrier
     });
   }
