@@ -10,7 +10,7 @@
 //     reduced together by one transpose-add (reduce8);
 //   - the online softmax per row over the chunk's BK scores (float32, math/softmax.h);
 //   - PV with the chunk's V rows in L1: register blocks of RL rows x NV value vectors, probabilities
-//     broadcast;
+//     broadcast (bfloat16 V read in pairs, the even and odd columns of each 2W, kPairs: the same sums);
 //   - K and V rows kPrefetchKeys ahead prefetched into L2 while the current chunk is computed, spread over
 //     its arithmetic (K over the first row block's dot products, V over its PV panels), across split, kv
 //     head and batch boundaries (one thread: into the next work item; several: a burst at each item's start).
@@ -219,9 +219,10 @@ struct DecodeKernel {
       for (int n = 0; n < NV; ++n) acc[r][n] = S::load(o + r * ldo + n * W);
     for (int j = jb; j < je; ++j) {
       if (PF && j < pn) {  // (straight-line: with a loop over the lines GCC kept acc on the stack)
-        // RL < 4 (MHA: 1 - 3 rows) the builtin, RL = 4 the asm. With the asm GCC keeps the accumulators on
-        // the stack (seen for RL = 4: 7 of 8), with the builtin in registers; but the RL = 4 quad measured
-        // slower with the builtin (GQA 32:8, Sq=1, Sk 8192 / 32768: 1.07-1.10x the time, 2 processes).
+        // RL < 4 (MHA: 1 - 3 rows) the builtin, RL = 4 the asm (the RL = 4 quad measured slower with the
+        // builtin in session 24: GQA 32:8, Sq=1, Sk 8192 / 32768, 1.07-1.10x the time, 2 processes). The asm
+        // takes the address in a register: with a memory operand GCC kept 7 of the 8 accumulators on the
+        // stack (prefetch_l2; session 26: float16 in cache 0.77-0.80x the time).
         const char* a = reinterpret_cast<const char*>(pf + j * ldv);
         if constexpr (RL < 4) {
           prefetch_l2_in(a);
