@@ -130,3 +130,18 @@ def test_fused_more_threads_than_items(rng, dtype, B, Hkv, Sk):
     finally:
         attnkit.set_num_threads(old)
     assert_thread_invariant(lambda: attnkit.attention(q, k, v, return_lse=True), threads=(1, 2, 3, 7))
+
+
+@pytest.mark.parametrize("Dv", [8, 24, 40, 128, 136])
+@pytest.mark.parametrize("Sq,Hq,Hkv", [(1, 4, 4), (1, 8, 4), (1, 12, 4), (1, 32, 8), (2, 16, 8)])
+def test_fused_bf16_value_pairs(rng, Dv, Sq, Hq, Hkv):
+    """bfloat16 V read in place is read in pairs (the even and the odd elements of each block of 2W
+    columns, W the vector width) and the output rows are kept in that order until they are written: every
+    value width (whole blocks only, a block and a single vector, a single vector, the scalar tail) and row
+    count (1-4 rows per kv head: the 1-, 2-, 3- and 4-row PV blocks), in chunks cut by key ranges (each
+    row's own keys) and whole ones, against the oracle, and the same bits with any thread count."""
+    q, k, v = qkv(rng, 2, Hq, Hkv, Sq, 3001, 64, Dv, BF16)
+    check(rng, BF16, q, k, v)
+    check(rng, BF16, q, k, v, causal=True, key_lengths=[3001, 1500], window=(2000, 0))
+    assert_thread_invariant(lambda: attnkit.attention(q, k, v, return_lse=True, key_lengths=[2900, 77]),
+                            threads=(1, 2))

@@ -10,7 +10,7 @@
 //     reduced together by one transpose-add (reduce8);
 //   - the online softmax per row over the chunk's BK scores (float32, math/softmax.h);
 //   - PV with the chunk's V rows in L1: register blocks of RL rows x NV value vectors, probabilities
-//     broadcast;
+//     broadcast (bfloat16 V read in pairs, the even and odd columns of each 2W, kPairs: the same sums);
 //   - K and V rows kPrefetchKeys ahead prefetched into L2 while the current chunk is computed, spread over
 //     its arithmetic (K over the first row block's dot products, V over its PV panels), across split, kv
 //     head and batch boundaries (one thread: into the next work item; several: a burst at each item's start).
@@ -85,6 +85,40 @@ struct DecodeKernel {
       return (V)_mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
     }
   }
+  /// bfloat16 read in pairs (the fused kernel's own order, kPairs): 2W elements at p as two float vectors,
+  /// the even ones (p[0], p[2], ..: each 16 bits shifted into its 32-bit lane's high half) and the odd ones
+  /// (the lanes with their low half cleared). One load, one shift and one and per 2W elements, where two
+  /// load()s take two widening shuffles and two shifts: the shuffles and shifts share Zen 3's FP1 with the
+  /// FMAs, the and runs on any of the four pipes. Exact.
+  static inline V load_even(const BFloat* p) {
+    if constexpr (W == 8) {
+      return (V)_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), 16));
+    } else {
+      return (V)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(p), 16));
+    }
+  }
+  static inline V load_odd(const BFloat* p) {
+    if constexpr (W == 8) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      return (V)_mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+    } else {
+      return (V)_mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(p), _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+    }
+  }
+  /// Whether PV reads E in pairs (load_even / load_odd): bfloat16 V read in place. Then the kernel's float
+  /// rows of o hold each whole block of 2W columns as its even columns, then its odd ones (lane_of), and the
+  /// output is written back in order: each output element sums the same products in the same order as
+  /// with load(), so the results are bitwise the same. (QK reads K with load(): a dot product in pairs adds
+  /// its terms in another order, and with the query rows in that order GCC spilled the quad's query vectors:
+  /// GQA 32:8 bfloat16 in cache, 50 against 44 ns per key for float16.)
+  template <class E>
+  static constexpr bool kPairs = std::is_same<E, BFloat>::value;
+  /// Where element d of a row of n elements sits in the kernel's o rows (pairs: see kPairs).
+  static inline int64_t lane_of(int64_t d, int64_t n, bool pairs) {
+    constexpr int64_t P = 2 * W;
+    if (!pairs || d >= n / P * P) return d;
+    return d / P * P + (d % 2) * W + (d % P) / 2;
+  }
   static inline float scalar(float x) { return x; }
   static inline float scalar(Half x) { return to_acc(x); }
   static inline float scalar(BFloat x) { return to_acc(x); }
@@ -110,8 +144,10 @@ struct DecodeKernel {
   }
 
   static inline void prefetch_l2(const void* p) {
-    // GCC deletes a loop of nothing but __builtin_prefetch (no side effect), hence the asm.
-    asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+    // GCC deletes a loop of nothing but __builtin_prefetch (no side effect), hence the asm. The address in a
+    // register: with a memory operand ("m") GCC kept 7 of the 8 accumulators of the 4-row PV loop on the
+    // stack (a load and a store per FMA; 34% of the samples of GQA 32:8 float16 decode in cache).
+    asm volatile("prefetcht1 (%0)" : : "r"(p));
   }
   /// prefetcht1 inside a loop that does other work (GCC does not delete it): the builtin.
   static inline void prefetch_l2_in(const void* p) { __builtin_prefetch(p, 0, 2); }
@@ -170,7 +206,9 @@ struct DecodeKernel {
   /// o[r][d0 .. d0 + NV W) += sum_{j in [jb, je)} p[r][j] v[j][d0 ..] for RL rows (p: ld BK, o: ld ldo).
   /// pf (when not null): nl <= 2 cache lines from pf in rows [0, pn) of another chunk (stride ldv),
   /// prefetched into L2 a row per key, so that the V prefetches spread evenly over the PV arithmetic.
-  template <int RL, int NV, bool PF = false, class E>
+  /// PAIRS (E bfloat16, NV even): vectors 2m and 2m + 1 of the panel are the even and odd elements of its
+  /// block m of 2W columns (o in the pairs order, see kPairs).
+  template <int RL, int NV, bool PF = false, bool PAIRS = false, class E>
   static inline void pv_panel(const float* p, const E* v, int64_t ldv, int jb, int je, float* o, int64_t ldo,
                               const E* pf = nullptr, int pn = 0, int nl = 0) {
     // jb < je from here: for a loop that may not run GCC kept acc on the stack, a store and a reload of
@@ -181,9 +219,10 @@ struct DecodeKernel {
       for (int n = 0; n < NV; ++n) acc[r][n] = S::load(o + r * ldo + n * W);
     for (int j = jb; j < je; ++j) {
       if (PF && j < pn) {  // (straight-line: with a loop over the lines GCC kept acc on the stack)
-        // RL < 4 (MHA: 1 - 3 rows) the builtin, RL = 4 the asm. With the asm GCC keeps the accumulators on
-        // the stack (seen for RL = 4: 7 of 8), with the builtin in registers; but the RL = 4 quad measured
-        // slower with the builtin (GQA 32:8, Sq=1, Sk 8192 / 32768: 1.07-1.10x the time, 2 processes).
+        // RL < 4 (MHA: 1 - 3 rows) the builtin, RL = 4 the asm (the RL = 4 quad measured slower with the
+        // builtin in session 24: GQA 32:8, Sq=1, Sk 8192 / 32768, 1.07-1.10x the time, 2 processes). The asm
+        // takes the address in a register: with a memory operand GCC kept 7 of the 8 accumulators on the
+        // stack (prefetch_l2; session 26: float16 in cache 0.77-0.80x the time).
         const char* a = reinterpret_cast<const char*>(pf + j * ldv);
         if constexpr (RL < 4) {
           prefetch_l2_in(a);
@@ -195,7 +234,12 @@ struct DecodeKernel {
       }
       V vv[NV];
 #pragma GCC unroll 8
-      for (int n = 0; n < NV; ++n) vv[n] = load(v + j * ldv + n * W);
+      for (int n = 0; n < NV; ++n) {
+        if constexpr (PAIRS)
+          vv[n] = n % 2 == 0 ? load_even(v + j * ldv + n * W) : load_odd(v + j * ldv + (n - 1) * W);
+        else
+          vv[n] = load(v + j * ldv + n * W);
+      }
 #pragma GCC unroll 8
       for (int r = 0; r < RL; ++r) {
         const V pb = p[r * BK + j] - V{};  // (x - 0: a broadcast straight from memory, see MicroGemm)
@@ -208,13 +252,16 @@ struct DecodeKernel {
   }
 
   /// PV of RL rows over keys [jb, je) of the chunk, all Dv columns: panels of NV vectors, then single
-  /// vectors, then the scalar tail (Dv % W).
+  /// vectors, then the scalar tail (Dv % W). Pairs (kPairs<E>): the panels and then single blocks of 2W
+  /// columns over the whole blocks of 2W, read in pairs; the rest in order.
   /// pf, pn: rows [0, pn) of another chunk of V (stride ldv) prefetched into L2, spread over the panels (each
   /// prefetches the lines of its own columns not prefetched by the previous panel; not the Dv % W tail).
   template <int RL, int NV, bool PF = false, class E>
   static void pv_rows(const float* p, const E* v, int64_t ldv, int jb, int je, int64_t Dv, float* o, int64_t ldo,
                       const E* pf = nullptr, int pn = 0) {
-    const int64_t Dw = Dv / W * W;
+    constexpr bool PR = kPairs<E>;
+    static_assert(!PR || NV % 2 == 0, "pairs: panels of whole blocks of 2W columns");
+    const int64_t Dw = Dv / W * W, Dp = PR ? Dv / (2 * W) * (2 * W) : Dw;
     int64_t d = 0;
     constexpr int64_t es = sizeof(E);
     int64_t next = 0;  // the first cache line (byte offset / 64 in a row) not yet prefetched
@@ -222,11 +269,17 @@ struct DecodeKernel {
       return PF && pf ? static_cast<int>(imin(2, imax(0, (d1 * es + 63) / 64 - next))) : 0;
     };
     const char* pfb = reinterpret_cast<const char*>(pf);
-    for (; d + NV * W <= Dw; d += NV * W) {
+    for (; d + NV * W <= Dp; d += NV * W) {
       const int nl = pf_lines(d + NV * W);
-      pv_panel<RL, NV, PF>(p, v + d, ldv, jb, je, o + d, ldo, reinterpret_cast<const E*>(pfb + 64 * next), nl ? pn : 0, nl);
+      pv_panel<RL, NV, PF, PR>(p, v + d, ldv, jb, je, o + d, ldo, reinterpret_cast<const E*>(pfb + 64 * next), nl ? pn : 0, nl);
       next += nl;
     }
+    if constexpr (PR)
+      for (; d < Dp; d += 2 * W) {
+        const int nl = pf_lines(d + 2 * W);
+        pv_panel<RL, 2, PF, true>(p, v + d, ldv, jb, je, o + d, ldo, reinterpret_cast<const E*>(pfb + 64 * next), nl ? pn : 0, nl);
+        next += nl;
+      }
     for (; d < Dw; d += W) {
       const int nl = pf_lines(d + W);
       pv_panel<RL, 1, PF>(p, v + d, ldv, jb, je, o + d, ldo, reinterpret_cast<const E*>(pfb + 64 * next), nl ? pn : 0, nl);
@@ -249,6 +302,7 @@ struct DecodeKernel {
     float scale, cap_in, cap_out;
     bool softcap, pack;    // pack: 16-bit chunks converted into float buffers first (R > kDirectRows)
     bool serial;           // one thread runs every work item in order (the stream continues into the next)
+    bool pairs;            // o rows in the pairs order (kPairs: bfloat16 V read in place)
     float* part_o;         // [item][split][R][Dv] normalised partial outputs (nsplit > 1)
     float* part_lse;       // [item][split][R]
   };
@@ -545,11 +599,11 @@ struct DecodeKernel {
       if (c.nsplit > 1) {
         const int64_t base = (item * c.nsplit + split) * c.R + r;
         float* dst = c.part_o + base * p.Dv;
-        for (int64_t d = 0; d < p.Dv; ++d) dst[d] = o[d] * sc;
+        for (int64_t d = 0; d < p.Dv; ++d) dst[d] = o[lane_of(d, p.Dv, c.pairs)] * sc;
         c.part_lse[base] = lse;
         continue;
       }
-      write_row(p, b, hkv * c.G + r % c.G, r / c.G, [&](int64_t d) { return o[d] * sc; }, lse);
+      write_row(p, b, hkv * c.G + r % c.G, r / c.G, [&](int64_t d) { return o[lane_of(d, p.Dv, c.pairs)] * sc; }, lse);
     }
   }
 
@@ -584,6 +638,7 @@ struct DecodeKernel {
     c.cap_in = c.softcap ? static_cast<float>(1.0 / p.softcap) : 0.0f;
     c.cap_out = static_cast<float>(p.softcap);
     c.pack = !std::is_same<St, float>::value && c.R > kDirectRows;
+    c.pairs = kPairs<St> && !c.pack;
     c.nsplit = key_splits(p, &c.split_len);
     const int64_t items = p.B * p.Hkv;
     const std::size_t nparts = c.nsplit > 1 ? static_cast<std::size_t>(items * c.nsplit * c.R) : 0;
