@@ -220,8 +220,8 @@ def test_large_scores_no_overflow(rng):
 @pytest.mark.parametrize("causal", [False, True])
 def test_max_jumps_in_later_chunks(rng, dtype, causal):
     """Scores that rise far above every earlier chunk's (keys 200 and 330 scaled up, a run of growing
-    keys after them): large rescales of the running sums (exp2 of m_old - m_new, in log2 units where no
-    feature needs natural ones), for every tile width and with the keys packed (D = 128)."""
+    keys after them): large rescales of the running sums (exp of m_old - m_new far below 0), for every tile
+    width and with the keys packed (D = 128)."""
     for D in (64, 128):
         q, k, v = qkv(rng, 1, 2, 2, 300, 400, D, 48, dtype)
         k[:, :, 200] *= 8

@@ -4,7 +4,6 @@
 // per storage dtype. The per-tile computation (lanes, key ranges, scores, online softmax, PV) stays in
 // attention_kernel.h.
 
-#include <cmath>
 #include <cstring>
 
 #include "cpu/attention_kernel.h"
@@ -210,14 +209,11 @@ struct ExactRun : ExactKernel<Cfg, St> {
     c.tiles = (lanes_per_block(p) + BQ - 1) / BQ;
     c.DvP = (p.Dv + W - 1) / W * W;
     c.softcap = p.softcap > 0;
-    c.bias_tile = p.mask.present || p.bias.present;
-    c.alibi = p.alibi.present;
-    const T qscale2 = static_cast<T>(p.scale * math::kLog2e);
-    c.log2 = !c.softcap && !c.bias_tile && !c.alibi && qscale2 != T(0) && std::isfinite(qscale2);
-    c.qscale = c.log2 ? qscale2 : static_cast<T>(p.scale);
-    c.lse_unit = c.log2 ? p.scale / static_cast<double>(c.qscale) : 1.0;
+    c.qscale = static_cast<T>(p.scale);
     c.cap_in = c.softcap ? static_cast<T>(1.0 / p.softcap) : T(0);
     c.cap_out = static_cast<T>(p.softcap);
+    c.bias_tile = p.mask.present || p.bias.present;
+    c.alibi = p.alibi.present;
     c.k_direct = p.k.stride[3] == 1;
     c.dot = lanes_per_block(p) <= kDotLanes;
     c.pair_qk = kPairDot && !c.dot && c.k_direct;

@@ -126,13 +126,7 @@ struct ExactKernel {
     int64_t nqblocks;     // ceil(Sq / qblock)
     int64_t tiles;        // tiles per query block
     int64_t DvP;          // Dv padded to whole vectors (row stride of packed values)
-    T qscale;          // applied to q.k (times log2(e) when log2)
-    /// Scores in log2 units: qscale = fl(scale * log2(e)), so the online softmax takes exp2 of the
-    /// differences with no multiply (sm_exp). For problems without softcap, bias, mask or ALiBi, whose
-    /// terms are defined on natural-unit scores (math/masks.h: the key ranges only mask, which works in
-    /// any unit). m is in the same units; lse_of converts.
-    bool log2;
-    double lse_unit;   // log2: natural units per score unit (scale / qscale), for lse_of
+    T qscale;          // applied to q.k
     T cap_in, cap_out; // softcap: s -> cap_out * tanh(s * cap_in)
     bool softcap, bias_tile, alibi;
     bool dot;          // QK^T by dot products (few lanes)
@@ -553,33 +547,24 @@ struct ExactKernel {
     }
   }
 
-  /// The softmax's exponentials: of x = s - offset(m) in the chunk pass, m_old - m_new for the rescale,
-  /// s - m for attention_weights, never positive (or -inf / NaN): Simd::exp2_nonpos of x in log2 units,
-  /// else of x * log2(e) (math::exp_via_exp2).
-  template <bool kLog2>
+  /// The softmax's exponentials, of x = s - offset(m) in the chunk pass, m_old - m_new for the rescale and
+  /// s - m for attention_weights, never positive (or -inf / NaN): exp_via_exp2 by Simd::exp2_nonpos
+  /// (inlined, no upper clamp, a degree-5 polynomial for float) where Simd::exp would call Simd::exp2.
   static V sm_exp(V x) {
-    if constexpr (kLog2) return S::exp2_nonpos(x);
     return math::exp_via_exp2<V, T>(x, [](V y) { return S::exp2_nonpos(y); });
-  }
-  static V sm_exp(const Ctx& c, V x) { return c.log2 ? sm_exp<true>(x) : sm_exp<false>(x); }
-
-  /// Log-sum-exp of a finished lane (natural units whatever the score units).
-  static T lse_of(const Ctx& c, T m, T l) {
-    return c.log2 ? math::softmax_lse_scaled(m, l, c.lse_unit) : math::softmax_lse(m, l);
   }
 
   /// Online-softmax update of the chunk: probabilities in place in sT, running m / l, alpha per lane.
-  template <bool kLog2>
-  static void softmax_update_t(const Work& w, int jn, const V* bmax) {
+  static void softmax_update(const Work& w, int jn, const V* bmax) {
     for (int v = 0; v < NQV; ++v) {
       const V m_old = S::load(w.m + v * W);
       const V m_new = math::softmax_new_max(m_old, bmax[v]);
       const V off = math::softmax_offset<V, T>(m_new);
-      const V alpha = sm_exp<kLog2>(math::softmax_rescale_arg<V, T>(m_old, m_new));
+      const V alpha = sm_exp(math::softmax_rescale_arg<V, T>(m_old, m_new));
       V sum = V{};
       T* s = w.sT + v * W;
       for (int j = 0; j < jn; ++j) {
-        const V pj = sm_exp<kLog2>(S::load(s + j * BQ) - off);
+        const V pj = sm_exp(S::load(s + j * BQ) - off);
         S::store(s + j * BQ, pj);
         sum += pj;
       }
@@ -587,10 +572,6 @@ struct ExactKernel {
       S::store(w.m + v * W, m_new);
       S::store(w.alpha + v * W, alpha);
     }
-  }
-  static void softmax_update(const Ctx& c, const Work& w, int jn, const V* bmax) {
-    if (c.log2) return softmax_update_t<true>(w, jn, bmax);
-    softmax_update_t<false>(w, jn, bmax);
   }
 
   /// Scores of a chunk; returns whether some key of it may be masked for some lane (range or mask/bias).
@@ -678,7 +659,7 @@ struct ExactKernel {
         prefetch_rows(c, p.v, t.b, t.hkv, j0, jn, p.Dv);
       }
       const bool masked = compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
-      softmax_update(c, w, jn, bmax);
+      softmax_update(w, jn, bmax);
       if (segmented) {
         rescale(w, w.o2, Dv);
         for (int v = 0; v < NQV; ++v) S::store(w.l2 + v * W, S::load(w.l2 + v * W) * S::load(w.alpha + v * W));
@@ -713,7 +694,7 @@ struct ExactKernel {
         const T sc = math::softmax_out_scale(w.m[l], w.l[l]);
         T* dst = c.part_o + (base + l) * Dv;
         for (int64_t d = 0; d < Dv; ++d) dst[d] = w.o[d * BQ + l] * sc;
-        c.part_lse[base + l] = lse_of(c, w.m[l], w.l[l]);
+        c.part_lse[base + l] = math::softmax_lse(w.m[l], w.l[l]);
       }
       return;
     }
@@ -731,7 +712,7 @@ struct ExactKernel {
       if (p.lse) {
         T* lse = static_cast<T*>(p.lse) + t.b * p.lse_stride[0] + w.head[l] * p.lse_stride[1] +
                  w.row[l] * p.lse_stride[2];
-        *lse = lse_of(c, w.m[l], w.l[l]);
+        *lse = math::softmax_lse(w.m[l], w.l[l]);
       }
     }
   }
@@ -745,7 +726,7 @@ struct ExactKernel {
     V bmax[NQV];
     for_each_chunk(w, nranges, [&](int64_t j0, int jn) {
       compute_chunk_scores(c, w, t, nl, j0, jn, inner_lo, inner_hi, bmax);
-      softmax_update(c, w, jn, bmax);
+      softmax_update(w, jn, bmax);
     });
     // inv = 1/l (0 on empty rows) and off = offset(m) per lane.
     T* inv = w.alpha;
@@ -771,7 +752,7 @@ struct ExactKernel {
         for (int j = 0; j < jn; ++j) {
           T* s = w.sT + j * BQ + v * W;
           const V x = S::load(s);
-          S::store(s, x == ninf ? V{} : sm_exp(c, x - o) * sc);  // masked: exactly 0, even in a NaN row
+          S::store(s, x == ninf ? V{} : sm_exp(x - o) * sc);  // masked: exactly 0, even in a NaN row
         }
       }
       for (int l = 0; l < nl; ++l) {

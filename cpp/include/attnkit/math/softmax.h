@@ -3,11 +3,9 @@
 //
 // For a query row, kernels carry the running maximum m of the scores and the running sum l of
 // exp(s - m) over the keys seen so far; a row that has seen no allowed key has m = -inf, l = 0.
-// Scores stay in natural-log units: kernels evaluate exp(s - m) as exp2((s - m) * log2(e)), where the
-// difference is small and exact near the max. The CPU exact kernel (cpu/attention_kernel.h, Ctx::log2) keeps
-// them in log2 units instead where no feature needs natural ones (no softcap, bias, mask, ALiBi): its scores
-// are fl(q.k * fl(scale * log2 e)), one rounding each as in natural units, its lse comes from
-// softmax_lse_scaled (m's own rounding only), and exp2(s - m) needs no multiply.
+// Scores stay in natural-log units: folding log2(e) into the scores would round every score (and so the
+// max, and the log-sum-exp) at |s| * eps; kernels evaluate exp(s - m) as exp2((s - m) * log2(e)), where
+// the difference is small and exact near the max.
 // The templates below work for scalars (CUDA, finalisation) and for GCC/Clang SIMD vectors (the CPU
 // kernels): they use only arithmetic, comparisons and ?:, and T{} for zero.
 
@@ -67,15 +65,6 @@ template <class S>
 ATTNKIT_HD S softmax_lse(S m, S l) {
   using std::log;
   return l == S(0) ? neg_inf<S>() : m + log(l);
-}
-
-/// softmax_lse of a row whose scores, and so m, are in units of `unit` natural units (the CPU exact
-/// kernel's log2 units: scores scaled by q = fl(scale * log2 e), unit = scale / q, so m * unit is the
-/// natural-unit max with only m's own rounding): m * unit + log(l) in double, rounded once.
-template <class S>
-ATTNKIT_HD S softmax_lse_scaled(S m, S l, double unit) {
-  using std::log;
-  return l == S(0) ? neg_inf<S>() : static_cast<S>(static_cast<double>(m) * unit + log(static_cast<double>(l)));
 }
 
 /// Factor applied to the accumulated output of a finished row: 1/l, 0 for a row without allowed keys
