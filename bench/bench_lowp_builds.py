@@ -89,7 +89,18 @@ for case in a.cases:
             if a.torch:
                 tt = med[(a.dirs[0].split('=')[0], 'torch', dt)]; s += f" {tt/m:.2f}xtorch"; row[f"{n}_{dt}_vs_torch_{dt}"] = tt / m
             line += s + " | "
-        if f32: line += f"{n} f32 {f32*1e3:.1f}ms | "
+        if f32:
+            line += f"{n} f32 {f32*1e3:.1f}ms"
+            first = next(iter(ws))
+            if n != first:  # float32 of this build against the first (baseline) build's
+                r = med[(first, "ak", "float32")] / f32
+                row[f"{n}_float32_vs_{first}_float32"] = r
+                line += f" {r:.3f}x{first}"
+            if a.torch:
+                tt = med[(first, "torch", "float32")]
+                row[f"{n}_float32_vs_torch_float32"] = tt / f32
+                line += f" {tt/f32:.2f}xtorch"
+            line += " | "
     print(line, flush=True)
     rows.append(row)
 print("load", os.getloadavg())

@@ -216,6 +216,37 @@ def test_large_scores_no_overflow(rng):
     assert np.isfinite(out).all() and np.isfinite(lse).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_max_jumps_in_later_chunks(rng, dtype, causal):
+    """Scores that rise far above every earlier chunk's (keys 200 and 330 scaled up, a run of growing
+    keys after them): large rescales of the running sums (exp of m_old - m_new far below 0), for every tile
+    width and with the keys packed (D = 128)."""
+    for D in (64, 128):
+        q, k, v = qkv(rng, 1, 2, 2, 300, 400, D, 48, dtype)
+        k[:, :, 200] *= 8
+        k[:, :, 330] *= 10
+        k[:, :, 340:] *= np.linspace(1, 6, 60, dtype=np.float32)[:, None].astype(dtype)
+        check(rng, dtype, q, k, v, causal=causal)
+        check(rng, dtype, q[:, :, :40], k, v, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_non_finite_scores_in_later_chunks(rng, dtype):
+    """NaN and +-inf scores in chunks after the first give the oracle's NaN pattern (exp2 without its upper
+    clamp still passes NaN, and gives exactly 0 for -inf); -inf scores weigh 0."""
+    q, k, v = qkv(rng, 1, 2, 2, 100, 300, 64, 16, dtype)
+    k[0, 0, 150, 3] = np.nan
+    k[0, 1, 250, 5] = np.inf
+    q[0, 0, 7, 1] = np.inf
+    out, lse = attnkit.attention(q, k, v, return_lse=True)
+    want, wlse = ref.attention(q, k, v, return_lse=True)
+    for a, b in ((out, want), (lse, wlse)):
+        assert np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(np.isinf(a), np.isinf(b))
+        fin = np.isfinite(b)
+        np.testing.assert_allclose(a[fin], b[fin], rtol=1e-4, atol=1e-5)
+
+
 # -------------------------------------------------------------------------------------------- strides
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, BF16], ids=DTYPE_IDS)
 def test_bshd_views(rng, dtype):

@@ -547,17 +547,24 @@ struct ExactKernel {
     }
   }
 
+  /// The softmax's exponentials, of x = s - offset(m) in the chunk pass, m_old - m_new for the rescale and
+  /// s - m for attention_weights, never positive (or -inf / NaN): exp_via_exp2 by Simd::exp2_nonpos
+  /// (inlined, no upper clamp, a degree-5 polynomial for float) where Simd::exp would call Simd::exp2.
+  static V sm_exp(V x) {
+    return math::exp_via_exp2<V, T>(x, [](V y) { return S::exp2_nonpos(y); });
+  }
+
   /// Online-softmax update of the chunk: probabilities in place in sT, running m / l, alpha per lane.
   static void softmax_update(const Work& w, int jn, const V* bmax) {
     for (int v = 0; v < NQV; ++v) {
       const V m_old = S::load(w.m + v * W);
       const V m_new = math::softmax_new_max(m_old, bmax[v]);
       const V off = math::softmax_offset<V, T>(m_new);
-      const V alpha = S::exp(math::softmax_rescale_arg<V, T>(m_old, m_new));
+      const V alpha = sm_exp(math::softmax_rescale_arg<V, T>(m_old, m_new));
       V sum = V{};
       T* s = w.sT + v * W;
       for (int j = 0; j < jn; ++j) {
-        const V pj = S::exp(S::load(s + j * BQ) - off);
+        const V pj = sm_exp(S::load(s + j * BQ) - off);
         S::store(s + j * BQ, pj);
         sum += pj;
       }
@@ -745,7 +752,7 @@ struct ExactKernel {
         for (int j = 0; j < jn; ++j) {
           T* s = w.sT + j * BQ + v * W;
           const V x = S::load(s);
-          S::store(s, x == ninf ? V{} : S::exp(x - o) * sc);  // masked: exactly 0, even in a NaN row
+          S::store(s, x == ninf ? V{} : sm_exp(x - o) * sc);  // masked: exactly 0, even in a NaN row
         }
       }
       for (int l = 0; l < nl; ++l) {

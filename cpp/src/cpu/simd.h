@@ -93,6 +93,16 @@ struct Simd {
   /// must reach the softmax sum). Max relative error ~1 ulp (float) on the range the kernels use.
   static inline V exp2(V x);
 
+  /// 2^x for x <= 0, -inf or NaN (the exact kernel's online softmax: s - max): as exp2 (exactly 0 at or
+  /// below -127 (float; -1023 double), NaN for NaN) without the upper clamp, with the exponent bias folded
+  /// into the rounding constant, and for float a degree-5 polynomial (max relative error 1.7e-7, exp2's
+  /// degree 6: 7.9e-8). 512-bit vectors: exp2 itself. Always inlined (GCC keeps exp2 out of line in the
+  /// attention files: a call per vector).
+  __attribute__((always_inline)) static inline V exp2_nonpos(V x);
+
+  /// max(x, lo), NaN passing (x86 max returns its second operand when either is NaN).
+  __attribute__((always_inline)) static inline V max_nan_passing(V x, T lo);
+
   /// e^x = 2^(x log2 e); callers pass small arguments (s - max), where the product's rounding is tiny.
   static inline V exp(V x) { return math::exp_via_exp2<V, T>(x, [](V y) { return exp2(y); }); }
 
@@ -116,6 +126,18 @@ inline V exp2_poly(V f, float) {
   p = p * f + 5.550329014658928e-02f;
   p = p * f + 2.4022646248340607e-01f;
   p = p * f + 6.931471824645996e-01f;
+  p = p * f + 1.0f;
+  return p;
+}
+/// Degree 5 for float (Simd::exp2_nonpos): a relative-error minimax fit with p(0) = 1, max relative error
+/// 9e-8 exactly, 1.7e-7 in float32 Horner form (degree 6 above: 7.9e-8).
+template <class V>
+__attribute__((always_inline)) inline V exp2_poly5(V f) {
+  V p = V{} + 1.3264698209241033e-03f;
+  p = p * f + 9.671509265899658e-03f;
+  p = p * f + 5.550733953714371e-02f;
+  p = p * f + 2.4022242426872253e-01f;
+  p = p * f + 6.931470036506653e-01f;
   p = p * f + 1.0f;
   return p;
 }
@@ -208,6 +230,47 @@ inline typename Simd<T, W>::V Simd<T, W>::exp2(V x) {
   // 2^n from the biased exponent: (round(xc) + bias) << shift, with the bias folded into the constant.
   const VI e = (VI)t - ((VI)set1(C::magic) - static_cast<I>(C::bias));
   return p * (V)(e << C::shift);
+}
+
+template <class T, int W>
+__attribute__((always_inline)) inline typename Simd<T, W>::V Simd<T, W>::max_nan_passing(V x, T lo) {
+  constexpr bool f = std::is_same<T, float>::value;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64 && f) return (V)_mm512_max_ps((__m512)set1(lo), (__m512)x);
+  if constexpr (sizeof(V) == 64 && !f) return (V)_mm512_max_pd((__m512d)set1(lo), (__m512d)x);
+#endif
+#if defined(__AVX__)
+  if constexpr (sizeof(V) == 32 && f) return (V)_mm256_max_ps((__m256)set1(lo), (__m256)x);
+  if constexpr (sizeof(V) == 32 && !f) return (V)_mm256_max_pd((__m256d)set1(lo), (__m256d)x);
+#endif
+#if defined(__SSE2__)
+  if constexpr (sizeof(V) == 16 && f) return (V)_mm_max_ps((__m128)set1(lo), (__m128)x);
+  if constexpr (sizeof(V) == 16 && !f) return (V)_mm_max_pd((__m128d)set1(lo), (__m128d)x);
+#endif
+  return x < lo ? set1(lo) : x;
+}
+
+template <class T, int W>
+__attribute__((always_inline)) inline typename Simd<T, W>::V Simd<T, W>::exp2_nonpos(V x) {
+  using C = simd_impl::Exp2Consts<T>;
+#if defined(__AVX512F__)
+  // 512-bit vectors keep exp2 itself (float: vscalefps, nothing to fold; double: no AVX-512 CPU has run
+  // this path yet, so it stays the one that has).
+  if constexpr (sizeof(V) == 64) return exp2(x);
+#endif
+  // t = xc + 1.5 * 2^shift + bias holds round(xc) + bias in its low bits (xc <= 0: at most bias, at least
+  // 0), which the shift moves into the exponent field while the constant's own bits shift out: 2^n with no
+  // integer subtract; n = -bias (xc = -bias, or -inf clamped there) gives +0.0, so p * 2^n is exactly 0.
+  constexpr T magic = C::magic + static_cast<T>(C::bias);
+  const V xc = max_nan_passing(x, C::lo);
+  const V t = xc + magic;
+  const V n = t - magic;
+  V p;
+  if constexpr (std::is_same<T, float>::value)
+    p = simd_impl::exp2_poly5(xc - n);
+  else
+    p = simd_impl::exp2_poly(xc - n, T{});
+  return p * (V)((VI)t << C::shift);
 }
 
 /// True when the first n values of rows 0 .. rows-1 (leading dim ld) are all finite: x * 0 is 0 for
