@@ -153,7 +153,6 @@ def main(argv=None):
     env = environment(threads, ceiling=not a.worker)
     ceiling = ceiling_fns(a.ceiling_gib, threads)
     env["ceiling_blas_threads"] = ceiling[2]
-    env["openblas_thread_timeout"] = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
     rows = []
     grid = [f"{hh}:{Sq}:{Sk}" for Sk in a.sk for Sq in a.sq for hh in a.heads]
     for case, dtype in [(c, dt) for dt in a.dtypes for c in a.cases or grid]:
