@@ -15,7 +15,7 @@ import attnkit
 from attnkit import reference as ref
 from attnkit._array import acc_dtype
 
-from conftest import BF16, naive_dtype
+from conftest import ATOL, BF16, naive_dtype, to_f64
 from gpu_common import F16, F32, FAKE, GPU_MARKS, SANITIZER, close3, gpu_run, need, performer_in_subprocess, qkv, same
 from gpu_common import same_nonfinite_close
 
@@ -195,7 +195,13 @@ def test_performer_causal_mma_nonfinite(rng):
         g = gpu_run(attnkit.performer_attention, q, k, v, w, causal=True).astype(np.float64)
         c = attnkit.performer_attention(q, k, v, w, causal=True).astype(np.float64)
         assert np.isnan(c).any() and np.isinf(c).any() and np.isfinite(c).any()
-        same_nonfinite_close(g, c, rtol=2e-2, atol=2e-3)
+        # the finite entries by the rule of close3 (4 x the naive error + 2 x atol): the first GPU run (H200,
+        # session 27) missed a fixed atol of 2e-3 in bfloat16 by one entry (0.0029 of two bfloat16 roundings)
+        r = to_f64(ref.performer_attention(q, k, v, w, causal=True))
+        n = to_f64(ref.performer_attention(q, k, v, w, causal=True, _dtype=naive_dtype(dtype)).astype(dtype))
+        fr = np.isfinite(r) & np.isfinite(n)
+        base = np.abs(n[fr] - r[fr]).max(initial=0.0)
+        same_nonfinite_close(g, c, atol=4 * base + 2 * ATOL[np.dtype(dtype)])
 
 
 # The path on (default) and off (ATTNKIT_PERFORMER_CAUSAL_MMA=0: the previous causal kernels), each in a fresh
