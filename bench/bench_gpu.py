@@ -283,12 +283,22 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
         row["performer_causal_mma"] = bool(has and has("performer_attention_mma2_causal")) and \
             os.environ.get("ATTNKIT_PERFORMER_CAUSAL_MMA") != "0"
         # dla_prefill runs v4's five kernels (cuda/dla_prefill_v4.cuh) where its gate is open (ATTNKIT_DLA_V4=0
-        # turns it off; v2 and v3, side by side here until session 27, were removed then).
+        # turns it off; v2 and v3, side by side here until session 27, were removed then), with C1 + C2 fused into
+        # v5's one pass (cuda/dla_prefill_v5.cuh) where that gate is open (ATTNKIT_DLA_V5=0 turns it off); then
+        # dla_prefill_v4 is v4's C1 + C2 beside it (tuning dla_split = -2), measured only when v5 ran.
         row["dla_prefill_v4"] = bool(has and has("dla_prefill_v4")) and os.environ.get("ATTNKIT_DLA_V4") != "0"
+        row["dla_prefill_v5"] = row["dla_prefill_v4"] and bool(has and has("dla_prefill_v5")) and \
+            os.environ.get("ATTNKIT_DLA_V5") != "0"
+        if row["dla_prefill_v5"] and row.get("dla_prefill_s"):
+            t4, note4 = attempt(lambda: with_tuning(attnkit, "dla_split", -2, lambda: timer(calls["dla_prefill"][1])))
+            if t4:
+                row["dla_prefill_v4_s"], row["dla_prefill_v4_tokens_per_s"] = t4, B * S / t4
+            else:
+                row["dla_prefill_v4_note"] = note4
         for name in ("linear", "performer"):
             if row.get(f"{name}_s") and row.get("exact_s"):
                 row[f"{name}_speedup_vs_exact"] = row["exact_s"] / row[f"{name}_s"]
-        for name in ("linear_causal", "performer_causal", "dla_prefill"):
+        for name in ("linear_causal", "performer_causal", "dla_prefill", "dla_prefill_v4"):
             if row.get(f"{name}_s") and row.get("exact_causal_s"):
                 row[f"{name}_speedup_vs_exact"] = row["exact_causal_s"] / row[f"{name}_s"]
         # decode: one token after S tokens. DLA from its cache (O(C D^2)); exact attention over S keys.
@@ -450,10 +460,11 @@ def format_row(r) -> str:
         parts = [f"dla    {r['dtype']:>8} S={r['S']:<5}"]
         sv = next((x for x in ("v5", "v4") if any(f"{x}_split{n}_tokens_per_s" in r or f"{x}_split{n}_note" in r
                                                   for n in (0, 1, 2, 4))), "v1")
-        for name in ("v1",) + tuple(f"{sv}_split{n}" for n in (0, 1, 2, 4)):
+        for name in ("v1", "v4_auto") + tuple(f"{sv}_split{n}" for n in (0, 1, 2, 4)):
             tps = r.get(f"{name}_tokens_per_s")
             parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
-        parts.append(f"splits same bits {r.get('splits_same_bits', '-')}  |default-v1| "
+        parts.append(f"splits same bits {r.get('splits_same_bits', '-')}  v5 = v4 bits "
+                     f"{r.get('v5_same_bits_as_v4', '-')}  |default-v1| "
                      f"{fmt(r.get('default_vs_v1_max_abs_diff'), '.2g')} of {fmt(r.get('v1_max_abs'), '.2g')}")
         return "  ".join(parts) + "  (Mtok/s)"
     if r["kind"] == "linear_sweep":
@@ -467,7 +478,7 @@ def format_row(r) -> str:
         return "  ".join(parts) + "  (Mtok/s)"
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
     for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
-                 "exact_decode", "dla_decode", "dla_decode_v2", "dla_decode_v1"):
+                 "dla_prefill_v4", "exact_decode", "dla_decode", "dla_decode_v2", "dla_decode_v1"):
         tps = r.get(f"{name}_tokens_per_s")
         parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
     return "  ".join(parts) + "  (Mtok/s)"

@@ -353,14 +353,16 @@ def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
         row = {"kind": "dla_split", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "dla_capacity": C}
         sv = "v4" if (attnkit._core.cuda_has_kernel("dla_prefill_v4") and os.environ.get("ATTNKIT_DLA_V4") != "0") \
             else "v1"
+        if sv == "v4" and attnkit._core.cuda_has_kernel("dla_prefill_v5") and os.environ.get("ATTNKIT_DLA_V5") != "0":
+            sv = "v5"  # splits >= 0 run v5's fused pass C (dla_prefill_v5.cuh); -2 = v4's C1 + C2 beside it
         ys = {}
-        for split in (-1, 0, 1, 2, 4):
+        for split in (-1, -2, 0, 1, 2, 4) if sv == "v5" else (-1, 0, 1, 2, 4):
             def call(split=split):
                 with tuning(dla_split=split):
                     return attnkit.dynamic_linear_attention(q, k, v, lam, capacity=C)
 
             t, note = attempt(lambda: timer(call))
-            name = {-1: "v1"}.get(split, f"{sv}_split{split}")
+            name = {-1: "v1", -2: "v4_auto"}.get(split, f"{sv}_split{split}")
             if t:
                 row[f"{name}_s"], row[f"{name}_tokens_per_s"] = t, B * S / t
                 y, _ = call()
@@ -370,6 +372,8 @@ def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
         v2 = [ys[s] for s in (0, 1, 2, 4) if s in ys]
         if len(v2) > 1:
             row["splits_same_bits"] = all(bool((x == v2[0]).all()) for x in v2[1:])
+        if v2 and -2 in ys:
+            row["v5_same_bits_as_v4"] = bool((v2[0] == ys[-2]).all())
         if v2 and -1 in ys:
             row["default_vs_v1_max_abs_diff"] = float(cupy.abs(v2[0] - ys[-1]).max())
             row["v1_max_abs"] = float(cupy.abs(ys[-1]).max())

@@ -79,7 +79,7 @@ void dynamic_linear_attention(const DLAProblem& p) {
   const bool dec3 = dec3_enabled && dec_mode == 0;
   const bool dec2 = dec2_enabled && (dec_mode == 0 || dec_mode == 2);
   const int64_t split = tuning().dla_split.load();
-  const bool v4 = v4_enabled && split >= 0;
+  const bool v4 = v4_enabled && (split >= 0 || split == -2);  // -2: v4 without v5 (dla_prefill_v5.cuh)
   dispatch_float(p.dtype, [&](auto tag) {
     using St = decltype(tag);
     if (decode && dec3 && dla::launch_decode_v3<St>(p, stream))

@@ -369,6 +369,7 @@ __device__ __forceinline__ void chunk_outputs(Blk<St>& w, const DLAProblem& p, i
 }
 
 #include "cuda/dla_prefill_v4.cuh"  // v4: five kernels (score tables, boundaries, merge chain, chunk-start states, readout)
+#include "cuda/dla_prefill_v5.cuh"  // v5: v4 with C1 and C2 fused (the states of a column slice in shared memory)
 
 // ---- host side and kernel wrapper (tests/cuda_emu/run.sh cuts the file here)
 }  // namespace v2
@@ -378,7 +379,9 @@ __device__ __forceinline__ void chunk_outputs(Blk<St>& w, const DLAProblem& p, i
 }  // namespace attnkit
 
 #include <cstdlib>
+#include <cstring>
 
+#include "cpp/src/backend.h"
 #include "tuning.h"
 
 namespace attnkit {
@@ -435,6 +438,44 @@ __global__ void __launch_bounds__(kThreads, 2) dla_prefill_v4_c2(const DLAProble
   v4_pass_c2<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4c2_smem));
 }
 
+// v5's fused pass C (dla_prefill_v5.cuh): one block per (item, column slice), the slice's states in shared memory
+// after the readout layout (at byte st_off), one block per SM.
+template <class St>
+__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v5_c(const DLAProblem p, const Lay lay, const V4Buf buf,
+                                                                std::size_t st_off) {
+  extern __shared__ __align__(16) unsigned char dla_v5c_smem[];
+  v5_pass_c<St>(p, lay, buf, reinterpret_cast<char*>(dla_v5c_smem), st_off);
+}
+
+/// v5's column split (dla_prefill_v5.cuh): false when even one column's states do not fit beside the readout layout
+/// (v4's C1 + C2 run instead). lay2: make_lay(p, rsize, 1, 2); want: tuning dla_split (> 0: that split, at least the
+/// smallest that fits). Sets ns2 slices of ncol2 columns, the states' byte offset st_off and the dynamic smem bytes.
+inline bool v5_split(const DLAProblem& p, const Lay& lay2, std::size_t rsize, std::size_t optin, int64_t sms,
+                     int64_t want, int64_t& ns2, int64_t& ncol2, std::size_t& st_off, std::size_t& smem) {
+  const int64_t Dv = p.Dv, items = p.B * p.H;
+  if (Dv <= 0 || p.Dk <= 0 || p.C <= 0) return false;
+  st_off = (lay2.smem + 15) / 16 * 16;
+  auto ncol_of = [&](int64_t ns) { return (Dv + ns - 1) / ns; };
+  auto bytes = [&](int64_t ncol) {
+    return st_off + static_cast<std::size_t>(p.C) * static_cast<std::size_t>(p.Dk) * static_cast<std::size_t>(ncol) *
+                        rsize;
+  };
+  int64_t ns = 1;
+  while (ns < Dv && bytes(ncol_of(ns)) + 1024 > optin) ++ns;  // static shared memory and a margin stay out
+  if (bytes(ncol_of(ns)) + 1024 > optin) return false;
+  if (want > 0) {
+    if (ns < want) ns = want < Dv ? want : Dv;
+  } else {
+    const int64_t n32 = (Dv + 31) / 32;  // slices of at most 32 columns: the readout's work items fill the block
+    if (ns < n32) ns = n32;
+    while (items * ns * 2 <= sms && ns * 2 <= Dv) ns *= 2;  // few items: more slices, up to about one per SM
+  }
+  ncol2 = ncol_of(ns);
+  ns2 = (Dv + ncol2 - 1) / ncol2;
+  smem = bytes(ncol2);
+  return true;
+}
+
 }  // namespace v2
 template <class St>
 bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
@@ -466,12 +507,27 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   const std::size_t L = static_cast<std::size_t>(lay.L);
   const std::size_t chs_item = static_cast<std::size_t>((nch + 1) * p.C * p.Dk * p.Dv) * sizeof(R);
   const std::size_t tab_item = static_cast<std::size_t>(nch) * (L * L * sizeof(R) + 2 * L * sizeof(double));
-  if (chs_item > budget || tab_item > budget) return false;
+  // v5 (dla_prefill_v5.cuh, gate "dla_prefill_v5"): C1 and C2 fused, no chunk-start states in global memory.
+  // ATTNKIT_DLA_V5=0 (read once) turns it off; tuning dla_split = -2 takes v4's C1 + C2 beside it.
+  static const bool v5_enabled = has_kernel("dla_prefill_v5") && [] {
+    const char* e = std::getenv("ATTNKIT_DLA_V5");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  int64_t ns5 = 0, ncol5 = 0;
+  std::size_t st_off5 = 0, smem5 = 0;
+  bool v5 = false;
+  if (v5_enabled && tuning().dla_split.load() != -2) {
+    int sms = 0;
+    ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_index));
+    v5 = v5_split(p, lay2, sizeof(R), static_cast<std::size_t>(optin), sms, tuning().dla_split.load(), ns5, ncol5,
+                  st_off5, smem5);
+  }
+  if ((!v5 && chs_item > budget) || tab_item > budget) return false;
   auto group = [&](std::size_t per_item) {
     const int64_t ng = static_cast<int64_t>((static_cast<std::size_t>(items) * per_item + budget - 1) / budget);
     return ng > 1 ? (items + ng - 1) / ng : items;
   };
-  const int64_t gitemsA = group(tab_item), gitemsC = group(chs_item);
+  const int64_t gitemsA = group(tab_item), gitemsC = v5 ? items : group(chs_item);
   ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a1<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(lay.smem)));
   ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a2<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -491,9 +547,9 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   const std::size_t nM = up(static_cast<std::size_t>(items) * T * sizeof(int32_t));
   const std::size_t nA = gridA * slotA, nE = gridB * ent;
   const std::size_t gch = static_cast<std::size_t>(gitemsA) * static_cast<std::size_t>(nch);
-  const std::size_t nS = up(static_cast<std::size_t>(gitemsC) * chs_item);
+  const std::size_t nS = v5 ? 0 : up(static_cast<std::size_t>(gitemsC) * chs_item);
   const std::size_t nTab = up(gch * L * L * sizeof(R)), nTs = up(gch * L * sizeof(double));
-  const std::size_t nMc = up(static_cast<std::size_t>(gitemsC * (nch + 1)) * sizeof(int32_t));
+  const std::size_t nMc = v5 ? 0 : up(static_cast<std::size_t>(gitemsC * (nch + 1)) * sizeof(int32_t));
   // A's tables and C's chunk-start states share one region: every A launch precedes B, every C launch follows it.
   const std::size_t nR = nS > nTab + 2 * nTs ? nS : nTab + 2 * nTs;
   Workspace ws(nR + nA + nI + nO + nM + nE + nMc, stream);
@@ -535,6 +591,18 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   }
   dla_prefill_v4_b<St><<<gridB, 32, 0, stream>>>(p, buf);
   ATTNKIT_CUDA_CHECK_LAUNCH();
+  if (v5) {  // one pass over every item: the states of each (item, slice) in shared memory
+    buf.item0 = 0;
+    buf.nitems = items;
+    buf.ns2 = ns5;
+    buf.ncol2 = ncol5;
+    ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v5_c<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem5)));
+    const unsigned grid5 = grid_for(items * ns5, 0, p.device_index);
+    dla_prefill_v5_c<St><<<grid5, kThreads, smem5, stream>>>(p, lay2, buf, st_off5);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+    return true;
+  }
   for (int64_t i0 = 0; i0 < items; i0 += gitemsC) {  // C1: the chains of chunk-start states; C2: every readout
     buf.item0 = i0;
     buf.nitems = items - i0 < gitemsC ? items - i0 : gitemsC;

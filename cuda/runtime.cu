@@ -63,7 +63,8 @@ constexpr const char* kVerified[] = {
 /// run only when the environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them);
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {""};  // none: every kernel of this build has passed the check
+constexpr const char* kCompiled[] = {
+    "dla_prefill_v5"};  // v4 with C1 + C2 fused, the states in shared memory (dla_prefill_v5.cuh; launch_prefill_v4)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

@@ -508,3 +508,72 @@ def test_dla_prefill_v4_off(rng, tmp_path):
     got = np.load(tmp_path / "out.npz")
     for f, x in (("y", y3), ("states", c3.states), ("merged", a3.merged)):
         assert np.asarray(x).tobytes() == got["c16:" + f].tobytes(), f"{f}: ATTNKIT_DLA_V4=0"
+
+
+# ------------------------------------------------------- DLA prefill v5 (gate dla_prefill_v5, dla_prefill_v5.cuh)
+# Under ATTNKIT_CUDA_UNVERIFIED=1 every prefill that takes v4 runs v5 instead where its gate is open: v4's passes
+# A1, A2 and B, then ONE pass C (one block per (item, column slice), the slice's states in shared memory, the chunks
+# in order: readout, then the states in place) instead of v4's C1 (every chunk-start state to global memory) and C2.
+# Every value is v4's operation in v4's order (tests/cuda_emu/test_dla_v2.cpp: v5 == v4 bit for bit, emulated), so
+# v5 must give v4's bits (tuning dla_split = -2) for every column split (dla_split > 0 sets v5's), and the CPU's
+# decisions.
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", DLA_V4_CASES, ids=[c[0] for c in DLA_V4_CASES])
+def test_dla_prefill_v5_same_bits_as_v4(rng, dtype, case):
+    need("dynamic_linear_attention")
+    args, kw, chunk = _dla_case_inputs(case, dtype, rng)
+    with tuning(dla_chunk=chunk):
+        with tuning(dla_split=-2):  # v4's C1 + C2
+            r4 = gpu_run(attnkit.dynamic_linear_attention, *args, **kw)
+        r5 = gpu_run(attnkit.dynamic_linear_attention, *args, **kw)  # v5, automatic split
+        r5s = []
+        for split in (1, 2, 5):
+            with tuning(dla_split=split):
+                r5s.append(gpu_run(attnkit.dynamic_linear_attention, *args, **kw))
+        cres = attnkit.dynamic_linear_attention(*args, **kw)
+    assert _dla_bits(r5) == _dla_bits(r4), "v5 gives other bits than v4"
+    for r in r5s:
+        assert _dla_bits(r) == _dla_bits(r5), "v5: another column split gives other bits"
+    if np.dtype(dtype) == F64 or case[10] > 0:  # decisions: float64, or piecewise data under tau = 0.6
+        for name in ("boundaries", "merged"):
+            same(getattr(r5[2], name), getattr(cres[2], name), name)
+        for name in ("counts", "starts", "size"):
+            same(getattr(r5[1], name), getattr(cres[1], name), f"cache.{name}")
+    if all(np.array_equal(getattr(r5[2], n), getattr(cres[2], n)) for n in ("boundaries", "merged")):
+        tol = 1e-10 if np.dtype(dtype) == F64 else 2e-2
+        for what, x, z in (("y", r5[0], cres[0]), ("states", r5[1].states, cres[1].states)):
+            rx, cx = to_f64(x), to_f64(z)
+            scale = max(1.0, float(np.abs(cx).max(initial=0)))
+            assert np.abs(rx - cx).max(initial=0) <= tol * scale, f"{what}: v5 vs CPU"
+
+
+def test_dla_prefill_v5_off(rng, tmp_path):
+    """ATTNKIT_DLA_V5=0 (read once per process: a subprocess) turns v5 off: the call gives the bits of tuning
+    dla_split = -2 (v4's C1 + C2) in this process, which are v5's."""
+    import os
+    import subprocess
+    import sys
+
+    from gpu_common import FAKE, SANITIZER
+
+    need("dynamic_linear_attention")
+    if FAKE or SANITIZER:
+        pytest.skip("runs CuPy in a subprocess")
+    B, H, T, Dk, Dv, C = 2, 2, 150, 64, 64, 16
+    q, k, v, lam, _ = _dla_problem(rng, B, H, T, Dk, Dv, C, F32, "rand")
+    kw = dict(capacity=C, tau=-1.0)
+    arrays = {"names": np.array(["c16"]), "c16:q": q, "c16:k": k, "c16:v": v, "c16:lam": lam,
+              "c16:kw": np.array(kw, dtype=object)}
+    with tuning(dla_split=-2):
+        y4, c4, a4 = gpu_run(attnkit.dynamic_linear_attention, q, k, v, lam, return_aux=True, **kw)
+    y5, c5, a5 = gpu_run(attnkit.dynamic_linear_attention, q, k, v, lam, return_aux=True, **kw)
+    for x, z in ((y4, y5), (c4.states, c5.states), (a4.merged, a5.merged)):
+        assert np.asarray(x).tobytes() == np.asarray(z).tobytes(), "v5 vs v4 bits"
+    np.savez(tmp_path / "in.npz", **arrays)
+    r = subprocess.run([sys.executable, "-c", _DLA_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                       env=dict(os.environ, ATTNKIT_CUDA_UNVERIFIED="1", ATTNKIT_DLA_V5="0"), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    for f, x in (("y", y4), ("states", c4.states), ("merged", a4.merged)):
+        assert np.asarray(x).tobytes() == got["c16:" + f].tobytes(), f"{f}: ATTNKIT_DLA_V5=0"

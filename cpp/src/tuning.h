@@ -41,8 +41,10 @@ struct Tuning {
   std::atomic<int64_t> cuda_scratch{0};
   /// DLA prefill on CUDA (v4, cuda/dla_prefill_v4.cuh): blocks per (batch, head) of its state pass C1, each
   /// owning a slice of the output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel
-  /// (cuda/dla_prefill.cu, for side-by-side measurements). No effect on the CPU; results equal up to rounding
-  /// (v4's are the same bits for every split).
+  /// (cuda/dla_prefill.cu, for side-by-side measurements); -2 = v4's passes C1 + C2 instead of v5's fused pass
+  /// (dla_prefill_v5.cuh, where its gate is open; it also takes splits > 0 for its column slices), split
+  /// automatic. No effect on the CPU; results equal up to rounding (v4's and v5's are the same bits for every
+  /// split).
   std::atomic<int64_t> dla_split{0};
   /// DLA decode step on CUDA: 0 = automatic (cuda/dla_decode_v3.cu where enabled, else cuda/dla_decode_v2.cu
   /// where enabled, else cuda/dla_decode.cu), 1 = the first kernel (cuda/dla_decode.cu), 2 = the second

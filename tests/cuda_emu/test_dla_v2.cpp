@@ -5,7 +5,8 @@
 // give every token a boundary, none, or a mix (float64 there: decisions near tau); and v4 bit-equal to itself
 // under other grids, C2 column splits and C1/C2 item groups (launch-configuration independence). Until session 27
 // it also ran the v2 kernel body and v3 (its warp scan) and checked v4 == v3 == v2 bit for bit; those kernels
-// were removed then.
+// were removed then. v5 (dla_prefill_v5.cuh: v4 with C1 + C2 fused into one pass, the states of a column slice in
+// shared memory) is checked == v4 bit for bit under two column splits and grids.
 #include <algorithm>
 #include <barrier>
 #include <cmath>
@@ -150,8 +151,8 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     v3(ci.counts, ccount.data(), C, DType::Int64); v3(ci.info, cinfo.data(), C, p.dtype); v3(ci.starts, cstart.data(), C, DType::Int64);
     ci.size.data = csize.data(); ci.size.present = true; ci.size.dtype = DType::Int64; ci.size.stride[0] = H; ci.size.stride[1] = 1;
   }
-  Buf<T> b2, b4, b5;
-  for (Buf<T>* bb : {&b2, &b4, &b5}) {
+  Buf<T> b2, b4, b5, b6, b7;
+  for (Buf<T>* bb : {&b2, &b4, &b5, &b6, &b7}) {
     bb->out.assign(B * H * T_ * Dv, T(-7)); bb->states.assign(B * H * C * SS, T(-7)); bb->info.assign(B * H * C, T(-7));
     bb->scores.assign(B * H * T_, T(-7)); bb->counts.assign(B * H * C, -7); bb->starts.assign(B * H * C, -7);
     bb->size.assign(B * H, -7); bb->merged.assign(B * H * T_, -7); bb->bnd.assign(B * H * T_, 7);
@@ -166,13 +167,15 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     co.size.data = bb.size.data(); co.size.present = true; co.size.stride[0] = H; co.size.stride[1] = 1;
     o3(pp.scores, bb.scores.data(), T_); o3(pp.boundaries, bb.bnd.data(), T_); o3(pp.merged, bb.merged.data(), T_);
   };
-  DLAProblem p2 = p, p4 = p, p5 = p;
-  outs(p2, b2); outs(p4, b4); outs(p5, b5);
+  DLAProblem p2 = p, p4 = p, p5 = p, p6 = p, p7 = p;
+  outs(p2, b2); outs(p4, b4); outs(p5, b5); outs(p6, b6); outs(p7, b7);
   // v4: passes A and B, then C1 (the states at every chunk start, serial over chunks) and C2 (the readout, every
   // chunk at once) over item groups of `gitems` (launch_prefill_v4's loop), grids smaller than the work
   // (grid-stride loops); ns2 = C2's column split. Run twice with other grids, splits and groups: the same bits.
+  // v5 (dla_prefill_v5.cuh): the same A1, A2 and B, then the fused pass C (grid gC2, ns2 column slices) instead of
+  // C1 and C2; its bits must be v4's.
   auto run_v4 = [&](DLAProblem& pp, unsigned gA1, unsigned gA, unsigned gB, unsigned gC1, unsigned gC2, int64_t ns2,
-                    int64_t gitems) {
+                    int64_t gitems, bool v5 = false) {
     using namespace cuda::dla;
     v2::Lay lay = v2::make_lay(pp, sizeof(T), ns);
     const v2::Lay lay1 = v2::make_lay(pp, sizeof(T), ns, 1), lay2 = v2::make_lay(pp, sizeof(T), 1, 2);
@@ -213,6 +216,15 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
                               [&] { v2::v4_pass_a2<T>(pp, lay, buf, smem); });
     }
     emu_launch(gB, [&] { v2::v4_pass_b<T>(pp, buf); });
+    if (v5) {
+      const std::size_t st_off = (lay2.smem + 15) / 16 * 16;
+      std::vector<double> sm5((st_off + static_cast<std::size_t>(C * Dk * buf.ncol2) * sizeof(T)) / sizeof(double) + 2);
+      std::memset(sm5.data(), 0xff, sm5.size() * sizeof(double));
+      buf.item0 = 0;
+      buf.nitems = B * H;
+      emu_launch(gC2, [&] { v2::v5_pass_c<T>(pp, lay2, buf, reinterpret_cast<char*>(sm5.data()), st_off); });
+      return;
+    }
     for (int64_t i0 = 0; i0 < B * H; i0 += gitems) {
       buf.item0 = i0;
       buf.nitems = std::min<int64_t>(gitems, B * H - i0);
@@ -228,6 +240,8 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
     run_v4(p5, 2, 1, 1, 2, 7, 3, 1);
   else
     b5 = b4;
+  run_v4(p6, 5, 2, 3, 3, 3, 1, B * H, true);  // v5: one slice, fewer blocks than work units
+  run_v4(p7, 2, 1, 1, 2, 2, ns == 1 ? 2 : ns + 2, B * H, true);  // v5: other slices (ns2 > Dv: clamped), grid
   cpu::dla_generic(p2);
   auto cmp = [](const std::vector<T>& a, const std::vector<T>& b) -> double {
     double m = 0;
@@ -250,12 +264,16 @@ void run(const char* name, int64_t T_, int64_t Dk, int64_t Dv, int64_t C, int64_
   const bool v4launch = bits(b4.out, b5.out) && bits(b4.states, b5.states) && bits(b4.info, b5.info) &&
                         bits(b4.scores, b5.scores) && b4.counts == b5.counts && b4.starts == b5.starts &&
                         b4.size == b5.size && b4.merged == b5.merged && b4.bnd == b5.bnd;
-  const bool ok = e <= tol && same && v4launch;
+  const bool v5same = bits(b4.out, b6.out) && bits(b4.states, b6.states) && bits(b4.info, b6.info) &&
+                      bits(b4.scores, b6.scores) && b4.counts == b6.counts && b4.starts == b6.starts &&
+                      b4.size == b6.size && b4.merged == b6.merged && b4.bnd == b6.bnd && bits(b6.out, b7.out) &&
+                      bits(b6.states, b7.states) && b6.size == b7.size;
+  const bool ok = e <= tol && same && v4launch && v5same;
   fails += !ok;
   std::printf("%-40s T=%3lld Dk=%2lld Dv=%2lld C=%2lld L=%2lld ns=%lld %s bnd %3lld mrg %3lld err %.3g %s%s\n", name,
               (long long)T_, (long long)Dk, (long long)Dv, (long long)C, (long long)chunk, (long long)ns,
               sizeof(T) == 8 ? "f64" : "f32", (long long)nb, (long long)nm, e,
-              !same ? "DECISIONS DIFFER " : !v4launch ? "V4 BITS DEPEND ON THE LAUNCH " : "",
+              !same ? "DECISIONS DIFFER " : !v4launch ? "V4 BITS DEPEND ON THE LAUNCH " : !v5same ? "V5 BITS DIFFER FROM V4 " : "",
               ok ? "ok" : "FAIL");
 }
 
