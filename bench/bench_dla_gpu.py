@@ -42,7 +42,6 @@ def main(argv=None) -> int:
     if args.dry:
         cupy = None
         B, H, D, C, sizes = 1, 2, 8, 4, [min(s, 70 + 60 * i) for i, s in enumerate(args.sizes)]
-        xp = np
 
         def timer(fn):
             ts = []
@@ -62,7 +61,6 @@ def main(argv=None) -> int:
             print(f"bench_dla_gpu: no GPU run: {reason}")
             return 0
         B, H, D, C, sizes = 4, 16, 64, 16, args.sizes
-        xp = cupy
         timer = Timer(cupy, args.reps, 1, 2.0)
         has = attnkit._core.cuda_has_kernel
         device = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
@@ -71,10 +69,16 @@ def main(argv=None) -> int:
     print(f"bench_dla_gpu: {device}; float16 B={B} H={H} D={D} C={C}; dla_prefill_v5 enabled: {v5_on}", flush=True)
     rows = []
     for S in sizes:
-        rng = np.random.default_rng(S)
         s = 1 / math.sqrt(math.sqrt(D))
-        q, k, v = (xp.asarray((rng.standard_normal((B, H, S, D)) * s).astype(np.float16)) for _ in range(3))
-        lam = xp.asarray((rng.random((B, H, S, C)) * (2.0 / C)).astype(np.float16))
+        if cupy is None:
+            rng = np.random.default_rng(S)
+            q, k, v = ((rng.standard_normal((B, H, S, D)) * s).astype(np.float16) for _ in range(3))
+            lam = (rng.random((B, H, S, C)) * (2.0 / C)).astype(np.float16)
+        else:  # on the device (bench_gpu.py's inputs): no host generation or copies
+            cupy.random.seed(S)
+            q, k, v = ((cupy.random.standard_normal((B, H, S, D), dtype=np.float32) * s).astype(np.float16)
+                       for _ in range(3))
+            lam = (cupy.random.random((B, H, S, C), dtype=np.float32) * (2.0 / C)).astype(np.float16)
         dla = lambda: attnkit.dynamic_linear_attention(q, k, v, lam, capacity=C)  # noqa: E731
         row = {"S": S, "B": B, "H": H, "D": D, "C": C, "dtype": "float16", "v5_enabled": v5_on}
         row["exact_causal_s"] = timer(lambda: attnkit.attention(q, k, v, causal=True))

@@ -19,7 +19,8 @@
 // C = 16, L = 64: 2 slices of 32 columns, 89.7 KB of layout + 128 KB of states = 215.6 KB, one block per SM.
 //
 // Exactness. Every value is formed by v4's operations in v4's order: the readout is chunk_outputs' arithmetic on
-// the same states (only their address changes: compact slice rows instead of Dk x Dv slots), the state update is
+// the same states (only their address changes: compact slice rows instead of Dk x Dv slots; and kUb states' sums
+// over d are formed side by side, each in its own order), the state update is
 // chunk_end_states' (the K rows from K^T instead of the row-major copy: the same values, the same sums), the lists
 // are v4_replay's. So v5 gives v4's bits, whatever the split or grid (tests/cuda_emu/test_dla_v2.cpp checks v5 ==
 // v4 bit for bit under several splits and grids, emulated, and both against the CPU).
@@ -33,15 +34,22 @@
 // Expected time: an ESTIMATE, NOT MEASURED. H200, float16, B = 4, H = 16, D = 64, C = 16, S = 4096 (64 chunks),
 // random data (a merge at nearly every token): 128 blocks (64 items x 2 slices), one per SM, 8 warps. Per chunk:
 // loads of Q, K, V, lam (L2) ~8K cycles; Q K^T tiles ~5K; snapshots, weights, anyU ~12K; readout, 8 rows x 1 column
-// per thread over m_in x Dk + Lc = 1088 steps, each 2 LDS.128 (Q, broadcast) + 1 LDS (S) + 8 FMA: shared-memory
-// issue bound, ~26K; state update ~4K; barriers ~3K: ~58K cycles = ~29 us; 64 chunks ~1.9 ms (vs C1 + C2's measured
-// 8.0 ms), so ~8.4 ms per call instead of 14.5 (~1.7x). Traffic: the inputs once per slice (~150 MB, L2 absorbs
+// per thread over m_in x Dk = 1024 (state, d) steps, 8 FMA each, the Q loads shared by kUb = 4 states (2 LDS.128
+// broadcasts + 4 LDS per 32 FMA): FMA-issue bound, 8 warps x 1024 x 8 FMA / 4 schedulers ~16K (chunk_outputs'
+// loop, 3 wavefronts per 8 FMA, would be shared-memory bound at ~25K); state update ~4K; barriers ~3K: ~48K cycles =
+// ~24 us; 64 chunks ~1.6 ms (vs C1 + C2's measured 8.0 ms), so ~8 ms per call instead of 14.5 (~1.8x). Traffic: the inputs once per slice (~150 MB, L2 absorbs
 // part), y 33 MB: ~0.05 ms of HBM instead of ~3.3 GB. What bounds v5 then: A2 (2.8 ms) and B (2.0 ms), per-item
 // serial chains on 64 blocks / warps, and A1 (1.7 ms); at S = 16384 all four scale with S (~34 ms estimated vs
 // exact causal's measured 8.0 ms): issue 10's target needs those chains shortened (B inside A2; A2's rounds
 // overlapped) and the readout on tensor cores (3xTF32 / split bf16), not this pass alone.
 
 // No namespaces here: dla_prefill_v2.cu includes this inside attnkit::detail::cuda::dla::v2.
+
+/// Carried states per step of v5's readout: kUb units' sums over d at once, so that each load of Q^T (two 16-byte
+/// broadcasts per d) serves kUb states (chunk_outputs: one state per load, 3 shared-memory wavefronts per 8 FMA;
+/// here 2 + kUb per 8 kUb FMA). Each output element's operations and their order are chunk_outputs': acc_u over d
+/// in order, then y += w_ru acc_u in unit order, skipped units never added.
+constexpr int kUb = 4;
 
 /// v5's readout (chunk_outputs' arithmetic, the states from the slice array st: entry u's row d, column c at
 /// st[(u * Dk + d) * ncol2 + c]): y of the chunk's rows, the slice's columns e0 .. e0 + ncw - 1.
@@ -62,24 +70,36 @@ __device__ __forceinline__ void v5_outputs(Blk<St>& w, const DLAProblem& p, int6
       if (r < Lc)
         for (int64_t j = 0; j <= r; ++j) y[a] += w.QK[r * LP + j] * w.Vc[j * Dv + e];
     }
-    for (int64_t u = 0; u < m_in; ++u) {
-      if (!w.anyU[u]) continue;  // the CPU skips a state no row weights
-      const R* S = st + w.in_slot[u] * Dk * ncol2 + c;
-      R wr[kRt], acc[kRt];
+    for (int64_t u0 = 0; u0 < m_in; u0 += kUb) {
+      const R* S[kUb];
+      R acc[kUb][kRt];
 #pragma unroll
-      for (int a = 0; a < kRt; ++a) {
-        wr[a] = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
-        acc[a] = R(0);
+      for (int k = 0; k < kUb; ++k) {
+        // units past m_in read unit u0's state (in range) and are never added
+        S[k] = st + w.in_slot[u0 + k < m_in ? u0 + k : u0] * Dk * ncol2 + c;
+#pragma unroll
+        for (int a = 0; a < kRt; ++a) acc[k][a] = R(0);
       }
       for (int64_t d = 0; d < Dk; ++d) {
-        const R sd = S[d * ncol2];
         R q8[kRt];
         load_rows(w.QT + d * LP + r0, q8);  // rows past Lc are zero
 #pragma unroll
-        for (int a = 0; a < kRt; ++a) acc[a] += q8[a] * sd;
+        for (int k = 0; k < kUb; ++k) {
+          const R sd = S[k][d * ncol2];
+#pragma unroll
+          for (int a = 0; a < kRt; ++a) acc[k][a] += q8[a] * sd;
+        }
       }
 #pragma unroll
-      for (int a = 0; a < kRt; ++a) y[a] += wr[a] * acc[a];
+      for (int k = 0; k < kUb; ++k) {
+        const int64_t u = u0 + k;
+        if (u >= m_in || !w.anyU[u]) continue;  // the CPU skips a state no row weights
+#pragma unroll
+        for (int a = 0; a < kRt; ++a) {
+          const R wr = r0 + a < Lc ? w.Win[(r0 + a) * C + u] : R(0);
+          y[a] += wr * acc[k][a];
+        }
+      }
     }
 #pragma unroll
     for (int a = 0; a < kRt; ++a)
