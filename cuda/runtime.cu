@@ -62,7 +62,10 @@ constexpr const char* kVerified[] = {
 /// run only when the environment sets ATTNKIT_CUDA_UNVERIFIED=1 (how tools/gpu_check.sh tests them);
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
-constexpr const char* kCompiled[] = {""};  // none: every kernel of this build has passed the check
+constexpr const char* kCompiled[] = {
+    // session 27, not yet run on a GPU:
+    "performer_attention_mma3_causal",  // the causal Performer's chunk-parallel state pass (performer_causal_mma.cuh)
+};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {
