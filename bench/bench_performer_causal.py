@@ -39,7 +39,7 @@ def _rows(attnkit, make, timer, to_np, sizes, dims, dtypes, B, H, m, log):
             W = attnkit.random_features(m, D, seed=1, dtype=np.float32)
             for S in sizes:
                 q, k, v = (make((B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
-                Wd = make.features(W)
+                Wd = make.features(W, dtype)
                 row = {"dtype": dtype, "B": B, "H": H, "S": S, "D": D, "m": m, "mma3_enabled": enabled}
                 outs = {}
                 for name, value in (("mma3", 0), ("serial", 2)):
@@ -88,6 +88,38 @@ def _rows(attnkit, make, timer, to_np, sizes, dims, dtypes, B, H, m, log):
     return rows
 
 
+def kernel_profile(torch, attnkit, fn, log, label, n=3):
+    """Per-kernel device time per call of fn() by torch's profiler (CUPTI traces every kernel of the process,
+    attnkit's included): one line per kernel, microseconds per call, so the state pass and out_kernel are seen
+    apart. Returns {kernel: us per call}; logs why where it does not run."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                fn()
+            torch.cuda.synchronize()
+        times = {}
+        for e in prof.key_averages():
+            t = getattr(e, "device_time_total", None)
+            if t is None:
+                t = getattr(e, "cuda_time_total", 0.0)
+            name = e.key
+            if not t or "Memcpy" in name or "Memset" in name:
+                continue
+            short = name.split("(")[0].replace("void ", "").replace("attnkit::detail::cuda::", "")
+            times[short] = times.get(short, 0.0) + t / n
+        total = sum(times.values())
+        log(f"kernels {label}: " + "  ".join(f"{k} {v:.0f}" for k, v in sorted(times.items(), key=lambda kv: -kv[1]))
+            + f"  total {total:.0f} (us per call)")
+        return times
+    except Exception as e:  # noqa: BLE001 - informational only
+        log(f"kernels {label}: n/a ({e.__class__.__name__}: {e})")
+        return {}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=None, help="write the rows here (default: print only)")
@@ -111,7 +143,7 @@ def main(argv=None) -> int:
             dt = np.float32 if dtype == "bfloat16" else np.dtype(dtype)  # NumPy has no bfloat16: float32 stands in
             return (rng.standard_normal(shape) * scale).astype(dt)
 
-        make.features = lambda W: W
+        make.features = lambda W, dtype: W
 
         def timer(fn):
             ts = []
@@ -143,7 +175,14 @@ def main(argv=None) -> int:
         def make(shape, dtype, scale):
             return randn(cupy, shape, dtype, scale)
 
-        make.features = cupy.asarray
+        def features(W, dtype):  # bfloat16 operands are torch tensors: the features too (no CuPy / torch mix)
+            if dtype == "bfloat16":
+                import torch
+
+                return torch.as_tensor(W, device="cuda")
+            return cupy.asarray(W)
+
+        make.features = features
 
         def to_np(x):
             if hasattr(x, "get"):
@@ -152,6 +191,25 @@ def main(argv=None) -> int:
 
         timer = Timer(cupy, a.reps, 2, 0.5)
         rows = _rows(attnkit, make, timer, to_np, a.sizes, a.dims, dtypes, 4, 16, 256, log)
+        try:  # where the time goes: per-kernel device times of both state passes (float16, D = 64, S = 4096)
+            import torch
+
+            if torch.cuda.is_available():
+                S, D = a.sizes[0], a.dims[0]
+                q, k, v = (randn(cupy, (4, 16, S, D), "float16", 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
+                W = cupy.asarray(attnkit.random_features(256, D, seed=1, dtype=np.float32))
+                prof = {}
+                for name, value in (("mma3", 0), ("serial", 2)):
+                    attnkit._core.set_tuning("performer_causal", value)
+                    try:
+                        prof[name] = kernel_profile(torch, attnkit,
+                                                    lambda: attnkit.performer_attention(q, k, v, W, causal=True), log,
+                                                    f"{name} float16 D={D} S={S}")
+                    finally:
+                        attnkit._core.set_tuning("performer_causal", 0)
+                rows.append({"kind": "kernel_profile_us", "S": S, "D": D, **prof})
+        except Exception as e:  # noqa: BLE001
+            log(f"kernels: n/a ({e.__class__.__name__}: {e})")
     log(f"bench_performer_causal: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
     if a.json:
         Path(a.json).write_text(json.dumps({"benchmark": "bench_performer_causal", "dry": a.dry, "rows": rows},
