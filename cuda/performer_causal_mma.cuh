@@ -415,7 +415,7 @@ __global__ void __launch_bounds__(kBlock, 1) inc_kernel(const LinArgs a, const E
 }
 
 /// Four state values v (columns n0 .. n0 + 3 of a row of P_c) into their 16 bytes at dst as bfloat16 hi parts
-/// then lo parts (load_state_hilo's split, out_kernel<.., true> reads them back), *flag |= 1 where one is NaN
+/// then lo parts (load_state_hilo's split; out_kernel<.., true> copies them back), *flag |= 1 where one is NaN
 /// or infinite (atomicOr: the same flag in any order).
 __device__ __forceinline__ void pre_split(float* dst, const float (&v)[4], int* flag) {
   float r[4] = {v[0], v[1], v[2], v[3]}, hi[4];
@@ -512,15 +512,9 @@ constexpr std::size_t out_smem() {
          sizeof(float) * 2 * kRows;
 }
 
-/// Slice [f0, f0 + kFB) of a P_c written by scan_kernel (pre_split: per 4 columns 16 bytes, the bfloat16 hi
-/// parts then the lo parts) into sPh / sPl ([kFB][DVA]), as load_state_hilo lays out the float32 state's.
-template <int DVA>
-__device__ __forceinline__ void load_state_pre(bf16_t* sPh, bf16_t* sPl, const float* st) {
-  for (int i = static_cast<int>(threadIdx.x) * 4; i < kFB * DVA; i += kBlock * 4) {
-    const uint4 w = *reinterpret_cast<const uint4*>(st + i);
-    *reinterpret_cast<uint2*>(sPh + i) = make_uint2(w.x, w.y);
-    *reinterpret_cast<uint2*>(sPl + i) = make_uint2(w.z, w.w);
-  }
+/// 8-byte asynchronous copy (out_kernel<.., true>'s P_c parts).
+__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(mma::smem_addr(dst)), "l"(src));
 }
 
 /// e >= -16 such that m 2^-e is in [2^14, 2^15) for a normal m > 0 (at most 2^15 with the clamp); 0 for
@@ -532,8 +526,10 @@ __device__ __forceinline__ int row_exponent(float m) {
 }
 
 /// Outputs of the 64 rows of chunk c of (b, h) per block; warp w owns rows 16 w .. 16 w + 15. PRE (v3): P_c
-/// already split into bfloat16 hi / lo by scan_kernel (pre_split) and its slices' non-finite flags in x.pflag,
-/// the same values load_state_hilo makes from the float32 P of state_kernel.
+/// already split into bfloat16 hi / lo by scan_kernel (pre_split; per 16 bytes 4 hi parts then 4 lo parts) and
+/// its slices' non-finite flags in x.pflag, the same values load_state_hilo makes from state_kernel's float32
+/// P; each slice's tiles then arrive by cp.async in two groups (W', then P_c and phi_own) so that the query
+/// projection overlaps the second group.
 template <class T, int D, int DV, bool PRE>
 __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const Ext<T> x) {
   using PT = Parts<T>;
@@ -601,23 +597,45 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
     for (int64_t s = 0; s < x.nfb; ++s) {
       const int64_t f0 = s * kFB;
       __syncthreads();  // every warp is done with the previous slice's tiles (and with sM's m_j)
-      pm2::load_w<T, D>(sW, x.wp, a.F, f0);
-      bool pb;
+      bool pb = false;
       if constexpr (PRE) {
-        load_state_pre<DVA>(sPh, sPl, Pc + f0 * DVA);
+        // cp.async in two groups: W' first, then P_c's slice and phi_own (zero-filled past kn), so that the
+        // projection (W' only) runs while the second group is in flight; the same values as below.
+        for (int i = tid; i < NS * kFB * (D / 8); i += kBlock) {
+          const int sr = i / (D / 8), c8 = i % (D / 8) * 8, part = sr / kFB, r = sr % kFB;
+          mma::cp_async16(sW + sr * LDD + c8, x.wp + (part * a.F + f0 + r) * D + c8, true);
+        }
+        mma::cp_commit();
+        const float* pg = Pc + f0 * DVA;
+        for (int i = tid * 4; i < kFB * DVA; i += kBlock * 4) {  // per 16 bytes: 4 hi parts, then 4 lo parts
+          cp_async8(sPh + i, pg + i);
+          cp_async8(sPl + i, pg + i + 2);
+        }
+        for (int i = tid; i < kRows * (kFB / 8); i += kBlock) {
+          const int j = i / (kFB / 8), c8 = i % (kFB / 8) * 8;
+          mma::cp_async16(sKf + j * kLDF + c8, kf + static_cast<int64_t>(j < kn ? j : 0) * a.F + f0 + c8, j < kn);
+        }
+        mma::cp_commit();
         pb = tid == 0 && x.pflag[(item * x.nch + c) * x.nfb + s] != 0;
       } else {
+        pm2::load_w<T, D>(sW, x.wp, a.F, f0);
         pb = pm2::load_state_hilo<DVA>(sPh, sPl, Pc + f0 * DVA);
-      }
-      for (int i = tid; i < kRows * (kFB / 8); i += kBlock) {  // phi_own of the allowed keys, zeros past kn
-        const int j = i / (kFB / 8), c8 = i % (kFB / 8) * 8;
-        uint4 w = make_uint4(0u, 0u, 0u, 0u);
-        if (j < kn) w = *reinterpret_cast<const uint4*>(kf + static_cast<int64_t>(j) * a.F + f0 + c8);
-        *reinterpret_cast<uint4*>(sKf + j * kLDF + c8) = w;
+        for (int i = tid; i < kRows * (kFB / 8); i += kBlock) {  // phi_own of the allowed keys, zeros past kn
+          const int j = i / (kFB / 8), c8 = i % (kFB / 8) * 8;
+          uint4 w = make_uint4(0u, 0u, 0u, 0u);
+          if (j < kn) w = *reinterpret_cast<const uint4*>(kf + static_cast<int64_t>(j) * a.F + f0 + c8);
+          *reinterpret_cast<uint4*>(sKf + j * kLDF + c8) = w;
+        }
       }
       if (tid < kRows) sM[tid] = tid < kn ? x.mbk[(item * a.S + j0 + tid) * x.nfb + s] : math::neg_inf<float>();
       const float rs = pref[s];  // R_s(c): the reference of this slice of P_c
-      const bool pbad = __syncthreads_or(pb) != 0;
+      bool pbad = false;
+      if constexpr (PRE) {
+        mma::cp_wait<1>();  // this thread's W' copies
+        __syncthreads();    // everyone's: sW (and sM) visible
+      } else {
+        pbad = __syncthreads_or(pb) != 0;
+      }
       float e[kFB / 8][4];
       pm2::project<T, D>(sQ, sW, e);
       // The query stabilizer, online: the largest projection so far; earlier slices' sums are rescaled.
@@ -663,6 +681,10 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
           }
           mq1 = m1;
         }
+      }
+      if constexpr (PRE) {
+        mma::cp_wait<0>();                    // this thread's P_c and phi_own copies
+        pbad = __syncthreads_or(pb) != 0;     // everyone's: sPh, sPl, sKf visible
       }
       // g_t = exp(R_s(c) - c_t) <= 1: the slice's state brought to the row's c_t (the CPU's exp(c_prev - c_t)).
       const float g0 = DevExp()(math::favor_rescale_arg<float, float>(rs, ct0));
