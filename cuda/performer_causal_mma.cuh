@@ -50,9 +50,18 @@
 //   at the bidirectional fused path's measured efficiency (117 GFLOP in 0.94 ms) this is ~0.7-0.8 ms, ~20-25
 //   million tokens/s (10-12x). Unmeasured: the state_kernel's serial chunk loop (B Hkv m / 64 = 256 blocks
 //   here, each over all S / 64 chunks; no cp.async pipelining).
+//   Measured (H200, session 27): 10.7 / 11.5 million tokens/s at S = 4096 / 16384 (exact causal attention:
+//   26.2 / 8.2); the bidirectional path, with the same tensor-core work per row and more instructions (two
+//   query projections), 19.1 / 21.6: the causal path's extra ~0.7 ms is most likely the serial state_kernel.
+// v3 ("performer_attention_mma3_causal", below state_kernel): inc_kernel + scan_kernel replace state_kernel
+//   (per (item, chunk, slice) blocks: 64x the blocks; then a memory-bound scan over the chunks per element,
+//   P read and written once more: +0.6 GB, ~0.13 ms at the example), P_c stored pre-split for out_kernel<.., true>,
+//   which also loads each slice by cp.async behind the query projection. Estimate, unmeasured: 0.6-0.9 ms at the
+//   example (18-27 million tokens/s); bench/bench_performer_causal.py measures both passes side by side.
 //
 // Determinism: every output and state element is one thread's fragment, summed in a fixed order (features in
-// slice order, parts, keys in order, chunks in order), whatever the grid; no atomics.
+// slice order, parts, keys in order, chunks in order), whatever the grid; no atomics in a float sum (v3's
+// non-finite flags are an integer atomicOr).
 // Non-finite values as the CPU: a value tile with a NaN / infinity sums the 16-bit parts of phi and the high
 // part alone separately (performer_mma2's state_kernel); a state slice with a NaN / infinity drops the
 // q_lo p_hi product; the diagonal key tile of a chunk with a NaN / infinite value is summed element by element
@@ -305,17 +314,31 @@ __global__ void final_kernel(const LinArgs a, const Ext<T> x) {
 // the bidirectional path (same instruction counts, 0.86 ms against 1.53 ms). inc_kernel: the same work in
 // 16384 blocks (3 per SM by registers); scan_kernel: 302 MB read + 302 MB written, ~0.13 ms at ~4.5 TB/s.
 
+/// inc_kernel's shared memory: state_kernel's, with sP over sW where it fits (D >= 64: W' is not read after
+/// the projection, and a barrier separates the two), so that D = 128 keeps 2-3 blocks per SM.
+template <int D>
+constexpr bool kIncAlias = D + 8 >= kLDF;
+template <class T, int D, int DV>
+constexpr std::size_t inc_smem() {
+  constexpr int NS = Parts<T>::NS;
+  return sizeof(uint16_t) * (static_cast<std::size_t>(NS) * kFB * (D + 8) + kRows * (D + 8) +
+                             (kIncAlias<D> ? 0 : static_cast<std::size_t>(NS) * kRows * kLDF) +
+                             kRows * (DV + 8)) +
+         sizeof(float) * 2 * kRows;
+}
+
 /// I_c (slot c of x.P, relative to r_s(c), times nothing), x.cref = r_s(c), mbk and phk of chunk c's allowed
 /// keys for one (item, chunk, slice) per block; blocks of chunks without allowed keys write nothing.
 template <class T, int D, int DV>
 __global__ void __launch_bounds__(kBlock, 1) inc_kernel(const LinArgs a, const Ext<T> x) {
   using PT = Parts<T>;
   constexpr int LDD = D + 8, NS = PT::NS, DVA = DV + 8, NV = DVA / 8;
+  constexpr bool kAlias = kIncAlias<D>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sW = reinterpret_cast<T*>(smem_raw);  // [NS][kFB][LDD]
-  T* sK = sW + NS * kFB * LDD;             // [kRows][LDD]
-  T* sP = sK + kRows * LDD;                // [NS][kRows][kLDF]: parts of phi, [keys][features]
-  T* sV = sP + NS * kRows * kLDF;          // [kRows][DVA]: [V | 1 | 0]
+  T* sW = reinterpret_cast<T*>(smem_raw);            // [NS][kFB][LDD]
+  T* sK = sW + NS * kFB * LDD;                       // [kRows][LDD]
+  T* sP = kAlias ? sW : sK + kRows * LDD;            // [NS][kRows][kLDF]: parts of phi, [keys][features]
+  T* sV = kAlias ? sK + kRows * LDD : sP + NS * kRows * kLDF;  // [kRows][DVA]: [V | 1 | 0]
   float* sH = reinterpret_cast<float*>(sV + kRows * DVA);  // [kRows]: |k'|^2/2
   float* sR = sH + kRows;                                  // [kBlock / 32]: each warp's largest mb
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gq = lane / 4, tq = lane % 4;
@@ -367,7 +390,7 @@ __global__ void __launch_bounds__(kBlock, 1) inc_kernel(const LinArgs a, const E
       for (int o = 4; o < 32; o <<= 1) w = math::favor_running_max(w, __shfl_xor_sync(0xffffffffu, w, o));
       if (lane == 0) sR[warp] = w;
     }
-    __syncthreads();  // sR complete
+    __syncthreads();  // sR complete; every warp is done with sW (sP may lie over it)
     float cm = math::neg_inf<float>();  // r_s(c) (never NaN)
 #pragma unroll
     for (int w = 0; w < kBlock / 32; ++w) cm = math::favor_running_max(cm, sR[w]);
@@ -779,7 +802,7 @@ template <class T, int D, int DV>
 bool run(const LinearProblem& p, bool v3, cudaStream_t stream) {
   using PT = Parts<T>;
   constexpr int DVA = DV + 8;
-  if (!(v3 ? linmma::smem_ok(inc_kernel<T, D, DV>, state_smem<T, D, DV>(), p.device_index)
+  if (!(v3 ? linmma::smem_ok(inc_kernel<T, D, DV>, inc_smem<T, D, DV>(), p.device_index)
            : linmma::smem_ok(state_kernel<T, D, DV>, state_smem<T, D, DV>(), p.device_index)) ||
       !(v3 ? linmma::smem_ok(out_kernel<T, D, DV, true>, out_smem<T, D, DV>(), p.device_index)
            : linmma::smem_ok(out_kernel<T, D, DV, false>, out_smem<T, D, DV>(), p.device_index)))
@@ -836,7 +859,7 @@ bool run(const LinearProblem& p, bool v3, cudaStream_t stream) {
   ATTNKIT_CUDA_CHECK_LAUNCH();
   if (v3) {
     if (nch > 0) {
-      inc_kernel<T, D, DV><<<linmma::grid_of(items * nch * nfb), kBlock, state_smem<T, D, DV>(), stream>>>(a, x);
+      inc_kernel<T, D, DV><<<linmma::grid_of(items * nch * nfb), kBlock, inc_smem<T, D, DV>(), stream>>>(a, x);
       ATTNKIT_CUDA_CHECK_LAUNCH();
     }
     ATTNKIT_CUDA_CHECK(cudaMemsetAsync(x.pflag, 0, pflag_bytes, stream));
