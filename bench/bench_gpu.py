@@ -31,7 +31,9 @@
   (overall and v3's: the one to make the default); "v3-nopool": v3's defaults with the scratch from the
   device's default pool (tuning ``cuda_scratch``) instead of attnkit's (cuda/workspace.cuh).
 * Linear attention (elu+1), Performer (m=256) and DLA prefill (tokens/s) and DLA decode (one token with a
-  cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..).
+  cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..);
+  where the causal Performer's chunk-parallel state pass runs ("performer_attention_mma3_causal"), its serial
+  state_kernel beside it (performer_causal_serial; bench/bench_performer_causal.py: both, D = 64 and 128).
 * DLA prefill kernels side by side (``--dla-sweep``, on under ``--quick``; S = 4096, 16384): the first CUDA
   kernel vs the second (``cuda/dla_prefill_v2.cu``) with each column split (tuning option ``dla_split``),
   whether the splits give the same bits, and the largest difference between the two kernels.
