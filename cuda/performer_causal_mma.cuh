@@ -330,7 +330,7 @@ constexpr std::size_t inc_smem() {
 /// I_c (slot c of x.P, relative to r_s(c), times nothing), x.cref = r_s(c), mbk and phk of chunk c's allowed
 /// keys for one (item, chunk, slice) per block; blocks of chunks without allowed keys write nothing.
 template <class T, int D, int DV>
-__global__ void __launch_bounds__(kBlock, 1) inc_kernel(const LinArgs a, const Ext<T> x) {
+__global__ void __launch_bounds__(kBlock, DV <= 64 ? 4 : 2) inc_kernel(const LinArgs a, const Ext<T> x) {
   using PT = Parts<T>;
   constexpr int LDD = D + 8, NS = PT::NS, DVA = DV + 8, NV = DVA / 8;
   constexpr bool kAlias = kIncAlias<D>;
