@@ -310,9 +310,11 @@ __global__ void final_kernel(const LinArgs a, const Ext<T> x) {
 // memory-bound scan) with a per-(chunk, slice) non-finite flag (x.pflag), out_kernel<.., PRE = true>.
 // Why (estimates, H200, B = 4, H = 16, S = 4096, D = Dv = 64, m = 256, float16): state_kernel runs B Hkv nfb =
 // 256 blocks (2 per SM, 8 warps per SM), each over all 64 chunks in order with ~2000 instructions per warp
-// and chunk behind 5 barriers and unprefetched loads: latency-bound, ~1/3 of the call by the comparison with
-// the bidirectional path (same instruction counts, 0.86 ms against 1.53 ms). inc_kernel: the same work in
-// 16384 blocks (3 per SM by registers); scan_kernel: 302 MB read + 302 MB written, ~0.13 ms at ~4.5 TB/s.
+// and chunk behind 5 barriers and unprefetched loads: latency-bound, inferred ~0.7 ms of the 1.53 ms call by
+// the comparison with the bidirectional path (no fewer instructions, 0.86 ms; no per-kernel profile of this
+// path exists: bench/bench_performer_causal.py takes one by torch's profiler). inc_kernel: the same work in
+// 16384 blocks (4 per SM at Dv <= 64: __launch_bounds__ caps it at 128 registers); scan_kernel: 302 MB read
+// + 302 MB written, ~0.13 ms at ~4.5 TB/s.
 
 /// inc_kernel's shared memory: state_kernel's, with sP over sW where it fits (D >= 64: W' is not read after
 /// the projection, and a barrier separates the two), so that D = 128 keeps 2-3 blocks per SM.
