@@ -228,6 +228,8 @@ LINEAR_SWEEP = [
     # Causal Performer softmax on tensor cores (performer_causal_mma.cuh; taken by "v2" above where enabled): off =
     # the previous causal kernels (linear.cu's v2 causal form with performer_mma.cuh's products), side by side.
     ("v2 pcausal-off", {"ATTNKIT_PERFORMER_CAUSAL_MMA": "0"}, ("performer_causal",)),
+    # ... with its serial state_kernel instead of the chunk-parallel state pass (performer_attention_mma3_causal)
+    ("v2 pcausal-mma3-off", {"ATTNKIT_PERFORMER_CAUSAL_MMA3": "0"}, ("performer_causal",)),
     ("v1", {"ATTNKIT_LINEAR_CUDA_V1": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
     ("v2 default-pool", {"_CUDA_SCRATCH": "1"}, ("linear", "linear_causal", "performer", "performer_causal")),
     # Bidirectional Performer with fused tensor-core features (performer_mma2.cuh; taken by "v2" above where

@@ -64,7 +64,8 @@ constexpr const char* kVerified[] = {
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
 constexpr const char* kCompiled[] = {
-    "dla_prefill_v5"};  // v4 with C1 + C2 fused, the states in shared memory (dla_prefill_v5.cuh; launch_prefill_v4)
+    "dla_prefill_v5",   // v4 with C1 + C2 fused, the states in shared memory (dla_prefill_v5.cuh; launch_prefill_v4)
+    "performer_attention_mma3_causal"};  // the causal Performer's chunk-parallel state pass (performer_causal_mma.cuh)
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {

@@ -22,6 +22,9 @@ every code path; users have no reason to.
                    enabled, else the two-kernel step of cuda/dla_decode_v2.cu where enabled), 1 = the first
                    kernel (cuda/dla_decode.cu), 2 = the second (cuda/dla_decode_v2.cu; both for side-by-side
                    measurements)
+    performer_causal    causal Performer on CUDA's tensor cores: 0 = automatic (the chunk-parallel state pass,
+                        gate "performer_attention_mma3_causal", where enabled), 2 = the serial state kernel
+                        (side-by-side measurements)
 """
 
 from __future__ import annotations
