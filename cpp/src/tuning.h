@@ -45,9 +45,9 @@ struct Tuning {
   /// split automatic; -3 = v3 (never v4's five kernels, dla_prefill_v4.cuh), split automatic. Splits >= 0
   /// take v4 where its gate is open. No effect on the CPU; results equal up to rounding.
   std::atomic<int64_t> dla_split{0};
-  /// DLA decode step on CUDA: 0 = automatic (cuda/dla_decode_v3.cu where enabled, else cuda/dla_decode_v2.cu
-  /// where enabled, else cuda/dla_decode.cu), 1 = the first kernel (cuda/dla_decode.cu), 2 = the second
-  /// (cuda/dla_decode_v2.cu where enabled; both for side-by-side measurements). Results equal up to rounding.
+  /// DLA decode step on CUDA: 0 = automatic (cuda/dla_decode_v3.cu where enabled, else cuda/dla_decode_v2.cu),
+  /// 2 = cuda/dla_decode_v2.cu (for side-by-side measurements; 1, the first kernel, is gone since session 27).
+  /// Results equal up to rounding.
   std::atomic<int64_t> dla_decode{0};
 };
 

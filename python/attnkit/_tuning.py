@@ -19,9 +19,8 @@ every code path; users have no reason to.
                    (never v4's five kernels, cuda/dla_prefill_v4.cuh), split automatic (all for side-by-side
                    measurements); splits >= 0 take v4 where its gate is open
     dla_decode     DLA decode step on CUDA: 0 = automatic (the one-kernel step of cuda/dla_decode_v3.cu where
-                   enabled, else the two-kernel step of cuda/dla_decode_v2.cu where enabled), 1 = the first
-                   kernel (cuda/dla_decode.cu), 2 = the second (cuda/dla_decode_v2.cu; both for side-by-side
-                   measurements)
+                   enabled, else the two-kernel step of cuda/dla_decode_v2.cu), 2 = the two-kernel step (for
+                   side-by-side measurements; 1, the first kernel, is gone since session 27)
 """
 
 from __future__ import annotations
