@@ -14,7 +14,9 @@ per call:
 * ``chain``: DLA steps back to back, each from the cache the step before returned (the real decode loop).
 
 Then session 27's figures (bench/results/gpu_h200_s27.json: host, device and decode call time on an H200,
-before this work) beside the current ones (same device kind only: compare H200 with H200).
+before this work) beside the current ones (same device kind only: compare H200 with H200). The DLA step's
+launch before its value checks is gated (cuda/runtime.cu's kCompiled: "dla_launch_before_checks"): run once
+without and once with ATTNKIT_CUDA_UNVERIFIED=1 to see that part before and after in one build.
 ``--dry`` runs the same calls on NumPy arrays (small shapes, no GPU) to check the script itself.
 
     python bench/bench_gpu_host.py [--dry] [--json out.json]
@@ -169,8 +171,11 @@ def main(argv=None) -> int:
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         device = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     t0 = time.monotonic()
+    has = getattr(attnkit._core, "cuda_has_kernel", None)
+    gate = bool(has and has("dla_launch_before_checks"))
     print(f"bench_gpu_host on {device}, attnkit {attnkit.__version__}"
-          f"{f', peak {peak:.0f} GB/s' if peak else ''}", flush=True)
+          f"{f', peak {peak:.0f} GB/s' if peak else ''}; DLA step launched before its value checks: "
+          f"{'yes' if gate else 'no'} (gate dla_launch_before_checks, ATTNKIT_CUDA_UNVERIFIED=1)", flush=True)
     us = lambda x: "-" if x is None else f"{x * 1e6:.1f}"  # noqa: E731
     rows = []
     for name, (fn, nbytes, chain) in cases(xp, attnkit, torch, a.dry).items():
@@ -206,7 +211,8 @@ def main(argv=None) -> int:
     print(f"bench_gpu_host: {len(rows)} calls in {time.monotonic() - t0:.1f} s", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps({"device": device, "peak_gbs": peak, "rows": rows,
-                                            "baseline": str(BASELINE)}, indent=2) + "\n")
+                                            "dla_launch_before_checks": gate, "baseline": str(BASELINE)},
+                                           indent=2) + "\n")
     return 0
 
 
