@@ -92,8 +92,8 @@ class _CudaTiming:
         return pipelined_seconds(self.cupy, fn, n=n)
 
 
-def cases(xp, attnkit, torch, dry):
-    """{name: (fn, bytes read or None, chained step factory or None)}."""
+def cases(xp, attnkit, torch, dry, only="all"):
+    """{name: (fn, bytes read or None, chained step factory or None)}; only="dla": the DLA steps alone."""
     rng = np.random.default_rng(0)
 
     def randn(shape, scale=1.0):
@@ -101,6 +101,8 @@ def cases(xp, attnkit, torch, dry):
         return xp.asarray(x)
 
     out = {}
+    if only == "dla":
+        return _dla_cases(xp, attnkit, dry, randn, rng, out)
     tiny = [randn((1, 1, 4, 64)) for _ in range(3)]
     out["tiny_f16"] = (lambda: attnkit.attention(*tiny), None, None)
     B, Hq, Hkv, D, Sk = (1, 4, 2, 16, 256) if dry else (4, 32, 8, 128, 16384)
@@ -112,6 +114,10 @@ def cases(xp, attnkit, torch, dry):
         tq, tk, tv = (torch.from_dlpack(x) for x in (q, k, v))
         out["decode_16k_torch_sdpa"] = (
             lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, enable_gqa=True), kv_bytes, None)
+    return _dla_cases(xp, attnkit, dry, randn, rng, out)
+
+
+def _dla_cases(xp, attnkit, dry, randn, rng, out):
     B, H, S, D, C = (1, 2, 64, 16, 4) if dry else (4, 16, 4096, 64, 16)
     dq, dk, dv = (randn((B, H, S, D), 0.35) for _ in range(3))
     lam = xp.asarray((rng.random((B, H, S, C), dtype=np.float32) * (2.0 / C)).astype(np.float16))
@@ -151,6 +157,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry", action="store_true", help="NumPy arrays, small shapes, no GPU: checks the script")
     ap.add_argument("--json", default=None, help="also write the rows here (a path)")
+    ap.add_argument("--gate-ab", action="store_true",
+                    help="where the gate dla_launch_before_checks is open (ATTNKIT_CUDA_UNVERIFIED=1), also run the DLA "
+                         "steps in a child process without ATTNKIT_CUDA_UNVERIFIED (the gate closed): before / after "
+                         "of that part in one build")
+    ap.add_argument("--only", choices=("all", "dla"), default="all", help=argparse.SUPPRESS)
+    ap.add_argument("--no-torch", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import attnkit
@@ -165,7 +177,7 @@ def main(argv=None) -> int:
         if cupy is None:
             print(f"bench_gpu_host: no GPU here ({reason}); --dry runs the script on NumPy")
             return 0
-        torch = torch_or_none()
+        torch = None if a.no_torch else torch_or_none()
         xp, timing = cupy, _CudaTiming(cupy, torch)
         peak, _ = device_peak_gbs(cupy)
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
@@ -178,7 +190,7 @@ def main(argv=None) -> int:
           f"{'yes' if gate else 'no'} (gate dla_launch_before_checks, ATTNKIT_CUDA_UNVERIFIED=1)", flush=True)
     us = lambda x: "-" if x is None else f"{x * 1e6:.1f}"  # noqa: E731
     rows = []
-    for name, (fn, nbytes, chain) in cases(xp, attnkit, torch, a.dry).items():
+    for name, (fn, nbytes, chain) in cases(xp, attnkit, torch, a.dry, a.only).items():
         r = {"call": name}
         is_torch = name.endswith("torch_sdpa")
         r["host_s"] = None if is_torch else timing.host(fn)
@@ -198,8 +210,19 @@ def main(argv=None) -> int:
                                           for k, g in gbs.items())
         print(line, flush=True)
         rows.append(r)
+    if a.gate_ab and gate and not a.dry:
+        import os
+        import subprocess
+
+        env = {k: v for k, v in os.environ.items() if k != "ATTNKIT_CUDA_UNVERIFIED"}
+        res = subprocess.run([sys.executable, __file__, "--only", "dla", "--no-torch"], env=env, capture_output=True,
+                             text=True, timeout=120)
+        for line in res.stdout.splitlines()[1:-1]:
+            print(f"  gate closed: {line}")
+        if res.returncode:
+            print(f"  gate closed: the child failed ({res.returncode}): {res.stderr.strip()[-300:]}")
     base = baseline_rows()
-    if base and not a.dry:
+    if base and not a.dry and a.only == "all":
         print(f"session 27 (H200, before; {BASELINE.name}) -> now ({device}):")
         for r in rows:
             b = base.get(r["call"])
