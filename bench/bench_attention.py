@@ -31,9 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-# OpenBLAS threads spin ~0.1 s after each BLAS call (the NumPy contenders, the matmul ceiling), on cores the
-# next contender needs at several threads: they sleep at once with this (bench_decode.py does the same).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+import _quiet_blas  # noqa: F401  (before NumPy: OpenBLAS's threads sleep at once after a call)
 
 import numpy as np
 

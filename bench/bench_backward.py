@@ -23,6 +23,7 @@ the forward). Writes bench/results/linear_backward_<isa>.json.
 
 from __future__ import annotations
 
+import _quiet_blas  # noqa: F401  (before NumPy: OpenBLAS's threads sleep at once after a call)
 import argparse
 import json
 from pathlib import Path

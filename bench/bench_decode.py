@@ -32,13 +32,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-# OpenBLAS's threads spin for 2^28 cycles (~0.1 s) after each call. The ceiling's BLAS dot runs just before
-# attnkit in each round, and at 2 threads its spinning thread took a core from attnkit's: 2-thread decode read
-# 11.8-13.0 GB/s after a dot, 22.3-23.9 without one and 19.0-24.1 after one with this setting (session 26, Zen 3;
-# bench/results/history/decode_avx2_s26_threads_probe.json): the "two threads scale 1.2-1.3x" of the 2-thread
-# tables before it.
-# 2^4 cycles: they sleep at once. (Read when NumPy loads its OpenBLAS: it must be set before the import.)
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+import _quiet_blas  # noqa: F401  (before NumPy: OpenBLAS's threads sleep at once after the ceiling's dot)
 
 import numpy as np  # noqa: E402
 

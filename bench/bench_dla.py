@@ -22,6 +22,7 @@ beside this ISA's (one worker process per path, driven alternately).
 
 from __future__ import annotations
 
+import _quiet_blas  # noqa: F401  (before NumPy: OpenBLAS's threads sleep at once after a call)
 import argparse
 from pathlib import Path
 

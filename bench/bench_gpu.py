@@ -36,7 +36,7 @@
 * Linear attention (elu+1), Performer (m=256) and DLA prefill (tokens/s) and DLA decode (one token with a
   cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..).
 * DLA prefill kernels side by side (``--dla-sweep``, on under ``--quick``; S = 4096, 16384): the first CUDA
-  kernel vs the second (``cuda/dla_prefill_v2.cu``) with each column split (tuning option ``dla_split``),
+  kernel vs DLA prefill v4 (``cuda/dla_prefill_v4.cuh``) with each column split (tuning option ``dla_split``),
   whether the splits give the same bits, and the largest difference between the two kernels.
 * Linear-attention kernel variants (``--linear-sweep``, on under ``--quick``): linear attention and
   Performer (bidirectional and causal, S = 4096 and 16384) once per variant of cuda/linear.cu's internal
@@ -295,24 +295,22 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
         row["performer_causal_mma"] = bool(has and has("performer_attention_mma2_causal")) and \
             os.environ.get("ATTNKIT_PERFORMER_CAUSAL_MMA") != "0"
         # dla_prefill runs v4's five kernels (cuda/dla_prefill_v4.cuh) where its gate is open (ATTNKIT_DLA_V4=0
-        # turns it off); dla_prefill_v3 and dla_prefill_v2 are the previous paths side by side (tuning dla_split =
-        # -3: v3, or v2 where v3's gate is closed; -2: v2, the verified default), measured only when v4 ran.
+        # turns it off; v2 and v3, side by side here until session 27, were removed then), with C1 + C2 fused into
+        # v5's one pass (cuda/dla_prefill_v5.cuh) where that gate is open (ATTNKIT_DLA_V5=0 turns it off); then
+        # dla_prefill_v4 is v4's C1 + C2 beside it (tuning dla_split = -2), measured only when v5 ran.
         row["dla_prefill_v4"] = bool(has and has("dla_prefill_v4")) and os.environ.get("ATTNKIT_DLA_V4") != "0"
-        if row["dla_prefill_v4"] and row.get("dla_prefill_s"):
-            t3, note3 = attempt(lambda: with_tuning(attnkit, "dla_split", -3, lambda: timer(calls["dla_prefill"][1])))
-            if t3:
-                row["dla_prefill_v3_s"], row["dla_prefill_v3_tokens_per_s"] = t3, B * S / t3
+        row["dla_prefill_v5"] = row["dla_prefill_v4"] and bool(has and has("dla_prefill_v5")) and \
+            os.environ.get("ATTNKIT_DLA_V5") != "0"
+        if row["dla_prefill_v5"] and row.get("dla_prefill_s"):
+            t4, note4 = attempt(lambda: with_tuning(attnkit, "dla_split", -2, lambda: timer(calls["dla_prefill"][1])))
+            if t4:
+                row["dla_prefill_v4_s"], row["dla_prefill_v4_tokens_per_s"] = t4, B * S / t4
             else:
-                row["dla_prefill_v3_note"] = note3
-            t2, note2 = attempt(lambda: with_tuning(attnkit, "dla_split", -2, lambda: timer(calls["dla_prefill"][1])))
-            if t2:
-                row["dla_prefill_v2_s"], row["dla_prefill_v2_tokens_per_s"] = t2, B * S / t2
-            else:
-                row["dla_prefill_v2_note"] = note2
+                row["dla_prefill_v4_note"] = note4
         for name in ("linear", "performer"):
             if row.get(f"{name}_s") and row.get("exact_s"):
                 row[f"{name}_speedup_vs_exact"] = row["exact_s"] / row[f"{name}_s"]
-        for name in ("linear_causal", "performer_causal", "dla_prefill", "dla_prefill_v3", "dla_prefill_v2"):
+        for name in ("linear_causal", "performer_causal", "dla_prefill", "dla_prefill_v4"):
             if row.get(f"{name}_s") and row.get("exact_causal_s"):
                 row[f"{name}_speedup_vs_exact"] = row["exact_causal_s"] / row[f"{name}_s"]
         # decode: one token after S tokens. DLA from its cache (O(C D^2)); exact attention over S keys.
@@ -475,14 +473,14 @@ def format_row(r) -> str:
                 f"torch {fmt(r.get('torch_pipelined_gbs'), '.0f')} GB/s){note}"[:240])
     if r["kind"] == "dla_split":
         parts = [f"dla    {r['dtype']:>8} S={r['S']:<5}"]
-        sv = next((x for x in ("v4", "v3") if any(f"{x}_split{n}_tokens_per_s" in r or f"{x}_split{n}_note" in r
-                                                  for n in (0, 1, 2, 4))), "v2")
-        for name in ("v1", "v2_auto", "v3_auto") + tuple(f"{sv}_split{n}" for n in (0, 1, 2, 4)):
+        sv = next((x for x in ("v5", "v4") if any(f"{x}_split{n}_tokens_per_s" in r or f"{x}_split{n}_note" in r
+                                                  for n in (0, 1, 2, 4))), "v1")
+        for name in ("v1", "v4_auto") + tuple(f"{sv}_split{n}" for n in (0, 1, 2, 4)):
             tps = r.get(f"{name}_tokens_per_s")
             parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
-        parts.append(f"splits same bits {r.get('v2_splits_same_bits', '-')}  v3 = v2 bits "
-                     f"{r.get('v3_same_bits_as_v2', '-')}  |v2-v1| "
-                     f"{fmt(r.get('v2_vs_v1_max_abs_diff'), '.2g')} of {fmt(r.get('v1_max_abs'), '.2g')}")
+        parts.append(f"splits same bits {r.get('splits_same_bits', '-')}  v5 = v4 bits "
+                     f"{r.get('v5_same_bits_as_v4', '-')}  |default-v1| "
+                     f"{fmt(r.get('default_vs_v1_max_abs_diff'), '.2g')} of {fmt(r.get('v1_max_abs'), '.2g')}")
         return "  ".join(parts) + "  (Mtok/s)"
     if r["kind"] == "linear_sweep":
         parts = [f"sweep  {r['variant']:<13} S={r['S']:<5}"]
@@ -495,7 +493,7 @@ def format_row(r) -> str:
         return "  ".join(parts) + "  (Mtok/s)"
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
     for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
-                 "dla_prefill_v3", "dla_prefill_v2", "exact_decode", "dla_decode", "dla_decode_v2"):
+                 "dla_prefill_v4", "exact_decode", "dla_decode", "dla_decode_v2"):
         tps = r.get(f"{name}_tokens_per_s")
         parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
     return "  ".join(parts) + "  (Mtok/s)"

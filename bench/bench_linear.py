@@ -20,6 +20,7 @@ per path, driven alternately). Writes bench/results/linear_<isa>.json.
 
 from __future__ import annotations
 
+import _quiet_blas  # noqa: F401  (before NumPy: OpenBLAS's threads sleep at once after a call)
 import argparse
 import json
 import os

@@ -14,6 +14,7 @@ matmul ceiling (NumPy and torch, 2048^3) beside the figures.
 
 from __future__ import annotations
 
+import _quiet_blas  # noqa: F401  (before NumPy: OpenBLAS's threads sleep at once after a call)
 import argparse
 import os
 import statistics

@@ -13,6 +13,7 @@ of --threads; --vs-isa generic adds each mechanism timed on the generic micro-ke
 
 from __future__ import annotations
 
+import _quiet_blas  # noqa: F401  (before NumPy: OpenBLAS's threads sleep at once after a call)
 import argparse
 from pathlib import Path
 

@@ -252,11 +252,8 @@ LINEAR_SWEEP = [
     ("v2 seg128", {"ATTNKIT_LINEAR_CUDA_SEG": "128"}, ("linear", "performer")),
     ("v2 seg512", {"ATTNKIT_LINEAR_CUDA_SEG": "512"}, ("linear", "performer")),
     ("v2 seg2048", {"ATTNKIT_LINEAR_CUDA_SEG": "2048"}, ("linear", "performer")),
-    # DLA prefill v3 (dla_prefill_v3.cuh; float16, C = 16, random data: a merge at every token): only the warp
-    # scan (ATTNKIT_DLA_V3=1), beside the dla line's v2 (no part) and v3 (default 3) in the main process
-    ("dla v3 scan only", {"ATTNKIT_DLA_V3": "1"}, ("dla",)),
-    # ... and v3 with K S_open by row groups too (bit 4, off by default: a non-inlined call in the kernel)
-    ("dla v3 +ks", {"ATTNKIT_DLA_V3": "7"}, ("dla",)),
+    # DLA prefill: v4 off (ATTNKIT_DLA_V4=0: the first kernel, dla_prefill.cu) beside the dla line's default
+    ("dla v4 off", {"ATTNKIT_DLA_V4": "0"}, ("dla",)),
 ]
 
 
@@ -338,12 +335,11 @@ def linear_sweep(ctx, sizes, reps, warmup, target_s):
 
 def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
     """DLA prefill, the CUDA kernels side by side (tuning option dla_split): -1 = the first kernel
-    (cuda/dla_prefill.cu), -2 = the second one (dla_prefill_v2.cu) with its automatic column split, 0 = the
-    third one (v3: v2 with dla_prefill_v3.cuh's warp scan and batched loads; v2 where the gate
-    dla_prefill_v3 is closed) with the automatic split, 1/2/4 = the same with that many blocks per (batch,
-    head). v3's parts alone: LINEAR_SWEEP's "dla v3 scan only" (ATTNKIT_DLA_V3=1, a fresh process). Same inputs
-    as linear_rows. Also records whether every split gives the same bits (it should), whether v3 gives v2's
-    bits (it should), and the largest difference from the first kernel."""
+    (cuda/dla_prefill.cu), 0 = the default path (DLA prefill v4, cuda/dla_prefill_v4.cuh, where its gate is open
+    and ATTNKIT_DLA_V4 is not 0) with the automatic column split, 1/2/4 = the same with that many blocks per
+    (batch, head) of its state pass. Same inputs as linear_rows. Also records whether every split gives the same
+    bits (it should) and the largest difference from the first kernel. (v2 and v3, measured here until session
+    27, were removed then.)"""
     cupy, attnkit, timer, kernels = ctx["cupy"], ctx["attnkit"], ctx["timer"], ctx["kernels"]
     if kernels["dynamic_linear_attention"]:
         return
@@ -355,20 +351,18 @@ def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
         q, k, v = (randn(cupy, (B, H, S, D), dtype, 1 / math.sqrt(math.sqrt(D))) for _ in range(3))
         lam = (cupy.random.random((B, H, S, C), dtype=np.float32) * (2.0 / C)).astype(dtype)
         row = {"kind": "dla_split", "dtype": dtype, "B": B, "H": H, "S": S, "D": D, "dla_capacity": C}
-        # splits >= 0 run v3 (v2 + warp scan + batched loads) where its gate is open, else v2; -2 = v2, split auto
-        sv = "v3" if attnkit._core.cuda_has_kernel("dla_prefill_v3") else "v2"
-        # splits >= 0 run v4's five kernels (dla_prefill_v4.cuh) where its gate is open and ATTNKIT_DLA_V4 is not 0;
-        # -3 = v3 (or v2) beside it; "v3_same_bits_as_v2" then compares v4's split 0 with v2 (same bits expected)
-        if attnkit._core.cuda_has_kernel("dla_prefill_v4") and os.environ.get("ATTNKIT_DLA_V4") != "0":
-            sv = "v4"
+        sv = "v4" if (attnkit._core.cuda_has_kernel("dla_prefill_v4") and os.environ.get("ATTNKIT_DLA_V4") != "0") \
+            else "v1"
+        if sv == "v4" and attnkit._core.cuda_has_kernel("dla_prefill_v5") and os.environ.get("ATTNKIT_DLA_V5") != "0":
+            sv = "v5"  # splits >= 0 run v5's fused pass C (dla_prefill_v5.cuh); -2 = v4's C1 + C2 beside it
         ys = {}
-        for split in (-1, -2, -3, 0, 1, 2, 4):
+        for split in (-1, -2, 0, 1, 2, 4) if sv == "v5" else (-1, 0, 1, 2, 4):
             def call(split=split):
                 with tuning(dla_split=split):
                     return attnkit.dynamic_linear_attention(q, k, v, lam, capacity=C)
 
             t, note = attempt(lambda: timer(call))
-            name = {-1: "v1", -2: "v2_auto", -3: "v3_auto"}.get(split, f"{sv}_split{split}")
+            name = {-1: "v1", -2: "v4_auto"}.get(split, f"{sv}_split{split}")
             if t:
                 row[f"{name}_s"], row[f"{name}_tokens_per_s"] = t, B * S / t
                 y, _ = call()
@@ -377,11 +371,11 @@ def dla_split_rows(ctx, sizes, B=4, H=16, D=64, C=16, dtype="float16"):
                 row[f"{name}_note"] = note
         v2 = [ys[s] for s in (0, 1, 2, 4) if s in ys]
         if len(v2) > 1:
-            row["v2_splits_same_bits"] = all(bool((x == v2[0]).all()) for x in v2[1:])
+            row["splits_same_bits"] = all(bool((x == v2[0]).all()) for x in v2[1:])
         if v2 and -2 in ys:
-            row["v3_same_bits_as_v2"] = bool((v2[0] == ys[-2]).all())
+            row["v5_same_bits_as_v4"] = bool((v2[0] == ys[-2]).all())
         if v2 and -1 in ys:
-            row["v2_vs_v1_max_abs_diff"] = float(cupy.abs(v2[0] - ys[-1]).max())
+            row["default_vs_v1_max_abs_diff"] = float(cupy.abs(v2[0] - ys[-1]).max())
             row["v1_max_abs"] = float(cupy.abs(ys[-1]).max())
         ctx["add"](row)
         del q, k, v, lam, ys, v2

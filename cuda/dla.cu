@@ -1,6 +1,7 @@
 // Dynamic linear attention on the GPU: the entry point. The decode step (T = 1) runs dla_decode_v3.cu's
-// kernel (or dla_decode_v2.cu's two) and everything else the chunked form of dla_prefill.cu, in exactly the
-// cases where the CPU takes its decode path (cpu/dla_decode.h) and its chunked form (cpu/dla_prefill.h).
+// kernel (or dla_decode_v2.cu's two) and everything else a chunked form (DLA prefill v4, dla_prefill_v4.cuh,
+// or dla_prefill.cu), in exactly the cases where the CPU takes its decode path (cpu/dla_decode.h) and its
+// chunked form (cpu/dla_prefill.h).
 //
 // Work mapping. One block of 256 threads per (batch, head) item, grid-stride over the items (a few blocks
 // per SM, fewer when the per-block scratch would pass 1 GiB): the cache makes each item sequential over its
@@ -56,16 +57,11 @@ void dynamic_linear_attention(const DLAProblem& p) {
   const cudaStream_t stream = as_stream(p.stream);
   if (p.B * p.H == 0) return;  // nothing to write
   const bool decode = dla::takes_decode_path(p);
-  // The second chunked prefill (dla_prefill_v2.cu; gate "dla_prefill_v2", verified); tuning dla_split = -1
-  // takes the first one (measurements side by side).
-  static const bool v2_enabled = has_kernel("dla_prefill_v2");
-  // v2 with the merge scan on a warp and batched chunk loads (dla_prefill_v3.cuh; gate "dla_prefill_v3",
-  // not yet verified); tuning dla_split = -2 takes v2 (side by side).
-  static const bool v3_enabled = has_kernel("dla_prefill_v3");
-  // Five kernels (dla_prefill_v4.cuh; gate "dla_prefill_v4", not yet verified): the chunk-local score tables of
-  // every chunk at once, the carried column and boundaries per item, the merge chain on a warp per item, the states
-  // at every chunk start per (item, column slice), the readout of every chunk at once. ATTNKIT_DLA_V4=0 (read
-  // once) turns it off; tuning dla_split = -3 takes v3 (side by side).
+  // DLA prefill v4 (dla_prefill_v4.cuh in dla_prefill_v2.cu; gate "dla_prefill_v4", verified on an H200 in
+  // session 27): the only fast prefill (v2 and v3 were removed in session 27). ATTNKIT_DLA_V4=0 (read once)
+  // turns it off, tuning dla_split = -1 takes the first kernel beside it (dla_prefill.cu, which also runs where
+  // v4 declines: a chunk layout past the device's shared memory, or one item's score tables past the scratch
+  // budget).
   static const bool v4_enabled = has_kernel("dla_prefill_v4") && [] {
     const char* e = std::getenv("ATTNKIT_DLA_V4");
     return !(e && std::strcmp(e, "0") == 0);
@@ -82,17 +78,14 @@ void dynamic_linear_attention(const DLAProblem& p) {
   }();
   const bool dec3 = dec3_enabled && tuning().dla_decode.load() == 0;
   const int64_t split = tuning().dla_split.load();
-  const bool v4 = v4_enabled && split >= 0;
-  const bool v3 = v3_enabled && (split >= 0 || split == -3);
-  const bool v2 = v2_enabled && (split >= 0 || split == -2 || split == -3);
+  const bool v4 = v4_enabled && (split >= 0 || split == -2);  // -2: v4 without v5 (dla_prefill_v5.cuh)
   dispatch_float(p.dtype, [&](auto tag) {
     using St = decltype(tag);
     if (decode && dec3 && dla::launch_decode_v3<St>(p, stream))
       return;
     if (decode)
       dla::launch_decode_v2<St>(p, stream);
-    else if (!(v4 && dla::launch_prefill_v4<St>(p, stream)) && !(v3 && dla::launch_prefill_v3<St>(p, stream)) &&
-             !(v2 && dla::launch_prefill_v2<St>(p, stream)))
+    else if (!(v4 && dla::launch_prefill_v4<St>(p, stream)))
       dla::launch_prefill<St>(p, stream);
   });
 }

@@ -41,17 +41,10 @@ unsigned grid_for(int64_t items, std::size_t per_block, int device);
 
 template <class St>
 void launch_prefill(const DLAProblem& p, cudaStream_t stream);
-/// dla_prefill_v2.cu: the faster chunked prefill; false (nothing launched) when its chunk does not fit in
-/// the device's shared memory, and the caller takes launch_prefill.
-template <class St>
-bool launch_prefill_v2(const DLAProblem& p, cudaStream_t stream);
-/// dla_prefill_v2.cu with dla_prefill_v3.cuh: v2 with the merge scan on a warp and batched chunk
-/// loads (gate "dla_prefill_v3", dla.cu); false as launch_prefill_v2.
-template <class St>
-bool launch_prefill_v3(const DLAProblem& p, cudaStream_t stream);
 /// dla_prefill_v2.cu with dla_prefill_v4.cuh: five kernels (per-chunk score tables, boundaries from the open
 /// state, the merge chain on a warp, the states at every chunk start, the readout of every chunk at once);
-/// gate "dla_prefill_v4" (dla.cu); false as launch_prefill_v2.
+/// gate "dla_prefill_v4" (dla.cu); false (nothing launched) when its chunk layout does not fit in the device's
+/// shared memory or one item's score tables pass the scratch budget, and the caller takes launch_prefill.
 template <class St>
 bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream);
 /// dla_decode_v2.cu: the decode step as two kernels (decisions per item, then the states over a grid of

@@ -1,40 +1,29 @@
-// Dynamic linear attention on the GPU, chunked prefill, second version ("dla_prefill_v2", gated in
-// cuda/runtime.cu kCompiled; dla.cu takes it when has_kernel("dla_prefill_v2") and the chunk fits in shared
-// memory, else dla_prefill.cu). Same semantics and nearly the same arithmetic as dla_prefill.cu (which
-// follows cpu/dla_prefill.h): the same chunk boundaries, scan, merge order, and the same formulas and
-// summation orders for the decisions and states (the carried states' readout scales after the product, and
-// p_r sums in another order: rounding only); what changed is where the data lives and who computes what:
+// Dynamic linear attention on the GPU, the chunked prefill's fast path: DLA prefill v4 (dla_prefill_v4.cuh's five
+// kernels, A1 A2 B C1 C2; verified on an H200 in session 27) and the building blocks it shares with the second
+// prefill kernel it replaced (session 27 removed that kernel, "dla_prefill_v2", and its variant v3 with the warp
+// scan: v4 was faster in every measured case and covers every dtype; they survive only as this file's name, the
+// v2 namespace and Lay / Blk). dla.cu takes v4 (launch_prefill_v4) unless ATTNKIT_DLA_V4=0, tuning dla_split =
+// -1, or v4 declines (false: its layout does not fit in the device's shared memory, or a single item's score
+// tables pass the scratch budget); then dla_prefill.cu, the first kernel, runs. Same semantics and nearly the
+// same arithmetic as dla_prefill.cu (which follows cpu/dla_prefill.h): the same chunk boundaries, scan, merge
+// order, and the same formulas and summation orders for the decisions and states (the carried states' readout
+// scales after the product, and p_r sums in another order: rounding only):
 //
-// * The chunk (Q^T, K^T, V^T and V, the Gram products, the readout weights, the entry-list snapshots) lives
-//   in dynamic shared memory instead of global scratch; the cache's state slots stay in global scratch.
-// * The Gram lower triangles K K^T, V V^T (double) and Q K^T are register tiles of kTg x kTg per thread.
-// * The scan's in-chunk pair sums p_r = sum_{open_lo <= j < r} e^{G_r-G_j} KK_rj VV_rj come from per-row
-//   suffix sums computed in parallel before the scan (summed from j = r-1 down instead of up: a double
-//   rounding difference only). The scores themselves do not depend on the scan beyond the start s of the
-//   open state (A follows from s alone while no boundary intervenes), so a table of every row's score under
-//   every possible s (carried in, or opened at chunk row s) is computed in parallel first (the A chains one
-//   thread each, then one score per thread, each step the scan's own arithmetic); thread 0's serial scan
-//   then only looks scores up and does the bookkeeping. Its merges pick the pair exactly as
-//   math::dla_merge_pair does, from ratios cached per pair (recomputed where a pair changes).
-// * The readout weights are computed one (row, unit) per thread (was one row per thread).
-// * The readout: kRt rows x 1 column per thread in registers, y = P V, then each carried state's term
-//   w_ru sum_d q_rd S_u[d][e] with S_u read from the slots (every warp reads the same rows: L1) and Q^T
-//   from shared memory (16-byte broadcasts); no barrier inside (was: every output element re-reading every
-//   state from global memory).
-// * Column split: each (batch, head) item is run by `ns` blocks, each owning a slice of the Dv output
-//   columns for the readout (the dominant O(L C Dk Dv) work per chunk). Every slice block runs the same
-//   scan and keeps the full cache (the scan needs the whole open state), redundantly and deterministically
-//   (identical code on identical data); only slice 0 writes the aux outputs and the cache.
-//   ns: the tuning option "dla_split" (cpp/src/tuning.h; attnkit._tuning.tuning(dla_split=n) in Python;
-//   1..8; 0, the default: automatic, about one block per SM: clamp(SMs / (B*H), 1, 4)), never more than Dv.
-// * The states at the chunk's end: kDt state rows per thread (one column), K rows from shared memory.
+// * Each chunk (Q^T, K^T, V^T and V, the Gram products, the readout weights, the entry-list snapshots) lives in
+//   dynamic shared memory (Lay, dla_prefill_v2.cuh); the Gram lower triangles K K^T, V V^T (double) and Q K^T
+//   are register tiles of kTg x kTg per thread.
+// * The scan's in-chunk pair sums p_r = sum_{open_lo <= j < r} e^{G_r-G_j} KK_rj VV_rj come from per-row suffix
+//   sums (summed from j = r-1 down instead of up: a double rounding difference only); the scores depend on the
+//   scan only through the start s of the open state, so a table of every row's score under every possible s is
+//   computed in parallel (the A chains one thread each, then one score per thread, each step the scan's own
+//   arithmetic).
+// * The readout weights one (row, unit) per thread; the readout kRt rows x 1 column per thread in registers:
+//   y = P V, then each carried state's term w_ru sum_d q_rd S_u[d][e]; the states at a chunk's end kDt state
+//   rows per thread (one column), K rows from shared memory.
 //
-// What stays serial per chunk (and bounds the speed at B*H ~ #SMs): thread 0's scan (with a merge at
-// nearly every token when every token opens a state, as random data do) and the per-chunk barriers.
-//
-// Every reduction is a fixed loop of one thread or a fixed tree over the block: deterministic, and the
-// results do not depend on ns (each output element is computed by exactly the same sequence of operations
-// whichever block owns it).
+// Every reduction is a fixed loop of one thread or a fixed tree over the block: deterministic, and the results do
+// not depend on the launch (each output element is computed by the same sequence of operations whichever block
+// owns it).
 
 #include "cuda/dla_common.cuh"
 #include "cuda/dla_prefill_v2.cuh"
@@ -111,46 +100,6 @@ struct Blk {
     return factored ? er[r] * fj[j] : exp(G[r] - G[j]);
   }
 
-  /// The merge ratio of the adjacent pair (i, i+1): math::dla_merge_pair's expression, verbatim.
-  __device__ __forceinline__ double pair_ratio(int64_t i) const {
-    return (static_cast<double>(info[i]) + static_cast<double>(info[i + 1])) /
-           static_cast<double>(count[i] + count[i + 1]);
-  }
-
-  /// Thread 0: cpu/dla_cache.h merge_entries on the entry list (m == C entries), the pair chosen exactly as
-  /// math::dla_merge_pair (first pair on ties, the same comparisons) but from cached ratios: ratio[j] holds
-  /// pair_ratio(j) for every pair not involving the open entry (j <= m-3; an entry stops changing once it
-  /// is not the open one, and merges recompute the pairs they touch), the open pair is computed here (its
-  /// entry is final: this token opens a new one). Keeps the cache valid for j <= m-3 after the merge.
-  __device__ int64_t merge_entries(int64_t& m, int64_t r) {
-    ratio[m - 2] = pair_ratio(m - 2);
-    int64_t i = 0;
-    double best_ratio = 0;
-#pragma unroll 4
-    for (int64_t j = 0; j + 1 < m; ++j) {
-      const double rj = ratio[j];
-      if (j == 0 || rj < best_ratio) {  // strict: an equal ratio keeps the older pair
-        i = j;
-        best_ratio = rj;
-      }
-    }
-    count[i] += count[i + 1];
-    info[i] += info[i + 1];
-    death[unit[i + 1]] = static_cast<int32_t>(r);  // entry i+1's first unit stops starting an entry at row r
-    for (int64_t j = i + 1; j + 1 < m; ++j) {
-      slot[j] = slot[j + 1];
-      count[j] = count[j + 1];
-      info[j] = info[j + 1];
-      start[j] = start[j + 1];
-      unit[j] = unit[j + 1];
-      if (j + 1 <= m - 2) ratio[j] = ratio[j + 1];
-    }
-    --m;
-    if (i >= 1) ratio[i - 1] = pair_ratio(i - 1);
-    if (i + 1 < m) ratio[i] = pair_ratio(i);
-    return i;
-  }
-
   /// The information score of row r when the open state is the one carried in (s < 0) or the one opened at
   /// chunk row s < r, with no boundary since: the chain of A = ||S_open||^2 from the state's start, each
   /// step exactly the scan's arithmetic (dla_prefill.cu: A = a_r^2 A_after, p_r, then A_after =
@@ -178,63 +127,6 @@ struct Blk {
   __device__ __forceinline__ void score_entry(int64_t s, int64_t r) {
     double& x = s < 0 ? Ac[r] : Sc[r * LP + s];
     x = static_cast<double>(static_cast<R>(math::dla_info_score(p.state_drift, x, Bv[r], pair_sum(s, r), n)));
-  }
-
-  /// Thread 0: dla_prefill.cu's scan, the scores read from the table. Per row it records the score, the
-  /// boundary and the merged pair (rowI, rowOpen, rowMerged: the aux outputs, written by every thread after
-  /// the scan) and, per unit, the row at which it stopped starting an entry (death, set to "never" by the
-  /// block before the scan): the entry lists of every row follow from those (snapshots(), in parallel).
-  __device__ void scan(int64_t t0, int64_t Lc, int64_t m_in, int64_t& m, int64_t& nfree) {
-    for (int64_t u = 0; u < m_in; ++u) {
-      in_slot[u] = slot[u];
-      unit[u] = u;
-    }
-    for (int64_t j = 0; j + 2 < m; ++j) ratio[j] = pair_ratio(j);
-    bool carried = m_in > 0;
-    int64_t open_lo = 0;
-    for (int64_t r = 0; r < Lc; ++r) {
-      const R I = m == 0 ? R(0) : static_cast<R>(carried ? Ac[r] : Sc[r * LP + open_lo]);
-      const bool opens = math::dla_opens_state(I, p.tau, C, m);
-      int64_t merged = -1;
-      if (opens) {
-        if (m == C)
-          merged = merge_entries(m, r);
-        else if (m >= 2)
-          ratio[m - 2] = pair_ratio(m - 2);  // the open entry's pair: final now
-        count[m] = 1;
-        info[m] = I;
-        start[m] = p.position + t0 + r;
-        unit[m] = m_in + r;
-        ++m;
-        open_lo = r;
-        carried = false;
-      } else {
-        count[m - 1] += 1;
-        info[m - 1] += I;
-      }
-      rowI[r] = I;
-      rowOpen[r] = opens ? 1 : 0;
-      rowMerged[r] = static_cast<int32_t>(merged);
-    }
-    assign_slots(m, Lc, m_in, nfree);
-  }
-
-  /// Thread 0, after a scan: the slots of the chunk's entries (cpu/dla_prefill.h's order): an entry holding
-  /// carried units keeps its first unit's slot and frees the others', then the entries of chunk tokens only
-  /// take free slots.
-  __device__ void assign_slots(int64_t m, int64_t Lc, int64_t m_in, int64_t& nfree) {
-    for (int pass = 0; pass < 2; ++pass)
-      for (int64_t i = 0; i < m; ++i) {
-        const int64_t ulo = unit[i], uhi = i + 1 < m ? unit[i + 1] : m_in + Lc;
-        if ((ulo < m_in) != (pass == 0)) continue;
-        if (ulo < m_in) {
-          const int64_t ue = uhi < m_in ? uhi : m_in;
-          for (int64_t u = ulo + 1; u < ue; ++u) free_[nfree++] = in_slot[u];
-          slot[i] = in_slot[ulo];
-        } else {
-          slot[i] = free_[--nfree];
-        }
-      }
   }
 
   /// Row r's entry list after its insert (the scan's list at that point), rebuilt from the scan's record:
@@ -292,35 +184,6 @@ struct Blk {
 #pragma unroll
         for (int c = 0; c < kTg; ++c) g[a][c] += static_cast<double>(vr[a]) * static_cast<double>(vj[c]);
     }
-  }
-
-  // The open state S carried in: KS = K S (double; rows from `first`, v3's ks_rows did the rest), cp[r] =
-  // k_r^T S v_r, and ||S||^2 returned (block_total synchronizes: KS is complete before cp reads it).
-  __device__ __forceinline__ double open_terms(const R* open, int64_t first, int tid, int nth, int64_t Lc) {
-    for (int64_t idx = first; idx < Lc * Dv; idx += nth) {
-      const int64_t r = idx / Dv, e = idx % Dv;
-      double u[4] = {0, 0, 0, 0};  // four partial sums over d (latency), added in a fixed order
-      int64_t d = 0;
-      for (; d + 4 <= Dk; d += 4) {
-#pragma unroll
-        for (int a = 0; a < 4; ++a)
-          u[a] += static_cast<double>(KT[(d + a) * LP + r]) * static_cast<double>(open[(d + a) * Dv + e]);
-      }
-      for (; d < Dk; ++d) u[0] += static_cast<double>(KT[d * LP + r]) * static_cast<double>(open[d * Dv + e]);
-      KS[idx] = (u[0] + u[1]) + (u[2] + u[3]);
-    }
-    double sq = 0;
-    for (int64_t idx = tid; idx < SS; idx += nth) {
-      const double s = static_cast<double>(open[idx]);
-      sq += s * s;
-    }
-    const double A_open = block_total(sq, red);
-    for (int64_t r = tid; r < Lc; r += nth) {
-      double acc = 0;
-      for (int64_t e = 0; e < Dv; ++e) acc += KS[r * Dv + e] * static_cast<double>(Vc[r * Dv + e]);
-      cp[r] = acc;
-    }
-    return A_open;
   }
 
   // Suffix sums of the pair terms: Suf[r][j] = sum_{j <= j' < r} e^{G_r-G_j'} KK_rj' VV_rj'.
@@ -405,9 +268,8 @@ struct Blk {
   }
 };
 
-#include "cuda/dla_prefill_v3.cuh"  // v3: the warp scan, batched loads
 
-// v3's batched chunk loads: V^T and V (rows Lc .. LP-1 of V^T zero) of rows t0 .. t0 + Lc - 1 of item (b, h).
+// Batched chunk loads (batched): V^T and V (rows Lc .. LP-1 of V^T zero) of rows t0 .. t0 + Lc - 1 of item (b, h).
 template <class St>
 __device__ __forceinline__ void load_v_batched(Blk<St>& w, const DLAProblem& p, int64_t b, int64_t h, int tid,
                                                int nth, int64_t t0, int64_t Lc) {
@@ -421,36 +283,6 @@ __device__ __forceinline__ void load_v_batched(Blk<St>& w, const DLAProblem& p, 
     w.VT[e * LP + r] = v;
     if (r < Lc) w.Vc[r * Dv + e] = v;
   });
-}
-
-// v3's batched chunk loads: Q^T, K^T (rows Lc .. LP-1 zero), K, V^T, V and the lambdas of rows t0 .. t0 + Lc - 1.
-template <class St>
-__device__ __forceinline__ void load_chunk_batched(Blk<St>& w, const DLAProblem& p, int64_t b, int64_t h, int tid,
-                                                   int nth, int64_t t0, int64_t Lc) {
-  using R = acc_t<St>;
-  const int64_t LP = w.LP, Dk = w.Dk, C = w.C;
-  struct QKv {
-    R q, k;
-  };
-  batched(LP * Dk, tid, nth, [&](int64_t idx) {
-    const int64_t r = idx / Dk, d = idx - r * Dk;
-    QKv x{R(0), R(0)};
-    if (r < Lc) {
-      x.q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
-      x.k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
-    }
-    return x;
-  }, [&](int64_t idx, const QKv& x) {
-    const int64_t r = idx / Dk, d = idx - r * Dk;
-    w.QT[d * LP + r] = x.q;
-    w.KT[d * LP + r] = x.k;
-    if (r < Lc) w.Kc[r * Dk + d] = x.k;
-  });
-  load_v_batched(w, p, b, h, tid, nth, t0, Lc);
-  batched(Lc * C, tid, nth, [&](int64_t idx) {
-    const int64_t r = idx / C, c = idx - r * C;
-    return ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
-  }, [&](int64_t idx, R x) { w.lamc[idx] = x; });
 }
 
 // Step 4, the readout weights, one (row r, unit U <= m_in + r) per thread: Win for carried units, P (in place over
@@ -536,234 +368,8 @@ __device__ __forceinline__ void chunk_outputs(Blk<St>& w, const DLAProblem& p, i
   }
 }
 
-/// The kernel body (a device function so that the host emulation can hand it its shared memory).
-template <class St>
-__device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch, char* sm) {
-  using R = acc_t<St>;
-  __shared__ int64_t sh_m;
-  const int tid = static_cast<int>(threadIdx.x), nth = static_cast<int>(blockDim.x);
-  Blk<St> w(p, lay, sm, scratch + static_cast<std::size_t>(blockIdx.x) * lay.gbytes);
-  const int64_t C = w.C, Dk = w.Dk, Dv = w.Dv, SS = w.SS, L = w.L, LP = w.LP, items = p.B * p.H;
-  const int64_t ns = lay.ns, ncol = lay.ncol;
-  const DLACacheViews& ci = p.cache_in;
-  const DLACacheOut& co = p.cache_out;
-
-  for (int64_t wk = blockIdx.x; wk < items * ns; wk += gridDim.x) {
-    const int64_t it = wk / ns, slice = wk % ns;
-    const int64_t b = it / p.H, h = it % p.H;
-    const int64_t e0 = slice * ncol, e1 = e0 + ncol < Dv ? e0 + ncol : Dv, ncw = e1 - e0;
-    const bool lead = slice == 0;  // writes the aux outputs and the cache
-    w.b = b;
-    w.h = h;
-    int64_t m = 0, nfree = 0;  // thread 0's
-    if (tid == 0) {
-      if (ci.present) m = static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]];
-      for (int64_t i = 0; i < m; ++i) {
-        w.slot[i] = i;
-        w.count[i] = static_cast<const int64_t*>(ci.counts.data)[at3(ci.counts, b, h, i)];
-        w.info[i] = static_cast<const R*>(ci.info.data)[at3(ci.info, b, h, i)];
-        w.start[i] = static_cast<const int64_t*>(ci.starts.data)[at3(ci.starts, b, h, i)];
-      }
-      for (int64_t s = C - 1; s >= m; --s) w.free_[nfree++] = s;
-      sh_m = m;
-    }
-    __syncthreads();
-    {
-      const int64_t m0 = sh_m;
-      const R* in = m0 > 0 ? static_cast<const R*>(ci.states.data) + b * ci.states.stride[0] + h * ci.states.stride[1]
-                           : nullptr;
-      for (int64_t idx = tid; idx < m0 * SS; idx += nth) {
-        const int64_t i = idx / SS, d = (idx % SS) / Dv, e = idx % Dv;
-        w.slots[idx] = in[i * ci.states.stride[2] + d * ci.states.stride[3] + e * ci.states.stride[4]];
-      }
-    }
-
-    for (int64_t t0 = 0; t0 < p.T; t0 += L) {
-      const int64_t Lc = p.T - t0 < L ? p.T - t0 : L;
-      __syncthreads();  // the previous chunk (or the cache load) is complete
-      const int64_t m_in = sh_m;
-      // 1. The chunk, transposed (Q^T, K^T, V^T; rows Lc .. LP-1 zero) and V row-major. v3 (lay.batch_loads):
-      //    kLb elements loaded per thread before they are stored (v2 waited for each load: ~40 global-memory
-      //    round trips per thread and chunk at L = 64, D = 64, C = 16); the same values either way.
-      if (lay.batch_loads) {
-        load_chunk_batched(w, p, b, h, tid, nth, t0, Lc);
-      } else {
-        for (int64_t idx = tid; idx < LP * Dk; idx += nth) {
-          const int64_t r = idx / Dk, d = idx % Dk;
-          R q = R(0), k = R(0);
-          if (r < Lc) {
-            q = ld<St>(p.q.data, at3(p.q, b, h, t0 + r) + d * p.q.stride[3]);
-            k = ld<St>(p.k.data, at3(p.k, b, h, t0 + r) + d * p.k.stride[3]);
-          }
-          w.QT[d * LP + r] = q;
-          w.KT[d * LP + r] = k;
-          if (r < Lc) w.Kc[r * Dk + d] = k;
-        }
-        for (int64_t idx = tid; idx < LP * Dv; idx += nth) {
-          const int64_t r = idx / Dv, e = idx % Dv;
-          const R v = r < Lc ? ld<St>(p.v.data, at3(p.v, b, h, t0 + r) + e * p.v.stride[3]) : R(0);
-          w.VT[e * LP + r] = v;
-          if (r < Lc) w.Vc[r * Dv + e] = v;
-        }
-        for (int64_t idx = tid; idx < Lc * C; idx += nth) {
-          const int64_t r = idx / C, c = idx % C;
-          w.lamc[idx] = ld<St>(p.lam.data, at3(p.lam, b, h, t0 + r) + c * p.lam.stride[3]);
-        }
-      }
-      w.decay_sums(tid, t0, Lc);
-      __syncthreads();
-      const bool factored = w.decay && w.G[0] - w.G[Lc - 1] <= 600.0;
-      w.decay_exps(tid, nth, t0, Lc, factored, true);
-      __syncthreads();  // er, fj for the pair decays below
-      // 2. Gram lower triangles in kTg x kTg tiles: QK (R), Bv_r = KK_rr VV_rr and the pair terms
-      //    e^{G_r-G_j} KK_rj VV_rj (j < r) into Suf (double).
-      {
-        const int64_t nt = (Lc + kTg - 1) / kTg;
-        for (int64_t idx = tid; idx < nt * nt; idx += nth) {
-          const int64_t ti = idx / nt, tj = idx % nt;
-          if (tj > ti) continue;
-          const int64_t r0 = ti * kTg, j0 = tj * kTg;
-          double kk[kTg][kTg], vv[kTg][kTg];
-          R qk[kTg][kTg];
-#pragma unroll
-          for (int a = 0; a < kTg; ++a)
-#pragma unroll
-            for (int c = 0; c < kTg; ++c) {
-              kk[a][c] = 0;
-              vv[a][c] = 0;
-              qk[a][c] = R(0);
-            }
-          // Rows past Lc read the zero rows up to LP (LP >= nt * kTg since kRt is a multiple of kTg).
-          for (int64_t d = 0; d < Dk; ++d) {
-            const R* kd = w.KT + d * LP;
-            const R* qd = w.QT + d * LP;
-            R kr[kTg], kj[kTg], qr[kTg];
-#pragma unroll
-            for (int a = 0; a < kTg; ++a) {
-              kr[a] = kd[r0 + a];
-              kj[a] = kd[j0 + a];
-              qr[a] = qd[r0 + a];
-            }
-#pragma unroll
-            for (int a = 0; a < kTg; ++a)
-#pragma unroll
-              for (int c = 0; c < kTg; ++c) {
-                kk[a][c] += static_cast<double>(kr[a]) * static_cast<double>(kj[c]);
-                qk[a][c] += qr[a] * kj[c];
-              }
-          }
-          w.gram_tile(w.VT, Dv, r0, j0, vv);
-#pragma unroll
-          for (int a = 0; a < kTg; ++a)
-#pragma unroll
-            for (int c = 0; c < kTg; ++c) {
-              const int64_t r = r0 + a, j = j0 + c;
-              if (r >= Lc || j > r) continue;
-              w.QK[r * LP + j] = qk[a][c];
-              if (j == r)
-                w.Bv[r] = kk[a][c] * vv[a][c];
-              else
-                w.Suf[r * LP + j] = w.dec(factored, r, j) * kk[a][c] * vv[a][c];
-            }
-        }
-      }
-      // The open state carried in: K S_open (double) then k_r^T S v_r, and ||S_open||^2.
-      double A_open = 0.0;
-      if (m_in > 0) {  // uniform over the block
-        const R* open = w.slots + w.slot[m_in - 1] * SS;
-        if (lay.ks_rows) ks_rows<St>(w, open, Lc, tid, nth);  // v3: the same sums, kKsR rows per thread
-        A_open = w.open_terms(open, lay.ks_rows ? Lc * Dv : tid, tid, nth, Lc);  // synchronizes
-      }
-      __syncthreads();  // the Gram tiles are complete
-      // Suffix sums of the pair terms: Suf[r][j] = sum_{j <= j' < r} e^{G_r-G_j'} KK_rj' VV_rj'.
-      w.suffix_sums(tid, nth, Lc);
-      if (w.decay)
-        for (int64_t j = tid; j < Lc; j += nth) w.decj[j] = static_cast<R>(w.dec(factored, Lc - 1, j));
-      __syncthreads();
-      // 2b. The score table: every row's score under every possible open state (carried in, or opened at
-      //     chunk row s), so that the scan only looks scores up. The A chains (one thread each, cheap), then
-      //     the scores (one entry per thread).
-      for (int64_t s = tid - (m_in > 0 ? 1 : 0); s < Lc; s += nth) w.a_chain(s, Lc, A_open);
-      __syncthreads();
-      for (int64_t u = tid; u < m_in + Lc; u += nth) w.death[u] = 0x7fffffff;  // never (until the scan says)
-      {
-        const int64_t ns0 = m_in > 0 ? 1 : 0, NS = Lc + ns0;  // s = -1 (carried), 0 .. Lc-1
-        for (int64_t idx = tid; idx < Lc * NS; idx += nth) {
-          const int64_t r = idx / NS, s = idx % NS - ns0;
-          if (s < r) w.score_entry(s, r);
-        }
-      }
-      __syncthreads();
-      // 3. The scan: thread 0 (v2), or warp 0 with the entries in lanes (v3, dla_prefill_v3.cuh) where
-      //    lay.warp_scan is set, C <= 32 and the block has a whole first warp. Same outputs.
-      if (lay.warp_scan && C <= 32 && nth >= 32) {
-        if (tid < 32) {
-          const int64_t mw = scan_warp<St>(w, t0, Lc, m_in, nfree);  // nfree: lane 0's
-          if (tid == 0) {
-            m = mw;
-            sh_m = mw;
-          }
-        }
-      } else if (tid == 0) {
-        w.scan(t0, Lc, m_in, m, nfree);
-        sh_m = m;
-      }
-      __syncthreads();
-      const int64_t m_out = sh_m;
-      // 3b. The aux outputs (slice 0) and every row's entry list, one row per thread.
-      for (int64_t r = tid; r < Lc; r += nth) {
-        if (lead) {
-          const int64_t t = t0 + r;
-          if (p.scores.present) static_cast<R*>(p.scores.data)[at3(p.scores, b, h, t)] = w.rowI[r];
-          if (p.boundaries.present)
-            static_cast<uint8_t*>(p.boundaries.data)[at3(p.boundaries, b, h, t)] = w.rowOpen[r] ? 1 : 0;
-          if (p.merged.present)
-            static_cast<int64_t*>(p.merged.data)[at3(p.merged, b, h, t)] = static_cast<int64_t>(w.rowMerged[r]);
-        }
-        w.snapshot(r, m_in);
-      }
-      __syncthreads();
-      // 4. Readout weights, one (row r, unit U <= m_in + r) per thread: Win for carried units, P (in place
-      //    over QK) for the chunk's tokens.
-      readout_weights(w, tid, nth, Lc, m_in, factored);
-      __syncthreads();
-      used_states(w, tid, nth, Lc, m_in);
-      __syncthreads();  // anyU
-      // 5. Outputs of this block's columns, kRt rows x 1 column per thread in registers: y = P V (j in
-      //    order), then each carried state's term w_ru (q_r^T S_u[:, e]) in unit order (dla_prefill.cu and
-      //    the CPU scale q by w_ru before the product: a rounding difference only, and half the multiplies).
-      //    S_u is read from the slots (global scratch, L1-resident: every warp reads the same rows), q from
-      //    Q^T in shared memory.
-      chunk_outputs(w, p, b, h, tid, nth, e0, ncw, t0, Lc, m_in);
-      __syncthreads();  // the carried states are read; now they may be overwritten
-      // 6. States at the chunk's end (every column: the next chunk's scan needs the whole open state),
-      //    kDt state rows d of one column e per thread; entries in the CPU's order.
-      w.chunk_end_states(tid, nth, 0, Dv, Lc, m_in, m_out);
-    }
-    __syncthreads();
-
-    // The cache out (slice 0), chronological, unused entries zero.
-    const int64_t mf = sh_m;
-    if (lead) {
-      R* outs = static_cast<R*>(co.states.data) + b * co.states.stride[0] + h * co.states.stride[1];
-      for (int64_t idx = tid; idx < C * SS; idx += nth) {
-        const int64_t i = idx / SS, de = idx % SS, d = de / Dv, e = de % Dv;
-        outs[i * co.states.stride[2] + d * co.states.stride[3] + e * co.states.stride[4]] =
-            i < mf ? w.slots[w.slot[i] * SS + de] : R(0);
-      }
-      for (int64_t i = tid; i < C; i += nth) {
-        const bool used = i < mf;
-        static_cast<int64_t*>(co.counts.data)[at3(co.counts, b, h, i)] = used ? w.count[i] : 0;
-        static_cast<R*>(co.info.data)[at3(co.info, b, h, i)] = used ? w.info[i] : R(0);
-        static_cast<int64_t*>(co.starts.data)[at3(co.starts, b, h, i)] = used ? w.start[i] : 0;
-      }
-      if (tid == 0) static_cast<int64_t*>(co.size.data)[b * co.size.stride[0] + h * co.size.stride[1]] = mf;
-    }
-    __syncthreads();  // the next item reuses the scratch and the shared memory
-  }
-}
-
 #include "cuda/dla_prefill_v4.cuh"  // v4: five kernels (score tables, boundaries, merge chain, chunk-start states, readout)
+#include "cuda/dla_prefill_v5.cuh"  // v5: v4 with C1 and C2 fused (the states of a column slice in shared memory)
 
 // ---- host side and kernel wrapper (tests/cuda_emu/run.sh cuts the file here)
 }  // namespace v2
@@ -773,7 +379,9 @@ __device__ void prefill_body(const DLAProblem& p, const Lay& lay, char* scratch,
 }  // namespace attnkit
 
 #include <cstdlib>
+#include <cstring>
 
+#include "cpp/src/backend.h"
 #include "tuning.h"
 
 namespace attnkit {
@@ -782,15 +390,9 @@ namespace cuda {
 namespace dla {
 namespace v2 {
 
-template <class St>
-__global__ void __launch_bounds__(kThreads) dla_prefill_v2_kernel(const DLAProblem p, const Lay lay, char* scratch) {
-  extern __shared__ __align__(16) unsigned char dla_v2_smem[];
-  prefill_body<St>(p, lay, scratch, reinterpret_cast<char*>(dla_v2_smem));
-}
-
 inline int64_t choose_split(const DLAProblem& p) {
   int64_t ns = tuning().dla_split.load();
-  if (ns <= 0) {  // 0: automatic; -2 (v2 beside v3, dla.cu) too
+  if (ns <= 0) {  // 0: automatic (-1 never gets here: dla.cu takes the first kernel)
     int sms = 0;
     ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_index));
     const int64_t items = p.B * p.H;
@@ -836,54 +438,45 @@ __global__ void __launch_bounds__(kThreads, 2) dla_prefill_v4_c2(const DLAProble
   v4_pass_c2<St>(p, lay, buf, reinterpret_cast<char*>(dla_v4c2_smem));
 }
 
-}  // namespace v2
-
-namespace v2 {
-
-/// v2 (v3flags = 0) or v3 (bit 0: the warp scan, bit 1: batched chunk loads, bit 2: K S_open by row groups)
-/// on the same kernel.
+// v5's fused pass C (dla_prefill_v5.cuh): one block per (item, column slice), the slice's states in shared memory
+// after the readout layout (at byte st_off), one block per SM.
 template <class St>
-bool launch(const DLAProblem& p, cudaStream_t stream, int v3flags) {
-  using R = acc_t<St>;
-  const int64_t items = p.B * p.H;
-  if (items == 0) return true;
-  Lay lay = make_lay(p, sizeof(R), choose_split(p));
-  lay.warp_scan = (v3flags & 1) != 0 ? 1 : 0;
-  lay.batch_loads = (v3flags & 2) != 0 ? 1 : 0;
-  lay.ks_rows = (v3flags & 4) != 0 ? 1 : 0;
-  int optin = 0;
-  ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device_index));
-  // Static shared memory of the kernel (sh_m) and a margin stay out of the dynamic part.
-  if (optin <= 0 || lay.smem + 1024 > static_cast<std::size_t>(optin)) return false;
-  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v2_kernel<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(lay.smem)));
-  const unsigned grid = grid_for(items * lay.ns, lay.gbytes, p.device_index);
-  Workspace ws(grid * lay.gbytes, stream);
-  dla_prefill_v2_kernel<St><<<grid, kThreads, lay.smem, stream>>>(p, lay, ws.as<char>());
-  ATTNKIT_CUDA_CHECK_LAUNCH();
+__global__ void __launch_bounds__(kThreads, 1) dla_prefill_v5_c(const DLAProblem p, const Lay lay, const V4Buf buf,
+                                                                std::size_t st_off) {
+  extern __shared__ __align__(16) unsigned char dla_v5c_smem[];
+  v5_pass_c<St>(p, lay, buf, reinterpret_cast<char*>(dla_v5c_smem), st_off);
+}
+
+/// v5's column split (dla_prefill_v5.cuh): false when even one column's states do not fit beside the readout layout
+/// (v4's C1 + C2 run instead). lay2: make_lay(p, rsize, 1, 2); want: tuning dla_split (> 0: that split, at least the
+/// smallest that fits). Sets ns2 slices of ncol2 columns, the states' byte offset st_off and the dynamic smem bytes.
+inline bool v5_split(const DLAProblem& p, const Lay& lay2, std::size_t rsize, std::size_t optin, int64_t sms,
+                     int64_t want, int64_t& ns2, int64_t& ncol2, std::size_t& st_off, std::size_t& smem) {
+  const int64_t Dv = p.Dv, items = p.B * p.H;
+  if (Dv <= 0 || p.Dk <= 0 || p.C <= 0) return false;
+  st_off = (lay2.smem + 15) / 16 * 16;
+  auto ncol_of = [&](int64_t ns) { return (Dv + ns - 1) / ns; };
+  auto bytes = [&](int64_t ncol) {
+    return st_off + static_cast<std::size_t>(p.C) * static_cast<std::size_t>(p.Dk) * static_cast<std::size_t>(ncol) *
+                        rsize;
+  };
+  int64_t ns = 1;
+  while (ns < Dv && bytes(ncol_of(ns)) + 1024 > optin) ++ns;  // static shared memory and a margin stay out
+  if (bytes(ncol_of(ns)) + 1024 > optin) return false;
+  if (want > 0) {
+    if (ns < want) ns = want < Dv ? want : Dv;
+  } else {
+    const int64_t n32 = (Dv + 31) / 32;  // slices of at most 32 columns: the readout's work items fill the block
+    if (ns < n32) ns = n32;
+    while (items * ns * 2 <= sms && ns * 2 <= Dv) ns *= 2;  // few items: more slices, up to about one per SM
+  }
+  ncol2 = ncol_of(ns);
+  ns2 = (Dv + ncol2 - 1) / ncol2;
+  smem = bytes(ncol2);
   return true;
 }
 
 }  // namespace v2
-
-template <class St>
-bool launch_prefill_v2(const DLAProblem& p, cudaStream_t stream) {
-  return v2::launch<St>(p, stream, 0);
-}
-
-template <class St>
-bool launch_prefill_v3(const DLAProblem& p, cudaStream_t stream) {
-  // ATTNKIT_DLA_V3 (internal, read once; side-by-side measurements and bisecting on a GPU, not a public
-  // interface): a bit mask of v3's changes, 1 = the warp scan, 2 = batched chunk loads, 4 = K S_open by row
-  // groups; default 3 (4 calls a non-inlined function taking the block's Blk by reference, which may keep Blk
-  // in local memory: bench_gpu's sweep "dla v3 +ks" measures 7 beside the default).
-  static const int flags = [] {
-    const char* e = std::getenv("ATTNKIT_DLA_V3");
-    return e && *e ? static_cast<int>(std::strtol(e, nullptr, 10)) & 7 : 3;
-  }();
-  return v2::launch<St>(p, stream, flags);
-}
-
 template <class St>
 bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   using R = acc_t<St>;
@@ -892,7 +485,6 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   if (items == 0) return true;
   const int64_t ns = choose_split(p);
   Lay lay = make_lay(p, sizeof(R), ns);
-  lay.batch_loads = 1;
   const Lay lay1 = make_lay(p, sizeof(R), ns, 1), lay2 = make_lay(p, sizeof(R), 1, 2);
   int optin = 0;
   ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.device_index));
@@ -900,7 +492,8 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   if (optin <= 0 || lay.smem + 1024 > static_cast<std::size_t>(optin)) return false;
   // The per-item arrays of passes A1 / A2 (a score table per chunk) and C1 / C2 ((chunks + 1) x C states): each
   // pair runs in item groups whose arrays stay under the budget (2 GiB, or a quarter of the free device memory
-  // where that is more); an item that alone needs more (very long T) takes v3 / v2. The results do not depend on
+  // where that is more); an item that alone needs more (very long T) takes the first kernel
+  // (dla_prefill.cu). The results do not depend on
   // the groups (each item's values are formed by the same operations whichever group holds it).
   std::size_t budget = std::size_t(2) << 30;
   {
@@ -914,12 +507,27 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   const std::size_t L = static_cast<std::size_t>(lay.L);
   const std::size_t chs_item = static_cast<std::size_t>((nch + 1) * p.C * p.Dk * p.Dv) * sizeof(R);
   const std::size_t tab_item = static_cast<std::size_t>(nch) * (L * L * sizeof(R) + 2 * L * sizeof(double));
-  if (chs_item > budget || tab_item > budget) return false;
+  // v5 (dla_prefill_v5.cuh, gate "dla_prefill_v5"): C1 and C2 fused, no chunk-start states in global memory.
+  // ATTNKIT_DLA_V5=0 (read once) turns it off; tuning dla_split = -2 takes v4's C1 + C2 beside it.
+  static const bool v5_enabled = has_kernel("dla_prefill_v5") && [] {
+    const char* e = std::getenv("ATTNKIT_DLA_V5");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  int64_t ns5 = 0, ncol5 = 0;
+  std::size_t st_off5 = 0, smem5 = 0;
+  bool v5 = false;
+  if (v5_enabled && tuning().dla_split.load() != -2) {
+    int sms = 0;
+    ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_index));
+    v5 = v5_split(p, lay2, sizeof(R), static_cast<std::size_t>(optin), sms, tuning().dla_split.load(), ns5, ncol5,
+                  st_off5, smem5);
+  }
+  if ((!v5 && chs_item > budget) || tab_item > budget) return false;
   auto group = [&](std::size_t per_item) {
     const int64_t ng = static_cast<int64_t>((static_cast<std::size_t>(items) * per_item + budget - 1) / budget);
     return ng > 1 ? (items + ng - 1) / ng : items;
   };
-  const int64_t gitemsA = group(tab_item), gitemsC = group(chs_item);
+  const int64_t gitemsA = group(tab_item), gitemsC = v5 ? items : group(chs_item);
   ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a1<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(lay.smem)));
   ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v4_a2<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -939,9 +547,9 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   const std::size_t nM = up(static_cast<std::size_t>(items) * T * sizeof(int32_t));
   const std::size_t nA = gridA * slotA, nE = gridB * ent;
   const std::size_t gch = static_cast<std::size_t>(gitemsA) * static_cast<std::size_t>(nch);
-  const std::size_t nS = up(static_cast<std::size_t>(gitemsC) * chs_item);
+  const std::size_t nS = v5 ? 0 : up(static_cast<std::size_t>(gitemsC) * chs_item);
   const std::size_t nTab = up(gch * L * L * sizeof(R)), nTs = up(gch * L * sizeof(double));
-  const std::size_t nMc = up(static_cast<std::size_t>(gitemsC * (nch + 1)) * sizeof(int32_t));
+  const std::size_t nMc = v5 ? 0 : up(static_cast<std::size_t>(gitemsC * (nch + 1)) * sizeof(int32_t));
   // A's tables and C's chunk-start states share one region: every A launch precedes B, every C launch follows it.
   const std::size_t nR = nS > nTab + 2 * nTs ? nS : nTab + 2 * nTs;
   Workspace ws(nR + nA + nI + nO + nM + nE + nMc, stream);
@@ -983,6 +591,18 @@ bool launch_prefill_v4(const DLAProblem& p, cudaStream_t stream) {
   }
   dla_prefill_v4_b<St><<<gridB, 32, 0, stream>>>(p, buf);
   ATTNKIT_CUDA_CHECK_LAUNCH();
+  if (v5) {  // one pass over every item: the states of each (item, slice) in shared memory
+    buf.item0 = 0;
+    buf.nitems = items;
+    buf.ns2 = ns5;
+    buf.ncol2 = ncol5;
+    ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(dla_prefill_v5_c<St>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem5)));
+    const unsigned grid5 = grid_for(items * ns5, 0, p.device_index);
+    dla_prefill_v5_c<St><<<grid5, kThreads, smem5, stream>>>(p, lay2, buf, st_off5);
+    ATTNKIT_CUDA_CHECK_LAUNCH();
+    return true;
+  }
   for (int64_t i0 = 0; i0 < items; i0 += gitemsC) {  // C1: the chains of chunk-start states; C2: every readout
     buf.item0 = i0;
     buf.nitems = items - i0 < gitemsC ? items - i0 : gitemsC;
@@ -1002,14 +622,6 @@ template bool launch_prefill_v4<float>(const DLAProblem&, cudaStream_t);
 template bool launch_prefill_v4<double>(const DLAProblem&, cudaStream_t);
 template bool launch_prefill_v4<half_t>(const DLAProblem&, cudaStream_t);
 template bool launch_prefill_v4<bf16_t>(const DLAProblem&, cudaStream_t);
-template bool launch_prefill_v2<float>(const DLAProblem&, cudaStream_t);
-template bool launch_prefill_v2<double>(const DLAProblem&, cudaStream_t);
-template bool launch_prefill_v2<half_t>(const DLAProblem&, cudaStream_t);
-template bool launch_prefill_v2<bf16_t>(const DLAProblem&, cudaStream_t);
-template bool launch_prefill_v3<float>(const DLAProblem&, cudaStream_t);
-template bool launch_prefill_v3<double>(const DLAProblem&, cudaStream_t);
-template bool launch_prefill_v3<half_t>(const DLAProblem&, cudaStream_t);
-template bool launch_prefill_v3<bf16_t>(const DLAProblem&, cudaStream_t);
 
 }  // namespace dla
 }  // namespace cuda

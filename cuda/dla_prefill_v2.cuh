@@ -1,6 +1,6 @@
 #pragma once
-// The second DLA prefill kernel's constants, shared-memory layout and block reduction (dla_prefill_v2.cu
-// holds the kernel; tests/cuda_emu emulates both on the host).
+// The DLA prefill v4 kernels' constants, shared-memory layout and block reduction (dla_prefill_v2.cu and
+// dla_prefill_v4.cuh hold the kernels; tests/cuda_emu/test_dla_v2.cpp emulates them on the host).
 
 #include "cuda/dla_common.cuh"
 
@@ -34,13 +34,30 @@ __device__ __forceinline__ void load_rows(const double* src, double (&x)[kRt]) {
   for (int a = 0; a < kRt; ++a) x[a] = src[a];
 }
 
+/// Elements [0, n) of a block-strided loop, kLb per thread at a time: load(idx) for all of them first (loads in
+/// flight together), then store(idx, value) in the same order (the chunk loads).
+constexpr int kLb = 4;
+template <class Load, class Store>
+__device__ __forceinline__ void batched(int64_t n, int tid, int nth, Load load, Store store) {
+  using X = decltype(load(int64_t(0)));
+  for (int64_t i0 = tid; i0 < n; i0 += static_cast<int64_t>(kLb) * nth) {
+    X x[kLb] = {};
+#pragma unroll
+    for (int a = 0; a < kLb; ++a) {
+      const int64_t idx = i0 + static_cast<int64_t>(a) * nth;
+      if (idx < n) x[a] = load(idx);
+    }
+#pragma unroll
+    for (int a = 0; a < kLb; ++a) {
+      const int64_t idx = i0 + static_cast<int64_t>(a) * nth;
+      if (idx < n) store(idx, x[a]);
+    }
+  }
+}
+
 /// The shared-memory layout of one block (byte offsets) and its global scratch (state slots).
 struct Lay {
   int64_t L, LP, C, Dk, Dv, ns, ncol;
-  /// v3 ("dla_prefill_v3", set by launch_prefill_v3 only; 0 in v2): the merge scan on warp 0
-  /// (dla_prefill_v3.cuh), the chunk's inputs loaded kLb per thread before they are stored, K S_open by
-  /// groups of kKsR rows sharing each load of S_open.
-  int warp_scan, batch_loads, ks_rows;
   std::size_t smem, gbytes;
   std::size_t QT, KT, Kc, VT, Vc, Suf, QK, lamc, Win, uni;  // R or double
   std::size_t G, eG, er, fj, cp, a2, Bv, Ac, ratio, red;                         // double

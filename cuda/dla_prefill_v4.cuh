@@ -1,11 +1,12 @@
 #pragma once
-// DLA prefill v4: five kernels, A1 A2 B C1 C2 ("dla_prefill_v4", gated in cuda/runtime.cu kCompiled; dla.cu takes
+// DLA prefill v4: five kernels, A1 A2 B C1 C2 ("dla_prefill_v4", verified on an H200 in session 27; dla.cu takes
 // it through launch_prefill_v4 when has_kernel("dla_prefill_v4"), ATTNKIT_DLA_V4 is not "0" and tuning dla_split
-// >= 0; dla_split = -3 takes v3 beside it). Included by dla_prefill_v2.cu after prefill_body (the passes reuse
-// v2's Blk, its shared-memory layout and its phases' arithmetic). tests/cuda_emu/dla_v4_emu.py checks the
-// decomposition against the CPU backend; tests/cuda_emu/test_dla_v2.cpp emulates these bodies and checks v4
-// == v2 bit for bit (outputs, aux, cache), v4 against the CPU, and v4 == v4 bit for bit under other grids, item
-// groups and C2 column splits (launch-configuration independence).
+// >= 0; dla_split = -1 takes the first kernel, dla_prefill.cu, beside it). Included by dla_prefill_v2.cu after
+// Blk (the passes reuse the removed v2 kernel's Blk, its shared-memory layout and its phases' arithmetic).
+// tests/cuda_emu/dla_v4_emu.py checks the decomposition against the CPU backend; tests/cuda_emu/test_dla_v2.cpp
+// emulates these bodies and checks v4 against the CPU (outputs, aux, cache) and v4 == v4 bit for bit under other
+// grids, item groups and C2 column splits (launch-configuration independence). Until session 27 it also checked
+// v4 == v2 bit for bit (v2 was removed then).
 //
 // Why it is exact. The open state is never merged while open (a merge happens only when a token opens a new
 // state, and then the old open state is closed), so the scores and boundaries need only the open state (spec
@@ -37,7 +38,7 @@
 // A1 and A2, then C1 and C2, run per item group (launch_prefill_v4: a group's tables, or its chunk-start states,
 // stay under 2 GiB or a quarter of the free device memory; the two share one region, A being done before C starts;
 // one group each for B = 4, H = 16, S = 4096, C = 16, D = 64: 70 MB of tables, 1.09 GB of states; an item that
-// alone needs more takes v3 / v2). All launches on the caller's stream, each waiting for the previous one.
+// alone needs more takes the first kernel, dla_prefill.cu). All launches on the caller's stream, each waiting for the previous one.
 //
 // Expected time: an ESTIMATE, NOT MEASURED (nothing of v4 has run on a GPU). H200, float16, B = 4, H = 16, D = 64,
 // C = 16, S = 4096 = 64 chunks of 64, random data (a boundary and a merge at nearly every token); cycles at

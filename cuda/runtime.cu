@@ -59,7 +59,8 @@ namespace {
 /// verified functions' kernels (an H100 and an H200, 2026-11-26): "attention_mma_v2" (attention_mma2.cuh) and
 /// "attention_decode_v2" (attention_decode2.cuh), chosen in attention.cu; "attention_backward_mma", the
 /// tensor-core backward of attention_backward_mma.cu, and "attention_backward_mma_terms", the same with mask,
-/// bias / dbias, soft cap and ALiBi; "dla_prefill_v2" (dla_prefill_v2.cu, chosen in dla.cu);
+/// bias / dbias, soft cap and ALiBi; "dla_prefill_v2" (the second DLA prefill kernel; removed in session 27 with
+/// v3, v4 replacing both: the name no longer gates anything);
 /// "linear_attention_v2" and "performer_attention_v2" (linear_v2.cuh, chosen in linear.cu). Where a gate is
 /// closed (a name moved back to kCompiled) the function keeps its first kernel.
 constexpr const char* kVerified[] = {
@@ -86,7 +87,7 @@ constexpr const char* kVerified[] = {
     // an H200, session 27 (tools/gpu_check.sh at 7a1bcfb: 1581 of 1582 tests, the one a test tolerance; both
     // sanitizers clean; bench_gpu: v4 the fastest DLA prefill, v3 the fastest DLA decode step):
     "performer_attention_mma2_causal",  // causal Performer softmax on tensor cores (performer_causal_mma.cuh)
-    "dla_prefill_v3",   // v2 with the merge scan on a warp, batched chunk loads (dla_prefill_v3.cuh; dla.cu)
+    "dla_prefill_v3",   // (removed in session 27 with v2: v4 replaces both; the name gates nothing)
     "dla_prefill_v4",   // A1 A2 B C1 C2: tables, boundaries, merges, chunk-start states, readout (dla_prefill_v4.cuh)
     "dla_decode_v3"};   // the decode step in one kernel, L2 hints for the states (dla_decode_v3.cu; dla.cu)
 /// Kernels in this build not yet verified on a GPU (public functions, or internal names of new paths): they
@@ -94,6 +95,7 @@ constexpr const char* kVerified[] = {
 /// otherwise a public function says there is no kernel, and a gated path falls back to the verified one.
 /// A kernel moves to kVerified once the check has passed on a GPU.
 constexpr const char* kCompiled[] = {
+    "dla_prefill_v5",  // v4 with C1 + C2 fused, the states in shared memory (dla_prefill_v5.cuh; launch_prefill_v4)
     // session 27 (host time per call): a CUDA DLA decode step launches its kernel behind the staged reads of
     // the cache's sizes, counts and starts, then waits for the reads alone and checks (dispatch.cpp,
     // validate/dla_values.h; start_downloads below); closed: the reads are waited for before the launch.

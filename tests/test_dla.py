@@ -772,7 +772,7 @@ def test_cuda_path_without_gpu(args):
 
 
 def test_dla_split_tuning_option():
-    """The CUDA prefill's column split (tuning option dla_split, cuda/dla_prefill_v2.cu): range-checked,
+    """The CUDA prefill's column split (tuning option dla_split, cuda/dla_prefill_v4.cuh): range-checked,
     restored by attnkit._tuning.tuning, and no effect on the CPU backend."""
     from attnkit import _core
     from attnkit._tuning import tuning
@@ -781,12 +781,12 @@ def test_dla_split_tuning_option():
     q, k, v = (rng.standard_normal((1, 2, 30, 8)).astype(np.float32) for _ in range(3))
     lam = rng.random((1, 2, 30, 3)).astype(np.float32)
     y0 = attnkit.dynamic_linear_attention(q, k, v, lam, capacity=3)[0]
-    for split in (-3, -2, -1, 0, 1, 8):
+    for split in (-2, -1, 0, 1, 8):
         with tuning(dla_split=split):
             assert _core.get_tuning("dla_split") == split
             np.testing.assert_array_equal(attnkit.dynamic_linear_attention(q, k, v, lam, capacity=3)[0], y0)
     assert _core.get_tuning("dla_split") == 0
-    for bad in (-4, 9):
+    for bad in (-3, 9):
         raises(ValueError, "dla_split", _core.set_tuning, "dla_split", bad)
 
 

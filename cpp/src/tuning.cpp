@@ -35,10 +35,10 @@ void set_tuning(const std::string& name, int64_t value) {
   std::atomic<int64_t>* opt = find(tuning(), name);
   const Tuning& t = tuning();
   if (opt == &t.dla_split) {
-    if (value < -3 || value > kMaxDlaSplit)
+    if (value < -2 || value > kMaxDlaSplit)
       throw Error(ErrorKind::Value, name + " must be in [1, " + std::to_string(kMaxDlaSplit) +
-                                        "], 0 (automatic), -1 (the first kernel), -2 (the second kernel) or -3 "
-                                        "(the third kernel), got " + std::to_string(value));
+                                        "], 0 (automatic), -1 (the first kernel) or -2 (v4 without v5), got " +
+                                        std::to_string(value));
     opt->store(value);
     return;
   }

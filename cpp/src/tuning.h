@@ -39,11 +39,12 @@ struct Tuning {
   /// Every CUDA kernel's scratch (cuda/workspace.cuh): 0 = attnkit's stream-ordered pool per device, which
   /// keeps its memory between calls; 1 = cudaMallocAsync on the device's default pool (for measurements).
   std::atomic<int64_t> cuda_scratch{0};
-  /// DLA prefill on CUDA (cuda/dla_prefill_v2.cu): blocks per (batch, head), each owning a slice of the
-  /// output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel (cuda/dla_prefill.cu, for
-  /// side-by-side measurements); -2 = the second kernel without v3's warp scan (dla_prefill_v3.cuh),
-  /// split automatic; -3 = v3 (never v4's five kernels, dla_prefill_v4.cuh), split automatic. Splits >= 0
-  /// take v4 where its gate is open. No effect on the CPU; results equal up to rounding.
+  /// DLA prefill on CUDA (v4, cuda/dla_prefill_v4.cuh): blocks per (batch, head) of its state pass C1, each
+  /// owning a slice of the output columns; 0 = automatic, else [1, kMaxDlaSplit]; -1 = the first kernel
+  /// (cuda/dla_prefill.cu, for side-by-side measurements); -2 = v4's passes C1 + C2 instead of v5's fused pass
+  /// (dla_prefill_v5.cuh, where its gate is open; it also takes splits > 0 for its column slices), split
+  /// automatic. No effect on the CPU; results equal up to rounding (v4's and v5's are the same bits for every
+  /// split).
   std::atomic<int64_t> dla_split{0};
   /// DLA decode step on CUDA: 0 = automatic (cuda/dla_decode_v3.cu where enabled, else cuda/dla_decode_v2.cu),
   /// 2 = cuda/dla_decode_v2.cu (for side-by-side measurements; 1, the first kernel, is gone since session 27).

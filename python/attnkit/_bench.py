@@ -125,7 +125,7 @@ def environment(threads: int, ceiling: bool = True) -> dict:
            "clock": {"wall": "wall time", "cpu": "process CPU time"}[_clock[0]],
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
            # OpenBLAS threads spin ~0.1 s after each call (this ceiling's sgemm among them) unless this is
-           # set before NumPy loads (bench_attention.py and bench_decode.py set it): it says which ran here.
+           # set before NumPy loads (the CPU benchmarks set it: bench/_quiet_blas.py): it says which ran here.
            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     torch = torch_or_none()

@@ -13,11 +13,11 @@ every code path; users have no reason to.
     cuda_decode3_pdl    CUDA decode v3: its split merge by programmatic dependent launch (sm_90+), 0 = default
                         (on), 1 = on, 2 = off
     cuda_scratch        CUDA kernels' scratch: from attnkit's pool per device (0) or the device's default pool (1)
-    dla_split      DLA prefill on CUDA (the v2 kernel): blocks per (batch, head), each owning a slice of
-                   the output columns; 0 = automatic (about one block per SM), else 1..8; -1 = the first
-                   CUDA prefill kernel, -2 = the second one without v3's warp scan, split automatic, -3 = v3
-                   (never v4's five kernels, cuda/dla_prefill_v4.cuh), split automatic (all for side-by-side
-                   measurements); splits >= 0 take v4 where its gate is open
+    dla_split      DLA prefill on CUDA (v4, cuda/dla_prefill_v4.cuh): blocks per (batch, head) of its state
+                   pass, each owning a slice of the output columns; 0 = automatic (about one block per SM),
+                   else 1..8 (the same bits for every split; v5's fused pass, cuda/dla_prefill_v5.cuh, takes
+                   them for its column slices); -1 = the first CUDA prefill kernel (cuda/dla_prefill.cu),
+                   -2 = v4's passes C1 + C2 instead of v5's fused pass (both for side-by-side measurements)
     dla_decode     DLA decode step on CUDA: 0 = automatic (the one-kernel step of cuda/dla_decode_v3.cu where
                    enabled, else the two-kernel step of cuda/dla_decode_v2.cu), 2 = the two-kernel step (for
                    side-by-side measurements; 1, the first kernel, is gone since session 27)

@@ -23,7 +23,8 @@ values (Gram entries, states, outputs) are formed by NumPy products, so they agr
 bit-equality with the CPU is not available (v2 is not bit-equal to it either: it forms the Gram entries and
 k^T S v in double where the CPU uses float32, in other orders); decisions (boundaries, merges, counts,
 starts, size) must be identical and values within 1e-10 (float64) / 1e-4 (float32, relative to 1 + |x|).
-The CUDA kernel itself is emulated bit for bit against v2 in tests/cuda_emu/test_dla_v2.cpp.
+The CUDA kernels themselves are emulated in tests/cuda_emu/test_dla_v2.cpp (v4 against the CPU, v5 against v4 bit
+for bit; until session 27 v4 against the v2 kernel bit for bit).
 
 Run: python tests/cuda_emu/dla_v4_emu.py with attnkit importable (installed, or PYTHONPATH=python in a
 development build); about 8 s; .ci/run's emulation stage

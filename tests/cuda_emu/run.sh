@@ -37,10 +37,9 @@ OMP_NUM_THREADS=1 "$out/test_linear_vs_cpu" | tail -1
 ATTNKIT_LINEAR_CUDA_SEG=16 ATTNKIT_LINEAR_CUDA_CHUNK=5 OMP_NUM_THREADS=1 "$out/test_linear_vs_cpu" | tail -1
 ATTNKIT_LINEAR_CUDA_SEG=16 ATTNKIT_LINEAR_CUDA_CHUNK=5 "$out/test_linear_merge_rope" | tail -1
 OMP_NUM_THREADS=1 "$out/test_attention_backward" | tail -1
-# DLA prefill v2, v3 and v4: the kernel body (the file up to its host side, with dla_prefill_v3.cuh's warp scan and
-# batched loads and dla_prefill_v4.cuh's five kernels) vs the CPU backend's generic kernel, and v3 and v4 vs v2
-# bit for bit, v4 vs itself under other grids / item groups / C2 splits; blocks of 1, 5, 32 and 40 emulated threads
-# (the warp scans run from 32 on; 40: v3's cases only).
+# DLA prefill v4: the kernel bodies (dla_prefill_v2.cu up to its host side, with dla_prefill_v4.cuh's five kernels)
+# vs the CPU backend's generic kernel, and v4 vs itself under other grids / item groups / C2 splits; blocks of 1, 5,
+# 32 and 40 emulated threads (pass B's warp chain runs from 32 on; 40: the warp cases only).
 sed -n '1,/^\/\/ ---- host side/p' "$root/cuda/dla_prefill_v2.cu" > "$out/dla_v2_body.inc"
 printf '}  // namespace v2\n}  // namespace dla\n}  // namespace cuda\n}  // namespace detail\n}  // namespace attnkit\n' \
   >> "$out/dla_v2_body.inc"

@@ -42,7 +42,8 @@ struct Support {
 ///   "cuda_decode3_pdl": the CUDA decode kernel's version and variants (cpp/src/tuning.h), 0 = defaults;
 ///   "cuda_scratch": CUDA scratch from attnkit's pool per device (0, the default) or the default pool (1).
 ///   "dla_split":    DLA prefill on CUDA, blocks per (batch, head) (output column slices), 0 = automatic, else 1..8
-///                   (-1: the first CUDA prefill kernel, for measurements).
+///                   (-1: the first CUDA prefill kernel, -2: v4's passes C1 + C2 instead of v5's fused pass; both
+///                   for measurements).
 ///   "dla_decode":   DLA decode step on CUDA, 0 = automatic, 2 = the two-kernel step (for measurements).
 /// Throws Error(Value) for an unknown name or a value out of range. Meant for tests and measurements.
 ATTNKIT_API void set_tuning(const char* name, int64_t value);
