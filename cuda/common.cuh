@@ -60,7 +60,8 @@ void require_device(int index);
 /// skipped when an earlier call already allowed at least `bytes` for this kernel on this device (runtime.cu):
 /// the attribute is a per-function, per-device setting that stays for the process (the context), so setting
 /// it before every launch only cost host time per call. It is a limit, not the launch's shared memory: a
-/// higher limit than a launch asks for changes nothing.
+/// higher limit than a launch asks for changes nothing. (A cudaDeviceReset by the application would clear the
+/// attribute behind this record: the next launch over 48 KiB would then fail with a CUDA error.)
 void allow_dynamic_smem(const void* kernel, int device, std::size_t bytes);
 template <class K>
 void allow_dynamic_smem(K* kernel, std::size_t bytes) {
