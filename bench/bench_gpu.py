@@ -19,7 +19,10 @@
   for) beside its device time, for tiny exact attention from CuPy and torch (float16, bfloat16; torch's own
   SDPA for scale), a GQA decode step over 16K keys and a DLA decode step: where short calls spend their time.
 * Decode (Sq=1, Sk up to 128K, GQA Hq=32, Hkv=8, D=128, float16): GB/s of K+V read
-  (2 * B * Hkv * Sk * D * itemsize bytes per call) and the % of the peak bandwidth (``--peak-gbs``, default
+  (2 * B * Hkv * Sk * D * itemsize bytes per call) by call time (each call started on an idle device and
+  waited for: host work before the launches plus device time, in series), by device time, and with calls
+  back to back (``pipelined_seconds``: the host issues the next call while the device runs this one, as a
+  decode loop that never waits does: about max(host, device) per call), and the % of the peak bandwidth (``--peak-gbs``, default
   the device's: H100 SXM/HBM3 3350, H200 4800, A100 80GB 2039, A100 40GB 1555 GB/s by name, else memory clock
   x 2 x bus width / 8, else 3350; the JSON's env says which); torch SDPA (GQA) alongside where it runs.
 * Decode kernel variants (``--decode-sweep``, on under ``--quick``): the v1 kernel, v2
@@ -70,7 +73,7 @@ import numpy as np
 from gpu_sweeps import (MMA_VARIANTS, decode_sweep_rows, dla_split_rows, linear_child, linear_sweep, variant_rows,
                         variant_worker)
 from gpu_util import (DeviceTimer, Timer, add_rates, as_torch, attempt, device_peak_gbs, flops, gpu_or_reason,
-                      host_seconds, log, no_kernel_reason, randn, torch_or_none)
+                      host_seconds, log, no_kernel_reason, pipelined_seconds, randn, torch_or_none)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -235,15 +238,24 @@ def decode_rows(ctx, sizes, B=4, Hq=32, Hkv=8, D=128, dtype="float16"):
                 td, _ = attempt(lambda: DeviceTimer(cupy, torch, 5)(lambda: attnkit.attention(q, k, v)))
                 if td:
                     row["attnkit_device_s"], row["attnkit_device_gbs"] = td, kv_bytes / td / 1e9
+                # calls back to back (pipelined_seconds): the host issues the next call while the device runs
+                # this one, as a decode loop that never waits does: about max(host, device) per call
+                tp, _ = attempt(lambda: pipelined_seconds(cupy, lambda: attnkit.attention(q, k, v)))
+                row["attnkit_pipelined_s"] = tp
         if torch is not None:
             tq, tk, tv = (as_torch(torch, x) for x in (q, k, v))
-            t, note = attempt(lambda: timer(lambda: torch.nn.functional.scaled_dot_product_attention(
-                tq, tk, tv, enable_gqa=True)))
+            sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, enable_gqa=True)  # noqa: E731
+            t, note = attempt(lambda: timer(sdpa))
             row["torch_s"], row["torch_note"] = t, note  # torch picks its backend (GQA decode)
+            if t:
+                row["torch_pipelined_s"], _ = attempt(lambda: pipelined_seconds(cupy, sdpa))
         for who in ("attnkit", "torch"):
             if row.get(f"{who}_s"):
                 row[f"{who}_gbs"] = kv_bytes / row[f"{who}_s"] / 1e9
                 row[f"{who}_pct_peak"] = 100 * row[f"{who}_gbs"] / ctx["peak"]
+            if row.get(f"{who}_pipelined_s"):
+                row[f"{who}_pipelined_gbs"] = kv_bytes / row[f"{who}_pipelined_s"] / 1e9
+                row[f"{who}_pipelined_pct_peak"] = 100 * row[f"{who}_pipelined_gbs"] / ctx["peak"]
         ctx["add"](row)
         del q, k, v
         cupy.get_default_memory_pool().free_all_blocks()
@@ -330,11 +342,11 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
             else:
                 row["dla_decode_note"] = note
             # dla_decode runs v3's one kernel (cuda/dla_decode_v3.cu) where its gate is open
-            # (ATTNKIT_DLA_DECODE_V3=0 turns it off); side by side: v2's two kernels (tuning dla_decode = 2)
-            # and the first kernel (cuda/dla_decode.cu, dla_decode = 1)
+            # (ATTNKIT_DLA_DECODE_V3=0 turns it off); side by side: v2's two kernels (tuning dla_decode = 2;
+            # the first kernel, cuda/dla_decode.cu, is gone since session 27)
             has = getattr(attnkit._core, "cuda_has_kernel", None)
             row["dla_decode_v3"] = bool(has and has("dla_decode_v3")) and os.environ.get("ATTNKIT_DLA_DECODE_V3") != "0"
-            for name, mode in (("dla_decode_v2", 2), ("dla_decode_v1", 1)) if step else ():
+            for name, mode in (("dla_decode_v2", 2),) if step else ():
                 t1, note1 = attempt(lambda: with_tuning(attnkit, "dla_decode", mode, lambda: timer(step)))
                 if t1:
                     row[f"{name}_s"], row[f"{name}_tokens_per_s"] = t1, B / t1
@@ -369,11 +381,11 @@ def with_tuning(attnkit, name, value, fn):
 
 def host_rows(ctx):
     """Host time per call (Python, validation, launches; the device not waited for) beside the device
-    time: where a call's time goes when the kernels are short. Tiny exact attention from CuPy and from
+    time, and the time per call of 20 calls back to back (pipelined_seconds: about max(host, device) where
+    nothing waits): where a call's time goes when the kernels are short. Tiny exact attention from CuPy and from
     torch (float16, bfloat16; torch's own SDPA for scale), a GQA decode step over 16K keys and a DLA decode
     step (capacity 16, float16, B=4, H=16, D=64; operands sliced once, outside the timed call) on the default
-    path (v3's one kernel where enabled), on v2's two kernels (tuning dla_decode = 2) and on the first kernel
-    (dla_decode = 1).
+    path (v3's one kernel where enabled) and on v2's two kernels (tuning dla_decode = 2).
 
     A DLA step waits for the stream (the validator reads the cache's size / counts / starts on the host), so
     its host time includes the previous call's kernels when they outlast the host work before the wait, and
@@ -404,8 +416,6 @@ def host_rows(ctx):
         calls["dla_decode_step_f16"] = lambda: attnkit.dynamic_linear_attention(*one, capacity=C, cache=cache)
         calls["dla_decode_step_f16_v2"] = calls["dla_decode_step_f16"]  # v2's two kernels
         tuned["dla_decode_step_f16_v2"] = ("dla_decode", 2)
-        calls["dla_decode_step_f16_v1"] = calls["dla_decode_step_f16"]  # the first decode kernel
-        tuned["dla_decode_step_f16_v1"] = ("dla_decode", 1)
         # The same step without a cache (the first token): no cache values to read, so no wait: its host time
         # is the call's host work alone and its device time the kernels alone (they write the C output states,
         # zeros but the first, and read none); against the rows above, the cost of the cache (5 more arrays,
@@ -421,6 +431,8 @@ def host_rows(ctx):
         run = (lambda f: with_tuning(attnkit, opt[0], opt[1], f)) if opt else (lambda f: f())
         row["host_s"], row["host_note"] = attempt(lambda: run(lambda: host_seconds(cupy, fn)))
         row["device_s"], _ = attempt(lambda: run(lambda: dev(fn)))
+        # 20 calls back to back (pipelined_seconds): about max(host, device) per call where nothing waits
+        row["pipelined_s"], _ = attempt(lambda: run(lambda: pipelined_seconds(cupy, fn)))
         ctx["add"](row)
     del q, k, v, dq, dk, dv, lam
     cupy.get_default_memory_pool().free_all_blocks()
@@ -455,6 +467,7 @@ def format_row(r) -> str:
     if r["kind"] == "host":
         us = lambda x: fmt(x and x * 1e6, ".1f")  # noqa: E731
         return (f"host   {r['call']:<22} host {us(r.get('host_s')):>7} us/call  device {us(r.get('device_s')):>8} us"
+                f"  back to back {us(r.get('pipelined_s')):>7} us/call"
                 f"{'  ' + r['host_note'] if r.get('host_note') else ''}"[:240])
     if r["kind"] == "decode_sweep":
         note = f"  {r['note']}" if r.get("note") else ""
@@ -469,7 +482,9 @@ def format_row(r) -> str:
         return (f"decode {r['dtype']:>8} Hq={r['Hq']} Hkv={r['Hkv']} D={r['D']} Sk={r['Sk']:<6} "
                 f"attnkit {fmt(r.get('attnkit_gbs'), '.0f'):>5} GB/s ({fmt(r.get('attnkit_pct_peak'), '.0f')}% of peak)  "
                 f"torch {fmt(r.get('torch_gbs'), '.0f'):>5} GB/s  (attnkit device time: "
-                f"{fmt(r.get('attnkit_device_gbs'), '.0f')} GB/s){note}"[:240])
+                f"{fmt(r.get('attnkit_device_gbs'), '.0f')} GB/s; calls back to back: attnkit "
+                f"{fmt(r.get('attnkit_pipelined_gbs'), '.0f')} ({fmt(r.get('attnkit_pipelined_pct_peak'), '.0f')}%) "
+                f"torch {fmt(r.get('torch_pipelined_gbs'), '.0f')} GB/s){note}"[:240])
     if r["kind"] == "dla_split":
         parts = [f"dla    {r['dtype']:>8} S={r['S']:<5}"]
         sv = next((x for x in ("v5", "v4") if any(f"{x}_split{n}_tokens_per_s" in r or f"{x}_split{n}_note" in r
@@ -493,7 +508,7 @@ def format_row(r) -> str:
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
     for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal",
                  "performer_causal_serial", "dla_prefill", "dla_prefill_v4", "exact_decode", "dla_decode",
-                 "dla_decode_v2", "dla_decode_v1"):
+                 "dla_decode_v2"):
         if name == "performer_causal_serial" and not (r.get(f"{name}_s") or r.get(f"{name}_note")):
             continue  # measured only beside the mma3 state pass
         tps = r.get(f"{name}_tokens_per_s")

@@ -11,7 +11,6 @@ Two modes:
   - ``decode_v2``: 3 steps on v2's two kernels (tuning ``dla_decode = 2``);
   - ``exact_decode``: 3 exact attention decode calls (float16, B=4, Hq=32, Hkv=8, Sq=1, Sk=16384, D=128),
     the case whose call time (49% of peak bandwidth on the H200) trails its device time (68%);
-  - ``decode_v1``: 1 step on the first kernel (tuning ``dla_decode = 1``);
   - ``prefill_v1``: the first prefill again on the first kernel (tuning ``dla_split = -1``; the v2 kernel,
     profiled here until session 27, was removed then).
 
@@ -40,8 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PHASES = ("prefill", "prefill_v1", "decode", "decode_v2", "decode_v1", "exact_decode")
-PER_CALL = {"prefill": 1, "prefill_v1": 1, "decode": 3, "decode_v2": 3, "decode_v1": 1, "exact_decode": 3}
+PHASES = ("prefill", "prefill_v1", "decode", "decode_v2", "exact_decode")
+PER_CALL = {"prefill": 1, "prefill_v1": 1, "decode": 3, "decode_v2": 3, "exact_decode": 3}
 
 
 def workload(budget_s: float) -> int:
@@ -104,7 +103,6 @@ def workload(budget_s: float) -> int:
     if mark("exact_decode"):
         for _ in range(PER_CALL["exact_decode"]):
             attempt("exact_decode", lambda: attnkit.attention(qd, kd, vd))
-    decode("decode_v1", 1)
     if mark("prefill_v1"):
         with tuning(dla_split=-1):
             attempt("prefill_v1", lambda: attnkit.dynamic_linear_attention(*pre, capacity=C))

@@ -489,8 +489,7 @@ inline DecodeGeom decode3_geometry(const AttnProblem& p, int64_t target) {
 template <class T, int D, int NS>
 void launch_decode3(const AttnProblem& p, const DecodeGeom& g, cudaStream_t st) {
   using Sh = Dec3Shape<D, NS>;
-  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(decode3_kernel<T, D, NS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(Sh::kSmem)));
+  allow_dynamic_smem(decode3_kernel<T, D, NS>, Sh::kSmem);
   const int64_t blocks = p.B * p.Hkv * g.nsplit;
   decode3_kernel<T, D, NS><<<static_cast<unsigned>(blocks), kDec3Threads, Sh::kSmem, st>>>(p, g);
   ATTNKIT_CUDA_CHECK_LAUNCH();

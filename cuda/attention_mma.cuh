@@ -460,8 +460,7 @@ template <class T, int D, int KM>
 void launch_mma(const AttnProblem& p, bool per_row, cudaStream_t st) {
   using S = MmaShape<D, KM>;
   const std::size_t smem = per_row ? S::kSmemSlow : S::kSmem;
-  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(exact_mma_kernel<T, D, KM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
+  allow_dynamic_smem(exact_mma_kernel<T, D, KM>, smem);
   const dim3 grid(static_cast<unsigned>((p.Sq + S::BQ - 1) / S::BQ), static_cast<unsigned>(p.Hq),
                   static_cast<unsigned>(p.B));
   exact_mma_kernel<T, D, KM><<<grid, 128, smem, st>>>(p, per_row);

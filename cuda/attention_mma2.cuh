@@ -373,8 +373,7 @@ __global__ void __launch_bounds__(32 * NW, (Mma2Shape<D, KM, NW, BK>::kMinBlocks
 template <class T, int D, int KM, int NW, int BK>
 void launch_mma2(const AttnProblem& p, bool per_row, cudaStream_t st) {
   using S = Mma2Shape<D, KM, NW, BK>;
-  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(exact_mma2_kernel<T, D, KM, NW, BK>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::kSmem)));
+  allow_dynamic_smem(exact_mma2_kernel<T, D, KM, NW, BK>, S::kSmem);
   const dim3 grid(static_cast<unsigned>((p.Sq + S::BQ - 1) / S::BQ), static_cast<unsigned>(p.Hq),
                   static_cast<unsigned>(p.B));
   exact_mma2_kernel<T, D, KM, NW, BK><<<grid, S::kThreads, S::kSmem, st>>>(p, per_row);

@@ -56,6 +56,20 @@ class DeviceGuard {
 /// Throws Error(Runtime) when no CUDA device is present and Error(Value) when `index` names none.
 void require_device(int index);
 
+/// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) for the current device,
+/// skipped when an earlier call already allowed at least `bytes` for this kernel on this device (runtime.cu):
+/// the attribute is a per-function, per-device setting that stays for the process (the context), so setting
+/// it before every launch only cost host time per call. It is a limit, not the launch's shared memory: a
+/// higher limit than a launch asks for changes nothing. (A cudaDeviceReset by the application would clear the
+/// attribute behind this record: the next launch over 48 KiB would then fail with a CUDA error.)
+void allow_dynamic_smem(const void* kernel, int device, std::size_t bytes);
+template <class K>
+void allow_dynamic_smem(K* kernel, std::size_t bytes) {
+  int dev = 0;
+  ATTNKIT_CUDA_CHECK(cudaGetDevice(&dev));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), dev, bytes);
+}
+
 // ------------------------------------------------------------------------------------------ element types
 /// The device storage type of each floating dtype.
 using half_t = __half;

@@ -1,6 +1,7 @@
-// Dynamic linear attention on the GPU: the entry point. The decode step (T = 1) runs dla_decode.cu's kernel
-// and everything else a chunked form (DLA prefill v4, dla_prefill_v4.cuh, or dla_prefill.cu), in exactly the cases where the CPU takes its
-// decode path (cpu/dla_decode.h) and its chunked form (cpu/dla_prefill.h).
+// Dynamic linear attention on the GPU: the entry point. The decode step (T = 1) runs dla_decode_v3.cu's
+// kernel (or dla_decode_v2.cu's two) and everything else a chunked form (DLA prefill v4, dla_prefill_v4.cuh,
+// or dla_prefill.cu), in exactly the cases where the CPU takes its decode path (cpu/dla_decode.h) and its
+// chunked form (cpu/dla_prefill.h).
 //
 // Work mapping. One block of 256 threads per (batch, head) item, grid-stride over the items (a few blocks
 // per SM, fewer when the per-block scratch would pass 1 GiB): the cache makes each item sequential over its
@@ -65,29 +66,25 @@ void dynamic_linear_attention(const DLAProblem& p) {
     const char* e = std::getenv("ATTNKIT_DLA_V4");
     return !(e && std::strcmp(e, "0") == 0);
   }();
-  // The second decode step (dla_decode_v2.cu: decisions, then the states over many blocks; gate
-  // "dla_decode_v2", verified on an H200); tuning dla_decode = 1 takes the first one (side by side).
-  static const bool dec2_enabled = has_kernel("dla_decode_v2");
-  // The third (dla_decode_v3.cu: v2 in one kernel, the decisions per column tile, L2 hints for the states;
-  // gate "dla_decode_v3", not yet verified). ATTNKIT_DLA_DECODE_V3=0 (read once) turns it off; tuning
-  // dla_decode = 2 takes v2 (side by side).
+  // The decode step: v3 (dla_decode_v3.cu: one kernel, the decisions per column tile, L2 hints for the
+  // states; gate "dla_decode_v3", verified on an H200 in session 27) where enabled, else v2
+  // (dla_decode_v2.cu: decisions, then the states over many blocks; capacities past v3's shared buffers).
+  // ATTNKIT_DLA_DECODE_V3=0 (read once) turns v3 off; tuning dla_decode = 2 takes v2 (side by side). The
+  // first decode kernel (dla_decode.cu) is gone since session 27: slower than both (H200 device time per
+  // step, B = 4, H = 16, D = 64, C = 16: v1 132 us, v2 93, v3 74), and v2 takes every case v3 does not.
   static const bool dec3_enabled = has_kernel("dla_decode_v3") && [] {
     const char* e = std::getenv("ATTNKIT_DLA_DECODE_V3");
     return !(e && std::strcmp(e, "0") == 0);
   }();
-  const int64_t dec_mode = tuning().dla_decode.load();
-  const bool dec3 = dec3_enabled && dec_mode == 0;
-  const bool dec2 = dec2_enabled && (dec_mode == 0 || dec_mode == 2);
+  const bool dec3 = dec3_enabled && tuning().dla_decode.load() == 0;
   const int64_t split = tuning().dla_split.load();
   const bool v4 = v4_enabled && (split >= 0 || split == -2);  // -2: v4 without v5 (dla_prefill_v5.cuh)
   dispatch_float(p.dtype, [&](auto tag) {
     using St = decltype(tag);
     if (decode && dec3 && dla::launch_decode_v3<St>(p, stream))
       return;
-    if (decode && dec2)
+    if (decode)
       dla::launch_decode_v2<St>(p, stream);
-    else if (decode)
-      dla::launch_decode<St>(p, stream);
     else if (!(v4 && dla::launch_prefill_v4<St>(p, stream)))
       dla::launch_prefill<St>(p, stream);
   });

@@ -1,6 +1,6 @@
 #pragma once
-// Dynamic linear attention on the GPU (shared/specs/dla.md): what the decode kernel (dla_decode.cu) and
-// the chunked prefill kernel (dla_prefill.cu) share. The semantics are the CPU backend's
+// Dynamic linear attention on the GPU (shared/specs/dla.md): what the decode kernels (dla_decode_v2.cu,
+// dla_decode_v3.cu) and the chunked prefill kernel (dla_prefill.cu) share. The semantics are the CPU backend's
 // (cpu/dla_decode.h, cpu/dla_prefill.h) with the scalar rules of attnkit/math/dla.h; see dla.cu for the
 // mapping of work to threads and for where the GPU can decide differently from the CPU.
 
@@ -39,8 +39,6 @@ inline bool takes_decode_path(const DLAProblem& p) {
 /// scratch: a few blocks per SM, fewer when the scratch would pass kScratchBudget (at least 1).
 unsigned grid_for(int64_t items, std::size_t per_block, int device);
 
-template <class St>
-void launch_decode(const DLAProblem& p, cudaStream_t stream);
 template <class St>
 void launch_prefill(const DLAProblem& p, cudaStream_t stream);
 /// dla_prefill_v2.cu with dla_prefill_v4.cuh: five kernels (per-chunk score tables, boundaries from the open
@@ -88,7 +86,7 @@ __device__ __forceinline__ double block_sum(double x, double* sh) {
 }
 
 // ------------------------------------------------------------------------ the decode step (T = 1), shared
-// by dla_decode.cu (one block per item does everything) and dla_decode_v2.cu (decisions, then states).
+// by dla_decode_v2.cu (decisions, then states) and dla_decode_v3.cu (both in one kernel).
 
 /// Where output entry i of a decode step comes from: input entries s0 (and s1, merged into it; -1: none)
 /// and whether it receives the token (the newest entry always does, joined or opened).
@@ -137,8 +135,8 @@ struct DecodeStep {
 /// pair by thread 0, which also writes the token's aux outputs (scores, boundaries, merged). Every thread
 /// of the block calls it (it synchronizes) and gets the result (broadcast through *sh). red: kThreads
 /// doubles of shared memory; cnt_buf / info_buf: C entries of this block's global (or shared) scratch.
-/// kUnroll: the unroll factor of the loop over the open state (1 in dla_decode.cu, whose one kernel would
-/// spill with more; results do not depend on it). kBatch > 0: that loop in two phases, kBatch elements'
+/// kUnroll: the unroll factor of the loop over the open state (1 in the first decode kernel, removed in
+/// session 27, which would spill with more; results do not depend on it). kBatch > 0: that loop in two phases, kBatch elements'
 /// loads, then their sums (dla_decode_v3.cu; the same sums in the same order). write_aux false: the aux
 /// outputs are left to another block deciding the same item (dla_decode_v3.cu: one block per column tile
 /// decides).
@@ -152,8 +150,12 @@ __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem&
   const int64_t C = p.C, Dk = p.Dk, Dv = p.Dv;
   const double n = static_cast<double>(Dk) * static_cast<double>(Dv);
   const DLACacheViews& ci = p.cache_in;
-  const int64_t m =
+  // The input size, bounded to [0, C]: the host checks it (validate/dla.cpp), but a decode step may run
+  // before that check has read it (dispatch.cpp: the check then raises after the launch, and its outputs are
+  // dropped), so no value may take the reads of the cache out of its arrays. No effect on valid sizes.
+  int64_t m =
       ci.present ? static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]] : 0;
+  m = m < 0 ? 0 : (m > C ? C : m);
   const double a =
       p.log_decay.present ? exp(load_float<double>(p.log_decay.data, p.log_decay.dtype, at3(p.log_decay, b, h, 0)))
                           : 1.0;

@@ -1,8 +1,9 @@
 // Dynamic linear attention on the GPU, the second decode step (T = 1; gated by "dla_decode_v2", chosen in
-// dla.cu). The same step as dla_decode.cu with the same decisions (decode_decide in dla_common.cuh: the same
-// block sums in the same order), split in two kernels so that the state pass, which is the whole cost (it
-// reads C input states and writes C output states: 2 * 16 * 64 * 64 * 4 B = 0.5 MiB per head for C = 16,
-// D = 64, 32 MiB for B = 4, H = 16), is spread over many blocks with many loads in flight:
+// dla.cu). The same step as the first decode kernel (dla_decode.cu, removed in session 27) with the same
+// decisions (decode_decide in dla_common.cuh: the same block sums in the same order), split in two kernels
+// so that the state pass, which is the whole cost (it reads C input states and writes C output states:
+// 2 * 16 * 64 * 64 * 4 B = 0.5 MiB per head for C = 16, D = 64, 32 MiB for B = 4, H = 16), is spread over
+// many blocks with many loads in flight:
 //
 // 1. dla_decode_decide_kernel: one block per (batch, head) item (grid-stride), steps 1-4 on the input open
 //    state, the aux outputs, the output entry list (counts, info, starts, size), and a DecodeStep record per

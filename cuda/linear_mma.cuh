@@ -631,7 +631,7 @@ bool smem_ok(K kernel, std::size_t bytes, int device) {
   int optin = 0;
   ATTNKIT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   if (bytes > static_cast<std::size_t>(optin)) return false;
-  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), device, bytes);
   return true;
 }
 

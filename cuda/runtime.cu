@@ -1,18 +1,29 @@
 // CUDA backend infrastructure: device queries, the layout upload and the value download used by the
 // validators, and the list of mechanisms that have a CUDA kernel. Each mechanism's entry point lives in its
 // own file (attention.cu, merge.cu, ...), one kernel family per translation unit so the build parallelises.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "cpp/src/backend.h"
 #include "cuda/common.cuh"
+#include "validate/dla_values.h"
 
 namespace attnkit {
 namespace detail {
 namespace cuda {
 
 void require_device(int index) {
-  const int n = device_count();
+  // The runtime enumerates the devices once per process: a count once known is kept (one runtime query per
+  // call otherwise, on every call's path). Zero is asked again (no driver yet is not cached).
+  static std::atomic<int> known{0};
+  int n = known.load(std::memory_order_relaxed);
+  if (n == 0) {
+    n = device_count();
+    if (n > 0) known.store(n, std::memory_order_relaxed);
+  }
   if (n == 0) throw Error(ErrorKind::Runtime, "no CUDA device is available (cudaGetDeviceCount found none)");
   if (index < 0 || index >= n)
     throw Error(ErrorKind::Value, "CUDA device index " + std::to_string(index) + " is out of range [0, " +
@@ -20,6 +31,26 @@ void require_device(int index) {
 }
 
 bool built() { return true; }
+
+void allow_dynamic_smem(const void* kernel, int device, std::size_t bytes) {
+  struct Allowed {
+    const void* kernel;
+    int device;
+    std::size_t bytes;
+  };
+  static std::mutex mu;
+  static std::vector<Allowed> allowed;  // a few dozen kernels at most: a linear scan
+  std::lock_guard<std::mutex> lock(mu);
+  Allowed* found = nullptr;
+  for (Allowed& a : allowed)
+    if (a.kernel == kernel && a.device == device) found = &a;
+  if (found && found->bytes >= bytes) return;
+  ATTNKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  if (found)
+    found->bytes = bytes;
+  else
+    allowed.push_back({kernel, device, bytes});
+}
 
 namespace {
 /// The kernels that have passed tools/gpu_check.sh on a real GPU (tests/test_gpu_*.py against the oracle and
@@ -65,7 +96,11 @@ constexpr const char* kVerified[] = {
 /// A kernel moves to kVerified once the check has passed on a GPU.
 constexpr const char* kCompiled[] = {
     "dla_prefill_v5",   // v4 with C1 + C2 fused, the states in shared memory (dla_prefill_v5.cuh; launch_prefill_v4)
-    "performer_attention_mma3_causal"};  // the causal Performer's chunk-parallel state pass (performer_causal_mma.cuh)
+    "performer_attention_mma3_causal",  // the causal Performer's chunk-parallel state pass (performer_causal_mma.cuh)
+    // session 27 (host time per call): a CUDA DLA decode step launches its kernel behind the staged reads of
+    // the cache's sizes, counts and starts, then waits for the reads alone and checks (dispatch.cpp,
+    // validate/dla_values.h; start_downloads below); closed: the reads are waited for before the launch.
+    "dla_launch_before_checks"};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {
@@ -109,47 +144,118 @@ void download(void* dst, const void* src, std::size_t bytes, int32_t device_inde
   ATTNKIT_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream)));
 }
 
+namespace {
+constexpr std::size_t kMaxStaged = std::size_t(1) << 20;  // the staging buffer's bytes
+constexpr std::size_t kAlign = 16;
+
+std::size_t staged_size(std::size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+/// This thread's page-locked staging buffer of kMaxStaged bytes (made on first use, kept until the thread
+/// ends), and the copies start_downloads left in flight in it (at most one set at a time).
+struct Staging {
+  char* ptr = nullptr;
+  int pending = 0;                ///< copies in flight (start_downloads), 0: none
+  void* dst[8] = {};
+  std::size_t bytes[8] = {};
+  int device = -1;                ///< the device of `event`
+  cudaEvent_t event = nullptr;    ///< recorded behind the pending copies
+  ~Staging() {
+    if (event) (void)cudaEventDestroy(event);
+    if (ptr) (void)cudaFreeHost(ptr);
+  }
+  /// The buffer (current device: device_index, under a DeviceGuard).
+  char* buffer() {
+    if (!ptr) {
+      void* p = nullptr;
+      ATTNKIT_CUDA_CHECK(cudaHostAlloc(&p, kMaxStaged, cudaHostAllocPortable));
+      ptr = static_cast<char*>(p);
+    }
+    return ptr;
+  }
+};
+thread_local Staging staging;
+}  // namespace
+
 void download_many(int n, void* const* dst, const void* const* src, const std::size_t* bytes, int32_t device_index,
                    void* stream) {
-  // Staged through this thread's page-locked buffer of kMaxStaged bytes (made on first use, kept until the
-  // thread ends): copies into pageable memory return only once done, so only page-locked staging lets the n
-  // copies queue behind one wait. Large reads (over kMaxStaged in all) take one download each instead.
-  constexpr std::size_t kMaxStaged = std::size_t(1) << 20;
-  constexpr std::size_t kAlign = 16;
+  // Staged through this thread's page-locked buffer of kMaxStaged bytes: copies into pageable memory return
+  // only once done, so only page-locked staging lets the n copies queue behind one wait. Large reads (over
+  // kMaxStaged in all) take one download each instead, and so does a call while start_downloads' copies
+  // are in flight in the buffer.
   std::size_t total = 0;
-  for (int i = 0; i < n; ++i) total += (bytes[i] + kAlign - 1) / kAlign * kAlign;
+  for (int i = 0; i < n; ++i) total += staged_size(bytes[i]);
   if (total == 0) return;
-  if (total > kMaxStaged || n == 1 || !has_kernel("download_many")) {
+  if (total > kMaxStaged || n == 1 || staging.pending || !has_kernel("download_many")) {
     for (int i = 0; i < n; ++i)
       if (bytes[i]) download(dst[i], src[i], bytes[i], device_index, stream);
     return;
   }
-  struct Staging {
-    char* ptr = nullptr;
-    ~Staging() {
-      if (ptr) (void)cudaFreeHost(ptr);
-    }
-  };
-  thread_local Staging staging;
   require_device(device_index);
   DeviceGuard guard(device_index);
-  if (!staging.ptr) {
-    void* p = nullptr;
-    ATTNKIT_CUDA_CHECK(cudaHostAlloc(&p, kMaxStaged, cudaHostAllocPortable));
-    staging.ptr = static_cast<char*>(p);
-  }
+  char* buf = staging.buffer();
   const cudaStream_t s = as_stream(stream);
   std::size_t off = 0;
   for (int i = 0; i < n; ++i) {
-    if (bytes[i]) ATTNKIT_CUDA_CHECK(cudaMemcpyAsync(staging.ptr + off, src[i], bytes[i], cudaMemcpyDeviceToHost, s));
-    off += (bytes[i] + kAlign - 1) / kAlign * kAlign;
+    if (bytes[i]) ATTNKIT_CUDA_CHECK(cudaMemcpyAsync(buf + off, src[i], bytes[i], cudaMemcpyDeviceToHost, s));
+    off += staged_size(bytes[i]);
   }
   ATTNKIT_CUDA_CHECK(cudaStreamSynchronize(s));
   off = 0;
   for (int i = 0; i < n; ++i) {
-    if (bytes[i]) std::memcpy(dst[i], staging.ptr + off, bytes[i]);
-    off += (bytes[i] + kAlign - 1) / kAlign * kAlign;
+    if (bytes[i]) std::memcpy(dst[i], buf + off, bytes[i]);
+    off += staged_size(bytes[i]);
   }
+}
+
+bool start_downloads(int n, void* const* dst, const void* const* src, const std::size_t* bytes, int32_t device_index,
+                     void* stream) {
+  std::size_t total = 0;
+  for (int i = 0; i < n; ++i) total += staged_size(bytes[i]);
+  if (n < 1 || n > 8 || total == 0 || total > kMaxStaged || staging.pending || !has_kernel("download_many") ||
+      !has_kernel("dla_launch_before_checks"))
+    return false;
+  require_device(device_index);
+  DeviceGuard guard(device_index);
+  char* buf = staging.buffer();
+  if (staging.event && staging.device != device_index) {  // events belong to a device
+    (void)cudaEventDestroy(staging.event);
+    staging.event = nullptr;
+  }
+  if (!staging.event) {
+    ATTNKIT_CUDA_CHECK(cudaEventCreateWithFlags(&staging.event, cudaEventDisableTiming));
+    staging.device = device_index;
+  }
+  const cudaStream_t s = as_stream(stream);
+  std::size_t off = 0;
+  for (int i = 0; i < n; ++i) {
+    if (bytes[i]) ATTNKIT_CUDA_CHECK(cudaMemcpyAsync(buf + off, src[i], bytes[i], cudaMemcpyDeviceToHost, s));
+    off += staged_size(bytes[i]);
+  }
+  ATTNKIT_CUDA_CHECK(cudaEventRecord(staging.event, s));
+  for (int i = 0; i < n; ++i) {
+    staging.dst[i] = dst[i];
+    staging.bytes[i] = bytes[i];
+  }
+  staging.pending = n;
+  return true;
+}
+
+void finish_downloads() {
+  if (!staging.pending) return;
+  const int n = staging.pending;
+  staging.pending = 0;  // the buffer is free again whatever happens below
+  ATTNKIT_CUDA_CHECK(cudaEventSynchronize(staging.event));
+  std::size_t off = 0;
+  for (int i = 0; i < n; ++i) {
+    if (staging.bytes[i]) std::memcpy(staging.dst[i], staging.ptr + off, staging.bytes[i]);
+    off += staged_size(staging.bytes[i]);
+  }
+}
+
+void abandon_downloads() noexcept {
+  if (!staging.pending) return;
+  staging.pending = 0;
+  if (cudaEventSynchronize(staging.event) != cudaSuccess) (void)cudaGetLastError();
 }
 
 int device_count() {

@@ -791,8 +791,9 @@ def test_dla_split_tuning_option():
 
 
 def test_dla_decode_tuning_option():
-    """The CUDA decode kernel's choice (tuning option dla_decode, cuda/dla_decode_v2.cu / _v3.cu): 0, 1 or 2, restored
-    by attnkit._tuning.tuning, and no effect on the CPU backend's decode step."""
+    """The CUDA decode kernel's choice (tuning option dla_decode, cuda/dla_decode_v2.cu / _v3.cu): 0 or 2 (1, the
+    first kernel, is gone since session 27), restored by attnkit._tuning.tuning, and no effect on the CPU
+    backend's decode step."""
     from attnkit import _core
     from attnkit._tuning import tuning
 
@@ -803,12 +804,12 @@ def test_dla_decode_tuning_option():
     step = lambda: attnkit.dynamic_linear_attention(q[:, :, 8:], k[:, :, 8:], v[:, :, 8:], lam[:, :, 8:],  # noqa: E731
                                                     capacity=3, cache=c)
     y0, c0 = step()
-    for mode in (1, 2, 0):
+    for mode in (2, 0):
         with tuning(dla_decode=mode):
             assert _core.get_tuning("dla_decode") == mode
             y, c1 = step()
             np.testing.assert_array_equal(y, y0)
             np.testing.assert_array_equal(c1.states, c0.states)
     assert _core.get_tuning("dla_decode") == 0
-    for bad in (-1, 3):
+    for bad in (-1, 1, 3):
         raises(ValueError, "dla_decode", _core.set_tuning, "dla_decode", bad)

@@ -3,8 +3,8 @@ cuda/dla_decode_states.cuh's, shared with dla_decode_v3.cu's one kernel), which 
 its work split (blocks of kLanes column lanes x kRows row groups, each thread walking the (entry, row)
 units f = i * Dk + d of its row group kU at a time by stepping (i, d) without divisions) must write every
 output state element exactly once and sum every term of the readout exactly once, for any Dk, Dv, C and
-pack width. The step itself (decode_src, the decisions) is dla_decode.cu's, emulated here in NumPy and
-checked against the CPU backend's decode step."""
+pack width. The step itself (decode_src, the decisions) is dla_common.cuh's (decode_decide), emulated here in
+NumPy and checked against the CPU backend's decode step."""
 
 from __future__ import annotations
 

@@ -185,6 +185,15 @@ def test_cupy_fast_path_refs_small(monkeypatch):
     want = [host(a) for a in attnkit.attention(q, k, k, return_lse=True)]
     same(got[0], want[0], "out")
     same(got[1], want[1], "lse")
+    # Call.outputs' own CuPy path (cupy.empty and the header reader, without Call.tensor's dispatch; session
+    # 27): the refs the interface path gives for the same arrays
+    p = attnkit._core.AttentionParams()
+    call = _array.Call()
+    call.qkv(p, q, k, k)
+    out, lse = call.outputs(p, attnkit._core.attention_outputs, "out", "lse")
+    assert type(out) is cupy.ndarray and type(lse) is cupy.ndarray
+    assert fields(p.out) == fields(_array.Call()._cuda_tensor(out, "out"))
+    assert fields(p.lse) == fields(_array.Call()._cuda_tensor(lse, "lse"))
 
 
 @pytest.mark.skipif(FAKE or N_DEVICES < 2, reason="needs two GPUs")

@@ -1,7 +1,7 @@
 """Host emulation (float64 NumPy) of the GPU DLA kernels' structure: cuda/dla_prefill.cu's phases (scan
 with snapshots, weights from snapshots, outputs, per-element state update through the slot plan) and
-cuda/dla_decode.cu's closed-form entry map, checked against attnkit.reference. Not the CUDA code itself:
-its index math and bookkeeping, transcribed line by line, for machines without a GPU.
+the decode steps' closed-form entry map (decode_src in cuda/dla_common.cuh), checked against
+attnkit.reference. Not the CUDA code itself: its index math and bookkeeping, transcribed line by line, for machines without a GPU.
 
 Run from anywhere: python tools/dla_cuda_emulate.py (needs NumPy only: the compiled core is stubbed, so
 run it as a script, never import it into a process that uses attnkit)."""

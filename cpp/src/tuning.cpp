@@ -55,7 +55,7 @@ void set_tuning(const std::string& name, int64_t value) {
       opt == &t.cuda_scratch || opt == &t.dla_decode) {
     const bool ok = opt == &t.cuda_decode || opt == &t.cuda_decode3_pdl ? value >= 0 && value <= 2
                     : opt == &t.cuda_scratch ? value == 0 || value == 1
-                    : opt == &t.dla_decode ? value >= 0 && value <= 2
+                    : opt == &t.dla_decode ? value == 0 || value == 2
                     : opt == &t.cuda_decode_keys ? value == 0 || value == 1 || value == 2 || value == 4
                     : opt == &t.cuda_decode_stages ? value == 0 || (value >= 2 && value <= 4)
                                                    : value == 0 || (value >= 64 && value <= 65536);
@@ -63,7 +63,7 @@ void set_tuning(const std::string& name, int64_t value) {
       throw Error(ErrorKind::Value, name + ": " + std::to_string(value) +
                                         " is out of range (cuda_decode 0|1|2, cuda_decode_keys 0|1|2|4, "
                                         "cuda_decode_blocks / cuda_decode3_blocks 0 or 64..65536, "
-                                        "cuda_decode_stages 0|2|3|4, cuda_decode3_pdl 0|1|2, cuda_scratch 0|1, dla_decode 0|1|2)");
+                                        "cuda_decode_stages 0|2|3|4, cuda_decode3_pdl 0|1|2, cuda_scratch 0|1, dla_decode 0|2)");
     opt->store(value);
     return;
   }

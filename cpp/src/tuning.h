@@ -46,9 +46,9 @@ struct Tuning {
   /// automatic. No effect on the CPU; results equal up to rounding (v4's and v5's are the same bits for every
   /// split).
   std::atomic<int64_t> dla_split{0};
-  /// DLA decode step on CUDA: 0 = automatic (cuda/dla_decode_v3.cu where enabled, else cuda/dla_decode_v2.cu
-  /// where enabled, else cuda/dla_decode.cu), 1 = the first kernel (cuda/dla_decode.cu), 2 = the second
-  /// (cuda/dla_decode_v2.cu where enabled; both for side-by-side measurements). Results equal up to rounding.
+  /// DLA decode step on CUDA: 0 = automatic (cuda/dla_decode_v3.cu where enabled, else cuda/dla_decode_v2.cu),
+  /// 2 = cuda/dla_decode_v2.cu (for side-by-side measurements; 1, the first kernel, is gone since session 27).
+  /// Results equal up to rounding.
   std::atomic<int64_t> dla_decode{0};
   /// Causal Performer on CUDA's tensor cores (cuda/performer_causal_mma.cuh): 0 = automatic (the
   /// chunk-parallel state pass, inc_kernel + scan_kernel, where its gate "performer_attention_mma3_causal" is

@@ -357,14 +357,53 @@ class Call:
     def outputs(self, params, query, *names):
         """Allocates the outputs ``names`` of a call from the core's output query (the validator computes
         their shapes and dtypes, after checking every input: bad input raises here, before anything is
-        allocated; only DLA's cache and log-decay values are read later, once, when the call runs), stores each one's TensorRef in ``params`` (dotted names reach nested fields, e.g.
-        ``cache_out.states``) and returns the arrays in the order asked."""
-        specs = output_specs(query, params)
+        allocated; only DLA's cache and log-decay values are read later, once, when the call runs), stores
+        each one's TensorRef in ``params`` (dotted names reach nested fields, e.g. ``cache_out.states``) and
+        returns the arrays in the order asked.
+
+        The query is asked for these names only (``query(params, names)``: their (shape, dtype code) pairs in
+        order). NumPy and CuPy outputs go straight to the core's header readers, without the per-array
+        dispatch of :meth:`tensor` (a new C-contiguous array of a dtype attnkit supports needs none of its
+        checks); on CUDA the current device is looked up once per call. Anything else (torch outputs,
+        bfloat16 CuPy bits, another current device) goes through :meth:`empty`."""
+        specs = query(params, names)
         arrays = []
         nested = {}  # "cache_out" -> params.cache_out, looked up once (each lookup makes a new wrapper)
-        for name in names:
-            shape, code = specs[name]
-            arr, ref = self.empty(shape, _DTYPES[code], name)
+        keep = self._keep
+        fast = 0  # 1: NumPy, 2: CuPy on the current device, 0: empty()
+        if not self.torch:
+            if not self.cuda:
+                fast = 1
+                if self.cuda is None:
+                    self.cuda = False
+            else:
+                cupy = _require_cupy(names[0] if names else "out")
+                if cupy.cuda.runtime.getDevice() == self.device_index:
+                    fast, cupy_empty, dev = 2, cupy.empty, self.device_index
+        for name, (shape, code) in zip(names, specs):
+            dtype = _DTYPES[code]
+            if fast == 1:
+                try:
+                    arr = np.empty(shape, dtype)
+                except (MemoryError, ValueError, OverflowError) as e:
+                    raise _alloc_error(name, shape, dtype, e) from None
+                ref = _numpy_ref(arr, code)
+                if ref is None:  # a rank the core refuses: the generic path says so
+                    ref = self._numpy_tensor(arr, name)
+                else:
+                    keep.append(arr)
+            elif fast == 2 and dtype != BFLOAT16:
+                try:
+                    arr = cupy_empty(shape, dtype)
+                except (MemoryError, ValueError, OverflowError) as e:
+                    raise _alloc_error(name, shape, dtype, e) from None
+                ref = _device_ref(arr.data.ptr if arr.size else 0, code, arr.shape, arr.strides, dev)
+                if ref is None:
+                    ref = self.tensor(arr, name)
+                else:
+                    keep.append(arr)
+            else:
+                arr, ref = self.empty(shape, dtype, name)
             if "." in name:
                 path, last = name.rsplit(".", 1)
                 target = nested.get(path)

@@ -286,7 +286,14 @@ def _has_foreign(x) -> bool:
         return any(map(_has_foreign, x))
     if isinstance(x, dict):
         return any(map(_has_foreign, x.values()))
-    return any(_is_foreign(getattr(x, f)) for f in _containers()[type(x)])
+    for f in _containers()[type(x)]:  # MHAParams, DLACache: their fields by the cached kinds, as above
+        v = getattr(x, f)
+        kind = _KINDS.get(type(v))
+        if kind is None:
+            kind = _kind(v)
+        if kind == _FOREIGN or kind == _TORCH or (kind == _NESTED and _has_foreign(v)):
+            return True
+    return False
 
 
 def _torch_only(x) -> bool:

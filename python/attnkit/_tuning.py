@@ -19,9 +19,8 @@ every code path; users have no reason to.
                    them for its column slices); -1 = the first CUDA prefill kernel (cuda/dla_prefill.cu),
                    -2 = v4's passes C1 + C2 instead of v5's fused pass (both for side-by-side measurements)
     dla_decode     DLA decode step on CUDA: 0 = automatic (the one-kernel step of cuda/dla_decode_v3.cu where
-                   enabled, else the two-kernel step of cuda/dla_decode_v2.cu where enabled), 1 = the first
-                   kernel (cuda/dla_decode.cu), 2 = the second (cuda/dla_decode_v2.cu; both for side-by-side
-                   measurements)
+                   enabled, else the two-kernel step of cuda/dla_decode_v2.cu), 2 = the two-kernel step (for
+                   side-by-side measurements; 1, the first kernel, is gone since session 27)
     performer_causal    causal Performer on CUDA's tensor cores: 0 = automatic (the chunk-parallel state pass,
                         gate "performer_attention_mma3_causal", where enabled), 2 = the serial state kernel
                         (side-by-side measurements)

@@ -142,17 +142,39 @@ auto nogil(void (*f)(const P&)) {
   };
 }
 
-/// An output query f(params) as a Python function returning [(name, shape tuple, dtype code), ...].
+/// The shape of output spec o as a tuple of ints.
+py::tuple spec_shape(const OutputSpec& o) {
+  py::tuple shape(o.ndim);
+  for (int d = 0; d < o.ndim; ++d) shape[d] = py::int_(o.shape[d]);
+  return shape;
+}
+
+/// An output query f(params) as a Python function: f(params) returns [(name, shape tuple, dtype code), ...]
+/// for every output the call can write; f(params, names) (a tuple of output names, as attnkit._array's
+/// Call.outputs asks on every call) returns [(shape tuple, dtype code), ...] for those names in their order,
+/// KeyError for a name the call has no output of.
 template <class P>
 auto outputs(OutputSpecs (*f)(const P&)) {
-  return [f](const P& p) {
+  return [f](const P& p, py::handle names) -> py::list {
     const OutputSpecs specs = f(p);
-    py::list r(specs.count);
-    for (int i = 0; i < specs.count; ++i) {
+    if (names.is_none()) {
+      py::list r(specs.count);
+      for (int i = 0; i < specs.count; ++i) {
+        const OutputSpec& o = specs.items[i];
+        r[i] = py::make_tuple(o.name, spec_shape(o), static_cast<int>(o.dtype));
+      }
+      return r;
+    }
+    const py::tuple want = PyTuple_Check(names.ptr()) ? py::reinterpret_borrow<py::tuple>(names)
+                                                      : py::tuple(py::reinterpret_borrow<py::object>(names));
+    py::list r(want.size());
+    for (size_t j = 0; j < want.size(); ++j) {
+      const std::string name = py::cast<std::string>(want[j]);
+      int i = 0;
+      while (i < specs.count && name != specs.items[i].name) ++i;
+      if (i == specs.count) throw py::key_error(name);
       const OutputSpec& o = specs.items[i];
-      py::tuple shape(o.ndim);
-      for (int d = 0; d < o.ndim; ++d) shape[d] = py::int_(o.shape[d]);
-      r[i] = py::make_tuple(o.name, std::move(shape), static_cast<int>(o.dtype));
+      r[j] = py::make_tuple(spec_shape(o), static_cast<int>(o.dtype));
     }
     return r;
   };
@@ -279,7 +301,7 @@ PYBIND11_MODULE(_core, m) {
           [](DLAParams& p, uintptr_t s) { p.stream = as_stream(s); });
 
   m.def("dynamic_linear_attention", nogil(&dynamic_linear_attention));
-  m.def("dynamic_linear_attention_outputs", outputs(&dynamic_linear_attention_outputs));
+  m.def("dynamic_linear_attention_outputs", outputs(&dynamic_linear_attention_outputs), py::arg("params"), py::arg("names") = py::none());
 
   py::enum_<FeatureMap>(m, "FeatureMap")
       .value("elu1", FeatureMap::Elu1)
@@ -361,12 +383,12 @@ PYBIND11_MODULE(_core, m) {
           [](LinformerParams& p, uintptr_t s) { p.stream = as_stream(s); });
 
   m.def("attention", nogil(&attention));
-  m.def("attention_outputs", outputs(&attention_outputs));
+  m.def("attention_outputs", outputs(&attention_outputs), py::arg("params"), py::arg("names") = py::none());
   m.def("attention_weights", [](const AttentionParams& p, const TensorRef& weights) {
     py::gil_scoped_release release;
     attention_weights(p, weights);
   });
-  m.def("attention_weights_outputs", outputs(&attention_weights_outputs));
+  m.def("attention_weights_outputs", outputs(&attention_weights_outputs), py::arg("params"), py::arg("names") = py::none());
   py::class_<MergeParams>(m, "MergeParams")
       .def(py::init<>())
       .def_readwrite("outs", &MergeParams::outs)
@@ -377,7 +399,7 @@ PYBIND11_MODULE(_core, m) {
           "stream", [](const MergeParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](MergeParams& p, uintptr_t s) { p.stream = as_stream(s); });
   m.def("merge_attention", nogil(&merge_attention));
-  m.def("merge_attention_outputs", outputs(&merge_attention_outputs));
+  m.def("merge_attention_outputs", outputs(&merge_attention_outputs), py::arg("params"), py::arg("names") = py::none());
 
   // ---------------------------------------------------------------------------- block-sparse / LSH
   py::class_<BlockLayoutRef>(m, "BlockLayoutRef");
@@ -440,7 +462,7 @@ PYBIND11_MODULE(_core, m) {
           "stream", [](const BlockSparseParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](BlockSparseParams& p, uintptr_t s) { p.stream = as_stream(s); });
   m.def("block_sparse_attention", nogil(&block_sparse_attention));
-  m.def("block_sparse_attention_outputs", outputs(&block_sparse_attention_outputs));
+  m.def("block_sparse_attention_outputs", outputs(&block_sparse_attention_outputs), py::arg("params"), py::arg("names") = py::none());
 
   // ------------------------------------------------------------------------------- backward passes
   py::class_<AttentionGrads>(m, "AttentionGrads")
@@ -469,8 +491,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<>())
       .def_readwrite("fwd", &BlockSparseBackwardParams::fwd)
       .def_readwrite("grad", &BlockSparseBackwardParams::grad);
-  m.def("attention_backward_outputs", outputs(&attention_backward_outputs));
-  m.def("block_sparse_attention_backward_outputs", outputs(&block_sparse_attention_backward_outputs));
+  m.def("attention_backward_outputs", outputs(&attention_backward_outputs), py::arg("params"), py::arg("names") = py::none());
+  m.def("block_sparse_attention_backward_outputs", outputs(&block_sparse_attention_backward_outputs), py::arg("params"), py::arg("names") = py::none());
 
   py::class_<LinearAttentionBackwardParams>(m, "LinearAttentionBackwardParams")
       .def(py::init<>())
@@ -484,7 +506,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("dinitial_state", &LinearAttentionBackwardParams::dinitial_state)
       .def_readwrite("dinitial_normalizer", &LinearAttentionBackwardParams::dinitial_normalizer);
   m.def("linear_attention_backward", nogil(&linear_attention_backward));
-  m.def("linear_attention_backward_outputs", outputs(&linear_attention_backward_outputs));
+  m.def("linear_attention_backward_outputs", outputs(&linear_attention_backward_outputs), py::arg("params"), py::arg("names") = py::none());
   py::class_<PerformerBackwardParams>(m, "PerformerBackwardParams")
       .def(py::init<>())
       .def_readwrite("fwd", &PerformerBackwardParams::fwd)
@@ -493,7 +515,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("dk", &PerformerBackwardParams::dk)
       .def_readwrite("dv", &PerformerBackwardParams::dv);
   m.def("performer_attention_backward", nogil(&performer_attention_backward));
-  m.def("performer_attention_backward_outputs", outputs(&performer_attention_backward_outputs));
+  m.def("performer_attention_backward_outputs", outputs(&performer_attention_backward_outputs), py::arg("params"), py::arg("names") = py::none());
 
   py::class_<LshAttentionParams>(m, "LshAttentionParams")
       .def(py::init<>())
@@ -511,7 +533,7 @@ PYBIND11_MODULE(_core, m) {
           "stream", [](const LshAttentionParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](LshAttentionParams& p, uintptr_t s) { p.stream = as_stream(s); });
   m.def("lsh_attention", nogil(&lsh_attention));
-  m.def("lsh_attention_outputs", outputs(&lsh_attention_outputs));
+  m.def("lsh_attention_outputs", outputs(&lsh_attention_outputs), py::arg("params"), py::arg("names") = py::none());
   py::class_<LshBucketsParams>(m, "LshBucketsParams")
       .def(py::init<>())
       .def_readwrite("x", &LshBucketsParams::x)
@@ -523,18 +545,18 @@ PYBIND11_MODULE(_core, m) {
           "stream", [](const LshBucketsParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](LshBucketsParams& p, uintptr_t s) { p.stream = as_stream(s); });
   m.def("lsh_buckets", nogil(&lsh_buckets));
-  m.def("lsh_buckets_outputs", outputs(&lsh_buckets_outputs));
+  m.def("lsh_buckets_outputs", outputs(&lsh_buckets_outputs), py::arg("params"), py::arg("names") = py::none());
 
   m.def("linear_attention", nogil(&linear_attention));
-  m.def("linear_attention_outputs", outputs(&linear_attention_outputs));
+  m.def("linear_attention_outputs", outputs(&linear_attention_outputs), py::arg("params"), py::arg("names") = py::none());
   m.def("performer_attention", nogil(&performer_attention));
-  m.def("performer_attention_outputs", outputs(&performer_attention_outputs));
+  m.def("performer_attention_outputs", outputs(&performer_attention_outputs), py::arg("params"), py::arg("names") = py::none());
   m.def("random_features", nogil(&random_features));
-  m.def("random_features_outputs", outputs(&random_features_outputs));
+  m.def("random_features_outputs", outputs(&random_features_outputs), py::arg("params"), py::arg("names") = py::none());
   m.def("linformer_projection", nogil(&linformer_projection));
-  m.def("linformer_projection_outputs", outputs(&linformer_projection_outputs));
+  m.def("linformer_projection_outputs", outputs(&linformer_projection_outputs), py::arg("params"), py::arg("names") = py::none());
   m.def("linformer_attention", nogil(&linformer_attention));
-  m.def("linformer_attention_outputs", outputs(&linformer_attention_outputs));
+  m.def("linformer_attention_outputs", outputs(&linformer_attention_outputs), py::arg("params"), py::arg("names") = py::none());
 
   py::class_<RopeParams>(m, "RopeParams")
       .def(py::init<>())
@@ -548,7 +570,7 @@ PYBIND11_MODULE(_core, m) {
           "stream", [](const RopeParams& p) { return reinterpret_cast<uintptr_t>(p.stream); },
           [](RopeParams& p, uintptr_t s) { p.stream = as_stream(s); });
   m.def("rope", nogil(&rope));
-  m.def("rope_outputs", outputs(&rope_outputs));
+  m.def("rope_outputs", outputs(&rope_outputs), py::arg("params"), py::arg("names") = py::none());
 
   m.def("version", &version);
   m.def("built_with_cuda", &built_with_cuda);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward,dla_prefill_v2,dla_decode,
-# dla_decode_v2}.cu, for machines
+# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward,dla_prefill_v2,
+# dla_decode_v2,dla_decode_v3}.cu, for machines
 # without a GPU: the .cu files are compiled by g++ against shim/cuda/*.cuh (blocks run one after another, the
 # threads of a block as std::threads meeting at a std::barrier for __syncthreads; float32/float64 only), with
 # each `kernel<<<grid, kThreads, 0, stream>>>(args)` rewritten to a call of the shim's emu_launch. The tests
@@ -47,10 +47,10 @@ g++ -std=c++17 -O1 -fopenmp -I "$root/cpp/src" -I "$root/cpp/include" -c "$root/
   -o "$out/dla_generic.o"
 g++ "${flags[@]}" -fopenmp -I "$out" "$here/test_dla_v2.cpp" "$out/dla_generic.o" -o "$out/test_dla_v2"
 OMP_NUM_THREADS=1 "$out/test_dla_v2" | tail -1
-# DLA decode (dla_decode.cu, dla_decode_v2.cu and dla_decode_v3.cu with their host sides; the 16-bit
+# DLA decode (dla_decode_v2.cu and dla_decode_v3.cu with their host sides; the 16-bit
 # instantiations dropped) vs the CPU backend's generic kernel, and v3 vs v2 bit for bit; blocks of 256
 # emulated threads.
-for f in dla_decode dla_decode_v2 dla_decode_v3; do
+for f in dla_decode_v2 dla_decode_v3; do
   perl -0pe 's/(\w+<[^<>]*>)<<<(.*?), kThreads, 0, stream>>>\((.*?)\);/emu_launch($2, [&]{ $1($3); });/gs' \
     "$root/cuda/$f.cu" | grep -v -E '^template (void|bool) .*<(half_t|bf16_t)>' | grep -v '#include "cuda/' > "$out/$f.emu.inc"
 done

@@ -1,5 +1,5 @@
-// Emulated CUDA DLA decode steps (cuda/dla_decode.cu, cuda/dla_decode_v2.cu and cuda/dla_decode_v3.cu, whole
-// files with their host sides, see run.sh) vs the CPU backend's generic kernel (cpu/dla_decode.h) on the same
+// Emulated CUDA DLA decode steps (cuda/dla_decode_v2.cu and cuda/dla_decode_v3.cu, whole files with their
+// host sides, see run.sh; the first kernel, cuda/dla_decode.cu, is gone since session 27) vs the CPU backend's generic kernel (cpu/dla_decode.h) on the same
 // DLAProblem (T = 1), and v3 vs v2 bit for bit (v3 is v2 in one kernel, each column tile's block deciding):
 // outputs, scores, boundaries, merges and the output cache, for caches that are empty, partly full and full
 // (joins, opens, merges), capacity 1, decay, both scores, odd sizes (v2's scalar fallback), 16-byte rows
@@ -35,15 +35,17 @@ void emu_launch(const dim3& grid, F&& f) {  // a 2-D grid: blocks (x, y) one aft
 #include "cuda/dla_decode_states.cuh"
 namespace attnkit { namespace detail { namespace cuda { namespace dla {
 unsigned grid_for(int64_t items, std::size_t, int) { return static_cast<unsigned>(std::min<int64_t>(items, 3)); }
-}}}}
-#include "dla_decode.emu.inc"
+}
+// has_kernel of cuda/runtime.cu: dla_decode_v3.cu's dla_launch_before_checks asks it (not tested here).
+bool has_kernel(const char*) { return false; }
+}}}
 #include "dla_decode_v2.emu.inc"
 #include "dla_decode_v3.emu.inc"
 #define DLA_HARNESS_SEED 7
 #include "dla_harness.h"
 
-// One decode step: B = 2, H = 2 items whose caches hold m = mcache[item] entries; kernel 0 = CPU, 1 = v1, 2 = v2,
-// 3 = v3.
+// One decode step: B = 2, H = 2 items whose caches hold m = mcache[item] entries; kernel 0 = CPU, 2 = v2, 3 = v3
+// (1 was the first kernel, gone since session 27: its buffers stay unused).
 template <class T>
 void run(const char* name, int64_t Dk, int64_t Dv, int64_t C, double tau, bool decay, bool drift,
          std::vector<int64_t> mcache, int64_t offset) {
@@ -121,7 +123,6 @@ void run(const char* name, int64_t Dk, int64_t Dv, int64_t C, double tau, bool d
   }
   if (!cuda::dla::takes_decode_path(pp[1])) throw std::runtime_error("not the decode path");
   cpu::dla_generic(pp[0]);
-  cuda::dla::launch_decode<T>(pp[1], nullptr);
   cuda::dla::launch_decode_v2<T>(pp[2], nullptr);
   if (!cuda::dla::launch_decode_v3<T>(pp[3], nullptr)) throw std::runtime_error("v3 refused the problem");
   auto cmp = [](const std::vector<T>& a, const std::vector<T>& b) -> double {
@@ -135,7 +136,7 @@ void run(const char* name, int64_t Dk, int64_t Dv, int64_t C, double tau, bool d
   const double tol = sizeof(T) == 8 ? 1e-10 : 1e-4;
   bool ok = true;
   double emax = 0;
-  for (int r = 1; r < 4; ++r) {
+  for (int r = 2; r < 4; ++r) {  // 1: the first kernel (cuda/dla_decode.cu), gone since session 27
     const Buf<T>&a = bb[r], &c = bb[0];
     const double e = std::max({cmp(a.out, c.out), cmp(a.states, c.states), cmp(a.info, c.info), cmp(a.scores, c.scores)});
     const bool same = a.counts == c.counts && a.starts == c.starts && a.size == c.size && a.merged == c.merged && a.bnd == c.bnd;
@@ -145,8 +146,6 @@ void run(const char* name, int64_t Dk, int64_t Dv, int64_t C, double tau, bool d
       std::printf("  kernel v%d: err %.3g%s\n", r, e, same ? "" : " DECISIONS / ENTRIES DIFFER");
     }
   }
-  // v1 and v2 make the same decisions from the same block sums: same scores bit for bit
-  if (bb[1].scores != bb[2].scores) { ok = false; std::printf("  v1 and v2 scores differ\n"); }
   // v3 runs v2's decisions and v2's state pass: every output bit for bit (the poisoned -7 / 7 entries too:
   // both write every element)
   {

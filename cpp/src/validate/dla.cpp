@@ -1,4 +1,6 @@
 #include "validate/dla.h"
+#include "validate/dla_values.h"
+#include "backend.h"
 
 #include <algorithm>
 #include <cmath>
@@ -56,9 +58,8 @@ OutN<N> bind_out(Outputs& outs, const char* name, const TensorRef& t, const int6
   return o;
 }
 
-}  // namespace
-
-DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
+/// Everything but the value checks (validate_dla below, DLAValueCheck).
+DLAProblem validate_shapes(const DLAParams& p, OutputSpecs* infer) {
   DLAProblem r;
   r.q = bhsd_view(p.q, "q");
   require_floating(p.q, "q");
@@ -184,11 +185,67 @@ DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
   r.boundaries = bind_out(outs, "boundaries", p.boundaries, tshape, lead, DType::Bool, nullptr, false);
   r.merged = bind_out(outs, "merged", p.merged, tshape, lead, DType::Int64, nullptr, false);
 
+  return r;
+}
+
+/// The value checks on host copies (or host arrays): log_decay (strides gs) finite and <= 0; each item's
+/// cache size in [0, C], its counts >= 1 and its spans contiguous from 0 covering position.
+void check_values(int64_t B, int64_t H, int64_t T, int64_t C, int64_t position, const HostValues* decay,
+                  const int64_t* gs, const HostValues* size_vals, const int64_t* ss, const HostValues* count_vals,
+                  const int64_t* cs, const HostValues* start_vals, const int64_t* ts) {
+  if (decay) {
+    const HostValues& all = *decay;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t t = 0; t < T; ++t) {
+          const double x = all.real(b * gs[0] + h * gs[1] + t * gs[2]);
+          if (!(std::isfinite(x) && x <= 0))
+            value_error("log_decay must be finite and <= 0 (a decay factor exp(g) in (0, 1]; a positive value "
+                        "would grow the states), got " + num(x) + " at [" + str(b) + ", " + str(h) + ", " +
+                        str(t) + "]");
+        }
+  }
+  if (size_vals) {
+    const HostValues &sizes = *size_vals, &counts = *count_vals, &starts = *start_vals;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        // The item's index for a message, made only when one is raised: a decode step checks every item's
+        // entries after the wait, while the device idles, so the loop stays free of string work.
+        const auto at = [b, h] { return "[" + str(b) + ", " + str(h); };
+        const int64_t m = sizes.integer(b * ss[0] + h * ss[1]);
+        if (m < 0 || m > C)
+          value_error("cache.size" + at() + "] = " + str(m) + " is outside [0, capacity] = [0, " + str(C) + "]");
+        int64_t next = 0;
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t n = counts.integer(b * cs[0] + h * cs[1] + i * cs[2]);
+          const int64_t s = starts.integer(b * ts[0] + h * ts[1] + i * ts[2]);
+          if (n < 1)
+            value_error("cache.counts" + at() + ", " + str(i) + "] = " + str(n) + ": a used entry summarises >= 1 token");
+          if (s != next)
+            value_error("cache.starts" + at() + ", " + str(i) + "] = " + str(s) + " but the spans are contiguous from 0, so " +
+                        str(next) + " was expected");
+          if (n > position - next)  // next <= position, so this cannot wrap; next + n could
+            value_error("cache.counts" + at() + ", " + str(i) + "] = " + str(n) + " takes the spans past cache.position = " +
+                        str(position) + " (the counts must sum to the position)");
+          next += n;
+        }
+        if (next != position)
+          value_error("cache.position = " + str(position) + " but cache.counts" + at() + "] sum to " + str(next) +
+                      " (the spans cover every token seen)");
+      }
+  }
+}
+
+}  // namespace
+
+DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
+  DLAProblem r = validate_shapes(p, infer);
   // Values (read on the host, each array in one transfer: HostValues in validate/common.h), when the call
   // runs and not in the output query before it: on a device a read waits for the stream, and twice the
   // waits would double a decode step's host time. The (up to four) arrays are read with ONE wait
   // (read_host_values): each wait is a round trip to the device, the larger part of a decode step's host
-  // time. A bad value then raises after the outputs were allocated.
+  // time. A bad value then raises after the outputs were allocated. (validate_dla_deferred leaves them to a
+  // DLAValueCheck: validate/dla_values.h.)
   if (infer) return r;
   std::optional<HostValues> decay_vals, size_vals, count_vals, start_vals;
   if (r.log_decay.present) decay_vals.emplace(deferred_host_values(r.log_decay, p.q));
@@ -202,50 +259,111 @@ DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
                                count_vals ? &*count_vals : nullptr, start_vals ? &*start_vals : nullptr};
     read_host_values(all, 4, p.q, p.stream);
   }
+  const DLACacheViews& c = r.cache_in;
+  check_values(r.B, r.H, r.T, r.C, r.position, decay_vals ? &*decay_vals : nullptr, r.log_decay.stride,
+               size_vals ? &*size_vals : nullptr, c.size.stride, count_vals ? &*count_vals : nullptr, c.counts.stride,
+               start_vals ? &*start_vals : nullptr, c.starts.stride);
+  return r;
+}
+
+DLAProblem validate_dla_deferred(const DLAParams& p, DLAValueCheck* values) {
+  DLAProblem r = validate_shapes(p, nullptr);
+  DLAValueCheck& v = *values;
+  v.B_ = r.B;
+  v.H_ = r.H;
+  v.T_ = r.T;
+  v.C_ = r.C;
+  v.position_ = r.position;
+  v.ref_ = p.q;
+  v.stream_ = p.stream;
   if (r.log_decay.present) {
-    const ViewN<3>& g = r.log_decay;
-    const HostValues& all = *decay_vals;
-    for (int64_t b = 0; b < r.B; ++b)
-      for (int64_t h = 0; h < r.H; ++h)
-        for (int64_t t = 0; t < r.T; ++t) {
-          const double x = all.real(b * g.stride[0] + h * g.stride[1] + t * g.stride[2]);
-          if (!(std::isfinite(x) && x <= 0))
-            value_error("log_decay must be finite and <= 0 (a decay factor exp(g) in (0, 1]; a positive value "
-                        "would grow the states), got " + num(x) + " at [" + str(b) + ", " + str(h) + ", " +
-                        str(t) + "]");
-        }
+    v.decay_ = &v.arrays_[v.n_++];
+    v.add(v.decay_, r.log_decay.data, r.log_decay.dtype, 3, r.log_decay.shape, r.log_decay.stride);
   }
   if (r.cache_in.present) {
     const DLACacheViews& c = r.cache_in;
-    const HostValues &sizes = *size_vals, &counts = *count_vals, &starts = *start_vals;
-    for (int64_t b = 0; b < r.B; ++b)
-      for (int64_t h = 0; h < r.H; ++h) {
-        // The item's index for a message, made only when one is raised: a decode step checks every item's
-        // entries after the wait, while the device idles, so the loop stays free of string work.
-        const auto at = [b, h] { return "[" + str(b) + ", " + str(h); };
-        const int64_t m = sizes.integer(b * c.size.stride[0] + h * c.size.stride[1]);
-        if (m < 0 || m > r.C)
-          value_error("cache.size" + at() + "] = " + str(m) + " is outside [0, capacity] = [0, " + str(r.C) + "]");
-        int64_t next = 0;
-        for (int64_t i = 0; i < m; ++i) {
-          const int64_t n = counts.integer(b * c.counts.stride[0] + h * c.counts.stride[1] + i * c.counts.stride[2]);
-          const int64_t s = starts.integer(b * c.starts.stride[0] + h * c.starts.stride[1] + i * c.starts.stride[2]);
-          if (n < 1)
-            value_error("cache.counts" + at() + ", " + str(i) + "] = " + str(n) + ": a used entry summarises >= 1 token");
-          if (s != next)
-            value_error("cache.starts" + at() + ", " + str(i) + "] = " + str(s) + " but the spans are contiguous from 0, so " +
-                        str(next) + " was expected");
-          if (n > r.position - next)  // next <= position, so this cannot wrap; next + n could
-            value_error("cache.counts" + at() + ", " + str(i) + "] = " + str(n) + " takes the spans past cache.position = " +
-                        str(r.position) + " (the counts must sum to the position)");
-          next += n;
-        }
-        if (next != r.position)
-          value_error("cache.position = " + str(r.position) + " but cache.counts" + at() + "] sum to " + str(next) +
-                      " (the spans cover every token seen)");
-      }
+    v.size_ = &v.arrays_[v.n_++];
+    v.add(v.size_, c.size.data, c.size.dtype, 2, c.size.shape, c.size.stride);
+    v.counts_ = &v.arrays_[v.n_++];
+    v.add(v.counts_, c.counts.data, c.counts.dtype, 3, c.counts.shape, c.counts.stride);
+    v.starts_ = &v.arrays_[v.n_++];
+    v.add(v.starts_, c.starts.data, c.starts.dtype, 3, c.starts.shape, c.starts.stride);
   }
   return r;
+}
+
+void DLAValueCheck::add(Array* a, const void* data, DType dt, int ndim, const int64_t* shape, const int64_t* stride) {
+  a->data = data;
+  a->dtype = dt;
+  a->ndim = ndim;
+  int64_t lo = 0, hi = 0;  // the element offsets the array spans, relative to data (as HostValues::span)
+  bool empty = false;
+  for (int d = 0; d < ndim; ++d) {
+    a->shape[d] = shape[d];
+    a->stride[d] = stride[d];
+    if (shape[d] == 0) empty = true;
+    const int64_t last = (shape[d] - 1) * stride[d];
+    (last < 0 ? lo : hi) += last;
+  }
+  if (empty || ref_.device == Device::CPU) return;
+  const std::size_t item = dtype_size(dt);
+  a->copy.resize(static_cast<std::size_t>(hi - lo + 1) * item);
+  a->span = static_cast<const char*>(data) + lo * static_cast<int64_t>(item);
+  a->lo = lo;
+}
+
+void DLAValueCheck::start() {
+  if (started_) return;
+  started_ = true;
+  void* dst[4];
+  const void* src[4];
+  std::size_t bytes[4];
+  int n = 0;
+  for (int i = 0; i < n_; ++i)
+    if (arrays_[i].span) {
+      dst[n] = arrays_[i].copy.data();
+      src[n] = arrays_[i].span;
+      bytes[n++] = arrays_[i].copy.size();
+    }
+  if (n == 0) return;
+  if (cuda::start_downloads(n, dst, src, bytes, ref_.device_index, stream_)) {
+    async_ = true;
+    return;
+  }
+  cuda::download_many(n, dst, src, bytes, ref_.device_index, stream_);
+}
+
+void DLAValueCheck::finish() {
+  if (done_) return;
+  start();
+  if (async_) {
+    async_ = false;
+    cuda::finish_downloads();
+  }
+  done_ = true;
+  check();
+}
+
+DLAValueCheck::~DLAValueCheck() {
+  if (async_) cuda::abandon_downloads();
+}
+
+void DLAValueCheck::check() {
+  if (n_ == 0) return;
+  TensorRef host;  // the values are in host memory now: HostValues reads them in place
+  host.device = Device::CPU;
+  std::optional<HostValues> vals[4];
+  for (int i = 0; i < n_; ++i) {
+    const Array& a = arrays_[i];
+    const void* base = a.span ? static_cast<const void*>(a.copy.data() - a.lo * static_cast<int64_t>(dtype_size(a.dtype)))
+                              : a.data;
+    vals[i].emplace(base, a.dtype, a.ndim, a.shape, a.stride, host, nullptr);
+  }
+  const auto at = [&](const Array* a) -> const HostValues* { return a ? &*vals[a - arrays_] : nullptr; };
+  const int64_t none[3] = {0, 0, 0};
+  check_values(B_, H_, T_, C_, position_, at(decay_), decay_ ? decay_->stride : none, at(size_),
+               size_ ? size_->stride : none, at(counts_), counts_ ? counts_->stride : none, at(starts_),
+               starts_ ? starts_->stride : none);
 }
 
 }  // namespace detail
