@@ -133,12 +133,13 @@ def variant_rows(ctx, dtypes, dims, sizes=(1024, 4096), B=4, H=16, timeout_s=90)
 # dependent launch); "v3-nopool" = v3's defaults with the scratch from the device's default pool instead of attnkit's
 # (cuda_scratch=1, cuda/workspace.cuh). v3 needs "attention_decode_v3" (ATTNKIT_CUDA_UNVERIFIED=1 until
 # verified), else its rows run v2. Session 22's H200 sweep fell monotonically with the grid size in every shape
-# (256 best, 2048 worst; 4 stages never ahead of 2): the grid below 256 is what is left to try.
+# (256 best, 2048 worst; 4 stages never ahead of 2); session 27's put 128 first (the default since, 3747 GB/s
+# geometric mean against 256's 3590; 1024 last): 96 is what is left to try below it.
 DECODE_VARIANTS = (
     [("v1", {"cuda_decode": 1}), ("v2", {"cuda_decode": 2}),
      ("v2k2b1024", {"cuda_decode": 2, "cuda_decode_keys": 2, "cuda_decode_blocks": 1024})]
     + [(f"v3s{st}b{b}", {"cuda_decode": 0, "cuda_decode_stages": st, "cuda_decode3_blocks": b})
-       for st in (2, 3) for b in (128, 192, 256, 512, 1024)]
+       for st in (2, 3) for b in (96, 128, 192, 256, 512)]
     + [("v3-nopdl", {"cuda_decode": 0, "cuda_decode3_pdl": 2}), ("v3-nopool", {"cuda_decode": 0, "cuda_scratch": 1})])
 DECODE_SWEEP_SHAPES = [("gqa32:8", 32, 8, 1), ("mha8", 8, 8, 1), ("gqa32:8-Sq2", 32, 8, 2)]
 

@@ -55,10 +55,12 @@ constexpr int kDec3Warps = 4;
 constexpr int kDec3Threads = 32 * kDec3Warps;
 constexpr int kDec3Rows = 16;      // one m-tile: rows (Sq * G) per kv head served by v3
 constexpr int kDec3Tile = 16;      // keys per warp tile
-// Defaults from the decode sweep on an H200 (bench/results/gpu_h200_s22.json): 2 stages and 256 blocks had the
-// best geometric-mean device rate over MHA / GQA, Sk 16K / 128K (3597 GB/s; 3 stages 512 blocks: 3362).
+// Defaults from the decode sweeps on an H200: 2 stages had the best geometric-mean device rate over MHA / GQA,
+// Sk 16K / 128K in session 22 (bench/results/gpu_h200_s22.json: 256 blocks 3597 GB/s; 3 stages 512 blocks: 3362),
+// and session 27's sweep, the first with 128 blocks (gpu_h200_s27.json), put 128 blocks first: 3747 GB/s against
+// 256's 3590 in the same run; GQA 32:8 at Sk = 16384 71% of the peak (256: 67%), at 131072 86% (84%).
 constexpr int kDec3Stages = 2;     // default NS
-constexpr int kDec3Blocks = 256;   // default target grid size (about one wave of 2 blocks on 132 SMs)
+constexpr int kDec3Blocks = 128;   // default target grid size (about one block per SM on 132 SMs)
 
 /// Shared memory of v3 (elements of T unless said): Q [16][LD], then each warp's NS stages of (K [16][LD],
 /// V [16][LD]), then each warp's P scratch for the element-wise PV (float [16][16]). After the key loop

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +95,21 @@ def test_results_files_follow_the_rule():
         if isinstance(env, dict) and "loadavg_after" in env:
             assert env["cpu_model"] and env["cpu_isa"] and env["matmul_2048_gflops"], p.name
     assert all(re.fullmatch(r"[a-z0-9_]+\.json", p.name) for p in (RESULTS / "history").glob("*"))
+
+
+def test_ml_dtypes_imported_before_the_core():
+    """``import attnkit`` loads ml_dtypes before attnkit._core (the other order crashed ml_dtypes 0.6.0 under
+    NumPy 2.5.2 on a CUDA build: python/attnkit/__init__.py)."""
+    code = ("import sys\n"
+            "order = []\n"
+            "class Hook:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        order.append(name)\n"
+            "        return None\n"
+            "sys.meta_path.insert(0, Hook())\n"
+            "import attnkit\n"
+            "print(order.index('ml_dtypes') < order.index('attnkit._core'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True", out.stdout

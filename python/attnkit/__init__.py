@@ -7,7 +7,15 @@ framework.
 ``attnkit.reference`` holds float64 NumPy oracles of every function.
 """
 
-from . import _core, layouts
+try:  # before the compiled core: see the note below
+    import ml_dtypes as _ml_dtypes  # noqa: F401
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    pass
+# ml_dtypes is imported before attnkit._core on purpose. On session 27's GPU machine (Python 3.12, NumPy 2.5.2,
+# ml_dtypes 0.6.0, a CUDA build) ``import attnkit._core; import ml_dtypes`` crashed (SIGSEGV in ml_dtypes'
+# float4_e2m1fn finfo, at its import) while ``import ml_dtypes, attnkit`` worked (bench/results/gpu_check_h200_s27b.txt).
+# The cause is not known; the order keeps ``import attnkit`` working there.
+from . import _core, layouts  # noqa: E402
 from ._backward import (attention_backward, block_sparse_attention_backward, linear_attention_backward,
                         linformer_attention_backward, performer_attention_backward)
 from ._dla import DLAAux, DLACache, dynamic_linear_attention
