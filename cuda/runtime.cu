@@ -59,9 +59,7 @@ namespace {
 /// verified functions' kernels (an H100 and an H200, 2026-11-26): "attention_mma_v2" (attention_mma2.cuh) and
 /// "attention_decode_v2" (attention_decode2.cuh), chosen in attention.cu; "attention_backward_mma", the
 /// tensor-core backward of attention_backward_mma.cu, and "attention_backward_mma_terms", the same with mask,
-/// bias / dbias, soft cap and ALiBi; "dla_prefill_v2" (the second DLA prefill kernel; removed in session 27 with
-/// v3, v4 replacing both: the name no longer gates anything);
-/// "linear_attention_v2" and "performer_attention_v2" (linear_v2.cuh, chosen in linear.cu). Where a gate is
+/// bias / dbias, soft cap and ALiBi; "linear_attention_v2" and "performer_attention_v2" (linear_v2.cuh, chosen in linear.cu). Where a gate is
 /// closed (a name moved back to kCompiled) the function keeps its first kernel.
 constexpr const char* kVerified[] = {
     "attention",          "attention_weights",
@@ -73,8 +71,7 @@ constexpr const char* kVerified[] = {
     "block_sparse_attention_backward",
     "attention_mma_v2",   "attention_decode_v2",
     "attention_backward_mma", "attention_backward_mma_terms",
-    "dla_prefill_v2",     "linear_attention_v2",
-    "performer_attention_v2",
+    "linear_attention_v2", "performer_attention_v2",
     "attention_mma_v2_small",   // variants 3 and 4 of attention_mma2.cuh (64-row blocks; chosen by env only)
     "performer_attention_mma",  // Performer's products on tensor cores (performer_mma.cuh, chosen in linear.cu)
     "linear_attention_mma",     // causal linear attention on tensor cores (linear_mma.cuh, chosen in linear.cu)
@@ -85,9 +82,9 @@ constexpr const char* kVerified[] = {
     "download_many",              // download_many's staged copies behind one wait (else one download per array)
     "performer_attention_mma2",   // bidirectional Performer softmax, fused features (performer_mma2.cuh; linear.cu)
     // an H200, session 27 (tools/gpu_check.sh at 7a1bcfb: 1581 of 1582 tests, the one a test tolerance; both
-    // sanitizers clean; bench_gpu: v4 the fastest DLA prefill, v3 the fastest DLA decode step):
+    // sanitizers clean; bench_gpu: v4 the fastest DLA prefill, v3 the fastest DLA decode step; DLA prefill v2
+    // and v3, verified before, were removed then: v4 replaces both):
     "performer_attention_mma2_causal",  // causal Performer softmax on tensor cores (performer_causal_mma.cuh)
-    "dla_prefill_v3",   // (removed in session 27 with v2: v4 replaces both; the name gates nothing)
     "dla_prefill_v4",   // A1 A2 B C1 C2: tables, boundaries, merges, chunk-start states, readout (dla_prefill_v4.cuh)
     "dla_decode_v3"};   // the decode step in one kernel, L2 hints for the states (dla_decode_v3.cu; dla.cu)
 /// Kernels in this build not yet verified on a GPU (public functions, or internal names of new paths): they
