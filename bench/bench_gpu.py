@@ -34,9 +34,7 @@
   (overall and v3's: the one to make the default); "v3-nopool": v3's defaults with the scratch from the
   device's default pool (tuning ``cuda_scratch``) instead of attnkit's (cuda/workspace.cuh).
 * Linear attention (elu+1), Performer (m=256) and DLA prefill (tokens/s) and DLA decode (one token with a
-  cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..);
-  where the causal Performer's chunk-parallel state pass runs ("performer_attention_mma3_causal"), its serial
-  state_kernel beside it (performer_causal_serial; bench/bench_performer_causal.py: both, D = 64 and 128).
+  cache of S tokens; tokens/s) vs exact attention on the same shape (float16, B=4, H=16, D=64, S = 4096 ..).
 * DLA prefill kernels side by side (``--dla-sweep``, on under ``--quick``; S = 4096, 16384): the first CUDA
   kernel vs DLA prefill v4 (``cuda/dla_prefill_v4.cuh``) with each column split (tuning option ``dla_split``),
   whether the splits give the same bits, and the largest difference between the two kernels.
@@ -296,18 +294,6 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
         has = getattr(attnkit._core, "cuda_has_kernel", None)
         row["performer_causal_mma"] = bool(has and has("performer_attention_mma2_causal")) and \
             os.environ.get("ATTNKIT_PERFORMER_CAUSAL_MMA") != "0"
-        # ... whose state pass is the chunk-parallel inc_kernel + scan_kernel where "performer_attention_mma3_causal"
-        # is enabled (ATTNKIT_PERFORMER_CAUSAL_MMA3=0 turns it off); performer_causal_serial: the serial
-        # state_kernel side by side (tuning performer_causal = 2), measured only when mma3 ran.
-        row["performer_causal_mma3"] = row["performer_causal_mma"] and bool(has("performer_attention_mma3_causal")) \
-            and os.environ.get("ATTNKIT_PERFORMER_CAUSAL_MMA3") != "0"
-        if row["performer_causal_mma3"] and row.get("performer_causal_s"):
-            ts, notes = attempt(lambda: with_tuning(attnkit, "performer_causal", 2,
-                                                    lambda: timer(calls["performer_causal"][1])))
-            if ts:
-                row["performer_causal_serial_s"], row["performer_causal_serial_tokens_per_s"] = ts, B * S / ts
-            else:
-                row["performer_causal_serial_note"] = notes
         # dla_prefill runs v4's five kernels (cuda/dla_prefill_v4.cuh) where its gate is open (ATTNKIT_DLA_V4=0
         # turns it off; v2 and v3, side by side here until session 27, were removed then), with C1 + C2 fused into
         # v5's one pass (cuda/dla_prefill_v5.cuh) where that gate is open (ATTNKIT_DLA_V5=0 turns it off); then
@@ -324,7 +310,7 @@ def linear_rows(ctx, sizes, B=4, H=16, D=64, m=256, C=16, dtype="float16"):
         for name in ("linear", "performer"):
             if row.get(f"{name}_s") and row.get("exact_s"):
                 row[f"{name}_speedup_vs_exact"] = row["exact_s"] / row[f"{name}_s"]
-        for name in ("linear_causal", "performer_causal", "performer_causal_serial", "dla_prefill", "dla_prefill_v4"):
+        for name in ("linear_causal", "performer_causal", "dla_prefill", "dla_prefill_v4"):
             if row.get(f"{name}_s") and row.get("exact_causal_s"):
                 row[f"{name}_speedup_vs_exact"] = row["exact_causal_s"] / row[f"{name}_s"]
         # decode: one token after S tokens. DLA from its cache (O(C D^2)); exact attention over S keys.
@@ -506,11 +492,8 @@ def format_row(r) -> str:
             parts.append(f"error: {r['note'][:120]}")
         return "  ".join(parts) + "  (Mtok/s)"
     parts = [f"linear {r['dtype']:>8} S={r['S']:<5}"]
-    for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal",
-                 "performer_causal_serial", "dla_prefill", "dla_prefill_v4", "exact_decode", "dla_decode",
-                 "dla_decode_v2"):
-        if name == "performer_causal_serial" and not (r.get(f"{name}_s") or r.get(f"{name}_note")):
-            continue  # measured only beside the mma3 state pass
+    for name in ("exact", "exact_causal", "linear", "linear_causal", "performer", "performer_causal", "dla_prefill",
+                 "dla_prefill_v4", "exact_decode", "dla_decode", "dla_decode_v2"):
         tps = r.get(f"{name}_tokens_per_s")
         parts.append(f"{name} {fmt(tps and tps / 1e6, '.2f', r.get(f'{name}_note', '-')[:9])}")
     return "  ".join(parts) + "  (Mtok/s)"

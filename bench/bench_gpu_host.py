@@ -14,9 +14,8 @@ per call:
 * ``chain``: DLA steps back to back, each from the cache the step before returned (the real decode loop).
 
 Then session 27's figures (bench/results/gpu_h200_s27.json: host, device and decode call time on an H200,
-before this work) beside the current ones (same device kind only: compare H200 with H200). The DLA step's
-launch before its value checks is gated (cuda/runtime.cu's kCompiled: "dla_launch_before_checks"): run once
-without and once with ATTNKIT_CUDA_UNVERIFIED=1 to see that part before and after in one build.
+before this work) beside the current ones (same device kind only: compare H200 with H200). (Session 27 also
+tried launching the DLA step before its value checks: 127 us per step against 95, so it was removed.)
 ``--dry`` runs the same calls on NumPy arrays (small shapes, no GPU) to check the script itself.
 
     python bench/bench_gpu_host.py [--dry] [--json out.json]
@@ -92,8 +91,8 @@ class _CudaTiming:
         return pipelined_seconds(self.cupy, fn, n=n)
 
 
-def cases(xp, attnkit, torch, dry, only="all"):
-    """{name: (fn, bytes read or None, chained step factory or None)}; only="dla": the DLA steps alone."""
+def cases(xp, attnkit, torch, dry):
+    """{name: (fn, bytes read or None, chained step factory or None)}."""
     rng = np.random.default_rng(0)
 
     def randn(shape, scale=1.0):
@@ -101,8 +100,6 @@ def cases(xp, attnkit, torch, dry, only="all"):
         return xp.asarray(x)
 
     out = {}
-    if only == "dla":
-        return _dla_cases(xp, attnkit, dry, randn, rng, out)
     tiny = [randn((1, 1, 4, 64)) for _ in range(3)]
     out["tiny_f16"] = (lambda: attnkit.attention(*tiny), None, None)
     B, Hq, Hkv, D, Sk = (1, 4, 2, 16, 256) if dry else (4, 32, 8, 128, 16384)
@@ -157,12 +154,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry", action="store_true", help="NumPy arrays, small shapes, no GPU: checks the script")
     ap.add_argument("--json", default=None, help="also write the rows here (a path)")
-    ap.add_argument("--gate-ab", action="store_true",
-                    help="where the gate dla_launch_before_checks is open (ATTNKIT_CUDA_UNVERIFIED=1), also run the DLA "
-                         "steps in a child process without ATTNKIT_CUDA_UNVERIFIED (the gate closed): before / after "
-                         "of that part in one build")
-    ap.add_argument("--only", choices=("all", "dla"), default="all", help=argparse.SUPPRESS)
-    ap.add_argument("--no-torch", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import attnkit
@@ -177,20 +168,17 @@ def main(argv=None) -> int:
         if cupy is None:
             print(f"bench_gpu_host: no GPU here ({reason}); --dry runs the script on NumPy")
             return 0
-        torch = None if a.no_torch else torch_or_none()
+        torch = torch_or_none()
         xp, timing = cupy, _CudaTiming(cupy, torch)
         peak, _ = device_peak_gbs(cupy)
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         device = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     t0 = time.monotonic()
-    has = getattr(attnkit._core, "cuda_has_kernel", None)
-    gate = bool(has and has("dla_launch_before_checks"))
-    print(f"bench_gpu_host on {device}, attnkit {attnkit.__version__}"
-          f"{f', peak {peak:.0f} GB/s' if peak else ''}; DLA step launched before its value checks: "
-          f"{'yes' if gate else 'no'} (gate dla_launch_before_checks, ATTNKIT_CUDA_UNVERIFIED=1)", flush=True)
+    print(f"bench_gpu_host on {device}, attnkit {attnkit.__version__}{f', peak {peak:.0f} GB/s' if peak else ''}",
+          flush=True)
     us = lambda x: "-" if x is None else f"{x * 1e6:.1f}"  # noqa: E731
     rows = []
-    for name, (fn, nbytes, chain) in cases(xp, attnkit, torch, a.dry, a.only).items():
+    for name, (fn, nbytes, chain) in cases(xp, attnkit, torch, a.dry).items():
         r = {"call": name}
         is_torch = name.endswith("torch_sdpa")
         r["host_s"] = None if is_torch else timing.host(fn)
@@ -210,19 +198,8 @@ def main(argv=None) -> int:
                                           for k, g in gbs.items())
         print(line, flush=True)
         rows.append(r)
-    if a.gate_ab and gate and not a.dry:
-        import os
-        import subprocess
-
-        env = {k: v for k, v in os.environ.items() if k != "ATTNKIT_CUDA_UNVERIFIED"}
-        res = subprocess.run([sys.executable, __file__, "--only", "dla", "--no-torch"], env=env, capture_output=True,
-                             text=True, timeout=120)
-        for line in res.stdout.splitlines()[1:-1]:
-            print(f"  gate closed: {line}")
-        if res.returncode:
-            print(f"  gate closed: the child failed ({res.returncode}): {res.stderr.strip()[-300:]}")
     base = baseline_rows()
-    if base and not a.dry and a.only == "all":
+    if base and not a.dry:
         print(f"session 27 (H200, before; {BASELINE.name}) -> now ({device}):")
         for r in rows:
             b = base.get(r["call"])
@@ -234,7 +211,7 @@ def main(argv=None) -> int:
     print(f"bench_gpu_host: {len(rows)} calls in {time.monotonic() - t0:.1f} s", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps({"device": device, "peak_gbs": peak, "rows": rows,
-                                            "dla_launch_before_checks": gate, "baseline": str(BASELINE)},
+                                            "baseline": str(BASELINE)},
                                            indent=2) + "\n")
     return 0
 

@@ -150,9 +150,8 @@ __device__ __forceinline__ DecodeStep<acc_t<St>> decode_decide(const DLAProblem&
   const int64_t C = p.C, Dk = p.Dk, Dv = p.Dv;
   const double n = static_cast<double>(Dk) * static_cast<double>(Dv);
   const DLACacheViews& ci = p.cache_in;
-  // The input size, bounded to [0, C]: the host checks it (validate/dla.cpp), but a decode step may run
-  // before that check has read it (dispatch.cpp: the check then raises after the launch, and its outputs are
-  // dropped), so no value may take the reads of the cache out of its arrays. No effect on valid sizes.
+  // The input size, bounded to [0, C] (the host has checked it before the launch, validate/dla.cpp: a
+  // second guard that no value can take the reads of the cache out of its arrays; no effect on valid sizes).
   int64_t m =
       ci.present ? static_cast<const int64_t*>(ci.size.data)[b * ci.size.stride[0] + h * ci.size.stride[1]] : 0;
   m = m < 0 ? 0 : (m > C ? C : m);

@@ -33,7 +33,6 @@
 #include "cuda/dla_common.cuh"
 #include "cuda/dla_decode_states.cuh"
 #include "cpp/src/backend.h"
-#include "validate/dla_values.h"
 
 namespace attnkit {
 namespace detail {
@@ -138,14 +137,6 @@ template bool launch_decode_v3<half_t>(const DLAProblem&, cudaStream_t);
 template bool launch_decode_v3<bf16_t>(const DLAProblem&, cudaStream_t);
 
 }  // namespace dla
-
-bool dla_launch_before_checks(const DLAProblem& p) {
-  // The decode steps (v3 here, v2 in dla_decode_v2.cu) read the cache through decode_decide, which bounds
-  // the size to [0, C]; counts, info and starts only enter arithmetic and the output entries. So a step on
-  // unchecked values stays within its arrays, and the check after the launch (dispatch.cpp) still raises.
-  static const bool on = has_kernel("dla_launch_before_checks");
-  return on && dla::takes_decode_path(p);
-}
 
 }  // namespace cuda
 }  // namespace detail

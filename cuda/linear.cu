@@ -157,8 +157,7 @@ void run_linear(const LinearProblem& p, cudaStream_t stream) {
     if ((!keep_chunk && linear_mma_causal(p, 128, stream)) || linear_mma_causal(p, a.C, stream)) return;
   }
   // Causal Performer softmax features, float16 / bfloat16: the tensor-core path (performer_causal_mma.cuh,
-  // chunks of 64) where enabled and it applies (gated by "performer_attention_mma2_causal"; its chunk-parallel
-  // state pass by "performer_attention_mma3_causal", chosen in performer_causal_mma.cu).
+  // chunks of 64) where enabled and it applies (gated by "performer_attention_mma2_causal").
   if (causal_items && v2 && a.stab && has_kernel("performer_attention_mma2_causal") &&
       performer_mma2_causal(p, p.chunk > 0 ? p.chunk : tune.causal_chunk, stream))
     return;

@@ -4,8 +4,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "cpp/src/backend.h"
-#include "cpp/src/tuning.h"
 #include "cuda/performer_causal_mma.cuh"
 
 namespace attnkit {
@@ -13,12 +11,12 @@ namespace detail {
 namespace cuda {
 
 // The kernels are compiled in performer_causal_mma_<dtype>_d<D>.cu only.
-extern template bool run_performer_causal_mma<half_t, 32>(const LinearProblem& p, bool v3, cudaStream_t stream);
-extern template bool run_performer_causal_mma<half_t, 64>(const LinearProblem& p, bool v3, cudaStream_t stream);
-extern template bool run_performer_causal_mma<half_t, 128>(const LinearProblem& p, bool v3, cudaStream_t stream);
-extern template bool run_performer_causal_mma<bf16_t, 32>(const LinearProblem& p, bool v3, cudaStream_t stream);
-extern template bool run_performer_causal_mma<bf16_t, 64>(const LinearProblem& p, bool v3, cudaStream_t stream);
-extern template bool run_performer_causal_mma<bf16_t, 128>(const LinearProblem& p, bool v3, cudaStream_t stream);
+extern template bool run_performer_causal_mma<half_t, 32>(const LinearProblem& p, cudaStream_t stream);
+extern template bool run_performer_causal_mma<half_t, 64>(const LinearProblem& p, cudaStream_t stream);
+extern template bool run_performer_causal_mma<half_t, 128>(const LinearProblem& p, cudaStream_t stream);
+extern template bool run_performer_causal_mma<bf16_t, 32>(const LinearProblem& p, cudaStream_t stream);
+extern template bool run_performer_causal_mma<bf16_t, 64>(const LinearProblem& p, cudaStream_t stream);
+extern template bool run_performer_causal_mma<bf16_t, 128>(const LinearProblem& p, cudaStream_t stream);
 
 /// Runs the causal Performer softmax problem p on the tensor-core path and returns true, or returns false
 /// (nothing launched) where it does not apply: bidirectional, another map, not float16 / bfloat16, D or Dv
@@ -27,17 +25,9 @@ extern template bool run_performer_causal_mma<bf16_t, 128>(const LinearProblem& 
 /// heads, or not enough shared memory. ATTNKIT_PERFORMER_CAUSAL_MMA=0 (read once; internal, for the benchmark's
 /// side-by-side rows and for bisecting on the GPU) turns the path off: linear.cu then runs the previous
 /// causal kernels.
-/// The state pass: the chunk-parallel inc_kernel + scan_kernel ("v3") where has_kernel(
-/// "performer_attention_mma3_causal") (gated in runtime.cu's kCompiled), ATTNKIT_PERFORMER_CAUSAL_MMA3 is not
-/// "0" (read once) and the tuning option performer_causal is not 2 (bench / tests: the serial state_kernel side
-/// by side in one process); else state_kernel. Same outputs up to rounding.
 bool performer_mma2_causal(const LinearProblem& p, int64_t chunk, cudaStream_t stream) {
   static const bool off = [] {
     const char* e = std::getenv("ATTNKIT_PERFORMER_CAUSAL_MMA");
-    return e && std::strcmp(e, "0") == 0;
-  }();
-  static const bool v3_off = [] {
-    const char* e = std::getenv("ATTNKIT_PERFORMER_CAUSAL_MMA3");
     return e && std::strcmp(e, "0") == 0;
   }();
   if (off || !p.causal || !p.stabilized() || p.state_dtype != DType::Float32) return false;
@@ -46,15 +36,11 @@ bool performer_mma2_causal(const LinearProblem& p, int64_t chunk, cudaStream_t s
   if (p.F < 64 || p.F % 64 != 0 || p.F > 8192) return false;
   const bool f16 = p.dtype == DType::Float16;
   if (!f16 && p.dtype != DType::BFloat16) return false;
-  const bool v3 = !v3_off && tuning().performer_causal.load() != 2 && has_kernel("performer_attention_mma3_causal");
   switch (p.D) {
-    case 32:
-      return f16 ? run_performer_causal_mma<half_t, 32>(p, v3, stream) : run_performer_causal_mma<bf16_t, 32>(p, v3, stream);
-    case 64:
-      return f16 ? run_performer_causal_mma<half_t, 64>(p, v3, stream) : run_performer_causal_mma<bf16_t, 64>(p, v3, stream);
+    case 32: return f16 ? run_performer_causal_mma<half_t, 32>(p, stream) : run_performer_causal_mma<bf16_t, 32>(p, stream);
+    case 64: return f16 ? run_performer_causal_mma<half_t, 64>(p, stream) : run_performer_causal_mma<bf16_t, 64>(p, stream);
     case 128:
-      return f16 ? run_performer_causal_mma<half_t, 128>(p, v3, stream)
-                 : run_performer_causal_mma<bf16_t, 128>(p, v3, stream);
+      return f16 ? run_performer_causal_mma<half_t, 128>(p, stream) : run_performer_causal_mma<bf16_t, 128>(p, stream);
     default: return false;
   }
 }

@@ -53,15 +53,14 @@
 //   Measured (H200, session 27): 10.7 / 11.5 million tokens/s at S = 4096 / 16384 (exact causal attention:
 //   26.2 / 8.2); the bidirectional path, with the same tensor-core work per row and more instructions (two
 //   query projections), 19.1 / 21.6: the causal path's extra ~0.7 ms is most likely the serial state_kernel.
-// v3 ("performer_attention_mma3_causal", below state_kernel): inc_kernel + scan_kernel replace state_kernel
-//   (per (item, chunk, slice) blocks: 64x the blocks; then a memory-bound scan over the chunks per element,
-//   P read and written once more: +0.6 GB, ~0.13 ms at the example), P_c stored pre-split for out_kernel<.., true>,
-//   which also loads each slice by cp.async behind the query projection. Estimate, unmeasured: 0.6-0.9 ms at the
-//   example (18-27 million tokens/s); bench/bench_performer_causal.py measures both passes side by side.
+//   A chunk-parallel state pass (one block per (item, chunk, slice) for the increments, then a scan over the
+//   chunks, P_c stored pre-split into bfloat16 hi / lo) measured 0.89-0.97x this path on the H200 (the output
+//   kernel got faster, 620 vs 799 us, but scan 443 + increments 400 us cost more than state_kernel's 623) and
+//   was removed in session 28 (git history: commit 21a0372). Its one gain, P_c pre-split by the state pass,
+//   could move into state_kernel.
 //
 // Determinism: every output and state element is one thread's fragment, summed in a fixed order (features in
-// slice order, parts, keys in order, chunks in order), whatever the grid; no atomics in a float sum (v3's
-// non-finite flags are an integer atomicOr).
+// slice order, parts, keys in order, chunks in order), whatever the grid; no atomics.
 // Non-finite values as the CPU: a value tile with a NaN / infinity sums the 16-bit parts of phi and the high
 // part alone separately (performer_mma2's state_kernel); a state slice with a NaN / infinity drops the
 // q_lo p_hi product; the diagonal key tile of a chunk with a NaN / infinite value is summed element by element
@@ -80,9 +79,9 @@ namespace cuda {
 
 /// Runs the causal Performer softmax problem p with head dim D on this path (instantiated in
 /// performer_causal_mma_<dtype>_d<D>.cu); false where it does not apply (Dv, shared memory, sizes), having
-/// launched nothing. v3: the chunk-parallel state pass (inc_kernel + scan_kernel) instead of state_kernel.
+/// launched nothing.
 template <class T, int D>
-bool run_performer_causal_mma(const LinearProblem& p, bool v3, cudaStream_t stream);
+bool run_performer_causal_mma(const LinearProblem& p, cudaStream_t stream);
 
 namespace pmc {
 
@@ -102,8 +101,6 @@ struct Ext {
   T* phk;        // [items][S][F]: phi_own(k_j) (times Parts::kPhiScale; allowed keys only)
   float* fin;    // [items][F][DVA]: the state after the last chunk, relative to rfin
   float* rfin;   // [items][nfb]
-  float* cref;   // v3: [items][nch][nfb]: r_s(c), the largest mb[j][s] of chunk c's allowed keys (-inf: none)
-  int* pflag;    // v3: [items][nch][nfb]: slice s of P_c holds a NaN / infinity (P then in bfloat16 hi / lo)
   int64_t nch, nfb;
   bool qvec, kvec, vvec;  // rows readable by 16-byte loads (linear_mma.cuh's Args::qvec ...)
 };
@@ -296,237 +293,6 @@ __global__ void final_kernel(const LinArgs a, const Ext<T> x) {
   }
 }
 
-// ------------------------------------------------------------------------- v3: inc_kernel and scan_kernel
-// The state pass without state_kernel's serial chunk loop ("performer_attention_mma3_causal"; run() below).
-// inc_kernel is state_kernel's loop body for one chunk, one block per (item, chunk, slice) (B Hkv nch nfb
-// blocks instead of B Hkv nfb), with the keys rebased to the chunk's own reference r_s(c) = max of mb[j][s] over
-// its allowed keys instead of R_s(c + 1): I_c = sum_j phi_own(k_j) exp(mb[j][s] - r_s(c)) [v_j | 1] (float32,
-// written over slot c of P). scan_kernel then carries the state per element in chunk order (as linear_mma.cuh's
-// scan_kernel): P_c = the state before chunk c, R_s(c + 1) = running max(R_s(c), r_s(c)), state = state
-// exp(R_s(c) - R_s(c + 1)) + I_c exp(r_s(c) - R_s(c + 1)), both factors <= 1 (the CPU's rescale_state, and its
-// rebase_keys split in two factors: exp(mb - r) exp(r - R) = exp(mb - R) up to rounding). pref, mbk, phk, fin
-// and rfin are state_kernel's (final_kernel unchanged); P_c is stored already split into out_kernel's bfloat16
-// hi / lo parts (the same bytes per element: the split moves from every query head's out_kernel block to the
-// memory-bound scan) with a per-(chunk, slice) non-finite flag (x.pflag), out_kernel<.., PRE = true>.
-// Why (estimates, H200, B = 4, H = 16, S = 4096, D = Dv = 64, m = 256, float16): state_kernel runs B Hkv nfb =
-// 256 blocks (2 per SM, 8 warps per SM), each over all 64 chunks in order with ~2000 instructions per warp
-// and chunk behind 5 barriers and unprefetched loads: latency-bound, inferred ~0.7 ms of the 1.53 ms call by
-// the comparison with the bidirectional path (no fewer instructions, 0.86 ms; no per-kernel profile of this
-// path exists: bench/bench_performer_causal.py takes one by torch's profiler). inc_kernel: the same work in
-// 16384 blocks (4 per SM at Dv <= 64: __launch_bounds__ caps it at 128 registers); scan_kernel: 302 MB read
-// + 302 MB written, ~0.13 ms at ~4.5 TB/s.
-
-/// inc_kernel's shared memory: state_kernel's, with sP over sW where it fits (D >= 64: W' is not read after
-/// the projection, and a barrier separates the two), so that D = 128 keeps 2-3 blocks per SM.
-template <int D>
-constexpr bool kIncAlias = D + 8 >= kLDF;
-template <class T, int D, int DV>
-constexpr std::size_t inc_smem() {
-  constexpr int NS = Parts<T>::NS;
-  return sizeof(uint16_t) * (static_cast<std::size_t>(NS) * kFB * (D + 8) + kRows * (D + 8) +
-                             (kIncAlias<D> ? 0 : static_cast<std::size_t>(NS) * kRows * kLDF) +
-                             kRows * (DV + 8)) +
-         sizeof(float) * 2 * kRows;
-}
-
-/// I_c (slot c of x.P, relative to r_s(c), times nothing), x.cref = r_s(c), mbk and phk of chunk c's allowed
-/// keys for one (item, chunk, slice) per block; blocks of chunks without allowed keys write nothing.
-template <class T, int D, int DV>
-__global__ void __launch_bounds__(kBlock, DV <= 64 ? 4 : 2) inc_kernel(const LinArgs a, const Ext<T> x) {
-  using PT = Parts<T>;
-  constexpr int LDD = D + 8, NS = PT::NS, DVA = DV + 8, NV = DVA / 8;
-  constexpr bool kAlias = kIncAlias<D>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sW = reinterpret_cast<T*>(smem_raw);            // [NS][kFB][LDD]
-  T* sK = sW + NS * kFB * LDD;                       // [kRows][LDD]
-  T* sP = kAlias ? sW : sK + kRows * LDD;            // [NS][kRows][kLDF]: parts of phi, [keys][features]
-  T* sV = kAlias ? sK + kRows * LDD : sP + NS * kRows * kLDF;  // [kRows][DVA]: [V | 1 | 0]
-  float* sH = reinterpret_cast<float*>(sV + kRows * DVA);  // [kRows]: |k'|^2/2
-  float* sR = sH + kRows;                                  // [kBlock / 32]: each warp's largest mb
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gq = lane / 4, tq = lane % 4;
-  const int64_t total = a.B * a.Hkv * x.nch * x.nfb;
-  const float half_scale = static_cast<float>(a.half_scale), hlm = static_cast<float>(a.half_log_m);
-  constexpr float inv = 1.f / PT::kPhiScale;
-  for (int64_t blk = blockIdx.x; blk < total; blk += gridDim.x) {
-    // 32-bit index math (run() takes fewer than 2^31 blocks), slices fastest (the blocks of one chunk read
-    // the same keys and values).
-    const uint32_t ub = static_cast<uint32_t>(blk), unfb = static_cast<uint32_t>(x.nfb);
-    const uint32_t unch = static_cast<uint32_t>(x.nch), uh = static_cast<uint32_t>(a.Hkv);
-    const uint32_t uic = ub / unfb, uitem = uic / unch, ub_ = uitem / uh;
-    const int64_t fb = ub - uic * unfb, c = uic - uitem * unch, item = uitem, b = ub_, hkv = uitem - ub_ * uh;
-    const int64_t L = allowed_keys(a, b), f0 = fb * kFB, j0 = c * kRows;
-    const int kn = static_cast<int>(L - j0 < kRows ? (L - j0 > 0 ? L - j0 : 0) : kRows);
-    if (kn == 0) continue;  // uniform over the block; scan_kernel reads nothing of this chunk
-    const int fr = warp * 16 + gq;  // this thread's state rows fr, fr + 8 of the slice
-    pm2::load_w<T, D>(sW, x.wp, a.F, f0);
-    const T* kg = static_cast<const T*>(a.k) + b * a.ks[0] + hkv * a.ks[1];
-    const T* vg = static_cast<const T*>(a.v) + b * a.vs[0] + hkv * a.vs[1];
-    pm2::load_rows<T, D>(sK, kg + j0 * a.ks[2], a.ks[2], a.ks[3], x.kvec, kn);
-    bool bad = false;
-    for (int i = tid; i < kRows * NV; i += kBlock) {
-      const int j = i / NV, n8 = i % NV * 8;
-      bad |= load_v_row8<T, DV>(vg + (j0 + j) * a.vs[2], a.vs[3], x.vvec, j, kn, n8, sV + j * DVA + n8);
-    }
-    const bool vbad = __syncthreads_or(bad) != 0;  // uniform; sW, sK, sV visible
-    if (tid < kRows) sH[tid] = pm2::row_sq<T, D>(sK + tid * LDD) * half_scale;  // |k'|^2/2
-    __syncthreads();
-    float e[kFB / 8][4];
-    pm2::project<T, D>(sK, sW, e);
-    const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this thread's keys
-    float mx0 = math::neg_inf<float>(), mx1 = math::neg_inf<float>();
-    pm2::fold_max(e, mx0, mx1);
-    pm2::quad_max(mx0, mx1);
-    const float h0 = sH[r0], h1 = sH[r1];
-    const float mb0 = math::favor_key_exponent(mx0, h0), mb1 = math::favor_key_exponent(mx1, h1);
-    if (tq == 0) {
-      float* mk = x.mbk + (item * a.S + j0) * x.nfb + fb;
-      if (r0 < kn) mk[static_cast<int64_t>(r0) * x.nfb] = mb0;
-      if (r1 < kn) mk[static_cast<int64_t>(r1) * x.nfb] = mb1;
-    }
-    // r_s(c) = the running max of mb over the allowed keys (NaN skipped, -inf without any): a tree of maxima
-    // over values with the NaNs already dropped (favor_running_max from -inf) is the same value in any order.
-    {
-      float w = math::favor_running_max(math::neg_inf<float>(), r0 < kn ? mb0 : math::neg_inf<float>());
-      w = math::favor_running_max(w, r1 < kn ? mb1 : math::neg_inf<float>());
-#pragma unroll
-      for (int o = 4; o < 32; o <<= 1) w = math::favor_running_max(w, __shfl_xor_sync(0xffffffffu, w, o));
-      if (lane == 0) sR[warp] = w;
-    }
-    __syncthreads();  // sR complete; every warp is done with sW (sP may lie over it)
-    float cm = math::neg_inf<float>();  // r_s(c) (never NaN)
-#pragma unroll
-    for (int w = 0; w < kBlock / 32; ++w) cm = math::favor_running_max(cm, sR[w]);
-    if (tid == 0) x.cref[(item * x.nch + c) * x.nfb + fb] = cm;
-    // Key features: phi_own = exp(e - (|k'|^2/2 + mb) - ln(m)/2) into phk (as state_kernel), then rebased to
-    // r_s(c) (times exp(mb - r) <= 1) and split into 16-bit parts in sP.
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int j = hr ? r1 : r0;
-      const bool ok = j < kn;
-      const float mb = hr ? mb1 : mb0;
-      const float off = (hr ? h1 : h0) + mb;  // the CPU's hK + cK
-      const float rb = ok && mb != cm ? DevExp()(mb - cm) : 1.f;
-      T* prow = x.phk + (item * a.S + j0 + j) * a.F + f0;
-#pragma unroll
-      for (int n = 0; n < kFB / 8; ++n) {
-        float p0 = ok ? DevExp()(math::favor_feature_arg(e[n][2 * hr], off, hlm)) * PT::kPhiScale : 0.f;
-        float p1 = ok ? DevExp()(math::favor_feature_arg(e[n][2 * hr + 1], off, hlm)) * PT::kPhiScale : 0.f;
-        if (ok) *reinterpret_cast<uint32_t*>(prow + n * 8 + 2 * tq) = mma::pack2<T>(p0, p1);
-        p0 *= rb;
-        p1 *= rb;
-#pragma unroll
-        for (int sp = 0; sp < NS; ++sp) {
-          const float q0 = to_acc<float>(linmma::split_part<T>(p0));
-          const float q1 = to_acc<float>(linmma::split_part<T>(p1));
-          *reinterpret_cast<uint32_t*>(sP + (sp * kRows + j) * kLDF + n * 8 + 2 * tq) = mma::pack2<T>(q0, q1);
-        }
-      }
-    }
-    float acc[NV][4];
-#pragma unroll
-    for (int n = 0; n < NV; ++n)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[n][i] = 0.f;
-    __syncthreads();  // sP complete
-    pm2::add_phi_v<T, DV>(acc, sP, sV, vbad, warp, lane);  // acc = phi^T [V | 1] (times kPhiScale)
-    float* pc = x.P + ((item * x.nch + c) * a.F + f0 + fr) * DVA;
-#pragma unroll
-    for (int n = 0; n < NV; ++n) {
-      *reinterpret_cast<float2*>(pc + n * 8 + 2 * tq) = make_float2(acc[n][0] * inv, acc[n][1] * inv);
-      *reinterpret_cast<float2*>(pc + 8 * DVA + n * 8 + 2 * tq) = make_float2(acc[n][2] * inv, acc[n][3] * inv);
-    }
-    __syncthreads();  // sW, sK, sV, sP, sH, sR are rewritten for the next block
-  }
-}
-
-/// Four state values v (columns n0 .. n0 + 3 of a row of P_c) into their 16 bytes at dst as bfloat16 hi parts
-/// then lo parts (load_state_hilo's split; out_kernel<.., true> copies them back), *flag |= 1 where one is NaN
-/// or infinite (atomicOr: the same flag in any order).
-__device__ __forceinline__ void pre_split(float* dst, const float (&v)[4], int* flag) {
-  float r[4] = {v[0], v[1], v[2], v[3]}, hi[4];
-  bool bad = false;
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    bad |= !(fabsf(r[q]) <= FLT_MAX);
-    hi[q] = to_acc<float>(linmma::split_part<bf16_t>(r[q]));  // r: the rest
-  }
-  *reinterpret_cast<uint4*>(dst) = make_uint4(mma::pack2<bf16_t>(hi[0], hi[1]), mma::pack2<bf16_t>(hi[2], hi[3]),
-                                              mma::pack2<bf16_t>(r[0], r[1]), mma::pack2<bf16_t>(r[2], r[3]));
-  if (bad) atomicOr(flag, 1);
-}
-
-/// Per 4 consecutive state elements (item, feature f, columns n0 .. n0 + 3 of DVA), chunks in order: slot c of
-/// x.P (I_c where chunk c has allowed keys) becomes P_c (pre_split; x.pflag, zeroed by the host, flags its
-/// non-finite slices), the state before chunk c relative to R_s(c) (x.pref,
-/// written by the thread of the slice's first row and columns 0..3); the state after the last chunk into x.fin
-/// / x.rfin. Starts from state_in (relative to -inf, as state_kernel: the first chunk with keys multiplies it
-/// by exp(-inf) = 0, the CPU's rescale_state from c = -inf). Four chunks at a time: their loads are issued
-/// before the dependent updates.
-template <class T, int DV>
-__global__ void __launch_bounds__(256) scan_kernel(const LinArgs a, const Ext<T> x) {
-  constexpr int DVA = DV + 8, NQ = DVA / 4, U = 4;
-  const int64_t per = a.F * NQ, total = a.B * a.Hkv * per, E = a.F * DVA;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const float* si = static_cast<const float*>(a.s_in);
-  const float* zi = static_cast<const float*>(a.z_in);
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
-    const int64_t item = i / per, e = i % per, f = e / NQ, n0 = e % NQ * 4, b = item / a.Hkv, hkv = item % a.Hkv;
-    const int64_t s = f / kFB;
-    const bool writer = f % kFB == 0 && n0 == 0;
-    const int64_t L = allowed_keys(a, b);
-    float acc[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int64_t col = n0 + q;
-      float v = 0.f;
-      if (col < DV && si) v = si[b * a.sis[0] + hkv * a.sis[1] + f * a.sis[2] + col * a.sis[3]];
-      if (col == DV && zi) v = zi[b * a.zis[0] + hkv * a.zis[1] + f * a.zis[2]];
-      acc[q] = v;
-    }
-    float R = math::neg_inf<float>();
-    float* p = x.P + item * x.nch * E + f * DVA + n0;  // slot c at p + c E
-    const float* cr = x.cref + item * x.nch * x.nfb + s;
-    float* pr = x.pref + item * x.nch * x.nfb + s;
-    int* fl = x.pflag + item * x.nch * x.nfb + s;
-    for (int64_t c0 = 0; c0 < x.nch; c0 += U) {
-      float4 inc[U];
-      float cm[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t c = c0 + u;
-        if (c < x.nch && c * kRows < L) {  // chunk c has allowed keys
-          inc[u] = *reinterpret_cast<const float4*>(p + c * E);
-          cm[u] = cr[c * x.nfb];
-        } else {
-          inc[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-          cm[u] = math::neg_inf<float>();
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t c = c0 + u;
-        if (c >= x.nch) break;
-        pre_split(p + c * E, acc, fl + c * x.nfb);
-        if (writer) pr[c * x.nfb] = R;
-        if (c * kRows >= L) continue;  // no allowed key: the state stays as it is (the CPU skips the chunk)
-        const float Rn = math::favor_running_max(R, cm[u]);  // R_s(c + 1)
-        const float rs = DevExp()(math::favor_rescale_arg<float, float>(R, Rn));
-        const float gi = cm[u] != Rn ? DevExp()(cm[u] - Rn) : 1.f;
-        const float in[4] = {inc[u].x, inc[u].y, inc[u].z, inc[u].w};
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          if (rs != 1.f) acc[q] *= rs;
-          acc[q] += in[q] * gi;
-        }
-        R = Rn;
-      }
-    }
-    float* fo = x.fin + (item * a.F + f) * DVA + n0;
-    *reinterpret_cast<float4*>(fo) = make_float4(acc[0], acc[1], acc[2], acc[3]);
-    if (writer) x.rfin[item * x.nfb + s] = R;
-  }
-}
-
 // ------------------------------------------------------------------------------------------- out_kernel
 
 template <class T, int D, int DV>
@@ -537,11 +303,6 @@ constexpr std::size_t out_smem() {
          sizeof(float) * 2 * kRows;
 }
 
-/// 8-byte asynchronous copy (out_kernel<.., true>'s P_c parts).
-__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(mma::smem_addr(dst)), "l"(src));
-}
-
 /// e >= -16 such that m 2^-e is in [2^14, 2^15) for a normal m > 0 (at most 2^15 with the clamp); 0 for
 /// m = 0, NaN, inf. Scores of a row are scaled by 2^-e before they are rounded to the 16-bit type (exact).
 __device__ __forceinline__ int row_exponent(float m) {
@@ -550,12 +311,8 @@ __device__ __forceinline__ int row_exponent(float m) {
   return e < -16 ? -16 : e;
 }
 
-/// Outputs of the 64 rows of chunk c of (b, h) per block; warp w owns rows 16 w .. 16 w + 15. PRE (v3): P_c
-/// already split into bfloat16 hi / lo by scan_kernel (pre_split; per 16 bytes 4 hi parts then 4 lo parts) and
-/// its slices' non-finite flags in x.pflag, the same values load_state_hilo makes from state_kernel's float32
-/// P; each slice's tiles then arrive by cp.async in two groups (W', then P_c and phi_own) so that the query
-/// projection overlaps the second group.
-template <class T, int D, int DV, bool PRE>
+/// Outputs of the 64 rows of chunk c of (b, h) per block; warp w owns rows 16 w .. 16 w + 15.
+template <class T, int D, int DV>
 __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const Ext<T> x) {
   using PT = Parts<T>;
   constexpr int LDD = D + 8, NS = PT::NS, DVA = DV + 8, NV = DVA / 8, NW = kRows / 16, NT = kRows / 8;
@@ -622,45 +379,17 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
     for (int64_t s = 0; s < x.nfb; ++s) {
       const int64_t f0 = s * kFB;
       __syncthreads();  // every warp is done with the previous slice's tiles (and with sM's m_j)
-      bool pb = false;
-      if constexpr (PRE) {
-        // cp.async in two groups: W' first, then P_c's slice and phi_own (zero-filled past kn), so that the
-        // projection (W' only) runs while the second group is in flight; the same values as below.
-        for (int i = tid; i < NS * kFB * (D / 8); i += kBlock) {
-          const int sr = i / (D / 8), c8 = i % (D / 8) * 8, part = sr / kFB, r = sr % kFB;
-          mma::cp_async16(sW + sr * LDD + c8, x.wp + (part * a.F + f0 + r) * D + c8, true);
-        }
-        mma::cp_commit();
-        const float* pg = Pc + f0 * DVA;
-        for (int i = tid * 4; i < kFB * DVA; i += kBlock * 4) {  // per 16 bytes: 4 hi parts, then 4 lo parts
-          cp_async8(sPh + i, pg + i);
-          cp_async8(sPl + i, pg + i + 2);
-        }
-        for (int i = tid; i < kRows * (kFB / 8); i += kBlock) {
-          const int j = i / (kFB / 8), c8 = i % (kFB / 8) * 8;
-          mma::cp_async16(sKf + j * kLDF + c8, kf + static_cast<int64_t>(j < kn ? j : 0) * a.F + f0 + c8, j < kn);
-        }
-        mma::cp_commit();
-        pb = tid == 0 && x.pflag[(item * x.nch + c) * x.nfb + s] != 0;
-      } else {
-        pm2::load_w<T, D>(sW, x.wp, a.F, f0);
-        pb = pm2::load_state_hilo<DVA>(sPh, sPl, Pc + f0 * DVA);
-        for (int i = tid; i < kRows * (kFB / 8); i += kBlock) {  // phi_own of the allowed keys, zeros past kn
-          const int j = i / (kFB / 8), c8 = i % (kFB / 8) * 8;
-          uint4 w = make_uint4(0u, 0u, 0u, 0u);
-          if (j < kn) w = *reinterpret_cast<const uint4*>(kf + static_cast<int64_t>(j) * a.F + f0 + c8);
-          *reinterpret_cast<uint4*>(sKf + j * kLDF + c8) = w;
-        }
+      pm2::load_w<T, D>(sW, x.wp, a.F, f0);
+      const bool pb = pm2::load_state_hilo<DVA>(sPh, sPl, Pc + f0 * DVA);
+      for (int i = tid; i < kRows * (kFB / 8); i += kBlock) {  // phi_own of the allowed keys, zeros past kn
+        const int j = i / (kFB / 8), c8 = i % (kFB / 8) * 8;
+        uint4 w = make_uint4(0u, 0u, 0u, 0u);
+        if (j < kn) w = *reinterpret_cast<const uint4*>(kf + static_cast<int64_t>(j) * a.F + f0 + c8);
+        *reinterpret_cast<uint4*>(sKf + j * kLDF + c8) = w;
       }
       if (tid < kRows) sM[tid] = tid < kn ? x.mbk[(item * a.S + j0 + tid) * x.nfb + s] : math::neg_inf<float>();
       const float rs = pref[s];  // R_s(c): the reference of this slice of P_c
-      bool pbad = false;
-      if constexpr (PRE) {
-        mma::cp_wait<1>();  // this thread's W' copies
-        __syncthreads();    // everyone's: sW (and sM) visible
-      } else {
-        pbad = __syncthreads_or(pb) != 0;
-      }
+      const bool pbad = __syncthreads_or(pb) != 0;
       float e[kFB / 8][4];
       pm2::project<T, D>(sQ, sW, e);
       // The query stabilizer, online: the largest projection so far; earlier slices' sums are rescaled.
@@ -706,10 +435,6 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
           }
           mq1 = m1;
         }
-      }
-      if constexpr (PRE) {
-        mma::cp_wait<0>();                    // this thread's P_c and phi_own copies
-        pbad = __syncthreads_or(pb) != 0;     // everyone's: sPh, sPl, sKf visible
       }
       // g_t = exp(R_s(c) - c_t) <= 1: the slice's state brought to the row's c_t (the CPU's exp(c_prev - c_t)).
       const float g0 = DevExp()(math::favor_rescale_arg<float, float>(rs, ct0));
@@ -799,15 +524,12 @@ __global__ void __launch_bounds__(kBlock, 1) out_kernel(const LinArgs a, const E
 
 // --------------------------------------------------------------------------------------------- host side
 
-/// v3: the state pass by inc_kernel + scan_kernel (chunk-parallel) instead of state_kernel (serial chunks).
 template <class T, int D, int DV>
-bool run(const LinearProblem& p, bool v3, cudaStream_t stream) {
+bool run(const LinearProblem& p, cudaStream_t stream) {
   using PT = Parts<T>;
   constexpr int DVA = DV + 8;
-  if (!(v3 ? linmma::smem_ok(inc_kernel<T, D, DV>, inc_smem<T, D, DV>(), p.device_index)
-           : linmma::smem_ok(state_kernel<T, D, DV>, state_smem<T, D, DV>(), p.device_index)) ||
-      !(v3 ? linmma::smem_ok(out_kernel<T, D, DV, true>, out_smem<T, D, DV>(), p.device_index)
-           : linmma::smem_ok(out_kernel<T, D, DV, false>, out_smem<T, D, DV>(), p.device_index)))
+  if (!linmma::smem_ok(state_kernel<T, D, DV>, state_smem<T, D, DV>(), p.device_index) ||
+      !linmma::smem_ok(out_kernel<T, D, DV>, out_smem<T, D, DV>(), p.device_index))
     return false;
   LinArgs a = lin_args<float>(p);
   a.C = kRows;
@@ -815,7 +537,7 @@ bool run(const LinearProblem& p, bool v3, cudaStream_t stream) {
   a.stab = true;
   const int64_t items = p.B * p.Hkv, F = p.F, S = p.S, nch = ceil_div(S, kRows), nfb = F / kFB;
   const int64_t lim = int64_t{1} << 31;  // the kernels' 32-bit block index math
-  if (items * nfb * (v3 ? nch : 1) >= lim || p.B * p.Hq * nch >= lim) return false;
+  if (items * nfb >= lim || p.B * p.Hq * nch >= lim) return false;
   auto vec = [](const void* ptr, const int64_t (&st)[4]) {  // linear_mma.cuh's run()
     return st[3] == 1 && reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0 && st[0] % 8 == 0 && st[1] % 8 == 0 &&
            st[2] % 8 == 0;
@@ -827,10 +549,7 @@ bool run(const LinearProblem& p, bool v3, cudaStream_t stream) {
   const std::size_t phk_bytes = pm2::round16(sizeof(T) * static_cast<std::size_t>(items * S * F));
   const std::size_t fin_bytes = pm2::round16(sizeof(float) * static_cast<std::size_t>(items * F * DVA));
   const std::size_t rfin_bytes = pm2::round16(sizeof(float) * static_cast<std::size_t>(items * nfb));
-  const std::size_t cref_bytes = v3 ? pref_bytes : 0, pflag_bytes = v3 ? pref_bytes : 0;  // float, int: 4 bytes
-  Workspace ws(wp_bytes + p_bytes + pref_bytes + mbk_bytes + phk_bytes + fin_bytes + rfin_bytes + cref_bytes +
-                   pflag_bytes,
-               stream);
+  Workspace ws(wp_bytes + p_bytes + pref_bytes + mbk_bytes + phk_bytes + fin_bytes + rfin_bytes, stream);
   unsigned char* base = ws.as<unsigned char>();
   std::size_t off = 0;
   auto take = [&](std::size_t bytes) {
@@ -847,8 +566,6 @@ bool run(const LinearProblem& p, bool v3, cudaStream_t stream) {
   x.phk = reinterpret_cast<T*>(take(phk_bytes));
   x.fin = reinterpret_cast<float*>(take(fin_bytes));
   x.rfin = reinterpret_cast<float*>(take(rfin_bytes));
-  x.cref = v3 ? reinterpret_cast<float*>(take(cref_bytes)) : nullptr;
-  x.pflag = v3 ? reinterpret_cast<int*>(take(pflag_bytes)) : nullptr;
   x.nch = nch;
   x.nfb = nfb;
   x.qvec = vec(p.q.data, p.q.stride);
@@ -859,26 +576,14 @@ bool run(const LinearProblem& p, bool v3, cudaStream_t stream) {
                                                                        p.features.stride[0], p.features.stride[1],
                                                                        F, p.D, static_cast<float>(p.feature_scale));
   ATTNKIT_CUDA_CHECK_LAUNCH();
-  if (v3) {
-    if (nch > 0) {
-      inc_kernel<T, D, DV><<<linmma::grid_of(items * nch * nfb), kBlock, inc_smem<T, D, DV>(), stream>>>(a, x);
-      ATTNKIT_CUDA_CHECK_LAUNCH();
-    }
-    ATTNKIT_CUDA_CHECK(cudaMemsetAsync(x.pflag, 0, pflag_bytes, stream));
-    scan_kernel<T, DV><<<linmma::grid_of(ceil_div(items * F * (DVA / 4), 256)), 256, 0, stream>>>(a, x);
-  } else {
-    state_kernel<T, D, DV><<<linmma::grid_of(items * nfb), kBlock, state_smem<T, D, DV>(), stream>>>(a, x);
-  }
+  state_kernel<T, D, DV><<<linmma::grid_of(items * nfb), kBlock, state_smem<T, D, DV>(), stream>>>(a, x);
   ATTNKIT_CUDA_CHECK_LAUNCH();
   if (p.state_out || p.z_out) {
     final_kernel<T, DV><<<linmma::grid_of(ceil_div(items * F * (DV + 1), 256)), 256, 0, stream>>>(a, x);
     ATTNKIT_CUDA_CHECK_LAUNCH();
   }
   if (p.Hq > 0 && nch > 0) {
-    if (v3)
-      out_kernel<T, D, DV, true><<<linmma::grid_of(p.B * p.Hq * nch), kBlock, out_smem<T, D, DV>(), stream>>>(a, x);
-    else
-      out_kernel<T, D, DV, false><<<linmma::grid_of(p.B * p.Hq * nch), kBlock, out_smem<T, D, DV>(), stream>>>(a, x);
+    out_kernel<T, D, DV><<<linmma::grid_of(p.B * p.Hq * nch), kBlock, out_smem<T, D, DV>(), stream>>>(a, x);
     ATTNKIT_CUDA_CHECK_LAUNCH();
   }
   return true;
@@ -887,11 +592,11 @@ bool run(const LinearProblem& p, bool v3, cudaStream_t stream) {
 }  // namespace pmc
 
 template <class T, int D>
-bool run_performer_causal_mma(const LinearProblem& p, bool v3, cudaStream_t stream) {
+bool run_performer_causal_mma(const LinearProblem& p, cudaStream_t stream) {
   switch (p.Dv) {
-    case 32: return pmc::run<T, D, 32>(p, v3, stream);
-    case 64: return pmc::run<T, D, 64>(p, v3, stream);
-    case 128: return pmc::run<T, D, 128>(p, v3, stream);
+    case 32: return pmc::run<T, D, 32>(p, stream);
+    case 64: return pmc::run<T, D, 64>(p, stream);
+    case 128: return pmc::run<T, D, 128>(p, stream);
     default: return false;
   }
 }

@@ -4,7 +4,7 @@
 namespace attnkit {
 namespace detail {
 namespace cuda {
-template bool run_performer_causal_mma<bf16_t, 32>(const LinearProblem& p, bool v3, cudaStream_t stream);
+template bool run_performer_causal_mma<bf16_t, 32>(const LinearProblem& p, cudaStream_t stream);
 }  // namespace cuda
 }  // namespace detail
 }  // namespace attnkit

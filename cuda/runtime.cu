@@ -9,7 +9,6 @@
 
 #include "cpp/src/backend.h"
 #include "cuda/common.cuh"
-#include "validate/dla_values.h"
 
 namespace attnkit {
 namespace detail {
@@ -93,11 +92,7 @@ constexpr const char* kVerified[] = {
 /// A kernel moves to kVerified once the check has passed on a GPU.
 constexpr const char* kCompiled[] = {
     "dla_prefill_v5",   // v4 with C1 + C2 fused, the states in shared memory (dla_prefill_v5.cuh; launch_prefill_v4)
-    "performer_attention_mma3_causal",  // the causal Performer's chunk-parallel state pass (performer_causal_mma.cuh)
-    // session 27 (host time per call): a CUDA DLA decode step launches its kernel behind the staged reads of
-    // the cache's sizes, counts and starts, then waits for the reads alone and checks (dispatch.cpp,
-    // validate/dla_values.h; start_downloads below); closed: the reads are waited for before the launch.
-    "dla_launch_before_checks"};
+};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {
@@ -148,16 +143,10 @@ constexpr std::size_t kAlign = 16;
 std::size_t staged_size(std::size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 /// This thread's page-locked staging buffer of kMaxStaged bytes (made on first use, kept until the thread
-/// ends), and the copies start_downloads left in flight in it (at most one set at a time).
+/// ends).
 struct Staging {
   char* ptr = nullptr;
-  int pending = 0;                ///< copies in flight (start_downloads), 0: none
-  void* dst[8] = {};
-  std::size_t bytes[8] = {};
-  int device = -1;                ///< the device of `event`
-  cudaEvent_t event = nullptr;    ///< recorded behind the pending copies
   ~Staging() {
-    if (event) (void)cudaEventDestroy(event);
     if (ptr) (void)cudaFreeHost(ptr);
   }
   /// The buffer (current device: device_index, under a DeviceGuard).
@@ -177,12 +166,11 @@ void download_many(int n, void* const* dst, const void* const* src, const std::s
                    void* stream) {
   // Staged through this thread's page-locked buffer of kMaxStaged bytes: copies into pageable memory return
   // only once done, so only page-locked staging lets the n copies queue behind one wait. Large reads (over
-  // kMaxStaged in all) take one download each instead, and so does a call while start_downloads' copies
-  // are in flight in the buffer.
+  // kMaxStaged in all) take one download each instead.
   std::size_t total = 0;
   for (int i = 0; i < n; ++i) total += staged_size(bytes[i]);
   if (total == 0) return;
-  if (total > kMaxStaged || n == 1 || staging.pending || !has_kernel("download_many")) {
+  if (total > kMaxStaged || n == 1 || !has_kernel("download_many")) {
     for (int i = 0; i < n; ++i)
       if (bytes[i]) download(dst[i], src[i], bytes[i], device_index, stream);
     return;
@@ -202,57 +190,6 @@ void download_many(int n, void* const* dst, const void* const* src, const std::s
     if (bytes[i]) std::memcpy(dst[i], buf + off, bytes[i]);
     off += staged_size(bytes[i]);
   }
-}
-
-bool start_downloads(int n, void* const* dst, const void* const* src, const std::size_t* bytes, int32_t device_index,
-                     void* stream) {
-  std::size_t total = 0;
-  for (int i = 0; i < n; ++i) total += staged_size(bytes[i]);
-  if (n < 1 || n > 8 || total == 0 || total > kMaxStaged || staging.pending || !has_kernel("download_many") ||
-      !has_kernel("dla_launch_before_checks"))
-    return false;
-  require_device(device_index);
-  DeviceGuard guard(device_index);
-  char* buf = staging.buffer();
-  if (staging.event && staging.device != device_index) {  // events belong to a device
-    (void)cudaEventDestroy(staging.event);
-    staging.event = nullptr;
-  }
-  if (!staging.event) {
-    ATTNKIT_CUDA_CHECK(cudaEventCreateWithFlags(&staging.event, cudaEventDisableTiming));
-    staging.device = device_index;
-  }
-  const cudaStream_t s = as_stream(stream);
-  std::size_t off = 0;
-  for (int i = 0; i < n; ++i) {
-    if (bytes[i]) ATTNKIT_CUDA_CHECK(cudaMemcpyAsync(buf + off, src[i], bytes[i], cudaMemcpyDeviceToHost, s));
-    off += staged_size(bytes[i]);
-  }
-  ATTNKIT_CUDA_CHECK(cudaEventRecord(staging.event, s));
-  for (int i = 0; i < n; ++i) {
-    staging.dst[i] = dst[i];
-    staging.bytes[i] = bytes[i];
-  }
-  staging.pending = n;
-  return true;
-}
-
-void finish_downloads() {
-  if (!staging.pending) return;
-  const int n = staging.pending;
-  staging.pending = 0;  // the buffer is free again whatever happens below
-  ATTNKIT_CUDA_CHECK(cudaEventSynchronize(staging.event));
-  std::size_t off = 0;
-  for (int i = 0; i < n; ++i) {
-    if (staging.bytes[i]) std::memcpy(staging.dst[i], staging.ptr + off, staging.bytes[i]);
-    off += staged_size(staging.bytes[i]);
-  }
-}
-
-void abandon_downloads() noexcept {
-  if (!staging.pending) return;
-  staging.pending = 0;
-  if (cudaEventSynchronize(staging.event) != cudaSuccess) (void)cudaGetLastError();
 }
 
 int device_count() {

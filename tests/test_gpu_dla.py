@@ -346,11 +346,8 @@ def test_dla_decode_large_capacity():
 def test_dla_device_values_checked_small():
     """The validator's reads of device values (log_decay and the cache's size / counts / starts, read with one
     wait: validate/dla.cpp, cuda::download_many) still catch bad values, each array in turn, with a decay
-    and a cache in the same call (four arrays in one read). Where the gate "dla_launch_before_checks" is open
-    (ATTNKIT_CUDA_UNVERIFIED=1) the decode step's kernel runs before the check has read them (dispatch.cpp:
-    the copies staged, the kernel launched, then the wait and the check): it must stay within the cache's
-    arrays whatever the size (negative, past C, huge: compute-sanitizer's subset runs this test), the call
-    must still raise, and a good step after the bad ones must still work."""
+    and a cache in the same call (four arrays in one read), before any kernel runs; a good step after the
+    bad ones must still work."""
     need("dynamic_linear_attention")
     rng = np.random.default_rng(11)
     B, H, T, D, C = 2, 2, 10, 8, 3

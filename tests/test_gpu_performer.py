@@ -14,7 +14,6 @@ import pytest
 import attnkit
 from attnkit import reference as ref
 from attnkit._array import acc_dtype
-from attnkit._tuning import tuning
 
 from conftest import ATOL, BF16, naive_dtype, to_f64
 from gpu_common import F16, F32, FAKE, GPU_MARKS, SANITIZER, close3, gpu_run, need, performer_in_subprocess, qkv, same
@@ -150,8 +149,8 @@ PC_CASES = [
 
 def test_performer_causal_mma_status_report():
     """Says whether this run exercises the causal tensor-core Performer path (informational; never fails)."""
-    for name in ("performer_attention_mma2_causal", "performer_attention_mma3_causal"):
-        print(name, "enabled:", False if FAKE else bool(attnkit._core.cuda_has_kernel(name)))
+    print("performer_attention_mma2_causal enabled:", False if FAKE else bool(attnkit._core.cuda_has_kernel(
+        "performer_attention_mma2_causal")))
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
@@ -205,42 +204,9 @@ def test_performer_causal_mma_nonfinite(rng):
         same_nonfinite_close(g, c, atol=4 * base + 2 * ATOL[np.dtype(dtype)])
 
 
-# The state pass of the causal path side by side in one process: the chunk-parallel inc_kernel + scan_kernel
-# (internal name "performer_attention_mma3_causal": tuning performer_causal = 0 where enabled) and the serial
-# state_kernel (performer_causal = 2), each against the CPU backend and the oracle (gpu_run: the same bits on a
-# second run and on another stream). Cases: several chunks with a partial last one and chunk counts not a
-# multiple of the scan's 4; key_lengths inside a chunk, at 0 and 1, and past the last allowed chunk; GQA 4:1;
-# inputs twice as large (the chunk references move by tens); every Dv bucket.
-PC3_CASES = [c for c in PC_CASES if c[0] in ("pc-D32-Dv32-m64", "pc-D32-Dv128-m192-gqa4-lens",
-                                              "pc-D64-Dv64-m256-chunks", "pc-D128-Dv64-m64-lens",
-                                              "pc-D128-Dv128-m128-lens", "pc-amp2", "pc-long", "pc-small")]
-
-
-@pytest.mark.parametrize("state_pass", [0, 2], ids=["mma3", "serial"])
-@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("case", PC3_CASES, ids=[c[0] for c in PC3_CASES])
-def test_performer_causal_mma3(rng, dtype, case, state_pass):
-    need("performer_attention")
-    _, B, Hq, Hkv, S, D, Dv, m, kw = case
-    kw = dict(kw, causal=True)
-    layout = kw.pop("layout", "contig")
-    amp = kw.pop("amp", 1.0)
-    q, k, v = qkv(rng, B, Hq, Hkv, S, S, D, Dv, dtype, 0.5 * amp, layout)
-    w = attnkit.random_features(m, D, seed=m + D + 1, dtype=acc_dtype(dtype))
-    with tuning(performer_causal=state_pass):
-        out = gpu_run(attnkit.performer_attention, q, k, v, w, **kw)
-    c_out = attnkit.performer_attention(q, k, v, w, **kw)
-    assert out.dtype == dtype
-    r = ref.performer_attention(q, k, v, w, **kw)
-    n = ref.performer_attention(q, k, v, w, _dtype=naive_dtype(dtype), **kw)
-    close3(out, c_out, r, n, dtype)
-
-
-# The path on (default), its chunk-parallel state pass off (ATTNKIT_PERFORMER_CAUSAL_MMA3=0: the serial
-# state_kernel) and the path off (ATTNKIT_PERFORMER_CAUSAL_MMA=0: the previous causal kernels), each in a fresh
+# The path on (default) and off (ATTNKIT_PERFORMER_CAUSAL_MMA=0: the previous causal kernels), each in a fresh
 # process (read once per process; float16 only), against the CPU backend and the oracle.
-_PC_VARIANTS = {"default": {}, "mma3-off": dict(ATTNKIT_PERFORMER_CAUSAL_MMA3="0"),
-                "off": dict(ATTNKIT_PERFORMER_CAUSAL_MMA="0")}
+_PC_VARIANTS = {"default": {}, "off": dict(ATTNKIT_PERFORMER_CAUSAL_MMA="0")}
 
 
 @pytest.mark.parametrize("variant", list(_PC_VARIANTS))

@@ -362,22 +362,3 @@ def test_performer_random_problems(data):
     a = dict(args)
     check(dtype, a.pop("q"), a.pop("k"), a.pop("v"), a.pop("features"),
           _chunk_size=data.draw(st.sampled_from([None, 1, 7, 64])), **a)
-
-
-def test_performer_causal_tuning_option():
-    """The CUDA causal Performer's state pass (tuning option performer_causal, cuda/performer_causal_mma.cuh): 0 or
-    2, restored by attnkit._tuning.tuning, no effect on the CPU backend; other values raise naming it."""
-    from attnkit import _core
-    from attnkit._tuning import tuning
-
-    rng = np.random.default_rng(7)
-    q, k, v = (rng.standard_normal((1, 2, 70, 16)).astype(np.float32) for _ in range(3))
-    w = attnkit.random_features(64, 16, seed=2)
-    y0 = attnkit.performer_attention(q, k, v, w, causal=True)
-    for choice in (0, 2):
-        with tuning(performer_causal=choice):
-            assert _core.get_tuning("performer_causal") == choice
-            np.testing.assert_array_equal(attnkit.performer_attention(q, k, v, w, causal=True), y0)
-    assert _core.get_tuning("performer_causal") == 0
-    for bad in (-1, 1, 3):
-        raises(ValueError, "performer_causal", _core.set_tuning, "performer_causal", bad)

@@ -1,7 +1,6 @@
 // Compiled instead of the CUDA backend when attnkit is built without nvcc: device tensors get a clear
 // error rather than a crash.
 #include "backend.h"
-#include "validate/dla_values.h"
 
 namespace attnkit {
 namespace detail {
@@ -27,10 +26,6 @@ void linformer_attention(const LinformerProblem&) { not_built(); }
 std::shared_ptr<void> upload(const void*, std::size_t, int32_t, void*) { not_built(); }
 void download(void*, const void*, std::size_t, int32_t, void*) { not_built(); }
 void download_many(int, void* const*, const void* const*, const std::size_t*, int32_t, void*) { not_built(); }
-bool start_downloads(int, void* const*, const void* const*, const std::size_t*, int32_t, void*) { not_built(); }
-void finish_downloads() { not_built(); }
-void abandon_downloads() noexcept {}
-bool dla_launch_before_checks(const DLAProblem&) { return false; }
 void rope(const RopeProblem&) { not_built(); }
 bool built() { return false; }
 bool has_kernel(const char*) { return false; }

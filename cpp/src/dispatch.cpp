@@ -4,7 +4,6 @@
 #include "attnkit/attnkit.h"
 #include "backend.h"
 #include "tuning.h"
-#include "validate/dla_values.h"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -127,30 +126,10 @@ void lsh_attention(const LshAttentionParams& p) {
 
 void dynamic_linear_attention(const DLAParams& p) {
   const ThreadCap cap;
-  // The value checks (validate/dla_values.h) come apart from the rest of the validation: a CUDA decode step
-  // enqueues the reads of the cache's sizes, counts and starts, launches, and only then waits for the reads
-  // and checks, so that its kernel runs behind the reads instead of after the host's checks and launch.
-  // Everything else checks the values first, as validate_dla does.
-  detail::DLAValueCheck values;
-  const detail::DLAProblem prob = detail::validate_dla_deferred(p, &values);
-  const Support s = detail::select("dynamic_linear_attention", prob.device);
-  if (!s.ok) {
-    values.finish();  // a bad value is reported before a missing backend, as when validate_dla read them
-    throw Error(ErrorKind::NotBuilt, s.reason);
-  }
-  if (prob.device == Device::CUDA) {
-    if (values.any() && detail::cuda::dla_launch_before_checks(prob)) {
-      values.start();
-      detail::cuda::dynamic_linear_attention(prob);
-      values.finish();
-      return;
-    }
-    values.finish();
-    detail::cuda::dynamic_linear_attention(prob);
-    return;
-  }
-  values.finish();
-  detail::cpu::dynamic_linear_attention(prob);
+  const detail::DLAProblem prob = detail::validate_dla(p);
+  detail::route("dynamic_linear_attention", prob.device,
+                [&] { detail::cuda::dynamic_linear_attention(prob); },
+                [&] { detail::cpu::dynamic_linear_attention(prob); });
 }
 
 void linear_attention(const LinearAttentionParams& p) {

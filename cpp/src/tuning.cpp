@@ -18,11 +18,10 @@ std::atomic<int64_t>* find(Tuning& t, const std::string& name) {
   if (name == "cuda_scratch") return &t.cuda_scratch;
   if (name == "dla_split") return &t.dla_split;
   if (name == "dla_decode") return &t.dla_decode;
-  if (name == "performer_causal") return &t.performer_causal;
   throw Error(ErrorKind::Value, "unknown tuning option '" + name +
                                     "' (known: linear_chunk, dla_chunk, dla_split, cuda_decode, cuda_decode_keys, "
                                     "cuda_decode_blocks, cuda_decode_stages, cuda_decode3_blocks, cuda_decode3_pdl, "
-                                    "cuda_scratch, dla_decode, performer_causal)");
+                                    "cuda_scratch, dla_decode)");
 }
 
 }  // namespace
@@ -39,13 +38,6 @@ void set_tuning(const std::string& name, int64_t value) {
     if (value < -2 || value > kMaxDlaSplit)
       throw Error(ErrorKind::Value, name + " must be in [1, " + std::to_string(kMaxDlaSplit) +
                                         "], 0 (automatic), -1 (the first kernel) or -2 (v4 without v5), got " +
-                                        std::to_string(value));
-    opt->store(value);
-    return;
-  }
-  if (opt == &t.performer_causal) {
-    if (value != 0 && value != 2)
-      throw Error(ErrorKind::Value, name + " must be 0 (automatic) or 2 (the serial state kernel), got " +
                                         std::to_string(value));
     opt->store(value);
     return;

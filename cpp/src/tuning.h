@@ -50,10 +50,6 @@ struct Tuning {
   /// 2 = cuda/dla_decode_v2.cu (for side-by-side measurements; 1, the first kernel, is gone since session 27).
   /// Results equal up to rounding.
   std::atomic<int64_t> dla_decode{0};
-  /// Causal Performer on CUDA's tensor cores (cuda/performer_causal_mma.cuh): 0 = automatic (the
-  /// chunk-parallel state pass, inc_kernel + scan_kernel, where its gate "performer_attention_mma3_causal" is
-  /// open), 2 = the serial state_kernel (for side-by-side measurements). Results equal up to rounding.
-  std::atomic<int64_t> performer_causal{0};
 };
 
 /// Largest dla_split.
@@ -62,7 +58,7 @@ constexpr int64_t kMaxDlaSplit = 8;
 Tuning& tuning();
 /// Sets option `name` ("linear_chunk", "dla_chunk", "dla_split", "cuda_decode", "cuda_decode_keys",
 /// "cuda_decode_blocks", "cuda_decode_stages", "cuda_decode3_blocks", "cuda_decode3_pdl",
-/// "cuda_scratch", "dla_decode", "performer_causal"); Error(Value) naming it for an unknown name or a value
+/// "cuda_scratch", "dla_decode"); Error(Value) naming it for an unknown name or a value
 /// out of range.
 void set_tuning(const std::string& name, int64_t value);
 int64_t get_tuning(const std::string& name);

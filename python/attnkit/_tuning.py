@@ -21,9 +21,6 @@ every code path; users have no reason to.
     dla_decode     DLA decode step on CUDA: 0 = automatic (the one-kernel step of cuda/dla_decode_v3.cu where
                    enabled, else the two-kernel step of cuda/dla_decode_v2.cu), 2 = the two-kernel step (for
                    side-by-side measurements; 1, the first kernel, is gone since session 27)
-    performer_causal    causal Performer on CUDA's tensor cores: 0 = automatic (the chunk-parallel state pass,
-                        gate "performer_attention_mma3_causal", where enabled), 2 = the serial state kernel
-                        (side-by-side measurements)
 """
 
 from __future__ import annotations

@@ -36,8 +36,6 @@ void emu_launch(const dim3& grid, F&& f) {  // a 2-D grid: blocks (x, y) one aft
 namespace attnkit { namespace detail { namespace cuda { namespace dla {
 unsigned grid_for(int64_t items, std::size_t, int) { return static_cast<unsigned>(std::min<int64_t>(items, 3)); }
 }
-// has_kernel of cuda/runtime.cu: dla_decode_v3.cu's dla_launch_before_checks asks it (not tested here).
-bool has_kernel(const char*) { return false; }
 }}}
 #include "dla_decode_v2.emu.inc"
 #include "dla_decode_v3.emu.inc"

@@ -45,7 +45,6 @@ struct Support {
 ///                   (-1: the first CUDA prefill kernel, -2: v4's passes C1 + C2 instead of v5's fused pass; both
 ///                   for measurements).
 ///   "dla_decode":   DLA decode step on CUDA, 0 = automatic, 2 = the two-kernel step (for measurements).
-///   "performer_causal": causal Performer on CUDA, 0 = automatic, 2 = the serial state kernel (measurements).
 /// Throws Error(Value) for an unknown name or a value out of range. Meant for tests and measurements.
 ATTNKIT_API void set_tuning(const char* name, int64_t value);
 ATTNKIT_API int64_t get_tuning(const char* name);

@@ -1,6 +1,4 @@
 #include "validate/dla.h"
-#include "validate/dla_values.h"
-#include "backend.h"
 
 #include <algorithm>
 #include <cmath>
@@ -58,7 +56,7 @@ OutN<N> bind_out(Outputs& outs, const char* name, const TensorRef& t, const int6
   return o;
 }
 
-/// Everything but the value checks (validate_dla below, DLAValueCheck).
+/// Everything but the value checks (check_values, validate_dla below).
 DLAProblem validate_shapes(const DLAParams& p, OutputSpecs* infer) {
   DLAProblem r;
   r.q = bhsd_view(p.q, "q");
@@ -244,8 +242,7 @@ DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
   // runs and not in the output query before it: on a device a read waits for the stream, and twice the
   // waits would double a decode step's host time. The (up to four) arrays are read with ONE wait
   // (read_host_values): each wait is a round trip to the device, the larger part of a decode step's host
-  // time. A bad value then raises after the outputs were allocated. (validate_dla_deferred leaves them to a
-  // DLAValueCheck: validate/dla_values.h.)
+  // time. A bad value then raises after the outputs were allocated.
   if (infer) return r;
   std::optional<HostValues> decay_vals, size_vals, count_vals, start_vals;
   if (r.log_decay.present) decay_vals.emplace(deferred_host_values(r.log_decay, p.q));
@@ -264,106 +261,6 @@ DLAProblem validate_dla(const DLAParams& p, OutputSpecs* infer) {
                size_vals ? &*size_vals : nullptr, c.size.stride, count_vals ? &*count_vals : nullptr, c.counts.stride,
                start_vals ? &*start_vals : nullptr, c.starts.stride);
   return r;
-}
-
-DLAProblem validate_dla_deferred(const DLAParams& p, DLAValueCheck* values) {
-  DLAProblem r = validate_shapes(p, nullptr);
-  DLAValueCheck& v = *values;
-  v.B_ = r.B;
-  v.H_ = r.H;
-  v.T_ = r.T;
-  v.C_ = r.C;
-  v.position_ = r.position;
-  v.ref_ = p.q;
-  v.stream_ = p.stream;
-  if (r.log_decay.present) {
-    v.decay_ = &v.arrays_[v.n_++];
-    v.add(v.decay_, r.log_decay.data, r.log_decay.dtype, 3, r.log_decay.shape, r.log_decay.stride);
-  }
-  if (r.cache_in.present) {
-    const DLACacheViews& c = r.cache_in;
-    v.size_ = &v.arrays_[v.n_++];
-    v.add(v.size_, c.size.data, c.size.dtype, 2, c.size.shape, c.size.stride);
-    v.counts_ = &v.arrays_[v.n_++];
-    v.add(v.counts_, c.counts.data, c.counts.dtype, 3, c.counts.shape, c.counts.stride);
-    v.starts_ = &v.arrays_[v.n_++];
-    v.add(v.starts_, c.starts.data, c.starts.dtype, 3, c.starts.shape, c.starts.stride);
-  }
-  return r;
-}
-
-void DLAValueCheck::add(Array* a, const void* data, DType dt, int ndim, const int64_t* shape, const int64_t* stride) {
-  a->data = data;
-  a->dtype = dt;
-  a->ndim = ndim;
-  int64_t lo = 0, hi = 0;  // the element offsets the array spans, relative to data (as HostValues::span)
-  bool empty = false;
-  for (int d = 0; d < ndim; ++d) {
-    a->shape[d] = shape[d];
-    a->stride[d] = stride[d];
-    if (shape[d] == 0) empty = true;
-    const int64_t last = (shape[d] - 1) * stride[d];
-    (last < 0 ? lo : hi) += last;
-  }
-  if (empty || ref_.device == Device::CPU) return;
-  const std::size_t item = dtype_size(dt);
-  a->copy.resize(static_cast<std::size_t>(hi - lo + 1) * item);
-  a->span = static_cast<const char*>(data) + lo * static_cast<int64_t>(item);
-  a->lo = lo;
-}
-
-void DLAValueCheck::start() {
-  if (started_) return;
-  started_ = true;
-  void* dst[4];
-  const void* src[4];
-  std::size_t bytes[4];
-  int n = 0;
-  for (int i = 0; i < n_; ++i)
-    if (arrays_[i].span) {
-      dst[n] = arrays_[i].copy.data();
-      src[n] = arrays_[i].span;
-      bytes[n++] = arrays_[i].copy.size();
-    }
-  if (n == 0) return;
-  if (cuda::start_downloads(n, dst, src, bytes, ref_.device_index, stream_)) {
-    async_ = true;
-    return;
-  }
-  cuda::download_many(n, dst, src, bytes, ref_.device_index, stream_);
-}
-
-void DLAValueCheck::finish() {
-  if (done_) return;
-  start();
-  if (async_) {
-    async_ = false;
-    cuda::finish_downloads();
-  }
-  done_ = true;
-  check();
-}
-
-DLAValueCheck::~DLAValueCheck() {
-  if (async_) cuda::abandon_downloads();
-}
-
-void DLAValueCheck::check() {
-  if (n_ == 0) return;
-  TensorRef host;  // the values are in host memory now: HostValues reads them in place
-  host.device = Device::CPU;
-  std::optional<HostValues> vals[4];
-  for (int i = 0; i < n_; ++i) {
-    const Array& a = arrays_[i];
-    const void* base = a.span ? static_cast<const void*>(a.copy.data() - a.lo * static_cast<int64_t>(dtype_size(a.dtype)))
-                              : a.data;
-    vals[i].emplace(base, a.dtype, a.ndim, a.shape, a.stride, host, nullptr);
-  }
-  const auto at = [&](const Array* a) -> const HostValues* { return a ? &*vals[a - arrays_] : nullptr; };
-  const int64_t none[3] = {0, 0, 0};
-  check_values(B_, H_, T_, C_, position_, at(decay_), decay_ ? decay_->stride : none, at(size_),
-               size_ ? size_->stride : none, at(counts_), counts_ ? counts_->stride : none, at(starts_),
-               starts_ ? starts_->stride : none);
 }
 
 }  // namespace detail
