@@ -7,6 +7,11 @@
 * ``attention_backward`` vs torch's flash backward (``autograd.grad`` of SDPA's output; the forward is not
   timed), same grid with S = 4096 under ``--quick``: TFLOP/s with FlashAttention's convention for the
   backward (2.5x the forward's FLOPs).
+* ``linear_attention_backward`` and ``performer_attention_backward`` (cuda/linear_backward.cu; gated by
+  their public names until verified: ATTNKIT_CUDA_UNVERIFIED=1): float16, B=4, H=16, D=64, Performer m=256,
+  causal and bidirectional, S = 4096 under ``--quick`` (4096, 16384 otherwise), as tokens/s beside the forward
+  on the same inputs and the backward / forward time ratio. ``--linear-bwd-only`` runs just these rows;
+  ``--dry`` runs their code on NumPy arrays (the CPU backend, S=256) to check it without a GPU.
 * The tile-shape variants of the tensor-core exact-attention kernel (``ATTNKIT_MMA_VARIANT``: "0" .. "4"
   of the v2 kernel; ``--variants``, on under ``--quick``): float16 and bfloat16,
   D=64 and 128, S=1024 and 4096, causal and not, each variant in its own process (the variable is read
@@ -91,6 +96,10 @@ def kernel_table(cupy, attnkit):
         "linear_attention": lambda: attnkit.linear_attention(t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8)),
         "performer_attention": lambda: attnkit.performer_attention(
             t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8), cupy.asarray(attnkit.random_features(4, 8))),
+        "linear_attention_backward": lambda: attnkit.linear_attention_backward(
+            t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8)),
+        "performer_attention_backward": lambda: attnkit.performer_attention_backward(
+            t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8), cupy.asarray(attnkit.random_features(4, 8))),
         "dynamic_linear_attention": lambda: attnkit.dynamic_linear_attention(
             t(1, 1, 4, 8), t(1, 1, 4, 8), t(1, 1, 4, 8), cupy.ones((1, 1, 4, 2), np.float16), capacity=2),
     }
@@ -215,6 +224,45 @@ def backward_rows(ctx, dtypes, dims, sizes, B=4, H=16):
                     ctx["add"](row)
                 del q, k, v, dout
                 cupy.get_default_memory_pool().free_all_blocks()
+
+
+def linear_backward_rows(ctx, sizes, B=4, H=16, D=64, m=256, dtype="float16"):
+    """linear_attention_backward / performer_attention_backward (elu1; softmax features, m=256), causal and
+    bidirectional, beside their forwards on the same inputs: tokens/s (B*S per call) and the ratio of the
+    backward's time to the forward's. Inputs through xp.asarray, so ``--dry`` runs the same code on NumPy."""
+    xp, attnkit, timer, kernels = ctx["cupy"], ctx["attnkit"], ctx["timer"], ctx["kernels"]
+    rng = np.random.default_rng(0)
+    W = xp.asarray(attnkit.random_features(m, D, dtype=np.float32))
+    for S in sizes:
+        if ctx["out_of_time"]():
+            return
+        q, k, v, dout = (xp.asarray((rng.standard_normal((B, H, S, D), np.float32) / math.sqrt(math.sqrt(D)))
+                                    .astype(dtype)) for _ in range(4))
+        for mech, causal in (("linear", True), ("linear", False), ("performer", True), ("performer", False)):
+            row = {"kind": "linear_backward", "mechanism": mech, "dtype": dtype, "B": B, "H": H, "S": S, "D": D,
+                   "causal": causal}
+            if mech == "performer":
+                row["performer_m"] = m
+                fwd = lambda: attnkit.performer_attention(q, k, v, W, causal=causal)  # noqa: E731
+                bwd = lambda: attnkit.performer_attention_backward(dout, q, k, v, W, causal=causal)  # noqa: E731
+            else:
+                fwd = lambda: attnkit.linear_attention(q, k, v, causal=causal)  # noqa: E731
+                bwd = lambda: attnkit.linear_attention_backward(dout, q, k, v, causal=causal)  # noqa: E731
+            for name, fn, kname in (("fwd", fwd, f"{mech}_attention"), ("bwd", bwd, f"{mech}_attention_backward")):
+                if kernels.get(kname):
+                    row[f"{name}_note"] = "no kernel: " + kernels[kname]
+                    continue
+                t, note = attempt(lambda: timer(fn))
+                if t:
+                    row[f"{name}_s"], row[f"{name}_tokens_per_s"] = t, B * S / t
+                else:
+                    row[f"{name}_note"] = note
+            if row.get("fwd_s") and row.get("bwd_s"):
+                row["bwd_over_fwd"] = row["bwd_s"] / row["fwd_s"]
+            ctx["add"](row)
+        del q, k, v, dout
+        if hasattr(xp, "get_default_memory_pool"):
+            xp.get_default_memory_pool().free_all_blocks()
 
 
 def decode_rows(ctx, sizes, B=4, Hq=32, Hkv=8, D=128, dtype="float16"):
@@ -450,6 +498,12 @@ def format_row(r) -> str:
                 f"TFLOP/s  ratio {fmt(r.get('ratio_vs_torch'), '.2f'):>5}"
                 f"{'  device ratio ' + fmt(r.get('device_ratio_vs_torch'), '.2f') if r.get('device_ratio_vs_torch') else ''}"
                 f"{note}"[:240])
+    if r["kind"] == "linear_backward":
+        tps = lambda x: fmt(x and x / 1e6, ".2f")  # noqa: E731
+        note = "".join(f"  {n}: {r[n + '_note']}" for n in ("fwd", "bwd") if r.get(n + "_note"))
+        return (f"lbwd   {r['mechanism']:<9} {r['dtype']:>8} S={r['S']:<5} {'causal' if r['causal'] else 'full  '} "
+                f"backward {tps(r.get('bwd_tokens_per_s')):>7} Mtok/s  forward {tps(r.get('fwd_tokens_per_s')):>7} "
+                f"Mtok/s  bwd/fwd time {fmt(r.get('bwd_over_fwd'), '.2f')}{note}"[:240])
     if r["kind"] == "host":
         us = lambda x: fmt(x and x * 1e6, ".1f")  # noqa: E731
         return (f"host   {r['call']:<22} host {us(r.get('host_s')):>7} us/call  device {us(r.get('device_s')):>8} us"
@@ -527,7 +581,20 @@ def main(argv=None) -> int:
     ap.add_argument("--linear-sweep", action="store_true", help="linear-attention kernel variants (on under --quick)")
     ap.add_argument("--_linear-child", dest="linear_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_calls", dest="calls", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--linear-bwd-only", action="store_true",
+                    help="only the linear_attention_backward / performer_attention_backward rows")
+    ap.add_argument("--dry", action="store_true", help="run the linear backward rows' code on NumPy arrays (CPU "
+                                                       "backend, S=256, no GPU, nothing written): a check of this "
+                                                       "script")
     a = ap.parse_args(argv)
+    if a.dry:
+        import attnkit
+
+        ctx = {"cupy": np, "attnkit": attnkit, "kernels": {}, "out_of_time": lambda: False,
+               "timer": lambda fn: (lambda t0: (fn(), time.perf_counter() - t0)[1])(time.perf_counter()),
+               "add": lambda row: log(format_row(row))}
+        linear_backward_rows(ctx, [256], B=1, H=2, D=16, m=32)
+        return 0
     if a.variant_worker is not None:
         return variant_worker(a.variant_worker)
     if a.linear_child is not None:
@@ -581,6 +648,15 @@ def main(argv=None) -> int:
     ctx = {"cupy": cupy, "torch": torch, "attnkit": attnkit, "kernels": kernels, "peak": peak, "add": add,
            "rows": payload["rows"],
            "out_of_time": out_of_time, "timer": Timer(cupy, reps, a.warmup, a.target_s)}
+    lbwd_sizes = [4096] if a.quick else [4096, 16384]
+    if a.linear_bwd_only:
+        log("-- linear_attention_backward / performer_attention_backward beside the forwards: tokens/s")
+        linear_backward_rows(ctx, lbwd_sizes)
+        payload["elapsed_s"] = round(time.monotonic() - t0, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+        log(f"bench_gpu: {len(payload['rows'])} rows in {payload['elapsed_s']} s -> {out}")
+        return 0
     log("-- exact attention vs torch SDPA (flash): TFLOP/s")
     exact_rows(ctx, ["bfloat16", "float16"], [64, 128], sizes)
     if a.quick or a.variants:
@@ -589,6 +665,8 @@ def main(argv=None) -> int:
         variant_rows(ctx, ["bfloat16", "float16"], [64, 128])
     log("-- attention_backward vs torch flash backward: TFLOP/s (2.5x the forward's FLOPs)")
     backward_rows(ctx, ["bfloat16", "float16"], [64, 128], [4096] if a.quick else [1024, 4096, 16384])
+    log("-- linear_attention_backward / performer_attention_backward beside the forwards: tokens/s")
+    linear_backward_rows(ctx, lbwd_sizes)
     log("-- host time per call (not waited for) beside device time: us")
     try:
         host_rows(ctx)

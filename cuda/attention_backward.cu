@@ -334,11 +334,7 @@ void attention_backward(const AttnBwdProblem& p) {
   dispatch_float(p.fwd.dtype, [&](auto tag) { run_backward<decltype(tag)>(p, stream); });
 }
 
-void linear_attention_backward(const LinearBwdProblem& p) {
-  require_device(p.fwd.device_index);
-  throw Error(ErrorKind::NotBuilt, std::string(p.fwd.projected() ? "performer_attention_backward" : "linear_attention_backward") +
-                                       " has no CUDA kernel in this version of attnkit");
-}
+// linear_attention_backward (linear attention and Performer): linear_backward.cu.
 
 }  // namespace cuda
 }  // namespace detail

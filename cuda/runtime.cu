@@ -92,7 +92,9 @@ constexpr const char* kVerified[] = {
 /// A kernel moves to kVerified once the check has passed on a GPU.
 constexpr const char* kCompiled[] = {
     "dla_prefill_v5",   // v4 with C1 + C2 fused, the states in shared memory (dla_prefill_v5.cuh; launch_prefill_v4)
-};
+    // session 28: the backward passes of linear attention and Performer (linear_backward.cu): closed, these
+    // public functions raise the select() reason that names the gate.
+    "linear_attention_backward", "performer_attention_backward"};
 
 template <std::size_t N>
 bool listed(const char* const (&list)[N], const char* mechanism) {
@@ -101,6 +103,8 @@ bool listed(const char* const (&list)[N], const char* mechanism) {
   return false;
 }
 }  // namespace
+
+bool compiled_unverified(const char* mechanism) { return listed(kCompiled, mechanism); }
 
 bool has_kernel(const char* mechanism) {
   if (listed(kVerified, mechanism)) return true;

@@ -107,6 +107,10 @@ PROBES = {
     "block_sparse_attention_backward": lambda: attnkit.block_sparse_attention_backward(
         _tiny(1, 1, 8, 8), _tiny(1, 1, 8, 8), _tiny(1, 1, 8, 8), _tiny(1, 1, 8, 8), _tiny(1, 1, 8, 8),
         _tiny(1, 1, 8), layouts.sliding_window(8, 4, 1)),
+    "linear_attention_backward": lambda: attnkit.linear_attention_backward(
+        _tiny(1, 1, 4, 8), _tiny(1, 1, 4, 8), _tiny(1, 1, 4, 8), _tiny(1, 1, 4, 8)),
+    "performer_attention_backward": lambda: attnkit.performer_attention_backward(
+        _tiny(1, 1, 4, 8), _tiny(1, 1, 4, 8), _tiny(1, 1, 4, 8), _tiny(1, 1, 4, 8), _tiny(4, 8)),
 }
 
 # multi_head_attention's mechanism -> the dispatch name of its attention core

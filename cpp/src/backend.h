@@ -49,6 +49,9 @@ bool built();
 int device_count();
 /// Whether this build has a CUDA kernel for `mechanism` (the names of the public functions).
 bool has_kernel(const char* mechanism);
+/// Whether this build has a kernel for `mechanism` that is compiled but not yet verified on a GPU (runtime.cu's
+/// kCompiled list), whatever ATTNKIT_CUDA_UNVERIFIED says: the reason select() gives when it is off names it.
+bool compiled_unverified(const char* mechanism);
 /// Copies `bytes` of host memory to a new allocation on CUDA device `device_index` (ordered on `stream`);
 /// the returned pointer frees it. For long-lived read-only data (layout CSR copies).
 std::shared_ptr<void> upload(const void* host, std::size_t bytes, int32_t device_index, void* stream);

@@ -29,6 +29,7 @@ void download_many(int, void* const*, const void* const*, const std::size_t*, in
 void rope(const RopeProblem&) { not_built(); }
 bool built() { return false; }
 bool has_kernel(const char*) { return false; }
+bool compiled_unverified(const char*) { return false; }
 int device_count() { return 0; }
 
 }  // namespace cuda

@@ -66,6 +66,10 @@ Support select(const char* mechanism, Device device) {
   s.backend = "cuda";
   if (!cuda::built())
     s.reason = "attnkit was built without CUDA: rebuild with nvcc on the PATH (or -DATTNKIT_CUDA=ON) to use GPU arrays";
+  else if (!cuda::has_kernel(mechanism) && cuda::compiled_unverified(mechanism))
+    s.reason = std::string(mechanism) +
+               " has no CUDA kernel enabled in this build: its kernel is compiled but not yet verified on a GPU "
+               "(set ATTNKIT_CUDA_UNVERIFIED=1 to run it); pass NumPy arrays to run it on the CPU";
   else if (!cuda::has_kernel(mechanism))
     s.reason = std::string(mechanism) +
                " has no CUDA kernel in this version of attnkit; pass NumPy arrays to run it on the CPU";

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward,dla_prefill_v2,
-# dla_decode_v2,dla_decode_v3}.cu, for machines
+# Host emulation of the CUDA kernels of cuda/{merge,rope,linear,linformer,attention_backward,linear_backward,
+# dla_prefill_v2,dla_decode_v2,dla_decode_v3}.cu, for machines
 # without a GPU: the .cu files are compiled by g++ against shim/cuda/*.cuh (blocks run one after another, the
 # threads of a block as std::threads meeting at a std::barrier for __syncthreads; float32/float64 only), with
 # each `kernel<<<grid, kThreads, 0, stream>>>(args)` rewritten to a call of the shim's emu_launch. The tests
@@ -15,7 +15,7 @@ root="$(cd "$here/../.." && pwd)"
 out="${1:-$(mktemp -d)}"
 mkdir -p "$out"
 flags=(-std=c++20 -O1 -g -I "$here/shim" -I "$root" -I "$root/cpp/src" -I "$root/cpp/include" -pthread)
-for f in merge rope linear linformer attention_backward; do
+for f in merge rope linear linformer attention_backward linear_backward; do
   perl -0pe 's/(\w+<[^<>]*>)<<<(.*?), kThreads, 0, stream>>>\((.*?)\);/emu_launch($2, [&]{ $1($3); });/gs' \
     "$root/cuda/$f.cu" > "$out/$f.emu.cpp"
 done
@@ -33,6 +33,10 @@ g++ -std=c++17 -O1 -fopenmp -I "$root/cpp/src" -I "$root/cpp/include" -c "$root/
 g++ "${flags[@]}" -fopenmp "$here/test_attention_backward.cpp" "$out/attention_backward.emu.cpp" \
   "$out/attention_bwd_generic.o" -o "$out/test_attention_backward"
 OMP_NUM_THREADS=1 "$out/test_linear_vs_cpu" | tail -1
+# linear_backward.cu (linear attention / Performer gradients) vs the CPU backend's generic backward kernel.
+g++ "${flags[@]}" -fopenmp "$here/test_linear_bwd_vs_cpu.cpp" "$out/linear_backward.emu.cpp" "$out/linear_generic.o" \
+  -o "$out/test_linear_bwd_vs_cpu"
+OMP_NUM_THREADS=1 "$out/test_linear_bwd_vs_cpu" | tail -1
 # linear.cu's v2 tuning (read once per process): small key segments and an odd default causal chunk.
 ATTNKIT_LINEAR_CUDA_SEG=16 ATTNKIT_LINEAR_CUDA_CHUNK=5 OMP_NUM_THREADS=1 "$out/test_linear_vs_cpu" | tail -1
 ATTNKIT_LINEAR_CUDA_SEG=16 ATTNKIT_LINEAR_CUDA_CHUNK=5 "$out/test_linear_merge_rope" | tail -1
