@@ -12,7 +12,8 @@
 //   - PV with the chunk's V rows in L1: register blocks of RL rows x NV value vectors, probabilities
 //     broadcast (bfloat16 V read in pairs, the even and odd columns of each 2W, kPairs: the same sums);
 //   - K and V rows kPrefetchKeys ahead prefetched into L2 while the current chunk is computed, spread over
-//     its arithmetic (K over the first row block's dot products, V over its PV panels), across split, kv
+//     its arithmetic (K over the first row block's dot products, V over its PV panels; each in ascending
+//     address order where the rows are contiguous: the hardware prefetcher follows them), across split, kv
 //     head and batch boundaries (one thread: into the next work item; several: a burst at each item's start).
 // With more than kDirectRows rows, 16-bit chunks are converted once into float buffers instead.
 //
