@@ -12,7 +12,8 @@
 //   - PV with the chunk's V rows in L1: register blocks of RL rows x NV value vectors, probabilities
 //     broadcast (bfloat16 V read in pairs, the even and odd columns of each 2W, kPairs: the same sums);
 //   - K and V rows kPrefetchKeys ahead prefetched into L2 while the current chunk is computed, spread over
-//     its arithmetic (K over the first row block's dot products, V over its PV panels), across split, kv
+//     its arithmetic (K over the first row block's dot products, V over its PV panels; each in ascending
+//     address order where the rows are contiguous: the hardware prefetcher follows them), across split, kv
 //     head and batch boundaries (one thread: into the next work item; several: a burst at each item's start).
 // With more than kDirectRows rows, 16-bit chunks are converted once into float buffers instead.
 //
@@ -113,6 +114,16 @@ struct DecodeKernel {
   /// GQA 32:8 bfloat16 in cache, 50 against 44 ns per key for float16.)
   template <class E>
   static constexpr bool kPairs = std::is_same<E, BFloat>::value;
+  /// Value vectors per PV panel: row quads (RL = 4) 3 on AVX2 (12 accumulators + 3 value vectors + the
+  /// broadcast: all 16 ymm registers; 4 x 2 left the FMA pipes waiting on 8 chains of 4-cycle FMAs),
+  /// single rows (MHA) 8 (8 accumulators, the value loads folded into the FMAs; 1 x 4 had 4 chains). The
+  /// same products summed in the same order per output element: results unchanged. bfloat16 pairs and
+  /// AVX-512 as before. GQA 32:8 float32 in cache 0.89x the time, MHA from memory 0.89-0.91x (Zen 3,
+  /// session 28).
+  template <class E>
+  static constexpr int kNV4 = W == 8 && !kPairs<E> ? 3 : 2;
+  template <class E>
+  static constexpr int kNV1 = W == 8 && !kPairs<E> ? 8 : 4;
   /// Where element d of a row of n elements sits in the kernel's o rows (pairs: see kPairs).
   static inline int64_t lane_of(int64_t d, int64_t n, bool pairs) {
     constexpr int64_t P = 2 * W;
@@ -161,6 +172,10 @@ struct DecodeKernel {
   template <int RQ, bool PF = false, class E>
   static inline void qk_block(const float* q, const E* k, int64_t ldk, int nk, int64_t D, float* s, int64_t lds,
                               const E* pf = nullptr, int pn = 0) {
+    if constexpr (RQ == 4 && W == 8) {  // (AVX2; AVX-512 as before, not measured with qk_quad)
+      qk_quad<PF>(q, k, ldk, nk, D, s, lds, pf, pn);
+      return;
+    }
     constexpr int KJ = 8 / RQ;
     const E* kr[KJ];
     for (int j = 0; j < KJ; ++j) kr[j] = k + (j < nk ? j : nk - 1) * ldk;
@@ -203,14 +218,79 @@ struct DecodeKernel {
       for (int j = 0; j < nk && j < KJ; ++j) s[r * lds + j] = sums[r * KJ + j];
   }
 
+  /// qk_block for a row quad (RQ = 4, KJ = 2 keys): the same sums in the same order, with less work per
+  /// step around the 8 FMAs: the query vectors held in registers (4 + 2 loads per 8 FMAs, not 2 + 8), two
+  /// steps per iteration with one prefetch of each of the two rows pf[0], pf[1] (a line of each row per
+  /// two steps: every line of a float32 row, the rest after the loop), and the 8 sums stored as 4 pairs.
+  template <bool PF, class E>
+  static inline void qk_quad(const float* q, const E* k, int64_t ldk, int nk, int64_t D, float* s, int64_t lds,
+                             const E* pf, int pn) {
+    const E* k0 = k;
+    const E* k1 = k + (nk > 1 ? ldk : 0);
+    // Rows to prefetch (a row not to prefetch: the key row itself, already in cache; no branch per step).
+    const char* p0 = reinterpret_cast<const char*>(PF && pf && pn > 0 ? pf : k0);
+    const char* p1 = reinterpret_cast<const char*>(PF && pf && pn > 1 ? pf + ldk : k1);
+    const int64_t rb = D * static_cast<int64_t>(sizeof(E));
+    V a0{}, a1{}, a2{}, a3{}, a4{}, a5{}, a6{}, a7{};
+    const float *q0 = q, *q1 = q + D, *q2 = q + 2 * D, *q3 = q + 3 * D;
+    auto step = [&](int64_t d) __attribute__((always_inline)) {
+      V x0 = S::load(q0 + d), x1 = S::load(q1 + d), x2 = S::load(q2 + d), x3 = S::load(q3 + d);
+      asm("" : "+v"(x0), "+v"(x1), "+v"(x2), "+v"(x3));
+      V y0 = load(k0 + d), y1 = load(k1 + d);
+      asm("" : "+v"(y0), "+v"(y1));
+      a0 += x0 * y0, a1 += x0 * y1, a2 += x1 * y0, a3 += x1 * y1;
+      a4 += x2 * y0, a5 += x2 * y1, a6 += x3 * y0, a7 += x3 * y1;
+    };
+    const int64_t Dw = D / W * W;
+    // The lines in ascending order, row p0's then row p1's (interleaving the two rows' lines measured 1.15x
+    // the time from memory: the hardware prefetcher follows the software prefetches' stream).
+    const char* pp = p0;
+    const char* pe = p0 + rb;
+    bool second = false;
+    auto pf_next = [&]() __attribute__((always_inline)) {
+      if (pp >= pe) {
+        if (second) return;
+        second = true, pp = p1, pe = p1 + rb;
+      }
+      prefetch_l2(pp);
+      pp += 64;
+    };
+    int64_t d = 0;
+    for (; d + 2 * W <= Dw; d += 2 * W) {
+      if (PF) pf_next(), pf_next();
+      step(d);
+      step(d + W);
+    }
+    if (d < Dw) step(d);
+    if (PF)
+      while (!second || pp < pe) pf_next();
+    alignas(32) float sums[8];
+    reduce8(a0, a1, a2, a3, a4, a5, a6, a7, sums);
+    if (Dw < D || nk < 2) {
+      const E* kr[2] = {k0, k1};
+      for (int64_t e = Dw; e < D; ++e)  // odd D: the tail, after the vector part
+        for (int r = 0; r < 4; ++r)
+          for (int j = 0; j < 2; ++j) sums[r * 2 + j] += q[r * D + e] * scalar(kr[j][e]);
+      for (int r = 0; r < 4; ++r)
+        for (int j = 0; j < nk && j < 2; ++j) s[r * lds + j] = sums[r * 2 + j];
+      return;
+    }
+    const __m128 lo = _mm_load_ps(sums), hi = _mm_load_ps(sums + 4);
+    _mm_storel_pi(reinterpret_cast<__m64*>(s), lo);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(s + lds), lo);
+    _mm_storel_pi(reinterpret_cast<__m64*>(s + 2 * lds), hi);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(s + 3 * lds), hi);
+  }
+
   /// o[r][d0 .. d0 + NV W) += sum_{j in [jb, je)} p[r][j] v[j][d0 ..] for RL rows (p: ld BK, o: ld ldo).
-  /// pf (when not null): nl <= 2 cache lines from pf in rows [0, pn) of another chunk (stride ldv),
-  /// prefetched into L2 a row per key, so that the V prefetches spread evenly over the PV arithmetic.
+  /// pf (when not null): nl <= 4 cache lines at pf + j * pstep bytes for the keys j < pn (pv_rows: lines of
+  /// rows of another chunk), prefetched into L2 one key at a time, so that the V prefetches spread evenly
+  /// over the PV arithmetic.
   /// PAIRS (E bfloat16, NV even): vectors 2m and 2m + 1 of the panel are the even and odd elements of its
   /// block m of 2W columns (o in the pairs order, see kPairs).
   template <int RL, int NV, bool PF = false, bool PAIRS = false, class E>
   static inline void pv_panel(const float* p, const E* v, int64_t ldv, int jb, int je, float* o, int64_t ldo,
-                              const E* pf = nullptr, int pn = 0, int nl = 0) {
+                              const E* pf = nullptr, int pn = 0, int nl = 0, int64_t pstep = 0) {
     // jb < je from here: for a loop that may not run GCC kept acc on the stack, a store and a reload of
     // every accumulator per panel (as in MicroGemm::block).
     if (jb >= je) return;
@@ -223,13 +303,17 @@ struct DecodeKernel {
         // builtin in session 24: GQA 32:8, Sq=1, Sk 8192 / 32768, 1.07-1.10x the time, 2 processes). The asm
         // takes the address in a register: with a memory operand GCC kept 7 of the 8 accumulators on the
         // stack (prefetch_l2; session 26: float16 in cache 0.77-0.80x the time).
-        const char* a = reinterpret_cast<const char*>(pf + j * ldv);
+        const char* a = reinterpret_cast<const char*>(pf) + j * pstep;
         if constexpr (RL < 4) {
           prefetch_l2_in(a);
           if (nl > 1) prefetch_l2_in(a + 64);
+          if (nl > 2) prefetch_l2_in(a + 128);
+          if (nl > 3) prefetch_l2_in(a + 192);
         } else {
           prefetch_l2(a);
           if (nl > 1) prefetch_l2(a + 64);
+          if (nl > 2) prefetch_l2(a + 128);
+          if (nl > 3) prefetch_l2(a + 192);
         }
       }
       V vv[NV];
@@ -265,24 +349,32 @@ struct DecodeKernel {
     int64_t d = 0;
     constexpr int64_t es = sizeof(E);
     int64_t next = 0;  // the first cache line (byte offset / 64 in a row) not yet prefetched
-    auto pf_lines = [&](int64_t d1) {  // lines (at most 2) the panel ending at column d1 prefetches from `next`
-      return PF && pf ? static_cast<int>(imin(2, imax(0, (d1 * es + 63) / 64 - next))) : 0;
+    auto pf_lines = [&](int64_t d1) {  // lines (at most 4) the panel ending at column d1 prefetches from `next`
+      return PF && pf ? static_cast<int>(imin(4, imax(0, (d1 * es + 63) / 64 - next))) : 0;
     };
     const char* pfb = reinterpret_cast<const char*>(pf);
+    // Where the prefetched rows are contiguous (ldv = Dv), the lines go in ascending address order over all
+    // of them (each panel takes the next nl * pn lines of [pf, pf + pn rows), nl per key): the hardware
+    // prefetcher follows the software prefetches' stream. Otherwise row j of each panel's key j, its own
+    // lines [next, next + nl).
+    const bool lin = ldv == Dv;
+    const int64_t rstep = ldv * es;
+    auto pf_at = [&]() { return reinterpret_cast<const E*>(pfb + 64 * (lin ? next * pn : next)); };
+    auto pf_step = [&](int nl) { return lin ? 64 * static_cast<int64_t>(nl) : rstep; };
     for (; d + NV * W <= Dp; d += NV * W) {
       const int nl = pf_lines(d + NV * W);
-      pv_panel<RL, NV, PF, PR>(p, v + d, ldv, jb, je, o + d, ldo, reinterpret_cast<const E*>(pfb + 64 * next), nl ? pn : 0, nl);
+      pv_panel<RL, NV, PF, PR>(p, v + d, ldv, jb, je, o + d, ldo, pf_at(), nl ? pn : 0, nl, pf_step(nl));
       next += nl;
     }
     if constexpr (PR)
       for (; d < Dp; d += 2 * W) {
         const int nl = pf_lines(d + 2 * W);
-        pv_panel<RL, 2, PF, true>(p, v + d, ldv, jb, je, o + d, ldo, reinterpret_cast<const E*>(pfb + 64 * next), nl ? pn : 0, nl);
+        pv_panel<RL, 2, PF, true>(p, v + d, ldv, jb, je, o + d, ldo, pf_at(), nl ? pn : 0, nl, pf_step(nl));
         next += nl;
       }
     for (; d < Dw; d += W) {
       const int nl = pf_lines(d + W);
-      pv_panel<RL, 1, PF>(p, v + d, ldv, jb, je, o + d, ldo, reinterpret_cast<const E*>(pfb + 64 * next), nl ? pn : 0, nl);
+      pv_panel<RL, 1, PF>(p, v + d, ldv, jb, je, o + d, ldo, pf_at(), nl ? pn : 0, nl, pf_step(nl));
       next += nl;
     }
     for (; d < Dv; ++d)
@@ -567,16 +659,16 @@ struct DecodeKernel {
     int64_t r = 0;
     for (; r + 4 <= R; r += 4) {
       if (r == 0 && spread)
-        pv_rows<4, 2, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, reinterpret_cast<const E*>(pv), pn_all);
+        pv_rows<4, kNV4<E>, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, reinterpret_cast<const E*>(pv), pn_all);
       else
-        pv_rows<4, 2>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP);
+        pv_rows<4, kNV4<E>>(w.s + r * BK, vc, ldv, 0, jn, Dv, w.o + r * DvP, DvP);
     }
     if (r == 0 && spread) {  // R < 4: the V prefetches in the first (only) row block
       const E* pf = reinterpret_cast<const E*>(pv);
       switch (R) {
         case 3: pv_rows<3, 2, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, pf, pn_all); break;
         case 2: pv_rows<2, 4, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, pf, pn_all); break;
-        default: pv_rows<1, 4, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, pf, pn_all); break;
+        default: pv_rows<1, kNV1<E>, true>(w.s, vc, ldv, 0, jn, Dv, w.o, DvP, pf, pn_all); break;
       }
       return;
     }
