@@ -23,10 +23,12 @@ _MASKING_DOC = """
         Valid keys per batch entry (right padding): keys ``j >= key_lengths[b]`` are masked. Values
         must lie in ``[0, Sk]``.
     scale : float, optional
-        Score scale, default ``1/sqrt(D)``. Any finite value.
+        Score scale, default ``1/sqrt(D)``. Any finite value the accumulation type holds
+        (``|scale| <= 3.4e38`` for float32, float16 and bfloat16 inputs, which compute in float32).
     softcap : float, optional
         Logit soft-capping ``s -> c * tanh(s / c)`` (Gemma 2, Grok), applied after scaling and before
-        bias/ALiBi. ``None`` or ``0`` disables it; ``c`` must be ``>= 0``.
+        bias/ALiBi. ``None`` or ``0`` disables it; ``c`` must be ``>= 0``, with ``c`` and ``1/c`` finite
+        in the accumulation type (float32 unless the inputs are float64).
     alibi_slopes : float array ``[Hq]`` or ``[B, Hq]``, optional
         ALiBi: the score of ``(i, j)`` gets ``-slope[h] * |i + a - j|``.
 """
