@@ -13,6 +13,7 @@ import tracemalloc
 import numpy as np
 
 from . import _bench, _core, layouts
+from ._array import BFLOAT16
 from ._exact import attention, attention_weights
 from ._mha import _run_mechanism
 
@@ -294,7 +295,10 @@ def plot(path, rows, scale_rows, maps, title):
 def load_qkv(paths):
     """q, k, v from one .npz (arrays q, k, v) or three .npy files; float arrays of rank 2-4."""
     if len(paths) == 1:
-        with np.load(paths[0]) as z:
+        z = np.load(paths[0])
+        if not hasattr(z, "files"):  # one .npy array, not an .npz archive
+            raise ValueError(f"{paths[0]} holds one array; give one .npz with arrays q, k, v or three .npy files")
+        with z:
             missing = [n for n in "qkv" if n not in z]
             if missing:
                 raise ValueError(f"{paths[0]} must hold arrays named q, k and v; missing {', '.join(missing)}")
@@ -303,6 +307,9 @@ def load_qkv(paths):
         arrs = [np.load(p) for p in paths]
     else:
         raise ValueError("inputs: one .npz file with q, k, v or three .npy files q k v")
+    for name, a in zip("qkv", arrs):
+        if a.ndim not in (2, 3, 4) or (a.dtype.kind != "f" and a.dtype != BFLOAT16):
+            raise ValueError(f"{name} must be a float array of rank 2, 3 or 4, got {a.dtype} of shape {a.shape}")
     return [a.reshape((1,) * (4 - a.ndim) + a.shape) if a.ndim in (2, 3) else a for a in arrs]
 
 

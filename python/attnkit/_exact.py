@@ -23,10 +23,12 @@ _MASKING_DOC = """
         Valid keys per batch entry (right padding): keys ``j >= key_lengths[b]`` are masked. Values
         must lie in ``[0, Sk]``.
     scale : float, optional
-        Score scale, default ``1/sqrt(D)``. Any finite value.
+        Score scale, default ``1/sqrt(D)``. Any finite value the accumulation type holds
+        (``|scale| <= 3.4e38`` for float32, float16 and bfloat16 inputs, which compute in float32).
     softcap : float, optional
         Logit soft-capping ``s -> c * tanh(s / c)`` (Gemma 2, Grok), applied after scaling and before
-        bias/ALiBi. ``None`` or ``0`` disables it; ``c`` must be ``>= 0``.
+        bias/ALiBi. ``None`` or ``0`` disables it; ``c`` must be ``>= 0``, with ``c`` and ``1/c`` finite
+        in the accumulation type (float32 unless the inputs are float64).
     alibi_slopes : float array ``[Hq]`` or ``[B, Hq]``, optional
         ALiBi: the score of ``(i, j)`` gets ``-slope[h] * |i + a - j|``.
 """
@@ -180,8 +182,7 @@ def merge_attention(outs, lses):
         Mismatched dtypes or devices.
     """
     call = Call()
-    outs = list(outs) if not hasattr(outs, "shape") else [outs[i] for i in range(outs.shape[0])]
-    lses = list(lses) if not hasattr(lses, "shape") else [lses[i] for i in range(lses.shape[0])]
+    outs, lses = _parts(outs, "outs"), _parts(lses, "lses")
     p = _core.MergeParams()
     p.outs = [call.tensor(o, f"outs[{i}]") for i, o in enumerate(outs)]
     p.lses = [call.tensor(x, f"lses[{i}]") for i, x in enumerate(lses)]
@@ -189,3 +190,18 @@ def merge_attention(outs, lses):
     out, lse = call.outputs(p, _core.merge_attention_outputs, "out", "lse")
     _core.merge_attention(p)
     return out, lse
+
+
+def _parts(x, name: str) -> list:
+    """The parts of merge_attention's `name`: a sequence of arrays, or one array's slices along axis 0."""
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        if len(shape) == 0:
+            raise ValueError(f"{name} must be a sequence of arrays or one array with the parts along axis 0, "
+                             "got a 0-d array")
+        return [x[i] for i in range(shape[0])]
+    try:
+        return list(x)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of arrays or one array with the parts along axis 0, "
+                        f"got {type(x).__name__}") from None

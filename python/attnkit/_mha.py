@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._array import acc_dtype, as_bool, as_choice, as_int, astype, full, is_cuda_array
@@ -96,7 +98,8 @@ def _linear(x, w, b, name):
                          f"(input shape {tuple(x.shape)})")
     acc = np.float64 if x.dtype == np.float64 else np.float32
     # one 2-D GEMM over all tokens: NumPy runs a 3-D @ 2-D matmul as a loop of small products (5x slower)
-    y = xp.matmul(x.reshape(-1, x.shape[-1]).astype(acc, copy=False), w.astype(acc, copy=False).T)
+    rows = math.prod(x.shape[:-1])  # not -1: a reshape cannot infer it for E = 0 features
+    y = xp.matmul(x.reshape(rows, x.shape[-1]).astype(acc, copy=False), w.astype(acc, copy=False).T)
     if b is not None:
         y += b.astype(acc, copy=False)
     return astype(y, x.dtype).reshape(x.shape[:-1] + (w.shape[0],))  # bfloat16 on CUDA included

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from . import _core
-from ._array import Call, as_bool, as_float, as_int, float_dtype
+from ._array import Call, as_bool, as_float, as_int, checked_alloc, float_dtype
 
 __all__ = ["rope", "sinusoidal_positions", "alibi_slopes"]
 
@@ -108,13 +108,14 @@ def sinusoidal_positions(seq_len, dim, *, base=10000.0, dtype=np.float32):
         raise ValueError(f"dim must be >= 1, got {D}")
     if not (math.isfinite(base) and base > 0):
         raise ValueError(f"base must be finite and > 0, got {base}")
-    t = np.arange(S, dtype=np.float64)[:, None]
-    i2 = np.arange(0, D, 2, dtype=np.float64)  # 2i
-    angle = t / base ** (i2 / D)
-    pe = np.empty((S, D), dtype=np.float64)
-    pe[:, 0::2] = np.sin(angle)
-    pe[:, 1::2] = np.cos(angle[:, : D // 2])
-    return pe.astype(dt)
+    pe = checked_alloc(np.empty, (S, D), dt, "sinusoidal_positions(seq_len, dim)")
+    div = base ** (np.arange(0, D, 2, dtype=np.float64) / D)  # base^(2i/D)
+    rows = max(1, 2**20 // D)  # float64 scratch of ~8 MiB per block of rows, whatever S x D asks for
+    for r0 in range(0, S, rows):
+        angle = np.arange(r0, min(S, r0 + rows), dtype=np.float64)[:, None] / div
+        pe[r0:r0 + rows, 0::2] = np.sin(angle)  # rounded once to dtype
+        pe[r0:r0 + rows, 1::2] = np.cos(angle[:, : D // 2])
+    return pe
 
 
 def alibi_slopes(num_heads):
@@ -143,9 +144,8 @@ def alibi_slopes(num_heads):
     if n < 1:
         raise ValueError(f"num_heads must be >= 1, got {n}")
 
-    def power_of_two(m):
-        return [2.0 ** (-8.0 * (h + 1) / m) for h in range(m)]
-
+    slopes = checked_alloc(np.empty, (n,), np.float32, "alibi_slopes(num_heads)")
     c = 1 << (n.bit_length() - 1)
-    slopes = power_of_two(c) + power_of_two(2 * c)[0::2][: n - c]
-    return np.asarray(slopes, dtype=np.float32)
+    slopes[:c] = 2.0 ** (-8.0 * np.arange(1, c + 1, dtype=np.float64) / c)  # h + 1 over c heads
+    slopes[c:] = 2.0 ** (-8.0 * np.arange(1, 2 * (n - c), 2, dtype=np.float64) / (2 * c))  # odd ones of 2c
+    return slopes

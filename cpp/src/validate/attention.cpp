@@ -34,9 +34,13 @@ AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weight
     }
 
   // Scalars.
-  r.scale = resolve_scale(p.scale, r.D);
+  r.scale = resolve_scale(p.scale, r.D, r.dtype);
   if (!std::isfinite(p.softcap) || p.softcap < 0)
     value_error("softcap must be a finite value > 0 (or 0 for none), got " + std::to_string(p.softcap));
+  if (p.softcap > 0) {  // the kernels hold c and 1/c in the accumulation type (inf there: NaN scores)
+    require_in_accumulator_range(p.softcap, r.dtype, "softcap");
+    require_in_accumulator_range(1.0 / p.softcap, r.dtype, "1 / softcap");
+  }
   r.softcap = p.softcap;
   r.causal = p.causal;
   // A window side reaching past the sequence allows exactly what Sq + Sk does: clamping keeps every

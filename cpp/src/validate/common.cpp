@@ -229,9 +229,21 @@ const TensorRef* Outputs::bind(const char* name, const TensorRef& t, const int64
   return &t;
 }
 
-double resolve_scale(const std::optional<double>& scale, int64_t D) {
+void require_in_accumulator_range(double x, DType dtype, const char* name) {
+  const bool f32 = accumulator_dtype(dtype) == DType::Float32;
+  const double max = f32 ? std::numeric_limits<float>::max() : std::numeric_limits<double>::max();
+  if (std::fabs(x) <= max) return;
+  std::ostringstream os;
+  os << name << " = " << x << " is beyond the " << (f32 ? "float32" : "float64") << " range (|" << name
+     << "| <= " << max << "): " << dtype_name(dtype) << " inputs compute in " << (f32 ? "float32" : "float64")
+     << ", where it would be inf";
+  value_error(os.str());
+}
+
+double resolve_scale(const std::optional<double>& scale, int64_t D, DType dtype) {
   if (!scale.has_value()) return 1.0 / std::sqrt(static_cast<double>(D));
   if (!std::isfinite(*scale)) value_error("scale must be finite, got " + std::to_string(*scale));
+  require_in_accumulator_range(*scale, dtype, "scale");
   return *scale;
 }
 

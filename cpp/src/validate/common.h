@@ -139,8 +139,13 @@ void lead_strides(const TensorRef& t, int64_t (&stride)[N]) {
   for (int d = 0; d < N; ++d) stride[d] = d < off ? 0 : t.strides[d - off];
 }
 
-/// Score scale: finite when given, 1/sqrt(D) when absent.
-double resolve_scale(const std::optional<double>& scale, int64_t D);
+/// Score scale: finite when given, 1/sqrt(D) when absent; with float32 accumulation (float32, float16 and
+/// bfloat16 inputs) within float32's range, since the kernels hold it in the accumulation type.
+double resolve_scale(const std::optional<double>& scale, int64_t D, DType dtype);
+
+/// Throws ValueError naming `name` when x is beyond the range of the accumulation type of dtype (float32
+/// for float32, float16 and bfloat16 inputs; float64 for float64): the kernels would hold it as inf.
+void require_in_accumulator_range(double x, DType dtype, const char* name);
 
 /// Optional key_lengths: [B] (or 0-d) Int32/Int64 on ref's device, values in [0, Sk].
 ViewN<1> key_lengths_view(const TensorRef& t, const TensorRef& ref, int64_t B, int64_t Sk, void* stream);

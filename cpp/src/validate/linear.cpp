@@ -140,7 +140,7 @@ LinearProblem validate_performer(const PerformerParams& p, OutputSpecs* infer) {
   r.F = w.shape[0];
   const int64_t md[2] = {r.F, r.D};
   r.features = lead_view(w, md);
-  const double scale = resolve_scale(p.scale, r.D);
+  const double scale = resolve_scale(p.scale, r.D, r.dtype);
   if (scale < 0) value_error("scale must be >= 0 (x' = sqrt(scale) x), got " + std::to_string(scale));
   r.feature_scale = std::sqrt(scale);
   return r;
@@ -317,7 +317,7 @@ LinformerProblem validate_linformer(const LinformerParams& p, OutputSpecs* infer
     a.lse = l->data;
     lead_strides(*l, a.lse_stride);
   }
-  a.scale = resolve_scale(p.scale, a.D);
+  a.scale = resolve_scale(p.scale, a.D, a.dtype);
   r.key_lengths = key_lengths_view(p.key_lengths, p.q, qkv.B, qkv.Sk, p.stream);
   return r;
 }
