@@ -8,14 +8,15 @@
 namespace attnkit {
 namespace detail {
 
-AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weights, OutputSpecs* infer) {
+AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weights, OutputSpecs* infer,
+                               bool read_out) {
   const bool want_weights = weights != nullptr;
   AttnProblem r;
   const QkvViews qkv = qkv_views(p.q, p.k, want_weights ? nullptr : &p.v);
   copy_geometry(r, qkv, p.q, p.stream, &AttnProblem::Sq);
 
   // Output(s), shaped like q with the last dim replaced, same rank as q.
-  Outputs outs(infer, p.q, "q");
+  Outputs outs(infer, p.q, "q", read_out);
   {
     int64_t shape[4];
     for (int d = 0; d < p.q.ndim; ++d) shape[d] = p.q.shape[d];

@@ -53,8 +53,10 @@ struct AttnProblem {
 };
 
 /// Validates p for attention() (weights == nullptr) or attention_weights() (weights = its output). With
-/// `infer`, records the outputs' shapes and dtypes there instead of checking the output tensors.
-AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weights, OutputSpecs* infer = nullptr);
+/// `infer`, records the outputs' shapes and dtypes there instead of checking the output tensors. read_out:
+/// p.out and p.lse are a forward call's results, read by a backward call (any strides, see Outputs).
+AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weights, OutputSpecs* infer = nullptr,
+                               bool read_out = false);
 
 /// A validated merge problem: rows = product of all but the last dim of outs[i], each of Dv elements.
 struct MergeProblem {

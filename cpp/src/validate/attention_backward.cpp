@@ -64,14 +64,14 @@ AttnBwdProblem with_grads(AttnProblem f, const AttentionGrads& g, const TensorRe
 
 AttnBwdProblem validate_attention_backward(const AttentionBackwardParams& p, OutputSpecs* infer) {
   require_lse(p.fwd.lse);
-  const AttnProblem f = validate_attention(p.fwd, nullptr);
+  const AttnProblem f = validate_attention(p.fwd, nullptr, nullptr, /*read_out=*/true);
   Outputs outs(infer, p.fwd.q, "q");
   return with_grads(f, p.grad, p.fwd.q, p.fwd.k, p.fwd.v, p.fwd.bias.defined(), outs);
 }
 
 AttnBwdProblem validate_block_sparse_backward(const BlockSparseBackwardParams& p, OutputSpecs* infer) {
   require_lse(p.fwd.lse);
-  const AttnProblem f = validate_block_sparse(p.fwd);
+  const AttnProblem f = validate_block_sparse(p.fwd, nullptr, /*read_out=*/true);
   Outputs outs(infer, p.fwd.q, "q");
   return with_grads(f, p.grad, p.fwd.q, p.fwd.k, p.fwd.v, false, outs);
 }

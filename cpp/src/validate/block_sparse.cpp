@@ -51,10 +51,10 @@ void check_rotations(int64_t D, int64_t num_buckets, int64_t num_hashes) {
 
 }  // namespace
 
-AttnProblem validate_block_sparse(const BlockSparseParams& p, OutputSpecs* infer) {
+AttnProblem validate_block_sparse(const BlockSparseParams& p, OutputSpecs* infer, bool read_out) {
   AttentionParams a = core_params(p);
   a.key_lengths = p.key_lengths;
-  AttnProblem r = validate_attention(a, nullptr, infer);
+  AttnProblem r = validate_attention(a, nullptr, infer, read_out);
   const BlockLayoutRef& L = p.layout;
   validate_layout(L);
   if (L.num_heads != 1 && L.num_heads != r.Hq)

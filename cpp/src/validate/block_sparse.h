@@ -8,7 +8,8 @@
 namespace attnkit {
 namespace detail {
 
-AttnProblem validate_block_sparse(const BlockSparseParams& p, OutputSpecs* infer = nullptr);
+/// read_out: as validate_attention's (the backward reads p.out and p.lse).
+AttnProblem validate_block_sparse(const BlockSparseParams& p, OutputSpecs* infer = nullptr, bool read_out = false);
 
 /// A validated lsh_attention problem: `base` is the attention problem on the original (unsorted) rows.
 struct LshProblem {

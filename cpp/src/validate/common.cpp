@@ -204,13 +204,13 @@ QkvViews qkv_views(const TensorRef& q, const TensorRef& k, const TensorRef* v) {
 }
 
 void require_output(const TensorRef& t, const int64_t* shape, int n, DType dtype, const char* why,
-                    const TensorRef& ref, const char* ref_name, const char* name) {
+                    const TensorRef& ref, const char* ref_name, const char* name, bool writable) {
   require_defined(t, name);
   require_sane(t, name);
   require_shape(t, shape, n, name);
   require_dtype(t, dtype, name, why);
   require_same_device(t, ref, name, ref_name);
-  require_writable_output(t, name);
+  if (writable) require_writable_output(t, name);
 }
 
 const TensorRef* Outputs::bind(const char* name, const TensorRef& t, const int64_t* shape, int n, DType dtype,
@@ -225,7 +225,7 @@ const TensorRef* Outputs::bind(const char* name, const TensorRef& t, const int64
     return nullptr;
   }
   if (!required && !t.defined()) return nullptr;
-  require_output(t, shape, n, dtype, why, ref_, ref_name_, name);
+  require_output(t, shape, n, dtype, why, ref_, ref_name_, name, !read_);
   return &t;
 }
 

@@ -107,9 +107,9 @@ void copy_geometry(Problem& r, const QkvViews& qkv, const TensorRef& q, void* st
 }
 
 /// Checks an output argument: present, exactly `shape`, dtype `dtype` (`why` explains it, e.g. "(the dtype
-/// of q)"), on ref's device, writable (no broadcast strides).
+/// of q)"), on ref's device, writable (no broadcast strides) unless `writable` is false.
 void require_output(const TensorRef& t, const int64_t* shape, int n, DType dtype, const char* why,
-                    const TensorRef& ref, const char* ref_name, const char* name);
+                    const TensorRef& ref, const char* ref_name, const char* name, bool writable = true);
 
 /// The outputs of one call. A validator runs in one of two modes: inference (`infer` given), where each
 /// bind() records the output's name, shape and dtype for the caller to allocate from and binds nothing;
@@ -117,8 +117,10 @@ void require_output(const TensorRef& t, const int64_t* shape, int n, DType dtype
 /// shape rules therefore live once, in the validator.
 class Outputs {
  public:
-  Outputs(OutputSpecs* infer, const TensorRef& ref, const char* ref_name)
-      : infer_(infer), ref_(ref), ref_name_(ref_name) {}
+  /// read: the tensors are a forward call's results read back as inputs (the backward's out and lse): the
+  /// same shape and dtype rules, but any strides (a broadcast view is fine to read).
+  Outputs(OutputSpecs* infer, const TensorRef& ref, const char* ref_name, bool read = false)
+      : infer_(infer), ref_(ref), ref_name_(ref_name), read_(read) {}
   bool inferring() const { return infer_ != nullptr; }
   /// Records or checks output `name` ([n] dims `shape`, `dtype`; `why` explains the dtype). Returns the
   /// tensor to write: always for a required output when checking, for an optional one when the caller
@@ -130,6 +132,7 @@ class Outputs {
   OutputSpecs* infer_;
   const TensorRef& ref_;
   const char* ref_name_;
+  bool read_;
 };
 
 /// t's strides brought to rank N: missing leading dims get stride 0.
