@@ -111,11 +111,11 @@ struct Simd {
   /// |x| = 0.4 (float; 0.125 double) the odd Taylor series through x^15 serves instead (truncation below
   /// 1e-9 / 1e-17 relative there). Without it softcap c tanh(s / c) at a large cap c, where s / c is tiny,
   /// lost the scores to cancellation (c = 1e6 in float: 5% of a score; s / c < 3e-8: every score 0).
+  /// When every lane is below the switch (softcaps' usual scores: |s| < 0.4 c) the series alone runs, no
+  /// exponential or division: the same values, cheaper than before the series was added.
   static inline V tanh(V x) {
+    constexpr T kSwitch = static_cast<T>(std::is_same<T, double>::value ? 0.125 : 0.4);
     const V ax = x < V{} ? -x : x;
-    const V e = exp2(ax * static_cast<T>(2.0 * 1.4426950408889634073599246810019));  // e^(2|x|)
-    V t = static_cast<T>(1) - static_cast<T>(2) / (e + static_cast<T>(1));
-    t = x < V{} ? -t : t;
     const V x2 = x * x;
     V p = V{} + static_cast<T>(-929569.0 / 638512875.0);
     p = p * x2 + static_cast<T>(21844.0 / 6081075.0);
@@ -125,8 +125,15 @@ struct Simd {
     p = p * x2 + static_cast<T>(2.0 / 15.0);
     p = p * x2 + static_cast<T>(-1.0 / 3.0);
     const V small = x + x * (x2 * p);
-    return ax < static_cast<T>(std::is_same<T, double>::value ? 0.125 : 0.4) ? small : t;
+    if (all_less(ax, kSwitch)) return small;
+    const V e = exp2(ax * static_cast<T>(2.0 * 1.4426950408889634073599246810019));  // e^(2|x|)
+    V t = static_cast<T>(1) - static_cast<T>(2) / (e + static_cast<T>(1));
+    t = x < V{} ? -t : t;
+    return ax < kSwitch ? small : t;
   }
+
+  /// Whether every lane of a is below b (false for a NaN lane).
+  static inline bool all_less(V a, T b);
 };
 
 namespace simd_impl {
@@ -209,6 +216,26 @@ inline typename Simd<T, W>::V Simd<T, W>::clamp_nan_passing(V x, T lo, T hi) {
 #endif
   const V xc = x < lo ? set1(lo) : x;
   return xc > hi ? set1(hi) : xc;
+}
+
+template <class T, int W>
+inline bool Simd<T, W>::all_less(V a, T b) {
+  constexpr bool f = std::is_same<T, float>::value;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64 && f) return _mm512_cmp_ps_mask((__m512)a, (__m512)set1(b), _CMP_LT_OQ) == 0xffff;
+  if constexpr (sizeof(V) == 64 && !f) return _mm512_cmp_pd_mask((__m512d)a, (__m512d)set1(b), _CMP_LT_OQ) == 0xff;
+#endif
+#if defined(__AVX__)
+  if constexpr (sizeof(V) == 32 && f) return _mm256_movemask_ps(_mm256_cmp_ps((__m256)a, (__m256)set1(b), _CMP_LT_OQ)) == 0xff;
+  if constexpr (sizeof(V) == 32 && !f) return _mm256_movemask_pd(_mm256_cmp_pd((__m256d)a, (__m256d)set1(b), _CMP_LT_OQ)) == 0xf;
+#endif
+#if defined(__SSE2__)
+  if constexpr (sizeof(V) == 16 && f) return _mm_movemask_ps(_mm_cmplt_ps((__m128)a, (__m128)set1(b))) == 0xf;
+  if constexpr (sizeof(V) == 16 && !f) return _mm_movemask_pd(_mm_cmplt_pd((__m128d)a, (__m128d)set1(b))) == 0x3;
+#endif
+  for (int i = 0; i < W; ++i)
+    if (!(a[i] < b)) return false;
+  return true;
 }
 
 template <class T, int W>
