@@ -8,15 +8,14 @@
 //     2 x 4 and 1 x 8 for the last R % 4 rows) per block, the keys read straight from the caller's rows
 //     (float16 converted in the load by vcvtph2ps, bfloat16 by a 16-bit shift), the 8 sums of a block
 //     reduced together by one transpose-add (reduce8);
-//     From kGemmRows (8) rows per kv head on AVX2 (GQA with several query rows), QK is GEMM-shaped instead
+//     From kGemmRows (20) rows per kv head on AVX2 (GQA with several query rows), QK is GEMM-shaped instead
 //     (session 29): the chunk's K transposed once into kt[D][BK] (transpose_k, 8 x 8 blocks in registers,
 //     16-bit converted on the way), then qk_gemm: blocks of 3 (or 2) rows x the 32 keys as 4 vectors, the
 //     query values broadcast, each kt vector loaded once for the block's rows, no horizontal reduction;
 //     each score sums its D products in order (one FMA chain: other last bits than the quad's lanes);
 //   - the online softmax per row over the chunk's BK scores (float32, math/softmax.h);
 //   - PV with the chunk's V rows in L1: register blocks of RL rows x NV value vectors, probabilities
-//     broadcast (bfloat16 V read in pairs, the even and odd columns of each 2W, kPairs: the same sums;
-//     AVX2 row quads: panels of 3 vectors, the last 4 as 2 + 2, Dv = 128 = 4 x 3 + 2 x 2);
+//     broadcast (bfloat16 V read in pairs, the even and odd columns of each 2W, kPairs: the same sums);
 //   - K and V rows kPrefetchKeys ahead prefetched into L2 while the current chunk is computed, spread over
 //     its arithmetic (K over the first row block's dot products, V over its PV panels; each in ascending
 //     address order where the rows are contiguous: the hardware prefetcher follows them), across split, kv
@@ -292,9 +291,11 @@ struct DecodeKernel {
 
   /// Whether the chunk's K is transposed once into kt[D][BK] (keys in the vector lanes) and QK runs as a
   /// small GEMM (qk_gemm): from kGemmRows rows per kv head on AVX2 (GQA with several query rows). The
-  /// transpose costs about as much as the QK of two rows, shared by all of them; the dot products along D
-  /// (qk_quad) pay a horizontal reduction per 8 sums instead.
-  static constexpr int64_t kGemmRows = 8;
+  /// transpose (its loads the chunk's first touch of K) is shared by all the rows; the dot products along D
+  /// (qk_quad) pay a horizontal reduction per 8 sums instead. Session 29, Zen 3, one thread, CPU time, main
+  /// -> this: 32 rows (GQA 32:8 Sq = 8) 0.89-1.00x the time; 16 rows 0.84-0.90x in cache but 0.97-1.13x
+  /// from memory, so 16 rows (and fewer) keep the quads.
+  static constexpr int64_t kGemmRows = 20;
 
   /// kt[d][j] = k[j][d] (float) for d < D, j < BK: the keys j < nk of the chunk (rows past nk repeat the last
   /// one; their scores are not used). 8 x 8 blocks transposed in registers.
@@ -465,20 +466,11 @@ struct DecodeKernel {
     const int64_t rstep = ldv * es;
     auto pf_at = [&]() { return reinterpret_cast<const E*>(pfb + 64 * (lin ? next * pn : next)); };
     auto pf_step = [&](int nl) { return lin ? 64 * static_cast<int64_t>(nl) : rstep; };
-    // Panels of 3 vectors: 4 vectors left go as 2 + 2 (8 FMA chains each) rather than 3 + 1 (4 chains of
-    // 4-cycle FMAs: Dv = 128 is 5 x 3 + 1). The same products in the same order per output element.
-    constexpr bool split4 = NV == 3 && !PR;
-    for (; d + NV * W <= Dp && !(split4 && Dp - d == 4 * W); d += NV * W) {
+    for (; d + NV * W <= Dp; d += NV * W) {
       const int nl = pf_lines(d + NV * W);
       pv_panel<RL, NV, PF, PR>(p, v + d, ldv, jb, je, o + d, ldo, pf_at(), nl ? pn : 0, nl, pf_step(nl));
       next += nl;
     }
-    if constexpr (split4)
-      for (; d + 2 * W <= Dp; d += 2 * W) {
-        const int nl = pf_lines(d + 2 * W);
-        pv_panel<RL, 2, PF>(p, v + d, ldv, jb, je, o + d, ldo, pf_at(), nl ? pn : 0, nl, pf_step(nl));
-        next += nl;
-      }
     if constexpr (PR)
       for (; d < Dp; d += 2 * W) {
         const int nl = pf_lines(d + 2 * W);
