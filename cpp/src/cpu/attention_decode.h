@@ -8,6 +8,11 @@
 //     2 x 4 and 1 x 8 for the last R % 4 rows) per block, the keys read straight from the caller's rows
 //     (float16 converted in the load by vcvtph2ps, bfloat16 by a 16-bit shift), the 8 sums of a block
 //     reduced together by one transpose-add (reduce8);
+//     From kGemmRows (20) rows per kv head on AVX2 (GQA with several query rows), QK is GEMM-shaped instead
+//     (session 29): the chunk's K transposed once into kt[D][BK] (transpose_k, 8 x 8 blocks in registers,
+//     16-bit converted on the way), then qk_gemm: blocks of 3 (or 2) rows x the 32 keys as 4 vectors, the
+//     query values broadcast, each kt vector loaded once for the block's rows, no horizontal reduction;
+//     each score sums its D products in order (one FMA chain: other last bits than the quad's lanes);
 //   - the online softmax per row over the chunk's BK scores (float32, math/softmax.h);
 //   - PV with the chunk's V rows in L1: register blocks of RL rows x NV value vectors, probabilities
 //     broadcast (bfloat16 V read in pairs, the even and odd columns of each 2W, kPairs: the same sums);
@@ -282,6 +287,106 @@ struct DecodeKernel {
     _mm_storeh_pi(reinterpret_cast<__m64*>(s + 3 * lds), hi);
   }
 
+  // ------------------------------------------------------------- GEMM-shaped QK (many rows, AVX2)
+
+  /// Whether the chunk's K is transposed once into kt[D][BK] (keys in the vector lanes) and QK runs as a
+  /// small GEMM (qk_gemm): from kGemmRows rows per kv head on AVX2 (GQA with several query rows). The
+  /// transpose (its loads the chunk's first touch of K) is shared by all the rows; the dot products along D
+  /// (qk_quad) pay a horizontal reduction per 8 sums instead. Session 29, Zen 3, one thread, CPU time, main
+  /// -> this: 32 rows (GQA 32:8 Sq = 8) 0.89-1.00x the time; 16 rows 0.84-0.90x in cache but 0.97-1.13x
+  /// from memory, so 16 rows (and fewer) keep the quads.
+  static constexpr int64_t kGemmRows = 20;
+
+  /// kt[d][j] = k[j][d] (float) for d < D, j < BK: the keys j < nk of the chunk (rows past nk repeat the last
+  /// one; their scores are not used). 8 x 8 blocks transposed in registers.
+  template <class E>
+  static void transpose_k(const E* k, int64_t ldk, int nk, int64_t D, float* kt) {
+    const int64_t Dw = D / W * W;
+    for (int j0 = 0; j0 < BK; j0 += 8) {
+      const E* r[8];
+      for (int i = 0; i < 8; ++i) r[i] = k + (j0 + i < nk ? j0 + i : nk - 1) * ldk;
+      for (int64_t d = 0; d < Dw; d += 8) {
+        __m256 t[8];
+        if constexpr (std::is_same<E, float>::value) {
+          // rows i and i + 4 of the block in the two 128-bit halves (the lane crossing in the loads)
+          for (int i = 0; i < 4; ++i) {
+            t[i] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(r[i] + d)), _mm_loadu_ps(r[i + 4] + d), 1);
+            t[i + 4] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(r[i] + d + 4)),
+                                            _mm_loadu_ps(r[i + 4] + d + 4), 1);
+          }
+        } else {
+          __m256 x[8];
+          for (int i = 0; i < 8; ++i) x[i] = (__m256)load8(r[i] + d);
+          for (int i = 0; i < 4; ++i) {
+            t[i] = _mm256_permute2f128_ps(x[i], x[i + 4], 0x20);
+            t[i + 4] = _mm256_permute2f128_ps(x[i], x[i + 4], 0x31);
+          }
+        }
+        for (int h = 0; h < 8; h += 4) {  // columns d + h .. d + h + 3
+          const __m256 a0 = _mm256_unpacklo_ps(t[h], t[h + 1]), a1 = _mm256_unpackhi_ps(t[h], t[h + 1]);
+          const __m256 a2 = _mm256_unpacklo_ps(t[h + 2], t[h + 3]), a3 = _mm256_unpackhi_ps(t[h + 2], t[h + 3]);
+          float* o = kt + (d + h) * BK + j0;
+          _mm256_storeu_ps(o, _mm256_shuffle_ps(a0, a2, 0x44));
+          _mm256_storeu_ps(o + BK, _mm256_shuffle_ps(a0, a2, 0xEE));
+          _mm256_storeu_ps(o + 2 * BK, _mm256_shuffle_ps(a1, a3, 0x44));
+          _mm256_storeu_ps(o + 3 * BK, _mm256_shuffle_ps(a1, a3, 0xEE));
+        }
+      }
+      for (int64_t d = Dw; d < D; ++d)
+        for (int i = 0; i < 8; ++i) kt[d * BK + j0 + i] = scalar(r[i][d]);
+    }
+  }
+  /// 8 elements at p as floats (AVX2 width whatever W is).
+  static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+  static inline __m256 load8(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static inline __m256 load8(const BFloat* p) {
+    const __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+  }
+
+  /// Raw scores s[r * BK + j] = q_r . k_j, r < RB, for all BK keys of the chunk from kt[D][BK]: RB x BK / W
+  /// accumulators, the query values broadcast, each K vector loaded once for the RB rows; every score sums
+  /// its D products in order (one FMA chain). pf (when not null): the pn rows (stride ldp, rb bytes each) of
+  /// K to prefetch into L2, in ascending address order, npd lines per step of d (the rest after the loop).
+  template <int RB, bool PF = false, class E = float>
+  static inline void qk_gemm(const float* q, const float* kt, int64_t D, float* s, const E* pf = nullptr, int pn = 0,
+                             int64_t ldp = 0, int npd = 0) {
+    static_assert(W == 8 && BK == 32, "qk_gemm: AVX2, 4 key vectors");
+    V a[RB][4];
+    for (int r = 0; r < RB; ++r)
+      for (int n = 0; n < 4; ++n) a[r][n] = V{};
+    const int64_t rb = D * static_cast<int64_t>(sizeof(E));
+    const char* pp = reinterpret_cast<const char*>(pf);
+    const char* pe = pp + (PF && pf && pn > 0 ? rb : 0);
+    int prow = 0;
+    auto pf_next = [&]() __attribute__((always_inline)) {
+      if (pp >= pe) {
+        if (++prow >= pn) return;
+        pp = reinterpret_cast<const char*>(pf + prow * ldp), pe = pp + rb;
+      }
+      prefetch_l2(pp);
+      pp += 64;
+    };
+    for (int64_t d = 0; d < D; ++d) {
+      if (PF)
+        for (int i = 0; i < npd; ++i) pf_next();
+      V b[RB];
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) b[r] = q[r * D + d] - V{};  // (x - 0: a broadcast from memory)
+#pragma GCC unroll 4
+      for (int n = 0; n < 4; ++n) {
+        V kv = S::load(kt + d * BK + n * W);
+        asm("" : "+v"(kv));
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; ++r) a[r][n] += b[r] * kv;
+      }
+    }
+    if (PF && pf)
+      while (prow < pn && !(pp >= pe && prow + 1 >= pn)) pf_next();
+    for (int r = 0; r < RB; ++r)
+      for (int n = 0; n < 4; ++n) S::store(s + r * BK + n * W, a[r][n]);
+  }
+
   /// o[r][d0 .. d0 + NV W) += sum_{j in [jb, je)} p[r][j] v[j][d0 ..] for RL rows (p: ld BK, o: ld ldo).
   /// pf (when not null): nl <= 4 cache lines at pf + j * pstep bytes for the keys j < pn (pv_rows: lines of
   /// rows of another chunk), prefetched into L2 one key at a time, so that the V prefetches spread evenly
@@ -395,6 +500,7 @@ struct DecodeKernel {
     bool softcap, pack;    // pack: 16-bit chunks converted into float buffers first (R > kDirectRows)
     bool serial;           // one thread runs every work item in order (the stream continues into the next)
     bool pairs;            // o rows in the pairs order (kPairs: bfloat16 V read in place)
+    bool gemm;             // K chunks transposed into kbuf and QK by qk_gemm (AVX2, R >= kGemmRows)
     float* part_o;         // [item][split][R][Dv] normalised partial outputs (nsplit > 1)
     float* part_lse;       // [item][split][R]
   };
@@ -555,14 +661,17 @@ struct DecodeKernel {
         if (pn > 0) pfk = next.k + n0 * ldk, pfv = next.v + n0 * ldv;
         if (n0 == next.lo + next_done) next_done += pn;
       }
+      if (c.gemm) transpose_k(kc, ldk, jn, D, w.kbuf);  // kt[D][BK] (qk_gemm)
       if (c.pack) {
         for (int j = 0; j < jn; ++j) {
-          convert_row(kc + j * ldk, 1, D, w.kbuf + j * D);
+          if (!c.gemm) convert_row(kc + j * ldk, 1, D, w.kbuf + j * D);
           convert_row(vc + j * ldv, 1, Dv, w.vbuf + j * Dv);
         }
         prefetch_rows(pfk, ldk, 0, pn, pn, D);
         prefetch_rows(pfv, ldv, 0, pn, pn, Dv);
         chunk(c, w, j0, jn, edge, w.kbuf, D, w.vbuf, Dv, nullptr, nullptr, 0, 0, 0);
+      } else if (c.gemm) {
+        chunk(c, w, j0, jn, edge, reinterpret_cast<const St*>(w.kbuf), BK, vc, ldv, pfk, pfv, ldk, ldv, pn);
       } else {
         chunk(c, w, j0, jn, edge, kc, ldk, vc, ldv, pfk, pfv, ldk, ldv, pn);
       }
@@ -590,7 +699,29 @@ struct DecodeKernel {
     // bench/results/history/decode_avx2_s25.json.)
     const bool spread = std::is_same<E, St>::value;
     if (pn_all <= 0) pk = pv = nullptr, pn_all = 0;
-    for (int64_t r = 0; r < R;) {
+    if constexpr (W == 8) {
+      if (c.gemm) {  // kc: the chunk's K transposed, kt[D][BK] (attend); row blocks of 3, then 2 or 1
+        if (pk && spread && edge) prefetch_rows(pv, pldv, 0, pn_all, pn_all, Dv);  // (PV per row: no V prefetches)
+        const int npd = pk && spread ? static_cast<int>((pn_all * ((D * static_cast<int64_t>(sizeof(St)) + 63) / 64) + D - 1) / D) : 0;
+        for (int64_t r = 0; r < R;) {
+          const int RB = R - r >= 3 && R - r != 4 ? 3 : R - r >= 2 ? 2 : 1;
+          const float* kt = reinterpret_cast<const float*>(kc);
+          if (r == 0 && npd) {
+            if (RB == 3)
+              qk_gemm<3, true>(w.q, kt, D, w.s, pk, pn_all, pldk, npd);
+            else
+              qk_gemm<2, true>(w.q, kt, D, w.s, pk, pn_all, pldk, npd);
+          } else if (RB == 3)
+            qk_gemm<3>(w.q + r * D, kt, D, w.s + r * BK);
+          else if (RB == 2)
+            qk_gemm<2>(w.q + r * D, kt, D, w.s + r * BK);
+          else
+            qk_gemm<1>(w.q + r * D, kt, D, w.s + r * BK);
+          r += RB;
+        }
+      }
+    }
+    for (int64_t r = c.gemm ? R : 0; r < R;) {
       const int RQ = r + 3 < R ? 4 : r + 1 < R ? 2 : 1;
       const int KJ = 8 / RQ;
       for (int j = 0; j < jn; j += KJ) {
@@ -731,6 +862,7 @@ struct DecodeKernel {
     c.cap_out = static_cast<float>(p.softcap);
     c.pack = !std::is_same<St, float>::value && c.R > kDirectRows;
     c.pairs = kPairs<St> && !c.pack;
+    c.gemm = W == 8 && c.R >= kGemmRows;
     c.nsplit = key_splits(p, &c.split_len);
     const int64_t items = p.B * p.Hkv;
     const std::size_t nparts = c.nsplit > 1 ? static_cast<std::size_t>(items * c.nsplit * c.R) : 0;
