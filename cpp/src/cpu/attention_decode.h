@@ -509,7 +509,7 @@ struct DecodeKernel {
     float* q;     // [R][D]
     float* o;     // [R][DvP]
     float* s;     // [R][BK] scores, then probabilities
-    float* kbuf;  // [BK][D] (pack)
+    float* kbuf;  // [BK][D] (pack), or the chunk's K transposed, kt[D][BK] (gemm)
     float* vbuf;  // [BK][Dv] (pack)
     float* m;     // [R]
     float* l;     // [R]
