@@ -75,17 +75,23 @@ struct DecodeKernel {
   // ------------------------------------------------------------------------------ vector primitives
 
   static inline V load(const float* p) { return S::load(p); }
+  /// 8 elements at p as floats (AVX2 width whatever W is).
+  static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+  static inline __m256 load8(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static inline __m256 load8(const BFloat* p) {
+    const __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+  }
   static inline V load(const Half* p) {
     if constexpr (W == 8) {
-      return (V)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      return (V)load8(p);
     } else {
       return (V)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     }
   }
   static inline V load(const BFloat* p) {
     if constexpr (W == 8) {
-      const __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-      return (V)_mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+      return (V)load8(p);
     } else {
       const __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
       return (V)_mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
@@ -335,13 +341,6 @@ struct DecodeKernel {
       for (int64_t d = Dw; d < D; ++d)
         for (int i = 0; i < 8; ++i) kt[d * BK + j0 + i] = scalar(r[i][d]);
     }
-  }
-  /// 8 elements at p as floats (AVX2 width whatever W is).
-  static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-  static inline __m256 load8(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static inline __m256 load8(const BFloat* p) {
-    const __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
   }
 
   /// Raw scores s[r * BK + j] = q_r . k_j, r < RB, for all BK keys of the chunk from kt[D][BK]: RB x BK / W
