@@ -96,7 +96,8 @@ def sinusoidal_positions(seq_len, dim, *, base=10000.0, dtype=np.float32):
     Raises
     ------
     ValueError
-        ``seq_len < 0``, ``dim < 1`` or a bad ``base``. ``TypeError``: non-integer sizes, a bad dtype.
+        ``seq_len < 0``, ``dim < 1``, a bad ``base``, or a table too large to allocate (raised before any
+        work). ``TypeError``: non-integer sizes, a bad dtype.
     """
     S = as_int(seq_len, "seq_len")
     D = as_int(dim, "dim")
@@ -138,7 +139,8 @@ def alibi_slopes(num_heads):
     Raises
     ------
     ValueError
-        ``num_heads < 1``. ``TypeError``: not an integer.
+        ``num_heads < 1``, or more heads than an array can hold (raised at once). ``TypeError``: not an
+        integer.
     """
     n = as_int(num_heads, "num_heads")
     if n < 1:
