@@ -18,9 +18,12 @@ struct Avx2F32 {
 };
 // float16 / bfloat16: 48 query lanes, QK in blocks of 3 vectors as above. Their K / V chunks are
 // converted as they are packed (one vector conversion, store and reload per 24 FMAs at 24 lanes, in a loop
-// of its own that leaves the FMA pipes idle), so a tile twice as wide halves that cost per FLOP.
+// of its own that leaves the FMA pipes idle), so a tile twice as wide halves that cost per FLOP. Where K
+// and V are converted once per call or thread instead (shorter heads), nothing is left to spread and
+// the float32 tile's 24 lanes run (NQV_COPIED): causal S = 1024 took 0.90-0.92x the time of 48 lanes
+// (bench/results/history/lowp_avx2_s30.json).
 struct Avx2Lowp : Avx2F32 {
-  static constexpr int NQV = 6, QV = 3;
+  static constexpr int NQV = 6, QV = 3, NQV_COPIED = 3;
 };
 struct Avx2F64 {
   using T = double;

@@ -16,6 +16,25 @@ namespace detail {
 namespace cpu {
 inline namespace ATTNKIT_ISA_NAMESPACE {
 
+/// Cfg::NQV_COPIED (optional, 0 when absent): the tile width, in lane vectors, for float16 / bfloat16 calls
+/// whose K and V are all read converted once (the per-call or per-thread float32 copies, or K packed and
+/// V copied) rather than converted chunk by chunk per tile. Cfg's wider tile only spreads that per-tile
+/// conversion over more lanes; without it the float32 tile is the better one (narrower tiles waste less
+/// on the causal diagonal and balance better over the threads).
+template <class Cfg, class = void>
+struct CopiedWidth {
+  static constexpr int value = 0;
+};
+template <class Cfg>
+struct CopiedWidth<Cfg, std::void_t<decltype(Cfg::NQV_COPIED)>> {
+  static constexpr int value = Cfg::NQV_COPIED < Cfg::NQV ? Cfg::NQV_COPIED : 0;
+};
+/// Cfg at its NQV_COPIED width.
+template <class Cfg>
+struct CopiedCfg : Cfg {
+  static constexpr int NQV = Cfg::NQV_COPIED;
+};
+
 /// Runs ExactKernel<Cfg, St> over a whole problem.
 template <class Cfg, class St>
 struct ExactRun : ExactKernel<Cfg, St> {
@@ -157,8 +176,9 @@ struct ExactRun : ExactKernel<Cfg, St> {
   /// there: with the keys packed and the values converted per tile, D = 128 ran 1.00-1.12x the unpacked
   /// 16-bit build non-causal (S = 2048, 4096) and ~1.0x causal; a per-thread float32 copy of V beside the
   /// packed keys ran 0.94-0.97x at S = 4096 and was dropped (Zen 3, 1 thread,
-  /// bench/results/history/lowp_avx2_s25_variants.json). Their tiles are twice as wide (48 lanes), hence half the
-  /// readers: the same query rows per key chunk.
+  /// bench/results/history/lowp_avx2_s25_variants.json). The threshold is in query rows per key chunk, as
+  /// for float32 (kPackReaders tiles of 3 vectors): half the readers for their 48-lane tiles, the same for
+  /// the 24-lane ones (CopiedCfg), so that the wide and the narrow run take the same decision.
 #if defined(__AVX2__) && !defined(__AVX512F__)
   static constexpr bool kPackLowp = true;
 #else
@@ -167,7 +187,7 @@ struct ExactRun : ExactKernel<Cfg, St> {
   static std::size_t pack_elems(const Ctx& c, bool weights) {
     const AttnProblem& p = *c.p;
     if constexpr (BK % K::R != 0 || (!K::kSameType && !kPackLowp)) return 0;
-    const int64_t readers = K::kSameType ? kPackReaders : kPackReaders / 2;
+    const int64_t readers = K::kSameType ? kPackReaders : kPackReaders * 3 / (BQ / W);
     if (weights || c.dot || c.pair_qk || c.nsplit > 1 || !c.k_direct || p.D < kPackMinD || chunk_readers(c) < readers)
       return 0;
     const std::size_t n = static_cast<std::size_t>(p.B * p.Hkv * ((p.Sk + K::R - 1) / K::R * K::R) * p.D);
@@ -227,9 +247,17 @@ struct ExactRun : ExactKernel<Cfg, St> {
     // Per (batch, kv head): whether its values are all finite, -1 = not known yet; split partials.
     const std::size_t nflags = static_cast<std::size_t>(p.B * p.Hkv) + 1;
     const std::size_t nparts = c.nsplit > 1 ? static_cast<std::size_t>(items * BQ) : 0;
-    std::size_t nconv_k;
+    std::size_t nconv_k, tconv_k = 0;
     const std::size_t npack = pack_elems(c, weights);
     const std::size_t nconv = convert_elems(c, weights, npack > 0, &nconv_k);
+    const std::size_t tconv = nconv ? 0 : thread_convert_elems(c, weights, npack > 0, &tconv_k);
+    if constexpr (CopiedWidth<Cfg>::value > 0) {
+      // No chunk converted per tile (K copied, packed or read by PairDot; V copied or not read): the
+      // narrower tile. It has more readers per chunk, so the copies and the packing apply there too.
+      const bool k_once = nconv_k || tconv_k || npack || c.pair_qk;
+      const bool v_once = weights || nconv > nconv_k || tconv > tconv_k;
+      if (k_once && v_once) return ExactRun<CopiedCfg<Cfg>, St>::run(p, weights);
+    }
     Workspace ws(Workspace::need<int8_t>(nflags) + Workspace::need<T>(nparts * p.Dv) + Workspace::need<T>(nparts) +
                      Workspace::need<T>(nconv_k) + Workspace::need<T>(nconv - nconv_k) + Workspace::need<T>(npack),
                  "attention (value flags, split partials, converted K/V, packed K)");
@@ -242,8 +270,6 @@ struct ExactRun : ExactKernel<Cfg, St> {
     c.kconv = kconv;
     c.vconv = vconv;
     c.conv_one_head = false;
-    std::size_t tconv_k = 0;
-    const std::size_t tconv = nconv ? 0 : thread_convert_elems(c, weights, npack > 0, &tconv_k);
     if (vconv || tconv > tconv_k) c.prefetch = false;  // tiles read the converted values
     T* kpack = npack ? ws.take<T>(npack) : nullptr;
     c.kpack = kpack;
