@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu/isa.h"  // choose_isa: internal, pure (tests/cpp/CMakeLists.txt adds cpp/src for it)
+
 static int failures = 0;
 #define CHECK(cond)                                                    \
   do {                                                                 \
@@ -688,7 +690,36 @@ static void test_finite_differences() {
   kind_and_message(bad_dout, "dout");
 }
 
+static void test_choose_isa() {
+  namespace c = attnkit::detail::cpu;
+  using c::Isa;
+  c::CpuFeatures none, v3, v4, v4bf;
+  v3.avx2 = v3.fma = v3.bmi2 = v3.f16c = true;
+  v4 = v3;
+  v4.avx512f = v4.avx512bw = v4.avx512dq = v4.avx512vl = true;
+  v4bf = v4;
+  v4bf.avx512bf16 = true;
+  CHECK(c::choose_isa(none, nullptr) == Isa::Generic);
+  CHECK(c::choose_isa(v3, nullptr) == Isa::Avx2);
+  // An AVX-512 CPU without BF16 (Skylake-SP, Ice Lake) runs the AVX-512 kernels (it ran AVX2 before
+  // session 30), and so does one whose BF16 unit fails the self-check (avx512bf16 false then).
+  CHECK(c::choose_isa(v4, nullptr) == Isa::Avx512);
+  CHECK(c::choose_isa(v4bf, nullptr) == Isa::Avx512Bf16);
+  c::CpuFeatures no_f16c = v4;
+  no_f16c.f16c = false;
+  CHECK(c::choose_isa(no_f16c, nullptr) == Isa::Generic);
+  // ATTNKIT_CPU_ISA lowers, never raises; unknown names change nothing.
+  CHECK(c::choose_isa(v4bf, "avx512") == Isa::Avx512);
+  CHECK(c::choose_isa(v4bf, "avx2") == Isa::Avx2);
+  CHECK(c::choose_isa(v4bf, "generic") == Isa::Generic);
+  CHECK(c::choose_isa(v3, "avx512bf16") == Isa::Avx2);
+  CHECK(c::choose_isa(v4, "avx512bf16") == Isa::Avx512);
+  CHECK(c::choose_isa(v4, "AVX2") == Isa::Avx512);
+  CHECK(c::choose_isa(v4, "") == Isa::Avx512);
+}
+
 int main() {
+  test_choose_isa();
   test_conversions();
   test_block_sparse_and_lsh();
   test_philox();

@@ -1,6 +1,5 @@
 // CPUID detection: the CPU micro-kernel family, chosen once (lowered, never raised, by ATTNKIT_CPU_ISA).
 #include <cstdlib>
-#include <cstring>
 
 #include "cpu/isa.h"
 #include "cpu/isa_entry_points.h"
@@ -11,31 +10,24 @@ namespace cpu {
 namespace {
 
 Isa detect() {
-  Isa best = Isa::Generic;
+  CpuFeatures f;
 #if defined(ATTNKIT_HAVE_X86_KERNELS)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
-      __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
-    best = Isa::Avx512;
+  f.avx2 = __builtin_cpu_supports("avx2");
+  f.fma = __builtin_cpu_supports("fma");
+  f.bmi2 = __builtin_cpu_supports("bmi2");
+  f.f16c = __builtin_cpu_supports("f16c");
+  f.avx512f = __builtin_cpu_supports("avx512f");
+  f.avx512bw = __builtin_cpu_supports("avx512bw");
+  f.avx512dq = __builtin_cpu_supports("avx512dq");
+  f.avx512vl = __builtin_cpu_supports("avx512vl");
   // AVX512-BF16 only where the bfloat16 unit's self-check computes exact scores on this CPU (that unit has
   // not run on such hardware yet; see attention_avx512bf16.cpp): otherwise the plain AVX-512 path.
-  if (best == Isa::Avx512 && __builtin_cpu_supports("avx512bf16") && exact_attention_avx512bf16_self_check())
-    best = Isa::Avx512Bf16;
-  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2") &&
-           __builtin_cpu_supports("f16c"))
-    best = Isa::Avx2;
+  f.avx512bf16 = f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && __builtin_cpu_supports("avx512bf16") &&
+                 exact_attention_avx512bf16_self_check();
 #endif
   // The environment may lower the choice (tests use it to exercise every path), never raise it.
-  if (const char* env = std::getenv("ATTNKIT_CPU_ISA")) {
-    Isa want = best;
-    if (!std::strcmp(env, "generic")) want = Isa::Generic;
-    else if (!std::strcmp(env, "avx2")) want = Isa::Avx2;
-    else if (!std::strcmp(env, "avx512")) want = Isa::Avx512;
-    else if (!std::strcmp(env, "avx512bf16")) want = Isa::Avx512Bf16;
-    if (static_cast<int>(want) < static_cast<int>(best)) best = want;
-  }
-  return best;
+  return choose_isa(f, std::getenv("ATTNKIT_CPU_ISA"));
 }
 
 }  // namespace
