@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -160,6 +161,162 @@ def test_cli_compare_bad_inputs(tmp_path):
         with pytest.raises(SystemExit) as e:
             cli.main(["compare", "--no-progress", *argv])
         assert isinstance(e.value.code, str) and e.value.code.startswith("attnkit compare:") and words in e.value.code
+
+
+# --------------------------------------------------------------- scalars as 0-d arrays (session 30)
+def _float_calls():
+    """(id, call(value) for one float argument, the argument's name, a good value) for every public function
+    with a float argument (scale, softcap, eps, tau, base)."""
+    rng = np.random.default_rng(30)
+    q, k, v = (rng.standard_normal((1, 2, 8, 8)).astype(np.float32) for _ in range(3))
+    out, lse = attnkit.attention(q, k, v, return_lse=True)
+    lay = attnkit.BlockLayout.from_dense(np.ones((2, 2), bool), 4)
+    W, E = attnkit.random_features(16, 8), attnkit.linformer_projection(4, 8)
+    lam = rng.random((1, 2, 8, 3)).astype(np.float32)
+    x = rng.standard_normal((1, 8, 16)).astype(np.float32)
+    P = attnkit.MHAParams(*(rng.standard_normal((16, 16)).astype(np.float32) / 4 for _ in range(4)))
+    mha = lambda **kw: attnkit.multi_head_attention(x, x, x, P, num_heads=2, **kw)
+    A = attnkit
+    return [
+        ("attention.scale", lambda s: A.attention(q, k, v, scale=s), "scale", 0.5),
+        ("attention.softcap", lambda s: A.attention(q, k, v, softcap=s), "softcap", 2.0),
+        ("attention_weights.scale", lambda s: A.attention_weights(q, k, scale=s), "scale", 0.5),
+        ("attention_weights.softcap", lambda s: A.attention_weights(q, k, softcap=s), "softcap", 2.0),
+        ("attention_backward.scale", lambda s: A.attention_backward(out, q, k, v, out, lse, scale=s), "scale", 0.5),
+        ("attention_backward.softcap", lambda s: A.attention_backward(out, q, k, v, out, lse, softcap=s), "softcap", 2.0),
+        ("block_sparse_attention.scale", lambda s: A.block_sparse_attention(q, k, v, lay, scale=s), "scale", 0.5),
+        ("block_sparse_attention_backward.scale",
+         lambda s: A.block_sparse_attention_backward(out, q, k, v, out, lse, lay, scale=s), "scale", 0.5),
+        ("lsh_attention.scale", lambda s: A.lsh_attention(q, k, v, num_buckets=2, scale=s), "scale", 0.5),
+        ("linear_attention.eps", lambda s: A.linear_attention(q, k, v, eps=s), "eps", 0.5),
+        ("linear_attention_backward.eps", lambda s: A.linear_attention_backward(out, q, k, v, eps=s), "eps", 0.5),
+        ("performer_attention.scale", lambda s: A.performer_attention(q, k, v, W, scale=s), "scale", 0.5),
+        ("performer_attention.eps", lambda s: A.performer_attention(q, k, v, W, eps=s), "eps", 0.5),
+        ("performer_attention_backward.scale", lambda s: A.performer_attention_backward(out, q, k, v, W, scale=s),
+         "scale", 0.5),
+        ("performer_attention_backward.eps", lambda s: A.performer_attention_backward(out, q, k, v, W, eps=s), "eps", 0.5),
+        ("linformer_attention.scale", lambda s: A.linformer_attention(q, k, v, E, scale=s), "scale", 0.5),
+        ("linformer_attention_backward.scale",
+         lambda s: A.linformer_attention_backward(out[..., :0, :], q[..., :0, :], k, v, out[..., :0, :],
+                                                  lse[..., :0], E, scale=s), "scale", 0.5),
+        ("dynamic_linear_attention.tau", lambda s: A.dynamic_linear_attention(q, k, v, lam, capacity=3, tau=s)[0],
+         "tau", 0.5),
+        ("rope.base", lambda s: A.rope(q, base=s), "base", 64.0),
+        ("sinusoidal_positions.base", lambda s: A.sinusoidal_positions(8, 6, base=s), "base", 64.0),
+        ("multi_head_attention.scale", lambda s: mha(scale=s), "scale", 0.5),
+        ("multi_head_attention.softcap", lambda s: mha(softcap=s), "softcap", 2.0),
+        ("multi_head_attention.eps", lambda s: mha(mechanism="linear", eps=s), "eps", 0.5),
+        ("multi_head_attention.tau", lambda s: mha(mechanism="dla", causal=True, capacity=2, tau=s), "tau", 0.5),
+        ("multi_head_attention.rope_base", lambda s: mha(rope={"base": s}), "base", 64.0),
+    ]
+
+
+FLOAT_CALLS = _float_calls()
+
+
+@pytest.mark.parametrize("case", FLOAT_CALLS, ids=[c[0] for c in FLOAT_CALLS])
+def test_float_arguments_take_numpy_scalars_and_0d_arrays(case):
+    """scale / softcap (and eps, tau, base) refused 0-d NumPy arrays (and bfloat16 scalars) that window and
+    every integer argument took: each is now the Python float it holds, in every function."""
+    _, call, name, good = case
+    want = call(good)
+    values = [np.array(good), np.array(good, np.float32), np.float32(good), np.float16(good),
+              np.array(good, np.float16), ml_dtypes.bfloat16(good), np.array(good, ml_dtypes.bfloat16),
+              np.array([good])[0]]
+    if float(good).is_integer():  # integers are real numbers too, 0-d integer arrays included
+        values += [np.int32(good), np.array(int(good), np.uint8)]
+    for value in values:
+        got = call(value)
+        for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("case", FLOAT_CALLS, ids=[c[0] for c in FLOAT_CALLS])
+def test_float_arguments_still_refuse_non_numbers(case):
+    """What is not one real number stays a TypeError naming the argument: strings, arrays of two elements,
+    one-element 1-d arrays (as for the integer arguments), bools, complex numbers, and None (scale and
+    softcap take None: their defaults)."""
+    _, call, name, good = case
+    bad = [str(good), np.array([good, good]), np.array([good]), np.array(True), np.bool_(True), True,
+           np.array(good + 1j), complex(good)]
+    if name not in ("scale", "softcap"):
+        bad.append(None)
+    for value in bad:
+        raises(TypeError, name, call, value)
+
+
+def test_flags_take_0d_bool_arrays():
+    """causal=np.array(True) was a TypeError while np.bool_(True) (and window=np.array(2)) worked."""
+    q, k, v = qkv(np.float32, Sq=7)
+    want, wlse = attnkit.attention(q, k, v, causal=True, return_lse=True)
+    out, lse = attnkit.attention(q, k, v, causal=np.array(True), return_lse=np.array(True))
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(lse, wlse)
+    np.testing.assert_array_equal(attnkit.linear_attention(q, k, v, causal=np.array(False), normalize=np.array(True)),
+                                  attnkit.linear_attention(q, k, v, causal=False))
+    for bad in (np.array([True]), np.array(1), np.array(1.0), "True"):
+        raises(TypeError, "causal", attnkit.attention, q, k, v, causal=bad)
+
+
+def test_set_num_threads_clamps_every_huge_int():
+    """2**62 was clamped but 2**63 (past int64) raised: any huge positive integer now means the cap."""
+    before = attnkit.get_num_threads()
+    try:
+        attnkit.set_num_threads(2**31 - 1)
+        cap = attnkit.get_num_threads()
+        for n in (2**31, 2**62, 2**63, 2**64, 10**100, np.uint64(2**64 - 1), np.array(2**63, np.uint64)):
+            attnkit.set_num_threads(1)
+            attnkit.set_num_threads(n)
+            assert attnkit.get_num_threads() == cap
+        for n in (0, -1, -2**63, -2**63 - 1, -10**100):
+            raises(ValueError, "n", attnkit.set_num_threads, n)
+        for n in (1.5, 2.0, True, "4", None, np.array([2])):
+            raises(TypeError, "n", attnkit.set_num_threads, n)
+    finally:
+        attnkit.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------- byte order (session 30)
+def _native_order_error(fn, name, *a, **kw):
+    e = raises(TypeError, name, fn, *a, **kw)
+    assert "native byte order" in str(e) and "unsupported" not in str(e), str(e)
+
+
+def test_big_endian_arrays_say_byte_order():
+    """'>f4' arrays got "unsupported dtype >f4": the message now says the byte order and how to convert,
+    naming the argument, for every array argument (nothing is converted silently)."""
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 2, 8, 8)).astype(np.float32) for _ in range(3))
+    out, lse = attnkit.attention(q, k, v, return_lse=True)
+    be = lambda a: a.astype(a.dtype.newbyteorder(">" if np.little_endian else "<"))
+    A = attnkit
+    lay = A.BlockLayout.from_dense(np.ones((2, 2), bool), 4)
+    W, E = A.random_features(16, 8), A.linformer_projection(4, 8)
+    lam = rng.random((1, 2, 8, 3)).astype(np.float32)
+    _, state = A.linear_attention(q, k, v, return_state=True)
+    for name in ("q", "k", "v", "bias", "alibi_slopes"):
+        args = dict(q=q, k=k, v=v, bias=np.zeros((8, 8), np.float32), alibi_slopes=np.ones(2, np.float32))
+        args[name] = be(args[name])
+        _native_order_error(A.attention, name, args.pop("q"), args.pop("k"), args.pop("v"), **args)
+    _native_order_error(A.attention, "q", be(q.astype(np.float64)), k, v)
+    _native_order_error(A.attention, "q", be(q.astype(np.float16)), k, v)
+    _native_order_error(A.attention_weights, "k", q, be(k))
+    _native_order_error(A.attention_backward, "lse", out, q, k, v, out, be(lse))
+    _native_order_error(A.merge_attention, "outs[0]", [be(out)], [lse])
+    _native_order_error(A.block_sparse_attention, "v", q, k, be(v), lay)
+    _native_order_error(A.lsh_buckets, "x", be(q), num_buckets=2)
+    _native_order_error(A.lsh_attention, "q", be(q), k, v, num_buckets=2)
+    _native_order_error(A.linear_attention, "initial_state[0]", q, k, v, initial_state=(be(state[0]), state[1]))
+    _native_order_error(A.performer_attention, "features", q, k, v, be(W))
+    _native_order_error(A.linformer_attention, "E", q, k, v, be(E))
+    _native_order_error(A.dynamic_linear_attention, "lam", q, k, v, be(lam), capacity=3)
+    _native_order_error(A.rope, "x", be(q))
+    x = rng.standard_normal((1, 8, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 16)).astype(np.float32)
+    _native_order_error(A.MHAParams, "w_q", be(w), w, w, w)
+    _native_order_error(A.multi_head_attention, "query", be(x), x, x, A.MHAParams(w, w, w, w), num_heads=2)
+    for f, args in ((A.random_features, (4, 8)), (A.sinusoidal_positions, (4, 8)), (A.linformer_projection, (4, 8))):
+        _native_order_error(f, "dtype", *args, dtype=np.dtype(np.float32).newbyteorder(">" if np.little_endian else "<"))
 
 
 # ---------------------------------------------------------------------------------- open (not fixed)
