@@ -250,7 +250,8 @@ def dla_pipeline(q, k, v, lam, comm, *, capacity, tau=0.6, log_decay=None, score
     works on sequence ``n`` while rank ``r + 1`` works on sequence ``n - 1``). The result equals the
     single-process call on the gathered sequence as a prefill in pieces does (to rounding).
 
-    Returns ``(y, cache)`` or ``(y, cache, aux)`` for this rank's tokens; ``cache`` is the cache after this
+    NumPy arrays only (device arrays are a TypeError). Returns ``(y, cache)`` or ``(y, cache, aux)`` for this
+    rank's tokens; ``cache`` is the cache after this
     rank's last token (on the last rank: after the whole sequence). Raises ValueError / TypeError on every
     rank for any rank's bad argument, or shapes / dtypes / options that differ across ranks.
     """
@@ -260,7 +261,8 @@ def dla_pipeline(q, k, v, lam, comm, *, capacity, tau=0.6, log_decay=None, score
     def local():
         metas = [_mpi.array_meta(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (lam, "lam"))]
         if metas[0][0] != "numpy":
-            raise TypeError("dla_pipeline runs on NumPy arrays (DLA has no CUDA kernels yet)")
+            raise TypeError("dla_pipeline runs on NumPy arrays only (its caches travel between the ranks as host "
+                            "arrays), got device arrays for q: pass cupy.asnumpy(q) and the others")
         g = None if log_decay is None else log_decay[..., :0]
         dynamic_linear_attention(q[..., :0, :], k[..., :0, :], v[..., :0, :], lam[..., :0, :], log_decay=g, **kw)
         # the one value check the empty call cannot make: a failure mid-pipeline would leave the next
@@ -269,7 +271,7 @@ def dla_pipeline(q, k, v, lam, comm, *, capacity, tau=0.6, log_decay=None, score
         if g is not None and not bool(np.all(np.isfinite(g) & (g <= 0))):
             raise ValueError("log_decay must be finite and <= 0 (a positive value would grow the states)")
         return dict(dtype=metas[0][1], dims=(q.ndim,) + tuple(q.shape[:-2]) + (q.shape[-1], v.shape[-1]),
-                    opts=(capacity, tau, score, log_decay is None, as_bool(return_aux, "return_aux")))
+                    opts=(capacity, as_float(tau, "tau"), score, log_decay is None, as_bool(return_aux, "return_aux")))
 
     metas = agree(comm, local)
     same_everywhere([m["dtype"] for m in metas], "the dtype of q, k, v, lam", TypeError)
