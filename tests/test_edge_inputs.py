@@ -245,6 +245,20 @@ def test_float_arguments_still_refuse_non_numbers(case):
         raises(TypeError, name, call, value)
 
 
+def test_jax_operations_take_0d_scalars():
+    """attnkit.jax shares the NumPy functions' argument checks: a 0-d NumPy or JAX array is its value there too
+    (a static argument, compiled into the call)."""
+    akj = pytest.importorskip("attnkit.jax")
+    import jax.numpy as jnp
+
+    q, k, v = (jnp.asarray(x) for x in qkv(np.float32))
+    want = akj.attention(q, k, v, scale=0.5, softcap=2.0)
+    np.testing.assert_array_equal(akj.attention(q, k, v, scale=np.array(0.5), softcap=jnp.array(2.0)), want)
+    np.testing.assert_array_equal(akj.linear_attention(q, k, v, causal=False, eps=np.float32(0.5)),
+                                  akj.linear_attention(q, k, v, causal=False, eps=0.5))
+    raises(TypeError, "scale", akj.attention, q, k, v, scale=jnp.ones(2))
+
+
 def test_flags_take_0d_bool_arrays():
     """causal=np.array(True) was a TypeError while np.bool_(True) (and window=np.array(2)) worked."""
     q, k, v = qkv(np.float32, Sq=7)
@@ -317,6 +331,19 @@ def test_big_endian_arrays_say_byte_order():
     _native_order_error(A.multi_head_attention, "query", be(x), x, x, A.MHAParams(w, w, w, w), num_heads=2)
     for f, args in ((A.random_features, (4, 8)), (A.sinusoidal_positions, (4, 8)), (A.linformer_projection, (4, 8))):
         _native_order_error(f, "dtype", *args, dtype=np.dtype(np.float32).newbyteorder(">" if np.little_endian else "<"))
+
+
+# ---------------------------------------------------------------------- errors name the argument (s30)
+def test_absurd_sizes_name_the_argument():
+    """attention_weights' output nothing can hold was a ValueError naming "out" (it is "weights"), and a
+    sequence past the 2^31 - 2 limit named no argument ("sequence lengths above ... are not supported")."""
+    x = np.broadcast_to(np.float32(1), (1, 2**20, 2**20, 1))
+    raises(ValueError, "weights", attnkit.attention_weights, x, x)
+    small = np.zeros((1, 1, 4, 1), np.float32)
+    long = np.broadcast_to(np.float32(1), (1, 1, 2**31 - 1, 1))
+    for fn in (attnkit.attention_weights, lambda q, k: attnkit.attention(q, k, k)):
+        raises(ValueError, "q", fn, long, small)
+        raises(ValueError, "k", fn, small, long)
 
 
 # ---------------------------------------------------------------------------------- open (not fixed)
