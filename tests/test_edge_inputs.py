@@ -259,6 +259,32 @@ def test_jax_operations_take_0d_scalars():
     raises(TypeError, "scale", akj.attention, q, k, v, scale=jnp.ones(2))
 
 
+def test_0d_numbers_of_other_frameworks_are_plain_values():
+    """A PyTorch / JAX 0-d array given for a number (scale=torch.tensor(0.5)) is that number: the results follow
+    the array arguments, in every function (attention answered NumPy arrays for NumPy q and a torch scale by its
+    direct torch path, the other functions torch tensors: the scale decided their framework)."""
+    torch = pytest.importorskip("torch")
+    jnp = pytest.importorskip("jax.numpy")
+    q = np.random.default_rng(1).standard_normal((1, 2, 6, 8)).astype(np.float32)
+    E, W = attnkit.linformer_projection(3, 6), attnkit.random_features(8, 8)
+    P = attnkit.MHAParams(*(np.eye(8, dtype=np.float32),) * 4)
+    calls = [lambda q, s: attnkit.attention(q, q, q, scale=s, softcap=s * 4, causal=s > 0),
+             lambda q, s: attnkit.linformer_attention(q, q, q, E, scale=s),
+             lambda q, s: attnkit.performer_attention(q, q, q, W, scale=s, eps=s),
+             lambda q, s: attnkit.lsh_attention(q, q, q, num_buckets=2, scale=s),
+             lambda q, s: attnkit.rope(q, base=s * 200),
+             lambda q, s: attnkit.multi_head_attention(q[0], q[0], q[0], P, num_heads=2, scale=s, rope={"base": s * 200}),
+             lambda q, s: attnkit.dynamic_linear_attention(q, q, q, np.ones((1, 2, 6, 2), np.float32), capacity=2,
+                                                           tau=s)[0]]
+    for call in calls:
+        want = call(q, 0.5)
+        for arrays, kind in ((q, np.ndarray), (torch.from_numpy(q), torch.Tensor), (jnp.asarray(q), type(jnp.ones(1)))):
+            for s in (torch.tensor(0.5), jnp.array(0.5), np.array(0.5)):
+                got = call(arrays, s)
+                assert isinstance(got, kind), (type(got), kind)
+                np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_flags_take_0d_bool_arrays():
     """causal=np.array(True) was a TypeError while np.bool_(True) (and window=np.array(2)) worked."""
     q, k, v = qkv(np.float32, Sq=7)
