@@ -285,6 +285,27 @@ def test_0d_numbers_of_other_frameworks_are_plain_values():
                 np.testing.assert_array_equal(np.asarray(got), want)
 
 
+def test_block_size_pairs_and_global_tokens():
+    """block_size / num_blocks took a tuple or list but not a 1-d array of two ints (window takes any pair);
+    a global_tokens that is not a sequence (5, a 0-d array, None) was a TypeError naming nothing."""
+    blocks = np.ones((2, 3), bool)
+    want = attnkit.BlockLayout.from_dense(blocks, (4, 2))
+    for bs in (np.array([4, 2]), [np.int64(4), np.array(2)], (4, 2)):
+        got = attnkit.BlockLayout.from_dense(blocks, bs)
+        assert got.block_size == (4, 2) and np.array_equal(got.to_dense(), want.to_dense())
+    lay = attnkit.BlockLayout(want.row_ptr, want.col_idx, block_size=np.array([4, 2]), num_heads=np.array(1),
+                              num_blocks=np.array([2, 3]))
+    assert lay.block_size == (4, 2) and lay.num_blocks == (2, 3)
+    raises(ValueError, "block_size", attnkit.BlockLayout.from_dense, blocks, np.array([4, 2, 1]))
+    raises(TypeError, "block_size[0]", attnkit.BlockLayout.from_dense, blocks, np.array([4.0, 2.0]))
+    raises(TypeError, "block_size", attnkit.BlockLayout.from_dense, blocks, np.ones((2, 2), int))
+    for bad in (5, np.array(3), None):
+        raises(TypeError, "global_tokens", attnkit.layouts.longformer, 16, 4, 1, global_tokens=bad)
+    raises(TypeError, "global_tokens[1]", attnkit.layouts.longformer, 16, 4, 1, global_tokens=[0, 1.5])
+    a = attnkit.layouts.longformer(16, 4, 1, global_tokens=np.array([0, 9]))
+    assert np.array_equal(a.to_dense(), attnkit.layouts.longformer(16, 4, 1, global_tokens=(0, 9)).to_dense())
+
+
 def test_flags_take_0d_bool_arrays():
     """causal=np.array(True) was a TypeError while np.bool_(True) (and window=np.array(2)) worked."""
     q, k, v = qkv(np.float32, Sq=7)

@@ -11,7 +11,8 @@ __all__ = ["BlockLayout", "block_sparse_attention", "lsh_buckets", "lsh_attentio
 
 
 def _pair(x, name):
-    if isinstance(x, (tuple, list)):
+    """An int or a pair (a tuple, list or 1-d array of two ints, as ``window`` takes) -> (rows, keys)."""
+    if isinstance(x, (tuple, list)) or getattr(x, "ndim", None) == 1:
         if len(x) != 2:
             raise ValueError(f"{name} must be an int or a pair (rows, keys), got {x!r}")
         return as_int(x[0], f"{name}[0]"), as_int(x[1], f"{name}[1]")

@@ -54,7 +54,12 @@ def longformer(seq_len, block_size, window_blocks, *, global_tokens=(), dilation
     ``g // block_size`` of a token ``g`` in ``global_tokens`` (causal: only ``j <= i``). Global tokens
     make their whole block global (block granularity). ``ceil(seq_len / block_size)`` blocks per side,
     ``num_heads`` copies. Raises ``TypeError`` / ``ValueError`` as every constructor (see :mod:`attnkit.layouts`)."""
-    g = [as_int(t, "global_tokens") for t in global_tokens]
+    try:
+        tokens = list(global_tokens)
+    except TypeError:
+        raise TypeError(f"global_tokens must be a sequence of token positions (ints), got "
+                        f"{type(global_tokens).__name__}") from None
+    g = [as_int(t, f"global_tokens[{i}]") for i, t in enumerate(tokens)]
     return BlockLayout._from_core(_core.Layout.longformer(
         as_int(seq_len, "seq_len"), as_int(block_size, "block_size"), as_int(window_blocks, "window_blocks"), g,
         as_int(dilation, "dilation"), as_bool(causal, "causal"), as_int(num_heads, "num_heads")))
