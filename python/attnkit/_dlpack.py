@@ -390,8 +390,9 @@ def dlpack_io(fn, torch_native=None):
             if kind is None:
                 kind = _kind(value)
             if kind > _DEVICE and (kind != _NESTED or _has_foreign(value)):
-                if kind == _NESTED or not any(v is value and _plain_scalar(n, v) for n, v in kwargs.items()):
-                    break
+                if kind == _NESTED or getattr(value, "ndim", None) != 0 or not any(
+                        v is value and _plain_scalar(n, v) for n, v in kwargs.items()):
+                    break  # a foreign array (a 0-d one given for a number or flag is a plain value)
         else:
             return fn(*args, **kwargs)  # NumPy / CuPy (and 0-d numbers of any framework): no conversion
         if (kind == _TORCH and torch_native is not None and all(map(_torch_only, args))
