@@ -583,9 +583,10 @@ def float_dtype(dtype, name: str = "dtype") -> np.dtype:
     except TypeError:
         raise TypeError(f"{name} must be {FLOAT_DTYPES}, got {dtype!r}") from None
     if dt not in _CODES or dt.kind not in "fV":
-        if not dt.isnative and dt.newbyteorder("=") in _CODES:
+        native = dt.newbyteorder("=")
+        if not dt.isnative and native in _CODES:
             raise TypeError(f"{name} must be {FLOAT_DTYPES} in the machine's native byte order (attnkit writes "
-                            f"native byte order only), got {dt.str}: use {dt.newbyteorder('=')} ({dt.newbyteorder('=').str})")
+                            f"native byte order only), got {dt.str}: use {native} ({native.str})")
         raise TypeError(f"{name} must be {FLOAT_DTYPES}, got {dt}")
     return dt
 
