@@ -281,6 +281,20 @@ def errors_everywhere():
     g = np.zeros((1, 2, 8)) + (0.5 if R == P - 1 else 0.0)   # only the last rank's log_decay is bad
     same_on_all(expect_error(ValueError, [f"rank {P - 1}", "log_decay"],
                              lambda: dist.dla_pipeline(q, q, q, q[..., :2], comm, capacity=2, log_decay=g)))
+    flag = "no" if R == P - 1 else False  # checked on the last rank only: raised there before the collective
+    same_on_all(expect_error(TypeError, [f"rank {P - 1}", "return_state"],  # check (the others waited forever)
+                             lambda: dist.linear_attention(q, q, q, comm, return_state=flag)))
+    same_on_all(expect_error(TypeError, [f"rank {P - 1}", "causal"],
+                             lambda: dist.performer_attention(q, q, q, attnkit.random_features(16, 8), comm,
+                                                              causal=flag)))
+    # a scale or eps given as a NumPy scalar on one rank and a 0-d array on another is the same option
+    s0 = np.float32(0.5) if R == 0 else np.array(0.5)
+    assert np.array_equal(dist.ring_attention(q, q, q, comm, scale=s0, softcap=s0 * 4),
+                          dist.ring_attention(q, q, q, comm, scale=0.5, softcap=2.0))
+    assert np.array_equal(dist.linear_attention(q, q, q, comm, eps=s0), dist.linear_attention(q, q, q, comm, eps=0.5))
+    W = attnkit.random_features(16, 8)
+    assert np.array_equal(dist.performer_attention(q, q, q, W, comm, scale=s0, eps=s0),
+                          dist.performer_attention(q, q, q, W, comm, scale=0.5, eps=0.5))
     expect_error(ValueError, ["comm", "COMM_NULL"], lambda: dist.ring_attention(q, q, q, MPI.COMM_NULL))
     expect_error(TypeError, ["comm must be"], lambda: dist.linear_attention(q, q, q, "world"))
     expect_error(TypeError, ["cache must be"], lambda: dist.send_cache(None, comm, 0))

@@ -91,13 +91,24 @@ def get_num_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Sets the number of CPU threads for later calls from this thread. Results do not depend on it.
-    A call uses at most 4 threads per processor (at least 16, at most 1024), whatever ``n`` asks for.
+    A call uses at most 4 threads per processor (at least 16, at most 1024), whatever ``n`` asks for:
+    any larger ``n`` (``2**31``, ``2**63``, ``10**100``) is taken as that cap.
 
-    Raises ValueError when ``n < 1``.
+    ``n`` is an integer (a Python int, a NumPy integer or a 0-d integer array).
+
+    Raises
+    ------
+    ValueError
+        ``n < 1``.
+    TypeError
+        ``n`` not an integer (a float, a bool, a string).
     """
     from ._array import as_int
 
-    _core.set_num_threads(min(as_int(n, "n"), 2**31 - 1))
+    n = as_int(n, "n", clamp=True)  # any size: the cap below is the meaning of a huge n
+    if n < 1:
+        raise ValueError(f"n (num_threads) must be >= 1, got {n}")
+    _core.set_num_threads(min(n, 2**31 - 1))
 
 
 def info() -> dict:

@@ -203,10 +203,21 @@ def _alloc_error(name: str, shape, dtype, e: Exception) -> ValueError:
                       f"({e.__class__.__name__}: {e})")
 
 
+def dtype_error(dtype, name: str) -> TypeError:
+    """The TypeError for an array argument ``name`` whose dtype attnkit cannot read. A non-native byte
+    order of a supported dtype (``>f4`` on a little-endian machine) is said as such, with the conversion:
+    attnkit does not copy inputs to convert them."""
+    dt = np.dtype(dtype)
+    if not dt.isnative and dt.newbyteorder("=") in _CODES:
+        return TypeError(f"{name} has dtype {dt.str}, not in the machine's native byte order: attnkit reads "
+                         f"native byte order only; convert it with {name}.astype({name}.dtype.newbyteorder('='))")
+    return TypeError(f"{name} has unsupported dtype {dt}")
+
+
 def _dtype_code(dtype, name: str) -> int:
     code = _CODES.get(np.dtype(dtype))
     if code is None:
-        raise TypeError(f"{name} has unsupported dtype {np.dtype(dtype)}")
+        raise dtype_error(dtype, name)
     return code
 
 
@@ -267,7 +278,7 @@ class Call:
     def _numpy_tensor(self, x, name: str):
         code = _CODES.get(x.dtype)
         if code is None:
-            raise TypeError(f"{name} has unsupported dtype {x.dtype}")
+            raise dtype_error(x.dtype, name)
         ref = _numpy_ref(x, code)
         if ref is None:  # exotic byte-strided views (copied once), or a rank the core refuses (it says so)
             item = x.itemsize
@@ -285,7 +296,7 @@ class Call:
         DeviceBF16) from its attributes, which CuPy keeps ready (its ``__cuda_array_interface__`` builds a dict
         per access): the same TensorRef the generic path makes."""
         if code is None:
-            raise TypeError(f"{name} has unsupported dtype {x.dtype}")
+            raise dtype_error(x.dtype, name)
         dev = x.device.id
         ref = _device_ref(x.data.ptr if x.size else 0, code, x.shape, x.strides, dev)
         if ref is None:  # strides that are not a multiple of the item size: the generic path says so
@@ -492,20 +503,55 @@ def as_int(x, name: str, *, clamp: bool = False) -> int:
     return v
 
 
+def _scalar_kind(x):
+    """The kind of a one-element array scalar: ``"f"`` (any float dtype, bfloat16 included), ``"i"`` (any
+    integer), ``"b"`` (bool), ``"c"`` (complex), ``"?"`` (another dtype), for a NumPy scalar or a 0-d array
+    of any framework (NumPy, CuPy, PyTorch, JAX: ``ndim == 0`` and a ``dtype``); None for anything else."""
+    if getattr(x, "ndim", None) != 0 or not hasattr(x, "dtype"):
+        return None
+    dt = x.dtype
+    try:
+        dt = np.dtype(dt)
+    except TypeError:  # a framework's own dtype object (torch.float32, ...)
+        if getattr(dt, "is_complex", False):
+            return "c"
+        if getattr(dt, "is_floating_point", False):
+            return "f"
+        text = str(dt)
+        return "b" if text.endswith("bool") else "i" if "int" in text else "?"
+    if dt == BFLOAT16:
+        return "f"
+    return {"f": "f", "i": "i", "u": "i", "b": "b", "c": "c"}.get(dt.kind, "?")
+
+
+def _type_text(x) -> str:
+    shape = getattr(x, "shape", None)
+    if shape is not None and hasattr(x, "dtype"):
+        return f"{type(x).__name__} of shape {tuple(shape)} and dtype {x.dtype}"
+    return type(x).__name__
+
+
 def as_float(x, name: str) -> float:
+    """A real-number argument: a Python int or float, a NumPy scalar (bfloat16 included) or a 0-d array of
+    a float or integer dtype (any framework's); TypeError for anything else (bools, strings, complex
+    numbers, arrays of more than one element, None)."""
     if type(x) is float:  # the common case
         return x
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (numbers.Real, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    return float(x)
+    if not isinstance(x, (bool, np.bool_)):
+        if isinstance(x, (numbers.Real, np.floating, np.integer)):
+            return float(x)
+        if _scalar_kind(x) in ("f", "i"):  # NumPy scalars of ml_dtypes (bfloat16), 0-d arrays
+            return float(x)
+    raise TypeError(f"{name} must be a real number, got {_type_text(x)}")
 
 
 def as_bool(x, name: str) -> bool:
+    """A flag: a Python or NumPy bool, or a 0-d bool array (any framework's); TypeError for anything else."""
     if x is False or x is True:
         return x
-    if not isinstance(x, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
-    return bool(x)
+    if isinstance(x, np.bool_) or _scalar_kind(x) == "b":
+        return bool(x)
+    raise TypeError(f"{name} must be a bool, got {_type_text(x)}")
 
 
 def as_choice(x, name: str, choices: dict):
@@ -537,6 +583,10 @@ def float_dtype(dtype, name: str = "dtype") -> np.dtype:
     except TypeError:
         raise TypeError(f"{name} must be {FLOAT_DTYPES}, got {dtype!r}") from None
     if dt not in _CODES or dt.kind not in "fV":
+        native = dt.newbyteorder("=")
+        if not dt.isnative and native in _CODES:
+            raise TypeError(f"{name} must be {FLOAT_DTYPES} in the machine's native byte order (attnkit writes "
+                            f"native byte order only), got {dt.str}: use {native} ({native.str})")
         raise TypeError(f"{name} must be {FLOAT_DTYPES}, got {dt}")
     return dt
 

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 
 from . import _linear, _mpi
-from ._array import acc_dtype, as_bool, is_cuda_array
+from ._array import acc_dtype, as_bool, as_float, is_cuda_array
 from ._dla import DLACache, dynamic_linear_attention
 from ._mpi import agree, array_module, check_comm, same_everywhere, to4
 
@@ -20,20 +20,22 @@ def _lengths_list(key_lengths):
 
 def _validate(comm, q, k, v, causal, check, extra):
     """Collective checks shared by linear_attention and performer_attention: ``check()`` runs the
-    single-process function on empty pieces of this rank's arrays; ``extra`` holds the options that must
-    be equal on every rank, key_lengths (as a list, or None) last. Returns (key lengths per rank, global
-    key_lengths as int64 [B] or None)."""
+    single-process function on empty pieces of this rank's arrays; ``extra()`` gives the options that must
+    be equal on every rank, key_lengths (as a list, or None) last (called inside the collective check, so
+    that a bad option on one rank raises on every rank). Returns (key lengths per rank, global key_lengths
+    as int64 [B] or None)."""
 
     def local():
         metas = [_mpi.array_meta(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"))]
         check()
+        opts = extra()
         if causal and q.shape[-2] != k.shape[-2]:
             raise ValueError(f"causal attention pairs query t with key t: k must have q's length on every rank, "
                              f"got q {list(q.shape)} and k {list(k.shape)}")
         q4, k4, v4 = (to4(x)[0] for x in (q, k, v))
         return dict(module=metas[0][0], dtype=metas[0][1],
                     dims=(q.ndim, q4.shape[0], q4.shape[1], k4.shape[1], q4.shape[3], v4.shape[3]),
-                    opts=extra, S=q4.shape[2], Sk=k4.shape[2])
+                    opts=opts, S=q4.shape[2], Sk=k4.shape[2])
 
     metas = agree(comm, local)
     same_everywhere([m["module"] for m in metas], "the array type of q, k, v (NumPy or CuPy)", TypeError)
@@ -41,8 +43,8 @@ def _validate(comm, q, k, v, causal, check, extra):
     same_everywhere([m["dims"] for m in metas], "(ndim, B, Hq, Hkv, D, Dv) of q, k, v")
     same_everywhere([m["opts"] for m in metas], "the options (and key_lengths)")
     sk = [m["Sk"] for m in metas]
-    return sk, _mpi.global_lengths(None if extra[-1] is None else np.asarray(extra[-1]), metas[0]["dims"][1],
-                                   sum(sk))
+    lengths = metas[0]["opts"][-1]  # equal on every rank
+    return sk, _mpi.global_lengths(None if lengths is None else np.asarray(lengths), metas[0]["dims"][1], sum(sk))
 
 
 def _gather_states(comm, state, xp):
@@ -113,9 +115,10 @@ def linear_attention(q, k, v, comm, *, feature_map="elu1", causal=True, normaliz
         _linear.linear_attention(q[..., :0, :], k[..., :0, :], v[..., :0, :], causal=causal, initial_state=initial_state,
                                  **opts)
 
-    sk, lengths = _validate(comm, q, k, v, causal, check, (feature_map, as_bool(causal, "causal"), normalize,
-                                                            eps, as_bool(return_state, "return_state"),
-                                                            _lengths_list(key_lengths)))
+    sk, lengths = _validate(comm, q, k, v, causal, check,  # plain values: a 0-d array travels as its value
+                            lambda: (feature_map, as_bool(causal, "causal"), as_bool(normalize, "normalize"),
+                                     as_float(eps, "eps"), as_bool(return_state, "return_state"),
+                                     _lengths_list(key_lengths)))
     q4, lead = to4(q)
     k4, v4 = to4(k)[0], to4(v)[0]
     init = None if initial_state is None else tuple(x.reshape((1,) * lead + tuple(x.shape)) for x in initial_state)
@@ -154,8 +157,10 @@ def performer_attention(q, k, v, features, comm, *, kernel="softmax", causal=Fal
     # features must be equal everywhere: compare a digest of their bytes (any dtype, bfloat16 included)
     host = features.get() if is_cuda_array(features) else features
     digest = hashlib.sha1(_mpi.as_bytes(host).tobytes()).hexdigest() if isinstance(host, np.ndarray) else None
-    sk, lengths = _validate(comm, q, k, v, causal, check, (kernel, as_bool(causal, "causal"), scale, eps, digest,
-                                                            _lengths_list(key_lengths)))
+    sk, lengths = _validate(comm, q, k, v, causal, check,
+                            lambda: (kernel, as_bool(causal, "causal"),
+                                     None if scale is None else as_float(scale, "scale"), as_float(eps, "eps"),
+                                     digest, _lengths_list(key_lengths)))
     size, rank = comm.Get_size(), comm.Get_rank()
     q4, lead = to4(q)
     k4, v4 = to4(k)[0], to4(v)[0]
@@ -245,7 +250,8 @@ def dla_pipeline(q, k, v, lam, comm, *, capacity, tau=0.6, log_decay=None, score
     works on sequence ``n`` while rank ``r + 1`` works on sequence ``n - 1``). The result equals the
     single-process call on the gathered sequence as a prefill in pieces does (to rounding).
 
-    Returns ``(y, cache)`` or ``(y, cache, aux)`` for this rank's tokens; ``cache`` is the cache after this
+    NumPy arrays only (device arrays are a TypeError). Returns ``(y, cache)`` or ``(y, cache, aux)`` for this
+    rank's tokens; ``cache`` is the cache after this
     rank's last token (on the last rank: after the whole sequence). Raises ValueError / TypeError on every
     rank for any rank's bad argument, or shapes / dtypes / options that differ across ranks.
     """
@@ -255,7 +261,8 @@ def dla_pipeline(q, k, v, lam, comm, *, capacity, tau=0.6, log_decay=None, score
     def local():
         metas = [_mpi.array_meta(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v"), (lam, "lam"))]
         if metas[0][0] != "numpy":
-            raise TypeError("dla_pipeline runs on NumPy arrays (DLA has no CUDA kernels yet)")
+            raise TypeError("dla_pipeline runs on NumPy arrays only (its caches travel between the ranks as host "
+                            "arrays), got device arrays for q: pass cupy.asnumpy(q) and the others")
         g = None if log_decay is None else log_decay[..., :0]
         dynamic_linear_attention(q[..., :0, :], k[..., :0, :], v[..., :0, :], lam[..., :0, :], log_decay=g, **kw)
         # the one value check the empty call cannot make: a failure mid-pipeline would leave the next
@@ -264,7 +271,7 @@ def dla_pipeline(q, k, v, lam, comm, *, capacity, tau=0.6, log_decay=None, score
         if g is not None and not bool(np.all(np.isfinite(g) & (g <= 0))):
             raise ValueError("log_decay must be finite and <= 0 (a positive value would grow the states)")
         return dict(dtype=metas[0][1], dims=(q.ndim,) + tuple(q.shape[:-2]) + (q.shape[-1], v.shape[-1]),
-                    opts=(capacity, tau, score, log_decay is None, as_bool(return_aux, "return_aux")))
+                    opts=(capacity, as_float(tau, "tau"), score, log_decay is None, as_bool(return_aux, "return_aux")))
 
     metas = agree(comm, local)
     same_everywhere([m["dtype"] for m in metas], "the dtype of q, k, v, lam", TypeError)

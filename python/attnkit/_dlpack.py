@@ -278,6 +278,22 @@ def _containers():
     return {MHAParams: MHAParams.__slots__, DLACache: ("states", "counts", "info", "starts", "size")}
 
 
+# Number and flag parameters (of the public functions, multi_head_attention's options and its rope dict): a
+# foreign 0-d array given for one (scale=torch.tensor(0.5)) is a plain value, read by the _array.as_* checks
+# (float(x), bool(x), operator.index(x)): it is neither viewed nor decides the framework of the results, which
+# follow the array arguments (PyTorch in, PyTorch out) as they do for a Python number.
+_SCALAR_PARAMS = frozenset((
+    "scale", "softcap", "eps", "tau", "base", "causal", "return_lse", "return_state", "return_aux",
+    "return_dbias", "normalize", "interleaved", "num_buckets", "num_hashes", "seed", "capacity", "rotary_dim",
+    "num_heads", "num_kv_heads", "num_features", "proj_len"))
+
+
+def _plain_scalar(name, x) -> bool:
+    """Whether x, given for the parameter (or option, or rope key) ``name``, is a 0-d array of a number or
+    flag parameter: then it passes through dlpack_io as a plain value."""
+    return name in _SCALAR_PARAMS and getattr(x, "ndim", None) == 0
+
+
 def _has_foreign(x) -> bool:
     kind = _kind(x)
     if kind != _NESTED:
@@ -285,7 +301,7 @@ def _has_foreign(x) -> bool:
     if isinstance(x, (list, tuple)):
         return any(map(_has_foreign, x))
     if isinstance(x, dict):
-        return any(map(_has_foreign, x.values()))
+        return any(_has_foreign(e) for k, e in x.items() if not _plain_scalar(k, e))
     for f in _containers()[type(x)]:  # MHAParams, DLACache: their fields by the cached kinds, as above
         v = getattr(x, f)
         kind = _KINDS.get(type(v))
@@ -322,7 +338,7 @@ def _convert_in(x, found: list, name: str):
             return x
         return type(x)(_convert_in(e, found, f"{name}[{i}]") for i, e in enumerate(x))
     if isinstance(x, dict):  # multi_head_attention's rope and **options
-        return {k: _convert_in(e, found, str(k)) for k, e in x.items()}
+        return {k: e if _plain_scalar(k, e) else _convert_in(e, found, str(k)) for k, e in x.items()}
     fields = _containers()[type(x)]  # MHAParams (weights), DLACache (arrays and position)
     conv = [_convert_in(getattr(x, f), found, f"{name}.{f}") for f in fields]
     return type(x)(*conv) if len(fields) == 8 else type(x)(*conv, x.position)
@@ -374,9 +390,11 @@ def dlpack_io(fn, torch_native=None):
             if kind is None:
                 kind = _kind(value)
             if kind > _DEVICE and (kind != _NESTED or _has_foreign(value)):
-                break
+                if kind == _NESTED or getattr(value, "ndim", None) != 0 or not any(
+                        v is value and _plain_scalar(n, v) for n, v in kwargs.items()):
+                    break  # a foreign array (a 0-d one given for a number or flag is a plain value)
         else:
-            return fn(*args, **kwargs)  # NumPy / CuPy: no binding, no conversion
+            return fn(*args, **kwargs)  # NumPy / CuPy (and 0-d numbers of any framework): no conversion
         if (kind == _TORCH and torch_native is not None and all(map(_torch_only, args))
                 and all(map(_torch_only, kwargs.values())) and torch_native(kwargs) and binds(args, kwargs)):
             return fn(*args, **kwargs)  # torch tensors, read and answered by Call itself
@@ -385,12 +403,14 @@ def dlpack_io(fn, torch_native=None):
             args = [_convert_in(a, found, n) for a, n in zip(args, positional)]
             if kwargs:
                 named = sorted(kwargs, key=lambda k: order.get(k, len(params)))
-                kwargs = {k: _convert_in(kwargs[k], found, k) for k in named}
+                kwargs = {k: kwargs[k] if _plain_scalar(k, kwargs[k]) else _convert_in(kwargs[k], found, k)
+                          for k in named}
             result = fn(*args, **kwargs)
         else:
             bound = signature.bind(*args, **kwargs)  # a bad call raises the TypeError fn itself would
             for name, value in bound.arguments.items():
-                bound.arguments[name] = _convert_in(value, found, name)
+                if not _plain_scalar(name, value):
+                    bound.arguments[name] = _convert_in(value, found, name)
             result = fn(*bound.args, **bound.kwargs)
         return _convert_out(result, _returner(found[0])) if found else result
 

@@ -101,7 +101,9 @@ def attention(q, k, v, *, causal=False, window=None, mask=None, bias=None, key_l
     ValueError
         Shapes that do not fit together, bad window / key_lengths / scale / softcap values.
     TypeError
-        Unsupported or mismatched dtypes, non-array inputs, arrays on different devices.
+        Unsupported or mismatched dtypes (arrays not in native byte order included), non-array inputs,
+        arrays on different devices, non-bool flags, non-integer window sides or key_lengths, a
+        ``scale`` / ``softcap`` that is not a real number (Python or NumPy scalars and 0-d arrays are).
     """
     call = Call()
     p = _core.AttentionParams()
@@ -147,7 +149,7 @@ def attention_weights(q, k, *, causal=False, window=None, mask=None, bias=None, 
     p.q = call.tensor(q, "q")
     p.k = call.tensor(k, "k")
     _set_masking(p, call, causal, window, mask, bias, key_lengths, scale, softcap, alibi_slopes)
-    weights, wref = call.allocate(output_specs(_core.attention_weights_outputs, p)["weights"])
+    weights, wref = call.allocate(output_specs(_core.attention_weights_outputs, p)["weights"], "weights")
     _core.attention_weights(p, wref)
     return weights
 
@@ -177,9 +179,10 @@ def merge_attention(outs, lses):
     Raises
     ------
     ValueError
-        No parts, a different number of outs and lses, or mismatched shapes.
+        No parts, a different number of outs and lses, mismatched shapes, a 0-d array for ``outs`` or
+        ``lses``.
     TypeError
-        Mismatched dtypes or devices.
+        Mismatched dtypes or devices, ``outs`` / ``lses`` that are neither a sequence nor an array.
     """
     call = Call()
     outs, lses = _parts(outs, "outs"), _parts(lses, "lses")

@@ -100,7 +100,7 @@ def linear_attention(q, k, v, *, feature_map="elu1", causal=True, normalize=True
     ------
     ValueError
         Shapes that do not fit together (``Sk != S`` when causal, a state of the wrong shape), an unknown
-        ``feature_map``, a negative or NaN ``eps``, bad ``key_lengths``.
+        ``feature_map``, a negative or non-finite ``eps``, bad ``key_lengths``.
     TypeError
         Unsupported or mismatched dtypes (a state that is not float32 / float64 as above), non-array
         inputs, arrays on different devices.
@@ -230,7 +230,7 @@ def performer_attention(q, k, v, features, *, kernel="softmax", causal=False, sc
     ------
     ValueError
         Shapes that do not fit together, ``features`` whose second dim is not ``D``, an unknown
-        ``kernel``, a negative or NaN ``scale`` or ``eps``, bad ``key_lengths``.
+        ``kernel``, a negative or non-finite ``scale`` or ``eps``, bad ``key_lengths``.
     TypeError
         Unsupported or mismatched dtypes, non-array inputs, arrays on different devices.
     """

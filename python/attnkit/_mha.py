@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._array import acc_dtype, as_bool, as_choice, as_int, astype, full, is_cuda_array
+from ._array import acc_dtype, as_bool, as_choice, as_int, astype, dtype_error, full, is_cuda_array
 from ._dlpack import _is_foreign, dlpack_view
 
 __all__ = ["MHAParams", "multi_head_attention", "MECHANISMS"]
@@ -78,6 +78,8 @@ def _check_floating(x, name):
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
     if np.dtype(x.dtype).kind not in "fV":
         raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if not np.dtype(x.dtype).isnative:  # '>f4': said as such, as every array argument (no silent copy)
+        raise dtype_error(x.dtype, name)
     return x
 
 

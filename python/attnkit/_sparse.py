@@ -11,7 +11,8 @@ __all__ = ["BlockLayout", "block_sparse_attention", "lsh_buckets", "lsh_attentio
 
 
 def _pair(x, name):
-    if isinstance(x, (tuple, list)):
+    """An int or a pair (a tuple, list or 1-d array of two ints, as ``window`` takes) -> (rows, keys)."""
+    if isinstance(x, (tuple, list)) or getattr(x, "ndim", None) == 1:
         if len(x) != 2:
             raise ValueError(f"{name} must be an int or a pair (rows, keys), got {x!r}")
         return as_int(x[0], f"{name}[0]"), as_int(x[1], f"{name}[1]")
@@ -45,7 +46,11 @@ class BlockLayout:
     heads.
 
     Build one with :meth:`from_dense` or the constructors of :mod:`attnkit.layouts`; ``a | b`` is the union.
-    The constructor validates the CSR (sorted, in range) and raises ``ValueError`` otherwise.
+    The constructor ``BlockLayout(row_ptr, col_idx, *, block_size, num_heads, num_blocks)`` takes the CSR
+    (``row_ptr`` int ``[num_heads * num_q_blocks + 1]``, ``col_idx`` int), ``block_size`` an int or
+    ``(bq, bk)`` and ``num_blocks = (num_q_blocks, num_k_blocks)``, and validates it: ``ValueError`` for an
+    unsorted or out-of-range CSR, sizes below 1 or values an index type cannot hold, ``TypeError`` for
+    non-integer index arrays or sizes.
     """
 
     __slots__ = ("_impl", "_device_refs")
@@ -79,8 +84,9 @@ class BlockLayout:
 
     @classmethod
     def from_dense(cls, blocks, block_size):
-        """Layout from a bool block mask ``[H, nQb, nKb]`` (``H`` = 1 or the query heads) or ``[nQb, nKb]``
-        (shared); ``block_size`` is an int or ``(bq, bk)``."""
+        """Layout from a bool block mask ``blocks`` ``[H, nQb, nKb]`` (``H`` = 1 or the query heads) or
+        ``[nQb, nKb]`` (shared); ``block_size`` is an int or ``(bq, bk)``. ``TypeError`` for a mask that is not
+        bool or a non-integer block size, ``ValueError`` for another rank or a block size below 1."""
         blocks = np.asarray(blocks)
         if blocks.dtype != np.bool_:
             raise TypeError(f"blocks must be a bool array, got {blocks.dtype}")

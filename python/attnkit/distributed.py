@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from . import _mpi
-from ._array import acc_dtype, as_bool, is_cuda_array
+from ._array import acc_dtype, as_bool, as_float, is_cuda_array
 from ._exact import attention, merge_attention
 from ._mpi import agree, array_module, check_comm, check_layout, same_everywhere, to4
 from ._dist_linear import dla_pipeline, linear_attention, performer_attention, recv_cache, send_cache
@@ -199,8 +199,9 @@ def ring_attention(q, k, v, comm, *, causal=False, window=None, key_lengths=None
         # the single-process validator on empty pieces: shapes, dtypes and option values, no work
         attention(q4[:, :, :0], k4[:, :, :0], v4[:, :, :0], causal=causal, window=window, scale=scale,
                   softcap=softcap)
-        opts = (as_bool(causal, "causal"), None if window is None else tuple(window), scale, softcap, layout,
-                as_bool(return_lse, "return_lse"))
+        opts = (as_bool(causal, "causal"), None if window is None else tuple(window),  # plain floats: a 0-d array
+                None if scale is None else as_float(scale, "scale"),  # (NumPy or CuPy) travels as its value
+                None if softcap is None else as_float(softcap, "softcap"), layout, as_bool(return_lse, "return_lse"))
         lens = None if key_lengths is None else np.asarray(
             key_lengths.get() if is_cuda_array(key_lengths) else key_lengths).tolist()
         return dict(module=metas[0][0], dtype=metas[0][1], ndim=q.ndim, B=q4.shape[0], Hq=q4.shape[1],

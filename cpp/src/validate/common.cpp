@@ -198,8 +198,10 @@ QkvViews qkv_views(const TensorRef& q, const TensorRef& k, const TensorRef* v) {
                     " (v must be [B, Hkv, Sk, Dv] with k's B, Hkv and Sk)");
   }
   if (r.D < 1) value_error("q and k must have a head dim of at least 1, got 0");
-  if (r.Sq > kMaxLen || r.Sk > kMaxLen)
-    value_error("sequence lengths above " + std::to_string(kMaxLen) + " are not supported");
+  if (r.Sq > kMaxLen || r.Sk > kMaxLen)  // the argument named, as every other shape error names it
+    value_error(std::string(r.Sq > kMaxLen ? "q" : "k") + " has sequence length " +
+                std::to_string(r.Sq > kMaxLen ? r.Sq : r.Sk) + ": lengths above " + std::to_string(kMaxLen) +
+                " are not supported");
   return r;
 }
 
