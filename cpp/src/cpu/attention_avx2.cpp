@@ -20,8 +20,8 @@ struct Avx2F32 {
 // converted as they are packed (one vector conversion, store and reload per 24 FMAs at 24 lanes, in a loop
 // of its own that leaves the FMA pipes idle), so a tile twice as wide halves that cost per FLOP. Where K
 // and V are converted once per call or thread instead (shorter heads), nothing is left to spread and
-// the float32 tile's 24 lanes run (NQV_COPIED): causal S = 1024 took 0.90-0.92x the time of 48 lanes
-// (bench/results/history/lowp_avx2_s30.json).
+// the float32 tile's 24 lanes run (NQV_COPIED): causal S = 1024 and 4096 took 0.88-0.95x the time of 48
+// lanes, the rest within noise (Zen 3, 1 thread, bench/results/history/lowp_avx2_s30.json).
 struct Avx2Lowp : Avx2F32 {
   static constexpr int NQV = 6, QV = 3, NQV_COPIED = 3;
 };

@@ -21,11 +21,11 @@
 //
 // VERIFICATION. This unit has NOT been executed on AVX512-BF16 hardware: the machine it was written on is
 // a Zen 3 (AVX2 only), Debian's qemu-user 7.2 TCG has no AVX-512 (it raises SIGILL on vdpbf16ps) and
-// Intel SDE is not available to us. What was run: the whole unit compiled with the one instruction
-// emulated (-DATTNKIT_EMULATE_AVX512BF16=ON builds it for x86-64-v3 with dot_pairs() in plain vector
-// code and routes bfloat16 attention through it on AVX2 CPUs), against the attention and ISA tests.
-// What was not: vdpbf16ps itself (operand order, pairing, flush-to-zero of subnormal inputs, which
-// changes nothing within the tolerance). So that a wrong result cannot ship silently, self_check() runs
+// Intel SDE is not available to us. What was run: the whole AVX-512 build with its instructions emulated
+// by SIMDe (-DATTNKIT_AVX512_EMULATION, cpu/avx512_emulation.h: x86-64-v3 code, this unit selected on AVX2
+// CPUs after its self-check), against the ISA tests (CI, under ASan / UBSan) and the whole test suite
+// (session 30). What was not: vdpbf16ps itself (SIMDe models its operand order and pairing; flush-to-zero
+// of subnormal inputs changes nothing within the tolerance). So that a wrong result cannot ship silently, self_check() runs
 // the instruction on small tiles with an exact answer (every NQV variant, odd D with an inf just past the
 // last dimension, a key tail) before cpu/isa.cpp ever selects this path; on a mismatch the CPU is treated
 // as plain AVX-512 and attnkit.info()["cpu_isa"] says "avx512", which tests/test_isa_paths.py flags on
@@ -46,13 +46,7 @@ typedef uint32_t U16 __attribute__((vector_size(64)));
 
 /// acc + a.lo * b.lo + a.hi * b.hi in each 32-bit lane, the halves being bfloat16: vdpbf16ps.
 inline F16 dot_pairs(F16 acc, U16 a, U16 b) {
-#if defined(ATTNKIT_EMULATE_AVX512BF16)
-  // Emulation (testing the unit's logic on CPUs without the instruction): a bfloat16 is the high half of
-  // the float32 with the same value; both products are exact in float32.
-  return acc + ((F16)(a << 16) * (F16)(b << 16) + (F16)(a & 0xffff0000u) * (F16)(b & 0xffff0000u));
-#else
   return (F16)_mm512_dpbf16_ps((__m512)acc, (__m512bh)a, (__m512bh)b);
-#endif
 }
 
 /// The PairDot of the bfloat16 tile configuration (see PairDotOf in cpu/attention_kernel.h): queries in

@@ -213,7 +213,7 @@ struct DecodeKernel {
         // K in a register, read once for all RQ rows: GCC otherwise folds the load into every FMA (for
         // RQ = 2: 10 loads per 8 FMAs, more than Zen 3's two vector loads a cycle can feed). RQ = 4: 4 query
         // + 2 key vectors per 8 FMAs, 8 + 4 + 1 of the 16 ymm registers.
-        if constexpr (RQ > 1) asm("" : "+v"(kv));
+        if constexpr (RQ > 1) asm("" : ATTNKIT_VREG(kv));
 #pragma GCC unroll 8
         for (int r = 0; r < RQ; ++r) acc[r * KJ + j] += qv[r] * kv;
       }
@@ -375,7 +375,7 @@ struct DecodeKernel {
 #pragma GCC unroll 4
       for (int n = 0; n < 4; ++n) {
         V kv = S::load(kt + d * BK + n * W);
-        asm("" : "+v"(kv));
+        asm("" : ATTNKIT_VREG(kv));
 #pragma GCC unroll 4
         for (int r = 0; r < RB; ++r) a[r][n] += b[r] * kv;
       }

@@ -19,9 +19,6 @@ void out_of_memory(const char* what, std::size_t bytes) {
 namespace {
 void exact_dispatch(const AttnProblem& p, bool weights) {
   if (p.empty_output()) return;
-#if defined(ATTNKIT_EMULATE_AVX512BF16)  // test builds: the bfloat16 unit, emulated, on AVX2 CPUs too
-  if (current_isa() != Isa::Generic && exact_attention_avx512bf16(p, weights)) return;
-#endif
   by_isa([&] { exact_attention_generic(p, weights); }, [&] { exact_attention_avx2(p, weights); }, [&] {
     if (current_isa() == Isa::Avx512Bf16 && exact_attention_avx512bf16(p, weights)) return;
     exact_attention_avx512(p, weights);

@@ -23,8 +23,13 @@ Isa detect() {
   f.avx512vl = __builtin_cpu_supports("avx512vl");
   // AVX512-BF16 only where the bfloat16 unit's self-check computes exact scores on this CPU (that unit has
   // not run on such hardware yet; see attention_avx512bf16.cpp): otherwise the plain AVX-512 path.
-  f.avx512bf16 = f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && __builtin_cpu_supports("avx512bf16") &&
-                 exact_attention_avx512bf16_self_check();
+#if defined(ATTNKIT_AVX512_EMULATED)  // test builds: the AVX-512 units emulated by SIMDe (cpu/avx512_emulation.h)
+  f.avx512f = f.avx512bw = f.avx512dq = f.avx512vl = f.avx2;
+  const bool bf16 = true;
+#else
+  const bool bf16 = __builtin_cpu_supports("avx512bf16");
+#endif
+  f.avx512bf16 = f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && bf16 && exact_attention_avx512bf16_self_check();
 #endif
   // The environment may lower the choice (tests use it to exercise every path), never raise it.
   return choose_isa(f, std::getenv("ATTNKIT_CPU_ISA"));

@@ -29,6 +29,15 @@
 #endif
 #endif
 
+/// The asm constraint that pins a vector to a register (`asm("" : ATTNKIT_VREG(x))`, so that GCC cannot fold
+/// its load into every use): "+v", or "+m" where AVX-512 is emulated (cpu/avx512_emulation.h) and no
+/// register of the target holds a 512-bit vector.
+#if defined(ATTNKIT_AVX512_EMULATED)
+#define ATTNKIT_VREG "+m"
+#else
+#define ATTNKIT_VREG "+v"
+#endif
+
 namespace attnkit {
 namespace detail {
 namespace cpu {
