@@ -378,6 +378,9 @@ def test_big_endian_arrays_say_byte_order():
     _native_order_error(A.multi_head_attention, "query", be(x), x, x, A.MHAParams(w, w, w, w), num_heads=2)
     for f, args in ((A.random_features, (4, 8)), (A.sinusoidal_positions, (4, 8)), (A.linformer_projection, (4, 8))):
         _native_order_error(f, "dtype", *args, dtype=np.dtype(np.float32).newbyteorder(">" if np.little_endian else "<"))
+        # a swapped integer dtype is no float in either byte order: no "use int32" advice (session 31)
+        e = raises(TypeError, "dtype", f, *args, dtype=np.dtype(np.int32).newbyteorder(">" if np.little_endian else "<"))
+        assert "native byte order" not in str(e) and "int32" not in str(e), str(e)
 
 
 # ---------------------------------------------------------------------- errors name the argument (s30)

@@ -208,10 +208,17 @@ def dtype_error(dtype, name: str) -> TypeError:
     order of a supported dtype (``>f4`` on a little-endian machine) is said as such, with the conversion:
     attnkit does not copy inputs to convert them."""
     dt = np.dtype(dtype)
-    if not dt.isnative and dt.newbyteorder("=") in _CODES:
+    if _foreign_byte_order(dt) is not None:
         return TypeError(f"{name} has dtype {dt.str}, not in the machine's native byte order: attnkit reads "
                          f"native byte order only; convert it with {name}.astype({name}.dtype.newbyteorder('='))")
     return TypeError(f"{name} has unsupported dtype {dt}")
+
+
+def _foreign_byte_order(dt: np.dtype):
+    """The native twin of dt when dt is a dtype attnkit supports in the other byte order (``>f4`` on a
+    little-endian machine), else None: the errors for it say so and name the conversion."""
+    native = dt.newbyteorder("=")
+    return native if not dt.isnative and native in _CODES else None
 
 
 def _dtype_code(dtype, name: str) -> int:
@@ -583,8 +590,8 @@ def float_dtype(dtype, name: str = "dtype") -> np.dtype:
     except TypeError:
         raise TypeError(f"{name} must be {FLOAT_DTYPES}, got {dtype!r}") from None
     if dt not in _CODES or dt.kind not in "fV":
-        native = dt.newbyteorder("=")
-        if not dt.isnative and native in _CODES:
+        native = _foreign_byte_order(dt)
+        if native is not None and native.kind in "fV":  # (a swapped int32 is no float either way)
             raise TypeError(f"{name} must be {FLOAT_DTYPES} in the machine's native byte order (attnkit writes "
                             f"native byte order only), got {dt.str}: use {native} ({native.str})")
         raise TypeError(f"{name} must be {FLOAT_DTYPES}, got {dt}")

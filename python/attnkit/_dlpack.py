@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import inspect
+import itertools
 import sys
 
 import numpy as np
@@ -385,14 +386,12 @@ def dlpack_io(fn, torch_native=None):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        for value in (*args, *kwargs.values()):
+        for name, value in itertools.chain(zip(itertools.repeat(None), args), kwargs.items()):
             kind = _KINDS.get(type(value))
             if kind is None:
                 kind = _kind(value)
-            if kind > _DEVICE and (kind != _NESTED or _has_foreign(value)):
-                if kind == _NESTED or getattr(value, "ndim", None) != 0 or not any(
-                        v is value and _plain_scalar(n, v) for n, v in kwargs.items()):
-                    break  # a foreign array (a 0-d one given for a number or flag is a plain value)
+            if kind > _DEVICE and (kind != _NESTED or _has_foreign(value)) and not _plain_scalar(name, value):
+                break  # a foreign array (a 0-d one given by keyword for a number or flag is a plain value)
         else:
             return fn(*args, **kwargs)  # NumPy / CuPy (and 0-d numbers of any framework): no conversion
         if (kind == _TORCH and torch_native is not None and all(map(_torch_only, args))
