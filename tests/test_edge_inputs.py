@@ -396,6 +396,46 @@ def test_absurd_sizes_name_the_argument():
         raises(ValueError, "k", fn, small, long)
 
 
+# ------------------------------------------------------------------ a scale float32 holds as 0 (s31)
+def test_scale_that_float32_rounds_to_zero_raises():
+    """A nonzero scale below float32's range (|scale| <= 2^-150) was held as 0 by the float32 kernels: with an
+    infinite key, 0 * inf gave a NaN row where the oracle's -inf score weighs 0 (found by tests/fuzz, seed
+    3131). It is now a ValueError naming scale on float32 accumulation, like |scale| > 3.4e38; float64 inputs
+    and Performer's scale (used as sqrt(scale)) keep such scales."""
+    rng = np.random.default_rng(7)
+    q = np.full((1, 1, 2, 4), -1.0, np.float32)
+    k, v = (rng.random((1, 1, 4, 4)).astype(np.float32) for _ in range(2))
+    k[0, 0, 0, 0] = np.inf  # q . k = -inf: weighs 0 at any positive scale
+    lay = attnkit.BlockLayout.from_dense(np.ones((1, 1), bool), 4)
+    E = attnkit.linformer_projection(2, 4)
+    out, lse = attnkit.attention(q, k, v, return_lse=True)
+    calls = {
+        "attention": lambda x, s: attnkit.attention(*x, scale=s),
+        "attention_weights": lambda x, s: attnkit.attention_weights(x[0], x[1], scale=s),
+        "attention_backward": lambda x, s: attnkit.attention_backward(x[0], *x, x[0], lse.astype(
+            np.float64 if x[0].dtype == np.float64 else np.float32), scale=s),
+        "block_sparse_attention": lambda x, s: attnkit.block_sparse_attention(*x, lay, scale=s),
+        "lsh_attention": lambda x, s: attnkit.lsh_attention(*x, num_buckets=2, scale=s),
+        "linformer_attention": lambda x, s: attnkit.linformer_attention(*x, E, scale=s),
+    }
+    for dtype in (np.float32, np.float16, ml_dtypes.bfloat16):
+        x = tuple(a.astype(dtype) for a in (q, k, v))
+        for name, call in calls.items():
+            for s in (1e-46, -1e-46, 2.0**-150, 1e-186):
+                e = raises(ValueError, "scale", call, x, s)
+                assert "float32" in str(e), (name, str(e))
+            call(x, 2.0**-149)  # float32's smallest subnormal: held, accepted
+    r = attnkit.attention(q, k, v, scale=2.0**-149)
+    np.testing.assert_allclose(r, ref.attention(q, k, v, scale=2.0**-149), rtol=1e-6)
+    x64 = tuple(a.astype(np.float64) for a in (q, k, v))
+    np.testing.assert_allclose(attnkit.attention(*x64, scale=1e-186), ref.attention(*x64, scale=1e-186), rtol=1e-12)
+    assert np.isfinite(attnkit.attention(*x64, scale=1e-186)).all()
+    W = attnkit.random_features(8, 4)
+    kf = np.where(np.isfinite(k), k, 1.0).astype(np.float32)
+    np.testing.assert_allclose(attnkit.performer_attention(q, kf, v, W, scale=1e-50),
+                               ref.performer_attention(q, kf, v, W, scale=1e-50), rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------- open (not fixed)
 def test_attention_backward_reads_broadcast_out_and_lse():
     """Inputs may have any strides, zero included; attention_backward's out and lse are inputs."""

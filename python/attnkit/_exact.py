@@ -24,7 +24,9 @@ _MASKING_DOC = """
         must lie in ``[0, Sk]``.
     scale : float, optional
         Score scale, default ``1/sqrt(D)``. Any finite value the accumulation type holds
-        (``|scale| <= 3.4e38`` for float32, float16 and bfloat16 inputs, which compute in float32).
+        (for float32, float16 and bfloat16 inputs, which compute in float32: ``|scale| <= 3.4e38``, and
+        0 or ``|scale| > 2^-150``, which float32 would hold as 0). Block-sparse, LSH and Linformer
+        attention take the same rule.
     softcap : float, optional
         Logit soft-capping ``s -> c * tanh(s / c)`` (Gemma 2, Grok), applied after scaling and before
         bias/ALiBi. ``None`` or ``0`` disables it; ``c`` must be ``>= 0``, with ``c`` and ``1/c`` finite

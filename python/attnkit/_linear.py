@@ -329,7 +329,7 @@ def linformer_attention(q, k, v, E, F=None, *, scale=None, key_lengths=None, ret
     F : array like ``E``, optional
         Value projection with ``E``'s ``P``; defaults to ``E``.
     scale : float, optional
-        Score scale, default ``1/sqrt(D)``.
+        Score scale, default ``1/sqrt(D)``; the range of :func:`attnkit.attention`'s ``scale``.
     key_lengths : int array ``[B]`` or int, optional
         Valid keys per batch entry (right padding).
     return_lse : bool

@@ -181,7 +181,7 @@ def block_sparse_attention(q, k, v, layout, *, causal=False, scale=None, key_len
     causal : bool
         Causal masking (bottom-right aligned) inside the allowed blocks.
     scale : float, optional
-        Default ``1/sqrt(D)``.
+        Default ``1/sqrt(D)``; the range of :func:`attnkit.attention`'s ``scale``.
     key_lengths : int array ``[B]`` or int, optional
         Valid keys per batch entry.
     return_lse : bool
@@ -286,7 +286,7 @@ def lsh_attention(q, k, v, *, num_buckets, num_hashes=1, seed=0, causal=False, s
     num_hashes : int >= 1.
     seed : int in ``[0, 2**64)``.
     causal : bool
-    scale : float, optional (default ``1/sqrt(D)``).
+    scale : float, optional (default ``1/sqrt(D)``; the range of :func:`attnkit.attention`'s ``scale``).
     return_lse : bool
 
     Returns

@@ -389,7 +389,7 @@ def test_fuzz_linear(ops, data):
         ret = data.draw(flag())
         r, err = run(which, attnkit.linformer_attention, q, k, v, E, key_lengths=kl, return_lse=ret)
         # (the oracle materialises E k: only for projections of modest length)
-        if err is None and finite(q, k, v, E) and floaty(q, k, v) and modest(q, k, v) and E.shape[-2] <= 4096:
+        if err is None and finite(q, k, v, E) and floaty(q, k, v) and modest(q, k, v, E) and E.shape[-2] <= 4096:
             want = ref.linformer_attention(q, k, v, E, key_lengths=kl, return_lse=ret)
             compare(r[0] if ret else r, want[0] if ret else want, q.dtype, "linformer")
 

@@ -35,7 +35,7 @@ AttnProblem validate_attention(const AttentionParams& p, const TensorRef* weight
     }
 
   // Scalars.
-  r.scale = resolve_scale(p.scale, r.D, r.dtype);
+  r.scale = resolve_score_scale(p.scale, r.D, r.dtype);
   if (!std::isfinite(p.softcap) || p.softcap < 0)
     value_error("softcap must be a finite value > 0 (or 0 for none), got " + std::to_string(p.softcap));
   if (p.softcap > 0) {  // the kernels hold c and 1/c in the accumulation type (inf there: NaN scores)

@@ -249,6 +249,18 @@ double resolve_scale(const std::optional<double>& scale, int64_t D, DType dtype)
   return *scale;
 }
 
+double resolve_score_scale(const std::optional<double>& scale, int64_t D, DType dtype) {
+  const double s = resolve_scale(scale, D, dtype);
+  if (s != 0 && accumulator_dtype(dtype) == DType::Float32 && static_cast<float>(s) == 0.0f) {
+    std::ostringstream os;
+    os << "scale = " << s << " is nonzero but below the float32 range (float32 holds |scale| <= 2^-150 ~ 7e-46 as 0): "
+       << dtype_name(dtype) << " inputs compute in float32, where an infinite score times it would be NaN, not "
+       << "+-inf; pass scale=0 for uniform weights";
+    value_error(os.str());
+  }
+  return s;
+}
+
 void HostValues::span(int ndim, const int64_t* shape, const int64_t* stride, const TensorRef& ref) {
   int64_t lo = 0, hi = 0;  // the element offsets the array spans, relative to data
   for (int d = 0; d < ndim; ++d) {

@@ -146,6 +146,11 @@ void lead_strides(const TensorRef& t, int64_t (&stride)[N]) {
 /// bfloat16 inputs) within float32's range, since the kernels hold it in the accumulation type.
 double resolve_scale(const std::optional<double>& scale, int64_t D, DType dtype);
 
+/// resolve_scale for a scale that multiplies scores (exact, block-sparse, LSH, Linformer): a nonzero scale the
+/// accumulation type would hold as 0 is a ValueError too, since the kernels' 0 * inf would be NaN where the
+/// oracle's product is +-inf. (Performer's scale goes in as sqrt(scale), which float32 holds: resolve_scale.)
+double resolve_score_scale(const std::optional<double>& scale, int64_t D, DType dtype);
+
 /// Throws ValueError naming `name` when x is beyond the range of the accumulation type of dtype (float32
 /// for float32, float16 and bfloat16 inputs; float64 for float64): the kernels would hold it as inf.
 void require_in_accumulator_range(double x, DType dtype, const char* name);

@@ -317,7 +317,7 @@ LinformerProblem validate_linformer(const LinformerParams& p, OutputSpecs* infer
     a.lse = l->data;
     lead_strides(*l, a.lse_stride);
   }
-  a.scale = resolve_scale(p.scale, a.D, a.dtype);
+  a.scale = resolve_score_scale(p.scale, a.D, a.dtype);
   r.key_lengths = key_lengths_view(p.key_lengths, p.q, qkv.B, qkv.Sk, p.stream);
   return r;
 }
