@@ -21,7 +21,9 @@ struct AttentionParams {
   TensorRef out;  ///< output [B, Hq, Sq, Dv] in q's dtype (attention_weights: [B, Hq, Sq, Sk])
   TensorRef lse;  ///< optional output [B, Hq, Sq]: float32 (float64 for float64 inputs); -inf on empty rows
 
-  /// Score scale; absent means 1/sqrt(D). Any finite value (0 gives uniform weights).
+  /// Score scale; absent means 1/sqrt(D). Any finite value the accumulation type holds (0 gives uniform
+  /// weights): with float32 accumulation (float32, float16, bfloat16 inputs) |scale| <= 3.4e38, and 0 or
+  /// |scale| > 2^-150, which float32 would hold as 0; else attnkit::Error (a value error).
   std::optional<double> scale;
   /// Logit soft-capping s -> c * tanh(s / c), applied after scaling and before bias; 0 = off, else c > 0.
   double softcap = 0.0;
