@@ -377,7 +377,7 @@ def test_fuzz_linear(ops, data):
             W = data.draw(array((3, D)))
         kern = data.draw(st.one_of(st.sampled_from(["softmax", "relu"]), st.sampled_from(WRONG)))
         r, err = run(which, attnkit.performer_attention, q, k, v, W, kernel=kern, causal=causal, key_lengths=kl)
-        if err is None and finite(q, k, v, W) and floaty(q, k, v) and modest(q, k, v):
+        if err is None and finite(q, k, v, W) and floaty(q, k, v) and modest(q, k, v, W):
             compare(r, ref.performer_attention(q, k, v, W, kernel=kern, causal=causal, key_lengths=kl), q.dtype, "performer")
     else:
         P = data.draw(st.one_of(st.sampled_from([1, 4, 16]), anything_int()))
